@@ -1,0 +1,327 @@
+"""The curriculum vocabulary, in the order the nouns build on each other.
+
+A :class:`Curriculum` is a set of :class:`Phase` objects joined by :class:`Transition` objects.
+Each transition is checked at an evaluation :class:`Point` (the end of an optimizer step or of an
+epoch); it fires when all of its guards hold, and then runs its actions. Guards and actions receive
+one :class:`Context`, which carries the :class:`Clock`, the metrics the loop passed, and the
+objects registered with the engine (``ctx.model``, ``ctx.optimizer``, ...).
+
+Guard protocol (only ``__call__`` is required)::
+
+    class MyGuard:
+        requires = ("model",)              # registered objects it needs (checked at construction)
+        def __call__(self, ctx) -> bool:   # decide; no side effects
+        def observe(self, ctx) -> None:    # called at every step_end while its phase is current
+        def reset(self) -> None:           # called when its phase is entered
+        def evidence(self, ctx) -> dict:   # what made it decide, recorded in the history
+        def state_dict(self) -> dict:      # JSON-safe accumulators, saved with the engine
+        def load_state_dict(self, d) -> None:
+        def __repr__(self) -> str:         # reads like the call that made it
+
+Action protocol (only ``__call__`` is required)::
+
+    class MyAction:
+        requires = ("schedule",)
+        def __call__(self, ctx) -> dict | None:      # act; the dict is the recorded effect
+        def verify(self, ctx, effect) -> str | None: # optional health check, run at the next
+                                                     # step_end; a string is a warning
+        def __repr__(self) -> str:
+
+Guards and actions are callables, never names resolved at run time, and never lambdas: their
+repr goes into the curriculum's fingerprint, the history and the diagrams.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import re
+from collections import deque
+from typing import Any, Callable, Mapping, Sequence
+
+import attrs
+
+__all__ = [
+    "CurriculumError",
+    "Point",
+    "Clock",
+    "Context",
+    "Phase",
+    "Transition",
+    "Curriculum",
+    "describe",
+]
+
+
+class CurriculumError(ValueError):
+    """A curriculum, an engine or its input is wrong; the message names the fix."""
+
+
+class Point(str, enum.Enum):
+    """Where a transition is evaluated: after an optimizer step, or after an epoch."""
+
+    EPOCH_END = "epoch_end"
+    STEP_END = "step_end"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@attrs.define
+class Clock:
+    """Counters of optimizer steps and epochs, globally and since the current phase was entered.
+
+    ``epoch`` is the number of epochs completed, which is also the 0-based index of the epoch in
+    progress; ``step_in_epoch`` the steps completed in the epoch in progress.
+    """
+
+    global_step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    steps_in_phase: int = 0
+    epochs_in_phase: int = 0
+
+
+@attrs.define(slots=False)
+class Context:
+    """What a guard or action sees: the clock, the metrics of this point, the registered objects.
+
+    Registered objects are attributes: ``ctx.model``, ``ctx.optimizer``, ``ctx.schedule``.
+    """
+
+    clock: Clock
+    objects: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+    metrics: Mapping[str, float] = attrs.field(factory=dict)
+    point: Point | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails: the registered objects.
+        objects = self.__dict__.get("objects", {})
+        if name in objects:
+            return objects[name]
+        raise AttributeError(
+            f"Context has no registered object {name!r} (registered: {sorted(objects)}); "
+            f"pass it to the engine: CurriculumEngine(curriculum, {name}=...)"
+        )
+
+    def metric(self, name: str) -> float:
+        """The metric ``name`` passed at this evaluation point, or a clear error naming it."""
+        try:
+            return self.metrics[name]
+        except KeyError:
+            point = self.point.value if self.point else "this point"
+            call = "step_end(loss=..., ...)" if self.point is Point.STEP_END else "epoch_end(...)"
+            raise CurriculumError(
+                f"metric {name!r} is needed at {point} but the loop did not pass it "
+                f"(passed: {sorted(self.metrics)}); pass it as engine.{call.replace('...)', f'{name}=...)')}"
+            ) from None
+
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def describe(obj: Any) -> str:
+    """A stable, readable text for a guard or action: its repr, or ``module.qualname``.
+
+    Used for the fingerprint, the history and the diagrams, so it must not change between
+    processes: default object reprs (``<... at 0x7f...>``) are replaced by the class name.
+    """
+    if isinstance(obj, type) or callable(obj) and hasattr(obj, "__qualname__") and hasattr(obj, "__code__"):
+        return f"{obj.__module__}.{obj.__qualname__}"
+    text = repr(obj)
+    if " at 0x" in text:
+        cls = type(obj)
+        return f"{cls.__module__}.{cls.__qualname__}()"
+    return text
+
+
+def _is_lambda(obj: Any) -> bool:
+    return getattr(obj, "__name__", None) == "<lambda>"
+
+
+def _check_callables(items: Any, field: str) -> tuple:
+    if callable(items) or isinstance(items, (str, bytes)):
+        raise CurriculumError(
+            f"{field} must be a sequence of callables, got a single {type(items).__name__}: "
+            f"{items!r}; wrap it in a list: [{describe(items) if callable(items) else repr(items)}]"
+        )
+    items = tuple(items)
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            raise CurriculumError(
+                f"{field}[{i}] must be a callable, got the string {item!r}; "
+                "pass the guard or action object itself, not its name"
+            )
+        if not callable(item):
+            raise CurriculumError(
+                f"{field}[{i}] must be callable (a guard or action), got {type(item).__name__}: "
+                f"{item!r}; pass an object with __call__(ctx) or a named function"
+            )
+        if _is_lambda(item):
+            raise CurriculumError(
+                f"{field}[{i}] is a lambda, which cannot be fingerprinted or shown in a diagram; "
+                "define a named function (def ...) or a small class with a readable __repr__"
+            )
+    return items
+
+
+def _freeze_params(params: Mapping[str, Any]) -> Mapping[str, Any]:
+    if not isinstance(params, Mapping):
+        raise CurriculumError(f"Phase params must be a mapping, got {type(params).__name__}: {params!r}")
+    return dict(params)
+
+
+@attrs.frozen
+class Phase:
+    """A training phase: a state of the curriculum's machine.
+
+    ``params`` is free-form data for the loop (e.g. ``{"seq_len": 256}``), read as
+    ``engine.phase.params``. ``on_enter`` actions run when a transition enters the phase, and for
+    the initial phase at ``engine.start()``.
+    """
+
+    name: str = attrs.field()
+    params: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_params)
+    on_enter: tuple = attrs.field(default=(), converter=lambda v: _check_callables(v, "Phase.on_enter"))
+
+    @name.validator
+    def _check_name(self, _attribute: Any, value: Any) -> None:
+        if not isinstance(value, str) or not _NAME.match(value):
+            raise CurriculumError(
+                f"Phase.name must be an identifier (letters, digits, '_', not starting with a digit), "
+                f"got {value!r}; rename it, e.g. {_suggest_name(value)!r}"
+            )
+
+
+def _suggest_name(value: Any) -> str:
+    text = re.sub(r"[^A-Za-z0-9_]", "_", str(value)) or "phase"
+    return text if not text[0].isdigit() else f"phase_{text}"
+
+
+def _to_point(value: Point | str) -> Point:
+    try:
+        return Point(value)
+    except ValueError:
+        raise CurriculumError(
+            f"Transition.when must be one of {[p.value for p in Point]}, got {value!r}; "
+            "use Point.EPOCH_END or Point.STEP_END"
+        ) from None
+
+
+@attrs.frozen
+class Transition:
+    """Move from ``source`` to ``dest`` at the point ``when`` once every guard holds; then act."""
+
+    source: str
+    dest: str
+    guards: tuple = attrs.field(converter=lambda v: _check_callables(v, "Transition.guards"))
+    actions: tuple = attrs.field(default=(), converter=lambda v: _check_callables(v, "Transition.actions"))
+    when: Point = attrs.field(default=Point.EPOCH_END, converter=_to_point)
+
+    @guards.validator
+    def _check_guards(self, _attribute: Any, value: tuple) -> None:
+        if not value:
+            raise CurriculumError(
+                f"Transition {self.source} -> {self.dest} has no guard (guards=()), so it would fire "
+                "at the first evaluation point; give it at least one guard, e.g. MinEpoch(1)"
+            )
+
+    @property
+    def label(self) -> str:
+        return f"{self.source} -> {self.dest}"
+
+
+@attrs.frozen
+class Curriculum:
+    """Phases and the transitions between them; validated when built."""
+
+    phases: tuple[Phase, ...] = attrs.field(converter=tuple)
+    transitions: tuple[Transition, ...] = attrs.field(converter=tuple)
+    initial: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if not self.phases:
+            raise CurriculumError("Curriculum.phases is empty; give at least one Phase")
+        for i, phase in enumerate(self.phases):
+            if not isinstance(phase, Phase):
+                raise CurriculumError(f"Curriculum.phases[{i}] must be a Phase, got {type(phase).__name__}: {phase!r}")
+        for i, tr in enumerate(self.transitions):
+            if not isinstance(tr, Transition):
+                raise CurriculumError(
+                    f"Curriculum.transitions[{i}] must be a Transition, got {type(tr).__name__}: {tr!r}"
+                )
+        seen: set[str] = set()
+        for phase in self.phases:
+            if phase.name in seen:
+                raise CurriculumError(f"Curriculum.phases: the name {phase.name!r} is used twice; phase names must be unique")
+            seen.add(phase.name)
+        names = [p.name for p in self.phases]
+        if self.initial is not None and self.initial not in seen:
+            raise CurriculumError(f"Curriculum.initial is {self.initial!r}, which is not a phase; expected one of {names}")
+        for i, tr in enumerate(self.transitions):
+            for end in ("source", "dest"):
+                value = getattr(tr, end)
+                if value not in seen:
+                    raise CurriculumError(
+                        f"Curriculum.transitions[{i}].{end} is {value!r}, which is not a phase; "
+                        f"expected one of {names}; add Phase({value!r}) or fix the name"
+                    )
+        reachable = {self.initial_name}
+        frontier = deque([self.initial_name])
+        while frontier:
+            here = frontier.popleft()
+            for tr in self.transitions:
+                if tr.source == here and tr.dest not in reachable:
+                    reachable.add(tr.dest)
+                    frontier.append(tr.dest)
+        unreachable = [n for n in names if n not in reachable]
+        if unreachable:
+            raise CurriculumError(
+                f"Curriculum.phases {unreachable} cannot be reached from the initial phase "
+                f"{self.initial_name!r}; add a Transition into them or remove them"
+            )
+
+    @property
+    def initial_name(self) -> str:
+        return self.initial if self.initial is not None else self.phases[0].name
+
+    def phase(self, name: str) -> Phase:
+        for phase in self.phases:
+            if phase.name == name:
+                return phase
+        raise CurriculumError(f"no phase named {name!r}; expected one of {[p.name for p in self.phases]}")
+
+    def outgoing(self, name: str) -> list[Transition]:
+        """Transitions out of phase ``name``, in declaration order."""
+        return [tr for tr in self.transitions if tr.source == name]
+
+    @property
+    def guards(self) -> list[tuple[str, Any]]:
+        """Every guard with a stable key ``"t<transition>.g<guard>"``."""
+        return [(f"t{i}.g{j}", g) for i, tr in enumerate(self.transitions) for j, g in enumerate(tr.guards)]
+
+    def fingerprint(self) -> str:
+        """sha256 of the declared structure: phases, transitions, guards' and actions' reprs."""
+        spec = {
+            "initial": self.initial_name,
+            "phases": [[p.name, [describe(a) for a in p.on_enter]] for p in self.phases],
+            "transitions": [
+                [tr.source, tr.dest, tr.when.value, [describe(g) for g in tr.guards], [describe(a) for a in tr.actions]]
+                for tr in self.transitions
+            ],
+        }
+        text = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def requirements(self) -> dict[str, list[str]]:
+        """Registered-object name -> the guards and actions that need it."""
+        needs: dict[str, list[str]] = {}
+        items: list[Any] = [a for p in self.phases for a in p.on_enter]
+        for tr in self.transitions:
+            items.extend(tr.guards)
+            items.extend(tr.actions)
+        for item in items:
+            for name in getattr(item, "requires", ()) or ():
+                needs.setdefault(name, []).append(describe(item))
+        return needs

@@ -1,0 +1,150 @@
+"""Transition records: what fired, when, and the evidence that made it fire."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from typing import Any, Iterator, Sequence
+
+import attrs
+
+__all__ = ["GuardEvidence", "ActionEffect", "Record", "History", "jsonable"]
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as strict-JSON primitives: numpy/torch scalars to numbers, non-finite floats to text."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)  # 'inf', '-inf', 'nan'
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy and torch scalars and arrays
+        return jsonable(value.tolist())
+    return str(value)
+
+
+@attrs.define
+class GuardEvidence:
+    guard: str
+    evidence: dict = attrs.field(factory=dict)
+
+
+@attrs.define
+class ActionEffect:
+    action: str
+    effect: dict = attrs.field(factory=dict)
+
+
+@attrs.define
+class Record:
+    """One transition: source, destination, when (clock and wall time), why (guards), what (actions)."""
+
+    source: str
+    dest: str
+    global_step: int
+    epoch: int
+    step_in_epoch: int
+    point: str  # "epoch_end", "step_end" or "manual"
+    wall_time: float
+    guards: list[GuardEvidence] = attrs.field(factory=list)
+    actions: list[ActionEffect] = attrs.field(factory=list)
+    warnings: list[str] = attrs.field(factory=list)
+    reason: str | None = None
+
+    def comparable(self) -> dict:
+        """Every field but wall time: two runs with equal records took the same decisions."""
+        d = attrs.asdict(self)
+        d.pop("wall_time")
+        return d
+
+
+_CSV_FIELDS = ["source", "dest", "global_step", "epoch", "step_in_epoch", "point", "wall_time", "reason", "guards", "actions", "warnings"]
+
+
+class History(Sequence[Record]):
+    """The transition records of a run, oldest first, with JSON/CSV export and a readable table."""
+
+    def __init__(self, records: Sequence[Record] = ()) -> None:
+        self._records = list(records)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self._records[index]
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self._records)
+
+    def __repr__(self) -> str:
+        return f"History({len(self)} records)"
+
+    def append(self, record: Record) -> None:
+        self._records.append(record)
+
+    def to_dicts(self) -> list[dict]:
+        from engine.state import converter
+
+        return converter.unstructure(self._records, list[Record])
+
+    @classmethod
+    def from_dicts(cls, data: list[dict]) -> "History":
+        from engine.state import converter
+
+        return cls(converter.structure(data, list[Record]))
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dicts(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> "History":
+        return cls.from_dicts(json.loads(text))
+
+    def to_csv(self) -> str:
+        """One row per transition; guards, actions and warnings as JSON text in their cells."""
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=_CSV_FIELDS)
+        writer.writeheader()
+        for row in self.to_dicts():
+            for key in ("guards", "actions", "warnings"):
+                row[key] = json.dumps(row[key])
+            writer.writerow(row)
+        return out.getvalue()
+
+    def table(self) -> str:
+        """A plain-text table: one block per transition with its evidence and effects."""
+        if not self._records:
+            return "no transitions"
+        lines = []
+        for i, r in enumerate(self._records):
+            when = f"step {r.global_step} (epoch {r.epoch}, {r.point})"
+            lines.append(f"#{i}  {r.source} -> {r.dest}  at {when}" + (f"  reason: {r.reason}" if r.reason else ""))
+            for g in r.guards:
+                lines.append(f"     guard  {g.guard}: {_fmt(g.evidence)}")
+            for a in r.actions:
+                lines.append(f"     action {a.action}: {_fmt(a.effect)}")
+            for w in r.warnings:
+                lines.append(f"     WARNING {w}")
+        return "\n".join(lines)
+
+
+def _fmt(d: dict) -> str:
+    if not d:
+        return "-"
+    parts = []
+    for k, v in d.items():
+        if isinstance(v, float):
+            v = f"{v:.4g}"
+        elif isinstance(v, dict):
+            v = "{" + _fmt(v) + "}"
+        elif isinstance(v, list):
+            v = "[" + ", ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in v) + "]"
+        parts.append(f"{k}={v}")
+    return ", ".join(parts)

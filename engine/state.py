@@ -1,0 +1,70 @@
+"""The engine's snapshot: an attrs class serialized with cattrs to JSON-safe primitives."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import attrs
+import cattrs
+from cattrs.preconf.json import make_converter
+
+from engine.core import Clock, CurriculumError
+from engine.history import Record
+
+__all__ = ["SCHEMA_VERSION", "PendingCheck", "EngineState", "converter", "to_primitives", "from_primitives"]
+
+SCHEMA_VERSION = 1
+
+converter = make_converter(forbid_extra_keys=True)
+
+
+@attrs.define
+class PendingCheck:
+    """A health check owed by an action of ``history[record]``, run at the next step_end."""
+
+    record: int
+    transition: int  # index in curriculum.transitions; -1 for a manual transition
+    action: int  # index in the record's actions
+
+
+@attrs.define
+class EngineState:
+    schema_version: int
+    fingerprint: str
+    phase: str
+    started: bool
+    clock: Clock
+    guards: dict[str, Any]
+    history: list[Record]
+    pending_checks: list[PendingCheck] = attrs.field(factory=list)
+
+
+# Migrations from an older schema's raw dict to the next one: {from_version: function}.
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
+
+
+def to_primitives(state: EngineState) -> dict:
+    return converter.unstructure(state)
+
+
+def from_primitives(data: Any) -> EngineState:
+    if not isinstance(data, dict):
+        raise CurriculumError(f"engine state must be a dict (from engine.state_dict()), got {type(data).__name__}")
+    data = dict(data)
+    version = data.get("schema_version")
+    if not isinstance(version, int):
+        raise CurriculumError(f"engine state has no integer 'schema_version' (got {version!r}); it is not an engine state_dict()")
+    if version > SCHEMA_VERSION:
+        raise CurriculumError(
+            f"engine state has schema_version {version}, newer than this library's {SCHEMA_VERSION}; upgrade the library"
+        )
+    while version < SCHEMA_VERSION:
+        if version not in MIGRATIONS:
+            raise CurriculumError(f"no migration from engine state schema_version {version}")
+        data = MIGRATIONS[version](data)
+        version = data["schema_version"]
+    try:
+        return converter.structure(data, EngineState)
+    except Exception as exc:  # cattrs raises ClassValidationError groups
+        detail = "; ".join(cattrs.transform_error(exc)) if isinstance(exc, cattrs.BaseValidationError) else str(exc)
+        raise CurriculumError(f"engine state is malformed: {detail}") from None
