@@ -1,0 +1,233 @@
+"""The engine's clock, evaluation points, firing order and manual transitions (engine.runtime)."""
+
+import pytest
+
+from engine import Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
+from tests.utils import Always, CountBelow, EpochAtLeast, Log, LossBelow, Never
+
+
+class ClockSpy:
+    """Guard that records the clock it sees and never holds."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, ctx):
+        c = ctx.clock
+        self.seen.append((ctx.point.value, c.global_step, c.epoch, c.step_in_epoch, c.steps_in_phase, c.epochs_in_phase))
+        return False
+
+    def __repr__(self):
+        return "ClockSpy()"
+
+
+def run_epochs(engine, epochs, steps, loss=1.0):
+    for _ in range(epochs):
+        for _ in range(steps):
+            engine.step_end(loss=loss)
+        engine.epoch_end()
+
+
+def test_counters_increment_before_guards():
+    """step_end counts the step and epoch_end the epoch before guards run; step_in_epoch restarts."""
+    spy_s, spy_e = ClockSpy(), ClockSpy()
+    cur = Curriculum(
+        [Phase("a"), Phase("b")],
+        [Transition("a", "b", [spy_s], when=Point.STEP_END), Transition("a", "b", [spy_e], when=Point.EPOCH_END)],
+    )
+    eng = CurriculumEngine(cur)
+    eng.start()
+    run_epochs(eng, 3, 2)
+    assert spy_s.seen[:3] == [("step_end", 1, 0, 1, 1, 0), ("step_end", 2, 0, 2, 2, 0), ("step_end", 3, 1, 1, 3, 1)]
+    assert spy_e.seen == [("epoch_end", 2, 1, 0, 2, 1), ("epoch_end", 4, 2, 0, 4, 2), ("epoch_end", 6, 3, 0, 6, 3)]
+
+
+def test_raise_after_third_epoch_records_epoch_three():
+    """A transition at the boundary after the third epoch sees and records epoch == 3."""
+    cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [EpochAtLeast(3)])])
+    eng = CurriculumEngine(cur)
+    eng.start()
+    run_epochs(eng, 2, 5)
+    assert eng.phase.name == "a"
+    for _ in range(5):
+        eng.step_end(loss=1.0)
+    record = eng.epoch_end()
+    assert (record.epoch, record.global_step, record.point) == (3, 15, "epoch_end")
+    assert eng.phase.name == "b" and eng.clock.steps_in_phase == 0 and eng.clock.epochs_in_phase == 0
+
+
+def test_first_matching_transition_in_declaration_order_and_one_per_point():
+    """Of several transitions that hold, the first declared fires, and only one per point (no chaining)."""
+    cur = Curriculum(
+        [Phase("a"), Phase("b"), Phase("c")],
+        [Transition("a", "c", [Never()]), Transition("a", "b", [Always()]), Transition("a", "c", [Always()]), Transition("b", "c", [Always()])],
+    )
+    eng = CurriculumEngine(cur)
+    eng.start()
+    first = eng.epoch_end()
+    assert (first.source, first.dest) == ("a", "b") and eng.phase.name == "b"
+    assert len(eng.history) == 1
+    second = eng.epoch_end()
+    assert (second.source, second.dest) == ("b", "c")
+
+
+def test_step_end_transition_fires_at_the_step():
+    """A STEP_END transition fires on the step its guard holds, with that step's loss as evidence."""
+    cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [LossBelow(0.5)], when="step_end")])
+    eng = CurriculumEngine(cur)
+    eng.start()
+    assert eng.step_end(loss=0.9) is None
+    record = eng.step_end(loss=0.4)
+    assert record.global_step == 2 and record.guards[0].evidence == {"loss": 0.4, "value": 0.5}
+    assert eng.epoch_end() is None  # no epoch-end transition out of "b"
+
+
+def test_firing_order_actions_then_on_enter_then_resets():
+    """Transition actions run in order, then the destination's on_enter, then guard resets."""
+    calls = []
+
+    class ResetSpy(Never):
+        def reset(self):
+            calls.append("reset")
+
+    cur = Curriculum(
+        [Phase("a", on_enter=[Log("enter_a", calls)]), Phase("b", on_enter=[Log("enter_b1", calls), Log("enter_b2", calls)]), Phase("c")],
+        [Transition("a", "b", [Always()], [Log("act1", calls), Log("act2", calls)]), Transition("b", "c", [ResetSpy()])],
+    )
+    eng = CurriculumEngine(cur)
+    eng.start()
+    assert calls == ["enter_a"]
+    record = eng.epoch_end()
+    assert calls == ["enter_a", "act1", "act2", "enter_b1", "enter_b2", "reset"]
+    assert [a.action for a in record.actions] == ["Log('act1')", "Log('act2')", "Log('enter_b1')", "Log('enter_b2')"]
+    assert record.actions[0].effect == {"name": "act1", "step": 0}
+
+
+def test_observe_only_in_source_phase_and_reset_on_entry():
+    """Guards observe at step_end only while their phase is current, and start afresh on entry."""
+    counter = CountBelow(1.0, need=3)
+    cur = Curriculum(
+        [Phase("a"), Phase("b")],
+        [Transition("a", "b", [EpochAtLeast(1)]), Transition("b", "a", [counter]), ],
+    )
+    eng = CurriculumEngine(cur)
+    eng.start()
+    eng.step_end(loss=0.5)
+    assert counter.count == 0  # phase a: the guard of b -> a does not observe
+    eng.epoch_end()  # a -> b
+    eng.step_end(loss=0.5)
+    eng.step_end(loss=2.0)
+    assert counter.count == 1
+
+
+def test_missing_metric_names_it_and_the_point():
+    """A guard needing a metric the loop did not pass raises, naming the metric and the point."""
+
+    class NeedsVal:
+        def __call__(self, ctx):
+            return ctx.metric("val_bpb") < 1
+
+        def __repr__(self):
+            return "NeedsVal()"
+
+    cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [NeedsVal()])])
+    eng = CurriculumEngine(cur)
+    eng.start()
+    with pytest.raises(CurriculumError, match=r"'val_bpb' is needed at epoch_end.*engine.epoch_end\(val_bpb=\.\.\.\)"):
+        eng.epoch_end(val_loss=1.0)
+
+
+def test_guard_exceptions_propagate():
+    """An exception inside a guard is never swallowed into a silent False."""
+
+    class Boom:
+        def __call__(self, ctx):
+            raise RuntimeError("boom")
+
+        def __repr__(self):
+            return "Boom()"
+
+    eng = CurriculumEngine(Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Boom()])]))
+    eng.start()
+    with pytest.raises(RuntimeError, match="boom"):
+        eng.epoch_end()
+
+
+def test_calls_before_start_are_errors():
+    """step_end/epoch_end before start() or a restore, and a second start(), are clear errors."""
+    eng = CurriculumEngine(Curriculum([Phase("a")], []))
+    with pytest.raises(CurriculumError, match=r"engine.start\(\)"):
+        eng.step_end(loss=1.0)
+    eng.start()
+    with pytest.raises(CurriculumError, match="already called"):
+        eng.start()
+
+
+def test_force_is_a_recorded_manual_transition():
+    """force() moves by hand, runs the destination's on_enter, and records the reason."""
+    calls = []
+    cur = Curriculum([Phase("a"), Phase("b", on_enter=[Log("enter_b", calls)])], [Transition("a", "b", [Never()])])
+    eng = CurriculumEngine(cur)
+    eng.start()
+    eng.step_end(loss=1.0)
+    record = eng.force("b", reason="operator decided")
+    assert eng.phase.name == "b" and calls == ["enter_b"]
+    assert (record.point, record.reason, record.global_step, record.guards) == ("manual", "operator decided", 1, [])
+    with pytest.raises(CurriculumError, match=r"'zz' is not a phase"):
+        eng.force("zz", reason="x")
+
+
+def test_verify_runs_at_next_step_end_and_appends_warning():
+    """An action's verify() runs at the next step_end and a warning lands in its transition's record."""
+
+    class Checked:
+        requires = ()
+
+        def __call__(self, ctx):
+            return {"set": 1.0}
+
+        def verify(self, ctx, effect):
+            if ctx.metrics["lr"] < effect["set"] / 2:
+                return f"lr {ctx.metrics['lr']} below half of {effect['set']}"
+            return None
+
+        def __repr__(self):
+            return "Checked()"
+
+    cur = Curriculum([Phase("a"), Phase("b"), Phase("c")], [Transition("a", "b", [Always()], [Checked()]), Transition("b", "c", [Always()], [Checked()])])
+    eng = CurriculumEngine(cur)
+    eng.start()
+    eng.epoch_end()
+    eng.step_end(loss=1.0, lr=0.1)
+    eng.step_end(loss=1.0, lr=0.1)  # checked only once
+    assert eng.history[0].warnings == ["lr 0.1 below half of 1.0"]
+    eng.epoch_end()
+    eng.step_end(loss=1.0, lr=0.9)
+    assert eng.history[1].warnings == []
+
+
+def test_phase_params_reach_the_loop():
+    """engine.phase is the current Phase object, params included."""
+    cur = Curriculum([Phase("short", params={"seq_len": 64}), Phase("long", params={"seq_len": 256})], [Transition("short", "long", [Always()])])
+    eng = CurriculumEngine(cur)
+    eng.start()
+    assert eng.phase.params["seq_len"] == 64
+    eng.epoch_end()
+    assert eng.phase.params["seq_len"] == 256
+
+
+def test_context_exposes_registered_objects():
+    """Registered objects are attributes of the context; unknown names say how to register them."""
+    seen = {}
+
+    def grab(ctx):
+        seen["model"] = ctx.model
+        return True
+
+    cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [grab])])
+    eng = CurriculumEngine(cur, model="M")
+    eng.start()
+    eng.epoch_end()
+    assert seen["model"] == "M"
+    with pytest.raises(AttributeError, match=r"no registered object 'optimizer'.*optimizer=\.\.\."):
+        eng.ctx.optimizer
