@@ -108,10 +108,20 @@ class CurriculumEngine:
 
     # -- the loop's calls ---------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Begin a fresh run: run the initial phase's ``on_enter`` actions."""
+    def start(self, phase: str | None = None, *, global_step: int = 0, epoch: int = 0) -> None:
+        """Begin a run: run the ``on_enter`` actions of the initial phase.
+
+        ``phase``, ``global_step`` and ``epoch`` start elsewhere instead: for a checkpoint that has
+        weights but no engine state (the phase then comes from the epochs it completed).
+        """
         if self._started:
             raise CurriculumError("engine.start() was already called, or the engine was restored; call it once, on a fresh run only")
+        if phase is not None:
+            if phase not in self._phases:
+                raise CurriculumError(f"start(phase={phase!r}): not a phase; expected one of {list(self._phases)}")
+            self._machine.set_state(phase, model=self._model)
+            self._phase = phase
+        self.clock.global_step, self.clock.epoch = global_step, epoch
         self._started = True
         self.ctx.metrics, self.ctx.point = {}, None
         for action in self._phases[self._phase].on_enter:

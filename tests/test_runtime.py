@@ -231,3 +231,14 @@ def test_context_exposes_registered_objects():
     assert seen["model"] == "M"
     with pytest.raises(AttributeError, match=r"no registered object 'optimizer'.*optimizer=\.\.\."):
         eng.ctx.optimizer
+
+
+def test_start_in_a_later_phase_for_weights_only_resume():
+    """start(phase=..., global_step=..., epoch=...) enters that phase (its on_enter runs) at that clock."""
+    calls = []
+    cur = Curriculum([Phase("a", on_enter=[Log("enter_a", calls)]), Phase("b", on_enter=[Log("enter_b", calls)])], [Transition("a", "b", [Never()])])
+    eng = CurriculumEngine(cur)
+    eng.start("b", global_step=40, epoch=4)
+    assert calls == ["enter_b"] and eng.phase.name == "b"
+    assert (eng.clock.global_step, eng.clock.epoch) == (40, 4)
+    assert len(eng.history) == 0
