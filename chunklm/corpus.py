@@ -1,0 +1,237 @@
+"""ByteCorpus: files as one stream of bytes, split by file, cached once and memory-mapped.
+
+Which files:
+
+* no paths (None or empty): the ``*.py`` files of this interpreter's standard library
+  (``sysconfig.get_paths()["stdlib"]``), site-packages and dist-packages excluded;
+* a file: that file, whatever its name;
+* a directory: every regular file under it, recursively, skipping hidden files and directories
+  (names starting with ".") and ``__pycache__``.
+
+Files are read in sorted order (by relative path inside each argument, arguments in the order
+given, duplicates once) and concatenated as they are, so a window may cross a file boundary.
+
+Split: a file goes to validation when the sha256 of its relative path (posix separators), read as a
+fraction in [0, 1), is below ``val_fraction``: deterministic across processes and machines. When
+that leaves either split shorter than one window (seq_len + chunk bytes), as with a single file or a
+handful of small ones, the split falls back to the tail: the last ``max(window, val_fraction *
+total)`` bytes of the concatenation are validation, the rest training (``corpus.split == "tail"``,
+logged as a warning).
+
+Cache: the train bytes then the validation bytes are written once, file by file, to
+``<cache_dir>/<key>.u8`` (key: a sha256 of the file list with sizes and mtimes, the split rule and
+the window) and memory-mapped read-only with numpy; a changed file makes a new key. ``cache_dir``
+defaults to ``$CHUNKLM_CACHE_DIR``, else ``$XDG_CACHE_HOME/chunklm``, else ``~/.cache/chunklm``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import sysconfig
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["CorpusError", "ByteCorpus", "default_cache_dir"]
+
+logger = logging.getLogger(__name__)
+
+_FORMAT = 1  # bump when the cache layout or the split rule changes
+_SKIP_DIRS = {"__pycache__", "site-packages", "dist-packages"}
+
+
+class CorpusError(ValueError):
+    """The data cannot make a corpus; the message names the path or setting and the fix."""
+
+
+def default_cache_dir() -> Path:
+    """``$CHUNKLM_CACHE_DIR``, else ``$XDG_CACHE_HOME/chunklm``, else ``~/.cache/chunklm``."""
+    if os.environ.get("CHUNKLM_CACHE_DIR"):
+        return Path(os.environ["CHUNKLM_CACHE_DIR"])
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "chunklm"
+
+
+def _walk(root: Path, suffix: str | None, skip: set[str]) -> list[tuple[Path, str]]:
+    """Regular files under root, sorted by posix relative path, hidden names and ``skip`` left out."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in skip)
+        for name in filenames:
+            path = Path(dirpath) / name
+            if name.startswith(".") or (suffix and not name.endswith(suffix)) or not path.is_file():
+                continue
+            found.append((path, path.relative_to(root).as_posix()))
+    return sorted(found, key=lambda f: f[1])
+
+
+def _collect(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, str]]:
+    files, seen = [], set()
+    for arg in paths:
+        path = Path(arg).expanduser()
+        if path.is_dir():
+            found = _walk(path, None, {"__pycache__"})
+        elif path.is_file():
+            found = [(path, path.name)]
+        else:
+            raise CorpusError(f"data path does not exist: {str(arg)!r}; pass an existing file or directory to --data")
+        for f, rel in found:
+            if f.resolve() not in seen:
+                seen.add(f.resolve())
+                files.append((f, rel))
+    return files
+
+
+def _is_val(rel: str, val_fraction: float) -> bool:
+    digest = hashlib.sha256(rel.encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < val_fraction
+
+
+class ByteCorpus:
+    """Training and validation bytes, and deterministic windows of ``seq_len + chunk`` bytes."""
+
+    def __init__(
+        self,
+        paths: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+        *,
+        seq_len: int,
+        chunk: int,
+        val_fraction: float = 0.05,
+        cache_dir: str | os.PathLike | None = None,
+    ):
+        for name, value in (("seq_len", seq_len), ("chunk", chunk)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise CorpusError(f"{name} must be an int >= 1: got {name}={value!r}; pass a positive integer")
+        if not 0.0 < val_fraction < 1.0:
+            raise CorpusError(f"val_fraction must be in (0, 1): got {val_fraction!r}; e.g. 0.05 for 5% of files")
+        self.seq_len, self.chunk, self.val_fraction = seq_len, chunk, float(val_fraction)
+        self.window = seq_len + chunk
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        if paths:
+            files = _collect(paths)
+        else:
+            root = Path(sysconfig.get_paths()["stdlib"])
+            files = _walk(root, ".py", _SKIP_DIRS)
+        stats = [f.stat() for f, _ in files]
+        sizes = [s.st_size for s in stats]
+        if sum(sizes) == 0:
+            raise CorpusError(
+                f"empty corpus: {len(files)} files, 0 bytes under {paths or 'the standard library'}; "
+                "pass files or directories with content to --data"
+            )
+        is_val = [_is_val(rel, self.val_fraction) for _, rel in files]
+        val_bytes = sum(s for s, v in zip(sizes, is_val) if v)
+        self.split = "file" if min(val_bytes, sum(sizes) - val_bytes) >= self.window else "tail"
+        if self.split == "tail":
+            is_val = [False] * len(files)
+        self.n_files, self.n_val_files = len(files), sum(is_val)
+
+        key = hashlib.sha256(
+            json.dumps(
+                [_FORMAT, self.split, self.val_fraction, self.window]
+                + [[str(f.resolve()), rel, s.st_size, s.st_mtime_ns] for (f, rel), s in zip(files, stats)]
+            ).encode()
+        ).hexdigest()[:32]
+        cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.cache_path = cache / f"{key}.u8"
+        meta = self._load_meta(cache / f"{key}.json")
+        if meta is None:
+            train = [f for f, v in zip(files, is_val) if not v]
+            meta = self._build(cache, key, train, [f for f, v in zip(files, is_val) if v])
+        self.n_train_bytes, self.n_val_bytes = meta["n_train"], meta["n_val"]
+        data = np.memmap(self.cache_path, dtype=np.uint8, mode="r")
+        self._train, self._val = data[: self.n_train_bytes], data[self.n_train_bytes :]
+        if self.split == "tail":
+            logger.warning(
+                "%d files: a split by file leaves less than one window (%d bytes) on one side; "
+                "validation is the last %d bytes instead",
+                self.n_files, self.window, self.n_val_bytes,
+            )
+
+    def _load_meta(self, path: Path) -> dict | None:
+        try:
+            meta = json.loads(path.read_text())
+            if self.cache_path.stat().st_size == meta["n_train"] + meta["n_val"]:
+                return meta
+        except (OSError, ValueError, KeyError):
+            pass
+        return None
+
+    def _build(self, cache: Path, key: str, train: list, val: list) -> dict:
+        """Write train then validation bytes, file by file, to the cache; atomically replace."""
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache, prefix=f".{key}.", delete=False) as out:
+            try:
+                for i, (f, _) in enumerate(train + val):
+                    if i == len(train):
+                        n_train = out.tell()
+                    with open(f, "rb") as src:
+                        shutil.copyfileobj(src, out, 1 << 20)
+                total = out.tell()
+                out.flush()
+                os.fsync(out.fileno())
+            except BaseException:
+                os.unlink(out.name)
+                raise
+        if self.split == "tail":
+            n_train = total - max(self.window, math.ceil(self.val_fraction * total))
+        n_val = total - n_train
+        if min(n_train, n_val) < self.window:
+            os.unlink(out.name)
+            raise CorpusError(
+                f"corpus too small: {total} bytes give {n_train} training and {n_val} validation bytes, "
+                f"each split needs one window of seq_len + chunk = {self.window}; "
+                "add data or lower --seq-len"
+            )
+        os.replace(out.name, self.cache_path)
+        meta = {"n_train": n_train, "n_val": n_val, "n_files": self.n_files, "split": self.split}
+        meta_tmp = cache / f".{key}.json.tmp{os.getpid()}"
+        meta_tmp.write_text(json.dumps(meta))
+        os.replace(meta_tmp, cache / f"{key}.json")
+        logger.info("cached %d files (%d + %d bytes) at %s", self.n_files, n_train, n_val, self.cache_path)
+        return meta
+
+    def train_batch(
+        self, batch_size: int, *, seed: int, epoch: int, step: int, micro_step: int = 0, rank: int = 0
+    ) -> torch.Tensor:
+        """(batch_size, seq_len + chunk) int64 training windows: a pure function of its arguments.
+
+        Start offsets are uniform over the training bytes, drawn from
+        ``np.random.default_rng([seed, epoch, step, micro_step, rank])``: a resumed run draws the
+        same windows without replay, and each rank its own.
+        """
+        for name, value in (("seed", seed), ("epoch", epoch), ("step", step), ("micro_step", micro_step), ("rank", rank)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise CorpusError(f"{name} must be an int >= 0: got {name}={value!r}")
+        rng = np.random.default_rng([seed, epoch, step, micro_step, rank])
+        starts = rng.integers(0, self.n_train_bytes - self.window + 1, size=batch_size)
+        windows = self._train[starts[:, None] + np.arange(self.window)]  # (B, seq_len + chunk)
+        return torch.from_numpy(windows.astype(np.int64))
+
+    def val_batches(self, n_windows: int, batch_size: int) -> list[torch.Tensor]:
+        """A fixed set of validation windows, evenly spaced over the validation bytes, in batches.
+
+        At most ``n_val_bytes - window + 1`` distinct windows; each batch is (<= batch_size,
+        seq_len + chunk) int64. The same arguments always give the same windows.
+        """
+        if n_windows < 1 or batch_size < 1:
+            raise CorpusError(f"n_windows and batch_size must be >= 1: got {n_windows}, {batch_size}")
+        span = self.n_val_bytes - self.window
+        starts = np.unique(np.linspace(0, span, min(n_windows, span + 1)).round().astype(np.int64))
+        windows = self._val[starts[:, None] + np.arange(self.window)].astype(np.int64)  # (N, seq_len + chunk)
+        return [torch.from_numpy(windows[i : i + batch_size]) for i in range(0, len(starts), batch_size)]
+
+    def __repr__(self) -> str:
+        return (
+            f"ByteCorpus(files={self.n_files}, val_files={self.n_val_files}, split={self.split!r}, "
+            f"train_bytes={self.n_train_bytes}, val_bytes={self.n_val_bytes}, window={self.window})"
+        )
