@@ -1,0 +1,32 @@
+"""Ready-made policies for the curriculum engine: guards, actions, the LR schedule, the seed's curriculum.
+
+Guards (decide): :class:`Plateau`, :class:`MinEpoch`, :class:`MinSteps`, :class:`MetricBelow`,
+:class:`MetricAbove`, and the combinators :func:`all_of`, :func:`any_of`, :func:`not_`.
+Actions (act): :class:`RestartLR`, :class:`SetCutoff`, :class:`ResetWindow`.
+Schedule: :class:`StagedCosine`, the stage-aligned cosine LR with restarts.
+Curriculum: :func:`spectral_curriculum` (cutoff 128 -> 256 -> 512 -> full) and
+:func:`phase_for_epoch`, the phase to resume in from a checkpoint without engine state.
+"""
+
+from policies.actions import ResetWindow, RestartLR, SetCutoff
+from policies.guards import MetricAbove, MetricBelow, MinEpoch, MinSteps, Plateau, all_of, any_of, not_
+from policies.schedule import SEED_STAGES, StagedCosine
+from policies.spectral import phase_for_epoch, spectral_curriculum
+
+__all__ = [
+    "Plateau",
+    "MinEpoch",
+    "MinSteps",
+    "MetricBelow",
+    "MetricAbove",
+    "all_of",
+    "any_of",
+    "not_",
+    "RestartLR",
+    "SetCutoff",
+    "ResetWindow",
+    "StagedCosine",
+    "SEED_STAGES",
+    "spectral_curriculum",
+    "phase_for_epoch",
+]

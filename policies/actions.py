@@ -1,0 +1,152 @@
+"""Ready actions: restart the LR at peak, set the model's frequency cutoff, reset plateau windows.
+
+An action acts and reports: ``action(ctx)`` returns its effect as ``{name: [before, after]}``,
+recorded in the transition's history record. Each declares the registered objects it needs in
+``requires``, so a missing one fails when the engine is built, not at the first transition.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from engine import Context, CurriculumError, describe
+
+from policies._checks import check_guard, fail
+
+__all__ = ["RestartLR", "SetCutoff", "ResetWindow"]
+
+logger = logging.getLogger(__name__)
+
+
+def _optimizer_lr(optimizer: Any) -> float:
+    """The LR of the optimizer's first param group, as a float."""
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):  # a tensor or numpy scalar
+        value = value.item()
+    return value
+
+
+class RestartLR:
+    """Restart the LR schedule at its peak: calls ``ctx.schedule.restart()``.
+
+    Effect: ``{"lr": [before, after], "peak": peak}``, the first param group's LR before and after
+    the restart, and the peak the restart should set (the schedule's ``peak_lr``, e.g.
+    :class:`~policies.StagedCosine`'s; without one, the LR after the restart).
+
+    Health check (``verify``, run by the engine at the next ``step_end``, i.e. after the first
+    optimizer step of the new phase): the LR that step ran at is ``ctx.metrics["lr"]`` when the loop
+    passed ``lr=`` to ``step_end``, otherwise the registered optimizer's ``param_groups[0]["lr"]``
+    (by then already the LR ``schedule.step()`` set for the following step: pass ``lr=``). If it is
+    below half the peak, the warning names the likely cause: stage alignment broken, or a schedule
+    that overwrote the restart (the seed's "LR TOO LOW" sign).
+    """
+
+    requires = ("schedule", "optimizer")
+
+    def __call__(self, ctx: Context) -> dict:
+        schedule, optimizer = ctx.schedule, ctx.optimizer
+        if not callable(getattr(schedule, "restart", None)):
+            raise CurriculumError(
+                f"RestartLR() needs a schedule with restart(), got {type(schedule).__name__}; "
+                "register a StagedCosine (or a schedule with restart()) as schedule=..."
+            )
+        before = _optimizer_lr(optimizer)
+        schedule.restart()
+        after = _optimizer_lr(optimizer)
+        peak = float(schedule.peak_lr) if hasattr(schedule, "peak_lr") else after
+        return {"lr": [before, after], "peak": peak}
+
+    def verify(self, ctx: Context, effect: dict) -> str | None:
+        """A warning when the first step after the restart ran below half the restart's peak."""
+        try:
+            peak = float(effect.get("peak", effect["lr"][1]))
+        except (KeyError, IndexError, TypeError, ValueError):
+            return f"RestartLR could not check the LR: its recorded effect {effect!r} has no peak"
+        lr = ctx.metrics["lr"] if "lr" in ctx.metrics else _optimizer_lr(ctx.optimizer)
+        lr = float(_plain(lr))
+        if math.isfinite(peak) and lr < 0.5 * peak:
+            return (
+                f"LR {lr:.1e} on the first step after the restart is below half the restart's peak {peak:.1e}: "
+                "LR TOO LOW. Likely cause: stage alignment broken, or a schedule that overwrote the restart "
+                "(check the schedule's stages, that restart() sets the optimizer's LR at once, and that "
+                "schedule.step() runs after optimizer.step())"
+            )
+        return None
+
+    def __repr__(self) -> str:
+        return "RestartLR()"
+
+
+class SetCutoff:
+    """Set the model's frequency cutoff: ``ctx.model.set_cutoff(n, preserve=preserve)``.
+
+    ``n`` is a number of bins (>= 1), or None for the full band. Effect:
+    ``{"cutoff": [before, after]}`` read from ``ctx.model.cutoff``.
+    """
+
+    requires = ("model",)
+
+    def __init__(self, n: int | None, preserve: bool = True) -> None:
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise fail("SetCutoff", "n", "an int >= 1 (bins) or None (full band)", n, "e.g. SetCutoff(128) or SetCutoff(None)")
+        if not isinstance(preserve, bool):
+            raise fail("SetCutoff", "preserve", "a bool", preserve, "preserve=True keeps the model's function exact")
+        self.n, self.preserve = n, preserve
+
+    def __call__(self, ctx: Context) -> dict:
+        model = ctx.model
+        if not callable(getattr(model, "set_cutoff", None)):
+            raise CurriculumError(
+                f"{self!r} needs a model with set_cutoff(n, preserve=...), got {type(model).__name__}; "
+                "register the model that has it as model=..."
+            )
+        before = _plain(getattr(model, "cutoff", None))
+        model.set_cutoff(self.n, preserve=self.preserve)
+        return {"cutoff": [before, _plain(getattr(model, "cutoff", None))]}
+
+    def __repr__(self) -> str:
+        return f"SetCutoff({self.n!r}{'' if self.preserve else ', preserve=False'})"
+
+
+def _filled(guard: Any) -> int | None:
+    """Values held by a plateau window, summed through combinators; None for other guards."""
+    if hasattr(guard, "filled"):
+        return int(guard.filled)
+    counts = [_filled(g) for g in getattr(guard, "guards", ())]
+    counts = [c for c in counts if c is not None]
+    return sum(counts) if counts else None
+
+
+class ResetWindow:
+    """Clear the windows of the given guards without a phase change: calls ``reset()`` on each.
+
+    An action cannot see the engine's guards, so pass the guards it should reset, the very objects
+    used in the curriculum's transitions: ``p = Plateau(); ... ResetWindow(p)`` (combinators pass
+    the reset through to the guards inside). Effect: ``{"filled": [before, after]}``, each a list
+    with the values each guard's window held (None for guards without a window).
+    """
+
+    requires: tuple[str, ...] = ()
+
+    def __init__(self, *guards: Any) -> None:
+        if not guards:
+            raise fail("ResetWindow", "guards", "at least one guard to reset", guards, "e.g. ResetWindow(plateau) with the Plateau used in the transition")
+        for i, g in enumerate(guards):
+            check_guard("ResetWindow", f"guards[{i}]", g)
+            if not callable(getattr(g, "reset", None)):
+                raise fail("ResetWindow", f"guards[{i}]", "a guard with reset()", describe(g), "pass a Plateau (or a combinator holding one)")
+        self.guards = guards
+
+    def __call__(self, ctx: Context) -> dict:
+        before = [_filled(g) for g in self.guards]
+        for g in self.guards:
+            g.reset()
+        return {"filled": [before, [_filled(g) for g in self.guards]]}
+
+    def __repr__(self) -> str:
+        return f"ResetWindow({', '.join(describe(g) for g in self.guards)})"

@@ -1,0 +1,358 @@
+"""Ready guards: plateau, minimum epoch and steps, metric thresholds, and their combinators.
+
+Guards decide and never act: ``guard(ctx) -> bool`` has no side effects. A guard with
+accumulators (:class:`Plateau`) feeds them in ``observe(ctx)``, which the engine calls at every
+``step_end`` while the guard's phase is current, and clears them in ``reset()`` when the phase is
+entered. Every guard's repr reads like the call that made it: required arguments positionally, the
+tuning knobs a user sets by name; other keyword arguments only when they differ from their default
+(``MinEpoch(2)``, ``MinEpoch(2, in_phase=True)``, ``Plateau(window=50, threshold=0.005)``,
+``Plateau(window=50, threshold=0.005, metric='val_bpb')``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any
+
+from engine import Clock, Context, CurriculumError, describe
+
+from policies._checks import check_guard, check_int, check_real, fail
+
+__all__ = ["Plateau", "MinEpoch", "MinSteps", "MetricBelow", "MetricAbove", "all_of", "any_of", "not_"]
+
+# Every finite double is an integer multiple of 2**-1074 (the smallest subnormal), so scaling by
+# 2**1074 turns it into an exact Python int. Sums of those ints are exact, and int / int is
+# correctly rounded in Python: the running sums never drift, whatever the stream.
+_SHIFT = 1074
+
+
+def _exact(x: float) -> int:
+    num, den = x.as_integer_ratio()  # den is a power of two
+    return num << (_SHIFT - (den.bit_length() - 1))
+
+
+def _ratio(num: int, den: int) -> float:
+    """``num / den`` correctly rounded; +-inf when it overflows a float."""
+    try:
+        return num / den
+    except OverflowError:
+        return math.copysign(math.inf, num if den > 0 else -num)
+
+
+class Plateau:
+    """Holds when the metric stopped improving over the last ``window`` observed values.
+
+    The window holds the last ``window`` finite values of ``metric`` observed at ``step_end`` since
+    the phase was entered (``observe`` appends, ``reset`` clears; non-finite values never enter).
+    With ``older`` its first half and ``newer`` its second, the relative improvement is
+    ``r = (mean(older) - mean(newer)) / |mean(older)|`` for ``mode="min"`` (numerator negated for
+    ``"max"``; ``r = 0`` when the older mean is 0). It holds iff the window is full and
+    ``r < threshold``.
+
+    Each step costs O(1): the halves are two deques with running sums. The sums are kept exactly
+    (each float as an integer multiple of 2**-1074), so means and ``r`` are the correctly rounded
+    values of the exact ones, there is no drift, and the snapshot (the window's values) restores a
+    guard whose decisions and evidence are bit-identical to an uninterrupted one.
+    """
+
+    requires: tuple[str, ...] = ()
+
+    def __init__(self, window: int = 50, threshold: float = 0.005, metric: str = "loss", mode: str = "min") -> None:
+        where = "Plateau"
+        window = check_int(where, "window", window, 2, "use an even window >= 2, e.g. window=50")
+        if window % 2:
+            raise fail(where, "window", "even (older and newer halves of equal size)", window, f"use window={window + 1}")
+        self.window = window
+        self.threshold = check_real(where, "threshold", threshold, "e.g. threshold=0.005 (0.5% relative improvement)")
+        if not isinstance(metric, str) or not metric:
+            raise fail(where, "metric", "a metric name passed to step_end", metric, 'e.g. metric="loss"')
+        self.metric = metric
+        if mode not in ("min", "max"):
+            raise fail(where, "mode", '"min" (lower is better) or "max"', mode, 'use mode="min" for a loss')
+        self.mode = mode
+        self._half = window // 2
+        self._older: deque[tuple[float, int]] = deque()
+        self._newer: deque[tuple[float, int]] = deque()
+        self._older_sum = 0
+        self._newer_sum = 0
+
+    # -- accumulate ------------------------------------------------------------------------------
+
+    def observe(self, ctx: Context) -> None:
+        """Append this step's value of the metric (skipped when non-finite)."""
+        self.push(ctx.metric(self.metric))
+
+    def push(self, value: Any) -> None:
+        """Append one value to the window (what ``observe`` does with the step's metric)."""
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            raise CurriculumError(
+                f"{self!r}: metric {self.metric!r} must be a number, got {type(value).__name__}: {value!r}; "
+                "pass a float (e.g. loss.item()) to engine.step_end"
+            ) from None
+        if not math.isfinite(x):
+            return
+        item = (x, _exact(x))
+        if len(self._newer) == self._half:  # the oldest of the newer half moves to the older half
+            moved = self._newer.popleft()
+            self._newer_sum -= moved[1]
+            if len(self._older) == self._half:
+                self._older_sum -= self._older.popleft()[1]
+            self._older.append(moved)
+            self._older_sum += moved[1]
+        self._newer.append(item)
+        self._newer_sum += item[1]
+
+    def reset(self) -> None:
+        """Empty the window (the engine calls this when the guard's phase is entered)."""
+        self._older.clear()
+        self._newer.clear()
+        self._older_sum = self._newer_sum = 0
+
+    # -- decide ----------------------------------------------------------------------------------
+
+    @property
+    def filled(self) -> int:
+        """How many values the window holds (``window`` when full)."""
+        return len(self._older) + len(self._newer)
+
+    @property
+    def full(self) -> bool:
+        return len(self._older) == self._half
+
+    def improvement(self) -> float | None:
+        """The relative improvement ``r`` of the newer half over the older, or None until full."""
+        if not self.full:
+            return None
+        num = self._older_sum - self._newer_sum
+        if self.mode == "max":
+            num = -num
+        if self._older_sum == 0:
+            return 0.0
+        return _ratio(num, abs(self._older_sum))
+
+    def __call__(self, ctx: Context) -> bool:
+        r = self.improvement()
+        return r is not None and r < self.threshold
+
+    def evidence(self, ctx: Context) -> dict:
+        """Window size and fill, older- and newer-half means, relative improvement, threshold."""
+        full = self.full
+        scale = self._half << _SHIFT
+        return {
+            "window": self.window,
+            "filled": self.filled,
+            "older_mean": _ratio(self._older_sum, scale) if full else None,
+            "newer_mean": _ratio(self._newer_sum, scale) if full else None,
+            "improvement": self.improvement(),
+            "threshold": self.threshold,
+        }
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """The window's values, oldest first (finite floats: JSON round-trips them exactly)."""
+        return {"values": [x for x, _ in self._older] + [x for x, _ in self._newer]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Refill the window from ``state_dict()``; the sums are rebuilt exactly as they were."""
+        values = state.get("values") if isinstance(state, dict) else None
+        if not isinstance(values, list) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
+        ):
+            raise CurriculumError(
+                f"{self!r}.load_state_dict: expected {{'values': [finite numbers]}} from Plateau.state_dict(), "
+                f"got {state!r}; pass the dict that state_dict() returned"
+            )
+        self.reset()
+        for v in values:  # a longer list (saved with a larger window) keeps its last `window` values
+            self.push(v)
+
+    def __repr__(self) -> str:
+        extra = "" if self.metric == "loss" else f", metric={self.metric!r}"
+        extra += "" if self.mode == "min" else f", mode={self.mode!r}"
+        return f"Plateau(window={self.window}, threshold={self.threshold!r}{extra})"
+
+
+class _Counter:
+    """Shared shape of MinEpoch and MinSteps: a clock counter >= n."""
+
+    requires: tuple[str, ...] = ()
+    _global: str
+    _local: str
+    _key: str
+
+    def __init__(self, n: int, in_phase: bool = False) -> None:
+        name = type(self).__name__
+        self.n = check_int(name, "n", n, 0, f"e.g. {name}(2)")
+        if not isinstance(in_phase, bool):
+            raise fail(name, "in_phase", "a bool", in_phase, "in_phase=True counts since the phase was entered")
+        self.in_phase = in_phase
+
+    def _count(self, clock: Clock) -> int:
+        return getattr(clock, self._local if self.in_phase else self._global)
+
+    def __call__(self, ctx: Context) -> bool:
+        return self._count(ctx.clock) >= self.n
+
+    def evidence(self, ctx: Context) -> dict:
+        return {self._local if self.in_phase else self._global: self._count(ctx.clock), self._key: self.n}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.n}{', in_phase=True' if self.in_phase else ''})"
+
+
+class MinEpoch(_Counter):
+    """Holds once ``clock.epoch >= n`` (epochs completed), or ``clock.epochs_in_phase >= n``
+    with ``in_phase=True``. At the boundary after the third epoch the clock reads ``epoch == 3``."""
+
+    _global, _local, _key = "epoch", "epochs_in_phase", "min_epoch"
+
+
+class MinSteps(_Counter):
+    """Holds once ``clock.global_step >= n`` (optimizer steps completed), or
+    ``clock.steps_in_phase >= n`` with ``in_phase=True``."""
+
+    _global, _local, _key = "global_step", "steps_in_phase", "min_steps"
+
+
+class _Threshold:
+    requires: tuple[str, ...] = ()
+    _word: str
+
+    def __init__(self, name: str, value: float) -> None:
+        cls = type(self).__name__
+        if not isinstance(name, str) or not name:
+            raise fail(cls, "name", "a metric name passed to step_end or epoch_end", name, f"e.g. {cls}('val_bpb', 1.5)")
+        self.name = name
+        self.value = check_real(cls, "value", value, f"e.g. {cls}({name!r}, 1.5)")
+
+    def _compare(self, x: float) -> bool:
+        raise NotImplementedError
+
+    def __call__(self, ctx: Context) -> bool:
+        return self._compare(ctx.metric(self.name))
+
+    def evidence(self, ctx: Context) -> dict:
+        return {"metric": self.name, "value": ctx.metric(self.name), self._word: self.value}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {self.value!r})"
+
+
+class MetricBelow(_Threshold):
+    """Holds when the metric ``name`` passed at this point is below ``value`` (NaN never holds).
+    A missing metric is a CurriculumError naming it and the point."""
+
+    _word = "below"
+
+    def _compare(self, x: float) -> bool:
+        return x < self.value
+
+
+class MetricAbove(_Threshold):
+    """Holds when the metric ``name`` passed at this point is above ``value`` (NaN never holds).
+    A missing metric is a CurriculumError naming it and the point."""
+
+    _word = "above"
+
+    def _compare(self, x: float) -> bool:
+        return x > self.value
+
+
+class _Combinator:
+    """A guard made of guards: observe, reset, state and requires pass through to every child."""
+
+    _name: str
+
+    def __init__(self, guards: tuple) -> None:
+        if not guards:
+            raise fail(self._name, "guards", "at least one guard", guards, f"e.g. {self._name}(MinEpoch(2), Plateau())")
+        self.guards = tuple(check_guard(self._name, f"guards[{i}]", g) for i, g in enumerate(guards))
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        names: dict[str, None] = {}
+        for g in self.guards:
+            names.update(dict.fromkeys(getattr(g, "requires", ()) or ()))
+        return tuple(names)
+
+    def _values(self, ctx: Context) -> list[bool]:
+        # Every child is evaluated (no short-circuit), so a missing metric fails at the first
+        # evaluation point rather than only once the other children happen to hold.
+        return [bool(g(ctx)) for g in self.guards]
+
+    def observe(self, ctx: Context) -> None:
+        for g in self.guards:
+            if hasattr(g, "observe"):
+                g.observe(ctx)
+
+    def reset(self) -> None:
+        for g in self.guards:
+            if hasattr(g, "reset"):
+                g.reset()
+
+    def evidence(self, ctx: Context) -> dict:
+        """Per child, keyed by its repr: whether it holds, and its own evidence."""
+        out: dict[str, dict] = {}
+        for g, holds in zip(self.guards, self._values(ctx)):
+            key, k = describe(g), 2
+            while key in out:  # the same guard twice: keep both
+                key, k = f"{describe(g)}#{k}", k + 1
+            out[key] = {"holds": holds, **(g.evidence(ctx) if hasattr(g, "evidence") else {})}
+        return out
+
+    def state_dict(self) -> dict:
+        return {"guards": [g.state_dict() if hasattr(g, "state_dict") else None for g in self.guards]}
+
+    def load_state_dict(self, state: dict) -> None:
+        states = state.get("guards") if isinstance(state, dict) else None
+        if not isinstance(states, list) or len(states) != len(self.guards):
+            raise CurriculumError(
+                f"{self!r}.load_state_dict: expected {{'guards': [one entry per child, {len(self.guards)}]}} "
+                f"from its state_dict(), got {state!r}"
+            )
+        for g, s in zip(self.guards, states):
+            if hasattr(g, "load_state_dict") and s is not None:
+                g.load_state_dict(s)
+
+    def __repr__(self) -> str:
+        return f"{self._name}({', '.join(describe(g) for g in self.guards)})"
+
+
+class _AllOf(_Combinator):
+    _name = "all_of"
+
+    def __call__(self, ctx: Context) -> bool:
+        return all(self._values(ctx))
+
+
+class _AnyOf(_Combinator):
+    _name = "any_of"
+
+    def __call__(self, ctx: Context) -> bool:
+        return any(self._values(ctx))
+
+
+class _Not(_Combinator):
+    _name = "not_"
+
+    def __call__(self, ctx: Context) -> bool:
+        return not self._values(ctx)[0]
+
+
+def all_of(*guards: Any) -> _AllOf:
+    """A guard that holds when every one of ``guards`` holds (all are evaluated)."""
+    return _AllOf(guards)
+
+
+def any_of(*guards: Any) -> _AnyOf:
+    """A guard that holds when at least one of ``guards`` holds (all are evaluated)."""
+    return _AnyOf(guards)
+
+
+def not_(guard: Any) -> _Not:
+    """A guard that holds when ``guard`` does not."""
+    return _Not((guard,))

@@ -1,0 +1,121 @@
+"""The seed's spectral curriculum as a ready-made :class:`engine.Curriculum`, and its resume rule."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Iterable, Sequence
+
+from engine import Curriculum, Phase, Point, Transition
+
+from policies._checks import check_int, fail
+from policies.actions import RestartLR, SetCutoff
+from policies.guards import MinEpoch, Plateau, _AllOf, all_of
+
+__all__ = ["spectral_curriculum", "phase_for_epoch"]
+
+
+def spectral_curriculum(
+    n_bins: int = 513,
+    cutoffs: Sequence[int] = (128, 256, 512),
+    min_epochs: Sequence[int] = (2, 5, 10),
+    window: int = 50,
+    threshold: float = 0.005,
+    preserve: bool = True,
+) -> Curriculum:
+    """Open frequency bands step by step: ``cutoff_128 -> cutoff_256 -> cutoff_512 -> full``.
+
+    One phase per cutoff, named ``cutoff_<c>``, then ``full``; each enters with
+    ``SetCutoff(c, preserve=preserve)`` (``full``: ``SetCutoff(None, ...)``). The raise out of the
+    k-th cutoff phase is checked at epoch end, guarded by
+    ``all_of(MinEpoch(min_epochs[k]), Plateau(window=window, threshold=threshold))``, and fires
+    ``RestartLR()``. Cutoffs count bins of an ``n_bins``-bin rfft: strictly increasing, >= 1 and
+    below ``n_bins`` (the full band is the last phase); one global minimum epoch per cutoff, not
+    decreasing.
+    """
+    where = "spectral_curriculum"
+    n_bins = check_int(where, "n_bins", n_bins, 2, "bins of the seq_len-point rfft: seq_len // 2 + 1, e.g. 513")
+    cutoffs = _ints(where, "cutoffs", cutoffs)
+    min_epochs = _ints(where, "min_epochs", min_epochs)
+    for i, c in enumerate(cutoffs):
+        if not 1 <= c < n_bins:
+            raise fail(
+                where, f"cutoffs[{i}]", f"in [1, {n_bins - 1}] (below n_bins={n_bins}; the last phase opens the full band)",
+                c, "drop it or lower it",
+            )
+        if i and c <= cutoffs[i - 1]:
+            raise fail(where, "cutoffs", "strictly increasing", tuple(cutoffs), f"sort them and drop repeats: {tuple(sorted(set(cutoffs)))}")
+    if len(min_epochs) != len(cutoffs):
+        raise fail(
+            where, "min_epochs", f"one minimum epoch per cutoff ({len(cutoffs)} for cutoffs {tuple(cutoffs)})",
+            tuple(min_epochs), "give the earliest epoch of each raise, e.g. (2, 5, 10) for three cutoffs",
+        )
+    for i, m in enumerate(min_epochs):
+        if m < 0:
+            raise fail(where, f"min_epochs[{i}]", "an int >= 0", m, "epochs count from 0")
+        if i and m < min_epochs[i - 1]:
+            raise fail(where, "min_epochs", "not decreasing", tuple(min_epochs), f"e.g. {tuple(sorted(min_epochs))}")
+    if not isinstance(preserve, bool):
+        raise fail(where, "preserve", "a bool", preserve, "preserve=True keeps the model's function exact at each raise")
+
+    names = [f"cutoff_{c}" for c in cutoffs] + ["full"]
+    phases = [Phase(name, on_enter=[SetCutoff(c, preserve=preserve)]) for name, c in zip(names, [*cutoffs, None])]
+    transitions = [
+        Transition(
+            names[k], names[k + 1],
+            guards=[all_of(MinEpoch(m), Plateau(window=window, threshold=threshold))],
+            actions=[RestartLR()],
+            when=Point.EPOCH_END,
+        )
+        for k, m in enumerate(min_epochs)
+    ]
+    return Curriculum(phases, transitions)
+
+
+def _ints(where: str, field: str, values: Any) -> list[int]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise fail(where, field, "a sequence of ints", values, f"e.g. {field}=(128, 256, 512)" if field == "cutoffs" else "e.g. (2, 5, 10)")
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise fail(where, f"{field}[{i}]", "an int", v, "use whole numbers")
+        out.append(int(v))
+    return out
+
+
+def _min_epoch(guards: Iterable[Any], entered: int) -> int | None:
+    """The earliest global epoch at which these (AND-ed) guards' MinEpoch requirements hold.
+
+    Looks inside ``all_of``; a MinEpoch with ``in_phase=True`` counts from ``entered``, the
+    earliest epoch the phase can have been entered. None when no MinEpoch constrains them.
+    """
+    needs = []
+    for g in guards:
+        if isinstance(g, MinEpoch):
+            needs.append(entered + g.n if g.in_phase else g.n)
+        elif isinstance(g, _AllOf):
+            inner = _min_epoch(g.guards, entered)
+            if inner is not None:
+                needs.append(inner)
+    return max(needs) if needs else None
+
+
+def phase_for_epoch(curriculum: Curriculum, epochs_completed: int) -> str:
+    """The phase to resume in from a checkpoint without engine state, after ``epochs_completed`` epochs.
+
+    Walks the chain from the initial phase, following (first in declaration order) a transition
+    whose minimum epoch, from the ``MinEpoch`` guards among its guards or inside ``all_of``, is at
+    most ``epochs_completed``; transitions without a ``MinEpoch`` are not followed. The result is
+    the highest phase the epoch allows: never a lower cutoff than the epoch implies. For the seed's
+    curriculum: 0-1 -> cutoff_128, 2-4 -> cutoff_256, 5-9 -> cutoff_512, 10+ -> full.
+    """
+    epochs = check_int("phase_for_epoch", "epochs_completed", epochs_completed, 0, "pass the epochs the checkpoint completed")
+    name, entered, seen = curriculum.initial_name, 0, {curriculum.initial_name}
+    while True:
+        for tr in curriculum.outgoing(name):
+            need = _min_epoch(tr.guards, entered)
+            if need is not None and need <= epochs and tr.dest not in seen:
+                name, entered = tr.dest, need
+                seen.add(name)
+                break
+        else:
+            return name

@@ -1,0 +1,329 @@
+"""Ready guards: Plateau, MinEpoch, MinSteps, metric thresholds and combinators (policies.guards)."""
+
+import json
+import math
+from fractions import Fraction
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine import Clock, Context, Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
+from policies import MetricAbove, MetricBelow, MinEpoch, MinSteps, Plateau, all_of, any_of, not_
+
+
+def step_ctx(**metrics):
+    return Context(clock=Clock(), metrics=metrics, point=Point.STEP_END)
+
+
+def feed(guard, values, metric="loss"):
+    for v in values:
+        guard.observe(step_ctx(**{metric: v}))
+
+
+def naive(values, window, mode="min"):
+    """(older mean, newer mean, r) recomputed from scratch, exactly; None until the window is full."""
+    kept = [v for v in values if math.isfinite(v)][-window:]
+    if len(kept) < window:
+        return None
+    half = window // 2
+    older, newer = kept[:half], kept[half:]
+    so, sn = sum(map(Fraction, older)), sum(map(Fraction, newer))
+    num = so - sn if mode == "min" else sn - so
+    if so == 0:
+        r = 0.0
+    else:
+        try:
+            r = float(num / abs(so))
+        except OverflowError:
+            r = math.copysign(math.inf, num)
+    return math.fsum(older) / half, math.fsum(newer) / half, r
+
+
+# -- Plateau ------------------------------------------------------------------------------------
+
+
+def test_plateau_repr_reads_like_the_call():
+    """Plateau's repr shows window and threshold always, metric and mode only when not default."""
+    assert repr(Plateau()) == "Plateau(window=50, threshold=0.005)"
+    assert repr(Plateau(window=10, threshold=0.01)) == "Plateau(window=10, threshold=0.01)"
+    assert repr(Plateau(8, 0.0, metric="acc", mode="max")) == "Plateau(window=8, threshold=0.0, metric='acc', mode='max')"
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"window": 7}, ["'window'", "even", "window=8"]),
+        ({"window": 0}, ["'window'", ">= 2"]),
+        ({"window": 2.0}, ["'window'", "int"]),
+        ({"threshold": math.nan}, ["'threshold'", "finite"]),
+        ({"mode": "lowest"}, ["'mode'", '"min"']),
+        ({"metric": ""}, ["'metric'"]),
+    ],
+)
+def test_plateau_rejects_bad_arguments(kwargs, words):
+    """A bad Plateau argument is a CurriculumError naming the field, the expectation and the value."""
+    with pytest.raises(CurriculumError) as err:
+        Plateau(**kwargs)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_plateau_not_plateaued_until_full():
+    """A flat metric does not read as a plateau until the window holds `window` values."""
+    p = Plateau(window=4, threshold=0.005)
+    feed(p, [1.0, 1.0, 1.0])
+    assert not p(step_ctx()) and p.evidence(step_ctx())["improvement"] is None
+    feed(p, [1.0])
+    assert p(step_ctx())
+
+
+def test_plateau_improvement_and_evidence():
+    """Evidence is the older/newer half means and r = (older - newer) / |older| over the last window."""
+    p = Plateau(window=4, threshold=0.1)
+    feed(p, [9.0, 4.0, 4.0, 3.0, 3.0])  # the window is the last four: older (4, 4), newer (3, 3)
+    ev = p.evidence(step_ctx())
+    assert ev == {"window": 4, "filled": 4, "older_mean": 4.0, "newer_mean": 3.0, "improvement": 0.25, "threshold": 0.1}
+    assert not p(step_ctx())  # improving by 25% >= 10%
+    feed(p, [2.9, 2.9])  # older (3, 3), newer (2.9, 2.9): r = 0.0333 < 0.1
+    assert p(step_ctx()) and p.improvement() == pytest.approx(0.1 / 3)
+
+
+def test_plateau_max_mode_and_zero_older_mean():
+    """mode='max' negates the numerator; an older mean of exactly 0 gives r = 0."""
+    up = Plateau(window=2, threshold=0.05, metric="acc", mode="max")
+    feed(up, [0.5, 0.6], metric="acc")
+    assert up.improvement() == pytest.approx(0.2) and not up(step_ctx())
+    zero = Plateau(window=2, threshold=0.005)
+    feed(zero, [0.0, -5.0])
+    assert zero.improvement() == 0.0 and zero(step_ctx())
+
+
+def test_plateau_skips_nonfinite_values():
+    """NaN and inf never enter the window."""
+    p = Plateau(window=2, threshold=0.005)
+    feed(p, [2.0, math.nan, math.inf, -math.inf, 1.0])
+    ev = p.evidence(step_ctx())
+    assert (ev["filled"], ev["older_mean"], ev["newer_mean"]) == (2, 2.0, 1.0)
+
+
+def test_plateau_reset_clears_window():
+    """reset() empties the window, so the guard no longer holds."""
+    p = Plateau(window=2, threshold=0.5)
+    feed(p, [1.0, 1.0])
+    assert p(step_ctx())
+    p.reset()
+    assert p.filled == 0 and not p(step_ctx())
+
+
+def test_plateau_missing_metric_names_it_and_the_point():
+    """Observing a metric the loop did not pass raises a CurriculumError naming metric and point."""
+    with pytest.raises(CurriculumError, match=r"'val_loss'.*step_end"):
+        Plateau(window=2, metric="val_loss").observe(step_ctx(loss=1.0))
+
+
+def test_plateau_load_rejects_malformed_state():
+    """load_state_dict with something other than {'values': [finite numbers]} is a clear error."""
+    with pytest.raises(CurriculumError, match="values"):
+        Plateau(window=2).load_state_dict({"values": [1.0, "x"]})
+
+
+def test_plateau_window_resets_when_phase_is_entered():
+    """In an engine the window holds only values observed since its phase was entered."""
+    plateau = Plateau(window=4, threshold=0.5)
+    cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [MinSteps(3)], when="step_end"), Transition("b", "a", [plateau], when="step_end")])
+    eng = CurriculumEngine(cur)
+    eng.start()
+    for _ in range(3):
+        eng.step_end(loss=1.0)
+    assert eng.phase.name == "b" and plateau.filled == 0
+    eng.step_end(loss=1.0)
+    assert plateau.filled == 1
+
+
+finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_subnormal=False)
+values = st.one_of(finite, finite, finite, st.sampled_from([math.nan, math.inf, -math.inf]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    stream=st.lists(values, max_size=60),
+    half=st.integers(1, 8),
+    threshold=st.floats(-0.1, 0.1),
+    mode=st.sampled_from(["min", "max"]),
+    data=st.data(),
+)
+def test_plateau_snapshot_restore_and_naive_equivalence(stream, half, threshold, mode, data):
+    """Snapshot -> JSON -> fresh Plateau -> continue decides as uninterrupted; both match a naive recomputation."""
+    cut = data.draw(st.integers(0, len(stream)))
+    live = Plateau(window=2 * half, threshold=threshold, mode=mode)
+    feed(live, stream[:cut])
+    restored = Plateau(window=2 * half, threshold=threshold, mode=mode)
+    restored.load_state_dict(json.loads(json.dumps(live.state_dict(), allow_nan=False)))
+    for i in range(cut, len(stream) + 1):
+        ctx = step_ctx()
+        assert restored(ctx) == live(ctx)
+        assert restored.evidence(ctx) == live.evidence(ctx)
+        expected = naive(stream[:i], 2 * half, mode)
+        ev = live.evidence(ctx)
+        if expected is None:
+            assert ev["improvement"] is None and not live(ctx)
+        else:
+            older, newer, r = expected
+            assert math.isclose(ev["older_mean"], older, rel_tol=1e-12, abs_tol=0)
+            assert math.isclose(ev["newer_mean"], newer, rel_tol=1e-12, abs_tol=0)
+            assert ev["improvement"] == r or math.isclose(ev["improvement"], r, rel_tol=1e-12)
+            assert live(ctx) == (r < threshold)
+        if i < len(stream):
+            feed(live, [stream[i]])
+            feed(restored, [stream[i]])
+
+
+# -- MinEpoch, MinSteps ---------------------------------------------------------------------------
+
+
+def test_min_epoch_global_and_in_phase():
+    """MinEpoch reads clock.epoch, or clock.epochs_in_phase with in_phase=True; evidence says which."""
+    ctx = Context(clock=Clock(epoch=3, epochs_in_phase=1))
+    assert MinEpoch(3)(ctx) and not MinEpoch(4)(ctx)
+    assert MinEpoch(1, in_phase=True)(ctx) and not MinEpoch(2, in_phase=True)(ctx)
+    assert MinEpoch(3).evidence(ctx) == {"epoch": 3, "min_epoch": 3}
+    assert MinEpoch(2, in_phase=True).evidence(ctx) == {"epochs_in_phase": 1, "min_epoch": 2}
+
+
+def test_min_steps_global_and_in_phase():
+    """MinSteps reads clock.global_step, or clock.steps_in_phase with in_phase=True."""
+    ctx = Context(clock=Clock(global_step=120, steps_in_phase=20))
+    assert MinSteps(120)(ctx) and not MinSteps(121)(ctx)
+    assert MinSteps(20, in_phase=True)(ctx) and not MinSteps(21, in_phase=True)(ctx)
+    assert MinSteps(5).evidence(ctx) == {"global_step": 120, "min_steps": 5}
+
+
+def test_counter_reprs_and_validation():
+    """MinEpoch/MinSteps reprs read like the call; negative or non-int n is a CurriculumError."""
+    assert [repr(MinEpoch(2)), repr(MinEpoch(0, in_phase=True)), repr(MinSteps(500))] == [
+        "MinEpoch(2)", "MinEpoch(0, in_phase=True)", "MinSteps(500)",
+    ]
+    with pytest.raises(CurriculumError, match=r"MinEpoch: 'n' must be an int >= 0, got -1"):
+        MinEpoch(-1)
+    with pytest.raises(CurriculumError, match="'n'"):
+        MinSteps(2.5)
+    with pytest.raises(CurriculumError, match="in_phase"):
+        MinEpoch(1, in_phase="yes")
+
+
+# -- MetricBelow, MetricAbove ---------------------------------------------------------------------
+
+
+def test_metric_thresholds():
+    """MetricBelow/MetricAbove compare the point's metric strictly; NaN holds for neither."""
+    ctx = Context(clock=Clock(), metrics={"val_bpb": 1.4, "nan": math.nan}, point=Point.EPOCH_END)
+    assert MetricBelow("val_bpb", 1.5)(ctx) and not MetricBelow("val_bpb", 1.4)(ctx)
+    assert MetricAbove("val_bpb", 1.3)(ctx) and not MetricAbove("val_bpb", 1.4)(ctx)
+    assert not MetricBelow("nan", 1.0)(ctx) and not MetricAbove("nan", 1.0)(ctx)
+    assert MetricBelow("val_bpb", 1.5).evidence(ctx) == {"metric": "val_bpb", "value": 1.4, "below": 1.5}
+
+
+def test_metric_threshold_missing_metric_and_repr():
+    """A missing metric raises naming it and the point; the repr reads like the call; bad args fail."""
+    with pytest.raises(CurriculumError, match=r"'val_bpb'.*epoch_end"):
+        MetricAbove("val_bpb", 1.0)(Context(clock=Clock(), metrics={}, point=Point.EPOCH_END))
+    assert repr(MetricBelow("val_bpb", 1.5)) == "MetricBelow('val_bpb', 1.5)"
+    assert repr(MetricAbove("acc", 0.9)) == "MetricAbove('acc', 0.9)"
+    with pytest.raises(CurriculumError, match="'value'"):
+        MetricBelow("loss", math.nan)
+    with pytest.raises(CurriculumError, match="'name'"):
+        MetricBelow("", 1.0)
+
+
+# -- combinators ----------------------------------------------------------------------------------
+
+
+def test_combinator_truth_tables():
+    """all_of, any_of and not_ combine their children's decisions."""
+    ctx = Context(clock=Clock(epoch=3))
+    yes, no = MinEpoch(1), MinEpoch(5)
+    assert all_of(yes, yes)(ctx) and not all_of(yes, no)(ctx)
+    assert any_of(no, yes)(ctx) and not any_of(no, no)(ctx)
+    assert not_(no)(ctx) and not not_(yes)(ctx)
+
+
+def test_combinator_reprs():
+    """Combinator reprs read like the call, nesting their children's reprs."""
+    guard = all_of(MinEpoch(2), Plateau(window=50, threshold=0.005))
+    assert repr(guard) == "all_of(MinEpoch(2), Plateau(window=50, threshold=0.005))"
+    assert repr(any_of(not_(MinSteps(10)), MetricBelow("loss", 2.0))) == "any_of(not_(MinSteps(10)), MetricBelow('loss', 2.0))"
+
+
+def test_combinators_pass_observe_reset_and_state_through():
+    """observe, reset, state_dict and load_state_dict reach the Plateau inside nested combinators."""
+    inner = Plateau(window=2, threshold=0.5)
+    guard = any_of(not_(MinEpoch(9)), all_of(MinEpoch(0), inner))
+    feed(guard, [3.0, 2.0])
+    assert inner.filled == 2
+    state = json.loads(json.dumps(guard.state_dict()))
+    twin_inner = Plateau(window=2, threshold=0.5)
+    twin = any_of(not_(MinEpoch(9)), all_of(MinEpoch(0), twin_inner))
+    twin.load_state_dict(state)
+    assert twin_inner.state_dict() == {"values": [3.0, 2.0]}
+    guard.reset()
+    assert inner.filled == 0
+    with pytest.raises(CurriculumError, match="one entry per child"):
+        twin.load_state_dict({"guards": [None]})
+
+
+def test_combinator_requires_is_the_union():
+    """A combinator requires every registered object its children require, once each, in order."""
+
+    class Needs:
+        def __init__(self, *names):
+            self.requires = names
+
+        def __call__(self, ctx):
+            return True
+
+    assert all_of(Needs("model"), not_(Needs("optimizer", "model")), MinEpoch(1)).requires == ("model", "optimizer")
+
+
+def test_combinator_evidence_is_nested_per_child():
+    """Evidence holds each child's decision and evidence under its repr."""
+    ctx = Context(clock=Clock(epoch=3))
+    p = Plateau(window=2, threshold=0.005)
+    feed(p, [1.0, 1.0])
+    ev = all_of(MinEpoch(2), p).evidence(ctx)
+    assert ev["MinEpoch(2)"] == {"holds": True, "epoch": 3, "min_epoch": 2}
+    assert ev["Plateau(window=2, threshold=0.005)"]["holds"] is True
+    assert ev["Plateau(window=2, threshold=0.005)"]["improvement"] == 0.0
+    assert list(any_of(MinEpoch(5), MinEpoch(5)).evidence(ctx)) == ["MinEpoch(5)", "MinEpoch(5)#2"]
+
+
+def test_combinator_evaluates_every_child():
+    """A child's missing metric fails at once even when another child already decides (no short-circuit)."""
+    ctx = Context(clock=Clock(), metrics={}, point=Point.EPOCH_END)
+    with pytest.raises(CurriculumError, match="val_bpb"):
+        all_of(MinEpoch(5), MetricBelow("val_bpb", 1.0))(ctx)
+
+
+def not_a_lambda(ctx):
+    return True
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: all_of(), "at least one guard"),
+        (lambda: any_of(lambda ctx: True), "lambda"),
+        (lambda: all_of(MinEpoch), r"instantiate it, e.g. MinEpoch\(...\)"),
+        (lambda: not_("MinEpoch(2)"), "not its name"),
+        (lambda: any_of(MinEpoch(1), 3), "callable"),
+    ],
+)
+def test_combinator_validation(build, match):
+    """Combinators refuse no guards, lambdas, classes, strings and non-callables with a clear error."""
+    with pytest.raises(CurriculumError, match=match):
+        build()
+
+
+def test_combinator_accepts_named_function():
+    """A plain named function is a valid child, shown by module.qualname."""
+    assert repr(not_(not_a_lambda)) == "not_(tests.test_guards.not_a_lambda)"

@@ -1,0 +1,218 @@
+"""The stage-aligned cosine LR schedule (policies.schedule.StagedCosine)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from engine import CurriculumError
+from policies import StagedCosine
+
+BASE = 2e-4
+SPE = 10  # steps per epoch
+
+
+def formula(peak, low, i, n, base=BASE):
+    """The LR of the i-th step of an n-step cycle."""
+    return base * (low + (peak - low) * 0.5 * (1 + math.cos(math.pi * i / n)))
+
+
+def make(total_epochs=8, groups=1, **kwargs):
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(groups)]
+    opt = torch.optim.SGD([{"params": [p], "lr": 0.5 * (k + 1)} for k, p in enumerate(params)], lr=1.0)
+    return opt, StagedCosine(opt, base_lr=BASE, steps_per_epoch=SPE, total_epochs=total_epochs, **kwargs)
+
+
+def lrs(sched, steps):
+    """The LR each of the next `steps` steps runs at, stepping the schedule after each."""
+    out = []
+    for _ in range(steps):
+        out.append(sched.optimizer.param_groups[0]["lr"])
+        sched.step()
+    return out
+
+
+def test_first_and_last_step_of_each_seed_stage():
+    """With the seed's stages over 8 epochs, each stage's first and last steps follow the formula."""
+    _, sched = make(total_epochs=8)
+    seen = lrs(sched, 80)
+    # stages: epochs 0-1 (steps 0..19), 2-4 (20..49), 5-7 (50..79)
+    for start, n, peak, low in [(0, 20, 1.0, 0.1), (20, 30, 1.0, 0.1), (50, 30, 1.0, 0.05)]:
+        assert seen[start] == pytest.approx(BASE * peak, rel=1e-12)
+        assert seen[start + n - 1] == pytest.approx(formula(peak, low, n - 1, n), rel=1e-12)
+        assert seen[start + n // 3] == pytest.approx(formula(peak, low, n // 3, n), rel=1e-12)
+
+
+def test_lr_of_step_zero_set_at_construction_for_every_group():
+    """Construction writes step 0's LR to every param group, and get_last_lr/lr report it."""
+    opt, sched = make(groups=2, stages=((0, 0.5, 0.1),))
+    assert [g["lr"] for g in opt.param_groups] == [BASE * 0.5, BASE * 0.5]
+    assert sched.get_last_lr() == [BASE * 0.5, BASE * 0.5] and sched.lr == BASE * 0.5
+
+
+def test_stages_at_or_after_the_end_are_dropped():
+    """A stage starting at or after total_epochs is dropped; the last kept stage ends with training."""
+    _, sched = make(total_epochs=4)  # seed stages: 0-1, 2-3 (the stage at epoch 5 is dropped)
+    seen = lrs(sched, 40)
+    assert seen[20] == pytest.approx(BASE, rel=1e-12)
+    assert seen[39] == pytest.approx(formula(1.0, 0.1, 19, 20), rel=1e-12)
+
+
+def test_past_the_end_keeps_the_last_stage_min():
+    """After total_epochs the LR stays at base_lr times the last stage's min."""
+    _, sched = make(total_epochs=8)
+    seen = lrs(sched, 100)
+    assert seen[80:] == [BASE * 0.05] * 20
+
+
+def test_mid_stage_restart_takes_effect_at_once():
+    """restart() sets peak on the optimizer now; the new cycle runs to the end of the step's stage."""
+    opt, sched = make(total_epochs=8)
+    lrs(sched, 30)  # step 30 (in stage 20..49) is about to run
+    before = opt.param_groups[0]["lr"]
+    assert before == pytest.approx(formula(1.0, 0.1, 10, 30), rel=1e-12)
+    assert sched.restart() == (before, BASE)
+    assert opt.param_groups[0]["lr"] == BASE
+    seen = lrs(sched, 25)  # steps 30..54
+    assert seen[0] == BASE
+    assert seen[1] == pytest.approx(formula(1.0, 0.1, 1, 20), rel=1e-12)
+    assert seen[19] == pytest.approx(formula(1.0, 0.1, 19, 20), rel=1e-12)  # step 49: the stage's last
+    assert seen[20] == BASE  # step 50: the next stage starts its own cycle
+    assert seen[24] == pytest.approx(formula(1.0, 0.05, 4, 30), rel=1e-12)
+
+
+def test_restart_on_last_step_of_stage_and_past_the_end():
+    """A restart on a stage's last step runs that one step at peak; past the end likewise, then min."""
+    _, sched = make(total_epochs=8)
+    lrs(sched, 49)
+    sched.restart()
+    assert lrs(sched, 2) == [BASE, BASE]
+    lrs(sched, 40)  # now at step 91, past the end (80)
+    sched.restart()
+    assert lrs(sched, 2) == [BASE, BASE * 0.05]
+
+
+def test_peak_lr_is_the_stage_peak():
+    """peak_lr is base_lr times the peak of the stage of the step about to run."""
+    _, sched = make(total_epochs=8, stages=((0, 1.0, 0.1), (2, 0.5, 0.1)))
+    assert sched.peak_lr == BASE
+    lrs(sched, 25)
+    assert sched.peak_lr == BASE * 0.5
+
+
+def test_warmup_ramps_linearly_then_the_cycle_starts_at_peak():
+    """With warmup W the steps 0..W-1 run at peak*(s+1)/(W+1), step W at peak, then a cosine to the stage end."""
+    _, sched = make(total_epochs=8, warmup_steps=4)
+    seen = lrs(sched, 21)
+    assert seen[:4] == pytest.approx([BASE * (s + 1) / 5 for s in range(4)], rel=1e-12)
+    assert seen[4] == BASE
+    assert seen[19] == pytest.approx(formula(1.0, 0.1, 15, 16), rel=1e-12)
+    assert seen[20] == BASE
+
+
+def test_restart_during_warmup_ends_it():
+    """A restart during the warmup runs at peak at once and decays to the first stage's end."""
+    _, sched = make(total_epochs=8, warmup_steps=10)
+    lrs(sched, 2)
+    sched.restart()
+    seen = lrs(sched, 18)
+    assert seen[0] == BASE and seen[17] == pytest.approx(formula(1.0, 0.1, 17, 18), rel=1e-12)
+
+
+def run_with_restart(opt_sched, steps, restart_at):
+    opt, sched = opt_sched
+    out = []
+    for s in range(steps):
+        if s == restart_at:
+            sched.restart()
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+@pytest.mark.parametrize("cut", [0, 7, 27, 33, 50, 79, 85])
+def test_state_dict_restores_bit_identical_lrs(cut):
+    """Snapshot (JSON) at any step, restore after optimizer.load_state_dict: the LRs are bit-identical."""
+    whole = run_with_restart(make(total_epochs=8, warmup_steps=3), 90, restart_at=33)
+    opt, sched = make(total_epochs=8, warmup_steps=3)
+    first = run_with_restart((opt, sched), cut, restart_at=33)
+    opt_state, sched_state = opt.state_dict(), json.loads(json.dumps(sched.state_dict(), allow_nan=False))
+    opt2, sched2 = make(total_epochs=8, warmup_steps=3)
+    opt2.load_state_dict(opt_state)
+    sched2.load_state_dict(sched_state)
+    rest = run_with_restart((opt2, sched2), 90 - cut, restart_at=33 - cut)
+    assert first + rest == whole
+
+
+def test_more_epochs_on_resume_stretch_the_stage_in_progress():
+    """Restored with larger total_epochs, the last stage (and its restart cycle) runs to the new end."""
+    opt, sched = make(total_epochs=8)
+    lrs(sched, 60)
+    sched.restart()  # cycle 60..79 under total_epochs=8
+    lrs(sched, 5)
+    opt2, sched2 = make(total_epochs=12)
+    sched2.load_state_dict(json.loads(json.dumps(sched.state_dict())))
+    seen = lrs(sched2, 56)  # steps 65..120
+    assert seen[0] == pytest.approx(formula(1.0, 0.05, 5, 60), rel=1e-12)  # cycle 60..119
+    assert seen[54] == pytest.approx(formula(1.0, 0.05, 59, 60), rel=1e-12)
+    assert seen[55] == BASE * 0.05
+
+
+def test_fewer_epochs_on_resume_use_the_new_layout():
+    """Restored with fewer total_epochs, a stage that no longer exists gives way to the new layout."""
+    opt, sched = make(total_epochs=8)
+    lrs(sched, 55)  # in stage 5-7 (steps 50..79)
+    opt2, sched2 = make(total_epochs=5)  # stages 0-1, 2-4: step 55 is past the end
+    sched2.load_state_dict(sched.state_dict())
+    assert opt2.param_groups[0]["lr"] == BASE * 0.1
+    opt3, sched3 = make(total_epochs=4)  # stage 2-3 ends at step 40
+    sched3.load_state_dict({**sched.state_dict(), "step": 35})
+    assert sched3.lr == pytest.approx(formula(1.0, 0.1, 15, 20), rel=1e-12)
+
+
+def test_load_state_dict_rejects_malformed_state():
+    """A state without an int step is a clear CurriculumError."""
+    _, sched = make()
+    with pytest.raises(CurriculumError, match="'step'"):
+        sched.load_state_dict({"step": "3", "cycle_start": 0})
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"base_lr": 0.0}, r"'base_lr' must be a finite number > 0, got 0.0"),
+        ({"base_lr": math.inf}, "'base_lr'"),
+        ({"steps_per_epoch": 0}, "'steps_per_epoch'"),
+        ({"total_epochs": 0}, "'total_epochs'"),
+        ({"stages": ((1, 1.0, 0.1),)}, r"stages\[0\]\[0\]' must be 0"),
+        ({"stages": ((0, 1.0, 0.1), (5, 1.0, 0.1), (2, 1.0, 0.1))}, "strictly increasing"),
+        ({"stages": ((0, 0.1, 1.0),)}, "min <= peak"),
+        ({"stages": ((0, 1.0),)}, "triple"),
+        ({"stages": ()}, "non-empty"),
+        ({"warmup_steps": 20}, "shorter than the first stage"),
+        ({"warmup_steps": -1}, "'warmup_steps'"),
+    ],
+)
+def test_validation(kwargs, match):
+    """Bad arguments are CurriculumErrors naming the field, the expectation and the value."""
+    args = {"base_lr": BASE, "steps_per_epoch": SPE, "total_epochs": 8, **kwargs}
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(CurriculumError, match=match):
+        StagedCosine(opt, **args)
+
+
+def test_rejects_non_optimizer():
+    """Something without param_groups is refused as the optimizer."""
+    with pytest.raises(CurriculumError, match="'optimizer'"):
+        StagedCosine(object(), base_lr=BASE, steps_per_epoch=SPE, total_epochs=8)
+
+
+def test_repr_reads_like_the_call():
+    """The schedule's repr shows its configuration."""
+    _, sched = make(total_epochs=8)
+    assert repr(sched) == (
+        "StagedCosine(base_lr=0.0002, steps_per_epoch=10, total_epochs=8, "
+        "stages=((0, 1.0, 0.1), (2, 1.0, 0.1), (5, 1.0, 0.05)), warmup_steps=0)"
+    )
