@@ -153,6 +153,11 @@ def _check_callables(items: Any, field: str) -> tuple:
                 f"{field}[{i}] must be a callable, got the string {item!r}; "
                 "pass the guard or action object itself, not its name"
             )
+        if isinstance(item, type):
+            raise CurriculumError(
+                f"{field}[{i}] is the class {item.__qualname__}, not a guard or action object; "
+                f"instantiate it, e.g. {item.__qualname__}(...)"
+            )
         if not callable(item):
             raise CurriculumError(
                 f"{field}[{i}] must be callable (a guard or action), got {type(item).__name__}: "

@@ -53,6 +53,8 @@ class StagedCosine:
 
     Past the end of training (``total_epochs * steps_per_epoch`` steps) the LR stays at the last
     cycle's min, i.e. ``base_lr`` times the last stage's min; a restart there runs one step at peak.
+    One exception keeps ``--epochs`` extensions exact: when a declared stage starts exactly at the
+    end of training, the first step after it runs at that stage's peak, as in a longer run.
 
     State: ``state_dict()`` holds the position (the step about to run and the start of the cycle in
     progress, plus informational copies of the cycle's length, multipliers and LR), not the
@@ -143,6 +145,13 @@ class StagedCosine:
         k = self._stage_at_start.get(self._step)
         if k is not None:
             self._cycle = self._cycle_from(self._stage_cycle_start(k))
+        elif self._step == self._total_steps:
+            # The first step after the end of training runs only if --epochs grows on resume. When a
+            # declared stage starts exactly there, a longer run would start it at peak: do the same,
+            # so extending a run at a stage boundary is bit-identical to having planned it longer.
+            nxt = [st for st in self.stages if st[0] * self.steps_per_epoch == self._step]
+            if nxt:
+                self._cycle = _Stage(self._step, self._step + 1, nxt[0][1], nxt[0][2])
         self._set(self._compute(self._step))
 
     def restart(self) -> tuple[float, float]:

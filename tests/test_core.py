@@ -117,3 +117,9 @@ def test_named_functions_are_accepted_and_described():
 def test_phase_params_are_kept():
     """A phase carries free-form params for the loop."""
     assert Phase("a", params={"seq_len": 128}).params == {"seq_len": 128}
+
+
+def test_class_instead_of_instance_rejected():
+    """Passing a guard class instead of an instance says to instantiate it."""
+    with pytest.raises(CurriculumError, match=r"guards\[0\] is the class Always.*instantiate it, e\.g\. Always\(\.\.\.\)"):
+        Transition("a", "b", [Always])

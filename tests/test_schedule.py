@@ -216,3 +216,30 @@ def test_repr_reads_like_the_call():
         "StagedCosine(base_lr=0.0002, steps_per_epoch=10, total_epochs=8, "
         "stages=((0, 1.0, 0.1), (2, 1.0, 0.1), (5, 1.0, 0.05)), warmup_steps=0)"
     )
+
+
+def test_extending_at_a_stage_boundary_is_exact():
+    """A 2-epoch schedule extended to 3 epochs on resume gives the LRs a 3-epoch schedule runs."""
+    import torch
+
+    from policies import StagedCosine
+
+    def opt():
+        return torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
+
+    long_opt, short_opt = opt(), opt()
+    long = StagedCosine(long_opt, base_lr=1e-3, steps_per_epoch=4, total_epochs=3)
+    short = StagedCosine(short_opt, base_lr=1e-3, steps_per_epoch=4, total_epochs=2)
+    for _ in range(8):
+        long.step()
+        short.step()
+    assert short.lr == long.lr == 1e-3  # step 8 opens stage 2 at peak in both
+    resumed = StagedCosine(opt(), base_lr=1e-3, steps_per_epoch=4, total_epochs=3)
+    resumed.load_state_dict(short.state_dict())
+    lrs_long, lrs_resumed = [], []
+    for _ in range(4):
+        long.step()
+        resumed.step()
+        lrs_long.append(long.lr)
+        lrs_resumed.append(resumed.lr)
+    assert lrs_resumed == lrs_long

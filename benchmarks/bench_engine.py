@@ -1,0 +1,118 @@
+"""Engine cost per call, against a hand-written inline plateau check.
+
+    python benchmarks/bench_engine.py [--quick]
+
+Measures microseconds per ``engine.step_end`` when the current phase has only an epoch-end
+transition (the spectral curriculum's case: a Plateau observes every step, the machine is not
+triggered), for several plateau windows and history lengths; ``epoch_end`` with and without a
+transition; and the same plateau check written inline, as a loop author would without the engine.
+Prints a Markdown table (median of repeats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from collections import deque
+
+from engine import Curriculum, CurriculumEngine, Phase, Point, Transition
+from policies import MinEpoch, Plateau, all_of
+
+
+def per_call_us(fn, n: int, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        times.append((time.perf_counter() - t0) / n * 1e6)
+    return statistics.median(times)
+
+
+def engine_with(window: int, history: int) -> CurriculumEngine:
+    """Two phases, each leaving at epoch end on MinEpoch and a Plateau; ``history`` forced transitions."""
+    cur = Curriculum(
+        [Phase("a"), Phase("b")],
+        [
+            Transition("a", "b", [all_of(MinEpoch(10**9), Plateau(window=window))], when=Point.EPOCH_END),
+            Transition("b", "a", [all_of(MinEpoch(10**9), Plateau(window=window))], when=Point.EPOCH_END),
+        ],
+    )
+    eng = CurriculumEngine(cur)
+    eng.start()
+    for i in range(history):
+        eng.force("b" if eng.phase.name == "a" else "a", reason="fill the history")
+    return eng
+
+
+class InlinePlateau:
+    """What a loop author writes by hand: a deque and two running sums."""
+
+    def __init__(self, window: int, threshold: float = 0.005) -> None:
+        self.window, self.threshold = window, threshold
+        self.values: deque = deque()
+        self.older = self.newer = 0.0
+
+    def step(self, loss: float) -> None:
+        if not math.isfinite(loss):
+            return
+        half = self.window // 2
+        self.values.append(loss)
+        self.newer += loss
+        if len(self.values) > half and len(self.values) - 1 >= half:
+            moved = self.values[-half - 1]
+            self.newer -= moved
+            self.older += moved
+        if len(self.values) > self.window:
+            self.older -= self.values.popleft()
+
+    def plateaued(self) -> bool:
+        if len(self.values) < self.window:
+            return False
+        h = self.window // 2
+        old, new = self.older / h, self.newer / h
+        return old != 0 and (old - new) / abs(old) < self.threshold
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    n, repeats = (20_000, 3) if args.quick else (200_000, 7)
+    rows = []
+    for window in (50, 500, 5000):
+        for history in (0, 1000):
+            eng = engine_with(window, history)
+            loss = iter(range(10**9))
+            us = per_call_us(lambda: eng.step_end(loss=float(next(loss) % 97)), n, repeats)
+            rows.append((f"step_end, no step-end transition (window {window}, history {history})", us))
+    inline = InlinePlateau(50)
+    loss = iter(range(10**9))
+    rows.append(("inline plateau update (window 50), no engine", per_call_us(lambda: inline.step(float(next(loss) % 97)), n, repeats)))
+
+    eng = engine_with(50, 0)
+    rows.append(("epoch_end, guards false (no transition)", per_call_us(lambda: eng.epoch_end(), n // 10, repeats)))
+
+    def fire() -> None:
+        cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [MinEpoch(1)])])
+        e = CurriculumEngine(cur)
+        e.start()
+        t0 = time.perf_counter()
+        e.epoch_end()
+        fire.samples.append((time.perf_counter() - t0) * 1e6)
+
+    fire.samples = []
+    for _ in range(max(200, n // 100)):
+        fire()
+    rows.append(("epoch_end that fires a transition", statistics.median(fire.samples)))
+
+    print("| call | µs per call (median) |")
+    print("|---|---:|")
+    for name, us in rows:
+        print(f"| {name} | {us:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

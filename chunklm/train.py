@@ -1,0 +1,375 @@
+"""The training loop that drives the curriculum engine.
+
+One optimizer step = ``accum_steps`` micro-batches; then, in the engine's order,
+``optimizer.step()``, ``schedule.step()``, ``engine.step_end(loss=..., lr=...)``; after the last
+step of an epoch, validation and ``engine.epoch_end(val_bpb=...)``. The loop reports through a
+:class:`Hooks` object (the command line prints, a test records) and never prints itself.
+
+Everything that affects the next step lives in :class:`Trainer` state that :meth:`state_dict`
+returns, so a run stopped at any optimizer-step boundary resumes bit-identically on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+from typing import Any, Callable, Protocol
+
+import attrs
+import numpy as np
+import torch
+
+from chunklm.corpus import ByteCorpus
+from chunklm.evaluate import EMA, evaluate_bpb
+from chunklm.model import ChunkLM, ChunkLMConfig
+from engine import CurriculumEngine, Record
+from policies import StagedCosine, spectral_curriculum
+
+__all__ = ["TrainConfig", "Trainer", "Hooks", "StepInfo", "EpochInfo", "NonFiniteLossError", "MAX_NONFINITE"]
+
+logger = logging.getLogger(__name__)
+
+MAX_NONFINITE = 3  # consecutive non-finite losses before the run stops
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss was non-finite for MAX_NONFINITE optimizer steps in a row."""
+
+
+def _positive(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0: got {value}")
+
+
+def _to_tuple(value: Any) -> tuple:
+    return tuple(value)
+
+
+@attrs.frozen
+class TrainConfig:
+    """Everything that determines a run's trajectory (plus ``epochs``, which may grow on resume)."""
+
+    model: ChunkLMConfig
+    data: tuple[str, ...] = attrs.field(default=(), converter=_to_tuple)
+    batch_size: int = attrs.field(default=4, validator=_positive)
+    accum_steps: int = attrs.field(default=8, validator=_positive)
+    steps_per_epoch: int = attrs.field(default=1000, validator=_positive)
+    epochs: int = attrs.field(default=50, validator=_positive)
+    lr: float = attrs.field(default=2e-4, validator=_positive)
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    ema: float | None = None  # EMA decay, or None for no EMA
+    cutoffs: tuple[int, ...] = attrs.field(default=(128, 256, 512), converter=_to_tuple)
+    min_epochs: tuple[int, ...] = attrs.field(default=(2, 5, 10), converter=_to_tuple)
+    plateau_window: int = 50
+    plateau_threshold: float = 0.005
+    preserve: bool = True  # SetCutoff(preserve=...): False is the seed's noisy opening
+    eval_windows: int = 64
+    eval_batch_size: int = 16
+
+
+@attrs.frozen
+class StepInfo:
+    epoch: int
+    step_in_epoch: int  # 1-based: the step just completed
+    global_step: int
+    loss: float  # nats, mean over positions and chunk offsets (all ranks)
+    lr: float  # the LR this step ran at
+    cutoff: int
+    phase: str
+    applied: bool  # False when the loss was non-finite and the update was skipped
+
+
+@attrs.frozen
+class EpochInfo:
+    epoch: int  # index of the epoch that just ended
+    avg_loss: float
+    cutoff: int
+    bpb: float
+    bpb_mean: float
+
+
+class Hooks(Protocol):
+    """What the loop reports; every method is optional to implement via :class:`BaseHooks`."""
+
+    def on_step(self, info: StepInfo) -> None: ...
+    def on_epoch(self, info: EpochInfo) -> None: ...
+    def on_transition(self, record: Record) -> None: ...
+    def on_checkpoint(self, reason: str) -> None: ...
+    def should_stop(self) -> str | None: ...
+
+
+class BaseHooks:
+    def on_step(self, info: StepInfo) -> None:
+        pass
+
+    def on_epoch(self, info: EpochInfo) -> None:
+        pass
+
+    def on_transition(self, record: Record) -> None:
+        pass
+
+    def on_checkpoint(self, reason: str) -> None:
+        pass
+
+    def should_stop(self) -> str | None:
+        """A reason to stop at this optimizer-step boundary (signal, --stop-after), or None."""
+        return None
+
+
+@attrs.define
+class EpochAccumulator:
+    """The epoch in progress: its finite losses so far and the non-finite streak."""
+
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    nonfinite_streak: int = 0
+
+
+def rng_state() -> dict:
+    """Python, numpy, torch (and CUDA) RNG states as tensors and plain lists (``weights_only``-safe)."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": {
+            "bit_generator": np_state["bit_generator"],
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": np_state["bit_generator"],
+            "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]},
+            "has_gauss": np_state["has_gauss"],
+            "gauss": np_state["gauss"],
+        }
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _Objective(torch.nn.Module):
+    """The model's training loss as a module's forward, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: ChunkLM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.loss(windows)
+
+
+class Trainer:
+    """Model, optimizer, LR schedule, curriculum engine and corpus for one run.
+
+    ``Trainer(config)`` builds a fresh run; ``load_state_dict`` restores a checkpoint into it.
+    ``rank``/``world_size`` and ``all_reduce_mean`` serve multi-process (DDP) training.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        device: str | torch.device = "cpu",
+        corpus: ByteCorpus | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        all_reduce_mean: Callable[[float], float] | None = None,
+        wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    ) -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.rank, self.world_size = rank, world_size
+        self._reduce = all_reduce_mean or (lambda x: x)
+        self.corpus = corpus or ByteCorpus(config.data or None, seq_len=config.model.seq_len, chunk=config.model.chunk)
+        torch.manual_seed(config.seed)
+        self.model = ChunkLM(config.model).to(self.device)
+        objective = _Objective(self.model)
+        self.net = wrap_model(objective) if wrap_model else objective  # DDP wraps the loss, so it syncs gradients
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
+        self.schedule = StagedCosine(self.optimizer, base_lr=config.lr, steps_per_epoch=config.steps_per_epoch, total_epochs=config.epochs)
+        self.curriculum = spectral_curriculum(
+            n_bins=self.model.n_bins,
+            cutoffs=config.cutoffs,
+            min_epochs=config.min_epochs,
+            window=config.plateau_window,
+            threshold=config.plateau_threshold,
+            preserve=config.preserve,
+        )
+        self.engine = CurriculumEngine(self.curriculum, model=self.model, optimizer=self.optimizer, schedule=self.schedule)
+        self.ema = EMA(self.model, decay=config.ema) if config.ema else None
+        self.acc = EpochAccumulator()
+        self._started = False
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """A fresh run: enter the first phase (sets the first cutoff)."""
+        self.engine.start()
+        self._started = True
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "engine": self.engine.state_dict(),
+            "rng": rng_state(),
+            "epoch_accumulator": attrs.asdict(self.acc),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        if state.get("engine") is not None:
+            self.engine.load_state_dict(state["engine"])
+        else:  # older or foreign checkpoint: weights only
+            self._start_from_epoch(int(state.get("epoch", 0)))
+        set_rng_state(state["rng"])
+        self.acc = EpochAccumulator(**state["epoch_accumulator"])
+        self._started = True
+
+    def _start_from_epoch(self, epochs_done: int) -> None:
+        from policies import phase_for_epoch
+
+        phase = phase_for_epoch(self.curriculum, epochs_done)
+        self.engine.start(phase=phase, global_step=epochs_done * self.config.steps_per_epoch, epoch=epochs_done)
+        logger.warning("checkpoint has no engine state: resuming in phase %s (epoch %d)", phase, epochs_done)
+
+    @property
+    def clock(self):
+        return self.engine.clock
+
+    @property
+    def done(self) -> bool:
+        return self.clock.epoch >= self.config.epochs
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _micro_loss(self, windows: torch.Tensor) -> torch.Tensor:
+        """Mean nats of one micro-batch of (B, seq_len + chunk) windows, over positions and offsets."""
+        with self._autocast():
+            loss, _ = self.net(windows)
+        return loss.float()
+
+    def train_step(self) -> StepInfo:
+        """One optimizer step (accum_steps micro-batches), then schedule and engine."""
+        cfg, clock = self.config, self.clock
+        self.net.train()
+        total = torch.zeros((), device=self.device)
+        for micro in range(cfg.accum_steps):
+            windows = self.corpus.train_batch(
+                cfg.batch_size, seed=cfg.seed, epoch=clock.epoch, step=clock.step_in_epoch, micro_step=micro, rank=self.rank
+            ).to(self.device, non_blocking=True)
+            sync = contextlib.nullcontext()
+            if micro < cfg.accum_steps - 1 and hasattr(self.net, "no_sync"):
+                sync = self.net.no_sync()  # DDP: all-reduce gradients once per optimizer step
+            with sync:
+                loss = self._micro_loss(windows)
+                (loss / cfg.accum_steps).backward()
+            total += loss.detach()
+        loss_value = self._reduce(total.item() / cfg.accum_steps)
+        lr = self.optimizer.param_groups[0]["lr"]
+        applied = math.isfinite(loss_value)
+        if applied:
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            self.acc.loss_sum += loss_value
+            self.acc.loss_count += 1
+            self.acc.nonfinite_streak = 0
+        else:
+            self.acc.nonfinite_streak += 1
+            logger.warning(
+                "non-finite loss %s at epoch %d step %d: update skipped (%d in a row)",
+                loss_value, clock.epoch, clock.step_in_epoch + 1, self.acc.nonfinite_streak,
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.schedule.step()
+        record = self.engine.step_end(loss=loss_value, lr=lr)
+        info = StepInfo(
+            epoch=clock.epoch, step_in_epoch=clock.step_in_epoch, global_step=clock.global_step, loss=loss_value,
+            lr=lr, cutoff=self.model.cutoff, phase=self.engine.phase.name, applied=applied,
+        )
+        self._last_record = record
+        if not applied and self.acc.nonfinite_streak >= MAX_NONFINITE:
+            raise NonFiniteLossError(
+                f"the loss was non-finite for {MAX_NONFINITE} optimizer steps in a row (last at epoch {clock.epoch}, "
+                f"step {clock.step_in_epoch}); the run stopped without saving, so the last good checkpoint is kept. "
+                "Lower --lr or check the data"
+            )
+        return info
+
+    def evaluate(self) -> dict:
+        cfg = self.config
+        return evaluate_bpb(self.model, self.corpus, n_windows=cfg.eval_windows, batch_size=cfg.eval_batch_size, ema=self.ema)
+
+    def end_epoch(self) -> tuple[EpochInfo, Record | None]:
+        """Validate, summarise the epoch and let the engine decide at the epoch boundary."""
+        metrics = self.evaluate()
+        avg = self.acc.loss_sum / self.acc.loss_count if self.acc.loss_count else float("nan")
+        info = EpochInfo(epoch=self.clock.epoch, avg_loss=avg, cutoff=self.model.cutoff, bpb=metrics["bpb"], bpb_mean=metrics["bpb_mean"])
+        record = self.engine.epoch_end(val_bpb=metrics["bpb"], avg_loss=avg)
+        self.acc = EpochAccumulator(nonfinite_streak=self.acc.nonfinite_streak)  # a streak spans epochs
+        return info, record
+
+    def fit(self, hooks: BaseHooks, save: Callable[[str], None], ckpt_every: int = 0) -> str:
+        """Train until ``epochs`` are done or a hook asks to stop; returns why it ended.
+
+        ``save(reason)`` writes a checkpoint: at epoch ends, every ``ckpt_every`` optimizer steps
+        (0: never), and when a hook asks to stop (a signal, ``--stop-after``).
+        """
+        if not self._started:
+            raise RuntimeError("call trainer.start() (fresh run) or trainer.load_state_dict() (resume) first")
+        cfg = self.config
+        while not self.done:
+            while self.clock.step_in_epoch < cfg.steps_per_epoch:
+                info = self.train_step()
+                hooks.on_step(info)
+                if self._last_record is not None:
+                    hooks.on_transition(self._last_record)
+                reason = hooks.should_stop()
+                if reason is not None:
+                    save(reason)
+                    return reason
+                if ckpt_every and self.clock.global_step % ckpt_every == 0 and not self.acc.nonfinite_streak:
+                    save("ckpt_every")  # never during a non-finite streak: keep the last good one
+            info, record = self.end_epoch()
+            hooks.on_epoch(info)
+            if record is not None:
+                hooks.on_transition(record)
+            if not self.acc.nonfinite_streak:
+                save("epoch_end")
+            reason = hooks.should_stop()
+            if reason is not None:
+                return reason
+        return "done"

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine:
+#   ./run.sh demo    set up .venv, then train ChunkLM's demo on the default corpus (CPU, ~5 min)
+#   ./run.sh test    set up .venv, then run the test suite
+#   ./run.sh setup   only set up .venv
+# Extra arguments go to the command (e.g. ./run.sh test -k engine).
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV="${VENV:-.venv}"
+PY="$VENV/bin/python"
+
+setup() {
+    [ -x "$PY" ] || python3 -m venv "$VENV"
+    if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+        if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+            "$PY" -m pip install -q torch          # a GPU is present: the default (CUDA) build
+        else
+            "$PY" -m pip install -q "torch==2.13.0" # no GPU: the CPU build
+        fi
+    fi
+    "$PY" -m pip install -q -e ".[test]"
+}
+
+cmd="${1:-demo}"
+shift || true
+case "$cmd" in
+    setup) setup ;;
+    demo)  setup; exec "$VENV/bin/chunklm" train --preset demo --ckpt out/demo/chunklm_ckpt.pt "$@" ;;
+    test)  setup; exec "$PY" -m pytest -q "$@" ;;
+    *) echo "usage: ./run.sh [demo|test|setup] [args...]" >&2; exit 2 ;;
+esac
