@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import math
+import hashlib
+import json
 import os
 import shlex
 import signal
@@ -52,6 +53,12 @@ class Console:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def _digest(history) -> str:
+    """sha256 of the history without wall times: equal on every rank when decisions agree."""
+    text = json.dumps([r.comparable() for r in history], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _cutoff_text(value: int, n_bins: int) -> str:
@@ -105,6 +112,15 @@ class _Distributed:
         dist.all_gather_object(texts, text)
         if len(set(texts)) > 1:
             raise RuntimeError(f"ranks diverged on {what}: " + "; ".join(f"rank {r}: {t}" for r, t in enumerate(texts)))
+
+    def gather_to_all(self, obj: Any) -> list[Any]:
+        if not self.active:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
 
     def any_flag(self, flag: bool) -> bool:
         """True on every rank when any rank raised the flag (stop together at the same step)."""
@@ -170,7 +186,10 @@ def train(args: argparse.Namespace, explicit: dict[str, Any]) -> int:
         raise UsageError(str(exc)) from None
 
     if saved is not None:
-        trainer.load_state_dict(saved["trainer"])
+        state = saved["trainer"]
+        if "rng_per_rank" in saved:  # each rank continues its own random streams
+            state = {**state, "rng": saved["rng_per_rank"][dist.rank]}
+        trainer.load_state_dict(state)
     else:
         trainer.start()
 
@@ -213,9 +232,13 @@ def train(args: argparse.Namespace, explicit: dict[str, Any]) -> int:
     printed = {i: len(r.warnings) for i, r in enumerate(trainer.engine.history)}  # warnings already shown
 
     def save(reason: str) -> None:
+        state = trainer.state_dict()
+        rng_per_rank = dist.gather_to_all(state["rng"])  # every rank calls save at the same step
         if dist.rank == 0:
+            extra = {"rng_per_rank": rng_per_rank} if dist.active else {}
             atomic_save(
                 {
+                    **extra,
                     "schema_version": CKPT_SCHEMA_VERSION,
                     "config": config_to_dict(config),
                     "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
@@ -223,7 +246,7 @@ def train(args: argparse.Namespace, explicit: dict[str, Any]) -> int:
                     "world_size": dist.world_size,
                     "global_step": trainer.clock.global_step,
                     "epoch": trainer.clock.epoch,
-                    "trainer": trainer.state_dict(),
+                    "trainer": state,
                 },
                 ckpt,
             )
@@ -246,6 +269,7 @@ def train(args: argparse.Namespace, explicit: dict[str, Any]) -> int:
                 printed[i] = len(record.warnings)
 
         def on_epoch(self, info) -> None:
+            dist.check_same("transition history", _digest(trainer.engine.history))
             console.close_bar()
             console.line(f"Epoch {info.epoch} avg_loss={info.avg_loss:.2f} cutoff={info.cutoff}/{n_bins}")
             console.line(f"Epoch {info.epoch} val_bpb={info.bpb:.3f} (next byte), {info.bpb_mean:.3f} (mean over {config.model.chunk} offsets)")
