@@ -232,4 +232,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under `python -m runs.cli` this module is __main__; run the importable one, so that the
+    # UsageError raised by runs.train_cmd is the class main() catches.
+    from runs.cli import main as _main
+
+    sys.exit(_main())

@@ -79,6 +79,8 @@ class _Distributed:
         self.device = torch.device(device_arg)
         if self.device.type == "cuda" and self.world_size > 1:
             self.device = torch.device("cuda", self.local_rank)
+        elif self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.active = self.world_size > 1
