@@ -139,6 +139,7 @@ class _Distributed:
         if self.active:
             import torch.distributed as dist
 
+            dist.barrier()  # no rank tears gloo down while another still talks to it
             dist.destroy_process_group()
 
 
