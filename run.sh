@@ -25,7 +25,7 @@ cmd="${1:-demo}"
 shift || true
 case "$cmd" in
     setup) setup ;;
-    demo)  setup; exec "$VENV/bin/chunklm" train --preset demo --ckpt out/demo/chunklm_ckpt.pt "$@" ;;
+    demo)  setup; mkdir -p out/demo; exec "$VENV/bin/chunklm" train --preset demo --ckpt out/demo/chunklm_ckpt.pt "$@" ;;
     test)  setup; exec "$PY" -m pytest -q "$@" ;;
     *) echo "usage: ./run.sh [demo|test|setup] [args...]" >&2; exit 2 ;;
 esac

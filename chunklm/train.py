@@ -15,7 +15,7 @@ import contextlib
 import logging
 import math
 import random
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import attrs
 import numpy as np
@@ -24,7 +24,7 @@ import torch
 from chunklm.corpus import ByteCorpus
 from chunklm.evaluate import EMA, evaluate_bpb
 from chunklm.model import ChunkLM, ChunkLMConfig
-from engine import CurriculumEngine, Record
+from engine import Curriculum, CurriculumEngine, Record
 from policies import StagedCosine, spectral_curriculum
 
 __all__ = ["TrainConfig", "Trainer", "Hooks", "StepInfo", "EpochInfo", "NonFiniteLossError", "MAX_NONFINITE"]
@@ -181,6 +181,9 @@ class Trainer:
     """Model, optimizer, LR schedule, curriculum engine and corpus for one run.
 
     ``Trainer(config)`` builds a fresh run; ``load_state_dict`` restores a checkpoint into it.
+    The curriculum is the seed's ``spectral_curriculum`` from the config unless ``curriculum`` is
+    given (registered objects: ``model``, ``optimizer``, ``schedule``); ``stages`` overrides the
+    LR schedule's seed stages.
     ``rank``/``world_size`` and ``all_reduce_mean`` serve multi-process (DDP) training.
     """
 
@@ -194,6 +197,8 @@ class Trainer:
         world_size: int = 1,
         all_reduce_mean: Callable[[float], float] | None = None,
         wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+        curriculum: Curriculum | None = None,
+        stages: Sequence[tuple[int, float, float]] | None = None,
     ) -> None:
         self.config = config
         self.device = torch.device(device)
@@ -205,8 +210,11 @@ class Trainer:
         objective = _Objective(self.model)
         self.net = wrap_model(objective) if wrap_model else objective  # DDP wraps the loss, so it syncs gradients
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
-        self.schedule = StagedCosine(self.optimizer, base_lr=config.lr, steps_per_epoch=config.steps_per_epoch, total_epochs=config.epochs)
-        self.curriculum = spectral_curriculum(
+        self.schedule = StagedCosine(
+            self.optimizer, base_lr=config.lr, steps_per_epoch=config.steps_per_epoch, total_epochs=config.epochs,
+            **({"stages": tuple(stages)} if stages is not None else {}),
+        )
+        self.curriculum = curriculum or spectral_curriculum(
             n_bins=self.model.n_bins,
             cutoffs=config.cutoffs,
             min_epochs=config.min_epochs,

@@ -1,0 +1,290 @@
+"""Does the spectral curriculum earn its keep? Six arms, the same step budget and data order.
+
+    python benchmarks/efficacy.py            # the experiment in BENCHMARKS.md (~1 h on 2 cores)
+    python benchmarks/efficacy.py --quick    # the pipeline end to end in about 2 minutes
+
+Arms (each over the same seeds; a seed fixes the initial weights and the data order):
+  A  no curriculum: full cutoff from the start, one cosine cycle over the budget
+  B  fixed schedule: raises at the seed table's epochs scaled to the budget, the same LR stages
+  C  the plateau rule (spectral_curriculum), the same minimum epochs and LR stages
+  D  A plus C's LR stages and restarts at the steps where C raised (same seed)
+  E  C with preserve=False and white-noise kernels: the seed's own behaviour
+  F  D with white-noise kernels
+C vs D isolates the cutoff curriculum; D vs F the kernel initialisation; C vs E the seed's way of
+opening bands. Runs are single-threaded, two at a time. Writes results.json, efficacy.png and
+the Markdown tables to --out (default bench_out/efficacy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import attrs
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine import Curriculum, Phase, Transition  # noqa: E402
+from policies import MinEpoch, MinSteps, RestartLR, SetCutoff, spectral_curriculum  # noqa: E402
+
+ARMS = "ABCDEF"
+
+
+@attrs.frozen
+class Plan:
+    """The experiment's scale: one CPU-sized ChunkLM, a fixed budget of optimizer steps."""
+
+    d_model: int = 64
+    n_layers: int = 2
+    seq_len: int = 128
+    kernel_len: int = 32
+    chunk: int = 4
+    batch_size: int = 16
+    steps_per_epoch: int = 100
+    epochs: int = 20
+    lr: float = 3e-3
+    min_epochs: tuple[int, ...] = (2, 4, 8)  # the seed's 2, 5, 10 of 50 epochs, scaled to 20
+    stages: tuple[tuple[int, float, float], ...] = ((0, 1.0, 0.1), (2, 1.0, 0.1), (4, 1.0, 0.05))
+    window: int = 100
+    threshold: float = 0.01
+    eval_windows: int = 64
+    seeds: tuple[int, ...] = (0, 1, 2)
+
+    @property
+    def n_bins(self) -> int:
+        return self.seq_len // 2 + 1
+
+    @property
+    def cutoffs(self) -> tuple[int, int, int]:
+        n = self.seq_len
+        return (n // 8, n // 4, n // 2)
+
+
+QUICK = Plan(d_model=32, n_layers=1, seq_len=64, kernel_len=16, batch_size=8, steps_per_epoch=20, epochs=6,
+             min_epochs=(1, 2, 3), stages=((0, 1.0, 0.1), (1, 1.0, 0.1), (2, 1.0, 0.05)), window=10,
+             eval_windows=16, seeds=(0,))
+
+
+@attrs.frozen
+class Arm:
+    """How one arm trains: its curriculum (built fresh per run: guards hold state), LR stages, init."""
+
+    name: str
+    description: str
+    curriculum: Callable[[], Curriculum]
+    stages: tuple[tuple[int, float, float], ...]
+    kernel_init: str = "smooth"
+
+
+class _Fixed:
+    """Curriculum factories as small named classes (picklable for the worker processes)."""
+
+    def __init__(self, plan: Plan, kind: str, raise_steps: tuple[int, ...] = ()) -> None:
+        self.plan, self.kind, self.raise_steps = plan, kind, raise_steps
+
+    def __call__(self) -> Curriculum:
+        p = self.plan
+        if self.kind == "none":  # A: full band from the start, no transitions
+            return Curriculum([Phase("full", on_enter=[SetCutoff(None)])], [])
+        if self.kind == "fixed":  # B: raise at fixed epochs, restart the LR
+            return _chain([SetCutoff(c) for c in p.cutoffs] + [SetCutoff(None)], [MinEpoch(m) for m in p.min_epochs])
+        if self.kind in ("plateau", "plateau_noisy"):  # C, E
+            return spectral_curriculum(
+                n_bins=p.n_bins, cutoffs=p.cutoffs, min_epochs=p.min_epochs, window=p.window,
+                threshold=p.threshold, preserve=self.kind == "plateau",
+            )
+        if self.kind == "restarts":  # D, F: full band, LR restarts where C raised
+            phases = [Phase("full", on_enter=[SetCutoff(None)])] + [Phase(f"restart_{i + 1}") for i in range(len(self.raise_steps))]
+            transitions = [
+                Transition(phases[i].name, phases[i + 1].name, [MinSteps(s)], [RestartLR()])
+                for i, s in enumerate(self.raise_steps)
+            ]
+            return Curriculum(phases, transitions)
+        raise ValueError(self.kind)
+
+
+def _chain(on_enter: list, guards: list) -> Curriculum:
+    names = [f"phase_{i}" for i in range(len(on_enter))]
+    phases = [Phase(n, on_enter=[a]) for n, a in zip(names, on_enter)]
+    transitions = [Transition(names[i], names[i + 1], [g], [RestartLR()]) for i, g in enumerate(guards)]
+    return Curriculum(phases, transitions)
+
+
+def build_arms(plan: Plan, c_raise_steps: tuple[int, ...] = ()) -> dict[str, Arm]:
+    """The six arms; D and F need the steps where C raised (for the same seed)."""
+    one_cycle = ((0, 1.0, 0.05),)
+    return {
+        "A": Arm("A", "no curriculum, one cosine cycle", _Fixed(plan, "none"), one_cycle),
+        "B": Arm("B", "fixed raises at scaled seed epochs", _Fixed(plan, "fixed"), plan.stages),
+        "C": Arm("C", "plateau rule (spectral_curriculum)", _Fixed(plan, "plateau"), plan.stages),
+        "D": Arm("D", "A + C's LR stages and restarts", _Fixed(plan, "restarts", c_raise_steps), plan.stages),
+        "E": Arm("E", "C, preserve=False, white-noise kernels (seed)", _Fixed(plan, "plateau_noisy"), plan.stages, "white"),
+        "F": Arm("F", "D with white-noise kernels", _Fixed(plan, "restarts", c_raise_steps), plan.stages, "white"),
+    }
+
+
+def run_arm(plan: Plan, arm: Arm, seed: int) -> dict:
+    """Train one arm for one seed on one thread; per-step losses, per-epoch validation bpb, raises."""
+    import torch
+
+    from chunklm import ByteCorpus, ChunkLMConfig
+    from chunklm.train import BaseHooks, TrainConfig, Trainer
+
+    torch.set_num_threads(1)
+    model = ChunkLMConfig(
+        d_model=plan.d_model, n_layers=plan.n_layers, seq_len=plan.seq_len, kernel_len=plan.kernel_len,
+        chunk=plan.chunk, init_cutoff=plan.cutoffs[0], kernel_init=arm.kernel_init,
+    )
+    config = TrainConfig(
+        model=model, batch_size=plan.batch_size, accum_steps=1, steps_per_epoch=plan.steps_per_epoch,
+        epochs=plan.epochs, lr=plan.lr, seed=seed, eval_windows=plan.eval_windows,
+        cutoffs=plan.cutoffs, min_epochs=plan.min_epochs,
+    )
+    corpus = ByteCorpus(None, seq_len=plan.seq_len, chunk=plan.chunk)
+    trainer = Trainer(config, corpus=corpus, curriculum=arm.curriculum(), stages=arm.stages)
+    trainer.start()
+    losses: list[float] = []
+    evals: list[tuple[int, float]] = []
+    raises: list[dict] = []
+
+    class Record(BaseHooks):
+        def on_step(self, info) -> None:
+            losses.append(info.loss)
+
+        def on_epoch(self, info) -> None:
+            evals.append((trainer.clock.global_step, info.bpb))
+
+        def on_transition(self, record) -> None:
+            cut = next((a.effect["cutoff"] for a in record.actions if "cutoff" in a.effect), None)
+            raises.append({"step": record.global_step, "epoch": record.epoch, "cutoff": cut})
+
+    t0 = time.time()
+    trainer.fit(Record(), save=lambda reason: None)
+    for r in raises:  # the loss right before and after each raise: the spike, or its absence
+        s = r["step"]
+        r["loss_before"] = statistics.fmean(losses[max(0, s - 10) : s]) if s > 0 else None
+        r["loss_after"] = statistics.fmean(losses[s : s + 10]) if s < len(losses) else None
+        r["loss_first_step_after"] = losses[s] if s < len(losses) else None
+    return {"arm": arm.name, "seed": seed, "losses": losses, "evals": evals, "raises": raises, "seconds": time.time() - t0}
+
+
+def _ci(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    spread = (max(values) - min(values)) / 2 if len(values) > 1 else 0.0
+    return f"{mean:.4f} ± {spread:.4f}"
+
+
+def steps_to(evals: list[tuple[int, float]], target: float) -> int | None:
+    return next((step for step, bpb in evals if bpb <= target), None)
+
+
+def report(plan: Plan, results: list[dict], out: Path) -> str:
+    by_arm = {a: [r for r in results if r["arm"] == a] for a in ARMS}
+    target = statistics.fmean(r["evals"][-1][1] for r in by_arm["A"])
+    budget = plan.epochs * plan.steps_per_epoch
+    arms = build_arms(plan)
+    lines = [
+        f"Budget {budget} optimizer steps ({plan.epochs} epochs x {plan.steps_per_epoch}), batch {plan.batch_size} x {plan.seq_len} bytes; "
+        f"ChunkLM d_model {plan.d_model}, {plan.n_layers} layers, kernel_len {plan.kernel_len}, chunk {plan.chunk}; "
+        f"seeds {', '.join(map(str, plan.seeds))}; target = A's final bpb {target:.4f}.",
+        "",
+        "| arm | what | final val bpb (mean ± half-range) | vs A | steps to A's final bpb (per seed) | raise steps (per seed) |",
+        "|---|---|---:|---:|---|---|",
+    ]
+    a_final = target
+    for a in ARMS:
+        rs = by_arm[a]
+        if not rs:
+            continue
+        finals = [r["evals"][-1][1] for r in rs]
+        reach = [steps_to(r["evals"], target) for r in rs]
+        raise_steps = ["/".join(str(x["step"]) for x in r["raises"]) or "-" for r in rs]
+        lines.append(
+            f"| {a} | {arms[a].description} | {_ci(finals)} | {100 * (statistics.fmean(finals) / a_final - 1):+.2f}% | "
+            f"{', '.join('never' if s is None else str(s) for s in reach)} | {'; '.join(raise_steps)} |"
+        )
+    lines += ["", "Loss (nats, mean of 10 steps) right before and after each raise, seed " + str(plan.seeds[0]) + ":", "",
+              "| arm | raise step | cutoff | loss before | loss after | first step after |", "|---|---:|---|---:|---:|---:|"]
+    for a in "BCE":
+        for r in by_arm[a][:1]:
+            for x in r["raises"]:
+                lines.append(f"| {a} | {x['step']} | {x['cutoff']} | {x['loss_before']:.4f} | {x['loss_after']:.4f} | {x['loss_first_step_after']:.4f} |")
+    text = "\n".join(lines)
+    (out / "tables.md").write_text(text + "\n")
+    plot(by_arm, out / "efficacy.png", target)
+    return text
+
+
+def plot(by_arm: dict[str, list[dict]], path: Path, target: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    colors = dict(zip(ARMS, ["black", "tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple"]))
+    for a, rs in by_arm.items():
+        if not rs:
+            continue
+        steps = [s for s, _ in rs[0]["evals"]]
+        mean = [statistics.fmean(r["evals"][i][1] for r in rs) for i in range(len(steps))]
+        ax.plot(steps, mean, "-o", ms=3, color=colors[a], label=f"{a}")
+        for r in rs:
+            ax.plot(steps, [b for _, b in r["evals"]], "-", lw=0.5, alpha=0.35, color=colors[a])
+    ax.axhline(target, color="gray", ls=":", lw=1, label="A's final bpb")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("validation bits per byte (next byte)")
+    ax.set_title("Curriculum efficacy: mean over seeds (thin: each seed)")
+    ax.legend()
+    lo = min(min(b for _, b in r["evals"]) for rs in by_arm.values() for r in rs)
+    ax.set_ylim(lo - 0.05, lo + 1.5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="a tiny plan that checks the pipeline (~2 min)")
+    parser.add_argument("--out", default="bench_out/efficacy")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    plan = QUICK if args.quick else Plan()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from chunklm import ByteCorpus
+
+    ByteCorpus(None, seq_len=plan.seq_len, chunk=plan.chunk)  # build the corpus cache once, before the workers
+    t0 = time.time()
+    results: list[dict] = []
+    arms = build_arms(plan)
+    with ProcessPoolExecutor(args.workers) as pool:
+        first = [pool.submit(run_arm, plan, arms[a], s) for s in plan.seeds for a in "CABE"]  # C first: D, F need it
+        for f in first:
+            r = f.result()
+            results.append(r)
+            print(f"{r['arm']} seed {r['seed']}: final bpb {r['evals'][-1][1]:.4f}, raises {[x['step'] for x in r['raises']]}, {r['seconds']:.0f} s", flush=True)
+        later = []
+        for s in plan.seeds:
+            c = next(r for r in results if r["arm"] == "C" and r["seed"] == s)
+            steps = tuple(x["step"] for x in c["raises"])
+            seeded = build_arms(plan, steps)
+            later += [pool.submit(run_arm, plan, seeded[a], s) for a in "DF"]
+        for f in later:
+            r = f.result()
+            results.append(r)
+            print(f"{r['arm']} seed {r['seed']}: final bpb {r['evals'][-1][1]:.4f}, {r['seconds']:.0f} s", flush=True)
+    (out / "results.json").write_text(json.dumps({"plan": attrs.asdict(plan), "results": results}))
+    print(report(plan, results, out))
+    print(f"\n{len(results)} runs in {time.time() - t0:.0f} s; wrote {out}/results.json, tables.md, efficacy.png")
+
+
+if __name__ == "__main__":
+    main()
