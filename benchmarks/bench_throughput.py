@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     print(
         f"{cpu_name()}, {os.cpu_count()} CPUs; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-        f"median of {args.repeats} steps (3 at batch 1), after one warm-up step each\n"
+        f"median of {args.repeats} steps (3 at batch 1), after one warm-up step each; "
+        f"load average at the start (1, 5, 15 min): {os.getloadavg()}\n"
     )
     print("| size | seq_len | batch | ChunkLM params | Transformer params | ChunkLM tok/s | Transformer tok/s | ratio |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             ratios.append((seq_len, tps["chunklm"] / tps["transformer"]))
         crossovers[size] = crossover(ratios)
-    print()
+    print(f"\nload average at the end (1, 5, 15 min): {os.getloadavg()}")
     for size, text in crossovers.items():
         print(f"crossover ({size}): ChunkLM overtakes the Transformer at seq_len {text}")
 

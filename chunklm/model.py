@@ -214,8 +214,9 @@ class LongConv(nn.Module):
 
     def forward(self, x: torch.Tensor, cutoff: torch.Tensor) -> torch.Tensor:
         v, g = self.in_proj(x).chunk(2, dim=-1)  # (B, T, D) each
-        v = v.transpose(1, 2)  # (B, D, T)
-        y = causal_fft_conv(v, self.kernel(cutoff)) + v * self.skip[:, None]  # (B, D, T)
+        k = self.kernel(cutoff)  # (D, K)
+        k = torch.cat([k[:, :1] + self.skip[:, None], k[:, 1:]], dim=1)  # skip as tap 0: + skip * v
+        y = causal_fft_conv(v.transpose(1, 2), k)  # (B, D, T)
         y = y.transpose(1, 2) * torch.sigmoid(g)  # (B, T, D); the gate is per position: causal
         return self.out_proj(y)
 
