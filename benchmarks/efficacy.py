@@ -47,7 +47,7 @@ class Plan:
     kernel_len: int = 32
     chunk: int = 4
     batch_size: int = 16
-    steps_per_epoch: int = 100
+    steps_per_epoch: int = 300
     epochs: int = 20
     lr: float = 3e-3
     min_epochs: tuple[int, ...] = (2, 4, 8)  # the seed's 2, 5, 10 of 50 epochs, scaled to 20
