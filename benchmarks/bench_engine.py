@@ -6,7 +6,8 @@ Measures microseconds per ``engine.step_end`` when the current phase has only an
 transition (the spectral curriculum's case: a Plateau observes every step, the machine is not
 triggered), for several plateau windows and history lengths; ``epoch_end`` with and without a
 transition; and the same plateau check written inline, as a loop author would without the engine.
-Prints a Markdown table (median of repeats).
+Prints a Markdown table (median of repeats), with each cost as a share of one ChunkLM optimizer
+step at the demo config.
 """
 
 from __future__ import annotations
@@ -108,10 +109,36 @@ def main() -> None:
         fire()
     rows.append(("epoch_end that fires a transition", statistics.median(fire.samples)))
 
-    print("| call | µs per call (median) |")
-    print("|---|---:|")
+    step_us = demo_step_us(3 if args.quick else 10)
+    print("| call | µs per call (median) | share of one demo ChunkLM optimizer step |")
+    print("|---|---:|---:|")
     for name, us in rows:
-        print(f"| {name} | {us:.2f} |")
+        print(f"| {name} | {us:.2f} | {100 * us / step_us:.4f}% |")
+    print(f"\none ChunkLM optimizer step at the demo config (batch 8 x 256 bytes, forward + backward + AdamW): {step_us / 1000:.1f} ms (median)")
+
+
+def demo_step_us(repeats: int) -> float:
+    """Median time of one training step of the demo preset's model, for scale."""
+    import torch
+
+    from chunklm import ChunkLM
+    from runs.settings import fresh_settings, to_config
+
+    config = to_config(fresh_settings("demo", {}))
+    torch.manual_seed(0)
+    model = ChunkLM(config.model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    windows = torch.randint(0, 256, (config.batch_size, config.model.seq_len + config.model.chunk))
+    times = []
+    for i in range(repeats + 2):
+        t0 = time.perf_counter()
+        loss, _ = model.loss(windows)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if i >= 2:
+            times.append((time.perf_counter() - t0) * 1e6)
+    return statistics.median(times)
 
 
 if __name__ == "__main__":
