@@ -37,7 +37,7 @@ def _ratio(num: int, den: int) -> float:
     try:
         return num / den
     except OverflowError:
-        return math.copysign(math.inf, num if den > 0 else -num)
+        return math.inf if (num > 0) == (den > 0) else -math.inf  # the ints may not fit a float
 
 
 class Plateau:

@@ -327,3 +327,11 @@ def test_combinator_validation(build, match):
 def test_combinator_accepts_named_function():
     """A plain named function is a valid child, shown by module.qualname."""
     assert repr(not_(not_a_lambda)) == "not_(tests.test_guards.not_a_lambda)"
+
+
+def test_plateau_improvement_that_overflows_a_float_is_infinite():
+    """A relative improvement too large for a float reads as +inf (found by hypothesis: tiny older mean)."""
+    from policies.guards import _ratio
+
+    huge = 1 << 3000
+    assert _ratio(huge, 3) == math.inf and _ratio(-huge, 3) == -math.inf and _ratio(huge, -3) == -math.inf
