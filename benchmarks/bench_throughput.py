@@ -8,7 +8,7 @@ causal attention (``F.scaled_dot_product_attention(is_causal=True)``, head size 
 positions). Steps of the two models alternate, so a slow phase of the machine hits both; each
 number is the median of the repeats.
 
-    python benchmarks/bench_throughput.py            # the table in BENCHMARKS.md (~7 min, 2 cores)
+    python benchmarks/bench_throughput.py            # the table in BENCHMARKS.md (~5 min, 2 cores)
     python benchmarks/bench_throughput.py --quick    # one size, two lengths, a smoke test
 """
 
@@ -126,7 +126,7 @@ def cpu_name() -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="demo,seed", help="comma-separated: " + ", ".join(SIZES))
-    parser.add_argument("--seq-lens", default="256,512,1024,2048,4096")
+    parser.add_argument("--seq-lens", default="128,256,512,1024,2048,4096")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="demo size, 256 and 1024, 2 repeats")
