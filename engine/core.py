@@ -38,7 +38,7 @@ import hashlib
 import json
 import re
 from collections import deque
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping
 
 import attrs
 

@@ -245,7 +245,7 @@ def _check_stages(stages: Any) -> tuple[tuple[int, float, float], ...]:
         if low > peak:
             raise fail(where, f"stages[{i}]", "min <= peak", tuple(stage), f"swap them: ({start}, {low}, {peak})")
         if i == 0 and start != 0:
-            raise fail(where, "stages[0][0]", "0 (the first stage starts training)", start, f"start the first stage at epoch 0")
+            raise fail(where, "stages[0][0]", "0 (the first stage starts training)", start, "start the first stage at epoch 0")
         if i > 0 and start <= out[-1][0]:
             raise fail(where, f"stages[{i}][0]", f"> {out[-1][0]} (start epochs strictly increasing)", start, "sort the stages by start epoch")
         out.append((start, peak, low))

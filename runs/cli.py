@@ -7,11 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shlex
-import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -139,8 +135,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _history(args: argparse.Namespace) -> int:
-    from runs.artifacts import resolve_run
-
     files = _resolve(args.run)
     if not files.history.exists():
         raise UsageError(f"no transition history at {files.history}; has the run saved a checkpoint yet?")
@@ -172,8 +166,7 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _diagram(args: argparse.Namespace) -> int:
-    from chunklm.model import ChunkLMConfig
-    from engine import CurriculumEngine, CurriculumError
+    from engine import CurriculumError
     from policies import spectral_curriculum
     from runs.settings import SettingsError, fresh_settings, resume_settings
 
@@ -204,8 +197,6 @@ def _diagram(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    import torch
-
     from chunklm import ChunkLM, generate
     from runs.checkpoint import CheckpointError, config_from_dict, load_checkpoint
 

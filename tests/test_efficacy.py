@@ -3,7 +3,6 @@
 import attrs
 
 from benchmarks.efficacy import QUICK, build_arms, run_arm
-from engine import CurriculumEngine
 
 
 def describe_arm(arm):

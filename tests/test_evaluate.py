@@ -11,15 +11,6 @@ from chunklm import EMA, ByteCorpus, ChunkLM, ChunkLMConfig, chunk_loss, evaluat
 SEQ_LEN, CHUNK = 32, 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP threads stall badly on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> ByteCorpus:
     root = tmp_path_factory.mktemp("data")

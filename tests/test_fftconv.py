@@ -1,6 +1,5 @@
 """The causal FFT long convolution, against direct convolution."""
 
-import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
@@ -8,15 +7,6 @@ from hypothesis import strategies as st
 
 from chunklm import causal_fft_conv
 from chunklm.model import _fast_len
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP threads stall badly on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def direct_causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

@@ -6,15 +6,6 @@ import torch
 from chunklm import ChunkLM, ChunkLMConfig, generate
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP threads stall badly on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model() -> ChunkLM:
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ import numpy as np
 
 from engine import Curriculum, CurriculumEngine, History, Phase, Transition
 from engine.history import jsonable
-from tests.utils import CountBelow, Log, LossBelow
+from tests.utils import CountBelow, Log
 
 
 def fired_engine():

@@ -16,15 +16,6 @@ SEQ_LEN = 64
 CUTOFFS = (SEQ_LEN // 8, SEQ_LEN // 4, SEQ_LEN // 2, None)  # None: full (33 bins)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP threads stall badly on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(**overrides) -> ChunkLMConfig:
     fields = dict(d_model=24, n_layers=2, seq_len=SEQ_LEN, kernel_len=16, chunk=4)
     return ChunkLMConfig(**{**fields, **overrides})
