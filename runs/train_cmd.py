@@ -172,6 +172,8 @@ def train(args: argparse.Namespace, explicit: dict[str, Any]) -> int:
     except (SettingsError, CheckpointError, CurriculumError, ValueError) as exc:
         raise UsageError(str(exc)) from None
 
+    import torch
+
     dist = _Distributed(args.device)
     console = Console(enabled=dist.rank == 0)
     if saved is not None and saved.get("world_size", 1) != dist.world_size:
@@ -219,6 +221,10 @@ def train(args: argparse.Namespace, explicit: dict[str, Any]) -> int:
     console.line(f"curriculum: cutoffs {', '.join(map(str, config.cutoffs))} then full of {trainer.model.n_bins} bins; "
                  f"min epochs {', '.join(map(str, config.min_epochs))}; plateau window {config.plateau_window}, threshold {config.plateau_threshold}")
     if saved is not None:
+        threads = saved.get("num_threads")
+        if threads is not None and threads != torch.get_num_threads():
+            console.line(f"note: this run used {threads} CPU threads and this process has {torch.get_num_threads()}; "
+                         f"float results will not be bit-identical to an uninterrupted run (set OMP_NUM_THREADS={threads})")
         c = trainer.clock
         console.line(f"resumed {ckpt} at epoch {c.epoch} step {c.step_in_epoch}/{config.steps_per_epoch} (global step {c.global_step}), "
                      f"phase {trainer.engine.phase.name}, cutoff={trainer.model.cutoff}/{trainer.model.n_bins}")
@@ -247,6 +253,7 @@ def train(args: argparse.Namespace, explicit: dict[str, Any]) -> int:
                     "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
                     "preset": preset,
                     "world_size": dist.world_size,
+                    "num_threads": torch.get_num_threads(),
                     "global_step": trainer.clock.global_step,
                     "epoch": trainer.clock.epoch,
                     "trainer": state,

@@ -240,3 +240,12 @@ def test_seed_lines_are_printed(tmp_path, capsys):
     lines = [l for l in out.splitlines() if l.startswith("  step 3/6 ")]
     assert lines and all(" lr=" in l and "e-0" in l and l.endswith(("cutoff=4", "cutoff=8")) for l in lines)
     assert "global batch = 2 x 2 accum x 1 process = 4 windows/step" in out
+
+
+def test_resume_with_another_thread_count_says_it_is_not_bit_identical(tmp_path, capsys):
+    """The checkpoint records the CPU thread count; resuming with another one prints a note."""
+    assert train(tmp_path, "run", "--stop-after", "2") == 0
+    assert load_checkpoint(tmp_path / "run.pt")["num_threads"] == torch.get_num_threads() == 1
+    torch.set_num_threads(2)  # tests/conftest.py restores it
+    assert resume(tmp_path, "run", "--stop-after", "1") == 0
+    assert "this run used 1 CPU threads and this process has 2" in capsys.readouterr().out
