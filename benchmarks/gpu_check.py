@@ -1,6 +1,7 @@
 """GPU check of ChunkLM and the training loop: device placement, bf16 autocast, throughput.
 
     python benchmarks/gpu_check.py [--out DIR] [--quick]
+    python benchmarks/gpu_check.py --long [--out DIR]   # only the 8k-32k comparison
 
 1. Causality on the GPU (float32): changing byte s moves no output before s.
 2. Training throughput (forward + backward + AdamW, tokens/s) at the seed's exact model
@@ -91,7 +92,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--long", action="store_true", help="only ChunkLM vs Transformer at 8k-32k bytes (bf16)")
     args = parser.parse_args()
+    if args.long:
+        return long_lengths(Path(args.out))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log: list[str] = []
@@ -145,6 +149,24 @@ def main() -> None:
     say(f"CLI on GPU: {report['cli']}")
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2))
     (out / "gpu_check.log").write_text("\n".join(log))
+
+
+def long_lengths(out: Path) -> None:
+    """Where does ChunkLM (O(T log T)) overtake flash attention (O(T^2)) on this GPU?"""
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda")
+    rows = []
+    for seq_len, batch in ((8192, 4), (16384, 2), (32768, 1)):
+        for kind in ("ChunkLM", "Transformer"):
+            torch.manual_seed(0)
+            cfg = ChunkLMConfig(**{**SEED, "seq_len": seq_len})
+            model = (ChunkLM(cfg) if kind == "ChunkLM" else TransformerLM(cfg)).to(device)
+            tps = throughput(model, batch, seq_len, SEED["chunk"], True, 5)
+            rows.append({"model": kind, "seq_len": seq_len, "batch": batch, "tokens_per_s": round(tps)})
+            print(f"{kind} seq_len {seq_len} batch {batch} bf16: {tps:,.0f} tokens/s", flush=True)
+            del model
+            torch.cuda.empty_cache()
+    (out / "gpu_long.json").write_text(json.dumps({"device": torch.cuda.get_device_name(device), "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
