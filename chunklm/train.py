@@ -245,18 +245,28 @@ class Trainer:
             "epoch_accumulator": attrs.asdict(self.acc),
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, *, epochs_done: int = 0) -> None:
+        """Restore a checkpoint's trainer state.
+
+        Only ``model`` is required. A state without ``engine`` (an older or foreign checkpoint with
+        weights only) resumes at the start of epoch ``epochs_done``, in the highest phase whose
+        minimum epoch it has reached; the LR schedule is then stepped to that point.
+        """
         self.model.load_state_dict(state["model"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
+        if state.get("optimizer") is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
         if state.get("engine") is not None:
+            self.schedule.load_state_dict(state["schedule"])
             self.engine.load_state_dict(state["engine"])
-        else:  # older or foreign checkpoint: weights only
-            self._start_from_epoch(int(state.get("epoch", 0)))
-        set_rng_state(state["rng"])
-        self.acc = EpochAccumulator(**state["epoch_accumulator"])
+        else:
+            for _ in range(epochs_done * self.config.steps_per_epoch):
+                self.schedule.step()
+            self._start_from_epoch(epochs_done)
+        if state.get("rng") is not None:
+            set_rng_state(state["rng"])
+        self.acc = EpochAccumulator(**state.get("epoch_accumulator", {}))
         self._started = True
 
     def _start_from_epoch(self, epochs_done: int) -> None:

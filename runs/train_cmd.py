@@ -194,7 +194,7 @@ def train(args: argparse.Namespace, explicit: dict[str, Any]) -> int:
         state = saved["trainer"]
         if "rng_per_rank" in saved:  # each rank continues its own random streams
             state = {**state, "rng": saved["rng_per_rank"][dist.rank]}
-        trainer.load_state_dict(state)
+        trainer.load_state_dict(state, epochs_done=int(saved.get("epoch", 0)))
     else:
         trainer.start()
 

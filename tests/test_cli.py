@@ -249,3 +249,19 @@ def test_resume_with_another_thread_count_says_it_is_not_bit_identical(tmp_path,
     torch.set_num_threads(2)  # tests/conftest.py restores it
     assert resume(tmp_path, "run", "--stop-after", "1") == 0
     assert "this run used 1 CPU threads and this process has 2" in capsys.readouterr().out
+
+
+def test_checkpoint_without_engine_state_resumes_in_the_phase_its_epochs_imply(tmp_path, capsys):
+    """Weights only (an older checkpoint): resume at its epoch, in the phase the epoch implies, no lower cutoff."""
+    assert main(["train", *TINY, "--min-epochs", "1,2,3", "--plateau-threshold", "-1", "--epochs", "2",
+                 "--ckpt", str(tmp_path / "run.pt")]) == 0  # threshold -1: never plateaus, stays at cutoff 4
+    data = load_checkpoint(tmp_path / "run.pt")
+    assert data["trainer"]["engine"]["phase"] == "cutoff_4" and data["epoch"] == 2
+    data["trainer"] = {"model": data["trainer"]["model"]}  # weights only
+    torch.save(data, tmp_path / "run.pt")
+    capsys.readouterr()
+    assert resume(tmp_path, "run", "--epochs", "3") == 0
+    resumed = load_checkpoint(tmp_path / "run.pt")
+    assert resumed["trainer"]["engine"]["phase"] == "cutoff_16"  # min epochs 1, 2 reached at epoch 2
+    assert resumed["trainer"]["model"]["spectral_cutoff"].item() == 16
+    assert resumed["global_step"] == 18
