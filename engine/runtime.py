@@ -65,6 +65,7 @@ class CurriculumEngine:
         self._started = False
         self._fingerprint = curriculum.fingerprint()
         self._building: Record | None = None  # the record of the transition in progress
+        self._building_index = -1  # its index in curriculum.transitions (-1: manual)
         self._firing: tuple[int, str] | None = None  # (transition index or -1, manual reason)
 
         phases = curriculum.phases
