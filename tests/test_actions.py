@@ -5,20 +5,10 @@ import torch
 
 from engine import Clock, Context, Curriculum, CurriculumEngine, CurriculumError, Phase, Transition
 from policies import MinEpoch, MinSteps, Plateau, ResetWindow, RestartLR, SetCutoff, StagedCosine, all_of
+from tests.utils import FakeModel
 
 BASE = 2e-4
 SPE = 10
-
-
-class FakeModel:
-    """A model with the cutoff interface: records set_cutoff calls; None means the full 513 bins."""
-
-    def __init__(self, cutoff=513):
-        self.cutoff, self.calls = cutoff, []
-
-    def set_cutoff(self, n, preserve=True):
-        self.calls.append((n, preserve))
-        self.cutoff = 513 if n is None else n
 
 
 class NoRestart(StagedCosine):

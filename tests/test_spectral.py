@@ -10,6 +10,7 @@ import torch
 
 from engine import Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
 from policies import MinEpoch, Plateau, StagedCosine, all_of, phase_for_epoch, spectral_curriculum
+from tests.utils import FakeModel
 
 BASE, SPE, EPOCHS, WINDOW, THRESHOLD = 2e-4, 20, 12, 10, 0.005
 MIN_EPOCHS = {"cutoff_128": 2, "cutoff_256": 5, "cutoff_512": 10}
@@ -23,17 +24,6 @@ CURVES = {"cutoff_128": (1.0, 2.0, 9.0), "cutoff_256": (0.8, 0.5, 2.5), "cutoff_
 def synthetic_loss(phase, t):
     floor, amplitude, tau = CURVES[phase]
     return floor + amplitude * math.exp(-t / tau)
-
-
-class FakeModel:
-    """Stands in for ChunkLM: records set_cutoff calls and exposes .cutoff (513 bins when full)."""
-
-    def __init__(self, cutoff=513):
-        self.cutoff, self.calls = cutoff, []
-
-    def set_cutoff(self, n, preserve=True):
-        self.calls.append((n, preserve))
-        self.cutoff = 513 if n is None else n
 
 
 class Run:

@@ -87,3 +87,14 @@ class Log:
 
     def __repr__(self) -> str:
         return f"Log({self.name!r})"
+
+
+class FakeModel:
+    """Stands in for ChunkLM: records set_cutoff calls and exposes .cutoff (513 bins when full)."""
+
+    def __init__(self, cutoff=513):
+        self.cutoff, self.calls = cutoff, []
+
+    def set_cutoff(self, n, preserve=True):
+        self.calls.append((n, preserve))
+        self.cutoff = 513 if n is None else n
