@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import os
@@ -316,6 +317,10 @@ def train(args: argparse.Namespace, explicit: dict[str, Any]) -> int:
         if writers:
             for w in writers:
                 w.close()
+        # Drop DDP's reducer before the process group: a gloo group torn down while the reducer
+        # still holds it aborted a rank at exit ('terminate called without an active exception').
+        trainer.net = None
+        gc.collect()
         dist.close()
 
     elapsed = time.time() - started_at
