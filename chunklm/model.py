@@ -11,6 +11,7 @@ later byte at any cutoff.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
@@ -20,12 +21,13 @@ import torch.nn.functional as F
 
 from chunklm.config import ChunkLMConfig, ConfigError, KernelInit
 
-__all__ = ["causal_fft_conv", "chunk_loss", "head_loss", "SpectralKernel", "LongConv", "Block", "ChunkLM"]
+__all__ = ["causal_fft_conv", "causal_conv", "chunk_loss", "head_loss", "SpectralKernel", "LongConv", "Block", "ChunkLM"]
 
 logger = logging.getLogger(__name__)
 
 VOCAB = 256
 _HEAD_BLOCK = 2**21  # logits per block in head_loss (8 MB in float32)
+TRITON_MAX_K = 256  # kernels of at most this many taps use the fused Triton conv on CUDA (16-bit inputs)
 
 
 def _fast_len(n: int) -> int:
@@ -60,6 +62,31 @@ def causal_fft_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         k_f = torch.fft.rfft(k.to(dtype), n=n)  # (D, n // 2 + 1)
         y = torch.fft.irfft(u_f * k_f, n=n)[..., :T]  # (B, D, T)
     return y.to(u.dtype)
+
+
+@functools.cache
+def _triton_conv():
+    """chunklm.triton_conv.triton_causal_conv, or None where Triton is not installed."""
+    try:
+        from chunklm.triton_conv import triton_causal_conv
+    except ImportError:
+        return None
+    return triton_causal_conv
+
+
+def use_triton_conv(device: torch.device, dtype: torch.dtype, kernel_len: int) -> bool:
+    """The fused Triton conv for short kernels on CUDA in bf16/fp16 (autocast); the FFT conv otherwise."""
+    return (
+        device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
+        and kernel_len <= TRITON_MAX_K and _triton_conv() is not None
+    )
+
+
+def causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """``causal_fft_conv(u, k)``, or the same convolution fused in Triton where ``use_triton_conv`` says."""
+    if use_triton_conv(u.device, u.dtype, k.shape[-1]):
+        return _triton_conv()(u, k)
+    return causal_fft_conv(u, k)
 
 
 def _offset_targets(windows: torch.Tensor, T: int, C: int) -> torch.Tensor:
@@ -216,7 +243,7 @@ class LongConv(nn.Module):
         v, g = self.in_proj(x).chunk(2, dim=-1)  # (B, T, D) each
         k = self.kernel(cutoff)  # (D, K)
         k = torch.cat([k[:, :1] + self.skip[:, None], k[:, 1:]], dim=1)  # skip as tap 0: + skip * v
-        y = causal_fft_conv(v.transpose(1, 2), k)  # (B, D, T)
+        y = causal_conv(v.transpose(1, 2), k)  # (B, D, T)
         y = y.transpose(1, 2) * torch.sigmoid(g)  # (B, T, D); the gate is per position: causal
         return self.out_proj(y)
 
