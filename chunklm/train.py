@@ -69,6 +69,10 @@ class TrainConfig:
     preserve: bool = True  # SetCutoff(preserve=...): False is the seed's noisy opening
     eval_windows: int = 64
     eval_batch_size: int = 16
+    # Execution only (the trajectory's math does not depend on them; they may change on resume):
+    # windows per forward/backward (None: batch_size); the global batch stays batch_size x accum_steps
+    micro_batch: int | None = attrs.field(default=None, validator=attrs.validators.optional(_positive))
+    compile: bool = False  # torch.compile the model's loss (forward + backward); see compile_default()
 
 
 @attrs.frozen
@@ -166,6 +170,16 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def compile_default(device: str | torch.device) -> bool:
+    """``TrainConfig.compile``'s intended default: on for CUDA, off on CPU (CPU results stay the eager ones)."""
+    return torch.device(device).type == "cuda"
+
+
+def micro_batches(n_windows: int, micro_batch: int) -> list[tuple[int, int]]:
+    """(start, stop) of consecutive slices of at most ``micro_batch`` windows covering ``n_windows``."""
+    return [(i, min(i + micro_batch, n_windows)) for i in range(0, n_windows, micro_batch)]
+
+
 class _Objective(torch.nn.Module):
     """The model's training loss as a module's forward, so DistributedDataParallel can wrap it."""
 
@@ -209,6 +223,7 @@ class Trainer:
         self.model = ChunkLM(config.model).to(self.device)
         objective = _Objective(self.model)
         self.net = wrap_model(objective) if wrap_model else objective  # DDP wraps the loss, so it syncs gradients
+        self._loss_fn = torch.compile(self.net) if config.compile else self.net  # same parameters, same state
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
         self.schedule = StagedCosine(
             self.optimizer, base_lr=config.lr, steps_per_epoch=config.steps_per_epoch, total_epochs=config.epochs,
@@ -294,25 +309,39 @@ class Trainer:
     def _micro_loss(self, windows: torch.Tensor) -> torch.Tensor:
         """Mean nats of one micro-batch of (B, seq_len + chunk) windows, over positions and offsets."""
         with self._autocast():
-            loss, _ = self.net(windows)
+            loss, _ = self._loss_fn(windows)
         return loss.float()
 
+    def _step_windows(self) -> torch.Tensor:
+        """The step's batch_size x accum_steps windows, drawn per accumulation index as always (resume-safe)."""
+        cfg, clock = self.config, self.clock
+        return torch.cat([
+            self.corpus.train_batch(
+                cfg.batch_size, seed=cfg.seed, epoch=clock.epoch, step=clock.step_in_epoch, micro_step=micro, rank=self.rank
+            )
+            for micro in range(cfg.accum_steps)
+        ]).to(self.device, non_blocking=True)  # (batch_size * accum_steps, seq_len + chunk)
+
     def train_step(self) -> StepInfo:
-        """One optimizer step (accum_steps micro-batches), then schedule and engine."""
+        """One optimizer step over batch_size x accum_steps windows, micro_batch at a time; then schedule and engine.
+
+        Every window has the same number of scored positions, so the step's loss, the mean over its
+        windows, is the sum of each slice's mean weighted by its share of the windows.
+        """
         cfg, clock = self.config, self.clock
         self.net.train()
+        windows = self._step_windows()
+        size = cfg.micro_batch or cfg.batch_size
+        slices = micro_batches(len(windows), size)
         total = torch.zeros((), device=self.device)
-        for micro in range(cfg.accum_steps):
-            windows = self.corpus.train_batch(
-                cfg.batch_size, seed=cfg.seed, epoch=clock.epoch, step=clock.step_in_epoch, micro_step=micro, rank=self.rank
-            ).to(self.device, non_blocking=True)
+        for i, (start, stop) in enumerate(slices):
             sync = contextlib.nullcontext()
-            if micro < cfg.accum_steps - 1 and hasattr(self.net, "no_sync"):
+            if i < len(slices) - 1 and hasattr(self.net, "no_sync"):
                 sync = self.net.no_sync()  # DDP: all-reduce gradients once per optimizer step
             with sync:
-                loss = self._micro_loss(windows)
-                (loss / cfg.accum_steps).backward()
-            total += loss.detach()
+                loss = self._micro_loss(windows[start:stop])
+                (loss / (len(windows) / (stop - start))).backward()  # / accum_steps when micro_batch = batch_size
+            total += loss.detach() * ((stop - start) / cfg.batch_size)
         loss_value = self._reduce(total.item() / cfg.accum_steps)
         lr = self.optimizer.param_groups[0]["lr"]
         applied = math.isfinite(loss_value)
