@@ -6,6 +6,8 @@ checked in fp16 here, through the same kernels; bf16 is checked on a GPU by benc
 """
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -115,3 +117,35 @@ def test_rejects_float64():
     """float64 is the FFT conv's job: a TypeError naming it."""
     with pytest.raises(TypeError, match="causal_fft_conv"):
         triton_causal_conv(torch.randn(1, 1, 8, dtype=torch.float64), torch.randn(1, 2, dtype=torch.float64))
+
+
+COMPILE_FOR_HOPPER = """
+import re
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from chunklm import triton_conv as tc
+
+ints = {name: "i32" for name in ("B", "T", "K", "stride_b", "stride_d")}
+conv = dict(N_LAG_BLOCKS=3, BLOCK_B=tc.BLOCK_B, BLOCK_T=tc.BLOCK_T, PRECISION="tf32")
+grad_k = dict(P=tc.BLOCK_T, BLOCK_R=tc.BLOCK_R, BLOCK_X=tc.BLOCK_X, PRECISION="tf32")
+kernels = [
+    (tc._conv_fwd_kernel, {"u_ptr": "*bf16", "k_ptr": "*bf16", "y_ptr": "*bf16", **ints}, conv),
+    (tc._conv_bwd_u_kernel, {"dy_ptr": "*bf16", "k_ptr": "*bf16", "du_ptr": "*bf16", **ints}, conv),
+    (tc._conv_bwd_k_kernel, {"dy_ptr": "*bf16", "u_ptr": "*bf16", "g_ptr": "*fp32", "M": "i32", "X": "i32", **ints}, grad_k),
+]
+for fn, signature, constexprs in kernels:
+    signature = {name: signature.get(name, "constexpr") for name in fn.arg_names}
+    compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=GPUTarget("cuda", 90, 32))
+    assert re.search(r"mma\S*\.f32\.bf16\.bf16", compiled.asm["ptx"]), fn.__name__  # mma.sync or wgmma, f32 += bf16 x bf16
+print("ok")
+"""
+
+
+def test_kernels_compile_for_hopper_with_bf16_tensor_cores():
+    """Compiled (not interpreted) for sm_90 without a GPU: the bf16 kernels build and use bf16 MMA with float32 accumulation."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    proc = subprocess.run([sys.executable, "-c", COMPILE_FOR_HOPPER], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
