@@ -1,6 +1,7 @@
 """The training loop that drives the curriculum engine.
 
-One optimizer step = ``accum_steps`` micro-batches; then, in the engine's order,
+One optimizer step = ``batch_size`` x ``accum_steps`` windows (run through the model
+``micro_batch`` at a time, an execution-only setting); then, in the engine's order,
 ``optimizer.step()``, ``schedule.step()``, ``engine.step_end(loss=..., lr=...)``; after the last
 step of an epoch, validation and ``engine.epoch_end(val_bpb=...)``. The loop reports through a
 :class:`Hooks` object (the command line prints, a test records) and never prints itself.

@@ -119,7 +119,7 @@ def test_rejects_float64():
         triton_causal_conv(torch.randn(1, 1, 8, dtype=torch.float64), torch.randn(1, 2, dtype=torch.float64))
 
 
-COMPILE_FOR_HOPPER = """
+COMPILE_FOR_HOPPER = r"""
 import re
 
 import triton
