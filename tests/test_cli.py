@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import attrs
 import pytest
 import torch
 
@@ -43,7 +44,7 @@ def resume(tmp: Path, name: str, *extra: str) -> int:
 def assert_same_run(tmp: Path, a: str, b: str) -> None:
     """Bit-identical weights and optimizer state; same per-step losses and LRs; same history."""
     ca, cb = load_checkpoint(tmp / f"{a}.pt"), load_checkpoint(tmp / f"{b}.pt")
-    ta, tb = ca["trainer"], cb["trainer"]
+    ta, tb = ca.trainer, cb.trainer
     assert ta["model"].keys() == tb["model"].keys()
     for key in ta["model"]:
         assert torch.equal(ta["model"][key], tb["model"][key]), key
@@ -53,7 +54,7 @@ def assert_same_run(tmp: Path, a: str, b: str) -> None:
     assert ta["schedule"] == tb["schedule"]
     fa, fb = RunFiles(tmp / f"{a}.pt"), RunFiles(tmp / f"{b}.pt")
     steps_a, steps_b = read_csv(fa.steps), read_csv(fb.steps)
-    assert len(steps_a) == ca["global_step"] and steps_a == steps_b
+    assert len(steps_a) == ca.global_step and steps_a == steps_b
     assert read_csv(fa.epochs) == read_csv(fb.epochs)
     ha, hb = fa.read_history(), fb.read_history()
     assert [r.comparable() for r in ha] == [r.comparable() for r in hb]
@@ -76,7 +77,7 @@ def test_stop_after_mid_epoch_then_bare_resume_equals_uninterrupted(tmp_path, ca
     out = capsys.readouterr().out
     assert "stopped after 9 steps at global step 9" in out and "resume with: chunklm train --ckpt" in out
     data = load_checkpoint(tmp_path / "split.pt")
-    assert (data["global_step"], data["trainer"]["engine"]["clock"]["step_in_epoch"]) == (9, 3)
+    assert (data.global_step, data.trainer["engine"]["clock"]["step_in_epoch"]) == (9, 3)
     assert resume(tmp_path, "split") == 0
     out = capsys.readouterr().out
     assert "resumed" in out and "epoch 1 step 3/6" in out
@@ -104,7 +105,7 @@ def test_sigterm_stops_at_a_step_boundary_and_resumes_exactly(tmp_path):
     out = "".join(lines) + rest
     assert proc.returncode == 128 + signal.SIGTERM, out
     assert "stopped by SIGTERM" in out and "resume with: chunklm train --ckpt" in out
-    stopped_at = load_checkpoint(tmp_path / "split.pt")["global_step"]
+    stopped_at = load_checkpoint(tmp_path / "split.pt").global_step
     assert 5 <= stopped_at < 120
     assert main(["train", "--ckpt", str(tmp_path / "split.pt"), "--resume", "--log-every", "0"]) == 0
     assert_same_run(tmp_path, "whole", "split")
@@ -185,17 +186,18 @@ def test_nonfinite_loss_skips_updates_then_stops_keeping_the_checkpoint(tmp_path
     assert "non-finite for 3 optimizer steps in a row" in captured.err
     assert "non-finite loss (nan), update skipped" in captured.out
     data = load_checkpoint(tmp_path / "run.pt")
-    assert data["global_step"] == 4  # step 4 was good and checkpointed; 5-7 were skipped, not saved
+    assert data.global_step == 4  # step 4 was good and checkpointed; 5-7 were skipped, not saved
 
 
 def test_sigkill_during_save_leaves_the_previous_checkpoint(tmp_path):
     """A process killed (SIGKILL) while saving never leaves a half-written checkpoint behind."""
     path = tmp_path / "ckpt.pt"
     code = (
-        "import sys, torch\nfrom runs.checkpoint import atomic_save\n"
+        "import sys, torch\nfrom runs.artifacts import atomic_write\n"
         "big = torch.randn(4_000_000)\n"
-        "atomic_save({'n': 0, 'big': big}, sys.argv[1])\nprint('ready', flush=True)\n"
-        "i = 0\nwhile True:\n    i += 1\n    atomic_save({'n': i, 'big': big}, sys.argv[1])\n"
+        "def save(obj): atomic_write(sys.argv[1], lambda f: torch.save(obj, f))\n"
+        "save({'n': 0, 'big': big})\nprint('ready', flush=True)\n"
+        "i = 0\nwhile True:\n    i += 1\n    save({'n': i, 'big': big})\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
@@ -215,7 +217,8 @@ def test_subcommands_read_the_run(tmp_path, capsys):
     assert "cutoff_4 -> cutoff_8  at step 12 (epoch 1" in out or "cutoff_4 -> cutoff_8  at step 6 (epoch 1" in out
     assert "Plateau(" in out and "older_mean" in out and "RestartLR()" in out
     assert main(["history", str(tmp_path / "run.pt"), "--format", "json"]) == 0
-    assert json.loads(capsys.readouterr().out)[0]["dest"] == "cutoff_8"
+    records = [r for r in json.loads(capsys.readouterr().out) if r["source"] is not None]  # transitions, not the start
+    assert records[0]["dest"] == "cutoff_8"
     assert main(["plot", str(tmp_path)]) == 0
     png = RunFiles(tmp_path / "run.pt").plot
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -245,7 +248,7 @@ def test_seed_lines_are_printed(tmp_path, capsys):
 def test_resume_with_another_thread_count_says_it_is_not_bit_identical(tmp_path, capsys):
     """The checkpoint records the CPU thread count; resuming with another one prints a note."""
     assert train(tmp_path, "run", "--stop-after", "2") == 0
-    assert load_checkpoint(tmp_path / "run.pt")["num_threads"] == torch.get_num_threads() == 1
+    assert load_checkpoint(tmp_path / "run.pt").num_threads == torch.get_num_threads() == 1
     torch.set_num_threads(2)  # tests/conftest.py restores it
     assert resume(tmp_path, "run", "--stop-after", "1") == 0
     assert "this run used 1 CPU threads and this process has 2" in capsys.readouterr().out
@@ -256,12 +259,11 @@ def test_checkpoint_without_engine_state_resumes_in_the_phase_its_epochs_imply(t
     assert main(["train", *TINY, "--min-epochs", "1,2,3", "--plateau-threshold", "-1", "--epochs", "2",
                  "--ckpt", str(tmp_path / "run.pt")]) == 0  # threshold -1: never plateaus, stays at cutoff 4
     data = load_checkpoint(tmp_path / "run.pt")
-    assert data["trainer"]["engine"]["phase"] == "cutoff_4" and data["epoch"] == 2
-    data["trainer"] = {"model": data["trainer"]["model"]}  # weights only
-    torch.save(data, tmp_path / "run.pt")
+    assert data.engine_phase == "cutoff_4" and data.epoch == 2
+    attrs.evolve(data, trainer={"model": data.trainer["model"]}).save(tmp_path / "run.pt")  # weights only
     capsys.readouterr()
     assert resume(tmp_path, "run", "--epochs", "3") == 0
     resumed = load_checkpoint(tmp_path / "run.pt")
-    assert resumed["trainer"]["engine"]["phase"] == "cutoff_16"  # min epochs 1, 2 reached at epoch 2
-    assert resumed["trainer"]["model"]["spectral_cutoff"].item() == 16
-    assert resumed["global_step"] == 18
+    assert resumed.engine_phase == "cutoff_16"  # min epochs 1, 2 reached at epoch 2
+    assert resumed.trainer["model"]["spectral_cutoff"].item() == 16
+    assert resumed.global_step == 18

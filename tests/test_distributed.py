@@ -32,14 +32,15 @@ def test_two_processes_raise_together_and_resume_exactly(tmp_path):
     assert "global batch = 1 x 2 accum x 2 processes = 4 windows/step" in out
     assert out.count("Epoch 0 avg_loss=") == 1  # rank 0 alone prints
     assert "Epoch 1 🚀 CUTOFF RAISED: 4 -> 8" in out
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["whole.epochs.csv", "whole.history.json", "whole.pt", "whole.steps.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
+        "whole.epochs.csv", "whole.history.json", "whole.pt", "whole.steps.csv"]
     rc, out = torchrun(tmp_path, "split", *TINY, "--batch-size", "1", "--epochs", "3", "--stop-after", "8")
     assert rc == 0, out
     rc, out = torchrun(tmp_path, "split", "--resume")
     assert rc == 0, out
     history = assert_same_run(tmp_path, "whole", "split")
     assert [r.dest for r in history] == ["cutoff_8", "cutoff_16", "full"]
-    assert len(load_checkpoint(tmp_path / "split.pt")["rng_per_rank"]) == 2
+    assert len(load_checkpoint(tmp_path / "split.pt").rng_per_rank) == 2
 
     # A different world size is refused with a clear message (the data each rank sees would change).
     assert main(["train", "--ckpt", str(tmp_path / "split.pt"), "--resume"]) == 2
@@ -53,9 +54,9 @@ def _free_port() -> int:
 
 def _diverge(rank: int, port: int, results) -> None:
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-    from runs.train_cmd import _Distributed
+    from runs.distributed import Distributed
 
-    dist = _Distributed("cpu")
+    dist = Distributed("cpu")
     try:
         dist.check_same("transition", "a->b@10" if rank == 0 else "a->b@11")
         results.put((rank, "silent"))
