@@ -170,7 +170,7 @@ def _generate(args: argparse.Namespace) -> int:
     try:
         model.load_state_dict(saved.trainer["model"])
     except RuntimeError as exc:
-        raise CheckpointError(f"{args.ckpt}: the weights do not fit its settings ({str(exc).splitlines()[0][:200]}); it is damaged or was edited") from None
+        raise CheckpointError(f"{args.ckpt}: the weights do not fit its settings ({' '.join(str(exc).split())[:300]}); it is damaged or was edited") from None
     ema = None
     if args.ema:
         if saved.trainer.get("ema") is None:

@@ -171,9 +171,9 @@ def _restore(trainer, saved: Checkpoint, rank: int, path: Path) -> None:
     try:
         trainer.load_state_dict(saved.trainer_state(rank), epochs_done=saved.epoch)
     except (RuntimeError, KeyError, TypeError, ValueError, CurriculumError) as exc:  # restoring the file's contents only
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         raise CheckpointError(
-            f"{path} does not fit its own settings ({type(exc).__name__}: {first[:300]}); it is damaged or was edited. "
+            f"{path} does not fit its own settings ({type(exc).__name__}: {detail[:300]}); it is damaged or was edited. "
             "Resume from another checkpoint, or start a fresh run"
         ) from None
 

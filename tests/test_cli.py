@@ -267,3 +267,147 @@ def test_checkpoint_without_engine_state_resumes_in_the_phase_its_epochs_imply(t
     assert resumed.engine_phase == "cutoff_16"  # min epochs 1, 2 reached at epoch 2
     assert resumed.trainer["model"]["spectral_cutoff"].item() == 16
     assert resumed.global_step == 18
+
+
+# -- a user having a bad day: every mistake is one line, exit 2 (bad input) or 1 (run time) ----------
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory) -> Path:
+    """A tiny run stopped after 2 steps, to copy and damage."""
+    tmp = tmp_path_factory.mktemp("base")
+    assert train(tmp, "run", "--stop-after", "2") == 0
+    return tmp
+
+
+def _tampered(base: Path, tmp: Path, edit) -> str:
+    data = torch.load(base / "run.pt", weights_only=True)
+    edit(data)
+    torch.save(data, tmp / "run.pt")
+    return str(tmp / "run.pt")
+
+
+def _corrupt_history(base, tmp):
+    (tmp / "run.history.json").write_text('[{"source": "a", ')
+    return ["history", str(tmp / "run.pt")]
+
+
+def _garbage_csv(base, tmp):
+    (tmp / "run.steps.csv").write_text("step,loss\nnot-a-number,zzz\n")
+    return ["plot", str(tmp / "run.pt")]
+
+
+def _fifo(base, tmp):
+    os.mkfifo(tmp / "fifo")
+    return ["train", *TINY, "--data", str(tmp / "fifo"), "--ckpt", str(tmp / "x.pt")]
+
+
+def _five_bytes(base, tmp):
+    (tmp / "tiny.txt").write_bytes(b"abcde")
+    return ["train", *TINY, "--data", str(tmp / "tiny.txt"), "--ckpt", str(tmp / "x.pt")]
+
+
+def _edit(fn):
+    return lambda base, tmp: ["train", "--resume", "--ckpt", _tampered(base, tmp, fn)]
+
+
+def _set_model_weight(d):
+    d["trainer"]["model"]["embed.weight"] = torch.zeros(3, 3)
+
+
+BAD = {
+    # (argv, or a function (base_run, tmp) -> argv), exit status, a fragment of the one-line message
+    "seed -1": (["train", *TINY, "--seed", "-1"], 2, "--seed must be an integer >= 0"),
+    "device cuda:99": (["train", *TINY, "--device", "cuda:99"], 2, "--device cuda:99:"),
+    "device tpu": (["train", *TINY, "--device", "tpu"], 2, "--device tpu: unknown device"),
+    "generate -n -5": (lambda b, t: ["generate", "--ckpt", str(b / "run.pt"), "-n", "-5"], 2, "an integer >= 0"),
+    "temperature -1": (lambda b, t: ["generate", "--ckpt", str(b / "run.pt"), "--temperature", "-1"], 2, "--temperature"),
+    "temperature nan": (lambda b, t: ["generate", "--ckpt", str(b / "run.pt"), "--temperature", "nan"], 2, "--temperature"),
+    "top-p 0": (lambda b, t: ["generate", "--ckpt", str(b / "run.pt"), "--top-p", "0"], 2, "a number in (0, 1]"),
+    "top-p 1.5": (lambda b, t: ["generate", "--ckpt", str(b / "run.pt"), "--top-p", "1.5"], 2, "a number in (0, 1]"),
+    "top-p nan": (lambda b, t: ["generate", "--ckpt", str(b / "run.pt"), "--top-p", "nan"], 2, "a number in (0, 1]"),
+    "history corrupt json": (_corrupt_history, 2, "is not a transition history"),
+    "plot garbage csv": (_garbage_csv, 2, "is not a metrics file"),
+    "plot out in missing folder": (lambda b, t: ["plot", str(t / "run.pt"), "--out", str(t / "no" / "x.png")], 2, "does not exist"),
+    "ckpt in read-only folder": (["train", *TINY, "--ckpt", "/sys/chunklm_test.pt"], 2, "cannot write in /sys"),
+    "settings missing": (_edit(lambda d: d.pop("settings")), 2, "missing or wrong settings"),
+    "trainer missing": (_edit(lambda d: d.pop("trainer")), 2, "missing or wrong trainer"),
+    "shape mismatch": (_edit(_set_model_weight), 2, "does not fit its own settings"),
+    "bad engine phase": (_edit(lambda d: d["trainer"]["engine"].update(phase="nope")), 2, "does not fit its own settings"),
+    "bad engine clock": (_edit(lambda d: d["trainer"]["engine"].update(clock="x")), 2, "does not fit its own settings"),
+    "generate ckpt dir": (lambda b, t: ["generate", "--ckpt", str(t)], 2, "is a directory, not a checkpoint"),
+    "grad-clip -1": (["train", *TINY, "--grad-clip", "-1"], 2, "--grad-clip must be a finite number >= 0"),
+    "grad-clip nan": (["train", *TINY, "--grad-clip", "nan"], 2, "--grad-clip must be a finite number >= 0"),
+    "ema 0": (["train", *TINY, "--ema", "0"], 2, "--ema must be a finite number > 0.0 and < 1.0"),
+    "plateau-threshold nan": (["train", *TINY, "--plateau-threshold", "nan"], 2, "--plateau-threshold must be a finite number"),
+    "stop-after 0": (["train", *TINY, "--stop-after", "0"], 2, "--stop-after: expected an integer >= 1"),
+    "stop-after -1": (["train", *TINY, "--stop-after", "-1"], 2, "--stop-after: expected an integer >= 1"),
+    "log-every -1": (["train", *TINY, "--log-every", "-1"], 2, "--log-every: expected an integer >= 0"),
+    "ckpt-every -1": (["train", *TINY, "--ckpt-every", "-1"], 2, "--ckpt-every: expected an integer >= 0"),
+    "chunk longer than seq-len": (["train", *TINY, "--chunk", "100"], 2, "--chunk 100 is longer than --seq-len 32"),
+    "data /dev/zero": (["train", *TINY, "--data", "/dev/zero"], 2, "--data /dev/zero: not a regular file or a directory"),
+    "data fifo": (_fifo, 2, "not a regular file or a directory"),
+    "data of 5 bytes": (_five_bytes, 2, "corpus too small: 5 bytes, but training and validation each need one window"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_every_user_mistake_is_one_line_never_a_traceback(case, base_run, tmp_path, capsys):
+    """Bad input and run-time failures print one line naming the problem and the fix, with exit 2 or 1."""
+    argv, status, fragment = BAD[case]
+    for f in base_run.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    if callable(argv):
+        argv = argv(base_run, tmp_path)
+    elif argv[0] == "train" and "--ckpt" not in argv:
+        argv = [*argv, "--ckpt", str(tmp_path / "fresh.pt")]
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own checks (types of -n, --top-p...) exit here
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == status, err
+    assert fragment in err and "Traceback" not in err, err
+    assert err.startswith("chunklm ") and err.count("\n") == 1, err
+
+
+def test_an_unwritable_corpus_cache_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    """A cache folder that cannot be written is a one-line error (exit 2) before any step runs."""
+    (tmp_path / "data.py").write_text("x = 1\n" * 200)
+    monkeypatch.setenv("CHUNKLM_CACHE_DIR", "/sys/chunklm_cache")  # unwritable even for root
+    assert main(["train", *TINY, "--data", str(tmp_path / "data.py"), "--ckpt", str(tmp_path / "r.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "cache folder /sys/chunklm_cache is writable" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not RunFiles(tmp_path / "r.pt").existing()
+
+
+DISK_FULL = """
+import resource, signal, sys
+from runs.cli import main
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_full_disk_at_a_save_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
+    """A save that cannot be written (file size limit: the disk is full) exits 1 saying so; the old checkpoint stays."""
+    from chunklm import ByteCorpus
+
+    ByteCorpus(DATA, seq_len=32, chunk=4)  # the corpus cache exists before the limit applies
+    assert train(tmp_path, "run", "--stop-after", "1") == 0
+    before = (tmp_path / "run.pt").read_bytes()
+    proc = subprocess.run([sys.executable, "-c", DISK_FULL, "train", "--ckpt", str(tmp_path / "run.pt"), "--resume",
+                           "--stop-after", "1"], cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 1, proc.stderr
+    assert "could not write" in proc.stderr and "the disk is full" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert (tmp_path / "run.pt").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_diagram_of_a_weights_only_checkpoint_marks_the_phase_its_epochs_imply(base_run, tmp_path, capsys):
+    """A weights-only checkpoint (a format the README supports) still draws, its phase inferred from its epoch."""
+    data = load_checkpoint(base_run / "run.pt")
+    attrs.evolve(data, trainer={"model": data.trainer["model"]}, epoch=1).save(tmp_path / "w.pt")
+    assert main(["diagram", "--run", str(tmp_path / "w.pt")]) == 0
+    assert "class cutoff_16 current" in capsys.readouterr().out  # min epochs 1,1,2: epoch 1 is in cutoff_16
