@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -411,3 +412,188 @@ def test_diagram_of_a_weights_only_checkpoint_marks_the_phase_its_epochs_imply(b
     attrs.evolve(data, trainer={"model": data.trainer["model"]}, epoch=1).save(tmp_path / "w.pt")
     assert main(["diagram", "--run", str(tmp_path / "w.pt")]) == 0
     assert "class cutoff_16 current" in capsys.readouterr().out  # min epochs 1,1,2: epoch 1 is in cutoff_16
+
+
+# -- never losing a run ----------------------------------------------------------------------------
+
+def _snapshot(tmp: Path) -> dict:
+    return {p.name: p.read_bytes() for p in tmp.iterdir() if p.is_file() and not p.name.startswith(".")}
+
+
+def test_a_fresh_run_on_an_existing_run_is_refused_and_touches_nothing(tmp_path, capsys):
+    """Without --resume or --overwrite, a fresh run on a run's --ckpt exits 2 naming its files and the ways out."""
+    assert train(tmp_path, "run", "--stop-after", "2") == 0
+    before = _snapshot(tmp_path)
+    capsys.readouterr()
+    assert train(tmp_path, "run") == 2
+    err = capsys.readouterr().err
+    assert "already holds a run (run.pt, run.steps.csv, run.epochs.csv, run.history.json)" in err
+    assert "--resume" in err and "--overwrite" in err and "another --ckpt" in err
+    assert _snapshot(tmp_path) == before
+
+
+def test_overwrite_replaces_the_old_run_only_at_the_first_save(tmp_path, capsys):
+    """--overwrite leaves the old files as they are until the new run saves, then replaces all of them."""
+    assert train(tmp_path, "run", "--stop-after", "2") == 0
+    before = _snapshot(tmp_path)
+    args = [*TINY, "--steps-per-epoch", "60", "--log-every", "1", "--epochs", "1", "--seed", "1", "--overwrite"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "runs.cli", "train", *args, "--ckpt", str(tmp_path / "run.pt")],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stdout:
+        if line.startswith("  step 3/60"):
+            assert _snapshot(tmp_path) == before  # three steps in, nothing touched yet
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "stopping after this step (checkpoint saved); SIGINT again to stop now without saving" in err
+    new = load_checkpoint(tmp_path / "run.pt")
+    assert new.settings.seed == 1 and new.global_step >= 3
+    assert [int(r["step"]) for r in read_csv(RunFiles(tmp_path / "run.pt").steps)] == list(range(1, new.global_step + 1))
+
+
+def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path):
+    """The first SIGINT is acknowledged; a second one stops now (exit 130), the last checkpoint kept."""
+    args = [*TINY, "--steps-per-epoch", "400", "--log-every", "1", "--epochs", "1"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_STEPS, "train", *args, "--ckpt", str(tmp_path / "run.pt")],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stdout:
+        if line.startswith("  step 2/400"):  # step 3 is now sleeping its 2 s: both signals land inside it
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "SIGINT again to stop now without saving" in err
+    assert "stopped by a second SIGINT, without saving" in err and "Traceback" not in err
+    assert not (tmp_path / "run.pt").exists(), out + err
+
+
+# Steps that take two seconds each, so that the second signal arrives while a step is still running.
+SLOW_STEPS = """
+import sys, time
+from chunklm.train import Trainer
+from runs.cli import main
+step = Trainer.train_step
+def slow(self):
+    time.sleep(2.0)
+    return step(self)
+Trainer.train_step = slow
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_every_path_is_checked_before_training(tmp_path, capsys):
+    """--ckpt naming a directory fails at once (exit 2), leaving no metrics files behind."""
+    (tmp_path / "ck.pt").mkdir()
+    assert main(["train", *TINY, "--ckpt", str(tmp_path / "ck.pt")]) == 2
+    assert "--ckpt" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt"]
+    (tmp_path / "file").write_text("")
+    assert main(["train", *TINY, "--ckpt", str(tmp_path / "file" / "x.pt")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+
+
+def test_a_second_run_on_the_same_checkpoint_is_refused_naming_the_holder(tmp_path, capsys):
+    """While a run holds --ckpt, another exits 2 naming the process; a SIGKILLed holder leaves no stale lock."""
+    from runs.artifacts import RunLock
+
+    lock = RunLock(tmp_path / "run.pt")
+    lock.acquire()
+    try:
+        assert train(tmp_path, "run", "--stop-after", "1") == 2
+        err = capsys.readouterr().err
+        assert f"another run is using {tmp_path / 'run.pt'} (pid {os.getpid()} on " in err
+    finally:
+        lock.release()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom runs.artifacts import RunLock\n"
+                               "RunLock(Path(sys.argv[1])).acquire()\nprint('locked', flush=True)\ntime.sleep(300)\n",
+                               str(tmp_path / "run.pt")], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    holder.kill()
+    holder.wait()
+    assert train(tmp_path, "run", "--stop-after", "1") == 0
+
+
+def test_temp_files_have_unique_names_and_stale_ones_are_removed(tmp_path, capsys):
+    """Fixed temp names are not used (a directory in the way breaks nothing); a killed run's temp files are removed."""
+    for name in ("run.history.json.tmp", "run.steps.csv.tmp", "run.epochs.csv.tmp"):
+        (tmp_path / name).mkdir()  # the old fixed temp names
+    stale = [tmp_path / ".run.pt.k2j4h5.tmp", tmp_path / ".run.history.json.abc123.tmp", tmp_path / ".run.steps.csv.x.tmp"]
+    for path in stale:
+        path.write_bytes(b"left by a SIGKILL during a save")
+    (tmp_path / ".other.pt.k2j4h5.tmp").write_bytes(b"another run's")
+    assert train(tmp_path, "run", "--stop-after", "2") == 0
+    assert not any(p.exists() for p in stale)
+    assert (tmp_path / ".other.pt.k2j4h5.tmp").exists()
+
+
+def test_checkpoints_and_metrics_follow_the_umask(tmp_path, capsys):
+    """Files are created 0666 less the umask (shared filesystems), not mkstemp's 0600."""
+    old = os.umask(0o022)
+    try:
+        assert train(tmp_path, "run", "--stop-after", "1") == 0
+    finally:
+        os.umask(old)
+    files = RunFiles(tmp_path / "run.pt")
+    for path in (files.ckpt, files.history, files.steps):
+        assert path.stat().st_mode & 0o777 == 0o644, path
+
+
+def test_resuming_a_finished_run_says_how_to_train_longer(tmp_path, capsys):
+    """A finished run resumed does nothing and says to pass a larger --epochs."""
+    assert train(tmp_path, "run", epochs=1) == 0
+    before = _snapshot(tmp_path)
+    capsys.readouterr()
+    assert resume(tmp_path, "run") == 0
+    out = capsys.readouterr().out
+    assert "the run already finished its 1 epochs; to train longer, resume with --epochs N" in out
+    assert _snapshot(tmp_path) == before
+
+
+def test_plot_writes_where_it_says_and_draws_a_run_that_never_saved(tmp_path, capsys):
+    """--out DIR writes DIR/NAME.png and prints that path; a run with step metrics only still plots."""
+    assert train(tmp_path, "run", "--stop-after", "3") == 0
+    (tmp_path / "plots").mkdir()
+    capsys.readouterr()
+    assert main(["plot", str(tmp_path / "run.pt"), "--out", str(tmp_path / "plots")]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'plots' / 'run.png'}"
+    assert (tmp_path / "plots" / "run.png").read_bytes()[:4] == b"\x89PNG"
+    for path in (tmp_path / "run.pt", tmp_path / "run.history.json"):
+        path.unlink()
+    assert main(["plot", str(tmp_path)]) == 0
+    assert (tmp_path / "run.png").exists()
+
+
+def test_generate_streams_its_bytes_and_ctrl_c_keeps_them(base_run):
+    """generate prints bytes as they are sampled; Ctrl-C stops it with what was printed kept (exit 130)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "runs.cli", "generate", "--ckpt", str(base_run / "run.pt"),
+                             "--prompt", "import ", "-n", "10000000"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    first, deadline = b"", time.monotonic() + 60  # the first bytes arrive long before ten million are done
+    while len(first) < 40 and time.monotonic() < deadline:
+        if select.select([proc.stdout], [], [], 1.0)[0]:
+            first += os.read(proc.stdout.fileno(), 40 - len(first))
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=60)
+    assert first.startswith(b"import ") and len(first) == 40
+    assert proc.returncode == 130 and b"stopped by Ctrl-C" in err and b"Traceback" not in err
+
+
+def test_a_checkpoint_is_a_pure_function_of_its_settings(tmp_path, capsys):
+    """Two runs with the same settings write equal RNG states, whatever the process's global RNGs held."""
+    import random
+
+    import numpy as np
+
+    assert train(tmp_path, "a", "--stop-after", "2") == 0
+    np.random.seed(12345)
+    random.seed(678)
+    assert train(tmp_path, "b", "--stop-after", "2") == 0
+    ra, rb = load_checkpoint(tmp_path / "a.pt").trainer["rng"], load_checkpoint(tmp_path / "b.pt").trainer["rng"]
+    assert torch.equal(ra["numpy"]["key"], rb["numpy"]["key"]) and ra["numpy"]["pos"] == rb["numpy"]["pos"]
+    assert ra["python"] == rb["python"] and torch.equal(ra["torch"], rb["torch"])
