@@ -248,10 +248,10 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
+def add_flags(parser: argparse.ArgumentParser, schema: type = None) -> None:
     """One flag per setting that has one, grouped; all default to 'not given' (argparse.SUPPRESS)."""
     groups: dict[str, Any] = {}
-    for f in attrs.fields(Settings):
+    for f in attrs.fields(schema or Settings):
         if f.metadata["flag"] is None:
             continue
         group = groups.get(f.metadata["group"]) or groups.setdefault(f.metadata["group"], parser.add_argument_group(f.metadata["group"]))
@@ -259,10 +259,10 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=list(PRESETS), default=None, help="a named set of the flags above; explicit flags override it")
 
 
-def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
+def explicit_settings(args: argparse.Namespace, schema: type = None) -> dict[str, Any]:
     """The settings the user gave explicitly (flags left out are absent from the namespace)."""
     out = {}
-    for f in attrs.fields(Settings):
+    for f in attrs.fields(schema or Settings):
         if hasattr(args, f.name):
             value = getattr(args, f.name)
             out[f.name] = tuple(value) if isinstance(value, list) else value
