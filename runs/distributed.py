@@ -70,6 +70,7 @@ class Distributed:
         self.device = resolve_device(device_arg, self.local_rank, self.active)
         self._store = None
         self._watching = threading.Event()
+        self._watcher: threading.Thread | None = None
         if self.device.type == "cuda":
             import torch
 
@@ -80,7 +81,8 @@ class Distributed:
 
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
             self._store = distributed_c10d._get_default_store()  # no public accessor; stable since torch 1.x
-            threading.Thread(target=self._watch, name="chunklm-abort-watch", daemon=True).start()
+            self._watcher = threading.Thread(target=self._watch, name="chunklm-abort-watch", daemon=True)
+            self._watcher.start()
 
     # -- failing together ------------------------------------------------------------------------
 
@@ -169,6 +171,7 @@ class Distributed:
             import torch.distributed as dist
 
             self._watching.set()
+            self._watcher.join()  # it must not be inside a store call when the group goes
             dist.barrier()  # no rank tears gloo down while another still talks to it
             dist.destroy_process_group()
             self.active = False

@@ -198,19 +198,22 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
         corpus = build_corpus(config)
         trainer = Trainer(config, device=dist.device, corpus=corpus, rank=dist.rank, world_size=dist.world_size,
                           all_reduce_mean=dist.reduce_mean if dist.active else None, wrap_model=dist.wrap)
-        if saved is not None:
-            _restore(trainer, saved, dist.rank, files.ckpt)
-        else:
-            trainer.start()
-        if dist.rank == 0:
-            remove_stale_temps(files.written)
-        console = Console(enabled=dist.rank == 0)
-        _print_header(console, trainer, corpus, dist, preset, saved, files.ckpt)
-        if trainer.done:
-            console.line(f"the run already finished its {config.epochs} epochs; to train longer, resume with --epochs N "
-                         f"(N > {config.epochs}: the last LR stage stretches to the new end)")
-            return 0
-        return _fit(args, trainer, settings, preset, dist, files, saved, console)
+        try:
+            if saved is not None:
+                _restore(trainer, saved, dist.rank, files.ckpt)
+            else:
+                trainer.start()
+            if dist.rank == 0:
+                remove_stale_temps(files.written)
+            console = Console(enabled=dist.rank == 0)
+            _print_header(console, trainer, corpus, dist, preset, saved, files.ckpt)
+            if trainer.done:
+                console.line(f"the run already finished its {config.epochs} epochs; to train longer, resume with --epochs N "
+                             f"(N > {config.epochs}: the last LR stage stretches to the new end)")
+                return 0
+            return _fit(args, trainer, settings, preset, dist, files, saved, console)
+        finally:
+            trainer.close()  # before the process group goes
     except NonFiniteLossError as exc:
         raise RunError(str(exc)) from None
     finally:
@@ -240,7 +243,6 @@ def _fit(args, trainer, settings: Settings, preset, dist: Distributed, files: Ru
             console.close_bar()
             for writer in writers:
                 writer.close()
-            trainer.close()
     clock = trainer.clock
     steps = clock.global_step - steps_at_start
     if reason == "signal":

@@ -123,3 +123,20 @@ def test_a_failure_on_one_rank_ends_every_rank_within_seconds(tmp_path):
     assert procs[1].returncode == 1, err1
     assert "rank 1 stopping: rank 0 failed: could not write" in err1, err1
     assert not (tmp_path / "run.pt").exists()
+
+
+def test_the_resume_command_repeats_the_launch(monkeypatch):
+    """Alone: chunklm; under torchrun: the same number of processes (and nodes)."""
+    from runs.distributed import resume_command
+
+    for key in ("TORCHELASTIC_RUN_ID", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    assert resume_command("a b.pt") == "chunklm train --ckpt 'a b.pt' --resume"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
+    monkeypatch.setenv("WORLD_SIZE", "16")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "2")
+    assert resume_command("c.pt").startswith("torchrun --nnodes=2 --nproc_per_node=8 ")
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert resume_command("c.pt") == "torchrun --standalone --nproc_per_node=4 --no-python chunklm train --ckpt c.pt --resume"
