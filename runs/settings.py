@@ -5,6 +5,12 @@ group it is listed under, its value in each preset, and whether a resumed run ma
 command line's flags (:func:`add_flags`), the checkpoint's stored settings (:meth:`Settings.to_dict`)
 and the configs the trainer takes (:meth:`Settings.to_config`) are all generated from it.
 
+To add a setting, add one field, e.g. ``micro_batch: int | None = setting(None, "windows through
+the model at once", absent=None, check=..., type=int)``: it feeds the TrainConfig field of the same
+name (``to="train"``, the default), gets ``--micro-batch``, is stored in every checkpoint, is refused
+on resume when it differs (``resume=Resume.FREE`` to allow), and checkpoints stored before it existed
+read ``absent``. A boolean flag pair is ``action=argparse.BooleanOptionalAction``.
+
 Precedence for a fresh run: defaults < preset < flags given explicitly. On ``--resume``: the
 checkpoint < flags given explicitly, and an explicit flag that would change the trajectory and
 differs from the checkpoint is an error listing each differing field.
