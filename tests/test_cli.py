@@ -170,24 +170,15 @@ def test_metrics_are_cut_back_to_the_checkpoint_on_resume(tmp_path, capsys):
     assert "9.9" not in files.steps.read_text()
 
 
-def test_nonfinite_loss_skips_updates_then_stops_keeping_the_checkpoint(tmp_path, capsys, monkeypatch):
+def test_nonfinite_loss_skips_updates_then_stops_keeping_the_checkpoint(tmp_path, capsys):
     """NaN losses are not applied; three in a row stop the run (exit 1), the last good checkpoint kept."""
-    import chunklm.train as train_mod
-
-    assert train(tmp_path, "run", "--stop-after", "3") == 0
-    real = train_mod.Trainer._micro_loss
-
-    def poisoned(self, windows):
-        loss = real(self, windows)
-        return loss * float("nan") if self.clock.global_step >= 4 else loss
-
-    monkeypatch.setattr(train_mod.Trainer, "_micro_loss", poisoned)
-    assert resume(tmp_path, "run", "--ckpt-every", "1") == 1
+    # An LR of 1e30 makes the weights non-finite after the first step, so every later loss is NaN.
+    assert train(tmp_path, "run", "--lr", "1e30", "--ckpt-every", "1") == 1
     captured = capsys.readouterr()
-    assert "non-finite for 3 optimizer steps in a row" in captured.err
+    assert "non-finite for 3 optimizer steps in a row" in captured.err and "Traceback" not in captured.err
     assert "non-finite loss (nan), update skipped" in captured.out
     data = load_checkpoint(tmp_path / "run.pt")
-    assert data.global_step == 4  # step 4 was good and checkpointed; 5-7 were skipped, not saved
+    assert data.global_step == 1  # step 1 was good and checkpointed; 2-4 were skipped, not saved
 
 
 def test_sigkill_during_save_leaves_the_previous_checkpoint(tmp_path):
