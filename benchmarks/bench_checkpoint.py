@@ -21,26 +21,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from chunklm import ByteCorpus  # noqa: E402
 from chunklm.train import Trainer  # noqa: E402
-from runs.checkpoint import CKPT_SCHEMA_VERSION, atomic_save, config_to_dict, load_checkpoint  # noqa: E402
-from runs.settings import fresh_settings, to_config  # noqa: E402
+from runs.checkpoint import Checkpoint  # noqa: E402
+from runs.settings import Settings  # noqa: E402
 
 
-def checkpoint(trainer: Trainer, settings: dict) -> dict:
-    return {
-        "schema_version": CKPT_SCHEMA_VERSION,
-        "config": config_to_dict(trainer.config),
-        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
-        "preset": None,
-        "world_size": 1,
-        "global_step": trainer.clock.global_step,
-        "epoch": trainer.clock.epoch,
-        "trainer": trainer.state_dict(),
-    }
+def checkpoint(trainer: Trainer, settings: Settings) -> Checkpoint:
+    clock = trainer.clock
+    return Checkpoint(settings=settings, trainer=trainer.state_dict(), global_step=clock.global_step, epoch=clock.epoch)
 
 
 def measure(preset: str, train_steps: int) -> dict:
-    settings = fresh_settings(preset, {})
-    config = to_config(settings)
+    settings = Settings.fresh(preset, {})
+    config = settings.to_config()
     corpus = ByteCorpus(None, seq_len=config.model.seq_len, chunk=config.model.chunk)
     trainer = Trainer(config, corpus=corpus)
     trainer.start()
@@ -57,14 +49,14 @@ def measure(preset: str, train_steps: int) -> dict:
         path = Path(tmp) / "ckpt.pt"
         for _ in range(5):
             t0 = time.perf_counter()
-            atomic_save(checkpoint(trainer, settings), path)
+            checkpoint(trainer, settings).save(path)
             saves.append(time.perf_counter() - t0)
         size = path.stat().st_size
         for _ in range(5):
             t0 = time.perf_counter()
-            data = load_checkpoint(path)
+            data = Checkpoint.load(path)
             fresh = Trainer(config, corpus=corpus)
-            fresh.load_state_dict(data["trainer"])
+            fresh.load_state_dict(data.trainer)
             loads.append(time.perf_counter() - t0)
     return {
         "preset": preset,

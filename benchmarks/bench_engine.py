@@ -122,9 +122,9 @@ def demo_step_us(repeats: int) -> float:
     import torch
 
     from chunklm import ChunkLM
-    from runs.settings import fresh_settings, to_config
+    from runs.settings import Settings
 
-    config = to_config(fresh_settings("demo", {}))
+    config = Settings.fresh("demo", {}).to_config()
     torch.manual_seed(0)
     model = ChunkLM(config.model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

@@ -182,6 +182,12 @@ class ByteCorpus:
             except BaseException:
                 os.unlink(out.name)
                 raise
+        if total < 2 * self.window:
+            os.unlink(out.name)
+            raise CorpusError(
+                f"corpus too small: {total} bytes, but training and validation each need one window of "
+                f"seq_len + chunk = {self.window} bytes (at least {2 * self.window} in all); add data or lower --seq-len"
+            )
         if self.split == "tail":
             n_train = total - max(self.window, math.ceil(self.val_fraction * total))
         n_val = total - n_train

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from chunklm.model import ChunkLM
@@ -26,7 +28,8 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: t
 
 @torch.no_grad()
 def generate(
-    model: ChunkLM, prompt: bytes, n: int, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0
+    model: ChunkLM, prompt: bytes, n: int, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+    on_bytes: Callable[[bytes], None] | None = None,
 ) -> bytes:
     """The ``n`` bytes that follow ``prompt`` (the prompt itself is not returned).
 
@@ -35,6 +38,7 @@ def generate(
     Sampling runs on the CPU from a ``torch.Generator`` seeded with ``seed``, so the same model,
     prompt and arguments give the same bytes. An empty prompt starts from a newline. Temperature 0
     is greedy; ``top_p`` < 1 samples from the smallest set of bytes whose probability reaches it.
+    ``on_bytes``, if given, receives each chunk of new bytes as soon as it is sampled (streaming).
     """
     if n < 0 or temperature < 0 or not 0.0 < top_p <= 1.0:
         raise ValueError(
@@ -54,6 +58,8 @@ def generate(
             logits = model.head(h).view(-1, 256).float().cpu()  # (C, 256): bytes t+1 .. t+C
             chunk = _sample(logits, temperature, top_p, generator).tolist()
             context += chunk
+            if on_bytes is not None:
+                on_bytes(bytes(chunk[: n - len(out)]))
             out += chunk
     finally:
         model.train(was_training)

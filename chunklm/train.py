@@ -13,6 +13,7 @@ returns, so a run stopped at any optimizer-step boundary resumes bit-identically
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import math
 import random
@@ -22,13 +23,14 @@ import attrs
 import numpy as np
 import torch
 
+from chunklm.config import ConfigError
 from chunklm.corpus import ByteCorpus
 from chunklm.evaluate import EMA, evaluate_bpb
 from chunklm.model import ChunkLM, ChunkLMConfig
 from engine import Curriculum, CurriculumEngine, Record
 from policies import StagedCosine, spectral_curriculum
 
-__all__ = ["TrainConfig", "Trainer", "Hooks", "StepInfo", "EpochInfo", "NonFiniteLossError", "MAX_NONFINITE"]
+__all__ = ["TrainConfig", "Trainer", "Hooks", "StepInfo", "EpochInfo", "NonFiniteLossError", "MAX_NONFINITE", "seed_everything"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +42,13 @@ class NonFiniteLossError(RuntimeError):
 
 
 def _positive(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be > 0: got {value}")
+    if not value > 0:
+        raise ConfigError(f"{attribute.name} must be > 0: got {value}")
+
+
+def _non_negative(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{attribute.name} must be an int >= 0: got {value!r}")
 
 
 def _to_tuple(value: Any) -> tuple:
@@ -61,7 +68,7 @@ class TrainConfig:
     lr: float = attrs.field(default=2e-4, validator=_positive)
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    seed: int = 0
+    seed: int = attrs.field(default=0, validator=_non_negative)
     ema: float | None = None  # EMA decay, or None for no EMA
     cutoffs: tuple[int, ...] = attrs.field(default=(128, 256, 512), converter=_to_tuple)
     min_epochs: tuple[int, ...] = attrs.field(default=(2, 5, 10), converter=_to_tuple)
@@ -154,6 +161,15 @@ def rng_state() -> dict:
     return state
 
 
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed torch (the weights: the same on every rank) and Python's and numpy's global RNGs (per
+    rank). The loop draws from none of the latter, but the checkpoint stores their states, so
+    seeding them makes a checkpoint a pure function of its settings."""
+    torch.manual_seed(seed)
+    random.seed(seed * 1_000_003 + rank)
+    np.random.seed([seed, rank])
+
+
 def set_rng_state(state: dict) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
@@ -220,7 +236,7 @@ class Trainer:
         self.rank, self.world_size = rank, world_size
         self._reduce = all_reduce_mean or (lambda x: x)
         self.corpus = corpus or ByteCorpus(config.data or None, seq_len=config.model.seq_len, chunk=config.model.chunk)
-        torch.manual_seed(config.seed)
+        seed_everything(config.seed, rank)
         self.model = ChunkLM(config.model).to(self.device)
         objective = _Objective(self.model)
         self.net = wrap_model(objective) if wrap_model else objective  # DDP wraps the loss, so it syncs gradients
@@ -291,6 +307,13 @@ class Trainer:
         phase = phase_for_epoch(self.curriculum, epochs_done)
         self.engine.start(phase=phase, global_step=epochs_done * self.config.steps_per_epoch, epoch=epochs_done)
         logger.warning("checkpoint has no engine state: resuming in phase %s (epoch %d)", phase, epochs_done)
+
+    def close(self) -> None:
+        """Release the DDP wrapper before the process group is destroyed (its reducer holds the
+        group; a gloo group torn down under it aborted a rank at exit). The trainer cannot train
+        after this; its model and state remain readable."""
+        self.net = None
+        gc.collect()
 
     @property
     def clock(self):

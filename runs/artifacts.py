@@ -1,22 +1,126 @@
-"""A run's files beside its checkpoint: per-step metrics, per-epoch metrics, transition history.
+"""A run's files beside its checkpoint: per-step metrics, per-epoch metrics, transition history, lock.
 
 For a checkpoint ``out/demo/chunklm_ckpt.pt`` they are ``chunklm_ckpt.steps.csv``,
 ``chunklm_ckpt.epochs.csv``, ``chunklm_ckpt.history.json`` and ``chunklm_ckpt.png`` in the same
-directory. ``RUN`` arguments of the subcommands may name the checkpoint or its directory.
+directory, plus the hidden lock ``.chunklm_ckpt.pt.lock``. ``RUN`` arguments of the subcommands may
+name the checkpoint or its directory. Every file is replaced atomically through a temp file with a
+unique name (``.NAME.XXXXXXXX.tmp``), which a run removes when it starts if a killed run left one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import fcntl
 import os
+import socket
+import tempfile
 from pathlib import Path
+from typing import IO, Callable
 
 from engine import History
+from runs.errors import RunError, UsageError
 
-__all__ = ["RunFiles", "resolve_run", "MetricsWriter", "STEP_FIELDS", "EPOCH_FIELDS", "read_csv"]
+__all__ = [
+    "RunFiles", "resolve_run", "MetricsWriter", "STEP_FIELDS", "EPOCH_FIELDS", "read_csv", "atomic_write",
+    "RunLock", "WriteError",
+]
 
 STEP_FIELDS = ["step", "epoch", "step_in_epoch", "loss", "lr", "cutoff", "phase"]
 EPOCH_FIELDS = ["epoch", "step", "avg_loss", "cutoff", "val_bpb", "val_bpb_mean"]
+_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+class WriteError(RunError):
+    """A run's file could not be written (disk full, quota, permissions): exit status 1."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` so that a crash at any moment leaves the old file or the new one.
+
+    A temp file with a unique name in the same directory (mode 0666 less the umask, as ``open``
+    gives: ``mkstemp`` alone gives 0600), fsync, ``os.replace``, fsync of the directory. A full disk
+    is a :class:`WriteError` saying so; the old file is kept.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, (OSError, RuntimeError)):
+            raise _write_error(path, exc) from exc
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _write_error(path: Path, exc: BaseException) -> WriteError:
+    import shutil
+
+    free = shutil.disk_usage(path.parent).free
+    full = (isinstance(exc, OSError) and exc.errno in _FULL) or "unexpected pos" in str(exc) or "failed writing" in str(exc)
+    why = f"the disk is full or the file is too large ({free / 1e6:.1f} MB free in {path.parent})" if full else f"{type(exc).__name__}: {exc}"
+    return WriteError(f"could not write {path}: {why}; the previous version of the file is kept. Free space, then resume")
+
+
+def remove_stale_temps(paths: list[Path]) -> list[Path]:
+    """Remove the temp files that killed runs left beside ``paths`` (call while holding the run's lock)."""
+    removed = []
+    for path in paths:
+        for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+class RunLock:
+    """An exclusive lock on one run (``flock`` on a hidden file beside the checkpoint).
+
+    The kernel releases it when the process ends, however it ends (SIGKILL included), so a stale
+    lock cannot block the next run. The holder's pid and host are written in the file to name it.
+    """
+
+    def __init__(self, ckpt: Path) -> None:
+        self.path = ckpt.with_name(f".{ckpt.name}.lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise UsageError(
+                f"another run is using {self.path.with_name(self.path.name[1:-5])} ({holder}); "
+                "wait for it to end, or use another --ckpt"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
 
 
 class RunFiles:
@@ -30,31 +134,40 @@ class RunFiles:
         self.history = stem.with_name(stem.name + ".history.json")
         self.plot = stem.with_name(stem.name + ".png")
 
+    @property
+    def written(self) -> list[Path]:
+        """The files a run writes (the plot only on request)."""
+        return [self.ckpt, self.steps, self.epochs, self.history]
+
+    def existing(self) -> list[Path]:
+        return [p for p in (*self.written, self.plot) if p.exists()]
+
     def write_history(self, history: History) -> None:
-        tmp = self.history.with_name(self.history.name + ".tmp")
-        tmp.write_text(history.to_json())
-        os.replace(tmp, self.history)
+        text = history.to_json().encode()
+        atomic_write(self.history, lambda f: f.write(text))
 
     def read_history(self) -> History:
-        return History.from_json(self.history.read_text())
+        try:
+            return History.from_json(self.history.read_text())
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"{self.history} is not a transition history this version can read ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); it may be truncated or edited") from None
 
 
 def resolve_run(run: str | os.PathLike) -> RunFiles:
-    """``run`` is a checkpoint or a directory holding exactly one (or its history)."""
+    """``run`` is a checkpoint, or a directory holding exactly one run (by checkpoint, history or metrics)."""
     path = Path(run)
     if path.is_dir():
-        found = sorted(path.glob("*.history.json"))
-        if len(found) == 1:
-            return RunFiles(found[0].with_name(found[0].name[: -len(".history.json")] + ".pt"))
-        ckpts = sorted(path.glob("*.pt"))
-        if len(ckpts) == 1:
-            return RunFiles(ckpts[0])
-        raise FileNotFoundError(
-            f"{path} holds {len(ckpts)} checkpoints and {len(found)} histories; name the checkpoint itself"
-        )
+        for pattern, suffix in (("*.history.json", ".history.json"), ("*.pt", ".pt"), ("*.steps.csv", ".steps.csv")):
+            found = sorted(path.glob(pattern))
+            if len(found) == 1:
+                return RunFiles(found[0].with_name(found[0].name[: -len(suffix)] + ".pt"))
+            if len(found) > 1:
+                raise UsageError(f"{path} holds {len(found)} runs ({', '.join(p.name for p in found)}); name the checkpoint itself")
+        raise UsageError(f"no run in {path}: no checkpoint, history or metrics file; name the checkpoint of a run")
     files = RunFiles(path)
-    if not files.ckpt.exists() and not files.history.exists():
-        raise FileNotFoundError(f"no run at {path}: neither the checkpoint nor {files.history.name} exists")
+    if not any(p.exists() for p in (files.ckpt, files.history, files.steps)):
+        raise UsageError(f"no run at {path}: neither it nor {files.history.name} nor {files.steps.name} exists")
     return files
 
 
@@ -64,27 +177,59 @@ def read_csv(path: Path) -> list[dict]:
 
 
 class MetricsWriter:
-    """Appends rows to a CSV, flushed per row; on resume, first cuts rows past the checkpoint."""
+    """Appends rows to a CSV, flushed per row.
 
-    def __init__(self, path: Path, fields: list[str], key: str, keep_upto: int | None) -> None:
+    ``keep_upto`` (resume): rows past the checkpoint are cut at once. ``None``: a fresh run, whose
+    file starts empty; with ``defer`` (a fresh run replacing another, ``--overwrite``) the file is
+    not touched until :meth:`commit` (called after each save), when it is replaced by the rows kept
+    in memory so far: a run that fails before its first save leaves the old run's files as they were.
+    """
+
+    def __init__(self, path: Path, fields: list[str], key: str, keep_upto: int | None, defer: bool = False) -> None:
         self.path, self.fields = path, fields
-        rows = []
-        if keep_upto is not None and path.exists():
-            rows = [r for r in read_csv(path) if int(r[key]) <= keep_upto]
-        elif keep_upto is None and path.exists():
-            path.unlink()  # a fresh run replaces the old files
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-        self._file = open(path, "a", newline="")
-        self._writer = csv.DictWriter(self._file, fieldnames=fields)
+        self._pending: list[dict] = []
+        self._file: IO[str] | None = None
+        if keep_upto is not None:
+            rows = [r for r in read_csv(path) if int(r[key]) <= keep_upto] if path.exists() else []
+            self._replace(rows)
+        elif not defer:
+            self._replace([])
+
+    def _replace(self, rows: list[dict]) -> None:
+        def write(f: IO[bytes]) -> None:
+            text = _csv_text(self.fields, rows)
+            f.write(text.encode())
+
+        atomic_write(self.path, write)
+        self._file = open(self.path, "a", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=self.fields)
 
     def write(self, row: dict) -> None:
-        self._writer.writerow(row)
-        self._file.flush()
+        if self._file is None:
+            self._pending.append(row)
+            return
+        try:
+            self._writer.writerow(row)
+            self._file.flush()
+        except OSError as exc:
+            raise _write_error(self.path, exc) from exc
+
+    def commit(self) -> None:
+        """The run has saved: from now on its rows go to the file."""
+        if self._file is None:
+            self._replace(self._pending)
+            self._pending = []
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+
+
+def _csv_text(fields: list[str], rows: list[dict]) -> str:
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()

@@ -1,94 +1,177 @@
-"""Checkpoint files: written atomically, read with ``torch.load(weights_only=True)``.
+"""The checkpoint file as a type: :class:`Checkpoint` writes and reads its layout.
 
 A checkpoint never runs code when loaded: it holds tensors and plain Python values only (the
-config as cattrs primitives, the engine state as JSON-safe primitives, RNG states as tensors and
-lists).
+settings as plain values, the engine state as JSON-safe primitives, RNG states as tensors and
+lists), and it is read with ``torch.load(weights_only=True)``. It is written atomically.
+
+Layout, version 2 (``schema_version``): ``settings`` (every field of :class:`Settings`), ``preset``,
+``world_size``, ``num_threads``, ``global_step``, ``epoch``, ``trainer`` (``Trainer.state_dict()``:
+only ``model`` is required, as in a weights-only checkpoint), and under torchrun ``rng_per_rank``.
+Version 1 (the first release) also stored ``config``, derived from ``settings``; it is migrated
+on reading.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import tempfile
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
-import cattrs
-import torch
-from cattrs.preconf.json import make_converter
+import attrs
 
-from chunklm.train import TrainConfig
+from runs.artifacts import atomic_write
+from runs.errors import UsageError
+from runs.settings import Settings, SettingsError
 
-__all__ = ["CKPT_SCHEMA_VERSION", "CheckpointError", "atomic_save", "load_checkpoint", "config_to_dict", "config_from_dict"]
+__all__ = ["CKPT_SCHEMA_VERSION", "Checkpoint", "CheckpointError", "load_checkpoint"]
 
-CKPT_SCHEMA_VERSION = 1
+CKPT_SCHEMA_VERSION = 2
 
-_converter = make_converter(forbid_extra_keys=True)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable, or not one of ours."""
+# Version 1's defaults: the values its runs used for a setting its file left out.
+_V1_DEFAULTS = {"kernel_init": "smooth", "preserve": True, "eval_windows": 64, "data": [], "ema": None, "dropout": 0.0}
 
 
-def config_to_dict(config: TrainConfig) -> dict:
-    """Plain JSON values only (a str enum would be pickled as its class, which weights_only refuses)."""
-    return json.loads(_converter.dumps(config))
+class CheckpointError(UsageError):
+    """A checkpoint is missing, unreadable, unsafe, or not one of ours (exit status 2)."""
 
 
-def config_from_dict(data: dict) -> TrainConfig:
-    try:
-        return _converter.structure(data, TrainConfig)
-    except cattrs.BaseValidationError as exc:
-        raise CheckpointError("checkpoint config is malformed: " + "; ".join(cattrs.transform_error(exc))) from None
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """Write ``obj`` to ``path`` so that a crash at any moment leaves the old file or the new one.
-
-    Temp file in the same directory, fsync, ``os.replace``, fsync of the directory.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _reason(exc: Exception) -> str:
-    lines = [l.strip() for l in str(exc).splitlines() if l.strip()]
-    detail = next((l for l in lines if "Unsupported global" in l), lines[0] if lines else "")
-    return f"{type(exc).__name__}: {detail[:300]}"
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load and sanity-check a checkpoint; a clear :class:`CheckpointError` otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; check --ckpt, or start a fresh run without --resume")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, pickle error, not a torch file...
-        raise CheckpointError(
-            f"checkpoint {path} is truncated or corrupt and cannot be loaded ({_reason(exc)}); "
-            "it was left untouched. Resume from a copy, or start a fresh run"
-        ) from None
-    if not isinstance(data, dict) or "schema_version" not in data or "config" not in data:
-        raise CheckpointError(f"{path} is not a chunklm checkpoint (no schema_version/config)")
-    if data["schema_version"] > CKPT_SCHEMA_VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint schema {data['schema_version']}, newer than this version's {CKPT_SCHEMA_VERSION}; upgrade"
-        )
+def _migrate_v1(data: dict) -> dict:
+    """Version 1 stored ``config`` beside ``settings``; ``settings`` alone made it."""
+    data = {k: v for k, v in data.items() if k != "config"}
+    data["settings"] = {**_V1_DEFAULTS, **data.get("settings", {})} if isinstance(data.get("settings"), dict) else data.get("settings")
+    data["schema_version"] = 2
     return data
+
+
+_MIGRATIONS = {1: _migrate_v1}  # version -> a function making the next version's dict
+
+
+@attrs.frozen
+class Checkpoint:
+    """One checkpoint: a run's settings and its trainer state at an optimizer-step boundary."""
+
+    settings: Settings
+    trainer: dict  # Trainer.state_dict() (of rank 0 under torchrun)
+    global_step: int
+    epoch: int
+    preset: str | None = None
+    world_size: int = 1
+    num_threads: int | None = None
+    rng_per_rank: list | None = None  # under torchrun: each rank's RNG states
+
+    def trainer_state(self, rank: int = 0) -> dict:
+        """The trainer state for ``rank``: each rank continues its own random streams."""
+        if self.rng_per_rank is not None:
+            return {**self.trainer, "rng": self.rng_per_rank[rank]}
+        return self.trainer
+
+    @property
+    def engine_phase(self) -> str | None:
+        engine = self.trainer.get("engine")
+        return engine.get("phase") if isinstance(engine, dict) else None
+
+    # -- the file ---------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "schema_version": CKPT_SCHEMA_VERSION,
+            "settings": self.settings.to_dict(),
+            "preset": self.preset,
+            "world_size": self.world_size,
+            "num_threads": self.num_threads,
+            "global_step": self.global_step,
+            "epoch": self.epoch,
+            "trainer": self.trainer,
+        }
+        if self.rng_per_rank is not None:
+            out["rng_per_rank"] = self.rng_per_rank
+        return out
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Atomically (temp file, fsync, ``os.replace``); a full disk is a clear ``WriteError``."""
+        import torch
+
+        data = self.to_dict()
+        atomic_write(path, lambda f: torch.save(data, f))
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str | os.PathLike = "checkpoint") -> "Checkpoint":
+        """Check and migrate a loaded file's dict; a :class:`CheckpointError` names what is wrong."""
+        if not isinstance(data, dict) or not isinstance(data.get("schema_version"), int):
+            raise CheckpointError(f"{path} is not a chunklm checkpoint (no schema_version); pass a checkpoint written by chunklm train")
+        version = data["schema_version"]
+        if version > CKPT_SCHEMA_VERSION:
+            raise CheckpointError(f"{path} has checkpoint schema {version}, newer than this version's {CKPT_SCHEMA_VERSION}; upgrade chunklm")
+        while version < CKPT_SCHEMA_VERSION:
+            if version not in _MIGRATIONS:
+                raise CheckpointError(f"{path} has checkpoint schema {version}, which this version cannot read")
+            data = _MIGRATIONS[version](data)
+            version = data["schema_version"]
+        problems = [f"{key} (expected {kind.__name__})" for key, kind in
+                    (("settings", dict), ("trainer", dict), ("global_step", int), ("epoch", int)) if not isinstance(data.get(key), kind)]
+        if not problems and not isinstance(data["trainer"].get("model"), dict):
+            problems.append("trainer.model (expected the model's weights)")
+        if problems:
+            raise CheckpointError(f"{path} is damaged or edited: missing or wrong {', '.join(problems)}; resume from another checkpoint")
+        try:
+            settings = Settings.from_dict(data["settings"])
+        except SettingsError as exc:
+            raise CheckpointError(f"{path} has settings this version cannot use: {exc}") from None
+        rng = data.get("rng_per_rank")
+        world_size = data.get("world_size", 1)
+        if rng is not None and (not isinstance(rng, list) or len(rng) != world_size):
+            raise CheckpointError(f"{path} is damaged or edited: rng_per_rank does not hold one state per rank ({world_size})")
+        return cls(settings=settings, trainer=data["trainer"], global_step=data["global_step"], epoch=data["epoch"],
+                   preset=data.get("preset"), world_size=world_size, num_threads=data.get("num_threads"), rng_per_rank=rng)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Checkpoint":
+        return cls.from_dict(read_file(path), path)
+
+
+def read_file(path: str | os.PathLike) -> Any:
+    """``torch.load(weights_only=True)`` with errors that say what is wrong: never runs code."""
+    import torch
+
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint; name the checkpoint file in it (e.g. {path}/chunklm_ckpt.pt)")
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; check the path")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower():
+            raise _corrupt(path, exc) from None
+        unsafe = _unsafe_global(str(exc))
+        what = f"Python objects the safe loader refuses (global {unsafe})" if unsafe else "Python objects the safe loader refuses"
+        raise CheckpointError(
+            f"{path} holds {what}; nothing in it was executed. It was not written by chunklm train, or it was "
+            "tampered with: do not use it; resume from a checkpoint you wrote"
+        ) from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # truncated zip, not a torch file...
+        raise _corrupt(path, exc) from None
+
+
+def _unsafe_global(message: str) -> str | None:
+    """The global that torch's weights-only unpickler refused (``posix.system``), if it names one."""
+    match = re.search(r"GLOBAL\s+([\w.]+)", message, re.IGNORECASE)
+    return match.group(1) if match else None
+
+
+def _corrupt(path: Path, exc: BaseException) -> CheckpointError:
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    first = first.split(". ")[0]  # torch's first sentence; never its hints (weights_only=False)
+    return CheckpointError(
+        f"checkpoint {path} is truncated or corrupt and cannot be loaded ({type(exc).__name__}: {first[:200]}); "
+        "it was left untouched. Resume from a copy, or start a fresh run"
+    )
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read and check a checkpoint (``Checkpoint.load``)."""
+    return Checkpoint.load(path)

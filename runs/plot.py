@@ -5,8 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from runs.artifacts import RunFiles, read_csv
+from runs.errors import UsageError
 
 __all__ = ["plot_run"]
+
+
+def _columns(path: Path, columns: dict) -> dict[str, list]:
+    """``{name: parse}`` columns of a metrics CSV; a garbled file is a clear error."""
+    try:
+        rows = read_csv(path)
+        return {name: [parse(r[name]) for r in rows] for name, parse in columns.items()}
+    except (KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path} is not a metrics file this version can read ({type(exc).__name__}: {exc}); "
+                         "it may be truncated or edited") from None
 
 
 def plot_run(files: RunFiles, out: Path) -> Path:
@@ -15,12 +26,9 @@ def plot_run(files: RunFiles, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_csv(files.steps)
-    steps = [int(r["step"]) for r in rows]
-    loss = [float(r["loss"]) for r in rows]
-    lr = [float(r["lr"]) for r in rows]
-    cutoff = [int(r["cutoff"]) for r in rows]
-    history = files.read_history() if files.history.exists() else []
+    cols = _columns(files.steps, {"step": int, "loss": float, "lr": float, "cutoff": int})
+    steps, loss, lr, cutoff = cols["step"], cols["loss"], cols["lr"], cols["cutoff"]
+    history = [r for r in files.read_history() if r.source is not None] if files.history.exists() else []  # transitions, not the start
 
     fig, (ax_loss, ax_lr, ax_cut) = plt.subplots(3, 1, figsize=(10, 8), sharex=True, gridspec_kw={"height_ratios": [3, 1, 1]})
     ax_loss.plot(steps, loss, lw=0.6, alpha=0.4, color="tab:blue", label="loss per step")
@@ -28,10 +36,10 @@ def plot_run(files: RunFiles, out: Path) -> Path:
     if k > 1:
         smooth = [sum(loss[max(0, i - k + 1): i + 1]) / len(loss[max(0, i - k + 1): i + 1]) for i in range(len(loss))]
         ax_loss.plot(steps, smooth, lw=1.5, color="tab:blue", label=f"mean of {k} steps")
-    epochs = files.epochs.exists() and read_csv(files.epochs)
-    if epochs:
+    epochs = _columns(files.epochs, {"step": int, "val_bpb": float}) if files.epochs.exists() else {"step": []}
+    if epochs["step"]:
         ax_val = ax_loss.twinx()
-        ax_val.plot([int(r["step"]) for r in epochs], [float(r["val_bpb"]) for r in epochs], "o-", color="tab:green", label="val bpb")
+        ax_val.plot(epochs["step"], epochs["val_bpb"], "o-", color="tab:green", label="val bpb")
         ax_val.set_ylabel("validation bits/byte", color="tab:green")
     for record in history:
         for ax in (ax_loss, ax_lr, ax_cut):

@@ -1,139 +1,275 @@
-"""Run settings: the seed's defaults, presets, explicit flags and the resume rules.
+"""A run's settings: one attrs class whose fields make the flags, defaults, presets and resume rules.
 
-Precedence for a fresh run: defaults < preset < flags given explicitly. On ``--resume``:
+Each field of :class:`Settings` is declared once with :func:`setting`: its default, its help, the
+group it is listed under, its value in each preset, and whether a resumed run may change it. The
+command line's flags (:func:`add_flags`), the checkpoint's stored settings (:meth:`Settings.to_dict`)
+and the configs the trainer takes (:meth:`Settings.to_config`) are all generated from it.
+
+To add a setting, add one field, e.g. ``micro_batch: int | None = setting(None, "windows through
+the model at once", absent=None, check=..., type=int)``: it feeds the TrainConfig field of the same
+name (``to="train"``, the default), gets ``--micro-batch``, is stored in every checkpoint, is refused
+on resume when it differs (``resume=Resume.FREE`` to allow), and checkpoints stored before it existed
+read ``absent``. A boolean flag pair is ``action=argparse.BooleanOptionalAction``.
+
+Precedence for a fresh run: defaults < preset < flags given explicitly. On ``--resume``: the
 checkpoint < flags given explicitly, and an explicit flag that would change the trajectory and
 differs from the checkpoint is an error listing each differing field.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import argparse
+import enum
+import math
+from typing import Any, Mapping
 
-from chunklm.model import ChunkLMConfig
+import attrs
+
+from chunklm.config import ChunkLMConfig, ConfigError
 from chunklm.train import TrainConfig
+from runs.errors import UsageError
 
-__all__ = ["DEFAULTS", "PRESETS", "MAY_CHANGE_ON_RESUME", "SettingsError", "fresh_settings", "resume_settings", "to_config"]
-
-
-class SettingsError(ValueError):
-    """Flags that cannot make a run; the message says which and why."""
+__all__ = ["Settings", "SettingsError", "PRESETS", "Resume", "setting", "add_flags", "explicit_settings", "default_cutoffs"]
 
 
-# The seed's command line and the seed system's model size.
-DEFAULTS: dict[str, Any] = {
-    "seq_len": 1024,
-    "kernel_len": 128,
-    "chunk": 16,
-    "d_model": 512,
-    "n_layers": 6,
-    "dropout": 0.0,
-    "kernel_init": "smooth",
-    "data": (),
-    "batch_size": 4,
-    "accum_steps": 8,
-    "steps_per_epoch": 1000,
-    "epochs": 50,
-    "lr": 2e-4,
-    "weight_decay": 0.1,
-    "grad_clip": 1.0,
-    "seed": 0,
-    "ema": None,
-    "cutoffs": None,  # None: seq_len/8, seq_len/4, seq_len/2
-    "min_epochs": (2, 5, 10),
-    "plateau_window": 50,
-    "plateau_threshold": 0.005,
-    "preserve": True,
-    "eval_windows": 64,
-}
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # The seed's exact values (these are also the defaults).
-    "seed": {},
-    # CPU-sized: shows the raises on the default corpus in about 5 minutes on 2 cores.
-    "demo": {
-        "seq_len": 256,
-        "kernel_len": 64,
-        "chunk": 8,
-        "d_model": 128,
-        "n_layers": 4,
-        "batch_size": 8,
-        "accum_steps": 1,
-        "steps_per_epoch": 150,
-        "epochs": 12,
-        "lr": 2e-3,
-        "min_epochs": (2, 4, 6),
-        "plateau_window": 100,
-        "plateau_threshold": 0.01,
-        "eval_windows": 32,
-    },
-}
-
-# Flags that do not change the trajectory (or change it in a documented way: --epochs).
-MAY_CHANGE_ON_RESUME = {"epochs"}
+class SettingsError(UsageError):
+    """Flags that cannot make a run; the message names the flag, what came and the fix."""
 
 
-def _complete(settings: dict[str, Any]) -> dict[str, Any]:
-    settings = dict(settings)
-    if settings.get("cutoffs") is None:
-        n = settings["seq_len"]
-        settings["cutoffs"] = (n // 8, n // 4, n // 2)
-    settings["cutoffs"] = tuple(settings["cutoffs"])
-    settings["min_epochs"] = tuple(settings["min_epochs"])
-    settings["data"] = tuple(settings["data"])
-    return settings
+class Resume(str, enum.Enum):
+    """May an explicit flag differ from the checkpoint's value on ``--resume``?"""
+
+    FIXED = "fixed"  # it would change the trajectory: refused when it differs
+    FREE = "free"  # it may change (--epochs: documented effect on the LR stages)
 
 
-def fresh_settings(preset: str | None, explicit: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(explicit) - set(DEFAULTS)
-    if unknown:
-        raise SettingsError(f"unknown settings {sorted(unknown)}")
-    return _complete({**DEFAULTS, **PRESETS.get(preset or "seed", {}), **explicit})
+PRESETS = ("seed", "demo")  # "seed": the seed's exact values, which are also the defaults
+
+_TRAIN = attrs.fields_dict(TrainConfig)
+_MODEL = attrs.fields_dict(ChunkLMConfig)
 
 
-def resume_settings(saved: dict[str, Any], saved_preset: str | None, preset: str | None, explicit: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint's settings with the explicit flags applied; conflicting flags are an error."""
-    saved = _complete({**DEFAULTS, **saved})
-    differing = []
-    if preset is not None and preset != (saved_preset or "seed"):
-        differing.append(f"--preset: checkpoint has {saved_preset or 'seed'!r}, given {preset!r}")
-    for key, value in explicit.items():
-        if key in MAY_CHANGE_ON_RESUME:
-            continue
-        old = saved.get(key)
-        new = tuple(value) if isinstance(value, list) else value
-        if new != old:
-            differing.append(f"--{key.replace('_', '-')}: checkpoint has {_show(old)}, given {_show(new)}")
-    if differing:
-        raise SettingsError(
-            "these flags differ from the checkpoint and would change the run's trajectory:\n  "
-            + "\n  ".join(differing)
-            + "\nDrop them to continue the run as it was, or start a new run with another --ckpt"
-        )
-    return _complete({**saved, **explicit})
+def _library_default(cls_fields: Mapping[str, attrs.Attribute], name: str) -> Any:
+    """The library config's own default, so the command line and the library never disagree."""
+    value = cls_fields[name].default
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+def setting(
+    default: Any,
+    help: str = "",
+    *,
+    group: str = "training",
+    demo: Any = attrs.NOTHING,
+    resume: Resume = Resume.FIXED,
+    to: str | None = "train",
+    flag: str | None = "",
+    check: Any = None,
+    absent: Any = attrs.NOTHING,
+    converter: Any = None,
+    **argparse_kwargs: Any,
+) -> Any:
+    """One setting. ``to``: the config it feeds ("model": ChunkLMConfig, "train": TrainConfig, None:
+    neither); ``flag``: "" derives ``--name-with-dashes``, None means no flag; ``check(name, value)``
+    returns an error message or None; ``absent``: the value that reproduces the runs of checkpoints
+    stored before this setting existed (a setting added later needs one); ``argparse_kwargs`` go to
+    ``add_argument`` (type, nargs...)."""
+    presets = {} if demo is attrs.NOTHING else {"demo": demo}
+    metadata = {"help": help, "group": group, "presets": presets, "resume": resume, "to": to, "flag": flag,
+                "check": check, "absent": absent, "argparse": argparse_kwargs}
+    return attrs.field(default=default, metadata=metadata, converter=converter, kw_only=True)
+
+
+# -- checks: each returns the message's middle part, or None -------------------------------------
+
+def _int_at_least(low: int):
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            return f"must be an integer >= {low}: got {value!r}"
+        return None
+    return check
+
+
+def _finite(low: float | None = None, *, above: bool = False, below: float | None = None):
+    def check(value: Any) -> str | None:
+        if value is None:
+            return None
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = ok and (low is None or (value > low if above else value >= low)) and (below is None or value < below)
+        if not ok:
+            rng = "a finite number" + ("" if low is None else f" {'>' if above else '>='} {low}") + ("" if below is None else f" and < {below}")
+            return f"must be {rng}: got {value!r}"
+        return None
+    return check
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.replace(",", " ").split())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, e.g. 128,256,512: got {text!r}") from None
+
+
+def default_cutoffs(seq_len: int) -> tuple[int, ...]:
+    """The seed's 128, 256, 512 at seq_len 1024: seq_len/8, /4, /2 bins."""
+    return (seq_len // 8, seq_len // 4, seq_len // 2)
+
+
+_MODEL_GROUP = "model"
+_CURRICULUM = "curriculum (the seed's Tuning section)"
+
+
+@attrs.frozen
+class Settings:
+    """Everything a run is made from, stored whole in its checkpoint."""
+
+    # model
+    seq_len: int = setting(1024, "window length in bytes (seed: 1024)", group=_MODEL_GROUP, demo=256, to="model", check=_int_at_least(1), type=int)
+    kernel_len: int = setting(128, "taps of each causal kernel (seed: 128)", group=_MODEL_GROUP, demo=64, to="model", check=_int_at_least(1), type=int)
+    chunk: int = setting(16, "bytes predicted per position (seed: 16)", group=_MODEL_GROUP, demo=8, to="model", check=_int_at_least(1), type=int)
+    d_model: int = setting(512, "width (seed: 512)", group=_MODEL_GROUP, demo=128, to="model", check=_int_at_least(1), type=int)
+    n_layers: int = setting(6, "blocks (seed: 6)", group=_MODEL_GROUP, demo=4, to="model", check=_int_at_least(1), type=int)
+    dropout: float = setting(_library_default(_MODEL, "dropout"), "dropout probability in [0, 1)", group=_MODEL_GROUP, to="model",
+                             check=_finite(0.0, below=1.0), type=float)
+    kernel_init: str = setting(_library_default(_MODEL, "kernel_init"), "kernel initialisation (white: the seed's)", group=_MODEL_GROUP,
+                               to="model", choices=["smooth", "white"])
+    # training
+    data: tuple[str, ...] = setting((), "files or directories (default: this Python's standard library *.py)", converter=tuple, nargs="+")
+    batch_size: int = setting(_library_default(_TRAIN, "batch_size"), "windows per micro-batch", demo=8, check=_int_at_least(1), type=int)
+    accum_steps: int = setting(_library_default(_TRAIN, "accum_steps"), "micro-batches per optimizer step", demo=1, check=_int_at_least(1), type=int)
+    steps_per_epoch: int = setting(_library_default(_TRAIN, "steps_per_epoch"), "optimizer steps per epoch", demo=150, check=_int_at_least(1), type=int)
+    epochs: int = setting(_library_default(_TRAIN, "epochs"), "epochs in all (may grow on --resume)", demo=12, resume=Resume.FREE,
+                          check=_int_at_least(1), type=int)
+    lr: float = setting(_library_default(_TRAIN, "lr"), "peak learning rate", demo=2e-3, check=_finite(0.0, above=True), type=float)
+    weight_decay: float = setting(_library_default(_TRAIN, "weight_decay"), "AdamW weight decay", check=_finite(0.0), type=float)
+    grad_clip: float = setting(_library_default(_TRAIN, "grad_clip"), "clip the gradient norm to this (0: no clipping)", check=_finite(0.0),
+                               type=float)
+    seed: int = setting(_library_default(_TRAIN, "seed"), "seed of the weights and the data order", check=_int_at_least(0), type=int)
+    ema: float | None = setting(_library_default(_TRAIN, "ema"), "keep an EMA of the weights (decay in (0, 1), default 0.999)",
+                                check=_finite(0.0, above=True, below=1.0), type=float, nargs="?", const=0.999)
+    # curriculum
+    cutoffs: tuple[int, ...] | None = setting(None, "cutoffs in rfft bins (default seq_len/8,/4,/2)", group=_CURRICULUM, type=_int_list,
+                                              converter=attrs.converters.optional(tuple))
+    min_epochs: tuple[int, ...] = setting(_library_default(_TRAIN, "min_epochs"), "never raise before these epochs (seed: 2,5,10)",
+                                          group=_CURRICULUM, demo=(2, 4, 6), type=_int_list, converter=tuple)
+    plateau_window: int = setting(_library_default(_TRAIN, "plateau_window"), "optimizer steps in the plateau window (seed: 50)",
+                                  group=_CURRICULUM, demo=100, check=_int_at_least(1), type=int)
+    plateau_threshold: float = setting(
+        _library_default(_TRAIN, "plateau_threshold"),
+        "relative improvement below which the loss has plateaued (seed: 0.005; negative: only a loss that rises that much)",
+        group=_CURRICULUM, demo=0.01, check=_finite(), type=float)
+    preserve: bool = setting(_library_default(_TRAIN, "preserve"),
+                             "open bands without changing the function, or with noise (--no-preserve, the seed's)",
+                             group=_CURRICULUM, action=argparse.BooleanOptionalAction)
+    # no flag
+    eval_windows: int = setting(_library_default(_TRAIN, "eval_windows"), demo=32, flag=None)
+
+    # -- building ----------------------------------------------------------------------------
+
+    @classmethod
+    def fresh(cls, preset: str | None, explicit: Mapping[str, Any]) -> "Settings":
+        """Defaults < preset < explicit flags; checked."""
+        values = {f.name: f.metadata["presets"][preset] for f in attrs.fields(cls) if preset in f.metadata["presets"]}
+        return cls._make({**values, **explicit})
+
+    def resume(self, saved_preset: str | None, preset: str | None, explicit: Mapping[str, Any]) -> "Settings":
+        """These (a checkpoint's) settings with the explicit flags applied; conflicting flags are an error."""
+        differing = []
+        if preset is not None and preset != (saved_preset or "seed"):
+            differing.append(f"--preset: checkpoint has {saved_preset or 'seed'!r}, given {preset!r}")
+        for f in attrs.fields(type(self)):
+            if f.name in explicit and f.metadata["resume"] is Resume.FIXED and explicit[f.name] != getattr(self, f.name):
+                differing.append(f"{_flag(f)}: checkpoint has {_show(getattr(self, f.name))}, given {_show(explicit[f.name])}")
+        if differing:
+            raise SettingsError(
+                "these flags differ from the checkpoint and would change the run's trajectory: "
+                + "; ".join(differing)
+                + ". Drop them to continue the run as it was, or start a new run with another --ckpt"
+            )
+        return self._make({**self.to_dict(), **explicit})
+
+    @classmethod
+    def _make(cls, values: Mapping[str, Any]) -> "Settings":
+        unknown = set(values) - set(attrs.fields_dict(cls))
+        if unknown:
+            raise SettingsError(f"unknown settings {sorted(unknown)}")
+        settings = cls(**values)
+        if settings.cutoffs is None:
+            settings = attrs.evolve(settings, cutoffs=default_cutoffs(settings.seq_len))
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Each field's own check, then the configs' and the curriculum's validation."""
+        for f in attrs.fields(type(self)):
+            message = f.metadata["check"] and f.metadata["check"](getattr(self, f.name))
+            if message:
+                raise SettingsError(f"{_flag(f)} {message}")
+        if self.chunk > self.seq_len:
+            raise SettingsError(f"--chunk {self.chunk} is longer than --seq-len {self.seq_len}; lower --chunk or raise --seq-len")
+        from engine import CurriculumError
+        from policies import spectral_curriculum
+
+        try:
+            config = self.to_config()
+            spectral_curriculum(n_bins=config.model.n_bins, cutoffs=self.cutoffs, min_epochs=self.min_epochs,
+                                window=self.plateau_window, threshold=self.plateau_threshold, preserve=self.preserve)
+        except (ConfigError, CurriculumError) as exc:
+            raise SettingsError(str(exc)) from None
+
+    def to_config(self) -> TrainConfig:
+        """The validated library configs (their errors name the field and the fix)."""
+        model = {f.name: getattr(self, f.name) for f in attrs.fields(type(self)) if f.metadata["to"] == "model"}
+        train = {f.name: getattr(self, f.name) for f in attrs.fields(type(self)) if f.metadata["to"] == "train"}
+        cutoffs = self.cutoffs if self.cutoffs is not None else default_cutoffs(self.seq_len)
+        return TrainConfig(model=ChunkLMConfig(**model, init_cutoff=cutoffs[0] if cutoffs else None), **{**train, "cutoffs": cutoffs})
+
+    # -- storing -----------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (lists for tuples): what the checkpoint stores."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.asdict(self, recurse=False).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Settings":
+        """A checkpoint's settings; every field must be present (older layouts are migrated first)."""
+        fields = attrs.fields_dict(cls)
+        data = {**{n: f.metadata["absent"] for n, f in fields.items() if f.metadata["absent"] is not attrs.NOTHING}, **data}
+        missing, unknown = set(fields) - set(data), set(data) - set(fields)
+        if missing or unknown:
+            raise SettingsError(f"stored settings do not match this version: missing {sorted(missing)}, unknown {sorted(unknown)}")
+        return cls._make(data)
+
+
+def _flag(f: attrs.Attribute) -> str:
+    """The field's flag (``--seq-len``), or its name when it has none."""
+    if f.metadata["flag"] is None:
+        return f.name
+    return f.metadata["flag"] or f"--{f.name.replace('_', '-')}"
 
 
 def _show(value: Any) -> str:
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):
         return ",".join(str(v) for v in value) or "(none)"
     return repr(value)
 
 
-def to_config(settings: dict[str, Any]) -> TrainConfig:
-    """Build the validated configs; their errors name the field and the fix."""
-    model = ChunkLMConfig(
-        d_model=settings["d_model"],
-        n_layers=settings["n_layers"],
-        seq_len=settings["seq_len"],
-        kernel_len=settings["kernel_len"],
-        chunk=settings["chunk"],
-        dropout=settings["dropout"],
-        init_cutoff=settings["cutoffs"][0] if settings["cutoffs"] else None,
-        kernel_init=settings["kernel_init"],
-    )
-    return TrainConfig(
-        model=model,
-        **{k: settings[k] for k in (
-            "data", "batch_size", "accum_steps", "steps_per_epoch", "epochs", "lr", "weight_decay", "grad_clip", "seed",
-            "ema", "cutoffs", "min_epochs", "plateau_window", "plateau_threshold", "preserve", "eval_windows",
-        )},
-    )
+def add_flags(parser: argparse.ArgumentParser, schema: type = None) -> None:
+    """One flag per setting that has one, grouped; all default to 'not given' (argparse.SUPPRESS)."""
+    groups: dict[str, Any] = {}
+    for f in attrs.fields(schema or Settings):
+        if f.metadata["flag"] is None:
+            continue
+        group = groups.get(f.metadata["group"]) or groups.setdefault(f.metadata["group"], parser.add_argument_group(f.metadata["group"]))
+        group.add_argument(_flag(f), dest=f.name, default=argparse.SUPPRESS, help=f.metadata["help"] or None, **f.metadata["argparse"])
+    parser.add_argument("--preset", choices=list(PRESETS), default=None, help="a named set of the flags above; explicit flags override it")
+
+
+def explicit_settings(args: argparse.Namespace, schema: type = None) -> dict[str, Any]:
+    """The settings the user gave explicitly (flags left out are absent from the namespace)."""
+    out = {}
+    for f in attrs.fields(schema or Settings):
+        if hasattr(args, f.name):
+            value = getattr(args, f.name)
+            out[f.name] = tuple(value) if isinstance(value, list) else value
+    return out

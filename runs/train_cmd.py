@@ -1,215 +1,273 @@
-"""``chunklm train``: settings, checkpoints, console output, signals and multi-process setup."""
+"""``chunklm train``: wiring of the settings, the run's files, the checkpoint, the trainer and the console.
+
+Before training starts every path is checked and the run is locked, so a run fails in seconds, not
+at its first save. A fresh run never replaces another run's files unless told (``--overwrite``),
+and then not before its own first save.
+"""
 
 from __future__ import annotations
 
 import argparse
-import gc
-import hashlib
-import json
 import os
-import shlex
 import signal
-import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from runs.cli import RAISE_LINE, UsageError
+from runs.artifacts import EPOCH_FIELDS, STEP_FIELDS, MetricsWriter, RunFiles, RunLock, remove_stale_temps
+from runs.checkpoint import Checkpoint, CheckpointError
+from runs.console import Console, Reporter
+from runs.distributed import Distributed, resume_command
+from runs.errors import RunError, UsageError, UserError, report
+from runs.settings import Settings
 
-__all__ = ["train", "resume_command"]
+__all__ = ["train", "check_paths", "StopSignals", "Saver", "Interrupted"]
 
 
-def resume_command(ckpt: Path) -> str:
-    return f"chunklm train --ckpt {shlex.quote(str(ckpt))} --resume"
+class Interrupted(RunError):
+    """A second Ctrl-C (or signal): stopped at once, without saving."""
+
+    exit_code = 130
 
 
-class Console:
-    """Prints on rank 0 only; a tqdm bar per epoch when stdout is a terminal, plain lines otherwise."""
+# -- before training --------------------------------------------------------------------------------
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar = None
-        self.tty = enabled and sys.stdout.isatty()
+def check_paths(files: RunFiles, resume: bool, overwrite: bool) -> None:
+    """The checkpoint path is a file path in a writable folder; a fresh run does not replace a run."""
+    ckpt = files.ckpt
+    if ckpt.is_dir():
+        raise UsageError(f"--ckpt {ckpt} is a directory; name a file in it, e.g. --ckpt {ckpt / 'chunklm_ckpt.pt'}")
+    folder = ckpt.parent
+    if not folder.is_dir():
+        what = "is not a directory" if folder.exists() else "does not exist"
+        raise UsageError(f"--ckpt {ckpt}: the folder {folder} {what}; create it (mkdir -p {folder}) or pick another path")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--ckpt {ckpt}: cannot write in {folder} ({exc.strerror}); pick a writable folder") from None
+    if resume:
+        if not ckpt.exists():
+            raise UsageError(f"--resume: no checkpoint at {ckpt}; drop --resume to start a fresh run, or fix --ckpt")
+        return
+    existing = files.existing()
+    if existing and not overwrite:
+        raise UsageError(
+            f"{ckpt} already holds a run ({', '.join(p.name for p in existing)}); continue it with --resume, "
+            "replace it with --overwrite (its files are replaced at the new run's first save), or pass another --ckpt"
+        )
 
-    def line(self, text: str) -> None:
-        if not self.enabled:
+
+def check_data(paths: tuple[str, ...]) -> None:
+    for path in map(Path, paths):
+        if not path.exists():
+            raise UsageError(f"--data {path}: no such file or directory")
+        if not (path.is_file() or path.is_dir()):
+            raise UsageError(f"--data {path}: not a regular file or a directory (a device, FIFO or socket); pass files or directories")
+
+
+def build_corpus(config):
+    from chunklm.corpus import ByteCorpus, CorpusError, default_cache_dir
+
+    try:
+        return ByteCorpus(list(config.data) or None, seq_len=config.model.seq_len, chunk=config.model.chunk)
+    except CorpusError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(
+            f"cannot build the corpus: {exc.strerror or exc}: {exc.filename}; check --data, and that the cache folder "
+            f"{default_cache_dir()} is writable (or set CHUNKLM_CACHE_DIR to one that is)"
+        ) from None
+
+
+# -- while training ---------------------------------------------------------------------------------
+
+class StopSignals:
+    """SIGINT/SIGTERM: the first stops the run after the step in progress, saved; a second stops it now."""
+
+    def __init__(self, announce: bool) -> None:
+        self.announce = announce
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is None:
+            self.signum = signum
+            if self.announce:  # os.write: print() is not safe inside a signal handler
+                os.write(2, f"\n{name}: stopping after this step (checkpoint saved); {name} again to stop now without saving\n".encode())
             return
-        if self.bar is not None:
-            self.bar.write(text)
-        else:
-            print(text, flush=True)
-
-    def open_bar(self, total: int, done: int, epoch: int) -> None:
-        if self.tty and self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=done, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
-
-    def advance(self, loss: float, lr: float) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", refresh=False)
-
-    def close_bar(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        raise Interrupted(f"stopped by a second {name}, without saving; the last checkpoint is kept")
 
 
-def _digest(history) -> str:
-    """sha256 of the history without wall times: equal on every rank when decisions agree."""
-    text = json.dumps([r.comparable() for r in history], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+class Saver:
+    """``save(reason)`` for :meth:`Trainer.fit`: every rank calls it at the same step; rank 0 writes."""
 
+    def __init__(self, trainer, settings: Settings, preset: str | None, dist: Distributed, files: RunFiles,
+                 writers, replace_old: bool) -> None:
+        self.trainer, self.settings, self.preset, self.dist, self.files = trainer, settings, preset, dist, files
+        self.writers, self.replace_old = writers, replace_old
 
-def _cutoff_text(value: int, n_bins: int) -> str:
-    return "full" if value >= n_bins else str(value)
-
-
-class _Distributed:
-    """torchrun's environment: process group, DDP wrapping, loss all-reduce, rank-divergence check."""
-
-    def __init__(self, device_arg: str) -> None:
+    def __call__(self, reason: str) -> None:
         import torch
 
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if device_arg == "auto":
-            device_arg = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device_arg)
-        if self.device.type == "cuda" and self.world_size > 1:
-            self.device = torch.device("cuda", self.local_rank)
-        elif self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device())
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        self.active = self.world_size > 1
-        if self.active:
-            import torch.distributed as dist
-
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-
-    def wrap(self, model):
-        if not self.active:
-            return model
-        from torch.nn.parallel import DistributedDataParallel
-
-        return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-
-    def reduce_mean(self, value: float) -> float:
-        import torch
-        import torch.distributed as dist
-
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return t.item() / self.world_size
-
-    def check_same(self, what: str, text: str) -> None:
-        """Raise on every rank when ranks disagree (never a silent divergence)."""
-        if not self.active:
+        state = self.trainer.state_dict()
+        rng_per_rank = self.dist.gather_to_all(state["rng"])
+        if self.dist.rank != 0:
             return
-        import torch.distributed as dist
+        clock = self.trainer.clock
+        Checkpoint(
+            settings=self.settings, trainer=state, global_step=clock.global_step, epoch=clock.epoch, preset=self.preset,
+            world_size=self.dist.world_size, num_threads=torch.get_num_threads(),
+            rng_per_rank=rng_per_rank if self.dist.active else None,
+        ).save(self.files.ckpt)
+        self.files.write_history(self.trainer.engine.history)
+        for writer in self.writers:
+            writer.commit()
+        if self.replace_old and self.files.plot.exists():
+            self.files.plot.unlink()  # the replaced run's plot
+        self.replace_old = False
 
-        texts: list[Any] = [None] * self.world_size
-        dist.all_gather_object(texts, text)
-        if len(set(texts)) > 1:
-            raise RuntimeError(f"ranks diverged on {what}: " + "; ".join(f"rank {r}: {t}" for r, t in enumerate(texts)))
 
-    def gather_to_all(self, obj: Any) -> list[Any]:
-        if not self.active:
-            return [obj]
-        import torch.distributed as dist
-
-        out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
-
-    def any_flag(self, flag: bool) -> bool:
-        """True on every rank when any rank raised the flag (stop together at the same step)."""
-        if not self.active:
-            return flag
-        import torch
-        import torch.distributed as dist
-
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
-
-    def close(self) -> None:
-        if self.active:
-            import torch.distributed as dist
-
-            dist.barrier()  # no rank tears gloo down while another still talks to it
-            dist.destroy_process_group()
-
+# -- the command ------------------------------------------------------------------------------------
 
 def train(args: argparse.Namespace, explicit: dict[str, Any]) -> int:
-    from chunklm.corpus import ByteCorpus
-    from chunklm.train import BaseHooks, NonFiniteLossError, Trainer
-    from engine import CurriculumError
-    from runs.artifacts import EPOCH_FIELDS, STEP_FIELDS, MetricsWriter, RunFiles
-    from runs.checkpoint import CKPT_SCHEMA_VERSION, CheckpointError, atomic_save, config_to_dict, load_checkpoint
-    from runs.settings import SettingsError, fresh_settings, resume_settings, to_config
-
-    ckpt = Path(args.ckpt)
-    if not ckpt.parent.is_dir():
-        raise UsageError(f"--ckpt {ckpt}: the directory {ckpt.parent} does not exist; create it (mkdir -p {shlex.quote(str(ckpt.parent))}) or pick another path")
-    saved = None
+    """Run ``chunklm train``; under torchrun a failure on any rank ends every rank within seconds."""
+    dist = Distributed(args.device)
     try:
-        if args.resume:
-            if not ckpt.exists():
-                raise UsageError(f"--resume: no checkpoint at {ckpt}; drop --resume to start a fresh run, or fix --ckpt")
-            saved = load_checkpoint(ckpt)
-            settings = resume_settings(saved["settings"], saved.get("preset"), args.preset, explicit)
-            preset = saved.get("preset")
+        code = _train(args, explicit, dist)
+    except BaseException as exc:
+        if not dist.active:
+            raise
+        other = dist.aborted_by_other()
+        if other is not None:  # our error is a consequence of theirs
+            code = report("train", RunError(f"rank {dist.rank} stopping: {other}"))
         else:
-            settings = fresh_settings(args.preset, explicit)
-            preset = args.preset
-        for path in settings["data"]:
-            if not Path(path).exists():
-                raise UsageError(f"--data {path}: no such file or directory")
-        config = to_config(settings)
-    except (SettingsError, CheckpointError, CurriculumError, ValueError) as exc:
-        raise UsageError(str(exc)) from None
+            code = report("train", exc, prefix=f"rank {dist.rank}: ")
+        dist.abort(str(exc).splitlines()[0] if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}", code)
+    dist.close()
+    return code
 
-    import torch
 
-    dist = _Distributed(args.device)
-    console = Console(enabled=dist.rank == 0)
-    if saved is not None and saved.get("world_size", 1) != dist.world_size:
-        raise UsageError(
-            f"{ckpt} was written by a run with {saved.get('world_size', 1)} processes, this one has {dist.world_size}: "
-            "the data each rank sees would change. Resume with the same --nproc_per_node"
-        )
+def _load(files: RunFiles, args: argparse.Namespace, explicit: dict[str, Any]) -> tuple[Checkpoint | None, Settings, str | None]:
+    if not args.resume:
+        return None, Settings.fresh(args.preset, explicit), args.preset
+    saved = Checkpoint.load(files.ckpt)
+    return saved, saved.settings.resume(saved.preset, args.preset, explicit), saved.preset
+
+
+def _restore(trainer, saved: Checkpoint, rank: int, path: Path) -> None:
+    from engine import CurriculumError
+
     try:
-        corpus = ByteCorpus(list(config.data) or None, seq_len=config.model.seq_len, chunk=config.model.chunk)
-        trainer = Trainer(
-            config, device=dist.device, corpus=corpus, rank=dist.rank, world_size=dist.world_size,
-            all_reduce_mean=dist.reduce_mean if dist.active else None, wrap_model=dist.wrap,
-        )
-    except (CurriculumError, ValueError) as exc:
-        raise UsageError(str(exc)) from None
+        trainer.load_state_dict(saved.trainer_state(rank), epochs_done=saved.epoch)
+    except (RuntimeError, KeyError, TypeError, ValueError, CurriculumError) as exc:  # restoring the file's contents only
+        detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise CheckpointError(
+            f"{path} does not fit its own settings ({type(exc).__name__}: {detail[:300]}); it is damaged or was edited. "
+            "Resume from another checkpoint, or start a fresh run"
+        ) from None
 
-    if saved is not None:
-        state = saved["trainer"]
-        if "rng_per_rank" in saved:  # each rank continues its own random streams
-            state = {**state, "rng": saved["rng_per_rank"][dist.rank]}
-        trainer.load_state_dict(state, epochs_done=int(saved.get("epoch", 0)))
-    else:
-        trainer.start()
 
-    files = RunFiles(ckpt)
-    keep = trainer.clock.global_step if saved is not None else None
-    writers = None
+def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed) -> int:
+    from chunklm.train import NonFiniteLossError, Trainer
+
+    files = RunFiles(Path(args.ckpt))
+    lock = RunLock(files.ckpt)
+    if dist.rank == 0:
+        check_paths(files, args.resume, args.overwrite)
+        lock.acquire()
+    try:
+        saved, settings, preset = _load(files, args, explicit)
+        if saved is not None and saved.world_size != dist.world_size:
+            raise UsageError(
+                f"{files.ckpt} was written by a run with {saved.world_size} processes, this one has {dist.world_size}: "
+                "the data each rank sees would change. Resume with the same --nproc_per_node"
+            )
+        check_data(settings.data)
+        config = settings.to_config()
+        corpus = build_corpus(config)
+        trainer = Trainer(config, device=dist.device, corpus=corpus, rank=dist.rank, world_size=dist.world_size,
+                          all_reduce_mean=dist.reduce_mean if dist.active else None, wrap_model=dist.wrap)
+        try:
+            if saved is not None:
+                _restore(trainer, saved, dist.rank, files.ckpt)
+            else:
+                trainer.start()
+            if dist.rank == 0:
+                remove_stale_temps(files.written)
+            console = Console(enabled=dist.rank == 0)
+            _print_header(console, trainer, corpus, dist, preset, saved, files.ckpt)
+            if trainer.done:
+                console.line(f"the run already finished its {config.epochs} epochs; to train longer, resume with --epochs N "
+                             f"(N > {config.epochs}: the last LR stage stretches to the new end)")
+                return 0
+            return _fit(args, trainer, settings, preset, dist, files, saved, console)
+        finally:
+            trainer.close()  # before the process group goes
+    except NonFiniteLossError as exc:
+        raise RunError(str(exc)) from None
+    finally:
+        lock.release()
+
+
+def _fit(args, trainer, settings: Settings, preset, dist: Distributed, files: RunFiles, saved, console: Console) -> int:
+    writers = ()
     if dist.rank == 0:
         writers = (
-            MetricsWriter(files.steps, STEP_FIELDS, "step", keep),
-            MetricsWriter(files.epochs, EPOCH_FIELDS, "epoch", (trainer.clock.epoch - 1) if saved is not None else None),
+            MetricsWriter(files.steps, STEP_FIELDS, "step", trainer.clock.global_step if saved else None, defer=args.overwrite),
+            MetricsWriter(files.epochs, EPOCH_FIELDS, "epoch", (trainer.clock.epoch - 1) if saved else None, defer=args.overwrite),
         )
+    save = Saver(trainer, settings, preset, dist, files, writers, replace_old=args.overwrite and saved is None)
+    started_at, steps_at_start = time.time(), trainer.clock.global_step
+    with StopSignals(announce=dist.rank == 0) as signals:
+        def stop_reason() -> str | None:
+            if signals.signum is not None:
+                return "signal"
+            if args.stop_after is not None and trainer.clock.global_step - steps_at_start >= args.stop_after:
+                return "stop_after"
+            return None
 
+        try:
+            reason = trainer.fit(Reporter(trainer, console, writers, dist, args.log_every, stop_reason), save, ckpt_every=args.ckpt_every)
+        finally:
+            console.close_bar()
+            for writer in writers:
+                writer.close()
+    clock = trainer.clock
+    steps = clock.global_step - steps_at_start
+    if reason == "signal":
+        signum = signals.signum or signal.SIGTERM
+        console.line(f"stopped by {signal.Signals(signum).name} at global step {clock.global_step}; checkpoint saved to {files.ckpt}")
+        console.line(f"resume with: {resume_command(files.ckpt)}")
+        return 128 + int(signum)
+    if reason == "stop_after":
+        console.line(f"stopped after {steps} steps at global step {clock.global_step}; checkpoint saved to {files.ckpt}")
+        console.line(f"resume with: {resume_command(files.ckpt)}")
+        return 0
+    console.line(f"done: {steps} steps in {time.time() - started_at:.0f} s; checkpoint {files.ckpt}, history {files.history}")
+    if args.plot and dist.rank == 0:
+        from runs.plot import plot_run
+
+        plot_run(files, files.plot)
+        console.line(f"plot: {files.plot}")
+    return 0
+
+
+def _print_header(console: Console, trainer, corpus, dist: Distributed, preset, saved: Checkpoint | None, ckpt: Path) -> None:
+    import torch
+
+    config, m = trainer.config, trainer.config.model
     n_params = sum(p.numel() for p in trainer.model.parameters())
-    m = config.model
     console.line(
         f"ChunkLM {n_params / 1e6:.2f}M params: d_model={m.d_model} n_layers={m.n_layers} seq_len={m.seq_len} "
         f"kernel_len={m.kernel_len} chunk={m.chunk} on {dist.device}" + (f" (preset {preset})" if preset else "")
@@ -221,124 +279,11 @@ def train(args: argparse.Namespace, explicit: dict[str, Any]) -> int:
     )
     console.line(f"curriculum: cutoffs {', '.join(map(str, config.cutoffs))} then full of {trainer.model.n_bins} bins; "
                  f"min epochs {', '.join(map(str, config.min_epochs))}; plateau window {config.plateau_window}, threshold {config.plateau_threshold}")
-    if saved is not None:
-        threads = saved.get("num_threads")
-        if threads is not None and threads != torch.get_num_threads():
-            console.line(f"note: this run used {threads} CPU threads and this process has {torch.get_num_threads()}; "
-                         f"float results will not be bit-identical to an uninterrupted run (set OMP_NUM_THREADS={threads})")
-        c = trainer.clock
-        console.line(f"resumed {ckpt} at epoch {c.epoch} step {c.step_in_epoch}/{config.steps_per_epoch} (global step {c.global_step}), "
-                     f"phase {trainer.engine.phase.name}, cutoff={trainer.model.cutoff}/{trainer.model.n_bins}")
-
-    stop_flag: dict[str, Any] = {"signal": None}
-
-    def on_signal(signum, _frame):
-        stop_flag["signal"] = signum
-
-    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    started_at = time.time()
-    steps_at_start = trainer.clock.global_step
-    n_bins = trainer.model.n_bins
-    printed = {i: len(r.warnings) for i, r in enumerate(trainer.engine.history)}  # warnings already shown
-
-    def save(reason: str) -> None:
-        state = trainer.state_dict()
-        rng_per_rank = dist.gather_to_all(state["rng"])  # every rank calls save at the same step
-        if dist.rank == 0:
-            extra = {"rng_per_rank": rng_per_rank} if dist.active else {}
-            atomic_save(
-                {
-                    **extra,
-                    "schema_version": CKPT_SCHEMA_VERSION,
-                    "config": config_to_dict(config),
-                    "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
-                    "preset": preset,
-                    "world_size": dist.world_size,
-                    "num_threads": torch.get_num_threads(),
-                    "global_step": trainer.clock.global_step,
-                    "epoch": trainer.clock.epoch,
-                    "trainer": state,
-                },
-                ckpt,
-            )
-            files.write_history(trainer.engine.history)
-
-    class Hooks(BaseHooks):
-        def on_step(self, info) -> None:
-            if writers:
-                writers[0].write({"step": info.global_step, "epoch": info.epoch, "step_in_epoch": info.step_in_epoch,
-                                  "loss": f"{info.loss:.6g}", "lr": f"{info.lr:.6g}", "cutoff": info.cutoff, "phase": info.phase})
-            console.open_bar(config.steps_per_epoch, info.step_in_epoch - 1, info.epoch)
-            console.advance(info.loss, info.lr)
-            if args.log_every and info.step_in_epoch % args.log_every == 0:
-                console.line(f"  step {info.step_in_epoch}/{config.steps_per_epoch} loss={info.loss:.2f} lr={info.lr:.1e} cutoff={_cutoff_text(info.cutoff, n_bins)}")
-            if not info.applied:
-                console.line(f"  ⚠️  step {info.step_in_epoch}: non-finite loss ({info.loss}), update skipped")
-            for i, record in enumerate(trainer.engine.history):
-                for w in record.warnings[printed.get(i, 0):]:
-                    console.line(f"  ⚠️  WARNING after the transition at epoch {record.epoch}: {w}")
-                printed[i] = len(record.warnings)
-
-        def on_epoch(self, info) -> None:
-            dist.check_same("transition history", _digest(trainer.engine.history))
-            console.close_bar()
-            console.line(f"Epoch {info.epoch} avg_loss={info.avg_loss:.2f} cutoff={info.cutoff}/{n_bins}")
-            console.line(f"Epoch {info.epoch} val_bpb={info.bpb:.3f} (next byte), {info.bpb_mean:.3f} (mean over {config.model.chunk} offsets)")
-            if writers:
-                writers[1].write({"epoch": info.epoch, "step": trainer.clock.global_step, "avg_loss": f"{info.avg_loss:.6g}",
-                                  "cutoff": info.cutoff, "val_bpb": f"{info.bpb:.6g}", "val_bpb_mean": f"{info.bpb_mean:.6g}"})
-
-        def on_transition(self, record) -> None:
-            dist.check_same("transition", f"{record.source}->{record.dest}@{record.global_step}")
-            cut = next((a.effect.get("cutoff") for a in record.actions if "cutoff" in a.effect), None)
-            if cut is not None:
-                before, after = (_cutoff_text(v if v is not None else n_bins, n_bins) for v in cut)
-                console.line(RAISE_LINE.format(epoch=record.epoch, before=before, after=after))
-            else:
-                console.line(f"Epoch {record.epoch} transition {record.source} -> {record.dest}")
-
-        def should_stop(self) -> str | None:
-            stop = stop_flag["signal"] is not None
-            after = args.stop_after is not None and trainer.clock.global_step - steps_at_start >= args.stop_after
-            if dist.any_flag(stop or after):
-                return "signal" if stop or not after else "stop_after"
-            return None
-
-    try:
-        reason = trainer.fit(Hooks(), save, ckpt_every=args.ckpt_every)
-    except NonFiniteLossError as exc:
-        console.close_bar()
-        print(f"chunklm train: error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        console.close_bar()
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
-        if writers:
-            for w in writers:
-                w.close()
-        # Drop DDP's reducer before the process group: a gloo group torn down while the reducer
-        # still holds it aborted a rank at exit ('terminate called without an active exception').
-        trainer.net = None
-        gc.collect()
-        dist.close()
-
-    elapsed = time.time() - started_at
-    steps = trainer.clock.global_step - steps_at_start
-    if reason == "signal":
-        signum = stop_flag["signal"] or signal.SIGTERM
-        name = signal.Signals(signum).name
-        console.line(f"stopped by {name} at global step {trainer.clock.global_step}; checkpoint saved to {ckpt}")
-        console.line(f"resume with: {resume_command(ckpt)}")
-        return 128 + int(signum)
-    if reason == "stop_after":
-        console.line(f"stopped after {steps} steps at global step {trainer.clock.global_step}; checkpoint saved to {ckpt}")
-        console.line(f"resume with: {resume_command(ckpt)}")
-        return 0
-    console.line(f"done: {steps} steps in {elapsed:.0f} s; checkpoint {ckpt}, history {files.history}")
-    if args.plot and dist.rank == 0:
-        from runs.plot import plot_run
-
-        plot_run(files, files.plot)
-        console.line(f"plot: {files.plot}")
-    return 0
+    if saved is None:
+        return
+    if saved.num_threads is not None and saved.num_threads != torch.get_num_threads():
+        console.line(f"note: this run used {saved.num_threads} CPU threads and this process has {torch.get_num_threads()}; "
+                     f"float results will not be bit-identical to an uninterrupted run (set OMP_NUM_THREADS={saved.num_threads})")
+    c = trainer.clock
+    console.line(f"resumed {ckpt} at epoch {c.epoch} step {c.step_in_epoch}/{config.steps_per_epoch} (global step {c.global_step}), "
+                 f"phase {trainer.engine.phase.name}, cutoff={trainer.model.cutoff}/{trainer.model.n_bins}")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import attrs
 import pytest
 import torch
 
@@ -43,7 +45,7 @@ def resume(tmp: Path, name: str, *extra: str) -> int:
 def assert_same_run(tmp: Path, a: str, b: str) -> None:
     """Bit-identical weights and optimizer state; same per-step losses and LRs; same history."""
     ca, cb = load_checkpoint(tmp / f"{a}.pt"), load_checkpoint(tmp / f"{b}.pt")
-    ta, tb = ca["trainer"], cb["trainer"]
+    ta, tb = ca.trainer, cb.trainer
     assert ta["model"].keys() == tb["model"].keys()
     for key in ta["model"]:
         assert torch.equal(ta["model"][key], tb["model"][key]), key
@@ -53,7 +55,7 @@ def assert_same_run(tmp: Path, a: str, b: str) -> None:
     assert ta["schedule"] == tb["schedule"]
     fa, fb = RunFiles(tmp / f"{a}.pt"), RunFiles(tmp / f"{b}.pt")
     steps_a, steps_b = read_csv(fa.steps), read_csv(fb.steps)
-    assert len(steps_a) == ca["global_step"] and steps_a == steps_b
+    assert len(steps_a) == ca.global_step and steps_a == steps_b
     assert read_csv(fa.epochs) == read_csv(fb.epochs)
     ha, hb = fa.read_history(), fb.read_history()
     assert [r.comparable() for r in ha] == [r.comparable() for r in hb]
@@ -76,7 +78,7 @@ def test_stop_after_mid_epoch_then_bare_resume_equals_uninterrupted(tmp_path, ca
     out = capsys.readouterr().out
     assert "stopped after 9 steps at global step 9" in out and "resume with: chunklm train --ckpt" in out
     data = load_checkpoint(tmp_path / "split.pt")
-    assert (data["global_step"], data["trainer"]["engine"]["clock"]["step_in_epoch"]) == (9, 3)
+    assert (data.global_step, data.trainer["engine"]["clock"]["step_in_epoch"]) == (9, 3)
     assert resume(tmp_path, "split") == 0
     out = capsys.readouterr().out
     assert "resumed" in out and "epoch 1 step 3/6" in out
@@ -104,7 +106,7 @@ def test_sigterm_stops_at_a_step_boundary_and_resumes_exactly(tmp_path):
     out = "".join(lines) + rest
     assert proc.returncode == 128 + signal.SIGTERM, out
     assert "stopped by SIGTERM" in out and "resume with: chunklm train --ckpt" in out
-    stopped_at = load_checkpoint(tmp_path / "split.pt")["global_step"]
+    stopped_at = load_checkpoint(tmp_path / "split.pt").global_step
     assert 5 <= stopped_at < 120
     assert main(["train", "--ckpt", str(tmp_path / "split.pt"), "--resume", "--log-every", "0"]) == 0
     assert_same_run(tmp_path, "whole", "split")
@@ -168,34 +170,26 @@ def test_metrics_are_cut_back_to_the_checkpoint_on_resume(tmp_path, capsys):
     assert "9.9" not in files.steps.read_text()
 
 
-def test_nonfinite_loss_skips_updates_then_stops_keeping_the_checkpoint(tmp_path, capsys, monkeypatch):
+def test_nonfinite_loss_skips_updates_then_stops_keeping_the_checkpoint(tmp_path, capsys):
     """NaN losses are not applied; three in a row stop the run (exit 1), the last good checkpoint kept."""
-    import chunklm.train as train_mod
-
-    assert train(tmp_path, "run", "--stop-after", "3") == 0
-    real = train_mod.Trainer._micro_loss
-
-    def poisoned(self, windows):
-        loss = real(self, windows)
-        return loss * float("nan") if self.clock.global_step >= 4 else loss
-
-    monkeypatch.setattr(train_mod.Trainer, "_micro_loss", poisoned)
-    assert resume(tmp_path, "run", "--ckpt-every", "1") == 1
+    # An LR of 1e30 makes the weights non-finite after the first step, so every later loss is NaN.
+    assert train(tmp_path, "run", "--lr", "1e30", "--ckpt-every", "1") == 1
     captured = capsys.readouterr()
-    assert "non-finite for 3 optimizer steps in a row" in captured.err
+    assert "non-finite for 3 optimizer steps in a row" in captured.err and "Traceback" not in captured.err
     assert "non-finite loss (nan), update skipped" in captured.out
     data = load_checkpoint(tmp_path / "run.pt")
-    assert data["global_step"] == 4  # step 4 was good and checkpointed; 5-7 were skipped, not saved
+    assert data.global_step == 1  # step 1 was good and checkpointed; 2-4 were skipped, not saved
 
 
 def test_sigkill_during_save_leaves_the_previous_checkpoint(tmp_path):
     """A process killed (SIGKILL) while saving never leaves a half-written checkpoint behind."""
     path = tmp_path / "ckpt.pt"
     code = (
-        "import sys, torch\nfrom runs.checkpoint import atomic_save\n"
+        "import sys, torch\nfrom runs.artifacts import atomic_write\n"
         "big = torch.randn(4_000_000)\n"
-        "atomic_save({'n': 0, 'big': big}, sys.argv[1])\nprint('ready', flush=True)\n"
-        "i = 0\nwhile True:\n    i += 1\n    atomic_save({'n': i, 'big': big}, sys.argv[1])\n"
+        "def save(obj): atomic_write(sys.argv[1], lambda f: torch.save(obj, f))\n"
+        "save({'n': 0, 'big': big})\nprint('ready', flush=True)\n"
+        "i = 0\nwhile True:\n    i += 1\n    save({'n': i, 'big': big})\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
@@ -215,7 +209,8 @@ def test_subcommands_read_the_run(tmp_path, capsys):
     assert "cutoff_4 -> cutoff_8  at step 12 (epoch 1" in out or "cutoff_4 -> cutoff_8  at step 6 (epoch 1" in out
     assert "Plateau(" in out and "older_mean" in out and "RestartLR()" in out
     assert main(["history", str(tmp_path / "run.pt"), "--format", "json"]) == 0
-    assert json.loads(capsys.readouterr().out)[0]["dest"] == "cutoff_8"
+    records = [r for r in json.loads(capsys.readouterr().out) if r["source"] is not None]  # transitions, not the start
+    assert records[0]["dest"] == "cutoff_8"
     assert main(["plot", str(tmp_path)]) == 0
     png = RunFiles(tmp_path / "run.pt").plot
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -245,7 +240,7 @@ def test_seed_lines_are_printed(tmp_path, capsys):
 def test_resume_with_another_thread_count_says_it_is_not_bit_identical(tmp_path, capsys):
     """The checkpoint records the CPU thread count; resuming with another one prints a note."""
     assert train(tmp_path, "run", "--stop-after", "2") == 0
-    assert load_checkpoint(tmp_path / "run.pt")["num_threads"] == torch.get_num_threads() == 1
+    assert load_checkpoint(tmp_path / "run.pt").num_threads == torch.get_num_threads() == 1
     torch.set_num_threads(2)  # tests/conftest.py restores it
     assert resume(tmp_path, "run", "--stop-after", "1") == 0
     assert "this run used 1 CPU threads and this process has 2" in capsys.readouterr().out
@@ -256,12 +251,340 @@ def test_checkpoint_without_engine_state_resumes_in_the_phase_its_epochs_imply(t
     assert main(["train", *TINY, "--min-epochs", "1,2,3", "--plateau-threshold", "-1", "--epochs", "2",
                  "--ckpt", str(tmp_path / "run.pt")]) == 0  # threshold -1: never plateaus, stays at cutoff 4
     data = load_checkpoint(tmp_path / "run.pt")
-    assert data["trainer"]["engine"]["phase"] == "cutoff_4" and data["epoch"] == 2
-    data["trainer"] = {"model": data["trainer"]["model"]}  # weights only
-    torch.save(data, tmp_path / "run.pt")
+    assert data.engine_phase == "cutoff_4" and data.epoch == 2
+    attrs.evolve(data, trainer={"model": data.trainer["model"]}).save(tmp_path / "run.pt")  # weights only
     capsys.readouterr()
     assert resume(tmp_path, "run", "--epochs", "3") == 0
     resumed = load_checkpoint(tmp_path / "run.pt")
-    assert resumed["trainer"]["engine"]["phase"] == "cutoff_16"  # min epochs 1, 2 reached at epoch 2
-    assert resumed["trainer"]["model"]["spectral_cutoff"].item() == 16
-    assert resumed["global_step"] == 18
+    assert resumed.engine_phase == "cutoff_16"  # min epochs 1, 2 reached at epoch 2
+    assert resumed.trainer["model"]["spectral_cutoff"].item() == 16
+    assert resumed.global_step == 18
+
+
+# -- a user having a bad day: every mistake is one line, exit 2 (bad input) or 1 (run time) ----------
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory) -> Path:
+    """A tiny run stopped after 2 steps, to copy and damage."""
+    tmp = tmp_path_factory.mktemp("base")
+    assert train(tmp, "run", "--stop-after", "2") == 0
+    return tmp
+
+
+def _tampered(base: Path, tmp: Path, edit) -> str:
+    data = torch.load(base / "run.pt", weights_only=True)
+    edit(data)
+    torch.save(data, tmp / "run.pt")
+    return str(tmp / "run.pt")
+
+
+def _corrupt_history(base, tmp):
+    (tmp / "run.history.json").write_text('[{"source": "a", ')
+    return ["history", str(tmp / "run.pt")]
+
+
+def _garbage_csv(base, tmp):
+    (tmp / "run.steps.csv").write_text("step,loss\nnot-a-number,zzz\n")
+    return ["plot", str(tmp / "run.pt")]
+
+
+def _fifo(base, tmp):
+    os.mkfifo(tmp / "fifo")
+    return ["train", *TINY, "--data", str(tmp / "fifo"), "--ckpt", str(tmp / "x.pt")]
+
+
+def _five_bytes(base, tmp):
+    (tmp / "tiny.txt").write_bytes(b"abcde")
+    return ["train", *TINY, "--data", str(tmp / "tiny.txt"), "--ckpt", str(tmp / "x.pt")]
+
+
+def _edit(fn):
+    return lambda base, tmp: ["train", "--resume", "--ckpt", _tampered(base, tmp, fn)]
+
+
+def _set_model_weight(d):
+    d["trainer"]["model"]["embed.weight"] = torch.zeros(3, 3)
+
+
+BAD = {
+    # (argv, or a function (base_run, tmp) -> argv), exit status, a fragment of the one-line message
+    "seed -1": (["train", *TINY, "--seed", "-1"], 2, "--seed must be an integer >= 0"),
+    "device cuda:99": (["train", *TINY, "--device", "cuda:99"], 2, "--device cuda:99:"),
+    "device tpu": (["train", *TINY, "--device", "tpu"], 2, "--device tpu: unknown device"),
+    "generate -n -5": (lambda b, t: ["generate", "--ckpt", str(b / "run.pt"), "-n", "-5"], 2, "an integer >= 0"),
+    "temperature -1": (lambda b, t: ["generate", "--ckpt", str(b / "run.pt"), "--temperature", "-1"], 2, "--temperature"),
+    "temperature nan": (lambda b, t: ["generate", "--ckpt", str(b / "run.pt"), "--temperature", "nan"], 2, "--temperature"),
+    "top-p 0": (lambda b, t: ["generate", "--ckpt", str(b / "run.pt"), "--top-p", "0"], 2, "a number in (0, 1]"),
+    "top-p 1.5": (lambda b, t: ["generate", "--ckpt", str(b / "run.pt"), "--top-p", "1.5"], 2, "a number in (0, 1]"),
+    "top-p nan": (lambda b, t: ["generate", "--ckpt", str(b / "run.pt"), "--top-p", "nan"], 2, "a number in (0, 1]"),
+    "history corrupt json": (_corrupt_history, 2, "is not a transition history"),
+    "plot garbage csv": (_garbage_csv, 2, "is not a metrics file"),
+    "plot out in missing folder": (lambda b, t: ["plot", str(t / "run.pt"), "--out", str(t / "no" / "x.png")], 2, "does not exist"),
+    "ckpt in read-only folder": (["train", *TINY, "--ckpt", "/sys/chunklm_test.pt"], 2, "cannot write in /sys"),
+    "settings missing": (_edit(lambda d: d.pop("settings")), 2, "missing or wrong settings"),
+    "trainer missing": (_edit(lambda d: d.pop("trainer")), 2, "missing or wrong trainer"),
+    "shape mismatch": (_edit(_set_model_weight), 2, "does not fit its own settings"),
+    "bad engine phase": (_edit(lambda d: d["trainer"]["engine"].update(phase="nope")), 2, "does not fit its own settings"),
+    "bad engine clock": (_edit(lambda d: d["trainer"]["engine"].update(clock="x")), 2, "does not fit its own settings"),
+    "generate ckpt dir": (lambda b, t: ["generate", "--ckpt", str(t)], 2, "is a directory, not a checkpoint"),
+    "grad-clip -1": (["train", *TINY, "--grad-clip", "-1"], 2, "--grad-clip must be a finite number >= 0"),
+    "grad-clip nan": (["train", *TINY, "--grad-clip", "nan"], 2, "--grad-clip must be a finite number >= 0"),
+    "ema 0": (["train", *TINY, "--ema", "0"], 2, "--ema must be a finite number > 0.0 and < 1.0"),
+    "plateau-threshold nan": (["train", *TINY, "--plateau-threshold", "nan"], 2, "--plateau-threshold must be a finite number"),
+    "stop-after 0": (["train", *TINY, "--stop-after", "0"], 2, "--stop-after: expected an integer >= 1"),
+    "stop-after -1": (["train", *TINY, "--stop-after", "-1"], 2, "--stop-after: expected an integer >= 1"),
+    "log-every -1": (["train", *TINY, "--log-every", "-1"], 2, "--log-every: expected an integer >= 0"),
+    "ckpt-every -1": (["train", *TINY, "--ckpt-every", "-1"], 2, "--ckpt-every: expected an integer >= 0"),
+    "chunk longer than seq-len": (["train", *TINY, "--chunk", "100"], 2, "--chunk 100 is longer than --seq-len 32"),
+    "data /dev/zero": (["train", *TINY, "--data", "/dev/zero"], 2, "--data /dev/zero: not a regular file or a directory"),
+    "data fifo": (_fifo, 2, "not a regular file or a directory"),
+    "data of 5 bytes": (_five_bytes, 2, "corpus too small: 5 bytes, but training and validation each need one window"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_every_user_mistake_is_one_line_never_a_traceback(case, base_run, tmp_path, capsys):
+    """Bad input and run-time failures print one line naming the problem and the fix, with exit 2 or 1."""
+    argv, status, fragment = BAD[case]
+    for f in base_run.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    if callable(argv):
+        argv = argv(base_run, tmp_path)
+    elif argv[0] == "train" and "--ckpt" not in argv:
+        argv = [*argv, "--ckpt", str(tmp_path / "fresh.pt")]
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own checks (types of -n, --top-p...) exit here
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == status, err
+    assert fragment in err and "Traceback" not in err, err
+    assert err.startswith("chunklm ") and err.count("\n") == 1, err
+
+
+def test_an_unwritable_corpus_cache_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    """A cache folder that cannot be written is a one-line error (exit 2) before any step runs."""
+    (tmp_path / "data.py").write_text("x = 1\n" * 200)
+    monkeypatch.setenv("CHUNKLM_CACHE_DIR", "/sys/chunklm_cache")  # unwritable even for root
+    assert main(["train", *TINY, "--data", str(tmp_path / "data.py"), "--ckpt", str(tmp_path / "r.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "cache folder /sys/chunklm_cache is writable" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not RunFiles(tmp_path / "r.pt").existing()
+
+
+DISK_FULL = """
+import resource, signal, sys
+from runs.cli import main
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_full_disk_at_a_save_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
+    """A save that cannot be written (file size limit: the disk is full) exits 1 saying so; the old checkpoint stays."""
+    from chunklm import ByteCorpus
+
+    ByteCorpus(DATA, seq_len=32, chunk=4)  # the corpus cache exists before the limit applies
+    assert train(tmp_path, "run", "--stop-after", "1") == 0
+    before = (tmp_path / "run.pt").read_bytes()
+    proc = subprocess.run([sys.executable, "-c", DISK_FULL, "train", "--ckpt", str(tmp_path / "run.pt"), "--resume",
+                           "--stop-after", "1"], cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 1, proc.stderr
+    assert "could not write" in proc.stderr and "the disk is full" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert (tmp_path / "run.pt").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_diagram_of_a_weights_only_checkpoint_marks_the_phase_its_epochs_imply(base_run, tmp_path, capsys):
+    """A weights-only checkpoint (a format the README supports) still draws, its phase inferred from its epoch."""
+    data = load_checkpoint(base_run / "run.pt")
+    attrs.evolve(data, trainer={"model": data.trainer["model"]}, epoch=1).save(tmp_path / "w.pt")
+    assert main(["diagram", "--run", str(tmp_path / "w.pt")]) == 0
+    assert "class cutoff_16 current" in capsys.readouterr().out  # min epochs 1,1,2: epoch 1 is in cutoff_16
+
+
+# -- never losing a run ----------------------------------------------------------------------------
+
+def _snapshot(tmp: Path) -> dict:
+    return {p.name: p.read_bytes() for p in tmp.iterdir() if p.is_file() and not p.name.startswith(".")}
+
+
+def test_a_fresh_run_on_an_existing_run_is_refused_and_touches_nothing(tmp_path, capsys):
+    """Without --resume or --overwrite, a fresh run on a run's --ckpt exits 2 naming its files and the ways out."""
+    assert train(tmp_path, "run", "--stop-after", "2") == 0
+    before = _snapshot(tmp_path)
+    capsys.readouterr()
+    assert train(tmp_path, "run") == 2
+    err = capsys.readouterr().err
+    assert "already holds a run (run.pt, run.steps.csv, run.epochs.csv, run.history.json)" in err
+    assert "--resume" in err and "--overwrite" in err and "another --ckpt" in err
+    assert _snapshot(tmp_path) == before
+
+
+def test_overwrite_replaces_the_old_run_only_at_the_first_save(tmp_path, capsys):
+    """--overwrite leaves the old files as they are until the new run saves, then replaces all of them."""
+    assert train(tmp_path, "run", "--stop-after", "2") == 0
+    before = _snapshot(tmp_path)
+    args = [*TINY, "--steps-per-epoch", "60", "--log-every", "1", "--epochs", "1", "--seed", "1", "--overwrite"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "runs.cli", "train", *args, "--ckpt", str(tmp_path / "run.pt")],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stdout:
+        if line.startswith("  step 3/60"):
+            assert _snapshot(tmp_path) == before  # three steps in, nothing touched yet
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "stopping after this step (checkpoint saved); SIGINT again to stop now without saving" in err
+    new = load_checkpoint(tmp_path / "run.pt")
+    assert new.settings.seed == 1 and new.global_step >= 3
+    assert [int(r["step"]) for r in read_csv(RunFiles(tmp_path / "run.pt").steps)] == list(range(1, new.global_step + 1))
+
+
+def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path):
+    """The first SIGINT is acknowledged; a second one stops now (exit 130), the last checkpoint kept."""
+    args = [*TINY, "--steps-per-epoch", "400", "--log-every", "1", "--epochs", "1"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_STEPS, "train", *args, "--ckpt", str(tmp_path / "run.pt")],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stdout:
+        if line.startswith("  step 2/400"):  # step 3 is now sleeping its 2 s: both signals land inside it
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "SIGINT again to stop now without saving" in err
+    assert "stopped by a second SIGINT, without saving" in err and "Traceback" not in err
+    assert not (tmp_path / "run.pt").exists(), out + err
+
+
+# Steps that take two seconds each, so that the second signal arrives while a step is still running.
+SLOW_STEPS = """
+import sys, time
+from chunklm.train import Trainer
+from runs.cli import main
+step = Trainer.train_step
+def slow(self):
+    time.sleep(2.0)
+    return step(self)
+Trainer.train_step = slow
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_every_path_is_checked_before_training(tmp_path, capsys):
+    """--ckpt naming a directory fails at once (exit 2), leaving no metrics files behind."""
+    (tmp_path / "ck.pt").mkdir()
+    assert main(["train", *TINY, "--ckpt", str(tmp_path / "ck.pt")]) == 2
+    assert "--ckpt" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt"]
+    (tmp_path / "file").write_text("")
+    assert main(["train", *TINY, "--ckpt", str(tmp_path / "file" / "x.pt")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+
+
+def test_a_second_run_on_the_same_checkpoint_is_refused_naming_the_holder(tmp_path, capsys):
+    """While a run holds --ckpt, another exits 2 naming the process; a SIGKILLed holder leaves no stale lock."""
+    from runs.artifacts import RunLock
+
+    lock = RunLock(tmp_path / "run.pt")
+    lock.acquire()
+    try:
+        assert train(tmp_path, "run", "--stop-after", "1") == 2
+        err = capsys.readouterr().err
+        assert f"another run is using {tmp_path / 'run.pt'} (pid {os.getpid()} on " in err
+    finally:
+        lock.release()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom runs.artifacts import RunLock\n"
+                               "RunLock(Path(sys.argv[1])).acquire()\nprint('locked', flush=True)\ntime.sleep(300)\n",
+                               str(tmp_path / "run.pt")], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    holder.kill()
+    holder.wait()
+    assert train(tmp_path, "run", "--stop-after", "1") == 0
+
+
+def test_temp_files_have_unique_names_and_stale_ones_are_removed(tmp_path, capsys):
+    """Fixed temp names are not used (a directory in the way breaks nothing); a killed run's temp files are removed."""
+    for name in ("run.history.json.tmp", "run.steps.csv.tmp", "run.epochs.csv.tmp"):
+        (tmp_path / name).mkdir()  # the old fixed temp names
+    stale = [tmp_path / ".run.pt.k2j4h5.tmp", tmp_path / ".run.history.json.abc123.tmp", tmp_path / ".run.steps.csv.x.tmp"]
+    for path in stale:
+        path.write_bytes(b"left by a SIGKILL during a save")
+    (tmp_path / ".other.pt.k2j4h5.tmp").write_bytes(b"another run's")
+    assert train(tmp_path, "run", "--stop-after", "2") == 0
+    assert not any(p.exists() for p in stale)
+    assert (tmp_path / ".other.pt.k2j4h5.tmp").exists()
+
+
+def test_checkpoints_and_metrics_follow_the_umask(tmp_path, capsys):
+    """Files are created 0666 less the umask (shared filesystems), not mkstemp's 0600."""
+    old = os.umask(0o022)
+    try:
+        assert train(tmp_path, "run", "--stop-after", "1") == 0
+    finally:
+        os.umask(old)
+    files = RunFiles(tmp_path / "run.pt")
+    for path in (files.ckpt, files.history, files.steps):
+        assert path.stat().st_mode & 0o777 == 0o644, path
+
+
+def test_resuming_a_finished_run_says_how_to_train_longer(tmp_path, capsys):
+    """A finished run resumed does nothing and says to pass a larger --epochs."""
+    assert train(tmp_path, "run", epochs=1) == 0
+    before = _snapshot(tmp_path)
+    capsys.readouterr()
+    assert resume(tmp_path, "run") == 0
+    out = capsys.readouterr().out
+    assert "the run already finished its 1 epochs; to train longer, resume with --epochs N" in out
+    assert _snapshot(tmp_path) == before
+
+
+def test_plot_writes_where_it_says_and_draws_a_run_that_never_saved(tmp_path, capsys):
+    """--out DIR writes DIR/NAME.png and prints that path; a run with step metrics only still plots."""
+    assert train(tmp_path, "run", "--stop-after", "3") == 0
+    (tmp_path / "plots").mkdir()
+    capsys.readouterr()
+    assert main(["plot", str(tmp_path / "run.pt"), "--out", str(tmp_path / "plots")]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'plots' / 'run.png'}"
+    assert (tmp_path / "plots" / "run.png").read_bytes()[:4] == b"\x89PNG"
+    for path in (tmp_path / "run.pt", tmp_path / "run.history.json"):
+        path.unlink()
+    assert main(["plot", str(tmp_path)]) == 0
+    assert (tmp_path / "run.png").exists()
+
+
+def test_generate_streams_its_bytes_and_ctrl_c_keeps_them(base_run):
+    """generate prints bytes as they are sampled; Ctrl-C stops it with what was printed kept (exit 130)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "runs.cli", "generate", "--ckpt", str(base_run / "run.pt"),
+                             "--prompt", "import ", "-n", "10000000"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    first, deadline = b"", time.monotonic() + 60  # the first bytes arrive long before ten million are done
+    while len(first) < 40 and time.monotonic() < deadline:
+        if select.select([proc.stdout], [], [], 1.0)[0]:
+            first += os.read(proc.stdout.fileno(), 40 - len(first))
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=60)
+    assert first.startswith(b"import ") and len(first) == 40
+    assert proc.returncode == 130 and b"stopped by Ctrl-C" in err and b"Traceback" not in err
+
+
+def test_a_checkpoint_is_a_pure_function_of_its_settings(tmp_path, capsys):
+    """Two runs with the same settings write equal RNG states, whatever the process's global RNGs held."""
+    import random
+
+    import numpy as np
+
+    assert train(tmp_path, "a", "--stop-after", "2") == 0
+    np.random.seed(12345)
+    random.seed(678)
+    assert train(tmp_path, "b", "--stop-after", "2") == 0
+    ra, rb = load_checkpoint(tmp_path / "a.pt").trainer["rng"], load_checkpoint(tmp_path / "b.pt").trainer["rng"]
+    assert torch.equal(ra["numpy"]["key"], rb["numpy"]["key"]) and ra["numpy"]["pos"] == rb["numpy"]["pos"]
+    assert ra["python"] == rb["python"] and torch.equal(ra["torch"], rb["torch"])

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import subprocess
 import sys
+import time
 
 import torch.multiprocessing as mp
 
@@ -32,14 +34,17 @@ def test_two_processes_raise_together_and_resume_exactly(tmp_path):
     assert "global batch = 1 x 2 accum x 2 processes = 4 windows/step" in out
     assert out.count("Epoch 0 avg_loss=") == 1  # rank 0 alone prints
     assert "Epoch 1 🚀 CUTOFF RAISED: 4 -> 8" in out
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["whole.epochs.csv", "whole.history.json", "whole.pt", "whole.steps.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
+        "whole.epochs.csv", "whole.history.json", "whole.pt", "whole.steps.csv"]
     rc, out = torchrun(tmp_path, "split", *TINY, "--batch-size", "1", "--epochs", "3", "--stop-after", "8")
     assert rc == 0, out
+    split = shlex.quote(str(tmp_path / "split.pt"))  # the same launch, not a single-process command
+    assert f"resume with: torchrun --standalone --nproc_per_node=2 --no-python chunklm train --ckpt {split} --resume" in out
     rc, out = torchrun(tmp_path, "split", "--resume")
     assert rc == 0, out
     history = assert_same_run(tmp_path, "whole", "split")
     assert [r.dest for r in history] == ["cutoff_8", "cutoff_16", "full"]
-    assert len(load_checkpoint(tmp_path / "split.pt")["rng_per_rank"]) == 2
+    assert len(load_checkpoint(tmp_path / "split.pt").rng_per_rank) == 2
 
     # A different world size is refused with a clear message (the data each rank sees would change).
     assert main(["train", "--ckpt", str(tmp_path / "split.pt"), "--resume"]) == 2
@@ -53,9 +58,9 @@ def _free_port() -> int:
 
 def _diverge(rank: int, port: int, results) -> None:
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-    from runs.train_cmd import _Distributed
+    from runs.distributed import Distributed
 
-    dist = _Distributed("cpu")
+    dist = Distributed("cpu")
     try:
         dist.check_same("transition", "a->b@10" if rank == 0 else "a->b@11")
         results.put((rank, "silent"))
@@ -78,3 +83,60 @@ def test_rank_divergence_is_raised_on_every_rank():
         p.join(timeout=60)
     for rank in (0, 1):
         assert "ranks diverged on transition: rank 0: a->b@10; rank 1: a->b@11" == got[rank]
+
+
+# Rank 0 alone fails at its first save (a full disk); rank 1 is then inside the next step's collectives.
+_FAIL_ON_RANK_0 = """
+import errno, os, sys
+from runs import checkpoint
+from runs.artifacts import atomic_write
+from runs.cli import main
+
+def full_disk(self, path):
+    def write(f):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    atomic_write(path, write)
+
+if os.environ["RANK"] == "0":
+    checkpoint.Checkpoint.save = full_disk
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_failure_on_one_rank_ends_every_rank_within_seconds(tmp_path):
+    """An error on rank 0 alone ends both ranks promptly (no launcher to kill them): rank 0 prints it, both exit 1."""
+    port = _free_port()
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-c", _FAIL_ON_RANK_0, "train", *TINY, "--batch-size", "1", "--epochs", "2",
+             "--ckpt", str(tmp_path / "run.pt")],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ))
+    outs = [p.communicate(timeout=240) for p in procs]  # gloo's own timeout would be 30 minutes
+    err0, err1 = outs[0][1], outs[1][1]
+    assert procs[0].returncode == 1, err0
+    assert "chunklm train: error: rank 0: could not write" in err0 and "disk is full" in err0, err0
+    assert "Traceback" not in err0
+    assert procs[1].returncode == 1, err1
+    assert "rank 1 stopping: rank 0 failed: could not write" in err1, err1
+    assert not (tmp_path / "run.pt").exists()
+
+
+def test_the_resume_command_repeats_the_launch(monkeypatch):
+    """Alone: chunklm; under torchrun: the same number of processes (and nodes)."""
+    from runs.distributed import resume_command
+
+    for key in ("TORCHELASTIC_RUN_ID", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    assert resume_command("a b.pt") == "chunklm train --ckpt 'a b.pt' --resume"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
+    monkeypatch.setenv("WORLD_SIZE", "16")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "2")
+    assert resume_command("c.pt").startswith("torchrun --nnodes=2 --nproc_per_node=8 ")
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert resume_command("c.pt") == "torchrun --standalone --nproc_per_node=4 --no-python chunklm train --ckpt c.pt --resume"

@@ -1,0 +1,120 @@
+"""What a run prints (the seed's line formats) and the reporter the trainer calls back.
+
+:class:`Console` prints on rank 0 only, with a tqdm bar per epoch on a terminal. :class:`Reporter`
+is the :class:`~chunklm.train.Hooks` of ``chunklm train``: it prints the step, epoch and raise
+lines, writes the metrics rows, checks that ranks agree, and says when to stop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from typing import Callable
+
+from chunklm.train import BaseHooks, EpochInfo, StepInfo
+from engine import Record
+
+__all__ = ["RAISE_LINE", "Console", "Reporter", "cutoff_text", "history_digest"]
+
+RAISE_LINE = "Epoch {epoch} 🚀 CUTOFF RAISED: {before} -> {after} (loss plateaued, opening frequency gates)"
+
+
+def cutoff_text(value: int | None, n_bins: int) -> str:
+    return "full" if value is None or value >= n_bins else str(value)
+
+
+def history_digest(history) -> str:
+    """sha256 of the history without wall times: equal on every rank when decisions agree."""
+    text = json.dumps([r.comparable() for r in history], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Console:
+    """Prints on rank 0 only; a tqdm bar per epoch when stdout is a terminal, plain lines otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+        self.tty = enabled and sys.stdout.isatty()
+
+    def line(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def open_bar(self, total: int, done: int, epoch: int) -> None:
+        if self.tty and self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=done, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+
+    def advance(self, loss: float, lr: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", refresh=False)
+
+    def close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class Reporter(BaseHooks):
+    """The trainer's hooks for ``chunklm train``.
+
+    ``trainer``: read for its history and clock; ``writers``: (steps, epochs) metrics writers on
+    rank 0, else None; ``dist``: the :class:`~runs.distributed.Distributed`; ``stop_reason()``:
+    this rank's reason to stop now ("signal", "stop_after") or None.
+    """
+
+    def __init__(self, trainer, console: Console, writers, dist, log_every: int, stop_reason: Callable[[], str | None]) -> None:
+        self.trainer, self.console, self.writers, self.dist = trainer, console, writers, dist
+        self.log_every, self.stop_reason = log_every, stop_reason
+        self.steps_per_epoch = trainer.config.steps_per_epoch
+        self.chunk = trainer.config.model.chunk
+        self.n_bins = trainer.model.n_bins
+        self.warned = {i: len(r.warnings) for i, r in enumerate(trainer.engine.history)}  # warnings already shown
+
+    def on_step(self, info: StepInfo) -> None:
+        if self.writers:
+            self.writers[0].write({"step": info.global_step, "epoch": info.epoch, "step_in_epoch": info.step_in_epoch,
+                                   "loss": f"{info.loss:.6g}", "lr": f"{info.lr:.6g}", "cutoff": info.cutoff, "phase": info.phase})
+        self.console.open_bar(self.steps_per_epoch, info.step_in_epoch - 1, info.epoch)
+        self.console.advance(info.loss, info.lr)
+        if self.log_every and info.step_in_epoch % self.log_every == 0:
+            self.console.line(f"  step {info.step_in_epoch}/{self.steps_per_epoch} loss={info.loss:.2f} lr={info.lr:.1e} "
+                              f"cutoff={cutoff_text(info.cutoff, self.n_bins)}")
+        if not info.applied:
+            self.console.line(f"  ⚠️  step {info.step_in_epoch}: non-finite loss ({info.loss}), update skipped")
+        for i, record in enumerate(self.trainer.engine.history):
+            for warning in record.warnings[self.warned.get(i, 0):]:
+                self.console.line(f"  ⚠️  WARNING after the transition at epoch {record.epoch}: {warning}")
+            self.warned[i] = len(record.warnings)
+
+    def on_epoch(self, info: EpochInfo) -> None:
+        self.dist.check_same("transition history", history_digest(self.trainer.engine.history))
+        self.console.close_bar()
+        self.console.line(f"Epoch {info.epoch} avg_loss={info.avg_loss:.2f} cutoff={info.cutoff}/{self.n_bins}")
+        self.console.line(f"Epoch {info.epoch} val_bpb={info.bpb:.3f} (next byte), {info.bpb_mean:.3f} (mean over {self.chunk} offsets)")
+        if self.writers:
+            self.writers[1].write({"epoch": info.epoch, "step": self.trainer.clock.global_step, "avg_loss": f"{info.avg_loss:.6g}",
+                                   "cutoff": info.cutoff, "val_bpb": f"{info.bpb:.6g}", "val_bpb_mean": f"{info.bpb_mean:.6g}"})
+
+    def on_transition(self, record: Record) -> None:
+        self.dist.check_same("transition", f"{record.source}->{record.dest}@{record.global_step}")
+        cut = next((a.effect.get("cutoff") for a in record.actions if "cutoff" in a.effect), None)
+        if cut is not None:
+            before, after = (cutoff_text(v, self.n_bins) for v in cut)
+            self.console.line(RAISE_LINE.format(epoch=record.epoch, before=before, after=after))
+        else:
+            self.console.line(f"Epoch {record.epoch} transition {record.source} -> {record.dest}")
+
+    def should_stop(self) -> str | None:
+        reason = self.stop_reason()
+        if self.dist.any_flag(reason is not None):  # every rank stops at the same step
+            return reason or "signal"
+        return None
