@@ -90,6 +90,10 @@ def _int_at_least(low: int):
     return check
 
 
+def _optional(check):
+    return lambda value: None if value is None else check(value)
+
+
 def _finite(low: float | None = None, *, above: bool = False, below: float | None = None):
     def check(value: Any) -> str | None:
         if value is None:
@@ -117,6 +121,7 @@ def default_cutoffs(seq_len: int) -> tuple[int, ...]:
 
 _MODEL_GROUP = "model"
 _CURRICULUM = "curriculum (the seed's Tuning section)"
+_EXECUTION = "execution (change speed, not the run: free to change on --resume)"
 
 
 @attrs.frozen
@@ -161,6 +166,12 @@ class Settings:
     preserve: bool = setting(_library_default(_TRAIN, "preserve"),
                              "open bands without changing the function, or with noise (--no-preserve, the seed's)",
                              group=_CURRICULUM, action=argparse.BooleanOptionalAction)
+    # execution only: how the step runs, not what it computes (may change on resume)
+    micro_batch: int | None = setting(None, "windows through the model at once (default: --batch-size); the global batch stays "
+                                      "--batch-size x --accum-steps", group=_EXECUTION, resume=Resume.FREE, absent=None,
+                                      check=_optional(_int_at_least(1)), type=int)
+    compile: bool | None = setting(None, "torch.compile the training step (default: on for CUDA, off on CPU)", group=_EXECUTION,
+                                   resume=Resume.FREE, absent=None, to=None, action=argparse.BooleanOptionalAction)
     # no flag
     eval_windows: int = setting(_library_default(_TRAIN, "eval_windows"), demo=32, flag=None)
 

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from runs.artifacts import EPOCH_FIELDS, STEP_FIELDS, MetricsWriter, RunFiles, RunLock, remove_stale_temps
 from runs.checkpoint import Checkpoint, CheckpointError
 from runs.console import Console, Reporter
@@ -179,7 +181,7 @@ def _restore(trainer, saved: Checkpoint, rank: int, path: Path) -> None:
 
 
 def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed) -> int:
-    from chunklm.train import NonFiniteLossError, Trainer
+    from chunklm.train import NonFiniteLossError, Trainer, compile_default
 
     files = RunFiles(Path(args.ckpt))
     lock = RunLock(files.ckpt)
@@ -195,6 +197,7 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
             )
         check_data(settings.data)
         config = settings.to_config()
+        config = attrs.evolve(config, compile=compile_default(dist.device) if settings.compile is None else settings.compile)
         corpus = build_corpus(config)
         trainer = Trainer(config, device=dist.device, corpus=corpus, rank=dist.rank, world_size=dist.world_size,
                           all_reduce_mean=dist.reduce_mean if dist.active else None, wrap_model=dist.wrap)

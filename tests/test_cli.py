@@ -588,3 +588,13 @@ def test_a_checkpoint_is_a_pure_function_of_its_settings(tmp_path, capsys):
     ra, rb = load_checkpoint(tmp_path / "a.pt").trainer["rng"], load_checkpoint(tmp_path / "b.pt").trainer["rng"]
     assert torch.equal(ra["numpy"]["key"], rb["numpy"]["key"]) and ra["numpy"]["pos"] == rb["numpy"]["pos"]
     assert ra["python"] == rb["python"] and torch.equal(ra["torch"], rb["torch"])
+
+
+def test_micro_batch_is_an_execution_setting_free_to_change_on_resume(tmp_path, capsys):
+    """--micro-batch equal to --batch-size is the default step bit for bit, and a resume may change it."""
+    assert train(tmp_path, "plain", epochs=2) == 0
+    assert train(tmp_path, "micro", "--micro-batch", "2", "--stop-after", "5", epochs=2) == 0
+    assert load_checkpoint(tmp_path / "micro.pt").settings.micro_batch == 2
+    assert resume(tmp_path, "micro", "--micro-batch", "2", "--no-compile") == 0
+    assert_same_run(tmp_path, "plain", "micro")
+    assert resume(tmp_path, "micro", "--epochs", "3", "--micro-batch", "1") == 0  # not refused as a trajectory change
