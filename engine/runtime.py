@@ -30,6 +30,7 @@ from engine.core import (
     Point,
     describe,
     guard_leaves,
+    spec_differences,
     metrics_read,
     observe_points,
 )
@@ -42,6 +43,7 @@ __all__ = ["CurriculumEngine"]
 logger = logging.getLogger(__name__)
 
 _MANUAL = "manual"
+_START = "start"
 # Context attributes that a registered object would shadow.
 _RESERVED = frozenset(attrs.fields_dict(Context)) | {"metric"}
 
@@ -148,6 +150,7 @@ class CurriculumEngine:
         self._started = False
         self._unchecked_step = self._unchecked_epoch = True  # has this run checked the metrics there yet?
         self._fingerprint = curriculum.fingerprint()
+        self._spec = curriculum.spec()
         self._plan(curriculum)
 
         states = [State(p.name, on_enter=[partial(self._act, a) for a in p.on_enter]) for p in curriculum.phases]
@@ -238,12 +241,14 @@ class CurriculumEngine:
 
     # -- the loop's calls ---------------------------------------------------------------------
 
-    def start(self, phase: str | None = None, *, global_step: int = 0, epoch: int = 0) -> None:
-        """Begin a run: run the ``on_enter`` actions of the initial phase.
+    def start(self, phase: str | None = None, *, global_step: int = 0, epoch: int = 0) -> Record:
+        """Begin a run: run the ``on_enter`` actions of the initial phase and record the start.
 
-        ``phase``, ``global_step`` and ``epoch`` start elsewhere instead: for a checkpoint that has
-        weights but no engine state (the phase then comes from the epochs it completed). If an
-        ``on_enter`` action raises, the engine is left unstarted (call ``start()`` again).
+        The start is the history's first record: ``source`` None, ``dest`` the phase, ``point``
+        ``"start"``, the ``on_enter`` effects. ``phase``, ``global_step`` and ``epoch`` start
+        elsewhere instead: for a checkpoint that has weights but no engine state (the phase then
+        comes from the epochs it completed). If an ``on_enter`` action raises, the engine is left
+        unstarted (fix the cause and call ``start()`` again). Returns the start record.
         """
         if self._started:
             raise CurriculumError("engine.start() was already called, or the engine was restored; call it once, on a fresh run only")
@@ -258,12 +263,14 @@ class CurriculumEngine:
         ctx = self.ctx
         ctx.metrics, ctx.point, ctx.transition = {}, None, None
         self._clock.global_step, self._clock.epoch = int(global_step), int(epoch)
-        done: list[ActionEffect] = []
+        record = Record(
+            source=None, dest=name, global_step=int(global_step), epoch=int(epoch), step_in_epoch=0,
+            point=_START, wall_time=time.time(),
+        )
         try:
             for action in self._phases[name].on_enter:
-                effect = self._call_action(action, None, done, "start", name)
-                done.append(ActionEffect(describe(action), effect))
-                logger.info("start in %s: %s -> %s", name, describe(action), effect)
+                effect = self._call_action(action, None, record.actions, "start", name)
+                record.actions.append(ActionEffect(describe(action), effect))
             for reset in self._resetters[name]:
                 self._call_hook(reset, "reset", "start")
         except BaseException:
@@ -271,8 +278,12 @@ class CurriculumEngine:
             self._restore(states)
             raise
         self._machine.set_state(name, model=self._model)
+        self._history.append(record)
+        self._add_checks(-1, record)
         self._started = True
         self._unchecked_step = self._unchecked_epoch = True
+        logger.info("start in %s at step %d (epoch %d): %s", name, record.global_step, record.epoch, record.actions)
+        return record
 
     def step_end(self, loss: float, **metrics: float) -> Record | None:
         """After ``optimizer.step()`` and ``schedule.step()``: count the step, evaluate step-end transitions.
@@ -422,6 +433,7 @@ class CurriculumEngine:
             guards=guards,
             history=list(self._history),
             pending_checks=list(self._pending),
+            spec=self._spec,
         )
         try:  # a round trip proves it JSON-safe and shares nothing with the live objects
             return json.loads(json.dumps(to_primitives(state), allow_nan=False))
@@ -435,10 +447,16 @@ class CurriculumEngine:
         """Restore a snapshot into this (freshly built) engine; fires no callback."""
         snap: EngineState = from_primitives(state)
         self._check_requirements("load_state_dict()")
-        if snap.fingerprint != self._fingerprint and not allow_fingerprint_mismatch:
+        mine = self._fingerprint if snap.fingerprint_version == 2 else self.curriculum.fingerprint(snap.fingerprint_version)
+        if snap.fingerprint != mine and not allow_fingerprint_mismatch:
+            if snap.spec is not None:
+                changes = spec_differences(snap.spec, self._spec) or ["(the specs agree: a guard or action repr is not stable)"]
+                what = "what differs (saved -> this one):\n  " + "\n  ".join(changes) + "\n"
+            else:
+                what = "its phases, transitions, guards, actions or params differ (a schema-1 state stores no spec to compare). "
             raise CurriculumError(
                 f"engine state was saved from a different curriculum (fingerprint {snap.fingerprint[:12]}..., "
-                f"this one {self._fingerprint[:12]}...): its phases, transitions, guards or actions differ. "
+                f"this one {mine[:12]}...); {what}"
                 "Build the curriculum the state was saved with, or pass allow_fingerprint_mismatch=True "
                 "to restore what still matches"
             )
@@ -613,10 +631,14 @@ class CurriculumEngine:
         for reset in self._resetters[record.dest]:
             self._call_hook(reset, "reset", record.point)
         self._history.append(record)
+        self._add_checks(index, record)
+        logger.info("transition %s -> %s at step %d (epoch %d)", record.source, record.dest, record.global_step, record.epoch)
+
+    def _add_checks(self, index: int, record: Record) -> None:
+        """Owe a health check at the next step_end for each action of ``record`` with ``verify``."""
         for k, action in enumerate(self._actions_of(index, record.dest)):
             if hasattr(action, "verify"):
                 self._pending.append(PendingCheck(record=len(self._history) - 1, transition=index, action=k))
-        logger.info("transition %s -> %s at step %d (epoch %d)", record.source, record.dest, record.global_step, record.epoch)
 
     def _undo(self, phase: str, clock: Clock, n_history: int, n_pending: int, states: list) -> None:
         """Put the engine back as _begin found it (the caller then undoes the count of its call)."""
