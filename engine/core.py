@@ -150,6 +150,9 @@ class ClockView:
         """A detached, mutable copy of the counters."""
         return attrs.evolve(self._clock)
 
+    def __reduce__(self) -> tuple:  # copy and pickle without going through __setattr__
+        return (ClockView, (self._clock,))
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, ClockView):
             other = other._clock

@@ -1,5 +1,6 @@
 """The engine's clock, evaluation points, firing order and manual transitions (engine.runtime)."""
 
+import copy
 import logging
 import subprocess
 import sys
@@ -364,6 +365,7 @@ def test_clock_is_a_read_only_live_view():
         eng.ctx.clock.epoch = 5
     assert eng.clock.global_step == 1 and eng.state_dict()["clock"]["global_step"] == 1
     assert eng.clock == Clock(1, 1, 0, 1, 1) and "global_step=1" in repr(eng.clock)
+    assert copy.deepcopy(eng.clock) == eng.clock  # copies (frameworks deep-copy callbacks) still work
 
 
 def test_history_starts_with_the_start_and_its_effects():
