@@ -17,7 +17,6 @@ from functools import partial
 from typing import Any
 
 import attrs
-import numpy as np
 from transitions import Machine, State
 
 from engine.core import (
@@ -28,6 +27,7 @@ from engine.core import (
     CurriculumError,
     Phase,
     Point,
+    as_bool,
     describe,
     guard_leaves,
     spec_differences,
@@ -108,19 +108,6 @@ def to_metric(name: str, value: Any, call: str = "step_end()") -> float:
     if count is not None and count != 1:
         raise _bad_metric(name, value, call, f" ({count} elements; a metric is one number)")
     raise _bad_metric(name, value, call)
-
-
-def _truth(value: Any) -> bool | None:
-    """A guard's result as a bool: bool, numpy bool, or a one-element boolean tensor/array; else None."""
-    if value is True or value is False:
-        return value
-    if isinstance(value, np.bool_):
-        return bool(value)
-    dtype = getattr(value, "dtype", None)
-    count = value.numel() if hasattr(value, "numel") else getattr(value, "size", None)
-    if dtype is not None and count == 1 and (str(dtype) in ("torch.bool", "bool")):
-        return bool(value.item())
-    return None
 
 
 class CurriculumEngine:
@@ -529,7 +516,7 @@ class CurriculumEngine:
             result = guard(ctx)
         except Exception as exc:
             raise self._error(f"guard {describe(guard)}", index, "raised", exc) from exc
-        truth = _truth(result)
+        truth = as_bool(result)
         if truth is None:
             raise self._error(
                 f"guard {describe(guard)}", index,

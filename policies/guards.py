@@ -16,6 +16,7 @@ from collections import deque
 from typing import Any
 
 from engine import Clock, Context, CurriculumError, describe
+from engine.core import truth_value
 
 from policies._checks import check_guard, check_int, check_real, fail
 
@@ -296,7 +297,7 @@ class _Combinator:
     def _values(self, ctx: Context) -> list[bool]:
         # Every child is evaluated (no short-circuit), so a missing metric fails at the first
         # evaluation point rather than only once the other children happen to hold.
-        return [bool(g(ctx)) for g in self.guards]
+        return [truth_value(g, g(ctx)) for g in self.guards]
 
     def observe(self, ctx: Context) -> None:
         for g in self.guards:

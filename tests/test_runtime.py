@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine import Clock, Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
+from policies import any_of
 from tests.utils import Always, CountBelow, EpochAtLeast, Log, LossBelow, Never
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,6 +182,10 @@ def test_guard_returning_a_non_truth_value_is_an_error(result):
     with pytest.raises(CurriculumError, match=rf"guard Odd\(\) of transition a -> b returned {type(result).__name__} .*not a truth value"):
         eng.epoch_end()
     assert eng.clock.epoch == 0
+    inside = CurriculumEngine(Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [any_of(Never(), Odd())])]))
+    inside.start()
+    with pytest.raises(CurriculumError, match=rf"any_of\(Never\(\), Odd\(\)\) of transition a -> b raised CurriculumError: guard Odd\(\) returned {type(result).__name__}"):
+        inside.epoch_end()  # inside a combinator too: None is not a silent False
 
 
 def test_guard_truth_values_from_numpy_and_tensors():
