@@ -10,7 +10,7 @@ from typing import Any, Iterator, Sequence
 
 import attrs
 
-__all__ = ["GuardEvidence", "ActionEffect", "Record", "History", "jsonable"]
+__all__ = ["GuardEvidence", "ActionEffect", "Record", "History", "HistoryView", "jsonable"]
 
 
 def jsonable(value: Any) -> Any:
@@ -44,14 +44,18 @@ class ActionEffect:
 
 @attrs.define
 class Record:
-    """One transition: source, destination, when (clock and wall time), why (guards), what (actions)."""
+    """One transition: source, destination, when (clock and wall time), why (guards), what (actions).
 
-    source: str
+    The first record of a run is its start: ``source`` None, ``dest`` the initial phase, ``point``
+    ``"start"``, no guards, and the initial phase's ``on_enter`` effects.
+    """
+
+    source: str | None
     dest: str
     global_step: int
     epoch: int
     step_in_epoch: int
-    point: str  # "epoch_end", "step_end" or "manual"
+    point: str  # "start", "epoch_end", "step_end" or "manual"
     wall_time: float
     guards: list[GuardEvidence] = attrs.field(factory=list)
     actions: list[ActionEffect] = attrs.field(factory=list)
@@ -63,6 +67,28 @@ class Record:
         d = attrs.asdict(self)
         d.pop("wall_time")
         return d
+
+
+class HistoryView(Sequence[Record]):
+    """A read-only, live sequence of a history's records: ``ctx.history``. Indexing, ``len`` and
+    iteration only; it follows the history as records are appended."""
+
+    __slots__ = ("_records",)
+
+    def __init__(self, records: list[Record]) -> None:
+        self._records = records
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self._records[index]
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self._records)
+
+    def __repr__(self) -> str:
+        return f"HistoryView({len(self)} records)"
 
 
 _CSV_FIELDS = ["source", "dest", "global_step", "epoch", "step_in_epoch", "point", "wall_time", "reason", "guards", "actions", "warnings"]
@@ -88,6 +114,14 @@ class History(Sequence[Record]):
 
     def append(self, record: Record) -> None:
         self._records.append(record)
+
+    def truncate(self, length: int) -> None:
+        """Keep the first ``length`` records (the engine rolls back a call that raised)."""
+        del self._records[length:]
+
+    def view(self) -> "HistoryView":
+        """A read-only, live view of these records (what guards see as ``ctx.history``)."""
+        return HistoryView(self._records)
 
     def to_dicts(self) -> list[dict]:
         from engine.state import converter
@@ -124,8 +158,11 @@ class History(Sequence[Record]):
             return "no transitions"
         lines = []
         for i, r in enumerate(self._records):
-            when = f"step {r.global_step} (epoch {r.epoch}, {r.point})"
-            lines.append(f"#{i}  {r.source} -> {r.dest}  at {when}" + (f"  reason: {r.reason}" if r.reason else ""))
+            if r.source is None:
+                lines.append(f"#{i}  start in {r.dest}  at step {r.global_step} (epoch {r.epoch})")
+            else:
+                when = f"step {r.global_step} (epoch {r.epoch}, {r.point})"
+                lines.append(f"#{i}  {r.source} -> {r.dest}  at {when}" + (f"  reason: {r.reason}" if r.reason else ""))
             for g in r.guards:
                 lines.append(f"     guard  {g.guard}: {_fmt(g.evidence)}")
             for a in r.actions:

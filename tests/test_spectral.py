@@ -113,7 +113,8 @@ def test_simulated_run_raises_when_min_epoch_and_plateau_both_hold():
 def test_simulated_run_lr_at_peak_after_each_raise_and_evidence():
     """The first step after each raise runs at peak (no health warning); records hold the plateau evidence."""
     run, lrs, _ = simulate()
-    history = run.engine.history
+    start, *history = run.engine.history
+    assert start.point == "start" and [a.action for a in start.actions] == ["SetCutoff(128)"]
     assert [r.global_step for r in history] == [60, 100, 200]
     for record in history:
         assert lrs[record.global_step] == BASE
@@ -141,7 +142,7 @@ def test_snapshot_mid_run_changes_nothing(cut):
     resumed, resumed_lrs, _ = simulate(cut)
     assert resumed_lrs == whole_lrs
     assert [r.comparable() for r in resumed.engine.history] == [r.comparable() for r in whole.engine.history]
-    assert attrs.asdict(resumed.engine.clock) == attrs.asdict(whole.engine.clock)
+    assert resumed.engine.clock == whole.engine.clock
     assert resumed.model.cutoff == whole.model.cutoff
     assert all(torch.equal(a, b) for a, b in zip(resumed.net.parameters(), whole.net.parameters()))
 
@@ -190,10 +191,10 @@ def test_spectral_curriculum_validation(kwargs, match):
 
 
 def test_spectral_curriculum_requires_the_training_objects():
-    """Building the engine without the schedule fails at construction, naming RestartLR."""
+    """Starting the engine without the schedule fails, naming RestartLR."""
     opt = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
     with pytest.raises(CurriculumError, match=r"RestartLR\(\).*'schedule'"):
-        CurriculumEngine(spectral_curriculum(), model=FakeModel(), optimizer=opt)
+        CurriculumEngine(spectral_curriculum(), model=FakeModel(), optimizer=opt).start()
 
 
 @pytest.mark.parametrize(
