@@ -10,7 +10,7 @@ Curriculum: :func:`spectral_curriculum` (cutoff 128 -> 256 -> 512 -> full) and
 
 from policies.actions import ResetWindow, RestartLR, SetCutoff
 from policies.guards import MetricAbove, MetricBelow, MinEpoch, MinSteps, Plateau, all_of, any_of, not_
-from policies.schedule import SEED_STAGES, StagedCosine
+from policies.schedule import SEED_STAGES, Restartable, StagedCosine, StageUnit
 from policies.spectral import phase_for_epoch, spectral_curriculum
 
 __all__ = [
@@ -26,6 +26,8 @@ __all__ = [
     "SetCutoff",
     "ResetWindow",
     "StagedCosine",
+    "StageUnit",
+    "Restartable",
     "SEED_STAGES",
     "spectral_curriculum",
     "phase_for_epoch",
