@@ -18,7 +18,9 @@ setup() {
             "$PY" -m pip install -q "torch==2.13.0" # no GPU: the CPU build
         fi
     fi
-    "$PY" -m pip install -q -e ".[test]"
+    # The framework extras must not replace the torch above (a CUDA build is several GB): pin it.
+    echo "torch==$("$PY" -c 'import torch; print(torch.__version__)')" > "$VENV/torch-constraint.txt"
+    "$PY" -m pip install -q -c "$VENV/torch-constraint.txt" -e ".[test,hf,lightning]"
 }
 
 cmd="${1:-demo}"
