@@ -11,6 +11,8 @@ import copy
 import enum
 import logging
 import math
+import re
+import warnings
 from typing import Any, NamedTuple, Sequence
 
 import torch
@@ -216,6 +218,16 @@ class StagedCosine(LRScheduler):
             if declared:
                 self._cycle = _Cycle(nxt, nxt, nxt + 1, declared[0][1], declared[0][2])
         super().step()
+
+    def fast_forward(self, steps: int) -> None:
+        """Advance ``steps`` optimizer steps at once, as ``steps`` calls of ``step()`` would (e.g. to resume a
+        checkpoint that holds weights but no schedule state), without torch's warning that ``step()`` ran
+        before ``optimizer.step()``."""
+        steps = check_int("StagedCosine.fast_forward", "steps", steps, 0, "the optimizer steps already run")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"), category=UserWarning)
+            for _ in range(steps):
+                self.step()
 
     def get_lr(self) -> list[float]:
         """The LR of step ``last_epoch`` for every param group (torch calls it inside ``step()``)."""

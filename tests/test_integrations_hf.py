@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from engine import Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
 from engine.integrations.hf import STATE_KEY, CurriculumCallback
@@ -80,7 +80,7 @@ def spy(engine: CurriculumEngine) -> list:
     return calls
 
 
-def train(out: Path, resume=None, logging_steps=1, collator=None, prepare_inputs=crop):
+def train(out: Path, resume=None, logging_steps=1, collator=None, prepare_inputs=crop, more_callbacks=()):
     """One run of 3 epochs, a checkpoint every 2 steps; returns (engine, calls, trainer)."""
     engine = CurriculumEngine(curriculum())
     calls = spy(engine)
@@ -94,7 +94,7 @@ def train(out: Path, resume=None, logging_steps=1, collator=None, prepare_inputs
         per_device_eval_batch_size=8, report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
     )
     trainer = Trainer(model=model, args=args, train_dataset=Windows(), eval_dataset=Windows(), optimizers=(opt, sched),
-                      callbacks=[callback], **({"data_collator": collator(callback.params)} if collator else {}))
+                      callbacks=[callback, *more_callbacks], **({"data_collator": collator(callback.params)} if collator else {}))
     trainer.train(resume_from_checkpoint=resume)
     return engine, calls, trainer
 
@@ -216,3 +216,18 @@ def test_bad_arguments_are_clear_errors():
         CurriculumCallback(curriculum())
     with pytest.raises(CurriculumError, match="'prepare_inputs' must be a callable"):
         CurriculumCallback(CurriculumEngine(curriculum()), prepare_inputs="crop")
+
+
+class SaveAtStep5(TrainerCallback):
+    """Another callback, after ours, that asks for a save the Trainer did not plan."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 5:
+            control.should_save = True
+
+
+def test_a_save_asked_for_by_a_later_callback_still_holds_the_engine_state(tmp_path):
+    """checkpoint-5, asked for after the callback's step end, holds the engine at step 5, not the state of the last planned save."""
+    train(tmp_path, more_callbacks=[SaveAtStep5()])
+    state = json.loads((tmp_path / "checkpoint-5" / "trainer_state.json").read_text())["stateful_callbacks"][STATE_KEY]
+    assert (state["clock"]["global_step"], state["phase"]) == (5, "long")

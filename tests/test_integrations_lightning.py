@@ -7,6 +7,7 @@ optimizer steps, the last one a single micro-batch (Lightning steps on an epoch'
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -17,7 +18,7 @@ from torch import nn
 
 from engine import Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
 from engine.integrations.lightning import CurriculumCallback
-from policies import MetricBelow, MinEpoch, MinSteps, Restartable, RestartLR, all_of
+from policies import MetricBelow, MinEpoch, MinSteps, Restartable, RestartLR, StagedCosine, all_of
 
 EPOCHS, BATCHES, ACCUM = 3, 10, 3
 STEPS_PER_EPOCH = 4  # 3 + 3 + 3 + 1 micro-batches
@@ -223,3 +224,31 @@ def test_params_view_follows_the_phase():
         params["batch"]
     with pytest.raises(CurriculumError, match="'engine' must be a CurriculumEngine"):
         CurriculumCallback(curriculum())
+
+
+class StagedModule(Tiny):
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.05)
+        sched = StagedCosine(opt, base_lr=0.05, total_steps=8, stages=((0, 1.0, 0.1), (4, 0.5, 0.0)), stages_in="steps")
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def test_lightning_takes_staged_cosine_as_its_scheduler(tmp_path):
+    """Lightning accepts StagedCosine (a torch LRScheduler) and steps it once per optimizer step: the LRs follow its stages."""
+    engine = CurriculumEngine(curriculum())
+    calls, lrs = spy(engine), []
+    step_end = engine.step_end
+
+    def record_lr(loss, **metrics):
+        lrs.append(metrics["lr"])
+        return step_end(loss=loss, **metrics)
+
+    engine.step_end = record_lr
+    trainer = pl.Trainer(max_epochs=2, accumulate_grad_batches=ACCUM, callbacks=[CurriculumCallback(engine)], logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0,
+                         enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(StagedModule(), torch.utils.data.DataLoader(dataset(), batch_size=2), torch.utils.data.DataLoader(dataset(), batch_size=5))
+    assert lrs[:4] == pytest.approx([0.05, 0.05 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4))), 0.05 * 0.55, lrs[3]], rel=1e-12)
+    assert lrs[4] == 0.025 and len(lrs) == 8
+    (restart,) = [r for r in engine.history if r.source == "a"]
+    assert restart.global_step == 6 and restart.actions[0].effect["lr"][1] == 0.025  # a->b restarts the second stage at its peak

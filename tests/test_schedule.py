@@ -463,3 +463,13 @@ def test_restartable_refuses_what_it_cannot_restart():
         wrapped.load_state_dict(cosine().state_dict())
     with pytest.raises(CurriculumError, match=r"call step\(\) with no argument"):
         wrapped.step(3)
+
+
+def test_fast_forward_equals_stepping_without_the_order_warning(recwarn):
+    """fast_forward(n) reaches the LRs n step() calls reach, without torch's step-order warning."""
+    _, stepped = make(total_epochs=8, warmup_steps=3)
+    lrs(stepped, 37)
+    _, forwarded = make(total_epochs=8, warmup_steps=3)
+    forwarded.fast_forward(37)
+    assert forwarded.state_dict() == stepped.state_dict() and lrs(forwarded, 50) == lrs(stepped, 50)
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]

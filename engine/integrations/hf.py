@@ -50,8 +50,8 @@ class CurriculumCallback(TrainerCallback):
       micro-batch, combined as the Trainer combines them.
     - **One ``epoch_end`` per completed epoch**, with the evaluation metrics when the Trainer
       evaluates at that epoch end (``eval_strategy="epoch"``: ``eval_loss``, ...), else none.
-    - **State**: after every engine call the state is put in the Trainer state's
-      ``stateful_callbacks[STATE_KEY]``, so each ``checkpoint-N/trainer_state.json`` holds it;
+    - **State**: the engine state is put in the Trainer state's ``stateful_callbacks[STATE_KEY]``
+      before each save (and after every epoch end), so each ``checkpoint-N/trainer_state.json`` holds it;
       ``trainer.train(resume_from_checkpoint=...)`` restores it, wherever the folder is. A
       checkpoint written at the last step of an epoch is updated after that epoch's ``epoch_end``
       (the Trainer resumes it in the next epoch and does not repeat the epoch end).
@@ -154,7 +154,8 @@ class CurriculumCallback(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         loss = self._step_loss(state.global_step)
         self.engine.step_end(loss=loss, **({"lr": self._step_lr} if self._step_lr is not None else {}))
-        self._stash(state)
+        if control.should_save or control.should_evaluate:  # set by the Trainer's flow callback, which runs first
+            self._stash(state)
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.epoch is None or state.epoch != int(state.epoch):
@@ -171,6 +172,9 @@ class CurriculumCallback(TrainerCallback):
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._checkpoint = (state.global_step, os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
+        stashed = (state.stateful_callbacks or {}).get(STATE_KEY, {}).get("clock", {}).get("global_step")
+        if stashed != self.engine.clock.global_step and args.should_save:  # a save nobody announced at step end
+            self._rewrite(self._checkpoint[1], self._stash(state))
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         for hook in self._hooks:
