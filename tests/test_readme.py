@@ -18,7 +18,7 @@ def test_custom_curriculum_example_runs(capsys):
     namespace = {"__name__": "__main__"}
     exec(compile(example("custom-curriculum"), "README.md", "exec"), namespace)
     engine = namespace["engine"]
-    assert [(r.source, r.dest, r.global_step) for r in engine.history] == [("short", "medium", 100), ("medium", "long", 300)]
+    assert [(r.source, r.dest, r.global_step) for r in engine.history] == [(None, "short", 0), ("short", "medium", 100), ("medium", "long", 300)]
     assert engine.phase.params["seq_len"] == 2048
     printed = capsys.readouterr().out
     shown = README.read_text().split("It prints why and when each transition fired:")[1].split("```")[1].strip("\n")

@@ -73,7 +73,7 @@ def test_first_matching_transition_in_declaration_order_and_one_per_point():
     eng.start()
     first = eng.epoch_end()
     assert (first.source, first.dest) == ("a", "b") and eng.phase.name == "b"
-    assert len(eng.history) == 1
+    assert len(eng.history) == 2  # the start, then a -> b
     second = eng.epoch_end()
     assert (second.source, second.dest) == ("b", "c")
 
@@ -144,8 +144,8 @@ def test_missing_metric_names_it_and_the_point():
         eng.epoch_end(val_loss=1.0)
 
 
-def test_guard_exceptions_propagate():
-    """An exception inside a guard is never swallowed into a silent False."""
+def test_guard_exception_becomes_a_chained_error_naming_where():
+    """An exception inside a guard becomes a CurriculumError chained to it, naming transition, guard, point and step."""
 
     class Boom:
         def __call__(self, ctx):
@@ -156,7 +156,54 @@ def test_guard_exceptions_propagate():
 
     eng = CurriculumEngine(Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Boom()])]))
     eng.start()
-    with pytest.raises(RuntimeError, match="boom"):
+    eng.step_end(loss=1.0)
+    before = eng.state_dict()
+    with pytest.raises(CurriculumError, match=r"guard Boom\(\) of transition a -> b raised RuntimeError: boom \(at epoch_end, global step 1\)") as info:
+        eng.epoch_end()
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert eng.state_dict() == before  # the epoch was not counted
+
+
+@pytest.mark.parametrize("result", [None, [True, False], "yes", 1])
+def test_guard_returning_a_non_truth_value_is_an_error(result):
+    """A guard must return a truth value; None, a list, a string or an int is an error naming it and what came."""
+
+    class Odd:
+        def __call__(self, ctx):
+            return result
+
+        def __repr__(self):
+            return "Odd()"
+
+    eng = CurriculumEngine(Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Odd()])]))
+    eng.start()
+    with pytest.raises(CurriculumError, match=rf"guard Odd\(\) of transition a -> b returned {type(result).__name__} .*not a truth value"):
+        eng.epoch_end()
+    assert eng.clock.epoch == 0
+
+
+def test_guard_truth_values_from_numpy_and_tensors():
+    """numpy bools and one-element boolean tensors count as truth values; a two-element tensor does not."""
+    import numpy as np
+    import torch
+
+    class Returns:
+        def __init__(self, value):
+            self.value = value
+
+        def __call__(self, ctx):
+            return self.value
+
+        def __repr__(self):
+            return "Returns()"
+
+    for value, fires in [(np.bool_(True), True), (torch.tensor([True]), True), (torch.tensor(False), False)]:
+        eng = CurriculumEngine(Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Returns(value)])]))
+        eng.start()
+        assert (eng.epoch_end() is not None) is fires
+    eng = CurriculumEngine(Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Returns(torch.tensor([True, False]))])]))
+    eng.start()
+    with pytest.raises(CurriculumError, match=r"returned Tensor tensor\(\[ True, False\]\), which is not a truth value"):
         eng.epoch_end()
 
 
@@ -207,10 +254,10 @@ def test_verify_runs_at_next_step_end_and_appends_warning():
     eng.epoch_end()
     eng.step_end(loss=1.0, lr=0.1)
     eng.step_end(loss=1.0, lr=0.1)  # checked only once
-    assert eng.history[0].warnings == ["lr 0.1 below half of 1.0"]
+    assert eng.history[1].warnings == ["lr 0.1 below half of 1.0"]
     eng.epoch_end()
     eng.step_end(loss=1.0, lr=0.9)
-    assert eng.history[1].warnings == []
+    assert eng.history[2].warnings == []
 
 
 def test_phase_params_reach_the_loop():
@@ -248,7 +295,8 @@ def test_start_in_a_later_phase_for_weights_only_resume():
     eng.start("b", global_step=40, epoch=4)
     assert calls == ["enter_b"] and eng.phase.name == "b"
     assert (eng.clock.global_step, eng.clock.epoch) == (40, 4)
-    assert len(eng.history) == 0
+    (start,) = eng.history
+    assert (start.source, start.dest, start.global_step, start.epoch, start.point) == (None, "b", 40, 4, "start")
 
 
 def test_importing_engine_leaves_the_transitions_logger_alone():
@@ -316,3 +364,25 @@ def test_clock_is_a_read_only_live_view():
         eng.ctx.clock.epoch = 5
     assert eng.clock.global_step == 1 and eng.state_dict()["clock"]["global_step"] == 1
     assert eng.clock == Clock(1, 1, 0, 1, 1) and "global_step=1" in repr(eng.clock)
+
+
+def test_history_starts_with_the_start_and_its_effects():
+    """The first record is the start: no source, the initial phase, point 'start', the on_enter effects."""
+    calls = []
+    cur = Curriculum([Phase("a", on_enter=[Log("enter_a", calls)]), Phase("b")], [Transition("a", "b", [Always()])])
+    eng = CurriculumEngine(cur)
+    record = eng.start()
+    assert record is eng.history[0] and len(eng.history) == 1
+    assert (record.source, record.dest, record.point, record.global_step, record.epoch, record.guards) == (None, "a", "start", 0, 0, [])
+    assert [(a.action, a.effect) for a in record.actions] == [("Log('enter_a')", {"name": "enter_a", "step": 0})]
+    assert eng.history.table().startswith("#0  start in a  at step 0 (epoch 0)\n     action Log('enter_a'): name=enter_a, step=0")
+
+
+def test_force_records_the_destination_on_enter_effects():
+    """force() records the destination's on_enter effects in its manual record."""
+    calls = []
+    cur = Curriculum([Phase("a"), Phase("b", on_enter=[Log("enter_b", calls)])], [Transition("a", "b", [Never()])])
+    eng = CurriculumEngine(cur)
+    eng.start()
+    record = eng.force("b", reason="by hand")
+    assert [(a.action, a.effect) for a in record.actions] == [("Log('enter_b')", {"name": "enter_b", "step": 0})]
