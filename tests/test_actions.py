@@ -129,7 +129,7 @@ def torch_restart_run(wrapper=Restartable, pass_lr=True):
             sched.step()
             eng.step_end(loss=1.0, **({"lr": lr} if pass_lr else {}))
         eng.epoch_end()
-    return eng.history[0], lrs
+    return eng.history[1], lrs  # history[0] is the start
 
 
 @pytest.mark.parametrize("pass_lr", [True, False])

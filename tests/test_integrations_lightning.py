@@ -76,12 +76,14 @@ class PositionLoader(torch.utils.data.DataLoader):
         self.skip = state["consumed"] % len(self)  # an epoch's end: the next epoch starts at its first batch
 
 
-def curriculum() -> Curriculum:
+def curriculum(validation: bool = True) -> Curriculum:
+    """a -> b at step 6 restarting the LR; b -> c at the epoch end after epoch 2 (reading val_loss, or not)."""
+    epoch_guard = all_of(MinEpoch(2), MetricBelow("val_loss", 1e6)) if validation else MinEpoch(2)
     return Curriculum(
         [Phase("a"), Phase("b"), Phase("c")],
         [
             Transition("a", "b", [MinSteps(6)], actions=[RestartLR()], when=Point.STEP_END),
-            Transition("b", "c", [all_of(MinEpoch(2), MetricBelow("val_loss", 1e6))]),
+            Transition("b", "c", [epoch_guard]),
         ],
     )
 
@@ -154,12 +156,20 @@ def test_transitions_fire_at_the_expected_points_with_the_restart(full):
     assert bc.guards[0].evidence["MetricBelow('val_loss', 1000000.0)"]["value"] == val_loss
 
 
+def assert_continues(root, engine, calls, where, step, out, validation=True):
+    resumed, rest, trainer = fit(out, ckpt=root / where / f"step={step}.ckpt", engine=CurriculumEngine(curriculum(validation)))
+    assert trainer.global_step == resumed.clock.global_step == 12
+    done = calls.index(next(c for c in calls if c[:2] == ("step", step))) + 1
+    if where == "epoch":
+        done += 1  # the checkpoint was written after the epoch end
+    return resumed, rest, calls[done:]
+
+
 @pytest.mark.parametrize(
     "where, step",
     [
         ("epoch", 4),  # saved on_train_epoch_end (the ModelCheckpoint default)
         ("val", 8),  # saved on_validation_end, before the epoch end whose transition reads val_loss
-        ("steps", 4),  # saved on_train_batch_end at the epoch's last batch: Lightning skips that epoch end
         ("steps", 6),  # mid-epoch, the step a->b fires, with a data loader that resumes its position
         ("steps", 10),  # mid-epoch in the last phase
     ],
@@ -167,15 +177,18 @@ def test_transitions_fire_at_the_expected_points_with_the_restart(full):
 def test_resume_continues_exactly(full, tmp_path, where, step):
     """Resumed from a checkpoint, the run's per-step losses, epoch-end metrics and history equal the uninterrupted run's."""
     root, engine, calls, _ = full
-    resumed, rest, trainer = fit(tmp_path, ckpt=root / where / f"step={step}.ckpt")
-    assert trainer.global_step == resumed.clock.global_step == 12
-    done = calls.index(next(c for c in calls if c[:2] == ("step", step))) + 1
-    if where == "epoch":
-        done += 1  # the checkpoint was written after the epoch end
-    expected = calls[done:]
-    if (where, step) == ("steps", 4):  # saved before epoch 0 was validated: its epoch end has no val_loss (see next test)
-        expected = [("epoch", 1, {})] + expected[1:]
+    resumed, rest, expected = assert_continues(root, engine, calls, where, step, tmp_path)
     assert rest == expected
+    assert history(resumed) == history(engine)
+
+
+@pytest.mark.parametrize("step", [4, 8])
+def test_resume_at_an_epochs_last_batch_is_exact_without_validation_guards(tmp_path, step):
+    """Saved on_train_batch_end at an epoch's last batch: Lightning skips that epoch's end; the callback makes it at resume."""
+    engine, calls, _ = fit(tmp_path / "full", engine=CurriculumEngine(curriculum(validation=False)))
+    resumed, rest, expected = assert_continues(tmp_path / "full", engine, calls, "steps", step, tmp_path / "again", validation=False)
+    assert [c for c in rest if c[0] == "step"] == [c for c in expected if c[0] == "step"]
+    assert [c[:2] for c in rest] == [c[:2] for c in expected]  # the epoch end comes first, at resume
     assert history(resumed) == history(engine)
 
 
@@ -187,6 +200,12 @@ def test_resume_mid_epoch_with_a_plain_data_loader_is_lightnings_limit(tmp_path)
     assert [c[1] for c in rest if c[0] == "step"] == list(range(7, 13))
     assert [c[2] for c in rest if c[0] == "step"] != [c[2] for c in calls if c[0] == "step" and c[1] > 6]
     assert [r.global_step for r in resumed.history] == [r.global_step for r in engine.history]
+
+
+def test_resume_at_the_first_epochs_last_batch_with_a_validation_guard_is_refused(full, tmp_path):
+    """Saved before the first validation ever ran: the epoch end cannot have val_loss, a clear error names the checkpoint to use."""
+    with pytest.raises(CurriculumError, match=r"last batch of epoch 0, before its validation.*'val_loss'.*saved at that epoch's end"):
+        fit(tmp_path, ckpt=full[0] / "steps" / "step=4.ckpt")
 
 
 def test_resume_at_an_epochs_last_batch_gives_the_epoch_end_the_checkpoint_metrics(full, tmp_path, caplog):

@@ -51,7 +51,9 @@ class CurriculumCallback(Callback):
     (``on_train_batch_end``, e.g. ``every_n_train_steps`` landing there) it skips that epoch's
     validation and ``on_train_epoch_end``. In the second case the callback runs the missed
     ``epoch_end`` when training resumes, with the metrics of the checkpoint moment (no validation
-    metrics of that epoch): exact unless an epoch-end guard reads one.
+    metrics of that epoch): exact unless an epoch-end guard reads one (a metric never logged before
+    is then a ``CurriculumError`` naming the checkpoint to resume from instead; one logged at an
+    earlier epoch is that epoch's value).
     """
 
     def __init__(self, engine: CurriculumEngine) -> None:
@@ -115,7 +117,15 @@ class CurriculumCallback(Callback):
                 self.engine.clock.epoch,
             )
             metrics, self._epoch_metrics = self._epoch_metrics or {}, None
-            self.engine.epoch_end(**metrics)
+            try:
+                self.engine.epoch_end(**metrics)
+            except CurriculumError as exc:
+                raise CurriculumError(
+                    f"CurriculumCallback: resumed from a checkpoint saved at the last batch of epoch {self.engine.clock.epoch}, "
+                    f"before its validation, which Lightning does not run again: its epoch end cannot have the metrics "
+                    f"the curriculum reads ({exc}). Resume from the checkpoint saved at that epoch's end "
+                    "(ModelCheckpoint's default) or from a mid-epoch one"
+                ) from exc
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         self._step_lr = float(optimizer.param_groups[0]["lr"])
