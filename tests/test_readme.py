@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -41,6 +43,7 @@ def test_hf_trainer_example_runs(tmp_path, capsys):
     assert (state["phase"], state["clock"]["global_step"]) == ("long", 4)
 
 
+@pytest.mark.filterwarnings("ignore:.*LeafSpec.*", "ignore::UserWarning:lightning.*")
 def test_lightning_example_runs(tmp_path, capsys):
     """The Lightning example fires warm->main at step 6 and main->final at the end of epoch 2, and checkpoints the engine."""
     import torch

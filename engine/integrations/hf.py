@@ -98,7 +98,7 @@ class CurriculumCallback(TrainerCallback):
         if loss is None:
             self._missing_loss = True
             return
-        self._losses.append(loss.detach().float().mean())
+        self._losses.append(loss.detach())
         self._scaled = "num_items_in_batch" in kwargs
 
     def _step_loss(self, step: int) -> float:
@@ -110,9 +110,9 @@ class CurriculumCallback(TrainerCallback):
                 "its loss as output['loss'] or output.loss (pass labels in the batch); a loss computed outside the "
                 "model (compute_loss_func, a compute_loss override) is not seen by the callback"
             )
-        total = torch.zeros((), dtype=losses[0].dtype, device=losses[0].device)
-        for loss in losses:  # as the Trainer sums its tr_loss_step: each micro-batch's loss / their count
-            total += loss if self._scaled else loss / len(losses)
+        total = torch.zeros((), dtype=torch.float32, device=losses[0].device)  # the Trainer's tr_loss
+        for loss in losses:  # as the Trainer adds its tr_loss_step: each micro-batch's loss / their count
+            total += (loss if self._scaled else loss / len(losses)).mean()
         if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
             torch.distributed.all_reduce(total)  # every rank must see the same loss to take the same transition
             total /= torch.distributed.get_world_size()
