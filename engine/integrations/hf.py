@@ -61,7 +61,8 @@ class CurriculumCallback(TrainerCallback):
       from the first); a run resumed from a checkpoint taken exactly there collates that one
       micro-batch in the new phase. Where a change must be exact at every step, change the batch
       in ``prepare_inputs(inputs, params) -> inputs``: it runs on each training micro-batch's
-      inputs right before the model's forward.
+      inputs right before the model's forward (a model that takes ``num_items_in_batch`` gets the
+      count the Trainer made before it). Under DDP the step's loss is averaged over processes.
     """
 
     def __init__(self, engine: CurriculumEngine, *, prepare_inputs: Callable[[dict, PhaseParams], dict] | None = None) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
 from lightning.pytorch import Callback
 
 from engine.core import CurriculumError
@@ -36,7 +37,8 @@ class CurriculumCallback(Callback):
     - **One ``step_end`` per optimizer step**: when ``trainer.global_step`` has moved at
       ``on_train_batch_end`` (so ``accumulate_grad_batches`` counts once, and so does the shorter
       step Lightning takes on the last batches of an epoch), with ``loss`` = the mean of that step's
-      micro-batch losses (``training_step``'s loss) and ``lr`` = the LR the step ran at. Lightning
+      micro-batch losses (``training_step``'s loss; averaged over processes under DDP) and ``lr`` =
+      the LR the step ran at. Lightning
       steps a ``"step"``-interval scheduler before this hook, as the engine's contract wants.
     - **One ``epoch_end`` per completed epoch** at ``on_train_epoch_end``, with the numbers in
       ``trainer.callback_metrics`` (validation metrics included, Lightning validates first).
@@ -142,7 +144,10 @@ class CurriculumCallback(Callback):
         if trainer.global_step == self.engine.clock.global_step:
             return  # still accumulating
         losses, self._losses = self._losses, []
-        self.engine.step_end(loss=sum(losses) / len(losses), **({"lr": self._step_lr} if self._step_lr is not None else {}))
+        loss = sum(losses) / len(losses)
+        if trainer.world_size > 1:  # every rank must see the same loss to take the same transition
+            loss = float(trainer.strategy.reduce(torch.tensor(loss, device=pl_module.device), reduce_op="mean"))
+        self.engine.step_end(loss=loss, **({"lr": self._step_lr} if self._step_lr is not None else {}))
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if not _batch_progress(trainer).is_last_batch:
