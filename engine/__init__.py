@@ -1,13 +1,13 @@
 """A declarative state-machine curriculum engine for PyTorch training loops.
 
 Declare phases and guarded transitions as a :class:`Curriculum`, drive it from your loop with a
-:class:`CurriculumEngine` (``start``, ``step_end``, ``epoch_end``), and read ``engine.history``
-to see why and when each transition fired. See :mod:`engine.core` for the guard and action
-protocols.
+:class:`CurriculumEngine` (``bind``, ``start``, ``step_end``, ``epoch_end``), read the clock as
+``engine.clock`` and see why and when each transition fired in ``engine.history``. See
+:mod:`engine.core` for the guard and action protocols and docs/semantics.md for the contract.
 """
 
-from engine.core import Clock, ClockView, Context, Curriculum, CurriculumError, Phase, Point, Transition, describe
-from engine.history import ActionEffect, GuardEvidence, History, Record
+from engine.core import Clock, ClockView, Context, Curriculum, CurriculumError, Params, Phase, Point, Transition, describe
+from engine.history import ActionEffect, GuardEvidence, History, HistoryView, Record
 from engine.runtime import CurriculumEngine
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "ClockView",
     "Context",
     "Phase",
+    "Params",
     "Transition",
     "Curriculum",
     "CurriculumEngine",
@@ -24,5 +25,6 @@ __all__ = [
     "GuardEvidence",
     "ActionEffect",
     "History",
+    "HistoryView",
     "describe",
 ]

@@ -48,6 +48,7 @@ from collections import deque
 from typing import Any, Iterator, Mapping, Sequence
 
 import attrs
+import numpy as np
 
 __all__ = [
     "CurriculumError",
@@ -150,6 +151,9 @@ class ClockView:
         """A detached, mutable copy of the counters."""
         return attrs.evolve(self._clock)
 
+    def __reduce__(self) -> tuple:  # copy and pickle without going through __setattr__
+        return (ClockView, (self._clock,))
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, ClockView):
             other = other._clock
@@ -217,6 +221,33 @@ def describe(obj: Any) -> str:
         cls = type(obj)
         return f"{cls.__module__}.{cls.__qualname__}()"
     return text
+
+
+def as_bool(value: Any) -> bool | None:
+    """A guard's result as a bool: a bool, a numpy bool, or a one-element boolean tensor or
+    array; None for anything else (None, ints, lists, multi-element tensors)."""
+    if value is True or value is False:
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    dtype = getattr(value, "dtype", None)
+    count = value.numel() if hasattr(value, "numel") else getattr(value, "size", None)
+    if dtype is not None and count == 1 and str(dtype) in ("torch.bool", "bool"):
+        return bool(value.item())
+    return None
+
+
+def truth_value(guard: Any, value: Any) -> bool:
+    """``value``, returned by ``guard``, as a bool, or a CurriculumError naming both (for
+    combinators: a child that returns None must not read as False)."""
+    truth = as_bool(value)
+    if truth is None:
+        text = repr(value)
+        raise CurriculumError(
+            f"guard {describe(guard)} returned {type(value).__name__} {text if len(text) <= 80 else text[:77] + '...'}, "
+            "which is not a truth value; return a bool (e.g. bool(x)) or a one-element boolean tensor"
+        )
+    return truth
 
 
 def guard_leaves(guard: Any) -> Iterator[Any]:

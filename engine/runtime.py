@@ -17,7 +17,6 @@ from functools import partial
 from typing import Any
 
 import attrs
-import numpy as np
 from transitions import Machine, State
 
 from engine.core import (
@@ -28,6 +27,7 @@ from engine.core import (
     CurriculumError,
     Phase,
     Point,
+    as_bool,
     describe,
     guard_leaves,
     spec_differences,
@@ -108,19 +108,6 @@ def to_metric(name: str, value: Any, call: str = "step_end()") -> float:
     if count is not None and count != 1:
         raise _bad_metric(name, value, call, f" ({count} elements; a metric is one number)")
     raise _bad_metric(name, value, call)
-
-
-def _truth(value: Any) -> bool | None:
-    """A guard's result as a bool: bool, numpy bool, or a one-element boolean tensor/array; else None."""
-    if value is True or value is False:
-        return value
-    if isinstance(value, np.bool_):
-        return bool(value)
-    dtype = getattr(value, "dtype", None)
-    count = value.numel() if hasattr(value, "numel") else getattr(value, "size", None)
-    if dtype is not None and count == 1 and (str(dtype) in ("torch.bool", "bool")):
-        return bool(value.item())
-    return None
 
 
 class CurriculumEngine:
@@ -215,6 +202,12 @@ class CurriculumEngine:
                 if len(self._observers[point][name]) < 2 and not self._has_point[point][name]:
                     self._snapshot[point][name] = []
         self._stateful = [(key, g) for key, g in curriculum.guards if hasattr(g, "state_dict")]
+        # What step_end and epoch_end look up, one tuple per phase:
+        # (metrics to check, guards to snapshot, observe methods, has transitions at this point).
+        self._at_step, self._at_epoch = (
+            {n: (self._needs[p][n], self._snapshot[p][n], self._observers[p][n], self._has_point[p][n]) for n in names}
+            for p in (Point.STEP_END, Point.EPOCH_END)
+        )
 
     # -- registration ----------------------------------------------------------------------------
 
@@ -269,10 +262,10 @@ class CurriculumEngine:
         )
         try:
             for action in self._phases[name].on_enter:
-                effect = self._call_action(action, None, record.actions, "start", name)
+                effect = self._call_action(action, None, record.actions, name)
                 record.actions.append(ActionEffect(describe(action), effect))
             for reset in self._resetters[name]:
-                self._call_hook(reset, "reset", "start")
+                self._call_hook(reset, "reset")
         except BaseException:
             self._clock.global_step = self._clock.epoch = 0
             self._restore(states)
@@ -299,16 +292,14 @@ class CurriculumEngine:
             if type(value) is not float:
                 metrics[name] = to_metric(name, value, "step_end()")
         metrics["loss"] = loss
-        phase = self._model.state
+        needs, snapshot, observers, evaluate = self._at_step[self._model.state]
         if self._unchecked_step:
             self._check_run_metrics(Point.STEP_END, metrics)
-        needs = self._needs[Point.STEP_END][phase]
         if needs:
             self._check_metrics(needs, metrics, Point.STEP_END)
         ctx = self.ctx
         ctx.metrics = metrics
         ctx.point = Point.STEP_END
-        snapshot = self._snapshot[Point.STEP_END][phase]
         before = [(key, g, g.state_dict()) for key, g in snapshot] if snapshot else None
         pending = self._pending
         clock = self._clock
@@ -317,12 +308,12 @@ class CurriculumEngine:
         clock.steps_in_phase += 1
         try:
             warnings = self._run_checks(pending) if pending else None
-            for observe in self._observers[Point.STEP_END][phase]:
+            for observe in observers:
                 try:
                     observe(ctx)
                 except Exception as exc:
                     raise self._hook_error(observe, "observe", exc) from exc
-            record = self._trigger("step_end") if self._has_point[Point.STEP_END][phase] else None
+            record = self._trigger("step_end") if evaluate else None
         except BaseException:
             clock.global_step -= 1
             clock.step_in_epoch -= 1
@@ -344,16 +335,14 @@ class CurriculumEngine:
         for name, value in metrics.items():
             if type(value) is not float:
                 metrics[name] = to_metric(name, value, "epoch_end()")
-        phase = self._model.state
+        needs, snapshot, observers, evaluate = self._at_epoch[self._model.state]
         if self._unchecked_epoch:
             self._check_run_metrics(Point.EPOCH_END, metrics)
-        needs = self._needs[Point.EPOCH_END][phase]
         if needs:
             self._check_metrics(needs, metrics, Point.EPOCH_END)
         ctx = self.ctx
         ctx.metrics = metrics
         ctx.point = Point.EPOCH_END
-        snapshot = self._snapshot[Point.EPOCH_END][phase]
         before = [(key, g, g.state_dict()) for key, g in snapshot] if snapshot else None
         clock = self._clock
         step_in_epoch = clock.step_in_epoch
@@ -361,12 +350,12 @@ class CurriculumEngine:
         clock.epochs_in_phase += 1
         clock.step_in_epoch = 0
         try:
-            for observe in self._observers[Point.EPOCH_END][phase]:
+            for observe in observers:
                 try:
                     observe(ctx)
                 except Exception as exc:
                     raise self._hook_error(observe, "observe", exc) from exc
-            return self._trigger("epoch_end") if self._has_point[Point.EPOCH_END][phase] else None
+            return self._trigger("epoch_end") if evaluate else None
         except BaseException:
             clock.epoch -= 1
             clock.epochs_in_phase -= 1
@@ -516,6 +505,8 @@ class CurriculumEngine:
             if undo:
                 self._undo(*undo)
             raise
+        finally:
+            self.ctx.transition = None
         return self._history[-1] if fired else None
 
     def _holds(self, guard: Any, index: int, event: Any) -> bool:
@@ -525,7 +516,7 @@ class CurriculumEngine:
             result = guard(ctx)
         except Exception as exc:
             raise self._error(f"guard {describe(guard)}", index, "raised", exc) from exc
-        truth = _truth(result)
+        truth = as_bool(result)
         if truth is None:
             raise self._error(
                 f"guard {describe(guard)}", index,
@@ -552,20 +543,21 @@ class CurriculumEngine:
     def _hook_error(self, method: Any, hook: str, exc: BaseException) -> CurriculumError:
         guard = getattr(method, "__self__", method)
         ctx = self.ctx
-        point = ctx.point.value if ctx.point is not None else "start"
+        point = ctx.point.value if ctx.point is not None else "force()" if self._started else "start()"
         return CurriculumError(
             f"guard {describe(guard)} (in {self._where.get(id(guard), '?')}) raised in {hook}() "
             f"{type(exc).__name__}: {exc} (at {point}, global step {self._clock.global_step}); "
             "the engine is left as it was before this call (same phase, clock, history and guard state)"
         )
 
-    def _call_hook(self, method: Any, hook: str, _point: str) -> None:
+    def _call_hook(self, method: Any, hook: str) -> None:
         try:
             method()
         except Exception as exc:
             raise self._hook_error(method, hook, exc) from exc
 
-    def _call_action(self, action: Any, index: int | str | None, done: list, _point: str, phase: str) -> dict:
+    def _call_action(self, action: Any, index: int | str | None, done: list, phase: str) -> dict:
+        """Run an action; ``index``: its transition (an int, or a manual move's label), None at start()."""
         try:
             effect = action(self.ctx)
             return jsonable(effect or {})
@@ -587,6 +579,7 @@ class CurriculumEngine:
             self._model.state, attrs.evolve(clock), len(self._history), len(self._pending),
             [(key, g, g.state_dict()) for key, g in self._stateful],
         ]
+        self.ctx.transition = self.curriculum.transitions[index] if index >= 0 else None
         if index >= 0:
             tr = self.curriculum.transitions[index]
             guards = [GuardEvidence(describe(g), self._evidence(g, index)) for g in tr.guards]
@@ -619,7 +612,7 @@ class CurriculumEngine:
         index = event.kwargs["index"]
         if index < 0:
             index = f"{record.source} -> {record.dest}"
-        effect = self._call_action(action, index, record.actions, "", record.dest)
+        effect = self._call_action(action, index, record.actions, record.dest)
         record.actions.append(ActionEffect(describe(action), effect))
 
     def _enter_clock(self, _event: Any) -> None:
@@ -629,7 +622,7 @@ class CurriculumEngine:
     def _finish(self, index: int, event: Any) -> None:
         record = event.kwargs["record"]
         for reset in self._resetters[record.dest]:
-            self._call_hook(reset, "reset", record.point)
+            self._call_hook(reset, "reset")
         self._history.append(record)
         self._add_checks(index, record)
         logger.info("transition %s -> %s at step %d (epoch %d)", record.source, record.dest, record.global_step, record.epoch)

@@ -1,5 +1,6 @@
 """The engine's clock, evaluation points, firing order and manual transitions (engine.runtime)."""
 
+import copy
 import logging
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine import Clock, Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
+from policies import any_of
 from tests.utils import Always, CountBelow, EpochAtLeast, Log, LossBelow, Never
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,6 +182,10 @@ def test_guard_returning_a_non_truth_value_is_an_error(result):
     with pytest.raises(CurriculumError, match=rf"guard Odd\(\) of transition a -> b returned {type(result).__name__} .*not a truth value"):
         eng.epoch_end()
     assert eng.clock.epoch == 0
+    inside = CurriculumEngine(Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [any_of(Never(), Odd())])]))
+    inside.start()
+    with pytest.raises(CurriculumError, match=rf"any_of\(Never\(\), Odd\(\)\) of transition a -> b raised CurriculumError: guard Odd\(\) returned {type(result).__name__}"):
+        inside.epoch_end()  # inside a combinator too: None is not a silent False
 
 
 def test_guard_truth_values_from_numpy_and_tensors():
@@ -364,6 +370,7 @@ def test_clock_is_a_read_only_live_view():
         eng.ctx.clock.epoch = 5
     assert eng.clock.global_step == 1 and eng.state_dict()["clock"]["global_step"] == 1
     assert eng.clock == Clock(1, 1, 0, 1, 1) and "global_step=1" in repr(eng.clock)
+    assert copy.deepcopy(eng.clock) == eng.clock  # copies (frameworks deep-copy callbacks) still work
 
 
 def test_history_starts_with_the_start_and_its_effects():
