@@ -18,7 +18,16 @@ setup() {
             "$PY" -m pip install -q "torch==2.13.0" # no GPU: the CPU build
         fi
     fi
-    "$PY" -m pip install -q -e ".[test]"
+    # Install the project with its test and framework extras once per pyproject.toml (pip's own
+    # no-op check of the extras takes ~40 s). The extras must not replace the torch above (a CUDA
+    # build is several GB): it is pinned.
+    local stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+    if [ ! -f "$stamp" ]; then
+        echo "torch==$("$PY" -c 'import torch; print(torch.__version__)')" > "$VENV/torch-constraint.txt"
+        "$PY" -m pip install -q -c "$VENV/torch-constraint.txt" -e ".[test,hf,lightning]"
+        rm -f "$VENV"/.installed-*
+        touch "$stamp"
+    fi
 }
 
 cmd="${1:-demo}"

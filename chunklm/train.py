@@ -293,8 +293,7 @@ class Trainer:
             self.schedule.load_state_dict(state["schedule"])
             self.engine.load_state_dict(state["engine"])
         else:
-            for _ in range(epochs_done * self.config.steps_per_epoch):
-                self.schedule.step()
+            self.schedule.fast_forward(epochs_done * self.config.steps_per_epoch)
             self._start_from_epoch(epochs_done)
         if state.get("rng") is not None:
             set_rng_state(state["rng"])

@@ -23,7 +23,7 @@ from policies.guards import (
     any_of,
     not_,
 )
-from policies.schedule import SEED_STAGES, StagedCosine
+from policies.schedule import SEED_STAGES, Restartable, StagedCosine, StageUnit
 from policies.spectral import phase_for_epoch, spectral_curriculum
 
 __all__ = [
@@ -42,6 +42,8 @@ __all__ = [
     "SetCutoff",
     "ResetWindow",
     "StagedCosine",
+    "StageUnit",
+    "Restartable",
     "SEED_STAGES",
     "spectral_curriculum",
     "phase_for_epoch",

@@ -34,16 +34,20 @@ def _plain(value: Any) -> Any:
 class RestartLR:
     """Restart the LR schedule at its peak: calls ``ctx.schedule.restart()``.
 
-    Effect: ``{"lr": [before, after], "peak": peak}``, the first param group's LR before and after
-    the restart, and the peak the restart should set (the schedule's ``peak_lr``, e.g.
-    :class:`~policies.StagedCosine`'s; without one, the LR after the restart).
+    The schedule is a :class:`~policies.StagedCosine` or any torch LR scheduler wrapped in
+    :class:`~policies.Restartable` (or anything with ``restart()``). Effect:
+    ``{"lr": [before, after], "peak": peak}``, the first param group's LR before and after the
+    restart, and the peak the restart should set (the schedule's ``peak_lr``; without one, its
+    ``restart_lr``, else the LR after the restart). When the schedule's ``restart_lr`` (the LR it
+    sets for the first step, e.g. the first step of a re-warmup) differs from the peak, the effect
+    also holds it as ``"first_lr"``, and the health check measures against it.
 
     Health check (``verify``, run by the engine at the next ``step_end``, i.e. after the first
     optimizer step of the new phase): the LR that step ran at is ``ctx.metrics["lr"]`` when the loop
     passed ``lr=`` to ``step_end``, otherwise the registered optimizer's ``param_groups[0]["lr"]``
     (by then already the LR ``schedule.step()`` set for the following step: pass ``lr=``). If it is
     below half the peak, the warning names the likely cause: stage alignment broken, or a schedule
-    that overwrote the restart (the seed's "LR TOO LOW" sign).
+    that overwrote the restart (the seed's "LR TOO LOW" sign); below half the ``"first_lr"`` with one.
     """
 
     requires = ("schedule", "optimizer")
@@ -53,25 +57,31 @@ class RestartLR:
         if not callable(getattr(schedule, "restart", None)):
             raise CurriculumError(
                 f"RestartLR() needs a schedule with restart(), got {type(schedule).__name__}; "
-                "register a StagedCosine (or a schedule with restart()) as schedule=..."
+                f"wrap it when you build it and register the wrapper: schedule=Restartable({type(schedule).__name__}(...)) "
+                "(from policies), or register a StagedCosine"
             )
         before = _optimizer_lr(optimizer)
         schedule.restart()
         after = _optimizer_lr(optimizer)
-        peak = float(schedule.peak_lr) if hasattr(schedule, "peak_lr") else after
-        return {"lr": [before, after], "peak": peak}
+        first = float(schedule.restart_lr) if hasattr(schedule, "restart_lr") else None
+        peak = float(schedule.peak_lr) if hasattr(schedule, "peak_lr") else first if first is not None else after
+        effect = {"lr": [before, after], "peak": peak}
+        if first is not None and first != peak:
+            effect["first_lr"] = first
+        return effect
 
     def verify(self, ctx: Context, effect: dict) -> str | None:
         """A warning when the first step after the restart ran below half the restart's peak."""
         try:
-            peak = float(effect.get("peak", effect["lr"][1]))
+            peak = float(effect.get("first_lr", effect.get("peak", effect["lr"][1])))
         except (KeyError, IndexError, TypeError, ValueError):
             return f"RestartLR could not check the LR: its recorded effect {effect!r} has no peak"
+        what = "first LR" if "first_lr" in effect else "peak"
         lr = ctx.metrics["lr"] if "lr" in ctx.metrics else _optimizer_lr(ctx.optimizer)
         lr = float(_plain(lr))
         if math.isfinite(peak) and lr < 0.5 * peak:
             return (
-                f"LR {lr:.1e} on the first step after the restart is below half the restart's peak {peak:.1e}: "
+                f"LR {lr:.1e} on the first step after the restart is below half the restart's {what} {peak:.1e}: "
                 "LR TOO LOW. Likely cause: stage alignment broken, or a schedule that overwrote the restart "
                 "(check the schedule's stages, that restart() sets the optimizer's LR at once, and that "
                 "schedule.step() runs after optimizer.step())"

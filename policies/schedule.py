@@ -1,22 +1,40 @@
-"""The stage-aligned cosine LR schedule, with restarts that take effect at once."""
+"""LR schedules that ``RestartLR`` can restart: the stage-aligned cosine, and any torch scheduler wrapped.
+
+Both are ``torch.optim.lr_scheduler.LRScheduler`` subclasses, so the frameworks that insist on
+torch's scheduler API (Lightning, the Hugging Face Trainer) take them as they are.
+"""
 
 from __future__ import annotations
 
 import bisect
+import copy
+import enum
 import logging
 import math
+import re
+import warnings
 from typing import Any, NamedTuple, Sequence
+
+import torch
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from engine import CurriculumError
 
 from policies._checks import check_int, check_real, fail
 
-__all__ = ["StagedCosine", "SEED_STAGES"]
+__all__ = ["StagedCosine", "StageUnit", "Restartable", "SEED_STAGES"]
 
 logger = logging.getLogger(__name__)
 
 #: The seed's stages: (start epoch, peak multiplier, min multiplier) of the base LR.
 SEED_STAGES = ((0, 1.0, 0.1), (2, 1.0, 0.1), (5, 1.0, 0.05))
+
+
+class StageUnit(str, enum.Enum):
+    """What a stage's start counts: epochs (the seed's) or optimizer steps."""
+
+    EPOCHS = "epochs"
+    STEPS = "steps"
 
 
 class _Stage(NamedTuple):
@@ -26,41 +44,62 @@ class _Stage(NamedTuple):
     min: float
 
 
-class StagedCosine:
+class _Cycle(NamedTuple):
+    warm: int  # first step of the cycle's linear warmup (== start: no warmup)
+    start: int  # the step that runs at peak
+    end: int  # first step after the cosine
+    peak: float
+    min: float
+
+
+def _write_lr(optimizer: Any, lr: float) -> None:
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):  # a tensor LR (capturable optimizers)
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
+class StagedCosine(LRScheduler):
     """Cosine cycles aligned with training stages; ``restart()`` starts a new cycle at once.
 
-    ``stages`` are ``(start_epoch, peak, min)``: from ``start_epoch`` the LR follows a cosine from
-    ``base_lr * peak`` down towards ``base_lr * min``. A stage ends at the next stage's start or at
-    the end of training (``total_epochs``), whichever is first; stages starting at or after
-    ``total_epochs`` are dropped. Within a cycle of N steps the i-th step (i = 0 .. N-1) runs at::
+    ``stages`` are ``(start, peak, min)``, ``start`` in epochs (``stages_in="epochs"``, the
+    default) or in optimizer steps (``stages_in="steps"``): from ``start`` the LR follows a cosine
+    from ``base_lr * peak`` down towards ``base_lr * min``. A stage ends at the next stage's start
+    or at the end of training, whichever is first; stages starting at or after the end are dropped.
+    The length of training is ``total_epochs`` (times ``steps_per_epoch``) or ``total_steps``.
+    Within a cycle of N steps the i-th step (i = 0 .. N-1) runs at::
 
         lr = base_lr * (min + (peak - min) * 0.5 * (1 + cos(pi * i / N)))
 
     (i = 0 is exactly ``base_lr * peak``). Each stage starts a cycle that runs to its end.
 
-    Torch's convention: construction sets the LR of step 0 on the optimizer, and ``step()``, called
-    after each ``optimizer.step()``, sets the LR of the next step. Every param group gets the same
-    LR (per-group LRs are not kept). ``lr`` / ``get_last_lr()`` give the LR of the step about to run.
+    A torch ``LRScheduler``: construction sets the LR of step 0 on the optimizer, and ``step()``,
+    called after each ``optimizer.step()``, sets the LR of the next step. Every param group gets
+    the same LR (per-group LRs are not kept). ``lr`` / ``get_last_lr()`` give the LR of the step
+    about to run; ``last_epoch`` (torch's name) counts the optimizer steps completed.
 
     ``restart()`` starts a new cycle at ``peak`` from the step about to run (the one ``step()``
-    already set up) to the end of that step's stage, and writes the peak to the optimizer at once,
-    so the very next optimizer step runs at peak.
+    already set up) to the end of that step's stage, and writes the LR to the optimizer at once,
+    so the very next optimizer step runs at peak. With ``restart_warmup_steps`` = R > 0 the new
+    cycle first ramps linearly over R steps, ``lr = base_lr * peak * (j + 1) / (R + 1)`` at the
+    j-th step after the restart, and reaches peak on the R-th (a next stage cuts the ramp short).
 
     ``warmup_steps`` = W > 0: the first W steps of training (0 .. W-1) ramp linearly,
     ``lr = base_lr * peak * (s + 1) / (W + 1)`` at step s, and the first stage's cosine cycle starts
     at step W (at peak) and runs to the end of the first stage. W must be shorter than the first
     stage. A restart during the warmup ends it.
 
-    Past the end of training (``total_epochs * steps_per_epoch`` steps) the LR stays at the last
-    cycle's min, i.e. ``base_lr`` times the last stage's min; a restart there runs one step at peak.
-    One exception keeps ``--epochs`` extensions exact: when a declared stage starts exactly at the
-    end of training, the first step after it runs at that stage's peak, as in a longer run.
+    Past the end of training the LR stays at the last cycle's min, i.e. ``base_lr`` times the last
+    stage's min; a restart there runs one step at peak. One exception keeps ``--epochs`` extensions
+    exact: when a declared stage starts exactly at the end of training, the first step after it
+    runs at that stage's peak, as in a longer run.
 
-    State: ``state_dict()`` holds the position (the step about to run and the start of the cycle in
-    progress, plus informational copies of the cycle's length, multipliers and LR), not the
-    configuration. Load it after ``optimizer.load_state_dict`` into a schedule built with the same
-    arguments and the LRs continue bit-identically. The stage lengths depend on ``total_epochs``:
-    a schedule built with other ``total_epochs`` (or stages) continues from the saved step with
+    State: ``state_dict()`` holds the position (the step about to run and the cycle in progress,
+    plus informational copies of the cycle's multipliers, the LR and the configuration), not the
+    configuration itself. Load it after ``optimizer.load_state_dict`` into a schedule built with the
+    same arguments and the LRs continue bit-identically. The stage lengths depend on the length of
+    training: a schedule built with another length (or stages) continues from the saved step with
     its own stage layout, so the LRs of the stage in progress change from that step on (identical
     only when the change falls on a stage boundary); a restart made in that stage is kept.
     """
@@ -69,21 +108,48 @@ class StagedCosine:
         self,
         optimizer: Any,
         base_lr: float,
-        steps_per_epoch: int,
-        total_epochs: int,
-        stages: Sequence[Sequence[float]] = SEED_STAGES,
+        steps_per_epoch: int | None = None,
+        total_epochs: int | None = None,
+        stages: Sequence[Sequence[float]] | None = None,
         warmup_steps: int = 0,
+        *,
+        total_steps: int | None = None,
+        stages_in: StageUnit | str = StageUnit.EPOCHS,
+        restart_warmup_steps: int = 0,
     ) -> None:
         where = "StagedCosine"
-        if not isinstance(getattr(optimizer, "param_groups", None), list) or not optimizer.param_groups:
-            raise fail(where, "optimizer", "a torch optimizer (with param_groups)", optimizer, "pass the optimizer the loop steps")
-        self.optimizer = optimizer
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise fail(where, "optimizer", "a torch.optim.Optimizer", optimizer, "pass the optimizer the loop steps")
         self.base_lr = check_real(where, "base_lr", base_lr, "e.g. base_lr=2e-4", positive=True)
-        self.steps_per_epoch = check_int(where, "steps_per_epoch", steps_per_epoch, 1, "optimizer steps per epoch, e.g. 1000")
-        self.total_epochs = check_int(where, "total_epochs", total_epochs, 1, "the run's --epochs, e.g. 50")
-        self.stages = _check_stages(stages)
+        try:
+            self.stages_in = StageUnit(stages_in)
+        except ValueError:
+            raise fail(where, "stages_in", "'epochs' or 'steps'", stages_in, "count stage starts in epochs or in optimizer steps") from None
+        self.steps_per_epoch = None if steps_per_epoch is None else check_int(
+            where, "steps_per_epoch", steps_per_epoch, 1, "optimizer steps per epoch, e.g. 1000")
+        if (total_epochs is None) == (total_steps is None):
+            raise fail(
+                where, "total_epochs", "given, or else total_steps (exactly one: the length of training)",
+                (total_epochs, total_steps), "e.g. total_epochs=50 with steps_per_epoch=1000, or total_steps=50000",
+            )
+        self.total_epochs = None if total_epochs is None else check_int(where, "total_epochs", total_epochs, 1, "the run's --epochs, e.g. 50")
+        if self.steps_per_epoch is None and (self.total_epochs is not None or self.stages_in is StageUnit.EPOCHS):
+            why = "total_epochs" if self.total_epochs is not None else "stages in epochs"
+            raise fail(where, "steps_per_epoch", f"an int >= 1 (needed to count {why} in steps)", None,
+                       "pass steps_per_epoch, or stages_in='steps' with total_steps")
+        if self.total_epochs is not None:
+            self.total_steps = self.total_epochs * self.steps_per_epoch
+        else:
+            self.total_steps = check_int(where, "total_steps", total_steps, 1, "optimizer steps of the whole run, e.g. total_steps=5000")
+        if stages is None:
+            if self.stages_in is StageUnit.STEPS:
+                raise fail(where, "stages", "stages in steps (the default stages count epochs)", None,
+                           "e.g. stages=((0, 1.0, 0.1), (500, 1.0, 0.05)) with stages_in='steps'")
+            stages = SEED_STAGES
+        self.stages = _check_stages(stages, self.stages_in)
         self.warmup_steps = check_int(where, "warmup_steps", warmup_steps, 0, "e.g. warmup_steps=0 (none)")
-        self._total_steps = self.total_epochs * self.steps_per_epoch
+        self.restart_warmup_steps = check_int(where, "restart_warmup_steps", restart_warmup_steps, 0, "e.g. restart_warmup_steps=0 (restart at peak)")
+        self._unit = 1 if self.stages_in is StageUnit.STEPS else self.steps_per_epoch
         self._layout = self._build_layout()
         first = self._layout[0]
         if self.warmup_steps >= first.end:
@@ -93,16 +159,16 @@ class StagedCosine:
             )
         self._starts = [st.start for st in self._layout]
         self._stage_at_start = {st.start: k for k, st in enumerate(self._layout) if k > 0}
-        self._step = 0
-        self._cycle = self._cycle_from(self._stage_cycle_start(0))
-        self._set(self._compute(0))
+        self._cycle = self._stage_cycle(0)
+        super().__init__(optimizer)  # sets the LR of step 0 through step()
 
     # -- layout ----------------------------------------------------------------------------------
 
     def _build_layout(self) -> list[_Stage]:
-        spe, kept = self.steps_per_epoch, [s for s in self.stages if s[0] < self.total_epochs]
+        u, total = self._unit, self.total_steps
+        kept = [s for s in self.stages if s[0] * u < total]
         return [
-            _Stage(start * spe, (kept[k + 1][0] if k + 1 < len(kept) else self.total_epochs) * spe, peak, low)
+            _Stage(start * u, kept[k + 1][0] * u if k + 1 < len(kept) else total, peak, low)
             for k, (start, peak, low) in enumerate(kept)
         ]
 
@@ -110,18 +176,20 @@ class StagedCosine:
         """The stage containing ``step``; the last stage past the end of training."""
         return bisect.bisect_right(self._starts, step) - 1
 
-    def _stage_cycle_start(self, k: int) -> int:
-        return self._layout[k].start + (self.warmup_steps if k == 0 else 0)
+    def _stage_cycle(self, k: int) -> _Cycle:
+        """The cycle stage ``k`` starts (the first stage's after the warmup)."""
+        start = self._layout[k].start
+        return self._cycle_at(start, start + (self.warmup_steps if k == 0 else 0))
 
-    def _cycle_from(self, start: int) -> _Stage:
-        """The cycle that starts at ``start`` and runs to the end of that step's stage."""
-        st = self._layout[self._stage_index(start)]
-        return _Stage(start, max(st.end, start + 1), st.peak, st.min)
+    def _cycle_at(self, warm: int, start: int) -> _Cycle:
+        """A cycle ramping from ``warm``, at peak on ``start``, to the end of ``warm``'s stage."""
+        st = self._layout[self._stage_index(warm)]
+        return _Cycle(warm, start, max(st.end, start + 1), st.peak, st.min)
 
     def _compute(self, s: int) -> float:
-        start, end, peak, low = self._cycle
+        warm, start, end, peak, low = self._cycle
         if s < start:  # warmup
-            return self.base_lr * peak * (s + 1) / (start + 1)
+            return self.base_lr * peak * (s - warm + 1) / (start - warm + 1)
         i, n = s - start, end - start
         if i == 0:
             return self.base_lr * peak
@@ -129,124 +197,289 @@ class StagedCosine:
             return self.base_lr * low
         return self.base_lr * (low + (peak - low) * 0.5 * (1.0 + math.cos(math.pi * i / n)))
 
-    def _set(self, lr: float) -> None:
-        self._lr = lr
-        for group in self.optimizer.param_groups:
-            if hasattr(group["lr"], "fill_"):  # a tensor LR (capturable optimizers)
-                group["lr"].fill_(lr)
-            else:
-                group["lr"] = lr
+    # -- torch's scheduler API and the loop's calls ----------------------------------------------
 
-    # -- the loop's calls ------------------------------------------------------------------------
-
-    def step(self) -> None:
+    def step(self, epoch: None = None) -> None:
         """After ``optimizer.step()``: set the LR of the next step (a new stage starts a new cycle)."""
-        self._step += 1
-        k = self._stage_at_start.get(self._step)
+        if epoch is not None:
+            raise CurriculumError(
+                f"StagedCosine.step(epoch={epoch!r}): the schedule counts optimizer steps itself; call step() "
+                "with no argument after each optimizer.step() (restore a position with load_state_dict)"
+            )
+        nxt = self.last_epoch + 1
+        k = self._stage_at_start.get(nxt)
         if k is not None:
-            self._cycle = self._cycle_from(self._stage_cycle_start(k))
-        elif self._step == self._total_steps:
-            # The first step after the end of training runs only if --epochs grows on resume. When a
+            self._cycle = self._stage_cycle(k)
+        elif nxt == self.total_steps:
+            # The first step after the end of training runs only if the run grows on resume. When a
             # declared stage starts exactly there, a longer run would start it at peak: do the same,
             # so extending a run at a stage boundary is bit-identical to having planned it longer.
-            nxt = [st for st in self.stages if st[0] * self.steps_per_epoch == self._step]
-            if nxt:
-                self._cycle = _Stage(self._step, self._step + 1, nxt[0][1], nxt[0][2])
-        self._set(self._compute(self._step))
+            declared = [st for st in self.stages if st[0] * self._unit == nxt]
+            if declared:
+                self._cycle = _Cycle(nxt, nxt, nxt + 1, declared[0][1], declared[0][2])
+        super().step()
+
+    def fast_forward(self, steps: int) -> None:
+        """Advance ``steps`` optimizer steps at once, as ``steps`` calls of ``step()`` would (e.g. to resume a
+        checkpoint that holds weights but no schedule state), without torch's warning that ``step()`` ran
+        before ``optimizer.step()``."""
+        steps = check_int("StagedCosine.fast_forward", "steps", steps, 0, "the optimizer steps already run")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"), category=UserWarning)
+            for _ in range(steps):
+                self.step()
+
+    def get_lr(self) -> list[float]:
+        """The LR of step ``last_epoch`` for every param group (torch calls it inside ``step()``)."""
+        return [self._compute(self.last_epoch)] * len(self.optimizer.param_groups)
+
+    def get_last_lr(self) -> list[float]:
+        """The LR of the step about to run, per param group (torch's scheduler convention)."""
+        return [self.lr] * len(self.optimizer.param_groups)
 
     def restart(self) -> tuple[float, float]:
-        """Start a new cycle at peak from the step about to run; returns the LR (before, after)."""
-        before = self._lr
-        self._cycle = self._cycle_from(self._step)
-        self._set(self._compute(self._step))
-        logger.info("LR restart at step %d: %.3e -> %.3e", self._step, before, self._lr)
-        return before, self._lr
+        """Start a new cycle from the step about to run (at peak, or ramping with ``restart_warmup_steps``); returns the LR (before, after)."""
+        before, s = self.lr, self.last_epoch
+        self._cycle = self._cycle_at(s, s + self.restart_warmup_steps)
+        self._set_now()
+        logger.info("LR restart at step %d: %.3e -> %.3e", s, before, self.lr)
+        return before, self.lr
+
+    def _set_now(self) -> None:
+        lr = self._compute(self.last_epoch)
+        _write_lr(self.optimizer, lr)
+        self._last_lr = [lr] * len(self.optimizer.param_groups)
 
     @property
     def lr(self) -> float:
         """The LR of the step about to run."""
-        return self._lr
-
-    def get_last_lr(self) -> list[float]:
-        """The LR of the step about to run, per param group (torch's scheduler convention)."""
-        return [self._lr] * len(self.optimizer.param_groups)
+        return self._compute(self.last_epoch)
 
     @property
     def peak_lr(self) -> float:
-        """``base_lr`` times the peak of the stage of the step about to run: what a restart sets."""
-        return self.base_lr * self._layout[self._stage_index(self._step)].peak
+        """``base_lr`` times the peak of the stage of the step about to run: where a restart's cycle peaks."""
+        return self.base_lr * self._layout[self._stage_index(self.last_epoch)].peak
+
+    @property
+    def restart_lr(self) -> float:
+        """The LR a restart now sets for the step about to run: ``peak_lr``, or its first ramp step."""
+        return self.peak_lr / (self.restart_warmup_steps + 1) if self.restart_warmup_steps else self.peak_lr
 
     @property
     def step_count(self) -> int:
         """Optimizer steps completed: the 0-based index of the step about to run."""
-        return self._step
+        return self.last_epoch
 
     # -- state -----------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        start, end, peak, low = self._cycle
-        return {
-            "step": self._step,
+        warm, start, end, peak, low = self._cycle
+        state = {
+            "step": self.last_epoch,
             "cycle_start": start,
             "cycle_len": end - start,
             "peak": peak,
             "min": low,
-            "lr": self._lr,
+            "lr": self.lr,
             "base_lr": self.base_lr,
             "steps_per_epoch": self.steps_per_epoch,
             "total_epochs": self.total_epochs,
         }
+        # Only what the first release's layout cannot say, so an unchanged run's state stays the same dict.
+        if self.last_epoch < start and warm != 0:  # inside a re-warmup
+            state["warmup_start"] = warm
+        if self.total_epochs is None:
+            state["total_steps"] = self.total_steps
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from a ``state_dict()``; call it after ``optimizer.load_state_dict``."""
         if not isinstance(state, dict):
             raise CurriculumError(f"StagedCosine.load_state_dict: expected the dict from state_dict(), got {type(state).__name__}")
-        for key in ("step", "cycle_start"):
+        for key in ("step", "cycle_start") + (("warmup_start",) if "warmup_start" in state else ()):
             value = state.get(key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise CurriculumError(
                     f"StagedCosine.load_state_dict: {key!r} must be an int >= 0, got {value!r}; "
                     "pass the dict that StagedCosine.state_dict() returned"
                 )
-        step, cycle_start = state["step"], state["cycle_start"]
+        step, start = state["step"], state["cycle_start"]
+        # Without "warmup_start" a cycle ahead of the step is the first stage's warmup, ramping from
+        # step 0; a cycle under way ramps no more, so where its ramp began does not matter.
+        warm = state.get("warmup_start", 0 if step < start else start)
         k = self._stage_index(step)
-        if cycle_start < self._layout[k].start or (cycle_start > step and k > 0):
+        if not self._layout[k].start <= warm <= step:
             # With this layout a new stage began after the saved cycle: its own cycle is in progress.
-            cycle_start = self._stage_cycle_start(k)
-        self._step = step
-        self._cycle = self._cycle_from(cycle_start)
-        self._set(self._compute(step))
-        saved = {key: state.get(key) for key in ("base_lr", "steps_per_epoch", "total_epochs")}
-        mine = {"base_lr": self.base_lr, "steps_per_epoch": self.steps_per_epoch, "total_epochs": self.total_epochs}
-        if saved != mine and state.get("lr") != self._lr:
+            self._cycle = self._stage_cycle(k)
+        else:
+            self._cycle = self._cycle_at(warm, start)
+        self.last_epoch = step
+        self._step_count = step + 1
+        self._set_now()
+        saved_total = state.get("total_steps")
+        if saved_total is None and state.get("steps_per_epoch") and state.get("total_epochs"):
+            saved_total = state["steps_per_epoch"] * state["total_epochs"]
+        if (state.get("base_lr"), saved_total) != (self.base_lr, self.total_steps) and state.get("lr") != self.lr:
             logger.warning(
-                "StagedCosine restored at step %d with %s (saved with %s): the LR continues from %.3e instead of %.3e",
-                step, mine, saved, self._lr, state.get("lr"),
+                "StagedCosine restored at step %d with base_lr=%s over %s steps (saved with base_lr=%s over %s steps): "
+                "the LR continues from %.3e instead of %.3e",
+                step, self.base_lr, self.total_steps, state.get("base_lr"), saved_total, self.lr, state.get("lr"),
             )
 
     def __repr__(self) -> str:
-        return (
-            f"StagedCosine(base_lr={self.base_lr!r}, steps_per_epoch={self.steps_per_epoch}, "
-            f"total_epochs={self.total_epochs}, stages={self.stages!r}, warmup_steps={self.warmup_steps})"
-        )
+        parts = [f"base_lr={self.base_lr!r}"]
+        if self.steps_per_epoch is not None:
+            parts.append(f"steps_per_epoch={self.steps_per_epoch}")
+        parts.append(f"total_epochs={self.total_epochs}" if self.total_epochs is not None else f"total_steps={self.total_steps}")
+        parts.append(f"stages={self.stages!r}")
+        if self.stages_in is StageUnit.STEPS:
+            parts.append("stages_in='steps'")
+        parts.append(f"warmup_steps={self.warmup_steps}")
+        if self.restart_warmup_steps:
+            parts.append(f"restart_warmup_steps={self.restart_warmup_steps}")
+        return f"StagedCosine({', '.join(parts)})"
 
 
-def _check_stages(stages: Any) -> tuple[tuple[int, float, float], ...]:
-    where, fix = "StagedCosine", "e.g. stages=((0, 1.0, 0.1), (2, 1.0, 0.1), (5, 1.0, 0.05))"
+def _check_stages(stages: Any, unit: StageUnit) -> tuple[tuple[int, float, float], ...]:
+    where, name = "StagedCosine", "start_epoch" if unit is StageUnit.EPOCHS else "start_step"
+    fix = ("e.g. stages=((0, 1.0, 0.1), (2, 1.0, 0.1), (5, 1.0, 0.05))" if unit is StageUnit.EPOCHS
+           else "e.g. stages=((0, 1.0, 0.1), (500, 1.0, 0.05)) in steps")
     if isinstance(stages, (str, bytes)) or not isinstance(stages, Sequence) or not stages:
-        raise fail(where, "stages", "a non-empty sequence of (start_epoch, peak, min)", stages, fix)
+        raise fail(where, "stages", f"a non-empty sequence of ({name}, peak, min)", stages, fix)
     out = []
     for i, stage in enumerate(stages):
         if isinstance(stage, (str, bytes)) or not isinstance(stage, Sequence) or len(stage) != 3:
-            raise fail(where, f"stages[{i}]", "a (start_epoch, peak, min) triple", stage, fix)
-        start = check_int(where, f"stages[{i}][0] (start epoch)", stage[0], 0, fix)
+            raise fail(where, f"stages[{i}]", f"a ({name}, peak, min) triple", stage, fix)
+        start = check_int(where, f"stages[{i}][0] ({name.replace('_', ' ')})", stage[0], 0, fix)
         peak = check_real(where, f"stages[{i}][1] (peak multiplier)", stage[1], fix, positive=True)
         low = check_real(where, f"stages[{i}][2] (min multiplier)", stage[2], fix, nonnegative=True)
         if low > peak:
             raise fail(where, f"stages[{i}]", "min <= peak", tuple(stage), f"swap them: ({start}, {low}, {peak})")
         if i == 0 and start != 0:
-            raise fail(where, "stages[0][0]", "0 (the first stage starts training)", start, "start the first stage at epoch 0")
+            raise fail(where, "stages[0][0]", "0 (the first stage starts training)", start, f"start the first stage at {unit.value[:-1]} 0")
         if i > 0 and start <= out[-1][0]:
-            raise fail(where, f"stages[{i}][0]", f"> {out[-1][0]} (start epochs strictly increasing)", start, "sort the stages by start epoch")
+            raise fail(where, f"stages[{i}][0]", f"> {out[-1][0]} (starts strictly increasing)", start, f"sort the stages by {name}")
         out.append((start, peak, low))
     return tuple(out)
+
+
+# Param-group entries torch's schedulers write (OneCycleLR and CyclicLR cycle the momentum too).
+_SCHEDULED_KEYS = ("lr", "initial_lr", "momentum", "betas")
+
+
+class Restartable(LRScheduler):
+    """Any torch LR scheduler, made restartable: ``RestartLR`` can then restart it.
+
+    ``Restartable(scheduler)`` records the wrapped scheduler's state at its step 0, so wrap it right
+    after building it (``Restartable(CosineAnnealingLR(optimizer, T_max=100))``) and register and
+    step the wrapper in its place. ``step()`` steps the wrapped scheduler. ``restart()`` starts the
+    wrapped schedule again from its own step 0 at the step about to run, and writes that LR to the
+    optimizer at once: a ``CosineAnnealingLR(T_max=100)`` restarted at step 30 runs steps 30, 31, ...
+    at exactly the LRs of a fresh one's steps 0, 1, ... . ``restart_lr`` (and ``peak_lr``) is the LR
+    of the wrapped schedule's step 0: what a restart sets, and what ``RestartLR``'s health check
+    expects the first step after it to run at.
+
+    State: ``state_dict()`` holds the wrapped scheduler's state, its step-0 state and the step
+    count; load it after ``optimizer.load_state_dict`` and the LRs, restarts included, continue
+    bit-identically. ``ReduceLROnPlateau`` has no schedule over steps to restart and is refused.
+    """
+
+    def __init__(self, scheduler: Any) -> None:
+        where = "Restartable"
+        if isinstance(scheduler, Restartable):
+            raise fail(where, "scheduler", "a torch LR scheduler", scheduler, "it is already Restartable: register it as it is")
+        if isinstance(scheduler, ReduceLROnPlateau):
+            raise fail(
+                where, "scheduler", "a scheduler with a schedule over steps", type(scheduler).__name__,
+                "ReduceLROnPlateau follows a metric and has nothing to restart; use StagedCosine or a step-indexed torch scheduler",
+            )
+        if not isinstance(scheduler, LRScheduler):
+            raise fail(where, "scheduler", "a torch.optim.lr_scheduler.LRScheduler", scheduler,
+                       "e.g. Restartable(CosineAnnealingLR(optimizer, T_max=100))")
+        if scheduler.last_epoch != 0:
+            raise fail(
+                where, "scheduler", "a scheduler at its step 0 (not stepped yet)", f"{type(scheduler).__name__} at step {scheduler.last_epoch}",
+                "wrap it right after building it; to resume, build and wrap it afresh, then load_state_dict() the wrapper",
+            )
+        # No LRScheduler.__init__: it would step the wrapped scheduler. Set what torch's API reads.
+        self.scheduler = scheduler
+        self.optimizer = scheduler.optimizer
+        self.base_lrs = [g.get("initial_lr", g["lr"]) for g in scheduler.optimizer.param_groups]
+        self.last_epoch = 0  # optimizer steps completed, restarts or not
+        self._step_count = 1
+        self._cycle_start = 0  # the step at which the wrapped schedule's step 0 ran last
+        self._origin = self._snapshot()
+        self._last_lr = list(scheduler.get_last_lr())
+
+    def _snapshot(self) -> dict:
+        groups = [{k: g[k] for k in _SCHEDULED_KEYS if k in g} for g in self.optimizer.param_groups]
+        return copy.deepcopy({"scheduler": self.scheduler.state_dict(), "groups": groups})
+
+    def step(self, epoch: None = None) -> None:
+        """After ``optimizer.step()``: step the wrapped scheduler."""
+        if epoch is not None:
+            raise CurriculumError(
+                f"Restartable.step(epoch={epoch!r}): call step() with no argument after each optimizer.step()"
+            )
+        self.scheduler.step()
+        self.last_epoch += 1
+        self._step_count += 1
+        self._last_lr = list(self.scheduler.get_last_lr())
+
+    def get_lr(self) -> list[float]:
+        return list(self.scheduler.get_last_lr())
+
+    def restart(self) -> tuple[float, float]:
+        """Run the wrapped schedule again from its step 0, at the step about to run; returns the LR (before, after)."""
+        before = float(self.optimizer.param_groups[0]["lr"])
+        origin = copy.deepcopy(self._origin)
+        self.scheduler.load_state_dict(origin["scheduler"])
+        for group, saved in zip(self.optimizer.param_groups, origin["groups"]):
+            for key, value in saved.items():
+                if isinstance(group.get(key), torch.Tensor):
+                    group[key].copy_(value)
+                else:
+                    group[key] = value
+        self._cycle_start = self.last_epoch
+        self._last_lr = list(self.scheduler.get_last_lr())
+        after = float(self.optimizer.param_groups[0]["lr"])
+        logger.info("LR restart of %s at step %d: %.3e -> %.3e", type(self.scheduler).__name__, self.last_epoch, before, after)
+        return before, after
+
+    @property
+    def restart_lr(self) -> float:
+        """The LR of the wrapped schedule's step 0 (first param group): what a restart sets."""
+        return float(self._origin["groups"][0]["lr"])
+
+    peak_lr = restart_lr
+
+    @property
+    def lr(self) -> float:
+        """The LR of the step about to run (first param group)."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def state_dict(self) -> dict:
+        return {
+            "scheduler": self.scheduler.state_dict(),
+            "origin": copy.deepcopy(self._origin),
+            "step": self.last_epoch,
+            "cycle_start": self._cycle_start,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a ``state_dict()``; call it after ``optimizer.load_state_dict``."""
+        if not isinstance(state, dict) or not {"scheduler", "origin", "step", "cycle_start"} <= set(state):
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise CurriculumError(
+                f"Restartable.load_state_dict: expected the dict from Restartable.state_dict() "
+                f"(keys scheduler, origin, step, cycle_start), got {got}; a bare scheduler's state loads into the scheduler itself"
+            )
+        self.scheduler.load_state_dict(state["scheduler"])
+        self._origin = copy.deepcopy(state["origin"])
+        self.last_epoch = int(state["step"])
+        self._step_count = self.last_epoch + 1
+        self._cycle_start = int(state["cycle_start"])
+        self._last_lr = list(self.scheduler.get_last_lr())
+
+    def __repr__(self) -> str:
+        return f"Restartable({type(self.scheduler).__name__})"

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from engine import Clock, Context, Curriculum, CurriculumEngine, CurriculumError, Phase, Transition
-from policies import MinEpoch, MinSteps, Plateau, ResetWindow, RestartLR, SetCutoff, StagedCosine, all_of
+from policies import MinEpoch, MinSteps, Plateau, ResetWindow, RestartLR, Restartable, SetCutoff, StagedCosine, all_of
 from tests.utils import FakeModel
 
 BASE = 2e-4
@@ -94,11 +94,76 @@ def test_restart_lr_requires_schedule_and_optimizer():
 
 
 def test_restart_lr_needs_a_restartable_schedule():
-    """A registered schedule without restart() is a clear error when the action runs."""
+    """A registered torch scheduler without restart() is a clear error naming the wrapper that fixes it."""
     opt = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
-    ctx = Context(clock=Clock(), objects={"optimizer": opt, "schedule": object()})
-    with pytest.raises(CurriculumError, match="restart"):
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
+    ctx = Context(clock=Clock(), objects={"optimizer": opt, "schedule": sched})
+    with pytest.raises(CurriculumError, match=r"got CosineAnnealingLR; .*schedule=Restartable\(CosineAnnealingLR\(...\)\)"):
         RestartLR()(ctx)
+
+
+class IgnoredRestart(Restartable):
+    """Broken on purpose: restart() does nothing."""
+
+    def restart(self):
+        return self.lr, self.lr
+
+
+def torch_restart_run(wrapper=Restartable, pass_lr=True):
+    """CosineAnnealingLR(T_max=40) wrapped; a->b at epoch 3 fires RestartLR; returns the record and the next 5 LRs."""
+    lin = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    sched = wrapper(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=40))
+    cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [MinEpoch(3)], actions=[RestartLR()])])
+    eng = CurriculumEngine(cur, optimizer=opt, schedule=sched)
+    eng.start()
+    x, lrs = torch.ones(4, 2), []
+    for epoch in range(4):
+        for _ in range(SPE):
+            lr = opt.param_groups[0]["lr"]
+            if epoch == 3:
+                lrs.append(lr)
+            opt.zero_grad()
+            lin(x).pow(2).mean().backward()
+            opt.step()
+            sched.step()
+            eng.step_end(loss=1.0, **({"lr": lr} if pass_lr else {}))
+        eng.epoch_end()
+    return eng.history[1], lrs  # history[0] is the start
+
+
+@pytest.mark.parametrize("pass_lr", [True, False])
+def test_restart_lr_restarts_a_wrapped_torch_scheduler(pass_lr):
+    """RestartLR on Restartable(CosineAnnealingLR): the new phase replays the cosine from its step 0, no warning."""
+    record, lrs = torch_restart_run(pass_lr=pass_lr)
+    fresh_opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+    fresh = torch.optim.lr_scheduler.CosineAnnealingLR(fresh_opt, T_max=40)
+    expected = []
+    for _ in range(SPE):
+        expected.append(fresh_opt.param_groups[0]["lr"])
+        fresh_opt.step()
+        fresh.step()
+    (effect,) = [a.effect for a in record.actions]
+    assert (record.global_step, effect["lr"][1], effect["peak"]) == (30, 0.1, 0.1)
+    assert lrs == expected and record.warnings == []
+
+
+def test_health_check_warns_when_a_wrapped_scheduler_ignores_the_restart():
+    """The health check reads Restartable's restart LR: a restart that never reached the step is flagged."""
+    record, lrs = torch_restart_run(IgnoredRestart)
+    (warning,) = record.warnings
+    assert f"LR {lrs[0]:.1e} on the first step after the restart is below half the restart's peak 1.0e-01" in warning
+
+
+def test_restart_lr_with_a_re_warmup_checks_the_first_lr():
+    """With restart_warmup_steps the effect records the first LR, and the check measures against it: no false warning."""
+    def warm(opt, **kwargs):
+        return StagedCosine(opt, **kwargs, restart_warmup_steps=3)
+
+    record, first_lr = restart_run(warm)
+    (effect,) = [a.effect for a in record.actions]
+    assert effect["peak"] == BASE and effect["first_lr"] == effect["lr"][1] == BASE / 4 == first_lr
+    assert record.warnings == []
 
 
 def test_set_cutoff_calls_the_model_and_records_before_after():

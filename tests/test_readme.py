@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -23,6 +25,41 @@ def test_custom_curriculum_example_runs(capsys):
     printed = capsys.readouterr().out
     shown = README.read_text().split("It prints why and when each transition fired:")[1].split("```")[1].strip("\n")
     assert printed.strip("\n") == shown
+
+
+def test_hf_trainer_example_runs(tmp_path, capsys):
+    """The Hugging Face example trains, fires short->long at step 4 and leaves the engine state in its checkpoints."""
+    import json
+
+    from tests.test_integrations_hf import TinyLM, Windows
+
+    namespace = {"__name__": "__main__", "model": TinyLM(), "train_dataset": Windows(), "eval_dataset": Windows(),
+                 "output_dir": str(tmp_path)}
+    exec(compile(example("hf-trainer"), "README.md", "exec"), namespace)
+    engine = namespace["callback"].engine
+    assert [(r.source, r.dest, r.global_step) for r in engine.history if r.source] == [("short", "long", 4)]
+    assert "short -> long  at step 4 (epoch 1, step_end)" in capsys.readouterr().out
+    state = json.loads((tmp_path / "checkpoint-4" / "trainer_state.json").read_text())["stateful_callbacks"]["curriculum_engine"]
+    assert (state["phase"], state["clock"]["global_step"]) == ("long", 4)
+
+
+@pytest.mark.filterwarnings("ignore:.*LeafSpec.*", "ignore::UserWarning:lightning.*")
+def test_lightning_example_runs(tmp_path, capsys):
+    """The Lightning example fires warm->main at step 6 and main->final at the end of epoch 2, and checkpoints the engine."""
+    import torch
+
+    from tests.test_integrations_lightning import dataset
+
+    namespace = {"__name__": "__main__", "output_dir": str(tmp_path),
+                 "train_loader": torch.utils.data.DataLoader(dataset(), batch_size=2),
+                 "val_loader": torch.utils.data.DataLoader(dataset(), batch_size=5)}
+    exec(compile(example("lightning"), "README.md", "exec"), namespace)
+    engine = namespace["callback"].engine
+    assert [(r.source, r.dest, r.global_step) for r in engine.history if r.source] == [("warm", "main", 6), ("main", "final", 8)]
+    assert "warm -> main  at step 6" in capsys.readouterr().out
+    (ckpt,) = (tmp_path / "checkpoints").glob("*.ckpt")
+    state = torch.load(ckpt, weights_only=False)["callbacks"]["CurriculumCallback"]["engine"]
+    assert (state["phase"], state["clock"]["global_step"]) == ("final", 12)
 
 
 def test_backoff_example_backs_off_at_most_twice(capsys):

@@ -25,10 +25,11 @@ def make(total_epochs=8, groups=1, **kwargs):
 
 
 def lrs(sched, steps):
-    """The LR each of the next `steps` steps runs at, stepping the schedule after each."""
+    """The LR each of the next `steps` steps runs at, stepping the optimizer then the schedule after each."""
     out = []
     for _ in range(steps):
         out.append(sched.optimizer.param_groups[0]["lr"])
+        sched.optimizer.step()
         sched.step()
     return out
 
@@ -231,15 +232,244 @@ def test_extending_at_a_stage_boundary_is_exact():
     long = StagedCosine(long_opt, base_lr=1e-3, steps_per_epoch=4, total_epochs=3)
     short = StagedCosine(short_opt, base_lr=1e-3, steps_per_epoch=4, total_epochs=2)
     for _ in range(8):
+        long_opt.step(), short_opt.step()
         long.step()
         short.step()
     assert short.lr == long.lr == 1e-3  # step 8 opens stage 2 at peak in both
-    resumed = StagedCosine(opt(), base_lr=1e-3, steps_per_epoch=4, total_epochs=3)
+    resumed_opt = opt()
+    resumed = StagedCosine(resumed_opt, base_lr=1e-3, steps_per_epoch=4, total_epochs=3)
     resumed.load_state_dict(short.state_dict())
     lrs_long, lrs_resumed = [], []
     for _ in range(4):
+        long_opt.step(), resumed_opt.step()
         long.step()
         resumed.step()
         lrs_long.append(long.lr)
         lrs_resumed.append(resumed.lr)
     assert lrs_resumed == lrs_long
+
+
+def test_is_a_torch_lr_scheduler():
+    """StagedCosine is a torch LRScheduler: last_epoch counts steps, and step(epoch) is refused with the fix."""
+    opt, sched = make(total_epochs=8)
+    assert isinstance(sched, torch.optim.lr_scheduler.LRScheduler)
+    lrs(sched, 3)
+    assert sched.last_epoch == sched.step_count == 3 and sched.get_last_lr() == [sched.lr]
+    with pytest.raises(CurriculumError, match=r"call step\(\) with no argument"):
+        sched.step(5)
+
+
+def test_stages_in_steps_equal_the_same_stages_in_epochs():
+    """Stages given in steps with total_steps run exactly the LRs of the same stages given in epochs."""
+    _, by_epoch = make(total_epochs=8, warmup_steps=3)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    by_step = StagedCosine(opt, base_lr=BASE, total_steps=80, stages=((0, 1.0, 0.1), (20, 1.0, 0.1), (50, 1.0, 0.05)),
+                           stages_in="steps", warmup_steps=3)
+    assert lrs(by_step, 90) == lrs(by_epoch, 90)
+    assert repr(by_step) == (
+        "StagedCosine(base_lr=0.0002, total_steps=80, stages=((0, 1.0, 0.1), (20, 1.0, 0.1), (50, 1.0, 0.05)), "
+        "stages_in='steps', warmup_steps=3)"
+    )
+
+
+def test_stages_in_steps_with_total_epochs():
+    """Stages in steps also work with the run's length in epochs (steps_per_epoch x total_epochs)."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = StagedCosine(opt, base_lr=BASE, steps_per_epoch=SPE, total_epochs=3, stages=((0, 1.0, 0.1), (7, 0.5, 0.1)), stages_in="steps")
+    seen = lrs(sched, 30)
+    assert seen[6] == pytest.approx(formula(1.0, 0.1, 6, 7), rel=1e-12)
+    assert seen[7] == BASE * 0.5 and seen[29] == pytest.approx(formula(0.5, 0.1, 22, 23), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"total_steps": 80, "stages_in": "steps"}, r"'stages' must be stages in steps"),
+        ({"total_steps": 80, "stages_in": "weeks", "stages": ((0, 1.0, 0.1),)}, r"'stages_in' must be 'epochs' or 'steps'"),
+        ({"steps_per_epoch": SPE, "total_epochs": 8, "total_steps": 80}, "exactly one"),
+        ({"steps_per_epoch": SPE}, "exactly one"),
+        ({"total_steps": 80}, r"'steps_per_epoch' must be an int >= 1 \(needed to count stages in epochs"),
+        ({"total_epochs": 8}, r"'steps_per_epoch' must be an int >= 1 \(needed to count total_epochs"),
+        ({"total_steps": 0, "stages_in": "steps", "stages": ((0, 1.0, 0.1),)}, "'total_steps'"),
+        ({"steps_per_epoch": SPE, "total_epochs": 8, "restart_warmup_steps": -2}, "'restart_warmup_steps'"),
+        ({"total_steps": 80, "stages_in": "steps", "stages": ((0, 1.0, 0.1), (0, 1.0, 0.1))}, r"sort the stages by start_step"),
+    ],
+)
+def test_length_and_unit_validation(kwargs, match):
+    """The run's length, the stage unit and the re-warmup are checked with errors that say the fix."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(CurriculumError, match=match):
+        StagedCosine(opt, base_lr=BASE, **kwargs)
+
+
+def test_restart_warmup_ramps_then_runs_the_cosine_to_the_stage_end():
+    """With restart_warmup_steps=R a restart ramps over R steps from the restart, then peaks and decays to the stage end."""
+    opt, sched = make(total_epochs=8, restart_warmup_steps=4)
+    lrs(sched, 30)
+    before = sched.lr
+    assert sched.restart_lr == BASE / 5 and sched.peak_lr == BASE
+    assert sched.restart() == (before, BASE / 5)
+    assert opt.param_groups[0]["lr"] == BASE / 5  # at once
+    seen = lrs(sched, 21)  # steps 30..50
+    assert seen[:4] == pytest.approx([BASE * (j + 1) / 5 for j in range(4)], rel=1e-12)
+    assert seen[4] == BASE  # step 34: the cosine cycle 34..49 starts at peak
+    assert seen[5] == pytest.approx(formula(1.0, 0.1, 1, 16), rel=1e-12)
+    assert seen[19] == pytest.approx(formula(1.0, 0.1, 15, 16), rel=1e-12)
+    assert seen[20] == BASE  # step 50: the next stage's own cycle
+    assert "restart_warmup_steps=4" in repr(sched)
+
+
+def test_restart_warmup_is_cut_by_the_next_stage():
+    """A re-warmup that would cross a stage start stops there: the new stage starts at its peak."""
+    _, sched = make(total_epochs=8, restart_warmup_steps=5)
+    lrs(sched, 47)
+    sched.restart()
+    seen = lrs(sched, 5)  # steps 47..51
+    assert seen[:3] == pytest.approx([BASE * (j + 1) / 6 for j in range(3)], rel=1e-12)
+    assert seen[3] == BASE and seen[4] == pytest.approx(formula(1.0, 0.05, 1, 30), rel=1e-12)
+
+
+@pytest.mark.parametrize("cut", [0, 5, 20, 31, 34, 36, 52])
+def test_state_dict_restores_a_re_warmup_bit_identically(cut):
+    """Snapshot inside or after a re-warmup (stages in steps): the restored schedule's LRs are bit-identical."""
+    def build():
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        return opt, StagedCosine(opt, base_lr=BASE, total_steps=60, stages=((0, 1.0, 0.1), (45, 0.5, 0.0)),
+                                 stages_in="steps", warmup_steps=2, restart_warmup_steps=4)
+
+    whole = run_with_restart(build(), 60, restart_at=31)
+    opt, sched = build()
+    first = run_with_restart((opt, sched), cut, restart_at=31)
+    opt_state, sched_state = opt.state_dict(), json.loads(json.dumps(sched.state_dict(), allow_nan=False))
+    opt2, sched2 = build()
+    opt2.load_state_dict(opt_state)
+    sched2.load_state_dict(sched_state)
+    assert first + run_with_restart((opt2, sched2), 60 - cut, restart_at=31 - cut) == whole
+
+
+@pytest.mark.parametrize("cut", [2, 33, 40])
+def test_state_without_the_new_keys_restores_as_before(cut):
+    """A state written before re-warmups (no warmup_start, no total_steps) restores to the same LRs."""
+    whole = run_with_restart(make(total_epochs=8, warmup_steps=3), 60, restart_at=33)
+    opt, sched = make(total_epochs=8, warmup_steps=3)
+    first = run_with_restart((opt, sched), cut, restart_at=33)
+    old = {k: v for k, v in sched.state_dict().items() if k not in ("warmup_start", "total_steps")}
+    opt2, sched2 = make(total_epochs=8, warmup_steps=3)
+    opt2.load_state_dict(opt.state_dict())
+    sched2.load_state_dict(old)
+    assert first + run_with_restart((opt2, sched2), 60 - cut, restart_at=33 - cut) == whole
+
+
+# -- Restartable -------------------------------------------------------------------------------
+
+def cosine(opt=None, t_max=100):
+    opt = opt or torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t_max, eta_min=0.001)
+
+
+def one_cycle(opt=None):
+    opt = opt or torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=60)
+
+
+def sequential(opt=None):
+    opt = opt or torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
+    warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=5)
+    decay = torch.optim.lr_scheduler.StepLR(opt, step_size=7, gamma=0.5)
+    return torch.optim.lr_scheduler.SequentialLR(opt, [warm, decay], milestones=[5])
+
+
+def group_values(opt):
+    """What torch's schedulers write into the first param group: the LR and the momentum (or betas)."""
+    g = opt.param_groups[0]
+    return (g["lr"], g.get("momentum"), g.get("betas"))
+
+
+def run_restartable(sched, steps, restart_at=None):
+    """Per step: (restart if due), record the group's LR and momentum, optimizer.step(), schedule.step()."""
+    out = []
+    for s in range(steps):
+        if s == restart_at:
+            sched.restart()
+        out.append(group_values(sched.optimizer))
+        sched.optimizer.step()
+        sched.step()
+    return out
+
+
+@pytest.mark.parametrize("build", [cosine, one_cycle, sequential])
+def test_restartable_restart_replays_a_fresh_schedule(build):
+    """Restarted at step 30, the wrapped schedule runs exactly a fresh one's LRs (and momenta), step for step."""
+    from policies import Restartable
+
+    fresh = run_restartable(Restartable(build()), 40)
+    sched = Restartable(build())
+    seen = run_restartable(sched, 70, restart_at=30)
+    assert seen[30:] == fresh
+    assert sched.last_epoch == 70 and isinstance(sched, torch.optim.lr_scheduler.LRScheduler)
+
+
+def test_restartable_cosine_annealing_restarted_at_30():
+    """The issue's example: CosineAnnealingLR(T_max=100) restarted at step 30 gives a fresh one's LRs from there on."""
+    from policies import Restartable
+
+    plain = cosine()
+    fresh = []
+    for _ in range(100):
+        fresh.append(plain.get_last_lr()[0])
+        plain.optimizer.step()
+        plain.step()
+    sched = Restartable(cosine())
+    seen = [lr for lr, _, _ in run_restartable(sched, 130, restart_at=30)]
+    assert seen[:30] == fresh[:30] and seen[30:] == fresh
+    assert sched.restart_lr == sched.peak_lr == 0.1 and repr(sched) == "Restartable(CosineAnnealingLR)"
+
+
+@pytest.mark.parametrize("build", [cosine, one_cycle, sequential])
+@pytest.mark.parametrize("cut", [0, 17, 30, 45])
+def test_restartable_state_dict_restores_exactly(tmp_path, build, cut):
+    """Saved with torch.save, loaded (weights_only) into a fresh wrapper after the optimizer: LRs and restarts continue exactly."""
+    from policies import Restartable
+
+    whole = run_restartable(Restartable(build()), 60, restart_at=30)
+    sched = Restartable(build())
+    first = run_restartable(sched, cut, restart_at=30)
+    torch.save({"opt": sched.optimizer.state_dict(), "sched": sched.state_dict()}, tmp_path / "ckpt.pt")
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    again = Restartable(build())
+    again.optimizer.load_state_dict(ckpt["opt"])
+    again.load_state_dict(ckpt["sched"])
+    assert first + run_restartable(again, 60 - cut, restart_at=30 - cut) == whole
+
+
+def test_restartable_refuses_what_it_cannot_restart():
+    """A stepped scheduler, ReduceLROnPlateau, a non-scheduler, a double wrap and a foreign state are clear errors."""
+    from policies import Restartable
+
+    stepped = cosine()
+    stepped.optimizer.step()
+    stepped.step()
+    with pytest.raises(CurriculumError, match=r"at its step 0 .* wrap it right after building it"):
+        Restartable(stepped)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(CurriculumError, match="ReduceLROnPlateau follows a metric"):
+        Restartable(torch.optim.lr_scheduler.ReduceLROnPlateau(opt))
+    with pytest.raises(CurriculumError, match=r"'scheduler' must be a torch.optim.lr_scheduler.LRScheduler"):
+        Restartable(opt)
+    wrapped = Restartable(cosine())
+    with pytest.raises(CurriculumError, match="already Restartable"):
+        Restartable(wrapped)
+    with pytest.raises(CurriculumError, match="loads into the scheduler itself"):
+        wrapped.load_state_dict(cosine().state_dict())
+    with pytest.raises(CurriculumError, match=r"call step\(\) with no argument"):
+        wrapped.step(3)
+
+
+def test_fast_forward_equals_stepping_without_the_order_warning(recwarn):
+    """fast_forward(n) reaches the LRs n step() calls reach, without torch's step-order warning."""
+    _, stepped = make(total_epochs=8, warmup_steps=3)
+    lrs(stepped, 37)
+    _, forwarded = make(total_epochs=8, warmup_steps=3)
+    forwarded.fast_forward(37)
+    assert forwarded.state_dict() == stepped.state_dict() and lrs(forwarded, 50) == lrs(stepped, 50)
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]

@@ -1,0 +1,82 @@
+"""The engine in the training loops people already run.
+
+- :mod:`engine.integrations.hf`: ``CurriculumCallback`` for the Hugging Face ``Trainer``
+  (``pip install "curriculum-engine[hf]"``).
+- :mod:`engine.integrations.lightning`: ``CurriculumCallback`` for Lightning
+  (``pip install "curriculum-engine[lightning]"``).
+
+Each framework is imported only by its own module, so ``import engine.integrations`` needs
+neither. What both share lives here: the live view of the current phase's ``params`` and the
+binding of the framework's objects.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Iterator, Mapping
+
+from engine.core import CurriculumError
+from engine.runtime import CurriculumEngine
+
+__all__ = ["PhaseParams"]
+
+
+class PhaseParams(Mapping[str, Any]):
+    """A read-only, live view of the current phase's ``params``: hand it to a collator or dataset.
+
+    ``params["seq_len"]`` always reads the phase the engine is in at the moment of the call, so an
+    object that keeps this view sees each transition without being told.
+    """
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: CurriculumEngine) -> None:
+        self._engine = engine
+
+    def __getitem__(self, key: str) -> Any:
+        params = self._engine.phase.params
+        if key not in params:
+            raise KeyError(
+                f"phase {self._engine.phase.name!r} has no param {key!r} (its params: {sorted(params)}); "
+                f"declare it in every phase, e.g. Phase(..., params={{{key!r}: ...}}), or read it with .get({key!r}, default)"
+            )
+        return params[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._engine.phase.params)
+
+    def __len__(self) -> int:
+        return len(self._engine.phase.params)
+
+    @property
+    def phase(self) -> str:
+        """The name of the current phase."""
+        return self._engine.phase.name
+
+    def __repr__(self) -> str:
+        return f"PhaseParams({self.phase!r}: {dict(self._engine.phase.params)!r})"
+
+
+def check_engine(engine: Any, where: str) -> CurriculumEngine:
+    if not isinstance(engine, CurriculumEngine):
+        raise CurriculumError(
+            f"{where}: 'engine' must be a CurriculumEngine, got {type(engine).__name__}; "
+            f"build one from your curriculum: {where}(CurriculumEngine(curriculum))"
+        )
+    return engine
+
+
+def bind(engine: CurriculumEngine, **objects: Any) -> None:
+    """Register the framework's objects (the one place an integration registers anything)."""
+    engine.bind(**{name: obj for name, obj in objects.items() if obj is not None})
+
+
+def real_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The metrics that are real numbers (one-element tensors included), as floats; the rest dropped."""
+    out = {}
+    for name, value in metrics.items():
+        if hasattr(value, "numel") and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            out[str(name)] = float(value)
+    return out

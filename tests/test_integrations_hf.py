@@ -1,0 +1,233 @@
+"""The Hugging Face Trainer integration (engine.integrations.hf.CurriculumCallback), against the real Trainer on CPU.
+
+A 400-parameter language model built in code (no hub download), 24 windows of 12 tokens,
+batch 4 and gradient_accumulation_steps=2: 3 optimizer steps per epoch, 9 in 3 epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from engine import Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
+from engine.integrations.hf import STATE_KEY, CurriculumCallback
+from policies import MetricBelow, MinEpoch, MinSteps, RestartLR, StagedCosine, all_of
+
+VOCAB, LENGTH, WINDOWS = 16, 12, 24
+STEPS = 9
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+
+
+class TinyLM(nn.Module):
+    """Embedding and a linear head; returns its loss the way Hugging Face models do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.head = nn.Embedding(VOCAB, 8), nn.Linear(8, VOCAB)
+
+    def forward(self, input_ids, labels=None):
+        logits = self.head(self.emb(input_ids))  # (B, T, V)
+        loss = nn.functional.cross_entropy(logits.reshape(-1, VOCAB), labels.reshape(-1))
+        return {"loss": loss, "logits": logits}
+
+
+class Windows(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return WINDOWS
+
+    def __getitem__(self, i):
+        x = torch.randint(0, VOCAB, (LENGTH,), generator=torch.Generator().manual_seed(i))
+        return {"input_ids": x, "labels": (x * 3 + 1) % VOCAB}
+
+
+def crop(inputs, params):
+    """prepare_inputs: cut each training micro-batch to the phase's sequence length."""
+    n = params["seq_len"]
+    return {k: v[:, :n] if k in ("input_ids", "labels") else v for k, v in inputs.items()}
+
+
+def curriculum() -> Curriculum:
+    return Curriculum(
+        [Phase("short", params={"seq_len": 6}), Phase("long", params={"seq_len": 12}), Phase("final", params={"seq_len": 8})],
+        [
+            Transition("short", "long", [MinSteps(4)], actions=[RestartLR()], when=Point.STEP_END),
+            Transition("long", "final", [all_of(MinEpoch(2), MetricBelow("eval_loss", 1e6))]),
+        ],
+    )
+
+
+def spy(engine: CurriculumEngine) -> list:
+    """Record every step_end (step, loss) and epoch_end (epoch, metric names) the callback makes."""
+    calls, step_end, epoch_end = [], engine.step_end, engine.epoch_end
+
+    def on_step(loss, **metrics):
+        calls.append(("step", engine.clock.global_step + 1, loss))
+        return step_end(loss=loss, **metrics)
+
+    def on_epoch(**metrics):
+        calls.append(("epoch", engine.clock.epoch + 1, metrics.get("eval_loss")))
+        return epoch_end(**metrics)
+
+    engine.step_end, engine.epoch_end = on_step, on_epoch
+    return calls
+
+
+def train(out: Path, resume=None, logging_steps=1, collator=None, prepare_inputs=crop, more_callbacks=()):
+    """One run of 3 epochs, a checkpoint every 2 steps; returns (engine, calls, trainer)."""
+    engine = CurriculumEngine(curriculum())
+    calls = spy(engine)
+    callback = CurriculumCallback(engine, prepare_inputs=prepare_inputs)
+    model = TinyLM()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sched = StagedCosine(opt, base_lr=1e-2, total_steps=STEPS, stages=((0, 1.0, 0.1),), stages_in="steps")
+    args = TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=4, gradient_accumulation_steps=2, num_train_epochs=3,
+        logging_steps=logging_steps, save_strategy="steps", save_steps=2, eval_strategy="epoch",
+        per_device_eval_batch_size=8, report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=Windows(), eval_dataset=Windows(), optimizers=(opt, sched),
+                      callbacks=[callback, *more_callbacks], **({"data_collator": collator(callback.params)} if collator else {}))
+    trainer.train(resume_from_checkpoint=resume)
+    return engine, calls, trainer
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    out = tmp_path_factory.mktemp("hf")
+    engine, calls, trainer = train(out)
+    return out, engine, calls, trainer
+
+
+def history(engine):
+    return [r.comparable() for r in engine.history]
+
+
+def test_one_step_end_per_optimizer_step_with_the_loss_the_trainer_logs(full):
+    """Gradient accumulation counts once: 9 step_ends, each with exactly the loss the Trainer logs for that step."""
+    _, engine, calls, trainer = full
+    steps = [c for c in calls if c[0] == "step"]
+    assert [c[1] for c in steps] == list(range(1, STEPS + 1)) and engine.clock.global_step == trainer.state.global_step == STEPS
+    logged = [h["loss"] for h in trainer.state.log_history if "loss" in h and "step" in h]
+    assert [c[2] for c in steps] == logged
+
+
+def test_the_loss_does_not_depend_on_logging_steps(full, tmp_path):
+    """With logging_steps=100 (no step is logged) the callback still passes every step's loss, the same numbers."""
+    _, _, calls, _ = full
+    _, quiet, trainer = train(tmp_path, logging_steps=100)
+    assert not [h for h in trainer.state.log_history if "loss" in h and "train_loss" not in h]
+    assert quiet == calls
+
+
+def test_transitions_fire_at_the_expected_points(full):
+    """short->long at step 4 (step_end) restarts the LR; long->final at the end of epoch 2 with eval_loss as evidence."""
+    _, engine, calls, _ = full
+    sl, lf = [r for r in engine.history if r.source is not None]
+    assert (sl.source, sl.dest, sl.global_step, sl.point) == ("short", "long", 4, "step_end")
+    assert sl.actions[0].effect["lr"][1] == sl.actions[0].effect["peak"] == 1e-2 and sl.warnings == []
+    assert (lf.source, lf.dest, lf.global_step, lf.epoch, lf.point) == ("long", "final", 6, 2, "epoch_end")
+    eval_loss = [c[2] for c in calls if c[0] == "epoch"][1]
+    assert eval_loss is not None and lf.guards[0].evidence["MetricBelow('eval_loss', 1000000.0)"]["value"] == eval_loss
+    assert [c[:2] for c in calls if c[0] == "epoch"] == [("epoch", 1), ("epoch", 2), ("epoch", 3)]
+
+
+def test_prepare_inputs_sees_each_micro_batch_in_its_phase(tmp_path):
+    """prepare_inputs runs before each training forward with the live params: 8 micro-batches at 6, 4 at 12, 6 at 8."""
+    seen = []
+
+    def record(inputs, params):
+        seen.append(params["seq_len"])
+        return crop(inputs, params)
+
+    train(tmp_path, prepare_inputs=record)
+    assert seen == [6] * 8 + [12] * 4 + [8] * 6
+
+
+class CroppingCollator:
+    """A collator that reads the phase's seq_len through the callback's live params."""
+
+    def __init__(self, params) -> None:
+        self.params, self.lengths = params, []
+
+    def __call__(self, items):
+        n = self.params["seq_len"]
+        self.lengths.append(n)
+        return {k: torch.stack([it[k][:n] for it in items]) for k in items[0]}
+
+
+def test_a_collator_reads_the_params_one_micro_batch_ahead(tmp_path):
+    """The data loader collates one micro-batch ahead: a step-end change reaches the second micro-batch of the next step, an epoch-end one the first."""
+    collators = []
+
+    def make(params):
+        collators.append(CroppingCollator(params))
+        return collators[-1]
+
+    train(tmp_path, collator=make, prepare_inputs=None)
+    epoch0, eval0 = [6] * 6, [6] * 3  # 6 training micro-batches, then 3 evaluation batches
+    epoch1 = [6, 6, 6, 12, 12, 12]  # steps 4, 5, 6: step 5's first micro-batch was collated before step 4 ended
+    eval1, epoch2, eval2 = [12] * 3, [8] * 6, [8] * 3  # changed at the epoch end: exact from the next epoch's first
+    assert collators[0].lengths == epoch0 + eval0 + epoch1 + eval1 + epoch2 + eval2
+
+
+@pytest.mark.parametrize("step", [4, 6])
+def test_resume_from_checkpoint_continues_exactly(full, tmp_path, step):
+    """From checkpoint-4 (mid-epoch, the step short->long fires) and checkpoint-6 (an epoch's last step, long->final at its end): the same losses, epoch ends and history."""
+    out, engine, calls, _ = full
+    folder = tmp_path / f"checkpoint-{step}"
+    shutil.copytree(out / f"checkpoint-{step}", folder)  # resumed from where it lies, not from the output_dir
+    resumed, rest, trainer = train(tmp_path / "run", resume=str(folder))
+    done = calls.index(next(c for c in calls if c[:2] == ("step", step))) + 1 + (step % 3 == 0)  # an epoch end is in the checkpoint
+    assert rest == calls[done:]
+    assert history(resumed) == history(engine) and resumed.clock.global_step == trainer.state.global_step == STEPS
+
+
+def test_every_checkpoint_holds_the_engine_state(full):
+    """checkpoint-N/trainer_state.json holds the engine at step N; at an epoch's last step, after that epoch's end."""
+    out = full[0]
+    for step, epoch, phase in [(2, 0, "short"), (4, 1, "long"), (6, 2, "final"), (8, 2, "final")]:
+        state = json.loads((out / f"checkpoint-{step}" / "trainer_state.json").read_text())["stateful_callbacks"][STATE_KEY]
+        assert (state["clock"]["global_step"], state["clock"]["epoch"], state["phase"]) == (step, epoch, phase)
+
+
+def test_resume_from_a_checkpoint_without_engine_state_is_refused(full, tmp_path):
+    """A checkpoint written without the callback cannot silently restart the curriculum at its first phase."""
+    folder = tmp_path / "checkpoint-2"
+    shutil.copytree(full[0] / "checkpoint-2", folder)
+    path = folder / "trainer_state.json"
+    data = json.loads(path.read_text())
+    del data["stateful_callbacks"][STATE_KEY]
+    path.write_text(json.dumps(data))
+    with pytest.raises(CurriculumError, match="resumed at step 2 from a checkpoint without engine state"):
+        train(tmp_path / "run", resume=str(folder))
+
+
+def test_bad_arguments_are_clear_errors():
+    """The callback needs an engine and a callable prepare_inputs."""
+    with pytest.raises(CurriculumError, match="'engine' must be a CurriculumEngine"):
+        CurriculumCallback(curriculum())
+    with pytest.raises(CurriculumError, match="'prepare_inputs' must be a callable"):
+        CurriculumCallback(CurriculumEngine(curriculum()), prepare_inputs="crop")
+
+
+class SaveAtStep5(TrainerCallback):
+    """Another callback, after ours, that asks for a save the Trainer did not plan."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 5:
+            control.should_save = True
+
+
+def test_a_save_asked_for_by_a_later_callback_still_holds_the_engine_state(tmp_path):
+    """checkpoint-5, asked for after the callback's step end, holds the engine at step 5, not the state of the last planned save."""
+    train(tmp_path, more_callbacks=[SaveAtStep5()])
+    state = json.loads((tmp_path / "checkpoint-5" / "trainer_state.json").read_text())["stateful_callbacks"][STATE_KEY]
+    assert (state["clock"]["global_step"], state["phase"]) == (5, "long")

@@ -1,0 +1,273 @@
+"""The Lightning integration (engine.integrations.lightning.CurriculumCallback), against real Lightning on CPU.
+
+A 5-parameter linear model, 10 batches per epoch, accumulate_grad_batches=3: each epoch has 4
+optimizer steps, the last one a single micro-batch (Lightning steps on an epoch's last batch).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+
+from engine import Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
+from engine.integrations.lightning import CurriculumCallback
+from policies import MetricBelow, MinEpoch, MinSteps, Restartable, RestartLR, StagedCosine, all_of
+
+EPOCHS, BATCHES, ACCUM = 3, 10, 3
+STEPS_PER_EPOCH = 4  # 3 + 3 + 3 + 1 micro-batches
+
+# Lightning's own advice (checkpoint dirpath changed on resume, few workers, ...) is noise here.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:lightning.*", "ignore:.*LeafSpec.*")
+
+
+class Tiny(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(4, 1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self.lin(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", nn.functional.mse_loss(self.lin(x), y))
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.05)
+        sched = Restartable(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=40))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def dataset() -> torch.utils.data.TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2 * BATCHES, 4, generator=g)
+    return torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True))
+
+
+class PositionLoader(torch.utils.data.DataLoader):
+    """A DataLoader that resumes its position in the epoch: Lightning saves its state_dict() in the
+    checkpoint and hands it back to load_state_dict() (torchdata's StatefulDataLoader does the same)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.yielded, self.skip = 0, 0
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        self.yielded = skip
+        for i, batch in enumerate(super().__iter__()):
+            if i >= skip:
+                self.yielded += 1
+                yield batch
+
+    def state_dict(self) -> dict:
+        return {"consumed": self.yielded}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skip = state["consumed"] % len(self)  # an epoch's end: the next epoch starts at its first batch
+
+
+def curriculum(validation: bool = True) -> Curriculum:
+    """a -> b at step 6 restarting the LR; b -> c at the epoch end after epoch 2 (reading val_loss, or not)."""
+    epoch_guard = all_of(MinEpoch(2), MetricBelow("val_loss", 1e6)) if validation else MinEpoch(2)
+    return Curriculum(
+        [Phase("a"), Phase("b"), Phase("c")],
+        [
+            Transition("a", "b", [MinSteps(6)], actions=[RestartLR()], when=Point.STEP_END),
+            Transition("b", "c", [epoch_guard]),
+        ],
+    )
+
+
+def spy(engine: CurriculumEngine) -> list:
+    """Record every step_end (step, loss) and epoch_end (epoch, metrics) the callback makes."""
+    calls, step_end, epoch_end = [], engine.step_end, engine.epoch_end
+
+    def on_step(loss, **metrics):
+        calls.append(("step", engine.clock.global_step + 1, loss))
+        return step_end(loss=loss, **metrics)
+
+    def on_epoch(**metrics):
+        calls.append(("epoch", engine.clock.epoch + 1, metrics))
+        return epoch_end(**metrics)
+
+    engine.step_end, engine.epoch_end = on_step, on_epoch
+    return calls
+
+
+def fit(root: Path, ckpt: Path | None = None, loader=PositionLoader, engine: CurriculumEngine | None = None):
+    """One run to EPOCHS epochs, writing checkpoints three ways; returns (engine, calls, trainer)."""
+    engine = engine or CurriculumEngine(curriculum())
+    calls = spy(engine)
+    checkpoints = [
+        ModelCheckpoint(dirpath=root / "steps", every_n_train_steps=2, save_top_k=-1, filename="{step}"),  # on_train_batch_end
+        ModelCheckpoint(dirpath=root / "epoch", save_top_k=-1, filename="{step}"),  # on_train_epoch_end
+        ModelCheckpoint(dirpath=root / "val", monitor="val_loss", save_top_k=-1, filename="{step}", save_on_train_epoch_end=False),  # on_validation_end
+    ]
+    trainer = pl.Trainer(
+        max_epochs=EPOCHS, accumulate_grad_batches=ACCUM, callbacks=[CurriculumCallback(engine), *checkpoints],
+        logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+        num_sanity_val_steps=0, deterministic=True,
+    )
+    trainer.fit(Tiny(), loader(dataset(), batch_size=2), torch.utils.data.DataLoader(dataset(), batch_size=5), ckpt_path=ckpt)
+    return engine, calls, trainer
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    """The uninterrupted run, with its checkpoints."""
+    root = tmp_path_factory.mktemp("full")
+    engine, calls, trainer = fit(root)
+    return root, engine, calls, trainer
+
+
+def history(engine):
+    return [r.comparable() for r in engine.history]
+
+
+def test_one_step_end_per_optimizer_step_with_the_mean_micro_batch_loss(full):
+    """accumulate_grad_batches=3 over 10 batches: 4 step_ends per epoch (the last of one micro-batch), epoch ends at 4, 8, 12."""
+    _, engine, calls, trainer = full
+    steps = [c for c in calls if c[0] == "step"]
+    assert [c[1] for c in steps] == list(range(1, EPOCHS * STEPS_PER_EPOCH + 1))
+    assert engine.clock.global_step == trainer.global_step == 12 and engine.clock.epoch == EPOCHS
+    assert [i for i, c in enumerate(calls) if c[0] == "epoch"] == [4, 9, 14]
+    assert all(isinstance(c[2], float) and c[2] > 0 for c in steps)
+    assert "val_loss" in calls[4][2] and calls[4][2]["val_loss"] > 0
+
+
+def test_transitions_fire_at_the_expected_points_with_the_restart(full):
+    """a->b at step 6 (step_end) restarts the wrapped cosine; b->c at the epoch end after step 8, with val_loss as evidence."""
+    _, engine, calls, _ = full
+    ab, bc = [r for r in engine.history if r.source is not None]  # (the start may be a record too)
+    assert (ab.source, ab.dest, ab.global_step, ab.point) == ("a", "b", 6, "step_end")
+    assert ab.actions[0].effect["lr"][1] == 0.05 and ab.warnings == []
+    assert (bc.source, bc.dest, bc.global_step, bc.epoch, bc.point) == ("b", "c", 8, 2, "epoch_end")
+    val_loss = [c[2] for c in calls if c[0] == "epoch"][1]["val_loss"]
+    assert bc.guards[0].evidence["MetricBelow('val_loss', 1000000.0)"]["value"] == val_loss
+
+
+def assert_continues(root, engine, calls, where, step, out, validation=True):
+    resumed, rest, trainer = fit(out, ckpt=root / where / f"step={step}.ckpt", engine=CurriculumEngine(curriculum(validation)))
+    assert trainer.global_step == resumed.clock.global_step == 12
+    done = calls.index(next(c for c in calls if c[:2] == ("step", step))) + 1
+    if where == "epoch":
+        done += 1  # the checkpoint was written after the epoch end
+    return resumed, rest, calls[done:]
+
+
+@pytest.mark.parametrize(
+    "where, step",
+    [
+        ("epoch", 4),  # saved on_train_epoch_end (the ModelCheckpoint default)
+        ("val", 8),  # saved on_validation_end, before the epoch end whose transition reads val_loss
+        ("steps", 6),  # mid-epoch, the step a->b fires, with a data loader that resumes its position
+        ("steps", 10),  # mid-epoch in the last phase
+    ],
+)
+def test_resume_continues_exactly(full, tmp_path, where, step):
+    """Resumed from a checkpoint, the run's per-step losses, epoch-end metrics and history equal the uninterrupted run's."""
+    root, engine, calls, _ = full
+    resumed, rest, expected = assert_continues(root, engine, calls, where, step, tmp_path)
+    assert rest == expected
+    assert history(resumed) == history(engine)
+
+
+@pytest.mark.parametrize("step", [4, 8])
+def test_resume_at_an_epochs_last_batch_is_exact_without_validation_guards(tmp_path, step):
+    """Saved on_train_batch_end at an epoch's last batch: Lightning skips that epoch's end; the callback makes it at resume."""
+    engine, calls, _ = fit(tmp_path / "full", engine=CurriculumEngine(curriculum(validation=False)))
+    resumed, rest, expected = assert_continues(tmp_path / "full", engine, calls, "steps", step, tmp_path / "again", validation=False)
+    assert [c for c in rest if c[0] == "step"] == [c for c in expected if c[0] == "step"]
+    assert [c[:2] for c in rest] == [c[:2] for c in expected]  # the epoch end comes first, at resume
+    assert history(resumed) == history(engine)
+
+
+def test_resume_mid_epoch_with_a_plain_data_loader_is_lightnings_limit(tmp_path):
+    """With a plain DataLoader Lightning restarts the epoch's data at its first batch: the engine stays on Lightning's step, the losses differ."""
+    engine, calls, _ = fit(tmp_path / "full", loader=torch.utils.data.DataLoader)
+    resumed, rest, trainer = fit(tmp_path / "again", ckpt=tmp_path / "full" / "steps" / "step=6.ckpt", loader=torch.utils.data.DataLoader)
+    assert trainer.global_step == resumed.clock.global_step == 12
+    assert [c[1] for c in rest if c[0] == "step"] == list(range(7, 13))
+    assert [c[2] for c in rest if c[0] == "step"] != [c[2] for c in calls if c[0] == "step" and c[1] > 6]
+    assert [r.global_step for r in resumed.history] == [r.global_step for r in engine.history]
+
+
+def test_resume_at_the_first_epochs_last_batch_with_a_validation_guard_is_refused(full, tmp_path):
+    """Saved before the first validation ever ran: the epoch end cannot have val_loss, a clear error names the checkpoint to use."""
+    with pytest.raises(CurriculumError, match=r"last batch of epoch 0, before its validation.*'val_loss'.*saved at that epoch's end"):
+        fit(tmp_path, ckpt=full[0] / "steps" / "step=4.ckpt")
+
+
+def test_resume_at_an_epochs_last_batch_gives_the_epoch_end_the_checkpoint_metrics(full, tmp_path, caplog):
+    """Saved at the last batch of epoch 1 (before its validation): the epoch end made at resume sees the metrics of that moment."""
+    root, engine, calls, _ = full
+    with caplog.at_level(logging.WARNING, logger="engine.integrations.lightning"):
+        resumed, rest, _ = fit(tmp_path, ckpt=root / "steps" / "step=8.ckpt")
+    assert "does not validate that epoch again" in caplog.text
+    epoch_ends = [c for c in calls if c[0] == "epoch"]
+    assert rest[0][:2] == ("epoch", 2) and rest[0][2]["val_loss"] == epoch_ends[0][2]["val_loss"]  # epoch 0's
+    assert rest[0][2]["val_loss"] != epoch_ends[1][2]["val_loss"]
+    assert [r.global_step for r in resumed.history] == [r.global_step for r in engine.history]
+
+
+def test_resume_from_a_checkpoint_without_engine_state_is_refused(full, tmp_path):
+    """A checkpoint written without the callback cannot silently restart the curriculum at phase one."""
+    root = full[0]
+    ckpt = torch.load(root / "epoch" / "step=4.ckpt", weights_only=False)
+    ckpt["callbacks"] = {k: v for k, v in ckpt["callbacks"].items() if "CurriculumCallback" not in k}
+    torch.save(ckpt, tmp_path / "foreign.ckpt")
+    with pytest.raises(CurriculumError, match="resumed at step 4 from a checkpoint without engine state"):
+        fit(tmp_path / "run", ckpt=tmp_path / "foreign.ckpt")
+
+
+def test_params_view_follows_the_phase():
+    """callback.params reads the current phase's params live; a missing key names the fix."""
+    engine = CurriculumEngine(Curriculum([Phase("short", params={"seq_len": 64}), Phase("long", params={"seq_len": 256})],
+                                         [Transition("short", "long", [MinSteps(1)], when="step_end")]))
+    params = CurriculumCallback(engine).params
+    engine.start()
+    assert params["seq_len"] == 64 and params.phase == "short"
+    engine.step_end(loss=1.0)
+    assert params["seq_len"] == 256 and dict(params) == {"seq_len": 256}
+    with pytest.raises(KeyError, match=r"phase 'long' has no param 'batch'.*\.get\('batch', default\)"):
+        params["batch"]
+    with pytest.raises(CurriculumError, match="'engine' must be a CurriculumEngine"):
+        CurriculumCallback(curriculum())
+
+
+class StagedModule(Tiny):
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.05)
+        sched = StagedCosine(opt, base_lr=0.05, total_steps=8, stages=((0, 1.0, 0.1), (4, 0.5, 0.0)), stages_in="steps")
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def test_lightning_takes_staged_cosine_as_its_scheduler(tmp_path):
+    """Lightning accepts StagedCosine (a torch LRScheduler) and steps it once per optimizer step: the LRs follow its stages."""
+    engine = CurriculumEngine(curriculum())
+    calls, lrs = spy(engine), []
+    step_end = engine.step_end
+
+    def record_lr(loss, **metrics):
+        lrs.append(metrics["lr"])
+        return step_end(loss=loss, **metrics)
+
+    engine.step_end = record_lr
+    trainer = pl.Trainer(max_epochs=2, accumulate_grad_batches=ACCUM, callbacks=[CurriculumCallback(engine)], logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0,
+                         enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(StagedModule(), torch.utils.data.DataLoader(dataset(), batch_size=2), torch.utils.data.DataLoader(dataset(), batch_size=5))
+    assert lrs[:4] == pytest.approx([0.05, 0.05 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4))), 0.05 * 0.55, lrs[3]], rel=1e-12)
+    assert lrs[4] == 0.025 and len(lrs) == 8
+    (restart,) = [r for r in engine.history if r.source == "a"]
+    assert restart.global_step == 6 and restart.actions[0].effect["lr"][1] == 0.025  # a->b restarts the second stage at its peak
