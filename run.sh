@@ -34,7 +34,12 @@ cmd="${1:-demo}"
 shift || true
 case "$cmd" in
     setup) setup ;;
-    demo)  setup; mkdir -p out/demo; exec "$VENV/bin/chunklm" train --preset demo --ckpt out/demo/chunklm_ckpt.pt "$@" ;;
+    demo)  # each demo run gets its own folder, so a second run never touches the first; out/demo/latest names the newest
+        setup
+        run="$(date +%Y%m%d-%H%M%S)"
+        mkdir -p "out/demo/$run"
+        ln -sfn "$run" out/demo/latest
+        exec "$VENV/bin/chunklm" train --preset demo --ckpt "out/demo/$run/chunklm_ckpt.pt" "$@" ;;
     test)  setup; exec "$PY" -m pytest -q "$@" ;;
     *) echo "usage: ./run.sh [demo|test|setup] [args...]" >&2; exit 2 ;;
 esac

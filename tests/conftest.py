@@ -1,7 +1,13 @@
 """Shared pytest setup."""
 
-import pytest
-import torch
+import os
+
+# Triton reads this once, when it is first imported, and the framework tests import it through
+# transformers and lightning before tests/test_triton_conv.py is collected: set it before anything.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
