@@ -6,7 +6,7 @@ to see why and when each transition fired. See :mod:`engine.core` for the guard 
 protocols.
 """
 
-from engine.core import Clock, Context, Curriculum, CurriculumError, Phase, Point, Transition, describe
+from engine.core import Clock, ClockView, Context, Curriculum, CurriculumError, Phase, Point, Transition, describe
 from engine.history import ActionEffect, GuardEvidence, History, Record
 from engine.runtime import CurriculumEngine
 
@@ -14,6 +14,7 @@ __all__ = [
     "CurriculumError",
     "Point",
     "Clock",
+    "ClockView",
     "Context",
     "Phase",
     "Transition",

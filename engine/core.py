@@ -9,7 +9,7 @@ objects registered with the engine (``ctx.model``, ``ctx.optimizer``, ...).
 Guard protocol (only ``__call__`` is required)::
 
     class MyGuard:
-        requires = ("model",)              # registered objects it needs (checked at construction)
+        requires = ("model",)              # registered objects it needs (checked at start/restore)
         def __call__(self, ctx) -> bool:   # decide; no side effects
         def observe(self, ctx) -> None:    # called at every step_end while its phase is current
         def reset(self) -> None:           # called when its phase is entered
@@ -38,7 +38,7 @@ import hashlib
 import json
 import re
 from collections import deque
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import attrs
 
@@ -46,6 +46,7 @@ __all__ = [
     "CurriculumError",
     "Point",
     "Clock",
+    "ClockView",
     "Context",
     "Phase",
     "Transition",
@@ -83,17 +84,91 @@ class Clock:
     epochs_in_phase: int = 0
 
 
+class _ReadOnlyError(CurriculumError, AttributeError):
+    """Assignment to a read-only attribute (an AttributeError too, as Python's own are)."""
+
+
+_CLOCK_FIELDS = ("global_step", "epoch", "step_in_epoch", "steps_in_phase", "epochs_in_phase")
+
+
+class ClockView:
+    """A read-only view of the engine's :class:`Clock`: ``engine.clock`` and ``ctx.clock``.
+
+    It reads the live counters (no copy), so a reference taken once stays current. Only the
+    engine moves the clock: ``step_end`` counts a step, ``epoch_end`` an epoch, a transition
+    zeroes the ``*_in_phase`` counters. Assigning to it is a :class:`CurriculumError`.
+    """
+
+    __slots__ = ("_clock",)
+
+    def __init__(self, clock: Clock) -> None:
+        object.__setattr__(self, "_clock", clock)
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps completed in the run."""
+        return self._clock.global_step
+
+    @property
+    def epoch(self) -> int:
+        """Epochs completed, which is also the 0-based index of the epoch in progress."""
+        return self._clock.epoch
+
+    @property
+    def step_in_epoch(self) -> int:
+        """Steps completed in the epoch in progress (0 right after ``epoch_end``)."""
+        return self._clock.step_in_epoch
+
+    @property
+    def steps_in_phase(self) -> int:
+        """Steps completed since the current phase was entered."""
+        return self._clock.steps_in_phase
+
+    @property
+    def epochs_in_phase(self) -> int:
+        """Epochs completed since the current phase was entered."""
+        return self._clock.epochs_in_phase
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise _ReadOnlyError(
+            f"engine.clock is read-only: cannot set {name!r} to {value!r}; the engine counts steps in "
+            "step_end() and epochs in epoch_end(). To start elsewhere use engine.start(global_step=..., "
+            "epoch=...); to resume use engine.load_state_dict(...)"
+        )
+
+    __delattr__ = __setattr__  # type: ignore[assignment]
+
+    def as_clock(self) -> Clock:
+        """A detached, mutable copy of the counters."""
+        return attrs.evolve(self._clock)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ClockView):
+            other = other._clock
+        return self._clock == other if isinstance(other, Clock) else NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return "ClockView(" + ", ".join(f"{f}={getattr(self._clock, f)}" for f in _CLOCK_FIELDS) + ")"
+
+
 @attrs.define(slots=False)
 class Context:
     """What a guard or action sees: the clock, the metrics of this point, the registered objects.
 
     Registered objects are attributes: ``ctx.model``, ``ctx.optimizer``, ``ctx.schedule``.
+    ``history`` is a read-only sequence of the run's records (oldest first); ``transition`` is the
+    :class:`Transition` whose guards or actions are running (None at the start, in ``observe`` and
+    for a manual transition).
     """
 
-    clock: Clock
+    clock: ClockView | Clock
     objects: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
     metrics: Mapping[str, float] = attrs.field(factory=dict)
     point: Point | None = None
+    history: Sequence[Any] = attrs.field(factory=tuple, repr=False)
+    transition: Any = attrs.field(default=None, repr=False)
 
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails: the registered objects.
@@ -102,7 +177,7 @@ class Context:
             return objects[name]
         raise AttributeError(
             f"Context has no registered object {name!r} (registered: {sorted(objects)}); "
-            f"pass it to the engine: CurriculumEngine(curriculum, {name}=...)"
+            f"register it: CurriculumEngine(curriculum, {name}=...) or engine.bind({name}=...)"
         )
 
     def metric(self, name: str) -> float:

@@ -10,7 +10,7 @@ from typing import Any, Iterator, Sequence
 
 import attrs
 
-__all__ = ["GuardEvidence", "ActionEffect", "Record", "History", "jsonable"]
+__all__ = ["GuardEvidence", "ActionEffect", "Record", "History", "HistoryView", "jsonable"]
 
 
 def jsonable(value: Any) -> Any:
@@ -65,6 +65,28 @@ class Record:
         return d
 
 
+class HistoryView(Sequence[Record]):
+    """A read-only, live sequence of a history's records: ``ctx.history``. Indexing, ``len`` and
+    iteration only; it follows the history as records are appended."""
+
+    __slots__ = ("_records",)
+
+    def __init__(self, records: list[Record]) -> None:
+        self._records = records
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self._records[index]
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self._records)
+
+    def __repr__(self) -> str:
+        return f"HistoryView({len(self)} records)"
+
+
 _CSV_FIELDS = ["source", "dest", "global_step", "epoch", "step_in_epoch", "point", "wall_time", "reason", "guards", "actions", "warnings"]
 
 
@@ -88,6 +110,10 @@ class History(Sequence[Record]):
 
     def append(self, record: Record) -> None:
         self._records.append(record)
+
+    def view(self) -> "HistoryView":
+        """A read-only, live view of these records (what guards see as ``ctx.history``)."""
+        return HistoryView(self._records)
 
     def to_dicts(self) -> list[dict]:
         from engine.state import converter

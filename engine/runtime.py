@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 from transitions import Machine, State
 
-from engine.core import Clock, Context, Curriculum, CurriculumError, Phase, Point, describe
+from engine.core import Clock, ClockView, Context, Curriculum, CurriculumError, Phase, Point, describe
 from engine.diagram import to_dot, to_mermaid
 from engine.history import ActionEffect, GuardEvidence, History, Record, jsonable
 from engine.state import SCHEMA_VERSION, EngineState, PendingCheck, from_primitives, to_primitives
@@ -26,47 +26,52 @@ __all__ = ["CurriculumEngine"]
 
 logger = logging.getLogger(__name__)
 
-# At INFO, transitions logs every callback (~50 us each); decisions are in our history instead.
-_transitions_logger = logging.getLogger("transitions")
-if _transitions_logger.level == logging.NOTSET:
-    _transitions_logger.setLevel(logging.WARNING)
-
 _MANUAL = "manual"
+# Context attributes that a registered object would shadow.
+_RESERVED = frozenset(attrs.fields_dict(Context)) | {"metric"}
 
 
 class _MachineModel:
-    """The object whose ``state`` the machine drives (a plain class: slotted attrs cannot be)."""
+    """The object whose ``state`` the machine drives (a plain class: slotted attrs cannot be).
+
+    ``state`` is the current phase's name: the one place the engine reads it from.
+    """
 
     state: str
+
+
+def _check_names(objects: dict[str, Any], where: str) -> None:
+    for name in objects:
+        if name in _RESERVED or not name.isidentifier() or name.startswith("_"):
+            raise CurriculumError(
+                f"{where}: cannot register an object named {name!r}: "
+                f"{'it would hide Context.' + name if name in _RESERVED else 'expected a public identifier'}; "
+                "choose another name, e.g. model=, optimizer=, schedule="
+            )
 
 
 class CurriculumEngine:
     """Runs a :class:`Curriculum` against a training loop.
 
     ``objects`` are what guards and actions use, reachable on the context as ``ctx.<name>``
-    (``optimizer=...``, ``model=...``, ``schedule=...``).
+    (``optimizer=...``, ``model=...``, ``schedule=...``). They may also be registered later with
+    :meth:`bind` (frameworks build the optimizer after their callbacks); every object a guard or
+    action ``requires`` must be registered by :meth:`start` or :meth:`load_state_dict`.
     """
 
     def __init__(self, curriculum: Curriculum, **objects: Any) -> None:
         if not isinstance(curriculum, Curriculum):
             raise CurriculumError(f"CurriculumEngine needs a Curriculum, got {type(curriculum).__name__}: {curriculum!r}")
-        for name, users in curriculum.requirements().items():
-            if name not in objects:
-                raise CurriculumError(
-                    f"{', '.join(users)} requires a registered object {name!r}, which was not passed "
-                    f"(registered: {sorted(objects)}); build the engine as CurriculumEngine(curriculum, {name}=...)"
-                )
+        _check_names(objects, "CurriculumEngine")
         self.curriculum = curriculum
         self.objects = dict(objects)
-        self.clock = Clock()
-        self.ctx = Context(clock=self.clock, objects=self.objects)
+        self._clock = Clock()
+        self._clock_view = ClockView(self._clock)
         self._history = History()
+        self.ctx = Context(clock=self._clock_view, objects=self.objects, history=self._history.view())
         self._pending: list[PendingCheck] = []
         self._started = False
         self._fingerprint = curriculum.fingerprint()
-        self._building: Record | None = None  # the record of the transition in progress
-        self._building_index = -1  # its index in curriculum.transitions (-1: manual)
-        self._firing: tuple[int, str] | None = None  # (transition index or -1, manual reason)
 
         phases = curriculum.phases
         self._phases = {p.name: p for p in phases}
@@ -98,14 +103,36 @@ class CurriculumEngine:
                 dest=tr.dest,
                 conditions=[partial(self._holds, g) for g in tr.guards],
                 before=[partial(self._begin, i)] + [partial(self._act, a) for a in tr.actions] + [self._enter_clock],
-                after=[self._finish],
+                after=[partial(self._finish, i)],
             )
         for p in phases:
             self._machine.add_transition(
                 trigger=f"_force_{p.name}", source="*", dest=p.name,
-                before=[partial(self._begin, -1), self._enter_clock], after=[self._finish],
+                before=[partial(self._begin, -1), self._enter_clock], after=[partial(self._finish, -1)],
             )
-        self._phase = curriculum.initial_name
+
+    # -- registration ----------------------------------------------------------------------------
+
+    def bind(self, **objects: Any) -> "CurriculumEngine":
+        """Register (or replace) objects that guards and actions reach as ``ctx.<name>``.
+
+        Call it before :meth:`start` or :meth:`load_state_dict`, which check that every object a
+        guard or action ``requires`` is registered. Binding after that replaces the object for
+        the calls that follow (e.g. an optimizer rebuilt by a framework); it changes no engine
+        state and is not part of ``state_dict()``. Returns the engine.
+        """
+        _check_names(objects, "engine.bind")
+        self.objects.update(objects)
+        return self
+
+    def _check_requirements(self, call: str) -> None:
+        for name, users in self.curriculum.requirements().items():
+            if name not in self.objects:
+                raise CurriculumError(
+                    f"{', '.join(users)} requires a registered object {name!r}, which was not registered "
+                    f"before {call} (registered: {sorted(self.objects)}); pass it as "
+                    f"CurriculumEngine(curriculum, {name}=...) or call engine.bind({name}=...) before {call}"
+                )
 
     # -- the loop's calls ---------------------------------------------------------------------
 
@@ -117,25 +144,26 @@ class CurriculumEngine:
         """
         if self._started:
             raise CurriculumError("engine.start() was already called, or the engine was restored; call it once, on a fresh run only")
+        if phase is not None and phase not in self._phases:
+            raise CurriculumError(f"start(phase={phase!r}): not a phase; expected one of {list(self._phases)}")
+        self._check_requirements("start()")
         if phase is not None:
-            if phase not in self._phases:
-                raise CurriculumError(f"start(phase={phase!r}): not a phase; expected one of {list(self._phases)}")
             self._machine.set_state(phase, model=self._model)
-            self._phase = phase
-        self.clock.global_step, self.clock.epoch = global_step, epoch
+        self._clock.global_step, self._clock.epoch = global_step, epoch
         self._started = True
+        name = self._model.state
         self.ctx.metrics, self.ctx.point = {}, None
-        for action in self._phases[self._phase].on_enter:
+        for action in self._phases[name].on_enter:
             effect = action(self.ctx)
-            logger.info("start in %s: %s -> %s", self._phase, describe(action), effect)
-        for reset in self._resetters[self._phase]:
+            logger.info("start in %s: %s -> %s", name, describe(action), effect)
+        for reset in self._resetters[name]:
             reset()
 
     def step_end(self, loss: float, **metrics: float) -> Record | None:
         """After ``optimizer.step()`` and ``schedule.step()``: count the step, evaluate step-end transitions."""
         if not self._started:
             raise CurriculumError("call engine.start() (fresh run) or engine.load_state_dict(...) (resume) before step_end")
-        clock = self.clock
+        clock = self._clock
         clock.global_step += 1
         clock.step_in_epoch += 1
         clock.steps_in_phase += 1
@@ -145,9 +173,10 @@ class CurriculumEngine:
         ctx.point = Point.STEP_END
         if self._pending:
             self._run_checks()
-        for observe in self._observers[self._phase]:
+        phase = self._model.state
+        for observe in self._observers[phase]:
             observe(ctx)
-        if self._has_point[Point.STEP_END][self._phase]:
+        if self._has_point[Point.STEP_END][phase]:
             return self._trigger(Point.STEP_END)
         return None
 
@@ -155,13 +184,13 @@ class CurriculumEngine:
         """After the last step of an epoch: count the epoch, evaluate epoch-end transitions."""
         if not self._started:
             raise CurriculumError("call engine.start() (fresh run) or engine.load_state_dict(...) (resume) before epoch_end")
-        clock = self.clock
+        clock = self._clock
         clock.epoch += 1
         clock.epochs_in_phase += 1
         clock.step_in_epoch = 0
         self.ctx.metrics = metrics
         self.ctx.point = Point.EPOCH_END
-        if self._has_point[Point.EPOCH_END][self._phase]:
+        if self._has_point[Point.EPOCH_END][self._model.state]:
             return self._trigger(Point.EPOCH_END)
         return None
 
@@ -171,18 +200,21 @@ class CurriculumEngine:
             raise CurriculumError(f"force(): {dest!r} is not a phase; expected one of {list(self._phases)}")
         if not self._started:
             raise CurriculumError("call engine.start() or engine.load_state_dict(...) before force()")
-        self._firing = (-1, str(reason))
-        try:
-            getattr(self._model, f"_force_{dest}")()
-        finally:
-            self._firing = None
+        getattr(self._model, f"_force_{dest}")(reason=str(reason))
         return self._history[-1]
 
     # -- what the loop and the user read ------------------------------------------------------
 
     @property
     def phase(self) -> Phase:
-        return self._phases[self._phase]
+        """The current phase (its ``params`` are for the loop)."""
+        return self._phases[self._model.state]
+
+    @property
+    def clock(self) -> ClockView:
+        """A read-only view of the clock: ``global_step``, ``epoch``, ``step_in_epoch``,
+        ``steps_in_phase``, ``epochs_in_phase`` (see :class:`engine.ClockView`)."""
+        return self._clock_view
 
     @property
     def history(self) -> History:
@@ -193,10 +225,10 @@ class CurriculumEngine:
         return self._fingerprint
 
     def to_mermaid(self) -> str:
-        return to_mermaid(self.curriculum, current=self._phase)
+        return to_mermaid(self.curriculum, current=self._model.state)
 
     def to_dot(self) -> str:
-        return to_dot(self.curriculum, current=self._phase)
+        return to_dot(self.curriculum, current=self._model.state)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -209,9 +241,9 @@ class CurriculumEngine:
         state = EngineState(
             schema_version=SCHEMA_VERSION,
             fingerprint=self._fingerprint,
-            phase=self._phase,
+            phase=self._model.state,
             started=self._started,
-            clock=attrs.evolve(self.clock),
+            clock=attrs.evolve(self._clock),
             guards=guards,
             history=list(self._history),
             pending_checks=list(self._pending),
@@ -227,6 +259,7 @@ class CurriculumEngine:
     def load_state_dict(self, state: dict, *, allow_fingerprint_mismatch: bool = False) -> None:
         """Restore a snapshot into this (freshly built) engine; fires no callback."""
         snap: EngineState = from_primitives(state)
+        self._check_requirements("load_state_dict()")
         if snap.fingerprint != self._fingerprint and not allow_fingerprint_mismatch:
             raise CurriculumError(
                 f"engine state was saved from a different curriculum (fingerprint {snap.fingerprint[:12]}..., "
@@ -244,33 +277,35 @@ class CurriculumEngine:
             elif not allow_fingerprint_mismatch:
                 raise CurriculumError(f"engine state has no accumulators for guard {key} ({describe(guard)})")
         self._machine.set_state(snap.phase, model=self._model)
-        self._phase = snap.phase
         for field in attrs.fields(Clock):
-            setattr(self.clock, field.name, getattr(snap.clock, field.name))
+            setattr(self._clock, field.name, getattr(snap.clock, field.name))
         self._history = History(snap.history)
+        self.ctx.history = self._history.view()
         self._pending = list(snap.pending_checks)
         self._started = snap.started
 
     # -- machine callbacks (called by transitions) --------------------------------------------
+    # Everything a transition in progress needs travels in its event: ``event.kwargs["record"]``
+    # is the record being built (set by _begin, filled by _act, appended by _finish), and a manual
+    # transition's reason is ``event.kwargs["reason"]``. The phase is the machine model's state.
 
     def _trigger(self, point: Point) -> Record | None:
-        before = len(self._history)
-        getattr(self._model, point.value)()
-        return self._history[-1] if len(self._history) > before else None
+        fired = getattr(self._model, point.value)()
+        return self._history[-1] if fired else None
 
     def _holds(self, guard: Any, _event: Any) -> bool:
         return bool(guard(self.ctx))
 
     def _begin(self, index: int, event: Any) -> None:
-        clock = self.clock
+        clock = self._clock
         if index >= 0:
             tr = self.curriculum.transitions[index]
             guards = [GuardEvidence(describe(g), self._evidence(g)) for g in tr.guards]
             point, reason = tr.when.value, None
         else:
             guards, point = [], _MANUAL
-            reason = self._firing[1] if self._firing else None
-        self._building = Record(
+            reason = event.kwargs.get("reason")
+        event.kwargs["record"] = Record(
             source=event.transition.source,
             dest=event.transition.dest,
             global_step=clock.global_step,
@@ -281,27 +316,23 @@ class CurriculumEngine:
             guards=guards,
             reason=reason,
         )
-        self._building_index = index
 
     def _evidence(self, guard: Any) -> dict:
         if hasattr(guard, "evidence"):
             return jsonable(guard.evidence(self.ctx) or {})
         return {"holds": True}
 
-    def _act(self, action: Any, _event: Any) -> None:
+    def _act(self, action: Any, event: Any) -> None:
         effect = action(self.ctx)
-        if self._building is not None:
-            self._building.actions.append(ActionEffect(describe(action), jsonable(effect or {})))
+        event.kwargs["record"].actions.append(ActionEffect(describe(action), jsonable(effect or {})))
 
     def _enter_clock(self, _event: Any) -> None:
-        self.clock.steps_in_phase = 0
-        self.clock.epochs_in_phase = 0
+        self._clock.steps_in_phase = 0
+        self._clock.epochs_in_phase = 0
 
-    def _finish(self, event: Any) -> None:
-        record, index = self._building, self._building_index
-        self._building = None
-        self._phase = event.transition.dest
-        for reset in self._resetters[self._phase]:
+    def _finish(self, index: int, event: Any) -> None:
+        record = event.kwargs["record"]
+        for reset in self._resetters[record.dest]:
             reset()
         self._history.append(record)
         for k, action in enumerate(self._actions_of(index, record.dest)):

@@ -2,7 +2,7 @@
 
 An action acts and reports: ``action(ctx)`` returns its effect as ``{name: [before, after]}``,
 recorded in the transition's history record. Each declares the registered objects it needs in
-``requires``, so a missing one fails when the engine is built, not at the first transition.
+``requires``, so a missing one fails at ``engine.start()``/``load_state_dict()``, not at the first transition.
 """
 
 from __future__ import annotations

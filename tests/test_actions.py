@@ -85,11 +85,11 @@ def test_health_check_reads_the_optimizer_without_lr_metric():
 
 
 def test_restart_lr_requires_schedule_and_optimizer():
-    """A curriculum with RestartLR cannot be built into an engine without a schedule."""
+    """A curriculum with RestartLR cannot start an engine without a schedule."""
     cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [MinEpoch(1)], actions=[RestartLR()])])
     opt = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
     with pytest.raises(CurriculumError, match=r"RestartLR\(\) requires a registered object 'schedule'"):
-        CurriculumEngine(cur, optimizer=opt)
+        CurriculumEngine(cur, optimizer=opt).start()
     assert RestartLR.requires == ("schedule", "optimizer") and repr(RestartLR()) == "RestartLR()"
 
 
@@ -111,7 +111,7 @@ def test_set_cutoff_calls_the_model_and_records_before_after():
 
 
 def test_set_cutoff_repr_validation_and_requires():
-    """SetCutoff's repr reads like the call; bad n is refused; it requires a model at engine construction."""
+    """SetCutoff's repr reads like the call; bad n is refused; it requires a model by engine.start()."""
     assert [repr(SetCutoff(128)), repr(SetCutoff(None)), repr(SetCutoff(64, preserve=False))] == [
         "SetCutoff(128)", "SetCutoff(None)", "SetCutoff(64, preserve=False)",
     ]
@@ -119,7 +119,7 @@ def test_set_cutoff_repr_validation_and_requires():
         with pytest.raises(CurriculumError, match="'n'"):
             SetCutoff(bad)
     with pytest.raises(CurriculumError, match="'model'"):
-        CurriculumEngine(Curriculum([Phase("a", on_enter=[SetCutoff(128)])], []))
+        CurriculumEngine(Curriculum([Phase("a", on_enter=[SetCutoff(128)])], [])).start()
 
 
 def test_set_cutoff_needs_a_model_with_set_cutoff():

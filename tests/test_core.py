@@ -97,12 +97,13 @@ def test_phase_name_must_be_identifier():
 
 
 def test_missing_registered_object():
-    """An action requiring an object the engine was not given fails at construction."""
+    """An action requiring an object nobody registered fails at start(), naming both ways to register it."""
     calls = []
     cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Always()], [Log("x", calls, requires=("schedule",))])])
-    with pytest.raises(CurriculumError, match=r"Log\('x'\) requires a registered object 'schedule'.*CurriculumEngine\(curriculum, schedule=\.\.\.\)"):
-        CurriculumEngine(cur)
-    CurriculumEngine(cur, schedule=object())  # given: fine
+    eng = CurriculumEngine(cur)  # frameworks build the schedule later: construction is fine
+    with pytest.raises(CurriculumError, match=r"Log\('x'\) requires a registered object 'schedule'.*before start\(\).*CurriculumEngine\(curriculum, schedule=\.\.\.\) or call engine.bind\(schedule=\.\.\.\)"):
+        eng.start()
+    CurriculumEngine(cur, schedule=object()).start()  # given: fine
 
 
 def test_named_functions_are_accepted_and_described():

@@ -1,9 +1,16 @@
 """The engine's clock, evaluation points, firing order and manual transitions (engine.runtime)."""
 
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from engine import Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
+from engine import Clock, Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
 from tests.utils import Always, CountBelow, EpochAtLeast, Log, LossBelow, Never
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class ClockSpy:
@@ -242,3 +249,70 @@ def test_start_in_a_later_phase_for_weights_only_resume():
     assert calls == ["enter_b"] and eng.phase.name == "b"
     assert (eng.clock.global_step, eng.clock.epoch) == (40, 4)
     assert len(eng.history) == 0
+
+
+def test_importing_engine_leaves_the_transitions_logger_alone():
+    """A library must not reconfigure another library's logging: importing engine keeps the level."""
+    code = "import logging, engine, engine.runtime; print(logging.getLogger('transitions').level)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == str(logging.NOTSET)
+
+
+def test_engine_keeps_no_scratch_state_between_callbacks():
+    """The record travels in the event, the phase is the machine's state: no _building/_firing/_phase fields."""
+    cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Always()], [Log("x", [])])])
+    eng = CurriculumEngine(cur)
+    eng.start()
+    record = eng.epoch_end()
+    assert record is eng.history[-1] and eng.phase.name == "b" == eng._model.state
+    assert not {"_building", "_building_index", "_firing", "_phase"} & set(vars(eng))
+    assert eng.epoch_end() is None  # no transition out of b: nothing fired, found without history lengths
+
+
+def test_bind_registers_objects_before_start_and_restore():
+    """bind() registers objects after construction; start() and load_state_dict() check requirements."""
+    calls = []
+    cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Always()], [Log("x", calls, requires=("schedule",))])])
+    eng = CurriculumEngine(cur)
+    assert eng.bind(schedule="S") is eng
+    eng.start()
+    state = eng.state_dict()
+    restored = CurriculumEngine(cur)
+    with pytest.raises(CurriculumError, match=r"requires a registered object 'schedule'.*before load_state_dict\(\).*engine.bind\(schedule=\.\.\.\)"):
+        restored.load_state_dict(state)
+    restored.bind(schedule="S").load_state_dict(state)
+    assert restored.ctx.schedule == "S"
+
+
+def test_bind_after_start_replaces_the_object():
+    """Re-binding after start() (a rebuilt optimizer) replaces what guards and actions see from then on."""
+    seen = []
+
+    def grab(ctx):
+        seen.append(ctx.optimizer)
+        return False
+
+    eng = CurriculumEngine(Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [grab])]), optimizer="old")
+    eng.start()
+    eng.epoch_end()
+    eng.bind(optimizer="new")
+    eng.epoch_end()
+    assert seen == ["old", "new"]
+    with pytest.raises(CurriculumError, match=r"cannot register an object named 'clock'.*Context.clock"):
+        eng.bind(clock=1)
+
+
+def test_clock_is_a_read_only_live_view():
+    """engine.clock reads the live counters; assigning to it is a clear error and changes nothing."""
+    eng = CurriculumEngine(Curriculum([Phase("a")], []))
+    eng.start()
+    clock = eng.clock
+    eng.step_end(loss=1.0)
+    eng.epoch_end()
+    assert (clock.global_step, clock.epoch, clock.step_in_epoch, clock.steps_in_phase, clock.epochs_in_phase) == (1, 1, 0, 1, 1)
+    with pytest.raises(CurriculumError, match=r"engine.clock is read-only: cannot set 'global_step' to 0"):
+        eng.clock.global_step = 0
+    with pytest.raises(AttributeError):
+        eng.ctx.clock.epoch = 5
+    assert eng.clock.global_step == 1 and eng.state_dict()["clock"]["global_step"] == 1
+    assert eng.clock == Clock(1, 1, 0, 1, 1) and "global_step=1" in repr(eng.clock)

@@ -141,7 +141,7 @@ def test_snapshot_mid_run_changes_nothing(cut):
     resumed, resumed_lrs, _ = simulate(cut)
     assert resumed_lrs == whole_lrs
     assert [r.comparable() for r in resumed.engine.history] == [r.comparable() for r in whole.engine.history]
-    assert attrs.asdict(resumed.engine.clock) == attrs.asdict(whole.engine.clock)
+    assert resumed.engine.clock == whole.engine.clock
     assert resumed.model.cutoff == whole.model.cutoff
     assert all(torch.equal(a, b) for a, b in zip(resumed.net.parameters(), whole.net.parameters()))
 
@@ -190,10 +190,10 @@ def test_spectral_curriculum_validation(kwargs, match):
 
 
 def test_spectral_curriculum_requires_the_training_objects():
-    """Building the engine without the schedule fails at construction, naming RestartLR."""
+    """Starting the engine without the schedule fails, naming RestartLR."""
     opt = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
     with pytest.raises(CurriculumError, match=r"RestartLR\(\).*'schedule'"):
-        CurriculumEngine(spectral_curriculum(), model=FakeModel(), optimizer=opt)
+        CurriculumEngine(spectral_curriculum(), model=FakeModel(), optimizer=opt).start()
 
 
 @pytest.mark.parametrize(
