@@ -19,7 +19,7 @@ from transitions import Machine, State
 
 from engine.core import Clock, ClockView, Context, Curriculum, CurriculumError, Phase, Point, describe
 from engine.diagram import to_dot, to_mermaid
-from engine.history import ActionEffect, GuardEvidence, History, Record, jsonable
+from engine.history import ActionEffect, Decision, GuardEvidence, HeldSince, History, Record, jsonable
 from engine.state import SCHEMA_VERSION, EngineState, PendingCheck, from_primitives, to_primitives
 
 __all__ = ["CurriculumEngine"]
@@ -38,6 +38,14 @@ class _MachineModel:
     """
 
     state: str
+
+
+def _conjuncts(guard: Any) -> list:
+    """The guards whose AND ``guard`` is, opened up recursively (``all_of`` exposes ``conjuncts``)."""
+    inner = getattr(guard, "conjuncts", None)
+    if inner is None:
+        return [guard]
+    return [leaf for g in inner for leaf in _conjuncts(g)]
 
 
 def _check_names(objects: dict[str, Any], where: str) -> None:
@@ -85,6 +93,10 @@ class CurriculumEngine:
         self._resetters = {
             name: [g.reset for tr in trs for g in tr.guards if hasattr(g, "reset")] for name, trs in out.items()
         }
+        # Each transition's guards with all_of opened up, and per transition out of the current
+        # phase the (global_step, epoch) since which each has held at every evaluation point.
+        self._leaves = [[leaf for g in tr.guards for leaf in _conjuncts(g)] for tr in curriculum.transitions]
+        self._held_since: dict[int, list[tuple[int, int] | None]] = {}
 
         states = [State(p.name, on_enter=[partial(self._act, a) for a in p.on_enter]) for p in phases]
         self._model = _MachineModel()
@@ -101,7 +113,7 @@ class CurriculumEngine:
                 trigger=tr.when.value,
                 source=tr.source,
                 dest=tr.dest,
-                conditions=[partial(self._holds, g) for g in tr.guards],
+                conditions=[partial(self._decide, i)],
                 before=[partial(self._begin, i)] + [partial(self._act, a) for a in tr.actions] + [self._enter_clock],
                 after=[partial(self._finish, i)],
             )
@@ -151,6 +163,7 @@ class CurriculumEngine:
             self._machine.set_state(phase, model=self._model)
         self._clock.global_step, self._clock.epoch = global_step, epoch
         self._started = True
+        self._held_since = {}
         name = self._model.state
         self.ctx.metrics, self.ctx.point = {}, None
         for action in self._phases[name].on_enter:
@@ -247,6 +260,7 @@ class CurriculumEngine:
             guards=guards,
             history=list(self._history),
             pending_checks=list(self._pending),
+            held_since={str(i): [list(s) if s else None for s in since] for i, since in self._held_since.items()},
         )
         try:  # a round trip proves it JSON-safe and shares nothing with the live objects
             return json.loads(json.dumps(to_primitives(state), allow_nan=False))
@@ -283,6 +297,13 @@ class CurriculumEngine:
         self.ctx.history = self._history.view()
         self._pending = list(snap.pending_checks)
         self._started = snap.started
+        self._held_since = {}
+        for key, since in snap.held_since.items():
+            index = int(key) if key.isdigit() else -1
+            if 0 <= index < len(self._leaves) and len(since) == len(self._leaves[index]):
+                self._held_since[index] = [(s[0], s[1]) if s else None for s in since]
+            elif not allow_fingerprint_mismatch:
+                raise CurriculumError(f"engine state's held_since[{key!r}] does not match transition {key}'s guards")
 
     # -- machine callbacks (called by transitions) --------------------------------------------
     # Everything a transition in progress needs travels in its event: ``event.kwargs["record"]``
@@ -296,14 +317,33 @@ class CurriculumEngine:
     def _holds(self, guard: Any, _event: Any) -> bool:
         return bool(guard(self.ctx))
 
+    def _decide(self, index: int, event: Any) -> bool:
+        """Transition ``index``'s condition: every guard (all_of opened up) evaluated, none skipped,
+        and the point since which each has held brought up to date (for the deciding guard)."""
+        leaves = self._leaves[index]
+        values = [self._holds(g, event) for g in leaves]
+        before = self._held_since.get(index) or [None] * len(leaves)
+        now = (self._clock.global_step, self._clock.epoch)
+        self._held_since[index] = [(since or now) if holds else None for holds, since in zip(values, before)]
+        return all(values)
+
+    def _decision(self, index: int) -> Decision:
+        """The guard that became true last, and since when each guard held (all hold now)."""
+        leaves, since = self._leaves[index], self._held_since[index]
+        latest = max(since)
+        return Decision(
+            decided_by=[describe(g) for g, s in zip(leaves, since) if s == latest],
+            held_since=[HeldSince(describe(g), s[0], s[1]) for g, s in zip(leaves, since)],
+        )
+
     def _begin(self, index: int, event: Any) -> None:
         clock = self._clock
         if index >= 0:
             tr = self.curriculum.transitions[index]
             guards = [GuardEvidence(describe(g), self._evidence(g)) for g in tr.guards]
-            point, reason = tr.when.value, None
+            point, reason, decision = tr.when.value, None, self._decision(index)
         else:
-            guards, point = [], _MANUAL
+            guards, point, decision = [], _MANUAL, None
             reason = event.kwargs.get("reason")
         event.kwargs["record"] = Record(
             source=event.transition.source,
@@ -315,6 +355,7 @@ class CurriculumEngine:
             wall_time=time.time(),
             guards=guards,
             reason=reason,
+            decision=decision,
         )
 
     def _evidence(self, guard: Any) -> dict:
@@ -332,6 +373,7 @@ class CurriculumEngine:
 
     def _finish(self, index: int, event: Any) -> None:
         record = event.kwargs["record"]
+        self._held_since = {}  # a phase was entered: its transitions' guards start afresh
         for reset in self._resetters[record.dest]:
             reset()
         self._history.append(record)

@@ -400,6 +400,12 @@ class _Combinator:
 class _AllOf(_Combinator):
     _name = "all_of"
 
+    @property
+    def conjuncts(self) -> tuple:
+        """The guards whose AND this is: the engine evaluates them one by one to tell which
+        became true last (the deciding guard of a transition)."""
+        return self.guards
+
     def __call__(self, ctx: Context) -> bool:
         return all(self._values(ctx))
 
