@@ -1,4 +1,4 @@
-"""The ``chunklm`` command line: train, history, plot, diagram, generate.
+"""The ``chunklm`` command line: train, history, plot, diagram, generate, replay.
 
 Bad input exits with status 2 and one message naming the problem and the fix, never a traceback.
 """
@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
     d.add_argument("--run", default=None, help="a run whose settings and current phase to show")
 
+    from runs.replay_cmd import add_replay_parser
+
+    add_replay_parser(sub)
+
     gen = sub.add_parser("generate", help="sample bytes from a checkpoint")
     gen.add_argument("--ckpt", required=True)
     gen.add_argument("--prompt", default="")
@@ -128,6 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _diagram(args)
         if args.command == "generate":
             return _generate(args)
+        if args.command == "replay":
+            from runs.replay_cmd import ReplayError, run_replay
+
+            try:
+                return run_replay(args)
+            except ReplayError as exc:
+                raise UsageError(str(exc)) from None
     except UsageError as exc:
         print(f"chunklm {args.command}: error: {exc}", file=sys.stderr)
         return 2
