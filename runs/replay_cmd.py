@@ -17,7 +17,10 @@ from typing import Any, Iterable
 
 from engine import CurriculumError, History, Record, Replay, replay
 
-__all__ = ["add_replay_parser", "run_replay", "GRID_KEYS", "load_stream", "recorded_settings", "replay_settings", "parse_grid"]
+__all__ = [
+    "add_replay_parser", "run_replay", "GRID_KEYS", "load_stream", "recorded_settings", "replay_settings", "parse_grid",
+    "format_table", "label", "describe_settings", "LEGEND",
+]
 
 # --grid keys -> the setting each one sets, and how a value is read.
 GRID_KEYS: dict[str, tuple[str, Any]] = {
@@ -144,7 +147,7 @@ def _decider(record: Record) -> str:
 def _cells(result: Replay, n: int) -> list[str]:
     """Per raise: 'step Decider', 'step Decider *' (departs there), '> step' (the recorded run
     raised there, the replay not yet), '?' (after the departure), '-' (no raise in the data)."""
-    moves = [r for r in result.history if r.point in ("step_end", "epoch_end")]
+    moves = _moves(result.history)
     dep = result.departure
     cells = []
     for k in range(n):
@@ -162,7 +165,8 @@ def _cells(result: Replay, n: int) -> list[str]:
     return cells
 
 
-def _label(settings: dict[str, Any], keys: list[str]) -> str:
+def label(settings: dict[str, Any], keys: list[str]) -> str:
+    """A row's name: the settings in ``keys`` (alpha only for the Welch test)."""
     names = {v[0]: k for k, v in GRID_KEYS.items()} | {"cutoffs": "cutoffs"}
     parts = []
     for key in keys:
@@ -175,11 +179,40 @@ def _label(settings: dict[str, Any], keys: list[str]) -> str:
     return " ".join(parts) or "replay"
 
 
-def _describe(settings: dict[str, Any]) -> str:
+def describe_settings(settings: dict[str, Any]) -> str:
     test = settings.get("plateau_test", "relative")
     return (f"cutoffs {','.join(map(str, settings['cutoffs']))}, min epochs {','.join(map(str, settings['min_epochs']))}, "
             f"plateau window {settings['plateau_window']}, threshold {settings['plateau_threshold']}, test {test}"
             + (f" (alpha {settings.get('plateau_alpha') or 0.05})" if test == "welch" else ""))
+
+
+LEGEND = (
+    "step Decider: the raise and the guard that became true last; *: the replay raises where the recorded run did not;\n"
+    "> S: the recorded run raised at step S, this setting not yet; ?: after the departure (the recorded losses no\n"
+    "longer follow from this setting); departs: the first differing decision (-: none within the recorded steps)"
+)
+
+
+def _moves(history: Iterable[Record]) -> list[Record]:
+    return [r for r in history if r.point in ("step_end", "epoch_end")]
+
+
+def format_table(recorded: Iterable[Record], rows: list[tuple[str, Replay]], own: Replay | None = None) -> str:
+    """The replay table: the recorded run's raises (its deciders, else those of ``own``, the replay
+    with its own settings, where that agrees), then one row per (label, replay)."""
+    recorded_moves = _moves(recorded)
+    n = max([len(recorded_moves), 1] + [len(_moves(res.history)) for _, res in rows])
+    own_moves = {r.global_step: r for r in _moves(own.faithful())} if own is not None else {}
+    rec_cells = []
+    for r in recorded_moves[:n]:
+        decider = _decider(r) or (_decider(own_moves[r.global_step]) if r.global_step in own_moves else "")
+        rec_cells.append(f"{r.global_step} {decider}".rstrip())
+    rec_cells += ["-"] * (n - len(rec_cells))
+    table = [["setting"] + [f"raise {k + 1}" for k in range(n)] + ["departs"], ["recorded"] + rec_cells + [""]]
+    for name, res in rows:
+        dep = res.departure
+        table.append([name] + _cells(res, n) + [f"step {dep.global_step}" if dep else "-"])
+    return _table(table)
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -220,33 +253,18 @@ def run_replay(args: argparse.Namespace) -> int:
     except CurriculumError as exc:
         raise ReplayError(str(exc)) from None
 
-    recorded_moves = [r for r in history if r.point in ("step_end", "epoch_end")]
-    n = max([len(recorded_moves)] + [len([r for r in res.history if r.point in ("step_end", "epoch_end")]) for res in results])
-    n = max(n, 1)
     steps = sum(1 for p, _ in stream if p == "step_end")
     epochs = sum(1 for p, _ in stream if p == "epoch_end")
-    print(f"run {files.ckpt.parent}: {steps} steps, {epochs} epochs; recorded curriculum: {_describe(base)}")
+    print(f"run {files.ckpt.parent}: {steps} steps, {epochs} epochs; recorded curriculum: {describe_settings(base)}")
     print("losses as the steps CSV holds them (6 significant digits); no training, no action runs")
     if own.departure is not None:
         print(f"note: replayed with its own settings the run departs from its record: {own.departure.text()}; "
               "the CSV's rounded losses decide otherwise there, so rows after that step are unreliable")
     varied = list(dict.fromkeys([k for extra in overrides for k in extra] + list(flags)))
-    own_moves = {r.global_step: r for r in own.faithful() if r.point in ("step_end", "epoch_end")}
-    rec_cells = []
-    for r in recorded_moves[:n]:
-        decider = _decider(r) or (_decider(own_moves[r.global_step]) if r.global_step in own_moves else "")
-        rec_cells.append(f"{r.global_step} {decider}".rstrip())
-    rec_cells += ["-"] * (n - len(rec_cells))
-    rows = [["setting"] + [f"raise {k + 1}" for k in range(n)] + ["departs"], ["recorded"] + rec_cells + [""]]
-    for s, res in zip(settings_list, results):
-        dep = res.departure
-        rows.append([_label(s, varied)] + _cells(res, n) + [f"step {dep.global_step}" if dep else "-"])
     print()
-    print(_table(rows))
+    print(format_table(history, [(label(s, varied), res) for s, res in zip(settings_list, results)], own))
     print()
-    print("step Decider: the raise and the guard that became true last; *: the replay raises where the recorded run did not;")
-    print("> S: the recorded run raised at step S, this setting not yet; ?: after the departure (the recorded losses no")
-    print("longer follow from this setting); departs: the first differing decision (-: none within the recorded steps)")
+    print(LEGEND)
     if len(results) == 1:
         res = results[0]
         print()
