@@ -10,8 +10,12 @@ Guard protocol (only ``__call__`` is required)::
 
     class MyGuard:
         requires = ("model",)              # registered objects it needs (checked at start/restore)
-        def __call__(self, ctx) -> bool:   # decide; no side effects
-        def observe(self, ctx) -> None:    # called at every step_end while its phase is current
+        metrics = ("val_loss",)            # metrics __call__/evidence read, at the transition's point
+        observes = ("loss",)               # metrics observe() reads, at its observe points
+        observe_at = (Point.STEP_END,)     # where observe() is called (the default); None: at the
+                                           # transition's own point
+        def __call__(self, ctx) -> bool:   # decide; no side effects; return a bool
+        def observe(self, ctx) -> None:    # accumulate, at observe_at while its phase is current
         def reset(self) -> None:           # called when its phase is entered
         def evidence(self, ctx) -> dict:   # what made it decide, recorded in the history
         def state_dict(self) -> dict:      # JSON-safe accumulators, saved with the engine
@@ -31,7 +35,10 @@ Action protocol (only ``__call__`` is required)::
         def __repr__(self) -> str:
 
 Guards and actions are callables, never names resolved at run time, and never lambdas: their
-repr goes into the curriculum's fingerprint, the history and the diagrams.
+repr goes into the curriculum's fingerprint, the history and the diagrams. A combinator (an object
+whose ``guards`` is a tuple of guards, as ``all_of``) is looked into: the engine observes, resets
+and reads the declarations of the guards inside it. The engine checks the declared ``metrics`` and
+``observes`` at a run's first ``step_end``/``epoch_end``, before anything is counted.
 """
 
 from __future__ import annotations
@@ -212,6 +219,37 @@ def describe(obj: Any) -> str:
         cls = type(obj)
         return f"{cls.__module__}.{cls.__qualname__}()"
     return text
+
+
+def guard_leaves(guard: Any) -> Iterator[Any]:
+    """``guard`` itself, or for a combinator (an object whose ``guards`` is a tuple of guards, as
+    ``all_of``) the guards inside it, depth first. The engine observes, resets and reads the
+    metric declarations of these leaves."""
+    children = getattr(guard, "guards", None)
+    if isinstance(children, tuple) and children and all(callable(c) for c in children):
+        for child in children:
+            yield from guard_leaves(child)
+    else:
+        yield guard
+
+
+def observe_points(guard: Any, when: Point) -> tuple[Point, ...]:
+    """Where the engine calls ``guard.observe``: its ``observe_at`` (default: every step_end);
+    ``observe_at = None`` means at its transition's evaluation point ``when``."""
+    points = getattr(guard, "observe_at", (Point.STEP_END,))
+    return (when,) if points is None else tuple(Point(p) for p in points)
+
+
+def metrics_read(guard: Any, when: Point, point: Point) -> tuple[str, ...]:
+    """The metrics a leaf guard declares it reads at ``point`` when its transition is evaluated at
+    ``when``: its ``metrics`` (read deciding, at ``when``) and its ``observes`` (read by
+    ``observe``, at its observe points)."""
+    names: tuple[str, ...] = ()
+    if point is when:
+        names += tuple(getattr(guard, "metrics", ()) or ())
+    if hasattr(guard, "observe") and point in observe_points(guard, when):
+        names += tuple(getattr(guard, "observes", ()) or ())
+    return names
 
 
 def _is_lambda(obj: Any) -> bool:

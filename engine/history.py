@@ -141,6 +141,10 @@ class History(Sequence[Record]):
     def append(self, record: Record) -> None:
         self._records.append(record)
 
+    def truncate(self, length: int) -> None:
+        """Keep the first ``length`` records (the engine rolls back a call that raised)."""
+        del self._records[length:]
+
     def view(self) -> "HistoryView":
         """A read-only, live view of these records (what guards see as ``ctx.history``)."""
         return HistoryView(self._records)

@@ -10,14 +10,29 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import numbers
 import time
 from functools import partial
 from typing import Any
 
 import attrs
+import numpy as np
 from transitions import Machine, State
 
-from engine.core import Clock, ClockView, Context, Curriculum, CurriculumError, Phase, Point, describe
+from engine.core import (
+    Clock,
+    ClockView,
+    Context,
+    Curriculum,
+    CurriculumError,
+    Phase,
+    Point,
+    describe,
+    guard_leaves,
+    metrics_read,
+    observe_points,
+)
 from engine.diagram import to_dot, to_mermaid
 from engine.history import ActionEffect, Decision, GuardEvidence, HeldSince, History, Record, jsonable
 from engine.state import SCHEMA_VERSION, EngineState, PendingCheck, from_primitives, to_primitives
@@ -58,6 +73,62 @@ def _check_names(objects: dict[str, Any], where: str) -> None:
             )
 
 
+_REAL = "a real number (int, float, numpy scalar or 1-element tensor)"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _bad_metric(name: str, value: Any, call: str, why: str = "") -> CurriculumError:
+    return CurriculumError(
+        f"{call}: metric {name!r} must be {_REAL}, got {type(value).__name__} {_short(value)}{why}; "
+        f"pass a number, e.g. {name}=float(...) or {name}=tensor.item(). Nothing was counted: call again with a number"
+    )
+
+
+def to_metric(name: str, value: Any, call: str = "step_end()") -> float:
+    """``value`` as a float metric, or a :class:`CurriculumError` naming the metric, type and value.
+
+    Accepted: int, float (NaN and infinities included), numpy integer and floating scalars, and
+    one-element tensors or arrays of those. Refused: bool (a flag is not a measurement), str,
+    None, complex, sequences, multi-element tensors, ints too large for a float.
+    """
+    if type(value) is float:
+        return value
+    if isinstance(value, bool):
+        raise _bad_metric(name, value, call, " (a bool is not a measurement)")
+    if isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and not hasattr(value, "item")):
+        try:
+            return float(value)
+        except OverflowError:
+            raise _bad_metric(name, value, call, " (too large for a float)") from None
+    item = getattr(value, "item", None)
+    size = getattr(value, "size", None)  # numpy: an int attribute; torch: a method
+    count = value.numel() if hasattr(value, "numel") else size if isinstance(size, int) else None
+    if callable(item) and count == 1 and getattr(getattr(value, "dtype", None), "kind", "f") != "b":
+        inner = item()
+        if not isinstance(inner, bool) and isinstance(inner, (int, float)):
+            return float(inner)
+    if count is not None and count != 1:
+        raise _bad_metric(name, value, call, f" ({count} elements; a metric is one number)")
+    raise _bad_metric(name, value, call)
+
+
+def _truth(value: Any) -> bool | None:
+    """A guard's result as a bool: bool, numpy bool, or a one-element boolean tensor/array; else None."""
+    if value is True or value is False:
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    dtype = getattr(value, "dtype", None)
+    count = value.numel() if hasattr(value, "numel") else getattr(value, "size", None)
+    if dtype is not None and count == 1 and (str(dtype) in ("torch.bool", "bool")):
+        return bool(value.item())
+    return None
+
+
 class CurriculumEngine:
     """Runs a :class:`Curriculum` against a training loop.
 
@@ -65,6 +136,10 @@ class CurriculumEngine:
     (``optimizer=...``, ``model=...``, ``schedule=...``). They may also be registered later with
     :meth:`bind` (frameworks build the optimizer after their callbacks); every object a guard or
     action ``requires`` must be registered by :meth:`start` or :meth:`load_state_dict`.
+
+    Every call is atomic: ``step_end``, ``epoch_end``, ``start`` and ``force`` validate their
+    input first, and a call that raises leaves ``state_dict()`` as it was before the call
+    (docs/semantics.md, "Atomicity" and "Errors").
     """
 
     def __init__(self, curriculum: Curriculum, **objects: Any) -> None:
@@ -79,26 +154,15 @@ class CurriculumEngine:
         self.ctx = Context(clock=self._clock_view, objects=self.objects, history=self._history.view())
         self._pending: list[PendingCheck] = []
         self._started = False
+        self._unchecked_step = self._unchecked_epoch = True  # has this run checked the metrics there yet?
         self._fingerprint = curriculum.fingerprint()
-
-        phases = curriculum.phases
-        self._phases = {p.name: p for p in phases}
-        out = {p.name: curriculum.outgoing(p.name) for p in phases}
-        self._has_point = {
-            point: {name: any(tr.when is point for tr in trs) for name, trs in out.items()} for point in Point
-        }
-        self._observers = {
-            name: [g.observe for tr in trs for g in tr.guards if hasattr(g, "observe")] for name, trs in out.items()
-        }
-        self._resetters = {
-            name: [g.reset for tr in trs for g in tr.guards if hasattr(g, "reset")] for name, trs in out.items()
-        }
+        self._plan(curriculum)
         # Each transition's guards with all_of opened up, and per transition out of the current
         # phase the (global_step, epoch) since which each has held at every evaluation point.
         self._leaves = [[leaf for g in tr.guards for leaf in _conjuncts(g)] for tr in curriculum.transitions]
         self._held_since: dict[int, list[tuple[int, int] | None]] = {}
 
-        states = [State(p.name, on_enter=[partial(self._act, a) for a in p.on_enter]) for p in phases]
+        states = [State(p.name, on_enter=[partial(self._act, a) for a in p.on_enter]) for p in curriculum.phases]
         self._model = _MachineModel()
         self._machine = Machine(
             model=self._model,
@@ -117,11 +181,49 @@ class CurriculumEngine:
                 before=[partial(self._begin, i)] + [partial(self._act, a) for a in tr.actions] + [self._enter_clock],
                 after=[partial(self._finish, i)],
             )
-        for p in phases:
+        for p in curriculum.phases:
             self._machine.add_transition(
                 trigger=f"_force_{p.name}", source="*", dest=p.name,
                 before=[partial(self._begin, -1), self._enter_clock], after=[partial(self._finish, -1)],
             )
+
+    def _plan(self, curriculum: Curriculum) -> None:
+        """Per phase and point: who observes, who resets, which metrics are read, what to snapshot."""
+        names = [p.name for p in curriculum.phases]
+        self._phases = {p.name: p for p in curriculum.phases}
+        keyed = {id(g): key for key, g in curriculum.guards}
+        self._where: dict[int, str] = {}  # id(guard) -> the transitions that use it, for messages
+        self._has_point = {point: dict.fromkeys(names, False) for point in Point}
+        self._observers: dict[Point, dict[str, list]] = {point: {n: [] for n in names} for point in Point}
+        self._resetters: dict[str, list] = {n: [] for n in names}
+        self._needs: dict[Point, dict[str, dict[str, list[str]]]] = {point: {n: {} for n in names} for point in Point}
+        self._all_needs: dict[Point, dict[str, list[str]]] = {point: {} for point in Point}
+        self._snapshot: dict[Point, dict[str, list]] = {point: {n: [] for n in names} for point in Point}
+        for i, tr in enumerate(curriculum.transitions):
+            self._has_point[tr.when][tr.source] = True
+            for top in tr.guards:
+                for leaf in guard_leaves(top):
+                    where = self._where.setdefault(id(leaf), "")
+                    self._where[id(leaf)] = f"{where}, {tr.label}" if where else tr.label
+                    if hasattr(leaf, "reset") and leaf.reset not in self._resetters[tr.source]:
+                        self._resetters[tr.source].append(leaf.reset)
+                    for point in Point:
+                        for metric in metrics_read(leaf, tr.when, point):
+                            who = f"{describe(leaf)} in {tr.label}"
+                            self._all_needs[point].setdefault(metric, []).append(who)
+                            if not (point is Point.STEP_END and metric == "loss"):
+                                self._needs[point][tr.source].setdefault(metric, []).append(who)
+                        if hasattr(leaf, "observe") and point in observe_points(leaf, tr.when):
+                            self._observers[point][tr.source].append(leaf.observe)
+                            if hasattr(top, "state_dict") and all(top is not g for _, g in self._snapshot[point][tr.source]):
+                                self._snapshot[point][tr.source].append((keyed[id(top)], top))
+        for point in Point:
+            for name in names:
+                # Roll back observations only where something can fail after one was made: a
+                # second observer, or guards and actions evaluated at this point.
+                if len(self._observers[point][name]) < 2 and not self._has_point[point][name]:
+                    self._snapshot[point][name] = []
+        self._stateful = [(key, g) for key, g in curriculum.guards if hasattr(g, "state_dict")]
 
     # -- registration ----------------------------------------------------------------------------
 
@@ -152,69 +254,141 @@ class CurriculumEngine:
         """Begin a run: run the ``on_enter`` actions of the initial phase.
 
         ``phase``, ``global_step`` and ``epoch`` start elsewhere instead: for a checkpoint that has
-        weights but no engine state (the phase then comes from the epochs it completed).
+        weights but no engine state (the phase then comes from the epochs it completed). If an
+        ``on_enter`` action raises, the engine is left unstarted (call ``start()`` again).
         """
         if self._started:
             raise CurriculumError("engine.start() was already called, or the engine was restored; call it once, on a fresh run only")
         if phase is not None and phase not in self._phases:
             raise CurriculumError(f"start(phase={phase!r}): not a phase; expected one of {list(self._phases)}")
+        for field, value in (("global_step", global_step), ("epoch", epoch)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise CurriculumError(f"start({field}=...) must be an int >= 0, got {value!r}")
         self._check_requirements("start()")
-        if phase is not None:
-            self._machine.set_state(phase, model=self._model)
-        self._clock.global_step, self._clock.epoch = global_step, epoch
+        name = phase if phase is not None else self.curriculum.initial_name
+        states = [(key, g, g.state_dict()) for key, g in self._stateful]
+        ctx = self.ctx
+        ctx.metrics, ctx.point, ctx.transition = {}, None, None
+        self._clock.global_step, self._clock.epoch = int(global_step), int(epoch)
+        done: list[ActionEffect] = []
+        try:
+            for action in self._phases[name].on_enter:
+                effect = self._call_action(action, None, done, "start", name)
+                done.append(ActionEffect(describe(action), effect))
+                logger.info("start in %s: %s -> %s", name, describe(action), effect)
+            for reset in self._resetters[name]:
+                self._call_hook(reset, "reset", "start")
+        except BaseException:
+            self._clock.global_step = self._clock.epoch = 0
+            self._restore(states)
+            raise
+        self._machine.set_state(name, model=self._model)
         self._started = True
         self._held_since = {}
-        name = self._model.state
-        self.ctx.metrics, self.ctx.point = {}, None
-        for action in self._phases[name].on_enter:
-            effect = action(self.ctx)
-            logger.info("start in %s: %s -> %s", name, describe(action), effect)
-        for reset in self._resetters[name]:
-            reset()
+        self._unchecked_step = self._unchecked_epoch = True
 
     def step_end(self, loss: float, **metrics: float) -> Record | None:
-        """After ``optimizer.step()`` and ``schedule.step()``: count the step, evaluate step-end transitions."""
+        """After ``optimizer.step()`` and ``schedule.step()``: count the step, evaluate step-end transitions.
+
+        Returns the record of the transition that fired, or None.
+        """
         if not self._started:
             raise CurriculumError("call engine.start() (fresh run) or engine.load_state_dict(...) (resume) before step_end")
+        # Validate first: nothing below changes before every input is known to be good.
+        if type(loss) is not float:
+            loss = to_metric("loss", loss, "step_end()")
+        for name, value in metrics.items():
+            if type(value) is not float:
+                metrics[name] = to_metric(name, value, "step_end()")
+        metrics["loss"] = loss
+        phase = self._model.state
+        if self._unchecked_step:
+            self._check_run_metrics(Point.STEP_END, metrics)
+        needs = self._needs[Point.STEP_END][phase]
+        if needs:
+            self._check_metrics(needs, metrics, Point.STEP_END)
+        ctx = self.ctx
+        ctx.metrics = metrics
+        ctx.point = Point.STEP_END
+        snapshot = self._snapshot[Point.STEP_END][phase]
+        before = [(key, g, g.state_dict()) for key, g in snapshot] if snapshot else None
+        pending = self._pending
         clock = self._clock
         clock.global_step += 1
         clock.step_in_epoch += 1
         clock.steps_in_phase += 1
-        metrics["loss"] = float(loss)
-        ctx = self.ctx
-        ctx.metrics = metrics
-        ctx.point = Point.STEP_END
-        if self._pending:
-            self._run_checks()
-        phase = self._model.state
-        for observe in self._observers[phase]:
-            observe(ctx)
-        if self._has_point[Point.STEP_END][phase]:
-            return self._trigger(Point.STEP_END)
-        return None
+        try:
+            warnings = self._run_checks(pending) if pending else None
+            for observe in self._observers[Point.STEP_END][phase]:
+                try:
+                    observe(ctx)
+                except Exception as exc:
+                    raise self._hook_error(observe, "observe", exc) from exc
+            record = self._trigger("step_end") if self._has_point[Point.STEP_END][phase] else None
+        except BaseException:
+            clock.global_step -= 1
+            clock.step_in_epoch -= 1
+            clock.steps_in_phase -= 1
+            if before:
+                self._restore(before)
+            raise
+        if warnings is not None:
+            self._commit_checks(pending, warnings)
+        return record
 
     def epoch_end(self, **metrics: float) -> Record | None:
-        """After the last step of an epoch: count the epoch, evaluate epoch-end transitions."""
+        """After the last step of an epoch: count the epoch, evaluate epoch-end transitions.
+
+        Returns the record of the transition that fired, or None.
+        """
         if not self._started:
             raise CurriculumError("call engine.start() (fresh run) or engine.load_state_dict(...) (resume) before epoch_end")
+        for name, value in metrics.items():
+            if type(value) is not float:
+                metrics[name] = to_metric(name, value, "epoch_end()")
+        phase = self._model.state
+        if self._unchecked_epoch:
+            self._check_run_metrics(Point.EPOCH_END, metrics)
+        needs = self._needs[Point.EPOCH_END][phase]
+        if needs:
+            self._check_metrics(needs, metrics, Point.EPOCH_END)
+        ctx = self.ctx
+        ctx.metrics = metrics
+        ctx.point = Point.EPOCH_END
+        snapshot = self._snapshot[Point.EPOCH_END][phase]
+        before = [(key, g, g.state_dict()) for key, g in snapshot] if snapshot else None
         clock = self._clock
+        step_in_epoch = clock.step_in_epoch
         clock.epoch += 1
         clock.epochs_in_phase += 1
         clock.step_in_epoch = 0
-        self.ctx.metrics = metrics
-        self.ctx.point = Point.EPOCH_END
-        if self._has_point[Point.EPOCH_END][self._model.state]:
-            return self._trigger(Point.EPOCH_END)
-        return None
+        try:
+            for observe in self._observers[Point.EPOCH_END][phase]:
+                try:
+                    observe(ctx)
+                except Exception as exc:
+                    raise self._hook_error(observe, "observe", exc) from exc
+            return self._trigger("epoch_end") if self._has_point[Point.EPOCH_END][phase] else None
+        except BaseException:
+            clock.epoch -= 1
+            clock.epochs_in_phase -= 1
+            clock.step_in_epoch = step_in_epoch
+            if before:
+                self._restore(before)
+            raise
 
     def force(self, dest: str, reason: str) -> Record:
-        """Move to ``dest`` by hand; recorded as a manual transition with ``reason``."""
+        """Move to ``dest`` by hand; recorded as a manual transition with ``reason``.
+
+        The destination's ``on_enter`` actions run and their effects are recorded; if one raises,
+        the engine stays where it was (as for any transition).
+        """
         if dest not in self._phases:
             raise CurriculumError(f"force(): {dest!r} is not a phase; expected one of {list(self._phases)}")
         if not self._started:
             raise CurriculumError("call engine.start() or engine.load_state_dict(...) before force()")
-        getattr(self._model, f"_force_{dest}")(reason=str(reason))
-        return self._history[-1]
+        self.ctx.metrics, self.ctx.point = {}, None
+        return self._trigger(f"_force_{dest}", reason=str(reason))
 
     # -- what the loop and the user read ------------------------------------------------------
 
@@ -242,6 +416,7 @@ class CurriculumEngine:
 
     def to_dot(self) -> str:
         return to_dot(self.curriculum, current=self._model.state)
+
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -290,6 +465,16 @@ class CurriculumEngine:
                 guard.load_state_dict(snap.guards[key])
             elif not allow_fingerprint_mismatch:
                 raise CurriculumError(f"engine state has no accumulators for guard {key} ({describe(guard)})")
+        held_since = {}
+        for key, since in snap.held_since.items():
+            index = int(key) if key.isdigit() else -1
+            if 0 <= index < len(self._leaves) and len(since) == len(self._leaves[index]):
+                held_since[index] = [(s[0], s[1]) if s else None for s in since]
+            elif not allow_fingerprint_mismatch:
+                raise CurriculumError(
+                    f"engine state's held_since[{key!r}] does not match transition {key}'s guards; "
+                    "restore it into the curriculum it was saved from, or pass allow_fingerprint_mismatch=True"
+                )
         self._machine.set_state(snap.phase, model=self._model)
         for field in attrs.fields(Clock):
             setattr(self._clock, field.name, getattr(snap.clock, field.name))
@@ -297,31 +482,72 @@ class CurriculumEngine:
         self.ctx.history = self._history.view()
         self._pending = list(snap.pending_checks)
         self._started = snap.started
-        self._held_since = {}
-        for key, since in snap.held_since.items():
-            index = int(key) if key.isdigit() else -1
-            if 0 <= index < len(self._leaves) and len(since) == len(self._leaves[index]):
-                self._held_since[index] = [(s[0], s[1]) if s else None for s in since]
-            elif not allow_fingerprint_mismatch:
-                raise CurriculumError(f"engine state's held_since[{key!r}] does not match transition {key}'s guards")
+        self._held_since = held_since
+        self._unchecked_step = self._unchecked_epoch = True
+
+    # -- checks before a call changes anything ---------------------------------------------------
+
+    def _check_run_metrics(self, point: Point, metrics: dict) -> None:
+        """At a run's first call at ``point``: every metric any transition reads there was passed."""
+        self._check_metrics(self._all_needs[point], metrics, point, everywhere=True)
+        if point is Point.STEP_END:
+            self._unchecked_step = False
+        else:
+            self._unchecked_epoch = False
+
+    def _check_metrics(self, needs: dict[str, list[str]], metrics: dict, point: Point, everywhere: bool = False) -> None:
+        missing = [name for name in needs if name not in metrics]
+        if not missing:
+            return
+        readers = "; ".join(f"{name!r} (read by {', '.join(needs[name])})" for name in missing)
+        call = f"engine.{point.value}(" + ", ".join(f"{name}=..." for name in missing) + ")"
+        scope = "transitions of this curriculum read" if everywhere else "the current phase reads"
+        raise CurriculumError(
+            f"{point.value}(): the {scope} metrics the loop did not pass: {readers}; passed: {sorted(metrics)}. "
+            f"Pass them as {call}. Nothing was counted: call again with them"
+        )
 
     # -- machine callbacks (called by transitions) --------------------------------------------
-    # Everything a transition in progress needs travels in its event: ``event.kwargs["record"]``
-    # is the record being built (set by _begin, filled by _act, appended by _finish), and a manual
-    # transition's reason is ``event.kwargs["reason"]``. The phase is the machine model's state.
+    # Everything a transition in progress needs travels in its event: event.kwargs["record"] is
+    # the record being built (set by _begin, filled by _act, appended by _finish), a manual
+    # transition's reason is event.kwargs["reason"], its transition's index event.kwargs["index"]
+    # (-1: manual), and event.kwargs["undo"] is the caller's
+    # list that _begin fills with what rolls the engine back if a later callback raises. The
+    # phase is the machine model's state; trigger() returns whether a transition fired.
 
-    def _trigger(self, point: Point) -> Record | None:
-        fired = getattr(self._model, point.value)()
+    def _trigger(self, trigger: str, **kwargs: Any) -> Record | None:
+        undo: list = []
+        held_since = dict(self._held_since)  # _decide and _finish replace entries, never mutate them
+        try:
+            fired = getattr(self._model, trigger)(undo=undo, **kwargs)
+        except BaseException:
+            if undo:
+                self._undo(*undo)
+            self._held_since = held_since
+            raise
         return self._history[-1] if fired else None
 
-    def _holds(self, guard: Any, _event: Any) -> bool:
-        return bool(guard(self.ctx))
+    def _holds(self, guard: Any, index: int, event: Any) -> bool:
+        ctx = self.ctx
+        ctx.transition = self.curriculum.transitions[index]
+        try:
+            result = guard(ctx)
+        except Exception as exc:
+            raise self._error(f"guard {describe(guard)}", index, "raised", exc) from exc
+        truth = _truth(result)
+        if truth is None:
+            raise self._error(
+                f"guard {describe(guard)}", index,
+                f"returned {type(result).__name__} {_short(result)}, which is not a truth value "
+                "(return a bool, e.g. bool(x), or a one-element boolean tensor)", None,
+            )
+        return truth
 
     def _decide(self, index: int, event: Any) -> bool:
         """Transition ``index``'s condition: every guard (all_of opened up) evaluated, none skipped,
         and the point since which each has held brought up to date (for the deciding guard)."""
         leaves = self._leaves[index]
-        values = [self._holds(g, event) for g in leaves]
+        values = [self._holds(g, index, event) for g in leaves]
         before = self._held_since.get(index) or [None] * len(leaves)
         now = (self._clock.global_step, self._clock.epoch)
         self._held_since[index] = [(since or now) if holds else None for holds, since in zip(values, before)]
@@ -336,11 +562,62 @@ class CurriculumEngine:
             held_since=[HeldSince(describe(g), s[0], s[1]) for g, s in zip(leaves, since)],
         )
 
+    def _error(self, who: str, index: int | str, what: str, exc: BaseException | None, done: list | None = None) -> CurriculumError:
+        ctx, clock = self.ctx, self._clock
+        if isinstance(index, str):
+            text = f"{who} of the manual transition {index} {what}"
+        else:
+            text = f"{who} of transition {self.curriculum.transitions[index].label} {what}"
+        point = ctx.point.value if ctx.point is not None else "force()"
+        if exc is not None:
+            text += f" {type(exc).__name__}: {exc}"
+        text += f" (at {point}, global step {clock.global_step})"
+        if done is not None:
+            ran = ", ".join(f"{a.action} -> {a.effect}" for a in done) or "none"
+            text += f"; actions that had already run, whose effects on your objects are not undone: {ran}"
+        return CurriculumError(text + "; the engine is left as it was before this call (same phase, clock, history and guard state)")
+
+    def _hook_error(self, method: Any, hook: str, exc: BaseException) -> CurriculumError:
+        guard = getattr(method, "__self__", method)
+        ctx = self.ctx
+        point = ctx.point.value if ctx.point is not None else "start"
+        return CurriculumError(
+            f"guard {describe(guard)} (in {self._where.get(id(guard), '?')}) raised in {hook}() "
+            f"{type(exc).__name__}: {exc} (at {point}, global step {self._clock.global_step}); "
+            "the engine is left as it was before this call (same phase, clock, history and guard state)"
+        )
+
+    def _call_hook(self, method: Any, hook: str, _point: str) -> None:
+        try:
+            method()
+        except Exception as exc:
+            raise self._hook_error(method, hook, exc) from exc
+
+    def _call_action(self, action: Any, index: int | str | None, done: list, _point: str, phase: str) -> dict:
+        try:
+            effect = action(self.ctx)
+            return jsonable(effect or {})
+        except Exception as exc:
+            if index is None:
+                ran = ", ".join(f"{a.action} -> {a.effect}" for a in done) or "none"
+                raise CurriculumError(
+                    f"action {describe(action)} (on_enter of {phase!r}) raised at start() "
+                    f"{type(exc).__name__}: {exc}; actions that had already run, whose effects on your objects are "
+                    f"not undone: {ran}; the engine is left unstarted: fix the cause and call start() again"
+                ) from exc
+            raise self._error(f"action {describe(action)}", index, "raised", exc, done) from exc
+
     def _begin(self, index: int, event: Any) -> None:
         clock = self._clock
+        # What a rollback restores if an action, on_enter or reset of this transition raises.
+        event.kwargs["index"] = index
+        event.kwargs["undo"][:] = [
+            self._model.state, attrs.evolve(clock), len(self._history), len(self._pending),
+            [(key, g, g.state_dict()) for key, g in self._stateful],
+        ]
         if index >= 0:
             tr = self.curriculum.transitions[index]
-            guards = [GuardEvidence(describe(g), self._evidence(g)) for g in tr.guards]
+            guards = [GuardEvidence(describe(g), self._evidence(g, index)) for g in tr.guards]
             point, reason, decision = tr.when.value, None, self._decision(index)
         else:
             guards, point, decision = [], _MANUAL, None
@@ -358,14 +635,21 @@ class CurriculumEngine:
             decision=decision,
         )
 
-    def _evidence(self, guard: Any) -> dict:
-        if hasattr(guard, "evidence"):
+    def _evidence(self, guard: Any, index: int) -> dict:
+        if not hasattr(guard, "evidence"):
+            return {"holds": True}
+        try:
             return jsonable(guard.evidence(self.ctx) or {})
-        return {"holds": True}
+        except Exception as exc:
+            raise self._error(f"guard {describe(guard)}", index, "raised in evidence()", exc) from exc
 
     def _act(self, action: Any, event: Any) -> None:
-        effect = action(self.ctx)
-        event.kwargs["record"].actions.append(ActionEffect(describe(action), jsonable(effect or {})))
+        record = event.kwargs["record"]
+        index = event.kwargs["index"]
+        if index < 0:
+            index = f"{record.source} -> {record.dest}"
+        effect = self._call_action(action, index, record.actions, "", record.dest)
+        record.actions.append(ActionEffect(describe(action), effect))
 
     def _enter_clock(self, _event: Any) -> None:
         self._clock.steps_in_phase = 0
@@ -375,24 +659,54 @@ class CurriculumEngine:
         record = event.kwargs["record"]
         self._held_since = {}  # a phase was entered: its transitions' guards start afresh
         for reset in self._resetters[record.dest]:
-            reset()
+            self._call_hook(reset, "reset", record.point)
         self._history.append(record)
         for k, action in enumerate(self._actions_of(index, record.dest)):
             if hasattr(action, "verify"):
                 self._pending.append(PendingCheck(record=len(self._history) - 1, transition=index, action=k))
         logger.info("transition %s -> %s at step %d (epoch %d)", record.source, record.dest, record.global_step, record.epoch)
 
+    def _undo(self, phase: str, clock: Clock, n_history: int, n_pending: int, states: list) -> None:
+        """Put the engine back as _begin found it (the caller then undoes the count of its call)."""
+        self._machine.set_state(phase, model=self._model)
+        for field in attrs.fields(Clock):
+            setattr(self._clock, field.name, getattr(clock, field.name))
+        self._history.truncate(n_history)
+        del self._pending[n_pending:]
+        self._restore(states)
+
+    @staticmethod
+    def _restore(states: list) -> None:
+        for _key, guard, state in states:
+            guard.load_state_dict(state)
+
     def _actions_of(self, index: int, dest: str) -> list:
         """The actions a transition ran, in record order: its own, then the destination's on_enter."""
         own = list(self.curriculum.transitions[index].actions) if index >= 0 else []
         return own + list(self._phases[dest].on_enter)
 
-    def _run_checks(self) -> None:
-        pending, self._pending = self._pending, []
+    def _run_checks(self, pending: list[PendingCheck]) -> tuple[int, list[tuple[Record, str]]]:
+        """Run the health checks owed from earlier transitions; returns them and their warnings
+        without storing anything (``_commit_checks`` does, once the call cannot fail)."""
+        out = []
         for check in pending:
             record = self._history[check.record]
             action = self._actions_of(check.transition, record.dest)[check.action]
-            warning = action.verify(self.ctx, record.actions[check.action].effect)
+            try:
+                warning = action.verify(self.ctx, record.actions[check.action].effect)
+            except Exception as exc:
+                raise CurriculumError(
+                    f"action {describe(action)}'s verify() (health check after {record.source} -> {record.dest} at step "
+                    f"{record.global_step}) raised {type(exc).__name__}: {exc} (at step_end, global step {self._clock.global_step}); "
+                    "the engine is left as it was before this call"
+                ) from exc
             if warning:
-                logger.warning("after %s -> %s at step %d: %s", record.source, record.dest, record.global_step, warning)
-                record.warnings.append(str(warning))
+                out.append((record, str(warning)))
+        return len(pending), out
+
+    def _commit_checks(self, pending: list[PendingCheck], checked: tuple[int, list]) -> None:
+        count, warnings = checked
+        for record, warning in warnings:
+            logger.warning("after %s -> %s at step %d: %s", record.source, record.dest, record.global_step, warning)
+            record.warnings.append(warning)
+        del pending[:count]

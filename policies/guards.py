@@ -70,6 +70,7 @@ class Plateau:
     """
 
     requires: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()  # deciding reads no metric; observe reads `observes` at every step_end
 
     def __init__(
         self, window: int = 50, threshold: float = 0.005, metric: str = "loss", mode: str = "min",
@@ -109,6 +110,11 @@ class Plateau:
         self._older_sq = self._newer_sq = 0  # exact sums of squares (scale 2**2148): the Welch test's
 
     # -- accumulate ------------------------------------------------------------------------------
+
+    @property
+    def observes(self) -> tuple[str, ...]:
+        """The metric ``observe`` reads at every step_end (the engine checks that the loop passes it)."""
+        return (self.metric,)
 
     def observe(self, ctx: Context) -> None:
         """Append this step's value of the metric (skipped when non-finite)."""
@@ -296,6 +302,11 @@ class MinSteps(_Counter):
 class _Threshold:
     requires: tuple[str, ...] = ()
     _word: str
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The metric read when deciding, at the transition's point (the engine checks it is passed)."""
+        return (self.name,)
 
     def __init__(self, name: str, value: float) -> None:
         cls = type(self).__name__

@@ -144,8 +144,8 @@ def test_missing_metric_names_it_and_the_point():
         eng.epoch_end(val_loss=1.0)
 
 
-def test_guard_exceptions_propagate():
-    """An exception inside a guard is never swallowed into a silent False."""
+def test_guard_exception_becomes_a_chained_error_naming_where():
+    """An exception inside a guard becomes a CurriculumError chained to it, naming transition, guard, point and step."""
 
     class Boom:
         def __call__(self, ctx):
@@ -156,7 +156,54 @@ def test_guard_exceptions_propagate():
 
     eng = CurriculumEngine(Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Boom()])]))
     eng.start()
-    with pytest.raises(RuntimeError, match="boom"):
+    eng.step_end(loss=1.0)
+    before = eng.state_dict()
+    with pytest.raises(CurriculumError, match=r"guard Boom\(\) of transition a -> b raised RuntimeError: boom \(at epoch_end, global step 1\)") as info:
+        eng.epoch_end()
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert eng.state_dict() == before  # the epoch was not counted
+
+
+@pytest.mark.parametrize("result", [None, [True, False], "yes", 1])
+def test_guard_returning_a_non_truth_value_is_an_error(result):
+    """A guard must return a truth value; None, a list, a string or an int is an error naming it and what came."""
+
+    class Odd:
+        def __call__(self, ctx):
+            return result
+
+        def __repr__(self):
+            return "Odd()"
+
+    eng = CurriculumEngine(Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Odd()])]))
+    eng.start()
+    with pytest.raises(CurriculumError, match=rf"guard Odd\(\) of transition a -> b returned {type(result).__name__} .*not a truth value"):
+        eng.epoch_end()
+    assert eng.clock.epoch == 0
+
+
+def test_guard_truth_values_from_numpy_and_tensors():
+    """numpy bools and one-element boolean tensors count as truth values; a two-element tensor does not."""
+    import numpy as np
+    import torch
+
+    class Returns:
+        def __init__(self, value):
+            self.value = value
+
+        def __call__(self, ctx):
+            return self.value
+
+        def __repr__(self):
+            return "Returns()"
+
+    for value, fires in [(np.bool_(True), True), (torch.tensor([True]), True), (torch.tensor(False), False)]:
+        eng = CurriculumEngine(Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Returns(value)])]))
+        eng.start()
+        assert (eng.epoch_end() is not None) is fires
+    eng = CurriculumEngine(Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Returns(torch.tensor([True, False]))])]))
+    eng.start()
+    with pytest.raises(CurriculumError, match=r"returned Tensor tensor\(\[ True, False\]\), which is not a truth value"):
         eng.epoch_end()
 
 

@@ -98,3 +98,46 @@ class FakeModel:
     def set_cutoff(self, n, preserve=True):
         self.calls.append((n, preserve))
         self.cutoff = 513 if n is None else n
+
+
+class ValBelow:
+    """Holds when the epoch's ``val`` metric is below ``value``; declares the metric it reads."""
+
+    metrics = ("val",)
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def __call__(self, ctx) -> bool:
+        return ctx.metric("val") < self.value
+
+    def __repr__(self) -> str:
+        return f"ValBelow({self.value})"
+
+
+class CrashIf:
+    """Guard that raises when the loop passes ``crash=...`` (a user guard with a bug), else never holds."""
+
+    def __call__(self, ctx) -> bool:
+        if "crash" in ctx.metrics:
+            raise RuntimeError("guard crashed")
+        return False
+
+    def __repr__(self) -> str:
+        return "CrashIf()"
+
+
+class ExplodeIf:
+    """Action that raises when the loop passed ``explode=...`` at the point it runs (a user action with a bug)."""
+
+    def __init__(self, calls: list | None = None) -> None:
+        self.calls = calls if calls is not None else []
+
+    def __call__(self, ctx) -> dict:
+        if "explode" in ctx.metrics:
+            raise ValueError("action exploded")
+        self.calls.append("explode_if")
+        return {"ok": 1}
+
+    def __repr__(self) -> str:
+        return "ExplodeIf()"
