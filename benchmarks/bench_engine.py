@@ -2,9 +2,10 @@
 
     python benchmarks/bench_engine.py [--quick]
 
-Measures microseconds per ``engine.step_end`` when the current phase has only an epoch-end
-transition (the spectral curriculum's case: a Plateau observes every step, the machine is not
-triggered), for several plateau windows and history lengths; ``epoch_end`` with and without a
+Measures microseconds per ``engine.step_end`` with nothing to evaluate: the current phase has
+only an epoch-end transition (the spectral curriculum's case), so the call validates the loss,
+counts the step, lets the one Plateau observe it, and does not call into the ``transitions``
+machine; for several plateau windows and history lengths; ``epoch_end`` with and without a
 transition; and the same plateau check written inline, as a loop author would without the engine.
 Prints a Markdown table (median of repeats), with each cost as a share of one ChunkLM optimizer
 step at the demo config.

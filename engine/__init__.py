@@ -1,14 +1,15 @@
 """A declarative state-machine curriculum engine for PyTorch training loops.
 
 Declare phases and guarded transitions as a :class:`Curriculum`, drive it from your loop with a
-:class:`CurriculumEngine` (``start``, ``step_end``, ``epoch_end``), and read ``engine.history``
-to see why and when each transition fired and which guard decided it. :func:`replay` feeds a run's
-recorded metrics to another rule without training again. See :mod:`engine.core` for the guard and
-action protocols.
+:class:`CurriculumEngine` (``bind``, ``start``, ``step_end``, ``epoch_end``), read the clock as
+``engine.clock`` and see why and when each transition fired, and which guard decided it, in
+``engine.history``. :func:`replay` feeds a run's recorded metrics to another rule without training
+again. See :mod:`engine.core` for the guard and action protocols and docs/semantics.md for the
+contract.
 """
 
-from engine.core import Clock, ClockView, Context, Curriculum, CurriculumError, Phase, Point, Transition, describe
-from engine.history import ActionEffect, Decision, GuardEvidence, HeldSince, History, Record
+from engine.core import Clock, ClockView, Context, Curriculum, CurriculumError, Params, Phase, Point, Transition, describe
+from engine.history import ActionEffect, Decision, GuardEvidence, HeldSince, History, HistoryView, Record
 from engine.runtime import CurriculumEngine
 from engine.replay import Departure, Replay, replay
 
@@ -19,6 +20,7 @@ __all__ = [
     "ClockView",
     "Context",
     "Phase",
+    "Params",
     "Transition",
     "Curriculum",
     "CurriculumEngine",
@@ -28,6 +30,7 @@ __all__ = [
     "HeldSince",
     "Decision",
     "History",
+    "HistoryView",
     "replay",
     "Replay",
     "Departure",

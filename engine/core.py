@@ -51,6 +51,7 @@ from collections import deque
 from typing import Any, Iterator, Mapping, Sequence
 
 import attrs
+import numpy as np
 
 __all__ = [
     "CurriculumError",
@@ -62,6 +63,7 @@ __all__ = [
     "Transition",
     "Curriculum",
     "describe",
+    "Params",
 ]
 
 
@@ -152,6 +154,9 @@ class ClockView:
         """A detached, mutable copy of the counters."""
         return attrs.evolve(self._clock)
 
+    def __reduce__(self) -> tuple:  # copy and pickle without going through __setattr__
+        return (ClockView, (self._clock,))
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, ClockView):
             other = other._clock
@@ -221,6 +226,33 @@ def describe(obj: Any) -> str:
     return text
 
 
+def as_bool(value: Any) -> bool | None:
+    """A guard's result as a bool: a bool, a numpy bool, or a one-element boolean tensor or
+    array; None for anything else (None, ints, lists, multi-element tensors)."""
+    if value is True or value is False:
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    dtype = getattr(value, "dtype", None)
+    count = value.numel() if hasattr(value, "numel") else getattr(value, "size", None)
+    if dtype is not None and count == 1 and str(dtype) in ("torch.bool", "bool"):
+        return bool(value.item())
+    return None
+
+
+def truth_value(guard: Any, value: Any) -> bool:
+    """``value``, returned by ``guard``, as a bool, or a CurriculumError naming both (for
+    combinators: a child that returns None must not read as False)."""
+    truth = as_bool(value)
+    if truth is None:
+        text = repr(value)
+        raise CurriculumError(
+            f"guard {describe(guard)} returned {type(value).__name__} {text if len(text) <= 80 else text[:77] + '...'}, "
+            "which is not a truth value; return a bool (e.g. bool(x)) or a one-element boolean tensor"
+        )
+    return truth
+
+
 def guard_leaves(guard: Any) -> Iterator[Any]:
     """``guard`` itself, or for a combinator (an object whose ``guards`` is a tuple of guards, as
     ``all_of``) the guards inside it, depth first. The engine observes, resets and reads the
@@ -250,6 +282,55 @@ def metrics_read(guard: Any, when: Point, point: Point) -> tuple[str, ...]:
     if hasattr(guard, "observe") and point in observe_points(guard, when):
         names += tuple(getattr(guard, "observes", ()) or ())
     return names
+
+
+def spec_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """What differs between two :meth:`Curriculum.spec` values, one readable line per change."""
+    lines = []
+    if old.get("initial") != new.get("initial"):
+        lines.append(f"initial phase: {old.get('initial')!r} -> {new.get('initial')!r}")
+    before = {p[0]: p for p in old.get("phases", [])}
+    after = {p[0]: p for p in new.get("phases", [])}
+    for name in before:
+        if name not in after:
+            lines.append(f"phase {name!r} removed")
+    for name, phase in after.items():
+        if name not in before:
+            lines.append(f"phase {name!r} added")
+            continue
+        was = before[name]
+        if was[1] != phase[1]:
+            lines.append(f"phase {name!r} on_enter: {was[1]} -> {phase[1]}")
+        if len(was) > 2 and len(phase) > 2 and was[2] != phase[2]:
+            lines.append(f"phase {name!r} params: {was[2]} -> {phase[2]}")
+
+    def keyed(transitions: list) -> dict:
+        out: dict = {}
+        for tr in transitions:
+            k = 0
+            while (tr[0], tr[1], k) in out:
+                k += 1
+            out[(tr[0], tr[1], k)] = tr
+        return out
+
+    told, tnew = keyed(old.get("transitions", [])), keyed(new.get("transitions", []))
+    for key, tr in told.items():
+        if key not in tnew:
+            lines.append(f"transition {tr[0]} -> {tr[1]} removed")
+    for key, tr in tnew.items():
+        if key not in told:
+            lines.append(f"transition {tr[0]} -> {tr[1]} added")
+            continue
+        was, label = told[key], f"transition {tr[0]} -> {tr[1]}"
+        for i, field in ((2, "when"), (3, "guards"), (4, "actions")):
+            if was[i] != tr[i]:
+                if isinstance(tr[i], list) and len(was[i]) == len(tr[i]):
+                    lines.extend(f"{label} {field[:-1]} {a} -> {b}" for a, b in zip(was[i], tr[i]) if a != b)
+                else:
+                    lines.append(f"{label} {field}: {was[i]} -> {tr[i]}")
+    if not lines and list(told) != list(tnew):
+        lines.append("the transitions are declared in another order (the first declared wins)")
+    return lines
 
 
 def _is_lambda(obj: Any) -> bool:
@@ -287,10 +368,84 @@ def _check_callables(items: Any, field: str) -> tuple:
     return items
 
 
-def _freeze_params(params: Mapping[str, Any]) -> Mapping[str, Any]:
+class Params(Mapping):
+    """A phase's ``params``: an immutable mapping (nested dicts and lists are frozen too).
+
+    Reads like a dict (``params["seq_len"]``, ``dict(params)``, ``params == {...}``); assigning
+    raises. To change params build a new phase: ``attrs.evolve(phase, params={...})``.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any] = ()) -> None:
+        object.__setattr__(self, "_data", {str(k): _freeze(v) for k, v in dict(data).items()})
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        raise TypeError(
+            f"Phase params are immutable (they are part of the curriculum's fingerprint): cannot set {key!r}; "
+            "build a new phase instead, e.g. attrs.evolve(phase, params={**phase.params, ...})"
+        )
+
+    __delitem__ = __setitem__  # type: ignore[assignment]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise TypeError("Phase params are immutable")
+
+    def __eq__(self, other: object) -> bool:
+        return dict(self._data) == (dict(other) if isinstance(other, Mapping) else other)
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(_spec_value(self), sort_keys=True))
+
+    def __repr__(self) -> str:
+        return repr(self._data)
+
+    def __reduce__(self) -> tuple:
+        return (Params, (dict(self._data),))
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Params):
+        return value
+    if isinstance(value, Mapping):
+        return Params(value)
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return frozenset(_freeze(v) for v in value)
+    return value
+
+
+def _spec_value(value: Any) -> Any:
+    """``value`` as JSON text material for the fingerprint: stable across processes."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else repr(value)
+    if isinstance(value, Mapping):
+        return {str(k): _spec_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_spec_value(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((_spec_value(v) for v in value), key=repr)
+    return describe(value)
+
+
+def _freeze_params(params: Mapping[str, Any]) -> Params:
     if not isinstance(params, Mapping):
-        raise CurriculumError(f"Phase params must be a mapping, got {type(params).__name__}: {params!r}")
-    return dict(params)
+        raise CurriculumError(
+            f"Phase.params must be a mapping, got {type(params).__name__}: {params!r}; pass a dict, e.g. params={{'seq_len': 256}}"
+        )
+    return params if isinstance(params, Params) else Params(params)
 
 
 @attrs.frozen
@@ -298,12 +453,12 @@ class Phase:
     """A training phase: a state of the curriculum's machine.
 
     ``params`` is free-form data for the loop (e.g. ``{"seq_len": 256}``), read as
-    ``engine.phase.params``. ``on_enter`` actions run when a transition enters the phase, and for
+    ``engine.phase.params``: an immutable :class:`Params` mapping, part of the fingerprint. ``on_enter`` actions run when a transition enters the phase, and for
     the initial phase at ``engine.start()``.
     """
 
     name: str = attrs.field()
-    params: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_params)
+    params: Params = attrs.field(factory=Params, converter=_freeze_params)
     on_enter: tuple = attrs.field(default=(), converter=lambda v: _check_callables(v, "Phase.on_enter"))
 
     @name.validator
@@ -355,7 +510,11 @@ class Transition:
 
 @attrs.frozen
 class Curriculum:
-    """Phases and the transitions between them; validated when built."""
+    """Phases and the transitions between them; validated when built.
+
+    When several transitions out of the current phase hold at one evaluation point, the first
+    declared fires (declaration order in ``transitions``), and at most one fires per point.
+    """
 
     phases: tuple[Phase, ...] = attrs.field(converter=tuple)
     transitions: tuple[Transition, ...] = attrs.field(converter=tuple)
@@ -388,6 +547,7 @@ class Curriculum:
                         f"Curriculum.transitions[{i}].{end} is {value!r}, which is not a phase; "
                         f"expected one of {names}; add Phase({value!r}) or fix the name"
                     )
+        self._check_shared_observers()
         reachable = {self.initial_name}
         frontier = deque([self.initial_name])
         while frontier:
@@ -402,6 +562,30 @@ class Curriculum:
                 f"Curriculum.phases {unreachable} cannot be reached from the initial phase "
                 f"{self.initial_name!r}; add a Transition into them or remove them"
             )
+
+    def _check_shared_observers(self) -> None:
+        """One guard object that observes must not be used twice out of one phase: it would
+        observe each value twice (a window of 4 full after 2 steps)."""
+        for phase in self.phases:
+            seen: dict[int, int] = {}
+            for i, tr in enumerate(self.transitions):
+                if tr.source != phase.name:
+                    continue
+                for leaf in (leaf for g in tr.guards for leaf in guard_leaves(g)):
+                    if not hasattr(leaf, "observe"):
+                        continue
+                    if id(leaf) in seen:
+                        j = seen[id(leaf)]
+                        where = (
+                            f"transition[{i}] ({tr.label}) uses it twice" if j == i
+                            else f"transitions[{j}] ({self.transitions[j].label}) and [{i}] ({tr.label}) share it"
+                        )
+                        raise CurriculumError(
+                            f"Curriculum.transitions: one guard object {describe(leaf)} observes out of phase "
+                            f"{phase.name!r} twice ({where}), so it would see each value twice; give each use "
+                            f"its own instance, e.g. {describe(leaf)} written out again"
+                        )
+                    seen[id(leaf)] = i
 
     @property
     def initial_name(self) -> str:
@@ -422,16 +606,26 @@ class Curriculum:
         """Every guard with a stable key ``"t<transition>.g<guard>"``."""
         return [(f"t{i}.g{j}", g) for i, tr in enumerate(self.transitions) for j, g in enumerate(tr.guards)]
 
-    def fingerprint(self) -> str:
-        """sha256 of the declared structure: phases, transitions, guards' and actions' reprs."""
-        spec = {
+    def spec(self) -> dict:
+        """The declared structure the fingerprint is taken over, as JSON-safe data: the initial
+        phase, each phase's name, on_enter actions and params, and each transition's source,
+        dest, point, guards and actions (by their repr). Stored in the engine's state, so a
+        mismatch can say what differs."""
+        return {
             "initial": self.initial_name,
-            "phases": [[p.name, [describe(a) for a in p.on_enter]] for p in self.phases],
+            "phases": [[p.name, [describe(a) for a in p.on_enter], _spec_value(p.params)] for p in self.phases],
             "transitions": [
                 [tr.source, tr.dest, tr.when.value, [describe(g) for g in tr.guards], [describe(a) for a in tr.actions]]
                 for tr in self.transitions
             ],
         }
+
+    def fingerprint(self, version: int = 2) -> str:
+        """sha256 of :meth:`spec`. ``version=1`` is the first release's rule, which left params
+        out: it checks engine states saved by that release (schema_version 1)."""
+        spec = self.spec()
+        if version == 1:
+            spec["phases"] = [entry[:2] for entry in spec["phases"]]
         text = json.dumps(spec, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 

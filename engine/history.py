@@ -70,14 +70,18 @@ class Decision:
 
 @attrs.define
 class Record:
-    """One transition: source, destination, when (clock and wall time), why (guards), what (actions)."""
+    """One transition: source, destination, when (clock and wall time), why (guards), what (actions).
 
-    source: str
+    The first record of a run is its start: ``source`` None, ``dest`` the initial phase, ``point``
+    ``"start"``, no guards, and the initial phase's ``on_enter`` effects.
+    """
+
+    source: str | None
     dest: str
     global_step: int
     epoch: int
     step_in_epoch: int
-    point: str  # "epoch_end", "step_end" or "manual"
+    point: str  # "start", "epoch_end", "step_end" or "manual"
     wall_time: float
     guards: list[GuardEvidence] = attrs.field(factory=list)
     actions: list[ActionEffect] = attrs.field(factory=list)
@@ -184,8 +188,11 @@ class History(Sequence[Record]):
             return "no transitions"
         lines = []
         for i, r in enumerate(self._records):
-            when = f"step {r.global_step} (epoch {r.epoch}, {r.point})"
-            lines.append(f"#{i}  {r.source} -> {r.dest}  at {when}" + (f"  reason: {r.reason}" if r.reason else ""))
+            if r.source is None:
+                lines.append(f"#{i}  start in {r.dest}  at step {r.global_step} (epoch {r.epoch})")
+            else:
+                when = f"step {r.global_step} (epoch {r.epoch}, {r.point})"
+                lines.append(f"#{i}  {r.source} -> {r.dest}  at {when}" + (f"  reason: {r.reason}" if r.reason else ""))
             if r.decision is not None:
                 lines.append(f"     {r.decision.text(r.global_step)}")
             for g in r.guards:

@@ -17,7 +17,6 @@ from functools import partial
 from typing import Any
 
 import attrs
-import numpy as np
 from transitions import Machine, State
 
 from engine.core import (
@@ -28,8 +27,10 @@ from engine.core import (
     CurriculumError,
     Phase,
     Point,
+    as_bool,
     describe,
     guard_leaves,
+    spec_differences,
     metrics_read,
     observe_points,
 )
@@ -42,6 +43,7 @@ __all__ = ["CurriculumEngine"]
 logger = logging.getLogger(__name__)
 
 _MANUAL = "manual"
+_START = "start"
 # Context attributes that a registered object would shadow.
 _RESERVED = frozenset(attrs.fields_dict(Context)) | {"metric"}
 
@@ -116,19 +118,6 @@ def to_metric(name: str, value: Any, call: str = "step_end()") -> float:
     raise _bad_metric(name, value, call)
 
 
-def _truth(value: Any) -> bool | None:
-    """A guard's result as a bool: bool, numpy bool, or a one-element boolean tensor/array; else None."""
-    if value is True or value is False:
-        return value
-    if isinstance(value, np.bool_):
-        return bool(value)
-    dtype = getattr(value, "dtype", None)
-    count = value.numel() if hasattr(value, "numel") else getattr(value, "size", None)
-    if dtype is not None and count == 1 and (str(dtype) in ("torch.bool", "bool")):
-        return bool(value.item())
-    return None
-
-
 class CurriculumEngine:
     """Runs a :class:`Curriculum` against a training loop.
 
@@ -156,6 +145,7 @@ class CurriculumEngine:
         self._started = False
         self._unchecked_step = self._unchecked_epoch = True  # has this run checked the metrics there yet?
         self._fingerprint = curriculum.fingerprint()
+        self._spec = curriculum.spec()
         self._plan(curriculum)
         # Each transition's guards with all_of opened up, and per transition out of the current
         # phase the (global_step, epoch) since which each has held at every evaluation point.
@@ -224,6 +214,12 @@ class CurriculumEngine:
                 if len(self._observers[point][name]) < 2 and not self._has_point[point][name]:
                     self._snapshot[point][name] = []
         self._stateful = [(key, g) for key, g in curriculum.guards if hasattr(g, "state_dict")]
+        # What step_end and epoch_end look up, one tuple per phase:
+        # (metrics to check, guards to snapshot, observe methods, has transitions at this point).
+        self._at_step, self._at_epoch = (
+            {n: (self._needs[p][n], self._snapshot[p][n], self._observers[p][n], self._has_point[p][n]) for n in names}
+            for p in (Point.STEP_END, Point.EPOCH_END)
+        )
 
     # -- registration ----------------------------------------------------------------------------
 
@@ -250,12 +246,14 @@ class CurriculumEngine:
 
     # -- the loop's calls ---------------------------------------------------------------------
 
-    def start(self, phase: str | None = None, *, global_step: int = 0, epoch: int = 0) -> None:
-        """Begin a run: run the ``on_enter`` actions of the initial phase.
+    def start(self, phase: str | None = None, *, global_step: int = 0, epoch: int = 0) -> Record:
+        """Begin a run: run the ``on_enter`` actions of the initial phase and record the start.
 
-        ``phase``, ``global_step`` and ``epoch`` start elsewhere instead: for a checkpoint that has
-        weights but no engine state (the phase then comes from the epochs it completed). If an
-        ``on_enter`` action raises, the engine is left unstarted (call ``start()`` again).
+        The start is the history's first record: ``source`` None, ``dest`` the phase, ``point``
+        ``"start"``, the ``on_enter`` effects. ``phase``, ``global_step`` and ``epoch`` start
+        elsewhere instead: for a checkpoint that has weights but no engine state (the phase then
+        comes from the epochs it completed). If an ``on_enter`` action raises, the engine is left
+        unstarted (fix the cause and call ``start()`` again). Returns the start record.
         """
         if self._started:
             raise CurriculumError("engine.start() was already called, or the engine was restored; call it once, on a fresh run only")
@@ -270,22 +268,28 @@ class CurriculumEngine:
         ctx = self.ctx
         ctx.metrics, ctx.point, ctx.transition = {}, None, None
         self._clock.global_step, self._clock.epoch = int(global_step), int(epoch)
-        done: list[ActionEffect] = []
+        record = Record(
+            source=None, dest=name, global_step=int(global_step), epoch=int(epoch), step_in_epoch=0,
+            point=_START, wall_time=time.time(),
+        )
         try:
             for action in self._phases[name].on_enter:
-                effect = self._call_action(action, None, done, "start", name)
-                done.append(ActionEffect(describe(action), effect))
-                logger.info("start in %s: %s -> %s", name, describe(action), effect)
+                effect = self._call_action(action, None, record.actions, name)
+                record.actions.append(ActionEffect(describe(action), effect))
             for reset in self._resetters[name]:
-                self._call_hook(reset, "reset", "start")
+                self._call_hook(reset, "reset")
         except BaseException:
             self._clock.global_step = self._clock.epoch = 0
             self._restore(states)
             raise
         self._machine.set_state(name, model=self._model)
+        self._history.append(record)
+        self._add_checks(-1, record)
         self._started = True
         self._held_since = {}
         self._unchecked_step = self._unchecked_epoch = True
+        logger.info("start in %s at step %d (epoch %d): %s", name, record.global_step, record.epoch, record.actions)
+        return record
 
     def step_end(self, loss: float, **metrics: float) -> Record | None:
         """After ``optimizer.step()`` and ``schedule.step()``: count the step, evaluate step-end transitions.
@@ -301,16 +305,14 @@ class CurriculumEngine:
             if type(value) is not float:
                 metrics[name] = to_metric(name, value, "step_end()")
         metrics["loss"] = loss
-        phase = self._model.state
+        needs, snapshot, observers, evaluate = self._at_step[self._model.state]
         if self._unchecked_step:
             self._check_run_metrics(Point.STEP_END, metrics)
-        needs = self._needs[Point.STEP_END][phase]
         if needs:
             self._check_metrics(needs, metrics, Point.STEP_END)
         ctx = self.ctx
         ctx.metrics = metrics
         ctx.point = Point.STEP_END
-        snapshot = self._snapshot[Point.STEP_END][phase]
         before = [(key, g, g.state_dict()) for key, g in snapshot] if snapshot else None
         pending = self._pending
         clock = self._clock
@@ -319,12 +321,12 @@ class CurriculumEngine:
         clock.steps_in_phase += 1
         try:
             warnings = self._run_checks(pending) if pending else None
-            for observe in self._observers[Point.STEP_END][phase]:
+            for observe in observers:
                 try:
                     observe(ctx)
                 except Exception as exc:
                     raise self._hook_error(observe, "observe", exc) from exc
-            record = self._trigger("step_end") if self._has_point[Point.STEP_END][phase] else None
+            record = self._trigger("step_end") if evaluate else None
         except BaseException:
             clock.global_step -= 1
             clock.step_in_epoch -= 1
@@ -346,16 +348,14 @@ class CurriculumEngine:
         for name, value in metrics.items():
             if type(value) is not float:
                 metrics[name] = to_metric(name, value, "epoch_end()")
-        phase = self._model.state
+        needs, snapshot, observers, evaluate = self._at_epoch[self._model.state]
         if self._unchecked_epoch:
             self._check_run_metrics(Point.EPOCH_END, metrics)
-        needs = self._needs[Point.EPOCH_END][phase]
         if needs:
             self._check_metrics(needs, metrics, Point.EPOCH_END)
         ctx = self.ctx
         ctx.metrics = metrics
         ctx.point = Point.EPOCH_END
-        snapshot = self._snapshot[Point.EPOCH_END][phase]
         before = [(key, g, g.state_dict()) for key, g in snapshot] if snapshot else None
         clock = self._clock
         step_in_epoch = clock.step_in_epoch
@@ -363,12 +363,12 @@ class CurriculumEngine:
         clock.epochs_in_phase += 1
         clock.step_in_epoch = 0
         try:
-            for observe in self._observers[Point.EPOCH_END][phase]:
+            for observe in observers:
                 try:
                     observe(ctx)
                 except Exception as exc:
                     raise self._hook_error(observe, "observe", exc) from exc
-            return self._trigger("epoch_end") if self._has_point[Point.EPOCH_END][phase] else None
+            return self._trigger("epoch_end") if evaluate else None
         except BaseException:
             clock.epoch -= 1
             clock.epochs_in_phase -= 1
@@ -436,6 +436,7 @@ class CurriculumEngine:
             history=list(self._history),
             pending_checks=list(self._pending),
             held_since={str(i): [list(s) if s else None for s in since] for i, since in self._held_since.items()},
+            spec=self._spec,
         )
         try:  # a round trip proves it JSON-safe and shares nothing with the live objects
             return json.loads(json.dumps(to_primitives(state), allow_nan=False))
@@ -449,10 +450,16 @@ class CurriculumEngine:
         """Restore a snapshot into this (freshly built) engine; fires no callback."""
         snap: EngineState = from_primitives(state)
         self._check_requirements("load_state_dict()")
-        if snap.fingerprint != self._fingerprint and not allow_fingerprint_mismatch:
+        mine = self._fingerprint if snap.fingerprint_version == 2 else self.curriculum.fingerprint(snap.fingerprint_version)
+        if snap.fingerprint != mine and not allow_fingerprint_mismatch:
+            if snap.spec is not None:
+                changes = spec_differences(snap.spec, self._spec) or ["(the specs agree: a guard or action repr is not stable)"]
+                what = "what differs (saved -> this one):\n  " + "\n  ".join(changes) + "\n"
+            else:
+                what = "its phases, transitions, guards, actions or params differ (a schema-1 state stores no spec to compare). "
             raise CurriculumError(
                 f"engine state was saved from a different curriculum (fingerprint {snap.fingerprint[:12]}..., "
-                f"this one {self._fingerprint[:12]}...): its phases, transitions, guards or actions differ. "
+                f"this one {mine[:12]}...); {what}"
                 "Build the curriculum the state was saved with, or pass allow_fingerprint_mismatch=True "
                 "to restore what still matches"
             )
@@ -525,6 +532,8 @@ class CurriculumEngine:
                 self._undo(*undo)
             self._held_since = held_since
             raise
+        finally:
+            self.ctx.transition = None
         return self._history[-1] if fired else None
 
     def _holds(self, guard: Any, index: int, event: Any) -> bool:
@@ -534,7 +543,7 @@ class CurriculumEngine:
             result = guard(ctx)
         except Exception as exc:
             raise self._error(f"guard {describe(guard)}", index, "raised", exc) from exc
-        truth = _truth(result)
+        truth = as_bool(result)
         if truth is None:
             raise self._error(
                 f"guard {describe(guard)}", index,
@@ -580,20 +589,21 @@ class CurriculumEngine:
     def _hook_error(self, method: Any, hook: str, exc: BaseException) -> CurriculumError:
         guard = getattr(method, "__self__", method)
         ctx = self.ctx
-        point = ctx.point.value if ctx.point is not None else "start"
+        point = ctx.point.value if ctx.point is not None else "force()" if self._started else "start()"
         return CurriculumError(
             f"guard {describe(guard)} (in {self._where.get(id(guard), '?')}) raised in {hook}() "
             f"{type(exc).__name__}: {exc} (at {point}, global step {self._clock.global_step}); "
             "the engine is left as it was before this call (same phase, clock, history and guard state)"
         )
 
-    def _call_hook(self, method: Any, hook: str, _point: str) -> None:
+    def _call_hook(self, method: Any, hook: str) -> None:
         try:
             method()
         except Exception as exc:
             raise self._hook_error(method, hook, exc) from exc
 
-    def _call_action(self, action: Any, index: int | str | None, done: list, _point: str, phase: str) -> dict:
+    def _call_action(self, action: Any, index: int | str | None, done: list, phase: str) -> dict:
+        """Run an action; ``index``: its transition (an int, or a manual move's label), None at start()."""
         try:
             effect = action(self.ctx)
             return jsonable(effect or {})
@@ -615,6 +625,7 @@ class CurriculumEngine:
             self._model.state, attrs.evolve(clock), len(self._history), len(self._pending),
             [(key, g, g.state_dict()) for key, g in self._stateful],
         ]
+        self.ctx.transition = self.curriculum.transitions[index] if index >= 0 else None
         if index >= 0:
             tr = self.curriculum.transitions[index]
             guards = [GuardEvidence(describe(g), self._evidence(g, index)) for g in tr.guards]
@@ -648,7 +659,7 @@ class CurriculumEngine:
         index = event.kwargs["index"]
         if index < 0:
             index = f"{record.source} -> {record.dest}"
-        effect = self._call_action(action, index, record.actions, "", record.dest)
+        effect = self._call_action(action, index, record.actions, record.dest)
         record.actions.append(ActionEffect(describe(action), effect))
 
     def _enter_clock(self, _event: Any) -> None:
@@ -659,12 +670,16 @@ class CurriculumEngine:
         record = event.kwargs["record"]
         self._held_since = {}  # a phase was entered: its transitions' guards start afresh
         for reset in self._resetters[record.dest]:
-            self._call_hook(reset, "reset", record.point)
+            self._call_hook(reset, "reset")
         self._history.append(record)
+        self._add_checks(index, record)
+        logger.info("transition %s -> %s at step %d (epoch %d)", record.source, record.dest, record.global_step, record.epoch)
+
+    def _add_checks(self, index: int, record: Record) -> None:
+        """Owe a health check at the next step_end for each action of ``record`` with ``verify``."""
         for k, action in enumerate(self._actions_of(index, record.dest)):
             if hasattr(action, "verify"):
                 self._pending.append(PendingCheck(record=len(self._history) - 1, transition=index, action=k))
-        logger.info("transition %s -> %s at step %d (epoch %d)", record.source, record.dest, record.global_step, record.epoch)
 
     def _undo(self, phase: str, clock: Clock, n_history: int, n_pending: int, states: list) -> None:
         """Put the engine back as _begin found it (the caller then undoes the count of its call)."""

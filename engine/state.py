@@ -13,7 +13,7 @@ from engine.history import Record
 
 __all__ = ["SCHEMA_VERSION", "PendingCheck", "EngineState", "converter", "to_primitives", "from_primitives"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 converter = make_converter(forbid_extra_keys=True)
 
@@ -41,10 +41,20 @@ class EngineState:
     # opened up), [global_step, epoch] since which it has held at every evaluation point, or None.
     # States saved before it existed load with {}: the guards' past is then unknown.
     held_since: dict[str, list[list[int] | None]] = attrs.field(factory=dict)
+    # The curriculum's spec (Curriculum.spec()), so a fingerprint mismatch can say what differs;
+    # None in states migrated from schema 1.
+    spec: dict | None = None
+    # The rule the fingerprint was taken with (Curriculum.fingerprint(version)): 1 left params out.
+    fingerprint_version: int = 2
+
+
+def _from_v1(data: dict) -> dict:
+    """Schema 1 (the first release): no spec, a fingerprint without params, no start record."""
+    return {**data, "schema_version": 2, "spec": None, "fingerprint_version": 1}
 
 
 # Migrations from an older schema's raw dict to the next one: {from_version: function}.
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _from_v1}
 
 
 def to_primitives(state: EngineState) -> dict:

@@ -1,7 +1,8 @@
 """Ready-made policies for the curriculum engine: guards, actions, the LR schedule, the seed's curriculum.
 
 Guards (decide): :class:`Plateau`, :class:`MinEpoch`, :class:`MinSteps`, :class:`MetricBelow`,
-:class:`MetricAbove`, and the combinators :func:`all_of`, :func:`any_of`, :func:`not_`.
+:class:`MetricAbove`, the combinators :func:`all_of`, :func:`any_of`, :func:`not_`, and for
+loop-backs :class:`Cooldown`, :class:`MaxVisits`, :class:`WorseThanBest`.
 Actions (act): :class:`RestartLR`, :class:`SetCutoff`, :class:`ResetWindow`.
 Schedule: :class:`StagedCosine`, the stage-aligned cosine LR with restarts.
 Curriculum: :func:`spectral_curriculum` (cutoff 128 -> 256 -> 512 -> full) and
@@ -9,7 +10,19 @@ Curriculum: :func:`spectral_curriculum` (cutoff 128 -> 256 -> 512 -> full) and
 """
 
 from policies.actions import ResetWindow, RestartLR, SetCutoff
-from policies.guards import MetricAbove, MetricBelow, MinEpoch, MinSteps, Plateau, all_of, any_of, not_
+from policies.guards import (
+    Cooldown,
+    MaxVisits,
+    MetricAbove,
+    MetricBelow,
+    MinEpoch,
+    MinSteps,
+    Plateau,
+    WorseThanBest,
+    all_of,
+    any_of,
+    not_,
+)
 from policies.schedule import SEED_STAGES, StagedCosine
 from policies.spectral import phase_for_epoch, spectral_curriculum
 
@@ -22,6 +35,9 @@ __all__ = [
     "all_of",
     "any_of",
     "not_",
+    "Cooldown",
+    "MaxVisits",
+    "WorseThanBest",
     "RestartLR",
     "SetCutoff",
     "ResetWindow",

@@ -16,11 +16,15 @@ from collections import deque
 from typing import Any
 
 from engine import Clock, Context, CurriculumError, describe
+from engine.core import truth_value
 
 from policies._checks import check_guard, check_int, check_real, fail
 from policies._stats import student_t_sf
 
-__all__ = ["Plateau", "MinEpoch", "MinSteps", "MetricBelow", "MetricAbove", "all_of", "any_of", "not_"]
+__all__ = [
+    "Plateau", "MinEpoch", "MinSteps", "MetricBelow", "MetricAbove", "all_of", "any_of", "not_",
+    "Cooldown", "MaxVisits", "WorseThanBest",
+]
 
 # Every finite double is an integer multiple of 2**-1074 (the smallest subnormal), so scaling by
 # 2**1074 turns it into an exact Python int. Sums of those ints are exact, and int / int is
@@ -368,7 +372,7 @@ class _Combinator:
     def _values(self, ctx: Context) -> list[bool]:
         # Every child is evaluated (no short-circuit), so a missing metric fails at the first
         # evaluation point rather than only once the other children happen to hold.
-        return [bool(g(ctx)) for g in self.guards]
+        return [truth_value(g, g(ctx)) for g in self.guards]
 
     def observe(self, ctx: Context) -> None:
         for g in self.guards:
@@ -448,3 +452,142 @@ def any_of(*guards: Any) -> _AnyOf:
 def not_(guard: Any) -> _Not:
     """A guard that holds when ``guard`` does not."""
     return _Not((guard,))
+
+
+# -- guards for loop-backs: wait after a move, cap the visits, react to a worse metric ---------------
+
+
+class Cooldown:
+    """Holds once ``n`` epochs (or steps, ``unit="steps"``) have passed since the last transition,
+    i.e. since the current phase was entered (by a transition, a forced move or the start).
+
+    Put it on a loop-back so that a run does not ping-pong: ``Cooldown(2)`` waits two epochs in
+    the phase before the transition may fire. Reads the clock's ``epochs_in_phase`` or
+    ``steps_in_phase``; no state of its own.
+    """
+
+    requires: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()
+
+    def __init__(self, n: int, unit: str = "epochs") -> None:
+        self.n = check_int("Cooldown", "n", n, 1, "e.g. Cooldown(2) waits two epochs after a transition")
+        if unit not in ("epochs", "steps"):
+            raise fail("Cooldown", "unit", '"epochs" or "steps"', unit, 'e.g. Cooldown(500, unit="steps")')
+        self.unit = unit
+
+    def _since(self, ctx: Context) -> int:
+        return ctx.clock.epochs_in_phase if self.unit == "epochs" else ctx.clock.steps_in_phase
+
+    def __call__(self, ctx: Context) -> bool:
+        return self._since(ctx) >= self.n
+
+    def evidence(self, ctx: Context) -> dict:
+        return {f"{self.unit}_since_transition": self._since(ctx), "cooldown": self.n}
+
+    def __repr__(self) -> str:
+        return f"Cooldown({self.n}{'' if self.unit == 'epochs' else ', unit=' + repr(self.unit)})"
+
+
+class MaxVisits:
+    """Holds while the transition's destination has been entered fewer than ``n`` times.
+
+    Entries are counted in ``ctx.history``: the start counts as entering the initial phase, and
+    every transition (forced ones too) into the destination counts. ``MaxVisits(3)`` on a
+    back-off into the initial phase allows two back-offs. (An engine state saved by the first
+    release has no start record, so there the initial phase's first visit is not counted.)
+    """
+
+    requires: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()
+
+    def __init__(self, n: int) -> None:
+        self.n = check_int("MaxVisits", "n", n, 1, "e.g. MaxVisits(3): the destination entered at most 3 times")
+
+    def _visits(self, ctx: Context) -> tuple[str, int]:
+        transition = getattr(ctx, "transition", None)
+        if transition is None:
+            raise CurriculumError(f"{self!r} is evaluated outside a transition (ctx.transition is None); use it as a transition's guard")
+        return transition.dest, sum(1 for record in ctx.history if record.dest == transition.dest)
+
+    def __call__(self, ctx: Context) -> bool:
+        return self._visits(ctx)[1] < self.n
+
+    def evidence(self, ctx: Context) -> dict:
+        dest, visits = self._visits(ctx)
+        return {"dest": dest, "visits": visits, "max_visits": self.n}
+
+    def __repr__(self) -> str:
+        return f"MaxVisits({self.n})"
+
+
+class WorseThanBest:
+    """Holds when ``metric`` has been worse than the best value seen since the phase was entered
+    for ``patience`` consecutive evaluations (``mode="min"``: worse is higher).
+
+    It observes at its transition's evaluation point (``observe_at = None``; for a validation
+    metric that is ``epoch_end``): the first value sets the best; a better value becomes the best
+    and clears the count; a worse one counts; an equal one clears the count. Non-finite values
+    are skipped. Cleared when the phase is entered. Its state (best, count, last value) is saved
+    with the engine and restores exactly.
+    """
+
+    requires: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()
+    observe_at = None  # at the transition's own evaluation point
+
+    def __init__(self, metric: str, patience: int = 1, mode: str = "min") -> None:
+        if not isinstance(metric, str) or not metric:
+            raise fail("WorseThanBest", "metric", "a metric name the loop passes", metric, 'e.g. WorseThanBest("val_loss")')
+        self.metric = metric
+        self.patience = check_int("WorseThanBest", "patience", patience, 1, "e.g. patience=2: two evaluations in a row")
+        if mode not in ("min", "max"):
+            raise fail("WorseThanBest", "mode", '"min" (lower is better) or "max"', mode, 'use mode="min" for a loss')
+        self.mode = mode
+        self.reset()
+
+    @property
+    def observes(self) -> tuple[str, ...]:
+        return (self.metric,)
+
+    def observe(self, ctx: Context) -> None:
+        x = ctx.metric(self.metric)
+        if not math.isfinite(x):
+            return
+        self.last = x
+        if self.best is None or (x < self.best if self.mode == "min" else x > self.best):
+            self.best, self.streak = x, 0
+        elif x != self.best:
+            self.streak += 1
+        else:
+            self.streak = 0
+
+    def reset(self) -> None:
+        self.best: float | None = None
+        self.last: float | None = None
+        self.streak = 0
+
+    def __call__(self, ctx: Context) -> bool:
+        return self.streak >= self.patience
+
+    def evidence(self, ctx: Context) -> dict:
+        return {"metric": self.metric, "value": self.last, "best": self.best, "worse_for": self.streak, "patience": self.patience}
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "last": self.last, "streak": self.streak}
+
+    def load_state_dict(self, state: dict) -> None:
+        ok = isinstance(state, dict) and set(state) == {"best", "last", "streak"}
+        ok = ok and all(state[k] is None or (isinstance(state[k], (int, float)) and not isinstance(state[k], bool)) for k in ("best", "last"))
+        if not ok or not isinstance(state["streak"], int) or isinstance(state["streak"], bool) or state["streak"] < 0:
+            raise CurriculumError(
+                f"{self!r}.load_state_dict: expected {{'best': float|None, 'last': float|None, 'streak': int >= 0}} "
+                f"from WorseThanBest.state_dict(), got {state!r}"
+            )
+        self.best = None if state["best"] is None else float(state["best"])
+        self.last = None if state["last"] is None else float(state["last"])
+        self.streak = state["streak"]
+
+    def __repr__(self) -> str:
+        extra = "" if self.patience == 1 else f", patience={self.patience}"
+        extra += "" if self.mode == "min" else f", mode={self.mode!r}"
+        return f"WorseThanBest({self.metric!r}{extra})"

@@ -34,6 +34,8 @@ def plot_run(files: RunFiles, out: Path) -> Path:
         ax_val.plot([int(r["step"]) for r in epochs], [float(r["val_bpb"]) for r in epochs], "o-", color="tab:green", label="val bpb")
         ax_val.set_ylabel("validation bits/byte", color="tab:green")
     for record in history:
+        if record.source is None:  # the start record: no transition to mark
+            continue
         for ax in (ax_loss, ax_lr, ax_cut):
             ax.axvline(record.global_step, color="tab:red", ls="--", lw=1)
         ax_loss.annotate(f"{record.source} → {record.dest}\nepoch {record.epoch}", (record.global_step, 1.0),

@@ -51,7 +51,7 @@ def restart_run(schedule_cls, pass_lr=True, raise_epoch=3):
             eng.step_end(loss=1.0, **({"lr": lr} if pass_lr else {}))
         if eng.epoch_end() is not None:
             break
-    record = eng.history[0]
+    record = eng.history[1]  # history[0] is the start
     lr = opt.param_groups[0]["lr"]
     opt.step()
     sched.step()

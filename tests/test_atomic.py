@@ -140,7 +140,7 @@ def test_action_that_raises_rolls_the_transition_back():
     assert isinstance(info.value.__cause__, ValueError)
     assert calls == ["first"] and eng.phase.name == "a" and eng.state_dict() == before
     record = eng.epoch_end()  # fixed: the retry fires the transition once, actions run again
-    assert calls == ["first", "first", "explode_if", "enter_b"] and record.epoch == 1 and len(eng.history) == 1
+    assert calls == ["first", "first", "explode_if", "enter_b"] and record.epoch == 1 and len(eng.history) == 2
 
 
 def test_on_enter_that_raises_leaves_the_source_phase():

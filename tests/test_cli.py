@@ -66,7 +66,7 @@ def test_longer_run_equals_extended_run(tmp_path, capsys):
     assert train(tmp_path, "split", epochs=2) == 0
     assert resume(tmp_path, "split", "--epochs", "3") == 0
     history = assert_same_run(tmp_path, "whole", "split")
-    assert [(r.dest, r.epoch) for r in history] == [("cutoff_8", 1), ("cutoff_16", 2), ("full", 3)]
+    assert [(r.dest, r.epoch) for r in history] == [("cutoff_4", 0), ("cutoff_8", 1), ("cutoff_16", 2), ("full", 3)]
 
 
 def test_stop_after_mid_epoch_then_bare_resume_equals_uninterrupted(tmp_path, capsys):
@@ -81,7 +81,7 @@ def test_stop_after_mid_epoch_then_bare_resume_equals_uninterrupted(tmp_path, ca
     out = capsys.readouterr().out
     assert "resumed" in out and "epoch 1 step 3/6" in out
     history = assert_same_run(tmp_path, "whole", "split")
-    assert [r.dest for r in history] == ["cutoff_8", "cutoff_16", "full"]
+    assert [r.dest for r in history] == ["cutoff_4", "cutoff_8", "cutoff_16", "full"]
 
 
 def test_sigterm_stops_at_a_step_boundary_and_resumes_exactly(tmp_path):
@@ -212,10 +212,12 @@ def test_subcommands_read_the_run(tmp_path, capsys):
     capsys.readouterr()
     assert main(["history", str(tmp_path)]) == 0
     out = capsys.readouterr().out
+    assert "#0  start in cutoff_4  at step 0 (epoch 0)" in out and "action SetCutoff(4): cutoff=[" in out
     assert "cutoff_4 -> cutoff_8  at step 12 (epoch 1" in out or "cutoff_4 -> cutoff_8  at step 6 (epoch 1" in out
     assert "Plateau(" in out and "older_mean" in out and "RestartLR()" in out
     assert main(["history", str(tmp_path / "run.pt"), "--format", "json"]) == 0
-    assert json.loads(capsys.readouterr().out)[0]["dest"] == "cutoff_8"
+    start, first = json.loads(capsys.readouterr().out)[:2]
+    assert (start["source"], start["dest"], start["point"]) == (None, "cutoff_4", "start") and first["dest"] == "cutoff_8"
     assert main(["plot", str(tmp_path)]) == 0
     png = RunFiles(tmp_path / "run.pt").plot
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

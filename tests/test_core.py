@@ -124,3 +124,34 @@ def test_class_instead_of_instance_rejected():
     """Passing a guard class instead of an instance says to instantiate it."""
     with pytest.raises(CurriculumError, match=r"guards\[0\] is the class Always.*instantiate it, e\.g\. Always\(\.\.\.\)"):
         Transition("a", "b", [Always])
+
+
+def test_phase_params_are_immutable():
+    """Phase.params is an immutable mapping, nested values too; a new phase is built with attrs.evolve."""
+    import attrs
+
+    phase = Phase("a", params={"seq_len": 128, "sizes": [1, 2], "opt": {"lr": 1e-3}})
+    with pytest.raises(TypeError, match=r"immutable.*'seq_len'.*attrs.evolve"):
+        phase.params["seq_len"] = 256
+    with pytest.raises(TypeError):
+        phase.params["opt"]["lr"] = 1.0
+    assert phase.params["sizes"] == (1, 2) and dict(phase.params)["seq_len"] == 128
+    assert attrs.evolve(phase, params={**phase.params, "seq_len": 256}).params["seq_len"] == 256
+    with pytest.raises(CurriculumError, match=r"Phase.params must be a mapping, got list"):
+        Phase("a", params=[("seq_len", 1)])
+
+
+def test_one_observing_guard_shared_by_two_transitions_is_rejected():
+    """A stateful guard object shared by two transitions out of one phase would observe twice: rejected, naming both."""
+    from policies import MinEpoch, Plateau, all_of
+
+    plateau = Plateau(window=4)
+    with pytest.raises(CurriculumError, match=r"Plateau\(window=4, threshold=0.005\) observes out of phase 'a' twice \(transitions\[0\] \(a -> b\) and \[1\] \(a -> c\) share it\)"):
+        Curriculum([Phase("a"), Phase("b"), Phase("c")], [Transition("a", "b", [plateau]), Transition("a", "c", [all_of(MinEpoch(1), plateau)])])
+    with pytest.raises(CurriculumError, match=r"transition\[0\] \(a -> b\) uses it twice"):
+        Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [plateau, plateau])])
+    # out of different phases it observes in one phase at a time: allowed
+    Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [plateau]), Transition("b", "a", [plateau])])
+    # guards that do not observe may be shared
+    gate = MinEpoch(1)
+    Curriculum([Phase("a"), Phase("b"), Phase("c")], [Transition("a", "b", [gate]), Transition("a", "c", [gate])])

@@ -38,7 +38,7 @@ def test_two_processes_raise_together_and_resume_exactly(tmp_path):
     rc, out = torchrun(tmp_path, "split", "--resume")
     assert rc == 0, out
     history = assert_same_run(tmp_path, "whole", "split")
-    assert [r.dest for r in history] == ["cutoff_8", "cutoff_16", "full"]
+    assert [r.dest for r in history] == ["cutoff_4", "cutoff_8", "cutoff_16", "full"]
     assert len(load_checkpoint(tmp_path / "split.pt")["rng_per_rank"]) == 2
 
     # A different world size is refused with a clear message (the data each rank sees would change).

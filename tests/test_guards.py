@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import Clock, Context, Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
-from policies import MetricAbove, MetricBelow, MinEpoch, MinSteps, Plateau, all_of, any_of, not_
+from policies import Cooldown, MaxVisits, MetricAbove, MetricBelow, MinEpoch, MinSteps, Plateau, WorseThanBest, all_of, any_of, not_
 
 
 def step_ctx(**metrics):
@@ -490,3 +490,101 @@ def test_plateau_improvement_that_overflows_a_float_is_infinite():
 
     huge = 1 << 3000
     assert _ratio(huge, 3) == math.inf and _ratio(-huge, 3) == -math.inf and _ratio(huge, -3) == -math.inf
+
+
+# -- loop-back guards --------------------------------------------------------------------------------
+
+
+
+def test_cooldown_counts_epochs_or_steps_since_the_last_transition():
+    """Cooldown(n) holds once n epochs (or steps) passed since the phase was entered."""
+    cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Cooldown(2)]), Transition("b", "a", [Cooldown(3, unit="steps")], when="step_end")])
+    eng = CurriculumEngine(cur)
+    eng.start()
+    assert eng.epoch_end() is None
+    record = eng.epoch_end()
+    assert (record.dest, record.epoch, record.guards[0].evidence) == ("b", 2, {"epochs_since_transition": 2, "cooldown": 2})
+    assert eng.step_end(loss=1.0) is None and eng.step_end(loss=1.0) is None
+    assert eng.step_end(loss=1.0).guards[0].evidence == {"steps_since_transition": 3, "cooldown": 3}
+    assert repr(Cooldown(2)) == "Cooldown(2)" and repr(Cooldown(5, unit="steps")) == "Cooldown(5, unit='steps')"
+    for bad in (dict(n=0), dict(n=2, unit="days")):
+        with pytest.raises(CurriculumError, match="Cooldown"):
+            Cooldown(**bad)
+
+
+def test_max_visits_counts_entries_of_the_destination_in_the_history():
+    """MaxVisits(n) holds while the destination was entered fewer than n times (the start counts)."""
+    cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Cooldown(1)]), Transition("b", "a", [MaxVisits(2)])])
+    eng = CurriculumEngine(cur)
+    eng.start()
+    eng.epoch_end()  # a -> b
+    back = eng.epoch_end()  # b -> a: a entered once (the start)
+    assert (back.dest, back.guards[0].evidence) == ("a", {"dest": "a", "visits": 1, "max_visits": 2})
+    eng.epoch_end()  # a -> b
+    assert eng.epoch_end() is None and eng.phase.name == "b"  # a entered twice: no third visit
+    with pytest.raises(CurriculumError, match="MaxVisits"):
+        MaxVisits(0)
+
+
+def worse_than_best_run(values, patience=2, mode="min"):
+    guard = WorseThanBest("val", patience=patience, mode=mode)
+    cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [guard])])
+    eng = CurriculumEngine(cur)
+    eng.start()
+    fired = [eng.epoch_end(val=v) is not None for v in values]
+    return eng, guard, fired
+
+
+def test_worse_than_best_needs_patience_consecutive_worse_evaluations():
+    """It holds after `patience` evaluations in a row worse than the best since the phase began."""
+    eng, guard, fired = worse_than_best_run([3.0, 2.5, 2.7, 2.4, 2.6, 2.6, 2.8])
+    # best 3.0, 2.5; 2.7 worse (1); 2.4 best; 2.6 worse (1); 2.6 worse (2): fires
+    assert fired == [False, False, False, False, False, True, False]  # then in b, which has no way out
+    assert eng.history[-1].guards[0].evidence == {"metric": "val", "value": 2.6, "best": 2.4, "worse_for": 2, "patience": 2}
+    assert (guard.best, guard.streak) == (2.4, 2)  # observes only while a is current
+    _, _, fired = worse_than_best_run([1.0, 2.0, 1.0, 2.0], patience=1, mode="max")
+    assert fired == [False, False, True, False]
+    _, _, fired = worse_than_best_run([2.0, 2.0, 3.0, float("nan"), 3.0], patience=2)
+    assert fired == [False, False, False, False, True]  # equal clears nothing to count; NaN skipped
+    assert repr(WorseThanBest("val_loss")) == "WorseThanBest('val_loss')"
+    assert repr(WorseThanBest("acc", patience=3, mode="max")) == "WorseThanBest('acc', patience=3, mode='max')"
+
+
+@settings(max_examples=100, deadline=None)
+@given(values=st.lists(st.floats(min_value=0.0, max_value=10.0, allow_nan=False), max_size=30), cut=st.integers(0, 30))
+def test_worse_than_best_restores_exactly(values, cut):
+    """Snapshot at any epoch + JSON + restore + continue == uninterrupted, for any validation stream."""
+    import json
+
+    def build():
+        return Curriculum(
+            [Phase("a"), Phase("b")],
+            [Transition("a", "b", [WorseThanBest("val", patience=2)]), Transition("b", "a", [WorseThanBest("val", patience=3, mode="max")])],
+        )
+
+    whole = CurriculumEngine(build())
+    whole.start()
+    for v in values:
+        whole.epoch_end(val=v)
+    first = CurriculumEngine(build())
+    first.start()
+    for v in values[:cut]:
+        first.epoch_end(val=v)
+    resumed = CurriculumEngine(build())
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    for v in values[cut:]:
+        resumed.epoch_end(val=v)
+    strip = lambda s: {**s, "history": [{k: v for k, v in r.items() if k != "wall_time"} for r in s["history"]]}  # noqa: E731
+    assert strip(resumed.state_dict()) == strip(whole.state_dict())
+
+
+def test_worse_than_best_declares_and_needs_its_metric():
+    """WorseThanBest observes its metric at its transition's point; the loop must pass it there."""
+    cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [WorseThanBest("val_loss")])])
+    eng = CurriculumEngine(cur)
+    eng.start()
+    eng.step_end(loss=1.0)  # not read at step_end
+    with pytest.raises(CurriculumError, match=r"'val_loss' \(read by WorseThanBest\('val_loss'\) in a -> b\)"):
+        eng.epoch_end()
+    with pytest.raises(CurriculumError, match="load_state_dict"):
+        WorseThanBest("v").load_state_dict({"best": "x"})

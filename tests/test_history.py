@@ -29,7 +29,8 @@ def fired_engine():
 def test_record_holds_when_why_and_what():
     """A record holds source, dest, step, epoch, wall time, each guard's evidence and each action's effect."""
     eng = fired_engine()
-    (r,) = eng.history
+    start, r = eng.history
+    assert (start.source, start.dest, start.point) == (None, "a", "start")
     assert (r.source, r.dest, r.global_step, r.epoch, r.point) == ("a", "b", 3, 1, "epoch_end")
     assert r.wall_time > 1e9
     assert r.guards[0].guard == "CountBelow(0.5, need=2)" and r.guards[0].evidence == {"count": 2, "need": 2}
@@ -41,16 +42,16 @@ def test_json_export_round_trips():
     """History exports to strict JSON and reads back equal."""
     eng = fired_engine()
     text = eng.history.to_json()
-    assert History.from_json(text)[0] == eng.history[0]
-    assert json.loads(text)[0]["dest"] == "b"
+    assert list(History.from_json(text)) == list(eng.history)
+    assert json.loads(text)[1]["dest"] == "b" and json.loads(text)[0]["source"] is None
 
 
 def test_csv_export_has_one_row_per_transition():
     """CSV export: a header and one row per transition, evidence as JSON in its cell."""
     eng = fired_engine()
     rows = list(csv.DictReader(io.StringIO(eng.history.to_csv())))
-    assert len(rows) == 1 and rows[0]["source"] == "a" and rows[0]["global_step"] == "3"
-    assert json.loads(rows[0]["guards"])[0]["evidence"]["count"] == 2
+    assert len(rows) == 2 and rows[0]["point"] == "start" and rows[1]["source"] == "a" and rows[1]["global_step"] == "3"
+    assert json.loads(rows[1]["guards"])[0]["evidence"]["count"] == 2
 
 
 def test_table_is_readable():

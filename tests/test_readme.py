@@ -18,8 +18,34 @@ def test_custom_curriculum_example_runs(capsys):
     namespace = {"__name__": "__main__"}
     exec(compile(example("custom-curriculum"), "README.md", "exec"), namespace)
     engine = namespace["engine"]
-    assert [(r.source, r.dest, r.global_step) for r in engine.history] == [("short", "medium", 100), ("medium", "long", 300)]
+    assert [(r.source, r.dest, r.global_step) for r in engine.history] == [(None, "short", 0), ("short", "medium", 100), ("medium", "long", 300)]
     assert engine.phase.params["seq_len"] == 2048
     printed = capsys.readouterr().out
     shown = README.read_text().split("It prints why and when each transition fired:")[1].split("```")[1].strip("\n")
     assert printed.strip("\n") == shown
+
+
+def test_backoff_example_backs_off_at_most_twice(capsys):
+    """The back-off example runs, backs off exactly twice and prints the history the README shows."""
+    namespace = {"__name__": "__main__"}
+    exec(compile(example("backoff"), "README.md", "exec"), namespace)
+    history = namespace["engine"].history
+    assert [r.dest for r in history if r.source == "long"] == ["short", "short"]
+    printed = capsys.readouterr().out
+    shown = README.read_text().split("It backs off twice, then stays at 1024 through the rise:")[1].split("```")[1].strip("\n")
+    assert printed.strip("\n") == shown
+
+
+def test_readme_points_to_the_semantics_in_the_repository():
+    """The README links docs/semantics.md, which exists, and no longer sends readers to a DESIGN.md outside it."""
+    text = README.read_text()
+    assert "docs/semantics.md" in text and (README.parent / "docs" / "semantics.md").exists()
+    assert "DESIGN.md" not in text
+
+
+def test_semantics_document_covers_the_contract():
+    """docs/semantics.md has a section per topic, and states the tie-break: the first declared transition wins."""
+    text = (README.parent / "docs" / "semantics.md").read_text()
+    for heading in ["The loop's contract", "The clock", "Evaluation points", "Firing order and tie-break", "Atomicity", "Errors", "State and fingerprint", "History"]:
+        assert f"\n## {heading}\n" in text, heading
+    assert "the first declared wins" in text and "first declared fires" in README.read_text()

@@ -29,6 +29,11 @@ def epochs_with(engine, values, steps=2):
         engine.epoch_end(val=v)
 
 
+def moves(history):
+    """The transitions of a history, without its start record."""
+    return [r for r in history if r.source is not None]
+
+
 def one_raise(*guards, actions=()):
     return Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", list(guards), actions=list(actions))])
 
@@ -83,7 +88,7 @@ def test_decision_restarts_when_the_phase_is_entered_and_manual_moves_have_none(
     engine = CurriculumEngine(cur)
     engine.start()
     epochs_with(engine, [0.5, 0.5])  # a -> b at epoch 1, b -> a at epoch 2: the metric counted from epoch 2
-    assert [(r.dest, r.epoch) for r in engine.history] == [("b", 1), ("a", 2)]
+    assert [(r.dest, r.epoch) for r in moves(engine.history)] == [("b", 1), ("a", 2)]
     assert [(h.guard, h.epoch) for h in engine.history[-1].decision.held_since] == [("MetricBelow('val', 1.0)", 2)]
     assert engine.force("b", reason="by hand").decision is None
 
@@ -117,7 +122,7 @@ def test_states_and_histories_from_before_decisions_still_load():
     del state["held_since"]
     CurriculumEngine(one_raise(MinEpoch(1))).load_state_dict(state)
     old = History.from_json((Path(__file__).parent / "data" / "v0_tiny" / "full.history.json").read_text())
-    assert len(old) == 3 and all(r.decision is None for r in old)
+    assert len(old) == 3 and all(r.decision is None for r in old)  # v0: no start record, no decisions
     assert "decided by" not in old.table()
 
 
@@ -201,10 +206,10 @@ def test_replay_compares_decisions_not_guards():
     """Other guards that take the same decisions at the same steps do not depart."""
     stream = stream_of([1.0] * 60, 10)
     recorded = live_run(spectral_like(), stream)  # flat loss: raises at epochs 1, 2, 4 (steps 10, 20, 40)
-    assert [r.global_step for r in recorded] == [10, 20, 40]
+    assert [r.global_step for r in moves(recorded)] == [10, 20, 40]
     result = replay(raises_at(1, 2, 4), stream, recorded=recorded)
-    assert [r.global_step for r in result.history] == [10, 20, 40] and result.departure is None
-    assert result.history[0].decision.decided_by == ["MinEpoch(1)"]
+    assert [r.global_step for r in moves(result.history)] == [10, 20, 40] and result.departure is None
+    assert moves(result.history)[0].decision.decided_by == ["MinEpoch(1)"]
 
 
 def test_replay_reports_where_a_rule_raises_earlier():
@@ -212,12 +217,12 @@ def test_replay_reports_where_a_rule_raises_earlier():
     stream = stream_of([1.0] * 60, 10)
     recorded = live_run(spectral_like(), stream)
     result = replay(raises_at(1, 2, 3), stream, recorded=recorded)
-    assert [r.global_step for r in result.history] == [10, 20, 30]
+    assert [r.global_step for r in moves(result.history)] == [10, 20, 30]
     dep = result.departure
     assert (dep.global_step, dep.replayed.dest, dep.recorded, dep.recorded_next.global_step) == (30, "p3", None, 40)
     assert "at step 30 (epoch 3) the replay moves p2 -> p3; the recorded run stayed in p2 until step 40" in dep.text()
     assert "no longer follow" in dep.text()
-    assert [r.global_step for r in result.faithful()] == [10, 20, 30]
+    assert [r.global_step for r in moves(result.faithful())] == [10, 20, 30]
 
 
 def test_replay_reports_where_a_rule_waits_longer():
@@ -228,7 +233,7 @@ def test_replay_reports_where_a_rule_waits_longer():
     dep = result.departure
     assert (dep.global_step, dep.replayed, dep.recorded.dest) == (10, None, "p1")
     assert "the recorded run moved p0 -> p1; the replay stays in p0" in dep.text()
-    assert result.faithful() == []
+    assert moves(result.faithful()) == []
 
 
 def test_replay_departs_at_a_recorded_manual_move_and_ignores_records_past_the_data():
@@ -236,8 +241,8 @@ def test_replay_departs_at_a_recorded_manual_move_and_ignores_records_past_the_d
     stream = stream_of([1.0] * 60, 10)
     recorded = list(live_run(spectral_like(), stream))
     assert replay(spectral_like(), stream[:25], recorded=recorded).departure is None  # 23 steps fed: raises at 10, 20 only
-    manual = attrs.evolve(recorded[0], point="manual", reason="operator", global_step=5, epoch=0)
-    dep = replay(spectral_like(), stream, recorded=[manual] + recorded).departure
+    manual = attrs.evolve(moves(recorded)[0], point="manual", reason="operator", global_step=5, epoch=0)
+    dep = replay(spectral_like(), stream, recorded=[manual] + moves(recorded)).departure
     assert dep.global_step == 5 and "by hand (operator)" in dep.text()
 
 

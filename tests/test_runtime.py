@@ -1,5 +1,6 @@
 """The engine's clock, evaluation points, firing order and manual transitions (engine.runtime)."""
 
+import copy
 import logging
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine import Clock, Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
+from policies import any_of
 from tests.utils import Always, CountBelow, EpochAtLeast, Log, LossBelow, Never
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +75,7 @@ def test_first_matching_transition_in_declaration_order_and_one_per_point():
     eng.start()
     first = eng.epoch_end()
     assert (first.source, first.dest) == ("a", "b") and eng.phase.name == "b"
-    assert len(eng.history) == 1
+    assert len(eng.history) == 2  # the start, then a -> b
     second = eng.epoch_end()
     assert (second.source, second.dest) == ("b", "c")
 
@@ -180,6 +182,10 @@ def test_guard_returning_a_non_truth_value_is_an_error(result):
     with pytest.raises(CurriculumError, match=rf"guard Odd\(\) of transition a -> b returned {type(result).__name__} .*not a truth value"):
         eng.epoch_end()
     assert eng.clock.epoch == 0
+    inside = CurriculumEngine(Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [any_of(Never(), Odd())])]))
+    inside.start()
+    with pytest.raises(CurriculumError, match=rf"any_of\(Never\(\), Odd\(\)\) of transition a -> b raised CurriculumError: guard Odd\(\) returned {type(result).__name__}"):
+        inside.epoch_end()  # inside a combinator too: None is not a silent False
 
 
 def test_guard_truth_values_from_numpy_and_tensors():
@@ -254,10 +260,10 @@ def test_verify_runs_at_next_step_end_and_appends_warning():
     eng.epoch_end()
     eng.step_end(loss=1.0, lr=0.1)
     eng.step_end(loss=1.0, lr=0.1)  # checked only once
-    assert eng.history[0].warnings == ["lr 0.1 below half of 1.0"]
+    assert eng.history[1].warnings == ["lr 0.1 below half of 1.0"]
     eng.epoch_end()
     eng.step_end(loss=1.0, lr=0.9)
-    assert eng.history[1].warnings == []
+    assert eng.history[2].warnings == []
 
 
 def test_phase_params_reach_the_loop():
@@ -295,7 +301,8 @@ def test_start_in_a_later_phase_for_weights_only_resume():
     eng.start("b", global_step=40, epoch=4)
     assert calls == ["enter_b"] and eng.phase.name == "b"
     assert (eng.clock.global_step, eng.clock.epoch) == (40, 4)
-    assert len(eng.history) == 0
+    (start,) = eng.history
+    assert (start.source, start.dest, start.global_step, start.epoch, start.point) == (None, "b", 40, 4, "start")
 
 
 def test_importing_engine_leaves_the_transitions_logger_alone():
@@ -363,3 +370,26 @@ def test_clock_is_a_read_only_live_view():
         eng.ctx.clock.epoch = 5
     assert eng.clock.global_step == 1 and eng.state_dict()["clock"]["global_step"] == 1
     assert eng.clock == Clock(1, 1, 0, 1, 1) and "global_step=1" in repr(eng.clock)
+    assert copy.deepcopy(eng.clock) == eng.clock  # copies (frameworks deep-copy callbacks) still work
+
+
+def test_history_starts_with_the_start_and_its_effects():
+    """The first record is the start: no source, the initial phase, point 'start', the on_enter effects."""
+    calls = []
+    cur = Curriculum([Phase("a", on_enter=[Log("enter_a", calls)]), Phase("b")], [Transition("a", "b", [Always()])])
+    eng = CurriculumEngine(cur)
+    record = eng.start()
+    assert record is eng.history[0] and len(eng.history) == 1
+    assert (record.source, record.dest, record.point, record.global_step, record.epoch, record.guards) == (None, "a", "start", 0, 0, [])
+    assert [(a.action, a.effect) for a in record.actions] == [("Log('enter_a')", {"name": "enter_a", "step": 0})]
+    assert eng.history.table().startswith("#0  start in a  at step 0 (epoch 0)\n     action Log('enter_a'): name=enter_a, step=0")
+
+
+def test_force_records_the_destination_on_enter_effects():
+    """force() records the destination's on_enter effects in its manual record."""
+    calls = []
+    cur = Curriculum([Phase("a"), Phase("b", on_enter=[Log("enter_b", calls)])], [Transition("a", "b", [Never()])])
+    eng = CurriculumEngine(cur)
+    eng.start()
+    record = eng.force("b", reason="by hand")
+    assert [(a.action, a.effect) for a in record.actions] == [("Log('enter_b')", {"name": "enter_b", "step": 0})]

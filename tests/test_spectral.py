@@ -113,7 +113,8 @@ def test_simulated_run_raises_when_min_epoch_and_plateau_both_hold():
 def test_simulated_run_lr_at_peak_after_each_raise_and_evidence():
     """The first step after each raise runs at peak (no health warning); records hold the plateau evidence."""
     run, lrs, _ = simulate()
-    history = run.engine.history
+    start, *history = run.engine.history
+    assert start.point == "start" and [a.action for a in start.actions] == ["SetCutoff(128)"]
     assert [r.global_step for r in history] == [60, 100, 200]
     for record in history:
         assert lrs[record.global_step] == BASE

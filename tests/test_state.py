@@ -78,7 +78,7 @@ def test_fingerprint_mismatch_is_a_clear_error():
     eng = CurriculumEngine(build())
     eng.start()
     other = Curriculum([Phase("a"), Phase("b"), Phase("c")], [Transition("a", "b", [Always()]), Transition("b", "c", [Always()])])
-    with pytest.raises(CurriculumError, match=r"different curriculum.*allow_fingerprint_mismatch=True"):
+    with pytest.raises(CurriculumError, match=r"(?s)different curriculum.*allow_fingerprint_mismatch=True"):
         CurriculumEngine(other).load_state_dict(eng.state_dict())
     CurriculumEngine(other).load_state_dict(eng.state_dict(), allow_fingerprint_mismatch=True)
 
@@ -139,3 +139,61 @@ def test_snapshot_restore_continue_equals_uninterrupted(stream, cut):
     assert resumed.phase.name == whole.phase.name
     assert resumed.clock == whole.clock
     assert guard_states(resumed_cur) == guard_states(whole_cur)
+
+
+def seq_len_curriculum(short=128, threshold=0.01):
+    from policies import Plateau
+
+    return Curriculum(
+        [Phase("short", params={"seq_len": short}), Phase("long", params={"seq_len": 2048})],
+        [Transition("short", "long", [Plateau(window=50, threshold=threshold)])],
+    )
+
+
+def test_params_are_part_of_the_fingerprint():
+    """Two curricula that differ only in a phase's params have different fingerprints; a resume across them is refused."""
+    assert seq_len_curriculum(128).fingerprint() != seq_len_curriculum(256).fingerprint()
+    eng = CurriculumEngine(seq_len_curriculum(128))
+    eng.start()
+    with pytest.raises(CurriculumError, match=r"phase 'short' params: \{'seq_len': 128\} -> \{'seq_len': 256\}"):
+        CurriculumEngine(seq_len_curriculum(256)).load_state_dict(eng.state_dict())
+
+
+def test_fingerprint_mismatch_lists_what_differs():
+    """A mismatch names each difference: a guard's repr old vs new, phases added and removed."""
+    eng = CurriculumEngine(seq_len_curriculum(threshold=0.01))
+    eng.start()
+    state = eng.state_dict()
+    with pytest.raises(CurriculumError, match=r"transition short -> long guard Plateau\(window=50, threshold=0.01\) -> Plateau\(window=50, threshold=0.02\)"):
+        CurriculumEngine(seq_len_curriculum(threshold=0.02)).load_state_dict(state)
+    other = Curriculum([Phase("short", params={"seq_len": 128}), Phase("medium")], [Transition("short", "medium", [Always()])])
+    with pytest.raises(CurriculumError) as info:
+        CurriculumEngine(other).load_state_dict(state)
+    text = str(info.value)
+    for line in ["phase 'long' removed", "phase 'medium' added", "transition short -> long removed", "transition short -> medium added"]:
+        assert line in text
+
+
+def v1_state(engine, curriculum):
+    """What the first release wrote: schema 1, a fingerprint without params, no spec."""
+    state = engine.state_dict()
+    del state["spec"], state["fingerprint_version"]
+    return {**state, "schema_version": 1, "fingerprint": curriculum.fingerprint(version=1)}
+
+
+def test_schema_1_state_is_checked_with_the_rule_it_was_saved_with():
+    """A schema-1 state (fingerprint without params) resumes; its fingerprint is checked by the first release's rule."""
+    cur = seq_len_curriculum(128)
+    eng = CurriculumEngine(cur)
+    eng.start()
+    eng.step_end(loss=1.0)
+    old = v1_state(eng, cur)
+    assert old["fingerprint"] != cur.fingerprint()
+    restored = CurriculumEngine(seq_len_curriculum(128))
+    restored.load_state_dict(old)
+    assert restored.clock.global_step == 1
+    again = restored.state_dict()
+    assert (again["schema_version"], again["fingerprint"], again["fingerprint_version"]) == (2, cur.fingerprint(), 2)
+    CurriculumEngine(seq_len_curriculum(256)).load_state_dict(old)  # the v1 rule never saw params
+    with pytest.raises(CurriculumError, match=r"(?s)different curriculum.*schema-1 state stores no spec"):
+        CurriculumEngine(seq_len_curriculum(threshold=0.02)).load_state_dict(old)
