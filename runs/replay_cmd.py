@@ -237,6 +237,9 @@ def run_replay(args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in ("cutoffs", "min_epochs", "plateau_window", "plateau_threshold", "plateau_test", "plateau_alpha")
              if hasattr(args, k)}
     overrides = parse_grid(args.grid) if args.grid else [{}]
+    alpha_given = "plateau_alpha" in flags or any("plateau_alpha" in o for o in overrides)
+    if alpha_given and all({**base, **flags, **o}.get("plateau_test") != "welch" for o in overrides):
+        raise ReplayError("--plateau-alpha (or alpha= in --grid) is the level of the Welch test; add --plateau-test welch or test=welch to --grid")
     settings_list, seen = [], set()
     for extra in overrides:
         s = {**base, **flags, **extra}

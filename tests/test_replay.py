@@ -330,6 +330,7 @@ def test_replay_command_single_setting_prints_decisions_and_departure(tiny_run, 
         (["--grid", "windw=50"], ["--grid 'windw=50'", "KEY=V1,V2"]),
         (["--grid", "window=fifty"], ["not a valid window", "window=50,100"]),
         (["--plateau-test", "welch", "--plateau-window", "2"], ["'window'", ">= 4"]),
+        (["--plateau-alpha", "0.1"], ["Welch", "--plateau-test welch"]),
     ],
 )
 def test_replay_command_bad_input_is_one_line(tiny_run, capsys, argv, words):
