@@ -196,6 +196,14 @@ def test_replay_takes_the_live_engines_decisions_without_running_actions(seed, t
     assert result.departure is None and (result.steps, result.epochs) == (120, 12)
 
 
+def test_replay_stand_ins_keep_the_curriculums_fingerprint():
+    """The replayed curriculum (actions replaced by stand-ins) has the original's fingerprint."""
+    from engine.replay import _dry
+
+    cur = spectral_like()
+    assert _dry(cur, copy_guards=True).fingerprint() == cur.fingerprint()
+
+
 def raises_at(*min_epochs):
     """spectral_like's phases, each raise guarded by MinEpoch alone."""
     cur = spectral_like()
