@@ -2,13 +2,16 @@
 
 Declare phases and guarded transitions as a :class:`Curriculum`, drive it from your loop with a
 :class:`CurriculumEngine` (``bind``, ``start``, ``step_end``, ``epoch_end``), read the clock as
-``engine.clock`` and see why and when each transition fired in ``engine.history``. See
-:mod:`engine.core` for the guard and action protocols and docs/semantics.md for the contract.
+``engine.clock`` and see why and when each transition fired, and which guard decided it, in
+``engine.history``. :func:`replay` feeds a run's recorded metrics to another rule without training
+again. See :mod:`engine.core` for the guard and action protocols and docs/semantics.md for the
+contract.
 """
 
 from engine.core import Clock, ClockView, Context, Curriculum, CurriculumError, Params, Phase, Point, Transition, describe
-from engine.history import ActionEffect, GuardEvidence, History, HistoryView, Record
+from engine.history import ActionEffect, Decision, GuardEvidence, HeldSince, History, HistoryView, Record
 from engine.runtime import CurriculumEngine
+from engine.replay import Departure, Replay, replay
 
 __all__ = [
     "CurriculumError",
@@ -24,7 +27,12 @@ __all__ = [
     "Record",
     "GuardEvidence",
     "ActionEffect",
+    "HeldSince",
+    "Decision",
     "History",
     "HistoryView",
+    "replay",
+    "Replay",
+    "Departure",
     "describe",
 ]

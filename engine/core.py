@@ -21,6 +21,9 @@ Guard protocol (only ``__call__`` is required)::
         def state_dict(self) -> dict:      # JSON-safe accumulators, saved with the engine
         def load_state_dict(self, d) -> None:
         def __repr__(self) -> str:         # reads like the call that made it
+        conjuncts = (g1, g2)               # only for a guard that is the AND of others (all_of):
+                                           # the engine then evaluates them one by one, to record
+                                           # which became true last (the deciding guard)
 
 Action protocol (only ``__call__`` is required)::
 

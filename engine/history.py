@@ -10,7 +10,7 @@ from typing import Any, Iterator, Sequence
 
 import attrs
 
-__all__ = ["GuardEvidence", "ActionEffect", "Record", "History", "HistoryView", "jsonable"]
+__all__ = ["GuardEvidence", "ActionEffect", "HeldSince", "Decision", "Record", "History", "HistoryView", "jsonable"]
 
 
 def jsonable(value: Any) -> Any:
@@ -43,6 +43,32 @@ class ActionEffect:
 
 
 @attrs.define
+class HeldSince:
+    """A guard of a fired transition and the evaluation point since which it had held at every
+    one of the transition's evaluation points (in the current phase)."""
+
+    guard: str
+    global_step: int
+    epoch: int
+
+
+@attrs.define
+class Decision:
+    """Which guard decided a transition: of its guards (those inside ``all_of`` one by one), the
+    one that became true last. ``decided_by`` lists several when they became true together."""
+
+    decided_by: list[str]
+    held_since: list[HeldSince] = attrs.field(factory=list)
+
+    def text(self, at_step: int) -> str:
+        """``decided by Plateau(...) at step 900; MinEpoch(4) held since step 600 (epoch 4)``."""
+        deciders = " and ".join(self.decided_by)
+        head = f"decided by {deciders}{' together' if len(self.decided_by) > 1 else ''} at step {at_step}"
+        others = [h for h in self.held_since if h.guard not in self.decided_by]
+        return "; ".join([head] + [f"{h.guard} held since step {h.global_step} (epoch {h.epoch})" for h in others])
+
+
+@attrs.define
 class Record:
     """One transition: source, destination, when (clock and wall time), why (guards), what (actions).
 
@@ -61,6 +87,7 @@ class Record:
     actions: list[ActionEffect] = attrs.field(factory=list)
     warnings: list[str] = attrs.field(factory=list)
     reason: str | None = None
+    decision: Decision | None = None  # None for manual transitions and in histories written before it existed
 
     def comparable(self) -> dict:
         """Every field but wall time: two runs with equal records took the same decisions."""
@@ -91,7 +118,10 @@ class HistoryView(Sequence[Record]):
         return f"HistoryView({len(self)} records)"
 
 
-_CSV_FIELDS = ["source", "dest", "global_step", "epoch", "step_in_epoch", "point", "wall_time", "reason", "guards", "actions", "warnings"]
+_CSV_FIELDS = [
+    "source", "dest", "global_step", "epoch", "step_in_epoch", "point", "wall_time", "reason", "guards", "actions", "warnings",
+    "decision",
+]
 
 
 class History(Sequence[Record]):
@@ -142,12 +172,12 @@ class History(Sequence[Record]):
         return cls.from_dicts(json.loads(text))
 
     def to_csv(self) -> str:
-        """One row per transition; guards, actions and warnings as JSON text in their cells."""
+        """One row per transition; guards, actions, warnings and decision as JSON text in their cells."""
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=_CSV_FIELDS)
         writer.writeheader()
         for row in self.to_dicts():
-            for key in ("guards", "actions", "warnings"):
+            for key in ("guards", "actions", "warnings", "decision"):
                 row[key] = json.dumps(row[key])
             writer.writerow(row)
         return out.getvalue()
@@ -163,6 +193,8 @@ class History(Sequence[Record]):
             else:
                 when = f"step {r.global_step} (epoch {r.epoch}, {r.point})"
                 lines.append(f"#{i}  {r.source} -> {r.dest}  at {when}" + (f"  reason: {r.reason}" if r.reason else ""))
+            if r.decision is not None:
+                lines.append(f"     {r.decision.text(r.global_step)}")
             for g in r.guards:
                 lines.append(f"     guard  {g.guard}: {_fmt(g.evidence)}")
             for a in r.actions:

@@ -35,7 +35,7 @@ from engine.core import (
     observe_points,
 )
 from engine.diagram import to_dot, to_mermaid
-from engine.history import ActionEffect, GuardEvidence, History, Record, jsonable
+from engine.history import ActionEffect, Decision, GuardEvidence, HeldSince, History, Record, jsonable
 from engine.state import SCHEMA_VERSION, EngineState, PendingCheck, from_primitives, to_primitives
 
 __all__ = ["CurriculumEngine"]
@@ -55,6 +55,14 @@ class _MachineModel:
     """
 
     state: str
+
+
+def _conjuncts(guard: Any) -> list:
+    """The guards whose AND ``guard`` is, opened up recursively (``all_of`` exposes ``conjuncts``)."""
+    inner = getattr(guard, "conjuncts", None)
+    if inner is None:
+        return [guard]
+    return [leaf for g in inner for leaf in _conjuncts(g)]
 
 
 def _check_names(objects: dict[str, Any], where: str) -> None:
@@ -139,6 +147,10 @@ class CurriculumEngine:
         self._fingerprint = curriculum.fingerprint()
         self._spec = curriculum.spec()
         self._plan(curriculum)
+        # Each transition's guards with all_of opened up, and per transition out of the current
+        # phase the (global_step, epoch) since which each has held at every evaluation point.
+        self._leaves = [[leaf for g in tr.guards for leaf in _conjuncts(g)] for tr in curriculum.transitions]
+        self._held_since: dict[int, list[tuple[int, int] | None]] = {}
 
         states = [State(p.name, on_enter=[partial(self._act, a) for a in p.on_enter]) for p in curriculum.phases]
         self._model = _MachineModel()
@@ -155,7 +167,7 @@ class CurriculumEngine:
                 trigger=tr.when.value,
                 source=tr.source,
                 dest=tr.dest,
-                conditions=[partial(self._holds, g, i) for g in tr.guards],
+                conditions=[partial(self._decide, i)],
                 before=[partial(self._begin, i)] + [partial(self._act, a) for a in tr.actions] + [self._enter_clock],
                 after=[partial(self._finish, i)],
             )
@@ -274,6 +286,7 @@ class CurriculumEngine:
         self._history.append(record)
         self._add_checks(-1, record)
         self._started = True
+        self._held_since = {}
         self._unchecked_step = self._unchecked_epoch = True
         logger.info("start in %s at step %d (epoch %d): %s", name, record.global_step, record.epoch, record.actions)
         return record
@@ -422,6 +435,7 @@ class CurriculumEngine:
             guards=guards,
             history=list(self._history),
             pending_checks=list(self._pending),
+            held_since={str(i): [list(s) if s else None for s in since] for i, since in self._held_since.items()},
             spec=self._spec,
         )
         try:  # a round trip proves it JSON-safe and shares nothing with the live objects
@@ -458,6 +472,16 @@ class CurriculumEngine:
                 guard.load_state_dict(snap.guards[key])
             elif not allow_fingerprint_mismatch:
                 raise CurriculumError(f"engine state has no accumulators for guard {key} ({describe(guard)})")
+        held_since = {}
+        for key, since in snap.held_since.items():
+            index = int(key) if key.isdigit() else -1
+            if 0 <= index < len(self._leaves) and len(since) == len(self._leaves[index]):
+                held_since[index] = [(s[0], s[1]) if s else None for s in since]
+            elif not allow_fingerprint_mismatch:
+                raise CurriculumError(
+                    f"engine state's held_since[{key!r}] does not match transition {key}'s guards; "
+                    "restore it into the curriculum it was saved from, or pass allow_fingerprint_mismatch=True"
+                )
         self._machine.set_state(snap.phase, model=self._model)
         for field in attrs.fields(Clock):
             setattr(self._clock, field.name, getattr(snap.clock, field.name))
@@ -465,6 +489,7 @@ class CurriculumEngine:
         self.ctx.history = self._history.view()
         self._pending = list(snap.pending_checks)
         self._started = snap.started
+        self._held_since = held_since
         self._unchecked_step = self._unchecked_epoch = True
 
     # -- checks before a call changes anything ---------------------------------------------------
@@ -499,11 +524,13 @@ class CurriculumEngine:
 
     def _trigger(self, trigger: str, **kwargs: Any) -> Record | None:
         undo: list = []
+        held_since = dict(self._held_since)  # _decide and _finish replace entries, never mutate them
         try:
             fired = getattr(self._model, trigger)(undo=undo, **kwargs)
         except BaseException:
             if undo:
                 self._undo(*undo)
+            self._held_since = held_since
             raise
         finally:
             self.ctx.transition = None
@@ -524,6 +551,25 @@ class CurriculumEngine:
                 "(return a bool, e.g. bool(x), or a one-element boolean tensor)", None,
             )
         return truth
+
+    def _decide(self, index: int, event: Any) -> bool:
+        """Transition ``index``'s condition: every guard (all_of opened up) evaluated, none skipped,
+        and the point since which each has held brought up to date (for the deciding guard)."""
+        leaves = self._leaves[index]
+        values = [self._holds(g, index, event) for g in leaves]
+        before = self._held_since.get(index) or [None] * len(leaves)
+        now = (self._clock.global_step, self._clock.epoch)
+        self._held_since[index] = [(since or now) if holds else None for holds, since in zip(values, before)]
+        return all(values)
+
+    def _decision(self, index: int) -> Decision:
+        """The guard that became true last, and since when each guard held (all hold now)."""
+        leaves, since = self._leaves[index], self._held_since[index]
+        latest = max(since)
+        return Decision(
+            decided_by=[describe(g) for g, s in zip(leaves, since) if s == latest],
+            held_since=[HeldSince(describe(g), s[0], s[1]) for g, s in zip(leaves, since)],
+        )
 
     def _error(self, who: str, index: int | str, what: str, exc: BaseException | None, done: list | None = None) -> CurriculumError:
         ctx, clock = self.ctx, self._clock
@@ -583,9 +629,9 @@ class CurriculumEngine:
         if index >= 0:
             tr = self.curriculum.transitions[index]
             guards = [GuardEvidence(describe(g), self._evidence(g, index)) for g in tr.guards]
-            point, reason = tr.when.value, None
+            point, reason, decision = tr.when.value, None, self._decision(index)
         else:
-            guards, point = [], _MANUAL
+            guards, point, decision = [], _MANUAL, None
             reason = event.kwargs.get("reason")
         event.kwargs["record"] = Record(
             source=event.transition.source,
@@ -597,6 +643,7 @@ class CurriculumEngine:
             wall_time=time.time(),
             guards=guards,
             reason=reason,
+            decision=decision,
         )
 
     def _evidence(self, guard: Any, index: int) -> dict:
@@ -621,6 +668,7 @@ class CurriculumEngine:
 
     def _finish(self, index: int, event: Any) -> None:
         record = event.kwargs["record"]
+        self._held_since = {}  # a phase was entered: its transitions' guards start afresh
         for reset in self._resetters[record.dest]:
             self._call_hook(reset, "reset")
         self._history.append(record)

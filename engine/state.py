@@ -37,6 +37,10 @@ class EngineState:
     guards: dict[str, Any]
     history: list[Record]
     pending_checks: list[PendingCheck] = attrs.field(factory=list)
+    # Per transition index (as text) out of the current phase: for each of its guards (all_of
+    # opened up), [global_step, epoch] since which it has held at every evaluation point, or None.
+    # States saved before it existed load with {}: the guards' past is then unknown.
+    held_since: dict[str, list[list[int] | None]] = attrs.field(factory=dict)
     # The curriculum's spec (Curriculum.spec()), so a fingerprint mismatch can say what differs;
     # None in states migrated from schema 1.
     spec: dict | None = None

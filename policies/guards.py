@@ -19,6 +19,7 @@ from engine import Clock, Context, CurriculumError, describe
 from engine.core import truth_value
 
 from policies._checks import check_guard, check_int, check_real, fail
+from policies._stats import student_t_sf
 
 __all__ = [
     "Plateau", "MinEpoch", "MinSteps", "MetricBelow", "MetricAbove", "all_of", "any_of", "not_",
@@ -29,6 +30,9 @@ __all__ = [
 # 2**1074 turns it into an exact Python int. Sums of those ints are exact, and int / int is
 # correctly rounded in Python: the running sums never drift, whatever the stream.
 _SHIFT = 1074
+
+
+_TESTS = ("relative", "welch")
 
 
 def _exact(x: float) -> int:
@@ -51,19 +55,31 @@ class Plateau:
     the phase was entered (``observe`` appends, ``reset`` clears; non-finite values never enter).
     With ``older`` its first half and ``newer`` its second, the relative improvement is
     ``r = (mean(older) - mean(newer)) / |mean(older)|`` for ``mode="min"`` (numerator negated for
-    ``"max"``; ``r = 0`` when the older mean is 0). It holds iff the window is full and
-    ``r < threshold``.
+    ``"max"``; ``r = 0`` when the older mean is 0). With ``test="relative"`` (the default) it
+    holds iff the window is full and ``r < threshold``.
+
+    ``test="welch"`` is noise-aware: it holds iff the window is full and a one-sided Welch t-test
+    does not find, at level ``alpha`` (default 0.05), the newer half's mean lower (``"max"``:
+    higher) than the older half's by more than ``threshold * |mean(older)|``; that is, iff
+    ``p >= alpha`` (see :meth:`welch`). With ``threshold=0`` it is the plain test "is the newer
+    half better at all?"; a positive threshold asks for a practically relevant improvement, so a
+    long window on a loss that still creeps down can plateau. Needs ``window >= 4``.
 
     Each step costs O(1): the halves are two deques with running sums. The sums are kept exactly
     (each float as an integer multiple of 2**-1074), so means and ``r`` are the correctly rounded
     values of the exact ones, there is no drift, and the snapshot (the window's values) restores a
-    guard whose decisions and evidence are bit-identical to an uninterrupted one.
+    guard whose decisions and evidence are bit-identical to an uninterrupted one. The Welch test
+    keeps exact sums of squares the same way (scale 2**2148), so its variances, ``t**2`` and
+    ``dof`` are correctly rounded from exact values too.
     """
 
     requires: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()  # deciding reads no metric; observe reads `observes` at every step_end
 
-    def __init__(self, window: int = 50, threshold: float = 0.005, metric: str = "loss", mode: str = "min") -> None:
+    def __init__(
+        self, window: int = 50, threshold: float = 0.005, metric: str = "loss", mode: str = "min",
+        test: str = "relative", alpha: float | None = None,
+    ) -> None:
         where = "Plateau"
         window = check_int(where, "window", window, 2, "use an even window >= 2, e.g. window=50")
         if window % 2:
@@ -76,11 +92,26 @@ class Plateau:
         if mode not in ("min", "max"):
             raise fail(where, "mode", '"min" (lower is better) or "max"', mode, 'use mode="min" for a loss')
         self.mode = mode
+        if test not in _TESTS:
+            raise fail(where, "test", '"relative" or "welch"', test, 'use test="welch" for a noise-aware plateau')
+        self.test = test
+        if test == "relative" and alpha is not None:
+            raise fail(where, "alpha", 'None with test="relative" (a level is for the Welch test)', alpha, 'drop alpha, or pass test="welch"')
+        if test == "welch":
+            alpha = 0.05 if alpha is None else alpha
+            if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+                raise fail(where, "alpha", "a level in (0, 1)", alpha, "e.g. alpha=0.05")
+            if window < 4:
+                raise fail(where, "window", 'even and >= 4 with test="welch" (two values per half for a variance)', window, "use window=4 or more")
+            alpha = float(alpha)
+        self.alpha = alpha
+        self._welch = test == "welch"
         self._half = window // 2
-        self._older: deque[tuple[float, int]] = deque()
-        self._newer: deque[tuple[float, int]] = deque()
-        self._older_sum = 0
-        self._newer_sum = 0
+        # Items are (value, value as an exact int, its square when the test needs it, else 0).
+        self._older: deque[tuple[float, int, int]] = deque()
+        self._newer: deque[tuple[float, int, int]] = deque()
+        self._older_sum = self._newer_sum = 0
+        self._older_sq = self._newer_sq = 0  # exact sums of squares (scale 2**2148): the Welch test's
 
     # -- accumulate ------------------------------------------------------------------------------
 
@@ -104,22 +135,29 @@ class Plateau:
             ) from None
         if not math.isfinite(x):
             return
-        item = (x, _exact(x))
+        xi = _exact(x)
+        item = (x, xi, xi * xi if self._welch else 0)
         if len(self._newer) == self._half:  # the oldest of the newer half moves to the older half
             moved = self._newer.popleft()
             self._newer_sum -= moved[1]
+            self._newer_sq -= moved[2]
             if len(self._older) == self._half:
-                self._older_sum -= self._older.popleft()[1]
+                gone = self._older.popleft()
+                self._older_sum -= gone[1]
+                self._older_sq -= gone[2]
             self._older.append(moved)
             self._older_sum += moved[1]
+            self._older_sq += moved[2]
         self._newer.append(item)
         self._newer_sum += item[1]
+        self._newer_sq += item[2]
 
     def reset(self) -> None:
         """Empty the window (the engine calls this when the guard's phase is entered)."""
         self._older.clear()
         self._newer.clear()
         self._older_sum = self._newer_sum = 0
+        self._older_sq = self._newer_sq = 0
 
     # -- decide ----------------------------------------------------------------------------------
 
@@ -143,15 +181,47 @@ class Plateau:
             return 0.0
         return _ratio(num, abs(self._older_sum))
 
+    def welch(self) -> tuple[float, float | None, float] | None:
+        """``(t, dof, p)`` of the one-sided Welch test that the newer half improves on the older
+        by more than ``threshold`` (relative to the older mean), or None until the window is full.
+
+        ``t = (improvement in mean - threshold * |older mean|) / sqrt(s_old**2 / n + s_new**2 / n)``
+        with ``n = window // 2`` and sample variances ``s**2``; ``dof`` by Welch-Satterthwaite;
+        ``p = P(T_dof > t)``. ``t**2`` and ``dof`` are correctly rounded from the exact sums. When
+        both halves are constant ``dof`` is None and ``p`` is 0, 1/2 or 1 as the improvement is
+        above, at or below the margin.
+        """
+        if not self.full:
+            return None
+        n = self._half
+        var_old = n * self._older_sq - self._older_sum * self._older_sum  # n (n - 1) s**2, scale 2**2148
+        var_new = n * self._newer_sq - self._newer_sum * self._newer_sum
+        gain = self._older_sum - self._newer_sum if self.mode == "min" else self._newer_sum - self._older_sum
+        p_thr, q_thr = self.threshold.as_integer_ratio()
+        margin = gain * q_thr - p_thr * abs(self._older_sum)  # q_thr * n * (gain - margin) in mean units
+        spread = var_old + var_new
+        if spread == 0:
+            if margin == 0:
+                return 0.0, None, 0.5
+            return (math.inf, None, 0.0) if margin > 0 else (-math.inf, None, 1.0)
+        t = math.sqrt(_ratio((n - 1) * margin * margin, q_thr * q_thr * spread))
+        t = t if margin >= 0 else -t
+        dof = _ratio((n - 1) * spread * spread, var_old * var_old + var_new * var_new)
+        return t, dof, student_t_sf(t, dof)
+
     def __call__(self, ctx: Context) -> bool:
+        if self._welch:
+            test = self.welch()
+            return test is not None and test[2] >= self.alpha
         r = self.improvement()
         return r is not None and r < self.threshold
 
     def evidence(self, ctx: Context) -> dict:
-        """Window size and fill, older- and newer-half means, relative improvement, threshold."""
+        """Window size and fill, older- and newer-half means, relative improvement, threshold;
+        with ``test="welch"`` also the test's ``t``, ``dof``, ``p`` and ``alpha``."""
         full = self.full
         scale = self._half << _SHIFT
-        return {
+        out = {
             "window": self.window,
             "filled": self.filled,
             "older_mean": _ratio(self._older_sum, scale) if full else None,
@@ -159,12 +229,16 @@ class Plateau:
             "improvement": self.improvement(),
             "threshold": self.threshold,
         }
+        if self._welch:
+            t, dof, p = self.welch() or (None, None, None)
+            out.update(test="welch", t=t, dof=dof, p=p, alpha=self.alpha)
+        return out
 
     # -- state -----------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
         """The window's values, oldest first (finite floats: JSON round-trips them exactly)."""
-        return {"values": [x for x, _ in self._older] + [x for x, _ in self._newer]}
+        return {"values": [item[0] for item in self._older] + [item[0] for item in self._newer]}
 
     def load_state_dict(self, state: dict) -> None:
         """Refill the window from ``state_dict()``; the sums are rebuilt exactly as they were."""
@@ -183,6 +257,7 @@ class Plateau:
     def __repr__(self) -> str:
         extra = "" if self.metric == "loss" else f", metric={self.metric!r}"
         extra += "" if self.mode == "min" else f", mode={self.mode!r}"
+        extra += "" if self.test == "relative" else f", test={self.test!r}, alpha={self.alpha!r}"
         return f"Plateau(window={self.window}, threshold={self.threshold!r}{extra})"
 
 
@@ -339,6 +414,12 @@ class _Combinator:
 
 class _AllOf(_Combinator):
     _name = "all_of"
+
+    @property
+    def conjuncts(self) -> tuple:
+        """The guards whose AND this is: the engine evaluates them one by one to tell which
+        became true last (the deciding guard of a transition)."""
+        return self.guards
 
     def __call__(self, ctx: Context) -> bool:
         return all(self._values(ctx))

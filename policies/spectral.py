@@ -21,6 +21,8 @@ def spectral_curriculum(
     window: int = 50,
     threshold: float = 0.005,
     preserve: bool = True,
+    test: str = "relative",
+    alpha: float | None = None,
 ) -> Curriculum:
     """Open frequency bands step by step: ``cutoff_128 -> cutoff_256 -> cutoff_512 -> full``.
 
@@ -28,7 +30,8 @@ def spectral_curriculum(
     ``SetCutoff(c, preserve=preserve)`` (``full``: ``SetCutoff(None, ...)``). The raise out of the
     k-th cutoff phase is checked at epoch end, guarded by
     ``all_of(MinEpoch(min_epochs[k]), Plateau(window=window, threshold=threshold))``, and fires
-    ``RestartLR()``. Cutoffs count bins of an ``n_bins``-bin rfft: strictly increasing, >= 1 and
+    ``RestartLR()``; ``test`` and ``alpha`` go to each ``Plateau`` (``test="welch"``: the
+    noise-aware plateau). Cutoffs count bins of an ``n_bins``-bin rfft: strictly increasing, >= 1 and
     below ``n_bins`` (the full band is the last phase); one global minimum epoch per cutoff, not
     decreasing.
     """
@@ -62,7 +65,7 @@ def spectral_curriculum(
     transitions = [
         Transition(
             names[k], names[k + 1],
-            guards=[all_of(MinEpoch(m), Plateau(window=window, threshold=threshold))],
+            guards=[all_of(MinEpoch(m), Plateau(window=window, threshold=threshold, test=test, alpha=alpha))],
             actions=[RestartLR()],
             when=Point.EPOCH_END,
         )

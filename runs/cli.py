@@ -1,4 +1,4 @@
-"""The ``chunklm`` command line: train, history, plot, diagram, generate.
+"""The ``chunklm`` command line: train, history, plot, diagram, generate, replay.
 
 A problem the user can fix is one line, ``chunklm CMD: error: what is wrong; what to do``, with exit
 status 2 for bad input and 1 for a failure at run time. Anything else is a bug and keeps its traceback.
@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
     d.add_argument("--run", default=None, help="a run whose settings and current phase to show")
 
+    from runs.replay_cmd import add_replay_parser
+
+    add_replay_parser(sub)
+
     gen = sub.add_parser("generate", help="sample bytes from a checkpoint (streamed as they come)")
     gen.add_argument("--ckpt", required=True)
     gen.add_argument("--prompt", default="")
@@ -87,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    commands = {"train": _train, "history": _history, "plot": _plot, "diagram": _diagram, "generate": _generate}
+    commands = {"train": _train, "history": _history, "plot": _plot, "diagram": _diagram, "generate": _generate, "replay": _replay}
     try:
         return commands[args.command](args)
     except UserError as exc:
@@ -98,6 +102,12 @@ def _train(args: argparse.Namespace) -> int:
     from runs.train_cmd import train
 
     return train(args, explicit_settings(args))
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from runs.replay_cmd import run_replay
+
+    return run_replay(args)
 
 
 def _history(args: argparse.Namespace) -> int:

@@ -179,6 +179,161 @@ def test_plateau_snapshot_restore_and_naive_equivalence(stream, half, threshold,
             feed(restored, [stream[i]])
 
 
+# -- Plateau(test="welch") ----------------------------------------------------------------------
+
+# Wikipedia's "Welch's t-test", example 1: t = -2.46, dof = 24.99, two-sided p = 0.021.
+WELCH_A1 = [27.5, 21.0, 19.0, 23.6, 17.0, 17.9, 16.9, 20.1, 21.9, 22.6, 23.1, 19.6, 19.0, 21.7, 21.4]
+WELCH_A2 = [27.1, 22.0, 20.8, 23.4, 23.4, 23.5, 25.8, 22.0, 24.8, 20.2, 21.9, 22.1, 22.9, 20.5, 24.4]
+
+
+def naive_welch(values, window, threshold, mode="min"):
+    """(t, dof) of the Welch test recomputed from scratch with Fractions; None until full."""
+    kept = [v for v in values if math.isfinite(v)][-window:]
+    if len(kept) < window:
+        return None
+    n = window // 2
+    older, newer = [Fraction(v) for v in kept[:n]], [Fraction(v) for v in kept[n:]]
+    mo, mn = sum(older) / n, sum(newer) / n
+    vo = sum((v - mo) ** 2 for v in older) / (n - 1)
+    vn = sum((v - mn) ** 2 for v in newer) / (n - 1)
+    gain = (mo - mn if mode == "min" else mn - mo) - Fraction(threshold) * abs(mo)
+    if vo + vn == 0:
+        return None if gain == 0 else (math.copysign(math.inf, gain), None)
+    t2 = gain * gain / ((vo + vn) / n)
+    dof = (n - 1) * (vo + vn) ** 2 / (vo * vo + vn * vn)
+    return math.copysign(math.sqrt(float(t2)), gain), float(dof)
+
+
+def test_plateau_welch_repr_shows_test_and_alpha_only_when_not_default():
+    """test and alpha appear in the repr only for the Welch test; the relative repr is unchanged."""
+    assert repr(Plateau(window=50, threshold=0.005, test="relative")) == "Plateau(window=50, threshold=0.005)"
+    assert repr(Plateau(window=50, threshold=0.0, test="welch")) == "Plateau(window=50, threshold=0.0, test='welch', alpha=0.05)"
+    assert repr(Plateau(8, 0.01, test="welch", alpha=0.1)) == "Plateau(window=8, threshold=0.01, test='welch', alpha=0.1)"
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"test": "ttest"}, ["'test'", '"welch"']),
+        ({"alpha": 0.05}, ["'alpha'", 'test="welch"']),
+        ({"test": "welch", "alpha": 1.5}, ["'alpha'", "(0, 1)"]),
+        ({"test": "welch", "alpha": True}, ["'alpha'", "(0, 1)"]),
+        ({"test": "welch", "window": 2}, ["'window'", ">= 4"]),
+    ],
+)
+def test_plateau_welch_rejects_bad_arguments(kwargs, words):
+    """A bad test or alpha is a CurriculumError naming the field and the fix."""
+    with pytest.raises(CurriculumError) as err:
+        Plateau(**kwargs)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_plateau_welch_matches_a_published_example():
+    """Older half A1, newer A2 (the newer mean is higher): t = -2.455, dof = 24.99, p = 1 - 0.0107."""
+    worse = Plateau(window=30, threshold=0.0, test="welch")
+    feed(worse, WELCH_A1 + WELCH_A2)
+    t, dof, p = worse.welch()
+    assert t == pytest.approx(-2.4553564, abs=1e-6) and dof == pytest.approx(24.98853, abs=1e-4)
+    assert p == pytest.approx(1 - 0.0106890, abs=1e-6) and worse(step_ctx())
+    better = Plateau(window=30, threshold=0.0, test="welch")
+    feed(better, WELCH_A2 + WELCH_A1)  # now the newer half is lower: significant at 0.05, not at 0.01
+    assert better.welch()[2] == pytest.approx(0.0106890, abs=1e-6) and not better(step_ctx())
+    strict = Plateau(window=30, threshold=0.0, test="welch", alpha=0.01)
+    feed(strict, WELCH_A2 + WELCH_A1)
+    assert strict(step_ctx())
+
+
+def test_plateau_welch_reads_noise_as_a_plateau_and_a_clear_drop_as_progress():
+    """A noisy window whose means differ by 12.5% is a plateau for welch, not for relative; a
+    clean 5% drop is progress for both."""
+    noisy = [1.0, 3.0, 1.0, 3.0, 0.5, 3.0, 0.5, 3.0]  # older mean 2.0, newer 1.75
+    relative, welch = Plateau(window=8, threshold=0.01), Plateau(window=8, threshold=0.01, test="welch")
+    feed(relative, noisy)
+    feed(welch, noisy)
+    assert not relative(step_ctx()) and welch(step_ctx())
+    clean = [2.0, 2.01, 2.0, 2.01, 1.9, 1.91, 1.9, 1.91]
+    relative, welch = Plateau(window=8, threshold=0.01), Plateau(window=8, threshold=0.01, test="welch")
+    feed(relative, clean)
+    feed(welch, clean)
+    assert not relative(step_ctx()) and not welch(step_ctx())
+
+
+def test_plateau_welch_threshold_is_the_margin():
+    """A significant drop smaller than threshold * older mean is still a plateau: H1 is r > threshold."""
+    drop = [2.0, 2.001, 2.0, 2.001, 1.99, 1.991, 1.99, 1.991]  # r = 0.5%, very little noise
+    assert not _welch_holds(drop, threshold=0.0)
+    assert _welch_holds(drop, threshold=0.01)
+    assert not _welch_holds(drop, threshold=0.001)
+
+
+def _welch_holds(values, threshold, mode="min"):
+    p = Plateau(window=len(values), threshold=threshold, test="welch", mode=mode)
+    feed(p, values)
+    return p(step_ctx())
+
+
+def test_plateau_welch_constant_halves_and_max_mode():
+    """Constant halves: no variance, so dof is None and p is 0, 1/2 or 1; mode max asks for a rise."""
+    flat = Plateau(window=4, threshold=0.0, test="welch")
+    feed(flat, [1.0] * 4)
+    assert flat.welch() == (0.0, None, 0.5) and flat(step_ctx())
+    step = Plateau(window=4, threshold=0.0, test="welch")
+    feed(step, [2.0, 2.0, 1.0, 1.0])
+    assert step.welch() == (math.inf, None, 0.0) and not step(step_ctx())
+    assert _welch_holds([0.5, 0.52, 0.6, 0.61], threshold=0.0, mode="min")  # rising accuracy read as a loss
+    assert not _welch_holds([0.5, 0.52, 0.6, 0.61], threshold=0.0, mode="max")
+
+
+def test_plateau_welch_evidence():
+    """Welch evidence adds test, t, dof, p and alpha to the relative evidence (None until full)."""
+    p = Plateau(window=4, threshold=0.0, test="welch", alpha=0.2)
+    feed(p, [3.0, 2.0, 1.0])
+    ev = p.evidence(step_ctx())
+    assert ev["test"] == "welch" and ev["t"] is None and ev["p"] is None and ev["alpha"] == 0.2
+    feed(p, [1.0])  # older (3, 2): variance 1/2; newer (1, 1): t = 1.5 / sqrt(1/4) = 3 on 1 dof (Cauchy)
+    ev = p.evidence(step_ctx())
+    assert (ev["older_mean"], ev["newer_mean"], ev["improvement"]) == (2.5, 1.0, 0.6)
+    assert (ev["t"], ev["dof"]) == (3.0, 1.0) and ev["p"] == pytest.approx(0.5 - math.atan(3) / math.pi, rel=1e-12)
+    assert not p(step_ctx())  # p = 0.102 < 0.2
+    assert "test" not in Plateau(window=4).evidence(step_ctx())
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    stream=st.lists(values, max_size=60),
+    half=st.integers(2, 8),
+    threshold=st.floats(-0.1, 0.1),
+    mode=st.sampled_from(["min", "max"]),
+    data=st.data(),
+)
+def test_plateau_welch_snapshot_restore_and_naive_equivalence(stream, half, threshold, mode, data):
+    """Welch: snapshot -> JSON -> restore decides bit-identically; t and dof match a Fraction recomputation."""
+    from policies._stats import student_t_sf
+
+    cut = data.draw(st.integers(0, len(stream)))
+    live = Plateau(window=2 * half, threshold=threshold, mode=mode, test="welch")
+    feed(live, stream[:cut])
+    restored = Plateau(window=2 * half, threshold=threshold, mode=mode, test="welch")
+    restored.load_state_dict(json.loads(json.dumps(live.state_dict(), allow_nan=False)))
+    for i in range(cut, len(stream) + 1):
+        ctx = step_ctx()
+        assert restored(ctx) == live(ctx)
+        assert restored.evidence(ctx) == live.evidence(ctx)
+        expected = naive_welch(stream[:i], 2 * half, threshold, mode)
+        got = live.welch()
+        if expected is None:  # not full yet, or both halves constant with no gain beyond the margin
+            assert got is None and not live(ctx) or got == (0.0, None, 0.5) and live(ctx)
+        else:
+            t, dof = expected
+            assert got[0] == t or math.isclose(got[0], t, rel_tol=1e-12)
+            assert got[1] == dof or math.isclose(got[1], dof, rel_tol=1e-12)
+            assert live(ctx) == (got[2] >= 0.05) and (dof is None or got[2] == student_t_sf(got[0], got[1]))
+        if i < len(stream):
+            feed(live, [stream[i]])
+            feed(restored, [stream[i]])
+
+
 # -- MinEpoch, MinSteps ---------------------------------------------------------------------------
 
 

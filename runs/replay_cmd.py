@@ -1,0 +1,275 @@
+"""``chunklm replay RUN``: would another plateau rule have raised elsewhere, and which guard decided?
+
+Feeds the run's recorded per-step losses and per-epoch metrics (its steps and epochs CSV) to the
+spectral curriculum built from the run's own settings, with the curriculum flags given here
+applied (``--plateau-window``, ``--plateau-threshold``, ``--plateau-test``, ``--plateau-alpha``,
+``--min-epochs``, ``--cutoffs``), or to every setting of a ``--grid``. Prints one row per setting:
+the step of each raise with its deciding guard, up to the first decision that differs from the
+recorded run (after it, the recorded losses came from a model in another phase).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+from typing import Any, Iterable
+
+from engine import CurriculumError, History, Record, Replay, replay
+from runs.errors import UsageError
+
+__all__ = [
+    "add_replay_parser", "run_replay", "GRID_KEYS", "load_stream", "recorded_settings", "replay_settings", "parse_grid",
+    "format_table", "label", "describe_settings", "LEGEND",
+]
+
+# --grid keys -> the setting each one sets, and how a value is read.
+GRID_KEYS: dict[str, tuple[str, Any]] = {
+    "window": ("plateau_window", int),
+    "threshold": ("plateau_threshold", float),
+    "test": ("plateau_test", str),
+    "alpha": ("plateau_alpha", float),
+    "min_epochs": ("min_epochs", lambda v: tuple(int(x) for x in v.split(":"))),
+}
+_NOT_STEP_METRICS = {"step", "epoch", "step_in_epoch", "cutoff", "phase"}
+_NOT_EPOCH_METRICS = {"epoch", "step", "cutoff"}
+
+
+class ReplayError(UsageError):
+    """Bad input to ``chunklm replay``: one message naming the fix."""
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.replace(",", " ").split())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, e.g. 2,4,6: got {text!r}") from None
+
+
+def add_replay_parser(sub: Any) -> None:
+    """Register ``replay`` on the command line's subparsers."""
+    S = argparse.SUPPRESS
+    r = sub.add_parser("replay", help="replay a run's recorded losses under other curriculum settings (no training)")
+    r.add_argument("run", help="run directory or checkpoint")
+    g = r.add_argument_group("curriculum (default: the run's own)")
+    g.add_argument("--cutoffs", type=_int_list, default=S, help="cutoffs in rfft bins, e.g. 32,64,128")
+    g.add_argument("--min-epochs", dest="min_epochs", type=_int_list, default=S, help="never raise before these epochs, e.g. 2,4,6")
+    g.add_argument("--plateau-window", dest="plateau_window", type=int, default=S, help="optimizer steps in the plateau window")
+    g.add_argument("--plateau-threshold", dest="plateau_threshold", type=float, default=S, help="relative improvement below which the loss has plateaued")
+    g.add_argument("--plateau-test", dest="plateau_test", choices=["relative", "welch"], default=S,
+                   help="relative: r < threshold (the default); welch: a one-sided Welch t-test finds no improvement beyond threshold")
+    g.add_argument("--plateau-alpha", dest="plateau_alpha", type=float, default=S, help="level of the Welch test (default 0.05)")
+    r.add_argument("--grid", nargs="+", metavar="KEY=V1,V2", default=None,
+                   help=f"replay every combination, e.g. window=50,100,200 threshold=0.001,0.005 (keys: {', '.join(GRID_KEYS)}; "
+                        "min_epochs values as 2:4:6)")
+
+
+# -- the recorded run ----------------------------------------------------------------------------
+
+
+def recorded_settings(ckpt: Path) -> dict[str, Any]:
+    """The run's settings from its checkpoint, completed with the defaults."""
+    from runs.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        settings = load_checkpoint(ckpt).settings.to_dict()
+    except CheckpointError as exc:
+        raise ReplayError(f"{exc}; replay reads the run's settings from it") from None
+    settings.setdefault("plateau_test", "relative")
+    settings.setdefault("plateau_alpha", None)
+    return settings
+
+
+def load_stream(steps: list[dict], epochs: list[dict]) -> list[tuple[str, dict[str, float]]]:
+    """The run's evaluation points in order, from its steps and epochs CSV rows: a step_end per
+    step (every numeric column but the clock's, the cutoff and the phase) and an epoch_end after
+    the last step of each epoch (the same for the epochs CSV)."""
+    ends = {}
+    for row in epochs:
+        ends[int(row["step"])] = {k: float(v) for k, v in row.items() if k not in _NOT_EPOCH_METRICS and v not in ("", None)}
+    stream: list[tuple[str, dict[str, float]]] = []
+    for i, row in enumerate(steps, start=1):
+        if int(row["step"]) != i:
+            raise ReplayError(
+                f"the steps CSV is not one row per optimizer step from 1 (row {i} has step {row['step']}); "
+                "replay needs the whole run's steps, as chunklm train writes them"
+            )
+        stream.append(("step_end", {k: float(v) for k, v in row.items() if k not in _NOT_STEP_METRICS}))
+        if i in ends:
+            stream.append(("epoch_end", ends.pop(i)))
+    return stream
+
+
+def replay_settings(settings: dict[str, Any], stream: list, recorded: History | None) -> Replay:
+    """Replay ``stream`` on the spectral curriculum these settings make (no action runs)."""
+    from policies import spectral_curriculum
+
+    test = settings.get("plateau_test", "relative")
+    curriculum = spectral_curriculum(
+        n_bins=settings["seq_len"] // 2 + 1, cutoffs=settings["cutoffs"], min_epochs=settings["min_epochs"],
+        window=settings["plateau_window"], threshold=settings["plateau_threshold"], preserve=settings["preserve"],
+        test=test, alpha=settings.get("plateau_alpha") if test == "welch" else None,
+    )
+    return replay(curriculum, stream, recorded=recorded, copy_guards=False)
+
+
+def parse_grid(items: Iterable[str]) -> list[dict[str, Any]]:
+    """``["window=50,100", "threshold=0.01"]`` -> every combination, as settings overrides."""
+    axes = []
+    for item in items:
+        key, eq, values = item.partition("=")
+        if not eq or key not in GRID_KEYS or not values:
+            raise ReplayError(f"--grid {item!r}: expected KEY=V1,V2,... with KEY one of {', '.join(GRID_KEYS)}; e.g. window=50,100,200")
+        name, read = GRID_KEYS[key]
+        try:
+            axes.append([(key, name, read(v)) for v in values.split(",")])
+        except ValueError:
+            raise ReplayError(f"--grid {item!r}: a value is not a valid {key}; e.g. {key}=" + {
+                "window": "50,100", "threshold": "0.005,0.01", "test": "relative,welch", "alpha": "0.01,0.05",
+                "min_epochs": "2:4:6,3:5:7"}[key]) from None
+    return [{name: value for _, name, value in combo} for combo in itertools.product(*axes)]
+
+
+# -- the table -----------------------------------------------------------------------------------
+
+
+def _short(guard: str) -> str:
+    return guard.split("(", 1)[0]
+
+
+def _decider(record: Record) -> str:
+    if record.decision is None:
+        return ""
+    return "+".join(_short(g) for g in record.decision.decided_by)
+
+
+def _cells(result: Replay, n: int) -> list[str]:
+    """Per raise: 'step Decider', 'step Decider *' (departs there), '> step' (the recorded run
+    raised there, the replay not yet), '?' (after the departure), '-' (no raise in the data)."""
+    moves = _moves(result.history)
+    dep = result.departure
+    cells = []
+    for k in range(n):
+        r = moves[k] if k < len(moves) else None
+        if dep is None:
+            cells.append(f"{r.global_step} {_decider(r)}" if r else "-")
+        elif r is not None and r.global_step < dep.global_step:
+            cells.append(f"{r.global_step} {_decider(r)}")
+        elif r is not None and r.global_step == dep.global_step and dep.replayed is r:
+            cells.append(f"{r.global_step} {_decider(r)} *")
+        elif k == len([m for m in moves if m.global_step < dep.global_step]) and dep.replayed is None:
+            cells.append(f"> {dep.global_step}")
+        else:
+            cells.append("?")
+    return cells
+
+
+def label(settings: dict[str, Any], keys: list[str]) -> str:
+    """A row's name: the settings in ``keys`` (alpha only for the Welch test)."""
+    names = {v[0]: k for k, v in GRID_KEYS.items()} | {"cutoffs": "cutoffs"}
+    parts = []
+    for key in keys:
+        value = settings.get(key)
+        if isinstance(value, tuple):
+            value = ",".join(map(str, value))
+        if key == "plateau_alpha" and settings.get("plateau_test", "relative") != "welch":
+            continue
+        parts.append(f"{names.get(key, key)}={value}")
+    return " ".join(parts) or "replay"
+
+
+def describe_settings(settings: dict[str, Any]) -> str:
+    test = settings.get("plateau_test", "relative")
+    return (f"cutoffs {','.join(map(str, settings['cutoffs']))}, min epochs {','.join(map(str, settings['min_epochs']))}, "
+            f"plateau window {settings['plateau_window']}, threshold {settings['plateau_threshold']}, test {test}"
+            + (f" (alpha {settings.get('plateau_alpha') or 0.05})" if test == "welch" else ""))
+
+
+LEGEND = (
+    "step Decider: the raise and the guard that became true last; *: the replay raises where the recorded run did not;\n"
+    "> S: the recorded run raised at step S, this setting not yet; ?: after the departure (the recorded losses no\n"
+    "longer follow from this setting); departs: the first differing decision (-: none within the recorded steps)"
+)
+
+
+def _moves(history: Iterable[Record]) -> list[Record]:
+    return [r for r in history if r.point in ("step_end", "epoch_end")]
+
+
+def format_table(recorded: Iterable[Record], rows: list[tuple[str, Replay]], own: Replay | None = None) -> str:
+    """The replay table: the recorded run's raises (its deciders, else those of ``own``, the replay
+    with its own settings, where that agrees), then one row per (label, replay)."""
+    recorded_moves = _moves(recorded)
+    n = max([len(recorded_moves), 1] + [len(_moves(res.history)) for _, res in rows])
+    own_moves = {r.global_step: r for r in _moves(own.faithful())} if own is not None else {}
+    rec_cells = []
+    for r in recorded_moves[:n]:
+        decider = _decider(r) or (_decider(own_moves[r.global_step]) if r.global_step in own_moves else "")
+        rec_cells.append(f"{r.global_step} {decider}".rstrip())
+    rec_cells += ["-"] * (n - len(rec_cells))
+    table = [["setting"] + [f"raise {k + 1}" for k in range(n)] + ["departs"], ["recorded"] + rec_cells + [""]]
+    for name, res in rows:
+        dep = res.departure
+        table.append([name] + _cells(res, n) + [f"step {dep.global_step}" if dep else "-"])
+    return _table(table)
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    """The ``chunklm replay`` subcommand; returns the exit status (bad input raises ReplayError)."""
+    from runs.artifacts import read_csv, resolve_run
+
+    files = resolve_run(args.run)
+    for path, what in ((files.steps, "step metrics"), (files.epochs, "epoch metrics"), (files.history, "transition history")):
+        if not path.exists():
+            raise ReplayError(f"no {what} at {path}; replay needs a run written by chunklm train")
+    base = recorded_settings(files.ckpt)
+    stream = load_stream(read_csv(files.steps), read_csv(files.epochs))
+    history = files.read_history()
+    flags = {k: getattr(args, k) for k in ("cutoffs", "min_epochs", "plateau_window", "plateau_threshold", "plateau_test", "plateau_alpha")
+             if hasattr(args, k)}
+    overrides = parse_grid(args.grid) if args.grid else [{}]
+    alpha_given = "plateau_alpha" in flags or any("plateau_alpha" in o for o in overrides)
+    if alpha_given and all({**base, **flags, **o}.get("plateau_test") != "welch" for o in overrides):
+        raise ReplayError("--plateau-alpha (or alpha= in --grid) is the level of the Welch test; add --plateau-test welch or test=welch to --grid")
+    settings_list, seen = [], set()
+    for extra in overrides:
+        s = {**base, **flags, **extra}
+        if s.get("plateau_test", "relative") != "welch":
+            s["plateau_alpha"] = None  # a level only for the Welch test: relative rows do not repeat per alpha
+        key = tuple(sorted((k, str(v)) for k, v in s.items()))
+        if key not in seen:
+            seen.add(key)
+            settings_list.append(s)
+
+    try:
+        own = replay_settings(base, stream, history)
+        results = [replay_settings(s, stream, history) for s in settings_list]
+    except CurriculumError as exc:
+        raise ReplayError(str(exc)) from None
+
+    steps = sum(1 for p, _ in stream if p == "step_end")
+    epochs = sum(1 for p, _ in stream if p == "epoch_end")
+    print(f"run {files.ckpt.parent}: {steps} steps, {epochs} epochs; recorded curriculum: {describe_settings(base)}")
+    print("losses as the steps CSV holds them (6 significant digits); no training, no action runs")
+    if own.departure is not None:
+        print(f"note: replayed with its own settings the run departs from its record: {own.departure.text()}; "
+              "the CSV's rounded losses decide otherwise there, so rows after that step are unreliable")
+    varied = list(dict.fromkeys([k for extra in overrides for k in extra] + list(flags)))
+    print()
+    print(format_table(history, [(label(s, varied), res) for s, res in zip(settings_list, results)], own))
+    print()
+    print(LEGEND)
+    if len(results) == 1:
+        res = results[0]
+        print()
+        for r in res.faithful():
+            if r.decision is not None:
+                print(f"{r.source} -> {r.dest} at step {r.global_step} (epoch {r.epoch}): {r.decision.text(r.global_step)}")
+        if res.departure is not None:
+            print(res.departure.text())
+    return 0
