@@ -18,12 +18,11 @@ class KernelInit(str, enum.Enum):
     """How the long-convolution kernels start.
 
     ``WHITE`` (default): random coefficients in all ``kernel_len // 2 + 1`` bins (white-noise
-    kernels, the seed's behaviour); measured to end best (BENCHMARKS.md, issue 15). ``SMOOTH``:
-    random coefficients in the first ``init_cutoff`` bins only, exactly zero above, so the kernels
-    are smooth and the full model equals the model at ``init_cutoff``; with ``preserve=True`` raises
-    it is the exact, function-preserving curriculum, measured to end 0.2-1.7% worse. Raises with
-    ``preserve=True`` are exact with either initialisation; only smooth kernels keep every band
-    above the cutoff at exactly zero.
+    kernels, the seed's behaviour). ``SMOOTH``: random coefficients in the first ``init_cutoff``
+    bins only, exactly zero above; with ``preserve=True`` raises the bands above the cutoff then
+    stay exactly zero, the exact, function-preserving curriculum. That combination was measured to
+    end worse: 0.2-1.8% higher validation bpb than white kernels with the seed's noisy opening, in
+    three settings (BENCHMARKS.md, "New defaults").
     """
 
     SMOOTH = "smooth"

@@ -34,8 +34,8 @@ def spectral_curriculum(
 
     ``preserve=False`` (default) opens each band with noise, as the seed does; ``preserve=True``
     opens it at zero, so each raise leaves the model's function exactly unchanged. The exact opening
-    was measured to end worse (with smooth kernels: 0.2-1.7% higher validation bpb than the seed's
-    opening with white-noise kernels, three settings, BENCHMARKS.md).
+    was measured to end worse (with smooth kernels: 0.2-1.8% higher validation bpb than the seed's
+    opening with white-noise kernels, in three settings; BENCHMARKS.md, "New defaults").
     """
     where = "spectral_curriculum"
     n_bins = check_int(where, "n_bins", n_bins, 2, "bins of the seq_len-point rfft: seq_len // 2 + 1, e.g. 513")
