@@ -2,6 +2,7 @@
 
     python benchmarks/efficacy.py            # the experiment in BENCHMARKS.md (~1 h on 2 cores)
     python benchmarks/efficacy.py --quick    # the pipeline end to end in about 2 minutes
+    python benchmarks/efficacy.py --plan kernel256 --arms CEDFA --workers 1   # the long-kernel row
 
 Arms (each over the same seeds; a seed fixes the initial weights and the data order):
   A  no curriculum: full cutoff from the start, one cosine cycle over the budget
@@ -11,8 +12,10 @@ Arms (each over the same seeds; a seed fixes the initial weights and the data or
   E  C with preserve=False and white-noise kernels: the seed's own behaviour
   F  D with white-noise kernels
 C vs D isolates the cutoff curriculum; D vs F the kernel initialisation; C vs E the seed's way of
-opening bands. Runs are single-threaded, two at a time. Writes results.json, efficacy.png and
-the Markdown tables to --out (default bench_out/efficacy).
+opening bands. Every arm names its kernel initialisation and band opening itself, so the arms do
+not move when the library's defaults do. Runs are single-threaded, --workers at a time, in the
+order --arms gives (D and F wait for C of the same seed). Writes results.json (after every run),
+efficacy.png and the Markdown tables to --out (default bench_out/efficacy).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import json
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Callable
 
@@ -70,6 +73,12 @@ QUICK = Plan(d_model=32, n_layers=1, seq_len=64, kernel_len=16, batch_size=8, st
              min_epochs=(1, 2, 3), stages=((0, 1.0, 0.1), (1, 1.0, 0.1), (2, 1.0, 0.05)), window=10,
              eval_windows=16, seeds=(0,))
 
+# The long-kernel row of issue 15: kernels as long as the window (K = T = 256), 3,000 steps as
+# 20 epochs x 150, so the minimum epochs, LR stages and plateau window are the default plan's.
+KERNEL256 = Plan(seq_len=256, kernel_len=256, steps_per_epoch=150, seeds=(0,))
+
+PLANS = {"default": Plan(), "kernel256": KERNEL256, "quick": QUICK}
+
 
 @attrs.frozen
 class Arm:
@@ -79,7 +88,7 @@ class Arm:
     description: str
     curriculum: Callable[[], Curriculum]
     stages: tuple[tuple[int, float, float], ...]
-    kernel_init: str = "smooth"
+    kernel_init: str
 
 
 class _Fixed:
@@ -91,16 +100,17 @@ class _Fixed:
     def __call__(self) -> Curriculum:
         p = self.plan
         if self.kind == "none":  # A: full band from the start, no transitions
-            return Curriculum([Phase("full", on_enter=[SetCutoff(None)])], [])
+            return Curriculum([Phase("full", on_enter=[SetCutoff(None, preserve=True)])], [])
         if self.kind == "fixed":  # B: raise at fixed epochs, restart the LR
-            return _chain([SetCutoff(c) for c in p.cutoffs] + [SetCutoff(None)], [MinEpoch(m) for m in p.min_epochs])
+            opens = [SetCutoff(c, preserve=True) for c in [*p.cutoffs, None]]
+            return _chain(opens, [MinEpoch(m) for m in p.min_epochs])
         if self.kind in ("plateau", "plateau_noisy"):  # C, E
             return spectral_curriculum(
                 n_bins=p.n_bins, cutoffs=p.cutoffs, min_epochs=p.min_epochs, window=p.window,
                 threshold=p.threshold, preserve=self.kind == "plateau",
             )
         if self.kind == "restarts":  # D, F: full band, LR restarts where C raised
-            phases = [Phase("full", on_enter=[SetCutoff(None)])] + [Phase(f"restart_{i + 1}") for i in range(len(self.raise_steps))]
+            phases = [Phase("full", on_enter=[SetCutoff(None, preserve=True)])] + [Phase(f"restart_{i + 1}") for i in range(len(self.raise_steps))]
             transitions = [
                 Transition(phases[i].name, phases[i + 1].name, [MinSteps(s)], [RestartLR()])
                 for i, s in enumerate(self.raise_steps)
@@ -120,10 +130,10 @@ def build_arms(plan: Plan, c_raise_steps: tuple[int, ...] = ()) -> dict[str, Arm
     """The six arms; D and F need the steps where C raised (for the same seed)."""
     one_cycle = ((0, 1.0, 0.05),)
     return {
-        "A": Arm("A", "no curriculum, one cosine cycle", _Fixed(plan, "none"), one_cycle),
-        "B": Arm("B", "fixed raises at scaled seed epochs", _Fixed(plan, "fixed"), plan.stages),
-        "C": Arm("C", "plateau rule (spectral_curriculum)", _Fixed(plan, "plateau"), plan.stages),
-        "D": Arm("D", "A + C's LR stages and restarts", _Fixed(plan, "restarts", c_raise_steps), plan.stages),
+        "A": Arm("A", "no curriculum, one cosine cycle", _Fixed(plan, "none"), one_cycle, "smooth"),
+        "B": Arm("B", "fixed raises at scaled seed epochs", _Fixed(plan, "fixed"), plan.stages, "smooth"),
+        "C": Arm("C", "plateau rule (spectral_curriculum)", _Fixed(plan, "plateau"), plan.stages, "smooth"),
+        "D": Arm("D", "A + C's LR stages and restarts", _Fixed(plan, "restarts", c_raise_steps), plan.stages, "smooth"),
         "E": Arm("E", "C, preserve=False, white-noise kernels (seed)", _Fixed(plan, "plateau_noisy"), plan.stages, "white"),
         "F": Arm("F", "D with white-noise kernels", _Fixed(plan, "restarts", c_raise_steps), plan.stages, "white"),
     }
@@ -186,33 +196,31 @@ def steps_to(evals: list[tuple[int, float]], target: float) -> int | None:
 
 def report(plan: Plan, results: list[dict], out: Path) -> str:
     by_arm = {a: [r for r in results if r["arm"] == a] for a in ARMS}
-    target = statistics.fmean(r["evals"][-1][1] for r in by_arm["A"])
+    target = statistics.fmean(r["evals"][-1][1] for r in by_arm["A"]) if by_arm["A"] else None
     budget = plan.epochs * plan.steps_per_epoch
     arms = build_arms(plan)
     lines = [
         f"Budget {budget} optimizer steps ({plan.epochs} epochs x {plan.steps_per_epoch}), batch {plan.batch_size} x {plan.seq_len} bytes; "
         f"ChunkLM d_model {plan.d_model}, {plan.n_layers} layers, kernel_len {plan.kernel_len}, chunk {plan.chunk}; "
-        f"seeds {', '.join(map(str, plan.seeds))}; target = A's final bpb {target:.4f}.",
+        f"seeds {', '.join(map(str, plan.seeds))}; "
+        + (f"target = A's final bpb {target:.4f}." if target is not None else "arm A not run: no target."),
         "",
         "| arm | what | final val bpb (mean ± half-range) | vs A | steps to A's final bpb (per seed) | raise steps (per seed) |",
         "|---|---|---:|---:|---|---|",
     ]
-    a_final = target
     for a in ARMS:
         rs = by_arm[a]
         if not rs:
             continue
         finals = [r["evals"][-1][1] for r in rs]
-        reach = [steps_to(r["evals"], target) for r in rs]
+        vs_a = f"{100 * (statistics.fmean(finals) / target - 1):+.2f}%" if target is not None else "—"
+        reach = ", ".join("never" if s is None else str(s) for s in (steps_to(r["evals"], target) for r in rs)) if target is not None else "—"
         raise_steps = ["/".join(str(x["step"]) for x in r["raises"]) or "-" for r in rs]
-        lines.append(
-            f"| {a} | {arms[a].description} | {_ci(finals)} | {100 * (statistics.fmean(finals) / a_final - 1):+.2f}% | "
-            f"{', '.join('never' if s is None else str(s) for s in reach)} | {'; '.join(raise_steps)} |"
-        )
+        lines.append(f"| {a} | {arms[a].description} | {_ci(finals)} | {vs_a} | {reach} | {'; '.join(raise_steps)} |")
     lines += ["", "Loss (nats, mean of 10 steps) right before and after each raise, seed " + str(plan.seeds[0]) + ":", "",
               "| arm | raise step | cutoff | loss before | loss after | first step after |", "|---|---:|---|---:|---:|---:|"]
     for a in "BCE":
-        for r in by_arm[a][:1]:
+        for r in [r for r in by_arm[a] if r["seed"] == plan.seeds[0]][:1]:
             for x in r["raises"]:
                 lines.append(f"| {a} | {x['step']} | {x['cutoff']} | {x['loss_before']:.4f} | {x['loss_after']:.4f} | {x['loss_first_step_after']:.4f} |")
     text = "\n".join(lines)
@@ -221,7 +229,7 @@ def report(plan: Plan, results: list[dict], out: Path) -> str:
     return text
 
 
-def plot(by_arm: dict[str, list[dict]], path: Path, target: float) -> None:
+def plot(by_arm: dict[str, list[dict]], path: Path, target: float | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -237,25 +245,56 @@ def plot(by_arm: dict[str, list[dict]], path: Path, target: float) -> None:
         ax.plot(steps, mean, "-o", ms=3, color=colors[a], label=f"{a}")
         for r in rs:
             ax.plot(steps, [b for _, b in r["evals"]], "-", lw=0.5, alpha=0.35, color=colors[a])
-    ax.axhline(target, color="gray", ls=":", lw=1, label="A's final bpb")
+    if target is not None:
+        ax.axhline(target, color="gray", ls=":", lw=1, label="A's final bpb")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("validation bits per byte (next byte)")
     ax.set_title("Curriculum efficacy: mean over seeds (thin: each seed)")
     ax.legend()
-    lo = min(min(b for _, b in r["evals"]) for rs in by_arm.values() for r in rs)
+    lo = min(b for rs in by_arm.values() for r in rs for _, b in r["evals"])
     ax.set_ylim(lo - 0.05, lo + 1.5)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def schedule(pool: ProcessPoolExecutor, plan: Plan, arms: str, workers: int, on_result: Callable[[dict], None]) -> None:
+    """Run every (arm, seed) in the order given, at most ``workers`` at a time; D and F wait for C's raises."""
+    pending = [(a, s) for s in plan.seeds for a in arms]
+    running: dict = {}
+    done: dict[tuple[str, int], dict] = {}
+    while pending or running:
+        for job in list(pending):
+            if len(running) >= workers:
+                break
+            a, s = job
+            if a in "DF" and ("C", s) not in done:
+                if ("C", s) not in running.values() and ("C", s) not in pending:
+                    raise SystemExit(f"arm {a} restarts where C raised: add C to --arms (e.g. --arms C{arms})")
+                continue
+            c_steps = tuple(x["step"] for x in done[("C", s)]["raises"]) if a in "DF" else ()
+            running[pool.submit(run_arm, plan, build_arms(plan, c_steps)[a], s)] = job
+            pending.remove(job)
+        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+        for f in finished:
+            done[running.pop(f)] = r = f.result()
+            on_result(r)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="a tiny plan that checks the pipeline (~2 min)")
+    parser.add_argument("--plan", choices=sorted(PLANS), default="default", help="the scale: default (BENCHMARKS.md), kernel256 (K = T = 256), quick")
+    parser.add_argument("--quick", action="store_true", help="the same as --plan quick: checks the pipeline (~2 min)")
+    parser.add_argument("--arms", default=ARMS, help=f"which arms, in the order they run (default {ARMS})")
+    parser.add_argument("--seeds", type=int, nargs="+", help="override the plan's seeds")
     parser.add_argument("--out", default="bench_out/efficacy")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    plan = QUICK if args.quick else Plan()
+    plan = PLANS["quick" if args.quick else args.plan]
+    if args.seeds:
+        plan = attrs.evolve(plan, seeds=tuple(args.seeds))
+    if not args.arms or set(args.arms) - set(ARMS) or len(set(args.arms)) != len(args.arms):
+        parser.error(f"--arms takes distinct letters from {ARMS}: got {args.arms!r}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from chunklm import ByteCorpus
@@ -263,24 +302,15 @@ def main() -> None:
     ByteCorpus(None, seq_len=plan.seq_len, chunk=plan.chunk)  # build the corpus cache once, before the workers
     t0 = time.time()
     results: list[dict] = []
-    arms = build_arms(plan)
+
+    def on_result(r: dict) -> None:
+        results.append(r)
+        raises = f", raises {[x['step'] for x in r['raises']]}" if r["raises"] else ""
+        print(f"{r['arm']} seed {r['seed']}: final bpb {r['evals'][-1][1]:.4f}{raises}, {r['seconds']:.0f} s", flush=True)
+        (out / "results.json").write_text(json.dumps({"plan": attrs.asdict(plan), "results": results}))
+
     with ProcessPoolExecutor(args.workers) as pool:
-        first = [pool.submit(run_arm, plan, arms[a], s) for s in plan.seeds for a in "CABE"]  # C first: D, F need it
-        for f in first:
-            r = f.result()
-            results.append(r)
-            print(f"{r['arm']} seed {r['seed']}: final bpb {r['evals'][-1][1]:.4f}, raises {[x['step'] for x in r['raises']]}, {r['seconds']:.0f} s", flush=True)
-        later = []
-        for s in plan.seeds:
-            c = next(r for r in results if r["arm"] == "C" and r["seed"] == s)
-            steps = tuple(x["step"] for x in c["raises"])
-            seeded = build_arms(plan, steps)
-            later += [pool.submit(run_arm, plan, seeded[a], s) for a in "DF"]
-        for f in later:
-            r = f.result()
-            results.append(r)
-            print(f"{r['arm']} seed {r['seed']}: final bpb {r['evals'][-1][1]:.4f}, {r['seconds']:.0f} s", flush=True)
-    (out / "results.json").write_text(json.dumps({"plan": attrs.asdict(plan), "results": results}))
+        schedule(pool, plan, args.arms, args.workers, on_result)
     print(report(plan, results, out))
     print(f"\n{len(results)} runs in {time.time() - t0:.0f} s; wrote {out}/results.json, tables.md, efficacy.png")
 

@@ -268,8 +268,9 @@ class Block(nn.Module):
 class ChunkLM(nn.Module):
     """Byte embedding -> n_layers blocks -> final norm -> chunk head predicting the next C bytes.
 
-    A new model is at full cutoff; its kernels are band-limited to ``init_cutoff`` (the higher
-    coefficients are exactly zero). The curriculum's first phase sets its cutoff.
+    A new model is at full cutoff; with ``kernel_init="smooth"`` its kernels are band-limited to
+    ``init_cutoff`` (the higher coefficients are exactly zero). The curriculum's first phase sets
+    its cutoff.
     """
 
     def __init__(self, config: ChunkLMConfig):
@@ -303,12 +304,13 @@ class ChunkLM(nn.Module):
         """The current cutoff in seq_len-rfft bins; ``n_bins`` when full."""
         return int(self.spectral_cutoff)
 
-    def set_cutoff(self, n: int | None, preserve: bool = True) -> None:
+    def set_cutoff(self, n: int | None, preserve: bool = False) -> None:
         """Band-limit every kernel to the first ``n`` bins (1 <= n <= n_bins; None: full).
 
-        Raising with ``preserve=True`` zeroes the newly opened coefficients, so the model's
-        function is exactly unchanged; ``preserve=False`` fills them with noise at the init's scale
-        (the seed's behaviour). Lowering masks bands; their coefficients are kept but unused.
+        Raising with ``preserve=False`` (default; the seed's behaviour, measured to end best) fills
+        the newly opened coefficients with noise at the init's scale; ``preserve=True`` zeroes them,
+        so the model's function is exactly unchanged (exact, and measured to end worse). Lowering
+        masks bands; their coefficients are kept but unused.
         """
         n = self.n_bins if n is None else n
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.n_bins:

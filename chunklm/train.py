@@ -74,7 +74,7 @@ class TrainConfig:
     min_epochs: tuple[int, ...] = attrs.field(default=(2, 5, 10), converter=_to_tuple)
     plateau_window: int = 50
     plateau_threshold: float = 0.005
-    preserve: bool = True  # SetCutoff(preserve=...): False is the seed's noisy opening
+    preserve: bool = False  # SetCutoff(preserve=...): False is the seed's noisy opening, True the exact one
     eval_windows: int = 64
     eval_batch_size: int = 16
     # Execution only (the trajectory's math does not depend on them; they may change on resume):

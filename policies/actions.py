@@ -95,13 +95,18 @@ class RestartLR:
 class SetCutoff:
     """Set the model's frequency cutoff: ``ctx.model.set_cutoff(n, preserve=preserve)``.
 
-    ``n`` is a number of bins (>= 1), or None for the full band. Effect:
+    ``n`` is a number of bins (>= 1), or None for the full band. ``preserve=False`` (default)
+    opens new bands with noise, as the seed does; ``preserve=True`` opens them at zero, keeping the
+    model's function exact (measured to end worse: BENCHMARKS.md). Effect:
     ``{"cutoff": [before, after]}`` read from ``ctx.model.cutoff``.
+
+    The repr is the first release's, kept because it is in the fingerprint of checkpoints already
+    written: ``SetCutoff(128)`` for ``preserve=True``, ``SetCutoff(128, preserve=False)`` otherwise.
     """
 
     requires = ("model",)
 
-    def __init__(self, n: int | None, preserve: bool = True) -> None:
+    def __init__(self, n: int | None, preserve: bool = False) -> None:
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise fail("SetCutoff", "n", "an int >= 1 (bins) or None (full band)", n, "e.g. SetCutoff(128) or SetCutoff(None)")
         if not isinstance(preserve, bool):

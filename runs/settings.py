@@ -136,7 +136,7 @@ class Settings:
     n_layers: int = setting(6, "blocks (seed: 6)", group=_MODEL_GROUP, demo=4, to="model", check=_int_at_least(1), type=int)
     dropout: float = setting(_library_default(_MODEL, "dropout"), "dropout probability in [0, 1)", group=_MODEL_GROUP, to="model",
                              check=_finite(0.0, below=1.0), type=float)
-    kernel_init: str = setting(_library_default(_MODEL, "kernel_init"), "kernel initialisation (white: the seed's)", group=_MODEL_GROUP,
+    kernel_init: str = setting(_library_default(_MODEL, "kernel_init"), "kernel initialisation: white (default, the seed's; measured best) or smooth (band-limited to the first cutoff)", group=_MODEL_GROUP,
                                to="model", choices=["smooth", "white"])
     # training
     data: tuple[str, ...] = setting((), "files or directories (default: this Python's standard library *.py)", converter=tuple, nargs="+")
@@ -164,7 +164,8 @@ class Settings:
         "relative improvement below which the loss has plateaued (seed: 0.005; negative: only a loss that rises that much)",
         group=_CURRICULUM, demo=0.01, check=_finite(), type=float)
     preserve: bool = setting(_library_default(_TRAIN, "preserve"),
-                             "open bands without changing the function, or with noise (--no-preserve, the seed's)",
+                             "open bands at zero, leaving the function unchanged (exact with --kernel-init smooth; measured to end worse), "
+                             "or with noise (--no-preserve, the default: the seed's)",
                              group=_CURRICULUM, action=argparse.BooleanOptionalAction)
     # execution only: how the step runs, not what it computes (may change on resume)
     micro_batch: int | None = setting(None, "windows through the model at once (default: --batch-size); the global batch stays "

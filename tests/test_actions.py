@@ -171,13 +171,13 @@ def test_set_cutoff_calls_the_model_and_records_before_after():
     model = FakeModel(cutoff=128)
     ctx = Context(clock=Clock(), objects={"model": model})
     assert SetCutoff(256)(ctx) == {"cutoff": [128, 256]}
-    assert SetCutoff(None, preserve=False)(ctx) == {"cutoff": [256, 513]}
-    assert model.calls == [(256, True), (None, False)]
+    assert SetCutoff(None, preserve=True)(ctx) == {"cutoff": [256, 513]}
+    assert model.calls == [(256, False), (None, True)]  # the default is the seed's noisy opening
 
 
 def test_set_cutoff_repr_validation_and_requires():
-    """SetCutoff's repr reads like the call; bad n is refused; it requires a model by engine.start()."""
-    assert [repr(SetCutoff(128)), repr(SetCutoff(None)), repr(SetCutoff(64, preserve=False))] == [
+    """SetCutoff's repr is the first release's (it is in saved fingerprints); bad n is refused; it requires a model."""
+    assert [repr(SetCutoff(128, preserve=True)), repr(SetCutoff(None, preserve=True)), repr(SetCutoff(64))] == [
         "SetCutoff(128)", "SetCutoff(None)", "SetCutoff(64, preserve=False)",
     ]
     for bad in (0, 2.5, True, "128"):

@@ -1,8 +1,10 @@
 """The efficacy experiment's arms are built as BENCHMARKS.md describes them (benchmarks/efficacy.py)."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import attrs
 
-from benchmarks.efficacy import QUICK, build_arms, run_arm
+from benchmarks.efficacy import PLANS, QUICK, build_arms, run_arm, schedule
 
 
 def describe_arm(arm):
@@ -58,3 +60,21 @@ def test_an_arm_trains_and_records_its_raises():
     assert [r["step"] for r in result["raises"]] == [10, 20, 30]
     assert result["raises"][0]["cutoff"] == [8, 16] and result["raises"][0]["loss_before"] > 0
     assert len(result["losses"]) == 30
+
+
+def test_kernel256_plan_is_issue_15s_long_kernel_row():
+    """--plan kernel256: d_model 64, 2 layers, seq_len 256, kernel_len 256, 3,000 steps, one seed; else the default plan."""
+    plan = PLANS["kernel256"]
+    assert (plan.d_model, plan.n_layers, plan.seq_len, plan.kernel_len) == (64, 2, 256, 256)
+    assert plan.epochs * plan.steps_per_epoch == 3000 and plan.seeds == (0,)
+    assert attrs.evolve(plan, seq_len=128, kernel_len=32, steps_per_epoch=300, seeds=(0, 1, 2)) == PLANS["default"]
+
+
+def test_schedule_runs_d_after_c_at_c_raise_steps():
+    """Arms run in the order given, except that D waits for C of its seed and restarts where C raised."""
+    plan = attrs.evolve(QUICK, epochs=3, steps_per_epoch=10, min_epochs=(1, 1, 2), threshold=10.0, window=4)
+    results = []
+    with ThreadPoolExecutor(1) as pool:
+        schedule(pool, plan, "DC", 1, results.append)
+    assert [r["arm"] for r in results] == ["C", "D"]
+    assert [x["step"] for x in results[1]["raises"]] == [x["step"] for x in results[0]["raises"]] == [10, 20, 30]

@@ -78,9 +78,9 @@ def test_config_roundtrips_through_cattrs_and_json():
 
 
 def test_config_defaults():
-    """Defaults: no dropout, ff_mult 4, smooth kernels band-limited to seq_len // 8."""
+    """Defaults: no dropout, ff_mult 4, white-noise kernels (measured best), init_cutoff seq_len // 8."""
     config = tiny()
-    assert (config.dropout, config.ff_mult, config.init_cutoff, config.kernel_init) == (0.0, 4, None, KernelInit.SMOOTH)
+    assert (config.dropout, config.ff_mult, config.init_cutoff, config.kernel_init) == (0.0, 4, None, KernelInit.WHITE)
     assert config.resolved_init_cutoff == SEQ_LEN // 8
     assert attrs.evolve(config, seq_len=1024).n_bins == 513
 
@@ -113,6 +113,18 @@ def test_white_init_fills_every_coefficient():
     """kernel_init='white' draws every coefficient (the seed's white-noise kernels)."""
     coef = tiny_model(kernel_init="white").blocks[0].mix.kernel.coef
     assert (coef[:, :, 0] != 0).all()
+
+
+def test_default_model_has_white_kernels():
+    """With no kernel_init given, every kernel coefficient is drawn (white noise), not only the low bands."""
+    coef = tiny_model().blocks[0].mix.kernel.coef
+    assert (coef[:, :, 0] != 0).all()
+
+
+def test_smooth_init_is_zero_above_init_cutoff():
+    """kernel_init='smooth' draws only the coefficients below init_cutoff (8 of 33 bins: 2 of 9)."""
+    coef = tiny_model(kernel_init="smooth").blocks[0].mix.kernel.coef
+    assert (coef[:, 2:] == 0).all() and (coef[:, :2, 0] != 0).all()
 
 
 def test_new_model_is_full_and_set_cutoff_moves_it():
@@ -224,13 +236,13 @@ def test_raising_with_preserve_keeps_logits(kernel_init):
     idx = random_bytes(2, SEQ_LEN)
     before = model(idx)
     for cutoff in CUTOFFS[1:]:
-        model.set_cutoff(cutoff)
+        model.set_cutoff(cutoff, preserve=True)
         torch.testing.assert_close(model(idx), before, rtol=0, atol=1e-12)
 
 
 def test_raising_after_adamw_steps_keeps_logits():
     """After AdamW steps (weight decay) at a low cutoff, raising with preserve=True is still exact."""
-    model = tiny_model()
+    model = tiny_model(kernel_init="smooth")
     model.set_cutoff(8)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     for step in range(10):
@@ -242,8 +254,20 @@ def test_raising_after_adamw_steps_keeps_logits():
     assert (coef[:, 2:] == 0).all()  # masked coefficients stayed exactly zero
     idx = random_bytes(2, SEQ_LEN)
     before = model(idx)
-    model.set_cutoff(None)
+    model.set_cutoff(None, preserve=True)
     torch.testing.assert_close(model(idx), before, rtol=0, atol=1e-12)
+
+
+def test_raising_by_default_opens_bands_with_noise():
+    """set_cutoff's default is the seed's opening: the opened coefficients become noise, logits move."""
+    model = tiny_model(kernel_init="smooth")  # opened bands start at zero, so only the opening fills them
+    model.set_cutoff(8)
+    idx = random_bytes(2, SEQ_LEN)
+    before = model(idx)
+    model.set_cutoff(None)
+    coef = model.blocks[0].mix.kernel.coef
+    assert (coef[:, 2:8, 0] != 0).all()
+    assert (model(idx) - before).abs().max() > 1e-6
 
 
 def test_raising_without_preserve_adds_noise_at_init_scale():

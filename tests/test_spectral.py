@@ -107,7 +107,7 @@ def test_simulated_run_raises_when_min_epoch_and_plateau_both_hold():
     # the cases the curves were built for: improving past the minimum, plateaued before the minimum
     assert [e for e, p, w, r in boundaries if p == "cutoff_128" and r is None and e >= 2] == [2]
     assert [e for e, p, w, r in boundaries if p == "cutoff_512" and r is None and len(w) == WINDOW and relative_improvement(w) < THRESHOLD] == [7, 8, 9]
-    assert run.model.calls == [(128, True), (256, True), (512, True), (None, True)] and run.model.cutoff == 513
+    assert run.model.calls == [(128, False), (256, False), (512, False), (None, False)] and run.model.cutoff == 513
 
 
 def test_simulated_run_lr_at_peak_after_each_raise_and_evidence():
@@ -148,10 +148,12 @@ def test_snapshot_mid_run_changes_nothing(cut):
 
 
 def test_spectral_curriculum_structure():
-    """Phases cutoff_128, cutoff_256, cutoff_512, full with SetCutoff on enter; raises guarded and firing RestartLR."""
+    """Phases cutoff_128, cutoff_256, cutoff_512, full with SetCutoff (noisy opening) on enter; raises guarded and firing RestartLR."""
     cur = spectral_curriculum()
     assert [p.name for p in cur.phases] == ["cutoff_128", "cutoff_256", "cutoff_512", "full"]
-    assert [[repr(a) for a in p.on_enter] for p in cur.phases] == [["SetCutoff(128)"], ["SetCutoff(256)"], ["SetCutoff(512)"], ["SetCutoff(None)"]]
+    assert [[repr(a) for a in p.on_enter] for p in cur.phases] == [
+        ["SetCutoff(128, preserve=False)"], ["SetCutoff(256, preserve=False)"], ["SetCutoff(512, preserve=False)"], ["SetCutoff(None, preserve=False)"],
+    ]
     assert [(t.source, t.dest, t.when, [repr(g) for g in t.guards], [repr(a) for a in t.actions]) for t in cur.transitions] == [
         ("cutoff_128", "cutoff_256", Point.EPOCH_END, ["all_of(MinEpoch(2), Plateau(window=50, threshold=0.005))"], ["RestartLR()"]),
         ("cutoff_256", "cutoff_512", Point.EPOCH_END, ["all_of(MinEpoch(5), Plateau(window=50, threshold=0.005))"], ["RestartLR()"]),
@@ -162,9 +164,10 @@ def test_spectral_curriculum_structure():
 
 def test_spectral_curriculum_custom_arguments():
     """Cutoffs name the phases; preserve reaches every SetCutoff; window and threshold reach every Plateau."""
-    cur = spectral_curriculum(n_bins=65, cutoffs=(8, 32), min_epochs=(1, 1), window=20, threshold=0.01, preserve=False)
+    cur = spectral_curriculum(n_bins=65, cutoffs=(8, 32), min_epochs=(1, 1), window=20, threshold=0.01, preserve=True)
     assert [p.name for p in cur.phases] == ["cutoff_8", "cutoff_32", "full"]
-    assert [repr(p.on_enter[0]) for p in cur.phases] == ["SetCutoff(8, preserve=False)", "SetCutoff(32, preserve=False)", "SetCutoff(None, preserve=False)"]
+    assert [repr(p.on_enter[0]) for p in cur.phases] == ["SetCutoff(8)", "SetCutoff(32)", "SetCutoff(None)"]
+    assert all(p.on_enter[0].preserve for p in cur.phases)
     assert repr(cur.transitions[1].guards[0]) == "all_of(MinEpoch(1), Plateau(window=20, threshold=0.01))"
     assert cur.transitions[0].guards[0].guards[1] is not cur.transitions[1].guards[0].guards[1]  # one window each
 
