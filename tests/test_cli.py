@@ -206,7 +206,7 @@ def test_subcommands_read_the_run(tmp_path, capsys):
     capsys.readouterr()
     assert main(["history", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "#0  start in cutoff_4  at step 0 (epoch 0)" in out and "action SetCutoff(4): cutoff=[" in out
+    assert "#0  start in cutoff_4  at step 0 (epoch 0)" in out and "action SetCutoff(4, preserve=False): cutoff=[" in out
     assert "cutoff_4 -> cutoff_8  at step 12 (epoch 1" in out or "cutoff_4 -> cutoff_8  at step 6 (epoch 1" in out
     assert "Plateau(" in out and "older_mean" in out and "RestartLR()" in out
     assert main(["history", str(tmp_path / "run.pt"), "--format", "json"]) == 0
@@ -599,3 +599,14 @@ def test_micro_batch_is_an_execution_setting_free_to_change_on_resume(tmp_path, 
     assert resume(tmp_path, "micro", "--micro-batch", "2", "--no-compile") == 0
     assert_same_run(tmp_path, "plain", "micro")
     assert resume(tmp_path, "micro", "--epochs", "3", "--micro-batch", "1") == 0  # not refused as a trajectory change
+
+
+def test_the_exact_band_opening_is_an_option_that_resumes_exactly(tmp_path, capsys):
+    """--preserve --kernel-init smooth (no longer the default) runs exact raises, and a resume continues bit-identically."""
+    exact = ("--preserve", "--kernel-init", "smooth")
+    assert train(tmp_path, "whole", *exact) == 0
+    assert train(tmp_path, "split", *exact, "--stop-after", "9") == 0
+    assert resume(tmp_path, "split") == 0
+    history = assert_same_run(tmp_path, "whole", "split")
+    cutoffs = [a.action for r in history for a in r.actions if a.action.startswith("SetCutoff(")]
+    assert cutoffs == ["SetCutoff(4)", "SetCutoff(8)", "SetCutoff(16)", "SetCutoff(None)"]  # the preserve=True reprs

@@ -114,7 +114,7 @@ def test_simulated_run_lr_at_peak_after_each_raise_and_evidence():
     """The first step after each raise runs at peak (no health warning); records hold the plateau evidence."""
     run, lrs, _ = simulate()
     start, *history = run.engine.history
-    assert start.point == "start" and [a.action for a in start.actions] == ["SetCutoff(128)"]
+    assert start.point == "start" and [a.action for a in start.actions] == ["SetCutoff(128, preserve=False)"]
     assert [r.global_step for r in history] == [60, 100, 200]
     for record in history:
         assert lrs[record.global_step] == BASE
