@@ -74,6 +74,8 @@ class TrainConfig:
     min_epochs: tuple[int, ...] = attrs.field(default=(2, 5, 10), converter=_to_tuple)
     plateau_window: int = 50
     plateau_threshold: float = 0.005
+    plateau_test: str = "relative"  # Plateau(test=...): "relative" (the seed's rule) or "welch" (noise-aware)
+    plateau_alpha: float | None = None  # the Welch test's level (None: Plateau's default, 0.05)
     preserve: bool = False  # SetCutoff(preserve=...): False is the seed's noisy opening, True the exact one
     eval_windows: int = 64
     eval_batch_size: int = 16
@@ -81,6 +83,19 @@ class TrainConfig:
     # windows per forward/backward (None: batch_size); the global batch stays batch_size x accum_steps
     micro_batch: int | None = attrs.field(default=None, validator=attrs.validators.optional(_positive))
     compile: bool = False  # torch.compile the model's loss (forward + backward); see compile_default()
+
+    def curriculum(self) -> Curriculum:
+        """The seed's spectral curriculum with this config's cutoffs, minimum epochs and plateau rule."""
+        return spectral_curriculum(
+            n_bins=self.model.n_bins,
+            cutoffs=self.cutoffs,
+            min_epochs=self.min_epochs,
+            window=self.plateau_window,
+            threshold=self.plateau_threshold,
+            preserve=self.preserve,
+            test=self.plateau_test,
+            alpha=self.plateau_alpha,
+        )
 
 
 @attrs.frozen
@@ -246,14 +261,7 @@ class Trainer:
             self.optimizer, base_lr=config.lr, steps_per_epoch=config.steps_per_epoch, total_epochs=config.epochs,
             **({"stages": tuple(stages)} if stages is not None else {}),
         )
-        self.curriculum = curriculum or spectral_curriculum(
-            n_bins=self.model.n_bins,
-            cutoffs=config.cutoffs,
-            min_epochs=config.min_epochs,
-            window=config.plateau_window,
-            threshold=config.plateau_threshold,
-            preserve=config.preserve,
-        )
+        self.curriculum = curriculum or config.curriculum()
         self.engine = CurriculumEngine(self.curriculum, model=self.model, optimizer=self.optimizer, schedule=self.schedule)
         self.ema = EMA(self.model, decay=config.ema) if config.ema else None
         self.acc = EpochAccumulator()

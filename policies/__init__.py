@@ -4,7 +4,8 @@ Guards (decide): :class:`Plateau`, :class:`MinEpoch`, :class:`MinSteps`, :class:
 :class:`MetricAbove`, the combinators :func:`all_of`, :func:`any_of`, :func:`not_`, and for
 loop-backs :class:`Cooldown`, :class:`MaxVisits`, :class:`WorseThanBest`.
 Actions (act): :class:`RestartLR`, :class:`SetCutoff`, :class:`ResetWindow`.
-Schedule: :class:`StagedCosine`, the stage-aligned cosine LR with restarts.
+Schedules: :class:`StagedCosine`, the stage-aligned cosine LR with restarts (a torch ``LRScheduler``),
+and :class:`Restartable`, which lets :class:`RestartLR` restart any torch LR scheduler.
 Curriculum: :func:`spectral_curriculum` (cutoff 128 -> 256 -> 512 -> full) and
 :func:`phase_for_epoch`, the phase to resume in from a checkpoint without engine state.
 """

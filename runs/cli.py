@@ -142,7 +142,7 @@ def _plot(args: argparse.Namespace) -> int:
 
 def _diagram(args: argparse.Namespace) -> int:
     from engine.diagram import to_dot, to_mermaid
-    from policies import phase_for_epoch, spectral_curriculum
+    from policies import phase_for_epoch
     from runs.settings import Settings
 
     explicit = explicit_settings(args)
@@ -158,10 +158,7 @@ def _diagram(args: argparse.Namespace) -> int:
     else:
         settings = Settings.fresh(args.preset, explicit)
     config = settings.to_config()
-    curriculum = spectral_curriculum(
-        n_bins=config.model.n_bins, cutoffs=config.cutoffs, min_epochs=config.min_epochs,
-        window=config.plateau_window, threshold=config.plateau_threshold, preserve=config.preserve,
-    )
+    curriculum = config.curriculum()
     if args.run and current is None:  # a weights-only checkpoint: the phase its epochs imply
         current = phase_for_epoch(curriculum, saved.epoch)
     print((to_mermaid if args.format == "mermaid" else to_dot)(curriculum, current=current).rstrip("\n"))

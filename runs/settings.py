@@ -163,6 +163,12 @@ class Settings:
         _library_default(_TRAIN, "plateau_threshold"),
         "relative improvement below which the loss has plateaued (seed: 0.005; negative: only a loss that rises that much)",
         group=_CURRICULUM, demo=0.01, check=_finite(), type=float)
+    plateau_test: str = setting(_library_default(_TRAIN, "plateau_test"),
+                                "relative: r < threshold (the seed's rule); welch: a one-sided Welch t-test finds no improvement "
+                                "beyond threshold (noise-aware; try it first with chunklm replay)", group=_CURRICULUM, absent="relative",
+                                choices=["relative", "welch"])
+    plateau_alpha: float | None = setting(_library_default(_TRAIN, "plateau_alpha"), "level of the Welch test (default 0.05)",
+                                          group=_CURRICULUM, absent=None, check=_finite(0.0, above=True, below=1.0), type=float)
     preserve: bool = setting(_library_default(_TRAIN, "preserve"),
                              "open bands at zero, leaving the function unchanged (exact with --kernel-init smooth; measured to end worse), "
                              "or with noise (--no-preserve, the default: the seed's)",
@@ -220,12 +226,10 @@ class Settings:
         if self.chunk > self.seq_len:
             raise SettingsError(f"--chunk {self.chunk} is longer than --seq-len {self.seq_len}; lower --chunk or raise --seq-len")
         from engine import CurriculumError
-        from policies import spectral_curriculum
 
         try:
             config = self.to_config()
-            spectral_curriculum(n_bins=config.model.n_bins, cutoffs=self.cutoffs, min_epochs=self.min_epochs,
-                                window=self.plateau_window, threshold=self.plateau_threshold, preserve=self.preserve)
+            config.curriculum()
         except (ConfigError, CurriculumError) as exc:
             raise SettingsError(str(exc)) from None
 

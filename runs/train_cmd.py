@@ -281,7 +281,8 @@ def _print_header(console: Console, trainer, corpus, dist: Distributed, preset, 
         f"{'es' if dist.world_size > 1 else ''} = {config.batch_size * config.accum_steps * dist.world_size} windows/step"
     )
     console.line(f"curriculum: cutoffs {', '.join(map(str, config.cutoffs))} then full of {trainer.model.n_bins} bins; "
-                 f"min epochs {', '.join(map(str, config.min_epochs))}; plateau window {config.plateau_window}, threshold {config.plateau_threshold}")
+                 f"min epochs {', '.join(map(str, config.min_epochs))}; plateau window {config.plateau_window}, threshold {config.plateau_threshold}"
+                 + (f", Welch test at alpha {config.plateau_alpha or 0.05}" if config.plateau_test == "welch" else ""))
     if saved is None:
         return
     if saved.num_threads is not None and saved.num_threads != torch.get_num_threads():

@@ -610,3 +610,16 @@ def test_the_exact_band_opening_is_an_option_that_resumes_exactly(tmp_path, caps
     history = assert_same_run(tmp_path, "whole", "split")
     cutoffs = [a.action for r in history for a in r.actions if a.action.startswith("SetCutoff(")]
     assert cutoffs == ["SetCutoff(4)", "SetCutoff(8)", "SetCutoff(16)", "SetCutoff(None)"]  # the preserve=True reprs
+
+
+def test_the_welch_plateau_is_a_training_setting_too(tmp_path, capsys):
+    """A rule found with `chunklm replay --plateau-test welch` can be trained with; an alpha alone is refused."""
+    assert train(tmp_path, "welch", "--plateau-test", "welch", "--plateau-alpha", "0.2", epochs=2) == 0
+    settings = load_checkpoint(tmp_path / "welch.pt").settings
+    assert (settings.plateau_test, settings.plateau_alpha) == ("welch", 0.2)
+    guards = [g.guard for r in RunFiles(tmp_path / "welch.pt").read_history() for g in r.guards]
+    assert guards and all("test='welch'" in g and "alpha=0.2" in g for g in guards)
+    capsys.readouterr()
+    assert train(tmp_path, "alpha_only", "--plateau-alpha", "0.2", epochs=2) == 2
+    err = capsys.readouterr().err
+    assert "alpha" in err and "welch" in err and "Traceback" not in err
