@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine:
-#   ./run.sh demo    set up .venv, then train ChunkLM's demo on the default corpus (CPU, ~5 min)
+#   ./run.sh demo    set up .venv, then train ChunkLM's demo on the default corpus (CPU, ~7 min)
 #   ./run.sh test    set up .venv, then run the test suite
 #   ./run.sh setup   only set up .venv
 # Extra arguments go to the command (e.g. ./run.sh test -k engine).
