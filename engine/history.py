@@ -124,20 +124,13 @@ _CSV_FIELDS = [
 ]
 
 
-class History(Sequence[Record]):
+class History(HistoryView):
     """The transition records of a run, oldest first, with JSON/CSV export and a readable table."""
 
+    __slots__ = ()
+
     def __init__(self, records: Sequence[Record] = ()) -> None:
-        self._records = list(records)
-
-    def __getitem__(self, index):  # type: ignore[override]
-        return self._records[index]
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def __iter__(self) -> Iterator[Record]:
-        return iter(self._records)
+        super().__init__(list(records))
 
     def __repr__(self) -> str:
         return f"History({len(self)} records)"
