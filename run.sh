@@ -23,7 +23,7 @@ setup() {
     # build is several GB): it is pinned.
     local stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
     if [ ! -f "$stamp" ]; then
-        echo "torch==$("$PY" -c 'import torch; print(torch.__version__)')" > "$VENV/torch-constraint.txt"
+        echo "torch==$("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null)" > "$VENV/torch-constraint.txt"  # (numpy is not there yet)
         "$PY" -m pip install -q -c "$VENV/torch-constraint.txt" -e ".[test,hf,lightning]"
         rm -f "$VENV"/.installed-*
         touch "$stamp"
