@@ -319,7 +319,7 @@ class Trainer:
         """Release the DDP wrapper before the process group is destroyed (its reducer holds the
         group; a gloo group torn down under it aborted a rank at exit). The trainer cannot train
         after this; its model and state remain readable."""
-        self.net = None
+        self.net = self._loss_fn = None  # _loss_fn is the wrapper itself, or torch.compile of it
         gc.collect()
 
     @property
@@ -445,9 +445,12 @@ class Trainer:
             hooks.on_epoch(info)
             if record is not None:
                 hooks.on_transition(record)
-            if not self.acc.nonfinite_streak:
+            saved = not self.acc.nonfinite_streak
+            if saved:
                 save("epoch_end")
             reason = hooks.should_stop()
             if reason is not None:
+                if not saved:  # a stop always leaves a checkpoint of where it stopped, as within an epoch
+                    save(reason)
                 return reason
         return "done"

@@ -14,6 +14,7 @@ import csv
 import errno
 import fcntl
 import os
+import re
 import socket
 import tempfile
 from pathlib import Path
@@ -37,6 +38,15 @@ class WriteError(RunError):
 
 
 def _umask() -> int:
+    """The process's umask, read without setting it where Linux allows (setting it, even briefly,
+    would affect files other threads create meanwhile)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -84,7 +94,10 @@ def remove_stale_temps(paths: list[Path]) -> list[Path]:
     """Remove the temp files that killed runs left beside ``paths`` (call while holding the run's lock)."""
     removed = []
     for path in paths:
+        mine = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")  # atomic_write's mkstemp names only
         for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+            if not mine.fullmatch(tmp.name):  # e.g. .run.pt.bak.XXXXXXXX.tmp belongs to the run of run.pt.bak
+                continue
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
                 removed.append(tmp)

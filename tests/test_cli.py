@@ -515,13 +515,15 @@ def test_temp_files_have_unique_names_and_stale_ones_are_removed(tmp_path, capsy
     """Fixed temp names are not used (a directory in the way breaks nothing); a killed run's temp files are removed."""
     for name in ("run.history.json.tmp", "run.steps.csv.tmp", "run.epochs.csv.tmp"):
         (tmp_path / name).mkdir()  # the old fixed temp names
-    stale = [tmp_path / ".run.pt.k2j4h5.tmp", tmp_path / ".run.history.json.abc123.tmp", tmp_path / ".run.steps.csv.x.tmp"]
+    stale = [tmp_path / ".run.pt.k2j4h5_q.tmp", tmp_path / ".run.history.json.abc123de.tmp", tmp_path / ".run.steps.csv.x0000000.tmp"]
     for path in stale:
         path.write_bytes(b"left by a SIGKILL during a save")
-    (tmp_path / ".other.pt.k2j4h5.tmp").write_bytes(b"another run's")
+    others = [tmp_path / ".other.pt.k2j4h5_q.tmp", tmp_path / ".run.pt.bak.k2j4h5_q.tmp"]  # other runs' (run.pt.bak is one)
+    for path in others:
+        path.write_bytes(b"another run's")
     assert train(tmp_path, "run", "--stop-after", "2") == 0
     assert not any(p.exists() for p in stale)
-    assert (tmp_path / ".other.pt.k2j4h5.tmp").exists()
+    assert all(p.exists() for p in others)
 
 
 def test_checkpoints_and_metrics_follow_the_umask(tmp_path, capsys):

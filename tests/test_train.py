@@ -85,8 +85,18 @@ def test_a_fresh_trainer_is_a_function_of_its_config():
 
 
 def test_close_releases_the_wrapper_and_keeps_the_state_readable():
-    """close() drops the (DDP) wrapper; the model and state stay readable."""
-    trainer = Trainer(CONFIG)
+    """close() drops every reference to the (DDP) wrapper; the model and state stay readable."""
+    import weakref
+
+    wrappers = []
+
+    def wrap(objective):  # stands in for DDP: what matters is that nothing keeps it alive
+        wrappers.append(weakref.ref(objective))
+        return objective
+
+    trainer = Trainer(CONFIG, wrap_model=wrap)
     trainer.start()
+    trainer.train_step()
+    assert wrappers[0]() is not None
     trainer.close()
-    assert trainer.net is None and "model" in trainer.state_dict()
+    assert trainer.net is None and wrappers[0]() is None and "model" in trainer.state_dict()
