@@ -13,6 +13,7 @@ import contextlib
 import csv
 import errno
 import fcntl
+import hashlib
 import os
 import re
 import socket
@@ -25,7 +26,7 @@ from runs.errors import RunError, UsageError
 
 __all__ = [
     "RunFiles", "resolve_run", "MetricsWriter", "STEP_FIELDS", "EPOCH_FIELDS", "read_csv", "atomic_write",
-    "RunLock", "WriteError",
+    "RunLock", "WriteError", "kept_rows", "metrics_match",
 ]
 
 STEP_FIELDS = ["step", "epoch", "step_in_epoch", "loss", "lr", "cutoff", "phase"]
@@ -190,42 +191,55 @@ def read_csv(path: Path) -> list[dict]:
 
 
 class MetricsWriter:
-    """Appends rows to a CSV, flushed per row.
+    """Appends rows to a CSV, flushed per row, and keeps the sha256 of the text the file holds.
 
     ``keep_upto`` (resume): rows past the checkpoint are cut at once. ``None``: a fresh run, whose
     file starts empty; with ``defer`` (a fresh run replacing another, ``--overwrite``) the file is
     not touched until :meth:`commit` (called after each save), when it is replaced by the rows kept
     in memory so far: a run that fails before its first save leaves the old run's files as they were.
+    :meth:`digest` (the file's text, pending rows included) is what a checkpoint records, so that a
+    resume continues only metrics that belong to it (:func:`metrics_match`).
     """
 
     def __init__(self, path: Path, fields: list[str], key: str, keep_upto: int | None, defer: bool = False) -> None:
         self.path, self.fields = path, fields
         self._pending: list[dict] = []
         self._file: IO[str] | None = None
+        self._sha = hashlib.sha256(_csv_text(fields, []).encode())
         if keep_upto is not None:
-            rows = [r for r in read_csv(path) if int(r[key]) <= keep_upto] if path.exists() else []
-            self._replace(rows)
+            self._replace(kept_rows(path, key, keep_upto))
         elif not defer:
             self._replace([])
 
     def _replace(self, rows: list[dict]) -> None:
-        def write(f: IO[bytes]) -> None:
-            text = _csv_text(self.fields, rows)
-            f.write(text.encode())
-
-        atomic_write(self.path, write)
+        text = _csv_text(self.fields, rows).encode()
+        atomic_write(self.path, lambda f: f.write(text))
+        self._sha = hashlib.sha256(text)
         self._file = open(self.path, "a", newline="")
-        self._writer = csv.DictWriter(self._file, fieldnames=self.fields)
 
     def write(self, row: dict) -> None:
+        text = _csv_text(self.fields, [row], header=False)
+        self._sha.update(text.encode())
         if self._file is None:
             self._pending.append(row)
             return
         try:
-            self._writer.writerow(row)
+            self._file.write(text)
             self._file.flush()
         except OSError as exc:
             raise _write_error(self.path, exc) from exc
+
+    def digest(self) -> str:
+        """sha256 of the file's text with every row written so far (pending ones too)."""
+        return self._sha.hexdigest()
+
+    def sync(self) -> None:
+        """Make the rows written so far durable (before a checkpoint that vouches for them)."""
+        if self._file is not None:
+            try:
+                os.fsync(self._file.fileno())
+            except OSError as exc:
+                raise _write_error(self.path, exc) from exc
 
     def commit(self) -> None:
         """The run has saved: from now on its rows go to the file."""
@@ -238,11 +252,31 @@ class MetricsWriter:
             self._file.close()
 
 
-def _csv_text(fields: list[str], rows: list[dict]) -> str:
+def kept_rows(path: Path, key: str, upto: int) -> list[dict]:
+    """The rows of a metrics file whose ``key`` is at most ``upto`` (none when there is no file)."""
+    return [r for r in read_csv(path) if int(r[key]) <= upto] if path.exists() else []
+
+
+def metrics_match(path: Path, fields: list[str], key: str, upto: int, digest: str) -> bool:
+    """Whether ``path`` cut back to ``upto`` holds the text whose :meth:`MetricsWriter.digest` is ``digest``.
+
+    No file matches (a resume then starts it afresh); a garbled one does not.
+    """
+    if not path.exists():
+        return True
+    try:
+        text = _csv_text(fields, kept_rows(path, key, upto))
+    except (KeyError, ValueError, TypeError, UnicodeDecodeError, csv.Error):
+        return False
+    return hashlib.sha256(text.encode()).hexdigest() == digest
+
+
+def _csv_text(fields: list[str], rows: list[dict], header: bool = True) -> str:
     import io
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields)
-    writer.writeheader()
+    if header:
+        writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()

@@ -6,7 +6,9 @@ lists), and it is read with ``torch.load(weights_only=True)``. It is written ato
 
 Layout, version 2 (``schema_version``): ``settings`` (every field of :class:`Settings`), ``preset``,
 ``world_size``, ``num_threads``, ``global_step``, ``epoch``, ``trainer`` (``Trainer.state_dict()``:
-only ``model`` is required, as in a weights-only checkpoint), and under torchrun ``rng_per_rank``.
+only ``model`` is required, as in a weights-only checkpoint), under torchrun ``rng_per_rank``, and
+``metrics``: the sha256 of each metrics file's text up to this checkpoint (``{"steps": ..., "epochs":
+...}``, see :class:`~runs.artifacts.MetricsWriter`), absent in files written before it was added.
 Version 1 (the first release) also stored ``config``, derived from ``settings``; it is migrated
 on reading.
 """
@@ -60,6 +62,7 @@ class Checkpoint:
     world_size: int = 1
     num_threads: int | None = None
     rng_per_rank: list | None = None  # under torchrun: each rank's RNG states
+    metrics: dict | None = None  # {"steps": sha256, "epochs": sha256} of the metrics files' text up to here
 
     def trainer_state(self, rank: int = 0) -> dict:
         """The trainer state for ``rank``: each rank continues its own random streams."""
@@ -87,6 +90,8 @@ class Checkpoint:
         }
         if self.rng_per_rank is not None:
             out["rng_per_rank"] = self.rng_per_rank
+        if self.metrics is not None:
+            out["metrics"] = self.metrics
         return out
 
     def save(self, path: str | os.PathLike) -> None:
@@ -123,8 +128,12 @@ class Checkpoint:
         world_size = data.get("world_size", 1)
         if rng is not None and (not isinstance(rng, list) or len(rng) != world_size):
             raise CheckpointError(f"{path} is damaged or edited: rng_per_rank does not hold one state per rank ({world_size})")
+        metrics = data.get("metrics")
+        if metrics is not None and not (isinstance(metrics, dict) and all(isinstance(v, str) for v in metrics.values())):
+            raise CheckpointError(f"{path} is damaged or edited: metrics is not a digest per metrics file")
         return cls(settings=settings, trainer=data["trainer"], global_step=data["global_step"], epoch=data["epoch"],
-                   preset=data.get("preset"), world_size=world_size, num_threads=data.get("num_threads"), rng_per_rank=rng)
+                   preset=data.get("preset"), world_size=world_size, num_threads=data.get("num_threads"), rng_per_rank=rng,
+                   metrics=metrics)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Checkpoint":

@@ -3,6 +3,13 @@
 Before training starts every path is checked and the run is locked, so a run fails in seconds, not
 at its first save. A fresh run never replaces another run's files unless told (``--overwrite``),
 and then not before its own first save.
+
+A save writes several files, and a crash can come between any two of them; the checkpoint is the
+save's commit point. It records the digest of the metrics rows it covers (made durable before it),
+and a resume continues a metrics file only if it matches (:func:`check_metrics`) and rewrites the
+history from the checkpoint. So a crash in the first save of an ``--overwrite`` run, between the new
+checkpoint and its metrics, cannot mix the runs: the replaced run's CSVs are refused, untouched,
+with the way out. The replaced run's plot, drawn from its files, goes just before that checkpoint.
 """
 
 from __future__ import annotations
@@ -17,14 +24,14 @@ from typing import Any
 
 import attrs
 
-from runs.artifacts import EPOCH_FIELDS, STEP_FIELDS, MetricsWriter, RunFiles, RunLock, remove_stale_temps
+from runs.artifacts import EPOCH_FIELDS, STEP_FIELDS, MetricsWriter, RunFiles, RunLock, metrics_match, remove_stale_temps
 from runs.checkpoint import Checkpoint, CheckpointError
 from runs.console import Console, Reporter
 from runs.distributed import Distributed, resume_command
 from runs.errors import RunError, UsageError, UserError, report
 from runs.settings import Settings
 
-__all__ = ["train", "check_paths", "StopSignals", "Saver", "Interrupted"]
+__all__ = ["train", "check_paths", "check_metrics", "StopSignals", "Saver", "Interrupted"]
 
 
 class Interrupted(RunError):
@@ -58,6 +65,27 @@ def check_paths(files: RunFiles, resume: bool, overwrite: bool) -> None:
         raise UsageError(
             f"{ckpt} already holds a run ({', '.join(p.name for p in existing)}); continue it with --resume, "
             "replace it with --overwrite (its files are replaced at the new run's first save), or pass another --ckpt"
+        )
+
+
+def metrics_files(files: RunFiles, global_step: int, epoch: int) -> dict[str, tuple[Path, list[str], str, int]]:
+    """The run's metrics files: name -> (path, fields, key, the last key a checkpoint at this clock covers)."""
+    return {"steps": (files.steps, STEP_FIELDS, "step", global_step), "epochs": (files.epochs, EPOCH_FIELDS, "epoch", epoch - 1)}
+
+
+def check_metrics(files: RunFiles, saved: Checkpoint) -> None:
+    """On resume: each metrics file holds, up to the checkpoint, the rows the checkpoint recorded (or is absent)."""
+    if saved.metrics is None:  # written before checkpoints recorded them
+        return
+    wrong = [path for name, (path, fields, key, upto) in metrics_files(files, saved.global_step, saved.epoch).items()
+             if name in saved.metrics and not metrics_match(path, fields, key, upto, saved.metrics[name])]
+    if wrong:
+        names = " and ".join(p.name for p in wrong)
+        raise UsageError(
+            f"{names} beside {files.ckpt} {'do' if len(wrong) > 1 else 'does'} not hold the metrics the checkpoint was saved with "
+            "(the first save of a run started with --overwrite was interrupted, leaving the replaced run's, or they were edited); "
+            f"nothing was changed. Move {'them' if len(wrong) > 1 else 'it'} aside and resume again: the metrics then start "
+            f"after the checkpoint (step {saved.global_step})"
         )
 
 
@@ -112,10 +140,14 @@ class StopSignals:
 
 
 class Saver:
-    """``save(reason)`` for :meth:`Trainer.fit`: every rank calls it at the same step; rank 0 writes."""
+    """``save(reason)`` for :meth:`Trainer.fit`: every rank calls it at the same step; rank 0 writes.
+
+    ``writers``: name -> :class:`MetricsWriter` on rank 0 (see :func:`metrics_files`). ``replace_old``:
+    this is a fresh run replacing another (``--overwrite``) that has not saved yet.
+    """
 
     def __init__(self, trainer, settings: Settings, preset: str | None, dist: Distributed, files: RunFiles,
-                 writers, replace_old: bool) -> None:
+                 writers: dict[str, MetricsWriter], replace_old: bool) -> None:
         self.trainer, self.settings, self.preset, self.dist, self.files = trainer, settings, preset, dist, files
         self.writers, self.replace_old = writers, replace_old
 
@@ -127,16 +159,19 @@ class Saver:
         if self.dist.rank != 0:
             return
         clock = self.trainer.clock
-        Checkpoint(
+        for writer in self.writers.values():
+            writer.sync()  # the rows the checkpoint vouches for are on disk before it
+        if self.replace_old and self.files.plot.exists():
+            self.files.plot.unlink()  # the replaced run's plot, drawn from the files the checkpoint below replaces
+        Checkpoint(  # the commit point: from here on the folder holds this run (see the module's docstring)
             settings=self.settings, trainer=state, global_step=clock.global_step, epoch=clock.epoch, preset=self.preset,
             world_size=self.dist.world_size, num_threads=torch.get_num_threads(),
             rng_per_rank=rng_per_rank if self.dist.active else None,
+            metrics={name: writer.digest() for name, writer in self.writers.items()},
         ).save(self.files.ckpt)
         self.files.write_history(self.trainer.engine.history)
-        for writer in self.writers:
+        for writer in self.writers.values():
             writer.commit()
-        if self.replace_old and self.files.plot.exists():
-            self.files.plot.unlink()  # the replaced run's plot
         self.replace_old = False
 
 
@@ -190,6 +225,8 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
         lock.acquire()
     try:
         saved, settings, preset = _load(files, args, explicit)
+        if saved is not None and dist.rank == 0:
+            check_metrics(files, saved)
         if saved is not None and saved.world_size != dist.world_size:
             raise UsageError(
                 f"{files.ckpt} was written by a run with {saved.world_size} processes, this one has {dist.world_size}: "
@@ -208,6 +245,8 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
                 trainer.start()
             if dist.rank == 0:
                 remove_stale_temps(files.written)
+                if saved is not None and saved.engine_phase is not None:
+                    files.write_history(trainer.engine.history)  # the checkpoint's own: a save cut short after it left an older one
             console = Console(enabled=dist.rank == 0)
             _print_header(console, trainer, corpus, dist, preset, saved, files.ckpt)
             if trainer.done:
@@ -224,12 +263,11 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
 
 
 def _fit(args, trainer, settings: Settings, preset, dist: Distributed, files: RunFiles, saved, console: Console) -> int:
-    writers = ()
+    writers: dict[str, MetricsWriter] = {}
     if dist.rank == 0:
-        writers = (
-            MetricsWriter(files.steps, STEP_FIELDS, "step", trainer.clock.global_step if saved else None, defer=args.overwrite),
-            MetricsWriter(files.epochs, EPOCH_FIELDS, "epoch", (trainer.clock.epoch - 1) if saved else None, defer=args.overwrite),
-        )
+        clock = trainer.clock
+        writers = {name: MetricsWriter(path, fields, key, upto if saved else None, defer=args.overwrite)
+                   for name, (path, fields, key, upto) in metrics_files(files, clock.global_step, clock.epoch).items()}
     save = Saver(trainer, settings, preset, dist, files, writers, replace_old=args.overwrite and saved is None)
     started_at, steps_at_start = time.time(), trainer.clock.global_step
     with StopSignals(announce=dist.rank == 0) as signals:
@@ -241,10 +279,11 @@ def _fit(args, trainer, settings: Settings, preset, dist: Distributed, files: Ru
             return None
 
         try:
-            reason = trainer.fit(Reporter(trainer, console, writers, dist, args.log_every, stop_reason), save, ckpt_every=args.ckpt_every)
+            reporter = Reporter(trainer, console, (writers["steps"], writers["epochs"]) if writers else (), dist, args.log_every, stop_reason)
+            reason = trainer.fit(reporter, save, ckpt_every=args.ckpt_every)
         finally:
             console.close_bar()
-            for writer in writers:
+            for writer in writers.values():
                 writer.close()
     clock = trainer.clock
     steps = clock.global_step - steps_at_start

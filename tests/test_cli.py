@@ -15,6 +15,9 @@ import attrs
 import pytest
 import torch
 
+import runs.artifacts
+import runs.train_cmd
+
 from runs.artifacts import RunFiles, read_csv
 from runs.checkpoint import load_checkpoint
 from runs.cli import main
@@ -443,6 +446,61 @@ def test_overwrite_replaces_the_old_run_only_at_the_first_save(tmp_path, capsys)
     new = load_checkpoint(tmp_path / "run.pt")
     assert new.settings.seed == 1 and new.global_step >= 3
     assert [int(r["step"]) for r in read_csv(RunFiles(tmp_path / "run.pt").steps)] == list(range(1, new.global_step + 1))
+
+
+@pytest.mark.parametrize("crash_in", ["write_history", "commit"])
+def test_a_crash_in_the_first_save_under_overwrite_never_mixes_two_runs(tmp_path, capsys, monkeypatch, crash_in):
+    """A crash after the new checkpoint, before its metrics: a resume refuses the old CSVs, untouched; moved aside, it resumes."""
+    assert train(tmp_path, "run", "--plot", epochs=2) == 0  # the run to replace: 12 steps, 2 epochs, a plot
+    old = _snapshot(tmp_path)
+    files = RunFiles(tmp_path / "run.pt")
+
+    def crash(*_args):
+        raise RuntimeError("simulated crash after the checkpoint")
+
+    target = RunFiles if crash_in == "write_history" else runs.artifacts.MetricsWriter
+    with monkeypatch.context() as m:
+        m.setattr(target, crash_in, crash)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            train(tmp_path, "run", "--seed", "1", "--overwrite", epochs=2)  # its first save: the end of epoch 0
+    new = load_checkpoint(files.ckpt)
+    assert (new.settings.seed, new.global_step) == (1, 6)
+    assert files.steps.read_bytes() == old["run.steps.csv"] and files.epochs.read_bytes() == old["run.epochs.csv"]  # whole, not mixed
+    assert not files.plot.exists()  # drawn from the replaced run: gone before the new checkpoint
+    capsys.readouterr()
+    before = _snapshot(tmp_path)
+    assert resume(tmp_path, "run") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "run.steps.csv and run.epochs.csv beside" in err and "Move them aside and resume again" in err, err
+    assert _snapshot(tmp_path) == before  # nothing changed
+
+    for path in (files.steps, files.epochs):
+        path.rename(path.with_name(path.name + ".replaced"))
+    with monkeypatch.context() as m:  # a resume that fails as it starts still leaves the checkpoint's own history
+        m.setattr(runs.train_cmd, "_fit", crash)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            resume(tmp_path, "run")
+    assert [(r.dest, r.global_step) for r in files.read_history()] == [("cutoff_4", 0), ("cutoff_8", 6)]  # not the old run's 12
+    assert resume(tmp_path, "run") == 0
+    assert [int(r["step"]) for r in read_csv(files.steps)] == list(range(7, 13))  # the new run's, from the checkpoint on
+    assert [int(r["epoch"]) for r in read_csv(files.epochs)] == [1]
+
+
+def test_a_resume_refuses_metrics_that_are_not_its_checkpoints(tmp_path, capsys):
+    """An edited steps CSV (a row up to the checkpoint changed) is refused with one line; rows past it are not checked."""
+    assert train(tmp_path, "run", "--stop-after", "4") == 0
+    files = RunFiles(tmp_path / "run.pt")
+    with open(files.steps, "a", newline="") as f:
+        f.write("5,0,5,9.9,0.0002,4,cutoff_4\r\n")  # a row past the checkpoint: a crash after it, cut on resume
+    assert resume(tmp_path, "run", "--stop-after", "1") == 0
+    assert [r["loss"] for r in read_csv(files.steps)][-1] != "9.9"
+    text = files.steps.read_text()
+    files.steps.write_text(text.replace(read_csv(files.steps)[1]["loss"], "1.234", 1))
+    capsys.readouterr()
+    assert resume(tmp_path, "run") == 2
+    err = capsys.readouterr().err
+    assert "run.steps.csv beside" in err and "does not hold the metrics the checkpoint was saved with" in err and "Move it aside" in err
 
 
 def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path):
