@@ -166,12 +166,17 @@ class Distributed:
         return bool(t.item())
 
     def close(self) -> None:
-        """The normal end, reached by every rank at the same point: barrier, then teardown."""
+        """The normal end, reached by every rank at the same point: barrier, then teardown.
+
+        The watcher runs until every rank is in the barrier, so that a failure in what one rank does
+        alone at the end (rank 0's plot) ends the others through it, instead of leaving them in the
+        barrier until the backend's timeout (NCCL's 10 minutes, gloo's 30).
+        """
         if self.active:
             import torch.distributed as dist
 
+            dist.barrier()  # no rank tears the group down while another still talks to it
             self._watching.set()
             self._watcher.join()  # it must not be inside a store call when the group goes
-            dist.barrier()  # no rank tears gloo down while another still talks to it
             dist.destroy_process_group()
             self.active = False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runs.artifacts import RunFiles, read_csv
+from runs.artifacts import RunFiles, atomic_write, read_csv
 from runs.errors import UsageError
 
 __all__ = ["plot_run"]
@@ -56,6 +56,8 @@ def plot_run(files: RunFiles, out: Path) -> Path:
     ax_cut.set_xlabel("optimizer step")
     ax_loss.set_title(f"{files.ckpt.name}: spectral curriculum")
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    try:  # atomically, as every file of a run: a full disk is one line, and never a truncated image
+        atomic_write(out, lambda f: fig.savefig(f, format=out.suffix[1:] or "png", dpi=110))
+    finally:
+        plt.close(fig)
     return out

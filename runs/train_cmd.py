@@ -182,6 +182,7 @@ def train(args: argparse.Namespace, explicit: dict[str, Any]) -> int:
     dist = Distributed(args.device)
     try:
         code = _train(args, explicit, dist)
+        dist.close()  # inside: a barrier that fails (a rank died) is reported, and ends the others too
     except BaseException as exc:
         if not dist.active:
             raise
@@ -191,7 +192,6 @@ def train(args: argparse.Namespace, explicit: dict[str, Any]) -> int:
         else:
             code = report("train", exc, prefix=f"rank {dist.rank}: ")
         dist.abort(str(exc).splitlines()[0] if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}", code)
-    dist.close()
     return code
 
 

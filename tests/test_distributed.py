@@ -103,26 +103,69 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_a_failure_on_one_rank_ends_every_rank_within_seconds(tmp_path):
-    """An error on rank 0 alone ends both ranks promptly (no launcher to kill them): rank 0 prints it, both exit 1."""
+def _launch_two_ranks(tmp_path, script: str, *args: str) -> list[subprocess.Popen]:
+    """Both ranks as plain processes (no launcher to kill one when the other fails), output in files."""
     port = _free_port()
     procs = []
     for rank in (0, 1):
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         procs.append(subprocess.Popen(
-            [sys.executable, "-c", _FAIL_ON_RANK_0, "train", *TINY, "--batch-size", "1", "--epochs", "2",
-             "--ckpt", str(tmp_path / "run.pt")],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-c", script, *args], cwd=REPO, env=env, text=True,
+            stdout=open(tmp_path / f"rank{rank}.out", "w"), stderr=open(tmp_path / f"rank{rank}.err", "w"),
         ))
-    outs = [p.communicate(timeout=240) for p in procs]  # gloo's own timeout would be 30 minutes
-    err0, err1 = outs[0][1], outs[1][1]
+    return procs
+
+
+def test_a_failure_on_one_rank_ends_every_rank_within_seconds(tmp_path):
+    """An error on rank 0 alone ends both ranks promptly (no launcher to kill them): rank 0 prints it, both exit 1."""
+    procs = _launch_two_ranks(tmp_path, _FAIL_ON_RANK_0, "train", *TINY, "--batch-size", "1", "--epochs", "2",
+                              "--ckpt", str(tmp_path / "run.pt"))
+    for p in procs:
+        p.wait(timeout=240)  # gloo's own timeout would be 30 minutes
+    err0, err1 = (tmp_path / "rank0.err").read_text(), (tmp_path / "rank1.err").read_text()
     assert procs[0].returncode == 1, err0
     assert "chunklm train: error: rank 0: could not write" in err0 and "disk is full" in err0, err0
     assert "Traceback" not in err0
     assert procs[1].returncode == 1, err1
     assert "rank 1 stopping: rank 0 failed: could not write" in err1, err1
     assert not (tmp_path / "run.pt").exists()
+
+
+# Rank 0 alone fails after the last save, writing the --plot image (a full disk), while rank 1 waits at the end.
+_FAIL_AT_THE_PLOT_ON_RANK_0 = """
+import errno, os, sys
+import matplotlib.figure
+from runs.cli import main
+
+def full_disk(self, *args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+if os.environ["RANK"] == "0":
+    matplotlib.figure.Figure.savefig = full_disk
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_failure_in_rank_0s_final_work_ends_every_rank_within_seconds(tmp_path):
+    """Rank 0's --plot failing after the last collective ends rank 1 at once, not at the backend's timeout; shown once."""
+    procs = _launch_two_ranks(tmp_path, _FAIL_AT_THE_PLOT_ON_RANK_0, "train", *TINY, "--batch-size", "1", "--epochs", "1",
+                              "--plot", "--ckpt", str(tmp_path / "run.pt"))
+    procs[0].wait(timeout=240)
+    rank0_ended = time.monotonic()
+    procs[1].wait(timeout=240)  # NCCL would hold it in the final barrier for 10 minutes, gloo for 30
+    lag = time.monotonic() - rank0_ended
+    out0, err0, err1 = ((tmp_path / name).read_text() for name in ("rank0.out", "rank0.err", "rank1.err"))
+    assert procs[0].returncode == 1, err0
+    assert "done: 6 steps" in out0  # the run itself finished and saved
+    png = tmp_path / "run.png"
+    assert err0.count("could not write") == 1 and f"chunklm train: error: rank 0: could not write {png}: the disk is full" in err0, err0
+    assert "Traceback" not in err0 + err1
+    assert procs[1].returncode == 1, err1
+    assert err1.strip() == f"chunklm train: error: rank 1 stopping: rank 0 failed: could not write {png}: " + \
+        err0.split(f"could not write {png}: ", 1)[1].strip(), err1
+    assert lag < 30, lag
+    assert load_checkpoint(tmp_path / "run.pt").global_step == 6 and not png.exists()
 
 
 def test_the_resume_command_repeats_the_launch(monkeypatch):
