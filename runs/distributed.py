@@ -80,7 +80,9 @@ class Distributed:
             from torch.distributed import distributed_c10d
 
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-            self._store = distributed_c10d._get_default_store()  # no public accessor; stable since torch 1.x
+            # No public accessor (stable since torch 1.x). The public route, torch.distributed.rendezvous plus
+            # init_process_group(store=...), would re-implement init_process_group's defaults (store timeout, prefix).
+            self._store = distributed_c10d._get_default_store()
             self._watcher = threading.Thread(target=self._watch, name="chunklm-abort-watch", daemon=True)
             self._watcher.start()
 
