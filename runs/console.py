@@ -24,6 +24,12 @@ def cutoff_text(value: int | None, n_bins: int) -> str:
     return "full" if value is None or value >= n_bins else str(value)
 
 
+def exact(value: float) -> str:
+    """A metric as the CSVs keep it: the shortest text that reads back as the same float, so
+    ``chunklm replay`` feeds the guards the very values the run gave them."""
+    return repr(float(value))
+
+
 def history_digest(history) -> str:
     """sha256 of the history without wall times: equal on every rank when decisions agree."""
     text = json.dumps([r.comparable() for r in history], sort_keys=True, default=str)
@@ -82,7 +88,7 @@ class Reporter(BaseHooks):
     def on_step(self, info: StepInfo) -> None:
         if self.writers:
             self.writers[0].write({"step": info.global_step, "epoch": info.epoch, "step_in_epoch": info.step_in_epoch,
-                                   "loss": f"{info.loss:.6g}", "lr": f"{info.lr:.6g}", "cutoff": info.cutoff, "phase": info.phase})
+                                   "loss": exact(info.loss), "lr": exact(info.lr), "cutoff": info.cutoff, "phase": info.phase})
         self.console.open_bar(self.steps_per_epoch, info.step_in_epoch - 1, info.epoch)
         self.console.advance(info.loss, info.lr)
         if self.log_every and info.step_in_epoch % self.log_every == 0:
@@ -101,8 +107,8 @@ class Reporter(BaseHooks):
         self.console.line(f"Epoch {info.epoch} avg_loss={info.avg_loss:.2f} cutoff={info.cutoff}/{self.n_bins}")
         self.console.line(f"Epoch {info.epoch} val_bpb={info.bpb:.3f} (next byte), {info.bpb_mean:.3f} (mean over {self.chunk} offsets)")
         if self.writers:
-            self.writers[1].write({"epoch": info.epoch, "step": self.trainer.clock.global_step, "avg_loss": f"{info.avg_loss:.6g}",
-                                   "cutoff": info.cutoff, "val_bpb": f"{info.bpb:.6g}", "val_bpb_mean": f"{info.bpb_mean:.6g}"})
+            self.writers[1].write({"epoch": info.epoch, "step": self.trainer.clock.global_step, "avg_loss": exact(info.avg_loss),
+                                   "cutoff": info.cutoff, "val_bpb": exact(info.bpb), "val_bpb_mean": exact(info.bpb_mean)})
 
     def on_transition(self, record: Record) -> None:
         self.dist.check_same("transition", f"{record.source}->{record.dest}@{record.global_step}")

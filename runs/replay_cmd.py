@@ -228,7 +228,9 @@ def run_replay(args: argparse.Namespace) -> int:
         if not path.exists():
             raise ReplayError(f"no {what} at {path}; replay needs a run written by chunklm train")
     base = recorded_settings(files.ckpt)
-    stream = load_stream(read_csv(files.steps), read_csv(files.epochs))
+    steps_rows = read_csv(files.steps)
+    stream = load_stream(steps_rows, read_csv(files.epochs))
+    rounded = any(f"{float(row['loss']):.6g}" == row["loss"] for row in steps_rows)  # rows the first release wrote
     history = files.read_history()
     flags = {k: getattr(args, k) for k in ("cutoffs", "min_epochs", "plateau_window", "plateau_threshold", "plateau_test", "plateau_alpha")
              if hasattr(args, k)}
@@ -255,10 +257,12 @@ def run_replay(args: argparse.Namespace) -> int:
     steps = sum(1 for p, _ in stream if p == "step_end")
     epochs = sum(1 for p, _ in stream if p == "epoch_end")
     print(f"run {files.ckpt.parent}: {steps} steps, {epochs} epochs; recorded curriculum: {describe_settings(base)}")
-    print("losses as the steps CSV holds them (6 significant digits); no training, no action runs")
+    held = "to 6 significant digits in the rows the first release wrote" if rounded else "exactly"
+    print(f"the losses as the steps CSV holds them ({held}); no training, no action runs")
     if own.departure is not None:
-        print(f"note: replayed with its own settings the run departs from its record: {own.departure.text()}; "
-              "the CSV's rounded losses decide otherwise there, so rows after that step are unreliable")
+        why = ("the CSV's rounded losses decide otherwise there, so rows after that step are unreliable" if rounded
+               else "the run was recorded by other code, or its files were edited")
+        print(f"note: replayed with its own settings the run departs from its record: {own.departure.text()}; {why}")
     varied = list(dict.fromkeys([k for extra in overrides for k in extra] + list(flags)))
     print()
     print(format_table(history, [(label(s, varied), res) for s, res in zip(settings_list, results)], own))

@@ -301,6 +301,8 @@ def test_replay_with_the_recorded_settings_reproduces_the_recorded_transitions(t
         (r.source, r.dest, r.global_step) for r in moves
     ]
     assert [r.decision.decided_by for r in result.history if r.point == "epoch_end"] == [r.decision.decided_by for r in moves]
+    # the CSVs keep each loss exactly, so the replayed evidence equals the recorded evidence to the last bit
+    assert [r.guards for r in result.history if r.point == "epoch_end"] == [r.guards for r in moves]
     assert result.departure is None and result.steps == 30
 
 
@@ -309,6 +311,7 @@ def test_replay_command_prints_the_recorded_row_and_a_grid(tiny_run, capsys):
     recorded = [r for r in tiny_run.read_history() if r.point == "epoch_end"]
     assert main(["replay", str(tiny_run.ckpt.parent), "--grid", "threshold=0.002,1.0", "test=relative,welch"]) == 0
     out = capsys.readouterr().out
+    assert "(exactly)" in out  # today's CSVs keep each float exactly
     lines = out.splitlines()
     rec_row = next(line for line in lines if line.startswith("recorded "))
     assert [int(tok) for tok in rec_row.split() if tok.isdigit()] == [r.global_step for r in recorded]
@@ -330,6 +333,17 @@ def test_replay_command_single_setting_prints_decisions_and_departure(tiny_run, 
     # every full window is a plateau: raises at each epoch end from the first (6, 12, 18)
     recorded = [r.global_step for r in tiny_run.read_history() if r.point == "epoch_end"]
     assert ("from here the recorded metrics no longer follow" in out) == (recorded != [6, 12, 18])
+
+
+def test_replay_of_a_first_release_run_says_its_losses_are_rounded(tmp_path, capsys):
+    """The first release wrote 6 significant digits: the replay says so, and still reproduces that run."""
+    for f in (Path(__file__).parent / "data" / "v0_tiny").glob("full.*"):
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    assert main(["replay", str(tmp_path / "full.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "(to 6 significant digits in the rows the first release wrote)" in out
+    replay_row = next(line for line in out.splitlines() if line.startswith("replay "))
+    assert replay_row.rstrip().endswith("-")  # no departure
 
 
 @pytest.mark.parametrize(
