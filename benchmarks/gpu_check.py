@@ -37,6 +37,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -61,20 +62,29 @@ CORPUS = tuple(str(REPO / d) for d in ("chunklm", "engine", "policies", "runs", 
 
 
 class Report:
-    """Rows per section, printed as they come and saved (JSON and Markdown) after every section."""
+    """Rows per section, printed and written to gpu_check.md as they come; gpu_check.json after every section.
 
-    def __init__(self, out: Path, meta: dict) -> None:
+    With ``append`` an existing report under ``out`` is continued (benchmarks/gpu_run.sh runs each
+    section in its own process, under its own timeout); the later runs' ``meta`` go to ``more_meta``.
+    """
+
+    def __init__(self, out: Path, meta: dict, append: bool = False) -> None:
         self.out, self.data, self.lines = out, {"meta": meta}, []
         out.mkdir(parents=True, exist_ok=True)
+        self.continued = append and (out / "gpu_check.json").exists()
+        if self.continued:
+            self.data = json.loads((out / "gpu_check.json").read_text())
+            self.data.setdefault("more_meta", []).append(meta)
+            self.lines = (out / "gpu_check.md").read_text().splitlines()
 
     def say(self, text: str) -> None:
         print(text, flush=True)
         self.lines.append(text)
+        (self.out / "gpu_check.md").write_text("\n".join(self.lines) + "\n")  # a section killed midway keeps its rows
 
     def save(self, section: str, value) -> None:
         self.data[section] = value
         (self.out / "gpu_check.json").write_text(json.dumps(self.data, indent=2, default=str))
-        (self.out / "gpu_check.md").write_text("\n".join(self.lines) + "\n")
 
 
 def sync(device: torch.device) -> None:
@@ -394,18 +404,20 @@ def section_cli(report: Report, device: torch.device, out: Path) -> dict:
         skipped(report, "the CLI on CUDA (`--preset seed --device cuda`); tests/test_cli.py covers the CPU")
         return {}
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    base = [sys.executable, "-m", "runs.cli", "train", "--ckpt", str(out / "gpu_seed.pt"), "--device", "cuda"]
-    first = base + ["--preset", "seed", "--steps-per-epoch", "8", "--epochs", "2", "--log-every", "2", "--stop-after", "5"]
     results, log = {}, []
-    for name, cmd in (("first", first), ("resume", base + ["--resume", "--log-every", "2"])):
-        t0 = time.time()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400, cwd=REPO)
-        log.append(f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
-        results[name] = {"rc": proc.returncode, "seconds": round(time.time() - t0, 1)}
-    (out / "gpu_cli.log").write_text("\n".join(log))
-    if (out / "gpu_seed.pt").exists():
-        ckpt = torch.load(out / "gpu_seed.pt", map_location="cpu", weights_only=True)
-        results["final_global_step"] = ckpt.get("global_step")
+    with tempfile.TemporaryDirectory() as tmp:  # the checkpoint (~240 MB) and its history stay out of --out
+        ckpt_path = Path(tmp) / "gpu_seed.pt"
+        base = [sys.executable, "-m", "runs.cli", "train", "--ckpt", str(ckpt_path), "--device", "cuda"]
+        first = base + ["--preset", "seed", "--steps-per-epoch", "8", "--epochs", "2", "--log-every", "2", "--stop-after", "5"]
+        for name, cmd in (("first", first), ("resume", base + ["--resume", "--log-every", "2"])):
+            t0 = time.time()
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400, cwd=REPO)
+            log.append(f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
+            results[name] = {"rc": proc.returncode, "seconds": round(time.time() - t0, 1)}
+        (out / "gpu_cli.log").write_text("\n".join(log))
+        if ckpt_path.exists():
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            results["final_global_step"] = ckpt.get("global_step")
     report.say(f"\n### CLI on the GPU\n\n{results} (log: gpu_cli.log)")
     return results
 
@@ -419,6 +431,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test; runs on CPU)")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
     parser.add_argument("--long", action="store_true", help="only ChunkLM vs Transformer at 8k-32k bytes, eager and compiled")
+    parser.add_argument("--append", action="store_true", help="continue gpu_check.json / .md under --out instead of starting them over")
     parser.add_argument("--resume-worker", choices=("cpu", "cuda"), help=argparse.SUPPRESS)
     parser.add_argument("--deterministic", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -437,8 +450,9 @@ def main() -> None:
     else:
         name, card = "CPU", None
     meta = {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda, "quick": args.quick, "argv": sys.argv[1:]}
-    report = Report(Path(args.out), meta)
-    report.say(f"## gpu_check on {name}, torch {torch.__version__}, CUDA {torch.version.cuda}, quick={args.quick}")
+    report = Report(Path(args.out), meta, append=args.append)
+    if not report.continued:
+        report.say(f"## gpu_check on {name}, torch {torch.__version__}, CUDA {torch.version.cuda}, quick={args.quick}")
     if device.type != "cuda" and not args.quick:
         parser.error("no GPU here: run with --quick for the CPU smoke test")
     if args.long:
