@@ -431,8 +431,10 @@ def main() -> None:
         write_json(out / "results.json", {"plan": attrs.asdict(plan), "results": results})
         report(plan, results, out)
 
-    # CUDA: a fresh spawned process per run (CUDA cannot be forked; no state carries over between runs)
-    pool_args = {"mp_context": multiprocessing.get_context("spawn"), "max_tasks_per_child": 1} if device == "cuda" else {}
+    # CUDA: a spawned process (CUDA cannot be forked), a fresh one per run where Python has max_tasks_per_child
+    pool_args = {"mp_context": multiprocessing.get_context("spawn")} if device == "cuda" else {}
+    if device == "cuda" and sys.version_info >= (3, 11):
+        pool_args["max_tasks_per_child"] = 1
     with ProcessPoolExecutor(workers, **pool_args) as pool:
         skipped = schedule(pool, plan, arms, workers, on_result, execution=execution, done=done)
     print(report(plan, results, out))
