@@ -37,6 +37,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -61,20 +62,38 @@ CORPUS = tuple(str(REPO / d) for d in ("chunklm", "engine", "policies", "runs", 
 
 
 class Report:
-    """Rows per section, printed as they come and saved (JSON and Markdown) after every section."""
+    """Rows per section, printed and written to gpu_check.md as they come; gpu_check.json after every section.
 
-    def __init__(self, out: Path, meta: dict) -> None:
+    With ``append`` an existing report under ``out`` is continued (benchmarks/gpu_run.sh runs each
+    section in its own process, under its own timeout); the later runs' ``meta`` go to ``more_meta``.
+    """
+
+    def __init__(self, out: Path, meta: dict, append: bool = False) -> None:
         self.out, self.data, self.lines = out, {"meta": meta}, []
         out.mkdir(parents=True, exist_ok=True)
+        json_path, md_path = out / "gpu_check.json", out / "gpu_check.md"
+        self.continued = append and md_path.exists()  # .json too, unless the first section was killed
+        if self.continued:
+            self.lines = md_path.read_text().splitlines()
+            if json_path.exists():
+                self.data = json.loads(json_path.read_text())
+                self.data.setdefault("more_meta", []).append(meta)
 
     def say(self, text: str) -> None:
         print(text, flush=True)
         self.lines.append(text)
+        (self.out / "gpu_check.md").write_text("\n".join(self.lines) + "\n")  # a section killed midway keeps its rows
+
+    def header(self, columns: list[str]) -> None:
+        """Start a Markdown table; its rows follow one by one (``row``), so a section killed midway keeps them."""
+        self.say("| " + " | ".join(columns) + " |\n|" + "|".join("---" for _ in columns) + "|")
+
+    def row(self, cells: list) -> None:
+        self.say("| " + " | ".join(str(c) for c in cells) + " |")
 
     def save(self, section: str, value) -> None:
         self.data[section] = value
         (self.out / "gpu_check.json").write_text(json.dumps(self.data, indent=2, default=str))
-        (self.out / "gpu_check.md").write_text("\n".join(self.lines) + "\n")
 
 
 def sync(device: torch.device) -> None:
@@ -92,11 +111,6 @@ def median_seconds(fn: Callable[[], object], device: torch.device, steps: int, w
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-def table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join([*lines, *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)])
 
 
 def skipped(report: Report, what: str) -> None:
@@ -171,15 +185,15 @@ def section_conv(report: Report, device: torch.device, quick: bool) -> dict:
             "cuDNN depthwise conv1d, bf16": (direct_conv, torch.bfloat16),
         })
     report.say(f"\n### Causal convolution alone, (B, D, T, K) = {(B, D, T, K)}, forward + backward, median of {steps}\n")
-    rows, result = [], {"shape": [B, D, T, K], "rows": {}}
+    result = {"shape": [B, D, T, K], "rows": {}}
     fft_ms = None
+    report.header(["implementation", "ms", "vs FFT float32", "rel. error y / du / dk vs float64"])
     for name, (conv, dtype) in impls.items():
         ms = conv_ms(conv, u.to(dtype), k, g, steps)
         fft_ms = fft_ms or ms
         err = conv_errors(conv, u.to(dtype), k, g)
         result["rows"][name] = {"ms": ms, "rel_err": err}
-        rows.append([name, f"{ms:.3f}", f"{fft_ms / ms:.2f}x", f"{err['y']:.1e} / {err['du']:.1e} / {err['dk']:.1e}"])
-    report.say(table(["implementation", "ms", "vs FFT float32", "rel. error y / du / dk vs float64"], rows))
+        report.row([name, f"{ms:.3f}", f"{fft_ms / ms:.2f}x", f"{err['y']:.1e} / {err['du']:.1e} / {err['dk']:.1e}"])
     if device.type != "cuda":
         skipped(report, "Triton and cuDNN rows, the K sweep for TRITON_MAX_K")
         return result
@@ -187,11 +201,12 @@ def section_conv(report: Report, device: torch.device, quick: bool) -> dict:
 
     report.say(f"\nK sweep at (B, D, T) = {(B, D, T)}, bf16 input, forward + backward ms (dispatch: Triton for K <= {model_module.TRITON_MAX_K}):\n")
     sweep = []
+    report.header(["K", "FFT ms", "Triton ms", "Triton speed-up"])
     for kk in (32, 64, 128, 256, 512):
         kern = torch.randn(D, kk, device=device, generator=gen) / kk**0.5
         fft, tri = (conv_ms(c, u.bfloat16(), kern, g, steps) for c in (causal_fft_conv, triton_causal_conv))
         sweep.append([kk, f"{fft:.3f}", f"{tri:.3f}", f"{fft / tri:.2f}x"])
-    report.say(table(["K", "FFT ms", "Triton ms", "Triton speed-up"], sweep))
+        report.row(sweep[-1])
     result["k_sweep"] = sweep
     return result
 
@@ -309,10 +324,11 @@ def section_seed(report: Report, device: torch.device, quick: bool, card: str | 
         ("compile reduce-overhead (CUDA graphs), micro-batch 32", {"micro_batch": 32}, "reduce-overhead", False),
     ]
     report.say(f"\n### The seed's command: batch 4 x accum 8 = {tokens:,} bytes per optimizer step, Trainer.train_step\n")
-    rows, result = [], {}
+    result, not_here = {}, []
+    report.header(["variant", "tokens/s", "MFU"])
     for name, overrides, mode, fft in variants:
         if device.type != "cuda" and (overrides.get("compile") or mode):
-            skipped(report, f"{name} (compile rows: ~40 s of CPU per compile here; the tests cover compile on CPU)")
+            not_here.append(f"{name} (compile rows: ~40 s of CPU per compile here; the tests cover compile on CPU)")
             continue
         try:
             torch.manual_seed(0)
@@ -325,14 +341,15 @@ def section_seed(report: Report, device: torch.device, quick: bool, card: str | 
                 seconds = median_seconds(trainer.train_step, device, steps=2 if quick else 8, warmup=1 if quick else warmup)
             tps = tokens / seconds
             result[name] = {"tokens_per_s": tps, "mfu": mfu(trainer.model, tps, card)}
-            rows.append([name, f"{tps:,.0f}", result[name]["mfu"]])
+            report.row([name, f"{tps:,.0f}", result[name]["mfu"]])
             del trainer
         except Exception as exc:  # a variant that fails is a result too
             result[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
-            rows.append([name, "FAILED", result[name]["error"][:120]])
+            report.row([name, "FAILED", result[name]["error"][:120]])
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    report.say(table(["variant", "tokens/s", "MFU"], rows))
+    for what in not_here:  # after the table, which they would break
+        skipped(report, what)
     return result
 
 
@@ -358,11 +375,12 @@ def section_compare(report: Report, device: torch.device, quick: bool, card: str
     base = QUICK if quick else SEED
     lengths = lengths or (((128, 4), (256, 2)) if quick else ((1024, 32), (4096, 8)))
     report.say("\n### ChunkLM vs Transformer (flash attention), bf16 autocast on CUDA, forward + backward + fused AdamW\n")
-    rows, result = [], []
+    result, not_here = [], []
+    report.header(["seq_len", "batch", "mode", "ChunkLM tok/s", "MFU", "Transformer tok/s", "MFU", "ChunkLM / Transformer"])
     for seq_len, batch in lengths:
         for compiled in (False, True):
             if compiled and device.type != "cuda":
-                skipped(report, f"compiled rows at seq_len {seq_len}")
+                not_here.append(f"compiled rows at seq_len {seq_len}")
                 continue
             tps = {}
             for kind in ("ChunkLM", "Transformer"):
@@ -380,9 +398,10 @@ def section_compare(report: Report, device: torch.device, quick: bool, card: str
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
             how = "compile" if compiled else "eager"
-            rows.append([seq_len, batch, how, f"{tps['ChunkLM']:,.0f}", result[-2].get("mfu", "-"), f"{tps['Transformer']:,.0f}",
-                         result[-1].get("mfu", "-"), f"{tps['ChunkLM'] / tps['Transformer']:.2f}"])
-    report.say(table(["seq_len", "batch", "mode", "ChunkLM tok/s", "MFU", "Transformer tok/s", "MFU", "ChunkLM / Transformer"], rows))
+            report.row([seq_len, batch, how, f"{tps['ChunkLM']:,.0f}", result[-2].get("mfu", "-"), f"{tps['Transformer']:,.0f}",
+                        result[-1].get("mfu", "-"), f"{tps['ChunkLM'] / tps['Transformer']:.2f}"])
+    for what in not_here:
+        skipped(report, what)
     return {"rows": result}
 
 
@@ -394,18 +413,20 @@ def section_cli(report: Report, device: torch.device, out: Path) -> dict:
         skipped(report, "the CLI on CUDA (`--preset seed --device cuda`); tests/test_cli.py covers the CPU")
         return {}
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    base = [sys.executable, "-m", "runs.cli", "train", "--ckpt", str(out / "gpu_seed.pt"), "--device", "cuda"]
-    first = base + ["--preset", "seed", "--steps-per-epoch", "8", "--epochs", "2", "--log-every", "2", "--stop-after", "5"]
     results, log = {}, []
-    for name, cmd in (("first", first), ("resume", base + ["--resume", "--log-every", "2"])):
-        t0 = time.time()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400, cwd=REPO)
-        log.append(f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
-        results[name] = {"rc": proc.returncode, "seconds": round(time.time() - t0, 1)}
-    (out / "gpu_cli.log").write_text("\n".join(log))
-    if (out / "gpu_seed.pt").exists():
-        ckpt = torch.load(out / "gpu_seed.pt", map_location="cpu", weights_only=True)
-        results["final_global_step"] = ckpt.get("global_step")
+    with tempfile.TemporaryDirectory() as tmp:  # the checkpoint (~240 MB) and its history stay out of --out
+        ckpt_path = Path(tmp) / "gpu_seed.pt"
+        base = [sys.executable, "-m", "runs.cli", "train", "--ckpt", str(ckpt_path), "--device", "cuda"]
+        first = base + ["--preset", "seed", "--steps-per-epoch", "8", "--epochs", "2", "--log-every", "2", "--stop-after", "5"]
+        for name, cmd in (("first", first), ("resume", base + ["--resume", "--log-every", "2"])):
+            t0 = time.time()
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400, cwd=REPO)
+            log.append(f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
+            results[name] = {"rc": proc.returncode, "seconds": round(time.time() - t0, 1)}
+        (out / "gpu_cli.log").write_text("\n".join(log))
+        if ckpt_path.exists():
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            results["final_global_step"] = ckpt.get("global_step")
     report.say(f"\n### CLI on the GPU\n\n{results} (log: gpu_cli.log)")
     return results
 
@@ -419,6 +440,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test; runs on CPU)")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
     parser.add_argument("--long", action="store_true", help="only ChunkLM vs Transformer at 8k-32k bytes, eager and compiled")
+    parser.add_argument("--append", action="store_true", help="continue gpu_check.json / .md under --out instead of starting them over")
     parser.add_argument("--resume-worker", choices=("cpu", "cuda"), help=argparse.SUPPRESS)
     parser.add_argument("--deterministic", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -437,8 +459,9 @@ def main() -> None:
     else:
         name, card = "CPU", None
     meta = {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda, "quick": args.quick, "argv": sys.argv[1:]}
-    report = Report(Path(args.out), meta)
-    report.say(f"## gpu_check on {name}, torch {torch.__version__}, CUDA {torch.version.cuda}, quick={args.quick}")
+    report = Report(Path(args.out), meta, append=args.append)
+    if not report.continued:
+        report.say(f"## gpu_check on {name}, torch {torch.__version__}, CUDA {torch.version.cuda}, quick={args.quick}")
     if device.type != "cuda" and not args.quick:
         parser.error("no GPU here: run with --quick for the CPU smoke test")
     if args.long:

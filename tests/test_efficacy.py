@@ -1,10 +1,13 @@
 """The efficacy experiment's arms are built as BENCHMARKS.md describes them (benchmarks/efficacy.py)."""
 
+import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import attrs
+import pytest
 
-from benchmarks.efficacy import PLANS, QUICK, build_arms, run_arm, schedule
+from benchmarks.efficacy import PLANS, QUICK, Execution, build_arms, load_done, report, run_arm, schedule
 
 
 def describe_arm(arm):
@@ -78,3 +81,73 @@ def test_schedule_runs_d_after_c_at_c_raise_steps():
         schedule(pool, plan, "DC", 1, results.append)
     assert [r["arm"] for r in results] == ["C", "D"]
     assert [x["step"] for x in results[1]["raises"]] == [x["step"] for x in results[0]["raises"]] == [10, 20, 30]
+
+
+TINY = attrs.evolve(QUICK, epochs=3, steps_per_epoch=10, min_epochs=(1, 1, 2), threshold=10.0, window=4)
+
+
+def fake_run(arm: str, seed: int, final_bpb: float, complete: bool = True) -> dict:
+    """A result as run_arm returns it, without training; ``final_bpb`` is its last evaluation."""
+    steps = 30 if complete else 17
+    n = steps // 10
+    evals = [(10 * (i + 1), final_bpb + 0.1 * (n - 1 - i)) for i in range(n)]
+    return {"arm": arm, "seed": seed, "losses": [2.0] * steps, "evals": evals, "raises": [], "seconds": 1.0,
+            "complete": complete, "device": "cpu"}
+
+
+def test_seed_plan_is_issue_13s_item_6():
+    """--plan seed: the seed's model and batch, >= 2,000 steps of 32 x 1024 bytes, arms A, C, D (C first), 2 seeds."""
+    plan = PLANS["seed"]
+    assert (plan.d_model, plan.n_layers, plan.seq_len, plan.kernel_len, plan.chunk) == (512, 6, 1024, 128, 16)
+    assert plan.cutoffs == (128, 256, 512) and plan.batch_size == 32 and plan.lr == 2e-4
+    assert plan.epochs * plan.steps_per_epoch >= 2000 and len(plan.seeds) == 2
+    assert plan.arms == "CDA"
+    default = PLANS["default"]  # the CPU table's schedule: minimum epochs, LR stages, plateau rule
+    assert (plan.epochs, plan.min_epochs, plan.stages, plan.window, plan.threshold) == (
+        default.epochs, default.min_epochs, default.stages, default.window, default.threshold)
+
+
+def test_a_run_past_its_deadline_stops_at_its_next_step():
+    """run_arm with a deadline already passed trains one step and reports itself incomplete."""
+    result = run_arm(TINY, build_arms(TINY)["A"], seed=0, execution=Execution(deadline=time.time()))
+    assert not result["complete"] and len(result["losses"]) == 1 and result["evals"] == []
+    assert run_arm(TINY, build_arms(TINY)["A"], seed=0)["complete"]
+
+
+def test_schedule_starts_nothing_past_the_deadline():
+    """Past the deadline no run starts, and D is skipped because its C did not run."""
+    results = []
+    with ThreadPoolExecutor(1) as pool:
+        skipped = schedule(pool, TINY, "CD", 1, results.append, execution=Execution(deadline=time.time() - 1))
+    assert results == []
+    assert [line.split(":")[0] for line in skipped] == ["C seed 0", "D seed 0"]
+
+
+def test_schedule_skips_d_after_a_c_that_stopped_early_and_runs_only_what_is_not_done():
+    """D needs all of C's raises; runs already done (resumed) are not run again."""
+    results = []
+    done = [fake_run("A", 0, 3.0), fake_run("C", 0, 3.0, complete=False)]
+    with ThreadPoolExecutor(1) as pool:
+        skipped = schedule(pool, TINY, "ACD", 1, results.append, done=done)
+    assert results == [] and skipped == ["D seed 0: C seed 0 stopped early"]
+
+
+def test_report_tables_only_complete_runs(tmp_path):
+    """tables.md holds the complete runs by arm with their seeds, and lists a stopped run below."""
+    plan = attrs.evolve(TINY, seeds=(0, 1))
+    results = [fake_run("A", 0, 3.0), fake_run("C", 0, 2.9), fake_run("A", 1, 3.2), fake_run("C", 1, 1.0, complete=False)]
+    text = report(plan, results, tmp_path)
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in text.splitlines() if line.startswith("| A |") or line.startswith("| C |")}
+    assert rows["A"][2] == "0, 1" and rows["A"][3] == "3.1000 ± 0.1000"
+    assert rows["C"][2] == "0" and rows["C"][3] == "2.9000 ± 0.0000"
+    assert "- C seed 1: stopped after step 17 of 30, last val bpb 1.0000 at step 10" in text
+    assert (tmp_path / "tables.md").read_text() == text + "\n" and (tmp_path / "efficacy.png").exists()
+
+
+def test_resume_keeps_the_complete_runs_of_the_same_plan_only(tmp_path):
+    """load_done drops incomplete runs and refuses a results.json of another plan."""
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"plan": attrs.asdict(TINY), "results": [fake_run("A", 0, 3.0), fake_run("C", 0, 2.0, complete=False)]}))
+    assert [(r["arm"], r["seed"]) for r in load_done(path, TINY)] == [("A", 0)]
+    with pytest.raises(SystemExit, match="another plan"):
+        load_done(path, attrs.evolve(TINY, lr=1e-3))

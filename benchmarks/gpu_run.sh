@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Issue 13's GPU check in one device call: gpu_check.py's sections in priority order, then the
+# long rows, then the efficacy runs at the seed's size, each in its own process under its own
+# `timeout`, all within BUDGET seconds of wall clock. What finished is under $OUT (default
+# bench_out/gpu_run), at most 7 files, since the device tool brings back 8:
+#   log.txt                   everything this script printed
+#   gpu_check.json, .md       the sections' results (.md row by row, .json after each section)
+#   gpu_cli.log               the cli section's two runs
+#   efficacy/results.json     efficacy runs (after each run), with tables.md and efficacy.png
+#
+#   bash benchmarks/gpu_run.sh 540                              # first call: everything, by priority
+#   bash benchmarks/gpu_run.sh --only efficacy --resume F 200   # a second call continues the efficacy runs
+#   bash benchmarks/gpu_run.sh 540 -- --no-compile              # after --: more efficacy.py arguments
+#   bash benchmarks/gpu_run.sh --quick 600                      # the CPU smoke test (tiny shapes)
+#   bash benchmarks/gpu_run.sh --dry-run 540                    # print the plan, run nothing
+#
+# Steps and their caps in seconds (a step gets min(cap, what is left); one with less than its
+# floor left is skipped). The caps are guesses made without a GPU; a section's rows reach
+# gpu_check.md as they are measured, so one cut by its cap keeps them.
+#   conv 90     issue target 3: the fused Triton conv against the FFT conv
+#   seed 180    target 1: the seed's command, eager / micro-batch 32 / compile / CUDA graphs
+#   compare 180 target 4: ChunkLM against flash attention at 1k and 4k bytes
+#   checks 100  target 5: causality in bf16 and exact resume on the device
+#   cli 90      `chunklm train --preset seed --device cuda`, stopped and resumed
+#   long 150    ChunkLM against flash attention at 8k-32k bytes
+#   efficacy    item 6: benchmarks/efficacy.py --plan seed (arms A, C, D; 2 seeds), all that is left
+set -uo pipefail
+
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+QUICK=0 DRY=0 ONLY="conv,seed,compare,checks,cli,long,efficacy" RESUME="" BUDGET="" EXTRA=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --) shift; EXTRA=("$@"); break ;;
+    --quick) QUICK=1 ;;
+    --dry-run) DRY=1 ;;
+    --only) ONLY="$2"; shift ;;
+    --resume) RESUME="$2"; shift ;;
+    -h|--help) usage ;;
+    *[!0-9]*|'') echo "gpu_run.sh: unknown argument '$1'" >&2; usage ;;
+    *) BUDGET="$1" ;;
+  esac
+  shift
+done
+[ -n "$BUDGET" ] || { echo "gpu_run.sh: give the budget in seconds, e.g. 540" >&2; usage; }
+
+cd "$(dirname "$0")/.."
+OUT="${OUT:-bench_out/gpu_run}"
+PY="${PYTHON:-python3}"
+[ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ] && PY=.venv/bin/python  # this project's CPU checkout
+STEPS=(conv seed compare checks cli long efficacy)
+declare -A CAP=([conv]=90 [seed]=180 [compare]=180 [checks]=100 [cli]=90 [long]=150 [efficacy]=100000)
+declare -A FLOOR=([conv]=20 [seed]=30 [compare]=30 [checks]=30 [cli]=30 [long]=30 [efficacy]=100)
+RESERVE=10  # seconds kept at the end for the last writes
+Q=""
+[ "$QUICK" = 1 ] && Q="--quick"
+FAILED=()
+
+set_command() {  # CMD=(the command line of step $1 under a timeout of $2 s)
+  case "$1" in
+    long) CMD=("$PY" benchmarks/gpu_check.py $Q --long --append --out "$OUT") ;;
+    efficacy)
+      local plan=seed minutes
+      [ "$QUICK" = 1 ] && plan=quick
+      minutes=$(awk "BEGIN { printf \"%.2f\", ($2 - 15) / 60 }")  # it stops itself 15 s before the timeout
+      CMD=("$PY" benchmarks/efficacy.py --plan "$plan" --device auto --out "$OUT/efficacy" --max-minutes "$minutes")
+      if [ -n "$RESUME" ] && [ -f "$RESUME" ]; then CMD+=(--resume "$RESUME")
+      elif [ -n "$RESUME" ]; then echo "== efficacy: no $RESUME (no run finished earlier?): starting afresh"; fi
+      CMD+=("${EXTRA[@]}") ;;
+    *) CMD=("$PY" benchmarks/gpu_check.py $Q --only "$1" --append --out "$OUT") ;;
+  esac
+}
+
+if [ "$DRY" = 0 ]; then
+  mkdir -p "$OUT"
+  exec > >(tee -a "$OUT/log.txt") 2>&1
+  if ls .whl/*.whl >/dev/null 2>&1; then  # the GPU image lacks cattrs and transitions: carried wheels, first on the path
+    echo "installing the carried wheels: $(ls .whl/*.whl | tr '\n' ' ')"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+  fi
+  "$PY" -c 'import attrs, cattrs, transitions' || { echo "cattrs or transitions missing: carry .whl/ (see BENCHMARKS.md)"; exit 1; }
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+  echo "== gpu_run.sh budget ${BUDGET} s, steps ${ONLY}, quick=${QUICK}, $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  "$PY" -c 'import sys, torch; t = torch.cuda.is_available(); print("python", sys.version.split()[0], "torch", torch.__version__, "CUDA", torch.version.cuda, torch.cuda.get_device_name() if t else "(no GPU)", "triton", __import__("triton").__version__ if t else "-"); sys.exit(0 if t else 3)'
+  case "$?:$QUICK" in
+    0:*|3:1) ;;
+    3:0) echo "no GPU here: run with --quick for the CPU smoke test"; exit 1 ;;
+    *) echo "python/torch did not start"; exit 1 ;;
+  esac
+fi
+
+used=0  # dry run: every step is assumed to use its whole timeout
+for step in "${STEPS[@]}"; do
+  case ",$ONLY," in *",$step,"*) ;; *) continue ;; esac
+  [ "$DRY" = 1 ] && elapsed=$used || elapsed=$SECONDS
+  left=$((BUDGET - RESERVE - elapsed))
+  t=$(( CAP[$step] < left ? CAP[$step] : left ))
+  if [ "$t" -lt "${FLOOR[$step]}" ]; then
+    echo "== $step: SKIPPED, ${left} s left of the budget (needs ${FLOOR[$step]})"
+    continue
+  fi
+  set_command "$step" "$t"
+  echo "== $step: timeout ${t} s: ${CMD[*]}"
+  if [ "$DRY" = 1 ]; then used=$((used + t)); continue; fi
+  start=$SECONDS
+  timeout --kill-after=10 "$t" "${CMD[@]}"
+  rc=$?
+  [ "$rc" = 124 ] || [ "$rc" = 137 ] && echo "== $step: CUT at its ${t} s timeout (rows measured so far are in gpu_check.md)"
+  [ "$rc" != 0 ] && FAILED+=("$step(rc=$rc)")
+  echo "== $step: rc $rc, $((SECONDS - start)) s"
+done
+[ "$DRY" = 1 ] && exit 0
+echo "== done in ${SECONDS} s of ${BUDGET}; not ok: ${FAILED[*]:-none}; files: $(cd "$OUT" && find . -type f | sort | tr '\n' ' ')"
