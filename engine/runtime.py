@@ -65,6 +65,32 @@ def _conjuncts(guard: Any) -> list:
     return [leaf for g in inner for leaf in _conjuncts(g)]
 
 
+def _undo_plan(uses: list[tuple[Any, list]]) -> list[tuple[Any, Any]]:
+    """How to undo what a call does to guards: ``(take, restore)`` pairs, ``restore(take())``.
+
+    ``uses`` holds, per top-level guard, its leaves that the call may change (by ``observe`` or
+    ``reset``). When each of those leaves offers ``mark``/``undo`` (O(1), as ``Plateau``) they are
+    used; otherwise the top-level guard's ``state_dict``/``load_state_dict`` (a copy of all its
+    state), when it has them. Snapshots come first: the engine undoes in reverse order, so a
+    snapshot, which sets the state outright, is applied last.
+    """
+    snapshots: list = []
+    marks: list = []
+    seen: set[int] = set()
+    for top, leaves in uses:
+        if not leaves:
+            continue
+        if all(hasattr(leaf, "mark") and hasattr(leaf, "undo") for leaf in leaves):
+            for leaf in leaves:
+                if id(leaf) not in seen:
+                    seen.add(id(leaf))
+                    marks.append((leaf.mark, leaf.undo))
+        elif hasattr(top, "state_dict") and hasattr(top, "load_state_dict") and id(top) not in seen:
+            seen.add(id(top))
+            snapshots.append((top.state_dict, top.load_state_dict))
+    return snapshots + marks
+
+
 def _check_names(objects: dict[str, Any], where: str) -> None:
     for name in objects:
         if name in _RESERVED or not name.isidentifier() or name.startswith("_"):
@@ -178,20 +204,24 @@ class CurriculumEngine:
             )
 
     def _plan(self, curriculum: Curriculum) -> None:
-        """Per phase and point: who observes, who resets, which metrics are read, what to snapshot."""
+        """Per phase and point: who observes, who resets, which metrics are read, how to undo."""
         names = [p.name for p in curriculum.phases]
         self._phases = {p.name: p for p in curriculum.phases}
-        keyed = {id(g): key for key, g in curriculum.guards}
         self._where: dict[int, str] = {}  # id(guard) -> the transitions that use it, for messages
         self._has_point = {point: dict.fromkeys(names, False) for point in Point}
         self._observers: dict[Point, dict[str, list]] = {point: {n: [] for n in names} for point in Point}
         self._resetters: dict[str, list] = {n: [] for n in names}
         self._needs: dict[Point, dict[str, dict[str, list[str]]]] = {point: {n: {} for n in names} for point in Point}
         self._all_needs: dict[Point, dict[str, list[str]]] = {point: {} for point in Point}
-        self._snapshot: dict[Point, dict[str, list]] = {point: {n: [] for n in names} for point in Point}
+        observed: dict[Point, dict[str, list]] = {point: {n: [] for n in names} for point in Point}
+        reset: dict[str, list] = {n: [] for n in names}
         for i, tr in enumerate(curriculum.transitions):
             self._has_point[tr.when][tr.source] = True
             for top in tr.guards:
+                reset[tr.source].append((top, [leaf for leaf in guard_leaves(top) if hasattr(leaf, "reset")]))
+                for point in Point:
+                    leaves = [leaf for leaf in guard_leaves(top) if hasattr(leaf, "observe") and point in observe_points(leaf, tr.when)]
+                    observed[point][tr.source].append((top, leaves))
                 for leaf in guard_leaves(top):
                     where = self._where.setdefault(id(leaf), "")
                     self._where[id(leaf)] = f"{where}, {tr.label}" if where else tr.label
@@ -205,19 +235,19 @@ class CurriculumEngine:
                                 self._needs[point][tr.source].setdefault(metric, []).append(who)
                         if hasattr(leaf, "observe") and point in observe_points(leaf, tr.when):
                             self._observers[point][tr.source].append(leaf.observe)
-                            if hasattr(top, "state_dict") and all(top is not g for _, g in self._snapshot[point][tr.source]):
-                                self._snapshot[point][tr.source].append((keyed[id(top)], top))
-        for point in Point:
-            for name in names:
-                # Roll back observations only where something can fail after one was made: a
-                # second observer, or guards and actions evaluated at this point.
-                if len(self._observers[point][name]) < 2 and not self._has_point[point][name]:
-                    self._snapshot[point][name] = []
-        self._stateful = [(key, g) for key, g in curriculum.guards if hasattr(g, "state_dict")]
+        # How to undo observations, per point and phase: only where something can fail after one
+        # was made (a second observer, or guards and actions evaluated at this point).
+        undo_observe = {
+            point: {n: _undo_plan(observed[point][n]) if len(self._observers[point][n]) > 1 or self._has_point[point][n] else []
+                    for n in names}
+            for point in Point
+        }
+        # How to undo the resets of the guards on the transitions out of a phase that is entered.
+        self._undo_reset = {n: _undo_plan(reset[n]) for n in names}
         # What step_end and epoch_end look up, one tuple per phase:
-        # (metrics to check, guards to snapshot, observe methods, has transitions at this point).
+        # (metrics to check, how to undo observations, observe methods, has transitions at this point).
         self._at_step, self._at_epoch = (
-            {n: (self._needs[p][n], self._snapshot[p][n], self._observers[p][n], self._has_point[p][n]) for n in names}
+            {n: (self._needs[p][n], undo_observe[p][n], self._observers[p][n], self._has_point[p][n]) for n in names}
             for p in (Point.STEP_END, Point.EPOCH_END)
         )
 
@@ -264,7 +294,7 @@ class CurriculumEngine:
                 raise CurriculumError(f"start({field}=...) must be an int >= 0, got {value!r}")
         self._check_requirements("start()")
         name = phase if phase is not None else self.curriculum.initial_name
-        states = [(key, g, g.state_dict()) for key, g in self._stateful]
+        states = [(restore, take()) for take, restore in self._undo_reset[name]]
         ctx = self.ctx
         ctx.metrics, ctx.point, ctx.transition = {}, None, None
         self._clock.global_step, self._clock.epoch = int(global_step), int(epoch)
@@ -305,7 +335,7 @@ class CurriculumEngine:
             if type(value) is not float:
                 metrics[name] = to_metric(name, value, "step_end()")
         metrics["loss"] = loss
-        needs, snapshot, observers, evaluate = self._at_step[self._model.state]
+        needs, undo, observers, evaluate = self._at_step[self._model.state]
         if self._unchecked_step:
             self._check_run_metrics(Point.STEP_END, metrics)
         if needs:
@@ -313,7 +343,7 @@ class CurriculumEngine:
         ctx = self.ctx
         ctx.metrics = metrics
         ctx.point = Point.STEP_END
-        before = [(key, g, g.state_dict()) for key, g in snapshot] if snapshot else None
+        before = [(restore, take()) for take, restore in undo] if undo else None
         pending = self._pending
         clock = self._clock
         clock.global_step += 1
@@ -348,7 +378,7 @@ class CurriculumEngine:
         for name, value in metrics.items():
             if type(value) is not float:
                 metrics[name] = to_metric(name, value, "epoch_end()")
-        needs, snapshot, observers, evaluate = self._at_epoch[self._model.state]
+        needs, undo, observers, evaluate = self._at_epoch[self._model.state]
         if self._unchecked_epoch:
             self._check_run_metrics(Point.EPOCH_END, metrics)
         if needs:
@@ -356,7 +386,7 @@ class CurriculumEngine:
         ctx = self.ctx
         ctx.metrics = metrics
         ctx.point = Point.EPOCH_END
-        before = [(key, g, g.state_dict()) for key, g in snapshot] if snapshot else None
+        before = [(restore, take()) for take, restore in undo] if undo else None
         clock = self._clock
         step_in_epoch = clock.step_in_epoch
         clock.epoch += 1
@@ -623,7 +653,7 @@ class CurriculumEngine:
         event.kwargs["index"] = index
         event.kwargs["undo"][:] = [
             self._model.state, attrs.evolve(clock), len(self._history), len(self._pending),
-            [(key, g, g.state_dict()) for key, g in self._stateful],
+            [],  # filled by _finish before the resets, the only change to guards a transition makes
         ]
         self.ctx.transition = self.curriculum.transitions[index] if index >= 0 else None
         if index >= 0:
@@ -669,6 +699,8 @@ class CurriculumEngine:
     def _finish(self, index: int, event: Any) -> None:
         record = event.kwargs["record"]
         self._held_since = {}  # a phase was entered: its transitions' guards start afresh
+        states = event.kwargs["undo"][4]
+        states.extend((restore, take()) for take, restore in self._undo_reset[record.dest])
         for reset in self._resetters[record.dest]:
             self._call_hook(reset, "reset")
         self._history.append(record)
@@ -692,8 +724,10 @@ class CurriculumEngine:
 
     @staticmethod
     def _restore(states: list) -> None:
-        for _key, guard, state in states:
-            guard.load_state_dict(state)
+        """Undo what the call did to guards: ``states`` holds ``(restore, token)`` pairs, in the
+        order they were taken (see ``_undo_plan``); they are applied in reverse."""
+        for restore, token in reversed(states):
+            restore(token)
 
     def _actions_of(self, index: int, dest: str) -> list:
         """The actions a transition ran, in record order: its own, then the destination's on_enter."""
