@@ -101,6 +101,7 @@ def _check_names(objects: dict[str, Any], where: str) -> None:
             )
 
 
+_SAVED = "pass the dict that engine.state_dict() returned for this curriculum"
 _REAL = "a real number (int, float, numpy scalar or 1-element tensor)"
 
 
@@ -477,50 +478,165 @@ class CurriculumEngine:
             ) from None
 
     def load_state_dict(self, state: dict, *, allow_fingerprint_mismatch: bool = False) -> None:
-        """Restore a snapshot into this (freshly built) engine; fires no callback."""
+        """Restore a snapshot into this (freshly built) engine; fires no callback.
+
+        All or nothing: the whole state is checked first (schema, fingerprint, phase, clock,
+        history, pending health checks, ``held_since``, which guards it has accumulators for),
+        then the guards load their accumulators, and if one refuses them the guards loaded
+        before it are put back. A load that raises leaves the engine as it was: a fresh one can
+        still ``start()`` or load another state. With ``allow_fingerprint_mismatch=True`` the
+        parts that do not match this curriculum are left out instead of refused.
+        """
         snap: EngineState = from_primitives(state)
+        lenient = allow_fingerprint_mismatch
         self._check_requirements("load_state_dict()")
-        mine = self._fingerprint if snap.fingerprint_version == 2 else self.curriculum.fingerprint(snap.fingerprint_version)
-        if snap.fingerprint != mine and not allow_fingerprint_mismatch:
-            if snap.spec is not None:
-                changes = spec_differences(snap.spec, self._spec) or ["(the specs agree: a guard or action repr is not stable)"]
-                what = "what differs (saved -> this one):\n  " + "\n  ".join(changes) + "\n"
-            else:
-                what = "its phases, transitions, guards, actions or params differ (a schema-1 state stores no spec to compare). "
-            raise CurriculumError(
-                f"engine state was saved from a different curriculum (fingerprint {snap.fingerprint[:12]}..., "
-                f"this one {mine[:12]}...); {what}"
-                "Build the curriculum the state was saved with, or pass allow_fingerprint_mismatch=True "
-                "to restore what still matches"
-            )
+        self._check_fingerprint(snap, lenient)
         if snap.phase not in self._phases:
             raise CurriculumError(f"engine state's phase {snap.phase!r} is not a phase of this curriculum ({list(self._phases)})")
-        for key, guard in self.curriculum.guards:
-            if not hasattr(guard, "load_state_dict"):
-                continue
-            if key in snap.guards:
-                guard.load_state_dict(snap.guards[key])
-            elif not allow_fingerprint_mismatch:
-                raise CurriculumError(f"engine state has no accumulators for guard {key} ({describe(guard)})")
-        held_since = {}
-        for key, since in snap.held_since.items():
-            index = int(key) if key.isdigit() else -1
-            if 0 <= index < len(self._leaves) and len(since) == len(self._leaves[index]):
-                held_since[index] = [(s[0], s[1]) if s else None for s in since]
-            elif not allow_fingerprint_mismatch:
-                raise CurriculumError(
-                    f"engine state's held_since[{key!r}] does not match transition {key}'s guards; "
-                    "restore it into the curriculum it was saved from, or pass allow_fingerprint_mismatch=True"
-                )
+        self._check_clock(snap.clock)
+        if not lenient:
+            self._check_history(snap.history)
+        pending = self._restored_pending(snap, lenient)
+        held_since = self._restored_held_since(snap, lenient)
+        self._load_guards(snap.guards, lenient)
+        # Everything was checked and the guards are loaded: nothing below can fail.
         self._machine.set_state(snap.phase, model=self._model)
         for field in attrs.fields(Clock):
             setattr(self._clock, field.name, getattr(snap.clock, field.name))
         self._history = History(snap.history)
         self.ctx.history = self._history.view()
-        self._pending = list(snap.pending_checks)
+        self._pending = pending
         self._started = snap.started
         self._held_since = held_since
         self._unchecked_step = self._unchecked_epoch = True
+
+    # -- checks before load_state_dict changes anything -------------------------------------------
+
+    def _check_fingerprint(self, snap: EngineState, lenient: bool) -> None:
+        mine = self._fingerprint if snap.fingerprint_version == 2 else self.curriculum.fingerprint(snap.fingerprint_version)
+        if snap.fingerprint == mine or lenient:
+            return
+        if snap.spec is not None:
+            changes = spec_differences(snap.spec, self._spec) or ["(the specs agree: a guard or action repr is not stable)"]
+            what = "what differs (saved -> this one):\n  " + "\n  ".join(changes) + "\n"
+        else:
+            what = "its phases, transitions, guards, actions or params differ (a schema-1 state stores no spec to compare). "
+        raise CurriculumError(
+            f"engine state was saved from a different curriculum (fingerprint {snap.fingerprint[:12]}..., "
+            f"this one {mine[:12]}...); {what}"
+            "Build the curriculum the state was saved with, or pass allow_fingerprint_mismatch=True "
+            "to restore what still matches"
+        )
+
+    @staticmethod
+    def _check_clock(clock: Clock) -> None:
+        for field in attrs.fields(Clock):
+            value = getattr(clock, field.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise CurriculumError(f"engine state's clock.{field.name} must be an int >= 0, got {value!r}; {_SAVED}")
+        for part, whole in (("step_in_epoch", "global_step"), ("steps_in_phase", "global_step"), ("epochs_in_phase", "epoch")):
+            if getattr(clock, part) > getattr(clock, whole):
+                raise CurriculumError(
+                    f"engine state's clock.{part} ({getattr(clock, part)}) is larger than clock.{whole} "
+                    f"({getattr(clock, whole)}); {_SAVED}"
+                )
+
+    def _check_history(self, history: list[Record]) -> None:
+        for k, record in enumerate(history):
+            for end, name in (("source", record.source), ("dest", record.dest)):
+                if name is not None and name not in self._phases or end == "dest" and name is None:
+                    raise CurriculumError(
+                        f"engine state's history[{k}].{end} is {name!r}, not a phase of this curriculum "
+                        f"({list(self._phases)}); {_SAVED}"
+                    )
+
+    def _restored_pending(self, snap: EngineState, lenient: bool) -> list[PendingCheck]:
+        """The pending health checks that this curriculum can run; one it cannot is refused
+        (left out when ``lenient``: it names actions of another curriculum)."""
+        kept = []
+        for k, check in enumerate(snap.pending_checks):
+            problem = self._pending_problem(check, snap.history)
+            if problem is None:
+                kept.append(check)
+            elif not lenient:
+                raise CurriculumError(f"engine state's pending_checks[{k}] {problem}; {_SAVED}")
+            else:
+                logger.warning("load_state_dict: left out pending health check %d: it %s", k, problem)
+        return kept
+
+    def _pending_problem(self, check: PendingCheck, history: list[Record]) -> str | None:
+        if not 0 <= check.record < len(history):
+            return f"points at history record {check.record}, but the history has {len(history)} records"
+        if not -1 <= check.transition < len(self.curriculum.transitions):
+            return f"names transition {check.transition}, but the curriculum has {len(self.curriculum.transitions)}"
+        record = history[check.record]
+        if record.dest not in self._phases or (check.transition >= 0 and self.curriculum.transitions[check.transition].dest != record.dest):
+            return f"names transition {check.transition}, which does not lead to its record's destination {record.dest!r}"
+        actions = self._actions_of(check.transition, record.dest)
+        if not 0 <= check.action < min(len(actions), len(record.actions)):
+            return f"names action {check.action} of history record {check.record}, which has {len(record.actions)}"
+        if not hasattr(actions[check.action], "verify"):
+            return f"names action {describe(actions[check.action])}, which has no verify()"
+        return None
+
+    def _restored_held_since(self, snap: EngineState, lenient: bool) -> dict[int, list[tuple[int, int] | None]]:
+        """``held_since`` for the transitions out of the restored phase; an entry that does not fit
+        one is refused (left out when ``lenient``)."""
+        held_since = {}
+        for key, since in snap.held_since.items():
+            index = int(key) if key.isdigit() else -1
+            fits = (
+                0 <= index < len(self._leaves)
+                and self.curriculum.transitions[index].source == snap.phase
+                and len(since) == len(self._leaves[index])
+                and all(s is None or len(s) == 2 for s in since)
+            )
+            if fits:
+                held_since[index] = [(s[0], s[1]) if s else None for s in since]
+            elif not lenient:
+                what = (
+                    f"transition {key} ({self.curriculum.transitions[index].label}, {len(self._leaves[index])} guards)"
+                    if 0 <= index < len(self._leaves) else f"a transition (this curriculum has {len(self._leaves)})"
+                )
+                raise CurriculumError(
+                    f"engine state's held_since[{key!r}] = {since!r} does not fit {what} out of phase {snap.phase!r}: "
+                    "expected one [global_step, epoch] or None per guard; "
+                    "restore it into the curriculum it was saved from, or pass allow_fingerprint_mismatch=True"
+                )
+        return held_since
+
+    def _load_guards(self, saved: dict[str, Any], lenient: bool) -> None:
+        """Load every stateful guard's accumulators, or none: if a guard's ``load_state_dict``
+        raises, the guards loaded before it (and it) get back the state they had."""
+        stateful = [(key, g) for key, g in self.curriculum.guards if hasattr(g, "load_state_dict")]
+        if not lenient:
+            for key, guard in stateful:
+                if key not in saved:
+                    raise CurriculumError(f"engine state has no accumulators for guard {key} ({describe(guard)}); {_SAVED}")
+            known = {key for key, g in self.curriculum.guards if hasattr(g, "state_dict") or hasattr(g, "load_state_dict")}
+            unknown = sorted(set(saved) - known)
+            if unknown:
+                raise CurriculumError(
+                    f"engine state has accumulators for {', '.join(unknown)}, which this curriculum has no stateful guard at "
+                    f"(its stateful guards: {', '.join(sorted(known)) or 'none'}); {_SAVED}, "
+                    "or pass allow_fingerprint_mismatch=True to leave them out"
+                )
+        loads = [(key, g, saved[key]) for key, g in stateful if key in saved]
+        before, seen = [], set()
+        for _key, guard, _value in loads:
+            if id(guard) not in seen and hasattr(guard, "state_dict"):
+                seen.add(id(guard))
+                before.append((guard, guard.state_dict()))
+        for key, guard, value in loads:
+            try:
+                guard.load_state_dict(value)
+            except Exception as exc:
+                for g, was in reversed(before):
+                    g.load_state_dict(was)
+                raise CurriculumError(
+                    f"engine state's accumulators for guard {key} ({describe(guard)}) were refused by its load_state_dict(): "
+                    f"{type(exc).__name__}: {exc}; nothing was restored (the engine and its guards are as they were); {_SAVED}"
+                ) from exc
 
     # -- checks before a call changes anything ---------------------------------------------------
 
