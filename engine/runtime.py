@@ -71,23 +71,24 @@ def _undo_plan(uses: list[tuple[Any, list]]) -> list[tuple[Any, Any]]:
     ``uses`` holds, per top-level guard, its leaves that the call may change (by ``observe`` or
     ``reset``). When each of those leaves offers ``mark``/``undo`` (O(1), as ``Plateau``) they are
     used; otherwise the top-level guard's ``state_dict``/``load_state_dict`` (a copy of all its
-    state), when it has them. Snapshots come first: the engine undoes in reverse order, so a
-    snapshot, which sets the state outright, is applied last.
+    state), when it has them (when it has not, the leaves that offer ``mark`` still use it).
+    Snapshots come first: the engine undoes in reverse order, so a snapshot, which sets the state
+    outright, is applied last.
     """
     snapshots: list = []
     marks: list = []
     seen: set[int] = set()
     for top, leaves in uses:
-        if not leaves:
+        markable = [leaf for leaf in leaves if hasattr(leaf, "mark") and hasattr(leaf, "undo")]
+        if len(markable) < len(leaves) and hasattr(top, "state_dict") and hasattr(top, "load_state_dict"):
+            if id(top) not in seen:
+                seen.add(id(top))
+                snapshots.append((top.state_dict, top.load_state_dict))
             continue
-        if all(hasattr(leaf, "mark") and hasattr(leaf, "undo") for leaf in leaves):
-            for leaf in leaves:
-                if id(leaf) not in seen:
-                    seen.add(id(leaf))
-                    marks.append((leaf.mark, leaf.undo))
-        elif hasattr(top, "state_dict") and hasattr(top, "load_state_dict") and id(top) not in seen:
-            seen.add(id(top))
-            snapshots.append((top.state_dict, top.load_state_dict))
+        for leaf in markable:
+            if id(leaf) not in seen:
+                seen.add(id(leaf))
+                marks.append((leaf.mark, leaf.undo))
     return snapshots + marks
 
 

@@ -368,3 +368,29 @@ def test_start_whose_reset_raises_undoes_the_resets_before_it():
     box["armed"] = False
     eng.start()
     assert plateau.state_dict() == {"values": []}
+
+
+class Both:
+    """A user's AND of guards with no state methods of its own (the engine opens it through ``guards``)."""
+
+    def __init__(self, *guards):
+        self.guards = guards
+
+    def __call__(self, ctx):
+        return all(g(ctx) for g in self.guards)
+
+    def __repr__(self):
+        return f"Both({', '.join(map(repr, self.guards))})"
+
+
+def test_a_guard_with_mark_inside_a_stateless_combinator_is_undone_too():
+    """A Plateau inside a combinator that has no state_dict() is still undone by its own mark()."""
+    plateau = Plateau(window=4)
+    counter = CountBelow(2.0, need=100)  # observes, has no mark(): the combinator cannot be copied either
+    eng = two_phase(Both(CrashIf(), plateau, counter), when=Point.STEP_END)
+    for loss in (0.4, 0.3, 0.2):
+        eng.step_end(loss=loss)
+    values = plateau.state_dict()
+    with pytest.raises(CurriculumError, match="CrashIf"):
+        eng.step_end(loss=0.1, crash=1.0)
+    assert plateau.state_dict() == values
