@@ -5,8 +5,11 @@
 Measures microseconds per ``engine.step_end`` with nothing to evaluate: the current phase has
 only an epoch-end transition (the spectral curriculum's case), so the call validates the loss,
 counts the step, lets the one Plateau observe it, and does not call into the ``transitions``
-machine; for several plateau windows and history lengths; ``epoch_end`` with and without a
-transition; and the same plateau check written inline, as a loop author would without the engine.
+machine; for several plateau windows and history lengths; ``step_end`` where the phase has a
+step-end transition guarded by a Plateau (the machine is triggered, the Plateau decides, and the
+observation is marked so that a failing guard could undo it), at windows 50 and 1000; ``epoch_end``
+with and without a transition; and the same plateau check written inline, as a loop author would
+without the engine.
 Prints a Markdown table (median of repeats), with each cost as a share of one ChunkLM optimizer
 step at the demo config.
 """
@@ -20,7 +23,7 @@ import time
 from collections import deque
 
 from engine import Curriculum, CurriculumEngine, Phase, Point, Transition
-from policies import MinEpoch, Plateau, all_of
+from policies import MinEpoch, MinSteps, Plateau, all_of
 
 
 def per_call_us(fn, n: int, repeats: int) -> float:
@@ -46,6 +49,21 @@ def engine_with(window: int, history: int) -> CurriculumEngine:
     eng.start()
     for i in range(history):
         eng.force("b" if eng.phase.name == "a" else "a", reason="fill the history")
+    return eng
+
+
+def engine_step_transition(window: int) -> CurriculumEngine:
+    """Two phases, each leaving at step end on a MinSteps that never holds and a Plateau: every
+    step_end triggers the machine and evaluates both guards (none is skipped)."""
+    cur = Curriculum(
+        [Phase("a"), Phase("b")],
+        [
+            Transition("a", "b", [all_of(MinSteps(10**9), Plateau(window=window))], when=Point.STEP_END),
+            Transition("b", "a", [all_of(MinSteps(10**9), Plateau(window=window))], when=Point.STEP_END),
+        ],
+    )
+    eng = CurriculumEngine(cur)
+    eng.start()
     return eng
 
 
@@ -90,6 +108,13 @@ def main() -> None:
             loss = iter(range(10**9))
             us = per_call_us(lambda: eng.step_end(loss=float(next(loss) % 97)), n, repeats)
             rows.append((f"step_end, no step-end transition (window {window}, history {history})", us))
+    for window in (50, 1000):
+        eng = engine_step_transition(window)
+        loss = iter(range(10**9))
+        for _ in range(window):  # a full window: the Plateau computes its improvement every step
+            eng.step_end(loss=float(next(loss) % 97))
+        us = per_call_us(lambda: eng.step_end(loss=float(next(loss) % 97)), n // 10, repeats)
+        rows.append((f"step_end, a step-end transition guarded by Plateau (window {window})", us))
     inline = InlinePlateau(50)
     loss = iter(range(10**9))
     rows.append(("inline plateau update (window 50), no engine", per_call_us(lambda: inline.step(float(next(loss) % 97)), n, repeats)))

@@ -20,6 +20,8 @@ Guard protocol (only ``__call__`` is required)::
         def evidence(self, ctx) -> dict:   # what made it decide, recorded in the history
         def state_dict(self) -> dict:      # JSON-safe accumulators, saved with the engine
         def load_state_dict(self, d) -> None:
+        def mark(self) -> Any:             # a cheap token of the state now; undo(token) puts it back
+        def undo(self, token) -> None:     # (rolls back a call that raised; else state_dict is copied)
         def __repr__(self) -> str:         # reads like the call that made it
         conjuncts = (g1, g2)               # only for a guard that is the AND of others (all_of):
                                            # the engine then evaluates them one by one, to record

@@ -65,6 +65,33 @@ def _conjuncts(guard: Any) -> list:
     return [leaf for g in inner for leaf in _conjuncts(g)]
 
 
+def _undo_plan(uses: list[tuple[Any, list]]) -> list[tuple[Any, Any]]:
+    """How to undo what a call does to guards: ``(take, restore)`` pairs, ``restore(take())``.
+
+    ``uses`` holds, per top-level guard, its leaves that the call may change (by ``observe`` or
+    ``reset``). When each of those leaves offers ``mark``/``undo`` (O(1), as ``Plateau``) they are
+    used; otherwise the top-level guard's ``state_dict``/``load_state_dict`` (a copy of all its
+    state), when it has them (when it has not, the leaves that offer ``mark`` still use it).
+    Snapshots come first: the engine undoes in reverse order, so a snapshot, which sets the state
+    outright, is applied last.
+    """
+    snapshots: list = []
+    marks: list = []
+    seen: set[int] = set()
+    for top, leaves in uses:
+        markable = [leaf for leaf in leaves if hasattr(leaf, "mark") and hasattr(leaf, "undo")]
+        if len(markable) < len(leaves) and hasattr(top, "state_dict") and hasattr(top, "load_state_dict"):
+            if id(top) not in seen:
+                seen.add(id(top))
+                snapshots.append((top.state_dict, top.load_state_dict))
+            continue
+        for leaf in markable:
+            if id(leaf) not in seen:
+                seen.add(id(leaf))
+                marks.append((leaf.mark, leaf.undo))
+    return snapshots + marks
+
+
 def _check_names(objects: dict[str, Any], where: str) -> None:
     for name in objects:
         if name in _RESERVED or not name.isidentifier() or name.startswith("_"):
@@ -75,6 +102,7 @@ def _check_names(objects: dict[str, Any], where: str) -> None:
             )
 
 
+_SAVED = "pass the dict that engine.state_dict() returned for this curriculum"
 _REAL = "a real number (int, float, numpy scalar or 1-element tensor)"
 
 
@@ -178,20 +206,24 @@ class CurriculumEngine:
             )
 
     def _plan(self, curriculum: Curriculum) -> None:
-        """Per phase and point: who observes, who resets, which metrics are read, what to snapshot."""
+        """Per phase and point: who observes, who resets, which metrics are read, how to undo."""
         names = [p.name for p in curriculum.phases]
         self._phases = {p.name: p for p in curriculum.phases}
-        keyed = {id(g): key for key, g in curriculum.guards}
         self._where: dict[int, str] = {}  # id(guard) -> the transitions that use it, for messages
         self._has_point = {point: dict.fromkeys(names, False) for point in Point}
         self._observers: dict[Point, dict[str, list]] = {point: {n: [] for n in names} for point in Point}
         self._resetters: dict[str, list] = {n: [] for n in names}
         self._needs: dict[Point, dict[str, dict[str, list[str]]]] = {point: {n: {} for n in names} for point in Point}
         self._all_needs: dict[Point, dict[str, list[str]]] = {point: {} for point in Point}
-        self._snapshot: dict[Point, dict[str, list]] = {point: {n: [] for n in names} for point in Point}
+        observed: dict[Point, dict[str, list]] = {point: {n: [] for n in names} for point in Point}
+        reset: dict[str, list] = {n: [] for n in names}
         for i, tr in enumerate(curriculum.transitions):
             self._has_point[tr.when][tr.source] = True
             for top in tr.guards:
+                reset[tr.source].append((top, [leaf for leaf in guard_leaves(top) if hasattr(leaf, "reset")]))
+                for point in Point:
+                    leaves = [leaf for leaf in guard_leaves(top) if hasattr(leaf, "observe") and point in observe_points(leaf, tr.when)]
+                    observed[point][tr.source].append((top, leaves))
                 for leaf in guard_leaves(top):
                     where = self._where.setdefault(id(leaf), "")
                     self._where[id(leaf)] = f"{where}, {tr.label}" if where else tr.label
@@ -205,19 +237,19 @@ class CurriculumEngine:
                                 self._needs[point][tr.source].setdefault(metric, []).append(who)
                         if hasattr(leaf, "observe") and point in observe_points(leaf, tr.when):
                             self._observers[point][tr.source].append(leaf.observe)
-                            if hasattr(top, "state_dict") and all(top is not g for _, g in self._snapshot[point][tr.source]):
-                                self._snapshot[point][tr.source].append((keyed[id(top)], top))
-        for point in Point:
-            for name in names:
-                # Roll back observations only where something can fail after one was made: a
-                # second observer, or guards and actions evaluated at this point.
-                if len(self._observers[point][name]) < 2 and not self._has_point[point][name]:
-                    self._snapshot[point][name] = []
-        self._stateful = [(key, g) for key, g in curriculum.guards if hasattr(g, "state_dict")]
+        # How to undo observations, per point and phase: only where something can fail after one
+        # was made (a second observer, or guards and actions evaluated at this point).
+        undo_observe = {
+            point: {n: _undo_plan(observed[point][n]) if len(self._observers[point][n]) > 1 or self._has_point[point][n] else []
+                    for n in names}
+            for point in Point
+        }
+        # How to undo the resets of the guards on the transitions out of a phase that is entered.
+        self._undo_reset = {n: _undo_plan(reset[n]) for n in names}
         # What step_end and epoch_end look up, one tuple per phase:
-        # (metrics to check, guards to snapshot, observe methods, has transitions at this point).
+        # (metrics to check, how to undo observations, observe methods, has transitions at this point).
         self._at_step, self._at_epoch = (
-            {n: (self._needs[p][n], self._snapshot[p][n], self._observers[p][n], self._has_point[p][n]) for n in names}
+            {n: (self._needs[p][n], undo_observe[p][n], self._observers[p][n], self._has_point[p][n]) for n in names}
             for p in (Point.STEP_END, Point.EPOCH_END)
         )
 
@@ -264,7 +296,7 @@ class CurriculumEngine:
                 raise CurriculumError(f"start({field}=...) must be an int >= 0, got {value!r}")
         self._check_requirements("start()")
         name = phase if phase is not None else self.curriculum.initial_name
-        states = [(key, g, g.state_dict()) for key, g in self._stateful]
+        states = [(restore, take()) for take, restore in self._undo_reset[name]]
         ctx = self.ctx
         ctx.metrics, ctx.point, ctx.transition = {}, None, None
         self._clock.global_step, self._clock.epoch = int(global_step), int(epoch)
@@ -305,7 +337,7 @@ class CurriculumEngine:
             if type(value) is not float:
                 metrics[name] = to_metric(name, value, "step_end()")
         metrics["loss"] = loss
-        needs, snapshot, observers, evaluate = self._at_step[self._model.state]
+        needs, undo, observers, evaluate = self._at_step[self._model.state]
         if self._unchecked_step:
             self._check_run_metrics(Point.STEP_END, metrics)
         if needs:
@@ -313,7 +345,7 @@ class CurriculumEngine:
         ctx = self.ctx
         ctx.metrics = metrics
         ctx.point = Point.STEP_END
-        before = [(key, g, g.state_dict()) for key, g in snapshot] if snapshot else None
+        before = [(restore, take()) for take, restore in undo] if undo else None
         pending = self._pending
         clock = self._clock
         clock.global_step += 1
@@ -348,7 +380,7 @@ class CurriculumEngine:
         for name, value in metrics.items():
             if type(value) is not float:
                 metrics[name] = to_metric(name, value, "epoch_end()")
-        needs, snapshot, observers, evaluate = self._at_epoch[self._model.state]
+        needs, undo, observers, evaluate = self._at_epoch[self._model.state]
         if self._unchecked_epoch:
             self._check_run_metrics(Point.EPOCH_END, metrics)
         if needs:
@@ -356,7 +388,7 @@ class CurriculumEngine:
         ctx = self.ctx
         ctx.metrics = metrics
         ctx.point = Point.EPOCH_END
-        before = [(key, g, g.state_dict()) for key, g in snapshot] if snapshot else None
+        before = [(restore, take()) for take, restore in undo] if undo else None
         clock = self._clock
         step_in_epoch = clock.step_in_epoch
         clock.epoch += 1
@@ -447,50 +479,165 @@ class CurriculumEngine:
             ) from None
 
     def load_state_dict(self, state: dict, *, allow_fingerprint_mismatch: bool = False) -> None:
-        """Restore a snapshot into this (freshly built) engine; fires no callback."""
+        """Restore a snapshot into this (freshly built) engine; fires no callback.
+
+        All or nothing: the whole state is checked first (schema, fingerprint, phase, clock,
+        history, pending health checks, ``held_since``, which guards it has accumulators for),
+        then the guards load their accumulators, and if one refuses them the guards loaded
+        before it are put back. A load that raises leaves the engine as it was: a fresh one can
+        still ``start()`` or load another state. With ``allow_fingerprint_mismatch=True`` the
+        parts that do not match this curriculum are left out instead of refused.
+        """
         snap: EngineState = from_primitives(state)
+        lenient = allow_fingerprint_mismatch
         self._check_requirements("load_state_dict()")
-        mine = self._fingerprint if snap.fingerprint_version == 2 else self.curriculum.fingerprint(snap.fingerprint_version)
-        if snap.fingerprint != mine and not allow_fingerprint_mismatch:
-            if snap.spec is not None:
-                changes = spec_differences(snap.spec, self._spec) or ["(the specs agree: a guard or action repr is not stable)"]
-                what = "what differs (saved -> this one):\n  " + "\n  ".join(changes) + "\n"
-            else:
-                what = "its phases, transitions, guards, actions or params differ (a schema-1 state stores no spec to compare). "
-            raise CurriculumError(
-                f"engine state was saved from a different curriculum (fingerprint {snap.fingerprint[:12]}..., "
-                f"this one {mine[:12]}...); {what}"
-                "Build the curriculum the state was saved with, or pass allow_fingerprint_mismatch=True "
-                "to restore what still matches"
-            )
+        self._check_fingerprint(snap, lenient)
         if snap.phase not in self._phases:
             raise CurriculumError(f"engine state's phase {snap.phase!r} is not a phase of this curriculum ({list(self._phases)})")
-        for key, guard in self.curriculum.guards:
-            if not hasattr(guard, "load_state_dict"):
-                continue
-            if key in snap.guards:
-                guard.load_state_dict(snap.guards[key])
-            elif not allow_fingerprint_mismatch:
-                raise CurriculumError(f"engine state has no accumulators for guard {key} ({describe(guard)})")
-        held_since = {}
-        for key, since in snap.held_since.items():
-            index = int(key) if key.isdigit() else -1
-            if 0 <= index < len(self._leaves) and len(since) == len(self._leaves[index]):
-                held_since[index] = [(s[0], s[1]) if s else None for s in since]
-            elif not allow_fingerprint_mismatch:
-                raise CurriculumError(
-                    f"engine state's held_since[{key!r}] does not match transition {key}'s guards; "
-                    "restore it into the curriculum it was saved from, or pass allow_fingerprint_mismatch=True"
-                )
+        self._check_clock(snap.clock)
+        if not lenient:
+            self._check_history(snap.history)
+        pending = self._restored_pending(snap, lenient)
+        held_since = self._restored_held_since(snap, lenient)
+        self._load_guards(snap.guards, lenient)
+        # Everything was checked and the guards are loaded: nothing below can fail.
         self._machine.set_state(snap.phase, model=self._model)
         for field in attrs.fields(Clock):
             setattr(self._clock, field.name, getattr(snap.clock, field.name))
         self._history = History(snap.history)
         self.ctx.history = self._history.view()
-        self._pending = list(snap.pending_checks)
+        self._pending = pending
         self._started = snap.started
         self._held_since = held_since
         self._unchecked_step = self._unchecked_epoch = True
+
+    # -- checks before load_state_dict changes anything -------------------------------------------
+
+    def _check_fingerprint(self, snap: EngineState, lenient: bool) -> None:
+        mine = self._fingerprint if snap.fingerprint_version == 2 else self.curriculum.fingerprint(snap.fingerprint_version)
+        if snap.fingerprint == mine or lenient:
+            return
+        if snap.spec is not None:
+            changes = spec_differences(snap.spec, self._spec) or ["(the specs agree: a guard or action repr is not stable)"]
+            what = "what differs (saved -> this one):\n  " + "\n  ".join(changes) + "\n"
+        else:
+            what = "its phases, transitions, guards, actions or params differ (a schema-1 state stores no spec to compare). "
+        raise CurriculumError(
+            f"engine state was saved from a different curriculum (fingerprint {snap.fingerprint[:12]}..., "
+            f"this one {mine[:12]}...); {what}"
+            "Build the curriculum the state was saved with, or pass allow_fingerprint_mismatch=True "
+            "to restore what still matches"
+        )
+
+    @staticmethod
+    def _check_clock(clock: Clock) -> None:
+        for field in attrs.fields(Clock):
+            value = getattr(clock, field.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise CurriculumError(f"engine state's clock.{field.name} must be an int >= 0, got {value!r}; {_SAVED}")
+        for part, whole in (("step_in_epoch", "global_step"), ("steps_in_phase", "global_step"), ("epochs_in_phase", "epoch")):
+            if getattr(clock, part) > getattr(clock, whole):
+                raise CurriculumError(
+                    f"engine state's clock.{part} ({getattr(clock, part)}) is larger than clock.{whole} "
+                    f"({getattr(clock, whole)}); {_SAVED}"
+                )
+
+    def _check_history(self, history: list[Record]) -> None:
+        for k, record in enumerate(history):
+            for end, name in (("source", record.source), ("dest", record.dest)):
+                if name is not None and name not in self._phases or end == "dest" and name is None:
+                    raise CurriculumError(
+                        f"engine state's history[{k}].{end} is {name!r}, not a phase of this curriculum "
+                        f"({list(self._phases)}); {_SAVED}"
+                    )
+
+    def _restored_pending(self, snap: EngineState, lenient: bool) -> list[PendingCheck]:
+        """The pending health checks that this curriculum can run; one it cannot is refused
+        (left out when ``lenient``: it names actions of another curriculum)."""
+        kept = []
+        for k, check in enumerate(snap.pending_checks):
+            problem = self._pending_problem(check, snap.history)
+            if problem is None:
+                kept.append(check)
+            elif not lenient:
+                raise CurriculumError(f"engine state's pending_checks[{k}] {problem}; {_SAVED}")
+            else:
+                logger.warning("load_state_dict: left out pending health check %d: it %s", k, problem)
+        return kept
+
+    def _pending_problem(self, check: PendingCheck, history: list[Record]) -> str | None:
+        if not 0 <= check.record < len(history):
+            return f"points at history record {check.record}, but the history has {len(history)} records"
+        if not -1 <= check.transition < len(self.curriculum.transitions):
+            return f"names transition {check.transition}, but the curriculum has {len(self.curriculum.transitions)}"
+        record = history[check.record]
+        if record.dest not in self._phases or (check.transition >= 0 and self.curriculum.transitions[check.transition].dest != record.dest):
+            return f"names transition {check.transition}, which does not lead to its record's destination {record.dest!r}"
+        actions = self._actions_of(check.transition, record.dest)
+        if not 0 <= check.action < min(len(actions), len(record.actions)):
+            return f"names action {check.action} of history record {check.record}, which has {len(record.actions)}"
+        if not hasattr(actions[check.action], "verify"):
+            return f"names action {describe(actions[check.action])}, which has no verify()"
+        return None
+
+    def _restored_held_since(self, snap: EngineState, lenient: bool) -> dict[int, list[tuple[int, int] | None]]:
+        """``held_since`` for the transitions out of the restored phase; an entry that does not fit
+        one is refused (left out when ``lenient``)."""
+        held_since = {}
+        for key, since in snap.held_since.items():
+            index = int(key) if key.isdigit() else -1
+            fits = (
+                0 <= index < len(self._leaves)
+                and self.curriculum.transitions[index].source == snap.phase
+                and len(since) == len(self._leaves[index])
+                and all(s is None or len(s) == 2 for s in since)
+            )
+            if fits:
+                held_since[index] = [(s[0], s[1]) if s else None for s in since]
+            elif not lenient:
+                what = (
+                    f"transition {key} ({self.curriculum.transitions[index].label}, {len(self._leaves[index])} guards)"
+                    if 0 <= index < len(self._leaves) else f"a transition (this curriculum has {len(self._leaves)})"
+                )
+                raise CurriculumError(
+                    f"engine state's held_since[{key!r}] = {since!r} does not fit {what} out of phase {snap.phase!r}: "
+                    "expected one [global_step, epoch] or None per guard; "
+                    "restore it into the curriculum it was saved from, or pass allow_fingerprint_mismatch=True"
+                )
+        return held_since
+
+    def _load_guards(self, saved: dict[str, Any], lenient: bool) -> None:
+        """Load every stateful guard's accumulators, or none: if a guard's ``load_state_dict``
+        raises, the guards loaded before it (and it) get back the state they had."""
+        stateful = [(key, g) for key, g in self.curriculum.guards if hasattr(g, "load_state_dict")]
+        if not lenient:
+            for key, guard in stateful:
+                if key not in saved:
+                    raise CurriculumError(f"engine state has no accumulators for guard {key} ({describe(guard)}); {_SAVED}")
+            known = {key for key, g in self.curriculum.guards if hasattr(g, "state_dict") or hasattr(g, "load_state_dict")}
+            unknown = sorted(set(saved) - known)
+            if unknown:
+                raise CurriculumError(
+                    f"engine state has accumulators for {', '.join(unknown)}, which this curriculum has no stateful guard at "
+                    f"(its stateful guards: {', '.join(sorted(known)) or 'none'}); {_SAVED}, "
+                    "or pass allow_fingerprint_mismatch=True to leave them out"
+                )
+        loads = [(key, g, saved[key]) for key, g in stateful if key in saved]
+        before, seen = [], set()
+        for _key, guard, _value in loads:
+            if id(guard) not in seen and hasattr(guard, "state_dict"):
+                seen.add(id(guard))
+                before.append((guard, guard.state_dict()))
+        for key, guard, value in loads:
+            try:
+                guard.load_state_dict(value)
+            except Exception as exc:
+                for g, was in reversed(before):
+                    g.load_state_dict(was)
+                raise CurriculumError(
+                    f"engine state's accumulators for guard {key} ({describe(guard)}) were refused by its load_state_dict(): "
+                    f"{type(exc).__name__}: {exc}; nothing was restored (the engine and its guards are as they were); {_SAVED}"
+                ) from exc
 
     # -- checks before a call changes anything ---------------------------------------------------
 
@@ -623,7 +770,7 @@ class CurriculumEngine:
         event.kwargs["index"] = index
         event.kwargs["undo"][:] = [
             self._model.state, attrs.evolve(clock), len(self._history), len(self._pending),
-            [(key, g, g.state_dict()) for key, g in self._stateful],
+            [],  # filled by _finish before the resets, the only change to guards a transition makes
         ]
         self.ctx.transition = self.curriculum.transitions[index] if index >= 0 else None
         if index >= 0:
@@ -669,6 +816,8 @@ class CurriculumEngine:
     def _finish(self, index: int, event: Any) -> None:
         record = event.kwargs["record"]
         self._held_since = {}  # a phase was entered: its transitions' guards start afresh
+        states = event.kwargs["undo"][4]
+        states.extend((restore, take()) for take, restore in self._undo_reset[record.dest])
         for reset in self._resetters[record.dest]:
             self._call_hook(reset, "reset")
         self._history.append(record)
@@ -692,8 +841,10 @@ class CurriculumEngine:
 
     @staticmethod
     def _restore(states: list) -> None:
-        for _key, guard, state in states:
-            guard.load_state_dict(state)
+        """Undo what the call did to guards: ``states`` holds ``(restore, token)`` pairs, in the
+        order they were taken (see ``_undo_plan``); they are applied in reverse."""
+        for restore, token in reversed(states):
+            restore(token)
 
     def _actions_of(self, index: int, dest: str) -> list:
         """The actions a transition ran, in record order: its own, then the destination's on_enter."""

@@ -70,7 +70,8 @@ class Plateau:
     values of the exact ones, there is no drift, and the snapshot (the window's values) restores a
     guard whose decisions and evidence are bit-identical to an uninterrupted one. The Welch test
     keeps exact sums of squares the same way (scale 2**2148), so its variances, ``t**2`` and
-    ``dof`` are correctly rounded from exact values too.
+    ``dof`` are correctly rounded from exact values too. ``mark``/``undo`` let the engine roll a
+    failed call back in O(1), without copying the window.
     """
 
     requires: tuple[str, ...] = ()
@@ -154,10 +155,34 @@ class Plateau:
 
     def reset(self) -> None:
         """Empty the window (the engine calls this when the guard's phase is entered)."""
-        self._older.clear()
-        self._newer.clear()
+        # New deques rather than clear(): a mark() taken before keeps the old ones intact.
+        self._older, self._newer = deque(), deque()
         self._older_sum = self._newer_sum = 0
         self._older_sq = self._newer_sq = 0
+
+    # -- undo (the engine's rollback of a call that raises) ----------------------------------------
+
+    def mark(self) -> tuple:
+        """An O(1) token from which :meth:`undo` puts the window back exactly as it is now, after
+        at most one ``observe``/``push`` or one ``reset`` since (later marks undone first)."""
+        older, newer = self._older, self._newer
+        return (
+            older, newer, newer[-1] if newer else None, len(newer) == self._half,
+            older[0] if len(older) == self._half else None,
+            self._older_sum, self._newer_sum, self._older_sq, self._newer_sq,
+        )
+
+    def undo(self, token: tuple) -> None:
+        """Put the window back as it was at :meth:`mark` (which made ``token``)."""
+        older, newer, last, shifted, dropped, *sums = token
+        self._older, self._newer = older, newer  # reset() and load_state_dict() swapped in new ones
+        if (newer[-1] if newer else None) is not last:  # a value was pushed onto them: take it back
+            newer.pop()
+            if shifted:  # the push moved the newer half's oldest into the older half
+                newer.appendleft(older.pop())
+                if dropped is not None:  # ... and dropped the older half's oldest
+                    older.appendleft(dropped)
+        self._older_sum, self._newer_sum, self._older_sq, self._newer_sq = sums
 
     # -- decide ----------------------------------------------------------------------------------
 
@@ -565,6 +590,13 @@ class WorseThanBest:
         self.best: float | None = None
         self.last: float | None = None
         self.streak = 0
+
+    def mark(self) -> tuple:
+        """A token from which :meth:`undo` restores this state (the engine's rollback of a call that raises)."""
+        return self.best, self.last, self.streak
+
+    def undo(self, token: tuple) -> None:
+        self.best, self.last, self.streak = token
 
     def __call__(self, ctx: Context) -> bool:
         return self.streak >= self.patience

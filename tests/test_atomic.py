@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
-from policies import MetricAbove, MinEpoch, Plateau, all_of
+from policies import MetricAbove, MinEpoch, Plateau, WorseThanBest, all_of
 from tests.utils import Always, CountBelow, CrashIf, ExplodeIf, Log, LossBelow, Never, ValBelow
 
 
@@ -251,3 +251,146 @@ def test_calls_that_raise_change_nothing(calls):
         apply(alone, *c)
     strip = lambda s: {**s, "history": [{k: v for k, v in r.items() if k != "wall_time"} for r in s["history"]]}  # noqa: E731
     assert strip(alone.state_dict()) == strip(mixed.state_dict())
+
+
+# -- how a failed call is undone: O(1) marks where guards offer them, state_dict copies otherwise ----------
+
+
+class ArmReset:
+    """Action that arms ``box`` when the loop passed ``reset_crash=...``: a CrashOnReset guard's reset then raises."""
+
+    def __init__(self, box: dict) -> None:
+        self.box = box
+
+    def __call__(self, ctx):
+        self.box["armed"] = "reset_crash" in ctx.metrics
+
+    def __repr__(self):
+        return "ArmReset()"
+
+
+class CrashOnReset(Never):
+    """A guard whose reset() raises when ``box`` is armed (a user guard with a bug in reset)."""
+
+    def __init__(self, box: dict) -> None:
+        self.box = box
+
+    def reset(self):
+        if self.box.get("armed"):
+            raise RuntimeError("reset crashed")
+
+    def __repr__(self):
+        return "CrashOnReset()"
+
+
+def build_observers(box):
+    """Plateaus (relative and welch) and a WorseThanBest observing, in phases entered and left again,
+    with guards, on_enter actions and resets that raise on request."""
+    shared = Plateau(window=4, threshold=0.5)  # observes in a, is reset when b is entered
+    return Curriculum(
+        [Phase("a"), Phase("b", on_enter=[ExplodeIf()])],
+        [
+            Transition("a", "b", [all_of(Plateau(window=6, threshold=0.2, test="welch"), CrashIf()), shared], [ArmReset(box)], when=Point.STEP_END),
+            Transition("a", "b", [all_of(WorseThanBest("val", patience=2), MinEpoch(1, in_phase=True))], [ArmReset(box)]),
+            Transition("b", "a", [shared, Plateau(window=4, threshold=0.5, test="welch"), CrashOnReset(box)], when=Point.STEP_END),
+            Transition("b", "a", [WorseThanBest("val", mode="max")]),
+        ],
+    )
+
+
+observer_call = st.one_of(
+    st.tuples(st.just("step"), finite, st.sampled_from([{}, {}, {"crash": 1.0}, {"explode": 1.0}, {"reset_crash": 1.0}])),
+    st.tuples(st.just("epoch"), finite, st.sampled_from([{}, {"explode": 1.0}, {"reset_crash": 1.0}])),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(calls=st.lists(observer_call, max_size=80))
+def test_calls_that_raise_undo_every_observer_and_reset(calls):
+    """With guards that undo by mark(): any interleaving of failing and good calls ends as the good calls alone."""
+    mixed = CurriculumEngine(build_observers({}))
+    mixed.start()
+    kept = []
+    for c in calls:
+        before = json.dumps(mixed.state_dict(), sort_keys=True)
+        try:
+            apply(mixed, *c)
+        except CurriculumError:
+            assert json.dumps(mixed.state_dict(), sort_keys=True) == before
+            continue
+        kept.append(c)
+    alone = CurriculumEngine(build_observers({}))
+    alone.start()
+    for c in kept:
+        apply(alone, *c)
+    strip = lambda s: {**s, "history": [{k: v for k, v in r.items() if k != "wall_time"} for r in s["history"]]}  # noqa: E731
+    assert strip(alone.state_dict()) == strip(mixed.state_dict())
+
+
+def test_a_failed_step_undoes_plateau_without_copying_its_window(monkeypatch):
+    """A step_end that raises undoes Plateau's observation by mark()/undo(), never through state_dict()."""
+    plateau = Plateau(window=1000)
+    eng = two_phase(all_of(plateau, CrashIf()), when=Point.STEP_END)
+    for i in range(1500):
+        eng.step_end(loss=1.0 / (i + 1))
+    before = eng.state_dict()
+    copies = []
+    monkeypatch.setattr(plateau, "state_dict", lambda: copies.append(1) or {})
+    with pytest.raises(CurriculumError, match="CrashIf"):
+        eng.step_end(loss=0.5, crash=1.0)
+    monkeypatch.undo()
+    assert copies == [] and eng.state_dict() == before
+
+
+def test_a_guard_without_mark_is_restored_from_its_state_dict():
+    """A user guard that offers no mark()/undo() is copied with state_dict() and restored with load_state_dict()."""
+    counter = CountBelow(2.0, need=100)
+    assert not hasattr(counter, "mark")
+    eng = two_phase(all_of(counter, CrashIf()), when=Point.STEP_END)
+    eng.step_end(loss=1.0)
+    before = eng.state_dict()
+    with pytest.raises(CurriculumError, match="CrashIf"):
+        eng.step_end(loss=1.0, crash=1.0)
+    assert counter.count == 1 and eng.state_dict() == before
+
+
+def test_start_whose_reset_raises_undoes_the_resets_before_it():
+    """start() with a guard whose reset() raises leaves the guards reset before it as they were, and stays unstarted."""
+    box = {"armed": True}
+    plateau = Plateau(window=4)
+    for v in (4.0, 3.0, 2.0):
+        plateau.push(v)
+    values = plateau.state_dict()
+    eng = CurriculumEngine(Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [plateau, CrashOnReset(box)])]))
+    with pytest.raises(CurriculumError, match=r"CrashOnReset\(\) \(in a -> b\) raised in reset\(\) RuntimeError: reset crashed \(at start\(\)"):
+        eng.start()
+    assert plateau.state_dict() == values
+    box["armed"] = False
+    eng.start()
+    assert plateau.state_dict() == {"values": []}
+
+
+class Both:
+    """A user's AND of guards with no state methods of its own (the engine opens it through ``guards``)."""
+
+    def __init__(self, *guards):
+        self.guards = guards
+
+    def __call__(self, ctx):
+        return all(g(ctx) for g in self.guards)
+
+    def __repr__(self):
+        return f"Both({', '.join(map(repr, self.guards))})"
+
+
+def test_a_guard_with_mark_inside_a_stateless_combinator_is_undone_too():
+    """A Plateau inside a combinator that has no state_dict() is still undone by its own mark()."""
+    plateau = Plateau(window=4)
+    counter = CountBelow(2.0, need=100)  # observes, has no mark(): the combinator cannot be copied either
+    eng = two_phase(Both(CrashIf(), plateau, counter), when=Point.STEP_END)
+    for loss in (0.4, 0.3, 0.2):
+        eng.step_end(loss=loss)
+    values = plateau.state_dict()
+    with pytest.raises(CurriculumError, match="CrashIf"):
+        eng.step_end(loss=0.1, crash=1.0)
+    assert plateau.state_dict() == values

@@ -197,3 +197,134 @@ def test_schema_1_state_is_checked_with_the_rule_it_was_saved_with():
     CurriculumEngine(seq_len_curriculum(256)).load_state_dict(old)  # the v1 rule never saw params
     with pytest.raises(CurriculumError, match=r"(?s)different curriculum.*schema-1 state stores no spec"):
         CurriculumEngine(seq_len_curriculum(threshold=0.02)).load_state_dict(old)
+
+
+# -- load_state_dict is all or nothing ----------------------------------------------------------------
+
+
+def stateful():
+    """Plateaus and a counter with accumulators in phase a, a health check owed after a -> b."""
+    from policies import MinEpoch, Plateau, all_of
+
+    return Curriculum(
+        [Phase("a"), Phase("b"), Phase("c")],
+        [
+            Transition("a", "b", [all_of(MinEpoch(1), Plateau(window=4))], [Warn()], when=Point.STEP_END),
+            Transition("a", "c", [CountBelow(0.5, need=3), MinEpoch(5)]),
+            Transition("b", "c", [Plateau(window=4)]),
+        ],
+    )
+
+
+def saved_state():
+    """A run in phase a, one epoch in: every guard has accumulators and held_since is filled."""
+    eng = CurriculumEngine(stateful())
+    eng.start()
+    for loss in (0.4, 0.3, 0.2):
+        eng.step_end(loss=loss)
+    eng.epoch_end()
+    eng.step_end(loss=0.1)
+    state = eng.state_dict()
+    assert state["phase"] == "a" and state["guards"]["t0.g0"]["guards"][1]["values"] and state["guards"]["t1.g0"] == {"count": 4}
+    assert state["held_since"] == {"0": [[4, 1], None], "1": [[3, 1], None]}
+    return state
+
+
+def with_pending(state):
+    """The state of a run that has just moved a -> b: Warn()'s health check is owed."""
+    eng = CurriculumEngine(stateful())
+    eng.load_state_dict(state)
+    while eng.phase.name == "a":
+        eng.step_end(loss=0.1)
+    state = eng.state_dict()
+    assert state["pending_checks"] == [{"record": 1, "transition": 0, "action": 0}]
+    return state
+
+
+def without(key):
+    def change(state):
+        del state["guards"][key]
+        return state
+
+    return change
+
+
+def corrupt(path, value):
+    def change(state):
+        *keys, last = path
+        target = state
+        for key in keys:
+            target = target[key]
+        target[last] = value
+        return state
+
+    return change
+
+
+CORRUPTED = [
+    ("held_since of the wrong length", corrupt(["held_since", "0"], [None]), r"held_since\['0'\] = \[None\] does not fit transition 0 \(a -> b, 2 guards\)"),
+    ("held_since pair of one number", corrupt(["held_since", "0"], [[1], None]), r"held_since\['0'\].*one \[global_step, epoch\] or None per guard"),
+    ("held_since of a transition out of another phase", corrupt(["held_since", "2"], [[1, 1]]), r"held_since\['2'\].*transition 2 \(b -> c, 1 guards\) out of phase 'a'"),
+    ("held_since of no transition", corrupt(["held_since", "7"], [None]), r"held_since\['7'\].*this curriculum has 3"),
+    ("unknown guard key", corrupt(["guards", "t9.g0"], {"values": []}), r"accumulators for t9\.g0, which this curriculum has no stateful guard at \(its stateful guards: t0\.g0, t1\.g0, t2\.g0\)"),
+    ("a guard missing", without("t2.g0"), r"no accumulators for guard t2\.g0 \(Plateau\(window=4, threshold=0\.005\)\)"),
+    ("Plateau refuses its state", corrupt(["guards", "t2.g0"], {"values": ["x"]}), r"accumulators for guard t2\.g0 \(Plateau\(window=4, threshold=0\.005\)\) were refused by its load_state_dict\(\): CurriculumError: .*expected \{'values': \[finite numbers\]\}"),
+    ("a user guard refuses its state", corrupt(["guards", "t1.g0"], {}), r"accumulators for guard t1\.g0 \(CountBelow\(0\.5, need=3\)\) were refused by its load_state_dict\(\): KeyError: 'count'; nothing was restored"),
+    ("negative clock", corrupt(["clock", "steps_in_phase"], -1), r"clock\.steps_in_phase must be an int >= 0, got -1"),
+    ("clock parts larger than the whole", corrupt(["clock", "epochs_in_phase"], 9), r"clock\.epochs_in_phase \(9\) is larger than clock\.epoch \(1\)"),
+    ("history naming no phase", corrupt(["history", 0, "dest"], "z"), r"history\[0\]\.dest is 'z', not a phase of this curriculum"),
+    ("pending check past the history", lambda s: {**with_pending(s), "pending_checks": [{"record": 9, "transition": 0, "action": 0}]}, r"pending_checks\[0\] points at history record 9, but the history has 2 records"),
+    ("pending check on an action without verify", lambda s: {**with_pending(s), "pending_checks": [{"record": 0, "transition": -1, "action": 0}]}, r"pending_checks\[0\] names action 0 of history record 0, which has 0"),
+]
+
+
+@pytest.mark.parametrize("name, change, match", CORRUPTED, ids=[c[0] for c in CORRUPTED])
+def test_a_corrupted_state_changes_nothing(name, change, match):
+    """A state that fails any check, or whose guard state a guard refuses, is a CurriculumError; the engine, its guards included, is as before."""
+    cur = stateful()
+    fresh = CurriculumEngine(cur)
+    before, guards_before = fresh.state_dict(), guard_states(cur)
+    with pytest.raises(CurriculumError, match=match):
+        fresh.load_state_dict(change(saved_state()))
+    assert fresh.state_dict() == before and guard_states(cur) == guards_before
+    good = saved_state()
+    fresh.load_state_dict(good)  # and it still loads a good state
+    assert fresh.state_dict() == good
+
+
+def test_a_fresh_engine_whose_load_failed_can_start():
+    """After a refused load (guards already loaded by the old code), a fresh engine starts as if nothing happened."""
+    cur = stateful()
+    eng = CurriculumEngine(cur)
+    with pytest.raises(CurriculumError, match="refused"):
+        eng.load_state_dict(corrupt(["guards", "t2.g0"], {"values": ["x"]})(saved_state()))
+    eng.start()
+    eng.step_end(loss=0.4)
+    assert eng.clock.global_step == 1 and guard_states(cur)["t1.g0"] == {"count": 1}
+
+
+def test_a_running_engine_whose_load_failed_runs_on():
+    """A refused load into an engine that is running leaves its phase, clock, history and guards, and it runs on."""
+    cur = stateful()
+    eng = CurriculumEngine(cur)
+    eng.start()
+    for loss in (0.9, 0.8):
+        eng.step_end(loss=loss)
+    before = eng.state_dict()
+    with pytest.raises(CurriculumError, match=r"held_since"):
+        eng.load_state_dict(corrupt(["held_since", "0"], [None])(saved_state()))
+    assert eng.state_dict() == before
+    eng.step_end(loss=0.7)
+    assert eng.clock.global_step == 3
+
+
+def test_lenient_load_leaves_out_what_does_not_fit():
+    """With allow_fingerprint_mismatch=True, unknown guard keys, misfit held_since and unrunnable pending checks are left out."""
+    state = with_pending(saved_state())
+    state["guards"]["t9.g0"] = {"values": []}
+    state["held_since"] = {"0": [None], "2": [[1, 1]]}
+    state["pending_checks"].append({"record": 9, "transition": 0, "action": 0})
+    eng = CurriculumEngine(stateful())
+    eng.load_state_dict(state, allow_fingerprint_mismatch=True)
+    again = eng.state_dict()
+    assert "t9.g0" not in again["guards"] and again["held_since"] == {"2": [[1, 1]]} and len(again["pending_checks"]) == 1
