@@ -228,11 +228,11 @@ def apply(engine, kind, value, extra):
     return engine.epoch_end()
 
 
-@settings(max_examples=150, deadline=None)
-@given(calls=st.lists(call, max_size=60))
-def test_calls_that_raise_change_nothing(calls):
-    """Any interleaving of valid and invalid calls ends where the calls that did not raise, run alone, end."""
-    mixed = CurriculumEngine(build([]))
+def assert_failures_change_nothing(build_engine, calls, check=lambda call, raised: None) -> None:
+    """Run ``calls`` on one engine: each that raises must leave ``state_dict()`` as it was, and the
+    engine must end where the calls that did not raise, run alone on a fresh engine, end.
+    ``check(call, raised)`` asserts more about each call."""
+    mixed = build_engine()
     mixed.start()
     kept = []
     for c in calls:
@@ -241,16 +241,30 @@ def test_calls_that_raise_change_nothing(calls):
             apply(mixed, *c)
         except CurriculumError:
             assert json.dumps(mixed.state_dict(), sort_keys=True) == before
-            assert c[0] != "step" or c[2]  # a plain valid step never raises
+            check(c, True)
             continue
-        assert not c[0].startswith("bad")  # input that is not a real number always raises
+        check(c, False)
         kept.append(c)
-    alone = CurriculumEngine(build([]))
+    alone = build_engine()
     alone.start()
     for c in kept:
         apply(alone, *c)
     strip = lambda s: {**s, "history": [{k: v for k, v in r.items() if k != "wall_time"} for r in s["history"]]}  # noqa: E731
     assert strip(alone.state_dict()) == strip(mixed.state_dict())
+
+
+@settings(max_examples=150, deadline=None)
+@given(calls=st.lists(call, max_size=60))
+def test_calls_that_raise_change_nothing(calls):
+    """Any interleaving of valid and invalid calls ends where the calls that did not raise, run alone, end."""
+
+    def check(c, raised):
+        if raised:
+            assert c[0] != "step" or c[2]  # a plain valid step never raises
+        else:
+            assert not c[0].startswith("bad")  # input that is not a real number always raises
+
+    assert_failures_change_nothing(lambda: CurriculumEngine(build([])), calls, check)
 
 
 # -- how a failed call is undone: O(1) marks where guards offer them, state_dict copies otherwise ----------
@@ -308,23 +322,7 @@ observer_call = st.one_of(
 @given(calls=st.lists(observer_call, max_size=80))
 def test_calls_that_raise_undo_every_observer_and_reset(calls):
     """With guards that undo by mark(): any interleaving of failing and good calls ends as the good calls alone."""
-    mixed = CurriculumEngine(build_observers({}))
-    mixed.start()
-    kept = []
-    for c in calls:
-        before = json.dumps(mixed.state_dict(), sort_keys=True)
-        try:
-            apply(mixed, *c)
-        except CurriculumError:
-            assert json.dumps(mixed.state_dict(), sort_keys=True) == before
-            continue
-        kept.append(c)
-    alone = CurriculumEngine(build_observers({}))
-    alone.start()
-    for c in kept:
-        apply(alone, *c)
-    strip = lambda s: {**s, "history": [{k: v for k, v in r.items() if k != "wall_time"} for r in s["history"]]}  # noqa: E731
-    assert strip(alone.state_dict()) == strip(mixed.state_dict())
+    assert_failures_change_nothing(lambda: CurriculumEngine(build_observers({})), calls)
 
 
 def test_a_failed_step_undoes_plateau_without_copying_its_window(monkeypatch):
