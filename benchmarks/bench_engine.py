@@ -36,35 +36,29 @@ def per_call_us(fn, n: int, repeats: int) -> float:
     return statistics.median(times)
 
 
-def engine_with(window: int, history: int) -> CurriculumEngine:
-    """Two phases, each leaving at epoch end on MinEpoch and a Plateau; ``history`` forced transitions."""
+def back_and_forth(floor, window: int, when: Point) -> CurriculumEngine:
+    """Two phases, each leaving at ``when`` on ``floor`` (never holds) and a Plateau; started."""
     cur = Curriculum(
         [Phase("a"), Phase("b")],
-        [
-            Transition("a", "b", [all_of(MinEpoch(10**9), Plateau(window=window))], when=Point.EPOCH_END),
-            Transition("b", "a", [all_of(MinEpoch(10**9), Plateau(window=window))], when=Point.EPOCH_END),
-        ],
+        [Transition(s, d, [all_of(floor, Plateau(window=window))], when=when) for s, d in (("a", "b"), ("b", "a"))],
     )
     eng = CurriculumEngine(cur)
     eng.start()
+    return eng
+
+
+def engine_with(window: int, history: int) -> CurriculumEngine:
+    """Leaving at epoch end on MinEpoch and a Plateau; ``history`` forced transitions."""
+    eng = back_and_forth(MinEpoch(10**9), window, Point.EPOCH_END)
     for i in range(history):
         eng.force("b" if eng.phase.name == "a" else "a", reason="fill the history")
     return eng
 
 
 def engine_step_transition(window: int) -> CurriculumEngine:
-    """Two phases, each leaving at step end on a MinSteps that never holds and a Plateau: every
-    step_end triggers the machine and evaluates both guards (none is skipped)."""
-    cur = Curriculum(
-        [Phase("a"), Phase("b")],
-        [
-            Transition("a", "b", [all_of(MinSteps(10**9), Plateau(window=window))], when=Point.STEP_END),
-            Transition("b", "a", [all_of(MinSteps(10**9), Plateau(window=window))], when=Point.STEP_END),
-        ],
-    )
-    eng = CurriculumEngine(cur)
-    eng.start()
-    return eng
+    """Leaving at step end on a MinSteps that never holds and a Plateau: every step_end triggers
+    the machine and evaluates both guards (none is skipped)."""
+    return back_and_forth(MinSteps(10**9), window, Point.STEP_END)
 
 
 class InlinePlateau:
