@@ -1,13 +1,15 @@
 """The Hugging Face Trainer integration (engine.integrations.hf.CurriculumCallback), against the real Trainer on CPU.
 
 A 400-parameter language model built in code (no hub download), 24 windows of 12 tokens,
-batch 4 and gradient_accumulation_steps=2: 3 optimizer steps per epoch, 9 in 3 epochs.
+batch 4 and gradient_accumulation_steps=2: 3 optimizer steps per epoch, 9 in 3 epochs. Under two
+processes (torchrun, gloo): tests/ddp_hf.py, 12 optimizer steps a run.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,8 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from engine import Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
 from engine.integrations.hf import STATE_KEY, CurriculumCallback
 from policies import MetricBelow, MinEpoch, MinSteps, RestartLR, StagedCosine, all_of
+from tests.ddp_hf import THRESHOLD as DDP_THRESHOLD
+from tests.utils import launch
 
 VOCAB, LENGTH, WINDOWS = 16, 12, 24
 STEPS = 9
@@ -231,3 +235,62 @@ def test_a_save_asked_for_by_a_later_callback_still_holds_the_engine_state(tmp_p
     train(tmp_path, more_callbacks=[SaveAtStep5()])
     state = json.loads((tmp_path / "checkpoint-5" / "trainer_state.json").read_text())["stateful_callbacks"][STATE_KEY]
     assert (state["clock"]["global_step"], state["phase"]) == (5, "long")
+
+
+# -- two processes (torchrun, gloo on CPU): tests/ddp_hf.py, whose ranks see data of different losses --------------
+
+DDP_RUNS = ("mean", "tokens", "quiet")  # the model averages its loss; it divides by num_items_in_batch; the same, logging_steps=5
+
+
+@pytest.fixture(scope="module")
+def ddp(tmp_path_factory):
+    """Each rank's record of each of the three runs."""
+    out = tmp_path_factory.mktemp("ddp")
+    launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "tests/ddp_hf.py", str(out)], timeout=240)
+    return {name: [json.loads((out / f"{name}.rank{rank}.json").read_text()) for rank in (0, 1)] for name in DDP_RUNS}
+
+
+def own_losses(record) -> list[float]:
+    """A rank's own loss at each optimizer step: its micro-batches' mean token loss."""
+    return [sum(total for total, _ in step) / sum(n for _, n in step) for step in record["own"]]
+
+
+def mean_over_ranks(records) -> list[float]:
+    """The step's mean token loss over both ranks (every micro-batch has as many tokens)."""
+    return [sum(losses) / len(losses) for losses in zip(*map(own_losses, records))]
+
+
+@pytest.mark.parametrize("name", DDP_RUNS)
+def test_under_ddp_every_rank_feeds_the_mean_over_ranks(ddp, name):
+    """Each rank's engine sees, at each of the 12 steps, the mean of the two ranks' own losses, which differ."""
+    records = ddp[name]
+    own0, own1 = map(own_losses, records)
+    assert len(own0) == len(own1) == 12 and max(abs(a - b) for a, b in zip(own0, own1)) > 2  # the ranks' losses part
+    for record in records:
+        assert record["engine"] == pytest.approx(mean_over_ranks(records), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mean", "tokens"])
+def test_under_ddp_the_engine_sees_the_loss_the_trainer_logs(ddp, name):
+    """With logging_steps=1 both ranks' engines see exactly the loss the Trainer logs (its mean over ranks)."""
+    for record in ddp[name]:
+        assert record["engine"] == record["logged"] and len(record["logged"]) == 12
+
+
+def test_under_ddp_the_loss_does_not_depend_on_logging_steps(ddp):
+    """logging_steps=5 (steps 5 and 10 logged, as means over 5 steps) leaves the engine the same per-step losses."""
+    assert len(ddp["quiet"][0]["logged"]) == 2
+    assert [r["engine"] for r in ddp["quiet"]] == [r["engine"] for r in ddp["tokens"]]
+
+
+@pytest.mark.parametrize("name", DDP_RUNS)
+def test_under_ddp_every_rank_transitions_where_the_mean_crosses(ddp, name):
+    """Both ranks move a -> b at the first step the mean loss is below the threshold, not where rank 0's own loss is."""
+    records = ddp[name]
+    first_below = lambda losses: next(step for step, loss in enumerate(losses, 1) if loss < DDP_THRESHOLD)  # noqa: E731
+    step = first_below(mean_over_ranks(records))
+    assert first_below(own_losses(records[0])) < step  # rank 0 alone would move earlier
+    assert min(own_losses(records[1])) > DDP_THRESHOLD  # rank 1 alone would never move
+    history0, history1 = (r["history"] for r in records)
+    assert history0 == history1
+    assert [(h["source"], h["dest"], h["global_step"]) for h in history0] == [(None, "a", 0), ("a", "b", step)]

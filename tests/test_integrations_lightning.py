@@ -2,12 +2,16 @@
 
 A 5-parameter linear model, 10 batches per epoch, accumulate_grad_batches=3: each epoch has 4
 optimizer steps, the last one a single micro-batch (Lightning steps on an epoch's last batch).
+Under two processes (strategy="ddp", gloo): tests/ddp_lightning.py.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import statistics
+import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -19,6 +23,8 @@ from torch import nn
 from engine import Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
 from engine.integrations.lightning import CurriculumCallback
 from policies import MetricBelow, MinEpoch, MinSteps, Restartable, RestartLR, StagedCosine, all_of
+from tests.ddp_lightning import THRESHOLD as DDP_THRESHOLD
+from tests.utils import launch
 
 EPOCHS, BATCHES, ACCUM = 3, 10, 3
 STEPS_PER_EPOCH = 4  # 3 + 3 + 3 + 1 micro-batches
@@ -271,3 +277,43 @@ def test_lightning_takes_staged_cosine_as_its_scheduler(tmp_path):
     assert lrs[4] == 0.025 and len(lrs) == 8
     (restart,) = [r for r in engine.history if r.source == "a"]
     assert restart.global_step == 6 and restart.actions[0].effect["lr"][1] == 0.025  # a->b restarts the second stage at its peak
+
+
+# -- two processes (strategy="ddp", gloo on CPU): tests/ddp_lightning.py, whose ranks see data of different losses ----
+
+
+@pytest.fixture(scope="module")
+def ddp(tmp_path_factory):
+    """Each rank's record of the run."""
+    out = tmp_path_factory.mktemp("ddp")
+    launch([sys.executable, "tests/ddp_lightning.py", str(out)], timeout=240)
+    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
+def own_losses(record) -> list[float]:
+    """A rank's own loss at each optimizer step: the mean of its training_step losses in that step."""
+    steps = sorted({step for step, _ in record["own"]})
+    return [statistics.fmean(loss for s, loss in record["own"] if s == step) for step in steps]
+
+
+def mean_over_ranks(records) -> list[float]:
+    return [statistics.fmean(losses) for losses in zip(*map(own_losses, records))]
+
+
+def test_under_ddp_every_rank_feeds_the_mean_over_ranks(ddp):
+    """Each rank's engine sees, at each of the 8 steps (two of one micro-batch), the mean of the two ranks' own losses, which differ."""
+    own0, own1 = map(own_losses, ddp)
+    assert len(own0) == len(own1) == 8 and max(abs(a - b) for a, b in zip(own0, own1)) > 5  # the ranks' losses part
+    assert [step for step, _ in ddp[0]["own"]] == [1, 1, 2, 2, 3, 3, 4, 5, 5, 6, 6, 7, 7, 8]
+    for record in ddp:
+        assert record["engine"] == pytest.approx(mean_over_ranks(ddp), rel=1e-5)
+
+
+def test_under_ddp_every_rank_transitions_where_the_mean_crosses(ddp):
+    """Both ranks move a -> b at the first step the mean loss is below the threshold, not where either rank's own loss is."""
+    first_below = lambda losses: next(step for step, loss in enumerate(losses, 1) if loss < DDP_THRESHOLD)  # noqa: E731
+    step = first_below(mean_over_ranks(ddp))
+    assert step not in {first_below(own_losses(record)) for record in ddp}  # either rank alone would move elsewhere
+    history0, history1 = (record["history"] for record in ddp)
+    assert history0 == history1
+    assert [(h["source"], h["dest"], h["global_step"]) for h in history0] == [(None, "a", 0), ("a", "b", step)]

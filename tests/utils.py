@@ -1,6 +1,13 @@
-"""Shared fakes for the engine tests: small guards and actions with readable reprs."""
+"""Shared fakes for the engine tests: small guards and actions with readable reprs; a launcher of several processes."""
 
 from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
 
 
 class LossBelow:
@@ -141,3 +148,40 @@ class ExplodeIf:
 
     def __repr__(self) -> str:
         return "ExplodeIf()"
+
+
+REPO = Path(__file__).resolve().parent.parent
+_RANK_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK")
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:  # every process of the group has ended
+        pass
+
+
+def launch(cmd: list[str], timeout: float) -> str:
+    """Run a launch of several processes (torchrun, or a script Lightning re-runs per rank) to its end and return its output.
+
+    Fails the test if it exits non-zero or runs past ``timeout`` seconds; then every process it
+    started is ended (a hung collective would otherwise wait for the backend's own timeout).
+    """
+    env = {name: value for name, value in os.environ.items() if name not in _RANK_VARIABLES}  # each launch picks a free port
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)  # until every process holding the pipe has ended
+    except subprocess.TimeoutExpired:
+        # torchrun ends its workers (each in its own session) within its 30 s grace; Lightning's ranks share this group
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=45)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc.pid, signal.SIGKILL)
+            out = ""
+        pytest.fail(f"{' '.join(cmd)} did not end within {timeout} s:\n{out[-6000:]}")
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited with {proc.returncode}:\n{out[-6000:]}")
+    return out

@@ -62,7 +62,11 @@ class CurriculumCallback(TrainerCallback):
       micro-batch in the new phase. Where a change must be exact at every step, change the batch
       in ``prepare_inputs(inputs, params) -> inputs``: it runs on each training micro-batch's
       inputs right before the model's forward (a model that takes ``num_items_in_batch`` gets the
-      count the Trainer made before it). Under DDP the step's loss is averaged over processes.
+      count the Trainer made before it).
+    - **Several processes** (DDP): every rank passes the same ``loss``, the mean over ranks that the
+      Trainer logs (with ``num_items_in_batch`` counted over every rank, as
+      ``average_tokens_across_devices`` does by default, the per-token mean of the step), so all
+      ranks take the same transitions at the same step.
     """
 
     def __init__(self, engine: CurriculumEngine, *, prepare_inputs: Callable[[dict, PhaseParams], dict] | None = None) -> None:
@@ -99,10 +103,10 @@ class CurriculumCallback(TrainerCallback):
         if loss is None:
             self._missing_loss = True
             return
-        self._losses.append(loss.detach())
+        self._losses.append(loss.detach().clone())  # not a view: the Trainer may scale the loss in place (DDP)
         self._scaled = "num_items_in_batch" in kwargs
 
-    def _step_loss(self, step: int) -> float:
+    def _step_loss(self, step: int, args: Any) -> float:
         losses, self._losses = self._losses, []
         if self._missing_loss or not losses:
             self._missing_loss = False
@@ -111,12 +115,18 @@ class CurriculumCallback(TrainerCallback):
                 "its loss as output['loss'] or output.loss (pass labels in the batch); a loss computed outside the "
                 "model (compute_loss_func, a compute_loss override) is not seen by the callback"
             )
-        total = torch.zeros((), dtype=torch.float32, device=losses[0].device)  # the Trainer's tr_loss
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        world = torch.distributed.get_world_size() if distributed else 1
+        total = torch.zeros((), dtype=torch.float32, device=losses[0].device)  # this rank's tr_loss in the Trainer
         for loss in losses:  # as the Trainer adds its tr_loss_step: each micro-batch's loss / their count
             total += (loss if self._scaled else loss / len(losses)).mean()
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-            torch.distributed.all_reduce(total)  # every rank must see the same loss to take the same transition
-            total /= torch.distributed.get_world_size()
+        if self._scaled and getattr(args, "average_tokens_across_devices", False):
+            # num_items_in_batch counted the tokens of every rank: the Trainer multiplies the loss by the
+            # number of processes (after the forward), so that the mean over ranks is the mean per token
+            total *= world
+        if world > 1:  # every rank must see the same loss to take the same transition: the mean the Trainer logs
+            torch.distributed.all_reduce(total)
+            total /= world
         return total.item()
 
     # -- the Trainer's events ------------------------------------------------------------------
@@ -153,7 +163,7 @@ class CurriculumCallback(TrainerCallback):
         self._step_lr = float(optimizer.param_groups[0]["lr"]) if optimizer is not None else None
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        loss = self._step_loss(state.global_step)
+        loss = self._step_loss(state.global_step, args)
         self.engine.step_end(loss=loss, **({"lr": self._step_lr} if self._step_lr is not None else {}))
         if control.should_save or control.should_evaluate:  # set by the Trainer's flow callback, which runs first
             self._stash(state)

@@ -1,0 +1,119 @@
+"""One rank of the 2-process Hugging Face Trainer runs that tests/test_integrations_hf.py launches.
+
+    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/ddp_hf.py OUT_DIR
+
+gloo on CPU. Each rank's data differ: rank 0's labels are a function of the tokens (learnable),
+rank 1's are noise, so the ranks' losses part at once. Three runs, one after the other, each of 12
+optimizer steps (64 windows, 4 per micro-batch, 2 micro-batches a step): ``mean``, a model that
+averages its own loss (the Trainer divides it by the accumulation), and ``tokens``, one that
+divides its loss sum by the Trainer's ``num_items_in_batch`` (as Hugging Face language models do),
+each with ``logging_steps=1``; then ``quiet``, the second with ``logging_steps=5``. DDP's
+``find_unused_parameters`` is off in the first two (the forward's loss tensor reaches the Trainer
+as it is) and on in the third (DDP hands the Trainer another tensor). Each rank writes ``OUT_DIR/<run>.rank<R>.json``: the losses
+its engine saw, its own per-step (loss sum, token count) of each micro-batch, the losses the Trainer
+logged and the engine's history.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from engine import Curriculum, CurriculumEngine, Phase, Point, Transition
+from engine.integrations.hf import CurriculumCallback
+from policies import MetricBelow
+
+VOCAB, LENGTH, WINDOWS = 16, 12, 64
+THRESHOLD = 2.35  # the mean over ranks crosses it at step 5, rank 0's own loss at step 3; rank 1's never does
+
+
+class TinyLM(nn.Module):
+    """Embedding and a linear head; its loss is the mean token cross-entropy. Records each training forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.head = nn.Embedding(VOCAB, 8), nn.Linear(8, VOCAB)
+        self.seen: list[tuple[float, int]] = []  # this step's micro-batches: (loss sum, tokens)
+
+    def forward(self, input_ids, labels=None):
+        logits = self.head(self.emb(input_ids))  # (B, T, V)
+        total = nn.functional.cross_entropy(logits.reshape(-1, VOCAB), labels.reshape(-1), reduction="sum")
+        if self.training:
+            self.seen.append((total.item(), labels.numel()))
+        return {"loss": total / labels.numel(), "logits": logits}
+
+
+class TokenCountLM(TinyLM):
+    """Divides its loss sum by the Trainer's ``num_items_in_batch`` (the step's tokens over all ranks)."""
+
+    def forward(self, input_ids, labels=None, num_items_in_batch=None, **kwargs):
+        out = super().forward(input_ids, labels)
+        if num_items_in_batch is not None:
+            out["loss"] = out["loss"] * labels.numel() / num_items_in_batch
+        return out
+
+
+class RankWindows(torch.utils.data.Dataset):
+    """Rank 0: labels = (3 x + 1) mod V, learnable; rank 1: labels drawn at random, noise."""
+
+    def __len__(self) -> int:
+        return WINDOWS
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        x = torch.randint(0, VOCAB, (LENGTH,), generator=g)
+        noise = torch.distributed.get_rank() == 1
+        return {"input_ids": x, "labels": torch.randint(0, VOCAB, (LENGTH,), generator=g) if noise else (x * 3 + 1) % VOCAB}
+
+
+class PerStep(TrainerCallback):
+    """Cuts the model's record of micro-batches at each optimizer step."""
+
+    def __init__(self) -> None:
+        self.steps: list[list[tuple[float, int]]] = []
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.steps.append(model.seen)
+        model.seen = []
+
+
+def run(out: Path, name: str, model: TinyLM, logging_steps: int, find_unused_parameters: bool) -> None:
+    curriculum = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [MetricBelow("loss", THRESHOLD)], when=Point.STEP_END)])
+    engine = CurriculumEngine(curriculum)
+    seen, step_end = [], engine.step_end
+
+    def spy(loss, **metrics):
+        seen.append(loss)
+        return step_end(loss=loss, **metrics)
+
+    engine.step_end = spy
+    per_step = PerStep()
+    args = TrainingArguments(
+        output_dir=str(out / name), per_device_train_batch_size=4, gradient_accumulation_steps=2, num_train_epochs=3,
+        learning_rate=0.1, lr_scheduler_type="constant", logging_steps=logging_steps, save_strategy="no",
+        eval_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True, ddp_backend="gloo", ddp_timeout=120,
+        ddp_find_unused_parameters=find_unused_parameters,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=RankWindows(), callbacks=[CurriculumCallback(engine), per_step])
+    trainer.train()
+    rank = torch.distributed.get_rank()
+    record = {
+        "engine": seen,
+        "own": per_step.steps,
+        "logged": [h["loss"] for h in trainer.state.log_history if "loss" in h and "step" in h],
+        "history": [{k: v for k, v in r.items() if k != "wall_time"} for r in engine.history.to_dicts()],
+    }
+    (out / f"{name}.rank{rank}.json").write_text(json.dumps(record))
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1])
+    run(out, "mean", TinyLM(), logging_steps=1, find_unused_parameters=False)
+    run(out, "tokens", TokenCountLM(), logging_steps=1, find_unused_parameters=False)
+    run(out, "quiet", TokenCountLM(), logging_steps=5, find_unused_parameters=True)
