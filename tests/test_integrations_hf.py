@@ -120,7 +120,8 @@ def test_one_step_end_per_optimizer_step_with_the_loss_the_trainer_logs(full):
     steps = [c for c in calls if c[0] == "step"]
     assert [c[1] for c in steps] == list(range(1, STEPS + 1)) and engine.clock.global_step == trainer.state.global_step == STEPS
     logged = [h["loss"] for h in trainer.state.log_history if "loss" in h and "step" in h]
-    assert [c[2] for c in steps] == logged
+    losses = [c[2] for c in steps]
+    assert logged in (losses, [round(x, 4) for x in losses])  # transformers 4.x logs it rounded to 4 decimals
 
 
 def test_the_loss_does_not_depend_on_logging_steps(full, tmp_path):

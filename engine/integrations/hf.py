@@ -45,7 +45,8 @@ class CurriculumCallback(TrainerCallback):
       ``on_train_begin``, then starts the engine (fresh run) or restores it (resumed run).
     - **One ``step_end`` per optimizer step** (gradient accumulation counts once), with
       ``loss`` = that step's training loss, exactly the number the Trainer logs for the step with
-      ``logging_steps=1`` (whatever ``logging_steps`` is), and ``lr`` = the LR the step ran at.
+      ``logging_steps=1`` (whatever ``logging_steps`` is; transformers 4.x logs it rounded to 4
+      decimals), and ``lr`` = the LR the step ran at.
       The loss is read from the ``loss`` the model's forward returns for each training
       micro-batch, combined as the Trainer combines them.
     - **One ``epoch_end`` per completed epoch**, with the evaluation metrics when the Trainer
