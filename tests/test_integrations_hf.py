@@ -275,7 +275,8 @@ def test_under_ddp_every_rank_feeds_the_mean_over_ranks(ddp, name):
 def test_under_ddp_the_engine_sees_the_loss_the_trainer_logs(ddp, name):
     """With logging_steps=1 both ranks' engines see exactly the loss the Trainer logs (its mean over ranks)."""
     for record in ddp[name]:
-        assert record["engine"] == record["logged"] and len(record["logged"]) == 12
+        engine, logged = record["engine"], record["logged"]
+        assert len(logged) == 12 and logged in (engine, [round(x, 4) for x in engine])  # 4.x logs 4 decimals
 
 
 def test_under_ddp_the_loss_does_not_depend_on_logging_steps(ddp):
