@@ -14,34 +14,29 @@ import torch.multiprocessing as mp
 from runs.checkpoint import load_checkpoint
 from runs.cli import main
 from tests.test_cli import REPO, TINY, assert_same_run
+from tests.utils import launch
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "runs.cli"]
 
 
-def torchrun(tmp, name, *extra):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(
-        [*TORCHRUN, "train", *extra, "--ckpt", str(tmp / f"{name}.pt")],
-        cwd=REPO, capture_output=True, text=True, env=env, timeout=300,
-    )
-    return proc.returncode, proc.stdout + proc.stderr
+def torchrun(tmp, name, *extra) -> str:
+    """`chunklm train` under torchrun with 2 processes; its output. Fails the test on a non-zero exit,
+    or after 300 s, ending every process it started."""
+    return launch([*TORCHRUN, "train", *extra, "--ckpt", str(tmp / f"{name}.pt")], timeout=300)
 
 
 def test_two_processes_raise_together_and_resume_exactly(tmp_path):
     """A 2-process gloo run raises on both ranks at once; stopped and resumed it equals the uninterrupted run."""
-    rc, out = torchrun(tmp_path, "whole", *TINY, "--batch-size", "1", "--epochs", "3")
-    assert rc == 0, out
+    out = torchrun(tmp_path, "whole", *TINY, "--batch-size", "1", "--epochs", "3")
     assert "global batch = 1 x 2 accum x 2 processes = 4 windows/step" in out
     assert out.count("Epoch 0 avg_loss=") == 1  # rank 0 alone prints
     assert "Epoch 1 🚀 CUTOFF RAISED: 4 -> 8" in out
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
         "whole.epochs.csv", "whole.history.json", "whole.pt", "whole.steps.csv"]
-    rc, out = torchrun(tmp_path, "split", *TINY, "--batch-size", "1", "--epochs", "3", "--stop-after", "8")
-    assert rc == 0, out
+    out = torchrun(tmp_path, "split", *TINY, "--batch-size", "1", "--epochs", "3", "--stop-after", "8")
     split = shlex.quote(str(tmp_path / "split.pt"))  # the same launch, not a single-process command
     assert f"resume with: torchrun --standalone --nproc_per_node=2 --no-python chunklm train --ckpt {split} --resume" in out
-    rc, out = torchrun(tmp_path, "split", "--resume")
-    assert rc == 0, out
+    out = torchrun(tmp_path, "split", "--resume")
     history = assert_same_run(tmp_path, "whole", "split")
     assert [r.dest for r in history] == ["cutoff_4", "cutoff_8", "cutoff_16", "full"]
     assert len(load_checkpoint(tmp_path / "split.pt").rng_per_rank) == 2
