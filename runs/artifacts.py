@@ -156,6 +156,18 @@ class RunFiles:
     def existing(self) -> list[Path]:
         return [p for p in (*self.written, self.plot) if p.exists()]
 
+    def metrics(self, global_step: int, epoch: int) -> dict[str, tuple[Path, list[str], str, int]]:
+        """The metrics files: name -> (path, fields, key, the last key a checkpoint at this clock covers)."""
+        return {"steps": (self.steps, STEP_FIELDS, "step", global_step), "epochs": (self.epochs, EPOCH_FIELDS, "epoch", epoch - 1)}
+
+    def stale_metrics(self, digests: dict[str, str] | None, global_step: int, epoch: int) -> list[Path]:
+        """The metrics files that do not hold, up to a checkpoint at this clock, the rows whose
+        ``digests`` it recorded (none when it recorded none: written before checkpoints did)."""
+        if digests is None:
+            return []
+        return [path for name, (path, fields, key, upto) in self.metrics(global_step, epoch).items()
+                if name in digests and not metrics_match(path, fields, key, upto, digests[name])]
+
     def write_history(self, history: History) -> None:
         text = history.to_json().encode()
         atomic_write(self.history, lambda f: f.write(text))

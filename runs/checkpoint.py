@@ -136,11 +136,12 @@ class Checkpoint:
                    metrics=metrics)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Checkpoint":
-        return cls.from_dict(read_file(path), path)
+    def load(cls, path: str | os.PathLike, mmap: bool = False) -> "Checkpoint":
+        """``mmap``: map the tensors instead of reading them (for a look at the rest: cheap at any size)."""
+        return cls.from_dict(read_file(path, mmap), path)
 
 
-def read_file(path: str | os.PathLike) -> Any:
+def read_file(path: str | os.PathLike, mmap: bool = False) -> Any:
     """``torch.load(weights_only=True)`` with errors that say what is wrong: never runs code."""
     import torch
 
@@ -150,7 +151,7 @@ def read_file(path: str | os.PathLike) -> Any:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; check the path")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         if "weights only" not in str(exc).lower():
             raise _corrupt(path, exc) from None
@@ -181,6 +182,24 @@ def _corrupt(path: Path, exc: BaseException) -> CheckpointError:
     )
 
 
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> Checkpoint:
     """Read and check a checkpoint (``Checkpoint.load``)."""
-    return Checkpoint.load(path)
+    return Checkpoint.load(path, mmap)
+
+
+def stale_metrics_warning(files) -> str | None:
+    """For the commands that read a run's files: a warning when its metrics CSVs are not the ones
+    its checkpoint was saved with (see :meth:`~runs.artifacts.RunFiles.stale_metrics`); None when
+    they are, or when there is no readable checkpoint to compare with."""
+    if not files.ckpt.is_file():
+        return None
+    try:
+        saved = Checkpoint.load(files.ckpt, mmap=True)
+    except CheckpointError:
+        return None
+    wrong = files.stale_metrics(saved.metrics, saved.global_step, saved.epoch)
+    if not wrong:
+        return None
+    return (f"{' and '.join(p.name for p in wrong)} {'do' if len(wrong) > 1 else 'does'} not hold the metrics {files.ckpt.name} "
+            "was saved with (an interrupted first save of a run started with --overwrite, or an edit); "
+            f"`chunklm train --ckpt {files.ckpt} --resume` says how to repair it")

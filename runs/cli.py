@@ -110,6 +110,15 @@ def _replay(args: argparse.Namespace) -> int:
     return run_replay(args)
 
 
+def _warn_if_stale(files) -> None:
+    """After a command that read the run's files: say so if its CSVs are not its checkpoint's."""
+    from runs.checkpoint import stale_metrics_warning
+
+    warning = stale_metrics_warning(files)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
 def _history(args: argparse.Namespace) -> int:
     from runs.artifacts import resolve_run
 
@@ -119,6 +128,7 @@ def _history(args: argparse.Namespace) -> int:
     history = files.read_history()
     text = {"table": history.table, "json": history.to_json, "csv": history.to_csv}[args.format]()
     print(text.rstrip("\n"))
+    _warn_if_stale(files)
     return 0
 
 
@@ -137,6 +147,7 @@ def _plot(args: argparse.Namespace) -> int:
     if not out.suffix:
         out = out.with_suffix(".png")
     print(f"wrote {plot_run(files, out)}")
+    _warn_if_stale(files)
     return 0
 
 

@@ -72,7 +72,7 @@ def recorded_settings(ckpt: Path) -> dict[str, Any]:
     from runs.checkpoint import CheckpointError, load_checkpoint
 
     try:
-        settings = load_checkpoint(ckpt).settings.to_dict()
+        settings = load_checkpoint(ckpt, mmap=True).settings.to_dict()
     except CheckpointError as exc:
         raise ReplayError(f"{exc}; replay reads the run's settings from it") from None
     settings.setdefault("plateau_test", "relative")
@@ -228,6 +228,11 @@ def run_replay(args: argparse.Namespace) -> int:
         if not path.exists():
             raise ReplayError(f"no {what} at {path}; replay needs a run written by chunklm train")
     base = recorded_settings(files.ckpt)
+    from runs.checkpoint import stale_metrics_warning
+
+    stale = stale_metrics_warning(files)
+    if stale:
+        raise ReplayError(f"{stale}; replay needs the metrics of the run that made the checkpoint")
     steps_rows = read_csv(files.steps)
     stream = load_stream(steps_rows, read_csv(files.epochs))
     rounded = any(f"{float(row['loss']):.6g}" == row["loss"] for row in steps_rows)  # rows the first release wrote

@@ -24,7 +24,7 @@ from typing import Any
 
 import attrs
 
-from runs.artifacts import EPOCH_FIELDS, STEP_FIELDS, MetricsWriter, RunFiles, RunLock, metrics_match, remove_stale_temps
+from runs.artifacts import MetricsWriter, RunFiles, RunLock, remove_stale_temps
 from runs.checkpoint import Checkpoint, CheckpointError
 from runs.console import Console, Reporter
 from runs.distributed import Distributed, resume_command
@@ -68,17 +68,9 @@ def check_paths(files: RunFiles, resume: bool, overwrite: bool) -> None:
         )
 
 
-def metrics_files(files: RunFiles, global_step: int, epoch: int) -> dict[str, tuple[Path, list[str], str, int]]:
-    """The run's metrics files: name -> (path, fields, key, the last key a checkpoint at this clock covers)."""
-    return {"steps": (files.steps, STEP_FIELDS, "step", global_step), "epochs": (files.epochs, EPOCH_FIELDS, "epoch", epoch - 1)}
-
-
 def check_metrics(files: RunFiles, saved: Checkpoint) -> None:
     """On resume: each metrics file holds, up to the checkpoint, the rows the checkpoint recorded (or is absent)."""
-    if saved.metrics is None:  # written before checkpoints recorded them
-        return
-    wrong = [path for name, (path, fields, key, upto) in metrics_files(files, saved.global_step, saved.epoch).items()
-             if name in saved.metrics and not metrics_match(path, fields, key, upto, saved.metrics[name])]
+    wrong = files.stale_metrics(saved.metrics, saved.global_step, saved.epoch)
     if wrong:
         names = " and ".join(p.name for p in wrong)
         raise UsageError(
@@ -142,7 +134,7 @@ class StopSignals:
 class Saver:
     """``save(reason)`` for :meth:`Trainer.fit`: every rank calls it at the same step; rank 0 writes.
 
-    ``writers``: name -> :class:`MetricsWriter` on rank 0 (see :func:`metrics_files`). ``replace_old``:
+    ``writers``: name -> :class:`MetricsWriter` on rank 0 (see :meth:`RunFiles.metrics`). ``replace_old``:
     this is a fresh run replacing another (``--overwrite``) that has not saved yet.
     """
 
@@ -267,7 +259,7 @@ def _fit(args, trainer, settings: Settings, preset, dist: Distributed, files: Ru
     if dist.rank == 0:
         clock = trainer.clock
         writers = {name: MetricsWriter(path, fields, key, upto if saved else None, defer=args.overwrite)
-                   for name, (path, fields, key, upto) in metrics_files(files, clock.global_step, clock.epoch).items()}
+                   for name, (path, fields, key, upto) in files.metrics(clock.global_step, clock.epoch).items()}
     save = Saver(trainer, settings, preset, dist, files, writers, replace_old=args.overwrite and saved is None)
     started_at, steps_at_start = time.time(), trainer.clock.global_step
     with StopSignals(announce=dist.rank == 0) as signals:

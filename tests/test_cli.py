@@ -487,6 +487,14 @@ def test_a_crash_in_the_first_save_under_overwrite_never_mixes_two_runs(tmp_path
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert "run.steps.csv and run.epochs.csv beside" in err and "Move them aside and resume again" in err, err
     assert _snapshot(tmp_path) == before  # nothing changed
+    # the commands that read the folder say so: history and plot warn, replay refuses
+    for command in (["history", str(files.ckpt)], ["plot", str(files.ckpt), "--out", str(tmp_path / "look.png")]):
+        assert main(command) == 0
+        assert "warning: run.steps.csv and run.epochs.csv do not hold the metrics run.pt was saved with" in capsys.readouterr().err
+    assert main(["replay", str(files.ckpt)]) == 2
+    err = capsys.readouterr().err
+    assert "replay needs the metrics of the run that made the checkpoint" in err and err.count("\n") == 1, err
+    (tmp_path / "look.png").unlink()
 
     for path in (files.steps, files.epochs):
         path.rename(path.with_name(path.name + ".replaced"))
@@ -498,6 +506,9 @@ def test_a_crash_in_the_first_save_under_overwrite_never_mixes_two_runs(tmp_path
     assert resume(tmp_path, "run") == 0
     assert [int(r["step"]) for r in read_csv(files.steps)] == list(range(7, 13))  # the new run's, from the checkpoint on
     assert [int(r["epoch"]) for r in read_csv(files.epochs)] == [1]
+    capsys.readouterr()
+    assert main(["history", str(files.ckpt)]) == 0
+    assert "warning" not in capsys.readouterr().err  # repaired: the metrics are the checkpoint's again
 
 
 def test_a_resume_refuses_metrics_that_are_not_its_checkpoints(tmp_path, capsys):
