@@ -187,16 +187,10 @@ def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> Checkpoint:
     return Checkpoint.load(path, mmap)
 
 
-def stale_metrics_warning(files) -> str | None:
-    """For the commands that read a run's files: a warning when its metrics CSVs are not the ones
-    its checkpoint was saved with (see :meth:`~runs.artifacts.RunFiles.stale_metrics`); None when
-    they are, or when there is no readable checkpoint to compare with."""
-    if not files.ckpt.is_file():
-        return None
-    try:
-        saved = Checkpoint.load(files.ckpt, mmap=True)
-    except CheckpointError:
-        return None
+def stale_metrics_warning(files, saved: Checkpoint) -> str | None:
+    """For the commands that read a run's files: what to say when its metrics CSVs are not the ones
+    its checkpoint ``saved`` was saved with (see :meth:`~runs.artifacts.RunFiles.stale_metrics`); None
+    when they are."""
     wrong = files.stale_metrics(saved.metrics, saved.global_step, saved.epoch)
     if not wrong:
         return None

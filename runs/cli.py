@@ -112,9 +112,13 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _warn_if_stale(files) -> None:
     """After a command that read the run's files: say so if its CSVs are not its checkpoint's."""
-    from runs.checkpoint import stale_metrics_warning
+    from runs.checkpoint import Checkpoint, CheckpointError, stale_metrics_warning
 
-    warning = stale_metrics_warning(files)
+    try:  # the tensors mapped, not read: cheap at any size
+        saved = Checkpoint.load(files.ckpt, mmap=True) if files.ckpt.is_file() else None
+    except CheckpointError:  # nothing to compare with; these commands read the CSVs and history only
+        saved = None
+    warning = stale_metrics_warning(files, saved) if saved is not None else None
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
 

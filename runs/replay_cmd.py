@@ -69,12 +69,20 @@ def add_replay_parser(sub: Any) -> None:
 
 def recorded_settings(ckpt: Path) -> dict[str, Any]:
     """The run's settings from its checkpoint, completed with the defaults."""
+    return _settings(_checkpoint(ckpt))
+
+
+def _checkpoint(ckpt: Path):
     from runs.checkpoint import CheckpointError, load_checkpoint
 
     try:
-        settings = load_checkpoint(ckpt, mmap=True).settings.to_dict()
+        return load_checkpoint(ckpt, mmap=True)  # only its settings and clock are read
     except CheckpointError as exc:
         raise ReplayError(f"{exc}; replay reads the run's settings from it") from None
+
+
+def _settings(saved) -> dict[str, Any]:
+    settings = saved.settings.to_dict()
     settings.setdefault("plateau_test", "relative")
     settings.setdefault("plateau_alpha", None)
     return settings
@@ -227,10 +235,11 @@ def run_replay(args: argparse.Namespace) -> int:
     for path, what in ((files.steps, "step metrics"), (files.epochs, "epoch metrics"), (files.history, "transition history")):
         if not path.exists():
             raise ReplayError(f"no {what} at {path}; replay needs a run written by chunklm train")
-    base = recorded_settings(files.ckpt)
     from runs.checkpoint import stale_metrics_warning
 
-    stale = stale_metrics_warning(files)
+    saved = _checkpoint(files.ckpt)
+    base = _settings(saved)
+    stale = stale_metrics_warning(files, saved)
     if stale:
         raise ReplayError(f"{stale}; replay needs the metrics of the run that made the checkpoint")
     steps_rows = read_csv(files.steps)
