@@ -201,7 +201,15 @@ def naive_welch(values, window, threshold, mode="min"):
         return None if gain == 0 else (math.copysign(math.inf, gain), None)
     t2 = gain * gain / ((vo + vn) / n)
     dof = (n - 1) * (vo + vn) ** 2 / (vo * vo + vn * vn)
-    return math.copysign(math.sqrt(float(t2)), gain), float(dof)
+    return math.copysign(math.sqrt(to_float(t2)), gain), to_float(dof)
+
+
+def to_float(q: Fraction) -> float:
+    """``float(q)``, or +-inf where it overflows a float (variances of values near 1e-200 square to 1e-400)."""
+    try:
+        return float(q)
+    except OverflowError:
+        return math.inf if q > 0 else -math.inf
 
 
 def test_plateau_welch_repr_shows_test_and_alpha_only_when_not_default():
@@ -333,6 +341,15 @@ def test_plateau_welch_snapshot_restore_and_naive_equivalence(stream, half, thre
             feed(live, [stream[i]])
             feed(restored, [stream[i]])
 
+
+
+def test_plateau_welch_t_beyond_a_float_is_infinite():
+    """A half whose variance is ~1e-477 (values near 1e-239) makes t**2 overflow: t is -inf, as the exact value rounds."""
+    live = Plateau(window=4, threshold=0.0, test="welch")
+    stream = [0.0, 5.950857374695602e-239, 1.0, 1.0]  # found by hypothesis
+    feed(live, stream)
+    t, dof = naive_welch(stream, 4, 0.0)
+    assert live.welch()[:2] == (t, dof) and t == -math.inf
 
 # -- MinEpoch, MinSteps ---------------------------------------------------------------------------
 
