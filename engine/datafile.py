@@ -106,7 +106,7 @@ class _Entry:
 
     def usage(self) -> str:
         """``Plateau(window=50, ...)``-like text for messages."""
-        return f"{self.name}{self.signature}".replace(" -> None", "")
+        return f"{self.name}{self.signature.replace(return_annotation=inspect.Signature.empty)}"
 
 
 def _builtins() -> list[_Entry]:
