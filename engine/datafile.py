@@ -40,7 +40,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import attrs
 
@@ -484,12 +484,31 @@ def curriculum_from_dict(data: Mapping[str, Any], *, registry: Registry | None =
     (e.g. ``"train.yaml: model.curriculum"``). Raises :class:`CurriculumFileError` (a
     :class:`CurriculumError`) naming the key, what was expected and the fix.
     """
-    return _Reader(registry or default_registry, source).curriculum(data)
+    return _Reader(registry or default_registry, source).curriculum(_as_data(data))
 
 
-def load_curriculum(path: str | Path, *, registry: Registry | None = None) -> Curriculum:
-    """The curriculum in a ``.toml`` (or ``.json``) file; errors name the file, the line and the key."""
-    path = Path(path)
+def _as_data(value: Any) -> Any:
+    """Mappings as dicts and sequences as lists, nested: a Hydra/OmegaConf ``DictConfig`` or
+    ``ListConfig`` reads like the dicts and lists of JSON, without importing OmegaConf."""
+    if isinstance(value, Mapping):
+        return {k: _as_data(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes, bytearray)):
+        return [_as_data(v) for v in value]
+    return value
+
+
+def load_curriculum(source: str | Path | Mapping[str, Any], *, registry: Registry | None = None,
+                    name: str | None = None) -> Curriculum:
+    """The curriculum in a ``.toml`` (or ``.json``) file, or, for a config value that may be either a
+    path or the curriculum itself (LightningCLI, Hydra), in ``source`` when it is a mapping (``name``
+    then names it in messages, e.g. ``"config.yaml: model.curriculum"``). Errors name the file, the
+    line and the key."""
+    if isinstance(source, Mapping):
+        return curriculum_from_dict(source, registry=registry, source=name)
+    if not isinstance(source, (str, Path)):
+        raise CurriculumFileError(f"expected a path to a .toml/.json file or a table (mapping), got {_kind(source)} "
+                                  f"{_short(source)}; pass the file's path or the curriculum's data", source=name)
+    path = Path(source)
     if path.suffix not in _SUFFIXES:
         raise CurriculumFileError(f"expected a {' or '.join(_SUFFIXES)} file; for YAML, load it yourself (yaml.safe_load) "
                                   "and pass the dict to Curriculum.from_dict", source=str(path))
