@@ -126,8 +126,14 @@ def _builtins() -> list[_Entry]:
         _Entry("RestartLR", _ACTION, policies.RestartLR, policies.RestartLR),
         _Entry("SetCutoff", _ACTION, policies.SetCutoff, policies.SetCutoff, symbols=full),
     ]
-    # ResetWindow holds the very guard objects of a transition: identity a data file cannot say.
     return entries
+
+
+# Built-ins a data file cannot name, and why.
+_NOT_IN_FILES = {
+    "ResetWindow": "it holds the very guard objects of a transition, which a data file cannot point at; "
+                   "build a curriculum that uses it in code",
+}
 
 
 class Registry:
@@ -274,7 +280,7 @@ class _Reader:
         top = self.table(data, (), {"version": False, "initial": False, "phases": True, "transitions": False},
                          "version = 1, [[phases]] name = \"warm\"")
         version = top.get("version", VERSION)
-        if isinstance(version, bool) or version != VERSION:
+        if type(version) is not int or version != VERSION:
             raise self.fail(("version",), f"expected {VERSION} (the layout this release reads), got {_short(version)}; "
                             "upgrade the engine, or write the file for this version")
         initial = None if "initial" not in top else self.string(top["initial"], ("initial",), "a phase name")
@@ -369,6 +375,8 @@ class _Reader:
         return self.build(entry, args, path)
 
     def unknown(self, name: str, kind: str, entry: _Entry | None) -> str:
+        if name in _NOT_IN_FILES and entry is None:
+            return f"{name} cannot be named in a data file: {_NOT_IN_FILES[name]}"
         if entry is not None:
             where = "guards" if entry.kind == _GUARD else "actions or on_enter"
             return f"{name!r} is {'a' if entry.kind == _GUARD else 'an'} {entry.kind}, not {'a' if kind == _GUARD else 'an'} {kind}; move it to {where}"
@@ -380,14 +388,18 @@ class _Reader:
 
     def build(self, entry: _Entry, args: dict, path: tuple) -> Any:
         params = entry.signature.parameters
+        extra = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())  # **kwargs takes any other key
         for key in args:
-            if key not in params:
+            if key not in params and not extra:
                 near = difflib.get_close_matches(key, list(params), n=1)
                 raise self.fail(path + (key,), f"{entry.name} has no argument {key!r}; expected {entry.usage()}"
                                 + (f"; did you mean {near[0]!r}?" if near else ""), hint=key)
         positional: list = []
         keywords: dict = {}
         for pname, param in params.items():
+            if param.kind is inspect.Parameter.VAR_KEYWORD:
+                keywords.update({k: self.argument(entry, k, v, path + (k,)) for k, v in args.items() if k not in params})
+                continue
             if pname not in args:
                 if param.default is inspect.Parameter.empty and param.kind is not inspect.Parameter.VAR_POSITIONAL:
                     raise self.fail(path, f"missing key {pname!r} for {entry.usage()}; add it, e.g. {pname} = ...", hint=entry.name)
@@ -593,6 +605,8 @@ def _call_to_dict(obj: Any, registry: Registry, key: str, kind: str) -> dict:
     entry = registry.entry_for(obj)
     if entry is None or entry.kind != kind:
         cls = obj.__name__ if inspect.isfunction(obj) else type(obj).__name__
+        if cls in _NOT_IN_FILES and type(obj).__module__.startswith("policies"):
+            raise CurriculumError(f"{key}: {describe(obj)} cannot be written to a data file: {_NOT_IN_FILES[cls]}")
         raise CurriculumError(f"{key}: {describe(obj)} cannot be written to a data file: it is not a built-in or registered {kind}; "
                               f"register it first: engine.register_{kind}({cls})")
     out: dict[str, Any] = {"type": entry.name}
@@ -600,6 +614,8 @@ def _call_to_dict(obj: Any, registry: Registry, key: str, kind: str) -> dict:
         return out
     given = entry.read(obj) if entry.read is not None else None
     for pname, param in entry.signature.parameters.items():
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            continue  # not readable back: the round-trip check below says so if it mattered
         if given is not None:
             if pname not in given:
                 continue

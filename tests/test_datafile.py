@@ -15,7 +15,7 @@ import policies
 from engine import Curriculum, CurriculumEngine, CurriculumError, CurriculumFileError, Phase, Point, Registry, Transition
 from engine import load_curriculum, save_curriculum, to_toml
 from policies import (
-    Cooldown, MaxVisits, MetricAbove, MetricBelow, MinEpoch, MinSteps, Plateau, RestartLR, SetCutoff, WorseThanBest,
+    Cooldown, MaxVisits, MetricAbove, MetricBelow, MinEpoch, MinSteps, Plateau, ResetWindow, RestartLR, SetCutoff, WorseThanBest,
     all_of, any_of, not_, spectral_curriculum,
 )
 from tests.utils import CountBelow, FakeModel
@@ -145,6 +145,19 @@ def test_a_users_class_is_named_only_once_registered():
         reg.register_action(CountBelow, name="other")
 
 
+def test_reset_window_is_refused_both_ways_with_the_reason():
+    """ResetWindow points at guard objects, which data cannot: reading and writing it say so."""
+    plateau = Plateau(window=4)
+    code = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [plateau], [ResetWindow(plateau)])])
+    with pytest.raises(CurriculumError, match=r"transitions\[0\]\.actions\[0\]: ResetWindow\(Plateau\(window=4, threshold=0.005\)\) cannot "
+                       "be written to a data file: it holds the very guard objects"):
+        code.to_dict()
+    data = {"phases": [{"name": "a"}, {"name": "b"}],
+            "transitions": [{"source": "a", "dest": "b", "guards": [{"type": "MaxVisits", "n": 2}], "actions": ["ResetWindow"]}]}
+    with pytest.raises(CurriculumFileError, match=r"actions\[0\]\.type: ResetWindow cannot be named in a data file"):
+        Curriculum.from_dict(data)
+
+
 def test_a_plain_function_guard_is_used_as_it_is():
     """A registered function is the guard itself (no arguments), with the fingerprint of the code that names it."""
     reg = Registry()
@@ -262,3 +275,29 @@ def test_the_toml_writer_round_trips_any_params(params):
         assert got == (tuple(value) if isinstance(value, list) else value)
         if isinstance(value, float):
             assert math.copysign(1, got) == math.copysign(1, value)
+
+
+class Tagged:
+    """A user's guard taking **options."""
+
+    def __init__(self, n: int, **options) -> None:
+        self.n, self.options = n, options
+
+    def __call__(self, ctx) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return f"Tagged({self.n}, {', '.join(f'{k}={v!r}' for k, v in sorted(self.options.items()))})"
+
+
+def test_config_mappings_and_keyword_arguments_are_read():
+    """Mappings and sequences that are not dict/list (as Hydra's DictConfig/ListConfig) read as data; **options take other keys."""
+    from collections import UserList
+    from types import MappingProxyType
+
+    reg = Registry()
+    reg.register_guard(Tagged)
+    data = MappingProxyType({"phases": UserList([MappingProxyType({"name": "a"}), {"name": "b"}]),
+                             "transitions": [{"source": "a", "dest": "b", "guards": [{"type": "Tagged", "n": 1, "colour": "red"}]}]})
+    curriculum = Curriculum.from_dict(data, registry=reg)
+    assert repr(curriculum.transitions[0].guards[0]) == "Tagged(1, colour='red')"
