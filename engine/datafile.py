@@ -539,7 +539,7 @@ def load_curriculum(source: str | Path | Mapping[str, Any], *, registry: Registr
             raise CurriculumFileError(f"not valid JSON: {exc.msg} (column {exc.colno}); fix the syntax",
                                       source=str(path), line=exc.lineno) from None
         return _Reader(registry or default_registry, str(path)).curriculum(data)
-    if _toml is None:  # pragma: no cover - Python 3.10 without tomli
+    if _toml is None:  # Python 3.10 without tomli
         raise CurriculumFileError("reading TOML on Python 3.10 needs the tomli package: pip install tomli "
                                   "(Python 3.11+ has tomllib built in)", source=str(path))
     try:

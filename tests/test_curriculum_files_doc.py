@@ -67,8 +67,8 @@ def test_the_registration_example_names_the_users_guard(monkeypatch):
 @pytest.mark.parametrize("config", ["lightning-cli-yaml", "lightning-cli-inline-yaml"])
 def test_the_lightning_configs_train_the_curriculum(workdir, config):
     """The YAML configs, read as LightningCLI hands them to the module and the Trainer, fire both transitions."""
-    import lightning.pytorch as pl
-    import yaml
+    pl = pytest.importorskip("lightning.pytorch")  # the optional extra
+    yaml = pytest.importorskip("yaml")
 
     cfg = yaml.safe_load(block(config))
     model = module_namespace()["Regressor"](**cfg["model"])
@@ -80,6 +80,7 @@ def test_the_lightning_configs_train_the_curriculum(workdir, config):
 @LIGHTNING_WARNINGS
 def test_lightning_cli_runs_the_config(workdir):
     """LightningCLI itself parses the config and trains with the file's curriculum (needs jsonargparse)."""
+    pytest.importorskip("lightning")
     pytest.importorskip("jsonargparse")
     from lightning.pytorch.cli import LightningCLI
 
@@ -92,7 +93,7 @@ def test_lightning_cli_runs_the_config(workdir):
 
 def test_the_hydra_config_value_loads(workdir):
     """Hydra's config as it reads it (a path, or the curriculum as a table) gives the file's curriculum."""
-    import yaml
+    yaml = pytest.importorskip("yaml")
 
     cfg = yaml.safe_load(block("hydra-yaml"))
     assert load_curriculum(cfg["curriculum"]).fingerprint() == code_curriculum().fingerprint()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,11 @@ from policies import (
     all_of, any_of, not_, spectral_curriculum,
 )
 from tests.utils import CountBelow, FakeModel
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the backport the engine depends on there
+    import tomli as tomllib
 
 SHIPPED = Path(policies.__file__).parent / "curricula" / "spectral.toml"
 
@@ -301,3 +305,14 @@ def test_config_mappings_and_keyword_arguments_are_read():
                              "transitions": [{"source": "a", "dest": "b", "guards": [{"type": "Tagged", "n": 1, "colour": "red"}]}]})
     curriculum = Curriculum.from_dict(data, registry=reg)
     assert repr(curriculum.transitions[0].guards[0]) == "Tagged(1, colour='red')"
+
+
+def test_without_a_toml_reader_the_error_says_what_to_install(tmp_path, monkeypatch):
+    """Python 3.10 without tomli: one line naming the package; JSON files still load."""
+    import engine.datafile
+
+    monkeypatch.setattr(engine.datafile, "_toml", None)
+    path = save_curriculum(spectral_curriculum(), tmp_path / "c.toml")
+    with pytest.raises(CurriculumFileError, match=r"c.toml: reading TOML on Python 3.10 needs the tomli package: pip install tomli"):
+        load_curriculum(path)
+    assert load_curriculum(save_curriculum(spectral_curriculum(), tmp_path / "c.json")).fingerprint() == spectral_curriculum().fingerprint()
