@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--stop-after", dest="stop_after", type=_POSITIVE, default=None, help="stop cleanly after N optimizer steps (checkpoint, exit 0)")
     o.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1...")
     o.add_argument("--plot", action="store_true", help="write the run's PNG plot at the end")
+    o.add_argument("--curriculum", metavar="FILE", default=None,
+                   help="train with the curriculum in this .toml/.json file instead of the one the curriculum flags build "
+                        "(docs/curriculum-files.md); pass it again on --resume")
 
     h = sub.add_parser("history", help="the transitions of a run, with their evidence")
     h.add_argument("run", help="run directory or checkpoint")
@@ -68,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("run", help="run directory or checkpoint")
     pl.add_argument("--out", default=None, help="image path, or a folder (default: beside the checkpoint)")
 
-    d = sub.add_parser("diagram", help="Mermaid or DOT text of the curriculum these flags make")
+    d = sub.add_parser("diagram", help="Mermaid or DOT text of the curriculum these flags make, or of a curriculum file")
+    d.add_argument("file", nargs="?", default=None, help="a curriculum .toml/.json file to draw instead (docs/curriculum-files.md)")
     add_flags(d)
     d.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
     d.add_argument("--run", default=None, help="a run whose settings and current phase to show")
@@ -161,6 +165,12 @@ def _diagram(args: argparse.Namespace) -> int:
     from runs.settings import Settings
 
     explicit = explicit_settings(args)
+    if args.file is not None:  # a curriculum file (runs/curriculum_file.py)
+        from runs.curriculum_file import diagram_of_file
+
+        curriculum, current = diagram_of_file(args, explicit)
+        print((to_mermaid if args.format == "mermaid" else to_dot)(curriculum, current=current).rstrip("\n"))
+        return 0
     current = None
     if args.run:
         from runs.artifacts import resolve_run

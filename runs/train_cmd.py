@@ -227,9 +227,12 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
         check_data(settings.data)
         config = settings.to_config()
         config = attrs.evolve(config, compile=compile_default(dist.device) if settings.compile is None else settings.compile)
+        from runs.curriculum_file import curriculum_for_run
+
+        curriculum = curriculum_for_run(args, config, saved, files.ckpt)  # --curriculum FILE; None: the settings' own
         corpus = build_corpus(config)
         trainer = Trainer(config, device=dist.device, corpus=corpus, rank=dist.rank, world_size=dist.world_size,
-                          all_reduce_mean=dist.reduce_mean if dist.active else None, wrap_model=dist.wrap)
+                          all_reduce_mean=dist.reduce_mean if dist.active else None, wrap_model=dist.wrap, curriculum=curriculum)
         try:
             if saved is not None:
                 _restore(trainer, saved, dist.rank, files.ckpt)
@@ -240,7 +243,7 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
                 if saved is not None and saved.engine_phase is not None:
                     files.write_history(trainer.engine.history)  # the checkpoint's own: a save cut short after it left an older one
             console = Console(enabled=dist.rank == 0)
-            _print_header(console, trainer, corpus, dist, preset, saved, files.ckpt)
+            _print_header(console, trainer, corpus, dist, preset, saved, files.ckpt, getattr(args, "curriculum", None))
             if trainer.done:
                 console.line(f"the run already finished its {config.epochs} epochs; to train longer, resume with --epochs N "
                              f"(N > {config.epochs}: the last LR stage stretches to the new end)")
@@ -297,7 +300,8 @@ def _fit(args, trainer, settings: Settings, preset, dist: Distributed, files: Ru
     return 0
 
 
-def _print_header(console: Console, trainer, corpus, dist: Distributed, preset, saved: Checkpoint | None, ckpt: Path) -> None:
+def _print_header(console: Console, trainer, corpus, dist: Distributed, preset, saved: Checkpoint | None, ckpt: Path,
+                  curriculum_file: str | None = None) -> None:
     import torch
 
     config, m = trainer.config, trainer.config.model
@@ -311,9 +315,12 @@ def _print_header(console: Console, trainer, corpus, dist: Distributed, preset, 
         f"global batch = {config.batch_size} x {config.accum_steps} accum x {dist.world_size} process"
         f"{'es' if dist.world_size > 1 else ''} = {config.batch_size * config.accum_steps * dist.world_size} windows/step"
     )
-    console.line(f"curriculum: cutoffs {', '.join(map(str, config.cutoffs))} then full of {trainer.model.n_bins} bins; "
-                 f"min epochs {', '.join(map(str, config.min_epochs))}; plateau window {config.plateau_window}, threshold {config.plateau_threshold}"
-                 + (f", Welch test at alpha {config.plateau_alpha or 0.05}" if config.plateau_test == "welch" else ""))
+    if curriculum_file is not None:
+        console.line(f"curriculum: {curriculum_file} (phases {' -> '.join(p.name for p in trainer.curriculum.phases)})")
+    else:
+        console.line(f"curriculum: cutoffs {', '.join(map(str, config.cutoffs))} then full of {trainer.model.n_bins} bins; "
+                     f"min epochs {', '.join(map(str, config.min_epochs))}; plateau window {config.plateau_window}, threshold {config.plateau_threshold}"
+                     + (f", Welch test at alpha {config.plateau_alpha or 0.05}" if config.plateau_test == "welch" else ""))
     if saved is None:
         return
     if saved.num_threads is not None and saved.num_threads != torch.get_num_threads():
