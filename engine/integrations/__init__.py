@@ -66,6 +66,12 @@ def check_engine(engine: Any, where: str) -> CurriculumEngine:
     return engine
 
 
+def check_flag(value: Any, name: str = "allow_fingerprint_mismatch") -> bool:
+    if not isinstance(value, bool):
+        raise CurriculumError(f"CurriculumCallback: {name!r} must be a bool, got {value!r}; e.g. {name}=True")
+    return value
+
+
 def bind(engine: CurriculumEngine, **objects: Any) -> None:
     """Register the framework's objects (the one place an integration registers anything)."""
     engine.bind(**{name: obj for name, obj in objects.items() if obj is not None})
