@@ -21,35 +21,11 @@ from engine import Curriculum, CurriculumEngine, CurriculumError, Phase, Point, 
 from engine.integrations.hf import STATE_KEY, CurriculumCallback
 from policies import MetricBelow, MinEpoch, MinSteps, RestartLR, StagedCosine, all_of
 from tests.ddp_hf import THRESHOLD as DDP_THRESHOLD
-from tests.utils import launch
+from tests.utils import TinyLM, Windows, launch
 
-VOCAB, LENGTH, WINDOWS = 16, 12, 24
 STEPS = 9
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
-
-
-class TinyLM(nn.Module):
-    """Embedding and a linear head; returns its loss the way Hugging Face models do."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.emb, self.head = nn.Embedding(VOCAB, 8), nn.Linear(8, VOCAB)
-
-    def forward(self, input_ids, labels=None):
-        logits = self.head(self.emb(input_ids))  # (B, T, V)
-        loss = nn.functional.cross_entropy(logits.reshape(-1, VOCAB), labels.reshape(-1))
-        return {"loss": loss, "logits": logits}
-
-
-class Windows(torch.utils.data.Dataset):
-    def __len__(self) -> int:
-        return WINDOWS
-
-    def __getitem__(self, i):
-        x = torch.randint(0, VOCAB, (LENGTH,), generator=torch.Generator().manual_seed(i))
-        return {"input_ids": x, "labels": (x * 3 + 1) % VOCAB}
 
 
 def crop(inputs, params):
@@ -84,12 +60,12 @@ def spy(engine: CurriculumEngine) -> list:
     return calls
 
 
-def train(out: Path, resume=None, logging_steps=1, collator=None, prepare_inputs=crop, more_callbacks=()):
+def train(out: Path, resume=None, logging_steps=1, collator=None, prepare_inputs=crop, more_callbacks=(), model_cls=None):
     """One run of 3 epochs, a checkpoint every 2 steps; returns (engine, calls, trainer)."""
     engine = CurriculumEngine(curriculum())
     calls = spy(engine)
     callback = CurriculumCallback(engine, prepare_inputs=prepare_inputs)
-    model = TinyLM()
+    model = (model_cls or TinyLM)()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     sched = StagedCosine(opt, base_lr=1e-2, total_steps=STEPS, stages=((0, 1.0, 0.1),), stages_in="steps")
     args = TrainingArguments(
@@ -154,6 +130,37 @@ def test_prepare_inputs_sees_each_micro_batch_in_its_phase(tmp_path):
 
     train(tmp_path, prepare_inputs=record)
     assert seen == [6] * 8 + [12] * 4 + [8] * 6
+
+
+class TokenCountLM(TinyLM):
+    """Divides its loss sum by the Trainer's num_items_in_batch, as Hugging Face language models do."""
+
+    def forward(self, input_ids, labels=None, num_items_in_batch=None, **kwargs):
+        out = super().forward(input_ids, labels)
+        if num_items_in_batch is not None:
+            out["loss"] = out["loss"] * labels.numel() / num_items_in_batch
+        return out
+
+
+def true_losses(seen, per_step=2) -> list[float]:
+    """Each optimizer step's mean token loss over the labels the model saw (2 micro-batches a step)."""
+    steps = [seen[i:i + per_step] for i in range(0, len(seen), per_step)]
+    return [sum(t for t, _ in step) / sum(n for _, n in step) for step in steps]
+
+
+def test_with_num_items_in_batch_the_loss_is_the_mean_over_the_labels_prepare_inputs_kept(tmp_path):
+    """The Trainer counts num_items_in_batch before prepare_inputs crops: the callback renormalises, so the
+    logged loss and the engine's are the model's true mean token loss in every phase (seq_len 6, 12, 8)."""
+    engine, calls, trainer = train(tmp_path, model_cls=TokenCountLM)
+    true = true_losses(trainer.model.seen)
+    fed = [c[2] for c in calls if c[0] == "step"]
+    logged = [h["loss"] for h in trainer.state.log_history if "loss" in h and "step" in h]
+    assert len(true) == STEPS and fed == pytest.approx(true, rel=1e-6)
+    assert logged == pytest.approx(true, abs=5e-5)  # the Trainer logs 4 significant digits or more
+    reference, ref_calls, ref_trainer = train(tmp_path / "mean", model_cls=TinyLM)  # the model that averages itself
+    assert fed == pytest.approx([c[2] for c in ref_calls if c[0] == "step"], rel=1e-5)
+    weights, ref = trainer.model.state_dict(), ref_trainer.model.state_dict()
+    assert all(torch.allclose(weights[k], ref[k], rtol=1e-5, atol=1e-7) for k in ref)  # the gradients were scaled too
 
 
 class CroppingCollator:
@@ -241,14 +248,15 @@ def test_a_save_asked_for_by_a_later_callback_still_holds_the_engine_state(tmp_p
 
 # -- two processes (torchrun, gloo on CPU): tests/ddp_hf.py, whose ranks see data of different losses --------------
 
-DDP_RUNS = ("mean", "tokens", "quiet")  # the model averages its loss; it divides by num_items_in_batch; the same, logging_steps=5
+# the model averages its loss; it divides by num_items_in_batch; the same, logging_steps=5; the second, cropped by prepare_inputs
+DDP_RUNS = ("mean", "tokens", "quiet", "crop")
 
 
 @pytest.fixture(scope="module")
 def ddp(tmp_path_factory):
     """Each rank's record of each of the three runs."""
     out = tmp_path_factory.mktemp("ddp")
-    launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "tests/ddp_hf.py", str(out)], timeout=240)
+    launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tests.ddp_hf", str(out)], timeout=240)
     return {name: [json.loads((out / f"{name}.rank{rank}.json").read_text()) for rank in (0, 1)] for name in DDP_RUNS}
 
 
@@ -272,12 +280,13 @@ def test_under_ddp_every_rank_feeds_the_mean_over_ranks(ddp, name):
         assert record["engine"] == pytest.approx(mean_over_ranks(records), rel=1e-5)
 
 
-@pytest.mark.parametrize("name", ["mean", "tokens"])
+@pytest.mark.parametrize("name", ["mean", "tokens", "crop"])
 def test_under_ddp_the_engine_sees_the_loss_the_trainer_logs(ddp, name):
     """With logging_steps=1 both ranks' engines see exactly the loss the Trainer logs (its mean over ranks)."""
     for record in ddp[name]:
         engine, logged = record["engine"], record["logged"]
         assert len(logged) == 12 and logged in (engine, [round(x, 4) for x in engine])  # 4.x logs 4 decimals
+        assert engine == pytest.approx(mean_over_ranks(ddp[name]), rel=1e-5)  # the mean token loss of what the model saw
 
 
 def test_under_ddp_the_loss_does_not_depend_on_logging_steps(ddp):
@@ -286,7 +295,7 @@ def test_under_ddp_the_loss_does_not_depend_on_logging_steps(ddp):
     assert [r["engine"] for r in ddp["quiet"]] == [r["engine"] for r in ddp["tokens"]]
 
 
-@pytest.mark.parametrize("name", DDP_RUNS)
+@pytest.mark.parametrize("name", DDP_RUNS[:3])
 def test_under_ddp_every_rank_transitions_where_the_mean_crosses(ddp, name):
     """Both ranks move a -> b at the first step the mean loss is below the threshold, not where rank 0's own loss is."""
     records = ddp[name]

@@ -24,7 +24,7 @@ from engine import Curriculum, CurriculumEngine, CurriculumError, Phase, Point, 
 from engine.integrations.lightning import CurriculumCallback
 from policies import MetricBelow, MinEpoch, MinSteps, Restartable, RestartLR, StagedCosine, all_of
 from tests.ddp_lightning import THRESHOLD as DDP_THRESHOLD
-from tests.utils import launch
+from tests.utils import launch, lightning_dataset as dataset
 
 EPOCHS, BATCHES, ACCUM = 3, 10, 3
 STEPS_PER_EPOCH = 4  # 3 + 3 + 3 + 1 micro-batches
@@ -51,12 +51,6 @@ class Tiny(pl.LightningModule):
         opt = torch.optim.SGD(self.parameters(), lr=0.05)
         sched = Restartable(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=40))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def dataset() -> torch.utils.data.TensorDataset:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2 * BATCHES, 4, generator=g)
-    return torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True))
 
 
 class PositionLoader(torch.utils.data.DataLoader):
@@ -286,7 +280,7 @@ def test_lightning_takes_staged_cosine_as_its_scheduler(tmp_path):
 def ddp(tmp_path_factory):
     """Each rank's record of the run."""
     out = tmp_path_factory.mktemp("ddp")
-    launch([sys.executable, "tests/ddp_lightning.py", str(out)], timeout=240)
+    launch([sys.executable, "-m", "tests.ddp_lightning", str(out)], timeout=240)
     return [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
 
 
