@@ -72,6 +72,24 @@ def check_flag(value: Any, name: str = "allow_fingerprint_mismatch") -> bool:
     return value
 
 
+def restartable(engine: CurriculumEngine, scheduler: Any, saved: dict | None, fresh: bool) -> Any:
+    """The framework's own scheduler, made restartable when the curriculum registers a schedule and it cannot
+    restart: wrapped with ``policies.Restartable.around`` (the framework keeps stepping it). Else as it is."""
+    if scheduler is None or callable(getattr(scheduler, "restart", None)) or "schedule" not in engine.curriculum.requirements():
+        return scheduler
+    from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+
+    from policies.schedule import Restartable
+
+    if not isinstance(scheduler, LRScheduler) or isinstance(scheduler, ReduceLROnPlateau):
+        return scheduler  # nothing to restart: RestartLR.check says what to pass
+    if fresh:
+        return Restartable.around(scheduler)
+    if saved is not None:
+        return Restartable.around(scheduler, saved)
+    return scheduler  # a checkpoint from before the wrapper: RestartLR.check names the fix
+
+
 def bind(engine: CurriculumEngine, **objects: Any) -> None:
     """Register the framework's objects (the one place an integration registers anything)."""
     engine.bind(**{name: obj for name, obj in objects.items() if obj is not None})

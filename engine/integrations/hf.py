@@ -18,15 +18,17 @@ import torch
 from transformers import TrainerCallback
 
 from engine.core import CurriculumError
-from engine.integrations import PhaseParams, bind, check_engine, check_flag, real_metrics
+from engine.integrations import PhaseParams, bind, check_engine, check_flag, real_metrics, restartable
 from engine.runtime import CurriculumEngine
 
-__all__ = ["CurriculumCallback", "STATE_KEY", "EPOCH_END_KEY"]
+__all__ = ["CurriculumCallback", "STATE_KEY", "EPOCH_END_KEY", "SCHEDULE_KEY"]
 
 logger = logging.getLogger(__name__)
 
 #: Where the engine state lives in each ``checkpoint-N/trainer_state.json``: under ``stateful_callbacks``.
 STATE_KEY = "curriculum_engine"
+#: Next to it, the state of the Trainer's own scheduler made restartable (when the curriculum restarts it).
+SCHEDULE_KEY = "curriculum_engine_schedule"
 #: Next to it, in a checkpoint written on an epoch's last step: that epoch end's metrics, for the resumed run's epoch_end.
 EPOCH_END_KEY = "curriculum_engine_epoch_end"
 _TRAINER_STATE = "trainer_state.json"
@@ -110,6 +112,7 @@ class CurriculumCallback(TrainerCallback):
         self._hooks: list[Any] = []
         self._epoch_end_at_evaluate = False
         self._checkpoint: tuple[int, str] | None = None  # (global step, folder) of this run's last checkpoint
+        self._wrapped: Any = None  # the Trainer's own scheduler made restartable, whose state the callback keeps
 
     # -- the model's forward -------------------------------------------------------------------
 
@@ -202,7 +205,10 @@ class CurriculumCallback(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        lr_scheduler: Any = None, **kwargs: Any) -> None:
-        bind(self.engine, model=model, optimizer=optimizer, schedule=lr_scheduler)
+        callbacks = state.stateful_callbacks or {}
+        schedule = restartable(self.engine, lr_scheduler, callbacks.get(SCHEDULE_KEY), fresh=state.global_step == 0)
+        self._wrapped = schedule if schedule is not lr_scheduler else None  # the Trainer's own, made restartable
+        bind(self.engine, model=model, optimizer=optimizer, schedule=schedule)
         for hook in self._hooks:
             hook.remove()
         self._hooks = [model.register_forward_hook(self._after_forward, with_kwargs=True)]
@@ -212,7 +218,6 @@ class CurriculumCallback(TrainerCallback):
         self._average_tokens = bool(getattr(args, "average_tokens_across_devices", False))
         self._losses, self._missing_loss, self._epoch_end_at_evaluate, self._checkpoint = [], False, False, None
         self._items = self._counted = None
-        callbacks = state.stateful_callbacks or {}
         saved = callbacks.get(STATE_KEY)
         if state.global_step == 0:
             self.engine.start()
@@ -300,6 +305,8 @@ class CurriculumCallback(TrainerCallback):
         if state.stateful_callbacks is None:
             state.stateful_callbacks = {}
         state.stateful_callbacks[STATE_KEY] = engine_state
+        if self._wrapped is not None:
+            state.stateful_callbacks[SCHEDULE_KEY] = self._wrapped.state_dict()
         return engine_state
 
     @staticmethod
