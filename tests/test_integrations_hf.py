@@ -19,7 +19,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from engine import Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
 from engine.integrations.hf import STATE_KEY, CurriculumCallback
-from policies import MetricBelow, MinEpoch, MinSteps, RestartLR, StagedCosine, all_of
+from policies import MetricBelow, MinEpoch, MinSteps, Restartable, RestartLR, SetCutoff, StagedCosine, all_of
 from tests.ddp_hf import THRESHOLD as DDP_THRESHOLD
 from tests.utils import TinyLM, Windows, launch
 
@@ -306,3 +306,146 @@ def test_under_ddp_every_rank_transitions_where_the_mean_crosses(ddp, name):
     history0, history1 = (r["history"] for r in records)
     assert history0 == history1
     assert [(h["source"], h["dest"], h["global_step"]) for h in history0] == [(None, "a", 0), ("a", "b", step)]
+
+
+# -- the exactness matrix: checkpoint position x transition point x action x shuffle, against the real Trainer ------
+# Each configuration trains once uninterrupted (2 epochs of 4 steps, a checkpoint at every step, and one more after
+# each epoch end), then resumes from a mid-epoch step (2), an epoch's last step (4, written before its epoch end)
+# and the checkpoint written after that epoch end: each resumed run must end bit-identical (weights, optimizer
+# state, per-step losses and LRs, epoch-end metrics, history). The transition a -> b fires at step 2 (step_end) or
+# at the end of epoch 0 (epoch_end, reading eval_loss); its action restarts the LR (the Trainer's own LambdaLR,
+# made restartable by the callback, or a Restartable(CosineAnnealingLR, over="remaining")) or changes the model
+# (SetCutoff on a buffer); the phases' seq_len crops every micro-batch through prepare_inputs in every cell.
+
+class MaskedLM(TinyLM):
+    """TinyLM whose embedding keeps its first `cutoff` features: a model an action changes (a buffer, in its weights)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("cutoff", torch.tensor(8))
+
+    def set_cutoff(self, n, preserve=True):
+        self.cutoff.fill_(n)
+
+    def forward(self, input_ids, labels=None):
+        mask = (torch.arange(8) < self.cutoff).to(self.emb.weight.dtype)
+        logits = self.head(self.emb(input_ids) * mask)  # (B, T, V)
+        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        return {"loss": loss, "logits": logits}
+
+
+class SaveAtEpochEnd(TrainerCallback):
+    """Asks for a save after each epoch end (as save_strategy="epoch" does), and keeps a copy of every checkpoint:
+    at an epoch's last step the Trainer writes checkpoint-N twice, before and after the epoch end."""
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        control.should_save = True
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        kept = Path(args.output_dir) / "kept" / f"step-{state.global_step}"
+        if kept.exists():
+            kept = kept.with_name(f"epoch-{state.global_step}")
+        shutil.copytree(folder, kept)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        # After the callback added this epoch end's metrics to the checkpoint written at its last step, before the
+        # epoch save overwrites that folder (a run saving at steps only keeps it as it is now).
+        kept = Path(args.output_dir) / "kept" / f"step-{state.global_step}"
+        if kept.exists():
+            shutil.copy(Path(args.output_dir) / f"checkpoint-{state.global_step}" / "trainer_state.json", kept)
+
+
+MATRIX_CONFIGS = [(point, action, shuffle) for point in ("step_end", "epoch_end") for action in ("restart", "model")
+                  for shuffle in (False, True)]
+
+
+def matrix_curriculum(point, action) -> Curriculum:
+    guard = MinSteps(2) if point == "step_end" else all_of(MinEpoch(1), MetricBelow("eval_loss", 1e6))
+    act = RestartLR() if action == "restart" else SetCutoff(4)
+    return Curriculum([Phase("a", params={"seq_len": 6}), Phase("b", params={"seq_len": 12})],
+                      [Transition("a", "b", [guard], actions=[act], when=point)])
+
+
+def matrix_train(out: Path, config, resume=None):
+    point, action, shuffle = config
+    engine = CurriculumEngine(matrix_curriculum(point, action))
+    calls = spy_lr(engine)
+    model = MaskedLM()
+    optimizers = (None, None)
+    if shuffle and action == "restart":  # the user's own schedule, re-planned over the steps left at the restart
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        optimizers = (opt, Restartable(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=8), over="remaining"))
+    args = TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=6, num_train_epochs=2, learning_rate=1e-2,
+        logging_steps=1, save_strategy="steps", save_steps=1, eval_strategy="epoch" if point == "epoch_end" else "no",
+        per_device_eval_batch_size=24, report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
+        train_sampling_strategy="random" if shuffle else "sequential",
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=Windows(), eval_dataset=Windows(), optimizers=optimizers,
+                      callbacks=[CurriculumCallback(engine, prepare_inputs=crop), *([] if resume else [SaveAtEpochEnd()])])
+    trainer.train(resume_from_checkpoint=resume)
+    return engine, calls, trainer
+
+
+def spy_lr(engine: CurriculumEngine) -> list:
+    """Record every step_end (step, loss, lr) and epoch_end (epoch, metrics read by guards) the callback makes."""
+    calls, step_end, epoch_end = [], engine.step_end, engine.epoch_end
+
+    def on_step(loss, **metrics):
+        calls.append(("step", engine.clock.global_step + 1, loss, metrics.get("lr")))
+        return step_end(loss=loss, **metrics)
+
+    def on_epoch(**metrics):
+        calls.append(("epoch", engine.clock.epoch + 1, metrics.get("eval_loss")))
+        return epoch_end(**metrics)
+
+    engine.step_end, engine.epoch_end = on_step, on_epoch
+    return calls
+
+
+def tensors(state) -> list:
+    """Every tensor of a (nested) state dict, in order, for comparing bit for bit."""
+    if isinstance(state, torch.Tensor):
+        return [state]
+    if isinstance(state, dict):
+        return [t for k in sorted(state, key=str) for t in tensors(state[k])]
+    if isinstance(state, (list, tuple)):
+        return [t for v in state for t in tensors(v)]
+    return [torch.tensor(float(state))] if isinstance(state, (int, float)) and not isinstance(state, bool) else []
+
+
+def same_tensors(a, b) -> bool:
+    ta, tb = tensors(a), tensors(b)
+    return len(ta) == len(tb) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(ta, tb))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """One uninterrupted run per configuration, made when first needed."""
+    runs = {}
+
+    def get(config):
+        if config not in runs:
+            out = tmp_path_factory.mktemp("matrix")
+            runs[config] = (out, *matrix_train(out, config))
+        return runs[config]
+
+    return get
+
+
+@pytest.mark.parametrize("config", MATRIX_CONFIGS, ids=lambda c: "-".join(map(str, c)))
+def test_exactness_matrix(uninterrupted, tmp_path, config):
+    """Resumed from a mid-epoch step, an epoch's last step and the epoch-end checkpoint: bit-identical to the uninterrupted run."""
+    out, engine, calls, trainer = uninterrupted(config)
+    move = engine.history[1]
+    assert (move.dest, move.global_step, move.warnings) == ("b", 2 if config[0] == "step_end" else 4, [])
+    if config[1] == "restart":  # the LR went back up to the schedule's peak, which the Trainer then stepped on from
+        assert move.actions[0].effect["lr"][0] < move.actions[0].effect["lr"][1] == 1e-2
+    for where, step in (("step", 2), ("step", 4), ("epoch", 4)):
+        resumed, rest, again = matrix_train(tmp_path / f"{where}-{step}", config, resume=str(out / "kept" / f"{where}-{step}"))
+        done = calls.index(next(c for c in calls if c[:2] == ("step", step))) + 1 + (where == "epoch")
+        assert rest == calls[done:], (where, step)
+        assert history(resumed) == history(engine), (where, step)
+        assert same_tensors(again.model.state_dict(), trainer.model.state_dict()), (where, step)
+        assert same_tensors(again.optimizer.state_dict(), trainer.optimizer.state_dict()), (where, step)
