@@ -223,12 +223,38 @@ def test_resume_from_a_checkpoint_without_engine_state_is_refused(full, tmp_path
         train(tmp_path / "run", resume=str(folder))
 
 
+def test_allow_fingerprint_mismatch_passes_through(full, tmp_path):
+    """A changed curriculum is refused at resume, naming the option; with allow_fingerprint_mismatch=True the run goes on."""
+    folder = tmp_path / "checkpoint-4"
+    shutil.copytree(full[0] / "checkpoint-4", folder)
+    changed = Curriculum([Phase("short", params={"seq_len": 6}), Phase("long", params={"seq_len": 12}), Phase("final", params={"seq_len": 8})],
+                         [Transition("short", "long", [MinSteps(5)], actions=[RestartLR()], when=Point.STEP_END),
+                          Transition("long", "final", [MinEpoch(2)])])
+    for lenient in (False, True):
+        engine = CurriculumEngine(changed)
+        model = TinyLM()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        sched = StagedCosine(opt, base_lr=1e-2, total_steps=STEPS, stages=((0, 1.0, 0.1),), stages_in="steps")
+        args = TrainingArguments(output_dir=str(tmp_path / f"run{lenient}"), per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                                 num_train_epochs=3, save_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True)
+        trainer = Trainer(model=model, args=args, train_dataset=Windows(), optimizers=(opt, sched),
+                          callbacks=[CurriculumCallback(engine, prepare_inputs=crop, allow_fingerprint_mismatch=lenient)])
+        if not lenient:
+            with pytest.raises(CurriculumError, match="allow_fingerprint_mismatch=True"):
+                trainer.train(resume_from_checkpoint=str(folder))
+        else:
+            trainer.train(resume_from_checkpoint=str(folder))
+            assert engine.clock.global_step == STEPS and engine.phase.name == "final"
+
+
 def test_bad_arguments_are_clear_errors():
     """The callback needs an engine and a callable prepare_inputs."""
     with pytest.raises(CurriculumError, match="'engine' must be a CurriculumEngine"):
         CurriculumCallback(curriculum())
     with pytest.raises(CurriculumError, match="'prepare_inputs' must be a callable"):
         CurriculumCallback(CurriculumEngine(curriculum()), prepare_inputs="crop")
+    with pytest.raises(CurriculumError, match="'allow_fingerprint_mismatch' must be a bool"):
+        CurriculumCallback(CurriculumEngine(curriculum()), allow_fingerprint_mismatch=1)
 
 
 class SaveAtStep5(TrainerCallback):

@@ -192,10 +192,13 @@ def test_resume_at_an_epochs_last_batch_is_exact_without_validation_guards(tmp_p
     assert history(resumed) == history(engine)
 
 
-def test_resume_mid_epoch_with_a_plain_data_loader_is_lightnings_limit(tmp_path):
-    """With a plain DataLoader Lightning restarts the epoch's data at its first batch: the engine stays on Lightning's step, the losses differ."""
+def test_resume_mid_epoch_with_a_plain_data_loader_is_lightnings_limit(tmp_path, caplog):
+    """With a plain DataLoader Lightning restarts the epoch's data at its first batch: the engine stays on Lightning's step,
+    the losses differ, and the callback says so at resume, naming the loader that makes it exact."""
     engine, calls, _ = fit(tmp_path / "full", loader=torch.utils.data.DataLoader)
-    resumed, rest, trainer = fit(tmp_path / "again", ckpt=tmp_path / "full" / "steps" / "step=6.ckpt", loader=torch.utils.data.DataLoader)
+    with caplog.at_level(logging.WARNING, logger="engine.integrations.lightning"):
+        resumed, rest, trainer = fit(tmp_path / "again", ckpt=tmp_path / "full" / "steps" / "step=6.ckpt", loader=torch.utils.data.DataLoader)
+    assert "cannot restore its position" in caplog.text and "StatefulDataLoader" in caplog.text
     assert trainer.global_step == resumed.clock.global_step == 12
     assert [c[1] for c in rest if c[0] == "step"] == list(range(7, 13))
     assert [c[2] for c in rest if c[0] == "step"] != [c[2] for c in calls if c[0] == "step" and c[1] > 6]
@@ -228,6 +231,23 @@ def test_resume_from_a_checkpoint_without_engine_state_is_refused(full, tmp_path
     torch.save(ckpt, tmp_path / "foreign.ckpt")
     with pytest.raises(CurriculumError, match="resumed at step 4 from a checkpoint without engine state"):
         fit(tmp_path / "run", ckpt=tmp_path / "foreign.ckpt")
+
+
+def test_allow_fingerprint_mismatch_passes_through(full, tmp_path):
+    """A changed curriculum is refused at resume, naming the option; with allow_fingerprint_mismatch=True the run goes on."""
+    changed = Curriculum([Phase("a"), Phase("b"), Phase("c")],
+                         [Transition("a", "b", [MinSteps(7)], actions=[RestartLR()], when=Point.STEP_END), Transition("b", "c", [MinEpoch(2)])])
+    ckpt = full[0] / "epoch" / "step=4.ckpt"
+    with pytest.raises(CurriculumError, match="allow_fingerprint_mismatch=True"):
+        fit(tmp_path / "refused", ckpt=ckpt, engine=CurriculumEngine(changed))
+    engine = CurriculumEngine(changed)
+    trainer = pl.Trainer(max_epochs=EPOCHS, accumulate_grad_batches=ACCUM, logger=False, enable_progress_bar=False,
+                         callbacks=[CurriculumCallback(engine, allow_fingerprint_mismatch=True)], enable_checkpointing=False,
+                         enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0, default_root_dir=tmp_path)
+    trainer.fit(Tiny(), PositionLoader(dataset(), batch_size=2), torch.utils.data.DataLoader(dataset(), batch_size=5), ckpt_path=ckpt)
+    assert engine.clock.global_step == 12 and engine.phase.name == "c"
+    with pytest.raises(CurriculumError, match="'allow_fingerprint_mismatch' must be a bool"):
+        CurriculumCallback(CurriculumEngine(changed), allow_fingerprint_mismatch="yes")
 
 
 def test_params_view_follows_the_phase():
