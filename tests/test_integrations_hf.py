@@ -190,6 +190,21 @@ def test_a_collator_reads_the_params_one_micro_batch_ahead(tmp_path):
     assert collators[0].lengths == epoch0 + eval0 + epoch1 + eval1 + epoch2 + eval2
 
 
+def test_a_collator_reading_params_at_a_resume_after_a_step_end_change_is_warned(full, tmp_path, caplog):
+    """Resumed from checkpoint-4 (short->long fired at its step end): a collator reading the params collates the first
+    micro-batch in the new phase, one micro-batch earlier than the uninterrupted run; the callback says so once. With
+    prepare_inputs alone (exact) it says nothing."""
+    import logging
+
+    folder = tmp_path / "checkpoint-4"
+    shutil.copytree(full[0] / "checkpoint-4", folder)
+    with caplog.at_level(logging.WARNING, logger="engine.integrations.hf"):
+        train(tmp_path / "quiet", resume=str(folder))
+        assert "collates one micro-batch ahead" not in caplog.text
+        train(tmp_path / "collator", resume=str(folder), collator=CroppingCollator, prepare_inputs=None)
+    assert caplog.text.count("collates one micro-batch ahead") == 1 and "prepare_inputs(inputs, params)" in caplog.text
+
+
 @pytest.mark.parametrize("step", [4, 6])
 def test_resume_from_checkpoint_continues_exactly(full, tmp_path, step):
     """From checkpoint-4 (mid-epoch, the step short->long fires) and checkpoint-6 (an epoch's last step, written before

@@ -28,12 +28,14 @@ class PhaseParams(Mapping[str, Any]):
     object that keeps this view sees each transition without being told.
     """
 
-    __slots__ = ("_engine",)
+    __slots__ = ("_engine", "reads")
 
     def __init__(self, engine: CurriculumEngine) -> None:
         self._engine = engine
+        self.reads = 0  # how many times a param was read: the callbacks tell a collator's reads from their own
 
     def __getitem__(self, key: str) -> Any:
+        self.reads += 1
         params = self._engine.phase.params
         if key not in params:
             raise KeyError(

@@ -113,8 +113,22 @@ class CurriculumCallback(TrainerCallback):
         self._epoch_end_at_evaluate = False
         self._checkpoint: tuple[int, str] | None = None  # (global step, folder) of this run's last checkpoint
         self._wrapped: Any = None  # the Trainer's own scheduler made restartable, whose state the callback keeps
+        self._reads_at_resume: int | None = None  # params reads at a resume right after a step-end phase change
 
     # -- the model's forward -------------------------------------------------------------------
+
+    def _check_collated(self, module: Any, args: tuple, kwargs: dict) -> None:
+        """The first training forward after a resume at a step-end phase change: was the batch collated with the params?"""
+        if not module.training or self._reads_at_resume is None:
+            return
+        if self.params.reads > self._reads_at_resume:
+            logger.warning(
+                "resumed from checkpoint-%d, written at the step a step-end transition changed the phase: the collator "
+                "read the new phase's params for the first micro-batch, which the uninterrupted run collated in the old "
+                "phase (the Trainer's data loader collates one micro-batch ahead); change the batch in "
+                "prepare_inputs(inputs, params) to be exact", self.engine.clock.global_step,
+            )
+        self._reads_at_resume = None
 
     def _before_forward(self, module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         if not module.training:
@@ -211,13 +225,14 @@ class CurriculumCallback(TrainerCallback):
         bind(self.engine, model=model, optimizer=optimizer, schedule=schedule)
         for hook in self._hooks:
             hook.remove()
-        self._hooks = [model.register_forward_hook(self._after_forward, with_kwargs=True)]
+        self._hooks = [model.register_forward_pre_hook(self._check_collated, with_kwargs=True),
+                       model.register_forward_hook(self._after_forward, with_kwargs=True)]
         if self.prepare_inputs is not None:
             self._hooks.append(model.register_forward_pre_hook(self._before_forward, with_kwargs=True))
         self._model, self._shifts_labels = model, _shifts_labels(model)
         self._average_tokens = bool(getattr(args, "average_tokens_across_devices", False))
         self._losses, self._missing_loss, self._epoch_end_at_evaluate, self._checkpoint = [], False, False, None
-        self._items = self._counted = None
+        self._items = self._counted = self._reads_at_resume = None
         saved = callbacks.get(STATE_KEY)
         if state.global_step == 0:
             self.engine.start()
@@ -237,6 +252,9 @@ class CurriculumCallback(TrainerCallback):
                 )
             if state.epoch is not None and float(state.epoch).is_integer() and self.engine.clock.epoch < int(state.epoch):
                 self._missed_epoch_end(state, callbacks.get(EPOCH_END_KEY))
+            last = self.engine.history[-1] if len(self.engine.history) else None
+            if last is not None and last.point == "step_end" and last.global_step == state.global_step:
+                self._reads_at_resume = self.params.reads  # a collator reading params now reads the new phase early
         self._stash(state)
 
     def _missed_epoch_end(self, state: Any, saved: Any) -> None:
