@@ -73,18 +73,29 @@ class CurriculumCallback(TrainerCallback):
     - **One ``epoch_end`` per completed epoch**, with the evaluation metrics when the Trainer
       evaluates at that epoch end (``eval_strategy="epoch"``: ``eval_loss``, ...), else none.
     - **State**: the engine state is put in the Trainer state's ``stateful_callbacks[STATE_KEY]``
-      before each save (and after every epoch end), so each ``checkpoint-N/trainer_state.json`` holds it;
-      ``trainer.train(resume_from_checkpoint=...)`` restores it, wherever the folder is. A
-      checkpoint written at the last step of an epoch is updated after that epoch's ``epoch_end``
-      (the Trainer resumes it in the next epoch and does not repeat the epoch end).
+      before each save (and after every epoch end), so each ``checkpoint-N/trainer_state.json`` holds
+      the engine at the instant its other files were written; ``trainer.train(resume_from_checkpoint=...)``
+      restores it, wherever the folder is. A checkpoint written on an epoch's last step precedes that
+      epoch's end (the Trainer resumes in the next epoch without repeating it): the resumed run makes
+      that epoch end at train begin, with its evaluation metrics (added to the checkpoint under
+      ``EPOCH_END_KEY`` once the evaluation ran), so its actions act on the restored objects.
+    - **Schedule**: when the curriculum registers a schedule and the Trainer's ``lr_scheduler`` has no
+      ``restart()`` (e.g. the ``LambdaLR`` the Trainer builds when no ``optimizers=`` are passed), it is
+      wrapped with ``Restartable.around`` (the Trainer keeps stepping it; the wrapper's state goes
+      under ``SCHEDULE_KEY``). ``RestartLR`` checks the schedule at train begin.
+    - **Loss normalisation**: a model that divides its loss by ``num_items_in_batch`` gets it counted
+      before ``prepare_inputs`` crops the batch; the callback rescales the step's gradients and loss
+      by the labels ``prepare_inputs`` kept, so the model trains on (and the Trainer logs, and the
+      engine sees) the mean over the tokens it saw.
+    - ``allow_fingerprint_mismatch=True`` resumes a checkpoint written by another curriculum (see
+      ``CurriculumEngine.load_state_dict``). docs/integrations.md has the table of exact resumes.
     - **Params**: :attr:`params` is a live view of the current phase's ``params`` for a collator or
       dataset. The Trainer's data loader collates one micro-batch ahead, so a change made at a step
       end reaches the collator from the second micro-batch of the next step on (at an epoch end,
       from the first); a run resumed from a checkpoint taken exactly there collates that one
       micro-batch in the new phase. Where a change must be exact at every step, change the batch
       in ``prepare_inputs(inputs, params) -> inputs``: it runs on each training micro-batch's
-      inputs right before the model's forward (a model that takes ``num_items_in_batch`` gets the
-      count the Trainer made before it).
+      inputs right before the model's forward.
     - **Several processes** (DDP): every rank passes the same ``loss``, the mean over ranks that the
       Trainer logs (with ``num_items_in_batch`` counted over every rank, as
       ``average_tokens_across_devices`` does by default, the per-token mean of the step), so all

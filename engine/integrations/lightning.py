@@ -45,18 +45,23 @@ class CurriculumCallback(Callback):
       ``trainer.callback_metrics`` (validation metrics included, Lightning validates first).
     - **State** lives in Lightning's checkpoint through ``state_dict``/``load_state_dict``.
 
+    - **Schedule**: the first configured scheduler, made restartable with ``Restartable.around`` when
+      the curriculum registers a schedule and it has no ``restart()`` (its state in the callback's).
+    - **Random state**: saved with each checkpoint and restored at resume (single process), so a
+      shuffling loader draws the same order as the uninterrupted run.
+
     Resume: exact from a checkpoint saved at an epoch end (``on_train_epoch_end``, the
     ``ModelCheckpoint`` default, or ``on_validation_end``) and from a mid-epoch checkpoint when the
     train data loader restores its position (it has ``state_dict``/``load_state_dict``, e.g.
-    torchdata's ``StatefulDataLoader``). Lightning itself is not exact in two cases: mid-epoch with
-    a plain ``DataLoader`` it restarts the epoch's data at its first batch while counting on from
-    the checkpoint's batch; and from a checkpoint saved at the epoch's last batch
-    (``on_train_batch_end``, e.g. ``every_n_train_steps`` landing there) it skips that epoch's
-    validation and ``on_train_epoch_end``. In the second case the callback runs the missed
-    ``epoch_end`` when training resumes, with the metrics of the checkpoint moment (no validation
-    metrics of that epoch): exact unless an epoch-end guard reads one (a metric never logged before
-    is then a ``CurriculumError`` naming the checkpoint to resume from instead; one logged at an
-    earlier epoch is that epoch's value).
+    torchdata's ``StatefulDataLoader``). Where Lightning cannot be exact the callback warns once at
+    resume, naming the cause and the fix: mid-epoch with a plain ``DataLoader`` (Lightning restarts
+    the epoch's data at its first batch while counting on from the checkpoint's batch), mid-epoch
+    with a shuffling loader that keeps no sampler order, and, from a checkpoint saved at the
+    epoch's last batch (``on_train_batch_end``), an epoch-end guard reading validation metrics:
+    Lightning skips that epoch's validation and ``on_train_epoch_end``; the callback runs the missed
+    ``epoch_end`` when training resumes, with the metrics of the checkpoint moment (a metric never
+    logged before is then a ``CurriculumError`` naming the checkpoint to resume from instead).
+    docs/integrations.md has the table of exact resumes.
     """
 
     def __init__(self, engine: CurriculumEngine, *, allow_fingerprint_mismatch: bool = False) -> None:
