@@ -289,6 +289,7 @@ class CurriculumCallback(TrainerCallback):
         self._step_lr = float(optimizer.param_groups[0]["lr"]) if optimizer is not None else None
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._items = self._counted = None  # renormalised at the step's last micro-batch, or nothing to renormalise
         loss = self._step_loss(state.global_step, args)
         self.engine.step_end(loss=loss, **({"lr": self._step_lr} if self._step_lr is not None else {}))
         if control.should_save or control.should_evaluate:  # set by the Trainer's flow callback, which runs first
