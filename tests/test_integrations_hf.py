@@ -18,7 +18,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from engine import Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
-from engine.integrations.hf import STATE_KEY, CurriculumCallback
+from engine.integrations.hf import EPOCH_END_KEY, STATE_KEY, CurriculumCallback
 from policies import MetricBelow, MinEpoch, MinSteps, Restartable, RestartLR, SetCutoff, StagedCosine, all_of
 from tests.ddp_hf import THRESHOLD as DDP_THRESHOLD
 from tests.utils import TinyLM, Windows, launch
@@ -490,3 +490,19 @@ def test_exactness_matrix(uninterrupted, tmp_path, config):
         assert history(resumed) == history(engine), (where, step)
         assert same_tensors(again.model.state_dict(), trainer.model.state_dict()), (where, step)
         assert same_tensors(again.optimizer.state_dict(), trainer.optimizer.state_dict()), (where, step)
+
+
+def test_resume_on_an_epochs_last_step_without_its_evaluation_metrics_is_refused(uninterrupted, tmp_path):
+    """The process stopped between the save on an epoch's last step and the evaluation: the epoch end made at resume cannot
+    have the eval_loss its guard reads; one CurriculumError names the checkpoints to resume from instead."""
+    config = ("epoch_end", "restart", False)
+    out = uninterrupted(config)[0]
+    folder = tmp_path / "checkpoint-4"
+    shutil.copytree(out / "kept" / "step-4", folder)
+    path = folder / "trainer_state.json"
+    data = json.loads(path.read_text())
+    assert data["stateful_callbacks"].pop(EPOCH_END_KEY)["metrics"]["eval_loss"] > 0
+    path.write_text(json.dumps(data))
+    with pytest.raises(CurriculumError, match=r"written on the last step of epoch 0 before its end, without the evaluation "
+                                              r"metrics.*'eval_loss'.*save_strategy='epoch'"):
+        matrix_train(tmp_path / "run", config, resume=str(folder))
