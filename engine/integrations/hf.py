@@ -118,6 +118,8 @@ class CurriculumCallback(TrainerCallback):
         self._items: torch.Tensor | None = None  # labels kept by prepare_inputs in this step's micro-batches
         self._counted: Any = None  # the num_items_in_batch the Trainer counted before prepare_inputs
         self._shifts_labels = False  # the Trainer counts labels[..., 1:] (causal LM losses)
+        self._average_tokens = False  # the Trainer counted num_items_in_batch over every rank
+        self._model: Any = None  # whose gradients a renormalisation rescales
         self._missing_loss = False
         self._step_lr: float | None = None
         self._hooks: list[Any] = []
