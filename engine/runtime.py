@@ -275,6 +275,15 @@ class CurriculumEngine:
                     f"before {call} (registered: {sorted(self.objects)}); pass it as "
                     f"CurriculumEngine(curriculum, {name}=...) or call engine.bind({name}=...) before {call}"
                 )
+        # -- issue 19: each guard's and action's optional check(ctx), once the objects are bound --
+        items = [a for p in self.curriculum.phases for a in p.on_enter]
+        for tr in self.curriculum.transitions:
+            items.extend(tr.guards)
+            items.extend(tr.actions)
+        for item in {id(i): i for i in items}.values():
+            check = getattr(item, "check", None)
+            if callable(check):
+                check(self.ctx)
 
     # -- the loop's calls ---------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ def test_hf_trainer_example_runs(tmp_path, capsys):
     """The Hugging Face example trains, fires short->long at step 4 and leaves the engine state in its checkpoints."""
     import json
 
-    from tests.test_integrations_hf import TinyLM, Windows
+    from tests.utils import TinyLM, Windows
 
     namespace = {"__name__": "__main__", "model": TinyLM(), "train_dataset": Windows(), "eval_dataset": Windows(),
                  "output_dir": str(tmp_path)}
@@ -49,7 +49,7 @@ def test_lightning_example_runs(tmp_path, capsys):
     """The Lightning example fires warm->main at step 6 and main->final at the end of epoch 2, and checkpoints the engine."""
     import torch
 
-    from tests.test_integrations_lightning import dataset
+    from tests.utils import lightning_dataset as dataset
 
     namespace = {"__name__": "__main__", "output_dir": str(tmp_path),
                  "train_loader": torch.utils.data.DataLoader(dataset(), batch_size=2),

@@ -185,3 +185,46 @@ def launch(cmd: list[str], timeout: float) -> str:
     if proc.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} exited with {proc.returncode}:\n{out[-6000:]}")
     return out
+
+
+# -- tiny models and data for the framework integrations (tests/test_integrations_*.py, tests/test_readme.py) --------
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+HF_VOCAB, HF_LENGTH, HF_WINDOWS = 16, 12, 24
+
+
+class TinyLM(nn.Module):
+    """Embedding and a linear head; returns its loss the way Hugging Face models do. Records each training forward's (loss sum, labels)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.head = nn.Embedding(HF_VOCAB, 8), nn.Linear(8, HF_VOCAB)
+        self.seen: list[tuple[float, int]] = []
+
+    def forward(self, input_ids, labels=None):
+        logits = self.head(self.emb(input_ids))  # (B, T, V)
+        loss = nn.functional.cross_entropy(logits.reshape(-1, HF_VOCAB), labels.reshape(-1))
+        if self.training:
+            self.seen.append((loss.item() * labels.numel(), labels.numel()))
+        return {"loss": loss, "logits": logits}
+
+
+class Windows(torch.utils.data.Dataset):
+    """HF_WINDOWS windows of HF_LENGTH tokens; labels (3 x + 1) mod V, learnable."""
+
+    def __len__(self) -> int:
+        return HF_WINDOWS
+
+    def __getitem__(self, i):
+        x = torch.randint(0, HF_VOCAB, (HF_LENGTH,), generator=torch.Generator().manual_seed(i))
+        return {"input_ids": x, "labels": (x * 3 + 1) % HF_VOCAB}
+
+
+def lightning_dataset(batches: int = 10) -> torch.utils.data.TensorDataset:
+    """2 * batches rows of 4 features; the target is their sum (batch_size=2: `batches` batches)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2 * batches, 4, generator=g)
+    return torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True))
