@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--stop-after", dest="stop_after", type=_POSITIVE, default=None, help="stop cleanly after N optimizer steps (checkpoint, exit 0)")
     o.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1...")
     o.add_argument("--plot", action="store_true", help="write the run's PNG plot at the end")
+    o.add_argument("--allow-data-change", dest="allow_data_change", action="store_true",
+                   help="--resume on data that differs from the checkpoint's (other path, files or bytes): continue anyway, recorded in the checkpoint")
 
     h = sub.add_parser("history", help="the transitions of a run, with their evidence")
     h.add_argument("run", help="run directory or checkpoint")

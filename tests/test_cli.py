@@ -573,7 +573,7 @@ def test_resuming_a_finished_run_says_how_to_train_longer(tmp_path, capsys):
     capsys.readouterr()
     assert resume(tmp_path, "run") == 0
     out = capsys.readouterr().out
-    assert "the run already finished its 1 epochs; to train longer, resume with --epochs N" in out
+    assert "the run already finished: it has trained 1 epoch and --epochs is 1; to train longer, resume with --epochs N (N > 1" in out
     assert _snapshot(tmp_path) == before
 
 
