@@ -159,11 +159,11 @@ class RunLock:
             holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise UsageError(
-                f"another run is using {self.ckpt} or a run with the same stem ({holder}); "
-                "wait for it to end, or use another --ckpt"
+                f"another run is using {self.ckpt} ({holder}); wait for it to end, or use another --ckpt "
+                f"(checkpoints with one stem, like {self.ckpt.stem}.pt and {self.ckpt.stem}.ckpt, share their other files)"
             ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, --ckpt {self.ckpt}\n".encode())
         self._fd = fd
 
     def release(self) -> None:

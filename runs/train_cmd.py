@@ -232,6 +232,7 @@ class Saver:
         self.trainer, self.settings, self.preset, self.dist, self.files = trainer, settings, preset, dist, files
         self.writers, self.replace_old = writers, replace_old
         self.data, self.data_changes = data, data_changes
+        self.saved = False  # whether this run has saved a checkpoint yet
 
     def __call__(self, reason: str) -> None:
         import torch
@@ -253,6 +254,7 @@ class Saver:
             data=self.data, data_changes=self.data_changes or None,
         ).save(self.files.ckpt)
         self.files.write_history(self.trainer.engine.history)
+        self.saved = True
         for writer in self.writers.values():
             writer.commit()
         self.replace_old = False
@@ -375,6 +377,12 @@ def _fit(args, trainer, settings: Settings, preset, dist: Distributed, files: Ru
         try:
             reporter = Reporter(trainer, console, (writers["steps"], writers["epochs"]) if writers else (), dist, args.log_every, stop_reason)
             reason = trainer.fit(reporter, save, ckpt_every=args.ckpt_every)
+        except BaseException:
+            if saved is None and not args.overwrite and not save.saved:  # a fresh run that never saved: leave no files behind
+                for writer in writers.values():
+                    writer.close()
+                    writer.path.unlink(missing_ok=True)
+            raise
         finally:
             console.close_bar()
             for writer in writers.values():
