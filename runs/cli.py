@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -211,8 +212,11 @@ def _plot(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {out}: {out.suffix} is not an image format the plot writes; use one of {', '.join(_IMAGE_SUFFIXES)}")
     if os.path.lexists(out) and not out.is_file():
         raise UsageError(f"--out {out} exists and is not a regular file; pick another path")
-    if not os.access(out.parent, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {out}: cannot write in {out.parent}; pick a writable folder")
+    try:
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot write in {out.parent} ({exc.strerror}); pick a writable folder") from None
     lock = None
     if out.resolve() == files.plot.resolve():  # the run's own plot: not while a run writes its files
         from runs.artifacts import RunLock

@@ -235,6 +235,8 @@ def run_replay(args: argparse.Namespace) -> int:
     for path, what in ((files.steps, "step metrics"), (files.epochs, "epoch metrics"), (files.history, "transition history")):
         if not path.exists():
             raise ReplayError(f"no {what} at {path}; replay needs a run written by chunklm train")
+        if not path.is_file():
+            raise ReplayError(f"the {what} {path} is not a regular file; replay needs a run written by chunklm train")
     from runs.checkpoint import stale_metrics_warning
 
     saved = _checkpoint(files.ckpt)

@@ -269,6 +269,49 @@ def _set_model_weight(d):
     d["trainer"]["model"]["embed.weight"] = torch.zeros(3, 3)
 
 
+def _nan_weight(d):
+    d["trainer"]["model"]["embed.weight"] = torch.full_like(d["trainer"]["model"]["embed.weight"], float("nan"))
+
+
+def _history_text(command: str, text: str):
+    def make(base, tmp):
+        (tmp / "run.history.json").write_text(text)
+        return [command, str(tmp / "run.pt")]
+    return make
+
+
+def _folder(name: str, command: list[str]):
+    """``name`` beside the checkpoint is a folder, then ``command`` (RUN: the checkpoint)."""
+    def make(base, tmp):
+        path = tmp / name
+        path.unlink()
+        path.mkdir()
+        return [str(tmp / "run.pt") if a == "RUN" else a for a in command]
+    return make
+
+
+def _not_a_checkpoint(content: bytes):
+    def make(base, tmp):
+        (tmp / "x.pt").write_bytes(content)
+        return ["generate", "--ckpt", str(tmp / "x.pt")]
+    return make
+
+
+def _symlinked_lock(base, tmp):
+    (tmp / "victim.txt").write_text("mine")
+    (tmp / ".fresh.lock").symlink_to(tmp / "victim.txt")
+    return ["train", *TINY, "--ckpt", str(tmp / "fresh.pt")]
+
+
+def _csvs_without_checkpoint(base, tmp):
+    (tmp / "run.pt").unlink()
+    return ["train", "--resume", "--ckpt", str(tmp / "run.pt")]
+
+
+_DEEP = "[" * 100_000 + "]" * 100_000
+_STEP_AS_TEXT = '[{"source": null, "dest": "a", "global_step": "ten", "epoch": 0, "step_in_epoch": 0, "point": "start", "wall_time": 0}]'
+
+
 BAD = {
     # (argv, or a function (base_run, tmp) -> argv), exit status, a fragment of the one-line message
     "seed -1": (["train", *TINY, "--seed", "-1"], 2, "--seed must be an integer >= 0"),
@@ -302,7 +345,48 @@ BAD = {
     "data /dev/zero": (["train", *TINY, "--data", "/dev/zero"], 2, "--data /dev/zero: not a regular file or a directory"),
     "data fifo": (_fifo, 2, "not a regular file or a directory"),
     "data of 5 bytes": (_five_bytes, 2, "corpus too small: 5 bytes, but training and validation each need one window"),
+    # issue 20: tracebacks before
+    "lr 1e300": (["train", *TINY, "--lr", "1e300"], 2, "--lr must be at most 1e+30"),
+    "seed 2**32": (["train", *TINY, "--seed", str(2**32)], 2, "--seed must be an integer >= 0 and <= 4294967295"),
+    "seed 2**63": (["train", *TINY, "--seed", str(2**63)], 2, "--seed must be an integer >= 0 and <= 4294967295"),
+    "ckpt empty": (["train", *TINY, "--ckpt", ""], 2, "--ckpt is empty"),
+    "history a list of numbers": (_history_text("history", "[1, 2, 3]"), 2, "is not a transition history this version can read"),
+    "history an extra key": (_history_text("history", _STEP_AS_TEXT.replace('"wall_time": 0', '"wall_time": 0, "x": 1')), 2,
+                             "is not a transition history this version can read"),
+    "history a step as text": (_history_text("plot", _STEP_AS_TEXT), 2, "is not a transition history this version can read"),
+    "history deeply nested": (_history_text("history", _DEEP), 2, "is not a transition history this version can read"),
+    "history json a folder": (_folder("run.history.json", ["history", "RUN"]), 2, "cannot read the transition history"),
+    "plot history a folder": (_folder("run.history.json", ["plot", "RUN"]), 2, "cannot read the transition history"),
+    "plot steps csv a folder": (_folder("run.steps.csv", ["plot", "RUN"]), 2, "cannot read the metrics file"),
+    "replay epochs csv a folder": (_folder("run.epochs.csv", ["replay", "RUN"]), 2, "run.epochs.csv is not a regular file"),
+    "resume history a folder": (_folder("run.history.json", ["train", "--resume", "--ckpt", "RUN"]), 2, "is not a regular file"),
+    "resume steps csv a folder": (_folder("run.steps.csv", ["train", "--resume", "--ckpt", "RUN"]), 2, "is not a regular file"),
+    "plot out txt": (lambda b, t: ["plot", str(t / "run.pt"), "--out", str(t / "x.txt")], 2, ".txt is not an image format"),
+    "plot out in /proc": (lambda b, t: ["plot", str(t / "run.pt"), "--out", "/proc/nope.png"], 2, "cannot write in /proc"),
+    "absurd d_model": (_edit(lambda d: d["settings"].update(d_model=10**7)), 2, "make a model of"),
+    "generate absurd d_model": (lambda b, t: ["generate", "--ckpt", _tampered(b, t, lambda d: d["settings"].update(d_model=10**7))], 2,
+                                "make a model of"),
+    "generate NaN weights": (lambda b, t: ["generate", "--ckpt", _tampered(b, t, _nan_weight)], 2, "non-finite weights (NaN or infinity in embed.weight)"),
+    "generate seed -1": (lambda b, t: ["generate", "--ckpt", str(b / "run.pt"), "--seed", "-1"], 2, "--seed: expected an integer >= 0"),
+    # issue 20: silent acceptance before
+    "resume and overwrite": (lambda b, t: ["train", "--resume", "--overwrite", "--ckpt", str(t / "run.pt")], 2, "pass one of them"),
+    "ckpt named like a metrics file": (lambda b, t: ["train", *TINY, "--ckpt", str(t / "ck.steps.csv")], 2, "would be confused with a run's other files"),
+    "ckpt /dev/null": (["train", *TINY, "--ckpt", "/dev/null"], 2, "/dev/null is not a regular file"),
+    "lock a symbolic link": (_symlinked_lock, 2, "is a symbolic link"),
+    "same stem as a run": (lambda b, t: ["train", *TINY, "--ckpt", str(t / "run.ckpt")], 2, "already holds a run (run.steps.csv"),
+    "trainer.optimizer missing": (_edit(lambda d: d["trainer"].pop("optimizer")), 2, "lacks trainer.optimizer, which a resume needs"),
+    "trainer.rng missing": (_edit(lambda d: d["trainer"].pop("rng")), 2, "lacks trainer.rng, which a resume needs"),
+    "trainer.rng.torch missing": (_edit(lambda d: d["trainer"]["rng"].pop("torch")), 2, "lacks trainer.rng.torch"),
+    # issue 20: misleading messages before
+    "ckpt of random bytes": (_not_a_checkpoint(bytes(range(7, 250))), 2, "is not a checkpoint: not a file torch.save wrote"),
+    "ckpt a JSON file": (_not_a_checkpoint(b'{"schema_version": 2}'), 2, "is not a checkpoint: not a file torch.save wrote"),
+    "resume CSVs without a checkpoint": (_csvs_without_checkpoint, 2, "of a run that never saved one; there is nothing to resume"),
+    "seq-len 1 with default cutoffs": (["train", "--data", DATA, "--seq-len", "1", "--chunk", "1", "--kernel-len", "1"], 2,
+                                       "each cutoff must be >= 1 bin"),
 }
+
+# Refusals that must not suggest --overwrite: it would not help.
+NO_OVERWRITE_HINT = {"ckpt /dev/null", "resume history a folder", "resume steps csv a folder", "lock a symbolic link"}
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
@@ -315,6 +399,7 @@ def test_every_user_mistake_is_one_line_never_a_traceback(case, base_run, tmp_pa
         argv = argv(base_run, tmp_path)
     elif argv[0] == "train" and "--ckpt" not in argv:
         argv = [*argv, "--ckpt", str(tmp_path / "fresh.pt")]
+    before = _snapshot_all(tmp_path)
     try:
         code = main(argv)
     except SystemExit as exc:  # argparse's own checks (types of -n, --top-p...) exit here
@@ -323,6 +408,15 @@ def test_every_user_mistake_is_one_line_never_a_traceback(case, base_run, tmp_pa
     assert code == status, err
     assert fragment in err and "Traceback" not in err, err
     assert err.startswith("chunklm ") and err.count("\n") == 1, err
+    assert _snapshot_all(tmp_path) == before  # nothing changed on disk (a lock file aside)
+    if case in NO_OVERWRITE_HINT:
+        assert "--overwrite" not in err, err
+
+
+def _snapshot_all(tmp: Path) -> dict:
+    """Every file and folder under ``tmp`` but the run locks, with the bytes of each regular file."""
+    return {str(p.relative_to(tmp)): (p.read_bytes() if p.is_file() and not p.is_symlink() else os.readlink(p) if p.is_symlink() else "dir")
+            for p in tmp.rglob("*") if not p.name.endswith(".lock") or p.is_symlink()}
 
 
 def test_an_unwritable_corpus_cache_is_refused_before_training(tmp_path, capsys, monkeypatch):
