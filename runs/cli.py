@@ -168,14 +168,21 @@ def _replay(args: argparse.Namespace) -> int:
     return run_replay(args)
 
 
-def _warn_if_stale(files) -> None:
-    """After a command that read the run's files: say so if its CSVs are not its checkpoint's."""
-    from runs.checkpoint import Checkpoint, CheckpointError, stale_metrics_warning
+def _saved(files):
+    """The run's checkpoint, tensors mapped (cheap at any size), or None when there is none to read."""
+    from runs.checkpoint import Checkpoint, CheckpointError
 
-    try:  # the tensors mapped, not read: cheap at any size
-        saved = Checkpoint.load(files.ckpt, mmap=True) if files.ckpt.is_file() else None
+    try:
+        return Checkpoint.load(files.ckpt, mmap=True) if files.ckpt.is_file() else None
     except CheckpointError:  # nothing to compare with; these commands read the CSVs and history only
-        saved = None
+        return None
+
+
+def _warn_if_stale(files, saved=None) -> None:
+    """After a command that read the run's files: say so if its CSVs are not its checkpoint's."""
+    from runs.checkpoint import stale_metrics_warning
+
+    saved = saved if saved is not None else _saved(files)
     warning = stale_metrics_warning(files, saved) if saved is not None else None
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
@@ -190,7 +197,12 @@ def _history(args: argparse.Namespace) -> int:
     history = files.read_history()
     text = {"table": history.table, "json": history.to_json, "csv": history.to_csv}[args.format]()
     print(text.rstrip("\n"))
-    _warn_if_stale(files)
+    saved = _saved(files)
+    for change in (saved.data_changes or []) if saved is not None else []:
+        note = (f"note: resumed at step {change.get('global_step')} (epoch {change.get('epoch')}) on changed data, with "
+                f"--allow-data-change: {'; '.join(map(str, change.get('changes', [])))}")
+        print(note, file=sys.stdout if args.format == "table" else sys.stderr)
+    _warn_if_stale(files, saved)
     return 0
 
 

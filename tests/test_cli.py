@@ -662,12 +662,14 @@ def test_checkpoints_and_metrics_follow_the_umask(tmp_path, capsys):
 
 def test_resuming_a_finished_run_says_how_to_train_longer(tmp_path, capsys):
     """A finished run resumed does nothing and says to pass a larger --epochs."""
-    assert train(tmp_path, "run", epochs=1) == 0
+    assert train(tmp_path, "run", epochs=2) == 0
     before = _snapshot(tmp_path)
     capsys.readouterr()
     assert resume(tmp_path, "run") == 0
     out = capsys.readouterr().out
-    assert "the run already finished: it has trained 1 epoch and --epochs is 1; to train longer, resume with --epochs N (N > 1" in out
+    assert "the run already finished: it has trained 2 epochs and --epochs is 2; to train longer, resume with --epochs N (N > 2" in out
+    assert resume(tmp_path, "run", "--epochs", "1") == 0  # not "finished its 1 epochs"
+    assert "it has trained 2 epochs and --epochs is 1; to train longer, resume with --epochs N (N > 2" in capsys.readouterr().out
     assert _snapshot(tmp_path) == before
 
 
@@ -747,3 +749,132 @@ def test_the_welch_plateau_is_a_training_setting_too(tmp_path, capsys):
     assert train(tmp_path, "alpha_only", "--plateau-alpha", "0.2", epochs=2) == 2
     err = capsys.readouterr().err
     assert "alpha" in err and "welch" in err and "Traceback" not in err
+
+
+# -- issue 20: a run stays the run ------------------------------------------------------------------
+
+def test_a_resume_on_changed_data_is_refused_naming_the_change_unless_allowed(tmp_path, monkeypatch, capsys):
+    """A relative --data is stored absolute; edited data is refused naming the file, nothing changed;
+    --allow-data-change continues, and the checkpoint and `chunklm history` record it."""
+    import shutil
+
+    shutil.copytree(DATA, tmp_path / "data", ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.chdir(tmp_path)
+    assert train(tmp_path, "run", "--data", "data", "--stop-after", "2") == 0
+    saved = load_checkpoint(tmp_path / "run.pt")
+    assert saved.settings.data == (str(tmp_path / "data"),) and saved.data["paths"] == [str(tmp_path / "data")]
+    assert [f[1] for f in saved.data["files"]] == sorted(p.name for p in (tmp_path / "data").iterdir())
+    edited = tmp_path / "data" / "decoder.py"
+    text = edited.read_bytes()
+    edited.write_bytes(text.replace(b"import re", b"import XX", 1))  # same size, other bytes
+    monkeypatch.chdir(tmp_path / "data")  # the resume command works from anywhere
+    before = _snapshot(tmp_path)
+    capsys.readouterr()
+    assert resume(tmp_path, "run") == 2
+    err = capsys.readouterr().err
+    assert "the data differs from the checkpoint's: 1 file changed content, same size (decoder.py)" in err, err
+    assert "--allow-data-change" in err and err.count("\n") == 1
+    assert _snapshot(tmp_path) == before
+    assert resume(tmp_path, "run", "--allow-data-change", "--stop-after", "1") == 0
+    assert "note: continuing on changed data (--allow-data-change, recorded in the checkpoint)" in capsys.readouterr().out
+    saved = load_checkpoint(tmp_path / "run.pt")
+    assert saved.data_changes == [{"global_step": 2, "epoch": 0, "changes": ["1 file changed content, same size (decoder.py)"]}]
+    assert resume(tmp_path, "run", "--stop-after", "1") == 0  # the new data is now the run's
+    assert load_checkpoint(tmp_path / "run.pt").data_changes == saved.data_changes  # and the record stays
+    capsys.readouterr()
+    assert main(["history", str(tmp_path / "run.pt")]) == 0
+    assert "note: resumed at step 2 (epoch 0) on changed data, with --allow-data-change" in capsys.readouterr().out
+    (tmp_path / "data" / "extra.py").write_text("x = 1\n")
+    assert resume(tmp_path, "run") == 2
+    assert "1 file added (extra.py)" in capsys.readouterr().err
+
+
+def test_a_fresh_run_that_fails_before_its_first_save_leaves_no_files(tmp_path, capsys):
+    """NaN losses before any checkpoint: exit 1, and no CSVs left to block the next fresh run or confuse --resume."""
+    assert train(tmp_path, "run", "--lr", "1e30") == 1
+    assert "non-finite for 3 optimizer steps in a row" in capsys.readouterr().err
+    assert not RunFiles(tmp_path / "run.pt").existing()
+    assert train(tmp_path, "run", "--stop-after", "1") == 0
+
+
+def test_a_run_never_replaces_what_is_not_a_regular_file(tmp_path, capsys):
+    """A FIFO (or a device) where a run's file goes is refused even with --overwrite, and left as it is;
+    the refusal does not suggest --overwrite."""
+    os.mkfifo(tmp_path / "run.history.json")
+    assert train(tmp_path, "run", "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert "run.history.json is not a regular file" in err and "--overwrite" not in err, err
+    assert (tmp_path / "run.history.json").is_fifo()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["run.history.json"]
+
+
+def test_two_checkpoints_with_one_stem_share_the_lock(tmp_path, capsys):
+    """run.pt and run.ckpt would write the same run.steps.csv: while one runs the other is refused."""
+    from runs.artifacts import RunLock
+
+    lock = RunLock(tmp_path / "run.ckpt")
+    lock.acquire()
+    try:
+        assert train(tmp_path, "run", "--stop-after", "1") == 2
+        assert f"(pid {os.getpid()} on " in capsys.readouterr().err
+    finally:
+        lock.release()
+    assert not RunFiles(tmp_path / "run.pt").existing()
+
+
+def test_a_run_folder_moved_away_mid_run_is_one_line(tmp_path, capsys, monkeypatch):
+    """The folder disappears before a save: exit 1, one line saying so; the moved folder keeps its files."""
+    (tmp_path / "a").mkdir()
+    save = runs.train_cmd.Checkpoint.save
+
+    def move_then_save(self, path):
+        if (tmp_path / "a").exists():
+            (tmp_path / "a").rename(tmp_path / "b")
+        return save(self, path)
+
+    monkeypatch.setattr(runs.train_cmd.Checkpoint, "save", move_then_save)
+    assert main(["train", *TINY, "--epochs", "1", "--ckpt", str(tmp_path / "a" / "run.pt")]) == 1
+    err = capsys.readouterr().err
+    assert "its folder" in err and "no longer exists (moved or deleted while the run was running)" in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err and "Free space" not in err
+
+
+@pytest.mark.parametrize("command", ["generate", "history", "replay"])
+@pytest.mark.parametrize("error", [BrokenPipeError(32, "Broken pipe"), OSError(28, "No space left on device")], ids=["closed pipe", "full disk"])
+def test_output_that_cannot_be_written_is_one_line(base_run, monkeypatch, capsys, command, error):
+    """stdout closed early (`| head`) or on a full disk: one line, exit 1."""
+    argv = {"generate": ["generate", "--ckpt", str(base_run / "run.pt"), "-n", "8"],
+            "history": ["history", str(base_run), "--format", "csv"], "replay": ["replay", str(base_run)]}[command]
+
+    class Closed:
+        def write(self, text):
+            raise error
+
+        def flush(self):
+            raise error
+
+    monkeypatch.setattr(sys, "stdout", Closed())
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert ("broken pipe" if isinstance(error, BrokenPipeError) else "No space left on device") in err
+
+
+def test_generate_to_a_closed_pipe_and_to_dev_full(base_run, tmp_path):
+    """The real thing, in processes: `generate | head -c 10` and `generate > /dev/full` print one line, no second error at exit."""
+    cmd = [sys.executable, "-m", "runs.cli", "generate", "--ckpt", str(base_run / "run.pt"), "--prompt", "a\udcffb", "-n", "64"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([os.fsencode(c) for c in cmd], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # the reader is gone before the first byte: as `| head -c 0`
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 1 and "broken pipe" in err and err.count("\n") == 1, err
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([os.fsencode(c) for c in cmd], cwd=REPO, stdout=full, stderr=subprocess.PIPE, env=env)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "No space left on device" in err and err.count("\n") == 1, err
+
+
+def test_generate_takes_a_prompt_that_is_not_utf8(base_run, capsys):
+    """A prompt's bytes are used as given (the model reads bytes); they print with U+FFFD for what is not UTF-8."""
+    assert main(["generate", "--ckpt", str(base_run / "run.pt"), "--prompt", "a\udcffb", "-n", "4", "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.startswith("a\ufffdb")

@@ -121,9 +121,12 @@ def test_v0_checkpoint_resumes_to_the_committed_v0_run(v0_run: Path) -> None:
     assert_close_run(v0_run, "full", "stopped")
 
 
-def test_v0_checkpoint_keeps_its_own_settings_when_defaults_change(v0_run: Path) -> None:
-    """The v0 run used smooth kernels and exact raises, the defaults then; a resume keeps them, not today's."""
+def test_v0_checkpoint_keeps_its_own_settings_when_defaults_change(v0_run: Path, capsys) -> None:
+    """The v0 run used smooth kernels and exact raises, the defaults then; a resume keeps them, not today's.
+    It recorded no data identity: the resume says once that its data is not checked, and records it from then on."""
     history = _resume_without_deciders(v0_run, "stopped")
+    assert capsys.readouterr().out.count("note: this checkpoint was written before checkpoints recorded their data") == 1
+    assert load_checkpoint(v0_run / "stopped.pt").data["paths"] == [str(Path(DATA).resolve())]
     settings = load_checkpoint(v0_run / "stopped.pt").settings
     assert (settings.kernel_init, settings.preserve) == ("smooth", True)
     config = settings.to_config()
