@@ -258,8 +258,9 @@ def corpus_fingerprint(paths: str | os.PathLike | Sequence[str | os.PathLike] | 
          "files": [[argument index, relative path, size, sha256 of the bytes (hex)], ...],
          "sha256": sha256 of the list above}
 
-    Reading the bytes is the cost: about 0.1 s for the default corpus (~30 MB) on a warm page
-    cache (benchmarks/results/corpus_fingerprint.txt).
+    Reading the bytes is the cost: 0.4 s (median) for the default corpus (1790 files, 31.5 MB) on a
+    loaded 2-core AMD EPYC with a warm page cache, less than building the ByteCorpus from its cache
+    (0.56 s): benchmarks/results/corpus_fingerprint.txt.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
