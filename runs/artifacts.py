@@ -64,7 +64,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     is a :class:`WriteError` saying so; the old file is kept.
     """
     path = Path(path)
-    existed = path.exists()
+    existed = path.is_file()
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
@@ -98,7 +98,7 @@ def _write_error(path: Path, exc: BaseException, existed: bool | None = None) ->
     import shutil
 
     if existed is None:
-        existed = path.exists()
+        existed = path.is_file()
     kept = "the previous version of the file is kept" if existed else "nothing was written there"
     if not path.parent.is_dir():
         return WriteError(f"could not write {path}: its folder {path.parent} no longer exists (moved or deleted while the run "

@@ -878,3 +878,15 @@ def test_generate_takes_a_prompt_that_is_not_utf8(base_run, capsys):
     """A prompt's bytes are used as given (the model reads bytes); they print with U+FFFD for what is not UTF-8."""
     assert main(["generate", "--ckpt", str(base_run / "run.pt"), "--prompt", "a\udcffb", "-n", "4", "--temperature", "0"]) == 0
     assert capsys.readouterr().out.startswith("a\ufffdb")
+
+
+def test_a_write_that_fails_for_another_reason_does_not_say_free_space(tmp_path):
+    """Only a full disk says "Free space"; "the previous version is kept" only when there was one."""
+    from runs.artifacts import WriteError, atomic_write
+
+    (tmp_path / "x").mkdir()
+    with pytest.raises(WriteError) as info:
+        atomic_write(tmp_path / "x", lambda f: f.write(b"data"))
+    message = str(info.value)
+    assert "Is a directory" in message and "nothing was written there" in message
+    assert "Free space" not in message and "previous version" not in message
