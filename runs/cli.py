@@ -146,7 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     stdout = sys.stdout
     sys.stdout = _Output(stdout)
     try:
-        return commands[args.command](args)
+        code = commands[args.command](args)
+        sys.stdout.flush()  # here, not at the interpreter's exit: a closed pipe is then one line too
+        return code
     except UserError as exc:
         if isinstance(exc, OutputError) and stdout is sys.__stdout__:
             _silence_stdout()
