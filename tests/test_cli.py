@@ -860,18 +860,14 @@ def test_output_that_cannot_be_written_is_one_line(base_run, monkeypatch, capsys
     assert ("broken pipe" if isinstance(error, BrokenPipeError) else "No space left on device") in err
 
 
-def test_generate_to_a_closed_pipe_and_to_dev_full(base_run, tmp_path):
-    """The real thing, in processes: `generate | head -c 10` and `generate > /dev/full` print one line, no second error at exit."""
+def test_generate_to_a_closed_pipe_is_one_line(base_run, tmp_path):
+    """The real thing, in a process (`generate | head -c 0`): one line, exit 1, no second error at the interpreter's exit."""
     cmd = [sys.executable, "-m", "runs.cli", "generate", "--ckpt", str(base_run / "run.pt"), "--prompt", "a\udcffb", "-n", "64"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([os.fsencode(c) for c in cmd], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    proc.stdout.close()  # the reader is gone before the first byte: as `| head -c 0`
+    proc = subprocess.Popen([os.fsencode(c) for c in cmd], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc.stdout.close()  # the reader is gone before the first byte
     err = proc.stderr.read().decode()
     assert proc.wait() == 1 and "broken pipe" in err and err.count("\n") == 1, err
-    with open("/dev/full", "w") as full:
-        proc = subprocess.run([os.fsencode(c) for c in cmd], cwd=REPO, stdout=full, stderr=subprocess.PIPE, env=env)
-    err = proc.stderr.decode()
-    assert proc.returncode == 1 and "No space left on device" in err and err.count("\n") == 1, err
 
 
 def test_generate_takes_a_prompt_that_is_not_utf8(base_run, capsys):
