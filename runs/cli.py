@@ -287,7 +287,12 @@ def _diagram(args: argparse.Namespace) -> int:
     else:
         settings = Settings.fresh(args.preset, explicit)
     config = settings.to_config()
-    curriculum = config.curriculum()
+    if args.run and saved.curriculum is not None:  # trained with --curriculum FILE: the checkpoint stores it
+        from runs.curriculum_file import stored_curriculum
+
+        curriculum = stored_curriculum(saved, files.ckpt, config.model.n_bins)
+    else:
+        curriculum = config.curriculum()
     if args.run and current is None:  # a weights-only checkpoint: the phase its epochs imply
         current = phase_for_epoch(curriculum, saved.epoch)
     print((to_mermaid if args.format == "mermaid" else to_dot)(curriculum, current=current).rstrip("\n"))

@@ -114,6 +114,9 @@ def test_diagram_draws_a_file_and_marks_a_runs_phase(tmp_path, capsys):
     capsys.readouterr()
     assert main(["diagram", path, "--run", str(tmp_path)]) == 0
     assert "class cutoff_8 current" in capsys.readouterr().out
+    assert main(["diagram", "--run", str(tmp_path)]) == 0  # the curriculum the checkpoint stores, not the flags' defaults
+    out = capsys.readouterr().out
+    assert "class cutoff_8 current" in out and "Plateau(window=4, threshold=1.0)" in out, out
     assert main(["diagram", shipped, "--run", str(tmp_path)]) == 2
     assert "was saved with another curriculum" in capsys.readouterr().err
     assert main(["diagram", shipped, "--cutoffs", "4,8"]) == 2
