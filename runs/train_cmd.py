@@ -385,7 +385,7 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
                              f"resume with --epochs N (N > {done}: the last LR stage stretches to the new end)")
                 return 0
             stored = (curriculum.to_dict(), curriculum_file) if curriculum is not None else None
-            return _fit(args, trainer, settings, preset, dist, files, saved, console, data, data_changes, stored, defer=args.overwrite or auto)
+            return _fit(args, trainer, settings, preset, dist, files, saved, console, data, data_changes, stored, args.overwrite or auto)
         finally:
             trainer.close()  # before the process group goes
     except NonFiniteLossError as exc:
