@@ -353,7 +353,9 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
                 "the data each rank sees would change. Resume with the same --nproc_per_node"
             )
         check_data(settings.data)
-        notes: list[str] = []
+        notes: list[str] = [f"note: {path.name} is missing; the checkpoint vouches for rows up to step {saved.global_step} that are lost "
+                             "with it, and it starts again after the checkpoint" for path in files.lost_metrics(saved)] \
+            if saved is not None and dist.rank == 0 else []
         data, data_changes = data_identity(settings, saved, args.allow_data_change, notes) if dist.rank == 0 else (None, [])
         check_model_size(settings, dist.device, f"the settings{' of ' + str(files.ckpt) if saved is not None else ''}")
         config = settings.to_config()

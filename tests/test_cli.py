@@ -574,6 +574,21 @@ def test_a_crash_in_the_first_save_under_overwrite_never_mixes_two_runs(tmp_path
     assert "warning" not in capsys.readouterr().err  # repaired: the metrics are the checkpoint's again
 
 
+def test_resume_auto_starts_then_continues_and_names_metrics_it_lost(tmp_path, capsys):
+    """--resume auto starts a run where there is none, then continues it; a metrics file missing although the
+    checkpoint vouches for rows in it (moved aside, or a kill between a first checkpoint and its CSVs) is named."""
+    assert train(tmp_path, "run", "--stop-after", "4", "--resume", "auto", epochs=2) == 0
+    assert f"no run in {tmp_path / 'run.pt'}: starting fresh" in capsys.readouterr().out
+    files = RunFiles(tmp_path / "run.pt")
+    files.steps.unlink()
+    assert resume(tmp_path, "run", "--stop-after", "1") == 0
+    out = capsys.readouterr().out
+    assert f"resuming {tmp_path / 'run.pt'} at step 4" not in out  # plain --resume says nothing more
+    assert "note: run.steps.csv is missing; the checkpoint vouches for rows up to step 4 that are lost" in out
+    assert "epochs.csv" not in out  # no epoch had ended: nothing lost there
+    assert [int(r["step"]) for r in read_csv(files.steps)] == [5]
+
+
 def test_a_resume_refuses_metrics_that_are_not_its_checkpoints(tmp_path, capsys):
     """An edited steps CSV (a row up to the checkpoint changed) is refused with one line; rows past it are not checked."""
     assert train(tmp_path, "run", "--stop-after", "4") == 0
