@@ -209,6 +209,13 @@ class RunFiles:
         return [path for name, (path, fields, key, upto) in self.metrics(global_step, epoch).items()
                 if name in digests and not metrics_match(path, fields, key, upto, digests[name])]
 
+    def lost_metrics(self, saved) -> list[Path]:
+        """The metrics files that are absent although checkpoint ``saved`` recorded rows in them (moved
+        aside, or a kill between a fresh run's first checkpoint and its metrics' first write)."""
+        digests = saved.metrics or {}
+        return [path for name, (path, fields, _key, _upto) in self.metrics(saved.global_step, saved.epoch).items()
+                if name in digests and not path.exists() and digests[name] != hashlib.sha256(_csv_text(fields, []).encode()).hexdigest()]
+
     def write_history(self, history: History) -> None:
         text = history.to_json().encode()
         atomic_write(self.history, lambda f: f.write(text))

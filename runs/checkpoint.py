@@ -11,7 +11,10 @@ only ``model`` is required, as in a weights-only checkpoint), under torchrun ``r
 ...}``, see :class:`~runs.artifacts.MetricsWriter`), absent in files written before it was added;
 ``data``: the identity of the corpus (:func:`chunklm.corpus.corpus_fingerprint`) and
 ``data_changes``: the resumes that continued on other data on purpose (``--allow-data-change``),
-both absent in files written before they were added. docs/checkpoint.md describes it all.
+both absent in files written before they were added; ``curriculum`` and ``curriculum_file``: for a
+run trained with ``--curriculum FILE``, the curriculum as data (``Curriculum.to_dict()``) and the
+file's path, so that a resume needs no file (absent otherwise, and in files written before they
+were added). docs/checkpoint.md describes it all.
 Version 1 (the first release) also stored ``config``, derived from ``settings``; it is migrated
 on reading.
 """
@@ -68,6 +71,8 @@ class Checkpoint:
     metrics: dict | None = None  # {"steps": sha256, "epochs": sha256} of the metrics files' text up to here
     data: dict | None = None  # chunklm.corpus.corpus_fingerprint() of the run's data
     data_changes: list | None = None  # [{"global_step", "epoch", "changes": [...]}]: resumes on other data, allowed
+    curriculum: dict | None = None  # --curriculum FILE's curriculum as data (Curriculum.to_dict())
+    curriculum_file: str | None = None  # the path it was read from, for messages
 
     def missing_parts(self) -> list[str]:
         """The parts of a full trainer state this checkpoint lacks (none for weights only: ``model``,
@@ -115,6 +120,9 @@ class Checkpoint:
             out["data"] = self.data
         if self.data_changes:
             out["data_changes"] = self.data_changes
+        if self.curriculum is not None:
+            out["curriculum"] = self.curriculum
+            out["curriculum_file"] = self.curriculum_file
         return out
 
     def save(self, path: str | os.PathLike) -> None:
@@ -161,9 +169,13 @@ class Checkpoint:
         changes = data.get("data_changes")
         if changes is not None and not (isinstance(changes, list) and all(isinstance(c, dict) for c in changes)):
             raise CheckpointError(f"{path} is damaged or edited: data_changes is not a list of records")
+        curriculum, curriculum_file = data.get("curriculum"), data.get("curriculum_file")
+        if curriculum is not None and not (isinstance(curriculum, dict) and isinstance(curriculum_file, (str, type(None)))):
+            raise CheckpointError(f"{path} is damaged or edited: curriculum is not a curriculum's data")
         return cls(settings=settings, trainer=data["trainer"], global_step=data["global_step"], epoch=data["epoch"],
                    preset=data.get("preset"), world_size=world_size, num_threads=data.get("num_threads"), rng_per_rank=rng,
-                   metrics=metrics, data=identity, data_changes=changes)
+                   metrics=metrics, data=identity, data_changes=changes, curriculum=curriculum,
+                   curriculum_file=curriculum_file if curriculum is not None else None)
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = False) -> "Checkpoint":

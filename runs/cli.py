@@ -46,6 +46,14 @@ _SEED = _number(int, lambda v: 0 <= v < 2**63, "an integer >= 0 and < 2**63")
 _POSITIVE = _number(int, lambda v: v >= 1, "an integer >= 1")
 
 
+def _resume_mode(text: str) -> str:
+    """``--resume auto``; plain ``--resume`` takes no value."""
+    if text != "auto":
+        raise argparse.ArgumentTypeError(f"expected nothing (continue the run) or auto (continue it if there is one, else "
+                                         f"start it): got {text!r}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="chunklm", description="Train ChunkLM with a spectral curriculum, and inspect its runs.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -54,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(t)
     o = t.add_argument_group("run")
     o.add_argument("--ckpt", default="chunklm_ckpt.pt", help="checkpoint path; metrics and history are written beside it")
-    o.add_argument("--resume", action="store_true", help="continue the run in --ckpt; flags not given come from it")
+    o.add_argument("--resume", nargs="?", const=True, default=False, type=_resume_mode, metavar="auto",
+                   help="continue the run in --ckpt; flags not given come from it. --resume auto: continue it if there is "
+                        "one, else start it (for restarts nobody watches: torchrun --max-restarts, a cluster's requeue)")
     o.add_argument("--overwrite", action="store_true", help="replace the run already in --ckpt (at the new run's first save)")
     o.add_argument("--log-every", dest="log_every", type=_NON_NEGATIVE, default=10, help="print a step line every N optimizer steps (0: never)")
     o.add_argument("--ckpt-every", dest="ckpt_every", type=_NON_NEGATIVE, default=0,
@@ -64,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--plot", action="store_true", help="write the run's PNG plot at the end")
     o.add_argument("--curriculum", metavar="FILE", default=None,
                    help="train with the curriculum in this .toml/.json file instead of the one the curriculum flags build "
-                        "(docs/curriculum-files.md); pass it again on --resume")
+                        "(docs/curriculum-files.md); not needed again on --resume (the checkpoint stores the curriculum)")
     o.add_argument("--allow-data-change", dest="allow_data_change", action="store_true",
                    help="--resume on data that differs from the checkpoint's (other path, files or bytes): continue anyway, recorded in the checkpoint")
 
@@ -277,7 +287,12 @@ def _diagram(args: argparse.Namespace) -> int:
     else:
         settings = Settings.fresh(args.preset, explicit)
     config = settings.to_config()
-    curriculum = config.curriculum()
+    if args.run and saved.curriculum is not None:  # trained with --curriculum FILE: the checkpoint stores it
+        from runs.curriculum_file import stored_curriculum
+
+        curriculum = stored_curriculum(saved, files.ckpt, config.model.n_bins)
+    else:
+        curriculum = config.curriculum()
     if args.run and current is None:  # a weights-only checkpoint: the phase its epochs imply
         current = phase_for_epoch(curriculum, saved.epoch)
     print((to_mermaid if args.format == "mermaid" else to_dot)(curriculum, current=current).rstrip("\n"))

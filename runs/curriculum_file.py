@@ -7,7 +7,8 @@ provides, so a file is checked against it before anything runs: the registered o
 ``avg_loss`` at epoch_end), no phase params (the loop reads none: a phase changes the model through
 its actions, e.g. ``SetCutoff``), and cutoffs within the model's bins. On resume the checkpoint's
 engine state names the curriculum it was saved with (its fingerprint): a file that differs is
-refused, listing what differs.
+refused, listing what differs. The checkpoint also stores the curriculum itself (as data), so
+a resume needs no file; a file given again must be the same curriculum.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from engine import Curriculum, CurriculumError, load_curriculum
 from engine.core import guard_leaves, metrics_read, spec_differences
 from runs.errors import UsageError
 
-__all__ = ["OBJECTS", "METRICS", "CURRICULUM_FLAGS", "load_for_training", "curriculum_for_run", "check_saved_curriculum"]
+__all__ = ["OBJECTS", "METRICS", "CURRICULUM_FLAGS", "load_for_training", "check_for_training", "curriculum_for_run",
+           "check_saved_curriculum", "stored_curriculum"]
 
 # What chunklm.train.Trainer registers with its engine and passes to step_end / epoch_end.
 OBJECTS = ("model", "optimizer", "schedule")
@@ -39,8 +41,11 @@ def load_file(path: str) -> Curriculum:
 
 def load_for_training(path: str, n_bins: int) -> Curriculum:
     """The curriculum in ``path``, checked against what ``chunklm train`` provides."""
-    curriculum = load_file(path)
-    where = f"--curriculum {path}"
+    return check_for_training(load_file(path), f"--curriculum {path}", n_bins)
+
+
+def check_for_training(curriculum: Curriculum, where: str, n_bins: int) -> Curriculum:
+    """``curriculum`` (from ``where``, for messages), checked against what ``chunklm train`` provides."""
     for phase in curriculum.phases:
         if phase.params:
             raise UsageError(
@@ -99,29 +104,51 @@ def check_saved_curriculum(curriculum: Curriculum, saved: Any, ckpt: Path, path:
     changes = spec_differences(snap.spec, curriculum.spec()) if snap.spec is not None else []
     what = f" ({'; '.join(changes[:4])}{'; ...' if len(changes) > 4 else ''}, saved -> this one)" if changes else ""
     if path is not None:
-        raise UsageError(f"--curriculum {path}: {ckpt} was saved with another curriculum{what}; "
-                         "resume with the file it was trained with")
+        way = ("drop --curriculum: the checkpoint stores the one it was trained with" if getattr(saved, "curriculum", None) is not None
+               else "resume with the file it was trained with")
+        raise UsageError(f"--curriculum {path}: {ckpt} was saved with another curriculum{what}; {way}")
     raise UsageError(f"{ckpt} was saved with a curriculum its settings do not make{what}; if it was trained with "
                      "--curriculum FILE, resume with --curriculum and that file")
 
 
-def curriculum_for_run(args: argparse.Namespace, config: Any, saved: Any, ckpt: Path) -> Curriculum | None:
-    """The curriculum ``chunklm train`` runs: the file's (``--curriculum``), or None for the
-    settings' spectral curriculum; on resume, checked against the checkpoint's."""
+def stored_curriculum(saved: Any, ckpt: Path, n_bins: int) -> Curriculum:
+    """The curriculum a checkpoint stores (a run trained with ``--curriculum FILE``), checked
+    against the engine state saved with it and against what ``chunklm train`` provides."""
+    from runs.checkpoint import CheckpointError
+
+    try:
+        curriculum = Curriculum.from_dict(saved.curriculum, source=f"{ckpt}: curriculum")
+        check_for_training(curriculum, f"the curriculum stored in {ckpt}", n_bins)
+        check_saved_curriculum(curriculum, saved, ckpt, None)
+    except (CurriculumError, UsageError) as exc:
+        raise CheckpointError(f"{ckpt} is damaged or edited: the curriculum it stores cannot be used ({exc}); "
+                              f"resume with --curriculum {saved.curriculum_file or 'FILE'} (the file it was trained with), "
+                              "or from another checkpoint") from None
+    return curriculum
+
+
+def curriculum_for_run(args: argparse.Namespace, config: Any, saved: Any, ckpt: Path) -> tuple[Curriculum | None, str | None]:
+    """The curriculum ``chunklm train`` runs and where it comes from: the file's (``--curriculum``),
+    on resume the one the checkpoint stores (a run trained with a file, resumed without it), or
+    (None, None) for the settings' spectral curriculum; on resume, checked against the checkpoint's."""
     path = getattr(args, "curriculum", None)
-    if path is None:
+    stored = getattr(saved, "curriculum", None) is not None
+    if path is None and not stored:
         if saved is not None:
             check_saved_curriculum(config.curriculum(), saved, ckpt, None)
-        return None
+        return None, None
+    source = f"--curriculum {path}" if path is not None else f"the curriculum {ckpt} stores (from {saved.curriculum_file})"
     given = [name for name in CURRICULUM_FLAGS if hasattr(args, name)]  # flags default to absent (argparse.SUPPRESS)
     if given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise UsageError(f"{flags} build the spectral curriculum, which --curriculum {path} replaces; drop "
-                         f"{'them' if len(given) > 1 else 'it'}, or set the same in the file")
+        raise UsageError(f"{flags} build the spectral curriculum, which {source} replaces; drop "
+                         f"{'them' if len(given) > 1 else 'it'}" + (", or set the same in the file" if path is not None else ""))
+    if path is None:
+        return stored_curriculum(saved, ckpt, config.model.n_bins), saved.curriculum_file
     curriculum = load_for_training(path, config.model.n_bins)
     if saved is not None:
         check_saved_curriculum(curriculum, saved, ckpt, path)
-    return curriculum
+    return curriculum, path
 
 
 def diagram_of_file(args: argparse.Namespace, explicit: dict) -> tuple[Curriculum, str | None]:

@@ -79,7 +79,17 @@ class Distributed:
             import torch.distributed as dist
             from torch.distributed import distributed_c10d
 
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+            if attempt > 0:
+                # A restart (torchrun --max-restarts): torchrun hands the new workers the store of the failed
+                # attempt, which still holds its keys (the process group's addresses, our abort key); read as
+                # this attempt's, they connect to dead ranks or abort at once. One prefix per attempt.
+                store, rank, world_size = next(dist.rendezvous("env://"))
+                dist.init_process_group(backend, store=dist.PrefixStore(f"chunklm/attempt{attempt}/", store),
+                                        rank=rank, world_size=world_size)
+            else:
+                dist.init_process_group(backend)
             # No public accessor (stable since torch 1.x). The public route, torch.distributed.rendezvous plus
             # init_process_group(store=...), would re-implement init_process_group's defaults (store timeout, prefix).
             self._store = distributed_c10d._get_default_store()

@@ -31,7 +31,7 @@ from runs.distributed import Distributed, resume_command
 from runs.errors import RunError, UsageError, UserError, report
 from runs.settings import Settings
 
-__all__ = ["train", "check_args", "check_paths", "check_metrics", "data_identity", "StopSignals", "Saver", "Interrupted"]
+__all__ = ["train", "check_args", "check_paths", "auto_resume", "check_metrics", "data_identity", "StopSignals", "Saver", "Interrupted"]
 
 
 class Interrupted(RunError):
@@ -48,7 +48,8 @@ _SIDECARS = (".steps.csv", ".epochs.csv", ".history.json", ".png", ".lock", ".tm
 def check_args(args: argparse.Namespace) -> None:
     """Flags that contradict each other, and checkpoint names that would collide with a run's other files."""
     if args.resume and args.overwrite:
-        raise UsageError("--resume continues the run in --ckpt and --overwrite replaces it: pass one of them")
+        flag = "--resume auto continues the run in --ckpt if there is one" if args.resume == "auto" else "--resume continues the run in --ckpt"
+        raise UsageError(f"{flag} and --overwrite replaces it: pass one of them")
     if not args.ckpt.strip():
         raise UsageError("--ckpt is empty; name the checkpoint file, e.g. --ckpt runs/demo/chunklm_ckpt.pt")
     name = Path(args.ckpt).name
@@ -77,6 +78,9 @@ def check_paths(files: RunFiles, resume: bool, overwrite: bool) -> None:
     if odd:
         raise UsageError(f"--ckpt {ckpt}: {', '.join(str(p) for p in odd)} {'is' if len(odd) == 1 else 'are'} not a regular file "
                          "(a folder, device, FIFO or symbolic link), which a run never replaces; pick another --ckpt")
+    if resume == "auto":
+        auto_resume(files)  # refused before the lock file is made; decided again holding it
+        return
     if resume:
         if not ckpt.exists():
             others = files.existing()
@@ -92,6 +96,25 @@ def check_paths(files: RunFiles, resume: bool, overwrite: bool) -> None:
             f"{ckpt} already holds a run ({', '.join(p.name for p in existing)}); continue it with --resume, "
             "replace it with --overwrite (its files are replaced at the new run's first save), or pass another --ckpt"
         )
+
+
+def auto_resume(files: RunFiles) -> bool:
+    """``--resume auto``, decided while holding the run's lock: resume (True) when the checkpoint is
+    there, start fresh (False) when nothing of a run is, and refuse anything else.
+
+    A fresh ``--resume auto`` run writes nothing before its first checkpoint (its metrics wait in
+    memory, as an ``--overwrite`` run's do), and a checkpoint is written atomically, so a run killed
+    before or during its first save leaves nothing but a temp file (removed at the next start): the
+    restart starts fresh. Whether the checkpoint is a run these flags continue is then the resume's
+    own checks (settings, data, curriculum, processes), each refused in one line."""
+    if os.path.lexists(files.ckpt):
+        return True
+    others = files.existing()
+    if others:
+        raise UsageError(f"--resume auto: no checkpoint at {files.ckpt}, only {', '.join(p.name for p in others)}, which this run did "
+                         "not write (a run that never saved, or another program); nothing was changed. Move them aside, replace "
+                         "them with --overwrite instead of --resume auto, or pick another --ckpt")
+    return False
 
 
 def check_metrics(files: RunFiles, saved: Checkpoint) -> None:
@@ -228,10 +251,12 @@ class Saver:
     """
 
     def __init__(self, trainer, settings: Settings, preset: str | None, dist: Distributed, files: RunFiles,
-                 writers: dict[str, MetricsWriter], replace_old: bool, data: dict | None = None, data_changes: list | None = None) -> None:
+                 writers: dict[str, MetricsWriter], replace_old: bool, data: dict | None = None, data_changes: list | None = None,
+                 curriculum: tuple[dict, str | None] | None = None) -> None:
         self.trainer, self.settings, self.preset, self.dist, self.files = trainer, settings, preset, dist, files
         self.writers, self.replace_old = writers, replace_old
         self.data, self.data_changes = data, data_changes
+        self.curriculum = curriculum  # (the curriculum as data, its file) for a run trained with --curriculum FILE
         self.saved = False  # whether this run has saved a checkpoint yet
 
     def __call__(self, reason: str) -> None:
@@ -252,6 +277,7 @@ class Saver:
             rng_per_rank=rng_per_rank if self.dist.active else None,
             metrics={name: writer.digest() for name, writer in self.writers.items()},
             data=self.data, data_changes=self.data_changes or None,
+            curriculum=self.curriculum[0] if self.curriculum else None, curriculum_file=self.curriculum[1] if self.curriculum else None,
         ).save(self.files.ckpt)
         self.files.write_history(self.trainer.engine.history)
         self.saved = True
@@ -308,11 +334,17 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
     check_args(args)
     files = RunFiles(Path(args.ckpt))
     lock = RunLock(files.ckpt)
+    auto = args.resume == "auto"
     if dist.rank == 0:
         check_paths(files, args.resume, args.overwrite)
         lock.acquire()
     try:
+        if auto:  # rank 0 decides, holding the lock; every rank then reads the same files (rank 0 writes none before a collective)
+            args.resume = dist.gather_to_all(auto_resume(files) if dist.rank == 0 else None)[0]
         saved, settings, preset = _load(files, args, explicit)
+        if auto:
+            Console(enabled=dist.rank == 0).line(f"resuming {files.ckpt} at step {saved.global_step}" if saved is not None
+                                                 else f"no run in {files.ckpt}: starting fresh")
         if saved is not None and dist.rank == 0:
             check_metrics(files, saved)
         if saved is not None and saved.world_size != dist.world_size:
@@ -321,14 +353,16 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
                 "the data each rank sees would change. Resume with the same --nproc_per_node"
             )
         check_data(settings.data)
-        notes: list[str] = []
+        notes: list[str] = [f"note: {path.name} is missing; the checkpoint vouches for rows up to step {saved.global_step} that are lost "
+                             "with it, and it starts again after the checkpoint" for path in files.lost_metrics(saved)] \
+            if saved is not None and dist.rank == 0 else []
         data, data_changes = data_identity(settings, saved, args.allow_data_change, notes) if dist.rank == 0 else (None, [])
         check_model_size(settings, dist.device, f"the settings{' of ' + str(files.ckpt) if saved is not None else ''}")
         config = settings.to_config()
         config = attrs.evolve(config, compile=compile_default(dist.device) if settings.compile is None else settings.compile)
         from runs.curriculum_file import curriculum_for_run
 
-        curriculum = curriculum_for_run(args, config, saved, files.ckpt)  # --curriculum FILE; None: the settings' own
+        curriculum, curriculum_file = curriculum_for_run(args, config, saved, files.ckpt)  # --curriculum FILE, or stored; None: the settings' own
         corpus = build_corpus(config)
         trainer = Trainer(config, device=dist.device, corpus=corpus, rank=dist.rank, world_size=dist.world_size,
                           all_reduce_mean=dist.reduce_mean if dist.active else None, wrap_model=dist.wrap, curriculum=curriculum)
@@ -342,7 +376,9 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
                 if saved is not None and saved.engine_phase is not None:
                     files.write_history(trainer.engine.history)  # the checkpoint's own: a save cut short after it left an older one
             console = Console(enabled=dist.rank == 0)
-            _print_header(console, trainer, corpus, dist, preset, saved, files.ckpt, getattr(args, "curriculum", None))
+            shown = curriculum_file if getattr(args, "curriculum", None) is not None or curriculum is None \
+                else f"{curriculum_file} (stored in the checkpoint)"
+            _print_header(console, trainer, corpus, dist, preset, saved, files.ckpt, shown)
             for note in notes:
                 console.line(note)
             if trainer.done:
@@ -350,7 +386,8 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
                 console.line(f"the run already finished: it has trained {done} epoch{'s' if done != 1 else ''} and --epochs is {config.epochs}; to train longer, "
                              f"resume with --epochs N (N > {done}: the last LR stage stretches to the new end)")
                 return 0
-            return _fit(args, trainer, settings, preset, dist, files, saved, console, data, data_changes)
+            stored = (curriculum.to_dict(), curriculum_file) if curriculum is not None else None
+            return _fit(args, trainer, settings, preset, dist, files, saved, console, data, data_changes, stored, args.overwrite or auto)
         finally:
             trainer.close()  # before the process group goes
     except NonFiniteLossError as exc:
@@ -360,14 +397,16 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
 
 
 def _fit(args, trainer, settings: Settings, preset, dist: Distributed, files: RunFiles, saved, console: Console,
-         data: dict | None = None, data_changes: list | None = None) -> int:
+         data: dict | None = None, data_changes: list | None = None, curriculum: tuple | None = None, defer: bool = False) -> int:
+    """``defer``: a fresh run's metrics wait in memory until its first save (``--overwrite``: the old
+    run's files stay until then; ``--resume auto``: a run killed before it leaves nothing)."""
     writers: dict[str, MetricsWriter] = {}
     if dist.rank == 0:
         clock = trainer.clock
-        writers = {name: MetricsWriter(path, fields, key, upto if saved else None, defer=args.overwrite)
+        writers = {name: MetricsWriter(path, fields, key, upto if saved else None, defer=defer)
                    for name, (path, fields, key, upto) in files.metrics(clock.global_step, clock.epoch).items()}
     save = Saver(trainer, settings, preset, dist, files, writers, replace_old=args.overwrite and saved is None,
-                 data=data, data_changes=data_changes)
+                 data=data, data_changes=data_changes, curriculum=curriculum)
     started_at, steps_at_start = time.time(), trainer.clock.global_step
     with StopSignals(announce=dist.rank == 0) as signals:
         def stop_reason() -> str | None:
@@ -381,7 +420,7 @@ def _fit(args, trainer, settings: Settings, preset, dist: Distributed, files: Ru
             reporter = Reporter(trainer, console, (writers["steps"], writers["epochs"]) if writers else (), dist, args.log_every, stop_reason)
             reason = trainer.fit(reporter, save, ckpt_every=args.ckpt_every)
         except BaseException:
-            if saved is None and not args.overwrite and not save.saved:  # a fresh run that never saved: leave no files behind
+            if saved is None and not defer and not save.saved:  # a fresh run that never saved: leave no files behind
                 for writer in writers.values():
                     writer.close()
                     writer.path.unlink(missing_ok=True)

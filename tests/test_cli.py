@@ -308,6 +308,16 @@ def _csvs_without_checkpoint(base, tmp):
     return ["train", "--resume", "--ckpt", str(tmp / "run.pt")]
 
 
+def _auto_csvs_without_checkpoint(base, tmp):
+    (tmp / "run.pt").unlink()
+    return ["train", *TINY, "--resume", "auto", "--ckpt", str(tmp / "run.pt")]
+
+
+def _auto_foreign_file(base, tmp):
+    (tmp / "x.pt").write_bytes(b"my notes, not a checkpoint")
+    return ["train", *TINY, "--resume", "auto", "--ckpt", str(tmp / "x.pt")]
+
+
 _DEEP = "[" * 100_000 + "]" * 100_000
 _STEP_AS_TEXT = '[{"source": null, "dest": "a", "global_step": "ten", "epoch": 0, "step_in_epoch": 0, "point": "start", "wall_time": 0}]'
 
@@ -381,6 +391,19 @@ BAD = {
     "ckpt of random bytes": (_not_a_checkpoint(bytes(range(7, 250))), 2, "is not a checkpoint: not a file torch.save wrote"),
     "ckpt a JSON file": (_not_a_checkpoint(b'{"schema_version": 2}'), 2, "is not a checkpoint: not a file torch.save wrote"),
     "resume CSVs without a checkpoint": (_csvs_without_checkpoint, 2, "of a run that never saved one; there is nothing to resume"),
+    # issue 25: --resume auto, and the curriculum a checkpoint stores
+    "resume maybe": (["train", *TINY, "--resume", "maybe"], 2, "--resume: expected nothing (continue the run) or auto"),
+    "resume auto and overwrite": (lambda b, t: ["train", "--resume", "auto", "--overwrite", "--ckpt", str(t / "run.pt")], 2,
+                                  "--resume auto continues the run in --ckpt if there is one and --overwrite replaces it"),
+    "resume auto CSVs without a checkpoint": (_auto_csvs_without_checkpoint, 2, "only run.steps.csv, run.epochs.csv, run.history.json, "
+                                              "which this run did not write"),
+    "resume auto other settings": (lambda b, t: ["train", *TINY, "--lr", "0.1", "--resume", "auto", "--ckpt", str(t / "run.pt")], 2,
+                                   "--lr: checkpoint has 0.0002, given 0.1"),
+    "resume auto a foreign file": (_auto_foreign_file, 2, "is not a checkpoint: not a file torch.save wrote"),
+    "stored curriculum garbled": (_edit(lambda d: d.update(curriculum={"phases": 3}, curriculum_file="c.toml")), 2,
+                                  "the curriculum it stores cannot be used"),
+    "stored curriculum not a table": (_edit(lambda d: d.update(curriculum=[1], curriculum_file="c.toml")), 2,
+                                      "curriculum is not a curriculum's data"),
     "seq-len 1 with default cutoffs": (["train", "--data", DATA, "--seq-len", "1", "--chunk", "1", "--kernel-len", "1"], 2,
                                        "each cutoff must be >= 1 bin"),
 }
@@ -549,6 +572,21 @@ def test_a_crash_in_the_first_save_under_overwrite_never_mixes_two_runs(tmp_path
     capsys.readouterr()
     assert main(["history", str(files.ckpt)]) == 0
     assert "warning" not in capsys.readouterr().err  # repaired: the metrics are the checkpoint's again
+
+
+def test_resume_auto_starts_then_continues_and_names_metrics_it_lost(tmp_path, capsys):
+    """--resume auto starts a run where there is none, then continues it; a metrics file missing although the
+    checkpoint vouches for rows in it (moved aside, or a kill between a first checkpoint and its CSVs) is named."""
+    assert train(tmp_path, "run", "--stop-after", "4", "--resume", "auto", epochs=2) == 0
+    assert f"no run in {tmp_path / 'run.pt'}: starting fresh" in capsys.readouterr().out
+    files = RunFiles(tmp_path / "run.pt")
+    files.steps.unlink()
+    assert resume(tmp_path, "run", "--stop-after", "1") == 0
+    out = capsys.readouterr().out
+    assert f"resuming {tmp_path / 'run.pt'} at step 4" not in out  # plain --resume says nothing more
+    assert "note: run.steps.csv is missing; the checkpoint vouches for rows up to step 4 that are lost" in out
+    assert "epochs.csv" not in out  # no epoch had ended: nothing lost there
+    assert [int(r["step"]) for r in read_csv(files.steps)] == [5]
 
 
 def test_a_resume_refuses_metrics_that_are_not_its_checkpoints(tmp_path, capsys):

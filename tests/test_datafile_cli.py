@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from engine import Curriculum, Phase, Transition, save_curriculum
 from policies import MetricBelow, MinEpoch, SetCutoff, spectral_curriculum
@@ -28,18 +29,25 @@ def write(tmp: Path, curriculum: Curriculum, name: str = "c.toml") -> str:
 
 
 def test_a_file_trains_exactly_as_the_flags_that_make_it_and_resumes_under_it(tmp_path, capsys):
-    """--curriculum FILE equal to the flags' curriculum gives the flags' run; a run stopped under it resumes under it."""
+    """--curriculum FILE equal to the flags' curriculum gives the flags' run; a run stopped under it resumes under
+    it: without the file (the checkpoint stores the curriculum), and with it again (--resume auto)."""
     path = write(tmp_path, tiny_curriculum())
     assert main(["train", *MODEL, *FLAGS, "--ckpt", str(tmp_path / "flags.pt")]) == 0
     assert main(["train", *MODEL, "--curriculum", path, "--ckpt", str(tmp_path / "file.pt"), "--stop-after", "4"]) == 0
     assert f"curriculum: {path} (phases cutoff_4 -> cutoff_8 -> cutoff_16 -> full)" in capsys.readouterr().out
-    assert main(["train", "--ckpt", str(tmp_path / "file.pt"), "--resume", "--curriculum", path]) == 0
+    Path(path).rename(tmp_path / "away.toml")  # not read again
+    assert main(["train", "--ckpt", str(tmp_path / "file.pt"), "--resume", "--stop-after", "3"]) == 0
+    assert f"curriculum: {path} (stored in the checkpoint) (phases cutoff_4" in capsys.readouterr().out
+    (tmp_path / "away.toml").rename(path)
+    assert main(["train", *MODEL, "--curriculum", path, "--ckpt", str(tmp_path / "file.pt"), "--resume", "auto"]) == 0
+    assert f"resuming {tmp_path / 'file.pt'} at step 7" in capsys.readouterr().out
     history = assert_same_run(tmp_path, "flags", "file")
     assert [r.dest for r in history] == ["cutoff_4", "cutoff_8", "cutoff_16"]
 
 
 def test_resume_under_another_curriculum_is_refused_in_one_line(tmp_path, capsys):
-    """Resuming with another file, or without the file a run was trained with, names what differs and what to pass."""
+    """Resuming with another file, or a checkpoint written before checkpoints stored their curriculum without the
+    file it was trained with, names what differs and what to pass; with the file, such a checkpoint resumes."""
     path = write(tmp_path, Curriculum([Phase("a", on_enter=[SetCutoff(4)]), Phase("b", on_enter=[SetCutoff(None)])],
                                       [Transition("a", "b", [MinEpoch(1)])]))
     other = write(tmp_path, Curriculum([Phase("a", on_enter=[SetCutoff(4)]), Phase("b", on_enter=[SetCutoff(None)])],
@@ -50,11 +58,17 @@ def test_resume_under_another_curriculum_is_refused_in_one_line(tmp_path, capsys
     assert main(["train", "--ckpt", ckpt, "--resume", "--curriculum", other]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"chunklm train: error: --curriculum {other}: {ckpt} was saved with another curriculum")
-    assert "transition a -> b guard MinEpoch(1) -> MinEpoch(2)" in err and "resume with the file it was trained with" in err
+    assert "transition a -> b guard MinEpoch(1) -> MinEpoch(2)" in err
+    assert "drop --curriculum: the checkpoint stores the one it was trained with" in err
+    data = torch.load(ckpt, weights_only=True)
+    del data["curriculum"], data["curriculum_file"]  # as written before checkpoints stored it
+    torch.save(data, ckpt)
     assert main(["train", "--ckpt", ckpt, "--resume"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "was saved with a curriculum its settings do not make" in err
     assert "resume with --curriculum and that file" in err
+    assert main(["train", "--ckpt", ckpt, "--resume", "--curriculum", path, "--stop-after", "1"]) == 0
+    assert "curriculum" in torch.load(ckpt, weights_only=True)  # stored from the next save on
 
 
 @pytest.mark.parametrize("make, extra, message", [
@@ -100,6 +114,9 @@ def test_diagram_draws_a_file_and_marks_a_runs_phase(tmp_path, capsys):
     capsys.readouterr()
     assert main(["diagram", path, "--run", str(tmp_path)]) == 0
     assert "class cutoff_8 current" in capsys.readouterr().out
+    assert main(["diagram", "--run", str(tmp_path)]) == 0  # the curriculum the checkpoint stores, not the flags' defaults
+    out = capsys.readouterr().out
+    assert "class cutoff_8 current" in out and "Plateau(window=4, threshold=1.0)" in out, out
     assert main(["diagram", shipped, "--run", str(tmp_path)]) == 2
     assert "was saved with another curriculum" in capsys.readouterr().err
     assert main(["diagram", shipped, "--cutoffs", "4,8"]) == 2

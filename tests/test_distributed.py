@@ -25,9 +25,31 @@ def torchrun(tmp, name, *extra) -> str:
     return launch([*TORCHRUN, "train", *extra, "--ckpt", str(tmp / f"{name}.pt")], timeout=300)
 
 
+# `chunklm train` whose rank 1 SIGKILLs itself after global step 10 on torchrun's first attempt only (a test hook, not a flag).
+_KILL_RANK_1_ONCE = """
+import os, signal, sys
+sys.path.insert(0, {repo!r})
+from runs import console
+from runs.cli import main
+
+on_step = console.Reporter.on_step
+
+def die_once(self, info):
+    on_step(self, info)
+    if info.global_step == 10 and os.environ["RANK"] == "1" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+console.Reporter.on_step = die_once
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_two_processes_raise_together_and_resume_exactly(tmp_path):
-    """A 2-process gloo run raises on both ranks at once; stopped and resumed it equals the uninterrupted run."""
-    out = torchrun(tmp_path, "whole", *TINY, "--batch-size", "1", "--epochs", "3")
+    """A 2-process gloo run raises on both ranks at once; stopped and resumed it equals the uninterrupted run;
+    so does a run whose rank 1 is killed mid-epoch and which torchrun restarts (--max-restarts 1, --resume auto):
+    the job finishes by itself from its last checkpoint (step 8; killed after step 10 of 18)."""
+    out = torchrun(tmp_path, "whole", *TINY, "--batch-size", "1", "--epochs", "3", "--resume", "auto")  # nothing there: fresh
+    assert f"no run in {tmp_path / 'whole.pt'}: starting fresh" in out
     assert "global batch = 1 x 2 accum x 2 processes = 4 windows/step" in out
     assert out.count("Epoch 0 avg_loss=") == 1  # rank 0 alone prints
     assert "Epoch 1 🚀 CUTOFF RAISED: 4 -> 8" in out
@@ -43,6 +65,16 @@ def test_two_processes_raise_together_and_resume_exactly(tmp_path):
 
     # A different world size is refused with a clear message (the data each rank sees would change).
     assert main(["train", "--ckpt", str(tmp_path / "split.pt"), "--resume"]) == 2
+
+    script = tmp_path / "kill_rank_1_once.py"
+    script.write_text(_KILL_RANK_1_ONCE.format(repo=str(REPO)))
+    out = launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
+                  str(script), "train", *TINY, "--batch-size", "1", "--epochs", "3", "--ckpt-every", "4", "--resume", "auto",
+                  "--ckpt", str(tmp_path / "killed.pt")], timeout=300)
+    assert f"no run in {tmp_path / 'killed.pt'}: starting fresh" in out
+    assert f"resuming {tmp_path / 'killed.pt'} at step 8" in out
+    assert "done: 10 steps" in out
+    assert_same_run(tmp_path, "whole", "killed")
 
 
 def _free_port() -> int:

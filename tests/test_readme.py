@@ -98,8 +98,10 @@ def test_every_flag_the_chunklm_manual_names_exists():
     known = {name: {s for a in sub._actions for s in a.option_strings} for name, sub in subparsers.items()}
     text = (README.parent / "docs" / "chunklm.md").read_text()
     named = set(re.findall(r"(?<![\w-])(--[a-z][a-z_-]*[a-z])", text))
-    every = set().union(*known.values()) | {"--nproc_per_node", "--standalone", "--nnodes", "--node_rank", "--rdzv_backend",
-                                            "--rdzv_endpoint", "--rdzv_id", "--no-python"}
+    from torch.distributed.run import get_args_parser  # the torchrun lines: flags torchrun has
+
+    torchrun = {s for a in get_args_parser()._actions for s in a.option_strings}
+    every = set().union(*known.values()) | torchrun
     assert named and named <= every, sorted(named - every)
     assert {"--plateau-test", "--plateau-alpha", "--micro-batch", "--stop-after"} <= named & known["train"]
 
