@@ -2,7 +2,8 @@
 
 :func:`check_state` reads ``engine.state_dict()``'s output and refuses, with one
 :class:`CurriculumError` naming the field and the fix, a state this curriculum cannot continue:
-another curriculum's (fingerprint), a clock or history that does not fit it, pending health checks or ``held_since`` entries that name no
+another curriculum's (fingerprint), a clock that is not made of ints, a history that does not end
+where the state says the run is, pending health checks or ``held_since`` entries that name no
 transition or action of this curriculum. It changes nothing. :func:`load_guards` then loads the
 guards' accumulators all or nothing. ``CurriculumEngine.load_state_dict`` calls the two, then
 sets its phase, clock and history (which cannot fail).
@@ -45,6 +46,7 @@ def check_state(
     With ``lenient`` (``allow_fingerprint_mismatch=True``) what names phases, transitions or
     guards of another curriculum is left out instead of refused.
     """
+    _check_raw(data)
     snap = from_primitives(data)
     _check_fingerprint(snap, curriculum, fingerprint, spec, lenient)
     phases = [p.name for p in curriculum.phases]
@@ -53,7 +55,23 @@ def check_state(
     _check_clock(snap.clock)
     if not lenient:
         _check_history(snap.history, phases)
+    _check_run(snap, curriculum, lenient)
     return Restored(snap, _restored_pending(snap, curriculum, plan, lenient), _restored_held_since(snap, curriculum, plan, lenient))
+
+
+def _check_raw(data: Any) -> None:
+    """What structuring would hide: a clock of floats or text (cattrs would make 10.7 and "10" the int 10)."""
+    if not isinstance(data, dict):
+        return  # from_primitives says so
+    clock = data.get("clock")
+    if isinstance(clock, dict):
+        for name in _CLOCK_FIELDS:
+            value = clock.get(name, 0)
+            if type(value) is not int:
+                raise CurriculumError(
+                    f"engine state is malformed: clock.{name} must be an int >= 0, got {type(value).__name__} {value!r} "
+                    f"(no conversion is made: a clock of floats, text or bools is not one the engine wrote); {SAVED}"
+                )
 
 
 def _check_fingerprint(snap: EngineState, curriculum: Curriculum, fingerprint: str, spec: dict, lenient: bool) -> None:
@@ -84,6 +102,39 @@ def _check_clock(clock: Clock) -> None:
                 f"engine state's clock.{part} ({getattr(clock, part)}) is larger than clock.{whole} "
                 f"({getattr(clock, whole)}); {SAVED}"
             )
+
+
+def _check_run(snap: EngineState, curriculum: Curriculum, lenient: bool) -> None:
+    """The run the state describes hangs together: started when it has a past, its history ends in
+    its phase (an empty one in the phase start() enters), no record later than its clock."""
+    clock, history = snap.clock, snap.history
+    if not snap.started:
+        ran = [f"{len(history)} history record{'s' if len(history) > 1 else ''}"] if history else []
+        ran += [f"clock.{name} = {getattr(clock, name)}" for name in _CLOCK_FIELDS if getattr(clock, name)]
+        ran += ["pending health checks"] if snap.pending_checks else []
+        if ran:
+            raise CurriculumError(
+                f"engine state's started is False, but it has {', '.join(ran)}: it claims a run in progress that never "
+                f"started; {SAVED} (an engine that ran saves started=True)"
+            )
+    for k, record in enumerate(history):
+        if record.global_step > clock.global_step or record.epoch > clock.epoch:
+            raise CurriculumError(
+                f"engine state's history[{k}] is at global step {record.global_step} (epoch {record.epoch}), later than "
+                f"its clock (global step {clock.global_step}, epoch {clock.epoch}); {SAVED}"
+            )
+    if lenient:
+        return  # another curriculum's phases: what the history says of them is not checked
+    if not history and snap.phase != curriculum.initial_name:
+        raise CurriculumError(
+            f"engine state's history is empty but its phase is {snap.phase!r}; a run without records is in the phase "
+            f"start() enters ({curriculum.initial_name!r}); {SAVED}"
+        )
+    if history and history[-1].dest != snap.phase:
+        raise CurriculumError(
+            f"engine state's last history record (#{len(history) - 1}, {history[-1].source} -> {history[-1].dest}) does "
+            f"not end in its phase {snap.phase!r}; {SAVED}"
+        )
 
 
 def _check_history(history: list[Record], phases: list[str]) -> None:

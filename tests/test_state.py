@@ -273,6 +273,13 @@ CORRUPTED = [
     ("negative clock", corrupt(["clock", "steps_in_phase"], -1), r"clock\.steps_in_phase must be an int >= 0, got -1"),
     ("clock parts larger than the whole", corrupt(["clock", "epochs_in_phase"], 9), r"clock\.epochs_in_phase \(9\) is larger than clock\.epoch \(1\)"),
     ("history naming no phase", corrupt(["history", 0, "dest"], "z"), r"history\[0\]\.dest is 'z', not a phase of this curriculum"),
+    ("clock of floats", corrupt(["clock", "global_step"], 10.7), r"clock\.global_step must be an int >= 0, got float 10\.7 \(no conversion is made"),
+    ("clock of text", corrupt(["clock", "global_step"], "10"), r"clock\.global_step must be an int >= 0, got str '10' \(no conversion is made"),
+    ("clock of bools", corrupt(["clock", "epoch"], True), r"clock\.epoch must be an int >= 0, got bool True \(no conversion is made"),
+    ("empty history out of the initial phase", lambda s: {**s, "history": [], "phase": "b", "held_since": {}}, r"history is empty but its phase is 'b'; a run without records is in the phase start\(\) enters \('a'\)"),
+    ("last record not ending in the phase", corrupt(["phase"], "c"), r"last history record \(#0, None -> a\) does not end in its phase 'c'"),
+    ("record later than the clock", corrupt(["history", 0, "global_step"], 99), r"history\[0\] is at global step 99 \(epoch 0\), later than its clock \(global step 4, epoch 1\)"),
+    ("not started but ran", corrupt(["started"], False), r"started is False, but it has 1 history record, clock\.global_step = 4, clock\.epoch = 1.*claims a run in progress"),
     ("pending check past the history", lambda s: {**with_pending(s), "pending_checks": [{"record": 9, "transition": 0, "action": 0}]}, r"pending_checks\[0\] points at history record 9, but the history has 2 records"),
     ("pending check on an action without verify", lambda s: {**with_pending(s), "pending_checks": [{"record": 0, "transition": -1, "action": 0}]}, r"pending_checks\[0\] names action 0 of history record 0, which has 0"),
 ]
