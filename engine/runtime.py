@@ -105,7 +105,8 @@ class CurriculumEngine:
     ``objects`` are what guards and actions use, reachable on the context as ``ctx.<name>``
     (``optimizer=...``, ``model=...``, ``schedule=...``). They may also be registered later with
     :meth:`bind` (frameworks build the optimizer after their callbacks); every object a guard or
-    action ``requires`` must be registered by :meth:`start` or :meth:`load_state_dict`.
+    action ``requires`` must be registered by :meth:`start` or :meth:`load_state_dict`, which
+    then call each guard's and action's ``check(ctx)`` (when it has one).
 
     Every call is atomic: ``step_end``, ``epoch_end``, ``start`` and ``force`` validate their
     input first, and a call that raises leaves ``state_dict()`` as it was before the call
@@ -190,6 +191,25 @@ class CurriculumEngine:
                     f"CurriculumEngine(curriculum, {name}=...) or call engine.bind({name}=...) before {call}"
                 )
 
+    def _check_objects(self, call: str) -> None:
+        """Every guard's and action's ``check(ctx)``, with the objects registered; one that raises
+        is a CurriculumError naming it and its transition (nothing was changed yet)."""
+        ctx = self.ctx
+        ctx.metrics, ctx.point = {}, None
+        try:
+            for item in self._plan.checks:
+                ctx.transition = self.curriculum.transitions[item.index] if item.index is not None else None
+                try:
+                    item.check(ctx)
+                except Exception as exc:
+                    raise CurriculumError(
+                        f"{item.what} {describe(item.obj)} (in {item.where}) refused this run in check() at {call}: "
+                        f"{type(exc).__name__}: {exc}; nothing was changed: fix the objects it works on (or the curriculum) "
+                        f"and call {call} again"
+                    ) from exc
+        finally:
+            ctx.transition = None
+
     # -- the loop's calls ---------------------------------------------------------------------
 
     def start(self, phase: str | None = None, *, global_step: int = 0, epoch: int = 0) -> Record:
@@ -209,6 +229,7 @@ class CurriculumEngine:
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
                 raise CurriculumError(f"start({field}=...) must be an int >= 0, got {value!r}")
         self._check_requirements("start()")
+        self._check_objects("start()")
         name = phase if phase is not None else self.curriculum.initial_name
         entered = self._plan.phases[name]
         states = [(restore, take()) for take, restore in entered.undo_reset]
@@ -391,10 +412,11 @@ class CurriculumEngine:
     def load_state_dict(self, state: dict, *, allow_fingerprint_mismatch: bool = False) -> None:
         """Restore a snapshot into this (freshly built) engine; fires no callback.
 
-        All or nothing: every registered object a guard or action requires is checked, then the whole state (:func:`engine.restore.check_state`:
-        schema, fingerprint, phase, clock, history, pending health checks, ``held_since``, which
-        guards it has accumulators for), then the guards load their accumulators, and if one
-        refuses them the guards loaded before it are put back. A load that raises leaves the
+        All or nothing: every registered object a guard or action ``requires`` is checked, then
+        the whole state (:func:`engine.restore.check_state`: schema, fingerprint, phase, clock,
+        history, pending health checks, ``held_since``), then each guard's and action's
+        ``check(ctx)``, then which guards it has accumulators for, and the guards load them; if
+        one refuses them the guards loaded before it are put back. A load that raises leaves the
         engine as it was: a fresh one can still ``start()`` or load another state. With
         ``allow_fingerprint_mismatch=True`` the parts that do not match this curriculum are left
         out instead of refused.
@@ -402,6 +424,7 @@ class CurriculumEngine:
         self._check_requirements("load_state_dict()")
         lenient = allow_fingerprint_mismatch
         restored = check_state(state, self.curriculum, self._plan, self._fingerprint, self._spec, lenient)
+        self._check_objects("load_state_dict()")
         snap = restored.state
         load_guards(self._plan, snap.guards, lenient)
         # Everything was checked and the guards are loaded: nothing below can fail.

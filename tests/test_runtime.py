@@ -393,3 +393,76 @@ def test_force_records_the_destination_on_enter_effects():
     eng.start()
     record = eng.force("b", reason="by hand")
     assert [(a.action, a.effect) for a in record.actions] == [("Log('enter_b')", {"name": "enter_b", "step": 0})]
+
+
+class NeedsRestartable:
+    """An action that can only work on a schedule that restarts: check() refuses any other, at the start."""
+
+    requires = ("schedule",)
+
+    def __init__(self):
+        self.checked, self.ran = 0, 0
+
+    def check(self, ctx):
+        self.checked += 1
+        if not hasattr(ctx.schedule, "restart"):
+            raise TypeError(f"{type(ctx.schedule).__name__} cannot restart")
+
+    def __call__(self, ctx):
+        self.ran += 1
+
+    def __repr__(self):
+        return "NeedsRestartable()"
+
+
+class Restarts:
+    def restart(self):
+        pass
+
+
+class WindowAtMost:
+    """A guard whose check() refuses a registered limit below its need."""
+
+    def check(self, ctx):
+        if ctx.limit < 4:
+            raise ValueError(f"limit {ctx.limit} < 4")
+
+    def __call__(self, ctx):
+        return False
+
+    def __repr__(self):
+        return "WindowAtMost()"
+
+
+def test_check_refuses_a_misconfigured_run_at_start_and_changes_nothing():
+    """check(ctx) of every action and guard runs once at start(), objects bound; one that raises is a CurriculumError naming it and its transition, the engine stays unstarted."""
+    action = NeedsRestartable()
+    cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Always()], [action])])
+    eng = CurriculumEngine(cur, schedule=object())
+    before = eng.state_dict()
+    with pytest.raises(CurriculumError, match=r"action NeedsRestartable\(\) \(in transition a -> b\) refused this run in check\(\) at start\(\): TypeError: object cannot restart; nothing was changed"):
+        eng.start()
+    assert eng.state_dict() == before and action.ran == 0
+    eng.bind(schedule=Restarts())
+    eng.start()
+    assert action.checked == 2
+    eng.epoch_end()
+    assert action.ran == 1 and action.checked == 2  # checked at start only, not per call
+
+
+def test_check_runs_at_load_state_dict_and_a_refusal_loads_nothing():
+    """load_state_dict() calls check(ctx) after the requires check; a guard that refuses leaves the engine as it was."""
+    def build():
+        return Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [WindowAtMost(), Never()])])
+
+    eng = CurriculumEngine(build(), limit=8)
+    eng.start()
+    eng.step_end(loss=1.0)
+    saved = eng.state_dict()
+    fresh = CurriculumEngine(build(), limit=2)
+    before = fresh.state_dict()
+    with pytest.raises(CurriculumError, match=r"guard WindowAtMost\(\) \(in transition a -> b\) refused this run in check\(\) at load_state_dict\(\): ValueError: limit 2 < 4"):
+        fresh.load_state_dict(saved)
+    assert fresh.state_dict() == before
+    fresh.bind(limit=4).load_state_dict(saved)
+    assert fresh.state_dict() == saved
