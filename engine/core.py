@@ -45,6 +45,7 @@ and reads the declarations of the guards inside it. The engine checks the declar
 
 from __future__ import annotations
 
+import difflib
 import enum
 import hashlib
 import json
@@ -205,9 +206,17 @@ class Context:
             point = self.point.value if self.point else "this point"
             call = "step_end(loss=..., ...)" if self.point is Point.STEP_END else "epoch_end(...)"
             raise CurriculumError(
-                f"metric {name!r} is needed at {point} but the loop did not pass it "
-                f"(passed: {sorted(self.metrics)}); pass it as engine.{call.replace('...)', f'{name}=...)')}"
+                f"metric {name!r} is needed at {point} but the loop did not pass it{did_you_mean(name, self.metrics)} "
+                f"(passed: {sorted(self.metrics)}); pass it as engine.{call.replace('...)', f'{name}=...)')}, "
+                "or fix a misspelt name in the guard that reads it"
             ) from None
+
+
+def did_you_mean(name: str, passed: Any) -> str:
+    """`` (did you mean 'val_loss', which the loop passed?)`` when a passed metric's name is close
+    to ``name`` (a typo in the guard or in the loop); empty otherwise."""
+    close = difflib.get_close_matches(name, [str(m) for m in passed], n=1)
+    return f" (did you mean {close[0]!r}, which the loop passed?)" if close else ""
 
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

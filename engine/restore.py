@@ -26,6 +26,7 @@ __all__ = ["Restored", "check_state", "load_guards", "SAVED"]
 logger = logging.getLogger("engine.runtime")
 
 SAVED = "pass the dict that engine.state_dict() returned for this curriculum"
+_HF_KEY = 'state["stateful_callbacks"]["curriculum_engine"]'  # engine.integrations.hf.STATE_KEY
 _CLOCK_FIELDS = [f.name for f in attrs.fields(Clock)]
 
 
@@ -60,9 +61,16 @@ def check_state(
 
 
 def _check_raw(data: Any) -> None:
-    """What structuring would hide: a clock of floats or text (cattrs would make 10.7 and "10" the int 10)."""
+    """What structuring would hide or say less well: a whole HF ``trainer_state.json`` (not the
+    engine's part of it), a clock of floats or text (cattrs would make 10.7 and "10" the int 10)."""
     if not isinstance(data, dict):
         return  # from_primitives says so
+    if "schema_version" not in data and ("stateful_callbacks" in data or "log_history" in data):
+        found = "stateful_callbacks" if "stateful_callbacks" in data else "log_history"
+        raise CurriculumError(
+            f"engine state looks like a whole Hugging Face trainer_state.json (it has {found!r}, no 'schema_version'); "
+            f"pass the engine's part of it: engine.load_state_dict({_HF_KEY})"
+        )
     clock = data.get("clock")
     if isinstance(clock, dict):
         for name in _CLOCK_FIELDS:

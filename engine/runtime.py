@@ -18,7 +18,7 @@ from typing import Any, Callable
 import attrs
 from transitions import Machine, State
 
-from engine.core import Clock, ClockView, Context, Curriculum, CurriculumError, Phase, Point, describe, truth_value
+from engine.core import Clock, ClockView, Context, Curriculum, CurriculumError, Phase, Point, describe, did_you_mean, truth_value
 from engine.diagram import to_dot, to_mermaid
 from engine.history import ActionEffect, Decision, GuardEvidence, HeldSince, History, Record, jsonable
 from engine.plan import Plan, PointPlan, actions_of, undo_all
@@ -444,12 +444,12 @@ class CurriculumEngine:
         missing = [name for name in needs if name not in metrics]
         if not missing:
             return
-        readers = "; ".join(f"{name!r} (read by {', '.join(needs[name])})" for name in missing)
+        readers = "; ".join(f"{name!r} (read by {', '.join(needs[name])}){did_you_mean(name, metrics)}" for name in missing)
         call = f"engine.{point.value}(" + ", ".join(f"{name}=..." for name in missing) + ")"
         scope = "transitions of this curriculum read" if everywhere else "the current phase reads"
         raise CurriculumError(
             f"{point.value}(): the {scope} metrics the loop did not pass: {readers}; passed: {sorted(metrics)}. "
-            f"Pass them as {call}. Nothing was counted: call again with them"
+            f"Pass them as {call}, or fix a misspelt name in the guard that reads it. Nothing was counted: call again with them"
         )
 
     # -- deciding ------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import Clock, Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
+from engine import Clock, Context, Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
 from policies import any_of
 from tests.utils import Always, CountBelow, EpochAtLeast, Log, LossBelow, Never
 
@@ -466,3 +466,19 @@ def test_check_runs_at_load_state_dict_and_a_refusal_loads_nothing():
     assert fresh.state_dict() == before
     fresh.bind(limit=4).load_state_dict(saved)
     assert fresh.state_dict() == saved
+
+
+def test_a_misspelt_metric_name_is_answered_with_the_close_one_passed():
+    """A guard reading 'val_los' when the loop passes 'val_loss': the errors ask "did you mean 'val_loss'?", not only to pass the typo."""
+    from policies import MetricBelow, Plateau
+
+    eng = CurriculumEngine(Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [MetricBelow("val_los", 1.0)])]))
+    eng.start()
+    with pytest.raises(CurriculumError, match=r"'val_los' \(read by MetricBelow.*\) \(did you mean 'val_loss', which the loop passed\?\).*or fix a misspelt name in the guard"):
+        eng.epoch_end(val_loss=0.5)
+    eng = CurriculumEngine(Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Plateau(window=2, metric="val_los")], when="step_end")]))
+    eng.start()
+    with pytest.raises(CurriculumError, match=r"did you mean 'val_loss'"):
+        eng.step_end(loss=1.0, val_loss=0.5)
+    with pytest.raises(CurriculumError, match=r"'val_bpb' is needed at epoch_end but the loop did not pass it \(did you mean 'val_bpc', which the loop passed\?\)"):
+        Context(clock=Clock(), metrics={"val_bpc": 1.0}, point=Point.EPOCH_END).metric("val_bpb")

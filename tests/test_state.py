@@ -335,3 +335,15 @@ def test_lenient_load_leaves_out_what_does_not_fit():
     eng.load_state_dict(state, allow_fingerprint_mismatch=True)
     again = eng.state_dict()
     assert "t9.g0" not in again["guards"] and again["held_since"] == {"2": [[1, 1]]} and len(again["pending_checks"]) == 1
+
+
+def test_a_whole_hf_trainer_state_says_which_part_to_pass():
+    """Loading a whole trainer_state.json by mistake names the key the HF callback keeps the engine state under."""
+    STATE_KEY = "curriculum_engine"  # engine.integrations.hf.STATE_KEY (not imported: transformers is slow to import)
+    state = saved_state()
+    trainer_state = {"global_step": 4, "log_history": [], "stateful_callbacks": {STATE_KEY: state}}
+    eng = CurriculumEngine(stateful())
+    with pytest.raises(CurriculumError, match=rf"whole Hugging Face trainer_state\.json.*engine\.load_state_dict\(state\[\"stateful_callbacks\"\]\[\"{STATE_KEY}\"\]\)"):
+        eng.load_state_dict(trainer_state)
+    eng.load_state_dict(trainer_state["stateful_callbacks"][STATE_KEY])
+    assert eng.state_dict() == state
