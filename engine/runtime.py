@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 _MANUAL = "manual"
 _START = "start"
+_STEP_END, _EPOCH_END = Point.STEP_END, Point.EPOCH_END  # module constants: the per-step path reads them
 # Context attributes that a registered object would shadow.
 _RESERVED = frozenset(attrs.fields_dict(Context)) | {"metric"}
 
@@ -141,6 +142,7 @@ class CurriculumEngine:
         self._fingerprint = curriculum.fingerprint()
         self._spec = curriculum.spec()
         self._plan = Plan.build(curriculum)
+        self._here = self._plan.phases[curriculum.initial_name]  # the current phase's plan (set with the phase)
         self._phases = {p.name: p for p in curriculum.phases}
         # Per transition out of the current phase, the (global_step, epoch) since which each of its
         # guards (all_of opened up) has held at every evaluation point.
@@ -250,7 +252,7 @@ class CurriculumEngine:
             self._clock.global_step = self._clock.epoch = 0
             undo_all(states)
             raise
-        self._machine.set_state(name, model=self._model)
+        self._set_phase(name)
         self._history.append(record)
         self._add_checks(-1, record)
         self._started = True
@@ -273,11 +275,11 @@ class CurriculumEngine:
             if type(value) is not float:
                 metrics[name] = to_metric(name, value, "step_end()")
         metrics["loss"] = loss
-        plan = self._plan.phases[self._model.state].step_end
+        plan = self._here.step_end
         if self._unchecked_step:
-            self._check_metrics(self._plan.all_needs[Point.STEP_END], metrics, Point.STEP_END, everywhere=True)
+            self._check_metrics(self._plan.all_needs[_STEP_END], metrics, _STEP_END, everywhere=True)
             self._unchecked_step = False
-        return self._advance(Point.STEP_END, plan, metrics)
+        return self._advance(_STEP_END, plan, metrics)
 
     def epoch_end(self, **metrics: float) -> Record | None:
         """After the last step of an epoch: count the epoch, evaluate epoch-end transitions.
@@ -289,11 +291,11 @@ class CurriculumEngine:
         for name, value in metrics.items():
             if type(value) is not float:
                 metrics[name] = to_metric(name, value, "epoch_end()")
-        plan = self._plan.phases[self._model.state].epoch_end
+        plan = self._here.epoch_end
         if self._unchecked_epoch:
-            self._check_metrics(self._plan.all_needs[Point.EPOCH_END], metrics, Point.EPOCH_END, everywhere=True)
+            self._check_metrics(self._plan.all_needs[_EPOCH_END], metrics, _EPOCH_END, everywhere=True)
             self._unchecked_epoch = False
-        return self._advance(Point.EPOCH_END, plan, metrics)
+        return self._advance(_EPOCH_END, plan, metrics)
 
     def _advance(self, point: Point, plan: PointPlan, metrics: dict[str, float]) -> Record | None:
         """One evaluation point, all or nothing: count it, run the health checks owed (step_end),
@@ -306,7 +308,7 @@ class CurriculumEngine:
         marks = [(restore, take()) for take, restore in plan.undo] if plan.undo else None
         clock = self._clock
         step_in_epoch = clock.step_in_epoch
-        at_step = point is Point.STEP_END
+        at_step = point is _STEP_END
         pending = self._pending if at_step else None
         if at_step:
             clock.global_step += 1
@@ -428,7 +430,7 @@ class CurriculumEngine:
         snap = restored.state
         load_guards(self._plan, snap.guards, lenient)
         # Everything was checked and the guards are loaded: nothing below can fail.
-        self._machine.set_state(snap.phase, model=self._model)
+        self._set_phase(snap.phase)
         for field in attrs.fields(Clock):
             setattr(self._clock, field.name, getattr(snap.clock, field.name))
         self._history = History(snap.history)
@@ -519,10 +521,13 @@ class CurriculumEngine:
             raise
         finally:
             self.ctx.transition = None
+            self._here = self._plan.phases[self._model.state]  # the machine moved it, or the rollback
         return self._history[-1]
 
     def _set_phase(self, name: str) -> None:
+        """Set the phase outside a transition (start, restore, rollback), and its plan with it."""
         self._machine.set_state(name, model=self._model)
+        self._here = self._plan.phases[name]
 
     def _begin(self, event: Any) -> None:
         clock, txn = self._clock, event.kwargs["txn"]
