@@ -482,3 +482,18 @@ def test_a_misspelt_metric_name_is_answered_with_the_close_one_passed():
         eng.step_end(loss=1.0, val_loss=0.5)
     with pytest.raises(CurriculumError, match=r"'val_bpb' is needed at epoch_end but the loop did not pass it \(did you mean 'val_bpc', which the loop passed\?\)"):
         Context(clock=Clock(), metrics={"val_bpc": 1.0}, point=Point.EPOCH_END).metric("val_bpb")
+
+
+def test_the_machine_is_entered_only_when_a_transition_fires(monkeypatch):
+    """The engine decides before it triggers: a point where no transition holds never calls into transitions; one that fires does, once."""
+    import transitions.core
+
+    triggered = []
+    real = transitions.core.Event.trigger
+    monkeypatch.setattr(transitions.core.Event, "trigger", lambda self, *a, **k: triggered.append(self.name) or real(self, *a, **k))
+    cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [CountBelow(0.5, need=2)], when=Point.STEP_END)])
+    eng = CurriculumEngine(cur)
+    eng.start()
+    eng.step_end(loss=0.4)
+    assert not triggered and eng.phase.name == "a"
+    assert eng.step_end(loss=0.4) is not None and eng.phase.name == "b" and len(triggered) == 1
