@@ -18,8 +18,9 @@ from typing import Any, Callable
 import attrs
 from transitions import Machine, State
 
-from engine.core import Clock, ClockView, Context, Curriculum, CurriculumError, Phase, Point, describe, did_you_mean, truth_value
+from engine.core import Clock, ClockView, Context, Curriculum, CurriculumError, Phase, Point, describe, truth_value
 from engine.diagram import to_dot, to_mermaid
+from engine.metrics import check_metrics, to_metric
 from engine.history import ActionEffect, Decision, GuardEvidence, HeldSince, History, Record, jsonable
 from engine.plan import Plan, PointPlan, actions_of, undo_all
 from engine.restore import SAVED as _SAVED
@@ -55,49 +56,6 @@ def _check_names(objects: dict[str, Any], where: str) -> None:
                 f"{'it would hide Context.' + name if name in _RESERVED else 'expected a public identifier'}; "
                 "choose another name, e.g. model=, optimizer=, schedule="
             )
-
-
-_REAL = "a real number (int, float, numpy scalar or 1-element tensor)"
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _bad_metric(name: str, value: Any, call: str, why: str = "") -> CurriculumError:
-    return CurriculumError(
-        f"{call}: metric {name!r} must be {_REAL}, got {type(value).__name__} {_short(value)}{why}; "
-        f"pass a number, e.g. {name}=float(...) or {name}=tensor.item(). Nothing was counted: call again with a number"
-    )
-
-
-def to_metric(name: str, value: Any, call: str = "step_end()") -> float:
-    """``value`` as a float metric, or a :class:`CurriculumError` naming the metric, type and value.
-
-    Accepted: int, float (NaN and infinities included), numpy integer and floating scalars, and
-    one-element tensors or arrays of those. Refused: bool (a flag is not a measurement), str,
-    None, complex, sequences, multi-element tensors, ints too large for a float.
-    """
-    if type(value) is float:
-        return value
-    if isinstance(value, bool):
-        raise _bad_metric(name, value, call, " (a bool is not a measurement)")
-    if isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and not hasattr(value, "item")):
-        try:
-            return float(value)
-        except OverflowError:
-            raise _bad_metric(name, value, call, " (too large for a float)") from None
-    item = getattr(value, "item", None)
-    size = getattr(value, "size", None)  # numpy: an int attribute; torch: a method
-    count = value.numel() if hasattr(value, "numel") else size if isinstance(size, int) else None
-    if callable(item) and count == 1 and getattr(getattr(value, "dtype", None), "kind", "f") != "b":
-        inner = item()
-        if not isinstance(inner, bool) and isinstance(inner, (int, float)):
-            return float(inner)
-    if count is not None and count != 1:
-        raise _bad_metric(name, value, call, f" ({count} elements; a metric is one number)")
-    raise _bad_metric(name, value, call)
 
 
 class CurriculumEngine:
@@ -158,10 +116,9 @@ class CurriculumEngine:
             auto_transitions=False,
             ignore_invalid_triggers=True,
         )
-        self._triggers = [f"_fire_{i}" for i in range(len(curriculum.transitions))]
         for i, tr in enumerate(curriculum.transitions):
             self._machine.add_transition(
-                trigger=self._triggers[i], source=tr.source, dest=tr.dest,
+                trigger=f"_fire_{i}", source=tr.source, dest=tr.dest,
                 before=[self._begin] + [partial(self._act, a) for a in tr.actions] + [self._enter_clock],
                 after=[self._finish],
             )
@@ -169,6 +126,9 @@ class CurriculumEngine:
             self._machine.add_transition(
                 trigger=f"_force_{p.name}", source="*", dest=p.name, before=[self._begin, self._enter_clock], after=[self._finish],
             )
+        # The machine's trigger methods on the model, looked up once: transition i's, and each phase's manual move.
+        self._fires: list[Callable[..., bool]] = [getattr(self._model, f"_fire_{i}") for i in range(len(curriculum.transitions))]
+        self._forces: dict[str, Callable[..., bool]] = {p.name: getattr(self._model, f"_force_{p.name}") for p in curriculum.phases}
 
     # -- registration ----------------------------------------------------------------------------
 
@@ -277,7 +237,7 @@ class CurriculumEngine:
         metrics["loss"] = loss
         plan = self._here.step_end
         if self._unchecked_step:
-            self._check_metrics(self._plan.all_needs[_STEP_END], metrics, _STEP_END, everywhere=True)
+            check_metrics(self._plan.all_needs[_STEP_END], metrics, _STEP_END, everywhere=True)
             self._unchecked_step = False
         return self._advance(_STEP_END, plan, metrics)
 
@@ -293,7 +253,7 @@ class CurriculumEngine:
                 metrics[name] = to_metric(name, value, "epoch_end()")
         plan = self._here.epoch_end
         if self._unchecked_epoch:
-            self._check_metrics(self._plan.all_needs[_EPOCH_END], metrics, _EPOCH_END, everywhere=True)
+            check_metrics(self._plan.all_needs[_EPOCH_END], metrics, _EPOCH_END, everywhere=True)
             self._unchecked_epoch = False
         return self._advance(_EPOCH_END, plan, metrics)
 
@@ -301,7 +261,7 @@ class CurriculumEngine:
         """One evaluation point, all or nothing: count it, run the health checks owed (step_end),
         feed the observers, evaluate the transitions out of the phase; undo it all if one raises."""
         if plan.needs:
-            self._check_metrics(plan.needs, metrics, point)
+            check_metrics(plan.needs, metrics, point)
         ctx = self.ctx
         ctx.metrics = metrics
         ctx.point = point
@@ -354,7 +314,7 @@ class CurriculumEngine:
         self.ctx.metrics, self.ctx.point = {}, None
         held_since = self._held_since
         try:
-            return self._fire(f"_force_{dest}", reason=str(reason))
+            return self._fire(self._forces[dest], reason=str(reason))
         except BaseException:
             self._held_since = held_since
             raise
@@ -440,20 +400,6 @@ class CurriculumEngine:
         self._held_since = restored.held_since
         self._unchecked_step = self._unchecked_epoch = True
 
-    # -- checks before a call changes anything ---------------------------------------------------
-
-    def _check_metrics(self, needs: dict[str, list[str]], metrics: dict, point: Point, everywhere: bool = False) -> None:
-        missing = [name for name in needs if name not in metrics]
-        if not missing:
-            return
-        readers = "; ".join(f"{name!r} (read by {', '.join(needs[name])}){did_you_mean(name, metrics)}" for name in missing)
-        call = f"engine.{point.value}(" + ", ".join(f"{name}=..." for name in missing) + ")"
-        scope = "transitions of this curriculum read" if everywhere else "the current phase reads"
-        raise CurriculumError(
-            f"{point.value}(): the {scope} metrics the loop did not pass: {readers}; passed: {sorted(metrics)}. "
-            f"Pass them as {call}, or fix a misspelt name in the guard that reads it. Nothing was counted: call again with them"
-        )
-
     # -- deciding ------------------------------------------------------------------------------
 
     def _evaluate(self, indexes: tuple[int, ...]) -> Record | None:
@@ -463,7 +409,7 @@ class CurriculumEngine:
         try:
             for index in indexes:
                 if self._decide(index):
-                    return self._fire(self._triggers[index])
+                    return self._fire(self._fires[index])
             return None
         except BaseException:
             self._held_since = held_since
@@ -509,12 +455,12 @@ class CurriculumEngine:
     # _begin opens (with the record being built, filled by _act, appended by _finish), and a
     # manual transition's reason is event.kwargs["reason"].
 
-    def _fire(self, trigger: str, **kwargs: Any) -> Record:
-        """Trigger ``trigger`` (a transition that holds, or a manual move): the machine runs the
-        callbacks; if one raises, the transaction is rolled back and the error raised."""
+    def _fire(self, trigger: Callable[..., bool], **kwargs: Any) -> Record:
+        """Call the machine's ``trigger`` (of a transition that holds, or a manual move): it runs
+        the callbacks; if one raises, the transaction is rolled back and the error raised."""
         txn = Transaction()
         try:
-            getattr(self._model, trigger)(txn=txn, **kwargs)
+            trigger(txn=txn, **kwargs)
         except BaseException:
             if txn.opened:
                 txn.roll_back(self._set_phase, self._clock, self._history, self._pending)
