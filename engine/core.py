@@ -6,7 +6,8 @@ epoch); it fires when all of its guards hold, and then runs its actions. Guards 
 one :class:`Context`, which carries the :class:`Clock`, the metrics the loop passed, and the
 objects registered with the engine (``ctx.model``, ``ctx.optimizer``, ...).
 
-Guard protocol (only ``__call__`` is required)::
+Guard protocol (only ``__call__`` is required; each optional member is a ``typing.Protocol`` in
+:mod:`engine.protocols`, looked up once when the engine is built)::
 
     class MyGuard:
         requires = ("model",)              # registered objects it needs (checked at start/restore)
@@ -22,6 +23,7 @@ Guard protocol (only ``__call__`` is required)::
         def load_state_dict(self, d) -> None:
         def mark(self) -> Any:             # a cheap token of the state now; undo(token) puts it back
         def undo(self, token) -> None:     # (rolls back a call that raised; else state_dict is copied)
+        def check(self, ctx) -> None:      # once at start/restore, objects registered: raise to refuse
         def __repr__(self) -> str:         # reads like the call that made it
         conjuncts = (g1, g2)               # only for a guard that is the AND of others (all_of):
                                            # the engine then evaluates them one by one, to record
@@ -32,6 +34,7 @@ Action protocol (only ``__call__`` is required)::
     class MyAction:
         requires = ("schedule",)
         def __call__(self, ctx) -> dict | None:      # act; the dict is the recorded effect
+        def check(self, ctx) -> None:                # as a guard's: refuse a misconfigured run at start
         def verify(self, ctx, effect) -> str | None: # optional health check, run at the next
                                                      # step_end; a string is a warning
         def __repr__(self) -> str:

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 from engine import Clock, Context, CurriculumError, describe
 from engine.core import truth_value
+from engine.protocols import capabilities
 
 from policies._checks import check_guard, check_int, check_real, fail
 from policies._stats import student_t_sf
@@ -409,6 +410,13 @@ class _Combinator:
         if not guards:
             raise fail(self._name, "guards", "at least one guard", guards, f"e.g. {self._name}(MinEpoch(2), Plateau())")
         self.guards = tuple(check_guard(self._name, f"guards[{i}]", g) for i, g in enumerate(guards))
+        # The children's optional members, looked up once (engine.protocols).
+        caps = [capabilities(g) for g in self.guards]
+        self._observing = tuple(g for g, c in zip(self.guards, caps) if c.observe)
+        self._resetting = tuple(g for g, c in zip(self.guards, caps) if c.reset)
+        self._evidences = tuple(c.evidence is not None for c in caps)
+        self._saves = tuple(c.state_dict is not None for c in caps)
+        self._loads = tuple(c.load_state_dict is not None for c in caps)
 
     @property
     def requires(self) -> tuple[str, ...]:
@@ -423,27 +431,25 @@ class _Combinator:
         return [truth_value(g, g(ctx)) for g in self.guards]
 
     def observe(self, ctx: Context) -> None:
-        for g in self.guards:
-            if hasattr(g, "observe"):
-                g.observe(ctx)
+        for g in self._observing:
+            g.observe(ctx)
 
     def reset(self) -> None:
-        for g in self.guards:
-            if hasattr(g, "reset"):
-                g.reset()
+        for g in self._resetting:
+            g.reset()
 
     def evidence(self, ctx: Context) -> dict:
         """Per child, keyed by its repr: whether it holds, and its own evidence."""
         out: dict[str, dict] = {}
-        for g, holds in zip(self.guards, self._values(ctx)):
+        for g, holds, has_evidence in zip(self.guards, self._values(ctx), self._evidences):
             key, k = describe(g), 2
             while key in out:  # the same guard twice: keep both
                 key, k = f"{describe(g)}#{k}", k + 1
-            out[key] = {"holds": holds, **(g.evidence(ctx) if hasattr(g, "evidence") else {})}
+            out[key] = {"holds": holds, **(g.evidence(ctx) if has_evidence else {})}
         return out
 
     def state_dict(self) -> dict:
-        return {"guards": [g.state_dict() if hasattr(g, "state_dict") else None for g in self.guards]}
+        return {"guards": [g.state_dict() if saves else None for g, saves in zip(self.guards, self._saves)]}
 
     def load_state_dict(self, state: dict) -> None:
         states = state.get("guards") if isinstance(state, dict) else None
@@ -452,8 +458,8 @@ class _Combinator:
                 f"{self!r}.load_state_dict: expected {{'guards': [one entry per child, {len(self.guards)}]}} "
                 f"from its state_dict(), got {state!r}"
             )
-        for g, s in zip(self.guards, states):
-            if hasattr(g, "load_state_dict") and s is not None:
+        for g, s, loads in zip(self.guards, states, self._loads):
+            if loads and s is not None:
                 g.load_state_dict(s)
 
     def __repr__(self) -> str:
