@@ -20,10 +20,9 @@ from transitions import Machine, State
 
 from engine.core import Clock, ClockView, Context, Curriculum, CurriculumError, Phase, Point, describe, truth_value
 from engine.diagram import to_dot, to_mermaid
-from engine.metrics import check_metrics, to_metric
 from engine.history import ActionEffect, Decision, GuardEvidence, HeldSince, History, Record, jsonable
-from engine.plan import Plan, PointPlan, actions_of, undo_all
-from engine.restore import SAVED as _SAVED
+from engine.metrics import check_metrics, to_metric
+from engine.plan import Plan, actions_of, undo_all
 from engine.restore import check_state, load_guards
 from engine.state import SCHEMA_VERSION, EngineState, PendingCheck, to_primitives
 from engine.transaction import Transaction
@@ -235,11 +234,7 @@ class CurriculumEngine:
             if type(value) is not float:
                 metrics[name] = to_metric(name, value, "step_end()")
         metrics["loss"] = loss
-        plan = self._here.step_end
-        if self._unchecked_step:
-            check_metrics(self._plan.all_needs[_STEP_END], metrics, _STEP_END, everywhere=True)
-            self._unchecked_step = False
-        return self._advance(_STEP_END, plan, metrics)
+        return self._advance(_STEP_END, metrics)
 
     def epoch_end(self, **metrics: float) -> Record | None:
         """After the last step of an epoch: count the epoch, evaluate epoch-end transitions.
@@ -251,15 +246,20 @@ class CurriculumEngine:
         for name, value in metrics.items():
             if type(value) is not float:
                 metrics[name] = to_metric(name, value, "epoch_end()")
-        plan = self._here.epoch_end
-        if self._unchecked_epoch:
-            check_metrics(self._plan.all_needs[_EPOCH_END], metrics, _EPOCH_END, everywhere=True)
-            self._unchecked_epoch = False
-        return self._advance(_EPOCH_END, plan, metrics)
+        return self._advance(_EPOCH_END, metrics)
 
-    def _advance(self, point: Point, plan: PointPlan, metrics: dict[str, float]) -> Record | None:
-        """One evaluation point, all or nothing: count it, run the health checks owed (step_end),
-        feed the observers, evaluate the transitions out of the phase; undo it all if one raises."""
+    def _advance(self, point: Point, metrics: dict[str, float]) -> Record | None:
+        """One evaluation point with valid metrics, all or nothing: check that the metrics read
+        here were passed, count the point, run the health checks owed (step_end), feed the
+        observers, evaluate the transitions out of the phase; undo it all if one raises."""
+        at_step = point is _STEP_END
+        plan = self._here.step_end if at_step else self._here.epoch_end
+        if self._unchecked_step if at_step else self._unchecked_epoch:  # a run's first call here
+            check_metrics(self._plan.all_needs[point], metrics, point, everywhere=True)
+            if at_step:
+                self._unchecked_step = False
+            else:
+                self._unchecked_epoch = False
         if plan.needs:
             check_metrics(plan.needs, metrics, point)
         ctx = self.ctx
@@ -268,7 +268,6 @@ class CurriculumEngine:
         marks = [(restore, take()) for take, restore in plan.undo] if plan.undo else None
         clock = self._clock
         step_in_epoch = clock.step_in_epoch
-        at_step = point is _STEP_END
         pending = self._pending if at_step else None
         if at_step:
             clock.global_step += 1
