@@ -4,6 +4,13 @@ The loop's contract, per optimizer step: ``optimizer.step()``, ``schedule.step()
 ``engine.step_end(loss=..., **metrics)``; after the last step of an epoch,
 ``engine.epoch_end(**metrics)``. A fresh run calls ``engine.start()`` once before the first step;
 a resumed run calls ``engine.load_state_dict(...)`` instead.
+
+:class:`CurriculumEngine` is the facade over the parts, each in its own module: what each call
+does per phase and point (:mod:`engine.plan`, built once, with the guards' and actions' optional
+members resolved through :mod:`engine.protocols`), the call's metrics (:mod:`engine.metrics`), a
+transition in progress and its rollback (:mod:`engine.transaction`), a saved state checked before
+it is loaded (:mod:`engine.restore`), the snapshot format (:mod:`engine.state`) and the records
+(:mod:`engine.history`).
 """
 
 from __future__ import annotations
