@@ -52,7 +52,9 @@ def to_metric(name: str, value: Any, call: str = "step_end()") -> float:
     raise _bad_metric(name, value, call)
 
 
-def check_metrics(needs: Mapping[str, list[str]], metrics: Mapping[str, float], point: Point, everywhere: bool = False) -> None:
+def check_metrics(
+    needs: Mapping[str, list[str]], metrics: Mapping[str, float], point: Point, everywhere: bool = False
+) -> None:
     """Every metric in ``needs`` (name -> who reads it) was passed, or one CurriculumError listing
     the missing ones, their readers, and a close passed name for each (a misspelling)."""
     missing = [name for name in needs if name not in metrics]

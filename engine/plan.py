@@ -207,7 +207,8 @@ class Plan:
             )
             for tr in curriculum.transitions
         )
-        actions = [a for p in curriculum.phases for a in p.on_enter] + [a for tr in curriculum.transitions for a in tr.actions]
+        actions = [a for p in curriculum.phases for a in p.on_enter]
+        actions += [a for tr in curriculum.transitions for a in tr.actions]
         verifies = {id(a): cap(a).verify for a in actions if cap(a).verify is not None}
         stateful = tuple((key, g, cap(g)) for key, g in curriculum.guards)
         return cls(

@@ -57,7 +57,8 @@ def check_state(
     if not lenient:
         _check_history(snap.history, phases)
     _check_run(snap, curriculum, lenient)
-    return Restored(snap, _restored_pending(snap, curriculum, plan, lenient), _restored_held_since(snap, curriculum, plan, lenient))
+    pending = _restored_pending(snap, curriculum, plan, lenient)
+    return Restored(snap, pending, _restored_held_since(snap, curriculum, plan, lenient))
 
 
 def _check_raw(data: Any) -> None:

@@ -130,11 +130,13 @@ class CurriculumEngine:
             )
         for p in curriculum.phases:
             self._machine.add_transition(
-                trigger=f"_force_{p.name}", source="*", dest=p.name, before=[self._begin, self._enter_clock], after=[self._finish],
+                trigger=f"_force_{p.name}", source="*", dest=p.name,
+                before=[self._begin, self._enter_clock], after=[self._finish],
             )
         # The machine's trigger methods on the model, looked up once: transition i's, and each phase's manual move.
-        self._fires: list[Callable[..., bool]] = [getattr(self._model, f"_fire_{i}") for i in range(len(curriculum.transitions))]
-        self._forces: dict[str, Callable[..., bool]] = {p.name: getattr(self._model, f"_force_{p.name}") for p in curriculum.phases}
+        model = self._model
+        self._fires: list[Callable[..., bool]] = [getattr(model, f"_fire_{i}") for i in range(len(curriculum.transitions))]
+        self._forces: dict[str, Callable[..., bool]] = {p.name: getattr(model, f"_force_{p.name}") for p in curriculum.phases}
 
     # -- registration ----------------------------------------------------------------------------
 
@@ -320,7 +322,7 @@ class CurriculumEngine:
         self.ctx.metrics, self.ctx.point = {}, None
         held_since = self._held_since
         try:
-            return self._fire(self._forces[dest], reason=str(reason))
+            return self._fire(self._forces[dest], -1, reason=str(reason))
         except BaseException:
             self._held_since = held_since
             raise
@@ -415,7 +417,7 @@ class CurriculumEngine:
         try:
             for index in indexes:
                 if self._decide(index):
-                    return self._fire(self._fires[index])
+                    return self._fire(self._fires[index], index)
             return None
         except BaseException:
             self._held_since = held_since
@@ -461,10 +463,10 @@ class CurriculumEngine:
     # _begin opens (with the record being built, filled by _act, appended by _finish), and a
     # manual transition's reason is event.kwargs["reason"].
 
-    def _fire(self, trigger: Callable[..., bool], **kwargs: Any) -> Record:
-        """Call the machine's ``trigger`` (of a transition that holds, or a manual move): it runs
-        the callbacks; if one raises, the transaction is rolled back and the error raised."""
-        txn = Transaction()
+    def _fire(self, trigger: Callable[..., bool], index: int, **kwargs: Any) -> Record:
+        """Call the machine's ``trigger`` of transition ``index`` (-1: a manual move): it runs the
+        callbacks; if one raises, the transaction is rolled back and the error raised."""
+        txn = Transaction(index)
         try:
             trigger(txn=txn, **kwargs)
         except BaseException:
@@ -483,13 +485,15 @@ class CurriculumEngine:
 
     def _begin(self, event: Any) -> None:
         clock, txn = self._clock, event.kwargs["txn"]
-        trigger = event.event.name
-        index = int(trigger[len("_fire_"):]) if trigger.startswith("_fire_") else -1
-        txn.open(index, self._model.state, clock, self._history, self._pending)
+        index = txn.index
+        txn.open(self._model.state, clock, self._history, self._pending)
         if index >= 0:
             tr = self.curriculum.transitions[index]
             self.ctx.transition = tr
-            guards = [GuardEvidence(describe(g), self._evidence(g, evidence, index)) for g, evidence in self._plan.transitions[index].evidence]
+            guards = [
+                GuardEvidence(describe(g), self._evidence(g, evidence, index))
+                for g, evidence in self._plan.transitions[index].evidence
+            ]
             point, reason, decision = tr.when.value, None, self._decision(index)
         else:
             self.ctx.transition = None
@@ -514,7 +518,8 @@ class CurriculumEngine:
         try:
             return jsonable(evidence(self.ctx) or {})
         except Exception as exc:
-            raise self._error(f"guard {describe(guard)} of transition {self._label(index)} raised in evidence()", exc) from exc
+            who = f"guard {describe(guard)} of transition {self._label(index)}"
+            raise self._error(f"{who} raised in evidence()", exc) from exc
 
     def _act(self, action: Any, event: Any) -> None:
         txn = event.kwargs["txn"]

@@ -37,8 +37,8 @@ class Transaction:
     def opened(self) -> bool:
         return self.phase is not None
 
-    def open(self, index: int, phase: str, clock: Clock, history: History, pending: list[PendingCheck]) -> None:
-        self.index = index
+    def open(self, phase: str, clock: Clock, history: History, pending: list[PendingCheck]) -> None:
+        """Note what the transition may change: the phase, clock, history and pending checks now."""
         self.phase = phase
         self.clock = attrs.evolve(clock)
         self.n_history = len(history)
