@@ -1,33 +1,39 @@
 #!/usr/bin/env bash
-# Issue 13's GPU check in one device call: gpu_check.py's sections in priority order, then the
-# long rows, then the efficacy runs at the seed's size, each in its own process under its own
-# `timeout`, all within BUDGET seconds of wall clock. What finished is under $OUT (default
-# bench_out/gpu_run), at most 7 files, since the device tool brings back 8:
-#   log.txt                   everything this script printed
-#   gpu_check.json, .md       the sections' results (.md row by row, .json after each section)
-#   gpu_cli.log               the cli section's two runs
-#   efficacy/results.json     efficacy runs (after each run), with tables.md and efficacy.png
+# The GPU check in one command, on a machine with an NVIDIA GPU: gpu_check.py's sections in
+# priority order, then its long rows, then the efficacy runs at the seed's size, each in its own
+# process under its own `timeout`, all within BUDGET seconds of wall clock.
 #
-#   bash benchmarks/gpu_run.sh 540                              # first call: everything, by priority
-#   bash benchmarks/gpu_run.sh --only efficacy --resume F 200   # a second call continues the efficacy runs
+#   bash benchmarks/gpu_run.sh 540                              # everything, by priority, in 540 s
+#   bash benchmarks/gpu_run.sh --out DIR 540                    # the results in DIR
+#   bash benchmarks/gpu_run.sh --only efficacy --resume F 200   # continue the efficacy runs in results.json F
 #   bash benchmarks/gpu_run.sh 540 -- --no-compile              # after --: more efficacy.py arguments
+#   bash benchmarks/gpu_run.sh --wheels DIR 540                 # first install the wheels in DIR, offline
 #   bash benchmarks/gpu_run.sh --quick 600                      # the CPU smoke test (tiny shapes)
 #   bash benchmarks/gpu_run.sh --dry-run 540                    # print the plan, run nothing
 #
+# The results go to --out DIR (default: a new folder per call, benchmarks/results/gpu-<card>-<UTC
+# date-time>/; with --quick, bench_out/gpu_run_quick/):
+#   log.txt                   everything this script printed
+#   gpu_check.json, .md       the sections' results (.md row by row, .json after each section)
+#   gpu_cli.log               the cli section's two runs
+#   efficacy/results.json     the efficacy runs (after each run), with tables.md and efficacy.png
+# --wheels DIR (default: .whl/ when it holds wheels) installs attrs, cattrs and transitions from
+# wheel files, without a network, for a GPU image that has torch but not them.
+#
 # Steps and their caps in seconds (a step gets min(cap, what is left); one with less than its
-# floor left is skipped). The caps are guesses made without a GPU; a section's rows reach
-# gpu_check.md as they are measured, so one cut by its cap keeps them.
-#   conv 90     issue target 3: the fused Triton conv against the FFT conv
-#   seed 180    target 1: the seed's command, eager / micro-batch 32 / compile / CUDA graphs
-#   compare 180 target 4: ChunkLM against flash attention at 1k and 4k bytes
-#   checks 100  target 5: causality in bf16 and exact resume on the device
+# floor left is skipped). A section's rows reach gpu_check.md as they are measured, so one cut by
+# its cap keeps them.
+#   conv 90     the fused Triton conv against the FFT conv and cuDNN
+#   seed 180    the seed's command: eager / micro-batch 32 / compile / CUDA graphs
+#   compare 180 ChunkLM against flash attention at 1k and 4k bytes
+#   checks 100  causality in float32 and bf16, exact resume on the device
 #   cli 90      `chunklm train --preset seed --device cuda`, stopped and resumed
 #   long 150    ChunkLM against flash attention at 8k-32k bytes
-#   efficacy    item 6: benchmarks/efficacy.py --plan seed (arms A, C, D; 2 seeds), all that is left
+#   efficacy    benchmarks/efficacy.py --plan seed (arms C, D, A; 2 seeds), all that is left
 set -uo pipefail
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
-QUICK=0 DRY=0 ONLY="conv,seed,compare,checks,cli,long,efficacy" RESUME="" BUDGET="" EXTRA=()
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+QUICK=0 DRY=0 ONLY="conv,seed,compare,checks,cli,long,efficacy" RESUME="" BUDGET="" EXTRA=() OUTDIR="${OUT:-}" WHEELS=.whl
 while [ $# -gt 0 ]; do
   case "$1" in
     --) shift; EXTRA=("$@"); break ;;
@@ -35,6 +41,8 @@ while [ $# -gt 0 ]; do
     --dry-run) DRY=1 ;;
     --only) ONLY="$2"; shift ;;
     --resume) RESUME="$2"; shift ;;
+    --out) OUTDIR="$2"; shift ;;
+    --wheels) WHEELS="$2"; shift ;;
     -h|--help) usage ;;
     *[!0-9]*|'') echo "gpu_run.sh: unknown argument '$1'" >&2; usage ;;
     *) BUDGET="$1" ;;
@@ -44,7 +52,12 @@ done
 [ -n "$BUDGET" ] || { echo "gpu_run.sh: give the budget in seconds, e.g. 540" >&2; usage; }
 
 cd "$(dirname "$0")/.."
-OUT="${OUT:-bench_out/gpu_run}"
+if [ -n "$OUTDIR" ]; then OUT="$OUTDIR"
+elif [ "$QUICK" = 1 ]; then OUT=bench_out/gpu_run_quick
+else  # "NVIDIA H200" -> benchmarks/results/gpu-h200-20261204-181500
+  card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr 'A-Z' 'a-z' | sed 's/^nvidia //; s/[^a-z0-9]\{1,\}/-/g; s/-$//')
+  OUT="benchmarks/results/gpu-${card:-unknown}-$(date -u +%Y%m%d-%H%M%S)"
+fi
 PY="${PYTHON:-python3}"
 [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ] && PY=.venv/bin/python  # this project's CPU checkout
 STEPS=(conv seed compare checks cli long efficacy)
@@ -73,12 +86,13 @@ set_command() {  # CMD=(the command line of step $1 under a timeout of $2 s)
 if [ "$DRY" = 0 ]; then
   mkdir -p "$OUT"
   exec > >(tee -a "$OUT/log.txt") 2>&1
-  if ls .whl/*.whl >/dev/null 2>&1; then  # the GPU image lacks cattrs and transitions: carried wheels, first on the path
-    echo "installing the carried wheels: $(ls .whl/*.whl | tr '\n' ' ')"
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+  if ls "$WHEELS"/*.whl >/dev/null 2>&1; then  # offline: the wheels in $WHEELS, first on the path
+    site="$(mktemp -d)"
+    echo "installing the wheels in $WHEELS: $(ls "$WHEELS"/*.whl | tr '\n' ' ')"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$WHEELS"/*.whl || exit 1
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
   fi
-  "$PY" -c 'import attrs, cattrs, transitions' || { echo "cattrs or transitions missing: carry .whl/ (see BENCHMARKS.md)"; exit 1; }
+  "$PY" -c 'import attrs, cattrs, transitions' || { echo "attrs, cattrs or transitions missing: pip install them, or pass --wheels DIR (BENCHMARKS.md)"; exit 1; }
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
   echo "== gpu_run.sh budget ${BUDGET} s, steps ${ONLY}, quick=${QUICK}, $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
@@ -90,6 +104,7 @@ if [ "$DRY" = 0 ]; then
   esac
 fi
 
+echo "== results in $OUT"
 used=0  # dry run: every step is assumed to use its whole timeout
 for step in "${STEPS[@]}"; do
   case ",$ONLY," in *",$step,"*) ;; *) continue ;; esac

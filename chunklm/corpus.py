@@ -40,7 +40,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["CorpusError", "ByteCorpus", "default_cache_dir"]
+__all__ = ["CorpusError", "ByteCorpus", "default_cache_dir", "corpus_fingerprint", "fingerprint_changes"]
 
 logger = logging.getLogger(__name__)
 
@@ -241,3 +241,89 @@ class ByteCorpus:
             f"ByteCorpus(files={self.n_files}, val_files={self.n_val_files}, split={self.split!r}, "
             f"train_bytes={self.n_train_bytes}, val_bytes={self.n_val_bytes}, window={self.window})"
         )
+
+
+# -- the data's identity ----------------------------------------------------------------------------
+
+FINGERPRINT_VERSION = 1
+
+
+def corpus_fingerprint(paths: str | os.PathLike | Sequence[str | os.PathLike] | None = None) -> dict:
+    """The identity of the data a :class:`ByteCorpus` of ``paths`` reads: which files, their sizes
+    and a digest of their bytes, to store in a checkpoint and compare on resume.
+
+    The same files as ``ByteCorpus`` (same arguments, same rules). Returns plain values::
+
+        {"version": 1, "paths": [absolute resolved path of each argument (the stdlib folder when none)],
+         "files": [[argument index, relative path, size, sha256 of the bytes (hex)], ...],
+         "sha256": sha256 of the list above}
+
+    Reading the bytes is the cost: 0.4 s (median) for the default corpus (1790 files, 31.5 MB) on a
+    loaded 2-core AMD EPYC with a warm page cache, less than building the ByteCorpus from its cache
+    (0.56 s): benchmarks/results/corpus_fingerprint.txt.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if paths:
+        roots = [Path(p).expanduser().resolve() for p in paths]
+        groups = []
+        seen: set[Path] = set()
+        for root in roots:
+            if root.is_dir():
+                found = _walk(root, None, {"__pycache__"})
+            elif root.is_file():
+                found = [(root, root.name)]
+            else:
+                raise CorpusError(f"data path does not exist: {str(root)!r}; pass an existing file or directory to --data")
+            kept = []
+            for f, rel in found:
+                if f.resolve() not in seen:
+                    seen.add(f.resolve())
+                    kept.append((f, rel))
+            groups.append(kept)
+    else:
+        roots = [Path(sysconfig.get_paths()["stdlib"]).resolve()]
+        groups = [_walk(roots[0], ".py", _SKIP_DIRS)]
+    files = []
+    for index, group in enumerate(groups):
+        for f, rel in group:
+            digest = hashlib.sha256()
+            size = 0
+            with open(f, "rb") as src:
+                while block := src.read(1 << 20):
+                    digest.update(block)
+                    size += len(block)
+            files.append([index, rel, size, digest.hexdigest()])
+    whole = hashlib.sha256(json.dumps(files).encode()).hexdigest()
+    return {"version": FINGERPRINT_VERSION, "paths": [str(r) for r in roots], "files": files, "sha256": whole}
+
+
+def fingerprint_changes(saved: dict, now: dict, limit: int = 3) -> list[str]:
+    """What differs between two :func:`corpus_fingerprint` results, as short phrases (empty: the same data)."""
+    changes = []
+    if saved.get("paths") != now.get("paths"):
+        changes.append(f"the data path was {', '.join(saved.get('paths') or ['?'])}, now {', '.join(now['paths'])}")
+    if saved.get("sha256") == now.get("sha256"):
+        return changes if not changes else [changes[0] + " (the same files and bytes)"]
+    old = {(i, rel): (size, digest) for i, rel, size, digest in saved.get("files", [])}
+    new = {(i, rel): (size, digest) for i, rel, size, digest in now["files"]}
+
+    def names(keys) -> str:
+        keys = sorted(keys)
+        shown = ", ".join(rel for _, rel in keys[:limit])
+        return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+    added, removed = new.keys() - old.keys(), old.keys() - new.keys()
+    resized = {k for k in old.keys() & new.keys() if old[k][0] != new[k][0]}
+    edited = {k for k in old.keys() & new.keys() if old[k][0] == new[k][0] and old[k][1] != new[k][1]}
+    if added:
+        changes.append(f"{len(added)} file{'s' if len(added) > 1 else ''} added ({names(added)})")
+    if removed:
+        changes.append(f"{len(removed)} file{'s' if len(removed) > 1 else ''} removed ({names(removed)})")
+    if resized:
+        changes.append(f"{len(resized)} file{'s' if len(resized) > 1 else ''} changed size ({names(resized)})")
+    if edited:
+        changes.append(f"{len(edited)} file{'s' if len(edited) > 1 else ''} changed content, same size ({names(edited)})")
+    if not (added or removed or resized or edited):
+        changes.append("the files are listed in another order")
+    return changes

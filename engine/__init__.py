@@ -3,7 +3,8 @@
 Declare phases and guarded transitions as a :class:`Curriculum`, drive it from your loop with a
 :class:`CurriculumEngine` (``bind``, ``start``, ``step_end``, ``epoch_end``), read the clock as
 ``engine.clock`` and see why and when each transition fired, and which guard decided it, in
-``engine.history``. :func:`replay` feeds a run's recorded metrics to another rule without training
+``engine.history``. A curriculum can also be a data file (:func:`load_curriculum`,
+:meth:`Curriculum.from_dict`, :mod:`engine.datafile`). :func:`replay` feeds a run's recorded metrics to another rule without training
 again. See :mod:`engine.core` for the guard and action protocols and docs/semantics.md for the
 contract.
 """
@@ -12,6 +13,7 @@ from engine.core import Clock, ClockView, Context, Curriculum, CurriculumError, 
 from engine.history import ActionEffect, Decision, GuardEvidence, HeldSince, History, HistoryView, Record
 from engine.runtime import CurriculumEngine
 from engine.replay import Departure, Replay, replay
+from engine.datafile import CurriculumFileError, Registry, load_curriculum, register_action, register_guard, save_curriculum, to_toml
 
 __all__ = [
     "CurriculumError",
@@ -35,4 +37,11 @@ __all__ = [
     "Replay",
     "Departure",
     "describe",
+    "load_curriculum",
+    "save_curriculum",
+    "to_toml",
+    "register_guard",
+    "register_action",
+    "Registry",
+    "CurriculumFileError",
 ]

@@ -655,3 +655,20 @@ class Curriculum:
             for name in getattr(item, "requires", ()) or ():
                 needs.setdefault(name, []).append(describe(item))
         return needs
+
+    # -- as data (engine.datafile): a TOML/JSON file, a YAML or Hydra config ------------------------
+
+    def to_dict(self, *, registry: Any = None) -> dict:
+        """This curriculum as plain data (see :mod:`engine.datafile`), which :meth:`from_dict`
+        turns back into a curriculum with the same fingerprint."""
+        from engine.datafile import curriculum_to_dict
+
+        return curriculum_to_dict(self, registry=registry)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, registry: Any = None, source: str | None = None) -> "Curriculum":
+        """The curriculum ``data`` describes: built-in guards and actions by name, yours once
+        registered (``engine.register_guard``); see :mod:`engine.datafile`."""
+        from engine.datafile import curriculum_from_dict
+
+        return curriculum_from_dict(data, registry=registry, source=source)

@@ -42,6 +42,9 @@ class RestartLR:
     sets for the first step, e.g. the first step of a re-warmup) differs from the peak, the effect
     also holds it as ``"first_lr"``, and the health check measures against it.
 
+    ``check(ctx)``, called by the engine at ``start()``/``load_state_dict()``, refuses a schedule
+    without ``restart()`` there, not when the transition fires.
+
     Health check (``verify``, run by the engine at the next ``step_end``, i.e. after the first
     optimizer step of the new phase): the LR that step ran at is ``ctx.metrics["lr"]`` when the loop
     passed ``lr=`` to ``step_end``, otherwise the registered optimizer's ``param_groups[0]["lr"]``
@@ -52,14 +55,19 @@ class RestartLR:
 
     requires = ("schedule", "optimizer")
 
-    def __call__(self, ctx: Context) -> dict:
-        schedule, optimizer = ctx.schedule, ctx.optimizer
+    def check(self, ctx: Context) -> None:
+        """At ``start()``/``load_state_dict()``: refuse a schedule that cannot restart, hours before the transition."""
+        schedule = ctx.schedule
         if not callable(getattr(schedule, "restart", None)):
             raise CurriculumError(
                 f"RestartLR() needs a schedule with restart(), got {type(schedule).__name__}; "
                 f"wrap it when you build it and register the wrapper: schedule=Restartable({type(schedule).__name__}(...)) "
                 "(from policies), or register a StagedCosine"
             )
+
+    def __call__(self, ctx: Context) -> dict:
+        schedule, optimizer = ctx.schedule, ctx.optimizer
+        self.check(ctx)
         before = _optimizer_lr(optimizer)
         schedule.restart()
         after = _optimizer_lr(optimizer)

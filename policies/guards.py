@@ -575,28 +575,46 @@ class MaxVisits:
 
 
 class WorseThanBest:
-    """Holds when ``metric`` has been worse than the best value seen since the phase was entered
-    for ``patience`` consecutive evaluations (``mode="min"``: worse is higher).
+    """Holds when ``metric`` has been worse than its best by more than ``min_delta`` for
+    ``patience`` consecutive evaluations (``mode="min"``: worse is higher).
 
     It observes at its transition's evaluation point (``observe_at = None``; for a validation
     metric that is ``epoch_end``): the first value sets the best; a better value becomes the best
-    and clears the count; a worse one counts; an equal one clears the count. Non-finite values
-    are skipped. Cleared when the phase is entered. Its state (best, count, last value) is saved
-    with the engine and restores exactly.
+    and clears the count; a value worse than the best by more than the margin counts; any other
+    clears the count. The margin is ``min_delta`` (absolute, the default) or, with
+    ``relative=True``, ``min_delta * |best|``: ``WorseThanBest("val_loss", min_delta=0.005,
+    relative=True)`` ignores a 0.1% wobble (noise) and counts a 1% rise. Non-finite values are
+    skipped.
+
+    ``since="phase"`` (default) clears the best when the phase is entered: "worse than the best
+    of this visit". ``since="run"`` keeps it across visits: "worse than the best this guard has
+    seen in the run" (it observes only while its phase is current); the count still starts again
+    at each entry. Its state (best, count, last value) is saved with the engine and restores exactly.
     """
 
     requires: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()
     observe_at = None  # at the transition's own evaluation point
 
-    def __init__(self, metric: str, patience: int = 1, mode: str = "min") -> None:
+    def __init__(self, metric: str, patience: int = 1, mode: str = "min", *, min_delta: float = 0.0,
+                 relative: bool = False, since: str = "phase") -> None:
+        where = "WorseThanBest"
         if not isinstance(metric, str) or not metric:
-            raise fail("WorseThanBest", "metric", "a metric name the loop passes", metric, 'e.g. WorseThanBest("val_loss")')
+            raise fail(where, "metric", "a metric name the loop passes", metric, 'e.g. WorseThanBest("val_loss")')
         self.metric = metric
-        self.patience = check_int("WorseThanBest", "patience", patience, 1, "e.g. patience=2: two evaluations in a row")
+        self.patience = check_int(where, "patience", patience, 1, "e.g. patience=2: two evaluations in a row")
         if mode not in ("min", "max"):
-            raise fail("WorseThanBest", "mode", '"min" (lower is better) or "max"', mode, 'use mode="min" for a loss')
+            raise fail(where, "mode", '"min" (lower is better) or "max"', mode, 'use mode="min" for a loss')
         self.mode = mode
+        self.min_delta = check_real(where, "min_delta", min_delta, "e.g. min_delta=0.01, or min_delta=0.005 with relative=True",
+                                    nonnegative=True)
+        if not isinstance(relative, bool):
+            raise fail(where, "relative", "a bool", relative, "relative=True: min_delta is a fraction of |best|")
+        self.relative = relative
+        if since not in ("phase", "run"):
+            raise fail(where, "since", '"phase" (best of this visit) or "run" (best seen in the run)', since, 'e.g. since="run"')
+        self.since = since
+        self.best: float | None = None
         self.reset()
 
     @property
@@ -607,16 +625,17 @@ class WorseThanBest:
         x = ctx.metric(self.metric)
         if not math.isfinite(x):
             return
-        self.last = x
-        if self.best is None or (x < self.best if self.mode == "min" else x > self.best):
+        self.last, best = x, self.best
+        if best is None or (x < best if self.mode == "min" else x > best):
             self.best, self.streak = x, 0
-        elif x != self.best:
-            self.streak += 1
-        else:
-            self.streak = 0
+            return
+        margin = self.min_delta * abs(best) if self.relative else self.min_delta
+        worse = x > best + margin if self.mode == "min" else x < best - margin
+        self.streak = self.streak + 1 if worse else 0
 
     def reset(self) -> None:
-        self.best: float | None = None
+        if self.since == "phase":
+            self.best = None
         self.last: float | None = None
         self.streak = 0
 
@@ -631,7 +650,10 @@ class WorseThanBest:
         return self.streak >= self.patience
 
     def evidence(self, ctx: Context) -> dict:
-        return {"metric": self.metric, "value": self.last, "best": self.best, "worse_for": self.streak, "patience": self.patience}
+        evidence = {"metric": self.metric, "value": self.last, "best": self.best, "worse_for": self.streak, "patience": self.patience}
+        if self.min_delta:
+            evidence["min_delta"] = self.min_delta * abs(self.best) if self.relative and self.best is not None else self.min_delta
+        return evidence
 
     def state_dict(self) -> dict:
         return {"best": self.best, "last": self.last, "streak": self.streak}
@@ -651,4 +673,7 @@ class WorseThanBest:
     def __repr__(self) -> str:
         extra = "" if self.patience == 1 else f", patience={self.patience}"
         extra += "" if self.mode == "min" else f", mode={self.mode!r}"
+        extra += f", min_delta={self.min_delta!r}" if self.min_delta else ""
+        extra += ", relative=True" if self.relative else ""
+        extra += "" if self.since == "phase" else f", since={self.since!r}"
         return f"WorseThanBest({self.metric!r}{extra})"

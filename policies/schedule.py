@@ -22,7 +22,7 @@ from engine import CurriculumError
 
 from policies._checks import check_int, check_real, fail
 
-__all__ = ["StagedCosine", "StageUnit", "Restartable", "SEED_STAGES"]
+__all__ = ["StagedCosine", "StageUnit", "Restartable", "Over", "SEED_STAGES"]
 
 logger = logging.getLogger(__name__)
 
@@ -366,6 +366,38 @@ def _check_stages(stages: Any, unit: StageUnit) -> tuple[tuple[int, float, float
 # Param-group entries torch's schedulers write (OneCycleLR and CyclicLR cycle the momentum too).
 _SCHEDULED_KEYS = ("lr", "initial_lr", "momentum", "betas")
 
+# The field that holds the length of each torch schedule that Restartable(over="remaining") can re-plan.
+_LENGTHS = {"CosineAnnealingLR": "T_max", "LinearLR": "total_iters", "PolynomialLR": "total_iters", "OneCycleLR": "total_steps"}
+
+
+class Over(str, enum.Enum):
+    """What a restart of :class:`Restartable` replays: the wrapped schedule as built, or re-planned over the steps left."""
+
+    WHOLE = "whole"
+    REMAINING = "remaining"
+
+
+def _length_field(scheduler: Any) -> str | None:
+    for cls in type(scheduler).__mro__:
+        if cls.__name__ in _LENGTHS and cls.__module__.startswith("torch.optim"):
+            return _LENGTHS[cls.__name__]
+    return None
+
+
+def _replanned(state: dict, field: str, steps: int) -> dict:
+    """A torch scheduler's step-0 ``state`` re-planned to run over ``steps`` steps (``field`` holds its length)."""
+    state = copy.deepcopy(state)
+    length = state[field]
+    state[field] = steps
+    if field == "total_steps":  # OneCycleLR: its phases end at fractions of the length (torch's own formulas)
+        phases = state["_schedule_phases"]
+        pct = (phases[0]["end_step"] + 1) / length
+        phases[0]["end_step"] = float(pct * steps) - 1
+        if len(phases) == 3:
+            phases[1]["end_step"] = float(2 * pct * steps) - 2
+        phases[-1]["end_step"] = steps - 1
+    return state
+
 
 class Restartable(LRScheduler):
     """Any torch LR scheduler, made restartable: ``RestartLR`` can then restart it.
@@ -374,46 +406,85 @@ class Restartable(LRScheduler):
     after building it (``Restartable(CosineAnnealingLR(optimizer, T_max=100))``) and register and
     step the wrapper in its place. ``step()`` steps the wrapped scheduler. ``restart()`` starts the
     wrapped schedule again from its own step 0 at the step about to run, and writes that LR to the
-    optimizer at once: a ``CosineAnnealingLR(T_max=100)`` restarted at step 30 runs steps 30, 31, ...
-    at exactly the LRs of a fresh one's steps 0, 1, ... . ``restart_lr`` (and ``peak_lr``) is the LR
-    of the wrapped schedule's step 0: what a restart sets, and what ``RestartLR``'s health check
-    expects the first step after it to run at.
+    optimizer at once.
+
+    ``over`` says what a restart runs:
+
+    - ``"whole"`` (default): the schedule as built: a ``CosineAnnealingLR(T_max=100)`` restarted at
+      step 30 runs steps 30, 31, ... at exactly the LRs of a fresh one's steps 0, 1, ... (so it does
+      not reach its minimum by step 100).
+    - ``"remaining"``: the schedule re-planned over the steps left of its length, so a restart at
+      step 30 anneals by step 100 (``T_max=70``). For the schedules with a length: CosineAnnealingLR
+      (``T_max``), OneCycleLR (``total_steps``, its phases at the same fractions), LinearLR and
+      PolynomialLR (``total_iters``); others are refused at construction.
+
+    ``restart_lr`` is the LR of the wrapped schedule's step 0: what a restart sets, and what
+    ``RestartLR``'s health check expects the first step after it to run at. ``peak_lr`` is the
+    schedule's peak: OneCycleLR's and CyclicLR's ``max_lr``, else ``restart_lr``.
+
+    The frameworks' callbacks wrap the scheduler they step themselves (the Hugging Face Trainer's
+    own ``LambdaLR``, Lightning's configured scheduler) and keep stepping it: the wrapper counts
+    its steps from the wrapped scheduler's, so both ways of stepping agree.
 
     State: ``state_dict()`` holds the wrapped scheduler's state, its step-0 state and the step
     count; load it after ``optimizer.load_state_dict`` and the LRs, restarts included, continue
     bit-identically. ``ReduceLROnPlateau`` has no schedule over steps to restart and is refused.
     """
 
-    def __init__(self, scheduler: Any) -> None:
+    def __init__(self, scheduler: Any, *, over: Over | str = Over.WHOLE) -> None:
         where = "Restartable"
-        if isinstance(scheduler, Restartable):
-            raise fail(where, "scheduler", "a torch LR scheduler", scheduler, "it is already Restartable: register it as it is")
-        if isinstance(scheduler, ReduceLROnPlateau):
-            raise fail(
-                where, "scheduler", "a scheduler with a schedule over steps", type(scheduler).__name__,
-                "ReduceLROnPlateau follows a metric and has nothing to restart; use StagedCosine or a step-indexed torch scheduler",
-            )
-        if not isinstance(scheduler, LRScheduler):
-            raise fail(where, "scheduler", "a torch.optim.lr_scheduler.LRScheduler", scheduler,
-                       "e.g. Restartable(CosineAnnealingLR(optimizer, T_max=100))")
+        _check_wrappable(scheduler)
         if scheduler.last_epoch != 0:
             raise fail(
                 where, "scheduler", "a scheduler at its step 0 (not stepped yet)", f"{type(scheduler).__name__} at step {scheduler.last_epoch}",
                 "wrap it right after building it; to resume, build and wrap it afresh, then load_state_dict() the wrapper",
             )
-        # No LRScheduler.__init__: it would step the wrapped scheduler. Set what torch's API reads.
-        self.scheduler = scheduler
-        self.optimizer = scheduler.optimizer
-        self.base_lrs = [g.get("initial_lr", g["lr"]) for g in scheduler.optimizer.param_groups]
-        self.last_epoch = 0  # optimizer steps completed, restarts or not
-        self._step_count = 1
-        self._cycle_start = 0  # the step at which the wrapped schedule's step 0 ran last
+        self._adopt(scheduler, over)
         self._origin = self._snapshot()
-        self._last_lr = list(scheduler.get_last_lr())
+
+    def _adopt(self, scheduler: Any, over: Over | str) -> None:
+        try:
+            self.over = Over(over)
+        except ValueError:
+            raise fail("Restartable", "over", "'whole' or 'remaining'", over,
+                       "over='remaining' re-plans the schedule over the steps left at each restart") from None
+        self._length = _length_field(scheduler)
+        if self.over is Over.REMAINING and self._length is None:
+            raise fail(
+                "Restartable", "over", "'whole' for this scheduler", f"'remaining' with {type(scheduler).__name__}",
+                f"re-planning needs a schedule with a length ({', '.join(sorted(_LENGTHS))}); use over='whole' or StagedCosine",
+            )
+        self.scheduler = scheduler
+        self._cycle_start = 0  # the step at which the wrapped schedule's step 0 ran last
+        self._initialising = True
+        super().__init__(scheduler.optimizer)  # torch's own set-up: base_lrs, and one step() to step 0 (below)
+        self._initialising = False
+
+    @classmethod
+    def around(cls, scheduler: Any, state: dict | None = None, *, over: Over | str = Over.WHOLE) -> "Restartable":
+        """Wrap a scheduler a framework steps itself (at its step 0, or restored by the framework with ``state``
+        from this wrapper's ``state_dict()``): the frameworks' callbacks use it."""
+        _check_wrappable(scheduler)
+        self = cls.__new__(cls)
+        if state is None:
+            if scheduler.last_epoch != 0:
+                raise fail("Restartable.around", "state", "the wrapper's state_dict() for a scheduler past its step 0", None,
+                           "pass the state saved with the checkpoint")
+            self._adopt(scheduler, over)
+            self._origin = self._snapshot()
+        else:
+            self._adopt(scheduler, over)
+            self._load_own(state)
+        return self
 
     def _snapshot(self) -> dict:
         groups = [{k: g[k] for k in _SCHEDULED_KEYS if k in g} for g in self.optimizer.param_groups]
         return copy.deepcopy({"scheduler": self.scheduler.state_dict(), "groups": groups})
+
+    @property
+    def steps_done(self) -> int:
+        """Optimizer steps completed, restarts or not: the 0-based index of the step about to run."""
+        return self._cycle_start + self.scheduler.last_epoch
 
     def step(self, epoch: None = None) -> None:
         """After ``optimizer.step()``: step the wrapped scheduler."""
@@ -421,29 +492,35 @@ class Restartable(LRScheduler):
             raise CurriculumError(
                 f"Restartable.step(epoch={epoch!r}): call step() with no argument after each optimizer.step()"
             )
-        self.scheduler.step()
-        self.last_epoch += 1
-        self._step_count += 1
-        self._last_lr = list(self.scheduler.get_last_lr())
+        if not self._initialising:  # torch's __init__ makes the first call: the wrapped scheduler is at step 0 already
+            self.scheduler.step()
+        super().step()  # torch's bookkeeping; get_lr() hands it the LRs the wrapped scheduler just set
 
     def get_lr(self) -> list[float]:
         return list(self.scheduler.get_last_lr())
 
+    def get_last_lr(self) -> list[float]:
+        return list(self.scheduler.get_last_lr())
+
     def restart(self) -> tuple[float, float]:
-        """Run the wrapped schedule again from its step 0, at the step about to run; returns the LR (before, after)."""
+        """Run the wrapped schedule again from its step 0 (re-planned with ``over="remaining"``), at the step about to run; returns the LR (before, after)."""
         before = float(self.optimizer.param_groups[0]["lr"])
+        step = self.steps_done
         origin = copy.deepcopy(self._origin)
-        self.scheduler.load_state_dict(origin["scheduler"])
+        state = origin["scheduler"]
+        if self.over is Over.REMAINING:
+            state = _replanned(state, self._length, max(1, state[self._length] - step))
+        self.scheduler.load_state_dict(state)
         for group, saved in zip(self.optimizer.param_groups, origin["groups"]):
             for key, value in saved.items():
                 if isinstance(group.get(key), torch.Tensor):
                     group[key].copy_(value)
                 else:
                     group[key] = value
-        self._cycle_start = self.last_epoch
-        self._last_lr = list(self.scheduler.get_last_lr())
+        self._cycle_start = step
+        self.last_epoch = step  # torch's public step count
         after = float(self.optimizer.param_groups[0]["lr"])
-        logger.info("LR restart of %s at step %d: %.3e -> %.3e", type(self.scheduler).__name__, self.last_epoch, before, after)
+        logger.info("LR restart of %s at step %d: %.3e -> %.3e", type(self.scheduler).__name__, step, before, after)
         return before, after
 
     @property
@@ -451,7 +528,16 @@ class Restartable(LRScheduler):
         """The LR of the wrapped schedule's step 0 (first param group): what a restart sets."""
         return float(self._origin["groups"][0]["lr"])
 
-    peak_lr = restart_lr
+    @property
+    def peak_lr(self) -> float:
+        """The schedule's peak LR (first param group): OneCycleLR's and CyclicLR's max_lr, else ``restart_lr``."""
+        group = self.optimizer.param_groups[0]
+        if "max_lr" in group and _length_field(self.scheduler) == "total_steps":  # OneCycleLR keeps it in the group
+            return float(group["max_lr"])
+        max_lrs = getattr(self.scheduler, "max_lrs", None)  # CyclicLR
+        if isinstance(max_lrs, (list, tuple)) and max_lrs:
+            return float(max_lrs[0])
+        return self.restart_lr
 
     @property
     def lr(self) -> float:
@@ -462,24 +548,44 @@ class Restartable(LRScheduler):
         return {
             "scheduler": self.scheduler.state_dict(),
             "origin": copy.deepcopy(self._origin),
-            "step": self.last_epoch,
+            "step": self.steps_done,
             "cycle_start": self._cycle_start,
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from a ``state_dict()``; call it after ``optimizer.load_state_dict``."""
-        if not isinstance(state, dict) or not {"scheduler", "origin", "step", "cycle_start"} <= set(state):
-            got = sorted(state) if isinstance(state, dict) else type(state).__name__
-            raise CurriculumError(
-                f"Restartable.load_state_dict: expected the dict from Restartable.state_dict() "
-                f"(keys scheduler, origin, step, cycle_start), got {got}; a bare scheduler's state loads into the scheduler itself"
-            )
+        _check_state(state)
         self.scheduler.load_state_dict(state["scheduler"])
+        self._load_own(state)
+
+    def _load_own(self, state: dict) -> None:
+        _check_state(state)
         self._origin = copy.deepcopy(state["origin"])
-        self.last_epoch = int(state["step"])
-        self._step_count = self.last_epoch + 1
         self._cycle_start = int(state["cycle_start"])
-        self._last_lr = list(self.scheduler.get_last_lr())
+        self.last_epoch = self.steps_done  # torch's public step count
 
     def __repr__(self) -> str:
-        return f"Restartable({type(self.scheduler).__name__})"
+        return f"Restartable({type(self.scheduler).__name__}{'' if self.over is Over.WHOLE else ', over=' + repr(self.over.value)})"
+
+
+def _check_wrappable(scheduler: Any) -> None:
+    where = "Restartable"
+    if isinstance(scheduler, Restartable):
+        raise fail(where, "scheduler", "a torch LR scheduler", scheduler, "it is already Restartable: register it as it is")
+    if isinstance(scheduler, ReduceLROnPlateau):
+        raise fail(
+            where, "scheduler", "a scheduler with a schedule over steps", type(scheduler).__name__,
+            "ReduceLROnPlateau follows a metric and has nothing to restart; use StagedCosine or a step-indexed torch scheduler",
+        )
+    if not isinstance(scheduler, LRScheduler):
+        raise fail(where, "scheduler", "a torch.optim.lr_scheduler.LRScheduler", scheduler,
+                   "e.g. Restartable(CosineAnnealingLR(optimizer, T_max=100))")
+
+
+def _check_state(state: Any) -> None:
+    if not isinstance(state, dict) or not {"scheduler", "origin", "step", "cycle_start"} <= set(state):
+        got = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise CurriculumError(
+            f"Restartable.load_state_dict: expected the dict from Restartable.state_dict() "
+            f"(keys scheduler, origin, step, cycle_start), got {got}; a bare scheduler's state loads into the scheduler itself"
+        )

@@ -2,7 +2,9 @@
 
 For a checkpoint ``out/demo/chunklm_ckpt.pt`` they are ``chunklm_ckpt.steps.csv``,
 ``chunklm_ckpt.epochs.csv``, ``chunklm_ckpt.history.json`` and ``chunklm_ckpt.png`` in the same
-directory, plus the hidden lock ``.chunklm_ckpt.pt.lock``. ``RUN`` arguments of the subcommands may
+directory, plus the hidden lock ``.chunklm_ckpt.lock``: named, like the others, after the stem, so
+that two checkpoints with one stem (``run.pt``, ``run.ckpt``), which would share those files,
+share the lock too and cannot run at once. ``RUN`` arguments of the subcommands may
 name the checkpoint or its directory. Every file is replaced atomically through a temp file with a
 unique name (``.NAME.XXXXXXXX.tmp``), which a run removes when it starts if a killed run left one.
 """
@@ -17,6 +19,7 @@ import hashlib
 import os
 import re
 import socket
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Callable
@@ -61,7 +64,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     is a :class:`WriteError` saying so; the old file is kept.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    existed = path.is_file()
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc, existed) from exc
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
@@ -73,22 +80,36 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(exc, (OSError, RuntimeError)):
-            raise _write_error(path, exc) from exc
+            raise _write_error(path, exc, existed) from exc
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError as exc:
+        raise _write_error(path, exc, existed) from exc
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
 
 
-def _write_error(path: Path, exc: BaseException) -> WriteError:
+def _write_error(path: Path, exc: BaseException, existed: bool | None = None) -> WriteError:
+    """What went wrong writing ``path``, and what to do: free space only when the disk is full; the
+    previous version kept only when there was one."""
     import shutil
 
-    free = shutil.disk_usage(path.parent).free
+    if existed is None:
+        existed = path.is_file()
+    kept = "the previous version of the file is kept" if existed else "nothing was written there"
+    if not path.parent.is_dir():
+        return WriteError(f"could not write {path}: its folder {path.parent} no longer exists (moved or deleted while the run "
+                          f"was running); {kept}. Put the folder back and resume, or start a new run")
     full = (isinstance(exc, OSError) and exc.errno in _FULL) or "unexpected pos" in str(exc) or "failed writing" in str(exc)
-    why = f"the disk is full or the file is too large ({free / 1e6:.1f} MB free in {path.parent})" if full else f"{type(exc).__name__}: {exc}"
-    return WriteError(f"could not write {path}: {why}; the previous version of the file is kept. Free space, then resume")
+    if full:
+        free = shutil.disk_usage(path.parent).free
+        return WriteError(f"could not write {path}: the disk is full or the file is too large ({free / 1e6:.1f} MB free in "
+                          f"{path.parent}); {kept}. Free space, then resume")
+    why = f"{exc.strerror} ({type(exc).__name__})" if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+    return WriteError(f"could not write {path}: {why}; {kept}. Fix the path or its permissions, then resume")
 
 
 def remove_stale_temps(paths: list[Path]) -> list[Path]:
@@ -106,29 +127,43 @@ def remove_stale_temps(paths: list[Path]) -> list[Path]:
 
 
 class RunLock:
-    """An exclusive lock on one run (``flock`` on a hidden file beside the checkpoint).
+    """An exclusive lock on one run (``flock`` on a hidden file beside the checkpoint, named after
+    its stem: it covers every file of the run, see :class:`RunFiles`).
 
     The kernel releases it when the process ends, however it ends (SIGKILL included), so a stale
     lock cannot block the next run. The holder's pid and host are written in the file to name it.
+    The lock file is opened without following a symbolic link and written only when it is a
+    regular file with one name: a link planted there cannot redirect the write.
     """
 
     def __init__(self, ckpt: Path) -> None:
-        self.path = ckpt.with_name(f".{ckpt.name}.lock")
+        self.ckpt = ckpt
+        self.path = RunFiles(ckpt).lock
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            what = "is a symbolic link" if exc.errno == errno.ELOOP else f"cannot be opened ({exc.strerror})"
+            raise UsageError(f"the run's lock file {self.path} {what}; remove it (it holds nothing of the run) "
+                             "and start again") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            os.close(fd)
+            what = "has other names (hard links)" if stat.S_ISREG(info.st_mode) else "is not a regular file"
+            raise UsageError(f"the run's lock file {self.path} {what}; remove it (it holds nothing of the run) and start again")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise UsageError(
-                f"another run is using {self.path.with_name(self.path.name[1:-5])} ({holder}); "
-                "wait for it to end, or use another --ckpt"
+                f"another run is using {self.ckpt} ({holder}); wait for it to end, or use another --ckpt "
+                f"(checkpoints with one stem, like {self.ckpt.stem}.pt and {self.ckpt.stem}.ckpt, share their other files)"
             ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, --ckpt {self.ckpt}\n".encode())
         self._fd = fd
 
     def release(self) -> None:
@@ -147,6 +182,7 @@ class RunFiles:
         self.epochs = stem.with_name(stem.name + ".epochs.csv")
         self.history = stem.with_name(stem.name + ".history.json")
         self.plot = stem.with_name(stem.name + ".png")
+        self.lock = stem.with_name(f".{stem.name}.lock")
 
     @property
     def written(self) -> list[Path]:
@@ -154,7 +190,12 @@ class RunFiles:
         return [self.ckpt, self.steps, self.epochs, self.history]
 
     def existing(self) -> list[Path]:
-        return [p for p in (*self.written, self.plot) if p.exists()]
+        return [p for p in (*self.written, self.plot) if os.path.lexists(p)]
+
+    def not_regular(self) -> list[Path]:
+        """The run's paths that exist but are not regular files (a folder, a device, a FIFO, a
+        symbolic link): a run never replaces them, whatever the flags."""
+        return [p for p in (*self.written, self.plot) if os.path.lexists(p) and not stat.S_ISREG(os.lstat(p).st_mode)]
 
     def metrics(self, global_step: int, epoch: int) -> dict[str, tuple[Path, list[str], str, int]]:
         """The metrics files: name -> (path, fields, key, the last key a checkpoint at this clock covers)."""
@@ -173,11 +214,20 @@ class RunFiles:
         atomic_write(self.history, lambda f: f.write(text))
 
     def read_history(self) -> History:
+        from cattrs.errors import BaseValidationError
+
         try:
-            return History.from_json(self.history.read_text())
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UsageError(f"{self.history} is not a transition history this version can read ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); it may be truncated or edited") from None
+            text = self.history.read_text()
+        except OSError as exc:
+            raise UsageError(f"cannot read the transition history {self.history}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"{self.history} is not a transition history (not UTF-8 text); it may be damaged or edited") from None
+        try:
+            return History.from_json(text)
+        except (ValueError, KeyError, TypeError, AttributeError, BaseValidationError, RecursionError) as exc:
+            detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+            raise UsageError(f"{self.history} is not a transition history this version can read ({type(exc).__name__}"
+                             f"{': ' + detail if detail else ''}); it may be truncated or edited") from None
 
 
 def resolve_run(run: str | os.PathLike) -> RunFiles:
@@ -198,8 +248,15 @@ def resolve_run(run: str | os.PathLike) -> RunFiles:
 
 
 def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    """The rows of a metrics CSV; a file that cannot be read (a folder, not text) is a :class:`UsageError`."""
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except OSError as exc:
+        raise UsageError(f"cannot read the metrics file {path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise UsageError(f"{path} is not a metrics file this version can read ({type(exc).__name__}); "
+                         "it may be truncated or edited") from None
 
 
 class MetricsWriter:
@@ -278,7 +335,7 @@ def metrics_match(path: Path, fields: list[str], key: str, upto: int, digest: st
         return True
     try:
         text = _csv_text(fields, kept_rows(path, key, upto))
-    except (KeyError, ValueError, TypeError, UnicodeDecodeError, csv.Error):
+    except (KeyError, ValueError, TypeError, UsageError):
         return False
     return hashlib.sha256(text.encode()).hexdigest() == digest
 

@@ -8,7 +8,10 @@ Layout, version 2 (``schema_version``): ``settings`` (every field of :class:`Set
 ``world_size``, ``num_threads``, ``global_step``, ``epoch``, ``trainer`` (``Trainer.state_dict()``:
 only ``model`` is required, as in a weights-only checkpoint), under torchrun ``rng_per_rank``, and
 ``metrics``: the sha256 of each metrics file's text up to this checkpoint (``{"steps": ..., "epochs":
-...}``, see :class:`~runs.artifacts.MetricsWriter`), absent in files written before it was added.
+...}``, see :class:`~runs.artifacts.MetricsWriter`), absent in files written before it was added;
+``data``: the identity of the corpus (:func:`chunklm.corpus.corpus_fingerprint`) and
+``data_changes``: the resumes that continued on other data on purpose (``--allow-data-change``),
+both absent in files written before they were added. docs/checkpoint.md describes it all.
 Version 1 (the first release) also stored ``config``, derived from ``settings``; it is migrated
 on reading.
 """
@@ -63,6 +66,22 @@ class Checkpoint:
     num_threads: int | None = None
     rng_per_rank: list | None = None  # under torchrun: each rank's RNG states
     metrics: dict | None = None  # {"steps": sha256, "epochs": sha256} of the metrics files' text up to here
+    data: dict | None = None  # chunklm.corpus.corpus_fingerprint() of the run's data
+    data_changes: list | None = None  # [{"global_step", "epoch", "changes": [...]}]: resumes on other data, allowed
+
+    def missing_parts(self) -> list[str]:
+        """The parts of a full trainer state this checkpoint lacks (none for weights only: ``model``,
+        with ``ema`` or not, which resumes at its epoch's start)."""
+        if set(self.trainer) <= {"model", "ema"}:
+            return []
+        missing = [f"trainer.{key}" for key in ("optimizer", "schedule", "engine", "rng", "epoch_accumulator")
+                   if not isinstance(self.trainer.get(key), dict)]
+        if self.settings.ema is not None and not isinstance(self.trainer.get("ema"), dict):
+            missing.append("trainer.ema")
+        rng = self.trainer.get("rng")
+        if isinstance(rng, dict):
+            missing += [f"trainer.rng.{key}" for key in ("python", "numpy", "torch") if key not in rng]
+        return missing
 
     def trainer_state(self, rank: int = 0) -> dict:
         """The trainer state for ``rank``: each rank continues its own random streams."""
@@ -92,6 +111,10 @@ class Checkpoint:
             out["rng_per_rank"] = self.rng_per_rank
         if self.metrics is not None:
             out["metrics"] = self.metrics
+        if self.data is not None:
+            out["data"] = self.data
+        if self.data_changes:
+            out["data_changes"] = self.data_changes
         return out
 
     def save(self, path: str | os.PathLike) -> None:
@@ -131,9 +154,16 @@ class Checkpoint:
         metrics = data.get("metrics")
         if metrics is not None and not (isinstance(metrics, dict) and all(isinstance(v, str) for v in metrics.values())):
             raise CheckpointError(f"{path} is damaged or edited: metrics is not a digest per metrics file")
+        identity = data.get("data")
+        if identity is not None and not (isinstance(identity, dict) and isinstance(identity.get("sha256"), str)
+                                         and isinstance(identity.get("paths"), list) and isinstance(identity.get("files"), list)):
+            raise CheckpointError(f"{path} is damaged or edited: data is not the identity of a corpus")
+        changes = data.get("data_changes")
+        if changes is not None and not (isinstance(changes, list) and all(isinstance(c, dict) for c in changes)):
+            raise CheckpointError(f"{path} is damaged or edited: data_changes is not a list of records")
         return cls(settings=settings, trainer=data["trainer"], global_step=data["global_step"], epoch=data["epoch"],
                    preset=data.get("preset"), world_size=world_size, num_threads=data.get("num_threads"), rng_per_rank=rng,
-                   metrics=metrics)
+                   metrics=metrics, data=identity, data_changes=changes)
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = False) -> "Checkpoint":
@@ -149,7 +179,16 @@ def read_file(path: str | os.PathLike, mmap: bool = False) -> Any:
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, not a checkpoint; name the checkpoint file in it (e.g. {path}/chunklm_ckpt.pt)")
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; check the path")
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise CheckpointError(f"no checkpoint at {path}: it {what}; check the path")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch's zip format, or its legacy pickle
+        raise CheckpointError(f"{path} is not a checkpoint: not a file torch.save wrote ({'empty' if not head else 'it starts with ' + repr(head)}); "
+                              "pass a checkpoint written by chunklm train")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:

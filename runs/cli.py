@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
-from runs.errors import UsageError, UserError, report
+from runs.errors import RunError, UsageError, UserError, report
 from runs.settings import add_flags, explicit_settings
 
 __all__ = ["main", "build_parser"]
@@ -40,6 +42,7 @@ def _number(kind: Callable, test: Callable[[float], bool], expected: str) -> Cal
 
 
 _NON_NEGATIVE = _number(int, lambda v: v >= 0, "an integer >= 0")
+_SEED = _number(int, lambda v: 0 <= v < 2**63, "an integer >= 0 and < 2**63")
 _POSITIVE = _number(int, lambda v: v >= 1, "an integer >= 1")
 
 
@@ -59,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--stop-after", dest="stop_after", type=_POSITIVE, default=None, help="stop cleanly after N optimizer steps (checkpoint, exit 0)")
     o.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1...")
     o.add_argument("--plot", action="store_true", help="write the run's PNG plot at the end")
+    o.add_argument("--curriculum", metavar="FILE", default=None,
+                   help="train with the curriculum in this .toml/.json file instead of the one the curriculum flags build "
+                        "(docs/curriculum-files.md); pass it again on --resume")
+    o.add_argument("--allow-data-change", dest="allow_data_change", action="store_true",
+                   help="--resume on data that differs from the checkpoint's (other path, files or bytes): continue anyway, recorded in the checkpoint")
 
     h = sub.add_parser("history", help="the transitions of a run, with their evidence")
     h.add_argument("run", help="run directory or checkpoint")
@@ -68,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("run", help="run directory or checkpoint")
     pl.add_argument("--out", default=None, help="image path, or a folder (default: beside the checkpoint)")
 
-    d = sub.add_parser("diagram", help="Mermaid or DOT text of the curriculum these flags make")
+    d = sub.add_parser("diagram", help="Mermaid or DOT text of the curriculum these flags make, or of a curriculum file")
+    d.add_argument("file", nargs="?", default=None, help="a curriculum .toml/.json file to draw instead (docs/curriculum-files.md)")
     add_flags(d)
     d.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
     d.add_argument("--run", default=None, help="a run whose settings and current phase to show")
@@ -83,19 +92,74 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("-n", "--n-bytes", dest="n", type=_NON_NEGATIVE, default=256, help="bytes to generate")
     gen.add_argument("--temperature", type=_number(float, lambda v: v >= 0, "a finite number >= 0 (0: greedy)"), default=0.8)
     gen.add_argument("--top-p", dest="top_p", type=_number(float, lambda v: 0 < v <= 1, "a number in (0, 1]"), default=0.95)
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--seed", type=_SEED, default=0)
     gen.add_argument("--ema", action="store_true", help="sample with the EMA weights when the checkpoint has them")
     return parser
+
+
+class OutputError(RunError):
+    """Standard output cannot take what a command prints (a closed pipe, a full disk): exit status 1."""
+
+
+class _Output:
+    """Standard output whose write errors are an :class:`OutputError`: ``chunklm generate | head -c 10``
+    and ``> /dev/full`` end in one line, not a traceback."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def _fail(self, exc: OSError) -> OutputError:
+        if isinstance(exc, BrokenPipeError):
+            return OutputError("the output was closed before all of it was written (broken pipe)")
+        return OutputError(f"cannot write the output: {exc.strerror or exc}")
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as exc:
+            raise self._fail(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            raise self._fail(exc) from None
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def _silence_stdout() -> None:
+    """After a write error on stdout: point it at /dev/null, so that the interpreter's final flush
+    does not print a second error."""
+    import os
+
+    try:
+        fd = sys.__stdout__.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     commands = {"train": _train, "history": _history, "plot": _plot, "diagram": _diagram, "generate": _generate, "replay": _replay}
+    stdout = sys.stdout
+    sys.stdout = _Output(stdout)
     try:
-        return commands[args.command](args)
+        code = commands[args.command](args)
+        sys.stdout.flush()  # here, not at the interpreter's exit: a closed pipe is then one line too
+        return code
     except UserError as exc:
+        if isinstance(exc, OutputError) and stdout is sys.__stdout__:
+            _silence_stdout()
         return report(args.command, exc)
+    finally:
+        if isinstance(sys.stdout, _Output):
+            sys.stdout = stdout
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -110,14 +174,21 @@ def _replay(args: argparse.Namespace) -> int:
     return run_replay(args)
 
 
-def _warn_if_stale(files) -> None:
-    """After a command that read the run's files: say so if its CSVs are not its checkpoint's."""
-    from runs.checkpoint import Checkpoint, CheckpointError, stale_metrics_warning
+def _saved(files):
+    """The run's checkpoint, tensors mapped (cheap at any size), or None when there is none to read."""
+    from runs.checkpoint import Checkpoint, CheckpointError
 
-    try:  # the tensors mapped, not read: cheap at any size
-        saved = Checkpoint.load(files.ckpt, mmap=True) if files.ckpt.is_file() else None
+    try:
+        return Checkpoint.load(files.ckpt, mmap=True) if files.ckpt.is_file() else None
     except CheckpointError:  # nothing to compare with; these commands read the CSVs and history only
-        saved = None
+        return None
+
+
+def _warn_if_stale(files, saved=None) -> None:
+    """After a command that read the run's files: say so if its CSVs are not its checkpoint's."""
+    from runs.checkpoint import stale_metrics_warning
+
+    saved = saved if saved is not None else _saved(files)
     warning = stale_metrics_warning(files, saved) if saved is not None else None
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
@@ -132,7 +203,12 @@ def _history(args: argparse.Namespace) -> int:
     history = files.read_history()
     text = {"table": history.table, "json": history.to_json, "csv": history.to_csv}[args.format]()
     print(text.rstrip("\n"))
-    _warn_if_stale(files)
+    saved = _saved(files)
+    for change in (saved.data_changes or []) if saved is not None else []:
+        note = (f"note: resumed at step {change.get('global_step')} (epoch {change.get('epoch')}) on changed data, with "
+                f"--allow-data-change: {'; '.join(map(str, change.get('changes', [])))}")
+        print(note, file=sys.stdout if args.format == "table" else sys.stderr)
+    _warn_if_stale(files, saved)
     return 0
 
 
@@ -150,9 +226,31 @@ def _plot(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {out}: the folder {out.parent} does not exist; create it or pick another path")
     if not out.suffix:
         out = out.with_suffix(".png")
-    print(f"wrote {plot_run(files, out)}")
+    if out.suffix.lower() not in _IMAGE_SUFFIXES:
+        raise UsageError(f"--out {out}: {out.suffix} is not an image format the plot writes; use one of {', '.join(_IMAGE_SUFFIXES)}")
+    if os.path.lexists(out) and not out.is_file():
+        raise UsageError(f"--out {out} exists and is not a regular file; pick another path")
+    try:
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot write in {out.parent} ({exc.strerror}); pick a writable folder") from None
+    lock = None
+    if out.resolve() == files.plot.resolve():  # the run's own plot: not while a run writes its files
+        from runs.artifacts import RunLock
+
+        lock = RunLock(files.ckpt)
+        lock.acquire()
+    try:
+        print(f"wrote {plot_run(files, out)}")
+    finally:
+        if lock is not None:
+            lock.release()
     _warn_if_stale(files)
     return 0
+
+
+_IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 
 def _diagram(args: argparse.Namespace) -> int:
@@ -161,6 +259,12 @@ def _diagram(args: argparse.Namespace) -> int:
     from runs.settings import Settings
 
     explicit = explicit_settings(args)
+    if args.file is not None:  # a curriculum file (runs/curriculum_file.py)
+        from runs.curriculum_file import diagram_of_file
+
+        curriculum, current = diagram_of_file(args, explicit)
+        print((to_mermaid if args.format == "mermaid" else to_dot)(curriculum, current=current).rstrip("\n"))
+        return 0
     current = None
     if args.run:
         from runs.artifacts import resolve_run
@@ -186,38 +290,63 @@ def _generate(args: argparse.Namespace) -> int:
     from chunklm import EMA, ChunkLM, generate
     from runs.checkpoint import Checkpoint, CheckpointError
 
+    import torch
+
+    from runs.train_cmd import check_model_size
+
     saved = Checkpoint.load(args.ckpt)
+    check_model_size(saved.settings, torch.device("cpu"), f"the settings of {args.ckpt}", training=False)
     config = saved.settings.to_config()
     model = ChunkLM(config.model)
     try:
         model.load_state_dict(saved.trainer["model"])
     except RuntimeError as exc:
         raise CheckpointError(f"{args.ckpt}: the weights do not fit its settings ({' '.join(str(exc).split())[:300]}); it is damaged or was edited") from None
+    bad = next((name for name, t in saved.trainer["model"].items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if bad is not None:
+        raise CheckpointError(f"{args.ckpt} has non-finite weights (NaN or infinity in {bad}): the run diverged or the file was edited; "
+                              "sample from an earlier checkpoint")
     ema = None
     if args.ema:
         if saved.trainer.get("ema") is None:
             raise UsageError(f"{args.ckpt} has no EMA weights; drop --ema")
         ema = EMA(model, decay=config.ema or 0.999)
         ema.load_state_dict(saved.trainer["ema"])
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        if _nonfinite(saved.trainer["ema"]):
+            raise CheckpointError(f"{args.ckpt} has non-finite EMA weights; sample without --ema, or from an earlier checkpoint")
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # bytes that are not UTF-8 print as U+FFFD
 
     def show(chunk: bytes) -> None:
         sys.stdout.write(decoder.decode(chunk))
         sys.stdout.flush()
 
-    show(args.prompt.encode())
+    prompt = os.fsencode(args.prompt)  # the bytes given, also when they are not UTF-8
+    show(prompt)
     try:
         if ema is not None:
             with ema.applied(model):
-                generate(model, args.prompt.encode(), args.n, temperature=args.temperature, top_p=args.top_p, seed=args.seed, on_bytes=show)
+                generate(model, prompt, args.n, temperature=args.temperature, top_p=args.top_p, seed=args.seed, on_bytes=show)
         else:
-            generate(model, args.prompt.encode(), args.n, temperature=args.temperature, top_p=args.top_p, seed=args.seed, on_bytes=show)
+            generate(model, prompt, args.n, temperature=args.temperature, top_p=args.top_p, seed=args.seed, on_bytes=show)
     except KeyboardInterrupt:
         sys.stdout.write(decoder.decode(b"", final=True) + "\n")
         print("chunklm generate: stopped by Ctrl-C", file=sys.stderr)
         return 130
     sys.stdout.write(decoder.decode(b"", final=True) + "\n")
     return 0
+
+
+def _nonfinite(state) -> bool:
+    """Whether a state (tensors in dicts and lists) holds a NaN or an infinity."""
+    import torch
+
+    if isinstance(state, torch.Tensor):
+        return state.is_floating_point() and not bool(torch.isfinite(state).all())
+    if isinstance(state, dict):
+        return any(_nonfinite(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return any(_nonfinite(v) for v in state)
+    return False
 
 
 if __name__ == "__main__":

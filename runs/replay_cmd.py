@@ -235,6 +235,8 @@ def run_replay(args: argparse.Namespace) -> int:
     for path, what in ((files.steps, "step metrics"), (files.epochs, "epoch metrics"), (files.history, "transition history")):
         if not path.exists():
             raise ReplayError(f"no {what} at {path}; replay needs a run written by chunklm train")
+        if not path.is_file():
+            raise ReplayError(f"the {what} {path} is not a regular file; replay needs a run written by chunklm train")
     from runs.checkpoint import stale_metrics_warning
 
     saved = _checkpoint(files.ckpt)
@@ -243,8 +245,12 @@ def run_replay(args: argparse.Namespace) -> int:
     if stale:
         raise ReplayError(f"{stale}; replay needs the metrics of the run that made the checkpoint")
     steps_rows = read_csv(files.steps)
-    stream = load_stream(steps_rows, read_csv(files.epochs))
-    rounded = any(f"{float(row['loss']):.6g}" == row["loss"] for row in steps_rows)  # rows the first release wrote
+    try:
+        stream = load_stream(steps_rows, read_csv(files.epochs))
+        rounded = any(f"{float(row['loss']):.6g}" == row["loss"] for row in steps_rows)  # rows the first release wrote
+    except (KeyError, ValueError, TypeError) as exc:  # reading the CSV rows' cells only
+        raise ReplayError(f"{files.steps} or {files.epochs.name} is not a metrics file this version can read "
+                          f"({type(exc).__name__}: {str(exc)[:200]}); it may be truncated or edited") from None
     history = files.read_history()
     flags = {k: getattr(args, k) for k in ("cutoffs", "min_epochs", "plateau_window", "plateau_threshold", "plateau_test", "plateau_alpha")
              if hasattr(args, k)}

@@ -90,6 +90,29 @@ def _int_at_least(low: int):
     return check
 
 
+def _int_in(low: int, high: int, why: str):
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            return f"must be an integer >= {low} and <= {high} ({why}): got {value!r}"
+        return None
+    return check
+
+
+def _both(*checks):
+    return lambda value: next((m for m in (c(value) for c in checks) if m), None)
+
+
+def _at_most(high: float, why: str):
+    def check(value: Any) -> str | None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > high:
+            return f"must be at most {high:g} ({why}): got {value!r}"
+        return None
+    return check
+
+
+_MAX_LR = 1e30  # AdamW divides it by 1 - 0.9: far more and float32 arithmetic overflows (max 3.4e38)
+
+
 def _optional(check):
     return lambda value: None if value is None else check(value)
 
@@ -145,11 +168,12 @@ class Settings:
     steps_per_epoch: int = setting(_library_default(_TRAIN, "steps_per_epoch"), "optimizer steps per epoch", demo=150, check=_int_at_least(1), type=int)
     epochs: int = setting(_library_default(_TRAIN, "epochs"), "epochs in all (may grow on --resume)", demo=12, resume=Resume.FREE,
                           check=_int_at_least(1), type=int)
-    lr: float = setting(_library_default(_TRAIN, "lr"), "peak learning rate", demo=2e-3, check=_finite(0.0, above=True), type=float)
+    lr: float = setting(_library_default(_TRAIN, "lr"), "peak learning rate", demo=2e-3,
+                        check=_both(_finite(0.0, above=True), _at_most(_MAX_LR, "larger ones overflow float32 in the optimizer")), type=float)
     weight_decay: float = setting(_library_default(_TRAIN, "weight_decay"), "AdamW weight decay", check=_finite(0.0), type=float)
     grad_clip: float = setting(_library_default(_TRAIN, "grad_clip"), "clip the gradient norm to this (0: no clipping)", check=_finite(0.0),
                                type=float)
-    seed: int = setting(_library_default(_TRAIN, "seed"), "seed of the weights and the data order", check=_int_at_least(0), type=int)
+    seed: int = setting(_library_default(_TRAIN, "seed"), "seed of the weights and the data order", check=_int_in(0, 2**32 - 1, "numpy's seeds are 32-bit"), type=int)
     ema: float | None = setting(_library_default(_TRAIN, "ema"), "keep an EMA of the weights (decay in (0, 1), default 0.999)",
                                 check=_finite(0.0, above=True, below=1.0), type=float, nargs="?", const=0.999)
     # curriculum
@@ -223,6 +247,11 @@ class Settings:
             message = f.metadata["check"] and f.metadata["check"](getattr(self, f.name))
             if message:
                 raise SettingsError(f"{_flag(f)} {message}")
+        if self.cutoffs is not None and any(isinstance(c, int) and c < 1 for c in self.cutoffs):
+            raise SettingsError(
+                f"--cutoffs {_show(self.cutoffs)}: each cutoff must be >= 1 bin (the default, seq_len/8,/4,/2, gives 0 below "
+                f"--seq-len 8: got --seq-len {self.seq_len}); raise --seq-len or pass --cutoffs"
+            )
         if self.chunk > self.seq_len:
             raise SettingsError(f"--chunk {self.chunk} is longer than --seq-len {self.seq_len}; lower --chunk or raise --seq-len")
         from engine import CurriculumError

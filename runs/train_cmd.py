@@ -31,7 +31,7 @@ from runs.distributed import Distributed, resume_command
 from runs.errors import RunError, UsageError, UserError, report
 from runs.settings import Settings
 
-__all__ = ["train", "check_paths", "check_metrics", "StopSignals", "Saver", "Interrupted"]
+__all__ = ["train", "check_args", "check_paths", "check_metrics", "data_identity", "StopSignals", "Saver", "Interrupted"]
 
 
 class Interrupted(RunError):
@@ -42,8 +42,25 @@ class Interrupted(RunError):
 
 # -- before training --------------------------------------------------------------------------------
 
+_SIDECARS = (".steps.csv", ".epochs.csv", ".history.json", ".png", ".lock", ".tmp")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Flags that contradict each other, and checkpoint names that would collide with a run's other files."""
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues the run in --ckpt and --overwrite replaces it: pass one of them")
+    if not args.ckpt.strip():
+        raise UsageError("--ckpt is empty; name the checkpoint file, e.g. --ckpt runs/demo/chunklm_ckpt.pt")
+    name = Path(args.ckpt).name
+    clash = next((s for s in _SIDECARS if name.endswith(s)), None)
+    if clash is not None or name in ("", ".", ".."):
+        raise UsageError(f"--ckpt {args.ckpt}: a checkpoint name ending in {clash or name!r} would be confused with a run's other files "
+                         "(NAME.steps.csv, NAME.epochs.csv, NAME.history.json, NAME.png); name it e.g. NAME.pt")
+
+
 def check_paths(files: RunFiles, resume: bool, overwrite: bool) -> None:
-    """The checkpoint path is a file path in a writable folder; a fresh run does not replace a run."""
+    """The checkpoint path is a file path in a writable folder; a fresh run does not replace a run;
+    no run replaces anything but regular files."""
     ckpt = files.ckpt
     if ckpt.is_dir():
         raise UsageError(f"--ckpt {ckpt} is a directory; name a file in it, e.g. --ckpt {ckpt / 'chunklm_ckpt.pt'}")
@@ -56,8 +73,17 @@ def check_paths(files: RunFiles, resume: bool, overwrite: bool) -> None:
             pass
     except OSError as exc:
         raise UsageError(f"--ckpt {ckpt}: cannot write in {folder} ({exc.strerror}); pick a writable folder") from None
+    odd = files.not_regular()
+    if odd:
+        raise UsageError(f"--ckpt {ckpt}: {', '.join(str(p) for p in odd)} {'is' if len(odd) == 1 else 'are'} not a regular file "
+                         "(a folder, device, FIFO or symbolic link), which a run never replaces; pick another --ckpt")
     if resume:
         if not ckpt.exists():
+            others = files.existing()
+            if others:
+                raise UsageError(f"--resume: no checkpoint at {ckpt}, only {', '.join(p.name for p in others)} of a run that never "
+                                 "saved one; there is nothing to resume. Start afresh with --overwrite (they are replaced at the "
+                                 "first save), or pick another --ckpt")
             raise UsageError(f"--resume: no checkpoint at {ckpt}; drop --resume to start a fresh run, or fix --ckpt")
         return
     existing = files.existing()
@@ -79,6 +105,69 @@ def check_metrics(files: RunFiles, saved: Checkpoint) -> None:
             f"nothing was changed. Move {'them' if len(wrong) > 1 else 'it'} aside and resume again: the metrics then start "
             f"after the checkpoint (step {saved.global_step})"
         )
+
+
+def absolute_data(explicit: dict[str, Any]) -> dict[str, Any]:
+    """``--data`` as absolute resolved paths: the checkpoint's resume command works from any folder."""
+    if explicit.get("data"):
+        explicit = {**explicit, "data": tuple(str(Path(p).expanduser().resolve()) for p in explicit["data"])}
+    return explicit
+
+
+def check_parts(saved: Checkpoint, path: Path) -> None:
+    """On resume: the checkpoint holds every part of the trainer's state (or the weights alone)."""
+    missing = saved.missing_parts()
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}, which a resume needs to continue the run exactly; it is damaged "
+                              "or was edited. Resume from another checkpoint, or start a fresh run")
+
+
+def data_identity(settings: Settings, saved: Checkpoint | None, allow_change: bool, console_notes: list[str]) -> tuple[dict, list]:
+    """The corpus's fingerprint, compared on resume with the checkpoint's: other or changed data is
+    refused, naming what changed, unless ``allow_change`` (then recorded). Returns (fingerprint, the
+    data changes to store)."""
+    from chunklm.corpus import CorpusError, corpus_fingerprint, fingerprint_changes
+
+    try:
+        now = corpus_fingerprint(list(settings.data) or None)
+    except CorpusError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read the data: {exc.strerror or exc}: {exc.filename}; check --data") from None
+    if saved is None:
+        return now, []
+    changes_so_far = list(saved.data_changes or [])
+    if saved.data is None:
+        console_notes.append("note: this checkpoint was written before checkpoints recorded their data; the data is not checked "
+                             f"against it (training on {', '.join(now['paths'])}); from the next save on it is")
+        return now, changes_so_far
+    changes = fingerprint_changes(saved.data, now)
+    if not changes:
+        return now, changes_so_far
+    if not allow_change:
+        raise UsageError(f"the data differs from the checkpoint's: {'; '.join(changes)}. A resume on other data does not continue "
+                         "the same run; restore the data, or pass --allow-data-change to continue on this data knowingly (recorded in the checkpoint)")
+    console_notes.append(f"note: continuing on changed data (--allow-data-change, recorded in the checkpoint): {'; '.join(changes)}")
+    return now, changes_so_far + [{"global_step": saved.global_step, "epoch": saved.epoch, "changes": changes}]
+
+
+def check_model_size(settings: Settings, device, what: str, training: bool = True) -> None:
+    """Refuse, before allocating, a model larger than the memory of ``device`` (settings from a damaged
+    or edited checkpoint, or a typo in --d-model)."""
+    import torch
+
+    from chunklm import ChunkLM
+
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in ChunkLM(settings.to_config().model).parameters())
+    need = n_params * 4 * (4 if training else 1)  # weights; + gradients and AdamW's two moments when training
+    if getattr(device, "type", "cpu") == "cuda":
+        have = torch.cuda.get_device_properties(device).total_memory
+    else:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise UsageError(f"{what} make a model of {n_params:,} parameters, {need / 1e9:,.1f} GB to {'train' if training else 'load'}, "
+                         f"more than the {have / 1e9:,.1f} GB of {device}; lower --d-model or --n-layers (or check the checkpoint)")
 
 
 def check_data(paths: tuple[str, ...]) -> None:
@@ -139,9 +228,11 @@ class Saver:
     """
 
     def __init__(self, trainer, settings: Settings, preset: str | None, dist: Distributed, files: RunFiles,
-                 writers: dict[str, MetricsWriter], replace_old: bool) -> None:
+                 writers: dict[str, MetricsWriter], replace_old: bool, data: dict | None = None, data_changes: list | None = None) -> None:
         self.trainer, self.settings, self.preset, self.dist, self.files = trainer, settings, preset, dist, files
         self.writers, self.replace_old = writers, replace_old
+        self.data, self.data_changes = data, data_changes
+        self.saved = False  # whether this run has saved a checkpoint yet
 
     def __call__(self, reason: str) -> None:
         import torch
@@ -160,8 +251,10 @@ class Saver:
             world_size=self.dist.world_size, num_threads=torch.get_num_threads(),
             rng_per_rank=rng_per_rank if self.dist.active else None,
             metrics={name: writer.digest() for name, writer in self.writers.items()},
+            data=self.data, data_changes=self.data_changes or None,
         ).save(self.files.ckpt)
         self.files.write_history(self.trainer.engine.history)
+        self.saved = True
         for writer in self.writers.values():
             writer.commit()
         self.replace_old = False
@@ -188,9 +281,11 @@ def train(args: argparse.Namespace, explicit: dict[str, Any]) -> int:
 
 
 def _load(files: RunFiles, args: argparse.Namespace, explicit: dict[str, Any]) -> tuple[Checkpoint | None, Settings, str | None]:
+    explicit = absolute_data(explicit)
     if not args.resume:
         return None, Settings.fresh(args.preset, explicit), args.preset
     saved = Checkpoint.load(files.ckpt)
+    check_parts(saved, files.ckpt)
     return saved, saved.settings.resume(saved.preset, args.preset, explicit), saved.preset
 
 
@@ -210,6 +305,7 @@ def _restore(trainer, saved: Checkpoint, rank: int, path: Path) -> None:
 def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed) -> int:
     from chunklm.train import NonFiniteLossError, Trainer, compile_default
 
+    check_args(args)
     files = RunFiles(Path(args.ckpt))
     lock = RunLock(files.ckpt)
     if dist.rank == 0:
@@ -225,11 +321,17 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
                 "the data each rank sees would change. Resume with the same --nproc_per_node"
             )
         check_data(settings.data)
+        notes: list[str] = []
+        data, data_changes = data_identity(settings, saved, args.allow_data_change, notes) if dist.rank == 0 else (None, [])
+        check_model_size(settings, dist.device, f"the settings{' of ' + str(files.ckpt) if saved is not None else ''}")
         config = settings.to_config()
         config = attrs.evolve(config, compile=compile_default(dist.device) if settings.compile is None else settings.compile)
+        from runs.curriculum_file import curriculum_for_run
+
+        curriculum = curriculum_for_run(args, config, saved, files.ckpt)  # --curriculum FILE; None: the settings' own
         corpus = build_corpus(config)
         trainer = Trainer(config, device=dist.device, corpus=corpus, rank=dist.rank, world_size=dist.world_size,
-                          all_reduce_mean=dist.reduce_mean if dist.active else None, wrap_model=dist.wrap)
+                          all_reduce_mean=dist.reduce_mean if dist.active else None, wrap_model=dist.wrap, curriculum=curriculum)
         try:
             if saved is not None:
                 _restore(trainer, saved, dist.rank, files.ckpt)
@@ -240,12 +342,15 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
                 if saved is not None and saved.engine_phase is not None:
                     files.write_history(trainer.engine.history)  # the checkpoint's own: a save cut short after it left an older one
             console = Console(enabled=dist.rank == 0)
-            _print_header(console, trainer, corpus, dist, preset, saved, files.ckpt)
+            _print_header(console, trainer, corpus, dist, preset, saved, files.ckpt, getattr(args, "curriculum", None))
+            for note in notes:
+                console.line(note)
             if trainer.done:
-                console.line(f"the run already finished its {config.epochs} epochs; to train longer, resume with --epochs N "
-                             f"(N > {config.epochs}: the last LR stage stretches to the new end)")
+                done = trainer.clock.epoch
+                console.line(f"the run already finished: it has trained {done} epoch{'s' if done != 1 else ''} and --epochs is {config.epochs}; to train longer, "
+                             f"resume with --epochs N (N > {done}: the last LR stage stretches to the new end)")
                 return 0
-            return _fit(args, trainer, settings, preset, dist, files, saved, console)
+            return _fit(args, trainer, settings, preset, dist, files, saved, console, data, data_changes)
         finally:
             trainer.close()  # before the process group goes
     except NonFiniteLossError as exc:
@@ -254,13 +359,15 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
         lock.release()
 
 
-def _fit(args, trainer, settings: Settings, preset, dist: Distributed, files: RunFiles, saved, console: Console) -> int:
+def _fit(args, trainer, settings: Settings, preset, dist: Distributed, files: RunFiles, saved, console: Console,
+         data: dict | None = None, data_changes: list | None = None) -> int:
     writers: dict[str, MetricsWriter] = {}
     if dist.rank == 0:
         clock = trainer.clock
         writers = {name: MetricsWriter(path, fields, key, upto if saved else None, defer=args.overwrite)
                    for name, (path, fields, key, upto) in files.metrics(clock.global_step, clock.epoch).items()}
-    save = Saver(trainer, settings, preset, dist, files, writers, replace_old=args.overwrite and saved is None)
+    save = Saver(trainer, settings, preset, dist, files, writers, replace_old=args.overwrite and saved is None,
+                 data=data, data_changes=data_changes)
     started_at, steps_at_start = time.time(), trainer.clock.global_step
     with StopSignals(announce=dist.rank == 0) as signals:
         def stop_reason() -> str | None:
@@ -273,6 +380,12 @@ def _fit(args, trainer, settings: Settings, preset, dist: Distributed, files: Ru
         try:
             reporter = Reporter(trainer, console, (writers["steps"], writers["epochs"]) if writers else (), dist, args.log_every, stop_reason)
             reason = trainer.fit(reporter, save, ckpt_every=args.ckpt_every)
+        except BaseException:
+            if saved is None and not args.overwrite and not save.saved:  # a fresh run that never saved: leave no files behind
+                for writer in writers.values():
+                    writer.close()
+                    writer.path.unlink(missing_ok=True)
+            raise
         finally:
             console.close_bar()
             for writer in writers.values():
@@ -297,7 +410,8 @@ def _fit(args, trainer, settings: Settings, preset, dist: Distributed, files: Ru
     return 0
 
 
-def _print_header(console: Console, trainer, corpus, dist: Distributed, preset, saved: Checkpoint | None, ckpt: Path) -> None:
+def _print_header(console: Console, trainer, corpus, dist: Distributed, preset, saved: Checkpoint | None, ckpt: Path,
+                  curriculum_file: str | None = None) -> None:
     import torch
 
     config, m = trainer.config, trainer.config.model
@@ -311,9 +425,12 @@ def _print_header(console: Console, trainer, corpus, dist: Distributed, preset, 
         f"global batch = {config.batch_size} x {config.accum_steps} accum x {dist.world_size} process"
         f"{'es' if dist.world_size > 1 else ''} = {config.batch_size * config.accum_steps * dist.world_size} windows/step"
     )
-    console.line(f"curriculum: cutoffs {', '.join(map(str, config.cutoffs))} then full of {trainer.model.n_bins} bins; "
-                 f"min epochs {', '.join(map(str, config.min_epochs))}; plateau window {config.plateau_window}, threshold {config.plateau_threshold}"
-                 + (f", Welch test at alpha {config.plateau_alpha or 0.05}" if config.plateau_test == "welch" else ""))
+    if curriculum_file is not None:
+        console.line(f"curriculum: {curriculum_file} (phases {' -> '.join(p.name for p in trainer.curriculum.phases)})")
+    else:
+        console.line(f"curriculum: cutoffs {', '.join(map(str, config.cutoffs))} then full of {trainer.model.n_bins} bins; "
+                     f"min epochs {', '.join(map(str, config.min_epochs))}; plateau window {config.plateau_window}, threshold {config.plateau_threshold}"
+                     + (f", Welch test at alpha {config.plateau_alpha or 0.05}" if config.plateau_test == "welch" else ""))
     if saved is None:
         return
     if saved.num_threads is not None and saved.num_threads != torch.get_num_threads():

@@ -11,7 +11,9 @@ each with ``logging_steps=1``; then ``quiet``, the second with ``logging_steps=5
 ``find_unused_parameters`` is off in the first two (the forward's loss tensor reaches the Trainer
 as it is) and on in the third (DDP hands the Trainer another tensor). Each rank writes ``OUT_DIR/<run>.rank<R>.json``: the losses
 its engine saw, its own per-step (loss sum, token count) of each micro-batch, the losses the Trainer
-logged and the engine's history.
+logged and the engine's history. A fourth run, ``crop``, is ``tokens`` with a ``prepare_inputs`` that
+crops each micro-batch to the phase's ``seq_len`` (6 in ``a``, 12 in ``b``): the Trainer counts
+``num_items_in_batch`` before the crop, the callback renormalises.
 """
 
 from __future__ import annotations
@@ -83,8 +85,14 @@ class PerStep(TrainerCallback):
         model.seen = []
 
 
-def run(out: Path, name: str, model: TinyLM, logging_steps: int, find_unused_parameters: bool) -> None:
-    curriculum = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [MetricBelow("loss", THRESHOLD)], when=Point.STEP_END)])
+def crop(inputs, params):
+    n = params["seq_len"]
+    return {k: v[:, :n] if k in ("input_ids", "labels") else v for k, v in inputs.items()}
+
+
+def run(out: Path, name: str, model: TinyLM, logging_steps: int, find_unused_parameters: bool, prepare_inputs=None) -> None:
+    phases = [Phase("a", params={"seq_len": 6}), Phase("b", params={"seq_len": 12})] if prepare_inputs else [Phase("a"), Phase("b")]
+    curriculum = Curriculum(phases, [Transition("a", "b", [MetricBelow("loss", THRESHOLD)], when=Point.STEP_END)])
     engine = CurriculumEngine(curriculum)
     seen, step_end = [], engine.step_end
 
@@ -100,7 +108,7 @@ def run(out: Path, name: str, model: TinyLM, logging_steps: int, find_unused_par
         eval_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True, ddp_backend="gloo", ddp_timeout=120,
         ddp_find_unused_parameters=find_unused_parameters,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=RankWindows(), callbacks=[CurriculumCallback(engine), per_step])
+    trainer = Trainer(model=model, args=args, train_dataset=RankWindows(), callbacks=[CurriculumCallback(engine, prepare_inputs=prepare_inputs), per_step])
     trainer.train()
     rank = torch.distributed.get_rank()
     record = {
@@ -117,3 +125,4 @@ if __name__ == "__main__":
     run(out, "mean", TinyLM(), logging_steps=1, find_unused_parameters=False)
     run(out, "tokens", TokenCountLM(), logging_steps=1, find_unused_parameters=False)
     run(out, "quiet", TokenCountLM(), logging_steps=5, find_unused_parameters=True)
+    run(out, "crop", TokenCountLM(), logging_steps=1, find_unused_parameters=False, prepare_inputs=crop)

@@ -102,6 +102,22 @@ def test_restart_lr_needs_a_restartable_schedule():
         RestartLR()(ctx)
 
 
+def test_a_schedule_that_cannot_restart_is_refused_at_start_and_at_load():
+    """RestartLR.check runs at start() and load_state_dict(): a bare torch scheduler fails there, before any step, naming the wrapper."""
+    opt = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
+    cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [MinSteps(100)], actions=[RestartLR()])])
+    good = CurriculumEngine(cur, optimizer=opt, schedule=Restartable(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)))
+    good.start()
+    for call in (lambda e: e.start(), lambda e: e.load_state_dict(good.state_dict())):
+        engine = CurriculumEngine(cur, optimizer=opt, schedule=sched)
+        with pytest.raises(CurriculumError, match=r"got CosineAnnealingLR; .*schedule=Restartable\(CosineAnnealingLR\(...\)\)"):
+            call(engine)
+        assert engine.state_dict()["history"] == []  # nothing changed: the engine can still start once fixed
+        engine.bind(schedule=Restartable(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)))
+        call(engine)
+
+
 class IgnoredRestart(Restartable):
     """Broken on purpose: restart() does nothing."""
 

@@ -21,61 +21,7 @@ import runs.train_cmd
 from runs.artifacts import RunFiles, read_csv
 from runs.checkpoint import load_checkpoint
 from runs.cli import main
-
-DATA = str(Path(json.__file__).parent)  # the stdlib json package: ten real source files
-REPO = Path(__file__).resolve().parent.parent
-
-# Tiny model, two micro-batches per step; threshold 1.0 makes every full window a plateau, so the
-# curriculum raises at each allowed epoch boundary and the restored engine state is exercised.
-TINY = [
-    "--data", DATA, "--seq-len", "32", "--kernel-len", "8", "--chunk", "4", "--d-model", "16", "--n-layers", "1",
-    "--batch-size", "2", "--accum-steps", "2", "--steps-per-epoch", "6", "--cutoffs", "4,8,16",
-    "--min-epochs", "1,1,2", "--plateau-window", "4", "--plateau-threshold", "1.0", "--log-every", "0",
-]
-
-
-def train(tmp: Path, name: str, *extra: str, epochs: int | None = 3) -> int:
-    args = ["train", *TINY, "--ckpt", str(tmp / f"{name}.pt"), *extra]
-    if epochs is not None:
-        args += ["--epochs", str(epochs)]
-    return main(args)
-
-
-def resume(tmp: Path, name: str, *extra: str) -> int:
-    return main(["train", "--ckpt", str(tmp / f"{name}.pt"), "--resume", *extra])
-
-
-FLOAT_COLUMNS = ("loss", "lr", "avg_loss", "val_bpb", "val_bpb_mean")
-
-
-def rounded(rows: list[dict], digits: int | None) -> list[dict]:
-    """CSV rows with their float columns rounded to ``digits`` significant digits (None: as written)."""
-    if digits is None:
-        return rows
-    return [{k: f"{float(v):.{digits}g}" if k in FLOAT_COLUMNS else v for k, v in row.items()} for row in rows]
-
-
-def assert_same_run(tmp: Path, a: str, b: str, csv_digits: int | None = None) -> None:
-    """Bit-identical weights and optimizer state; same per-step losses and LRs; same history.
-
-    ``csv_digits``: compare the CSVs' floats to that many significant digits (runs of the first
-    release wrote 6; today's runs write each float exactly)."""
-    ca, cb = load_checkpoint(tmp / f"{a}.pt"), load_checkpoint(tmp / f"{b}.pt")
-    ta, tb = ca.trainer, cb.trainer
-    assert ta["model"].keys() == tb["model"].keys()
-    for key in ta["model"]:
-        assert torch.equal(ta["model"][key], tb["model"][key]), key
-    for pa, pb in zip(ta["optimizer"]["state"].values(), tb["optimizer"]["state"].values()):
-        for key in pa:
-            assert torch.equal(pa[key], pb[key]), key
-    assert ta["schedule"] == tb["schedule"]
-    fa, fb = RunFiles(tmp / f"{a}.pt"), RunFiles(tmp / f"{b}.pt")
-    steps_a, steps_b = rounded(read_csv(fa.steps), csv_digits), rounded(read_csv(fb.steps), csv_digits)
-    assert len(steps_a) == ca.global_step and steps_a == steps_b
-    assert rounded(read_csv(fa.epochs), csv_digits) == rounded(read_csv(fb.epochs), csv_digits)
-    ha, hb = fa.read_history(), fb.read_history()
-    assert [r.comparable() for r in ha] == [r.comparable() for r in hb]
-    return ha
+from tests.utils import DATA, REPO, TINY, assert_same_run, resume, train
 
 
 def test_longer_run_equals_extended_run(tmp_path, capsys):
@@ -323,6 +269,49 @@ def _set_model_weight(d):
     d["trainer"]["model"]["embed.weight"] = torch.zeros(3, 3)
 
 
+def _nan_weight(d):
+    d["trainer"]["model"]["embed.weight"] = torch.full_like(d["trainer"]["model"]["embed.weight"], float("nan"))
+
+
+def _history_text(command: str, text: str):
+    def make(base, tmp):
+        (tmp / "run.history.json").write_text(text)
+        return [command, str(tmp / "run.pt")]
+    return make
+
+
+def _folder(name: str, command: list[str]):
+    """``name`` beside the checkpoint is a folder, then ``command`` (RUN: the checkpoint)."""
+    def make(base, tmp):
+        path = tmp / name
+        path.unlink()
+        path.mkdir()
+        return [str(tmp / "run.pt") if a == "RUN" else a for a in command]
+    return make
+
+
+def _not_a_checkpoint(content: bytes):
+    def make(base, tmp):
+        (tmp / "x.pt").write_bytes(content)
+        return ["generate", "--ckpt", str(tmp / "x.pt")]
+    return make
+
+
+def _symlinked_lock(base, tmp):
+    (tmp / "victim.txt").write_text("mine")
+    (tmp / ".fresh.lock").symlink_to(tmp / "victim.txt")
+    return ["train", *TINY, "--ckpt", str(tmp / "fresh.pt")]
+
+
+def _csvs_without_checkpoint(base, tmp):
+    (tmp / "run.pt").unlink()
+    return ["train", "--resume", "--ckpt", str(tmp / "run.pt")]
+
+
+_DEEP = "[" * 100_000 + "]" * 100_000
+_STEP_AS_TEXT = '[{"source": null, "dest": "a", "global_step": "ten", "epoch": 0, "step_in_epoch": 0, "point": "start", "wall_time": 0}]'
+
+
 BAD = {
     # (argv, or a function (base_run, tmp) -> argv), exit status, a fragment of the one-line message
     "seed -1": (["train", *TINY, "--seed", "-1"], 2, "--seed must be an integer >= 0"),
@@ -356,7 +345,48 @@ BAD = {
     "data /dev/zero": (["train", *TINY, "--data", "/dev/zero"], 2, "--data /dev/zero: not a regular file or a directory"),
     "data fifo": (_fifo, 2, "not a regular file or a directory"),
     "data of 5 bytes": (_five_bytes, 2, "corpus too small: 5 bytes, but training and validation each need one window"),
+    # issue 20: tracebacks before
+    "lr 1e300": (["train", *TINY, "--lr", "1e300"], 2, "--lr must be at most 1e+30"),
+    "seed 2**32": (["train", *TINY, "--seed", str(2**32)], 2, "--seed must be an integer >= 0 and <= 4294967295"),
+    "seed 2**63": (["train", *TINY, "--seed", str(2**63)], 2, "--seed must be an integer >= 0 and <= 4294967295"),
+    "ckpt empty": (["train", *TINY, "--ckpt", ""], 2, "--ckpt is empty"),
+    "history a list of numbers": (_history_text("history", "[1, 2, 3]"), 2, "is not a transition history this version can read"),
+    "history an extra key": (_history_text("history", _STEP_AS_TEXT.replace('"wall_time": 0', '"wall_time": 0, "x": 1')), 2,
+                             "is not a transition history this version can read"),
+    "history a step as text": (_history_text("plot", _STEP_AS_TEXT), 2, "is not a transition history this version can read"),
+    "history deeply nested": (_history_text("history", _DEEP), 2, "is not a transition history this version can read"),
+    "history json a folder": (_folder("run.history.json", ["history", "RUN"]), 2, "cannot read the transition history"),
+    "plot history a folder": (_folder("run.history.json", ["plot", "RUN"]), 2, "cannot read the transition history"),
+    "plot steps csv a folder": (_folder("run.steps.csv", ["plot", "RUN"]), 2, "cannot read the metrics file"),
+    "replay epochs csv a folder": (_folder("run.epochs.csv", ["replay", "RUN"]), 2, "run.epochs.csv is not a regular file"),
+    "resume history a folder": (_folder("run.history.json", ["train", "--resume", "--ckpt", "RUN"]), 2, "is not a regular file"),
+    "resume steps csv a folder": (_folder("run.steps.csv", ["train", "--resume", "--ckpt", "RUN"]), 2, "is not a regular file"),
+    "plot out txt": (lambda b, t: ["plot", str(t / "run.pt"), "--out", str(t / "x.txt")], 2, ".txt is not an image format"),
+    "plot out in /proc": (lambda b, t: ["plot", str(t / "run.pt"), "--out", "/proc/nope.png"], 2, "cannot write in /proc"),
+    "absurd d_model": (_edit(lambda d: d["settings"].update(d_model=10**7)), 2, "make a model of"),
+    "generate absurd d_model": (lambda b, t: ["generate", "--ckpt", _tampered(b, t, lambda d: d["settings"].update(d_model=10**7))], 2,
+                                "make a model of"),
+    "generate NaN weights": (lambda b, t: ["generate", "--ckpt", _tampered(b, t, _nan_weight)], 2, "non-finite weights (NaN or infinity in embed.weight)"),
+    "generate seed -1": (lambda b, t: ["generate", "--ckpt", str(b / "run.pt"), "--seed", "-1"], 2, "--seed: expected an integer >= 0"),
+    # issue 20: silent acceptance before
+    "resume and overwrite": (lambda b, t: ["train", "--resume", "--overwrite", "--ckpt", str(t / "run.pt")], 2, "pass one of them"),
+    "ckpt named like a metrics file": (lambda b, t: ["train", *TINY, "--ckpt", str(t / "ck.steps.csv")], 2, "would be confused with a run's other files"),
+    "ckpt /dev/null": (["train", *TINY, "--ckpt", "/dev/null"], 2, "/dev/null is not a regular file"),
+    "lock a symbolic link": (_symlinked_lock, 2, "is a symbolic link"),
+    "same stem as a run": (lambda b, t: ["train", *TINY, "--ckpt", str(t / "run.ckpt")], 2, "already holds a run (run.steps.csv"),
+    "trainer.optimizer missing": (_edit(lambda d: d["trainer"].pop("optimizer")), 2, "lacks trainer.optimizer, which a resume needs"),
+    "trainer.rng missing": (_edit(lambda d: d["trainer"].pop("rng")), 2, "lacks trainer.rng, which a resume needs"),
+    "trainer.rng.torch missing": (_edit(lambda d: d["trainer"]["rng"].pop("torch")), 2, "lacks trainer.rng.torch"),
+    # issue 20: misleading messages before
+    "ckpt of random bytes": (_not_a_checkpoint(bytes(range(7, 250))), 2, "is not a checkpoint: not a file torch.save wrote"),
+    "ckpt a JSON file": (_not_a_checkpoint(b'{"schema_version": 2}'), 2, "is not a checkpoint: not a file torch.save wrote"),
+    "resume CSVs without a checkpoint": (_csvs_without_checkpoint, 2, "of a run that never saved one; there is nothing to resume"),
+    "seq-len 1 with default cutoffs": (["train", "--data", DATA, "--seq-len", "1", "--chunk", "1", "--kernel-len", "1"], 2,
+                                       "each cutoff must be >= 1 bin"),
 }
+
+# Refusals that must not suggest --overwrite: it would not help.
+NO_OVERWRITE_HINT = {"ckpt /dev/null", "resume history a folder", "resume steps csv a folder", "lock a symbolic link"}
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
@@ -369,6 +399,7 @@ def test_every_user_mistake_is_one_line_never_a_traceback(case, base_run, tmp_pa
         argv = argv(base_run, tmp_path)
     elif argv[0] == "train" and "--ckpt" not in argv:
         argv = [*argv, "--ckpt", str(tmp_path / "fresh.pt")]
+    before = _snapshot_all(tmp_path)
     try:
         code = main(argv)
     except SystemExit as exc:  # argparse's own checks (types of -n, --top-p...) exit here
@@ -377,6 +408,15 @@ def test_every_user_mistake_is_one_line_never_a_traceback(case, base_run, tmp_pa
     assert code == status, err
     assert fragment in err and "Traceback" not in err, err
     assert err.startswith("chunklm ") and err.count("\n") == 1, err
+    assert _snapshot_all(tmp_path) == before  # nothing changed on disk (a lock file aside)
+    if case in NO_OVERWRITE_HINT:
+        assert "--overwrite" not in err, err
+
+
+def _snapshot_all(tmp: Path) -> dict:
+    """Every file and folder under ``tmp`` but the run locks, with the bytes of each regular file."""
+    return {str(p.relative_to(tmp)): (p.read_bytes() if p.is_file() and not p.is_symlink() else os.readlink(p) if p.is_symlink() else "dir")
+            for p in tmp.rglob("*") if not p.name.endswith(".lock") or p.is_symlink()}
 
 
 def test_an_unwritable_corpus_cache_is_refused_before_training(tmp_path, capsys, monkeypatch):
@@ -622,12 +662,14 @@ def test_checkpoints_and_metrics_follow_the_umask(tmp_path, capsys):
 
 def test_resuming_a_finished_run_says_how_to_train_longer(tmp_path, capsys):
     """A finished run resumed does nothing and says to pass a larger --epochs."""
-    assert train(tmp_path, "run", epochs=1) == 0
+    assert train(tmp_path, "run", epochs=2) == 0
     before = _snapshot(tmp_path)
     capsys.readouterr()
     assert resume(tmp_path, "run") == 0
     out = capsys.readouterr().out
-    assert "the run already finished its 1 epochs; to train longer, resume with --epochs N" in out
+    assert "the run already finished: it has trained 2 epochs and --epochs is 2; to train longer, resume with --epochs N (N > 2" in out
+    assert resume(tmp_path, "run", "--epochs", "1") == 0  # not "finished its 1 epochs"
+    assert "it has trained 2 epochs and --epochs is 1; to train longer, resume with --epochs N (N > 2" in capsys.readouterr().out
     assert _snapshot(tmp_path) == before
 
 
@@ -707,3 +749,140 @@ def test_the_welch_plateau_is_a_training_setting_too(tmp_path, capsys):
     assert train(tmp_path, "alpha_only", "--plateau-alpha", "0.2", epochs=2) == 2
     err = capsys.readouterr().err
     assert "alpha" in err and "welch" in err and "Traceback" not in err
+
+
+# -- issue 20: a run stays the run ------------------------------------------------------------------
+
+def test_a_resume_on_changed_data_is_refused_naming_the_change_unless_allowed(tmp_path, monkeypatch, capsys):
+    """A relative --data is stored absolute; edited data is refused naming the file, nothing changed;
+    --allow-data-change continues, and the checkpoint and `chunklm history` record it."""
+    import shutil
+
+    shutil.copytree(DATA, tmp_path / "data", ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.chdir(tmp_path)
+    assert train(tmp_path, "run", "--data", "data", "--stop-after", "2") == 0
+    saved = load_checkpoint(tmp_path / "run.pt")
+    assert saved.settings.data == (str(tmp_path / "data"),) and saved.data["paths"] == [str(tmp_path / "data")]
+    assert [f[1] for f in saved.data["files"]] == sorted(p.name for p in (tmp_path / "data").iterdir())
+    edited = tmp_path / "data" / "decoder.py"
+    text = edited.read_bytes()
+    edited.write_bytes(text.replace(b"import re", b"import XX", 1))  # same size, other bytes
+    monkeypatch.chdir(tmp_path / "data")  # the resume command works from anywhere
+    before = _snapshot(tmp_path)
+    capsys.readouterr()
+    assert resume(tmp_path, "run") == 2
+    err = capsys.readouterr().err
+    assert "the data differs from the checkpoint's: 1 file changed content, same size (decoder.py)" in err, err
+    assert "--allow-data-change" in err and err.count("\n") == 1
+    assert _snapshot(tmp_path) == before
+    assert resume(tmp_path, "run", "--allow-data-change", "--stop-after", "1") == 0
+    assert "note: continuing on changed data (--allow-data-change, recorded in the checkpoint)" in capsys.readouterr().out
+    saved = load_checkpoint(tmp_path / "run.pt")
+    assert saved.data_changes == [{"global_step": 2, "epoch": 0, "changes": ["1 file changed content, same size (decoder.py)"]}]
+    assert resume(tmp_path, "run", "--stop-after", "1") == 0  # the new data is now the run's
+    assert load_checkpoint(tmp_path / "run.pt").data_changes == saved.data_changes  # and the record stays
+    capsys.readouterr()
+    assert main(["history", str(tmp_path / "run.pt")]) == 0
+    assert "note: resumed at step 2 (epoch 0) on changed data, with --allow-data-change" in capsys.readouterr().out
+    (tmp_path / "data" / "extra.py").write_text("x = 1\n")
+    assert resume(tmp_path, "run") == 2
+    assert "1 file added (extra.py)" in capsys.readouterr().err
+
+
+def test_a_fresh_run_that_fails_before_its_first_save_leaves_no_files(tmp_path, capsys):
+    """NaN losses before any checkpoint: exit 1, and no CSVs left to block the next fresh run or confuse --resume."""
+    assert train(tmp_path, "run", "--lr", "1e30") == 1
+    assert "non-finite for 3 optimizer steps in a row" in capsys.readouterr().err
+    assert not RunFiles(tmp_path / "run.pt").existing()
+    assert train(tmp_path, "run", "--stop-after", "1") == 0
+
+
+def test_a_run_never_replaces_what_is_not_a_regular_file(tmp_path, capsys):
+    """A FIFO (or a device) where a run's file goes is refused even with --overwrite, and left as it is;
+    the refusal does not suggest --overwrite."""
+    os.mkfifo(tmp_path / "run.history.json")
+    assert train(tmp_path, "run", "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert "run.history.json is not a regular file" in err and "--overwrite" not in err, err
+    assert (tmp_path / "run.history.json").is_fifo()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["run.history.json"]
+
+
+def test_two_checkpoints_with_one_stem_share_the_lock(tmp_path, capsys):
+    """run.pt and run.ckpt would write the same run.steps.csv: while one runs the other is refused."""
+    from runs.artifacts import RunLock
+
+    lock = RunLock(tmp_path / "run.ckpt")
+    lock.acquire()
+    try:
+        assert train(tmp_path, "run", "--stop-after", "1") == 2
+        assert f"(pid {os.getpid()} on " in capsys.readouterr().err
+    finally:
+        lock.release()
+    assert not RunFiles(tmp_path / "run.pt").existing()
+
+
+def test_a_run_folder_moved_away_mid_run_is_one_line(tmp_path, capsys, monkeypatch):
+    """The folder disappears before a save: exit 1, one line saying so; the moved folder keeps its files."""
+    (tmp_path / "a").mkdir()
+    save = runs.train_cmd.Checkpoint.save
+
+    def move_then_save(self, path):
+        if (tmp_path / "a").exists():
+            (tmp_path / "a").rename(tmp_path / "b")
+        return save(self, path)
+
+    monkeypatch.setattr(runs.train_cmd.Checkpoint, "save", move_then_save)
+    assert main(["train", *TINY, "--epochs", "1", "--ckpt", str(tmp_path / "a" / "run.pt")]) == 1
+    err = capsys.readouterr().err
+    assert "its folder" in err and "no longer exists (moved or deleted while the run was running)" in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err and "Free space" not in err
+
+
+@pytest.mark.parametrize("command", ["generate", "history", "replay"])
+@pytest.mark.parametrize("error", [BrokenPipeError(32, "Broken pipe"), OSError(28, "No space left on device")], ids=["closed pipe", "full disk"])
+def test_output_that_cannot_be_written_is_one_line(base_run, monkeypatch, capsys, command, error):
+    """stdout closed early (`| head`) or on a full disk: one line, exit 1."""
+    argv = {"generate": ["generate", "--ckpt", str(base_run / "run.pt"), "-n", "8"],
+            "history": ["history", str(base_run), "--format", "csv"], "replay": ["replay", str(base_run)]}[command]
+
+    class Closed:
+        def write(self, text):
+            raise error
+
+        def flush(self):
+            raise error
+
+    monkeypatch.setattr(sys, "stdout", Closed())
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert ("broken pipe" if isinstance(error, BrokenPipeError) else "No space left on device") in err
+
+
+def test_generate_to_a_closed_pipe_is_one_line(base_run, tmp_path):
+    """The real thing, in a process (`generate | head -c 0`): one line, exit 1, no second error at the interpreter's exit."""
+    cmd = [sys.executable, "-m", "runs.cli", "generate", "--ckpt", str(base_run / "run.pt"), "--prompt", "a\udcffb", "-n", "64"]
+    proc = subprocess.Popen([os.fsencode(c) for c in cmd], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc.stdout.close()  # the reader is gone before the first byte
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 1 and "broken pipe" in err and err.count("\n") == 1, err
+
+
+def test_generate_takes_a_prompt_that_is_not_utf8(base_run, capsys):
+    """A prompt's bytes are used as given (the model reads bytes); they print with U+FFFD for what is not UTF-8."""
+    assert main(["generate", "--ckpt", str(base_run / "run.pt"), "--prompt", "a\udcffb", "-n", "4", "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.startswith("a\ufffdb")
+
+
+def test_a_write_that_fails_for_another_reason_does_not_say_free_space(tmp_path):
+    """Only a full disk says "Free space"; "the previous version is kept" only when there was one."""
+    from runs.artifacts import WriteError, atomic_write
+
+    (tmp_path / "x").mkdir()
+    with pytest.raises(WriteError) as info:
+        atomic_write(tmp_path / "x", lambda f: f.write(b"data"))
+    message = str(info.value)
+    assert "Is a directory" in message and "nothing was written there" in message
+    assert "Free space" not in message and "previous version" not in message

@@ -13,8 +13,8 @@ import torch.multiprocessing as mp
 
 from runs.checkpoint import load_checkpoint
 from runs.cli import main
-from tests.test_cli import REPO, TINY, assert_same_run
-from tests.utils import launch
+from tests.utils import REPO, TINY, assert_same_run, launch
+
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "runs.cli"]
 

@@ -47,3 +47,11 @@ def test_a_step_with_too_little_budget_left_is_skipped():
     """A budget below a step's floor skips it rather than starting it to be killed."""
     conv, efficacy = plan("--only", "conv,efficacy", "60")
     assert conv[:2] == ("conv", 50) and efficacy == ("efficacy", None, "")
+
+
+def test_results_go_to_out_or_a_new_folder_per_card_and_call(tmp_path):
+    """--out DIR reaches every step's command; without it the default is benchmarks/results/gpu-<card>-<date>/."""
+    steps = plan("--out", str(tmp_path / "r"), "540")
+    assert all(f"--out {tmp_path / 'r'}" in command for _, _, command in steps if command)
+    out = subprocess.run(["bash", str(SCRIPT), "--dry-run", "540"], capture_output=True, text=True, check=True).stdout
+    assert re.match(r"== results in benchmarks/results/gpu-[a-z0-9-]+-\d{8}-\d{6}\n", out)

@@ -543,8 +543,8 @@ def test_max_visits_counts_entries_of_the_destination_in_the_history():
         MaxVisits(0)
 
 
-def worse_than_best_run(values, patience=2, mode="min"):
-    guard = WorseThanBest("val", patience=patience, mode=mode)
+def worse_than_best_run(values, patience=2, mode="min", **kwargs):
+    guard = WorseThanBest("val", patience=patience, mode=mode, **kwargs)
     cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [guard])])
     eng = CurriculumEngine(cur)
     eng.start()
@@ -567,6 +567,37 @@ def test_worse_than_best_needs_patience_consecutive_worse_evaluations():
     assert repr(WorseThanBest("acc", patience=3, mode="max")) == "WorseThanBest('acc', patience=3, mode='max')"
 
 
+def test_worse_than_best_never_backs_off_on_a_flat_noisy_loss():
+    """A flat validation loss with 0.1% noise: without a margin the back-off fires; with min_delta (absolute or relative) never, in 500 evaluations."""
+    import random
+
+    rng = random.Random(0)
+    noisy = [2.32 + 0.0023 * rng.uniform(-1, 1) for _ in range(500)]  # 2.32 +- 0.1%
+    assert any(worse_than_best_run(noisy, patience=2)[2])
+    for kwargs in ({"min_delta": 0.005}, {"min_delta": 0.0025, "relative": True}):
+        eng, guard, fired = worse_than_best_run(noisy, patience=2, **kwargs)
+        assert not any(fired) and guard.streak == 0
+    _, _, fired = worse_than_best_run([2.318, 2.32, 2.3202, 2.33, 2.34], patience=2, min_delta=0.001, relative=True)
+    assert fired == [False, False, False, False, True]  # 2.320, 2.3202 are within 0.1% of 2.318; 2.33, 2.34 are not
+
+
+def test_worse_than_best_in_the_run_keeps_the_best_across_visits():
+    """since="run": back in the phase, the best of the earlier visit still counts; since="phase" starts afresh."""
+    def visits(since):
+        cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [WorseThanBest("val", since=since)]),
+                                                    Transition("b", "a", [MinEpoch(0)])])
+        eng = CurriculumEngine(cur)
+        eng.start()
+        return [(eng.epoch_end(val=v) or None) and eng.phase.name for v in (1.0, 1.5, 2.0, 2.5, 2.6)]
+
+    assert visits("run") == [None, "b", "a", "b", "a"]  # 2.5 is worse than 1.0, the best of the first visit
+    assert visits("phase") == [None, "b", "a", None, "b"]  # 2.5 is the first value of the new visit: its best
+    assert repr(WorseThanBest("v", min_delta=0.01, relative=True, since="run")) == "WorseThanBest('v', min_delta=0.01, relative=True, since='run')"
+    for kwargs, field in (({"min_delta": -1}, "min_delta"), ({"relative": 1}, "relative"), ({"since": "epoch"}, "since")):
+        with pytest.raises(CurriculumError, match=field):
+            WorseThanBest("v", **kwargs)
+
+
 @settings(max_examples=100, deadline=None)
 @given(values=st.lists(st.floats(min_value=0.0, max_value=10.0, allow_nan=False), max_size=30), cut=st.integers(0, 30))
 def test_worse_than_best_restores_exactly(values, cut):
@@ -576,7 +607,8 @@ def test_worse_than_best_restores_exactly(values, cut):
     def build():
         return Curriculum(
             [Phase("a"), Phase("b")],
-            [Transition("a", "b", [WorseThanBest("val", patience=2)]), Transition("b", "a", [WorseThanBest("val", patience=3, mode="max")])],
+            [Transition("a", "b", [WorseThanBest("val", patience=2, min_delta=0.5)]),
+             Transition("b", "a", [WorseThanBest("val", patience=3, mode="max", min_delta=0.1, relative=True, since="run")])],
         )
 
     whole = CurriculumEngine(build())
@@ -656,10 +688,10 @@ def test_plateau_undo_restores_exactly(stream, half, welch, x, case):
 
 
 @settings(max_examples=100, deadline=None)
-@given(values=st.lists(any_value, max_size=10), x=any_value, case=st.sampled_from(["nothing", "observe", "reset"]))
-def test_worse_than_best_undo_restores_exactly(values, x, case):
+@given(values=st.lists(any_value, max_size=10), x=any_value, case=st.sampled_from(["nothing", "observe", "reset"]), run=st.booleans())
+def test_worse_than_best_undo_restores_exactly(values, x, case, run):
     """mark() then an observe or a reset, then undo(): best, last value and count are as before."""
-    guard = WorseThanBest("val", patience=2)
+    guard = WorseThanBest("val", patience=2, min_delta=0.1, since="run" if run else "phase")
     for v in values:
         guard.observe(step_ctx(val=v))
     state = guard.state_dict()

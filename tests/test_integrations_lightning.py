@@ -22,9 +22,9 @@ from torch import nn
 
 from engine import Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
 from engine.integrations.lightning import CurriculumCallback
-from policies import MetricBelow, MinEpoch, MinSteps, Restartable, RestartLR, StagedCosine, all_of
+from policies import MetricBelow, MinEpoch, MinSteps, Restartable, RestartLR, SetCutoff, StagedCosine, all_of
 from tests.ddp_lightning import THRESHOLD as DDP_THRESHOLD
-from tests.utils import launch
+from tests.utils import launch, lightning_dataset as dataset
 
 EPOCHS, BATCHES, ACCUM = 3, 10, 3
 STEPS_PER_EPOCH = 4  # 3 + 3 + 3 + 1 micro-batches
@@ -51,12 +51,6 @@ class Tiny(pl.LightningModule):
         opt = torch.optim.SGD(self.parameters(), lr=0.05)
         sched = Restartable(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=40))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def dataset() -> torch.utils.data.TensorDataset:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2 * BATCHES, 4, generator=g)
-    return torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True))
 
 
 class PositionLoader(torch.utils.data.DataLoader):
@@ -198,10 +192,13 @@ def test_resume_at_an_epochs_last_batch_is_exact_without_validation_guards(tmp_p
     assert history(resumed) == history(engine)
 
 
-def test_resume_mid_epoch_with_a_plain_data_loader_is_lightnings_limit(tmp_path):
-    """With a plain DataLoader Lightning restarts the epoch's data at its first batch: the engine stays on Lightning's step, the losses differ."""
+def test_resume_mid_epoch_with_a_plain_data_loader_is_lightnings_limit(tmp_path, caplog):
+    """With a plain DataLoader Lightning restarts the epoch's data at its first batch: the engine stays on Lightning's step,
+    the losses differ, and the callback says so at resume, naming the loader that makes it exact."""
     engine, calls, _ = fit(tmp_path / "full", loader=torch.utils.data.DataLoader)
-    resumed, rest, trainer = fit(tmp_path / "again", ckpt=tmp_path / "full" / "steps" / "step=6.ckpt", loader=torch.utils.data.DataLoader)
+    with caplog.at_level(logging.WARNING, logger="engine.integrations.lightning"):
+        resumed, rest, trainer = fit(tmp_path / "again", ckpt=tmp_path / "full" / "steps" / "step=6.ckpt", loader=torch.utils.data.DataLoader)
+    assert "cannot restore its position" in caplog.text and "StatefulDataLoader" in caplog.text
     assert trainer.global_step == resumed.clock.global_step == 12
     assert [c[1] for c in rest if c[0] == "step"] == list(range(7, 13))
     assert [c[2] for c in rest if c[0] == "step"] != [c[2] for c in calls if c[0] == "step" and c[1] > 6]
@@ -219,7 +216,7 @@ def test_resume_at_an_epochs_last_batch_gives_the_epoch_end_the_checkpoint_metri
     root, engine, calls, _ = full
     with caplog.at_level(logging.WARNING, logger="engine.integrations.lightning"):
         resumed, rest, _ = fit(tmp_path, ckpt=root / "steps" / "step=8.ckpt")
-    assert "does not validate that epoch again" in caplog.text
+    assert "which Lightning does not run again: its epoch end gets the metrics of the checkpoint moment" in caplog.text
     epoch_ends = [c for c in calls if c[0] == "epoch"]
     assert rest[0][:2] == ("epoch", 2) and rest[0][2]["val_loss"] == epoch_ends[0][2]["val_loss"]  # epoch 0's
     assert rest[0][2]["val_loss"] != epoch_ends[1][2]["val_loss"]
@@ -234,6 +231,23 @@ def test_resume_from_a_checkpoint_without_engine_state_is_refused(full, tmp_path
     torch.save(ckpt, tmp_path / "foreign.ckpt")
     with pytest.raises(CurriculumError, match="resumed at step 4 from a checkpoint without engine state"):
         fit(tmp_path / "run", ckpt=tmp_path / "foreign.ckpt")
+
+
+def test_allow_fingerprint_mismatch_passes_through(full, tmp_path):
+    """A changed curriculum is refused at resume, naming the option; with allow_fingerprint_mismatch=True the run goes on."""
+    changed = Curriculum([Phase("a"), Phase("b"), Phase("c")],
+                         [Transition("a", "b", [MinSteps(7)], actions=[RestartLR()], when=Point.STEP_END), Transition("b", "c", [MinEpoch(2)])])
+    ckpt = full[0] / "epoch" / "step=4.ckpt"
+    with pytest.raises(CurriculumError, match="allow_fingerprint_mismatch=True"):
+        fit(tmp_path / "refused", ckpt=ckpt, engine=CurriculumEngine(changed))
+    engine = CurriculumEngine(changed)
+    trainer = pl.Trainer(max_epochs=EPOCHS, accumulate_grad_batches=ACCUM, logger=False, enable_progress_bar=False,
+                         callbacks=[CurriculumCallback(engine, allow_fingerprint_mismatch=True)], enable_checkpointing=False,
+                         enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0, default_root_dir=tmp_path)
+    trainer.fit(Tiny(), PositionLoader(dataset(), batch_size=2), torch.utils.data.DataLoader(dataset(), batch_size=5), ckpt_path=ckpt)
+    assert engine.clock.global_step == 12 and engine.phase.name == "c"
+    with pytest.raises(CurriculumError, match="'allow_fingerprint_mismatch' must be a bool"):
+        CurriculumCallback(CurriculumEngine(changed), allow_fingerprint_mismatch="yes")
 
 
 def test_params_view_follows_the_phase():
@@ -286,7 +300,7 @@ def test_lightning_takes_staged_cosine_as_its_scheduler(tmp_path):
 def ddp(tmp_path_factory):
     """Each rank's record of the run."""
     out = tmp_path_factory.mktemp("ddp")
-    launch([sys.executable, "tests/ddp_lightning.py", str(out)], timeout=240)
+    launch([sys.executable, "-m", "tests.ddp_lightning", str(out)], timeout=240)
     return [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
 
 
@@ -317,3 +331,113 @@ def test_under_ddp_every_rank_transitions_where_the_mean_crosses(ddp):
     history0, history1 = (record["history"] for record in ddp)
     assert history0 == history1
     assert [(h["source"], h["dest"], h["global_step"]) for h in history0] == [(None, "a", 0), ("a", "b", step)]
+
+
+# -- the exactness matrix: checkpoint position x transition point x action x shuffle, against real Lightning ----------
+# Each configuration trains once uninterrupted (2 epochs of 4 steps, checkpoints at every step on_train_batch_end and
+# at each epoch end), then resumes from a mid-epoch step (2), an epoch's last batch (4, before its epoch end) and the
+# epoch-end checkpoint (4). The transition a -> b fires at step 2 (step_end) or at the end of epoch 0 (epoch_end); its
+# action restarts the LR (the configured CosineAnnealingLR, made restartable by the callback, or a
+# Restartable(..., over="remaining")) or changes the model (SetCutoff on a buffer); the phases' "scale" changes the
+# targets training_step reads in every cell. Each cell resumes bit-identical (weights, optimizer state, per-step
+# losses and LRs, history), except mid-epoch with shuffle=True: the order of the rest of the epoch is drawn again
+# (Lightning keeps no sampler state), and the callback says so at resume.
+
+class MatrixModule(pl.LightningModule):
+    def __init__(self, params, own_schedule: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.params, self.own_schedule = nn.Linear(4, 1), params, own_schedule
+        self.register_buffer("cutoff", torch.tensor(4))
+
+    def set_cutoff(self, n, preserve=True):
+        self.cutoff.fill_(n)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self.lin(x * (torch.arange(4) < self.cutoff)), y * self.params["scale"])
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.parameters(), lr=0.05)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=8)
+        if self.own_schedule:
+            sched = Restartable(sched, over="remaining")
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+MATRIX_CONFIGS = [(point, action, shuffle) for point in ("step_end", "epoch_end") for action in ("restart", "model")
+                  for shuffle in (False, True)]
+
+
+def matrix_curriculum(point, action) -> Curriculum:
+    return Curriculum([Phase("a", params={"scale": 1.0}), Phase("b", params={"scale": 2.0})],
+                      [Transition("a", "b", [MinSteps(2) if point == "step_end" else MinEpoch(1)],
+                                  actions=[RestartLR() if action == "restart" else SetCutoff(2)], when=point)])
+
+
+def spy_lr(engine: CurriculumEngine) -> list:
+    calls, step_end, epoch_end = [], engine.step_end, engine.epoch_end
+
+    def on_step(loss, **metrics):
+        calls.append(("step", engine.clock.global_step + 1, loss, metrics.get("lr")))
+        return step_end(loss=loss, **metrics)
+
+    def on_epoch(**metrics):
+        calls.append(("epoch", engine.clock.epoch + 1))
+        return epoch_end(**metrics)
+
+    engine.step_end, engine.epoch_end = on_step, on_epoch
+    return calls
+
+
+def matrix_fit(root: Path, config, ckpt=None):
+    point, action, shuffle = config
+    engine = CurriculumEngine(matrix_curriculum(point, action))
+    calls = spy_lr(engine)
+    callback = CurriculumCallback(engine)
+    checkpoints = [
+        ModelCheckpoint(dirpath=root / "step", every_n_train_steps=1, save_top_k=-1, filename="{step}"),
+        ModelCheckpoint(dirpath=root / "epoch", save_top_k=-1, filename="{step}"),
+    ]
+    trainer = pl.Trainer(max_epochs=2, callbacks=[callback, *checkpoints], logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0, deterministic=True)
+    module = MatrixModule(callback.params, own_schedule=shuffle and action == "restart")
+    trainer.fit(module, PositionLoader(dataset(batches=4), batch_size=2, shuffle=shuffle), ckpt_path=ckpt)
+    return engine, calls, trainer
+
+
+def tensors(state) -> list:
+    if isinstance(state, torch.Tensor):
+        return [state]
+    if isinstance(state, dict):
+        return [t for k in sorted(state, key=str) for t in tensors(state[k])]
+    if isinstance(state, (list, tuple)):
+        return [t for v in state for t in tensors(v)]
+    return [torch.tensor(float(state))] if isinstance(state, (int, float)) and not isinstance(state, bool) else []
+
+
+def same_tensors(a, b) -> bool:
+    ta, tb = tensors(a), tensors(b)
+    return len(ta) == len(tb) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(ta, tb))
+
+
+@pytest.mark.parametrize("config", MATRIX_CONFIGS, ids=lambda c: "-".join(map(str, c)))
+def test_exactness_matrix(tmp_path, caplog, config):
+    """Each checkpoint position resumes bit-identical, or (mid-epoch, shuffled) the callback warns at resume naming the fix."""
+    engine, calls, trainer = matrix_fit(tmp_path / "full", config)
+    move = engine.history[1]
+    assert (move.dest, move.global_step, move.warnings) == ("b", 2 if config[0] == "step_end" else 4, [])
+    for where, step in (("step", 2), ("step", 4), ("epoch", 4)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="engine.integrations.lightning"):
+            resumed, rest, again = matrix_fit(tmp_path / f"{where}{step}", config, ckpt=tmp_path / "full" / where / f"step={step}.ckpt")
+        if config[2] and step == 2:  # shuffled, mid-epoch: warned, the one inexact cell
+            assert "order of the rest of the epoch is drawn again" in caplog.text and "StatefulDataLoader" in caplog.text
+            assert [c[1] for c in rest if c[0] == "step"] == list(range(3, 9))
+            continue
+        assert not caplog.text, (where, step)
+        done = calls.index(next(c for c in calls if c[:2] == ("step", step))) + 1 + (where == "epoch")
+        assert rest == calls[done:], (where, step)
+        assert history(resumed) == history(engine), (where, step)
+        assert same_tensors(again.lightning_module.state_dict(), trainer.lightning_module.state_dict()), (where, step)
+        assert same_tensors(again.optimizers[0].state_dict(), trainer.optimizers[0].state_dict()), (where, step)

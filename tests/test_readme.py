@@ -1,4 +1,4 @@
-"""The README's code examples run as written."""
+"""The code examples of the README and docs/reference.md run as written."""
 
 import re
 from pathlib import Path
@@ -6,12 +6,13 @@ from pathlib import Path
 import pytest
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+REFERENCE = README.parent / "docs" / "reference.md"
 
 
-def example(marker: str) -> str:
-    text = README.read_text()
+def example(marker: str, doc: Path = README) -> str:
+    text = doc.read_text()
     match = re.search(rf"<!-- example: {marker}.*?-->\s*```python\n(.*?)```", text, re.S)
-    assert match, f"README has no example block marked {marker!r}"
+    assert match, f"{doc.name} has no example block marked {marker!r}"
     return match.group(1)
 
 
@@ -31,7 +32,7 @@ def test_hf_trainer_example_runs(tmp_path, capsys):
     """The Hugging Face example trains, fires short->long at step 4 and leaves the engine state in its checkpoints."""
     import json
 
-    from tests.test_integrations_hf import TinyLM, Windows
+    from tests.utils import TinyLM, Windows
 
     namespace = {"__name__": "__main__", "model": TinyLM(), "train_dataset": Windows(), "eval_dataset": Windows(),
                  "output_dir": str(tmp_path)}
@@ -48,7 +49,7 @@ def test_lightning_example_runs(tmp_path, capsys):
     """The Lightning example fires warm->main at step 6 and main->final at the end of epoch 2, and checkpoints the engine."""
     import torch
 
-    from tests.test_integrations_lightning import dataset
+    from tests.utils import lightning_dataset as dataset
 
     namespace = {"__name__": "__main__", "output_dir": str(tmp_path),
                  "train_loader": torch.utils.data.DataLoader(dataset(), batch_size=2),
@@ -63,13 +64,13 @@ def test_lightning_example_runs(tmp_path, capsys):
 
 
 def test_backoff_example_backs_off_at_most_twice(capsys):
-    """The back-off example runs, backs off exactly twice and prints the history the README shows."""
+    """The back-off example runs, backs off exactly twice and prints the history docs/reference.md shows."""
     namespace = {"__name__": "__main__"}
-    exec(compile(example("backoff"), "README.md", "exec"), namespace)
+    exec(compile(example("backoff", REFERENCE), "reference.md", "exec"), namespace)
     history = namespace["engine"].history
     assert [r.dest for r in history if r.source == "long"] == ["short", "short"]
     printed = capsys.readouterr().out
-    shown = README.read_text().split("It backs off twice, then stays at 1024 through the rise:")[1].split("```")[1].strip("\n")
+    shown = REFERENCE.read_text().split("It backs off twice, then stays at 1024 through the rise:")[1].split("```")[1].strip("\n")
     assert printed.strip("\n") == shown
 
 
@@ -86,3 +87,29 @@ def test_semantics_document_covers_the_contract():
     for heading in ["The loop's contract", "The clock", "Evaluation points", "Firing order and tie-break", "Atomicity", "Errors", "State and fingerprint", "History"]:
         assert f"\n## {heading}\n" in text, heading
     assert "the first declared wins" in text and "first declared fires" in README.read_text()
+
+
+def test_every_flag_the_chunklm_manual_names_exists():
+    """Each --flag in docs/chunklm.md is a flag of the chunklm subcommand it is documented under (train unless named)."""
+    from runs.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.choices and "train" in a.choices).choices
+    known = {name: {s for a in sub._actions for s in a.option_strings} for name, sub in subparsers.items()}
+    text = (README.parent / "docs" / "chunklm.md").read_text()
+    named = set(re.findall(r"(?<![\w-])(--[a-z][a-z_-]*[a-z])", text))
+    every = set().union(*known.values()) | {"--nproc_per_node", "--standalone", "--nnodes", "--node_rank", "--rdzv_backend",
+                                            "--rdzv_endpoint", "--rdzv_id", "--no-python"}
+    assert named and named <= every, sorted(named - every)
+    assert {"--plateau-test", "--plateau-alpha", "--micro-batch", "--stop-after"} <= named & known["train"]
+
+
+def test_every_raw_output_benchmarks_md_names_exists():
+    """Each benchmarks/results/ path in BENCHMARKS.md is a file in the repository, and the results index lists it."""
+    text = (README.parent / "BENCHMARKS.md").read_text()
+    paths = set(re.findall(r"benchmarks/results/[\w./-]*\.\w+", text)) - {"benchmarks/results/README.md"}
+    index = (README.parent / "benchmarks" / "results" / "README.md").read_text()
+    assert paths
+    for path in paths:
+        assert (README.parent / path).is_file(), path
+        assert path.removeprefix("benchmarks/results/") in index, path

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from engine import CurriculumError
+from engine import Clock, Context, CurriculumError
 from policies import StagedCosine
 
 BASE = 2e-4
@@ -367,9 +367,9 @@ def cosine(opt=None, t_max=100):
     return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t_max, eta_min=0.001)
 
 
-def one_cycle(opt=None):
+def one_cycle(opt=None, t=60):
     opt = opt or torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=60)
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=t)
 
 
 def sequential(opt=None):
@@ -463,6 +463,86 @@ def test_restartable_refuses_what_it_cannot_restart():
         wrapped.load_state_dict(cosine().state_dict())
     with pytest.raises(CurriculumError, match=r"call step\(\) with no argument"):
         wrapped.step(3)
+
+
+def linear(opt=None):
+    opt = opt or torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    return torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=0.01, total_iters=100)
+
+
+@pytest.mark.parametrize("build, end", [(cosine, 100), (lambda: one_cycle(t=100), 99), (linear, 100)])
+def test_restartable_over_remaining_anneals_by_the_end(build, end):
+    """over="remaining": restarted at step 30 (and again at 70), the schedule is re-planned over the steps left and is at
+    its end LR at its end step (cosine's T_max, OneCycle's total_steps - 1), as an unrestarted one; over="whole" is far from it."""
+    from policies import Restartable
+
+    plain = run_restartable(Restartable(build()), end + 1)
+    sched = Restartable(build(), over="remaining")
+    seen = run_restartable(sched, end + 1, restart_at=30)
+    assert seen[30][0] == plain[0][0]  # the restart runs the schedule's step 0
+    assert seen[-1][0] == pytest.approx(plain[-1][0], rel=1e-9) and plain[-1][0] < 0.02 * plain[0][0]
+    whole = run_restartable(Restartable(build()), end + 1, restart_at=30)
+    assert whole[-1][0] > 5 * plain[-1][0]
+    again = Restartable(build(), over="remaining")
+    run_restartable(again, 70, restart_at=30)
+    again.restart()  # a second restart at step 70 re-plans over the steps left
+    assert run_restartable(again, end + 1 - 70)[-1][0] == pytest.approx(plain[-1][0], rel=1e-9)
+    assert repr(sched).endswith(", over='remaining')")
+
+
+def test_restartable_over_remaining_restores_exactly(tmp_path):
+    """A re-planned schedule's state (its new length in the wrapped state) saves and continues exactly."""
+    from policies import Restartable
+
+    whole = run_restartable(Restartable(one_cycle(t=100), over="remaining"), 100, restart_at=30)
+    sched = Restartable(one_cycle(t=100), over="remaining")
+    first = run_restartable(sched, 50, restart_at=30)
+    torch.save({"opt": sched.optimizer.state_dict(), "sched": sched.state_dict()}, tmp_path / "ckpt.pt")
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    again = Restartable(one_cycle(t=100), over="remaining")
+    again.optimizer.load_state_dict(ckpt["opt"])
+    again.load_state_dict(ckpt["sched"])
+    assert first + run_restartable(again, 50) == whole and again.steps_done == sched.steps_done + 50
+
+
+def test_restartable_peak_is_the_schedules_peak_and_over_is_checked():
+    """OneCycleLR's peak is its max_lr, not its warm-up start; over="remaining" needs a schedule with a length."""
+    from policies import RestartLR, Restartable
+
+    sched = Restartable(one_cycle())
+    assert sched.peak_lr == 0.1 and sched.restart_lr == pytest.approx(0.1 / 25)
+    ctx = Context(clock=Clock(), objects={"optimizer": sched.optimizer, "schedule": sched})
+    effect = RestartLR()(ctx)
+    assert effect["peak"] == 0.1 and effect["first_lr"] == pytest.approx(0.004)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(CurriculumError, match=r"'over'.*StepLR.*use over='whole'"):
+        Restartable(torch.optim.lr_scheduler.StepLR(opt, step_size=3), over="remaining")
+    with pytest.raises(CurriculumError, match=r"'over' must be 'whole' or 'remaining'"):
+        Restartable(cosine(), over="rest")
+
+
+def test_restartable_around_a_scheduler_the_framework_steps():
+    """Restartable.around(s): the framework steps s itself, the wrapper restarts it; the LRs equal a wrapper stepped in its place."""
+    from policies import Restartable
+
+    stepped_by_us = run_restartable(Restartable(cosine(), over="remaining"), 60, restart_at=30)
+    inner = cosine()
+    wrapper = Restartable.around(inner, over="remaining")
+    seen = []
+    for s in range(60):
+        if s == 30:
+            wrapper.restart()
+        seen.append(group_values(inner.optimizer))
+        inner.optimizer.step()
+        inner.step()  # the framework's call: the wrapper is never stepped
+    assert seen == stepped_by_us and wrapper.steps_done == 60
+    state = wrapper.state_dict()
+    restored = cosine()
+    restored.load_state_dict(inner.state_dict())  # the framework restores its scheduler
+    again = Restartable.around(restored, state, over="remaining")
+    assert again.steps_done == 60 and again.state_dict() == state
+    with pytest.raises(CurriculumError, match="'state'"):
+        Restartable.around(restored)
 
 
 def test_fast_forward_equals_stepping_without_the_order_warning(recwarn):

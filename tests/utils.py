@@ -1,7 +1,9 @@
-"""Shared fakes for the engine tests: small guards and actions with readable reprs; a launcher of several processes."""
+"""Shared fakes for the engine tests: small guards and actions with readable reprs; a launcher of several processes;
+tiny ``chunklm train`` runs and the comparison of two runs."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -185,3 +187,112 @@ def launch(cmd: list[str], timeout: float) -> str:
     if proc.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} exited with {proc.returncode}:\n{out[-6000:]}")
     return out
+
+
+# -- tiny ``chunklm train`` runs, shared by test_cli, test_compat and test_distributed ----------------
+
+DATA = str(Path(json.__file__).parent)  # the stdlib json package: ten real source files
+
+# Tiny model, two micro-batches per step; threshold 1.0 makes every full window a plateau, so the
+# curriculum raises at each allowed epoch boundary and the restored engine state is exercised.
+TINY = [
+    "--data", DATA, "--seq-len", "32", "--kernel-len", "8", "--chunk", "4", "--d-model", "16", "--n-layers", "1",
+    "--batch-size", "2", "--accum-steps", "2", "--steps-per-epoch", "6", "--cutoffs", "4,8,16",
+    "--min-epochs", "1,1,2", "--plateau-window", "4", "--plateau-threshold", "1.0", "--log-every", "0",
+]
+
+
+def train(tmp: Path, name: str, *extra: str, epochs: int | None = 3) -> int:
+    from runs.cli import main
+
+    args = ["train", *TINY, "--ckpt", str(tmp / f"{name}.pt"), *extra]
+    if epochs is not None:
+        args += ["--epochs", str(epochs)]
+    return main(args)
+
+
+def resume(tmp: Path, name: str, *extra: str) -> int:
+    from runs.cli import main
+
+    return main(["train", "--ckpt", str(tmp / f"{name}.pt"), "--resume", *extra])
+
+
+FLOAT_COLUMNS = ("loss", "lr", "avg_loss", "val_bpb", "val_bpb_mean")
+
+
+def rounded(rows: list[dict], digits: int | None) -> list[dict]:
+    """CSV rows with their float columns rounded to ``digits`` significant digits (None: as written)."""
+    if digits is None:
+        return rows
+    return [{k: f"{float(v):.{digits}g}" if k in FLOAT_COLUMNS else v for k, v in row.items()} for row in rows]
+
+
+def assert_same_run(tmp: Path, a: str, b: str, csv_digits: int | None = None) -> None:
+    """Bit-identical weights and optimizer state; same per-step losses and LRs; same history.
+
+    ``csv_digits``: compare the CSVs' floats to that many significant digits (runs of the first
+    release wrote 6; today's runs write each float exactly)."""
+    import torch
+
+    from runs.artifacts import RunFiles, read_csv
+    from runs.checkpoint import load_checkpoint
+
+    ca, cb = load_checkpoint(tmp / f"{a}.pt"), load_checkpoint(tmp / f"{b}.pt")
+    ta, tb = ca.trainer, cb.trainer
+    assert ta["model"].keys() == tb["model"].keys()
+    for key in ta["model"]:
+        assert torch.equal(ta["model"][key], tb["model"][key]), key
+    for pa, pb in zip(ta["optimizer"]["state"].values(), tb["optimizer"]["state"].values()):
+        for key in pa:
+            assert torch.equal(pa[key], pb[key]), key
+    assert ta["schedule"] == tb["schedule"]
+    fa, fb = RunFiles(tmp / f"{a}.pt"), RunFiles(tmp / f"{b}.pt")
+    steps_a, steps_b = rounded(read_csv(fa.steps), csv_digits), rounded(read_csv(fb.steps), csv_digits)
+    assert len(steps_a) == ca.global_step and steps_a == steps_b
+    assert rounded(read_csv(fa.epochs), csv_digits) == rounded(read_csv(fb.epochs), csv_digits)
+    ha, hb = fa.read_history(), fb.read_history()
+    assert [r.comparable() for r in ha] == [r.comparable() for r in hb]
+    return ha
+
+
+# -- tiny models and data for the framework integrations (tests/test_integrations_*.py, tests/test_readme.py) --------
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+HF_VOCAB, HF_LENGTH, HF_WINDOWS = 16, 12, 24
+
+
+class TinyLM(nn.Module):
+    """Embedding and a linear head; returns its loss the way Hugging Face models do. Records each training forward's (loss sum, labels)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.head = nn.Embedding(HF_VOCAB, 8), nn.Linear(8, HF_VOCAB)
+        self.seen: list[tuple[float, int]] = []
+
+    def forward(self, input_ids, labels=None):
+        logits = self.head(self.emb(input_ids))  # (B, T, V)
+        loss = nn.functional.cross_entropy(logits.reshape(-1, HF_VOCAB), labels.reshape(-1))
+        if self.training:
+            self.seen.append((loss.item() * labels.numel(), labels.numel()))
+        return {"loss": loss, "logits": logits}
+
+
+class Windows(torch.utils.data.Dataset):
+    """HF_WINDOWS windows of HF_LENGTH tokens; labels (3 x + 1) mod V, learnable."""
+
+    def __len__(self) -> int:
+        return HF_WINDOWS
+
+    def __getitem__(self, i):
+        x = torch.randint(0, HF_VOCAB, (HF_LENGTH,), generator=torch.Generator().manual_seed(i))
+        return {"input_ids": x, "labels": (x * 3 + 1) % HF_VOCAB}
+
+
+def lightning_dataset(batches: int = 10) -> torch.utils.data.TensorDataset:
+    """2 * batches rows of 4 features; the target is their sum (batch_size=2: `batches` batches)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2 * batches, 4, generator=g)
+    return torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True))

@@ -28,12 +28,14 @@ class PhaseParams(Mapping[str, Any]):
     object that keeps this view sees each transition without being told.
     """
 
-    __slots__ = ("_engine",)
+    __slots__ = ("_engine", "reads")
 
     def __init__(self, engine: CurriculumEngine) -> None:
         self._engine = engine
+        self.reads = 0  # how many times a param was read: the callbacks tell a collator's reads from their own
 
     def __getitem__(self, key: str) -> Any:
+        self.reads += 1
         params = self._engine.phase.params
         if key not in params:
             raise KeyError(
@@ -64,6 +66,30 @@ def check_engine(engine: Any, where: str) -> CurriculumEngine:
             f"build one from your curriculum: {where}(CurriculumEngine(curriculum))"
         )
     return engine
+
+
+def check_flag(value: Any, name: str = "allow_fingerprint_mismatch") -> bool:
+    if not isinstance(value, bool):
+        raise CurriculumError(f"CurriculumCallback: {name!r} must be a bool, got {value!r}; e.g. {name}=True")
+    return value
+
+
+def restartable(engine: CurriculumEngine, scheduler: Any, saved: dict | None, fresh: bool) -> Any:
+    """The framework's own scheduler, made restartable when the curriculum registers a schedule and it cannot
+    restart: wrapped with ``policies.Restartable.around`` (the framework keeps stepping it). Else as it is."""
+    if scheduler is None or callable(getattr(scheduler, "restart", None)) or "schedule" not in engine.curriculum.requirements():
+        return scheduler
+    from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+
+    from policies.schedule import Restartable
+
+    if not isinstance(scheduler, LRScheduler) or isinstance(scheduler, ReduceLROnPlateau):
+        return scheduler  # nothing to restart: RestartLR.check says what to pass
+    if fresh:
+        return Restartable.around(scheduler)
+    if saved is not None:
+        return Restartable.around(scheduler, saved)
+    return scheduler  # a checkpoint from before the wrapper: RestartLR.check names the fix
 
 
 def bind(engine: CurriculumEngine, **objects: Any) -> None:

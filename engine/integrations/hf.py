@@ -18,16 +18,37 @@ import torch
 from transformers import TrainerCallback
 
 from engine.core import CurriculumError
-from engine.integrations import PhaseParams, bind, check_engine, real_metrics
+from engine.integrations import PhaseParams, bind, check_engine, check_flag, real_metrics, restartable
 from engine.runtime import CurriculumEngine
 
-__all__ = ["CurriculumCallback", "STATE_KEY"]
+__all__ = ["CurriculumCallback", "STATE_KEY", "EPOCH_END_KEY", "SCHEDULE_KEY"]
 
 logger = logging.getLogger(__name__)
 
 #: Where the engine state lives in each ``checkpoint-N/trainer_state.json``: under ``stateful_callbacks``.
 STATE_KEY = "curriculum_engine"
+#: Next to it, the state of the Trainer's own scheduler made restartable (when the curriculum restarts it).
+SCHEDULE_KEY = "curriculum_engine_schedule"
+#: Next to it, in a checkpoint written on an epoch's last step: that epoch end's metrics, for the resumed run's epoch_end.
+EPOCH_END_KEY = "curriculum_engine_epoch_end"
 _TRAINER_STATE = "trainer_state.json"
+
+
+def _last_micro_batch() -> bool:
+    """Whether the forward in progress is the last micro-batch of its optimizer step (the Trainer tells accelerate)."""
+    from accelerate.state import GradientState  # the Trainer's own dependency; shared state, made by the Trainer
+
+    return bool(GradientState().sync_gradients)
+
+
+def _shifts_labels(model: Any) -> bool:
+    """Whether the Trainer counts ``labels[..., 1:]`` for this model's ``num_items_in_batch`` (causal LM losses), as it decides."""
+    try:
+        from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
+    except ImportError:  # an older transformers counts every label
+        return False
+    return LOSS_MAPPING.get(getattr(model, "loss_type", None)) is ForCausalLMLoss and not getattr(
+        getattr(model, "config", None), "is_encoder_decoder", False)
 
 
 def _output_loss(output: Any) -> torch.Tensor | None:
@@ -52,42 +73,75 @@ class CurriculumCallback(TrainerCallback):
     - **One ``epoch_end`` per completed epoch**, with the evaluation metrics when the Trainer
       evaluates at that epoch end (``eval_strategy="epoch"``: ``eval_loss``, ...), else none.
     - **State**: the engine state is put in the Trainer state's ``stateful_callbacks[STATE_KEY]``
-      before each save (and after every epoch end), so each ``checkpoint-N/trainer_state.json`` holds it;
-      ``trainer.train(resume_from_checkpoint=...)`` restores it, wherever the folder is. A
-      checkpoint written at the last step of an epoch is updated after that epoch's ``epoch_end``
-      (the Trainer resumes it in the next epoch and does not repeat the epoch end).
+      before each save (and after every epoch end), so each ``checkpoint-N/trainer_state.json`` holds
+      the engine at the instant its other files were written; ``trainer.train(resume_from_checkpoint=...)``
+      restores it, wherever the folder is. A checkpoint written on an epoch's last step precedes that
+      epoch's end (the Trainer resumes in the next epoch without repeating it): the resumed run makes
+      that epoch end at train begin, with its evaluation metrics (added to the checkpoint under
+      ``EPOCH_END_KEY`` once the evaluation ran), so its actions act on the restored objects.
+    - **Schedule**: when the curriculum registers a schedule and the Trainer's ``lr_scheduler`` has no
+      ``restart()`` (e.g. the ``LambdaLR`` the Trainer builds when no ``optimizers=`` are passed), it is
+      wrapped with ``Restartable.around`` (the Trainer keeps stepping it; the wrapper's state goes
+      under ``SCHEDULE_KEY``). ``RestartLR`` checks the schedule at train begin.
+    - **Loss normalisation**: a model that divides its loss by ``num_items_in_batch`` gets it counted
+      before ``prepare_inputs`` crops the batch; the callback rescales the step's gradients and loss
+      by the labels ``prepare_inputs`` kept, so the model trains on (and the Trainer logs, and the
+      engine sees) the mean over the tokens it saw.
+    - ``allow_fingerprint_mismatch=True`` resumes a checkpoint written by another curriculum (see
+      ``CurriculumEngine.load_state_dict``). docs/integrations.md has the table of exact resumes.
     - **Params**: :attr:`params` is a live view of the current phase's ``params`` for a collator or
       dataset. The Trainer's data loader collates one micro-batch ahead, so a change made at a step
       end reaches the collator from the second micro-batch of the next step on (at an epoch end,
       from the first); a run resumed from a checkpoint taken exactly there collates that one
       micro-batch in the new phase. Where a change must be exact at every step, change the batch
       in ``prepare_inputs(inputs, params) -> inputs``: it runs on each training micro-batch's
-      inputs right before the model's forward (a model that takes ``num_items_in_batch`` gets the
-      count the Trainer made before it).
+      inputs right before the model's forward.
     - **Several processes** (DDP): every rank passes the same ``loss``, the mean over ranks that the
       Trainer logs (with ``num_items_in_batch`` counted over every rank, as
       ``average_tokens_across_devices`` does by default, the per-token mean of the step), so all
       ranks take the same transitions at the same step.
     """
 
-    def __init__(self, engine: CurriculumEngine, *, prepare_inputs: Callable[[dict, PhaseParams], dict] | None = None) -> None:
+    def __init__(self, engine: CurriculumEngine, *, prepare_inputs: Callable[[dict, PhaseParams], dict] | None = None,
+                 allow_fingerprint_mismatch: bool = False) -> None:
         self.engine = check_engine(engine, "CurriculumCallback")
         if prepare_inputs is not None and not callable(prepare_inputs):
             raise CurriculumError(
                 f"CurriculumCallback: 'prepare_inputs' must be a callable (inputs, params) -> inputs, got {prepare_inputs!r}"
             )
         self.prepare_inputs = prepare_inputs
+        self.allow_fingerprint_mismatch = check_flag(allow_fingerprint_mismatch)
         self.params = PhaseParams(engine)
         # Scratch of the optimizer step in progress (never in a checkpoint: a step is never split by one).
         self._losses: list[torch.Tensor] = []
         self._scaled = False  # the model normalised its loss by num_items_in_batch (the Trainer then sums)
+        self._items: torch.Tensor | None = None  # labels kept by prepare_inputs in this step's micro-batches
+        self._counted: Any = None  # the num_items_in_batch the Trainer counted before prepare_inputs
+        self._shifts_labels = False  # the Trainer counts labels[..., 1:] (causal LM losses)
+        self._average_tokens = False  # the Trainer counted num_items_in_batch over every rank
+        self._model: Any = None  # whose gradients a renormalisation rescales
         self._missing_loss = False
         self._step_lr: float | None = None
         self._hooks: list[Any] = []
         self._epoch_end_at_evaluate = False
         self._checkpoint: tuple[int, str] | None = None  # (global step, folder) of this run's last checkpoint
+        self._wrapped: Any = None  # the Trainer's own scheduler made restartable, whose state the callback keeps
+        self._reads_at_resume: int | None = None  # params reads at a resume right after a step-end phase change
 
     # -- the model's forward -------------------------------------------------------------------
+
+    def _check_collated(self, module: Any, args: tuple, kwargs: dict) -> None:
+        """The first training forward after a resume at a step-end phase change: was the batch collated with the params?"""
+        if not module.training or self._reads_at_resume is None:
+            return
+        if self.params.reads > self._reads_at_resume:
+            logger.warning(
+                "resumed from checkpoint-%d, written at the step a step-end transition changed the phase: the collator "
+                "read the new phase's params for the first micro-batch, which the uninterrupted run collated in the old "
+                "phase (the Trainer's data loader collates one micro-batch ahead); change the batch in "
+                "prepare_inputs(inputs, params) to be exact", self.engine.clock.global_step,
+            )
+        self._reads_at_resume = None
 
     def _before_forward(self, module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         if not module.training:
@@ -95,17 +149,61 @@ class CurriculumCallback(TrainerCallback):
         inputs = self.prepare_inputs(dict(kwargs), self.params)
         if not isinstance(inputs, dict):
             raise CurriculumError(f"prepare_inputs must return the inputs dict, got {type(inputs).__name__}")
+        counted = inputs.get("num_items_in_batch")
+        if counted is not None:  # count the labels the model will see, as the Trainer counts them
+            labels = inputs.get("shift_labels")
+            if labels is None:
+                labels = inputs.get("labels")
+                labels = labels[..., 1:] if labels is not None and self._shifts_labels else labels
+            if isinstance(labels, torch.Tensor):
+                kept = labels.ne(-100).sum()
+                self._items = kept if self._items is None else self._items + kept
+                self._counted = counted
         return args, inputs
 
-    def _after_forward(self, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+    def _after_forward(self, module: Any, args: tuple, kwargs: dict, output: Any) -> Any:
         if not module.training:
-            return
+            return None
         loss = _output_loss(output)
         if loss is None:
             self._missing_loss = True
-            return
-        self._losses.append(loss.detach().clone())  # not a view: the Trainer may scale the loss in place (DDP)
+            return None
         self._scaled = "num_items_in_batch" in kwargs
+        if self._items is not None and _last_micro_batch():
+            output = self._renormalise(output, loss)
+            loss = _output_loss(output)
+        self._losses.append(loss.detach().clone())  # not a view: the Trainer may scale the loss in place (DDP)
+        return output
+
+    def _renormalise(self, output: Any, loss: torch.Tensor) -> Any:
+        """The step's last micro-batch: divide the step's loss by the labels prepare_inputs kept, not those the Trainer counted.
+
+        The Trainer counts ``num_items_in_batch`` over the step's micro-batches before any forward,
+        so before ``prepare_inputs`` crops them; every micro-batch's loss was divided by that count.
+        Once the last one is prepared the true count is known: the gradients accumulated so far are
+        scaled by counted/kept, and so is this micro-batch's loss, plus a constant (no gradient)
+        that corrects the losses the Trainer already added up for its log.
+        """
+        kept, counted, self._items, self._counted = self._items, self._counted, None, None
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed and self._average_tokens:  # the Trainer counted the labels of every rank
+            kept = kept.clone()
+            torch.distributed.all_reduce(kept)
+        counted = torch.as_tensor(counted, dtype=torch.float64).to(kept.device)
+        if bool(kept == counted):
+            return output
+        factor = (counted / kept.to(torch.float64)).item()
+        with torch.no_grad():
+            for param in self._model.parameters():
+                if param.grad is not None:
+                    param.grad.mul_(factor)
+        earlier = sum((x.to(loss.dtype) for x in self._losses), torch.zeros((), dtype=loss.dtype, device=loss.device))
+        renormalised = loss * factor + (earlier * (factor - 1)).detach()
+        if hasattr(output, "keys"):  # a dict or a ModelOutput
+            output["loss"] = renormalised
+        else:
+            output.loss = renormalised
+        return output
 
     def _step_loss(self, step: int, args: Any) -> float:
         losses, self._losses = self._losses, []
@@ -134,14 +232,21 @@ class CurriculumCallback(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        lr_scheduler: Any = None, **kwargs: Any) -> None:
-        bind(self.engine, model=model, optimizer=optimizer, schedule=lr_scheduler)
+        callbacks = state.stateful_callbacks or {}
+        schedule = restartable(self.engine, lr_scheduler, callbacks.get(SCHEDULE_KEY), fresh=state.global_step == 0)
+        self._wrapped = schedule if schedule is not lr_scheduler else None  # the Trainer's own, made restartable
+        bind(self.engine, model=model, optimizer=optimizer, schedule=schedule)
         for hook in self._hooks:
             hook.remove()
-        self._hooks = [model.register_forward_hook(self._after_forward, with_kwargs=True)]
+        self._hooks = [model.register_forward_pre_hook(self._check_collated, with_kwargs=True),
+                       model.register_forward_hook(self._after_forward, with_kwargs=True)]
         if self.prepare_inputs is not None:
             self._hooks.append(model.register_forward_pre_hook(self._before_forward, with_kwargs=True))
+        self._model, self._shifts_labels = model, _shifts_labels(model)
+        self._average_tokens = bool(getattr(args, "average_tokens_across_devices", False))
         self._losses, self._missing_loss, self._epoch_end_at_evaluate, self._checkpoint = [], False, False, None
-        saved = (state.stateful_callbacks or {}).get(STATE_KEY)
+        self._items = self._counted = self._reads_at_resume = None
+        saved = callbacks.get(STATE_KEY)
         if state.global_step == 0:
             self.engine.start()
         elif saved is None:
@@ -152,18 +257,41 @@ class CurriculumCallback(TrainerCallback):
                 "engine.start(phase=..., global_step=..., epoch=...) and leave the callback out of this run"
             )
         else:
-            self.engine.load_state_dict(saved)
+            self.engine.load_state_dict(saved, allow_fingerprint_mismatch=self.allow_fingerprint_mismatch)
             if self.engine.clock.global_step != state.global_step:
                 raise CurriculumError(
                     f"CurriculumCallback: the checkpoint's engine state is at step {self.engine.clock.global_step} but the "
                     f"Trainer resumed at step {state.global_step}; resume from the checkpoint folder the state was written to"
                 )
+            if state.epoch is not None and float(state.epoch).is_integer() and self.engine.clock.epoch < int(state.epoch):
+                self._missed_epoch_end(state, callbacks.get(EPOCH_END_KEY))
+            last = self.engine.history[-1] if len(self.engine.history) else None
+            if last is not None and last.point == "step_end" and last.global_step == state.global_step:
+                self._reads_at_resume = self.params.reads  # a collator reading params now reads the new phase early
         self._stash(state)
 
+    def _missed_epoch_end(self, state: Any, saved: Any) -> None:
+        """Resumed from a checkpoint written on an epoch's last step, before that epoch's end: make it now.
+
+        The Trainer wrote every file of that checkpoint (weights, optimizer, scheduler, engine state)
+        before its epoch end, and resumes in the next epoch without repeating it; the epoch end the
+        uninterrupted run made next is made here, with the evaluation metrics of that epoch end
+        (added to the checkpoint once the evaluation ran), so its actions act on the restored objects.
+        """
+        metrics = saved.get("metrics", {}) if isinstance(saved, dict) and saved.get("global_step") == state.global_step else {}
+        try:
+            self.engine.epoch_end(**metrics)
+        except CurriculumError as exc:
+            raise CurriculumError(
+                f"CurriculumCallback: resumed from checkpoint-{state.global_step}, written on the last step of epoch "
+                f"{self.engine.clock.epoch} before its end, without the evaluation metrics of that epoch end ({exc}); resume "
+                "from a checkpoint written after its evaluation (save_strategy='epoch') or from an earlier one"
+            ) from exc
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
         self._step_lr = float(optimizer.param_groups[0]["lr"]) if optimizer is not None else None
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._items = self._counted = None  # renormalised at the step's last micro-batch, or nothing to renormalise
         loss = self._step_loss(state.global_step, args)
         self.engine.step_end(loss=loss, **({"lr": self._step_lr} if self._step_lr is not None else {}))
         if control.should_save or control.should_evaluate:  # set by the Trainer's flow callback, which runs first
@@ -186,7 +314,7 @@ class CurriculumCallback(TrainerCallback):
         self._checkpoint = (state.global_step, os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
         stashed = (state.stateful_callbacks or {}).get(STATE_KEY, {}).get("clock", {}).get("global_step")
         if stashed != self.engine.clock.global_step and args.should_save:  # a save nobody announced at step end
-            self._rewrite(self._checkpoint[1], self._stash(state))
+            self._rewrite(self._checkpoint[1], STATE_KEY, self._stash(state))
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         for hook in self._hooks:
@@ -196,27 +324,32 @@ class CurriculumCallback(TrainerCallback):
     # -- state ---------------------------------------------------------------------------------
 
     def _epoch_end(self, args: Any, state: Any, metrics: Mapping[str, Any]) -> None:
-        self.engine.epoch_end(**real_metrics(metrics))
-        engine_state = self._stash(state)
-        if self._checkpoint is not None and self._checkpoint[0] == state.global_step and args.should_save:
-            self._rewrite(self._checkpoint[1], engine_state)
+        metrics = real_metrics(metrics)
+        self.engine.epoch_end(**metrics)
+        self._stash(state)
+        if metrics and self._checkpoint is not None and self._checkpoint[0] == state.global_step and args.should_save:
+            # This step's checkpoint was written before the epoch end, as it should (every file of it at one
+            # instant); a run resumed from it makes this epoch end again, and needs its evaluation metrics.
+            self._rewrite(self._checkpoint[1], EPOCH_END_KEY, {"global_step": state.global_step, "metrics": metrics})
 
     def _stash(self, state: Any) -> dict:
         engine_state = self.engine.state_dict()
         if state.stateful_callbacks is None:
             state.stateful_callbacks = {}
         state.stateful_callbacks[STATE_KEY] = engine_state
+        if self._wrapped is not None:
+            state.stateful_callbacks[SCHEDULE_KEY] = self._wrapped.state_dict()
         return engine_state
 
     @staticmethod
-    def _rewrite(folder: str, engine_state: dict) -> None:
-        """Put the engine state after this step's epoch end into the checkpoint written at that step."""
+    def _rewrite(folder: str, key: str, value: dict) -> None:
+        """Set ``stateful_callbacks[key]`` in the ``trainer_state.json`` of the checkpoint written at this step."""
         path = os.path.join(folder, _TRAINER_STATE)
         if not os.path.isfile(path):
             return
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-        data.setdefault("stateful_callbacks", {})[STATE_KEY] = engine_state
+        data.setdefault("stateful_callbacks", {})[key] = value
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:  # the Trainer's own format
             f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -10,13 +10,14 @@ Needs ``lightning`` (``pip install "curriculum-engine[lightning]"``).
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback
 
 from engine.core import CurriculumError
-from engine.integrations import PhaseParams, bind, check_engine, real_metrics
+from engine.integrations import PhaseParams, bind, check_engine, check_flag, real_metrics, restartable
 from engine.runtime import CurriculumEngine
 
 __all__ = ["CurriculumCallback"]
@@ -44,23 +45,30 @@ class CurriculumCallback(Callback):
       ``trainer.callback_metrics`` (validation metrics included, Lightning validates first).
     - **State** lives in Lightning's checkpoint through ``state_dict``/``load_state_dict``.
 
+    - **Schedule**: the first configured scheduler, made restartable with ``Restartable.around`` when
+      the curriculum registers a schedule and it has no ``restart()`` (its state in the callback's).
+    - **Random state**: saved with each checkpoint and restored at resume (single process), so a
+      shuffling loader draws the same order as the uninterrupted run.
+
     Resume: exact from a checkpoint saved at an epoch end (``on_train_epoch_end``, the
     ``ModelCheckpoint`` default, or ``on_validation_end``) and from a mid-epoch checkpoint when the
     train data loader restores its position (it has ``state_dict``/``load_state_dict``, e.g.
-    torchdata's ``StatefulDataLoader``). Lightning itself is not exact in two cases: mid-epoch with
-    a plain ``DataLoader`` it restarts the epoch's data at its first batch while counting on from
-    the checkpoint's batch; and from a checkpoint saved at the epoch's last batch
-    (``on_train_batch_end``, e.g. ``every_n_train_steps`` landing there) it skips that epoch's
-    validation and ``on_train_epoch_end``. In the second case the callback runs the missed
-    ``epoch_end`` when training resumes, with the metrics of the checkpoint moment (no validation
-    metrics of that epoch): exact unless an epoch-end guard reads one (a metric never logged before
-    is then a ``CurriculumError`` naming the checkpoint to resume from instead; one logged at an
-    earlier epoch is that epoch's value).
+    torchdata's ``StatefulDataLoader``). Where Lightning cannot be exact the callback warns once at
+    resume, naming the cause and the fix: mid-epoch with a plain ``DataLoader`` (Lightning restarts
+    the epoch's data at its first batch while counting on from the checkpoint's batch), mid-epoch
+    with a shuffling loader that keeps no sampler order, and, from a checkpoint saved at the
+    epoch's last batch (``on_train_batch_end``), an epoch-end guard reading validation metrics:
+    Lightning skips that epoch's validation and ``on_train_epoch_end``; the callback runs the missed
+    ``epoch_end`` when training resumes, with the metrics of the checkpoint moment (a metric never
+    logged before is then a ``CurriculumError`` naming the checkpoint to resume from instead).
+    docs/integrations.md has the table of exact resumes.
     """
 
-    def __init__(self, engine: CurriculumEngine) -> None:
+    def __init__(self, engine: CurriculumEngine, *, allow_fingerprint_mismatch: bool = False) -> None:
         self.engine = check_engine(engine, "CurriculumCallback")
+        self.allow_fingerprint_mismatch = check_flag(allow_fingerprint_mismatch)
         self.params = PhaseParams(engine)
+        self._wrapped: Any = None  # Lightning's configured scheduler made restartable, whose state the callback keeps
         self._restored: dict | None = None  # the checkpoint's state, applied at on_train_start
         self._epoch_metrics: dict | None = None  # a checkpoint's metrics for the epoch end it precedes
         # Scratch of the optimizer step in progress (a checkpoint never splits a step).
@@ -70,7 +78,10 @@ class CurriculumCallback(Callback):
     # -- Lightning's checkpoint ----------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        return {"engine": self.engine.state_dict()}
+        state = {"engine": self.engine.state_dict(), "rng": _rng_state()}
+        if self._wrapped is not None:
+            state["schedule"] = self._wrapped.state_dict()
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._restored = state_dict
@@ -91,10 +102,12 @@ class CurriculumCallback(Callback):
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         optimizers = trainer.optimizers
         schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
-        bind(self.engine, model=pl_module, optimizer=optimizers[0] if optimizers else None,
-             schedule=schedulers[0] if schedulers else None)
-        self._losses, self._step_lr = [], None
         restored, self._restored = self._restored, None
+        scheduler = schedulers[0] if schedulers else None
+        schedule = restartable(self.engine, scheduler, (restored or {}).get("schedule"), fresh=restored is None)
+        self._wrapped = schedule if schedule is not scheduler else None
+        bind(self.engine, model=pl_module, optimizer=optimizers[0] if optimizers else None, schedule=schedule)
+        self._losses, self._step_lr = [], None
         if restored is None:
             if trainer.global_step > 0:
                 raise CurriculumError(
@@ -104,20 +117,27 @@ class CurriculumCallback(Callback):
                 )
             self.engine.start()
             return
-        self.engine.load_state_dict(restored["engine"])
+        self.engine.load_state_dict(restored["engine"], allow_fingerprint_mismatch=self.allow_fingerprint_mismatch)
         if self.engine.clock.global_step != trainer.global_step:
             raise CurriculumError(
                 f"CurriculumCallback: the checkpoint's engine state is at step {self.engine.clock.global_step} but "
                 f"Lightning resumed at step {trainer.global_step}; the checkpoint was not written by this run's callback"
             )
+        if trainer.world_size == 1 and "rng" in restored:  # under DDP each rank has its own stream (and DistributedSampler)
+            _set_rng_state(restored["rng"])
         self._epoch_metrics = restored.get("epoch_end_metrics")
-        if self.engine.clock.epoch < trainer.current_epoch:
+        missed = self.engine.clock.epoch < trainer.current_epoch
+        if not missed and self.engine.clock.step_in_epoch > 0:
+            _warn_mid_epoch(trainer, self.engine.clock)
+        if missed:
             # Saved at the epoch's last batch: Lightning skips that epoch's validation and epoch end on resume.
-            logger.warning(
-                "resumed from a checkpoint saved at the last batch of epoch %d, before its validation: Lightning "
-                "does not validate that epoch again; the engine's epoch_end for it gets the metrics of the checkpoint moment",
-                self.engine.clock.epoch,
-            )
+            if self._reads_validation():
+                logger.warning(
+                    "resumed from a checkpoint saved at the last batch of epoch %d, before its validation, which Lightning "
+                    "does not run again: its epoch end gets the metrics of the checkpoint moment (the validation metrics "
+                    "of an earlier epoch); resume from the checkpoint saved at that epoch's end (ModelCheckpoint's default) "
+                    "to be exact", self.engine.clock.epoch,
+                )
             metrics, self._epoch_metrics = self._epoch_metrics or {}, None
             try:
                 self.engine.epoch_end(**metrics)
@@ -128,6 +148,12 @@ class CurriculumCallback(Callback):
                     f"the curriculum reads ({exc}). Resume from the checkpoint saved at that epoch's end "
                     "(ModelCheckpoint's default) or from a mid-epoch one"
                 ) from exc
+
+    def _reads_validation(self) -> bool:
+        """Whether a guard of an epoch-end transition out of the current phase reads a metric (validation's, then)."""
+        phase = self.engine.phase.name
+        return any(tr.source == phase and str(getattr(tr.when, "value", tr.when)) == "epoch_end"
+                   and any(_metrics_read(g) for g in tr.guards) for tr in self.engine.curriculum.transitions)
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         self._step_lr = float(optimizer.param_groups[0]["lr"])
@@ -156,3 +182,47 @@ class CurriculumCallback(Callback):
         if self._epoch_metrics is not None:  # the epoch end Lightning repeats after a checkpoint saved on_validation_end
             metrics, self._epoch_metrics = {**metrics, **self._epoch_metrics}, None
         self.engine.epoch_end(**metrics)
+
+
+def _metrics_read(guard: Any) -> bool:
+    """Whether a guard reads a metric at its own evaluation point (Plateau observes the step-end loss instead)."""
+    if getattr(guard, "metrics", None):
+        return True
+    if getattr(guard, "observes", None) and getattr(guard, "observe_at", "step_end") is None:
+        return True
+    return any(_metrics_read(g) for g in getattr(guard, "guards", ()) or ())
+
+
+def _rng_state() -> dict:
+    """The process's random state at a checkpoint: Lightning keeps none, and a shuffling sampler draws its order from it."""
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "python_pos": random.getstate()[2]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(int(x) for x in state["python"]), state["python_pos"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _warn_mid_epoch(trainer: Any, clock: Any) -> None:
+    """One warning when a mid-epoch resume cannot continue the epoch's data where the checkpoint left it."""
+    loader = trainer.train_dataloader
+    stateful = callable(getattr(loader, "state_dict", None)) and callable(getattr(loader, "load_state_dict", None))
+    sampler = getattr(loader, "sampler", None)
+    if not stateful:
+        logger.warning(
+            "resumed in the middle of epoch %d (step %d of it) with a train DataLoader that cannot restore its position: "
+            "Lightning starts the epoch's data again at its first batch while counting on from the checkpoint, so the "
+            "run differs from the uninterrupted one; use a loader with state_dict()/load_state_dict() (torchdata's "
+            "StatefulDataLoader) or resume from an epoch-end checkpoint", clock.epoch, clock.step_in_epoch,
+        )
+    elif isinstance(sampler, torch.utils.data.RandomSampler) and type(loader).__name__ != "StatefulDataLoader":
+        logger.warning(
+            "resumed in the middle of epoch %d with a shuffling train DataLoader: the order of the rest of the epoch is "
+            "drawn again, so the run differs from the uninterrupted one; use torchdata's StatefulDataLoader (it saves "
+            "the sampler's order), shuffle=False, or resume from an epoch-end checkpoint", clock.epoch,
+        )

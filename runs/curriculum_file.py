@@ -1,0 +1,142 @@
+"""``chunklm train --curriculum FILE`` and ``chunklm diagram FILE``: a curriculum from a data file.
+
+The file (docs/curriculum-files.md; the seed's is ``policies/curricula/spectral.toml``) replaces the
+spectral curriculum the curriculum flags build. ``chunklm train`` can drive only what its loop
+provides, so a file is checked against it before anything runs: the registered objects (``model``,
+``optimizer``, ``schedule``), the metrics (``loss`` and ``lr`` at step_end, ``val_bpb`` and
+``avg_loss`` at epoch_end), no phase params (the loop reads none: a phase changes the model through
+its actions, e.g. ``SetCutoff``), and cutoffs within the model's bins. On resume the checkpoint's
+engine state names the curriculum it was saved with (its fingerprint): a file that differs is
+refused, listing what differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from engine import Curriculum, CurriculumError, load_curriculum
+from engine.core import guard_leaves, metrics_read, spec_differences
+from runs.errors import UsageError
+
+__all__ = ["OBJECTS", "METRICS", "CURRICULUM_FLAGS", "load_for_training", "curriculum_for_run", "check_saved_curriculum"]
+
+# What chunklm.train.Trainer registers with its engine and passes to step_end / epoch_end.
+OBJECTS = ("model", "optimizer", "schedule")
+METRICS = {"step_end": ("loss", "lr"), "epoch_end": ("val_bpb", "avg_loss")}
+# The settings a curriculum file replaces (they build the spectral curriculum).
+CURRICULUM_FLAGS = ("cutoffs", "min_epochs", "plateau_window", "plateau_threshold", "plateau_test", "plateau_alpha", "preserve")
+
+
+def load_file(path: str) -> Curriculum:
+    """The curriculum in ``path``; its errors as one-line usage errors."""
+    try:
+        return load_curriculum(path)
+    except CurriculumError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def load_for_training(path: str, n_bins: int) -> Curriculum:
+    """The curriculum in ``path``, checked against what ``chunklm train`` provides."""
+    curriculum = load_file(path)
+    where = f"--curriculum {path}"
+    for phase in curriculum.phases:
+        if phase.params:
+            raise UsageError(
+                f"{where}: phase {phase.name!r} has params {sorted(phase.params)}, which chunklm train does not read "
+                "(a phase changes the model through its actions, e.g. SetCutoff); remove them, or drive the curriculum "
+                "from your own loop (engine.CurriculumEngine)"
+            )
+        for action in phase.on_enter:
+            _check_cutoff(action, where, f"phase {phase.name!r} on_enter", n_bins)
+    for name, users in curriculum.requirements().items():
+        if name not in OBJECTS:
+            raise UsageError(f"{where}: {users[0]} needs a registered {name!r}, and chunklm train registers only "
+                             f"{', '.join(OBJECTS)}; use guards and actions that need only those")
+    for tr in curriculum.transitions:
+        for action in tr.actions:
+            _check_cutoff(action, where, f"transition {tr.label}", n_bins)
+        for leaf in (leaf for g in tr.guards for leaf in guard_leaves(g)):
+            for point, passed in METRICS.items():
+                for metric in metrics_read(leaf, tr.when, _point(point)):
+                    if metric not in passed:
+                        raise UsageError(
+                            f"{where}: {leaf!r} in transition {tr.label} reads the metric {metric!r} at {point}, and chunklm "
+                            f"train passes only {', '.join(passed)} there; use one of those (e.g. metric = \"{passed[0]}\")"
+                        )
+    return curriculum
+
+
+def _point(name: str) -> Any:
+    from engine import Point
+
+    return Point(name)
+
+
+def _check_cutoff(action: Any, where: str, what: str, n_bins: int) -> None:
+    from policies import SetCutoff
+
+    if isinstance(action, SetCutoff) and action.n is not None and action.n > n_bins:
+        raise UsageError(f"{where}: {action!r} in {what} opens more bins than the model has ({n_bins} at this --seq-len); "
+                         f"use n <= {n_bins}, or n = \"full\"")
+
+
+def check_saved_curriculum(curriculum: Curriculum, saved: Any, ckpt: Path, path: str | None) -> None:
+    """On resume: the checkpoint's engine state was saved from ``curriculum`` (file ``path``, or
+    None for the one the settings make), else one line saying what differs and what to pass."""
+    from engine.state import from_primitives
+
+    raw = saved.trainer.get("engine") if isinstance(saved.trainer, dict) else None
+    if raw is None:
+        return  # weights only: resumed by phase_for_epoch
+    try:
+        snap = from_primitives(raw)
+    except CurriculumError:
+        return  # a damaged state: the restore reports it
+    if snap.fingerprint == curriculum.fingerprint(snap.fingerprint_version):
+        return
+    changes = spec_differences(snap.spec, curriculum.spec()) if snap.spec is not None else []
+    what = f" ({'; '.join(changes[:4])}{'; ...' if len(changes) > 4 else ''}, saved -> this one)" if changes else ""
+    if path is not None:
+        raise UsageError(f"--curriculum {path}: {ckpt} was saved with another curriculum{what}; "
+                         "resume with the file it was trained with")
+    raise UsageError(f"{ckpt} was saved with a curriculum its settings do not make{what}; if it was trained with "
+                     "--curriculum FILE, resume with --curriculum and that file")
+
+
+def curriculum_for_run(args: argparse.Namespace, config: Any, saved: Any, ckpt: Path) -> Curriculum | None:
+    """The curriculum ``chunklm train`` runs: the file's (``--curriculum``), or None for the
+    settings' spectral curriculum; on resume, checked against the checkpoint's."""
+    path = getattr(args, "curriculum", None)
+    if path is None:
+        if saved is not None:
+            check_saved_curriculum(config.curriculum(), saved, ckpt, None)
+        return None
+    given = [name for name in CURRICULUM_FLAGS if hasattr(args, name)]  # flags default to absent (argparse.SUPPRESS)
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise UsageError(f"{flags} build the spectral curriculum, which --curriculum {path} replaces; drop "
+                         f"{'them' if len(given) > 1 else 'it'}, or set the same in the file")
+    curriculum = load_for_training(path, config.model.n_bins)
+    if saved is not None:
+        check_saved_curriculum(curriculum, saved, ckpt, path)
+    return curriculum
+
+
+def diagram_of_file(args: argparse.Namespace, explicit: dict) -> tuple[Curriculum, str | None]:
+    """``chunklm diagram FILE [--run RUN]``: the file's curriculum, and the run's current phase."""
+    if explicit or args.preset:
+        flags = ", ".join("--" + name.replace("_", "-") for name in explicit) or "--preset"
+        raise UsageError(f"{flags}: {args.file} is drawn as written, and settings flags do not change it; drop them")
+    curriculum = load_file(args.file)
+    if not args.run:
+        return curriculum, None
+    from policies import phase_for_epoch
+    from runs.artifacts import resolve_run
+    from runs.checkpoint import Checkpoint
+
+    files = resolve_run(args.run)
+    saved = Checkpoint.load(files.ckpt)
+    check_saved_curriculum(curriculum, saved, files.ckpt, args.file)
+    return curriculum, saved.engine_phase or phase_for_epoch(curriculum, saved.epoch)

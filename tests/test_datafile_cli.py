@@ -1,0 +1,106 @@
+"""`chunklm train --curriculum FILE` and `chunklm diagram FILE` (runs.curriculum_file) on tiny runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine import Curriculum, Phase, Transition, save_curriculum
+from policies import MetricBelow, MinEpoch, SetCutoff, spectral_curriculum
+from runs.cli import main
+from tests.test_cli import DATA, assert_same_run
+
+# test_cli's tiny run without the curriculum flags; the file below is the curriculum those flags make.
+MODEL = [
+    "--data", DATA, "--seq-len", "32", "--kernel-len", "8", "--chunk", "4", "--d-model", "16", "--n-layers", "1",
+    "--batch-size", "2", "--accum-steps", "2", "--steps-per-epoch", "6", "--log-every", "0", "--epochs", "2",
+]
+FLAGS = ["--cutoffs", "4,8,16", "--min-epochs", "1,1,2", "--plateau-window", "4", "--plateau-threshold", "1.0"]
+
+
+def tiny_curriculum() -> Curriculum:
+    return spectral_curriculum(n_bins=17, cutoffs=(4, 8, 16), min_epochs=(1, 1, 2), window=4, threshold=1.0)
+
+
+def write(tmp: Path, curriculum: Curriculum, name: str = "c.toml") -> str:
+    return str(save_curriculum(curriculum, tmp / name))
+
+
+def test_a_file_trains_exactly_as_the_flags_that_make_it_and_resumes_under_it(tmp_path, capsys):
+    """--curriculum FILE equal to the flags' curriculum gives the flags' run; a run stopped under it resumes under it."""
+    path = write(tmp_path, tiny_curriculum())
+    assert main(["train", *MODEL, *FLAGS, "--ckpt", str(tmp_path / "flags.pt")]) == 0
+    assert main(["train", *MODEL, "--curriculum", path, "--ckpt", str(tmp_path / "file.pt"), "--stop-after", "4"]) == 0
+    assert f"curriculum: {path} (phases cutoff_4 -> cutoff_8 -> cutoff_16 -> full)" in capsys.readouterr().out
+    assert main(["train", "--ckpt", str(tmp_path / "file.pt"), "--resume", "--curriculum", path]) == 0
+    history = assert_same_run(tmp_path, "flags", "file")
+    assert [r.dest for r in history] == ["cutoff_4", "cutoff_8", "cutoff_16"]
+
+
+def test_resume_under_another_curriculum_is_refused_in_one_line(tmp_path, capsys):
+    """Resuming with another file, or without the file a run was trained with, names what differs and what to pass."""
+    path = write(tmp_path, Curriculum([Phase("a", on_enter=[SetCutoff(4)]), Phase("b", on_enter=[SetCutoff(None)])],
+                                      [Transition("a", "b", [MinEpoch(1)])]))
+    other = write(tmp_path, Curriculum([Phase("a", on_enter=[SetCutoff(4)]), Phase("b", on_enter=[SetCutoff(None)])],
+                                       [Transition("a", "b", [MinEpoch(2)])]), "other.toml")
+    ckpt = str(tmp_path / "r.pt")
+    assert main(["train", *MODEL, "--curriculum", path, "--ckpt", ckpt, "--stop-after", "2"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--ckpt", ckpt, "--resume", "--curriculum", other]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"chunklm train: error: --curriculum {other}: {ckpt} was saved with another curriculum")
+    assert "transition a -> b guard MinEpoch(1) -> MinEpoch(2)" in err and "resume with the file it was trained with" in err
+    assert main(["train", "--ckpt", ckpt, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was saved with a curriculum its settings do not make" in err
+    assert "resume with --curriculum and that file" in err
+
+
+@pytest.mark.parametrize("make, extra, message", [
+    (lambda: Curriculum([Phase("a", params={"seq_len": 16}, on_enter=[SetCutoff(4)])], []), [],
+     "phase 'a' has params ['seq_len'], which chunklm train does not read"),
+    (lambda: Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [MetricBelow("val_loss", 1.0)])]), [],
+     "MetricBelow('val_loss', 1.0) in transition a -> b reads the metric 'val_loss' at epoch_end, and chunklm train passes "
+     "only val_bpb, avg_loss there"),
+    (lambda: Curriculum([Phase("a", on_enter=[SetCutoff(64)])], []), [],
+     "SetCutoff(64, preserve=False) in phase 'a' on_enter opens more bins than the model has (17 at this --seq-len)"),
+    (lambda: tiny_curriculum(), ["--cutoffs", "4,8,16"], "--cutoffs build the spectral curriculum, which --curriculum"),
+])
+def test_a_file_the_trainer_cannot_drive_is_refused_before_training(tmp_path, capsys, make, extra, message):
+    """Phase params, a metric the loop does not pass, a cutoff beyond the model, curriculum flags: one line, exit 2, no run."""
+    path = write(tmp_path, make())
+    assert main(["train", *MODEL, "--curriculum", path, *extra, "--ckpt", str(tmp_path / "r.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "r.pt").exists()
+
+
+def test_a_broken_file_is_one_line_with_its_line_and_key(tmp_path, capsys):
+    """A typo in the file: exit 2, the file, line and key path, and the fix."""
+    path = tmp_path / "c.toml"
+    path.write_text(Path(write(tmp_path, tiny_curriculum(), "ok.toml")).read_text().replace('"Plateau"', '"Plateu"', 1))
+    assert main(["train", *MODEL, "--curriculum", str(path), "--ckpt", str(tmp_path / "r.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"chunklm train: error: {path}:26: transitions[0].guards[0].guards[1].type: unknown guard 'Plateu'" in err
+    assert "(did you mean 'Plateau'?)" in err
+
+
+def test_diagram_draws_a_file_and_marks_a_runs_phase(tmp_path, capsys):
+    """chunklm diagram FILE: Mermaid or DOT of the file's curriculum; with --run, its current phase (checked by fingerprint)."""
+    shipped = str(Path(__file__).resolve().parent.parent / "policies" / "curricula" / "spectral.toml")
+    assert main(["diagram", shipped]) == 0
+    out = capsys.readouterr().out
+    assert "cutoff_128 --> cutoff_256 : epoch_end꞉ all_of(MinEpoch(2), Plateau(window=50, threshold=0.005)) / RestartLR()" in out
+    assert main(["diagram", shipped, "--format", "dot"]) == 0
+    assert "cutoff_512 -> full" in capsys.readouterr().out
+    path = write(tmp_path, tiny_curriculum())
+    assert main(["train", *MODEL, "--curriculum", path, "--ckpt", str(tmp_path / "r.pt"), "--stop-after", "7"]) == 0
+    capsys.readouterr()
+    assert main(["diagram", path, "--run", str(tmp_path)]) == 0
+    assert "class cutoff_8 current" in capsys.readouterr().out
+    assert main(["diagram", shipped, "--run", str(tmp_path)]) == 2
+    assert "was saved with another curriculum" in capsys.readouterr().err
+    assert main(["diagram", shipped, "--cutoffs", "4,8"]) == 2
+    assert "settings flags do not change it; drop them" in capsys.readouterr().err
