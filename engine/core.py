@@ -6,7 +6,8 @@ epoch); it fires when all of its guards hold, and then runs its actions. Guards 
 one :class:`Context`, which carries the :class:`Clock`, the metrics the loop passed, and the
 objects registered with the engine (``ctx.model``, ``ctx.optimizer``, ...).
 
-Guard protocol (only ``__call__`` is required)::
+Guard protocol (only ``__call__`` is required; each optional member is a ``typing.Protocol`` in
+:mod:`engine.protocols`, looked up once when the engine is built)::
 
     class MyGuard:
         requires = ("model",)              # registered objects it needs (checked at start/restore)
@@ -22,6 +23,7 @@ Guard protocol (only ``__call__`` is required)::
         def load_state_dict(self, d) -> None:
         def mark(self) -> Any:             # a cheap token of the state now; undo(token) puts it back
         def undo(self, token) -> None:     # (rolls back a call that raised; else state_dict is copied)
+        def check(self, ctx) -> None:      # once at start/restore, objects registered: raise to refuse
         def __repr__(self) -> str:         # reads like the call that made it
         conjuncts = (g1, g2)               # only for a guard that is the AND of others (all_of):
                                            # the engine then evaluates them one by one, to record
@@ -32,6 +34,7 @@ Action protocol (only ``__call__`` is required)::
     class MyAction:
         requires = ("schedule",)
         def __call__(self, ctx) -> dict | None:      # act; the dict is the recorded effect
+        def check(self, ctx) -> None:                # as a guard's: refuse a misconfigured run at start
         def verify(self, ctx, effect) -> str | None: # optional health check, run at the next
                                                      # step_end; a string is a warning
         def __repr__(self) -> str:
@@ -45,6 +48,7 @@ and reads the declarations of the guards inside it. The engine checks the declar
 
 from __future__ import annotations
 
+import difflib
 import enum
 import hashlib
 import json
@@ -205,9 +209,17 @@ class Context:
             point = self.point.value if self.point else "this point"
             call = "step_end(loss=..., ...)" if self.point is Point.STEP_END else "epoch_end(...)"
             raise CurriculumError(
-                f"metric {name!r} is needed at {point} but the loop did not pass it "
-                f"(passed: {sorted(self.metrics)}); pass it as engine.{call.replace('...)', f'{name}=...)')}"
+                f"metric {name!r} is needed at {point} but the loop did not pass it{did_you_mean(name, self.metrics)} "
+                f"(passed: {sorted(self.metrics)}); pass it as engine.{call.replace('...)', f'{name}=...)')}, "
+                "or fix a misspelt name in the guard that reads it"
             ) from None
+
+
+def did_you_mean(name: str, passed: Any) -> str:
+    """`` (did you mean 'val_loss', which the loop passed?)`` when a passed metric's name is close
+    to ``name`` (a typo in the guard or in the loop); empty otherwise."""
+    close = difflib.get_close_matches(name, [str(m) for m in passed], n=1)
+    return f" (did you mean {close[0]!r}, which the loop passed?)" if close else ""
 
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -242,14 +254,15 @@ def as_bool(value: Any) -> bool | None:
     return None
 
 
-def truth_value(guard: Any, value: Any) -> bool:
+def truth_value(guard: Any, value: Any, where: str = "") -> bool:
     """``value``, returned by ``guard``, as a bool, or a CurriculumError naming both (for
-    combinators: a child that returns None must not read as False)."""
+    combinators: a child that returns None must not read as False). ``where`` follows the
+    guard's name in the message (the engine passes `` of transition a -> b``)."""
     truth = as_bool(value)
     if truth is None:
         text = repr(value)
         raise CurriculumError(
-            f"guard {describe(guard)} returned {type(value).__name__} {text if len(text) <= 80 else text[:77] + '...'}, "
+            f"guard {describe(guard)}{where} returned {type(value).__name__} {text if len(text) <= 80 else text[:77] + '...'}, "
             "which is not a truth value; return a bool (e.g. bool(x)) or a one-element boolean tensor"
         )
     return truth

@@ -9,8 +9,12 @@ import math
 from typing import Any, Iterator, Sequence
 
 import attrs
+from cattrs.preconf.json import make_converter
 
-__all__ = ["GuardEvidence", "ActionEffect", "HeldSince", "Decision", "Record", "History", "HistoryView", "jsonable"]
+__all__ = ["GuardEvidence", "ActionEffect", "HeldSince", "Decision", "Record", "History", "HistoryView", "jsonable", "converter"]
+
+#: The cattrs converter of records and engine states (engine.state uses it too): extra keys refused.
+converter = make_converter(forbid_extra_keys=True)
 
 
 def jsonable(value: Any) -> Any:
@@ -147,14 +151,10 @@ class History(HistoryView):
         return HistoryView(self._records)
 
     def to_dicts(self) -> list[dict]:
-        from engine.state import converter
-
         return converter.unstructure(self._records, list[Record])
 
     @classmethod
     def from_dicts(cls, data: list[dict]) -> "History":
-        from engine.state import converter
-
         return cls(converter.structure(data, list[Record]))
 
     def to_json(self, indent: int | None = 2) -> str:

@@ -6,16 +6,13 @@ from typing import Any, Callable
 
 import attrs
 import cattrs
-from cattrs.preconf.json import make_converter
 
 from engine.core import Clock, CurriculumError
-from engine.history import Record
+from engine.history import Record, converter
 
 __all__ = ["SCHEMA_VERSION", "PendingCheck", "EngineState", "converter", "to_primitives", "from_primitives"]
 
 SCHEMA_VERSION = 2
-
-converter = make_converter(forbid_extra_keys=True)
 
 
 @attrs.define

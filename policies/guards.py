@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Any
+from typing import Any, NamedTuple
 
 from engine import Clock, Context, CurriculumError, describe
 from engine.core import truth_value
+from engine.protocols import capabilities
 
 from policies._checks import check_guard, check_int, check_real, fail
 from policies._stats import student_t_sf
@@ -46,6 +47,21 @@ def _ratio(num: int, den: int) -> float:
         return num / den
     except OverflowError:
         return math.inf if (num > 0) == (den > 0) else -math.inf  # the ints may not fit a float
+
+
+class PlateauMark(NamedTuple):
+    """A :class:`Plateau`'s window at :meth:`Plateau.mark`: the deques themselves (not copies) and
+    what one ``push`` since would have changed, so that :meth:`Plateau.undo` takes it back in O(1)."""
+
+    older: deque
+    newer: deque
+    last: tuple | None  # the newer half's last item (a push since adds another after it)
+    shifted: bool  # the newer half was full: a push moves its oldest into the older half
+    dropped: tuple | None  # the older half's oldest, when it was full: a push also drops it
+    older_sum: int
+    newer_sum: int
+    older_sq: int
+    newer_sq: int
 
 
 class Plateau:
@@ -162,27 +178,28 @@ class Plateau:
 
     # -- undo (the engine's rollback of a call that raises) ----------------------------------------
 
-    def mark(self) -> tuple:
+    def mark(self) -> "PlateauMark":
         """An O(1) token from which :meth:`undo` puts the window back exactly as it is now, after
         at most one ``observe``/``push`` or one ``reset`` since (later marks undone first)."""
         older, newer = self._older, self._newer
-        return (
+        return PlateauMark(
             older, newer, newer[-1] if newer else None, len(newer) == self._half,
             older[0] if len(older) == self._half else None,
             self._older_sum, self._newer_sum, self._older_sq, self._newer_sq,
         )
 
-    def undo(self, token: tuple) -> None:
+    def undo(self, token: "PlateauMark") -> None:
         """Put the window back as it was at :meth:`mark` (which made ``token``)."""
-        older, newer, last, shifted, dropped, *sums = token
+        older, newer = token.older, token.newer
         self._older, self._newer = older, newer  # reset() and load_state_dict() swapped in new ones
-        if (newer[-1] if newer else None) is not last:  # a value was pushed onto them: take it back
+        if (newer[-1] if newer else None) is not token.last:  # a value was pushed onto them: take it back
             newer.pop()
-            if shifted:  # the push moved the newer half's oldest into the older half
+            if token.shifted:  # the push moved the newer half's oldest into the older half
                 newer.appendleft(older.pop())
-                if dropped is not None:  # ... and dropped the older half's oldest
-                    older.appendleft(dropped)
-        self._older_sum, self._newer_sum, self._older_sq, self._newer_sq = sums
+                if token.dropped is not None:  # ... and dropped the older half's oldest
+                    older.appendleft(token.dropped)
+        self._older_sum, self._newer_sum = token.older_sum, token.newer_sum
+        self._older_sq, self._newer_sq = token.older_sq, token.newer_sq
 
     # -- decide ----------------------------------------------------------------------------------
 
@@ -287,12 +304,11 @@ class Plateau:
 
 
 class _Counter:
-    """Shared shape of MinEpoch and MinSteps: a clock counter >= n."""
+    """Shared shape of MinEpoch and MinSteps: a clock counter >= n. A subclass says which counter
+    it reads (:meth:`_counter`) and the evidence key of ``n``."""
 
     requires: tuple[str, ...] = ()
-    _global: str
-    _local: str
-    _key: str
+    _key: str  # the evidence key of n
 
     def __init__(self, n: int, in_phase: bool = False) -> None:
         name = type(self).__name__
@@ -301,14 +317,16 @@ class _Counter:
             raise fail(name, "in_phase", "a bool", in_phase, "in_phase=True counts since the phase was entered")
         self.in_phase = in_phase
 
-    def _count(self, clock: Clock) -> int:
-        return getattr(clock, self._local if self.in_phase else self._global)
+    def _counter(self, clock: Clock) -> tuple[str, int]:
+        """The clock field this guard reads (the evidence key) and its value."""
+        raise NotImplementedError
 
     def __call__(self, ctx: Context) -> bool:
-        return self._count(ctx.clock) >= self.n
+        return self._counter(ctx.clock)[1] >= self.n
 
     def evidence(self, ctx: Context) -> dict:
-        return {self._local if self.in_phase else self._global: self._count(ctx.clock), self._key: self.n}
+        name, count = self._counter(ctx.clock)
+        return {name: count, self._key: self.n}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.n}{', in_phase=True' if self.in_phase else ''})"
@@ -318,14 +336,20 @@ class MinEpoch(_Counter):
     """Holds once ``clock.epoch >= n`` (epochs completed), or ``clock.epochs_in_phase >= n``
     with ``in_phase=True``. At the boundary after the third epoch the clock reads ``epoch == 3``."""
 
-    _global, _local, _key = "epoch", "epochs_in_phase", "min_epoch"
+    _key = "min_epoch"
+
+    def _counter(self, clock: Clock) -> tuple[str, int]:
+        return ("epochs_in_phase", clock.epochs_in_phase) if self.in_phase else ("epoch", clock.epoch)
 
 
 class MinSteps(_Counter):
     """Holds once ``clock.global_step >= n`` (optimizer steps completed), or
     ``clock.steps_in_phase >= n`` with ``in_phase=True``."""
 
-    _global, _local, _key = "global_step", "steps_in_phase", "min_steps"
+    _key = "min_steps"
+
+    def _counter(self, clock: Clock) -> tuple[str, int]:
+        return ("steps_in_phase", clock.steps_in_phase) if self.in_phase else ("global_step", clock.global_step)
 
 
 class _Threshold:
@@ -386,6 +410,13 @@ class _Combinator:
         if not guards:
             raise fail(self._name, "guards", "at least one guard", guards, f"e.g. {self._name}(MinEpoch(2), Plateau())")
         self.guards = tuple(check_guard(self._name, f"guards[{i}]", g) for i, g in enumerate(guards))
+        # The children's optional members, looked up once (engine.protocols).
+        caps = [capabilities(g) for g in self.guards]
+        self._observing = tuple(g for g, c in zip(self.guards, caps) if c.observe)
+        self._resetting = tuple(g for g, c in zip(self.guards, caps) if c.reset)
+        self._evidences = tuple(c.evidence is not None for c in caps)
+        self._saves = tuple(c.state_dict is not None for c in caps)
+        self._loads = tuple(c.load_state_dict is not None for c in caps)
 
     @property
     def requires(self) -> tuple[str, ...]:
@@ -400,27 +431,25 @@ class _Combinator:
         return [truth_value(g, g(ctx)) for g in self.guards]
 
     def observe(self, ctx: Context) -> None:
-        for g in self.guards:
-            if hasattr(g, "observe"):
-                g.observe(ctx)
+        for g in self._observing:
+            g.observe(ctx)
 
     def reset(self) -> None:
-        for g in self.guards:
-            if hasattr(g, "reset"):
-                g.reset()
+        for g in self._resetting:
+            g.reset()
 
     def evidence(self, ctx: Context) -> dict:
         """Per child, keyed by its repr: whether it holds, and its own evidence."""
         out: dict[str, dict] = {}
-        for g, holds in zip(self.guards, self._values(ctx)):
+        for g, holds, has_evidence in zip(self.guards, self._values(ctx), self._evidences):
             key, k = describe(g), 2
             while key in out:  # the same guard twice: keep both
                 key, k = f"{describe(g)}#{k}", k + 1
-            out[key] = {"holds": holds, **(g.evidence(ctx) if hasattr(g, "evidence") else {})}
+            out[key] = {"holds": holds, **(g.evidence(ctx) if has_evidence else {})}
         return out
 
     def state_dict(self) -> dict:
-        return {"guards": [g.state_dict() if hasattr(g, "state_dict") else None for g in self.guards]}
+        return {"guards": [g.state_dict() if saves else None for g, saves in zip(self.guards, self._saves)]}
 
     def load_state_dict(self, state: dict) -> None:
         states = state.get("guards") if isinstance(state, dict) else None
@@ -429,8 +458,8 @@ class _Combinator:
                 f"{self!r}.load_state_dict: expected {{'guards': [one entry per child, {len(self.guards)}]}} "
                 f"from its state_dict(), got {state!r}"
             )
-        for g, s in zip(self.guards, states):
-            if hasattr(g, "load_state_dict") and s is not None:
+        for g, s, loads in zip(self.guards, states, self._loads):
+            if loads and s is not None:
                 g.load_state_dict(s)
 
     def __repr__(self) -> str:

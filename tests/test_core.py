@@ -155,3 +155,15 @@ def test_one_observing_guard_shared_by_two_transitions_is_rejected():
     # guards that do not observe may be shared
     gate = MinEpoch(1)
     Curriculum([Phase("a"), Phase("b"), Phase("c")], [Transition("a", "b", [gate]), Transition("a", "c", [gate])])
+
+
+def test_semantics_names_tests_that_exist():
+    """docs/semantics.md says the tests in brackets check each rule: every `file::function` it names is a test function in that file."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent
+    named = re.findall(r"`(test_\w+)::(test_\w+)`", (root.parent / "docs" / "semantics.md").read_text())
+    assert len(named) > 30
+    missing = [f"{f}::{t}" for f, t in named if not re.search(rf"^def {t}\(", (root / f"{f}.py").read_text(), re.M)]
+    assert not missing

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import Clock, Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
+from engine import Clock, Context, Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
 from policies import any_of
 from tests.utils import Always, CountBelow, EpochAtLeast, Log, LossBelow, Never
 
@@ -393,3 +393,107 @@ def test_force_records_the_destination_on_enter_effects():
     eng.start()
     record = eng.force("b", reason="by hand")
     assert [(a.action, a.effect) for a in record.actions] == [("Log('enter_b')", {"name": "enter_b", "step": 0})]
+
+
+class NeedsRestartable:
+    """An action that can only work on a schedule that restarts: check() refuses any other, at the start."""
+
+    requires = ("schedule",)
+
+    def __init__(self):
+        self.checked, self.ran = 0, 0
+
+    def check(self, ctx):
+        self.checked += 1
+        if not hasattr(ctx.schedule, "restart"):
+            raise TypeError(f"{type(ctx.schedule).__name__} cannot restart")
+
+    def __call__(self, ctx):
+        self.ran += 1
+
+    def __repr__(self):
+        return "NeedsRestartable()"
+
+
+class Restarts:
+    def restart(self):
+        pass
+
+
+class WindowAtMost:
+    """A guard whose check() refuses a registered limit below its need."""
+
+    def check(self, ctx):
+        if ctx.limit < 4:
+            raise ValueError(f"limit {ctx.limit} < 4")
+
+    def __call__(self, ctx):
+        return False
+
+    def __repr__(self):
+        return "WindowAtMost()"
+
+
+def test_check_refuses_a_misconfigured_run_at_start_and_changes_nothing():
+    """check(ctx) of every action and guard runs once at start(), objects bound; one that raises is a CurriculumError naming it and its transition, the engine stays unstarted."""
+    action = NeedsRestartable()
+    cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Always()], [action])])
+    eng = CurriculumEngine(cur, schedule=object())
+    before = eng.state_dict()
+    with pytest.raises(CurriculumError, match=r"action NeedsRestartable\(\) \(in transition a -> b\) refused this run in check\(\) at start\(\): TypeError: object cannot restart; nothing was changed"):
+        eng.start()
+    assert eng.state_dict() == before and action.ran == 0
+    eng.bind(schedule=Restarts())
+    eng.start()
+    assert action.checked == 2
+    eng.epoch_end()
+    assert action.ran == 1 and action.checked == 2  # checked at start only, not per call
+
+
+def test_check_runs_at_load_state_dict_and_a_refusal_loads_nothing():
+    """load_state_dict() calls check(ctx) after the requires check; a guard that refuses leaves the engine as it was."""
+    def build():
+        return Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [WindowAtMost(), Never()])])
+
+    eng = CurriculumEngine(build(), limit=8)
+    eng.start()
+    eng.step_end(loss=1.0)
+    saved = eng.state_dict()
+    fresh = CurriculumEngine(build(), limit=2)
+    before = fresh.state_dict()
+    with pytest.raises(CurriculumError, match=r"guard WindowAtMost\(\) \(in transition a -> b\) refused this run in check\(\) at load_state_dict\(\): ValueError: limit 2 < 4"):
+        fresh.load_state_dict(saved)
+    assert fresh.state_dict() == before
+    fresh.bind(limit=4).load_state_dict(saved)
+    assert fresh.state_dict() == saved
+
+
+def test_a_misspelt_metric_name_is_answered_with_the_close_one_passed():
+    """A guard reading 'val_los' when the loop passes 'val_loss': the errors ask "did you mean 'val_loss'?", not only to pass the typo."""
+    from policies import MetricBelow, Plateau
+
+    eng = CurriculumEngine(Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [MetricBelow("val_los", 1.0)])]))
+    eng.start()
+    with pytest.raises(CurriculumError, match=r"'val_los' \(read by MetricBelow.*\) \(did you mean 'val_loss', which the loop passed\?\).*or fix a misspelt name in the guard"):
+        eng.epoch_end(val_loss=0.5)
+    eng = CurriculumEngine(Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Plateau(window=2, metric="val_los")], when="step_end")]))
+    eng.start()
+    with pytest.raises(CurriculumError, match=r"did you mean 'val_loss'"):
+        eng.step_end(loss=1.0, val_loss=0.5)
+    with pytest.raises(CurriculumError, match=r"'val_bpb' is needed at epoch_end but the loop did not pass it \(did you mean 'val_bpc', which the loop passed\?\)"):
+        Context(clock=Clock(), metrics={"val_bpc": 1.0}, point=Point.EPOCH_END).metric("val_bpb")
+
+
+def test_the_machine_is_entered_only_when_a_transition_fires(monkeypatch):
+    """The engine decides before it triggers: a point where no transition holds never calls into transitions; one that fires does, once."""
+    import transitions.core
+
+    triggered = []
+    real = transitions.core.Event.trigger
+    monkeypatch.setattr(transitions.core.Event, "trigger", lambda self, *a, **k: triggered.append(self.name) or real(self, *a, **k))
+    cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [CountBelow(0.5, need=2)], when=Point.STEP_END)])
+    eng = CurriculumEngine(cur)
+    eng.start()
+    eng.step_end(loss=0.4)
+    assert not triggered and eng.phase.name == "a"
+    assert eng.step_end(loss=0.4) is not None and eng.phase.name == "b" and len(triggered) == 1

@@ -273,6 +273,13 @@ CORRUPTED = [
     ("negative clock", corrupt(["clock", "steps_in_phase"], -1), r"clock\.steps_in_phase must be an int >= 0, got -1"),
     ("clock parts larger than the whole", corrupt(["clock", "epochs_in_phase"], 9), r"clock\.epochs_in_phase \(9\) is larger than clock\.epoch \(1\)"),
     ("history naming no phase", corrupt(["history", 0, "dest"], "z"), r"history\[0\]\.dest is 'z', not a phase of this curriculum"),
+    ("clock of floats", corrupt(["clock", "global_step"], 10.7), r"clock\.global_step must be an int >= 0, got float 10\.7 \(no conversion is made"),
+    ("clock of text", corrupt(["clock", "global_step"], "10"), r"clock\.global_step must be an int >= 0, got str '10' \(no conversion is made"),
+    ("clock of bools", corrupt(["clock", "epoch"], True), r"clock\.epoch must be an int >= 0, got bool True \(no conversion is made"),
+    ("empty history out of the initial phase", lambda s: {**s, "history": [], "phase": "b", "held_since": {}}, r"history is empty but its phase is 'b'; a run without records is in the phase start\(\) enters \('a'\)"),
+    ("last record not ending in the phase", corrupt(["phase"], "c"), r"last history record \(#0, None -> a\) does not end in its phase 'c'"),
+    ("record later than the clock", corrupt(["history", 0, "global_step"], 99), r"history\[0\] is at global step 99 \(epoch 0\), later than its clock \(global step 4, epoch 1\)"),
+    ("not started but ran", corrupt(["started"], False), r"started is False, but it has 1 history record, clock\.global_step = 4, clock\.epoch = 1.*claims a run in progress"),
     ("pending check past the history", lambda s: {**with_pending(s), "pending_checks": [{"record": 9, "transition": 0, "action": 0}]}, r"pending_checks\[0\] points at history record 9, but the history has 2 records"),
     ("pending check on an action without verify", lambda s: {**with_pending(s), "pending_checks": [{"record": 0, "transition": -1, "action": 0}]}, r"pending_checks\[0\] names action 0 of history record 0, which has 0"),
 ]
@@ -328,3 +335,15 @@ def test_lenient_load_leaves_out_what_does_not_fit():
     eng.load_state_dict(state, allow_fingerprint_mismatch=True)
     again = eng.state_dict()
     assert "t9.g0" not in again["guards"] and again["held_since"] == {"2": [[1, 1]]} and len(again["pending_checks"]) == 1
+
+
+def test_a_whole_hf_trainer_state_says_which_part_to_pass():
+    """Loading a whole trainer_state.json by mistake names the key the HF callback keeps the engine state under."""
+    STATE_KEY = "curriculum_engine"  # engine.integrations.hf.STATE_KEY (not imported: transformers is slow to import)
+    state = saved_state()
+    trainer_state = {"global_step": 4, "log_history": [], "stateful_callbacks": {STATE_KEY: state}}
+    eng = CurriculumEngine(stateful())
+    with pytest.raises(CurriculumError, match=rf"whole Hugging Face trainer_state\.json.*engine\.load_state_dict\(state\[\"stateful_callbacks\"\]\[\"{STATE_KEY}\"\]\)"):
+        eng.load_state_dict(trainer_state)
+    eng.load_state_dict(trainer_state["stateful_callbacks"][STATE_KEY])
+    assert eng.state_dict() == state

@@ -1,0 +1,229 @@
+"""The engine's plan: what each call does, per phase and evaluation point, worked out once.
+
+Built from a :class:`Curriculum` when the engine is made; ``step_end`` and ``epoch_end`` look up
+one :class:`PointPlan` (which metrics to check, who observes, how to undo the observations, which
+transitions to evaluate), and a transition into a phase one :class:`PhasePlan` (who resets, how
+to undo the resets). Guards' and actions' optional members are resolved here
+(:func:`engine.protocols.capabilities`), never on the per-step path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple
+
+import attrs
+
+from engine.core import Curriculum, Point, describe, guard_leaves, metrics_read, observe_points
+from engine.protocols import Capabilities, capabilities
+
+__all__ = ["Undo", "PointPlan", "PhasePlan", "TransitionPlan", "Checked", "Plan", "undo_all", "actions_of"]
+
+
+class Undo(NamedTuple):
+    """How to undo what a call does to one guard: ``restore(take())``, ``take`` before the call."""
+
+    take: Callable[[], Any]
+    restore: Callable[[Any], None]
+
+
+def undo_all(taken: list[tuple[Callable[[Any], None], Any]]) -> None:
+    """Apply ``(restore, token)`` pairs in reverse order of taking (see :func:`undo_plan`)."""
+    for restore, token in reversed(taken):
+        restore(token)
+
+
+def conjuncts(guard: Any) -> list:
+    """The guards whose AND ``guard`` is, opened up recursively (``all_of`` exposes ``conjuncts``)."""
+    inner = getattr(guard, "conjuncts", None)
+    if inner is None:
+        return [guard]
+    return [leaf for g in inner for leaf in conjuncts(g)]
+
+
+def undo_plan(uses: list[tuple[Any, list]], caps: Mapping[int, Capabilities]) -> tuple[Undo, ...]:
+    """How to undo what a call does to guards.
+
+    ``uses`` holds, per top-level guard, its leaves that the call may change (by ``observe`` or
+    ``reset``). When each of those leaves is :class:`~engine.protocols.Undoable` (O(1), as
+    ``Plateau``) they are used; otherwise the top-level guard's ``state_dict``/``load_state_dict``
+    (a copy of all its state), when it has them (when it has not, the leaves that offer ``mark``
+    still use it). Snapshots come first: they are undone in reverse order, so a snapshot, which
+    sets the state outright, is applied last.
+    """
+    snapshots: list[Undo] = []
+    marks: list[Undo] = []
+    seen: set[int] = set()
+    for top, leaves in uses:
+        markable = [leaf for leaf in leaves if caps[id(leaf)].undoable]
+        top_caps = caps[id(top)]
+        if len(markable) < len(leaves) and top_caps.state_dict and top_caps.load_state_dict:
+            if id(top) not in seen:
+                seen.add(id(top))
+                snapshots.append(Undo(top_caps.state_dict, top_caps.load_state_dict))
+            continue
+        for leaf in markable:
+            if id(leaf) not in seen:
+                seen.add(id(leaf))
+                marks.append(Undo(caps[id(leaf)].mark, caps[id(leaf)].undo))
+    return tuple(snapshots + marks)
+
+
+@attrs.frozen
+class PointPlan:
+    """What ``step_end`` or ``epoch_end`` does in one phase."""
+
+    needs: Mapping[str, list[str]]  # metrics read here -> who reads them (step_end's loss left out: always passed)
+    observers: tuple[Callable, ...]  # observe methods, in declaration order
+    undo: tuple[Undo, ...]  # how to undo the observations, when something can fail after one
+    transitions: tuple[int, ...]  # the transitions out of the phase evaluated here, in declaration order
+
+
+@attrs.frozen
+class PhasePlan:
+    """Per phase: the two points' plans, and what entering the phase does to guards."""
+
+    step_end: PointPlan
+    epoch_end: PointPlan
+    resetters: tuple[Callable[[], None], ...]  # reset methods of the guards on transitions out of it
+    undo_reset: tuple[Undo, ...]  # how to undo those resets
+
+
+@attrs.frozen
+class TransitionPlan:
+    """Per transition: its guards with all_of opened up (each evaluated, for the deciding guard),
+    and its top-level guards with their ``evidence`` methods (None: ``{"holds": True}``)."""
+
+    leaves: tuple[Any, ...]
+    evidence: tuple[tuple[Any, Callable | None], ...]
+
+
+@attrs.frozen
+class Checked:
+    """A guard's or action's ``check(ctx)``, with where it is used (for the message)."""
+
+    obj: Any
+    check: Callable
+    what: str  # "guard" or "action"
+    where: str  # "transition a -> b" or "on_enter of 'b'"
+    index: int | None  # its transition, None for on_enter
+
+
+@attrs.frozen
+class Plan:
+    """Everything the engine looks up per call, built once from the curriculum."""
+
+    phases: Mapping[str, PhasePlan]
+    transitions: tuple[TransitionPlan, ...]
+    all_needs: Mapping[Point, Mapping[str, list[str]]]  # per point: every metric any transition reads there
+    where: Mapping[int, str]  # id(guard) -> the transitions that use it, for messages
+    stateful: tuple[tuple[str, Any, Capabilities], ...]  # (key "t<i>.g<j>", top-level guard, its capabilities)
+    checks: tuple[Checked, ...]
+    verifies: Mapping[int, Callable]  # id(action) -> its verify method
+
+    @classmethod
+    def build(cls, curriculum: Curriculum) -> "Plan":
+        names = [p.name for p in curriculum.phases]
+        caps: dict[int, Capabilities] = {}
+
+        def cap(obj: Any) -> Capabilities:
+            if id(obj) not in caps:
+                caps[id(obj)] = capabilities(obj)
+            return caps[id(obj)]
+
+        where: dict[int, str] = {}
+        has_point = {point: dict.fromkeys(names, False) for point in Point}
+        out_of: dict[Point, dict[str, list[int]]] = {point: {n: [] for n in names} for point in Point}
+        observers: dict[Point, dict[str, list]] = {point: {n: [] for n in names} for point in Point}
+        resetters: dict[str, list] = {n: [] for n in names}
+        needs: dict[Point, dict[str, dict[str, list[str]]]] = {point: {n: {} for n in names} for point in Point}
+        all_needs: dict[Point, dict[str, list[str]]] = {point: {} for point in Point}
+        observed: dict[Point, dict[str, list]] = {point: {n: [] for n in names} for point in Point}
+        reset: dict[str, list] = {n: [] for n in names}
+        checks: list[Checked] = []
+        checked: set[int] = set()
+
+        def add_check(obj: Any, what: str, place: str, index: int | None) -> None:
+            method = cap(obj).check
+            if method is not None and id(obj) not in checked:
+                checked.add(id(obj))
+                checks.append(Checked(obj, method, what, place, index))
+
+        for phase in curriculum.phases:
+            for action in phase.on_enter:
+                add_check(action, "action", f"on_enter of {phase.name!r}", None)
+        for i, tr in enumerate(curriculum.transitions):
+            has_point[tr.when][tr.source] = True
+            out_of[tr.when][tr.source].append(i)
+            for top in tr.guards:
+                cap(top)
+                leaves = list(guard_leaves(top))
+                add_check(top, "guard", f"transition {tr.label}", i)
+                reset[tr.source].append((top, [leaf for leaf in leaves if cap(leaf).reset]))
+                for point in Point:
+                    observing = [leaf for leaf in leaves if cap(leaf).observe and point in observe_points(leaf, tr.when)]
+                    observed[point][tr.source].append((top, observing))
+                for leaf in leaves:
+                    add_check(leaf, "guard", f"transition {tr.label}", i)
+                    known = where.setdefault(id(leaf), "")
+                    where[id(leaf)] = f"{known}, {tr.label}" if known else tr.label
+                    leaf_reset = cap(leaf).reset
+                    if leaf_reset is not None and leaf_reset not in resetters[tr.source]:
+                        resetters[tr.source].append(leaf_reset)
+                    for point in Point:
+                        for metric in metrics_read(leaf, tr.when, point):
+                            who = f"{describe(leaf)} in {tr.label}"
+                            all_needs[point].setdefault(metric, []).append(who)
+                            if not (point is Point.STEP_END and metric == "loss"):
+                                needs[point][tr.source].setdefault(metric, []).append(who)
+                        if cap(leaf).observe and point in observe_points(leaf, tr.when):
+                            observers[point][tr.source].append(cap(leaf).observe)
+            for action in tr.actions:
+                add_check(action, "action", f"transition {tr.label}", i)
+
+        def point_plan(point: Point, name: str) -> PointPlan:
+            # Undo observations only where something can fail after one was made: a second
+            # observer, or guards and actions evaluated at this point.
+            can_fail = len(observers[point][name]) > 1 or has_point[point][name]
+            return PointPlan(
+                needs=needs[point][name],
+                observers=tuple(observers[point][name]),
+                undo=undo_plan(observed[point][name], caps) if can_fail else (),
+                transitions=tuple(out_of[point][name]),
+            )
+
+        phases = {
+            n: PhasePlan(
+                step_end=point_plan(Point.STEP_END, n),
+                epoch_end=point_plan(Point.EPOCH_END, n),
+                resetters=tuple(resetters[n]),
+                undo_reset=undo_plan(reset[n], caps),
+            )
+            for n in names
+        }
+        transitions = tuple(
+            TransitionPlan(
+                leaves=tuple(leaf for g in tr.guards for leaf in conjuncts(g)),
+                evidence=tuple((g, cap(g).evidence) for g in tr.guards),
+            )
+            for tr in curriculum.transitions
+        )
+        actions = [a for p in curriculum.phases for a in p.on_enter]
+        actions += [a for tr in curriculum.transitions for a in tr.actions]
+        verifies = {id(a): cap(a).verify for a in actions if cap(a).verify is not None}
+        stateful = tuple((key, g, cap(g)) for key, g in curriculum.guards)
+        return cls(
+            phases=phases,
+            transitions=transitions,
+            all_needs=all_needs,
+            where=where,
+            stateful=stateful,
+            checks=tuple(checks),
+            verifies=verifies,
+        )
+
+
+def actions_of(curriculum: Curriculum, index: int, dest: str) -> list:
+    """The actions a transition ran, in record order: its own (none for a manual one, ``index``
+    -1), then the destination's on_enter."""
+    own = list(curriculum.transitions[index].actions) if index >= 0 else []
+    return own + list(curriculum.phase(dest).on_enter)

@@ -1,0 +1,251 @@
+"""A saved engine state checked against a curriculum, before anything is restored.
+
+:func:`check_state` reads ``engine.state_dict()``'s output and refuses, with one
+:class:`CurriculumError` naming the field and the fix, a state this curriculum cannot continue:
+another curriculum's (fingerprint), a clock that is not made of ints, a history that does not end
+where the state says the run is, pending health checks or ``held_since`` entries that name no
+transition or action of this curriculum. It changes nothing. :func:`load_guards` then loads the
+guards' accumulators all or nothing. ``CurriculumEngine.load_state_dict`` calls the two, then
+sets its phase, clock and history (which cannot fail).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import attrs
+
+from engine.core import Clock, Curriculum, CurriculumError, describe, spec_differences
+from engine.history import Record
+from engine.plan import Plan, actions_of
+from engine.state import EngineState, PendingCheck, from_primitives
+
+__all__ = ["Restored", "check_state", "load_guards", "SAVED"]
+
+logger = logging.getLogger("engine.runtime")
+
+SAVED = "pass the dict that engine.state_dict() returned for this curriculum"
+_HF_KEY = 'state["stateful_callbacks"]["curriculum_engine"]'  # engine.integrations.hf.STATE_KEY
+_CLOCK_FIELDS = [f.name for f in attrs.fields(Clock)]
+
+
+@attrs.frozen
+class Restored:
+    """A state that passed every check, with the parts this curriculum keeps."""
+
+    state: EngineState
+    pending: list[PendingCheck]
+    held_since: dict[int, list[tuple[int, int] | None]]
+
+
+def check_state(
+    data: Any, curriculum: Curriculum, plan: Plan, fingerprint: str, spec: dict, lenient: bool
+) -> Restored:
+    """``data`` (from ``engine.state_dict()``) checked against ``curriculum``; changes nothing.
+
+    With ``lenient`` (``allow_fingerprint_mismatch=True``) what names phases, transitions or
+    guards of another curriculum is left out instead of refused.
+    """
+    _check_raw(data)
+    snap = from_primitives(data)
+    _check_fingerprint(snap, curriculum, fingerprint, spec, lenient)
+    phases = [p.name for p in curriculum.phases]
+    if snap.phase not in phases:
+        raise CurriculumError(f"engine state's phase {snap.phase!r} is not a phase of this curriculum ({phases})")
+    _check_clock(snap.clock)
+    if not lenient:
+        _check_history(snap.history, phases)
+    _check_run(snap, curriculum, lenient)
+    pending = _restored_pending(snap, curriculum, plan, lenient)
+    return Restored(snap, pending, _restored_held_since(snap, curriculum, plan, lenient))
+
+
+def _check_raw(data: Any) -> None:
+    """What structuring would hide or say less well: a whole HF ``trainer_state.json`` (not the
+    engine's part of it), a clock of floats or text (cattrs would make 10.7 and "10" the int 10)."""
+    if not isinstance(data, dict):
+        return  # from_primitives says so
+    if "schema_version" not in data and ("stateful_callbacks" in data or "log_history" in data):
+        found = "stateful_callbacks" if "stateful_callbacks" in data else "log_history"
+        raise CurriculumError(
+            f"engine state looks like a whole Hugging Face trainer_state.json (it has {found!r}, no 'schema_version'); "
+            f"pass the engine's part of it: engine.load_state_dict({_HF_KEY})"
+        )
+    clock = data.get("clock")
+    if isinstance(clock, dict):
+        for name in _CLOCK_FIELDS:
+            value = clock.get(name, 0)
+            if type(value) is not int:
+                raise CurriculumError(
+                    f"engine state is malformed: clock.{name} must be an int >= 0, got {type(value).__name__} {value!r} "
+                    f"(no conversion is made: a clock of floats, text or bools is not one the engine wrote); {SAVED}"
+                )
+
+
+def _check_fingerprint(snap: EngineState, curriculum: Curriculum, fingerprint: str, spec: dict, lenient: bool) -> None:
+    mine = fingerprint if snap.fingerprint_version == 2 else curriculum.fingerprint(snap.fingerprint_version)
+    if snap.fingerprint == mine or lenient:
+        return
+    if snap.spec is not None:
+        changes = spec_differences(snap.spec, spec) or ["(the specs agree: a guard or action repr is not stable)"]
+        what = "what differs (saved -> this one):\n  " + "\n  ".join(changes) + "\n"
+    else:
+        what = "its phases, transitions, guards, actions or params differ (a schema-1 state stores no spec to compare). "
+    raise CurriculumError(
+        f"engine state was saved from a different curriculum (fingerprint {snap.fingerprint[:12]}..., "
+        f"this one {mine[:12]}...); {what}"
+        "Build the curriculum the state was saved with, or pass allow_fingerprint_mismatch=True "
+        "to restore what still matches"
+    )
+
+
+def _check_clock(clock: Clock) -> None:
+    for name in _CLOCK_FIELDS:
+        value = getattr(clock, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise CurriculumError(f"engine state's clock.{name} must be an int >= 0, got {value!r}; {SAVED}")
+    for part, whole in (("step_in_epoch", "global_step"), ("steps_in_phase", "global_step"), ("epochs_in_phase", "epoch")):
+        if getattr(clock, part) > getattr(clock, whole):
+            raise CurriculumError(
+                f"engine state's clock.{part} ({getattr(clock, part)}) is larger than clock.{whole} "
+                f"({getattr(clock, whole)}); {SAVED}"
+            )
+
+
+def _check_run(snap: EngineState, curriculum: Curriculum, lenient: bool) -> None:
+    """The run the state describes hangs together: started when it has a past, its history ends in
+    its phase (an empty one in the phase start() enters), no record later than its clock."""
+    clock, history = snap.clock, snap.history
+    if not snap.started:
+        ran = [f"{len(history)} history record{'s' if len(history) > 1 else ''}"] if history else []
+        ran += [f"clock.{name} = {getattr(clock, name)}" for name in _CLOCK_FIELDS if getattr(clock, name)]
+        ran += ["pending health checks"] if snap.pending_checks else []
+        if ran:
+            raise CurriculumError(
+                f"engine state's started is False, but it has {', '.join(ran)}: it claims a run in progress that never "
+                f"started; {SAVED} (an engine that ran saves started=True)"
+            )
+    for k, record in enumerate(history):
+        if record.global_step > clock.global_step or record.epoch > clock.epoch:
+            raise CurriculumError(
+                f"engine state's history[{k}] is at global step {record.global_step} (epoch {record.epoch}), later than "
+                f"its clock (global step {clock.global_step}, epoch {clock.epoch}); {SAVED}"
+            )
+    if lenient:
+        return  # another curriculum's phases: what the history says of them is not checked
+    if not history and snap.phase != curriculum.initial_name:
+        raise CurriculumError(
+            f"engine state's history is empty but its phase is {snap.phase!r}; a run without records is in the phase "
+            f"start() enters ({curriculum.initial_name!r}); {SAVED}"
+        )
+    if history and history[-1].dest != snap.phase:
+        raise CurriculumError(
+            f"engine state's last history record (#{len(history) - 1}, {history[-1].source} -> {history[-1].dest}) does "
+            f"not end in its phase {snap.phase!r}; {SAVED}"
+        )
+
+
+def _check_history(history: list[Record], phases: list[str]) -> None:
+    for k, record in enumerate(history):
+        for end, name in (("source", record.source), ("dest", record.dest)):
+            if name is not None and name not in phases or end == "dest" and name is None:
+                raise CurriculumError(
+                    f"engine state's history[{k}].{end} is {name!r}, not a phase of this curriculum ({phases}); {SAVED}"
+                )
+
+
+def _restored_pending(snap: EngineState, curriculum: Curriculum, plan: Plan, lenient: bool) -> list[PendingCheck]:
+    """The pending health checks that this curriculum can run; one it cannot is refused
+    (left out when ``lenient``: it names actions of another curriculum)."""
+    kept = []
+    for k, check in enumerate(snap.pending_checks):
+        problem = _pending_problem(check, snap.history, curriculum, plan)
+        if problem is None:
+            kept.append(check)
+        elif not lenient:
+            raise CurriculumError(f"engine state's pending_checks[{k}] {problem}; {SAVED}")
+        else:
+            logger.warning("load_state_dict: left out pending health check %d: it %s", k, problem)
+    return kept
+
+
+def _pending_problem(check: PendingCheck, history: list[Record], curriculum: Curriculum, plan: Plan) -> str | None:
+    transitions = curriculum.transitions
+    if not 0 <= check.record < len(history):
+        return f"points at history record {check.record}, but the history has {len(history)} records"
+    if not -1 <= check.transition < len(transitions):
+        return f"names transition {check.transition}, but the curriculum has {len(transitions)}"
+    record = history[check.record]
+    if record.dest not in plan.phases or (check.transition >= 0 and transitions[check.transition].dest != record.dest):
+        return f"names transition {check.transition}, which does not lead to its record's destination {record.dest!r}"
+    actions = actions_of(curriculum, check.transition, record.dest)
+    if not 0 <= check.action < min(len(actions), len(record.actions)):
+        return f"names action {check.action} of history record {check.record}, which has {len(record.actions)}"
+    if id(actions[check.action]) not in plan.verifies:
+        return f"names action {describe(actions[check.action])}, which has no verify()"
+    return None
+
+
+def _restored_held_since(
+    snap: EngineState, curriculum: Curriculum, plan: Plan, lenient: bool
+) -> dict[int, list[tuple[int, int] | None]]:
+    """``held_since`` for the transitions out of the restored phase; an entry that does not fit
+    one is refused (left out when ``lenient``)."""
+    held_since = {}
+    count = len(plan.transitions)
+    for key, since in snap.held_since.items():
+        index = int(key) if key.isdigit() else -1
+        fits = (
+            0 <= index < count
+            and curriculum.transitions[index].source == snap.phase
+            and len(since) == len(plan.transitions[index].leaves)
+            and all(s is None or len(s) == 2 for s in since)
+        )
+        if fits:
+            held_since[index] = [(s[0], s[1]) if s else None for s in since]
+        elif not lenient:
+            what = (
+                f"transition {key} ({curriculum.transitions[index].label}, {len(plan.transitions[index].leaves)} guards)"
+                if 0 <= index < count else f"a transition (this curriculum has {count})"
+            )
+            raise CurriculumError(
+                f"engine state's held_since[{key!r}] = {since!r} does not fit {what} out of phase {snap.phase!r}: "
+                "expected one [global_step, epoch] or None per guard; "
+                "restore it into the curriculum it was saved from, or pass allow_fingerprint_mismatch=True"
+            )
+    return held_since
+
+
+def load_guards(plan: Plan, saved: dict[str, Any], lenient: bool) -> None:
+    """Load every stateful guard's accumulators, or none: if a guard's ``load_state_dict``
+    raises, the guards loaded before it (and it) get back the state they had."""
+    stateful = [(key, g, caps) for key, g, caps in plan.stateful if caps.load_state_dict]
+    if not lenient:
+        for key, guard, _caps in stateful:
+            if key not in saved:
+                raise CurriculumError(f"engine state has no accumulators for guard {key} ({describe(guard)}); {SAVED}")
+        known = {key for key, _g, caps in plan.stateful if caps.state_dict or caps.load_state_dict}
+        unknown = sorted(set(saved) - known)
+        if unknown:
+            raise CurriculumError(
+                f"engine state has accumulators for {', '.join(unknown)}, which this curriculum has no stateful guard at "
+                f"(its stateful guards: {', '.join(sorted(known)) or 'none'}); {SAVED}, "
+                "or pass allow_fingerprint_mismatch=True to leave them out"
+            )
+    loads = [(key, g, caps, saved[key]) for key, g, caps in stateful if key in saved]
+    before, seen = [], set()
+    for _key, guard, caps, _value in loads:
+        if id(guard) not in seen and caps.state_dict:
+            seen.add(id(guard))
+            before.append((caps.load_state_dict, caps.state_dict()))
+    for key, guard, caps, value in loads:
+        try:
+            caps.load_state_dict(value)
+        except Exception as exc:
+            for load, was in reversed(before):
+                load(was)
+            raise CurriculumError(
+                f"engine state's accumulators for guard {key} ({describe(guard)}) were refused by its load_state_dict(): "
+                f"{type(exc).__name__}: {exc}; nothing was restored (the engine and its guards are as they were); {SAVED}"
+            ) from exc
