@@ -190,3 +190,18 @@ def test_study_arms_differ_only_where_the_design_says():
     assert shape("C")[1] == shape("CS")[1] == [["RestartLR()"]] * 3
     assert shape("CS")[0] == [{"seq_len": 16}, {"seq_len": 32}, {"seq_len": 64}, {}] and shape("C")[0] == [{}] * 4
     assert stages_of(QUICK, "S") == stages_of(QUICK, "A*") == ((0, 1.0, 0.05),) and stages_of(QUICK, "C") == QUICK.stages
+
+
+def test_gpu_run_has_the_study_only_when_named():
+    """gpu_run.sh --only study: efficacy_study.py at the seed's size, stopping itself 15 s before its timeout."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_run.sh"
+    out = subprocess.run(["bash", str(script), "--dry-run", "--only", "study", "300"], capture_output=True, text=True, check=True).stdout
+    assert "== study: timeout 290 s:" in out and "efficacy_study.py --plan seed --device auto" in out and "--max-minutes 4.58" in out
+    default = subprocess.run(["bash", str(script), "--dry-run", "540"], capture_output=True, text=True, check=True).stdout
+    assert "study" not in default
