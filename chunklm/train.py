@@ -6,6 +6,11 @@ One optimizer step = ``batch_size`` x ``accum_steps`` windows (run through the m
 step of an epoch, validation and ``engine.epoch_end(val_bpb=...)``. The loop reports through a
 :class:`Hooks` object (the command line prints, a test records) and never prints itself.
 
+A phase may train on shorter windows: its ``params={"seq_len": L}`` (L dividing the model's
+seq_len) cuts each of the step's windows into seq_len / L pieces (:func:`chunklm.corpus.cut_windows`),
+the same bytes and tokens per step with shorter contexts; validation is always at the full length.
+The LR schedule is :class:`policies.StagedCosine` or, with ``schedule="wsd"``, :class:`policies.WSD`.
+
 Everything that affects the next step lives in :class:`Trainer` state that :meth:`state_dict`
 returns, so a run stopped at any optimizer-step boundary resumes bit-identically on CPU.
 """
