@@ -350,6 +350,41 @@ def report(plan: StudyPlan, results: list[dict], out: Path | None = None) -> str
     return text
 
 
+def plot(plan: StudyPlan, results: list[dict], path: Path) -> None:
+    """Validation bpb against tokens, mean over the evaluation seeds per arm (thin: each seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best = best_lrs([r for r in results if r["complete"]], plan)
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    colors = dict(zip(ARMS, ["black", "tab:gray", "tab:blue", "tab:cyan", "tab:orange", "tab:red", "tab:purple"]))
+    target = None
+    for arm in ARMS:
+        rs = [r for r in results if r["complete"] and r["kind"] == "eval" and r["arm"] == arm and TUNED_BY[arm] in best
+              and r["lr"] == best[TUNED_BY[arm]][0] and r["seed"] in plan.seeds]
+        if not rs:
+            continue
+        n = min(len(r["evals"]) for r in rs)
+        tokens = [rs[0]["evals"][i]["tokens"] / 1e6 for i in range(n)]
+        ax.plot(tokens, [statistics.fmean(r["evals"][i]["bpb"] for r in rs) for i in range(n)], "-o", ms=3, color=colors[arm], label=arm)
+        for r in rs:
+            ax.plot([e["tokens"] / 1e6 for e in r["evals"]], [e["bpb"] for e in r["evals"]], "-", lw=0.5, alpha=0.35, color=colors[arm])
+        if arm == "A*":
+            target = statistics.fmean(r["evals"][-1]["bpb"] for r in rs)
+    if target is not None:
+        ax.axhline(target, color="gray", ls=":", lw=1, label="A*'s final bpb")
+        ax.set_ylim(target - 0.25, target + 0.6)
+    ax.set_xlabel("training tokens (M)")
+    ax.set_ylabel("validation bits per byte (next byte, full length)")
+    ax.set_title("Issue 22: each arm at its tuned peak LR, mean over seeds (thin: each seed)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 # -- running ---------------------------------------------------------------------------------------
 
 def jobs(plan: StudyPlan, results: list[dict]) -> tuple[list[tuple], list[str]]:
@@ -385,6 +420,7 @@ def main() -> None:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile (default: on for CUDA)")
     parser.add_argument("--workers", type=int, help="runs at a time (default 2 on CPU, 1 on CUDA)")
     parser.add_argument("--max-minutes", type=float, help="start no run that would end past this; stop one still going then")
+    parser.add_argument("--report", type=Path, metavar="RESULTS_JSON", help="only write tables.md and study.png from this results.json")
     parser.add_argument("--resume", type=Path, metavar="RESULTS_JSON",
                         help="keep the finished runs of this results.json (the same plan; its LR grid, seeds and arms may differ)")
     args = parser.parse_args()
@@ -403,6 +439,13 @@ def main() -> None:
     deadline = t0 + 60 * args.max_minutes if args.max_minutes is not None else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.report:
+        saved = json.loads(args.report.read_text())
+        plan = StudyPlan(**{k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
+                            for k, v in saved["plan"].items()})
+        print(report(plan, saved["results"], out))
+        plot(plan, saved["results"], out / "study.png")
+        return
     results: list[dict] = []
     plan_dict = json.loads(json.dumps(attrs.asdict(plan)))
     if args.resume:
