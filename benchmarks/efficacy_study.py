@@ -208,7 +208,7 @@ def run(plan: StudyPlan, arm: str, lr: float, seed: int, kind: str, device: str 
     import torch
 
     from chunklm import ByteCorpus, ChunkLMConfig
-    from chunklm.train import TrainConfig, Trainer
+    from chunklm.train import NonFiniteLossError, TrainConfig, Trainer
 
     if device == "cpu":
         torch.set_num_threads(1)
@@ -221,10 +221,15 @@ def run(plan: StudyPlan, arm: str, lr: float, seed: int, kind: str, device: str 
     trainer = Trainer(config, device=device, corpus=corpus, curriculum=curriculum(plan, arm), stages=stages_of(plan, arm))
     trainer.start()
     rec = _Recorder(trainer, plan, deadline)
-    ended = trainer.fit(rec, save=lambda reason: None)
+    try:
+        ended = trainer.fit(rec, save=lambda reason: None)
+    except NonFiniteLossError:  # this LR diverged: an outcome of the tuning, its final bpb is inf
+        ended = "diverged"
+        rec.evals.append({"step": trainer.clock.global_step, "tokens": rec.tokens, "flops": rec.flops,
+                          "seconds": time.time() - rec.t0, "bpb": math.inf})
     return {"kind": kind, "arm": arm, "lr": lr, "seed": seed, "losses": rec.losses, "lrs": rec.lrs, "lens": rec.lens,
             "evals": rec.evals, "transitions": rec.transitions, "seconds": time.time() - rec.t0, "ended": ended,
-            "complete": ended in ("done", "cooldown_done"), "device": device}
+            "complete": ended in ("done", "cooldown_done", "diverged"), "device": device}
 
 
 # -- reading the results ---------------------------------------------------------------------------
