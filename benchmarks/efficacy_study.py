@@ -420,6 +420,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--plan", choices=sorted(PLANS), default="default")
     parser.add_argument("--quick", action="store_true", help="the same as --plan quick")
+    parser.add_argument("--seeds", type=int, nargs="+", help="evaluation seeds (default: the plan's)")
     parser.add_argument("--arms", help=f"comma-separated subset of {','.join(ARMS)} (default: all)")
     parser.add_argument("--out", default="bench_out/study")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
@@ -432,6 +433,8 @@ def main() -> None:
     args = parser.parse_args()
     t0 = time.time()
     plan = PLANS["quick" if args.quick else args.plan]
+    if args.seeds:
+        plan = attrs.evolve(plan, seeds=tuple(args.seeds))
     if args.arms:
         arms = tuple(a.strip() for a in args.arms.split(","))
         if set(arms) - set(ARMS):
