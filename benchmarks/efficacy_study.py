@@ -115,7 +115,12 @@ QUICK = StudyPlan(d_model=16, n_layers=1, seq_len=64, kernel_len=16, batch_size=
 SEED = StudyPlan(d_model=512, n_layers=6, seq_len=1024, kernel_len=128, chunk=16, batch_size=32, steps_per_epoch=100,
                  lrs=(2e-4, 4e-4, 8e-4, 1.6e-3), seeds=(1, 2, 3), seq_lens=(256, 512), window=100, eval_windows=128)
 
-PLANS = {"default": StudyPlan(), "quick": QUICK, "seed": SEED}
+# The default plan with four times the tokens (1,920 steps as 20 epochs x 96): the same phases, floors and
+# ceilings in epochs, so every switch comes at the same share of training; the LR grid from the default
+# plan's optimum (0.064-0.128) down and up one factor of 2.
+LONG = StudyPlan(steps_per_epoch=96, lrs=(3.2e-2, 6.4e-2, 1.28e-1, 2.56e-1))
+
+PLANS = {"default": StudyPlan(), "long": LONG, "quick": QUICK, "seed": SEED}
 
 
 def curriculum(plan: StudyPlan, arm: str) -> Curriculum:
