@@ -4,6 +4,7 @@
     python benchmarks/efficacy_study.py --quick              # the pipeline end to end (~1 min)
     python benchmarks/efficacy_study.py --plan seed --device cuda --max-minutes 8   # the seed's size, on a GPU
     python benchmarks/efficacy_study.py --resume bench_out/study/results.json      # keep what finished
+    python benchmarks/efficacy_study.py --report benchmarks/results/efficacy_study.json.gz   # the tables again
 
 Arms (every one: white-noise kernels, the library's default; AdamW; the same data order per seed):
   A*  one cosine cycle (peak -> 0.05 of it), full length and band from the start
@@ -454,7 +455,10 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.report:
-        saved = json.loads(args.report.read_text())
+        import gzip
+
+        raw = args.report.read_bytes()
+        saved = json.loads(gzip.decompress(raw) if args.report.suffix == ".gz" else raw)
         plan = StudyPlan(**{k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
                             for k, v in saved["plan"].items()})
         print(report(plan, saved["results"], out))
