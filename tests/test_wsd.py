@@ -135,3 +135,34 @@ def test_errors_name_the_field_and_the_fix():
         WSD(optimizer(), 1.0, 10, warmup_steps=9)
     with pytest.raises(CurriculumError, match="start_cooldown"):
         StartCooldown()(type("Ctx", (), {"schedule": object()})())
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:lightning.*", "ignore:.*LeafSpec.*")
+def test_lightning_takes_wsd_and_the_engine_starts_its_cooldown(tmp_path):
+    """Under Lightning, WSD is the module's scheduler and StartCooldown (at step 3) starts its cooldown on step 3."""
+    pl = pytest.importorskip("lightning.pytorch")
+    from engine.integrations.lightning import CurriculumCallback
+    from tests.test_integrations_lightning import Tiny, dataset
+
+    class Module(Tiny):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.05)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": WSD(opt, 0.05, 8, cooldown_steps=4, shape="linear", auto=False),
+                                                        "interval": "step"}}
+
+    cur = Curriculum([Phase("stable"), Phase("cooldown")],
+                     [Transition("stable", "cooldown", [MinSteps(3)], [StartCooldown()], when=Point.STEP_END)])
+    engine = CurriculumEngine(cur)
+    lrs, step_end = [], engine.step_end
+
+    def record_lr(loss, **metrics):
+        lrs.append(metrics["lr"])
+        return step_end(loss=loss, **metrics)
+
+    engine.step_end = record_lr
+    trainer = pl.Trainer(max_steps=8, callbacks=[CurriculumCallback(engine)], logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu", enable_checkpointing=False, default_root_dir=tmp_path,
+                         limit_val_batches=0)
+    trainer.fit(Module(), torch.utils.data.DataLoader(dataset(), batch_size=2))
+    assert lrs == pytest.approx([0.05] * 4 + [0.0375, 0.025, 0.0125, 0.0], rel=1e-12)
+    assert engine.phase.name == "cooldown" and engine.history[-1].global_step == 3
