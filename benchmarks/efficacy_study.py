@@ -362,6 +362,46 @@ def report(plan: StudyPlan, results: list[dict], out: Path | None = None) -> str
     return text
 
 
+REPLAY_RULES = ((64, 0.005, "relative"), (64, 0.0, "relative"), (128, 0.005, "relative"), (128, 0.0, "relative"),
+                (64, 0.005, "welch"), (128, 0.005, "welch"))
+
+
+def replay_cooldown(plan: StudyPlan, results: list[dict], rules=REPLAY_RULES) -> str:
+    """Where would ``adaptive_cooldown`` have started W*'s cooldown, under WA's rule and others?
+
+    Feeds each evaluation seed's recorded W* stable phase (its training losses up to the fixed
+    cooldown's start, at the kept LR) to ``engine.replay``: W* itself has no transition, so each
+    replay is faithful up to its own first firing, which is where that rule would have cooled down.
+    """
+    from engine import replay
+
+    best = best_lrs([r for r in results if r["complete"]], plan)
+    if "W*" not in best:
+        return "W* not tuned yet: nothing to replay"
+    stable = plan.total_steps - max(1, round(plan.cooldown_fraction * plan.total_steps))
+    rows = ["| rule (floor epoch " + str(plan.wa_floor) + ") | " + " | ".join(f"seed {s}" for s in plan.seeds) + " |",
+            "|---|" + "---:|" * len(plan.seeds)]
+    runs = {r["seed"]: r for r in results if r["complete"] and r["kind"] == "eval" and r["arm"] == "W*" and r["lr"] == best["W*"][0]}
+    for window, threshold, test in rules:
+        cells = []
+        for seed in plan.seeds:
+            r = runs.get(seed)
+            if r is None:
+                cells.append("—")
+                continue
+            stream: list[tuple[str, dict]] = []
+            for i, loss in enumerate(r["losses"][:stable], start=1):
+                stream.append(("step_end", {"loss": loss}))
+                if i % plan.steps_per_epoch == 0:
+                    stream.append(("epoch_end", {}))
+            result = replay(adaptive_cooldown(plan.wa_floor, window=window, threshold=threshold, test=test), stream)
+            fired = [x for x in result.history if x.source == "stable"]
+            cells.append(f"{fired[0].global_step} ({fired[0].global_step / plan.total_steps:.0%})" if fired else f"not before {stable}")
+        rows.append(f"| window {window}, threshold {threshold:g}, {test} | " + " | ".join(cells) + " |")
+    return (f"Where adaptive_cooldown would have started W*'s cooldown (step, share of the {plan.total_steps} steps), replayed on "
+            f"W*'s recorded stable-phase losses; W* itself cools down at step {stable}:\n\n" + "\n".join(rows))
+
+
 def plot(plan: StudyPlan, results: list[dict], path: Path) -> None:
     """Validation bpb against tokens, mean over the evaluation seeds per arm (thin: each seed)."""
     import matplotlib
@@ -462,6 +502,8 @@ def main() -> None:
         plan = StudyPlan(**{k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
                             for k, v in saved["plan"].items()})
         print(report(plan, saved["results"], out))
+        print()
+        print(replay_cooldown(plan, saved["results"]))
         plot(plan, saved["results"], out / "study.png")
         return
     results: list[dict] = []
