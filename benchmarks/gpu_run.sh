@@ -10,6 +10,7 @@
 #   bash benchmarks/gpu_run.sh --wheels DIR 540                 # first install the wheels in DIR, offline
 #   bash benchmarks/gpu_run.sh --quick 600                      # the CPU smoke test (tiny shapes)
 #   bash benchmarks/gpu_run.sh --dry-run 540                    # print the plan, run nothing
+#   bash benchmarks/gpu_run.sh --only study [--resume F] 590    # the schedule study at the seed's size (not a default step)
 #
 # The results go to --out DIR (default: a new folder per call, benchmarks/results/gpu-<card>-<UTC
 # date-time>/; with --quick, bench_out/gpu_run_quick/):
@@ -30,9 +31,12 @@
 #   cli 90      `chunklm train --preset seed --device cuda`, stopped and resumed
 #   long 150    ChunkLM against flash attention at 8k-32k bytes
 #   efficacy    benchmarks/efficacy.py --plan seed (arms C, D, A; 2 seeds), all that is left
+#   study       only when named in --only: benchmarks/efficacy_study.py --plan seed (A*, W*, S, S+, WA, C, CS;
+#               4 peak LRs on a tuning seed, then 3 seeds), all that is left; --resume continues it.
+#               Files: study/results.json, study/tables.md
 set -uo pipefail
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 QUICK=0 DRY=0 ONLY="conv,seed,compare,checks,cli,long,efficacy" RESUME="" BUDGET="" EXTRA=() OUTDIR="${OUT:-}" WHEELS=.whl
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -60,9 +64,9 @@ else  # "NVIDIA H200" -> benchmarks/results/gpu-h200-20261204-181500
 fi
 PY="${PYTHON:-python3}"
 [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ] && PY=.venv/bin/python  # this project's CPU checkout
-STEPS=(conv seed compare checks cli long efficacy)
-declare -A CAP=([conv]=90 [seed]=180 [compare]=180 [checks]=100 [cli]=90 [long]=150 [efficacy]=100000)
-declare -A FLOOR=([conv]=20 [seed]=30 [compare]=30 [checks]=30 [cli]=30 [long]=30 [efficacy]=100)
+STEPS=(conv seed compare checks cli long efficacy study)
+declare -A CAP=([conv]=90 [seed]=180 [compare]=180 [checks]=100 [cli]=90 [long]=150 [efficacy]=100000 [study]=100000)
+declare -A FLOOR=([conv]=20 [seed]=30 [compare]=30 [checks]=30 [cli]=30 [long]=30 [efficacy]=100 [study]=100)
 RESERVE=10  # seconds kept at the end for the last writes
 Q=""
 [ "$QUICK" = 1 ] && Q="--quick"
@@ -78,6 +82,14 @@ set_command() {  # CMD=(the command line of step $1 under a timeout of $2 s)
       CMD=("$PY" benchmarks/efficacy.py --plan "$plan" --device auto --out "$OUT/efficacy" --max-minutes "$minutes")
       if [ -n "$RESUME" ] && [ -f "$RESUME" ]; then CMD+=(--resume "$RESUME")
       elif [ -n "$RESUME" ]; then echo "== efficacy: no $RESUME (no run finished earlier?): starting afresh"; fi
+      CMD+=("${EXTRA[@]}") ;;
+    study)
+      local plan=seed minutes
+      [ "$QUICK" = 1 ] && plan=quick
+      minutes=$(awk "BEGIN { printf \"%.2f\", ($2 - 15) / 60 }")  # it stops itself 15 s before the timeout
+      CMD=("$PY" benchmarks/efficacy_study.py --plan "$plan" --device auto --out "$OUT/study" --max-minutes "$minutes")
+      if [ -n "$RESUME" ] && [ -f "$RESUME" ]; then CMD+=(--resume "$RESUME")
+      elif [ -n "$RESUME" ]; then echo "== study: no $RESUME (no run finished earlier?): starting afresh"; fi
       CMD+=("${EXTRA[@]}") ;;
     *) CMD=("$PY" benchmarks/gpu_check.py $Q --only "$1" --append --out "$OUT") ;;
   esac

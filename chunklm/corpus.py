@@ -95,6 +95,24 @@ def _is_val(rel: str, val_fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2.0**64 < val_fraction
 
 
+def cut_windows(windows: torch.Tensor, seq_len: int, chunk: int) -> torch.Tensor:
+    """(B, T + chunk) windows -> (B * T / seq_len, seq_len + chunk): each cut into T / seq_len pieces.
+
+    Piece j of a window is its bytes ``[j * seq_len, (j + 1) * seq_len + chunk)`` (stride seq_len,
+    each overlapping the next by ``chunk`` bytes, the targets of its last positions), so the pieces
+    score exactly the window's own T positions against the same targets: only the context each
+    position sees is cut at the piece boundaries. Rows stay grouped by window, pieces in order.
+    ``seq_len`` must divide T; ``seq_len == T`` returns ``windows`` itself.
+    """
+    T = windows.shape[1] - chunk
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 1 <= seq_len <= T or T % seq_len:
+        raise CorpusError(f"seq_len must divide the window's length {T} (1 <= seq_len <= {T}): got seq_len={seq_len!r}; "
+                          f"pick a divisor of {T}, e.g. {T // 2 if T % 2 == 0 else T}")
+    if seq_len == T:
+        return windows
+    return windows.unfold(1, seq_len + chunk, seq_len).reshape(-1, seq_len + chunk)  # (B * T / L, L + C)
+
+
 class ByteCorpus:
     """Training and validation bytes, and deterministic windows of ``seq_len + chunk`` bytes."""
 

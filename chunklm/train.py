@@ -6,6 +6,11 @@ One optimizer step = ``batch_size`` x ``accum_steps`` windows (run through the m
 step of an epoch, validation and ``engine.epoch_end(val_bpb=...)``. The loop reports through a
 :class:`Hooks` object (the command line prints, a test records) and never prints itself.
 
+A phase may train on shorter windows: its ``params={"seq_len": L}`` (L dividing the model's
+seq_len) cuts each of the step's windows into seq_len / L pieces (:func:`chunklm.corpus.cut_windows`),
+the same bytes and tokens per step with shorter contexts; validation is always at the full length.
+The LR schedule is :class:`policies.StagedCosine` or, with ``schedule="wsd"``, :class:`policies.WSD`.
+
 Everything that affects the next step lives in :class:`Trainer` state that :meth:`state_dict`
 returns, so a run stopped at any optimizer-step boundary resumes bit-identically on CPU.
 """
@@ -24,11 +29,11 @@ import numpy as np
 import torch
 
 from chunklm.config import ConfigError
-from chunklm.corpus import ByteCorpus
+from chunklm.corpus import ByteCorpus, cut_windows
 from chunklm.evaluate import EMA, evaluate_bpb
 from chunklm.model import ChunkLM, ChunkLMConfig
 from engine import Curriculum, CurriculumEngine, Record
-from policies import StagedCosine, spectral_curriculum
+from policies import WSD, StagedCosine, seq_len_curriculum, spectral_curriculum
 
 __all__ = ["TrainConfig", "Trainer", "Hooks", "StepInfo", "EpochInfo", "NonFiniteLossError", "MAX_NONFINITE", "seed_everything"]
 
@@ -55,6 +60,32 @@ def _to_tuple(value: Any) -> tuple:
     return tuple(value)
 
 
+def _check_seq_lens(inst: Any, attribute: attrs.Attribute, value: tuple) -> None:
+    for n in value:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= inst.model.seq_len or inst.model.seq_len % n:
+            raise ConfigError(
+                f"seq_lens must be divisors of seq_len={inst.model.seq_len}: got {n!r} in {value}; "
+                f"e.g. --seq-lens {inst.model.seq_len // 4},{inst.model.seq_len // 2}"
+            )
+
+
+def _check_schedule(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value not in SCHEDULES:
+        raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}: got {value!r}; pass --schedule staged or wsd")
+
+
+def _check_cooldown(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if attribute.name == "cooldown_shape":
+        if value not in COOLDOWN_SHAPES:
+            raise ConfigError(f"cooldown_shape must be one of {', '.join(COOLDOWN_SHAPES)}: got {value!r}; e.g. --cooldown-shape 1-sqrt")
+    elif isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+        raise ConfigError(f"cooldown_fraction must be in (0, 1]: got {value!r}; e.g. --cooldown-fraction 0.2")
+
+
+COOLDOWN_SHAPES = ("1-sqrt", "linear", "cosine")  # policies.CooldownShape
+SCHEDULES = ("staged", "wsd")  # StagedCosine (the seed's stages, restarted at raises), WSD (warmup-stable-decay)
+
+
 @attrs.frozen
 class TrainConfig:
     """Everything that determines a run's trajectory (plus ``epochs``, which may grow on resume)."""
@@ -77,6 +108,12 @@ class TrainConfig:
     plateau_test: str = "relative"  # Plateau(test=...): "relative" (the seed's rule) or "welch" (noise-aware)
     plateau_alpha: float | None = None  # the Welch test's level (None: Plateau's default, 0.05)
     preserve: bool = False  # SetCutoff(preserve=...): False is the seed's noisy opening, True the exact one
+    # Sequence-length warmup: one window length per phase before "full" (divisors of model.seq_len;
+    # with cutoffs, one per cutoff phase; without, seq_len_curriculum's phases). () trains at full length.
+    seq_lens: tuple[int, ...] = attrs.field(default=(), converter=_to_tuple, validator=_check_seq_lens)
+    schedule: str = attrs.field(default="staged", validator=_check_schedule)  # the LR schedule: SCHEDULES
+    cooldown_fraction: float = attrs.field(default=0.2, validator=_check_cooldown)  # WSD: the cooldown's share of training
+    cooldown_shape: str = attrs.field(default="1-sqrt", validator=_check_cooldown)  # WSD: its shape (policies.CooldownShape)
     eval_windows: int = 64
     eval_batch_size: int = 16
     # Execution only (the trajectory's math does not depend on them; they may change on resume):
@@ -85,7 +122,18 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model's loss (forward + backward); see compile_default()
 
     def curriculum(self) -> Curriculum:
-        """The seed's spectral curriculum with this config's cutoffs, minimum epochs and plateau rule."""
+        """The seed's spectral curriculum with this config's cutoffs, minimum epochs and plateau rule.
+
+        With ``seq_lens`` its cutoff phases also train on shorter windows (one length per cutoff);
+        with ``seq_lens`` and no cutoffs, :func:`policies.seq_len_curriculum` under the same rule. With
+        ``schedule="wsd"`` the transitions fire no ``RestartLR`` (WSD has no restarts).
+        """
+        restart = self.schedule == "staged"
+        if self.seq_lens and not self.cutoffs:
+            return seq_len_curriculum(
+                self.seq_lens, min_epochs=self.min_epochs, window=self.plateau_window, threshold=self.plateau_threshold,
+                test=self.plateau_test, alpha=self.plateau_alpha, restart_lr=restart,
+            )
         return spectral_curriculum(
             n_bins=self.model.n_bins,
             cutoffs=self.cutoffs,
@@ -95,6 +143,8 @@ class TrainConfig:
             preserve=self.preserve,
             test=self.plateau_test,
             alpha=self.plateau_alpha,
+            seq_lens=self.seq_lens or None,
+            restart_lr=restart,
         )
 
 
@@ -108,6 +158,7 @@ class StepInfo:
     cutoff: int
     phase: str
     applied: bool  # False when the loss was non-finite and the update was skipped
+    seq_len: int | None = None  # the window length the step trained at (the phase's seq_len param)
 
 
 @attrs.frozen
@@ -257,15 +308,39 @@ class Trainer:
         self.net = wrap_model(objective) if wrap_model else objective  # DDP wraps the loss, so it syncs gradients
         self._loss_fn = torch.compile(self.net) if config.compile else self.net  # same parameters, same state
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
-        self.schedule = StagedCosine(
-            self.optimizer, base_lr=config.lr, steps_per_epoch=config.steps_per_epoch, total_epochs=config.epochs,
-            **({"stages": tuple(stages)} if stages is not None else {}),
-        )
+        self.schedule = self._build_schedule(stages)
         self.curriculum = curriculum or config.curriculum()
+        self._check_seq_lens(self.curriculum)
         self.engine = CurriculumEngine(self.curriculum, model=self.model, optimizer=self.optimizer, schedule=self.schedule)
         self.ema = EMA(self.model, decay=config.ema) if config.ema else None
         self.acc = EpochAccumulator()
         self._started = False
+
+    def _build_schedule(self, stages: Sequence[tuple[int, float, float]] | None):
+        cfg = self.config
+        if cfg.schedule == "wsd":
+            return WSD(self.optimizer, base_lr=cfg.lr, total_steps=cfg.epochs * cfg.steps_per_epoch,
+                       cooldown_fraction=cfg.cooldown_fraction, shape=cfg.cooldown_shape)
+        return StagedCosine(
+            self.optimizer, base_lr=cfg.lr, steps_per_epoch=cfg.steps_per_epoch, total_epochs=cfg.epochs,
+            **({"stages": tuple(stages)} if stages is not None else {}),
+        )
+
+    def _check_seq_lens(self, curriculum: Curriculum) -> None:
+        """Every phase's ``seq_len`` param divides the model's seq_len (the step cuts full windows into pieces)."""
+        full = self.config.model.seq_len
+        for phase in curriculum.phases:
+            n = phase.params.get("seq_len", full)
+            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= full or full % n:
+                raise ConfigError(
+                    f"phase {phase.name!r}: params['seq_len'] must be a divisor of the model's seq_len={full}: got {n!r}; "
+                    f"e.g. {full // 2} or {full // 4}"
+                )
+
+    @property
+    def seq_len(self) -> int:
+        """The window length of the current phase: its ``seq_len`` param, else the model's seq_len."""
+        return int(self.engine.phase.params.get("seq_len", self.config.model.seq_len))
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -343,26 +418,39 @@ class Trainer:
             loss, _ = self._loss_fn(windows)
         return loss.float()
 
-    def _step_windows(self) -> torch.Tensor:
-        """The step's batch_size x accum_steps windows, drawn per accumulation index as always (resume-safe)."""
+    def _step_windows(self, seq_len: int) -> torch.Tensor:
+        """The step's batch_size x accum_steps windows, drawn per accumulation index as always (resume-safe).
+
+        At a phase's shorter ``seq_len`` L each full window is cut into seq_len / L pieces of L + chunk
+        bytes (:func:`chunklm.corpus.cut_windows`): the same bytes and targets, so the same tokens per
+        step, with shorter contexts.
+        """
         cfg, clock = self.config, self.clock
-        return torch.cat([
+        windows = torch.cat([
             self.corpus.train_batch(
                 cfg.batch_size, seed=cfg.seed, epoch=clock.epoch, step=clock.step_in_epoch, micro_step=micro, rank=self.rank
             )
             for micro in range(cfg.accum_steps)
-        ]).to(self.device, non_blocking=True)  # (batch_size * accum_steps, seq_len + chunk)
+        ])  # (batch_size * accum_steps, seq_len + chunk)
+        if seq_len != cfg.model.seq_len:
+            windows = cut_windows(windows, seq_len, cfg.model.chunk)  # (batch_size * accum_steps * pieces, L + chunk)
+        return windows.to(self.device, non_blocking=True)
 
     def train_step(self) -> StepInfo:
         """One optimizer step over batch_size x accum_steps windows, micro_batch at a time; then schedule and engine.
 
         Every window has the same number of scored positions, so the step's loss, the mean over its
-        windows, is the sum of each slice's mean weighted by its share of the windows.
+        windows, is the sum of each slice's mean weighted by its share of the windows. At a phase's
+        shorter ``seq_len`` a window is seq_len / L pieces, and batch_size and micro_batch count pieces
+        in proportion (the same tokens per step and per forward pass).
         """
         cfg, clock = self.config, self.clock
         self.net.train()
-        windows = self._step_windows()
-        size = cfg.micro_batch or cfg.batch_size
+        seq_len = self.seq_len
+        pieces = cfg.model.seq_len // seq_len
+        windows = self._step_windows(seq_len)
+        size = (cfg.micro_batch or cfg.batch_size) * pieces
+        batch = cfg.batch_size * pieces
         slices = micro_batches(len(windows), size)
         total = torch.zeros((), device=self.device)
         for i, (start, stop) in enumerate(slices):
@@ -372,7 +460,7 @@ class Trainer:
             with sync:
                 loss = self._micro_loss(windows[start:stop])
                 (loss / (len(windows) / (stop - start))).backward()  # / accum_steps when micro_batch = batch_size
-            total += loss.detach() * ((stop - start) / cfg.batch_size)
+            total += loss.detach() * ((stop - start) / batch)
         loss_value = self._reduce(total.item() / cfg.accum_steps)
         lr = self.optimizer.param_groups[0]["lr"]
         applied = math.isfinite(loss_value)
@@ -396,7 +484,7 @@ class Trainer:
         record = self.engine.step_end(loss=loss_value, lr=lr)
         info = StepInfo(
             epoch=clock.epoch, step_in_epoch=clock.step_in_epoch, global_step=clock.global_step, loss=loss_value,
-            lr=lr, cutoff=self.model.cutoff, phase=self.engine.phase.name, applied=applied,
+            lr=lr, cutoff=self.model.cutoff, phase=self.engine.phase.name, applied=applied, seq_len=seq_len,
         )
         self._last_record = record
         if not applied and self.acc.nonfinite_streak >= MAX_NONFINITE:

@@ -7,7 +7,10 @@ Actions (act): :class:`RestartLR`, :class:`SetCutoff`, :class:`ResetWindow`.
 Schedules: :class:`StagedCosine`, the stage-aligned cosine LR with restarts (a torch ``LRScheduler``),
 and :class:`Restartable`, which lets :class:`RestartLR` restart any torch LR scheduler.
 Curriculum: :func:`spectral_curriculum` (cutoff 128 -> 256 -> 512 -> full) and
-:func:`phase_for_epoch`, the phase to resume in from a checkpoint without engine state.
+:func:`phase_for_epoch`, the phase to resume in from a checkpoint without engine state;
+:func:`seq_len_curriculum` (sequence-length warmup, phase param ``seq_len``).
+Warmup-stable-decay: :class:`WSD` (a torch ``LRScheduler``), whose cooldown the action
+:class:`StartCooldown` starts; :func:`adaptive_cooldown` starts it when the stable phase plateaus.
 """
 
 from policies.actions import ResetWindow, RestartLR, SetCutoff
@@ -26,6 +29,8 @@ from policies.guards import (
 )
 from policies.schedule import SEED_STAGES, Restartable, StagedCosine, StageUnit
 from policies.spectral import phase_for_epoch, spectral_curriculum
+from policies.seqlen import seq_len_curriculum
+from policies.wsd import WSD, CooldownShape, StartCooldown, adaptive_cooldown
 
 __all__ = [
     "Plateau",
@@ -48,4 +53,9 @@ __all__ = [
     "SEED_STAGES",
     "spectral_curriculum",
     "phase_for_epoch",
+    "seq_len_curriculum",
+    "WSD",
+    "CooldownShape",
+    "StartCooldown",
+    "adaptive_cooldown",
 ]

@@ -23,6 +23,8 @@ def spectral_curriculum(
     preserve: bool = False,
     test: str = "relative",
     alpha: float | None = None,
+    seq_lens: Sequence[int] | None = None,
+    restart_lr: bool = True,
 ) -> Curriculum:
     """Open frequency bands step by step: ``cutoff_128 -> cutoff_256 -> cutoff_512 -> full``.
 
@@ -39,6 +41,11 @@ def spectral_curriculum(
     opens it at zero, so each raise leaves the model's function exactly unchanged. The exact opening
     was measured to end worse (with smooth kernels: 0.2-1.8% higher validation bpb than the seed's
     opening with white-noise kernels, in three settings; BENCHMARKS.md, "New defaults").
+
+    ``seq_lens``: one window length per cutoff phase, set as the phase's ``params={"seq_len": L}``
+    (``full`` trains at the model's own length), so the low-cutoff phases are also the short-window
+    ones (see :func:`policies.seq_len_curriculum`). ``restart_lr=False`` fires no ``RestartLR`` (for a
+    schedule without restarts, e.g. :class:`policies.WSD`).
     """
     where = "spectral_curriculum"
     n_bins = check_int(where, "n_bins", n_bins, 2, "bins of the seq_len-point rfft: seq_len // 2 + 1, e.g. 513")
@@ -65,13 +72,25 @@ def spectral_curriculum(
     if not isinstance(preserve, bool):
         raise fail(where, "preserve", "a bool", preserve, "preserve=False opens bands with noise (the seed's); True keeps the function exact")
 
+    lens: list[int | None] = [None] * len(cutoffs)
+    if seq_lens is not None:
+        lens = list(_ints(where, "seq_lens", seq_lens))
+        if len(lens) != len(cutoffs):
+            raise fail(where, "seq_lens", f"one window length per cutoff ({len(cutoffs)} for cutoffs {tuple(cutoffs)})",
+                       tuple(lens), "e.g. seq_lens=(128, 256, 512) with cutoffs (128, 256, 512) at seq_len 1024")
+        for i, n in enumerate(lens):
+            if n < 1 or (i and n < lens[i - 1]):
+                raise fail(where, "seq_lens", "ints >= 1, not decreasing", tuple(lens), "e.g. seq_lens=(128, 256, 512)")
     names = [f"cutoff_{c}" for c in cutoffs] + ["full"]
-    phases = [Phase(name, on_enter=[SetCutoff(c, preserve=preserve)]) for name, c in zip(names, [*cutoffs, None])]
+    phases = [
+        Phase(name, params={} if n is None else {"seq_len": n}, on_enter=[SetCutoff(c, preserve=preserve)])
+        for name, c, n in zip(names, [*cutoffs, None], [*lens, None])
+    ]
     transitions = [
         Transition(
             names[k], names[k + 1],
             guards=[all_of(MinEpoch(m), Plateau(window=window, threshold=threshold, test=test, alpha=alpha))],
-            actions=[RestartLR()],
+            actions=[RestartLR()] if restart_lr else [],
             when=Point.EPOCH_END,
         )
         for k, m in enumerate(min_epochs)

@@ -197,6 +197,16 @@ class Settings:
                              "open bands at zero, leaving the function unchanged (exact with --kernel-init smooth; measured to end worse), "
                              "or with noise (--no-preserve, the default: the seed's)",
                              group=_CURRICULUM, action=argparse.BooleanOptionalAction)
+    seq_lens: tuple[int, ...] = setting((), "sequence-length warmup: window lengths (divisors of --seq-len) of the phases before "
+                                        "full, one per cutoff (with --cutoffs '': phases seq_<L> under the same rule); "
+                                        "e.g. 128,256,512", group=_CURRICULUM, absent=(), type=_int_list, converter=tuple)
+    schedule: str = setting(_library_default(_TRAIN, "schedule"), "LR schedule: staged (the seed's stage-aligned cosine, restarted "
+                            "at each raise) or wsd (warmup-stable-decay: constant, then a --cooldown-fraction cooldown; no restarts)",
+                            group=_CURRICULUM, absent="staged", choices=["staged", "wsd"])
+    cooldown_fraction: float = setting(_library_default(_TRAIN, "cooldown_fraction"), "wsd: the cooldown's share of training (default 0.2)",
+                                       group=_CURRICULUM, absent=0.2, check=_finite(0.0, above=True), type=float)
+    cooldown_shape: str = setting(_library_default(_TRAIN, "cooldown_shape"), "wsd: the cooldown's shape (default 1-sqrt, Hägele et al.'s best)",
+                                  group=_CURRICULUM, absent="1-sqrt", choices=["1-sqrt", "linear", "cosine"])
     # execution only: how the step runs, not what it computes (may change on resume)
     micro_batch: int | None = setting(None, "windows through the model at once (default: --batch-size); the global batch stays "
                                       "--batch-size x --accum-steps", group=_EXECUTION, resume=Resume.FREE, absent=None,

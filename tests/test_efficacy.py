@@ -151,3 +151,57 @@ def test_resume_keeps_the_complete_runs_of_the_same_plan_only(tmp_path):
     assert [(r["arm"], r["seed"]) for r in load_done(path, TINY)] == [("A", 0)]
     with pytest.raises(SystemExit, match="another plan"):
         load_done(path, attrs.evolve(TINY, lr=1e-3))
+
+
+# -- issue 22's study (benchmarks/efficacy_study.py) --------------------------------------------------
+
+def test_study_reach_interpolates_and_says_never():
+    """Tokens to the target: linear between the evaluations around the crossing; None when never reached."""
+    from benchmarks.efficacy_study import reach
+
+    evals = [{"tokens": 100, "flops": 1.0, "bpb": 3.0}, {"tokens": 200, "flops": 2.0, "bpb": 2.0}, {"tokens": 300, "flops": 3.0, "bpb": 1.5}]
+    assert reach(evals, 2.5) == 150.0 and reach(evals, 2.5, "flops") == 1.5
+    assert reach(evals, 3.0) == 100.0 and reach(evals, 1.0) is None
+
+
+def test_study_claims_a_speed_up_only_at_1_2x_with_separate_seeds():
+    """>= 1.2x and every seed ahead of every baseline seed, with 3 seeds each; otherwise 'no gain' plainly."""
+    from benchmarks.efficacy_study import verdict
+
+    assert verdict([50, 60, 70], [90, 100, 100], 100)[1] == "speed-up 1.61x"
+    assert verdict([50, 60, 95], [90, 100, 100], 100)[1] == "no gain"  # spreads overlap
+    assert verdict([85, 85, 85], [100, 100, 100], 100)[1] == "no gain"  # 1.18x
+    assert verdict([50, None, 60], [100, 100, 100], 100)[1] == "no gain (a seed never reaches the target)"
+    assert verdict([50, 60, 70], [None, 100, 100], 100)[1] == "speed-up 1.67x"  # an A* seed that never reaches: the budget
+    assert "no claim" in verdict([50], [100], 100)[1]
+
+
+def test_study_arms_differ_only_where_the_design_says():
+    """S: fixed lengths, S+: the same phases plateau-triggered, WA: WSD with a StartCooldown, CS: C plus lengths."""
+    from benchmarks.efficacy_study import QUICK, curriculum, schedule_of, stages_of
+
+    def shape(arm):
+        cur = curriculum(QUICK, arm)
+        return [dict(p.params) for p in cur.phases], [[repr(a) for a in t.actions] for t in cur.transitions]
+
+    assert shape("S")[0] == shape("S+")[0] == [{"seq_len": 16}, {"seq_len": 32}, {}]
+    assert shape("S")[1] == shape("S+")[1] == [[], []]
+    assert shape("WA")[1] == [["StartCooldown()"]] and schedule_of("WA") == schedule_of("W*") == "wsd"
+    assert shape("C")[1] == shape("CS")[1] == [["RestartLR()"]] * 3
+    assert shape("CS")[0] == [{"seq_len": 16}, {"seq_len": 32}, {"seq_len": 64}, {}] and shape("C")[0] == [{}] * 4
+    assert stages_of(QUICK, "S") == stages_of(QUICK, "A*") == ((0, 1.0, 0.05),) and stages_of(QUICK, "C") == QUICK.stages
+
+
+def test_gpu_run_has_the_study_only_when_named():
+    """gpu_run.sh --only study: efficacy_study.py at the seed's size, stopping itself 15 s before its timeout."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_run.sh"
+    out = subprocess.run(["bash", str(script), "--dry-run", "--only", "study", "300"], capture_output=True, text=True, check=True).stdout
+    assert "== study: timeout 290 s:" in out and "efficacy_study.py --plan seed --device auto" in out and "--max-minutes 4.58" in out
+    default = subprocess.run(["bash", str(script), "--dry-run", "540"], capture_output=True, text=True, check=True).stdout
+    assert "study" not in default

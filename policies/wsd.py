@@ -1,0 +1,285 @@
+"""Warmup-stable-decay (WSD): a constant LR, then a cooldown a transition can start.
+
+Hägele et al. 2024 ("Scaling Laws and Compute-Optimal Training Beyond Fixed Training Durations")
+and MiniCPM: warm up, hold the peak LR, then cool down over about 20% of training, best in the
+(1-sqrt) shape; it matches a tuned cosine, and the cooldown can start at any time. That makes the
+start of the cooldown a natural engine transition: :class:`StartCooldown` starts it, e.g. when the
+stable phase plateaus (:func:`adaptive_cooldown`).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from typing import Any
+
+import torch
+from torch.optim.lr_scheduler import LRScheduler
+
+from engine import Context, CurriculumError, Curriculum, Phase, Point, Transition
+
+from policies._checks import check_int, check_real, fail
+from policies.guards import MinEpoch, Plateau, all_of
+
+__all__ = ["WSD", "CooldownShape", "StartCooldown", "adaptive_cooldown"]
+
+logger = logging.getLogger(__name__)
+
+
+class CooldownShape(str, enum.Enum):
+    """How the cooldown falls from the peak to the final LR, as a function of its progress p in [0, 1)."""
+
+    ONE_MINUS_SQRT = "1-sqrt"  # 1 - sqrt(p): Hägele et al.'s best
+    LINEAR = "linear"  # 1 - p
+    COSINE = "cosine"  # (1 + cos(pi p)) / 2
+
+    def __str__(self) -> str:
+        return self.value
+
+    def factor(self, p: float) -> float:
+        if self is CooldownShape.ONE_MINUS_SQRT:
+            return 1.0 - math.sqrt(p)
+        if self is CooldownShape.LINEAR:
+            return 1.0 - p
+        return 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def _write_lr(optimizer: Any, lr: float) -> None:
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):  # a tensor LR (capturable optimizers)
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
+class WSD(LRScheduler):
+    """Warmup, stable at ``base_lr``, then a cooldown of ``cooldown_steps`` to ``base_lr * final_ratio``.
+
+    Step s (0-based, the s-th optimizer step) runs at::
+
+        s < W:                 base_lr * (s + 1) / (W + 1)                 (warmup, W = warmup_steps)
+        W <= s < c:            base_lr                                     (stable)
+        c <= s < c + n:        final + (base_lr - final) * f((s - c) / n)  (cooldown, f: ``shape``)
+        s >= c + n:            final = base_lr * final_ratio
+
+    with n = ``cooldown_steps`` (default ``round(cooldown_fraction * total_steps)``, at least 1) and
+    c the cooldown's start: the step about to run when :meth:`start_cooldown` was called, or, at the
+    latest, ``total_steps - n`` (so a cooldown always ends with training). With ``auto=False`` only
+    :meth:`start_cooldown` starts it (the LR stays at peak otherwise).
+
+    A torch ``LRScheduler``, with StagedCosine's conventions: construction sets the LR of step 0,
+    ``step()`` after each ``optimizer.step()`` sets the next one's, every param group gets the same
+    LR, ``last_epoch`` counts the optimizer steps completed. ``state_dict()`` holds the position (the
+    step about to run and a cooldown started by hand) plus informational copies of the settings;
+    loaded into a schedule built with the same arguments, the LRs continue bit-identically.
+    """
+
+    def __init__(
+        self,
+        optimizer: Any,
+        base_lr: float,
+        total_steps: int,
+        *,
+        warmup_steps: int = 0,
+        cooldown_fraction: float = 0.2,
+        cooldown_steps: int | None = None,
+        shape: CooldownShape | str = CooldownShape.ONE_MINUS_SQRT,
+        final_ratio: float = 0.0,
+        auto: bool = True,
+    ) -> None:
+        where = "WSD"
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise fail(where, "optimizer", "a torch.optim.Optimizer", optimizer, "pass the optimizer the loop steps")
+        self.base_lr = check_real(where, "base_lr", base_lr, "e.g. base_lr=2e-4", positive=True)
+        self.total_steps = check_int(where, "total_steps", total_steps, 1, "optimizer steps of the whole run, e.g. total_steps=5000")
+        self.warmup_steps = check_int(where, "warmup_steps", warmup_steps, 0, "e.g. warmup_steps=0 (none)")
+        fraction = check_real(where, "cooldown_fraction", cooldown_fraction, "e.g. cooldown_fraction=0.2 (Hägele et al.)")
+        if not 0.0 < fraction <= 1.0:
+            raise fail(where, "cooldown_fraction", "in (0, 1]", cooldown_fraction, "e.g. cooldown_fraction=0.2")
+        self.cooldown_fraction = fraction
+        if cooldown_steps is None:
+            cooldown_steps = max(1, round(fraction * self.total_steps))
+        self.cooldown_steps = check_int(where, "cooldown_steps", cooldown_steps, 1, "e.g. a fifth of total_steps")
+        try:
+            self.shape = CooldownShape(shape)
+        except ValueError:
+            choices = ", ".join(repr(s.value) for s in CooldownShape)
+            raise fail(where, "shape", f"one of {choices}", shape, "shape='1-sqrt' is Hägele et al.'s best") from None
+        self.final_ratio = check_real(where, "final_ratio", final_ratio, "e.g. final_ratio=0.0", nonnegative=True)
+        if self.final_ratio > 1.0:
+            raise fail(where, "final_ratio", "in [0, 1]", final_ratio, "the final LR as a fraction of base_lr, e.g. 0.0")
+        if not isinstance(auto, bool):
+            raise fail(where, "auto", "a bool", auto, "auto=True starts the cooldown at total_steps - cooldown_steps at the latest")
+        self.auto = auto
+        self.auto_start = max(0, self.total_steps - self.cooldown_steps) if auto else None
+        if auto and self.warmup_steps > self.auto_start:
+            raise fail(
+                where, "warmup_steps", f"at most total_steps - cooldown_steps = {self.auto_start}", warmup_steps,
+                "shorten the warmup or the cooldown",
+            )
+        self.started_at: int | None = None  # a cooldown started by start_cooldown()
+        super().__init__(optimizer)  # sets the LR of step 0 through step()
+
+    # -- the formula -------------------------------------------------------------------------------
+
+    @property
+    def cooldown_start(self) -> int | None:
+        """The first step of the cooldown: started by hand, else the automatic one (None: not planned)."""
+        starts = [s for s in (self.started_at, self.auto_start) if s is not None]
+        return min(starts) if starts else None
+
+    @property
+    def cooldown_end(self) -> int | None:
+        """The first step after the cooldown (None: no cooldown planned)."""
+        start = self.cooldown_start
+        return None if start is None else start + self.cooldown_steps
+
+    def _compute(self, s: int) -> float:
+        final = self.base_lr * self.final_ratio
+        c = self.cooldown_start
+        if c is not None and s >= c:
+            i = s - c
+            if i >= self.cooldown_steps:
+                return final
+            return final + (self.base_lr - final) * self.shape.factor(i / self.cooldown_steps)
+        if s < self.warmup_steps:
+            return self.base_lr * (s + 1) / (self.warmup_steps + 1)
+        return self.base_lr
+
+    # -- torch's scheduler API and the loop's calls ------------------------------------------------
+
+    def step(self, epoch: None = None) -> None:
+        """After ``optimizer.step()``: set the LR of the next step."""
+        if epoch is not None:
+            raise CurriculumError(
+                f"WSD.step(epoch={epoch!r}): the schedule counts optimizer steps itself; call step() with no "
+                "argument after each optimizer.step() (restore a position with load_state_dict)"
+            )
+        super().step()
+
+    def fast_forward(self, steps: int) -> None:
+        """Advance ``steps`` optimizer steps at once, as ``steps`` calls of ``step()`` would."""
+        steps = check_int("WSD.fast_forward", "steps", steps, 0, "the optimizer steps already run")
+        self.last_epoch += steps
+        self._step_count += steps
+        self._set_now()
+
+    def get_lr(self) -> list[float]:
+        """The LR of step ``last_epoch`` for every param group (torch calls it inside ``step()``)."""
+        return [self._compute(self.last_epoch)] * len(self.optimizer.param_groups)
+
+    def get_last_lr(self) -> list[float]:
+        return [self.lr] * len(self.optimizer.param_groups)
+
+    @property
+    def lr(self) -> float:
+        """The LR of the step about to run."""
+        return self._compute(self.last_epoch)
+
+    @property
+    def peak_lr(self) -> float:
+        return self.base_lr
+
+    @property
+    def cooling(self) -> bool:
+        """The step about to run is in the cooldown (or after it)."""
+        c = self.cooldown_start
+        return c is not None and self.last_epoch >= c
+
+    @property
+    def finished(self) -> bool:
+        """The cooldown is over: every later step runs at the final LR."""
+        end = self.cooldown_end
+        return end is not None and self.last_epoch >= end
+
+    def start_cooldown(self) -> tuple[float, float]:
+        """Start the cooldown at the step about to run (the one ``step()`` already set up), at once.
+
+        Returns the LR of that step (before, after). A cooldown already under way (started by hand or
+        automatically) goes on unchanged.
+        """
+        before, s = self.lr, self.last_epoch
+        if not self.cooling:
+            self.started_at = s
+            self._set_now()
+            logger.info("WSD cooldown starts at step %d: %d steps to %.3e", s, self.cooldown_steps, self.base_lr * self.final_ratio)
+        return before, self.lr
+
+    def _set_now(self) -> None:
+        lr = self._compute(self.last_epoch)
+        _write_lr(self.optimizer, lr)
+        self._last_lr = [lr] * len(self.optimizer.param_groups)
+
+    # -- state -------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.last_epoch,
+            "started_at": self.started_at,
+            "lr": self.lr,
+            "base_lr": self.base_lr,
+            "total_steps": self.total_steps,
+            "cooldown_steps": self.cooldown_steps,
+            "shape": self.shape.value,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a ``state_dict()``; call it after ``optimizer.load_state_dict``."""
+        if not isinstance(state, dict):
+            raise CurriculumError(f"WSD.load_state_dict: expected the dict from state_dict(), got {type(state).__name__}")
+        step, started = state.get("step"), state.get("started_at")
+        for key, value, none_ok in (("step", step, False), ("started_at", started, True)):
+            if (value is None and not none_ok) or (value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0)):
+                raise CurriculumError(
+                    f"WSD.load_state_dict: {key!r} must be an int >= 0{' or None' if none_ok else ''}, got {value!r}; "
+                    "pass the dict that WSD.state_dict() returned"
+                )
+        self.last_epoch, self._step_count, self.started_at = step, step + 1, started
+        self._set_now()
+        saved = (state.get("base_lr"), state.get("total_steps"), state.get("cooldown_steps"), state.get("shape"))
+        if saved != (self.base_lr, self.total_steps, self.cooldown_steps, self.shape.value) and state.get("lr") != self.lr:
+            logger.warning("WSD restored at step %d with other settings %s (saved %s): the LR continues from %.3e instead of %.3e",
+                           step, (self.base_lr, self.total_steps, self.cooldown_steps, self.shape.value), saved, self.lr, state.get("lr"))
+
+    def __repr__(self) -> str:
+        return (f"WSD(base_lr={self.base_lr!r}, total_steps={self.total_steps}, warmup_steps={self.warmup_steps}, "
+                f"cooldown_steps={self.cooldown_steps}, shape={self.shape.value!r}, final_ratio={self.final_ratio!r}, auto={self.auto})")
+
+
+class StartCooldown:
+    """Start the registered schedule's cooldown now: calls ``ctx.schedule.start_cooldown()`` (a :class:`WSD`).
+
+    Effect: ``{"lr": [before, after], "cooldown": [first step, first step after]}``.
+    """
+
+    requires = ("schedule",)
+
+    def __call__(self, ctx: Context) -> dict:
+        schedule = ctx.schedule
+        if not callable(getattr(schedule, "start_cooldown", None)):
+            raise CurriculumError(
+                f"StartCooldown() needs a schedule with start_cooldown(), got {type(schedule).__name__}; "
+                "register a WSD (from policies) as schedule=..."
+            )
+        before, after = schedule.start_cooldown()
+        return {"lr": [before, after], "cooldown": [schedule.cooldown_start, schedule.cooldown_end]}
+
+    def __repr__(self) -> str:
+        return "StartCooldown()"
+
+
+def adaptive_cooldown(min_epoch: int, window: int = 50, threshold: float = 0.005, test: str = "relative",
+                      alpha: float | None = None) -> Curriculum:
+    """``stable -> cooldown``: at an epoch end, once ``MinEpoch(min_epoch)`` holds and the training loss
+    has plateaued (``Plateau(window, threshold, test=test, alpha=alpha)``), fire :class:`StartCooldown`.
+
+    Register a :class:`WSD` as ``schedule``; built with ``auto=True`` it still cools down at the end of
+    training when the plateau never comes.
+    """
+    min_epoch = check_int("adaptive_cooldown", "min_epoch", min_epoch, 0, "the earliest epoch of the cooldown, e.g. 6")
+    guard = all_of(MinEpoch(min_epoch), Plateau(window=window, threshold=threshold, test=test, alpha=alpha))
+    return Curriculum(
+        [Phase("stable"), Phase("cooldown")],
+        [Transition("stable", "cooldown", guards=[guard], actions=[StartCooldown()], when=Point.EPOCH_END)],
+    )
