@@ -106,6 +106,19 @@ def test_every_flag_the_chunklm_manual_names_exists():
     assert {"--plateau-test", "--plateau-alpha", "--micro-batch", "--stop-after"} <= named & known["train"]
 
 
+def test_the_chunklm_manual_documents_every_flag():
+    """Every flag of every chunklm subcommand is named in docs/chunklm.md, so a new flag cannot go undocumented."""
+    from runs.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.choices and "train" in a.choices).choices
+    text = (README.parent / "docs" / "chunklm.md").read_text()
+    named = set(re.findall(r"(?<![\w-])(--[a-z][a-z_-]*[a-z])", text))
+    missing = {f"{name} {flag}" for name, sub in subparsers.items() for a in sub._actions for flag in a.option_strings
+               if flag.startswith("--") and flag != "--help" and flag not in named}
+    assert not missing, sorted(missing)
+
+
 def test_every_raw_output_benchmarks_md_names_exists():
     """Each benchmarks/results/ path in BENCHMARKS.md is a file in the repository, and the results index lists it."""
     text = (README.parent / "BENCHMARKS.md").read_text()
