@@ -74,10 +74,20 @@ def check_flag(value: Any, name: str = "allow_fingerprint_mismatch") -> bool:
     return value
 
 
+def _restarts_lr(curriculum: Any) -> bool:
+    """Does any transition or phase of ``curriculum`` run a ``RestartLR``?"""
+    from policies.actions import RestartLR
+
+    actions = [a for p in curriculum.phases for a in p.on_enter] + [a for t in curriculum.transitions for a in t.actions]
+    return any(isinstance(a, RestartLR) for a in actions)
+
+
 def restartable(engine: CurriculumEngine, scheduler: Any, saved: dict | None, fresh: bool) -> Any:
-    """The framework's own scheduler, made restartable when the curriculum registers a schedule and it cannot
-    restart: wrapped with ``policies.Restartable.around`` (the framework keeps stepping it). Else as it is."""
-    if scheduler is None or callable(getattr(scheduler, "restart", None)) or "schedule" not in engine.curriculum.requirements():
+    """The framework's own scheduler, made restartable when the curriculum restarts the LR (a ``RestartLR``)
+    and the scheduler cannot restart: wrapped with ``policies.Restartable.around`` (the framework keeps
+    stepping it). Else as it is: a schedule another action drives (``StartCooldown`` on a ``WSD``) stays
+    itself."""
+    if scheduler is None or callable(getattr(scheduler, "restart", None)) or not _restarts_lr(engine.curriculum):
         return scheduler
     from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
