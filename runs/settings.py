@@ -22,7 +22,8 @@ from __future__ import annotations
 import argparse
 import enum
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
@@ -30,7 +31,9 @@ from chunklm.config import ChunkLMConfig, ConfigError
 from chunklm.train import TrainConfig
 from runs.errors import UsageError
 
-__all__ = ["Settings", "SettingsError", "PRESETS", "Resume", "setting", "add_flags", "explicit_settings", "default_cutoffs"]
+__all__ = [
+    "PRESETS", "Resume", "Settings", "SettingsError", "add_flags", "default_cutoffs", "explicit_settings", "setting",
+]
 
 
 class SettingsError(UsageError):
@@ -134,7 +137,8 @@ def _finite(low: float | None = None, *, above: bool = False, below: float | Non
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         ok = ok and (low is None or (value > low if above else value >= low)) and (below is None or value < below)
         if not ok:
-            rng = "a finite number" + ("" if low is None else f" {'>' if above else '>='} {low}") + ("" if below is None else f" and < {below}")
+            rng = "a finite number" + ("" if low is None else f" {'>' if above else '>='} {low}")
+            rng += "" if below is None else f" and < {below}"
             return f"must be {rng}: got {value!r}"
         return None
     return check
@@ -144,7 +148,8 @@ def _int_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.replace(",", " ").split())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers separated by commas, e.g. 128,256,512: got {text!r}") from None
+        message = f"expected integers separated by commas, e.g. 128,256,512: got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
 
 
 def default_cutoffs(seq_len: int) -> tuple[int, ...]:
@@ -190,7 +195,8 @@ class Settings:
         group=_MODEL_GROUP, to="model", check=_finite(0.0, below=1.0), type=float,
     )
     kernel_init: str = setting(
-        help="kernel initialisation: white (default, the seed's; measured best) or smooth (band-limited to the first cutoff)",
+        help="kernel initialisation: white (default, the seed's; measured best) or smooth (band-limited to the first "
+        "cutoff)",
         group=_MODEL_GROUP, to="model", choices=["smooth", "white"],
     )
     # training
@@ -210,7 +216,8 @@ class Settings:
     weight_decay: float = setting(help="AdamW weight decay", check=_finite(0.0), type=float)
     grad_clip: float = setting(help="clip the gradient norm to this (0: no clipping)", check=_finite(0.0), type=float)
     seed: int = setting(
-        help="seed of the weights and the data order", check=_int_in(0, 2**32 - 1, "numpy's seeds are 32-bit"), type=int,
+        help="seed of the weights and the data order",
+        check=_int_in(0, 2**32 - 1, "numpy's seeds are 32-bit"), type=int,
     )
     ema: float | None = setting(
         help="keep an EMA of the weights (decay in (0, 1), default 0.999)",
@@ -282,19 +289,22 @@ class Settings:
     # -- building ----------------------------------------------------------------------------
 
     @classmethod
-    def fresh(cls, preset: str | None, explicit: Mapping[str, Any]) -> "Settings":
+    def fresh(cls, preset: str | None, explicit: Mapping[str, Any]) -> Settings:
         """Defaults < preset < explicit flags; checked."""
         values = {f.name: f.metadata["presets"][preset] for f in attrs.fields(cls) if preset in f.metadata["presets"]}
         return cls._make({**values, **explicit})
 
-    def resume(self, saved_preset: str | None, preset: str | None, explicit: Mapping[str, Any]) -> "Settings":
+    def resume(self, saved_preset: str | None, preset: str | None, explicit: Mapping[str, Any]) -> Settings:
         """These (a checkpoint's) settings with the explicit flags applied; conflicting flags are an error."""
         differing = []
         if preset is not None and preset != (saved_preset or "seed"):
             differing.append(f"--preset: checkpoint has {saved_preset or 'seed'!r}, given {preset!r}")
         for f in attrs.fields(type(self)):
-            if f.name in explicit and f.metadata["resume"] is Resume.FIXED and explicit[f.name] != getattr(self, f.name):
-                differing.append(f"{_flag(f)}: checkpoint has {_show(getattr(self, f.name))}, given {_show(explicit[f.name])}")
+            if f.name not in explicit or f.metadata["resume"] is not Resume.FIXED:
+                continue
+            saved, given = getattr(self, f.name), explicit[f.name]
+            if given != saved:
+                differing.append(f"{_flag(f)}: checkpoint has {_show(saved)}, given {_show(given)}")
         if differing:
             raise SettingsError(
                 "these flags differ from the checkpoint and would change the run's trajectory: "
@@ -304,7 +314,7 @@ class Settings:
         return self._make({**self.to_dict(), **explicit})
 
     @classmethod
-    def _make(cls, values: Mapping[str, Any]) -> "Settings":
+    def _make(cls, values: Mapping[str, Any]) -> Settings:
         unknown = set(values) - set(attrs.fields_dict(cls))
         if unknown:
             raise SettingsError(f"unknown settings {sorted(unknown)}")
@@ -326,7 +336,9 @@ class Settings:
                 f"--seq-len 8: got --seq-len {self.seq_len}); raise --seq-len or pass --cutoffs"
             )
         if self.chunk > self.seq_len:
-            raise SettingsError(f"--chunk {self.chunk} is longer than --seq-len {self.seq_len}; lower --chunk or raise --seq-len")
+            raise SettingsError(
+                f"--chunk {self.chunk} is longer than --seq-len {self.seq_len}; lower --chunk or raise --seq-len"
+            )
         from engine import CurriculumError
 
         try:
@@ -340,7 +352,8 @@ class Settings:
         model = {f.name: getattr(self, f.name) for f in attrs.fields(type(self)) if f.metadata["to"] == "model"}
         train = {f.name: getattr(self, f.name) for f in attrs.fields(type(self)) if f.metadata["to"] == "train"}
         cutoffs = self.cutoffs if self.cutoffs is not None else default_cutoffs(self.seq_len)
-        return TrainConfig(model=ChunkLMConfig(**model, init_cutoff=cutoffs[0] if cutoffs else None), **{**train, "cutoffs": cutoffs})
+        model_config = ChunkLMConfig(**model, init_cutoff=cutoffs[0] if cutoffs else None)
+        return TrainConfig(model=model_config, **{**train, "cutoffs": cutoffs})
 
     # -- storing -----------------------------------------------------------------------------
 
@@ -349,13 +362,16 @@ class Settings:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.asdict(self, recurse=False).items()}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Settings":
+    def from_dict(cls, data: Mapping[str, Any]) -> Settings:
         """A checkpoint's settings; every field must be present (older layouts are migrated first)."""
         fields = attrs.fields_dict(cls)
-        data = {**{n: f.metadata["absent"] for n, f in fields.items() if f.metadata["absent"] is not attrs.NOTHING}, **data}
+        absent = {n: f.metadata["absent"] for n, f in fields.items() if f.metadata["absent"] is not attrs.NOTHING}
+        data = {**absent, **data}
         missing, unknown = set(fields) - set(data), set(data) - set(fields)
         if missing or unknown:
-            raise SettingsError(f"stored settings do not match this version: missing {sorted(missing)}, unknown {sorted(unknown)}")
+            raise SettingsError(
+                f"stored settings do not match this version: missing {sorted(missing)}, unknown {sorted(unknown)}"
+            )
         return cls._make(data)
 
 
@@ -372,18 +388,23 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
-def add_flags(parser: argparse.ArgumentParser, schema: type = None) -> None:
+def add_flags(parser: argparse.ArgumentParser, schema: type | None = None) -> None:
     """One flag per setting that has one, grouped; all default to 'not given' (argparse.SUPPRESS)."""
     groups: dict[str, Any] = {}
     for f in attrs.fields(schema or Settings):
         if f.metadata["flag"] is None:
             continue
-        group = groups.get(f.metadata["group"]) or groups.setdefault(f.metadata["group"], parser.add_argument_group(f.metadata["group"]))
-        group.add_argument(_flag(f), dest=f.name, default=argparse.SUPPRESS, help=f.metadata["help"] or None, **f.metadata["argparse"])
-    parser.add_argument("--preset", choices=list(PRESETS), default=None, help="a named set of the flags above; explicit flags override it")
+        name = f.metadata["group"]
+        group = groups.get(name) or groups.setdefault(name, parser.add_argument_group(name))
+        group.add_argument(
+            _flag(f), dest=f.name, default=argparse.SUPPRESS, help=f.metadata["help"] or None, **f.metadata["argparse"]
+        )
+    parser.add_argument(
+        "--preset", choices=list(PRESETS), default=None, help="a named set of the flags above; explicit flags override it"
+    )
 
 
-def explicit_settings(args: argparse.Namespace, schema: type = None) -> dict[str, Any]:
+def explicit_settings(args: argparse.Namespace, schema: type | None = None) -> dict[str, Any]:
     """The settings the user gave explicitly (flags left out are absent from the namespace)."""
     out = {}
     for f in attrs.fields(schema or Settings):
