@@ -306,6 +306,7 @@ class Trainer:
         self.model = ChunkLM(config.model).to(self.device)
         objective = _Objective(self.model)
         self.net = wrap_model(objective) if wrap_model else objective  # DDP wraps the loss, so it syncs gradients
+        self._ddp = isinstance(self.net, torch.nn.parallel.DistributedDataParallel)
         self._loss_fn = torch.compile(self.net) if config.compile else self.net  # same parameters, same state
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
         self.schedule = self._build_schedule(stages)
@@ -314,6 +315,7 @@ class Trainer:
         self.engine = CurriculumEngine(self.curriculum, model=self.model, optimizer=self.optimizer, schedule=self.schedule)
         self.ema = EMA(self.model, decay=config.ema) if config.ema else None
         self.acc = EpochAccumulator()
+        self._last_record: Record | None = None  # the engine's record of the last train_step, for fit's hooks
         self._started = False
 
     def _build_schedule(self, stages: Sequence[tuple[int, float, float]] | None):
@@ -455,7 +457,7 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for i, (start, stop) in enumerate(slices):
             sync = contextlib.nullcontext()
-            if i < len(slices) - 1 and hasattr(self.net, "no_sync"):
+            if i < len(slices) - 1 and self._ddp:
                 sync = self.net.no_sync()  # DDP: all-reduce gradients once per optimizer step
             with sync:
                 loss = self._micro_loss(windows[start:stop])

@@ -558,7 +558,7 @@ class MaxVisits:
         self.n = check_int("MaxVisits", "n", n, 1, "e.g. MaxVisits(3): the destination entered at most 3 times")
 
     def _visits(self, ctx: Context) -> tuple[str, int]:
-        transition = getattr(ctx, "transition", None)
+        transition = ctx.transition
         if transition is None:
             raise CurriculumError(f"{self!r} is evaluated outside a transition (ctx.transition is None); use it as a transition's guard")
         return transition.dest, sum(1 for record in ctx.history if record.dest == transition.dest)

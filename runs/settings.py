@@ -5,11 +5,12 @@ group it is listed under, its value in each preset, and whether a resumed run ma
 command line's flags (:func:`add_flags`), the checkpoint's stored settings (:meth:`Settings.to_dict`)
 and the configs the trainer takes (:meth:`Settings.to_config`) are all generated from it.
 
-To add a setting, add one field, e.g. ``micro_batch: int | None = setting(None, "windows through
-the model at once", absent=None, check=..., type=int)``: it feeds the TrainConfig field of the same
-name (``to="train"``, the default), gets ``--micro-batch``, is stored in every checkpoint, is refused
-on resume when it differs (``resume=Resume.FREE`` to allow), and checkpoints stored before it existed
-read ``absent``. A boolean flag pair is ``action=argparse.BooleanOptionalAction``.
+To add a setting, add one field, e.g. ``micro_batch: int | None = setting(help="windows through the
+model at once", absent=None, check=..., type=int)``: it feeds the TrainConfig field of the same name
+(``to="train"``, the default) and takes that field's default (a setting with no config field states
+its own: ``setting(None, "help", to=None)``), gets ``--micro-batch``, is stored in every checkpoint,
+is refused on resume when it differs (``resume=Resume.FREE`` to allow), and checkpoints stored before
+it existed read ``absent``. A boolean flag pair is ``action=argparse.BooleanOptionalAction``.
 
 Precedence for a fresh run: defaults < preset < flags given explicitly. On ``--resume``: the
 checkpoint < flags given explicitly, and an explicit flag that would change the trajectory and
@@ -21,7 +22,8 @@ from __future__ import annotations
 import argparse
 import enum
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
@@ -29,7 +31,9 @@ from chunklm.config import ChunkLMConfig, ConfigError
 from chunklm.train import TrainConfig
 from runs.errors import UsageError
 
-__all__ = ["Settings", "SettingsError", "PRESETS", "Resume", "setting", "add_flags", "explicit_settings", "default_cutoffs"]
+__all__ = [
+    "PRESETS", "Resume", "Settings", "SettingsError", "add_flags", "default_cutoffs", "explicit_settings", "setting",
+]
 
 
 class SettingsError(UsageError):
@@ -45,18 +49,11 @@ class Resume(str, enum.Enum):
 
 PRESETS = ("seed", "demo")  # "seed": the seed's exact values, which are also the defaults
 
-_TRAIN = attrs.fields_dict(TrainConfig)
-_MODEL = attrs.fields_dict(ChunkLMConfig)
-
-
-def _library_default(cls_fields: Mapping[str, attrs.Attribute], name: str) -> Any:
-    """The library config's own default, so the command line and the library never disagree."""
-    value = cls_fields[name].default
-    return value.value if isinstance(value, enum.Enum) else value
+_CONFIGS = {"train": TrainConfig, "model": ChunkLMConfig}
 
 
 def setting(
-    default: Any,
+    default: Any = attrs.NOTHING,
     help: str = "",
     *,
     group: str = "training",
@@ -69,15 +66,31 @@ def setting(
     converter: Any = None,
     **argparse_kwargs: Any,
 ) -> Any:
-    """One setting. ``to``: the config it feeds ("model": ChunkLMConfig, "train": TrainConfig, None:
-    neither); ``flag``: "" derives ``--name-with-dashes``, None means no flag; ``check(name, value)``
-    returns an error message or None; ``absent``: the value that reproduces the runs of checkpoints
-    stored before this setting existed (a setting added later needs one); ``argparse_kwargs`` go to
-    ``add_argument`` (type, nargs...)."""
+    """One setting. ``default``: left out, the default of the config field it feeds (stated once, in
+    the config, so the command line and the library never disagree); ``to``: the config it feeds
+    ("model": ChunkLMConfig, "train": TrainConfig, None: neither); ``flag``: "" derives
+    ``--name-with-dashes``, None means no flag; ``check(name, value)`` returns an error message or
+    None; ``absent``: the value that reproduces the runs of checkpoints stored before this setting
+    existed (a setting added later needs one); ``argparse_kwargs`` go to ``add_argument`` (type,
+    nargs...)."""
     presets = {} if demo is attrs.NOTHING else {"demo": demo}
     metadata = {"help": help, "group": group, "presets": presets, "resume": resume, "to": to, "flag": flag,
                 "check": check, "absent": absent, "argparse": argparse_kwargs}
     return attrs.field(default=default, metadata=metadata, converter=converter, kw_only=True)
+
+
+def _config_defaults(cls: type, fields: list[attrs.Attribute]) -> list[attrs.Attribute]:
+    """Give each setting declared without a default the default of the config field it feeds."""
+    return [f if f.default is not attrs.NOTHING else f.evolve(default=_config_default(cls, f)) for f in fields]
+
+
+def _config_default(cls: type, f: attrs.Attribute) -> Any:
+    config = _CONFIGS.get(f.metadata["to"])
+    field = config and attrs.fields_dict(config).get(f.name)
+    if field is None or field.default is attrs.NOTHING:
+        raise TypeError(f"{cls.__name__}.{f.name}: no default given, and {f.metadata['to']!r} has no config field "
+                        f"{f.name!r} with a default to take it from; pass setting(default, ...)")
+    return field.default.value if isinstance(field.default, enum.Enum) else field.default
 
 
 # -- checks: each returns the message's middle part, or None -------------------------------------
@@ -124,7 +137,8 @@ def _finite(low: float | None = None, *, above: bool = False, below: float | Non
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         ok = ok and (low is None or (value > low if above else value >= low)) and (below is None or value < below)
         if not ok:
-            rng = "a finite number" + ("" if low is None else f" {'>' if above else '>='} {low}") + ("" if below is None else f" and < {below}")
+            rng = "a finite number" + ("" if low is None else f" {'>' if above else '>='} {low}")
+            rng += "" if below is None else f" and < {below}"
             return f"must be {rng}: got {value!r}"
         return None
     return check
@@ -134,7 +148,8 @@ def _int_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.replace(",", " ").split())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers separated by commas, e.g. 128,256,512: got {text!r}") from None
+        message = f"expected integers separated by commas, e.g. 128,256,512: got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
 
 
 def default_cutoffs(seq_len: int) -> tuple[int, ...]:
@@ -147,91 +162,149 @@ _CURRICULUM = "curriculum (the seed's Tuning section)"
 _EXECUTION = "execution (change speed, not the run: free to change on --resume)"
 
 
-@attrs.frozen
+@attrs.frozen(field_transformer=_config_defaults)
 class Settings:
-    """Everything a run is made from, stored whole in its checkpoint."""
+    """Everything a run is made from, stored whole in its checkpoint.
+
+    A setting that feeds a config field takes its default from the config; only the model's sizes
+    (ChunkLMConfig has no defaults for them), the derived --cutoffs and the execution settings state
+    their own.
+    """
 
     # model
-    seq_len: int = setting(1024, "window length in bytes (seed: 1024)", group=_MODEL_GROUP, demo=256, to="model", check=_int_at_least(1), type=int)
-    kernel_len: int = setting(128, "taps of each causal kernel (seed: 128)", group=_MODEL_GROUP, demo=64, to="model", check=_int_at_least(1), type=int)
-    chunk: int = setting(16, "bytes predicted per position (seed: 16)", group=_MODEL_GROUP, demo=8, to="model", check=_int_at_least(1), type=int)
-    d_model: int = setting(512, "width (seed: 512)", group=_MODEL_GROUP, demo=128, to="model", check=_int_at_least(1), type=int)
-    n_layers: int = setting(6, "blocks (seed: 6)", group=_MODEL_GROUP, demo=4, to="model", check=_int_at_least(1), type=int)
-    dropout: float = setting(_library_default(_MODEL, "dropout"), "dropout probability in [0, 1)", group=_MODEL_GROUP, to="model",
-                             check=_finite(0.0, below=1.0), type=float)
-    kernel_init: str = setting(_library_default(_MODEL, "kernel_init"), "kernel initialisation: white (default, the seed's; measured best) or smooth (band-limited to the first cutoff)", group=_MODEL_GROUP,
-                               to="model", choices=["smooth", "white"])
+    seq_len: int = setting(
+        1024, "window length in bytes (seed: 1024)",
+        group=_MODEL_GROUP, demo=256, to="model", check=_int_at_least(1), type=int,
+    )
+    kernel_len: int = setting(
+        128, "taps of each causal kernel (seed: 128)",
+        group=_MODEL_GROUP, demo=64, to="model", check=_int_at_least(1), type=int,
+    )
+    chunk: int = setting(
+        16, "bytes predicted per position (seed: 16)",
+        group=_MODEL_GROUP, demo=8, to="model", check=_int_at_least(1), type=int,
+    )
+    d_model: int = setting(
+        512, "width (seed: 512)", group=_MODEL_GROUP, demo=128, to="model", check=_int_at_least(1), type=int,
+    )
+    n_layers: int = setting(
+        6, "blocks (seed: 6)", group=_MODEL_GROUP, demo=4, to="model", check=_int_at_least(1), type=int,
+    )
+    dropout: float = setting(
+        help="dropout probability in [0, 1)",
+        group=_MODEL_GROUP, to="model", check=_finite(0.0, below=1.0), type=float,
+    )
+    kernel_init: str = setting(
+        help="kernel initialisation: white (default, the seed's; measured best) or smooth (band-limited to the first "
+        "cutoff)",
+        group=_MODEL_GROUP, to="model", choices=["smooth", "white"],
+    )
     # training
-    data: tuple[str, ...] = setting((), "files or directories (default: this Python's standard library *.py)", converter=tuple, nargs="+")
-    batch_size: int = setting(_library_default(_TRAIN, "batch_size"), "windows per micro-batch", demo=8, check=_int_at_least(1), type=int)
-    accum_steps: int = setting(_library_default(_TRAIN, "accum_steps"), "micro-batches per optimizer step", demo=1, check=_int_at_least(1), type=int)
-    steps_per_epoch: int = setting(_library_default(_TRAIN, "steps_per_epoch"), "optimizer steps per epoch", demo=150, check=_int_at_least(1), type=int)
-    epochs: int = setting(_library_default(_TRAIN, "epochs"), "epochs in all (may grow on --resume)", demo=12, resume=Resume.FREE,
-                          check=_int_at_least(1), type=int)
-    lr: float = setting(_library_default(_TRAIN, "lr"), "peak learning rate", demo=2e-3,
-                        check=_both(_finite(0.0, above=True), _at_most(_MAX_LR, "larger ones overflow float32 in the optimizer")), type=float)
-    weight_decay: float = setting(_library_default(_TRAIN, "weight_decay"), "AdamW weight decay", check=_finite(0.0), type=float)
-    grad_clip: float = setting(_library_default(_TRAIN, "grad_clip"), "clip the gradient norm to this (0: no clipping)", check=_finite(0.0),
-                               type=float)
-    seed: int = setting(_library_default(_TRAIN, "seed"), "seed of the weights and the data order", check=_int_in(0, 2**32 - 1, "numpy's seeds are 32-bit"), type=int)
-    ema: float | None = setting(_library_default(_TRAIN, "ema"), "keep an EMA of the weights (decay in (0, 1), default 0.999)",
-                                check=_finite(0.0, above=True, below=1.0), type=float, nargs="?", const=0.999)
+    data: tuple[str, ...] = setting(
+        help="files or directories (default: this Python's standard library *.py)", converter=tuple, nargs="+",
+    )
+    batch_size: int = setting(help="windows per micro-batch", demo=8, check=_int_at_least(1), type=int)
+    accum_steps: int = setting(help="micro-batches per optimizer step", demo=1, check=_int_at_least(1), type=int)
+    steps_per_epoch: int = setting(help="optimizer steps per epoch", demo=150, check=_int_at_least(1), type=int)
+    epochs: int = setting(
+        help="epochs in all (may grow on --resume)", demo=12, resume=Resume.FREE, check=_int_at_least(1), type=int,
+    )
+    lr: float = setting(
+        help="peak learning rate", demo=2e-3, type=float,
+        check=_both(_finite(0.0, above=True), _at_most(_MAX_LR, "larger ones overflow float32 in the optimizer")),
+    )
+    weight_decay: float = setting(help="AdamW weight decay", check=_finite(0.0), type=float)
+    grad_clip: float = setting(help="clip the gradient norm to this (0: no clipping)", check=_finite(0.0), type=float)
+    seed: int = setting(
+        help="seed of the weights and the data order",
+        check=_int_in(0, 2**32 - 1, "numpy's seeds are 32-bit"), type=int,
+    )
+    ema: float | None = setting(
+        help="keep an EMA of the weights (decay in (0, 1), default 0.999)",
+        check=_finite(0.0, above=True, below=1.0), type=float, nargs="?", const=0.999,
+    )
     # curriculum
-    cutoffs: tuple[int, ...] | None = setting(None, "cutoffs in rfft bins (default seq_len/8,/4,/2)", group=_CURRICULUM, type=_int_list,
-                                              converter=attrs.converters.optional(tuple))
-    min_epochs: tuple[int, ...] = setting(_library_default(_TRAIN, "min_epochs"), "never raise before these epochs (seed: 2,5,10)",
-                                          group=_CURRICULUM, demo=(2, 4, 6), type=_int_list, converter=tuple)
-    plateau_window: int = setting(_library_default(_TRAIN, "plateau_window"), "optimizer steps in the plateau window (seed: 50)",
-                                  group=_CURRICULUM, demo=100, check=_int_at_least(1), type=int)
+    cutoffs: tuple[int, ...] | None = setting(
+        None, "cutoffs in rfft bins (default seq_len/8,/4,/2)",  # None: derived from seq_len (default_cutoffs)
+        group=_CURRICULUM, type=_int_list, converter=attrs.converters.optional(tuple),
+    )
+    min_epochs: tuple[int, ...] = setting(
+        help="never raise before these epochs (seed: 2,5,10)",
+        group=_CURRICULUM, demo=(2, 4, 6), type=_int_list, converter=tuple,
+    )
+    plateau_window: int = setting(
+        help="optimizer steps in the plateau window (seed: 50)",
+        group=_CURRICULUM, demo=100, check=_int_at_least(1), type=int,
+    )
     plateau_threshold: float = setting(
-        _library_default(_TRAIN, "plateau_threshold"),
-        "relative improvement below which the loss has plateaued (seed: 0.005; negative: only a loss that rises that much)",
-        group=_CURRICULUM, demo=0.01, check=_finite(), type=float)
-    plateau_test: str = setting(_library_default(_TRAIN, "plateau_test"),
-                                "relative: r < threshold (the seed's rule); welch: a one-sided Welch t-test finds no improvement "
-                                "beyond threshold (noise-aware; try it first with chunklm replay)", group=_CURRICULUM, absent="relative",
-                                choices=["relative", "welch"])
-    plateau_alpha: float | None = setting(_library_default(_TRAIN, "plateau_alpha"), "level of the Welch test (default 0.05)",
-                                          group=_CURRICULUM, absent=None, check=_finite(0.0, above=True, below=1.0), type=float)
-    preserve: bool = setting(_library_default(_TRAIN, "preserve"),
-                             "open bands at zero, leaving the function unchanged (exact with --kernel-init smooth; measured to end worse), "
-                             "or with noise (--no-preserve, the default: the seed's)",
-                             group=_CURRICULUM, action=argparse.BooleanOptionalAction)
-    seq_lens: tuple[int, ...] = setting((), "sequence-length warmup: window lengths (divisors of --seq-len) of the phases before "
-                                        "full, one per cutoff (with --cutoffs '': phases seq_<L> under the same rule); "
-                                        "e.g. 128,256,512", group=_CURRICULUM, absent=(), type=_int_list, converter=tuple)
-    schedule: str = setting(_library_default(_TRAIN, "schedule"), "LR schedule: staged (the seed's stage-aligned cosine, restarted "
-                            "at each raise) or wsd (warmup-stable-decay: constant, then a --cooldown-fraction cooldown; no restarts)",
-                            group=_CURRICULUM, absent="staged", choices=["staged", "wsd"])
-    cooldown_fraction: float = setting(_library_default(_TRAIN, "cooldown_fraction"), "wsd: the cooldown's share of training (default 0.2)",
-                                       group=_CURRICULUM, absent=0.2, check=_finite(0.0, above=True), type=float)
-    cooldown_shape: str = setting(_library_default(_TRAIN, "cooldown_shape"), "wsd: the cooldown's shape (default 1-sqrt, Hägele et al.'s best)",
-                                  group=_CURRICULUM, absent="1-sqrt", choices=["1-sqrt", "linear", "cosine"])
+        help="relative improvement below which the loss has plateaued (seed: 0.005; negative: only a loss that rises "
+        "that much)",
+        group=_CURRICULUM, demo=0.01, check=_finite(), type=float,
+    )
+    plateau_test: str = setting(
+        help="relative: r < threshold (the seed's rule); welch: a one-sided Welch t-test finds no improvement beyond "
+        "threshold (noise-aware; try it first with chunklm replay)",
+        group=_CURRICULUM, absent="relative", choices=["relative", "welch"],
+    )
+    plateau_alpha: float | None = setting(
+        help="level of the Welch test (default 0.05)",
+        group=_CURRICULUM, absent=None, check=_finite(0.0, above=True, below=1.0), type=float,
+    )
+    preserve: bool = setting(
+        help="open bands at zero, leaving the function unchanged (exact with --kernel-init smooth; measured to end "
+        "worse), or with noise (--no-preserve, the default: the seed's)",
+        group=_CURRICULUM, action=argparse.BooleanOptionalAction,
+    )
+    seq_lens: tuple[int, ...] = setting(
+        help="sequence-length warmup: window lengths (divisors of --seq-len) of the phases before full, one per cutoff "
+        "(with --cutoffs '': phases seq_<L> under the same rule); e.g. 128,256,512",
+        group=_CURRICULUM, absent=(), type=_int_list, converter=tuple,
+    )
+    schedule: str = setting(
+        help="LR schedule: staged (the seed's stage-aligned cosine, restarted at each raise) or wsd "
+        "(warmup-stable-decay: constant, then a --cooldown-fraction cooldown; no restarts)",
+        group=_CURRICULUM, absent="staged", choices=["staged", "wsd"],
+    )
+    cooldown_fraction: float = setting(
+        help="wsd: the cooldown's share of training (default 0.2)",
+        group=_CURRICULUM, absent=0.2, check=_finite(0.0, above=True), type=float,
+    )
+    cooldown_shape: str = setting(
+        help="wsd: the cooldown's shape (default 1-sqrt, Hägele et al.'s best)",
+        group=_CURRICULUM, absent="1-sqrt", choices=["1-sqrt", "linear", "cosine"],
+    )
     # execution only: how the step runs, not what it computes (may change on resume)
-    micro_batch: int | None = setting(None, "windows through the model at once (default: --batch-size); the global batch stays "
-                                      "--batch-size x --accum-steps", group=_EXECUTION, resume=Resume.FREE, absent=None,
-                                      check=_optional(_int_at_least(1)), type=int)
-    compile: bool | None = setting(None, "torch.compile the training step (default: on for CUDA, off on CPU)", group=_EXECUTION,
-                                   resume=Resume.FREE, absent=None, to=None, action=argparse.BooleanOptionalAction)
+    micro_batch: int | None = setting(
+        help="windows through the model at once (default: --batch-size); the global batch stays "
+        "--batch-size x --accum-steps",
+        group=_EXECUTION, resume=Resume.FREE, absent=None, check=_optional(_int_at_least(1)), type=int,
+    )
+    compile: bool | None = setting(
+        None, "torch.compile the training step (default: on for CUDA, off on CPU)",
+        group=_EXECUTION, resume=Resume.FREE, absent=None, to=None, action=argparse.BooleanOptionalAction,
+    )
     # no flag
-    eval_windows: int = setting(_library_default(_TRAIN, "eval_windows"), demo=32, flag=None)
+    eval_windows: int = setting(demo=32, flag=None)
 
     # -- building ----------------------------------------------------------------------------
 
     @classmethod
-    def fresh(cls, preset: str | None, explicit: Mapping[str, Any]) -> "Settings":
+    def fresh(cls, preset: str | None, explicit: Mapping[str, Any]) -> Settings:
         """Defaults < preset < explicit flags; checked."""
         values = {f.name: f.metadata["presets"][preset] for f in attrs.fields(cls) if preset in f.metadata["presets"]}
         return cls._make({**values, **explicit})
 
-    def resume(self, saved_preset: str | None, preset: str | None, explicit: Mapping[str, Any]) -> "Settings":
+    def resume(self, saved_preset: str | None, preset: str | None, explicit: Mapping[str, Any]) -> Settings:
         """These (a checkpoint's) settings with the explicit flags applied; conflicting flags are an error."""
         differing = []
         if preset is not None and preset != (saved_preset or "seed"):
             differing.append(f"--preset: checkpoint has {saved_preset or 'seed'!r}, given {preset!r}")
         for f in attrs.fields(type(self)):
-            if f.name in explicit and f.metadata["resume"] is Resume.FIXED and explicit[f.name] != getattr(self, f.name):
-                differing.append(f"{_flag(f)}: checkpoint has {_show(getattr(self, f.name))}, given {_show(explicit[f.name])}")
+            if f.name not in explicit or f.metadata["resume"] is not Resume.FIXED:
+                continue
+            saved, given = getattr(self, f.name), explicit[f.name]
+            if given != saved:
+                differing.append(f"{_flag(f)}: checkpoint has {_show(saved)}, given {_show(given)}")
         if differing:
             raise SettingsError(
                 "these flags differ from the checkpoint and would change the run's trajectory: "
@@ -241,7 +314,7 @@ class Settings:
         return self._make({**self.to_dict(), **explicit})
 
     @classmethod
-    def _make(cls, values: Mapping[str, Any]) -> "Settings":
+    def _make(cls, values: Mapping[str, Any]) -> Settings:
         unknown = set(values) - set(attrs.fields_dict(cls))
         if unknown:
             raise SettingsError(f"unknown settings {sorted(unknown)}")
@@ -263,7 +336,9 @@ class Settings:
                 f"--seq-len 8: got --seq-len {self.seq_len}); raise --seq-len or pass --cutoffs"
             )
         if self.chunk > self.seq_len:
-            raise SettingsError(f"--chunk {self.chunk} is longer than --seq-len {self.seq_len}; lower --chunk or raise --seq-len")
+            raise SettingsError(
+                f"--chunk {self.chunk} is longer than --seq-len {self.seq_len}; lower --chunk or raise --seq-len"
+            )
         from engine import CurriculumError
 
         try:
@@ -277,7 +352,8 @@ class Settings:
         model = {f.name: getattr(self, f.name) for f in attrs.fields(type(self)) if f.metadata["to"] == "model"}
         train = {f.name: getattr(self, f.name) for f in attrs.fields(type(self)) if f.metadata["to"] == "train"}
         cutoffs = self.cutoffs if self.cutoffs is not None else default_cutoffs(self.seq_len)
-        return TrainConfig(model=ChunkLMConfig(**model, init_cutoff=cutoffs[0] if cutoffs else None), **{**train, "cutoffs": cutoffs})
+        model_config = ChunkLMConfig(**model, init_cutoff=cutoffs[0] if cutoffs else None)
+        return TrainConfig(model=model_config, **{**train, "cutoffs": cutoffs})
 
     # -- storing -----------------------------------------------------------------------------
 
@@ -286,13 +362,16 @@ class Settings:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.asdict(self, recurse=False).items()}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Settings":
+    def from_dict(cls, data: Mapping[str, Any]) -> Settings:
         """A checkpoint's settings; every field must be present (older layouts are migrated first)."""
         fields = attrs.fields_dict(cls)
-        data = {**{n: f.metadata["absent"] for n, f in fields.items() if f.metadata["absent"] is not attrs.NOTHING}, **data}
+        absent = {n: f.metadata["absent"] for n, f in fields.items() if f.metadata["absent"] is not attrs.NOTHING}
+        data = {**absent, **data}
         missing, unknown = set(fields) - set(data), set(data) - set(fields)
         if missing or unknown:
-            raise SettingsError(f"stored settings do not match this version: missing {sorted(missing)}, unknown {sorted(unknown)}")
+            raise SettingsError(
+                f"stored settings do not match this version: missing {sorted(missing)}, unknown {sorted(unknown)}"
+            )
         return cls._make(data)
 
 
@@ -309,18 +388,23 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
-def add_flags(parser: argparse.ArgumentParser, schema: type = None) -> None:
+def add_flags(parser: argparse.ArgumentParser, schema: type | None = None) -> None:
     """One flag per setting that has one, grouped; all default to 'not given' (argparse.SUPPRESS)."""
     groups: dict[str, Any] = {}
     for f in attrs.fields(schema or Settings):
         if f.metadata["flag"] is None:
             continue
-        group = groups.get(f.metadata["group"]) or groups.setdefault(f.metadata["group"], parser.add_argument_group(f.metadata["group"]))
-        group.add_argument(_flag(f), dest=f.name, default=argparse.SUPPRESS, help=f.metadata["help"] or None, **f.metadata["argparse"])
-    parser.add_argument("--preset", choices=list(PRESETS), default=None, help="a named set of the flags above; explicit flags override it")
+        name = f.metadata["group"]
+        group = groups.get(name) or groups.setdefault(name, parser.add_argument_group(name))
+        group.add_argument(
+            _flag(f), dest=f.name, default=argparse.SUPPRESS, help=f.metadata["help"] or None, **f.metadata["argparse"]
+        )
+    parser.add_argument(
+        "--preset", choices=list(PRESETS), default=None, help="a named set of the flags above; explicit flags override it"
+    )
 
 
-def explicit_settings(args: argparse.Namespace, schema: type = None) -> dict[str, Any]:
+def explicit_settings(args: argparse.Namespace, schema: type | None = None) -> dict[str, Any]:
     """The settings the user gave explicitly (flags left out are absent from the namespace)."""
     out = {}
     for f in attrs.fields(schema or Settings):

@@ -10,7 +10,7 @@ import torch
 from engine import Curriculum, Phase, Transition, save_curriculum
 from policies import MetricBelow, MinEpoch, SetCutoff, spectral_curriculum
 from runs.cli import main
-from tests.test_cli import DATA, assert_same_run
+from tests.utils import DATA, assert_same_run
 
 # test_cli's tiny run without the curriculum flags; the file below is the curriculum those flags make.
 MODEL = [

@@ -24,6 +24,7 @@ from engine import Curriculum, CurriculumEngine, CurriculumError, Phase, Point, 
 from engine.integrations.lightning import CurriculumCallback
 from policies import MetricBelow, MinEpoch, MinSteps, Restartable, RestartLR, SetCutoff, StagedCosine, all_of
 from tests.ddp_lightning import THRESHOLD as DDP_THRESHOLD
+from tests.lightning_tiny import Tiny
 from tests.utils import launch, lightning_dataset as dataset
 
 EPOCHS, BATCHES, ACCUM = 3, 10, 3
@@ -31,26 +32,6 @@ STEPS_PER_EPOCH = 4  # 3 + 3 + 3 + 1 micro-batches
 
 # Lightning's own advice (checkpoint dirpath changed on resume, few workers, ...) is noise here.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:lightning.*", "ignore:.*LeafSpec.*")
-
-
-class Tiny(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.lin = nn.Linear(4, 1)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.mse_loss(self.lin(x), y)
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val_loss", nn.functional.mse_loss(self.lin(x), y))
-
-    def configure_optimizers(self):
-        opt = torch.optim.SGD(self.parameters(), lr=0.05)
-        sched = Restartable(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=40))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 class PositionLoader(torch.utils.data.DataLoader):

@@ -167,7 +167,7 @@ def test_builders():
 
 def test_cli_seq_lens_with_wsd_resumes_exactly(tmp_path, capsys):
     """`--seq-lens 8,16,16 --schedule wsd`: stopped mid-phase and resumed with `--resume` alone equals the whole run."""
-    from tests.test_cli import assert_same_run, resume, train
+    from tests.utils import assert_same_run, resume, train
 
     flags = ("--seq-lens", "8,16,16", "--schedule", "wsd")
     assert train(tmp_path, "whole", *flags) == 0

@@ -142,7 +142,8 @@ def test_lightning_takes_wsd_and_the_engine_starts_its_cooldown(tmp_path):
     """Under Lightning, WSD is the module's scheduler and StartCooldown (at step 3) starts its cooldown on step 3."""
     pl = pytest.importorskip("lightning.pytorch")
     from engine.integrations.lightning import CurriculumCallback
-    from tests.test_integrations_lightning import Tiny, dataset
+    from tests.lightning_tiny import Tiny
+    from tests.utils import lightning_dataset as dataset
 
     class Module(Tiny):
         def configure_optimizers(self):
