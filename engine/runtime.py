@@ -36,6 +36,7 @@ from engine.core import (
 )
 from engine.diagram import to_dot, to_mermaid
 from engine.history import ActionEffect, Decision, GuardEvidence, HeldSince, History, Record, jsonable
+from engine.recording import MetricLog, restore_log
 from engine.state import SCHEMA_VERSION, EngineState, PendingCheck, from_primitives, to_primitives
 
 __all__ = ["CurriculumEngine"]
@@ -159,10 +160,14 @@ class CurriculumEngine:
     (docs/semantics.md, "Atomicity" and "Errors").
     """
 
-    def __init__(self, curriculum: Curriculum, **objects: Any) -> None:
+    def __init__(self, curriculum: Curriculum, *, record_metrics: bool = False, **objects: Any) -> None:
         if not isinstance(curriculum, Curriculum):
             raise CurriculumError(f"CurriculumEngine needs a Curriculum, got {type(curriculum).__name__}: {curriculum!r}")
         _check_names(objects, "CurriculumEngine")
+        # recording (engine/recording.py): the metric stream each successful call was fed, or None
+        if not isinstance(record_metrics, bool):
+            raise CurriculumError(f"CurriculumEngine(record_metrics=...) must be True or False, got {record_metrics!r}")
+        self.recorded: MetricLog | None = MetricLog() if record_metrics else None
         self.curriculum = curriculum
         self.objects = dict(objects)
         self._clock = Clock()
@@ -320,6 +325,8 @@ class CurriculumEngine:
         self._started = True
         self._held_since = {}
         self._unchecked_step = self._unchecked_epoch = True
+        if self.recorded is not None:  # recording
+            self.recorded = MetricLog(start_step=int(global_step), start_epoch=int(epoch))
         logger.info("start in %s at step %d (epoch %d): %s", name, record.global_step, record.epoch, record.actions)
         return record
 
@@ -368,6 +375,8 @@ class CurriculumEngine:
             raise
         if warnings is not None:
             self._commit_checks(pending, warnings)
+        if self.recorded is not None:  # recording: the call succeeded
+            self.recorded.append("step_end", metrics)
         return record
 
     def epoch_end(self, **metrics: float) -> Record | None:
@@ -400,7 +409,7 @@ class CurriculumEngine:
                     observe(ctx)
                 except Exception as exc:
                     raise self._hook_error(observe, "observe", exc) from exc
-            return self._trigger("epoch_end") if evaluate else None
+            record = self._trigger("epoch_end") if evaluate else None
         except BaseException:
             clock.epoch -= 1
             clock.epochs_in_phase -= 1
@@ -408,6 +417,9 @@ class CurriculumEngine:
             if before:
                 self._restore(before)
             raise
+        if self.recorded is not None:  # recording: the call succeeded
+            self.recorded.append("epoch_end", metrics)
+        return record
 
     def force(self, dest: str, reason: str) -> Record:
         """Move to ``dest`` by hand; recorded as a manual transition with ``reason``.
@@ -469,6 +481,7 @@ class CurriculumEngine:
             pending_checks=list(self._pending),
             held_since={str(i): [list(s) if s else None for s in since] for i, since in self._held_since.items()},
             spec=self._spec,
+            recorded=self.recorded.state_dict() if self.recorded is not None else None,  # recording
         )
         try:  # a round trip proves it JSON-safe and shares nothing with the live objects
             return json.loads(json.dumps(to_primitives(state), allow_nan=False))
@@ -499,6 +512,7 @@ class CurriculumEngine:
             self._check_history(snap.history)
         pending = self._restored_pending(snap, lenient)
         held_since = self._restored_held_since(snap, lenient)
+        recorded = restore_log(snap.recorded, snap.clock, self.recorded is not None, lenient)  # recording
         self._load_guards(snap.guards, lenient)
         # Everything was checked and the guards are loaded: nothing below can fail.
         self._machine.set_state(snap.phase, model=self._model)
@@ -510,6 +524,7 @@ class CurriculumEngine:
         self._started = snap.started
         self._held_since = held_since
         self._unchecked_step = self._unchecked_epoch = True
+        self.recorded = recorded  # recording
 
     # -- checks before load_state_dict changes anything -------------------------------------------
 
