@@ -12,6 +12,8 @@ from engine.core import Clock, ClockView, Context, Curriculum, CurriculumError, 
 from engine.history import ActionEffect, Decision, GuardEvidence, HeldSince, History, HistoryView, Record
 from engine.runtime import CurriculumEngine
 from engine.replay import Departure, Replay, replay
+from engine.recording import MetricLog
+from engine.grid import GridRow, GridTable, replay_grid
 
 __all__ = [
     "CurriculumError",
@@ -34,5 +36,9 @@ __all__ = [
     "replay",
     "Replay",
     "Departure",
+    "MetricLog",
+    "replay_grid",
+    "GridTable",
+    "GridRow",
     "describe",
 ]
