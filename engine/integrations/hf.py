@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from typing import Any, Callable, Mapping
 
 import torch
@@ -19,6 +20,7 @@ from transformers import TrainerCallback
 
 from engine.core import CurriculumError
 from engine.integrations import PhaseParams, bind, check_engine, real_metrics
+from engine.integrations.tracking import curriculum_logs, report_before_loggers
 from engine.runtime import CurriculumEngine
 
 __all__ = ["CurriculumCallback", "STATE_KEY"]
@@ -86,6 +88,7 @@ class CurriculumCallback(TrainerCallback):
         self._hooks: list[Any] = []
         self._epoch_end_at_evaluate = False
         self._checkpoint: tuple[int, str] | None = None  # (global step, folder) of this run's last checkpoint
+        self._logged: int | None = None  # tracking: history records already in the Trainer's logs (None: none yet)
 
     # -- the model's forward -------------------------------------------------------------------
 
@@ -159,6 +162,16 @@ class CurriculumCallback(TrainerCallback):
                     f"Trainer resumed at step {state.global_step}; resume from the checkpoint folder the state was written to"
                 )
         self._stash(state)
+        self._logged = None  # tracking
+        report_before_loggers(self, sys._getframe(1).f_locals.get("self"))  # tracking: the Trainer's CallbackHandler
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        # tracking (engine/integrations/tracking.py): the curriculum in every log the Trainer makes
+        values, self._logged = curriculum_logs(self.engine, self._logged)
+        if logs is not None:
+            logs.update(values)
+        if state.log_history:
+            state.log_history[-1].update(values)
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
         self._step_lr = float(optimizer.param_groups[0]["lr"]) if optimizer is not None else None

@@ -17,6 +17,7 @@ from lightning.pytorch import Callback
 
 from engine.core import CurriculumError
 from engine.integrations import PhaseParams, bind, check_engine, real_metrics
+from engine.integrations.tracking import log_to_lightning
 from engine.runtime import CurriculumEngine
 
 __all__ = ["CurriculumCallback"]
@@ -147,7 +148,8 @@ class CurriculumCallback(Callback):
         loss = sum(losses) / len(losses)
         if trainer.world_size > 1:  # every rank must see the same loss to take the same transition
             loss = float(trainer.strategy.reduce(torch.tensor(loss, device=pl_module.device), reduce_op="mean"))
-        self.engine.step_end(loss=loss, **({"lr": self._step_lr} if self._step_lr is not None else {}))
+        record = self.engine.step_end(loss=loss, **({"lr": self._step_lr} if self._step_lr is not None else {}))
+        log_to_lightning(trainer, self.engine, record)  # tracking: the curriculum to the Trainer's loggers
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if not _batch_progress(trainer).is_last_batch:
@@ -155,4 +157,6 @@ class CurriculumCallback(Callback):
         metrics = real_metrics(trainer.callback_metrics)
         if self._epoch_metrics is not None:  # the epoch end Lightning repeats after a checkpoint saved on_validation_end
             metrics, self._epoch_metrics = {**metrics, **self._epoch_metrics}, None
-        self.engine.epoch_end(**metrics)
+        record = self.engine.epoch_end(**metrics)
+        if record is not None:  # tracking
+            log_to_lightning(trainer, self.engine, record)
