@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 #: Values per saved block of a column.
 BLOCK = 4096
+_FLUSH = 1024  # calls kept as rows before they go into the columns
 _FORMAT = 1
 _ENCODING = "float64-le-shuffle-zlib-base64"
 _POINTS = ("step_end", "epoch_end")
@@ -97,14 +98,16 @@ class MetricLog:
     ``start_step`` and ``start_epoch`` are the clock when recording began: 0 for a run recorded
     from its start; a run that turned recording on at a resume starts there (and cannot be
     replayed from its beginning). Append is O(1) amortized: a dict lookup for the call's metric
-    names, and one ``array.append`` per metric.
+    names and a tuple of its values kept aside; every :data:`_FLUSH` calls (and before any read)
+    the kept rows go into the float64 columns in bulk.
     """
 
     start_step: int = 0
     start_epoch: int = 0
     _calls: array = attrs.field(init=False, factory=lambda: array("I"))  # per call: its layout
     _layouts: list[tuple[str, tuple[str, ...]]] = attrs.field(init=False, factory=list)  # (point, names)
-    _index: dict[tuple, int] = attrs.field(init=False, factory=dict)  # (point, *names) -> layout
+    _index: tuple[dict, dict] = attrs.field(init=False, factory=lambda: ({}, {}))  # per point (step, epoch): names -> layout
+    _pending: list[tuple[int, tuple]] = attrs.field(init=False, factory=list)  # (layout, values) not yet in the columns
     _targets: list[list[array]] = attrs.field(init=False, factory=list)  # per layout: its columns' arrays
     _columns: dict[tuple[str, str], _Column] = attrs.field(init=False, factory=dict)  # (point, name) -> column
     _counts: list[int] = attrs.field(init=False, factory=lambda: [0, 0])  # step_end, epoch_end calls
@@ -114,35 +117,53 @@ class MetricLog:
     def append(self, point: str, metrics: Mapping[str, float]) -> None:
         """Record one call: ``point`` is ``"step_end"`` or ``"epoch_end"``, ``metrics`` its floats
         (the engine has validated them; ``loss`` is among a step's)."""
-        key = (point, *metrics)
-        layout = self._index.get(key)
+        names = tuple(metrics)
+        layout = self._index[point == "epoch_end"].get(names)
         if layout is None:
-            layout = self._add_layout(point, tuple(metrics))
-        self._calls.append(layout)
-        for column, value in zip(self._targets[layout], metrics.values()):
-            column.append(value)
-        self._counts[point == "epoch_end"] += 1
+            layout = self._add_layout(point, names)
+        pending = self._pending
+        pending.append((layout, tuple(metrics.values())))
+        if len(pending) >= _FLUSH:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Move the kept rows into the columns: per run of calls with one layout, each column extended at once."""
+        pending, self._pending = self._pending, []
+        start, n = 0, len(pending)
+        while start < n:
+            layout = pending[start][0]
+            end = start + 1
+            while end < n and pending[end][0] == layout:
+                end += 1
+            for column, values in zip(self._targets[layout], zip(*[row for _, row in pending[start:end]])):
+                column.extend(values)
+            self._calls.extend(array("I", [layout]) * (end - start))
+            self._counts[self._layouts[layout][0] == "epoch_end"] += end - start
+            start = end
 
     def _add_layout(self, point: str, names: tuple[str, ...]) -> int:
         layout = len(self._layouts)
         self._layouts.append((point, names))
-        self._index[(point, *names)] = layout
+        self._index[point == "epoch_end"][names] = layout
         self._targets.append([self._columns.setdefault((point, name), _Column()).values for name in names])
         return layout
 
     # -- reading ---------------------------------------------------------------------------------
 
     def __len__(self) -> int:
+        self._flush()
         return len(self._calls)
 
     @property
     def steps(self) -> int:
         """The ``step_end`` calls recorded."""
+        self._flush()
         return self._counts[0]
 
     @property
     def epochs(self) -> int:
         """The ``epoch_end`` calls recorded."""
+        self._flush()
         return self._counts[1]
 
     def names(self, point: str = "step_end") -> list[str]:
@@ -150,6 +171,7 @@ class MetricLog:
         return [name for p, name in self._columns if p == point]
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, float]]]:
+        self._flush()
         at = {key: 0 for key in self._columns}
         columns = {key: column.values for key, column in self._columns.items()}
         for layout in self._calls:
@@ -182,6 +204,7 @@ class MetricLog:
 
     def state_dict(self) -> dict:
         """JSON-safe: the start clock, the layouts, the calls run-length encoded, the columns."""
+        self._flush()
         runs: list[list[int]] = []
         for layout in self._calls:
             if runs and runs[-1][0] == layout:
@@ -216,7 +239,7 @@ class MetricLog:
         log = cls(start_step=start_step, start_epoch=start_epoch)
         for k, entry in enumerate(layouts if isinstance(layouts, list) else [None]):
             ok = (isinstance(entry, list) and len(entry) == 2 and entry[0] in _POINTS and isinstance(entry[1], list)
-                  and all(isinstance(n, str) for n in entry[1]) and (entry[0], *entry[1]) not in log._index)
+                  and all(isinstance(n, str) for n in entry[1]) and tuple(entry[1]) not in log._index[entry[0] == "epoch_end"])
             if not ok:
                 raise CurriculumError(f"recorded metrics' layouts[{k}] = {entry!r} is not a distinct [point, [names]]; {_FIX}")
             log._add_layout(entry[0], tuple(entry[1]))

@@ -166,14 +166,24 @@ def test_an_engine_that_does_not_record_drops_a_restored_recording_and_says_so(c
 
 
 def test_metric_log_round_trips_through_its_state_dict():
-    log = MetricLog()
-    for k in range(10):
-        log.append("step_end", {"loss": k / 3})
-        if k % 4 == 3:
-            log.append("epoch_end", {"val": -k / 7, "acc": 0.5})
+    """Calls of several layouts, more than are kept aside before going into the columns: the same stream back."""
+    rng = random.Random(3)
+    log, fed = MetricLog(), []
+    layouts = [("step_end", ("loss",)), ("step_end", ("lr", "loss")), ("epoch_end", ("val", "acc")), ("epoch_end", ())]
+    for _ in range(2500):
+        point, names = layouts[rng.randrange(4)] if rng.random() < 0.2 else layouts[0]
+        call = (point, {name: rng.random() for name in names})
+        log.append(*call)
+        fed.append(call)
     again = MetricLog.from_state_dict(json.loads(json.dumps(log.state_dict())))
-    assert bits(again.stream()) == bits(log.stream()) and again.state_dict() == log.state_dict()
-    assert log.state_dict()["calls"] == [[0, 4], [1, 1], [0, 4], [1, 1], [0, 2]]
+    assert bits(log.stream()) == bits(fed) and bits(again.stream()) == bits(fed)
+    assert again.state_dict() == log.state_dict() and len(again) == 2500
+    small = MetricLog()
+    for k in range(10):
+        small.append("step_end", {"loss": k / 3})
+        if k % 4 == 3:
+            small.append("epoch_end", {"val": -k / 7})
+    assert small.state_dict()["calls"] == [[0, 4], [1, 1], [0, 4], [1, 1], [0, 2]]
 
 
 # -- the plot ----------------------------------------------------------------------------------------
