@@ -7,12 +7,17 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 from torch import nn
+from transformers import Trainer, TrainingArguments
 
 from engine import Curriculum, CurriculumEngine, Phase, Point, Transition
 from engine.__main__ import main
+from engine.integrations import hf, lightning
 from engine.integrations.tracking import curriculum_logs, phase_metrics, transition_text
 from policies import MinEpoch, MinSteps
 
@@ -87,16 +92,12 @@ def test_hf_trainer_logs_the_curriculum_to_tensorboard_and_its_checkpoint_replay
     """report_to="tensorboard": the event file holds the phase per logged step and the transition's text;
     the checkpoint folder replays with its own curriculum exactly, under a grid, and plots."""
     pytest.importorskip("tensorboard")
-    from transformers import Trainer, TrainingArguments
-
-    from engine.integrations.hf import CurriculumCallback
-
     engine = CurriculumEngine(curriculum(), record_metrics=True)
     args = TrainingArguments(
         output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, num_train_epochs=3, logging_steps=1,
         save_strategy="epoch", eval_strategy="no", report_to=["tensorboard"], use_cpu=True, seed=0, disable_tqdm=True,
     )
-    Trainer(model=TinyLM(), args=args, train_dataset=Windows(), callbacks=[CurriculumCallback(engine)]).train()
+    Trainer(model=TinyLM(), args=args, train_dataset=Windows(), callbacks=[hf.CurriculumCallback(engine)]).train()
     assert [(r.source, r.dest, r.global_step) for r in engine.history] == [(None, "short", 0), ("short", "long", 3), ("long", "final", 6)]
 
     events = _tensorboard(tmp_path / "out")
@@ -123,42 +124,31 @@ def test_hf_trainer_logs_the_curriculum_to_tensorboard_and_its_checkpoint_replay
 # -- Lightning -----------------------------------------------------------------------------------------
 
 
-def _lightning_module():
-    import lightning.pytorch as pl
+class Tiny(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(4, 1)
 
-    class Tiny(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            torch.manual_seed(0)
-            self.lin = nn.Linear(4, 1)
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self.lin(x), y)
 
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            return nn.functional.mse_loss(self.lin(x), y)
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.05)
-
-    return Tiny()
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
 
 
 def test_lightning_logs_the_curriculum_to_its_csv_logger_and_its_checkpoint_replays_and_plots(tmp_path, capsys):
     """CSVLogger: a row per logged step with the phase, its params and the transitions so far; the .ckpt
     (the callbacks entry holds the engine state) replays exactly and plots."""
-    import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
-
-    from engine.integrations.lightning import CurriculumCallback
-
     engine = CurriculumEngine(curriculum(), record_metrics=True)
     x = torch.randn(12, 4, generator=torch.Generator().manual_seed(0))
     trainer = pl.Trainer(
-        max_epochs=3, callbacks=[CurriculumCallback(engine), ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="last")],
+        max_epochs=3, callbacks=[lightning.CurriculumCallback(engine), ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="last")],
         logger=CSVLogger(tmp_path, name="csv"), log_every_n_steps=1, enable_progress_bar=False,
         enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0,
     )
-    trainer.fit(_lightning_module(), torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True)), batch_size=4))
+    trainer.fit(Tiny(), torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True)), batch_size=4))
     assert [(r.source, r.dest, r.global_step) for r in engine.history] == [(None, "short", 0), ("short", "long", 3), ("long", "final", 6)]
 
     with open(next((tmp_path / "csv").rglob("metrics.csv")), newline="") as f:
