@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import attrs
 
-from engine.core import Curriculum, CurriculumError
+from engine.core import Curriculum, CurriculumError, Point, describe, guard_leaves, metrics_read
 from engine.history import Record
 from engine.recording import MetricLog
 from engine.replay import Replay, replay
@@ -157,11 +157,29 @@ def _build(factory: Callable, settings: dict[str, Any]) -> Curriculum:
     return curriculum
 
 
-def _replay(curriculum: Curriculum, stream: list, history: list[Record], where: str) -> Replay:
+def _check_metrics(curriculum: Curriculum, log: MetricLog, where: str) -> None:
+    """Every metric a guard of ``curriculum`` reads at a point was recorded there (where the run made calls)."""
+    calls = {Point.STEP_END: log.steps, Point.EPOCH_END: log.epochs}
+    for point in Point:
+        recorded = set(log.names(point.value))
+        for tr in curriculum.transitions:
+            for leaf in (leaf for g in tr.guards for leaf in guard_leaves(g)):
+                missing = [m for m in metrics_read(leaf, tr.when, point) if m not in recorded]
+                if missing and calls[point]:
+                    raise CurriculumError(
+                        f"replay_grid: the recorded stream does not fit {where}: {describe(leaf)} ({tr.label}) reads "
+                        f"{', '.join(map(repr, missing))} at {point.value}, which the recorded run did not pass there "
+                        f"(recorded at {point.value}: {', '.join(sorted(recorded)) or 'nothing'}); replay a curriculum "
+                        "that reads the metrics the run recorded"
+                    )
+
+
+def _replay(curriculum: Curriculum, log: MetricLog, stream: list, history: list[Record], where: str) -> Replay:
+    _check_metrics(curriculum, log, where)
     try:
         return replay(curriculum, stream, recorded=history)
     except CurriculumError as exc:
-        raise CurriculumError(f"replay_grid: the recorded stream does not fit {where}: {exc}") from exc
+        raise CurriculumError(f"replay_grid: replaying the recorded stream on {where} failed: {exc}") from exc
 
 
 def label(settings: Mapping[str, Any]) -> str:
@@ -191,11 +209,11 @@ def replay_grid(
     combos = _combinations(curriculum_factory, dict(grid or {}))
     log, records = recorded_run(recorded, history)
     stream = log.stream()
-    own = _replay(_build(curriculum_factory, {}), stream, records, f"{_name(curriculum_factory)}()")
+    own = _replay(_build(curriculum_factory, {}), log, stream, records, f"{_name(curriculum_factory)}()")
     rows = []
     for settings in combos:
         curriculum = _build(curriculum_factory, settings)
-        result = _replay(curriculum, stream, records, f"{_name(curriculum_factory)}({label(settings)})")
+        result = _replay(curriculum, log, stream, records, f"{_name(curriculum_factory)}({label(settings)})")
         rows.append(GridRow(settings=settings, label=label(settings), replay=result))
     return GridTable(recorded=_moves(records), rows=rows, own=own, steps=log.steps, epochs=log.epochs)
 
