@@ -4,9 +4,11 @@ Declare phases and guarded transitions as a :class:`Curriculum`, drive it from y
 :class:`CurriculumEngine` (``bind``, ``start``, ``step_end``, ``epoch_end``), read the clock as
 ``engine.clock`` and see why and when each transition fired, and which guard decided it, in
 ``engine.history``. A curriculum can also be a data file (:func:`load_curriculum`,
-:meth:`Curriculum.from_dict`, :mod:`engine.datafile`). :func:`replay` feeds a run's recorded metrics to another rule without training
-again. See :mod:`engine.core` for the guard and action protocols and docs/semantics.md for the
-contract.
+:meth:`Curriculum.from_dict`, :mod:`engine.datafile`). :func:`replay` feeds a run's recorded
+metrics to another rule without training again; ``CurriculumEngine(..., record_metrics=True)``
+records them (:class:`MetricLog`), :func:`replay_grid` replays them under a grid of rules, and
+``python -m engine replay|plot PATH`` does both for a saved run. See :mod:`engine.core` for the
+guard and action protocols and docs/semantics.md for the contract.
 """
 
 from engine.core import Clock, ClockView, Context, Curriculum, CurriculumError, Params, Phase, Point, Transition, describe
@@ -14,6 +16,8 @@ from engine.history import ActionEffect, Decision, GuardEvidence, HeldSince, His
 from engine.runtime import CurriculumEngine
 from engine.replay import Departure, Replay, replay
 from engine.datafile import CurriculumFileError, Registry, load_curriculum, register_action, register_guard, save_curriculum, to_toml
+from engine.recording import MetricLog
+from engine.grid import GridRow, GridTable, replay_grid
 
 __all__ = [
     "CurriculumError",
@@ -36,6 +40,10 @@ __all__ = [
     "replay",
     "Replay",
     "Departure",
+    "MetricLog",
+    "replay_grid",
+    "GridTable",
+    "GridRow",
     "describe",
     "load_curriculum",
     "save_curriculum",

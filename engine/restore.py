@@ -4,7 +4,8 @@
 :class:`CurriculumError` naming the field and the fix, a state this curriculum cannot continue:
 another curriculum's (fingerprint), a clock that is not made of ints, a history that does not end
 where the state says the run is, pending health checks or ``held_since`` entries that name no
-transition or action of this curriculum. It changes nothing. :func:`load_guards` then loads the
+transition or action of this curriculum, recorded metrics (:mod:`engine.recording`) that do not end
+at its clock. It changes nothing. :func:`load_guards` then loads the
 guards' accumulators all or nothing. ``CurriculumEngine.load_state_dict`` calls the two, then
 sets its phase, clock and history (which cannot fail).
 """
@@ -19,6 +20,7 @@ import attrs
 from engine.core import Clock, Curriculum, CurriculumError, describe, spec_differences
 from engine.history import Record
 from engine.plan import Plan, actions_of
+from engine.recording import MetricLog, restore_log
 from engine.state import EngineState, PendingCheck, from_primitives
 
 __all__ = ["Restored", "check_state", "load_guards", "SAVED"]
@@ -37,15 +39,19 @@ class Restored:
     state: EngineState
     pending: list[PendingCheck]
     held_since: dict[int, list[tuple[int, int] | None]]
+    # The metric log the engine keeps (engine.recording.restore_log): None when it does not record.
+    recorded: MetricLog | None = None
 
 
 def check_state(
-    data: Any, curriculum: Curriculum, plan: Plan, fingerprint: str, spec: dict, lenient: bool
+    data: Any, curriculum: Curriculum, plan: Plan, fingerprint: str, spec: dict, lenient: bool, *, record: bool = False
 ) -> Restored:
     """``data`` (from ``engine.state_dict()``) checked against ``curriculum``; changes nothing.
 
     With ``lenient`` (``allow_fingerprint_mismatch=True``) what names phases, transitions or
-    guards of another curriculum is left out instead of refused.
+    guards of another curriculum is left out instead of refused. ``record``: the engine records
+    its metric stream (``record_metrics=True``): the saved log is decoded and must end at the
+    state's clock (a recorded stream that does not is left out when ``lenient``).
     """
     _check_raw(data)
     snap = from_primitives(data)
@@ -58,7 +64,8 @@ def check_state(
         _check_history(snap.history, phases)
     _check_run(snap, curriculum, lenient)
     pending = _restored_pending(snap, curriculum, plan, lenient)
-    return Restored(snap, pending, _restored_held_since(snap, curriculum, plan, lenient))
+    held_since = _restored_held_since(snap, curriculum, plan, lenient)
+    return Restored(snap, pending, held_since, restore_log(snap.recorded, snap.clock, record, lenient))
 
 
 def _check_raw(data: Any) -> None:

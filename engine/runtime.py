@@ -30,6 +30,7 @@ from engine.diagram import to_dot, to_mermaid
 from engine.history import ActionEffect, Decision, GuardEvidence, HeldSince, History, Record, jsonable
 from engine.metrics import check_metrics, to_metric
 from engine.plan import Plan, actions_of, undo_all
+from engine.recording import MetricLog  # recording
 from engine.restore import check_state, load_guards
 from engine.state import SCHEMA_VERSION, EngineState, PendingCheck, to_primitives
 from engine.transaction import Transaction
@@ -90,10 +91,14 @@ class CurriculumEngine:
     nothing fires, which is most points.
     """
 
-    def __init__(self, curriculum: Curriculum, **objects: Any) -> None:
+    def __init__(self, curriculum: Curriculum, *, record_metrics: bool = False, **objects: Any) -> None:
         if not isinstance(curriculum, Curriculum):
             raise CurriculumError(f"CurriculumEngine needs a Curriculum, got {type(curriculum).__name__}: {curriculum!r}")
         _check_names(objects, "CurriculumEngine")
+        # recording (engine/recording.py): the metric stream each successful call was fed, or None
+        if not isinstance(record_metrics, bool):
+            raise CurriculumError(f"CurriculumEngine(record_metrics=...) must be True or False, got {record_metrics!r}")
+        self.recorded: MetricLog | None = MetricLog() if record_metrics else None
         self.curriculum = curriculum
         self.objects = dict(objects)
         self._clock = Clock()
@@ -226,6 +231,8 @@ class CurriculumEngine:
         self._started = True
         self._held_since = {}
         self._unchecked_step = self._unchecked_epoch = True
+        if self.recorded is not None:  # recording
+            self.recorded = MetricLog(start_step=int(global_step), start_epoch=int(epoch))
         logger.info("start in %s at step %d (epoch %d): %s", name, record.global_step, record.epoch, record.actions)
         return record
 
@@ -307,6 +314,8 @@ class CurriculumEngine:
             raise
         if checked is not None:
             self._commit_checks(pending, checked)
+        if self.recorded is not None:  # recording: the call succeeded and is committed
+            self.recorded.append("step_end" if at_step else "epoch_end", metrics)
         return record
 
     def force(self, dest: str, reason: str) -> Record:
@@ -357,7 +366,8 @@ class CurriculumEngine:
     # -- state ---------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """JSON-safe primitives: schema, fingerprint, phase, clock, guard accumulators, history."""
+        """JSON-safe primitives: schema, fingerprint, phase, clock, guard accumulators, history, and the
+        recorded metric stream (``recorded``, with ``record_metrics=True``; else None)."""
         guards = {key: caps.state_dict() for key, _guard, caps in self._plan.stateful if caps.state_dict}
         state = EngineState(
             schema_version=SCHEMA_VERSION,
@@ -370,6 +380,7 @@ class CurriculumEngine:
             pending_checks=list(self._pending),
             held_since={str(i): [list(s) if s else None for s in since] for i, since in self._held_since.items()},
             spec=self._spec,
+            recorded=self.recorded.state_dict() if self.recorded is not None else None,  # recording
         )
         try:  # a round trip proves it JSON-safe and shares nothing with the live objects
             return json.loads(json.dumps(to_primitives(state), allow_nan=False))
@@ -384,7 +395,7 @@ class CurriculumEngine:
 
         All or nothing: every registered object a guard or action ``requires`` is checked, then
         the whole state (:func:`engine.restore.check_state`: schema, fingerprint, phase, clock,
-        history, pending health checks, ``held_since``), then each guard's and action's
+        history, pending health checks, ``held_since``, recorded metrics), then each guard's and action's
         ``check(ctx)``, then which guards it has accumulators for, and the guards load them; if
         one refuses them the guards loaded before it are put back. A load that raises leaves the
         engine as it was: a fresh one can still ``start()`` or load another state. With
@@ -393,7 +404,9 @@ class CurriculumEngine:
         """
         self._check_requirements("load_state_dict()")
         lenient = allow_fingerprint_mismatch
-        restored = check_state(state, self.curriculum, self._plan, self._fingerprint, self._spec, lenient)
+        restored = check_state(
+            state, self.curriculum, self._plan, self._fingerprint, self._spec, lenient, record=self.recorded is not None
+        )
         self._check_objects("load_state_dict()")
         snap = restored.state
         load_guards(self._plan, snap.guards, lenient)
@@ -407,6 +420,7 @@ class CurriculumEngine:
         self._started = snap.started
         self._held_since = restored.held_since
         self._unchecked_step = self._unchecked_epoch = True
+        self.recorded = restored.recorded  # recording
 
     # -- deciding ------------------------------------------------------------------------------
 

@@ -43,6 +43,9 @@ class EngineState:
     spec: dict | None = None
     # The rule the fingerprint was taken with (Curriculum.fingerprint(version)): 1 left params out.
     fingerprint_version: int = 2
+    # The metric stream the engine was fed (engine/recording.py, MetricLog.state_dict()), when it
+    # was built with record_metrics=True; None otherwise, and in states saved before it existed.
+    recorded: dict | None = None
 
 
 def _from_v1(data: dict) -> dict:

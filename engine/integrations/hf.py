@@ -19,6 +19,7 @@ from transformers import TrainerCallback
 
 from engine.core import CurriculumError
 from engine.integrations import PhaseParams, bind, check_engine, check_flag, real_metrics, restartable
+from engine.integrations.tracking import calling_handler, curriculum_logs, report_before_loggers
 from engine.runtime import CurriculumEngine
 
 __all__ = ["CurriculumCallback", "STATE_KEY", "EPOCH_END_KEY", "SCHEDULE_KEY"]
@@ -127,6 +128,7 @@ class CurriculumCallback(TrainerCallback):
         self._checkpoint: tuple[int, str] | None = None  # (global step, folder) of this run's last checkpoint
         self._wrapped: Any = None  # the Trainer's own scheduler made restartable, whose state the callback keeps
         self._reads_at_resume: int | None = None  # params reads at a resume right after a step-end phase change
+        self._logged: int | None = None  # tracking: history records already in the Trainer's logs (None: none yet)
 
     # -- the model's forward -------------------------------------------------------------------
 
@@ -245,7 +247,7 @@ class CurriculumCallback(TrainerCallback):
         self._model, self._shifts_labels = model, _shifts_labels(model)
         self._average_tokens = bool(getattr(args, "average_tokens_across_devices", False))
         self._losses, self._missing_loss, self._epoch_end_at_evaluate, self._checkpoint = [], False, False, None
-        self._items = self._counted = self._reads_at_resume = None
+        self._items = self._counted = self._reads_at_resume = self._logged = None
         saved = callbacks.get(STATE_KEY)
         if state.global_step == 0:
             self.engine.start()
@@ -264,11 +266,23 @@ class CurriculumCallback(TrainerCallback):
                     f"Trainer resumed at step {state.global_step}; resume from the checkpoint folder the state was written to"
                 )
             if state.epoch is not None and float(state.epoch).is_integer() and self.engine.clock.epoch < int(state.epoch):
+                before = len(self.engine.history)
                 self._missed_epoch_end(state, callbacks.get(EPOCH_END_KEY))
+                if len(self.engine.history) > before:  # tracking: the first log says the transition it made
+                    self._logged = before
             last = self.engine.history[-1] if len(self.engine.history) else None
             if last is not None and last.point == "step_end" and last.global_step == state.global_step:
                 self._reads_at_resume = self.params.reads  # a collator reading params now reads the new phase early
         self._stash(state)
+        report_before_loggers(self, calling_handler())  # tracking: before the report_to loggers, so they get on_log's values
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        # tracking (engine/integrations/tracking.py): the curriculum in every log the Trainer makes
+        values, self._logged = curriculum_logs(self.engine, self._logged)
+        if logs is not None:
+            logs.update(values)
+        if state.log_history:
+            state.log_history[-1].update(values)
 
     def _missed_epoch_end(self, state: Any, saved: Any) -> None:
         """Resumed from a checkpoint written on an epoch's last step, before that epoch's end: make it now.
@@ -287,6 +301,7 @@ class CurriculumCallback(TrainerCallback):
                 f"{self.engine.clock.epoch} before its end, without the evaluation metrics of that epoch end ({exc}); resume "
                 "from a checkpoint written after its evaluation (save_strategy='epoch') or from an earlier one"
             ) from exc
+
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
         self._step_lr = float(optimizer.param_groups[0]["lr"]) if optimizer is not None else None
 

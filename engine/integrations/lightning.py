@@ -18,6 +18,7 @@ from lightning.pytorch import Callback
 
 from engine.core import CurriculumError
 from engine.integrations import PhaseParams, bind, check_engine, check_flag, real_metrics, restartable
+from engine.integrations.tracking import log_to_lightning
 from engine.runtime import CurriculumEngine
 
 __all__ = ["CurriculumCallback"]
@@ -140,7 +141,7 @@ class CurriculumCallback(Callback):
                 )
             metrics, self._epoch_metrics = self._epoch_metrics or {}, None
             try:
-                self.engine.epoch_end(**metrics)
+                record = self.engine.epoch_end(**metrics)
             except CurriculumError as exc:
                 raise CurriculumError(
                     f"CurriculumCallback: resumed from a checkpoint saved at the last batch of epoch {self.engine.clock.epoch}, "
@@ -148,6 +149,8 @@ class CurriculumCallback(Callback):
                     f"the curriculum reads ({exc}). Resume from the checkpoint saved at that epoch's end "
                     "(ModelCheckpoint's default) or from a mid-epoch one"
                 ) from exc
+            if record is not None:  # tracking
+                log_to_lightning(trainer, self.engine, record)
 
     def _reads_validation(self) -> bool:
         """Whether a guard of an epoch-end transition out of the current phase reads a metric (validation's, then)."""
@@ -173,7 +176,8 @@ class CurriculumCallback(Callback):
         loss = sum(losses) / len(losses)
         if trainer.world_size > 1:  # every rank must see the same loss to take the same transition
             loss = float(trainer.strategy.reduce(torch.tensor(loss, device=pl_module.device), reduce_op="mean"))
-        self.engine.step_end(loss=loss, **({"lr": self._step_lr} if self._step_lr is not None else {}))
+        record = self.engine.step_end(loss=loss, **({"lr": self._step_lr} if self._step_lr is not None else {}))
+        log_to_lightning(trainer, self.engine, record)  # tracking: the curriculum to the Trainer's loggers
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if not _batch_progress(trainer).is_last_batch:
@@ -181,7 +185,9 @@ class CurriculumCallback(Callback):
         metrics = real_metrics(trainer.callback_metrics)
         if self._epoch_metrics is not None:  # the epoch end Lightning repeats after a checkpoint saved on_validation_end
             metrics, self._epoch_metrics = {**metrics, **self._epoch_metrics}, None
-        self.engine.epoch_end(**metrics)
+        record = self.engine.epoch_end(**metrics)
+        if record is not None:  # tracking
+            log_to_lightning(trainer, self.engine, record)
 
 
 def _metrics_read(guard: Any) -> bool:

@@ -1,0 +1,147 @@
+"""``python -m engine``: replay and plot any run whose engine recorded its metrics.
+
+    python -m engine replay PATH --curriculum mymodule:make_curriculum --grid threshold=0.001,0.01 window=50,100
+    python -m engine plot PATH --out run.png
+
+``PATH`` is an own loop's state file (JSON or torch, holding ``engine.state_dict()``), a Hugging
+Face Trainer checkpoint folder, or a Lightning ``.ckpt`` (see :mod:`engine.saved`); the run's engine
+must have been built with ``record_metrics=True``. ``--curriculum MODULE:FUNCTION`` **imports your
+module** (as ``import MODULE`` would, from the current directory too) and calls ``FUNCTION(**setting)``
+for each setting of the grid: the function builds the curriculum from keyword arguments whose
+defaults are the run's own settings. Bad input prints one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from engine.core import Curriculum, CurriculumError
+
+EXIT_USAGE = 2
+
+
+class _Usage(Exception):
+    """Bad input to ``python -m engine``: one line, exit status 2."""
+
+
+def _value(text: str) -> Any:
+    """A grid value: a Python literal (50, 0.01, True, 'x'), a tuple as 2:4:6, else the text itself."""
+    if ":" in text:
+        return tuple(_value(part) for part in text.split(":"))
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_grid(items: list[str]) -> dict[str, list[Any]]:
+    """``["threshold=0.001,0.01", "window=50"]`` -> ``{"threshold": [0.001, 0.01], "window": [50]}``."""
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, eq, values = item.partition("=")
+        if not eq or not key.isidentifier() or not values or key in grid:
+            raise _Usage(f"--grid {item!r}: expected KEY=V1,V2,... once per KEY, with KEY a parameter of the curriculum "
+                         "function, e.g. --grid threshold=0.001,0.01 window=50,100")
+        grid[key] = [_value(v) for v in values.split(",")]
+    return grid
+
+
+def load_factory(spec: str) -> Callable[..., Curriculum]:
+    """``module:function`` -> the function; imports the module (user code runs)."""
+    module_name, colon, attr = spec.partition(":")
+    if not colon or not module_name or not attr:
+        raise _Usage(f"--curriculum {spec!r}: expected MODULE:FUNCTION, e.g. --curriculum mytraining:make_curriculum")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not module_name.startswith(exc.name):
+            raise  # the user's module imports something that is missing: a bug, with its traceback
+        raise _Usage(f"--curriculum {spec!r}: no module named {exc.name!r} (run from the folder that holds it, or set PYTHONPATH)") from None
+    target: Any = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise _Usage(f"--curriculum {spec!r}: module {module_name!r} has no {attr!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise _Usage(f"--curriculum {spec!r}: {attr!r} is a {type(target).__name__}, not a function that builds a Curriculum")
+    return target
+
+
+def _recorded(path: str) -> tuple[dict, str]:
+    from engine.saved import load_saved
+
+    state, where = load_saved(path)
+    if state.get("recorded") is None:
+        raise _Usage(f"{where} holds an engine state without recorded metrics; build the run's engine with "
+                     "CurriculumEngine(curriculum, record_metrics=True) to record them")
+    return state, where
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    from engine.grid import LEGEND, replay_grid
+
+    grid = parse_grid(args.grid or [])
+    state, where = _recorded(args.path)
+    factory = load_factory(args.curriculum)
+    table = replay_grid(factory, state, grid)
+    print(f"{where}: {table.steps} steps, {table.epochs} epoch ends recorded; curriculum {args.curriculum}; no action runs")
+    note = table.note()
+    if note:
+        print(f"note: {note}")
+    print()
+    print(table.to_markdown() if args.markdown else table)
+    print()
+    print(LEGEND)
+    return 0
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from engine.plot import plot_run
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise _Usage(f"{out} exists; pass --force to overwrite it, or name another --out")
+    state, where = _recorded(args.path)
+    plot_run(state, out, title=args.title or Path(args.path).name)
+    print(f"wrote {out} ({where})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("replay", help="replay a run's recorded metrics under other curriculum settings (no training)")
+    r.add_argument("path", help="state file (JSON or torch), HF checkpoint folder, or Lightning .ckpt")
+    r.add_argument("--curriculum", required=True, metavar="MODULE:FUNCTION",
+                   help="a function that builds the curriculum from keyword arguments (IMPORTS your module)")
+    r.add_argument("--grid", nargs="+", metavar="KEY=V1,V2", help="replay every combination, e.g. threshold=0.001,0.01 window=50,100")
+    r.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    r.set_defaults(run=run_replay)
+    p = sub.add_parser("plot", help="the run's loss with transition markers, LR and phase params, as a PNG")
+    p.add_argument("path", help="state file (JSON or torch), HF checkpoint folder, or Lightning .ckpt")
+    p.add_argument("--out", "-o", required=True, help="image file to write (.png, .svg, .pdf)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--title", help="the plot's title (default: the path's name)")
+    p.set_defaults(run=run_plot)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (_Usage, CurriculumError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

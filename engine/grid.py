@@ -1,0 +1,287 @@
+"""Replay a recorded run under every setting of a grid: where would each rule have switched?
+
+    table = replay_grid(make_curriculum, engine, grid={"threshold": [0.001, 0.01], "window": [50, 100]})
+    print(table)                 # one row per setting: the step of each switch and its deciding guard
+    table.rows[0].departure      # the first decision that differs from the recorded run, or None
+
+``make_curriculum`` is a function that builds the curriculum from keyword arguments (its defaults:
+the recorded run's settings); each key of ``grid`` must be one of its parameters. The recorded run
+is an engine built with ``record_metrics=True`` (its ``recorded`` stream and its history), an
+engine state saved from one (``engine.state_dict()``), or a :class:`~engine.recording.MetricLog`
+with ``history=``. No action runs: no model, optimizer or data is needed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import attrs
+
+from engine.core import Curriculum, CurriculumError, Point, describe, guard_leaves, metrics_read
+from engine.history import Record
+from engine.recording import MetricLog
+from engine.replay import Replay, replay
+from engine.runtime import CurriculumEngine
+from engine.state import from_primitives
+
+__all__ = ["GridRow", "GridTable", "replay_grid", "recorded_run", "format_table", "LEGEND"]
+
+LEGEND = (
+    "step Decider: the switch and the guard that became true last; *: the replay switches where the recorded run did not;\n"
+    "> S: the recorded run switched at step S, this setting not yet; ?: after the departure (the recorded metrics no\n"
+    "longer follow from this setting); departs: the first differing decision (-: none within the recorded steps)"
+)
+
+
+@attrs.frozen
+class GridRow:
+    """One setting of the grid: its keyword arguments, a label, and the replay under it."""
+
+    settings: dict[str, Any]
+    label: str
+    replay: Replay
+
+    @property
+    def switches(self) -> list[Record]:
+        """The transitions this setting makes, up to and including the departure (the evidence)."""
+        return _moves(self.replay.faithful())
+
+    @property
+    def departure(self):
+        return self.replay.departure
+
+
+@attrs.frozen
+class GridTable:
+    """The result of :func:`replay_grid`: the recorded transitions, one :class:`GridRow` per
+    setting, and ``own``: the replay with the factory's defaults (``own.departure`` None: the
+    defaults reproduce the recorded run). ``str(table)`` is a text table, :meth:`to_markdown` the
+    same as Markdown."""
+
+    recorded: list[Record]
+    rows: list[GridRow]
+    own: Replay
+    steps: int
+    epochs: int
+
+    def __str__(self) -> str:
+        return format_table(self.recorded, [(r.label, r.replay) for r in self.rows], self.own)
+
+    def to_markdown(self) -> str:
+        return format_table(self.recorded, [(r.label, r.replay) for r in self.rows], self.own, markdown=True)
+
+    def note(self) -> str | None:
+        """A line when the factory's defaults do not reproduce the recorded run, else None."""
+        if self.own.departure is None:
+            return None
+        return ("replayed with the factory's defaults, the run departs from its record: " + self.own.departure.text()
+                + "; build the factory's defaults as the run's curriculum for rows you can compare")
+
+
+# -- the recorded run ------------------------------------------------------------------------------
+
+
+def recorded_run(source: Any, history: Sequence[Record] | None = None) -> tuple[MetricLog, list[Record]]:
+    """``(stream, history)`` of a recorded run: an engine, an engine state dict, or a MetricLog (+ history)."""
+    if isinstance(source, CurriculumEngine):
+        log, records = source.recorded, list(source.history)
+        if log is None:
+            raise CurriculumError(
+                "replay_grid: this engine records no metrics; build it with CurriculumEngine(curriculum, record_metrics=True)"
+            )
+    elif isinstance(source, MetricLog):
+        log, records = source, None
+    elif isinstance(source, Mapping):
+        snap = from_primitives(dict(source))
+        if snap.recorded is None:
+            raise CurriculumError(
+                "replay_grid: this engine state holds no recorded metrics; the run's engine must be built with "
+                "CurriculumEngine(curriculum, record_metrics=True)"
+            )
+        log, records = MetricLog.from_state_dict(snap.recorded), snap.history
+    else:
+        raise CurriculumError(
+            f"replay_grid: 'recorded' must be a CurriculumEngine built with record_metrics=True, its state_dict(), "
+            f"or a MetricLog, got {type(source).__name__}"
+        )
+    if history is not None:
+        records = list(history)
+    if records is None:
+        raise CurriculumError("replay_grid: a MetricLog alone has no history to compare with; pass history=engine.history")
+    if (log.start_step, log.start_epoch) != (0, 0):
+        raise CurriculumError(
+            f"replay_grid: the recording began at step {log.start_step} (epoch {log.start_epoch}), not at the run's start "
+            "(record_metrics was turned on at a resume); a replay needs every metric since the start"
+        )
+    return log, records
+
+
+# -- the grid ---------------------------------------------------------------------------------------
+
+
+def _name(factory: Any) -> str:
+    return getattr(factory, "__qualname__", None) or repr(factory)
+
+
+def _combinations(factory: Callable, grid: Mapping[str, Iterable[Any]]) -> list[dict[str, Any]]:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = None  # a builtin or C callable: its parameters cannot be read, the call will say
+    open_ended = params is None or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    axes = []
+    for key, values in grid.items():
+        if not open_ended and (key not in params or params[key].kind is inspect.Parameter.POSITIONAL_ONLY):
+            raise CurriculumError(
+                f"replay_grid: grid key {key!r} is not a parameter of {_name(factory)} (its parameters: "
+                f"{', '.join(params) or 'none'}); grid over the keyword arguments the curriculum factory takes"
+            )
+        values = list(values) if isinstance(values, (list, tuple, range)) else None
+        if not values:
+            raise CurriculumError(
+                f"replay_grid: grid[{key!r}] must be a non-empty list of values, e.g. grid={{{key!r}: [v1, v2]}}"
+            )
+        axes.append([(key, v) for v in values])
+    return [dict(combo) for combo in itertools.product(*axes)]
+
+
+def _build(factory: Callable, settings: dict[str, Any]) -> Curriculum:
+    curriculum = factory(**settings)
+    if not isinstance(curriculum, Curriculum):
+        raise CurriculumError(
+            f"replay_grid: {_name(factory)}({', '.join(f'{k}={v!r}' for k, v in settings.items())}) returned "
+            f"{type(curriculum).__name__}, not a Curriculum; the factory must build and return the curriculum"
+        )
+    return curriculum
+
+
+def _check_metrics(curriculum: Curriculum, log: MetricLog, where: str) -> None:
+    """Every metric a guard of ``curriculum`` reads at a point was recorded there (where the run made calls)."""
+    calls = {Point.STEP_END: log.steps, Point.EPOCH_END: log.epochs}
+    for point in Point:
+        recorded = set(log.names(point.value))
+        for tr in curriculum.transitions:
+            for leaf in (leaf for g in tr.guards for leaf in guard_leaves(g)):
+                missing = [m for m in metrics_read(leaf, tr.when, point) if m not in recorded]
+                if missing and calls[point]:
+                    raise CurriculumError(
+                        f"replay_grid: the recorded stream does not fit {where}: {describe(leaf)} ({tr.label}) reads "
+                        f"{', '.join(map(repr, missing))} at {point.value}, which the recorded run did not pass there "
+                        f"(recorded at {point.value}: {', '.join(sorted(recorded)) or 'nothing'}); replay a curriculum "
+                        "that reads the metrics the run recorded"
+                    )
+
+
+def _replay(curriculum: Curriculum, log: MetricLog, stream: list, history: list[Record], where: str) -> Replay:
+    _check_metrics(curriculum, log, where)
+    try:
+        return replay(curriculum, stream, recorded=history)
+    except CurriculumError as exc:
+        raise CurriculumError(f"replay_grid: replaying the recorded stream on {where} failed: {exc}") from exc
+
+
+def label(settings: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in settings.items()) or "defaults"
+
+
+def replay_grid(
+    curriculum_factory: Callable[..., Curriculum],
+    recorded: Any,
+    grid: Mapping[str, Iterable[Any]] | None = None,
+    *,
+    history: Sequence[Record] | None = None,
+) -> GridTable:
+    """Replay the recorded run under ``curriculum_factory(**setting)`` for every combination in ``grid``.
+
+    ``recorded``: a :class:`CurriculumEngine` built with ``record_metrics=True``, its
+    ``state_dict()``, or a :class:`MetricLog` (then pass ``history=``, the recorded run's
+    transitions). Every grid key must be a keyword parameter of the factory. Each row replays a
+    freshly built curriculum; the result's ``own`` is the replay with the factory's defaults.
+    Bad input (a grid key the factory lacks, a stream without a metric a guard reads, a recording
+    that began after the run's start) is a :class:`CurriculumError`; nothing is changed.
+    """
+    if not callable(curriculum_factory):
+        raise CurriculumError(
+            f"replay_grid: 'curriculum_factory' must be a function that returns a Curriculum, got {curriculum_factory!r}"
+        )
+    combos = _combinations(curriculum_factory, dict(grid or {}))
+    log, records = recorded_run(recorded, history)
+    stream = log.stream()
+    own = _replay(_build(curriculum_factory, {}), log, stream, records, f"{_name(curriculum_factory)}()")
+    rows = []
+    for settings in combos:
+        curriculum = _build(curriculum_factory, settings)
+        result = _replay(curriculum, log, stream, records, f"{_name(curriculum_factory)}({label(settings)})")
+        rows.append(GridRow(settings=settings, label=label(settings), replay=result))
+    return GridTable(recorded=_moves(records), rows=rows, own=own, steps=log.steps, epochs=log.epochs)
+
+
+# -- the table ----------------------------------------------------------------------------------------
+
+
+def _moves(history: Iterable[Record]) -> list[Record]:
+    return [r for r in history if r.point in ("step_end", "epoch_end")]
+
+
+def _short(guard: str) -> str:
+    return guard.split("(", 1)[0]
+
+
+def _decider(record: Record) -> str:
+    if record.decision is None:
+        return ""
+    return "+".join(_short(g) for g in record.decision.decided_by)
+
+
+def _cells(result: Replay, n: int) -> list[str]:
+    """Per switch: 'step Decider', 'step Decider *' (departs there), '> step' (the recorded run
+    switched there, the replay not yet), '?' (after the departure), '-' (no switch in the data)."""
+    moves = _moves(result.history)
+    dep = result.departure
+    cells = []
+    for k in range(n):
+        r = moves[k] if k < len(moves) else None
+        if dep is None:
+            cells.append(f"{r.global_step} {_decider(r)}" if r else "-")
+        elif r is not None and r.global_step < dep.global_step:
+            cells.append(f"{r.global_step} {_decider(r)}")
+        elif r is not None and r.global_step == dep.global_step and dep.replayed is r:
+            cells.append(f"{r.global_step} {_decider(r)} *")
+        elif k == len([m for m in moves if m.global_step < dep.global_step]) and dep.replayed is None:
+            cells.append(f"> {dep.global_step}")
+        else:
+            cells.append("?")
+    return cells
+
+
+def format_table(recorded: Iterable[Record], rows: list[tuple[str, Replay]], own: Replay | None = None, *,
+                 word: str = "switch", markdown: bool = False) -> str:
+    """The grid table: the recorded run's transitions (their deciders, else those of ``own``, the
+    replay with the run's own settings, where it agrees), then one row per (label, replay)."""
+    recorded_moves = _moves(recorded)
+    n = max([len(recorded_moves), 1] + [len(_moves(res.history)) for _, res in rows])
+    own_moves = {r.global_step: r for r in _moves(own.faithful())} if own is not None else {}
+    rec_cells = []
+    for r in recorded_moves[:n]:
+        decider = _decider(r) or (_decider(own_moves[r.global_step]) if r.global_step in own_moves else "")
+        rec_cells.append(f"{r.global_step} {decider}".rstrip())
+    rec_cells += ["-"] * (n - len(rec_cells))
+    table = [["setting"] + [f"{word} {k + 1}" for k in range(n)] + ["departs"], ["recorded"] + rec_cells + [""]]
+    for name, res in rows:
+        dep = res.departure
+        table.append([name] + _cells(res, n) + [f"step {dep.global_step}" if dep else "-"])
+    return _markdown(table) if markdown else _text(table)
+
+
+def _text(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def _markdown(rows: list[list[str]]) -> str:
+    def line(row: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in row) + " |"
+
+    return "\n".join([line(rows[0]), "|" + "---|" * len(rows[0])] + [line(row) for row in rows[1:]])

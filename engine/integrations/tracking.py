@@ -1,0 +1,136 @@
+"""What the framework callbacks log about the curriculum, for TensorBoard, W&B, MLflow, CSV loggers.
+
+Numbers, under ``curriculum/``, at every log:
+
+- ``curriculum/phase``: the current phase's index in the curriculum's declaration order;
+- ``curriculum/<param>``: each numeric param of the current phase (bools aside);
+- ``curriculum/transitions``: the transitions taken so far (it steps up where one fired);
+- ``curriculum/last_transition_step``: the global step of the last one (0 before any).
+
+Text, where the framework's loggers take text (the HF Trainer's do: TensorBoard as text, W&B,
+``trainer_state.json``'s ``log_history``), only when it changed since the previous log:
+
+- ``curriculum/phase_name``: the current phase's name;
+- ``curriculum/transition``: each transition since the previous log,
+  ``"a -> b at step 150 (epoch 3, epoch_end), decided by Plateau(window=50, threshold=0.005)"``.
+
+Lightning's loggers take numbers only: the Lightning callback hands the numbers to every logger of
+the Trainer (``logger.log_metrics``) every ``log_every_n_steps`` steps and at each transition
+(:func:`log_to_lightning`), and the text to this module's Python logger (INFO).
+
+The HF Trainer calls its ``report_to`` callbacks (TensorBoard, W&B, MLflow, ...) before the
+callbacks a user passes, in one ``on_log`` round: so that they see the curriculum's values, the
+HF callback moves itself just before them when training begins (:func:`report_before_loggers`).
+transformers gives a callback no public way to its Trainer or its ``CallbackHandler`` (a hook gets
+``args, state, control`` and the model, optimizer, scheduler and loaders), so the handler is found
+as the caller of ``on_train_begin`` (:func:`calling_handler`); where it is not (a callback called
+some other way), the order is left as it is with one warning: pass ``report_to="none"`` and the
+reporters' callbacks after this one instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import re
+import sys
+from typing import Any, Sequence
+
+from engine.history import Record
+from engine.runtime import CurriculumEngine
+
+__all__ = ["PREFIX", "phase_metrics", "transition_text", "curriculum_logs", "calling_handler", "report_before_loggers", "log_to_lightning"]
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "curriculum/"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.\- ]")  # MLflow's rule for metric names, "/" aside
+
+
+def _moves(history: Sequence[Record]) -> list[Record]:
+    return [r for r in history if r.source is not None]
+
+
+def phase_metrics(engine: CurriculumEngine) -> dict[str, float]:
+    """The numbers to log at any step: phase index, numeric params, transitions so far, last one's step."""
+    phase = engine.phase
+    names = [p.name for p in engine.curriculum.phases]
+    moves = _moves(engine.history)
+    out = {f"{PREFIX}phase": float(names.index(phase.name))}
+    for key, value in phase.params.items():
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            out[PREFIX + _UNSAFE.sub("_", str(key))] = float(value)
+    out[f"{PREFIX}transitions"] = float(len(moves))
+    out[f"{PREFIX}last_transition_step"] = float(moves[-1].global_step if moves else 0)
+    return out
+
+
+def transition_text(record: Record) -> str:
+    """``a -> b at step 150 (epoch 3, epoch_end), decided by Plateau(...)`` (a manual one: its reason)."""
+    text = f"{record.source} -> {record.dest} at step {record.global_step} (epoch {record.epoch}, {record.point})"
+    if record.decision is not None:
+        return f"{text}, decided by {' and '.join(record.decision.decided_by)}"
+    if record.reason:
+        return f"{text}, by hand: {record.reason}"
+    return text
+
+
+def curriculum_logs(engine: CurriculumEngine, since: int | None) -> tuple[dict[str, Any], int]:
+    """``(values to log, cursor)``: :func:`phase_metrics`, and the text of what changed after
+    history record ``since``: the cursor the previous call returned, or None at a run's (or a
+    resumed run's) first log, which logs the phase name and no transition. Pass the returned
+    cursor to the next call."""
+    history = engine.history
+    out: dict[str, Any] = dict(phase_metrics(engine))
+    new = _moves(history[since:]) if since is not None else []
+    if since is None or new:
+        out[f"{PREFIX}phase_name"] = engine.phase.name
+    if new:
+        out[f"{PREFIX}transition"] = "; ".join(transition_text(r) for r in new)
+    return out, len(history)
+
+
+def calling_handler() -> Any:
+    """The object whose method called the hook that calls this (``self`` of the frame two up): the
+    HF Trainer's ``CallbackHandler`` when ``CallbackHandler.call_event`` called the callback's
+    ``on_train_begin``. None where the interpreter has no ``sys._getframe`` or the stack is shorter."""
+    getframe = getattr(sys, "_getframe", None)
+    try:
+        return getframe(2).f_locals.get("self") if getframe is not None else None
+    except ValueError:  # the stack is not that deep
+        return None
+
+
+def report_before_loggers(callback: Any, handler: Any) -> None:
+    """HF: move ``callback`` in the Trainer's ``CallbackHandler`` to just before the first
+    ``report_to`` callback, so that the values it adds to ``logs`` in ``on_log`` reach them (the
+    Trainer calls its callbacks in order, reporters before the user's). ``handler`` is the
+    handler that called the callback's ``on_train_begin``; anything else leaves the order as it is."""
+    from transformers.integrations import INTEGRATION_TO_CALLBACK
+    from transformers.trainer_callback import CallbackHandler
+
+    if not isinstance(handler, CallbackHandler) or not any(c is callback for c in handler.callbacks):
+        logger.warning("CurriculumCallback: could not find the Trainer's callbacks; the report_to loggers called before "
+                       "it will not log the curriculum (pass report_to='none' and their callbacks after this one)")
+        return
+    reporters = tuple(c for c in INTEGRATION_TO_CALLBACK.values() if isinstance(c, type))
+    callbacks = handler.callbacks
+    mine = next(i for i, c in enumerate(callbacks) if c is callback)
+    first = next((i for i, c in enumerate(callbacks) if isinstance(c, reporters)), None)
+    if first is not None and first < mine:
+        callbacks.insert(first, callbacks.pop(mine))
+
+
+def log_to_lightning(trainer: Any, engine: CurriculumEngine, record: Record | None) -> None:
+    """Lightning: :func:`phase_metrics` to each of ``trainer.loggers`` at ``trainer.global_step``,
+    every ``log_every_n_steps`` steps and whenever ``record`` (a transition just taken) is given;
+    the transition's text to the Python log. Not through ``pl_module.log``: the values would land
+    in ``callback_metrics``, which the callback feeds back to ``epoch_end``."""
+    every = max(int(getattr(trainer, "log_every_n_steps", 1) or 1), 1)
+    if record is None and trainer.global_step % every:
+        return
+    values = phase_metrics(engine)
+    for target in trainer.loggers:
+        target.log_metrics(values, step=trainer.global_step)
+    if record is not None:
+        logger.info("curriculum: %s", transition_text(record))

@@ -1,0 +1,157 @@
+"""A run's picture from its engine state: loss with transition markers, LR, and the phase params.
+
+    plot_run(engine, "run.png")                # an engine built with record_metrics=True
+    plot_run(state_dict, "run.png")            # or its saved state (python -m engine plot PATH --out run.png)
+
+The loss and LR come from the recorded metrics (``loss`` of every ``step_end``; ``lr`` when the loop
+passed it, as the HF and Lightning callbacks do), the epoch-end metrics (validation) from the
+recorded ``epoch_end`` calls, the transitions from the history and the phase params from the
+curriculum spec kept in the state: the same picture ``chunklm plot`` draws for its own runs.
+matplotlib is imported only when a plot is drawn.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from engine.core import CurriculumError
+from engine.history import Record
+from engine.recording import MetricLog
+from engine.runtime import CurriculumEngine
+from engine.state import from_primitives
+
+__all__ = ["plot_run", "draw_run"]
+
+_EPOCH_METRIC = re.compile(r"loss|bpb|acc|ppl|perplexity|error|f1", re.IGNORECASE)
+_NOT_A_MEASURE = re.compile(r"runtime|per_second|samples|steps|epoch", re.IGNORECASE)
+
+
+def _parts(source: Any) -> tuple[MetricLog, list[Record], dict]:
+    """(recorded metrics, history, spec) of an engine or an engine state dict."""
+    if isinstance(source, CurriculumEngine):
+        if source.recorded is None:
+            raise CurriculumError("plot_run: this engine records no metrics; build it with CurriculumEngine(curriculum, record_metrics=True)")
+        return source.recorded, list(source.history), source.curriculum.spec()
+    if isinstance(source, Mapping):
+        snap = from_primitives(dict(source))
+        if snap.recorded is None:
+            raise CurriculumError("plot_run: this engine state holds no recorded metrics; build the run's engine with record_metrics=True")
+        if snap.spec is None:
+            raise CurriculumError("plot_run: this engine state (schema 1) holds no curriculum spec to read the phase params from")
+        return MetricLog.from_state_dict(snap.recorded), snap.history, snap.spec
+    raise CurriculumError(f"plot_run: expected a CurriculumEngine or its state_dict(), got {type(source).__name__}")
+
+
+def _numeric_params(spec: dict) -> dict[str, dict[str, float]]:
+    """phase name -> its params that are real numbers (bools aside)."""
+    out = {}
+    for name, _on_enter, params in spec["phases"]:
+        out[name] = {k: float(v) for k, v in (params or {}).items()
+                     if isinstance(v, numbers.Real) and not isinstance(v, bool)}
+    return out
+
+
+def _phase_per_step(history: Sequence[Record], steps: Sequence[int]) -> list[str]:
+    """The phase each step ran in: a transition at step S (step or epoch end) takes effect at S + 1."""
+    moves = sorted(((r.global_step, k, r.dest) for k, r in enumerate(history)), key=lambda m: (m[0], m[1]))
+    phases, i, current = [], 0, moves[0][2] if moves else "?"
+    for step in steps:
+        while i < len(moves) and moves[i][0] < step:
+            current = moves[i][2]
+            i += 1
+        phases.append(current)
+    return phases
+
+
+def _epoch_metric(log: MetricLog) -> str | None:
+    names = [n for n in log.names("epoch_end") if not _NOT_A_MEASURE.search(n)]
+    preferred = [n for n in names if _EPOCH_METRIC.search(n)]
+    return (preferred or names or [None])[0]
+
+
+def draw_run(steps: Sequence[int], loss: Sequence[float], lr: Sequence[float] | None, params: Mapping[str, Sequence[float]],
+             transitions: Sequence[Record], epoch_metric: tuple[str, Sequence[int], Sequence[float]] | None, title: str) -> Any:
+    """The figure: loss (and its running mean) with labelled transition markers and the epoch-end
+    metric on a second axis; the LR; the phase params as steps. Returns a matplotlib Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_lr, ax_par) = plt.subplots(3, 1, figsize=(10, 8), sharex=True, gridspec_kw={"height_ratios": [3, 1, 1]})
+    ax_loss.plot(steps, loss, lw=0.6, alpha=0.4, color="tab:blue", label="loss per step")
+    k = max(1, len(loss) // 100)
+    if k > 1:
+        sums = [0.0]
+        for v in loss:
+            sums.append(sums[-1] + v)
+        smooth = [(sums[i + 1] - sums[max(0, i - k + 1)]) / (i + 1 - max(0, i - k + 1)) for i in range(len(loss))]
+        ax_loss.plot(steps, smooth, lw=1.5, color="tab:blue", label=f"mean of {k} steps")
+    if epoch_metric is not None:
+        name, at, values = epoch_metric
+        ax_val = ax_loss.twinx()
+        ax_val.plot(at, values, "o-", color="tab:green", label=name)
+        ax_val.set_ylabel(name, color="tab:green")
+    for record in transitions:
+        for ax in (ax_loss, ax_lr, ax_par):
+            ax.axvline(record.global_step, color="tab:red", ls="--", lw=1)
+        ax_loss.annotate(f"{record.source} → {record.dest}\nepoch {record.epoch}", (record.global_step, 1.0),
+                         xycoords=("data", "axes fraction"), xytext=(3, -3), textcoords="offset points",
+                         va="top", fontsize=8, color="tab:red")
+    ax_loss.set_ylabel("training loss")
+    ax_loss.legend(loc="lower left", fontsize=8)
+    if lr is not None:
+        ax_lr.plot(steps, lr, color="tab:orange")
+    else:
+        ax_lr.text(0.5, 0.5, "no 'lr' recorded: pass lr=... to step_end", transform=ax_lr.transAxes, ha="center", va="center")
+    ax_lr.set_ylabel("learning rate")
+    for (name, values), color in zip(params.items(), ("tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")):
+        ax_par.step(steps, values, where="post", color=color, label=name)
+    if params:
+        ax_par.legend(loc="upper left", fontsize=8)
+    ax_par.set_ylabel("phase params")
+    ax_par.set_xlabel("optimizer step")
+    ax_loss.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_run(source: Any, out: str | Path, *, title: str | None = None) -> Path:
+    """Draw the run of ``source`` (an engine built with ``record_metrics=True``, or its
+    ``state_dict()``) to ``out`` (the format from its suffix, PNG by default), written atomically:
+    an existing file is replaced. Returns ``out``."""
+    log, history, spec = _parts(source)
+    steps, loss = log.series("loss")
+    if not steps:
+        raise CurriculumError("plot_run: the recorded metrics have no step_end yet; plot after the run has taken steps")
+    lr_steps, lr = log.series("lr")
+    phases = _phase_per_step(history, steps)
+    numeric = _numeric_params(spec)
+    names = list(dict.fromkeys(k for p in numeric.values() for k in p))
+    params = {name: [numeric.get(ph, {}).get(name, float("nan")) for ph in phases] for name in names}
+    if not params:
+        index = {entry[0]: k for k, entry in enumerate(spec["phases"])}
+        params = {"phase index": [float(index.get(ph, -1)) for ph in phases]}
+    metric = _epoch_metric(log)
+    epoch_metric = (metric, *log.series(metric, "epoch_end")) if metric is not None else None
+    fig = draw_run(steps, loss, lr if len(lr_steps) == len(steps) else None, params,
+                   [r for r in history if r.source is not None], epoch_metric, title or "curriculum run")
+    out = Path(out)
+    import matplotlib.pyplot as plt
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format=out.suffix[1:] or "png", dpi=110)
+        os.replace(tmp, out)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    finally:
+        plt.close(fig)
+    return out

@@ -1,0 +1,105 @@
+"""Find the engine state in a saved file: an own loop's state file, an HF checkpoint, a Lightning .ckpt.
+
+:func:`load_saved` reads, without running any code from the file:
+
+- a JSON file holding ``engine.state_dict()`` (or any JSON that holds one, e.g. ``{"engine": ...}``);
+- a torch file (``torch.save({"engine": engine.state_dict(), ...})``, a Lightning ``.ckpt``, whose
+  ``callbacks`` entry holds it), read with ``torch.load(weights_only=True)``;
+- a Hugging Face Trainer checkpoint folder (``checkpoint-N/``, whose ``trainer_state.json`` holds
+  it under ``stateful_callbacks``), or an output folder of them (the highest ``N`` is read).
+
+A path that holds no engine state, or more than one, is a :class:`~engine.CurriculumError`.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from engine.core import CurriculumError
+
+__all__ = ["load_saved", "find_states"]
+
+_KEYS = {"schema_version", "fingerprint", "phase", "clock", "history"}
+_HF_STATE = "trainer_state.json"
+
+
+def _is_state(value: Any) -> bool:
+    return isinstance(value, dict) and _KEYS <= value.keys()
+
+
+def find_states(value: Any, path: str = "", depth: int = 6) -> list[tuple[str, dict]]:
+    """Every engine state inside ``value`` (nested dicts and lists), with where it was found."""
+    if _is_state(value):
+        return [(path or "(top level)", value)]
+    if depth == 0:
+        return []
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return []
+    found = []
+    for key, inner in items:
+        found += find_states(inner, f"{path}[{key!r}]", depth - 1)
+    return found
+
+
+def _hf_folder(folder: Path) -> Path:
+    if (folder / _HF_STATE).is_file():
+        return folder / _HF_STATE
+    numbered = [(int(m.group(1)), p) for p in folder.glob("checkpoint-*") if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
+                and (p / _HF_STATE).is_file()]
+    if numbered:
+        return max(numbered)[1] / _HF_STATE
+    raise CurriculumError(
+        f"{folder} is a folder without {_HF_STATE} or checkpoint-N/{_HF_STATE}: no engine state; name an HF Trainer "
+        "checkpoint folder, a Lightning .ckpt, or a file holding engine.state_dict()"
+    )
+
+
+def _read(path: Path) -> Any:
+    if path.suffix == ".json":
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CurriculumError(f"{path} is not JSON ({type(exc).__name__}: {exc}): no engine state") from None
+    import torch
+
+    if not zipfile.is_zipfile(path):
+        raise CurriculumError(f"{path} is neither JSON (.json) nor a torch file (torch.save's zip format): no engine state")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        why = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else text
+        why = why.strip().split(". ")[0].splitlines()[0] if why.strip() else type(exc).__name__
+        raise CurriculumError(
+            f"{path} cannot be read with torch.load(weights_only=True) ({why}): it holds objects that only running "
+            "code could rebuild; save the engine state as plain data (engine.state_dict() is)"
+        ) from None
+    except (RuntimeError, EOFError) as exc:  # torch's zip reader: truncated or not a checkpoint
+        raise CurriculumError(f"{path} is not a readable torch file ({type(exc).__name__}: {str(exc).splitlines()[0]}): no engine state") from None
+
+
+def load_saved(path: str | Path) -> tuple[dict, str]:
+    """``(engine state, where)``: the one engine state saved at ``path`` and a text saying where it was."""
+    path = Path(path)
+    if not path.exists():
+        raise CurriculumError(f"{path} does not exist")
+    file = _hf_folder(path) if path.is_dir() else path
+    found = find_states(_read(file))
+    if not found:
+        raise CurriculumError(
+            f"{file} holds no engine state (no dict with {', '.join(sorted(_KEYS))}); save engine.state_dict() with your "
+            "checkpoint, or use the HF/Lightning CurriculumCallback, which does"
+        )
+    if len(found) > 1:
+        raise CurriculumError(f"{file} holds {len(found)} engine states ({', '.join(w for w, _ in found)}); save one per file")
+    where, state = found[0]
+    return state, f"{file} {where}" if where != "(top level)" else str(file)

@@ -1,0 +1,201 @@
+"""The metric stream an engine records (engine.recording, CurriculumEngine(record_metrics=True)) and
+the plot drawn from it (engine.plot)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from engine import Curriculum, CurriculumEngine, CurriculumError, MetricLog, Phase, Point, Transition, replay
+from engine.plot import plot_run
+from engine.recording import BLOCK
+from policies import MetricBelow, MinEpoch, Plateau, all_of
+
+
+def curriculum(threshold: float = 0.01, window: int = 20) -> Curriculum:
+    return Curriculum(
+        [Phase("a", params={"seq_len": 64}), Phase("b", params={"seq_len": 128}), Phase("c", params={"seq_len": 256})],
+        [
+            Transition("a", "b", [all_of(MinEpoch(1), Plateau(window=window, threshold=threshold))]),
+            Transition("b", "c", [Plateau(window=window, threshold=threshold)], when=Point.STEP_END),
+        ],
+    )
+
+
+def run(engine: CurriculumEngine, epochs: int, steps: int = 50, seed: int = 0) -> None:
+    """A loss that falls, then plateaus, in each phase (noisy floats with all 53 bits)."""
+    rng = random.Random(seed)
+    for _ in range(epochs):
+        for _ in range(steps):
+            engine.step_end(loss=1 + 2 * math.exp(-0.05 * engine.clock.steps_in_phase) + 0.05 * rng.random(), lr=1e-3 * rng.random())
+        engine.epoch_end(val=rng.random())
+
+
+def bits(stream):
+    return [(p, {k: struct.pack("<d", v) for k, v in m.items()}) for p, m in stream]
+
+
+def test_off_by_default():
+    """Without record_metrics nothing is recorded and the state's 'recorded' is None."""
+    engine = CurriculumEngine(curriculum())
+    engine.start()
+    run(engine, 1)
+    assert engine.recorded is None and engine.state_dict()["recorded"] is None
+
+
+def test_records_every_call_with_the_exact_floats_it_was_fed():
+    """Each successful call appends its metrics as floats, in order, whatever their set and type."""
+    engine = CurriculumEngine(curriculum(), record_metrics=True)
+    engine.start()
+    engine.step_end(loss=0.1 + 0.2, lr=np.float32(0.5))
+    engine.step_end(loss=torch.tensor(float("nan")), grad_norm=3)
+    engine.epoch_end(val=float("inf"))
+    engine.step_end(loss=-0.0, lr=1e-300)
+    expected = [("step_end", {"lr": 0.5, "loss": 0.1 + 0.2}), ("step_end", {"grad_norm": 3.0, "loss": math.nan}),
+                ("epoch_end", {"val": math.inf}), ("step_end", {"lr": 1e-300, "loss": -0.0})]
+    assert bits(engine.recorded.stream()) == bits(expected)
+    assert (engine.recorded.steps, engine.recorded.epochs, len(engine.recorded)) == (3, 1, 4)
+    assert engine.recorded.series("lr") == ([1, 3], [0.5, 1e-300])
+
+
+def test_a_call_that_raises_records_nothing():
+    """A refused metric, a missing one, a guard that raises: state_dict() (recording included) is unchanged."""
+    def boom(ctx):
+        raise RuntimeError("no")
+
+    c = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [boom], when=Point.STEP_END),
+                                               Transition("a", "b", [MetricBelow("val", 1.0)])])
+    engine = CurriculumEngine(c, record_metrics=True)
+    engine.start()
+    before = engine.state_dict()
+    for call in (lambda: engine.step_end(loss="x"), lambda: engine.step_end(loss=1.0), lambda: engine.epoch_end()):
+        with pytest.raises(CurriculumError):
+            call()
+        assert engine.state_dict() == before and len(engine.recorded) == 0
+
+
+def test_replaying_the_recorded_stream_reproduces_the_run():
+    """engine.replay on the recorded stream takes the same transitions at the same steps: no departure."""
+    engine = CurriculumEngine(curriculum(), record_metrics=True)
+    engine.start()
+    run(engine, 5)
+    assert [r.global_step for r in engine.history][1:]  # the run moved
+    result = replay(curriculum(), engine.recorded.stream(), recorded=engine.history)
+    assert result.departure is None
+    assert [r.comparable() for r in result.history] == [r.comparable() for r in engine.history]
+
+
+def test_snapshot_json_restore_continue_equals_uninterrupted_across_a_block():
+    """Saved past a block's end, restored into a fresh engine and continued: the same recording as never interrupted."""
+    rng = random.Random(1)
+    losses = [rng.random() for _ in range(BLOCK + 10)]
+
+    def fresh():
+        return CurriculumEngine(curriculum(window=5000), record_metrics=True)
+
+    whole = fresh()
+    whole.start()
+    for x in losses:
+        whole.step_end(loss=x)
+    first = fresh()
+    first.start()
+    for x in losses[:BLOCK + 2]:
+        first.step_end(loss=x)
+    saved = json.loads(json.dumps(first.state_dict()))
+    assert len(saved["recorded"]["columns"][0][2]) == 2  # loss: one finished block and the tail
+    resumed = fresh()
+    resumed.load_state_dict(saved)
+    assert resumed.state_dict() == saved
+    for x in losses[BLOCK + 2:]:
+        resumed.step_end(loss=x)
+    assert resumed.state_dict()["recorded"] == whole.state_dict()["recorded"]
+    assert bits(resumed.recorded.stream()) == bits(whole.recorded.stream())
+
+
+def test_states_without_a_recording_still_load():
+    """An older state (no 'recorded') loads; a recording engine records from the restored clock on."""
+    engine = CurriculumEngine(curriculum())
+    engine.start()
+    run(engine, 1)
+    old = engine.state_dict()
+    del old["recorded"]
+    restored = CurriculumEngine(curriculum(), record_metrics=True)
+    restored.load_state_dict(old)
+    assert (restored.recorded.start_step, restored.recorded.start_epoch, len(restored.recorded)) == (50, 1, 0)
+    restored.step_end(loss=1.0)
+    assert restored.state_dict()["recorded"]["start_step"] == 50
+
+
+def test_a_recording_that_does_not_fit_the_clock_or_is_garbled_is_refused_whole():
+    """A log ending elsewhere than the clock, or malformed, is a CurriculumError and the engine is untouched."""
+    engine = CurriculumEngine(curriculum(), record_metrics=True)
+    engine.start()
+    run(engine, 1)
+    good = engine.state_dict()
+    short = json.loads(json.dumps(good))
+    short["clock"]["global_step"] += 1
+    short["clock"]["step_in_epoch"] += 1
+    garbled = json.loads(json.dumps(good))
+    garbled["recorded"]["columns"][0][2][0] = "not base64!"
+    for bad, words in ((short, "recorded metrics end at step 50"), (garbled, "not an encoded block")):
+        fresh = CurriculumEngine(curriculum(), record_metrics=True)
+        with pytest.raises(CurriculumError, match=words):
+            fresh.load_state_dict(bad)
+        fresh.start()  # still a fresh engine
+        assert len(fresh.recorded) == 0
+    lenient = CurriculumEngine(curriculum(), record_metrics=True)
+    lenient.load_state_dict(short, allow_fingerprint_mismatch=True)
+    assert (lenient.recorded.start_step, len(lenient.recorded)) == (51, 0)
+
+
+def test_an_engine_that_does_not_record_drops_a_restored_recording_and_says_so(caplog):
+    engine = CurriculumEngine(curriculum(), record_metrics=True)
+    engine.start()
+    run(engine, 1)
+    plain = CurriculumEngine(curriculum())
+    with caplog.at_level(logging.WARNING, logger="engine.recording"):
+        plain.load_state_dict(engine.state_dict())
+    assert plain.recorded is None and "record_metrics=True" in caplog.text
+
+
+def test_metric_log_round_trips_through_its_state_dict():
+    """Calls of several layouts, more than are kept aside before going into the columns: the same stream back."""
+    rng = random.Random(3)
+    log, fed = MetricLog(), []
+    layouts = [("step_end", ("loss",)), ("step_end", ("lr", "loss")), ("epoch_end", ("val", "acc")), ("epoch_end", ())]
+    for _ in range(2500):
+        point, names = layouts[rng.randrange(4)] if rng.random() < 0.2 else layouts[0]
+        call = (point, {name: rng.random() for name in names})
+        log.append(*call)
+        fed.append(call)
+    again = MetricLog.from_state_dict(json.loads(json.dumps(log.state_dict())))
+    assert bits(log.stream()) == bits(fed) and bits(again.stream()) == bits(fed)
+    assert again.state_dict() == log.state_dict() and len(again) == 2500
+    small = MetricLog()
+    for k in range(10):
+        small.append("step_end", {"loss": k / 3})
+        if k % 4 == 3:
+            small.append("epoch_end", {"val": -k / 7})
+    assert small.state_dict()["calls"] == [[0, 4], [1, 1], [0, 4], [1, 1], [0, 2]]
+
+
+# -- the plot ----------------------------------------------------------------------------------------
+
+
+def test_plot_run_from_a_saved_state(tmp_path):
+    """A PNG from an engine's JSON state; an engine that records nothing is one error, and no file."""
+    engine = CurriculumEngine(curriculum(), record_metrics=True)
+    engine.start()
+    run(engine, 4)
+    out = plot_run(json.loads(json.dumps(engine.state_dict())), tmp_path / "saved.png", title="test")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(CurriculumError, match="record_metrics=True"):
+        plot_run(CurriculumEngine(curriculum()), tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
