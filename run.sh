@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine:
 #   ./run.sh demo    set up .venv, then train ChunkLM's demo on the default corpus (CPU, ~7 min)
-#   ./run.sh test    set up .venv, then run the test suite
+#   ./run.sh test    set up .venv, then check lint and format (ruff) and run the test suite
 #   ./run.sh setup   only set up .venv
 # Extra arguments go to the command (e.g. ./run.sh test -k engine).
 set -euo pipefail
@@ -40,6 +40,10 @@ case "$cmd" in
         mkdir -p "out/demo/$run"
         ln -sfn "$run" out/demo/latest
         exec "$VENV/bin/chunklm" train --preset demo --ckpt "out/demo/$run/chunklm_ckpt.pt" "$@" ;;
-    test)  setup; exec "$PY" -m pytest -q "$@" ;;
+    test)  # lint and format first (seconds), then the suite
+        setup
+        "$VENV/bin/ruff" check --quiet . || { echo "ruff check failed: fix the lines above (ruff check --fix fixes some)" >&2; exit 1; }
+        "$VENV/bin/ruff" format --check --quiet . || { echo "ruff format: the files above need 'ruff format'" >&2; exit 1; }
+        exec "$PY" -m pytest -q "$@" ;;
     *) echo "usage: ./run.sh [demo|test|setup] [args...]" >&2; exit 2 ;;
 esac

@@ -72,7 +72,9 @@ def main() -> None:
     print("| config | parameters | file size | save (atomic, fsync) | load + restore a Trainer |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['preset']} | {r['params'] / 1e6:.2f}M | {r['size_mb']:.1f} MB | {r['save_s'] * 1000:.0f} ms | {r['load_resume_s'] * 1000:.0f} ms |")
+        print(
+            f"| {r['preset']} | {r['params'] / 1e6:.2f}M | {r['size_mb']:.1f} MB | {r['save_s'] * 1000:.0f} ms | {r['load_resume_s'] * 1000:.0f} ms |"
+        )
 
 
 if __name__ == "__main__":

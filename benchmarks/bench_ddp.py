@@ -35,18 +35,58 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     args = parser.parse_args()
     common = [
-        "train", "--seq-len", "128", "--kernel-len", "32", "--chunk", "4", "--d-model", "64", "--n-layers", "2",
-        "--accum-steps", "1", "--steps-per-epoch", str(args.steps), "--epochs", "1", "--lr", "0.003",
-        "--log-every", "0", "--seed", "0",
+        "train",
+        "--seq-len",
+        "128",
+        "--kernel-len",
+        "32",
+        "--chunk",
+        "4",
+        "--d-model",
+        "64",
+        "--n-layers",
+        "2",
+        "--accum-steps",
+        "1",
+        "--steps-per-epoch",
+        str(args.steps),
+        "--epochs",
+        "1",
+        "--lr",
+        "0.003",
+        "--log-every",
+        "0",
+        "--seed",
+        "0",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory() as tmp:
         one = Path(tmp) / "one.pt"
         two = Path(tmp) / "two.pt"
-        subprocess.run([sys.executable, "-m", "runs.cli", *common, "--batch-size", "16", "--ckpt", str(one)], cwd=REPO, env=env, check=True)
         subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "runs.cli",
-             *common, "--batch-size", "8", "--ckpt", str(two)], cwd=REPO, env=env, check=True,
+            [sys.executable, "-m", "runs.cli", *common, "--batch-size", "16", "--ckpt", str(one)],
+            cwd=REPO,
+            env=env,
+            check=True,
+        )
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node=2",
+                "-m",
+                "runs.cli",
+                *common,
+                "--batch-size",
+                "8",
+                "--ckpt",
+                str(two),
+            ],
+            cwd=REPO,
+            env=env,
+            check=True,
         )
         a = losses(one.with_name("one.steps.csv"))
         b = losses(two.with_name("two.steps.csv"))
@@ -59,8 +99,10 @@ def main() -> None:
         noise = statistics.stdev(a[i : i + block]) / math.sqrt(block)
         diffs.append(abs(ma - mb) / noise)
         print(f"| {i + 1}-{i + block} | {ma:.4f} | {mb:.4f} | {ma - mb:+.4f} | {noise:.4f} |")
-    print(f"\nmedian |difference| / noise = {statistics.median(diffs):.2f}; final-block relative difference "
-          f"{100 * (statistics.fmean(b[-block:]) / statistics.fmean(a[-block:]) - 1):+.2f}%")
+    print(
+        f"\nmedian |difference| / noise = {statistics.median(diffs):.2f}; final-block relative difference "
+        f"{100 * (statistics.fmean(b[-block:]) / statistics.fmean(a[-block:]) - 1):+.2f}%"
+    )
 
 
 if __name__ == "__main__":

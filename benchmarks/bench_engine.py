@@ -111,7 +111,12 @@ def main() -> None:
         rows.append((f"step_end, a step-end transition guarded by Plateau (window {window})", us))
     inline = InlinePlateau(50)
     loss = iter(range(10**9))
-    rows.append(("inline plateau update (window 50), no engine", per_call_us(lambda: inline.step(float(next(loss) % 97)), n, repeats)))
+    rows.append(
+        (
+            "inline plateau update (window 50), no engine",
+            per_call_us(lambda: inline.step(float(next(loss) % 97)), n, repeats),
+        )
+    )
 
     eng = engine_with(50, 0)
     rows.append(("epoch_end, guards false (no transition)", per_call_us(lambda: eng.epoch_end(), n // 10, repeats)))
@@ -134,7 +139,9 @@ def main() -> None:
     print("|---|---:|---:|")
     for name, us in rows:
         print(f"| {name} | {us:.2f} | {100 * us / step_us:.4f}% |")
-    print(f"\none ChunkLM optimizer step at the demo config (batch 8 x 256 bytes, forward + backward + AdamW): {step_us / 1000:.1f} ms (median)")
+    print(
+        f"\none ChunkLM optimizer step at the demo config (batch 8 x 256 bytes, forward + backward + AdamW): {step_us / 1000:.1f} ms (median)"
+    )
 
 
 def demo_step_us(repeats: int) -> float:

@@ -44,8 +44,10 @@ def started(record: bool) -> CurriculumEngine:
 def loss_and_lr(n: int, seed: int = 0) -> list[tuple[float, float]]:
     """A noisy falling loss (every bit of the mantissa random) and a cosine LR."""
     rng = random.Random(seed)
-    return [(2.0 + 3.0 * math.exp(-i / 20000) + 0.1 * rng.random(), 2e-4 * (0.55 + 0.45 * math.cos(math.pi * i / n)))
-            for i in range(n)]
+    return [
+        (2.0 + 3.0 * math.exp(-i / 20000) + 0.1 * rng.random(), 2e-4 * (0.55 + 0.45 * math.cos(math.pi * i / n)))
+        for i in range(n)
+    ]
 
 
 def per_call(engine: CurriculumEngine, values: list[tuple[float, float]]) -> float:
@@ -64,8 +66,15 @@ def bench_calls(rounds: int, n: int) -> dict:
         for record in (False, True):
             times[record].append(per_call(engines[record], values))
     off, on = statistics.median(times[False]), statistics.median(times[True])
-    return {"off_us": off, "on_us": on, "ratio": on / off, "rounds": rounds, "calls_per_round": n,
-            "off_all": times[False], "on_all": times[True]}
+    return {
+        "off_us": off,
+        "on_us": on,
+        "ratio": on / off,
+        "rounds": rounds,
+        "calls_per_round": n,
+        "off_all": times[False],
+        "on_all": times[True],
+    }
 
 
 def bench_size(steps: int, per_epoch: int) -> dict:
@@ -82,9 +91,13 @@ def bench_size(steps: int, per_epoch: int) -> dict:
     again = time.perf_counter() - t0
     as_list = json.dumps([[p, m] for p, m in engine.recorded.stream()])
     return {
-        "steps": steps, "recorded_json_bytes": len(json.dumps(state["recorded"])), "state_json_bytes": len(json.dumps(state)),
-        "raw_float64_bytes": 8 * (2 * steps + steps // per_epoch), "plain_list_json_bytes": len(as_list),
-        "first_state_dict_s": first, "later_state_dict_s": again,
+        "steps": steps,
+        "recorded_json_bytes": len(json.dumps(state["recorded"])),
+        "state_json_bytes": len(json.dumps(state)),
+        "raw_float64_bytes": 8 * (2 * steps + steps // per_epoch),
+        "plain_list_json_bytes": len(as_list),
+        "first_state_dict_s": first,
+        "later_state_dict_s": again,
     }
 
 
@@ -101,7 +114,9 @@ def main() -> None:
     print("|---|---|")
     print(f"| off | {calls['off_us']:.2f} |")
     print(f"| on | {calls['on_us']:.2f} |")
-    print(f"on/off = {calls['ratio']:.3f}; rounds off: {[round(t, 2) for t in calls['off_all']]}, on: {[round(t, 2) for t in calls['on_all']]}")
+    print(
+        f"on/off = {calls['ratio']:.3f}; rounds off: {[round(t, 2) for t in calls['off_all']]}, on: {[round(t, 2) for t in calls['on_all']]}"
+    )
     size = bench_size(steps, 1000)
     print(f"\nrecorded state of a {steps}-step run (loss and lr per step, val_loss every 1000 steps):")
     for key, value in size.items():

@@ -140,7 +140,9 @@ def main(argv: list[str] | None = None) -> None:
         f"median of {args.repeats} steps (3 at batch 1), after one warm-up step each; "
         f"load average at the start (1, 5, 15 min): {os.getloadavg()}\n"
     )
-    print("| size | seq_len | batch | ChunkLM params | Transformer params | ChunkLM tok/s | Transformer tok/s | ratio |")
+    print(
+        "| size | seq_len | batch | ChunkLM params | Transformer params | ChunkLM tok/s | Transformer tok/s | ratio |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     crossovers = {}
     for size in args.sizes.split(","):

@@ -64,7 +64,9 @@ for name, ts in times.items():
 
 def run_fine(tree: Path) -> tuple[str, dict[str, tuple[float, float]]]:
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    out = subprocess.run([sys.executable, "-c", FINE], cwd=tree, env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", FINE], cwd=tree, env=env, capture_output=True, text=True, check=True
+    ).stdout
     rows = {}
     for line in out.splitlines():
         name, fastest, median = (part.strip() for part in line.strip("|").split("|"))
@@ -75,11 +77,16 @@ def run_fine(tree: Path) -> tuple[str, dict[str, tuple[float, float]]]:
 def fine(trees: dict[str, Path], rounds: int) -> None:
     results: dict[str, list[dict[str, tuple[float, float]]]] = {"before": [], "after": []}
     for r in range(rounds):
-        for which in (["before", "after"] if r % 2 == 0 else ["after", "before"]):
+        for which in ["before", "after"] if r % 2 == 0 else ["after", "before"]:
             out, rows = run_fine(trees[which])
             results[which].append(rows)
-            print(f"## round {r + 1}, {which} ({trees[which]}): | row | fastest batch | median batch | (µs per call)\n{out}", flush=True)
-    print(f"## over {rounds} processes per tree: median of the fastest batches, median of the median batches (µs per call)\n")
+            print(
+                f"## round {r + 1}, {which} ({trees[which]}): | row | fastest batch | median batch | (µs per call)\n{out}",
+                flush=True,
+            )
+    print(
+        f"## over {rounds} processes per tree: median of the fastest batches, median of the median batches (µs per call)\n"
+    )
     print("| call | before, fastest | after, fastest | ratio | before, median | after, median | ratio |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name in results["after"][0]:

@@ -82,9 +82,20 @@ class Plan:
         return (n // 8, n // 4, n // 2)
 
 
-QUICK = Plan(d_model=32, n_layers=1, seq_len=64, kernel_len=16, batch_size=8, steps_per_epoch=20, epochs=6,
-             min_epochs=(1, 2, 3), stages=((0, 1.0, 0.1), (1, 1.0, 0.1), (2, 1.0, 0.05)), window=10,
-             eval_windows=16, seeds=(0,))
+QUICK = Plan(
+    d_model=32,
+    n_layers=1,
+    seq_len=64,
+    kernel_len=16,
+    batch_size=8,
+    steps_per_epoch=20,
+    epochs=6,
+    min_epochs=(1, 2, 3),
+    stages=((0, 1.0, 0.1), (1, 1.0, 0.1), (2, 1.0, 0.05)),
+    window=10,
+    eval_windows=16,
+    seeds=(0,),
+)
 
 # The long-kernel row of issue 15: kernels as long as the window (K = T = 256), 3,000 steps as
 # 20 epochs x 150, so the minimum epochs, LR stages and plateau window are the default plan's.
@@ -96,8 +107,19 @@ KERNEL256 = Plan(seq_len=256, kernel_len=256, steps_per_epoch=150, seeds=(0,))
 # rule; seeds 0 and 1; 128 validation windows (131 kB) after every epoch. Arms C, D, A in that
 # order, seed by seed: a GPU call cut short after two runs has C against D (the cutoff curriculum's
 # own effect, the CPU table's main finding), after three the baseline A too.
-SEED = Plan(d_model=512, n_layers=6, seq_len=1024, kernel_len=128, chunk=16, batch_size=32, steps_per_epoch=100,
-            lr=2e-4, eval_windows=128, seeds=(0, 1), arms="CDA")
+SEED = Plan(
+    d_model=512,
+    n_layers=6,
+    seq_len=1024,
+    kernel_len=128,
+    chunk=16,
+    batch_size=32,
+    steps_per_epoch=100,
+    lr=2e-4,
+    eval_windows=128,
+    seeds=(0, 1),
+    arms="CDA",
+)
 
 PLANS = {"default": Plan(), "kernel256": KERNEL256, "quick": QUICK, "seed": SEED}
 
@@ -141,11 +163,17 @@ class _Fixed:
             return _chain(opens, [MinEpoch(m) for m in p.min_epochs])
         if self.kind in ("plateau", "plateau_noisy"):  # C, E
             return spectral_curriculum(
-                n_bins=p.n_bins, cutoffs=p.cutoffs, min_epochs=p.min_epochs, window=p.window,
-                threshold=p.threshold, preserve=self.kind == "plateau",
+                n_bins=p.n_bins,
+                cutoffs=p.cutoffs,
+                min_epochs=p.min_epochs,
+                window=p.window,
+                threshold=p.threshold,
+                preserve=self.kind == "plateau",
             )
         if self.kind == "restarts":  # D, F: full band, LR restarts where C raised
-            phases = [Phase("full", on_enter=[SetCutoff(None, preserve=True)])] + [Phase(f"restart_{i + 1}") for i in range(len(self.raise_steps))]
+            phases = [Phase("full", on_enter=[SetCutoff(None, preserve=True)])] + [
+                Phase(f"restart_{i + 1}") for i in range(len(self.raise_steps))
+            ]
             transitions = [
                 Transition(phases[i].name, phases[i + 1].name, [MinSteps(s)], [RestartLR()])
                 for i, s in enumerate(self.raise_steps)
@@ -169,7 +197,9 @@ def build_arms(plan: Plan, c_raise_steps: tuple[int, ...] = ()) -> dict[str, Arm
         "B": Arm("B", "fixed raises at scaled seed epochs", _Fixed(plan, "fixed"), plan.stages, "smooth"),
         "C": Arm("C", "plateau rule (spectral_curriculum)", _Fixed(plan, "plateau"), plan.stages, "smooth"),
         "D": Arm("D", "A + C's LR stages and restarts", _Fixed(plan, "restarts", c_raise_steps), plan.stages, "smooth"),
-        "E": Arm("E", "C, preserve=False, white-noise kernels (seed)", _Fixed(plan, "plateau_noisy"), plan.stages, "white"),
+        "E": Arm(
+            "E", "C, preserve=False, white-noise kernels (seed)", _Fixed(plan, "plateau_noisy"), plan.stages, "white"
+        ),
         "F": Arm("F", "D with white-noise kernels", _Fixed(plan, "restarts", c_raise_steps), plan.stages, "white"),
     }
 
@@ -210,13 +240,26 @@ def run_arm(plan: Plan, arm: Arm, seed: int, execution: Execution = Execution())
     if execution.device == "cpu":
         torch.set_num_threads(1)
     model = ChunkLMConfig(
-        d_model=plan.d_model, n_layers=plan.n_layers, seq_len=plan.seq_len, kernel_len=plan.kernel_len,
-        chunk=plan.chunk, init_cutoff=plan.cutoffs[0], kernel_init=arm.kernel_init,
+        d_model=plan.d_model,
+        n_layers=plan.n_layers,
+        seq_len=plan.seq_len,
+        kernel_len=plan.kernel_len,
+        chunk=plan.chunk,
+        init_cutoff=plan.cutoffs[0],
+        kernel_init=arm.kernel_init,
     )
     config = TrainConfig(
-        model=model, batch_size=plan.batch_size, accum_steps=1, steps_per_epoch=plan.steps_per_epoch,
-        epochs=plan.epochs, lr=plan.lr, seed=seed, eval_windows=plan.eval_windows,
-        cutoffs=plan.cutoffs, min_epochs=plan.min_epochs, compile=execution.compile,
+        model=model,
+        batch_size=plan.batch_size,
+        accum_steps=1,
+        steps_per_epoch=plan.steps_per_epoch,
+        epochs=plan.epochs,
+        lr=plan.lr,
+        seed=seed,
+        eval_windows=plan.eval_windows,
+        cutoffs=plan.cutoffs,
+        min_epochs=plan.min_epochs,
+        compile=execution.compile,
     )
     corpus = ByteCorpus(None, seq_len=plan.seq_len, chunk=plan.chunk)
     trainer = Trainer(config, device=execution.device, corpus=corpus, curriculum=arm.curriculum(), stages=arm.stages)
@@ -231,8 +274,17 @@ def run_arm(plan: Plan, arm: Arm, seed: int, execution: Execution = Execution())
         r["loss_after"] = statistics.fmean(losses[s : s + 10]) if s < len(losses) else None
         r["loss_first_step_after"] = losses[s] if s < len(losses) else None
     device = torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else "cpu"
-    return {"arm": arm.name, "seed": seed, "losses": losses, "evals": rec.evals, "raises": rec.raises,
-            "seconds": time.time() - t0, "complete": ended == "done", "device": device, "compile": execution.compile}
+    return {
+        "arm": arm.name,
+        "seed": seed,
+        "losses": losses,
+        "evals": rec.evals,
+        "raises": rec.raises,
+        "seconds": time.time() - t0,
+        "complete": ended == "done",
+        "device": device,
+        "compile": execution.compile,
+    }
 
 
 def _ci(values: list[float]) -> str:
@@ -268,21 +320,37 @@ def report(plan: Plan, results: list[dict], out: Path) -> str:
             continue
         finals = [r["evals"][-1][1] for r in rs]
         vs_a = f"{100 * (statistics.fmean(finals) / target - 1):+.2f}%" if target is not None else "—"
-        reach = ", ".join("never" if s is None else str(s) for s in (steps_to(r["evals"], target) for r in rs)) if target is not None else "—"
+        reach = (
+            ", ".join("never" if s is None else str(s) for s in (steps_to(r["evals"], target) for r in rs))
+            if target is not None
+            else "—"
+        )
         raise_steps = ["/".join(str(x["step"]) for x in r["raises"]) or "-" for r in rs]
         seeds = ", ".join(str(r["seed"]) for r in rs)
-        lines.append(f"| {a} | {arms[a].description} | {seeds} | {_ci(finals)} | {vs_a} | {reach} | {'; '.join(raise_steps)} |")
-    lines += ["", "Loss (nats, mean of 10 steps) right before and after each raise, seed " + str(plan.seeds[0]) + ":", "",
-              "| arm | raise step | cutoff | loss before | loss after | first step after |", "|---|---:|---|---:|---:|---:|"]
+        lines.append(
+            f"| {a} | {arms[a].description} | {seeds} | {_ci(finals)} | {vs_a} | {reach} | {'; '.join(raise_steps)} |"
+        )
+    lines += [
+        "",
+        "Loss (nats, mean of 10 steps) right before and after each raise, seed " + str(plan.seeds[0]) + ":",
+        "",
+        "| arm | raise step | cutoff | loss before | loss after | first step after |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
     for a in "BCE":
         for r in [r for r in by_arm[a] if r["seed"] == plan.seeds[0]][:1]:
             for x in r["raises"]:
-                lines.append(f"| {a} | {x['step']} | {x['cutoff']} | {x['loss_before']:.4f} | {x['loss_after']:.4f} | {x['loss_first_step_after']:.4f} |")
+                lines.append(
+                    f"| {a} | {x['step']} | {x['cutoff']} | {x['loss_before']:.4f} | {x['loss_after']:.4f} | {x['loss_first_step_after']:.4f} |"
+                )
     stopped = [r for r in results if not r.get("complete", True)]
     if stopped:
         lines += ["", "Stopped by --max-minutes, not in the tables (their curves are in results.json):", ""]
-        lines += [f"- {r['arm']} seed {r['seed']}: stopped after step {len(r['losses'])} of {budget}"
-                  + (f", last val bpb {r['evals'][-1][1]:.4f} at step {r['evals'][-1][0]}" if r["evals"] else "") for r in stopped]
+        lines += [
+            f"- {r['arm']} seed {r['seed']}: stopped after step {len(r['losses'])} of {budget}"
+            + (f", last val bpb {r['evals'][-1][1]:.4f} at step {r['evals'][-1][0]}" if r["evals"] else "")
+            for r in stopped
+        ]
     text = "\n".join(lines)
     (out / "tables.md").write_text(text + "\n")
     if finished:
@@ -320,8 +388,14 @@ def plot(by_arm: dict[str, list[dict]], path: Path, target: float | None) -> Non
 
 
 def schedule(
-    pool: ProcessPoolExecutor, plan: Plan, arms: str, workers: int, on_result: Callable[[dict], None], *,
-    execution: Execution = Execution(), done: Sequence[dict] = (),
+    pool: ProcessPoolExecutor,
+    plan: Plan,
+    arms: str,
+    workers: int,
+    on_result: Callable[[dict], None],
+    *,
+    execution: Execution = Execution(),
+    done: Sequence[dict] = (),
 ) -> list[str]:
     """Run every (arm, seed) not in ``done``, seed by seed in the order given, at most ``workers`` at a
     time; D and F wait for C's raises. With a deadline, a run starts only if the longest run so far
@@ -368,7 +442,9 @@ def load_done(path: Path, plan: Plan) -> list[dict]:
     """The complete runs of an earlier results.json, which must be of the same plan."""
     saved = json.loads(path.read_text())
     if saved["plan"] != json.loads(json.dumps(attrs.asdict(plan))):
-        raise SystemExit(f"--resume {path}: written for another plan ({saved['plan']}); pass the same --plan, or drop --resume")
+        raise SystemExit(
+            f"--resume {path}: written for another plan ({saved['plan']}); pass the same --plan, or drop --resume"
+        )
     return [r for r in saved["results"] if r.get("complete", True)]
 
 
@@ -381,18 +457,38 @@ def write_json(path: Path, data: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--plan", choices=sorted(PLANS), default="default",
-                        help="the scale: default (BENCHMARKS.md), kernel256 (K = T = 256), seed (issue 13, a GPU's work), quick")
+    parser.add_argument(
+        "--plan",
+        choices=sorted(PLANS),
+        default="default",
+        help="the scale: default (BENCHMARKS.md), kernel256 (K = T = 256), seed (issue 13, a GPU's work), quick",
+    )
     parser.add_argument("--quick", action="store_true", help="the same as --plan quick: checks the pipeline (~30 s)")
-    parser.add_argument("--arms", help=f"which arms, in the order they run (default: the plan's, {ARMS}; --plan seed: CDA)")
+    parser.add_argument(
+        "--arms", help=f"which arms, in the order they run (default: the plan's, {ARMS}; --plan seed: CDA)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", help="override the plan's seeds")
     parser.add_argument("--out", default="bench_out/efficacy")
-    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="cpu (default), cuda, auto (CUDA when present)")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction,
-                        help="torch.compile the training loss (default: on for CUDA, off on CPU, as chunklm.train.compile_default)")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda", "auto"), default="cpu", help="cpu (default), cuda, auto (CUDA when present)"
+    )
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        help="torch.compile the training loss (default: on for CUDA, off on CPU, as chunklm.train.compile_default)",
+    )
     parser.add_argument("--workers", type=int, help="runs at a time (default 2 on CPU, 1 on CUDA: the one GPU)")
-    parser.add_argument("--max-minutes", type=float, help="start no run that would end past this many minutes; stop one still going then")
-    parser.add_argument("--resume", type=Path, metavar="RESULTS_JSON", help="keep the complete runs of this earlier results.json (same plan)")
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        help="start no run that would end past this many minutes; stop one still going then",
+    )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="keep the complete runs of this earlier results.json (same plan)",
+    )
     args = parser.parse_args()
     t0 = time.time()
     plan = PLANS["quick" if args.quick else args.plan]
@@ -403,7 +499,13 @@ def main() -> None:
         parser.error(f"--arms takes distinct letters from {ARMS}: got {arms!r}")
     import torch
 
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device
+    device = (
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if args.device == "auto"
+        else args.device
+    )
     if device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device here; use --device cpu (or auto)")
     workers = args.workers or (1 if device == "cuda" else 2)
@@ -440,7 +542,9 @@ def main() -> None:
     print(report(plan, results, out))
     for line in skipped:
         print(f"not run: {line}")
-    print(f"\n{len(results) - len(done)} runs in {time.time() - t0:.0f} s on {device}; wrote {out}/results.json, tables.md, efficacy.png")
+    print(
+        f"\n{len(results) - len(done)} runs in {time.time() - t0:.0f} s on {device}; wrote {out}/results.json, tables.md, efficacy.png"
+    )
 
 
 if __name__ == "__main__":

@@ -105,16 +105,44 @@ class StudyPlan:
         return self.batch_size * self.seq_len
 
 
-QUICK = StudyPlan(d_model=16, n_layers=1, seq_len=64, kernel_len=16, batch_size=4, steps_per_epoch=8, epochs=10,
-                  lrs=(4e-3, 8e-3), seeds=(1,), seq_lens=(16, 32), seq_epochs=(2, 3), seq_floors=(1, 2), seq_caps=(3, 5),
-                  wa_floor=3, min_epochs=(1, 2, 4), stages=((0, 1.0, 0.1), (1, 1.0, 0.1), (2, 1.0, 0.05)), window=16,
-                  eval_windows=8)
+QUICK = StudyPlan(
+    d_model=16,
+    n_layers=1,
+    seq_len=64,
+    kernel_len=16,
+    batch_size=4,
+    steps_per_epoch=8,
+    epochs=10,
+    lrs=(4e-3, 8e-3),
+    seeds=(1,),
+    seq_lens=(16, 32),
+    seq_epochs=(2, 3),
+    seq_floors=(1, 2),
+    seq_caps=(3, 5),
+    wa_floor=3,
+    min_epochs=(1, 2, 4),
+    stages=((0, 1.0, 0.1), (1, 1.0, 0.1), (2, 1.0, 0.05)),
+    window=16,
+    eval_windows=8,
+)
 
 # The seed's model (d_model 512, 6 layers, seq_len 1024, kernel_len 128, chunk 16) and batch (32 x 1,024
 # bytes per step), 2,000 steps as 20 epochs x 100; seq-len warmup 256 -> 512 -> 1024; the LR grid around
 # the seed's 2e-4. A GPU's work (tuning alone is 20 runs): see benchmarks/gpu_run.sh's "study" step.
-SEED = StudyPlan(d_model=512, n_layers=6, seq_len=1024, kernel_len=128, chunk=16, batch_size=32, steps_per_epoch=100,
-                 lrs=(2e-4, 4e-4, 8e-4, 1.6e-3), seeds=(1, 2, 3), seq_lens=(256, 512), window=100, eval_windows=128)
+SEED = StudyPlan(
+    d_model=512,
+    n_layers=6,
+    seq_len=1024,
+    kernel_len=128,
+    chunk=16,
+    batch_size=32,
+    steps_per_epoch=100,
+    lrs=(2e-4, 4e-4, 8e-4, 1.6e-3),
+    seeds=(1, 2, 3),
+    seq_lens=(256, 512),
+    window=100,
+    eval_windows=128,
+)
 
 # The default plan with four times the tokens (1,920 steps as 20 epochs x 96): the same phases, floors and
 # ceilings in epochs, so every switch comes at the same share of training; the LR grid from the default
@@ -132,16 +160,28 @@ def curriculum(plan: StudyPlan, arm: str) -> Curriculum:
     if arm == "S":
         return seq_len_curriculum(plan.seq_lens, at_epochs=plan.seq_epochs)
     if arm == "S+":
-        return seq_len_curriculum(plan.seq_lens, min_epochs=plan.seq_floors, max_epochs=plan.seq_caps,
-                                  window=plan.window, threshold=plan.threshold)
+        return seq_len_curriculum(
+            plan.seq_lens,
+            min_epochs=plan.seq_floors,
+            max_epochs=plan.seq_caps,
+            window=plan.window,
+            threshold=plan.threshold,
+        )
     if arm == "WA":
         return adaptive_cooldown(plan.wa_floor, window=plan.window, threshold=plan.threshold)
     if arm in ("C", "CS"):
         lens = None
         if arm == "CS":  # one length per cutoff phase: S's lengths, then the full one for the last cutoff
             lens = (*plan.seq_lens, *[plan.seq_len] * (len(plan.cutoffs) - len(plan.seq_lens)))[: len(plan.cutoffs)]
-        return spectral_curriculum(n_bins=plan.seq_len // 2 + 1, cutoffs=plan.cutoffs, min_epochs=plan.min_epochs,
-                                   window=plan.window, threshold=plan.threshold, preserve=False, seq_lens=lens)
+        return spectral_curriculum(
+            n_bins=plan.seq_len // 2 + 1,
+            cutoffs=plan.cutoffs,
+            min_epochs=plan.min_epochs,
+            window=plan.window,
+            threshold=plan.threshold,
+            preserve=False,
+            seq_lens=lens,
+        )
     raise ValueError(arm)
 
 
@@ -195,13 +235,22 @@ class _Recorder(BaseHooks):
         self.flops += self._flops[info.seq_len]
 
     def on_epoch(self, info) -> None:
-        self.evals.append({"step": self.trainer.clock.global_step, "tokens": self.tokens, "flops": self.flops,
-                           "seconds": time.time() - self.t0, "bpb": info.bpb})
+        self.evals.append(
+            {
+                "step": self.trainer.clock.global_step,
+                "tokens": self.tokens,
+                "flops": self.flops,
+                "seconds": time.time() - self.t0,
+                "bpb": info.bpb,
+            }
+        )
         if getattr(self.trainer.schedule, "finished", False):
             self.stop = "cooldown_done"  # WA: its cooldown is over, the LR stays at its final value
 
     def on_transition(self, record) -> None:
-        self.transitions.append({"step": record.global_step, "epoch": record.epoch, "from": record.source, "to": record.dest})
+        self.transitions.append(
+            {"step": record.global_step, "epoch": record.epoch, "from": record.source, "to": record.dest}
+        )
 
     def should_stop(self) -> str | None:
         if self.stop:
@@ -209,8 +258,16 @@ class _Recorder(BaseHooks):
         return "deadline" if self.deadline is not None and time.time() >= self.deadline else None
 
 
-def run(plan: StudyPlan, arm: str, lr: float, seed: int, kind: str, device: str = "cpu", compile: bool = False,
-        deadline: float | None = None) -> dict:
+def run(
+    plan: StudyPlan,
+    arm: str,
+    lr: float,
+    seed: int,
+    kind: str,
+    device: str = "cpu",
+    compile: bool = False,
+    deadline: float | None = None,
+) -> dict:
     """Train one arm at one peak LR and seed; ``kind`` is "tune" or "eval" (recorded only)."""
     import torch
 
@@ -219,27 +276,65 @@ def run(plan: StudyPlan, arm: str, lr: float, seed: int, kind: str, device: str 
 
     if device == "cpu":
         torch.set_num_threads(1)
-    model = ChunkLMConfig(d_model=plan.d_model, n_layers=plan.n_layers, seq_len=plan.seq_len, kernel_len=plan.kernel_len,
-                          chunk=plan.chunk, kernel_init="white")
-    config = TrainConfig(model=model, batch_size=plan.batch_size, accum_steps=1, steps_per_epoch=plan.steps_per_epoch,
-                         epochs=plan.epochs, lr=lr, seed=seed, eval_windows=plan.eval_windows, schedule=schedule_of(arm),
-                         cooldown_fraction=plan.cooldown_fraction, compile=compile)
+    model = ChunkLMConfig(
+        d_model=plan.d_model,
+        n_layers=plan.n_layers,
+        seq_len=plan.seq_len,
+        kernel_len=plan.kernel_len,
+        chunk=plan.chunk,
+        kernel_init="white",
+    )
+    config = TrainConfig(
+        model=model,
+        batch_size=plan.batch_size,
+        accum_steps=1,
+        steps_per_epoch=plan.steps_per_epoch,
+        epochs=plan.epochs,
+        lr=lr,
+        seed=seed,
+        eval_windows=plan.eval_windows,
+        schedule=schedule_of(arm),
+        cooldown_fraction=plan.cooldown_fraction,
+        compile=compile,
+    )
     corpus = ByteCorpus(None, seq_len=plan.seq_len, chunk=plan.chunk)
-    trainer = Trainer(config, device=device, corpus=corpus, curriculum=curriculum(plan, arm), stages=stages_of(plan, arm))
+    trainer = Trainer(
+        config, device=device, corpus=corpus, curriculum=curriculum(plan, arm), stages=stages_of(plan, arm)
+    )
     trainer.start()
     rec = _Recorder(trainer, plan, deadline)
     try:
         ended = trainer.fit(rec, save=lambda reason: None)
     except NonFiniteLossError:  # this LR diverged: an outcome of the tuning, its final bpb is inf
         ended = "diverged"
-        rec.evals.append({"step": trainer.clock.global_step, "tokens": rec.tokens, "flops": rec.flops,
-                          "seconds": time.time() - rec.t0, "bpb": math.inf})
-    return {"kind": kind, "arm": arm, "lr": lr, "seed": seed, "losses": rec.losses, "lrs": rec.lrs, "lens": rec.lens,
-            "evals": rec.evals, "transitions": rec.transitions, "seconds": time.time() - rec.t0, "ended": ended,
-            "complete": ended in ("done", "cooldown_done", "diverged"), "device": device}
+        rec.evals.append(
+            {
+                "step": trainer.clock.global_step,
+                "tokens": rec.tokens,
+                "flops": rec.flops,
+                "seconds": time.time() - rec.t0,
+                "bpb": math.inf,
+            }
+        )
+    return {
+        "kind": kind,
+        "arm": arm,
+        "lr": lr,
+        "seed": seed,
+        "losses": rec.losses,
+        "lrs": rec.lrs,
+        "lens": rec.lens,
+        "evals": rec.evals,
+        "transitions": rec.transitions,
+        "seconds": time.time() - rec.t0,
+        "ended": ended,
+        "complete": ended in ("done", "cooldown_done", "diverged"),
+        "device": device,
+    }
 
 
 # -- reading the results ---------------------------------------------------------------------------
+
 
 def reach(evals: list[dict], target: float, key: str = "tokens") -> float | None:
     """``key`` (tokens or flops) at which the validation curve first reaches ``target``, linear between
@@ -321,14 +416,34 @@ def report(plan: StudyPlan, results: list[dict], out: Path | None = None) -> str
     edges = [a for a, (_, edge) in best.items() if edge]
     if edges:
         lines += ["", f"Best LR at the grid's edge (the optimum may lie outside): {', '.join(edges)}."]
-    evals = {a: sorted((r for r in done if r["kind"] == "eval" and r["arm"] == a and TUNED_BY[a] in best
-                        and r["lr"] == best[TUNED_BY[a]][0] and r["seed"] in plan.seeds), key=lambda r: r["seed"]) for a in ARMS}
+    evals = {
+        a: sorted(
+            (
+                r
+                for r in done
+                if r["kind"] == "eval"
+                and r["arm"] == a
+                and TUNED_BY[a] in best
+                and r["lr"] == best[TUNED_BY[a]][0]
+                and r["seed"] in plan.seeds
+            ),
+            key=lambda r: r["seed"],
+        )
+        for a in ARMS
+    }
     base = evals["A*"]
     target = statistics.fmean(r["evals"][-1]["bpb"] for r in base) if base else None
-    lines += ["", "Evaluation" + (f" (target = A*'s mean final bpb {target:.4f}):" if target is not None else " (A* not finished: no target):"), "",
-              "| arm | peak LR | seeds | final val bpb | vs A* | tokens used (M) | tokens to target (M, per seed) | FLOPs to target (T, mean) "
-              "| tokens verdict | FLOPs ratio | switches (step, per seed) | wall s (median) |",
-              "|---|---:|---|---:|---:|---:|---|---:|---|---:|---|---:|"]
+    lines += [
+        "",
+        "Evaluation"
+        + (
+            f" (target = A*'s mean final bpb {target:.4f}):" if target is not None else " (A* not finished: no target):"
+        ),
+        "",
+        "| arm | peak LR | seeds | final val bpb | vs A* | tokens used (M) | tokens to target (M, per seed) | FLOPs to target (T, mean) "
+        "| tokens verdict | FLOPs ratio | switches (step, per seed) | wall s (median) |",
+        "|---|---:|---|---:|---:|---:|---|---:|---|---:|---|---:|",
+    ]
     base_tok = [reach(r["evals"], target) for r in base] if target is not None else []
     base_fl = [reach(r["evals"], target, "flops") for r in base] if target is not None else []
     for arm in ARMS:
@@ -351,20 +466,31 @@ def report(plan: StudyPlan, results: list[dict], out: Path | None = None) -> str
         switches = "; ".join("/".join(str(t["step"]) for t in r["transitions"]) or "-" for r in rs)
         wall = statistics.median(r["seconds"] for r in rs)
         lr = rs[0]["lr"]
-        lines.append(f"| {arm} | {lr:g} | {', '.join(str(r['seed']) for r in rs)} | {_spread(finals)} | {vs} | {used:.3f} | {tok_s} | {fl_s} "
-                     f"| {words} | {fl_ratio} | {switches} | {wall:.0f} |")
+        lines.append(
+            f"| {arm} | {lr:g} | {', '.join(str(r['seed']) for r in rs)} | {_spread(finals)} | {vs} | {used:.3f} | {tok_s} | {fl_s} "
+            f"| {words} | {fl_ratio} | {switches} | {wall:.0f} |"
+        )
     stopped = [r for r in results if not r["complete"]]
     if stopped:
         lines += ["", "Stopped before the end (not in the tables; their curves are in results.json):", ""]
-        lines += [f"- {r['kind']} {r['arm']} lr {r['lr']:g} seed {r['seed']}: {r['ended']} after step {len(r['losses'])}" for r in stopped]
+        lines += [
+            f"- {r['kind']} {r['arm']} lr {r['lr']:g} seed {r['seed']}: {r['ended']} after step {len(r['losses'])}"
+            for r in stopped
+        ]
     text = "\n".join(lines)
     if out is not None:
         (out / "tables.md").write_text(text + "\n")
     return text
 
 
-REPLAY_RULES = ((64, 0.005, "relative"), (64, 0.0, "relative"), (128, 0.005, "relative"), (128, 0.0, "relative"),
-                (64, 0.005, "welch"), (128, 0.005, "welch"))
+REPLAY_RULES = (
+    (64, 0.005, "relative"),
+    (64, 0.0, "relative"),
+    (128, 0.005, "relative"),
+    (128, 0.0, "relative"),
+    (64, 0.005, "welch"),
+    (128, 0.005, "welch"),
+)
 
 
 def replay_cooldown(plan: StudyPlan, results: list[dict], rules=REPLAY_RULES) -> str:
@@ -380,9 +506,15 @@ def replay_cooldown(plan: StudyPlan, results: list[dict], rules=REPLAY_RULES) ->
     if "W*" not in best:
         return "W* not tuned yet: nothing to replay"
     stable = plan.total_steps - max(1, round(plan.cooldown_fraction * plan.total_steps))
-    rows = ["| rule (floor epoch " + str(plan.wa_floor) + ") | " + " | ".join(f"seed {s}" for s in plan.seeds) + " |",
-            "|---|" + "---:|" * len(plan.seeds)]
-    runs = {r["seed"]: r for r in results if r["complete"] and r["kind"] == "eval" and r["arm"] == "W*" and r["lr"] == best["W*"][0]}
+    rows = [
+        "| rule (floor epoch " + str(plan.wa_floor) + ") | " + " | ".join(f"seed {s}" for s in plan.seeds) + " |",
+        "|---|" + "---:|" * len(plan.seeds),
+    ]
+    runs = {
+        r["seed"]: r
+        for r in results
+        if r["complete"] and r["kind"] == "eval" and r["arm"] == "W*" and r["lr"] == best["W*"][0]
+    }
     for window, threshold, test in rules:
         cells = []
         for seed in plan.seeds:
@@ -397,10 +529,16 @@ def replay_cooldown(plan: StudyPlan, results: list[dict], rules=REPLAY_RULES) ->
                     stream.append(("epoch_end", {}))
             result = replay(adaptive_cooldown(plan.wa_floor, window=window, threshold=threshold, test=test), stream)
             fired = [x for x in result.history if x.source == "stable"]
-            cells.append(f"{fired[0].global_step} ({fired[0].global_step / plan.total_steps:.0%})" if fired else f"not before {stable}")
+            cells.append(
+                f"{fired[0].global_step} ({fired[0].global_step / plan.total_steps:.0%})"
+                if fired
+                else f"not before {stable}"
+            )
         rows.append(f"| window {window}, threshold {threshold:g}, {test} | " + " | ".join(cells) + " |")
-    return (f"Where adaptive_cooldown would have started W*'s cooldown (step, share of the {plan.total_steps} steps), replayed on "
-            f"W*'s recorded stable-phase losses; W* itself cools down at step {stable}:\n\n" + "\n".join(rows))
+    return (
+        f"Where adaptive_cooldown would have started W*'s cooldown (step, share of the {plan.total_steps} steps), replayed on "
+        f"W*'s recorded stable-phase losses; W* itself cools down at step {stable}:\n\n" + "\n".join(rows)
+    )
 
 
 def plot(plan: StudyPlan, results: list[dict], path: Path) -> None:
@@ -415,15 +553,37 @@ def plot(plan: StudyPlan, results: list[dict], path: Path) -> None:
     colors = dict(zip(ARMS, ["black", "tab:gray", "tab:blue", "tab:cyan", "tab:orange", "tab:red", "tab:purple"]))
     target = None
     for arm in ARMS:
-        rs = [r for r in results if r["complete"] and r["kind"] == "eval" and r["arm"] == arm and TUNED_BY[arm] in best
-              and r["lr"] == best[TUNED_BY[arm]][0] and r["seed"] in plan.seeds]
+        rs = [
+            r
+            for r in results
+            if r["complete"]
+            and r["kind"] == "eval"
+            and r["arm"] == arm
+            and TUNED_BY[arm] in best
+            and r["lr"] == best[TUNED_BY[arm]][0]
+            and r["seed"] in plan.seeds
+        ]
         if not rs:
             continue
         n = min(len(r["evals"]) for r in rs)
         tokens = [rs[0]["evals"][i]["tokens"] / 1e6 for i in range(n)]
-        ax.plot(tokens, [statistics.fmean(r["evals"][i]["bpb"] for r in rs) for i in range(n)], "-o", ms=3, color=colors[arm], label=arm)
+        ax.plot(
+            tokens,
+            [statistics.fmean(r["evals"][i]["bpb"] for r in rs) for i in range(n)],
+            "-o",
+            ms=3,
+            color=colors[arm],
+            label=arm,
+        )
         for r in rs:
-            ax.plot([e["tokens"] / 1e6 for e in r["evals"]], [e["bpb"] for e in r["evals"]], "-", lw=0.5, alpha=0.35, color=colors[arm])
+            ax.plot(
+                [e["tokens"] / 1e6 for e in r["evals"]],
+                [e["bpb"] for e in r["evals"]],
+                "-",
+                lw=0.5,
+                alpha=0.35,
+                color=colors[arm],
+            )
         if arm == "A*":
             target = statistics.fmean(r["evals"][-1]["bpb"] for r in rs)
     if target is not None:
@@ -439,6 +599,7 @@ def plot(plan: StudyPlan, results: list[dict], path: Path) -> None:
 
 
 # -- running ---------------------------------------------------------------------------------------
+
 
 def jobs(plan: StudyPlan, results: list[dict]) -> tuple[list[tuple], list[str]]:
     """The runs that can start now and are not done: tuning first (LR by LR, arms alternating), then
@@ -473,10 +634,18 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile (default: on for CUDA)")
     parser.add_argument("--workers", type=int, help="runs at a time (default 2 on CPU, 1 on CUDA)")
-    parser.add_argument("--max-minutes", type=float, help="start no run that would end past this; stop one still going then")
-    parser.add_argument("--report", type=Path, metavar="RESULTS_JSON", help="only write tables.md and study.png from this results.json")
-    parser.add_argument("--resume", type=Path, metavar="RESULTS_JSON",
-                        help="keep the finished runs of this results.json (the same plan; its LR grid, seeds and arms may differ)")
+    parser.add_argument(
+        "--max-minutes", type=float, help="start no run that would end past this; stop one still going then"
+    )
+    parser.add_argument(
+        "--report", type=Path, metavar="RESULTS_JSON", help="only write tables.md and study.png from this results.json"
+    )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="keep the finished runs of this results.json (the same plan; its LR grid, seeds and arms may differ)",
+    )
     args = parser.parse_args()
     t0 = time.time()
     plan = PLANS["quick" if args.quick else args.plan]
@@ -500,8 +669,12 @@ def main() -> None:
 
         raw = args.report.read_bytes()
         saved = json.loads(gzip.decompress(raw) if args.report.suffix == ".gz" else raw)
-        plan = StudyPlan(**{k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
-                            for k, v in saved["plan"].items()})
+        plan = StudyPlan(
+            **{
+                k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
+                for k, v in saved["plan"].items()
+            }
+        )
         print(report(plan, saved["results"], out))
         print()
         print(replay_cooldown(plan, saved["results"]))
@@ -512,8 +685,12 @@ def main() -> None:
     if args.resume:
         saved = json.loads(args.resume.read_text())
         loose = ("lrs", "seeds", "arms")  # runs stay valid when the grid widens or seeds are added
-        if {k: v for k, v in saved["plan"].items() if k not in loose} != {k: v for k, v in plan_dict.items() if k not in loose}:
-            raise SystemExit(f"--resume {args.resume}: written for another plan; pass the same --plan, or drop --resume")
+        if {k: v for k, v in saved["plan"].items() if k not in loose} != {
+            k: v for k, v in plan_dict.items() if k not in loose
+        }:
+            raise SystemExit(
+                f"--resume {args.resume}: written for another plan; pass the same --plan, or drop --resume"
+            )
         results = [r for r in saved["results"] if r["complete"]]
         print(f"resumed {len(results)} runs from {args.resume}", flush=True)
     from chunklm import ByteCorpus
@@ -544,9 +721,16 @@ def main() -> None:
                 results.append(r)
                 longest = max(longest, r["seconds"])
                 last = r["evals"][-1] if r["evals"] else None
-                print(f"{r['kind']} {r['arm']} lr {r['lr']:g} seed {r['seed']}: "
-                      + (f"final bpb {last['bpb']:.4f} at {last['tokens'] / 1e6:.3f} M tokens" if last else "no evaluation")
-                      + f", switches {[t['step'] for t in r['transitions']]}, {r['ended']}, {r['seconds']:.0f} s", flush=True)
+                print(
+                    f"{r['kind']} {r['arm']} lr {r['lr']:g} seed {r['seed']}: "
+                    + (
+                        f"final bpb {last['bpb']:.4f} at {last['tokens'] / 1e6:.3f} M tokens"
+                        if last
+                        else "no evaluation"
+                    )
+                    + f", switches {[t['step'] for t in r['transitions']]}, {r['ended']}, {r['seconds']:.0f} s",
+                    flush=True,
+                )
                 write_json(out / "results.json", {"plan": plan_dict, "results": results})
                 report(plan, results, out)
     print(report(plan, results, out))

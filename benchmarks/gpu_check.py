@@ -158,6 +158,7 @@ def conv_ms(conv, u: torch.Tensor, k: torch.Tensor, g: torch.Tensor, steps: int)
 
 def conv_errors(conv, u: torch.Tensor, k: torch.Tensor, g: torch.Tensor) -> dict:
     """Max |error| / max |reference| of y, du, dk against the float64 FFT conv of the same (rounded) inputs."""
+
     def run(fn, uu, kk, gg):
         uu, kk = uu.detach().requires_grad_(True), kk.detach().requires_grad_(True)
         y = fn(uu, kk)
@@ -175,16 +176,23 @@ def section_conv(report: Report, device: torch.device, quick: bool) -> dict:
     u = torch.randn(B, D, T, device=device, generator=gen)
     k = torch.randn(D, K, device=device, generator=gen) / K**0.5
     g = torch.randn(B, D, T, device=device, generator=gen)
-    impls = {"FFT conv, float32 input": (causal_fft_conv, torch.float32), "FFT conv, bf16 input (autocast)": (causal_fft_conv, torch.bfloat16)}
+    impls = {
+        "FFT conv, float32 input": (causal_fft_conv, torch.float32),
+        "FFT conv, bf16 input (autocast)": (causal_fft_conv, torch.bfloat16),
+    }
     if device.type == "cuda":
         from chunklm.triton_conv import triton_causal_conv
 
-        impls.update({
-            "Triton, bf16": (triton_causal_conv, torch.bfloat16),
-            "Triton, float32 (IEEE)": (triton_causal_conv, torch.float32),
-            "cuDNN depthwise conv1d, bf16": (direct_conv, torch.bfloat16),
-        })
-    report.say(f"\n### Causal convolution alone, (B, D, T, K) = {(B, D, T, K)}, forward + backward, median of {steps}\n")
+        impls.update(
+            {
+                "Triton, bf16": (triton_causal_conv, torch.bfloat16),
+                "Triton, float32 (IEEE)": (triton_causal_conv, torch.float32),
+                "cuDNN depthwise conv1d, bf16": (direct_conv, torch.bfloat16),
+            }
+        )
+    report.say(
+        f"\n### Causal convolution alone, (B, D, T, K) = {(B, D, T, K)}, forward + backward, median of {steps}\n"
+    )
     result = {"shape": [B, D, T, K], "rows": {}}
     fft_ms = None
     report.header(["implementation", "ms", "vs FFT float32", "rel. error y / du / dk vs float64"])
@@ -199,7 +207,9 @@ def section_conv(report: Report, device: torch.device, quick: bool) -> dict:
         return result
     from chunklm.triton_conv import triton_causal_conv
 
-    report.say(f"\nK sweep at (B, D, T) = {(B, D, T)}, bf16 input, forward + backward ms (dispatch: Triton for K <= {model_module.TRITON_MAX_K}):\n")
+    report.say(
+        f"\nK sweep at (B, D, T) = {(B, D, T)}, bf16 input, forward + backward ms (dispatch: Triton for K <= {model_module.TRITON_MAX_K}):\n"
+    )
     sweep = []
     report.header(["K", "FFT ms", "Triton ms", "Triton speed-up"])
     for kk in (32, 64, 128, 256, 512):
@@ -243,8 +253,17 @@ def triton_conv_leak(device: torch.device) -> float:
 def resume_config(quick: bool) -> TrainConfig:
     model = ChunkLMConfig(**(QUICK if quick else {**SEED, "d_model": 128, "n_layers": 2}))
     cutoffs = (16, 32) if quick else (128, 256)
-    return TrainConfig(model=model, data=CORPUS, batch_size=4, accum_steps=2,
-                       steps_per_epoch=100, epochs=1, cutoffs=cutoffs, min_epochs=(1, 2), eval_windows=4)
+    return TrainConfig(
+        model=model,
+        data=CORPUS,
+        batch_size=4,
+        accum_steps=2,
+        steps_per_epoch=100,
+        epochs=1,
+        cutoffs=cutoffs,
+        min_epochs=(1, 2),
+        eval_windows=4,
+    )
 
 
 def resume_worker(device: str, deterministic: bool, quick: bool) -> None:
@@ -266,18 +285,26 @@ def resume_worker(device: str, deterministic: bool, quick: bool) -> None:
     second.load_state_dict(torch.load(buffer, weights_only=True))
     resumed_losses += [second.train_step().loss for _ in range(2)]
     a, b = straight.model.state_dict(), second.model.state_dict()
-    print(json.dumps({
-        "losses_equal": losses == resumed_losses,
-        "weights_bit_identical": all(torch.equal(a[n], b[n]) for n in a),
-        "max_weight_diff": max((a[n].double() - b[n].double()).abs().max().item() for n in a),
-    }))
+    print(
+        json.dumps(
+            {
+                "losses_equal": losses == resumed_losses,
+                "weights_bit_identical": all(torch.equal(a[n], b[n]) for n in a),
+                "max_weight_diff": max((a[n].double() - b[n].double()).abs().max().item() for n in a),
+            }
+        )
+    )
 
 
 def resume_check(device: torch.device, deterministic: bool, quick: bool) -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if deterministic:
         env["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
-    cmd = [sys.executable, __file__, "--resume-worker", device.type] + (["--deterministic"] if deterministic else []) + (["--quick"] if quick else [])
+    cmd = (
+        [sys.executable, __file__, "--resume-worker", device.type]
+        + (["--deterministic"] if deterministic else [])
+        + (["--quick"] if quick else [])
+    )
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     if proc.returncode != 0:
         return {"error": proc.stderr[-2000:]}
@@ -291,13 +318,19 @@ def section_checks(report: Report, device: torch.device, quick: bool) -> dict:
     if device.type == "cuda":
         result["leak_bf16"] = model_leak(device, bf16=True)
         result["triton_conv_leak_bf16"] = triton_conv_leak(device)
-        report.say(f"model, bf16 autocast (Triton conv): {result['leak_bf16']:.2e}; Triton conv alone, bf16: {result['triton_conv_leak_bf16']:.2e} (expected exactly 0)")
+        report.say(
+            f"model, bf16 autocast (Triton conv): {result['leak_bf16']:.2e}; Triton conv alone, bf16: {result['triton_conv_leak_bf16']:.2e} (expected exactly 0)"
+        )
     else:
         skipped(report, "bf16 autocast causality (the Triton conv path)")
     for deterministic in (False, True):
         key = "resume_deterministic" if deterministic else "resume_default"
         result[key] = resume_check(device, deterministic, quick)
-        setting = "torch.use_deterministic_algorithms(True), CUBLAS_WORKSPACE_CONFIG=:4096:8" if deterministic else "default settings"
+        setting = (
+            "torch.use_deterministic_algorithms(True), CUBLAS_WORKSPACE_CONFIG=:4096:8"
+            if deterministic
+            else "default settings"
+        )
         report.say(f"resume on {device.type}, {setting}: {result[key]}")
     return result
 
@@ -308,13 +341,17 @@ def section_checks(report: Report, device: torch.device, quick: bool) -> dict:
 def seed_config(quick: bool, **overrides) -> TrainConfig:
     model = ChunkLMConfig(**(QUICK if quick else SEED))
     cutoffs = {"cutoffs": (16, 32), "min_epochs": (1, 2)} if quick else {}
-    return TrainConfig(model=model, batch_size=4, accum_steps=8, steps_per_epoch=10**6, epochs=1, **cutoffs, **overrides)
+    return TrainConfig(
+        model=model, batch_size=4, accum_steps=8, steps_per_epoch=10**6, epochs=1, **cutoffs, **overrides
+    )
 
 
 def section_seed(report: Report, device: torch.device, quick: bool, card: str | None) -> dict:
     cfg = seed_config(quick)
     tokens = cfg.batch_size * cfg.accum_steps * cfg.model.seq_len
-    corpus = ByteCorpus(list(CORPUS), seq_len=cfg.model.seq_len, chunk=cfg.model.chunk)  # throughput does not depend on the bytes
+    corpus = ByteCorpus(
+        list(CORPUS), seq_len=cfg.model.seq_len, chunk=cfg.model.chunk
+    )  # throughput does not depend on the bytes
     variants = [
         ("eager, micro-batch 4 (the seed's)", {}, None, False),
         ("eager, micro-batch 32", {"micro_batch": 32}, None, False),
@@ -323,7 +360,9 @@ def section_seed(report: Report, device: torch.device, quick: bool, card: str | 
         ("compile, micro-batch 32", {"micro_batch": 32, "compile": True}, None, False),
         ("compile reduce-overhead (CUDA graphs), micro-batch 32", {"micro_batch": 32}, "reduce-overhead", False),
     ]
-    report.say(f"\n### The seed's command: batch 4 x accum 8 = {tokens:,} bytes per optimizer step, Trainer.train_step\n")
+    report.say(
+        f"\n### The seed's command: batch 4 x accum 8 = {tokens:,} bytes per optimizer step, Trainer.train_step\n"
+    )
     result, not_here = {}, []
     report.header(["variant", "tokens/s", "MFU"])
     for name, overrides, mode, fft in variants:
@@ -338,7 +377,9 @@ def section_seed(report: Report, device: torch.device, quick: bool, card: str | 
             trainer.start()
             with fft_conv_only() if fft else contextlib.nullcontext():
                 warmup = 4 if (overrides.get("compile") or mode) else 2
-                seconds = median_seconds(trainer.train_step, device, steps=2 if quick else 8, warmup=1 if quick else warmup)
+                seconds = median_seconds(
+                    trainer.train_step, device, steps=2 if quick else 8, warmup=1 if quick else warmup
+                )
             tps = tokens / seconds
             result[name] = {"tokens_per_s": tps, "mfu": mfu(trainer.model, tps, card)}
             report.row([name, f"{tps:,.0f}", result[name]["mfu"]])
@@ -356,7 +397,9 @@ def section_seed(report: Report, device: torch.device, quick: bool, card: str | 
 # compare ------------------------------------------------------------------------------------------
 
 
-def train_tps(model: torch.nn.Module, batch: int, seq_len: int, chunk: int, compiled: bool, steps: int, device: torch.device) -> float:
+def train_tps(
+    model: torch.nn.Module, batch: int, seq_len: int, chunk: int, compiled: bool, steps: int, device: torch.device
+) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     loss_fn = torch.compile(_Objective(model)) if compiled else _Objective(model)
     windows = torch.randint(0, 256, (batch, seq_len + chunk), device=device)
@@ -374,9 +417,13 @@ def train_tps(model: torch.nn.Module, batch: int, seq_len: int, chunk: int, comp
 def section_compare(report: Report, device: torch.device, quick: bool, card: str | None, lengths=None) -> dict:
     base = QUICK if quick else SEED
     lengths = lengths or (((128, 4), (256, 2)) if quick else ((1024, 32), (4096, 8)))
-    report.say("\n### ChunkLM vs Transformer (flash attention), bf16 autocast on CUDA, forward + backward + fused AdamW\n")
+    report.say(
+        "\n### ChunkLM vs Transformer (flash attention), bf16 autocast on CUDA, forward + backward + fused AdamW\n"
+    )
     result, not_here = [], []
-    report.header(["seq_len", "batch", "mode", "ChunkLM tok/s", "MFU", "Transformer tok/s", "MFU", "ChunkLM / Transformer"])
+    report.header(
+        ["seq_len", "batch", "mode", "ChunkLM tok/s", "MFU", "Transformer tok/s", "MFU", "ChunkLM / Transformer"]
+    )
     for seq_len, batch in lengths:
         for compiled in (False, True):
             if compiled and device.type != "cuda":
@@ -389,17 +436,42 @@ def section_compare(report: Report, device: torch.device, quick: bool, card: str
                 model = (ChunkLM(cfg) if kind == "ChunkLM" else TransformerLM(cfg)).to(device)
                 try:
                     tps[kind] = train_tps(model, batch, seq_len, cfg.chunk, compiled, 2 if quick else 8, device)
-                    result.append({"model": kind, "seq_len": seq_len, "batch": batch, "compiled": compiled,
-                                   "tokens_per_s": tps[kind], "mfu": mfu(model, tps[kind], card)})
+                    result.append(
+                        {
+                            "model": kind,
+                            "seq_len": seq_len,
+                            "batch": batch,
+                            "compiled": compiled,
+                            "tokens_per_s": tps[kind],
+                            "mfu": mfu(model, tps[kind], card),
+                        }
+                    )
                 except Exception as exc:
-                    result.append({"model": kind, "seq_len": seq_len, "compiled": compiled, "error": f"{type(exc).__name__}: {exc}"[:2000]})
+                    result.append(
+                        {
+                            "model": kind,
+                            "seq_len": seq_len,
+                            "compiled": compiled,
+                            "error": f"{type(exc).__name__}: {exc}"[:2000],
+                        }
+                    )
                     tps[kind] = float("nan")
                 del model
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
             how = "compile" if compiled else "eager"
-            report.row([seq_len, batch, how, f"{tps['ChunkLM']:,.0f}", result[-2].get("mfu", "-"), f"{tps['Transformer']:,.0f}",
-                        result[-1].get("mfu", "-"), f"{tps['ChunkLM'] / tps['Transformer']:.2f}"])
+            report.row(
+                [
+                    seq_len,
+                    batch,
+                    how,
+                    f"{tps['ChunkLM']:,.0f}",
+                    result[-2].get("mfu", "-"),
+                    f"{tps['Transformer']:,.0f}",
+                    result[-1].get("mfu", "-"),
+                    f"{tps['ChunkLM'] / tps['Transformer']:.2f}",
+                ]
+            )
     for what in not_here:
         skipped(report, what)
     return {"rows": result}
@@ -417,7 +489,18 @@ def section_cli(report: Report, device: torch.device, out: Path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:  # the checkpoint (~240 MB) and its history stay out of --out
         ckpt_path = Path(tmp) / "gpu_seed.pt"
         base = [sys.executable, "-m", "runs.cli", "train", "--ckpt", str(ckpt_path), "--device", "cuda"]
-        first = base + ["--preset", "seed", "--steps-per-epoch", "8", "--epochs", "2", "--log-every", "2", "--stop-after", "5"]
+        first = base + [
+            "--preset",
+            "seed",
+            "--steps-per-epoch",
+            "8",
+            "--epochs",
+            "2",
+            "--log-every",
+            "2",
+            "--stop-after",
+            "5",
+        ]
         for name, cmd in (("first", first), ("resume", base + ["--resume", "--log-every", "2"])):
             t0 = time.time()
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400, cwd=REPO)
@@ -439,8 +522,12 @@ def main() -> None:
     parser.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     parser.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test; runs on CPU)")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
-    parser.add_argument("--long", action="store_true", help="only ChunkLM vs Transformer at 8k-32k bytes, eager and compiled")
-    parser.add_argument("--append", action="store_true", help="continue gpu_check.json / .md under --out instead of starting them over")
+    parser.add_argument(
+        "--long", action="store_true", help="only ChunkLM vs Transformer at 8k-32k bytes, eager and compiled"
+    )
+    parser.add_argument(
+        "--append", action="store_true", help="continue gpu_check.json / .md under --out instead of starting them over"
+    )
     parser.add_argument("--resume-worker", choices=("cpu", "cuda"), help=argparse.SUPPRESS)
     parser.add_argument("--deterministic", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -458,7 +545,13 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = True
     else:
         name, card = "CPU", None
-    meta = {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda, "quick": args.quick, "argv": sys.argv[1:]}
+    meta = {
+        "device": name,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "quick": args.quick,
+        "argv": sys.argv[1:],
+    }
     report = Report(Path(args.out), meta, append=args.append)
     if not report.continued:
         report.say(f"## gpu_check on {name}, torch {torch.__version__}, CUDA {torch.version.cuda}, quick={args.quick}")

@@ -29,8 +29,15 @@ def recorded_history(plan: dict, raises: list[dict]) -> list[Record]:
     n = plan["seq_len"]
     names = [f"cutoff_{c}" for c in (n // 8, n // 4, n // 2)] + ["full"]
     return [
-        Record(source=names[k], dest=names[k + 1], global_step=r["step"], epoch=r["epoch"], step_in_epoch=0,
-               point="epoch_end", wall_time=0.0)
+        Record(
+            source=names[k],
+            dest=names[k + 1],
+            global_step=r["step"],
+            epoch=r["epoch"],
+            step_in_epoch=0,
+            point="epoch_end",
+            wall_time=0.0,
+        )
         for k, r in enumerate(raises)
     ]
 
@@ -47,16 +54,23 @@ def stream_of(losses: list[float], steps_per_epoch: int) -> list[tuple[str, dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", help="results.json written by benchmarks/efficacy.py")
-    parser.add_argument("--grid", nargs="+", default=["window=50,100,200", "threshold=0.0,0.005,0.01", "test=relative,welch"])
+    parser.add_argument(
+        "--grid", nargs="+", default=["window=50,100,200", "threshold=0.0,0.005,0.01", "test=relative,welch"]
+    )
     parser.add_argument("--arms", default="CE")
     args = parser.parse_args()
     data = json.loads(Path(args.results).read_text())
     plan = data["plan"]
     n = plan["seq_len"]
     base = {
-        "seq_len": n, "cutoffs": (n // 8, n // 4, n // 2), "min_epochs": tuple(plan["min_epochs"]),
-        "plateau_window": plan["window"], "plateau_threshold": plan["threshold"], "preserve": True,
-        "plateau_test": "relative", "plateau_alpha": None,
+        "seq_len": n,
+        "cutoffs": (n // 8, n // 4, n // 2),
+        "min_epochs": tuple(plan["min_epochs"]),
+        "plateau_window": plan["window"],
+        "plateau_threshold": plan["threshold"],
+        "preserve": True,
+        "plateau_test": "relative",
+        "plateau_alpha": None,
     }
     overrides = parse_grid(args.grid)
     varied = list(dict.fromkeys(k for o in overrides for k in o))
@@ -67,8 +81,10 @@ def main() -> None:
             s["plateau_alpha"] = None
         if s not in settings:
             settings.append(s)
-    print(f"plan: {plan['epochs']} epochs x {plan['steps_per_epoch']} steps; recorded rule: cutoffs {base['cutoffs']}, "
-          f"min epochs {base['min_epochs']}, window {plan['window']}, threshold {plan['threshold']} (relative)")
+    print(
+        f"plan: {plan['epochs']} epochs x {plan['steps_per_epoch']} steps; recorded rule: cutoffs {base['cutoffs']}, "
+        f"min epochs {base['min_epochs']}, window {plan['window']}, threshold {plan['threshold']} (relative)"
+    )
     for r in data["results"]:
         if r["arm"] not in args.arms:
             continue
@@ -76,8 +92,10 @@ def main() -> None:
         recorded = recorded_history(plan, r["raises"])
         own = replay_settings(base, stream, recorded)
         rows = [(label(s, varied), replay_settings(s, stream, recorded)) for s in settings]
-        print(f"\narm {r['arm']}, seed {r['seed']} ({len(r['losses'])} steps)"
-              + ("" if own.departure is None else f"; own settings depart: {own.departure.text()}"))
+        print(
+            f"\narm {r['arm']}, seed {r['seed']} ({len(r['losses'])} steps)"
+            + ("" if own.departure is None else f"; own settings depart: {own.departure.text()}")
+        )
         print(format_table(recorded, rows, own))
     print()
     print(LEGEND)

@@ -106,8 +106,10 @@ def cut_windows(windows: torch.Tensor, seq_len: int, chunk: int) -> torch.Tensor
     """
     T = windows.shape[1] - chunk
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 1 <= seq_len <= T or T % seq_len:
-        raise CorpusError(f"seq_len must divide the window's length {T} (1 <= seq_len <= {T}): got seq_len={seq_len!r}; "
-                          f"pick a divisor of {T}, e.g. {T // 2 if T % 2 == 0 else T}")
+        raise CorpusError(
+            f"seq_len must divide the window's length {T} (1 <= seq_len <= {T}): got seq_len={seq_len!r}; "
+            f"pick a divisor of {T}, e.g. {T // 2 if T % 2 == 0 else T}"
+        )
     if seq_len == T:
         return windows
     return windows.unfold(1, seq_len + chunk, seq_len).reshape(-1, seq_len + chunk)  # (B * T / L, L + C)
@@ -172,7 +174,9 @@ class ByteCorpus:
             logger.warning(
                 "%d files: a split by file leaves less than one window (%d bytes) on one side; "
                 "validation is the last %d bytes instead",
-                self.n_files, self.window, self.n_val_bytes,
+                self.n_files,
+                self.window,
+                self.n_val_bytes,
             )
 
     def _load_meta(self, path: Path) -> dict | None:
@@ -233,7 +237,13 @@ class ByteCorpus:
         ``np.random.default_rng([seed, epoch, step, micro_step, rank])``: a resumed run draws the
         same windows without replay, and each rank its own.
         """
-        for name, value in (("seed", seed), ("epoch", epoch), ("step", step), ("micro_step", micro_step), ("rank", rank)):
+        for name, value in (
+            ("seed", seed),
+            ("epoch", epoch),
+            ("step", step),
+            ("micro_step", micro_step),
+            ("rank", rank),
+        ):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise CorpusError(f"{name} must be an int >= 0: got {name}={value!r}")
         rng = np.random.default_rng([seed, epoch, step, micro_step, rank])
@@ -292,7 +302,9 @@ def corpus_fingerprint(paths: str | os.PathLike | Sequence[str | os.PathLike] | 
             elif root.is_file():
                 found = [(root, root.name)]
             else:
-                raise CorpusError(f"data path does not exist: {str(root)!r}; pass an existing file or directory to --data")
+                raise CorpusError(
+                    f"data path does not exist: {str(root)!r}; pass an existing file or directory to --data"
+                )
             kept = []
             for f, rel in found:
                 if f.resolve() not in seen:
@@ -341,7 +353,9 @@ def fingerprint_changes(saved: dict, now: dict, limit: int = 3) -> list[str]:
     if resized:
         changes.append(f"{len(resized)} file{'s' if len(resized) > 1 else ''} changed size ({names(resized)})")
     if edited:
-        changes.append(f"{len(edited)} file{'s' if len(edited) > 1 else ''} changed content, same size ({names(edited)})")
+        changes.append(
+            f"{len(edited)} file{'s' if len(edited) > 1 else ''} changed content, same size ({names(edited)})"
+        )
     if not (added or removed or resized or edited):
         changes.append("the files are listed in another order")
     return changes

@@ -28,7 +28,12 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: t
 
 @torch.no_grad()
 def generate(
-    model: ChunkLM, prompt: bytes, n: int, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+    model: ChunkLM,
+    prompt: bytes,
+    n: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
     on_bytes: Callable[[bytes], None] | None = None,
 ) -> bytes:
     """The ``n`` bytes that follow ``prompt`` (the prompt itself is not returned).

@@ -21,7 +21,16 @@ import torch.nn.functional as F
 
 from chunklm.config import ChunkLMConfig, ConfigError, KernelInit
 
-__all__ = ["causal_fft_conv", "causal_conv", "chunk_loss", "head_loss", "SpectralKernel", "LongConv", "Block", "ChunkLM"]
+__all__ = [
+    "causal_fft_conv",
+    "causal_conv",
+    "chunk_loss",
+    "head_loss",
+    "SpectralKernel",
+    "LongConv",
+    "Block",
+    "ChunkLM",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +86,10 @@ def _triton_conv():
 def use_triton_conv(device: torch.device, dtype: torch.dtype, kernel_len: int) -> bool:
     """The fused Triton conv for short kernels on CUDA in bf16/fp16 (autocast); the FFT conv otherwise."""
     return (
-        device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
-        and kernel_len <= TRITON_MAX_K and _triton_conv() is not None
+        device.type == "cuda"
+        and dtype in (torch.bfloat16, torch.float16)
+        and kernel_len <= TRITON_MAX_K
+        and _triton_conv() is not None
     )
 
 

@@ -35,7 +35,16 @@ from chunklm.model import ChunkLM, ChunkLMConfig
 from engine import Curriculum, CurriculumEngine, Record
 from policies import WSD, StagedCosine, seq_len_curriculum, spectral_curriculum
 
-__all__ = ["TrainConfig", "Trainer", "Hooks", "StepInfo", "EpochInfo", "NonFiniteLossError", "MAX_NONFINITE", "seed_everything"]
+__all__ = [
+    "TrainConfig",
+    "Trainer",
+    "Hooks",
+    "StepInfo",
+    "EpochInfo",
+    "NonFiniteLossError",
+    "MAX_NONFINITE",
+    "seed_everything",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -71,13 +80,17 @@ def _check_seq_lens(inst: Any, attribute: attrs.Attribute, value: tuple) -> None
 
 def _check_schedule(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value not in SCHEDULES:
-        raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}: got {value!r}; pass --schedule staged or wsd")
+        raise ConfigError(
+            f"schedule must be one of {', '.join(SCHEDULES)}: got {value!r}; pass --schedule staged or wsd"
+        )
 
 
 def _check_cooldown(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
     if attribute.name == "cooldown_shape":
         if value not in COOLDOWN_SHAPES:
-            raise ConfigError(f"cooldown_shape must be one of {', '.join(COOLDOWN_SHAPES)}: got {value!r}; e.g. --cooldown-shape 1-sqrt")
+            raise ConfigError(
+                f"cooldown_shape must be one of {', '.join(COOLDOWN_SHAPES)}: got {value!r}; e.g. --cooldown-shape 1-sqrt"
+            )
     elif isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
         raise ConfigError(f"cooldown_fraction must be in (0, 1]: got {value!r}; e.g. --cooldown-fraction 0.2")
 
@@ -112,8 +125,12 @@ class TrainConfig:
     # with cutoffs, one per cutoff phase; without, seq_len_curriculum's phases). () trains at full length.
     seq_lens: tuple[int, ...] = attrs.field(default=(), converter=_to_tuple, validator=_check_seq_lens)
     schedule: str = attrs.field(default="staged", validator=_check_schedule)  # the LR schedule: SCHEDULES
-    cooldown_fraction: float = attrs.field(default=0.2, validator=_check_cooldown)  # WSD: the cooldown's share of training
-    cooldown_shape: str = attrs.field(default="1-sqrt", validator=_check_cooldown)  # WSD: its shape (policies.CooldownShape)
+    cooldown_fraction: float = attrs.field(
+        default=0.2, validator=_check_cooldown
+    )  # WSD: the cooldown's share of training
+    cooldown_shape: str = attrs.field(
+        default="1-sqrt", validator=_check_cooldown
+    )  # WSD: its shape (policies.CooldownShape)
     eval_windows: int = 64
     eval_batch_size: int = 16
     # Execution only (the trajectory's math does not depend on them; they may change on resume):
@@ -131,8 +148,13 @@ class TrainConfig:
         restart = self.schedule == "staged"
         if self.seq_lens and not self.cutoffs:
             return seq_len_curriculum(
-                self.seq_lens, min_epochs=self.min_epochs, window=self.plateau_window, threshold=self.plateau_threshold,
-                test=self.plateau_test, alpha=self.plateau_alpha, restart_lr=restart,
+                self.seq_lens,
+                min_epochs=self.min_epochs,
+                window=self.plateau_window,
+                threshold=self.plateau_threshold,
+                test=self.plateau_test,
+                alpha=self.plateau_alpha,
+                restart_lr=restart,
             )
         return spectral_curriculum(
             n_bins=self.model.n_bins,
@@ -308,11 +330,15 @@ class Trainer:
         self.net = wrap_model(objective) if wrap_model else objective  # DDP wraps the loss, so it syncs gradients
         self._ddp = isinstance(self.net, torch.nn.parallel.DistributedDataParallel)
         self._loss_fn = torch.compile(self.net) if config.compile else self.net  # same parameters, same state
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95)
+        )
         self.schedule = self._build_schedule(stages)
         self.curriculum = curriculum or config.curriculum()
         self._check_seq_lens(self.curriculum)
-        self.engine = CurriculumEngine(self.curriculum, model=self.model, optimizer=self.optimizer, schedule=self.schedule)
+        self.engine = CurriculumEngine(
+            self.curriculum, model=self.model, optimizer=self.optimizer, schedule=self.schedule
+        )
         self.ema = EMA(self.model, decay=config.ema) if config.ema else None
         self.acc = EpochAccumulator()
         self._last_record: Record | None = None  # the engine's record of the last train_step, for fit's hooks
@@ -321,10 +347,18 @@ class Trainer:
     def _build_schedule(self, stages: Sequence[tuple[int, float, float]] | None):
         cfg = self.config
         if cfg.schedule == "wsd":
-            return WSD(self.optimizer, base_lr=cfg.lr, total_steps=cfg.epochs * cfg.steps_per_epoch,
-                       cooldown_fraction=cfg.cooldown_fraction, shape=cfg.cooldown_shape)
+            return WSD(
+                self.optimizer,
+                base_lr=cfg.lr,
+                total_steps=cfg.epochs * cfg.steps_per_epoch,
+                cooldown_fraction=cfg.cooldown_fraction,
+                shape=cfg.cooldown_shape,
+            )
         return StagedCosine(
-            self.optimizer, base_lr=cfg.lr, steps_per_epoch=cfg.steps_per_epoch, total_epochs=cfg.epochs,
+            self.optimizer,
+            base_lr=cfg.lr,
+            steps_per_epoch=cfg.steps_per_epoch,
+            total_epochs=cfg.epochs,
             **({"stages": tuple(stages)} if stages is not None else {}),
         )
 
@@ -428,12 +462,19 @@ class Trainer:
         step, with shorter contexts.
         """
         cfg, clock = self.config, self.clock
-        windows = torch.cat([
-            self.corpus.train_batch(
-                cfg.batch_size, seed=cfg.seed, epoch=clock.epoch, step=clock.step_in_epoch, micro_step=micro, rank=self.rank
-            )
-            for micro in range(cfg.accum_steps)
-        ])  # (batch_size * accum_steps, seq_len + chunk)
+        windows = torch.cat(
+            [
+                self.corpus.train_batch(
+                    cfg.batch_size,
+                    seed=cfg.seed,
+                    epoch=clock.epoch,
+                    step=clock.step_in_epoch,
+                    micro_step=micro,
+                    rank=self.rank,
+                )
+                for micro in range(cfg.accum_steps)
+            ]
+        )  # (batch_size * accum_steps, seq_len + chunk)
         if seq_len != cfg.model.seq_len:
             windows = cut_windows(windows, seq_len, cfg.model.chunk)  # (batch_size * accum_steps * pieces, L + chunk)
         return windows.to(self.device, non_blocking=True)
@@ -479,14 +520,24 @@ class Trainer:
             self.acc.nonfinite_streak += 1
             logger.warning(
                 "non-finite loss %s at epoch %d step %d: update skipped (%d in a row)",
-                loss_value, clock.epoch, clock.step_in_epoch + 1, self.acc.nonfinite_streak,
+                loss_value,
+                clock.epoch,
+                clock.step_in_epoch + 1,
+                self.acc.nonfinite_streak,
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.schedule.step()
         record = self.engine.step_end(loss=loss_value, lr=lr)
         info = StepInfo(
-            epoch=clock.epoch, step_in_epoch=clock.step_in_epoch, global_step=clock.global_step, loss=loss_value,
-            lr=lr, cutoff=self.model.cutoff, phase=self.engine.phase.name, applied=applied, seq_len=seq_len,
+            epoch=clock.epoch,
+            step_in_epoch=clock.step_in_epoch,
+            global_step=clock.global_step,
+            loss=loss_value,
+            lr=lr,
+            cutoff=self.model.cutoff,
+            phase=self.engine.phase.name,
+            applied=applied,
+            seq_len=seq_len,
         )
         self._last_record = record
         if not applied and self.acc.nonfinite_streak >= MAX_NONFINITE:
@@ -499,13 +550,21 @@ class Trainer:
 
     def evaluate(self) -> dict:
         cfg = self.config
-        return evaluate_bpb(self.model, self.corpus, n_windows=cfg.eval_windows, batch_size=cfg.eval_batch_size, ema=self.ema)
+        return evaluate_bpb(
+            self.model, self.corpus, n_windows=cfg.eval_windows, batch_size=cfg.eval_batch_size, ema=self.ema
+        )
 
     def end_epoch(self) -> tuple[EpochInfo, Record | None]:
         """Validate, summarise the epoch and let the engine decide at the epoch boundary."""
         metrics = self.evaluate()
         avg = self.acc.loss_sum / self.acc.loss_count if self.acc.loss_count else float("nan")
-        info = EpochInfo(epoch=self.clock.epoch, avg_loss=avg, cutoff=self.model.cutoff, bpb=metrics["bpb"], bpb_mean=metrics["bpb_mean"])
+        info = EpochInfo(
+            epoch=self.clock.epoch,
+            avg_loss=avg,
+            cutoff=self.model.cutoff,
+            bpb=metrics["bpb"],
+            bpb_mean=metrics["bpb_mean"],
+        )
         record = self.engine.epoch_end(val_bpb=metrics["bpb"], avg_loss=avg)
         self.acc = EpochAccumulator(nonfinite_streak=self.acc.nonfinite_streak)  # a streak spans epochs
         return info, record

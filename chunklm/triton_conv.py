@@ -40,8 +40,18 @@ def _toeplitz(k_ptr, d, K, t, s):
 
 @triton.jit
 def _conv_fwd_kernel(
-    u_ptr, k_ptr, y_ptr, B, T, K, stride_b, stride_d,
-    N_LAG_BLOCKS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_T: tl.constexpr, PRECISION: tl.constexpr,
+    u_ptr,
+    k_ptr,
+    y_ptr,
+    B,
+    T,
+    K,
+    stride_b,
+    stride_d,
+    N_LAG_BLOCKS: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     d, t0, b0 = tl.program_id(0), tl.program_id(1) * BLOCK_T, tl.program_id(2) * BLOCK_B
     rows = b0 + tl.arange(0, BLOCK_B)
@@ -58,8 +68,18 @@ def _conv_fwd_kernel(
 
 @triton.jit
 def _conv_bwd_u_kernel(
-    dy_ptr, k_ptr, du_ptr, B, T, K, stride_b, stride_d,
-    N_LAG_BLOCKS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_T: tl.constexpr, PRECISION: tl.constexpr,
+    dy_ptr,
+    k_ptr,
+    du_ptr,
+    B,
+    T,
+    K,
+    stride_b,
+    stride_d,
+    N_LAG_BLOCKS: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     d, s0, b0 = tl.program_id(0), tl.program_id(1) * BLOCK_T, tl.program_id(2) * BLOCK_B
     rows = b0 + tl.arange(0, BLOCK_B)
@@ -77,8 +97,20 @@ def _conv_bwd_u_kernel(
 
 @triton.jit
 def _conv_bwd_k_kernel(
-    dy_ptr, u_ptr, g_ptr, B, T, K, M, X, stride_b, stride_d,
-    P: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_X: tl.constexpr, PRECISION: tl.constexpr,
+    dy_ptr,
+    u_ptr,
+    g_ptr,
+    B,
+    T,
+    K,
+    M,
+    X,
+    stride_b,
+    stride_d,
+    P: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_X: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """G[d, p, x] = sum over rows r = (b, m) of dy[b, d, mP + p] * u[b, d, mP - (K - 1) + x]."""
     d, x0 = tl.program_id(0), tl.program_id(1) * BLOCK_X
@@ -117,8 +149,18 @@ def _forward(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     K = k.shape[-1]
     y = torch.empty_like(u)
     _conv_fwd_kernel[_grid_bt(B, D, T)](
-        u, k, y, B, T, K, u.stride(0), u.stride(1),
-        N_LAG_BLOCKS=_n_lag_blocks(K), BLOCK_B=BLOCK_B, BLOCK_T=BLOCK_T, PRECISION=_precision(u.dtype),
+        u,
+        k,
+        y,
+        B,
+        T,
+        K,
+        u.stride(0),
+        u.stride(1),
+        N_LAG_BLOCKS=_n_lag_blocks(K),
+        BLOCK_B=BLOCK_B,
+        BLOCK_T=BLOCK_T,
+        PRECISION=_precision(u.dtype),
     )
     return y
 
@@ -128,14 +170,36 @@ def _backward(dy: torch.Tensor, u: torch.Tensor, k: torch.Tensor) -> tuple[torch
     K = k.shape[-1]
     du = torch.empty_like(u)
     _conv_bwd_u_kernel[_grid_bt(B, D, T)](
-        dy, k, du, B, T, K, u.stride(0), u.stride(1),
-        N_LAG_BLOCKS=_n_lag_blocks(K), BLOCK_B=BLOCK_B, BLOCK_T=BLOCK_T, PRECISION=_precision(u.dtype),
+        dy,
+        k,
+        du,
+        B,
+        T,
+        K,
+        u.stride(0),
+        u.stride(1),
+        N_LAG_BLOCKS=_n_lag_blocks(K),
+        BLOCK_B=BLOCK_B,
+        BLOCK_T=BLOCK_T,
+        PRECISION=_precision(u.dtype),
     )
     P, M, X = BLOCK_T, triton.cdiv(T, BLOCK_T), BLOCK_T + K - 1
     g = torch.empty(D, P, X, dtype=torch.float32, device=u.device)  # (D, P, P + K - 1)
     _conv_bwd_k_kernel[(D, triton.cdiv(X, BLOCK_X))](
-        dy, u, g, B, T, K, M, X, u.stride(0), u.stride(1),
-        P=P, BLOCK_R=BLOCK_R, BLOCK_X=BLOCK_X, PRECISION=_precision(u.dtype),
+        dy,
+        u,
+        g,
+        B,
+        T,
+        K,
+        M,
+        X,
+        u.stride(0),
+        u.stride(1),
+        P=P,
+        BLOCK_R=BLOCK_R,
+        BLOCK_X=BLOCK_X,
+        PRECISION=_precision(u.dtype),
     )
     diagonals = g.as_strided((D, K, P), (P * X, 1, X + 1))  # [d, c, p] = G[d, p, p + c], c = K - 1 - j
     return du, diagonals.sum(-1).flip(-1)  # (D, K) float32
@@ -160,5 +224,7 @@ class _CausalConv(torch.autograd.Function):
 def triton_causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """u: (B, D, T) float32, bf16 or fp16; k: (D, K) -> (B, D, T) in u's dtype, accumulated in float32."""
     if u.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise TypeError(f"triton_causal_conv takes float32, bfloat16 or float16 inputs: got {u.dtype}; use causal_fft_conv")
+        raise TypeError(
+            f"triton_causal_conv takes float32, bfloat16 or float16 inputs: got {u.dtype}; use causal_fft_conv"
+        )
     return _CausalConv.apply(u, k)

@@ -11,13 +11,32 @@ records them (:class:`MetricLog`), :func:`replay_grid` replays them under a grid
 guard and action protocols and docs/semantics.md for the contract.
 """
 
-from engine.core import Clock, ClockView, Context, Curriculum, CurriculumError, Params, Phase, Point, Transition, describe
-from engine.history import ActionEffect, Decision, GuardEvidence, HeldSince, History, HistoryView, Record
-from engine.runtime import CurriculumEngine
-from engine.replay import Departure, Replay, replay
-from engine.datafile import CurriculumFileError, Registry, load_curriculum, register_action, register_guard, save_curriculum, to_toml
-from engine.recording import MetricLog
+from engine.core import (
+    Clock,
+    ClockView,
+    Context,
+    Curriculum,
+    CurriculumError,
+    Params,
+    Phase,
+    Point,
+    Transition,
+    describe,
+)
+from engine.datafile import (
+    CurriculumFileError,
+    Registry,
+    load_curriculum,
+    register_action,
+    register_guard,
+    save_curriculum,
+    to_toml,
+)
 from engine.grid import GridRow, GridTable, replay_grid
+from engine.history import ActionEffect, Decision, GuardEvidence, HeldSince, History, HistoryView, Record
+from engine.recording import MetricLog
+from engine.replay import Departure, Replay, replay
+from engine.runtime import CurriculumEngine
 
 __all__ = [
     "CurriculumError",

@@ -46,8 +46,10 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
     for item in items:
         key, eq, values = item.partition("=")
         if not eq or not key.isidentifier() or not values or key in grid:
-            raise _Usage(f"--grid {item!r}: expected KEY=V1,V2,... once per KEY, with KEY a parameter of the curriculum "
-                         "function, e.g. --grid threshold=0.001,0.01 window=50,100")
+            raise _Usage(
+                f"--grid {item!r}: expected KEY=V1,V2,... once per KEY, with KEY a parameter of the curriculum "
+                "function, e.g. --grid threshold=0.001,0.01 window=50,100"
+            )
         grid[key] = [_value(v) for v in values.split(",")]
     return grid
 
@@ -64,14 +66,18 @@ def load_factory(spec: str) -> Callable[..., Curriculum]:
     except ModuleNotFoundError as exc:
         if exc.name is None or not module_name.startswith(exc.name):
             raise  # the user's module imports something that is missing: a bug, with its traceback
-        raise _Usage(f"--curriculum {spec!r}: no module named {exc.name!r} (run from the folder that holds it, or set PYTHONPATH)") from None
+        raise _Usage(
+            f"--curriculum {spec!r}: no module named {exc.name!r} (run from the folder that holds it, or set PYTHONPATH)"
+        ) from None
     target: Any = module
     for part in attr.split("."):
         if not hasattr(target, part):
             raise _Usage(f"--curriculum {spec!r}: module {module_name!r} has no {attr!r}")
         target = getattr(target, part)
     if not callable(target):
-        raise _Usage(f"--curriculum {spec!r}: {attr!r} is a {type(target).__name__}, not a function that builds a Curriculum")
+        raise _Usage(
+            f"--curriculum {spec!r}: {attr!r} is a {type(target).__name__}, not a function that builds a Curriculum"
+        )
     return target
 
 
@@ -80,8 +86,10 @@ def _recorded(path: str) -> tuple[dict, str]:
 
     state, where = load_saved(path)
     if state.get("recorded") is None:
-        raise _Usage(f"{where} holds an engine state without recorded metrics; build the run's engine with "
-                     "CurriculumEngine(curriculum, record_metrics=True) to record them")
+        raise _Usage(
+            f"{where} holds an engine state without recorded metrics; build the run's engine with "
+            "CurriculumEngine(curriculum, record_metrics=True) to record them"
+        )
     return state, where
 
 
@@ -92,7 +100,9 @@ def run_replay(args: argparse.Namespace) -> int:
     state, where = _recorded(args.path)
     factory = load_factory(args.curriculum)
     table = replay_grid(factory, state, grid)
-    print(f"{where}: {table.steps} steps, {table.epochs} epoch ends recorded; curriculum {args.curriculum}; no action runs")
+    print(
+        f"{where}: {table.steps} steps, {table.epochs} epoch ends recorded; curriculum {args.curriculum}; no action runs"
+    )
     note = table.note()
     if note:
         print(f"note: {note}")
@@ -120,9 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("replay", help="replay a run's recorded metrics under other curriculum settings (no training)")
     r.add_argument("path", help="state file (JSON or torch), HF checkpoint folder, or Lightning .ckpt")
-    r.add_argument("--curriculum", required=True, metavar="MODULE:FUNCTION",
-                   help="a function that builds the curriculum from keyword arguments (IMPORTS your module)")
-    r.add_argument("--grid", nargs="+", metavar="KEY=V1,V2", help="replay every combination, e.g. threshold=0.001,0.01 window=50,100")
+    r.add_argument(
+        "--curriculum",
+        required=True,
+        metavar="MODULE:FUNCTION",
+        help="a function that builds the curriculum from keyword arguments (IMPORTS your module)",
+    )
+    r.add_argument(
+        "--grid",
+        nargs="+",
+        metavar="KEY=V1,V2",
+        help="replay every combination, e.g. threshold=0.001,0.01 window=50,100",
+    )
     r.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     r.set_defaults(run=run_replay)
     p = sub.add_parser("plot", help="the run's loss with transition markers, LR and phase params, as a PNG")

@@ -549,11 +549,15 @@ class Curriculum:
         seen: set[str] = set()
         for phase in self.phases:
             if phase.name in seen:
-                raise CurriculumError(f"Curriculum.phases: the name {phase.name!r} is used twice; phase names must be unique")
+                raise CurriculumError(
+                    f"Curriculum.phases: the name {phase.name!r} is used twice; phase names must be unique"
+                )
             seen.add(phase.name)
         names = [p.name for p in self.phases]
         if self.initial is not None and self.initial not in seen:
-            raise CurriculumError(f"Curriculum.initial is {self.initial!r}, which is not a phase; expected one of {names}")
+            raise CurriculumError(
+                f"Curriculum.initial is {self.initial!r}, which is not a phase; expected one of {names}"
+            )
         for i, tr in enumerate(self.transitions):
             for end in ("source", "dest"):
                 value = getattr(tr, end)
@@ -592,7 +596,8 @@ class Curriculum:
                     if id(leaf) in seen:
                         j = seen[id(leaf)]
                         where = (
-                            f"transition[{i}] ({tr.label}) uses it twice" if j == i
+                            f"transition[{i}] ({tr.label}) uses it twice"
+                            if j == i
                             else f"transitions[{j}] ({self.transitions[j].label}) and [{i}] ({tr.label}) share it"
                         )
                         raise CurriculumError(

@@ -117,8 +117,19 @@ def _builtins() -> list[_Entry]:
         return {"guard": obj.guards[0]}
 
     full = {"n": {"full": None}}
-    entries = [_Entry(name, _GUARD, getattr(policies, name), getattr(policies, name)) for name in (
-        "Plateau", "MinEpoch", "MinSteps", "MetricBelow", "MetricAbove", "Cooldown", "MaxVisits", "WorseThanBest")]
+    entries = [
+        _Entry(name, _GUARD, getattr(policies, name), getattr(policies, name))
+        for name in (
+            "Plateau",
+            "MinEpoch",
+            "MinSteps",
+            "MetricBelow",
+            "MetricAbove",
+            "Cooldown",
+            "MaxVisits",
+            "WorseThanBest",
+        )
+    ]
     entries += [
         _Entry("all_of", _GUARD, g._AllOf, policies.all_of, nested=("guards",)),
         _Entry("any_of", _GUARD, g._AnyOf, policies.any_of, nested=("guards",)),
@@ -132,7 +143,7 @@ def _builtins() -> list[_Entry]:
 # Built-ins a data file cannot name, and why.
 _NOT_IN_FILES = {
     "ResetWindow": "it holds the very guard objects of a transition, which a data file cannot point at; "
-                   "build a curriculum that uses it in code",
+    "build a curriculum that uses it in code",
 }
 
 
@@ -179,16 +190,24 @@ class Registry:
     def _register(self, obj: Any, name: str | None, kind: str) -> Any:
         call = f"register_{kind}"
         if isinstance(obj, str) or not callable(obj):
-            raise CurriculumError(f"{call}: expected a {kind} class or a named function, got {type(obj).__name__}: {obj!r}; "
-                                  f"pass the class itself, e.g. {call}(My{kind.title()})")
+            raise CurriculumError(
+                f"{call}: expected a {kind} class or a named function, got {type(obj).__name__}: {obj!r}; "
+                f"pass the class itself, e.g. {call}(My{kind.title()})"
+            )
         if not isinstance(obj, type) and not inspect.isfunction(obj):
-            raise CurriculumError(f"{call}: expected a {kind} class or a named function, got the object {describe(obj)}; "
-                                  f"register its class, {call}({type(obj).__name__}), and name its arguments in the file")
+            raise CurriculumError(
+                f"{call}: expected a {kind} class or a named function, got the object {describe(obj)}; "
+                f"register its class, {call}({type(obj).__name__}), and name its arguments in the file"
+            )
         if getattr(obj, "__name__", None) == "<lambda>":
-            raise CurriculumError(f"{call}: a lambda cannot be named by a data file (nor fingerprinted); define a function with def")
+            raise CurriculumError(
+                f"{call}: a lambda cannot be named by a data file (nor fingerprinted); define a function with def"
+            )
         name = obj.__name__ if name is None else name
         if not isinstance(name, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_.]*$", name):
-            raise CurriculumError(f"{call}: name must be an identifier (dots allowed), got {name!r}; e.g. name={obj.__name__!r}")
+            raise CurriculumError(
+                f"{call}: name must be an identifier (dots allowed), got {name!r}; e.g. name={obj.__name__!r}"
+            )
         existing = self._loaded()._names.get(name)
         if existing is not None:
             if existing.target is obj and existing.kind == kind:
@@ -199,8 +218,10 @@ class Registry:
             )
         if id(obj) in self._by_target:
             other = self._by_target[id(obj)]
-            raise CurriculumError(f"{call}: {describe(obj)} is already registered as the {other.kind} {other.name!r}; "
-                                  "register it once and use that name")
+            raise CurriculumError(
+                f"{call}: {describe(obj)} is already registered as the {other.kind} {other.name!r}; "
+                "register it once and use that name"
+            )
         self._add(_Entry(name, kind, obj, obj if isinstance(obj, type) else None))
         return obj
 
@@ -233,6 +254,7 @@ def register_action(obj: Any, name: str | None = None) -> Any:
 
 # -- reading --------------------------------------------------------------------------------------
 
+
 def _path_text(path: tuple) -> str:
     text = ""
     for part in path:
@@ -255,12 +277,18 @@ class _Reader:
     def table(self, value: Any, path: tuple, keys: dict[str, bool], example: str) -> dict:
         """``value`` as a table with only ``keys`` (name -> required)."""
         if not isinstance(value, Mapping):
-            raise self.fail(path, f"expected a table ({example}), got {_kind(value)} {_short(value)}; write it as a table")
+            raise self.fail(
+                path, f"expected a table ({example}), got {_kind(value)} {_short(value)}; write it as a table"
+            )
         unknown = [k for k in value if k not in keys]
         if unknown:
             near = difflib.get_close_matches(str(unknown[0]), list(keys), n=1)
-            raise self.fail(path + (unknown[0],), f"unknown key; expected one of {', '.join(keys)}"
-                            + (f"; did you mean {near[0]!r}?" if near else "; remove it"), hint=str(unknown[0]))
+            raise self.fail(
+                path + (unknown[0],),
+                f"unknown key; expected one of {', '.join(keys)}"
+                + (f"; did you mean {near[0]!r}?" if near else "; remove it"),
+                hint=str(unknown[0]),
+            )
         for key, required in keys.items():
             if required and key not in value:
                 raise self.fail(path, f"missing key {key!r}; add it, e.g. {example}")
@@ -268,31 +296,48 @@ class _Reader:
 
     def string(self, value: Any, path: tuple, what: str) -> str:
         if not isinstance(value, str):
-            raise self.fail(path, f"expected {what} (a string), got {_kind(value)} {_short(value)}; quote it", hint=_short(value))
+            raise self.fail(
+                path, f"expected {what} (a string), got {_kind(value)} {_short(value)}; quote it", hint=_short(value)
+            )
         return value
 
     def array(self, value: Any, path: tuple, what: str) -> list:
         if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple)):
-            raise self.fail(path, f"expected an array of {what}, got {_kind(value)} {_short(value)}; wrap it in [ ... ]")
+            raise self.fail(
+                path, f"expected an array of {what}, got {_kind(value)} {_short(value)}; wrap it in [ ... ]"
+            )
         return list(value)
 
     def curriculum(self, data: Any) -> Curriculum:
-        top = self.table(data, (), {"version": False, "initial": False, "phases": True, "transitions": False},
-                         "version = 1, [[phases]] name = \"warm\"")
+        top = self.table(
+            data,
+            (),
+            {"version": False, "initial": False, "phases": True, "transitions": False},
+            'version = 1, [[phases]] name = "warm"',
+        )
         version = top.get("version", VERSION)
         if type(version) is not int or version != VERSION:
-            raise self.fail(("version",), f"expected {VERSION} (the layout this release reads), got {_short(version)}; "
-                            "upgrade the engine, or write the file for this version")
+            raise self.fail(
+                ("version",),
+                f"expected {VERSION} (the layout this release reads), got {_short(version)}; "
+                "upgrade the engine, or write the file for this version",
+            )
         initial = None if "initial" not in top else self.string(top["initial"], ("initial",), "a phase name")
-        phases = [self.phase(p, ("phases", i)) for i, p in enumerate(self.array(top["phases"], ("phases",), "phase tables"))]
+        phases = [
+            self.phase(p, ("phases", i)) for i, p in enumerate(self.array(top["phases"], ("phases",), "phase tables"))
+        ]
         if not phases:
             raise self.fail(("phases",), "expected at least one phase; add [[phases]] with a name")
         names = [p.name for p in phases]
         seen: dict[str, int] = {}
         for i, name in enumerate(names):
             if name in seen:
-                raise self.fail(("phases", i, "name"), f"the phase name {name!r} is used twice (phases[{seen[name]}] too); "
-                                "phase names must be unique: rename one", hint=name)
+                raise self.fail(
+                    ("phases", i, "name"),
+                    f"the phase name {name!r} is used twice (phases[{seen[name]}] too); "
+                    "phase names must be unique: rename one",
+                    hint=name,
+                )
             seen[name] = i
         if initial is not None and initial not in seen:
             raise self.fail(("initial",), _unknown_phase(initial, names), hint=initial)
@@ -309,11 +354,15 @@ class _Reader:
         name = self.string(table["name"], path + ("name",), "a phase name")
         params = table.get("params", {})
         if not isinstance(params, Mapping):
-            raise self.fail(path + ("params",), f"expected a table of values, got {_kind(params)} {_short(params)}; "
-                            "write params = { key = value }")
+            raise self.fail(
+                path + ("params",),
+                f"expected a table of values, got {_kind(params)} {_short(params)}; write params = {{ key = value }}",
+            )
         self.plain(params, path + ("params",))
-        actions = [self.call(a, path + ("on_enter", i), _ACTION)
-                   for i, a in enumerate(self.array(table.get("on_enter", []), path + ("on_enter",), "actions"))]
+        actions = [
+            self.call(a, path + ("on_enter", i), _ACTION)
+            for i, a in enumerate(self.array(table.get("on_enter", []), path + ("on_enter",), "actions"))
+        ]
         try:
             return Phase(name, params=params, on_enter=actions)
         except CurriculumError as exc:
@@ -328,12 +377,19 @@ class _Reader:
             for i, v in enumerate(value):
                 self.plain(v, path + (i,))
         elif value is not None and not isinstance(value, (str, int, float, bool)):
-            raise self.fail(path, f"expected a string, number, boolean, array or table, got {_kind(value)} {_short(value)}; "
-                            "write the value as one of those")
+            raise self.fail(
+                path,
+                f"expected a string, number, boolean, array or table, got {_kind(value)} {_short(value)}; "
+                "write the value as one of those",
+            )
 
     def transition(self, value: Any, path: tuple, names: list[str]) -> Transition:
-        table = self.table(value, path, {"source": True, "dest": True, "when": False, "guards": True, "actions": False},
-                           'source = "warm", dest = "main", guards = [{ type = "MinEpoch", n = 2 }]')
+        table = self.table(
+            value,
+            path,
+            {"source": True, "dest": True, "when": False, "guards": True, "actions": False},
+            'source = "warm", dest = "main", guards = [{ type = "MinEpoch", n = 2 }]',
+        )
         ends = {}
         for end in ("source", "dest"):
             ends[end] = self.string(table[end], path + (end,), "a phase name")
@@ -341,15 +397,26 @@ class _Reader:
                 raise self.fail(path + (end,), _unknown_phase(ends[end], names), hint=ends[end])
         when = table.get("when", Point.EPOCH_END.value)
         if when not in [p.value for p in Point]:
-            raise self.fail(path + ("when",), f"expected one of {[p.value for p in Point]}, got {_short(when)}; "
-                            'use "epoch_end" (the default) or "step_end"', hint=_short(when))
-        guards = [self.call(g, path + ("guards", i), _GUARD)
-                  for i, g in enumerate(self.array(table["guards"], path + ("guards",), "guards"))]
+            raise self.fail(
+                path + ("when",),
+                f"expected one of {[p.value for p in Point]}, got {_short(when)}; "
+                'use "epoch_end" (the default) or "step_end"',
+                hint=_short(when),
+            )
+        guards = [
+            self.call(g, path + ("guards", i), _GUARD)
+            for i, g in enumerate(self.array(table["guards"], path + ("guards",), "guards"))
+        ]
         if not guards:
-            raise self.fail(path + ("guards",), "expected at least one guard (with none the transition fires at once); "
-                            'add one, e.g. { type = "MinEpoch", n = 1 }')
-        actions = [self.call(a, path + ("actions", i), _ACTION)
-                   for i, a in enumerate(self.array(table.get("actions", []), path + ("actions",), "actions"))]
+            raise self.fail(
+                path + ("guards",),
+                "expected at least one guard (with none the transition fires at once); "
+                'add one, e.g. { type = "MinEpoch", n = 1 }',
+            )
+        actions = [
+            self.call(a, path + ("actions", i), _ACTION)
+            for i, a in enumerate(self.array(table.get("actions", []), path + ("actions",), "actions"))
+        ]
         return Transition(ends["source"], ends["dest"], guards=guards, actions=actions, when=when)
 
     def call(self, value: Any, path: tuple, kind: str) -> Any:
@@ -357,11 +424,17 @@ class _Reader:
         if isinstance(value, str):
             value = {"type": value}
         if not isinstance(value, Mapping):
-            raise self.fail(path, f"expected a {kind} table {{ type = \"...\", ... }}, got {_kind(value)} {_short(value)}; "
-                            f"write it as {{ type = \"{'MinEpoch' if kind == _GUARD else 'RestartLR'}\", ... }}")
+            raise self.fail(
+                path,
+                f'expected a {kind} table {{ type = "...", ... }}, got {_kind(value)} {_short(value)}; '
+                f'write it as {{ type = "{"MinEpoch" if kind == _GUARD else "RestartLR"}", ... }}',
+            )
         if "type" not in value:
-            raise self.fail(path, f"missing key 'type' (the {kind}'s name); add it, e.g. "
-                            f"{{ type = \"{'MinEpoch' if kind == _GUARD else 'RestartLR'}\", ... }}")
+            raise self.fail(
+                path,
+                f"missing key 'type' (the {kind}'s name); add it, e.g. "
+                f'{{ type = "{"MinEpoch" if kind == _GUARD else "RestartLR"}", ... }}',
+            )
         name = self.string(value["type"], path + ("type",), f"a {kind} name")
         entry = self.registry.lookup(name)
         if entry is None or entry.kind != kind:
@@ -369,8 +442,11 @@ class _Reader:
         args = {k: v for k, v in value.items() if k != "type"}
         if entry.factory is None:
             if args:
-                raise self.fail(path + (next(iter(args)),), f"{name} is a function and takes no arguments in a file; remove the key",
-                                hint=next(iter(args)))
+                raise self.fail(
+                    path + (next(iter(args)),),
+                    f"{name} is a function and takes no arguments in a file; remove the key",
+                    hint=next(iter(args)),
+                )
             return entry.target
         return self.build(entry, args, path)
 
@@ -382,9 +458,11 @@ class _Reader:
             return f"{name!r} is {'a' if entry.kind == _GUARD else 'an'} {entry.kind}, not {'a' if kind == _GUARD else 'an'} {kind}; move it to {where}"
         known = self.registry.names(kind)
         near = difflib.get_close_matches(name, known, n=1)
-        return (f"unknown {kind} {name!r}; expected one of {', '.join(known)}"
-                + (f" (did you mean {near[0]!r}?)" if near else "")
-                + f", or register your own first: engine.register_{kind}(YourClass)")
+        return (
+            f"unknown {kind} {name!r}; expected one of {', '.join(known)}"
+            + (f" (did you mean {near[0]!r}?)" if near else "")
+            + f", or register your own first: engine.register_{kind}(YourClass)"
+        )
 
     def build(self, entry: _Entry, args: dict, path: tuple) -> Any:
         params = entry.signature.parameters
@@ -392,22 +470,32 @@ class _Reader:
         for key in args:
             if key not in params and not extra:
                 near = difflib.get_close_matches(key, list(params), n=1)
-                raise self.fail(path + (key,), f"{entry.name} has no argument {key!r}; expected {entry.usage()}"
-                                + (f"; did you mean {near[0]!r}?" if near else ""), hint=key)
+                raise self.fail(
+                    path + (key,),
+                    f"{entry.name} has no argument {key!r}; expected {entry.usage()}"
+                    + (f"; did you mean {near[0]!r}?" if near else ""),
+                    hint=key,
+                )
         positional: list = []
         keywords: dict = {}
         for pname, param in params.items():
             if param.kind is inspect.Parameter.VAR_KEYWORD:
-                keywords.update({k: self.argument(entry, k, v, path + (k,)) for k, v in args.items() if k not in params})
+                keywords.update(
+                    {k: self.argument(entry, k, v, path + (k,)) for k, v in args.items() if k not in params}
+                )
                 continue
             if pname not in args:
                 if param.default is inspect.Parameter.empty and param.kind is not inspect.Parameter.VAR_POSITIONAL:
-                    raise self.fail(path, f"missing key {pname!r} for {entry.usage()}; add it, e.g. {pname} = ...", hint=entry.name)
+                    raise self.fail(
+                        path, f"missing key {pname!r} for {entry.usage()}; add it, e.g. {pname} = ...", hint=entry.name
+                    )
                 continue
             value = self.argument(entry, pname, args[pname], path + (pname,))
             if param.kind is inspect.Parameter.VAR_POSITIONAL:
                 if not isinstance(value, tuple):
-                    raise self.fail(path + (pname,), f"expected an array, got {_kind(value)} {_short(value)}; wrap it in [ ... ]")
+                    raise self.fail(
+                        path + (pname,), f"expected an array, got {_kind(value)} {_short(value)}; wrap it in [ ... ]"
+                    )
                 positional.extend(value)
             elif param.kind is inspect.Parameter.POSITIONAL_ONLY:
                 positional.append(value)
@@ -439,8 +527,16 @@ def _frozen(value: Any) -> Any:
 
 
 def _kind(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
-            tuple: "an array", dict: "a table", type(None): "null"}.get(type(value), f"a {type(value).__name__}")
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        tuple: "an array",
+        dict: "a table",
+        type(None): "null",
+    }.get(type(value), f"a {type(value).__name__}")
 
 
 def _short(value: Any) -> str:
@@ -450,8 +546,11 @@ def _short(value: Any) -> str:
 
 def _unknown_phase(name: str, names: list[str]) -> str:
     near = difflib.get_close_matches(name, names, n=1)
-    return (f"{name!r} is not a phase; expected one of {names}"
-            + (f" (did you mean {near[0]!r}?)" if near else f"; add a [[phases]] table with name = {json.dumps(name)} or fix the name"))
+    return f"{name!r} is not a phase; expected one of {names}" + (
+        f" (did you mean {near[0]!r}?)"
+        if near
+        else f"; add a [[phases]] table with name = {json.dumps(name)} or fix the name"
+    )
 
 
 _HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\-]+)\s*\]\]?\s*(#.*)?$")
@@ -465,12 +564,18 @@ def _locate(text: str, path: tuple, hint: str | None) -> int | None:
     first_header = next((i for i, line in enumerate(lines) if _HEADER.match(line)), len(lines))
     rest = list(path)
     if len(rest) >= 2 and isinstance(rest[0], str) and isinstance(rest[1], int):
-        heads = [i for i, line in enumerate(lines) if (m := _HEADER.match(line)) and line.strip().startswith("[[")
-                 and m.group(1) == rest[0]]
+        heads = [
+            i
+            for i, line in enumerate(lines)
+            if (m := _HEADER.match(line)) and line.strip().startswith("[[") and m.group(1) == rest[0]
+        ]
         if rest[1] >= len(heads):
             return None
         start = heads[rest[1]]
-        end = next((i for i in range(start + 1, len(lines)) if _HEADER.match(lines[i]) and lines[i].strip().startswith("[[")), len(lines))
+        end = next(
+            (i for i in range(start + 1, len(lines)) if _HEADER.match(lines[i]) and lines[i].strip().startswith("[[")),
+            len(lines),
+        )
         rest = rest[2:]
         found = start
     else:
@@ -488,7 +593,9 @@ def _locate(text: str, path: tuple, hint: str | None) -> int | None:
     return None if found is None else found + 1
 
 
-def curriculum_from_dict(data: Mapping[str, Any], *, registry: Registry | None = None, source: str | None = None) -> Curriculum:
+def curriculum_from_dict(
+    data: Mapping[str, Any], *, registry: Registry | None = None, source: str | None = None
+) -> Curriculum:
     """The :class:`Curriculum` that ``data`` (the layout in this module's docstring) describes.
 
     ``registry``: the names it may use (default: the built-ins and those registered with
@@ -509,8 +616,9 @@ def _as_data(value: Any) -> Any:
     return value
 
 
-def load_curriculum(source: str | Path | Mapping[str, Any], *, registry: Registry | None = None,
-                    name: str | None = None) -> Curriculum:
+def load_curriculum(
+    source: str | Path | Mapping[str, Any], *, registry: Registry | None = None, name: str | None = None
+) -> Curriculum:
     """The curriculum in a ``.toml`` (or ``.json``) file, or, for a config value that may be either a
     path or the curriculum itself (LightningCLI, Hydra), in ``source`` when it is a mapping (``name``
     then names it in messages, e.g. ``"config.yaml: model.curriculum"``). Errors name the file, the
@@ -518,12 +626,18 @@ def load_curriculum(source: str | Path | Mapping[str, Any], *, registry: Registr
     if isinstance(source, Mapping):
         return curriculum_from_dict(source, registry=registry, source=name)
     if not isinstance(source, (str, Path)):
-        raise CurriculumFileError(f"expected a path to a .toml/.json file or a table (mapping), got {_kind(source)} "
-                                  f"{_short(source)}; pass the file's path or the curriculum's data", source=name)
+        raise CurriculumFileError(
+            f"expected a path to a .toml/.json file or a table (mapping), got {_kind(source)} "
+            f"{_short(source)}; pass the file's path or the curriculum's data",
+            source=name,
+        )
     path = Path(source)
     if path.suffix not in _SUFFIXES:
-        raise CurriculumFileError(f"expected a {' or '.join(_SUFFIXES)} file; for YAML, load it yourself (yaml.safe_load) "
-                                  "and pass the dict to Curriculum.from_dict", source=str(path))
+        raise CurriculumFileError(
+            f"expected a {' or '.join(_SUFFIXES)} file; for YAML, load it yourself (yaml.safe_load) "
+            "and pass the dict to Curriculum.from_dict",
+            source=str(path),
+        )
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -536,12 +650,16 @@ def load_curriculum(source: str | Path | Mapping[str, Any], *, registry: Registr
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise CurriculumFileError(f"not valid JSON: {exc.msg} (column {exc.colno}); fix the syntax",
-                                      source=str(path), line=exc.lineno) from None
+            raise CurriculumFileError(
+                f"not valid JSON: {exc.msg} (column {exc.colno}); fix the syntax", source=str(path), line=exc.lineno
+            ) from None
         return _Reader(registry or default_registry, str(path)).curriculum(data)
     if _toml is None:  # Python 3.10 without tomli
-        raise CurriculumFileError("reading TOML on Python 3.10 needs the tomli package: pip install tomli "
-                                  "(Python 3.11+ has tomllib built in)", source=str(path))
+        raise CurriculumFileError(
+            "reading TOML on Python 3.10 needs the tomli package: pip install tomli "
+            "(Python 3.11+ has tomllib built in)",
+            source=str(path),
+        )
     try:
         data = _toml.loads(text)
     except _toml.TOMLDecodeError as exc:
@@ -549,11 +667,14 @@ def load_curriculum(source: str | Path | Mapping[str, Any], *, registry: Registr
         match = re.search(r"\(at line (\d+), column (\d+)\)", message)
         line = int(match.group(1)) if match else None
         message = re.sub(r"\s*\(at line \d+, column \d+\)", f" (column {match.group(2)})" if match else "", message)
-        raise CurriculumFileError(f"not valid TOML: {message}; fix the syntax (https://toml.io)", source=str(path), line=line) from None
+        raise CurriculumFileError(
+            f"not valid TOML: {message}; fix the syntax (https://toml.io)", source=str(path), line=line
+        ) from None
     return _Reader(registry or default_registry, str(path), text).curriculum(data)
 
 
 # -- writing --------------------------------------------------------------------------------------
+
 
 def curriculum_to_dict(curriculum: Curriculum, *, registry: Registry | None = None) -> dict:
     """``curriculum`` as data (the layout in this module's docstring): plain dicts, lists, strings,
@@ -575,15 +696,25 @@ def curriculum_to_dict(curriculum: Curriculum, *, registry: Registry | None = No
         if phase.params:
             entry["params"] = _plain(phase.params, f"phases[{i}].params")
         if phase.on_enter:
-            entry["on_enter"] = [_call_to_dict(a, registry, f"phases[{i}].on_enter[{j}]", _ACTION) for j, a in enumerate(phase.on_enter)]
+            entry["on_enter"] = [
+                _call_to_dict(a, registry, f"phases[{i}].on_enter[{j}]", _ACTION) for j, a in enumerate(phase.on_enter)
+            ]
         phases.append(entry)
     out["phases"] = phases
     transitions = []
     for i, tr in enumerate(curriculum.transitions):
-        entry = {"source": tr.source, "dest": tr.dest, "when": tr.when.value,
-                 "guards": [_call_to_dict(g, registry, f"transitions[{i}].guards[{j}]", _GUARD) for j, g in enumerate(tr.guards)]}
+        entry = {
+            "source": tr.source,
+            "dest": tr.dest,
+            "when": tr.when.value,
+            "guards": [
+                _call_to_dict(g, registry, f"transitions[{i}].guards[{j}]", _GUARD) for j, g in enumerate(tr.guards)
+            ],
+        }
         if tr.actions:
-            entry["actions"] = [_call_to_dict(a, registry, f"transitions[{i}].actions[{j}]", _ACTION) for j, a in enumerate(tr.actions)]
+            entry["actions"] = [
+                _call_to_dict(a, registry, f"transitions[{i}].actions[{j}]", _ACTION) for j, a in enumerate(tr.actions)
+            ]
         transitions.append(entry)
     if transitions:
         out["transitions"] = transitions
@@ -597,8 +728,10 @@ def _plain(value: Any, key: str) -> Any:
         return [_plain(v, f"{key}[{i}]") for i, v in enumerate(value)]
     if value is None or isinstance(value, (str, bool, int, float)):
         return value
-    raise CurriculumError(f"{key}: {type(value).__name__} {_short(value)} cannot be written to a data file; "
-                          "use strings, numbers, booleans, lists and dicts in params")
+    raise CurriculumError(
+        f"{key}: {type(value).__name__} {_short(value)} cannot be written to a data file; "
+        "use strings, numbers, booleans, lists and dicts in params"
+    )
 
 
 def _call_to_dict(obj: Any, registry: Registry, key: str, kind: str) -> dict:
@@ -607,8 +740,10 @@ def _call_to_dict(obj: Any, registry: Registry, key: str, kind: str) -> dict:
         cls = obj.__name__ if inspect.isfunction(obj) else type(obj).__name__
         if cls in _NOT_IN_FILES and type(obj).__module__.startswith("policies"):
             raise CurriculumError(f"{key}: {describe(obj)} cannot be written to a data file: {_NOT_IN_FILES[cls]}")
-        raise CurriculumError(f"{key}: {describe(obj)} cannot be written to a data file: it is not a built-in or registered {kind}; "
-                              f"register it first: engine.register_{kind}({cls})")
+        raise CurriculumError(
+            f"{key}: {describe(obj)} cannot be written to a data file: it is not a built-in or registered {kind}; "
+            f"register it first: engine.register_{kind}({cls})"
+        )
     out: dict[str, Any] = {"type": entry.name}
     if entry.factory is None:
         return out
@@ -623,12 +758,17 @@ def _call_to_dict(obj: Any, registry: Registry, key: str, kind: str) -> dict:
         elif hasattr(obj, pname):
             value = getattr(obj, pname)
         else:
-            raise CurriculumError(f"{key}: {describe(obj)} cannot be written to a data file: its argument {pname!r} is not an "
-                                  f"attribute of the object; keep it as self.{pname} in {type(obj).__name__}.__init__")
+            raise CurriculumError(
+                f"{key}: {describe(obj)} cannot be written to a data file: its argument {pname!r} is not an "
+                f"attribute of the object; keep it as self.{pname} in {type(obj).__name__}.__init__"
+            )
         if pname in entry.nested:
             many = param.kind is inspect.Parameter.VAR_POSITIONAL
             items = value if many else (value,)
-            written = [_call_to_dict(g, registry, f"{key}.{pname}[{i}]" if many else f"{key}.{pname}", _GUARD) for i, g in enumerate(items)]
+            written = [
+                _call_to_dict(g, registry, f"{key}.{pname}[{i}]" if many else f"{key}.{pname}", _GUARD)
+                for i, g in enumerate(items)
+            ]
             out[pname] = written if many else written[0]
             continue
         if value is None and param.default is None:
@@ -637,8 +777,10 @@ def _call_to_dict(obj: Any, registry: Registry, key: str, kind: str) -> dict:
         out[pname] = symbol if symbol is not None else _plain(value, f"{key}.{pname}")
     rebuilt = _Reader(registry, None).call(out, (), kind)
     if describe(rebuilt) != describe(obj):
-        raise CurriculumError(f"{key}: {describe(obj)} does not round-trip through data: its attributes rebuild "
-                              f"{describe(rebuilt)}; keep each __init__ argument as an attribute of the same name")
+        raise CurriculumError(
+            f"{key}: {describe(obj)} does not round-trip through data: its attributes rebuild "
+            f"{describe(rebuilt)}; keep each __init__ argument as an attribute of the same name"
+        )
     return out
 
 
@@ -669,10 +811,13 @@ def _toml_value(value: Any, key: str) -> str:
     if isinstance(value, Mapping):
         if not value:
             return "{}"
-        return "{ " + ", ".join(f"{_toml_key(str(k))} = {_toml_value(v, f'{key}.{k}')}" for k, v in value.items()) + " }"
+        return (
+            "{ " + ", ".join(f"{_toml_key(str(k))} = {_toml_value(v, f'{key}.{k}')}" for k, v in value.items()) + " }"
+        )
     if value is None:
-        raise CurriculumError(f"{key} is None, which TOML cannot hold; drop it, or write JSON instead: "
-                              "json.dumps(curriculum.to_dict())")
+        raise CurriculumError(
+            f"{key} is None, which TOML cannot hold; drop it, or write JSON instead: json.dumps(curriculum.to_dict())"
+        )
     raise CurriculumError(f"{key}: {type(value).__name__} {_short(value)} cannot be written to TOML")
 
 
@@ -714,18 +859,30 @@ def to_toml(curriculum: Curriculum | Mapping[str, Any], *, comment: str = "", re
             lines += ["", f"[[{group}]]"]
             for k, v in table.items():
                 key = f"{group}[{i}].{k}"
-                lines.append(f"{_toml_key(k)} = {_toml_list(v, key) if isinstance(v, list) and k != 'params' else _toml_value(v, key)}")
+                lines.append(
+                    f"{_toml_key(k)} = {_toml_list(v, key) if isinstance(v, list) and k != 'params' else _toml_value(v, key)}"
+                )
     return "\n".join(lines) + "\n"
 
 
-def save_curriculum(curriculum: Curriculum, path: str | Path, *, overwrite: bool = False, comment: str = "",
-                    registry: Registry | None = None) -> Path:
+def save_curriculum(
+    curriculum: Curriculum,
+    path: str | Path,
+    *,
+    overwrite: bool = False,
+    comment: str = "",
+    registry: Registry | None = None,
+) -> Path:
     """Write ``curriculum`` to ``path`` (``.toml``, or ``.json``); an existing file is replaced only with ``overwrite=True``."""
     path = Path(path)
     if path.suffix not in _SUFFIXES:
-        raise CurriculumFileError(f"expected a {' or '.join(_SUFFIXES)} path; name the file e.g. curriculum.toml", source=str(path))
+        raise CurriculumFileError(
+            f"expected a {' or '.join(_SUFFIXES)} path; name the file e.g. curriculum.toml", source=str(path)
+        )
     if path.exists() and not overwrite:
-        raise CurriculumFileError("already exists; pass overwrite=True to replace it, or pick another path", source=str(path))
+        raise CurriculumFileError(
+            "already exists; pass overwrite=True to replace it, or pick another path", source=str(path)
+        )
     if path.suffix == ".json":
         text = json.dumps(curriculum_to_dict(curriculum, registry=registry), indent=2) + "\n"
     else:

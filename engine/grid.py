@@ -76,8 +76,11 @@ class GridTable:
         """A line when the factory's defaults do not reproduce the recorded run, else None."""
         if self.own.departure is None:
             return None
-        return ("replayed with the factory's defaults, the run departs from its record: " + self.own.departure.text()
-                + "; build the factory's defaults as the run's curriculum for rows you can compare")
+        return (
+            "replayed with the factory's defaults, the run departs from its record: "
+            + self.own.departure.text()
+            + "; build the factory's defaults as the run's curriculum for rows you can compare"
+        )
 
 
 # -- the recorded run ------------------------------------------------------------------------------
@@ -109,7 +112,9 @@ def recorded_run(source: Any, history: Sequence[Record] | None = None) -> tuple[
     if history is not None:
         records = list(history)
     if records is None:
-        raise CurriculumError("replay_grid: a MetricLog alone has no history to compare with; pass history=engine.history")
+        raise CurriculumError(
+            "replay_grid: a MetricLog alone has no history to compare with; pass history=engine.history"
+        )
     if (log.start_step, log.start_epoch) != (0, 0):
         raise CurriculumError(
             f"replay_grid: the recording began at step {log.start_step} (epoch {log.start_epoch}), not at the run's start "
@@ -256,8 +261,14 @@ def _cells(result: Replay, n: int) -> list[str]:
     return cells
 
 
-def format_table(recorded: Iterable[Record], rows: list[tuple[str, Replay]], own: Replay | None = None, *,
-                 word: str = "switch", markdown: bool = False) -> str:
+def format_table(
+    recorded: Iterable[Record],
+    rows: list[tuple[str, Replay]],
+    own: Replay | None = None,
+    *,
+    word: str = "switch",
+    markdown: bool = False,
+) -> str:
     """The grid table: the recorded run's transitions (their deciders, else those of ``own``, the
     replay with the run's own settings, where it agrees), then one row per (label, replay)."""
     recorded_moves = _moves(recorded)

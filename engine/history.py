@@ -11,7 +11,17 @@ from typing import Any, Iterator, Sequence
 import attrs
 from cattrs.preconf.json import make_converter
 
-__all__ = ["GuardEvidence", "ActionEffect", "HeldSince", "Decision", "Record", "History", "HistoryView", "jsonable", "converter"]
+__all__ = [
+    "GuardEvidence",
+    "ActionEffect",
+    "HeldSince",
+    "Decision",
+    "Record",
+    "History",
+    "HistoryView",
+    "jsonable",
+    "converter",
+]
 
 #: The cattrs converter of records and engine states (engine.state uses it too): extra keys refused.
 converter = make_converter(forbid_extra_keys=True)
@@ -123,7 +133,17 @@ class HistoryView(Sequence[Record]):
 
 
 _CSV_FIELDS = [
-    "source", "dest", "global_step", "epoch", "step_in_epoch", "point", "wall_time", "reason", "guards", "actions", "warnings",
+    "source",
+    "dest",
+    "global_step",
+    "epoch",
+    "step_in_epoch",
+    "point",
+    "wall_time",
+    "reason",
+    "guards",
+    "actions",
+    "warnings",
     "decision",
 ]
 

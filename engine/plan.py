@@ -160,7 +160,9 @@ class Plan:
                 add_check(top, "guard", f"transition {tr.label}", i)
                 reset[tr.source].append((top, [leaf for leaf in leaves if cap(leaf).reset]))
                 for point in Point:
-                    observing = [leaf for leaf in leaves if cap(leaf).observe and point in observe_points(leaf, tr.when)]
+                    observing = [
+                        leaf for leaf in leaves if cap(leaf).observe and point in observe_points(leaf, tr.when)
+                    ]
                     observed[point][tr.source].append((top, observing))
                 for leaf in leaves:
                     add_check(leaf, "guard", f"transition {tr.label}", i)

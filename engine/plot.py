@@ -35,14 +35,20 @@ def _parts(source: Any) -> tuple[MetricLog, list[Record], dict]:
     """(recorded metrics, history, spec) of an engine or an engine state dict."""
     if isinstance(source, CurriculumEngine):
         if source.recorded is None:
-            raise CurriculumError("plot_run: this engine records no metrics; build it with CurriculumEngine(curriculum, record_metrics=True)")
+            raise CurriculumError(
+                "plot_run: this engine records no metrics; build it with CurriculumEngine(curriculum, record_metrics=True)"
+            )
         return source.recorded, list(source.history), source.curriculum.spec()
     if isinstance(source, Mapping):
         snap = from_primitives(dict(source))
         if snap.recorded is None:
-            raise CurriculumError("plot_run: this engine state holds no recorded metrics; build the run's engine with record_metrics=True")
+            raise CurriculumError(
+                "plot_run: this engine state holds no recorded metrics; build the run's engine with record_metrics=True"
+            )
         if snap.spec is None:
-            raise CurriculumError("plot_run: this engine state (schema 1) holds no curriculum spec to read the phase params from")
+            raise CurriculumError(
+                "plot_run: this engine state (schema 1) holds no curriculum spec to read the phase params from"
+            )
         return MetricLog.from_state_dict(snap.recorded), snap.history, snap.spec
     raise CurriculumError(f"plot_run: expected a CurriculumEngine or its state_dict(), got {type(source).__name__}")
 
@@ -51,8 +57,9 @@ def _numeric_params(spec: dict) -> dict[str, dict[str, float]]:
     """phase name -> its params that are real numbers (bools aside)."""
     out = {}
     for name, _on_enter, params in spec["phases"]:
-        out[name] = {k: float(v) for k, v in (params or {}).items()
-                     if isinstance(v, numbers.Real) and not isinstance(v, bool)}
+        out[name] = {
+            k: float(v) for k, v in (params or {}).items() if isinstance(v, numbers.Real) and not isinstance(v, bool)
+        }
     return out
 
 
@@ -74,8 +81,15 @@ def _epoch_metric(log: MetricLog) -> str | None:
     return (preferred or names or [None])[0]
 
 
-def draw_run(steps: Sequence[int], loss: Sequence[float], lr: Sequence[float] | None, params: Mapping[str, Sequence[float]],
-             transitions: Sequence[Record], epoch_metric: tuple[str, Sequence[int], Sequence[float]] | None, title: str) -> Any:
+def draw_run(
+    steps: Sequence[int],
+    loss: Sequence[float],
+    lr: Sequence[float] | None,
+    params: Mapping[str, Sequence[float]],
+    transitions: Sequence[Record],
+    epoch_metric: tuple[str, Sequence[int], Sequence[float]] | None,
+    title: str,
+) -> Any:
     """The figure: loss (and its running mean) with labelled transition markers and the epoch-end
     metric on a second axis; the LR; the phase params as steps. Returns a matplotlib Figure."""
     import matplotlib
@@ -83,7 +97,9 @@ def draw_run(steps: Sequence[int], loss: Sequence[float], lr: Sequence[float] | 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_lr, ax_par) = plt.subplots(3, 1, figsize=(10, 8), sharex=True, gridspec_kw={"height_ratios": [3, 1, 1]})
+    fig, (ax_loss, ax_lr, ax_par) = plt.subplots(
+        3, 1, figsize=(10, 8), sharex=True, gridspec_kw={"height_ratios": [3, 1, 1]}
+    )
     ax_loss.plot(steps, loss, lw=0.6, alpha=0.4, color="tab:blue", label="loss per step")
     k = max(1, len(loss) // 100)
     if k > 1:
@@ -100,17 +116,28 @@ def draw_run(steps: Sequence[int], loss: Sequence[float], lr: Sequence[float] | 
     for record in transitions:
         for ax in (ax_loss, ax_lr, ax_par):
             ax.axvline(record.global_step, color="tab:red", ls="--", lw=1)
-        ax_loss.annotate(f"{record.source} → {record.dest}\nepoch {record.epoch}", (record.global_step, 1.0),
-                         xycoords=("data", "axes fraction"), xytext=(3, -3), textcoords="offset points",
-                         va="top", fontsize=8, color="tab:red")
+        ax_loss.annotate(
+            f"{record.source} → {record.dest}\nepoch {record.epoch}",
+            (record.global_step, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, -3),
+            textcoords="offset points",
+            va="top",
+            fontsize=8,
+            color="tab:red",
+        )
     ax_loss.set_ylabel("training loss")
     ax_loss.legend(loc="lower left", fontsize=8)
     if lr is not None:
         ax_lr.plot(steps, lr, color="tab:orange")
     else:
-        ax_lr.text(0.5, 0.5, "no 'lr' recorded: pass lr=... to step_end", transform=ax_lr.transAxes, ha="center", va="center")
+        ax_lr.text(
+            0.5, 0.5, "no 'lr' recorded: pass lr=... to step_end", transform=ax_lr.transAxes, ha="center", va="center"
+        )
     ax_lr.set_ylabel("learning rate")
-    for (name, values), color in zip(params.items(), ("tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")):
+    for (name, values), color in zip(
+        params.items(), ("tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+    ):
         ax_par.step(steps, values, where="post", color=color, label=name)
     if params:
         ax_par.legend(loc="upper left", fontsize=8)
@@ -139,8 +166,15 @@ def plot_run(source: Any, out: str | Path, *, title: str | None = None) -> Path:
         params = {"phase index": [float(index.get(ph, -1)) for ph in phases]}
     metric = _epoch_metric(log)
     epoch_metric = (metric, *log.series(metric, "epoch_end")) if metric is not None else None
-    fig = draw_run(steps, loss, lr if len(lr_steps) == len(steps) else None, params,
-                   [r for r in history if r.source is not None], epoch_metric, title or "curriculum run")
+    fig = draw_run(
+        steps,
+        loss,
+        lr if len(lr_steps) == len(steps) else None,
+        params,
+        [r for r in history if r.source is not None],
+        epoch_metric,
+        title or "curriculum run",
+    )
     out = Path(out)
     import matplotlib.pyplot as plt
 

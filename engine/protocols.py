@@ -15,8 +15,17 @@ import attrs
 from engine.core import Context
 
 __all__ = [
-    "Observes", "Resets", "Undoable", "Evidences", "SavesState", "LoadsState", "Requires", "Checks", "Verifies",
-    "Capabilities", "capabilities",
+    "Observes",
+    "Resets",
+    "Undoable",
+    "Evidences",
+    "SavesState",
+    "LoadsState",
+    "Requires",
+    "Checks",
+    "Verifies",
+    "Capabilities",
+    "capabilities",
 ]
 
 

@@ -60,13 +60,17 @@ def _decode(text: str, where: str) -> array:
     try:
         shuffled = zlib.decompress(base64.b64decode(text.encode("ascii"), validate=True))
     except (binascii.Error, zlib.error, UnicodeEncodeError, AttributeError) as exc:
-        raise CurriculumError(f"recorded metrics: {where} is not an encoded block ({type(exc).__name__}: {exc}); {_FIX}") from None
+        raise CurriculumError(
+            f"recorded metrics: {where} is not an encoded block ({type(exc).__name__}: {exc}); {_FIX}"
+        ) from None
     if len(shuffled) % 8:
-        raise CurriculumError(f"recorded metrics: {where} holds {len(shuffled)} bytes, not whole float64 values; {_FIX}")
+        raise CurriculumError(
+            f"recorded metrics: {where} holds {len(shuffled)} bytes, not whole float64 values; {_FIX}"
+        )
     n = len(shuffled) // 8
     raw = bytearray(len(shuffled))
     for i in range(8):
-        raw[i::8] = shuffled[i * n:(i + 1) * n]
+        raw[i::8] = shuffled[i * n : (i + 1) * n]
     values = array("d")
     values.frombytes(bytes(raw))
     if sys.byteorder != "little":
@@ -85,8 +89,8 @@ class _Column:
         done = len(self.values) // BLOCK
         while len(self.encoded) < done:
             k = len(self.encoded)
-            self.encoded.append(_encode(self.values[k * BLOCK:(k + 1) * BLOCK]))
-        tail = self.values[done * BLOCK:]
+            self.encoded.append(_encode(self.values[k * BLOCK : (k + 1) * BLOCK]))
+        tail = self.values[done * BLOCK :]
         return self.encoded + ([_encode(tail)] if tail else [])
 
 
@@ -106,7 +110,9 @@ class MetricLog:
     start_epoch: int = 0
     _calls: array = attrs.field(init=False, factory=lambda: array("I"))  # per call: its layout
     _layouts: list[tuple[str, tuple[str, ...]]] = attrs.field(init=False, factory=list)  # (point, names)
-    _index: tuple[dict, dict] = attrs.field(init=False, factory=lambda: ({}, {}))  # per point (step, epoch): names -> layout
+    _index: tuple[dict, dict] = attrs.field(
+        init=False, factory=lambda: ({}, {})
+    )  # per point (step, epoch): names -> layout
     _pending: list[tuple[int, tuple]] = attrs.field(init=False, factory=list)  # (layout, values) not yet in the columns
     _targets: list[list[array]] = attrs.field(init=False, factory=list)  # per layout: its columns' arrays
     _columns: dict[tuple[str, str], _Column] = attrs.field(init=False, factory=dict)  # (point, name) -> column
@@ -227,7 +233,9 @@ class MetricLog:
         """The log a :meth:`state_dict` describes; anything malformed is a :class:`CurriculumError`."""
         if not isinstance(state, dict) or state.get("format") != _FORMAT or state.get("encoding") != _ENCODING:
             got = state.get("format") if isinstance(state, dict) else type(state).__name__
-            raise CurriculumError(f"recorded metrics must be a dict of format {_FORMAT} ({_ENCODING}), got {got!r}; {_FIX}")
+            raise CurriculumError(
+                f"recorded metrics must be a dict of format {_FORMAT} ({_ENCODING}), got {got!r}; {_FIX}"
+            )
         try:
             start_step, start_epoch = state["start_step"], state["start_epoch"]
             layouts, calls, columns, block = state["layouts"], state["calls"], state["columns"], state["block"]
@@ -238,16 +246,29 @@ class MetricLog:
                 raise CurriculumError(f"recorded metrics' {field} must be an int >= 0, got {value!r}; {_FIX}")
         log = cls(start_step=start_step, start_epoch=start_epoch)
         for k, entry in enumerate(layouts if isinstance(layouts, list) else [None]):
-            ok = (isinstance(entry, list) and len(entry) == 2 and entry[0] in _POINTS and isinstance(entry[1], list)
-                  and all(isinstance(n, str) for n in entry[1]) and tuple(entry[1]) not in log._index[entry[0] == "epoch_end"])
+            ok = (
+                isinstance(entry, list)
+                and len(entry) == 2
+                and entry[0] in _POINTS
+                and isinstance(entry[1], list)
+                and all(isinstance(n, str) for n in entry[1])
+                and tuple(entry[1]) not in log._index[entry[0] == "epoch_end"]
+            )
             if not ok:
-                raise CurriculumError(f"recorded metrics' layouts[{k}] = {entry!r} is not a distinct [point, [names]]; {_FIX}")
+                raise CurriculumError(
+                    f"recorded metrics' layouts[{k}] = {entry!r} is not a distinct [point, [names]]; {_FIX}"
+                )
             log._add_layout(entry[0], tuple(entry[1]))
         decoded: dict[tuple[str, str], array] = {}
         saved_blocks: dict[tuple[str, str], list[tuple[str, int]]] = {}  # (text, values) per saved block
         for k, entry in enumerate(columns if isinstance(columns, list) else [None]):
-            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[2], list)) or (entry[0], entry[1]) not in log._columns:
-                raise CurriculumError(f"recorded metrics' columns[{k}] is not [point, name, [blocks]] of a recorded metric; {_FIX}")
+            if (
+                not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[2], list))
+                or (entry[0], entry[1]) not in log._columns
+            ):
+                raise CurriculumError(
+                    f"recorded metrics' columns[{k}] is not [point, name, [blocks]] of a recorded metric; {_FIX}"
+                )
             values, blocks = array("d"), []
             for b, text in enumerate(entry[2]):
                 part = _decode(text, f"columns[{k}] ({entry[0]} {entry[1]!r}) block {b}")
@@ -257,10 +278,17 @@ class MetricLog:
             saved_blocks[(entry[0], entry[1])] = blocks
         expected = dict.fromkeys(log._columns, 0)
         for k, run in enumerate(calls if isinstance(calls, list) else [None]):
-            ok = (isinstance(run, list) and len(run) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in run)
-                  and 0 <= run[0] < len(log._layouts) and run[1] >= 1)
+            ok = (
+                isinstance(run, list)
+                and len(run) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in run)
+                and 0 <= run[0] < len(log._layouts)
+                and run[1] >= 1
+            )
             if not ok:
-                raise CurriculumError(f"recorded metrics' calls[{k}] = {run!r} is not [layout index, count >= 1]; {_FIX}")
+                raise CurriculumError(
+                    f"recorded metrics' calls[{k}] = {run!r} is not [layout index, count >= 1]; {_FIX}"
+                )
             point, names = log._layouts[run[0]]
             for name in names:
                 expected[(point, name)] += run[1]
@@ -269,10 +297,12 @@ class MetricLog:
         for key, count in expected.items():
             got = len(decoded.get(key, ()))
             if got != count:
-                raise CurriculumError(f"recorded metrics' column {key[0]} {key[1]!r} holds {got} values, its calls need {count}; {_FIX}")
+                raise CurriculumError(
+                    f"recorded metrics' column {key[0]} {key[1]!r} holds {got} values, its calls need {count}; {_FIX}"
+                )
             column = log._columns[key]
             column.values.extend(decoded.get(key, array("d")))
-            full = saved_blocks.get(key, [])[:count // BLOCK]
+            full = saved_blocks.get(key, [])[: count // BLOCK]
             if all(n == BLOCK for _, n in full):  # the saved finished blocks are as we cut them: keep their text
                 column.encoded = [text for text, _ in full]
         return log
@@ -286,18 +316,24 @@ def restore_log(saved: Any, clock: Any, record: bool, lenient: bool) -> MetricLo
     """
     if not record:
         if saved is not None:
-            logger.warning("the restored engine state has recorded metrics, but this engine was built without "
-                           "record_metrics=True: its state_dict() will not keep them")
+            logger.warning(
+                "the restored engine state has recorded metrics, but this engine was built without "
+                "record_metrics=True: its state_dict() will not keep them"
+            )
         return None
     fresh = MetricLog(start_step=clock.global_step, start_epoch=clock.epoch)
     if saved is None:
         return fresh
     log = MetricLog.from_state_dict(saved)
     if (log.start_step + log.steps, log.start_epoch + log.epochs) != (clock.global_step, clock.epoch):
-        problem = (f"recorded metrics end at step {log.start_step + log.steps}, epoch {log.start_epoch + log.epochs}, "
-                   f"but the engine state's clock is at step {clock.global_step}, epoch {clock.epoch}")
+        problem = (
+            f"recorded metrics end at step {log.start_step + log.steps}, epoch {log.start_epoch + log.epochs}, "
+            f"but the engine state's clock is at step {clock.global_step}, epoch {clock.epoch}"
+        )
         if not lenient:
-            raise CurriculumError(f"{problem}; {_FIX}, or pass allow_fingerprint_mismatch=True to record afresh from here")
+            raise CurriculumError(
+                f"{problem}; {_FIX}, or pass allow_fingerprint_mismatch=True to record afresh from here"
+            )
         logger.warning("load_state_dict: left out the recorded metrics: %s; recording afresh from here", problem)
         return fresh
     return log

@@ -75,13 +75,17 @@ class Departure:
         where = f"at step {self.global_step} (epoch {self.epoch})"
         rep, rec = self.replayed, self.recorded
         if rec is not None and rec.point not in _POINTS:
-            what = (f"{where} the recorded run was moved {rec.source} -> {rec.dest} by hand"
-                    f"{f' ({rec.reason})' if rec.reason else ''}, which a replay does not repeat")
+            what = (
+                f"{where} the recorded run was moved {rec.source} -> {rec.dest} by hand"
+                f"{f' ({rec.reason})' if rec.reason else ''}, which a replay does not repeat"
+            )
         elif rep is not None and rec is not None:
             what = f"{where} the replay moves {rep.source} -> {rep.dest} where the recorded run moved {rec.source} -> {rec.dest}"
         elif rep is not None:
             later = f" until step {self.recorded_next.global_step}" if self.recorded_next is not None else ""
-            what = f"{where} the replay moves {rep.source} -> {rep.dest}; the recorded run stayed in {rep.source}{later}"
+            what = (
+                f"{where} the replay moves {rep.source} -> {rep.dest}; the recorded run stayed in {rep.source}{later}"
+            )
         else:
             assert rec is not None
             what = f"{where} the recorded run moved {rec.source} -> {rec.dest}; the replay stays in {rec.source}"
@@ -116,7 +120,9 @@ def _dry(curriculum: Curriculum, copy_guards: bool) -> Curriculum:
                 f"replay copies the curriculum's guards so that their accumulators start empty, and one "
                 f"cannot be copied ({type(exc).__name__}: {exc}); pass a freshly built curriculum with copy_guards=False"
             ) from None
-    phases = [Phase(p.name, params=p.params, on_enter=[_NotRun(describe(a)) for a in p.on_enter]) for p in curriculum.phases]
+    phases = [
+        Phase(p.name, params=p.params, on_enter=[_NotRun(describe(a)) for a in p.on_enter]) for p in curriculum.phases
+    ]
     transitions = [
         Transition(tr.source, tr.dest, guards=g, actions=[_NotRun(describe(a)) for a in tr.actions], when=tr.when)
         for tr, g in zip(curriculum.transitions, guards)
@@ -136,7 +142,9 @@ def _point(index: int, item: Any) -> tuple[str, dict]:
             "pass one ('step_end', {'loss': ...}) per optimizer step and ('epoch_end', {...}) after each epoch's last step"
         )
     if point == Point.STEP_END.value and "loss" not in values:
-        raise CurriculumError(f"replay: metrics[{index}] is a step_end without 'loss' ({sorted(values)}); every step needs its loss")
+        raise CurriculumError(
+            f"replay: metrics[{index}] is a step_end without 'loss' ({sorted(values)}); every step needs its loss"
+        )
     return point, dict(values)
 
 

@@ -98,7 +98,9 @@ def _check_fingerprint(snap: EngineState, curriculum: Curriculum, fingerprint: s
         changes = spec_differences(snap.spec, spec) or ["(the specs agree: a guard or action repr is not stable)"]
         what = "what differs (saved -> this one):\n  " + "\n  ".join(changes) + "\n"
     else:
-        what = "its phases, transitions, guards, actions or params differ (a schema-1 state stores no spec to compare). "
+        what = (
+            "its phases, transitions, guards, actions or params differ (a schema-1 state stores no spec to compare). "
+        )
     raise CurriculumError(
         f"engine state was saved from a different curriculum (fingerprint {snap.fingerprint[:12]}..., "
         f"this one {mine[:12]}...); {what}"
@@ -112,7 +114,11 @@ def _check_clock(clock: Clock) -> None:
         value = getattr(clock, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise CurriculumError(f"engine state's clock.{name} must be an int >= 0, got {value!r}; {SAVED}")
-    for part, whole in (("step_in_epoch", "global_step"), ("steps_in_phase", "global_step"), ("epochs_in_phase", "epoch")):
+    for part, whole in (
+        ("step_in_epoch", "global_step"),
+        ("steps_in_phase", "global_step"),
+        ("epochs_in_phase", "epoch"),
+    ):
         if getattr(clock, part) > getattr(clock, whole):
             raise CurriculumError(
                 f"engine state's clock.{part} ({getattr(clock, part)}) is larger than clock.{whole} "
@@ -214,7 +220,8 @@ def _restored_held_since(
         elif not lenient:
             what = (
                 f"transition {key} ({curriculum.transitions[index].label}, {len(plan.transitions[index].leaves)} guards)"
-                if 0 <= index < count else f"a transition (this curriculum has {count})"
+                if 0 <= index < count
+                else f"a transition (this curriculum has {count})"
             )
             raise CurriculumError(
                 f"engine state's held_since[{key!r}] = {since!r} does not fit {what} out of phase {snap.phase!r}: "

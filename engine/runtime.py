@@ -93,7 +93,9 @@ class CurriculumEngine:
 
     def __init__(self, curriculum: Curriculum, *, record_metrics: bool = False, **objects: Any) -> None:
         if not isinstance(curriculum, Curriculum):
-            raise CurriculumError(f"CurriculumEngine needs a Curriculum, got {type(curriculum).__name__}: {curriculum!r}")
+            raise CurriculumError(
+                f"CurriculumEngine needs a Curriculum, got {type(curriculum).__name__}: {curriculum!r}"
+            )
         _check_names(objects, "CurriculumEngine")
         # recording (engine/recording.py): the metric stream each successful call was fed, or None
         if not isinstance(record_metrics, bool):
@@ -129,19 +131,28 @@ class CurriculumEngine:
         )
         for i, tr in enumerate(curriculum.transitions):
             self._machine.add_transition(
-                trigger=f"_fire_{i}", source=tr.source, dest=tr.dest,
+                trigger=f"_fire_{i}",
+                source=tr.source,
+                dest=tr.dest,
                 before=[self._begin] + [partial(self._act, a) for a in tr.actions] + [self._enter_clock],
                 after=[self._finish],
             )
         for p in curriculum.phases:
             self._machine.add_transition(
-                trigger=f"_force_{p.name}", source="*", dest=p.name,
-                before=[self._begin, self._enter_clock], after=[self._finish],
+                trigger=f"_force_{p.name}",
+                source="*",
+                dest=p.name,
+                before=[self._begin, self._enter_clock],
+                after=[self._finish],
             )
         # The machine's trigger methods on the model, looked up once: transition i's, and each phase's manual move.
         model = self._model
-        self._fires: list[Callable[..., bool]] = [getattr(model, f"_fire_{i}") for i in range(len(curriculum.transitions))]
-        self._forces: dict[str, Callable[..., bool]] = {p.name: getattr(model, f"_force_{p.name}") for p in curriculum.phases}
+        self._fires: list[Callable[..., bool]] = [
+            getattr(model, f"_fire_{i}") for i in range(len(curriculum.transitions))
+        ]
+        self._forces: dict[str, Callable[..., bool]] = {
+            p.name: getattr(model, f"_force_{p.name}") for p in curriculum.phases
+        }
 
     # -- registration ----------------------------------------------------------------------------
 
@@ -197,7 +208,9 @@ class CurriculumEngine:
         unstarted (fix the cause and call ``start()`` again). Returns the start record.
         """
         if self._started:
-            raise CurriculumError("engine.start() was already called, or the engine was restored; call it once, on a fresh run only")
+            raise CurriculumError(
+                "engine.start() was already called, or the engine was restored; call it once, on a fresh run only"
+            )
         if phase is not None and phase not in self._phases:
             raise CurriculumError(f"start(phase={phase!r}): not a phase; expected one of {list(self._phases)}")
         for field, value in (("global_step", global_step), ("epoch", epoch)):
@@ -212,8 +225,13 @@ class CurriculumEngine:
         ctx.metrics, ctx.point, ctx.transition = {}, None, None
         self._clock.global_step, self._clock.epoch = int(global_step), int(epoch)
         record = Record(
-            source=None, dest=name, global_step=int(global_step), epoch=int(epoch), step_in_epoch=0,
-            point=_START, wall_time=time.time(),
+            source=None,
+            dest=name,
+            global_step=int(global_step),
+            epoch=int(epoch),
+            step_in_epoch=0,
+            point=_START,
+            wall_time=time.time(),
         )
         try:
             for action in self._phases[name].on_enter:
@@ -242,7 +260,9 @@ class CurriculumEngine:
         Returns the record of the transition that fired, or None.
         """
         if not self._started:
-            raise CurriculumError("call engine.start() (fresh run) or engine.load_state_dict(...) (resume) before step_end")
+            raise CurriculumError(
+                "call engine.start() (fresh run) or engine.load_state_dict(...) (resume) before step_end"
+            )
         # Validate first: nothing below changes before every input is known to be good.
         if type(loss) is not float:
             loss = to_metric("loss", loss, "step_end()")
@@ -258,7 +278,9 @@ class CurriculumEngine:
         Returns the record of the transition that fired, or None.
         """
         if not self._started:
-            raise CurriculumError("call engine.start() (fresh run) or engine.load_state_dict(...) (resume) before epoch_end")
+            raise CurriculumError(
+                "call engine.start() (fresh run) or engine.load_state_dict(...) (resume) before epoch_end"
+            )
         for name, value in metrics.items():
             if type(value) is not float:
                 metrics[name] = to_metric(name, value, "epoch_end()")
@@ -557,7 +579,9 @@ class CurriculumEngine:
             self._call_hook(reset, "reset")
         self._history.append(record)
         self._add_checks(txn.index, record)
-        logger.info("transition %s -> %s at step %d (epoch %d)", record.source, record.dest, record.global_step, record.epoch)
+        logger.info(
+            "transition %s -> %s at step %d (epoch %d)", record.source, record.dest, record.global_step, record.epoch
+        )
 
     # -- errors ---------------------------------------------------------------------------------
 
@@ -575,7 +599,9 @@ class CurriculumEngine:
         if done is not None:
             ran = ", ".join(f"{a.action} -> {a.effect}" for a in done) or "none"
             text += f"; actions that had already run, whose effects on your objects are not undone: {ran}"
-        return CurriculumError(text + "; the engine is left as it was before this call (same phase, clock, history and guard state)")
+        return CurriculumError(
+            text + "; the engine is left as it was before this call (same phase, clock, history and guard state)"
+        )
 
     def _hook_error(self, method: Any, hook: str, exc: BaseException) -> CurriculumError:
         guard = getattr(method, "__self__", method)

@@ -53,8 +53,11 @@ def find_states(value: Any, path: str = "", depth: int = 6) -> list[tuple[str, d
 def _hf_folder(folder: Path) -> Path:
     if (folder / _HF_STATE).is_file():
         return folder / _HF_STATE
-    numbered = [(int(m.group(1)), p) for p in folder.glob("checkpoint-*") if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
-                and (p / _HF_STATE).is_file()]
+    numbered = [
+        (int(m.group(1)), p)
+        for p in folder.glob("checkpoint-*")
+        if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and (p / _HF_STATE).is_file()
+    ]
     if numbered:
         return max(numbered)[1] / _HF_STATE
     raise CurriculumError(
@@ -72,7 +75,9 @@ def _read(path: Path) -> Any:
     import torch
 
     if not zipfile.is_zipfile(path):
-        raise CurriculumError(f"{path} is neither JSON (.json) nor a torch file (torch.save's zip format): no engine state")
+        raise CurriculumError(
+            f"{path} is neither JSON (.json) nor a torch file (torch.save's zip format): no engine state"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -84,7 +89,9 @@ def _read(path: Path) -> Any:
             "code could rebuild; save the engine state as plain data (engine.state_dict() is)"
         ) from None
     except (RuntimeError, EOFError) as exc:  # torch's zip reader: truncated or not a checkpoint
-        raise CurriculumError(f"{path} is not a readable torch file ({type(exc).__name__}: {str(exc).splitlines()[0]}): no engine state") from None
+        raise CurriculumError(
+            f"{path} is not a readable torch file ({type(exc).__name__}: {str(exc).splitlines()[0]}): no engine state"
+        ) from None
 
 
 def load_saved(path: str | Path) -> tuple[dict, str]:
@@ -100,6 +107,8 @@ def load_saved(path: str | Path) -> tuple[dict, str]:
             "checkpoint, or use the HF/Lightning CurriculumCallback, which does"
         )
     if len(found) > 1:
-        raise CurriculumError(f"{file} holds {len(found)} engine states ({', '.join(w for w, _ in found)}); save one per file")
+        raise CurriculumError(
+            f"{file} holds {len(found)} engine states ({', '.join(w for w, _ in found)}); save one per file"
+        )
     where, state = found[0]
     return state, f"{file} {where}" if where != "(top level)" else str(file)

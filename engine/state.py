@@ -67,7 +67,9 @@ def from_primitives(data: Any) -> EngineState:
     data = dict(data)
     version = data.get("schema_version")
     if not isinstance(version, int):
-        raise CurriculumError(f"engine state has no integer 'schema_version' (got {version!r}); it is not an engine state_dict()")
+        raise CurriculumError(
+            f"engine state has no integer 'schema_version' (got {version!r}); it is not an engine state_dict()"
+        )
     if version > SCHEMA_VERSION:
         raise CurriculumError(
             f"engine state has schema_version {version}, newer than this library's {SCHEMA_VERSION}; upgrade the library"

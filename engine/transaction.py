@@ -53,5 +53,5 @@ class Transaction:
         for field in attrs.fields(Clock):
             setattr(clock, field.name, getattr(self.clock, field.name))
         history.truncate(self.n_history)
-        del pending[self.n_pending:]
+        del pending[self.n_pending :]
         undo_all(self.guard_states)

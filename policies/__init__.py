@@ -28,8 +28,8 @@ from policies.guards import (
     not_,
 )
 from policies.schedule import SEED_STAGES, Restartable, StagedCosine, StageUnit
-from policies.spectral import phase_for_epoch, spectral_curriculum
 from policies.seqlen import seq_len_curriculum
+from policies.spectral import phase_for_epoch, spectral_curriculum
 from policies.wsd import WSD, CooldownShape, StartCooldown, adaptive_cooldown
 
 __all__ = [

@@ -22,7 +22,9 @@ def check_int(where: str, field: str, value: Any, minimum: int, fix: str) -> int
     return int(value)
 
 
-def check_real(where: str, field: str, value: Any, fix: str, *, positive: bool = False, nonnegative: bool = False) -> float:
+def check_real(
+    where: str, field: str, value: Any, fix: str, *, positive: bool = False, nonnegative: bool = False
+) -> float:
     """``value`` as a finite float (optionally > 0 or >= 0); bools are refused."""
     kind = "a finite number" + (" > 0" if positive else " >= 0" if nonnegative else "")
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -43,7 +45,10 @@ def check_guard(where: str, field: str, guard: Any) -> Any:
         raise fail(where, field, "a callable guard(ctx) -> bool", guard, "pass a guard such as MinEpoch(2)")
     if getattr(guard, "__name__", None) == "<lambda>":
         raise fail(
-            where, field, "a named guard", describe(guard),
+            where,
+            field,
+            "a named guard",
+            describe(guard),
             "lambdas cannot be fingerprinted or shown; define a function (def ...) or a small class with a __repr__",
         )
     return guard

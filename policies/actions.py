@@ -12,7 +12,6 @@ import math
 from typing import Any
 
 from engine import Context, CurriculumError, describe
-
 from policies._checks import check_guard, fail
 
 __all__ = ["RestartLR", "SetCutoff", "ResetWindow"]
@@ -116,7 +115,9 @@ class SetCutoff:
 
     def __init__(self, n: int | None, preserve: bool = False) -> None:
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-            raise fail("SetCutoff", "n", "an int >= 1 (bins) or None (full band)", n, "e.g. SetCutoff(128) or SetCutoff(None)")
+            raise fail(
+                "SetCutoff", "n", "an int >= 1 (bins) or None (full band)", n, "e.g. SetCutoff(128) or SetCutoff(None)"
+            )
         if not isinstance(preserve, bool):
             raise fail("SetCutoff", "preserve", "a bool", preserve, "preserve=True keeps the model's function exact")
         self.n, self.preserve = n, preserve
@@ -158,11 +159,23 @@ class ResetWindow:
 
     def __init__(self, *guards: Any) -> None:
         if not guards:
-            raise fail("ResetWindow", "guards", "at least one guard to reset", guards, "e.g. ResetWindow(plateau) with the Plateau used in the transition")
+            raise fail(
+                "ResetWindow",
+                "guards",
+                "at least one guard to reset",
+                guards,
+                "e.g. ResetWindow(plateau) with the Plateau used in the transition",
+            )
         for i, g in enumerate(guards):
             check_guard("ResetWindow", f"guards[{i}]", g)
             if not callable(getattr(g, "reset", None)):
-                raise fail("ResetWindow", f"guards[{i}]", "a guard with reset()", describe(g), "pass a Plateau (or a combinator holding one)")
+                raise fail(
+                    "ResetWindow",
+                    f"guards[{i}]",
+                    "a guard with reset()",
+                    describe(g),
+                    "pass a Plateau (or a combinator holding one)",
+                )
         self.guards = guards
 
     def __call__(self, ctx: Context) -> dict:

@@ -18,13 +18,21 @@ from typing import Any, NamedTuple
 from engine import Clock, Context, CurriculumError, describe
 from engine.core import truth_value
 from engine.protocols import capabilities
-
 from policies._checks import check_guard, check_int, check_real, fail
 from policies._stats import student_t_sf
 
 __all__ = [
-    "Plateau", "MinEpoch", "MinSteps", "MetricBelow", "MetricAbove", "all_of", "any_of", "not_",
-    "Cooldown", "MaxVisits", "WorseThanBest",
+    "Plateau",
+    "MinEpoch",
+    "MinSteps",
+    "MetricBelow",
+    "MetricAbove",
+    "all_of",
+    "any_of",
+    "not_",
+    "Cooldown",
+    "MaxVisits",
+    "WorseThanBest",
 ]
 
 # Every finite double is an integer multiple of 2**-1074 (the smallest subnormal), so scaling by
@@ -94,13 +102,20 @@ class Plateau:
     metrics: tuple[str, ...] = ()  # deciding reads no metric; observe reads `observes` at every step_end
 
     def __init__(
-        self, window: int = 50, threshold: float = 0.005, metric: str = "loss", mode: str = "min",
-        test: str = "relative", alpha: float | None = None,
+        self,
+        window: int = 50,
+        threshold: float = 0.005,
+        metric: str = "loss",
+        mode: str = "min",
+        test: str = "relative",
+        alpha: float | None = None,
     ) -> None:
         where = "Plateau"
         window = check_int(where, "window", window, 2, "use an even window >= 2, e.g. window=50")
         if window % 2:
-            raise fail(where, "window", "even (older and newer halves of equal size)", window, f"use window={window + 1}")
+            raise fail(
+                where, "window", "even (older and newer halves of equal size)", window, f"use window={window + 1}"
+            )
         self.window = window
         self.threshold = check_real(where, "threshold", threshold, "e.g. threshold=0.005 (0.5% relative improvement)")
         if not isinstance(metric, str) or not metric:
@@ -113,13 +128,25 @@ class Plateau:
             raise fail(where, "test", '"relative" or "welch"', test, 'use test="welch" for a noise-aware plateau')
         self.test = test
         if test == "relative" and alpha is not None:
-            raise fail(where, "alpha", 'None with test="relative" (a level is for the Welch test)', alpha, 'drop alpha, or pass test="welch"')
+            raise fail(
+                where,
+                "alpha",
+                'None with test="relative" (a level is for the Welch test)',
+                alpha,
+                'drop alpha, or pass test="welch"',
+            )
         if test == "welch":
             alpha = 0.05 if alpha is None else alpha
             if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
                 raise fail(where, "alpha", "a level in (0, 1)", alpha, "e.g. alpha=0.05")
             if window < 4:
-                raise fail(where, "window", 'even and >= 4 with test="welch" (two values per half for a variance)', window, "use window=4 or more")
+                raise fail(
+                    where,
+                    "window",
+                    'even and >= 4 with test="welch" (two values per half for a variance)',
+                    window,
+                    "use window=4 or more",
+                )
             alpha = float(alpha)
         self.alpha = alpha
         self._welch = test == "welch"
@@ -183,9 +210,15 @@ class Plateau:
         at most one ``observe``/``push`` or one ``reset`` since (later marks undone first)."""
         older, newer = self._older, self._newer
         return PlateauMark(
-            older, newer, newer[-1] if newer else None, len(newer) == self._half,
+            older,
+            newer,
+            newer[-1] if newer else None,
+            len(newer) == self._half,
             older[0] if len(older) == self._half else None,
-            self._older_sum, self._newer_sum, self._older_sq, self._newer_sq,
+            self._older_sum,
+            self._newer_sum,
+            self._older_sq,
+            self._newer_sq,
         )
 
     def undo(self, token: "PlateauMark") -> None:
@@ -364,7 +397,9 @@ class _Threshold:
     def __init__(self, name: str, value: float) -> None:
         cls = type(self).__name__
         if not isinstance(name, str) or not name:
-            raise fail(cls, "name", "a metric name passed to step_end or epoch_end", name, f"e.g. {cls}('val_bpb', 1.5)")
+            raise fail(
+                cls, "name", "a metric name passed to step_end or epoch_end", name, f"e.g. {cls}('val_bpb', 1.5)"
+            )
         self.name = name
         self.value = check_real(cls, "value", value, f"e.g. {cls}({name!r}, 1.5)")
 
@@ -560,7 +595,9 @@ class MaxVisits:
     def _visits(self, ctx: Context) -> tuple[str, int]:
         transition = ctx.transition
         if transition is None:
-            raise CurriculumError(f"{self!r} is evaluated outside a transition (ctx.transition is None); use it as a transition's guard")
+            raise CurriculumError(
+                f"{self!r} is evaluated outside a transition (ctx.transition is None); use it as a transition's guard"
+            )
         return transition.dest, sum(1 for record in ctx.history if record.dest == transition.dest)
 
     def __call__(self, ctx: Context) -> bool:
@@ -596,8 +633,16 @@ class WorseThanBest:
     metrics: tuple[str, ...] = ()
     observe_at = None  # at the transition's own evaluation point
 
-    def __init__(self, metric: str, patience: int = 1, mode: str = "min", *, min_delta: float = 0.0,
-                 relative: bool = False, since: str = "phase") -> None:
+    def __init__(
+        self,
+        metric: str,
+        patience: int = 1,
+        mode: str = "min",
+        *,
+        min_delta: float = 0.0,
+        relative: bool = False,
+        since: str = "phase",
+    ) -> None:
         where = "WorseThanBest"
         if not isinstance(metric, str) or not metric:
             raise fail(where, "metric", "a metric name the loop passes", metric, 'e.g. WorseThanBest("val_loss")')
@@ -606,13 +651,24 @@ class WorseThanBest:
         if mode not in ("min", "max"):
             raise fail(where, "mode", '"min" (lower is better) or "max"', mode, 'use mode="min" for a loss')
         self.mode = mode
-        self.min_delta = check_real(where, "min_delta", min_delta, "e.g. min_delta=0.01, or min_delta=0.005 with relative=True",
-                                    nonnegative=True)
+        self.min_delta = check_real(
+            where,
+            "min_delta",
+            min_delta,
+            "e.g. min_delta=0.01, or min_delta=0.005 with relative=True",
+            nonnegative=True,
+        )
         if not isinstance(relative, bool):
             raise fail(where, "relative", "a bool", relative, "relative=True: min_delta is a fraction of |best|")
         self.relative = relative
         if since not in ("phase", "run"):
-            raise fail(where, "since", '"phase" (best of this visit) or "run" (best seen in the run)', since, 'e.g. since="run"')
+            raise fail(
+                where,
+                "since",
+                '"phase" (best of this visit) or "run" (best seen in the run)',
+                since,
+                'e.g. since="run"',
+            )
         self.since = since
         self.best: float | None = None
         self.reset()
@@ -650,9 +706,17 @@ class WorseThanBest:
         return self.streak >= self.patience
 
     def evidence(self, ctx: Context) -> dict:
-        evidence = {"metric": self.metric, "value": self.last, "best": self.best, "worse_for": self.streak, "patience": self.patience}
+        evidence = {
+            "metric": self.metric,
+            "value": self.last,
+            "best": self.best,
+            "worse_for": self.streak,
+            "patience": self.patience,
+        }
         if self.min_delta:
-            evidence["min_delta"] = self.min_delta * abs(self.best) if self.relative and self.best is not None else self.min_delta
+            evidence["min_delta"] = (
+                self.min_delta * abs(self.best) if self.relative and self.best is not None else self.min_delta
+            )
         return evidence
 
     def state_dict(self) -> dict:
@@ -660,7 +724,10 @@ class WorseThanBest:
 
     def load_state_dict(self, state: dict) -> None:
         ok = isinstance(state, dict) and set(state) == {"best", "last", "streak"}
-        ok = ok and all(state[k] is None or (isinstance(state[k], (int, float)) and not isinstance(state[k], bool)) for k in ("best", "last"))
+        ok = ok and all(
+            state[k] is None or (isinstance(state[k], (int, float)) and not isinstance(state[k], bool))
+            for k in ("best", "last")
+        )
         if not ok or not isinstance(state["streak"], int) or isinstance(state["streak"], bool) or state["streak"] < 0:
             raise CurriculumError(
                 f"{self!r}.load_state_dict: expected {{'best': float|None, 'last': float|None, 'streak': int >= 0}} "

@@ -19,7 +19,6 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from engine import CurriculumError
-
 from policies._checks import check_int, check_real, fail
 
 __all__ = ["StagedCosine", "StageUnit", "Restartable", "Over", "SEED_STAGES"]
@@ -124,37 +123,70 @@ class StagedCosine(LRScheduler):
         try:
             self.stages_in = StageUnit(stages_in)
         except ValueError:
-            raise fail(where, "stages_in", "'epochs' or 'steps'", stages_in, "count stage starts in epochs or in optimizer steps") from None
-        self.steps_per_epoch = None if steps_per_epoch is None else check_int(
-            where, "steps_per_epoch", steps_per_epoch, 1, "optimizer steps per epoch, e.g. 1000")
+            raise fail(
+                where,
+                "stages_in",
+                "'epochs' or 'steps'",
+                stages_in,
+                "count stage starts in epochs or in optimizer steps",
+            ) from None
+        self.steps_per_epoch = (
+            None
+            if steps_per_epoch is None
+            else check_int(where, "steps_per_epoch", steps_per_epoch, 1, "optimizer steps per epoch, e.g. 1000")
+        )
         if (total_epochs is None) == (total_steps is None):
             raise fail(
-                where, "total_epochs", "given, or else total_steps (exactly one: the length of training)",
-                (total_epochs, total_steps), "e.g. total_epochs=50 with steps_per_epoch=1000, or total_steps=50000",
+                where,
+                "total_epochs",
+                "given, or else total_steps (exactly one: the length of training)",
+                (total_epochs, total_steps),
+                "e.g. total_epochs=50 with steps_per_epoch=1000, or total_steps=50000",
             )
-        self.total_epochs = None if total_epochs is None else check_int(where, "total_epochs", total_epochs, 1, "the run's --epochs, e.g. 50")
+        self.total_epochs = (
+            None
+            if total_epochs is None
+            else check_int(where, "total_epochs", total_epochs, 1, "the run's --epochs, e.g. 50")
+        )
         if self.steps_per_epoch is None and (self.total_epochs is not None or self.stages_in is StageUnit.EPOCHS):
             why = "total_epochs" if self.total_epochs is not None else "stages in epochs"
-            raise fail(where, "steps_per_epoch", f"an int >= 1 (needed to count {why} in steps)", None,
-                       "pass steps_per_epoch, or stages_in='steps' with total_steps")
+            raise fail(
+                where,
+                "steps_per_epoch",
+                f"an int >= 1 (needed to count {why} in steps)",
+                None,
+                "pass steps_per_epoch, or stages_in='steps' with total_steps",
+            )
         if self.total_epochs is not None:
             self.total_steps = self.total_epochs * self.steps_per_epoch
         else:
-            self.total_steps = check_int(where, "total_steps", total_steps, 1, "optimizer steps of the whole run, e.g. total_steps=5000")
+            self.total_steps = check_int(
+                where, "total_steps", total_steps, 1, "optimizer steps of the whole run, e.g. total_steps=5000"
+            )
         if stages is None:
             if self.stages_in is StageUnit.STEPS:
-                raise fail(where, "stages", "stages in steps (the default stages count epochs)", None,
-                           "e.g. stages=((0, 1.0, 0.1), (500, 1.0, 0.05)) with stages_in='steps'")
+                raise fail(
+                    where,
+                    "stages",
+                    "stages in steps (the default stages count epochs)",
+                    None,
+                    "e.g. stages=((0, 1.0, 0.1), (500, 1.0, 0.05)) with stages_in='steps'",
+                )
             stages = SEED_STAGES
         self.stages = _check_stages(stages, self.stages_in)
         self.warmup_steps = check_int(where, "warmup_steps", warmup_steps, 0, "e.g. warmup_steps=0 (none)")
-        self.restart_warmup_steps = check_int(where, "restart_warmup_steps", restart_warmup_steps, 0, "e.g. restart_warmup_steps=0 (restart at peak)")
+        self.restart_warmup_steps = check_int(
+            where, "restart_warmup_steps", restart_warmup_steps, 0, "e.g. restart_warmup_steps=0 (restart at peak)"
+        )
         self._unit = 1 if self.stages_in is StageUnit.STEPS else self.steps_per_epoch
         self._layout = self._build_layout()
         first = self._layout[0]
         if self.warmup_steps >= first.end:
             raise fail(
-                where, "warmup_steps", f"shorter than the first stage ({first.end} steps)", warmup_steps,
+                where,
+                "warmup_steps",
+                f"shorter than the first stage ({first.end} steps)",
+                warmup_steps,
                 "lower warmup_steps or start the second stage later",
             )
         self._starts = [st.start for st in self._layout]
@@ -225,7 +257,9 @@ class StagedCosine(LRScheduler):
         before ``optimizer.step()``."""
         steps = check_int("StagedCosine.fast_forward", "steps", steps, 0, "the optimizer steps already run")
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"), category=UserWarning)
+            warnings.filterwarnings(
+                "ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"), category=UserWarning
+            )
             for _ in range(steps):
                 self.step()
 
@@ -295,7 +329,9 @@ class StagedCosine(LRScheduler):
     def load_state_dict(self, state: dict) -> None:
         """Continue from a ``state_dict()``; call it after ``optimizer.load_state_dict``."""
         if not isinstance(state, dict):
-            raise CurriculumError(f"StagedCosine.load_state_dict: expected the dict from state_dict(), got {type(state).__name__}")
+            raise CurriculumError(
+                f"StagedCosine.load_state_dict: expected the dict from state_dict(), got {type(state).__name__}"
+            )
         for key in ("step", "cycle_start") + (("warmup_start",) if "warmup_start" in state else ()):
             value = state.get(key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -323,14 +359,22 @@ class StagedCosine(LRScheduler):
             logger.warning(
                 "StagedCosine restored at step %d with base_lr=%s over %s steps (saved with base_lr=%s over %s steps): "
                 "the LR continues from %.3e instead of %.3e",
-                step, self.base_lr, self.total_steps, state.get("base_lr"), saved_total, self.lr, state.get("lr"),
+                step,
+                self.base_lr,
+                self.total_steps,
+                state.get("base_lr"),
+                saved_total,
+                self.lr,
+                state.get("lr"),
             )
 
     def __repr__(self) -> str:
         parts = [f"base_lr={self.base_lr!r}"]
         if self.steps_per_epoch is not None:
             parts.append(f"steps_per_epoch={self.steps_per_epoch}")
-        parts.append(f"total_epochs={self.total_epochs}" if self.total_epochs is not None else f"total_steps={self.total_steps}")
+        parts.append(
+            f"total_epochs={self.total_epochs}" if self.total_epochs is not None else f"total_steps={self.total_steps}"
+        )
         parts.append(f"stages={self.stages!r}")
         if self.stages_in is StageUnit.STEPS:
             parts.append("stages_in='steps'")
@@ -342,8 +386,11 @@ class StagedCosine(LRScheduler):
 
 def _check_stages(stages: Any, unit: StageUnit) -> tuple[tuple[int, float, float], ...]:
     where, name = "StagedCosine", "start_epoch" if unit is StageUnit.EPOCHS else "start_step"
-    fix = ("e.g. stages=((0, 1.0, 0.1), (2, 1.0, 0.1), (5, 1.0, 0.05))" if unit is StageUnit.EPOCHS
-           else "e.g. stages=((0, 1.0, 0.1), (500, 1.0, 0.05)) in steps")
+    fix = (
+        "e.g. stages=((0, 1.0, 0.1), (2, 1.0, 0.1), (5, 1.0, 0.05))"
+        if unit is StageUnit.EPOCHS
+        else "e.g. stages=((0, 1.0, 0.1), (500, 1.0, 0.05)) in steps"
+    )
     if isinstance(stages, (str, bytes)) or not isinstance(stages, Sequence) or not stages:
         raise fail(where, "stages", f"a non-empty sequence of ({name}, peak, min)", stages, fix)
     out = []
@@ -356,9 +403,21 @@ def _check_stages(stages: Any, unit: StageUnit) -> tuple[tuple[int, float, float
         if low > peak:
             raise fail(where, f"stages[{i}]", "min <= peak", tuple(stage), f"swap them: ({start}, {low}, {peak})")
         if i == 0 and start != 0:
-            raise fail(where, "stages[0][0]", "0 (the first stage starts training)", start, f"start the first stage at {unit.value[:-1]} 0")
+            raise fail(
+                where,
+                "stages[0][0]",
+                "0 (the first stage starts training)",
+                start,
+                f"start the first stage at {unit.value[:-1]} 0",
+            )
         if i > 0 and start <= out[-1][0]:
-            raise fail(where, f"stages[{i}][0]", f"> {out[-1][0]} (starts strictly increasing)", start, f"sort the stages by {name}")
+            raise fail(
+                where,
+                f"stages[{i}][0]",
+                f"> {out[-1][0]} (starts strictly increasing)",
+                start,
+                f"sort the stages by {name}",
+            )
         out.append((start, peak, low))
     return tuple(out)
 
@@ -367,7 +426,12 @@ def _check_stages(stages: Any, unit: StageUnit) -> tuple[tuple[int, float, float
 _SCHEDULED_KEYS = ("lr", "initial_lr", "momentum", "betas")
 
 # The field that holds the length of each torch schedule that Restartable(over="remaining") can re-plan.
-_LENGTHS = {"CosineAnnealingLR": "T_max", "LinearLR": "total_iters", "PolynomialLR": "total_iters", "OneCycleLR": "total_steps"}
+_LENGTHS = {
+    "CosineAnnealingLR": "T_max",
+    "LinearLR": "total_iters",
+    "PolynomialLR": "total_iters",
+    "OneCycleLR": "total_steps",
+}
 
 
 class Over(str, enum.Enum):
@@ -436,7 +500,10 @@ class Restartable(LRScheduler):
         _check_wrappable(scheduler)
         if scheduler.last_epoch != 0:
             raise fail(
-                where, "scheduler", "a scheduler at its step 0 (not stepped yet)", f"{type(scheduler).__name__} at step {scheduler.last_epoch}",
+                where,
+                "scheduler",
+                "a scheduler at its step 0 (not stepped yet)",
+                f"{type(scheduler).__name__} at step {scheduler.last_epoch}",
                 "wrap it right after building it; to resume, build and wrap it afresh, then load_state_dict() the wrapper",
             )
         self._adopt(scheduler, over)
@@ -446,12 +513,20 @@ class Restartable(LRScheduler):
         try:
             self.over = Over(over)
         except ValueError:
-            raise fail("Restartable", "over", "'whole' or 'remaining'", over,
-                       "over='remaining' re-plans the schedule over the steps left at each restart") from None
+            raise fail(
+                "Restartable",
+                "over",
+                "'whole' or 'remaining'",
+                over,
+                "over='remaining' re-plans the schedule over the steps left at each restart",
+            ) from None
         self._length = _length_field(scheduler)
         if self.over is Over.REMAINING and self._length is None:
             raise fail(
-                "Restartable", "over", "'whole' for this scheduler", f"'remaining' with {type(scheduler).__name__}",
+                "Restartable",
+                "over",
+                "'whole' for this scheduler",
+                f"'remaining' with {type(scheduler).__name__}",
                 f"re-planning needs a schedule with a length ({', '.join(sorted(_LENGTHS))}); use over='whole' or StagedCosine",
             )
         self.scheduler = scheduler
@@ -468,8 +543,13 @@ class Restartable(LRScheduler):
         self = cls.__new__(cls)
         if state is None:
             if scheduler.last_epoch != 0:
-                raise fail("Restartable.around", "state", "the wrapper's state_dict() for a scheduler past its step 0", None,
-                           "pass the state saved with the checkpoint")
+                raise fail(
+                    "Restartable.around",
+                    "state",
+                    "the wrapper's state_dict() for a scheduler past its step 0",
+                    None,
+                    "pass the state saved with the checkpoint",
+                )
             self._adopt(scheduler, over)
             self._origin = self._snapshot()
         else:
@@ -571,15 +651,25 @@ class Restartable(LRScheduler):
 def _check_wrappable(scheduler: Any) -> None:
     where = "Restartable"
     if isinstance(scheduler, Restartable):
-        raise fail(where, "scheduler", "a torch LR scheduler", scheduler, "it is already Restartable: register it as it is")
+        raise fail(
+            where, "scheduler", "a torch LR scheduler", scheduler, "it is already Restartable: register it as it is"
+        )
     if isinstance(scheduler, ReduceLROnPlateau):
         raise fail(
-            where, "scheduler", "a scheduler with a schedule over steps", type(scheduler).__name__,
+            where,
+            "scheduler",
+            "a scheduler with a schedule over steps",
+            type(scheduler).__name__,
             "ReduceLROnPlateau follows a metric and has nothing to restart; use StagedCosine or a step-indexed torch scheduler",
         )
     if not isinstance(scheduler, LRScheduler):
-        raise fail(where, "scheduler", "a torch.optim.lr_scheduler.LRScheduler", scheduler,
-                   "e.g. Restartable(CosineAnnealingLR(optimizer, T_max=100))")
+        raise fail(
+            where,
+            "scheduler",
+            "a torch.optim.lr_scheduler.LRScheduler",
+            scheduler,
+            "e.g. Restartable(CosineAnnealingLR(optimizer, T_max=100))",
+        )
 
 
 def _check_state(state: Any) -> None:

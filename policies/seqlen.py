@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Sequence
 
 from engine import Curriculum, Phase, Point, Transition
-
 from policies._checks import check_int, fail
 from policies.actions import RestartLR
 from policies.guards import MinEpoch, Plateau, all_of, any_of
@@ -57,10 +56,21 @@ def seq_len_curriculum(
         if i and n <= lens[i - 1]:
             raise fail(where, "seq_lens", "strictly increasing", tuple(lens), f"e.g. {tuple(sorted(set(lens)))}")
     if (at_epochs is None) == (min_epochs is None):
-        raise fail(where, "at_epochs", "given (fixed switches), or else min_epochs (plateau-triggered): exactly one",
-                   (at_epochs, min_epochs), "e.g. at_epochs=(3, 6), or min_epochs=(1, 3) with a plateau rule")
+        raise fail(
+            where,
+            "at_epochs",
+            "given (fixed switches), or else min_epochs (plateau-triggered): exactly one",
+            (at_epochs, min_epochs),
+            "e.g. at_epochs=(3, 6), or min_epochs=(1, 3) with a plateau rule",
+        )
     if at_epochs is not None and max_epochs is not None:
-        raise fail(where, "max_epochs", "None with fixed switches (at_epochs)", max_epochs, "drop max_epochs, or use min_epochs")
+        raise fail(
+            where,
+            "max_epochs",
+            "None with fixed switches (at_epochs)",
+            max_epochs,
+            "drop max_epochs, or use min_epochs",
+        )
     epochs = {"at_epochs": at_epochs, "min_epochs": min_epochs, "max_epochs": max_epochs}
     checked: dict[str, list[int]] = {}
     for name, values in epochs.items():
@@ -68,15 +78,26 @@ def seq_len_curriculum(
             continue
         values = _ints(where, name, values)
         if len(values) != len(lens):
-            raise fail(where, name, f"one epoch per shorter length ({len(lens)} for seq_lens {tuple(lens)})", tuple(values),
-                       "give the epoch of each switch, e.g. (3, 6) for two lengths")
+            raise fail(
+                where,
+                name,
+                f"one epoch per shorter length ({len(lens)} for seq_lens {tuple(lens)})",
+                tuple(values),
+                "give the epoch of each switch, e.g. (3, 6) for two lengths",
+            )
         for i, m in enumerate(values):
             check_int(where, f"{name}[{i}]", m, 0, "epochs count from 0")
             if i and m < values[i - 1]:
                 raise fail(where, name, "not decreasing", tuple(values), f"e.g. {tuple(sorted(values))}")
         checked[name] = values
     if "max_epochs" in checked and any(hi < lo for lo, hi in zip(checked["min_epochs"], checked["max_epochs"])):
-        raise fail(where, "max_epochs", "each >= its min_epochs", tuple(checked["max_epochs"]), f"at least {tuple(checked['min_epochs'])}")
+        raise fail(
+            where,
+            "max_epochs",
+            "each >= its min_epochs",
+            tuple(checked["max_epochs"]),
+            f"at least {tuple(checked['min_epochs'])}",
+        )
 
     names = [f"seq_{n}" for n in lens] + ["full"]
     phases = [Phase(name, params={"seq_len": n}) for name, n in zip(names, lens)] + [Phase("full")]
@@ -85,9 +106,18 @@ def seq_len_curriculum(
         if at_epochs is not None:
             guard = MinEpoch(checked["at_epochs"][k])
         else:
-            guard = all_of(MinEpoch(checked["min_epochs"][k]), Plateau(window=window, threshold=threshold, test=test, alpha=alpha))
+            guard = all_of(
+                MinEpoch(checked["min_epochs"][k]), Plateau(window=window, threshold=threshold, test=test, alpha=alpha)
+            )
             if "max_epochs" in checked:
                 guard = any_of(guard, MinEpoch(checked["max_epochs"][k]))
-        transitions.append(Transition(names[k], names[k + 1], guards=[guard], actions=[RestartLR()] if restart_lr else [],
-                                      when=Point.EPOCH_END))
+        transitions.append(
+            Transition(
+                names[k],
+                names[k + 1],
+                guards=[guard],
+                actions=[RestartLR()] if restart_lr else [],
+                when=Point.EPOCH_END,
+            )
+        )
     return Curriculum(phases, transitions)

@@ -6,7 +6,6 @@ import numbers
 from typing import Any, Iterable, Sequence
 
 from engine import Curriculum, Phase, Point, Transition
-
 from policies._checks import check_int, fail
 from policies.actions import RestartLR, SetCutoff
 from policies.guards import MinEpoch, Plateau, _AllOf, all_of
@@ -54,15 +53,27 @@ def spectral_curriculum(
     for i, c in enumerate(cutoffs):
         if not 1 <= c < n_bins:
             raise fail(
-                where, f"cutoffs[{i}]", f"in [1, {n_bins - 1}] (below n_bins={n_bins}; the last phase opens the full band)",
-                c, "drop it or lower it",
+                where,
+                f"cutoffs[{i}]",
+                f"in [1, {n_bins - 1}] (below n_bins={n_bins}; the last phase opens the full band)",
+                c,
+                "drop it or lower it",
             )
         if i and c <= cutoffs[i - 1]:
-            raise fail(where, "cutoffs", "strictly increasing", tuple(cutoffs), f"sort them and drop repeats: {tuple(sorted(set(cutoffs)))}")
+            raise fail(
+                where,
+                "cutoffs",
+                "strictly increasing",
+                tuple(cutoffs),
+                f"sort them and drop repeats: {tuple(sorted(set(cutoffs)))}",
+            )
     if len(min_epochs) != len(cutoffs):
         raise fail(
-            where, "min_epochs", f"one minimum epoch per cutoff ({len(cutoffs)} for cutoffs {tuple(cutoffs)})",
-            tuple(min_epochs), "give the earliest epoch of each raise, e.g. (2, 5, 10) for three cutoffs",
+            where,
+            "min_epochs",
+            f"one minimum epoch per cutoff ({len(cutoffs)} for cutoffs {tuple(cutoffs)})",
+            tuple(min_epochs),
+            "give the earliest epoch of each raise, e.g. (2, 5, 10) for three cutoffs",
         )
     for i, m in enumerate(min_epochs):
         if m < 0:
@@ -70,14 +81,25 @@ def spectral_curriculum(
         if i and m < min_epochs[i - 1]:
             raise fail(where, "min_epochs", "not decreasing", tuple(min_epochs), f"e.g. {tuple(sorted(min_epochs))}")
     if not isinstance(preserve, bool):
-        raise fail(where, "preserve", "a bool", preserve, "preserve=False opens bands with noise (the seed's); True keeps the function exact")
+        raise fail(
+            where,
+            "preserve",
+            "a bool",
+            preserve,
+            "preserve=False opens bands with noise (the seed's); True keeps the function exact",
+        )
 
     lens: list[int | None] = [None] * len(cutoffs)
     if seq_lens is not None:
         lens = list(_ints(where, "seq_lens", seq_lens))
         if len(lens) != len(cutoffs):
-            raise fail(where, "seq_lens", f"one window length per cutoff ({len(cutoffs)} for cutoffs {tuple(cutoffs)})",
-                       tuple(lens), "e.g. seq_lens=(128, 256, 512) with cutoffs (128, 256, 512) at seq_len 1024")
+            raise fail(
+                where,
+                "seq_lens",
+                f"one window length per cutoff ({len(cutoffs)} for cutoffs {tuple(cutoffs)})",
+                tuple(lens),
+                "e.g. seq_lens=(128, 256, 512) with cutoffs (128, 256, 512) at seq_len 1024",
+            )
         for i, n in enumerate(lens):
             if n < 1 or (i and n < lens[i - 1]):
                 raise fail(where, "seq_lens", "ints >= 1, not decreasing", tuple(lens), "e.g. seq_lens=(128, 256, 512)")
@@ -88,7 +110,8 @@ def spectral_curriculum(
     ]
     transitions = [
         Transition(
-            names[k], names[k + 1],
+            names[k],
+            names[k + 1],
             guards=[all_of(MinEpoch(m), Plateau(window=window, threshold=threshold, test=test, alpha=alpha))],
             actions=[RestartLR()] if restart_lr else [],
             when=Point.EPOCH_END,
@@ -100,7 +123,13 @@ def spectral_curriculum(
 
 def _ints(where: str, field: str, values: Any) -> list[int]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
-        raise fail(where, field, "a sequence of ints", values, f"e.g. {field}=(128, 256, 512)" if field == "cutoffs" else "e.g. (2, 5, 10)")
+        raise fail(
+            where,
+            field,
+            "a sequence of ints",
+            values,
+            f"e.g. {field}=(128, 256, 512)" if field == "cutoffs" else "e.g. (2, 5, 10)",
+        )
     out = []
     for i, v in enumerate(values):
         if isinstance(v, bool) or not isinstance(v, numbers.Integral):
@@ -135,7 +164,9 @@ def phase_for_epoch(curriculum: Curriculum, epochs_completed: int) -> str:
     the highest phase the epoch allows: never a lower cutoff than the epoch implies. For the seed's
     curriculum: 0-1 -> cutoff_128, 2-4 -> cutoff_256, 5-9 -> cutoff_512, 10+ -> full.
     """
-    epochs = check_int("phase_for_epoch", "epochs_completed", epochs_completed, 0, "pass the epochs the checkpoint completed")
+    epochs = check_int(
+        "phase_for_epoch", "epochs_completed", epochs_completed, 0, "pass the epochs the checkpoint completed"
+    )
     name, entered, seen = curriculum.initial_name, 0, {curriculum.initial_name}
     while True:
         for tr in curriculum.outgoing(name):

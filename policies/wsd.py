@@ -17,8 +17,7 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from engine import Context, CurriculumError, Curriculum, Phase, Point, Transition
-
+from engine import Context, Curriculum, CurriculumError, Phase, Point, Transition
 from policies._checks import check_int, check_real, fail
 from policies.guards import MinEpoch, Plateau, all_of
 
@@ -92,9 +91,13 @@ class WSD(LRScheduler):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise fail(where, "optimizer", "a torch.optim.Optimizer", optimizer, "pass the optimizer the loop steps")
         self.base_lr = check_real(where, "base_lr", base_lr, "e.g. base_lr=2e-4", positive=True)
-        self.total_steps = check_int(where, "total_steps", total_steps, 1, "optimizer steps of the whole run, e.g. total_steps=5000")
+        self.total_steps = check_int(
+            where, "total_steps", total_steps, 1, "optimizer steps of the whole run, e.g. total_steps=5000"
+        )
         self.warmup_steps = check_int(where, "warmup_steps", warmup_steps, 0, "e.g. warmup_steps=0 (none)")
-        fraction = check_real(where, "cooldown_fraction", cooldown_fraction, "e.g. cooldown_fraction=0.2 (Hägele et al.)")
+        fraction = check_real(
+            where, "cooldown_fraction", cooldown_fraction, "e.g. cooldown_fraction=0.2 (Hägele et al.)"
+        )
         if not 0.0 < fraction <= 1.0:
             raise fail(where, "cooldown_fraction", "in (0, 1]", cooldown_fraction, "e.g. cooldown_fraction=0.2")
         self.cooldown_fraction = fraction
@@ -108,14 +111,25 @@ class WSD(LRScheduler):
             raise fail(where, "shape", f"one of {choices}", shape, "shape='1-sqrt' is Hägele et al.'s best") from None
         self.final_ratio = check_real(where, "final_ratio", final_ratio, "e.g. final_ratio=0.0", nonnegative=True)
         if self.final_ratio > 1.0:
-            raise fail(where, "final_ratio", "in [0, 1]", final_ratio, "the final LR as a fraction of base_lr, e.g. 0.0")
+            raise fail(
+                where, "final_ratio", "in [0, 1]", final_ratio, "the final LR as a fraction of base_lr, e.g. 0.0"
+            )
         if not isinstance(auto, bool):
-            raise fail(where, "auto", "a bool", auto, "auto=True starts the cooldown at total_steps - cooldown_steps at the latest")
+            raise fail(
+                where,
+                "auto",
+                "a bool",
+                auto,
+                "auto=True starts the cooldown at total_steps - cooldown_steps at the latest",
+            )
         self.auto = auto
         self.auto_start = max(0, self.total_steps - self.cooldown_steps) if auto else None
         if auto and self.warmup_steps > self.auto_start:
             raise fail(
-                where, "warmup_steps", f"at most total_steps - cooldown_steps = {self.auto_start}", warmup_steps,
+                where,
+                "warmup_steps",
+                f"at most total_steps - cooldown_steps = {self.auto_start}",
+                warmup_steps,
                 "shorten the warmup or the cooldown",
             )
         self.started_at: int | None = None  # a cooldown started by start_cooldown()
@@ -203,7 +217,12 @@ class WSD(LRScheduler):
         if not self.cooling:
             self.started_at = s
             self._set_now()
-            logger.info("WSD cooldown starts at step %d: %d steps to %.3e", s, self.cooldown_steps, self.base_lr * self.final_ratio)
+            logger.info(
+                "WSD cooldown starts at step %d: %d steps to %.3e",
+                s,
+                self.cooldown_steps,
+                self.base_lr * self.final_ratio,
+            )
         return before, self.lr
 
     def _set_now(self) -> None:
@@ -227,10 +246,14 @@ class WSD(LRScheduler):
     def load_state_dict(self, state: dict) -> None:
         """Continue from a ``state_dict()``; call it after ``optimizer.load_state_dict``."""
         if not isinstance(state, dict):
-            raise CurriculumError(f"WSD.load_state_dict: expected the dict from state_dict(), got {type(state).__name__}")
+            raise CurriculumError(
+                f"WSD.load_state_dict: expected the dict from state_dict(), got {type(state).__name__}"
+            )
         step, started = state.get("step"), state.get("started_at")
         for key, value, none_ok in (("step", step, False), ("started_at", started, True)):
-            if (value is None and not none_ok) or (value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0)):
+            if (value is None and not none_ok) or (
+                value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0)
+            ):
                 raise CurriculumError(
                     f"WSD.load_state_dict: {key!r} must be an int >= 0{' or None' if none_ok else ''}, got {value!r}; "
                     "pass the dict that WSD.state_dict() returned"
@@ -238,13 +261,24 @@ class WSD(LRScheduler):
         self.last_epoch, self._step_count, self.started_at = step, step + 1, started
         self._set_now()
         saved = (state.get("base_lr"), state.get("total_steps"), state.get("cooldown_steps"), state.get("shape"))
-        if saved != (self.base_lr, self.total_steps, self.cooldown_steps, self.shape.value) and state.get("lr") != self.lr:
-            logger.warning("WSD restored at step %d with other settings %s (saved %s): the LR continues from %.3e instead of %.3e",
-                           step, (self.base_lr, self.total_steps, self.cooldown_steps, self.shape.value), saved, self.lr, state.get("lr"))
+        if (
+            saved != (self.base_lr, self.total_steps, self.cooldown_steps, self.shape.value)
+            and state.get("lr") != self.lr
+        ):
+            logger.warning(
+                "WSD restored at step %d with other settings %s (saved %s): the LR continues from %.3e instead of %.3e",
+                step,
+                (self.base_lr, self.total_steps, self.cooldown_steps, self.shape.value),
+                saved,
+                self.lr,
+                state.get("lr"),
+            )
 
     def __repr__(self) -> str:
-        return (f"WSD(base_lr={self.base_lr!r}, total_steps={self.total_steps}, warmup_steps={self.warmup_steps}, "
-                f"cooldown_steps={self.cooldown_steps}, shape={self.shape.value!r}, final_ratio={self.final_ratio!r}, auto={self.auto})")
+        return (
+            f"WSD(base_lr={self.base_lr!r}, total_steps={self.total_steps}, warmup_steps={self.warmup_steps}, "
+            f"cooldown_steps={self.cooldown_steps}, shape={self.shape.value!r}, final_ratio={self.final_ratio!r}, auto={self.auto})"
+        )
 
 
 class StartCooldown:
@@ -269,8 +303,9 @@ class StartCooldown:
         return "StartCooldown()"
 
 
-def adaptive_cooldown(min_epoch: int, window: int = 50, threshold: float = 0.005, test: str = "relative",
-                      alpha: float | None = None) -> Curriculum:
+def adaptive_cooldown(
+    min_epoch: int, window: int = 50, threshold: float = 0.005, test: str = "relative", alpha: float | None = None
+) -> Curriculum:
     """``stable -> cooldown``: at an epoch end, once ``MinEpoch(min_epoch)`` holds and the training loss
     has plateaued (``Plateau(window, threshold, test=test, alpha=alpha)``), fire :class:`StartCooldown`.
 

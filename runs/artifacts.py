@@ -28,8 +28,17 @@ from engine import History
 from runs.errors import RunError, UsageError
 
 __all__ = [
-    "RunFiles", "resolve_run", "MetricsWriter", "STEP_FIELDS", "EPOCH_FIELDS", "read_csv", "atomic_write",
-    "RunLock", "WriteError", "kept_rows", "metrics_match",
+    "RunFiles",
+    "resolve_run",
+    "MetricsWriter",
+    "STEP_FIELDS",
+    "EPOCH_FIELDS",
+    "read_csv",
+    "atomic_write",
+    "RunLock",
+    "WriteError",
+    "kept_rows",
+    "metrics_match",
 ]
 
 STEP_FIELDS = ["step", "epoch", "step_in_epoch", "loss", "lr", "cutoff", "phase"]
@@ -101,14 +110,26 @@ def _write_error(path: Path, exc: BaseException, existed: bool | None = None) ->
         existed = path.is_file()
     kept = "the previous version of the file is kept" if existed else "nothing was written there"
     if not path.parent.is_dir():
-        return WriteError(f"could not write {path}: its folder {path.parent} no longer exists (moved or deleted while the run "
-                          f"was running); {kept}. Put the folder back and resume, or start a new run")
-    full = (isinstance(exc, OSError) and exc.errno in _FULL) or "unexpected pos" in str(exc) or "failed writing" in str(exc)
+        return WriteError(
+            f"could not write {path}: its folder {path.parent} no longer exists (moved or deleted while the run "
+            f"was running); {kept}. Put the folder back and resume, or start a new run"
+        )
+    full = (
+        (isinstance(exc, OSError) and exc.errno in _FULL)
+        or "unexpected pos" in str(exc)
+        or "failed writing" in str(exc)
+    )
     if full:
         free = shutil.disk_usage(path.parent).free
-        return WriteError(f"could not write {path}: the disk is full or the file is too large ({free / 1e6:.1f} MB free in "
-                          f"{path.parent}); {kept}. Free space, then resume")
-    why = f"{exc.strerror} ({type(exc).__name__})" if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+        return WriteError(
+            f"could not write {path}: the disk is full or the file is too large ({free / 1e6:.1f} MB free in "
+            f"{path.parent}); {kept}. Free space, then resume"
+        )
+    why = (
+        f"{exc.strerror} ({type(exc).__name__})"
+        if isinstance(exc, OSError) and exc.strerror
+        else f"{type(exc).__name__}: {exc}"
+    )
     return WriteError(f"could not write {path}: {why}; {kept}. Fix the path or its permissions, then resume")
 
 
@@ -146,13 +167,16 @@ class RunLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
         except OSError as exc:
             what = "is a symbolic link" if exc.errno == errno.ELOOP else f"cannot be opened ({exc.strerror})"
-            raise UsageError(f"the run's lock file {self.path} {what}; remove it (it holds nothing of the run) "
-                             "and start again") from None
+            raise UsageError(
+                f"the run's lock file {self.path} {what}; remove it (it holds nothing of the run) and start again"
+            ) from None
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
             os.close(fd)
             what = "has other names (hard links)" if stat.S_ISREG(info.st_mode) else "is not a regular file"
-            raise UsageError(f"the run's lock file {self.path} {what}; remove it (it holds nothing of the run) and start again")
+            raise UsageError(
+                f"the run's lock file {self.path} {what}; remove it (it holds nothing of the run) and start again"
+            )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -199,22 +223,33 @@ class RunFiles:
 
     def metrics(self, global_step: int, epoch: int) -> dict[str, tuple[Path, list[str], str, int]]:
         """The metrics files: name -> (path, fields, key, the last key a checkpoint at this clock covers)."""
-        return {"steps": (self.steps, STEP_FIELDS, "step", global_step), "epochs": (self.epochs, EPOCH_FIELDS, "epoch", epoch - 1)}
+        return {
+            "steps": (self.steps, STEP_FIELDS, "step", global_step),
+            "epochs": (self.epochs, EPOCH_FIELDS, "epoch", epoch - 1),
+        }
 
     def stale_metrics(self, digests: dict[str, str] | None, global_step: int, epoch: int) -> list[Path]:
         """The metrics files that do not hold, up to a checkpoint at this clock, the rows whose
         ``digests`` it recorded (none when it recorded none: written before checkpoints did)."""
         if digests is None:
             return []
-        return [path for name, (path, fields, key, upto) in self.metrics(global_step, epoch).items()
-                if name in digests and not metrics_match(path, fields, key, upto, digests[name])]
+        return [
+            path
+            for name, (path, fields, key, upto) in self.metrics(global_step, epoch).items()
+            if name in digests and not metrics_match(path, fields, key, upto, digests[name])
+        ]
 
     def lost_metrics(self, saved) -> list[Path]:
         """The metrics files that are absent although checkpoint ``saved`` recorded rows in them (moved
         aside, or a kill between a fresh run's first checkpoint and its metrics' first write)."""
         digests = saved.metrics or {}
-        return [path for name, (path, fields, _key, _upto) in self.metrics(saved.global_step, saved.epoch).items()
-                if name in digests and not path.exists() and digests[name] != hashlib.sha256(_csv_text(fields, []).encode()).hexdigest()]
+        return [
+            path
+            for name, (path, fields, _key, _upto) in self.metrics(saved.global_step, saved.epoch).items()
+            if name in digests
+            and not path.exists()
+            and digests[name] != hashlib.sha256(_csv_text(fields, []).encode()).hexdigest()
+        ]
 
     def write_history(self, history: History) -> None:
         text = history.to_json().encode()
@@ -228,13 +263,17 @@ class RunFiles:
         except OSError as exc:
             raise UsageError(f"cannot read the transition history {self.history}: {exc.strerror or exc}") from None
         except UnicodeDecodeError:
-            raise UsageError(f"{self.history} is not a transition history (not UTF-8 text); it may be damaged or edited") from None
+            raise UsageError(
+                f"{self.history} is not a transition history (not UTF-8 text); it may be damaged or edited"
+            ) from None
         try:
             return History.from_json(text)
         except (ValueError, KeyError, TypeError, AttributeError, BaseValidationError, RecursionError) as exc:
             detail = str(exc).splitlines()[0][:200] if str(exc) else ""
-            raise UsageError(f"{self.history} is not a transition history this version can read ({type(exc).__name__}"
-                             f"{': ' + detail if detail else ''}); it may be truncated or edited") from None
+            raise UsageError(
+                f"{self.history} is not a transition history this version can read ({type(exc).__name__}"
+                f"{': ' + detail if detail else ''}); it may be truncated or edited"
+            ) from None
 
 
 def resolve_run(run: str | os.PathLike) -> RunFiles:
@@ -246,7 +285,9 @@ def resolve_run(run: str | os.PathLike) -> RunFiles:
             if len(found) == 1:
                 return RunFiles(found[0].with_name(found[0].name[: -len(suffix)] + ".pt"))
             if len(found) > 1:
-                raise UsageError(f"{path} holds {len(found)} runs ({', '.join(p.name for p in found)}); name the checkpoint itself")
+                raise UsageError(
+                    f"{path} holds {len(found)} runs ({', '.join(p.name for p in found)}); name the checkpoint itself"
+                )
         raise UsageError(f"no run in {path}: no checkpoint, history or metrics file; name the checkpoint of a run")
     files = RunFiles(path)
     if not any(p.exists() for p in (files.ckpt, files.history, files.steps)):
@@ -262,8 +303,9 @@ def read_csv(path: Path) -> list[dict]:
     except OSError as exc:
         raise UsageError(f"cannot read the metrics file {path}: {exc.strerror or exc}") from None
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise UsageError(f"{path} is not a metrics file this version can read ({type(exc).__name__}); "
-                         "it may be truncated or edited") from None
+        raise UsageError(
+            f"{path} is not a metrics file this version can read ({type(exc).__name__}); it may be truncated or edited"
+        ) from None
 
 
 class MetricsWriter:

@@ -48,7 +48,9 @@ class CheckpointError(UsageError):
 def _migrate_v1(data: dict) -> dict:
     """Version 1 stored ``config`` beside ``settings``; ``settings`` alone made it."""
     data = {k: v for k, v in data.items() if k != "config"}
-    data["settings"] = {**_V1_DEFAULTS, **data.get("settings", {})} if isinstance(data.get("settings"), dict) else data.get("settings")
+    data["settings"] = (
+        {**_V1_DEFAULTS, **data.get("settings", {})} if isinstance(data.get("settings"), dict) else data.get("settings")
+    )
     data["schema_version"] = 2
     return data
 
@@ -79,8 +81,11 @@ class Checkpoint:
         with ``ema`` or not, which resumes at its epoch's start)."""
         if set(self.trainer) <= {"model", "ema"}:
             return []
-        missing = [f"trainer.{key}" for key in ("optimizer", "schedule", "engine", "rng", "epoch_accumulator")
-                   if not isinstance(self.trainer.get(key), dict)]
+        missing = [
+            f"trainer.{key}"
+            for key in ("optimizer", "schedule", "engine", "rng", "epoch_accumulator")
+            if not isinstance(self.trainer.get(key), dict)
+        ]
         if self.settings.ema is not None and not isinstance(self.trainer.get("ema"), dict):
             missing.append("trainer.ema")
         rng = self.trainer.get("rng")
@@ -136,21 +141,30 @@ class Checkpoint:
     def from_dict(cls, data: Any, path: str | os.PathLike = "checkpoint") -> "Checkpoint":
         """Check and migrate a loaded file's dict; a :class:`CheckpointError` names what is wrong."""
         if not isinstance(data, dict) or not isinstance(data.get("schema_version"), int):
-            raise CheckpointError(f"{path} is not a chunklm checkpoint (no schema_version); pass a checkpoint written by chunklm train")
+            raise CheckpointError(
+                f"{path} is not a chunklm checkpoint (no schema_version); pass a checkpoint written by chunklm train"
+            )
         version = data["schema_version"]
         if version > CKPT_SCHEMA_VERSION:
-            raise CheckpointError(f"{path} has checkpoint schema {version}, newer than this version's {CKPT_SCHEMA_VERSION}; upgrade chunklm")
+            raise CheckpointError(
+                f"{path} has checkpoint schema {version}, newer than this version's {CKPT_SCHEMA_VERSION}; upgrade chunklm"
+            )
         while version < CKPT_SCHEMA_VERSION:
             if version not in _MIGRATIONS:
                 raise CheckpointError(f"{path} has checkpoint schema {version}, which this version cannot read")
             data = _MIGRATIONS[version](data)
             version = data["schema_version"]
-        problems = [f"{key} (expected {kind.__name__})" for key, kind in
-                    (("settings", dict), ("trainer", dict), ("global_step", int), ("epoch", int)) if not isinstance(data.get(key), kind)]
+        problems = [
+            f"{key} (expected {kind.__name__})"
+            for key, kind in (("settings", dict), ("trainer", dict), ("global_step", int), ("epoch", int))
+            if not isinstance(data.get(key), kind)
+        ]
         if not problems and not isinstance(data["trainer"].get("model"), dict):
             problems.append("trainer.model (expected the model's weights)")
         if problems:
-            raise CheckpointError(f"{path} is damaged or edited: missing or wrong {', '.join(problems)}; resume from another checkpoint")
+            raise CheckpointError(
+                f"{path} is damaged or edited: missing or wrong {', '.join(problems)}; resume from another checkpoint"
+            )
         try:
             settings = Settings.from_dict(data["settings"])
         except SettingsError as exc:
@@ -158,24 +172,45 @@ class Checkpoint:
         rng = data.get("rng_per_rank")
         world_size = data.get("world_size", 1)
         if rng is not None and (not isinstance(rng, list) or len(rng) != world_size):
-            raise CheckpointError(f"{path} is damaged or edited: rng_per_rank does not hold one state per rank ({world_size})")
+            raise CheckpointError(
+                f"{path} is damaged or edited: rng_per_rank does not hold one state per rank ({world_size})"
+            )
         metrics = data.get("metrics")
-        if metrics is not None and not (isinstance(metrics, dict) and all(isinstance(v, str) for v in metrics.values())):
+        if metrics is not None and not (
+            isinstance(metrics, dict) and all(isinstance(v, str) for v in metrics.values())
+        ):
             raise CheckpointError(f"{path} is damaged or edited: metrics is not a digest per metrics file")
         identity = data.get("data")
-        if identity is not None and not (isinstance(identity, dict) and isinstance(identity.get("sha256"), str)
-                                         and isinstance(identity.get("paths"), list) and isinstance(identity.get("files"), list)):
+        if identity is not None and not (
+            isinstance(identity, dict)
+            and isinstance(identity.get("sha256"), str)
+            and isinstance(identity.get("paths"), list)
+            and isinstance(identity.get("files"), list)
+        ):
             raise CheckpointError(f"{path} is damaged or edited: data is not the identity of a corpus")
         changes = data.get("data_changes")
         if changes is not None and not (isinstance(changes, list) and all(isinstance(c, dict) for c in changes)):
             raise CheckpointError(f"{path} is damaged or edited: data_changes is not a list of records")
         curriculum, curriculum_file = data.get("curriculum"), data.get("curriculum_file")
-        if curriculum is not None and not (isinstance(curriculum, dict) and isinstance(curriculum_file, (str, type(None)))):
+        if curriculum is not None and not (
+            isinstance(curriculum, dict) and isinstance(curriculum_file, (str, type(None)))
+        ):
             raise CheckpointError(f"{path} is damaged or edited: curriculum is not a curriculum's data")
-        return cls(settings=settings, trainer=data["trainer"], global_step=data["global_step"], epoch=data["epoch"],
-                   preset=data.get("preset"), world_size=world_size, num_threads=data.get("num_threads"), rng_per_rank=rng,
-                   metrics=metrics, data=identity, data_changes=changes, curriculum=curriculum,
-                   curriculum_file=curriculum_file if curriculum is not None else None)
+        return cls(
+            settings=settings,
+            trainer=data["trainer"],
+            global_step=data["global_step"],
+            epoch=data["epoch"],
+            preset=data.get("preset"),
+            world_size=world_size,
+            num_threads=data.get("num_threads"),
+            rng_per_rank=rng,
+            metrics=metrics,
+            data=identity,
+            data_changes=changes,
+            curriculum=curriculum,
+            curriculum_file=curriculum_file if curriculum is not None else None,
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = False) -> "Checkpoint":
@@ -189,7 +224,9 @@ def read_file(path: str | os.PathLike, mmap: bool = False) -> Any:
 
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"{path} is a directory, not a checkpoint; name the checkpoint file in it (e.g. {path}/chunklm_ckpt.pt)")
+        raise CheckpointError(
+            f"{path} is a directory, not a checkpoint; name the checkpoint file in it (e.g. {path}/chunklm_ckpt.pt)"
+        )
     if not path.is_file():
         what = "is not a regular file" if path.exists() else "does not exist"
         raise CheckpointError(f"no checkpoint at {path}: it {what}; check the path")
@@ -199,15 +236,21 @@ def read_file(path: str | os.PathLike, mmap: bool = False) -> Any:
     except OSError as exc:
         raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch's zip format, or its legacy pickle
-        raise CheckpointError(f"{path} is not a checkpoint: not a file torch.save wrote ({'empty' if not head else 'it starts with ' + repr(head)}); "
-                              "pass a checkpoint written by chunklm train")
+        raise CheckpointError(
+            f"{path} is not a checkpoint: not a file torch.save wrote ({'empty' if not head else 'it starts with ' + repr(head)}); "
+            "pass a checkpoint written by chunklm train"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         if "weights only" not in str(exc).lower():
             raise _corrupt(path, exc) from None
         unsafe = _unsafe_global(str(exc))
-        what = f"Python objects the safe loader refuses (global {unsafe})" if unsafe else "Python objects the safe loader refuses"
+        what = (
+            f"Python objects the safe loader refuses (global {unsafe})"
+            if unsafe
+            else "Python objects the safe loader refuses"
+        )
         raise CheckpointError(
             f"{path} holds {what}; nothing in it was executed. It was not written by chunklm train, or it was "
             "tampered with: do not use it; resume from a checkpoint you wrote"
@@ -245,6 +288,8 @@ def stale_metrics_warning(files, saved: Checkpoint) -> str | None:
     wrong = files.stale_metrics(saved.metrics, saved.global_step, saved.epoch)
     if not wrong:
         return None
-    return (f"{' and '.join(p.name for p in wrong)} {'do' if len(wrong) > 1 else 'does'} not hold the metrics {files.ckpt.name} "
-            "was saved with (an interrupted first save of a run started with --overwrite, or an edit); "
-            f"`chunklm train --ckpt {files.ckpt} --resume` says how to repair it")
+    return (
+        f"{' and '.join(p.name for p in wrong)} {'do' if len(wrong) > 1 else 'does'} not hold the metrics {files.ckpt.name} "
+        "was saved with (an interrupted first save of a run started with --overwrite, or an edit); "
+        f"`chunklm train --ckpt {files.ckpt} --resume` says how to repair it"
+    )

@@ -49,8 +49,9 @@ _POSITIVE = _number(int, lambda v: v >= 1, "an integer >= 1")
 def _resume_mode(text: str) -> str:
     """``--resume auto``; plain ``--resume`` takes no value."""
     if text != "auto":
-        raise argparse.ArgumentTypeError(f"expected nothing (continue the run) or auto (continue it if there is one, else "
-                                         f"start it): got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected nothing (continue the run) or auto (continue it if there is one, else start it): got {text!r}"
+        )
     return text
 
 
@@ -61,22 +62,58 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train (or --resume) a run")
     add_flags(t)
     o = t.add_argument_group("run")
-    o.add_argument("--ckpt", default="chunklm_ckpt.pt", help="checkpoint path; metrics and history are written beside it")
-    o.add_argument("--resume", nargs="?", const=True, default=False, type=_resume_mode, metavar="auto",
-                   help="continue the run in --ckpt; flags not given come from it. --resume auto: continue it if there is "
-                        "one, else start it (for restarts nobody watches: torchrun --max-restarts, a cluster's requeue)")
-    o.add_argument("--overwrite", action="store_true", help="replace the run already in --ckpt (at the new run's first save)")
-    o.add_argument("--log-every", dest="log_every", type=_NON_NEGATIVE, default=10, help="print a step line every N optimizer steps (0: never)")
-    o.add_argument("--ckpt-every", dest="ckpt_every", type=_NON_NEGATIVE, default=0,
-                   help="also checkpoint every N optimizer steps (0: at epoch ends only)")
-    o.add_argument("--stop-after", dest="stop_after", type=_POSITIVE, default=None, help="stop cleanly after N optimizer steps (checkpoint, exit 0)")
+    o.add_argument(
+        "--ckpt", default="chunklm_ckpt.pt", help="checkpoint path; metrics and history are written beside it"
+    )
+    o.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_resume_mode,
+        metavar="auto",
+        help="continue the run in --ckpt; flags not given come from it. --resume auto: continue it if there is "
+        "one, else start it (for restarts nobody watches: torchrun --max-restarts, a cluster's requeue)",
+    )
+    o.add_argument(
+        "--overwrite", action="store_true", help="replace the run already in --ckpt (at the new run's first save)"
+    )
+    o.add_argument(
+        "--log-every",
+        dest="log_every",
+        type=_NON_NEGATIVE,
+        default=10,
+        help="print a step line every N optimizer steps (0: never)",
+    )
+    o.add_argument(
+        "--ckpt-every",
+        dest="ckpt_every",
+        type=_NON_NEGATIVE,
+        default=0,
+        help="also checkpoint every N optimizer steps (0: at epoch ends only)",
+    )
+    o.add_argument(
+        "--stop-after",
+        dest="stop_after",
+        type=_POSITIVE,
+        default=None,
+        help="stop cleanly after N optimizer steps (checkpoint, exit 0)",
+    )
     o.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1...")
     o.add_argument("--plot", action="store_true", help="write the run's PNG plot at the end")
-    o.add_argument("--curriculum", metavar="FILE", default=None,
-                   help="train with the curriculum in this .toml/.json file instead of the one the curriculum flags build "
-                        "(docs/curriculum-files.md); not needed again on --resume (the checkpoint stores the curriculum)")
-    o.add_argument("--allow-data-change", dest="allow_data_change", action="store_true",
-                   help="--resume on data that differs from the checkpoint's (other path, files or bytes): continue anyway, recorded in the checkpoint")
+    o.add_argument(
+        "--curriculum",
+        metavar="FILE",
+        default=None,
+        help="train with the curriculum in this .toml/.json file instead of the one the curriculum flags build "
+        "(docs/curriculum-files.md); not needed again on --resume (the checkpoint stores the curriculum)",
+    )
+    o.add_argument(
+        "--allow-data-change",
+        dest="allow_data_change",
+        action="store_true",
+        help="--resume on data that differs from the checkpoint's (other path, files or bytes): continue anyway, recorded in the checkpoint",
+    )
 
     h = sub.add_parser("history", help="the transitions of a run, with their evidence")
     h.add_argument("run", help="run directory or checkpoint")
@@ -86,8 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("run", help="run directory or checkpoint")
     pl.add_argument("--out", default=None, help="image path, or a folder (default: beside the checkpoint)")
 
-    d = sub.add_parser("diagram", help="Mermaid or DOT text of the curriculum these flags make, or of a curriculum file")
-    d.add_argument("file", nargs="?", default=None, help="a curriculum .toml/.json file to draw instead (docs/curriculum-files.md)")
+    d = sub.add_parser(
+        "diagram", help="Mermaid or DOT text of the curriculum these flags make, or of a curriculum file"
+    )
+    d.add_argument(
+        "file", nargs="?", default=None, help="a curriculum .toml/.json file to draw instead (docs/curriculum-files.md)"
+    )
     add_flags(d)
     d.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
     d.add_argument("--run", default=None, help="a run whose settings and current phase to show")
@@ -100,8 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--ckpt", required=True)
     gen.add_argument("--prompt", default="")
     gen.add_argument("-n", "--n-bytes", dest="n", type=_NON_NEGATIVE, default=256, help="bytes to generate")
-    gen.add_argument("--temperature", type=_number(float, lambda v: v >= 0, "a finite number >= 0 (0: greedy)"), default=0.8)
-    gen.add_argument("--top-p", dest="top_p", type=_number(float, lambda v: 0 < v <= 1, "a number in (0, 1]"), default=0.95)
+    gen.add_argument(
+        "--temperature", type=_number(float, lambda v: v >= 0, "a finite number >= 0 (0: greedy)"), default=0.8
+    )
+    gen.add_argument(
+        "--top-p", dest="top_p", type=_number(float, lambda v: 0 < v <= 1, "a number in (0, 1]"), default=0.95
+    )
     gen.add_argument("--seed", type=_SEED, default=0)
     gen.add_argument("--ema", action="store_true", help="sample with the EMA weights when the checkpoint has them")
     return parser
@@ -156,7 +201,14 @@ def _silence_stdout() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    commands = {"train": _train, "history": _history, "plot": _plot, "diagram": _diagram, "generate": _generate, "replay": _replay}
+    commands = {
+        "train": _train,
+        "history": _history,
+        "plot": _plot,
+        "diagram": _diagram,
+        "generate": _generate,
+        "replay": _replay,
+    }
     stdout = sys.stdout
     sys.stdout = _Output(stdout)
     try:
@@ -215,8 +267,10 @@ def _history(args: argparse.Namespace) -> int:
     print(text.rstrip("\n"))
     saved = _saved(files)
     for change in (saved.data_changes or []) if saved is not None else []:
-        note = (f"note: resumed at step {change.get('global_step')} (epoch {change.get('epoch')}) on changed data, with "
-                f"--allow-data-change: {'; '.join(map(str, change.get('changes', [])))}")
+        note = (
+            f"note: resumed at step {change.get('global_step')} (epoch {change.get('epoch')}) on changed data, with "
+            f"--allow-data-change: {'; '.join(map(str, change.get('changes', [])))}"
+        )
         print(note, file=sys.stdout if args.format == "table" else sys.stderr)
     _warn_if_stale(files, saved)
     return 0
@@ -237,14 +291,18 @@ def _plot(args: argparse.Namespace) -> int:
     if not out.suffix:
         out = out.with_suffix(".png")
     if out.suffix.lower() not in _IMAGE_SUFFIXES:
-        raise UsageError(f"--out {out}: {out.suffix} is not an image format the plot writes; use one of {', '.join(_IMAGE_SUFFIXES)}")
+        raise UsageError(
+            f"--out {out}: {out.suffix} is not an image format the plot writes; use one of {', '.join(_IMAGE_SUFFIXES)}"
+        )
     if os.path.lexists(out) and not out.is_file():
         raise UsageError(f"--out {out} exists and is not a regular file; pick another path")
     try:
         with tempfile.TemporaryFile(dir=out.parent):
             pass
     except OSError as exc:
-        raise UsageError(f"--out {out}: cannot write in {out.parent} ({exc.strerror}); pick a writable folder") from None
+        raise UsageError(
+            f"--out {out}: cannot write in {out.parent} ({exc.strerror}); pick a writable folder"
+        ) from None
     lock = None
     if out.resolve() == files.plot.resolve():  # the run's own plot: not while a run writes its files
         from runs.artifacts import RunLock
@@ -302,11 +360,10 @@ def _diagram(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     import codecs
 
-    from chunklm import EMA, ChunkLM, generate
-    from runs.checkpoint import Checkpoint, CheckpointError
-
     import torch
 
+    from chunklm import EMA, ChunkLM, generate
+    from runs.checkpoint import Checkpoint, CheckpointError
     from runs.train_cmd import check_model_size
 
     saved = Checkpoint.load(args.ckpt)
@@ -316,11 +373,18 @@ def _generate(args: argparse.Namespace) -> int:
     try:
         model.load_state_dict(saved.trainer["model"])
     except RuntimeError as exc:
-        raise CheckpointError(f"{args.ckpt}: the weights do not fit its settings ({' '.join(str(exc).split())[:300]}); it is damaged or was edited") from None
-    bad = next((name for name, t in saved.trainer["model"].items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+        raise CheckpointError(
+            f"{args.ckpt}: the weights do not fit its settings ({' '.join(str(exc).split())[:300]}); it is damaged or was edited"
+        ) from None
+    bad = next(
+        (name for name, t in saved.trainer["model"].items() if t.is_floating_point() and not torch.isfinite(t).all()),
+        None,
+    )
     if bad is not None:
-        raise CheckpointError(f"{args.ckpt} has non-finite weights (NaN or infinity in {bad}): the run diverged or the file was edited; "
-                              "sample from an earlier checkpoint")
+        raise CheckpointError(
+            f"{args.ckpt} has non-finite weights (NaN or infinity in {bad}): the run diverged or the file was edited; "
+            "sample from an earlier checkpoint"
+        )
     ema = None
     if args.ema:
         if saved.trainer.get("ema") is None:
@@ -328,7 +392,9 @@ def _generate(args: argparse.Namespace) -> int:
         ema = EMA(model, decay=config.ema or 0.999)
         ema.load_state_dict(saved.trainer["ema"])
         if _nonfinite(saved.trainer["ema"]):
-            raise CheckpointError(f"{args.ckpt} has non-finite EMA weights; sample without --ema, or from an earlier checkpoint")
+            raise CheckpointError(
+                f"{args.ckpt} has non-finite EMA weights; sample without --ema, or from an earlier checkpoint"
+            )
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # bytes that are not UTF-8 print as U+FFFD
 
     def show(chunk: bytes) -> None:
@@ -340,9 +406,13 @@ def _generate(args: argparse.Namespace) -> int:
     try:
         if ema is not None:
             with ema.applied(model):
-                generate(model, prompt, args.n, temperature=args.temperature, top_p=args.top_p, seed=args.seed, on_bytes=show)
+                generate(
+                    model, prompt, args.n, temperature=args.temperature, top_p=args.top_p, seed=args.seed, on_bytes=show
+                )
         else:
-            generate(model, prompt, args.n, temperature=args.temperature, top_p=args.top_p, seed=args.seed, on_bytes=show)
+            generate(
+                model, prompt, args.n, temperature=args.temperature, top_p=args.top_p, seed=args.seed, on_bytes=show
+            )
     except KeyboardInterrupt:
         sys.stdout.write(decoder.decode(b"", final=True) + "\n")
         print("chunklm generate: stopped by Ctrl-C", file=sys.stderr)

@@ -77,7 +77,9 @@ class Reporter(BaseHooks):
     this rank's reason to stop now ("signal", "stop_after") or None.
     """
 
-    def __init__(self, trainer, console: Console, writers, dist, log_every: int, stop_reason: Callable[[], str | None]) -> None:
+    def __init__(
+        self, trainer, console: Console, writers, dist, log_every: int, stop_reason: Callable[[], str | None]
+    ) -> None:
         self.trainer, self.console, self.writers, self.dist = trainer, console, writers, dist
         self.log_every, self.stop_reason = log_every, stop_reason
         self.steps_per_epoch = trainer.config.steps_per_epoch
@@ -87,17 +89,28 @@ class Reporter(BaseHooks):
 
     def on_step(self, info: StepInfo) -> None:
         if self.writers:
-            self.writers[0].write({"step": info.global_step, "epoch": info.epoch, "step_in_epoch": info.step_in_epoch,
-                                   "loss": exact(info.loss), "lr": exact(info.lr), "cutoff": info.cutoff, "phase": info.phase})
+            self.writers[0].write(
+                {
+                    "step": info.global_step,
+                    "epoch": info.epoch,
+                    "step_in_epoch": info.step_in_epoch,
+                    "loss": exact(info.loss),
+                    "lr": exact(info.lr),
+                    "cutoff": info.cutoff,
+                    "phase": info.phase,
+                }
+            )
         self.console.open_bar(self.steps_per_epoch, info.step_in_epoch - 1, info.epoch)
         self.console.advance(info.loss, info.lr)
         if self.log_every and info.step_in_epoch % self.log_every == 0:
-            self.console.line(f"  step {info.step_in_epoch}/{self.steps_per_epoch} loss={info.loss:.2f} lr={info.lr:.1e} "
-                              f"cutoff={cutoff_text(info.cutoff, self.n_bins)}")
+            self.console.line(
+                f"  step {info.step_in_epoch}/{self.steps_per_epoch} loss={info.loss:.2f} lr={info.lr:.1e} "
+                f"cutoff={cutoff_text(info.cutoff, self.n_bins)}"
+            )
         if not info.applied:
             self.console.line(f"  ⚠️  step {info.step_in_epoch}: non-finite loss ({info.loss}), update skipped")
         for i, record in enumerate(self.trainer.engine.history):
-            for warning in record.warnings[self.warned.get(i, 0):]:
+            for warning in record.warnings[self.warned.get(i, 0) :]:
                 self.console.line(f"  ⚠️  WARNING after the transition at epoch {record.epoch}: {warning}")
             self.warned[i] = len(record.warnings)
 
@@ -105,10 +118,20 @@ class Reporter(BaseHooks):
         self.dist.check_same("transition history", history_digest(self.trainer.engine.history))
         self.console.close_bar()
         self.console.line(f"Epoch {info.epoch} avg_loss={info.avg_loss:.2f} cutoff={info.cutoff}/{self.n_bins}")
-        self.console.line(f"Epoch {info.epoch} val_bpb={info.bpb:.3f} (next byte), {info.bpb_mean:.3f} (mean over {self.chunk} offsets)")
+        self.console.line(
+            f"Epoch {info.epoch} val_bpb={info.bpb:.3f} (next byte), {info.bpb_mean:.3f} (mean over {self.chunk} offsets)"
+        )
         if self.writers:
-            self.writers[1].write({"epoch": info.epoch, "step": self.trainer.clock.global_step, "avg_loss": exact(info.avg_loss),
-                                   "cutoff": info.cutoff, "val_bpb": exact(info.bpb), "val_bpb_mean": exact(info.bpb_mean)})
+            self.writers[1].write(
+                {
+                    "epoch": info.epoch,
+                    "step": self.trainer.clock.global_step,
+                    "avg_loss": exact(info.avg_loss),
+                    "cutoff": info.cutoff,
+                    "val_bpb": exact(info.bpb),
+                    "val_bpb_mean": exact(info.bpb_mean),
+                }
+            )
 
     def on_transition(self, record: Record) -> None:
         self.dist.check_same("transition", f"{record.source}->{record.dest}@{record.global_step}")

@@ -21,14 +21,30 @@ from engine import Curriculum, CurriculumError, load_curriculum
 from engine.core import guard_leaves, metrics_read, spec_differences
 from runs.errors import UsageError
 
-__all__ = ["OBJECTS", "METRICS", "CURRICULUM_FLAGS", "load_for_training", "check_for_training", "curriculum_for_run",
-           "check_saved_curriculum", "stored_curriculum"]
+__all__ = [
+    "OBJECTS",
+    "METRICS",
+    "CURRICULUM_FLAGS",
+    "load_for_training",
+    "check_for_training",
+    "curriculum_for_run",
+    "check_saved_curriculum",
+    "stored_curriculum",
+]
 
 # What chunklm.train.Trainer registers with its engine and passes to step_end / epoch_end.
 OBJECTS = ("model", "optimizer", "schedule")
 METRICS = {"step_end": ("loss", "lr"), "epoch_end": ("val_bpb", "avg_loss")}
 # The settings a curriculum file replaces (they build the spectral curriculum).
-CURRICULUM_FLAGS = ("cutoffs", "min_epochs", "plateau_window", "plateau_threshold", "plateau_test", "plateau_alpha", "preserve")
+CURRICULUM_FLAGS = (
+    "cutoffs",
+    "min_epochs",
+    "plateau_window",
+    "plateau_threshold",
+    "plateau_test",
+    "plateau_alpha",
+    "preserve",
+)
 
 
 def load_file(path: str) -> Curriculum:
@@ -57,8 +73,10 @@ def check_for_training(curriculum: Curriculum, where: str, n_bins: int) -> Curri
             _check_cutoff(action, where, f"phase {phase.name!r} on_enter", n_bins)
     for name, users in curriculum.requirements().items():
         if name not in OBJECTS:
-            raise UsageError(f"{where}: {users[0]} needs a registered {name!r}, and chunklm train registers only "
-                             f"{', '.join(OBJECTS)}; use guards and actions that need only those")
+            raise UsageError(
+                f"{where}: {users[0]} needs a registered {name!r}, and chunklm train registers only "
+                f"{', '.join(OBJECTS)}; use guards and actions that need only those"
+            )
     for tr in curriculum.transitions:
         for action in tr.actions:
             _check_cutoff(action, where, f"transition {tr.label}", n_bins)
@@ -68,7 +86,7 @@ def check_for_training(curriculum: Curriculum, where: str, n_bins: int) -> Curri
                     if metric not in passed:
                         raise UsageError(
                             f"{where}: {leaf!r} in transition {tr.label} reads the metric {metric!r} at {point}, and chunklm "
-                            f"train passes only {', '.join(passed)} there; use one of those (e.g. metric = \"{passed[0]}\")"
+                            f'train passes only {", ".join(passed)} there; use one of those (e.g. metric = "{passed[0]}")'
                         )
     return curriculum
 
@@ -83,8 +101,10 @@ def _check_cutoff(action: Any, where: str, what: str, n_bins: int) -> None:
     from policies import SetCutoff
 
     if isinstance(action, SetCutoff) and action.n is not None and action.n > n_bins:
-        raise UsageError(f"{where}: {action!r} in {what} opens more bins than the model has ({n_bins} at this --seq-len); "
-                         f"use n <= {n_bins}, or n = \"full\"")
+        raise UsageError(
+            f"{where}: {action!r} in {what} opens more bins than the model has ({n_bins} at this --seq-len); "
+            f'use n <= {n_bins}, or n = "full"'
+        )
 
 
 def check_saved_curriculum(curriculum: Curriculum, saved: Any, ckpt: Path, path: str | None) -> None:
@@ -104,11 +124,16 @@ def check_saved_curriculum(curriculum: Curriculum, saved: Any, ckpt: Path, path:
     changes = spec_differences(snap.spec, curriculum.spec()) if snap.spec is not None else []
     what = f" ({'; '.join(changes[:4])}{'; ...' if len(changes) > 4 else ''}, saved -> this one)" if changes else ""
     if path is not None:
-        way = ("drop --curriculum: the checkpoint stores the one it was trained with" if getattr(saved, "curriculum", None) is not None
-               else "resume with the file it was trained with")
+        way = (
+            "drop --curriculum: the checkpoint stores the one it was trained with"
+            if getattr(saved, "curriculum", None) is not None
+            else "resume with the file it was trained with"
+        )
         raise UsageError(f"--curriculum {path}: {ckpt} was saved with another curriculum{what}; {way}")
-    raise UsageError(f"{ckpt} was saved with a curriculum its settings do not make{what}; if it was trained with "
-                     "--curriculum FILE, resume with --curriculum and that file")
+    raise UsageError(
+        f"{ckpt} was saved with a curriculum its settings do not make{what}; if it was trained with "
+        "--curriculum FILE, resume with --curriculum and that file"
+    )
 
 
 def stored_curriculum(saved: Any, ckpt: Path, n_bins: int) -> Curriculum:
@@ -121,13 +146,17 @@ def stored_curriculum(saved: Any, ckpt: Path, n_bins: int) -> Curriculum:
         check_for_training(curriculum, f"the curriculum stored in {ckpt}", n_bins)
         check_saved_curriculum(curriculum, saved, ckpt, None)
     except (CurriculumError, UsageError) as exc:
-        raise CheckpointError(f"{ckpt} is damaged or edited: the curriculum it stores cannot be used ({exc}); "
-                              f"resume with --curriculum {saved.curriculum_file or 'FILE'} (the file it was trained with), "
-                              "or from another checkpoint") from None
+        raise CheckpointError(
+            f"{ckpt} is damaged or edited: the curriculum it stores cannot be used ({exc}); "
+            f"resume with --curriculum {saved.curriculum_file or 'FILE'} (the file it was trained with), "
+            "or from another checkpoint"
+        ) from None
     return curriculum
 
 
-def curriculum_for_run(args: argparse.Namespace, config: Any, saved: Any, ckpt: Path) -> tuple[Curriculum | None, str | None]:
+def curriculum_for_run(
+    args: argparse.Namespace, config: Any, saved: Any, ckpt: Path
+) -> tuple[Curriculum | None, str | None]:
     """The curriculum ``chunklm train`` runs and where it comes from: the file's (``--curriculum``),
     on resume the one the checkpoint stores (a run trained with a file, resumed without it), or
     (None, None) for the settings' spectral curriculum; on resume, checked against the checkpoint's."""
@@ -137,12 +166,16 @@ def curriculum_for_run(args: argparse.Namespace, config: Any, saved: Any, ckpt: 
         if saved is not None:
             check_saved_curriculum(config.curriculum(), saved, ckpt, None)
         return None, None
-    source = f"--curriculum {path}" if path is not None else f"the curriculum {ckpt} stores (from {saved.curriculum_file})"
+    source = (
+        f"--curriculum {path}" if path is not None else f"the curriculum {ckpt} stores (from {saved.curriculum_file})"
+    )
     given = [name for name in CURRICULUM_FLAGS if hasattr(args, name)]  # flags default to absent (argparse.SUPPRESS)
     if given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise UsageError(f"{flags} build the spectral curriculum, which {source} replaces; drop "
-                         f"{'them' if len(given) > 1 else 'it'}" + (", or set the same in the file" if path is not None else ""))
+        raise UsageError(
+            f"{flags} build the spectral curriculum, which {source} replaces; drop "
+            f"{'them' if len(given) > 1 else 'it'}" + (", or set the same in the file" if path is not None else "")
+        )
     if path is None:
         return stored_curriculum(saved, ckpt, config.model.n_bins), saved.curriculum_file
     curriculum = load_for_training(path, config.model.n_bins)

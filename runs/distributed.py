@@ -37,13 +37,17 @@ def resolve_device(device_arg: str, local_rank: int = 0, distributed: bool = Fal
         raise UsageError(f"--device {device_arg}: chunklm trains on cpu or cuda only; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UsageError(f"--device {device_arg}: this torch build or machine has no CUDA device; use --device cpu (or auto)")
+            raise UsageError(
+                f"--device {device_arg}: this torch build or machine has no CUDA device; use --device cpu (or auto)"
+            )
         if distributed:
             device = torch.device("cuda", local_rank)
         elif device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         if device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices; pick one of cuda:0..")
+            raise UsageError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices; pick one of cuda:0.."
+            )
     return device
 
 
@@ -86,8 +90,12 @@ class Distributed:
                 # attempt, which still holds its keys (the process group's addresses, our abort key); read as
                 # this attempt's, they connect to dead ranks or abort at once. One prefix per attempt.
                 store, rank, world_size = next(dist.rendezvous("env://"))
-                dist.init_process_group(backend, store=dist.PrefixStore(f"chunklm/attempt{attempt}/", store),
-                                        rank=rank, world_size=world_size)
+                dist.init_process_group(
+                    backend,
+                    store=dist.PrefixStore(f"chunklm/attempt{attempt}/", store),
+                    rank=rank,
+                    world_size=world_size,
+                )
             else:
                 dist.init_process_group(backend)
             # No public accessor (stable since torch 1.x). The public route, torch.distributed.rendezvous plus

@@ -19,8 +19,17 @@ from engine import CurriculumError, History, Record, Replay, replay
 from runs.errors import UsageError
 
 __all__ = [
-    "add_replay_parser", "run_replay", "GRID_KEYS", "load_stream", "recorded_settings", "replay_settings", "parse_grid",
-    "format_table", "label", "describe_settings", "LEGEND",
+    "add_replay_parser",
+    "run_replay",
+    "GRID_KEYS",
+    "load_stream",
+    "recorded_settings",
+    "replay_settings",
+    "parse_grid",
+    "format_table",
+    "label",
+    "describe_settings",
+    "LEGEND",
 ]
 
 # --grid keys -> the setting each one sets, and how a value is read.
@@ -53,15 +62,37 @@ def add_replay_parser(sub: Any) -> None:
     r.add_argument("run", help="run directory or checkpoint")
     g = r.add_argument_group("curriculum (default: the run's own)")
     g.add_argument("--cutoffs", type=_int_list, default=S, help="cutoffs in rfft bins, e.g. 32,64,128")
-    g.add_argument("--min-epochs", dest="min_epochs", type=_int_list, default=S, help="never raise before these epochs, e.g. 2,4,6")
-    g.add_argument("--plateau-window", dest="plateau_window", type=int, default=S, help="optimizer steps in the plateau window")
-    g.add_argument("--plateau-threshold", dest="plateau_threshold", type=float, default=S, help="relative improvement below which the loss has plateaued")
-    g.add_argument("--plateau-test", dest="plateau_test", choices=["relative", "welch"], default=S,
-                   help="relative: r < threshold (the default); welch: a one-sided Welch t-test finds no improvement beyond threshold")
-    g.add_argument("--plateau-alpha", dest="plateau_alpha", type=float, default=S, help="level of the Welch test (default 0.05)")
-    r.add_argument("--grid", nargs="+", metavar="KEY=V1,V2", default=None,
-                   help=f"replay every combination, e.g. window=50,100,200 threshold=0.001,0.005 (keys: {', '.join(GRID_KEYS)}; "
-                        "min_epochs values as 2:4:6)")
+    g.add_argument(
+        "--min-epochs", dest="min_epochs", type=_int_list, default=S, help="never raise before these epochs, e.g. 2,4,6"
+    )
+    g.add_argument(
+        "--plateau-window", dest="plateau_window", type=int, default=S, help="optimizer steps in the plateau window"
+    )
+    g.add_argument(
+        "--plateau-threshold",
+        dest="plateau_threshold",
+        type=float,
+        default=S,
+        help="relative improvement below which the loss has plateaued",
+    )
+    g.add_argument(
+        "--plateau-test",
+        dest="plateau_test",
+        choices=["relative", "welch"],
+        default=S,
+        help="relative: r < threshold (the default); welch: a one-sided Welch t-test finds no improvement beyond threshold",
+    )
+    g.add_argument(
+        "--plateau-alpha", dest="plateau_alpha", type=float, default=S, help="level of the Welch test (default 0.05)"
+    )
+    r.add_argument(
+        "--grid",
+        nargs="+",
+        metavar="KEY=V1,V2",
+        default=None,
+        help=f"replay every combination, e.g. window=50,100,200 threshold=0.001,0.005 (keys: {', '.join(GRID_KEYS)}; "
+        "min_epochs values as 2:4:6)",
+    )
 
 
 # -- the recorded run ----------------------------------------------------------------------------
@@ -94,7 +125,9 @@ def load_stream(steps: list[dict], epochs: list[dict]) -> list[tuple[str, dict[s
     the last step of each epoch (the same for the epochs CSV)."""
     ends = {}
     for row in epochs:
-        ends[int(row["step"])] = {k: float(v) for k, v in row.items() if k not in _NOT_EPOCH_METRICS and v not in ("", None)}
+        ends[int(row["step"])] = {
+            k: float(v) for k, v in row.items() if k not in _NOT_EPOCH_METRICS and v not in ("", None)
+        }
     stream: list[tuple[str, dict[str, float]]] = []
     for i, row in enumerate(steps, start=1):
         if int(row["step"]) != i:
@@ -114,9 +147,14 @@ def replay_settings(settings: dict[str, Any], stream: list, recorded: History | 
 
     test = settings.get("plateau_test", "relative")
     curriculum = spectral_curriculum(
-        n_bins=settings["seq_len"] // 2 + 1, cutoffs=settings["cutoffs"], min_epochs=settings["min_epochs"],
-        window=settings["plateau_window"], threshold=settings["plateau_threshold"], preserve=settings["preserve"],
-        test=test, alpha=settings.get("plateau_alpha") if test == "welch" else None,
+        n_bins=settings["seq_len"] // 2 + 1,
+        cutoffs=settings["cutoffs"],
+        min_epochs=settings["min_epochs"],
+        window=settings["plateau_window"],
+        threshold=settings["plateau_threshold"],
+        preserve=settings["preserve"],
+        test=test,
+        alpha=settings.get("plateau_alpha") if test == "welch" else None,
     )
     return replay(curriculum, stream, recorded=recorded, copy_guards=False)
 
@@ -127,14 +165,23 @@ def parse_grid(items: Iterable[str]) -> list[dict[str, Any]]:
     for item in items:
         key, eq, values = item.partition("=")
         if not eq or key not in GRID_KEYS or not values:
-            raise ReplayError(f"--grid {item!r}: expected KEY=V1,V2,... with KEY one of {', '.join(GRID_KEYS)}; e.g. window=50,100,200")
+            raise ReplayError(
+                f"--grid {item!r}: expected KEY=V1,V2,... with KEY one of {', '.join(GRID_KEYS)}; e.g. window=50,100,200"
+            )
         name, read = GRID_KEYS[key]
         try:
             axes.append([(key, name, read(v)) for v in values.split(",")])
         except ValueError:
-            raise ReplayError(f"--grid {item!r}: a value is not a valid {key}; e.g. {key}=" + {
-                "window": "50,100", "threshold": "0.005,0.01", "test": "relative,welch", "alpha": "0.01,0.05",
-                "min_epochs": "2:4:6,3:5:7"}[key]) from None
+            raise ReplayError(
+                f"--grid {item!r}: a value is not a valid {key}; e.g. {key}="
+                + {
+                    "window": "50,100",
+                    "threshold": "0.005,0.01",
+                    "test": "relative,welch",
+                    "alpha": "0.01,0.05",
+                    "min_epochs": "2:4:6,3:5:7",
+                }[key]
+            ) from None
     return [{name: value for _, name, value in combo} for combo in itertools.product(*axes)]
 
 
@@ -188,9 +235,11 @@ def label(settings: dict[str, Any], keys: list[str]) -> str:
 
 def describe_settings(settings: dict[str, Any]) -> str:
     test = settings.get("plateau_test", "relative")
-    return (f"cutoffs {','.join(map(str, settings['cutoffs']))}, min epochs {','.join(map(str, settings['min_epochs']))}, "
-            f"plateau window {settings['plateau_window']}, threshold {settings['plateau_threshold']}, test {test}"
-            + (f" (alpha {settings.get('plateau_alpha') or 0.05})" if test == "welch" else ""))
+    return (
+        f"cutoffs {','.join(map(str, settings['cutoffs']))}, min epochs {','.join(map(str, settings['min_epochs']))}, "
+        f"plateau window {settings['plateau_window']}, threshold {settings['plateau_threshold']}, test {test}"
+        + (f" (alpha {settings.get('plateau_alpha') or 0.05})" if test == "welch" else "")
+    )
 
 
 LEGEND = (
@@ -232,7 +281,11 @@ def run_replay(args: argparse.Namespace) -> int:
     from runs.artifacts import read_csv, resolve_run
 
     files = resolve_run(args.run)
-    for path, what in ((files.steps, "step metrics"), (files.epochs, "epoch metrics"), (files.history, "transition history")):
+    for path, what in (
+        (files.steps, "step metrics"),
+        (files.epochs, "epoch metrics"),
+        (files.history, "transition history"),
+    ):
         if not path.exists():
             raise ReplayError(f"no {what} at {path}; replay needs a run written by chunklm train")
         if not path.is_file():
@@ -249,15 +302,22 @@ def run_replay(args: argparse.Namespace) -> int:
         stream = load_stream(steps_rows, read_csv(files.epochs))
         rounded = any(f"{float(row['loss']):.6g}" == row["loss"] for row in steps_rows)  # rows the first release wrote
     except (KeyError, ValueError, TypeError) as exc:  # reading the CSV rows' cells only
-        raise ReplayError(f"{files.steps} or {files.epochs.name} is not a metrics file this version can read "
-                          f"({type(exc).__name__}: {str(exc)[:200]}); it may be truncated or edited") from None
+        raise ReplayError(
+            f"{files.steps} or {files.epochs.name} is not a metrics file this version can read "
+            f"({type(exc).__name__}: {str(exc)[:200]}); it may be truncated or edited"
+        ) from None
     history = files.read_history()
-    flags = {k: getattr(args, k) for k in ("cutoffs", "min_epochs", "plateau_window", "plateau_threshold", "plateau_test", "plateau_alpha")
-             if hasattr(args, k)}
+    flags = {
+        k: getattr(args, k)
+        for k in ("cutoffs", "min_epochs", "plateau_window", "plateau_threshold", "plateau_test", "plateau_alpha")
+        if hasattr(args, k)
+    }
     overrides = parse_grid(args.grid) if args.grid else [{}]
     alpha_given = "plateau_alpha" in flags or any("plateau_alpha" in o for o in overrides)
     if alpha_given and all({**base, **flags, **o}.get("plateau_test") != "welch" for o in overrides):
-        raise ReplayError("--plateau-alpha (or alpha= in --grid) is the level of the Welch test; add --plateau-test welch or test=welch to --grid")
+        raise ReplayError(
+            "--plateau-alpha (or alpha= in --grid) is the level of the Welch test; add --plateau-test welch or test=welch to --grid"
+        )
     settings_list, seen = [], set()
     for extra in overrides:
         s = {**base, **flags, **extra}
@@ -280,8 +340,11 @@ def run_replay(args: argparse.Namespace) -> int:
     held = "to 6 significant digits in the rows the first release wrote" if rounded else "exactly"
     print(f"the losses as the steps CSV holds them ({held}); no training, no action runs")
     if own.departure is not None:
-        why = ("the CSV's rounded losses decide otherwise there, so rows after that step are unreliable" if rounded
-               else "the run was recorded by other code, or its files were edited")
+        why = (
+            "the CSV's rounded losses decide otherwise there, so rows after that step are unreliable"
+            if rounded
+            else "the run was recorded by other code, or its files were edited"
+        )
         print(f"note: replayed with its own settings the run departs from its record: {own.departure.text()}; {why}")
     varied = list(dict.fromkeys([k for extra in overrides for k in extra] + list(flags)))
     print()
@@ -293,7 +356,9 @@ def run_replay(args: argparse.Namespace) -> int:
         print()
         for r in res.faithful():
             if r.decision is not None:
-                print(f"{r.source} -> {r.dest} at step {r.global_step} (epoch {r.epoch}): {r.decision.text(r.global_step)}")
+                print(
+                    f"{r.source} -> {r.dest} at step {r.global_step} (epoch {r.epoch}): {r.decision.text(r.global_step)}"
+                )
         if res.departure is not None:
             print(res.departure.text())
     return 0

@@ -32,7 +32,14 @@ from chunklm.train import TrainConfig
 from runs.errors import UsageError
 
 __all__ = [
-    "PRESETS", "Resume", "Settings", "SettingsError", "add_flags", "default_cutoffs", "explicit_settings", "setting",
+    "PRESETS",
+    "Resume",
+    "Settings",
+    "SettingsError",
+    "add_flags",
+    "default_cutoffs",
+    "explicit_settings",
+    "setting",
 ]
 
 
@@ -74,8 +81,17 @@ def setting(
     existed (a setting added later needs one); ``argparse_kwargs`` go to ``add_argument`` (type,
     nargs...)."""
     presets = {} if demo is attrs.NOTHING else {"demo": demo}
-    metadata = {"help": help, "group": group, "presets": presets, "resume": resume, "to": to, "flag": flag,
-                "check": check, "absent": absent, "argparse": argparse_kwargs}
+    metadata = {
+        "help": help,
+        "group": group,
+        "presets": presets,
+        "resume": resume,
+        "to": to,
+        "flag": flag,
+        "check": check,
+        "absent": absent,
+        "argparse": argparse_kwargs,
+    }
     return attrs.field(default=default, metadata=metadata, converter=converter, kw_only=True)
 
 
@@ -88,18 +104,22 @@ def _config_default(cls: type, f: attrs.Attribute) -> Any:
     config = _CONFIGS.get(f.metadata["to"])
     field = config and attrs.fields_dict(config).get(f.name)
     if field is None or field.default is attrs.NOTHING:
-        raise TypeError(f"{cls.__name__}.{f.name}: no default given, and {f.metadata['to']!r} has no config field "
-                        f"{f.name!r} with a default to take it from; pass setting(default, ...)")
+        raise TypeError(
+            f"{cls.__name__}.{f.name}: no default given, and {f.metadata['to']!r} has no config field "
+            f"{f.name!r} with a default to take it from; pass setting(default, ...)"
+        )
     return field.default.value if isinstance(field.default, enum.Enum) else field.default
 
 
 # -- checks: each returns the message's middle part, or None -------------------------------------
+
 
 def _int_at_least(low: int):
     def check(value: Any) -> str | None:
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             return f"must be an integer >= {low}: got {value!r}"
         return None
+
     return check
 
 
@@ -108,6 +128,7 @@ def _int_in(low: int, high: int, why: str):
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             return f"must be an integer >= {low} and <= {high} ({why}): got {value!r}"
         return None
+
     return check
 
 
@@ -120,6 +141,7 @@ def _at_most(high: float, why: str):
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value > high:
             return f"must be at most {high:g} ({why}): got {value!r}"
         return None
+
     return check
 
 
@@ -141,6 +163,7 @@ def _finite(low: float | None = None, *, above: bool = False, below: float | Non
             rng += "" if below is None else f" and < {below}"
             return f"must be {rng}: got {value!r}"
         return None
+
     return check
 
 
@@ -173,115 +196,196 @@ class Settings:
 
     # model
     seq_len: int = setting(
-        1024, "window length in bytes (seed: 1024)",
-        group=_MODEL_GROUP, demo=256, to="model", check=_int_at_least(1), type=int,
+        1024,
+        "window length in bytes (seed: 1024)",
+        group=_MODEL_GROUP,
+        demo=256,
+        to="model",
+        check=_int_at_least(1),
+        type=int,
     )
     kernel_len: int = setting(
-        128, "taps of each causal kernel (seed: 128)",
-        group=_MODEL_GROUP, demo=64, to="model", check=_int_at_least(1), type=int,
+        128,
+        "taps of each causal kernel (seed: 128)",
+        group=_MODEL_GROUP,
+        demo=64,
+        to="model",
+        check=_int_at_least(1),
+        type=int,
     )
     chunk: int = setting(
-        16, "bytes predicted per position (seed: 16)",
-        group=_MODEL_GROUP, demo=8, to="model", check=_int_at_least(1), type=int,
+        16,
+        "bytes predicted per position (seed: 16)",
+        group=_MODEL_GROUP,
+        demo=8,
+        to="model",
+        check=_int_at_least(1),
+        type=int,
     )
     d_model: int = setting(
-        512, "width (seed: 512)", group=_MODEL_GROUP, demo=128, to="model", check=_int_at_least(1), type=int,
+        512,
+        "width (seed: 512)",
+        group=_MODEL_GROUP,
+        demo=128,
+        to="model",
+        check=_int_at_least(1),
+        type=int,
     )
     n_layers: int = setting(
-        6, "blocks (seed: 6)", group=_MODEL_GROUP, demo=4, to="model", check=_int_at_least(1), type=int,
+        6,
+        "blocks (seed: 6)",
+        group=_MODEL_GROUP,
+        demo=4,
+        to="model",
+        check=_int_at_least(1),
+        type=int,
     )
     dropout: float = setting(
         help="dropout probability in [0, 1)",
-        group=_MODEL_GROUP, to="model", check=_finite(0.0, below=1.0), type=float,
+        group=_MODEL_GROUP,
+        to="model",
+        check=_finite(0.0, below=1.0),
+        type=float,
     )
     kernel_init: str = setting(
         help="kernel initialisation: white (default, the seed's; measured best) or smooth (band-limited to the first "
         "cutoff)",
-        group=_MODEL_GROUP, to="model", choices=["smooth", "white"],
+        group=_MODEL_GROUP,
+        to="model",
+        choices=["smooth", "white"],
     )
     # training
     data: tuple[str, ...] = setting(
-        help="files or directories (default: this Python's standard library *.py)", converter=tuple, nargs="+",
+        help="files or directories (default: this Python's standard library *.py)",
+        converter=tuple,
+        nargs="+",
     )
     batch_size: int = setting(help="windows per micro-batch", demo=8, check=_int_at_least(1), type=int)
     accum_steps: int = setting(help="micro-batches per optimizer step", demo=1, check=_int_at_least(1), type=int)
     steps_per_epoch: int = setting(help="optimizer steps per epoch", demo=150, check=_int_at_least(1), type=int)
     epochs: int = setting(
-        help="epochs in all (may grow on --resume)", demo=12, resume=Resume.FREE, check=_int_at_least(1), type=int,
+        help="epochs in all (may grow on --resume)",
+        demo=12,
+        resume=Resume.FREE,
+        check=_int_at_least(1),
+        type=int,
     )
     lr: float = setting(
-        help="peak learning rate", demo=2e-3, type=float,
+        help="peak learning rate",
+        demo=2e-3,
+        type=float,
         check=_both(_finite(0.0, above=True), _at_most(_MAX_LR, "larger ones overflow float32 in the optimizer")),
     )
     weight_decay: float = setting(help="AdamW weight decay", check=_finite(0.0), type=float)
     grad_clip: float = setting(help="clip the gradient norm to this (0: no clipping)", check=_finite(0.0), type=float)
     seed: int = setting(
         help="seed of the weights and the data order",
-        check=_int_in(0, 2**32 - 1, "numpy's seeds are 32-bit"), type=int,
+        check=_int_in(0, 2**32 - 1, "numpy's seeds are 32-bit"),
+        type=int,
     )
     ema: float | None = setting(
         help="keep an EMA of the weights (decay in (0, 1), default 0.999)",
-        check=_finite(0.0, above=True, below=1.0), type=float, nargs="?", const=0.999,
+        check=_finite(0.0, above=True, below=1.0),
+        type=float,
+        nargs="?",
+        const=0.999,
     )
     # curriculum
     cutoffs: tuple[int, ...] | None = setting(
-        None, "cutoffs in rfft bins (default seq_len/8,/4,/2)",  # None: derived from seq_len (default_cutoffs)
-        group=_CURRICULUM, type=_int_list, converter=attrs.converters.optional(tuple),
+        None,
+        "cutoffs in rfft bins (default seq_len/8,/4,/2)",  # None: derived from seq_len (default_cutoffs)
+        group=_CURRICULUM,
+        type=_int_list,
+        converter=attrs.converters.optional(tuple),
     )
     min_epochs: tuple[int, ...] = setting(
         help="never raise before these epochs (seed: 2,5,10)",
-        group=_CURRICULUM, demo=(2, 4, 6), type=_int_list, converter=tuple,
+        group=_CURRICULUM,
+        demo=(2, 4, 6),
+        type=_int_list,
+        converter=tuple,
     )
     plateau_window: int = setting(
         help="optimizer steps in the plateau window (seed: 50)",
-        group=_CURRICULUM, demo=100, check=_int_at_least(1), type=int,
+        group=_CURRICULUM,
+        demo=100,
+        check=_int_at_least(1),
+        type=int,
     )
     plateau_threshold: float = setting(
         help="relative improvement below which the loss has plateaued (seed: 0.005; negative: only a loss that rises "
         "that much)",
-        group=_CURRICULUM, demo=0.01, check=_finite(), type=float,
+        group=_CURRICULUM,
+        demo=0.01,
+        check=_finite(),
+        type=float,
     )
     plateau_test: str = setting(
         help="relative: r < threshold (the seed's rule); welch: a one-sided Welch t-test finds no improvement beyond "
         "threshold (noise-aware; try it first with chunklm replay)",
-        group=_CURRICULUM, absent="relative", choices=["relative", "welch"],
+        group=_CURRICULUM,
+        absent="relative",
+        choices=["relative", "welch"],
     )
     plateau_alpha: float | None = setting(
         help="level of the Welch test (default 0.05)",
-        group=_CURRICULUM, absent=None, check=_finite(0.0, above=True, below=1.0), type=float,
+        group=_CURRICULUM,
+        absent=None,
+        check=_finite(0.0, above=True, below=1.0),
+        type=float,
     )
     preserve: bool = setting(
         help="open bands at zero, leaving the function unchanged (exact with --kernel-init smooth; measured to end "
         "worse), or with noise (--no-preserve, the default: the seed's)",
-        group=_CURRICULUM, action=argparse.BooleanOptionalAction,
+        group=_CURRICULUM,
+        action=argparse.BooleanOptionalAction,
     )
     seq_lens: tuple[int, ...] = setting(
         help="sequence-length warmup: window lengths (divisors of --seq-len) of the phases before full, one per cutoff "
         "(with --cutoffs '': phases seq_<L> under the same rule); e.g. 128,256,512",
-        group=_CURRICULUM, absent=(), type=_int_list, converter=tuple,
+        group=_CURRICULUM,
+        absent=(),
+        type=_int_list,
+        converter=tuple,
     )
     schedule: str = setting(
         help="LR schedule: staged (the seed's stage-aligned cosine, restarted at each raise) or wsd "
         "(warmup-stable-decay: constant, then a --cooldown-fraction cooldown; no restarts)",
-        group=_CURRICULUM, absent="staged", choices=["staged", "wsd"],
+        group=_CURRICULUM,
+        absent="staged",
+        choices=["staged", "wsd"],
     )
     cooldown_fraction: float = setting(
         help="wsd: the cooldown's share of training (default 0.2)",
-        group=_CURRICULUM, absent=0.2, check=_finite(0.0, above=True), type=float,
+        group=_CURRICULUM,
+        absent=0.2,
+        check=_finite(0.0, above=True),
+        type=float,
     )
     cooldown_shape: str = setting(
         help="wsd: the cooldown's shape (default 1-sqrt, Hägele et al.'s best)",
-        group=_CURRICULUM, absent="1-sqrt", choices=["1-sqrt", "linear", "cosine"],
+        group=_CURRICULUM,
+        absent="1-sqrt",
+        choices=["1-sqrt", "linear", "cosine"],
     )
     # execution only: how the step runs, not what it computes (may change on resume)
     micro_batch: int | None = setting(
         help="windows through the model at once (default: --batch-size); the global batch stays "
         "--batch-size x --accum-steps",
-        group=_EXECUTION, resume=Resume.FREE, absent=None, check=_optional(_int_at_least(1)), type=int,
+        group=_EXECUTION,
+        resume=Resume.FREE,
+        absent=None,
+        check=_optional(_int_at_least(1)),
+        type=int,
     )
     compile: bool | None = setting(
-        None, "torch.compile the training step (default: on for CUDA, off on CPU)",
-        group=_EXECUTION, resume=Resume.FREE, absent=None, to=None, action=argparse.BooleanOptionalAction,
+        None,
+        "torch.compile the training step (default: on for CUDA, off on CPU)",
+        group=_EXECUTION,
+        resume=Resume.FREE,
+        absent=None,
+        to=None,
+        action=argparse.BooleanOptionalAction,
     )
     # no flag
     eval_windows: int = setting(demo=32, flag=None)
@@ -400,7 +504,10 @@ def add_flags(parser: argparse.ArgumentParser, schema: type | None = None) -> No
             _flag(f), dest=f.name, default=argparse.SUPPRESS, help=f.metadata["help"] or None, **f.metadata["argparse"]
         )
     parser.add_argument(
-        "--preset", choices=list(PRESETS), default=None, help="a named set of the flags above; explicit flags override it"
+        "--preset",
+        choices=list(PRESETS),
+        default=None,
+        help="a named set of the flags above; explicit flags override it",
     )
 
 

@@ -31,7 +31,17 @@ from runs.distributed import Distributed, resume_command
 from runs.errors import RunError, UsageError, UserError, report
 from runs.settings import Settings
 
-__all__ = ["train", "check_args", "check_paths", "auto_resume", "check_metrics", "data_identity", "StopSignals", "Saver", "Interrupted"]
+__all__ = [
+    "train",
+    "check_args",
+    "check_paths",
+    "auto_resume",
+    "check_metrics",
+    "data_identity",
+    "StopSignals",
+    "Saver",
+    "Interrupted",
+]
 
 
 class Interrupted(RunError):
@@ -48,15 +58,21 @@ _SIDECARS = (".steps.csv", ".epochs.csv", ".history.json", ".png", ".lock", ".tm
 def check_args(args: argparse.Namespace) -> None:
     """Flags that contradict each other, and checkpoint names that would collide with a run's other files."""
     if args.resume and args.overwrite:
-        flag = "--resume auto continues the run in --ckpt if there is one" if args.resume == "auto" else "--resume continues the run in --ckpt"
+        flag = (
+            "--resume auto continues the run in --ckpt if there is one"
+            if args.resume == "auto"
+            else "--resume continues the run in --ckpt"
+        )
         raise UsageError(f"{flag} and --overwrite replaces it: pass one of them")
     if not args.ckpt.strip():
         raise UsageError("--ckpt is empty; name the checkpoint file, e.g. --ckpt runs/demo/chunklm_ckpt.pt")
     name = Path(args.ckpt).name
     clash = next((s for s in _SIDECARS if name.endswith(s)), None)
     if clash is not None or name in ("", ".", ".."):
-        raise UsageError(f"--ckpt {args.ckpt}: a checkpoint name ending in {clash or name!r} would be confused with a run's other files "
-                         "(NAME.steps.csv, NAME.epochs.csv, NAME.history.json, NAME.png); name it e.g. NAME.pt")
+        raise UsageError(
+            f"--ckpt {args.ckpt}: a checkpoint name ending in {clash or name!r} would be confused with a run's other files "
+            "(NAME.steps.csv, NAME.epochs.csv, NAME.history.json, NAME.png); name it e.g. NAME.pt"
+        )
 
 
 def check_paths(files: RunFiles, resume: bool, overwrite: bool) -> None:
@@ -68,7 +84,9 @@ def check_paths(files: RunFiles, resume: bool, overwrite: bool) -> None:
     folder = ckpt.parent
     if not folder.is_dir():
         what = "is not a directory" if folder.exists() else "does not exist"
-        raise UsageError(f"--ckpt {ckpt}: the folder {folder} {what}; create it (mkdir -p {folder}) or pick another path")
+        raise UsageError(
+            f"--ckpt {ckpt}: the folder {folder} {what}; create it (mkdir -p {folder}) or pick another path"
+        )
     try:
         with tempfile.TemporaryFile(dir=folder):
             pass
@@ -76,8 +94,10 @@ def check_paths(files: RunFiles, resume: bool, overwrite: bool) -> None:
         raise UsageError(f"--ckpt {ckpt}: cannot write in {folder} ({exc.strerror}); pick a writable folder") from None
     odd = files.not_regular()
     if odd:
-        raise UsageError(f"--ckpt {ckpt}: {', '.join(str(p) for p in odd)} {'is' if len(odd) == 1 else 'are'} not a regular file "
-                         "(a folder, device, FIFO or symbolic link), which a run never replaces; pick another --ckpt")
+        raise UsageError(
+            f"--ckpt {ckpt}: {', '.join(str(p) for p in odd)} {'is' if len(odd) == 1 else 'are'} not a regular file "
+            "(a folder, device, FIFO or symbolic link), which a run never replaces; pick another --ckpt"
+        )
     if resume == "auto":
         auto_resume(files)  # refused before the lock file is made; decided again holding it
         return
@@ -85,9 +105,11 @@ def check_paths(files: RunFiles, resume: bool, overwrite: bool) -> None:
         if not ckpt.exists():
             others = files.existing()
             if others:
-                raise UsageError(f"--resume: no checkpoint at {ckpt}, only {', '.join(p.name for p in others)} of a run that never "
-                                 "saved one; there is nothing to resume. Start afresh with --overwrite (they are replaced at the "
-                                 "first save), or pick another --ckpt")
+                raise UsageError(
+                    f"--resume: no checkpoint at {ckpt}, only {', '.join(p.name for p in others)} of a run that never "
+                    "saved one; there is nothing to resume. Start afresh with --overwrite (they are replaced at the "
+                    "first save), or pick another --ckpt"
+                )
             raise UsageError(f"--resume: no checkpoint at {ckpt}; drop --resume to start a fresh run, or fix --ckpt")
         return
     existing = files.existing()
@@ -111,9 +133,11 @@ def auto_resume(files: RunFiles) -> bool:
         return True
     others = files.existing()
     if others:
-        raise UsageError(f"--resume auto: no checkpoint at {files.ckpt}, only {', '.join(p.name for p in others)}, which this run did "
-                         "not write (a run that never saved, or another program); nothing was changed. Move them aside, replace "
-                         "them with --overwrite instead of --resume auto, or pick another --ckpt")
+        raise UsageError(
+            f"--resume auto: no checkpoint at {files.ckpt}, only {', '.join(p.name for p in others)}, which this run did "
+            "not write (a run that never saved, or another program); nothing was changed. Move them aside, replace "
+            "them with --overwrite instead of --resume auto, or pick another --ckpt"
+        )
     return False
 
 
@@ -141,11 +165,15 @@ def check_parts(saved: Checkpoint, path: Path) -> None:
     """On resume: the checkpoint holds every part of the trainer's state (or the weights alone)."""
     missing = saved.missing_parts()
     if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(missing)}, which a resume needs to continue the run exactly; it is damaged "
-                              "or was edited. Resume from another checkpoint, or start a fresh run")
+        raise CheckpointError(
+            f"{path} lacks {', '.join(missing)}, which a resume needs to continue the run exactly; it is damaged "
+            "or was edited. Resume from another checkpoint, or start a fresh run"
+        )
 
 
-def data_identity(settings: Settings, saved: Checkpoint | None, allow_change: bool, console_notes: list[str]) -> tuple[dict, list]:
+def data_identity(
+    settings: Settings, saved: Checkpoint | None, allow_change: bool, console_notes: list[str]
+) -> tuple[dict, list]:
     """The corpus's fingerprint, compared on resume with the checkpoint's: other or changed data is
     refused, naming what changed, unless ``allow_change`` (then recorded). Returns (fingerprint, the
     data changes to store)."""
@@ -161,16 +189,22 @@ def data_identity(settings: Settings, saved: Checkpoint | None, allow_change: bo
         return now, []
     changes_so_far = list(saved.data_changes or [])
     if saved.data is None:
-        console_notes.append("note: this checkpoint was written before checkpoints recorded their data; the data is not checked "
-                             f"against it (training on {', '.join(now['paths'])}); from the next save on it is")
+        console_notes.append(
+            "note: this checkpoint was written before checkpoints recorded their data; the data is not checked "
+            f"against it (training on {', '.join(now['paths'])}); from the next save on it is"
+        )
         return now, changes_so_far
     changes = fingerprint_changes(saved.data, now)
     if not changes:
         return now, changes_so_far
     if not allow_change:
-        raise UsageError(f"the data differs from the checkpoint's: {'; '.join(changes)}. A resume on other data does not continue "
-                         "the same run; restore the data, or pass --allow-data-change to continue on this data knowingly (recorded in the checkpoint)")
-    console_notes.append(f"note: continuing on changed data (--allow-data-change, recorded in the checkpoint): {'; '.join(changes)}")
+        raise UsageError(
+            f"the data differs from the checkpoint's: {'; '.join(changes)}. A resume on other data does not continue "
+            "the same run; restore the data, or pass --allow-data-change to continue on this data knowingly (recorded in the checkpoint)"
+        )
+    console_notes.append(
+        f"note: continuing on changed data (--allow-data-change, recorded in the checkpoint): {'; '.join(changes)}"
+    )
     return now, changes_so_far + [{"global_step": saved.global_step, "epoch": saved.epoch, "changes": changes}]
 
 
@@ -189,8 +223,10 @@ def check_model_size(settings: Settings, device, what: str, training: bool = Tru
     else:
         have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if need > have:
-        raise UsageError(f"{what} make a model of {n_params:,} parameters, {need / 1e9:,.1f} GB to {'train' if training else 'load'}, "
-                         f"more than the {have / 1e9:,.1f} GB of {device}; lower --d-model or --n-layers (or check the checkpoint)")
+        raise UsageError(
+            f"{what} make a model of {n_params:,} parameters, {need / 1e9:,.1f} GB to {'train' if training else 'load'}, "
+            f"more than the {have / 1e9:,.1f} GB of {device}; lower --d-model or --n-layers (or check the checkpoint)"
+        )
 
 
 def check_data(paths: tuple[str, ...]) -> None:
@@ -198,7 +234,9 @@ def check_data(paths: tuple[str, ...]) -> None:
         if not path.exists():
             raise UsageError(f"--data {path}: no such file or directory")
         if not (path.is_file() or path.is_dir()):
-            raise UsageError(f"--data {path}: not a regular file or a directory (a device, FIFO or socket); pass files or directories")
+            raise UsageError(
+                f"--data {path}: not a regular file or a directory (a device, FIFO or socket); pass files or directories"
+            )
 
 
 def build_corpus(config):
@@ -216,6 +254,7 @@ def build_corpus(config):
 
 
 # -- while training ---------------------------------------------------------------------------------
+
 
 class StopSignals:
     """SIGINT/SIGTERM: the first stops the run after the step in progress, saved; a second stops it now."""
@@ -238,7 +277,10 @@ class StopSignals:
         if self.signum is None:
             self.signum = signum
             if self.announce:  # os.write: print() is not safe inside a signal handler
-                os.write(2, f"\n{name}: stopping after this step (checkpoint saved); {name} again to stop now without saving\n".encode())
+                os.write(
+                    2,
+                    f"\n{name}: stopping after this step (checkpoint saved); {name} again to stop now without saving\n".encode(),
+                )
             return
         raise Interrupted(f"stopped by a second {name}, without saving; the last checkpoint is kept")
 
@@ -250,9 +292,19 @@ class Saver:
     this is a fresh run replacing another (``--overwrite``) that has not saved yet.
     """
 
-    def __init__(self, trainer, settings: Settings, preset: str | None, dist: Distributed, files: RunFiles,
-                 writers: dict[str, MetricsWriter], replace_old: bool, data: dict | None = None, data_changes: list | None = None,
-                 curriculum: tuple[dict, str | None] | None = None) -> None:
+    def __init__(
+        self,
+        trainer,
+        settings: Settings,
+        preset: str | None,
+        dist: Distributed,
+        files: RunFiles,
+        writers: dict[str, MetricsWriter],
+        replace_old: bool,
+        data: dict | None = None,
+        data_changes: list | None = None,
+        curriculum: tuple[dict, str | None] | None = None,
+    ) -> None:
         self.trainer, self.settings, self.preset, self.dist, self.files = trainer, settings, preset, dist, files
         self.writers, self.replace_old = writers, replace_old
         self.data, self.data_changes = data, data_changes
@@ -272,12 +324,19 @@ class Saver:
         if self.replace_old and self.files.plot.exists():
             self.files.plot.unlink()  # the replaced run's plot, drawn from the files the checkpoint below replaces
         Checkpoint(  # the commit point: from here on the folder holds this run (see the module's docstring)
-            settings=self.settings, trainer=state, global_step=clock.global_step, epoch=clock.epoch, preset=self.preset,
-            world_size=self.dist.world_size, num_threads=torch.get_num_threads(),
+            settings=self.settings,
+            trainer=state,
+            global_step=clock.global_step,
+            epoch=clock.epoch,
+            preset=self.preset,
+            world_size=self.dist.world_size,
+            num_threads=torch.get_num_threads(),
             rng_per_rank=rng_per_rank if self.dist.active else None,
             metrics={name: writer.digest() for name, writer in self.writers.items()},
-            data=self.data, data_changes=self.data_changes or None,
-            curriculum=self.curriculum[0] if self.curriculum else None, curriculum_file=self.curriculum[1] if self.curriculum else None,
+            data=self.data,
+            data_changes=self.data_changes or None,
+            curriculum=self.curriculum[0] if self.curriculum else None,
+            curriculum_file=self.curriculum[1] if self.curriculum else None,
         ).save(self.files.ckpt)
         self.files.write_history(self.trainer.engine.history)
         self.saved = True
@@ -287,6 +346,7 @@ class Saver:
 
 
 # -- the command ------------------------------------------------------------------------------------
+
 
 def train(args: argparse.Namespace, explicit: dict[str, Any]) -> int:
     """Run ``chunklm train``; under torchrun a failure on any rank ends every rank within seconds."""
@@ -306,7 +366,9 @@ def train(args: argparse.Namespace, explicit: dict[str, Any]) -> int:
     return code
 
 
-def _load(files: RunFiles, args: argparse.Namespace, explicit: dict[str, Any]) -> tuple[Checkpoint | None, Settings, str | None]:
+def _load(
+    files: RunFiles, args: argparse.Namespace, explicit: dict[str, Any]
+) -> tuple[Checkpoint | None, Settings, str | None]:
     explicit = absolute_data(explicit)
     if not args.resume:
         return None, Settings.fresh(args.preset, explicit), args.preset
@@ -320,7 +382,13 @@ def _restore(trainer, saved: Checkpoint, rank: int, path: Path) -> None:
 
     try:
         trainer.load_state_dict(saved.trainer_state(rank), epochs_done=saved.epoch)
-    except (RuntimeError, KeyError, TypeError, ValueError, CurriculumError) as exc:  # restoring the file's contents only
+    except (
+        RuntimeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        CurriculumError,
+    ) as exc:  # restoring the file's contents only
         detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         raise CheckpointError(
             f"{path} does not fit its own settings ({type(exc).__name__}: {detail[:300]}); it is damaged or was edited. "
@@ -343,8 +411,11 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
             args.resume = dist.gather_to_all(auto_resume(files) if dist.rank == 0 else None)[0]
         saved, settings, preset = _load(files, args, explicit)
         if auto:
-            Console(enabled=dist.rank == 0).line(f"resuming {files.ckpt} at step {saved.global_step}" if saved is not None
-                                                 else f"no run in {files.ckpt}: starting fresh")
+            Console(enabled=dist.rank == 0).line(
+                f"resuming {files.ckpt} at step {saved.global_step}"
+                if saved is not None
+                else f"no run in {files.ckpt}: starting fresh"
+            )
         if saved is not None and dist.rank == 0:
             check_metrics(files, saved)
         if saved is not None and saved.world_size != dist.world_size:
@@ -353,19 +424,39 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
                 "the data each rank sees would change. Resume with the same --nproc_per_node"
             )
         check_data(settings.data)
-        notes: list[str] = [f"note: {path.name} is missing; the checkpoint vouches for rows up to step {saved.global_step} that are lost "
-                             "with it, and it starts again after the checkpoint" for path in files.lost_metrics(saved)] \
-            if saved is not None and dist.rank == 0 else []
-        data, data_changes = data_identity(settings, saved, args.allow_data_change, notes) if dist.rank == 0 else (None, [])
+        notes: list[str] = (
+            [
+                f"note: {path.name} is missing; the checkpoint vouches for rows up to step {saved.global_step} that are lost "
+                "with it, and it starts again after the checkpoint"
+                for path in files.lost_metrics(saved)
+            ]
+            if saved is not None and dist.rank == 0
+            else []
+        )
+        data, data_changes = (
+            data_identity(settings, saved, args.allow_data_change, notes) if dist.rank == 0 else (None, [])
+        )
         check_model_size(settings, dist.device, f"the settings{' of ' + str(files.ckpt) if saved is not None else ''}")
         config = settings.to_config()
-        config = attrs.evolve(config, compile=compile_default(dist.device) if settings.compile is None else settings.compile)
+        config = attrs.evolve(
+            config, compile=compile_default(dist.device) if settings.compile is None else settings.compile
+        )
         from runs.curriculum_file import curriculum_for_run
 
-        curriculum, curriculum_file = curriculum_for_run(args, config, saved, files.ckpt)  # --curriculum FILE, or stored; None: the settings' own
+        curriculum, curriculum_file = curriculum_for_run(
+            args, config, saved, files.ckpt
+        )  # --curriculum FILE, or stored; None: the settings' own
         corpus = build_corpus(config)
-        trainer = Trainer(config, device=dist.device, corpus=corpus, rank=dist.rank, world_size=dist.world_size,
-                          all_reduce_mean=dist.reduce_mean if dist.active else None, wrap_model=dist.wrap, curriculum=curriculum)
+        trainer = Trainer(
+            config,
+            device=dist.device,
+            corpus=corpus,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            all_reduce_mean=dist.reduce_mean if dist.active else None,
+            wrap_model=dist.wrap,
+            curriculum=curriculum,
+        )
         try:
             if saved is not None:
                 _restore(trainer, saved, dist.rank, files.ckpt)
@@ -374,20 +465,40 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
             if dist.rank == 0:
                 remove_stale_temps(files.written)
                 if saved is not None and saved.engine_phase is not None:
-                    files.write_history(trainer.engine.history)  # the checkpoint's own: a save cut short after it left an older one
+                    files.write_history(
+                        trainer.engine.history
+                    )  # the checkpoint's own: a save cut short after it left an older one
             console = Console(enabled=dist.rank == 0)
-            shown = curriculum_file if getattr(args, "curriculum", None) is not None or curriculum is None \
+            shown = (
+                curriculum_file
+                if getattr(args, "curriculum", None) is not None or curriculum is None
                 else f"{curriculum_file} (stored in the checkpoint)"
+            )
             _print_header(console, trainer, corpus, dist, preset, saved, files.ckpt, shown)
             for note in notes:
                 console.line(note)
             if trainer.done:
                 done = trainer.clock.epoch
-                console.line(f"the run already finished: it has trained {done} epoch{'s' if done != 1 else ''} and --epochs is {config.epochs}; to train longer, "
-                             f"resume with --epochs N (N > {done}: the last LR stage stretches to the new end)")
+                console.line(
+                    f"the run already finished: it has trained {done} epoch{'s' if done != 1 else ''} and --epochs is {config.epochs}; to train longer, "
+                    f"resume with --epochs N (N > {done}: the last LR stage stretches to the new end)"
+                )
                 return 0
             stored = (curriculum.to_dict(), curriculum_file) if curriculum is not None else None
-            return _fit(args, trainer, settings, preset, dist, files, saved, console, data, data_changes, stored, args.overwrite or auto)
+            return _fit(
+                args,
+                trainer,
+                settings,
+                preset,
+                dist,
+                files,
+                saved,
+                console,
+                data,
+                data_changes,
+                stored,
+                args.overwrite or auto,
+            )
         finally:
             trainer.close()  # before the process group goes
     except NonFiniteLossError as exc:
@@ -396,19 +507,44 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
         lock.release()
 
 
-def _fit(args, trainer, settings: Settings, preset, dist: Distributed, files: RunFiles, saved, console: Console,
-         data: dict | None = None, data_changes: list | None = None, curriculum: tuple | None = None, defer: bool = False) -> int:
+def _fit(
+    args,
+    trainer,
+    settings: Settings,
+    preset,
+    dist: Distributed,
+    files: RunFiles,
+    saved,
+    console: Console,
+    data: dict | None = None,
+    data_changes: list | None = None,
+    curriculum: tuple | None = None,
+    defer: bool = False,
+) -> int:
     """``defer``: a fresh run's metrics wait in memory until its first save (``--overwrite``: the old
     run's files stay until then; ``--resume auto``: a run killed before it leaves nothing)."""
     writers: dict[str, MetricsWriter] = {}
     if dist.rank == 0:
         clock = trainer.clock
-        writers = {name: MetricsWriter(path, fields, key, upto if saved else None, defer=defer)
-                   for name, (path, fields, key, upto) in files.metrics(clock.global_step, clock.epoch).items()}
-    save = Saver(trainer, settings, preset, dist, files, writers, replace_old=args.overwrite and saved is None,
-                 data=data, data_changes=data_changes, curriculum=curriculum)
+        writers = {
+            name: MetricsWriter(path, fields, key, upto if saved else None, defer=defer)
+            for name, (path, fields, key, upto) in files.metrics(clock.global_step, clock.epoch).items()
+        }
+    save = Saver(
+        trainer,
+        settings,
+        preset,
+        dist,
+        files,
+        writers,
+        replace_old=args.overwrite and saved is None,
+        data=data,
+        data_changes=data_changes,
+        curriculum=curriculum,
+    )
     started_at, steps_at_start = time.time(), trainer.clock.global_step
     with StopSignals(announce=dist.rank == 0) as signals:
+
         def stop_reason() -> str | None:
             if signals.signum is not None:
                 return "signal"
@@ -417,7 +553,14 @@ def _fit(args, trainer, settings: Settings, preset, dist: Distributed, files: Ru
             return None
 
         try:
-            reporter = Reporter(trainer, console, (writers["steps"], writers["epochs"]) if writers else (), dist, args.log_every, stop_reason)
+            reporter = Reporter(
+                trainer,
+                console,
+                (writers["steps"], writers["epochs"]) if writers else (),
+                dist,
+                args.log_every,
+                stop_reason,
+            )
             reason = trainer.fit(reporter, save, ckpt_every=args.ckpt_every)
         except BaseException:
             if saved is None and not defer and not save.saved:  # a fresh run that never saved: leave no files behind
@@ -433,14 +576,20 @@ def _fit(args, trainer, settings: Settings, preset, dist: Distributed, files: Ru
     steps = clock.global_step - steps_at_start
     if reason == "signal":
         signum = signals.signum or signal.SIGTERM
-        console.line(f"stopped by {signal.Signals(signum).name} at global step {clock.global_step}; checkpoint saved to {files.ckpt}")
+        console.line(
+            f"stopped by {signal.Signals(signum).name} at global step {clock.global_step}; checkpoint saved to {files.ckpt}"
+        )
         console.line(f"resume with: {resume_command(files.ckpt)}")
         return 128 + int(signum)
     if reason == "stop_after":
-        console.line(f"stopped after {steps} steps at global step {clock.global_step}; checkpoint saved to {files.ckpt}")
+        console.line(
+            f"stopped after {steps} steps at global step {clock.global_step}; checkpoint saved to {files.ckpt}"
+        )
         console.line(f"resume with: {resume_command(files.ckpt)}")
         return 0
-    console.line(f"done: {steps} steps in {time.time() - started_at:.0f} s; checkpoint {files.ckpt}, history {files.history}")
+    console.line(
+        f"done: {steps} steps in {time.time() - started_at:.0f} s; checkpoint {files.ckpt}, history {files.history}"
+    )
     if args.plot and dist.rank == 0:
         from runs.plot import plot_run
 
@@ -449,8 +598,16 @@ def _fit(args, trainer, settings: Settings, preset, dist: Distributed, files: Ru
     return 0
 
 
-def _print_header(console: Console, trainer, corpus, dist: Distributed, preset, saved: Checkpoint | None, ckpt: Path,
-                  curriculum_file: str | None = None) -> None:
+def _print_header(
+    console: Console,
+    trainer,
+    corpus,
+    dist: Distributed,
+    preset,
+    saved: Checkpoint | None,
+    ckpt: Path,
+    curriculum_file: str | None = None,
+) -> None:
     import torch
 
     config, m = trainer.config, trainer.config.model
@@ -467,14 +624,20 @@ def _print_header(console: Console, trainer, corpus, dist: Distributed, preset, 
     if curriculum_file is not None:
         console.line(f"curriculum: {curriculum_file} (phases {' -> '.join(p.name for p in trainer.curriculum.phases)})")
     else:
-        console.line(f"curriculum: cutoffs {', '.join(map(str, config.cutoffs))} then full of {trainer.model.n_bins} bins; "
-                     f"min epochs {', '.join(map(str, config.min_epochs))}; plateau window {config.plateau_window}, threshold {config.plateau_threshold}"
-                     + (f", Welch test at alpha {config.plateau_alpha or 0.05}" if config.plateau_test == "welch" else ""))
+        console.line(
+            f"curriculum: cutoffs {', '.join(map(str, config.cutoffs))} then full of {trainer.model.n_bins} bins; "
+            f"min epochs {', '.join(map(str, config.min_epochs))}; plateau window {config.plateau_window}, threshold {config.plateau_threshold}"
+            + (f", Welch test at alpha {config.plateau_alpha or 0.05}" if config.plateau_test == "welch" else "")
+        )
     if saved is None:
         return
     if saved.num_threads is not None and saved.num_threads != torch.get_num_threads():
-        console.line(f"note: this run used {saved.num_threads} CPU threads and this process has {torch.get_num_threads()}; "
-                     f"float results will not be bit-identical to an uninterrupted run (set OMP_NUM_THREADS={saved.num_threads})")
+        console.line(
+            f"note: this run used {saved.num_threads} CPU threads and this process has {torch.get_num_threads()}; "
+            f"float results will not be bit-identical to an uninterrupted run (set OMP_NUM_THREADS={saved.num_threads})"
+        )
     c = trainer.clock
-    console.line(f"resumed {ckpt} at epoch {c.epoch} step {c.step_in_epoch}/{config.steps_per_epoch} (global step {c.global_step}), "
-                 f"phase {trainer.engine.phase.name}, cutoff={trainer.model.cutoff}/{trainer.model.n_bins}")
+    console.line(
+        f"resumed {ckpt} at epoch {c.epoch} step {c.step_in_epoch}/{config.steps_per_epoch} (global step {c.global_step}), "
+        f"phase {trainer.engine.phase.name}, cutoff={trainer.model.cutoff}/{trainer.model.n_bins}"
+    )

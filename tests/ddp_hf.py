@@ -71,7 +71,10 @@ class RankWindows(torch.utils.data.Dataset):
         g = torch.Generator().manual_seed(i)
         x = torch.randint(0, VOCAB, (LENGTH,), generator=g)
         noise = torch.distributed.get_rank() == 1
-        return {"input_ids": x, "labels": torch.randint(0, VOCAB, (LENGTH,), generator=g) if noise else (x * 3 + 1) % VOCAB}
+        return {
+            "input_ids": x,
+            "labels": torch.randint(0, VOCAB, (LENGTH,), generator=g) if noise else (x * 3 + 1) % VOCAB,
+        }
 
 
 class PerStep(TrainerCallback):
@@ -90,8 +93,14 @@ def crop(inputs, params):
     return {k: v[:, :n] if k in ("input_ids", "labels") else v for k, v in inputs.items()}
 
 
-def run(out: Path, name: str, model: TinyLM, logging_steps: int, find_unused_parameters: bool, prepare_inputs=None) -> None:
-    phases = [Phase("a", params={"seq_len": 6}), Phase("b", params={"seq_len": 12})] if prepare_inputs else [Phase("a"), Phase("b")]
+def run(
+    out: Path, name: str, model: TinyLM, logging_steps: int, find_unused_parameters: bool, prepare_inputs=None
+) -> None:
+    phases = (
+        [Phase("a", params={"seq_len": 6}), Phase("b", params={"seq_len": 12})]
+        if prepare_inputs
+        else [Phase("a"), Phase("b")]
+    )
     curriculum = Curriculum(phases, [Transition("a", "b", [MetricBelow("loss", THRESHOLD)], when=Point.STEP_END)])
     engine = CurriculumEngine(curriculum)
     seen, step_end = [], engine.step_end
@@ -103,12 +112,29 @@ def run(out: Path, name: str, model: TinyLM, logging_steps: int, find_unused_par
     engine.step_end = spy
     per_step = PerStep()
     args = TrainingArguments(
-        output_dir=str(out / name), per_device_train_batch_size=4, gradient_accumulation_steps=2, num_train_epochs=3,
-        learning_rate=0.1, lr_scheduler_type="constant", logging_steps=logging_steps, save_strategy="no",
-        eval_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True, ddp_backend="gloo", ddp_timeout=120,
+        output_dir=str(out / name),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        num_train_epochs=3,
+        learning_rate=0.1,
+        lr_scheduler_type="constant",
+        logging_steps=logging_steps,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        ddp_backend="gloo",
+        ddp_timeout=120,
         ddp_find_unused_parameters=find_unused_parameters,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=RankWindows(), callbacks=[CurriculumCallback(engine, prepare_inputs=prepare_inputs), per_step])
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=RankWindows(),
+        callbacks=[CurriculumCallback(engine, prepare_inputs=prepare_inputs), per_step],
+    )
     trainer.train()
     rank = torch.distributed.get_rank()
     record = {

@@ -64,7 +64,9 @@ class RankData(torch.utils.data.Dataset):
 
 
 def main(out: Path) -> None:
-    curriculum = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [MetricBelow("loss", THRESHOLD)], when=Point.STEP_END)])
+    curriculum = Curriculum(
+        [Phase("a"), Phase("b")], [Transition("a", "b", [MetricBelow("loss", THRESHOLD)], when=Point.STEP_END)]
+    )
     engine = CurriculumEngine(curriculum)
     seen, step_end = [], engine.step_end
 
@@ -75,9 +77,16 @@ def main(out: Path) -> None:
     engine.step_end = spy
     module = Regressor()
     trainer = pl.Trainer(
-        accelerator="cpu", devices=2, strategy=DDPStrategy(process_group_backend="gloo", timeout=timedelta(seconds=120)),
-        max_epochs=EPOCHS, accumulate_grad_batches=ACCUM, callbacks=[CurriculumCallback(engine)], logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        devices=2,
+        strategy=DDPStrategy(process_group_backend="gloo", timeout=timedelta(seconds=120)),
+        max_epochs=EPOCHS,
+        accumulate_grad_batches=ACCUM,
+        callbacks=[CurriculumCallback(engine)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer.fit(module, torch.utils.data.DataLoader(RankData(), batch_size=2))
     record = {

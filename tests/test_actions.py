@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from engine import Clock, Context, Curriculum, CurriculumEngine, CurriculumError, Phase, Transition
-from policies import MinEpoch, MinSteps, Plateau, ResetWindow, RestartLR, Restartable, SetCutoff, StagedCosine, all_of
+from policies import MinEpoch, MinSteps, Plateau, ResetWindow, Restartable, RestartLR, SetCutoff, StagedCosine, all_of
 from tests.utils import FakeModel
 
 BASE = 2e-4
@@ -64,7 +64,9 @@ def test_restart_lr_effect_and_no_warning_with_a_correct_schedule():
     record, first_lr = restart_run(StagedCosine)
     (effect,) = [a.effect for a in record.actions]
     assert effect["lr"][1] == BASE and effect["peak"] == BASE
-    assert effect["lr"][0] == pytest.approx(BASE * (0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * 30 / 40)).item())))
+    assert effect["lr"][0] == pytest.approx(
+        BASE * (0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * 30 / 40)).item()))
+    )
     assert first_lr == BASE and record.warnings == []
 
 
@@ -98,7 +100,9 @@ def test_restart_lr_needs_a_restartable_schedule():
     opt = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
     ctx = Context(clock=Clock(), objects={"optimizer": opt, "schedule": sched})
-    with pytest.raises(CurriculumError, match=r"got CosineAnnealingLR; .*schedule=Restartable\(CosineAnnealingLR\(...\)\)"):
+    with pytest.raises(
+        CurriculumError, match=r"got CosineAnnealingLR; .*schedule=Restartable\(CosineAnnealingLR\(...\)\)"
+    ):
         RestartLR()(ctx)
 
 
@@ -107,11 +111,15 @@ def test_a_schedule_that_cannot_restart_is_refused_at_start_and_at_load():
     opt = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
     cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [MinSteps(100)], actions=[RestartLR()])])
-    good = CurriculumEngine(cur, optimizer=opt, schedule=Restartable(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)))
+    good = CurriculumEngine(
+        cur, optimizer=opt, schedule=Restartable(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10))
+    )
     good.start()
     for call in (lambda e: e.start(), lambda e: e.load_state_dict(good.state_dict())):
         engine = CurriculumEngine(cur, optimizer=opt, schedule=sched)
-        with pytest.raises(CurriculumError, match=r"got CosineAnnealingLR; .*schedule=Restartable\(CosineAnnealingLR\(...\)\)"):
+        with pytest.raises(
+            CurriculumError, match=r"got CosineAnnealingLR; .*schedule=Restartable\(CosineAnnealingLR\(...\)\)"
+        ):
             call(engine)
         assert engine.state_dict()["history"] == []  # nothing changed: the engine can still start once fixed
         engine.bind(schedule=Restartable(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)))
@@ -173,6 +181,7 @@ def test_health_check_warns_when_a_wrapped_scheduler_ignores_the_restart():
 
 def test_restart_lr_with_a_re_warmup_checks_the_first_lr():
     """With restart_warmup_steps the effect records the first LR, and the check measures against it: no false warning."""
+
     def warm(opt, **kwargs):
         return StagedCosine(opt, **kwargs, restart_warmup_steps=3)
 
@@ -194,7 +203,9 @@ def test_set_cutoff_calls_the_model_and_records_before_after():
 def test_set_cutoff_repr_validation_and_requires():
     """SetCutoff's repr is the first release's (it is in saved fingerprints); bad n is refused; it requires a model."""
     assert [repr(SetCutoff(128, preserve=True)), repr(SetCutoff(None, preserve=True)), repr(SetCutoff(64))] == [
-        "SetCutoff(128)", "SetCutoff(None)", "SetCutoff(64, preserve=False)",
+        "SetCutoff(128)",
+        "SetCutoff(None)",
+        "SetCutoff(64, preserve=False)",
     ]
     for bad in (0, 2.5, True, "128"):
         with pytest.raises(CurriculumError, match="'n'"):
@@ -214,8 +225,10 @@ def test_reset_window_clears_plateau_without_phase_change():
     plateau = Plateau(window=4, threshold=0.005)
     cur = Curriculum(
         [Phase("a"), Phase("b")],
-        [Transition("a", "b", [all_of(MinSteps(1000), plateau)], when="step_end"),
-         Transition("a", "a", [MinSteps(3)], actions=[ResetWindow(plateau)], when="step_end")],
+        [
+            Transition("a", "b", [all_of(MinSteps(1000), plateau)], when="step_end"),
+            Transition("a", "a", [MinSteps(3)], actions=[ResetWindow(plateau)], when="step_end"),
+        ],
     )
     eng = CurriculumEngine(cur)
     eng.start()

@@ -60,8 +60,18 @@ def test_step_end_with_a_bad_metric_changes_nothing(value, kind):
 
 @pytest.mark.parametrize(
     "value, expected",
-    [(2, 2.0), (np.float32(0.5), 0.5), (np.int64(3), 3.0), (np.float64(1.25), 1.25), (torch.tensor(2.5), 2.5),
-     (torch.tensor([1.5]), 1.5), (torch.tensor(4), 4.0), (np.array(0.75), 0.75), (float("nan"), None), (float("inf"), float("inf"))],
+    [
+        (2, 2.0),
+        (np.float32(0.5), 0.5),
+        (np.int64(3), 3.0),
+        (np.float64(1.25), 1.25),
+        (torch.tensor(2.5), 2.5),
+        (torch.tensor([1.5]), 1.5),
+        (torch.tensor(4), 4.0),
+        (np.array(0.75), 0.75),
+        (float("nan"), None),
+        (float("inf"), float("inf")),
+    ],
 )
 def test_real_metrics_become_floats(value, expected):
     """int, numpy scalars and one-element tensors become plain floats before any guard sees them."""
@@ -86,7 +96,9 @@ def test_missing_metric_at_epoch_end_changes_nothing():
     eng.step_end(loss=1.0)
     eng.epoch_end(val=2.0)
     before = eng.state_dict()
-    with pytest.raises(CurriculumError, match=r"'val' \(read by ValBelow\(1.0\) in a -> b\).*engine.epoch_end\(val=\.\.\.\)"):
+    with pytest.raises(
+        CurriculumError, match=r"'val' \(read by ValBelow\(1.0\) in a -> b\).*engine.epoch_end\(val=\.\.\.\)"
+    ):
         eng.epoch_end(other=1.0)
     assert eng.state_dict() == before
     eng.epoch_end(val=0.5)
@@ -97,7 +109,10 @@ def test_undeclared_missing_metric_is_rolled_back_too():
     """A guard that reads a metric it did not declare fails late, naming it, and the call still counts nothing."""
     eng = two_phase(LossBelow(0.5), when=Point.EPOCH_END)  # reads 'loss' at epoch_end, undeclared
     before = eng.state_dict()
-    with pytest.raises(CurriculumError, match=r"LossBelow\(0.5\) of transition a -> b raised CurriculumError: metric 'loss' is needed at epoch_end"):
+    with pytest.raises(
+        CurriculumError,
+        match=r"LossBelow\(0.5\) of transition a -> b raised CurriculumError: metric 'loss' is needed at epoch_end",
+    ):
         eng.epoch_end()
     assert eng.state_dict() == before
 
@@ -114,10 +129,16 @@ def test_first_call_checks_every_metric_the_curriculum_reads_there():
     )
     eng = CurriculumEngine(cur)
     eng.start()
-    with pytest.raises(CurriculumError, match=r"step_end\(\).*'grad_norm' \(read by Plateau\(window=4, threshold=0.005, metric='grad_norm'\) in long -> longest\)"):
+    with pytest.raises(
+        CurriculumError,
+        match=r"step_end\(\).*'grad_norm' \(read by Plateau\(window=4, threshold=0.005, metric='grad_norm'\) in long -> longest\)",
+    ):
         eng.step_end(loss=1.0)
     eng.step_end(loss=1.0, grad_norm=0.5)
-    with pytest.raises(CurriculumError, match=r"'val_loss' \(read by MetricAbove\('val_loss', 3.0\) in long -> short\); 'val_acc' .*engine.epoch_end\(val_loss=\.\.\., val_acc=\.\.\.\)") as info:
+    with pytest.raises(
+        CurriculumError,
+        match=r"'val_loss' \(read by MetricAbove\('val_loss', 3.0\) in long -> short\); 'val_acc' .*engine.epoch_end\(val_loss=\.\.\., val_acc=\.\.\.\)",
+    ) as info:
         eng.epoch_end()
     assert "Nothing was counted" in str(info.value) and eng.clock.epoch == 0
     eng.epoch_end(val_loss=1.0, val_acc=0.5)
@@ -135,7 +156,10 @@ def test_action_that_raises_rolls_the_transition_back():
     eng.start()
     eng.step_end(loss=1.0)
     before = eng.state_dict()
-    with pytest.raises(CurriculumError, match=r"action ExplodeIf\(\) of transition a -> b raised ValueError: action exploded \(at epoch_end, global step 1\); actions that had already run.*Log\('first'\) -> \{'name': 'first', 'step': 1\}") as info:
+    with pytest.raises(
+        CurriculumError,
+        match=r"action ExplodeIf\(\) of transition a -> b raised ValueError: action exploded \(at epoch_end, global step 1\); actions that had already run.*Log\('first'\) -> \{'name': 'first', 'step': 1\}",
+    ) as info:
         eng.epoch_end(explode=1.0)
     assert isinstance(info.value.__cause__, ValueError)
     assert calls == ["first"] and eng.phase.name == "a" and eng.state_dict() == before
@@ -145,7 +169,9 @@ def test_action_that_raises_rolls_the_transition_back():
 
 def test_on_enter_that_raises_leaves_the_source_phase():
     """An on_enter action raising after transitions moved the machine still leaves the engine in the source phase."""
-    cur = Curriculum([Phase("a"), Phase("b", on_enter=[ExplodeIf()])], [Transition("a", "b", [Always()], when="step_end")])
+    cur = Curriculum(
+        [Phase("a"), Phase("b", on_enter=[ExplodeIf()])], [Transition("a", "b", [Always()], when="step_end")]
+    )
     eng = CurriculumEngine(cur)
     eng.start()
     before = eng.state_dict()
@@ -156,7 +182,9 @@ def test_on_enter_that_raises_leaves_the_source_phase():
     eng = CurriculumEngine(cur)
     eng.start()
     before = eng.state_dict()
-    with pytest.raises(CurriculumError, match=r"action Boom\(\) of the manual transition a -> b raised ValueError: no \(at force\(\)"):
+    with pytest.raises(
+        CurriculumError, match=r"action Boom\(\) of the manual transition a -> b raised ValueError: no \(at force\(\)"
+    ):
         eng.force("b", reason="by hand")
     assert eng.phase.name == "a" and eng.state_dict() == before
 
@@ -304,16 +332,31 @@ def build_observers(box):
     return Curriculum(
         [Phase("a"), Phase("b", on_enter=[ExplodeIf()])],
         [
-            Transition("a", "b", [all_of(Plateau(window=6, threshold=0.2, test="welch"), CrashIf()), shared], [ArmReset(box)], when=Point.STEP_END),
-            Transition("a", "b", [all_of(WorseThanBest("val", patience=2), MinEpoch(1, in_phase=True))], [ArmReset(box)]),
-            Transition("b", "a", [shared, Plateau(window=4, threshold=0.5, test="welch"), CrashOnReset(box)], when=Point.STEP_END),
+            Transition(
+                "a",
+                "b",
+                [all_of(Plateau(window=6, threshold=0.2, test="welch"), CrashIf()), shared],
+                [ArmReset(box)],
+                when=Point.STEP_END,
+            ),
+            Transition(
+                "a", "b", [all_of(WorseThanBest("val", patience=2), MinEpoch(1, in_phase=True))], [ArmReset(box)]
+            ),
+            Transition(
+                "b",
+                "a",
+                [shared, Plateau(window=4, threshold=0.5, test="welch"), CrashOnReset(box)],
+                when=Point.STEP_END,
+            ),
             Transition("b", "a", [WorseThanBest("val", mode="max")]),
         ],
     )
 
 
 observer_call = st.one_of(
-    st.tuples(st.just("step"), finite, st.sampled_from([{}, {}, {"crash": 1.0}, {"explode": 1.0}, {"reset_crash": 1.0}])),
+    st.tuples(
+        st.just("step"), finite, st.sampled_from([{}, {}, {"crash": 1.0}, {"explode": 1.0}, {"reset_crash": 1.0}])
+    ),
     st.tuples(st.just("epoch"), finite, st.sampled_from([{}, {"explode": 1.0}, {"reset_crash": 1.0}])),
 )
 
@@ -360,7 +403,10 @@ def test_start_whose_reset_raises_undoes_the_resets_before_it():
         plateau.push(v)
     values = plateau.state_dict()
     eng = CurriculumEngine(Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [plateau, CrashOnReset(box)])]))
-    with pytest.raises(CurriculumError, match=r"CrashOnReset\(\) \(in a -> b\) raised in reset\(\) RuntimeError: reset crashed \(at start\(\)"):
+    with pytest.raises(
+        CurriculumError,
+        match=r"CrashOnReset\(\) \(in a -> b\) raised in reset\(\) RuntimeError: reset crashed \(at start\(\)",
+    ):
         eng.start()
     assert plateau.state_dict() == values
     box["armed"] = False

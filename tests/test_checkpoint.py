@@ -60,8 +60,9 @@ def test_a_v1_file_without_later_settings_keeps_the_values_its_run_used():
 def test_save_and_load_round_trip(tmp_path):
     """What is saved is what is loaded, every setting included."""
     settings = Settings.fresh("demo", {"seed": 3})
-    ckpt = Checkpoint(settings=settings, trainer={"model": {"w": torch.ones(2)}}, global_step=5, epoch=0, preset="demo",
-                      num_threads=1)
+    ckpt = Checkpoint(
+        settings=settings, trainer={"model": {"w": torch.ones(2)}}, global_step=5, epoch=0, preset="demo", num_threads=1
+    )
     ckpt.save(tmp_path / "c.pt")
     back = Checkpoint.load(tmp_path / "c.pt")
     assert back.settings == settings and back.preset == "demo" and back.global_step == 5
@@ -73,7 +74,10 @@ def test_save_and_load_round_trip(tmp_path):
     [
         ({"a": 1}, "is not a chunklm checkpoint"),
         ({"schema_version": 99}, "newer than this version's"),
-        ({"schema_version": 2, "settings": {}, "trainer": {"model": {}}, "global_step": 0, "epoch": 0}, "settings this version cannot use"),
+        (
+            {"schema_version": 2, "settings": {}, "trainer": {"model": {}}, "global_step": 0, "epoch": 0},
+            "settings this version cannot use",
+        ),
         ({"schema_version": 2, "trainer": {}, "global_step": 0, "epoch": 0}, "missing or wrong settings"),
     ],
 )
@@ -102,7 +106,14 @@ def test_the_data_identity_and_its_changes_round_trip_and_are_checked(tmp_path):
     identity = corpus_fingerprint(str(tmp_path / "d"))
     assert identity["files"] == [[0, "a.txt", 5, "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"]]
     changes = [{"global_step": 3, "epoch": 0, "changes": ["1 file added (b.txt)"]}]
-    ckpt = Checkpoint(settings=Settings.fresh("demo", {}), trainer={"model": {}}, global_step=5, epoch=0, data=identity, data_changes=changes)
+    ckpt = Checkpoint(
+        settings=Settings.fresh("demo", {}),
+        trainer={"model": {}},
+        global_step=5,
+        epoch=0,
+        data=identity,
+        data_changes=changes,
+    )
     ckpt.save(tmp_path / "c.pt")
     back = Checkpoint.load(tmp_path / "c.pt")
     assert back.data == identity and back.data_changes == changes
@@ -127,12 +138,17 @@ def test_fingerprint_changes_name_what_changed(tmp_path):
     (tmp_path / "d" / "c").unlink()
     (tmp_path / "d" / "e").write_text("e")
     assert fingerprint_changes(before, corpus_fingerprint([tmp_path / "d"])) == [
-        "1 file added (e)", "1 file removed (c)", "1 file changed size (b)", "1 file changed content, same size (a)"]
+        "1 file added (e)",
+        "1 file removed (c)",
+        "1 file changed size (b)",
+        "1 file changed content, same size (a)",
+    ]
     (tmp_path / "d").rename(tmp_path / "moved")
     moved = corpus_fingerprint([tmp_path / "moved"])
     assert fingerprint_changes(corpus_fingerprint([tmp_path / "moved"]), moved) == []
     assert fingerprint_changes({**moved, "paths": [str(tmp_path / "d")]}, moved) == [
-        f"the data path was {tmp_path / 'd'}, now {tmp_path / 'moved'} (the same files and bytes)"]
+        f"the data path was {tmp_path / 'd'}, now {tmp_path / 'moved'} (the same files and bytes)"
+    ]
 
 
 def test_a_full_trainer_state_must_be_whole(tmp_path):
@@ -140,16 +156,29 @@ def test_a_full_trainer_state_must_be_whole(tmp_path):
     settings = Settings.fresh("demo", {})
     weights = Checkpoint(settings=settings, trainer={"model": {}}, global_step=0, epoch=1)
     assert weights.missing_parts() == []
-    full = {"model": {}, "optimizer": {}, "schedule": {}, "engine": {}, "rng": {"python": [], "numpy": {}, "torch": 0},
-            "epoch_accumulator": {}}
+    full = {
+        "model": {},
+        "optimizer": {},
+        "schedule": {},
+        "engine": {},
+        "rng": {"python": [], "numpy": {}, "torch": 0},
+        "epoch_accumulator": {},
+    }
     assert Checkpoint(settings=settings, trainer=full, global_step=0, epoch=0).missing_parts() == []
     partial = {k: v for k, v in full.items() if k not in ("optimizer", "rng")}
-    assert Checkpoint(settings=settings, trainer=partial, global_step=0, epoch=0).missing_parts() == ["trainer.optimizer", "trainer.rng"]
-    with_ema = Checkpoint(settings=Settings.fresh("demo", {"ema": 0.99}), trainer={**full, "ema": None}, global_step=0, epoch=0)
+    assert Checkpoint(settings=settings, trainer=partial, global_step=0, epoch=0).missing_parts() == [
+        "trainer.optimizer",
+        "trainer.rng",
+    ]
+    with_ema = Checkpoint(
+        settings=Settings.fresh("demo", {"ema": 0.99}), trainer={**full, "ema": None}, global_step=0, epoch=0
+    )
     assert with_ema.missing_parts() == ["trainer.ema"]
 
 
-@pytest.mark.parametrize("content", [b"", b"random bytes \x00\x01", b'{"schema_version": 2}'], ids=["empty", "random", "json"])
+@pytest.mark.parametrize(
+    "content", [b"", b"random bytes \x00\x01", b'{"schema_version": 2}'], ids=["empty", "random", "json"]
+)
 def test_a_file_torch_did_not_write_is_not_called_tampered(tmp_path, content):
     """Not a zip, not a pickle: "not a checkpoint", never the safe loader's refusal of Python objects."""
     (tmp_path / "c.pt").write_bytes(content)

@@ -17,7 +17,6 @@ import torch
 
 import runs.artifacts
 import runs.train_cmd
-
 from runs.artifacts import RunFiles, read_csv
 from runs.checkpoint import load_checkpoint
 from runs.cli import main
@@ -56,7 +55,11 @@ def test_sigterm_stops_at_a_step_boundary_and_resumes_exactly(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "runs.cli", "train", *args, "--epochs", "2", "--ckpt", str(tmp_path / "split.pt")],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     lines = []
     for line in proc.stdout:
@@ -168,12 +171,16 @@ def test_subcommands_read_the_run(tmp_path, capsys):
     capsys.readouterr()
     assert main(["history", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "#0  start in cutoff_4  at step 0 (epoch 0)" in out and "action SetCutoff(4, preserve=False): cutoff=[" in out
+    assert (
+        "#0  start in cutoff_4  at step 0 (epoch 0)" in out and "action SetCutoff(4, preserve=False): cutoff=[" in out
+    )
     assert "cutoff_4 -> cutoff_8  at step 12 (epoch 1" in out or "cutoff_4 -> cutoff_8  at step 6 (epoch 1" in out
     assert "Plateau(" in out and "older_mean" in out and "RestartLR()" in out
     assert main(["history", str(tmp_path / "run.pt"), "--format", "json"]) == 0
     start, first = json.loads(capsys.readouterr().out)[:2]
-    assert (start["source"], start["dest"], start["point"]) == (None, "cutoff_4", "start") and first["dest"] == "cutoff_8"
+    assert (start["source"], start["dest"], start["point"]) == (None, "cutoff_4", "start") and first[
+        "dest"
+    ] == "cutoff_8"
     assert main(["plot", str(tmp_path)]) == 0
     png = RunFiles(tmp_path / "run.pt").plot
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -211,8 +218,23 @@ def test_resume_with_another_thread_count_says_it_is_not_bit_identical(tmp_path,
 
 def test_checkpoint_without_engine_state_resumes_in_the_phase_its_epochs_imply(tmp_path, capsys):
     """Weights only (an older checkpoint): resume at its epoch, in the phase the epoch implies, no lower cutoff."""
-    assert main(["train", *TINY, "--min-epochs", "1,2,3", "--plateau-threshold", "-1", "--epochs", "2",
-                 "--ckpt", str(tmp_path / "run.pt")]) == 0  # threshold -1: never plateaus, stays at cutoff 4
+    assert (
+        main(
+            [
+                "train",
+                *TINY,
+                "--min-epochs",
+                "1,2,3",
+                "--plateau-threshold",
+                "-1",
+                "--epochs",
+                "2",
+                "--ckpt",
+                str(tmp_path / "run.pt"),
+            ]
+        )
+        == 0
+    )  # threshold -1: never plateaus, stays at cutoff 4
     data = load_checkpoint(tmp_path / "run.pt")
     assert data.engine_phase == "cutoff_4" and data.epoch == 2
     attrs.evolve(data, trainer={"model": data.trainer["model"]}).save(tmp_path / "run.pt")  # weights only
@@ -225,6 +247,7 @@ def test_checkpoint_without_engine_state_resumes_in_the_phase_its_epochs_imply(t
 
 
 # -- a user having a bad day: every mistake is one line, exit 2 (bad input) or 1 (run time) ----------
+
 
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory) -> Path:
@@ -277,16 +300,19 @@ def _history_text(command: str, text: str):
     def make(base, tmp):
         (tmp / "run.history.json").write_text(text)
         return [command, str(tmp / "run.pt")]
+
     return make
 
 
 def _folder(name: str, command: list[str]):
     """``name`` beside the checkpoint is a folder, then ``command`` (RUN: the checkpoint)."""
+
     def make(base, tmp):
         path = tmp / name
         path.unlink()
         path.mkdir()
         return [str(tmp / "run.pt") if a == "RUN" else a for a in command]
+
     return make
 
 
@@ -294,6 +320,7 @@ def _not_a_checkpoint(content: bytes):
     def make(base, tmp):
         (tmp / "x.pt").write_bytes(content)
         return ["generate", "--ckpt", str(tmp / "x.pt")]
+
     return make
 
 
@@ -328,31 +355,55 @@ BAD = {
     "device cuda:99": (["train", *TINY, "--device", "cuda:99"], 2, "--device cuda:99:"),
     "device tpu": (["train", *TINY, "--device", "tpu"], 2, "--device tpu: unknown device"),
     "generate -n -5": (lambda b, t: ["generate", "--ckpt", str(b / "run.pt"), "-n", "-5"], 2, "an integer >= 0"),
-    "temperature -1": (lambda b, t: ["generate", "--ckpt", str(b / "run.pt"), "--temperature", "-1"], 2, "--temperature"),
-    "temperature nan": (lambda b, t: ["generate", "--ckpt", str(b / "run.pt"), "--temperature", "nan"], 2, "--temperature"),
+    "temperature -1": (
+        lambda b, t: ["generate", "--ckpt", str(b / "run.pt"), "--temperature", "-1"],
+        2,
+        "--temperature",
+    ),
+    "temperature nan": (
+        lambda b, t: ["generate", "--ckpt", str(b / "run.pt"), "--temperature", "nan"],
+        2,
+        "--temperature",
+    ),
     "top-p 0": (lambda b, t: ["generate", "--ckpt", str(b / "run.pt"), "--top-p", "0"], 2, "a number in (0, 1]"),
     "top-p 1.5": (lambda b, t: ["generate", "--ckpt", str(b / "run.pt"), "--top-p", "1.5"], 2, "a number in (0, 1]"),
     "top-p nan": (lambda b, t: ["generate", "--ckpt", str(b / "run.pt"), "--top-p", "nan"], 2, "a number in (0, 1]"),
     "history corrupt json": (_corrupt_history, 2, "is not a transition history"),
     "plot garbage csv": (_garbage_csv, 2, "is not a metrics file"),
-    "plot out in missing folder": (lambda b, t: ["plot", str(t / "run.pt"), "--out", str(t / "no" / "x.png")], 2, "does not exist"),
+    "plot out in missing folder": (
+        lambda b, t: ["plot", str(t / "run.pt"), "--out", str(t / "no" / "x.png")],
+        2,
+        "does not exist",
+    ),
     "ckpt in read-only folder": (["train", *TINY, "--ckpt", "/sys/chunklm_test.pt"], 2, "cannot write in /sys"),
     "settings missing": (_edit(lambda d: d.pop("settings")), 2, "missing or wrong settings"),
     "trainer missing": (_edit(lambda d: d.pop("trainer")), 2, "missing or wrong trainer"),
     "shape mismatch": (_edit(_set_model_weight), 2, "does not fit its own settings"),
-    "bad engine phase": (_edit(lambda d: d["trainer"]["engine"].update(phase="nope")), 2, "does not fit its own settings"),
+    "bad engine phase": (
+        _edit(lambda d: d["trainer"]["engine"].update(phase="nope")),
+        2,
+        "does not fit its own settings",
+    ),
     "bad engine clock": (_edit(lambda d: d["trainer"]["engine"].update(clock="x")), 2, "does not fit its own settings"),
     "generate ckpt dir": (lambda b, t: ["generate", "--ckpt", str(t)], 2, "is a directory, not a checkpoint"),
     "grad-clip -1": (["train", *TINY, "--grad-clip", "-1"], 2, "--grad-clip must be a finite number >= 0"),
     "grad-clip nan": (["train", *TINY, "--grad-clip", "nan"], 2, "--grad-clip must be a finite number >= 0"),
     "ema 0": (["train", *TINY, "--ema", "0"], 2, "--ema must be a finite number > 0.0 and < 1.0"),
-    "plateau-threshold nan": (["train", *TINY, "--plateau-threshold", "nan"], 2, "--plateau-threshold must be a finite number"),
+    "plateau-threshold nan": (
+        ["train", *TINY, "--plateau-threshold", "nan"],
+        2,
+        "--plateau-threshold must be a finite number",
+    ),
     "stop-after 0": (["train", *TINY, "--stop-after", "0"], 2, "--stop-after: expected an integer >= 1"),
     "stop-after -1": (["train", *TINY, "--stop-after", "-1"], 2, "--stop-after: expected an integer >= 1"),
     "log-every -1": (["train", *TINY, "--log-every", "-1"], 2, "--log-every: expected an integer >= 0"),
     "ckpt-every -1": (["train", *TINY, "--ckpt-every", "-1"], 2, "--ckpt-every: expected an integer >= 0"),
     "chunk longer than seq-len": (["train", *TINY, "--chunk", "100"], 2, "--chunk 100 is longer than --seq-len 32"),
-    "data /dev/zero": (["train", *TINY, "--data", "/dev/zero"], 2, "--data /dev/zero: not a regular file or a directory"),
+    "data /dev/zero": (
+        ["train", *TINY, "--data", "/dev/zero"],
+        2,
+        "--data /dev/zero: not a regular file or a directory",
+    ),
     "data fifo": (_fifo, 2, "not a regular file or a directory"),
     "data of 5 bytes": (_five_bytes, 2, "corpus too small: 5 bytes, but training and validation each need one window"),
     # issue 20: tracebacks before
@@ -360,52 +411,140 @@ BAD = {
     "seed 2**32": (["train", *TINY, "--seed", str(2**32)], 2, "--seed must be an integer >= 0 and <= 4294967295"),
     "seed 2**63": (["train", *TINY, "--seed", str(2**63)], 2, "--seed must be an integer >= 0 and <= 4294967295"),
     "ckpt empty": (["train", *TINY, "--ckpt", ""], 2, "--ckpt is empty"),
-    "history a list of numbers": (_history_text("history", "[1, 2, 3]"), 2, "is not a transition history this version can read"),
-    "history an extra key": (_history_text("history", _STEP_AS_TEXT.replace('"wall_time": 0', '"wall_time": 0, "x": 1')), 2,
-                             "is not a transition history this version can read"),
-    "history a step as text": (_history_text("plot", _STEP_AS_TEXT), 2, "is not a transition history this version can read"),
+    "history a list of numbers": (
+        _history_text("history", "[1, 2, 3]"),
+        2,
+        "is not a transition history this version can read",
+    ),
+    "history an extra key": (
+        _history_text("history", _STEP_AS_TEXT.replace('"wall_time": 0', '"wall_time": 0, "x": 1')),
+        2,
+        "is not a transition history this version can read",
+    ),
+    "history a step as text": (
+        _history_text("plot", _STEP_AS_TEXT),
+        2,
+        "is not a transition history this version can read",
+    ),
     "history deeply nested": (_history_text("history", _DEEP), 2, "is not a transition history this version can read"),
     "history json a folder": (_folder("run.history.json", ["history", "RUN"]), 2, "cannot read the transition history"),
     "plot history a folder": (_folder("run.history.json", ["plot", "RUN"]), 2, "cannot read the transition history"),
     "plot steps csv a folder": (_folder("run.steps.csv", ["plot", "RUN"]), 2, "cannot read the metrics file"),
-    "replay epochs csv a folder": (_folder("run.epochs.csv", ["replay", "RUN"]), 2, "run.epochs.csv is not a regular file"),
-    "resume history a folder": (_folder("run.history.json", ["train", "--resume", "--ckpt", "RUN"]), 2, "is not a regular file"),
-    "resume steps csv a folder": (_folder("run.steps.csv", ["train", "--resume", "--ckpt", "RUN"]), 2, "is not a regular file"),
-    "plot out txt": (lambda b, t: ["plot", str(t / "run.pt"), "--out", str(t / "x.txt")], 2, ".txt is not an image format"),
-    "plot out in /proc": (lambda b, t: ["plot", str(t / "run.pt"), "--out", "/proc/nope.png"], 2, "cannot write in /proc"),
+    "replay epochs csv a folder": (
+        _folder("run.epochs.csv", ["replay", "RUN"]),
+        2,
+        "run.epochs.csv is not a regular file",
+    ),
+    "resume history a folder": (
+        _folder("run.history.json", ["train", "--resume", "--ckpt", "RUN"]),
+        2,
+        "is not a regular file",
+    ),
+    "resume steps csv a folder": (
+        _folder("run.steps.csv", ["train", "--resume", "--ckpt", "RUN"]),
+        2,
+        "is not a regular file",
+    ),
+    "plot out txt": (
+        lambda b, t: ["plot", str(t / "run.pt"), "--out", str(t / "x.txt")],
+        2,
+        ".txt is not an image format",
+    ),
+    "plot out in /proc": (
+        lambda b, t: ["plot", str(t / "run.pt"), "--out", "/proc/nope.png"],
+        2,
+        "cannot write in /proc",
+    ),
     "absurd d_model": (_edit(lambda d: d["settings"].update(d_model=10**7)), 2, "make a model of"),
-    "generate absurd d_model": (lambda b, t: ["generate", "--ckpt", _tampered(b, t, lambda d: d["settings"].update(d_model=10**7))], 2,
-                                "make a model of"),
-    "generate NaN weights": (lambda b, t: ["generate", "--ckpt", _tampered(b, t, _nan_weight)], 2, "non-finite weights (NaN or infinity in embed.weight)"),
-    "generate seed -1": (lambda b, t: ["generate", "--ckpt", str(b / "run.pt"), "--seed", "-1"], 2, "--seed: expected an integer >= 0"),
+    "generate absurd d_model": (
+        lambda b, t: ["generate", "--ckpt", _tampered(b, t, lambda d: d["settings"].update(d_model=10**7))],
+        2,
+        "make a model of",
+    ),
+    "generate NaN weights": (
+        lambda b, t: ["generate", "--ckpt", _tampered(b, t, _nan_weight)],
+        2,
+        "non-finite weights (NaN or infinity in embed.weight)",
+    ),
+    "generate seed -1": (
+        lambda b, t: ["generate", "--ckpt", str(b / "run.pt"), "--seed", "-1"],
+        2,
+        "--seed: expected an integer >= 0",
+    ),
     # issue 20: silent acceptance before
-    "resume and overwrite": (lambda b, t: ["train", "--resume", "--overwrite", "--ckpt", str(t / "run.pt")], 2, "pass one of them"),
-    "ckpt named like a metrics file": (lambda b, t: ["train", *TINY, "--ckpt", str(t / "ck.steps.csv")], 2, "would be confused with a run's other files"),
+    "resume and overwrite": (
+        lambda b, t: ["train", "--resume", "--overwrite", "--ckpt", str(t / "run.pt")],
+        2,
+        "pass one of them",
+    ),
+    "ckpt named like a metrics file": (
+        lambda b, t: ["train", *TINY, "--ckpt", str(t / "ck.steps.csv")],
+        2,
+        "would be confused with a run's other files",
+    ),
     "ckpt /dev/null": (["train", *TINY, "--ckpt", "/dev/null"], 2, "/dev/null is not a regular file"),
     "lock a symbolic link": (_symlinked_lock, 2, "is a symbolic link"),
-    "same stem as a run": (lambda b, t: ["train", *TINY, "--ckpt", str(t / "run.ckpt")], 2, "already holds a run (run.steps.csv"),
-    "trainer.optimizer missing": (_edit(lambda d: d["trainer"].pop("optimizer")), 2, "lacks trainer.optimizer, which a resume needs"),
+    "same stem as a run": (
+        lambda b, t: ["train", *TINY, "--ckpt", str(t / "run.ckpt")],
+        2,
+        "already holds a run (run.steps.csv",
+    ),
+    "trainer.optimizer missing": (
+        _edit(lambda d: d["trainer"].pop("optimizer")),
+        2,
+        "lacks trainer.optimizer, which a resume needs",
+    ),
     "trainer.rng missing": (_edit(lambda d: d["trainer"].pop("rng")), 2, "lacks trainer.rng, which a resume needs"),
     "trainer.rng.torch missing": (_edit(lambda d: d["trainer"]["rng"].pop("torch")), 2, "lacks trainer.rng.torch"),
     # issue 20: misleading messages before
-    "ckpt of random bytes": (_not_a_checkpoint(bytes(range(7, 250))), 2, "is not a checkpoint: not a file torch.save wrote"),
-    "ckpt a JSON file": (_not_a_checkpoint(b'{"schema_version": 2}'), 2, "is not a checkpoint: not a file torch.save wrote"),
-    "resume CSVs without a checkpoint": (_csvs_without_checkpoint, 2, "of a run that never saved one; there is nothing to resume"),
+    "ckpt of random bytes": (
+        _not_a_checkpoint(bytes(range(7, 250))),
+        2,
+        "is not a checkpoint: not a file torch.save wrote",
+    ),
+    "ckpt a JSON file": (
+        _not_a_checkpoint(b'{"schema_version": 2}'),
+        2,
+        "is not a checkpoint: not a file torch.save wrote",
+    ),
+    "resume CSVs without a checkpoint": (
+        _csvs_without_checkpoint,
+        2,
+        "of a run that never saved one; there is nothing to resume",
+    ),
     # issue 25: --resume auto, and the curriculum a checkpoint stores
     "resume maybe": (["train", *TINY, "--resume", "maybe"], 2, "--resume: expected nothing (continue the run) or auto"),
-    "resume auto and overwrite": (lambda b, t: ["train", "--resume", "auto", "--overwrite", "--ckpt", str(t / "run.pt")], 2,
-                                  "--resume auto continues the run in --ckpt if there is one and --overwrite replaces it"),
-    "resume auto CSVs without a checkpoint": (_auto_csvs_without_checkpoint, 2, "only run.steps.csv, run.epochs.csv, run.history.json, "
-                                              "which this run did not write"),
-    "resume auto other settings": (lambda b, t: ["train", *TINY, "--lr", "0.1", "--resume", "auto", "--ckpt", str(t / "run.pt")], 2,
-                                   "--lr: checkpoint has 0.0002, given 0.1"),
+    "resume auto and overwrite": (
+        lambda b, t: ["train", "--resume", "auto", "--overwrite", "--ckpt", str(t / "run.pt")],
+        2,
+        "--resume auto continues the run in --ckpt if there is one and --overwrite replaces it",
+    ),
+    "resume auto CSVs without a checkpoint": (
+        _auto_csvs_without_checkpoint,
+        2,
+        "only run.steps.csv, run.epochs.csv, run.history.json, which this run did not write",
+    ),
+    "resume auto other settings": (
+        lambda b, t: ["train", *TINY, "--lr", "0.1", "--resume", "auto", "--ckpt", str(t / "run.pt")],
+        2,
+        "--lr: checkpoint has 0.0002, given 0.1",
+    ),
     "resume auto a foreign file": (_auto_foreign_file, 2, "is not a checkpoint: not a file torch.save wrote"),
-    "stored curriculum garbled": (_edit(lambda d: d.update(curriculum={"phases": 3}, curriculum_file="c.toml")), 2,
-                                  "the curriculum it stores cannot be used"),
-    "stored curriculum not a table": (_edit(lambda d: d.update(curriculum=[1], curriculum_file="c.toml")), 2,
-                                      "curriculum is not a curriculum's data"),
-    "seq-len 1 with default cutoffs": (["train", "--data", DATA, "--seq-len", "1", "--chunk", "1", "--kernel-len", "1"], 2,
-                                       "each cutoff must be >= 1 bin"),
+    "stored curriculum garbled": (
+        _edit(lambda d: d.update(curriculum={"phases": 3}, curriculum_file="c.toml")),
+        2,
+        "the curriculum it stores cannot be used",
+    ),
+    "stored curriculum not a table": (
+        _edit(lambda d: d.update(curriculum=[1], curriculum_file="c.toml")),
+        2,
+        "curriculum is not a curriculum's data",
+    ),
+    "seq-len 1 with default cutoffs": (
+        ["train", "--data", DATA, "--seq-len", "1", "--chunk", "1", "--kernel-len", "1"],
+        2,
+        "each cutoff must be >= 1 bin",
+    ),
 }
 
 # Refusals that must not suggest --overwrite: it would not help.
@@ -438,8 +577,13 @@ def test_every_user_mistake_is_one_line_never_a_traceback(case, base_run, tmp_pa
 
 def _snapshot_all(tmp: Path) -> dict:
     """Every file and folder under ``tmp`` but the run locks, with the bytes of each regular file."""
-    return {str(p.relative_to(tmp)): (p.read_bytes() if p.is_file() and not p.is_symlink() else os.readlink(p) if p.is_symlink() else "dir")
-            for p in tmp.rglob("*") if not p.name.endswith(".lock") or p.is_symlink()}
+    return {
+        str(p.relative_to(tmp)): (
+            p.read_bytes() if p.is_file() and not p.is_symlink() else os.readlink(p) if p.is_symlink() else "dir"
+        )
+        for p in tmp.rglob("*")
+        if not p.name.endswith(".lock") or p.is_symlink()
+    }
 
 
 def test_an_unwritable_corpus_cache_is_refused_before_training(tmp_path, capsys, monkeypatch):
@@ -468,8 +612,13 @@ def test_a_full_disk_at_a_save_is_one_line_and_keeps_the_previous_checkpoint(tmp
     ByteCorpus(DATA, seq_len=32, chunk=4)  # the corpus cache exists before the limit applies
     assert train(tmp_path, "run", "--stop-after", "1") == 0
     before = (tmp_path / "run.pt").read_bytes()
-    proc = subprocess.run([sys.executable, "-c", DISK_FULL, "train", "--ckpt", str(tmp_path / "run.pt"), "--resume",
-                           "--stop-after", "1"], cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", DISK_FULL, "train", "--ckpt", str(tmp_path / "run.pt"), "--resume", "--stop-after", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 1, proc.stderr
     assert "could not write" in proc.stderr and "the disk is full" in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1, proc.stderr
@@ -486,6 +635,7 @@ def test_diagram_of_a_weights_only_checkpoint_marks_the_phase_its_epochs_imply(b
 
 
 # -- never losing a run ----------------------------------------------------------------------------
+
 
 def _snapshot(tmp: Path) -> dict:
     return {p.name: p.read_bytes() for p in tmp.iterdir() if p.is_file() and not p.name.startswith(".")}
@@ -509,8 +659,14 @@ def test_overwrite_replaces_the_old_run_only_at_the_first_save(tmp_path, capsys)
     before = _snapshot(tmp_path)
     args = [*TINY, "--steps-per-epoch", "60", "--log-every", "1", "--epochs", "1", "--seed", "1", "--overwrite"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "runs.cli", "train", *args, "--ckpt", str(tmp_path / "run.pt")],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runs.cli", "train", *args, "--ckpt", str(tmp_path / "run.pt")],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     for line in proc.stdout:
         if line.startswith("  step 3/60"):
             assert _snapshot(tmp_path) == before  # three steps in, nothing touched yet
@@ -521,7 +677,9 @@ def test_overwrite_replaces_the_old_run_only_at_the_first_save(tmp_path, capsys)
     assert "stopping after this step (checkpoint saved); SIGINT again to stop now without saving" in err
     new = load_checkpoint(tmp_path / "run.pt")
     assert new.settings.seed == 1 and new.global_step >= 3
-    assert [int(r["step"]) for r in read_csv(RunFiles(tmp_path / "run.pt").steps)] == list(range(1, new.global_step + 1))
+    assert [int(r["step"]) for r in read_csv(RunFiles(tmp_path / "run.pt").steps)] == list(
+        range(1, new.global_step + 1)
+    )
 
 
 @pytest.mark.parametrize("crash_in", ["write_history", "commit"])
@@ -541,7 +699,9 @@ def test_a_crash_in_the_first_save_under_overwrite_never_mixes_two_runs(tmp_path
             train(tmp_path, "run", "--seed", "1", "--overwrite", epochs=2)  # its first save: the end of epoch 0
     new = load_checkpoint(files.ckpt)
     assert (new.settings.seed, new.global_step) == (1, 6)
-    assert files.steps.read_bytes() == old["run.steps.csv"] and files.epochs.read_bytes() == old["run.epochs.csv"]  # whole, not mixed
+    assert (
+        files.steps.read_bytes() == old["run.steps.csv"] and files.epochs.read_bytes() == old["run.epochs.csv"]
+    )  # whole, not mixed
     assert not files.plot.exists()  # drawn from the replaced run: gone before the new checkpoint
     capsys.readouterr()
     before = _snapshot(tmp_path)
@@ -553,7 +713,10 @@ def test_a_crash_in_the_first_save_under_overwrite_never_mixes_two_runs(tmp_path
     # the commands that read the folder say so: history and plot warn, replay refuses
     for command in (["history", str(files.ckpt)], ["plot", str(files.ckpt), "--out", str(tmp_path / "look.png")]):
         assert main(command) == 0
-        assert "warning: run.steps.csv and run.epochs.csv do not hold the metrics run.pt was saved with" in capsys.readouterr().err
+        assert (
+            "warning: run.steps.csv and run.epochs.csv do not hold the metrics run.pt was saved with"
+            in capsys.readouterr().err
+        )
     assert main(["replay", str(files.ckpt)]) == 2
     err = capsys.readouterr().err
     assert "replay needs the metrics of the run that made the checkpoint" in err and err.count("\n") == 1, err
@@ -565,9 +728,14 @@ def test_a_crash_in_the_first_save_under_overwrite_never_mixes_two_runs(tmp_path
         m.setattr(runs.train_cmd, "_fit", crash)
         with pytest.raises(RuntimeError, match="simulated crash"):
             resume(tmp_path, "run")
-    assert [(r.dest, r.global_step) for r in files.read_history()] == [("cutoff_4", 0), ("cutoff_8", 6)]  # not the old run's 12
+    assert [(r.dest, r.global_step) for r in files.read_history()] == [
+        ("cutoff_4", 0),
+        ("cutoff_8", 6),
+    ]  # not the old run's 12
     assert resume(tmp_path, "run") == 0
-    assert [int(r["step"]) for r in read_csv(files.steps)] == list(range(7, 13))  # the new run's, from the checkpoint on
+    assert [int(r["step"]) for r in read_csv(files.steps)] == list(
+        range(7, 13)
+    )  # the new run's, from the checkpoint on
     assert [int(r["epoch"]) for r in read_csv(files.epochs)] == [1]
     capsys.readouterr()
     assert main(["history", str(files.ckpt)]) == 0
@@ -602,15 +770,25 @@ def test_a_resume_refuses_metrics_that_are_not_its_checkpoints(tmp_path, capsys)
     capsys.readouterr()
     assert resume(tmp_path, "run") == 2
     err = capsys.readouterr().err
-    assert "run.steps.csv beside" in err and "does not hold the metrics the checkpoint was saved with" in err and "Move it aside" in err
+    assert (
+        "run.steps.csv beside" in err
+        and "does not hold the metrics the checkpoint was saved with" in err
+        and "Move it aside" in err
+    )
 
 
 def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path):
     """The first SIGINT is acknowledged; a second one stops now (exit 130), the last checkpoint kept."""
     args = [*TINY, "--steps-per-epoch", "400", "--log-every", "1", "--epochs", "1"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_STEPS, "train", *args, "--ckpt", str(tmp_path / "run.pt")],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_STEPS, "train", *args, "--ckpt", str(tmp_path / "run.pt")],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     for line in proc.stdout:
         if line.startswith("  step 2/400"):  # step 3 is now sleeping its 2 s: both signals land inside it
             time.sleep(0.5)
@@ -662,9 +840,18 @@ def test_a_second_run_on_the_same_checkpoint_is_refused_naming_the_holder(tmp_pa
         assert f"another run is using {tmp_path / 'run.pt'} (pid {os.getpid()} on " in err
     finally:
         lock.release()
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom runs.artifacts import RunLock\n"
-                               "RunLock(Path(sys.argv[1])).acquire()\nprint('locked', flush=True)\ntime.sleep(300)\n",
-                               str(tmp_path / "run.pt")], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom pathlib import Path\nfrom runs.artifacts import RunLock\n"
+            "RunLock(Path(sys.argv[1])).acquire()\nprint('locked', flush=True)\ntime.sleep(300)\n",
+            str(tmp_path / "run.pt"),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "locked"
     holder.kill()
     holder.wait()
@@ -675,10 +862,17 @@ def test_temp_files_have_unique_names_and_stale_ones_are_removed(tmp_path, capsy
     """Fixed temp names are not used (a directory in the way breaks nothing); a killed run's temp files are removed."""
     for name in ("run.history.json.tmp", "run.steps.csv.tmp", "run.epochs.csv.tmp"):
         (tmp_path / name).mkdir()  # the old fixed temp names
-    stale = [tmp_path / ".run.pt.k2j4h5_q.tmp", tmp_path / ".run.history.json.abc123de.tmp", tmp_path / ".run.steps.csv.x0000000.tmp"]
+    stale = [
+        tmp_path / ".run.pt.k2j4h5_q.tmp",
+        tmp_path / ".run.history.json.abc123de.tmp",
+        tmp_path / ".run.steps.csv.x0000000.tmp",
+    ]
     for path in stale:
         path.write_bytes(b"left by a SIGKILL during a save")
-    others = [tmp_path / ".other.pt.k2j4h5_q.tmp", tmp_path / ".run.pt.bak.k2j4h5_q.tmp"]  # other runs' (run.pt.bak is one)
+    others = [
+        tmp_path / ".other.pt.k2j4h5_q.tmp",
+        tmp_path / ".run.pt.bak.k2j4h5_q.tmp",
+    ]  # other runs' (run.pt.bak is one)
     for path in others:
         path.write_bytes(b"another run's")
     assert train(tmp_path, "run", "--stop-after", "2") == 0
@@ -705,9 +899,15 @@ def test_resuming_a_finished_run_says_how_to_train_longer(tmp_path, capsys):
     capsys.readouterr()
     assert resume(tmp_path, "run") == 0
     out = capsys.readouterr().out
-    assert "the run already finished: it has trained 2 epochs and --epochs is 2; to train longer, resume with --epochs N (N > 2" in out
+    assert (
+        "the run already finished: it has trained 2 epochs and --epochs is 2; to train longer, resume with --epochs N (N > 2"
+        in out
+    )
     assert resume(tmp_path, "run", "--epochs", "1") == 0  # not "finished its 1 epochs"
-    assert "it has trained 2 epochs and --epochs is 1; to train longer, resume with --epochs N (N > 2" in capsys.readouterr().out
+    assert (
+        "it has trained 2 epochs and --epochs is 1; to train longer, resume with --epochs N (N > 2"
+        in capsys.readouterr().out
+    )
     assert _snapshot(tmp_path) == before
 
 
@@ -728,8 +928,24 @@ def test_plot_writes_where_it_says_and_draws_a_run_that_never_saved(tmp_path, ca
 def test_generate_streams_its_bytes_and_ctrl_c_keeps_them(base_run):
     """generate prints bytes as they are sampled; Ctrl-C stops it with what was printed kept (exit 130)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "runs.cli", "generate", "--ckpt", str(base_run / "run.pt"),
-                             "--prompt", "import ", "-n", "10000000"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "runs.cli",
+            "generate",
+            "--ckpt",
+            str(base_run / "run.pt"),
+            "--prompt",
+            "import ",
+            "-n",
+            "10000000",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     first, deadline = b"", time.monotonic() + 60  # the first bytes arrive long before ten million are done
     while len(first) < 40 and time.monotonic() < deadline:
         if select.select([proc.stdout], [], [], 1.0)[0]:
@@ -791,6 +1007,7 @@ def test_the_welch_plateau_is_a_training_setting_too(tmp_path, capsys):
 
 # -- issue 20: a run stays the run ------------------------------------------------------------------
 
+
 def test_a_resume_on_changed_data_is_refused_naming_the_change_unless_allowed(tmp_path, monkeypatch, capsys):
     """A relative --data is stored absolute; edited data is refused naming the file, nothing changed;
     --allow-data-change continues, and the checkpoint and `chunklm history` record it."""
@@ -814,9 +1031,13 @@ def test_a_resume_on_changed_data_is_refused_naming_the_change_unless_allowed(tm
     assert "--allow-data-change" in err and err.count("\n") == 1
     assert _snapshot(tmp_path) == before
     assert resume(tmp_path, "run", "--allow-data-change", "--stop-after", "1") == 0
-    assert "note: continuing on changed data (--allow-data-change, recorded in the checkpoint)" in capsys.readouterr().out
+    assert (
+        "note: continuing on changed data (--allow-data-change, recorded in the checkpoint)" in capsys.readouterr().out
+    )
     saved = load_checkpoint(tmp_path / "run.pt")
-    assert saved.data_changes == [{"global_step": 2, "epoch": 0, "changes": ["1 file changed content, same size (decoder.py)"]}]
+    assert saved.data_changes == [
+        {"global_step": 2, "epoch": 0, "changes": ["1 file changed content, same size (decoder.py)"]}
+    ]
     assert resume(tmp_path, "run", "--stop-after", "1") == 0  # the new data is now the run's
     assert load_checkpoint(tmp_path / "run.pt").data_changes == saved.data_changes  # and the record stays
     capsys.readouterr()
@@ -878,11 +1099,18 @@ def test_a_run_folder_moved_away_mid_run_is_one_line(tmp_path, capsys, monkeypat
 
 
 @pytest.mark.parametrize("command", ["generate", "history", "replay"])
-@pytest.mark.parametrize("error", [BrokenPipeError(32, "Broken pipe"), OSError(28, "No space left on device")], ids=["closed pipe", "full disk"])
+@pytest.mark.parametrize(
+    "error",
+    [BrokenPipeError(32, "Broken pipe"), OSError(28, "No space left on device")],
+    ids=["closed pipe", "full disk"],
+)
 def test_output_that_cannot_be_written_is_one_line(base_run, monkeypatch, capsys, command, error):
     """stdout closed early (`| head`) or on a full disk: one line, exit 1."""
-    argv = {"generate": ["generate", "--ckpt", str(base_run / "run.pt"), "-n", "8"],
-            "history": ["history", str(base_run), "--format", "csv"], "replay": ["replay", str(base_run)]}[command]
+    argv = {
+        "generate": ["generate", "--ckpt", str(base_run / "run.pt"), "-n", "8"],
+        "history": ["history", str(base_run), "--format", "csv"],
+        "replay": ["replay", str(base_run)],
+    }[command]
 
     class Closed:
         def write(self, text):
@@ -900,9 +1128,25 @@ def test_output_that_cannot_be_written_is_one_line(base_run, monkeypatch, capsys
 
 def test_generate_to_a_closed_pipe_is_one_line(base_run, tmp_path):
     """The real thing, in a process (`generate | head -c 0`): one line, exit 1, no second error at the interpreter's exit."""
-    cmd = [sys.executable, "-m", "runs.cli", "generate", "--ckpt", str(base_run / "run.pt"), "--prompt", "a\udcffb", "-n", "64"]
-    proc = subprocess.Popen([os.fsencode(c) for c in cmd], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "runs.cli",
+        "generate",
+        "--ckpt",
+        str(base_run / "run.pt"),
+        "--prompt",
+        "a\udcffb",
+        "-n",
+        "64",
+    ]
+    proc = subprocess.Popen(
+        [os.fsencode(c) for c in cmd],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     proc.stdout.close()  # the reader is gone before the first byte
     err = proc.stderr.read().decode()
     assert proc.wait() == 1 and "broken pipe" in err and err.count("\n") == 1, err
@@ -910,7 +1154,10 @@ def test_generate_to_a_closed_pipe_is_one_line(base_run, tmp_path):
 
 def test_generate_takes_a_prompt_that_is_not_utf8(base_run, capsys):
     """A prompt's bytes are used as given (the model reads bytes); they print with U+FFFD for what is not UTF-8."""
-    assert main(["generate", "--ckpt", str(base_run / "run.pt"), "--prompt", "a\udcffb", "-n", "4", "--temperature", "0"]) == 0
+    assert (
+        main(["generate", "--ckpt", str(base_run / "run.pt"), "--prompt", "a\udcffb", "-n", "4", "--temperature", "0"])
+        == 0
+    )
     assert capsys.readouterr().out.startswith("a\ufffdb")
 
 

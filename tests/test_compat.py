@@ -83,8 +83,11 @@ def _csv_close(a: Path, b: Path) -> None:
     rows_a, rows_b = read_csv(a), read_csv(b)
     assert [r.keys() for r in rows_a] == [r.keys() for r in rows_b]
     for ra, rb in zip(rows_a, rows_b):
-        _close({k: float(v) if "." in v or "e" in v else v for k, v in ra.items()},
-               {k: float(v) if "." in v or "e" in v else v for k, v in rb.items()}, a.name)
+        _close(
+            {k: float(v) if "." in v or "e" in v else v for k, v in ra.items()},
+            {k: float(v) if "." in v or "e" in v else v for k, v in rb.items()},
+            a.name,
+        )
 
 
 def assert_close_run(run: Path, a: str, b: str) -> None:
@@ -109,7 +112,10 @@ def assert_close_run(run: Path, a: str, b: str) -> None:
     _csv_close(fa.steps, fb.steps)
     _csv_close(fa.epochs, fb.epochs)
     ha, hb = fa.read_history(), fb.read_history()
-    decisions = [[(r.source, r.dest, r.global_step, r.epoch, r.point, [x.action for x in r.actions]) for r in h] for h in (ha, hb)]
+    decisions = [
+        [(r.source, r.dest, r.global_step, r.epoch, r.point, [x.action for x in r.actions]) for r in h]
+        for h in (ha, hb)
+    ]
     assert decisions[0] == decisions[1]  # exact
     _close([r.comparable() for r in ha], [r.comparable() for r in hb], "history", abs_tol=EVIDENCE_ATOL)
 
@@ -125,14 +131,18 @@ def test_v0_checkpoint_keeps_its_own_settings_when_defaults_change(v0_run: Path,
     """The v0 run used smooth kernels and exact raises, the defaults then; a resume keeps them, not today's.
     It recorded no data identity: the resume says once that its data is not checked, and records it from then on."""
     history = _resume_without_deciders(v0_run, "stopped")
-    assert capsys.readouterr().out.count("note: this checkpoint was written before checkpoints recorded their data") == 1
+    assert (
+        capsys.readouterr().out.count("note: this checkpoint was written before checkpoints recorded their data") == 1
+    )
     assert load_checkpoint(v0_run / "stopped.pt").data["paths"] == [str(Path(DATA).resolve())]
     settings = load_checkpoint(v0_run / "stopped.pt").settings
     assert (settings.kernel_init, settings.preserve) == ("smooth", True)
     config = settings.to_config()
     assert (config.model.kernel_init.value, config.preserve) == ("smooth", True)
     raises = [a for r in history for a in r.actions if a.action.startswith("SetCutoff(")]
-    assert raises and all(a.action in ("SetCutoff(8)", "SetCutoff(16)", "SetCutoff(None)") for a in raises)  # preserve=True
+    assert raises and all(
+        a.action in ("SetCutoff(8)", "SetCutoff(16)", "SetCutoff(None)") for a in raises
+    )  # preserve=True
 
 
 # The first release's two runs, made by its own code on this machine (one process, one thread).
@@ -168,7 +178,9 @@ def test_v0_runs_made_here_resume_bit_for_bit(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     runs.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(code)}  # its modules, not today's
-    proc = subprocess.run([sys.executable, "-c", V0_RUNS, str(runs), *TINY], cwd=code, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", V0_RUNS, str(runs), *TINY], cwd=code, env=env, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert TINY[1] == DATA
     _resume_without_deciders(runs, "stopped")

@@ -17,7 +17,9 @@ def test_curriculum_error_is_value_error():
 
 def test_unknown_phase_in_transition():
     """A transition naming a phase that does not exist says which field, what exists and the fix."""
-    with pytest.raises(CurriculumError, match=r"transitions\[0\]\.dest is 'c'.*expected one of \['a', 'b'\].*add Phase"):
+    with pytest.raises(
+        CurriculumError, match=r"transitions\[0\]\.dest is 'c'.*expected one of \['a', 'b'\].*add Phase"
+    ):
         Curriculum([Phase("a"), Phase("b")], [Transition("a", "c", [Always()])])
 
 
@@ -99,9 +101,14 @@ def test_phase_name_must_be_identifier():
 def test_missing_registered_object():
     """An action requiring an object nobody registered fails at start(), naming both ways to register it."""
     calls = []
-    cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Always()], [Log("x", calls, requires=("schedule",))])])
+    cur = Curriculum(
+        [Phase("a"), Phase("b")], [Transition("a", "b", [Always()], [Log("x", calls, requires=("schedule",))])]
+    )
     eng = CurriculumEngine(cur)  # frameworks build the schedule later: construction is fine
-    with pytest.raises(CurriculumError, match=r"Log\('x'\) requires a registered object 'schedule'.*before start\(\).*CurriculumEngine\(curriculum, schedule=\.\.\.\) or call engine.bind\(schedule=\.\.\.\)"):
+    with pytest.raises(
+        CurriculumError,
+        match=r"Log\('x'\) requires a registered object 'schedule'.*before start\(\).*CurriculumEngine\(curriculum, schedule=\.\.\.\) or call engine.bind\(schedule=\.\.\.\)",
+    ):
         eng.start()
     CurriculumEngine(cur, schedule=object()).start()  # given: fine
 
@@ -122,7 +129,9 @@ def test_phase_params_are_kept():
 
 def test_class_instead_of_instance_rejected():
     """Passing a guard class instead of an instance says to instantiate it."""
-    with pytest.raises(CurriculumError, match=r"guards\[0\] is the class Always.*instantiate it, e\.g\. Always\(\.\.\.\)"):
+    with pytest.raises(
+        CurriculumError, match=r"guards\[0\] is the class Always.*instantiate it, e\.g\. Always\(\.\.\.\)"
+    ):
         Transition("a", "b", [Always])
 
 
@@ -146,8 +155,14 @@ def test_one_observing_guard_shared_by_two_transitions_is_rejected():
     from policies import MinEpoch, Plateau, all_of
 
     plateau = Plateau(window=4)
-    with pytest.raises(CurriculumError, match=r"Plateau\(window=4, threshold=0.005\) observes out of phase 'a' twice \(transitions\[0\] \(a -> b\) and \[1\] \(a -> c\) share it\)"):
-        Curriculum([Phase("a"), Phase("b"), Phase("c")], [Transition("a", "b", [plateau]), Transition("a", "c", [all_of(MinEpoch(1), plateau)])])
+    with pytest.raises(
+        CurriculumError,
+        match=r"Plateau\(window=4, threshold=0.005\) observes out of phase 'a' twice \(transitions\[0\] \(a -> b\) and \[1\] \(a -> c\) share it\)",
+    ):
+        Curriculum(
+            [Phase("a"), Phase("b"), Phase("c")],
+            [Transition("a", "b", [plateau]), Transition("a", "c", [all_of(MinEpoch(1), plateau)])],
+        )
     with pytest.raises(CurriculumError, match=r"transition\[0\] \(a -> b\) uses it twice"):
         Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [plateau, plateau])])
     # out of different phases it observes in one phase at a time: allowed

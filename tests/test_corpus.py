@@ -158,7 +158,8 @@ def test_default_corpus_is_the_standard_library(tmp_path):
     c = ByteCorpus(seq_len=64, chunk=4, cache_dir=tmp_path)
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     expected = [
-        p for p in stdlib.rglob("*.py")
+        p
+        for p in stdlib.rglob("*.py")
         if not {"site-packages", "dist-packages", "__pycache__"} & set(p.relative_to(stdlib).parts)
         and not any(part.startswith(".") for part in p.relative_to(stdlib).parts)
     ]

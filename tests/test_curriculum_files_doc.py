@@ -13,7 +13,9 @@ from engine import Curriculum, Phase, Point, Registry, Transition, load_curricul
 from policies import MinEpoch, MinSteps, RestartLR
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "curriculum-files.md"
-LIGHTNING_WARNINGS = pytest.mark.filterwarnings("ignore:.*LeafSpec.*", "ignore::UserWarning:lightning.*", "ignore::UserWarning:jsonargparse.*")
+LIGHTNING_WARNINGS = pytest.mark.filterwarnings(
+    "ignore:.*LeafSpec.*", "ignore::UserWarning:lightning.*", "ignore::UserWarning:jsonargparse.*"
+)
 
 
 def block(marker: str) -> str:
@@ -26,7 +28,10 @@ def code_curriculum() -> Curriculum:
     """The curriculum the doc's TOML file describes, in code."""
     return Curriculum(
         [Phase("warm", params={"seq_len": 256}), Phase("main"), Phase("final")],
-        [Transition("warm", "main", [MinSteps(6)], [RestartLR()], when=Point.STEP_END), Transition("main", "final", [MinEpoch(2)])],
+        [
+            Transition("warm", "main", [MinSteps(6)], [RestartLR()], when=Point.STEP_END),
+            Transition("main", "final", [MinEpoch(2)]),
+        ],
     )
 
 
@@ -85,8 +90,12 @@ def test_lightning_cli_runs_the_config(workdir):
     from lightning.pytorch.cli import LightningCLI
 
     (workdir / "config.yaml").write_text(block("lightning-cli-inline-yaml"))
-    cli = LightningCLI(module_namespace()["Regressor"], args=["fit", "--config", "config.yaml"], save_config_callback=None,
-                       trainer_defaults={"default_root_dir": str(workdir)})
+    cli = LightningCLI(
+        module_namespace()["Regressor"],
+        args=["fit", "--config", "config.yaml"],
+        save_config_callback=None,
+        trainer_defaults={"default_root_dir": str(workdir)},
+    )
     assert cli.model.engine.curriculum.fingerprint() == code_curriculum().fingerprint()
     assert transitions(cli.model.engine) == [("warm", "main", 6), ("main", "final", 8)]
 
@@ -109,7 +118,9 @@ def test_hydra_composes_the_config_and_builds_the_engine(workdir):
     namespace = {"__name__": "train_hydra"}
     exec(compile(block("hydra"), "curriculum-files.md", "exec"), namespace)
     (workdir / "config.yaml").write_text(block("hydra-yaml"))
-    (workdir / "inline.yaml").write_text(block("lightning-cli-inline-yaml").replace("model:\n  curriculum:", "curriculum:").replace("\n  ", "\n"))
+    (workdir / "inline.yaml").write_text(
+        block("lightning-cli-inline-yaml").replace("model:\n  curriculum:", "curriculum:").replace("\n  ", "\n")
+    )
     with initialize_config_dir(config_dir=str(workdir), version_base=None):
         for name in ("config", "inline"):
             eng = namespace["build_engine"](compose(config_name=name))

@@ -11,11 +11,35 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import policies
-from engine import Curriculum, CurriculumEngine, CurriculumError, CurriculumFileError, Phase, Point, Registry, Transition
-from engine import load_curriculum, save_curriculum, to_toml
+from engine import (
+    Curriculum,
+    CurriculumEngine,
+    CurriculumError,
+    CurriculumFileError,
+    Phase,
+    Point,
+    Registry,
+    Transition,
+    load_curriculum,
+    save_curriculum,
+    to_toml,
+)
 from policies import (
-    Cooldown, MaxVisits, MetricAbove, MetricBelow, MinEpoch, MinSteps, Plateau, ResetWindow, RestartLR, SetCutoff, WorseThanBest,
-    all_of, any_of, not_, spectral_curriculum,
+    Cooldown,
+    MaxVisits,
+    MetricAbove,
+    MetricBelow,
+    MinEpoch,
+    MinSteps,
+    Plateau,
+    ResetWindow,
+    RestartLR,
+    SetCutoff,
+    WorseThanBest,
+    all_of,
+    any_of,
+    not_,
+    spectral_curriculum,
 )
 from tests.utils import CountBelow, FakeModel
 
@@ -52,18 +76,37 @@ def custom() -> Curriculum:
     """Every built-in guard and action kind, params, step_end, on_enter, a loop-back and user classes."""
     return Curriculum(
         [
-            Phase("warm", params={"seq_len": 64, "mix": {"code": 0.5, "prose": [1, 2.5]}, "name": "é\"\\\x7f"},
-                  on_enter=[SetCutoff(4, preserve=True), Note("in", tags=("a", "b"))]),
+            Phase(
+                "warm",
+                params={"seq_len": 64, "mix": {"code": 0.5, "prose": [1, 2.5]}, "name": 'é"\\\x7f'},
+                on_enter=[SetCutoff(4, preserve=True), Note("in", tags=("a", "b"))],
+            ),
             Phase("main", params={"seq_len": 128}, on_enter=[SetCutoff(None)]),
             Phase("late"),
         ],
         [
-            Transition("warm", "main", [all_of(MinSteps(3), any_of(CountBelow(0.5, 2), MetricBelow("loss", 0.1)))],
-                       [RestartLR(), Note("up")], when=Point.STEP_END),
-            Transition("main", "warm", [WorseThanBest("val", patience=2), MaxVisits(3), Cooldown(2, unit="steps")],
-                       when="epoch_end"),
-            Transition("main", "late", [not_(MetricAbove("val", 1.5)), MinEpoch(1, in_phase=True),
-                                        Plateau(window=4, threshold=0.0, metric="val", mode="max", test="welch", alpha=0.1)]),
+            Transition(
+                "warm",
+                "main",
+                [all_of(MinSteps(3), any_of(CountBelow(0.5, 2), MetricBelow("loss", 0.1)))],
+                [RestartLR(), Note("up")],
+                when=Point.STEP_END,
+            ),
+            Transition(
+                "main",
+                "warm",
+                [WorseThanBest("val", patience=2), MaxVisits(3), Cooldown(2, unit="steps")],
+                when="epoch_end",
+            ),
+            Transition(
+                "main",
+                "late",
+                [
+                    not_(MetricAbove("val", 1.5)),
+                    MinEpoch(1, in_phase=True),
+                    Plateau(window=4, threshold=0.0, metric="val", mode="max", test="welch", alpha=0.1),
+                ],
+            ),
         ],
         initial="warm",
     )
@@ -127,11 +170,18 @@ def test_an_engine_state_saved_under_the_code_resumes_under_the_file(tmp_path):
 
 def test_a_users_class_is_named_only_once_registered():
     """Without registration a user's guard is unknown to a file and cannot be written; a name is registered once."""
-    data = {"phases": [{"name": "a"}, {"name": "b"}],
-            "transitions": [{"source": "a", "dest": "b", "guards": [{"type": "CountBelow", "value": 0.5, "need": 2}]}]}
-    with pytest.raises(CurriculumFileError, match=r"transitions\[0\]\.guards\[0\]\.type: unknown guard 'CountBelow'.*register_guard"):
+    data = {
+        "phases": [{"name": "a"}, {"name": "b"}],
+        "transitions": [{"source": "a", "dest": "b", "guards": [{"type": "CountBelow", "value": 0.5, "need": 2}]}],
+    }
+    with pytest.raises(
+        CurriculumFileError, match=r"transitions\[0\]\.guards\[0\]\.type: unknown guard 'CountBelow'.*register_guard"
+    ):
         Curriculum.from_dict(data, registry=Registry())
-    with pytest.raises(CurriculumError, match=r"not a built-in or registered guard; register it first: engine.register_guard\(CountBelow\)"):
+    with pytest.raises(
+        CurriculumError,
+        match=r"not a built-in or registered guard; register it first: engine.register_guard\(CountBelow\)",
+    ):
         Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [CountBelow(0.5, 2)])]).to_dict(registry=Registry())
     reg = Registry()
     assert reg.register_guard(CountBelow) is CountBelow
@@ -141,7 +191,10 @@ def test_a_users_class_is_named_only_once_registered():
     class CountBelow2(CountBelow):
         pass
 
-    with pytest.raises(CurriculumError, match=r"register_guard: the name 'CountBelow' is already used by the guard tests.utils.CountBelow"):
+    with pytest.raises(
+        CurriculumError,
+        match=r"register_guard: the name 'CountBelow' is already used by the guard tests.utils.CountBelow",
+    ):
         reg.register_guard(CountBelow2, name="CountBelow")
     with pytest.raises(CurriculumError, match=r"the name 'Plateau' is already used"):
         reg.register_guard(CountBelow2, name="Plateau")
@@ -153,11 +206,18 @@ def test_reset_window_is_refused_both_ways_with_the_reason():
     """ResetWindow points at guard objects, which data cannot: reading and writing it say so."""
     plateau = Plateau(window=4)
     code = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [plateau], [ResetWindow(plateau)])])
-    with pytest.raises(CurriculumError, match=r"transitions\[0\]\.actions\[0\]: ResetWindow\(Plateau\(window=4, threshold=0.005\)\) cannot "
-                       "be written to a data file: it holds the very guard objects"):
+    with pytest.raises(
+        CurriculumError,
+        match=r"transitions\[0\]\.actions\[0\]: ResetWindow\(Plateau\(window=4, threshold=0.005\)\) cannot "
+        "be written to a data file: it holds the very guard objects",
+    ):
         code.to_dict()
-    data = {"phases": [{"name": "a"}, {"name": "b"}],
-            "transitions": [{"source": "a", "dest": "b", "guards": [{"type": "MaxVisits", "n": 2}], "actions": ["ResetWindow"]}]}
+    data = {
+        "phases": [{"name": "a"}, {"name": "b"}],
+        "transitions": [
+            {"source": "a", "dest": "b", "guards": [{"type": "MaxVisits", "n": 2}], "actions": ["ResetWindow"]}
+        ],
+    }
     with pytest.raises(CurriculumFileError, match=r"actions\[0\]\.type: ResetWindow cannot be named in a data file"):
         Curriculum.from_dict(data)
 
@@ -180,9 +240,15 @@ def ready(ctx) -> bool:
 
 def test_yaml_style_data_reads_null_and_names():
     """Data from YAML or Hydra (null, bare names) builds the same curriculum as TOML's "full"."""
-    data = {"phases": [{"name": "a", "on_enter": [{"type": "SetCutoff", "n": None}]}, {"name": "b"}],
-            "transitions": [{"source": "a", "dest": "b", "guards": [{"type": "MinEpoch", "n": 1}], "actions": ["RestartLR"]}]}
-    code = Curriculum([Phase("a", on_enter=[SetCutoff(None)]), Phase("b")], [Transition("a", "b", [MinEpoch(1)], [RestartLR()])])
+    data = {
+        "phases": [{"name": "a", "on_enter": [{"type": "SetCutoff", "n": None}]}, {"name": "b"}],
+        "transitions": [
+            {"source": "a", "dest": "b", "guards": [{"type": "MinEpoch", "n": 1}], "actions": ["RestartLR"]}
+        ],
+    }
+    code = Curriculum(
+        [Phase("a", on_enter=[SetCutoff(None)]), Phase("b")], [Transition("a", "b", [MinEpoch(1)], [RestartLR()])]
+    )
     assert Curriculum.from_dict(data).fingerprint() == code.fingerprint()
 
 
@@ -210,26 +276,75 @@ actions = [{ type = "RestartLR" }]
 """
 
 
-@pytest.mark.parametrize("old, new, where, message", [
-    ('"Plateau"', '"Plateu"', "c.toml:17: transitions[0].guards[0].guards[1].type",
-     "unknown guard 'Plateu'; expected one of Cooldown, MaxVisits, MetricAbove, MetricBelow, MinEpoch, MinSteps, Plateau, WorseThanBest, all_of, "
-     "any_of, not_ (did you mean 'Plateau'?), or register your own first: engine.register_guard(YourClass)"),
-    ('n = 2', 'n = "2"', "c.toml:16: transitions[0].guards[0].guards[0]",
-     "MinEpoch: 'n' must be an int >= 0, got '2'; e.g. MinEpoch(2)"),
-    ('dest = "main"\n', '', "c.toml:11: transitions[0]", "missing key 'dest'; add it, e.g. source = "),
-    ('params = {', 'parms = {', "c.toml:5: phases[0].parms", "unknown key; expected one of name, params, on_enter; did you mean 'params'?"),
-    ('dest = "main"', 'dest = "mian"', "c.toml:13: transitions[0].dest", "'mian' is not a phase; expected one of ['warm', 'main'] (did you mean 'main'?)"),
-    ('dest = "main"', 'dest = "warm"', "c.toml: phases",
-     "Curriculum.phases ['main'] cannot be reached from the initial phase 'warm'; add a Transition into them or remove them"),
-    ('type = "RestartLR"', 'type = "MinEpoch", n = 1', "c.toml:20: transitions[0].actions[0].type", "'MinEpoch' is a guard, not an action; move it to guards"),
-    ('window = 4', 'window = 4, windw = 2', "c.toml:17: transitions[0].guards[0].guards[1].windw",
-     "Plateau has no argument 'windw'; expected Plateau(window: 'int' = 50"),
-    ('{ type = "MinEpoch", n = 2 }', '{ type = "MinEpoch" }', "c.toml:16: transitions[0].guards[0].guards[0]", "missing key 'n' for MinEpoch(n: 'int', in_phase: 'bool' = False); add it"),
-    ('version = 1', 'version = 2', "c.toml:1: version", "expected 1 (the layout this release reads), got 2"),
-    ('actions = [{ type = "RestartLR" }]', 'actions = "RestartLR"', "c.toml:20: transitions[0].actions", "expected an array of actions, got a string 'RestartLR'; wrap it in [ ... ]"),
-    ('name = "main"', 'name = "warm"', "c.toml:8: phases[1].name", "the phase name 'warm' is used twice (phases[0] too)"),
-    ('n = 8 }', 'n = 8 ', "c.toml:9", "not valid TOML: Unclosed inline table (column 41); fix the syntax"),
-])
+@pytest.mark.parametrize(
+    "old, new, where, message",
+    [
+        (
+            '"Plateau"',
+            '"Plateu"',
+            "c.toml:17: transitions[0].guards[0].guards[1].type",
+            "unknown guard 'Plateu'; expected one of Cooldown, MaxVisits, MetricAbove, MetricBelow, MinEpoch, MinSteps, Plateau, WorseThanBest, all_of, "
+            "any_of, not_ (did you mean 'Plateau'?), or register your own first: engine.register_guard(YourClass)",
+        ),
+        (
+            "n = 2",
+            'n = "2"',
+            "c.toml:16: transitions[0].guards[0].guards[0]",
+            "MinEpoch: 'n' must be an int >= 0, got '2'; e.g. MinEpoch(2)",
+        ),
+        ('dest = "main"\n', "", "c.toml:11: transitions[0]", "missing key 'dest'; add it, e.g. source = "),
+        (
+            "params = {",
+            "parms = {",
+            "c.toml:5: phases[0].parms",
+            "unknown key; expected one of name, params, on_enter; did you mean 'params'?",
+        ),
+        (
+            'dest = "main"',
+            'dest = "mian"',
+            "c.toml:13: transitions[0].dest",
+            "'mian' is not a phase; expected one of ['warm', 'main'] (did you mean 'main'?)",
+        ),
+        (
+            'dest = "main"',
+            'dest = "warm"',
+            "c.toml: phases",
+            "Curriculum.phases ['main'] cannot be reached from the initial phase 'warm'; add a Transition into them or remove them",
+        ),
+        (
+            'type = "RestartLR"',
+            'type = "MinEpoch", n = 1',
+            "c.toml:20: transitions[0].actions[0].type",
+            "'MinEpoch' is a guard, not an action; move it to guards",
+        ),
+        (
+            "window = 4",
+            "window = 4, windw = 2",
+            "c.toml:17: transitions[0].guards[0].guards[1].windw",
+            "Plateau has no argument 'windw'; expected Plateau(window: 'int' = 50",
+        ),
+        (
+            '{ type = "MinEpoch", n = 2 }',
+            '{ type = "MinEpoch" }',
+            "c.toml:16: transitions[0].guards[0].guards[0]",
+            "missing key 'n' for MinEpoch(n: 'int', in_phase: 'bool' = False); add it",
+        ),
+        ("version = 1", "version = 2", "c.toml:1: version", "expected 1 (the layout this release reads), got 2"),
+        (
+            'actions = [{ type = "RestartLR" }]',
+            'actions = "RestartLR"',
+            "c.toml:20: transitions[0].actions",
+            "expected an array of actions, got a string 'RestartLR'; wrap it in [ ... ]",
+        ),
+        (
+            'name = "main"',
+            'name = "warm"',
+            "c.toml:8: phases[1].name",
+            "the phase name 'warm' is used twice (phases[0] too)",
+        ),
+        ("n = 8 }", "n = 8 ", "c.toml:9", "not valid TOML: Unclosed inline table (column 41); fix the syntax"),
+    ],
+)
 def test_each_mistake_is_one_line_naming_file_line_key_and_fix(tmp_path, old, new, where, message):
     """Unknown guard, wrong type, missing or unknown key, unknown or unreachable phase, misplaced action, bad syntax."""
     assert old in BASE
@@ -266,9 +381,19 @@ def test_writing_refuses_what_a_file_cannot_hold(tmp_path):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.dictionaries(st.text(min_size=1, max_size=8), st.one_of(
-    st.text(max_size=12), st.integers(-2**63, 2**63 - 1), st.booleans(),
-    st.floats(allow_nan=False), st.lists(st.integers(0, 9), max_size=3)), max_size=4))
+@given(
+    st.dictionaries(
+        st.text(min_size=1, max_size=8),
+        st.one_of(
+            st.text(max_size=12),
+            st.integers(-(2**63), 2**63 - 1),
+            st.booleans(),
+            st.floats(allow_nan=False),
+            st.lists(st.integers(0, 9), max_size=3),
+        ),
+        max_size=4,
+    )
+)
 def test_the_toml_writer_round_trips_any_params(params):
     """Any strings (quotes, control characters, non-ASCII), ints, floats and lists in params read back equal."""
     curriculum = Curriculum([Phase("a", params=params)], [])
@@ -301,8 +426,12 @@ def test_config_mappings_and_keyword_arguments_are_read():
 
     reg = Registry()
     reg.register_guard(Tagged)
-    data = MappingProxyType({"phases": UserList([MappingProxyType({"name": "a"}), {"name": "b"}]),
-                             "transitions": [{"source": "a", "dest": "b", "guards": [{"type": "Tagged", "n": 1, "colour": "red"}]}]})
+    data = MappingProxyType(
+        {
+            "phases": UserList([MappingProxyType({"name": "a"}), {"name": "b"}]),
+            "transitions": [{"source": "a", "dest": "b", "guards": [{"type": "Tagged", "n": 1, "colour": "red"}]}],
+        }
+    )
     curriculum = Curriculum.from_dict(data, registry=reg)
     assert repr(curriculum.transitions[0].guards[0]) == "Tagged(1, colour='red')"
 
@@ -313,6 +442,11 @@ def test_without_a_toml_reader_the_error_says_what_to_install(tmp_path, monkeypa
 
     monkeypatch.setattr(engine.datafile, "_toml", None)
     path = save_curriculum(spectral_curriculum(), tmp_path / "c.toml")
-    with pytest.raises(CurriculumFileError, match=r"c.toml: reading TOML on Python 3.10 needs the tomli package: pip install tomli"):
+    with pytest.raises(
+        CurriculumFileError, match=r"c.toml: reading TOML on Python 3.10 needs the tomli package: pip install tomli"
+    ):
         load_curriculum(path)
-    assert load_curriculum(save_curriculum(spectral_curriculum(), tmp_path / "c.json")).fingerprint() == spectral_curriculum().fingerprint()
+    assert (
+        load_curriculum(save_curriculum(spectral_curriculum(), tmp_path / "c.json")).fingerprint()
+        == spectral_curriculum().fingerprint()
+    )

@@ -14,8 +14,28 @@ from tests.utils import DATA, assert_same_run
 
 # test_cli's tiny run without the curriculum flags; the file below is the curriculum those flags make.
 MODEL = [
-    "--data", DATA, "--seq-len", "32", "--kernel-len", "8", "--chunk", "4", "--d-model", "16", "--n-layers", "1",
-    "--batch-size", "2", "--accum-steps", "2", "--steps-per-epoch", "6", "--log-every", "0", "--epochs", "2",
+    "--data",
+    DATA,
+    "--seq-len",
+    "32",
+    "--kernel-len",
+    "8",
+    "--chunk",
+    "4",
+    "--d-model",
+    "16",
+    "--n-layers",
+    "1",
+    "--batch-size",
+    "2",
+    "--accum-steps",
+    "2",
+    "--steps-per-epoch",
+    "6",
+    "--log-every",
+    "0",
+    "--epochs",
+    "2",
 ]
 FLAGS = ["--cutoffs", "4,8,16", "--min-epochs", "1,1,2", "--plateau-window", "4", "--plateau-threshold", "1.0"]
 
@@ -48,16 +68,29 @@ def test_a_file_trains_exactly_as_the_flags_that_make_it_and_resumes_under_it(tm
 def test_resume_under_another_curriculum_is_refused_in_one_line(tmp_path, capsys):
     """Resuming with another file, or a checkpoint written before checkpoints stored their curriculum without the
     file it was trained with, names what differs and what to pass; with the file, such a checkpoint resumes."""
-    path = write(tmp_path, Curriculum([Phase("a", on_enter=[SetCutoff(4)]), Phase("b", on_enter=[SetCutoff(None)])],
-                                      [Transition("a", "b", [MinEpoch(1)])]))
-    other = write(tmp_path, Curriculum([Phase("a", on_enter=[SetCutoff(4)]), Phase("b", on_enter=[SetCutoff(None)])],
-                                       [Transition("a", "b", [MinEpoch(2)])]), "other.toml")
+    path = write(
+        tmp_path,
+        Curriculum(
+            [Phase("a", on_enter=[SetCutoff(4)]), Phase("b", on_enter=[SetCutoff(None)])],
+            [Transition("a", "b", [MinEpoch(1)])],
+        ),
+    )
+    other = write(
+        tmp_path,
+        Curriculum(
+            [Phase("a", on_enter=[SetCutoff(4)]), Phase("b", on_enter=[SetCutoff(None)])],
+            [Transition("a", "b", [MinEpoch(2)])],
+        ),
+        "other.toml",
+    )
     ckpt = str(tmp_path / "r.pt")
     assert main(["train", *MODEL, "--curriculum", path, "--ckpt", ckpt, "--stop-after", "2"]) == 0
     capsys.readouterr()
     assert main(["train", "--ckpt", ckpt, "--resume", "--curriculum", other]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"chunklm train: error: --curriculum {other}: {ckpt} was saved with another curriculum")
+    assert err.count("\n") == 1 and err.startswith(
+        f"chunklm train: error: --curriculum {other}: {ckpt} was saved with another curriculum"
+    )
     assert "transition a -> b guard MinEpoch(1) -> MinEpoch(2)" in err
     assert "drop --curriculum: the checkpoint stores the one it was trained with" in err
     data = torch.load(ckpt, weights_only=True)
@@ -71,16 +104,32 @@ def test_resume_under_another_curriculum_is_refused_in_one_line(tmp_path, capsys
     assert "curriculum" in torch.load(ckpt, weights_only=True)  # stored from the next save on
 
 
-@pytest.mark.parametrize("make, extra, message", [
-    (lambda: Curriculum([Phase("a", params={"seq_len": 16}, on_enter=[SetCutoff(4)])], []), [],
-     "phase 'a' has params ['seq_len'], which chunklm train does not read"),
-    (lambda: Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [MetricBelow("val_loss", 1.0)])]), [],
-     "MetricBelow('val_loss', 1.0) in transition a -> b reads the metric 'val_loss' at epoch_end, and chunklm train passes "
-     "only val_bpb, avg_loss there"),
-    (lambda: Curriculum([Phase("a", on_enter=[SetCutoff(64)])], []), [],
-     "SetCutoff(64, preserve=False) in phase 'a' on_enter opens more bins than the model has (17 at this --seq-len)"),
-    (lambda: tiny_curriculum(), ["--cutoffs", "4,8,16"], "--cutoffs build the spectral curriculum, which --curriculum"),
-])
+@pytest.mark.parametrize(
+    "make, extra, message",
+    [
+        (
+            lambda: Curriculum([Phase("a", params={"seq_len": 16}, on_enter=[SetCutoff(4)])], []),
+            [],
+            "phase 'a' has params ['seq_len'], which chunklm train does not read",
+        ),
+        (
+            lambda: Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [MetricBelow("val_loss", 1.0)])]),
+            [],
+            "MetricBelow('val_loss', 1.0) in transition a -> b reads the metric 'val_loss' at epoch_end, and chunklm train passes "
+            "only val_bpb, avg_loss there",
+        ),
+        (
+            lambda: Curriculum([Phase("a", on_enter=[SetCutoff(64)])], []),
+            [],
+            "SetCutoff(64, preserve=False) in phase 'a' on_enter opens more bins than the model has (17 at this --seq-len)",
+        ),
+        (
+            lambda: tiny_curriculum(),
+            ["--cutoffs", "4,8,16"],
+            "--cutoffs build the spectral curriculum, which --curriculum",
+        ),
+    ],
+)
 def test_a_file_the_trainer_cannot_drive_is_refused_before_training(tmp_path, capsys, make, extra, message):
     """Phase params, a metric the loop does not pass, a cutoff beyond the model, curriculum flags: one line, exit 2, no run."""
     path = write(tmp_path, make())
@@ -106,7 +155,10 @@ def test_diagram_draws_a_file_and_marks_a_runs_phase(tmp_path, capsys):
     shipped = str(Path(__file__).resolve().parent.parent / "policies" / "curricula" / "spectral.toml")
     assert main(["diagram", shipped]) == 0
     out = capsys.readouterr().out
-    assert "cutoff_128 --> cutoff_256 : epoch_end꞉ all_of(MinEpoch(2), Plateau(window=50, threshold=0.005)) / RestartLR()" in out
+    assert (
+        "cutoff_128 --> cutoff_256 : epoch_end꞉ all_of(MinEpoch(2), Plateau(window=50, threshold=0.005)) / RestartLR()"
+        in out
+    )
     assert main(["diagram", shipped, "--format", "dot"]) == 0
     assert "cutoff_512 -> full" in capsys.readouterr().out
     path = write(tmp_path, tiny_curriculum())
@@ -114,7 +166,9 @@ def test_diagram_draws_a_file_and_marks_a_runs_phase(tmp_path, capsys):
     capsys.readouterr()
     assert main(["diagram", path, "--run", str(tmp_path)]) == 0
     assert "class cutoff_8 current" in capsys.readouterr().out
-    assert main(["diagram", "--run", str(tmp_path)]) == 0  # the curriculum the checkpoint stores, not the flags' defaults
+    assert (
+        main(["diagram", "--run", str(tmp_path)]) == 0
+    )  # the curriculum the checkpoint stores, not the flags' defaults
     out = capsys.readouterr().out
     assert "class cutoff_8 current" in out and "Plateau(window=4, threshold=1.0)" in out, out
     assert main(["diagram", shipped, "--run", str(tmp_path)]) == 2

@@ -15,7 +15,6 @@ from runs.checkpoint import load_checkpoint
 from runs.cli import main
 from tests.utils import REPO, TINY, assert_same_run, launch
 
-
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "runs.cli"]
 
 
@@ -48,16 +47,25 @@ def test_two_processes_raise_together_and_resume_exactly(tmp_path):
     """A 2-process gloo run raises on both ranks at once; stopped and resumed it equals the uninterrupted run;
     so does a run whose rank 1 is killed mid-epoch and which torchrun restarts (--max-restarts 1, --resume auto):
     the job finishes by itself from its last checkpoint (step 8; killed after step 10 of 18)."""
-    out = torchrun(tmp_path, "whole", *TINY, "--batch-size", "1", "--epochs", "3", "--resume", "auto")  # nothing there: fresh
+    out = torchrun(
+        tmp_path, "whole", *TINY, "--batch-size", "1", "--epochs", "3", "--resume", "auto"
+    )  # nothing there: fresh
     assert f"no run in {tmp_path / 'whole.pt'}: starting fresh" in out
     assert "global batch = 1 x 2 accum x 2 processes = 4 windows/step" in out
     assert out.count("Epoch 0 avg_loss=") == 1  # rank 0 alone prints
     assert "Epoch 1 🚀 CUTOFF RAISED: 4 -> 8" in out
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
-        "whole.epochs.csv", "whole.history.json", "whole.pt", "whole.steps.csv"]
+        "whole.epochs.csv",
+        "whole.history.json",
+        "whole.pt",
+        "whole.steps.csv",
+    ]
     out = torchrun(tmp_path, "split", *TINY, "--batch-size", "1", "--epochs", "3", "--stop-after", "8")
     split = shlex.quote(str(tmp_path / "split.pt"))  # the same launch, not a single-process command
-    assert f"resume with: torchrun --standalone --nproc_per_node=2 --no-python chunklm train --ckpt {split} --resume" in out
+    assert (
+        f"resume with: torchrun --standalone --nproc_per_node=2 --no-python chunklm train --ckpt {split} --resume"
+        in out
+    )
     out = torchrun(tmp_path, "split", "--resume")
     history = assert_same_run(tmp_path, "whole", "split")
     assert [r.dest for r in history] == ["cutoff_4", "cutoff_8", "cutoff_16", "full"]
@@ -68,9 +76,30 @@ def test_two_processes_raise_together_and_resume_exactly(tmp_path):
 
     script = tmp_path / "kill_rank_1_once.py"
     script.write_text(_KILL_RANK_1_ONCE.format(repo=str(REPO)))
-    out = launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
-                  str(script), "train", *TINY, "--batch-size", "1", "--epochs", "3", "--ckpt-every", "4", "--resume", "auto",
-                  "--ckpt", str(tmp_path / "killed.pt")], timeout=300)
+    out = launch(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "--max-restarts=1",
+            str(script),
+            "train",
+            *TINY,
+            "--batch-size",
+            "1",
+            "--epochs",
+            "3",
+            "--ckpt-every",
+            "4",
+            "--resume",
+            "auto",
+            "--ckpt",
+            str(tmp_path / "killed.pt"),
+        ],
+        timeout=300,
+    )
     assert f"no run in {tmp_path / 'killed.pt'}: starting fresh" in out
     assert f"resuming {tmp_path / 'killed.pt'} at step 8" in out
     assert "done: 10 steps" in out
@@ -84,7 +113,15 @@ def _free_port() -> int:
 
 
 def _diverge(rank: int, port: int, results) -> None:
-    os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
     from runs.distributed import Distributed
 
     dist = Distributed("cpu")
@@ -135,19 +172,44 @@ def _launch_two_ranks(tmp_path, script: str, *args: str) -> list[subprocess.Pope
     port = _free_port()
     procs = []
     for rank in (0, 1):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        procs.append(subprocess.Popen(
-            [sys.executable, "-c", script, *args], cwd=REPO, env=env, text=True,
-            stdout=open(tmp_path / f"rank{rank}.out", "w"), stderr=open(tmp_path / f"rank{rank}.err", "w"),
-        ))
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "LOCAL_WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", script, *args],
+                cwd=REPO,
+                env=env,
+                text=True,
+                stdout=open(tmp_path / f"rank{rank}.out", "w"),
+                stderr=open(tmp_path / f"rank{rank}.err", "w"),
+            )
+        )
     return procs
 
 
 def test_a_failure_on_one_rank_ends_every_rank_within_seconds(tmp_path):
     """An error on rank 0 alone ends both ranks promptly (no launcher to kill them): rank 0 prints it, both exit 1."""
-    procs = _launch_two_ranks(tmp_path, _FAIL_ON_RANK_0, "train", *TINY, "--batch-size", "1", "--epochs", "2",
-                              "--ckpt", str(tmp_path / "run.pt"))
+    procs = _launch_two_ranks(
+        tmp_path,
+        _FAIL_ON_RANK_0,
+        "train",
+        *TINY,
+        "--batch-size",
+        "1",
+        "--epochs",
+        "2",
+        "--ckpt",
+        str(tmp_path / "run.pt"),
+    )
     for p in procs:
         p.wait(timeout=240)  # gloo's own timeout would be 30 minutes
     err0, err1 = (tmp_path / "rank0.err").read_text(), (tmp_path / "rank1.err").read_text()
@@ -176,8 +238,19 @@ sys.exit(main(sys.argv[1:]))
 
 def test_a_failure_in_rank_0s_final_work_ends_every_rank_within_seconds(tmp_path):
     """Rank 0's --plot failing after the last collective ends rank 1 at once, not at the backend's timeout; shown once."""
-    procs = _launch_two_ranks(tmp_path, _FAIL_AT_THE_PLOT_ON_RANK_0, "train", *TINY, "--batch-size", "1", "--epochs", "1",
-                              "--plot", "--ckpt", str(tmp_path / "run.pt"))
+    procs = _launch_two_ranks(
+        tmp_path,
+        _FAIL_AT_THE_PLOT_ON_RANK_0,
+        "train",
+        *TINY,
+        "--batch-size",
+        "1",
+        "--epochs",
+        "1",
+        "--plot",
+        "--ckpt",
+        str(tmp_path / "run.pt"),
+    )
     procs[0].wait(timeout=240)
     rank0_ended = time.monotonic()
     procs[1].wait(timeout=240)  # NCCL would hold it in the final barrier for 10 minutes, gloo for 30
@@ -186,11 +259,17 @@ def test_a_failure_in_rank_0s_final_work_ends_every_rank_within_seconds(tmp_path
     assert procs[0].returncode == 1, err0
     assert "done: 6 steps" in out0  # the run itself finished and saved
     png = tmp_path / "run.png"
-    assert err0.count("could not write") == 1 and f"chunklm train: error: rank 0: could not write {png}: the disk is full" in err0, err0
+    assert (
+        err0.count("could not write") == 1
+        and f"chunklm train: error: rank 0: could not write {png}: the disk is full" in err0
+    ), err0
     assert "Traceback" not in err0 + err1
     assert procs[1].returncode == 1, err1
-    assert err1.strip() == f"chunklm train: error: rank 1 stopping: rank 0 failed: could not write {png}: " + \
-        err0.split(f"could not write {png}: ", 1)[1].strip(), err1
+    assert (
+        err1.strip()
+        == f"chunklm train: error: rank 1 stopping: rank 0 failed: could not write {png}: "
+        + err0.split(f"could not write {png}: ", 1)[1].strip()
+    ), err1
     assert lag < 30, lag
     assert load_checkpoint(tmp_path / "run.pt").global_step == 6 and not png.exists()
 
@@ -209,4 +288,7 @@ def test_the_resume_command_repeats_the_launch(monkeypatch):
     assert resume_command("c.pt").startswith("torchrun --nnodes=2 --nproc_per_node=8 ")
     monkeypatch.setenv("GROUP_WORLD_SIZE", "1")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    assert resume_command("c.pt") == "torchrun --standalone --nproc_per_node=4 --no-python chunklm train --ckpt c.pt --resume"
+    assert (
+        resume_command("c.pt")
+        == "torchrun --standalone --nproc_per_node=4 --no-python chunklm train --ckpt c.pt --resume"
+    )

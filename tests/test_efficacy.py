@@ -37,7 +37,11 @@ def test_arms_differ_only_where_the_design_says():
         [f"all_of(MinEpoch({m}), Plateau(window={plan.window}, threshold={plan.threshold}))"] for m in plan.min_epochs
     ]
     _, e_transitions, e_enter = describe_arm(arms["E"])
-    assert e_transitions == c_transitions and e_enter[0] == ["SetCutoff(8, preserve=False)"] and c_enter[0] == ["SetCutoff(8)"]
+    assert (
+        e_transitions == c_transitions
+        and e_enter[0] == ["SetCutoff(8, preserve=False)"]
+        and c_enter[0] == ["SetCutoff(8)"]
+    )
     assert (arms["C"].kernel_init, arms["E"].kernel_init) == ("smooth", "white")
 
     for name in "DF":
@@ -91,8 +95,16 @@ def fake_run(arm: str, seed: int, final_bpb: float, complete: bool = True) -> di
     steps = 30 if complete else 17
     n = steps // 10
     evals = [(10 * (i + 1), final_bpb + 0.1 * (n - 1 - i)) for i in range(n)]
-    return {"arm": arm, "seed": seed, "losses": [2.0] * steps, "evals": evals, "raises": [], "seconds": 1.0,
-            "complete": complete, "device": "cpu"}
+    return {
+        "arm": arm,
+        "seed": seed,
+        "losses": [2.0] * steps,
+        "evals": evals,
+        "raises": [],
+        "seconds": 1.0,
+        "complete": complete,
+        "device": "cpu",
+    }
 
 
 def test_seed_plan_is_issue_13s_item_6():
@@ -104,7 +116,12 @@ def test_seed_plan_is_issue_13s_item_6():
     assert plan.arms == "CDA"
     default = PLANS["default"]  # the CPU table's schedule: minimum epochs, LR stages, plateau rule
     assert (plan.epochs, plan.min_epochs, plan.stages, plan.window, plan.threshold) == (
-        default.epochs, default.min_epochs, default.stages, default.window, default.threshold)
+        default.epochs,
+        default.min_epochs,
+        default.stages,
+        default.window,
+        default.threshold,
+    )
 
 
 def test_a_run_past_its_deadline_stops_at_its_next_step():
@@ -135,9 +152,18 @@ def test_schedule_skips_d_after_a_c_that_stopped_early_and_runs_only_what_is_not
 def test_report_tables_only_complete_runs(tmp_path):
     """tables.md holds the complete runs by arm with their seeds, and lists a stopped run below."""
     plan = attrs.evolve(TINY, seeds=(0, 1))
-    results = [fake_run("A", 0, 3.0), fake_run("C", 0, 2.9), fake_run("A", 1, 3.2), fake_run("C", 1, 1.0, complete=False)]
+    results = [
+        fake_run("A", 0, 3.0),
+        fake_run("C", 0, 2.9),
+        fake_run("A", 1, 3.2),
+        fake_run("C", 1, 1.0, complete=False),
+    ]
     text = report(plan, results, tmp_path)
-    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in text.splitlines() if line.startswith("| A |") or line.startswith("| C |")}
+    rows = {
+        line.split(" | ")[0][2:]: line.split(" | ")
+        for line in text.splitlines()
+        if line.startswith("| A |") or line.startswith("| C |")
+    }
     assert rows["A"][2] == "0, 1" and rows["A"][3] == "3.1000 ± 0.1000"
     assert rows["C"][2] == "0" and rows["C"][3] == "2.9000 ± 0.0000"
     assert "- C seed 1: stopped after step 17 of 30, last val bpb 1.0000 at step 10" in text
@@ -147,7 +173,11 @@ def test_report_tables_only_complete_runs(tmp_path):
 def test_resume_keeps_the_complete_runs_of_the_same_plan_only(tmp_path):
     """load_done drops incomplete runs and refuses a results.json of another plan."""
     path = tmp_path / "results.json"
-    path.write_text(json.dumps({"plan": attrs.asdict(TINY), "results": [fake_run("A", 0, 3.0), fake_run("C", 0, 2.0, complete=False)]}))
+    path.write_text(
+        json.dumps(
+            {"plan": attrs.asdict(TINY), "results": [fake_run("A", 0, 3.0), fake_run("C", 0, 2.0, complete=False)]}
+        )
+    )
     assert [(r["arm"], r["seed"]) for r in load_done(path, TINY)] == [("A", 0)]
     with pytest.raises(SystemExit, match="another plan"):
         load_done(path, attrs.evolve(TINY, lr=1e-3))
@@ -155,11 +185,16 @@ def test_resume_keeps_the_complete_runs_of_the_same_plan_only(tmp_path):
 
 # -- issue 22's study (benchmarks/efficacy_study.py) --------------------------------------------------
 
+
 def test_study_reach_interpolates_and_says_never():
     """Tokens to the target: linear between the evaluations around the crossing; None when never reached."""
     from benchmarks.efficacy_study import reach
 
-    evals = [{"tokens": 100, "flops": 1.0, "bpb": 3.0}, {"tokens": 200, "flops": 2.0, "bpb": 2.0}, {"tokens": 300, "flops": 3.0, "bpb": 1.5}]
+    evals = [
+        {"tokens": 100, "flops": 1.0, "bpb": 3.0},
+        {"tokens": 200, "flops": 2.0, "bpb": 2.0},
+        {"tokens": 300, "flops": 3.0, "bpb": 1.5},
+    ]
     assert reach(evals, 2.5) == 150.0 and reach(evals, 2.5, "flops") == 1.5
     assert reach(evals, 3.0) == 100.0 and reach(evals, 1.0) is None
 
@@ -172,7 +207,9 @@ def test_study_claims_a_speed_up_only_at_1_2x_with_separate_seeds():
     assert verdict([50, 60, 95], [90, 100, 100], 100)[1] == "no gain"  # spreads overlap
     assert verdict([85, 85, 85], [100, 100, 100], 100)[1] == "no gain"  # 1.18x
     assert verdict([50, None, 60], [100, 100, 100], 100)[1] == "no gain (a seed never reaches the target)"
-    assert verdict([50, 60, 70], [None, 100, 100], 100)[1] == "speed-up 1.67x"  # an A* seed that never reaches: the budget
+    assert (
+        verdict([50, 60, 70], [None, 100, 100], 100)[1] == "speed-up 1.67x"
+    )  # an A* seed that never reaches: the budget
     assert "no claim" in verdict([50], [100], 100)[1]
 
 
@@ -189,7 +226,9 @@ def test_study_arms_differ_only_where_the_design_says():
     assert shape("WA")[1] == [["StartCooldown()"]] and schedule_of("WA") == schedule_of("W*") == "wsd"
     assert shape("C")[1] == shape("CS")[1] == [["RestartLR()"]] * 3
     assert shape("CS")[0] == [{"seq_len": 16}, {"seq_len": 32}, {"seq_len": 64}, {}] and shape("C")[0] == [{}] * 4
-    assert stages_of(QUICK, "S") == stages_of(QUICK, "A*") == ((0, 1.0, 0.05),) and stages_of(QUICK, "C") == QUICK.stages
+    assert (
+        stages_of(QUICK, "S") == stages_of(QUICK, "A*") == ((0, 1.0, 0.05),) and stages_of(QUICK, "C") == QUICK.stages
+    )
 
 
 def test_gpu_run_has_the_study_only_when_named():
@@ -201,7 +240,15 @@ def test_gpu_run_has_the_study_only_when_named():
     if shutil.which("bash") is None:
         pytest.skip("needs bash")
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_run.sh"
-    out = subprocess.run(["bash", str(script), "--dry-run", "--only", "study", "300"], capture_output=True, text=True, check=True).stdout
-    assert "== study: timeout 290 s:" in out and "efficacy_study.py --plan seed --device auto" in out and "--max-minutes 4.58" in out
-    default = subprocess.run(["bash", str(script), "--dry-run", "540"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["bash", str(script), "--dry-run", "--only", "study", "300"], capture_output=True, text=True, check=True
+    ).stdout
+    assert (
+        "== study: timeout 290 s:" in out
+        and "efficacy_study.py --plan seed --device auto" in out
+        and "--max-minutes 4.58" in out
+    )
+    default = subprocess.run(
+        ["bash", str(script), "--dry-run", "540"], capture_output=True, text=True, check=True
+    ).stdout
     assert "study" not in default

@@ -50,7 +50,12 @@ def test_replay_grid_rows_say_where_each_setting_switches_and_departs(recorded):
     table = replay_grid(make, recorded, grid={"threshold": [0.01, 0.05], "window": [10, 40]})
     assert table.own.departure is None and table.note() is None
     rows = {row.label: row for row in table.rows}
-    assert list(rows) == ["threshold=0.01 window=10", "threshold=0.01 window=40", "threshold=0.05 window=10", "threshold=0.05 window=40"]
+    assert list(rows) == [
+        "threshold=0.01 window=10",
+        "threshold=0.01 window=40",
+        "threshold=0.05 window=10",
+        "threshold=0.05 window=40",
+    ]
     assert [r.global_step for r in rows["threshold=0.01 window=10"].switches] == [150, 250]
     assert rows["threshold=0.01 window=10"].departure is None
     assert rows["threshold=0.01 window=40"].departure.global_step == 250  # the recorded run moved, this one not yet
@@ -67,13 +72,18 @@ def test_replay_grid_rows_say_where_each_setting_switches_and_departs(recorded):
 def test_replay_grid_takes_a_saved_state_as_well(recorded):
     """The engine's JSON state gives the same table as the live engine."""
     grid = {"threshold": [0.001, 0.05]}
-    assert str(replay_grid(make, json.loads(json.dumps(recorded.state_dict())), grid)) == str(replay_grid(make, recorded, grid))
+    assert str(replay_grid(make, json.loads(json.dumps(recorded.state_dict())), grid)) == str(
+        replay_grid(make, recorded, grid)
+    )
 
 
 def test_replay_grid_bad_input_is_one_error(recorded):
     """A key the factory lacks, an empty axis, a stream without a metric the rule reads, no recording."""
     for kwargs, words in (
-        ({"grid": {"thresh": [0.1]}}, "grid key 'thresh' is not a parameter of make .its parameters: threshold, window"),
+        (
+            {"grid": {"thresh": [0.1]}},
+            "grid key 'thresh' is not a parameter of make .its parameters: threshold, window",
+        ),
         ({"grid": {"window": []}}, "non-empty list"),
     ):
         with pytest.raises(CurriculumError, match=words):
@@ -108,30 +118,47 @@ def test_cli_replays_an_own_loops_state_file_under_a_grid(recorded, tmp_path, ca
     path = tmp_path / "run.pt"
     torch.save({"engine": recorded.state_dict()}, path)
     before = path.read_bytes()
-    assert main(["replay", str(path), "--curriculum", "tests.test_grid:make", "--grid", "threshold=0.01,0.05", "window=10"]) == 0
+    assert (
+        main(
+            ["replay", str(path), "--curriculum", "tests.test_grid:make", "--grid", "threshold=0.01,0.05", "window=10"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "300 steps, 6 epoch ends recorded; curriculum tests.test_grid:make" in out
     assert "threshold=0.05 window=10" in out and "departs" in out and "note:" not in out
     assert path.read_bytes() == before
 
 
-@pytest.mark.parametrize("case, words", [
-    ("no-state", "holds no engine state"),
-    ("folder", "without trainer_state.json"),
-    ("not-recorded", "without recorded metrics; build the run's engine with CurriculumEngine(curriculum, record_metrics=True)"),
-    ("bad-key", "grid key 'thresh' is not a parameter of make"),
-    ("bad-module", "no module named 'tests.nowhere'"),
-    ("bad-stream", "does not fit needs_val"),
-])
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("no-state", "holds no engine state"),
+        ("folder", "without trainer_state.json"),
+        (
+            "not-recorded",
+            "without recorded metrics; build the run's engine with CurriculumEngine(curriculum, record_metrics=True)",
+        ),
+        ("bad-key", "grid key 'thresh' is not a parameter of make"),
+        ("bad-module", "no module named 'tests.nowhere'"),
+        ("bad-stream", "does not fit needs_val"),
+    ],
+)
 def test_cli_bad_input_is_one_line_and_exit_2(recorded, tmp_path, capsys, case, words):
     """A path without an engine state or without recorded metrics, a grid key or module that is not there,
     a stream the curriculum cannot read: one line on stderr, status 2, the file untouched."""
     state = recorded.state_dict()
     path = tmp_path / "state.json"
-    path.write_text(json.dumps({"other": 1} if case == "no-state" else {**state, "recorded": None} if case == "not-recorded" else state))
+    path.write_text(
+        json.dumps(
+            {"other": 1} if case == "no-state" else {**state, "recorded": None} if case == "not-recorded" else state
+        )
+    )
     before = path.read_bytes()
     target = str(tmp_path) if case == "folder" else str(path)
-    factory = {"bad-module": "tests.nowhere:make", "bad-stream": "tests.test_grid:needs_val"}.get(case, "tests.test_grid:make")
+    factory = {"bad-module": "tests.nowhere:make", "bad-stream": "tests.test_grid:needs_val"}.get(
+        case, "tests.test_grid:make"
+    )
     grid = ["--grid", "thresh=0.1"] if case == "bad-key" else []
     assert main(["replay", target, "--curriculum", factory, *grid]) == 2
     captured = capsys.readouterr()

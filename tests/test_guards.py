@@ -9,7 +9,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import Clock, Context, Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
-from policies import Cooldown, MaxVisits, MetricAbove, MetricBelow, MinEpoch, MinSteps, Plateau, WorseThanBest, all_of, any_of, not_
+from policies import (
+    Cooldown,
+    MaxVisits,
+    MetricAbove,
+    MetricBelow,
+    MinEpoch,
+    MinSteps,
+    Plateau,
+    WorseThanBest,
+    all_of,
+    any_of,
+    not_,
+)
 
 
 def step_ctx(**metrics):
@@ -47,7 +59,9 @@ def test_plateau_repr_reads_like_the_call():
     """Plateau's repr shows window and threshold always, metric and mode only when not default."""
     assert repr(Plateau()) == "Plateau(window=50, threshold=0.005)"
     assert repr(Plateau(window=10, threshold=0.01)) == "Plateau(window=10, threshold=0.01)"
-    assert repr(Plateau(8, 0.0, metric="acc", mode="max")) == "Plateau(window=8, threshold=0.0, metric='acc', mode='max')"
+    assert (
+        repr(Plateau(8, 0.0, metric="acc", mode="max")) == "Plateau(window=8, threshold=0.0, metric='acc', mode='max')"
+    )
 
 
 @pytest.mark.parametrize(
@@ -131,7 +145,10 @@ def test_plateau_load_rejects_malformed_state():
 def test_plateau_window_resets_when_phase_is_entered():
     """In an engine the window holds only values observed since its phase was entered."""
     plateau = Plateau(window=4, threshold=0.5)
-    cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [MinSteps(3)], when="step_end"), Transition("b", "a", [plateau], when="step_end")])
+    cur = Curriculum(
+        [Phase("a"), Phase("b")],
+        [Transition("a", "b", [MinSteps(3)], when="step_end"), Transition("b", "a", [plateau], when="step_end")],
+    )
     eng = CurriculumEngine(cur)
     eng.start()
     for _ in range(3):
@@ -215,8 +232,13 @@ def to_float(q: Fraction) -> float:
 def test_plateau_welch_repr_shows_test_and_alpha_only_when_not_default():
     """test and alpha appear in the repr only for the Welch test; the relative repr is unchanged."""
     assert repr(Plateau(window=50, threshold=0.005, test="relative")) == "Plateau(window=50, threshold=0.005)"
-    assert repr(Plateau(window=50, threshold=0.0, test="welch")) == "Plateau(window=50, threshold=0.0, test='welch', alpha=0.05)"
-    assert repr(Plateau(8, 0.01, test="welch", alpha=0.1)) == "Plateau(window=8, threshold=0.01, test='welch', alpha=0.1)"
+    assert (
+        repr(Plateau(window=50, threshold=0.0, test="welch"))
+        == "Plateau(window=50, threshold=0.0, test='welch', alpha=0.05)"
+    )
+    assert (
+        repr(Plateau(8, 0.01, test="welch", alpha=0.1)) == "Plateau(window=8, threshold=0.01, test='welch', alpha=0.1)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -342,7 +364,6 @@ def test_plateau_welch_snapshot_restore_and_naive_equivalence(stream, half, thre
             feed(restored, [stream[i]])
 
 
-
 def test_plateau_welch_t_beyond_a_float_is_infinite():
     """A half whose variance is ~1e-477 (values near 1e-239) makes t**2 overflow: t is -inf, as the exact value rounds."""
     live = Plateau(window=4, threshold=0.0, test="welch")
@@ -350,6 +371,7 @@ def test_plateau_welch_t_beyond_a_float_is_infinite():
     feed(live, stream)
     t, dof = naive_welch(stream, 4, 0.0)
     assert live.welch()[:2] == (t, dof) and t == -math.inf
+
 
 # -- MinEpoch, MinSteps ---------------------------------------------------------------------------
 
@@ -374,7 +396,9 @@ def test_min_steps_global_and_in_phase():
 def test_counter_reprs_and_validation():
     """MinEpoch/MinSteps reprs read like the call; negative or non-int n is a CurriculumError."""
     assert [repr(MinEpoch(2)), repr(MinEpoch(0, in_phase=True)), repr(MinSteps(500))] == [
-        "MinEpoch(2)", "MinEpoch(0, in_phase=True)", "MinSteps(500)",
+        "MinEpoch(2)",
+        "MinEpoch(0, in_phase=True)",
+        "MinSteps(500)",
     ]
     with pytest.raises(CurriculumError, match=r"MinEpoch: 'n' must be an int >= 0, got -1"):
         MinEpoch(-1)
@@ -424,7 +448,10 @@ def test_combinator_reprs():
     """Combinator reprs read like the call, nesting their children's reprs."""
     guard = all_of(MinEpoch(2), Plateau(window=50, threshold=0.005))
     assert repr(guard) == "all_of(MinEpoch(2), Plateau(window=50, threshold=0.005))"
-    assert repr(any_of(not_(MinSteps(10)), MetricBelow("loss", 2.0))) == "any_of(not_(MinSteps(10)), MetricBelow('loss', 2.0))"
+    assert (
+        repr(any_of(not_(MinSteps(10)), MetricBelow("loss", 2.0)))
+        == "any_of(not_(MinSteps(10)), MetricBelow('loss', 2.0))"
+    )
 
 
 def test_combinators_pass_observe_reset_and_state_through():
@@ -512,15 +539,21 @@ def test_plateau_improvement_that_overflows_a_float_is_infinite():
 # -- loop-back guards --------------------------------------------------------------------------------
 
 
-
 def test_cooldown_counts_epochs_or_steps_since_the_last_transition():
     """Cooldown(n) holds once n epochs (or steps) passed since the phase was entered."""
-    cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Cooldown(2)]), Transition("b", "a", [Cooldown(3, unit="steps")], when="step_end")])
+    cur = Curriculum(
+        [Phase("a"), Phase("b")],
+        [Transition("a", "b", [Cooldown(2)]), Transition("b", "a", [Cooldown(3, unit="steps")], when="step_end")],
+    )
     eng = CurriculumEngine(cur)
     eng.start()
     assert eng.epoch_end() is None
     record = eng.epoch_end()
-    assert (record.dest, record.epoch, record.guards[0].evidence) == ("b", 2, {"epochs_since_transition": 2, "cooldown": 2})
+    assert (record.dest, record.epoch, record.guards[0].evidence) == (
+        "b",
+        2,
+        {"epochs_since_transition": 2, "cooldown": 2},
+    )
     assert eng.step_end(loss=1.0) is None and eng.step_end(loss=1.0) is None
     assert eng.step_end(loss=1.0).guards[0].evidence == {"steps_since_transition": 3, "cooldown": 3}
     assert repr(Cooldown(2)) == "Cooldown(2)" and repr(Cooldown(5, unit="steps")) == "Cooldown(5, unit='steps')"
@@ -531,7 +564,9 @@ def test_cooldown_counts_epochs_or_steps_since_the_last_transition():
 
 def test_max_visits_counts_entries_of_the_destination_in_the_history():
     """MaxVisits(n) holds while the destination was entered fewer than n times (the start counts)."""
-    cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Cooldown(1)]), Transition("b", "a", [MaxVisits(2)])])
+    cur = Curriculum(
+        [Phase("a"), Phase("b")], [Transition("a", "b", [Cooldown(1)]), Transition("b", "a", [MaxVisits(2)])]
+    )
     eng = CurriculumEngine(cur)
     eng.start()
     eng.epoch_end()  # a -> b
@@ -557,7 +592,13 @@ def test_worse_than_best_needs_patience_consecutive_worse_evaluations():
     eng, guard, fired = worse_than_best_run([3.0, 2.5, 2.7, 2.4, 2.6, 2.6, 2.8])
     # best 3.0, 2.5; 2.7 worse (1); 2.4 best; 2.6 worse (1); 2.6 worse (2): fires
     assert fired == [False, False, False, False, False, True, False]  # then in b, which has no way out
-    assert eng.history[-1].guards[0].evidence == {"metric": "val", "value": 2.6, "best": 2.4, "worse_for": 2, "patience": 2}
+    assert eng.history[-1].guards[0].evidence == {
+        "metric": "val",
+        "value": 2.6,
+        "best": 2.4,
+        "worse_for": 2,
+        "patience": 2,
+    }
     assert (guard.best, guard.streak) == (2.4, 2)  # observes only while a is current
     _, _, fired = worse_than_best_run([1.0, 2.0, 1.0, 2.0], patience=1, mode="max")
     assert fired == [False, False, True, False]
@@ -583,17 +624,27 @@ def test_worse_than_best_never_backs_off_on_a_flat_noisy_loss():
 
 def test_worse_than_best_in_the_run_keeps_the_best_across_visits():
     """since="run": back in the phase, the best of the earlier visit still counts; since="phase" starts afresh."""
+
     def visits(since):
-        cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [WorseThanBest("val", since=since)]),
-                                                    Transition("b", "a", [MinEpoch(0)])])
+        cur = Curriculum(
+            [Phase("a"), Phase("b")],
+            [Transition("a", "b", [WorseThanBest("val", since=since)]), Transition("b", "a", [MinEpoch(0)])],
+        )
         eng = CurriculumEngine(cur)
         eng.start()
         return [(eng.epoch_end(val=v) or None) and eng.phase.name for v in (1.0, 1.5, 2.0, 2.5, 2.6)]
 
     assert visits("run") == [None, "b", "a", "b", "a"]  # 2.5 is worse than 1.0, the best of the first visit
     assert visits("phase") == [None, "b", "a", None, "b"]  # 2.5 is the first value of the new visit: its best
-    assert repr(WorseThanBest("v", min_delta=0.01, relative=True, since="run")) == "WorseThanBest('v', min_delta=0.01, relative=True, since='run')"
-    for kwargs, field in (({"min_delta": -1}, "min_delta"), ({"relative": 1}, "relative"), ({"since": "epoch"}, "since")):
+    assert (
+        repr(WorseThanBest("v", min_delta=0.01, relative=True, since="run"))
+        == "WorseThanBest('v', min_delta=0.01, relative=True, since='run')"
+    )
+    for kwargs, field in (
+        ({"min_delta": -1}, "min_delta"),
+        ({"relative": 1}, "relative"),
+        ({"since": "epoch"}, "since"),
+    ):
         with pytest.raises(CurriculumError, match=field):
             WorseThanBest("v", **kwargs)
 
@@ -607,8 +658,12 @@ def test_worse_than_best_restores_exactly(values, cut):
     def build():
         return Curriculum(
             [Phase("a"), Phase("b")],
-            [Transition("a", "b", [WorseThanBest("val", patience=2, min_delta=0.5)]),
-             Transition("b", "a", [WorseThanBest("val", patience=3, mode="max", min_delta=0.1, relative=True, since="run")])],
+            [
+                Transition("a", "b", [WorseThanBest("val", patience=2, min_delta=0.5)]),
+                Transition(
+                    "b", "a", [WorseThanBest("val", patience=3, mode="max", min_delta=0.1, relative=True, since="run")]
+                ),
+            ],
         )
 
     whole = CurriculumEngine(build())
@@ -654,7 +709,13 @@ UNDO_CASES = ["nothing", "push", "reset", "push, then a marked reset undone", "p
 
 
 @settings(max_examples=300, deadline=None)
-@given(stream=st.lists(any_value, max_size=40), half=st.integers(2, 6), welch=st.booleans(), x=any_value, case=st.sampled_from(UNDO_CASES))
+@given(
+    stream=st.lists(any_value, max_size=40),
+    half=st.integers(2, 6),
+    welch=st.booleans(),
+    x=any_value,
+    case=st.sampled_from(UNDO_CASES),
+)
 def test_plateau_undo_restores_exactly(stream, half, welch, x, case):
     """mark() then a push, a reset or both, then undo(): the window, its exact sums (squares too) and decisions are as before."""
     kwargs = {"window": 2 * half, "threshold": 0.01, "test": "welch" if welch else "relative"}
@@ -688,7 +749,12 @@ def test_plateau_undo_restores_exactly(stream, half, welch, x, case):
 
 
 @settings(max_examples=100, deadline=None)
-@given(values=st.lists(any_value, max_size=10), x=any_value, case=st.sampled_from(["nothing", "observe", "reset"]), run=st.booleans())
+@given(
+    values=st.lists(any_value, max_size=10),
+    x=any_value,
+    case=st.sampled_from(["nothing", "observe", "reset"]),
+    run=st.booleans(),
+)
 def test_worse_than_best_undo_restores_exactly(values, x, case, run):
     """mark() then an observe or a reset, then undo(): best, last value and count are as before."""
     guard = WorseThanBest("val", patience=2, min_delta=0.1, since="run" if run else "phase")

@@ -36,7 +36,11 @@ def crop(inputs, params):
 
 def curriculum() -> Curriculum:
     return Curriculum(
-        [Phase("short", params={"seq_len": 6}), Phase("long", params={"seq_len": 12}), Phase("final", params={"seq_len": 8})],
+        [
+            Phase("short", params={"seq_len": 6}),
+            Phase("long", params={"seq_len": 12}),
+            Phase("final", params={"seq_len": 8}),
+        ],
         [
             Transition("short", "long", [MinSteps(4)], actions=[RestartLR()], when=Point.STEP_END),
             Transition("long", "final", [all_of(MinEpoch(2), MetricBelow("eval_loss", 1e6))]),
@@ -60,7 +64,9 @@ def spy(engine: CurriculumEngine) -> list:
     return calls
 
 
-def train(out: Path, resume=None, logging_steps=1, collator=None, prepare_inputs=crop, more_callbacks=(), model_cls=None):
+def train(
+    out: Path, resume=None, logging_steps=1, collator=None, prepare_inputs=crop, more_callbacks=(), model_cls=None
+):
     """One run of 3 epochs, a checkpoint every 2 steps; returns (engine, calls, trainer)."""
     engine = CurriculumEngine(curriculum())
     calls = spy(engine)
@@ -69,12 +75,29 @@ def train(out: Path, resume=None, logging_steps=1, collator=None, prepare_inputs
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     sched = StagedCosine(opt, base_lr=1e-2, total_steps=STEPS, stages=((0, 1.0, 0.1),), stages_in="steps")
     args = TrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=4, gradient_accumulation_steps=2, num_train_epochs=3,
-        logging_steps=logging_steps, save_strategy="steps", save_steps=2, eval_strategy="epoch",
-        per_device_eval_batch_size=8, report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
+        output_dir=str(out),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        num_train_epochs=3,
+        logging_steps=logging_steps,
+        save_strategy="steps",
+        save_steps=2,
+        eval_strategy="epoch",
+        per_device_eval_batch_size=8,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=Windows(), eval_dataset=Windows(), optimizers=(opt, sched),
-                      callbacks=[callback, *more_callbacks], **({"data_collator": collator(callback.params)} if collator else {}))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=Windows(),
+        eval_dataset=Windows(),
+        optimizers=(opt, sched),
+        callbacks=[callback, *more_callbacks],
+        **({"data_collator": collator(callback.params)} if collator else {}),
+    )
     trainer.train(resume_from_checkpoint=resume)
     return engine, calls, trainer
 
@@ -94,7 +117,9 @@ def test_one_step_end_per_optimizer_step_with_the_loss_the_trainer_logs(full):
     """Gradient accumulation counts once: 9 step_ends, each with exactly the loss the Trainer logs for that step."""
     _, engine, calls, trainer = full
     steps = [c for c in calls if c[0] == "step"]
-    assert [c[1] for c in steps] == list(range(1, STEPS + 1)) and engine.clock.global_step == trainer.state.global_step == STEPS
+    assert [c[1] for c in steps] == list(
+        range(1, STEPS + 1)
+    ) and engine.clock.global_step == trainer.state.global_step == STEPS
     logged = [h["loss"] for h in trainer.state.log_history if "loss" in h and "step" in h]
     losses = [c[2] for c in steps]
     assert logged in (losses, [round(x, 4) for x in losses])  # transformers 4.x logs it rounded to 4 decimals
@@ -144,7 +169,7 @@ class TokenCountLM(TinyLM):
 
 def true_losses(seen, per_step=2) -> list[float]:
     """Each optimizer step's mean token loss over the labels the model saw (2 micro-batches a step)."""
-    steps = [seen[i:i + per_step] for i in range(0, len(seen), per_step)]
+    steps = [seen[i : i + per_step] for i in range(0, len(seen), per_step)]
     return [sum(t for t, _ in step) / sum(n for _, n in step) for step in steps]
 
 
@@ -222,7 +247,9 @@ def test_every_checkpoint_holds_the_engine_state(full):
     """checkpoint-N/trainer_state.json holds the engine at step N; at an epoch's last step, before that epoch's end, as the optimizer and scheduler files."""
     out = full[0]
     for step, epoch, phase in [(2, 0, "short"), (4, 1, "long"), (6, 1, "long"), (8, 2, "final")]:
-        state = json.loads((out / f"checkpoint-{step}" / "trainer_state.json").read_text())["stateful_callbacks"][STATE_KEY]
+        state = json.loads((out / f"checkpoint-{step}" / "trainer_state.json").read_text())["stateful_callbacks"][
+            STATE_KEY
+        ]
         assert (state["clock"]["global_step"], state["clock"]["epoch"], state["phase"]) == (step, epoch, phase)
 
 
@@ -242,18 +269,40 @@ def test_allow_fingerprint_mismatch_passes_through(full, tmp_path):
     """A changed curriculum is refused at resume, naming the option; with allow_fingerprint_mismatch=True the run goes on."""
     folder = tmp_path / "checkpoint-4"
     shutil.copytree(full[0] / "checkpoint-4", folder)
-    changed = Curriculum([Phase("short", params={"seq_len": 6}), Phase("long", params={"seq_len": 12}), Phase("final", params={"seq_len": 8})],
-                         [Transition("short", "long", [MinSteps(5)], actions=[RestartLR()], when=Point.STEP_END),
-                          Transition("long", "final", [MinEpoch(2)])])
+    changed = Curriculum(
+        [
+            Phase("short", params={"seq_len": 6}),
+            Phase("long", params={"seq_len": 12}),
+            Phase("final", params={"seq_len": 8}),
+        ],
+        [
+            Transition("short", "long", [MinSteps(5)], actions=[RestartLR()], when=Point.STEP_END),
+            Transition("long", "final", [MinEpoch(2)]),
+        ],
+    )
     for lenient in (False, True):
         engine = CurriculumEngine(changed)
         model = TinyLM()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
         sched = StagedCosine(opt, base_lr=1e-2, total_steps=STEPS, stages=((0, 1.0, 0.1),), stages_in="steps")
-        args = TrainingArguments(output_dir=str(tmp_path / f"run{lenient}"), per_device_train_batch_size=4, gradient_accumulation_steps=2,
-                                 num_train_epochs=3, save_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True)
-        trainer = Trainer(model=model, args=args, train_dataset=Windows(), optimizers=(opt, sched),
-                          callbacks=[CurriculumCallback(engine, prepare_inputs=crop, allow_fingerprint_mismatch=lenient)])
+        args = TrainingArguments(
+            output_dir=str(tmp_path / f"run{lenient}"),
+            per_device_train_batch_size=4,
+            gradient_accumulation_steps=2,
+            num_train_epochs=3,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            seed=0,
+            disable_tqdm=True,
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=Windows(),
+            optimizers=(opt, sched),
+            callbacks=[CurriculumCallback(engine, prepare_inputs=crop, allow_fingerprint_mismatch=lenient)],
+        )
         if not lenient:
             with pytest.raises(CurriculumError, match="allow_fingerprint_mismatch=True"):
                 trainer.train(resume_from_checkpoint=str(folder))
@@ -297,7 +346,19 @@ DDP_RUNS = ("mean", "tokens", "quiet", "crop")
 def ddp(tmp_path_factory):
     """Each rank's record of each of the three runs."""
     out = tmp_path_factory.mktemp("ddp")
-    launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tests.ddp_hf", str(out)], timeout=240)
+    launch(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "tests.ddp_hf",
+            str(out),
+        ],
+        timeout=240,
+    )
     return {name: [json.loads((out / f"{name}.rank{rank}.json").read_text()) for rank in (0, 1)] for name in DDP_RUNS}
 
 
@@ -327,7 +388,9 @@ def test_under_ddp_the_engine_sees_the_loss_the_trainer_logs(ddp, name):
     for record in ddp[name]:
         engine, logged = record["engine"], record["logged"]
         assert len(logged) == 12 and logged in (engine, [round(x, 4) for x in engine])  # 4.x logs 4 decimals
-        assert engine == pytest.approx(mean_over_ranks(ddp[name]), rel=1e-5)  # the mean token loss of what the model saw
+        assert engine == pytest.approx(
+            mean_over_ranks(ddp[name]), rel=1e-5
+        )  # the mean token loss of what the model saw
 
 
 def test_under_ddp_the_loss_does_not_depend_on_logging_steps(ddp):
@@ -357,6 +420,7 @@ def test_under_ddp_every_rank_transitions_where_the_mean_crosses(ddp, name):
 # at the end of epoch 0 (epoch_end, reading eval_loss); its action restarts the LR (the Trainer's own LambdaLR,
 # made restartable by the callback, or a Restartable(CosineAnnealingLR, over="remaining")) or changes the model
 # (SetCutoff on a buffer); the phases' seq_len crops every micro-batch through prepare_inputs in every cell.
+
 
 class MaskedLM(TinyLM):
     """TinyLM whose embedding keeps its first `cutoff` features: a model an action changes (a buffer, in its weights)."""
@@ -397,15 +461,21 @@ class SaveAtEpochEnd(TrainerCallback):
             shutil.copy(Path(args.output_dir) / f"checkpoint-{state.global_step}" / "trainer_state.json", kept)
 
 
-MATRIX_CONFIGS = [(point, action, shuffle) for point in ("step_end", "epoch_end") for action in ("restart", "model")
-                  for shuffle in (False, True)]
+MATRIX_CONFIGS = [
+    (point, action, shuffle)
+    for point in ("step_end", "epoch_end")
+    for action in ("restart", "model")
+    for shuffle in (False, True)
+]
 
 
 def matrix_curriculum(point, action) -> Curriculum:
     guard = MinSteps(2) if point == "step_end" else all_of(MinEpoch(1), MetricBelow("eval_loss", 1e6))
     act = RestartLR() if action == "restart" else SetCutoff(4)
-    return Curriculum([Phase("a", params={"seq_len": 6}), Phase("b", params={"seq_len": 12})],
-                      [Transition("a", "b", [guard], actions=[act], when=point)])
+    return Curriculum(
+        [Phase("a", params={"seq_len": 6}), Phase("b", params={"seq_len": 12})],
+        [Transition("a", "b", [guard], actions=[act], when=point)],
+    )
 
 
 def matrix_train(out: Path, config, resume=None):
@@ -418,13 +488,29 @@ def matrix_train(out: Path, config, resume=None):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
         optimizers = (opt, Restartable(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=8), over="remaining"))
     args = TrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=6, num_train_epochs=2, learning_rate=1e-2,
-        logging_steps=1, save_strategy="steps", save_steps=1, eval_strategy="epoch" if point == "epoch_end" else "no",
-        per_device_eval_batch_size=24, report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
+        output_dir=str(out),
+        per_device_train_batch_size=6,
+        num_train_epochs=2,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=1,
+        eval_strategy="epoch" if point == "epoch_end" else "no",
+        per_device_eval_batch_size=24,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
         train_sampling_strategy="random" if shuffle else "sequential",
     )
-    trainer = Trainer(model=model, args=args, train_dataset=Windows(), eval_dataset=Windows(), optimizers=optimizers,
-                      callbacks=[CurriculumCallback(engine, prepare_inputs=crop), *([] if resume else [SaveAtEpochEnd()])])
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=Windows(),
+        eval_dataset=Windows(),
+        optimizers=optimizers,
+        callbacks=[CurriculumCallback(engine, prepare_inputs=crop), *([] if resume else [SaveAtEpochEnd()])],
+    )
     trainer.train(resume_from_checkpoint=resume)
     return engine, calls, trainer
 
@@ -484,7 +570,9 @@ def test_exactness_matrix(uninterrupted, tmp_path, config):
     if config[1] == "restart":  # the LR went back up to the schedule's peak, which the Trainer then stepped on from
         assert move.actions[0].effect["lr"][0] < move.actions[0].effect["lr"][1] == 1e-2
     for where, step in (("step", 2), ("step", 4), ("epoch", 4)):
-        resumed, rest, again = matrix_train(tmp_path / f"{where}-{step}", config, resume=str(out / "kept" / f"{where}-{step}"))
+        resumed, rest, again = matrix_train(
+            tmp_path / f"{where}-{step}", config, resume=str(out / "kept" / f"{where}-{step}")
+        )
         done = calls.index(next(c for c in calls if c[:2] == ("step", step))) + 1 + (where == "epoch")
         assert rest == calls[done:], (where, step)
         assert history(resumed) == history(engine), (where, step)
@@ -503,6 +591,9 @@ def test_resume_on_an_epochs_last_step_without_its_evaluation_metrics_is_refused
     data = json.loads(path.read_text())
     assert data["stateful_callbacks"].pop(EPOCH_END_KEY)["metrics"]["eval_loss"] > 0
     path.write_text(json.dumps(data))
-    with pytest.raises(CurriculumError, match=r"written on the last step of epoch 0 before its end, without the evaluation "
-                                              r"metrics.*'eval_loss'.*save_strategy='epoch'"):
+    with pytest.raises(
+        CurriculumError,
+        match=r"written on the last step of epoch 0 before its end, without the evaluation "
+        r"metrics.*'eval_loss'.*save_strategy='epoch'",
+    ):
         matrix_train(tmp_path / "run", config, resume=str(folder))

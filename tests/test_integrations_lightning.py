@@ -25,7 +25,8 @@ from engine.integrations.lightning import CurriculumCallback
 from policies import MetricBelow, MinEpoch, MinSteps, Restartable, RestartLR, SetCutoff, StagedCosine, all_of
 from tests.ddp_lightning import THRESHOLD as DDP_THRESHOLD
 from tests.lightning_tiny import Tiny
-from tests.utils import launch, lightning_dataset as dataset
+from tests.utils import launch
+from tests.utils import lightning_dataset as dataset
 
 EPOCHS, BATCHES, ACCUM = 3, 10, 3
 STEPS_PER_EPOCH = 4  # 3 + 3 + 3 + 1 micro-batches
@@ -90,16 +91,28 @@ def fit(root: Path, ckpt: Path | None = None, loader=PositionLoader, engine: Cur
     engine = engine or CurriculumEngine(curriculum())
     calls = spy(engine)
     checkpoints = [
-        ModelCheckpoint(dirpath=root / "steps", every_n_train_steps=2, save_top_k=-1, filename="{step}"),  # on_train_batch_end
+        ModelCheckpoint(
+            dirpath=root / "steps", every_n_train_steps=2, save_top_k=-1, filename="{step}"
+        ),  # on_train_batch_end
         ModelCheckpoint(dirpath=root / "epoch", save_top_k=-1, filename="{step}"),  # on_train_epoch_end
-        ModelCheckpoint(dirpath=root / "val", monitor="val_loss", save_top_k=-1, filename="{step}", save_on_train_epoch_end=False),  # on_validation_end
+        ModelCheckpoint(
+            dirpath=root / "val", monitor="val_loss", save_top_k=-1, filename="{step}", save_on_train_epoch_end=False
+        ),  # on_validation_end
     ]
     trainer = pl.Trainer(
-        max_epochs=EPOCHS, accumulate_grad_batches=ACCUM, callbacks=[CurriculumCallback(engine), *checkpoints],
-        logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-        num_sanity_val_steps=0, deterministic=True,
+        max_epochs=EPOCHS,
+        accumulate_grad_batches=ACCUM,
+        callbacks=[CurriculumCallback(engine), *checkpoints],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        num_sanity_val_steps=0,
+        deterministic=True,
     )
-    trainer.fit(Tiny(), loader(dataset(), batch_size=2), torch.utils.data.DataLoader(dataset(), batch_size=5), ckpt_path=ckpt)
+    trainer.fit(
+        Tiny(), loader(dataset(), batch_size=2), torch.utils.data.DataLoader(dataset(), batch_size=5), ckpt_path=ckpt
+    )
     return engine, calls, trainer
 
 
@@ -138,7 +151,9 @@ def test_transitions_fire_at_the_expected_points_with_the_restart(full):
 
 
 def assert_continues(root, engine, calls, where, step, out, validation=True):
-    resumed, rest, trainer = fit(out, ckpt=root / where / f"step={step}.ckpt", engine=CurriculumEngine(curriculum(validation)))
+    resumed, rest, trainer = fit(
+        out, ckpt=root / where / f"step={step}.ckpt", engine=CurriculumEngine(curriculum(validation))
+    )
     assert trainer.global_step == resumed.clock.global_step == 12
     done = calls.index(next(c for c in calls if c[:2] == ("step", step))) + 1
     if where == "epoch":
@@ -167,7 +182,9 @@ def test_resume_continues_exactly(full, tmp_path, where, step):
 def test_resume_at_an_epochs_last_batch_is_exact_without_validation_guards(tmp_path, step):
     """Saved on_train_batch_end at an epoch's last batch: Lightning skips that epoch's end; the callback makes it at resume."""
     engine, calls, _ = fit(tmp_path / "full", engine=CurriculumEngine(curriculum(validation=False)))
-    resumed, rest, expected = assert_continues(tmp_path / "full", engine, calls, "steps", step, tmp_path / "again", validation=False)
+    resumed, rest, expected = assert_continues(
+        tmp_path / "full", engine, calls, "steps", step, tmp_path / "again", validation=False
+    )
     assert [c for c in rest if c[0] == "step"] == [c for c in expected if c[0] == "step"]
     assert [c[:2] for c in rest] == [c[:2] for c in expected]  # the epoch end comes first, at resume
     assert history(resumed) == history(engine)
@@ -178,7 +195,9 @@ def test_resume_mid_epoch_with_a_plain_data_loader_is_lightnings_limit(tmp_path,
     the losses differ, and the callback says so at resume, naming the loader that makes it exact."""
     engine, calls, _ = fit(tmp_path / "full", loader=torch.utils.data.DataLoader)
     with caplog.at_level(logging.WARNING, logger="engine.integrations.lightning"):
-        resumed, rest, trainer = fit(tmp_path / "again", ckpt=tmp_path / "full" / "steps" / "step=6.ckpt", loader=torch.utils.data.DataLoader)
+        resumed, rest, trainer = fit(
+            tmp_path / "again", ckpt=tmp_path / "full" / "steps" / "step=6.ckpt", loader=torch.utils.data.DataLoader
+        )
     assert "cannot restore its position" in caplog.text and "StatefulDataLoader" in caplog.text
     assert trainer.global_step == resumed.clock.global_step == 12
     assert [c[1] for c in rest if c[0] == "step"] == list(range(7, 13))
@@ -188,7 +207,9 @@ def test_resume_mid_epoch_with_a_plain_data_loader_is_lightnings_limit(tmp_path,
 
 def test_resume_at_the_first_epochs_last_batch_with_a_validation_guard_is_refused(full, tmp_path):
     """Saved before the first validation ever ran: the epoch end cannot have val_loss, a clear error names the checkpoint to use."""
-    with pytest.raises(CurriculumError, match=r"last batch of epoch 0, before its validation.*'val_loss'.*saved at that epoch's end"):
+    with pytest.raises(
+        CurriculumError, match=r"last batch of epoch 0, before its validation.*'val_loss'.*saved at that epoch's end"
+    ):
         fit(tmp_path, ckpt=full[0] / "steps" / "step=4.ckpt")
 
 
@@ -216,16 +237,35 @@ def test_resume_from_a_checkpoint_without_engine_state_is_refused(full, tmp_path
 
 def test_allow_fingerprint_mismatch_passes_through(full, tmp_path):
     """A changed curriculum is refused at resume, naming the option; with allow_fingerprint_mismatch=True the run goes on."""
-    changed = Curriculum([Phase("a"), Phase("b"), Phase("c")],
-                         [Transition("a", "b", [MinSteps(7)], actions=[RestartLR()], when=Point.STEP_END), Transition("b", "c", [MinEpoch(2)])])
+    changed = Curriculum(
+        [Phase("a"), Phase("b"), Phase("c")],
+        [
+            Transition("a", "b", [MinSteps(7)], actions=[RestartLR()], when=Point.STEP_END),
+            Transition("b", "c", [MinEpoch(2)]),
+        ],
+    )
     ckpt = full[0] / "epoch" / "step=4.ckpt"
     with pytest.raises(CurriculumError, match="allow_fingerprint_mismatch=True"):
         fit(tmp_path / "refused", ckpt=ckpt, engine=CurriculumEngine(changed))
     engine = CurriculumEngine(changed)
-    trainer = pl.Trainer(max_epochs=EPOCHS, accumulate_grad_batches=ACCUM, logger=False, enable_progress_bar=False,
-                         callbacks=[CurriculumCallback(engine, allow_fingerprint_mismatch=True)], enable_checkpointing=False,
-                         enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0, default_root_dir=tmp_path)
-    trainer.fit(Tiny(), PositionLoader(dataset(), batch_size=2), torch.utils.data.DataLoader(dataset(), batch_size=5), ckpt_path=ckpt)
+    trainer = pl.Trainer(
+        max_epochs=EPOCHS,
+        accumulate_grad_batches=ACCUM,
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=[CurriculumCallback(engine, allow_fingerprint_mismatch=True)],
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(
+        Tiny(),
+        PositionLoader(dataset(), batch_size=2),
+        torch.utils.data.DataLoader(dataset(), batch_size=5),
+        ckpt_path=ckpt,
+    )
     assert engine.clock.global_step == 12 and engine.phase.name == "c"
     with pytest.raises(CurriculumError, match="'allow_fingerprint_mismatch' must be a bool"):
         CurriculumCallback(CurriculumEngine(changed), allow_fingerprint_mismatch="yes")
@@ -233,8 +273,12 @@ def test_allow_fingerprint_mismatch_passes_through(full, tmp_path):
 
 def test_params_view_follows_the_phase():
     """callback.params reads the current phase's params live; a missing key names the fix."""
-    engine = CurriculumEngine(Curriculum([Phase("short", params={"seq_len": 64}), Phase("long", params={"seq_len": 256})],
-                                         [Transition("short", "long", [MinSteps(1)], when="step_end")]))
+    engine = CurriculumEngine(
+        Curriculum(
+            [Phase("short", params={"seq_len": 64}), Phase("long", params={"seq_len": 256})],
+            [Transition("short", "long", [MinSteps(1)], when="step_end")],
+        )
+    )
     params = CurriculumCallback(engine).params
     engine.start()
     assert params["seq_len"] == 64 and params.phase == "short"
@@ -264,14 +308,31 @@ def test_lightning_takes_staged_cosine_as_its_scheduler(tmp_path):
         return step_end(loss=loss, **metrics)
 
     engine.step_end = record_lr
-    trainer = pl.Trainer(max_epochs=2, accumulate_grad_batches=ACCUM, callbacks=[CurriculumCallback(engine)], logger=False,
-                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0,
-                         enable_checkpointing=False, default_root_dir=tmp_path)
-    trainer.fit(StagedModule(), torch.utils.data.DataLoader(dataset(), batch_size=2), torch.utils.data.DataLoader(dataset(), batch_size=5))
-    assert lrs[:4] == pytest.approx([0.05, 0.05 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4))), 0.05 * 0.55, lrs[3]], rel=1e-12)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accumulate_grad_batches=ACCUM,
+        callbacks=[CurriculumCallback(engine)],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(
+        StagedModule(),
+        torch.utils.data.DataLoader(dataset(), batch_size=2),
+        torch.utils.data.DataLoader(dataset(), batch_size=5),
+    )
+    assert lrs[:4] == pytest.approx(
+        [0.05, 0.05 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4))), 0.05 * 0.55, lrs[3]], rel=1e-12
+    )
     assert lrs[4] == 0.025 and len(lrs) == 8
     (restart,) = [r for r in engine.history if r.source == "a"]
-    assert restart.global_step == 6 and restart.actions[0].effect["lr"][1] == 0.025  # a->b restarts the second stage at its peak
+    assert (
+        restart.global_step == 6 and restart.actions[0].effect["lr"][1] == 0.025
+    )  # a->b restarts the second stage at its peak
 
 
 # -- two processes (strategy="ddp", gloo on CPU): tests/ddp_lightning.py, whose ranks see data of different losses ----
@@ -324,6 +385,7 @@ def test_under_ddp_every_rank_transitions_where_the_mean_crosses(ddp):
 # losses and LRs, history), except mid-epoch with shuffle=True: the order of the rest of the epoch is drawn again
 # (Lightning keeps no sampler state), and the callback says so at resume.
 
+
 class MatrixModule(pl.LightningModule):
     def __init__(self, params, own_schedule: bool) -> None:
         super().__init__()
@@ -346,14 +408,27 @@ class MatrixModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-MATRIX_CONFIGS = [(point, action, shuffle) for point in ("step_end", "epoch_end") for action in ("restart", "model")
-                  for shuffle in (False, True)]
+MATRIX_CONFIGS = [
+    (point, action, shuffle)
+    for point in ("step_end", "epoch_end")
+    for action in ("restart", "model")
+    for shuffle in (False, True)
+]
 
 
 def matrix_curriculum(point, action) -> Curriculum:
-    return Curriculum([Phase("a", params={"scale": 1.0}), Phase("b", params={"scale": 2.0})],
-                      [Transition("a", "b", [MinSteps(2) if point == "step_end" else MinEpoch(1)],
-                                  actions=[RestartLR() if action == "restart" else SetCutoff(2)], when=point)])
+    return Curriculum(
+        [Phase("a", params={"scale": 1.0}), Phase("b", params={"scale": 2.0})],
+        [
+            Transition(
+                "a",
+                "b",
+                [MinSteps(2) if point == "step_end" else MinEpoch(1)],
+                actions=[RestartLR() if action == "restart" else SetCutoff(2)],
+                when=point,
+            )
+        ],
+    )
 
 
 def spy_lr(engine: CurriculumEngine) -> list:
@@ -380,8 +455,16 @@ def matrix_fit(root: Path, config, ckpt=None):
         ModelCheckpoint(dirpath=root / "step", every_n_train_steps=1, save_top_k=-1, filename="{step}"),
         ModelCheckpoint(dirpath=root / "epoch", save_top_k=-1, filename="{step}"),
     ]
-    trainer = pl.Trainer(max_epochs=2, callbacks=[callback, *checkpoints], logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0, deterministic=True)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        callbacks=[callback, *checkpoints],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        num_sanity_val_steps=0,
+        deterministic=True,
+    )
     module = MatrixModule(callback.params, own_schedule=shuffle and action == "restart")
     trainer.fit(module, PositionLoader(dataset(batches=4), batch_size=2, shuffle=shuffle), ckpt_path=ckpt)
     return engine, calls, trainer
@@ -411,9 +494,13 @@ def test_exactness_matrix(tmp_path, caplog, config):
     for where, step in (("step", 2), ("step", 4), ("epoch", 4)):
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="engine.integrations.lightning"):
-            resumed, rest, again = matrix_fit(tmp_path / f"{where}{step}", config, ckpt=tmp_path / "full" / where / f"step={step}.ckpt")
+            resumed, rest, again = matrix_fit(
+                tmp_path / f"{where}{step}", config, ckpt=tmp_path / "full" / where / f"step={step}.ckpt"
+            )
         if config[2] and step == 2:  # shuffled, mid-epoch: warned, the one inexact cell
-            assert "order of the rest of the epoch is drawn again" in caplog.text and "StatefulDataLoader" in caplog.text
+            assert (
+                "order of the rest of the epoch is drawn again" in caplog.text and "StatefulDataLoader" in caplog.text
+            )
             assert [c[1] for c in rest if c[0] == "step"] == list(range(3, 9))
             continue
         assert not caplog.text, (where, step)

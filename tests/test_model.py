@@ -60,7 +60,14 @@ def test_config_kernel_longer_than_sequence_names_the_fix():
 
 @pytest.mark.parametrize(
     "field, value",
-    [("d_model", 0), ("n_layers", True), ("chunk", 2.0), ("dropout", 1.0), ("init_cutoff", 34), ("kernel_init", "pink")],
+    [
+        ("d_model", 0),
+        ("n_layers", True),
+        ("chunk", 2.0),
+        ("dropout", 1.0),
+        ("init_cutoff", 34),
+        ("kernel_init", "pink"),
+    ],
 )
 def test_config_rejects_bad_values(field, value):
     """Each field's validator rejects an out-of-range value with a ValueError naming the field."""
@@ -184,7 +191,9 @@ def test_outputs_have_no_gradient_from_later_embeddings(cutoff):
     out = model.head(model.hidden(emb))  # (B, T, C * 256)
     weights = torch.randn(out.shape[-1], dtype=out.dtype)
     for t in (0, 5, 17, 40, 62):
-        (grad,) = torch.autograd.grad(out[:, t] @ weights, emb, grad_outputs=torch.ones(2, dtype=out.dtype), retain_graph=True)
+        (grad,) = torch.autograd.grad(
+            out[:, t] @ weights, emb, grad_outputs=torch.ones(2, dtype=out.dtype), retain_graph=True
+        )
         assert grad[:, t + 1 :].abs().max() < 1e-10
         assert grad[:, t].abs().max() > 1e-6  # the check is not vacuous
 

@@ -21,7 +21,11 @@ def test_custom_curriculum_example_runs(capsys):
     namespace = {"__name__": "__main__"}
     exec(compile(example("custom-curriculum"), "README.md", "exec"), namespace)
     engine = namespace["engine"]
-    assert [(r.source, r.dest, r.global_step) for r in engine.history] == [(None, "short", 0), ("short", "medium", 100), ("medium", "long", 300)]
+    assert [(r.source, r.dest, r.global_step) for r in engine.history] == [
+        (None, "short", 0),
+        ("short", "medium", 100),
+        ("medium", "long", 300),
+    ]
     assert engine.phase.params["seq_len"] == 2048
     printed = capsys.readouterr().out
     shown = README.read_text().split("It prints why and when each transition fired:")[1].split("```")[1].strip("\n")
@@ -34,13 +38,20 @@ def test_hf_trainer_example_runs(tmp_path, capsys):
 
     from tests.utils import TinyLM, Windows
 
-    namespace = {"__name__": "__main__", "model": TinyLM(), "train_dataset": Windows(), "eval_dataset": Windows(),
-                 "output_dir": str(tmp_path)}
+    namespace = {
+        "__name__": "__main__",
+        "model": TinyLM(),
+        "train_dataset": Windows(),
+        "eval_dataset": Windows(),
+        "output_dir": str(tmp_path),
+    }
     exec(compile(example("hf-trainer"), "README.md", "exec"), namespace)
     engine = namespace["callback"].engine
     assert [(r.source, r.dest, r.global_step) for r in engine.history if r.source] == [("short", "long", 4)]
     assert "short -> long  at step 4 (epoch 1, step_end)" in capsys.readouterr().out
-    state = json.loads((tmp_path / "checkpoint-4" / "trainer_state.json").read_text())["stateful_callbacks"]["curriculum_engine"]
+    state = json.loads((tmp_path / "checkpoint-4" / "trainer_state.json").read_text())["stateful_callbacks"][
+        "curriculum_engine"
+    ]
     assert (state["phase"], state["clock"]["global_step"]) == ("long", 4)
 
 
@@ -51,12 +62,18 @@ def test_lightning_example_runs(tmp_path, capsys):
 
     from tests.utils import lightning_dataset as dataset
 
-    namespace = {"__name__": "__main__", "output_dir": str(tmp_path),
-                 "train_loader": torch.utils.data.DataLoader(dataset(), batch_size=2),
-                 "val_loader": torch.utils.data.DataLoader(dataset(), batch_size=5)}
+    namespace = {
+        "__name__": "__main__",
+        "output_dir": str(tmp_path),
+        "train_loader": torch.utils.data.DataLoader(dataset(), batch_size=2),
+        "val_loader": torch.utils.data.DataLoader(dataset(), batch_size=5),
+    }
     exec(compile(example("lightning"), "README.md", "exec"), namespace)
     engine = namespace["callback"].engine
-    assert [(r.source, r.dest, r.global_step) for r in engine.history if r.source] == [("warm", "main", 6), ("main", "final", 8)]
+    assert [(r.source, r.dest, r.global_step) for r in engine.history if r.source] == [
+        ("warm", "main", 6),
+        ("main", "final", 8),
+    ]
     assert "warm -> main  at step 6" in capsys.readouterr().out
     (ckpt,) = (tmp_path / "checkpoints").glob("*.ckpt")
     state = torch.load(ckpt, weights_only=False)["callbacks"]["CurriculumCallback"]["engine"]
@@ -70,7 +87,12 @@ def test_backoff_example_backs_off_at_most_twice(capsys):
     history = namespace["engine"].history
     assert [r.dest for r in history if r.source == "long"] == ["short", "short"]
     printed = capsys.readouterr().out
-    shown = REFERENCE.read_text().split("It backs off twice, then stays at 1024 through the rise:")[1].split("```")[1].strip("\n")
+    shown = (
+        REFERENCE.read_text()
+        .split("It backs off twice, then stays at 1024 through the rise:")[1]
+        .split("```")[1]
+        .strip("\n")
+    )
     assert printed.strip("\n") == shown
 
 
@@ -84,7 +106,16 @@ def test_readme_points_to_the_semantics_in_the_repository():
 def test_semantics_document_covers_the_contract():
     """docs/semantics.md has a section per topic, and states the tie-break: the first declared transition wins."""
     text = (README.parent / "docs" / "semantics.md").read_text()
-    for heading in ["The loop's contract", "The clock", "Evaluation points", "Firing order and tie-break", "Atomicity", "Errors", "State and fingerprint", "History"]:
+    for heading in [
+        "The loop's contract",
+        "The clock",
+        "Evaluation points",
+        "Firing order and tie-break",
+        "Atomicity",
+        "Errors",
+        "State and fingerprint",
+        "History",
+    ]:
         assert f"\n## {heading}\n" in text, heading
     assert "the first declared wins" in text and "first declared fires" in README.read_text()
 
@@ -114,8 +145,13 @@ def test_the_chunklm_manual_documents_every_flag():
     subparsers = next(a for a in parser._actions if a.choices and "train" in a.choices).choices
     text = (README.parent / "docs" / "chunklm.md").read_text()
     named = set(re.findall(r"(?<![\w-])(--[a-z][a-z_-]*[a-z])", text))
-    missing = {f"{name} {flag}" for name, sub in subparsers.items() for a in sub._actions for flag in a.option_strings
-               if flag.startswith("--") and flag != "--help" and flag not in named}
+    missing = {
+        f"{name} {flag}"
+        for name, sub in subparsers.items()
+        for a in sub._actions
+        for flag in a.option_strings
+        if flag.startswith("--") and flag != "--help" and flag not in named
+    }
     assert not missing, sorted(missing)
 
 

@@ -34,7 +34,9 @@ def run(engine: CurriculumEngine, epochs: int, steps: int = 50, seed: int = 0) -
     rng = random.Random(seed)
     for _ in range(epochs):
         for _ in range(steps):
-            engine.step_end(loss=1 + 2 * math.exp(-0.05 * engine.clock.steps_in_phase) + 0.05 * rng.random(), lr=1e-3 * rng.random())
+            engine.step_end(
+                loss=1 + 2 * math.exp(-0.05 * engine.clock.steps_in_phase) + 0.05 * rng.random(), lr=1e-3 * rng.random()
+            )
         engine.epoch_end(val=rng.random())
 
 
@@ -58,8 +60,12 @@ def test_records_every_call_with_the_exact_floats_it_was_fed():
     engine.step_end(loss=torch.tensor(float("nan")), grad_norm=3)
     engine.epoch_end(val=float("inf"))
     engine.step_end(loss=-0.0, lr=1e-300)
-    expected = [("step_end", {"lr": 0.5, "loss": 0.1 + 0.2}), ("step_end", {"grad_norm": 3.0, "loss": math.nan}),
-                ("epoch_end", {"val": math.inf}), ("step_end", {"lr": 1e-300, "loss": -0.0})]
+    expected = [
+        ("step_end", {"lr": 0.5, "loss": 0.1 + 0.2}),
+        ("step_end", {"grad_norm": 3.0, "loss": math.nan}),
+        ("epoch_end", {"val": math.inf}),
+        ("step_end", {"lr": 1e-300, "loss": -0.0}),
+    ]
     assert bits(engine.recorded.stream()) == bits(expected)
     assert (engine.recorded.steps, engine.recorded.epochs, len(engine.recorded)) == (3, 1, 4)
     assert engine.recorded.series("lr") == ([1, 3], [0.5, 1e-300])
@@ -67,11 +73,14 @@ def test_records_every_call_with_the_exact_floats_it_was_fed():
 
 def test_a_call_that_raises_records_nothing():
     """A refused metric, a missing one, a guard that raises: state_dict() (recording included) is unchanged."""
+
     def boom(ctx):
         raise RuntimeError("no")
 
-    c = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [boom], when=Point.STEP_END),
-                                               Transition("a", "b", [MetricBelow("val", 1.0)])])
+    c = Curriculum(
+        [Phase("a"), Phase("b")],
+        [Transition("a", "b", [boom], when=Point.STEP_END), Transition("a", "b", [MetricBelow("val", 1.0)])],
+    )
     engine = CurriculumEngine(c, record_metrics=True)
     engine.start()
     before = engine.state_dict()
@@ -106,14 +115,14 @@ def test_snapshot_json_restore_continue_equals_uninterrupted_across_a_block():
         whole.step_end(loss=x)
     first = fresh()
     first.start()
-    for x in losses[:BLOCK + 2]:
+    for x in losses[: BLOCK + 2]:
         first.step_end(loss=x)
     saved = json.loads(json.dumps(first.state_dict()))
     assert len(saved["recorded"]["columns"][0][2]) == 2  # loss: one finished block and the tail
     resumed = fresh()
     resumed.load_state_dict(saved)
     assert resumed.state_dict() == saved
-    for x in losses[BLOCK + 2:]:
+    for x in losses[BLOCK + 2 :]:
         resumed.step_end(loss=x)
     assert resumed.state_dict()["recorded"] == whole.state_dict()["recorded"]
     assert bits(resumed.recorded.stream()) == bits(whole.recorded.stream())

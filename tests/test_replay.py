@@ -50,7 +50,8 @@ def test_decision_is_the_guard_that_became_true_last():
     assert (record.dest, record.epoch) == ("b", 3)
     assert record.decision.decided_by == ["MetricBelow('val', 1.0)"]
     assert [(h.guard, h.global_step, h.epoch) for h in record.decision.held_since] == [
-        ("MinEpoch(1)", 2, 1), ("MetricBelow('val', 1.0)", 6, 3),
+        ("MinEpoch(1)", 2, 1),
+        ("MetricBelow('val', 1.0)", 6, 3),
     ]
     assert record.decision.text(record.global_step) == (
         "decided by MetricBelow('val', 1.0) at step 6; MinEpoch(1) held since step 2 (epoch 1)"
@@ -131,7 +132,10 @@ def test_history_table_and_csv_show_the_decision():
     engine = CurriculumEngine(one_raise(all_of(MinEpoch(1), MetricBelow("val", 1.0))))
     engine.start()
     epochs_with(engine, [2.0, 0.5])
-    assert "decided by MetricBelow('val', 1.0) at step 4; MinEpoch(1) held since step 2 (epoch 1)" in engine.history.table()
+    assert (
+        "decided by MetricBelow('val', 1.0) at step 4; MinEpoch(1) held since step 2 (epoch 1)"
+        in engine.history.table()
+    )
     csv_text = engine.history.to_csv()
     assert "decision" in csv_text.splitlines()[0] and "decided_by" in csv_text
 
@@ -145,8 +149,12 @@ def spectral_like(window=8, threshold=0.01, calls=None, test="relative"):
     names = ["p0", "p1", "p2", "p3"]
     phases = [Phase(n, on_enter=[Log(f"enter_{n}", calls)]) for n in names]
     transitions = [
-        Transition(names[k], names[k + 1], [all_of(MinEpoch(m), Plateau(window=window, threshold=threshold, test=test))],
-                   actions=[Log(f"act_{k}", calls)])
+        Transition(
+            names[k],
+            names[k + 1],
+            [all_of(MinEpoch(m), Plateau(window=window, threshold=threshold, test=test))],
+            actions=[Log(f"act_{k}", calls)],
+        )
         for k, m in enumerate((1, 2, 4))
     ]
     return Curriculum(phases, transitions)
@@ -178,7 +186,11 @@ def decisions(history):
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 10**6), threshold=st.sampled_from([0.0, 0.005, 0.02, 0.1]), test=st.sampled_from(["relative", "welch"]))
+@given(
+    seed=st.integers(0, 10**6),
+    threshold=st.sampled_from([0.0, 0.005, 0.02, 0.1]),
+    test=st.sampled_from(["relative", "welch"]),
+)
 def test_replay_takes_the_live_engines_decisions_without_running_actions(seed, threshold, test):
     """On any stream, a replay's transitions, evidence and decisions equal a live engine's; no action runs
     and the caller's guards keep empty windows."""
@@ -207,7 +219,9 @@ def test_replay_stand_ins_keep_the_curriculums_fingerprint():
 def raises_at(*min_epochs):
     """spectral_like's phases, each raise guarded by MinEpoch alone."""
     cur = spectral_like()
-    return Curriculum(cur.phases, [attrs.evolve(tr, guards=[MinEpoch(m)]) for tr, m in zip(cur.transitions, min_epochs)])
+    return Curriculum(
+        cur.phases, [attrs.evolve(tr, guards=[MinEpoch(m)]) for tr, m in zip(cur.transitions, min_epochs)]
+    )
 
 
 def test_replay_compares_decisions_not_guards():
@@ -248,7 +262,9 @@ def test_replay_departs_at_a_recorded_manual_move_and_ignores_records_past_the_d
     """A manual transition cannot be replayed; recorded transitions after the fed steps are not compared."""
     stream = stream_of([1.0] * 60, 10)
     recorded = list(live_run(spectral_like(), stream))
-    assert replay(spectral_like(), stream[:25], recorded=recorded).departure is None  # 23 steps fed: raises at 10, 20 only
+    assert (
+        replay(spectral_like(), stream[:25], recorded=recorded).departure is None
+    )  # 23 steps fed: raises at 10, 20 only
     manual = attrs.evolve(moves(recorded)[0], point="manual", reason="operator", global_step=5, epoch=0)
     dep = replay(spectral_like(), stream, recorded=[manual] + moves(recorded)).departure
     assert dep.global_step == 5 and "by hand (operator)" in dep.text()
@@ -270,9 +286,34 @@ def test_replay_rejects_malformed_points():
 
 # Tiny ChunkLM run whose second raise waits for the plateau (threshold 0.002 on a 4-step window).
 TINY = [
-    "--data", DATA, "--seq-len", "32", "--kernel-len", "8", "--chunk", "4", "--d-model", "16", "--n-layers", "1",
-    "--batch-size", "2", "--accum-steps", "2", "--steps-per-epoch", "6", "--cutoffs", "4,8,16",
-    "--min-epochs", "1,1,2", "--plateau-window", "4", "--plateau-threshold", "0.002", "--log-every", "0",
+    "--data",
+    DATA,
+    "--seq-len",
+    "32",
+    "--kernel-len",
+    "8",
+    "--chunk",
+    "4",
+    "--d-model",
+    "16",
+    "--n-layers",
+    "1",
+    "--batch-size",
+    "2",
+    "--accum-steps",
+    "2",
+    "--steps-per-epoch",
+    "6",
+    "--cutoffs",
+    "4,8,16",
+    "--min-epochs",
+    "1,1,2",
+    "--plateau-window",
+    "4",
+    "--plateau-threshold",
+    "0.002",
+    "--log-every",
+    "0",
 ]
 
 
@@ -300,7 +341,9 @@ def test_replay_with_the_recorded_settings_reproduces_the_recorded_transitions(t
     assert [(r.source, r.dest, r.global_step) for r in result.history if r.point == "epoch_end"] == [
         (r.source, r.dest, r.global_step) for r in moves
     ]
-    assert [r.decision.decided_by for r in result.history if r.point == "epoch_end"] == [r.decision.decided_by for r in moves]
+    assert [r.decision.decided_by for r in result.history if r.point == "epoch_end"] == [
+        r.decision.decided_by for r in moves
+    ]
     # the CSVs keep each loss exactly, so the replayed evidence equals the recorded evidence to the last bit
     assert [r.guards for r in result.history if r.point == "epoch_end"] == [r.guards for r in moves]
     assert result.departure is None and result.steps == 30
@@ -316,7 +359,9 @@ def test_replay_command_prints_the_recorded_row_and_a_grid(tiny_run, capsys):
     rec_row = next(line for line in lines if line.startswith("recorded "))
     assert [int(tok) for tok in rec_row.split() if tok.isdigit()] == [r.global_step for r in recorded]
     own = next(line for line in lines if line.startswith("threshold=0.002 test=relative "))
-    assert [int(tok) for tok in own.split() if tok.isdigit()] == [r.global_step for r in recorded] and own.rstrip().endswith("-")
+    assert [int(tok) for tok in own.split() if tok.isdigit()] == [
+        r.global_step for r in recorded
+    ] and own.rstrip().endswith("-")
     rows = [line for line in lines if line.startswith("threshold=")]
     assert len(rows) == 4
     # threshold 1.0: every full window is a plateau, so each raise comes at its minimum epoch

@@ -23,7 +23,9 @@ class ClockSpy:
 
     def __call__(self, ctx):
         c = ctx.clock
-        self.seen.append((ctx.point.value, c.global_step, c.epoch, c.step_in_epoch, c.steps_in_phase, c.epochs_in_phase))
+        self.seen.append(
+            (ctx.point.value, c.global_step, c.epoch, c.step_in_epoch, c.steps_in_phase, c.epochs_in_phase)
+        )
         return False
 
     def __repr__(self):
@@ -69,7 +71,12 @@ def test_first_matching_transition_in_declaration_order_and_one_per_point():
     """Of several transitions that hold, the first declared fires, and only one per point (no chaining)."""
     cur = Curriculum(
         [Phase("a"), Phase("b"), Phase("c")],
-        [Transition("a", "c", [Never()]), Transition("a", "b", [Always()]), Transition("a", "c", [Always()]), Transition("b", "c", [Always()])],
+        [
+            Transition("a", "c", [Never()]),
+            Transition("a", "b", [Always()]),
+            Transition("a", "c", [Always()]),
+            Transition("b", "c", [Always()]),
+        ],
     )
     eng = CurriculumEngine(cur)
     eng.start()
@@ -100,8 +107,15 @@ def test_firing_order_actions_then_on_enter_then_resets():
             calls.append("reset")
 
     cur = Curriculum(
-        [Phase("a", on_enter=[Log("enter_a", calls)]), Phase("b", on_enter=[Log("enter_b1", calls), Log("enter_b2", calls)]), Phase("c")],
-        [Transition("a", "b", [Always()], [Log("act1", calls), Log("act2", calls)]), Transition("b", "c", [ResetSpy()])],
+        [
+            Phase("a", on_enter=[Log("enter_a", calls)]),
+            Phase("b", on_enter=[Log("enter_b1", calls), Log("enter_b2", calls)]),
+            Phase("c"),
+        ],
+        [
+            Transition("a", "b", [Always()], [Log("act1", calls), Log("act2", calls)]),
+            Transition("b", "c", [ResetSpy()]),
+        ],
     )
     eng = CurriculumEngine(cur)
     eng.start()
@@ -117,7 +131,10 @@ def test_observe_only_in_source_phase_and_reset_on_entry():
     counter = CountBelow(1.0, need=3)
     cur = Curriculum(
         [Phase("a"), Phase("b")],
-        [Transition("a", "b", [EpochAtLeast(1)]), Transition("b", "a", [counter]), ],
+        [
+            Transition("a", "b", [EpochAtLeast(1)]),
+            Transition("b", "a", [counter]),
+        ],
     )
     eng = CurriculumEngine(cur)
     eng.start()
@@ -160,7 +177,10 @@ def test_guard_exception_becomes_a_chained_error_naming_where():
     eng.start()
     eng.step_end(loss=1.0)
     before = eng.state_dict()
-    with pytest.raises(CurriculumError, match=r"guard Boom\(\) of transition a -> b raised RuntimeError: boom \(at epoch_end, global step 1\)") as info:
+    with pytest.raises(
+        CurriculumError,
+        match=r"guard Boom\(\) of transition a -> b raised RuntimeError: boom \(at epoch_end, global step 1\)",
+    ) as info:
         eng.epoch_end()
     assert isinstance(info.value.__cause__, RuntimeError)
     assert eng.state_dict() == before  # the epoch was not counted
@@ -179,12 +199,18 @@ def test_guard_returning_a_non_truth_value_is_an_error(result):
 
     eng = CurriculumEngine(Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Odd()])]))
     eng.start()
-    with pytest.raises(CurriculumError, match=rf"guard Odd\(\) of transition a -> b returned {type(result).__name__} .*not a truth value"):
+    with pytest.raises(
+        CurriculumError,
+        match=rf"guard Odd\(\) of transition a -> b returned {type(result).__name__} .*not a truth value",
+    ):
         eng.epoch_end()
     assert eng.clock.epoch == 0
     inside = CurriculumEngine(Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [any_of(Never(), Odd())])]))
     inside.start()
-    with pytest.raises(CurriculumError, match=rf"any_of\(Never\(\), Odd\(\)\) of transition a -> b raised CurriculumError: guard Odd\(\) returned {type(result).__name__}"):
+    with pytest.raises(
+        CurriculumError,
+        match=rf"any_of\(Never\(\), Odd\(\)\) of transition a -> b raised CurriculumError: guard Odd\(\) returned {type(result).__name__}",
+    ):
         inside.epoch_end()  # inside a combinator too: None is not a silent False
 
 
@@ -207,9 +233,13 @@ def test_guard_truth_values_from_numpy_and_tensors():
         eng = CurriculumEngine(Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Returns(value)])]))
         eng.start()
         assert (eng.epoch_end() is not None) is fires
-    eng = CurriculumEngine(Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Returns(torch.tensor([True, False]))])]))
+    eng = CurriculumEngine(
+        Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Returns(torch.tensor([True, False]))])])
+    )
     eng.start()
-    with pytest.raises(CurriculumError, match=r"returned Tensor tensor\(\[ True, False\]\), which is not a truth value"):
+    with pytest.raises(
+        CurriculumError, match=r"returned Tensor tensor\(\[ True, False\]\), which is not a truth value"
+    ):
         eng.epoch_end()
 
 
@@ -254,7 +284,10 @@ def test_verify_runs_at_next_step_end_and_appends_warning():
         def __repr__(self):
             return "Checked()"
 
-    cur = Curriculum([Phase("a"), Phase("b"), Phase("c")], [Transition("a", "b", [Always()], [Checked()]), Transition("b", "c", [Always()], [Checked()])])
+    cur = Curriculum(
+        [Phase("a"), Phase("b"), Phase("c")],
+        [Transition("a", "b", [Always()], [Checked()]), Transition("b", "c", [Always()], [Checked()])],
+    )
     eng = CurriculumEngine(cur)
     eng.start()
     eng.epoch_end()
@@ -268,7 +301,10 @@ def test_verify_runs_at_next_step_end_and_appends_warning():
 
 def test_phase_params_reach_the_loop():
     """engine.phase is the current Phase object, params included."""
-    cur = Curriculum([Phase("short", params={"seq_len": 64}), Phase("long", params={"seq_len": 256})], [Transition("short", "long", [Always()])])
+    cur = Curriculum(
+        [Phase("short", params={"seq_len": 64}), Phase("long", params={"seq_len": 256})],
+        [Transition("short", "long", [Always()])],
+    )
     eng = CurriculumEngine(cur)
     eng.start()
     assert eng.phase.params["seq_len"] == 64
@@ -296,7 +332,10 @@ def test_context_exposes_registered_objects():
 def test_start_in_a_later_phase_for_weights_only_resume():
     """start(phase=..., global_step=..., epoch=...) enters that phase (its on_enter runs) at that clock."""
     calls = []
-    cur = Curriculum([Phase("a", on_enter=[Log("enter_a", calls)]), Phase("b", on_enter=[Log("enter_b", calls)])], [Transition("a", "b", [Never()])])
+    cur = Curriculum(
+        [Phase("a", on_enter=[Log("enter_a", calls)]), Phase("b", on_enter=[Log("enter_b", calls)])],
+        [Transition("a", "b", [Never()])],
+    )
     eng = CurriculumEngine(cur)
     eng.start("b", global_step=40, epoch=4)
     assert calls == ["enter_b"] and eng.phase.name == "b"
@@ -326,13 +365,18 @@ def test_engine_keeps_no_scratch_state_between_callbacks():
 def test_bind_registers_objects_before_start_and_restore():
     """bind() registers objects after construction; start() and load_state_dict() check requirements."""
     calls = []
-    cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Always()], [Log("x", calls, requires=("schedule",))])])
+    cur = Curriculum(
+        [Phase("a"), Phase("b")], [Transition("a", "b", [Always()], [Log("x", calls, requires=("schedule",))])]
+    )
     eng = CurriculumEngine(cur)
     assert eng.bind(schedule="S") is eng
     eng.start()
     state = eng.state_dict()
     restored = CurriculumEngine(cur)
-    with pytest.raises(CurriculumError, match=r"requires a registered object 'schedule'.*before load_state_dict\(\).*engine.bind\(schedule=\.\.\.\)"):
+    with pytest.raises(
+        CurriculumError,
+        match=r"requires a registered object 'schedule'.*before load_state_dict\(\).*engine.bind\(schedule=\.\.\.\)",
+    ):
         restored.load_state_dict(state)
     restored.bind(schedule="S").load_state_dict(state)
     assert restored.ctx.schedule == "S"
@@ -363,7 +407,13 @@ def test_clock_is_a_read_only_live_view():
     clock = eng.clock
     eng.step_end(loss=1.0)
     eng.epoch_end()
-    assert (clock.global_step, clock.epoch, clock.step_in_epoch, clock.steps_in_phase, clock.epochs_in_phase) == (1, 1, 0, 1, 1)
+    assert (clock.global_step, clock.epoch, clock.step_in_epoch, clock.steps_in_phase, clock.epochs_in_phase) == (
+        1,
+        1,
+        0,
+        1,
+        1,
+    )
     with pytest.raises(CurriculumError, match=r"engine.clock is read-only: cannot set 'global_step' to 0"):
         eng.clock.global_step = 0
     with pytest.raises(AttributeError):
@@ -380,9 +430,18 @@ def test_history_starts_with_the_start_and_its_effects():
     eng = CurriculumEngine(cur)
     record = eng.start()
     assert record is eng.history[0] and len(eng.history) == 1
-    assert (record.source, record.dest, record.point, record.global_step, record.epoch, record.guards) == (None, "a", "start", 0, 0, [])
+    assert (record.source, record.dest, record.point, record.global_step, record.epoch, record.guards) == (
+        None,
+        "a",
+        "start",
+        0,
+        0,
+        [],
+    )
     assert [(a.action, a.effect) for a in record.actions] == [("Log('enter_a')", {"name": "enter_a", "step": 0})]
-    assert eng.history.table().startswith("#0  start in a  at step 0 (epoch 0)\n     action Log('enter_a'): name=enter_a, step=0")
+    assert eng.history.table().startswith(
+        "#0  start in a  at step 0 (epoch 0)\n     action Log('enter_a'): name=enter_a, step=0"
+    )
 
 
 def test_force_records_the_destination_on_enter_effects():
@@ -440,7 +499,10 @@ def test_check_refuses_a_misconfigured_run_at_start_and_changes_nothing():
     cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Always()], [action])])
     eng = CurriculumEngine(cur, schedule=object())
     before = eng.state_dict()
-    with pytest.raises(CurriculumError, match=r"action NeedsRestartable\(\) \(in transition a -> b\) refused this run in check\(\) at start\(\): TypeError: object cannot restart; nothing was changed"):
+    with pytest.raises(
+        CurriculumError,
+        match=r"action NeedsRestartable\(\) \(in transition a -> b\) refused this run in check\(\) at start\(\): TypeError: object cannot restart; nothing was changed",
+    ):
         eng.start()
     assert eng.state_dict() == before and action.ran == 0
     eng.bind(schedule=Restarts())
@@ -452,6 +514,7 @@ def test_check_refuses_a_misconfigured_run_at_start_and_changes_nothing():
 
 def test_check_runs_at_load_state_dict_and_a_refusal_loads_nothing():
     """load_state_dict() calls check(ctx) after the requires check; a guard that refuses leaves the engine as it was."""
+
     def build():
         return Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [WindowAtMost(), Never()])])
 
@@ -461,7 +524,10 @@ def test_check_runs_at_load_state_dict_and_a_refusal_loads_nothing():
     saved = eng.state_dict()
     fresh = CurriculumEngine(build(), limit=2)
     before = fresh.state_dict()
-    with pytest.raises(CurriculumError, match=r"guard WindowAtMost\(\) \(in transition a -> b\) refused this run in check\(\) at load_state_dict\(\): ValueError: limit 2 < 4"):
+    with pytest.raises(
+        CurriculumError,
+        match=r"guard WindowAtMost\(\) \(in transition a -> b\) refused this run in check\(\) at load_state_dict\(\): ValueError: limit 2 < 4",
+    ):
         fresh.load_state_dict(saved)
     assert fresh.state_dict() == before
     fresh.bind(limit=4).load_state_dict(saved)
@@ -474,13 +540,23 @@ def test_a_misspelt_metric_name_is_answered_with_the_close_one_passed():
 
     eng = CurriculumEngine(Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [MetricBelow("val_los", 1.0)])]))
     eng.start()
-    with pytest.raises(CurriculumError, match=r"'val_los' \(read by MetricBelow.*\) \(did you mean 'val_loss', which the loop passed\?\).*or fix a misspelt name in the guard"):
+    with pytest.raises(
+        CurriculumError,
+        match=r"'val_los' \(read by MetricBelow.*\) \(did you mean 'val_loss', which the loop passed\?\).*or fix a misspelt name in the guard",
+    ):
         eng.epoch_end(val_loss=0.5)
-    eng = CurriculumEngine(Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Plateau(window=2, metric="val_los")], when="step_end")]))
+    eng = CurriculumEngine(
+        Curriculum(
+            [Phase("a"), Phase("b")], [Transition("a", "b", [Plateau(window=2, metric="val_los")], when="step_end")]
+        )
+    )
     eng.start()
     with pytest.raises(CurriculumError, match=r"did you mean 'val_loss'"):
         eng.step_end(loss=1.0, val_loss=0.5)
-    with pytest.raises(CurriculumError, match=r"'val_bpb' is needed at epoch_end but the loop did not pass it \(did you mean 'val_bpc', which the loop passed\?\)"):
+    with pytest.raises(
+        CurriculumError,
+        match=r"'val_bpb' is needed at epoch_end but the loop did not pass it \(did you mean 'val_bpc', which the loop passed\?\)",
+    ):
         Context(clock=Clock(), metrics={"val_bpc": 1.0}, point=Point.EPOCH_END).metric("val_bpb")
 
 
@@ -490,7 +566,9 @@ def test_the_machine_is_entered_only_when_a_transition_fires(monkeypatch):
 
     triggered = []
     real = transitions.core.Event.trigger
-    monkeypatch.setattr(transitions.core.Event, "trigger", lambda self, *a, **k: triggered.append(self.name) or real(self, *a, **k))
+    monkeypatch.setattr(
+        transitions.core.Event, "trigger", lambda self, *a, **k: triggered.append(self.name) or real(self, *a, **k)
+    )
     cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [CountBelow(0.5, need=2)], when=Point.STEP_END)])
     eng = CurriculumEngine(cur)
     eng.start()

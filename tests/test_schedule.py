@@ -263,8 +263,14 @@ def test_stages_in_steps_equal_the_same_stages_in_epochs():
     """Stages given in steps with total_steps run exactly the LRs of the same stages given in epochs."""
     _, by_epoch = make(total_epochs=8, warmup_steps=3)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    by_step = StagedCosine(opt, base_lr=BASE, total_steps=80, stages=((0, 1.0, 0.1), (20, 1.0, 0.1), (50, 1.0, 0.05)),
-                           stages_in="steps", warmup_steps=3)
+    by_step = StagedCosine(
+        opt,
+        base_lr=BASE,
+        total_steps=80,
+        stages=((0, 1.0, 0.1), (20, 1.0, 0.1), (50, 1.0, 0.05)),
+        stages_in="steps",
+        warmup_steps=3,
+    )
     assert lrs(by_step, 90) == lrs(by_epoch, 90)
     assert repr(by_step) == (
         "StagedCosine(base_lr=0.0002, total_steps=80, stages=((0, 1.0, 0.1), (20, 1.0, 0.1), (50, 1.0, 0.05)), "
@@ -275,7 +281,9 @@ def test_stages_in_steps_equal_the_same_stages_in_epochs():
 def test_stages_in_steps_with_total_epochs():
     """Stages in steps also work with the run's length in epochs (steps_per_epoch x total_epochs)."""
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = StagedCosine(opt, base_lr=BASE, steps_per_epoch=SPE, total_epochs=3, stages=((0, 1.0, 0.1), (7, 0.5, 0.1)), stages_in="steps")
+    sched = StagedCosine(
+        opt, base_lr=BASE, steps_per_epoch=SPE, total_epochs=3, stages=((0, 1.0, 0.1), (7, 0.5, 0.1)), stages_in="steps"
+    )
     seen = lrs(sched, 30)
     assert seen[6] == pytest.approx(formula(1.0, 0.1, 6, 7), rel=1e-12)
     assert seen[7] == BASE * 0.5 and seen[29] == pytest.approx(formula(0.5, 0.1, 22, 23), rel=1e-12)
@@ -285,14 +293,20 @@ def test_stages_in_steps_with_total_epochs():
     "kwargs, match",
     [
         ({"total_steps": 80, "stages_in": "steps"}, r"'stages' must be stages in steps"),
-        ({"total_steps": 80, "stages_in": "weeks", "stages": ((0, 1.0, 0.1),)}, r"'stages_in' must be 'epochs' or 'steps'"),
+        (
+            {"total_steps": 80, "stages_in": "weeks", "stages": ((0, 1.0, 0.1),)},
+            r"'stages_in' must be 'epochs' or 'steps'",
+        ),
         ({"steps_per_epoch": SPE, "total_epochs": 8, "total_steps": 80}, "exactly one"),
         ({"steps_per_epoch": SPE}, "exactly one"),
         ({"total_steps": 80}, r"'steps_per_epoch' must be an int >= 1 \(needed to count stages in epochs"),
         ({"total_epochs": 8}, r"'steps_per_epoch' must be an int >= 1 \(needed to count total_epochs"),
         ({"total_steps": 0, "stages_in": "steps", "stages": ((0, 1.0, 0.1),)}, "'total_steps'"),
         ({"steps_per_epoch": SPE, "total_epochs": 8, "restart_warmup_steps": -2}, "'restart_warmup_steps'"),
-        ({"total_steps": 80, "stages_in": "steps", "stages": ((0, 1.0, 0.1), (0, 1.0, 0.1))}, r"sort the stages by start_step"),
+        (
+            {"total_steps": 80, "stages_in": "steps", "stages": ((0, 1.0, 0.1), (0, 1.0, 0.1))},
+            r"sort the stages by start_step",
+        ),
     ],
 )
 def test_length_and_unit_validation(kwargs, match):
@@ -332,10 +346,18 @@ def test_restart_warmup_is_cut_by_the_next_stage():
 @pytest.mark.parametrize("cut", [0, 5, 20, 31, 34, 36, 52])
 def test_state_dict_restores_a_re_warmup_bit_identically(cut):
     """Snapshot inside or after a re-warmup (stages in steps): the restored schedule's LRs are bit-identical."""
+
     def build():
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-        return opt, StagedCosine(opt, base_lr=BASE, total_steps=60, stages=((0, 1.0, 0.1), (45, 0.5, 0.0)),
-                                 stages_in="steps", warmup_steps=2, restart_warmup_steps=4)
+        return opt, StagedCosine(
+            opt,
+            base_lr=BASE,
+            total_steps=60,
+            stages=((0, 1.0, 0.1), (45, 0.5, 0.0)),
+            stages_in="steps",
+            warmup_steps=2,
+            restart_warmup_steps=4,
+        )
 
     whole = run_with_restart(build(), 60, restart_at=31)
     opt, sched = build()
@@ -361,6 +383,7 @@ def test_state_without_the_new_keys_restores_as_before(cut):
 
 
 # -- Restartable -------------------------------------------------------------------------------
+
 
 def cosine(opt=None, t_max=100):
     opt = opt or torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
@@ -507,7 +530,7 @@ def test_restartable_over_remaining_restores_exactly(tmp_path):
 
 def test_restartable_peak_is_the_schedules_peak_and_over_is_checked():
     """OneCycleLR's peak is its max_lr, not its warm-up start; over="remaining" needs a schedule with a length."""
-    from policies import RestartLR, Restartable
+    from policies import Restartable, RestartLR
 
     sched = Restartable(one_cycle())
     assert sched.peak_lr == 0.1 and sched.restart_lr == pytest.approx(0.1 / 25)

@@ -15,13 +15,25 @@ from chunklm.config import ConfigError
 from chunklm.corpus import CorpusError, cut_windows
 from chunklm.model import ChunkLM, _offset_targets
 from chunklm.train import BaseHooks, StepInfo, TrainConfig, Trainer
-from engine import CurriculumError, Curriculum, Phase
+from engine import Curriculum, CurriculumError, Phase
 from policies import seq_len_curriculum, spectral_curriculum
 
 DATA = str(Path(json.__file__).parent)
 MODEL = ChunkLMConfig(d_model=16, n_layers=1, seq_len=32, kernel_len=8, chunk=4)
-CONFIG = TrainConfig(model=MODEL, data=(DATA,), batch_size=2, accum_steps=2, steps_per_epoch=4, epochs=3, eval_windows=4,
-                     seq_lens=(8, 16), cutoffs=(), min_epochs=(1, 2), plateau_window=4, plateau_threshold=1.0)
+CONFIG = TrainConfig(
+    model=MODEL,
+    data=(DATA,),
+    batch_size=2,
+    accum_steps=2,
+    steps_per_epoch=4,
+    epochs=3,
+    eval_windows=4,
+    seq_lens=(8, 16),
+    cutoffs=(),
+    min_epochs=(1, 2),
+    plateau_window=4,
+    plateau_threshold=1.0,
+)
 
 
 class Recorder(BaseHooks):
@@ -148,11 +160,18 @@ def test_lengths_must_divide_the_model_length():
 def test_builders():
     """seq_len_curriculum: fixed or plateau phases with seq_len params; spectral_curriculum pairs lengths with cutoffs."""
     fixed = seq_len_curriculum((64, 128), at_epochs=(1, 3))
-    assert [(p.name, dict(p.params)) for p in fixed.phases] == [("seq_64", {"seq_len": 64}), ("seq_128", {"seq_len": 128}), ("full", {})]
+    assert [(p.name, dict(p.params)) for p in fixed.phases] == [
+        ("seq_64", {"seq_len": 64}),
+        ("seq_128", {"seq_len": 128}),
+        ("full", {}),
+    ]
     assert [repr(t.guards[0]) for t in fixed.transitions] == ["MinEpoch(1)", "MinEpoch(3)"]
     assert all(t.actions == () or list(t.actions) == [] for t in fixed.transitions)
     plateau = seq_len_curriculum((64,), min_epochs=(1,), max_epochs=(4,), window=8, threshold=0.01)
-    assert repr(plateau.transitions[0].guards[0]) == "any_of(all_of(MinEpoch(1), Plateau(window=8, threshold=0.01)), MinEpoch(4))"
+    assert (
+        repr(plateau.transitions[0].guards[0])
+        == "any_of(all_of(MinEpoch(1), Plateau(window=8, threshold=0.01)), MinEpoch(4))"
+    )
     both = spectral_curriculum(n_bins=129, cutoffs=(16, 32), min_epochs=(1, 2), seq_lens=(64, 128), restart_lr=False)
     assert [dict(p.params) for p in both.phases] == [{"seq_len": 64}, {"seq_len": 128}, {}]
     assert all(list(t.actions) == [] for t in both.transitions)

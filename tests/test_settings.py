@@ -21,8 +21,17 @@ def parse(*argv: str, schema: type = Settings) -> dict:
 def test_flags_are_generated_from_the_schema_and_default_to_not_given():
     """Each setting with a flag parses to its field; flags left out are absent (so a resume can tell)."""
     assert parse() == {}
-    got = parse("--seq-len", "64", "--cutoffs", "8,16", "--data", "a", "b", "--no-preserve", "--ema", "--kernel-init", "white")
-    assert got == {"seq_len": 64, "cutoffs": (8, 16), "data": ("a", "b"), "preserve": False, "ema": 0.999, "kernel_init": "white"}
+    got = parse(
+        "--seq-len", "64", "--cutoffs", "8,16", "--data", "a", "b", "--no-preserve", "--ema", "--kernel-init", "white"
+    )
+    assert got == {
+        "seq_len": 64,
+        "cutoffs": (8, 16),
+        "data": ("a", "b"),
+        "preserve": False,
+        "ema": 0.999,
+        "kernel_init": "white",
+    }
     with pytest.raises(SystemExit):
         parse("--eval-windows", "3")  # a setting without a flag
 
@@ -31,7 +40,17 @@ def test_defaults_are_the_library_configs_own():
     """Where TrainConfig or ChunkLMConfig has a default, the command line's is the same value (one place)."""
     settings = Settings.fresh(None, {})
     train, model = attrs.fields_dict(TrainConfig), attrs.fields_dict(ChunkLMConfig)
-    for name in ("batch_size", "accum_steps", "lr", "grad_clip", "seed", "ema", "min_epochs", "preserve", "eval_windows"):
+    for name in (
+        "batch_size",
+        "accum_steps",
+        "lr",
+        "grad_clip",
+        "seed",
+        "ema",
+        "min_epochs",
+        "preserve",
+        "eval_windows",
+    ):
         assert getattr(settings, name) == train[name].default, name
     assert settings.kernel_init == model["kernel_init"].default.value
 
@@ -48,7 +67,9 @@ def test_resume_refuses_fixed_settings_that_differ_and_allows_free_ones():
     """An explicit trajectory setting that differs is listed; equal ones and --epochs pass."""
     saved = Settings.fresh("demo", {})
     assert saved.resume("demo", None, {"epochs": 40, "lr": saved.lr}).epochs == 40
-    with pytest.raises(SettingsError, match=r"--seq-len: checkpoint has 256, given 64; --lr: checkpoint has 0.002, given 0.1"):
+    with pytest.raises(
+        SettingsError, match=r"--seq-len: checkpoint has 256, given 64; --lr: checkpoint has 0.002, given 0.1"
+    ):
         saved.resume("demo", None, {"lr": 0.1, "seq_len": 64})
     with pytest.raises(SettingsError, match="--preset: checkpoint has 'demo', given 'seed'"):
         saved.resume("demo", "seed", {})

@@ -4,7 +4,6 @@ import copy
 import json
 import math
 
-import attrs
 import pytest
 import torch
 
@@ -18,7 +17,12 @@ MIN_EPOCHS = {"cutoff_128": 2, "cutoff_256": 5, "cutoff_512": 10}
 # Per phase: loss = floor + amplitude * exp(-t / tau), t = steps since the phase was entered. The
 # 128 phase still improves > 0.5% at epoch 2 and plateaus by 3; the 256 phase plateaus by 4 (its
 # minimum is 5); the 512 phase plateaus by 7 (its minimum is 10).
-CURVES = {"cutoff_128": (1.0, 2.0, 9.0), "cutoff_256": (0.8, 0.5, 2.5), "cutoff_512": (0.6, 0.4, 7.0), "full": (0.5, 0.3, 6.0)}
+CURVES = {
+    "cutoff_128": (1.0, 2.0, 9.0),
+    "cutoff_256": (0.8, 0.5, 2.5),
+    "cutoff_512": (0.6, 0.4, 7.0),
+    "full": (0.5, 0.3, 6.0),
+}
 
 
 def synthetic_loss(phase, t):
@@ -36,7 +40,10 @@ class Run:
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=BASE)
         self.sched = StagedCosine(self.opt, base_lr=BASE, steps_per_epoch=SPE, total_epochs=EPOCHS)
         self.engine = CurriculumEngine(
-            spectral_curriculum(window=WINDOW, threshold=THRESHOLD), model=self.model, optimizer=self.opt, schedule=self.sched
+            spectral_curriculum(window=WINDOW, threshold=THRESHOLD),
+            model=self.model,
+            optimizer=self.opt,
+            schedule=self.sched,
         )
         self.lrs, self.losses = [], {}  # losses: phase -> the values fed while it was current
         if snapshot is None:
@@ -49,7 +56,11 @@ class Run:
             self.engine.load_state_dict(snapshot["engine"])
 
     def snapshot(self):
-        return json.loads(json.dumps({"sched": self.sched.state_dict(), "engine": self.engine.state_dict(), "cutoff": self.model.cutoff})) | {
+        return json.loads(
+            json.dumps(
+                {"sched": self.sched.state_dict(), "engine": self.engine.state_dict(), "cutoff": self.model.cutoff}
+            )
+        ) | {
             "net": copy.deepcopy(self.net.state_dict()),
             "opt": copy.deepcopy(self.opt.state_dict()),
         }
@@ -106,7 +117,11 @@ def test_simulated_run_raises_when_min_epoch_and_plateau_both_hold():
     assert raised == [(3, "cutoff_128", "cutoff_256"), (5, "cutoff_256", "cutoff_512"), (10, "cutoff_512", "full")]
     # the cases the curves were built for: improving past the minimum, plateaued before the minimum
     assert [e for e, p, w, r in boundaries if p == "cutoff_128" and r is None and e >= 2] == [2]
-    assert [e for e, p, w, r in boundaries if p == "cutoff_512" and r is None and len(w) == WINDOW and relative_improvement(w) < THRESHOLD] == [7, 8, 9]
+    assert [
+        e
+        for e, p, w, r in boundaries
+        if p == "cutoff_512" and r is None and len(w) == WINDOW and relative_improvement(w) < THRESHOLD
+    ] == [7, 8, 9]
     assert run.model.calls == [(128, False), (256, False), (512, False), (None, False)] and run.model.cutoff == 513
 
 
@@ -152,12 +167,35 @@ def test_spectral_curriculum_structure():
     cur = spectral_curriculum()
     assert [p.name for p in cur.phases] == ["cutoff_128", "cutoff_256", "cutoff_512", "full"]
     assert [[repr(a) for a in p.on_enter] for p in cur.phases] == [
-        ["SetCutoff(128, preserve=False)"], ["SetCutoff(256, preserve=False)"], ["SetCutoff(512, preserve=False)"], ["SetCutoff(None, preserve=False)"],
+        ["SetCutoff(128, preserve=False)"],
+        ["SetCutoff(256, preserve=False)"],
+        ["SetCutoff(512, preserve=False)"],
+        ["SetCutoff(None, preserve=False)"],
     ]
-    assert [(t.source, t.dest, t.when, [repr(g) for g in t.guards], [repr(a) for a in t.actions]) for t in cur.transitions] == [
-        ("cutoff_128", "cutoff_256", Point.EPOCH_END, ["all_of(MinEpoch(2), Plateau(window=50, threshold=0.005))"], ["RestartLR()"]),
-        ("cutoff_256", "cutoff_512", Point.EPOCH_END, ["all_of(MinEpoch(5), Plateau(window=50, threshold=0.005))"], ["RestartLR()"]),
-        ("cutoff_512", "full", Point.EPOCH_END, ["all_of(MinEpoch(10), Plateau(window=50, threshold=0.005))"], ["RestartLR()"]),
+    assert [
+        (t.source, t.dest, t.when, [repr(g) for g in t.guards], [repr(a) for a in t.actions]) for t in cur.transitions
+    ] == [
+        (
+            "cutoff_128",
+            "cutoff_256",
+            Point.EPOCH_END,
+            ["all_of(MinEpoch(2), Plateau(window=50, threshold=0.005))"],
+            ["RestartLR()"],
+        ),
+        (
+            "cutoff_256",
+            "cutoff_512",
+            Point.EPOCH_END,
+            ["all_of(MinEpoch(5), Plateau(window=50, threshold=0.005))"],
+            ["RestartLR()"],
+        ),
+        (
+            "cutoff_512",
+            "full",
+            Point.EPOCH_END,
+            ["all_of(MinEpoch(10), Plateau(window=50, threshold=0.005))"],
+            ["RestartLR()"],
+        ),
     ]
     assert cur.fingerprint() == spectral_curriculum().fingerprint()
 
@@ -202,7 +240,15 @@ def test_spectral_curriculum_requires_the_training_objects():
 
 @pytest.mark.parametrize(
     "epochs, phase",
-    [(0, "cutoff_128"), (1, "cutoff_128"), (2, "cutoff_256"), (4, "cutoff_256"), (5, "cutoff_512"), (10, "full"), (30, "full")],
+    [
+        (0, "cutoff_128"),
+        (1, "cutoff_128"),
+        (2, "cutoff_256"),
+        (4, "cutoff_256"),
+        (5, "cutoff_512"),
+        (10, "full"),
+        (30, "full"),
+    ],
 )
 def test_phase_for_epoch_on_the_seed_curriculum(epochs, phase):
     """Without engine state a run resumes in the highest phase whose minimum epoch it completed."""

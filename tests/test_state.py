@@ -77,7 +77,9 @@ def test_fingerprint_mismatch_is_a_clear_error():
     """A state saved from another curriculum is refused unless the caller opts in."""
     eng = CurriculumEngine(build())
     eng.start()
-    other = Curriculum([Phase("a"), Phase("b"), Phase("c")], [Transition("a", "b", [Always()]), Transition("b", "c", [Always()])])
+    other = Curriculum(
+        [Phase("a"), Phase("b"), Phase("c")], [Transition("a", "b", [Always()]), Transition("b", "c", [Always()])]
+    )
     with pytest.raises(CurriculumError, match=r"(?s)different curriculum.*allow_fingerprint_mismatch=True"):
         CurriculumEngine(other).load_state_dict(eng.state_dict())
     CurriculumEngine(other).load_state_dict(eng.state_dict(), allow_fingerprint_mismatch=True)
@@ -93,7 +95,14 @@ def test_fingerprint_changes_with_guard_parameters():
 def test_fingerprint_is_stable_across_processes():
     """The fingerprint is a sha256 of the declaration, the same in a new interpreter."""
     code = "from tests.test_state import build; print(build().fingerprint())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "123", "PATH": ""}, cwd=sys.path[0] or ".")
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "123", "PATH": ""},
+        cwd=sys.path[0] or ".",
+    )
     assert out.stdout.strip() == build().fingerprint()
     assert len(build().fingerprint()) == 64
 
@@ -113,7 +122,9 @@ def test_malformed_state_is_a_clear_error():
         eng.load_state_dict(state)
 
 
-events = st.lists(st.one_of(st.none(), st.floats(min_value=0.0, max_value=1.0, allow_nan=False)), min_size=1, max_size=80)
+events = st.lists(
+    st.one_of(st.none(), st.floats(min_value=0.0, max_value=1.0, allow_nan=False)), min_size=1, max_size=80
+)
 
 
 @settings(max_examples=150, deadline=None)
@@ -164,13 +175,23 @@ def test_fingerprint_mismatch_lists_what_differs():
     eng = CurriculumEngine(seq_len_curriculum(threshold=0.01))
     eng.start()
     state = eng.state_dict()
-    with pytest.raises(CurriculumError, match=r"transition short -> long guard Plateau\(window=50, threshold=0.01\) -> Plateau\(window=50, threshold=0.02\)"):
+    with pytest.raises(
+        CurriculumError,
+        match=r"transition short -> long guard Plateau\(window=50, threshold=0.01\) -> Plateau\(window=50, threshold=0.02\)",
+    ):
         CurriculumEngine(seq_len_curriculum(threshold=0.02)).load_state_dict(state)
-    other = Curriculum([Phase("short", params={"seq_len": 128}), Phase("medium")], [Transition("short", "medium", [Always()])])
+    other = Curriculum(
+        [Phase("short", params={"seq_len": 128}), Phase("medium")], [Transition("short", "medium", [Always()])]
+    )
     with pytest.raises(CurriculumError) as info:
         CurriculumEngine(other).load_state_dict(state)
     text = str(info.value)
-    for line in ["phase 'long' removed", "phase 'medium' added", "transition short -> long removed", "transition short -> medium added"]:
+    for line in [
+        "phase 'long' removed",
+        "phase 'medium' added",
+        "transition short -> long removed",
+        "transition short -> medium added",
+    ]:
         assert line in text
 
 
@@ -225,7 +246,11 @@ def saved_state():
     eng.epoch_end()
     eng.step_end(loss=0.1)
     state = eng.state_dict()
-    assert state["phase"] == "a" and state["guards"]["t0.g0"]["guards"][1]["values"] and state["guards"]["t1.g0"] == {"count": 4}
+    assert (
+        state["phase"] == "a"
+        and state["guards"]["t0.g0"]["guards"][1]["values"]
+        and state["guards"]["t1.g0"] == {"count": 4}
+    )
     assert state["held_since"] == {"0": [[4, 1], None], "1": [[3, 1], None]}
     return state
 
@@ -262,26 +287,98 @@ def corrupt(path, value):
 
 
 CORRUPTED = [
-    ("held_since of the wrong length", corrupt(["held_since", "0"], [None]), r"held_since\['0'\] = \[None\] does not fit transition 0 \(a -> b, 2 guards\)"),
-    ("held_since pair of one number", corrupt(["held_since", "0"], [[1], None]), r"held_since\['0'\].*one \[global_step, epoch\] or None per guard"),
-    ("held_since of a transition out of another phase", corrupt(["held_since", "2"], [[1, 1]]), r"held_since\['2'\].*transition 2 \(b -> c, 1 guards\) out of phase 'a'"),
+    (
+        "held_since of the wrong length",
+        corrupt(["held_since", "0"], [None]),
+        r"held_since\['0'\] = \[None\] does not fit transition 0 \(a -> b, 2 guards\)",
+    ),
+    (
+        "held_since pair of one number",
+        corrupt(["held_since", "0"], [[1], None]),
+        r"held_since\['0'\].*one \[global_step, epoch\] or None per guard",
+    ),
+    (
+        "held_since of a transition out of another phase",
+        corrupt(["held_since", "2"], [[1, 1]]),
+        r"held_since\['2'\].*transition 2 \(b -> c, 1 guards\) out of phase 'a'",
+    ),
     ("held_since of no transition", corrupt(["held_since", "7"], [None]), r"held_since\['7'\].*this curriculum has 3"),
-    ("unknown guard key", corrupt(["guards", "t9.g0"], {"values": []}), r"accumulators for t9\.g0, which this curriculum has no stateful guard at \(its stateful guards: t0\.g0, t1\.g0, t2\.g0\)"),
-    ("a guard missing", without("t2.g0"), r"no accumulators for guard t2\.g0 \(Plateau\(window=4, threshold=0\.005\)\)"),
-    ("Plateau refuses its state", corrupt(["guards", "t2.g0"], {"values": ["x"]}), r"accumulators for guard t2\.g0 \(Plateau\(window=4, threshold=0\.005\)\) were refused by its load_state_dict\(\): CurriculumError: .*expected \{'values': \[finite numbers\]\}"),
-    ("a user guard refuses its state", corrupt(["guards", "t1.g0"], {}), r"accumulators for guard t1\.g0 \(CountBelow\(0\.5, need=3\)\) were refused by its load_state_dict\(\): KeyError: 'count'; nothing was restored"),
+    (
+        "unknown guard key",
+        corrupt(["guards", "t9.g0"], {"values": []}),
+        r"accumulators for t9\.g0, which this curriculum has no stateful guard at \(its stateful guards: t0\.g0, t1\.g0, t2\.g0\)",
+    ),
+    (
+        "a guard missing",
+        without("t2.g0"),
+        r"no accumulators for guard t2\.g0 \(Plateau\(window=4, threshold=0\.005\)\)",
+    ),
+    (
+        "Plateau refuses its state",
+        corrupt(["guards", "t2.g0"], {"values": ["x"]}),
+        r"accumulators for guard t2\.g0 \(Plateau\(window=4, threshold=0\.005\)\) were refused by its load_state_dict\(\): CurriculumError: .*expected \{'values': \[finite numbers\]\}",
+    ),
+    (
+        "a user guard refuses its state",
+        corrupt(["guards", "t1.g0"], {}),
+        r"accumulators for guard t1\.g0 \(CountBelow\(0\.5, need=3\)\) were refused by its load_state_dict\(\): KeyError: 'count'; nothing was restored",
+    ),
     ("negative clock", corrupt(["clock", "steps_in_phase"], -1), r"clock\.steps_in_phase must be an int >= 0, got -1"),
-    ("clock parts larger than the whole", corrupt(["clock", "epochs_in_phase"], 9), r"clock\.epochs_in_phase \(9\) is larger than clock\.epoch \(1\)"),
-    ("history naming no phase", corrupt(["history", 0, "dest"], "z"), r"history\[0\]\.dest is 'z', not a phase of this curriculum"),
-    ("clock of floats", corrupt(["clock", "global_step"], 10.7), r"clock\.global_step must be an int >= 0, got float 10\.7 \(no conversion is made"),
-    ("clock of text", corrupt(["clock", "global_step"], "10"), r"clock\.global_step must be an int >= 0, got str '10' \(no conversion is made"),
-    ("clock of bools", corrupt(["clock", "epoch"], True), r"clock\.epoch must be an int >= 0, got bool True \(no conversion is made"),
-    ("empty history out of the initial phase", lambda s: {**s, "history": [], "phase": "b", "held_since": {}}, r"history is empty but its phase is 'b'; a run without records is in the phase start\(\) enters \('a'\)"),
-    ("last record not ending in the phase", corrupt(["phase"], "c"), r"last history record \(#0, None -> a\) does not end in its phase 'c'"),
-    ("record later than the clock", corrupt(["history", 0, "global_step"], 99), r"history\[0\] is at global step 99 \(epoch 0\), later than its clock \(global step 4, epoch 1\)"),
-    ("not started but ran", corrupt(["started"], False), r"started is False, but it has 1 history record, clock\.global_step = 4, clock\.epoch = 1.*claims a run in progress"),
-    ("pending check past the history", lambda s: {**with_pending(s), "pending_checks": [{"record": 9, "transition": 0, "action": 0}]}, r"pending_checks\[0\] points at history record 9, but the history has 2 records"),
-    ("pending check on an action without verify", lambda s: {**with_pending(s), "pending_checks": [{"record": 0, "transition": -1, "action": 0}]}, r"pending_checks\[0\] names action 0 of history record 0, which has 0"),
+    (
+        "clock parts larger than the whole",
+        corrupt(["clock", "epochs_in_phase"], 9),
+        r"clock\.epochs_in_phase \(9\) is larger than clock\.epoch \(1\)",
+    ),
+    (
+        "history naming no phase",
+        corrupt(["history", 0, "dest"], "z"),
+        r"history\[0\]\.dest is 'z', not a phase of this curriculum",
+    ),
+    (
+        "clock of floats",
+        corrupt(["clock", "global_step"], 10.7),
+        r"clock\.global_step must be an int >= 0, got float 10\.7 \(no conversion is made",
+    ),
+    (
+        "clock of text",
+        corrupt(["clock", "global_step"], "10"),
+        r"clock\.global_step must be an int >= 0, got str '10' \(no conversion is made",
+    ),
+    (
+        "clock of bools",
+        corrupt(["clock", "epoch"], True),
+        r"clock\.epoch must be an int >= 0, got bool True \(no conversion is made",
+    ),
+    (
+        "empty history out of the initial phase",
+        lambda s: {**s, "history": [], "phase": "b", "held_since": {}},
+        r"history is empty but its phase is 'b'; a run without records is in the phase start\(\) enters \('a'\)",
+    ),
+    (
+        "last record not ending in the phase",
+        corrupt(["phase"], "c"),
+        r"last history record \(#0, None -> a\) does not end in its phase 'c'",
+    ),
+    (
+        "record later than the clock",
+        corrupt(["history", 0, "global_step"], 99),
+        r"history\[0\] is at global step 99 \(epoch 0\), later than its clock \(global step 4, epoch 1\)",
+    ),
+    (
+        "not started but ran",
+        corrupt(["started"], False),
+        r"started is False, but it has 1 history record, clock\.global_step = 4, clock\.epoch = 1.*claims a run in progress",
+    ),
+    (
+        "pending check past the history",
+        lambda s: {**with_pending(s), "pending_checks": [{"record": 9, "transition": 0, "action": 0}]},
+        r"pending_checks\[0\] points at history record 9, but the history has 2 records",
+    ),
+    (
+        "pending check on an action without verify",
+        lambda s: {**with_pending(s), "pending_checks": [{"record": 0, "transition": -1, "action": 0}]},
+        r"pending_checks\[0\] names action 0 of history record 0, which has 0",
+    ),
 ]
 
 
@@ -334,7 +431,9 @@ def test_lenient_load_leaves_out_what_does_not_fit():
     eng = CurriculumEngine(stateful())
     eng.load_state_dict(state, allow_fingerprint_mismatch=True)
     again = eng.state_dict()
-    assert "t9.g0" not in again["guards"] and again["held_since"] == {"2": [[1, 1]]} and len(again["pending_checks"]) == 1
+    assert (
+        "t9.g0" not in again["guards"] and again["held_since"] == {"2": [[1, 1]]} and len(again["pending_checks"]) == 1
+    )
 
 
 def test_a_whole_hf_trainer_state_says_which_part_to_pass():
@@ -343,7 +442,10 @@ def test_a_whole_hf_trainer_state_says_which_part_to_pass():
     state = saved_state()
     trainer_state = {"global_step": 4, "log_history": [], "stateful_callbacks": {STATE_KEY: state}}
     eng = CurriculumEngine(stateful())
-    with pytest.raises(CurriculumError, match=rf"whole Hugging Face trainer_state\.json.*engine\.load_state_dict\(state\[\"stateful_callbacks\"\]\[\"{STATE_KEY}\"\]\)"):
+    with pytest.raises(
+        CurriculumError,
+        match=rf"whole Hugging Face trainer_state\.json.*engine\.load_state_dict\(state\[\"stateful_callbacks\"\]\[\"{STATE_KEY}\"\]\)",
+    ):
         eng.load_state_dict(trainer_state)
     eng.load_state_dict(trainer_state["stateful_callbacks"][STATE_KEY])
     assert eng.state_dict() == state

@@ -19,7 +19,14 @@ def test_student_t_one_and_two_dof_closed_forms(t):
 
 @pytest.mark.parametrize(
     "t, dof, tail",
-    [(1.812461, 10, 0.05), (2.570582, 5, 0.025), (2.457262, 30, 0.01), (1.657651, 120, 0.05), (1.646379, 1000, 0.05), (2.0, 10, 0.0366940)],
+    [
+        (1.812461, 10, 0.05),
+        (2.570582, 5, 0.025),
+        (2.457262, 30, 0.01),
+        (1.657651, 120, 0.05),
+        (1.646379, 1000, 0.05),
+        (2.0, 10, 0.0366940),
+    ],
 )
 def test_student_t_matches_table_values(t, dof, tail):
     """Critical values from a t table give their tail areas."""

@@ -18,7 +18,13 @@ from transformers import Trainer, TrainingArguments
 from engine import Curriculum, CurriculumEngine, Phase, Point, Transition
 from engine.__main__ import main
 from engine.integrations import hf, lightning
-from engine.integrations.tracking import calling_handler, curriculum_logs, phase_metrics, report_before_loggers, transition_text
+from engine.integrations.tracking import (
+    calling_handler,
+    curriculum_logs,
+    phase_metrics,
+    report_before_loggers,
+    transition_text,
+)
 from policies import MinEpoch, MinSteps
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
@@ -29,8 +35,15 @@ VOCAB = 16
 def curriculum(steps: int = 3) -> Curriculum:
     """short -> long after `steps` steps (at a step end), long -> final at the end of epoch 2."""
     return Curriculum(
-        [Phase("short", params={"seq_len": 6}), Phase("long", params={"seq_len": 12, "name": "x"}), Phase("final", params={"seq_len": 8})],
-        [Transition("short", "long", [MinSteps(steps)], when=Point.STEP_END), Transition("long", "final", [MinEpoch(2)])],
+        [
+            Phase("short", params={"seq_len": 6}),
+            Phase("long", params={"seq_len": 12, "name": "x"}),
+            Phase("final", params={"seq_len": 8}),
+        ],
+        [
+            Transition("short", "long", [MinSteps(steps)], when=Point.STEP_END),
+            Transition("long", "final", [MinEpoch(2)]),
+        ],
     )
 
 
@@ -39,12 +52,19 @@ def test_logs_hold_phase_params_and_each_transition_once():
     engine = CurriculumEngine(curriculum())
     engine.start()
     first, cursor = curriculum_logs(engine, None)
-    assert first == {"curriculum/phase": 0.0, "curriculum/seq_len": 6.0, "curriculum/transitions": 0.0,
-                     "curriculum/last_transition_step": 0.0, "curriculum/phase_name": "short"}
+    assert first == {
+        "curriculum/phase": 0.0,
+        "curriculum/seq_len": 6.0,
+        "curriculum/transitions": 0.0,
+        "curriculum/last_transition_step": 0.0,
+        "curriculum/phase_name": "short",
+    }
     for _ in range(3):
         engine.step_end(loss=1.0)
     values, cursor = curriculum_logs(engine, cursor)
-    assert values["curriculum/phase"] == 1.0 and values["curriculum/seq_len"] == 12.0 and "curriculum/name" not in values
+    assert (
+        values["curriculum/phase"] == 1.0 and values["curriculum/seq_len"] == 12.0 and "curriculum/name" not in values
+    )
     assert values["curriculum/phase_name"] == "long" and values["curriculum/last_transition_step"] == 3.0
     assert values["curriculum/transition"] == "short -> long at step 3 (epoch 0, step_end), decided by MinSteps(3)"
     engine.step_end(loss=1.0)
@@ -87,7 +107,6 @@ def test_hf_callback_goes_before_the_reporters_and_warns_where_it_cannot_find_th
         assert other.callbacks == [flow, reporter] and "could not find the Trainer's callbacks" in caplog.text
 
 
-
 class TinyLM(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -124,22 +143,44 @@ def test_hf_trainer_logs_the_curriculum_to_tensorboard_and_its_checkpoint_replay
     pytest.importorskip("tensorboard")
     engine = CurriculumEngine(curriculum(), record_metrics=True)
     args = TrainingArguments(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, num_train_epochs=3, logging_steps=1,
-        save_strategy="epoch", eval_strategy="no", report_to=["tensorboard"], use_cpu=True, seed=0, disable_tqdm=True,
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        num_train_epochs=3,
+        logging_steps=1,
+        save_strategy="epoch",
+        eval_strategy="no",
+        report_to=["tensorboard"],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
     )
     Trainer(model=TinyLM(), args=args, train_dataset=Windows(), callbacks=[hf.CurriculumCallback(engine)]).train()
-    assert [(r.source, r.dest, r.global_step) for r in engine.history] == [(None, "short", 0), ("short", "long", 3), ("long", "final", 6)]
+    assert [(r.source, r.dest, r.global_step) for r in engine.history] == [
+        (None, "short", 0),
+        ("short", "long", 3),
+        ("long", "final", 6),
+    ]
 
     events = _tensorboard(tmp_path / "out")
-    phase = {e.step: e.value for e in events.Scalars("train/curriculum/phase")}  # step 9 twice: its log and the run's summary
+    phase = {
+        e.step: e.value for e in events.Scalars("train/curriculum/phase")
+    }  # step 9 twice: its log and the run's summary
     assert phase == {s: 0.0 if s < 3 else 1.0 if s <= 6 else 2.0 for s in range(1, 10)}
     assert [(e.step, e.value) for e in events.Scalars("train/curriculum/seq_len")][2:4] == [(3, 12.0), (4, 12.0)]
-    text = [(e.step, e.tensor_proto.string_val[0].decode()) for e in events.Tensors("train/curriculum/transition/text_summary")]
-    assert text == [(3, "short -> long at step 3 (epoch 0, step_end), decided by MinSteps(3)"),
-                    (7, "long -> final at step 6 (epoch 2, epoch_end), decided by MinEpoch(2)")]
+    text = [
+        (e.step, e.tensor_proto.string_val[0].decode())
+        for e in events.Tensors("train/curriculum/transition/text_summary")
+    ]
+    assert text == [
+        (3, "short -> long at step 3 (epoch 0, step_end), decided by MinSteps(3)"),
+        (7, "long -> final at step 6 (epoch 2, epoch_end), decided by MinEpoch(2)"),
+    ]
 
     checkpoint = tmp_path / "out" / "checkpoint-9"
-    assert main(["replay", str(checkpoint), "--curriculum", "tests.test_tracking:curriculum", "--grid", "steps=2,3,5"]) == 0
+    assert (
+        main(["replay", str(checkpoint), "--curriculum", "tests.test_tracking:curriculum", "--grid", "steps=2,3,5"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "9 steps, 3 epoch ends recorded" in out and "note:" not in out
     rows = {line.split("  ")[0]: line.split() for line in out.splitlines() if line.startswith(("recorded", "steps="))}
@@ -147,7 +188,9 @@ def test_hf_trainer_logs_the_curriculum_to_tensorboard_and_its_checkpoint_replay
     assert rows["steps=3"][1:] == ["3", "MinSteps", "6", "MinEpoch", "-"]
     assert rows["steps=2"][1:] == ["2", "MinSteps", "*", "?", "step", "2"]
     assert rows["steps=5"][1:] == [">", "3", "?", "step", "3"]
-    assert main(["plot", str(tmp_path / "out"), "--out", str(tmp_path / "hf.png")]) == 0  # the output folder: its last checkpoint
+    assert (
+        main(["plot", str(tmp_path / "out"), "--out", str(tmp_path / "hf.png")]) == 0
+    )  # the output folder: its last checkpoint
     assert (tmp_path / "hf.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -174,19 +217,43 @@ def test_lightning_logs_the_curriculum_to_its_csv_logger_and_its_checkpoint_repl
     engine = CurriculumEngine(curriculum(), record_metrics=True)
     x = torch.randn(12, 4, generator=torch.Generator().manual_seed(0))
     trainer = pl.Trainer(
-        max_epochs=3, callbacks=[lightning.CurriculumCallback(engine), ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="last")],
-        logger=CSVLogger(tmp_path, name="csv"), log_every_n_steps=1, enable_progress_bar=False,
-        enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0,
+        max_epochs=3,
+        callbacks=[lightning.CurriculumCallback(engine), ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="last")],
+        logger=CSVLogger(tmp_path, name="csv"),
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        num_sanity_val_steps=0,
     )
-    trainer.fit(Tiny(), torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True)), batch_size=4))
-    assert [(r.source, r.dest, r.global_step) for r in engine.history] == [(None, "short", 0), ("short", "long", 3), ("long", "final", 6)]
+    trainer.fit(
+        Tiny(), torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True)), batch_size=4)
+    )
+    assert [(r.source, r.dest, r.global_step) for r in engine.history] == [
+        (None, "short", 0),
+        ("short", "long", 3),
+        ("long", "final", 6),
+    ]
 
     with open(next((tmp_path / "csv").rglob("metrics.csv")), newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("curriculum/phase")]
     phases = [(int(r["step"]), float(r["curriculum/phase"])) for r in rows]
     # every step's row, and at step 6 a second one: the transition at that epoch's end
-    assert phases == [(1, 0.0), (2, 0.0), (3, 1.0), (4, 1.0), (5, 1.0), (6, 1.0), (6, 2.0), (7, 2.0), (8, 2.0), (9, 2.0)]
-    assert [float(rows[6][k]) for k in ("curriculum/transitions", "curriculum/last_transition_step", "curriculum/seq_len")] == [2.0, 6.0, 8.0]
+    assert phases == [
+        (1, 0.0),
+        (2, 0.0),
+        (3, 1.0),
+        (4, 1.0),
+        (5, 1.0),
+        (6, 1.0),
+        (6, 2.0),
+        (7, 2.0),
+        (8, 2.0),
+        (9, 2.0),
+    ]
+    assert [
+        float(rows[6][k]) for k in ("curriculum/transitions", "curriculum/last_transition_step", "curriculum/seq_len")
+    ] == [2.0, 6.0, 8.0]
     assert float(rows[3]["curriculum/seq_len"]) == 12.0
 
     ckpt = tmp_path / "ckpt" / "last.ckpt"

@@ -16,8 +16,16 @@ DATA = str(Path(json.__file__).parent)
 
 CONFIG = TrainConfig(
     model=ChunkLMConfig(d_model=16, n_layers=1, seq_len=32, kernel_len=8, chunk=4, init_cutoff=4),
-    data=(DATA,), batch_size=2, accum_steps=2, steps_per_epoch=6, epochs=3, cutoffs=(4, 8, 16), min_epochs=(1, 1, 2),
-    plateau_window=4, plateau_threshold=1.0, eval_windows=4,
+    data=(DATA,),
+    batch_size=2,
+    accum_steps=2,
+    steps_per_epoch=6,
+    epochs=3,
+    cutoffs=(4, 8, 16),
+    min_epochs=(1, 1, 2),
+    plateau_window=4,
+    plateau_threshold=1.0,
+    eval_windows=4,
 )
 
 

@@ -21,7 +21,18 @@ def corpus(tmp_path_factory) -> ByteCorpus:
 
 def config(**overrides) -> TrainConfig:
     model = ChunkLMConfig(d_model=16, n_layers=1, seq_len=SEQ_LEN, kernel_len=8, chunk=CHUNK)
-    return TrainConfig(model=model, **{"batch_size": 2, "accum_steps": 3, "steps_per_epoch": 4, "epochs": 1, "cutoffs": (4,), "min_epochs": (1,), **overrides})
+    return TrainConfig(
+        model=model,
+        **{
+            "batch_size": 2,
+            "accum_steps": 3,
+            "steps_per_epoch": 4,
+            "epochs": 1,
+            "cutoffs": (4,),
+            "min_epochs": (1,),
+            **overrides,
+        },
+    )
 
 
 def run_steps(corpus: ByteCorpus, n: int = 2, **overrides) -> tuple[list[float], list[list[torch.Tensor]], Trainer]:
@@ -59,7 +70,9 @@ def test_micro_batch_equal_to_batch_size_is_the_default_bit_for_bit(corpus):
     losses_mb, grads_mb, trainer_mb = run_steps(corpus, micro_batch=2)
     assert losses == losses_mb
     assert all(torch.equal(a, b) for g, h in zip(grads, grads_mb) for a, b in zip(g, h))
-    assert all(torch.equal(a, b) for a, b in zip(trainer.model.state_dict().values(), trainer_mb.model.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(trainer.model.state_dict().values(), trainer_mb.model.state_dict().values())
+    )
 
 
 @pytest.mark.parametrize("micro_batch", [1, 4, 6])

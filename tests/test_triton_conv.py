@@ -50,7 +50,11 @@ def test_matches_fft_conv_in_float32(B, D, T, K):
 def test_fp16_multiplies_in_fp16_and_accumulates_in_float32():
     """16-bit inputs come back in 16 bits, equal to the float32 conv of the rounded inputs up to output rounding."""
     gen = torch.Generator().manual_seed(3)
-    u, k, g = torch.randn(2, 3, 90, generator=gen), torch.randn(3, 40, generator=gen) / 6, torch.randn(2, 3, 90, generator=gen)
+    u, k, g = (
+        torch.randn(2, 3, 90, generator=gen),
+        torch.randn(3, 40, generator=gen) / 6,
+        torch.randn(2, 3, 90, generator=gen),
+    )
     y, du, dk = conv_and_grads(triton_causal_conv, u.half(), k, g.half())
     assert (y.dtype, du.dtype, dk.dtype) == (torch.float16, torch.float16, torch.float32)
     y_ref, du_ref, dk_ref = conv_and_grads(causal_fft_conv, u.half().double(), k.half().double(), g.half().double())
@@ -147,5 +151,7 @@ def test_kernels_compile_for_hopper_with_bf16_tensor_cores():
     """Compiled (not interpreted) for sm_90 without a GPU: the bf16 kernels build and use bf16 MMA with float32 accumulation."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    proc = subprocess.run([sys.executable, "-c", COMPILE_FOR_HOPPER], capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", COMPILE_FOR_HOPPER], capture_output=True, text=True, env=env, timeout=600
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]

@@ -26,7 +26,7 @@ def reference(n: int, total: int, warmup: int, decay: int, shape: str, lr: float
     if n >= total:
         return final * lr
     x = (n - (total - decay)) / decay
-    f = {"1-sqrt": 1 - x ** 0.5, "linear": 1 - x, "cosine": (1 + math.cos(math.pi * x)) / 2}[shape]
+    f = {"1-sqrt": 1 - x**0.5, "linear": 1 - x, "cosine": (1 + math.cos(math.pi * x)) / 2}[shape]
     return final * lr + (lr - final * lr) * f
 
 
@@ -92,8 +92,10 @@ def test_the_cooldown_transition():
     """A transition firing StartCooldown at step 6 starts the cooldown on step 6; its record holds the LR and span."""
     opt = optimizer()
     s = WSD(opt, 1.0, 100, cooldown_steps=4, shape="linear", auto=False)
-    cur = Curriculum([Phase("stable"), Phase("cooldown")],
-                     [Transition("stable", "cooldown", [MinSteps(6)], [StartCooldown()], when=Point.STEP_END)])
+    cur = Curriculum(
+        [Phase("stable"), Phase("cooldown")],
+        [Transition("stable", "cooldown", [MinSteps(6)], [StartCooldown()], when=Point.STEP_END)],
+    )
     engine = CurriculumEngine(cur, optimizer=opt, schedule=s)
     engine.start()
     seen = []
@@ -148,11 +150,18 @@ def test_lightning_takes_wsd_and_the_engine_starts_its_cooldown(tmp_path):
     class Module(Tiny):
         def configure_optimizers(self):
             opt = torch.optim.SGD(self.parameters(), lr=0.05)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": WSD(opt, 0.05, 8, cooldown_steps=4, shape="linear", auto=False),
-                                                        "interval": "step"}}
+            return {
+                "optimizer": opt,
+                "lr_scheduler": {
+                    "scheduler": WSD(opt, 0.05, 8, cooldown_steps=4, shape="linear", auto=False),
+                    "interval": "step",
+                },
+            }
 
-    cur = Curriculum([Phase("stable"), Phase("cooldown")],
-                     [Transition("stable", "cooldown", [MinSteps(3)], [StartCooldown()], when=Point.STEP_END)])
+    cur = Curriculum(
+        [Phase("stable"), Phase("cooldown")],
+        [Transition("stable", "cooldown", [MinSteps(3)], [StartCooldown()], when=Point.STEP_END)],
+    )
     engine = CurriculumEngine(cur)
     lrs, step_end = [], engine.step_end
 
@@ -161,9 +170,17 @@ def test_lightning_takes_wsd_and_the_engine_starts_its_cooldown(tmp_path):
         return step_end(loss=loss, **metrics)
 
     engine.step_end = record_lr
-    trainer = pl.Trainer(max_steps=8, callbacks=[CurriculumCallback(engine)], logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu", enable_checkpointing=False, default_root_dir=tmp_path,
-                         limit_val_batches=0)
+    trainer = pl.Trainer(
+        max_steps=8,
+        callbacks=[CurriculumCallback(engine)],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        limit_val_batches=0,
+    )
     trainer.fit(Module(), torch.utils.data.DataLoader(dataset(), batch_size=2))
     assert lrs == pytest.approx([0.05] * 4 + [0.0375, 0.025, 0.0125, 0.0], rel=1e-12)
     assert engine.phase.name == "cooldown" and engine.history[-1].global_step == 3

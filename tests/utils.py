@@ -153,7 +153,16 @@ class ExplodeIf:
 
 
 REPO = Path(__file__).resolve().parent.parent
-_RANK_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK")
+_RANK_VARIABLES = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "NODE_RANK",
+)
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
@@ -169,10 +178,13 @@ def launch(cmd: list[str], timeout: float) -> str:
     Fails the test if it exits non-zero or runs past ``timeout`` seconds; then every process it
     started is ended (a hung collective would otherwise wait for the backend's own timeout).
     """
-    env = {name: value for name, value in os.environ.items() if name not in _RANK_VARIABLES}  # each launch picks a free port
+    env = {
+        name: value for name, value in os.environ.items() if name not in _RANK_VARIABLES
+    }  # each launch picks a free port
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         out, _ = proc.communicate(timeout=timeout)  # until every process holding the pipe has ended
     except subprocess.TimeoutExpired:
@@ -196,9 +208,34 @@ DATA = str(Path(json.__file__).parent)  # the stdlib json package: ten real sour
 # Tiny model, two micro-batches per step; threshold 1.0 makes every full window a plateau, so the
 # curriculum raises at each allowed epoch boundary and the restored engine state is exercised.
 TINY = [
-    "--data", DATA, "--seq-len", "32", "--kernel-len", "8", "--chunk", "4", "--d-model", "16", "--n-layers", "1",
-    "--batch-size", "2", "--accum-steps", "2", "--steps-per-epoch", "6", "--cutoffs", "4,8,16",
-    "--min-epochs", "1,1,2", "--plateau-window", "4", "--plateau-threshold", "1.0", "--log-every", "0",
+    "--data",
+    DATA,
+    "--seq-len",
+    "32",
+    "--kernel-len",
+    "8",
+    "--chunk",
+    "4",
+    "--d-model",
+    "16",
+    "--n-layers",
+    "1",
+    "--batch-size",
+    "2",
+    "--accum-steps",
+    "2",
+    "--steps-per-epoch",
+    "6",
+    "--cutoffs",
+    "4,8,16",
+    "--min-epochs",
+    "1,1,2",
+    "--plateau-window",
+    "4",
+    "--plateau-threshold",
+    "1.0",
+    "--log-every",
+    "0",
 ]
 
 

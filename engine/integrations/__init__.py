@@ -78,7 +78,9 @@ def _restarts_lr(curriculum: Any) -> bool:
     """Does any transition or phase of ``curriculum`` run a ``RestartLR``?"""
     from policies.actions import RestartLR
 
-    actions = [a for p in curriculum.phases for a in p.on_enter] + [a for t in curriculum.transitions for a in t.actions]
+    actions = [a for p in curriculum.phases for a in p.on_enter] + [
+        a for t in curriculum.transitions for a in t.actions
+    ]
     return any(isinstance(a, RestartLR) for a in actions)
 
 

@@ -49,7 +49,8 @@ def _shifts_labels(model: Any) -> bool:
     except ImportError:  # an older transformers counts every label
         return False
     return LOSS_MAPPING.get(getattr(model, "loss_type", None)) is ForCausalLMLoss and not getattr(
-        getattr(model, "config", None), "is_encoder_decoder", False)
+        getattr(model, "config", None), "is_encoder_decoder", False
+    )
 
 
 def _output_loss(output: Any) -> torch.Tensor | None:
@@ -103,8 +104,13 @@ class CurriculumCallback(TrainerCallback):
       ranks take the same transitions at the same step.
     """
 
-    def __init__(self, engine: CurriculumEngine, *, prepare_inputs: Callable[[dict, PhaseParams], dict] | None = None,
-                 allow_fingerprint_mismatch: bool = False) -> None:
+    def __init__(
+        self,
+        engine: CurriculumEngine,
+        *,
+        prepare_inputs: Callable[[dict, PhaseParams], dict] | None = None,
+        allow_fingerprint_mismatch: bool = False,
+    ) -> None:
         self.engine = check_engine(engine, "CurriculumCallback")
         if prepare_inputs is not None and not callable(prepare_inputs):
             raise CurriculumError(
@@ -141,7 +147,8 @@ class CurriculumCallback(TrainerCallback):
                 "resumed from checkpoint-%d, written at the step a step-end transition changed the phase: the collator "
                 "read the new phase's params for the first micro-batch, which the uninterrupted run collated in the old "
                 "phase (the Trainer's data loader collates one micro-batch ahead); change the batch in "
-                "prepare_inputs(inputs, params) to be exact", self.engine.clock.global_step,
+                "prepare_inputs(inputs, params) to be exact",
+                self.engine.clock.global_step,
             )
         self._reads_at_resume = None
 
@@ -232,16 +239,26 @@ class CurriculumCallback(TrainerCallback):
 
     # -- the Trainer's events ------------------------------------------------------------------
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
-                       lr_scheduler: Any = None, **kwargs: Any) -> None:
+    def on_train_begin(
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        model: Any = None,
+        optimizer: Any = None,
+        lr_scheduler: Any = None,
+        **kwargs: Any,
+    ) -> None:
         callbacks = state.stateful_callbacks or {}
         schedule = restartable(self.engine, lr_scheduler, callbacks.get(SCHEDULE_KEY), fresh=state.global_step == 0)
         self._wrapped = schedule if schedule is not lr_scheduler else None  # the Trainer's own, made restartable
         bind(self.engine, model=model, optimizer=optimizer, schedule=schedule)
         for hook in self._hooks:
             hook.remove()
-        self._hooks = [model.register_forward_pre_hook(self._check_collated, with_kwargs=True),
-                       model.register_forward_hook(self._after_forward, with_kwargs=True)]
+        self._hooks = [
+            model.register_forward_pre_hook(self._check_collated, with_kwargs=True),
+            model.register_forward_hook(self._after_forward, with_kwargs=True),
+        ]
         if self.prepare_inputs is not None:
             self._hooks.append(model.register_forward_pre_hook(self._before_forward, with_kwargs=True))
         self._model, self._shifts_labels = model, _shifts_labels(model)
@@ -265,7 +282,11 @@ class CurriculumCallback(TrainerCallback):
                     f"CurriculumCallback: the checkpoint's engine state is at step {self.engine.clock.global_step} but the "
                     f"Trainer resumed at step {state.global_step}; resume from the checkpoint folder the state was written to"
                 )
-            if state.epoch is not None and float(state.epoch).is_integer() and self.engine.clock.epoch < int(state.epoch):
+            if (
+                state.epoch is not None
+                and float(state.epoch).is_integer()
+                and self.engine.clock.epoch < int(state.epoch)
+            ):
                 before = len(self.engine.history)
                 self._missed_epoch_end(state, callbacks.get(EPOCH_END_KEY))
                 if len(self.engine.history) > before:  # tracking: the first log says the transition it made
@@ -274,7 +295,9 @@ class CurriculumCallback(TrainerCallback):
             if last is not None and last.point == "step_end" and last.global_step == state.global_step:
                 self._reads_at_resume = self.params.reads  # a collator reading params now reads the new phase early
         self._stash(state)
-        report_before_loggers(self, calling_handler())  # tracking: before the report_to loggers, so they get on_log's values
+        report_before_loggers(
+            self, calling_handler()
+        )  # tracking: before the report_to loggers, so they get on_log's values
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         # tracking (engine/integrations/tracking.py): the curriculum in every log the Trainer makes
@@ -292,7 +315,11 @@ class CurriculumCallback(TrainerCallback):
         uninterrupted run made next is made here, with the evaluation metrics of that epoch end
         (added to the checkpoint once the evaluation ran), so its actions act on the restored objects.
         """
-        metrics = saved.get("metrics", {}) if isinstance(saved, dict) and saved.get("global_step") == state.global_step else {}
+        metrics = (
+            saved.get("metrics", {})
+            if isinstance(saved, dict) and saved.get("global_step") == state.global_step
+            else {}
+        )
         try:
             self.engine.epoch_end(**metrics)
         except CurriculumError as exc:
@@ -320,7 +347,9 @@ class CurriculumCallback(TrainerCallback):
         else:
             self._epoch_end(args, state, {})
 
-    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> None:
         if self._epoch_end_at_evaluate:
             self._epoch_end_at_evaluate = False
             self._epoch_end(args, state, metrics or {})

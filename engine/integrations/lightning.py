@@ -124,7 +124,9 @@ class CurriculumCallback(Callback):
                 f"CurriculumCallback: the checkpoint's engine state is at step {self.engine.clock.global_step} but "
                 f"Lightning resumed at step {trainer.global_step}; the checkpoint was not written by this run's callback"
             )
-        if trainer.world_size == 1 and "rng" in restored:  # under DDP each rank has its own stream (and DistributedSampler)
+        if (
+            trainer.world_size == 1 and "rng" in restored
+        ):  # under DDP each rank has its own stream (and DistributedSampler)
             _set_rng_state(restored["rng"])
         self._epoch_metrics = restored.get("epoch_end_metrics")
         missed = self.engine.clock.epoch < trainer.current_epoch
@@ -137,7 +139,8 @@ class CurriculumCallback(Callback):
                     "resumed from a checkpoint saved at the last batch of epoch %d, before its validation, which Lightning "
                     "does not run again: its epoch end gets the metrics of the checkpoint moment (the validation metrics "
                     "of an earlier epoch); resume from the checkpoint saved at that epoch's end (ModelCheckpoint's default) "
-                    "to be exact", self.engine.clock.epoch,
+                    "to be exact",
+                    self.engine.clock.epoch,
                 )
             metrics, self._epoch_metrics = self._epoch_metrics or {}, None
             try:
@@ -155,8 +158,12 @@ class CurriculumCallback(Callback):
     def _reads_validation(self) -> bool:
         """Whether a guard of an epoch-end transition out of the current phase reads a metric (validation's, then)."""
         phase = self.engine.phase.name
-        return any(tr.source == phase and str(getattr(tr.when, "value", tr.when)) == "epoch_end"
-                   and any(_metrics_read(g) for g in tr.guards) for tr in self.engine.curriculum.transitions)
+        return any(
+            tr.source == phase
+            and str(getattr(tr.when, "value", tr.when)) == "epoch_end"
+            and any(_metrics_read(g) for g in tr.guards)
+            for tr in self.engine.curriculum.transitions
+        )
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         self._step_lr = float(optimizer.param_groups[0]["lr"])
@@ -183,7 +190,9 @@ class CurriculumCallback(Callback):
         if not _batch_progress(trainer).is_last_batch:
             return  # stopped mid-epoch (max_steps): no epoch end
         metrics = real_metrics(trainer.callback_metrics)
-        if self._epoch_metrics is not None:  # the epoch end Lightning repeats after a checkpoint saved on_validation_end
+        if (
+            self._epoch_metrics is not None
+        ):  # the epoch end Lightning repeats after a checkpoint saved on_validation_end
             metrics, self._epoch_metrics = {**metrics, **self._epoch_metrics}, None
         record = self.engine.epoch_end(**metrics)
         if record is not None:  # tracking
@@ -224,11 +233,14 @@ def _warn_mid_epoch(trainer: Any, clock: Any) -> None:
             "resumed in the middle of epoch %d (step %d of it) with a train DataLoader that cannot restore its position: "
             "Lightning starts the epoch's data again at its first batch while counting on from the checkpoint, so the "
             "run differs from the uninterrupted one; use a loader with state_dict()/load_state_dict() (torchdata's "
-            "StatefulDataLoader) or resume from an epoch-end checkpoint", clock.epoch, clock.step_in_epoch,
+            "StatefulDataLoader) or resume from an epoch-end checkpoint",
+            clock.epoch,
+            clock.step_in_epoch,
         )
     elif isinstance(sampler, torch.utils.data.RandomSampler) and type(loader).__name__ != "StatefulDataLoader":
         logger.warning(
             "resumed in the middle of epoch %d with a shuffling train DataLoader: the order of the rest of the epoch is "
             "drawn again, so the run differs from the uninterrupted one; use torchdata's StatefulDataLoader (it saves "
-            "the sampler's order), shuffle=False, or resume from an epoch-end checkpoint", clock.epoch,
+            "the sampler's order), shuffle=False, or resume from an epoch-end checkpoint",
+            clock.epoch,
         )

@@ -39,7 +39,15 @@ from typing import Any, Sequence
 from engine.history import Record
 from engine.runtime import CurriculumEngine
 
-__all__ = ["PREFIX", "phase_metrics", "transition_text", "curriculum_logs", "calling_handler", "report_before_loggers", "log_to_lightning"]
+__all__ = [
+    "PREFIX",
+    "phase_metrics",
+    "transition_text",
+    "curriculum_logs",
+    "calling_handler",
+    "report_before_loggers",
+    "log_to_lightning",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +118,10 @@ def report_before_loggers(callback: Any, handler: Any) -> None:
     from transformers.trainer_callback import CallbackHandler
 
     if not isinstance(handler, CallbackHandler) or not any(c is callback for c in handler.callbacks):
-        logger.warning("CurriculumCallback: could not find the Trainer's callbacks; the report_to loggers called before "
-                       "it will not log the curriculum (pass report_to='none' and their callbacks after this one)")
+        logger.warning(
+            "CurriculumCallback: could not find the Trainer's callbacks; the report_to loggers called before "
+            "it will not log the curriculum (pass report_to='none' and their callbacks after this one)"
+        )
         return
     reporters = tuple(c for c in INTEGRATION_TO_CALLBACK.values() if isinstance(c, type))
     callbacks = handler.callbacks
