@@ -4,9 +4,9 @@
 
 Demo config: a few real training steps first (so the optimizer state exists), then the
 checkpoint the command line writes (atomic save with fsync), and the time to load it with
-weights_only=True and restore a fresh Trainer from it (building the model included). Seed config (d_model 512, 6 layers):
-construct and save only, no training (the optimizer state is filled by one step on one window
-so the file has its real size). Median of 5 repeats; prints a Markdown table.
+weights_only=True and restore a fresh Trainer from it (building the model included). Seed config
+(d_model 512, 6 layers): construct and save only, no training (the optimizer state is filled by
+one step on one window so the file has its real size). Median of 5 repeats; prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|")
     for r in rows:
         print(
-            f"| {r['preset']} | {r['params'] / 1e6:.2f}M | {r['size_mb']:.1f} MB | {r['save_s'] * 1000:.0f} ms | {r['load_resume_s'] * 1000:.0f} ms |"
+            f"| {r['preset']} | {r['params'] / 1e6:.2f}M | {r['size_mb']:.1f} MB | {r['save_s'] * 1000:.0f} ms | "
+            f"{r['load_resume_s'] * 1000:.0f} ms |"
         )
 
 

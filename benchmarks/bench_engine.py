@@ -140,7 +140,8 @@ def main() -> None:
     for name, us in rows:
         print(f"| {name} | {us:.2f} | {100 * us / step_us:.4f}% |")
     print(
-        f"\none ChunkLM optimizer step at the demo config (batch 8 x 256 bytes, forward + backward + AdamW): {step_us / 1000:.1f} ms (median)"
+        "\none ChunkLM optimizer step at the demo config (batch 8 x 256 bytes, forward + backward + AdamW): "
+        f"{step_us / 1000:.1f} ms (median)"
     )
 
 

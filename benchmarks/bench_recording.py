@@ -115,7 +115,8 @@ def main() -> None:
     print(f"| off | {calls['off_us']:.2f} |")
     print(f"| on | {calls['on_us']:.2f} |")
     print(
-        f"on/off = {calls['ratio']:.3f}; rounds off: {[round(t, 2) for t in calls['off_all']]}, on: {[round(t, 2) for t in calls['on_all']]}"
+        f"on/off = {calls['ratio']:.3f}; rounds off: {[round(t, 2) for t in calls['off_all']]}, on: "
+        f"{[round(t, 2) for t in calls['on_all']]}"
     )
     size = bench_size(steps, 1000)
     print(f"\nrecorded state of a {steps}-step run (loss and lr per step, val_loss every 1000 steps):")

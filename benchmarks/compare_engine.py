@@ -50,7 +50,9 @@ for _ in range(60):  # full windows
     quiet.step_end(loss=float(next(loss) % 97)); stepping.step_end(loss=float(next(loss) % 97))
 calls = {
     "step_end, no step-end transition (window 50, history 0)": lambda: quiet.step_end(loss=float(next(loss) % 97)),
-    "step_end, a step-end transition guarded by Plateau (window 50)": lambda: stepping.step_end(loss=float(next(loss) % 97)),
+    "step_end, a step-end transition guarded by Plateau (window 50)": (
+        lambda: stepping.step_end(loss=float(next(loss) % 97))
+    ),
     "epoch_end, guards false (no transition)": lambda: quiet.epoch_end(),
 }
 times = {name: [] for name in calls}
@@ -81,11 +83,13 @@ def fine(trees: dict[str, Path], rounds: int) -> None:
             out, rows = run_fine(trees[which])
             results[which].append(rows)
             print(
-                f"## round {r + 1}, {which} ({trees[which]}): | row | fastest batch | median batch | (µs per call)\n{out}",
+                f"## round {r + 1}, {which} ({trees[which]}): "
+                f"| row | fastest batch | median batch | (µs per call)\n{out}",
                 flush=True,
             )
     print(
-        f"## over {rounds} processes per tree: median of the fastest batches, median of the median batches (µs per call)\n"
+        f"## over {rounds} processes per tree: median of the fastest batches, "
+        "median of the median batches (µs per call)\n"
     )
     print("| call | before, fastest | after, fastest | ratio | before, median | after, median | ratio |")
     print("|---|---:|---:|---:|---:|---:|---:|")

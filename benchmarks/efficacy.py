@@ -306,12 +306,15 @@ def report(plan: Plan, results: list[dict], out: Path) -> str:
     arms = build_arms(plan)
     devices = sorted({r.get("device", "cpu") for r in results}) or ["-"]
     lines = [
-        f"Budget {budget} optimizer steps ({plan.epochs} epochs x {plan.steps_per_epoch}), batch {plan.batch_size} x {plan.seq_len} bytes; "
-        f"ChunkLM d_model {plan.d_model}, {plan.n_layers} layers, kernel_len {plan.kernel_len}, chunk {plan.chunk}; LR {plan.lr:g}; "
+        f"Budget {budget} optimizer steps ({plan.epochs} epochs x {plan.steps_per_epoch}), "
+        f"batch {plan.batch_size} x {plan.seq_len} bytes; "
+        f"ChunkLM d_model {plan.d_model}, {plan.n_layers} layers, kernel_len {plan.kernel_len}, chunk {plan.chunk}; "
+        f"LR {plan.lr:g}; "
         f"seeds {', '.join(map(str, plan.seeds))}; on {', '.join(devices)}; "
         + (f"target = A's final bpb {target:.4f}." if target is not None else "arm A not run: no target."),
         "",
-        "| arm | what | seeds | final val bpb (mean ± half-range) | vs A | steps to A's final bpb (per seed) | raise steps (per seed) |",
+        "| arm | what | seeds | final val bpb (mean ± half-range) | vs A | steps to A's final bpb (per seed) | raise "
+        "steps (per seed) |",
         "|---|---|---|---:|---:|---|---|",
     ]
     for a in ARMS:
@@ -341,7 +344,8 @@ def report(plan: Plan, results: list[dict], out: Path) -> str:
         for r in [r for r in by_arm[a] if r["seed"] == plan.seeds[0]][:1]:
             for x in r["raises"]:
                 lines.append(
-                    f"| {a} | {x['step']} | {x['cutoff']} | {x['loss_before']:.4f} | {x['loss_after']:.4f} | {x['loss_first_step_after']:.4f} |"
+                    f"| {a} | {x['step']} | {x['cutoff']} | {x['loss_before']:.4f} | {x['loss_after']:.4f} | "
+                    f"{x['loss_first_step_after']:.4f} |"
                 )
     stopped = [r for r in results if not r.get("complete", True)]
     if stopped:
@@ -543,7 +547,8 @@ def main() -> None:
     for line in skipped:
         print(f"not run: {line}")
     print(
-        f"\n{len(results) - len(done)} runs in {time.time() - t0:.0f} s on {device}; wrote {out}/results.json, tables.md, efficacy.png"
+        f"\n{len(results) - len(done)} runs in {time.time() - t0:.0f} s on {device}; "
+        f"wrote {out}/results.json, tables.md, efficacy.png"
     )
 
 

@@ -394,10 +394,14 @@ def report(plan: StudyPlan, results: list[dict], out: Path | None = None) -> str
     budget_tokens = plan.total_steps * plan.tokens_per_step
     budget_flops = plan.total_steps * step_flops(plan, plan.seq_len)
     lines = [
-        f"ChunkLM d_model {plan.d_model}, {plan.n_layers} layers, seq_len {plan.seq_len}, kernel_len {plan.kernel_len}, chunk {plan.chunk}; "
-        f"batch {plan.batch_size} x {plan.seq_len} bytes = {plan.tokens_per_step} tokens/step; {plan.total_steps} steps "
-        f"({plan.epochs} epochs x {plan.steps_per_epoch}) = {budget_tokens / 1e6:.3f} M tokens, {budget_flops / 1e12:.3f} TFLOP at full length; "
-        f"LR grid {', '.join(f'{x:g}' for x in plan.lrs)} on seed {plan.tune_seed}; evaluation seeds {', '.join(map(str, plan.seeds))}.",
+        f"ChunkLM d_model {plan.d_model}, {plan.n_layers} layers, seq_len {plan.seq_len}, "
+        f"kernel_len {plan.kernel_len}, chunk {plan.chunk}; "
+        f"batch {plan.batch_size} x {plan.seq_len} bytes = {plan.tokens_per_step} tokens/step; "
+        f"{plan.total_steps} steps "
+        f"({plan.epochs} epochs x {plan.steps_per_epoch}) = {budget_tokens / 1e6:.3f} M tokens, "
+        f"{budget_flops / 1e12:.3f} TFLOP at full length; "
+        f"LR grid {', '.join(f'{x:g}' for x in plan.lrs)} on seed {plan.tune_seed}; "
+        f"evaluation seeds {', '.join(map(str, plan.seeds))}.",
         "",
         "Tuning (final validation bpb on the tuning seed; * = kept):",
         "",
@@ -440,7 +444,8 @@ def report(plan: StudyPlan, results: list[dict], out: Path | None = None) -> str
             f" (target = A*'s mean final bpb {target:.4f}):" if target is not None else " (A* not finished: no target):"
         ),
         "",
-        "| arm | peak LR | seeds | final val bpb | vs A* | tokens used (M) | tokens to target (M, per seed) | FLOPs to target (T, mean) "
+        "| arm | peak LR | seeds | final val bpb | vs A* | tokens used (M) | tokens to target (M, "
+        "per seed) | FLOPs to target (T, mean) "
         "| tokens verdict | FLOPs ratio | switches (step, per seed) | wall s (median) |",
         "|---|---:|---|---:|---:|---:|---|---:|---|---:|---|---:|",
     ]
@@ -467,7 +472,8 @@ def report(plan: StudyPlan, results: list[dict], out: Path | None = None) -> str
         wall = statistics.median(r["seconds"] for r in rs)
         lr = rs[0]["lr"]
         lines.append(
-            f"| {arm} | {lr:g} | {', '.join(str(r['seed']) for r in rs)} | {_spread(finals)} | {vs} | {used:.3f} | {tok_s} | {fl_s} "
+            f"| {arm} | {lr:g} | {', '.join(str(r['seed']) for r in rs)} | {_spread(finals)} | {vs} | {used:.3f} | "
+            f"{tok_s} | {fl_s} "
             f"| {words} | {fl_ratio} | {switches} | {wall:.0f} |"
         )
     stopped = [r for r in results if not r["complete"]]
@@ -536,7 +542,8 @@ def replay_cooldown(plan: StudyPlan, results: list[dict], rules=REPLAY_RULES) ->
             )
         rows.append(f"| window {window}, threshold {threshold:g}, {test} | " + " | ".join(cells) + " |")
     return (
-        f"Where adaptive_cooldown would have started W*'s cooldown (step, share of the {plan.total_steps} steps), replayed on "
+        f"Where adaptive_cooldown would have started W*'s cooldown (step, share of the {plan.total_steps} steps), "
+        "replayed on "
         f"W*'s recorded stable-phase losses; W* itself cools down at step {stable}:\n\n" + "\n".join(rows)
     )
 

@@ -208,7 +208,8 @@ def section_conv(report: Report, device: torch.device, quick: bool) -> dict:
     from chunklm.triton_conv import triton_causal_conv
 
     report.say(
-        f"\nK sweep at (B, D, T) = {(B, D, T)}, bf16 input, forward + backward ms (dispatch: Triton for K <= {model_module.TRITON_MAX_K}):\n"
+        f"\nK sweep at (B, D, T) = {(B, D, T)}, bf16 input, forward + backward ms (dispatch: "
+        f"Triton for K <= {model_module.TRITON_MAX_K}):\n"
     )
     sweep = []
     report.header(["K", "FFT ms", "Triton ms", "Triton speed-up"])
@@ -319,7 +320,8 @@ def section_checks(report: Report, device: torch.device, quick: bool) -> dict:
         result["leak_bf16"] = model_leak(device, bf16=True)
         result["triton_conv_leak_bf16"] = triton_conv_leak(device)
         report.say(
-            f"model, bf16 autocast (Triton conv): {result['leak_bf16']:.2e}; Triton conv alone, bf16: {result['triton_conv_leak_bf16']:.2e} (expected exactly 0)"
+            f"model, bf16 autocast (Triton conv): {result['leak_bf16']:.2e}; Triton conv alone, bf16: "
+            f"{result['triton_conv_leak_bf16']:.2e} (expected exactly 0)"
         )
     else:
         skipped(report, "bf16 autocast causality (the Triton conv path)")

@@ -184,7 +184,8 @@ class RunLock:
             os.close(fd)
             raise UsageError(
                 f"another run is using {self.ckpt} ({holder}); wait for it to end, or use another --ckpt "
-                f"(checkpoints with one stem, like {self.ckpt.stem}.pt and {self.ckpt.stem}.ckpt, share their other files)"
+                f"(checkpoints with one stem, like {self.ckpt.stem}.pt and {self.ckpt.stem}.ckpt, "
+                "share their other files)"
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, --ckpt {self.ckpt}\n".encode())

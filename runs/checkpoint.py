@@ -147,7 +147,8 @@ class Checkpoint:
         version = data["schema_version"]
         if version > CKPT_SCHEMA_VERSION:
             raise CheckpointError(
-                f"{path} has checkpoint schema {version}, newer than this version's {CKPT_SCHEMA_VERSION}; upgrade chunklm"
+                f"{path} has checkpoint schema {version}, newer than this version's {CKPT_SCHEMA_VERSION}; "
+                "upgrade chunklm"
             )
         while version < CKPT_SCHEMA_VERSION:
             if version not in _MIGRATIONS:
@@ -237,7 +238,8 @@ def read_file(path: str | os.PathLike, mmap: bool = False) -> Any:
         raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch's zip format, or its legacy pickle
         raise CheckpointError(
-            f"{path} is not a checkpoint: not a file torch.save wrote ({'empty' if not head else 'it starts with ' + repr(head)}); "
+            f"{path} is not a checkpoint: "
+            f"not a file torch.save wrote ({'empty' if not head else 'it starts with ' + repr(head)}); "
             "pass a checkpoint written by chunklm train"
         )
     try:
@@ -289,7 +291,8 @@ def stale_metrics_warning(files, saved: Checkpoint) -> str | None:
     if not wrong:
         return None
     return (
-        f"{' and '.join(p.name for p in wrong)} {'do' if len(wrong) > 1 else 'does'} not hold the metrics {files.ckpt.name} "
+        f"{' and '.join(p.name for p in wrong)} {'do' if len(wrong) > 1 else 'does'} not hold the metrics "
+        f"{files.ckpt.name} "
         "was saved with (an interrupted first save of a run started with --overwrite, or an edit); "
         f"`chunklm train --ckpt {files.ckpt} --resume` says how to repair it"
     )

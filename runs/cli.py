@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-data-change",
         dest="allow_data_change",
         action="store_true",
-        help="--resume on data that differs from the checkpoint's (other path, files or bytes): continue anyway, recorded in the checkpoint",
+        help="--resume on data that differs from the checkpoint's (other path, files or bytes): "
+        "continue anyway, recorded in the checkpoint",
     )
 
     h = sub.add_parser("history", help="the transitions of a run, with their evidence")
@@ -374,7 +375,8 @@ def _generate(args: argparse.Namespace) -> int:
         model.load_state_dict(saved.trainer["model"])
     except RuntimeError as exc:
         raise CheckpointError(
-            f"{args.ckpt}: the weights do not fit its settings ({' '.join(str(exc).split())[:300]}); it is damaged or was edited"
+            f"{args.ckpt}: the weights do not fit its settings ({' '.join(str(exc).split())[:300]}); "
+            "it is damaged or was edited"
         ) from None
     bad = next(
         (name for name, t in saved.trainer["model"].items() if t.is_floating_point() and not torch.isfinite(t).all()),

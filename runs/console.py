@@ -119,7 +119,8 @@ class Reporter(BaseHooks):
         self.console.close_bar()
         self.console.line(f"Epoch {info.epoch} avg_loss={info.avg_loss:.2f} cutoff={info.cutoff}/{self.n_bins}")
         self.console.line(
-            f"Epoch {info.epoch} val_bpb={info.bpb:.3f} (next byte), {info.bpb_mean:.3f} (mean over {self.chunk} offsets)"
+            f"Epoch {info.epoch} val_bpb={info.bpb:.3f} (next byte), "
+            f"{info.bpb_mean:.3f} (mean over {self.chunk} offsets)"
         )
         if self.writers:
             self.writers[1].write(

@@ -85,8 +85,9 @@ def check_for_training(curriculum: Curriculum, where: str, n_bins: int) -> Curri
                 for metric in metrics_read(leaf, tr.when, _point(point)):
                     if metric not in passed:
                         raise UsageError(
-                            f"{where}: {leaf!r} in transition {tr.label} reads the metric {metric!r} at {point}, and chunklm "
-                            f'train passes only {", ".join(passed)} there; use one of those (e.g. metric = "{passed[0]}")'
+                            f"{where}: {leaf!r} in transition {tr.label} reads the metric {metric!r} at {point}, "
+                            f"and chunklm train passes only {', '.join(passed)} there; "
+                            f'use one of those (e.g. metric = "{passed[0]}")'
                         )
     return curriculum
 

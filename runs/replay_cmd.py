@@ -80,7 +80,8 @@ def add_replay_parser(sub: Any) -> None:
         dest="plateau_test",
         choices=["relative", "welch"],
         default=S,
-        help="relative: r < threshold (the default); welch: a one-sided Welch t-test finds no improvement beyond threshold",
+        help="relative: r < threshold (the default); "
+        "welch: a one-sided Welch t-test finds no improvement beyond threshold",
     )
     g.add_argument(
         "--plateau-alpha", dest="plateau_alpha", type=float, default=S, help="level of the Welch test (default 0.05)"
@@ -166,7 +167,8 @@ def parse_grid(items: Iterable[str]) -> list[dict[str, Any]]:
         key, eq, values = item.partition("=")
         if not eq or key not in GRID_KEYS or not values:
             raise ReplayError(
-                f"--grid {item!r}: expected KEY=V1,V2,... with KEY one of {', '.join(GRID_KEYS)}; e.g. window=50,100,200"
+                f"--grid {item!r}: expected KEY=V1,V2,... with KEY one of {', '.join(GRID_KEYS)}; e.g. "
+                "window=50,100,200"
             )
         name, read = GRID_KEYS[key]
         try:
@@ -243,7 +245,8 @@ def describe_settings(settings: dict[str, Any]) -> str:
 
 
 LEGEND = (
-    "step Decider: the raise and the guard that became true last; *: the replay raises where the recorded run did not;\n"
+    "step Decider: the raise and the guard that became true last; *: "
+    "the replay raises where the recorded run did not;\n"
     "> S: the recorded run raised at step S, this setting not yet; ?: after the departure (the recorded losses no\n"
     "longer follow from this setting); departs: the first differing decision (-: none within the recorded steps)"
 )
@@ -316,7 +319,8 @@ def run_replay(args: argparse.Namespace) -> int:
     alpha_given = "plateau_alpha" in flags or any("plateau_alpha" in o for o in overrides)
     if alpha_given and all({**base, **flags, **o}.get("plateau_test") != "welch" for o in overrides):
         raise ReplayError(
-            "--plateau-alpha (or alpha= in --grid) is the level of the Welch test; add --plateau-test welch or test=welch to --grid"
+            "--plateau-alpha (or alpha= in --grid) is the level of the Welch test; "
+            "add --plateau-test welch or test=welch to --grid"
         )
     settings_list, seen = [], set()
     for extra in overrides:
@@ -357,7 +361,8 @@ def run_replay(args: argparse.Namespace) -> int:
         for r in res.faithful():
             if r.decision is not None:
                 print(
-                    f"{r.source} -> {r.dest} at step {r.global_step} (epoch {r.epoch}): {r.decision.text(r.global_step)}"
+                    f"{r.source} -> {r.dest} at step {r.global_step} (epoch {r.epoch}): "
+                    f"{r.decision.text(r.global_step)}"
                 )
         if res.departure is not None:
             print(res.departure.text())

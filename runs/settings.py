@@ -436,7 +436,8 @@ class Settings:
                 raise SettingsError(f"{_flag(f)} {message}")
         if self.cutoffs is not None and any(isinstance(c, int) and c < 1 for c in self.cutoffs):
             raise SettingsError(
-                f"--cutoffs {_show(self.cutoffs)}: each cutoff must be >= 1 bin (the default, seq_len/8,/4,/2, gives 0 below "
+                f"--cutoffs {_show(self.cutoffs)}: each cutoff must be >= 1 bin (the default, seq_len/8,/4,/2, "
+                "gives 0 below "
                 f"--seq-len 8: got --seq-len {self.seq_len}); raise --seq-len or pass --cutoffs"
             )
         if self.chunk > self.seq_len:

@@ -70,7 +70,8 @@ def check_args(args: argparse.Namespace) -> None:
     clash = next((s for s in _SIDECARS if name.endswith(s)), None)
     if clash is not None or name in ("", ".", ".."):
         raise UsageError(
-            f"--ckpt {args.ckpt}: a checkpoint name ending in {clash or name!r} would be confused with a run's other files "
+            f"--ckpt {args.ckpt}: "
+            f"a checkpoint name ending in {clash or name!r} would be confused with a run's other files "
             "(NAME.steps.csv, NAME.epochs.csv, NAME.history.json, NAME.png); name it e.g. NAME.pt"
         )
 
@@ -134,7 +135,8 @@ def auto_resume(files: RunFiles) -> bool:
     others = files.existing()
     if others:
         raise UsageError(
-            f"--resume auto: no checkpoint at {files.ckpt}, only {', '.join(p.name for p in others)}, which this run did "
+            f"--resume auto: no checkpoint at {files.ckpt}, only {', '.join(p.name for p in others)}, "
+            "which this run did "
             "not write (a run that never saved, or another program); nothing was changed. Move them aside, replace "
             "them with --overwrite instead of --resume auto, or pick another --ckpt"
         )
@@ -147,10 +149,11 @@ def check_metrics(files: RunFiles, saved: Checkpoint) -> None:
     if wrong:
         names = " and ".join(p.name for p in wrong)
         raise UsageError(
-            f"{names} beside {files.ckpt} {'do' if len(wrong) > 1 else 'does'} not hold the metrics the checkpoint was saved with "
-            "(the first save of a run started with --overwrite was interrupted, leaving the replaced run's, or they were edited); "
-            f"nothing was changed. Move {'them' if len(wrong) > 1 else 'it'} aside and resume again: the metrics then start "
-            f"after the checkpoint (step {saved.global_step})"
+            f"{names} beside {files.ckpt} {'do' if len(wrong) > 1 else 'does'} not hold the metrics "
+            "the checkpoint was saved with (the first save of a run started with --overwrite was interrupted, "
+            "leaving the replaced run's, or they were edited); nothing was changed. "
+            f"Move {'them' if len(wrong) > 1 else 'it'} aside and resume again: "
+            f"the metrics then start after the checkpoint (step {saved.global_step})"
         )
 
 
@@ -200,7 +203,8 @@ def data_identity(
     if not allow_change:
         raise UsageError(
             f"the data differs from the checkpoint's: {'; '.join(changes)}. A resume on other data does not continue "
-            "the same run; restore the data, or pass --allow-data-change to continue on this data knowingly (recorded in the checkpoint)"
+            "the same run; restore the data, "
+            "or pass --allow-data-change to continue on this data knowingly (recorded in the checkpoint)"
         )
     console_notes.append(
         f"note: continuing on changed data (--allow-data-change, recorded in the checkpoint): {'; '.join(changes)}"
@@ -224,7 +228,8 @@ def check_model_size(settings: Settings, device, what: str, training: bool = Tru
         have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if need > have:
         raise UsageError(
-            f"{what} make a model of {n_params:,} parameters, {need / 1e9:,.1f} GB to {'train' if training else 'load'}, "
+            f"{what} make a model of {n_params:,} parameters, "
+            f"{need / 1e9:,.1f} GB to {'train' if training else 'load'}, "
             f"more than the {have / 1e9:,.1f} GB of {device}; lower --d-model or --n-layers (or check the checkpoint)"
         )
 
@@ -235,7 +240,8 @@ def check_data(paths: tuple[str, ...]) -> None:
             raise UsageError(f"--data {path}: no such file or directory")
         if not (path.is_file() or path.is_dir()):
             raise UsageError(
-                f"--data {path}: not a regular file or a directory (a device, FIFO or socket); pass files or directories"
+                f"--data {path}: not a regular file or a directory (a device, FIFO or socket); "
+                "pass files or directories"
             )
 
 
@@ -279,7 +285,10 @@ class StopSignals:
             if self.announce:  # os.write: print() is not safe inside a signal handler
                 os.write(
                     2,
-                    f"\n{name}: stopping after this step (checkpoint saved); {name} again to stop now without saving\n".encode(),
+                    (
+                        f"\n{name}: stopping after this step (checkpoint saved); "
+                        f"{name} again to stop now without saving\n"
+                    ).encode(),
                 )
             return
         raise Interrupted(f"stopped by a second {name}, without saving; the last checkpoint is kept")
@@ -391,7 +400,8 @@ def _restore(trainer, saved: Checkpoint, rank: int, path: Path) -> None:
     ) as exc:  # restoring the file's contents only
         detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         raise CheckpointError(
-            f"{path} does not fit its own settings ({type(exc).__name__}: {detail[:300]}); it is damaged or was edited. "
+            f"{path} does not fit its own settings ({type(exc).__name__}: {detail[:300]}); "
+            "it is damaged or was edited. "
             "Resume from another checkpoint, or start a fresh run"
         ) from None
 
@@ -407,7 +417,9 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
         check_paths(files, args.resume, args.overwrite)
         lock.acquire()
     try:
-        if auto:  # rank 0 decides, holding the lock; every rank then reads the same files (rank 0 writes none before a collective)
+        # rank 0 decides, holding the lock; every rank then reads the same files
+        # (rank 0 writes none before a collective)
+        if auto:
             args.resume = dist.gather_to_all(auto_resume(files) if dist.rank == 0 else None)[0]
         saved, settings, preset = _load(files, args, explicit)
         if auto:
@@ -426,7 +438,8 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
         check_data(settings.data)
         notes: list[str] = (
             [
-                f"note: {path.name} is missing; the checkpoint vouches for rows up to step {saved.global_step} that are lost "
+                f"note: {path.name} is missing; "
+                f"the checkpoint vouches for rows up to step {saved.global_step} that are lost "
                 "with it, and it starts again after the checkpoint"
                 for path in files.lost_metrics(saved)
             ]
@@ -480,7 +493,9 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
             if trainer.done:
                 done = trainer.clock.epoch
                 console.line(
-                    f"the run already finished: it has trained {done} epoch{'s' if done != 1 else ''} and --epochs is {config.epochs}; to train longer, "
+                    "the run already finished: "
+                    f"it has trained {done} epoch{'s' if done != 1 else ''} and --epochs is {config.epochs}; "
+                    "to train longer, "
                     f"resume with --epochs N (N > {done}: the last LR stage stretches to the new end)"
                 )
                 return 0
@@ -577,7 +592,8 @@ def _fit(
     if reason == "signal":
         signum = signals.signum or signal.SIGTERM
         console.line(
-            f"stopped by {signal.Signals(signum).name} at global step {clock.global_step}; checkpoint saved to {files.ckpt}"
+            f"stopped by {signal.Signals(signum).name} at global step {clock.global_step}; "
+            f"checkpoint saved to {files.ckpt}"
         )
         console.line(f"resume with: {resume_command(files.ckpt)}")
         return 128 + int(signum)
@@ -617,16 +633,19 @@ def _print_header(
         f"kernel_len={m.kernel_len} chunk={m.chunk} on {dist.device}" + (f" (preset {preset})" if preset else "")
     )
     console.line(
-        f"corpus: {corpus.n_files} files, {corpus.n_train_bytes / 1e6:.1f} MB train / {corpus.n_val_bytes / 1e6:.2f} MB validation; "
+        f"corpus: {corpus.n_files} files, "
+        f"{corpus.n_train_bytes / 1e6:.1f} MB train / {corpus.n_val_bytes / 1e6:.2f} MB validation; "
         f"global batch = {config.batch_size} x {config.accum_steps} accum x {dist.world_size} process"
-        f"{'es' if dist.world_size > 1 else ''} = {config.batch_size * config.accum_steps * dist.world_size} windows/step"
+        f"{'es' if dist.world_size > 1 else ''} = {config.batch_size * config.accum_steps * dist.world_size} "
+        "windows/step"
     )
     if curriculum_file is not None:
         console.line(f"curriculum: {curriculum_file} (phases {' -> '.join(p.name for p in trainer.curriculum.phases)})")
     else:
         console.line(
             f"curriculum: cutoffs {', '.join(map(str, config.cutoffs))} then full of {trainer.model.n_bins} bins; "
-            f"min epochs {', '.join(map(str, config.min_epochs))}; plateau window {config.plateau_window}, threshold {config.plateau_threshold}"
+            f"min epochs {', '.join(map(str, config.min_epochs))}; "
+            f"plateau window {config.plateau_window}, threshold {config.plateau_threshold}"
             + (f", Welch test at alpha {config.plateau_alpha or 0.05}" if config.plateau_test == "welch" else "")
         )
     if saved is None:
@@ -638,6 +657,7 @@ def _print_header(
         )
     c = trainer.clock
     console.line(
-        f"resumed {ckpt} at epoch {c.epoch} step {c.step_in_epoch}/{config.steps_per_epoch} (global step {c.global_step}), "
+        f"resumed {ckpt} at epoch {c.epoch} step {c.step_in_epoch}/{config.steps_per_epoch} (global step "
+        f"{c.global_step}), "
         f"phase {trainer.engine.phase.name}, cutoff={trainer.model.cutoff}/{trainer.model.n_bins}"
     )
