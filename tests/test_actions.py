@@ -181,8 +181,7 @@ def test_health_check_warns_when_a_wrapped_scheduler_ignores_the_restart():
 
 
 def test_restart_lr_with_a_re_warmup_checks_the_first_lr():
-    """With restart_warmup_steps the effect records the first LR, and the check measures against it: no false
-    warning."""
+    """With restart_warmup_steps the effect records the first LR and the check measures against it: no false warning."""
 
     def warm(opt, **kwargs):
         return StagedCosine(opt, **kwargs, restart_warmup_steps=3)

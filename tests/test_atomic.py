@@ -153,8 +153,7 @@ def test_first_call_checks_every_metric_the_curriculum_reads_there():
 
 
 def test_action_that_raises_rolls_the_transition_back():
-    """An action that raises: a chained error naming it and the actions already run; the engine stays in the source
-    phase."""
+    """An action that raises: a chained error naming it and the actions already run; the engine stays in phase a."""
     calls = []
     cur = Curriculum(
         [Phase("a"), Phase("b", on_enter=[Log("enter_b", calls)])],

@@ -762,8 +762,7 @@ def test_resume_auto_starts_then_continues_and_names_metrics_it_lost(tmp_path, c
 
 
 def test_a_resume_refuses_metrics_that_are_not_its_checkpoints(tmp_path, capsys):
-    """An edited steps CSV (a row up to the checkpoint changed) is refused with one line; rows past it are not
-    checked."""
+    """An edited steps CSV (a row up to the checkpoint changed) is refused in one line; rows past it are not checked."""
     assert train(tmp_path, "run", "--stop-after", "4") == 0
     files = RunFiles(tmp_path / "run.pt")
     with open(files.steps, "a", newline="") as f:
@@ -987,8 +986,7 @@ def test_micro_batch_is_an_execution_setting_free_to_change_on_resume(tmp_path, 
 
 
 def test_the_exact_band_opening_is_an_option_that_resumes_exactly(tmp_path, capsys):
-    """--preserve --kernel-init smooth (no longer the default) runs exact raises, and a resume continues
-    bit-identically."""
+    """--preserve --kernel-init smooth (not the default) runs exact raises, and a resume continues bit-identically."""
     exact = ("--preserve", "--kernel-init", "smooth")
     assert train(tmp_path, "whole", *exact) == 0
     assert train(tmp_path, "split", *exact, "--stop-after", "9") == 0
@@ -1133,8 +1131,7 @@ def test_output_that_cannot_be_written_is_one_line(base_run, monkeypatch, capsys
 
 
 def test_generate_to_a_closed_pipe_is_one_line(base_run, tmp_path):
-    """The real thing, in a process (`generate | head -c 0`): one line, exit 1, no second error at the interpreter's
-    exit."""
+    """The real thing, in a process (`generate | head -c 0`): one line, exit 1, no second error at interpreter exit."""
     cmd = [
         sys.executable,
         "-m",

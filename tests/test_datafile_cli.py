@@ -154,8 +154,7 @@ def test_a_broken_file_is_one_line_with_its_line_and_key(tmp_path, capsys):
 
 
 def test_diagram_draws_a_file_and_marks_a_runs_phase(tmp_path, capsys):
-    """chunklm diagram FILE: Mermaid or DOT of the file's curriculum; with --run, its current phase (checked by
-    fingerprint)."""
+    """chunklm diagram FILE: Mermaid or DOT of the file's curriculum; with --run, its phase (checked by fingerprint)."""
     shipped = str(Path(__file__).resolve().parent.parent / "policies" / "curricula" / "spectral.toml")
     assert main(["diagram", shipped]) == 0
     out = capsys.readouterr().out

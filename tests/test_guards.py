@@ -365,8 +365,7 @@ def test_plateau_welch_snapshot_restore_and_naive_equivalence(stream, half, thre
 
 
 def test_plateau_welch_t_beyond_a_float_is_infinite():
-    """A half whose variance is ~1e-477 (values near 1e-239) makes t**2 overflow: t is -inf, as the exact value
-    rounds."""
+    """A half of variance ~1e-477 (values near 1e-239) makes t**2 overflow: t is -inf, as the exact value rounds."""
     live = Plateau(window=4, threshold=0.0, test="welch")
     stream = [0.0, 5.950857374695602e-239, 1.0, 1.0]  # found by hypothesis
     feed(live, stream)

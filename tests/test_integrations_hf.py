@@ -134,8 +134,7 @@ def test_the_loss_does_not_depend_on_logging_steps(full, tmp_path):
 
 
 def test_transitions_fire_at_the_expected_points(full):
-    """short->long at step 4 (step_end) restarts the LR; long->final at the end of epoch 2 with eval_loss as
-    evidence."""
+    """short->long at step 4 (step_end) restarts the LR; long->final at the end of epoch 2, eval_loss as evidence."""
     _, engine, calls, _ = full
     sl, lf = [r for r in engine.history if r.source is not None]
     assert (sl.source, sl.dest, sl.global_step, sl.point) == ("short", "long", 4, "step_end")

@@ -173,8 +173,7 @@ def assert_continues(root, engine, calls, where, step, out, validation=True):
     ],
 )
 def test_resume_continues_exactly(full, tmp_path, where, step):
-    """Resumed from a checkpoint, the run's per-step losses, epoch-end metrics and history equal the uninterrupted
-    run's."""
+    """Resumed from a checkpoint, the per-step losses, epoch-end metrics and history equal the uninterrupted run's."""
     root, engine, calls, _ = full
     resumed, rest, expected = assert_continues(root, engine, calls, where, step, tmp_path)
     assert rest == expected

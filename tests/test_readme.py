@@ -122,8 +122,7 @@ def test_semantics_document_covers_the_contract():
 
 
 def test_every_flag_the_chunklm_manual_names_exists():
-    """Each --flag in docs/chunklm.md is a flag of the chunklm subcommand it is documented under (train unless
-    named)."""
+    """Each --flag in docs/chunklm.md is a flag of the chunklm subcommand it is listed under (train unless named)."""
     from runs.cli import build_parser
 
     parser = build_parser()

@@ -333,8 +333,7 @@ def tiny_run(tmp_path_factory) -> RunFiles:
 
 
 def test_replay_with_the_recorded_settings_reproduces_the_recorded_transitions(tiny_run):
-    """The run's own settings replayed over its CSVs: the same transitions at the same steps, the same deciding
-    guards."""
+    """The run's own settings replayed over its CSVs: the same transitions at the same steps, by the same guards."""
     recorded = tiny_run.read_history()
     stream = load_stream(read_csv(tiny_run.steps), read_csv(tiny_run.epochs))
     result = replay_settings(recorded_settings(tiny_run.ckpt), stream, recorded)

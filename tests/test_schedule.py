@@ -317,8 +317,7 @@ def test_length_and_unit_validation(kwargs, match):
 
 
 def test_restart_warmup_ramps_then_runs_the_cosine_to_the_stage_end():
-    """With restart_warmup_steps=R a restart ramps over R steps from the restart, then peaks and decays to the stage
-    end."""
+    """With restart_warmup_steps=R a restart ramps over R steps, then peaks and decays to the stage end."""
     opt, sched = make(total_epochs=8, restart_warmup_steps=4)
     lrs(sched, 30)
     before = sched.lr

@@ -162,8 +162,7 @@ def seq_len_curriculum(short=128, threshold=0.01):
 
 
 def test_params_are_part_of_the_fingerprint():
-    """Two curricula that differ only in a phase's params have different fingerprints; a resume across them is
-    refused."""
+    """Two curricula differing only in a phase's params have different fingerprints; a resume across them is refused."""
     assert seq_len_curriculum(128).fingerprint() != seq_len_curriculum(256).fingerprint()
     eng = CurriculumEngine(seq_len_curriculum(128))
     eng.start()
