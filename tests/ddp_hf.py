@@ -9,11 +9,12 @@ averages its own loss (the Trainer divides it by the accumulation), and ``tokens
 divides its loss sum by the Trainer's ``num_items_in_batch`` (as Hugging Face language models do),
 each with ``logging_steps=1``; then ``quiet``, the second with ``logging_steps=5``. DDP's
 ``find_unused_parameters`` is off in the first two (the forward's loss tensor reaches the Trainer
-as it is) and on in the third (DDP hands the Trainer another tensor). Each rank writes ``OUT_DIR/<run>.rank<R>.json``: the losses
-its engine saw, its own per-step (loss sum, token count) of each micro-batch, the losses the Trainer
-logged and the engine's history. A fourth run, ``crop``, is ``tokens`` with a ``prepare_inputs`` that
-crops each micro-batch to the phase's ``seq_len`` (6 in ``a``, 12 in ``b``): the Trainer counts
-``num_items_in_batch`` before the crop, the callback renormalises.
+as it is) and on in the third (DDP hands the Trainer another tensor). Each rank writes
+``OUT_DIR/<run>.rank<R>.json``: the losses its engine saw, its own per-step (loss sum, token count)
+of each micro-batch, the losses the Trainer logged and the engine's history. A fourth run, ``crop``,
+is ``tokens`` with a ``prepare_inputs`` that crops each micro-batch to the phase's ``seq_len`` (6 in
+``a``, 12 in ``b``): the Trainer counts ``num_items_in_batch`` before the crop, the callback
+renormalises.
 """
 
 from __future__ import annotations

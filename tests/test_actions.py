@@ -107,7 +107,8 @@ def test_restart_lr_needs_a_restartable_schedule():
 
 
 def test_a_schedule_that_cannot_restart_is_refused_at_start_and_at_load():
-    """RestartLR.check runs at start() and load_state_dict(): a bare torch scheduler fails there, before any step, naming the wrapper."""
+    """RestartLR.check runs at start() and load_state_dict(): a bare torch scheduler fails there, before any step,
+    naming the wrapper."""
     opt = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
     cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [MinSteps(100)], actions=[RestartLR()])])
@@ -180,7 +181,7 @@ def test_health_check_warns_when_a_wrapped_scheduler_ignores_the_restart():
 
 
 def test_restart_lr_with_a_re_warmup_checks_the_first_lr():
-    """With restart_warmup_steps the effect records the first LR, and the check measures against it: no false warning."""
+    """With restart_warmup_steps the effect records the first LR and the check measures against it: no false warning."""
 
     def warm(opt, **kwargs):
         return StagedCosine(opt, **kwargs, restart_warmup_steps=3)

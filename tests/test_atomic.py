@@ -118,7 +118,8 @@ def test_undeclared_missing_metric_is_rolled_back_too():
 
 
 def test_first_call_checks_every_metric_the_curriculum_reads_there():
-    """At a run's first epoch_end/step_end, every metric any transition reads there must be passed; all missing are listed."""
+    """At a run's first epoch_end/step_end, every metric any transition reads there must be passed; all missing are
+    listed."""
     cur = Curriculum(
         [Phase("short"), Phase("long"), Phase("longest")],
         [
@@ -131,13 +132,19 @@ def test_first_call_checks_every_metric_the_curriculum_reads_there():
     eng.start()
     with pytest.raises(
         CurriculumError,
-        match=r"step_end\(\).*'grad_norm' \(read by Plateau\(window=4, threshold=0.005, metric='grad_norm'\) in long -> longest\)",
+        match=(
+            r"step_end\(\).*'grad_norm' \(read by Plateau\(window=4, threshold=0.005, metric='grad_norm'\) in long -> "
+            r"longest\)"
+        ),
     ):
         eng.step_end(loss=1.0)
     eng.step_end(loss=1.0, grad_norm=0.5)
     with pytest.raises(
         CurriculumError,
-        match=r"'val_loss' \(read by MetricAbove\('val_loss', 3.0\) in long -> short\); 'val_acc' .*engine.epoch_end\(val_loss=\.\.\., val_acc=\.\.\.\)",
+        match=(
+            r"'val_loss' \(read by MetricAbove\('val_loss', 3.0\) in long -> short\); 'val_acc' "
+            r".*engine.epoch_end\(val_loss=\.\.\., val_acc=\.\.\.\)"
+        ),
     ) as info:
         eng.epoch_end()
     assert "Nothing was counted" in str(info.value) and eng.clock.epoch == 0
@@ -146,7 +153,7 @@ def test_first_call_checks_every_metric_the_curriculum_reads_there():
 
 
 def test_action_that_raises_rolls_the_transition_back():
-    """An action that raises: a chained error naming it and the actions already run; the engine stays in the source phase."""
+    """An action that raises: a chained error naming it and the actions already run; the engine stays in phase a."""
     calls = []
     cur = Curriculum(
         [Phase("a"), Phase("b", on_enter=[Log("enter_b", calls)])],
@@ -158,7 +165,10 @@ def test_action_that_raises_rolls_the_transition_back():
     before = eng.state_dict()
     with pytest.raises(
         CurriculumError,
-        match=r"action ExplodeIf\(\) of transition a -> b raised ValueError: action exploded \(at epoch_end, global step 1\); actions that had already run.*Log\('first'\) -> \{'name': 'first', 'step': 1\}",
+        match=(
+            r"action ExplodeIf\(\) of transition a -> b raised ValueError: action exploded \(at epoch_end, global step "
+            r"1\); actions that had already run.*Log\('first'\) -> \{'name': 'first', 'step': 1\}"
+        ),
     ) as info:
         eng.epoch_end(explode=1.0)
     assert isinstance(info.value.__cause__, ValueError)

@@ -202,8 +202,8 @@ def test_seed_lines_are_printed(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Epoch 0 avg_loss=" in out and " cutoff=4/17\n" in out
     assert "Epoch 1 🚀 CUTOFF RAISED: 4 -> 8 (loss plateaued, opening frequency gates)" in out
-    lines = [l for l in out.splitlines() if l.startswith("  step 3/6 ")]
-    assert lines and all(" lr=" in l and "e-0" in l and l.endswith(("cutoff=4", "cutoff=8")) for l in lines)
+    lines = [line for line in out.splitlines() if line.startswith("  step 3/6 ")]
+    assert lines and all(" lr=" in line and "e-0" in line and line.endswith(("cutoff=4", "cutoff=8")) for line in lines)
     assert "global batch = 2 x 2 accum x 1 process = 4 windows/step" in out
 
 
@@ -346,7 +346,10 @@ def _auto_foreign_file(base, tmp):
 
 
 _DEEP = "[" * 100_000 + "]" * 100_000
-_STEP_AS_TEXT = '[{"source": null, "dest": "a", "global_step": "ten", "epoch": 0, "step_in_epoch": 0, "point": "start", "wall_time": 0}]'
+_STEP_AS_TEXT = (
+    '[{"source": null, "dest": "a", "global_step": "ten", "epoch": 0, "step_in_epoch": 0, "point": "start", '
+    '"wall_time": 0}]'
+)
 
 
 BAD = {
@@ -684,7 +687,8 @@ def test_overwrite_replaces_the_old_run_only_at_the_first_save(tmp_path, capsys)
 
 @pytest.mark.parametrize("crash_in", ["write_history", "commit"])
 def test_a_crash_in_the_first_save_under_overwrite_never_mixes_two_runs(tmp_path, capsys, monkeypatch, crash_in):
-    """A crash after the new checkpoint, before its metrics: a resume refuses the old CSVs, untouched; moved aside, it resumes."""
+    """A crash after the new checkpoint, before its metrics: a resume refuses the old CSVs, untouched; moved aside, it
+    resumes."""
     assert train(tmp_path, "run", "--plot", epochs=2) == 0  # the run to replace: 12 steps, 2 epochs, a plot
     old = _snapshot(tmp_path)
     files = RunFiles(tmp_path / "run.pt")
@@ -758,7 +762,7 @@ def test_resume_auto_starts_then_continues_and_names_metrics_it_lost(tmp_path, c
 
 
 def test_a_resume_refuses_metrics_that_are_not_its_checkpoints(tmp_path, capsys):
-    """An edited steps CSV (a row up to the checkpoint changed) is refused with one line; rows past it are not checked."""
+    """An edited steps CSV (a row up to the checkpoint changed) is refused in one line; rows past it are not checked."""
     assert train(tmp_path, "run", "--stop-after", "4") == 0
     files = RunFiles(tmp_path / "run.pt")
     with open(files.steps, "a", newline="") as f:
@@ -900,8 +904,8 @@ def test_resuming_a_finished_run_says_how_to_train_longer(tmp_path, capsys):
     assert resume(tmp_path, "run") == 0
     out = capsys.readouterr().out
     assert (
-        "the run already finished: it has trained 2 epochs and --epochs is 2; to train longer, resume with --epochs N (N > 2"
-        in out
+        "the run already finished: it has trained 2 epochs and --epochs is 2; to train longer, resume with --epochs N "
+        "(N > 2" in out
     )
     assert resume(tmp_path, "run", "--epochs", "1") == 0  # not "finished its 1 epochs"
     assert (
@@ -982,7 +986,7 @@ def test_micro_batch_is_an_execution_setting_free_to_change_on_resume(tmp_path, 
 
 
 def test_the_exact_band_opening_is_an_option_that_resumes_exactly(tmp_path, capsys):
-    """--preserve --kernel-init smooth (no longer the default) runs exact raises, and a resume continues bit-identically."""
+    """--preserve --kernel-init smooth (not the default) runs exact raises, and a resume continues bit-identically."""
     exact = ("--preserve", "--kernel-init", "smooth")
     assert train(tmp_path, "whole", *exact) == 0
     assert train(tmp_path, "split", *exact, "--stop-after", "9") == 0
@@ -1127,7 +1131,7 @@ def test_output_that_cannot_be_written_is_one_line(base_run, monkeypatch, capsys
 
 
 def test_generate_to_a_closed_pipe_is_one_line(base_run, tmp_path):
-    """The real thing, in a process (`generate | head -c 0`): one line, exit 1, no second error at the interpreter's exit."""
+    """The real thing, in a process (`generate | head -c 0`): one line, exit 1, no second error at interpreter exit."""
     cmd = [
         sys.executable,
         "-m",

@@ -107,7 +107,10 @@ def test_missing_registered_object():
     eng = CurriculumEngine(cur)  # frameworks build the schedule later: construction is fine
     with pytest.raises(
         CurriculumError,
-        match=r"Log\('x'\) requires a registered object 'schedule'.*before start\(\).*CurriculumEngine\(curriculum, schedule=\.\.\.\) or call engine.bind\(schedule=\.\.\.\)",
+        match=(
+            r"Log\('x'\) requires a registered object 'schedule'.*before start\(\).*CurriculumEngine\(curriculum, "
+            r"schedule=\.\.\.\) or call engine.bind\(schedule=\.\.\.\)"
+        ),
     ):
         eng.start()
     CurriculumEngine(cur, schedule=object()).start()  # given: fine
@@ -157,7 +160,10 @@ def test_one_observing_guard_shared_by_two_transitions_is_rejected():
     plateau = Plateau(window=4)
     with pytest.raises(
         CurriculumError,
-        match=r"Plateau\(window=4, threshold=0.005\) observes out of phase 'a' twice \(transitions\[0\] \(a -> b\) and \[1\] \(a -> c\) share it\)",
+        match=(
+            r"Plateau\(window=4, threshold=0.005\) observes out of phase 'a' twice \(transitions\[0\] \(a -> b\) and "
+            r"\[1\] \(a -> c\) share it\)"
+        ),
     ):
         Curriculum(
             [Phase("a"), Phase("b"), Phase("c")],
@@ -173,7 +179,8 @@ def test_one_observing_guard_shared_by_two_transitions_is_rejected():
 
 
 def test_semantics_names_tests_that_exist():
-    """docs/semantics.md says the tests in brackets check each rule: every `file::function` it names is a test function in that file."""
+    """docs/semantics.md says the tests in brackets check each rule: every `file::function` it names is a test function
+    in that file."""
     import re
     from pathlib import Path
 

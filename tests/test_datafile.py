@@ -283,7 +283,8 @@ actions = [{ type = "RestartLR" }]
             '"Plateau"',
             '"Plateu"',
             "c.toml:17: transitions[0].guards[0].guards[1].type",
-            "unknown guard 'Plateu'; expected one of Cooldown, MaxVisits, MetricAbove, MetricBelow, MinEpoch, MinSteps, Plateau, WorseThanBest, all_of, "
+            "unknown guard 'Plateu'; expected one of Cooldown, MaxVisits, MetricAbove, MetricBelow, MinEpoch, "
+            "MinSteps, Plateau, WorseThanBest, all_of, "
             "any_of, not_ (did you mean 'Plateau'?), or register your own first: engine.register_guard(YourClass)",
         ),
         (
@@ -309,7 +310,8 @@ actions = [{ type = "RestartLR" }]
             'dest = "main"',
             'dest = "warm"',
             "c.toml: phases",
-            "Curriculum.phases ['main'] cannot be reached from the initial phase 'warm'; add a Transition into them or remove them",
+            "Curriculum.phases ['main'] cannot be reached from the initial phase 'warm'; add a Transition into them "
+            "or remove them",
         ),
         (
             'type = "RestartLR"',
@@ -420,7 +422,8 @@ class Tagged:
 
 
 def test_config_mappings_and_keyword_arguments_are_read():
-    """Mappings and sequences that are not dict/list (as Hydra's DictConfig/ListConfig) read as data; **options take other keys."""
+    """Mappings and sequences that are not dict/list (as Hydra's DictConfig/ListConfig) read as data; **options take
+    other keys."""
     from collections import UserList
     from types import MappingProxyType
 

@@ -115,13 +115,15 @@ def test_resume_under_another_curriculum_is_refused_in_one_line(tmp_path, capsys
         (
             lambda: Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [MetricBelow("val_loss", 1.0)])]),
             [],
-            "MetricBelow('val_loss', 1.0) in transition a -> b reads the metric 'val_loss' at epoch_end, and chunklm train passes "
+            "MetricBelow('val_loss', 1.0) in transition a -> b reads the metric 'val_loss' at epoch_end, and chunklm "
+            "train passes "
             "only val_bpb, avg_loss there",
         ),
         (
             lambda: Curriculum([Phase("a", on_enter=[SetCutoff(64)])], []),
             [],
-            "SetCutoff(64, preserve=False) in phase 'a' on_enter opens more bins than the model has (17 at this --seq-len)",
+            "SetCutoff(64, preserve=False) in phase 'a' on_enter opens more bins than the model has (17 at this "
+            "--seq-len)",
         ),
         (
             lambda: tiny_curriculum(),
@@ -131,7 +133,8 @@ def test_resume_under_another_curriculum_is_refused_in_one_line(tmp_path, capsys
     ],
 )
 def test_a_file_the_trainer_cannot_drive_is_refused_before_training(tmp_path, capsys, make, extra, message):
-    """Phase params, a metric the loop does not pass, a cutoff beyond the model, curriculum flags: one line, exit 2, no run."""
+    """Phase params, a metric the loop does not pass, a cutoff beyond the model, curriculum flags: one line, exit 2, no
+    run."""
     path = write(tmp_path, make())
     assert main(["train", *MODEL, "--curriculum", path, *extra, "--ckpt", str(tmp_path / "r.pt")]) == 2
     err = capsys.readouterr().err
@@ -151,7 +154,7 @@ def test_a_broken_file_is_one_line_with_its_line_and_key(tmp_path, capsys):
 
 
 def test_diagram_draws_a_file_and_marks_a_runs_phase(tmp_path, capsys):
-    """chunklm diagram FILE: Mermaid or DOT of the file's curriculum; with --run, its current phase (checked by fingerprint)."""
+    """chunklm diagram FILE: Mermaid or DOT of the file's curriculum; with --run, its phase (checked by fingerprint)."""
     shipped = str(Path(__file__).resolve().parent.parent / "policies" / "curricula" / "spectral.toml")
     assert main(["diagram", shipped]) == 0
     out = capsys.readouterr().out

@@ -24,7 +24,8 @@ def torchrun(tmp, name, *extra) -> str:
     return launch([*TORCHRUN, "train", *extra, "--ckpt", str(tmp / f"{name}.pt")], timeout=300)
 
 
-# `chunklm train` whose rank 1 SIGKILLs itself after global step 10 on torchrun's first attempt only (a test hook, not a flag).
+# `chunklm train` whose rank 1 SIGKILLs itself after global step 10 on torchrun's first attempt only
+# (a test hook, not a flag).
 _KILL_RANK_1_ONCE = """
 import os, signal, sys
 sys.path.insert(0, {repo!r})
@@ -237,7 +238,8 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_a_failure_in_rank_0s_final_work_ends_every_rank_within_seconds(tmp_path):
-    """Rank 0's --plot failing after the last collective ends rank 1 at once, not at the backend's timeout; shown once."""
+    """Rank 0's --plot failing after the last collective ends rank 1 at once, not at the backend's timeout; shown
+    once."""
     procs = _launch_two_ranks(
         tmp_path,
         _FAIL_AT_THE_PLOT_ON_RANK_0,

@@ -70,7 +70,7 @@ def test_an_arm_trains_and_records_its_raises():
 
 
 def test_kernel256_plan_is_issue_15s_long_kernel_row():
-    """--plan kernel256: d_model 64, 2 layers, seq_len 256, kernel_len 256, 3,000 steps, one seed; else the default plan."""
+    """--plan kernel256: d_model 64, 2 layers, seq_len 256, kernel_len 256, 3,000 steps, one seed; else the default."""
     plan = PLANS["kernel256"]
     assert (plan.d_model, plan.n_layers, plan.seq_len, plan.kernel_len) == (64, 2, 256, 256)
     assert plan.epochs * plan.steps_per_epoch == 3000 and plan.seeds == (0,)

@@ -365,7 +365,7 @@ def test_plateau_welch_snapshot_restore_and_naive_equivalence(stream, half, thre
 
 
 def test_plateau_welch_t_beyond_a_float_is_infinite():
-    """A half whose variance is ~1e-477 (values near 1e-239) makes t**2 overflow: t is -inf, as the exact value rounds."""
+    """A half of variance ~1e-477 (values near 1e-239) makes t**2 overflow: t is -inf, as the exact value rounds."""
     live = Plateau(window=4, threshold=0.0, test="welch")
     stream = [0.0, 5.950857374695602e-239, 1.0, 1.0]  # found by hypothesis
     feed(live, stream)
@@ -609,7 +609,8 @@ def test_worse_than_best_needs_patience_consecutive_worse_evaluations():
 
 
 def test_worse_than_best_never_backs_off_on_a_flat_noisy_loss():
-    """A flat validation loss with 0.1% noise: without a margin the back-off fires; with min_delta (absolute or relative) never, in 500 evaluations."""
+    """A flat validation loss with 0.1% noise: without a margin the back-off fires; with min_delta (absolute or
+    relative) never, in 500 evaluations."""
     import random
 
     rng = random.Random(0)
@@ -717,7 +718,8 @@ UNDO_CASES = ["nothing", "push", "reset", "push, then a marked reset undone", "p
     case=st.sampled_from(UNDO_CASES),
 )
 def test_plateau_undo_restores_exactly(stream, half, welch, x, case):
-    """mark() then a push, a reset or both, then undo(): the window, its exact sums (squares too) and decisions are as before."""
+    """mark() then a push, a reset or both, then undo(): the window, its exact sums (squares too) and decisions are as
+    before."""
     kwargs = {"window": 2 * half, "threshold": 0.01, "test": "welch" if welch else "relative"}
     p = Plateau(**kwargs)
     for v in stream:

@@ -134,7 +134,7 @@ def test_the_loss_does_not_depend_on_logging_steps(full, tmp_path):
 
 
 def test_transitions_fire_at_the_expected_points(full):
-    """short->long at step 4 (step_end) restarts the LR; long->final at the end of epoch 2 with eval_loss as evidence."""
+    """short->long at step 4 (step_end) restarts the LR; long->final at the end of epoch 2, eval_loss as evidence."""
     _, engine, calls, _ = full
     sl, lf = [r for r in engine.history if r.source is not None]
     assert (sl.source, sl.dest, sl.global_step, sl.point) == ("short", "long", 4, "step_end")
@@ -201,7 +201,8 @@ class CroppingCollator:
 
 
 def test_a_collator_reads_the_params_one_micro_batch_ahead(tmp_path):
-    """The data loader collates one micro-batch ahead: a step-end change reaches the second micro-batch of the next step, an epoch-end one the first."""
+    """The data loader collates one micro-batch ahead: a step-end change reaches the second micro-batch of the next
+    step, an epoch-end one the first."""
     collators = []
 
     def make(params):
@@ -232,8 +233,9 @@ def test_a_collator_reading_params_at_a_resume_after_a_step_end_change_is_warned
 
 @pytest.mark.parametrize("step", [4, 6])
 def test_resume_from_checkpoint_continues_exactly(full, tmp_path, step):
-    """From checkpoint-4 (mid-epoch, the step short->long fires) and checkpoint-6 (an epoch's last step, written before
-    its epoch end, which the resumed run makes first, with the saved eval_loss): the same losses, epoch ends and history."""
+    """From checkpoint-4 (mid-epoch, the step short->long fires) and checkpoint-6 (an epoch's last step, written
+    before its epoch end, which the resumed run makes first, with the saved eval_loss): the same losses, epoch ends
+    and history."""
     out, engine, calls, _ = full
     folder = tmp_path / f"checkpoint-{step}"
     shutil.copytree(out / f"checkpoint-{step}", folder)  # resumed from where it lies, not from the output_dir
@@ -244,7 +246,8 @@ def test_resume_from_checkpoint_continues_exactly(full, tmp_path, step):
 
 
 def test_every_checkpoint_holds_the_engine_state(full):
-    """checkpoint-N/trainer_state.json holds the engine at step N; at an epoch's last step, before that epoch's end, as the optimizer and scheduler files."""
+    """checkpoint-N/trainer_state.json holds the engine at step N; at an epoch's last step, before that epoch's end, as
+    the optimizer and scheduler files."""
     out = full[0]
     for step, epoch, phase in [(2, 0, "short"), (4, 1, "long"), (6, 1, "long"), (8, 2, "final")]:
         state = json.loads((out / f"checkpoint-{step}" / "trainer_state.json").read_text())["stateful_callbacks"][
@@ -266,7 +269,8 @@ def test_resume_from_a_checkpoint_without_engine_state_is_refused(full, tmp_path
 
 
 def test_allow_fingerprint_mismatch_passes_through(full, tmp_path):
-    """A changed curriculum is refused at resume, naming the option; with allow_fingerprint_mismatch=True the run goes on."""
+    """A changed curriculum is refused at resume, naming the option; with allow_fingerprint_mismatch=True the run goes
+    on."""
     folder = tmp_path / "checkpoint-4"
     shutil.copytree(full[0] / "checkpoint-4", folder)
     changed = Curriculum(
@@ -330,7 +334,8 @@ class SaveAtStep5(TrainerCallback):
 
 
 def test_a_save_asked_for_by_a_later_callback_still_holds_the_engine_state(tmp_path):
-    """checkpoint-5, asked for after the callback's step end, holds the engine at step 5, not the state of the last planned save."""
+    """checkpoint-5, asked for after the callback's step end, holds the engine at step 5, not the state of the last
+    planned save."""
     train(tmp_path, more_callbacks=[SaveAtStep5()])
     state = json.loads((tmp_path / "checkpoint-5" / "trainer_state.json").read_text())["stateful_callbacks"][STATE_KEY]
     assert (state["clock"]["global_step"], state["phase"]) == (5, "long")
@@ -338,7 +343,8 @@ def test_a_save_asked_for_by_a_later_callback_still_holds_the_engine_state(tmp_p
 
 # -- two processes (torchrun, gloo on CPU): tests/ddp_hf.py, whose ranks see data of different losses --------------
 
-# the model averages its loss; it divides by num_items_in_batch; the same, logging_steps=5; the second, cropped by prepare_inputs
+# the model averages its loss; it divides by num_items_in_batch; the same, logging_steps=5; the second, cropped by
+# prepare_inputs
 DDP_RUNS = ("mean", "tokens", "quiet", "crop")
 
 
@@ -423,7 +429,8 @@ def test_under_ddp_every_rank_transitions_where_the_mean_crosses(ddp, name):
 
 
 class MaskedLM(TinyLM):
-    """TinyLM whose embedding keeps its first `cutoff` features: a model an action changes (a buffer, in its weights)."""
+    """TinyLM whose embedding keeps its first `cutoff` features: a model an action changes (a buffer, in its
+    weights)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -563,7 +570,8 @@ def uninterrupted(tmp_path_factory):
 
 @pytest.mark.parametrize("config", MATRIX_CONFIGS, ids=lambda c: "-".join(map(str, c)))
 def test_exactness_matrix(uninterrupted, tmp_path, config):
-    """Resumed from a mid-epoch step, an epoch's last step and the epoch-end checkpoint: bit-identical to the uninterrupted run."""
+    """Resumed from a mid-epoch step, an epoch's last step and the epoch-end checkpoint: bit-identical to the
+    uninterrupted run."""
     out, engine, calls, trainer = uninterrupted(config)
     move = engine.history[1]
     assert (move.dest, move.global_step, move.warnings) == ("b", 2 if config[0] == "step_end" else 4, [])
@@ -581,8 +589,8 @@ def test_exactness_matrix(uninterrupted, tmp_path, config):
 
 
 def test_resume_on_an_epochs_last_step_without_its_evaluation_metrics_is_refused(uninterrupted, tmp_path):
-    """The process stopped between the save on an epoch's last step and the evaluation: the epoch end made at resume cannot
-    have the eval_loss its guard reads; one CurriculumError names the checkpoints to resume from instead."""
+    """The process stopped between the save on an epoch's last step and the evaluation: the epoch end made at resume
+    cannot have the eval_loss its guard reads; one CurriculumError names the checkpoints to resume from instead."""
     config = ("epoch_end", "restart", False)
     out = uninterrupted(config)[0]
     folder = tmp_path / "checkpoint-4"

@@ -129,7 +129,8 @@ def history(engine):
 
 
 def test_one_step_end_per_optimizer_step_with_the_mean_micro_batch_loss(full):
-    """accumulate_grad_batches=3 over 10 batches: 4 step_ends per epoch (the last of one micro-batch), epoch ends at 4, 8, 12."""
+    """accumulate_grad_batches=3 over 10 batches: 4 step_ends per epoch (the last of one micro-batch), epoch ends at 4,
+    8, 12."""
     _, engine, calls, trainer = full
     steps = [c for c in calls if c[0] == "step"]
     assert [c[1] for c in steps] == list(range(1, EPOCHS * STEPS_PER_EPOCH + 1))
@@ -140,7 +141,8 @@ def test_one_step_end_per_optimizer_step_with_the_mean_micro_batch_loss(full):
 
 
 def test_transitions_fire_at_the_expected_points_with_the_restart(full):
-    """a->b at step 6 (step_end) restarts the wrapped cosine; b->c at the epoch end after step 8, with val_loss as evidence."""
+    """a->b at step 6 (step_end) restarts the wrapped cosine; b->c at the epoch end after step 8, with val_loss as
+    evidence."""
     _, engine, calls, _ = full
     ab, bc = [r for r in engine.history if r.source is not None]  # (the start may be a record too)
     assert (ab.source, ab.dest, ab.global_step, ab.point) == ("a", "b", 6, "step_end")
@@ -171,7 +173,7 @@ def assert_continues(root, engine, calls, where, step, out, validation=True):
     ],
 )
 def test_resume_continues_exactly(full, tmp_path, where, step):
-    """Resumed from a checkpoint, the run's per-step losses, epoch-end metrics and history equal the uninterrupted run's."""
+    """Resumed from a checkpoint, the per-step losses, epoch-end metrics and history equal the uninterrupted run's."""
     root, engine, calls, _ = full
     resumed, rest, expected = assert_continues(root, engine, calls, where, step, tmp_path)
     assert rest == expected
@@ -180,7 +182,8 @@ def test_resume_continues_exactly(full, tmp_path, where, step):
 
 @pytest.mark.parametrize("step", [4, 8])
 def test_resume_at_an_epochs_last_batch_is_exact_without_validation_guards(tmp_path, step):
-    """Saved on_train_batch_end at an epoch's last batch: Lightning skips that epoch's end; the callback makes it at resume."""
+    """Saved on_train_batch_end at an epoch's last batch: Lightning skips that epoch's end; the callback makes it at
+    resume."""
     engine, calls, _ = fit(tmp_path / "full", engine=CurriculumEngine(curriculum(validation=False)))
     resumed, rest, expected = assert_continues(
         tmp_path / "full", engine, calls, "steps", step, tmp_path / "again", validation=False
@@ -191,8 +194,8 @@ def test_resume_at_an_epochs_last_batch_is_exact_without_validation_guards(tmp_p
 
 
 def test_resume_mid_epoch_with_a_plain_data_loader_is_lightnings_limit(tmp_path, caplog):
-    """With a plain DataLoader Lightning restarts the epoch's data at its first batch: the engine stays on Lightning's step,
-    the losses differ, and the callback says so at resume, naming the loader that makes it exact."""
+    """With a plain DataLoader Lightning restarts the epoch's data at its first batch: the engine stays on Lightning's
+    step, the losses differ, and the callback says so at resume, naming the loader that makes it exact."""
     engine, calls, _ = fit(tmp_path / "full", loader=torch.utils.data.DataLoader)
     with caplog.at_level(logging.WARNING, logger="engine.integrations.lightning"):
         resumed, rest, trainer = fit(
@@ -206,7 +209,8 @@ def test_resume_mid_epoch_with_a_plain_data_loader_is_lightnings_limit(tmp_path,
 
 
 def test_resume_at_the_first_epochs_last_batch_with_a_validation_guard_is_refused(full, tmp_path):
-    """Saved before the first validation ever ran: the epoch end cannot have val_loss, a clear error names the checkpoint to use."""
+    """Saved before the first validation ever ran: the epoch end cannot have val_loss, a clear error names the
+    checkpoint to use."""
     with pytest.raises(
         CurriculumError, match=r"last batch of epoch 0, before its validation.*'val_loss'.*saved at that epoch's end"
     ):
@@ -214,7 +218,8 @@ def test_resume_at_the_first_epochs_last_batch_with_a_validation_guard_is_refuse
 
 
 def test_resume_at_an_epochs_last_batch_gives_the_epoch_end_the_checkpoint_metrics(full, tmp_path, caplog):
-    """Saved at the last batch of epoch 1 (before its validation): the epoch end made at resume sees the metrics of that moment."""
+    """Saved at the last batch of epoch 1 (before its validation): the epoch end made at resume sees the metrics of that
+    moment."""
     root, engine, calls, _ = full
     with caplog.at_level(logging.WARNING, logger="engine.integrations.lightning"):
         resumed, rest, _ = fit(tmp_path, ckpt=root / "steps" / "step=8.ckpt")
@@ -236,7 +241,8 @@ def test_resume_from_a_checkpoint_without_engine_state_is_refused(full, tmp_path
 
 
 def test_allow_fingerprint_mismatch_passes_through(full, tmp_path):
-    """A changed curriculum is refused at resume, naming the option; with allow_fingerprint_mismatch=True the run goes on."""
+    """A changed curriculum is refused at resume, naming the option; with allow_fingerprint_mismatch=True the run goes
+    on."""
     changed = Curriculum(
         [Phase("a"), Phase("b"), Phase("c")],
         [
@@ -298,9 +304,10 @@ class StagedModule(Tiny):
 
 
 def test_lightning_takes_staged_cosine_as_its_scheduler(tmp_path):
-    """Lightning accepts StagedCosine (a torch LRScheduler) and steps it once per optimizer step: the LRs follow its stages."""
+    """Lightning accepts StagedCosine (a torch LRScheduler) and steps it once per optimizer step: the LRs follow its
+    stages."""
     engine = CurriculumEngine(curriculum())
-    calls, lrs = spy(engine), []
+    lrs = []
     step_end = engine.step_end
 
     def record_lr(loss, **metrics):
@@ -357,7 +364,8 @@ def mean_over_ranks(records) -> list[float]:
 
 
 def test_under_ddp_every_rank_feeds_the_mean_over_ranks(ddp):
-    """Each rank's engine sees, at each of the 8 steps (two of one micro-batch), the mean of the two ranks' own losses, which differ."""
+    """Each rank's engine sees, at each of the 8 steps (two of one micro-batch), the mean of the two ranks' own losses,
+    which differ."""
     own0, own1 = map(own_losses, ddp)
     assert len(own0) == len(own1) == 8 and max(abs(a - b) for a, b in zip(own0, own1)) > 5  # the ranks' losses part
     assert [step for step, _ in ddp[0]["own"]] == [1, 1, 2, 2, 3, 3, 4, 5, 5, 6, 6, 7, 7, 8]
@@ -366,7 +374,8 @@ def test_under_ddp_every_rank_feeds_the_mean_over_ranks(ddp):
 
 
 def test_under_ddp_every_rank_transitions_where_the_mean_crosses(ddp):
-    """Both ranks move a -> b at the first step the mean loss is below the threshold, not where either rank's own loss is."""
+    """Both ranks move a -> b at the first step the mean loss is below the threshold, not where either rank's own loss
+    is."""
     first_below = lambda losses: next(step for step, loss in enumerate(losses, 1) if loss < DDP_THRESHOLD)  # noqa: E731
     step = first_below(mean_over_ranks(ddp))
     assert step not in {first_below(own_losses(record)) for record in ddp}  # either rank alone would move elsewhere
@@ -487,7 +496,8 @@ def same_tensors(a, b) -> bool:
 
 @pytest.mark.parametrize("config", MATRIX_CONFIGS, ids=lambda c: "-".join(map(str, c)))
 def test_exactness_matrix(tmp_path, caplog, config):
-    """Each checkpoint position resumes bit-identical, or (mid-epoch, shuffled) the callback warns at resume naming the fix."""
+    """Each checkpoint position resumes bit-identical, or (mid-epoch, shuffled) the callback warns at resume naming the
+    fix."""
     engine, calls, trainer = matrix_fit(tmp_path / "full", config)
     move = engine.history[1]
     assert (move.dest, move.global_step, move.warnings) == ("b", 2 if config[0] == "step_end" else 4, [])

@@ -57,7 +57,8 @@ def test_hf_trainer_example_runs(tmp_path, capsys):
 
 @pytest.mark.filterwarnings("ignore:.*LeafSpec.*", "ignore::UserWarning:lightning.*")
 def test_lightning_example_runs(tmp_path, capsys):
-    """The Lightning example fires warm->main at step 6 and main->final at the end of epoch 2, and checkpoints the engine."""
+    """The Lightning example fires warm->main at step 6 and main->final at the end of epoch 2, and checkpoints the
+    engine."""
     import torch
 
     from tests.utils import lightning_dataset as dataset
@@ -121,7 +122,7 @@ def test_semantics_document_covers_the_contract():
 
 
 def test_every_flag_the_chunklm_manual_names_exists():
-    """Each --flag in docs/chunklm.md is a flag of the chunklm subcommand it is documented under (train unless named)."""
+    """Each --flag in docs/chunklm.md is a flag of the chunklm subcommand it is listed under (train unless named)."""
     from runs.cli import build_parser
 
     parser = build_parser()

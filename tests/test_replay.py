@@ -235,7 +235,8 @@ def test_replay_compares_decisions_not_guards():
 
 
 def test_replay_reports_where_a_rule_raises_earlier():
-    """A rule that raises before the recorded run: the departure is the replay's raise; later records are not faithful."""
+    """A rule that raises before the recorded run: the departure is the replay's raise; later records are not
+    faithful."""
     stream = stream_of([1.0] * 60, 10)
     recorded = live_run(spectral_like(), stream)
     result = replay(raises_at(1, 2, 3), stream, recorded=recorded)
@@ -332,7 +333,7 @@ def tiny_run(tmp_path_factory) -> RunFiles:
 
 
 def test_replay_with_the_recorded_settings_reproduces_the_recorded_transitions(tiny_run):
-    """The run's own settings replayed over its CSVs: the same transitions at the same steps, the same deciding guards."""
+    """The run's own settings replayed over its CSVs: the same transitions at the same steps, by the same guards."""
     recorded = tiny_run.read_history()
     stream = load_stream(read_csv(tiny_run.steps), read_csv(tiny_run.epochs))
     result = replay_settings(recorded_settings(tiny_run.ckpt), stream, recorded)

@@ -209,7 +209,10 @@ def test_guard_returning_a_non_truth_value_is_an_error(result):
     inside.start()
     with pytest.raises(
         CurriculumError,
-        match=rf"any_of\(Never\(\), Odd\(\)\) of transition a -> b raised CurriculumError: guard Odd\(\) returned {type(result).__name__}",
+        match=(
+            rf"any_of\(Never\(\), Odd\(\)\) of transition a -> b raised CurriculumError: guard Odd\(\) returned "
+            rf"{type(result).__name__}"
+        ),
     ):
         inside.epoch_end()  # inside a combinator too: None is not a silent False
 
@@ -494,14 +497,18 @@ class WindowAtMost:
 
 
 def test_check_refuses_a_misconfigured_run_at_start_and_changes_nothing():
-    """check(ctx) of every action and guard runs once at start(), objects bound; one that raises is a CurriculumError naming it and its transition, the engine stays unstarted."""
+    """check(ctx) of every action and guard runs once at start(), objects bound; one that raises is a CurriculumError
+    naming it and its transition, the engine stays unstarted."""
     action = NeedsRestartable()
     cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Always()], [action])])
     eng = CurriculumEngine(cur, schedule=object())
     before = eng.state_dict()
     with pytest.raises(
         CurriculumError,
-        match=r"action NeedsRestartable\(\) \(in transition a -> b\) refused this run in check\(\) at start\(\): TypeError: object cannot restart; nothing was changed",
+        match=(
+            r"action NeedsRestartable\(\) \(in transition a -> b\) refused this run in check\(\) at start\(\): "
+            r"TypeError: object cannot restart; nothing was changed"
+        ),
     ):
         eng.start()
     assert eng.state_dict() == before and action.ran == 0
@@ -526,7 +533,10 @@ def test_check_runs_at_load_state_dict_and_a_refusal_loads_nothing():
     before = fresh.state_dict()
     with pytest.raises(
         CurriculumError,
-        match=r"guard WindowAtMost\(\) \(in transition a -> b\) refused this run in check\(\) at load_state_dict\(\): ValueError: limit 2 < 4",
+        match=(
+            r"guard WindowAtMost\(\) \(in transition a -> b\) refused this run in check\(\) at load_state_dict\(\): "
+            r"ValueError: limit 2 < 4"
+        ),
     ):
         fresh.load_state_dict(saved)
     assert fresh.state_dict() == before
@@ -535,14 +545,18 @@ def test_check_runs_at_load_state_dict_and_a_refusal_loads_nothing():
 
 
 def test_a_misspelt_metric_name_is_answered_with_the_close_one_passed():
-    """A guard reading 'val_los' when the loop passes 'val_loss': the errors ask "did you mean 'val_loss'?", not only to pass the typo."""
+    """A guard reading 'val_los' when the loop passes 'val_loss': the errors ask "did you mean 'val_loss'?", not only to
+    pass the typo."""
     from policies import MetricBelow, Plateau
 
     eng = CurriculumEngine(Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [MetricBelow("val_los", 1.0)])]))
     eng.start()
     with pytest.raises(
         CurriculumError,
-        match=r"'val_los' \(read by MetricBelow.*\) \(did you mean 'val_loss', which the loop passed\?\).*or fix a misspelt name in the guard",
+        match=(
+            r"'val_los' \(read by MetricBelow.*\) \(did you mean 'val_loss', which the loop passed\?\).*or fix a "
+            r"misspelt name in the guard"
+        ),
     ):
         eng.epoch_end(val_loss=0.5)
     eng = CurriculumEngine(
@@ -555,13 +569,17 @@ def test_a_misspelt_metric_name_is_answered_with_the_close_one_passed():
         eng.step_end(loss=1.0, val_loss=0.5)
     with pytest.raises(
         CurriculumError,
-        match=r"'val_bpb' is needed at epoch_end but the loop did not pass it \(did you mean 'val_bpc', which the loop passed\?\)",
+        match=(
+            r"'val_bpb' is needed at epoch_end but the loop did not pass it \(did you mean 'val_bpc', which the loop "
+            r"passed\?\)"
+        ),
     ):
         Context(clock=Clock(), metrics={"val_bpc": 1.0}, point=Point.EPOCH_END).metric("val_bpb")
 
 
 def test_the_machine_is_entered_only_when_a_transition_fires(monkeypatch):
-    """The engine decides before it triggers: a point where no transition holds never calls into transitions; one that fires does, once."""
+    """The engine decides before it triggers: a point where no transition holds never calls into transitions; one that
+    fires does, once."""
     import transitions.core
 
     triggered = []

@@ -317,7 +317,7 @@ def test_length_and_unit_validation(kwargs, match):
 
 
 def test_restart_warmup_ramps_then_runs_the_cosine_to_the_stage_end():
-    """With restart_warmup_steps=R a restart ramps over R steps from the restart, then peaks and decays to the stage end."""
+    """With restart_warmup_steps=R a restart ramps over R steps, then peaks and decays to the stage end."""
     opt, sched = make(total_epochs=8, restart_warmup_steps=4)
     lrs(sched, 30)
     before = sched.lr
@@ -451,7 +451,8 @@ def test_restartable_cosine_annealing_restarted_at_30():
 @pytest.mark.parametrize("build", [cosine, one_cycle, sequential])
 @pytest.mark.parametrize("cut", [0, 17, 30, 45])
 def test_restartable_state_dict_restores_exactly(tmp_path, build, cut):
-    """Saved with torch.save, loaded (weights_only) into a fresh wrapper after the optimizer: LRs and restarts continue exactly."""
+    """Saved with torch.save, loaded (weights_only) into a fresh wrapper after the optimizer: LRs and restarts continue
+    exactly."""
     from policies import Restartable
 
     whole = run_restartable(Restartable(build()), 60, restart_at=30)
@@ -495,8 +496,9 @@ def linear(opt=None):
 
 @pytest.mark.parametrize("build, end", [(cosine, 100), (lambda: one_cycle(t=100), 99), (linear, 100)])
 def test_restartable_over_remaining_anneals_by_the_end(build, end):
-    """over="remaining": restarted at step 30 (and again at 70), the schedule is re-planned over the steps left and is at
-    its end LR at its end step (cosine's T_max, OneCycle's total_steps - 1), as an unrestarted one; over="whole" is far from it."""
+    """over="remaining": restarted at step 30 (and again at 70), the schedule is re-planned over the steps left and is
+    at its end LR at its end step (cosine's T_max, OneCycle's total_steps - 1), as an unrestarted one; over="whole" is
+    far from it."""
     from policies import Restartable
 
     plain = run_restartable(Restartable(build()), end + 1)
@@ -545,7 +547,8 @@ def test_restartable_peak_is_the_schedules_peak_and_over_is_checked():
 
 
 def test_restartable_around_a_scheduler_the_framework_steps():
-    """Restartable.around(s): the framework steps s itself, the wrapper restarts it; the LRs equal a wrapper stepped in its place."""
+    """Restartable.around(s): the framework steps s itself, the wrapper restarts it; the LRs equal a wrapper stepped in
+    its place."""
     from policies import Restartable
 
     stepped_by_us = run_restartable(Restartable(cosine(), over="remaining"), 60, restart_at=30)

@@ -158,7 +158,8 @@ def test_lengths_must_divide_the_model_length():
 
 
 def test_builders():
-    """seq_len_curriculum: fixed or plateau phases with seq_len params; spectral_curriculum pairs lengths with cutoffs."""
+    """seq_len_curriculum: fixed or plateau phases with seq_len params; spectral_curriculum pairs lengths with
+    cutoffs."""
     fixed = seq_len_curriculum((64, 128), at_epochs=(1, 3))
     assert [(p.name, dict(p.params)) for p in fixed.phases] == [
         ("seq_64", {"seq_len": 64}),

@@ -163,7 +163,8 @@ def test_snapshot_mid_run_changes_nothing(cut):
 
 
 def test_spectral_curriculum_structure():
-    """Phases cutoff_128, cutoff_256, cutoff_512, full with SetCutoff (noisy opening) on enter; raises guarded and firing RestartLR."""
+    """Phases cutoff_128, cutoff_256, cutoff_512, full with SetCutoff (noisy opening) on enter; raises guarded and
+    firing RestartLR."""
     cur = spectral_curriculum()
     assert [p.name for p in cur.phases] == ["cutoff_128", "cutoff_256", "cutoff_512", "full"]
     assert [[repr(a) for a in p.on_enter] for p in cur.phases] == [

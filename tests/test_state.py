@@ -162,7 +162,7 @@ def seq_len_curriculum(short=128, threshold=0.01):
 
 
 def test_params_are_part_of_the_fingerprint():
-    """Two curricula that differ only in a phase's params have different fingerprints; a resume across them is refused."""
+    """Two curricula differing only in a phase's params have different fingerprints; a resume across them is refused."""
     assert seq_len_curriculum(128).fingerprint() != seq_len_curriculum(256).fingerprint()
     eng = CurriculumEngine(seq_len_curriculum(128))
     eng.start()
@@ -177,7 +177,10 @@ def test_fingerprint_mismatch_lists_what_differs():
     state = eng.state_dict()
     with pytest.raises(
         CurriculumError,
-        match=r"transition short -> long guard Plateau\(window=50, threshold=0.01\) -> Plateau\(window=50, threshold=0.02\)",
+        match=(
+            r"transition short -> long guard Plateau\(window=50, threshold=0.01\) -> Plateau\(window=50, "
+            r"threshold=0.02\)"
+        ),
     ):
         CurriculumEngine(seq_len_curriculum(threshold=0.02)).load_state_dict(state)
     other = Curriculum(
@@ -306,7 +309,8 @@ CORRUPTED = [
     (
         "unknown guard key",
         corrupt(["guards", "t9.g0"], {"values": []}),
-        r"accumulators for t9\.g0, which this curriculum has no stateful guard at \(its stateful guards: t0\.g0, t1\.g0, t2\.g0\)",
+        r"accumulators for t9\.g0, which this curriculum has no stateful guard at \(its stateful guards: t0\.g0, "
+        r"t1\.g0, t2\.g0\)",
     ),
     (
         "a guard missing",
@@ -316,12 +320,14 @@ CORRUPTED = [
     (
         "Plateau refuses its state",
         corrupt(["guards", "t2.g0"], {"values": ["x"]}),
-        r"accumulators for guard t2\.g0 \(Plateau\(window=4, threshold=0\.005\)\) were refused by its load_state_dict\(\): CurriculumError: .*expected \{'values': \[finite numbers\]\}",
+        r"accumulators for guard t2\.g0 \(Plateau\(window=4, threshold=0\.005\)\) were refused by its "
+        r"load_state_dict\(\): CurriculumError: .*expected \{'values': \[finite numbers\]\}",
     ),
     (
         "a user guard refuses its state",
         corrupt(["guards", "t1.g0"], {}),
-        r"accumulators for guard t1\.g0 \(CountBelow\(0\.5, need=3\)\) were refused by its load_state_dict\(\): KeyError: 'count'; nothing was restored",
+        r"accumulators for guard t1\.g0 \(CountBelow\(0\.5, need=3\)\) were refused by its load_state_dict\(\): "
+        r"KeyError: 'count'; nothing was restored",
     ),
     ("negative clock", corrupt(["clock", "steps_in_phase"], -1), r"clock\.steps_in_phase must be an int >= 0, got -1"),
     (
@@ -367,7 +373,8 @@ CORRUPTED = [
     (
         "not started but ran",
         corrupt(["started"], False),
-        r"started is False, but it has 1 history record, clock\.global_step = 4, clock\.epoch = 1.*claims a run in progress",
+        r"started is False, but it has 1 history record, clock\.global_step = 4, clock\.epoch = 1.*claims a run in "
+        r"progress",
     ),
     (
         "pending check past the history",
@@ -384,7 +391,8 @@ CORRUPTED = [
 
 @pytest.mark.parametrize("name, change, match", CORRUPTED, ids=[c[0] for c in CORRUPTED])
 def test_a_corrupted_state_changes_nothing(name, change, match):
-    """A state that fails any check, or whose guard state a guard refuses, is a CurriculumError; the engine, its guards included, is as before."""
+    """A state that fails any check, or whose guard state a guard refuses, is a CurriculumError; the engine, its guards
+    included, is as before."""
     cur = stateful()
     fresh = CurriculumEngine(cur)
     before, guards_before = fresh.state_dict(), guard_states(cur)
@@ -423,7 +431,8 @@ def test_a_running_engine_whose_load_failed_runs_on():
 
 
 def test_lenient_load_leaves_out_what_does_not_fit():
-    """With allow_fingerprint_mismatch=True, unknown guard keys, misfit held_since and unrunnable pending checks are left out."""
+    """With allow_fingerprint_mismatch=True, unknown guard keys, misfit held_since and unrunnable pending checks are
+    left out."""
     state = with_pending(saved_state())
     state["guards"]["t9.g0"] = {"values": []}
     state["held_since"] = {"0": [None], "2": [[1, 1]]}
@@ -444,7 +453,10 @@ def test_a_whole_hf_trainer_state_says_which_part_to_pass():
     eng = CurriculumEngine(stateful())
     with pytest.raises(
         CurriculumError,
-        match=rf"whole Hugging Face trainer_state\.json.*engine\.load_state_dict\(state\[\"stateful_callbacks\"\]\[\"{STATE_KEY}\"\]\)",
+        match=(
+            r"whole Hugging Face "
+            rf"trainer_state\.json.*engine\.load_state_dict\(state\[\"stateful_callbacks\"\]\[\"{STATE_KEY}\"\]\)"
+        ),
     ):
         eng.load_state_dict(trainer_state)
     eng.load_state_dict(trainer_state["stateful_callbacks"][STATE_KEY])

@@ -137,18 +137,25 @@ grad_k = dict(P=tc.BLOCK_T, BLOCK_R=tc.BLOCK_R, BLOCK_X=tc.BLOCK_X, PRECISION="t
 kernels = [
     (tc._conv_fwd_kernel, {"u_ptr": "*bf16", "k_ptr": "*bf16", "y_ptr": "*bf16", **ints}, conv),
     (tc._conv_bwd_u_kernel, {"dy_ptr": "*bf16", "k_ptr": "*bf16", "du_ptr": "*bf16", **ints}, conv),
-    (tc._conv_bwd_k_kernel, {"dy_ptr": "*bf16", "u_ptr": "*bf16", "g_ptr": "*fp32", "M": "i32", "X": "i32", **ints}, grad_k),
+    (
+        tc._conv_bwd_k_kernel,
+        {"dy_ptr": "*bf16", "u_ptr": "*bf16", "g_ptr": "*fp32", "M": "i32", "X": "i32", **ints},
+        grad_k,
+    ),
 ]
 for fn, signature, constexprs in kernels:
     signature = {name: signature.get(name, "constexpr") for name in fn.arg_names}
-    compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=GPUTarget("cuda", 90, 32))
-    assert re.search(r"mma\S*\.f32\.bf16\.bf16", compiled.asm["ptx"]), fn.__name__  # mma.sync or wgmma, f32 += bf16 x bf16
+    source = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+    # mma.sync or wgmma, f32 += bf16 x bf16
+    assert re.search(r"mma\S*\.f32\.bf16\.bf16", compiled.asm["ptx"]), fn.__name__
 print("ok")
 """
 
 
 def test_kernels_compile_for_hopper_with_bf16_tensor_cores():
-    """Compiled (not interpreted) for sm_90 without a GPU: the bf16 kernels build and use bf16 MMA with float32 accumulation."""
+    """Compiled (not interpreted) for sm_90 without a GPU: the bf16 kernels build and use bf16 MMA with float32
+    accumulation."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
     proc = subprocess.run(

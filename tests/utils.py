@@ -173,7 +173,7 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
 
 
 def launch(cmd: list[str], timeout: float) -> str:
-    """Run a launch of several processes (torchrun, or a script Lightning re-runs per rank) to its end and return its output.
+    """Run a multi-process launch (torchrun, or a script Lightning re-runs per rank) to its end and return its output.
 
     Fails the test if it exits non-zero or runs past ``timeout`` seconds; then every process it
     started is ended (a hung collective would otherwise wait for the backend's own timeout).
@@ -301,7 +301,8 @@ HF_VOCAB, HF_LENGTH, HF_WINDOWS = 16, 12, 24
 
 
 class TinyLM(nn.Module):
-    """Embedding and a linear head; returns its loss the way Hugging Face models do. Records each training forward's (loss sum, labels)."""
+    """Embedding and a linear head; returns its loss the way Hugging Face models do. Records each training forward's
+    (loss sum, labels)."""
 
     def __init__(self) -> None:
         super().__init__()
