@@ -208,7 +208,8 @@ class ByteCorpus:
             os.unlink(out.name)
             raise CorpusError(
                 f"corpus too small: {total} bytes, but training and validation each need one window of "
-                f"seq_len + chunk = {self.window} bytes (at least {2 * self.window} in all); add data or lower --seq-len"
+                f"seq_len + chunk = {self.window} bytes (at least {2 * self.window} in all); "
+                "add data or lower --seq-len"
             )
         if self.split == "tail":
             n_train = total - max(self.window, math.ceil(self.val_fraction * total))

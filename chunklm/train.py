@@ -89,7 +89,8 @@ def _check_cooldown(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
     if attribute.name == "cooldown_shape":
         if value not in COOLDOWN_SHAPES:
             raise ConfigError(
-                f"cooldown_shape must be one of {', '.join(COOLDOWN_SHAPES)}: got {value!r}; e.g. --cooldown-shape 1-sqrt"
+                f"cooldown_shape must be one of {', '.join(COOLDOWN_SHAPES)}: got {value!r}; "
+                "e.g. --cooldown-shape 1-sqrt"
             )
     elif isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
         raise ConfigError(f"cooldown_fraction must be in (0, 1]: got {value!r}; e.g. --cooldown-fraction 0.2")
@@ -369,8 +370,8 @@ class Trainer:
             n = phase.params.get("seq_len", full)
             if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= full or full % n:
                 raise ConfigError(
-                    f"phase {phase.name!r}: params['seq_len'] must be a divisor of the model's seq_len={full}: got {n!r}; "
-                    f"e.g. {full // 2} or {full // 4}"
+                    f"phase {phase.name!r}: params['seq_len'] must be a divisor of the model's seq_len={full}: "
+                    f"got {n!r}; e.g. {full // 2} or {full // 4}"
                 )
 
     @property

@@ -67,7 +67,8 @@ def load_factory(spec: str) -> Callable[..., Curriculum]:
         if exc.name is None or not module_name.startswith(exc.name):
             raise  # the user's module imports something that is missing: a bug, with its traceback
         raise _Usage(
-            f"--curriculum {spec!r}: no module named {exc.name!r} (run from the folder that holds it, or set PYTHONPATH)"
+            f"--curriculum {spec!r}: no module named {exc.name!r} "
+            "(run from the folder that holds it, or set PYTHONPATH)"
         ) from None
     target: Any = module
     for part in attr.split("."):
@@ -101,7 +102,8 @@ def run_replay(args: argparse.Namespace) -> int:
     factory = load_factory(args.curriculum)
     table = replay_grid(factory, state, grid)
     print(
-        f"{where}: {table.steps} steps, {table.epochs} epoch ends recorded; curriculum {args.curriculum}; no action runs"
+        f"{where}: {table.steps} steps, {table.epochs} epoch ends recorded; "
+        f"curriculum {args.curriculum}; no action runs"
     )
     note = table.note()
     if note:

@@ -262,7 +262,8 @@ def truth_value(guard: Any, value: Any, where: str = "") -> bool:
     if truth is None:
         text = repr(value)
         raise CurriculumError(
-            f"guard {describe(guard)}{where} returned {type(value).__name__} {text if len(text) <= 80 else text[:77] + '...'}, "
+            f"guard {describe(guard)}{where} returned "
+            f"{type(value).__name__} {text if len(text) <= 80 else text[:77] + '...'}, "
             "which is not a truth value; return a bool (e.g. bool(x)) or a one-element boolean tensor"
         )
     return truth
@@ -458,7 +459,8 @@ def _spec_value(value: Any) -> Any:
 def _freeze_params(params: Mapping[str, Any]) -> Params:
     if not isinstance(params, Mapping):
         raise CurriculumError(
-            f"Phase.params must be a mapping, got {type(params).__name__}: {params!r}; pass a dict, e.g. params={{'seq_len': 256}}"
+            f"Phase.params must be a mapping, got {type(params).__name__}: {params!r}; "
+            "pass a dict, e.g. params={'seq_len': 256}"
         )
     return params if isinstance(params, Params) else Params(params)
 
@@ -468,8 +470,9 @@ class Phase:
     """A training phase: a state of the curriculum's machine.
 
     ``params`` is free-form data for the loop (e.g. ``{"seq_len": 256}``), read as
-    ``engine.phase.params``: an immutable :class:`Params` mapping, part of the fingerprint. ``on_enter`` actions run when a transition enters the phase, and for
-    the initial phase at ``engine.start()``.
+    ``engine.phase.params``: an immutable :class:`Params` mapping, part of the fingerprint.
+    ``on_enter`` actions run when a transition enters the phase, and for the initial phase at
+    ``engine.start()``.
     """
 
     name: str = attrs.field()

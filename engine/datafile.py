@@ -214,7 +214,8 @@ class Registry:
                 return obj  # the same object again (a module imported twice): nothing changes
             raise CurriculumError(
                 f"{call}: the name {name!r} is already used by the {existing.kind} {describe(existing.target)}; "
-                f"a name means one thing in every file: register under another, e.g. {call}({obj.__name__}, name='my.{name}')"
+                "a name means one thing in every file: "
+                f"register under another, e.g. {call}({obj.__name__}, name='my.{name}')"
             )
         if id(obj) in self._by_target:
             other = self._by_target[id(obj)]
@@ -455,7 +456,10 @@ class _Reader:
             return f"{name} cannot be named in a data file: {_NOT_IN_FILES[name]}"
         if entry is not None:
             where = "guards" if entry.kind == _GUARD else "actions or on_enter"
-            return f"{name!r} is {'a' if entry.kind == _GUARD else 'an'} {entry.kind}, not {'a' if kind == _GUARD else 'an'} {kind}; move it to {where}"
+            return (
+                f"{name!r} is {'a' if entry.kind == _GUARD else 'an'} {entry.kind}, "
+                f"not {'a' if kind == _GUARD else 'an'} {kind}; move it to {where}"
+            )
         known = self.registry.names(kind)
         near = difflib.get_close_matches(name, known, n=1)
         return (
@@ -860,7 +864,8 @@ def to_toml(curriculum: Curriculum | Mapping[str, Any], *, comment: str = "", re
             for k, v in table.items():
                 key = f"{group}[{i}].{k}"
                 lines.append(
-                    f"{_toml_key(k)} = {_toml_list(v, key) if isinstance(v, list) and k != 'params' else _toml_value(v, key)}"
+                    f"{_toml_key(k)} = "
+                    f"{_toml_list(v, key) if isinstance(v, list) and k != 'params' else _toml_value(v, key)}"
                 )
     return "\n".join(lines) + "\n"
 
@@ -873,7 +878,8 @@ def save_curriculum(
     comment: str = "",
     registry: Registry | None = None,
 ) -> Path:
-    """Write ``curriculum`` to ``path`` (``.toml``, or ``.json``); an existing file is replaced only with ``overwrite=True``."""
+    """Write ``curriculum`` to ``path`` (``.toml``, or ``.json``);
+    an existing file is replaced only with ``overwrite=True``."""
     path = Path(path)
     if path.suffix not in _SUFFIXES:
         raise CurriculumFileError(

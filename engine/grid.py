@@ -29,7 +29,8 @@ from engine.state import from_primitives
 __all__ = ["GridRow", "GridTable", "replay_grid", "recorded_run", "format_table", "LEGEND"]
 
 LEGEND = (
-    "step Decider: the switch and the guard that became true last; *: the replay switches where the recorded run did not;\n"
+    "step Decider: the switch and the guard that became true last; "
+    "*: the replay switches where the recorded run did not;\n"
     "> S: the recorded run switched at step S, this setting not yet; ?: after the departure (the recorded metrics no\n"
     "longer follow from this setting); departs: the first differing decision (-: none within the recorded steps)"
 )
@@ -92,7 +93,8 @@ def recorded_run(source: Any, history: Sequence[Record] | None = None) -> tuple[
         log, records = source.recorded, list(source.history)
         if log is None:
             raise CurriculumError(
-                "replay_grid: this engine records no metrics; build it with CurriculumEngine(curriculum, record_metrics=True)"
+                "replay_grid: this engine records no metrics; "
+                "build it with CurriculumEngine(curriculum, record_metrics=True)"
             )
     elif isinstance(source, MetricLog):
         log, records = source, None
@@ -117,7 +119,8 @@ def recorded_run(source: Any, history: Sequence[Record] | None = None) -> tuple[
         )
     if (log.start_step, log.start_epoch) != (0, 0):
         raise CurriculumError(
-            f"replay_grid: the recording began at step {log.start_step} (epoch {log.start_epoch}), not at the run's start "
+            f"replay_grid: the recording began at step {log.start_step} (epoch {log.start_epoch}), "
+            "not at the run's start "
             "(record_metrics was turned on at a resume); a replay needs every metric since the start"
         )
     return log, records
@@ -209,7 +212,8 @@ def replay_grid(
     """
     if not callable(curriculum_factory):
         raise CurriculumError(
-            f"replay_grid: 'curriculum_factory' must be a function that returns a Curriculum, got {curriculum_factory!r}"
+            "replay_grid: 'curriculum_factory' must be a function that returns a Curriculum, "
+            f"got {curriculum_factory!r}"
         )
     combos = _combinations(curriculum_factory, dict(grid or {}))
     log, records = recorded_run(recorded, history)

@@ -65,5 +65,6 @@ def check_metrics(
     scope = "transitions of this curriculum read" if everywhere else "the current phase reads"
     raise CurriculumError(
         f"{point.value}(): the {scope} metrics the loop did not pass: {readers}; passed: {sorted(metrics)}. "
-        f"Pass them as {call}, or fix a misspelt name in the guard that reads it. Nothing was counted: call again with them"
+        f"Pass them as {call}, or fix a misspelt name in the guard that reads it. "
+        "Nothing was counted: call again with them"
     )

@@ -36,7 +36,8 @@ def _parts(source: Any) -> tuple[MetricLog, list[Record], dict]:
     if isinstance(source, CurriculumEngine):
         if source.recorded is None:
             raise CurriculumError(
-                "plot_run: this engine records no metrics; build it with CurriculumEngine(curriculum, record_metrics=True)"
+                "plot_run: this engine records no metrics; "
+                "build it with CurriculumEngine(curriculum, record_metrics=True)"
             )
         return source.recorded, list(source.history), source.curriculum.spec()
     if isinstance(source, Mapping):

@@ -80,7 +80,10 @@ class Departure:
                 f"{f' ({rec.reason})' if rec.reason else ''}, which a replay does not repeat"
             )
         elif rep is not None and rec is not None:
-            what = f"{where} the replay moves {rep.source} -> {rep.dest} where the recorded run moved {rec.source} -> {rec.dest}"
+            what = (
+                f"{where} the replay moves {rep.source} -> {rep.dest} "
+                f"where the recorded run moved {rec.source} -> {rec.dest}"
+            )
         elif rep is not None:
             later = f" until step {self.recorded_next.global_step}" if self.recorded_next is not None else ""
             what = (
@@ -118,7 +121,8 @@ def _dry(curriculum: Curriculum, copy_guards: bool) -> Curriculum:
         except Exception as exc:
             raise CurriculumError(
                 f"replay copies the curriculum's guards so that their accumulators start empty, and one "
-                f"cannot be copied ({type(exc).__name__}: {exc}); pass a freshly built curriculum with copy_guards=False"
+                f"cannot be copied ({type(exc).__name__}: {exc}); "
+                "pass a freshly built curriculum with copy_guards=False"
             ) from None
     phases = [
         Phase(p.name, params=p.params, on_enter=[_NotRun(describe(a)) for a in p.on_enter]) for p in curriculum.phases
@@ -139,7 +143,8 @@ def _point(index: int, item: Any) -> tuple[str, dict]:
     if point not in _POINTS or not isinstance(values, Mapping):
         raise CurriculumError(
             f"replay: metrics[{index}] must be a pair ('step_end' or 'epoch_end', {{name: value}}), got {item!r}; "
-            "pass one ('step_end', {'loss': ...}) per optimizer step and ('epoch_end', {...}) after each epoch's last step"
+            "pass one ('step_end', {'loss': ...}) per optimizer step "
+            "and ('epoch_end', {...}) after each epoch's last step"
         )
     if point == Point.STEP_END.value and "loss" not in values:
         raise CurriculumError(

@@ -85,7 +85,8 @@ def _check_raw(data: Any) -> None:
             value = clock.get(name, 0)
             if type(value) is not int:
                 raise CurriculumError(
-                    f"engine state is malformed: clock.{name} must be an int >= 0, got {type(value).__name__} {value!r} "
+                    f"engine state is malformed: clock.{name} must be an int >= 0, "
+                    f"got {type(value).__name__} {value!r} "
                     f"(no conversion is made: a clock of floats, text or bools is not one the engine wrote); {SAVED}"
                 )
 
@@ -142,8 +143,8 @@ def _check_run(snap: EngineState, curriculum: Curriculum, lenient: bool) -> None
     for k, record in enumerate(history):
         if record.global_step > clock.global_step or record.epoch > clock.epoch:
             raise CurriculumError(
-                f"engine state's history[{k}] is at global step {record.global_step} (epoch {record.epoch}), later than "
-                f"its clock (global step {clock.global_step}, epoch {clock.epoch}); {SAVED}"
+                f"engine state's history[{k}] is at global step {record.global_step} (epoch {record.epoch}), "
+                f"later than its clock (global step {clock.global_step}, epoch {clock.epoch}); {SAVED}"
             )
     if lenient:
         return  # another curriculum's phases: what the history says of them is not checked
@@ -154,8 +155,8 @@ def _check_run(snap: EngineState, curriculum: Curriculum, lenient: bool) -> None
         )
     if history and history[-1].dest != snap.phase:
         raise CurriculumError(
-            f"engine state's last history record (#{len(history) - 1}, {history[-1].source} -> {history[-1].dest}) does "
-            f"not end in its phase {snap.phase!r}; {SAVED}"
+            f"engine state's last history record (#{len(history) - 1}, {history[-1].source} -> {history[-1].dest}) "
+            f"does not end in its phase {snap.phase!r}; {SAVED}"
         )
 
 
@@ -219,7 +220,8 @@ def _restored_held_since(
             held_since[index] = [(s[0], s[1]) if s else None for s in since]
         elif not lenient:
             what = (
-                f"transition {key} ({curriculum.transitions[index].label}, {len(plan.transitions[index].leaves)} guards)"
+                f"transition {key} ({curriculum.transitions[index].label}, "
+                f"{len(plan.transitions[index].leaves)} guards)"
                 if 0 <= index < count
                 else f"a transition (this curriculum has {count})"
             )
@@ -243,7 +245,8 @@ def load_guards(plan: Plan, saved: dict[str, Any], lenient: bool) -> None:
         unknown = sorted(set(saved) - known)
         if unknown:
             raise CurriculumError(
-                f"engine state has accumulators for {', '.join(unknown)}, which this curriculum has no stateful guard at "
+                f"engine state has accumulators for {', '.join(unknown)}, "
+                "which this curriculum has no stateful guard at "
                 f"(its stateful guards: {', '.join(sorted(known)) or 'none'}); {SAVED}, "
                 "or pass allow_fingerprint_mismatch=True to leave them out"
             )
@@ -260,6 +263,8 @@ def load_guards(plan: Plan, saved: dict[str, Any], lenient: bool) -> None:
             for load, was in reversed(before):
                 load(was)
             raise CurriculumError(
-                f"engine state's accumulators for guard {key} ({describe(guard)}) were refused by its load_state_dict(): "
-                f"{type(exc).__name__}: {exc}; nothing was restored (the engine and its guards are as they were); {SAVED}"
+                f"engine state's accumulators for guard {key} ({describe(guard)}) "
+                "were refused by its load_state_dict(): "
+                f"{type(exc).__name__}: {exc}; "
+                f"nothing was restored (the engine and its guards are as they were); {SAVED}"
             ) from exc

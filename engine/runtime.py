@@ -190,8 +190,8 @@ class CurriculumEngine:
                 except Exception as exc:
                     raise CurriculumError(
                         f"{item.what} {describe(item.obj)} (in {item.where}) refused this run in check() at {call}: "
-                        f"{type(exc).__name__}: {exc}; nothing was changed: fix the objects it works on (or the curriculum) "
-                        f"and call {call} again"
+                        f"{type(exc).__name__}: {exc}; nothing was changed: "
+                        f"fix the objects it works on (or the curriculum) and call {call} again"
                     ) from exc
         finally:
             ctx.transition = None
@@ -655,8 +655,9 @@ class CurriculumEngine:
                 warning = self._plan.verifies[id(action)](self.ctx, record.actions[check.action].effect)
             except Exception as exc:
                 raise CurriculumError(
-                    f"action {describe(action)}'s verify() (health check after {record.source} -> {record.dest} at step "
-                    f"{record.global_step}) raised {type(exc).__name__}: {exc} (at step_end, global step {self._clock.global_step}); "
+                    f"action {describe(action)}'s verify() (health check after {record.source} -> {record.dest} "
+                    f"at step {record.global_step}) raised {type(exc).__name__}: {exc} "
+                    f"(at step_end, global step {self._clock.global_step}); "
                     "the engine is left as it was before this call"
                 ) from exc
             if warning:

@@ -103,7 +103,8 @@ def load_saved(path: str | Path) -> tuple[dict, str]:
     found = find_states(_read(file))
     if not found:
         raise CurriculumError(
-            f"{file} holds no engine state (no dict with {', '.join(sorted(_KEYS))}); save engine.state_dict() with your "
+            f"{file} holds no engine state (no dict with {', '.join(sorted(_KEYS))}); "
+            "save engine.state_dict() with your "
             "checkpoint, or use the HF/Lightning CurriculumCallback, which does"
         )
     if len(found) > 1:

@@ -72,7 +72,8 @@ def from_primitives(data: Any) -> EngineState:
         )
     if version > SCHEMA_VERSION:
         raise CurriculumError(
-            f"engine state has schema_version {version}, newer than this library's {SCHEMA_VERSION}; upgrade the library"
+            f"engine state has schema_version {version}, newer than this library's {SCHEMA_VERSION}; "
+            "upgrade the library"
         )
     while version < SCHEMA_VERSION:
         if version not in MIGRATIONS:

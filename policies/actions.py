@@ -60,7 +60,8 @@ class RestartLR:
         if not callable(getattr(schedule, "restart", None)):
             raise CurriculumError(
                 f"RestartLR() needs a schedule with restart(), got {type(schedule).__name__}; "
-                f"wrap it when you build it and register the wrapper: schedule=Restartable({type(schedule).__name__}(...)) "
+                "wrap it when you build it and register the wrapper: "
+                f"schedule=Restartable({type(schedule).__name__}(...)) "
                 "(from policies), or register a StagedCosine"
             )
 

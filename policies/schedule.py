@@ -272,7 +272,8 @@ class StagedCosine(LRScheduler):
         return [self.lr] * len(self.optimizer.param_groups)
 
     def restart(self) -> tuple[float, float]:
-        """Start a new cycle from the step about to run (at peak, or ramping with ``restart_warmup_steps``); returns the LR (before, after)."""
+        """Start a new cycle from the step about to run (at peak, or ramping with ``restart_warmup_steps``);
+        returns the LR (before, after)."""
         before, s = self.lr, self.last_epoch
         self._cycle = self._cycle_at(s, s + self.restart_warmup_steps)
         self._set_now()
@@ -435,7 +436,8 @@ _LENGTHS = {
 
 
 class Over(str, enum.Enum):
-    """What a restart of :class:`Restartable` replays: the wrapped schedule as built, or re-planned over the steps left."""
+    """What a restart of :class:`Restartable` replays: the wrapped schedule as built,
+    or re-planned over the steps left."""
 
     WHOLE = "whole"
     REMAINING = "remaining"
@@ -504,7 +506,8 @@ class Restartable(LRScheduler):
                 "scheduler",
                 "a scheduler at its step 0 (not stepped yet)",
                 f"{type(scheduler).__name__} at step {scheduler.last_epoch}",
-                "wrap it right after building it; to resume, build and wrap it afresh, then load_state_dict() the wrapper",
+                "wrap it right after building it; "
+                "to resume, build and wrap it afresh, then load_state_dict() the wrapper",
             )
         self._adopt(scheduler, over)
         self._origin = self._snapshot()
@@ -527,7 +530,8 @@ class Restartable(LRScheduler):
                 "over",
                 "'whole' for this scheduler",
                 f"'remaining' with {type(scheduler).__name__}",
-                f"re-planning needs a schedule with a length ({', '.join(sorted(_LENGTHS))}); use over='whole' or StagedCosine",
+                f"re-planning needs a schedule with a length ({', '.join(sorted(_LENGTHS))}); "
+                "use over='whole' or StagedCosine",
             )
         self.scheduler = scheduler
         self._cycle_start = 0  # the step at which the wrapped schedule's step 0 ran last
@@ -583,7 +587,8 @@ class Restartable(LRScheduler):
         return list(self.scheduler.get_last_lr())
 
     def restart(self) -> tuple[float, float]:
-        """Run the wrapped schedule again from its step 0 (re-planned with ``over="remaining"``), at the step about to run; returns the LR (before, after)."""
+        """Run the wrapped schedule again from its step 0 (re-planned with ``over="remaining"``),
+        at the step about to run; returns the LR (before, after)."""
         before = float(self.optimizer.param_groups[0]["lr"])
         step = self.steps_done
         origin = copy.deepcopy(self._origin)
@@ -645,7 +650,10 @@ class Restartable(LRScheduler):
         self.last_epoch = self.steps_done  # torch's public step count
 
     def __repr__(self) -> str:
-        return f"Restartable({type(self.scheduler).__name__}{'' if self.over is Over.WHOLE else ', over=' + repr(self.over.value)})"
+        return (
+            f"Restartable({type(self.scheduler).__name__}"
+            f"{'' if self.over is Over.WHOLE else ', over=' + repr(self.over.value)})"
+        )
 
 
 def _check_wrappable(scheduler: Any) -> None:
@@ -660,7 +668,8 @@ def _check_wrappable(scheduler: Any) -> None:
             "scheduler",
             "a scheduler with a schedule over steps",
             type(scheduler).__name__,
-            "ReduceLROnPlateau follows a metric and has nothing to restart; use StagedCosine or a step-indexed torch scheduler",
+            "ReduceLROnPlateau follows a metric and has nothing to restart; "
+            "use StagedCosine or a step-indexed torch scheduler",
         )
     if not isinstance(scheduler, LRScheduler):
         raise fail(
@@ -677,5 +686,6 @@ def _check_state(state: Any) -> None:
         got = sorted(state) if isinstance(state, dict) else type(state).__name__
         raise CurriculumError(
             f"Restartable.load_state_dict: expected the dict from Restartable.state_dict() "
-            f"(keys scheduler, origin, step, cycle_start), got {got}; a bare scheduler's state loads into the scheduler itself"
+            f"(keys scheduler, origin, step, cycle_start), got {got}; "
+            "a bare scheduler's state loads into the scheduler itself"
         )

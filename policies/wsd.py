@@ -277,7 +277,8 @@ class WSD(LRScheduler):
     def __repr__(self) -> str:
         return (
             f"WSD(base_lr={self.base_lr!r}, total_steps={self.total_steps}, warmup_steps={self.warmup_steps}, "
-            f"cooldown_steps={self.cooldown_steps}, shape={self.shape.value!r}, final_ratio={self.final_ratio!r}, auto={self.auto})"
+            f"cooldown_steps={self.cooldown_steps}, shape={self.shape.value!r}, "
+            f"final_ratio={self.final_ratio!r}, auto={self.auto})"
         )
 
 

@@ -40,7 +40,8 @@ class PhaseParams(Mapping[str, Any]):
         if key not in params:
             raise KeyError(
                 f"phase {self._engine.phase.name!r} has no param {key!r} (its params: {sorted(params)}); "
-                f"declare it in every phase, e.g. Phase(..., params={{{key!r}: ...}}), or read it with .get({key!r}, default)"
+                f"declare it in every phase, e.g. Phase(..., params={{{key!r}: ...}}), "
+                f"or read it with .get({key!r}, default)"
             )
         return params[key]
 

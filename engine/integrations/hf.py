@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 STATE_KEY = "curriculum_engine"
 #: Next to it, the state of the Trainer's own scheduler made restartable (when the curriculum restarts it).
 SCHEDULE_KEY = "curriculum_engine_schedule"
-#: Next to it, in a checkpoint written on an epoch's last step: that epoch end's metrics, for the resumed run's epoch_end.
+#: Next to it, in a checkpoint written on an epoch's last step: that epoch end's metrics,
+#: for the resumed run's epoch_end.
 EPOCH_END_KEY = "curriculum_engine_epoch_end"
 _TRAINER_STATE = "trainer_state.json"
 
@@ -43,7 +44,8 @@ def _last_micro_batch() -> bool:
 
 
 def _shifts_labels(model: Any) -> bool:
-    """Whether the Trainer counts ``labels[..., 1:]`` for this model's ``num_items_in_batch`` (causal LM losses), as it decides."""
+    """Whether the Trainer counts ``labels[..., 1:]`` for this model's ``num_items_in_batch``
+    (causal LM losses), as it decides."""
     try:
         from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
     except ImportError:  # an older transformers counts every label
@@ -114,7 +116,8 @@ class CurriculumCallback(TrainerCallback):
         self.engine = check_engine(engine, "CurriculumCallback")
         if prepare_inputs is not None and not callable(prepare_inputs):
             raise CurriculumError(
-                f"CurriculumCallback: 'prepare_inputs' must be a callable (inputs, params) -> inputs, got {prepare_inputs!r}"
+                "CurriculumCallback: 'prepare_inputs' must be a callable (inputs, params) -> inputs, "
+                f"got {prepare_inputs!r}"
             )
         self.prepare_inputs = prepare_inputs
         self.allow_fingerprint_mismatch = check_flag(allow_fingerprint_mismatch)
@@ -139,14 +142,15 @@ class CurriculumCallback(TrainerCallback):
     # -- the model's forward -------------------------------------------------------------------
 
     def _check_collated(self, module: Any, args: tuple, kwargs: dict) -> None:
-        """The first training forward after a resume at a step-end phase change: was the batch collated with the params?"""
+        """The first training forward after a resume at a step-end phase change:
+        was the batch collated with the params?"""
         if not module.training or self._reads_at_resume is None:
             return
         if self.params.reads > self._reads_at_resume:
             logger.warning(
                 "resumed from checkpoint-%d, written at the step a step-end transition changed the phase: the collator "
-                "read the new phase's params for the first micro-batch, which the uninterrupted run collated in the old "
-                "phase (the Trainer's data loader collates one micro-batch ahead); change the batch in "
+                "read the new phase's params for the first micro-batch, which the uninterrupted run collated "
+                "in the old phase (the Trainer's data loader collates one micro-batch ahead); change the batch in "
                 "prepare_inputs(inputs, params) to be exact",
                 self.engine.clock.global_step,
             )
@@ -185,7 +189,8 @@ class CurriculumCallback(TrainerCallback):
         return output
 
     def _renormalise(self, output: Any, loss: torch.Tensor) -> Any:
-        """The step's last micro-batch: divide the step's loss by the labels prepare_inputs kept, not those the Trainer counted.
+        """The step's last micro-batch: divide the step's loss by the labels prepare_inputs kept,
+        not those the Trainer counted.
 
         The Trainer counts ``num_items_in_batch`` over the step's micro-batches before any forward,
         so before ``prepare_inputs`` crops them; every micro-batch's loss was divided by that count.
@@ -271,16 +276,17 @@ class CurriculumCallback(TrainerCallback):
         elif saved is None:
             raise CurriculumError(
                 f"CurriculumCallback: the Trainer resumed at step {state.global_step} from a checkpoint without "
-                f"engine state (no stateful_callbacks[{STATE_KEY!r}] in its {_TRAINER_STATE}); resume from a checkpoint "
-                "written with this callback, or start the engine yourself before training: "
+                f"engine state (no stateful_callbacks[{STATE_KEY!r}] in its {_TRAINER_STATE}); "
+                "resume from a checkpoint written with this callback, or start the engine yourself before training: "
                 "engine.start(phase=..., global_step=..., epoch=...) and leave the callback out of this run"
             )
         else:
             self.engine.load_state_dict(saved, allow_fingerprint_mismatch=self.allow_fingerprint_mismatch)
             if self.engine.clock.global_step != state.global_step:
                 raise CurriculumError(
-                    f"CurriculumCallback: the checkpoint's engine state is at step {self.engine.clock.global_step} but the "
-                    f"Trainer resumed at step {state.global_step}; resume from the checkpoint folder the state was written to"
+                    f"CurriculumCallback: the checkpoint's engine state is at step {self.engine.clock.global_step} "
+                    f"but the Trainer resumed at step {state.global_step}; "
+                    "resume from the checkpoint folder the state was written to"
                 )
             if (
                 state.epoch is not None
@@ -325,8 +331,8 @@ class CurriculumCallback(TrainerCallback):
         except CurriculumError as exc:
             raise CurriculumError(
                 f"CurriculumCallback: resumed from checkpoint-{state.global_step}, written on the last step of epoch "
-                f"{self.engine.clock.epoch} before its end, without the evaluation metrics of that epoch end ({exc}); resume "
-                "from a checkpoint written after its evaluation (save_strategy='epoch') or from an earlier one"
+                f"{self.engine.clock.epoch} before its end, without the evaluation metrics of that epoch end ({exc}); "
+                "resume from a checkpoint written after its evaluation (save_strategy='epoch') or from an earlier one"
             ) from exc
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:

@@ -114,7 +114,8 @@ class CurriculumCallback(Callback):
                 raise CurriculumError(
                     f"CurriculumCallback: Lightning resumed at step {trainer.global_step} from a checkpoint without "
                     "engine state (it was saved without this callback); resume from a checkpoint written with it, or "
-                    "start the engine yourself (engine.start(phase=..., global_step=..., epoch=...)) and leave the callback out"
+                    "start the engine yourself (engine.start(phase=..., global_step=..., epoch=...)) "
+                    "and leave the callback out"
                 )
             self.engine.start()
             return
@@ -122,7 +123,8 @@ class CurriculumCallback(Callback):
         if self.engine.clock.global_step != trainer.global_step:
             raise CurriculumError(
                 f"CurriculumCallback: the checkpoint's engine state is at step {self.engine.clock.global_step} but "
-                f"Lightning resumed at step {trainer.global_step}; the checkpoint was not written by this run's callback"
+                f"Lightning resumed at step {trainer.global_step}; "
+                "the checkpoint was not written by this run's callback"
             )
         if (
             trainer.world_size == 1 and "rng" in restored
@@ -136,10 +138,10 @@ class CurriculumCallback(Callback):
             # Saved at the epoch's last batch: Lightning skips that epoch's validation and epoch end on resume.
             if self._reads_validation():
                 logger.warning(
-                    "resumed from a checkpoint saved at the last batch of epoch %d, before its validation, which Lightning "
-                    "does not run again: its epoch end gets the metrics of the checkpoint moment (the validation metrics "
-                    "of an earlier epoch); resume from the checkpoint saved at that epoch's end (ModelCheckpoint's default) "
-                    "to be exact",
+                    "resumed from a checkpoint saved at the last batch of epoch %d, before its validation, "
+                    "which Lightning does not run again: its epoch end gets the metrics of the checkpoint moment "
+                    "(the validation metrics of an earlier epoch); resume from the checkpoint saved "
+                    "at that epoch's end (ModelCheckpoint's default) to be exact",
                     self.engine.clock.epoch,
                 )
             metrics, self._epoch_metrics = self._epoch_metrics or {}, None
@@ -147,7 +149,8 @@ class CurriculumCallback(Callback):
                 record = self.engine.epoch_end(**metrics)
             except CurriculumError as exc:
                 raise CurriculumError(
-                    f"CurriculumCallback: resumed from a checkpoint saved at the last batch of epoch {self.engine.clock.epoch}, "
+                    "CurriculumCallback: resumed from a checkpoint "
+                    f"saved at the last batch of epoch {self.engine.clock.epoch}, "
                     f"before its validation, which Lightning does not run again: its epoch end cannot have the metrics "
                     f"the curriculum reads ({exc}). Resume from the checkpoint saved at that epoch's end "
                     "(ModelCheckpoint's default) or from a mid-epoch one"
@@ -172,7 +175,8 @@ class CurriculumCallback(Callback):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if loss is None or not hasattr(loss, "item"):
             raise CurriculumError(
-                f"CurriculumCallback: training_step returned no loss for batch {batch_idx} (got {type(outputs).__name__}); "
+                f"CurriculumCallback: training_step returned no loss for batch {batch_idx} "
+                f"(got {type(outputs).__name__}); "
                 "return the loss tensor, or a dict with 'loss'"
             )
         # Lightning hands over the loss divided by accumulate_grad_batches: undo it.
@@ -209,7 +213,8 @@ def _metrics_read(guard: Any) -> bool:
 
 
 def _rng_state() -> dict:
-    """The process's random state at a checkpoint: Lightning keeps none, and a shuffling sampler draws its order from it."""
+    """The process's random state at a checkpoint: Lightning keeps none,
+    and a shuffling sampler draws its order from it."""
     state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "python_pos": random.getstate()[2]}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -230,7 +235,8 @@ def _warn_mid_epoch(trainer: Any, clock: Any) -> None:
     sampler = getattr(loader, "sampler", None)
     if not stateful:
         logger.warning(
-            "resumed in the middle of epoch %d (step %d of it) with a train DataLoader that cannot restore its position: "
+            "resumed in the middle of epoch %d (step %d of it) "
+            "with a train DataLoader that cannot restore its position: "
             "Lightning starts the epoch's data again at its first batch while counting on from the checkpoint, so the "
             "run differs from the uninterrupted one; use a loader with state_dict()/load_state_dict() (torchdata's "
             "StatefulDataLoader) or resume from an epoch-end checkpoint",
@@ -239,7 +245,8 @@ def _warn_mid_epoch(trainer: Any, clock: Any) -> None:
         )
     elif isinstance(sampler, torch.utils.data.RandomSampler) and type(loader).__name__ != "StatefulDataLoader":
         logger.warning(
-            "resumed in the middle of epoch %d with a shuffling train DataLoader: the order of the rest of the epoch is "
+            "resumed in the middle of epoch %d with a shuffling train DataLoader: "
+            "the order of the rest of the epoch is "
             "drawn again, so the run differs from the uninterrupted one; use torchdata's StatefulDataLoader (it saves "
             "the sampler's order), shuffle=False, or resume from an epoch-end checkpoint",
             clock.epoch,
