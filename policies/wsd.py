@@ -20,6 +20,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from engine import Context, Curriculum, CurriculumError, Phase, Point, Transition
 from policies._checks import check_int, check_real, fail
 from policies.guards import MinEpoch, Plateau, all_of
+from policies.schedule import _write_lr  # one writer of an LR into every param group (tensor LRs included)
 
 __all__ = ["WSD", "CooldownShape", "StartCooldown", "adaptive_cooldown"]
 
@@ -42,14 +43,6 @@ class CooldownShape(str, enum.Enum):
         if self is CooldownShape.LINEAR:
             return 1.0 - p
         return 0.5 * (1.0 + math.cos(math.pi * p))
-
-
-def _write_lr(optimizer: Any, lr: float) -> None:
-    for group in optimizer.param_groups:
-        if isinstance(group["lr"], torch.Tensor):  # a tensor LR (capturable optimizers)
-            group["lr"].fill_(lr)
-        else:
-            group["lr"] = lr
 
 
 class WSD(LRScheduler):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from engine import CurriculumError, History, Record, Replay, replay
+from engine.grid import format_table as engine_format_table
 from runs.errors import UsageError
 
 __all__ = [
@@ -190,37 +191,6 @@ def parse_grid(items: Iterable[str]) -> list[dict[str, Any]]:
 # -- the table -----------------------------------------------------------------------------------
 
 
-def _short(guard: str) -> str:
-    return guard.split("(", 1)[0]
-
-
-def _decider(record: Record) -> str:
-    if record.decision is None:
-        return ""
-    return "+".join(_short(g) for g in record.decision.decided_by)
-
-
-def _cells(result: Replay, n: int) -> list[str]:
-    """Per raise: 'step Decider', 'step Decider *' (departs there), '> step' (the recorded run
-    raised there, the replay not yet), '?' (after the departure), '-' (no raise in the data)."""
-    moves = _moves(result.history)
-    dep = result.departure
-    cells = []
-    for k in range(n):
-        r = moves[k] if k < len(moves) else None
-        if dep is None:
-            cells.append(f"{r.global_step} {_decider(r)}" if r else "-")
-        elif r is not None and r.global_step < dep.global_step:
-            cells.append(f"{r.global_step} {_decider(r)}")
-        elif r is not None and r.global_step == dep.global_step and dep.replayed is r:
-            cells.append(f"{r.global_step} {_decider(r)} *")
-        elif k == len([m for m in moves if m.global_step < dep.global_step]) and dep.replayed is None:
-            cells.append(f"> {dep.global_step}")
-        else:
-            cells.append("?")
-    return cells
-
-
 def label(settings: dict[str, Any], keys: list[str]) -> str:
     """A row's name: the settings in ``keys`` (alpha only for the Welch test)."""
     names = {v[0]: k for k, v in GRID_KEYS.items()} | {"cutoffs": "cutoffs"}
@@ -252,31 +222,9 @@ LEGEND = (
 )
 
 
-def _moves(history: Iterable[Record]) -> list[Record]:
-    return [r for r in history if r.point in ("step_end", "epoch_end")]
-
-
 def format_table(recorded: Iterable[Record], rows: list[tuple[str, Replay]], own: Replay | None = None) -> str:
-    """The replay table: the recorded run's raises (its deciders, else those of ``own``, the replay
-    with its own settings, where that agrees), then one row per (label, replay)."""
-    recorded_moves = _moves(recorded)
-    n = max([len(recorded_moves), 1] + [len(_moves(res.history)) for _, res in rows])
-    own_moves = {r.global_step: r for r in _moves(own.faithful())} if own is not None else {}
-    rec_cells = []
-    for r in recorded_moves[:n]:
-        decider = _decider(r) or (_decider(own_moves[r.global_step]) if r.global_step in own_moves else "")
-        rec_cells.append(f"{r.global_step} {decider}".rstrip())
-    rec_cells += ["-"] * (n - len(rec_cells))
-    table = [["setting"] + [f"raise {k + 1}" for k in range(n)] + ["departs"], ["recorded"] + rec_cells + [""]]
-    for name, res in rows:
-        dep = res.departure
-        table.append([name] + _cells(res, n) + [f"step {dep.global_step}" if dep else "-"])
-    return _table(table)
-
-
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+    """The replay table (:func:`engine.grid.format_table`), its columns named by raise."""
+    return engine_format_table(recorded, rows, own, word="raise")
 
 
 def run_replay(args: argparse.Namespace) -> int:

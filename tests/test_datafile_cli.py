@@ -10,33 +10,10 @@ import torch
 from engine import Curriculum, Phase, Transition, save_curriculum
 from policies import MetricBelow, MinEpoch, SetCutoff, spectral_curriculum
 from runs.cli import main
-from tests.utils import DATA, assert_same_run
+from tests.utils import TINY_MODEL, assert_same_run
 
 # test_cli's tiny run without the curriculum flags; the file below is the curriculum those flags make.
-MODEL = [
-    "--data",
-    DATA,
-    "--seq-len",
-    "32",
-    "--kernel-len",
-    "8",
-    "--chunk",
-    "4",
-    "--d-model",
-    "16",
-    "--n-layers",
-    "1",
-    "--batch-size",
-    "2",
-    "--accum-steps",
-    "2",
-    "--steps-per-epoch",
-    "6",
-    "--log-every",
-    "0",
-    "--epochs",
-    "2",
-]
+MODEL = [*TINY_MODEL, "--log-every", "0", "--epochs", "2"]
 FLAGS = ["--cutoffs", "4,8,16", "--min-epochs", "1,1,2", "--plateau-window", "4", "--plateau-threshold", "1.0"]
 
 

@@ -16,9 +16,7 @@ from policies import MetricBelow, MinEpoch, MinSteps, Plateau, all_of
 from runs.artifacts import RunFiles, read_csv
 from runs.cli import main
 from runs.replay_cmd import load_stream, recorded_settings, replay_settings
-from tests.utils import Log
-
-DATA = str(Path(json.__file__).parent)  # the stdlib json package: ten real source files
+from tests.utils import TINY_MODEL, Log
 
 
 def epochs_with(engine, values, steps=2):
@@ -287,34 +285,8 @@ def test_replay_rejects_malformed_points():
 
 # Tiny ChunkLM run whose second raise waits for the plateau (threshold 0.002 on a 4-step window).
 TINY = [
-    "--data",
-    DATA,
-    "--seq-len",
-    "32",
-    "--kernel-len",
-    "8",
-    "--chunk",
-    "4",
-    "--d-model",
-    "16",
-    "--n-layers",
-    "1",
-    "--batch-size",
-    "2",
-    "--accum-steps",
-    "2",
-    "--steps-per-epoch",
-    "6",
-    "--cutoffs",
-    "4,8,16",
-    "--min-epochs",
-    "1,1,2",
-    "--plateau-window",
-    "4",
-    "--plateau-threshold",
-    "0.002",
-    "--log-every",
-    "0",
+    *TINY_MODEL,
+    *"--cutoffs 4,8,16 --min-epochs 1,1,2 --plateau-window 4 --plateau-threshold 0.002 --log-every 0".split(),
 ]
 
 

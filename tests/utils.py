@@ -205,37 +205,16 @@ def launch(cmd: list[str], timeout: float) -> str:
 
 DATA = str(Path(json.__file__).parent)  # the stdlib json package: ten real source files
 
-# Tiny model, two micro-batches per step; threshold 1.0 makes every full window a plateau, so the
-# curriculum raises at each allowed epoch boundary and the restored engine state is exercised.
+# Tiny model, two micro-batches per step (TINY_MODEL: no curriculum flags); threshold 1.0 makes
+# every full window a plateau, so the curriculum raises at each allowed epoch boundary and the
+# restored engine state is exercised.
+TINY_MODEL = [
+    *["--data", DATA, *"--seq-len 32 --kernel-len 8 --chunk 4 --d-model 16 --n-layers 1".split()],
+    *"--batch-size 2 --accum-steps 2 --steps-per-epoch 6".split(),
+]
 TINY = [
-    "--data",
-    DATA,
-    "--seq-len",
-    "32",
-    "--kernel-len",
-    "8",
-    "--chunk",
-    "4",
-    "--d-model",
-    "16",
-    "--n-layers",
-    "1",
-    "--batch-size",
-    "2",
-    "--accum-steps",
-    "2",
-    "--steps-per-epoch",
-    "6",
-    "--cutoffs",
-    "4,8,16",
-    "--min-epochs",
-    "1,1,2",
-    "--plateau-window",
-    "4",
-    "--plateau-threshold",
-    "1.0",
-    "--log-every",
-    "0",
+    *TINY_MODEL,
+    *"--cutoffs 4,8,16 --min-epochs 1,1,2 --plateau-window 4 --plateau-threshold 1.0 --log-every 0".split(),
 ]
 
 
