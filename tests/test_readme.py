@@ -165,3 +165,13 @@ def test_every_raw_output_benchmarks_md_names_exists():
     for path in paths:
         assert (README.parent / path).is_file(), path
         assert path.removeprefix("benchmarks/results/") in index, path
+
+
+def test_the_module_table_lists_every_module():
+    """docs/reference.md's module table names every module of the packages, so a new file cannot go unlisted."""
+    text = (README.parent / "docs" / "reference.md").read_text()
+    root = README.parent
+    modules = [p for pkg in ("engine", "policies", "chunklm", "runs") for p in (root / pkg).rglob("*.py")]
+    missing = [str(p.relative_to(root)) for p in modules if p.name != "__init__.py" or p.parent.name == "integrations"]
+    missing = [m for m in missing if f"`{m}`" not in text]
+    assert not missing, missing
