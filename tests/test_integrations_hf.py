@@ -21,7 +21,7 @@ from engine import Curriculum, CurriculumEngine, CurriculumError, Phase, Point, 
 from engine.integrations.hf import EPOCH_END_KEY, STATE_KEY, CurriculumCallback
 from policies import MetricBelow, MinEpoch, MinSteps, Restartable, RestartLR, SetCutoff, StagedCosine, all_of
 from tests.ddp_hf import THRESHOLD as DDP_THRESHOLD
-from tests.utils import TinyLM, Windows, launch
+from tests.utils import TinyLM, Windows, launch, same_tensors
 
 STEPS = 9
 
@@ -536,22 +536,6 @@ def spy_lr(engine: CurriculumEngine) -> list:
 
     engine.step_end, engine.epoch_end = on_step, on_epoch
     return calls
-
-
-def tensors(state) -> list:
-    """Every tensor of a (nested) state dict, in order, for comparing bit for bit."""
-    if isinstance(state, torch.Tensor):
-        return [state]
-    if isinstance(state, dict):
-        return [t for k in sorted(state, key=str) for t in tensors(state[k])]
-    if isinstance(state, (list, tuple)):
-        return [t for v in state for t in tensors(v)]
-    return [torch.tensor(float(state))] if isinstance(state, (int, float)) and not isinstance(state, bool) else []
-
-
-def same_tensors(a, b) -> bool:
-    ta, tb = tensors(a), tensors(b)
-    return len(ta) == len(tb) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(ta, tb))
 
 
 @pytest.fixture(scope="module")

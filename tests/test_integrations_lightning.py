@@ -25,7 +25,7 @@ from engine.integrations.lightning import CurriculumCallback
 from policies import MetricBelow, MinEpoch, MinSteps, Restartable, RestartLR, SetCutoff, StagedCosine, all_of
 from tests.ddp_lightning import THRESHOLD as DDP_THRESHOLD
 from tests.lightning_tiny import Tiny
-from tests.utils import launch
+from tests.utils import launch, same_tensors
 from tests.utils import lightning_dataset as dataset
 
 EPOCHS, BATCHES, ACCUM = 3, 10, 3
@@ -477,21 +477,6 @@ def matrix_fit(root: Path, config, ckpt=None):
     module = MatrixModule(callback.params, own_schedule=shuffle and action == "restart")
     trainer.fit(module, PositionLoader(dataset(batches=4), batch_size=2, shuffle=shuffle), ckpt_path=ckpt)
     return engine, calls, trainer
-
-
-def tensors(state) -> list:
-    if isinstance(state, torch.Tensor):
-        return [state]
-    if isinstance(state, dict):
-        return [t for k in sorted(state, key=str) for t in tensors(state[k])]
-    if isinstance(state, (list, tuple)):
-        return [t for v in state for t in tensors(v)]
-    return [torch.tensor(float(state))] if isinstance(state, (int, float)) and not isinstance(state, bool) else []
-
-
-def same_tensors(a, b) -> bool:
-    ta, tb = tensors(a), tensors(b)
-    return len(ta) == len(tb) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(ta, tb))
 
 
 @pytest.mark.parametrize("config", MATRIX_CONFIGS, ids=lambda c: "-".join(map(str, c)))

@@ -26,6 +26,7 @@ from engine.integrations.tracking import (
     transition_text,
 )
 from policies import MinEpoch, MinSteps
+from tests.lightning_tiny import Tiny as LightningTiny
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
 
@@ -197,15 +198,8 @@ def test_hf_trainer_logs_the_curriculum_to_tensorboard_and_its_checkpoint_replay
 # -- Lightning -----------------------------------------------------------------------------------------
 
 
-class Tiny(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.lin = nn.Linear(4, 1)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.mse_loss(self.lin(x), y)
+class Tiny(LightningTiny):
+    """The shared tiny module with a plain optimizer: no scheduler for the callback to wrap."""
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.05)

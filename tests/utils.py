@@ -313,3 +313,20 @@ def lightning_dataset(batches: int = 10) -> torch.utils.data.TensorDataset:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2 * batches, 4, generator=g)
     return torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True))
+
+
+def tensors(state) -> list:
+    """Every tensor of a (nested) state dict, in order, for comparing bit for bit."""
+    if isinstance(state, torch.Tensor):
+        return [state]
+    if isinstance(state, dict):
+        return [t for k in sorted(state, key=str) for t in tensors(state[k])]
+    if isinstance(state, (list, tuple)):
+        return [t for v in state for t in tensors(v)]
+    return [torch.tensor(float(state))] if isinstance(state, (int, float)) and not isinstance(state, bool) else []
+
+
+def same_tensors(a, b) -> bool:
+    """Two (nested) states hold the same tensors, bit for bit."""
+    ta, tb = tensors(a), tensors(b)
+    return len(ta) == len(tb) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(ta, tb))
