@@ -23,8 +23,8 @@ torch.compile unless --no-compile). Writes results.json, tables.md and efficacy.
 --max-minutes bounds the whole script: no run starts that would end past it (judged by the
 longest run so far), and a run still going at the limit stops at its next step and is kept in
 results.json as incomplete, outside the tables. --resume FILE keeps the finished runs of an
-earlier results.json of the same plan and runs only the others (a second GPU call continues the
-first).
+earlier results.json of the same plan and runs only the others (a run cut short by a time limit
+continues where it stopped).
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ KERNEL256 = Plan(seq_len=256, kernel_len=256, steps_per_epoch=150, seeds=(0,))
 # cutoffs 128, 256, 512), batch (32 windows of 1,024 bytes per step) and LR (2e-4) on the default
 # plan's schedule: 2,000 steps as 20 epochs x 100, the same minimum epochs, LR stages and plateau
 # rule; seeds 0 and 1; 128 validation windows (131 kB) after every epoch. Arms C, D, A in that
-# order, seed by seed: a GPU call cut short after two runs has C against D (the cutoff curriculum's
+# order, seed by seed: a session cut short after two runs has C against D (the cutoff curriculum's
 # own effect, the CPU table's main finding), after three the baseline A too.
 SEED = Plan(
     d_model=512,

@@ -1,8 +1,8 @@
 """GPU check of ChunkLM: every measurable target of issue 13 in one run, side by side.
 
-    python benchmarks/gpu_check.py --out "$OUT"               # on the GPU: all sections, in this order
-    python benchmarks/gpu_check.py --out "$OUT" --only conv   # some sections (comma-separated names)
-    python benchmarks/gpu_check.py --long --out "$OUT"        # ChunkLM vs Transformer at 8k-32k bytes
+    python benchmarks/gpu_check.py --out DIR                  # on the GPU: all sections, in this order
+    python benchmarks/gpu_check.py --out DIR --only conv      # some sections (comma-separated names)
+    python benchmarks/gpu_check.py --long --out DIR           # ChunkLM vs Transformer at 8k-32k bytes
     python benchmarks/gpu_check.py --quick --out DIR          # tiny shapes: a smoke test, runs on CPU
 
 Sections (results are written to gpu_check.json / gpu_check.md under --out after each one, so a
@@ -521,7 +521,7 @@ def section_cli(report: Report, device: torch.device, out: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
+    parser.add_argument("--out", default="bench_out")
     parser.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test; runs on CPU)")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
     parser.add_argument(

@@ -37,7 +37,7 @@
 set -uo pipefail
 
 usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
-QUICK=0 DRY=0 ONLY="conv,seed,compare,checks,cli,long,efficacy" RESUME="" BUDGET="" EXTRA=() OUTDIR="${OUT:-}" WHEELS=.whl
+QUICK=0 DRY=0 ONLY="conv,seed,compare,checks,cli,long,efficacy" RESUME="" BUDGET="" EXTRA=() OUTDIR="" WHEELS=.whl
 while [ $# -gt 0 ]; do
   case "$1" in
     --) shift; EXTRA=("$@"); break ;;
