@@ -30,7 +30,7 @@ from engine.diagram import to_dot, to_mermaid
 from engine.history import ActionEffect, Decision, GuardEvidence, HeldSince, History, Record, jsonable
 from engine.metrics import check_metrics, to_metric
 from engine.plan import Plan, actions_of, undo_all
-from engine.recording import MetricLog  # recording
+from engine.recording import MetricLog
 from engine.restore import check_state, load_guards
 from engine.state import SCHEMA_VERSION, EngineState, PendingCheck, to_primitives
 from engine.transaction import Transaction
@@ -97,7 +97,7 @@ class CurriculumEngine:
                 f"CurriculumEngine needs a Curriculum, got {type(curriculum).__name__}: {curriculum!r}"
             )
         _check_names(objects, "CurriculumEngine")
-        # recording (engine/recording.py): the metric stream each successful call was fed, or None
+        # engine/recording.py: the metric stream each successful call was fed, or None
         if not isinstance(record_metrics, bool):
             raise CurriculumError(f"CurriculumEngine(record_metrics=...) must be True or False, got {record_metrics!r}")
         self.recorded: MetricLog | None = MetricLog() if record_metrics else None
@@ -249,7 +249,7 @@ class CurriculumEngine:
         self._started = True
         self._held_since = {}
         self._unchecked_step = self._unchecked_epoch = True
-        if self.recorded is not None:  # recording
+        if self.recorded is not None:  # a fresh stream from the start step
             self.recorded = MetricLog(start_step=int(global_step), start_epoch=int(epoch))
         logger.info("start in %s at step %d (epoch %d): %s", name, record.global_step, record.epoch, record.actions)
         return record
@@ -336,7 +336,7 @@ class CurriculumEngine:
             raise
         if checked is not None:
             self._commit_checks(pending, checked)
-        if self.recorded is not None:  # recording: the call succeeded and is committed
+        if self.recorded is not None:  # the call succeeded and is committed
             self.recorded.append("step_end" if at_step else "epoch_end", metrics)
         return record
 
@@ -402,7 +402,7 @@ class CurriculumEngine:
             pending_checks=list(self._pending),
             held_since={str(i): [list(s) if s else None for s in since] for i, since in self._held_since.items()},
             spec=self._spec,
-            recorded=self.recorded.state_dict() if self.recorded is not None else None,  # recording
+            recorded=self.recorded.state_dict() if self.recorded is not None else None,
         )
         try:  # a round trip proves it JSON-safe and shares nothing with the live objects
             return json.loads(json.dumps(to_primitives(state), allow_nan=False))
@@ -442,7 +442,7 @@ class CurriculumEngine:
         self._started = snap.started
         self._held_since = restored.held_since
         self._unchecked_step = self._unchecked_epoch = True
-        self.recorded = restored.recorded  # recording
+        self.recorded = restored.recorded
 
     # -- deciding ------------------------------------------------------------------------------
 
