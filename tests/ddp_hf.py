@@ -153,3 +153,7 @@ if __name__ == "__main__":
     run(out, "tokens", TokenCountLM(), logging_steps=1, find_unused_parameters=False)
     run(out, "quiet", TokenCountLM(), logging_steps=5, find_unused_parameters=True)
     run(out, "crop", TokenCountLM(), logging_steps=1, find_unused_parameters=False, prepare_inputs=crop)
+    # The Trainer leaves the process group up; exiting with it alive lets gloo's threads outlive the interpreter
+    # and abort the process now and then ("terminate called without an active exception").
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
