@@ -1,11 +1,13 @@
 """``chunklm replay RUN``: would another plateau rule have raised elsewhere, and which guard decided?
 
 Feeds the run's recorded per-step losses and per-epoch metrics (its steps and epochs CSV) to the
-spectral curriculum built from the run's own settings, with the curriculum flags given here
-applied (``--plateau-window``, ``--plateau-threshold``, ``--plateau-test``, ``--plateau-alpha``,
-``--min-epochs``, ``--cutoffs``), or to every setting of a ``--grid``. Prints one row per setting:
-the step of each raise with its deciding guard, up to the first decision that differs from the
-recorded run (after it, the recorded losses came from a model in another phase).
+curriculum the run's own settings make (as ``chunklm train`` built it), with the curriculum flags
+given here applied (``--plateau-window``, ``--plateau-threshold``, ``--plateau-test``,
+``--plateau-alpha``, ``--min-epochs``, ``--cutoffs``), or to every setting of a ``--grid``; or to
+the curriculum of each ``--curriculum FILE``. A run trained with ``--curriculum FILE`` is replayed
+under the curriculum its checkpoint stores. Prints one row per setting: the step of each raise with
+its deciding guard, up to the first decision that differs from the recorded run (after it, the
+recorded losses came from a model in another phase).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import itertools
 from pathlib import Path
 from typing import Any, Iterable
 
-from engine import CurriculumError, History, Record, Replay, replay
+from engine import Curriculum, CurriculumError, History, Record, Replay, replay
 from engine.grid import format_table as engine_format_table
 from runs.errors import UsageError
 
@@ -26,6 +28,7 @@ __all__ = [
     "load_stream",
     "recorded_settings",
     "replay_settings",
+    "settings_curriculum",
     "parse_grid",
     "format_table",
     "label",
@@ -95,6 +98,14 @@ def add_replay_parser(sub: Any) -> None:
         help=f"replay every combination, e.g. window=50,100,200 threshold=0.001,0.005 (keys: {', '.join(GRID_KEYS)}; "
         "min_epochs values as 2:4:6)",
     )
+    r.add_argument(
+        "--curriculum",
+        nargs="+",
+        metavar="FILE",
+        default=None,
+        help="replay under the curriculum of each file (TOML or JSON, as chunklm train --curriculum reads), "
+        "one row per file; instead of the curriculum flags and --grid",
+    )
 
 
 # -- the recorded run ----------------------------------------------------------------------------
@@ -143,22 +154,16 @@ def load_stream(steps: list[dict], epochs: list[dict]) -> list[tuple[str, dict[s
     return stream
 
 
-def replay_settings(settings: dict[str, Any], stream: list, recorded: History | None) -> Replay:
-    """Replay ``stream`` on the spectral curriculum these settings make (no action runs)."""
-    from policies import spectral_curriculum
+def settings_curriculum(settings: dict[str, Any]) -> Curriculum:
+    """The curriculum ``chunklm train`` builds from these settings (cutoffs, seq_lens, schedule, plateau rule)."""
+    from runs.settings import Settings
 
-    test = settings.get("plateau_test", "relative")
-    curriculum = spectral_curriculum(
-        n_bins=settings["seq_len"] // 2 + 1,
-        cutoffs=settings["cutoffs"],
-        min_epochs=settings["min_epochs"],
-        window=settings["plateau_window"],
-        threshold=settings["plateau_threshold"],
-        preserve=settings["preserve"],
-        test=test,
-        alpha=settings.get("plateau_alpha") if test == "welch" else None,
-    )
-    return replay(curriculum, stream, recorded=recorded, copy_guards=False)
+    return Settings.from_dict(settings).to_config().curriculum()
+
+
+def replay_settings(settings: dict[str, Any], stream: list, recorded: History | None) -> Replay:
+    """Replay ``stream`` on the curriculum these settings make (no action runs)."""
+    return replay(settings_curriculum(settings), stream, recorded=recorded, copy_guards=False)
 
 
 def parse_grid(items: Iterable[str]) -> list[dict[str, Any]]:
@@ -207,8 +212,11 @@ def label(settings: dict[str, Any], keys: list[str]) -> str:
 
 def describe_settings(settings: dict[str, Any]) -> str:
     test = settings.get("plateau_test", "relative")
+    phases = [f"cutoffs {','.join(map(str, settings['cutoffs']))}"] if settings["cutoffs"] else []
+    if settings.get("seq_lens"):
+        phases.append(f"seq lens {','.join(map(str, settings['seq_lens']))}")
     return (
-        f"cutoffs {','.join(map(str, settings['cutoffs']))}, min epochs {','.join(map(str, settings['min_epochs']))}, "
+        f"{', '.join(phases)}, min epochs {','.join(map(str, settings['min_epochs']))}, "
         f"plateau window {settings['plateau_window']}, threshold {settings['plateau_threshold']}, test {test}"
         + (f" (alpha {settings.get('plateau_alpha') or 0.05})" if test == "welch" else "")
     )
@@ -263,6 +271,73 @@ def run_replay(args: argparse.Namespace) -> int:
         for k in ("cutoffs", "min_epochs", "plateau_window", "plateau_threshold", "plateau_test", "plateau_alpha")
         if hasattr(args, k)
     }
+    stored = saved.curriculum is not None  # trained with --curriculum FILE: the checkpoint holds that curriculum
+    if (args.curriculum or stored) and (flags or args.grid):
+        given = ", ".join(["--" + k.replace("_", "-") for k in flags] + (["--grid"] if args.grid else []))
+        why = (
+            "--curriculum FILE replaces it"
+            if args.curriculum
+            else f"this run was trained with the curriculum in {saved.curriculum_file} (its checkpoint stores it)"
+        )
+        raise ReplayError(
+            f"{given} change the curriculum the run's settings make, and {why}; to try another rule, replay under a "
+            "copy of the curriculum file with it changed: --curriculum FILE [FILE ...]"
+        )
+    from runs.curriculum_file import load_file, stored_curriculum
+
+    def own_curriculum() -> Curriculum:  # a fresh one per replay: a replay feeds its guards
+        if stored:
+            return stored_curriculum(saved, files.ckpt, saved.settings.to_config().model.n_bins)
+        return settings_curriculum(base)
+
+    recorded_as = f"{saved.curriculum_file} (stored in the checkpoint)" if stored else describe_settings(base)
+    try:
+        own = replay(own_curriculum(), stream, recorded=history, copy_guards=False)
+        if args.curriculum:
+            rows = [
+                (path, replay(load_file(path), stream, recorded=history, copy_guards=False)) for path in args.curriculum
+            ]
+        elif stored:
+            rows = [("replay", replay(own_curriculum(), stream, recorded=history, copy_guards=False))]
+        else:
+            rows = _settings_rows(args, base, flags, stream, history)
+    except CurriculumError as exc:
+        raise ReplayError(str(exc)) from None
+
+    steps = sum(1 for p, _ in stream if p == "step_end")
+    epochs = sum(1 for p, _ in stream if p == "epoch_end")
+    print(f"run {files.ckpt.parent}: {steps} steps, {epochs} epochs; recorded curriculum: {recorded_as}")
+    held = "to 6 significant digits in the rows the first release wrote" if rounded else "exactly"
+    print(f"the losses as the steps CSV holds them ({held}); no training, no action runs")
+    if own.departure is not None:
+        why = (
+            "the CSV's rounded losses decide otherwise there, so rows after that step are unreliable"
+            if rounded
+            else "the run was recorded by other code, or its files were edited"
+        )
+        print(f"note: replayed with its own settings the run departs from its record: {own.departure.text()}; {why}")
+    print()
+    print(format_table(history, rows, own))
+    print()
+    print(LEGEND)
+    if len(rows) == 1:
+        res = rows[0][1]
+        print()
+        for r in res.faithful():
+            if r.decision is not None:
+                print(
+                    f"{r.source} -> {r.dest} at step {r.global_step} (epoch {r.epoch}): "
+                    f"{r.decision.text(r.global_step)}"
+                )
+        if res.departure is not None:
+            print(res.departure.text())
+    return 0
+
+
+def _settings_rows(
+    args: argparse.Namespace, base: dict[str, Any], flags: dict[str, Any], stream: list, history: History
+) -> list[tuple[str, Replay]]:
+    """One (label, replay) per setting: the run's settings with the curriculum flags, for each --grid combination."""
     overrides = parse_grid(args.grid) if args.grid else [{}]
     alpha_given = "plateau_alpha" in flags or any("plateau_alpha" in o for o in overrides)
     if alpha_given and all({**base, **flags, **o}.get("plateau_test") != "welch" for o in overrides):
@@ -279,39 +354,5 @@ def run_replay(args: argparse.Namespace) -> int:
         if key not in seen:
             seen.add(key)
             settings_list.append(s)
-
-    try:
-        own = replay_settings(base, stream, history)
-        results = [replay_settings(s, stream, history) for s in settings_list]
-    except CurriculumError as exc:
-        raise ReplayError(str(exc)) from None
-
-    steps = sum(1 for p, _ in stream if p == "step_end")
-    epochs = sum(1 for p, _ in stream if p == "epoch_end")
-    print(f"run {files.ckpt.parent}: {steps} steps, {epochs} epochs; recorded curriculum: {describe_settings(base)}")
-    held = "to 6 significant digits in the rows the first release wrote" if rounded else "exactly"
-    print(f"the losses as the steps CSV holds them ({held}); no training, no action runs")
-    if own.departure is not None:
-        why = (
-            "the CSV's rounded losses decide otherwise there, so rows after that step are unreliable"
-            if rounded
-            else "the run was recorded by other code, or its files were edited"
-        )
-        print(f"note: replayed with its own settings the run departs from its record: {own.departure.text()}; {why}")
     varied = list(dict.fromkeys([k for extra in overrides for k in extra] + list(flags)))
-    print()
-    print(format_table(history, [(label(s, varied), res) for s, res in zip(settings_list, results)], own))
-    print()
-    print(LEGEND)
-    if len(results) == 1:
-        res = results[0]
-        print()
-        for r in res.faithful():
-            if r.decision is not None:
-                print(
-                    f"{r.source} -> {r.dest} at step {r.global_step} (epoch {r.epoch}): "
-                    f"{r.decision.text(r.global_step)}"
-                )
-        if res.departure is not None:
-            print(res.departure.text())
-    return 0
+    return [(label(s, varied), replay_settings(s, stream, history)) for s in settings_list]

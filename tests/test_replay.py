@@ -386,3 +386,89 @@ def test_replay_command_needs_a_run(tmp_path, capsys):
     """A directory without a run is a one-line error."""
     assert main(["replay", str(tmp_path)]) == 2
     assert "chunklm replay: error:" in capsys.readouterr().err
+
+
+def replay_rows(out: str) -> dict[str, list[int]]:
+    """The table's rows of `chunklm replay` output: setting -> the steps of its raises."""
+    lines = out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("setting "))
+    rows = {}
+    for line in lines[head + 1 :]:
+        if not line.strip():
+            break
+        name, *cells = line.split("  ")
+        rows[name.strip()] = [int(tok) for cell in cells for tok in cell.split()[:1] if tok.isdigit()]
+    return rows
+
+
+def test_replay_of_a_run_trained_with_a_curriculum_file_uses_the_curriculum_its_checkpoint_stores(tmp_path, capsys):
+    """A --curriculum FILE run replays under the curriculum stored in its checkpoint (the file itself gone): the
+    recorded raises, no departure; the spectral curriculum's flags are refused in one line; --curriculum FILE ...
+    replays under other files, one row each."""
+    from engine import save_curriculum
+    from policies import spectral_curriculum
+
+    def file(name, threshold):
+        curriculum = spectral_curriculum(
+            n_bins=17, cutoffs=(4, 8, 16), min_epochs=(1, 1, 2), window=4, threshold=threshold
+        )
+        return str(save_curriculum(curriculum, tmp_path / name))
+
+    trained, always = file("trained.toml", 0.002), file("always.toml", 1.0)
+    ckpt = tmp_path / "run" / "run.pt"
+    ckpt.parent.mkdir()
+    assert (
+        main(["train", *TINY_MODEL, "--log-every", "0", "--epochs", "5", "--curriculum", trained, "--ckpt", str(ckpt)])
+        == 0
+    )
+    Path(trained).unlink()
+    recorded = [r.global_step for r in RunFiles(ckpt).read_history() if r.point == "epoch_end"]
+    capsys.readouterr()
+
+    assert main(["replay", str(ckpt.parent)]) == 0
+    out = capsys.readouterr().out
+    assert f"recorded curriculum: {trained} (stored in the checkpoint)" in out
+    assert replay_rows(out) == {"recorded": recorded, "replay": recorded} and len(recorded) >= 2
+    assert next(line for line in out.splitlines() if line.startswith("replay ")).rstrip().endswith("-")
+
+    assert main(["replay", str(ckpt), "--grid", "threshold=1.0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"trained with the curriculum in {trained}" in err and "--curriculum FILE" in err
+
+    assert main(["replay", str(ckpt), "--curriculum", always, str(tmp_path / "missing.toml")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert main(["replay", str(ckpt), "--curriculum", always]) == 0
+    out = capsys.readouterr().out
+    # threshold 1.0: every full window is a plateau, so each raise comes at its minimum epoch (1, 1, 2: steps 6, 12, 18)
+    assert replay_rows(out)[always][:1] == [6] and "MinEpoch" in out
+
+
+def test_replay_of_a_seq_lens_run_replays_the_curriculum_its_settings_made(tmp_path, capsys):
+    """A run of sequence-length phases only (--cutoffs '' --seq-lens) replays under its own curriculum, not the
+    spectral one: the recorded raises, no departure."""
+    ckpt = tmp_path / "run.pt"
+    flags = ["--cutoffs", "", "--seq-lens", "8,16", "--min-epochs", "1,2", "--plateau-window", "4"]
+    assert (
+        main(
+            [
+                "train",
+                *TINY_MODEL,
+                *flags,
+                "--plateau-threshold",
+                "0.002",
+                "--log-every",
+                "0",
+                "--epochs",
+                "4",
+                "--ckpt",
+                str(ckpt),
+            ]
+        )
+        == 0
+    )
+    recorded = [r.global_step for r in RunFiles(ckpt).read_history() if r.point == "epoch_end"]
+    capsys.readouterr()
+    assert main(["replay", str(ckpt)]) == 0
+    out = capsys.readouterr().out
+    assert "recorded curriculum: seq lens 8,16, min epochs 1,2" in out
+    assert replay_rows(out) == {"recorded": recorded, "replay": recorded} and len(recorded) == 2
