@@ -485,6 +485,14 @@ def matrix_curriculum(point, action) -> Curriculum:
     )
 
 
+class InOrderTrainer(Trainer):
+    """A Trainer that reads the training set in order (transformers 5 has train_sampling_strategy="sequential";
+    4.48, the floor, has no such argument)."""
+
+    def _get_train_sampler(self, *args, **kwargs):
+        return torch.utils.data.SequentialSampler(self.train_dataset)
+
+
 def matrix_train(out: Path, config, resume=None):
     point, action, shuffle = config
     engine = CurriculumEngine(matrix_curriculum(point, action))
@@ -508,9 +516,8 @@ def matrix_train(out: Path, config, resume=None):
         use_cpu=True,
         seed=0,
         disable_tqdm=True,
-        train_sampling_strategy="random" if shuffle else "sequential",
     )
-    trainer = Trainer(
+    trainer = (Trainer if shuffle else InOrderTrainer)(
         model=model,
         args=args,
         train_dataset=Windows(),
