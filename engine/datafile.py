@@ -136,6 +136,7 @@ def _builtins() -> list[_Entry]:
         _Entry("not_", _GUARD, g._Not, policies.not_, nested=("guard",), read=not_args),
         _Entry("RestartLR", _ACTION, policies.RestartLR, policies.RestartLR),
         _Entry("SetCutoff", _ACTION, policies.SetCutoff, policies.SetCutoff, symbols=full),
+        _Entry("StartCooldown", _ACTION, policies.StartCooldown, policies.StartCooldown),
     ]
     return entries
 

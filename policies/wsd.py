@@ -279,17 +279,25 @@ class StartCooldown:
     """Start the registered schedule's cooldown now: calls ``ctx.schedule.start_cooldown()`` (a :class:`WSD`).
 
     Effect: ``{"lr": [before, after], "cooldown": [first step, first step after]}``.
+
+    ``check(ctx)``, called by the engine at ``start()``/``load_state_dict()``, refuses a schedule
+    without ``start_cooldown()`` there, not hours later when the transition fires.
     """
 
     requires = ("schedule",)
 
-    def __call__(self, ctx: Context) -> dict:
+    def check(self, ctx: Context) -> None:
+        """At ``start()``/``load_state_dict()``: refuse a schedule that has no cooldown to start."""
         schedule = ctx.schedule
         if not callable(getattr(schedule, "start_cooldown", None)):
             raise CurriculumError(
                 f"StartCooldown() needs a schedule with start_cooldown(), got {type(schedule).__name__}; "
                 "register a WSD (from policies) as schedule=..."
             )
+
+    def __call__(self, ctx: Context) -> dict:
+        schedule = ctx.schedule
+        self.check(ctx)
         before, after = schedule.start_cooldown()
         return {"lr": [before, after], "cooldown": [schedule.cooldown_start, schedule.cooldown_end]}
 

@@ -349,7 +349,7 @@ def _diagram(args: argparse.Namespace) -> int:
     if args.run and saved.curriculum is not None:  # trained with --curriculum FILE: the checkpoint stores it
         from runs.curriculum_file import stored_curriculum
 
-        curriculum = stored_curriculum(saved, files.ckpt, config.model.n_bins)
+        curriculum = stored_curriculum(saved, files.ckpt, config)
     else:
         curriculum = config.curriculum()
     if args.run and current is None:  # a weights-only checkpoint: the phase its epochs imply

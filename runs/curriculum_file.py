@@ -5,7 +5,8 @@ spectral curriculum the curriculum flags build. ``chunklm train`` can drive only
 provides, so a file is checked against it before anything runs: the registered objects (``model``,
 ``optimizer``, ``schedule``), the metrics (``loss`` and ``lr`` at step_end, ``val_bpb`` and
 ``avg_loss`` at epoch_end), no phase params (the loop reads none: a phase changes the model through
-its actions, e.g. ``SetCutoff``), and cutoffs within the model's bins. On resume the checkpoint's
+its actions, e.g. ``SetCutoff``), cutoffs within the model's bins, and LR actions the ``--schedule``
+can take (``RestartLR`` needs ``staged``, ``StartCooldown`` needs ``wsd``). On resume the checkpoint's
 engine state names the curriculum it was saved with (its fingerprint): a file that differs is
 refused, listing what differs. The checkpoint also stores the curriculum itself (as data), so
 a resume needs no file; a file given again must be the same curriculum.
@@ -55,13 +56,15 @@ def load_file(path: str) -> Curriculum:
         raise UsageError(str(exc)) from None
 
 
-def load_for_training(path: str, n_bins: int) -> Curriculum:
-    """The curriculum in ``path``, checked against what ``chunklm train`` provides."""
-    return check_for_training(load_file(path), f"--curriculum {path}", n_bins)
+def load_for_training(path: str, config: Any) -> Curriculum:
+    """The curriculum in ``path``, checked against what ``chunklm train`` provides under ``config``."""
+    return check_for_training(load_file(path), f"--curriculum {path}", config)
 
 
-def check_for_training(curriculum: Curriculum, where: str, n_bins: int) -> Curriculum:
-    """``curriculum`` (from ``where``, for messages), checked against what ``chunklm train`` provides."""
+def check_for_training(curriculum: Curriculum, where: str, config: Any) -> Curriculum:
+    """``curriculum`` (from ``where``, for messages), checked against what ``chunklm train`` provides under
+    ``config`` (a :class:`chunklm.train.TrainConfig`: the model's bins and the LR schedule)."""
+    n_bins = config.model.n_bins
     for phase in curriculum.phases:
         if phase.params:
             raise UsageError(
@@ -71,6 +74,7 @@ def check_for_training(curriculum: Curriculum, where: str, n_bins: int) -> Curri
             )
         for action in phase.on_enter:
             _check_cutoff(action, where, f"phase {phase.name!r} on_enter", n_bins)
+            _check_schedule(action, where, f"phase {phase.name!r} on_enter", config.schedule)
     for name, users in curriculum.requirements().items():
         if name not in OBJECTS:
             raise UsageError(
@@ -80,6 +84,7 @@ def check_for_training(curriculum: Curriculum, where: str, n_bins: int) -> Curri
     for tr in curriculum.transitions:
         for action in tr.actions:
             _check_cutoff(action, where, f"transition {tr.label}", n_bins)
+            _check_schedule(action, where, f"transition {tr.label}", config.schedule)
         for leaf in (leaf for g in tr.guards for leaf in guard_leaves(g)):
             for point, passed in METRICS.items():
                 for metric in metrics_read(leaf, tr.when, _point(point)):
@@ -105,6 +110,23 @@ def _check_cutoff(action: Any, where: str, what: str, n_bins: int) -> None:
         raise UsageError(
             f"{where}: {action!r} in {what} opens more bins than the model has ({n_bins} at this --seq-len); "
             f'use n <= {n_bins}, or n = "full"'
+        )
+
+
+def _check_schedule(action: Any, where: str, what: str, schedule: str) -> None:
+    """The LR actions need a schedule that can do what they ask: refused here, in the flag's words, rather
+    than by the action's ``check`` at the engine's start (which speaks of registered objects)."""
+    from policies import RestartLR, StartCooldown
+
+    if isinstance(action, StartCooldown) and schedule != "wsd":
+        raise UsageError(
+            f"{where}: {action!r} in {what} starts a WSD cooldown, and --schedule {schedule} has none; "
+            "pass --schedule wsd"
+        )
+    if isinstance(action, RestartLR) and schedule != "staged":
+        raise UsageError(
+            f"{where}: {action!r} in {what} restarts the LR, and --schedule {schedule} has no restarts; "
+            "pass --schedule staged, or remove RestartLR from the file"
         )
 
 
@@ -137,14 +159,14 @@ def check_saved_curriculum(curriculum: Curriculum, saved: Any, ckpt: Path, path:
     )
 
 
-def stored_curriculum(saved: Any, ckpt: Path, n_bins: int) -> Curriculum:
+def stored_curriculum(saved: Any, ckpt: Path, config: Any) -> Curriculum:
     """The curriculum a checkpoint stores (a run trained with ``--curriculum FILE``), checked
     against the engine state saved with it and against what ``chunklm train`` provides."""
     from runs.checkpoint import CheckpointError
 
     try:
         curriculum = Curriculum.from_dict(saved.curriculum, source=f"{ckpt}: curriculum")
-        check_for_training(curriculum, f"the curriculum stored in {ckpt}", n_bins)
+        check_for_training(curriculum, f"the curriculum stored in {ckpt}", config)
         check_saved_curriculum(curriculum, saved, ckpt, None)
     except (CurriculumError, UsageError) as exc:
         raise CheckpointError(
@@ -178,8 +200,8 @@ def curriculum_for_run(
             f"{'them' if len(given) > 1 else 'it'}" + (", or set the same in the file" if path is not None else "")
         )
     if path is None:
-        return stored_curriculum(saved, ckpt, config.model.n_bins), saved.curriculum_file
-    curriculum = load_for_training(path, config.model.n_bins)
+        return stored_curriculum(saved, ckpt, config), saved.curriculum_file
+    curriculum = load_for_training(path, config)
     if saved is not None:
         check_saved_curriculum(curriculum, saved, ckpt, path)
     return curriculum, path

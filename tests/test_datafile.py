@@ -36,6 +36,7 @@ from policies import (
     RestartLR,
     SetCutoff,
     WorseThanBest,
+    adaptive_cooldown,
     all_of,
     any_of,
     not_,
@@ -112,14 +113,19 @@ def custom() -> Curriculum:
     )
 
 
-def test_the_shipped_spectral_file_is_the_spectral_curriculum():
-    """policies/curricula/spectral.toml has the fingerprint of spectral_curriculum() and is what the writer emits."""
-    loaded = load_curriculum(SHIPPED)
-    code = spectral_curriculum()
+@pytest.mark.parametrize(
+    "name, make", [("spectral.toml", spectral_curriculum), ("wsd_adaptive.toml", lambda: adaptive_cooldown(15))]
+)
+def test_the_shipped_files_are_the_curricula_in_code(name, make):
+    """policies/curricula/spectral.toml (wsd_adaptive.toml) has the fingerprint of spectral_curriculum()
+    (adaptive_cooldown(15)), is what the writer emits, and round-trips through to_dict/from_dict."""
+    shipped = SHIPPED.parent / name
+    loaded, code = load_curriculum(shipped), make()
     assert loaded.fingerprint() == code.fingerprint()
     assert loaded.spec() == code.spec()
-    body = [line for line in SHIPPED.read_text().splitlines() if not line.startswith("#")]
+    body = [line for line in shipped.read_text().splitlines() if not line.startswith("#")]
     assert "\n".join(body) + "\n" == to_toml(code)
+    assert Curriculum.from_dict(code.to_dict()).fingerprint() == code.fingerprint()
 
 
 def test_a_custom_curriculum_round_trips_through_dict_json_and_toml(tmp_path):

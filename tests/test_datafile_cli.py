@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from engine import Curriculum, Phase, Transition, save_curriculum
-from policies import MetricBelow, MinEpoch, SetCutoff, spectral_curriculum
+from policies import MetricBelow, MinEpoch, SetCutoff, adaptive_cooldown, spectral_curriculum
+from runs.artifacts import RunFiles, read_csv
 from runs.cli import main
 from tests.utils import TINY_MODEL, assert_same_run
 
@@ -107,16 +108,44 @@ def test_resume_under_another_curriculum_is_refused_in_one_line(tmp_path, capsys
             ["--cutoffs", "4,8,16"],
             "--cutoffs build the spectral curriculum, which --curriculum",
         ),
+        (
+            lambda: adaptive_cooldown(1),
+            ["--schedule", "staged"],
+            "StartCooldown() in transition stable -> cooldown starts a WSD cooldown, and --schedule staged has none; "
+            "pass --schedule wsd",
+        ),
+        (
+            lambda: tiny_curriculum(),
+            ["--schedule", "wsd"],
+            "RestartLR() in transition cutoff_4 -> cutoff_8 restarts the LR, and --schedule wsd has no restarts",
+        ),
     ],
 )
 def test_a_file_the_trainer_cannot_drive_is_refused_before_training(tmp_path, capsys, make, extra, message):
-    """Phase params, a metric the loop does not pass, a cutoff beyond the model, curriculum flags: one line, exit 2, no
-    run."""
+    """Phase params, a metric the loop does not pass, a cutoff beyond the model, curriculum flags, an LR action the
+    --schedule cannot take: one line, exit 2, no run (nothing but the file and the run's hidden lock on disk)."""
     path = write(tmp_path, make())
     assert main(["train", *MODEL, "--curriculum", path, *extra, "--ckpt", str(tmp_path / "r.pt")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
-    assert not (tmp_path / "r.pt").exists()
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["c.toml"]
+
+
+def test_wsd_with_the_adaptive_cooldown_file_cools_down_at_the_transition_and_resumes_exactly(tmp_path):
+    """--schedule wsd --curriculum (adaptive_cooldown, tiny floor and window): stable -> cooldown at the end of epoch
+    1, the LR falls from the step after it (not at the fixed 80% point), and a run stopped before and after the
+    transition resumes to the same run."""
+    path = write(tmp_path, adaptive_cooldown(1, window=4, threshold=1.0))
+    run = [*MODEL, "--schedule", "wsd", "--curriculum", path]  # 12 steps; the fixed cooldown would start at step 10
+    assert main(["train", *run, "--ckpt", str(tmp_path / "whole.pt")]) == 0
+    assert main(["train", *run, "--ckpt", str(tmp_path / "cut.pt"), "--stop-after", "4"]) == 0
+    for extra in (["--stop-after", "4"], []):  # to step 8, past the transition at step 6; then to the end
+        assert main(["train", "--ckpt", str(tmp_path / "cut.pt"), "--resume", *extra]) == 0
+    history = assert_same_run(tmp_path, "whole", "cut")
+    assert [(r.source, r.dest, r.global_step) for r in history] == [(None, "stable", 0), ("stable", "cooldown", 6)]
+    assert history[1].actions[0].effect["cooldown"] == [6, 8]  # round(0.2 * 12) = 2 steps
+    lrs = [float(row["lr"]) for row in read_csv(RunFiles(tmp_path / "whole.pt").steps)]
+    assert lrs[:7] == [2e-4] * 7 and 0 < lrs[7] < 2e-4 and lrs[8:] == [0.0] * 4  # step 7 (0-based 6) runs at peak
 
 
 def test_a_broken_file_is_one_line_with_its_line_and_key(tmp_path, capsys):

@@ -10,7 +10,7 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler
 
 from engine import Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
-from policies import WSD, MinSteps, StartCooldown, adaptive_cooldown
+from policies import WSD, MinSteps, StagedCosine, StartCooldown, adaptive_cooldown
 
 
 def optimizer() -> torch.optim.Optimizer:
@@ -137,6 +137,17 @@ def test_errors_name_the_field_and_the_fix():
         WSD(optimizer(), 1.0, 10, warmup_steps=9)
     with pytest.raises(CurriculumError, match="start_cooldown"):
         StartCooldown()(type("Ctx", (), {"schedule": object()})())
+
+
+def test_start_cooldown_refuses_a_schedule_without_a_cooldown_at_start():
+    """StartCooldown over a StagedCosine is refused by start() (its check), not when the transition fires; with a WSD
+    bound instead, the same engine starts."""
+    opt = optimizer()
+    engine = CurriculumEngine(adaptive_cooldown(2), optimizer=opt, schedule=StagedCosine(opt, 1.0, 5, 10))
+    with pytest.raises(CurriculumError, match=r"refused this run in check\(\) at start\(\).*got StagedCosine"):
+        engine.start()
+    engine.bind(schedule=WSD(opt, 1.0, 50))
+    assert engine.start().dest == "stable"
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning:lightning.*", "ignore:.*LeafSpec.*")
