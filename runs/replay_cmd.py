@@ -287,7 +287,7 @@ def run_replay(args: argparse.Namespace) -> int:
 
     def own_curriculum() -> Curriculum:  # a fresh one per replay: a replay feeds its guards
         if stored:
-            return stored_curriculum(saved, files.ckpt, saved.settings.to_config().model.n_bins)
+            return stored_curriculum(saved, files.ckpt, saved.settings.to_config())
         return settings_curriculum(base)
 
     recorded_as = f"{saved.curriculum_file} (stored in the checkpoint)" if stored else describe_settings(base)
