@@ -4,11 +4,12 @@ The file (docs/curriculum-files.md; the seed's is ``policies/curricula/spectral.
 spectral curriculum the curriculum flags build. ``chunklm train`` can drive only what its loop
 provides, so a file is checked against it before anything runs: the registered objects (``model``,
 ``optimizer``, ``schedule``), the metrics (``loss`` and ``lr`` at step_end, ``val_bpb`` and
-``avg_loss`` at epoch_end), no phase params (the loop reads none: a phase changes the model through
-its actions, e.g. ``SetCutoff``), cutoffs within the model's bins, and LR actions the ``--schedule``
-can take (``RestartLR`` needs ``staged``, ``StartCooldown`` needs ``wsd``). On resume the checkpoint's
-engine state names the curriculum it was saved with (its fingerprint): a file that differs is
-refused, listing what differs. The checkpoint also stores the curriculum itself (as data), so
+``avg_loss`` at epoch_end), no phase params but ``seq_len`` (the window length the phase trains
+on, a divisor of the model's; a phase changes the model through its actions, e.g. ``SetCutoff``),
+cutoffs within the model's bins, and LR actions the ``--schedule`` can take (``RestartLR`` needs
+``staged``, ``StartCooldown`` needs ``wsd``). On resume the checkpoint's engine state names the
+curriculum it was saved with (its fingerprint): a file that differs is refused, listing what
+differs. The checkpoint also stores the curriculum itself (as data), so
 a resume needs no file; a file given again must be the same curriculum.
 """
 
@@ -25,6 +26,7 @@ from runs.errors import UsageError
 __all__ = [
     "OBJECTS",
     "METRICS",
+    "PARAMS",
     "CURRICULUM_FLAGS",
     "load_for_training",
     "check_for_training",
@@ -36,6 +38,8 @@ __all__ = [
 # What chunklm.train.Trainer registers with its engine and passes to step_end / epoch_end.
 OBJECTS = ("model", "optimizer", "schedule")
 METRICS = {"step_end": ("loss", "lr"), "epoch_end": ("val_bpb", "avg_loss")}
+# The phase params the loop reads: the window length a phase trains on (chunklm.train.Trainer.seq_len).
+PARAMS = ("seq_len",)
 # The settings a curriculum file replaces (they build the spectral curriculum).
 CURRICULUM_FLAGS = (
     "cutoffs",
@@ -64,13 +68,20 @@ def load_for_training(path: str, config: Any) -> Curriculum:
 def check_for_training(curriculum: Curriculum, where: str, config: Any) -> Curriculum:
     """``curriculum`` (from ``where``, for messages), checked against what ``chunklm train`` provides under
     ``config`` (a :class:`chunklm.train.TrainConfig`: the model's bins and the LR schedule)."""
-    n_bins = config.model.n_bins
+    n_bins, full = config.model.n_bins, config.model.seq_len
     for phase in curriculum.phases:
-        if phase.params:
+        unread = sorted(set(phase.params) - set(PARAMS))
+        if unread:
             raise UsageError(
-                f"{where}: phase {phase.name!r} has params {sorted(phase.params)}, which chunklm train does not read "
-                "(a phase changes the model through its actions, e.g. SetCutoff); remove them, or drive the curriculum "
-                "from your own loop (engine.CurriculumEngine)"
+                f"{where}: phase {phase.name!r} has params {unread}, which chunklm train does not read (it reads only "
+                f"{', '.join(PARAMS)}; a phase changes the model through its actions, e.g. SetCutoff); remove them, "
+                "or drive the curriculum from your own loop (engine.CurriculumEngine)"
+            )
+        n = phase.params.get("seq_len", full)
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= full or full % n:
+            raise UsageError(
+                f"{where}: phase {phase.name!r} has seq_len = {n!r}; it must be a divisor of --seq-len {full} "
+                f"(the phase trains on windows cut into pieces of that length), e.g. {full // 2} or {full // 4}"
             )
         for action in phase.on_enter:
             _check_cutoff(action, where, f"phase {phase.name!r} on_enter", n_bins)

@@ -86,9 +86,14 @@ def test_resume_under_another_curriculum_is_refused_in_one_line(tmp_path, capsys
     "make, extra, message",
     [
         (
-            lambda: Curriculum([Phase("a", params={"seq_len": 16}, on_enter=[SetCutoff(4)])], []),
+            lambda: Curriculum([Phase("a", params={"seq_len": 16, "batch": 4}, on_enter=[SetCutoff(4)])], []),
             [],
-            "phase 'a' has params ['seq_len'], which chunklm train does not read",
+            "phase 'a' has params ['batch'], which chunklm train does not read (it reads only seq_len;",
+        ),
+        (
+            lambda: Curriculum([Phase("a", params={"seq_len": 12})], []),
+            [],
+            "phase 'a' has seq_len = 12; it must be a divisor of --seq-len 32",
         ),
         (
             lambda: Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [MetricBelow("val_loss", 1.0)])]),
@@ -184,3 +189,34 @@ def test_diagram_draws_a_file_and_marks_a_runs_phase(tmp_path, capsys):
     assert "was saved with another curriculum" in capsys.readouterr().err
     assert main(["diagram", shipped, "--cutoffs", "4,8"]) == 2
     assert "settings flags do not change it; drop them" in capsys.readouterr().err
+
+
+def test_a_file_of_seq_len_phases_trains_exactly_as_the_seq_lens_flags(tmp_path):
+    """Phase params `seq_len` in a file are what `--seq-lens` sets: the file of the curriculum those flags make
+    trains the same run, bit for bit."""
+    from policies import seq_len_curriculum
+
+    rule = ["--min-epochs", "1,2", "--plateau-window", "4", "--plateau-threshold", "1.0"]
+    curriculum = seq_len_curriculum((8, 16), min_epochs=(1, 2), window=4, threshold=1.0, restart_lr=True)
+    path = write(tmp_path, curriculum)
+    assert (
+        main(
+            [
+                "train",
+                *MODEL,
+                "--epochs",
+                "3",
+                "--cutoffs",
+                "",
+                "--seq-lens",
+                "8,16",
+                *rule,
+                "--ckpt",
+                str(tmp_path / "flags.pt"),
+            ]
+        )
+        == 0
+    )
+    assert main(["train", *MODEL, "--epochs", "3", "--curriculum", path, "--ckpt", str(tmp_path / "file.pt")]) == 0
+    history = assert_same_run(tmp_path, "flags", "file")
+    assert [r.dest for r in history] == ["seq_8", "seq_16", "full"]
