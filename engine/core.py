@@ -222,7 +222,7 @@ def did_you_mean(name: str, passed: Any) -> str:
     return f" (did you mean {close[0]!r}, which the loop passed?)" if close else ""
 
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def describe(obj: Any) -> str:
@@ -481,7 +481,7 @@ class Phase:
 
     @name.validator
     def _check_name(self, _attribute: Any, value: Any) -> None:
-        if not isinstance(value, str) or not _NAME.match(value):
+        if not isinstance(value, str) or not _NAME.fullmatch(value):
             raise CurriculumError(
                 f"Phase.name must be an identifier (letters, digits, '_', not starting with a digit), "
                 f"got {value!r}; rename it, e.g. {_suggest_name(value)!r}"

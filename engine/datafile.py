@@ -205,7 +205,7 @@ class Registry:
                 f"{call}: a lambda cannot be named by a data file (nor fingerprinted); define a function with def"
             )
         name = obj.__name__ if name is None else name
-        if not isinstance(name, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_.]*$", name):
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", name):
             raise CurriculumError(
                 f"{call}: name must be an identifier (dots allowed), got {name!r}; e.g. name={obj.__name__!r}"
             )
@@ -789,11 +789,11 @@ def _call_to_dict(obj: Any, registry: Registry, key: str, kind: str) -> dict:
     return out
 
 
-_BARE = re.compile(r"^[A-Za-z0-9_-]+$")
+_BARE = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _toml_key(key: str) -> str:
-    return key if _BARE.match(key) else _toml_string(key)
+    return key if _BARE.fullmatch(key) else _toml_string(key)
 
 
 def _toml_string(text: str) -> str:

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import policies
@@ -402,6 +402,7 @@ def test_writing_refuses_what_a_file_cannot_hold(tmp_path):
         max_size=4,
     )
 )
+@example({"0\n": "", "a-b": 1, "a.b": 2})  # a bare-looking key with a trailing newline must be quoted
 def test_the_toml_writer_round_trips_any_params(params):
     """Any strings (quotes, control characters, non-ASCII), ints, floats and lists in params read back equal."""
     curriculum = Curriculum([Phase("a", params=params)], [])
@@ -459,3 +460,10 @@ def test_without_a_toml_reader_the_error_says_what_to_install(tmp_path, monkeypa
         load_curriculum(save_curriculum(spectral_curriculum(), tmp_path / "c.json")).fingerprint()
         == spectral_curriculum().fingerprint()
     )
+
+
+@pytest.mark.parametrize("name", ["a\n", "short\n", "a b"])
+def test_a_phase_name_with_a_newline_or_space_is_refused(name):
+    """Phase names are identifiers in full: a trailing newline (which a regex's `$` lets through) is refused."""
+    with pytest.raises(CurriculumError, match="Phase.name must be an identifier"):
+        Phase(name)
