@@ -8,6 +8,12 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# The property tests draw new examples on each run (a developer's run keeps exploring); CI runs them with the
+# examples derived from each test's source, so a CI result can be reproduced: HYPOTHESIS_PROFILE=ci (.ci/run).
+settings.register_profile("ci", derandomize=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(autouse=True)
