@@ -32,6 +32,9 @@ __all__ = [
     "check_for_training",
     "curriculum_for_run",
     "check_saved_curriculum",
+    "check_metrics_read",
+    "refuse_curriculum_flags",
+    "saved_differences",
     "stored_curriculum",
 ]
 
@@ -49,14 +52,19 @@ CURRICULUM_FLAGS = (
     "plateau_test",
     "plateau_alpha",
     "preserve",
+    "seq_lens",
 )
 
 
 def load_file(path: str) -> Curriculum:
-    """The curriculum in ``path``; its errors as one-line usage errors."""
+    """The curriculum in ``path``; its errors as one-line usage errors (naming the installed copy of a
+    shipped curriculum, ``policies/curricula/NAME``, when ``path`` names one that is not there)."""
     try:
         return load_curriculum(path)
     except CurriculumError as exc:
+        shipped = Path(__file__).resolve().parent.parent / "policies" / "curricula" / Path(path).name
+        if not Path(path).exists() and shipped.is_file():
+            raise UsageError(f"{exc}; the shipped {shipped.name} is {shipped}") from None
         raise UsageError(str(exc)) from None
 
 
@@ -96,6 +104,12 @@ def check_for_training(curriculum: Curriculum, where: str, config: Any) -> Curri
         for action in tr.actions:
             _check_cutoff(action, where, f"transition {tr.label}", n_bins)
             _check_schedule(action, where, f"transition {tr.label}", config.schedule)
+    return check_metrics_read(curriculum, where)
+
+
+def check_metrics_read(curriculum: Curriculum, where: str) -> Curriculum:
+    """Every guard of ``curriculum`` reads only the metrics ``chunklm train`` passes (and its CSVs hold)."""
+    for tr in curriculum.transitions:
         for leaf in (leaf for g in tr.guards for leaf in guard_leaves(g)):
             for point, passed in METRICS.items():
                 for metric in metrics_read(leaf, tr.when, _point(point)):
@@ -141,33 +155,62 @@ def _check_schedule(action: Any, where: str, what: str, schedule: str) -> None:
         )
 
 
-def check_saved_curriculum(curriculum: Curriculum, saved: Any, ckpt: Path, path: str | None) -> None:
-    """On resume: the checkpoint's engine state was saved from ``curriculum`` (file ``path``, or
-    None for the one the settings make), else one line saying what differs and what to pass."""
+def saved_differences(curriculum: Curriculum, saved: Any) -> list[str] | None:
+    """None when the checkpoint's engine state was saved from ``curriculum`` (or holds no engine state to
+    compare: weights only, or damaged, which the restore reports); else what differs (possibly nothing
+    nameable: an empty list)."""
     from engine.state import from_primitives
 
     raw = saved.trainer.get("engine") if isinstance(saved.trainer, dict) else None
     if raw is None:
-        return  # weights only: resumed by phase_for_epoch
+        return None  # weights only: resumed by phase_for_epoch
     try:
         snap = from_primitives(raw)
     except CurriculumError:
-        return  # a damaged state: the restore reports it
+        return None  # a damaged state: the restore reports it
     if snap.fingerprint == curriculum.fingerprint(snap.fingerprint_version):
+        return None
+    return spec_differences(snap.spec, curriculum.spec()) if snap.spec is not None else []
+
+
+def _what(changes: list[str]) -> str:
+    return f" ({'; '.join(changes[:4])}{'; ...' if len(changes) > 4 else ''}, saved -> this one)" if changes else ""
+
+
+def check_saved_curriculum(
+    curriculum: Curriculum, saved: Any, ckpt: Path, path: str | None, config: Any = None
+) -> None:
+    """On resume: the checkpoint's engine state was saved from ``curriculum`` (file ``path``, or
+    None for the one the settings make), else one line saying what differs and what to pass.
+    ``config``: the run's, to tell a run trained from its flags (drop ``--curriculum``)."""
+    changes = saved_differences(curriculum, saved)
+    if changes is None:
         return
-    changes = spec_differences(snap.spec, curriculum.spec()) if snap.spec is not None else []
-    what = f" ({'; '.join(changes[:4])}{'; ...' if len(changes) > 4 else ''}, saved -> this one)" if changes else ""
     if path is not None:
-        way = (
-            "drop --curriculum: the checkpoint stores the one it was trained with"
-            if getattr(saved, "curriculum", None) is not None
-            else "resume with the file it was trained with"
-        )
-        raise UsageError(f"--curriculum {path}: {ckpt} was saved with another curriculum{what}; {way}")
+        if getattr(saved, "curriculum", None) is not None:
+            way = "drop --curriculum: the checkpoint stores the one it was trained with"
+        elif config is not None and saved_differences(config.curriculum(), saved) is None:
+            way = "drop --curriculum: the run was trained with the curriculum its flags make"
+        else:
+            way = "resume with the file it was trained with"
+        raise UsageError(f"--curriculum {path}: {ckpt} was saved with another curriculum{_what(changes)}; {way}")
     raise UsageError(
-        f"{ckpt} was saved with a curriculum its settings do not make{what}; if it was trained with "
+        f"{ckpt} was saved with a curriculum its settings do not make{_what(changes)}; if it was trained with "
         "--curriculum FILE, resume with --curriculum and that file"
     )
+
+
+def refuse_curriculum_flags(args: argparse.Namespace, source: str, file_given: bool) -> None:
+    """The flags that build the settings' curriculum, given with a curriculum from ``source`` (a
+    ``--curriculum`` file, or the one a checkpoint stores), are refused: that curriculum replaces theirs."""
+    given = [name for name in CURRICULUM_FLAGS if hasattr(args, name)]  # flags default to absent (argparse.SUPPRESS)
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        hint = " (a phase's window length is its seq_len param in the file)" if "seq_lens" in given else ""
+        raise UsageError(
+            f"{flags} build the spectral curriculum, which {source} replaces; drop "
+            f"{'them' if len(given) > 1 else 'it'}" + (", or set the same in the file" if file_given else "") + hint
+        )
 
 
 def stored_curriculum(saved: Any, ckpt: Path, config: Any) -> Curriculum:
@@ -203,18 +246,12 @@ def curriculum_for_run(
     source = (
         f"--curriculum {path}" if path is not None else f"the curriculum {ckpt} stores (from {saved.curriculum_file})"
     )
-    given = [name for name in CURRICULUM_FLAGS if hasattr(args, name)]  # flags default to absent (argparse.SUPPRESS)
-    if given:
-        flags = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise UsageError(
-            f"{flags} build the spectral curriculum, which {source} replaces; drop "
-            f"{'them' if len(given) > 1 else 'it'}" + (", or set the same in the file" if path is not None else "")
-        )
+    refuse_curriculum_flags(args, source, path is not None)
     if path is None:
         return stored_curriculum(saved, ckpt, config), saved.curriculum_file
     curriculum = load_for_training(path, config)
     if saved is not None:
-        check_saved_curriculum(curriculum, saved, ckpt, path)
+        check_saved_curriculum(curriculum, saved, ckpt, path, config)
     return curriculum, path
 
 

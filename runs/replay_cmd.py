@@ -100,6 +100,7 @@ def add_replay_parser(sub: Any) -> None:
     )
     r.add_argument(
         "--curriculum",
+        action="extend",
         nargs="+",
         metavar="FILE",
         default=None,
@@ -273,29 +274,48 @@ def run_replay(args: argparse.Namespace) -> int:
     }
     stored = saved.curriculum is not None  # trained with --curriculum FILE: the checkpoint holds that curriculum
     if (args.curriculum or stored) and (flags or args.grid):
-        given = ", ".join(["--" + k.replace("_", "-") for k in flags] + (["--grid"] if args.grid else []))
+        named = ["--" + k.replace("_", "-") for k in flags] + (["--grid"] if args.grid else [])
         why = (
             "--curriculum FILE replaces it"
             if args.curriculum
             else f"this run was trained with the curriculum in {saved.curriculum_file} (its checkpoint stores it)"
         )
         raise ReplayError(
-            f"{given} change the curriculum the run's settings make, and {why}; to try another rule, replay under a "
-            "copy of the curriculum file with it changed: --curriculum FILE [FILE ...]"
+            f"{', '.join(named)} {'change' if len(named) > 1 else 'changes'} the curriculum the run's settings make, "
+            f"and {why}; to try another rule, replay under a copy of the curriculum file with it changed: "
+            "--curriculum FILE [FILE ...]"
         )
-    from runs.curriculum_file import load_file, stored_curriculum
+    from runs.curriculum_file import check_metrics_read, load_file, saved_differences
 
     def own_curriculum() -> Curriculum:  # a fresh one per replay: a replay feeds its guards
         if stored:
-            return stored_curriculum(saved, files.ckpt, saved.settings.to_config())
+            return Curriculum.from_dict(saved.curriculum, source=f"{files.ckpt}: curriculum")
         return settings_curriculum(base)
 
+    given = [(path, check_metrics_read(load_file(path), f"--curriculum {path}")) for path in args.curriculum or []]
     recorded_as = f"{saved.curriculum_file} (stored in the checkpoint)" if stored else describe_settings(base)
+    problem = None  # why the run's own curriculum cannot be rebuilt
     try:
-        own = replay(own_curriculum(), stream, recorded=history, copy_guards=False)
-        if args.curriculum:
+        changes = saved_differences(own_curriculum(), saved)
+    except CurriculumError as exc:  # a stored curriculum that no longer reads
+        changes, problem = None, str(exc)
+    if changes is not None:
+        problem = "its engine state was saved from another curriculum" + (
+            f": {'; '.join(changes[:3])}" if changes else ""
+        )
+        if not stored:
+            problem += " (trained with --curriculum FILE before checkpoints stored the curriculum?)"
+    if problem is not None and not given:
+        raise ReplayError(
+            f"{files.ckpt}: the curriculum this run was trained with cannot be rebuilt from it ({problem}); replay "
+            f"it under the file it was trained with: chunklm replay {args.run} --curriculum "
+            f"{saved.curriculum_file or 'FILE'}"
+        )
+    try:
+        own = replay(own_curriculum(), stream, recorded=history, copy_guards=False) if problem is None else None
+        if given:
             rows = [
-                (path, replay(load_file(path), stream, recorded=history, copy_guards=False)) for path in args.curriculum
+                (path, replay(curriculum, stream, recorded=history, copy_guards=False)) for path, curriculum in given
             ]
         elif stored:
             rows = [("replay", replay(own_curriculum(), stream, recorded=history, copy_guards=False))]
@@ -309,7 +329,9 @@ def run_replay(args: argparse.Namespace) -> int:
     print(f"run {files.ckpt.parent}: {steps} steps, {epochs} epochs; recorded curriculum: {recorded_as}")
     held = "to 6 significant digits in the rows the first release wrote" if rounded else "exactly"
     print(f"the losses as the steps CSV holds them ({held}); no training, no action runs")
-    if own.departure is not None:
+    if problem is not None:
+        print(f"note: the run's own curriculum cannot be rebuilt ({problem}); no replay of it in the table")
+    elif own.departure is not None:
         why = (
             "the CSV's rounded losses decide otherwise there, so rows after that step are unreliable"
             if rounded

@@ -378,11 +378,18 @@ def train(args: argparse.Namespace, explicit: dict[str, Any]) -> int:
 def _load(
     files: RunFiles, args: argparse.Namespace, explicit: dict[str, Any]
 ) -> tuple[Checkpoint | None, Settings, str | None]:
+    from runs.curriculum_file import refuse_curriculum_flags
+
     explicit = absolute_data(explicit)
+    path = getattr(args, "curriculum", None)
+    if path is not None:  # before the settings, which would check the flags' curriculum the file replaces
+        refuse_curriculum_flags(args, f"--curriculum {path}", True)
     if not args.resume:
         return None, Settings.fresh(args.preset, explicit), args.preset
     saved = Checkpoint.load(files.ckpt)
     check_parts(saved, files.ckpt)
+    if path is None and saved.curriculum is not None:  # before comparing those flags with the checkpoint's
+        refuse_curriculum_flags(args, f"the curriculum {files.ckpt} stores (from {saved.curriculum_file})", False)
     return saved, saved.settings.resume(saved.preset, args.preset, explicit), saved.preset
 
 
@@ -642,8 +649,13 @@ def _print_header(
     if curriculum_file is not None:
         console.line(f"curriculum: {curriculum_file} (phases {' -> '.join(p.name for p in trainer.curriculum.phases)})")
     else:
+        phases = [f"cutoffs {', '.join(map(str, config.cutoffs))} then full of {trainer.model.n_bins} bins"] * bool(
+            config.cutoffs
+        )
+        if config.seq_lens:
+            phases.append(f"windows of {', '.join(map(str, config.seq_lens))} bytes then {m.seq_len}")
         console.line(
-            f"curriculum: cutoffs {', '.join(map(str, config.cutoffs))} then full of {trainer.model.n_bins} bins; "
+            f"curriculum: {'; '.join(phases)}; "
             f"min epochs {', '.join(map(str, config.min_epochs))}; "
             f"plateau window {config.plateau_window}, threshold {config.plateau_threshold}"
             + (f", Welch test at alpha {config.plateau_alpha or 0.05}" if config.plateau_test == "welch" else "")

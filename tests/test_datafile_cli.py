@@ -220,3 +220,41 @@ def test_a_file_of_seq_len_phases_trains_exactly_as_the_seq_lens_flags(tmp_path)
     assert main(["train", *MODEL, "--epochs", "3", "--curriculum", path, "--ckpt", str(tmp_path / "file.pt")]) == 0
     history = assert_same_run(tmp_path, "flags", "file")
     assert [r.dest for r in history] == ["seq_8", "seq_16", "full"]
+
+
+def test_the_flags_a_file_replaces_are_refused_before_the_settings_check_them(tmp_path, capsys):
+    """--seq-lens and --cutoffs with --curriculum are refused naming themselves (not the curriculum they would have
+    built); resuming a file-trained run with a curriculum flag names the stored curriculum, not the flag's old value;
+    resuming a flags-trained run with a file says to drop --curriculum."""
+    path = write(tmp_path, tiny_curriculum())
+    for flags in (["--seq-lens", "8,16"], ["--cutoffs", ""]):
+        assert main(["train", *MODEL, "--curriculum", path, *flags, "--ckpt", str(tmp_path / "x.pt")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(
+            f"chunklm train: error: {flags[0]} build the spectral curriculum"
+        )
+    assert main(["train", *MODEL, "--curriculum", path, "--ckpt", str(tmp_path / "f.pt"), "--stop-after", "2"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--ckpt", str(tmp_path / "f.pt"), "--resume", "--plateau-window", "3"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.count("\n") == 1
+        and f"--plateau-window build the spectral curriculum, which the curriculum {tmp_path / 'f.pt'} stores" in err
+    )
+    assert main(["train", *MODEL, *FLAGS, "--ckpt", str(tmp_path / "g.pt"), "--stop-after", "2"]) == 0
+    other = write(
+        tmp_path,
+        spectral_curriculum(n_bins=17, cutoffs=(4, 8), min_epochs=(1, 1), window=4, threshold=1.0),
+        "other.toml",
+    )
+    capsys.readouterr()
+    assert main(["train", "--ckpt", str(tmp_path / "g.pt"), "--resume", "--curriculum", other]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "drop --curriculum: the run was trained with the curriculum its flags make" in err
+
+
+def test_the_banner_describes_a_seq_lens_run(tmp_path, capsys):
+    """`--cutoffs '' --seq-lens 8,16`: the header names the window lengths, not an empty list of cutoffs."""
+    flags = ["--cutoffs", "", "--seq-lens", "8,16", "--min-epochs", "1,2", "--epochs", "1"]
+    assert main(["train", *MODEL, *flags, "--ckpt", str(tmp_path / "s.pt")]) == 0
+    assert "curriculum: windows of 8, 16 bytes then 32; min epochs 1, 2;" in capsys.readouterr().out

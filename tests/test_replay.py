@@ -472,3 +472,63 @@ def test_replay_of_a_seq_lens_run_replays_the_curriculum_its_settings_made(tmp_p
     out = capsys.readouterr().out
     assert "recorded curriculum: seq lens 8,16, min epochs 1,2" in out
     assert replay_rows(out) == {"recorded": recorded, "replay": recorded} and len(recorded) == 2
+
+
+def file_trained_run(tmp_path: Path) -> tuple[Path, str]:
+    """A tiny run trained with --curriculum FILE (the spectral curriculum, threshold 0.002), and that file."""
+    from engine import save_curriculum
+    from policies import spectral_curriculum
+
+    curriculum = spectral_curriculum(n_bins=17, cutoffs=(4, 8, 16), min_epochs=(1, 1, 2), window=4, threshold=0.002)
+    path = str(save_curriculum(curriculum, tmp_path / "trained.toml"))
+    ckpt = tmp_path / "run.pt"
+    argv = ["train", *TINY_MODEL, "--log-every", "0", "--epochs", "4", "--curriculum", path, "--ckpt", str(ckpt)]
+    assert main(argv) == 0
+    return ckpt, path
+
+
+def test_replay_refuses_a_file_chunklm_train_would_refuse_and_names_it(tmp_path, capsys):
+    """A --curriculum file whose guard reads a metric chunklm train does not pass (though the epochs CSV holds a
+    column of that name) is refused as train refuses it, naming the file; repeated --curriculum options add up."""
+    from engine import save_curriculum
+
+    ckpt, trained = file_trained_run(tmp_path)
+    mean = str(
+        save_curriculum(
+            Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [MetricBelow("val_bpb_mean", 100.0)])]),
+            tmp_path / "mean.toml",
+        )
+    )
+    capsys.readouterr()
+    assert main(["replay", str(ckpt), "--curriculum", mean]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--curriculum {mean}: MetricBelow('val_bpb_mean', 100.0)" in err
+    assert "chunklm train passes only val_bpb, avg_loss there" in err
+    assert main(["replay", str(ckpt), "--curriculum", trained, "--curriculum", trained]) == 0
+    assert sum(line.startswith(trained) for line in capsys.readouterr().out.splitlines()) == 2
+
+
+def test_replay_when_the_runs_own_curriculum_cannot_be_rebuilt(tmp_path, capsys):
+    """A checkpoint whose stored curriculum does not match its engine state (edited), or a file-trained run whose
+    checkpoint stores no curriculum (written before they did): one line pointing to --curriculum FILE; with it,
+    the replay runs and says the run's own row is missing."""
+    import torch
+
+    ckpt, trained = file_trained_run(tmp_path)
+    recorded = [r.global_step for r in RunFiles(ckpt).read_history() if r.point == "epoch_end"]
+    data = torch.load(ckpt, weights_only=True)
+    edited = json.loads(json.dumps(data["curriculum"]).replace('"window": 4', '"window": 5'))
+    assert edited != data["curriculum"]
+    for name, change in (("edited", {"curriculum": edited}), ("old", {"curriculum": None, "curriculum_file": None})):
+        folder = tmp_path / name
+        folder.mkdir()
+        for f in tmp_path.glob("run.*"):
+            (folder / f.name).write_bytes(f.read_bytes())
+        torch.save({k: v for k, v in {**data, **change}.items() if v is not None}, folder / "run.pt")
+        capsys.readouterr()
+        assert main(["replay", str(folder)]) == 2, name
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "cannot be rebuilt from it" in err and "--curriculum" in err, err
+        assert main(["replay", str(folder), "--curriculum", trained]) == 0
+        out = capsys.readouterr().out
+        assert "no replay of it in the table" in out and replay_rows(out)[trained] == recorded
