@@ -440,7 +440,21 @@ class Trainer:
 
     @property
     def done(self) -> bool:
-        return self.clock.epoch >= self.config.epochs
+        """Every epoch trained, or a cooldown ended early (:attr:`cooled_down`)."""
+        return self.clock.epoch >= self.config.epochs or self.cooled_down
+
+    @property
+    def cooled_down(self) -> bool:
+        """At an epoch end: the WSD cooldown (started early by the curriculum, e.g. ``StartCooldown`` on a
+        plateau) is over and the LR is 0, so further steps would change no weight: training ends here.
+        The rest of the epoch the cooldown ended in is trained (at LR 0), so every epoch ends as usual."""
+        schedule = self.schedule
+        return (
+            isinstance(schedule, WSD)
+            and schedule.finished
+            and schedule.final_ratio == 0.0
+            and self.clock.step_in_epoch == 0
+        )
 
     # -- the loop --------------------------------------------------------------------------------
 

@@ -501,9 +501,13 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
                 done = trainer.clock.epoch
                 console.line(
                     "the run already finished: "
-                    f"it has trained {done} epoch{'s' if done != 1 else ''} and --epochs is {config.epochs}; "
-                    "to train longer, "
-                    f"resume with --epochs N (N > {done}: the last LR stage stretches to the new end)"
+                    + (
+                        f"{_cooled_down(trainer)}; it stopped there"
+                        if done < config.epochs
+                        else f"it has trained {done} epoch{'s' if done != 1 else ''} and --epochs is {config.epochs}; "
+                        "to train longer, "
+                        f"resume with --epochs N (N > {done}: the last LR stage stretches to the new end)"
+                    )
                 )
                 return 0
             stored = (curriculum.to_dict(), curriculum_file) if curriculum is not None else None
@@ -527,6 +531,11 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
         raise RunError(str(exc)) from None
     finally:
         lock.release()
+
+
+def _cooled_down(trainer) -> str:
+    end = trainer.schedule.cooldown_end
+    return f"the LR cooldown the curriculum started ended at step {end}, and the LR is 0 from there"
 
 
 def _fit(
@@ -610,6 +619,8 @@ def _fit(
         )
         console.line(f"resume with: {resume_command(files.ckpt)}")
         return 0
+    if clock.epoch < trainer.config.epochs:  # ended by trainer.cooled_down
+        console.line(f"{_cooled_down(trainer)}: training stops at epoch {clock.epoch} of {trainer.config.epochs}")
     console.line(
         f"done: {steps} steps in {time.time() - started_at:.0f} s; checkpoint {files.ckpt}, history {files.history}"
     )

@@ -258,3 +258,28 @@ def test_the_banner_describes_a_seq_lens_run(tmp_path, capsys):
     flags = ["--cutoffs", "", "--seq-lens", "8,16", "--min-epochs", "1,2", "--epochs", "1"]
     assert main(["train", *MODEL, *flags, "--ckpt", str(tmp_path / "s.pt")]) == 0
     assert "curriculum: windows of 8, 16 bytes then 32; min epochs 1, 2;" in capsys.readouterr().out
+
+
+def test_a_run_whose_early_cooldown_ended_stops_at_that_epochs_end(tmp_path, capsys):
+    """--epochs 4 (24 steps), the cooldown started at step 6 for round(0.2 * 24) = 5 steps: it ends at step 11, so
+    the run stops at the end of epoch 2 (step 12), saying why, instead of training 12 more steps at LR 0; resumed,
+    it is finished. A run stopped inside that last epoch and resumed stops at the same place."""
+    path = write(tmp_path, adaptive_cooldown(1, window=4, threshold=1.0))
+    run = [*MODEL, "--epochs", "4", "--schedule", "wsd", "--curriculum", path]
+    assert main(["train", *run, "--ckpt", str(tmp_path / "whole.pt")]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "the LR cooldown the curriculum started ended at step 11, and the LR is 0 from there: training stops at "
+        "epoch 2 of 4"
+        in out
+        and "done: 12 steps" in out
+    )
+    lrs = [float(row["lr"]) for row in read_csv(RunFiles(tmp_path / "whole.pt").steps)]
+    assert len(lrs) == 12 and lrs[-1] == 0.0 and lrs[-2] > 0.0
+    assert main(["train", "--ckpt", str(tmp_path / "whole.pt"), "--resume"]) == 0
+    assert (
+        "the run already finished: the LR cooldown the curriculum started ended at step 11" in capsys.readouterr().out
+    )
+    assert main(["train", *run, "--ckpt", str(tmp_path / "cut.pt"), "--stop-after", "9"]) == 0
+    assert main(["train", "--ckpt", str(tmp_path / "cut.pt"), "--resume"]) == 0
+    assert_same_run(tmp_path, "whole", "cut")
