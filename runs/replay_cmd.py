@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from engine import Curriculum, CurriculumError, History, Record, Replay, replay
+from engine.grid import LEGEND as SWITCH_LEGEND
 from engine.grid import format_table as engine_format_table
 from runs.errors import UsageError
 
@@ -231,9 +232,12 @@ LEGEND = (
 )
 
 
-def format_table(recorded: Iterable[Record], rows: list[tuple[str, Replay]], own: Replay | None = None) -> str:
-    """The replay table (:func:`engine.grid.format_table`), its columns named by raise."""
-    return engine_format_table(recorded, rows, own, word="raise")
+def format_table(
+    recorded: Iterable[Record], rows: list[tuple[str, Replay]], own: Replay | None = None, word: str = "raise"
+) -> str:
+    """The replay table (:func:`engine.grid.format_table`), its columns named by raise (a cutoff
+    curriculum's transitions) or by ``word``."""
+    return engine_format_table(recorded, rows, own, word=word)
 
 
 def run_replay(args: argparse.Namespace) -> int:
@@ -338,10 +342,11 @@ def run_replay(args: argparse.Namespace) -> int:
             else "the run was recorded by other code, or its files were edited"
         )
         print(f"note: replayed with its own settings the run departs from its record: {own.departure.text()}; {why}")
+    raises = not stored and not given and bool(base["cutoffs"])  # the cutoff curriculum: its transitions raise
     print()
-    print(format_table(history, rows, own))
+    print(format_table(history, rows, own, word="raise" if raises else "switch"))
     print()
-    print(LEGEND)
+    print(LEGEND if raises else SWITCH_LEGEND)
     if len(rows) == 1:
         res = rows[0][1]
         print()

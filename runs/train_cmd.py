@@ -429,12 +429,6 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
         if auto:
             args.resume = dist.gather_to_all(auto_resume(files) if dist.rank == 0 else None)[0]
         saved, settings, preset = _load(files, args, explicit)
-        if auto:
-            Console(enabled=dist.rank == 0).line(
-                f"resuming {files.ckpt} at step {saved.global_step}"
-                if saved is not None
-                else f"no run in {files.ckpt}: starting fresh"
-            )
         if saved is not None and dist.rank == 0:
             check_metrics(files, saved)
         if saved is not None and saved.world_size != dist.world_size:
@@ -466,6 +460,12 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
         curriculum, curriculum_file = curriculum_for_run(
             args, config, saved, files.ckpt
         )  # --curriculum FILE, or stored; None: the settings' own
+        if auto:  # after every check of the line: a refused line says only why
+            Console(enabled=dist.rank == 0).line(
+                f"resuming {files.ckpt} at step {saved.global_step}"
+                if saved is not None
+                else f"no run in {files.ckpt}: starting fresh"
+            )
         corpus = build_corpus(config)
         trainer = Trainer(
             config,

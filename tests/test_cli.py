@@ -345,6 +345,17 @@ def _auto_foreign_file(base, tmp):
     return ["train", *TINY, "--resume", "auto", "--ckpt", str(tmp / "x.pt")]
 
 
+def _auto_refused_file(base, tmp):
+    """A fresh --resume auto whose curriculum file the schedule cannot run (StartCooldown under staged)."""
+    from engine import save_curriculum
+    from policies import adaptive_cooldown
+    from tests.utils import TINY_MODEL
+
+    (tmp / "curricula").mkdir()
+    path = save_curriculum(adaptive_cooldown(1), tmp / "curricula" / "wsd.toml")
+    return ["train", *TINY_MODEL, "--curriculum", str(path), "--resume", "auto", "--ckpt", str(tmp / "new.pt")]
+
+
 _DEEP = "[" * 100_000 + "]" * 100_000
 _STEP_AS_TEXT = (
     '[{"source": null, "dest": "a", "global_step": "ten", "epoch": 0, "step_in_epoch": 0, "point": "start", '
@@ -533,6 +544,7 @@ BAD = {
         "--lr: checkpoint has 0.0002, given 0.1",
     ),
     "resume auto a foreign file": (_auto_foreign_file, 2, "is not a checkpoint: not a file torch.save wrote"),
+    "resume auto a file the schedule cannot run": (_auto_refused_file, 2, "pass --schedule wsd"),
     "stored curriculum garbled": (
         _edit(lambda d: d.update(curriculum={"phases": 3}, curriculum_file="c.toml")),
         2,
@@ -569,10 +581,11 @@ def test_every_user_mistake_is_one_line_never_a_traceback(case, base_run, tmp_pa
         code = main(argv)
     except SystemExit as exc:  # argparse's own checks (types of -n, --top-p...) exit here
         code = exc.code
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert code == status, err
     assert fragment in err and "Traceback" not in err, err
     assert err.startswith("chunklm ") and err.count("\n") == 1, err
+    assert "starting fresh" not in out  # --resume auto reports its decision only once the line passed every check
     assert _snapshot_all(tmp_path) == before  # nothing changed on disk (a lock file aside)
     if case in NO_OVERWRITE_HINT:
         assert "--overwrite" not in err, err
