@@ -174,13 +174,15 @@ def test_cli_plot_never_overwrites_without_force(recorded, tmp_path, capsys):
     assert png.read_bytes() == b"mine" and "--force" in capsys.readouterr().err
 
 
-def test_the_record_and_replay_grid_example_prints_what_it_shows(capsys):
-    """docs/observability.md's record-and-replay example runs as written and prints the table shown below it."""
+def test_the_readme_record_and_replay_grid_example_prints_what_it_shows(capsys, tmp_path, monkeypatch):
+    """The README's record-and-replay example runs as written, prints the table shown below it and draws a PNG."""
     import re
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parent.parent / "docs" / "observability.md").read_text()
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     code = re.search(r"<!-- example: record-replay-grid -->\s*```python\n(.*?)```", text, re.S).group(1)
-    exec(compile(code, "observability.md", "exec"), {"__name__": "__main__"})
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {"__name__": "__main__"})
     shown = text.split(code)[1].split("first departure from the run:")[1].split("```")[1].strip("\n")
     assert capsys.readouterr().out.strip("\n") == shown
+    assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
