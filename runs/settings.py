@@ -444,6 +444,7 @@ class Settings:
             raise SettingsError(
                 f"--chunk {self.chunk} is longer than --seq-len {self.seq_len}; lower --chunk or raise --seq-len"
             )
+        self._check_phase_counts()
         from engine import CurriculumError
 
         try:
@@ -451,6 +452,28 @@ class Settings:
             config.curriculum()
         except (ConfigError, CurriculumError) as exc:
             raise SettingsError(str(exc)) from None
+
+    def _check_phase_counts(self) -> None:
+        """One --min-epochs value (and one --seq-lens value) per raise of the curriculum the flags make, in
+        the flags' words (the library's check names its own arguments)."""
+        cutoffs = self.cutoffs or ()
+        if cutoffs and self.seq_lens and len(self.seq_lens) != len(cutoffs):
+            raise SettingsError(
+                f"--seq-lens {_show(self.seq_lens)} gives {len(self.seq_lens)} window length"
+                f"{'s' if len(self.seq_lens) != 1 else ''} for the "
+                f"{len(cutoffs)} cutoffs of --cutoffs {_show(cutoffs)}; give one per cutoff, or pass --cutoffs '' "
+                "for phases of window lengths only"
+            )
+        if cutoffs or not self.seq_lens:
+            raises, what = len(cutoffs), f"--cutoffs {_show(cutoffs) if cutoffs else repr('')}"
+        else:
+            raises, what = len(self.seq_lens), f"--seq-lens {_show(self.seq_lens)}"
+        if len(self.min_epochs) != raises:
+            example = ",".join(str(2 * (k + 1)) for k in range(raises)) or "''"
+            raise SettingsError(
+                f"--min-epochs {_show(self.min_epochs)} gives {len(self.min_epochs)} minimum epochs for the "
+                f"{raises} raise{'s' if raises != 1 else ''} of {what}; give one per raise, e.g. --min-epochs {example}"
+            )
 
     def to_config(self) -> TrainConfig:
         """The validated library configs (their errors name the field and the fix)."""

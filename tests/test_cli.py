@@ -95,6 +95,13 @@ def test_conflicting_explicit_flags_on_resume_are_listed(tmp_path, capsys):
         (["--seq-len", "8", "--kernel-len", "16"], "kernel_len must be <= seq_len"),
         (["--cutoffs", "4,8,40"], "40"),
         (["--cutoffs", "8,4,12"], "strictly increasing"),
+        # counts that do not match, in the flags' words (TINY has --min-epochs 1,1,2)
+        (["--cutoffs", "4"], "--min-epochs 1,1,2 gives 3 minimum epochs for the 1 raise of --cutoffs 4; give one"),
+        (
+            ["--cutoffs", "4,8", "--seq-lens", "8"],
+            "--seq-lens 8 gives 1 window length for the 2 cutoffs of --cutoffs 4,8",
+        ),
+        (["--cutoffs", ""], "--min-epochs 1,1,2 gives 3 minimum epochs for the 0 raises of --cutoffs ''"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(tmp_path, capsys, extra, message):
