@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check in one command, on a machine with an NVIDIA GPU: gpu_check.py's sections in
 # priority order, then its long rows, then the efficacy runs at the seed's size, each in its own
-# process under its own `timeout`, all within BUDGET seconds of wall clock.
+# process under its own `timeout`, all within LIMIT seconds of wall clock.
 #
 #   bash benchmarks/gpu_run.sh 540                              # everything, by priority, in 540 s
 #   bash benchmarks/gpu_run.sh --out DIR 540                    # the results in DIR
@@ -12,7 +12,7 @@
 #   bash benchmarks/gpu_run.sh --dry-run 540                    # print the plan, run nothing
 #   bash benchmarks/gpu_run.sh --only study [--resume F] 590    # the schedule study at the seed's size (not a default step)
 #
-# The results go to --out DIR (default: a new folder per call, benchmarks/results/gpu-<card>-<UTC
+# The results go to --out DIR (default: a new folder per run, benchmarks/results/gpu-<card>-<UTC
 # date-time>/; with --quick, bench_out/gpu_run_quick/):
 #   log.txt                   everything this script printed
 #   gpu_check.json, .md       the sections' results (.md row by row, .json after each section)
@@ -37,7 +37,7 @@
 set -uo pipefail
 
 usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
-QUICK=0 DRY=0 ONLY="conv,seed,compare,checks,cli,long,efficacy" RESUME="" BUDGET="" EXTRA=() OUTDIR="" WHEELS=.whl
+QUICK=0 DRY=0 ONLY="conv,seed,compare,checks,cli,long,efficacy" RESUME="" LIMIT="" EXTRA=() OUTDIR="" WHEELS=.whl
 while [ $# -gt 0 ]; do
   case "$1" in
     --) shift; EXTRA=("$@"); break ;;
@@ -49,11 +49,11 @@ while [ $# -gt 0 ]; do
     --wheels) WHEELS="$2"; shift ;;
     -h|--help) usage ;;
     *[!0-9]*|'') echo "gpu_run.sh: unknown argument '$1'" >&2; usage ;;
-    *) BUDGET="$1" ;;
+    *) LIMIT="$1" ;;
   esac
   shift
 done
-[ -n "$BUDGET" ] || { echo "gpu_run.sh: give the budget in seconds, e.g. 540" >&2; usage; }
+[ -n "$LIMIT" ] || { echo "gpu_run.sh: give the time limit in seconds, e.g. 540" >&2; usage; }
 
 cd "$(dirname "$0")/.."
 if [ -n "$OUTDIR" ]; then OUT="$OUTDIR"
@@ -106,7 +106,7 @@ if [ "$DRY" = 0 ]; then
   fi
   "$PY" -c 'import attrs, cattrs, transitions' || { echo "attrs, cattrs or transitions missing: pip install them, or pass --wheels DIR (BENCHMARKS.md)"; exit 1; }
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-  echo "== gpu_run.sh budget ${BUDGET} s, steps ${ONLY}, quick=${QUICK}, $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+  echo "== gpu_run.sh time limit ${LIMIT} s, steps ${ONLY}, quick=${QUICK}, $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
   "$PY" -c 'import sys, torch; t = torch.cuda.is_available(); print("python", sys.version.split()[0], "torch", torch.__version__, "CUDA", torch.version.cuda, torch.cuda.get_device_name() if t else "(no GPU)", "triton", __import__("triton").__version__ if t else "-"); sys.exit(0 if t else 3)'
   case "$?:$QUICK" in
@@ -121,10 +121,10 @@ used=0  # dry run: every step is assumed to use its whole timeout
 for step in "${STEPS[@]}"; do
   case ",$ONLY," in *",$step,"*) ;; *) continue ;; esac
   [ "$DRY" = 1 ] && elapsed=$used || elapsed=$SECONDS
-  left=$((BUDGET - RESERVE - elapsed))
+  left=$((LIMIT - RESERVE - elapsed))
   t=$(( CAP[$step] < left ? CAP[$step] : left ))
   if [ "$t" -lt "${FLOOR[$step]}" ]; then
-    echo "== $step: SKIPPED, ${left} s left of the budget (needs ${FLOOR[$step]})"
+    echo "== $step: SKIPPED, ${left} s left of the time limit (needs ${FLOOR[$step]})"
     continue
   fi
   set_command "$step" "$t"
@@ -138,4 +138,4 @@ for step in "${STEPS[@]}"; do
   echo "== $step: rc $rc, $((SECONDS - start)) s"
 done
 [ "$DRY" = 1 ] && exit 0
-echo "== done in ${SECONDS} s of ${BUDGET}; not ok: ${FAILED[*]:-none}; files: $(cd "$OUT" && find . -type f | sort | tr '\n' ' ')"
+echo "== done in ${SECONDS} s of ${LIMIT}; not ok: ${FAILED[*]:-none}; files: $(cd "$OUT" && find . -type f | sort | tr '\n' ' ')"

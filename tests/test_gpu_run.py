@@ -1,4 +1,4 @@
-"""benchmarks/gpu_run.sh plans its steps by priority within the budget (its --dry-run, which runs nothing)."""
+"""benchmarks/gpu_run.sh plans its steps by priority within its time limit (its --dry-run, which runs nothing)."""
 
 import re
 import shutil
@@ -23,15 +23,15 @@ def plan(*args: str) -> list[tuple[str, int | None, str]]:
     return steps
 
 
-def test_steps_run_in_priority_order_within_the_budget():
-    """conv, seed, compare, checks, cli, long, efficacy; the timeouts, each used up, fit the budget."""
+def test_steps_run_in_priority_order_within_the_time_limit():
+    """conv, seed, compare, checks, cli, long, efficacy; the timeouts, each used up, fit the time limit."""
     steps = plan("540")
     assert [s for s, _, _ in steps] == ["conv", "seed", "compare", "checks", "cli", "long", "efficacy"]
     assert steps[0][1] is not None and sum(t or 0 for _, t, _ in steps) <= 540
     assert steps[-1][1] is None  # 540 s go to the gpu_check sections when each takes its whole cap
 
 
-def test_efficacy_alone_gets_the_budget_and_stops_itself_before_its_timeout(tmp_path):
+def test_efficacy_alone_gets_the_time_limit_and_stops_itself_before_its_timeout(tmp_path):
     """--only efficacy: the seed plan on the GPU, --max-minutes 15 s short of its timeout; --resume and -- passed on."""
     previous = tmp_path / "results.json"
     previous.write_text("{}")
@@ -43,13 +43,13 @@ def test_efficacy_alone_gets_the_budget_and_stops_itself_before_its_timeout(tmp_
     assert "--resume" not in afresh
 
 
-def test_a_step_with_too_little_budget_left_is_skipped():
-    """A budget below a step's floor skips it rather than starting it to be killed."""
+def test_a_step_with_too_little_time_left_is_skipped():
+    """Less time left than a step's floor skips it rather than starting it to be cut off."""
     conv, efficacy = plan("--only", "conv,efficacy", "60")
     assert conv[:2] == ("conv", 50) and efficacy == ("efficacy", None, "")
 
 
-def test_results_go_to_out_or_a_new_folder_per_card_and_call(tmp_path):
+def test_results_go_to_out_or_a_new_folder_per_card_and_run(tmp_path):
     """--out DIR reaches every step's command; without it the default is benchmarks/results/gpu-<card>-<date>/."""
     steps = plan("--out", str(tmp_path / "r"), "540")
     assert all(f"--out {tmp_path / 'r'}" in command for _, _, command in steps if command)
