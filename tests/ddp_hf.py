@@ -24,42 +24,15 @@ import sys
 from pathlib import Path
 
 import torch
-from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from engine import Curriculum, CurriculumEngine, Phase, Point, Transition
 from engine.integrations.hf import CurriculumCallback
 from policies import MetricBelow
+from tests.utils import HF_LENGTH, HF_VOCAB, TinyLM, TokenCountLM
 
-VOCAB, LENGTH, WINDOWS = 16, 12, 64
+WINDOWS = 64
 THRESHOLD = 2.35  # the mean over ranks crosses it at step 5, rank 0's own loss at step 3; rank 1's never does
-
-
-class TinyLM(nn.Module):
-    """Embedding and a linear head; its loss is the mean token cross-entropy. Records each training forward."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.emb, self.head = nn.Embedding(VOCAB, 8), nn.Linear(8, VOCAB)
-        self.seen: list[tuple[float, int]] = []  # this step's micro-batches: (loss sum, tokens)
-
-    def forward(self, input_ids, labels=None):
-        logits = self.head(self.emb(input_ids))  # (B, T, V)
-        total = nn.functional.cross_entropy(logits.reshape(-1, VOCAB), labels.reshape(-1), reduction="sum")
-        if self.training:
-            self.seen.append((total.item(), labels.numel()))
-        return {"loss": total / labels.numel(), "logits": logits}
-
-
-class TokenCountLM(TinyLM):
-    """Divides its loss sum by the Trainer's ``num_items_in_batch`` (the step's tokens over all ranks)."""
-
-    def forward(self, input_ids, labels=None, num_items_in_batch=None, **kwargs):
-        out = super().forward(input_ids, labels)
-        if num_items_in_batch is not None:
-            out["loss"] = out["loss"] * labels.numel() / num_items_in_batch
-        return out
 
 
 class RankWindows(torch.utils.data.Dataset):
@@ -70,11 +43,11 @@ class RankWindows(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         g = torch.Generator().manual_seed(i)
-        x = torch.randint(0, VOCAB, (LENGTH,), generator=g)
+        x = torch.randint(0, HF_VOCAB, (HF_LENGTH,), generator=g)
         noise = torch.distributed.get_rank() == 1
         return {
             "input_ids": x,
-            "labels": torch.randint(0, VOCAB, (LENGTH,), generator=g) if noise else (x * 3 + 1) % VOCAB,
+            "labels": torch.randint(0, HF_VOCAB, (HF_LENGTH,), generator=g) if noise else (x * 3 + 1) % HF_VOCAB,
         }
 
 

@@ -21,7 +21,7 @@ from engine import Curriculum, CurriculumEngine, CurriculumError, Phase, Point, 
 from engine.integrations.hf import EPOCH_END_KEY, STATE_KEY, CurriculumCallback
 from policies import MetricBelow, MinEpoch, MinSteps, Restartable, RestartLR, SetCutoff, StagedCosine, all_of
 from tests.ddp_hf import THRESHOLD as DDP_THRESHOLD
-from tests.utils import TinyLM, Windows, launch, same_tensors
+from tests.utils import TinyLM, TokenCountLM, Windows, launch, same_tensors
 
 STEPS = 9
 
@@ -155,16 +155,6 @@ def test_prepare_inputs_sees_each_micro_batch_in_its_phase(tmp_path):
 
     train(tmp_path, prepare_inputs=record)
     assert seen == [6] * 8 + [12] * 4 + [8] * 6
-
-
-class TokenCountLM(TinyLM):
-    """Divides its loss sum by the Trainer's num_items_in_batch, as Hugging Face language models do."""
-
-    def forward(self, input_ids, labels=None, num_items_in_batch=None, **kwargs):
-        out = super().forward(input_ids, labels)
-        if num_items_in_batch is not None:
-            out["loss"] = out["loss"] * labels.numel() / num_items_in_batch
-        return out
 
 
 def true_losses(seen, per_step=2) -> list[float]:

@@ -297,6 +297,17 @@ class TinyLM(nn.Module):
         return {"loss": loss, "logits": logits}
 
 
+class TokenCountLM(TinyLM):
+    """Divides its loss sum by the Trainer's num_items_in_batch (the step's tokens, over all ranks), as Hugging
+    Face language models do."""
+
+    def forward(self, input_ids, labels=None, num_items_in_batch=None, **kwargs):
+        out = super().forward(input_ids, labels)
+        if num_items_in_batch is not None:
+            out["loss"] = out["loss"] * labels.numel() / num_items_in_batch
+        return out
+
+
 class Windows(torch.utils.data.Dataset):
     """HF_WINDOWS windows of HF_LENGTH tokens; labels (3 x + 1) mod V, learnable."""
 
