@@ -200,16 +200,27 @@ def check_saved_curriculum(
     )
 
 
-def refuse_curriculum_flags(args: argparse.Namespace, source: str, file_given: bool) -> None:
-    """The flags that build the settings' curriculum, given with a curriculum from ``source`` (a
-    ``--curriculum`` file, or the one a checkpoint stores), are refused: that curriculum replaces theirs."""
+def refuse_curriculum_flags(args: argparse.Namespace, saved: Any, ckpt: Path) -> None:
+    """The flags that build the settings' curriculum, given with a curriculum that replaces theirs (a
+    ``--curriculum`` file, or the one checkpoint ``saved`` stores), are refused. Called before the settings
+    are built: they would check the flags' curriculum first, in words about the wrong thing."""
+    path = getattr(args, "curriculum", None)
+    if path is None and getattr(saved, "curriculum", None) is None:
+        return
     given = [name for name in CURRICULUM_FLAGS if hasattr(args, name)]  # flags default to absent (argparse.SUPPRESS)
     if given:
+        source = (
+            f"--curriculum {path}"
+            if path is not None
+            else f"the curriculum {ckpt} stores (from {saved.curriculum_file})"
+        )
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         hint = " (a phase's window length is its seq_len param in the file)" if "seq_lens" in given else ""
         raise UsageError(
             f"{flags} build the spectral curriculum, which {source} replaces; drop "
-            f"{'them' if len(given) > 1 else 'it'}" + (", or set the same in the file" if file_given else "") + hint
+            f"{'them' if len(given) > 1 else 'it'}"
+            + (", or set the same in the file" if path is not None else "")
+            + hint
         )
 
 
@@ -243,11 +254,7 @@ def curriculum_for_run(
         if saved is not None:
             check_saved_curriculum(config.curriculum(), saved, ckpt, None)
         return None, None
-    source = (
-        f"--curriculum {path}" if path is not None else f"the curriculum {ckpt} stores (from {saved.curriculum_file})"
-    )
-    refuse_curriculum_flags(args, source, path is not None)
-    if path is None:
+    if path is None:  # the flags these replace were refused before the settings were built (refuse_curriculum_flags)
         return stored_curriculum(saved, ckpt, config), saved.curriculum_file
     curriculum = load_for_training(path, config)
     if saved is not None:

@@ -381,15 +381,12 @@ def _load(
     from runs.curriculum_file import refuse_curriculum_flags
 
     explicit = absolute_data(explicit)
-    path = getattr(args, "curriculum", None)
-    if path is not None:  # before the settings, which would check the flags' curriculum the file replaces
-        refuse_curriculum_flags(args, f"--curriculum {path}", True)
     if not args.resume:
+        refuse_curriculum_flags(args, None, files.ckpt)
         return None, Settings.fresh(args.preset, explicit), args.preset
     saved = Checkpoint.load(files.ckpt)
     check_parts(saved, files.ckpt)
-    if path is None and saved.curriculum is not None:  # before comparing those flags with the checkpoint's
-        refuse_curriculum_flags(args, f"the curriculum {files.ckpt} stores (from {saved.curriculum_file})", False)
+    refuse_curriculum_flags(args, saved, files.ckpt)  # before comparing those flags with the checkpoint's
     return saved, saved.settings.resume(saved.preset, args.preset, explicit), saved.preset
 
 
