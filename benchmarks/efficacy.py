@@ -2,8 +2,8 @@
 
     python benchmarks/efficacy.py            # the experiment in BENCHMARKS.md (~1 h on 2 cores)
     python benchmarks/efficacy.py --quick    # the pipeline end to end in about 30 s
-    python benchmarks/efficacy.py --plan kernel256 --arms CEDFA --workers 1   # the long-kernel row
-    python benchmarks/efficacy.py --plan seed --device cuda --max-minutes 8   # issue 13: C, D, A on a GPU
+    python benchmarks/efficacy.py --plan kernel256 --arms CEDFA --workers 1   # kernels as long as the window
+    python benchmarks/efficacy.py --plan seed --device cuda --max-minutes 8   # C, D, A at the seed's size on a GPU
 
 Arms (each over the same seeds; a seed fixes the initial weights and the data order):
   A  no curriculum: full cutoff from the start, one cosine cycle over the budget
@@ -97,15 +97,15 @@ QUICK = Plan(
     seeds=(0,),
 )
 
-# The long-kernel row of issue 15: kernels as long as the window (K = T = 256), 3,000 steps as
+# The long-kernel plan: kernels as long as the window (K = T = 256), 3,000 steps as
 # 20 epochs x 150, so the minimum epochs, LR stages and plateau window are the default plan's.
 KERNEL256 = Plan(seq_len=256, kernel_len=256, steps_per_epoch=150, seeds=(0,))
 
-# Issue 13's item 6: the seed's model (d_model 512, 6 layers, seq_len 1024, kernel_len 128, chunk 16;
+# The seed's size on a GPU: the seed's model (d_model 512, 6 layers, seq_len 1024, kernel_len 128, chunk 16;
 # cutoffs 128, 256, 512), batch (32 windows of 1,024 bytes per step) and LR (2e-4) on the default
 # plan's schedule: 2,000 steps as 20 epochs x 100, the same minimum epochs, LR stages and plateau
 # rule; seeds 0 and 1; 128 validation windows (131 kB) after every epoch. Arms C, D, A in that
-# order, seed by seed: a session cut short after two runs has C against D (the cutoff curriculum's
+# order, seed by seed: a run stopped by --max-minutes after two runs has C against D (the cutoff curriculum's
 # own effect, the CPU table's main finding), after three the baseline A too.
 SEED = Plan(
     d_model=512,
@@ -465,7 +465,7 @@ def main() -> None:
         "--plan",
         choices=sorted(PLANS),
         default="default",
-        help="the scale: default (BENCHMARKS.md), kernel256 (K = T = 256), seed (issue 13, a GPU's work), quick",
+        help="the scale: default (BENCHMARKS.md), kernel256 (K = T = 256), seed (the seed's size, a GPU's work), quick",
     )
     parser.add_argument("--quick", action="store_true", help="the same as --plan quick: checks the pipeline (~30 s)")
     parser.add_argument(

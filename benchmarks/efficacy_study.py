@@ -1,4 +1,4 @@
-"""Does a curriculum defined with the engine save compute? Issue 22's study, against LR-tuned baselines.
+"""Does a curriculum defined with the engine save compute? A schedule study against LR-tuned baselines.
 
     python benchmarks/efficacy_study.py                      # the CPU study in BENCHMARKS.md
     python benchmarks/efficacy_study.py --quick              # the pipeline end to end (~1 min)
@@ -128,7 +128,7 @@ QUICK = StudyPlan(
 
 # The seed's model (d_model 512, 6 layers, seq_len 1024, kernel_len 128, chunk 16) and batch (32 x 1,024
 # bytes per step), 2,000 steps as 20 epochs x 100; seq-len warmup 256 -> 512 -> 1024; the LR grid around
-# the seed's 2e-4. A GPU's work (tuning alone is 20 runs): see benchmarks/gpu_run.sh's "study" step.
+# the seed's 2e-4. A GPU's work (tuning alone is 20 runs): `--plan seed --device cuda`, with `--resume` to continue.
 SEED = StudyPlan(
     d_model=512,
     n_layers=6,
@@ -598,7 +598,7 @@ def plot(plan: StudyPlan, results: list[dict], path: Path) -> None:
         ax.set_ylim(target - 0.25, target + 0.6)
     ax.set_xlabel("training tokens (M)")
     ax.set_ylabel("validation bits per byte (next byte, full length)")
-    ax.set_title("Issue 22: each arm at its tuned peak LR, mean over seeds (thin: each seed)")
+    ax.set_title("Each arm at its tuned peak LR, mean over seeds (thin: each seed)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -1,12 +1,14 @@
-"""GPU check of ChunkLM: every measurable target of issue 13 in one run, side by side.
+"""GPU check of ChunkLM: its speed and correctness on one NVIDIA GPU, side by side.
 
     python benchmarks/gpu_check.py --out DIR                  # on the GPU: all sections, in this order
+    python benchmarks/gpu_check.py --out DIR --max-minutes 10 # start no section after 10 minutes
     python benchmarks/gpu_check.py --out DIR --only conv      # some sections (comma-separated names)
     python benchmarks/gpu_check.py --long --out DIR           # ChunkLM vs Transformer at 8k-32k bytes
     python benchmarks/gpu_check.py --quick --out DIR          # tiny shapes: a smoke test, runs on CPU
 
 Sections (results are written to gpu_check.json / gpu_check.md under --out after each one, so a
-run cut short keeps what it measured):
+run cut short keeps what it measured; with --max-minutes, a section not started by then is skipped
+with a line saying so):
 
 conv     The causal convolution alone at (B, D, T, K) = (32, 512, 1024, 128), forward + backward:
          the FFT conv (float32 and bf16 input) against the fused Triton conv (bf16; float32 IEEE) and
@@ -62,22 +64,11 @@ CORPUS = tuple(str(REPO / d) for d in ("chunklm", "engine", "policies", "runs", 
 
 
 class Report:
-    """Rows per section, printed and written to gpu_check.md as they come; gpu_check.json after every section.
+    """Rows per section, printed and written to gpu_check.md as they come; gpu_check.json after every section."""
 
-    With ``append`` an existing report under ``out`` is continued (benchmarks/gpu_run.sh runs each
-    section in its own process, under its own timeout); the later runs' ``meta`` go to ``more_meta``.
-    """
-
-    def __init__(self, out: Path, meta: dict, append: bool = False) -> None:
+    def __init__(self, out: Path, meta: dict) -> None:
         self.out, self.data, self.lines = out, {"meta": meta}, []
         out.mkdir(parents=True, exist_ok=True)
-        json_path, md_path = out / "gpu_check.json", out / "gpu_check.md"
-        self.continued = append and md_path.exists()  # .json too, unless the first section was killed
-        if self.continued:
-            self.lines = md_path.read_text().splitlines()
-            if json_path.exists():
-                self.data = json.loads(json_path.read_text())
-                self.data.setdefault("more_meta", []).append(meta)
 
     def say(self, text: str) -> None:
         print(text, flush=True)
@@ -519,7 +510,7 @@ def section_cli(report: Report, device: torch.device, out: Path) -> dict:
 # main ---------------------------------------------------------------------------------------------
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="bench_out")
     parser.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test; runs on CPU)")
@@ -528,11 +519,12 @@ def main() -> None:
         "--long", action="store_true", help="only ChunkLM vs Transformer at 8k-32k bytes, eager and compiled"
     )
     parser.add_argument(
-        "--append", action="store_true", help="continue gpu_check.json / .md under --out instead of starting them over"
+        "--max-minutes", type=float, help="start no section after this many minutes (a section started runs to its end)"
     )
     parser.add_argument("--resume-worker", choices=("cpu", "cuda"), help=argparse.SUPPRESS)
     parser.add_argument("--deterministic", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    deadline = None if args.max_minutes is None else time.time() + 60 * args.max_minutes
     if args.resume_worker:
         return resume_worker(args.resume_worker, args.deterministic, args.quick)
     sections = args.only.split(",")
@@ -552,11 +544,10 @@ def main() -> None:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "quick": args.quick,
-        "argv": sys.argv[1:],
+        "argv": sys.argv[1:] if argv is None else argv,
     }
-    report = Report(Path(args.out), meta, append=args.append)
-    if not report.continued:
-        report.say(f"## gpu_check on {name}, torch {torch.__version__}, CUDA {torch.version.cuda}, quick={args.quick}")
+    report = Report(Path(args.out), meta)
+    report.say(f"## gpu_check on {name}, torch {torch.__version__}, CUDA {torch.version.cuda}, quick={args.quick}")
     if device.type != "cuda" and not args.quick:
         parser.error("no GPU here: run with --quick for the CPU smoke test")
     if args.long:
@@ -568,6 +559,10 @@ def main() -> None:
         if section not in sections:
             continue
         start = time.time()
+        if deadline is not None and start >= deadline:
+            report.say(f"SKIPPED ({section}): --max-minutes {args.max_minutes:g} reached before it started")
+            report.save(section, {"skipped": "--max-minutes"})
+            continue
         if section == "conv":
             value = section_conv(report, device, args.quick)
         elif section == "checks":

@@ -427,7 +427,7 @@ BAD = {
     ),
     "data fifo": (_fifo, 2, "not a regular file or a directory"),
     "data of 5 bytes": (_five_bytes, 2, "corpus too small: 5 bytes, but training and validation each need one window"),
-    # issue 20: tracebacks before
+    # values out of range and unreadable files: a one-line refusal, not a traceback
     "lr 1e300": (["train", *TINY, "--lr", "1e300"], 2, "--lr must be at most 1e+30"),
     "seed 2**32": (["train", *TINY, "--seed", str(2**32)], 2, "--seed must be an integer >= 0 and <= 4294967295"),
     "seed 2**63": (["train", *TINY, "--seed", str(2**63)], 2, "--seed must be an integer >= 0 and <= 4294967295"),
@@ -492,7 +492,7 @@ BAD = {
         2,
         "--seed: expected an integer >= 0",
     ),
-    # issue 20: silent acceptance before
+    # contradictory or unusable flags: refused, not silently accepted
     "resume and overwrite": (
         lambda b, t: ["train", "--resume", "--overwrite", "--ckpt", str(t / "run.pt")],
         2,
@@ -517,7 +517,7 @@ BAD = {
     ),
     "trainer.rng missing": (_edit(lambda d: d["trainer"].pop("rng")), 2, "lacks trainer.rng, which a resume needs"),
     "trainer.rng.torch missing": (_edit(lambda d: d["trainer"]["rng"].pop("torch")), 2, "lacks trainer.rng.torch"),
-    # issue 20: misleading messages before
+    # unreadable checkpoints: a message that names what is wrong
     "ckpt of random bytes": (
         _not_a_checkpoint(bytes(range(7, 250))),
         2,
@@ -533,7 +533,7 @@ BAD = {
         2,
         "of a run that never saved one; there is nothing to resume",
     ),
-    # issue 25: --resume auto, and the curriculum a checkpoint stores
+    # --resume auto, and the curriculum a checkpoint stores
     "resume maybe": (["train", *TINY, "--resume", "maybe"], 2, "--resume: expected nothing (continue the run) or auto"),
     "resume auto and overwrite": (
         lambda b, t: ["train", "--resume", "auto", "--overwrite", "--ckpt", str(t / "run.pt")],
@@ -1029,7 +1029,7 @@ def test_the_welch_plateau_is_a_training_setting_too(tmp_path, capsys):
     assert "alpha" in err and "welch" in err and "Traceback" not in err
 
 
-# -- issue 20: a run stays the run ------------------------------------------------------------------
+# -- a run stays the run ----------------------------------------------------------------------------
 
 
 def test_a_resume_on_changed_data_is_refused_naming_the_change_unless_allowed(tmp_path, monkeypatch, capsys):

@@ -69,7 +69,7 @@ def test_an_arm_trains_and_records_its_raises():
     assert len(result["losses"]) == 30
 
 
-def test_kernel256_plan_is_issue_15s_long_kernel_row():
+def test_kernel256_plan_has_kernels_as_long_as_the_window():
     """--plan kernel256: d_model 64, 2 layers, seq_len 256, kernel_len 256, 3,000 steps, one seed; else the default."""
     plan = PLANS["kernel256"]
     assert (plan.d_model, plan.n_layers, plan.seq_len, plan.kernel_len) == (64, 2, 256, 256)
@@ -107,7 +107,7 @@ def fake_run(arm: str, seed: int, final_bpb: float, complete: bool = True) -> di
     }
 
 
-def test_seed_plan_is_issue_13s_item_6():
+def test_seed_plan_trains_the_seeds_model_and_batch_on_the_default_schedule():
     """--plan seed: the seed's model and batch, >= 2,000 steps of 32 x 1024 bytes, arms A, C, D (C first), 2 seeds."""
     plan = PLANS["seed"]
     assert (plan.d_model, plan.n_layers, plan.seq_len, plan.kernel_len, plan.chunk) == (512, 6, 1024, 128, 16)
@@ -183,7 +183,7 @@ def test_resume_keeps_the_complete_runs_of_the_same_plan_only(tmp_path):
         load_done(path, attrs.evolve(TINY, lr=1e-3))
 
 
-# -- issue 22's study (benchmarks/efficacy_study.py) --------------------------------------------------
+# -- the schedule study (benchmarks/efficacy_study.py) --------------------------------------------------
 
 
 def test_study_reach_interpolates_and_says_never():
@@ -229,26 +229,3 @@ def test_study_arms_differ_only_where_the_design_says():
     assert (
         stages_of(QUICK, "S") == stages_of(QUICK, "A*") == ((0, 1.0, 0.05),) and stages_of(QUICK, "C") == QUICK.stages
     )
-
-
-def test_gpu_run_has_the_study_only_when_named():
-    """gpu_run.sh --only study: efficacy_study.py at the seed's size, stopping itself 15 s before its timeout."""
-    import shutil
-    import subprocess
-    from pathlib import Path
-
-    if shutil.which("bash") is None:
-        pytest.skip("needs bash")
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_run.sh"
-    out = subprocess.run(
-        ["bash", str(script), "--dry-run", "--only", "study", "300"], capture_output=True, text=True, check=True
-    ).stdout
-    assert (
-        "== study: timeout 290 s:" in out
-        and "efficacy_study.py --plan seed --device auto" in out
-        and "--max-minutes 4.58" in out
-    )
-    default = subprocess.run(
-        ["bash", str(script), "--dry-run", "540"], capture_output=True, text=True, check=True
-    ).stdout
-    assert "study" not in default

@@ -16,6 +16,22 @@ def example(marker: str, doc: Path = README) -> str:
     return match.group(1)
 
 
+def test_the_loop_contract_at_the_top_runs_in_a_loop():
+    """The README's first block, a curriculum and the five calls, runs as written once its loop is filled in: a flat
+    loss plateaus, so short->long fires at the end of epoch 2 (not before), and every epoch saves the state."""
+    import engine
+    import policies
+
+    code = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
+    saved = []
+    namespace = {**vars(engine), **vars(policies), "optimizer": object(), "epochs": 4, "loader": range(60)}
+    namespace.update(loss=1.0, val_loss=1.0, save=saved.append)
+    exec(compile(code, "README.md", "exec"), namespace)
+    history = namespace["engine"].history
+    assert [(r.source, r.dest, r.global_step, r.epoch) for r in history if r.source] == [("short", "long", 120, 2)]
+    assert len(saved) == 4 and saved[-1]["curriculum"]["phase"] == "long"
+
+
 def test_custom_curriculum_example_runs(capsys):
     """The custom-curriculum example executes and fires both transitions at the steps it claims."""
     namespace = {"__name__": "__main__"}
@@ -32,43 +48,33 @@ def test_custom_curriculum_example_runs(capsys):
     assert printed.strip("\n") == shown
 
 
-def test_hf_trainer_example_runs(tmp_path, capsys):
-    """The Hugging Face example trains, fires short->long at step 4 and leaves the engine state in its checkpoints."""
+@pytest.mark.filterwarnings("ignore:.*pin_memory.*:UserWarning")
+def test_hf_trainer_example_runs(tmp_path, capsys, monkeypatch):
+    """The Hugging Face example, model and data included, trains, fires short->long at step 4 and leaves the engine
+    state in its checkpoints."""
     import json
 
-    from tests.utils import TinyLM, Windows
-
-    namespace = {
-        "__name__": "__main__",
-        "model": TinyLM(),
-        "train_dataset": Windows(),
-        "eval_dataset": Windows(),
-        "output_dir": str(tmp_path),
-    }
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "__main__"}
     exec(compile(example("hf-trainer"), "README.md", "exec"), namespace)
     engine = namespace["callback"].engine
     assert [(r.source, r.dest, r.global_step) for r in engine.history if r.source] == [("short", "long", 4)]
-    assert "short -> long  at step 4 (epoch 1, step_end)" in capsys.readouterr().out
-    state = json.loads((tmp_path / "checkpoint-4" / "trainer_state.json").read_text())["stateful_callbacks"][
-        "curriculum_engine"
-    ]
+    printed = capsys.readouterr().out
+    assert "short -> long  at step 4 (epoch 1, step_end)" in printed and "action RestartLR(): " in printed
+    assert "peak=5e-05" in printed  # the Trainer's own schedule, restarted to TrainingArguments' learning_rate
+    checkpoint = tmp_path / "out" / "hf-example" / "checkpoint-4"
+    state = json.loads((checkpoint / "trainer_state.json").read_text())["stateful_callbacks"]["curriculum_engine"]
     assert (state["phase"], state["clock"]["global_step"]) == ("long", 4)
 
 
 @pytest.mark.filterwarnings("ignore:.*LeafSpec.*", "ignore::UserWarning:lightning.*")
-def test_lightning_example_runs(tmp_path, capsys):
-    """The Lightning example fires warm->main at step 6 and main->final at the end of epoch 2, and checkpoints the
-    engine."""
+def test_lightning_example_runs(tmp_path, capsys, monkeypatch):
+    """The Lightning example, data included, fires warm->main at step 6 and main->final at the end of epoch 2, and
+    checkpoints the engine."""
     import torch
 
-    from tests.utils import lightning_dataset as dataset
-
-    namespace = {
-        "__name__": "__main__",
-        "output_dir": str(tmp_path),
-        "train_loader": torch.utils.data.DataLoader(dataset(), batch_size=2),
-        "val_loader": torch.utils.data.DataLoader(dataset(), batch_size=5),
-    }
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "__main__"}
     exec(compile(example("lightning"), "README.md", "exec"), namespace)
     engine = namespace["callback"].engine
     assert [(r.source, r.dest, r.global_step) for r in engine.history if r.source] == [
@@ -76,7 +82,7 @@ def test_lightning_example_runs(tmp_path, capsys):
         ("main", "final", 8),
     ]
     assert "warm -> main  at step 6" in capsys.readouterr().out
-    (ckpt,) = (tmp_path / "checkpoints").glob("*.ckpt")
+    (ckpt,) = (tmp_path / "out" / "lightning").rglob("*.ckpt")
     state = torch.load(ckpt, weights_only=False)["callbacks"]["CurriculumCallback"]["engine"]
     assert (state["phase"], state["clock"]["global_step"]) == ("final", 12)
 

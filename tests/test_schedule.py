@@ -433,7 +433,7 @@ def test_restartable_restart_replays_a_fresh_schedule(build):
 
 
 def test_restartable_cosine_annealing_restarted_at_30():
-    """The issue's example: CosineAnnealingLR(T_max=100) restarted at step 30 gives a fresh one's LRs from there on."""
+    """CosineAnnealingLR(T_max=100) restarted at step 30 gives a fresh one's LRs from there on."""
     from policies import Restartable
 
     plain = cosine()
