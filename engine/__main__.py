@@ -26,7 +26,7 @@ from engine.core import Curriculum, CurriculumError
 EXIT_USAGE = 2
 
 
-class _Usage(Exception):
+class _Usage(CurriculumError):
     """Bad input to ``python -m engine``: one line, exit status 2."""
 
 
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (_Usage, CurriculumError) as exc:
+    except CurriculumError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
