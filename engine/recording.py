@@ -80,13 +80,11 @@ class _Saved:
     columns: list[tuple[Literal["step_end", "epoch_end"], str, str]]
 
 
-def _strict(kind: type):
-    def check(value: Any, _: type) -> Any:
-        if type(value) is not kind:
-            raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
-        return value
-
-    return check
+def _exactly(value: Any, kind: type) -> Any:
+    """An int is an int (not a bool, a float or a text), and a str a str."""
+    if type(value) is not kind:
+        raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
+    return value
 
 
 def _why(exc: BaseException, kind: Any) -> str:
@@ -95,8 +93,8 @@ def _why(exc: BaseException, kind: Any) -> str:
 
 
 _converter = cattrs.Converter()
-for _kind in (int, str):
-    _converter.register_structure_hook(_kind, _strict(_kind))
+_converter.register_structure_hook(int, _exactly)
+_converter.register_structure_hook(str, _exactly)
 
 
 @attrs.define(eq=False)
