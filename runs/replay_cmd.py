@@ -204,7 +204,7 @@ def settings_grid(base: dict[str, Any], axes: dict[str, list[Any]], stream: Metr
             "add --plateau-test welch or test=welch to --grid"
         )
 
-    def make(**chosen: Any) -> Curriculum:
+    def run_settings(**chosen: Any) -> Curriculum:
         settings = {**base, **{GRID_KEYS.get(k, (k,))[0]: v for k, v in chosen.items()}}
         if settings.get("plateau_test", "relative") != "welch":
             settings["plateau_alpha"] = None
@@ -215,7 +215,7 @@ def settings_grid(base: dict[str, Any], axes: dict[str, list[Any]], stream: Metr
         shown = [(k, ",".join(map(str, v)) if isinstance(v, tuple) else v) for k, v in chosen.items()]
         return " ".join(f"{k}={v}" for k, v in shown if k != "alpha" or welch) or "replay"
 
-    table = replay_grid(make, stream, axes, history=history, label=label)
+    table = replay_grid(run_settings, stream, axes, history=history, label=label)
     seen: set[str] = set()
     rows = [row for row in table.rows if not (row.label in seen or seen.add(row.label))]
     return GridTable(recorded=table.recorded, rows=rows, own=table.own, steps=table.steps, epochs=table.epochs)
