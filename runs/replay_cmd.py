@@ -16,10 +16,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from engine import Curriculum, CurriculumError, History, MetricLog, Replay, replay
 from engine.grid import GridTable, format_table, legend, replay_grid
 from runs.errors import UsageError
-from runs.settings import _int_list
+from runs.settings import Settings, _flag
 
 __all__ = [
     "add_replay_parser",
@@ -56,32 +58,10 @@ def add_replay_parser(sub: Any) -> None:
     S = argparse.SUPPRESS
     r = sub.add_parser("replay", help="replay a run's recorded losses under other curriculum settings (no training)")
     r.add_argument("run", help="run directory or checkpoint")
-    g = r.add_argument_group("curriculum (default: the run's own)")
-    g.add_argument("--cutoffs", type=_int_list, default=S, help="cutoffs in rfft bins, e.g. 32,64,128")
-    g.add_argument(
-        "--min-epochs", dest="min_epochs", type=_int_list, default=S, help="never raise before these epochs, e.g. 2,4,6"
-    )
-    g.add_argument(
-        "--plateau-window", dest="plateau_window", type=int, default=S, help="optimizer steps in the plateau window"
-    )
-    g.add_argument(
-        "--plateau-threshold",
-        dest="plateau_threshold",
-        type=float,
-        default=S,
-        help="relative improvement below which the loss has plateaued",
-    )
-    g.add_argument(
-        "--plateau-test",
-        dest="plateau_test",
-        choices=["relative", "welch"],
-        default=S,
-        help="relative: r < threshold (the default); "
-        "welch: a one-sided Welch t-test finds no improvement beyond threshold",
-    )
-    g.add_argument(
-        "--plateau-alpha", dest="plateau_alpha", type=float, default=S, help="level of the Welch test (default 0.05)"
-    )
+    g = r.add_argument_group("curriculum (default: the run's own; these flags are chunklm train's)")
+    for f in attrs.fields(Settings):
+        if f.name in _FLAG_KEYS:
+            g.add_argument(_flag(f), dest=f.name, default=S, help=f.metadata["help"], **f.metadata["argparse"])
     r.add_argument(
         "--grid",
         nargs="+",
@@ -149,8 +129,6 @@ def load_stream(steps: list[dict], epochs: list[dict]) -> MetricLog:
 
 def settings_curriculum(settings: dict[str, Any]) -> Curriculum:
     """The curriculum ``chunklm train`` builds from these settings (cutoffs, seq_lens, schedule, plateau rule)."""
-    from runs.settings import Settings
-
     return Settings.from_dict(settings).to_config().curriculum()
 
 
@@ -264,11 +242,7 @@ def run_replay(args: argparse.Namespace) -> int:
             f"({type(exc).__name__}: {str(exc)[:200]}); it may be truncated or edited"
         ) from None
     history = files.read_history()
-    flags = {
-        k: getattr(args, k)
-        for k in ("cutoffs", "min_epochs", "plateau_window", "plateau_threshold", "plateau_test", "plateau_alpha")
-        if hasattr(args, k)
-    }
+    flags = {k: getattr(args, k) for k in attrs.fields_dict(Settings) if k in _FLAG_KEYS and hasattr(args, k)}
     stored = saved.curriculum is not None  # trained with --curriculum FILE: the checkpoint holds that curriculum
     if (args.curriculum or stored) and (flags or args.grid):
         named = ["--" + k.replace("_", "-") for k in flags] + (["--grid"] if args.grid else [])
