@@ -9,8 +9,8 @@ Plateau observe, and does not call into the machine), fed ``step_end(loss=..., l
 alternate off, on, off, on, ... in one process; the median microseconds per call of each, and their
 ratio. Size: a run of 100,000 steps (loss and lr per step, a val_loss epoch end every 1,000 steps)
 recorded, then ``engine.state_dict()``: the JSON bytes of its ``recorded`` entry and of the whole
-state, the time of the first ``state_dict()`` and of a later one (finished blocks are encoded once),
-and, for scale, the JSON of the same floats written as a list.
+state, the time of the first ``state_dict()`` and of a later one, and, for scale, the JSON of the
+same floats written as a list.
 """
 
 from __future__ import annotations

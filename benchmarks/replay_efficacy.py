@@ -20,8 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import Record  # noqa: E402
-from runs.replay_cmd import LEGEND, format_table, label, parse_grid, replay_settings  # noqa: E402
+from engine import MetricLog, Record  # noqa: E402
+from engine.grid import format_table, legend  # noqa: E402
+from runs.replay_cmd import grid_axes, settings_grid  # noqa: E402
 
 
 def recorded_history(plan: dict, raises: list[dict]) -> list[Record]:
@@ -42,12 +43,12 @@ def recorded_history(plan: dict, raises: list[dict]) -> list[Record]:
     ]
 
 
-def stream_of(losses: list[float], steps_per_epoch: int) -> list[tuple[str, dict]]:
-    out: list[tuple[str, dict]] = []
+def stream_of(losses: list[float], steps_per_epoch: int) -> MetricLog:
+    out = MetricLog()
     for i, loss in enumerate(losses, start=1):
-        out.append(("step_end", {"loss": loss}))
+        out.append("step_end", {"loss": loss})
         if i % steps_per_epoch == 0:
-            out.append(("epoch_end", {}))
+            out.append("epoch_end", {})
     return out
 
 
@@ -72,15 +73,7 @@ def main() -> None:
         "plateau_test": "relative",
         "plateau_alpha": None,
     }
-    overrides = parse_grid(args.grid)
-    varied = list(dict.fromkeys(k for o in overrides for k in o))
-    settings = []
-    for o in overrides:
-        s = {**base, **o}
-        if s["plateau_test"] != "welch":
-            s["plateau_alpha"] = None
-        if s not in settings:
-            settings.append(s)
+    axes = grid_axes(args.grid)
     print(
         f"plan: {plan['epochs']} epochs x {plan['steps_per_epoch']} steps; recorded rule: cutoffs {base['cutoffs']}, "
         f"min epochs {base['min_epochs']}, window {plan['window']}, threshold {plan['threshold']} (relative)"
@@ -90,15 +83,15 @@ def main() -> None:
             continue
         stream = stream_of(r["losses"], plan["steps_per_epoch"])
         recorded = recorded_history(plan, r["raises"])
-        own = replay_settings(base, stream, recorded)
-        rows = [(label(s, varied), replay_settings(s, stream, recorded)) for s in settings]
+        table = settings_grid(base, axes, stream, recorded)
+        own = table.own
         print(
             f"\narm {r['arm']}, seed {r['seed']} ({len(r['losses'])} steps)"
             + ("" if own.departure is None else f"; own settings depart: {own.departure.text()}")
         )
-        print(format_table(recorded, rows, own))
+        print(format_table(recorded, [(row.label, row.replay) for row in table.rows], own, word="raise"))
     print()
-    print(LEGEND)
+    print(legend("raise"))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from engine.core import Curriculum, CurriculumError
 EXIT_USAGE = 2
 
 
-class _Usage(Exception):
+class _Usage(CurriculumError):
     """Bad input to ``python -m engine``: one line, exit status 2."""
 
 
@@ -116,9 +116,10 @@ def run_replay(args: argparse.Namespace) -> int:
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    from engine.plot import plot_run
+    from engine.plot import plot_run, plot_target, pyplot
 
-    out = Path(args.out)
+    pyplot()
+    out = plot_target(args.out, Path(args.path).stem + ".png")
     if out.exists() and not args.force:
         raise _Usage(f"{out} exists; pass --force to overwrite it, or name another --out")
     state, where = _recorded(args.path)
@@ -148,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(run=run_replay)
     p = sub.add_parser("plot", help="the run's loss with transition markers, LR and phase params, as a PNG")
     p.add_argument("path", help="state file (JSON or torch), HF checkpoint folder, or Lightning .ckpt")
-    p.add_argument("--out", "-o", required=True, help="image file to write (.png, .svg, .pdf)")
+    p.add_argument("--out", "-o", required=True, help="image file to write (.png, .svg, .pdf), or a folder")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--title", help="the plot's title (default: the path's name)")
     p.set_defaults(run=run_plot)
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (_Usage, CurriculumError) as exc:
+    except CurriculumError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

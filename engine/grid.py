@@ -26,14 +26,22 @@ from engine.replay import Replay, replay
 from engine.runtime import CurriculumEngine
 from engine.state import from_primitives
 
-__all__ = ["GridRow", "GridTable", "replay_grid", "recorded_run", "format_table", "LEGEND"]
+__all__ = ["GridRow", "GridTable", "replay_grid", "recorded_run", "format_table", "legend", "LEGEND"]
 
-LEGEND = (
-    "step Decider: the switch and the guard that became true last; "
-    "*: the replay switches where the recorded run did not;\n"
-    "> S: the recorded run switched at step S, this setting not yet; ?: after the departure (the recorded metrics no\n"
-    "longer follow from this setting); departs: the first differing decision (-: none within the recorded steps)"
-)
+
+def legend(word: str = "switch") -> str:
+    """The key to :func:`format_table`'s cells, for a table whose transitions are called ``word``."""
+    does, did = word + ("es" if word.endswith("h") else "s"), word + ("d" if word.endswith("e") else "ed")
+    return (
+        f"step Decider: the {word} and the guard that became true last; "
+        f"*: the replay {does} where the recorded run did not;\n"
+        f"> S: the recorded run {did} at step S, this setting not yet; ?: after the departure "
+        "(the recorded metrics no\nlonger follow from this setting); departs: the first differing decision "
+        "(-: none within the recorded steps)"
+    )
+
+
+LEGEND = legend()
 
 
 @attrs.frozen
@@ -190,7 +198,7 @@ def _replay(curriculum: Curriculum, log: MetricLog, stream: list, history: list[
         raise CurriculumError(f"replay_grid: replaying the recorded stream on {where} failed: {exc}") from exc
 
 
-def label(settings: Mapping[str, Any]) -> str:
+def _label(settings: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in settings.items()) or "defaults"
 
 
@@ -200,6 +208,7 @@ def replay_grid(
     grid: Mapping[str, Iterable[Any]] | None = None,
     *,
     history: Sequence[Record] | None = None,
+    label: Callable[[dict[str, Any]], str] = _label,
 ) -> GridTable:
     """Replay the recorded run under ``curriculum_factory(**setting)`` for every combination in ``grid``.
 
@@ -207,6 +216,7 @@ def replay_grid(
     ``state_dict()``, or a :class:`MetricLog` (then pass ``history=``, the recorded run's
     transitions). Every grid key must be a keyword parameter of the factory. Each row replays a
     freshly built curriculum; the result's ``own`` is the replay with the factory's defaults.
+    ``label`` names a row from its setting (default ``key=value ...``).
     Bad input (a grid key the factory lacks, a stream without a metric a guard reads, a recording
     that began after the run's start) is a :class:`CurriculumError`; nothing is changed.
     """
@@ -222,7 +232,7 @@ def replay_grid(
     rows = []
     for settings in combos:
         curriculum = _build(curriculum_factory, settings)
-        result = _replay(curriculum, log, stream, records, f"{_name(curriculum_factory)}({label(settings)})")
+        result = _replay(curriculum, log, stream, records, f"{_name(curriculum_factory)}({_label(settings)})")
         rows.append(GridRow(settings=settings, label=label(settings), replay=result))
     return GridTable(recorded=_moves(records), rows=rows, own=own, steps=log.steps, epochs=log.epochs)
 

@@ -7,7 +7,8 @@ The loss and LR come from the recorded metrics (``loss`` of every ``step_end``; 
 passed it, as the HF and Lightning callbacks do), the epoch-end metrics (validation) from the
 recorded ``epoch_end`` calls, the transitions from the history and the phase params from the
 curriculum spec kept in the state: the same picture ``chunklm plot`` draws for its own runs.
-matplotlib is imported only when a plot is drawn.
+matplotlib (the ``plot`` extra: ``pip install "curriculum-engine[plot]"``) is imported only when a
+plot is drawn. :func:`plot_target` checks where a plot goes before anything is drawn.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from engine.recording import MetricLog
 from engine.runtime import CurriculumEngine
 from engine.state import from_primitives
 
-__all__ = ["plot_run", "draw_run"]
+__all__ = ["plot_run", "draw_run", "plot_target", "pyplot", "IMAGE_SUFFIXES"]
+
+#: The image formats a plot is written in, by the output's suffix.
+IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 _EPOCH_METRIC = re.compile(r"loss|bpb|acc|ppl|perplexity|error|f1", re.IGNORECASE)
 _NOT_A_MEASURE = re.compile(r"runtime|per_second|samples|steps|epoch", re.IGNORECASE)
@@ -52,6 +56,50 @@ def _parts(source: Any) -> tuple[MetricLog, list[Record], dict]:
             )
         return MetricLog.from_state_dict(snap.recorded), snap.history, snap.spec
     raise CurriculumError(f"plot_run: expected a CurriculumEngine or its state_dict(), got {type(source).__name__}")
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the file-only Agg backend; without matplotlib, one error naming the extra."""
+    try:
+        import matplotlib
+    except ModuleNotFoundError as exc:
+        if exc.name != "matplotlib":
+            raise
+        raise CurriculumError(
+            'plotting needs matplotlib, which is not installed; install it with: pip install "curriculum-engine[plot]"'
+        ) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_target(out: str | Path, default_name: str) -> Path:
+    """Where a plot asked for at ``--out out`` is written, checked before anything is drawn: in a
+    folder, ``default_name``; without a suffix, ``.png``. Refused (a :class:`CurriculumError` naming
+    the fix): a suffix that is no image format, a missing or unwritable folder, a path that exists
+    and is not a regular file. An existing file is the caller's to refuse or replace."""
+    out = Path(out)
+    if out.is_dir():
+        out = out / default_name
+    elif not out.parent.is_dir():
+        raise CurriculumError(f"--out {out}: the folder {out.parent} does not exist; create it or pick another path")
+    if not out.suffix:
+        out = out.with_suffix(".png")
+    if out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise CurriculumError(
+            f"--out {out}: {out.suffix} is not an image format the plot writes; use one of {', '.join(IMAGE_SUFFIXES)}"
+        )
+    if os.path.lexists(out) and not out.is_file():
+        raise CurriculumError(f"--out {out} exists and is not a regular file; pick another path")
+    try:
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as exc:
+        raise CurriculumError(
+            f"--out {out}: cannot write in {out.parent} ({exc.strerror}); pick a writable folder"
+        ) from None
+    return out
 
 
 def _numeric_params(spec: dict) -> dict[str, dict[str, float]]:
@@ -93,11 +141,7 @@ def draw_run(
 ) -> Any:
     """The figure: loss (and its running mean) with labelled transition markers and the epoch-end
     metric on a second axis; the LR; the phase params as steps. Returns a matplotlib Figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (ax_loss, ax_lr, ax_par) = plt.subplots(
         3, 1, figsize=(10, 8), sharex=True, gridspec_kw={"height_ratios": [3, 1, 1]}
     )
@@ -177,8 +221,7 @@ def plot_run(source: Any, out: str | Path, *, title: str | None = None) -> Path:
         title or "curriculum run",
     )
     out = Path(out)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent or ".")
     try:
         with os.fdopen(fd, "wb") as f:

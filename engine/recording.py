@@ -5,17 +5,15 @@
 was given (the floats themselves, not printed ones), in order; a call that raised appends nothing.
 The log is part of ``engine.state_dict()`` (key ``recorded``), so it travels in every checkpoint
 the engine state travels in (an own loop's file, the HF Trainer's ``trainer_state.json``,
-Lightning's ``.ckpt``), and :meth:`MetricLog.stream` gives the evaluation points back in the form
-:func:`engine.replay` takes::
+Lightning's ``.ckpt``). :meth:`MetricLog.load` opens it from any of those files, read-only, and
+:meth:`MetricLog.stream` gives the evaluation points back in the form :func:`engine.replay` takes::
 
-    engine = CurriculumEngine(curriculum, record_metrics=True)
-    ...                                              # train
-    replay(other_curriculum, engine.recorded.stream(), recorded=engine.history)
+    log = MetricLog.load("checkpoint-500")           # or engine.recorded, in the running process
+    replay(other_curriculum, log.stream(), recorded=log.history)
 
-Memory: one float64 per metric per call, plus one int per call. Saved: each column of a metric is
-cut into blocks of :data:`BLOCK` values, each stored as base64 of its little-endian float64 bytes,
-byte-shuffled and zlib-compressed (exact; a finished block is encoded once and kept, so saving
-often costs only the last block); the calls are stored run-length encoded.
+Memory: one float64 per metric per call, plus one int per call. Saved: each metric's column as
+base64 of its little-endian float64 bytes (exact), and per call the index of its layout (which
+point, which metric names) as base64 of one byte (four when there are more than 256 layouts).
 """
 
 from __future__ import annotations
@@ -23,75 +21,80 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import sys
-import zlib
 from array import array
-from typing import Any, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Iterator, Literal, Mapping
 
 import attrs
+import cattrs
+import numpy as np
 
 from engine.core import CurriculumError
 
-__all__ = ["MetricLog", "BLOCK", "restore_log"]
+__all__ = ["MetricLog", "restore_log"]
 
 logger = logging.getLogger(__name__)
 
-#: Values per saved block of a column.
-BLOCK = 4096
-_FLUSH = 1024  # calls kept as rows before they go into the columns
-_FORMAT = 1
-_ENCODING = "float64-le-shuffle-zlib-base64"
-_POINTS = ("step_end", "epoch_end")
+_FORMAT = 2
+_ENCODING = "float64-le-base64"
 _FIX = "pass the 'recorded' entry of a state that engine.state_dict() returned"
+_OLD = (
+    "recorded metrics of format 1 were written by curriculum-engine 0.1.0, which this version does not read; "
+    "set the state's 'recorded' entry to None to load the rest and record afresh from its step"
+)
 
 
-def _encode(values: array) -> str:
-    """float64 values -> text: little-endian bytes, byte-shuffled (all first bytes, then all
-    second bytes, ...: the exponents and high mantissa bytes of similar values line up), zlib."""
-    if sys.byteorder != "little":
-        values = array("d", values)
-        values.byteswap()
-    raw = values.tobytes()
-    shuffled = b"".join(raw[i::8] for i in range(8))
-    return base64.b64encode(zlib.compress(shuffled, 6)).decode("ascii")
+def _width(layouts: int) -> str:
+    """The dtype of a saved call: its layout index in one byte, or four beyond 256 layouts."""
+    return "<u1" if layouts <= 256 else "<u4"
 
 
-def _decode(text: str, where: str) -> array:
+def _b64(data: np.ndarray) -> str:
+    return base64.b64encode(data.tobytes()).decode("ascii")
+
+
+def _unb64(text: str, dtype: str, where: str, count: int | None = None) -> np.ndarray:
+    """The values of ``dtype`` in base64 ``text``; with ``count``, its length is checked before decoding."""
+    size = np.dtype(dtype).itemsize
+    if count is not None and len(text) != 4 * -(-size * count // 3):
+        raise CurriculumError(f"recorded metrics: {where} holds {len(text)} characters, not {count} values; {_FIX}")
     try:
-        shuffled = zlib.decompress(base64.b64decode(text.encode("ascii"), validate=True))
-    except (binascii.Error, zlib.error, UnicodeEncodeError, AttributeError) as exc:
-        raise CurriculumError(
-            f"recorded metrics: {where} is not an encoded block ({type(exc).__name__}: {exc}); {_FIX}"
-        ) from None
-    if len(shuffled) % 8:
-        raise CurriculumError(
-            f"recorded metrics: {where} holds {len(shuffled)} bytes, not whole float64 values; {_FIX}"
-        )
-    n = len(shuffled) // 8
-    raw = bytearray(len(shuffled))
-    for i in range(8):
-        raw[i::8] = shuffled[i * n : (i + 1) * n]
-    values = array("d")
-    values.frombytes(bytes(raw))
-    if sys.byteorder != "little":
-        values.byteswap()
-    return values
+        raw = base64.b64decode(text, validate=True)
+    except binascii.Error as exc:
+        raise CurriculumError(f"recorded metrics: {where} is not base64 ({exc}); {_FIX}") from None
+    if len(raw) % size:
+        raise CurriculumError(f"recorded metrics: {where} holds {len(raw)} bytes, not whole values; {_FIX}")
+    return np.frombuffer(raw, dtype=dtype)
 
 
-@attrs.define(eq=False)
-class _Column:
-    """One metric at one point: its values, and its finished blocks once encoded."""
+@attrs.frozen
+class _Saved:
+    """The saved form (:meth:`MetricLog.state_dict`): checked by its structure, limits before allocating."""
 
-    values: array = attrs.field(factory=lambda: array("d"))
-    encoded: list[str] = attrs.field(factory=list)
+    format: Literal[2]
+    encoding: Literal["float64-le-base64"]
+    start_step: int = attrs.field(validator=attrs.validators.ge(0))
+    start_epoch: int = attrs.field(validator=attrs.validators.ge(0))
+    layouts: list[tuple[Literal["step_end", "epoch_end"], list[str]]]
+    calls: str
+    columns: list[tuple[Literal["step_end", "epoch_end"], str, str]]
 
-    def blocks(self) -> list[str]:
-        done = len(self.values) // BLOCK
-        while len(self.encoded) < done:
-            k = len(self.encoded)
-            self.encoded.append(_encode(self.values[k * BLOCK : (k + 1) * BLOCK]))
-        tail = self.values[done * BLOCK :]
-        return self.encoded + ([_encode(tail)] if tail else [])
+
+def _exactly(value: Any, kind: type) -> Any:
+    """An int is an int (not a bool, a float or a text), and a str a str."""
+    if type(value) is not kind:
+        raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _why(exc: BaseException, kind: Any) -> str:
+    """cattrs' words for a value of the wrong type; a validator's own message (e.g. must be >= 0)."""
+    return cattrs.v.format_exception(exc, kind) if kind is not None else str(exc)
+
+
+_converter = cattrs.Converter()
+_converter.register_structure_hook(int, _exactly)
+_converter.register_structure_hook(str, _exactly)
 
 
 @attrs.define(eq=False)
@@ -101,92 +104,59 @@ class MetricLog:
 
     ``start_step`` and ``start_epoch`` are the clock when recording began: 0 for a run recorded
     from its start; a run that turned recording on at a resume starts there (and cannot be
-    replayed from its beginning). Append is O(1) amortized: a dict lookup for the call's metric
-    names and a tuple of its values kept aside; every :data:`_FLUSH` calls (and before any read)
-    the kept rows go into the float64 columns in bulk.
+    replayed from its beginning). ``history``: the run's transitions, when opened with :meth:`load`.
     """
 
     start_step: int = 0
     start_epoch: int = 0
+    history: list | None = attrs.field(default=None, kw_only=True)
     _calls: array = attrs.field(init=False, factory=lambda: array("I"))  # per call: its layout
     _layouts: list[tuple[str, tuple[str, ...]]] = attrs.field(init=False, factory=list)  # (point, names)
-    _index: tuple[dict, dict] = attrs.field(
-        init=False, factory=lambda: ({}, {})
-    )  # per point (step, epoch): names -> layout
-    _pending: list[tuple[int, tuple]] = attrs.field(init=False, factory=list)  # (layout, values) not yet in the columns
-    _targets: list[list[array]] = attrs.field(init=False, factory=list)  # per layout: its columns' arrays
-    _columns: dict[tuple[str, str], _Column] = attrs.field(init=False, factory=dict)  # (point, name) -> column
-    _counts: list[int] = attrs.field(init=False, factory=lambda: [0, 0])  # step_end, epoch_end calls
-
-    # -- recording -------------------------------------------------------------------------------
+    _index: dict = attrs.field(init=False, factory=dict)  # (point, names) -> layout
+    _targets: list[list[array]] = attrs.field(init=False, factory=list)  # per layout: its columns
+    _columns: dict[tuple[str, str], array] = attrs.field(init=False, factory=dict)  # (point, name) -> values
 
     def append(self, point: str, metrics: Mapping[str, float]) -> None:
         """Record one call: ``point`` is ``"step_end"`` or ``"epoch_end"``, ``metrics`` its floats
         (the engine has validated them; ``loss`` is among a step's)."""
-        names = tuple(metrics)
-        layout = self._index[point == "epoch_end"].get(names)
+        layout = self._index.get((point, tuple(metrics)))
         if layout is None:
-            layout = self._add_layout(point, names)
-        pending = self._pending
-        pending.append((layout, tuple(metrics.values())))
-        if len(pending) >= _FLUSH:
-            self._flush()
-
-    def _flush(self) -> None:
-        """Move the kept rows into the columns: per run of calls with one layout, each column extended at once."""
-        pending, self._pending = self._pending, []
-        start, n = 0, len(pending)
-        while start < n:
-            layout = pending[start][0]
-            end = start + 1
-            while end < n and pending[end][0] == layout:
-                end += 1
-            for column, values in zip(self._targets[layout], zip(*[row for _, row in pending[start:end]])):
-                column.extend(values)
-            self._calls.extend(array("I", [layout]) * (end - start))
-            self._counts[self._layouts[layout][0] == "epoch_end"] += end - start
-            start = end
+            layout = self._add_layout(point, tuple(metrics))
+        self._calls.append(layout)
+        for column, value in zip(self._targets[layout], metrics.values()):
+            column.append(value)
 
     def _add_layout(self, point: str, names: tuple[str, ...]) -> int:
-        layout = len(self._layouts)
+        self._index[(point, names)] = layout = len(self._layouts)
         self._layouts.append((point, names))
-        self._index[point == "epoch_end"][names] = layout
-        self._targets.append([self._columns.setdefault((point, name), _Column()).values for name in names])
+        self._targets.append([self._columns.setdefault((point, name), array("d")) for name in names])
         return layout
 
-    # -- reading ---------------------------------------------------------------------------------
-
     def __len__(self) -> int:
-        self._flush()
         return len(self._calls)
 
     @property
     def steps(self) -> int:
         """The ``step_end`` calls recorded."""
-        self._flush()
-        return self._counts[0]
+        return sum(self._calls.count(k) for k, (point, _) in enumerate(self._layouts) if point == "step_end")
 
     @property
     def epochs(self) -> int:
         """The ``epoch_end`` calls recorded."""
-        self._flush()
-        return self._counts[1]
+        return len(self._calls) - self.steps
 
     def names(self, point: str = "step_end") -> list[str]:
         """The metrics recorded at ``point``, in the order first seen."""
         return [name for p, name in self._columns if p == point]
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, float]]]:
-        self._flush()
-        at = {key: 0 for key in self._columns}
-        columns = {key: column.values for key, column in self._columns.items()}
+        at = dict.fromkeys(self._columns, 0)
         for layout in self._calls:
             point, names = self._layouts[layout]
             values = {}
             for name in names:
-                key = (point, name)
-                values[name] = columns[key][at[key]]
-                at[key] += 1
+                values[name] = self._columns[(point, name)][at[(point, name)]]
+                at[(point, name)] += 1
             yield point, values
 
     def stream(self) -> list[tuple[str, dict[str, float]]]:
@@ -199,112 +169,78 @@ class MetricLog:
         steps, values = [], []
         step = self.start_step
         for p, metrics in self:
-            if p == "step_end":
-                step += 1
+            step += p == "step_end"
             if p == point and name in metrics:
                 steps.append(step)
                 values.append(metrics[name])
         return steps, values
 
-    # -- state -------------------------------------------------------------------------------------
-
     def state_dict(self) -> dict:
-        """JSON-safe: the start clock, the layouts, the calls run-length encoded, the columns."""
-        self._flush()
-        runs: list[list[int]] = []
-        for layout in self._calls:
-            if runs and runs[-1][0] == layout:
-                runs[-1][1] += 1
-            else:
-                runs.append([layout, 1])
+        """JSON-safe: the start clock, the layouts, each call's layout, each column's float64 values."""
+        calls = np.frombuffer(self._calls, dtype=np.uint32).astype(_width(len(self._layouts)))
         return {
             "format": _FORMAT,
             "encoding": _ENCODING,
-            "block": BLOCK,
             "start_step": self.start_step,
             "start_epoch": self.start_epoch,
             "layouts": [[point, list(names)] for point, names in self._layouts],
-            "calls": runs,
-            "columns": [[point, name, column.blocks()] for (point, name), column in self._columns.items()],
+            "calls": _b64(calls),
+            "columns": [
+                [p, n, _b64(np.frombuffer(v, dtype=np.float64).astype("<f8"))] for (p, n), v in self._columns.items()
+            ],
         }
 
     @classmethod
-    def from_state_dict(cls, state: Any) -> "MetricLog":
+    def from_state_dict(cls, state: Any) -> MetricLog:
         """The log a :meth:`state_dict` describes; anything malformed is a :class:`CurriculumError`."""
-        if not isinstance(state, dict) or state.get("format") != _FORMAT or state.get("encoding") != _ENCODING:
-            got = state.get("format") if isinstance(state, dict) else type(state).__name__
-            raise CurriculumError(
-                f"recorded metrics must be a dict of format {_FORMAT} ({_ENCODING}), got {got!r}; {_FIX}"
-            )
+        if isinstance(state, dict) and state.get("format") == 1:
+            raise CurriculumError(_OLD)
         try:
-            start_step, start_epoch = state["start_step"], state["start_epoch"]
-            layouts, calls, columns, block = state["layouts"], state["calls"], state["columns"], state["block"]
-        except KeyError as exc:
-            raise CurriculumError(f"recorded metrics have no {exc.args[0]!r}; {_FIX}") from None
-        for field, value in (("start_step", start_step), ("start_epoch", start_epoch), ("block", block)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if field == "block" else 0):
-                raise CurriculumError(f"recorded metrics' {field} must be an int >= 0, got {value!r}; {_FIX}")
-        log = cls(start_step=start_step, start_epoch=start_epoch)
-        for k, entry in enumerate(layouts if isinstance(layouts, list) else [None]):
-            ok = (
-                isinstance(entry, list)
-                and len(entry) == 2
-                and entry[0] in _POINTS
-                and isinstance(entry[1], list)
-                and all(isinstance(n, str) for n in entry[1])
-                and tuple(entry[1]) not in log._index[entry[0] == "epoch_end"]
+            saved = _converter.structure(state, _Saved)
+        except cattrs.BaseValidationError as exc:  # every field that does not fit, with its path
+            lines = "; ".join(cattrs.transform_error(exc, path="recorded", format_exception=_why))
+            raise CurriculumError(f"recorded metrics do not fit format {_FORMAT}: {lines}; {_FIX}") from None
+        log = cls(start_step=saved.start_step, start_epoch=saved.start_epoch)
+        for k, (point, names) in enumerate(saved.layouts):
+            if (point, tuple(names)) in log._index or len(set(names)) != len(names):
+                raise CurriculumError(f"recorded metrics: layouts[{k}] repeats a layout or a name; {_FIX}")
+            log._add_layout(point, tuple(names))
+        dtype = _width(len(saved.layouts))
+        calls = _unb64(saved.calls, dtype, "calls")
+        if calls.size and int(calls.max()) >= len(saved.layouts):
+            raise CurriculumError(
+                f"recorded metrics: a call names layout {int(calls.max())}, beyond the layouts; {_FIX}"
             )
-            if not ok:
-                raise CurriculumError(
-                    f"recorded metrics' layouts[{k}] = {entry!r} is not a distinct [point, [names]]; {_FIX}"
-                )
-            log._add_layout(entry[0], tuple(entry[1]))
-        decoded: dict[tuple[str, str], array] = {}
-        saved_blocks: dict[tuple[str, str], list[tuple[str, int]]] = {}  # (text, values) per saved block
-        for k, entry in enumerate(columns if isinstance(columns, list) else [None]):
-            if (
-                not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[2], list))
-                or (entry[0], entry[1]) not in log._columns
-            ):
-                raise CurriculumError(
-                    f"recorded metrics' columns[{k}] is not [point, name, [blocks]] of a recorded metric; {_FIX}"
-                )
-            values, blocks = array("d"), []
-            for b, text in enumerate(entry[2]):
-                part = _decode(text, f"columns[{k}] ({entry[0]} {entry[1]!r}) block {b}")
-                values.extend(part)
-                blocks.append((text, len(part)))
-            decoded[(entry[0], entry[1])] = values
-            saved_blocks[(entry[0], entry[1])] = blocks
-        expected = dict.fromkeys(log._columns, 0)
-        for k, run in enumerate(calls if isinstance(calls, list) else [None]):
-            ok = (
-                isinstance(run, list)
-                and len(run) == 2
-                and all(isinstance(v, int) and not isinstance(v, bool) for v in run)
-                and 0 <= run[0] < len(log._layouts)
-                and run[1] >= 1
-            )
-            if not ok:
-                raise CurriculumError(
-                    f"recorded metrics' calls[{k}] = {run!r} is not [layout index, count >= 1]; {_FIX}"
-                )
-            point, names = log._layouts[run[0]]
+        per_layout = np.bincount(calls, minlength=len(saved.layouts))
+        need = dict.fromkeys(log._columns, 0)
+        for (point, names), count in zip(log._layouts, per_layout.tolist()):
             for name in names:
-                expected[(point, name)] += run[1]
-            log._calls.extend([run[0]] * run[1])
-            log._counts[point == "epoch_end"] += run[1]
-        for key, count in expected.items():
-            got = len(decoded.get(key, ()))
-            if got != count:
-                raise CurriculumError(
-                    f"recorded metrics' column {key[0]} {key[1]!r} holds {got} values, its calls need {count}; {_FIX}"
-                )
-            column = log._columns[key]
-            column.values.extend(decoded.get(key, array("d")))
-            full = saved_blocks.get(key, [])[: count // BLOCK]
-            if all(n == BLOCK for _, n in full):  # the saved finished blocks are as we cut them: keep their text
-                column.encoded = [text for text, _ in full]
+                need[(point, name)] += count
+        if {(p, n) for p, n, _ in saved.columns} != need.keys() or len(saved.columns) != len(need):
+            raise CurriculumError(f"recorded metrics: the columns are not one per recorded metric; {_FIX}")
+        for point, name, text in saved.columns:
+            values = _unb64(text, "<f8", f"column {point} {name!r}", need[(point, name)])
+            log._columns[(point, name)].frombytes(values.astype(np.float64).tobytes())
+        log._calls.frombytes(calls.astype(np.uint32).tobytes())
+        return log
+
+    @classmethod
+    def load(cls, path: str | Path) -> MetricLog:
+        """The recording saved at ``path`` (an own loop's state file, JSON or torch; an HF Trainer
+        checkpoint folder; a Lightning ``.ckpt``), read-only, with the run's transitions as ``history``.
+        A path without an engine state, or a state without a recording, is a :class:`CurriculumError`."""
+        from engine.saved import load_saved
+        from engine.state import from_primitives
+
+        state, where = load_saved(path)
+        snap = from_primitives(dict(state))
+        if snap.recorded is None:
+            raise CurriculumError(
+                f"{where} holds an engine state without recorded metrics; build the run's engine with "
+                "CurriculumEngine(curriculum, record_metrics=True) to record them"
+            )
+        log = cls.from_state_dict(snap.recorded)
+        log.history = list(snap.history)
         return log
 
 

@@ -72,6 +72,8 @@ def _read(path: Path) -> Any:
             return json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CurriculumError(f"{path} is not JSON ({type(exc).__name__}: {exc}): no engine state") from None
+        except RecursionError:  # the parser's own limit, reached by nesting alone: no state nests that deep
+            raise CurriculumError(f"{path} nests its JSON too deeply to be an engine state") from None
     import torch
 
     if not zipfile.is_zipfile(path):

@@ -11,8 +11,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
-from pathlib import Path
 from typing import Callable, Sequence
 
 from runs.errors import RunError, UsageError, UserError, report
@@ -278,32 +276,19 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
+    from engine import CurriculumError
+    from engine.plot import plot_target, pyplot
     from runs.artifacts import resolve_run
     from runs.plot import plot_run
 
     files = resolve_run(args.run)
     if not files.steps.exists():
         raise UsageError(f"no step metrics at {files.steps}; has the run trained a step yet?")
-    out = Path(args.out) if args.out else files.plot
-    if out.is_dir():
-        out = out / files.plot.name
-    elif not out.parent.is_dir():
-        raise UsageError(f"--out {out}: the folder {out.parent} does not exist; create it or pick another path")
-    if not out.suffix:
-        out = out.with_suffix(".png")
-    if out.suffix.lower() not in _IMAGE_SUFFIXES:
-        raise UsageError(
-            f"--out {out}: {out.suffix} is not an image format the plot writes; use one of {', '.join(_IMAGE_SUFFIXES)}"
-        )
-    if os.path.lexists(out) and not out.is_file():
-        raise UsageError(f"--out {out} exists and is not a regular file; pick another path")
     try:
-        with tempfile.TemporaryFile(dir=out.parent):
-            pass
-    except OSError as exc:
-        raise UsageError(
-            f"--out {out}: cannot write in {out.parent} ({exc.strerror}); pick a writable folder"
-        ) from None
+        pyplot()
+        out = plot_target(args.out or files.plot, files.plot.name)
+    except CurriculumError as exc:
+        raise UsageError(str(exc)) from None
     lock = None
     if out.resolve() == files.plot.resolve():  # the run's own plot: not while a run writes its files
         from runs.artifacts import RunLock
@@ -317,9 +302,6 @@ def _plot(args: argparse.Namespace) -> int:
             lock.release()
     _warn_if_stale(files)
     return 0
-
-
-_IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 
 def _diagram(args: argparse.Namespace) -> int:

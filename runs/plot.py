@@ -24,9 +24,13 @@ def _columns(path: Path, columns: dict) -> dict[str, list]:
 
 def plot_run(files: RunFiles, out: Path) -> Path:
     """The run's PNG, drawn by :func:`engine.plot.draw_run` from its CSVs (cutoff as the phase param)."""
-    import matplotlib.pyplot as plt
+    from engine import CurriculumError
+    from engine.plot import draw_run, pyplot
 
-    from engine.plot import draw_run
+    try:
+        plt = pyplot()
+    except CurriculumError as exc:  # matplotlib is not installed
+        raise UsageError(str(exc)) from None
 
     cols = _columns(files.steps, {"step": int, "loss": float, "lr": float, "cutoff": int})
     history = (

@@ -13,14 +13,15 @@ recorded losses came from a model in another phase).
 from __future__ import annotations
 
 import argparse
-import itertools
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from engine import Curriculum, CurriculumError, History, Record, Replay, replay
-from engine.grid import LEGEND as SWITCH_LEGEND
-from engine.grid import format_table as engine_format_table
+import attrs
+
+from engine import Curriculum, CurriculumError, History, MetricLog, Replay, replay
+from engine.grid import GridTable, format_table, legend, replay_grid
 from runs.errors import UsageError
+from runs.settings import Settings, _flag
 
 __all__ = [
     "add_replay_parser",
@@ -30,21 +31,20 @@ __all__ = [
     "recorded_settings",
     "replay_settings",
     "settings_curriculum",
-    "parse_grid",
-    "format_table",
-    "label",
+    "settings_grid",
+    "grid_axes",
     "describe_settings",
-    "LEGEND",
 ]
 
-# --grid keys -> the setting each one sets, and how a value is read.
-GRID_KEYS: dict[str, tuple[str, Any]] = {
-    "window": ("plateau_window", int),
-    "threshold": ("plateau_threshold", float),
-    "test": ("plateau_test", str),
-    "alpha": ("plateau_alpha", float),
-    "min_epochs": ("min_epochs", lambda v: tuple(int(x) for x in v.split(":"))),
+# --grid keys (and the curriculum flags) -> the setting each one sets, and an example of its values.
+GRID_KEYS: dict[str, tuple[str, str]] = {
+    "window": ("plateau_window", "50,100"),
+    "threshold": ("plateau_threshold", "0.005,0.01"),
+    "test": ("plateau_test", "relative,welch"),
+    "alpha": ("plateau_alpha", "0.01,0.05"),
+    "min_epochs": ("min_epochs", "2:4:6,3:5:7"),
 }
+_FLAG_KEYS = {setting: key for key, (setting, _) in GRID_KEYS.items()} | {"cutoffs": "cutoffs"}
 _NOT_STEP_METRICS = {"step", "epoch", "step_in_epoch", "cutoff", "phase"}
 _NOT_EPOCH_METRICS = {"epoch", "step", "cutoff"}
 
@@ -53,44 +53,15 @@ class ReplayError(UsageError):
     """Bad input to ``chunklm replay``: one message naming the fix."""
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.replace(",", " ").split())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers separated by commas, e.g. 2,4,6: got {text!r}") from None
-
-
 def add_replay_parser(sub: Any) -> None:
     """Register ``replay`` on the command line's subparsers."""
     S = argparse.SUPPRESS
     r = sub.add_parser("replay", help="replay a run's recorded losses under other curriculum settings (no training)")
     r.add_argument("run", help="run directory or checkpoint")
-    g = r.add_argument_group("curriculum (default: the run's own)")
-    g.add_argument("--cutoffs", type=_int_list, default=S, help="cutoffs in rfft bins, e.g. 32,64,128")
-    g.add_argument(
-        "--min-epochs", dest="min_epochs", type=_int_list, default=S, help="never raise before these epochs, e.g. 2,4,6"
-    )
-    g.add_argument(
-        "--plateau-window", dest="plateau_window", type=int, default=S, help="optimizer steps in the plateau window"
-    )
-    g.add_argument(
-        "--plateau-threshold",
-        dest="plateau_threshold",
-        type=float,
-        default=S,
-        help="relative improvement below which the loss has plateaued",
-    )
-    g.add_argument(
-        "--plateau-test",
-        dest="plateau_test",
-        choices=["relative", "welch"],
-        default=S,
-        help="relative: r < threshold (the default); "
-        "welch: a one-sided Welch t-test finds no improvement beyond threshold",
-    )
-    g.add_argument(
-        "--plateau-alpha", dest="plateau_alpha", type=float, default=S, help="level of the Welch test (default 0.05)"
-    )
+    g = r.add_argument_group("curriculum (default: the run's own; these flags are chunklm train's)")
+    for f in attrs.fields(Settings):
+        if f.name in _FLAG_KEYS:
+            g.add_argument(_flag(f), dest=f.name, default=S, help=f.metadata["help"], **f.metadata["argparse"])
     r.add_argument(
         "--grid",
         nargs="+",
@@ -134,7 +105,7 @@ def _settings(saved) -> dict[str, Any]:
     return settings
 
 
-def load_stream(steps: list[dict], epochs: list[dict]) -> list[tuple[str, dict[str, float]]]:
+def load_stream(steps: list[dict], epochs: list[dict]) -> MetricLog:
     """The run's evaluation points in order, from its steps and epochs CSV rows: a step_end per
     step (every numeric column but the clock's, the cutoff and the phase) and an epoch_end after
     the last step of each epoch (the same for the epochs CSV)."""
@@ -143,73 +114,89 @@ def load_stream(steps: list[dict], epochs: list[dict]) -> list[tuple[str, dict[s
         ends[int(row["step"])] = {
             k: float(v) for k, v in row.items() if k not in _NOT_EPOCH_METRICS and v not in ("", None)
         }
-    stream: list[tuple[str, dict[str, float]]] = []
+    stream = MetricLog()
     for i, row in enumerate(steps, start=1):
         if int(row["step"]) != i:
             raise ReplayError(
                 f"the steps CSV is not one row per optimizer step from 1 (row {i} has step {row['step']}); "
                 "replay needs the whole run's steps, as chunklm train writes them"
             )
-        stream.append(("step_end", {k: float(v) for k, v in row.items() if k not in _NOT_STEP_METRICS}))
+        stream.append("step_end", {k: float(v) for k, v in row.items() if k not in _NOT_STEP_METRICS})
         if i in ends:
-            stream.append(("epoch_end", ends.pop(i)))
+            stream.append("epoch_end", ends.pop(i))
     return stream
 
 
 def settings_curriculum(settings: dict[str, Any]) -> Curriculum:
     """The curriculum ``chunklm train`` builds from these settings (cutoffs, seq_lens, schedule, plateau rule)."""
-    from runs.settings import Settings
-
     return Settings.from_dict(settings).to_config().curriculum()
 
 
-def replay_settings(settings: dict[str, Any], stream: list, recorded: History | None) -> Replay:
+def replay_settings(settings: dict[str, Any], stream: MetricLog, recorded: History | None) -> Replay:
     """Replay ``stream`` on the curriculum these settings make (no action runs)."""
     return replay(settings_curriculum(settings), stream, recorded=recorded, copy_guards=False)
 
 
-def parse_grid(items: Iterable[str]) -> list[dict[str, Any]]:
-    """``["window=50,100", "threshold=0.01"]`` -> every combination, as settings overrides."""
-    axes = []
+def _read(key: str, value: Any) -> Any:
+    """A --grid value as parsed by ``python -m engine``'s grid, as the setting ``key`` takes it (None: invalid)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if key == "window":
+        return value if number and isinstance(value, int) else None
+    if key in ("threshold", "alpha"):
+        return float(value) if number else None
+    if key == "test":
+        return value if isinstance(value, str) else None
+    values = value if isinstance(value, tuple) else (value,)  # min_epochs: 2:4:6, or one epoch
+    return values if all(isinstance(v, int) and not isinstance(v, bool) for v in values) else None
+
+
+def grid_axes(items: list[str]) -> dict[str, list[Any]]:
+    """``["window=50,100", "threshold=0.01"]`` -> ``{"window": [50, 100], "threshold": [0.01]}``."""
+    from engine.__main__ import parse_grid
+
+    axes: dict[str, list[Any]] = {}
     for item in items:
-        key, eq, values = item.partition("=")
-        if not eq or key not in GRID_KEYS or not values:
-            raise ReplayError(
-                f"--grid {item!r}: expected KEY=V1,V2,... with KEY one of {', '.join(GRID_KEYS)}; e.g. "
-                "window=50,100,200"
-            )
-        name, read = GRID_KEYS[key]
+        key = item.partition("=")[0]
         try:
-            axes.append([(key, name, read(v)) for v in values.split(",")])
-        except ValueError:
+            ((key, values),) = parse_grid([item]).items()
+        except CurriculumError:
+            values = None
+        if key not in GRID_KEYS or values is None or key in axes:
             raise ReplayError(
-                f"--grid {item!r}: a value is not a valid {key}; e.g. {key}="
-                + {
-                    "window": "50,100",
-                    "threshold": "0.005,0.01",
-                    "test": "relative,welch",
-                    "alpha": "0.01,0.05",
-                    "min_epochs": "2:4:6,3:5:7",
-                }[key]
-            ) from None
-    return [{name: value for _, name, value in combo} for combo in itertools.product(*axes)]
+                f"--grid {item!r}: expected KEY=V1,V2,... once per KEY, with KEY one of {', '.join(GRID_KEYS)}; "
+                "e.g. window=50,100,200"
+            )
+        axes[key] = [_read(key, v) for v in values]
+        if None in axes[key]:
+            raise ReplayError(f"--grid {item!r}: a value is not a valid {key}; e.g. {key}={GRID_KEYS[key][1]}")
+    return axes
 
 
-# -- the table -----------------------------------------------------------------------------------
+def settings_grid(base: dict[str, Any], axes: dict[str, list[Any]], stream: MetricLog, history: History) -> GridTable:
+    """:func:`engine.replay_grid` over the curriculum these settings make: ``axes`` maps --grid keys
+    (and ``cutoffs``) to their values; a row per distinct setting (alpha counts only for the Welch test)."""
+    test = base.get("plateau_test", "relative")
+    if "alpha" in axes and "welch" not in axes.get("test", [test]):
+        raise ReplayError(
+            "--plateau-alpha (or alpha= in --grid) is the level of the Welch test; "
+            "add --plateau-test welch or test=welch to --grid"
+        )
 
+    def run_settings(**chosen: Any) -> Curriculum:
+        settings = {**base, **{GRID_KEYS.get(k, (k,))[0]: v for k, v in chosen.items()}}
+        if settings.get("plateau_test", "relative") != "welch":
+            settings["plateau_alpha"] = None
+        return settings_curriculum(settings)
 
-def label(settings: dict[str, Any], keys: list[str]) -> str:
-    """A row's name: the settings in ``keys`` (alpha only for the Welch test)."""
-    names = {v[0]: k for k, v in GRID_KEYS.items()} | {"cutoffs": "cutoffs"}
-    parts = []
-    for key in keys:
-        value = settings.get(key)
-        if isinstance(value, tuple):
-            value = ",".join(map(str, value))
-        if key == "plateau_alpha" and settings.get("plateau_test", "relative") != "welch":
-            continue
-        parts.append(f"{names.get(key, key)}={value}")
-    return " ".join(parts) or "replay"
+    def label(chosen: dict[str, Any]) -> str:
+        welch = chosen.get("test", test) == "welch"
+        shown = [(k, ",".join(map(str, v)) if isinstance(v, tuple) else v) for k, v in chosen.items()]
+        return " ".join(f"{k}={v}" for k, v in shown if k != "alpha" or welch) or "replay"
+
+    table = replay_grid(run_settings, stream, axes, history=history, label=label)
+    seen: set[str] = set()
+    rows = [row for row in table.rows if not (row.label in seen or seen.add(row.label))]
+    return GridTable(recorded=table.recorded, rows=rows, own=table.own, steps=table.steps, epochs=table.epochs)
 
 
 def describe_settings(settings: dict[str, Any]) -> str:
@@ -222,22 +209,6 @@ def describe_settings(settings: dict[str, Any]) -> str:
         f"plateau window {settings['plateau_window']}, threshold {settings['plateau_threshold']}, test {test}"
         + (f" (alpha {settings.get('plateau_alpha') or 0.05})" if test == "welch" else "")
     )
-
-
-LEGEND = (
-    "step Decider: the raise and the guard that became true last; *: "
-    "the replay raises where the recorded run did not;\n"
-    "> S: the recorded run raised at step S, this setting not yet; ?: after the departure (the recorded losses no\n"
-    "longer follow from this setting); departs: the first differing decision (-: none within the recorded steps)"
-)
-
-
-def format_table(
-    recorded: Iterable[Record], rows: list[tuple[str, Replay]], own: Replay | None = None, word: str = "raise"
-) -> str:
-    """The replay table (:func:`engine.grid.format_table`), its columns named by raise (a cutoff
-    curriculum's transitions) or by ``word``."""
-    return engine_format_table(recorded, rows, own, word=word)
 
 
 def run_replay(args: argparse.Namespace) -> int:
@@ -271,11 +242,7 @@ def run_replay(args: argparse.Namespace) -> int:
             f"({type(exc).__name__}: {str(exc)[:200]}); it may be truncated or edited"
         ) from None
     history = files.read_history()
-    flags = {
-        k: getattr(args, k)
-        for k in ("cutoffs", "min_epochs", "plateau_window", "plateau_threshold", "plateau_test", "plateau_alpha")
-        if hasattr(args, k)
-    }
+    flags = {k: getattr(args, k) for k in attrs.fields_dict(Settings) if k in _FLAG_KEYS and hasattr(args, k)}
     stored = saved.curriculum is not None  # trained with --curriculum FILE: the checkpoint holds that curriculum
     if (args.curriculum or stored) and (flags or args.grid):
         named = ["--" + k.replace("_", "-") for k in flags] + (["--grid"] if args.grid else [])
@@ -324,13 +291,12 @@ def run_replay(args: argparse.Namespace) -> int:
         elif stored:
             rows = [("replay", replay(own_curriculum(), stream, recorded=history, copy_guards=False))]
         else:
-            rows = _settings_rows(args, base, flags, stream, history)
+            axes = {_FLAG_KEYS[k]: [v] for k, v in flags.items()} | grid_axes(args.grid or [])
+            rows = [(row.label, row.replay) for row in settings_grid(base, axes, stream, history).rows]
     except CurriculumError as exc:
         raise ReplayError(str(exc)) from None
 
-    steps = sum(1 for p, _ in stream if p == "step_end")
-    epochs = sum(1 for p, _ in stream if p == "epoch_end")
-    print(f"run {files.ckpt.parent}: {steps} steps, {epochs} epochs; recorded curriculum: {recorded_as}")
+    print(f"run {files.ckpt.parent}: {stream.steps} steps, {stream.epochs} epochs; recorded curriculum: {recorded_as}")
     held = "to 6 significant digits in the rows the first release wrote" if rounded else "exactly"
     print(f"the losses as the steps CSV holds them ({held}); no training, no action runs")
     if problem is not None:
@@ -346,7 +312,7 @@ def run_replay(args: argparse.Namespace) -> int:
     print()
     print(format_table(history, rows, own, word="raise" if raises else "switch"))
     print()
-    print(LEGEND if raises else SWITCH_LEGEND)
+    print(legend("raise" if raises else "switch"))
     if len(rows) == 1:
         res = rows[0][1]
         print()
@@ -359,27 +325,3 @@ def run_replay(args: argparse.Namespace) -> int:
         if res.departure is not None:
             print(res.departure.text())
     return 0
-
-
-def _settings_rows(
-    args: argparse.Namespace, base: dict[str, Any], flags: dict[str, Any], stream: list, history: History
-) -> list[tuple[str, Replay]]:
-    """One (label, replay) per setting: the run's settings with the curriculum flags, for each --grid combination."""
-    overrides = parse_grid(args.grid) if args.grid else [{}]
-    alpha_given = "plateau_alpha" in flags or any("plateau_alpha" in o for o in overrides)
-    if alpha_given and all({**base, **flags, **o}.get("plateau_test") != "welch" for o in overrides):
-        raise ReplayError(
-            "--plateau-alpha (or alpha= in --grid) is the level of the Welch test; "
-            "add --plateau-test welch or test=welch to --grid"
-        )
-    settings_list, seen = [], set()
-    for extra in overrides:
-        s = {**base, **flags, **extra}
-        if s.get("plateau_test", "relative") != "welch":
-            s["plateau_alpha"] = None  # a level only for the Welch test: relative rows do not repeat per alpha
-        key = tuple(sorted((k, str(v)) for k, v in s.items()))
-        if key not in seen:
-            seen.add(key)
-            settings_list.append(s)
-    varied = list(dict.fromkeys([k for extra in overrides for k in extra] + list(flags)))
-    return [(label(s, varied), replay_settings(s, stream, history)) for s in settings_list]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 
 import pytest
 import torch
@@ -186,3 +187,82 @@ def test_the_readme_record_and_replay_grid_example_prints_what_it_shows(capsys, 
     shown = text.split(code)[1].split("first departure from the run:")[1].split("```")[1].strip("\n")
     assert capsys.readouterr().out.strip("\n") == shown
     assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _earlier_release_recording(bomb: bool) -> dict:
+    """A recording in the layout curriculum-engine 0.1.0 wrote: 1 KB that claims 10**9 calls, or whose
+    one block inflates to 100 MB."""
+    import base64
+    import zlib
+
+    packer, zeros = zlib.compressobj(9), b"\0" * 2**20
+    packed = b"".join(packer.compress(zeros) for _ in range(100 if bomb else 0)) + packer.compress(b"\0" * 8)
+    block = base64.b64encode(packed + packer.flush()).decode()
+    return {
+        "format": 1,
+        "encoding": "float64-le-shuffle-zlib-base64",
+        "block": 4096,
+        "start_step": 0,
+        "start_epoch": 0,
+        "layouts": [["step_end", ["loss"]]],
+        "calls": [[0, 1 if bomb else 10**9]],
+        "columns": [["step_end", "loss", [block]]],
+    }
+
+
+@pytest.mark.parametrize("command", ["replay", "plot"])
+@pytest.mark.parametrize("case", ["claims 10**9 calls", "zlib bomb", "nested json"])
+def test_cli_hostile_recording_is_one_line_and_exit_2(recorded, tmp_path, capsys, command, case):
+    """A recording that claims more than it holds, a compressed block that inflates without end, or JSON
+    nested past the parser's depth: one line and status 2, nothing allocated for what the file claims."""
+    path, out = tmp_path / "state.json", tmp_path / "out.png"
+    if case == "nested json":
+        path.write_text("[" * 100_000 + "]" * 100_000)
+    else:
+        state = {**recorded.state_dict(), "recorded": _earlier_release_recording(case == "zlib bomb")}
+        path.write_text(json.dumps(state))
+    argv = ["replay", str(path), "--curriculum", "tests.test_grid:make"] if command == "replay" else ["plot", str(path)]
+    assert main([*argv, *(["--out", str(out)] if command == "plot" else [])]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+    assert ("too deeply" if case == "nested json" else "written by curriculum-engine 0.1.0") in err
+
+
+@pytest.mark.parametrize(
+    "out, words",
+    [
+        ("g.txt", ".txt is not an image format the plot writes"),
+        ("/proc/x.png", "cannot write in /proc"),
+        ("nodir/x.png", "the folder {tmp}/nodir does not exist"),
+        ("taken", "exists and is not a regular file"),
+    ],
+)
+def test_cli_plot_refuses_an_output_it_cannot_write_before_drawing(recorded, tmp_path, capsys, out, words):
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps(recorded.state_dict()))
+    (tmp_path / "taken.png").mkdir()
+    target = out if out.startswith("/") else str(tmp_path / out)
+    assert main(["plot", str(path), "--out", target, "--force"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and words.format(tmp=tmp_path) in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "taken.png"]
+
+
+def test_cli_plot_into_a_folder_writes_a_file_in_it(recorded, tmp_path, capsys):
+    """--out DIR --force draws DIR/<state name>.png and leaves the folder in place."""
+    path, folder = tmp_path / "state.json", tmp_path / "plots"
+    path.write_text(json.dumps(recorded.state_dict()))
+    folder.mkdir()
+    assert main(["plot", str(path), "--out", str(folder), "--force"]) == 0
+    assert (folder / "state.png").read_bytes()[:4] == b"\x89PNG" and folder.is_dir()
+    assert capsys.readouterr().out.startswith(f"wrote {folder / 'state.png'}")
+
+
+def test_cli_plot_without_matplotlib_names_the_extra(recorded, tmp_path, capsys, monkeypatch):
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps(recorded.state_dict()))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails as if not installed
+    assert main(["plot", str(path), "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and 'pip install "curriculum-engine[plot]"' in err
+    assert not (tmp_path / "x.png").exists()

@@ -3,10 +3,12 @@ the plot drawn from it (engine.plot)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
 import random
+import re
 import struct
 
 import numpy as np
@@ -15,7 +17,6 @@ import torch
 
 from engine import Curriculum, CurriculumEngine, CurriculumError, MetricLog, Phase, Point, Transition, replay
 from engine.plot import plot_run
-from engine.recording import BLOCK
 from policies import MetricBelow, MinEpoch, Plateau, all_of
 
 
@@ -101,10 +102,10 @@ def test_replaying_the_recorded_stream_reproduces_the_run():
     assert [r.comparable() for r in result.history] == [r.comparable() for r in engine.history]
 
 
-def test_snapshot_json_restore_continue_equals_uninterrupted_across_a_block():
-    """Saved past a block's end, restored into a fresh engine and continued: the same recording as never interrupted."""
+def test_snapshot_json_restore_continue_equals_uninterrupted():
+    """Saved mid-run, restored into a fresh engine and continued: the same recording as never interrupted."""
     rng = random.Random(1)
-    losses = [rng.random() for _ in range(BLOCK + 10)]
+    losses = [rng.random() for _ in range(3000)]
 
     def fresh():
         return CurriculumEngine(curriculum(window=5000), record_metrics=True)
@@ -115,14 +116,13 @@ def test_snapshot_json_restore_continue_equals_uninterrupted_across_a_block():
         whole.step_end(loss=x)
     first = fresh()
     first.start()
-    for x in losses[: BLOCK + 2]:
+    for x in losses[:1234]:
         first.step_end(loss=x)
     saved = json.loads(json.dumps(first.state_dict()))
-    assert len(saved["recorded"]["columns"][0][2]) == 2  # loss: one finished block and the tail
     resumed = fresh()
     resumed.load_state_dict(saved)
     assert resumed.state_dict() == saved
-    for x in losses[BLOCK + 2 :]:
+    for x in losses[1234:]:
         resumed.step_end(loss=x)
     assert resumed.state_dict()["recorded"] == whole.state_dict()["recorded"]
     assert bits(resumed.recorded.stream()) == bits(whole.recorded.stream())
@@ -152,8 +152,8 @@ def test_a_recording_that_does_not_fit_the_clock_or_is_garbled_is_refused_whole(
     short["clock"]["global_step"] += 1
     short["clock"]["step_in_epoch"] += 1
     garbled = json.loads(json.dumps(good))
-    garbled["recorded"]["columns"][0][2][0] = "not base64!"
-    for bad, words in ((short, "recorded metrics end at step 50"), (garbled, "not an encoded block")):
+    garbled["recorded"]["columns"][0][2] = "not base64!"
+    for bad, words in ((short, "recorded metrics end at step 50"), (garbled, "holds 11 characters, not 50 values")):
         fresh = CurriculumEngine(curriculum(), record_metrics=True)
         with pytest.raises(CurriculumError, match=words):
             fresh.load_state_dict(bad)
@@ -192,7 +192,61 @@ def test_metric_log_round_trips_through_its_state_dict():
         small.append("step_end", {"loss": k / 3})
         if k % 4 == 3:
             small.append("epoch_end", {"val": -k / 7})
-    assert small.state_dict()["calls"] == [[0, 4], [1, 1], [0, 4], [1, 1], [0, 2]]
+    saved = small.state_dict()
+    assert base64.b64decode(saved["calls"]) == bytes([0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0])
+    assert base64.b64decode(saved["columns"][0][2]) == np.arange(10, dtype="<f8").__truediv__(3).tobytes()
+
+
+def test_metric_log_of_more_than_256_layouts_round_trips():
+    """Past 256 layouts a call's layout takes four bytes: every call still comes back with its own metrics."""
+    log = MetricLog()
+    fed = [("step_end", {"loss": k / 7, f"m{k}": -k / 3}) for k in range(300)] + [("step_end", {"loss": 0.5})]
+    for call in fed:
+        log.append(*call)
+    saved = json.loads(json.dumps(log.state_dict()))
+    assert len(base64.b64decode(saved["calls"])) == 4 * 301
+    assert bits(MetricLog.from_state_dict(saved).stream()) == bits(fed)
+
+
+def small_state() -> dict:
+    log = MetricLog()
+    for k in range(6):
+        log.append("step_end", {"loss": k / 3})
+    return log.state_dict()
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"start_step": True}, "expected int @ recorded.start_step"),
+        ({"start_epoch": -1}, "'start_epoch' must be >= 0: -1"),
+        ({"format": 1, "calls": [[0, 10**9]]}, "format 1 were written by curriculum-engine 0.1.0"),
+        ({"layouts": [["step_end", ["loss"]], ["step_end", ["loss"]]]}, "repeats a layout"),
+        ({"calls": "BQUF"}, "a call names layout 5"),
+        ({"columns": []}, "not one per recorded metric"),
+        ({"columns": [["step_end", "loss", "AAAA" * 10**5]]}, "holds 400000 characters, not 6 values"),
+        ({"layouts": [[["step_end"] * 30] * 30]}, "recorded.layouts[0]"),
+    ],
+)
+def test_a_malformed_or_earlier_recording_is_one_error_before_anything_is_allocated(change, words):
+    with pytest.raises(CurriculumError, match=re.escape(words)):
+        MetricLog.from_state_dict({**small_state(), **change})
+
+
+def test_metric_log_load_opens_a_saved_recording_with_its_history(tmp_path):
+    """MetricLog.load reads a state file without the curriculum's objects: its stream and transitions."""
+    engine = CurriculumEngine(curriculum(), record_metrics=True)
+    engine.start()
+    run(engine, 3)
+    torch.save({"engine": engine.state_dict(), "model": {}}, tmp_path / "run.pt")
+    log = MetricLog.load(tmp_path / "run.pt")
+    assert bits(log.stream()) == bits(engine.recorded.stream())
+    assert [r.comparable() for r in log.history] == [r.comparable() for r in engine.history]
+    plain = CurriculumEngine(curriculum())
+    plain.start()
+    (tmp_path / "plain.json").write_text(json.dumps(plain.state_dict()))
+    with pytest.raises(CurriculumError, match="without recorded metrics"):
+        MetricLog.load(tmp_path / "plain.json")
 
 
 # -- the plot ----------------------------------------------------------------------------------------

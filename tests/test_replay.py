@@ -533,3 +533,14 @@ def test_replay_when_the_runs_own_curriculum_cannot_be_rebuilt(tmp_path, capsys)
         assert main(["replay", str(folder), "--curriculum", trained]) == 0
         out = capsys.readouterr().out
         assert "no replay of it in the table" in out and replay_rows(out)[trained] == recorded
+
+
+def test_chunklm_plot_without_matplotlib_names_the_extra(tiny_run, tmp_path, capsys, monkeypatch):
+    """chunklm plot, like python -m engine plot, says in one line which extra brings matplotlib."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails as if not installed
+    assert main(["plot", str(tiny_run.ckpt), "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and 'pip install "curriculum-engine[plot]"' in err
+    assert not (tmp_path / "x.png").exists()
