@@ -156,7 +156,14 @@ def _file(path: Path) -> Saved:
         engine, _ = _engine_in(trainer.get("engine"), str(path))
     elif isinstance(data, dict) and "pytorch-lightning_version" in data:
         parts, kind = {k: data[k] for k in _LIGHTNING_PARTS if k in data}, "Lightning checkpoint"
-        engine, _ = _engine_in(data.get("callbacks"), str(path))
+        callbacks = data.get("callbacks") or {}
+        engine, _ = _engine_in(callbacks, str(path))
+        # the engine's callback keeps more beside it (a schedule it made restartable); its RNG states aside
+        parts["callbacks"] = {
+            name: {k: v for k, v in entry.items() if k not in ("engine", "rng")}
+            for name, entry in callbacks.items()
+            if isinstance(entry, dict) and entry.get("engine") is engine and engine is not None
+        }
     else:
         engine, parts = _engine_in(data, str(path))
         kind = "torch file"
@@ -190,6 +197,9 @@ def _value_difference(a: Any, b: Any) -> str | None:
             return f"A is {a.dtype} {list(a.shape)}, B is {b.dtype} {list(b.shape)}"
         if torch.equal(a, b):
             return None
+        nan = a.isnan() if a.is_floating_point() else None
+        if nan is not None and torch.equal(nan, b.isnan()) and torch.equal(a[~nan], b[~nan]):
+            return None  # NaN at the same places (a diverged run, twice)
         if a.dtype == torch.bool:
             return f"{int((a != b).sum())} of {a.numel()} elements differ"
         d = (a.double() - b.double()).abs().max().item()

@@ -128,6 +128,18 @@ def test_a_missing_history_record_is_named(tmp_path, capsys):
     assert "first difference: history record 1 (a -> b, step_end): only in A (A has 2 records, B 1) (at step 1)" in out
 
 
+def test_an_own_loops_torch_file_with_nan_weights_in_both_is_identical(tmp_path, capsys):
+    """``torch.save({"model": ..., "engine": ...})`` of a diverged run, twice: NaN at the same places is no difference;
+    a NaN in B only is one."""
+    state = tiny_engine().state_dict()
+    for name, w in (("a", [float("nan"), 1.0]), ("b", [float("nan"), 1.0]), ("c", [1.0, float("nan")])):
+        torch.save({"model": {"w": torch.tensor(w)}, "engine": state}, tmp_path / f"{name}.pt")
+    code, out = diff(capsys, tmp_path / "a.pt", tmp_path / "b.pt")
+    assert code == 0 and "(torch file)" in out and "identical: 1 tensors" in out, out
+    code, out = diff(capsys, tmp_path / "a.pt", tmp_path / "c.pt")
+    assert code == 1 and "first difference: model.w: max |d| nan (2 of 2 elements differ) (at step 1)" in out, out
+
+
 # -- bad input -----------------------------------------------------------------------------------------------------
 
 
