@@ -64,7 +64,7 @@ def test_bad_arguments_are_clear_errors():
     """Not an engine, a flag that is not a bool: a CurriculumError naming the fix."""
     with pytest.raises(CurriculumError, match="must be a CurriculumEngine"):
         EngineState(object())
-    with pytest.raises(CurriculumError, match="must be a bool"):
+    with pytest.raises(CurriculumError, match="EngineState: .allow_fingerprint_mismatch. must be a bool"):
         EngineState(engine_after(0), allow_fingerprint_mismatch="yes")
 
 

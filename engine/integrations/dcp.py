@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.core import CurriculumError
-from engine.integrations import check_engine, check_flag
+from engine.integrations import check_engine
 from engine.runtime import CurriculumEngine
 
 __all__ = ["EngineState", "STATE_KEY", "read_folder"]
@@ -42,7 +42,12 @@ class EngineState:
 
     def __init__(self, engine: CurriculumEngine, *, allow_fingerprint_mismatch: bool = False) -> None:
         self.engine = check_engine(engine, "EngineState")
-        self.allow_fingerprint_mismatch = check_flag(allow_fingerprint_mismatch)
+        if not isinstance(allow_fingerprint_mismatch, bool):
+            raise CurriculumError(
+                f"EngineState: 'allow_fingerprint_mismatch' must be a bool, got {allow_fingerprint_mismatch!r}; "
+                "e.g. EngineState(engine, allow_fingerprint_mismatch=True)"
+            )
+        self.allow_fingerprint_mismatch = allow_fingerprint_mismatch
 
     def state_dict(self) -> dict[str, str]:
         state = self.engine.state_dict()
