@@ -79,11 +79,11 @@ def _check_ranks_agree(state: dict) -> None:
     digests: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(digests, digest)
     if len(set(digests)) > 1:
-        groups = [[r for r, d in enumerate(digests) if d == digest] for digest in dict.fromkeys(digests)]
+        groups = [[r for r, d in enumerate(digests) if d == value] for value in dict.fromkeys(digests)]
         raise CurriculumError(
-            "EngineState: the ranks hold different engine states (ranks "
-            f"{' | '.join(','.join(map(str, g)) for g in groups)} agree among themselves), so no copy of it is "
-            "the run's; feed every rank's engine the same metrics (e.g. the loss averaged with all_reduce)"
+            f"EngineState: the ranks hold different engine states ({len(groups)} groups of ranks that agree: "
+            f"{', '.join(map(str, groups))}), so no one copy of it is the run's; feed every rank's engine the same "
+            "metrics (e.g. the loss averaged with dist.all_reduce)"
         )
 
 
