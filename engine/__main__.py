@@ -128,6 +128,23 @@ def run_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+EXIT_DIFFERENT = 1
+
+
+def run_diff(args: argparse.Namespace) -> int:
+    from engine.diff import compare, read_checkpoint, summary
+
+    a, b = read_checkpoint(args.a), read_checkpoint(args.b)
+    print(f"A: {a.where}\nB: {b.where}")
+    found = compare(a, b)
+    if not found:
+        print(f"identical: {summary(a)} (wall times aside)")
+        return 0
+    more = f" ({len(found) - 1} more differences)" if len(found) > 1 else ""
+    print(f"first difference: {found[0]}{more}")
+    return EXIT_DIFFERENT
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,6 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--title", help="the plot's title (default: the path's name)")
     p.set_defaults(run=run_plot)
+    d = sub.add_parser(
+        "diff",
+        help="compare two checkpoints: weights, optimizer, scheduler, engine state and history (exit 1 if they differ)",
+    )
+    d.add_argument(
+        "a", help="a checkpoint: chunklm .pt, HF checkpoint-N/, Lightning .ckpt, DCP folder, engine state JSON"
+    )
+    d.add_argument("b", help="the checkpoint to compare it with, in the same format")
+    d.set_defaults(run=run_diff)
     return parser
 
 
