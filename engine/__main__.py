@@ -1,14 +1,17 @@
-"""``python -m engine``: replay and plot any run whose engine recorded its metrics.
+"""``python -m engine``: replay and plot any run whose engine recorded its metrics; diff two checkpoints.
 
     python -m engine replay PATH --curriculum mymodule:make_curriculum --grid threshold=0.001,0.01 window=50,100
     python -m engine plot PATH --out run.png
+    python -m engine diff A B
 
 ``PATH`` is an own loop's state file (JSON or torch, holding ``engine.state_dict()``), a Hugging
 Face Trainer checkpoint folder, or a Lightning ``.ckpt`` (see :mod:`engine.saved`); the run's engine
 must have been built with ``record_metrics=True``. ``--curriculum MODULE:FUNCTION`` **imports your
 module** (as ``import MODULE`` would, from the current directory too) and calls ``FUNCTION(**setting)``
 for each setting of the grid: the function builds the curriculum from keyword arguments whose
-defaults are the run's own settings. Bad input prints one line and exits with status 2.
+defaults are the run's own settings. ``diff`` compares two checkpoints of any of these kinds, a
+chunklm checkpoint or a torch.distributed.checkpoint folder (:mod:`engine.diff`): exit 0 when
+identical, 1 naming the first difference. Bad input prints one line and exits with status 2.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@
   (``pip install "curriculum-engine[hf]"``).
 - :mod:`engine.integrations.lightning`: ``CurriculumCallback`` for Lightning
   (``pip install "curriculum-engine[lightning]"``).
+- :mod:`engine.integrations.dcp`: ``EngineState``, the engine as a ``Stateful`` for
+  ``torch.distributed.checkpoint`` (FSDP2 runs).
 
 Each framework is imported only by its own module, so ``import engine.integrations`` needs
 neither. What both share lives here: the live view of the current phase's ``params`` and the
