@@ -245,11 +245,14 @@ def check_data(paths: tuple[str, ...]) -> None:
             )
 
 
-def build_corpus(config):
+def build_corpus(config, fingerprint: dict | None = None):
+    """The run's corpus; ``fingerprint``: the data's, already taken (its files are then read once)."""
     from chunklm.corpus import ByteCorpus, CorpusError, default_cache_dir
 
     try:
-        return ByteCorpus(list(config.data) or None, seq_len=config.model.seq_len, chunk=config.model.chunk)
+        return ByteCorpus(
+            list(config.data) or None, seq_len=config.model.seq_len, chunk=config.model.chunk, fingerprint=fingerprint
+        )
     except CorpusError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
@@ -463,7 +466,7 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
                 if saved is not None
                 else f"no run in {files.ckpt}: starting fresh"
             )
-        corpus = build_corpus(config)
+        corpus = build_corpus(config, data)
         trainer = Trainer(
             config,
             device=dist.device,
