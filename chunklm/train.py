@@ -96,6 +96,15 @@ def _check_cooldown(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise ConfigError(f"cooldown_fraction must be in (0, 1]: got {value!r}; e.g. --cooldown-fraction 0.2")
 
 
+def _check_micro_batch(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _positive(inst, attribute, value)
+    if value > inst.batch_size:
+        raise ConfigError(
+            f"micro_batch must be <= batch_size, the windows of one micro-batch: got --micro-batch {value}, "
+            f"--batch-size {inst.batch_size}; pass --micro-batch {inst.batch_size} or less"
+        )
+
+
 COOLDOWN_SHAPES = ("1-sqrt", "linear", "cosine")  # policies.CooldownShape
 SCHEDULES = ("staged", "wsd")  # StagedCosine (the seed's stages, restarted at raises), WSD (warmup-stable-decay)
 
@@ -136,7 +145,7 @@ class TrainConfig:
     eval_batch_size: int = 16
     # Execution only (the trajectory's math does not depend on them; they may change on resume):
     # windows per forward/backward (None: batch_size); the global batch stays batch_size x accum_steps
-    micro_batch: int | None = attrs.field(default=None, validator=attrs.validators.optional(_positive))
+    micro_batch: int | None = attrs.field(default=None, validator=attrs.validators.optional(_check_micro_batch))
     compile: bool = False  # torch.compile the model's loss (forward + backward); see compile_default()
 
     def curriculum(self) -> Curriculum:

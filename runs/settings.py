@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import attrs
@@ -32,13 +32,16 @@ from chunklm.train import TrainConfig
 from runs.errors import UsageError
 
 __all__ = [
+    "NON_NEGATIVE",
     "PRESETS",
+    "RUN_GROUP",
     "Resume",
     "Settings",
     "SettingsError",
     "add_flags",
     "default_cutoffs",
     "explicit_settings",
+    "number",
     "setting",
 ]
 
@@ -167,6 +170,24 @@ def _finite(low: float | None = None, *, above: bool = False, below: float | Non
     return check
 
 
+def number(kind: Callable, test: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
+    """An argparse type: ``kind(text)`` when finite and ``test`` holds, else "expected ...: got ..."."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}: got {text!r}") from None
+        if not (math.isfinite(value) and test(value)):
+            raise argparse.ArgumentTypeError(f"expected {expected}: got {text!r}")
+        return value
+
+    return parse
+
+
+NON_NEGATIVE = number(int, lambda v: v >= 0, "an integer >= 0")
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.replace(",", " ").split())
@@ -183,6 +204,7 @@ def default_cutoffs(seq_len: int) -> tuple[int, ...]:
 _MODEL_GROUP = "model"
 _CURRICULUM = "curriculum (the seed's Tuning section)"
 _EXECUTION = "execution (change speed, not the run: free to change on --resume)"
+RUN_GROUP = "run"  # the run's own flags; the command line adds its other run flags (--ckpt, --resume...) to it
 
 
 @attrs.frozen(field_transformer=_config_defaults)
@@ -387,6 +409,27 @@ class Settings:
         to=None,
         action=argparse.BooleanOptionalAction,
     )
+    # the run's output: free to change on --resume, and kept when not given
+    log_every: int = setting(
+        10,
+        "print a step line every N optimizer steps (0: never)",
+        group=RUN_GROUP,
+        resume=Resume.FREE,
+        absent=10,
+        to=None,
+        check=_int_at_least(0),
+        type=NON_NEGATIVE,
+    )
+    ckpt_every: int = setting(
+        0,
+        "also checkpoint every N optimizer steps (0: at epoch ends only)",
+        group=RUN_GROUP,
+        resume=Resume.FREE,
+        absent=0,
+        to=None,
+        check=_int_at_least(0),
+        type=NON_NEGATIVE,
+    )
     # no flag
     eval_windows: int = setting(demo=32, flag=None)
 
@@ -398,17 +441,21 @@ class Settings:
         values = {f.name: f.metadata["presets"][preset] for f in attrs.fields(cls) if preset in f.metadata["presets"]}
         return cls._make({**values, **explicit})
 
-    def resume(self, saved_preset: str | None, preset: str | None, explicit: Mapping[str, Any]) -> Settings:
-        """These (a checkpoint's) settings with the explicit flags applied; conflicting flags are an error."""
+    def resume(
+        self, saved_preset: str | None, preset: str | None, explicit: Mapping[str, Any], free: Collection[str] = ()
+    ) -> Settings:
+        """These (a checkpoint's) settings with the explicit flags applied; conflicting flags are an error.
+        ``free``: fields this resume may change though they are fixed (``--allow-data-change`` frees ``data``)."""
         differing = []
         if preset is not None and preset != (saved_preset or "seed"):
             differing.append(f"--preset: checkpoint has {saved_preset or 'seed'!r}, given {preset!r}")
         for f in attrs.fields(type(self)):
-            if f.name not in explicit or f.metadata["resume"] is not Resume.FIXED:
+            if f.name not in explicit or f.metadata["resume"] is not Resume.FIXED or f.name in free:
                 continue
             saved, given = getattr(self, f.name), explicit[f.name]
             if given != saved:
-                differing.append(f"{_flag(f)}: checkpoint has {_show(saved)}, given {_show(given)}")
+                how = " (pass --allow-data-change to continue on other data)" if f.name == "data" else ""
+                differing.append(f"{_flag(f)}: checkpoint has {_show(saved)}, given {_show(given)}{how}")
         if differing:
             raise SettingsError(
                 "these flags differ from the checkpoint and would change the run's trajectory: "
@@ -470,8 +517,9 @@ class Settings:
             raises, what = len(self.seq_lens), f"--seq-lens {_show(self.seq_lens)}"
         if len(self.min_epochs) != raises:
             example = ",".join(str(2 * (k + 1)) for k in range(raises)) or "''"
+            default = " (the default)" if self.min_epochs == attrs.fields(type(self)).min_epochs.default else ""
             raise SettingsError(
-                f"--min-epochs {_show(self.min_epochs)} gives {len(self.min_epochs)} minimum epochs for the "
+                f"--min-epochs {_show(self.min_epochs)}{default} gives {len(self.min_epochs)} minimum epochs for the "
                 f"{raises} raise{'s' if raises != 1 else ''} of {what}; give one per raise, e.g. --min-epochs {example}"
             )
 
@@ -516,11 +564,14 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
-def add_flags(parser: argparse.ArgumentParser, schema: type | None = None) -> None:
-    """One flag per setting that has one, grouped; all default to 'not given' (argparse.SUPPRESS)."""
+def add_flags(
+    parser: argparse.ArgumentParser, schema: type | None = None, skip: Collection[str] = ()
+) -> dict[str, Any]:
+    """One flag per setting that has one, grouped (but the groups in ``skip``); all default to 'not
+    given' (argparse.SUPPRESS). Returns the groups by name."""
     groups: dict[str, Any] = {}
     for f in attrs.fields(schema or Settings):
-        if f.metadata["flag"] is None:
+        if f.metadata["flag"] is None or f.metadata["group"] in skip:
             continue
         name = f.metadata["group"]
         group = groups.get(name) or groups.setdefault(name, parser.add_argument_group(name))
@@ -533,6 +584,7 @@ def add_flags(parser: argparse.ArgumentParser, schema: type | None = None) -> No
         default=None,
         help="a named set of the flags above; explicit flags override it",
     )
+    return groups
 
 
 def explicit_settings(args: argparse.Namespace, schema: type | None = None) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import attrs
 
 from runs.artifacts import MetricsWriter, RunFiles, RunLock, remove_stale_temps
 from runs.checkpoint import Checkpoint, CheckpointError
-from runs.console import Console, Reporter
+from runs.console import Console, Reporter, invoked_as, sets_cutoff
 from runs.distributed import Distributed, resume_command
 from runs.errors import RunError, UsageError, UserError, report
 from runs.settings import Settings
@@ -64,6 +64,11 @@ def check_args(args: argparse.Namespace) -> None:
             else "--resume continues the run in --ckpt"
         )
         raise UsageError(f"{flag} and --overwrite replaces it: pass one of them")
+    if args.allow_data_change and not args.resume:
+        raise UsageError(
+            "--allow-data-change applies to --resume (a fresh run has no checkpoint whose data could differ); "
+            "drop it, or add --resume"
+        )
     if not args.ckpt.strip():
         raise UsageError("--ckpt is empty; name the checkpoint file, e.g. --ckpt runs/demo/chunklm_ckpt.pt")
     name = Path(args.ckpt).name
@@ -234,10 +239,12 @@ def check_model_size(settings: Settings, device, what: str, training: bool = Tru
         )
 
 
-def check_data(paths: tuple[str, ...]) -> None:
+def check_data(paths: tuple[str, ...], from_checkpoint: bool = False) -> None:
+    """Each --data path is a file or a directory; ``from_checkpoint``: the paths are a resumed run's own."""
     for path in map(Path, paths):
         if not path.exists():
-            raise UsageError(f"--data {path}: no such file or directory")
+            moved = "; if the run's data moved, resume with --data NEW --allow-data-change" if from_checkpoint else ""
+            raise UsageError(f"--data {path}: no such file or directory{moved}")
         if not (path.is_file() or path.is_dir()):
             raise UsageError(
                 f"--data {path}: not a regular file or a directory (a device, FIFO or socket); "
@@ -390,7 +397,8 @@ def _load(
     saved = Checkpoint.load(files.ckpt)
     check_parts(saved, files.ckpt)
     refuse_curriculum_flags(args, saved, files.ckpt)  # before comparing those flags with the checkpoint's
-    return saved, saved.settings.resume(saved.preset, args.preset, explicit), saved.preset
+    free = ("data",) if args.allow_data_change else ()  # the flag's promise: other path, files or bytes
+    return saved, saved.settings.resume(saved.preset, args.preset, explicit, free), saved.preset
 
 
 def _restore(trainer, saved: Checkpoint, rank: int, path: Path) -> None:
@@ -436,7 +444,7 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
                 f"{files.ckpt} was written by a run with {saved.world_size} processes, this one has {dist.world_size}: "
                 "the data each rank sees would change. Resume with the same --nproc_per_node"
             )
-        check_data(settings.data)
+        check_data(settings.data, from_checkpoint=saved is not None and "data" not in explicit)
         notes: list[str] = (
             [
                 f"note: {path.name} is missing; "
@@ -589,10 +597,10 @@ def _fit(
                 console,
                 (writers["steps"], writers["epochs"]) if writers else (),
                 dist,
-                args.log_every,
+                settings.log_every,
                 stop_reason,
             )
-            reason = trainer.fit(reporter, save, ckpt_every=args.ckpt_every)
+            reason = trainer.fit(reporter, save, ckpt_every=settings.ckpt_every)
         except BaseException:
             if saved is None and not defer and not save.saved:  # a fresh run that never saved: leave no files behind
                 for writer in writers.values():
@@ -611,13 +619,13 @@ def _fit(
             f"stopped by {signal.Signals(signum).name} at global step {clock.global_step}; "
             f"checkpoint saved to {files.ckpt}"
         )
-        console.line(f"resume with: {resume_command(files.ckpt)}")
+        console.line(f"resume with: {resume_command(files.ckpt, invoked_as())}")
         return 128 + int(signum)
     if reason == "stop_after":
         console.line(
             f"stopped after {steps} steps at global step {clock.global_step}; checkpoint saved to {files.ckpt}"
         )
-        console.line(f"resume with: {resume_command(files.ckpt)}")
+        console.line(f"resume with: {resume_command(files.ckpt, invoked_as())}")
         return 0
     if clock.epoch < trainer.config.epochs:  # ended by trainer.cooled_down
         console.line(f"{_cooled_down(trainer)}: training stops at epoch {clock.epoch} of {trainer.config.epochs}")
@@ -682,5 +690,6 @@ def _print_header(
     console.line(
         f"resumed {ckpt} at epoch {c.epoch} step {c.step_in_epoch}/{config.steps_per_epoch} (global step "
         f"{c.global_step}), "
-        f"phase {trainer.engine.phase.name}, cutoff={trainer.model.cutoff}/{trainer.model.n_bins}"
+        f"phase {trainer.engine.phase.name}"
+        + (f", cutoff={trainer.model.cutoff}/{trainer.model.n_bins}" if sets_cutoff(trainer.curriculum) else "")
     )

@@ -109,3 +109,20 @@ def test_bad_values_name_the_flag(values, message):
     """Each check's message names the flag and what came."""
     with pytest.raises(SettingsError, match=message):
         Settings.fresh(None, values)
+
+
+def test_data_may_differ_on_resume_only_when_freed():
+    """--data is a trajectory setting: another one is refused naming --allow-data-change, unless freed."""
+    saved = Settings.fresh(None, {"data": ("/old",)})
+    with pytest.raises(SettingsError, match=r"--data: checkpoint has /old, given /new \(pass --allow-data-change"):
+        saved.resume(None, None, {"data": ("/new",)})
+    assert saved.resume(None, None, {"data": ("/new",)}, free=("data",)).data == ("/new",)
+
+
+def test_the_run_output_flags_are_stored_and_kept_on_resume():
+    """--log-every and --ckpt-every come from the checkpoint when not given, and may change when given."""
+    saved = Settings.from_dict(Settings.fresh(None, {"log_every": 0, "ckpt_every": 7}).to_dict())
+    assert (saved.log_every, saved.ckpt_every) == (0, 7)
+    assert saved.resume(None, None, {}).log_every == 0
+    assert saved.resume(None, None, {"log_every": 5}).log_every == 5
+    assert parse("--log-every", "0") == {"log_every": 0}
