@@ -28,7 +28,8 @@ from typing import Any
 import attrs
 
 from chunklm.config import ChunkLMConfig, ConfigError
-from chunklm.train import TrainConfig
+from chunklm.train import SCHEDULES, TrainConfig
+from policies import CooldownShape
 from runs.errors import UsageError
 
 __all__ = [
@@ -151,10 +152,6 @@ def _at_most(high: float, why: str):
 _MAX_LR = 1e30  # AdamW divides it by 1 - 0.9: far more and float32 arithmetic overflows (max 3.4e38)
 
 
-def _optional(check):
-    return lambda value: None if value is None else check(value)
-
-
 def _finite(low: float | None = None, *, above: bool = False, below: float | None = None):
     def check(value: Any) -> str | None:
         if value is None:
@@ -223,7 +220,6 @@ class Settings:
         group=_MODEL_GROUP,
         demo=256,
         to="model",
-        check=_int_at_least(1),
         type=int,
     )
     kernel_len: int = setting(
@@ -232,7 +228,6 @@ class Settings:
         group=_MODEL_GROUP,
         demo=64,
         to="model",
-        check=_int_at_least(1),
         type=int,
     )
     chunk: int = setting(
@@ -241,7 +236,6 @@ class Settings:
         group=_MODEL_GROUP,
         demo=8,
         to="model",
-        check=_int_at_least(1),
         type=int,
     )
     d_model: int = setting(
@@ -250,7 +244,6 @@ class Settings:
         group=_MODEL_GROUP,
         demo=128,
         to="model",
-        check=_int_at_least(1),
         type=int,
     )
     n_layers: int = setting(
@@ -259,14 +252,12 @@ class Settings:
         group=_MODEL_GROUP,
         demo=4,
         to="model",
-        check=_int_at_least(1),
         type=int,
     )
     dropout: float = setting(
         help="dropout probability in [0, 1)",
         group=_MODEL_GROUP,
         to="model",
-        check=_finite(0.0, below=1.0),
         type=float,
     )
     kernel_init: str = setting(
@@ -282,16 +273,10 @@ class Settings:
         converter=tuple,
         nargs="+",
     )
-    batch_size: int = setting(help="windows per micro-batch", demo=8, check=_int_at_least(1), type=int)
-    accum_steps: int = setting(help="micro-batches per optimizer step", demo=1, check=_int_at_least(1), type=int)
-    steps_per_epoch: int = setting(help="optimizer steps per epoch", demo=150, check=_int_at_least(1), type=int)
-    epochs: int = setting(
-        help="epochs in all (may grow on --resume)",
-        demo=12,
-        resume=Resume.FREE,
-        check=_int_at_least(1),
-        type=int,
-    )
+    batch_size: int = setting(help="windows per micro-batch", demo=8, type=int)
+    accum_steps: int = setting(help="micro-batches per optimizer step", demo=1, type=int)
+    steps_per_epoch: int = setting(help="optimizer steps per epoch", demo=150, type=int)
+    epochs: int = setting(help="epochs in all (may grow on --resume)", demo=12, resume=Resume.FREE, type=int)
     lr: float = setting(
         help="peak learning rate",
         demo=2e-3,
@@ -375,20 +360,19 @@ class Settings:
         "(warmup-stable-decay: constant, then a --cooldown-fraction cooldown; no restarts)",
         group=_CURRICULUM,
         absent="staged",
-        choices=["staged", "wsd"],
+        choices=list(SCHEDULES),
     )
     cooldown_fraction: float = setting(
         help="wsd: the cooldown's share of training (default 0.2)",
         group=_CURRICULUM,
         absent=0.2,
-        check=_finite(0.0, above=True),
         type=float,
     )
     cooldown_shape: str = setting(
         help="wsd: the cooldown's shape (default 1-sqrt, Hägele et al.'s best)",
         group=_CURRICULUM,
-        absent="1-sqrt",
-        choices=["1-sqrt", "linear", "cosine"],
+        absent=CooldownShape.ONE_MINUS_SQRT.value,
+        choices=[shape.value for shape in CooldownShape],
     )
     # execution only: how the step runs, not what it computes (may change on resume)
     micro_batch: int | None = setting(
@@ -397,7 +381,6 @@ class Settings:
         group=_EXECUTION,
         resume=Resume.FREE,
         absent=None,
-        check=_optional(_int_at_least(1)),
         type=int,
     )
     compile: bool | None = setting(
@@ -476,11 +459,25 @@ class Settings:
         return settings
 
     def check(self) -> None:
-        """Each field's own check, then the configs' and the curriculum's validation."""
+        """Each field's own check; the model's sizes (ChunkLMConfig's checks: the rest derive from them);
+        the checks across flags; then the train config's and the curriculum's. The configs' messages name
+        the flags, so a value they check is checked there only."""
+        from engine import CurriculumError
+
         for f in attrs.fields(type(self)):
             message = f.metadata["check"] and f.metadata["check"](getattr(self, f.name))
             if message:
                 raise SettingsError(f"{_flag(f)} {message}")
+        try:
+            ChunkLMConfig(**self._feeding("model"))
+            self._check_flags()
+            self.to_config().curriculum()
+        except (ConfigError, CurriculumError) as exc:
+            raise SettingsError(str(exc)) from None
+
+    def _check_flags(self) -> None:
+        """What no config checks in the flags' words: the derived cutoffs, --chunk against --seq-len, and
+        one --min-epochs (and --seq-lens) value per raise (the library's check names its own arguments)."""
         if self.cutoffs is not None and any(isinstance(c, int) and c < 1 for c in self.cutoffs):
             raise SettingsError(
                 f"--cutoffs {_show(self.cutoffs)}: each cutoff must be >= 1 bin (the default, seq_len/8,/4,/2, "
@@ -491,18 +488,6 @@ class Settings:
             raise SettingsError(
                 f"--chunk {self.chunk} is longer than --seq-len {self.seq_len}; lower --chunk or raise --seq-len"
             )
-        self._check_phase_counts()
-        from engine import CurriculumError
-
-        try:
-            config = self.to_config()
-            config.curriculum()
-        except (ConfigError, CurriculumError) as exc:
-            raise SettingsError(str(exc)) from None
-
-    def _check_phase_counts(self) -> None:
-        """One --min-epochs value (and one --seq-lens value) per raise of the curriculum the flags make, in
-        the flags' words (the library's check names its own arguments)."""
         cutoffs = self.cutoffs or ()
         if cutoffs and self.seq_lens and len(self.seq_lens) != len(cutoffs):
             raise SettingsError(
@@ -523,13 +508,15 @@ class Settings:
                 f"{raises} raise{'s' if raises != 1 else ''} of {what}; give one per raise, e.g. --min-epochs {example}"
             )
 
+    def _feeding(self, config: str) -> dict[str, Any]:
+        """The settings that feed ``config`` ("model" or "train"), by field name."""
+        return {f.name: getattr(self, f.name) for f in attrs.fields(type(self)) if f.metadata["to"] == config}
+
     def to_config(self) -> TrainConfig:
         """The validated library configs (their errors name the field and the fix)."""
-        model = {f.name: getattr(self, f.name) for f in attrs.fields(type(self)) if f.metadata["to"] == "model"}
-        train = {f.name: getattr(self, f.name) for f in attrs.fields(type(self)) if f.metadata["to"] == "train"}
         cutoffs = self.cutoffs if self.cutoffs is not None else default_cutoffs(self.seq_len)
-        model_config = ChunkLMConfig(**model, init_cutoff=cutoffs[0] if cutoffs else None)
-        return TrainConfig(model=model_config, **{**train, "cutoffs": cutoffs})
+        model_config = ChunkLMConfig(**self._feeding("model"), init_cutoff=cutoffs[0] if cutoffs else None)
+        return TrainConfig(model=model_config, **{**self._feeding("train"), "cutoffs": cutoffs})
 
     # -- storing -----------------------------------------------------------------------------
 

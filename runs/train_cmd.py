@@ -465,9 +465,8 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
         )
         from runs.curriculum_file import curriculum_for_run
 
-        curriculum, curriculum_file = curriculum_for_run(
-            args, config, saved, files.ckpt
-        )  # --curriculum FILE, or stored; None: the settings' own
+        # --curriculum FILE, or stored; None: the settings' own
+        curriculum, curriculum_file = curriculum_for_run(args, config, saved, files.ckpt)
         if auto:  # after every check of the line: a refused line says only why
             Console(enabled=dist.rank == 0).line(
                 f"resuming {files.ckpt} at step {saved.global_step}"
@@ -493,9 +492,8 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
             if dist.rank == 0:
                 remove_stale_temps(files.written)
                 if saved is not None and saved.engine_phase is not None:
-                    files.write_history(
-                        trainer.engine.history
-                    )  # the checkpoint's own: a save cut short after it left an older one
+                    # the checkpoint's own: a save cut short after it left an older one
+                    files.write_history(trainer.engine.history)
             console = Console(enabled=dist.rank == 0)
             shown = (
                 curriculum_file
@@ -520,18 +518,20 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
                 return 0
             stored = (curriculum.to_dict(), curriculum_file) if curriculum is not None else None
             return _fit(
-                args,
-                trainer,
-                settings,
-                preset,
-                dist,
-                files,
-                saved,
-                console,
-                data,
-                data_changes,
-                stored,
-                args.overwrite or auto,
+                Run(
+                    args=args,
+                    trainer=trainer,
+                    settings=settings,
+                    preset=preset,
+                    dist=dist,
+                    files=files,
+                    saved=saved,
+                    console=console,
+                    data=data,
+                    data_changes=data_changes,
+                    curriculum=stored,
+                    defer=args.overwrite or auto,
+                )
             )
         finally:
             trainer.close()  # before the process group goes
@@ -546,40 +546,46 @@ def _cooled_down(trainer) -> str:
     return f"the LR cooldown the curriculum started ended at step {end}, and the LR is 0 from there"
 
 
-def _fit(
-    args,
-    trainer,
-    settings: Settings,
-    preset,
-    dist: Distributed,
-    files: RunFiles,
-    saved,
-    console: Console,
-    data: dict | None = None,
-    data_changes: list | None = None,
-    curriculum: tuple | None = None,
-    defer: bool = False,
-) -> int:
-    """``defer``: a fresh run's metrics wait in memory until its first save (``--overwrite``: the old
-    run's files stay until then; ``--resume auto``: a run killed before it leaves nothing)."""
+@attrs.frozen
+class Run:
+    """A run ready to train: what :func:`_train` checked and built, for :func:`_fit` to train and save."""
+
+    args: argparse.Namespace
+    trainer: Any
+    settings: Settings
+    preset: str | None
+    dist: Distributed
+    files: RunFiles
+    saved: Checkpoint | None
+    console: Console
+    data: dict | None = None  # the data's fingerprint (rank 0), stored in every checkpoint
+    data_changes: list | None = None  # the changes --allow-data-change continued on
+    curriculum: tuple[dict, str | None] | None = None  # --curriculum FILE's curriculum as data, and its file
+    # a fresh run's metrics wait in memory until its first save (--overwrite: the old run's files stay
+    # until then; --resume auto: a run killed before it leaves nothing)
+    defer: bool = False
+
+
+def _fit(run: Run) -> int:
+    args, trainer, dist, files, console = run.args, run.trainer, run.dist, run.files, run.console
     writers: dict[str, MetricsWriter] = {}
     if dist.rank == 0:
         clock = trainer.clock
         writers = {
-            name: MetricsWriter(path, fields, key, upto if saved else None, defer=defer)
+            name: MetricsWriter(path, fields, key, upto if run.saved else None, defer=run.defer)
             for name, (path, fields, key, upto) in files.metrics(clock.global_step, clock.epoch).items()
         }
     save = Saver(
         trainer,
-        settings,
-        preset,
+        run.settings,
+        run.preset,
         dist,
         files,
         writers,
-        replace_old=args.overwrite and saved is None,
-        data=data,
-        data_changes=data_changes,
-        curriculum=curriculum,
+        replace_old=args.overwrite and run.saved is None,
+        data=run.data,
+        data_changes=run.data_changes,
+        curriculum=run.curriculum,
     )
     started_at, steps_at_start = time.time(), trainer.clock.global_step
     with StopSignals(announce=dist.rank == 0) as signals:
@@ -597,12 +603,13 @@ def _fit(
                 console,
                 (writers["steps"], writers["epochs"]) if writers else (),
                 dist,
-                settings.log_every,
+                run.settings.log_every,
                 stop_reason,
             )
-            reason = trainer.fit(reporter, save, ckpt_every=settings.ckpt_every)
+            reason = trainer.fit(reporter, save, ckpt_every=run.settings.ckpt_every)
         except BaseException:
-            if saved is None and not defer and not save.saved:  # a fresh run that never saved: leave no files behind
+            if run.saved is None and not run.defer and not save.saved:
+                # a fresh run that never saved: leave no files behind
                 for writer in writers.values():
                     writer.close()
                     writer.path.unlink(missing_ok=True)

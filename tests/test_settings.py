@@ -103,6 +103,13 @@ def test_adding_a_setting_is_one_field():
         ({"chunk": 2000}, "--chunk 2000 is longer than --seq-len 1024"),
         ({"cutoffs": (8, 4, 12)}, "strictly increasing"),
         ({"seq_len": 8, "kernel_len": 16, "chunk": 4}, "kernel_len must be <= seq_len"),
+        ({"seq_len": 0}, "seq_len=0; pass a positive integer to --seq-len"),
+        ({"dropout": 1.0}, "dropout must be a float in \\[0, 1\\).*--dropout"),
+        ({"batch_size": 0}, "batch_size=0; pass a positive integer to --batch-size"),
+        ({"epochs": 1.5}, "epochs=1.5; pass a positive integer to --epochs"),
+        ({"micro_batch": 0}, "micro_batch=0; pass a positive integer to --micro-batch"),
+        ({"batch_size": 2, "micro_batch": 3}, "got --micro-batch 3, --batch-size 2"),
+        ({"cooldown_fraction": 2.0}, "cooldown_fraction must be in \\(0, 1\\]: got 2.0; e.g. --cooldown-fraction"),
     ],
 )
 def test_bad_values_name_the_flag(values, message):
