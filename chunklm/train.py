@@ -104,10 +104,12 @@ def _check_cooldown_fraction(inst: Any, attribute: attrs.Attribute, value: Any) 
 
 def _check_micro_batch(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
     _positive_int("--micro-batch")(inst, attribute, value)
-    if value > inst.batch_size:
+    step = inst.batch_size * inst.accum_steps
+    if value > step:
         raise ConfigError(
-            f"micro_batch must be <= batch_size, the windows of one micro-batch: got --micro-batch {value}, "
-            f"--batch-size {inst.batch_size}; pass --micro-batch {inst.batch_size} or less"
+            f"micro_batch must be <= batch_size x accum_steps, the windows of a step: got --micro-batch {value}, "
+            f"--batch-size {inst.batch_size} x --accum-steps {inst.accum_steps} = {step}; "
+            f"pass --micro-batch {step} or less"
         )
 
 

@@ -26,12 +26,14 @@ def test_allow_data_change_on_a_fresh_run_is_refused_in_one_line(tmp_path, capsy
     assert train(tmp_path, "run", "--allow-data-change", "--resume", "auto", "--stop-after", "1") == 0
 
 
-def test_a_micro_batch_larger_than_the_batch_is_refused_in_one_line(tmp_path, capsys):
-    """--micro-batch counts windows of one --batch-size micro-batch: more than it is refused, naming both flags."""
-    assert train(tmp_path, "run", "--micro-batch", "3") == 2
+def test_a_micro_batch_larger_than_the_step_is_refused_in_one_line(tmp_path, capsys):
+    """--micro-batch counts the windows of a step (--batch-size x --accum-steps) run at once: more is refused,
+    naming the flags; the whole step at once is accepted."""
+    assert train(tmp_path, "run", "--micro-batch", "5") == 2
     err = capsys.readouterr().err
-    assert "--micro-batch 3" in err and "--batch-size 2" in err and err.count("\n") == 1, err
+    assert "--micro-batch 5, --batch-size 2 x --accum-steps 2 = 4" in err and err.count("\n") == 1, err
     assert _files(tmp_path) == []
+    assert train(tmp_path, "run", "--micro-batch", "4", "--stop-after", "1") == 0
 
 
 def test_a_run_whose_data_moved_resumes_with_the_new_path_and_allow_data_change(tmp_path, monkeypatch, capsys):

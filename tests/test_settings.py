@@ -108,7 +108,10 @@ def test_adding_a_setting_is_one_field():
         ({"batch_size": 0}, "batch_size=0; pass a positive integer to --batch-size"),
         ({"epochs": 1.5}, "epochs=1.5; pass a positive integer to --epochs"),
         ({"micro_batch": 0}, "micro_batch=0; pass a positive integer to --micro-batch"),
-        ({"batch_size": 2, "micro_batch": 3}, "got --micro-batch 3, --batch-size 2"),
+        (
+            {"batch_size": 2, "accum_steps": 3, "micro_batch": 7},
+            "got --micro-batch 7, --batch-size 2 x --accum-steps 3",
+        ),
         ({"cooldown_fraction": 2.0}, "cooldown_fraction must be in \\(0, 1\\]: got 2.0; e.g. --cooldown-fraction"),
     ],
 )
