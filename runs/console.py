@@ -31,9 +31,8 @@ def sets_cutoff(curriculum) -> bool:
     """Whether the curriculum sets the model's cutoff (a run whose curriculum does not prints none)."""
     from policies import SetCutoff
 
-    actions = [a for p in curriculum.phases for a in p.on_enter] + [
-        a for t in curriculum.transitions for a in t.actions
-    ]
+    actions = [a for p in curriculum.phases for a in p.on_enter]
+    actions += [a for t in curriculum.transitions for a in t.actions]
     return any(isinstance(a, SetCutoff) for a in actions)
 
 
@@ -110,7 +109,7 @@ class Reporter(BaseHooks):
         self.steps_per_epoch = trainer.config.steps_per_epoch
         self.chunk = trainer.config.model.chunk
         self.n_bins = trainer.model.n_bins
-        self.cutoffs = sets_cutoff(trainer.curriculum)
+        self.shows_cutoff = sets_cutoff(trainer.curriculum)
         self.warned = {i: len(r.warnings) for i, r in enumerate(trainer.engine.history)}  # warnings already shown
 
     def on_step(self, info: StepInfo) -> None:
@@ -129,7 +128,7 @@ class Reporter(BaseHooks):
         self.console.open_bar(self.steps_per_epoch, info.step_in_epoch - 1, info.epoch)
         self.console.advance(info.loss, info.lr)
         if self.log_every and info.step_in_epoch % self.log_every == 0:
-            cutoff = f" cutoff={cutoff_text(info.cutoff, self.n_bins)}" if self.cutoffs else ""
+            cutoff = f" cutoff={cutoff_text(info.cutoff, self.n_bins)}" if self.shows_cutoff else ""
             self.console.line(
                 f"  step {info.step_in_epoch}/{self.steps_per_epoch} loss={info.loss:.2f} lr={info.lr:.1e}{cutoff}"
             )
@@ -143,7 +142,7 @@ class Reporter(BaseHooks):
     def on_epoch(self, info: EpochInfo) -> None:
         self.dist.check_same("transition history", history_digest(self.trainer.engine.history))
         self.console.close_bar()
-        cutoff = f" cutoff={info.cutoff}/{self.n_bins}" if self.cutoffs else ""
+        cutoff = f" cutoff={info.cutoff}/{self.n_bins}" if self.shows_cutoff else ""
         self.console.line(f"Epoch {info.epoch} avg_loss={info.avg_loss:.2f}{cutoff}")
         self.console.line(
             f"Epoch {info.epoch} val_bpb={info.bpb:.3f} (next byte), "

@@ -57,9 +57,9 @@ def test_a_run_whose_data_moved_resumes_with_the_new_path_and_allow_data_change(
     assert resume(tmp_path, "run", "--stop-after", "1") == 0  # the new path is now the run's
 
 
-def test_a_count_mismatch_with_the_default_min_epochs_says_it_is_the_default(capsys):
+def test_a_count_mismatch_with_the_default_min_epochs_says_it_is_the_default(tmp_path, capsys):
     """--cutoffs alone: the message says that the --min-epochs it blames is the default."""
-    assert main(["train", *TINY_MODEL, "--cutoffs", "8,16"]) == 2
+    assert main(["train", *TINY_MODEL, "--cutoffs", "8,16", "--ckpt", str(tmp_path / "run.pt")]) == 2
     err = capsys.readouterr().err
     assert "--min-epochs 2,5,10 (the default) gives 3 minimum epochs for the 2 raises of --cutoffs 8,16" in err, err
 
@@ -102,3 +102,20 @@ def test_the_resume_hint_is_the_command_as_it_was_invoked(tmp_path, monkeypatch,
     monkeypatch.setattr(sys, "argv", ["chunklm"])
     assert train(tmp_path, "b", "--stop-after", "1") == 0
     assert f"resume with: chunklm train --ckpt {tmp_path / 'b.pt'} --resume" in capsys.readouterr().out
+
+
+def test_the_command_found_on_path_is_named_by_its_name(tmp_path, monkeypatch):
+    """Run through PATH (argv[0] is then the full path), the command is `chunklm`; run by another path, that path."""
+    from runs.console import invoked_as
+
+    program = tmp_path / "bin" / "chunklm"
+    program.parent.mkdir()
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    monkeypatch.setenv("PATH", str(program.parent))
+    monkeypatch.setattr(sys, "argv", [str(program)])
+    assert invoked_as() == "chunklm"
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert invoked_as() == str(program)
+    monkeypatch.setattr(sys, "argv", ["/somewhere/runs/cli.py"])
+    assert invoked_as() == "chunklm"
