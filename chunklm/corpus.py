@@ -19,8 +19,10 @@ total)`` bytes of the concatenation are validation, the rest training (``corpus.
 logged as a warning).
 
 Cache: the train bytes then the validation bytes are written once, file by file, to
-``<cache_dir>/<key>.u8`` (key: a sha256 of the file list with sizes and mtimes, the split rule and
-the window) and memory-mapped read-only with numpy; a changed file makes a new key. ``cache_dir``
+``<cache_dir>/<key>.u8`` and memory-mapped read-only with numpy. The key is the content it caches:
+the :func:`corpus_fingerprint` (each file's name, size and sha256 of its bytes) with the split rule
+and the window, so any edit, whatever it does to sizes and mtimes, makes a new key, and a build
+whose bytes differ from the fingerprint (a file written meanwhile) is refused. ``cache_dir``
 defaults to ``$CHUNKLM_CACHE_DIR``, else ``$XDG_CACHE_HOME/chunklm``, else ``~/.cache/chunklm``.
 """
 
@@ -31,11 +33,10 @@ import json
 import logging
 import math
 import os
-import shutil
 import sysconfig
 import tempfile
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ __all__ = ["CorpusError", "ByteCorpus", "default_cache_dir", "corpus_fingerprint
 
 logger = logging.getLogger(__name__)
 
-_FORMAT = 1  # bump when the cache layout or the split rule changes
+_FORMAT = 2  # bump when the cache layout, its key or the split rule changes
 _SKIP_DIRS = {"__pycache__", "site-packages", "dist-packages"}
 
 
@@ -73,21 +74,27 @@ def _walk(root: Path, suffix: str | None, skip: set[str]) -> list[tuple[Path, st
     return sorted(found, key=lambda f: f[1])
 
 
-def _collect(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, str]]:
-    files, seen = [], set()
-    for arg in paths:
-        path = Path(arg).expanduser()
-        if path.is_dir():
-            found = _walk(path, None, {"__pycache__"})
-        elif path.is_file():
-            found = [(path, path.name)]
+def _files(paths: Sequence[str | os.PathLike] | None) -> tuple[list[Path], list[tuple[int, Path, str]]]:
+    """The roots (absolute, resolved; the standard library's folder when no paths) and the files a
+    corpus reads, in order: (index of the root, path, relative name), each file once."""
+    if not paths:
+        root = Path(sysconfig.get_paths()["stdlib"]).resolve()
+        return [root], [(0, f, rel) for f, rel in _walk(root, ".py", _SKIP_DIRS)]
+    roots, files, seen = [], [], set()
+    for index, arg in enumerate(paths):
+        root = Path(arg).expanduser().resolve()
+        if root.is_dir():
+            found = _walk(root, None, {"__pycache__"})
+        elif root.is_file():
+            found = [(root, root.name)]
         else:
             raise CorpusError(f"data path does not exist: {str(arg)!r}; pass an existing file or directory to --data")
+        roots.append(root)
         for f, rel in found:
             if f.resolve() not in seen:
                 seen.add(f.resolve())
-                files.append((f, rel))
-    return files
+                files.append((index, f, rel))
+    return roots, files
 
 
 def _is_val(rel: str, val_fraction: float) -> bool:
@@ -116,7 +123,12 @@ def cut_windows(windows: torch.Tensor, seq_len: int, chunk: int) -> torch.Tensor
 
 
 class ByteCorpus:
-    """Training and validation bytes, and deterministic windows of ``seq_len + chunk`` bytes."""
+    """Training and validation bytes, and deterministic windows of ``seq_len + chunk`` bytes.
+
+    Building one reads every file once, for :attr:`fingerprint` (the cache's key); pass
+    ``fingerprint=corpus_fingerprint(paths)`` when you have it, and the files are not read again
+    (unless the cache is built).
+    """
 
     def __init__(
         self,
@@ -126,6 +138,7 @@ class ByteCorpus:
         chunk: int,
         val_fraction: float = 0.05,
         cache_dir: str | os.PathLike | None = None,
+        fingerprint: dict | None = None,
     ):
         for name, value in (("seq_len", seq_len), ("chunk", chunk)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -136,19 +149,20 @@ class ByteCorpus:
         self.window = seq_len + chunk
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
-        if paths:
-            files = _collect(paths)
-        else:
-            root = Path(sysconfig.get_paths()["stdlib"])
-            files = _walk(root, ".py", _SKIP_DIRS)
-        stats = [f.stat() for f, _ in files]
-        sizes = [s.st_size for s in stats]
+        roots, files = _files(paths)
+        # the caller's corpus_fingerprint(paths) spares reading every file twice; it must list these files
+        if fingerprint is None:
+            fingerprint = _fingerprint(roots, files)
+        elif [f[:2] for f in fingerprint["files"]] != [[index, rel] for index, _, rel in files]:
+            raise CorpusError("the data's files changed while the run started; start it again")
+        self.fingerprint = fingerprint
+        sizes = [size for _, _, size, _ in fingerprint["files"]]
         if sum(sizes) == 0:
             raise CorpusError(
                 f"empty corpus: {len(files)} files, 0 bytes under {paths or 'the standard library'}; "
                 "pass files or directories with content to --data"
             )
-        is_val = [_is_val(rel, self.val_fraction) for _, rel in files]
+        is_val = [_is_val(rel, self.val_fraction) for _, _, rel in files]
         val_bytes = sum(s for s, v in zip(sizes, is_val) if v)
         self.split = "file" if min(val_bytes, sum(sizes) - val_bytes) >= self.window else "tail"
         if self.split == "tail":
@@ -156,17 +170,15 @@ class ByteCorpus:
         self.n_files, self.n_val_files = len(files), sum(is_val)
 
         key = hashlib.sha256(
-            json.dumps(
-                [_FORMAT, self.split, self.val_fraction, self.window]
-                + [[str(f.resolve()), rel, s.st_size, s.st_mtime_ns] for (f, rel), s in zip(files, stats)]
-            ).encode()
+            json.dumps([_FORMAT, self.split, self.val_fraction, self.window, fingerprint["sha256"]]).encode()
         ).hexdigest()[:32]
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.cache_path = cache / f"{key}.u8"
         meta = self._load_meta(cache / f"{key}.json")
         if meta is None:
-            train = [f for f, v in zip(files, is_val) if not v]
-            meta = self._build(cache, key, train, [f for f, v in zip(files, is_val) if v])
+            entries = [(f, digest) for (_, f, _), (_, _, _, digest) in zip(files, fingerprint["files"])]
+            train = [e for e, v in zip(entries, is_val) if not v]
+            meta = self._build(cache, key, train, [e for e, v in zip(entries, is_val) if v])
         self.n_train_bytes, self.n_val_bytes = meta["n_train"], meta["n_val"]
         data = np.memmap(self.cache_path, dtype=np.uint8, mode="r")
         self._train, self._val = data[: self.n_train_bytes], data[self.n_train_bytes :]
@@ -189,15 +201,16 @@ class ByteCorpus:
         return None
 
     def _build(self, cache: Path, key: str, train: list, val: list) -> dict:
-        """Write train then validation bytes, file by file, to the cache; atomically replace."""
+        """Write train then validation bytes, file by file, to the cache; atomically replace. ``train``
+        and ``val``: (path, sha256 of its bytes in the key); bytes that no longer match are refused."""
         cache.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=cache, prefix=f".{key}.", delete=False) as out:
             try:
-                for i, (f, _) in enumerate(train + val):
+                for i, (f, digest) in enumerate(train + val):
                     if i == len(train):
                         n_train = out.tell()
-                    with open(f, "rb") as src:
-                        shutil.copyfileobj(src, out, 1 << 20)
+                    if _read(f, out)[1] != digest:
+                        raise CorpusError(f"{f} changed while the corpus was read; start the run again")
                 total = out.tell()
                 out.flush()
                 os.fsync(out.fileno())
@@ -288,45 +301,30 @@ def corpus_fingerprint(paths: str | os.PathLike | Sequence[str | os.PathLike] | 
          "sha256": sha256 of the list above}
 
     Reading the bytes is the cost: 0.4 s (median) for the default corpus (1790 files, 31.5 MB) on a
-    loaded 2-core AMD EPYC with a warm page cache, less than building the ByteCorpus from its cache
-    (0.56 s): benchmarks/results/corpus_fingerprint.txt.
+    loaded 2-core AMD EPYC with a warm page cache (benchmarks/results/corpus_fingerprint.txt). A
+    ``ByteCorpus`` given this result (``fingerprint=``) keys its cache by it instead of reading again.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    if paths:
-        roots = [Path(p).expanduser().resolve() for p in paths]
-        groups = []
-        seen: set[Path] = set()
-        for root in roots:
-            if root.is_dir():
-                found = _walk(root, None, {"__pycache__"})
-            elif root.is_file():
-                found = [(root, root.name)]
-            else:
-                raise CorpusError(
-                    f"data path does not exist: {str(root)!r}; pass an existing file or directory to --data"
-                )
-            kept = []
-            for f, rel in found:
-                if f.resolve() not in seen:
-                    seen.add(f.resolve())
-                    kept.append((f, rel))
-            groups.append(kept)
-    else:
-        roots = [Path(sysconfig.get_paths()["stdlib"]).resolve()]
-        groups = [_walk(roots[0], ".py", _SKIP_DIRS)]
-    files = []
-    for index, group in enumerate(groups):
-        for f, rel in group:
-            digest = hashlib.sha256()
-            size = 0
-            with open(f, "rb") as src:
-                while block := src.read(1 << 20):
-                    digest.update(block)
-                    size += len(block)
-            files.append([index, rel, size, digest.hexdigest()])
-    whole = hashlib.sha256(json.dumps(files).encode()).hexdigest()
-    return {"version": FINGERPRINT_VERSION, "paths": [str(r) for r in roots], "files": files, "sha256": whole}
+    return _fingerprint(*_files(paths))
+
+
+def _read(path: Path, out=None) -> tuple[int, str]:
+    """A file's size and the sha256 (hex) of its bytes, read once in blocks, each also written to ``out``."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as src:
+        while block := src.read(1 << 20):
+            digest.update(block)
+            size += len(block)
+            if out is not None:
+                out.write(block)
+    return size, digest.hexdigest()
+
+
+def _fingerprint(roots: list[Path], files: list[tuple[int, Path, str]]) -> dict:
+    entries = [[index, rel, *_read(f)] for index, f, rel in files]
+    whole = hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+    return {"version": FINGERPRINT_VERSION, "paths": [str(r) for r in roots], "files": entries, "sha256": whole}
 
 
 def fingerprint_changes(saved: dict, now: dict, limit: int = 3) -> list[str]:

@@ -28,12 +28,12 @@ import attrs
 import numpy as np
 import torch
 
-from chunklm.config import ConfigError
+from chunklm.config import ConfigError, _positive_int
 from chunklm.corpus import ByteCorpus, cut_windows
 from chunklm.evaluate import EMA, evaluate_bpb
 from chunklm.model import ChunkLM, ChunkLMConfig
 from engine import Curriculum, CurriculumEngine, Record
-from policies import WSD, StagedCosine, seq_len_curriculum, spectral_curriculum
+from policies import WSD, CooldownShape, StagedCosine, seq_len_curriculum, spectral_curriculum
 
 __all__ = [
     "TrainConfig",
@@ -78,6 +78,10 @@ def _check_seq_lens(inst: Any, attribute: attrs.Attribute, value: tuple) -> None
             )
 
 
+# The LR schedules by name: StagedCosine (the seed's stages, restarted at raises), WSD (warmup-stable-decay).
+SCHEDULES = {"staged": StagedCosine, "wsd": WSD}
+
+
 def _check_schedule(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value not in SCHEDULES:
         raise ConfigError(
@@ -85,19 +89,28 @@ def _check_schedule(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
         )
 
 
-def _check_cooldown(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if attribute.name == "cooldown_shape":
-        if value not in COOLDOWN_SHAPES:
-            raise ConfigError(
-                f"cooldown_shape must be one of {', '.join(COOLDOWN_SHAPES)}: got {value!r}; "
-                "e.g. --cooldown-shape 1-sqrt"
-            )
-    elif isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+def _check_cooldown_shape(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    shapes = [s.value for s in CooldownShape]
+    if value not in shapes:
+        raise ConfigError(
+            f"cooldown_shape must be one of {', '.join(shapes)}: got {value!r}; e.g. --cooldown-shape 1-sqrt"
+        )
+
+
+def _check_cooldown_fraction(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
         raise ConfigError(f"cooldown_fraction must be in (0, 1]: got {value!r}; e.g. --cooldown-fraction 0.2")
 
 
-COOLDOWN_SHAPES = ("1-sqrt", "linear", "cosine")  # policies.CooldownShape
-SCHEDULES = ("staged", "wsd")  # StagedCosine (the seed's stages, restarted at raises), WSD (warmup-stable-decay)
+def _check_micro_batch(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _positive_int("--micro-batch")(inst, attribute, value)
+    step = inst.batch_size * inst.accum_steps
+    if value > step:
+        raise ConfigError(
+            f"micro_batch must be <= batch_size x accum_steps, the windows of a step: got --micro-batch {value}, "
+            f"--batch-size {inst.batch_size} x --accum-steps {inst.accum_steps} = {step}; "
+            f"pass --micro-batch {step} or less"
+        )
 
 
 @attrs.frozen
@@ -106,10 +119,10 @@ class TrainConfig:
 
     model: ChunkLMConfig
     data: tuple[str, ...] = attrs.field(default=(), converter=_to_tuple)
-    batch_size: int = attrs.field(default=4, validator=_positive)
-    accum_steps: int = attrs.field(default=8, validator=_positive)
-    steps_per_epoch: int = attrs.field(default=1000, validator=_positive)
-    epochs: int = attrs.field(default=50, validator=_positive)
+    batch_size: int = attrs.field(default=4, validator=_positive_int("--batch-size"))
+    accum_steps: int = attrs.field(default=8, validator=_positive_int("--accum-steps"))
+    steps_per_epoch: int = attrs.field(default=1000, validator=_positive_int("--steps-per-epoch"))
+    epochs: int = attrs.field(default=50, validator=_positive_int("--epochs"))
     lr: float = attrs.field(default=2e-4, validator=_positive)
     weight_decay: float = 0.1
     grad_clip: float = 1.0
@@ -126,17 +139,14 @@ class TrainConfig:
     # with cutoffs, one per cutoff phase; without, seq_len_curriculum's phases). () trains at full length.
     seq_lens: tuple[int, ...] = attrs.field(default=(), converter=_to_tuple, validator=_check_seq_lens)
     schedule: str = attrs.field(default="staged", validator=_check_schedule)  # the LR schedule: SCHEDULES
-    cooldown_fraction: float = attrs.field(
-        default=0.2, validator=_check_cooldown
-    )  # WSD: the cooldown's share of training
-    cooldown_shape: str = attrs.field(
-        default="1-sqrt", validator=_check_cooldown
-    )  # WSD: its shape (policies.CooldownShape)
+    # WSD: the cooldown's share of training, and its shape
+    cooldown_fraction: float = attrs.field(default=0.2, validator=_check_cooldown_fraction)
+    cooldown_shape: str = attrs.field(default=CooldownShape.ONE_MINUS_SQRT.value, validator=_check_cooldown_shape)
     eval_windows: int = 64
     eval_batch_size: int = 16
     # Execution only (the trajectory's math does not depend on them; they may change on resume):
     # windows per forward/backward (None: batch_size); the global batch stays batch_size x accum_steps
-    micro_batch: int | None = attrs.field(default=None, validator=attrs.validators.optional(_positive))
+    micro_batch: int | None = attrs.field(default=None, validator=attrs.validators.optional(_check_micro_batch))
     compile: bool = False  # torch.compile the model's loss (forward + backward); see compile_default()
 
     def curriculum(self) -> Curriculum:
@@ -477,6 +487,7 @@ class Trainer:
         step, with shorter contexts.
         """
         cfg, clock = self.config, self.clock
+        # (batch_size * accum_steps, seq_len + chunk)
         windows = torch.cat(
             [
                 self.corpus.train_batch(
@@ -489,7 +500,7 @@ class Trainer:
                 )
                 for micro in range(cfg.accum_steps)
             ]
-        )  # (batch_size * accum_steps, seq_len + chunk)
+        )
         if seq_len != cfg.model.seq_len:
             windows = cut_windows(windows, seq_len, cfg.model.chunk)  # (batch_size * accum_steps * pieces, L + chunk)
         return windows.to(self.device, non_blocking=True)

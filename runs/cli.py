@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
-from typing import Callable, Sequence
+from typing import Sequence
 
 from runs.errors import RunError, UsageError, UserError, report
-from runs.settings import add_flags, explicit_settings
+from runs.settings import NON_NEGATIVE, RUN_GROUP, add_flags, explicit_settings, number
 
 __all__ = ["main", "build_parser"]
 
@@ -26,22 +25,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _number(kind: Callable, test: Callable[[float], bool], expected: str) -> Callable[[str], float]:
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}: got {text!r}") from None
-        if not (math.isfinite(value) and test(value)):
-            raise argparse.ArgumentTypeError(f"expected {expected}: got {text!r}")
-        return value
-
-    return parse
-
-
-_NON_NEGATIVE = _number(int, lambda v: v >= 0, "an integer >= 0")
-_SEED = _number(int, lambda v: 0 <= v < 2**63, "an integer >= 0 and < 2**63")
-_POSITIVE = _number(int, lambda v: v >= 1, "an integer >= 1")
+_SEED = number(int, lambda v: 0 <= v < 2**63, "an integer >= 0 and < 2**63")
+_POSITIVE = number(int, lambda v: v >= 1, "an integer >= 1")
 
 
 def _resume_mode(text: str) -> str:
@@ -58,8 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train (or --resume) a run")
-    add_flags(t)
-    o = t.add_argument_group("run")
+    o = add_flags(t)[RUN_GROUP]
     o.add_argument(
         "--ckpt", default="chunklm_ckpt.pt", help="checkpoint path; metrics and history are written beside it"
     )
@@ -75,20 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     o.add_argument(
         "--overwrite", action="store_true", help="replace the run already in --ckpt (at the new run's first save)"
-    )
-    o.add_argument(
-        "--log-every",
-        dest="log_every",
-        type=_NON_NEGATIVE,
-        default=10,
-        help="print a step line every N optimizer steps (0: never)",
-    )
-    o.add_argument(
-        "--ckpt-every",
-        dest="ckpt_every",
-        type=_NON_NEGATIVE,
-        default=0,
-        help="also checkpoint every N optimizer steps (0: at epoch ends only)",
     )
     o.add_argument(
         "--stop-after",
@@ -128,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "file", nargs="?", default=None, help="a curriculum .toml/.json file to draw instead (docs/curriculum-files.md)"
     )
-    add_flags(d)
+    add_flags(d, skip=(RUN_GROUP,))
     d.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
     d.add_argument("--run", default=None, help="a run whose settings and current phase to show")
 
@@ -139,12 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="sample bytes from a checkpoint (streamed as they come)")
     gen.add_argument("--ckpt", required=True)
     gen.add_argument("--prompt", default="")
-    gen.add_argument("-n", "--n-bytes", dest="n", type=_NON_NEGATIVE, default=256, help="bytes to generate")
+    gen.add_argument("-n", "--n-bytes", dest="n", type=NON_NEGATIVE, default=256, help="bytes to generate")
     gen.add_argument(
-        "--temperature", type=_number(float, lambda v: v >= 0, "a finite number >= 0 (0: greedy)"), default=0.8
+        "--temperature", type=number(float, lambda v: v >= 0, "a finite number >= 0 (0: greedy)"), default=0.8
     )
     gen.add_argument(
-        "--top-p", dest="top_p", type=_number(float, lambda v: 0 < v <= 1, "a number in (0, 1]"), default=0.95
+        "--top-p", dest="top_p", type=number(float, lambda v: 0 < v <= 1, "a number in (0, 1]"), default=0.95
     )
     gen.add_argument("--seed", type=_SEED, default=0)
     gen.add_argument("--ema", action="store_true", help="sample with the EMA weights when the checkpoint has them")

@@ -9,19 +9,43 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shlex
+import shutil
 import sys
 from typing import Callable
 
 from chunklm.train import BaseHooks, EpochInfo, StepInfo
 from engine import Record
 
-__all__ = ["RAISE_LINE", "Console", "Reporter", "cutoff_text", "history_digest"]
+__all__ = ["RAISE_LINE", "Console", "Reporter", "cutoff_text", "history_digest", "invoked_as", "sets_cutoff"]
 
 RAISE_LINE = "Epoch {epoch} 🚀 CUTOFF RAISED: {before} -> {after} (loss plateaued, opening frequency gates)"
 
 
 def cutoff_text(value: int | None, n_bins: int) -> str:
     return "full" if value is None or value >= n_bins else str(value)
+
+
+def sets_cutoff(curriculum) -> bool:
+    """Whether the curriculum sets the model's cutoff (a run whose curriculum does not prints none)."""
+    from policies import SetCutoff
+
+    actions = [a for p in curriculum.phases for a in p.on_enter]
+    actions += [a for t in curriculum.transitions for a in t.actions]
+    return any(isinstance(a, SetCutoff) for a in actions)
+
+
+def invoked_as() -> str:
+    """The command line's name as the user ran it, for the commands it prints: ``chunklm`` when that
+    name on PATH runs it, else the path they ran (``./run.sh`` runs ``.venv/bin/chunklm``)."""
+    program = sys.argv[0]
+    if os.path.basename(program) != "chunklm":  # python -m runs.cli, or called from Python
+        return "chunklm"
+    found = shutil.which("chunklm")
+    if found and os.path.realpath(found) == os.path.realpath(program):
+        return "chunklm"
+    return shlex.quote(program)
 
 
 def exact(value: float) -> str:
@@ -85,6 +109,7 @@ class Reporter(BaseHooks):
         self.steps_per_epoch = trainer.config.steps_per_epoch
         self.chunk = trainer.config.model.chunk
         self.n_bins = trainer.model.n_bins
+        self.shows_cutoff = sets_cutoff(trainer.curriculum)
         self.warned = {i: len(r.warnings) for i, r in enumerate(trainer.engine.history)}  # warnings already shown
 
     def on_step(self, info: StepInfo) -> None:
@@ -103,9 +128,9 @@ class Reporter(BaseHooks):
         self.console.open_bar(self.steps_per_epoch, info.step_in_epoch - 1, info.epoch)
         self.console.advance(info.loss, info.lr)
         if self.log_every and info.step_in_epoch % self.log_every == 0:
+            cutoff = f" cutoff={cutoff_text(info.cutoff, self.n_bins)}" if self.shows_cutoff else ""
             self.console.line(
-                f"  step {info.step_in_epoch}/{self.steps_per_epoch} loss={info.loss:.2f} lr={info.lr:.1e} "
-                f"cutoff={cutoff_text(info.cutoff, self.n_bins)}"
+                f"  step {info.step_in_epoch}/{self.steps_per_epoch} loss={info.loss:.2f} lr={info.lr:.1e}{cutoff}"
             )
         if not info.applied:
             self.console.line(f"  ⚠️  step {info.step_in_epoch}: non-finite loss ({info.loss}), update skipped")
@@ -117,7 +142,8 @@ class Reporter(BaseHooks):
     def on_epoch(self, info: EpochInfo) -> None:
         self.dist.check_same("transition history", history_digest(self.trainer.engine.history))
         self.console.close_bar()
-        self.console.line(f"Epoch {info.epoch} avg_loss={info.avg_loss:.2f} cutoff={info.cutoff}/{self.n_bins}")
+        cutoff = f" cutoff={info.cutoff}/{self.n_bins}" if self.shows_cutoff else ""
+        self.console.line(f"Epoch {info.epoch} avg_loss={info.avg_loss:.2f}{cutoff}")
         self.console.line(
             f"Epoch {info.epoch} val_bpb={info.bpb:.3f} (next byte), "
             f"{info.bpb_mean:.3f} (mean over {self.chunk} offsets)"
@@ -142,6 +168,11 @@ class Reporter(BaseHooks):
             self.console.line(RAISE_LINE.format(epoch=record.epoch, before=before, after=after))
         else:
             self.console.line(f"Epoch {record.epoch} transition {record.source} -> {record.dest}")
+        trainer, clock = self.trainer, self.trainer.clock
+        epochs = trainer.config.epochs
+        if trainer.done or (clock.epoch + 1 >= epochs and clock.step_in_epoch >= self.steps_per_epoch):
+            more = "" if trainer.cooled_down else f"; resume with --epochs N (N > {epochs}) to train it"
+            self.console.line(f"note: the run ends here, so phase {record.dest} trains no step{more}")
 
     def should_stop(self) -> str | None:
         reason = self.stop_reason()

@@ -51,9 +51,9 @@ def resolve_device(device_arg: str, local_rank: int = 0, distributed: bool = Fal
     return device
 
 
-def resume_command(ckpt: Any) -> str:
+def resume_command(ckpt: Any, program: str = "chunklm") -> str:
     """The command that resumes this run: under torchrun, the same launch (processes, nodes)."""
-    tail = f"chunklm train --ckpt {shlex.quote(str(ckpt))} --resume"
+    tail = f"{program} train --ckpt {shlex.quote(str(ckpt))} --resume"
     if "TORCHELASTIC_RUN_ID" not in os.environ and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return tail
     nproc = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))

@@ -22,23 +22,27 @@ from __future__ import annotations
 import argparse
 import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import attrs
 
 from chunklm.config import ChunkLMConfig, ConfigError
-from chunklm.train import TrainConfig
+from chunklm.train import SCHEDULES, TrainConfig
+from policies import CooldownShape
 from runs.errors import UsageError
 
 __all__ = [
+    "NON_NEGATIVE",
     "PRESETS",
+    "RUN_GROUP",
     "Resume",
     "Settings",
     "SettingsError",
     "add_flags",
     "default_cutoffs",
     "explicit_settings",
+    "number",
     "setting",
 ]
 
@@ -148,10 +152,6 @@ def _at_most(high: float, why: str):
 _MAX_LR = 1e30  # AdamW divides it by 1 - 0.9: far more and float32 arithmetic overflows (max 3.4e38)
 
 
-def _optional(check):
-    return lambda value: None if value is None else check(value)
-
-
 def _finite(low: float | None = None, *, above: bool = False, below: float | None = None):
     def check(value: Any) -> str | None:
         if value is None:
@@ -165,6 +165,24 @@ def _finite(low: float | None = None, *, above: bool = False, below: float | Non
         return None
 
     return check
+
+
+def number(kind: Callable, test: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
+    """An argparse type: ``kind(text)`` when finite and ``test`` holds, else "expected ...: got ..."."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}: got {text!r}") from None
+        if not (math.isfinite(value) and test(value)):
+            raise argparse.ArgumentTypeError(f"expected {expected}: got {text!r}")
+        return value
+
+    return parse
+
+
+NON_NEGATIVE = number(int, lambda v: v >= 0, "an integer >= 0")
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -183,6 +201,7 @@ def default_cutoffs(seq_len: int) -> tuple[int, ...]:
 _MODEL_GROUP = "model"
 _CURRICULUM = "curriculum (the seed's Tuning section)"
 _EXECUTION = "execution (change speed, not the run: free to change on --resume)"
+RUN_GROUP = "run"  # the run's own flags; the command line adds its other run flags (--ckpt, --resume...) to it
 
 
 @attrs.frozen(field_transformer=_config_defaults)
@@ -201,7 +220,6 @@ class Settings:
         group=_MODEL_GROUP,
         demo=256,
         to="model",
-        check=_int_at_least(1),
         type=int,
     )
     kernel_len: int = setting(
@@ -210,7 +228,6 @@ class Settings:
         group=_MODEL_GROUP,
         demo=64,
         to="model",
-        check=_int_at_least(1),
         type=int,
     )
     chunk: int = setting(
@@ -219,7 +236,6 @@ class Settings:
         group=_MODEL_GROUP,
         demo=8,
         to="model",
-        check=_int_at_least(1),
         type=int,
     )
     d_model: int = setting(
@@ -228,7 +244,6 @@ class Settings:
         group=_MODEL_GROUP,
         demo=128,
         to="model",
-        check=_int_at_least(1),
         type=int,
     )
     n_layers: int = setting(
@@ -237,14 +252,12 @@ class Settings:
         group=_MODEL_GROUP,
         demo=4,
         to="model",
-        check=_int_at_least(1),
         type=int,
     )
     dropout: float = setting(
         help="dropout probability in [0, 1)",
         group=_MODEL_GROUP,
         to="model",
-        check=_finite(0.0, below=1.0),
         type=float,
     )
     kernel_init: str = setting(
@@ -260,16 +273,10 @@ class Settings:
         converter=tuple,
         nargs="+",
     )
-    batch_size: int = setting(help="windows per micro-batch", demo=8, check=_int_at_least(1), type=int)
-    accum_steps: int = setting(help="micro-batches per optimizer step", demo=1, check=_int_at_least(1), type=int)
-    steps_per_epoch: int = setting(help="optimizer steps per epoch", demo=150, check=_int_at_least(1), type=int)
-    epochs: int = setting(
-        help="epochs in all (may grow on --resume)",
-        demo=12,
-        resume=Resume.FREE,
-        check=_int_at_least(1),
-        type=int,
-    )
+    batch_size: int = setting(help="windows per micro-batch", demo=8, type=int)
+    accum_steps: int = setting(help="micro-batches per optimizer step", demo=1, type=int)
+    steps_per_epoch: int = setting(help="optimizer steps per epoch", demo=150, type=int)
+    epochs: int = setting(help="epochs in all (may grow on --resume)", demo=12, resume=Resume.FREE, type=int)
     lr: float = setting(
         help="peak learning rate",
         demo=2e-3,
@@ -353,20 +360,19 @@ class Settings:
         "(warmup-stable-decay: constant, then a --cooldown-fraction cooldown; no restarts)",
         group=_CURRICULUM,
         absent="staged",
-        choices=["staged", "wsd"],
+        choices=list(SCHEDULES),
     )
     cooldown_fraction: float = setting(
         help="wsd: the cooldown's share of training (default 0.2)",
         group=_CURRICULUM,
         absent=0.2,
-        check=_finite(0.0, above=True),
         type=float,
     )
     cooldown_shape: str = setting(
         help="wsd: the cooldown's shape (default 1-sqrt, Hägele et al.'s best)",
         group=_CURRICULUM,
-        absent="1-sqrt",
-        choices=["1-sqrt", "linear", "cosine"],
+        absent=CooldownShape.ONE_MINUS_SQRT.value,
+        choices=[shape.value for shape in CooldownShape],
     )
     # execution only: how the step runs, not what it computes (may change on resume)
     micro_batch: int | None = setting(
@@ -375,7 +381,6 @@ class Settings:
         group=_EXECUTION,
         resume=Resume.FREE,
         absent=None,
-        check=_optional(_int_at_least(1)),
         type=int,
     )
     compile: bool | None = setting(
@@ -386,6 +391,27 @@ class Settings:
         absent=None,
         to=None,
         action=argparse.BooleanOptionalAction,
+    )
+    # the run's output: free to change on --resume, and kept when not given
+    log_every: int = setting(
+        10,
+        "print a step line every N optimizer steps (0: never)",
+        group=RUN_GROUP,
+        resume=Resume.FREE,
+        absent=10,
+        to=None,
+        check=_int_at_least(0),
+        type=NON_NEGATIVE,
+    )
+    ckpt_every: int = setting(
+        0,
+        "also checkpoint every N optimizer steps (0: at epoch ends only)",
+        group=RUN_GROUP,
+        resume=Resume.FREE,
+        absent=0,
+        to=None,
+        check=_int_at_least(0),
+        type=NON_NEGATIVE,
     )
     # no flag
     eval_windows: int = setting(demo=32, flag=None)
@@ -398,17 +424,21 @@ class Settings:
         values = {f.name: f.metadata["presets"][preset] for f in attrs.fields(cls) if preset in f.metadata["presets"]}
         return cls._make({**values, **explicit})
 
-    def resume(self, saved_preset: str | None, preset: str | None, explicit: Mapping[str, Any]) -> Settings:
-        """These (a checkpoint's) settings with the explicit flags applied; conflicting flags are an error."""
+    def resume(
+        self, saved_preset: str | None, preset: str | None, explicit: Mapping[str, Any], free: Collection[str] = ()
+    ) -> Settings:
+        """These (a checkpoint's) settings with the explicit flags applied; conflicting flags are an error.
+        ``free``: fields this resume may change though they are fixed (``--allow-data-change`` frees ``data``)."""
         differing = []
         if preset is not None and preset != (saved_preset or "seed"):
             differing.append(f"--preset: checkpoint has {saved_preset or 'seed'!r}, given {preset!r}")
         for f in attrs.fields(type(self)):
-            if f.name not in explicit or f.metadata["resume"] is not Resume.FIXED:
+            if f.name not in explicit or f.metadata["resume"] is not Resume.FIXED or f.name in free:
                 continue
             saved, given = getattr(self, f.name), explicit[f.name]
             if given != saved:
-                differing.append(f"{_flag(f)}: checkpoint has {_show(saved)}, given {_show(given)}")
+                how = " (pass --allow-data-change to continue on other data)" if f.name == "data" else ""
+                differing.append(f"{_flag(f)}: checkpoint has {_show(saved)}, given {_show(given)}{how}")
         if differing:
             raise SettingsError(
                 "these flags differ from the checkpoint and would change the run's trajectory: "
@@ -429,11 +459,25 @@ class Settings:
         return settings
 
     def check(self) -> None:
-        """Each field's own check, then the configs' and the curriculum's validation."""
+        """Each field's own check; the model's sizes (ChunkLMConfig's checks: the rest derive from them);
+        the checks across flags; then the train config's and the curriculum's. The configs' messages name
+        the flags, so a value they check is checked there only."""
+        from engine import CurriculumError
+
         for f in attrs.fields(type(self)):
             message = f.metadata["check"] and f.metadata["check"](getattr(self, f.name))
             if message:
                 raise SettingsError(f"{_flag(f)} {message}")
+        try:
+            ChunkLMConfig(**self._feeding("model"))
+            self._check_flags()
+            self.to_config().curriculum()
+        except (ConfigError, CurriculumError) as exc:
+            raise SettingsError(str(exc)) from None
+
+    def _check_flags(self) -> None:
+        """What no config checks in the flags' words: the derived cutoffs, --chunk against --seq-len, and
+        one --min-epochs (and --seq-lens) value per raise (the library's check names its own arguments)."""
         if self.cutoffs is not None and any(isinstance(c, int) and c < 1 for c in self.cutoffs):
             raise SettingsError(
                 f"--cutoffs {_show(self.cutoffs)}: each cutoff must be >= 1 bin (the default, seq_len/8,/4,/2, "
@@ -444,18 +488,6 @@ class Settings:
             raise SettingsError(
                 f"--chunk {self.chunk} is longer than --seq-len {self.seq_len}; lower --chunk or raise --seq-len"
             )
-        self._check_phase_counts()
-        from engine import CurriculumError
-
-        try:
-            config = self.to_config()
-            config.curriculum()
-        except (ConfigError, CurriculumError) as exc:
-            raise SettingsError(str(exc)) from None
-
-    def _check_phase_counts(self) -> None:
-        """One --min-epochs value (and one --seq-lens value) per raise of the curriculum the flags make, in
-        the flags' words (the library's check names its own arguments)."""
         cutoffs = self.cutoffs or ()
         if cutoffs and self.seq_lens and len(self.seq_lens) != len(cutoffs):
             raise SettingsError(
@@ -470,18 +502,21 @@ class Settings:
             raises, what = len(self.seq_lens), f"--seq-lens {_show(self.seq_lens)}"
         if len(self.min_epochs) != raises:
             example = ",".join(str(2 * (k + 1)) for k in range(raises)) or "''"
+            default = " (the default)" if self.min_epochs == attrs.fields(type(self)).min_epochs.default else ""
             raise SettingsError(
-                f"--min-epochs {_show(self.min_epochs)} gives {len(self.min_epochs)} minimum epochs for the "
+                f"--min-epochs {_show(self.min_epochs)}{default} gives {len(self.min_epochs)} minimum epochs for the "
                 f"{raises} raise{'s' if raises != 1 else ''} of {what}; give one per raise, e.g. --min-epochs {example}"
             )
 
+    def _feeding(self, config: str) -> dict[str, Any]:
+        """The settings that feed ``config`` ("model" or "train"), by field name."""
+        return {f.name: getattr(self, f.name) for f in attrs.fields(type(self)) if f.metadata["to"] == config}
+
     def to_config(self) -> TrainConfig:
         """The validated library configs (their errors name the field and the fix)."""
-        model = {f.name: getattr(self, f.name) for f in attrs.fields(type(self)) if f.metadata["to"] == "model"}
-        train = {f.name: getattr(self, f.name) for f in attrs.fields(type(self)) if f.metadata["to"] == "train"}
         cutoffs = self.cutoffs if self.cutoffs is not None else default_cutoffs(self.seq_len)
-        model_config = ChunkLMConfig(**model, init_cutoff=cutoffs[0] if cutoffs else None)
-        return TrainConfig(model=model_config, **{**train, "cutoffs": cutoffs})
+        model_config = ChunkLMConfig(**self._feeding("model"), init_cutoff=cutoffs[0] if cutoffs else None)
+        return TrainConfig(model=model_config, **{**self._feeding("train"), "cutoffs": cutoffs})
 
     # -- storing -----------------------------------------------------------------------------
 
@@ -516,11 +551,14 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
-def add_flags(parser: argparse.ArgumentParser, schema: type | None = None) -> None:
-    """One flag per setting that has one, grouped; all default to 'not given' (argparse.SUPPRESS)."""
+def add_flags(
+    parser: argparse.ArgumentParser, schema: type | None = None, skip: Collection[str] = ()
+) -> dict[str, Any]:
+    """One flag per setting that has one, grouped (but the groups in ``skip``); all default to 'not
+    given' (argparse.SUPPRESS). Returns the groups by name."""
     groups: dict[str, Any] = {}
     for f in attrs.fields(schema or Settings):
-        if f.metadata["flag"] is None:
+        if f.metadata["flag"] is None or f.metadata["group"] in skip:
             continue
         name = f.metadata["group"]
         group = groups.get(name) or groups.setdefault(name, parser.add_argument_group(name))
@@ -533,6 +571,7 @@ def add_flags(parser: argparse.ArgumentParser, schema: type | None = None) -> No
         default=None,
         help="a named set of the flags above; explicit flags override it",
     )
+    return groups
 
 
 def explicit_settings(args: argparse.Namespace, schema: type | None = None) -> dict[str, Any]:

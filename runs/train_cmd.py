@@ -26,7 +26,7 @@ import attrs
 
 from runs.artifacts import MetricsWriter, RunFiles, RunLock, remove_stale_temps
 from runs.checkpoint import Checkpoint, CheckpointError
-from runs.console import Console, Reporter
+from runs.console import Console, Reporter, invoked_as, sets_cutoff
 from runs.distributed import Distributed, resume_command
 from runs.errors import RunError, UsageError, UserError, report
 from runs.settings import Settings
@@ -64,6 +64,11 @@ def check_args(args: argparse.Namespace) -> None:
             else "--resume continues the run in --ckpt"
         )
         raise UsageError(f"{flag} and --overwrite replaces it: pass one of them")
+    if args.allow_data_change and not args.resume:
+        raise UsageError(
+            "--allow-data-change applies to --resume (a fresh run has no checkpoint whose data could differ); "
+            "drop it, or add --resume"
+        )
     if not args.ckpt.strip():
         raise UsageError("--ckpt is empty; name the checkpoint file, e.g. --ckpt runs/demo/chunklm_ckpt.pt")
     name = Path(args.ckpt).name
@@ -234,10 +239,12 @@ def check_model_size(settings: Settings, device, what: str, training: bool = Tru
         )
 
 
-def check_data(paths: tuple[str, ...]) -> None:
+def check_data(paths: tuple[str, ...], from_checkpoint: bool = False) -> None:
+    """Each --data path is a file or a directory; ``from_checkpoint``: the paths are a resumed run's own."""
     for path in map(Path, paths):
         if not path.exists():
-            raise UsageError(f"--data {path}: no such file or directory")
+            moved = "; if the run's data moved, resume with --data NEW --allow-data-change" if from_checkpoint else ""
+            raise UsageError(f"--data {path}: no such file or directory{moved}")
         if not (path.is_file() or path.is_dir()):
             raise UsageError(
                 f"--data {path}: not a regular file or a directory (a device, FIFO or socket); "
@@ -245,11 +252,14 @@ def check_data(paths: tuple[str, ...]) -> None:
             )
 
 
-def build_corpus(config):
+def build_corpus(config, fingerprint: dict | None = None):
+    """The run's corpus; ``fingerprint``: the data's, already taken (its files are then read once)."""
     from chunklm.corpus import ByteCorpus, CorpusError, default_cache_dir
 
     try:
-        return ByteCorpus(list(config.data) or None, seq_len=config.model.seq_len, chunk=config.model.chunk)
+        return ByteCorpus(
+            list(config.data) or None, seq_len=config.model.seq_len, chunk=config.model.chunk, fingerprint=fingerprint
+        )
     except CorpusError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
@@ -387,7 +397,8 @@ def _load(
     saved = Checkpoint.load(files.ckpt)
     check_parts(saved, files.ckpt)
     refuse_curriculum_flags(args, saved, files.ckpt)  # before comparing those flags with the checkpoint's
-    return saved, saved.settings.resume(saved.preset, args.preset, explicit), saved.preset
+    free = ("data",) if args.allow_data_change else ()  # the flag's promise: other path, files or bytes
+    return saved, saved.settings.resume(saved.preset, args.preset, explicit, free), saved.preset
 
 
 def _restore(trainer, saved: Checkpoint, rank: int, path: Path) -> None:
@@ -433,7 +444,7 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
                 f"{files.ckpt} was written by a run with {saved.world_size} processes, this one has {dist.world_size}: "
                 "the data each rank sees would change. Resume with the same --nproc_per_node"
             )
-        check_data(settings.data)
+        check_data(settings.data, from_checkpoint=saved is not None and "data" not in explicit)
         notes: list[str] = (
             [
                 f"note: {path.name} is missing; "
@@ -454,16 +465,15 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
         )
         from runs.curriculum_file import curriculum_for_run
 
-        curriculum, curriculum_file = curriculum_for_run(
-            args, config, saved, files.ckpt
-        )  # --curriculum FILE, or stored; None: the settings' own
+        # --curriculum FILE, or stored; None: the settings' own
+        curriculum, curriculum_file = curriculum_for_run(args, config, saved, files.ckpt)
         if auto:  # after every check of the line: a refused line says only why
             Console(enabled=dist.rank == 0).line(
                 f"resuming {files.ckpt} at step {saved.global_step}"
                 if saved is not None
                 else f"no run in {files.ckpt}: starting fresh"
             )
-        corpus = build_corpus(config)
+        corpus = build_corpus(config, data)
         trainer = Trainer(
             config,
             device=dist.device,
@@ -482,9 +492,8 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
             if dist.rank == 0:
                 remove_stale_temps(files.written)
                 if saved is not None and saved.engine_phase is not None:
-                    files.write_history(
-                        trainer.engine.history
-                    )  # the checkpoint's own: a save cut short after it left an older one
+                    # the checkpoint's own: a save cut short after it left an older one
+                    files.write_history(trainer.engine.history)
             console = Console(enabled=dist.rank == 0)
             shown = (
                 curriculum_file
@@ -509,18 +518,20 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
                 return 0
             stored = (curriculum.to_dict(), curriculum_file) if curriculum is not None else None
             return _fit(
-                args,
-                trainer,
-                settings,
-                preset,
-                dist,
-                files,
-                saved,
-                console,
-                data,
-                data_changes,
-                stored,
-                args.overwrite or auto,
+                Run(
+                    args=args,
+                    trainer=trainer,
+                    settings=settings,
+                    preset=preset,
+                    dist=dist,
+                    files=files,
+                    saved=saved,
+                    console=console,
+                    data=data,
+                    data_changes=data_changes,
+                    curriculum=stored,
+                    defer=args.overwrite or auto,
+                )
             )
         finally:
             trainer.close()  # before the process group goes
@@ -535,40 +546,46 @@ def _cooled_down(trainer) -> str:
     return f"the LR cooldown the curriculum started ended at step {end}, and the LR is 0 from there"
 
 
-def _fit(
-    args,
-    trainer,
-    settings: Settings,
-    preset,
-    dist: Distributed,
-    files: RunFiles,
-    saved,
-    console: Console,
-    data: dict | None = None,
-    data_changes: list | None = None,
-    curriculum: tuple | None = None,
-    defer: bool = False,
-) -> int:
-    """``defer``: a fresh run's metrics wait in memory until its first save (``--overwrite``: the old
-    run's files stay until then; ``--resume auto``: a run killed before it leaves nothing)."""
+@attrs.frozen
+class Run:
+    """A run ready to train: what :func:`_train` checked and built, for :func:`_fit` to train and save."""
+
+    args: argparse.Namespace
+    trainer: Any
+    settings: Settings
+    preset: str | None
+    dist: Distributed
+    files: RunFiles
+    saved: Checkpoint | None
+    console: Console
+    data: dict | None = None  # the data's fingerprint (rank 0), stored in every checkpoint
+    data_changes: list | None = None  # the changes --allow-data-change continued on
+    curriculum: tuple[dict, str | None] | None = None  # --curriculum FILE's curriculum as data, and its file
+    # a fresh run's metrics wait in memory until its first save (--overwrite: the old run's files stay
+    # until then; --resume auto: a run killed before it leaves nothing)
+    defer: bool = False
+
+
+def _fit(run: Run) -> int:
+    args, trainer, dist, files, console = run.args, run.trainer, run.dist, run.files, run.console
     writers: dict[str, MetricsWriter] = {}
     if dist.rank == 0:
         clock = trainer.clock
         writers = {
-            name: MetricsWriter(path, fields, key, upto if saved else None, defer=defer)
+            name: MetricsWriter(path, fields, key, upto if run.saved else None, defer=run.defer)
             for name, (path, fields, key, upto) in files.metrics(clock.global_step, clock.epoch).items()
         }
     save = Saver(
         trainer,
-        settings,
-        preset,
+        run.settings,
+        run.preset,
         dist,
         files,
         writers,
-        replace_old=args.overwrite and saved is None,
-        data=data,
-        data_changes=data_changes,
-        curriculum=curriculum,
+        replace_old=args.overwrite and run.saved is None,
+        data=run.data,
+        data_changes=run.data_changes,
+        curriculum=run.curriculum,
     )
     started_at, steps_at_start = time.time(), trainer.clock.global_step
     with StopSignals(announce=dist.rank == 0) as signals:
@@ -586,12 +603,13 @@ def _fit(
                 console,
                 (writers["steps"], writers["epochs"]) if writers else (),
                 dist,
-                args.log_every,
+                run.settings.log_every,
                 stop_reason,
             )
-            reason = trainer.fit(reporter, save, ckpt_every=args.ckpt_every)
+            reason = trainer.fit(reporter, save, ckpt_every=run.settings.ckpt_every)
         except BaseException:
-            if saved is None and not defer and not save.saved:  # a fresh run that never saved: leave no files behind
+            if run.saved is None and not run.defer and not save.saved:
+                # a fresh run that never saved: leave no files behind
                 for writer in writers.values():
                     writer.close()
                     writer.path.unlink(missing_ok=True)
@@ -608,13 +626,13 @@ def _fit(
             f"stopped by {signal.Signals(signum).name} at global step {clock.global_step}; "
             f"checkpoint saved to {files.ckpt}"
         )
-        console.line(f"resume with: {resume_command(files.ckpt)}")
+        console.line(f"resume with: {resume_command(files.ckpt, invoked_as())}")
         return 128 + int(signum)
     if reason == "stop_after":
         console.line(
             f"stopped after {steps} steps at global step {clock.global_step}; checkpoint saved to {files.ckpt}"
         )
-        console.line(f"resume with: {resume_command(files.ckpt)}")
+        console.line(f"resume with: {resume_command(files.ckpt, invoked_as())}")
         return 0
     if clock.epoch < trainer.config.epochs:  # ended by trainer.cooled_down
         console.line(f"{_cooled_down(trainer)}: training stops at epoch {clock.epoch} of {trainer.config.epochs}")
@@ -679,5 +697,6 @@ def _print_header(
     console.line(
         f"resumed {ckpt} at epoch {c.epoch} step {c.step_in_epoch}/{config.steps_per_epoch} (global step "
         f"{c.global_step}), "
-        f"phase {trainer.engine.phase.name}, cutoff={trainer.model.cutoff}/{trainer.model.n_bins}"
+        f"phase {trainer.engine.phase.name}"
+        + (f", cutoff={trainer.model.cutoff}/{trainer.model.n_bins}" if sets_cutoff(trainer.curriculum) else "")
     )

@@ -166,3 +166,30 @@ def test_default_corpus_is_the_standard_library(tmp_path):
     assert c.n_files == len(expected) > 100
     assert c.split == "file" and 0.02 < c.n_val_files / c.n_files < 0.08
     assert c.n_train_bytes + c.n_val_bytes == sum(p.stat().st_size for p in expected)
+
+
+def test_a_same_size_edit_that_keeps_the_mtime_is_not_read_from_the_cache(tmp_path):
+    """The cache is keyed by the bytes: an edit of the same size with the old mtime restored (cp -p,
+    rsync -t, a tar or git restore) gives a corpus of the new bytes."""
+    files = make_tree(tmp_path / "data", n_files=10)
+    first = corpus(tmp_path / "data", tmp_path)
+    stat = files[0].stat()
+    files[0].write_bytes(b"N" * stat.st_size)
+    os.utime(files[0], ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert files[0].stat().st_mtime_ns == stat.st_mtime_ns
+    second = corpus(tmp_path / "data", tmp_path)
+    assert b"N" * stat.st_size in bytes(second._train) + bytes(second._val)
+    assert second.cache_path != first.cache_path
+
+
+def test_a_build_from_bytes_that_no_longer_match_the_given_fingerprint_is_refused(tmp_path):
+    """A corpus given the fingerprint taken before a file changed never caches the new bytes under the old key."""
+    from chunklm.corpus import corpus_fingerprint
+
+    files = make_tree(tmp_path / "data", n_files=10)
+    fingerprint = corpus_fingerprint(tmp_path / "data")
+    files[3].write_bytes(b"N" * files[3].stat().st_size)
+    with pytest.raises(CorpusError, match="mod03.py changed while the corpus was read"):
+        corpus(tmp_path / "data", tmp_path, fingerprint=fingerprint)
+    assert not list((tmp_path / "cache").glob("*.u8"))
+    assert corpus(tmp_path / "data", tmp_path, fingerprint=corpus_fingerprint(tmp_path / "data")).n_files == 10

@@ -103,9 +103,36 @@ def test_adding_a_setting_is_one_field():
         ({"chunk": 2000}, "--chunk 2000 is longer than --seq-len 1024"),
         ({"cutoffs": (8, 4, 12)}, "strictly increasing"),
         ({"seq_len": 8, "kernel_len": 16, "chunk": 4}, "kernel_len must be <= seq_len"),
+        ({"seq_len": 0}, "seq_len=0; pass a positive integer to --seq-len"),
+        ({"dropout": 1.0}, "dropout must be a float in \\[0, 1\\).*--dropout"),
+        ({"batch_size": 0}, "batch_size=0; pass a positive integer to --batch-size"),
+        ({"epochs": 1.5}, "epochs=1.5; pass a positive integer to --epochs"),
+        ({"micro_batch": 0}, "micro_batch=0; pass a positive integer to --micro-batch"),
+        (
+            {"batch_size": 2, "accum_steps": 3, "micro_batch": 7},
+            "got --micro-batch 7, --batch-size 2 x --accum-steps 3",
+        ),
+        ({"cooldown_fraction": 2.0}, "cooldown_fraction must be in \\(0, 1\\]: got 2.0; e.g. --cooldown-fraction"),
     ],
 )
 def test_bad_values_name_the_flag(values, message):
     """Each check's message names the flag and what came."""
     with pytest.raises(SettingsError, match=message):
         Settings.fresh(None, values)
+
+
+def test_data_may_differ_on_resume_only_when_freed():
+    """--data is a trajectory setting: another one is refused naming --allow-data-change, unless freed."""
+    saved = Settings.fresh(None, {"data": ("/old",)})
+    with pytest.raises(SettingsError, match=r"--data: checkpoint has /old, given /new \(pass --allow-data-change"):
+        saved.resume(None, None, {"data": ("/new",)})
+    assert saved.resume(None, None, {"data": ("/new",)}, free=("data",)).data == ("/new",)
+
+
+def test_the_run_output_flags_are_stored_and_kept_on_resume():
+    """--log-every and --ckpt-every come from the checkpoint when not given, and may change when given."""
+    saved = Settings.from_dict(Settings.fresh(None, {"log_every": 0, "ckpt_every": 7}).to_dict())
+    assert (saved.log_every, saved.ckpt_every) == (0, 7)
+    assert saved.resume(None, None, {}).log_every == 0
+    assert saved.resume(None, None, {"log_every": 5}).log_every == 5
+    assert parse("--log-every", "0") == {"log_every": 0}
