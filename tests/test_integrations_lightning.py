@@ -24,7 +24,7 @@ from engine import Curriculum, CurriculumEngine, CurriculumError, Phase, Point, 
 from engine.integrations.lightning import CurriculumCallback
 from policies import MetricBelow, MinEpoch, MinSteps, Restartable, RestartLR, SetCutoff, StagedCosine, all_of
 from tests.ddp_lightning import THRESHOLD as DDP_THRESHOLD
-from tests.lightning_tiny import Tiny
+from tests.lightning_tiny import PositionLoader, Tiny
 from tests.utils import launch, same_tensors
 from tests.utils import lightning_dataset as dataset
 
@@ -33,29 +33,6 @@ STEPS_PER_EPOCH = 4  # 3 + 3 + 3 + 1 micro-batches
 
 # Lightning's own advice (checkpoint dirpath changed on resume, few workers, ...) is noise here.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:lightning.*", "ignore:.*LeafSpec.*")
-
-
-class PositionLoader(torch.utils.data.DataLoader):
-    """A DataLoader that resumes its position in the epoch: Lightning saves its state_dict() in the
-    checkpoint and hands it back to load_state_dict() (torchdata's StatefulDataLoader does the same)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.yielded, self.skip = 0, 0
-
-    def __iter__(self):
-        skip, self.skip = self.skip, 0
-        self.yielded = skip
-        for i, batch in enumerate(super().__iter__()):
-            if i >= skip:
-                self.yielded += 1
-                yield batch
-
-    def state_dict(self) -> dict:
-        return {"consumed": self.yielded}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.skip = state["consumed"] % len(self)  # an epoch's end: the next epoch starts at its first batch
 
 
 def curriculum(validation: bool = True) -> Curriculum:

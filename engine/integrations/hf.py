@@ -18,7 +18,17 @@ import torch
 from transformers import TrainerCallback
 
 from engine.core import CurriculumError
-from engine.integrations import PhaseParams, bind, check_engine, check_flag, real_metrics, restartable
+from engine.integrations import (
+    PhaseParams,
+    bind,
+    check_engine,
+    check_flag,
+    check_restart_over,
+    random_state,
+    real_metrics,
+    restartable,
+    set_random_state,
+)
 from engine.integrations.tracking import calling_handler, curriculum_logs, report_before_loggers
 from engine.runtime import CurriculumEngine
 
@@ -112,8 +122,10 @@ class CurriculumCallback(TrainerCallback):
         *,
         prepare_inputs: Callable[[dict, PhaseParams], dict] | None = None,
         allow_fingerprint_mismatch: bool = False,
+        restart_over: str = "remaining",
     ) -> None:
         self.engine = check_engine(engine, "CurriculumCallback")
+        self.restart_over = check_restart_over(restart_over)
         if prepare_inputs is not None and not callable(prepare_inputs):
             raise CurriculumError(
                 "CurriculumCallback: 'prepare_inputs' must be a callable (inputs, params) -> inputs, "
@@ -133,7 +145,7 @@ class CurriculumCallback(TrainerCallback):
         self._missing_loss = False
         self._step_lr: float | None = None
         self._hooks: list[Any] = []
-        self._epoch_end_at_evaluate = False
+        self._epoch_end_at_evaluate: dict | None = None  # the random state before the epoch end's evaluation
         self._checkpoint: tuple[int, str] | None = None  # (global step, folder) of this run's last checkpoint
         self._wrapped: Any = None  # the Trainer's own scheduler made restartable, whose state the callback keeps
         self._reads_at_resume: int | None = None  # params reads at a resume right after a step-end phase change
@@ -255,7 +267,9 @@ class CurriculumCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         callbacks = state.stateful_callbacks or {}
-        schedule = restartable(self.engine, lr_scheduler, callbacks.get(SCHEDULE_KEY), fresh=state.global_step == 0)
+        schedule = restartable(
+            self.engine, lr_scheduler, callbacks.get(SCHEDULE_KEY), state.global_step == 0, self.restart_over
+        )
         self._wrapped = schedule if schedule is not lr_scheduler else None  # the Trainer's own, made restartable
         bind(self.engine, model=model, optimizer=optimizer, schedule=schedule)
         for hook in self._hooks:
@@ -268,7 +282,7 @@ class CurriculumCallback(TrainerCallback):
             self._hooks.append(model.register_forward_pre_hook(self._before_forward, with_kwargs=True))
         self._model, self._shifts_labels = model, _shifts_labels(model)
         self._average_tokens = bool(getattr(args, "average_tokens_across_devices", False))
-        self._losses, self._missing_loss, self._epoch_end_at_evaluate, self._checkpoint = [], False, False, None
+        self._losses, self._missing_loss, self._epoch_end_at_evaluate, self._checkpoint = [], False, None, None
         self._items = self._counted = self._reads_at_resume = self._logged = None
         saved = callbacks.get(STATE_KEY)
         if state.global_step == 0:
@@ -346,18 +360,26 @@ class CurriculumCallback(TrainerCallback):
             self._stash(state)
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if state.epoch is None or state.epoch != int(state.epoch):
-            return  # stopped mid-epoch (max_steps): no epoch end
+        if state.epoch is None or (state.epoch != int(state.epoch) and control.should_training_stop):
+            return  # stopped mid-epoch (max_steps): no epoch end. (A stream, an IterableDataset, ends at a fraction.)
+        if self.engine.clock.step_in_epoch == 0:
+            # No step since the last epoch end: resumed from a checkpoint written after the end of a stream's pass,
+            # the Trainer skipped that pass's batches and ends it again.
+            return
         if control.should_evaluate:  # the Trainer evaluates next: the epoch end waits for its metrics
-            self._epoch_end_at_evaluate = True
+            # A checkpoint written at this epoch's last step holds the random state of now, which a run resumed
+            # from it starts the next epoch from (the Trainer reloads it there): the evaluation gives back what it
+            # draws (its loader's seed, ...), so the uninterrupted run starts the next epoch from it too.
+            self._epoch_end_at_evaluate = random_state()
         else:
             self._epoch_end(args, state, {})
 
     def on_evaluate(
         self, args: Any, state: Any, control: Any, metrics: Mapping[str, Any] | None = None, **kwargs: Any
     ) -> None:
-        if self._epoch_end_at_evaluate:
-            self._epoch_end_at_evaluate = False
+        if self._epoch_end_at_evaluate is not None:
+            set_random_state(self._epoch_end_at_evaluate)
+            self._epoch_end_at_evaluate = None
             self._epoch_end(args, state, metrics or {})
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
