@@ -96,7 +96,12 @@ class CurriculumCallback(TrainerCallback):
     - **Schedule**: when the curriculum registers a schedule and the Trainer's ``lr_scheduler`` has no
       ``restart()`` (e.g. the ``LambdaLR`` the Trainer builds when no ``optimizers=`` are passed), it is
       wrapped with ``Restartable.around`` (the Trainer keeps stepping it; the wrapper's state goes
-      under ``SCHEDULE_KEY``). ``RestartLR`` checks the schedule at train begin.
+      under ``SCHEDULE_KEY``), re-planned over the steps left at each restart (``restart_over="remaining"``,
+      the default: the Trainer's linear decay still reaches 0 at ``max_steps``) or replayed whole
+      (``"whole"``, warned at train begin). ``RestartLR`` checks the schedule at train begin.
+    - **Random state**: the Trainer saves it with each checkpoint and puts it back when a resumed run starts its
+      first epoch; the callback gives back what an epoch end's evaluation draws, so the next epoch starts from
+      the same state whether the run resumes from the epoch's last step or from after its end.
     - **Loss normalisation**: a model that divides its loss by ``num_items_in_batch`` gets it counted
       before ``prepare_inputs`` crops the batch; the callback rescales the step's gradients and loss
       by the labels ``prepare_inputs`` kept, so the model trains on (and the Trainer logs, and the

@@ -56,21 +56,27 @@ class CurriculumCallback(Callback):
     - **State** lives in Lightning's checkpoint through ``state_dict``/``load_state_dict``.
 
     - **Schedule**: the first configured scheduler, made restartable with ``Restartable.around`` when
-      the curriculum registers a schedule and it has no ``restart()`` (its state in the callback's).
-    - **Random state**: saved with each checkpoint and restored at resume (single process), so a
-      shuffling loader draws the same order as the uninterrupted run.
+      the curriculum registers a schedule and it has no ``restart()`` (its state in the callback's),
+      re-planned over the steps left at each restart (``restart_over="remaining"``, the default) or
+      replayed whole (``"whole"``, warned at train begin when the schedule has a length).
+    - **Random state**: saved with each checkpoint and put back at resume (single process): from a
+      checkpoint between two epochs when Lightning loads it, before the fit loop makes the next
+      epoch's iterator (a plain shuffled ``DataLoader`` draws its order then); mid-epoch at
+      ``on_train_start``. So a shuffling loader and dropout draw as in the uninterrupted run.
 
     Resume: exact from a checkpoint saved at an epoch end (``on_train_epoch_end``, the
-    ``ModelCheckpoint`` default, or ``on_validation_end``) and from a mid-epoch checkpoint when the
-    train data loader restores its position (it has ``state_dict``/``load_state_dict``, e.g.
-    torchdata's ``StatefulDataLoader``). Where Lightning cannot be exact the callback warns once at
-    resume, naming the cause and the fix: mid-epoch with a plain ``DataLoader`` (Lightning restarts
-    the epoch's data at its first batch while counting on from the checkpoint's batch), mid-epoch
-    with a shuffling loader that keeps no sampler order, and, from a checkpoint saved at the
-    epoch's last batch (``on_train_batch_end``), an epoch-end guard reading validation metrics:
-    Lightning skips that epoch's validation and ``on_train_epoch_end``; the callback runs the missed
-    ``epoch_end`` when training resumes, with the metrics of the checkpoint moment (a metric never
-    logged before is then a ``CurriculumError`` naming the checkpoint to resume from instead).
+    ``ModelCheckpoint`` default, or ``on_validation_end``) or at an epoch's last batch, and from a
+    mid-epoch checkpoint when the train data loader restores its position (it has
+    ``state_dict``/``load_state_dict``, e.g. torchdata's ``StatefulDataLoader``). Where Lightning
+    cannot be exact the callback warns once at resume, naming the cause and the fix: mid-epoch with
+    a plain ``DataLoader`` (Lightning restarts the epoch's data at its first batch while counting on
+    from the checkpoint's batch), mid-epoch with a shuffling loader that keeps no sampler order, at
+    an epoch's last batch with an ``IterableDataset`` and validation (Lightning makes the two
+    iterators in the other order on resume), and, from a checkpoint saved at the epoch's last batch
+    (``on_train_batch_end``), an epoch-end guard reading validation metrics: Lightning skips that
+    epoch's validation and ``on_train_epoch_end``; the callback runs the missed ``epoch_end`` when
+    training resumes, with the metrics of the checkpoint moment (a metric never logged before is
+    then a ``CurriculumError`` naming the checkpoint to resume from instead).
     docs/integrations.md has the table of exact resumes.
     """
 
