@@ -174,3 +174,9 @@ def test_resume_is_exact_or_warned(uninterrupted, tmp_path, caplog, cell):
     assert [r.comparable() for r in resumed.history] == [r.comparable() for r in engine.history]
     assert same_tensors(again.lightning_module.state_dict(), trainer.lightning_module.state_dict())
     assert same_tensors(again.optimizers[0].state_dict(), trainer.optimizers[0].state_dict())
+
+
+def test_the_default_slice_takes_every_value_of_every_axis():
+    """The cells the default test command runs (not marked slow) vary every axis over all its values."""
+    default = [p.values[0] for p in cells() if not p.marks]
+    assert {axis: {cell[axis] for cell in default} for axis in AXES} == {axis: set(v) for axis, v in AXES.items()}

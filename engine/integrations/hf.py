@@ -150,7 +150,8 @@ class CurriculumCallback(TrainerCallback):
         self._missing_loss = False
         self._step_lr: float | None = None
         self._hooks: list[Any] = []
-        self._epoch_end_at_evaluate: dict | None = None  # the random state before the epoch end's evaluation
+        self._epoch_end_at_evaluate = False
+        self._before_evaluate: dict | None = None  # the random state before an epoch end's evaluation
         self._checkpoint: tuple[int, str] | None = None  # (global step, folder) of this run's last checkpoint
         self._wrapped: Any = None  # the Trainer's own scheduler made restartable, whose state the callback keeps
         self._reads_at_resume: int | None = None  # params reads at a resume right after a step-end phase change
@@ -287,7 +288,8 @@ class CurriculumCallback(TrainerCallback):
             self._hooks.append(model.register_forward_pre_hook(self._before_forward, with_kwargs=True))
         self._model, self._shifts_labels = model, _shifts_labels(model)
         self._average_tokens = bool(getattr(args, "average_tokens_across_devices", False))
-        self._losses, self._missing_loss, self._epoch_end_at_evaluate, self._checkpoint = [], False, None, None
+        self._losses, self._missing_loss, self._epoch_end_at_evaluate, self._checkpoint = [], False, False, None
+        self._before_evaluate = None
         self._items = self._counted = self._reads_at_resume = self._logged = None
         saved = callbacks.get(STATE_KEY)
         if state.global_step == 0:
@@ -367,24 +369,25 @@ class CurriculumCallback(TrainerCallback):
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.epoch is None or (state.epoch != int(state.epoch) and control.should_training_stop):
             return  # stopped mid-epoch (max_steps): no epoch end. (A stream, an IterableDataset, ends at a fraction.)
-        if self.engine.clock.step_in_epoch == 0:
-            # No step since the last epoch end: resumed from a checkpoint written after the end of a stream's pass,
-            # the Trainer skipped that pass's batches and ends it again.
-            return
+        # No step since the last epoch end: resumed from a checkpoint written after the end of a stream's pass, the
+        # Trainer skipped that pass's batches and ends it (and evaluates) again.
+        again = self.engine.clock.step_in_epoch == 0
         if control.should_evaluate:  # the Trainer evaluates next: the epoch end waits for its metrics
             # A checkpoint written at this epoch's last step holds the random state of now, which a run resumed
             # from it starts the next epoch from (the Trainer reloads it there): the evaluation gives back what it
             # draws (its loader's seed, ...), so the uninterrupted run starts the next epoch from it too.
-            self._epoch_end_at_evaluate = random_state()
-        else:
+            self._before_evaluate, self._epoch_end_at_evaluate = random_state(), not again
+        elif not again:
             self._epoch_end(args, state, {})
 
     def on_evaluate(
         self, args: Any, state: Any, control: Any, metrics: Mapping[str, Any] | None = None, **kwargs: Any
     ) -> None:
-        if self._epoch_end_at_evaluate is not None:
-            set_random_state(self._epoch_end_at_evaluate)
-            self._epoch_end_at_evaluate = None
+        if self._before_evaluate is not None:
+            set_random_state(self._before_evaluate)
+            self._before_evaluate = None
+        if self._epoch_end_at_evaluate:
+            self._epoch_end_at_evaluate = False
             self._epoch_end(args, state, metrics or {})
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
