@@ -7,9 +7,9 @@ had consumed), dropout in the model or not, the checkpoint resumed from (mid-epo
 ``gradient_accumulation_steps`` 1 or 2, and a transition with ``RestartLR`` (on the Trainer's own linear schedule,
 made restartable) at a step end (the first step of epoch 1) or at the end of epoch 0 (reading ``eval_loss`` when
 the Trainer evaluates). Each run is 2 epochs of 4 micro-batches. Each cell resumes and must end bit-identical to
-the uninterrupted run (weights, optimizer state, per-step losses and LRs, epoch ends and their metrics, history), or
-the callback warns once at resume (:func:`expected_warning`, the table in docs/integrations.md). The uninterrupted
-run is shared by the cells that differ only in the checkpoint.
+the uninterrupted run (weights, optimizer state, per-step losses and LRs, epoch ends and their metrics, history),
+without a warning: every cell is exact (the table in docs/integrations.md). The uninterrupted run is shared by the
+cells that differ only in the checkpoint.
 
 The default run takes the cells of ``DEFAULT_RUNS`` (every value of every axis at least once, and dropout with
 evaluation each epoch at every checkpoint); the rest of the product is marked ``slow`` (``pytest -m slow``).
@@ -49,11 +49,6 @@ DEFAULT_RUNS = {
     ("shuffled", False, False, 1, "step_end"),
     ("iterable", True, False, 2, "epoch_end"),
 }
-
-
-def expected_warning(cell: dict) -> str | None:
-    """What the callback says at resume in this cell (None: the resume is bit-identical)."""
-    return None
 
 
 def curriculum(transition: str, accumulate: int, evaluate: bool) -> Curriculum:
@@ -137,7 +132,7 @@ def cells():
 
 @pytest.mark.parametrize("cell", list(cells()))
 def test_resume_is_exact_or_warned(uninterrupted, tmp_path, caplog, cell):
-    """Resumed from the cell's checkpoint: bit-identical to the uninterrupted run, or one warning at resume."""
+    """Resumed from the cell's checkpoint: bit-identical to the uninterrupted run, without a warning."""
     run = tuple(cell[axis] for axis in RUN_AXES)
     out, engine, calls, trainer = uninterrupted(run)
     steps_per_epoch = MICRO_BATCHES // cell["accumulate"]
@@ -147,12 +142,7 @@ def test_resume_is_exact_or_warned(uninterrupted, tmp_path, caplog, cell):
     folder = out / "kept" / f"{'epoch' if cell['checkpoint'] == 'epoch' else 'step'}-{step}"
     with caplog.at_level(logging.WARNING, logger="engine.integrations.hf"):
         resumed, rest, again = train(tmp_path, run, resume=str(folder))
-    warnings = [r.getMessage() for r in caplog.records if r.name == "engine.integrations.hf"]
-    warning = expected_warning(cell)
-    if warning is not None:
-        assert len(warnings) == 1 and warning in warnings[0], warnings
-        return
-    assert warnings == []
+    assert [r.getMessage() for r in caplog.records if r.name == "engine.integrations.hf"] == []  # every cell exact
     done = calls.index(next(c for c in calls if c[:2] == ("step", step))) + 1 + (cell["checkpoint"] == "epoch")
     assert timeless(rest) == timeless(calls[done:])
     assert [r.comparable() for r in resumed.history] == [r.comparable() for r in engine.history]
