@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import copy
 import enum
+import functools
 import logging
 import math
 import re
@@ -295,6 +296,11 @@ class StagedCosine(LRScheduler):
         """``base_lr`` times the peak of the stage of the step about to run: where a restart's cycle peaks."""
         return self.base_lr * self._layout[self._stage_index(self.last_epoch)].peak
 
+    @staticmethod
+    def replannable(scheduler: Any) -> bool:
+        """Whether ``over="remaining"`` can re-plan this scheduler (it has a length)."""
+        return _length_field(scheduler) is not None
+
     @property
     def restart_lr(self) -> float:
         """The LR a restart now sets for the step about to run: ``peak_lr``, or its first ramp step."""
@@ -443,10 +449,20 @@ class Over(str, enum.Enum):
     REMAINING = "remaining"
 
 
+#: The length of a LambdaLR whose factors are ``functools.partial``s of a schedule function taking it, as the Hugging
+#: Face schedules are (``get_linear_schedule_with_warmup``, ..., the Trainer's own).
+_LAMBDA_LENGTH = "num_training_steps"
+
+
 def _length_field(scheduler: Any) -> str | None:
     for cls in type(scheduler).__mro__:
         if cls.__name__ in _LENGTHS and cls.__module__.startswith("torch.optim"):
             return _LENGTHS[cls.__name__]
+    factors = getattr(scheduler, "lr_lambdas", None)
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR) and all(
+        isinstance(f, functools.partial) and _LAMBDA_LENGTH in f.keywords for f in factors
+    ):
+        return _LAMBDA_LENGTH
     return None
 
 
@@ -482,7 +498,8 @@ class Restartable(LRScheduler):
     - ``"remaining"``: the schedule re-planned over the steps left of its length, so a restart at
       step 30 anneals by step 100 (``T_max=70``). For the schedules with a length: CosineAnnealingLR
       (``T_max``), OneCycleLR (``total_steps``, its phases at the same fractions), LinearLR and
-      PolynomialLR (``total_iters``); others are refused at construction.
+      PolynomialLR (``total_iters``), and a LambdaLR of Hugging Face's schedule functions
+      (``num_training_steps``, its warm-up replayed); others are refused at construction.
 
     ``restart_lr`` is the LR of the wrapped schedule's step 0: what a restart sets, and what
     ``RestartLR``'s health check expects the first step after it to run at. ``peak_lr`` is the
@@ -534,6 +551,7 @@ class Restartable(LRScheduler):
                 "use over='whole' or StagedCosine",
             )
         self.scheduler = scheduler
+        self._factors = list(getattr(scheduler, "lr_lambdas", ()))  # a LambdaLR's, as built (its state has none)
         self._cycle_start = 0  # the step at which the wrapped schedule's step 0 ran last
         self._initialising = True
         super().__init__(scheduler.optimizer)  # torch's own set-up: base_lrs, and one step() to step 0 (below)
@@ -593,20 +611,26 @@ class Restartable(LRScheduler):
         step = self.steps_done
         origin = copy.deepcopy(self._origin)
         state = origin["scheduler"]
-        if self.over is Over.REMAINING:
+        if self.over is Over.REMAINING and self._length != _LAMBDA_LENGTH:
             state = _replanned(state, self._length, max(1, state[self._length] - step))
         self.scheduler.load_state_dict(state)
+        self._cycle_start = step
+        self._replan_factors()
         for group, saved in zip(self.optimizer.param_groups, origin["groups"]):
             for key, value in saved.items():
                 if isinstance(group.get(key), torch.Tensor):
                     group[key].copy_(value)
                 else:
                     group[key] = value
-        self._cycle_start = step
         self.last_epoch = step  # torch's public step count
         after = float(self.optimizer.param_groups[0]["lr"])
         logger.info("LR restart of %s at step %d: %.3e -> %.3e", type(self.scheduler).__name__, step, before, after)
         return before, after
+
+    @staticmethod
+    def replannable(scheduler: Any) -> bool:
+        """Whether ``over="remaining"`` can re-plan this scheduler (it has a length)."""
+        return _length_field(scheduler) is not None
 
     @property
     def restart_lr(self) -> float:
@@ -647,7 +671,20 @@ class Restartable(LRScheduler):
         _check_state(state)
         self._origin = copy.deepcopy(state["origin"])
         self._cycle_start = int(state["cycle_start"])
+        self._replan_factors()
         self.last_epoch = self.steps_done  # torch's public step count
+
+    def _replan_factors(self) -> None:
+        """A LambdaLR re-planned over the steps left since the last restart: its factors with that length."""
+        if self.over is Over.REMAINING and self._length == _LAMBDA_LENGTH and self._cycle_start > 0:
+            self.scheduler.lr_lambdas = [
+                functools.partial(
+                    f.func,
+                    *f.args,
+                    **{**f.keywords, _LAMBDA_LENGTH: max(1, f.keywords[_LAMBDA_LENGTH] - self._cycle_start)},
+                )
+                for f in self._factors
+            ]
 
     def __repr__(self) -> str:
         return (

@@ -21,17 +21,12 @@ from engine import Curriculum, CurriculumEngine, CurriculumError, Phase, Point, 
 from engine.integrations.hf import EPOCH_END_KEY, STATE_KEY, CurriculumCallback
 from policies import MetricBelow, MinEpoch, MinSteps, Restartable, RestartLR, SetCutoff, StagedCosine, all_of
 from tests.ddp_hf import THRESHOLD as DDP_THRESHOLD
-from tests.utils import TinyLM, TokenCountLM, Windows, launch, same_tensors
+from tests.hf_tiny import InOrderTrainer, SaveAtEpochEnd, crop
+from tests.utils import TinyLM, TokenCountLM, Windows, launch, record_calls, same_tensors
 
 STEPS = 9
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
-
-
-def crop(inputs, params):
-    """prepare_inputs: cut each training micro-batch to the phase's sequence length."""
-    n = params["seq_len"]
-    return {k: v[:, :n] if k in ("input_ids", "labels") else v for k, v in inputs.items()}
 
 
 def curriculum() -> Curriculum:
@@ -436,28 +431,6 @@ class MaskedLM(TinyLM):
         return {"loss": loss, "logits": logits}
 
 
-class SaveAtEpochEnd(TrainerCallback):
-    """Asks for a save after each epoch end (as save_strategy="epoch" does), and keeps a copy of every checkpoint:
-    at an epoch's last step the Trainer writes checkpoint-N twice, before and after the epoch end."""
-
-    def on_epoch_end(self, args, state, control, **kwargs):
-        control.should_save = True
-
-    def on_save(self, args, state, control, **kwargs):
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        kept = Path(args.output_dir) / "kept" / f"step-{state.global_step}"
-        if kept.exists():
-            kept = kept.with_name(f"epoch-{state.global_step}")
-        shutil.copytree(folder, kept)
-
-    def on_evaluate(self, args, state, control, **kwargs):
-        # After the callback added this epoch end's metrics to the checkpoint written at its last step, before the
-        # epoch save overwrites that folder (a run saving at steps only keeps it as it is now).
-        kept = Path(args.output_dir) / "kept" / f"step-{state.global_step}"
-        if kept.exists():
-            shutil.copy(Path(args.output_dir) / f"checkpoint-{state.global_step}" / "trainer_state.json", kept)
-
-
 MATRIX_CONFIGS = [
     (point, action, shuffle)
     for point in ("step_end", "epoch_end")
@@ -473,14 +446,6 @@ def matrix_curriculum(point, action) -> Curriculum:
         [Phase("a", params={"seq_len": 6}), Phase("b", params={"seq_len": 12})],
         [Transition("a", "b", [guard], actions=[act], when=point)],
     )
-
-
-class InOrderTrainer(Trainer):
-    """A Trainer that reads the training set in order (transformers 5 has train_sampling_strategy="sequential";
-    4.48, the floor, has no such argument)."""
-
-    def _get_train_sampler(self, *args, **kwargs):
-        return torch.utils.data.SequentialSampler(self.train_dataset)
 
 
 def matrix_train(out: Path, config, resume=None):
@@ -586,3 +551,61 @@ def test_resume_on_an_epochs_last_step_without_its_evaluation_metrics_is_refused
         r"metrics.*'eval_loss'.*save_strategy='epoch'",
     ):
         matrix_train(tmp_path / "run", config, resume=str(folder))
+
+
+# -- the Trainer's own schedule restarted: re-planned over the steps left, or replayed whole with a warning ---------
+
+
+def restarted_default_schedule(out: Path, resume=None, **callback_options):
+    """40 steps of the Trainer's own linear decay (no optimizers passed), restarted at step 20; a checkpoint at 30."""
+    engine = CurriculumEngine(
+        Curriculum(
+            [Phase("a"), Phase("b")],
+            [Transition("a", "b", [MinSteps(20)], actions=[RestartLR()], when=Point.STEP_END)],
+        )
+    )
+    calls = record_calls(engine)
+    args = TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=6,
+        max_steps=40,
+        learning_rate=3e-3,
+        save_strategy="steps",
+        save_steps=30,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=TinyLM(), args=args, train_dataset=Windows(), callbacks=[CurriculumCallback(engine, **callback_options)]
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    return [c[3] for c in calls if c[0] == "step"], trainer
+
+
+def test_a_restarted_default_schedule_anneals_over_the_steps_left(tmp_path, caplog):
+    """restart_over='remaining' (the default): restarted at step 20 of 40, the Trainer's linear decay runs from the peak
+    to 0 over the last 20 steps, and a run resumed after the restart (step 30) continues it bit for bit."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="engine.integrations"):
+        lrs, trainer = restarted_default_schedule(tmp_path / "full")
+    assert not caplog.text
+    assert lrs[19] == 3e-3 * 21 / 40 and lrs[20] == 3e-3  # the restart, at the peak
+    assert lrs[39] == pytest.approx(3e-3 / 20, rel=1e-12) and trainer.lr_scheduler.get_last_lr()[0] == 0
+    resumed, _ = restarted_default_schedule(tmp_path / "again", resume=str(tmp_path / "full" / "checkpoint-30"))
+    assert resumed == lrs[30:]
+
+
+def test_a_default_schedule_replayed_whole_ends_above_zero_and_is_warned(tmp_path, caplog):
+    """restart_over='whole' replays the 40-step decay from step 20: the run ends at half the peak, and the callback
+    says so when training begins, naming restart_over='remaining'."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="engine.integrations"):
+        lrs, _ = restarted_default_schedule(tmp_path, restart_over="whole")
+    assert lrs[20] == 3e-3 and lrs[39] == pytest.approx(3e-3 * 21 / 40, rel=1e-12)
+    assert caplog.text.count("does not reach the schedule's end") == 1 and "restart_over='remaining'" in caplog.text
+    with pytest.raises(CurriculumError, match="'restart_over' must be 'whole' or 'remaining', got 'rest'"):
+        CurriculumCallback(CurriculumEngine(curriculum()), restart_over="rest")

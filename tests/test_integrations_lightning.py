@@ -24,8 +24,8 @@ from engine import Curriculum, CurriculumEngine, CurriculumError, Phase, Point, 
 from engine.integrations.lightning import CurriculumCallback
 from policies import MetricBelow, MinEpoch, MinSteps, Restartable, RestartLR, SetCutoff, StagedCosine, all_of
 from tests.ddp_lightning import THRESHOLD as DDP_THRESHOLD
-from tests.lightning_tiny import Tiny
-from tests.utils import launch, same_tensors
+from tests.lightning_tiny import PositionLoader, Tiny
+from tests.utils import launch, record_calls, same_tensors
 from tests.utils import lightning_dataset as dataset
 
 EPOCHS, BATCHES, ACCUM = 3, 10, 3
@@ -33,29 +33,6 @@ STEPS_PER_EPOCH = 4  # 3 + 3 + 3 + 1 micro-batches
 
 # Lightning's own advice (checkpoint dirpath changed on resume, few workers, ...) is noise here.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:lightning.*", "ignore:.*LeafSpec.*")
-
-
-class PositionLoader(torch.utils.data.DataLoader):
-    """A DataLoader that resumes its position in the epoch: Lightning saves its state_dict() in the
-    checkpoint and hands it back to load_state_dict() (torchdata's StatefulDataLoader does the same)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.yielded, self.skip = 0, 0
-
-    def __iter__(self):
-        skip, self.skip = self.skip, 0
-        self.yielded = skip
-        for i, batch in enumerate(super().__iter__()):
-            if i >= skip:
-                self.yielded += 1
-                yield batch
-
-    def state_dict(self) -> dict:
-        return {"consumed": self.yielded}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.skip = state["consumed"] % len(self)  # an epoch's end: the next epoch starts at its first batch
 
 
 def curriculum(validation: bool = True) -> Curriculum:
@@ -504,3 +481,57 @@ def test_exactness_matrix(tmp_path, caplog, config):
         assert history(resumed) == history(engine), (where, step)
         assert same_tensors(again.lightning_module.state_dict(), trainer.lightning_module.state_dict()), (where, step)
         assert same_tensors(again.optimizers[0].state_dict(), trainer.optimizers[0].state_dict()), (where, step)
+
+
+# -- the configured schedule restarted: re-planned over the steps left, or replayed whole with a warning -------------
+
+
+class PlainCosine(Tiny):
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.05)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=8)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def restarted_cosine(tmp_path, **callback_options):
+    """8 steps of a plain CosineAnnealingLR(T_max=8), restarted at step 4; returns (the steps' LRs, trainer)."""
+    engine = CurriculumEngine(
+        Curriculum(
+            [Phase("a"), Phase("b")],
+            [Transition("a", "b", [MinSteps(4)], actions=[RestartLR()], when=Point.STEP_END)],
+        )
+    )
+    calls = record_calls(engine)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        callbacks=[CurriculumCallback(engine, **callback_options)],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(PlainCosine(), torch.utils.data.DataLoader(dataset(batches=4), batch_size=2))
+    return [c[3] for c in calls if c[0] == "step"], trainer
+
+
+def test_a_restarted_configured_schedule_anneals_over_the_steps_left(tmp_path, caplog):
+    """restart_over='remaining' (the default): restarted at step 4 of 8, the cosine runs from the peak to its minimum
+    over the last 4 steps, without a warning."""
+    with caplog.at_level(logging.WARNING, logger="engine.integrations"):
+        lrs, trainer = restarted_cosine(tmp_path)
+    assert not caplog.text
+    assert lrs[4] == 0.05 and lrs[5] == pytest.approx(0.05 * (1 + math.cos(math.pi / 4)) / 2, rel=1e-12)
+    assert trainer.lr_scheduler_configs[0].scheduler.get_last_lr()[0] == pytest.approx(0, abs=1e-15)
+
+
+def test_a_configured_schedule_replayed_whole_ends_above_its_minimum_and_is_warned(tmp_path, caplog):
+    """restart_over='whole' replays the 8-step cosine from step 4: the run ends at half the peak, and the callback says
+    so when training begins, naming restart_over='remaining'."""
+    with caplog.at_level(logging.WARNING, logger="engine.integrations"):
+        lrs, trainer = restarted_cosine(tmp_path, restart_over="whole")
+    assert lrs[4] == 0.05 and trainer.lr_scheduler_configs[0].scheduler.get_last_lr()[0] == pytest.approx(0.025)
+    assert caplog.text.count("does not reach the schedule's end") == 1 and "restart_over='remaining'" in caplog.text
+    with pytest.raises(CurriculumError, match="'restart_over' must be 'whole' or 'remaining'"):
+        CurriculumCallback(CurriculumEngine(curriculum()), restart_over=None)

@@ -341,3 +341,19 @@ def same_tensors(a, b) -> bool:
     """Two (nested) states hold the same tensors, bit for bit."""
     ta, tb = tensors(a), tensors(b)
     return len(ta) == len(tb) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(ta, tb))
+
+
+def record_calls(engine) -> list:
+    """Record every step_end (step, loss, lr) and epoch_end (epoch, metrics) a callback makes on ``engine``."""
+    calls, step_end, epoch_end = [], engine.step_end, engine.epoch_end
+
+    def on_step(loss, **metrics):
+        calls.append(("step", engine.clock.global_step + 1, loss, metrics.get("lr")))
+        return step_end(loss=loss, **metrics)
+
+    def on_epoch(**metrics):
+        calls.append(("epoch", engine.clock.epoch + 1, metrics))
+        return epoch_end(**metrics)
+
+    engine.step_end, engine.epoch_end = on_step, on_epoch
+    return calls

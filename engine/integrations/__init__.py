@@ -14,13 +14,17 @@ binding of the framework's objects.
 
 from __future__ import annotations
 
+import logging
 import numbers
+import random
 from typing import Any, Iterator, Mapping
 
 from engine.core import CurriculumError
 from engine.runtime import CurriculumEngine
 
 __all__ = ["PhaseParams"]
+
+logger = logging.getLogger(__name__)
 
 
 class PhaseParams(Mapping[str, Any]):
@@ -77,6 +81,19 @@ def check_flag(value: Any, name: str = "allow_fingerprint_mismatch") -> bool:
     return value
 
 
+def check_restart_over(value: Any) -> Any:
+    """``restart_over``, as ``policies.schedule.Over``."""
+    from policies.schedule import Over
+
+    try:
+        return Over(value)
+    except ValueError:  # Over's own refusal of a value that is not one of its members
+        raise CurriculumError(
+            f"CurriculumCallback: 'restart_over' must be 'whole' or 'remaining', got {value!r}; "
+            "restart_over='remaining' re-plans the framework's schedule over the steps left at each restart"
+        ) from None
+
+
 def _restarts_lr(curriculum: Any) -> bool:
     """Does any transition or phase of ``curriculum`` run a ``RestartLR``?"""
     from policies.actions import RestartLR
@@ -87,23 +104,33 @@ def _restarts_lr(curriculum: Any) -> bool:
     return any(isinstance(a, RestartLR) for a in actions)
 
 
-def restartable(engine: CurriculumEngine, scheduler: Any, saved: dict | None, fresh: bool) -> Any:
+def restartable(engine: CurriculumEngine, scheduler: Any, saved: dict | None, fresh: bool, over: Any) -> Any:
     """The framework's own scheduler, made restartable when the curriculum restarts the LR (a ``RestartLR``)
     and the scheduler cannot restart: wrapped with ``policies.Restartable.around`` (the framework keeps
-    stepping it). Else as it is: a schedule another action drives (``StartCooldown`` on a ``WSD``) stays
-    itself."""
+    stepping it), re-planned over the steps left at each restart when ``over`` is ``"remaining"`` and the
+    schedule has a length (else replayed whole). Else as it is: a schedule another action drives
+    (``StartCooldown`` on a ``WSD``) stays itself."""
     if scheduler is None or callable(getattr(scheduler, "restart", None)) or not _restarts_lr(engine.curriculum):
         return scheduler
     from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-    from policies.schedule import Restartable
+    from policies.schedule import Over, Restartable
 
     if not isinstance(scheduler, LRScheduler) or isinstance(scheduler, ReduceLROnPlateau):
         return scheduler  # nothing to restart: RestartLR.check says what to pass
+    if not Restartable.replannable(scheduler):
+        over = Over.WHOLE  # a schedule without a length (ExponentialLR, a LambdaLR of a plain function) runs on
+    elif over is Over.WHOLE:
+        logger.warning(
+            "CurriculumCallback: the curriculum restarts the LR and restart_over='whole' replays the whole %s "
+            "from each restart, so a restart after its step 0 does not reach the schedule's end (a decay to 0 ends "
+            "above it); restart_over='remaining' re-plans it over the steps left",
+            type(scheduler).__name__,
+        )
     if fresh:
-        return Restartable.around(scheduler)
+        return Restartable.around(scheduler, over=over)
     if saved is not None:
-        return Restartable.around(scheduler, saved)
+        return Restartable.around(scheduler, saved, over=over)
     return scheduler  # a checkpoint from before the wrapper: RestartLR.check names the fix
 
 
@@ -121,3 +148,25 @@ def real_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
         if isinstance(value, numbers.Real) and not isinstance(value, bool):
             out[str(name)] = float(value)
     return out
+
+
+def random_state() -> dict:
+    """The process's random state (torch, CUDA, Python's ``random``): what a shuffling sampler, dropout and the
+    frameworks' loaders draw from."""
+    import torch
+
+    python = random.getstate()
+    state = {"torch": torch.get_rng_state(), "python": list(python[1]), "python_pos": python[2]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_random_state(state: dict) -> None:
+    """Put back a :func:`random_state`."""
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(int(x) for x in state["python"]), state["python_pos"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

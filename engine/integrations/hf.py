@@ -18,7 +18,17 @@ import torch
 from transformers import TrainerCallback
 
 from engine.core import CurriculumError
-from engine.integrations import PhaseParams, bind, check_engine, check_flag, real_metrics, restartable
+from engine.integrations import (
+    PhaseParams,
+    bind,
+    check_engine,
+    check_flag,
+    check_restart_over,
+    random_state,
+    real_metrics,
+    restartable,
+    set_random_state,
+)
 from engine.integrations.tracking import calling_handler, curriculum_logs, report_before_loggers
 from engine.runtime import CurriculumEngine
 
@@ -86,7 +96,12 @@ class CurriculumCallback(TrainerCallback):
     - **Schedule**: when the curriculum registers a schedule and the Trainer's ``lr_scheduler`` has no
       ``restart()`` (e.g. the ``LambdaLR`` the Trainer builds when no ``optimizers=`` are passed), it is
       wrapped with ``Restartable.around`` (the Trainer keeps stepping it; the wrapper's state goes
-      under ``SCHEDULE_KEY``). ``RestartLR`` checks the schedule at train begin.
+      under ``SCHEDULE_KEY``), re-planned over the steps left at each restart (``restart_over="remaining"``,
+      the default: the Trainer's linear decay still reaches 0 at ``max_steps``) or replayed whole
+      (``"whole"``, warned at train begin). ``RestartLR`` checks the schedule at train begin.
+    - **Random state**: the Trainer saves it with each checkpoint and puts it back when a resumed run starts its
+      first epoch; the callback gives back what an epoch end's evaluation draws, so the next epoch starts from
+      the same state whether the run resumes from the epoch's last step or from after its end.
     - **Loss normalisation**: a model that divides its loss by ``num_items_in_batch`` gets it counted
       before ``prepare_inputs`` crops the batch; the callback rescales the step's gradients and loss
       by the labels ``prepare_inputs`` kept, so the model trains on (and the Trainer logs, and the
@@ -112,8 +127,10 @@ class CurriculumCallback(TrainerCallback):
         *,
         prepare_inputs: Callable[[dict, PhaseParams], dict] | None = None,
         allow_fingerprint_mismatch: bool = False,
+        restart_over: str = "remaining",
     ) -> None:
         self.engine = check_engine(engine, "CurriculumCallback")
+        self.restart_over = check_restart_over(restart_over)
         if prepare_inputs is not None and not callable(prepare_inputs):
             raise CurriculumError(
                 "CurriculumCallback: 'prepare_inputs' must be a callable (inputs, params) -> inputs, "
@@ -134,6 +151,7 @@ class CurriculumCallback(TrainerCallback):
         self._step_lr: float | None = None
         self._hooks: list[Any] = []
         self._epoch_end_at_evaluate = False
+        self._before_evaluate: dict | None = None  # the random state before an epoch end's evaluation
         self._checkpoint: tuple[int, str] | None = None  # (global step, folder) of this run's last checkpoint
         self._wrapped: Any = None  # the Trainer's own scheduler made restartable, whose state the callback keeps
         self._reads_at_resume: int | None = None  # params reads at a resume right after a step-end phase change
@@ -255,7 +273,9 @@ class CurriculumCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         callbacks = state.stateful_callbacks or {}
-        schedule = restartable(self.engine, lr_scheduler, callbacks.get(SCHEDULE_KEY), fresh=state.global_step == 0)
+        schedule = restartable(
+            self.engine, lr_scheduler, callbacks.get(SCHEDULE_KEY), state.global_step == 0, self.restart_over
+        )
         self._wrapped = schedule if schedule is not lr_scheduler else None  # the Trainer's own, made restartable
         bind(self.engine, model=model, optimizer=optimizer, schedule=schedule)
         for hook in self._hooks:
@@ -269,6 +289,7 @@ class CurriculumCallback(TrainerCallback):
         self._model, self._shifts_labels = model, _shifts_labels(model)
         self._average_tokens = bool(getattr(args, "average_tokens_across_devices", False))
         self._losses, self._missing_loss, self._epoch_end_at_evaluate, self._checkpoint = [], False, False, None
+        self._before_evaluate = None
         self._items = self._counted = self._reads_at_resume = self._logged = None
         saved = callbacks.get(STATE_KEY)
         if state.global_step == 0:
@@ -346,16 +367,25 @@ class CurriculumCallback(TrainerCallback):
             self._stash(state)
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if state.epoch is None or state.epoch != int(state.epoch):
-            return  # stopped mid-epoch (max_steps): no epoch end
+        if state.epoch is None or (state.epoch != int(state.epoch) and control.should_training_stop):
+            return  # stopped mid-epoch (max_steps): no epoch end. (A stream, an IterableDataset, ends at a fraction.)
+        # No step since the last epoch end: resumed from a checkpoint written after the end of a stream's pass, the
+        # Trainer skipped that pass's batches and ends it (and evaluates) again.
+        again = self.engine.clock.step_in_epoch == 0
         if control.should_evaluate:  # the Trainer evaluates next: the epoch end waits for its metrics
-            self._epoch_end_at_evaluate = True
-        else:
+            # A checkpoint written at this epoch's last step holds the random state of now, which a run resumed
+            # from it starts the next epoch from (the Trainer reloads it there): the evaluation gives back what it
+            # draws (its loader's seed, ...), so the uninterrupted run starts the next epoch from it too.
+            self._before_evaluate, self._epoch_end_at_evaluate = random_state(), not again
+        elif not again:
             self._epoch_end(args, state, {})
 
     def on_evaluate(
         self, args: Any, state: Any, control: Any, metrics: Mapping[str, Any] | None = None, **kwargs: Any
     ) -> None:
+        if self._before_evaluate is not None:
+            set_random_state(self._before_evaluate)
+            self._before_evaluate = None
         if self._epoch_end_at_evaluate:
             self._epoch_end_at_evaluate = False
             self._epoch_end(args, state, metrics or {})

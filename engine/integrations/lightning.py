@@ -10,14 +10,23 @@ Needs ``lightning`` (``pip install "curriculum-engine[lightning]"``).
 from __future__ import annotations
 
 import logging
-import random
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback
 
 from engine.core import CurriculumError
-from engine.integrations import PhaseParams, bind, check_engine, check_flag, real_metrics, restartable
+from engine.integrations import (
+    PhaseParams,
+    bind,
+    check_engine,
+    check_flag,
+    check_restart_over,
+    random_state,
+    real_metrics,
+    restartable,
+    set_random_state,
+)
 from engine.integrations.tracking import log_to_lightning
 from engine.runtime import CurriculumEngine
 
@@ -47,26 +56,35 @@ class CurriculumCallback(Callback):
     - **State** lives in Lightning's checkpoint through ``state_dict``/``load_state_dict``.
 
     - **Schedule**: the first configured scheduler, made restartable with ``Restartable.around`` when
-      the curriculum registers a schedule and it has no ``restart()`` (its state in the callback's).
-    - **Random state**: saved with each checkpoint and restored at resume (single process), so a
-      shuffling loader draws the same order as the uninterrupted run.
+      the curriculum registers a schedule and it has no ``restart()`` (its state in the callback's),
+      re-planned over the steps left at each restart (``restart_over="remaining"``, the default) or
+      replayed whole (``"whole"``, warned at train begin when the schedule has a length).
+    - **Random state**: saved with each checkpoint and put back at resume (single process): from a
+      checkpoint between two epochs when Lightning loads it, before the fit loop makes the next
+      epoch's iterator (a plain shuffled ``DataLoader`` draws its order then); mid-epoch at
+      ``on_train_start``. So a shuffling loader and dropout draw as in the uninterrupted run.
 
     Resume: exact from a checkpoint saved at an epoch end (``on_train_epoch_end``, the
-    ``ModelCheckpoint`` default, or ``on_validation_end``) and from a mid-epoch checkpoint when the
-    train data loader restores its position (it has ``state_dict``/``load_state_dict``, e.g.
-    torchdata's ``StatefulDataLoader``). Where Lightning cannot be exact the callback warns once at
-    resume, naming the cause and the fix: mid-epoch with a plain ``DataLoader`` (Lightning restarts
-    the epoch's data at its first batch while counting on from the checkpoint's batch), mid-epoch
-    with a shuffling loader that keeps no sampler order, and, from a checkpoint saved at the
-    epoch's last batch (``on_train_batch_end``), an epoch-end guard reading validation metrics:
-    Lightning skips that epoch's validation and ``on_train_epoch_end``; the callback runs the missed
-    ``epoch_end`` when training resumes, with the metrics of the checkpoint moment (a metric never
-    logged before is then a ``CurriculumError`` naming the checkpoint to resume from instead).
+    ``ModelCheckpoint`` default, or ``on_validation_end``) or at an epoch's last batch, and from a
+    mid-epoch checkpoint when the train data loader restores its position (it has
+    ``state_dict``/``load_state_dict``, e.g. torchdata's ``StatefulDataLoader``). Where Lightning
+    cannot be exact the callback warns once at resume, naming the cause and the fix: mid-epoch with
+    a plain ``DataLoader`` (Lightning restarts the epoch's data at its first batch while counting on
+    from the checkpoint's batch), mid-epoch with a shuffling loader that keeps no sampler order, at
+    an epoch's last batch with an ``IterableDataset`` and validation (Lightning makes the two
+    iterators in the other order on resume), and, from a checkpoint saved at the epoch's last batch
+    (``on_train_batch_end``), an epoch-end guard reading validation metrics: Lightning skips that
+    epoch's validation and ``on_train_epoch_end``; the callback runs the missed ``epoch_end`` when
+    training resumes, with the metrics of the checkpoint moment (a metric never logged before is
+    then a ``CurriculumError`` naming the checkpoint to resume from instead).
     docs/integrations.md has the table of exact resumes.
     """
 
-    def __init__(self, engine: CurriculumEngine, *, allow_fingerprint_mismatch: bool = False) -> None:
+    def __init__(
+        self, engine: CurriculumEngine, *, allow_fingerprint_mismatch: bool = False, restart_over: str = "remaining"
+    ) -> None:
         self.engine = check_engine(engine, "CurriculumCallback")
+        self.restart_over = check_restart_over(restart_over)
         self.allow_fingerprint_mismatch = check_flag(allow_fingerprint_mismatch)
         self.params = PhaseParams(engine)
         self._wrapped: Any = None  # Lightning's configured scheduler made restartable, whose state the callback keeps
@@ -79,7 +97,7 @@ class CurriculumCallback(Callback):
     # -- Lightning's checkpoint ----------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        state = {"engine": self.engine.state_dict(), "rng": _rng_state()}
+        state = {"engine": self.engine.state_dict(), "rng": random_state()}
         if self._wrapped is not None:
             state["schedule"] = self._wrapped.state_dict()
         return state
@@ -89,11 +107,24 @@ class CurriculumCallback(Callback):
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict) -> None:
         entry = checkpoint.get("callbacks", {}).get(self.state_key)
-        if entry is not None and self._epoch_end_pending(trainer):
+        if entry is None:
+            return
+        # After the epoch's last batch (at it, after its validation or at its end): the next batch is the next
+        # epoch's first, whose data loader draws its order from the random state when its iterator is made.
+        entry["between_epochs"] = bool(_batch_progress(trainer).is_last_batch)
+        if self._epoch_end_pending(trainer):
             # Saved after the epoch's last batch but before its epoch_end (on_train_batch_end or
             # on_validation_end): on resume Lightning does not validate that epoch again, so keep the
             # metrics of this moment for the epoch_end the resumed run makes.
             entry["epoch_end_metrics"] = real_metrics(trainer.callback_metrics)
+
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict) -> None:
+        entry = checkpoint.get("callbacks", {}).get(self.state_key) or {}
+        if trainer.world_size == 1 and entry.get("between_epochs") and "rng" in entry:
+            # Now, before the fit loop makes the next epoch's iterator (a plain DataLoader's RandomSampler draws its
+            # order from torch's global generator then): on_train_start comes after it. Under DDP each rank has its
+            # own stream, and Lightning's DistributedSampler orders each epoch from its seed and the epoch.
+            set_random_state(entry["rng"])
 
     def _epoch_end_pending(self, trainer: Any) -> bool:
         return bool(_batch_progress(trainer).is_last_batch) and self.engine.clock.step_in_epoch > 0
@@ -105,7 +136,9 @@ class CurriculumCallback(Callback):
         schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
         restored, self._restored = self._restored, None
         scheduler = schedulers[0] if schedulers else None
-        schedule = restartable(self.engine, scheduler, (restored or {}).get("schedule"), fresh=restored is None)
+        schedule = restartable(
+            self.engine, scheduler, (restored or {}).get("schedule"), restored is None, self.restart_over
+        )
         self._wrapped = schedule if schedule is not scheduler else None
         bind(self.engine, model=pl_module, optimizer=optimizers[0] if optimizers else None, schedule=schedule)
         self._losses, self._step_lr = [], None
@@ -126,16 +159,26 @@ class CurriculumCallback(Callback):
                 f"Lightning resumed at step {trainer.global_step}; "
                 "the checkpoint was not written by this run's callback"
             )
-        if (
-            trainer.world_size == 1 and "rng" in restored
-        ):  # under DDP each rank has its own stream (and DistributedSampler)
-            _set_rng_state(restored["rng"])
+        if trainer.world_size == 1 and "rng" in restored and not restored.get("between_epochs"):
+            set_random_state(restored["rng"])  # mid-epoch: the rest of the epoch draws on from the checkpoint's state
         self._epoch_metrics = restored.get("epoch_end_metrics")
         missed = self.engine.clock.epoch < trainer.current_epoch
         if not missed and self.engine.clock.step_in_epoch > 0:
             _warn_mid_epoch(trainer, self.engine.clock)
         if missed:
             # Saved at the epoch's last batch: Lightning skips that epoch's validation and epoch end on resume.
+            if trainer.val_dataloaders is not None and isinstance(
+                getattr(trainer.train_dataloader, "dataset", None), torch.utils.data.IterableDataset
+            ):
+                logger.warning(
+                    "resumed from a checkpoint saved at the last batch of epoch %d with an IterableDataset and "
+                    "validation: Lightning starts the train iteration of epoch %d before making the validation "
+                    "loader's iterator here, after it in the uninterrupted run, so a dataset that draws from torch's "
+                    "global generator as its iteration starts (a shuffle) draws otherwise; resume from the checkpoint "
+                    "saved at that epoch's end (ModelCheckpoint's default) or give the dataset its own torch.Generator",
+                    self.engine.clock.epoch,
+                    self.engine.clock.epoch + 1,
+                )
             if self._reads_validation():
                 logger.warning(
                     "resumed from a checkpoint saved at the last batch of epoch %d, before its validation, "
@@ -210,22 +253,6 @@ def _metrics_read(guard: Any) -> bool:
     if getattr(guard, "observes", None) and getattr(guard, "observe_at", "step_end") is None:
         return True
     return any(_metrics_read(g) for g in getattr(guard, "guards", ()) or ())
-
-
-def _rng_state() -> dict:
-    """The process's random state at a checkpoint: Lightning keeps none,
-    and a shuffling sampler draws its order from it."""
-    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "python_pos": random.getstate()[2]}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((3, tuple(int(x) for x in state["python"]), state["python_pos"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _warn_mid_epoch(trainer: Any, clock: Any) -> None:
