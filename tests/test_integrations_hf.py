@@ -253,6 +253,18 @@ def test_resume_from_a_checkpoint_without_engine_state_is_refused(full, tmp_path
         train(tmp_path / "run", resume=str(folder))
 
 
+def test_an_engine_state_ahead_of_the_trainer_state_is_refused(full, tmp_path):
+    """A trainer_state.json at step 0 by an engine state at step 4 is refused, not restarted at the first phase."""
+    folder = tmp_path / "checkpoint-4"
+    shutil.copytree(full[0] / "checkpoint-4", folder)
+    path = folder / "trainer_state.json"
+    data = json.loads(path.read_text())
+    data["global_step"] = 0
+    path.write_text(json.dumps(data))
+    with pytest.raises(CurriculumError, match="engine state is at step 4 but the Trainer resumed at step 0"):
+        train(tmp_path / "run", resume=str(folder))
+
+
 def test_allow_fingerprint_mismatch_passes_through(full, tmp_path):
     """A changed curriculum is refused at resume, naming the option; with allow_fingerprint_mismatch=True the run goes
     on."""

@@ -292,7 +292,7 @@ class CurriculumCallback(TrainerCallback):
         self._before_evaluate = None
         self._items = self._counted = self._reads_at_resume = self._logged = None
         saved = callbacks.get(STATE_KEY)
-        if state.global_step == 0:
+        if state.global_step == 0 and saved is None:
             self.engine.start()
         elif saved is None:
             raise CurriculumError(
