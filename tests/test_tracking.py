@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
@@ -55,6 +55,9 @@ def test_logs_hold_phase_params_and_each_transition_once():
     first, cursor = curriculum_logs(engine, None)
     assert first == {
         "curriculum/phase": 0.0,
+        "curriculum/in/short": 1.0,
+        "curriculum/in/long": 0.0,
+        "curriculum/in/final": 0.0,
         "curriculum/seq_len": 6.0,
         "curriculum/transitions": 0.0,
         "curriculum/last_transition_step": 0.0,
@@ -199,21 +202,27 @@ def test_hf_trainer_logs_the_curriculum_to_tensorboard_and_its_checkpoint_replay
 
 
 class Tiny(LightningTiny):
-    """The shared tiny module with a plain optimizer: no scheduler for the callback to wrap."""
+    """The shared tiny module with a plain optimizer (no scheduler for the callback to wrap), logging its loss."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.log("train_loss", loss)
+        return loss
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.05)
 
 
 def test_lightning_logs_the_curriculum_to_its_csv_logger_and_its_checkpoint_replays_and_plots(tmp_path, capsys):
-    """CSVLogger: a row per logged step with the phase, its params and the transitions so far; the .ckpt
+    """CSVLogger: one row per step holding the step's own self.log values, the phase, its params and the
+    transitions so far (one point per tag and step); TensorBoard gets the transition's text; the .ckpt
     (the callbacks entry holds the engine state) replays exactly and plots."""
     engine = CurriculumEngine(curriculum(), record_metrics=True)
     x = torch.randn(12, 4, generator=torch.Generator().manual_seed(0))
     trainer = pl.Trainer(
         max_epochs=3,
         callbacks=[lightning.CurriculumCallback(engine), ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="last")],
-        logger=CSVLogger(tmp_path, name="csv"),
+        logger=[CSVLogger(tmp_path, name="csv"), TensorBoardLogger(tmp_path, name="tb")],
         log_every_n_steps=1,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -230,25 +239,30 @@ def test_lightning_logs_the_curriculum_to_its_csv_logger_and_its_checkpoint_repl
     ]
 
     with open(next((tmp_path / "csv").rglob("metrics.csv")), newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("curriculum/phase")]
+        every = list(csv.DictReader(f))
+    rows = [r for r in every if r.get("curriculum/phase")]
     phases = [(int(r["step"]), float(r["curriculum/phase"])) for r in rows]
-    # every step's row, and at step 6 a second one: the transition at that epoch's end
-    assert phases == [
-        (1, 0.0),
-        (2, 0.0),
-        (3, 1.0),
-        (4, 1.0),
-        (5, 1.0),
-        (6, 1.0),
-        (6, 2.0),
-        (7, 2.0),
-        (8, 2.0),
-        (9, 2.0),
-    ]
+    # a row per step, Lightning's 0-based step numbers; the transition at epoch 2's end comes with step 6,
+    # the first in the new phase
+    assert phases == [(0, 0.0), (1, 0.0), (2, 1.0), (3, 1.0), (4, 1.0), (5, 1.0), (6, 2.0), (7, 2.0), (8, 2.0)]
+    # the step's own self.log values carry the same step numbers: a join on "step" lines them up
+    assert [int(r["step"]) for r in every if r.get("train_loss")] == [step for step, _ in phases]
     assert [
         float(rows[6][k]) for k in ("curriculum/transitions", "curriculum/last_transition_step", "curriculum/seq_len")
     ] == [2.0, 6.0, 8.0]
-    assert float(rows[3]["curriculum/seq_len"]) == 12.0
+    assert float(rows[2]["curriculum/seq_len"]) == 12.0
+    assert [(rows[i]["curriculum/in/short"], rows[i]["curriculum/in/final"]) for i in (0, 6)] == [
+        ("1.0", "0.0"),
+        ("0.0", "1.0"),
+    ]
+    events = _tensorboard(tmp_path / "tb")
+    text = [
+        (e.step, e.tensor_proto.string_val[0].decode()) for e in events.Tensors("curriculum/transition/text_summary")
+    ]
+    assert text == [
+        (2, "short -> long at step 3 (epoch 0, step_end), decided by MinSteps(3)"),
+        (6, "long -> final at step 6 (epoch 2, epoch_end), decided by MinEpoch(2)"),
+    ]
 
     ckpt = tmp_path / "ckpt" / "last.ckpt"
     assert main(["replay", str(ckpt), "--curriculum", "tests.test_tracking:curriculum"]) == 0

@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch import Callback
 
 from engine.core import CurriculumError
+from engine.history import Record
 from engine.integrations import (
     PhaseParams,
     bind,
@@ -93,6 +94,7 @@ class CurriculumCallback(Callback):
         # Scratch of the optimizer step in progress (a checkpoint never splits a step).
         self._losses: list[float] = []
         self._step_lr: float | None = None
+        self._unlogged: Record | None = None  # a transition at an epoch end, logged with the next step
 
     # -- Lightning's checkpoint ----------------------------------------------------------------
 
@@ -141,7 +143,7 @@ class CurriculumCallback(Callback):
         )
         self._wrapped = schedule if schedule is not scheduler else None
         bind(self.engine, model=pl_module, optimizer=optimizers[0] if optimizers else None, schedule=schedule)
-        self._losses, self._step_lr = [], None
+        self._losses, self._step_lr, self._unlogged = [], None, None
         if restored is None:
             if trainer.global_step > 0:
                 raise CurriculumError(
@@ -198,8 +200,8 @@ class CurriculumCallback(Callback):
                     f"the curriculum reads ({exc}). Resume from the checkpoint saved at that epoch's end "
                     "(ModelCheckpoint's default) or from a mid-epoch one"
                 ) from exc
-            if record is not None:  # tracking
-                log_to_lightning(trainer, self.engine, record)
+            if record is not None:
+                self._unlogged = record  # tracking: logged with the next step
 
     def _reads_validation(self) -> bool:
         """Whether a guard of an epoch-end transition out of the current phase reads a metric (validation's, then)."""
@@ -231,7 +233,9 @@ class CurriculumCallback(Callback):
         if trainer.world_size > 1:  # every rank must see the same loss to take the same transition
             loss = float(trainer.strategy.reduce(torch.tensor(loss, device=pl_module.device), reduce_op="mean"))
         record = self.engine.step_end(loss=loss, **({"lr": self._step_lr} if self._step_lr is not None else {}))
-        log_to_lightning(trainer, self.engine, record)  # tracking: the curriculum to the Trainer's loggers
+        # tracking: the curriculum to the Trainer's loggers, in the row of the step's own self.log values
+        record, self._unlogged = record or self._unlogged, None
+        log_to_lightning(trainer, self.engine, record, trainer.global_step - 1)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if not _batch_progress(trainer).is_last_batch:
@@ -242,8 +246,14 @@ class CurriculumCallback(Callback):
         ):  # the epoch end Lightning repeats after a checkpoint saved on_validation_end
             metrics, self._epoch_metrics = {**metrics, **self._epoch_metrics}, None
         record = self.engine.epoch_end(**metrics)
-        if record is not None:  # tracking
-            log_to_lightning(trainer, self.engine, record)
+        if record is not None:
+            # tracking: logged with the next step, the first in the new phase (or at the end of training)
+            self._unlogged = record
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._unlogged is not None:  # tracking: a transition at the last epoch end
+            log_to_lightning(trainer, self.engine, self._unlogged, trainer.global_step)
+            self._unlogged = None
 
 
 def _metrics_read(guard: Any) -> bool:

@@ -3,6 +3,8 @@
 Numbers, under ``curriculum/``, at every log:
 
 - ``curriculum/phase``: the current phase's index in the curriculum's declaration order;
+- ``curriculum/in/<phase>``: 1 for the current phase, 0 for each other one (a column per phase name,
+  for loggers that take numbers only);
 - ``curriculum/<param>``: each numeric param of the current phase (bools aside);
 - ``curriculum/transitions``: the transitions taken so far (it steps up where one fired);
 - ``curriculum/last_transition_step``: the global step of the last one (0 before any).
@@ -14,9 +16,12 @@ Text, where the framework's loggers take text (the HF Trainer's do: TensorBoard 
 - ``curriculum/transition``: each transition since the previous log,
   ``"a -> b at step 150 (epoch 3, epoch_end), decided by Plateau(window=50, threshold=0.005)"``.
 
-Lightning's loggers take numbers only: the Lightning callback hands the numbers to every logger of
-the Trainer (``logger.log_metrics``) every ``log_every_n_steps`` steps and at each transition
-(:func:`log_to_lightning`), and the text to this module's Python logger (INFO).
+Lightning: the callback hands the numbers to every logger of the Trainer (``logger.log_metrics``)
+every ``log_every_n_steps`` steps and at each transition (:func:`log_to_lightning`), at the step
+number Lightning gives the training step's own ``self.log`` values (0-based: the step just taken
+is logged as ``global_step - 1``), so both land in one row; a transition at an epoch end is logged
+with the next step (one point per tag and step), or at the end of training. The text goes to
+each logger that takes text (TensorBoard's ``add_text``) and to this module's Python logger (INFO).
 
 The HF Trainer calls its ``report_to`` callbacks (TensorBoard, W&B, MLflow, ...) before the
 callbacks a user passes, in one ``on_log`` round: so that they see the curriculum's values, the
@@ -65,6 +70,8 @@ def phase_metrics(engine: CurriculumEngine) -> dict[str, float]:
     names = [p.name for p in engine.curriculum.phases]
     moves = _moves(engine.history)
     out = {f"{PREFIX}phase": float(names.index(phase.name))}
+    for name in names:
+        out[f"{PREFIX}in/{_UNSAFE.sub('_', name)}"] = float(name == phase.name)
     for key, value in phase.params.items():
         if isinstance(value, numbers.Real) and not isinstance(value, bool):
             out[PREFIX + _UNSAFE.sub("_", str(key))] = float(value)
@@ -131,16 +138,24 @@ def report_before_loggers(callback: Any, handler: Any) -> None:
         callbacks.insert(first, callbacks.pop(mine))
 
 
-def log_to_lightning(trainer: Any, engine: CurriculumEngine, record: Record | None) -> None:
-    """Lightning: :func:`phase_metrics` to each of ``trainer.loggers`` at ``trainer.global_step``,
-    every ``log_every_n_steps`` steps and whenever ``record`` (a transition just taken) is given;
-    the transition's text to the Python log. Not through ``pl_module.log``: the values would land
-    in ``callback_metrics``, which the callback feeds back to ``epoch_end``."""
+def log_to_lightning(trainer: Any, engine: CurriculumEngine, record: Record | None, step: int) -> None:
+    """Lightning: :func:`phase_metrics` to each of ``trainer.loggers`` at ``step`` (the caller gives the
+    step number Lightning's own ``self.log`` uses there), every ``log_every_n_steps`` steps and whenever
+    ``record`` (a transition just taken) is given; its text to each logger that takes text and to the
+    Python log. Not through ``pl_module.log``: the values would land in ``callback_metrics``, which the
+    callback feeds back to ``epoch_end``."""
     every = max(int(getattr(trainer, "log_every_n_steps", 1) or 1), 1)
-    if record is None and trainer.global_step % every:
+    if record is None and (step + 1) % every:
         return
     values = phase_metrics(engine)
     for target in trainer.loggers:
-        target.log_metrics(values, step=trainer.global_step)
-    if record is not None:
-        logger.info("curriculum: %s", transition_text(record))
+        target.log_metrics(values, step=step)
+    if record is None:
+        return
+    text = transition_text(record)
+    for target in trainer.loggers:
+        writer = getattr(target, "experiment", None)
+        if callable(getattr(writer, "add_text", None)):
+            writer.add_text(f"{PREFIX}transition", text, step)
+            writer.add_text(f"{PREFIX}phase_name", engine.phase.name, step)
+    logger.info("curriculum: %s", text)
