@@ -170,7 +170,7 @@ def test_diagram_draws_a_file_and_marks_a_runs_phase(tmp_path, capsys):
     assert main(["diagram", shipped]) == 0
     out = capsys.readouterr().out
     assert (
-        "cutoff_128 --> cutoff_256 : epoch_end꞉ all_of(MinEpoch(2), Plateau(window=50, threshold=0.005)) / RestartLR()"
+        "cutoff_128 --> cutoff_256 : epoch_end [all_of(MinEpoch(2), Plateau(window=50, threshold=0.005))] / RestartLR()"
         in out
     )
     assert main(["diagram", shipped, "--format", "dot"]) == 0
