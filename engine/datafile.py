@@ -17,19 +17,16 @@ The layout (``version = 1``)::
     guards = [{ type = "all_of", guards = [{ type = "MinEpoch", n = 2 }, { type = "Plateau", window = 50 }] }]
     actions = [{ type = "RestartLR" }]                               # optional
 
-A guard or action is a table whose ``type`` names one in the registry, and whose other keys are
-its fields (an attrs class's ``__init__`` arguments; arrays arrive as tuples). A bare string
-(``"RestartLR"``) is a type without arguments. The built-ins (the public guards and actions of
-:mod:`policies`) are registered when ``policies`` is imported; yours with :func:`register_guard` /
-:func:`register_action`. TOML has no null: a field whose metadata names a word for None uses it
-(``SetCutoff``'s full band is ``n = "full"``). A data file names things; it never imports or
-executes anything by itself.
+A guard or action is a table whose ``type`` names one in the registry (``import policies``
+registers the built-ins; :func:`register_guard` / :func:`register_action` yours) and whose other
+keys are its attrs fields (arrays arrive as tuples); a bare string (``"RestartLR"``) is a type
+without arguments. TOML has no null: a field whose metadata names a word for None uses it
+(``SetCutoff``'s full band is ``n = "full"``). A data file never imports or executes anything.
 
-The data is structured by one cattrs converter into the same attrs classes the code builds, so a
-curriculum from data has the same :meth:`~engine.Curriculum.fingerprint` as the one in code, and an
-engine state saved under one restores under the other. Every error is one line naming the source,
-the key path, what was wrong and the fix. TOML is read with ``tomllib`` (``tomli`` on Python 3.10)
-and written with ``tomli_w``.
+One cattrs converter structures the data into the attrs classes the code builds, so a curriculum
+from data has the fingerprint of the one in code. Every error is one line naming the source, the
+key path, what was wrong and the fix. TOML is read by ``tomllib`` (``tomli`` on 3.10), written by
+``tomli_w``.
 """
 
 from __future__ import annotations
@@ -99,12 +96,9 @@ _GUARD, _ACTION = "guard", "action"
 
 @attrs.frozen
 class _Entry:
-    """One name a data file may use: an attrs class (its fields are the file's keys), a class
-    without fields, or a plain function (used as it is)."""
-
     name: str
     kind: str  # _GUARD or _ACTION
-    target: Any
+    target: Any  # an attrs class (its fields are the file's keys), another class, or a function
 
 
 class Registry:
@@ -217,7 +211,8 @@ class Registry:
             return f"{name} cannot be named in a data file: {self._refused[name]}"
         if entry is not None:
             where = "guards" if entry.kind == _GUARD else "actions or on_enter"
-            return f"{name!r} is {_article(entry.kind)}, not {_article(kind)}; move it to {where}"
+            article = {_GUARD: "a guard", _ACTION: "an action"}
+            return f"{name!r} is {article[entry.kind]}, not {article[kind]}; move it to {where}"
         known = self.names(kind)
         if not known:
             return f"unknown {kind} {name!r}: none is registered; `import policies` registers the built-ins"
@@ -582,7 +577,10 @@ def save_curriculum(
     else:
         text = to_toml(curriculum, comment=comment, registry=registry)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.fchmod(fd, 0o666 & ~umask)  # the mode a plain open() gives, not mkstemp's 0600
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             file.write(text)
         os.replace(tmp, path)
@@ -590,10 +588,6 @@ def save_curriculum(
         os.unlink(tmp)
         raise
     return path
-
-
-def _article(kind: str) -> str:
-    return f"an {kind}" if kind == _ACTION else f"a {kind}"
 
 
 def _kind(value: Any) -> str:

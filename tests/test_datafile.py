@@ -625,4 +625,7 @@ def test_overwriting_a_symlink_replaces_the_link_not_its_target(tmp_path):
     save_curriculum(spectral_curriculum(), link, overwrite=True)
     assert target.read_text() == "keep me"
     assert not link.is_symlink() and load_curriculum(link) == spectral_curriculum()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert link.stat().st_mode & 0o777 == 0o666 & ~umask  # the mode a plain open() gives
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml", "mine.txt"]  # no temporary file left
