@@ -4,7 +4,7 @@ Declare phases and guarded transitions as a :class:`Curriculum`, drive it from y
 :class:`CurriculumEngine` (``bind``, ``start``, ``step_end``, ``epoch_end``), read the clock as
 ``engine.clock`` and see why and when each transition fired, and which guard decided it, in
 ``engine.history``. A curriculum can also be a data file (:func:`load_curriculum`,
-:meth:`Curriculum.from_dict`, :mod:`engine.datafile`). :func:`replay` feeds a run's recorded
+:func:`curriculum_from_dict`, :mod:`engine.datafile`). :func:`replay` feeds a run's recorded
 metrics to another rule without training again; ``CurriculumEngine(..., record_metrics=True)``
 records them (:class:`MetricLog`), :func:`replay_grid` replays them under a grid of rules, and
 ``python -m engine replay|plot PATH`` does both for a saved run. See :mod:`engine.core` for the
@@ -26,6 +26,8 @@ from engine.core import (
 from engine.datafile import (
     CurriculumFileError,
     Registry,
+    curriculum_from_dict,
+    curriculum_to_dict,
     load_curriculum,
     register_action,
     register_guard,
@@ -67,6 +69,8 @@ __all__ = [
     "load_curriculum",
     "save_curriculum",
     "to_toml",
+    "curriculum_to_dict",
+    "curriculum_from_dict",
     "register_guard",
     "register_action",
     "Registry",

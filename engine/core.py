@@ -54,7 +54,7 @@ import hashlib
 import json
 import re
 from collections import deque
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import attrs
 import numpy as np
@@ -70,6 +70,8 @@ __all__ = [
     "Curriculum",
     "describe",
     "Params",
+    "Guard",
+    "Action",
 ]
 
 
@@ -213,6 +215,12 @@ class Context:
                 f"(passed: {sorted(self.metrics)}); pass it as engine.{call.replace('...)', f'{name}=...)')}, "
                 "or fix a misspelt name in the guard that reads it"
             ) from None
+
+
+Guard = Callable[[Context], bool]
+"""A guard's type: ``guard(ctx) -> bool``; a field of this type holds a guard (a data file writes it as a table)."""
+Action = Callable[[Context], Any]
+"""An action's type: ``action(ctx) -> dict | None``, the dict being its recorded effect."""
 
 
 def did_you_mean(name: str, passed: Any) -> str:
@@ -526,17 +534,25 @@ class Transition:
         return f"{self.source} -> {self.dest}"
 
 
-@attrs.frozen
+@attrs.frozen(eq=False)
 class Curriculum:
     """Phases and the transitions between them; validated when built.
 
     When several transitions out of the current phase hold at one evaluation point, the first
     declared fires (declaration order in ``transitions``), and at most one fires per point.
+    Two curricula are equal when their :meth:`fingerprint` is: the same declared structure,
+    however it was built (in code, or from a file).
     """
 
     phases: tuple[Phase, ...] = attrs.field(converter=tuple)
-    transitions: tuple[Transition, ...] = attrs.field(converter=tuple)
+    transitions: tuple[Transition, ...] = attrs.field(default=(), converter=tuple)
     initial: str | None = None
+
+    def __eq__(self, other: object) -> bool:
+        return self.fingerprint() == other.fingerprint() if isinstance(other, Curriculum) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint())
 
     def __attrs_post_init__(self) -> None:
         if not self.phases:
@@ -570,14 +586,16 @@ class Curriculum:
                         f"expected one of {names}; add Phase({value!r}) or fix the name"
                     )
         self._check_shared_observers()
+        out: dict[str, list[str]] = {}
+        for tr in self.transitions:
+            out.setdefault(tr.source, []).append(tr.dest)
         reachable = {self.initial_name}
         frontier = deque([self.initial_name])
         while frontier:
-            here = frontier.popleft()
-            for tr in self.transitions:
-                if tr.source == here and tr.dest not in reachable:
-                    reachable.add(tr.dest)
-                    frontier.append(tr.dest)
+            for dest in out.get(frontier.popleft(), ()):
+                if dest not in reachable:
+                    reachable.add(dest)
+                    frontier.append(dest)
         unreachable = [n for n in names if n not in reachable]
         if unreachable:
             raise CurriculumError(
@@ -588,27 +606,23 @@ class Curriculum:
     def _check_shared_observers(self) -> None:
         """One guard object that observes must not be used twice out of one phase: it would
         observe each value twice (a window of 4 full after 2 steps)."""
-        for phase in self.phases:
-            seen: dict[int, int] = {}
-            for i, tr in enumerate(self.transitions):
-                if tr.source != phase.name:
+        seen: dict[tuple[str, int], int] = {}  # (phase, observing guard) -> the transition using it
+        for i, tr in enumerate(self.transitions):
+            for leaf in (leaf for g in tr.guards for leaf in guard_leaves(g)):
+                if not hasattr(leaf, "observe"):
                     continue
-                for leaf in (leaf for g in tr.guards for leaf in guard_leaves(g)):
-                    if not hasattr(leaf, "observe"):
-                        continue
-                    if id(leaf) in seen:
-                        j = seen[id(leaf)]
-                        where = (
-                            f"transition[{i}] ({tr.label}) uses it twice"
-                            if j == i
-                            else f"transitions[{j}] ({self.transitions[j].label}) and [{i}] ({tr.label}) share it"
-                        )
-                        raise CurriculumError(
-                            f"Curriculum.transitions: one guard object {describe(leaf)} observes out of phase "
-                            f"{phase.name!r} twice ({where}), so it would see each value twice; give each use "
-                            f"its own instance, e.g. {describe(leaf)} written out again"
-                        )
-                    seen[id(leaf)] = i
+                j = seen.setdefault((tr.source, id(leaf)), i)
+                if j != i or sum(1 for g in tr.guards for x in guard_leaves(g) if x is leaf) > 1:
+                    where = (
+                        f"transition[{i}] ({tr.label}) uses it twice"
+                        if j == i
+                        else f"transitions[{j}] ({self.transitions[j].label}) and [{i}] ({tr.label}) share it"
+                    )
+                    raise CurriculumError(
+                        f"Curriculum.transitions: one guard object {describe(leaf)} observes out of phase "
+                        f"{tr.source!r} twice ({where}), so it would see each value twice; give each use "
+                        f"its own instance, e.g. {describe(leaf)} written out again"
+                    )
 
     @property
     def initial_name(self) -> str:
@@ -663,20 +677,3 @@ class Curriculum:
             for name in getattr(item, "requires", ()) or ():
                 needs.setdefault(name, []).append(describe(item))
         return needs
-
-    # -- as data (engine.datafile): a TOML/JSON file, a YAML or Hydra config ------------------------
-
-    def to_dict(self, *, registry: Any = None) -> dict:
-        """This curriculum as plain data (see :mod:`engine.datafile`), which :meth:`from_dict`
-        turns back into a curriculum with the same fingerprint."""
-        from engine.datafile import curriculum_to_dict
-
-        return curriculum_to_dict(self, registry=registry)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, registry: Any = None, source: str | None = None) -> "Curriculum":
-        """The curriculum ``data`` describes: built-in guards and actions by name, yours once
-        registered (``engine.register_guard``); see :mod:`engine.datafile`."""
-        from engine.datafile import curriculum_from_dict
-
-        return curriculum_from_dict(data, registry=registry, source=source)

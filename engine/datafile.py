@@ -17,19 +17,16 @@ The layout (``version = 1``)::
     guards = [{ type = "all_of", guards = [{ type = "MinEpoch", n = 2 }, { type = "Plateau", window = 50 }] }]
     actions = [{ type = "RestartLR" }]                               # optional
 
-A guard or action is a table whose ``type`` names a built-in one (the public guards and actions
-of :mod:`policies`) or one registered with :func:`register_guard` / :func:`register_action`; its
-other keys are the constructor's keyword arguments (arrays arrive as tuples). A bare string
-(``"RestartLR"``) is a type without arguments. TOML has no null: ``SetCutoff``'s full band is
-``n = "full"``. A data file names things; it never imports or executes anything by itself.
+A guard or action is a table whose ``type`` names one in the registry (``import policies``
+registers the built-ins; :func:`register_guard` / :func:`register_action` yours) and whose other
+keys are its attrs fields (arrays arrive as tuples); a bare string (``"RestartLR"``) is a type
+without arguments. TOML has no null: a field whose metadata names a word for None uses it
+(``SetCutoff``'s full band is ``n = "full"``). A data file never imports or executes anything.
 
-The curriculum built from data has the same :meth:`~engine.Curriculum.fingerprint` as the same
-curriculum built in code (each guard and action is built by its own class, with the same
-arguments), so an engine state saved by one restores into the other. Every error names the
-source, the key path (and the line, for a TOML file), what was expected and the fix, on one line.
-
-TOML is read with the standard library's ``tomllib`` (Python 3.11+; ``tomli`` on 3.10) and
-written by :func:`to_toml`, which emits the small subset this layout needs.
+One cattrs converter structures the data into the attrs classes the code builds, so a curriculum
+from data has the fingerprint of the one in code. Every error is one line naming the source, the
+key path, what was wrong and the fix. TOML is read by ``tomllib`` (``tomli`` on 3.10), written by
+``tomli_w``.
 """
 
 from __future__ import annotations
@@ -37,14 +34,21 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
-import math
+import os
 import re
+import stat
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import attrs
+import cattrs
+import tomli_w
+from cattrs.errors import BaseValidationError, ForbiddenExtraKeysError
+from cattrs.gen import make_dict_structure_fn, override
 
-from engine.core import Curriculum, CurriculumError, Params, Phase, Point, Transition, describe
+from engine.core import Action, Curriculum, CurriculumError, Guard, Params, Phase, Transition, describe
 
 try:  # Python 3.11+
     import tomllib as _toml
@@ -70,6 +74,8 @@ __all__ = [
 
 VERSION = 1
 _SUFFIXES = (".toml", ".json")
+MAX_BYTES = 4 << 20  # a curriculum file is a few KB; anything near this is not one
+MAX_DEPTH = 64  # tables and arrays nested in each other (a guard in a combinator is two levels)
 
 
 class CurriculumFileError(CurriculumError):
@@ -90,94 +96,38 @@ _GUARD, _ACTION = "guard", "action"
 
 @attrs.frozen
 class _Entry:
-    """One name a data file may use: what builds it and how to read its arguments back."""
-
     name: str
     kind: str  # _GUARD or _ACTION
-    target: Any  # a class (its instances are this entry) or a plain function (used as it is)
-    factory: Callable | None  # what the file's arguments are passed to; None: ``target`` is used as is
-    nested: tuple[str, ...] = ()  # arguments that hold guards (all_of's ``guards``)
-    symbols: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)  # argument -> file text -> value
-    read: Callable[[Any], dict] | None = None  # object -> arguments, where attributes do not say them
-
-    @property
-    def signature(self) -> inspect.Signature:
-        return inspect.signature(self.factory) if self.factory is not None else inspect.Signature()
-
-    def usage(self) -> str:
-        """``Plateau(window=50, ...)``-like text for messages."""
-        return f"{self.name}{self.signature.replace(return_annotation=inspect.Signature.empty)}"
-
-
-def _builtins() -> list[_Entry]:
-    import policies
-    from policies import guards as g
-
-    def not_args(obj: Any) -> dict:
-        return {"guard": obj.guards[0]}
-
-    full = {"n": {"full": None}}
-    entries = [
-        _Entry(name, _GUARD, getattr(policies, name), getattr(policies, name))
-        for name in (
-            "Plateau",
-            "MinEpoch",
-            "MinSteps",
-            "MetricBelow",
-            "MetricAbove",
-            "Cooldown",
-            "MaxVisits",
-            "WorseThanBest",
-        )
-    ]
-    entries += [
-        _Entry("all_of", _GUARD, g._AllOf, policies.all_of, nested=("guards",)),
-        _Entry("any_of", _GUARD, g._AnyOf, policies.any_of, nested=("guards",)),
-        _Entry("not_", _GUARD, g._Not, policies.not_, nested=("guard",), read=not_args),
-        _Entry("RestartLR", _ACTION, policies.RestartLR, policies.RestartLR),
-        _Entry("SetCutoff", _ACTION, policies.SetCutoff, policies.SetCutoff, symbols=full),
-        _Entry("StartCooldown", _ACTION, policies.StartCooldown, policies.StartCooldown),
-    ]
-    return entries
-
-
-# Built-ins a data file cannot name, and why.
-_NOT_IN_FILES = {
-    "ResetWindow": "it holds the very guard objects of a transition, which a data file cannot point at; "
-    "build a curriculum that uses it in code",
-}
+    target: Any  # an attrs class (its fields are the file's keys), another class, or a function
 
 
 class Registry:
-    """The guard and action names a data file may use: the built-ins plus those registered.
+    """The guard and action names a data file may use.
 
-    :func:`register_guard` and :func:`register_action` add to the default registry, which
-    :meth:`Curriculum.from_dict` and :func:`load_curriculum` use unless given another. A name is
-    registered once: a second, different object under a name in use is an error.
+    ``import policies`` registers the built-ins in :data:`default_registry`, which
+    :func:`load_curriculum` and :func:`curriculum_from_dict` use unless given another;
+    :func:`register_guard` and :func:`register_action` add yours. A name is registered once: a
+    second, different object under a name in use is an error. ``Registry()`` starts empty;
+    ``default_registry.copy()`` starts with what the default holds.
     """
 
-    def __init__(self, builtins: bool = True) -> None:
+    def __init__(self) -> None:
         self._names: dict[str, _Entry] = {}
         self._by_target: dict[int, _Entry] = {}
-        self._builtins_pending = builtins
+        self._refused: dict[str, str] = {}  # names a file cannot use -> why
+        self.converter = _converter(self)
 
-    def _loaded(self) -> "Registry":
-        if self._builtins_pending:  # lazily: policies imports engine
-            self._builtins_pending = False
-            for entry in _builtins():
-                self._add(entry)
-        return self
+    def copy(self) -> Registry:
+        """A registry with the same names, to register more without changing this one."""
+        other = Registry()
+        for entry in self._names.values():
+            other._add(entry)
+        other._refused.update(self._refused)
+        return other
 
     def _add(self, entry: _Entry) -> None:
         self._names[entry.name] = entry
         self._by_target[id(entry.target)] = entry
-
-    def copy(self) -> "Registry":
-        """A registry with the same names, to register more without changing this one."""
-        other = Registry(builtins=False)
-        for entry in self._loaded()._names.values():
-            other._add(entry)
-        return other
 
     def register_guard(self, obj: Any, name: str | None = None) -> Any:
         """Let data files name the guard class (or plain guard function) ``obj``, as ``name``
@@ -188,19 +138,18 @@ class Registry:
         """Let data files name the action class (or plain action function) ``obj``, as ``name``."""
         return self._register(obj, name, _ACTION)
 
+    def refuse(self, name: str, reason: str) -> None:
+        """Name a class a data file cannot hold (reading and writing it say ``reason``)."""
+        self._refused[name] = reason
+
     def _register(self, obj: Any, name: str | None, kind: str) -> Any:
         call = f"register_{kind}"
-        if isinstance(obj, str) or not callable(obj):
-            raise CurriculumError(
-                f"{call}: expected a {kind} class or a named function, got {type(obj).__name__}: {obj!r}; "
-                f"pass the class itself, e.g. {call}(My{kind.title()})"
-            )
         if not isinstance(obj, type) and not inspect.isfunction(obj):
             raise CurriculumError(
-                f"{call}: expected a {kind} class or a named function, got the object {describe(obj)}; "
-                f"register its class, {call}({type(obj).__name__}), and name its arguments in the file"
+                f"{call}: expected a {kind} class or a named function, got {type(obj).__name__}: {describe(obj)}; "
+                f"register the class itself, e.g. {call}(My{kind.title()})"
             )
-        if getattr(obj, "__name__", None) == "<lambda>":
+        if obj.__name__ == "<lambda>":
             raise CurriculumError(
                 f"{call}: a lambda cannot be named by a data file (nor fingerprinted); define a function with def"
             )
@@ -209,14 +158,14 @@ class Registry:
             raise CurriculumError(
                 f"{call}: name must be an identifier (dots allowed), got {name!r}; e.g. name={obj.__name__!r}"
             )
-        existing = self._loaded()._names.get(name)
+        existing = self._names.get(name)
         if existing is not None:
             if existing.target is obj and existing.kind == kind:
                 return obj  # the same object again (a module imported twice): nothing changes
             raise CurriculumError(
                 f"{call}: the name {name!r} is already used by the {existing.kind} {describe(existing.target)}; "
-                "a name means one thing in every file: "
-                f"register under another, e.g. {call}({obj.__name__}, name='my.{name}')"
+                f"a name means one thing in every file: register under another, e.g. "
+                f"{call}({obj.__name__}, name='my.{name}')"
             )
         if id(obj) in self._by_target:
             other = self._by_target[id(obj)]
@@ -224,20 +173,91 @@ class Registry:
                 f"{call}: {describe(obj)} is already registered as the {other.kind} {other.name!r}; "
                 "register it once and use that name"
             )
-        self._add(_Entry(name, kind, obj, obj if isinstance(obj, type) else None))
+        self._add(_Entry(name, kind, obj))
         return obj
-
-    def lookup(self, name: str) -> _Entry | None:
-        return self._loaded()._names.get(name)
 
     def entry_for(self, obj: Any) -> _Entry | None:
         """The entry that writes ``obj``: its class's, or (a plain function) its own."""
-        self._loaded()
         entry = self._by_target.get(id(type(obj))) or self._by_target.get(id(obj))
-        return entry if entry is not None and (entry.target is type(obj) or entry.target is obj) else None
+        return entry if entry is not None and entry.target in (type(obj), obj) else None
 
     def names(self, kind: str) -> list[str]:
-        return sorted(n for n, e in self._loaded()._names.items() if e.kind == kind)
+        return sorted(n for n, e in self._names.items() if e.kind == kind)
+
+    def build(self, value: Any, kind: str) -> Any:
+        """A guard or action from ``{ type = "Name", field = value, ... }`` (or the bare string "Name")."""
+        example = "MinEpoch" if kind == _GUARD else "RestartLR"
+        if isinstance(value, str):
+            value = {"type": value}
+        if not isinstance(value, Mapping) or not isinstance(value.get("type"), str):
+            got = f"{_kind(value)} {_short(value)}" if not isinstance(value, Mapping) else "no 'type' (its name)"
+            raise CurriculumError(f'expected a {kind} table {{ type = "{example}", ... }}, got {got}; write it so')
+        name, args = value["type"], {k: v for k, v in value.items() if k != "type"}
+        entry = self._names.get(name)
+        if entry is None or entry.kind != kind:
+            raise CurriculumError(f"type: {self._unknown(name, kind, entry)}")
+        target = entry.target
+        if attrs.has(target):
+            return self.converter.structure(args, target)
+        if args:
+            raise CurriculumError(
+                f"{name} takes no arguments in a file (it is not an attrs class); remove {next(iter(args))!r}, "
+                "or make it an attrs class whose fields are its arguments"
+            )
+        return target() if isinstance(target, type) else target
+
+    def _unknown(self, name: str, kind: str, entry: _Entry | None) -> str:
+        if name in self._refused:
+            return f"{name} cannot be named in a data file: {self._refused[name]}"
+        if entry is not None:
+            where = "guards" if entry.kind == _GUARD else "actions or on_enter"
+            article = {_GUARD: "a guard", _ACTION: "an action"}
+            return f"{name!r} is {article[entry.kind]}, not {article[kind]}; move it to {where}"
+        known = self.names(kind)
+        if not known:
+            return f"unknown {kind} {name!r}: none is registered; `import policies` registers the built-ins"
+        near = difflib.get_close_matches(name, known, n=1)
+        return (
+            f"unknown {kind} {name!r}; expected one of {', '.join(known)}"
+            + (f" (did you mean {near[0]!r}?)" if near else "")
+            + f", or register your own first: engine.register_{kind}(YourClass)"
+        )
+
+
+def _converter(registry: Registry) -> cattrs.Converter:
+    """One converter for the whole layout: Curriculum, Phase and Transition as attrs classes, guards
+    and actions through ``registry``. Values pass through as they are (no coercion: ``"2"`` stays a
+    string), and each class's own converters and validators judge them."""
+    conv = cattrs.Converter(forbid_extra_keys=True)
+    for plain in (int, float, str, bool, Params):
+        conv.register_structure_hook(plain, lambda value, _: value)
+    conv.register_structure_hook_func(lambda t: t == Guard, lambda value, _: registry.build(value, _GUARD))
+    conv.register_structure_hook_func(lambda t: t == Action, lambda value, _: registry.build(value, _ACTION))
+
+    def many(of: Any, what: str) -> Any:
+        def structure(value: Any, _: Any) -> tuple:
+            if not isinstance(value, (list, tuple)):
+                raise CurriculumError(
+                    f"expected an array of {what}, got {_kind(value)} {_short(value)}; wrap it in [ ]"
+                )
+            return conv.structure(value, tuple[of, ...])
+
+        return override(struct_hook=structure)
+
+    def table(cls: type, **fields: Any) -> None:
+        structure = make_dict_structure_fn(cls, conv, **fields)
+
+        def checked(value: Any, _: Any) -> Any:
+            if not isinstance(value, Mapping):
+                raise CurriculumError(f"expected a table, got {_kind(value)} {_short(value)}; write it as a table")
+            return structure(value, cls)
+
+        conv.register_structure_hook(cls, checked)
+
+    table(Phase, on_enter=many(Action, "actions"))
+    table(Transition, guards=many(Guard, "guards"), actions=many(Action, "actions"))
+    table(Curriculum, phases=many(Phase, "phase tables"), transitions=many(Transition, "transition tables"))
+    return conv
 
 
 default_registry = Registry()
@@ -257,368 +277,109 @@ def register_action(obj: Any, name: str | None = None) -> Any:
 # -- reading --------------------------------------------------------------------------------------
 
 
-def _path_text(path: tuple) -> str:
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-@attrs.define
-class _Reader:
-    """Builds a Curriculum from data, keeping where it is, for the messages."""
-
-    registry: Registry
-    source: str | None
-    text: str | None = None  # the TOML text, to find lines
-
-    def fail(self, path: tuple, message: str, hint: str | None = None) -> CurriculumFileError:
-        line = _locate(self.text, path, hint) if self.text is not None else None
-        return CurriculumFileError(message, source=self.source, key=_path_text(path), line=line)
-
-    def table(self, value: Any, path: tuple, keys: dict[str, bool], example: str) -> dict:
-        """``value`` as a table with only ``keys`` (name -> required)."""
-        if not isinstance(value, Mapping):
-            raise self.fail(
-                path, f"expected a table ({example}), got {_kind(value)} {_short(value)}; write it as a table"
-            )
-        unknown = [k for k in value if k not in keys]
-        if unknown:
-            near = difflib.get_close_matches(str(unknown[0]), list(keys), n=1)
-            raise self.fail(
-                path + (unknown[0],),
-                f"unknown key; expected one of {', '.join(keys)}"
-                + (f"; did you mean {near[0]!r}?" if near else "; remove it"),
-                hint=str(unknown[0]),
-            )
-        for key, required in keys.items():
-            if required and key not in value:
-                raise self.fail(path, f"missing key {key!r}; add it, e.g. {example}")
-        return dict(value)
-
-    def string(self, value: Any, path: tuple, what: str) -> str:
-        if not isinstance(value, str):
-            raise self.fail(
-                path, f"expected {what} (a string), got {_kind(value)} {_short(value)}; quote it", hint=_short(value)
-            )
-        return value
-
-    def array(self, value: Any, path: tuple, what: str) -> list:
-        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple)):
-            raise self.fail(
-                path, f"expected an array of {what}, got {_kind(value)} {_short(value)}; wrap it in [ ... ]"
-            )
-        return list(value)
-
-    def curriculum(self, data: Any) -> Curriculum:
-        top = self.table(
-            data,
-            (),
-            {"version": False, "initial": False, "phases": True, "transitions": False},
-            'version = 1, [[phases]] name = "warm"',
-        )
-        version = top.get("version", VERSION)
-        if type(version) is not int or version != VERSION:
-            raise self.fail(
-                ("version",),
-                f"expected {VERSION} (the layout this release reads), got {_short(version)}; "
-                "upgrade the engine, or write the file for this version",
-            )
-        initial = None if "initial" not in top else self.string(top["initial"], ("initial",), "a phase name")
-        phases = [
-            self.phase(p, ("phases", i)) for i, p in enumerate(self.array(top["phases"], ("phases",), "phase tables"))
-        ]
-        if not phases:
-            raise self.fail(("phases",), "expected at least one phase; add [[phases]] with a name")
-        names = [p.name for p in phases]
-        seen: dict[str, int] = {}
-        for i, name in enumerate(names):
-            if name in seen:
-                raise self.fail(
-                    ("phases", i, "name"),
-                    f"the phase name {name!r} is used twice (phases[{seen[name]}] too); "
-                    "phase names must be unique: rename one",
-                    hint=name,
-                )
-            seen[name] = i
-        if initial is not None and initial not in seen:
-            raise self.fail(("initial",), _unknown_phase(initial, names), hint=initial)
-        raw = self.array(top.get("transitions", []), ("transitions",), "transition tables")
-        transitions = [self.transition(t, ("transitions", i), names) for i, t in enumerate(raw)]
-        try:
-            return Curriculum(phases, transitions, initial=initial)
-        except CurriculumError as exc:  # its own structural checks (unreachable phases, ...)
-            key = ("phases",) if "cannot be reached" in str(exc) else ()
-            raise self.fail(key, str(exc)) from None
-
-    def phase(self, value: Any, path: tuple) -> Phase:
-        table = self.table(value, path, {"name": True, "params": False, "on_enter": False}, 'name = "warm"')
-        name = self.string(table["name"], path + ("name",), "a phase name")
-        params = table.get("params", {})
-        if not isinstance(params, Mapping):
-            raise self.fail(
-                path + ("params",),
-                f"expected a table of values, got {_kind(params)} {_short(params)}; write params = {{ key = value }}",
-            )
-        self.plain(params, path + ("params",))
-        actions = [
-            self.call(a, path + ("on_enter", i), _ACTION)
-            for i, a in enumerate(self.array(table.get("on_enter", []), path + ("on_enter",), "actions"))
-        ]
-        try:
-            return Phase(name, params=params, on_enter=actions)
-        except CurriculumError as exc:
-            raise self.fail(path + ("name",), str(exc), hint=name) from None
-
-    def plain(self, value: Any, path: tuple) -> None:
-        """Params hold strings, numbers, booleans, arrays and tables only (what the fingerprint reads)."""
-        if isinstance(value, Mapping):
-            for k, v in value.items():
-                self.plain(v, path + (str(k),))
-        elif isinstance(value, (list, tuple)):
-            for i, v in enumerate(value):
-                self.plain(v, path + (i,))
-        elif value is not None and not isinstance(value, (str, int, float, bool)):
-            raise self.fail(
-                path,
-                f"expected a string, number, boolean, array or table, got {_kind(value)} {_short(value)}; "
-                "write the value as one of those",
-            )
-
-    def transition(self, value: Any, path: tuple, names: list[str]) -> Transition:
-        table = self.table(
-            value,
-            path,
-            {"source": True, "dest": True, "when": False, "guards": True, "actions": False},
-            'source = "warm", dest = "main", guards = [{ type = "MinEpoch", n = 2 }]',
-        )
-        ends = {}
-        for end in ("source", "dest"):
-            ends[end] = self.string(table[end], path + (end,), "a phase name")
-            if ends[end] not in names:
-                raise self.fail(path + (end,), _unknown_phase(ends[end], names), hint=ends[end])
-        when = table.get("when", Point.EPOCH_END.value)
-        if when not in [p.value for p in Point]:
-            raise self.fail(
-                path + ("when",),
-                f"expected one of {[p.value for p in Point]}, got {_short(when)}; "
-                'use "epoch_end" (the default) or "step_end"',
-                hint=_short(when),
-            )
-        guards = [
-            self.call(g, path + ("guards", i), _GUARD)
-            for i, g in enumerate(self.array(table["guards"], path + ("guards",), "guards"))
-        ]
-        if not guards:
-            raise self.fail(
-                path + ("guards",),
-                "expected at least one guard (with none the transition fires at once); "
-                'add one, e.g. { type = "MinEpoch", n = 1 }',
-            )
-        actions = [
-            self.call(a, path + ("actions", i), _ACTION)
-            for i, a in enumerate(self.array(table.get("actions", []), path + ("actions",), "actions"))
-        ]
-        return Transition(ends["source"], ends["dest"], guards=guards, actions=actions, when=when)
-
-    def call(self, value: Any, path: tuple, kind: str) -> Any:
-        """A guard or action from ``{ type = "Name", arg = value, ... }`` (or the bare string "Name")."""
-        if isinstance(value, str):
-            value = {"type": value}
-        if not isinstance(value, Mapping):
-            raise self.fail(
-                path,
-                f'expected a {kind} table {{ type = "...", ... }}, got {_kind(value)} {_short(value)}; '
-                f'write it as {{ type = "{"MinEpoch" if kind == _GUARD else "RestartLR"}", ... }}',
-            )
-        if "type" not in value:
-            raise self.fail(
-                path,
-                f"missing key 'type' (the {kind}'s name); add it, e.g. "
-                f'{{ type = "{"MinEpoch" if kind == _GUARD else "RestartLR"}", ... }}',
-            )
-        name = self.string(value["type"], path + ("type",), f"a {kind} name")
-        entry = self.registry.lookup(name)
-        if entry is None or entry.kind != kind:
-            raise self.fail(path + ("type",), self.unknown(name, kind, entry), hint=name)
-        args = {k: v for k, v in value.items() if k != "type"}
-        if entry.factory is None:
-            if args:
-                raise self.fail(
-                    path + (next(iter(args)),),
-                    f"{name} is a function and takes no arguments in a file; remove the key",
-                    hint=next(iter(args)),
-                )
-            return entry.target
-        return self.build(entry, args, path)
-
-    def unknown(self, name: str, kind: str, entry: _Entry | None) -> str:
-        if name in _NOT_IN_FILES and entry is None:
-            return f"{name} cannot be named in a data file: {_NOT_IN_FILES[name]}"
-        if entry is not None:
-            where = "guards" if entry.kind == _GUARD else "actions or on_enter"
-            return (
-                f"{name!r} is {'a' if entry.kind == _GUARD else 'an'} {entry.kind}, "
-                f"not {'a' if kind == _GUARD else 'an'} {kind}; move it to {where}"
-            )
-        known = self.registry.names(kind)
-        near = difflib.get_close_matches(name, known, n=1)
-        return (
-            f"unknown {kind} {name!r}; expected one of {', '.join(known)}"
-            + (f" (did you mean {near[0]!r}?)" if near else "")
-            + f", or register your own first: engine.register_{kind}(YourClass)"
-        )
-
-    def build(self, entry: _Entry, args: dict, path: tuple) -> Any:
-        params = entry.signature.parameters
-        extra = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())  # **kwargs takes any other key
-        for key in args:
-            if key not in params and not extra:
-                near = difflib.get_close_matches(key, list(params), n=1)
-                raise self.fail(
-                    path + (key,),
-                    f"{entry.name} has no argument {key!r}; expected {entry.usage()}"
-                    + (f"; did you mean {near[0]!r}?" if near else ""),
-                    hint=key,
-                )
-        positional: list = []
-        keywords: dict = {}
-        for pname, param in params.items():
-            if param.kind is inspect.Parameter.VAR_KEYWORD:
-                keywords.update(
-                    {k: self.argument(entry, k, v, path + (k,)) for k, v in args.items() if k not in params}
-                )
-                continue
-            if pname not in args:
-                if param.default is inspect.Parameter.empty and param.kind is not inspect.Parameter.VAR_POSITIONAL:
-                    raise self.fail(
-                        path, f"missing key {pname!r} for {entry.usage()}; add it, e.g. {pname} = ...", hint=entry.name
-                    )
-                continue
-            value = self.argument(entry, pname, args[pname], path + (pname,))
-            if param.kind is inspect.Parameter.VAR_POSITIONAL:
-                if not isinstance(value, tuple):
-                    raise self.fail(
-                        path + (pname,), f"expected an array, got {_kind(value)} {_short(value)}; wrap it in [ ... ]"
-                    )
-                positional.extend(value)
-            elif param.kind is inspect.Parameter.POSITIONAL_ONLY:
-                positional.append(value)
-            else:
-                keywords[pname] = value
-        try:
-            return entry.factory(*positional, **keywords)
-        except CurriculumError as exc:  # the class's own check: field, expected, received and fix
-            raise self.fail(path, str(exc), hint=entry.name) from None
-
-    def argument(self, entry: _Entry, name: str, value: Any, path: tuple) -> Any:
-        if name in entry.nested:
-            if isinstance(value, (list, tuple)):
-                return tuple(self.call(v, path + (i,), _GUARD) for i, v in enumerate(value))
-            return self.call(value, path, _GUARD)
-        symbols = entry.symbols.get(name, {})
-        if isinstance(value, str) and value in symbols:
-            return symbols[value]
-        return _frozen(value)
-
-
-def _frozen(value: Any) -> Any:
-    """Arrays as tuples (nested too): what a curriculum in code would most likely hold."""
-    if isinstance(value, (list, tuple)):
-        return tuple(_frozen(v) for v in value)
-    if isinstance(value, Mapping):
-        return {k: _frozen(v) for k, v in value.items()}
-    return value
-
-
-def _kind(value: Any) -> str:
-    return {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "an array",
-        tuple: "an array",
-        dict: "a table",
-        type(None): "null",
-    }.get(type(value), f"a {type(value).__name__}")
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _unknown_phase(name: str, names: list[str]) -> str:
-    near = difflib.get_close_matches(name, names, n=1)
-    return f"{name!r} is not a phase; expected one of {names}" + (
-        f" (did you mean {near[0]!r}?)"
-        if near
-        else f"; add a [[phases]] table with name = {json.dumps(name)} or fix the name"
-    )
-
-
-_HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\-]+)\s*\]\]?\s*(#.*)?$")
-
-
-def _locate(text: str, path: tuple, hint: str | None) -> int | None:
-    """Best effort: the 1-based line of ``path`` in a TOML text laid out as :func:`to_toml` writes
-    (or by hand with [[phases]]/[[transitions]] tables); None when it cannot tell."""
-    lines = text.splitlines()
-    start, end = 0, len(lines)
-    first_header = next((i for i, line in enumerate(lines) if _HEADER.match(line)), len(lines))
-    rest = list(path)
-    if len(rest) >= 2 and isinstance(rest[0], str) and isinstance(rest[1], int):
-        heads = [
-            i
-            for i, line in enumerate(lines)
-            if (m := _HEADER.match(line)) and line.strip().startswith("[[") and m.group(1) == rest[0]
-        ]
-        if rest[1] >= len(heads):
-            return None
-        start = heads[rest[1]]
-        end = next(
-            (i for i in range(start + 1, len(lines)) if _HEADER.match(lines[i]) and lines[i].strip().startswith("[[")),
-            len(lines),
-        )
-        rest = rest[2:]
-        found = start
-    else:
-        end = first_header
-        found = None
-    if rest and isinstance(rest[0], str):
-        pattern = re.compile(rf"^\s*{re.escape(rest[0])}\s*=")
-        at = next((i for i in range(start, end) if pattern.match(lines[i])), None)
-        if at is not None:
-            found = at
-    if found is not None and hint:
-        quoted = re.compile(rf"(?<![A-Za-z0-9_]){re.escape(hint)}(?![A-Za-z0-9_])")
-        at = next((i for i in range(found, end) if quoted.search(lines[i])), None)
-        found = at if at is not None else found
-    return None if found is None else found + 1
-
-
 def curriculum_from_dict(
     data: Mapping[str, Any], *, registry: Registry | None = None, source: str | None = None
 ) -> Curriculum:
     """The :class:`Curriculum` that ``data`` (the layout in this module's docstring) describes.
 
-    ``registry``: the names it may use (default: the built-ins and those registered with
-    :func:`register_guard` / :func:`register_action`). ``source`` names the data in messages
-    (e.g. ``"train.yaml: model.curriculum"``). Raises :class:`CurriculumFileError` (a
-    :class:`CurriculumError`) naming the key, what was expected and the fix.
+    ``registry``: the names it may use (default: :data:`default_registry`). ``source`` names the
+    data in messages (e.g. ``"train.yaml: model.curriculum"``). Raises :class:`CurriculumFileError`
+    (a :class:`CurriculumError`) naming the key, what was wrong and the fix.
     """
-    return _Reader(registry or default_registry, source).curriculum(_as_data(data))
+    data = _as_data(data, source)
+    if not isinstance(data, dict):
+        raise CurriculumFileError(f"expected a table with [[phases]], got {_kind(data)} {_short(data)}", source=source)
+    version = data.pop("version", VERSION)
+    if type(version) is not int or version != VERSION:
+        raise CurriculumFileError(
+            f"expected {VERSION} (the layout this release reads), got {_short(version)}; "
+            "upgrade the engine, or write the file for this version",
+            source=source,
+            key="version",
+        )
+    try:
+        return (registry or default_registry).converter.structure(data, Curriculum)
+    except BaseValidationError as exc:
+        key, message = _first_error(exc)
+        raise CurriculumFileError(message, source=source, key=key) from None
+    except CurriculumError as exc:  # the curriculum's own checks (unreachable phases, ...)
+        raise CurriculumFileError(str(exc), source=source) from None
 
 
-def _as_data(value: Any) -> Any:
-    """Mappings as dicts and sequences as lists, nested: a Hydra/OmegaConf ``DictConfig`` or
-    ``ListConfig`` reads like the dicts and lists of JSON, without importing OmegaConf."""
+def _first_error(group: BaseValidationError) -> tuple[str, str]:
+    """The key path and the message of the first error in a cattrs error group (a user's mistake),
+    or the group itself raised again when an error in it is not one (a bug keeps its traceback)."""
+
+    def message(exc: BaseException, _type: Any) -> str:
+        if isinstance(exc, ForbiddenExtraKeysError):
+            fields = [a.alias for a in attrs.fields(exc.cl) if a.init]
+            extra = sorted(exc.extra_fields)[0]
+            near = difflib.get_close_matches(extra, fields, n=1)
+            return f"unknown key {extra!r}; expected one of {', '.join(fields)}" + (
+                f"; did you mean {near[0]!r}?" if near else "; remove it"
+            )
+        if isinstance(exc, KeyError):
+            return "required key missing; add it"
+        if isinstance(exc, CurriculumError):
+            return str(exc)
+        raise group
+
+    text = cattrs.transform_error(group, path="", format_exception=message)[0]
+    detail, _, path = text.rpartition(" @ ")
+    return path.lstrip("."), detail
+
+
+def _as_data(value: Any, source: str | None, path: str = "", depth: int = 0) -> Any:
+    """Mappings as dicts and sequences as lists, nested (a Hydra ``DictConfig`` reads like JSON's
+    dicts), no deeper than :data:`MAX_DEPTH`."""
+    if depth > MAX_DEPTH:
+        raise CurriculumFileError(
+            f"tables and arrays nested more than {MAX_DEPTH} deep; a curriculum needs far fewer: flatten it",
+            source=source,
+            key=path.lstrip("."),
+        )
     if isinstance(value, Mapping):
-        return {k: _as_data(v) for k, v in value.items()}
+        return {k: _as_data(v, source, f"{path}.{k}", depth + 1) for k, v in value.items()}
     if isinstance(value, Sequence) and not isinstance(value, (str, bytes, bytearray)):
-        return [_as_data(v) for v in value]
+        return [_as_data(v, source, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
     return value
+
+
+def _unique_keys(source: str) -> Any:
+    def pairs(items: list[tuple[str, Any]]) -> dict:
+        table: dict = {}
+        for key, value in items:
+            if key in table:
+                raise CurriculumFileError(f"the key {key!r} appears twice in one table; keep one", source=source)
+            table[key] = value
+        return table
+
+    return pairs
+
+
+def _read(path: Path) -> str:
+    """The text of the regular file ``path``, refused before reading when it is not one (a FIFO, a
+    device) or larger than :data:`MAX_BYTES`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block the open
+    except OSError as exc:
+        raise CurriculumFileError(f"cannot read it ({exc.strerror or exc}); check the path", source=str(path)) from None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise CurriculumFileError(
+                "not a regular file (a FIFO, a device or a folder); pass a .toml/.json file", source=str(path)
+            )
+        if info.st_size > MAX_BYTES:
+            raise CurriculumFileError(
+                f"{info.st_size} bytes, more than a curriculum file holds ({MAX_BYTES} at most); check the path",
+                source=str(path),
+            )
+        raw = file.read(MAX_BYTES + 1)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CurriculumFileError(f"not UTF-8 text (byte {exc.start}); save it as UTF-8", source=str(path)) from None
 
 
 def load_curriculum(
@@ -627,7 +388,7 @@ def load_curriculum(
     """The curriculum in a ``.toml`` (or ``.json``) file, or, for a config value that may be either a
     path or the curriculum itself (LightningCLI, Hydra), in ``source`` when it is a mapping (``name``
     then names it in messages, e.g. ``"config.yaml: model.curriculum"``). Errors name the file, the
-    line and the key."""
+    key, and for a syntax error the line."""
     if isinstance(source, Mapping):
         return curriculum_from_dict(source, registry=registry, source=name)
     if not isinstance(source, (str, Path)):
@@ -637,45 +398,48 @@ def load_curriculum(
             source=name,
         )
     path = Path(source)
+    where = str(path)
     if path.suffix not in _SUFFIXES:
         raise CurriculumFileError(
             f"expected a {' or '.join(_SUFFIXES)} file; for YAML, load it yourself (yaml.safe_load) "
-            "and pass the dict to Curriculum.from_dict",
-            source=str(path),
+            "and pass the dict to curriculum_from_dict",
+            source=where,
         )
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise CurriculumFileError(f"cannot read it ({exc.strerror or exc}); check the path", source=str(path)) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise CurriculumFileError(f"not UTF-8 text (byte {exc.start}); save it as UTF-8", source=str(path)) from None
-    if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CurriculumFileError(
-                f"not valid JSON: {exc.msg} (column {exc.colno}); fix the syntax", source=str(path), line=exc.lineno
-            ) from None
-        return _Reader(registry or default_registry, str(path)).curriculum(data)
-    if _toml is None:  # Python 3.10 without tomli
+    if path.suffix == ".toml" and _toml is None:  # Python 3.10 without tomli
         raise CurriculumFileError(
             "reading TOML on Python 3.10 needs the tomli package: pip install tomli "
             "(Python 3.11+ has tomllib built in)",
-            source=str(path),
+            source=where,
         )
+    text = _read(path)
     try:
-        data = _toml.loads(text)
+        if path.suffix == ".json":
+            data = json.loads(text, object_pairs_hook=_unique_keys(where))
+        else:
+            data = _toml.loads(text)
+    except CurriculumFileError:
+        raise
+    except RecursionError:
+        raise CurriculumFileError(
+            f"tables and arrays nested too deeply to read; a curriculum needs at most {MAX_DEPTH} levels", source=where
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise CurriculumFileError(
+            f"not valid JSON: {exc.msg} (column {exc.colno}); fix the syntax", source=where, line=exc.lineno
+        ) from None
     except _toml.TOMLDecodeError as exc:
         message = str(exc)
         match = re.search(r"\(at line (\d+), column (\d+)\)", message)
         line = int(match.group(1)) if match else None
         message = re.sub(r"\s*\(at line \d+, column \d+\)", f" (column {match.group(2)})" if match else "", message)
         raise CurriculumFileError(
-            f"not valid TOML: {message}; fix the syntax (https://toml.io)", source=str(path), line=line
+            f"not valid TOML: {message}; fix the syntax (https://toml.io)", source=where, line=line
         ) from None
-    return _Reader(registry or default_registry, str(path), text).curriculum(data)
+    except ValueError as exc:  # the parsers' other refusal: an integer beyond Python's digit limit
+        raise CurriculumFileError(
+            f"a value cannot be read: {str(exc).split(';')[0]}; shorten it", source=where
+        ) from None
+    return curriculum_from_dict(data, registry=registry, source=where)
 
 
 # -- writing --------------------------------------------------------------------------------------
@@ -684,41 +448,33 @@ def load_curriculum(
 def curriculum_to_dict(curriculum: Curriculum, *, registry: Registry | None = None) -> dict:
     """``curriculum`` as data (the layout in this module's docstring): plain dicts, lists, strings,
     numbers and booleans, which :func:`curriculum_from_dict` turns back into a curriculum with the
-    same fingerprint. Every argument is written, defaults included (so a file keeps its meaning if
-    a default changes), except None where None is the default.
+    same fingerprint. Every field of a guard or action is written, defaults included (so a file
+    keeps its meaning if a default changes), except None where None is the default.
 
-    Raises :class:`CurriculumError` for a guard or action that is neither built in nor registered,
-    or whose attributes do not rebuild it (a class must keep each ``__init__`` argument as an
-    attribute of the same name).
+    Raises :class:`CurriculumError` for a guard or action that is not registered, or whose fields
+    cannot be read (a class that is not an attrs class, yet holds state).
     """
     registry = registry or default_registry
     out: dict[str, Any] = {"version": VERSION}
     if curriculum.initial is not None:
         out["initial"] = curriculum.initial
-    phases = []
+    out["phases"] = []
     for i, phase in enumerate(curriculum.phases):
         entry: dict[str, Any] = {"name": phase.name}
         if phase.params:
-            entry["params"] = _plain(phase.params, f"phases[{i}].params")
+            entry["params"] = _value(phase.params, registry, f"phases[{i}].params")
         if phase.on_enter:
             entry["on_enter"] = [
-                _call_to_dict(a, registry, f"phases[{i}].on_enter[{j}]", _ACTION) for j, a in enumerate(phase.on_enter)
+                _call(a, registry, f"phases[{i}].on_enter[{j}]", _ACTION) for j, a in enumerate(phase.on_enter)
             ]
-        phases.append(entry)
-    out["phases"] = phases
+        out["phases"].append(entry)
     transitions = []
     for i, tr in enumerate(curriculum.transitions):
-        entry = {
-            "source": tr.source,
-            "dest": tr.dest,
-            "when": tr.when.value,
-            "guards": [
-                _call_to_dict(g, registry, f"transitions[{i}].guards[{j}]", _GUARD) for j, g in enumerate(tr.guards)
-            ],
-        }
+        entry = {"source": tr.source, "dest": tr.dest, "when": tr.when.value}
+        entry["guards"] = [_call(g, registry, f"transitions[{i}].guards[{j}]", _GUARD) for j, g in enumerate(tr.guards)]
         if tr.actions:
             entry["actions"] = [
-                _call_to_dict(a, registry, f"transitions[{i}].actions[{j}]", _ACTION) for j, a in enumerate(tr.actions)
+                _call(a, registry, f"transitions[{i}].actions[{j}]", _ACTION) for j, a in enumerate(tr.actions)
             ]
         transitions.append(entry)
     if transitions:
@@ -726,149 +482,74 @@ def curriculum_to_dict(curriculum: Curriculum, *, registry: Registry | None = No
     return out
 
 
-def _plain(value: Any, key: str) -> Any:
-    if isinstance(value, (Params, Mapping)):
-        return {str(k): _plain(v, f"{key}.{k}") for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if value is None or isinstance(value, (str, bool, int, float)):
-        return value
-    raise CurriculumError(
-        f"{key}: {type(value).__name__} {_short(value)} cannot be written to a data file; "
-        "use strings, numbers, booleans, lists and dicts in params"
-    )
-
-
-def _call_to_dict(obj: Any, registry: Registry, key: str, kind: str) -> dict:
+def _call(obj: Any, registry: Registry, key: str, kind: str) -> dict:
     entry = registry.entry_for(obj)
     if entry is None or entry.kind != kind:
         cls = obj.__name__ if inspect.isfunction(obj) else type(obj).__name__
-        if cls in _NOT_IN_FILES and type(obj).__module__.startswith("policies"):
-            raise CurriculumError(f"{key}: {describe(obj)} cannot be written to a data file: {_NOT_IN_FILES[cls]}")
+        if cls in registry._refused:
+            raise CurriculumError(f"{key}: {describe(obj)} cannot be written to a data file: {registry._refused[cls]}")
         raise CurriculumError(
             f"{key}: {describe(obj)} cannot be written to a data file: it is not a built-in or registered {kind}; "
             f"register it first: engine.register_{kind}({cls})"
         )
     out: dict[str, Any] = {"type": entry.name}
-    if entry.factory is None:
-        return out
-    given = entry.read(obj) if entry.read is not None else None
-    for pname, param in entry.signature.parameters.items():
-        if param.kind is inspect.Parameter.VAR_KEYWORD:
-            continue  # not readable back: the round-trip check below says so if it mattered
-        if given is not None:
-            if pname not in given:
-                continue
-            value = given[pname]
-        elif hasattr(obj, pname):
-            value = getattr(obj, pname)
-        else:
+    if not attrs.has(entry.target):
+        if getattr(obj, "__dict__", None) and isinstance(entry.target, type):
             raise CurriculumError(
-                f"{key}: {describe(obj)} cannot be written to a data file: its argument {pname!r} is not an "
-                f"attribute of the object; keep it as self.{pname} in {type(obj).__name__}.__init__"
+                f"{key}: {describe(obj)} cannot be written to a data file: its arguments cannot be read; "
+                f"make {entry.target.__name__} an attrs class (@attrs.define) whose fields are its arguments"
             )
-        if pname in entry.nested:
-            many = param.kind is inspect.Parameter.VAR_POSITIONAL
-            items = value if many else (value,)
-            written = [
-                _call_to_dict(g, registry, f"{key}.{pname}[{i}]" if many else f"{key}.{pname}", _GUARD)
-                for i, g in enumerate(items)
-            ]
-            out[pname] = written if many else written[0]
+        return out
+    for field in attrs.fields(type(obj)):
+        if not field.init:
             continue
-        if value is None and param.default is None:
+        value = getattr(obj, field.name)
+        if value is None and "null" in field.metadata:
+            value = field.metadata["null"]
+        elif value is None and field.default is None:
             continue
-        symbol = next((text for text, v in entry.symbols.get(pname, {}).items() if v is value), None)
-        out[pname] = symbol if symbol is not None else _plain(value, f"{key}.{pname}")
-    rebuilt = _Reader(registry, None).call(out, (), kind)
-    if describe(rebuilt) != describe(obj):
-        raise CurriculumError(
-            f"{key}: {describe(obj)} does not round-trip through data: its attributes rebuild "
-            f"{describe(rebuilt)}; keep each __init__ argument as an attribute of the same name"
-        )
+        out[field.alias] = _value(value, registry, f"{key}.{field.alias}")
     return out
 
 
-_BARE = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def _toml_key(key: str) -> str:
-    return key if _BARE.fullmatch(key) else _toml_string(key)
-
-
-def _toml_string(text: str) -> str:
-    # JSON's escapes are TOML's, once non-ASCII stays as it is (TOML has no surrogate escapes)
-    # and DEL, which TOML requires escaped, is escaped.
-    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
-
-
-def _toml_value(value: Any, key: str) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else ("nan" if value != value else ("inf" if value > 0 else "-inf"))
-    if isinstance(value, str):
-        return _toml_string(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v, f"{key}[{i}]") for i, v in enumerate(value)) + "]"
+def _value(value: Any, registry: Registry, key: str) -> Any:
     if isinstance(value, Mapping):
-        if not value:
-            return "{}"
-        return (
-            "{ " + ", ".join(f"{_toml_key(str(k))} = {_toml_value(v, f'{key}.{k}')}" for k, v in value.items()) + " }"
-        )
+        return {str(k): _value(v, registry, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_value(v, registry, f"{key}[{i}]") for i, v in enumerate(value)]
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    entry = registry.entry_for(value)
+    if entry is not None:
+        return _call(value, registry, key, entry.kind)
+    raise CurriculumError(
+        f"{key}: {type(value).__name__} {_short(value)} cannot be written to a data file; "
+        "use strings, numbers, booleans, lists, tables and registered guards"
+    )
+
+
+def _none_at(value: Any, key: str) -> str | None:
+    """The key path of the first None in ``value`` (which TOML cannot hold), or None."""
     if value is None:
-        raise CurriculumError(
-            f"{key} is None, which TOML cannot hold; drop it, or write JSON instead: json.dumps(curriculum.to_dict())"
-        )
-    raise CurriculumError(f"{key}: {type(value).__name__} {_short(value)} cannot be written to TOML")
-
-
-def _nested(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(v, Mapping) for v in value)
-
-
-def _toml_call(value: Any, key: str, indent: int) -> str:
-    """A guard or action table; one that holds guards (all_of) puts each on its own line."""
-    if not (isinstance(value, Mapping) and any(_nested(v) for v in value.values())):
-        return _toml_value(value, key)
-    parts = []
-    for k, v in value.items():
-        if _nested(v):
-            pad = " " * (indent + 4)
-            inner = "".join(f"{pad}{_toml_call(x, f'{key}.{k}[{i}]', indent + 4)},\n" for i, x in enumerate(v))
-            parts.append(f"{_toml_key(str(k))} = [\n{inner}{' ' * indent}]")
-        else:
-            parts.append(f"{_toml_key(str(k))} = {_toml_value(v, f'{key}.{k}')}")
-    return "{ " + ", ".join(parts) + " }"
-
-
-def _toml_list(items: list, key: str) -> str:
-    if len(items) <= 1 and not any(_nested(v) for x in items if isinstance(x, Mapping) for v in x.values()):
-        return _toml_value(items, key)
-    return "[\n" + "".join(f"    {_toml_call(v, f'{key}[{i}]', 4)},\n" for i, v in enumerate(items)) + "]"
+        return key
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        found = _none_at(v, f"{key}[{k}]" if isinstance(k, int) else f"{key}.{k}" if key else k)
+        if found is not None:
+            return found
+    return None
 
 
 def to_toml(curriculum: Curriculum | Mapping[str, Any], *, comment: str = "", registry: Registry | None = None) -> str:
-    """TOML text of a curriculum (or of its :meth:`~engine.Curriculum.to_dict`), one
-    ``[[phases]]`` and ``[[transitions]]`` table each; ``comment`` lines go on top."""
+    """TOML text of a curriculum (or of its :func:`curriculum_to_dict`); ``comment`` lines go on top."""
     data = curriculum_to_dict(curriculum, registry=registry) if isinstance(curriculum, Curriculum) else curriculum
-    lines = [f"# {line}".rstrip() for line in comment.splitlines()]
-    lines += [f"version = {_toml_value(data.get('version', VERSION), 'version')}"]
-    if "initial" in data:
-        lines.append(f"initial = {_toml_value(data['initial'], 'initial')}")
-    for group in ("phases", "transitions"):
-        for i, table in enumerate(data.get(group, [])):
-            lines += ["", f"[[{group}]]"]
-            for k, v in table.items():
-                key = f"{group}[{i}].{k}"
-                lines.append(
-                    f"{_toml_key(k)} = "
-                    f"{_toml_list(v, key) if isinstance(v, list) and k != 'params' else _toml_value(v, key)}"
-                )
-    return "\n".join(lines) + "\n"
+    hole = _none_at(data, "")
+    if hole is not None:
+        raise CurriculumError(
+            f"{hole} is None, which TOML cannot hold; drop it, or write JSON instead (a .json path to save_curriculum)"
+        )
+    lines = [f"# {line}".rstrip() + "\n" for line in comment.splitlines()]
+    return "".join(lines) + tomli_w.dumps(data)
 
 
 def save_curriculum(
@@ -879,14 +560,15 @@ def save_curriculum(
     comment: str = "",
     registry: Registry | None = None,
 ) -> Path:
-    """Write ``curriculum`` to ``path`` (``.toml``, or ``.json``);
-    an existing file is replaced only with ``overwrite=True``."""
+    """Write ``curriculum`` to ``path`` (``.toml``, or ``.json``); an existing file is replaced
+    only with ``overwrite=True``, and then atomically: a symlink at ``path`` is replaced by the
+    file, its target left as it was."""
     path = Path(path)
     if path.suffix not in _SUFFIXES:
         raise CurriculumFileError(
             f"expected a {' or '.join(_SUFFIXES)} path; name the file e.g. curriculum.toml", source=str(path)
         )
-    if path.exists() and not overwrite:
+    if os.path.lexists(path) and not overwrite:
         raise CurriculumFileError(
             "already exists; pass overwrite=True to replace it, or pick another path", source=str(path)
         )
@@ -894,5 +576,25 @@ def save_curriculum(
         text = json.dumps(curriculum_to_dict(curriculum, registry=registry), indent=2) + "\n"
     else:
         text = to_toml(curriculum, comment=comment, registry=registry)
-    path.write_text(text, encoding="utf-8")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.fchmod(fd, 0o666 & ~umask)  # the mode a plain open() gives, not mkstemp's 0600
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
     return path
+
+
+def _kind(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", dict: "a table"}
+    return names.get(type(value)) or ("an array" if isinstance(value, (list, tuple)) else f"a {type(value).__name__}")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

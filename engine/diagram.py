@@ -1,7 +1,8 @@
 """Mermaid and DOT text of a curriculum: guards and actions on the edges, the current phase marked.
 
 transitions' GraphMachine labels guards only, so the text is emitted from the Curriculum itself.
-Neither format needs the graphviz binary; Mermaid renders on GitHub.
+Neither format needs the graphviz binary; Mermaid renders on GitHub. An edge reads as UML writes a
+transition, ``point [guards] / actions``.
 """
 
 from __future__ import annotations
@@ -12,27 +13,32 @@ __all__ = ["to_mermaid", "to_dot", "edge_label"]
 
 
 def edge_label(curriculum: Curriculum, index: int) -> str:
-    """``when: guard and guard / action, action`` for transition ``index``."""
+    """``when [guard and guard] / action, action`` for transition ``index``."""
     tr = curriculum.transitions[index]
-    label = f"{tr.when.value}: " + " and ".join(describe(g) for g in tr.guards)
+    label = f"{tr.when.value} [" + " and ".join(describe(g) for g in tr.guards) + "]"
     if tr.actions:
         label += " / " + ", ".join(describe(a) for a in tr.actions)
     return label
 
 
-def _mermaid_text(text: str) -> str:
-    # ':' starts a label and '#'/';' are syntax in Mermaid state diagrams; use look-alikes.
-    return text.replace(":", "꞉").replace(";", ",").replace("#", "＃")
+def _mermaid_label(text: str) -> str:
+    # A Mermaid transition label ("a --> b : label") ends at the next ':' or ';' and has no quoted
+    # form, and "#...;" reads as an entity code: a ':' inside a guard's repr is written as the
+    # look-alike U+A789, ';' as ',' and '#' as U+FF03. A note in the multi-line form holds any text.
+    return text.replace(":", "\ua789").replace(";", ",").replace("#", "\uff03")
 
 
 def to_mermaid(curriculum: Curriculum, current: str | None = None) -> str:
+    """Mermaid ``stateDiagram-v2`` text. Edge labels (:func:`edge_label`) carry no colon of their
+    own; a colon inside a guard's or action's repr is written as the look-alike U+A789, since a
+    Mermaid transition label ends at the next colon. The on-enter notes keep a real colon."""
     lines = ["stateDiagram-v2", f"    [*] --> {curriculum.initial_name}"]
     for i, tr in enumerate(curriculum.transitions):
-        lines.append(f"    {tr.source} --> {tr.dest} : {_mermaid_text(edge_label(curriculum, i))}")
+        lines.append(f"    {tr.source} --> {tr.dest} : {_mermaid_label(edge_label(curriculum, i))}")
     for phase in curriculum.phases:
         if phase.on_enter:
             actions = ", ".join(describe(a) for a in phase.on_enter)
-            lines.append(f"    note right of {phase.name} : {_mermaid_text('on enter: ' + actions)}")
+            lines += [f"    note right of {phase.name}", f"        on enter: {actions}", "    end note"]
     if current is not None:
         lines.append("    classDef current fill:#f96,stroke:#333,stroke-width:3px")
         lines.append(f"    class {current} current")

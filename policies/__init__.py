@@ -11,8 +11,12 @@ Curriculum: :func:`spectral_curriculum` (cutoff 128 -> 256 -> 512 -> full) and
 :func:`seq_len_curriculum` (sequence-length warmup, phase param ``seq_len``).
 Warmup-stable-decay: :class:`WSD` (a torch ``LRScheduler``), whose cooldown the action
 :class:`StartCooldown` starts; :func:`adaptive_cooldown` starts it when the stable phase plateaus.
+
+Importing this package registers its guards and actions in :data:`engine.datafile.default_registry`,
+so that curriculum files can name them.
 """
 
+from engine.datafile import default_registry
 from policies.actions import ResetWindow, RestartLR, SetCutoff
 from policies.guards import (
     Cooldown,
@@ -23,6 +27,9 @@ from policies.guards import (
     MinSteps,
     Plateau,
     WorseThanBest,
+    _AllOf,
+    _AnyOf,
+    _Not,
     all_of,
     any_of,
     not_,
@@ -59,3 +66,15 @@ __all__ = [
     "StartCooldown",
     "adaptive_cooldown",
 ]
+
+for _guard in (Plateau, MinEpoch, MinSteps, MetricBelow, MetricAbove, Cooldown, MaxVisits, WorseThanBest):
+    default_registry.register_guard(_guard)
+for _guard, _name in ((_AllOf, "all_of"), (_AnyOf, "any_of"), (_Not, "not_")):
+    default_registry.register_guard(_guard, _name)
+for _action in (RestartLR, SetCutoff, StartCooldown):
+    default_registry.register_action(_action)
+default_registry.refuse(
+    "ResetWindow",
+    "it holds the very guard objects of a transition, which a data file cannot point at; "
+    "build a curriculum that uses it in code",
+)

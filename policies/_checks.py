@@ -7,6 +7,8 @@ import math
 import numbers
 from typing import Any
 
+import attrs
+
 from engine import CurriculumError, describe
 
 
@@ -52,3 +54,69 @@ def check_guard(where: str, field: str, guard: Any) -> Any:
             "lambdas cannot be fingerprinted or shown; define a function (def ...) or a small class with a __repr__",
         )
     return guard
+
+
+# The built-in guards and actions are attrs classes: their fields are what a curriculum file names
+# (engine.datafile), their reprs are written by hand (a fingerprint reads them), and they compare
+# by identity, as the engine keys their state by the object.
+policy = attrs.define(eq=False, repr=False, slots=False)
+
+
+def _cls(obj: Any) -> str:
+    return type(obj).__name__
+
+
+# -- the same checks as attrs converters and validators: they name the class and the field --------
+
+
+def integer(minimum: int, fix: str) -> attrs.Converter:
+    """An attrs converter: the field as an int >= ``minimum`` (see :func:`check_int`); ``{cls}`` in
+    ``fix`` is the class's name."""
+    return attrs.Converter(
+        lambda value, self, field: check_int(_cls(self), field.alias, value, minimum, fix.replace("{cls}", _cls(self))),
+        takes_self=True,
+        takes_field=True,
+    )
+
+
+def real(fix: str, *, nonnegative: bool = False) -> attrs.Converter:
+    """An attrs converter: the field as a finite float (see :func:`check_real`)."""
+    return attrs.Converter(
+        lambda value, self, field: check_real(
+            _cls(self), field.alias, value, fix.replace("{cls}", _cls(self)), nonnegative=nonnegative
+        ),
+        takes_self=True,
+        takes_field=True,
+    )
+
+
+def choice(options: tuple, expected: str, fix: str) -> Any:
+    """An attrs validator: the field is one of ``options``."""
+
+    def validate(self: Any, field: attrs.Attribute, value: Any) -> None:
+        if value not in options or not isinstance(value, str):
+            raise fail(type(self).__name__, field.alias, expected, value, fix)
+
+    return validate
+
+
+def flag(fix: str) -> Any:
+    """An attrs validator: the field is a bool."""
+
+    def validate(self: Any, field: attrs.Attribute, value: Any) -> None:
+        if not isinstance(value, bool):
+            raise fail(type(self).__name__, field.alias, "a bool", value, fix)
+
+    return validate
+
+
+def metric_name(fix: str) -> Any:
+    """An attrs validator: the field names a metric (a non-empty string)."""
+
+    def validate(self: Any, field: attrs.Attribute, value: Any) -> None:
+        if not isinstance(value, str) or not value:
+            raise fail(
+                _cls(self), field.alias, "a metric name the loop passes", value, fix.replace("{cls}", _cls(self))
+            )
+
+    return validate

@@ -11,8 +11,10 @@ import logging
 import math
 from typing import Any
 
+import attrs
+
 from engine import Context, CurriculumError, describe
-from policies._checks import check_guard, fail
+from policies._checks import check_guard, fail, flag, policy
 
 __all__ = ["RestartLR", "SetCutoff", "ResetWindow"]
 
@@ -30,6 +32,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
+@policy
 class RestartLR:
     """Restart the LR schedule at its peak: calls ``ctx.schedule.restart()``.
 
@@ -100,10 +103,21 @@ class RestartLR:
         return "RestartLR()"
 
 
+def _cutoff(n: Any) -> int | None:
+    if isinstance(n, str) and n == "full":  # a data file's word for None (TOML has no null)
+        return None
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise fail(
+            "SetCutoff", "n", "an int >= 1 (bins) or None (full band)", n, "e.g. SetCutoff(128) or SetCutoff(None)"
+        )
+    return n
+
+
+@policy
 class SetCutoff:
     """Set the model's frequency cutoff: ``ctx.model.set_cutoff(n, preserve=preserve)``.
 
-    ``n`` is a number of bins (>= 1), or None for the full band. ``preserve=False`` (default)
+    ``n`` is a number of bins (>= 1), or None (``"full"``) for the full band. ``preserve=False`` (default)
     opens new bands with noise, as the seed does; ``preserve=True`` opens them at zero, keeping the
     model's function exact (measured to end worse: BENCHMARKS.md). Effect:
     ``{"cutoff": [before, after]}`` read from ``ctx.model.cutoff``.
@@ -114,14 +128,8 @@ class SetCutoff:
 
     requires = ("model",)
 
-    def __init__(self, n: int | None, preserve: bool = False) -> None:
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-            raise fail(
-                "SetCutoff", "n", "an int >= 1 (bins) or None (full band)", n, "e.g. SetCutoff(128) or SetCutoff(None)"
-            )
-        if not isinstance(preserve, bool):
-            raise fail("SetCutoff", "preserve", "a bool", preserve, "preserve=True keeps the model's function exact")
-        self.n, self.preserve = n, preserve
+    n: int | None = attrs.field(converter=_cutoff, metadata={"null": "full"})  # a file writes None as "full"
+    preserve: bool = attrs.field(default=False, validator=flag("preserve=True keeps the model's function exact"))
 
     def __call__(self, ctx: Context) -> dict:
         model = ctx.model

@@ -15,10 +15,12 @@ import math
 from collections import deque
 from typing import Any, NamedTuple
 
+import attrs
+
 from engine import Clock, Context, CurriculumError, describe
-from engine.core import truth_value
+from engine.core import Guard, truth_value
 from engine.protocols import capabilities
-from policies._checks import check_guard, check_int, check_real, fail
+from policies._checks import check_guard, choice, fail, flag, integer, metric_name, policy, real
 from policies._stats import student_t_sf
 
 __all__ = [
@@ -42,6 +44,7 @@ _SHIFT = 1074
 
 
 _TESTS = ("relative", "welch")
+_MODE = choice(("min", "max"), '"min" (lower is better) or "max"', 'use mode="min" for a loss')
 
 
 def _exact(x: float) -> int:
@@ -72,6 +75,7 @@ class PlateauMark(NamedTuple):
     newer_sq: int
 
 
+@policy
 class Plateau:
     """Holds when the metric stopped improving over the last ``window`` observed values.
 
@@ -98,36 +102,26 @@ class Plateau:
     failed call back in O(1), without copying the window.
     """
 
-    requires: tuple[str, ...] = ()
-    metrics: tuple[str, ...] = ()  # deciding reads no metric; observe reads `observes` at every step_end
+    requires = ()
+    metrics = ()  # deciding reads no metric; observe reads `observes` at every step_end
 
-    def __init__(
-        self,
-        window: int = 50,
-        threshold: float = 0.005,
-        metric: str = "loss",
-        mode: str = "min",
-        test: str = "relative",
-        alpha: float | None = None,
-    ) -> None:
-        where = "Plateau"
-        window = check_int(where, "window", window, 2, "use an even window >= 2, e.g. window=50")
+    window: int = attrs.field(default=50, converter=integer(2, "use an even window >= 2, e.g. window=50"))
+    threshold: float = attrs.field(default=0.005, converter=real("e.g. threshold=0.005 (0.5% relative improvement)"))
+    metric: str = attrs.field(default="loss", validator=metric_name('e.g. metric="loss"'))
+    mode: str = attrs.field(default="min", validator=_MODE)
+    test: str = attrs.field(
+        default="relative",
+        validator=choice(_TESTS, '"relative" or "welch"', 'use test="welch" for a noise-aware plateau'),
+    )
+    alpha: float | None = None
+
+    def __attrs_post_init__(self) -> None:
+        where, window, alpha = "Plateau", self.window, self.alpha
         if window % 2:
             raise fail(
                 where, "window", "even (older and newer halves of equal size)", window, f"use window={window + 1}"
             )
-        self.window = window
-        self.threshold = check_real(where, "threshold", threshold, "e.g. threshold=0.005 (0.5% relative improvement)")
-        if not isinstance(metric, str) or not metric:
-            raise fail(where, "metric", "a metric name passed to step_end", metric, 'e.g. metric="loss"')
-        self.metric = metric
-        if mode not in ("min", "max"):
-            raise fail(where, "mode", '"min" (lower is better) or "max"', mode, 'use mode="min" for a loss')
-        self.mode = mode
-        if test not in _TESTS:
-            raise fail(where, "test", '"relative" or "welch"', test, 'use test="welch" for a noise-aware plateau')
-        self.test = test
-        if test == "relative" and alpha is not None:
+        if self.test == "relative" and alpha is not None:
             raise fail(
                 where,
                 "alpha",
@@ -135,7 +129,7 @@ class Plateau:
                 alpha,
                 'drop alpha, or pass test="welch"',
             )
-        if test == "welch":
+        if self.test == "welch":
             alpha = 0.05 if alpha is None else alpha
             if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
                 raise fail(where, "alpha", "a level in (0, 1)", alpha, "e.g. alpha=0.05")
@@ -147,15 +141,11 @@ class Plateau:
                     window,
                     "use window=4 or more",
                 )
-            alpha = float(alpha)
-        self.alpha = alpha
-        self._welch = test == "welch"
+            self.alpha = float(alpha)
+        self._welch = self.test == "welch"
         self._half = window // 2
         # Items are (value, value as an exact int, its square when the test needs it, else 0).
-        self._older: deque[tuple[float, int, int]] = deque()
-        self._newer: deque[tuple[float, int, int]] = deque()
-        self._older_sum = self._newer_sum = 0
-        self._older_sq = self._newer_sq = 0  # exact sums of squares (scale 2**2148): the Welch test's
+        self.reset()
 
     # -- accumulate ------------------------------------------------------------------------------
 
@@ -336,19 +326,16 @@ class Plateau:
         return f"Plateau(window={self.window}, threshold={self.threshold!r}{extra})"
 
 
+@policy
 class _Counter:
     """Shared shape of MinEpoch and MinSteps: a clock counter >= n. A subclass says which counter
     it reads (:meth:`_counter`) and the evidence key of ``n``."""
 
-    requires: tuple[str, ...] = ()
-    _key: str  # the evidence key of n
+    requires = ()
+    _key = ""  # the evidence key of n
 
-    def __init__(self, n: int, in_phase: bool = False) -> None:
-        name = type(self).__name__
-        self.n = check_int(name, "n", n, 0, f"e.g. {name}(2)")
-        if not isinstance(in_phase, bool):
-            raise fail(name, "in_phase", "a bool", in_phase, "in_phase=True counts since the phase was entered")
-        self.in_phase = in_phase
+    n: int = attrs.field(converter=integer(0, "e.g. {cls}(2)"))
+    in_phase: bool = attrs.field(default=False, validator=flag("in_phase=True counts since the phase was entered"))
 
     def _counter(self, clock: Clock) -> tuple[str, int]:
         """The clock field this guard reads (the evidence key) and its value."""
@@ -365,6 +352,7 @@ class _Counter:
         return f"{type(self).__name__}({self.n}{', in_phase=True' if self.in_phase else ''})"
 
 
+@policy
 class MinEpoch(_Counter):
     """Holds once ``clock.epoch >= n`` (epochs completed), or ``clock.epochs_in_phase >= n``
     with ``in_phase=True``. At the boundary after the third epoch the clock reads ``epoch == 3``."""
@@ -375,6 +363,7 @@ class MinEpoch(_Counter):
         return ("epochs_in_phase", clock.epochs_in_phase) if self.in_phase else ("epoch", clock.epoch)
 
 
+@policy
 class MinSteps(_Counter):
     """Holds once ``clock.global_step >= n`` (optimizer steps completed), or
     ``clock.steps_in_phase >= n`` with ``in_phase=True``."""
@@ -385,39 +374,35 @@ class MinSteps(_Counter):
         return ("steps_in_phase", clock.steps_in_phase) if self.in_phase else ("global_step", clock.global_step)
 
 
+@policy
 class _Threshold:
-    requires: tuple[str, ...] = ()
-    _word: str
+    requires = ()
+    _word = ""
+
+    metric: str = attrs.field(validator=metric_name("e.g. {cls}('val_bpb', 1.5)"))
+    value: float = attrs.field(converter=real("e.g. {cls}('val_bpb', 1.5)"))
 
     @property
     def metrics(self) -> tuple[str, ...]:
         """The metric read when deciding, at the transition's point (the engine checks it is passed)."""
-        return (self.name,)
-
-    def __init__(self, name: str, value: float) -> None:
-        cls = type(self).__name__
-        if not isinstance(name, str) or not name:
-            raise fail(
-                cls, "name", "a metric name passed to step_end or epoch_end", name, f"e.g. {cls}('val_bpb', 1.5)"
-            )
-        self.name = name
-        self.value = check_real(cls, "value", value, f"e.g. {cls}({name!r}, 1.5)")
+        return (self.metric,)
 
     def _compare(self, x: float) -> bool:
         raise NotImplementedError
 
     def __call__(self, ctx: Context) -> bool:
-        return self._compare(ctx.metric(self.name))
+        return self._compare(ctx.metric(self.metric))
 
     def evidence(self, ctx: Context) -> dict:
-        return {"metric": self.name, "value": ctx.metric(self.name), self._word: self.value}
+        return {"metric": self.metric, "value": ctx.metric(self.metric), self._word: self.value}
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name!r}, {self.value!r})"
+        return f"{type(self).__name__}({self.metric!r}, {self.value!r})"
 
 
+@policy
 class MetricBelow(_Threshold):
-    """Holds when the metric ``name`` passed at this point is below ``value`` (NaN never holds).
+    """Holds when the metric ``metric`` passed at this point is below ``value`` (NaN never holds).
     A missing metric is a CurriculumError naming it and the point."""
 
     _word = "below"
@@ -426,8 +411,9 @@ class MetricBelow(_Threshold):
         return x < self.value
 
 
+@policy
 class MetricAbove(_Threshold):
-    """Holds when the metric ``name`` passed at this point is above ``value`` (NaN never holds).
+    """Holds when the metric ``metric`` passed at this point is above ``value`` (NaN never holds).
     A missing metric is a CurriculumError naming it and the point."""
 
     _word = "above"
@@ -436,15 +422,21 @@ class MetricAbove(_Threshold):
         return x > self.value
 
 
+def _children(guards: Any, self: Any) -> tuple:
+    name = self._name
+    guards = tuple(guards)
+    if not guards:
+        raise fail(name, "guards", "at least one guard", guards, f"e.g. {name}(MinEpoch(2), Plateau())")
+    return tuple(check_guard(name, f"guards[{i}]", g) for i, g in enumerate(guards))
+
+
 class _Combinator:
     """A guard made of guards: observe, reset, state and requires pass through to every child."""
 
     _name: str
+    guards: tuple
 
-    def __init__(self, guards: tuple) -> None:
-        if not guards:
-            raise fail(self._name, "guards", "at least one guard", guards, f"e.g. {self._name}(MinEpoch(2), Plateau())")
-        self.guards = tuple(check_guard(self._name, f"guards[{i}]", g) for i, g in enumerate(guards))
+    def __attrs_post_init__(self) -> None:
         # The children's optional members, looked up once (engine.protocols).
         caps = [capabilities(g) for g in self.guards]
         self._observing = tuple(g for g, c in zip(self.guards, caps) if c.observe)
@@ -501,7 +493,13 @@ class _Combinator:
         return f"{self._name}({', '.join(describe(g) for g in self.guards)})"
 
 
-class _AllOf(_Combinator):
+@policy
+class _Many(_Combinator):
+    guards: tuple[Guard, ...] = attrs.field(converter=attrs.Converter(_children, takes_self=True))
+
+
+@policy
+class _AllOf(_Many):
     _name = "all_of"
 
     @property
@@ -514,15 +512,23 @@ class _AllOf(_Combinator):
         return all(self._values(ctx))
 
 
-class _AnyOf(_Combinator):
+@policy
+class _AnyOf(_Many):
     _name = "any_of"
 
     def __call__(self, ctx: Context) -> bool:
         return any(self._values(ctx))
 
 
+@policy
 class _Not(_Combinator):
     _name = "not_"
+
+    guard: Guard = attrs.field(converter=attrs.Converter(lambda g, self: _children((g,), self)[0], takes_self=True))
+
+    @property
+    def guards(self) -> tuple:  # type: ignore[override]
+        return (self.guard,)
 
     def __call__(self, ctx: Context) -> bool:
         return not self._values(ctx)[0]
@@ -540,12 +546,13 @@ def any_of(*guards: Any) -> _AnyOf:
 
 def not_(guard: Any) -> _Not:
     """A guard that holds when ``guard`` does not."""
-    return _Not((guard,))
+    return _Not(guard)
 
 
 # -- guards for loop-backs: wait after a move, cap the visits, react to a worse metric ---------------
 
 
+@policy
 class Cooldown:
     """Holds once ``n`` epochs (or steps, ``unit="steps"``) have passed since the last transition,
     i.e. since the current phase was entered (by a transition, a forced move or the start).
@@ -555,14 +562,14 @@ class Cooldown:
     ``steps_in_phase``; no state of its own.
     """
 
-    requires: tuple[str, ...] = ()
-    metrics: tuple[str, ...] = ()
+    requires = ()
+    metrics = ()
 
-    def __init__(self, n: int, unit: str = "epochs") -> None:
-        self.n = check_int("Cooldown", "n", n, 1, "e.g. Cooldown(2) waits two epochs after a transition")
-        if unit not in ("epochs", "steps"):
-            raise fail("Cooldown", "unit", '"epochs" or "steps"', unit, 'e.g. Cooldown(500, unit="steps")')
-        self.unit = unit
+    n: int = attrs.field(converter=integer(1, "e.g. Cooldown(2) waits two epochs after a transition"))
+    unit: str = attrs.field(
+        default="epochs",
+        validator=choice(("epochs", "steps"), '"epochs" or "steps"', 'e.g. Cooldown(500, unit="steps")'),
+    )
 
     def _since(self, ctx: Context) -> int:
         return ctx.clock.epochs_in_phase if self.unit == "epochs" else ctx.clock.steps_in_phase
@@ -577,6 +584,7 @@ class Cooldown:
         return f"Cooldown({self.n}{'' if self.unit == 'epochs' else ', unit=' + repr(self.unit)})"
 
 
+@policy
 class MaxVisits:
     """Holds while the transition's destination has been entered fewer than ``n`` times.
 
@@ -586,11 +594,10 @@ class MaxVisits:
     release has no start record, so there the initial phase's first visit is not counted.)
     """
 
-    requires: tuple[str, ...] = ()
-    metrics: tuple[str, ...] = ()
+    requires = ()
+    metrics = ()
 
-    def __init__(self, n: int) -> None:
-        self.n = check_int("MaxVisits", "n", n, 1, "e.g. MaxVisits(3): the destination entered at most 3 times")
+    n: int = attrs.field(converter=integer(1, "e.g. MaxVisits(3): the destination entered at most 3 times"))
 
     def _visits(self, ctx: Context) -> tuple[str, int]:
         transition = ctx.transition
@@ -611,6 +618,7 @@ class MaxVisits:
         return f"MaxVisits({self.n})"
 
 
+@policy
 class WorseThanBest:
     """Holds when ``metric`` has been worse than its best by more than ``min_delta`` for
     ``patience`` consecutive evaluations (``mode="min"``: worse is higher).
@@ -629,48 +637,31 @@ class WorseThanBest:
     at each entry. Its state (best, count, last value) is saved with the engine and restores exactly.
     """
 
-    requires: tuple[str, ...] = ()
-    metrics: tuple[str, ...] = ()
+    requires = ()
+    metrics = ()
     observe_at = None  # at the transition's own evaluation point
 
-    def __init__(
-        self,
-        metric: str,
-        patience: int = 1,
-        mode: str = "min",
-        *,
-        min_delta: float = 0.0,
-        relative: bool = False,
-        since: str = "phase",
-    ) -> None:
-        where = "WorseThanBest"
-        if not isinstance(metric, str) or not metric:
-            raise fail(where, "metric", "a metric name the loop passes", metric, 'e.g. WorseThanBest("val_loss")')
-        self.metric = metric
-        self.patience = check_int(where, "patience", patience, 1, "e.g. patience=2: two evaluations in a row")
-        if mode not in ("min", "max"):
-            raise fail(where, "mode", '"min" (lower is better) or "max"', mode, 'use mode="min" for a loss')
-        self.mode = mode
-        self.min_delta = check_real(
-            where,
-            "min_delta",
-            min_delta,
-            "e.g. min_delta=0.01, or min_delta=0.005 with relative=True",
-            nonnegative=True,
-        )
-        if not isinstance(relative, bool):
-            raise fail(where, "relative", "a bool", relative, "relative=True: min_delta is a fraction of |best|")
-        self.relative = relative
-        if since not in ("phase", "run"):
-            raise fail(
-                where,
-                "since",
-                '"phase" (best of this visit) or "run" (best seen in the run)',
-                since,
-                'e.g. since="run"',
-            )
-        self.since = since
-        self.best: float | None = None
+    metric: str = attrs.field(validator=metric_name('e.g. WorseThanBest("val_loss")'))
+    patience: int = attrs.field(default=1, converter=integer(1, "e.g. patience=2: two evaluations in a row"))
+    mode: str = attrs.field(default="min", validator=_MODE)
+    min_delta: float = attrs.field(
+        default=0.0,
+        kw_only=True,
+        converter=real("e.g. min_delta=0.01, or min_delta=0.005 with relative=True", nonnegative=True),
+    )
+    relative: bool = attrs.field(
+        default=False, kw_only=True, validator=flag("relative=True: min_delta is a fraction of |best|")
+    )
+    since: str = attrs.field(
+        default="phase",
+        kw_only=True,
+        validator=choice(
+            ("phase", "run"), '"phase" (best of this visit) or "run" (best seen in the run)', 'e.g. since="run"'
+        ),
+    )
+    best: float | None = attrs.field(default=None, init=False)
+
+    def __attrs_post_init__(self) -> None:
         self.reset()
 
     @property

@@ -48,14 +48,17 @@ def spectral_curriculum(
     """
     where = "spectral_curriculum"
     n_bins = check_int(where, "n_bins", n_bins, 2, "bins of the seq_len-point rfft: seq_len // 2 + 1, e.g. 513")
-    cutoffs = _ints(where, "cutoffs", cutoffs)
-    min_epochs = _ints(where, "min_epochs", min_epochs)
+    # Each value is checked once, by the object it makes (SetCutoff: cutoffs and preserve; MinEpoch:
+    # min_epochs); here only what relates them.
+    cutoffs, min_epochs = _sequence(where, "cutoffs", cutoffs), _sequence(where, "min_epochs", min_epochs)
+    enter = [SetCutoff(c, preserve=preserve) for c in (*cutoffs, None)]
+    floors = [MinEpoch(m) for m in min_epochs]
     for i, c in enumerate(cutoffs):
-        if not 1 <= c < n_bins:
+        if c >= n_bins:
             raise fail(
                 where,
                 f"cutoffs[{i}]",
-                f"in [1, {n_bins - 1}] (below n_bins={n_bins}; the last phase opens the full band)",
+                f"below n_bins={n_bins} (the last phase opens the full band)",
                 c,
                 "drop it or lower it",
             )
@@ -75,19 +78,8 @@ def spectral_curriculum(
             tuple(min_epochs),
             "give the earliest epoch of each raise, e.g. (2, 5, 10) for three cutoffs",
         )
-    for i, m in enumerate(min_epochs):
-        if m < 0:
-            raise fail(where, f"min_epochs[{i}]", "an int >= 0", m, "epochs count from 0")
-        if i and m < min_epochs[i - 1]:
-            raise fail(where, "min_epochs", "not decreasing", tuple(min_epochs), f"e.g. {tuple(sorted(min_epochs))}")
-    if not isinstance(preserve, bool):
-        raise fail(
-            where,
-            "preserve",
-            "a bool",
-            preserve,
-            "preserve=False opens bands with noise (the seed's); True keeps the function exact",
-        )
+    if list(min_epochs) != sorted(min_epochs):
+        raise fail(where, "min_epochs", "not decreasing", tuple(min_epochs), f"e.g. {tuple(sorted(min_epochs))}")
 
     lens: list[int | None] = [None] * len(cutoffs)
     if seq_lens is not None:
@@ -105,23 +97,23 @@ def spectral_curriculum(
                 raise fail(where, "seq_lens", "ints >= 1, not decreasing", tuple(lens), "e.g. seq_lens=(128, 256, 512)")
     names = [f"cutoff_{c}" for c in cutoffs] + ["full"]
     phases = [
-        Phase(name, params={} if n is None else {"seq_len": n}, on_enter=[SetCutoff(c, preserve=preserve)])
-        for name, c, n in zip(names, [*cutoffs, None], [*lens, None])
+        Phase(name, params={} if n is None else {"seq_len": n}, on_enter=[action])
+        for name, action, n in zip(names, enter, [*lens, None])
     ]
     transitions = [
         Transition(
             names[k],
             names[k + 1],
-            guards=[all_of(MinEpoch(m), Plateau(window=window, threshold=threshold, test=test, alpha=alpha))],
+            guards=[all_of(floor, Plateau(window=window, threshold=threshold, test=test, alpha=alpha))],
             actions=[RestartLR()] if restart_lr else [],
             when=Point.EPOCH_END,
         )
-        for k, m in enumerate(min_epochs)
+        for k, floor in enumerate(floors)
     ]
     return Curriculum(phases, transitions)
 
 
-def _ints(where: str, field: str, values: Any) -> list[int]:
+def _sequence(where: str, field: str, values: Any) -> tuple:
     if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
         raise fail(
             where,
@@ -130,8 +122,12 @@ def _ints(where: str, field: str, values: Any) -> list[int]:
             values,
             f"e.g. {field}=(128, 256, 512)" if field == "cutoffs" else "e.g. (2, 5, 10)",
         )
+    return tuple(values)
+
+
+def _ints(where: str, field: str, values: Any) -> list[int]:
     out = []
-    for i, v in enumerate(values):
+    for i, v in enumerate(_sequence(where, field, values)):
         if isinstance(v, bool) or not isinstance(v, numbers.Integral):
             raise fail(where, f"{field}[{i}]", "an int", v, "use whole numbers")
         out.append(int(v))

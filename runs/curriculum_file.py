@@ -19,7 +19,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from engine import Curriculum, CurriculumError, load_curriculum
+from engine import Curriculum, CurriculumError, curriculum_from_dict, load_curriculum
 from engine.core import guard_leaves, metrics_read, spec_differences
 from runs.errors import UsageError
 
@@ -230,7 +230,7 @@ def stored_curriculum(saved: Any, ckpt: Path, config: Any) -> Curriculum:
     from runs.checkpoint import CheckpointError
 
     try:
-        curriculum = Curriculum.from_dict(saved.curriculum, source=f"{ckpt}: curriculum")
+        curriculum = curriculum_from_dict(saved.curriculum, source=f"{ckpt}: curriculum")
         check_for_training(curriculum, f"the curriculum stored in {ckpt}", config)
         check_saved_curriculum(curriculum, saved, ckpt, None)
     except (CurriculumError, UsageError) as exc:

@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from engine import Curriculum, CurriculumError, History, MetricLog, Replay, replay
+from engine import Curriculum, CurriculumError, History, MetricLog, Replay, curriculum_from_dict, replay
 from engine.grid import GridTable, format_table, legend, replay_grid
 from runs.errors import UsageError
 from runs.settings import Settings, _flag
@@ -260,7 +260,7 @@ def run_replay(args: argparse.Namespace) -> int:
 
     def own_curriculum() -> Curriculum:  # a fresh one per replay: a replay feeds its guards
         if stored:
-            return Curriculum.from_dict(saved.curriculum, source=f"{files.ckpt}: curriculum")
+            return curriculum_from_dict(saved.curriculum, source=f"{files.ckpt}: curriculum")
         return settings_curriculum(base)
 
     given = [(path, check_metrics_read(load_file(path), f"--curriculum {path}")) for path in args.curriculum or []]

@@ -516,7 +516,9 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
                     )
                 )
                 return 0
-            stored = (curriculum.to_dict(), curriculum_file) if curriculum is not None else None
+            from engine import curriculum_to_dict
+
+            stored = (curriculum_to_dict(curriculum), curriculum_file) if curriculum is not None else None
             return _fit(
                 Run(
                     args=args,

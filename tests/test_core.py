@@ -189,3 +189,14 @@ def test_semantics_names_tests_that_exist():
     assert len(named) > 30
     missing = [f"{f}::{t}" for f, t in named if not re.search(rf"^def {t}\(", (root / f"{f}.py").read_text(), re.M)]
     assert not missing
+
+
+def test_curricula_are_equal_when_their_fingerprints_are():
+    """Curricula built apart from the same declarations are equal and hash alike; another guard makes them differ."""
+    from policies import MinEpoch
+
+    def build(n: int) -> Curriculum:
+        return Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [MinEpoch(n)])])
+
+    assert build(1) == build(1) and hash(build(1)) == hash(build(1))
+    assert build(1) != build(2) and build(1) != "a curriculum"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import engine.datafile
-from engine import Curriculum, Phase, Point, Registry, Transition, load_curriculum
+from engine import Curriculum, Phase, Point, Registry, Transition, curriculum_to_dict, load_curriculum
 from policies import MinEpoch, MinSteps, RestartLR
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "curriculum-files.md"
@@ -65,7 +65,8 @@ def test_the_registration_example_names_the_users_guard(monkeypatch):
     exec(compile(block("register"), "curriculum-files.md", "exec"), namespace)
     (guard,) = namespace["curriculum"].transitions[0].guards
     assert type(guard) is namespace["LossBelow"] and guard.value == 0.5
-    assert namespace["curriculum"].to_dict()["transitions"][0]["guards"] == [{"type": "LossBelow", "value": 0.5}]
+    written = curriculum_to_dict(namespace["curriculum"])
+    assert written["transitions"][0]["guards"] == [{"type": "LossBelow", "value": 0.5}]
 
 
 @LIGHTNING_WARNINGS

@@ -428,7 +428,7 @@ def test_metric_threshold_missing_metric_and_repr():
     assert repr(MetricAbove("acc", 0.9)) == "MetricAbove('acc', 0.9)"
     with pytest.raises(CurriculumError, match="'value'"):
         MetricBelow("loss", math.nan)
-    with pytest.raises(CurriculumError, match="'name'"):
+    with pytest.raises(CurriculumError, match="'metric'"):
         MetricBelow("", 1.0)
 
 
