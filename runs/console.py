@@ -1,6 +1,6 @@
 """What a run prints (the seed's line formats) and the reporter the trainer calls back.
 
-:class:`Console` prints on rank 0 only, with a tqdm bar per epoch on a terminal. :class:`Reporter`
+:class:`Console` prints on rank 0 only, with a tqdm bar per epoch on a terminal (when installed). :class:`Reporter`
 is the :class:`~chunklm.train.Hooks` of ``chunklm train``: it prints the step, epoch and raise
 lines, writes the metrics rows, checks that ranks agree, and says when to stop.
 """
@@ -61,7 +61,8 @@ def history_digest(history) -> str:
 
 
 class Console:
-    """Prints on rank 0 only; a tqdm bar per epoch when stdout is a terminal, plain lines otherwise."""
+    """Prints on rank 0 only; a tqdm bar per epoch when stdout is a terminal and tqdm is installed,
+    plain lines otherwise."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -78,8 +79,11 @@ class Console:
 
     def open_bar(self, total: int, done: int, epoch: int) -> None:
         if self.tty and self.bar is None:
-            from tqdm import tqdm
-
+            try:
+                from tqdm import tqdm
+            except ImportError:  # the bar is a nicety: without tqdm, plain lines
+                self.tty = False
+                return
             self.bar = tqdm(total=total, initial=done, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
 
     def advance(self, loss: float, lr: float) -> None:

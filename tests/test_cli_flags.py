@@ -119,3 +119,17 @@ def test_the_command_found_on_path_is_named_by_its_name(tmp_path, monkeypatch):
     assert invoked_as() == str(program)
     monkeypatch.setattr(sys, "argv", ["/somewhere/runs/cli.py"])
     assert invoked_as() == "chunklm"
+
+
+def test_without_tqdm_a_terminal_gets_plain_lines(monkeypatch, capsys):
+    """The progress bar is optional: on a terminal without tqdm installed, lines print as they would in a pipe."""
+    from runs.console import Console
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm raises ImportError
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    console = Console(enabled=True)
+    console.open_bar(total=3, done=0, epoch=0)
+    console.advance(loss=1.0, lr=1e-3)
+    console.line("step 1/3 loss=1.00")
+    console.close_bar()
+    assert console.bar is None and capsys.readouterr().out == "step 1/3 loss=1.00\n"
