@@ -251,6 +251,18 @@ class RunFiles:
         symbolic link): a run never replaces them, whatever the flags."""
         return [p for p in (*self.written, self.plot) if os.path.lexists(p) and not stat.S_ISREG(os.lstat(p).st_mode)]
 
+    def renamed(self) -> list[tuple[Path, Path]]:
+        """(old name, today's) of each file of this run an earlier version left under the checkpoint's
+        stem (``run.steps.csv`` for ``run.ckpt``; the names of a ``.pt`` checkpoint did not change):
+        none when the checkpoint is not there, today's names are, or a checkpoint of today owns them."""
+        old = RunFiles(self.ckpt.with_suffix(".pt"))  # the stem's files are today's files of run.pt
+        if old.steps == self.steps or any(os.path.lexists(p) for p in self.written[1:]):
+            return []
+        if not is_torch_file(self.ckpt) or any(p is not None and is_torch_file(p) for p in (old.ckpt, old.sibling)):
+            return []
+        pairs = zip((*old.written[1:], old.plot), (*self.written[1:], self.plot))
+        return [(a, b) for a, b in pairs if os.path.lexists(a)]
+
     def check_names(self) -> None:
         """Each file of the run, and its temp file, can be made in the checkpoint's folder: made and
         removed at once, longest name first, so that a name too long for the file system is refused

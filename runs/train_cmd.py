@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import os
 import signal
 import sys
@@ -25,7 +26,15 @@ from typing import Any
 
 import attrs
 
-from runs.artifacts import MetricsWriter, RunFiles, RunLock, WriteError, is_torch_file, remove_stale_temps
+from runs.artifacts import (
+    MetricsWriter,
+    RunFiles,
+    RunLock,
+    WriteError,
+    is_torch_file,
+    remove_stale_temps,
+    run_name,
+)
 from runs.checkpoint import Checkpoint, CheckpointError
 from runs.console import Console, Reporter
 from runs.distributed import Distributed, resume_command
@@ -110,10 +119,18 @@ def check_paths(files: RunFiles, resume: bool, overwrite: bool) -> None:
             f"--ckpt {ckpt}: {sibling.name} beside it is a checkpoint whose run's files are named as this one's "
             f"would be ({files.steps.name}, {files.history.name}...); pick another --ckpt name, or use {sibling.name}"
         )
+    others = [p for p in files.existing() if p != ckpt]
+    earlier = _renamed_by_earlier_version(files, resume, others)
+    if earlier is not None:
+        old_ckpt, renamed = earlier
+        raise UsageError(
+            f"{old_ckpt.name} was written by an earlier version, which named its run's files after the checkpoint's "
+            f"stem; give them today's names in {folder} ({'; '.join(f'mv {a.name} {b.name}' for a, b in renamed)}), "
+            "then run this again"
+        )
     if resume == "auto":
         auto_resume(files)  # refused before the lock file is made; decided again holding it
         return
-    others = [p for p in files.existing() if p != ckpt]
     if resume:
         if not ckpt.exists():
             if others:
@@ -133,6 +150,22 @@ def check_paths(files: RunFiles, resume: bool, overwrite: bool) -> None:
             f"--ckpt {ckpt}: {_without_checkpoint(others)}; move them aside, replace them with --overwrite "
             "(at the new run's first save), or pass another --ckpt"
         )
+
+
+def _renamed_by_earlier_version(files: RunFiles, resume, others: list[Path]) -> tuple[Path, list] | None:
+    """A checkpoint whose run's files an earlier version named after its stem (this one, when resuming;
+    one beside it whose files have this run's names, when starting), with (old name, today's) of each."""
+    if resume:
+        candidates = [files.ckpt]
+    elif others:
+        candidates = sorted(files.ckpt.parent.glob(glob.escape(run_name(files.ckpt)) + ".*"))
+    else:
+        return None
+    for ckpt in candidates:
+        renamed = RunFiles(ckpt).renamed() if ckpt != files.ckpt or resume else []
+        if renamed and (resume or any(a in others for a, _ in renamed)):
+            return ckpt, renamed
+    return None
 
 
 def _without_checkpoint(files: list[Path]) -> str:

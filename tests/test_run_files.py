@@ -188,3 +188,20 @@ def test_a_held_lock_refuses_a_second_run_in_one_line(tmp_path, capsys):
     finally:
         lock.release()
     assert train(tmp_path, "run", "--stop-after", "1") == 0
+
+
+def test_a_run_whose_files_an_earlier_version_named_after_the_stem_is_refused_until_renamed(tmp_path, capsys):
+    """An earlier version named run.ckpt's files run.steps.csv...: a resume of it, and a fresh run.pt that would
+    replace them, are refused in one line giving the renames; renamed, the run resumes."""
+    assert main(["train", *TINY, "--stop-after", "2", "--ckpt", str(tmp_path / "run.ckpt")]) == 0
+    today, earlier = RunFiles(tmp_path / "run.ckpt"), RunFiles(tmp_path / "run.pt")
+    for new, old in ((today.steps, earlier.steps), (today.epochs, earlier.epochs), (today.history, earlier.history)):
+        new.rename(old)
+    err = refused(["train", "--resume", "--ckpt", str(today.ckpt)], tmp_path, capsys)
+    assert "run.ckpt was written by an earlier version" in err and "mv run.steps.csv run.ckpt.steps.csv" in err, err
+    err = refused(["train", *TINY, "--overwrite", "--ckpt", str(earlier.ckpt)], tmp_path, capsys)
+    assert "run.ckpt was written by an earlier version" in err, err
+    for new, old in ((today.steps, earlier.steps), (today.epochs, earlier.epochs), (today.history, earlier.history)):
+        old.rename(new)
+    assert main(["train", "--resume", "--stop-after", "1", "--ckpt", str(today.ckpt)]) == 0
+    assert [int(r["step"]) for r in read_csv(today.steps)] == [1, 2, 3]
