@@ -2,7 +2,8 @@
 
 Before training starts every path is checked and the run is locked, so a run fails in seconds, not
 at its first save. A fresh run never replaces another run's files unless told (``--overwrite``),
-and then not before its own first save.
+and then not before its own first save; it writes nothing before that save. Every outside stop (a
+signal, a closed stdout) saves at the next step boundary.
 
 A save writes several files, and a crash can come between any two of them; the checkpoint is the
 save's commit point. It records the digest of the metrics rows it covers (made durable before it),
@@ -180,8 +181,8 @@ def auto_resume(files: RunFiles) -> bool:
     """``--resume auto``, decided while holding the run's lock: resume (True) when the checkpoint is
     there, start fresh (False) when nothing of a run is, and refuse anything else.
 
-    A fresh ``--resume auto`` run writes nothing before its first checkpoint (its metrics wait in
-    memory, as an ``--overwrite`` run's do), and a checkpoint is written atomically, so a run killed
+    A fresh run writes nothing before its first checkpoint (its metrics wait in memory), and a
+    checkpoint is written atomically, so a run killed
     before or during its first save leaves nothing but a temp file (removed at the next start): the
     restart starts fresh. Whether the checkpoint is a run these flags continue is then the resume's
     own checks (settings, data, curriculum, processes), each refused in one line."""

@@ -119,15 +119,18 @@ def test_sighup_saves_like_sigterm(tmp_path):
     assert load_checkpoint(tmp_path / "run.pt").global_step >= 3
 
 
-@pytest.mark.parametrize("resume", [[], ["--resume", "auto"]])
-def test_a_run_killed_before_its_first_save_leaves_nothing_in_the_way(tmp_path, capsys, resume):
-    """SIGKILL before the first checkpoint leaves no run file; the same command then starts afresh."""
-    proc = start(tmp_path, "run.pt", *resume)
+def test_a_run_killed_before_its_first_save_leaves_nothing_in_the_way(tmp_path, capsys):
+    """SIGKILL before the first checkpoint leaves no run file: --resume says there is no checkpoint (and nothing
+    else), --resume auto starts afresh."""
+    proc = start(tmp_path, "run.pt")
     wait_for_step(proc, 3)
     proc.kill()
     proc.communicate(timeout=60)
     assert not RunFiles(tmp_path / "run.pt").existing()
-    assert train(tmp_path, "run", "--stop-after", "1", *resume) == 0
+    err = refused(["train", "--resume", "--ckpt", str(tmp_path / "run.pt")], tmp_path, capsys)
+    assert "no checkpoint at" in err and "drop --resume to start a fresh run" in err, err
+    assert train(tmp_path, "run", "--stop-after", "1", "--resume", "auto") == 0
+    assert "starting fresh" in capsys.readouterr().out
 
 
 # -- every path is checked before training ---------------------------------------------------------
