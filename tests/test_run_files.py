@@ -4,6 +4,7 @@ of a run saves or leaves nothing in the way, every path is checked before traini
 from __future__ import annotations
 
 import os
+import pty
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from runs.artifacts import RunFiles, RunLock, read_csv
+from runs.artifacts import RunFiles, RunLock, read_csv, resolve_run
 from runs.checkpoint import load_checkpoint
 from runs.cli import main
 from tests.test_cli import DISK_FULL, _snapshot_all
@@ -108,15 +109,32 @@ def test_a_closed_output_saves_at_the_next_step_and_stops_printing(tmp_path):
     )
 
 
-def test_sighup_saves_like_sigterm(tmp_path):
-    """A closed terminal (SIGHUP) stops the run at the next step boundary, saved; exit 128 + SIGHUP."""
-    proc = start(tmp_path, "run.pt")
-    wait_for_step(proc, 3)
+def test_a_closed_terminal_saves_like_sigterm(tmp_path):
+    """The terminal closes (its writes fail) and SIGHUP comes: the run saves at the next step boundary and exits
+    128 + SIGHUP, its metrics whole up to the checkpoint."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runs.cli", "train", *LONG, "--ckpt", str(tmp_path / "run.pt")],
+        cwd=REPO,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=ENV,
+    )
+    os.close(slave)
+    seen = b""
+    while b"step 3/" not in seen:
+        chunk = os.read(master, 4096)
+        assert chunk, seen
+        seen += chunk
+    os.close(master)
     proc.send_signal(signal.SIGHUP)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGHUP, err
-    assert "stopped by SIGHUP" in out and "Traceback" not in err, err
-    assert load_checkpoint(tmp_path / "run.pt").global_step >= 3
+    assert proc.wait(timeout=120) == 128 + signal.SIGHUP
+    saved = load_checkpoint(tmp_path / "run.pt")
+    assert saved.global_step >= 3
+    assert [int(r["step"]) for r in read_csv(RunFiles(tmp_path / "run.pt").steps)] == list(
+        range(1, saved.global_step + 1)
+    )
 
 
 def test_a_run_killed_before_its_first_save_leaves_nothing_in_the_way(tmp_path, capsys):
@@ -208,3 +226,12 @@ def test_a_run_whose_files_an_earlier_version_named_after_the_stem_is_refused_un
         old.rename(new)
     assert main(["train", "--resume", "--stop-after", "1", "--ckpt", str(today.ckpt)]) == 0
     assert [int(r["step"]) for r in read_csv(today.steps)] == [1, 2, 3]
+
+
+def test_a_run_folder_resolves_to_its_checkpoint_whatever_its_name(tmp_path, capsys):
+    """A folder holding the run of run.ckpt (files run.ckpt.*) resolves to run.ckpt, and `chunklm history` reads it."""
+    assert main(["train", *TINY, "--stop-after", "2", "--ckpt", str(tmp_path / "run.ckpt")]) == 0
+    assert resolve_run(tmp_path).ckpt == tmp_path / "run.ckpt"
+    capsys.readouterr()
+    assert main(["history", str(tmp_path)]) == 0
+    assert "cutoff_4" in capsys.readouterr().out
