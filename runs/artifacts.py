@@ -206,12 +206,13 @@ def run_name(ckpt: Path) -> str:
 
 def is_torch_file(path: Path) -> bool:
     """Whether ``path`` is a regular file starting as ``torch.save`` files do (a zip, or its legacy pickle)."""
+    if not path.is_file():  # before opening: a FIFO would block
+        return False
     try:
         with open(path, "rb") as f:
-            head = f.read(4)
+            return starts_like_torch(f.read(4))
     except OSError:
         return False
-    return path.is_file() and starts_like_torch(head)
 
 
 def starts_like_torch(head: bytes) -> bool:
@@ -283,7 +284,8 @@ class RunFiles:
                     f"--ckpt {self.ckpt}: cannot write in {path.parent} ({exc.strerror}); pick a writable folder"
                 ) from None
             os.close(fd)
-            os.unlink(tmp)
+            with contextlib.suppress(FileNotFoundError):  # a run holding the lock may have removed it as stale
+                os.unlink(tmp)
 
     def metrics(self, global_step: int, epoch: int) -> dict[str, tuple[Path, list[str], str, int]]:
         """The metrics files: name -> (path, fields, key, the last key a checkpoint at this clock covers)."""
