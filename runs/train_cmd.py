@@ -50,6 +50,7 @@ __all__ = [
     "check_metrics",
     "data_identity",
     "StopSignals",
+    "OutputWatch",
     "Saver",
     "Interrupted",
 ]
@@ -153,18 +154,19 @@ def check_paths(files: RunFiles, resume: bool, overwrite: bool) -> None:
         )
 
 
-def _renamed_by_earlier_version(files: RunFiles, resume, others: list[Path]) -> tuple[Path, list] | None:
+def _renamed_by_earlier_version(files: RunFiles, resume: bool | str, others: list[Path]) -> tuple[Path, list] | None:
     """A checkpoint whose run's files an earlier version named after its stem (this one, when resuming;
     one beside it whose files have this run's names, when starting), with (old name, today's) of each."""
     if resume:
         candidates = [files.ckpt]
     elif others:
-        candidates = sorted(files.ckpt.parent.glob(glob.escape(run_name(files.ckpt)) + ".*"))
+        pattern = glob.escape(run_name(files.ckpt)) + ".*"
+        candidates = [p for p in sorted(files.ckpt.parent.glob(pattern)) if p != files.ckpt]
     else:
         return None
     for ckpt in candidates:
-        renamed = RunFiles(ckpt).renamed() if ckpt != files.ckpt or resume else []
-        if renamed and (resume or any(a in others for a, _ in renamed)):
+        renamed = RunFiles(ckpt).renamed()
+        if renamed and (resume or any(old in others for old, _ in renamed)):
             return ckpt, renamed
     return None
 
