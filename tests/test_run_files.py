@@ -11,7 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from runs import train_cmd
 from runs.artifacts import RunFiles, RunLock, read_csv, resolve_run
 from runs.checkpoint import load_checkpoint
 from runs.cli import main
@@ -89,6 +92,22 @@ def test_files_left_without_their_checkpoint_are_not_called_a_run_that_never_sav
     assert "never saved" not in err and "nothing to resume" in err, err
     err = refused(["train", *TINY, "--resume", "auto", "--ckpt", str(tmp_path / "run.pt")], tmp_path, capsys)
     assert "did not write" not in err and "without their checkpoint" in err, err
+
+
+names = st.text(alphabet="ap.tsvcj", min_size=1, max_size=12).filter(
+    lambda n: n not in (".", "..") and not n.endswith(train_cmd._SIDECARS)
+)
+
+
+@given(names, names)
+def test_no_two_checkpoint_names_share_a_file_but_siblings(a, b):
+    """Whatever two accepted checkpoint names, their runs share no file, unless each is the other's sibling
+    (``run`` and ``run.pt``), which a run refuses beside it; neither names a file of the other's run."""
+    fa, fb = RunFiles(Path("d", a)), RunFiles(Path("d", b))
+    shared = {*fa.written, fa.plot, fa.lock} & {*fb.written, fb.plot, fb.lock}
+    if a != b:
+        assert not shared or (fa.sibling == fb.ckpt and fb.sibling == fa.ckpt), (a, b, shared)
+        assert fb.ckpt not in {*fa.written[1:], fa.plot, fa.lock}
 
 
 # -- every outside stop saves, or leaves nothing that blocks a resume ------------------------------
