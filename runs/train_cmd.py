@@ -648,9 +648,7 @@ def _resumable(exc: WriteError, files: RunFiles, has_checkpoint: bool) -> WriteE
     """A failed write during training, with what comes next: resume when this run has a checkpoint."""
     if has_checkpoint:
         return WriteError(f"{exc}, then resume with: {resume_command(files.ckpt)}")
-    return WriteError(
-        f"{exc}; nothing of this run was saved (it had not written its first checkpoint), so start it again"
-    )
+    return WriteError(f"{exc}, then start the run again: nothing of it was saved (it had no checkpoint yet)")
 
 
 def _cooled_down(trainer) -> str:

@@ -202,7 +202,9 @@ def test_a_full_disk_at_the_first_save_says_nothing_was_saved(tmp_path):
     )
     assert proc.returncode == 1, proc.stderr
     assert "the disk is full" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
-    assert "then resume" not in proc.stderr and "nothing of this run was saved" in proc.stderr, proc.stderr
+    assert "then resume" not in proc.stderr and "start the run again: nothing of it was saved" in proc.stderr, (
+        proc.stderr
+    )
     assert not [p for p in tmp_path.iterdir() if not p.name.endswith(".lock")]
 
 
