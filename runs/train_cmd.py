@@ -623,19 +623,10 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
                 )
                 return 0
             stored = (curriculum.to_dict(), curriculum_file) if curriculum is not None else None
-            return _fit(
-                args,
-                trainer,
-                settings,
-                preset,
-                dist,
-                files,
-                saved,
-                console,
-                data,
-                data_changes,
-                stored,
-            )
+            with OutputWatch() as output:  # to the last line: a closed terminal fails the run's last lines too
+                return _fit(
+                    args, trainer, settings, preset, dist, files, saved, console, data, data_changes, stored, output
+                )
         finally:
             trainer.close()  # before the process group goes
     except NonFiniteLossError as exc:
@@ -668,93 +659,93 @@ def _fit(
     data: dict | None = None,
     data_changes: list | None = None,
     curriculum: tuple | None = None,
+    output: OutputWatch | None = None,
 ) -> int:
     """Train to the end or a stop, saving on the way. A fresh run's metrics wait in memory until its
     first save, so that a run stopped before it leaves nothing in the way of the next (and, with
     ``--overwrite``, the replaced run's files stay as they are until then)."""
-    with OutputWatch() as output:  # till the last line: a closed terminal fails the run's last lines too
-        writers: dict[str, MetricsWriter] = {}
-        if dist.rank == 0:
-            clock = trainer.clock
-            writers = {
-                name: MetricsWriter(path, fields, key, upto if saved else None, defer=saved is None)
-                for name, (path, fields, key, upto) in files.metrics(clock.global_step, clock.epoch).items()
-            }
-        save = Saver(
-            trainer,
-            settings,
-            preset,
-            dist,
-            files,
-            writers,
-            replace_old=args.overwrite and saved is None,
-            data=data,
-            data_changes=data_changes,
-            curriculum=curriculum,
-        )
-        started_at, steps_at_start = time.time(), trainer.clock.global_step
-        with StopSignals(announce=dist.rank == 0) as signals:
-
-            def stop_reason() -> str | None:
-                if signals.signum is not None:
-                    return "signal"
-                if output.lost is not None:
-                    return "output"
-                if args.stop_after is not None and trainer.clock.global_step - steps_at_start >= args.stop_after:
-                    return "stop_after"
-                return None
-
-            try:
-                reporter = Reporter(
-                    trainer,
-                    console,
-                    (writers["steps"], writers["epochs"]) if writers else (),
-                    dist,
-                    args.log_every,
-                    stop_reason,
-                )
-                reason = trainer.fit(reporter, save, ckpt_every=args.ckpt_every)
-            except WriteError as exc:
-                raise _resumable(exc, files, saved is not None or save.wrote) from None
-            finally:
-                console.close_bar()
-                for writer in writers.values():
-                    writer.close()
+    writers: dict[str, MetricsWriter] = {}
+    if dist.rank == 0:
         clock = trainer.clock
-        steps = clock.global_step - steps_at_start
-        if reason == "signal":
-            signum = signals.signum or signal.SIGTERM
-            console.line(
-                f"stopped by {signal.Signals(signum).name} at global step {clock.global_step}; "
-                f"checkpoint saved to {files.ckpt}"
-            )
-            console.line(f"resume with: {resume_command(files.ckpt)}")
-            return 128 + int(signum)
-        if reason == "output":  # said on stderr, which may still be there (`| head`); the shell's status for SIGPIPE
-            print(
-                f"{output.lost}: stopped at global step {clock.global_step}; checkpoint saved to {files.ckpt}\n"
-                f"resume with: {resume_command(files.ckpt)}",
-                file=sys.stderr,
-                flush=True,
-            )
-            return 128 + signal.SIGPIPE
-        if reason == "stop_after":
-            console.line(
-                f"stopped after {steps} steps at global step {clock.global_step}; checkpoint saved to {files.ckpt}"
-            )
-            console.line(f"resume with: {resume_command(files.ckpt)}")
-            return 0
-        if clock.epoch < trainer.config.epochs:  # ended by trainer.cooled_down
-            console.line(f"{_cooled_down(trainer)}: training stops at epoch {clock.epoch} of {trainer.config.epochs}")
-        console.line(
-            f"done: {steps} steps in {time.time() - started_at:.0f} s; checkpoint {files.ckpt}, history {files.history}"
-        )
-        if args.plot and dist.rank == 0:
-            from runs.plot import plot_run
+        writers = {
+            name: MetricsWriter(path, fields, key, upto if saved else None, defer=saved is None)
+            for name, (path, fields, key, upto) in files.metrics(clock.global_step, clock.epoch).items()
+        }
+    save = Saver(
+        trainer,
+        settings,
+        preset,
+        dist,
+        files,
+        writers,
+        replace_old=args.overwrite and saved is None,
+        data=data,
+        data_changes=data_changes,
+        curriculum=curriculum,
+    )
+    started_at, steps_at_start = time.time(), trainer.clock.global_step
+    with StopSignals(announce=dist.rank == 0) as signals:
 
-            plot_run(files, files.plot)
-            console.line(f"plot: {files.plot}")
+        def stop_reason() -> str | None:
+            if signals.signum is not None:
+                return "signal"
+            if output is not None and output.lost is not None:
+                return "output"
+            if args.stop_after is not None and trainer.clock.global_step - steps_at_start >= args.stop_after:
+                return "stop_after"
+            return None
+
+        try:
+            reporter = Reporter(
+                trainer,
+                console,
+                (writers["steps"], writers["epochs"]) if writers else (),
+                dist,
+                args.log_every,
+                stop_reason,
+            )
+            reason = trainer.fit(reporter, save, ckpt_every=args.ckpt_every)
+        except WriteError as exc:
+            raise _resumable(exc, files, saved is not None or save.wrote) from None
+        finally:
+            console.close_bar()
+            for writer in writers.values():
+                writer.close()
+    clock = trainer.clock
+    steps = clock.global_step - steps_at_start
+    if reason == "signal":
+        signum = signals.signum or signal.SIGTERM
+        console.line(
+            f"stopped by {signal.Signals(signum).name} at global step {clock.global_step}; "
+            f"checkpoint saved to {files.ckpt}"
+        )
+        console.line(f"resume with: {resume_command(files.ckpt)}")
+        return 128 + int(signum)
+    if reason == "output":  # said on stderr, which may still be there (`| head`); the shell's status for SIGPIPE
+        print(
+            f"{output.lost}: stopped at global step {clock.global_step}; checkpoint saved to {files.ckpt}\n"
+            f"resume with: {resume_command(files.ckpt)}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 128 + signal.SIGPIPE
+    if reason == "stop_after":
+        console.line(
+            f"stopped after {steps} steps at global step {clock.global_step}; checkpoint saved to {files.ckpt}"
+        )
+        console.line(f"resume with: {resume_command(files.ckpt)}")
         return 0
+    if clock.epoch < trainer.config.epochs:  # ended by trainer.cooled_down
+        console.line(f"{_cooled_down(trainer)}: training stops at epoch {clock.epoch} of {trainer.config.epochs}")
+    console.line(
+        f"done: {steps} steps in {time.time() - started_at:.0f} s; checkpoint {files.ckpt}, history {files.history}"
+    )
+    if args.plot and dist.rank == 0:
+        from runs.plot import plot_run
+
+        plot_run(files, files.plot)
+        console.line(f"plot: {files.plot}")
+    return 0
 
 
 def _print_header(
