@@ -1,12 +1,13 @@
 """A run's files beside its checkpoint: per-step metrics, per-epoch metrics, transition history, lock.
 
-For a checkpoint ``out/demo/chunklm_ckpt.pt`` they are ``chunklm_ckpt.steps.csv``,
-``chunklm_ckpt.epochs.csv``, ``chunklm_ckpt.history.json`` and ``chunklm_ckpt.png`` in the same
-directory, plus the hidden lock ``.chunklm_ckpt.lock``: named, like the others, after the stem, so
-that two checkpoints with one stem (``run.pt``, ``run.ckpt``), which would share those files,
-share the lock too and cannot run at once. ``RUN`` arguments of the subcommands may
-name the checkpoint or its directory. Every file is replaced atomically through a temp file with a
-unique name (``.NAME.XXXXXXXX.tmp``), which a run removes when it starts if a killed run left one.
+They are named after the checkpoint's file name less a ``.pt`` suffix (:func:`run_name`): for
+``out/demo/chunklm_ckpt.pt``, ``chunklm_ckpt.steps.csv``, ``chunklm_ckpt.epochs.csv``,
+``chunklm_ckpt.history.json``, ``chunklm_ckpt.png`` and the hidden lock ``.chunklm_ckpt.lock``; for
+``run.ckpt``, ``run.ckpt.steps.csv`` and so on. So two checkpoints share them only when their names
+differ by that ``.pt`` alone (``run`` and ``run.pt``): they share the lock too, and a run refuses a
+checkpoint beside its :attr:`RunFiles.sibling`. ``RUN`` arguments of the subcommands may name the
+checkpoint or its directory. Every file is replaced atomically through a temp file with a unique
+name (``.NAME.XXXXXXXX.tmp``), which a run removes when it starts if a killed run left one.
 """
 
 from __future__ import annotations
@@ -14,15 +15,15 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
-import fcntl
 import hashlib
 import os
 import re
-import socket
 import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Callable
+
+import filelock
 
 from engine import History
 from runs.errors import RunError, UsageError
@@ -39,6 +40,9 @@ __all__ = [
     "WriteError",
     "kept_rows",
     "metrics_match",
+    "run_name",
+    "is_torch_file",
+    "starts_like_torch",
 ]
 
 STEP_FIELDS = ["step", "epoch", "step_in_epoch", "loss", "lr", "cutoff", "phase"]
@@ -47,7 +51,8 @@ _FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
 class WriteError(RunError):
-    """A run's file could not be written (disk full, quota, permissions): exit status 1."""
+    """A run's file could not be written (disk full, quota, permissions): exit status 1. The message
+    says what to fix; ``chunklm train`` adds whether the run can then be resumed."""
 
 
 def _umask() -> int:
@@ -112,7 +117,7 @@ def _write_error(path: Path, exc: BaseException, existed: bool | None = None) ->
     if not path.parent.is_dir():
         return WriteError(
             f"could not write {path}: its folder {path.parent} no longer exists (moved or deleted while the run "
-            f"was running); {kept}. Put the folder back and resume, or start a new run"
+            f"was running); {kept}. Put the folder back"
         )
     full = (
         (isinstance(exc, OSError) and exc.errno in _FULL)
@@ -123,14 +128,14 @@ def _write_error(path: Path, exc: BaseException, existed: bool | None = None) ->
         free = shutil.disk_usage(path.parent).free
         return WriteError(
             f"could not write {path}: the disk is full or the file is too large ({free / 1e6:.1f} MB free in "
-            f"{path.parent}); {kept}. Free space, then resume"
+            f"{path.parent}); {kept}. Free space"
         )
     why = (
         f"{exc.strerror} ({type(exc).__name__})"
         if isinstance(exc, OSError) and exc.strerror
         else f"{type(exc).__name__}: {exc}"
     )
-    return WriteError(f"could not write {path}: {why}; {kept}. Fix the path or its permissions, then resume")
+    return WriteError(f"could not write {path}: {why}; {kept}. Fix the path or its permissions")
 
 
 def remove_stale_temps(paths: list[Path]) -> list[Path]:
@@ -148,66 +153,91 @@ def remove_stale_temps(paths: list[Path]) -> list[Path]:
 
 
 class RunLock:
-    """An exclusive lock on one run (``flock`` on a hidden file beside the checkpoint, named after
-    its stem: it covers every file of the run, see :class:`RunFiles`).
+    """An exclusive lock on one run: a :class:`filelock.FileLock` (``flock``) on the hidden file beside
+    the checkpoint (:attr:`RunFiles.lock`), which covers every file of the run.
 
-    The kernel releases it when the process ends, however it ends (SIGKILL included), so a stale
-    lock cannot block the next run. The holder's pid and host are written in the file to name it.
-    The lock file is opened without following a symbolic link and written only when it is a
-    regular file with one name: a link planted there cannot redirect the write.
+    The kernel releases it when the process ends, however it ends (SIGKILL included), so a stale lock
+    cannot block the next run. A lock path that is a symbolic link, not a regular file, or a file with
+    other names (hard links) is refused before the lock opens it: nothing is written through it.
     """
-
-    def __init__(self, ckpt: Path) -> None:
-        self.ckpt = ckpt
-        self.path = RunFiles(ckpt).lock
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
-        except OSError as exc:
-            what = "is a symbolic link" if exc.errno == errno.ELOOP else f"cannot be opened ({exc.strerror})"
-            raise UsageError(
-                f"the run's lock file {self.path} {what}; remove it (it holds nothing of the run) and start again"
-            ) from None
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
-            os.close(fd)
-            what = "has other names (hard links)" if stat.S_ISREG(info.st_mode) else "is not a regular file"
-            raise UsageError(
-                f"the run's lock file {self.path} {what}; remove it (it holds nothing of the run) and start again"
-            )
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise UsageError(
-                f"another run is using {self.ckpt} ({holder}); wait for it to end, or use another --ckpt "
-                f"(checkpoints with one stem, like {self.ckpt.stem}.pt and {self.ckpt.stem}.ckpt, "
-                "share their other files)"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, --ckpt {self.ckpt}\n".encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing releases the flock
-            self._fd = None
-
-
-class RunFiles:
-    """The paths of one run's files, derived from its checkpoint path."""
 
     def __init__(self, ckpt: str | os.PathLike) -> None:
         self.ckpt = Path(ckpt)
-        stem = self.ckpt.with_suffix("")
-        self.steps = stem.with_name(stem.name + ".steps.csv")
-        self.epochs = stem.with_name(stem.name + ".epochs.csv")
-        self.history = stem.with_name(stem.name + ".history.json")
-        self.plot = stem.with_name(stem.name + ".png")
-        self.lock = stem.with_name(f".{stem.name}.lock")
+        self.path = RunFiles(ckpt).lock
+        self._lock = filelock.FileLock(self.path, timeout=0)
+
+    def acquire(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            mode, links = (info := os.lstat(self.path)).st_mode, info.st_nlink
+            if not stat.S_ISREG(mode) or links != 1:
+                what = (
+                    "is a symbolic link"
+                    if stat.S_ISLNK(mode)
+                    else "has other names (hard links)"
+                    if stat.S_ISREG(mode)
+                    else "is not a regular file"
+                )
+                raise UsageError(
+                    f"the run's lock file {self.path} {what}; remove it (it holds nothing of the run) and start again"
+                )
+        try:
+            self._lock.acquire()
+        except filelock.Timeout:
+            raise UsageError(
+                f"another run is using {self.ckpt} (it holds {self.path.name}); wait for it to end, or use another "
+                "--ckpt"
+            ) from None
+        except OSError as exc:
+            raise UsageError(
+                f"the run's lock file {self.path} cannot be opened ({exc.strerror}); remove it (it holds nothing of "
+                "the run) and start again"
+            ) from None
+
+    def release(self) -> None:
+        if self._lock.is_locked:
+            self._lock.release()
+
+
+def run_name(ckpt: Path) -> str:
+    """What a run's other files are named after: the checkpoint's file name less a ``.pt`` suffix."""
+    name = ckpt.name
+    return name[: -len(".pt")] if name.endswith(".pt") and len(name) > len(".pt") else name
+
+
+def is_torch_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file starting as ``torch.save`` files do (a zip, or its legacy pickle)."""
+    if not path.is_file():  # before opening: a FIFO would block
+        return False
+    try:
+        with open(path, "rb") as f:
+            return starts_like_torch(f.read(4))
+    except OSError:
+        return False
+
+
+def starts_like_torch(head: bytes) -> bool:
+    """Whether a file's first bytes are those of torch's zip format, or of its legacy pickle."""
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
+class RunFiles:
+    """The paths of one run's files, derived from its checkpoint path (see :func:`run_name`)."""
+
+    def __init__(self, ckpt: str | os.PathLike) -> None:
+        self.ckpt = Path(ckpt)
+        name = run_name(self.ckpt)
+        self.steps = self.ckpt.with_name(name + ".steps.csv")
+        self.epochs = self.ckpt.with_name(name + ".epochs.csv")
+        self.history = self.ckpt.with_name(name + ".history.json")
+        self.plot = self.ckpt.with_name(name + ".png")
+        self.lock = self.ckpt.with_name(f".{name}.lock")
+
+    @property
+    def sibling(self) -> Path | None:
+        """The other checkpoint path whose files would be these (``run`` for ``run.pt``, and back), if any."""
+        name = run_name(self.ckpt)
+        other = next((n for n in (name + ".pt", name) if n != self.ckpt.name and run_name(Path(n)) == name), None)
+        return self.ckpt.with_name(other) if other is not None else None
 
     @property
     def written(self) -> list[Path]:
@@ -221,6 +251,41 @@ class RunFiles:
         """The run's paths that exist but are not regular files (a folder, a device, a FIFO, a
         symbolic link): a run never replaces them, whatever the flags."""
         return [p for p in (*self.written, self.plot) if os.path.lexists(p) and not stat.S_ISREG(os.lstat(p).st_mode)]
+
+    def renamed(self) -> list[tuple[Path, Path]]:
+        """(old name, today's) of each file of this run an earlier version left under the checkpoint's
+        stem (``run.steps.csv`` for ``run.ckpt``; the names of a ``.pt`` checkpoint did not change):
+        none when the checkpoint is not there, today's names are, or a checkpoint of today owns them."""
+        old = RunFiles(self.ckpt.with_suffix(".pt"))  # the stem's files are today's files of run.pt
+        if old.steps == self.steps or any(os.path.lexists(p) for p in self.written[1:]):
+            return []
+        if not is_torch_file(self.ckpt) or any(p is not None and is_torch_file(p) for p in (old.ckpt, old.sibling)):
+            return []
+        pairs = zip((*old.written[1:], old.plot), (*self.written[1:], self.plot))
+        return [(a, b) for a, b in pairs if os.path.lexists(a)]
+
+    def check_names(self) -> None:
+        """Each file of the run, and its temp file, can be made in the checkpoint's folder: made and
+        removed at once, longest name first, so that a name too long for the file system is refused
+        before training, not at the first save."""
+        for path in sorted((*self.written, self.plot), key=lambda p: -len(os.fsencode(p.name))):
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            except OSError as exc:
+                if exc.errno == errno.ENAMETOOLONG:
+                    temp = f".{path.name}.XXXXXXXX.tmp"
+                    shown = temp.replace(run_name(self.ckpt), "NAME", 1)
+                    raise UsageError(
+                        f"--ckpt: the checkpoint's name is too long ({len(os.fsencode(self.ckpt.name))} bytes): its "
+                        f"run writes {shown}, {len(os.fsencode(temp))} bytes, more than the "
+                        f"{os.pathconf(path.parent, 'PC_NAME_MAX')} a file name may have there; pick a shorter name"
+                    ) from None
+                raise UsageError(
+                    f"--ckpt {self.ckpt}: cannot write in {path.parent} ({exc.strerror}); pick a writable folder"
+                ) from None
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):  # a run holding the lock may have removed it as stale
+                os.unlink(tmp)
 
     def metrics(self, global_step: int, epoch: int) -> dict[str, tuple[Path, list[str], str, int]]:
         """The metrics files: name -> (path, fields, key, the last key a checkpoint at this clock covers)."""
@@ -284,7 +349,12 @@ def resolve_run(run: str | os.PathLike) -> RunFiles:
         for pattern, suffix in (("*.history.json", ".history.json"), ("*.pt", ".pt"), ("*.steps.csv", ".steps.csv")):
             found = sorted(path.glob(pattern))
             if len(found) == 1:
-                return RunFiles(found[0].with_name(found[0].name[: -len(suffix)] + ".pt"))
+                name = found[0].name[: -len(suffix)] if suffix != ".pt" else run_name(found[0])
+                ckpt = next(
+                    (p for p in (path / (name + ".pt"), path / name) if p.is_file() and run_name(p) == name),
+                    path / (name + ".pt"),
+                )
+                return RunFiles(ckpt)
             if len(found) > 1:
                 raise UsageError(
                     f"{path} holds {len(found)} runs ({', '.join(p.name for p in found)}); name the checkpoint itself"

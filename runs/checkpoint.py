@@ -29,7 +29,7 @@ from typing import Any
 
 import attrs
 
-from runs.artifacts import atomic_write
+from runs.artifacts import atomic_write, starts_like_torch
 from runs.errors import UsageError
 from runs.settings import Settings, SettingsError
 
@@ -236,7 +236,7 @@ def read_file(path: str | os.PathLike, mmap: bool = False) -> Any:
             head = f.read(4)
     except OSError as exc:
         raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch's zip format, or its legacy pickle
+    if not starts_like_torch(head):
         raise CheckpointError(
             f"{path} is not a checkpoint: "
             f"not a file torch.save wrote ({'empty' if not head else 'it starts with ' + repr(head)}); "

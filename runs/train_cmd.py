@@ -2,7 +2,8 @@
 
 Before training starts every path is checked and the run is locked, so a run fails in seconds, not
 at its first save. A fresh run never replaces another run's files unless told (``--overwrite``),
-and then not before its own first save.
+and then not before its own first save; it writes nothing before that save. Every outside stop (a
+signal, a closed stdout) saves at the next step boundary.
 
 A save writes several files, and a crash can come between any two of them; the checkpoint is the
 save's commit point. It records the digest of the metrics rows it covers (made durable before it),
@@ -15,16 +16,26 @@ with the way out. The replaced run's plot, drawn from its files, goes just befor
 from __future__ import annotations
 
 import argparse
+import contextlib
+import glob
 import os
 import signal
-import tempfile
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from runs.artifacts import MetricsWriter, RunFiles, RunLock, remove_stale_temps
+from runs.artifacts import (
+    MetricsWriter,
+    RunFiles,
+    RunLock,
+    WriteError,
+    is_torch_file,
+    remove_stale_temps,
+    run_name,
+)
 from runs.checkpoint import Checkpoint, CheckpointError
 from runs.console import Console, Reporter, invoked_as, sets_cutoff
 from runs.distributed import Distributed, resume_command
@@ -39,6 +50,7 @@ __all__ = [
     "check_metrics",
     "data_identity",
     "StopSignals",
+    "OutputWatch",
     "Saver",
     "Interrupted",
 ]
@@ -71,6 +83,13 @@ def check_args(args: argparse.Namespace) -> None:
         )
     if not args.ckpt.strip():
         raise UsageError("--ckpt is empty; name the checkpoint file, e.g. --ckpt runs/demo/chunklm_ckpt.pt")
+    try:
+        args.ckpt.encode()
+    except UnicodeEncodeError:
+        raise UsageError(
+            f"--ckpt {os.fsencode(args.ckpt).decode(errors='backslashreplace')}: the path is not valid UTF-8, so it "
+            "cannot be printed or recorded; pick a UTF-8 name"
+        ) from None
     name = Path(args.ckpt).name
     clash = next((s for s in _SIDECARS if name.endswith(s)), None)
     if clash is not None or name in ("", ".", ".."):
@@ -82,56 +101,95 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def check_paths(files: RunFiles, resume: bool, overwrite: bool) -> None:
-    """The checkpoint path is a file path in a writable folder; a fresh run does not replace a run;
-    no run replaces anything but regular files."""
+    """The checkpoint path is a file path in a writable folder, whose run's file names the file system
+    takes; a fresh run does not replace a run; no run replaces anything but regular files, nor shares
+    its files with another checkpoint (:attr:`RunFiles.sibling`)."""
     ckpt = files.ckpt
-    if ckpt.is_dir():
-        raise UsageError(f"--ckpt {ckpt} is a directory; name a file in it, e.g. --ckpt {ckpt / 'chunklm_ckpt.pt'}")
     folder = ckpt.parent
     if not folder.is_dir():
         what = "is not a directory" if folder.exists() else "does not exist"
         raise UsageError(
             f"--ckpt {ckpt}: the folder {folder} {what}; create it (mkdir -p {folder}) or pick another path"
         )
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise UsageError(f"--ckpt {ckpt}: cannot write in {folder} ({exc.strerror}); pick a writable folder") from None
+    files.check_names()  # before anything else looks a name up: a name too long is an OSError there
+    if ckpt.is_dir():
+        raise UsageError(f"--ckpt {ckpt} is a directory; name a file in it, e.g. --ckpt {ckpt / 'chunklm_ckpt.pt'}")
     odd = files.not_regular()
     if odd:
         raise UsageError(
             f"--ckpt {ckpt}: {', '.join(str(p) for p in odd)} {'is' if len(odd) == 1 else 'are'} not a regular file "
             "(a folder, device, FIFO or symbolic link), which a run never replaces; pick another --ckpt"
         )
+    sibling = files.sibling
+    if sibling is not None and is_torch_file(sibling):
+        raise UsageError(
+            f"--ckpt {ckpt}: {sibling.name} beside it is a checkpoint whose run's files are named as this one's "
+            f"would be ({files.steps.name}, {files.history.name}...); pick another --ckpt name, or use {sibling.name}"
+        )
+    others = [p for p in files.existing() if p != ckpt]
+    earlier = _renamed_by_earlier_version(files, resume, others)
+    if earlier is not None:
+        old_ckpt, renamed = earlier
+        raise UsageError(
+            f"{old_ckpt.name} was written by an earlier version, which named its run's files after the checkpoint's "
+            f"stem; give them today's names in {folder} ({'; '.join(f'mv {a.name} {b.name}' for a, b in renamed)}), "
+            "then run this again"
+        )
     if resume == "auto":
         auto_resume(files)  # refused before the lock file is made; decided again holding it
         return
     if resume:
         if not ckpt.exists():
-            others = files.existing()
             if others:
                 raise UsageError(
-                    f"--resume: no checkpoint at {ckpt}, only {', '.join(p.name for p in others)} of a run that never "
-                    "saved one; there is nothing to resume. Start afresh with --overwrite (they are replaced at the "
-                    "first save), or pick another --ckpt"
+                    f"--resume: no checkpoint at {ckpt}; there is nothing to resume. "
+                    f"{_without_checkpoint(others)}; move them aside to start afresh, or pick another --ckpt"
                 )
             raise UsageError(f"--resume: no checkpoint at {ckpt}; drop --resume to start a fresh run, or fix --ckpt")
         return
-    existing = files.existing()
-    if existing and not overwrite:
+    if ckpt.exists() and not overwrite:
         raise UsageError(
-            f"{ckpt} already holds a run ({', '.join(p.name for p in existing)}); continue it with --resume, "
+            f"{ckpt} already holds a run ({', '.join(p.name for p in files.existing())}); continue it with --resume, "
             "replace it with --overwrite (its files are replaced at the new run's first save), or pass another --ckpt"
         )
+    if others and not overwrite:
+        raise UsageError(
+            f"--ckpt {ckpt}: {_without_checkpoint(others)}; move them aside, replace them with --overwrite "
+            "(at the new run's first save), or pass another --ckpt"
+        )
+
+
+def _renamed_by_earlier_version(files: RunFiles, resume: bool | str, others: list[Path]) -> tuple[Path, list] | None:
+    """A checkpoint whose run's files an earlier version named after its stem (this one, when resuming;
+    one beside it whose files have this run's names, when starting), with (old name, today's) of each."""
+    if resume:
+        candidates = [files.ckpt]
+    elif others:
+        pattern = glob.escape(run_name(files.ckpt)) + ".*"
+        candidates = [p for p in sorted(files.ckpt.parent.glob(pattern)) if p != files.ckpt]
+    else:
+        return None
+    for ckpt in candidates:
+        renamed = RunFiles(ckpt).renamed()
+        if renamed and (resume or any(old in others for old, _ in renamed)):
+            return ckpt, renamed
+    return None
+
+
+def _without_checkpoint(files: list[Path]) -> str:
+    """What the files of a run whose checkpoint is missing are, as far as can be told."""
+    return (
+        f"{', '.join(p.name for p in files)} beside it {'are' if len(files) > 1 else 'is'} the files of a run without "
+        "their checkpoint (moved or deleted, or a run of an earlier version stopped before its first save)"
+    )
 
 
 def auto_resume(files: RunFiles) -> bool:
     """``--resume auto``, decided while holding the run's lock: resume (True) when the checkpoint is
     there, start fresh (False) when nothing of a run is, and refuse anything else.
 
-    A fresh ``--resume auto`` run writes nothing before its first checkpoint (its metrics wait in
-    memory, as an ``--overwrite`` run's do), and a checkpoint is written atomically, so a run killed
+    A fresh run writes nothing before its first checkpoint (its metrics wait in memory), and a
+    checkpoint is written atomically, so a run killed
     before or during its first save leaves nothing but a temp file (removed at the next start): the
     restart starts fresh. Whether the checkpoint is a run these flags continue is then the resume's
     own checks (settings, data, curriculum, processes), each refused in one line."""
@@ -140,10 +198,8 @@ def auto_resume(files: RunFiles) -> bool:
     others = files.existing()
     if others:
         raise UsageError(
-            f"--resume auto: no checkpoint at {files.ckpt}, only {', '.join(p.name for p in others)}, "
-            "which this run did "
-            "not write (a run that never saved, or another program); nothing was changed. Move them aside, replace "
-            "them with --overwrite instead of --resume auto, or pick another --ckpt"
+            f"--resume auto: no checkpoint at {files.ckpt}, and {_without_checkpoint(others)}; nothing was changed. "
+            "Move them aside, replace them with --overwrite instead of --resume auto, or pick another --ckpt"
         )
     return False
 
@@ -273,7 +329,9 @@ def build_corpus(config, fingerprint: dict | None = None):
 
 
 class StopSignals:
-    """SIGINT/SIGTERM: the first stops the run after the step in progress, saved; a second stops it now."""
+    """SIGINT/SIGTERM/SIGHUP: the first stops the run after the step in progress, saved; a second stops it now.
+
+    SIGHUP (the terminal closed) is left alone where it is ignored (``nohup``)."""
 
     def __init__(self, announce: bool) -> None:
         self.announce = announce
@@ -281,7 +339,8 @@ class StopSignals:
         self._old: dict = {}
 
     def __enter__(self) -> "StopSignals":
-        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        stops = [signal.SIGINT, signal.SIGTERM] + [signal.SIGHUP] * (signal.getsignal(signal.SIGHUP) != signal.SIG_IGN)
+        self._old = {s: signal.signal(s, self._handle) for s in stops}
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -293,15 +352,71 @@ class StopSignals:
         if self.signum is None:
             self.signum = signum
             if self.announce:  # os.write: print() is not safe inside a signal handler
-                os.write(
-                    2,
-                    (
-                        f"\n{name}: stopping after this step (checkpoint saved); "
-                        f"{name} again to stop now without saving\n"
-                    ).encode(),
-                )
+                with contextlib.suppress(OSError):  # a closed terminal: the stop matters, not the line
+                    os.write(
+                        2,
+                        (
+                            f"\n{name}: stopping after this step (checkpoint saved); "
+                            f"{name} again to stop now without saving\n"
+                        ).encode(),
+                    )
             return
         raise Interrupted(f"stopped by a second {name}, without saving; the last checkpoint is kept")
+
+
+class OutputWatch:
+    """While a run trains, stdout and stderr stop printing, instead of failing the run, when they
+    cannot be written (the reader of a pipe ended, as in ``chunklm train | head``; the terminal
+    closed). ``lost`` then says why stdout went, and the run saves at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.lost: str | None = None
+        self._old: tuple = ()
+
+    def __enter__(self) -> "OutputWatch":
+        self._old = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Guarded(sys.stdout, self._stdout_lost), _Guarded(sys.stderr, None)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        sys.stdout, sys.stderr = self._old
+
+    def _stdout_lost(self, exc: BaseException) -> None:
+        if self.lost is None:  # the command line's stdout words it already (a RunError); a bare stream does not
+            self.lost = str(exc) if isinstance(exc, RunError) else f"the output cannot be written ({exc})"
+
+
+class _Guarded:
+    """A stream whose first failed write or flush silences it for good (pointing its file descriptor at
+    /dev/null, so that the interpreter's last flush does not fail either) and calls ``on_lost``."""
+
+    def __init__(self, stream, on_lost) -> None:
+        self._stream, self._on_lost, self._lost = stream, on_lost, False
+
+    def _guard(self, call, *args) -> Any:
+        if self._lost:
+            return None
+        try:
+            return call(*args)
+        except (OSError, RunError) as exc:  # the command line's stdout makes its OSError a RunError
+            self._lost = True
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, self._stream.fileno())
+                os.close(devnull)
+            if self._on_lost is not None:
+                self._on_lost(exc)
+            return None
+
+    def write(self, text: str) -> int:
+        self._guard(self._stream.write, text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._guard(self._stream.flush)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 class Saver:
@@ -328,7 +443,7 @@ class Saver:
         self.writers, self.replace_old = writers, replace_old
         self.data, self.data_changes = data, data_changes
         self.curriculum = curriculum  # (the curriculum as data, its file) for a run trained with --curriculum FILE
-        self.saved = False  # whether this run has saved a checkpoint yet
+        self.wrote = False  # whether this run has written a checkpoint yet
 
     def __call__(self, reason: str) -> None:
         import torch
@@ -357,8 +472,8 @@ class Saver:
             curriculum=self.curriculum[0] if self.curriculum else None,
             curriculum_file=self.curriculum[1] if self.curriculum else None,
         ).save(self.files.ckpt)
+        self.wrote = True
         self.files.write_history(self.trainer.engine.history)
-        self.saved = True
         for writer in self.writers.values():
             writer.commit()
         self.replace_old = False
@@ -519,28 +634,37 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
             from engine import curriculum_to_dict
 
             stored = (curriculum_to_dict(curriculum), curriculum_file) if curriculum is not None else None
-            return _fit(
-                Run(
-                    args=args,
-                    trainer=trainer,
-                    settings=settings,
-                    preset=preset,
-                    dist=dist,
-                    files=files,
-                    saved=saved,
-                    console=console,
-                    data=data,
-                    data_changes=data_changes,
-                    curriculum=stored,
-                    defer=args.overwrite or auto,
+            # to the last line: a closed terminal fails the run's last lines too
+            with OutputWatch() as output:
+                return _fit(
+                    Run(
+                        args=args,
+                        trainer=trainer,
+                        settings=settings,
+                        preset=preset,
+                        dist=dist,
+                        files=files,
+                        saved=saved,
+                        console=console,
+                        data=data,
+                        data_changes=data_changes,
+                        curriculum=stored,
+                        output=output,
+                    )
                 )
-            )
         finally:
             trainer.close()  # before the process group goes
     except NonFiniteLossError as exc:
         raise RunError(str(exc)) from None
     finally:
         lock.release()
+
+
+def _resumable(exc: WriteError, files: RunFiles, has_checkpoint: bool) -> WriteError:
+    """A failed write during training, with what comes next: resume when this run has a checkpoint."""
+    if has_checkpoint:
+        return WriteError(f"{exc}, then resume with: {resume_command(files.ckpt)}")
+    return WriteError(f"{exc}, then start the run again: nothing of it was saved (it had no checkpoint yet)")
 
 
 def _cooled_down(trainer) -> str:
@@ -563,18 +687,19 @@ class Run:
     data: dict | None = None  # the data's fingerprint (rank 0), stored in every checkpoint
     data_changes: list | None = None  # the changes --allow-data-change continued on
     curriculum: tuple[dict, str | None] | None = None  # --curriculum FILE's curriculum as data, and its file
-    # a fresh run's metrics wait in memory until its first save (--overwrite: the old run's files stay
-    # until then; --resume auto: a run killed before it leaves nothing)
-    defer: bool = False
+    output: OutputWatch | None = None  # stdout's state: closed, the run saves and stops
 
 
 def _fit(run: Run) -> int:
-    args, trainer, dist, files, console = run.args, run.trainer, run.dist, run.files, run.console
+    """Train to the end or a stop, saving on the way. A fresh run's metrics wait in memory until its
+    first save, so that a run stopped before it leaves nothing in the way of the next (and, with
+    ``--overwrite``, the replaced run's files stay as they are until then)."""
+    args, trainer, dist, files, console, output = run.args, run.trainer, run.dist, run.files, run.console, run.output
     writers: dict[str, MetricsWriter] = {}
     if dist.rank == 0:
         clock = trainer.clock
         writers = {
-            name: MetricsWriter(path, fields, key, upto if run.saved else None, defer=run.defer)
+            name: MetricsWriter(path, fields, key, upto if run.saved else None, defer=run.saved is None)
             for name, (path, fields, key, upto) in files.metrics(clock.global_step, clock.epoch).items()
         }
     save = Saver(
@@ -595,6 +720,8 @@ def _fit(run: Run) -> int:
         def stop_reason() -> str | None:
             if signals.signum is not None:
                 return "signal"
+            if output is not None and output.lost is not None:
+                return "output"
             if args.stop_after is not None and trainer.clock.global_step - steps_at_start >= args.stop_after:
                 return "stop_after"
             return None
@@ -609,13 +736,8 @@ def _fit(run: Run) -> int:
                 stop_reason,
             )
             reason = trainer.fit(reporter, save, ckpt_every=run.settings.ckpt_every)
-        except BaseException:
-            if run.saved is None and not run.defer and not save.saved:
-                # a fresh run that never saved: leave no files behind
-                for writer in writers.values():
-                    writer.close()
-                    writer.path.unlink(missing_ok=True)
-            raise
+        except WriteError as exc:
+            raise _resumable(exc, files, run.saved is not None or save.wrote) from None
         finally:
             console.close_bar()
             for writer in writers.values():
@@ -630,6 +752,14 @@ def _fit(run: Run) -> int:
         )
         console.line(f"resume with: {resume_command(files.ckpt, invoked_as())}")
         return 128 + int(signum)
+    if reason == "output":  # said on stderr, which may still be there (`| head`); the shell's status for SIGPIPE
+        print(
+            f"{output.lost}: stopped at global step {clock.global_step}; checkpoint saved to {files.ckpt}\n"
+            f"resume with: {resume_command(files.ckpt)}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 128 + signal.SIGPIPE
     if reason == "stop_after":
         console.line(
             f"stopped after {steps} steps at global step {clock.global_step}; checkpoint saved to {files.ckpt}"

@@ -505,10 +505,10 @@ BAD = {
     ),
     "ckpt /dev/null": (["train", *TINY, "--ckpt", "/dev/null"], 2, "/dev/null is not a regular file"),
     "lock a symbolic link": (_symlinked_lock, 2, "is a symbolic link"),
-    "same stem as a run": (
-        lambda b, t: ["train", *TINY, "--ckpt", str(t / "run.ckpt")],
+    "same files as a run": (
+        lambda b, t: ["train", *TINY, "--overwrite", "--ckpt", str(t / "run")],
         2,
-        "already holds a run (run.steps.csv",
+        "run.pt beside it is a checkpoint whose run's files are named as this one's would be",
     ),
     "trainer.optimizer missing": (
         _edit(lambda d: d["trainer"].pop("optimizer")),
@@ -531,7 +531,7 @@ BAD = {
     "resume CSVs without a checkpoint": (
         _csvs_without_checkpoint,
         2,
-        "of a run that never saved one; there is nothing to resume",
+        "nothing to resume. run.steps.csv, run.epochs.csv, run.history.json beside it are the files of a run without",
     ),
     # --resume auto, and the curriculum a checkpoint stores
     "resume maybe": (["train", *TINY, "--resume", "maybe"], 2, "--resume: expected nothing (continue the run) or auto"),
@@ -543,7 +543,7 @@ BAD = {
     "resume auto CSVs without a checkpoint": (
         _auto_csvs_without_checkpoint,
         2,
-        "only run.steps.csv, run.epochs.csv, run.history.json, which this run did not write",
+        "run.steps.csv, run.epochs.csv, run.history.json beside it are the files of a run without their checkpoint",
     ),
     "resume auto other settings": (
         lambda b, t: ["train", *TINY, "--lr", "0.1", "--resume", "auto", "--ckpt", str(t / "run.pt")],
@@ -852,8 +852,8 @@ def test_every_path_is_checked_before_training(tmp_path, capsys):
     assert "is not a directory" in capsys.readouterr().err
 
 
-def test_a_second_run_on_the_same_checkpoint_is_refused_naming_the_holder(tmp_path, capsys):
-    """While a run holds --ckpt, another exits 2 naming the process; a SIGKILLed holder leaves no stale lock."""
+def test_a_second_run_on_the_same_checkpoint_is_refused_naming_the_lock(tmp_path, capsys):
+    """While a run holds --ckpt, another exits 2 naming the lock; a SIGKILLed holder leaves no stale lock."""
     from runs.artifacts import RunLock
 
     lock = RunLock(tmp_path / "run.pt")
@@ -861,7 +861,7 @@ def test_a_second_run_on_the_same_checkpoint_is_refused_naming_the_holder(tmp_pa
     try:
         assert train(tmp_path, "run", "--stop-after", "1") == 2
         err = capsys.readouterr().err
-        assert f"another run is using {tmp_path / 'run.pt'} (pid {os.getpid()} on " in err
+        assert f"another run is using {tmp_path / 'run.pt'} (it holds .run.lock)" in err
     finally:
         lock.release()
     holder = subprocess.Popen(
@@ -1091,15 +1091,15 @@ def test_a_run_never_replaces_what_is_not_a_regular_file(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["run.history.json"]
 
 
-def test_two_checkpoints_with_one_stem_share_the_lock(tmp_path, capsys):
-    """run.pt and run.ckpt would write the same run.steps.csv: while one runs the other is refused."""
+def test_two_checkpoints_with_one_run_name_share_the_lock(tmp_path, capsys):
+    """run.pt and run would write the same run.steps.csv: while one runs the other is refused."""
     from runs.artifacts import RunLock
 
-    lock = RunLock(tmp_path / "run.ckpt")
+    lock = RunLock(tmp_path / "run")
     lock.acquire()
     try:
         assert train(tmp_path, "run", "--stop-after", "1") == 2
-        assert f"(pid {os.getpid()} on " in capsys.readouterr().err
+        assert "another run is using" in capsys.readouterr().err
     finally:
         lock.release()
     assert not RunFiles(tmp_path / "run.pt").existing()
