@@ -90,6 +90,14 @@ def check_args(args: argparse.Namespace) -> None:
             f"--ckpt {os.fsencode(args.ckpt).decode(errors='backslashreplace')}: the path is not valid UTF-8, so it "
             "cannot be printed or recorded; pick a UTF-8 name"
         ) from None
+    if args.plot:
+        from engine import CurriculumError
+        from engine.plot import pyplot
+
+        try:
+            pyplot()  # before training, not after it: --plot without matplotlib
+        except CurriculumError as exc:
+            raise UsageError(f"--plot: {exc}; or drop --plot") from None
     name = Path(args.ckpt).name
     clash = next((s for s in _SIDECARS if name.endswith(s)), None)
     if clash is not None or name in ("", ".", ".."):

@@ -133,3 +133,12 @@ def test_without_tqdm_a_terminal_gets_plain_lines(monkeypatch, capsys):
     console.line("step 1/3 loss=1.00")
     console.close_bar()
     assert console.bar is None and capsys.readouterr().out == "step 1/3 loss=1.00\n"
+
+
+def test_plot_without_matplotlib_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    """--plot needs the plot extra. Without matplotlib the line is refused at once naming the extra; nothing written."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    assert train(tmp_path, "run", "--plot") == 2
+    err = capsys.readouterr().err
+    assert 'pip install "curriculum-engine[plot]"' in err and err.count("\n") == 1, err
+    assert _files(tmp_path) == []
