@@ -268,3 +268,30 @@ def load_guards(plan: Plan, saved: dict[str, Any], lenient: bool) -> None:
                 f"{type(exc).__name__}: {exc}; "
                 f"nothing was restored (the engine and its guards are as they were); {SAVED}"
             ) from exc
+        # A state that fits the guard reads back as it was saved; one that does not (more values than
+        # the window holds, keys the guard does not keep) would be cut or ignored without a word.
+        misfit = None if lenient or not caps.state_dict else _misfit(value, caps.state_dict())
+        if misfit is not None:
+            for load, was in reversed(before):
+                load(was)
+            raise CurriculumError(
+                f"engine state's accumulators for guard {key} ({describe(guard)}) do not fit it: {misfit}; "
+                f"nothing was restored (the engine and its guards are as they were); {SAVED}"
+            )
+
+
+def _misfit(saved: Any, kept: Any, where: str = "") -> str | None:
+    """The first place where what a guard kept of ``saved`` (its ``state_dict()`` after loading it)
+    differs from ``saved``, as "expected ..., got ..."; None when it kept everything."""
+    if isinstance(saved, dict) and isinstance(kept, dict):
+        extra, missing = sorted(set(saved) - set(kept)), sorted(set(kept) - set(saved))
+        if extra or missing:
+            return f"expected the keys {sorted(kept)}{where and ' at ' + where}, got {sorted(saved)}"
+        return next((m for k in kept if (m := _misfit(saved[k], kept[k], f"{where}[{k!r}]")) is not None), None)
+    if isinstance(saved, list) and isinstance(kept, list):
+        if len(saved) != len(kept):
+            return f"expected at most {len(kept)} values at {where or 'the top'} (what it keeps), got {len(saved)}"
+        return next((m for i, (s, k) in enumerate(zip(saved, kept)) if (m := _misfit(s, k, f"{where}[{i}]"))), None)
+    if saved != kept:
+        return f"expected {kept!r} at {where or 'the top'} (what it keeps of it), got {saved!r}"
+    return None

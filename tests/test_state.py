@@ -324,6 +324,18 @@ CORRUPTED = [
         r"load_state_dict\(\): CurriculumError: .*expected \{'values': \[finite numbers\]\}",
     ),
     (
+        "more values than the guard's window",
+        corrupt(["guards", "t2.g0"], {"values": [0.1] * 10}),
+        r"accumulators for guard t2\.g0 \(Plateau\(window=4, threshold=0\.005\)\) do not fit it: "
+        r"expected at most 4 values at \['values'\] \(what it keeps\), got 10; nothing was restored",
+    ),
+    (
+        "keys the guard does not keep",
+        corrupt(["guards", "t0.g0"], {"guards": [None, {"values": [], "extra": 1}]}),
+        r"accumulators for guard t0\.g0 \(all_of\(.*\)\) do not fit it: "
+        r"expected the keys \['values'\] at \['guards'\]\[1\], got \['extra', 'values'\]",
+    ),
+    (
         "a user guard refuses its state",
         corrupt(["guards", "t1.g0"], {}),
         r"accumulators for guard t1\.g0 \(CountBelow\(0\.5, need=3\)\) were refused by its load_state_dict\(\): "
