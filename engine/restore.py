@@ -18,8 +18,10 @@ from typing import Any
 import attrs
 
 from engine.core import Clock, Curriculum, CurriculumError, describe, spec_differences
+from engine.decide import Since
+from engine.health import actions_of
 from engine.history import Record
-from engine.plan import Plan, actions_of
+from engine.plan import Plan
 from engine.recording import MetricLog, restore_log
 from engine.state import EngineState, PendingCheck, from_primitives
 
@@ -38,7 +40,7 @@ class Restored:
 
     state: EngineState
     pending: list[PendingCheck]
-    held_since: dict[int, list[tuple[int, int] | None]]
+    held_since: dict[int, list[Since | None]]
     # The metric log the engine keeps (engine.recording.restore_log): None when it does not record.
     recorded: MetricLog | None = None
 
@@ -203,7 +205,7 @@ def _pending_problem(check: PendingCheck, history: list[Record], curriculum: Cur
 
 def _restored_held_since(
     snap: EngineState, curriculum: Curriculum, plan: Plan, lenient: bool
-) -> dict[int, list[tuple[int, int] | None]]:
+) -> dict[int, list[Since | None]]:
     """``held_since`` for the transitions out of the restored phase; an entry that does not fit
     one is refused (left out when ``lenient``)."""
     held_since = {}
@@ -217,7 +219,7 @@ def _restored_held_since(
             and all(s is None or len(s) == 2 for s in since)
         )
         if fits:
-            held_since[index] = [(s[0], s[1]) if s else None for s in since]
+            held_since[index] = [Since(s[0], s[1]) if s else None for s in since]
         elif not lenient:
             what = (
                 f"transition {key} ({curriculum.transitions[index].label}, "

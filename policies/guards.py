@@ -99,7 +99,6 @@ class Plateau:
     """
 
     requires: tuple[str, ...] = ()
-    metrics: tuple[str, ...] = ()  # deciding reads no metric; observe reads `observes` at every step_end
 
     def __init__(
         self,
@@ -160,7 +159,7 @@ class Plateau:
     # -- accumulate ------------------------------------------------------------------------------
 
     @property
-    def observes(self) -> tuple[str, ...]:
+    def metrics(self) -> tuple[str, ...]:
         """The metric ``observe`` reads at every step_end (the engine checks that the loop passes it)."""
         return (self.metric,)
 
@@ -630,7 +629,6 @@ class WorseThanBest:
     """
 
     requires: tuple[str, ...] = ()
-    metrics: tuple[str, ...] = ()
     observe_at = None  # at the transition's own evaluation point
 
     def __init__(
@@ -674,7 +672,8 @@ class WorseThanBest:
         self.reset()
 
     @property
-    def observes(self) -> tuple[str, ...]:
+    def metrics(self) -> tuple[str, ...]:
+        """The metric ``observe`` reads at its transition's point."""
         return (self.metric,)
 
     def observe(self, ctx: Context) -> None:

@@ -544,6 +544,23 @@ def test_check_runs_at_load_state_dict_and_a_refusal_loads_nothing():
     assert fresh.state_dict() == saved
 
 
+def test_step_end_without_loss_names_the_keyword_and_a_close_one_passed():
+    """step_end(los=3.0) is a CurriculumError asking "did you mean loss=", and counts nothing; without any close
+    keyword it still says loss= is needed."""
+    eng = CurriculumEngine(Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Never()])]))
+    eng.start()
+    before = eng.state_dict()
+    with pytest.raises(
+        CurriculumError, match=r"step_end\(\) needs .* as loss=\.\.\.; did you mean loss= \(you passed los=\)"
+    ):
+        eng.step_end(los=3.0)
+    with pytest.raises(
+        CurriculumError, match=r"step_end\(\) needs the step's training loss as loss=\.\.\. \(passed: \['acc'\]\)"
+    ):
+        eng.step_end(acc=0.5)
+    assert eng.state_dict() == before
+
+
 def test_a_misspelt_metric_name_is_answered_with_the_close_one_passed():
     """A guard reading 'val_los' when the loop passes 'val_loss': the errors ask "did you mean 'val_loss'?", not only to
     pass the typo."""
