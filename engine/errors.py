@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from engine.core import CurriculumError, describe
 from engine.history import ActionEffect
 
-__all__ = ["AS_BEFORE", "failed", "ran", "start_action_failed", "check_refused", "missing_loss"]
+__all__ = ["AS_BEFORE", "failed", "ran", "start_action_failed", "check_refused", "missing_loss", "hook_failed"]
 
 AS_BEFORE = "the engine is left as it was before this call (same phase, clock, history and guard state)"
 
@@ -57,3 +57,10 @@ def missing_loss(metrics: dict) -> CurriculumError:
         f"step_end() needs the step's training loss as loss=...{typo} (passed: {sorted(metrics)}); "
         "call engine.step_end(loss=..., **other_metrics). Nothing was counted: call again with it"
     )
+
+
+def hook_failed(method: Any, hook: str, exc: BaseException, where: Any, call: str, step: int) -> CurriculumError:
+    """A guard's ``observe`` or ``reset`` raised: name the guard and the transitions that use it."""
+    guard = getattr(method, "__self__", method)
+    text = f"guard {describe(guard)} (in {where.get(id(guard), '?')}) raised in {hook}()"
+    return failed(text, exc, call, step)

@@ -19,23 +19,21 @@ import json
 import logging
 import numbers
 import time
-from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import attrs
-from transitions import Machine, State
 
 from engine import errors, health
 from engine.core import Clock, ClockView, Context, Curriculum, CurriculumError, Phase, Point, describe
 from engine.decide import Decider
 from engine.diagram import to_dot, to_mermaid
-from engine.history import ActionEffect, GuardEvidence, History, Record, jsonable
+from engine.history import ActionEffect, History, Record, jsonable
 from engine.metrics import check_metrics, to_metric
 from engine.plan import Plan, put_back, take_all
 from engine.recording import MetricLog
 from engine.restore import check_state, load_guards
 from engine.state import SCHEMA_VERSION, EngineState, PendingCheck, to_primitives
-from engine.transaction import Transaction
+from engine.transaction import Firing
 
 __all__ = ["CurriculumEngine"]
 
@@ -44,12 +42,6 @@ logger = logging.getLogger(__name__)
 _STEP_END, _EPOCH_END = Point.STEP_END, Point.EPOCH_END  # module constants: the per-step path reads them
 _NO_LOSS: Any = object()  # step_end() called without loss=
 _RESERVED = frozenset(attrs.fields_dict(Context)) | {"metric"}  # Context attributes an object would shadow
-
-
-class _MachineModel:
-    """The object whose ``state`` (the current phase's name) the machine drives (slotted attrs cannot be)."""
-
-    state: str
 
 
 def _check_names(objects: dict[str, Any], where: str) -> None:
@@ -71,12 +63,8 @@ class CurriculumEngine:
     or :meth:`load_state_dict`, which then call each guard's and action's ``check(ctx)``.
 
     Every call is atomic: a call that raises leaves ``state_dict()`` as it was before the call
-    (docs/semantics.md, "Atomicity" and "Errors"). A ``transitions.Machine`` holds the phase and
-    runs a firing transition's callbacks in order: ``_begin`` (opens the
-    :class:`~engine.transaction.Transaction`, starts the record), the transition's actions,
-    ``_enter_clock``, the destination's ``on_enter`` actions, ``_finish`` (resets the destination's
-    guards, appends the record, owes the health checks). The engine decides first
-    (:class:`~engine.decide.Decider`) and enters the machine only when a transition fires.
+    (docs/semantics.md, "Atomicity" and "Errors"). The phase lives in a ``transitions.Machine``
+    (:class:`~engine.transaction.Firing`), entered only when a transition fires.
     """
 
     def __init__(self, curriculum: Curriculum, *, record_metrics: bool = False, **objects: Any) -> None:
@@ -100,30 +88,10 @@ class CurriculumEngine:
         self._fingerprint, self._spec = curriculum.fingerprint(), curriculum.spec()
         self._plan = Plan.build(curriculum)
         self._decider = Decider(curriculum, self._plan, self.ctx, self._clock)
-        self._here = self._plan.phases[curriculum.initial_name]  # the current phase's plan (set with the phase)
-        self._phases = {p.name: p for p in curriculum.phases}
-        self._model = _MachineModel()
-        self._machine = Machine(
-            model=self._model,
-            states=[State(p.name, on_enter=[partial(self._act, a) for a in p.on_enter]) for p in curriculum.phases],
-            initial=curriculum.initial_name,
-            send_event=True,
-            auto_transitions=False,
-            ignore_invalid_triggers=True,
+        self._machine = Firing(
+            curriculum, self._plan, self._decider, self.ctx, self._clock, self._history, self._pending
         )
-        for i, tr in enumerate(curriculum.transitions):
-            actions = [partial(self._act, a) for a in tr.actions]
-            self._machine.add_transition(
-                f"_fire_{i}", tr.source, tr.dest, before=[self._begin, *actions, self._enter_clock], after=self._finish
-            )
-        for p in curriculum.phases:
-            self._machine.add_transition(
-                f"_force_{p.name}", "*", p.name, before=[self._begin, self._enter_clock], after=self._finish
-            )
-        # The machine's triggers on the model, looked up once: transition i's, and each phase's manual move.
-        count = len(curriculum.transitions)
-        self._fires: list[Callable[..., bool]] = [getattr(self._model, f"_fire_{i}") for i in range(count)]
-        self._forces = {p.name: getattr(self._model, f"_force_{p.name}") for p in curriculum.phases}
+        self._phases = {p.name: p for p in curriculum.phases}
 
     # -- registration ----------------------------------------------------------------------------
 
@@ -203,12 +171,12 @@ class CurriculumEngine:
                     raise errors.start_action_failed(action, name, exc, record.actions) from exc
                 record.actions.append(ActionEffect(describe(action), effect))
             for reset in entered.resetters:
-                self._reset(reset)
+                self._machine.reset(reset, "start()")
         except BaseException:
             self._clock.global_step = self._clock.epoch = 0
             put_back(taken)
             raise
-        self._set_phase(name)
+        self._machine.set_phase(name)
         self._history.append(record)
         health.owe(self._pending, self._plan.verifies, self.curriculum, len(self._history) - 1, -1, record)
         self._started = True
@@ -257,7 +225,8 @@ class CurriculumEngine:
         """One evaluation point, all or nothing: check the metrics read here, count the point, run
         the health checks owed (step_end), feed the observers, evaluate the transitions."""
         at_step = point is _STEP_END
-        plan = self._here.step_end if at_step else self._here.epoch_end
+        here = self._machine.here
+        plan = here.step_end if at_step else here.epoch_end
         if self._unchecked[point]:  # a run's first call here: every metric any transition reads here
             check_metrics(self._plan.all_needs[point], metrics, point, everywhere=True)
             self._unchecked[point] = False
@@ -284,8 +253,9 @@ class CurriculumEngine:
                 try:
                     observe(ctx)
                 except Exception as exc:
-                    raise self._hook_failed(observe, "observe", exc) from exc
-            record = self._evaluate(plan.transitions) if plan.transitions else None
+                    where, step = self._plan.where, clock.global_step
+                    raise errors.hook_failed(observe, "observe", exc, where, point.value, step) from exc
+            record = self._machine.evaluate(plan.transitions) if plan.transitions else None
         except BaseException:
             self._set_clock(was)
             if taken:
@@ -307,19 +277,14 @@ class CurriculumEngine:
         if not self._started:
             raise CurriculumError("call engine.start() or engine.load_state_dict(...) before force()")
         self.ctx.metrics, self.ctx.point = {}, None
-        held_since = self._decider.held_since
-        try:
-            return self._fire(self._forces[dest], Transaction(-1, str(reason)))
-        except BaseException:
-            self._decider.held_since = held_since
-            raise
+        return self._machine.force(dest, str(reason))
 
     # -- what the loop and the user read ------------------------------------------------------
 
     @property
     def phase(self) -> Phase:
         """The current phase (its ``params`` are for the loop)."""
-        return self._phases[self._model.state]
+        return self._phases[self._machine.phase]
 
     @property
     def clock(self) -> ClockView:
@@ -335,10 +300,10 @@ class CurriculumEngine:
         return self._fingerprint
 
     def to_mermaid(self) -> str:
-        return to_mermaid(self.curriculum, current=self._model.state)
+        return to_mermaid(self.curriculum, current=self._machine.phase)
 
     def to_dot(self) -> str:
-        return to_dot(self.curriculum, current=self._model.state)
+        return to_dot(self.curriculum, current=self._machine.phase)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -348,7 +313,7 @@ class CurriculumEngine:
         state = EngineState(
             schema_version=SCHEMA_VERSION,
             fingerprint=self._fingerprint,
-            phase=self._model.state,
+            phase=self._machine.phase,
             started=self._started,
             clock=attrs.evolve(self._clock),
             guards={key: caps.state_dict() for key, _guard, caps in self._plan.stateful if caps.state_dict},
@@ -384,11 +349,10 @@ class CurriculumEngine:
         snap = restored.state
         load_guards(self._plan, snap.guards, lenient)
         # Everything was checked and the guards are loaded: nothing below can fail.
-        self._set_phase(snap.phase)
+        self._machine.set_phase(snap.phase)
         self._set_clock(snap.clock)
-        self._history = History(snap.history)
-        self.ctx.history = self._history.view()
-        self._pending = restored.pending
+        self._history.replace(snap.history)
+        self._pending[:] = restored.pending
         self._started = snap.started
         self._decider.held_since = restored.held_since
         self._unchecked = {_STEP_END: True, _EPOCH_END: True}
@@ -397,112 +361,3 @@ class CurriculumEngine:
     def _set_clock(self, clock: Clock) -> None:
         for field in attrs.fields(Clock):
             setattr(self._clock, field.name, getattr(clock, field.name))
-
-    def _set_phase(self, name: str) -> None:
-        """Set the phase outside a transition (start, restore, rollback), and its plan with it."""
-        self._machine.set_state(name, model=self._model)
-        self._here = self._plan.phases[name]
-
-    # -- firing: deciding, then the machine's callbacks ------------------------------------------
-    # A transition in progress travels in its event: event.kwargs["txn"] is the Transaction that
-    # _begin opens (with the record being built, filled by _act, appended by _finish).
-
-    def _evaluate(self, indexes: tuple[int, ...]) -> Record | None:
-        """Fire the first of the transitions ``indexes`` whose guards all hold; None when none does."""
-        decider = self._decider
-        held_since = dict(decider.held_since)  # the decider replaces entries, never mutates them
-        try:
-            index = decider.first(indexes)
-            return None if index is None else self._fire(self._fires[index], Transaction(index))
-        except BaseException:
-            decider.held_since = held_since
-            raise
-        finally:
-            self.ctx.transition = None
-
-    def _fire(self, trigger: Callable[..., bool], txn: Transaction) -> Record:
-        """Call the machine's ``trigger``: it runs the callbacks; if one raises, roll ``txn`` back."""
-        try:
-            trigger(txn=txn)
-        except BaseException:
-            txn.roll_back(self._set_phase, self._clock, self._history, self._pending)
-            raise
-        finally:
-            self.ctx.transition = None
-            self._here = self._plan.phases[self._model.state]  # the machine moved it, or the rollback
-        return self._history[-1]
-
-    def _begin(self, event: Any) -> None:
-        clock, txn = self._clock, event.kwargs["txn"]
-        txn.open(self._model.state, clock, self._history, self._pending)
-        guards, point, decision = [], "manual", None
-        if txn.index >= 0:
-            self.ctx.transition = tr = self.curriculum.transitions[txn.index]
-            for g, evidence in self._plan.transitions[txn.index].evidence:
-                try:
-                    found = jsonable(evidence(self.ctx) or {}) if evidence is not None else {"holds": True}
-                except Exception as exc:
-                    who = f"guard {describe(g)} of transition {tr.label} raised in evidence()"
-                    raise errors.failed(who, exc, tr.when.value, clock.global_step) from exc
-                guards.append(GuardEvidence(describe(g), found))
-            point, decision = tr.when.value, self._decider.decision(txn.index)
-        else:
-            self.ctx.transition = None
-        txn.record = Record(
-            source=event.transition.source,
-            dest=event.transition.dest,
-            global_step=clock.global_step,
-            epoch=clock.epoch,
-            step_in_epoch=clock.step_in_epoch,
-            point=point,
-            wall_time=time.time(),
-            guards=guards,
-            reason=txn.reason,
-            decision=decision,
-        )
-
-    def _act(self, action: Any, event: Any) -> None:
-        txn = event.kwargs["txn"]
-        record = txn.record
-        try:
-            effect = jsonable(action(self.ctx) or {})
-        except Exception as exc:
-            where = self.curriculum.transitions[txn.index].label if txn.index >= 0 else None
-            where = f"transition {where}" if where else f"the manual transition {record.source} -> {record.dest}"
-            call = self.ctx.point.value if self.ctx.point is not None else "force()"
-            text = f"action {describe(action)} of {where} raised"
-            raise errors.failed(text, exc, call, self._clock.global_step, record.actions) from exc
-        record.actions.append(ActionEffect(describe(action), effect))
-
-    def _enter_clock(self, _event: Any) -> None:
-        self._clock.steps_in_phase = 0
-        self._clock.epochs_in_phase = 0
-
-    def _finish(self, event: Any) -> None:
-        txn = event.kwargs["txn"]
-        record = txn.record
-        self._decider.held_since = {}  # a phase was entered: its transitions' guards start afresh
-        entered = self._plan.phases[record.dest]
-        # Resets are the only change to guards a transition makes: noted first, undone on a rollback.
-        txn.guard_states.extend(take_all(entered.undo_reset))
-        for reset in entered.resetters:
-            self._reset(reset)
-        self._history.append(record)
-        health.owe(self._pending, self._plan.verifies, self.curriculum, len(self._history) - 1, txn.index, record)
-        logger.info(
-            "transition %s -> %s at step %d (epoch %d)", record.source, record.dest, record.global_step, record.epoch
-        )
-
-    def _reset(self, reset: Callable[[], None]) -> None:
-        try:
-            reset()
-        except Exception as exc:
-            raise self._hook_failed(reset, "reset", exc) from exc
-
-    def _hook_failed(self, method: Any, hook: str, exc: BaseException) -> CurriculumError:
-        """A guard's ``observe`` or ``reset`` raised: name the guard and where it is used."""
-        guard = getattr(method, "__self__", method)
-        point = self.ctx.point
-        call = point.value if point is not None else "force()" if self._started else "start()"
-        text = f"guard {describe(guard)} (in {self._plan.where.get(id(guard), '?')}) raised in {hook}()"
-        return errors.failed(text, exc, call, self._clock.global_step)

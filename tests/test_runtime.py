@@ -360,7 +360,7 @@ def test_engine_keeps_no_scratch_state_between_callbacks():
     eng = CurriculumEngine(cur)
     eng.start()
     record = eng.epoch_end()
-    assert record is eng.history[-1] and eng.phase.name == "b" == eng._model.state
+    assert record is eng.history[-1] and eng.phase.name == "b" == eng._machine.phase
     assert not {"_building", "_building_index", "_firing", "_phase"} & set(vars(eng))
     assert eng.epoch_end() is None  # no transition out of b: nothing fired, found without history lengths
 
