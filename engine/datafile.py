@@ -128,6 +128,7 @@ def _builtins() -> list[_Entry]:
             "Cooldown",
             "MaxVisits",
             "WorseThanBest",
+            "CooldownDue",
         )
     ]
     entries += [

@@ -30,7 +30,7 @@ from policies.guards import (
 from policies.schedule import SEED_STAGES, Restartable, StagedCosine, StageUnit
 from policies.seqlen import seq_len_curriculum
 from policies.spectral import phase_for_epoch, spectral_curriculum
-from policies.wsd import WSD, CooldownShape, StartCooldown, adaptive_cooldown
+from policies.wsd import WSD, CooldownDue, CooldownShape, StartCooldown, adaptive_cooldown
 
 __all__ = [
     "Plateau",
@@ -58,4 +58,5 @@ __all__ = [
     "CooldownShape",
     "StartCooldown",
     "adaptive_cooldown",
+    "CooldownDue",
 ]

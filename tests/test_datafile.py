@@ -289,8 +289,8 @@ actions = [{ type = "RestartLR" }]
             '"Plateau"',
             '"Plateu"',
             "c.toml:17: transitions[0].guards[0].guards[1].type",
-            "unknown guard 'Plateu'; expected one of Cooldown, MaxVisits, MetricAbove, MetricBelow, MinEpoch, "
-            "MinSteps, Plateau, WorseThanBest, all_of, "
+            "unknown guard 'Plateu'; expected one of Cooldown, CooldownDue, MaxVisits, MetricAbove, MetricBelow, "
+            "MinEpoch, MinSteps, Plateau, WorseThanBest, all_of, "
             "any_of, not_ (did you mean 'Plateau'?), or register your own first: engine.register_guard(YourClass)",
         ),
         (
