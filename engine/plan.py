@@ -55,14 +55,15 @@ def conjuncts(guard: Any) -> list:
 
 def snapshot_plan(uses: list[tuple[Any, list]], caps: Mapping[int, Capabilities]) -> tuple[Snapshot, ...]:
     """How to undo what a call does to guards: ``uses`` holds, per top-level guard, its leaves that
-    the call may change (by ``observe`` or ``reset``). The top-level guard's state is copied when it
-    can be (all its state at once), else that of each changing leaf that can be."""
+    the call may change (by ``observe`` or ``reset``). Each is put back on its own: by ``mark()`` and
+    ``undo()`` when it has them (O(1), as ``Plateau``), else from a copy of its ``state_dict()``. A
+    guard with neither keeps no saved state, so ``state_dict()`` cannot change."""
     out: dict[int, Snapshot] = {}
-    for top, changing in uses:
-        if not changing:
-            continue
-        for obj in [top] if caps[id(top)].snapshots else [leaf for leaf in changing if caps[id(leaf)].snapshots]:
-            out.setdefault(id(obj), Snapshot(caps[id(obj)].state_dict, caps[id(obj)].load_state_dict))
+    for _top, changing in uses:
+        for leaf in changing:
+            c = caps[id(leaf)]
+            if id(leaf) not in out and (c.undoable or c.snapshots):
+                out[id(leaf)] = Snapshot(c.mark, c.undo) if c.undoable else Snapshot(c.state_dict, c.load_state_dict)
     return tuple(out.values())
 
 

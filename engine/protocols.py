@@ -20,6 +20,8 @@ member               of      what the engine does with it
 ``evidence(ctx)``    guard   what made it decide, recorded when its transition fires
 ``state_dict()``,    guard   its accumulators as JSON-safe primitives, saved with the engine and
 ``load_state_dict``          restored; a failed call is undone by loading the copy taken before
+``mark()``,          guard   instead of that copy, when it has them: ``undo(mark())`` puts back the
+``undo(token)``              state at ``mark()`` (after one ``observe`` or ``reset``), in O(1)
 ``guards``           guard   a combinator's children: the engine opens it (depth first) to
                              observe, reset, check and read the declarations of the guards inside
 ``conjuncts``        guard   set by an AND of its ``guards`` (``all_of``): they are weighed one
@@ -52,11 +54,17 @@ class Capabilities:
     state_dict: Callable[[], dict] | None = None
     load_state_dict: Callable[[dict], None] | None = None
     check: Callable[[Context], None] | None = None
+    mark: Callable[[], Any] | None = None
+    undo: Callable[[Any], None] | None = None
 
     @property
     def snapshots(self) -> bool:
         """It can be copied and put back (``state_dict`` and ``load_state_dict``)."""
         return self.state_dict is not None and self.load_state_dict is not None
+
+    @property
+    def undoable(self) -> bool:
+        return self.mark is not None and self.undo is not None
 
 
 def _method(obj: Any, name: str) -> Callable | None:
