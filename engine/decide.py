@@ -20,7 +20,7 @@ from engine.plan import Plan
 __all__ = ["Since", "Decider"]
 
 
-@attrs.frozen(order=True)
+@attrs.define(order=True)
 class Since:
     """The evaluation point since which a guard has held."""
 
@@ -51,21 +51,23 @@ class Decider:
         self.ctx.transition = self.curriculum.transitions[index]
         values = [self._holds(g, index) for g in leaves]
         before = self.held_since.get(index) or [None] * len(leaves)
-        now = Since(self.clock.global_step, self.clock.epoch)
+        if any(holds and since is None for holds, since in zip(values, before)):  # a guard began to hold now
+            now = Since(self.clock.global_step, self.clock.epoch)
+            before = [since or now for since in before]
         # A new list, never a mutation: the caller puts the old dict back when the call fails.
-        self.held_since[index] = [(since or now) if holds else None for holds, since in zip(values, before)]
+        self.held_since[index] = [since if holds else None for holds, since in zip(values, before)]
         return all(values)
 
     def _holds(self, guard: Any, index: int) -> bool:
-        where = f" of transition {self.curriculum.transitions[index].label}"
         try:
             result = guard(self.ctx)
         except Exception as exc:
-            raise self._failed(f"guard {describe(guard)}{where} raised", exc) from exc
+            where = self.curriculum.transitions[index].label
+            raise self._failed(f"guard {describe(guard)} of transition {where} raised", exc) from exc
         if result is True or result is False:
             return result
         try:
-            return truth_value(guard, result, where)
+            return truth_value(guard, result, f" of transition {self.curriculum.transitions[index].label}")
         except CurriculumError as exc:
             raise self._failed(str(exc), None) from None
 

@@ -28,7 +28,7 @@ class Snapshot:
     put: Callable[[Any], None]
 
 
-@attrs.frozen
+@attrs.define
 class Taken:
     """One guard's state before a call, and how to put it back."""
 

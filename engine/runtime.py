@@ -29,7 +29,7 @@ from engine.decide import Decider
 from engine.diagram import to_dot, to_mermaid
 from engine.history import ActionEffect, History, Record, jsonable
 from engine.metrics import check_metrics, to_metric
-from engine.plan import Plan, put_back, take_all
+from engine.plan import Plan, Taken, put_back, take_all
 from engine.recording import MetricLog
 from engine.restore import check_state, load_guards
 from engine.state import SCHEMA_VERSION, EngineState, PendingCheck, to_primitives
@@ -84,7 +84,7 @@ class CurriculumEngine:
         self.ctx = Context(clock=self._clock_view, objects=self.objects, history=self._history.view())
         self._pending: list[PendingCheck] = []
         self._started = False
-        self._unchecked = {_STEP_END: True, _EPOCH_END: True}  # has this run checked the metrics there yet?
+        self._unchecked_step = self._unchecked_epoch = True  # has this run checked the metrics there yet?
         self._fingerprint, self._spec = curriculum.fingerprint(), curriculum.spec()
         self._plan = Plan.build(curriculum)
         self._decider = Decider(curriculum, self._plan, self.ctx, self._clock)
@@ -181,7 +181,7 @@ class CurriculumEngine:
         health.owe(self._pending, self._plan.verifies, self.curriculum, len(self._history) - 1, -1, record)
         self._started = True
         self._decider.held_since = {}
-        self._unchecked = {_STEP_END: True, _EPOCH_END: True}
+        self._unchecked_step = self._unchecked_epoch = True
         if self.recorded is not None:  # a fresh stream from the start step
             self.recorded = MetricLog(start_step=int(global_step), start_epoch=int(epoch))
         logger.info("start in %s at step %d (epoch %d): %s", name, record.global_step, record.epoch, record.actions)
@@ -227,15 +227,18 @@ class CurriculumEngine:
         at_step = point is _STEP_END
         here = self._machine.here
         plan = here.step_end if at_step else here.epoch_end
-        if self._unchecked[point]:  # a run's first call here: every metric any transition reads here
+        if self._unchecked_step if at_step else self._unchecked_epoch:  # a run's first call here
             check_metrics(self._plan.all_needs[point], metrics, point, everywhere=True)
-            self._unchecked[point] = False
+            if at_step:
+                self._unchecked_step = False
+            else:
+                self._unchecked_epoch = False
         if plan.needs:
             check_metrics(plan.needs, metrics, point)
         ctx, clock = self.ctx, self._clock
         ctx.metrics, ctx.point = metrics, point
-        taken = take_all(plan.undo) if plan.undo else None
-        was = attrs.evolve(clock)
+        taken = [Taken(u.put, u.take()) for u in plan.undo] if plan.undo else None
+        step_in_epoch = clock.step_in_epoch
         if at_step:
             clock.global_step += 1
             clock.step_in_epoch += 1
@@ -257,7 +260,13 @@ class CurriculumEngine:
                     raise errors.hook_failed(observe, "observe", exc, where, point.value, step) from exc
             record = self._machine.evaluate(plan.transitions) if plan.transitions else None
         except BaseException:
-            self._set_clock(was)
+            if at_step:
+                clock.global_step -= 1
+                clock.steps_in_phase -= 1
+            else:
+                clock.epoch -= 1
+                clock.epochs_in_phase -= 1
+            clock.step_in_epoch = step_in_epoch
             if taken:
                 put_back(taken)
             raise
@@ -355,7 +364,7 @@ class CurriculumEngine:
         self._pending[:] = restored.pending
         self._started = snap.started
         self._decider.held_since = restored.held_since
-        self._unchecked = {_STEP_END: True, _EPOCH_END: True}
+        self._unchecked_step = self._unchecked_epoch = True
         self.recorded = restored.recorded
 
     def _set_clock(self, clock: Clock) -> None:
