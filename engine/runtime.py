@@ -1,4 +1,4 @@
-"""The runtime: a ``transitions.Machine`` driven by the training loop's clock.
+"""The runtime: the engine a training loop drives.
 
 The loop's contract, per optimizer step: ``optimizer.step()``, ``schedule.step()``,
 ``engine.step_end(loss=..., **metrics)``; after the last step of an epoch,
@@ -24,12 +24,12 @@ from typing import Any
 import attrs
 
 from engine import errors, health
-from engine.core import Clock, ClockView, Context, Curriculum, CurriculumError, Phase, Point, describe
+from engine.core import Clock, ClockView, Context, Curriculum, CurriculumError, Phase, Point
 from engine.decide import Decider
 from engine.diagram import to_dot, to_mermaid
-from engine.history import ActionEffect, History, Record, jsonable
+from engine.history import History, Record
 from engine.metrics import check_metrics, to_metric
-from engine.plan import Plan, Taken, put_back, take_all
+from engine.plan import Plan, Taken, put_back
 from engine.recording import MetricLog
 from engine.restore import check_state, load_guards
 from engine.state import SCHEMA_VERSION, EngineState, PendingCheck, to_primitives
@@ -150,8 +150,6 @@ class CurriculumEngine:
         self._check_requirements("start()")
         self._check_objects("start()")
         name = phase if phase is not None else self.curriculum.initial_name
-        entered = self._plan.phases[name]
-        taken = take_all(entered.undo_reset)
         self.ctx.metrics, self.ctx.point, self.ctx.transition = {}, None, None
         self._clock.global_step, self._clock.epoch = int(global_step), int(epoch)
         record = Record(
@@ -164,21 +162,10 @@ class CurriculumEngine:
             wall_time=time.time(),
         )
         try:
-            for action in self._phases[name].on_enter:
-                try:
-                    effect = jsonable(action(self.ctx) or {})
-                except Exception as exc:
-                    raise errors.start_action_failed(action, name, exc, record.actions) from exc
-                record.actions.append(ActionEffect(describe(action), effect))
-            for reset in entered.resetters:
-                self._machine.reset(reset, "start()")
+            self._machine.start(record)
         except BaseException:
             self._clock.global_step = self._clock.epoch = 0
-            put_back(taken)
             raise
-        self._machine.set_phase(name)
-        self._history.append(record)
-        health.owe(self._pending, self._plan.verifies, self.curriculum, len(self._history) - 1, -1, record)
         self._started = True
         self._decider.held_since = {}
         self._unchecked_step = self._unchecked_epoch = True

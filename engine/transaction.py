@@ -128,6 +128,28 @@ class Firing:
         self._machine.set_state(name, model=self._model)
         self.here = self.plan.phases[name]
 
+    def start(self, record: Record) -> None:
+        """The start into ``record.dest``: its ``on_enter`` actions (effects into ``record``) and the
+        resets of its guards, then the record; if one raises, the resets are undone."""
+        name = record.dest
+        entered = self.plan.phases[name]
+        taken = take_all(entered.undo_reset)
+        try:
+            for action in self.curriculum.phase(name).on_enter:
+                try:
+                    effect = jsonable(action(self.ctx) or {})
+                except Exception as exc:
+                    raise errors.start_action_failed(action, name, exc, record.actions) from exc
+                record.actions.append(ActionEffect(describe(action), effect))
+            for reset in entered.resetters:
+                self.reset(reset, "start()")
+        except BaseException:
+            put_back(taken)
+            raise
+        self.set_phase(name)
+        self.history.append(record)
+        health.owe(self.pending, self.plan.verifies, self.curriculum, len(self.history) - 1, -1, record)
+
     def evaluate(self, indexes: tuple[int, ...]) -> Record | None:
         """Fire the first of the transitions ``indexes`` whose guards all hold; None when none does."""
         decider = self.decider
