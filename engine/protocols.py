@@ -80,4 +80,4 @@ def capabilities(obj: Any) -> Capabilities:
 def is_and(guard: Any) -> bool:
     """``guard`` is the AND of its ``guards`` (``all_of``, which says so with ``conjuncts``): the
     deciding guard is then sought among them."""
-    return getattr(guard, "conjuncts", None) is not None
+    return isinstance(getattr(guard, "guards", None), tuple) and getattr(guard, "conjuncts", None) is not None
