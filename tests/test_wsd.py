@@ -140,8 +140,8 @@ def run_epochs(engine, schedule, opt, epochs, steps, loss=lambda step: 1.0 / (st
 
 def test_the_automatic_cooldown_is_a_recorded_transition():
     """adaptive_cooldown with a WSD whose plateau never comes: at the automatic start (step 15) the phase moves to
-    cooldown, recorded at that step with the start in the guard's evidence and StartCooldown's effect; the LRs are
-    those of the schedule alone."""
+    cooldown, recorded at that step with the start in the guard's evidence and StartCooldown's effect (which changes no
+    LR: the schedule had begun it)."""
     opt = optimizer()
     s = WSD(opt, 1.0, 20, cooldown_steps=5, shape="linear")
     engine = CurriculumEngine(adaptive_cooldown(1, window=4, threshold=0.0), optimizer=opt, schedule=s)
