@@ -17,7 +17,18 @@ from engine.core import Curriculum, Point, describe, guard_leaves, metrics_read,
 from engine.health import verifies_of
 from engine.protocols import Capabilities, capabilities, is_and
 
-__all__ = ["Snapshot", "Taken", "PointPlan", "PhasePlan", "TransitionPlan", "Checked", "Plan", "take_all", "put_back"]
+__all__ = [
+    "Snapshot",
+    "Taken",
+    "Stateful",
+    "PointPlan",
+    "PhasePlan",
+    "TransitionPlan",
+    "Checked",
+    "Plan",
+    "take_all",
+    "put_back",
+]
 
 
 @attrs.frozen
@@ -68,6 +79,15 @@ def snapshot_plan(uses: list[tuple[Any, list]], caps: Mapping[int, Capabilities]
 
 
 @attrs.frozen
+class Stateful:
+    """A transition's guard whose accumulators are saved with the engine, under ``key``."""
+
+    key: str  # "t<transition>.g<guard>"
+    guard: Any
+    caps: Capabilities
+
+
+@attrs.frozen
 class PointPlan:
     """What ``step_end`` or ``epoch_end`` does in one phase."""
 
@@ -115,7 +135,7 @@ class Plan:
     transitions: tuple[TransitionPlan, ...]
     all_needs: Mapping[Point, Mapping[str, list[str]]]  # per point: every metric any transition reads there
     where: Mapping[int, str]  # id(guard) -> the transitions that use it, for messages
-    stateful: tuple[tuple[str, Any, Capabilities], ...]  # (key "t<i>.g<j>", top-level guard, its capabilities)
+    stateful: tuple[Stateful, ...]  # every transition's top-level guards
     checks: tuple[Checked, ...]
     verifies: Mapping[int, Callable]  # id(action) -> its verify method (engine.health)
 
@@ -209,7 +229,7 @@ class Plan:
             for tr in curriculum.transitions
         )
         verifies = verifies_of(curriculum)
-        stateful = tuple((key, g, cap(g)) for key, g in curriculum.guards)
+        stateful = tuple(Stateful(key, g, cap(g)) for key, g in curriculum.guards)
         return cls(
             phases=phases,
             transitions=transitions,

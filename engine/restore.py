@@ -21,7 +21,7 @@ from engine.core import Clock, Curriculum, CurriculumError, describe, spec_diffe
 from engine.decide import Since
 from engine.health import actions_of
 from engine.history import Record
-from engine.plan import Plan
+from engine.plan import Plan, Taken, put_back
 from engine.recording import MetricLog, restore_log
 from engine.state import EngineState, PendingCheck, from_primitives
 
@@ -237,13 +237,16 @@ def _restored_held_since(
 
 def load_guards(plan: Plan, saved: dict[str, Any], lenient: bool) -> None:
     """Load every stateful guard's accumulators, or none: if a guard's ``load_state_dict``
-    raises, the guards loaded before it (and it) get back the state they had."""
-    stateful = [(key, g, caps) for key, g, caps in plan.stateful if caps.load_state_dict]
+    raises, or what it loaded does not fit it, the guards loaded before it (and it) get back the
+    state they had."""
+    loading = [s for s in plan.stateful if s.caps.load_state_dict]
     if not lenient:
-        for key, guard, _caps in stateful:
-            if key not in saved:
-                raise CurriculumError(f"engine state has no accumulators for guard {key} ({describe(guard)}); {SAVED}")
-        known = {key for key, _g, caps in plan.stateful if caps.state_dict or caps.load_state_dict}
+        for s in loading:
+            if s.key not in saved:
+                raise CurriculumError(
+                    f"engine state has no accumulators for guard {s.key} ({describe(s.guard)}); {SAVED}"
+                )
+        known = {s.key for s in plan.stateful if s.caps.state_dict or s.caps.load_state_dict}
         unknown = sorted(set(saved) - known)
         if unknown:
             raise CurriculumError(
@@ -252,33 +255,28 @@ def load_guards(plan: Plan, saved: dict[str, Any], lenient: bool) -> None:
                 f"(its stateful guards: {', '.join(sorted(known)) or 'none'}); {SAVED}, "
                 "or pass allow_fingerprint_mismatch=True to leave them out"
             )
-    loads = [(key, g, caps, saved[key]) for key, g, caps in stateful if key in saved]
-    before, seen = [], set()
-    for _key, guard, caps, _value in loads:
-        if id(guard) not in seen and caps.state_dict:
-            seen.add(id(guard))
-            before.append((caps.load_state_dict, caps.state_dict()))
-    for key, guard, caps, value in loads:
+    loads = [s for s in loading if s.key in saved]
+    before = list(
+        {id(s.guard): Taken(s.caps.load_state_dict, s.caps.state_dict()) for s in loads if s.caps.state_dict}.values()
+    )
+    for s in loads:
+        value, who = saved[s.key], f"engine state's accumulators for guard {s.key} ({describe(s.guard)})"
         try:
-            caps.load_state_dict(value)
+            s.caps.load_state_dict(value)
         except Exception as exc:
-            for load, was in reversed(before):
-                load(was)
+            put_back(before)
             raise CurriculumError(
-                f"engine state's accumulators for guard {key} ({describe(guard)}) "
-                "were refused by its load_state_dict(): "
-                f"{type(exc).__name__}: {exc}; "
+                f"{who} were refused by its load_state_dict(): {type(exc).__name__}: {exc}; "
                 f"nothing was restored (the engine and its guards are as they were); {SAVED}"
             ) from exc
         # A state that fits the guard reads back as it was saved; one that does not (more values than
         # the window holds, keys the guard does not keep) would be cut or ignored without a word.
-        misfit = None if lenient or not caps.state_dict else _misfit(value, caps.state_dict())
+        misfit = None if lenient or not s.caps.state_dict else _misfit(value, s.caps.state_dict())
         if misfit is not None:
-            for load, was in reversed(before):
-                load(was)
+            put_back(before)
             raise CurriculumError(
-                f"engine state's accumulators for guard {key} ({describe(guard)}) do not fit it: {misfit}; "
-                f"nothing was restored (the engine and its guards are as they were); {SAVED}"
+                f"{who} do not fit it: {misfit}; nothing was restored (the engine and its guards are as they were); "
+                f"{SAVED}"
             )
 
 

@@ -312,7 +312,7 @@ class CurriculumEngine:
             phase=self._machine.phase,
             started=self._started,
             clock=attrs.evolve(self._clock),
-            guards={key: caps.state_dict() for key, _guard, caps in self._plan.stateful if caps.state_dict},
+            guards={s.key: s.caps.state_dict() for s in self._plan.stateful if s.caps.state_dict},
             history=list(self._history),
             pending_checks=list(self._pending),
             held_since=self._decider.saved(),
