@@ -7,7 +7,7 @@ Declare phases and guarded transitions as a :class:`Curriculum`, drive it from y
 :func:`curriculum_from_dict`, :mod:`engine.datafile`). :func:`replay` feeds a run's recorded
 metrics to another rule without training again; ``CurriculumEngine(..., record_metrics=True)``
 records them (:class:`MetricLog`), :func:`replay_grid` replays them under a grid of rules, and
-``python -m engine replay|plot PATH`` does both for a saved run. See :mod:`engine.core` for the
+``python -m engine replay|plot PATH`` does both for a saved run. See :mod:`engine.protocols` for the
 guard and action protocols and docs/semantics.md for the contract.
 """
 

@@ -6,44 +6,13 @@ epoch); it fires when all of its guards hold, and then runs its actions. Guards 
 one :class:`Context`, which carries the :class:`Clock`, the metrics the loop passed, and the
 objects registered with the engine (``ctx.model``, ``ctx.optimizer``, ...).
 
-Guard protocol (only ``__call__`` is required; each optional member is a ``typing.Protocol`` in
-:mod:`engine.protocols`, looked up once when the engine is built)::
-
-    class MyGuard:
-        requires = ("model",)              # registered objects it needs (checked at start/restore)
-        metrics = ("val_loss",)            # metrics __call__/evidence read, at the transition's point
-        observes = ("loss",)               # metrics observe() reads, at its observe points
-        observe_at = (Point.STEP_END,)     # where observe() is called (the default); None: at the
-                                           # transition's own point
-        def __call__(self, ctx) -> bool:   # decide; no side effects; return a bool
-        def observe(self, ctx) -> None:    # accumulate, at observe_at while its phase is current
-        def reset(self) -> None:           # called when its phase is entered
-        def evidence(self, ctx) -> dict:   # what made it decide, recorded in the history
-        def state_dict(self) -> dict:      # JSON-safe accumulators, saved with the engine
-        def load_state_dict(self, d) -> None:
-        def mark(self) -> Any:             # a cheap token of the state now; undo(token) puts it back
-        def undo(self, token) -> None:     # (rolls back a call that raised; else state_dict is copied)
-        def check(self, ctx) -> None:      # once at start/restore, objects registered: raise to refuse
-        def __repr__(self) -> str:         # reads like the call that made it
-        conjuncts = (g1, g2)               # only for a guard that is the AND of others (all_of):
-                                           # the engine then evaluates them one by one, to record
-                                           # which became true last (the deciding guard)
-
-Action protocol (only ``__call__`` is required)::
-
-    class MyAction:
-        requires = ("schedule",)
-        def __call__(self, ctx) -> dict | None:      # act; the dict is the recorded effect
-        def check(self, ctx) -> None:                # as a guard's: refuse a misconfigured run at start
-        def verify(self, ctx, effect) -> str | None: # optional health check, run at the next
-                                                     # step_end; a string is a warning
-        def __repr__(self) -> str:
+What a guard or action may offer beyond ``__call__`` is listed once, in :mod:`engine.protocols`.
 
 Guards and actions are callables, never names resolved at run time, and never lambdas: their
 repr goes into the curriculum's fingerprint, the history and the diagrams. A combinator (an object
 whose ``guards`` is a tuple of guards, as ``all_of``) is looked into: the engine observes, resets
-and reads the declarations of the guards inside it. The engine checks the declared ``metrics`` and
-``observes`` at a run's first ``step_end``/``epoch_end``, before anything is counted.
+and reads the declarations of the guards inside it. The engine checks the declared ``metrics`` at
+a run's first ``step_end``/``epoch_end``, before anything is counted.
 """
 
 from __future__ import annotations
@@ -298,14 +267,12 @@ def observe_points(guard: Any, when: Point) -> tuple[Point, ...]:
 
 def metrics_read(guard: Any, when: Point, point: Point) -> tuple[str, ...]:
     """The metrics a leaf guard declares it reads at ``point`` when its transition is evaluated at
-    ``when``: its ``metrics`` (read deciding, at ``when``) and its ``observes`` (read by
-    ``observe``, at its observe points)."""
-    names: tuple[str, ...] = ()
-    if point is when:
-        names += tuple(getattr(guard, "metrics", ()) or ())
-    if hasattr(guard, "observe") and point in observe_points(guard, when):
-        names += tuple(getattr(guard, "observes", ()) or ())
-    return names
+    ``when``: its ``metrics``, read by ``observe`` at its observe points when it has one, else
+    when deciding, at ``when``."""
+    names = tuple(getattr(guard, "metrics", ()) or ())
+    if hasattr(guard, "observe"):
+        return names if point in observe_points(guard, when) else ()
+    return names if point is when else ()
 
 
 def spec_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

@@ -166,6 +166,10 @@ class History(HistoryView):
         """Keep the first ``length`` records (the engine rolls back a call that raised)."""
         del self._records[length:]
 
+    def replace(self, records: Sequence[Record]) -> None:
+        """Hold ``records`` instead (the engine restores a saved state); views follow."""
+        self._records[:] = records
+
     def view(self) -> "HistoryView":
         """A read-only, live view of these records (what guards see as ``ctx.history``)."""
         return HistoryView(self._records)

@@ -9,63 +9,82 @@ to undo the resets). Guards' and actions' optional members are resolved here
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping
 
 import attrs
 
 from engine.core import Curriculum, Point, describe, guard_leaves, metrics_read, observe_points
-from engine.protocols import Capabilities, capabilities
+from engine.health import verifies_of
+from engine.protocols import Capabilities, capabilities, is_and
 
-__all__ = ["Undo", "PointPlan", "PhasePlan", "TransitionPlan", "Checked", "Plan", "undo_all", "actions_of"]
+__all__ = [
+    "Snapshot",
+    "Taken",
+    "Stateful",
+    "PointPlan",
+    "PhasePlan",
+    "TransitionPlan",
+    "Checked",
+    "Plan",
+    "take_all",
+    "put_back",
+]
 
 
-class Undo(NamedTuple):
-    """How to undo what a call does to one guard: ``restore(take())``, ``take`` before the call."""
+@attrs.frozen
+class Snapshot:
+    """How to undo what a call does to one guard: ``put(take())``, ``take`` before the call."""
 
     take: Callable[[], Any]
-    restore: Callable[[Any], None]
+    put: Callable[[Any], None]
 
 
-def undo_all(taken: list[tuple[Callable[[Any], None], Any]]) -> None:
-    """Apply ``(restore, token)`` pairs in reverse order of taking (see :func:`undo_plan`)."""
-    for restore, token in reversed(taken):
-        restore(token)
+@attrs.define
+class Taken:
+    """One guard's state before a call, and how to put it back."""
+
+    put: Callable[[Any], None]
+    state: Any
+
+
+def take_all(snapshots: tuple[Snapshot, ...]) -> list[Taken]:
+    return [Taken(s.put, s.take()) for s in snapshots]
+
+
+def put_back(taken: list[Taken]) -> None:
+    """Put the states back, the last taken first."""
+    for t in reversed(taken):
+        t.put(t.state)
 
 
 def conjuncts(guard: Any) -> list:
-    """The guards whose AND ``guard`` is, opened up recursively (``all_of`` exposes ``conjuncts``)."""
-    inner = getattr(guard, "conjuncts", None)
-    if inner is None:
+    """The guards whose AND ``guard`` is, opened up recursively (``all_of``'s ``guards``)."""
+    if not is_and(guard):
         return [guard]
-    return [leaf for g in inner for leaf in conjuncts(g)]
+    return [leaf for g in guard.guards for leaf in conjuncts(g)]
 
 
-def undo_plan(uses: list[tuple[Any, list]], caps: Mapping[int, Capabilities]) -> tuple[Undo, ...]:
-    """How to undo what a call does to guards.
+def snapshot_plan(uses: list[tuple[Any, list]], caps: Mapping[int, Capabilities]) -> tuple[Snapshot, ...]:
+    """How to undo what a call does to guards: ``uses`` holds, per top-level guard, its leaves that
+    the call may change (by ``observe`` or ``reset``). Each is put back on its own: by ``mark()`` and
+    ``undo()`` when it has them (O(1), as ``Plateau``), else from a copy of its ``state_dict()``. A
+    guard with neither keeps no saved state, so ``state_dict()`` cannot change."""
+    out: dict[int, Snapshot] = {}
+    for _top, changing in uses:
+        for leaf in changing:
+            c = caps[id(leaf)]
+            if id(leaf) not in out and (c.undoable or c.snapshots):
+                out[id(leaf)] = Snapshot(c.mark, c.undo) if c.undoable else Snapshot(c.state_dict, c.load_state_dict)
+    return tuple(out.values())
 
-    ``uses`` holds, per top-level guard, its leaves that the call may change (by ``observe`` or
-    ``reset``). When each of those leaves is :class:`~engine.protocols.Undoable` (O(1), as
-    ``Plateau``) they are used; otherwise the top-level guard's ``state_dict``/``load_state_dict``
-    (a copy of all its state), when it has them (when it has not, the leaves that offer ``mark``
-    still use it). Snapshots come first: they are undone in reverse order, so a snapshot, which
-    sets the state outright, is applied last.
-    """
-    snapshots: list[Undo] = []
-    marks: list[Undo] = []
-    seen: set[int] = set()
-    for top, leaves in uses:
-        markable = [leaf for leaf in leaves if caps[id(leaf)].undoable]
-        top_caps = caps[id(top)]
-        if len(markable) < len(leaves) and top_caps.state_dict and top_caps.load_state_dict:
-            if id(top) not in seen:
-                seen.add(id(top))
-                snapshots.append(Undo(top_caps.state_dict, top_caps.load_state_dict))
-            continue
-        for leaf in markable:
-            if id(leaf) not in seen:
-                seen.add(id(leaf))
-                marks.append(Undo(caps[id(leaf)].mark, caps[id(leaf)].undo))
-    return tuple(snapshots + marks)
+
+@attrs.frozen
+class Stateful:
+    """A transition's guard whose accumulators are saved with the engine, under ``key``."""
+
+    key: str  # "t<transition>.g<guard>"
+    guard: Any
+    caps: Capabilities
 
 
 @attrs.frozen
@@ -74,7 +93,7 @@ class PointPlan:
 
     needs: Mapping[str, list[str]]  # metrics read here -> who reads them (step_end's loss left out: always passed)
     observers: tuple[Callable, ...]  # observe methods, in declaration order
-    undo: tuple[Undo, ...]  # how to undo the observations, when something can fail after one
+    undo: tuple[Snapshot, ...]  # how to undo the observations, when something can fail after one
     transitions: tuple[int, ...]  # the transitions out of the phase evaluated here, in declaration order
 
 
@@ -85,7 +104,7 @@ class PhasePlan:
     step_end: PointPlan
     epoch_end: PointPlan
     resetters: tuple[Callable[[], None], ...]  # reset methods of the guards on transitions out of it
-    undo_reset: tuple[Undo, ...]  # how to undo those resets
+    undo_reset: tuple[Snapshot, ...]  # how to undo those resets
 
 
 @attrs.frozen
@@ -116,9 +135,9 @@ class Plan:
     transitions: tuple[TransitionPlan, ...]
     all_needs: Mapping[Point, Mapping[str, list[str]]]  # per point: every metric any transition reads there
     where: Mapping[int, str]  # id(guard) -> the transitions that use it, for messages
-    stateful: tuple[tuple[str, Any, Capabilities], ...]  # (key "t<i>.g<j>", top-level guard, its capabilities)
+    stateful: tuple[Stateful, ...]  # every transition's top-level guards
     checks: tuple[Checked, ...]
-    verifies: Mapping[int, Callable]  # id(action) -> its verify method
+    verifies: Mapping[int, Callable]  # id(action) -> its verify method (engine.health)
 
     @classmethod
     def build(cls, curriculum: Curriculum) -> "Plan":
@@ -189,7 +208,7 @@ class Plan:
             return PointPlan(
                 needs=needs[point][name],
                 observers=tuple(observers[point][name]),
-                undo=undo_plan(observed[point][name], caps) if can_fail else (),
+                undo=snapshot_plan(observed[point][name], caps) if can_fail else (),
                 transitions=tuple(out_of[point][name]),
             )
 
@@ -198,7 +217,7 @@ class Plan:
                 step_end=point_plan(Point.STEP_END, n),
                 epoch_end=point_plan(Point.EPOCH_END, n),
                 resetters=tuple(resetters[n]),
-                undo_reset=undo_plan(reset[n], caps),
+                undo_reset=snapshot_plan(reset[n], caps),
             )
             for n in names
         }
@@ -209,10 +228,8 @@ class Plan:
             )
             for tr in curriculum.transitions
         )
-        actions = [a for p in curriculum.phases for a in p.on_enter]
-        actions += [a for tr in curriculum.transitions for a in tr.actions]
-        verifies = {id(a): cap(a).verify for a in actions if cap(a).verify is not None}
-        stateful = tuple((key, g, cap(g)) for key, g in curriculum.guards)
+        verifies = verifies_of(curriculum)
+        stateful = tuple(Stateful(key, g, cap(g)) for key, g in curriculum.guards)
         return cls(
             phases=phases,
             transitions=transitions,
@@ -222,10 +239,3 @@ class Plan:
             checks=tuple(checks),
             verifies=verifies,
         )
-
-
-def actions_of(curriculum: Curriculum, index: int, dest: str) -> list:
-    """The actions a transition ran, in record order: its own (none for a manual one, ``index``
-    -1), then the destination's on_enter."""
-    own = list(curriculum.transitions[index].actions) if index >= 0 else []
-    return own + list(curriculum.phase(dest).on_enter)

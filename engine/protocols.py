@@ -1,133 +1,83 @@
-"""What a guard or action may offer beyond ``__call__``, as ``typing.Protocol`` types.
+"""The guard and action protocols: every member the engine asks of them, listed here and nowhere else.
 
-Only ``__call__`` is required (see :mod:`engine.core` for the whole protocol). Each optional
-member is one small protocol below; :func:`capabilities` looks an object up once, when the
-engine's plan is built (:mod:`engine.plan`), so the per-step path calls bound methods it already
-holds and never asks ``hasattr``.
+A guard is a callable ``guard(ctx) -> bool`` that decides without side effects; an action is a
+callable ``action(ctx) -> dict | None`` that acts (the dict is its recorded effect). Both read like
+the call that made them (their repr is in the fingerprint, the history and the diagrams). Every
+other member is optional:
+
+===================  ======  =====================================================================
+member               of      what the engine does with it
+===================  ======  =====================================================================
+``requires``         both    registered objects it needs (``ctx.<name>``), checked at ``start()``
+                             and ``load_state_dict()``
+``check(ctx)``       both    called once there, objects registered: raise to refuse the run
+``metrics``          guard   the metrics it reads, checked at a run's first call: at its observe
+                             points when it has ``observe``, else at its transition's point
+``observe(ctx)``     guard   accumulate, at ``observe_at`` while its phase is current
+``observe_at``       guard   where ``observe`` is called: ``(Point.STEP_END,)`` by default; None:
+                             at its transition's own point
+``reset()``          guard   clear the accumulators, when its phase is entered
+``evidence(ctx)``    guard   what made it decide, recorded when its transition fires
+``state_dict()``,    guard   its accumulators as JSON-safe primitives, saved with the engine and
+``load_state_dict``          restored; a failed call is undone by loading the copy taken before
+``mark()``,          guard   instead of that copy, when it has them: ``undo(mark())`` puts back the
+``undo(token)``              state at ``mark()`` (after one ``observe`` or ``reset``), in O(1)
+``guards``           guard   a combinator's children: the engine opens it (depth first) to
+                             observe, reset, check and read the declarations of the guards inside
+``conjuncts``        guard   set by an AND of its ``guards`` (``all_of``): they are weighed one
+                             by one for the deciding guard of its transition
+``verify(ctx, e)``   action  a health check at the next ``step_end`` (:mod:`engine.health`)
+===================  ======  =====================================================================
+
+:func:`capabilities` looks the methods up once, when the engine's plan is built
+(:mod:`engine.plan`), so the per-step path calls bound methods it already holds.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable
 
 import attrs
 
 from engine.core import Context
 
-__all__ = [
-    "Observes",
-    "Resets",
-    "Undoable",
-    "Evidences",
-    "SavesState",
-    "LoadsState",
-    "Requires",
-    "Checks",
-    "Verifies",
-    "Capabilities",
-    "capabilities",
-]
-
-
-@runtime_checkable
-class Observes(Protocol):
-    """A guard with accumulators: fed at its observe points while its phase is current."""
-
-    def observe(self, ctx: Context) -> None: ...
-
-
-@runtime_checkable
-class Resets(Protocol):
-    """A guard whose accumulators are cleared when its phase is entered."""
-
-    def reset(self) -> None: ...
-
-
-@runtime_checkable
-class Undoable(Protocol):
-    """A guard the engine rolls back in O(1): ``undo(mark())`` puts back the state at ``mark()``
-    (after at most one ``observe`` or one ``reset``). Without it the engine copies
-    ``state_dict()`` instead."""
-
-    def mark(self) -> Any: ...
-
-    def undo(self, token: Any) -> None: ...
-
-
-@runtime_checkable
-class Evidences(Protocol):
-    """A guard that says what made it decide; recorded in the history when its transition fires."""
-
-    def evidence(self, ctx: Context) -> dict: ...
-
-
-@runtime_checkable
-class SavesState(Protocol):
-    """A guard whose accumulators are saved with the engine (JSON-safe primitives)."""
-
-    def state_dict(self) -> dict: ...
-
-
-@runtime_checkable
-class LoadsState(Protocol):
-    """A guard whose accumulators are restored with the engine."""
-
-    def load_state_dict(self, state: dict) -> None: ...
-
-
-@runtime_checkable
-class Requires(Protocol):
-    """A guard or action that needs registered objects (``ctx.<name>``), checked at start and restore."""
-
-    requires: tuple[str, ...]
-
-
-@runtime_checkable
-class Checks(Protocol):
-    """A guard or action that checks, once the objects are registered, that it can do its job:
-    called at ``start()`` and ``load_state_dict()``; raising there refuses the run before it
-    trains (e.g. a restart over a schedule that cannot restart)."""
-
-    def check(self, ctx: Context) -> None: ...
-
-
-@runtime_checkable
-class Verifies(Protocol):
-    """An action with a health check, run at the next ``step_end`` after it acted."""
-
-    def verify(self, ctx: Context, effect: dict) -> str | None: ...
+__all__ = ["Capabilities", "capabilities", "is_and"]
 
 
 @attrs.frozen
 class Capabilities:
-    """The optional members one guard or action has, as bound methods (None: it has not)."""
+    """The optional methods one guard or action has, bound (None: it has not)."""
 
     observe: Callable[[Context], None] | None = None
     reset: Callable[[], None] | None = None
-    mark: Callable[[], Any] | None = None
-    undo: Callable[[Any], None] | None = None
     evidence: Callable[[Context], dict] | None = None
     state_dict: Callable[[], dict] | None = None
     load_state_dict: Callable[[dict], None] | None = None
     check: Callable[[Context], None] | None = None
-    verify: Callable[[Context, dict], str | None] | None = None
+    mark: Callable[[], Any] | None = None
+    undo: Callable[[Any], None] | None = None
+
+    @property
+    def snapshots(self) -> bool:
+        """It can be copied and put back (``state_dict`` and ``load_state_dict``)."""
+        return self.state_dict is not None and self.load_state_dict is not None
 
     @property
     def undoable(self) -> bool:
         return self.mark is not None and self.undo is not None
 
 
+def _method(obj: Any, name: str) -> Callable | None:
+    method = getattr(obj, name, None)
+    return method if callable(method) else None
+
+
 def capabilities(obj: Any) -> Capabilities:
-    """``obj``'s optional members, looked up once."""
-    undoable = isinstance(obj, Undoable)
-    return Capabilities(
-        observe=obj.observe if isinstance(obj, Observes) else None,
-        reset=obj.reset if isinstance(obj, Resets) else None,
-        mark=obj.mark if undoable else None,
-        undo=obj.undo if undoable else None,
-        evidence=obj.evidence if isinstance(obj, Evidences) else None,
-        state_dict=obj.state_dict if isinstance(obj, SavesState) else None,
-        load_state_dict=obj.load_state_dict if isinstance(obj, LoadsState) else None,
-        check=obj.check if isinstance(obj, Checks) else None,
-        verify=obj.verify if isinstance(obj, Verifies) else None,
-    )
+    """``obj``'s optional methods, looked up once."""
+    return Capabilities(**{f.name: _method(obj, f.name) for f in attrs.fields(Capabilities)})
+
+
+def is_and(guard: Any) -> bool:
+    """``guard`` is the AND of its ``guards`` (``all_of``, which says so with ``conjuncts``): the
+    deciding guard is then sought among them."""
+    return isinstance(getattr(guard, "guards", None), tuple) and getattr(guard, "conjuncts", None) is not None

@@ -18,8 +18,10 @@ from typing import Any
 import attrs
 
 from engine.core import Clock, Curriculum, CurriculumError, describe, spec_differences
+from engine.decide import Since
+from engine.health import actions_of
 from engine.history import Record
-from engine.plan import Plan, actions_of
+from engine.plan import Plan, Taken, put_back
 from engine.recording import MetricLog, restore_log
 from engine.state import EngineState, PendingCheck, from_primitives
 
@@ -38,7 +40,7 @@ class Restored:
 
     state: EngineState
     pending: list[PendingCheck]
-    held_since: dict[int, list[tuple[int, int] | None]]
+    held_since: dict[int, list[Since | None]]
     # The metric log the engine keeps (engine.recording.restore_log): None when it does not record.
     recorded: MetricLog | None = None
 
@@ -203,7 +205,7 @@ def _pending_problem(check: PendingCheck, history: list[Record], curriculum: Cur
 
 def _restored_held_since(
     snap: EngineState, curriculum: Curriculum, plan: Plan, lenient: bool
-) -> dict[int, list[tuple[int, int] | None]]:
+) -> dict[int, list[Since | None]]:
     """``held_since`` for the transitions out of the restored phase; an entry that does not fit
     one is refused (left out when ``lenient``)."""
     held_since = {}
@@ -217,7 +219,7 @@ def _restored_held_since(
             and all(s is None or len(s) == 2 for s in since)
         )
         if fits:
-            held_since[index] = [(s[0], s[1]) if s else None for s in since]
+            held_since[index] = [Since(s[0], s[1]) if s else None for s in since]
         elif not lenient:
             what = (
                 f"transition {key} ({curriculum.transitions[index].label}, "
@@ -235,13 +237,16 @@ def _restored_held_since(
 
 def load_guards(plan: Plan, saved: dict[str, Any], lenient: bool) -> None:
     """Load every stateful guard's accumulators, or none: if a guard's ``load_state_dict``
-    raises, the guards loaded before it (and it) get back the state they had."""
-    stateful = [(key, g, caps) for key, g, caps in plan.stateful if caps.load_state_dict]
+    raises, or what it loaded does not fit it, the guards loaded before it (and it) get back the
+    state they had."""
+    loading = [s for s in plan.stateful if s.caps.load_state_dict]
     if not lenient:
-        for key, guard, _caps in stateful:
-            if key not in saved:
-                raise CurriculumError(f"engine state has no accumulators for guard {key} ({describe(guard)}); {SAVED}")
-        known = {key for key, _g, caps in plan.stateful if caps.state_dict or caps.load_state_dict}
+        for s in loading:
+            if s.key not in saved:
+                raise CurriculumError(
+                    f"engine state has no accumulators for guard {s.key} ({describe(s.guard)}); {SAVED}"
+                )
+        known = {s.key for s in plan.stateful if s.caps.state_dict or s.caps.load_state_dict}
         unknown = sorted(set(saved) - known)
         if unknown:
             raise CurriculumError(
@@ -250,21 +255,43 @@ def load_guards(plan: Plan, saved: dict[str, Any], lenient: bool) -> None:
                 f"(its stateful guards: {', '.join(sorted(known)) or 'none'}); {SAVED}, "
                 "or pass allow_fingerprint_mismatch=True to leave them out"
             )
-    loads = [(key, g, caps, saved[key]) for key, g, caps in stateful if key in saved]
-    before, seen = [], set()
-    for _key, guard, caps, _value in loads:
-        if id(guard) not in seen and caps.state_dict:
-            seen.add(id(guard))
-            before.append((caps.load_state_dict, caps.state_dict()))
-    for key, guard, caps, value in loads:
+    loads = [s for s in loading if s.key in saved]
+    before = list(
+        {id(s.guard): Taken(s.caps.load_state_dict, s.caps.state_dict()) for s in loads if s.caps.state_dict}.values()
+    )
+    for s in loads:
+        value, who = saved[s.key], f"engine state's accumulators for guard {s.key} ({describe(s.guard)})"
         try:
-            caps.load_state_dict(value)
+            s.caps.load_state_dict(value)
         except Exception as exc:
-            for load, was in reversed(before):
-                load(was)
+            put_back(before)
             raise CurriculumError(
-                f"engine state's accumulators for guard {key} ({describe(guard)}) "
-                "were refused by its load_state_dict(): "
-                f"{type(exc).__name__}: {exc}; "
+                f"{who} were refused by its load_state_dict(): {type(exc).__name__}: {exc}; "
                 f"nothing was restored (the engine and its guards are as they were); {SAVED}"
             ) from exc
+        # A state that fits the guard reads back as it was saved; one that does not (more values than
+        # the window holds, keys the guard does not keep) would be cut or ignored without a word.
+        misfit = None if lenient or not s.caps.state_dict else _misfit(value, s.caps.state_dict())
+        if misfit is not None:
+            put_back(before)
+            raise CurriculumError(
+                f"{who} do not fit it: {misfit}; nothing was restored (the engine and its guards are as they were); "
+                f"{SAVED}"
+            )
+
+
+def _misfit(saved: Any, kept: Any, where: str = "") -> str | None:
+    """The first place where what a guard kept of ``saved`` (its ``state_dict()`` after loading it)
+    differs from ``saved``, as "expected ..., got ..."; None when it kept everything."""
+    if isinstance(saved, dict) and isinstance(kept, dict):
+        extra, missing = sorted(set(saved) - set(kept)), sorted(set(kept) - set(saved))
+        if extra or missing:
+            return f"expected the keys {sorted(kept)}{where and ' at ' + where}, got {sorted(saved)}"
+        return next((m for k in kept if (m := _misfit(saved[k], kept[k], f"{where}[{k!r}]")) is not None), None)
+    if isinstance(saved, list) and isinstance(kept, list):
+        if len(saved) != len(kept):
+            return f"expected at most {len(kept)} values at {where or 'the top'} (what it keeps), got {len(saved)}"
+        return next((m for i, (s, k) in enumerate(zip(saved, kept)) if (m := _misfit(s, k, f"{where}[{i}]"))), None)
+    if saved != kept:
+        return f"expected {kept!r} at {where or 'the top'} (what it keeps of it), got {saved!r}"
+    return None

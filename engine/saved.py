@@ -9,6 +9,9 @@
   it under ``stateful_callbacks``), or an output folder of them (the highest ``N`` is read).
 
 A path that holds no engine state, or more than one, is a :class:`~engine.CurriculumError`.
+
+:func:`open_state` reads a saved state for looking at it, without building an engine or binding
+the objects its actions need: its phase, clock, history, guard states and recorded metrics.
 """
 
 from __future__ import annotations
@@ -20,9 +23,16 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from engine.core import CurriculumError
+import attrs
 
-__all__ = ["load_saved", "find_states"]
+from engine.core import Clock, Curriculum, CurriculumError
+from engine.history import History
+from engine.plan import Plan
+from engine.recording import MetricLog, restore_log
+from engine.restore import check_state
+from engine.state import PendingCheck, from_primitives
+
+__all__ = ["load_saved", "find_states", "SavedState", "open_state"]
 
 _KEYS = {"schema_version", "fingerprint", "phase", "clock", "history"}
 _HF_STATE = "trainer_state.json"
@@ -115,3 +125,45 @@ def load_saved(path: str | Path) -> tuple[dict, str]:
         )
     where, state = found[0]
     return state, f"{file} {where}" if where != "(top level)" else str(file)
+
+
+@attrs.frozen
+class SavedState:
+    """A saved engine state, read only: what :func:`open_state` returns."""
+
+    phase: str  # the phase the run was in
+    started: bool
+    clock: Clock  # where the run was: global_step, epoch, ...
+    history: History  # its records, the start first
+    guards: dict[str, Any]  # each stateful guard's state_dict(), keyed "t<transition>.g<guard>"
+    pending_checks: list[PendingCheck]  # health checks owed at the next step_end
+    fingerprint: str  # the curriculum it was saved from (Curriculum.fingerprint())
+    recorded: MetricLog | None  # the metric stream, when the engine was built with record_metrics=True
+
+
+def open_state(state: dict | str | Path, curriculum: Curriculum | None = None) -> SavedState:
+    """A saved engine state, opened for reading: no engine is built and no object is bound.
+
+    ``state`` is the dict ``engine.state_dict()`` returned, or a path :func:`load_saved` reads.
+    With ``curriculum`` the state is checked against it as ``load_state_dict`` checks it
+    (fingerprint, phase, clock, history, pending checks; no guard loads anything); without, only
+    its structure is. A state that fails is a :class:`CurriculumError`; nothing is changed.
+    """
+    if isinstance(state, (str, Path)):
+        state = load_saved(state)[0]
+    if curriculum is not None:
+        plan = Plan.build(curriculum)
+        snap = check_state(state, curriculum, plan, curriculum.fingerprint(), curriculum.spec(), lenient=False).state
+    else:
+        snap = from_primitives(state)
+    recorded = restore_log(snap.recorded, snap.clock, True, False) if snap.recorded is not None else None
+    return SavedState(
+        phase=snap.phase,
+        started=snap.started,
+        clock=snap.clock,
+        history=History(snap.history),
+        guards=snap.guards,
+        pending_checks=list(snap.pending_checks),
+        fingerprint=snap.fingerprint,
+        recorded=recorded,
+    )

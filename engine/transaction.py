@@ -1,24 +1,42 @@
-"""A transition in progress: what it has changed, and how to put the engine back if it fails.
+"""A transition in progress: the machine callbacks that make it, and how to put the engine back if it fails.
 
 One :class:`Transaction` travels through the ``transitions`` event as ``event.kwargs["txn"]``:
-the engine's ``_begin`` callback opens it (the phase, clock, history and pending-check lengths
-before the transition) and starts the :class:`~engine.history.Record`, the action callbacks add
-their effects to the record, ``_finish`` notes the guard states it is about to reset. If any of
-them raises, the caller rolls the transaction back.
+the engine's ``begin`` callback opens it (:class:`Before`: the phase, clock, history and
+pending-check lengths before the transition) and starts the :class:`~engine.history.Record`, the
+action callbacks add their effects to the record, ``finish`` notes the guard states it is about to
+reset. If any of them raises, the caller rolls the transaction back.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from functools import partial
 from typing import Any, Callable
 
 import attrs
+from transitions import Machine, State
 
-from engine.core import Clock
-from engine.history import History, Record
-from engine.plan import undo_all
+from engine import errors, health
+from engine.core import Clock, Context, Curriculum, describe
+from engine.decide import Decider
+from engine.history import ActionEffect, GuardEvidence, History, Record, jsonable
+from engine.plan import PhasePlan, Plan, Taken, put_back, take_all
 from engine.state import PendingCheck
 
-__all__ = ["Transaction"]
+__all__ = ["Before", "Transaction", "Firing"]
+
+logger = logging.getLogger("engine.runtime")
+
+
+@attrs.frozen
+class Before:
+    """What a transition may change, as it was before."""
+
+    phase: str
+    clock: Clock
+    n_history: int
+    n_pending: int
 
 
 @attrs.define
@@ -26,32 +44,213 @@ class Transaction:
     """One transition's changes. ``index`` is its transition (-1: a manual one, by ``force``)."""
 
     index: int = -1
+    reason: str | None = None  # a manual transition's
     record: Record | None = None
-    phase: str | None = None  # the phase before; None until opened
-    clock: Clock | None = None
-    n_history: int = 0
-    n_pending: int = 0
-    guard_states: list[tuple[Callable[[Any], None], Any]] = attrs.field(factory=list)  # (restore, token)
-
-    @property
-    def opened(self) -> bool:
-        return self.phase is not None
+    before: Before | None = None  # None until opened
+    guard_states: list[Taken] = attrs.field(factory=list)
 
     def open(self, phase: str, clock: Clock, history: History, pending: list[PendingCheck]) -> None:
         """Note what the transition may change: the phase, clock, history and pending checks now."""
-        self.phase = phase
-        self.clock = attrs.evolve(clock)
-        self.n_history = len(history)
-        self.n_pending = len(pending)
+        self.before = Before(phase, attrs.evolve(clock), len(history), len(pending))
 
     def roll_back(
         self, set_phase: Callable[[str], None], clock: Clock, history: History, pending: list[PendingCheck]
     ) -> None:
         """Put the phase, clock, history, pending checks and guards back as :meth:`open` found them."""
-        assert self.phase is not None and self.clock is not None
-        set_phase(self.phase)
+        before = self.before
+        if before is None:
+            return
+        set_phase(before.phase)
         for field in attrs.fields(Clock):
-            setattr(clock, field.name, getattr(self.clock, field.name))
-        history.truncate(self.n_history)
-        del pending[self.n_pending :]
-        undo_all(self.guard_states)
+            setattr(clock, field.name, getattr(before.clock, field.name))
+        history.truncate(before.n_history)
+        del pending[before.n_pending :]
+        put_back(self.guard_states)
+
+
+class _MachineModel:
+    """The object whose ``state`` (the current phase's name) the machine drives (slotted attrs cannot be)."""
+
+    state: str
+
+
+class Firing:
+    """The ``transitions.Machine`` that holds the phase, and the callbacks that fire a transition.
+
+    Each transition is one trigger ``_fire_<i>`` without conditions, each manual move one
+    ``_force_<phase>``; the engine decides first (:class:`~engine.decide.Decider`) and enters the
+    machine only when a transition fires. The machine runs, in order: :meth:`_begin` (opens the
+    :class:`Transaction`, starts the record with the guards' evidence and the decision), the
+    transition's actions (:meth:`_act`), :meth:`_enter_clock`, the destination's ``on_enter``
+    actions, :meth:`_finish` (resets the destination's guards, appends the record, owes the health
+    checks). If one raises, :meth:`_trigger` rolls the transaction back.
+    """
+
+    def __init__(
+        self,
+        curriculum: Curriculum,
+        plan: Plan,
+        decider: Decider,
+        ctx: Context,
+        clock: Clock,
+        history: History,
+        pending: list[PendingCheck],
+    ) -> None:
+        self.curriculum, self.plan, self.decider, self.ctx, self.clock = curriculum, plan, decider, ctx, clock
+        self.history, self.pending = history, pending
+        self.here: PhasePlan = plan.phases[curriculum.initial_name]  # the current phase's plan
+        self._model = _MachineModel()
+        self._machine = Machine(
+            model=self._model,
+            states=[State(p.name, on_enter=[partial(self._act, a) for a in p.on_enter]) for p in curriculum.phases],
+            initial=curriculum.initial_name,
+            send_event=True,
+            auto_transitions=False,
+            ignore_invalid_triggers=True,
+        )
+        for i, tr in enumerate(curriculum.transitions):
+            before = [self._begin, *(partial(self._act, a) for a in tr.actions), self._enter_clock]
+            self._machine.add_transition(f"_fire_{i}", tr.source, tr.dest, before=before, after=self._finish)
+        for p in curriculum.phases:
+            before = [self._begin, self._enter_clock]
+            self._machine.add_transition(f"_force_{p.name}", "*", p.name, before=before, after=self._finish)
+        # The triggers on the model, looked up once: transition i's, and each phase's manual move.
+        count = len(curriculum.transitions)
+        self._fires: list[Callable[..., bool]] = [getattr(self._model, f"_fire_{i}") for i in range(count)]
+        self._forces = {p.name: getattr(self._model, f"_force_{p.name}") for p in curriculum.phases}
+
+    @property
+    def phase(self) -> str:
+        return self._model.state
+
+    def set_phase(self, name: str) -> None:
+        """Set the phase outside a transition (start, restore, rollback), and its plan with it."""
+        self._machine.set_state(name, model=self._model)
+        self.here = self.plan.phases[name]
+
+    def start(self, record: Record) -> None:
+        """The start into ``record.dest``: its ``on_enter`` actions (effects into ``record``) and the
+        resets of its guards, then the record; if one raises, the resets are undone."""
+        name = record.dest
+        entered = self.plan.phases[name]
+        taken = take_all(entered.undo_reset)
+        try:
+            for action in self.curriculum.phase(name).on_enter:
+                try:
+                    effect = jsonable(action(self.ctx) or {})
+                except Exception as exc:
+                    raise errors.start_action_failed(action, name, exc, record.actions) from exc
+                record.actions.append(ActionEffect(describe(action), effect))
+            for reset in entered.resetters:
+                self.reset(reset, "start()")
+        except BaseException:
+            put_back(taken)
+            raise
+        self.set_phase(name)
+        self.history.append(record)
+        health.owe(self.pending, self.plan.verifies, self.curriculum, len(self.history) - 1, -1, record)
+
+    def evaluate(self, indexes: tuple[int, ...]) -> Record | None:
+        """Fire the first of the transitions ``indexes`` whose guards all hold; None when none does."""
+        decider = self.decider
+        held_since = dict(decider.held_since)  # the decider replaces entries, never mutates them
+        try:
+            index = decider.first(indexes)
+            return None if index is None else self._trigger(self._fires[index], Transaction(index))
+        except BaseException:
+            decider.held_since = held_since
+            raise
+        finally:
+            self.ctx.transition = None
+
+    def force(self, dest: str, reason: str) -> Record:
+        held_since = self.decider.held_since
+        try:
+            return self._trigger(self._forces[dest], Transaction(-1, reason))
+        except BaseException:
+            self.decider.held_since = held_since
+            raise
+
+    def _trigger(self, trigger: Callable[..., bool], txn: Transaction) -> Record:
+        try:
+            trigger(txn=txn)
+        except BaseException:
+            txn.roll_back(self.set_phase, self.clock, self.history, self.pending)
+            raise
+        finally:
+            self.ctx.transition = None
+            self.here = self.plan.phases[self._model.state]  # the machine moved it, or the rollback
+        return self.history[-1]
+
+    def reset(self, reset: Callable[[], None], call: str | None = None) -> None:
+        """A guard's ``reset()``; a failure names the guard and ``call`` (default: the point, or force())."""
+        try:
+            reset()
+        except Exception as exc:
+            point = self.ctx.point
+            call = call or (point.value if point is not None else "force()")
+            raise errors.hook_failed(reset, "reset", exc, self.plan.where, call, self.clock.global_step) from exc
+
+    # -- the machine's callbacks: the Transaction travels in the event as event.kwargs["txn"] --------
+
+    def _begin(self, event: Any) -> None:
+        clock, txn = self.clock, event.kwargs["txn"]
+        txn.open(self._model.state, clock, self.history, self.pending)
+        guards, point, decision = [], "manual", None
+        self.ctx.transition = None
+        if txn.index >= 0:
+            self.ctx.transition = tr = self.curriculum.transitions[txn.index]
+            for g, evidence in self.plan.transitions[txn.index].evidence:
+                try:
+                    found = jsonable(evidence(self.ctx) or {}) if evidence is not None else {"holds": True}
+                except Exception as exc:
+                    who = f"guard {describe(g)} of transition {tr.label} raised in evidence()"
+                    raise errors.failed(who, exc, tr.when.value, clock.global_step) from exc
+                guards.append(GuardEvidence(describe(g), found))
+            point, decision = tr.when.value, self.decider.decision(txn.index)
+        txn.record = Record(
+            source=event.transition.source,
+            dest=event.transition.dest,
+            global_step=clock.global_step,
+            epoch=clock.epoch,
+            step_in_epoch=clock.step_in_epoch,
+            point=point,
+            wall_time=time.time(),
+            guards=guards,
+            reason=txn.reason,
+            decision=decision,
+        )
+
+    def _act(self, action: Any, event: Any) -> None:
+        txn = event.kwargs["txn"]
+        record = txn.record
+        try:
+            effect = jsonable(action(self.ctx) or {})
+        except Exception as exc:
+            if txn.index >= 0:
+                where = f"transition {self.curriculum.transitions[txn.index].label}"
+            else:
+                where = f"the manual transition {record.source} -> {record.dest}"
+            call = self.ctx.point.value if self.ctx.point is not None else "force()"
+            text = f"action {describe(action)} of {where} raised"
+            raise errors.failed(text, exc, call, self.clock.global_step, record.actions) from exc
+        record.actions.append(ActionEffect(describe(action), effect))
+
+    def _enter_clock(self, _event: Any) -> None:
+        self.clock.steps_in_phase = 0
+        self.clock.epochs_in_phase = 0
+
+    def _finish(self, event: Any) -> None:
+        txn = event.kwargs["txn"]
+        record = txn.record
+        self.decider.held_since = {}  # a phase was entered: its transitions' guards start afresh
+        entered = self.plan.phases[record.dest]
+        # Resets are the only change to guards a transition makes: noted first, undone on a rollback.
+        txn.guard_states.extend(take_all(entered.undo_reset))
+        for reset in entered.resetters:
+            self.reset(reset)
+        self.history.append(record)
+        health.owe(self.pending, self.plan.verifies, self.curriculum, len(self.history) - 1, txn.index, record)
+        logger.info(
+            "transition %s -> %s at step %d (epoch %d)", record.source, record.dest, record.global_step, record.epoch
+        )

@@ -37,7 +37,7 @@ from policies.guards import (
 from policies.schedule import SEED_STAGES, Restartable, StagedCosine, StageUnit
 from policies.seqlen import seq_len_curriculum
 from policies.spectral import phase_for_epoch, spectral_curriculum
-from policies.wsd import WSD, CooldownShape, StartCooldown, adaptive_cooldown
+from policies.wsd import WSD, CooldownDue, CooldownShape, StartCooldown, adaptive_cooldown
 
 __all__ = [
     "Plateau",
@@ -65,9 +65,10 @@ __all__ = [
     "CooldownShape",
     "StartCooldown",
     "adaptive_cooldown",
+    "CooldownDue",
 ]
 
-for _guard in (Plateau, MinEpoch, MinSteps, MetricBelow, MetricAbove, Cooldown, MaxVisits, WorseThanBest):
+for _guard in (Plateau, MinEpoch, MinSteps, MetricBelow, MetricAbove, Cooldown, MaxVisits, WorseThanBest, CooldownDue):
     default_registry.register_guard(_guard)
 for _guard, _name in ((_AllOf, "all_of"), (_AnyOf, "any_of"), (_Not, "not_")):
     default_registry.register_guard(_guard, _name)

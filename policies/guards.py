@@ -103,7 +103,6 @@ class Plateau:
     """
 
     requires = ()
-    metrics = ()  # deciding reads no metric; observe reads `observes` at every step_end
 
     window: int = attrs.field(default=50, converter=integer(2, "use an even window >= 2, e.g. window=50"))
     threshold: float = attrs.field(default=0.005, converter=real("e.g. threshold=0.005 (0.5% relative improvement)"))
@@ -150,7 +149,7 @@ class Plateau:
     # -- accumulate ------------------------------------------------------------------------------
 
     @property
-    def observes(self) -> tuple[str, ...]:
+    def metrics(self) -> tuple[str, ...]:
         """The metric ``observe`` reads at every step_end (the engine checks that the loop passes it)."""
         return (self.metric,)
 
@@ -638,7 +637,6 @@ class WorseThanBest:
     """
 
     requires = ()
-    metrics = ()
     observe_at = None  # at the transition's own evaluation point
 
     metric: str = attrs.field(validator=metric_name('e.g. WorseThanBest("val_loss")'))
@@ -665,7 +663,8 @@ class WorseThanBest:
         self.reset()
 
     @property
-    def observes(self) -> tuple[str, ...]:
+    def metrics(self) -> tuple[str, ...]:
+        """The metric ``observe`` reads at its transition's point."""
         return (self.metric,)
 
     def observe(self, ctx: Context) -> None:

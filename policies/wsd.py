@@ -22,7 +22,7 @@ from policies._checks import check_int, check_real, fail
 from policies.guards import MinEpoch, Plateau, all_of
 from policies.schedule import _write_lr  # one writer of an LR into every param group (tensor LRs included)
 
-__all__ = ["WSD", "CooldownShape", "StartCooldown", "adaptive_cooldown"]
+__all__ = ["WSD", "CooldownShape", "StartCooldown", "CooldownDue", "adaptive_cooldown"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,14 @@ class WSD(LRScheduler):
     LR, ``last_epoch`` counts the optimizer steps completed. ``state_dict()`` holds the position (the
     step about to run and a cooldown started by hand) plus informational copies of the settings;
     loaded into a schedule built with the same arguments, the LRs continue bit-identically.
+
+    Where the cooldown stands: ``auto_start`` is the step the automatic cooldown begins at
+    (``total_steps - cooldown_steps``; None with ``auto=False``), ``started_at`` the step a
+    :meth:`start_cooldown` began it at (None until then), :attr:`cooldown_start` the earlier of the
+    two; :attr:`cooling` says the step about to run is in the cooldown, :attr:`finished` that it is
+    over (every later step runs at the final LR). A cooldown that ends with steps of ``total_steps``
+    left logs one warning naming how many run at the final LR. :class:`CooldownDue` makes the
+    automatic start a transition of the curriculum, so that it is recorded.
     """
 
     def __init__(
@@ -164,6 +172,16 @@ class WSD(LRScheduler):
                 "argument after each optimizer.step() (restore a position with load_state_dict)"
             )
         super().step()
+        end = self.cooldown_end
+        if end is not None and self.last_epoch == end < self.total_steps:
+            logger.warning(
+                "WSD cooldown ended at step %d with %d of total_steps=%d left: they run at the final LR %.3g; "
+                "stop the run there, or start the cooldown later",
+                end,
+                self.total_steps - end,
+                self.total_steps,
+                self.base_lr * self.final_ratio,
+            )
 
     def fast_forward(self, steps: int) -> None:
         """Advance ``steps`` optimizer steps at once, as ``steps`` calls of ``step()`` would."""
@@ -298,11 +316,40 @@ class StartCooldown:
     def __call__(self, ctx: Context) -> dict:
         schedule = ctx.schedule
         self.check(ctx)
+        automatic = _started_by_itself(schedule)
         before, after = schedule.start_cooldown()
-        return {"lr": [before, after], "cooldown": [schedule.cooldown_start, schedule.cooldown_end]}
+        effect = {"lr": [before, after], "cooldown": [schedule.cooldown_start, schedule.cooldown_end]}
+        if automatic:  # it had begun at its automatic start: this transition did not start it
+            effect["auto_start"] = schedule.auto_start
+        return effect
 
     def __repr__(self) -> str:
         return "StartCooldown()"
+
+
+def _started_by_itself(schedule: Any) -> bool:
+    """A WSD whose step about to run is in the cooldown that began at its automatic start."""
+    return bool(getattr(schedule, "cooling", False)) and getattr(schedule, "started_at", 0) is None
+
+
+class CooldownDue:
+    """Holds once the registered schedule's cooldown has begun by itself: a :class:`WSD` built with
+    ``auto=True`` reached ``auto_start`` with no cooldown started before.
+
+    :func:`adaptive_cooldown` puts it on a step-end ``stable -> cooldown`` transition beside the
+    plateau's, so that the automatic cooldown moves the phase and is recorded, at the step it
+    begins. Without a registered schedule (a replay of the recorded metrics) it never holds.
+    """
+
+    def __call__(self, ctx: Context) -> bool:
+        return _started_by_itself(ctx.objects.get("schedule"))
+
+    def evidence(self, ctx: Context) -> dict:
+        schedule = ctx.objects.get("schedule")
+        return {"auto_start": getattr(schedule, "auto_start", None), "step": getattr(schedule, "last_epoch", None)}
+
+    def __repr__(self) -> str:
+        return "CooldownDue()"
 
 
 def adaptive_cooldown(
@@ -312,11 +359,15 @@ def adaptive_cooldown(
     has plateaued (``Plateau(window, threshold, test=test, alpha=alpha)``), fire :class:`StartCooldown`.
 
     Register a :class:`WSD` as ``schedule``; built with ``auto=True`` it still cools down at the end of
-    training when the plateau never comes.
+    training when the plateau never comes: a second, step-end ``stable -> cooldown`` transition on
+    :class:`CooldownDue` records that start (its ``StartCooldown`` effect has ``auto_start``).
     """
     min_epoch = check_int("adaptive_cooldown", "min_epoch", min_epoch, 0, "the earliest epoch of the cooldown, e.g. 6")
     guard = all_of(MinEpoch(min_epoch), Plateau(window=window, threshold=threshold, test=test, alpha=alpha))
     return Curriculum(
         [Phase("stable"), Phase("cooldown")],
-        [Transition("stable", "cooldown", guards=[guard], actions=[StartCooldown()], when=Point.EPOCH_END)],
+        [
+            Transition("stable", "cooldown", guards=[guard], actions=[StartCooldown()], when=Point.EPOCH_END),
+            Transition("stable", "cooldown", guards=[CooldownDue()], actions=[StartCooldown()], when=Point.STEP_END),
+        ],
     )

@@ -440,7 +440,7 @@ class Both:
 def test_a_guard_with_mark_inside_a_stateless_combinator_is_undone_too():
     """A Plateau inside a combinator that has no state_dict() is still undone by its own mark()."""
     plateau = Plateau(window=4)
-    counter = CountBelow(2.0, need=100)  # observes, has no mark(): the combinator cannot be copied either
+    counter = CountBelow(2.0, need=100)  # observes, has no mark(): copied with its own state_dict()
     eng = two_phase(Both(CrashIf(), plateau, counter), when=Point.STEP_END)
     for loss in (0.4, 0.3, 0.2):
         eng.step_end(loss=loss)

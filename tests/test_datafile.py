@@ -60,7 +60,8 @@ SHIPPED = Path(policies.__file__).parent / "curricula" / "spectral.toml"
 
 # What the stored fingerprints of the shipped curricula are: a change of a built-in's repr changes them.
 SPECTRAL = "0bd570a628708e2996b094e5dc79fbc52417e087bdd1dedf5146c84108af1ddb"
-WSD_ADAPTIVE = "d6ca8871b77d712d1d279145d67d5b3cf00c9543cdf2b722acefd23ee3a16428"
+# adaptive_cooldown's holds its step-end CooldownDue transition (the automatic cooldown, recorded)
+WSD_ADAPTIVE = "40a232fd3517bbf10d3e10c0f637583cff26051878c6599e99e9c36c9a639b7e"
 
 
 @attrs.define(eq=False)
@@ -336,8 +337,8 @@ actions = [{ type = "RestartLR" }]
             '"Plateau"',
             '"Plateu"',
             "c.toml: transitions[0].guards[0].guards[1]",
-            "type: unknown guard 'Plateu'; expected one of Cooldown, MaxVisits, MetricAbove, MetricBelow, MinEpoch, "
-            "MinSteps, Plateau, WorseThanBest, all_of, "
+            "type: unknown guard 'Plateu'; expected one of Cooldown, CooldownDue, MaxVisits, MetricAbove, MetricBelow, "
+            "MinEpoch, MinSteps, Plateau, WorseThanBest, all_of, "
             "any_of, not_ (did you mean 'Plateau'?), or register your own first: engine.register_guard(YourClass)",
         ),
         (

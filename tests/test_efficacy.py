@@ -223,7 +223,7 @@ def test_study_arms_differ_only_where_the_design_says():
 
     assert shape("S")[0] == shape("S+")[0] == [{"seq_len": 16}, {"seq_len": 32}, {}]
     assert shape("S")[1] == shape("S+")[1] == [[], []]
-    assert shape("WA")[1] == [["StartCooldown()"]] and schedule_of("WA") == schedule_of("W*") == "wsd"
+    assert shape("WA")[1] == [["StartCooldown()"]] * 2 and schedule_of("WA") == schedule_of("W*") == "wsd"
     assert shape("C")[1] == shape("CS")[1] == [["RestartLR()"]] * 3
     assert shape("CS")[0] == [{"seq_len": 16}, {"seq_len": 32}, {"seq_len": 64}, {}] and shape("C")[0] == [{}] * 4
     assert (

@@ -360,7 +360,7 @@ def test_engine_keeps_no_scratch_state_between_callbacks():
     eng = CurriculumEngine(cur)
     eng.start()
     record = eng.epoch_end()
-    assert record is eng.history[-1] and eng.phase.name == "b" == eng._model.state
+    assert record is eng.history[-1] and eng.phase.name == "b" == eng._machine.phase
     assert not {"_building", "_building_index", "_firing", "_phase"} & set(vars(eng))
     assert eng.epoch_end() is None  # no transition out of b: nothing fired, found without history lengths
 
@@ -542,6 +542,23 @@ def test_check_runs_at_load_state_dict_and_a_refusal_loads_nothing():
     assert fresh.state_dict() == before
     fresh.bind(limit=4).load_state_dict(saved)
     assert fresh.state_dict() == saved
+
+
+def test_step_end_without_loss_names_the_keyword_and_a_close_one_passed():
+    """step_end(los=3.0) is a CurriculumError asking "did you mean loss=", and counts nothing; without any close
+    keyword it still says loss= is needed."""
+    eng = CurriculumEngine(Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Never()])]))
+    eng.start()
+    before = eng.state_dict()
+    with pytest.raises(
+        CurriculumError, match=r"step_end\(\) needs .* as loss=\.\.\.; did you mean loss= \(you passed los=\)"
+    ):
+        eng.step_end(los=3.0)
+    with pytest.raises(
+        CurriculumError, match=r"step_end\(\) needs the step's training loss as loss=\.\.\. \(passed: \['acc'\]\)"
+    ):
+        eng.step_end(acc=0.5)
+    assert eng.state_dict() == before
 
 
 def test_a_misspelt_metric_name_is_answered_with_the_close_one_passed():

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
-from tests.utils import Always, CountBelow, EpochAtLeast, Log, LossBelow
+from tests.utils import Always, CountBelow, EpochAtLeast, Log, LossBelow, Never
 
 
 class Warn:
@@ -324,6 +324,18 @@ CORRUPTED = [
         r"load_state_dict\(\): CurriculumError: .*expected \{'values': \[finite numbers\]\}",
     ),
     (
+        "more values than the guard's window",
+        corrupt(["guards", "t2.g0"], {"values": [0.1] * 10}),
+        r"accumulators for guard t2\.g0 \(Plateau\(window=4, threshold=0\.005\)\) do not fit it: "
+        r"expected at most 4 values at \['values'\] \(what it keeps\), got 10; nothing was restored",
+    ),
+    (
+        "keys the guard does not keep",
+        corrupt(["guards", "t0.g0"], {"guards": [None, {"values": [], "extra": 1}]}),
+        r"accumulators for guard t0\.g0 \(all_of\(.*\)\) do not fit it: "
+        r"expected the keys \['values'\] at \['guards'\]\[1\], got \['extra', 'values'\]",
+    ),
+    (
         "a user guard refuses its state",
         corrupt(["guards", "t1.g0"], {}),
         r"accumulators for guard t1\.g0 \(CountBelow\(0\.5, need=3\)\) were refused by its load_state_dict\(\): "
@@ -461,3 +473,29 @@ def test_a_whole_hf_trainer_state_says_which_part_to_pass():
         eng.load_state_dict(trainer_state)
     eng.load_state_dict(trainer_state["stateful_callbacks"][STATE_KEY])
     assert eng.state_dict() == state
+
+
+def test_open_state_reads_a_saved_state_without_binding_objects(tmp_path):
+    """open_state gives the phase, clock, history, guard states and recorded metrics of a state whose actions need a
+    schedule, with none bound; with the curriculum it also checks the state is that curriculum's."""
+    from engine.saved import open_state
+
+    def build():
+        return Curriculum(
+            [Phase("a"), Phase("b")],
+            [Transition("a", "b", [CountBelow(0.5, need=2)], [Log("x", [], requires=("schedule",))], when="step_end")],
+        )
+
+    eng = CurriculumEngine(build(), record_metrics=True, schedule=object())
+    eng.start()
+    for loss in (0.4, 0.3, 0.2):
+        eng.step_end(loss=loss)
+    state = eng.state_dict()
+    (tmp_path / "state.json").write_text(json.dumps({"engine": state}))
+    for opened in (open_state(state, build()), open_state(state), open_state(tmp_path / "state.json")):
+        assert opened.phase == "b" and opened.clock.global_step == 3 and opened.started
+        assert [(r.source, r.dest, r.global_step) for r in opened.history] == [(None, "a", 0), ("a", "b", 2)]
+        assert opened.guards == {"t0.g0": {"count": 2}} and opened.recorded.steps == 3
+    other = Curriculum([Phase("a"), Phase("c")], [Transition("a", "c", [Never()])])
+    with pytest.raises(CurriculumError, match="saved from a different curriculum"):
+        open_state(state, other)

@@ -10,7 +10,7 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler
 
 from engine import Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
-from policies import WSD, MinSteps, StagedCosine, StartCooldown, adaptive_cooldown
+from policies import WSD, MinEpoch, MinSteps, StagedCosine, StartCooldown, adaptive_cooldown
 
 
 def optimizer() -> torch.optim.Optimizer:
@@ -126,6 +126,70 @@ def test_adaptive_cooldown_waits_for_its_floor_and_a_plateau():
         if s.cooling:
             break
     assert engine.phase.name == "cooldown" and s.cooldown_start == 10
+
+
+def run_epochs(engine, schedule, opt, epochs, steps, loss=lambda step: 1.0 / (step + 1)):
+    """An own loop: ``epochs`` of ``steps`` steps, a loss that falls fast (never a plateau) unless given."""
+    for _ in range(epochs):
+        for _ in range(steps):
+            opt.step()
+            schedule.step()
+            engine.step_end(loss=loss(engine.clock.global_step))
+        engine.epoch_end()
+
+
+def test_the_automatic_cooldown_is_a_recorded_transition():
+    """adaptive_cooldown with a WSD whose plateau never comes: at the automatic start (step 15) the phase moves to
+    cooldown, recorded at that step with the start in the guard's evidence and StartCooldown's effect (which changes no
+    LR: the schedule had begun it)."""
+    opt = optimizer()
+    s = WSD(opt, 1.0, 20, cooldown_steps=5, shape="linear")
+    engine = CurriculumEngine(adaptive_cooldown(1, window=4, threshold=0.0), optimizer=opt, schedule=s)
+    engine.start()
+    run_epochs(engine, s, opt, 4, 5)
+    record = engine.history[-1]
+    assert engine.phase.name == "cooldown" and (record.source, record.point, record.global_step) == (
+        "stable",
+        "step_end",
+        15,
+    )
+    assert record.guards[0].evidence == {"auto_start": 15, "step": 15}
+    assert record.actions[0].effect == {"lr": [1.0, 1.0], "cooldown": [15, 20], "auto_start": 15}
+    assert s.started_at is None and s.finished
+
+
+def test_a_transition_at_the_automatic_start_says_the_cooldown_had_begun_by_itself():
+    """StartCooldown firing at the very step the automatic cooldown begins records auto_start: it did not start it."""
+    opt = optimizer()
+    s = WSD(opt, 1.0, 10, cooldown_steps=5, shape="linear")
+    cur = Curriculum(
+        [Phase("stable"), Phase("cooldown")], [Transition("stable", "cooldown", [MinEpoch(1)], [StartCooldown()])]
+    )
+    engine = CurriculumEngine(cur, optimizer=opt, schedule=s)
+    engine.start()
+    run_epochs(engine, s, opt, 1, 5)
+    assert engine.history[-1].actions[0].effect == {"lr": [1.0, 1.0], "cooldown": [5, 10], "auto_start": 5}
+
+
+def test_a_cooldown_that_ends_early_warns_once_naming_the_steps_left(caplog):
+    """An own loop whose cooldown (started at step 6, 4 steps) ends with 10 of 20 steps left: one warning naming them
+    and the final LR; a cooldown that ends with training warns nothing."""
+    opt = optimizer()
+    s = WSD(opt, 1.0, 20, cooldown_steps=4, shape="linear", auto=False)
+    with caplog.at_level("WARNING", logger="policies.wsd"):
+        lrs(s, opt, 6)
+        s.start_cooldown()
+        lrs(s, opt, 14)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "WSD cooldown ended at step 10 with 10 of total_steps=20 left: they run at the final LR 0; "
+        "stop the run there, or start the cooldown later"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="policies.wsd"):
+        whole = optimizer()
+        lrs(WSD(whole, 1.0, 20, cooldown_steps=4), whole, 25)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
 def test_errors_name_the_field_and_the_fix():

@@ -258,9 +258,9 @@ class CurriculumCallback(Callback):
 
 def _metrics_read(guard: Any) -> bool:
     """Whether a guard reads a metric at its own evaluation point (Plateau observes the step-end loss instead)."""
-    if getattr(guard, "metrics", None):
-        return True
-    if getattr(guard, "observes", None) and getattr(guard, "observe_at", "step_end") is None:
+    if getattr(guard, "metrics", None) and (
+        not hasattr(guard, "observe") or getattr(guard, "observe_at", "step_end") is None
+    ):
         return True
     return any(_metrics_read(g) for g in getattr(guard, "guards", ()) or ())
 
