@@ -27,6 +27,8 @@ member               of      what the engine does with it
 ``conjuncts``        guard   set by an AND of its ``guards`` (``all_of``): they are weighed one
                              by one for the deciding guard of its transition
 ``verify(ctx, e)``   action  a health check at the next ``step_end`` (:mod:`engine.health`)
+``adapt_schedule``   action  for the framework callbacks: the framework's own LR scheduler in, the
+                             schedule to register out (``RestartLR``: made restartable)
 ===================  ======  =====================================================================
 
 :func:`capabilities` looks the methods up once, when the engine's plan is built

@@ -68,6 +68,35 @@ class RestartLR:
                 "(from policies), or register a StagedCosine"
             )
 
+    def adapt_schedule(self, scheduler: Any, *, saved: dict | None, fresh: bool, over: str) -> Any:
+        """For a framework callback: the framework's own scheduler, made restartable when it cannot
+        restart, wrapped with :meth:`Restartable.around` (the framework keeps stepping it); re-planned
+        over the steps left at each restart with ``over="remaining"`` when the schedule has a length
+        (else replayed whole). ``saved``: the wrapper's state from the checkpoint."""
+        from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+
+        from policies.schedule import Over, Restartable
+
+        if callable(getattr(scheduler, "restart", None)):
+            return scheduler
+        if not isinstance(scheduler, LRScheduler) or isinstance(scheduler, ReduceLROnPlateau):
+            return scheduler  # nothing to restart: check() says what to pass
+        over = Over(over)
+        if not Restartable.replannable(scheduler):
+            over = Over.WHOLE  # a schedule without a length (ExponentialLR, a LambdaLR of a plain function) runs on
+        elif over is Over.WHOLE:
+            logger.warning(
+                "the curriculum restarts the LR and restart_over='whole' replays the whole %s from each restart, "
+                "so a restart after its step 0 does not reach the schedule's end (a decay to 0 ends above it); "
+                "restart_over='remaining' re-plans it over the steps left",
+                type(scheduler).__name__,
+            )
+        if fresh:
+            return Restartable.around(scheduler, over=over)
+        if saved is not None:
+            return Restartable.around(scheduler, saved, over=over)
+        return scheduler  # a checkpoint from before the wrapper: check() names the fix
+
     def __call__(self, ctx: Context) -> dict:
         schedule, optimizer = ctx.schedule, ctx.optimizer
         self.check(ctx)

@@ -14,7 +14,6 @@ binding of the framework's objects.
 
 from __future__ import annotations
 
-import logging
 import numbers
 import random
 from typing import Any, Iterator, Mapping
@@ -23,8 +22,6 @@ from engine.core import CurriculumError
 from engine.runtime import CurriculumEngine
 
 __all__ = ["PhaseParams"]
-
-logger = logging.getLogger(__name__)
 
 
 class PhaseParams(Mapping[str, Any]):
@@ -81,57 +78,32 @@ def check_flag(value: Any, name: str = "allow_fingerprint_mismatch") -> bool:
     return value
 
 
-def check_restart_over(value: Any) -> Any:
-    """``restart_over``, as ``policies.schedule.Over``."""
-    from policies.schedule import Over
+#: ``restart_over``'s values: replay the framework's schedule whole from each restart, or re-plan it
+#: over the steps left (see ``policies.Restartable``).
+RESTART_OVER = ("whole", "remaining")
 
-    try:
-        return Over(value)
-    except ValueError:  # Over's own refusal of a value that is not one of its members
+
+def check_restart_over(value: Any) -> str:
+    if value not in RESTART_OVER:
         raise CurriculumError(
             f"CurriculumCallback: 'restart_over' must be 'whole' or 'remaining', got {value!r}; "
             "restart_over='remaining' re-plans the framework's schedule over the steps left at each restart"
-        ) from None
-
-
-def _restarts_lr(curriculum: Any) -> bool:
-    """Does any transition or phase of ``curriculum`` run a ``RestartLR``?"""
-    from policies.actions import RestartLR
-
-    actions = [a for p in curriculum.phases for a in p.on_enter] + [
-        a for t in curriculum.transitions for a in t.actions
-    ]
-    return any(isinstance(a, RestartLR) for a in actions)
-
-
-def restartable(engine: CurriculumEngine, scheduler: Any, saved: dict | None, fresh: bool, over: Any) -> Any:
-    """The framework's own scheduler, made restartable when the curriculum restarts the LR (a ``RestartLR``)
-    and the scheduler cannot restart: wrapped with ``policies.Restartable.around`` (the framework keeps
-    stepping it), re-planned over the steps left at each restart when ``over`` is ``"remaining"`` and the
-    schedule has a length (else replayed whole). Else as it is: a schedule another action drives
-    (``StartCooldown`` on a ``WSD``) stays itself."""
-    if scheduler is None or callable(getattr(scheduler, "restart", None)) or not _restarts_lr(engine.curriculum):
-        return scheduler
-    from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
-
-    from policies.schedule import Over, Restartable
-
-    if not isinstance(scheduler, LRScheduler) or isinstance(scheduler, ReduceLROnPlateau):
-        return scheduler  # nothing to restart: RestartLR.check says what to pass
-    if not Restartable.replannable(scheduler):
-        over = Over.WHOLE  # a schedule without a length (ExponentialLR, a LambdaLR of a plain function) runs on
-    elif over is Over.WHOLE:
-        logger.warning(
-            "CurriculumCallback: the curriculum restarts the LR and restart_over='whole' replays the whole %s "
-            "from each restart, so a restart after its step 0 does not reach the schedule's end (a decay to 0 ends "
-            "above it); restart_over='remaining' re-plans it over the steps left",
-            type(scheduler).__name__,
         )
-    if fresh:
-        return Restartable.around(scheduler, over=over)
-    if saved is not None:
-        return Restartable.around(scheduler, saved, over=over)
-    return scheduler  # a checkpoint from before the wrapper: RestartLR.check names the fix
+    return str(value)
+
+
+def framework_schedule(engine: CurriculumEngine, scheduler: Any, saved: dict | None, fresh: bool, over: str) -> Any:
+    """What to register as ``schedule``: the framework's own scheduler as the curriculum's actions need
+    it. An action that needs more of it than the framework gives (``RestartLR``: a schedule that can
+    restart) says so with ``adapt_schedule(scheduler, saved=, fresh=, over=)``, which returns the
+    schedule to register; ``saved`` is the state of what it returned before (None in a fresh run or
+    a checkpoint without it). Without such an action, the scheduler as it is."""
+    if scheduler is None:
+        return scheduler
+    actions = [a for p in engine.curriculum.phases for a in p.on_enter]
+    actions += [a for t in engine.curriculum.transitions for a in t.actions]
+    adapt = next((a.adapt_schedule for a in actions if callable(getattr(a, "adapt_schedule", None))), None)
+    return scheduler if adapt is None else adapt(scheduler, saved=saved, fresh=fresh, over=over)
 
 
 def bind(engine: CurriculumEngine, **objects: Any) -> None:

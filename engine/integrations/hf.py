@@ -24,9 +24,9 @@ from engine.integrations import (
     check_engine,
     check_flag,
     check_restart_over,
+    framework_schedule,
     random_state,
     real_metrics,
-    restartable,
     set_random_state,
 )
 from engine.integrations.tracking import calling_handler, curriculum_logs, report_before_loggers
@@ -273,7 +273,7 @@ class CurriculumCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         callbacks = state.stateful_callbacks or {}
-        schedule = restartable(
+        schedule = framework_schedule(
             self.engine, lr_scheduler, callbacks.get(SCHEDULE_KEY), state.global_step == 0, self.restart_over
         )
         self._wrapped = schedule if schedule is not lr_scheduler else None  # the Trainer's own, made restartable

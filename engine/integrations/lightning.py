@@ -23,9 +23,9 @@ from engine.integrations import (
     check_engine,
     check_flag,
     check_restart_over,
+    framework_schedule,
     random_state,
     real_metrics,
-    restartable,
     set_random_state,
 )
 from engine.integrations.tracking import log_to_lightning
@@ -138,7 +138,7 @@ class CurriculumCallback(Callback):
         schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
         restored, self._restored = self._restored, None
         scheduler = schedulers[0] if schedulers else None
-        schedule = restartable(
+        schedule = framework_schedule(
             self.engine, scheduler, (restored or {}).get("schedule"), restored is None, self.restart_over
         )
         self._wrapped = schedule if schedule is not scheduler else None
