@@ -27,6 +27,9 @@ from engine.state import PendingCheck
 __all__ = ["Before", "Transaction", "Firing"]
 
 logger = logging.getLogger("engine.runtime")
+# transitions logs every callback at INFO (and each costs ~50 us): quiet unless the user set its level
+if logging.getLogger("transitions").level == logging.NOTSET:
+    logging.getLogger("transitions").setLevel(logging.WARNING)
 
 
 @attrs.frozen

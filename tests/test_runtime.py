@@ -610,3 +610,18 @@ def test_the_machine_is_entered_only_when_a_transition_fires(monkeypatch):
     eng.step_end(loss=0.4)
     assert not triggered and eng.phase.name == "a"
     assert eng.step_end(loss=0.4) is not None and eng.phase.name == "b" and len(triggered) == 1
+
+
+def test_transitions_does_not_flood_an_info_log(caplog):
+    """At INFO, a transition logs nothing from the transitions library (it logs each callback at INFO otherwise)."""
+    import logging
+
+    from policies import MinSteps
+
+    c = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [MinSteps(1)], when=Point.STEP_END)])
+    engine = CurriculumEngine(c)
+    with caplog.at_level(logging.INFO):
+        engine.start()
+        engine.step_end(loss=1.0)
+    assert engine.phase.name == "b"
+    assert not [r for r in caplog.records if r.name.startswith("transitions")]
