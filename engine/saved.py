@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import stat
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,8 @@ def _hf_folder(folder: Path) -> Path:
 
 
 def _read(path: Path) -> Any:
+    if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block the read, a device never end it
+        raise CurriculumError(f"{path} is not a regular file (a FIFO or a device): no engine state; check the path")
     if path.suffix == ".json":
         try:
             return json.loads(path.read_text(encoding="utf-8"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import sys
 
@@ -211,13 +212,16 @@ def _earlier_release_recording(bomb: bool) -> dict:
 
 
 @pytest.mark.parametrize("command", ["replay", "plot"])
-@pytest.mark.parametrize("case", ["claims 10**9 calls", "zlib bomb", "nested json"])
+@pytest.mark.parametrize("case", ["claims 10**9 calls", "zlib bomb", "nested json", "fifo"])
 def test_cli_hostile_recording_is_one_line_and_exit_2(recorded, tmp_path, capsys, command, case):
-    """A recording that claims more than it holds, a compressed block that inflates without end, or JSON
-    nested past the parser's depth: one line and status 2, nothing allocated for what the file claims."""
+    """A recording that claims more than it holds, a compressed block that inflates without end, JSON
+    nested past the parser's depth, or a FIFO (which would block the read): one line and status 2,
+    nothing allocated for what the file claims."""
     path, out = tmp_path / "state.json", tmp_path / "out.png"
     if case == "nested json":
         path.write_text("[" * 100_000 + "]" * 100_000)
+    elif case == "fifo":
+        os.mkfifo(path)
     else:
         state = {**recorded.state_dict(), "recorded": _earlier_release_recording(case == "zlib bomb")}
         path.write_text(json.dumps(state))
@@ -225,7 +229,8 @@ def test_cli_hostile_recording_is_one_line_and_exit_2(recorded, tmp_path, capsys
     assert main([*argv, *(["--out", str(out)] if command == "plot" else [])]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
-    assert ("too deeply" if case == "nested json" else "written by curriculum-engine 0.1.0") in err
+    words = {"nested json": "too deeply", "fifo": "not a regular file"}.get(case, "written by curriculum-engine 0.1.0")
+    assert words in err
 
 
 @pytest.mark.parametrize(
