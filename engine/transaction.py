@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import attrs
 from transitions import Machine, State
@@ -27,9 +28,22 @@ from engine.state import PendingCheck
 __all__ = ["Before", "Transaction", "Firing"]
 
 logger = logging.getLogger("engine.runtime")
-# transitions logs every callback at INFO (and each costs ~50 us): quiet unless the user set its level
-if logging.getLogger("transitions").level == logging.NOTSET:
-    logging.getLogger("transitions").setLevel(logging.WARNING)
+_TRANSITIONS_LOG = logging.getLogger("transitions")
+
+
+@contextmanager
+def _quiet_transitions() -> Iterator[None]:
+    """transitions logs each callback it runs at INFO (~50 us each): quiet while the engine fires,
+    unless the user set that logger's level. Its level is put back after, so importing the engine
+    changes no other library's logging."""
+    if _TRANSITIONS_LOG.level != logging.NOTSET:
+        yield
+        return
+    _TRANSITIONS_LOG.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        _TRANSITIONS_LOG.setLevel(logging.NOTSET)
 
 
 @attrs.frozen
@@ -176,7 +190,8 @@ class Firing:
 
     def _trigger(self, trigger: Callable[..., bool], txn: Transaction) -> Record:
         try:
-            trigger(txn=txn)
+            with _quiet_transitions():
+                trigger(txn=txn)
         except BaseException:
             txn.roll_back(self.set_phase, self.clock, self.history, self.pending)
             raise

@@ -625,3 +625,4 @@ def test_transitions_does_not_flood_an_info_log(caplog):
         engine.step_end(loss=1.0)
     assert engine.phase.name == "b"
     assert not [r for r in caplog.records if r.name.startswith("transitions")]
+    assert logging.getLogger("transitions").level == logging.NOTSET  # put back as it was
