@@ -17,7 +17,6 @@ evaluation each epoch at every checkpoint); the rest of the product is marked ``
 
 from __future__ import annotations
 
-import itertools
 import logging
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from engine import Curriculum, CurriculumEngine, Phase, Transition
 from engine.integrations.hf import CurriculumCallback
 from policies import MetricBelow, MinEpoch, MinSteps, RestartLR, all_of
 from tests.hf_tiny import DropoutLM, InOrderTrainer, SaveAtEpochEnd, StreamedWindows, crop
-from tests.utils import TinyLM, Windows, record_calls, same_tensors
+from tests.utils import TinyLM, Windows, matrix_cells, record_calls, run_cache, same_tensors
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
@@ -111,23 +110,11 @@ def timeless(calls: list) -> list:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     """One uninterrupted run per setting of the axes other than the checkpoint, made when first needed."""
-    runs = {}
-
-    def get(run):
-        if run not in runs:
-            out = tmp_path_factory.mktemp("full")
-            runs[run] = (out, *train(out, run))
-        return runs[run]
-
-    return get
+    return run_cache(tmp_path_factory, train)
 
 
 def cells():
-    for values in itertools.product(*AXES.values()):
-        cell = dict(zip(AXES, values))
-        run = tuple(cell[axis] for axis in RUN_AXES)
-        marks = () if run in DEFAULT_RUNS else (pytest.mark.slow,)
-        yield pytest.param(cell, marks=marks, id="-".join(f"{k}={v}" for k, v in cell.items()))
+    return matrix_cells(AXES, RUN_AXES, DEFAULT_RUNS)
 
 
 @pytest.mark.parametrize("cell", list(cells()))

@@ -16,7 +16,6 @@ shuffled loader at every checkpoint with and without validation); the rest of th
 
 from __future__ import annotations
 
-import itertools
 import logging
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from engine import Curriculum, CurriculumEngine, Phase, Transition
 from engine.integrations.lightning import CurriculumCallback
 from policies import MinEpoch, MinSteps, RestartLR
 from tests.lightning_tiny import PositionLoader, ShuffledRows
-from tests.utils import lightning_dataset, record_calls, same_tensors
+from tests.utils import lightning_dataset, matrix_cells, record_calls, run_cache, same_tensors
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:lightning.*", "ignore:.*LeafSpec.*")
 
@@ -130,23 +129,11 @@ def fit(root: Path, run: tuple, ckpt: Path | None = None):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     """One uninterrupted run per setting of the axes other than the checkpoint, made when first needed."""
-    runs = {}
-
-    def get(run):
-        if run not in runs:
-            root = tmp_path_factory.mktemp("full")
-            runs[run] = (root, *fit(root, run))
-        return runs[run]
-
-    return get
+    return run_cache(tmp_path_factory, fit)
 
 
 def cells():
-    for values in itertools.product(*AXES.values()):
-        cell = dict(zip(AXES, values))
-        run = tuple(cell[axis] for axis in RUN_AXES)
-        marks = () if run in DEFAULT_RUNS else (pytest.mark.slow,)
-        yield pytest.param(cell, marks=marks, id="-".join(f"{k}={v}" for k, v in cell.items()))
+    return matrix_cells(AXES, RUN_AXES, DEFAULT_RUNS)
 
 
 @pytest.mark.parametrize("cell", list(cells()))
