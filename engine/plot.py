@@ -20,8 +20,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from engine.core import CurriculumError
+from engine.core import Curriculum, CurriculumError
 from engine.history import Record
+from engine.progress import progress_series
 from engine.recording import MetricLog
 from engine.runtime import CurriculumEngine
 from engine.state import from_primitives
@@ -138,13 +139,25 @@ def draw_run(
     transitions: Sequence[Record],
     epoch_metric: tuple[str, Sequence[int], Sequence[float]] | None,
     title: str,
+    progress: Mapping[str, tuple[Sequence[int], Sequence[float], float]] | None = None,
 ) -> Any:
     """The figure: loss (and its running mean) with labelled transition markers and the epoch-end
-    metric on a second axis; the LR; the phase params as steps. Returns a matplotlib Figure."""
+    metric on a second axis; the LR; the phase params as steps; with ``progress`` (plateau tag ->
+    steps, relative improvements, threshold), how close each plateau was to firing. Returns a
+    matplotlib Figure."""
     plt = pyplot()
-    fig, (ax_loss, ax_lr, ax_par) = plt.subplots(
-        3, 1, figsize=(10, 8), sharex=True, gridspec_kw={"height_ratios": [3, 1, 1]}
+    rows = 4 if progress else 3
+    fig, axes = plt.subplots(
+        rows, 1, figsize=(10, 8 + 2 * (rows - 3)), sharex=True, gridspec_kw={"height_ratios": [3, 1, 1, 1][:rows]}
     )
+    ax_loss, ax_lr, ax_par = axes[:3]
+    for (tag, (at, values, threshold)), color in zip((progress or {}).items(), ("tab:blue", "tab:green", "tab:red")):
+        dest, guard = tag.split("/")[1:3]
+        axes[3].plot(at, values, lw=1, color=color, label=f"-> {dest}: {guard}'s relative improvement")
+        axes[3].axhline(threshold, ls=":", color=color, label=f"threshold {threshold:g} (fires below)")
+    if progress:
+        axes[3].set_ylabel("plateau")
+        axes[3].legend(loc="upper right", fontsize=7)
     ax_loss.plot(steps, loss, lw=0.6, alpha=0.4, color="tab:blue", label="loss per step")
     k = max(1, len(loss) // 100)
     if k > 1:
@@ -159,7 +172,7 @@ def draw_run(
         ax_val.plot(at, values, "o-", color="tab:green", label=name)
         ax_val.set_ylabel(name, color="tab:green")
     for record in transitions:
-        for ax in (ax_loss, ax_lr, ax_par):
+        for ax in axes:
             ax.axvline(record.global_step, color="tab:red", ls="--", lw=1)
         ax_loss.annotate(
             f"{record.source} → {record.dest}\nepoch {record.epoch}",
@@ -187,17 +200,22 @@ def draw_run(
     if params:
         ax_par.legend(loc="upper left", fontsize=8)
     ax_par.set_ylabel("phase params")
-    ax_par.set_xlabel("optimizer step")
+    axes[-1].set_xlabel("optimizer step")
     ax_loss.set_title(title)
     fig.tight_layout()
     return fig
 
 
-def plot_run(source: Any, out: str | Path, *, title: str | None = None) -> Path:
+def plot_run(source: Any, out: str | Path, *, title: str | None = None, curriculum: Curriculum | None = None) -> Path:
     """Draw the run of ``source`` (an engine built with ``record_metrics=True``, or its
     ``state_dict()``) to ``out`` (the format from its suffix, PNG by default), written atomically:
-    an existing file is replaced. Returns ``out``."""
+    an existing file is replaced. With the curriculum at hand (an engine's own, or ``curriculum=``
+    for a saved state), a panel shows how close each ``Plateau`` of the phase in progress was to
+    firing: its relative improvement per step beside its threshold (:func:`engine.progress.progress_series`).
+    Returns ``out``."""
     log, history, spec = _parts(source)
+    if curriculum is None and isinstance(source, CurriculumEngine):
+        curriculum = source.curriculum
     steps, loss = log.series("loss")
     if not steps:
         raise CurriculumError("plot_run: the recorded metrics have no step_end yet; plot after the run has taken steps")
@@ -211,6 +229,14 @@ def plot_run(source: Any, out: str | Path, *, title: str | None = None) -> Path:
         params = {"phase index": [float(index.get(ph, -1)) for ph in phases]}
     metric = _epoch_metric(log)
     epoch_metric = (metric, *log.series(metric, "epoch_end")) if metric is not None else None
+    progress = None
+    if curriculum is not None:
+        series = progress_series(curriculum, log)
+        progress = {
+            tag[: -len("/improvement")]: (*series[tag], series[tag[: -len("improvement")] + "threshold"][1][0])
+            for tag in series
+            if tag.endswith("/improvement") and tag[: -len("improvement")] + "threshold" in series
+        }
     fig = draw_run(
         steps,
         loss,
@@ -219,6 +245,7 @@ def plot_run(source: Any, out: str | Path, *, title: str | None = None) -> Path:
         [r for r in history if r.source is not None],
         epoch_metric,
         title or "curriculum run",
+        progress,
     )
     out = Path(out)
     plt = pyplot()

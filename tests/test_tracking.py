@@ -21,12 +21,11 @@ from engine.integrations import hf, lightning
 from engine.integrations.tracking import (
     calling_handler,
     curriculum_logs,
-    guard_progress,
     phase_metrics,
     report_before_loggers,
     transition_text,
 )
-from policies import MetricBelow, MinEpoch, MinSteps, Plateau, all_of
+from policies import MinEpoch, MinSteps
 from tests.lightning_tiny import Tiny as LightningTiny
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
@@ -80,32 +79,6 @@ def test_logs_hold_phase_params_and_each_transition_once():
     assert phase_metrics(engine) == {k: v for k, v in again.items()}
     engine.force("final", reason="by me")
     assert transition_text(engine.history[-1]) == "long -> final at step 4 (epoch 0, manual), by hand: by me"
-
-
-def test_guard_progress_says_how_close_each_transition_out_of_the_phase_is():
-    """A plateau's improvement beside its threshold and a counter beside its minimum, for every transition out of
-    the current phase; a guard deciding on a metric passed at its point (none between points) is left out."""
-    c = Curriculum(
-        [Phase("a"), Phase("b"), Phase("c")],
-        [
-            Transition("a", "b", [all_of(MinEpoch(2), Plateau(window=4))]),
-            Transition("a", "c", [MetricBelow("val_loss", 1.0), MinSteps(10), MinSteps(20, in_phase=True)]),
-        ],
-    )
-    engine = CurriculumEngine(c)
-    engine.start()
-    for loss in (3.0, 2.9, 2.8, 2.7):
-        engine.step_end(loss=loss)
-    progress = guard_progress(engine)
-    assert progress["curriculum/next/b/Plateau/improvement"] == pytest.approx((2.95 - 2.75) / 2.95)
-    assert progress["curriculum/next/b/Plateau/threshold"] == 0.005
-    assert (progress["curriculum/next/b/MinEpoch/epoch"], progress["curriculum/next/b/MinEpoch/min_epoch"]) == (0, 2)
-    assert progress["curriculum/next/c/MinSteps/global_step"] == 4.0
-    assert progress["curriculum/next/c/MinSteps_2/steps_in_phase"] == 4.0
-    assert progress["curriculum/next/c/MinSteps_2/min_steps"] == 20.0
-    assert not any("MetricBelow" in tag for tag in progress)
-    engine.force("b", reason="by hand")
-    assert guard_progress(engine) == {}  # b has no way out
 
 
 # -- Hugging Face ---------------------------------------------------------------------------------------

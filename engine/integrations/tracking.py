@@ -9,7 +9,7 @@ Numbers, under ``curriculum/``, at every log:
 - ``curriculum/transitions``: the transitions taken so far (it steps up where one fired);
 - ``curriculum/last_transition_step``: the global step of the last one (0 before any);
 - ``curriculum/next/<dest>/<Guard>/<key>``: how close each transition out of the current phase is,
-  its guards' numeric evidence now (:func:`guard_progress`): a ``Plateau``'s ``improvement`` beside
+  its guards' numeric evidence now (:func:`engine.progress.guard_progress`): a ``Plateau``'s ``improvement`` beside
   its ``threshold``, a ``MinSteps``'s ``global_step`` (or ``steps_in_phase``) beside ``min_steps``.
 
 Text, where the framework's loggers take text (the HF Trainer's do: TensorBoard as text, W&B,
@@ -39,20 +39,18 @@ reporters' callbacks after this one instead.
 from __future__ import annotations
 
 import logging
-import math
 import numbers
 import re
 import sys
 from typing import Any, Sequence
 
-from engine.core import Context, guard_leaves
 from engine.history import Record
+from engine.progress import guard_progress
 from engine.runtime import CurriculumEngine
 
 __all__ = [
     "PREFIX",
     "phase_metrics",
-    "guard_progress",
     "transition_text",
     "curriculum_logs",
     "calling_handler",
@@ -83,33 +81,7 @@ def phase_metrics(engine: CurriculumEngine) -> dict[str, float]:
             out[PREFIX + _UNSAFE.sub("_", str(key))] = float(value)
     out[f"{PREFIX}transitions"] = float(len(moves))
     out[f"{PREFIX}last_transition_step"] = float(moves[-1].global_step if moves else 0)
-    out.update(guard_progress(engine))
-    return out
-
-
-def guard_progress(engine: CurriculumEngine) -> dict[str, float]:
-    """Each guard's numeric evidence for the transitions out of the current phase, as
-    ``curriculum/next/<dest>/<Guard>/<key>`` (a second guard of one class in a transition gets
-    ``<Guard>_2``). Guards that decide on a metric passed at their point (``MetricBelow``) are left
-    out: between points there is no such value; guards that accumulate (``Plateau``) are in."""
-    out: dict[str, float] = {}
-    phase = engine.phase.name
-    for transition in engine.curriculum.transitions:
-        if transition.source != phase:
-            continue
-        ctx = Context(clock=engine.clock, history=engine.history, transition=transition)
-        seen: dict[str, int] = {}
-        for guard in (leaf for top in transition.guards for leaf in guard_leaves(top)):
-            evidence = getattr(guard, "evidence", None)
-            if not callable(evidence) or (getattr(guard, "metrics", ()) and not hasattr(guard, "observe")):
-                continue
-            name = type(guard).__name__
-            seen[name] = seen.get(name, 0) + 1
-            tag = f"{PREFIX}next/{_UNSAFE.sub('_', transition.dest)}/{name}"
-            tag += f"_{seen[name]}" if seen[name] > 1 else ""
-            for key, value in evidence(ctx).items():
-                if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
-                    out[f"{tag}/{_UNSAFE.sub('_', str(key))}"] = float(value)
+    out.update({PREFIX + tag: value for tag, value in guard_progress(engine).items()})
     return out
 
 
