@@ -508,10 +508,11 @@ class Curriculum:
                     f"Curriculum.transitions[{i}] must be a Transition, got {type(tr).__name__}: {tr!r}"
                 )
         names = [p.name for p in self.phases]
-        twice = [name for i, name in enumerate(names) if name in names[:i]]
-        if twice:
-            raise CurriculumError(f"Curriculum.phases: the name {twice[0]!r} is used twice; phase names must be unique")
-        seen = set(names)
+        seen: set[str] = set()
+        for name in names:
+            if name in seen:
+                raise CurriculumError(f"Curriculum.phases: the name {name!r} is used twice; phase names must be unique")
+            seen.add(name)
         if self.initial is not None and self.initial not in seen:
             raise CurriculumError(
                 f"Curriculum.initial is {self.initial!r}, which is not a phase; expected one of {names}"
@@ -525,13 +526,15 @@ class Curriculum:
                         f"expected one of {names}; add Phase({value!r}) or fix the name"
                     )
         self._check_shared_observers()
-        reachable = {self.initial_name}
-        frontier = [self.initial_name]
+        out: dict[str, list[str]] = {}
+        for tr in self.transitions:
+            out.setdefault(tr.source, []).append(tr.dest)
+        reachable, frontier = {self.initial_name}, [self.initial_name]
         while frontier:
-            for tr in self.outgoing(frontier.pop()):
-                if tr.dest not in reachable:
-                    reachable.add(tr.dest)
-                    frontier.append(tr.dest)
+            for dest in out.get(frontier.pop(), ()):
+                if dest not in reachable:
+                    reachable.add(dest)
+                    frontier.append(dest)
         unreachable = [n for n in names if n not in reachable]
         if unreachable:
             raise CurriculumError(
