@@ -206,16 +206,20 @@ def as_bool(value: Any) -> bool | None:
     return None
 
 
+def short_repr(value: Any) -> str:
+    """``repr(value)``, cut to 80 characters for a message."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def truth_value(guard: Any, value: Any, where: str = "") -> bool:
     """``value``, returned by ``guard``, as a bool, or a CurriculumError naming both (for
     combinators: a child that returns None must not read as False). ``where`` follows the
     guard's name in the message (the engine passes `` of transition a -> b``)."""
     truth = as_bool(value)
     if truth is None:
-        text = repr(value)
         raise CurriculumError(
-            f"guard {describe(guard)}{where} returned "
-            f"{type(value).__name__} {text if len(text) <= 80 else text[:77] + '...'}, "
+            f"guard {describe(guard)}{where} returned {type(value).__name__} {short_repr(value)}, "
             "which is not a truth value; return a bool (e.g. bool(x)) or a one-element boolean tensor"
         )
     return truth
