@@ -410,12 +410,9 @@ class _Combinator:
 
     def __attrs_post_init__(self) -> None:
         # The children's optional members, looked up once (engine.protocols).
-        caps = [capabilities(g) for g in self.guards]
-        self._observing = tuple(g for g, c in zip(self.guards, caps) if c.observe)
-        self._resetting = tuple(g for g, c in zip(self.guards, caps) if c.reset)
-        self._evidences = tuple(c.evidence is not None for c in caps)
-        self._saves = tuple(c.state_dict is not None for c in caps)
-        self._loads = tuple(c.load_state_dict is not None for c in caps)
+        self._caps = caps = tuple(capabilities(g) for g in self.guards)
+        self._observing = tuple(c.observe for c in caps if c.observe)
+        self._resetting = tuple(c.reset for c in caps if c.reset)
 
     @property
     def requires(self) -> tuple[str, ...]:
@@ -427,25 +424,25 @@ class _Combinator:
         return [truth_value(g, g(ctx)) for g in self.guards]
 
     def observe(self, ctx: Context) -> None:
-        for g in self._observing:
-            g.observe(ctx)
+        for observe in self._observing:
+            observe(ctx)
 
     def reset(self) -> None:
-        for g in self._resetting:
-            g.reset()
+        for reset in self._resetting:
+            reset()
 
     def evidence(self, ctx: Context) -> dict:
         """Per child, keyed by its repr: whether it holds, and its own evidence."""
         out: dict[str, dict] = {}
-        for g, holds, has_evidence in zip(self.guards, self._values(ctx), self._evidences):
+        for g, holds, c in zip(self.guards, self._values(ctx), self._caps):
             key, k = describe(g), 2
             while key in out:  # the same guard twice: keep both
                 key, k = f"{describe(g)}#{k}", k + 1
-            out[key] = {"holds": holds, **(g.evidence(ctx) if has_evidence else {})}
+            out[key] = {"holds": holds, **(c.evidence(ctx) if c.evidence else {})}
         return out
 
     def state_dict(self) -> dict:
-        return {"guards": [g.state_dict() if saves else None for g, saves in zip(self.guards, self._saves)]}
+        return {"guards": [c.state_dict() if c.state_dict else None for c in self._caps]}
 
     def load_state_dict(self, state: dict) -> None:
         states = state.get("guards") if isinstance(state, dict) else None
@@ -454,9 +451,9 @@ class _Combinator:
                 f"{self!r}.load_state_dict: expected {{'guards': [one entry per child, {len(self.guards)}]}} "
                 f"from its state_dict(), got {state!r}"
             )
-        for g, s, loads in zip(self.guards, states, self._loads):
-            if loads and s is not None:
-                g.load_state_dict(s)
+        for c, s in zip(self._caps, states):
+            if c.load_state_dict and s is not None:
+                c.load_state_dict(s)
 
     def __repr__(self) -> str:
         return f"{self._name}({', '.join(describe(g) for g in self.guards)})"
