@@ -58,6 +58,11 @@ def _ratio(num: int, den: int) -> float:
         return math.inf if (num > 0) == (den > 0) else -math.inf  # the ints may not fit a float
 
 
+def _metric(guard: Any) -> tuple[str, ...]:
+    """A guard's ``metrics``: its one ``metric`` (the engine checks that the loop passes it)."""
+    return (guard.metric,)
+
+
 class PlateauMark(NamedTuple):
     """A :class:`Plateau`'s window at :meth:`Plateau.mark`: the deques themselves (not copies) and
     what one ``push`` since would have changed, so that :meth:`Plateau.undo` takes it back in O(1)."""
@@ -131,10 +136,7 @@ class Plateau:
 
     # -- accumulate ------------------------------------------------------------------------------
 
-    @property
-    def metrics(self) -> tuple[str, ...]:
-        """The metric ``observe`` reads at every step_end (the engine checks that the loop passes it)."""
-        return (self.metric,)
+    metrics = property(_metric, doc="The metric ``observe`` reads at every step_end.")
 
     def observe(self, ctx: Context) -> None:
         """Append this step's value of the metric (skipped when non-finite)."""
@@ -360,10 +362,7 @@ class _Threshold:
     metric: str = attrs.field(validator=metric_name("e.g. {cls}('val_bpb', 1.5)"))
     value: float = attrs.field(converter=real("e.g. {cls}('val_bpb', 1.5)"))
 
-    @property
-    def metrics(self) -> tuple[str, ...]:
-        """The metric read when deciding, at the transition's point (the engine checks it is passed)."""
-        return (self.metric,)
+    metrics = property(_metric, doc="The metric read when deciding, at the transition's point.")
 
     _compare = staticmethod(operator.lt)
 
@@ -608,10 +607,7 @@ class WorseThanBest:
     def __attrs_post_init__(self) -> None:
         self.reset()
 
-    @property
-    def metrics(self) -> tuple[str, ...]:
-        """The metric ``observe`` reads at its transition's point."""
-        return (self.metric,)
+    metrics = property(_metric, doc="The metric ``observe`` reads at its transition's point.")
 
     def observe(self, ctx: Context) -> None:
         x = ctx.metric(self.metric)
