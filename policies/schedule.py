@@ -90,14 +90,13 @@ class StagedCosine(LRScheduler):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise fail(where, "optimizer", "a torch.optim.Optimizer", optimizer, "pass the optimizer the loop steps")
         self.base_lr = check_real(where, "base_lr", base_lr, "e.g. base_lr=2e-4", positive=True)
-        self.stages_in = _member(
-            StageUnit, stages_in, where, "stages_in", "count stage starts in epochs or in optimizer steps"
-        )
-        self.steps_per_epoch = (
-            None
-            if steps_per_epoch is None
-            else check_int(where, "steps_per_epoch", steps_per_epoch, 1, "optimizer steps per epoch, e.g. 1000")
-        )
+        fix = "count stage starts in epochs or in optimizer steps"
+        self.stages_in = _member(StageUnit, stages_in, where, "stages_in", fix)
+        if steps_per_epoch is not None:
+            steps_per_epoch = check_int(
+                where, "steps_per_epoch", steps_per_epoch, 1, "optimizer steps per epoch, e.g. 1000"
+            )
+        self.steps_per_epoch = steps_per_epoch
         if (total_epochs is None) == (total_steps is None):
             raise fail(
                 where,
@@ -106,11 +105,9 @@ class StagedCosine(LRScheduler):
                 (total_epochs, total_steps),
                 "e.g. total_epochs=50 with steps_per_epoch=1000, or total_steps=50000",
             )
-        self.total_epochs = (
-            None
-            if total_epochs is None
-            else check_int(where, "total_epochs", total_epochs, 1, "the run's --epochs, e.g. 50")
-        )
+        if total_epochs is not None:
+            total_epochs = check_int(where, "total_epochs", total_epochs, 1, "the run's --epochs, e.g. 50")
+        self.total_epochs = total_epochs
         if self.steps_per_epoch is None and (self.total_epochs is not None or self.stages_in is StageUnit.EPOCHS):
             why = "total_epochs" if self.total_epochs is not None else "stages in epochs"
             raise fail(
