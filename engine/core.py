@@ -9,10 +9,7 @@ objects registered with the engine (``ctx.model``, ``ctx.optimizer``, ...).
 What a guard or action may offer beyond ``__call__`` is listed once, in :mod:`engine.protocols`.
 
 Guards and actions are callables, never names resolved at run time, and never lambdas: their
-repr goes into the curriculum's fingerprint, the history and the diagrams. A combinator (an object
-whose ``guards`` is a tuple of guards, as ``all_of``) is looked into: the engine observes, resets
-and reads the declarations of the guards inside it. The engine checks the declared ``metrics`` at
-a run's first ``step_end``/``epoch_end``, before anything is counted.
+repr goes into the curriculum's fingerprint, the history and the diagrams.
 """
 
 from __future__ import annotations
@@ -22,7 +19,7 @@ import enum
 import hashlib
 import json
 import re
-from collections import deque
+from operator import attrgetter
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import attrs
@@ -77,9 +74,6 @@ class _ReadOnlyError(CurriculumError, AttributeError):
     """Assignment to a read-only attribute (an AttributeError too, as Python's own are)."""
 
 
-_CLOCK_FIELDS = ("global_step", "epoch", "step_in_epoch", "steps_in_phase", "epochs_in_phase")
-
-
 class ClockView:
     """A read-only view of the engine's :class:`Clock`: ``engine.clock`` and ``ctx.clock``.
 
@@ -93,30 +87,11 @@ class ClockView:
     def __init__(self, clock: Clock) -> None:
         object.__setattr__(self, "_clock", clock)
 
-    @property
-    def global_step(self) -> int:
-        """Optimizer steps completed in the run."""
-        return self._clock.global_step
-
-    @property
-    def epoch(self) -> int:
-        """Epochs completed, which is also the 0-based index of the epoch in progress."""
-        return self._clock.epoch
-
-    @property
-    def step_in_epoch(self) -> int:
-        """Steps completed in the epoch in progress (0 right after ``epoch_end``)."""
-        return self._clock.step_in_epoch
-
-    @property
-    def steps_in_phase(self) -> int:
-        """Steps completed since the current phase was entered."""
-        return self._clock.steps_in_phase
-
-    @property
-    def epochs_in_phase(self) -> int:
-        """Epochs completed since the current phase was entered."""
-        return self._clock.epochs_in_phase
+    global_step = property(attrgetter("_clock.global_step"), doc="Optimizer steps completed in the run.")
+    epoch = property(attrgetter("_clock.epoch"), doc="Epochs completed: the 0-based index of the epoch in progress.")
+    step_in_epoch = property(attrgetter("_clock.step_in_epoch"), doc="Steps completed in the epoch in progress.")
+    steps_in_phase = property(attrgetter("_clock.steps_in_phase"), doc="Steps since the current phase was entered.")
+    epochs_in_phase = property(attrgetter("_clock.epochs_in_phase"), doc="Epochs since the phase was entered.")
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise _ReadOnlyError(
@@ -142,7 +117,7 @@ class ClockView:
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return "ClockView(" + ", ".join(f"{f}={getattr(self._clock, f)}" for f in _CLOCK_FIELDS) + ")"
+        return repr(self._clock).replace("Clock(", "ClockView(", 1)
 
 
 @attrs.define(slots=False)
@@ -231,16 +206,20 @@ def as_bool(value: Any) -> bool | None:
     return None
 
 
+def short_repr(value: Any) -> str:
+    """``repr(value)``, cut to 80 characters for a message."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def truth_value(guard: Any, value: Any, where: str = "") -> bool:
     """``value``, returned by ``guard``, as a bool, or a CurriculumError naming both (for
     combinators: a child that returns None must not read as False). ``where`` follows the
     guard's name in the message (the engine passes `` of transition a -> b``)."""
     truth = as_bool(value)
     if truth is None:
-        text = repr(value)
         raise CurriculumError(
-            f"guard {describe(guard)}{where} returned "
-            f"{type(value).__name__} {text if len(text) <= 80 else text[:77] + '...'}, "
+            f"guard {describe(guard)}{where} returned {type(value).__name__} {short_repr(value)}, "
             "which is not a truth value; return a bool (e.g. bool(x)) or a one-element boolean tensor"
         )
     return truth
@@ -532,14 +511,12 @@ class Curriculum:
                 raise CurriculumError(
                     f"Curriculum.transitions[{i}] must be a Transition, got {type(tr).__name__}: {tr!r}"
                 )
-        seen: set[str] = set()
-        for phase in self.phases:
-            if phase.name in seen:
-                raise CurriculumError(
-                    f"Curriculum.phases: the name {phase.name!r} is used twice; phase names must be unique"
-                )
-            seen.add(phase.name)
         names = [p.name for p in self.phases]
+        seen: set[str] = set()
+        for name in names:
+            if name in seen:
+                raise CurriculumError(f"Curriculum.phases: the name {name!r} is used twice; phase names must be unique")
+            seen.add(name)
         if self.initial is not None and self.initial not in seen:
             raise CurriculumError(
                 f"Curriculum.initial is {self.initial!r}, which is not a phase; expected one of {names}"
@@ -556,10 +533,9 @@ class Curriculum:
         out: dict[str, list[str]] = {}
         for tr in self.transitions:
             out.setdefault(tr.source, []).append(tr.dest)
-        reachable = {self.initial_name}
-        frontier = deque([self.initial_name])
+        reachable, frontier = {self.initial_name}, [self.initial_name]
         while frontier:
-            for dest in out.get(frontier.popleft(), ()):
+            for dest in out.get(frontier.pop(), ()):
                 if dest not in reachable:
                     reachable.add(dest)
                     frontier.append(dest)

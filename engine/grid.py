@@ -4,11 +4,9 @@
     print(table)                 # one row per setting: the step of each switch and its deciding guard
     table.rows[0].departure      # the first decision that differs from the recorded run, or None
 
-``make_curriculum`` is a function that builds the curriculum from keyword arguments (its defaults:
-the recorded run's settings); each key of ``grid`` must be one of its parameters. The recorded run
-is an engine built with ``record_metrics=True`` (its ``recorded`` stream and its history), an
-engine state saved from one (``engine.state_dict()``), or a :class:`~engine.recording.MetricLog`
-with ``history=``. No action runs: no model, optimizer or data is needed.
+``make_curriculum`` builds the curriculum from keyword arguments (its defaults: the recorded run's
+settings); the recorded run is an engine built with ``record_metrics=True``, its state, or a
+:class:`~engine.recording.MetricLog` (see :func:`replay_grid`). No action runs.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 import attrs
 
-from engine.core import Context, Curriculum, CurriculumError, describe
+from engine.core import Context, Curriculum, describe
+from engine.errors import failed
 from engine.history import Record
 from engine.state import PendingCheck
 
@@ -66,11 +67,9 @@ def run(
         try:
             warning = verifies[id(action)](ctx, record.actions[check.action].effect)
         except Exception as exc:
-            raise CurriculumError(
-                f"action {describe(action)}'s verify() (health check after {record.source} -> {record.dest} "
-                f"at step {record.global_step}) raised {type(exc).__name__}: {exc} "
-                f"(at step_end, global step {ctx.clock.global_step}); the engine is left as it was before this call"
-            ) from exc
+            after = f"{record.source} -> {record.dest} at step {record.global_step}"
+            who = f"action {describe(action)}'s verify() (health check after {after}) raised"
+            raise failed(who, exc, "step_end", ctx.clock.global_step) from exc
         if warning:
             out.append(Warned(record, str(warning)))
     return out

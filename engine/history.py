@@ -132,20 +132,9 @@ class HistoryView(Sequence[Record]):
         return f"HistoryView({len(self)} records)"
 
 
-_CSV_FIELDS = [
-    "source",
-    "dest",
-    "global_step",
-    "epoch",
-    "step_in_epoch",
-    "point",
-    "wall_time",
-    "reason",
-    "guards",
-    "actions",
-    "warnings",
-    "decision",
-]
+_CSV_FIELDS = (
+    "source dest global_step epoch step_in_epoch point wall_time reason guards actions warnings decision".split()
+)
 
 
 class History(HistoryView):

@@ -5,21 +5,16 @@ from __future__ import annotations
 import numbers
 from typing import Any, Mapping
 
-from engine.core import CurriculumError, Point, did_you_mean
+from engine.core import CurriculumError, Point, did_you_mean, short_repr
 
 __all__ = ["to_metric", "check_metrics"]
 
 _REAL = "a real number (int, float, numpy scalar or 1-element tensor)"
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _bad_metric(name: str, value: Any, call: str, why: str = "") -> CurriculumError:
     return CurriculumError(
-        f"{call}: metric {name!r} must be {_REAL}, got {type(value).__name__} {_short(value)}{why}; "
+        f"{call}: metric {name!r} must be {_REAL}, got {type(value).__name__} {short_repr(value)}{why}; "
         f"pass a number, e.g. {name}=float(...) or {name}=tensor.item(). Nothing was counted: call again with a number"
     )
 

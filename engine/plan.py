@@ -150,10 +150,7 @@ class Plan:
             return caps[id(obj)]
 
         where: dict[int, str] = {}
-        has_point = {point: dict.fromkeys(names, False) for point in Point}
         out_of: dict[Point, dict[str, list[int]]] = {point: {n: [] for n in names} for point in Point}
-        observers: dict[Point, dict[str, list]] = {point: {n: [] for n in names} for point in Point}
-        resetters: dict[str, list] = {n: [] for n in names}
         needs: dict[Point, dict[str, dict[str, list[str]]]] = {point: {n: {} for n in names} for point in Point}
         all_needs: dict[Point, dict[str, list[str]]] = {point: {} for point in Point}
         observed: dict[Point, dict[str, list]] = {point: {n: [] for n in names} for point in Point}
@@ -171,7 +168,6 @@ class Plan:
             for action in phase.on_enter:
                 add_check(action, "action", f"on_enter of {phase.name!r}", None)
         for i, tr in enumerate(curriculum.transitions):
-            has_point[tr.when][tr.source] = True
             out_of[tr.when][tr.source].append(i)
             for top in tr.guards:
                 cap(top)
@@ -187,27 +183,23 @@ class Plan:
                     add_check(leaf, "guard", f"transition {tr.label}", i)
                     known = where.setdefault(id(leaf), "")
                     where[id(leaf)] = f"{known}, {tr.label}" if known else tr.label
-                    leaf_reset = cap(leaf).reset
-                    if leaf_reset is not None and leaf_reset not in resetters[tr.source]:
-                        resetters[tr.source].append(leaf_reset)
                     for point in Point:
                         for metric in metrics_read(leaf, tr.when, point):
                             who = f"{describe(leaf)} in {tr.label}"
                             all_needs[point].setdefault(metric, []).append(who)
                             if not (point is Point.STEP_END and metric == "loss"):
                                 needs[point][tr.source].setdefault(metric, []).append(who)
-                        if cap(leaf).observe and point in observe_points(leaf, tr.when):
-                            observers[point][tr.source].append(cap(leaf).observe)
             for action in tr.actions:
                 add_check(action, "action", f"transition {tr.label}", i)
 
         def point_plan(point: Point, name: str) -> PointPlan:
+            observers = tuple(cap(leaf).observe for _top, leaves in observed[point][name] for leaf in leaves)
             # Undo observations only where something can fail after one was made: a second
             # observer, or guards and actions evaluated at this point.
-            can_fail = len(observers[point][name]) > 1 or has_point[point][name]
+            can_fail = len(observers) > 1 or bool(out_of[point][name])
             return PointPlan(
                 needs=needs[point][name],
-                observers=tuple(observers[point][name]),
+                observers=observers,
                 undo=snapshot_plan(observed[point][name], caps) if can_fail else (),
                 transitions=tuple(out_of[point][name]),
             )
@@ -216,7 +208,8 @@ class Plan:
             n: PhasePlan(
                 step_end=point_plan(Point.STEP_END, n),
                 epoch_end=point_plan(Point.EPOCH_END, n),
-                resetters=tuple(resetters[n]),
+                # bound methods compare their object by identity: one reset per guard
+                resetters=tuple(dict.fromkeys(cap(leaf).reset for _top, leaves in reset[n] for leaf in leaves)),
                 undo_reset=snapshot_plan(reset[n], caps),
             )
             for n in names

@@ -20,6 +20,7 @@ the recorded history, :func:`replay` reports that point as a :class:`Departure`:
 from __future__ import annotations
 
 import copy
+import itertools
 from typing import Any, Iterable, Mapping, Sequence
 
 import attrs
@@ -157,9 +158,7 @@ def _departure(replayed: Sequence[Record], recorded: Sequence[Record], steps: in
     """Walk both decision sequences in order; the first difference within the replayed steps."""
     rep = [r for r in replayed if r.point in _POINTS]
     rec = [r for r in recorded if r.source is not None and r.point != "start"]
-    for k in range(max(len(rep), len(rec))):
-        a = rep[k] if k < len(rep) else None
-        b = rec[k] if k < len(rec) else None
+    for a, b in itertools.zip_longest(rep, rec):
         if b is not None and b.global_step > steps:
             b = None  # the recorded run moved after the metrics we have: nothing to compare
         if a is not None and b is not None and _same(a, b):

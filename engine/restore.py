@@ -1,13 +1,9 @@
 """A saved engine state checked against a curriculum, before anything is restored.
 
-:func:`check_state` reads ``engine.state_dict()``'s output and refuses, with one
-:class:`CurriculumError` naming the field and the fix, a state this curriculum cannot continue:
-another curriculum's (fingerprint), a clock that is not made of ints, a history that does not end
-where the state says the run is, pending health checks or ``held_since`` entries that name no
-transition or action of this curriculum, recorded metrics (:mod:`engine.recording`) that do not end
-at its clock. It changes nothing. :func:`load_guards` then loads the
-guards' accumulators all or nothing. ``CurriculumEngine.load_state_dict`` calls the two, then
-sets its phase, clock and history (which cannot fail).
+:func:`check_state` refuses, with one :class:`CurriculumError` naming the field and the fix, a state
+this curriculum cannot continue, and changes nothing; :func:`load_guards` then loads the guards'
+accumulators all or nothing. ``CurriculumEngine.load_state_dict`` calls the two, then sets its
+phase, clock and history (which cannot fail).
 """
 
 from __future__ import annotations

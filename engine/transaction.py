@@ -1,10 +1,7 @@
 """A transition in progress: the machine callbacks that make it, and how to put the engine back if it fails.
 
-One :class:`Transaction` travels through the ``transitions`` event as ``event.kwargs["txn"]``:
-the engine's ``begin`` callback opens it (:class:`Before`: the phase, clock, history and
-pending-check lengths before the transition) and starts the :class:`~engine.history.Record`, the
-action callbacks add their effects to the record, ``finish`` notes the guard states it is about to
-reset. If any of them raises, the caller rolls the transaction back.
+One :class:`Transaction` travels through the ``transitions`` event as ``event.kwargs["txn"]``; if a
+callback raises, the caller rolls it back (:class:`Firing` lists the callbacks in order).
 """
 
 from __future__ import annotations

@@ -69,54 +69,48 @@ def _cls(obj: Any) -> str:
 # -- the same checks as attrs converters and validators: they name the class and the field --------
 
 
-def integer(minimum: int, fix: str) -> attrs.Converter:
-    """An attrs converter: the field as an int >= ``minimum`` (see :func:`check_int`); ``{cls}`` in
+def _converter(check: Any, fix: str, **options: Any) -> attrs.Converter:
+    """An attrs converter: ``check(class name, field, value, fix=fix, **options)``; ``{cls}`` in
     ``fix`` is the class's name."""
     return attrs.Converter(
-        lambda value, self, field: check_int(_cls(self), field.alias, value, minimum, fix.replace("{cls}", _cls(self))),
-        takes_self=True,
-        takes_field=True,
-    )
-
-
-def real(fix: str, *, nonnegative: bool = False) -> attrs.Converter:
-    """An attrs converter: the field as a finite float (see :func:`check_real`)."""
-    return attrs.Converter(
-        lambda value, self, field: check_real(
-            _cls(self), field.alias, value, fix.replace("{cls}", _cls(self)), nonnegative=nonnegative
+        lambda value, self, field: check(
+            _cls(self), field.alias, value, fix=fix.replace("{cls}", _cls(self)), **options
         ),
         takes_self=True,
         takes_field=True,
     )
 
 
-def choice(options: tuple, expected: str, fix: str) -> Any:
-    """An attrs validator: the field is one of ``options``."""
+def integer(minimum: int, fix: str) -> attrs.Converter:
+    """An attrs converter: the field as an int >= ``minimum`` (see :func:`check_int`)."""
+    return _converter(check_int, fix, minimum=minimum)
+
+
+def real(fix: str, *, nonnegative: bool = False) -> attrs.Converter:
+    """An attrs converter: the field as a finite float (see :func:`check_real`)."""
+    return _converter(check_real, fix, nonnegative=nonnegative)
+
+
+def _validator(ok: Any, expected: str, fix: str) -> Any:
+    """An attrs validator: ``ok(value)``, else the error naming the class, the field and ``fix``."""
 
     def validate(self: Any, field: attrs.Attribute, value: Any) -> None:
-        if value not in options or not isinstance(value, str):
-            raise fail(type(self).__name__, field.alias, expected, value, fix)
+        if not ok(value):
+            raise fail(_cls(self), field.alias, expected, value, fix.replace("{cls}", _cls(self)))
 
     return validate
+
+
+def choice(options: tuple, expected: str, fix: str) -> Any:
+    """An attrs validator: the field is one of ``options``."""
+    return _validator(lambda value: isinstance(value, str) and value in options, expected, fix)
 
 
 def flag(fix: str) -> Any:
     """An attrs validator: the field is a bool."""
-
-    def validate(self: Any, field: attrs.Attribute, value: Any) -> None:
-        if not isinstance(value, bool):
-            raise fail(type(self).__name__, field.alias, "a bool", value, fix)
-
-    return validate
+    return _validator(lambda value: isinstance(value, bool), "a bool", fix)
 
 
 def metric_name(fix: str) -> Any:
     """An attrs validator: the field names a metric (a non-empty string)."""
-
-    def validate(self: Any, field: attrs.Attribute, value: Any) -> None:
-        if not isinstance(value, str) or not value:
-            raise fail(
-                _cls(self), field.alias, "a metric name the loop passes", value, fix.replace("{cls}", _cls(self))
-            )
-
-    return validate
+    return _validator(lambda value: isinstance(value, str) and bool(value), "a metric name the loop passes", fix)

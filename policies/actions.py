@@ -36,23 +36,10 @@ def _plain(value: Any) -> Any:
 class RestartLR:
     """Restart the LR schedule at its peak: calls ``ctx.schedule.restart()``.
 
-    The schedule is a :class:`~policies.StagedCosine` or any torch LR scheduler wrapped in
-    :class:`~policies.Restartable` (or anything with ``restart()``). Effect:
-    ``{"lr": [before, after], "peak": peak}``, the first param group's LR before and after the
-    restart, and the peak the restart should set (the schedule's ``peak_lr``; without one, its
-    ``restart_lr``, else the LR after the restart). When the schedule's ``restart_lr`` (the LR it
-    sets for the first step, e.g. the first step of a re-warmup) differs from the peak, the effect
-    also holds it as ``"first_lr"``, and the health check measures against it.
-
-    ``check(ctx)``, called by the engine at ``start()``/``load_state_dict()``, refuses a schedule
-    without ``restart()`` there, not when the transition fires.
-
-    Health check (``verify``, run by the engine at the next ``step_end``, i.e. after the first
-    optimizer step of the new phase): the LR that step ran at is ``ctx.metrics["lr"]`` when the loop
-    passed ``lr=`` to ``step_end``, otherwise the registered optimizer's ``param_groups[0]["lr"]``
-    (by then already the LR ``schedule.step()`` set for the following step: pass ``lr=``). If it is
-    below half the peak, the warning names the likely cause: stage alignment broken, or a schedule
-    that overwrote the restart (the seed's "LR TOO LOW" sign); below half the ``"first_lr"`` with one.
+    The schedule is a :class:`~policies.StagedCosine`, a torch scheduler wrapped in
+    :class:`~policies.Restartable`, or anything with ``restart()``. Effect: ``{"lr": [before, after],
+    "peak": peak}`` (and ``"first_lr"`` when a re-warmup's first LR differs from the peak). Its health
+    check (``verify``) warns "LR TOO LOW" when the next step ran below half of that: docs/semantics.md.
     """
 
     requires = ("schedule", "optimizer")
@@ -187,10 +174,8 @@ def _filled(guard: Any) -> int | None:
 class ResetWindow:
     """Clear the windows of the given guards without a phase change: calls ``reset()`` on each.
 
-    An action cannot see the engine's guards, so pass the guards it should reset, the very objects
-    used in the curriculum's transitions: ``p = Plateau(); ... ResetWindow(p)`` (combinators pass
-    the reset through to the guards inside). Effect: ``{"filled": [before, after]}``, each a list
-    with the values each guard's window held (None for guards without a window).
+    Pass the very guard objects used in the transitions (an action cannot see the engine's guards).
+    Effect: ``{"filled": [before, after]}``, the values each guard's window held (None: no window).
     """
 
     requires: tuple[str, ...] = ()

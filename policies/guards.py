@@ -1,17 +1,15 @@
 """Ready guards: plateau, minimum epoch and steps, metric thresholds, and their combinators.
 
-Guards decide and never act: ``guard(ctx) -> bool`` has no side effects. A guard with
-accumulators (:class:`Plateau`) feeds them in ``observe(ctx)``, which the engine calls at every
-``step_end`` while the guard's phase is current, and clears them in ``reset()`` when the phase is
-entered. Every guard's repr reads like the call that made it: required arguments positionally, the
-tuning knobs a user sets by name; other keyword arguments only when they differ from their default
-(``MinEpoch(2)``, ``MinEpoch(2, in_phase=True)``, ``Plateau(window=50, threshold=0.005)``,
-``Plateau(window=50, threshold=0.005, metric='val_bpb')``).
+Guards decide and never act: ``guard(ctx) -> bool`` has no side effects; accumulators are fed in
+``observe(ctx)`` and cleared in ``reset()`` (:mod:`engine.protocols`). Every repr reads like the call
+that made it, keyword arguments only when they differ from their default (``MinEpoch(2)``,
+``Plateau(window=50, threshold=0.005, metric='val_bpb')``). What each guard holds on: docs/reference.md.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 from collections import deque
 from typing import Any, NamedTuple
 
@@ -60,6 +58,11 @@ def _ratio(num: int, den: int) -> float:
         return math.inf if (num > 0) == (den > 0) else -math.inf  # the ints may not fit a float
 
 
+def _metric(guard: Any) -> tuple[str, ...]:
+    """A guard's ``metrics``: its one ``metric`` (the engine checks that the loop passes it)."""
+    return (guard.metric,)
+
+
 class PlateauMark(NamedTuple):
     """A :class:`Plateau`'s window at :meth:`Plateau.mark`: the deques themselves (not copies) and
     what one ``push`` since would have changed, so that :meth:`Plateau.undo` takes it back in O(1)."""
@@ -79,27 +82,12 @@ class PlateauMark(NamedTuple):
 class Plateau:
     """Holds when the metric stopped improving over the last ``window`` observed values.
 
-    The window holds the last ``window`` finite values of ``metric`` observed at ``step_end`` since
-    the phase was entered (``observe`` appends, ``reset`` clears; non-finite values never enter).
-    With ``older`` its first half and ``newer`` its second, the relative improvement is
-    ``r = (mean(older) - mean(newer)) / |mean(older)|`` for ``mode="min"`` (numerator negated for
-    ``"max"``; ``r = 0`` when the older mean is 0). With ``test="relative"`` (the default) it
-    holds iff the window is full and ``r < threshold``.
-
-    ``test="welch"`` is noise-aware: it holds iff the window is full and a one-sided Welch t-test
-    does not find, at level ``alpha`` (default 0.05), the newer half's mean lower (``"max"``:
-    higher) than the older half's by more than ``threshold * |mean(older)|``; that is, iff
-    ``p >= alpha`` (see :meth:`welch`). With ``threshold=0`` it is the plain test "is the newer
-    half better at all?"; a positive threshold asks for a practically relevant improvement, so a
-    long window on a loss that still creeps down can plateau. Needs ``window >= 4``.
-
-    Each step costs O(1): the halves are two deques with running sums. The sums are kept exactly
-    (each float as an integer multiple of 2**-1074), so means and ``r`` are the correctly rounded
-    values of the exact ones, there is no drift, and the snapshot (the window's values) restores a
-    guard whose decisions and evidence are bit-identical to an uninterrupted one. The Welch test
-    keeps exact sums of squares the same way (scale 2**2148), so its variances, ``t**2`` and
-    ``dof`` are correctly rounded from exact values too. ``mark``/``undo`` let the engine roll a
-    failed call back in O(1), without copying the window.
+    With ``older`` and ``newer`` the window's halves, ``test="relative"`` holds once the window is full
+    and ``r = (mean(older) - mean(newer)) / |mean(older)| < threshold`` (``mode="min"``);
+    ``test="welch"`` once a one-sided Welch t-test at level ``alpha`` does not find the newer half
+    better by more than ``threshold * |mean(older)|`` (see :meth:`welch`). The halves are two deques
+    with running sums kept exactly (each float as an integer multiple of 2**-1074), so decisions
+    never drift and a restored window is bit-identical; ``mark``/``undo`` roll a call back in O(1).
     """
 
     requires = ()
@@ -148,10 +136,7 @@ class Plateau:
 
     # -- accumulate ------------------------------------------------------------------------------
 
-    @property
-    def metrics(self) -> tuple[str, ...]:
-        """The metric ``observe`` reads at every step_end (the engine checks that the loop passes it)."""
-        return (self.metric,)
+    metrics = property(_metric, doc="The metric ``observe`` reads at every step_end.")
 
     def observe(self, ctx: Context) -> None:
         """Append this step's value of the metric (skipped when non-finite)."""
@@ -327,18 +312,18 @@ class Plateau:
 
 @policy
 class _Counter:
-    """Shared shape of MinEpoch and MinSteps: a clock counter >= n. A subclass says which counter
-    it reads (:meth:`_counter`) and the evidence key of ``n``."""
+    """Shared shape of MinEpoch and MinSteps: a clock counter >= n."""
 
     requires = ()
     _key = ""  # the evidence key of n
+    _fields = ("", "")  # the clock counter read: over the run, in the phase
 
     n: int = attrs.field(converter=integer(0, "e.g. {cls}(2)"))
     in_phase: bool = attrs.field(default=False, validator=flag("in_phase=True counts since the phase was entered"))
 
     def _counter(self, clock: Clock) -> tuple[str, int]:
-        """The clock field this guard reads (the evidence key) and its value."""
-        raise NotImplementedError
+        name = self._fields[self.in_phase]
+        return name, getattr(clock, name)
 
     def __call__(self, ctx: Context) -> bool:
         return self._counter(ctx.clock)[1] >= self.n
@@ -357,9 +342,7 @@ class MinEpoch(_Counter):
     with ``in_phase=True``. At the boundary after the third epoch the clock reads ``epoch == 3``."""
 
     _key = "min_epoch"
-
-    def _counter(self, clock: Clock) -> tuple[str, int]:
-        return ("epochs_in_phase", clock.epochs_in_phase) if self.in_phase else ("epoch", clock.epoch)
+    _fields = ("epoch", "epochs_in_phase")
 
 
 @policy
@@ -368,9 +351,7 @@ class MinSteps(_Counter):
     ``clock.steps_in_phase >= n`` with ``in_phase=True``."""
 
     _key = "min_steps"
-
-    def _counter(self, clock: Clock) -> tuple[str, int]:
-        return ("steps_in_phase", clock.steps_in_phase) if self.in_phase else ("global_step", clock.global_step)
+    _fields = ("global_step", "steps_in_phase")
 
 
 @policy
@@ -381,16 +362,12 @@ class _Threshold:
     metric: str = attrs.field(validator=metric_name("e.g. {cls}('val_bpb', 1.5)"))
     value: float = attrs.field(converter=real("e.g. {cls}('val_bpb', 1.5)"))
 
-    @property
-    def metrics(self) -> tuple[str, ...]:
-        """The metric read when deciding, at the transition's point (the engine checks it is passed)."""
-        return (self.metric,)
+    metrics = property(_metric, doc="The metric read when deciding, at the transition's point.")
 
-    def _compare(self, x: float) -> bool:
-        raise NotImplementedError
+    _compare = staticmethod(operator.lt)
 
     def __call__(self, ctx: Context) -> bool:
-        return self._compare(ctx.metric(self.metric))
+        return self._compare(ctx.metric(self.metric), self.value)
 
     def evidence(self, ctx: Context) -> dict:
         return {"metric": self.metric, "value": ctx.metric(self.metric), self._word: self.value}
@@ -406,9 +383,6 @@ class MetricBelow(_Threshold):
 
     _word = "below"
 
-    def _compare(self, x: float) -> bool:
-        return x < self.value
-
 
 @policy
 class MetricAbove(_Threshold):
@@ -416,9 +390,7 @@ class MetricAbove(_Threshold):
     A missing metric is a CurriculumError naming it and the point."""
 
     _word = "above"
-
-    def _compare(self, x: float) -> bool:
-        return x > self.value
+    _compare = staticmethod(operator.gt)
 
 
 def _children(guards: Any, self: Any) -> tuple:
@@ -437,19 +409,13 @@ class _Combinator:
 
     def __attrs_post_init__(self) -> None:
         # The children's optional members, looked up once (engine.protocols).
-        caps = [capabilities(g) for g in self.guards]
-        self._observing = tuple(g for g, c in zip(self.guards, caps) if c.observe)
-        self._resetting = tuple(g for g, c in zip(self.guards, caps) if c.reset)
-        self._evidences = tuple(c.evidence is not None for c in caps)
-        self._saves = tuple(c.state_dict is not None for c in caps)
-        self._loads = tuple(c.load_state_dict is not None for c in caps)
+        self._caps = caps = tuple(capabilities(g) for g in self.guards)
+        self._observing = tuple(c.observe for c in caps if c.observe)
+        self._resetting = tuple(c.reset for c in caps if c.reset)
 
     @property
     def requires(self) -> tuple[str, ...]:
-        names: dict[str, None] = {}
-        for g in self.guards:
-            names.update(dict.fromkeys(getattr(g, "requires", ()) or ()))
-        return tuple(names)
+        return tuple(dict.fromkeys(name for g in self.guards for name in getattr(g, "requires", ()) or ()))
 
     def _values(self, ctx: Context) -> list[bool]:
         # Every child is evaluated (no short-circuit), so a missing metric fails at the first
@@ -457,25 +423,25 @@ class _Combinator:
         return [truth_value(g, g(ctx)) for g in self.guards]
 
     def observe(self, ctx: Context) -> None:
-        for g in self._observing:
-            g.observe(ctx)
+        for observe in self._observing:
+            observe(ctx)
 
     def reset(self) -> None:
-        for g in self._resetting:
-            g.reset()
+        for reset in self._resetting:
+            reset()
 
     def evidence(self, ctx: Context) -> dict:
         """Per child, keyed by its repr: whether it holds, and its own evidence."""
         out: dict[str, dict] = {}
-        for g, holds, has_evidence in zip(self.guards, self._values(ctx), self._evidences):
+        for g, holds, c in zip(self.guards, self._values(ctx), self._caps):
             key, k = describe(g), 2
             while key in out:  # the same guard twice: keep both
                 key, k = f"{describe(g)}#{k}", k + 1
-            out[key] = {"holds": holds, **(g.evidence(ctx) if has_evidence else {})}
+            out[key] = {"holds": holds, **(c.evidence(ctx) if c.evidence else {})}
         return out
 
     def state_dict(self) -> dict:
-        return {"guards": [g.state_dict() if saves else None for g, saves in zip(self.guards, self._saves)]}
+        return {"guards": [c.state_dict() if c.state_dict else None for c in self._caps]}
 
     def load_state_dict(self, state: dict) -> None:
         states = state.get("guards") if isinstance(state, dict) else None
@@ -484,9 +450,9 @@ class _Combinator:
                 f"{self!r}.load_state_dict: expected {{'guards': [one entry per child, {len(self.guards)}]}} "
                 f"from its state_dict(), got {state!r}"
             )
-        for g, s, loads in zip(self.guards, states, self._loads):
-            if loads and s is not None:
-                g.load_state_dict(s)
+        for c, s in zip(self._caps, states):
+            if c.load_state_dict and s is not None:
+                c.load_state_dict(s)
 
     def __repr__(self) -> str:
         return f"{self._name}({', '.join(describe(g) for g in self.guards)})"
@@ -553,13 +519,8 @@ def not_(guard: Any) -> _Not:
 
 @policy
 class Cooldown:
-    """Holds once ``n`` epochs (or steps, ``unit="steps"``) have passed since the last transition,
-    i.e. since the current phase was entered (by a transition, a forced move or the start).
-
-    Put it on a loop-back so that a run does not ping-pong: ``Cooldown(2)`` waits two epochs in
-    the phase before the transition may fire. Reads the clock's ``epochs_in_phase`` or
-    ``steps_in_phase``; no state of its own.
-    """
+    """Holds once ``n`` epochs (or steps, ``unit="steps"``) have passed since the phase was entered:
+    on a loop-back, ``Cooldown(2)`` keeps a run from ping-ponging."""
 
     requires = ()
     metrics = ()
@@ -585,13 +546,8 @@ class Cooldown:
 
 @policy
 class MaxVisits:
-    """Holds while the transition's destination has been entered fewer than ``n`` times.
-
-    Entries are counted in ``ctx.history``: the start counts as entering the initial phase, and
-    every transition (forced ones too) into the destination counts. ``MaxVisits(3)`` on a
-    back-off into the initial phase allows two back-offs. (An engine state saved by the first
-    release has no start record, so there the initial phase's first visit is not counted.)
-    """
+    """Holds while the transition's destination has been entered fewer than ``n`` times (counted in
+    ``ctx.history``, the start included): ``MaxVisits(3)`` on a back-off allows two back-offs."""
 
     requires = ()
     metrics = ()
@@ -619,21 +575,10 @@ class MaxVisits:
 
 @policy
 class WorseThanBest:
-    """Holds when ``metric`` has been worse than its best by more than ``min_delta`` for
-    ``patience`` consecutive evaluations (``mode="min"``: worse is higher).
-
-    It observes at its transition's evaluation point (``observe_at = None``; for a validation
-    metric that is ``epoch_end``): the first value sets the best; a better value becomes the best
-    and clears the count; a value worse than the best by more than the margin counts; any other
-    clears the count. The margin is ``min_delta`` (absolute, the default) or, with
-    ``relative=True``, ``min_delta * |best|``: ``WorseThanBest("val_loss", min_delta=0.005,
-    relative=True)`` ignores a 0.1% wobble (noise) and counts a 1% rise. Non-finite values are
-    skipped.
-
-    ``since="phase"`` (default) clears the best when the phase is entered: "worse than the best
-    of this visit". ``since="run"`` keeps it across visits: "worse than the best this guard has
-    seen in the run" (it observes only while its phase is current); the count still starts again
-    at each entry. Its state (best, count, last value) is saved with the engine and restores exactly.
+    """Holds when ``metric`` has been worse than its best by more than ``min_delta`` (with
+    ``relative=True``: ``min_delta * |best|``) for ``patience`` consecutive evaluations (``mode="min"``:
+    worse is higher). It observes at its transition's point; ``since="phase"`` clears the best when
+    the phase is entered, ``since="run"`` keeps it across visits. Its state saves and restores exactly.
     """
 
     requires = ()
@@ -662,10 +607,7 @@ class WorseThanBest:
     def __attrs_post_init__(self) -> None:
         self.reset()
 
-    @property
-    def metrics(self) -> tuple[str, ...]:
-        """The metric ``observe`` reads at its transition's point."""
-        return (self.metric,)
+    metrics = property(_metric, doc="The metric ``observe`` reads at its transition's point.")
 
     def observe(self, ctx: Context) -> None:
         x = ctx.metric(self.metric)

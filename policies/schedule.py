@@ -63,45 +63,14 @@ def _write_lr(optimizer: Any, lr: float) -> None:
 class StagedCosine(LRScheduler):
     """Cosine cycles aligned with training stages; ``restart()`` starts a new cycle at once.
 
-    ``stages`` are ``(start, peak, min)``, ``start`` in epochs (``stages_in="epochs"``, the
-    default) or in optimizer steps (``stages_in="steps"``): from ``start`` the LR follows a cosine
-    from ``base_lr * peak`` down towards ``base_lr * min``. A stage ends at the next stage's start
-    or at the end of training, whichever is first; stages starting at or after the end are dropped.
-    The length of training is ``total_epochs`` (times ``steps_per_epoch``) or ``total_steps``.
-    Within a cycle of N steps the i-th step (i = 0 .. N-1) runs at::
+    ``stages`` are ``(start, peak, min)`` multipliers of ``base_lr``, ``start`` in epochs or, with
+    ``stages_in="steps"``, in optimizer steps; each stage starts a cycle that runs to the next stage's
+    start or the end of training. The i-th of a cycle's N steps runs at::
 
         lr = base_lr * (min + (peak - min) * 0.5 * (1 + cos(pi * i / N)))
 
-    (i = 0 is exactly ``base_lr * peak``). Each stage starts a cycle that runs to its end.
-
-    A torch ``LRScheduler``: construction sets the LR of step 0 on the optimizer, and ``step()``,
-    called after each ``optimizer.step()``, sets the LR of the next step. Every param group gets
-    the same LR (per-group LRs are not kept). ``lr`` / ``get_last_lr()`` give the LR of the step
-    about to run; ``last_epoch`` (torch's name) counts the optimizer steps completed.
-
-    ``restart()`` starts a new cycle at ``peak`` from the step about to run (the one ``step()``
-    already set up) to the end of that step's stage, and writes the LR to the optimizer at once,
-    so the very next optimizer step runs at peak. With ``restart_warmup_steps`` = R > 0 the new
-    cycle first ramps linearly over R steps, ``lr = base_lr * peak * (j + 1) / (R + 1)`` at the
-    j-th step after the restart, and reaches peak on the R-th (a next stage cuts the ramp short).
-
-    ``warmup_steps`` = W > 0: the first W steps of training (0 .. W-1) ramp linearly,
-    ``lr = base_lr * peak * (s + 1) / (W + 1)`` at step s, and the first stage's cosine cycle starts
-    at step W (at peak) and runs to the end of the first stage. W must be shorter than the first
-    stage. A restart during the warmup ends it.
-
-    Past the end of training the LR stays at the last cycle's min, i.e. ``base_lr`` times the last
-    stage's min; a restart there runs one step at peak. One exception keeps ``--epochs`` extensions
-    exact: when a declared stage starts exactly at the end of training, the first step after it
-    runs at that stage's peak, as in a longer run.
-
-    State: ``state_dict()`` holds the position (the step about to run and the cycle in progress,
-    plus informational copies of the cycle's multipliers, the LR and the configuration), not the
-    configuration itself. Load it after ``optimizer.load_state_dict`` into a schedule built with the
-    same arguments and the LRs continue bit-identically. The stage lengths depend on the length of
-    training: a schedule built with another length (or stages) continues from the saved step with
-    its own stage layout, so the LRs of the stage in progress change from that step on (identical
-    only when the change falls on a stage boundary); a restart made in that stage is kept.
+    A torch ``LRScheduler``: construction sets step 0's LR, ``step()`` after each ``optimizer.step()``
+    sets the next. Warmups, restarts, the end of training and the state: docs/reference.md.
     """
 
     def __init__(
@@ -121,21 +90,13 @@ class StagedCosine(LRScheduler):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise fail(where, "optimizer", "a torch.optim.Optimizer", optimizer, "pass the optimizer the loop steps")
         self.base_lr = check_real(where, "base_lr", base_lr, "e.g. base_lr=2e-4", positive=True)
-        try:
-            self.stages_in = StageUnit(stages_in)
-        except ValueError:
-            raise fail(
-                where,
-                "stages_in",
-                "'epochs' or 'steps'",
-                stages_in,
-                "count stage starts in epochs or in optimizer steps",
-            ) from None
-        self.steps_per_epoch = (
-            None
-            if steps_per_epoch is None
-            else check_int(where, "steps_per_epoch", steps_per_epoch, 1, "optimizer steps per epoch, e.g. 1000")
-        )
+        fix = "count stage starts in epochs or in optimizer steps"
+        self.stages_in = _member(StageUnit, stages_in, where, "stages_in", fix)
+        if steps_per_epoch is not None:
+            steps_per_epoch = check_int(
+                where, "steps_per_epoch", steps_per_epoch, 1, "optimizer steps per epoch, e.g. 1000"
+            )
+        self.steps_per_epoch = steps_per_epoch
         if (total_epochs is None) == (total_steps is None):
             raise fail(
                 where,
@@ -144,11 +105,9 @@ class StagedCosine(LRScheduler):
                 (total_epochs, total_steps),
                 "e.g. total_epochs=50 with steps_per_epoch=1000, or total_steps=50000",
             )
-        self.total_epochs = (
-            None
-            if total_epochs is None
-            else check_int(where, "total_epochs", total_epochs, 1, "the run's --epochs, e.g. 50")
-        )
+        if total_epochs is not None:
+            total_epochs = check_int(where, "total_epochs", total_epochs, 1, "the run's --epochs, e.g. 50")
+        self.total_epochs = total_epochs
         if self.steps_per_epoch is None and (self.total_epochs is not None or self.stages_in is StageUnit.EPOCHS):
             why = "total_epochs" if self.total_epochs is not None else "stages in epochs"
             raise fail(
@@ -296,11 +255,6 @@ class StagedCosine(LRScheduler):
         """``base_lr`` times the peak of the stage of the step about to run: where a restart's cycle peaks."""
         return self.base_lr * self._layout[self._stage_index(self.last_epoch)].peak
 
-    @staticmethod
-    def replannable(scheduler: Any) -> bool:
-        """Whether ``over="remaining"`` can re-plan this scheduler (it has a length)."""
-        return _length_field(scheduler) is not None
-
     @property
     def restart_lr(self) -> float:
         """The LR a restart now sets for the step about to run: ``peak_lr``, or its first ramp step."""
@@ -389,6 +343,14 @@ class StagedCosine(LRScheduler):
         if self.restart_warmup_steps:
             parts.append(f"restart_warmup_steps={self.restart_warmup_steps}")
         return f"StagedCosine({', '.join(parts)})"
+
+
+def _member(kind: type[enum.Enum], value: Any, where: str, field: str, fix: str) -> Any:
+    """``value`` as a member of the enum ``kind``, or the error naming its values."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise fail(where, field, " or ".join(repr(m.value) for m in kind), value, fix) from None
 
 
 def _check_stages(stages: Any, unit: StageUnit) -> tuple[tuple[int, float, float], ...]:
@@ -484,34 +446,11 @@ def _replanned(state: dict, field: str, steps: int) -> dict:
 class Restartable(LRScheduler):
     """Any torch LR scheduler, made restartable: ``RestartLR`` can then restart it.
 
-    ``Restartable(scheduler)`` records the wrapped scheduler's state at its step 0, so wrap it right
-    after building it (``Restartable(CosineAnnealingLR(optimizer, T_max=100))``) and register and
-    step the wrapper in its place. ``step()`` steps the wrapped scheduler. ``restart()`` starts the
-    wrapped schedule again from its own step 0 at the step about to run, and writes that LR to the
-    optimizer at once.
-
-    ``over`` says what a restart runs:
-
-    - ``"whole"`` (default): the schedule as built: a ``CosineAnnealingLR(T_max=100)`` restarted at
-      step 30 runs steps 30, 31, ... at exactly the LRs of a fresh one's steps 0, 1, ... (so it does
-      not reach its minimum by step 100).
-    - ``"remaining"``: the schedule re-planned over the steps left of its length, so a restart at
-      step 30 anneals by step 100 (``T_max=70``). For the schedules with a length: CosineAnnealingLR
-      (``T_max``), OneCycleLR (``total_steps``, its phases at the same fractions), LinearLR and
-      PolynomialLR (``total_iters``), and a LambdaLR of Hugging Face's schedule functions
-      (``num_training_steps``, its warm-up replayed); others are refused at construction.
-
-    ``restart_lr`` is the LR of the wrapped schedule's step 0: what a restart sets, and what
-    ``RestartLR``'s health check expects the first step after it to run at. ``peak_lr`` is the
-    schedule's peak: OneCycleLR's and CyclicLR's ``max_lr``, else ``restart_lr``.
-
-    The frameworks' callbacks wrap the scheduler they step themselves (the Hugging Face Trainer's
-    own ``LambdaLR``, Lightning's configured scheduler) and keep stepping it: the wrapper counts
-    its steps from the wrapped scheduler's, so both ways of stepping agree.
-
-    State: ``state_dict()`` holds the wrapped scheduler's state, its step-0 state and the step
-    count; load it after ``optimizer.load_state_dict`` and the LRs, restarts included, continue
-    bit-identically. ``ReduceLROnPlateau`` has no schedule over steps to restart and is refused.
+    Wrap it right after building it (``Restartable(CosineAnnealingLR(optimizer, T_max=100))``) and
+    register and step the wrapper in its place. ``restart()`` runs the wrapped schedule again from its
+    own step 0 at the step about to run: as built (``over="whole"``), or re-planned over the steps left
+    of its length (``over="remaining"``). ``restart_lr`` is the LR of that step 0, ``peak_lr`` the
+    schedule's peak. See docs/reference.md, and docs/integrations.md for ``over``.
     """
 
     def __init__(self, scheduler: Any, *, over: Over | str = Over.WHOLE) -> None:
@@ -530,16 +469,8 @@ class Restartable(LRScheduler):
         self._origin = self._snapshot()
 
     def _adopt(self, scheduler: Any, over: Over | str) -> None:
-        try:
-            self.over = Over(over)
-        except ValueError:
-            raise fail(
-                "Restartable",
-                "over",
-                "'whole' or 'remaining'",
-                over,
-                "over='remaining' re-plans the schedule over the steps left at each restart",
-            ) from None
+        fix = "over='remaining' re-plans the schedule over the steps left at each restart"
+        self.over = _member(Over, over, "Restartable", "over", fix)
         self._length = _length_field(scheduler)
         if self.over is Over.REMAINING and self._length is None:
             raise fail(
@@ -562,20 +493,19 @@ class Restartable(LRScheduler):
         """Wrap a scheduler a framework steps itself (at its step 0, or restored by the framework with ``state``
         from this wrapper's ``state_dict()``): the frameworks' callbacks use it."""
         _check_wrappable(scheduler)
+        if state is None and scheduler.last_epoch != 0:
+            raise fail(
+                "Restartable.around",
+                "state",
+                "the wrapper's state_dict() for a scheduler past its step 0",
+                None,
+                "pass the state saved with the checkpoint",
+            )
         self = cls.__new__(cls)
+        self._adopt(scheduler, over)
         if state is None:
-            if scheduler.last_epoch != 0:
-                raise fail(
-                    "Restartable.around",
-                    "state",
-                    "the wrapper's state_dict() for a scheduler past its step 0",
-                    None,
-                    "pass the state saved with the checkpoint",
-                )
-            self._adopt(scheduler, over)
             self._origin = self._snapshot()
         else:
-            self._adopt(scheduler, over)
             self._load_own(state)
         return self
 

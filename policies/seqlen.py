@@ -3,10 +3,8 @@
 A phase's window length is a phase param, ``Phase("seq_64", params={"seq_len": 64})``: the loop
 reads ``engine.phase.params.get("seq_len")`` before each step (ChunkLM's trainer does; see
 ``chunklm.train``), so a resumed run trains at the length of the phase it resumes in, with nothing
-else to restore. The anchors: Composer's ``SeqLengthWarmup`` (fixed, 8 -> 1024 over the first 30%
-of training, about 1.5x faster to the same loss on GPT-2 125M) and Li et al.'s DeepSpeed curriculum
-(up to 2.2x fewer tokens); both fixed schedules, which :func:`seq_len_curriculum` gives with
-``at_epochs``, and the plateau-triggered variant with ``min_epochs``.
+else to restore. Fixed switches (``at_epochs``) are Composer's ``SeqLengthWarmup`` and DeepSpeed's
+curriculum; ``min_epochs`` gives the plateau-triggered variant.
 """
 
 from __future__ import annotations

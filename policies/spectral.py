@@ -36,10 +36,7 @@ def spectral_curriculum(
     below ``n_bins`` (the full band is the last phase); one global minimum epoch per cutoff, not
     decreasing.
 
-    ``preserve=False`` (default) opens each band with noise, as the seed does; ``preserve=True``
-    opens it at zero, so each raise leaves the model's function exactly unchanged. The exact opening
-    was measured to end worse (with smooth kernels: 0.2-1.8% higher validation bpb than the seed's
-    opening with white-noise kernels, in three settings; BENCHMARKS.md, "New defaults").
+    ``preserve``: as :class:`~policies.SetCutoff`'s (the exact opening, measured to end worse).
 
     ``seq_lens``: one window length per cutoff phase, set as the phase's ``params={"seq_len": L}``
     (``full`` trains at the model's own length), so the low-cutoff phases are also the short-window
@@ -135,11 +132,8 @@ def _ints(where: str, field: str, values: Any) -> list[int]:
 
 
 def _min_epoch(guards: Iterable[Any], entered: int) -> int | None:
-    """The earliest global epoch at which these (AND-ed) guards' MinEpoch requirements hold.
-
-    Looks inside ``all_of``; a MinEpoch with ``in_phase=True`` counts from ``entered``, the
-    earliest epoch the phase can have been entered. None when no MinEpoch constrains them.
-    """
+    """The earliest global epoch at which these (AND-ed) guards' MinEpoch requirements hold (inside
+    ``all_of`` too; ``in_phase`` counts from ``entered``); None when no MinEpoch constrains them."""
     needs = []
     for g in guards:
         if isinstance(g, MinEpoch):
