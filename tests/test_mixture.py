@@ -1,0 +1,186 @@
+"""The phase param ``mix`` and MixtureSampler: exact per-step proportions, epochs without replacement,
+exact resume, a mix change at the next step, rank shards, bad input in one line."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from fractions import Fraction
+
+import pytest
+import torch
+
+from engine import Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
+from policies import MinSteps, MixtureSampler
+from policies.mixture import mix_weights, source_permutation
+
+SIZES = {"web": 13, "code": 7, "books": 5}
+
+
+def anneal_curriculum(at_step: int = 4) -> Curriculum:
+    """``general`` (web 2 : code 1) until step ``at_step``, then ``anneal`` (code 3 : books 1, web 0)."""
+    return Curriculum(
+        [
+            Phase("general", params={"mix": {"web": 2, "code": 1}}),
+            Phase("anneal", params={"mix": {"code": 3, "books": 1}}),
+        ],
+        [Transition("general", "anneal", guards=[MinSteps(at_step)], when=Point.STEP_END)],
+    )
+
+
+def run(sampler: MixtureSampler, engine: CurriculumEngine | None, steps: int) -> list[list[tuple[str, int]]]:
+    batches = []
+    for _ in range(steps):
+        batches.append(sampler.next_batch())
+        if engine is not None:
+            engine.step_end(loss=1.0)
+    return batches
+
+
+def test_each_step_has_the_mix_proportions_exactly():
+    """Every step holds batch_size examples, each source within one of its share, and over steps the counts
+    follow the weights to within one example."""
+    sampler = MixtureSampler(SIZES, 10, seed=0, default={"web": 0.5, "code": 0.3, "books": 0.2})
+    total = Counter()
+    for step in range(1, 30):
+        counts = Counter(name for name, _ in sampler.next_batch())
+        assert counts == {"web": 5, "code": 3, "books": 2}
+        total += counts
+    sampler = MixtureSampler(SIZES, 4, seed=0, default={"web": 1, "code": 1, "books": 1})
+    total = Counter()
+    for step in range(1, 31):
+        counts = Counter(name for name, _ in sampler.next_batch())
+        assert sum(counts.values()) == 4 and all(abs(counts[s] - Fraction(4, 3)) < 1 for s in SIZES)
+        total += counts
+        assert all(abs(total[s] - Fraction(4 * step, 3)) < 1 for s in SIZES)
+
+
+def test_each_source_is_read_without_replacement_in_shuffled_epochs():
+    """Each epoch of a source holds every index once, in an order that differs between epochs and sources."""
+    sampler = MixtureSampler(SIZES, 5, seed=3, default={"web": 1})
+    drawn = [i for _ in range(13) for _, i in sampler.next_batch()]  # 65 = 5 epochs of web
+    epochs = [drawn[k : k + 13] for k in range(0, 65, 13)]
+    assert all(sorted(e) == list(range(13)) for e in epochs)
+    assert len({tuple(e) for e in epochs}) == 5
+    assert list(source_permutation(3, "web", 0, 13)) == epochs[0]
+    assert list(source_permutation(3, "web", 0, 13)) != list(source_permutation(3, "code", 0, 13))
+    assert list(source_permutation(3, "web", 0, 13)) != list(source_permutation(4, "web", 0, 13))
+
+
+def test_a_mix_change_applies_from_the_next_step():
+    """A transition fired at step 4's end: steps 1-4 draw web 2 : code 1, from step 5 on no web at all."""
+    engine = CurriculumEngine(anneal_curriculum(4))
+    engine.start()
+    sampler = MixtureSampler(SIZES, 4, seed=0, engine=engine)
+    batches = run(sampler, engine, 8)
+    general = [{"web": 3, "code": 1}, {"web": 2, "code": 2}, {"web": 3, "code": 1}, {"web": 3, "code": 1}]
+    assert [Counter(n for n, _ in b) for b in batches[:4]] == general  # a credit of web -1/3, code 1/3 is left
+    assert [Counter(n for n, _ in b) for b in batches[4:]] == [{"code": 3, "books": 1}] * 4
+    # a credit left in favour of a source the next mix drops must not give it an example
+    curriculum = Curriculum(
+        [
+            Phase("a", params={"mix": {"web": 3, "code": 1, "books": 1}}),
+            Phase("b", params={"mix": {"code": 1, "books": 1}}),
+        ],
+        [Transition("a", "b", guards=[MinSteps(3)], when=Point.STEP_END)],
+    )
+    engine = CurriculumEngine(curriculum)
+    engine.start()
+    batches = run(MixtureSampler(SIZES, 3, seed=0, engine=engine), engine, 6)
+    assert not any(name == "web" for b in batches[3:] for name, _ in b)
+
+
+def test_resume_mid_phase_continues_bit_for_bit():
+    """Sampler and engine state through JSON at every step: the batches and the weights of a tiny model
+    trained on them equal an uninterrupted run's, across the mix change."""
+    data = {
+        name: torch.randn(n, 3, generator=torch.Generator().manual_seed(k)) for k, (name, n) in enumerate(SIZES.items())
+    }
+
+    def train(stop: int | None) -> tuple[list, torch.Tensor]:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        engine = CurriculumEngine(anneal_curriculum(5))
+        engine.start()
+        sampler = MixtureSampler(SIZES, 4, seed=7, engine=engine, default={"books": 1})
+        batches = []
+        for step in range(10):
+            if step == stop:  # a fresh process: everything rebuilt, the state loaded from JSON
+                saved = json.loads(json.dumps({"engine": engine.state_dict(), "sampler": sampler.state_dict()}))
+                engine = CurriculumEngine(anneal_curriculum(5))
+                engine.load_state_dict(saved["engine"])
+                sampler = MixtureSampler(SIZES, 4, seed=7, engine=engine, default={"books": 1})
+                sampler.load_state_dict(saved["sampler"])
+            batch = sampler.next_batch()
+            x = torch.stack([data[name][i] for name, i in batch])
+            loss = model(x).square().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            engine.step_end(loss=loss.item())
+            batches.append(batch)
+        return batches, torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    batches, weights = train(None)
+    for stop in (1, 2, 3, 5, 6, 9):
+        resumed, resumed_weights = train(stop)
+        assert resumed == batches
+        assert torch.equal(resumed_weights, weights)
+
+
+def test_rank_shards_are_disjoint_and_cover_the_stream():
+    """Three ranks draw disjoint examples whose union is what one process reads of each source's stream."""
+    sizes = {"web": 13, "code": 12}
+    ranks = [MixtureSampler(sizes, 4, seed=1, rank=r, world_size=3) for r in range(3)]
+    drawn = [[x for _ in range(2) for x in s.next_batch()] for s in ranks]  # 2 steps: 12 of each source
+    flat = [x for d in drawn for x in d]
+    assert len(set(flat)) == len(flat) == 24
+    assert sorted(i for n, i in flat if n == "web") == sorted(source_permutation(1, "web", 0, 13)[:12].tolist())
+    assert sorted(i for n, i in flat if n == "code") == list(range(12))
+    assert all(Counter(n for n, _ in d) == {"web": 4, "code": 4} for d in drawn)
+
+
+def test_a_data_loader_reads_the_flat_indices():
+    """As a DataLoader's batch_sampler over a ConcatDataset of the sources, in order: the same examples."""
+    datasets = [torch.arange(n) + 100 * k for k, n in enumerate(SIZES.values())]
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.ConcatDataset(datasets),
+        batch_sampler=MixtureSampler(SIZES, 5, seed=2, steps=3, default={"web": 1, "books": 1}),
+    )
+    reference = MixtureSampler(SIZES, 5, seed=2, default={"web": 1, "books": 1})
+    expected = [[100 * list(SIZES).index(n) + i for n, i in reference.next_batch()] for _ in range(3)]
+    assert [b.tolist() for b in loader] == expected and len(loader) == 3
+
+
+def test_weights_are_normalised_and_absent_sources_are_zero():
+    assert mix_weights({"web": 3, "code": 1}, tuple(SIZES), "x") == {
+        "web": Fraction(3, 4),
+        "code": Fraction(1, 4),
+        "books": 0,
+    }
+
+
+@pytest.mark.parametrize(
+    "mix, message",
+    [
+        ({"wbe": 1}, "phase 'general': mix names the source 'wbe', and the sources are web, code, books"),
+        ({"web": 0, "code": 0}, "phase 'general': mix weights must have a positive sum"),
+        ({"web": -1, "code": 2}, "phase 'general': mix weight of 'web' must be a finite number >= 0, got -1"),
+        ({"web": float("nan")}, "mix weight of 'web' must be a finite number >= 0, got nan"),
+        ([1, 2], "phase 'general': mix must be a table of source name -> weight"),
+    ],
+)
+def test_bad_mixes_are_refused_in_one_line_when_the_sampler_is_built(mix, message):
+    engine = CurriculumEngine(Curriculum([Phase("general", params={"mix": mix})], []))
+    with pytest.raises(CurriculumError, match="^[^\n]*$") as info:
+        MixtureSampler(SIZES, 4, seed=0, engine=engine)
+    assert message in str(info.value)
+
+
+def test_a_state_of_other_sources_is_refused():
+    state = MixtureSampler(SIZES, 4, seed=0).state_dict()
+    with pytest.raises(CurriculumError, match="saved with sizes .* resume with the same sources"):
+        MixtureSampler({**SIZES, "web": 14}, 4, seed=0).load_state_dict(state)
+    with pytest.raises(CurriculumError, match="saved with seed 0"):
+        MixtureSampler(SIZES, 4, seed=1).load_state_dict(state)
