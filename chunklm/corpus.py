@@ -265,6 +265,17 @@ class ByteCorpus:
         windows = self._train[starts[:, None] + np.arange(self.window)]  # (B, seq_len + chunk)
         return torch.from_numpy(windows.astype(np.int64))
 
+    @property
+    def n_windows(self) -> int:
+        """Training windows at stride ``seq_len`` (window k is bytes ``[k * seq_len, (k + 1) * seq_len + chunk)``):
+        the examples a mixture of sources reads without replacement (``policies.MixtureSampler``)."""
+        return (self.n_train_bytes - self.chunk) // self.seq_len
+
+    def windows(self, indices: Sequence[int]) -> torch.Tensor:
+        """(len(indices), seq_len + chunk) int64: the training windows of those indices (see :attr:`n_windows`)."""
+        starts = np.asarray(indices, dtype=np.int64) * self.seq_len
+        return torch.from_numpy(self._train[starts[:, None] + np.arange(self.window)].astype(np.int64))
+
     def val_batches(self, n_windows: int, batch_size: int) -> list[torch.Tensor]:
         """A fixed set of validation windows, evenly spaced over the validation bytes, in batches.
 
