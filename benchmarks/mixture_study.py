@@ -20,8 +20,9 @@ Arms, every one the same steps and tokens (but WP, which stops when its cooldown
   UNI   UNIFORM throughout, WSD
 WA, WP, TGT and UNI take WSD's tuned LR (the same schedule; only the data differ).
 
-Tuning: COS and WSD each run 4 peak LRs a factor of 2 apart on the tuning seed (0); the lowest final
-general bpb picks the LR. Evaluation: seeds 1, 2, 3, arms alternated in one process (wall-clock is
+Tuning: COS and WSD each run 4 peak LRs a factor of 2 apart on the tuning seed (0), and the grid grows
+by a factor of 2 past an edge that wins (twice at most); the lowest final general bpb picks the LR.
+Evaluation: seeds 1, 2, 3, arms alternated in one process (wall-clock is
 comparable between arms, but the machine is shared). Verdict (DESIGN.md section 9): an arm beats a
 baseline on a source when its 3 seeds' range lies wholly below the baseline's; the target gain is
 weighed against the general loss (Pareto).
@@ -161,7 +162,7 @@ PLANS = {
         "epoch_steps": 20,
         "batch": 16,
         "eval_windows": 128,
-        "lrs": {"COS": [1e-3, 2e-3, 4e-3, 8e-3], "WSD": [1e-3, 2e-3, 4e-3, 8e-3]},
+        "lrs": {"COS": [2e-3, 4e-3, 8e-3, 1.6e-2], "WSD": [2e-3, 4e-3, 8e-3, 1.6e-2]},
         "tune_seed": 0,
         "seeds": [1, 2, 3],
     },
@@ -269,10 +270,17 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tuned = {}
     for arm in ("COS", "WSD"):
-        for lr in plan["lrs"][arm]:
-            results["tuning"].append(run(arm, lr, plan["tune_seed"], corpora, plan))
-            print(json.dumps(results["tuning"][-1]), flush=True)
-        tuned[arm] = min((r for r in results["tuning"] if r["arm"] == arm), key=lambda r: r["general"])["lr"]
+        lrs = list(plan["lrs"][arm])
+        while True:
+            for lr in lrs:
+                if not any(r["arm"] == arm and r["lr"] == lr for r in results["tuning"]):
+                    results["tuning"].append(run(arm, lr, plan["tune_seed"], corpora, plan))
+                    print(json.dumps(results["tuning"][-1]), flush=True)
+            best = min((r for r in results["tuning"] if r["arm"] == arm), key=lambda r: r["general"])["lr"]
+            if best not in (lrs[0], lrs[-1]) or len(lrs) >= len(plan["lrs"][arm]) + 2:
+                break
+            lrs = [lrs[0] / 2, *lrs] if best == lrs[0] else [*lrs, lrs[-1] * 2]  # best at an edge: extend the grid
+        tuned[arm] = best
     out.write_text(json.dumps(results, indent=1))
     for seed in plan["seeds"]:
         for arm in ARMS:
