@@ -4,8 +4,11 @@ exact resume, a mix change at the next step, rank shards, bad input in one line.
 from __future__ import annotations
 
 import json
+import shutil
+import textwrap
 from collections import Counter
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +16,7 @@ import torch
 from engine import Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
 from policies import MinSteps, MixtureSampler
 from policies.mixture import mix_weights, source_permutation
+from tests.utils import DATA, TINY_MODEL, assert_same_run, resume
 
 SIZES = {"web": 13, "code": 7, "books": 5}
 
@@ -184,3 +188,105 @@ def test_a_state_of_other_sources_is_refused():
         MixtureSampler({**SIZES, "web": 14}, 4, seed=0).load_state_dict(state)
     with pytest.raises(CurriculumError, match="saved with seed 0"):
         MixtureSampler(SIZES, 4, seed=1).load_state_dict(state)
+
+
+# -- chunklm train with named sources ----------------------------------------------------------------------------
+
+MIX_FILE = """version = 1
+
+[[phases]]
+name = "stable"
+params = { mix = { general = 3, target = 1 } }
+
+[[phases]]
+name = "anneal"
+params = { mix = { target = 1 } }
+
+[[transitions]]
+source = "stable"
+dest = "anneal"
+when = "step_end"
+guards = [{ type = "MinSteps", n = 7 }]
+"""
+
+
+def sources(tmp: Path) -> list[str]:
+    """Two named sources: the stdlib json package, and textwrap.py."""
+    (tmp / "target").mkdir(exist_ok=True)
+    shutil.copy(Path(textwrap.__file__), tmp / "target" / "textwrap.py")
+    return [f"general={DATA}", f"target={tmp / 'target'}"]
+
+
+def mixed_train(tmp: Path, name: str, *extra: str, data: list[str] | None = None, mix: str = MIX_FILE) -> int:
+    from runs.cli import main
+
+    (tmp / "mix.toml").write_text(mix)
+    args = [*TINY_MODEL, "--log-every", "0", "--epochs", "3", "--curriculum", str(tmp / "mix.toml")]
+    args[args.index("--data") + 1 : args.index("--data") + 2] = data or sources(tmp)
+    return main(["train", *args, "--ckpt", str(tmp / f"{name}.pt"), *extra])
+
+
+def test_named_sources_train_by_the_mix_and_report_bpb_per_source(tmp_path, capsys):
+    """The epoch line and epochs.csv hold val_bpb per source, the checkpoint one fingerprint per source."""
+    from runs.artifacts import RunFiles, read_csv
+    from runs.checkpoint import load_checkpoint
+
+    assert mixed_train(tmp_path, "run") == 0
+    out = capsys.readouterr().out
+    assert "val_bpb/general=" in out and "val_bpb/target=" in out
+    rows = read_csv(RunFiles(tmp_path / "run.pt").epochs)
+    assert len(rows) == 3 and all(float(r["val_bpb/general"]) > 0 and float(r["val_bpb/target"]) > 0 for r in rows)
+    saved = load_checkpoint(tmp_path / "run.pt")
+    assert list(saved.data["sources"]) == ["general", "target"]
+    state = saved.trainer["sampler"]
+    assert state["step"] == 18 and sum(state["consumed"].values()) == 18 * 4
+    assert state["consumed"]["target"] == 7 + 11 * 4  # 1 of 4 for 7 steps, then every window
+
+
+def test_named_sources_resume_mid_phase_exactly(tmp_path, capsys):
+    """Stopped before and after the mix change, then resumed: the same run as an uninterrupted one."""
+    assert mixed_train(tmp_path, "whole") == 0
+    for stop in ("5", "9"):
+        assert mixed_train(tmp_path, f"split{stop}", "--stop-after", stop) == 0
+        assert resume(tmp_path, f"split{stop}") == 0
+        assert_same_run(tmp_path, "whole", f"split{stop}")
+
+
+def test_a_resume_with_a_source_changed_is_refused(tmp_path, capsys):
+    assert mixed_train(tmp_path, "run", "--stop-after", "2") == 0
+    (tmp_path / "target" / "textwrap.py").write_text("changed\n" * 400)
+    capsys.readouterr()
+    assert resume(tmp_path, "run") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the data differs from the checkpoint's: source target: 1 file changed size" in err[0]
+
+
+@pytest.mark.parametrize(
+    "mix, data, message",
+    [
+        (
+            MIX_FILE.replace("target = 1 } }\n\n[[trans", "tagret = 1 } }\n\n[[trans"),
+            None,
+            "phase 'anneal': mix names the source 'tagret', and the sources are general, target",
+        ),
+        (
+            MIX_FILE.replace("{ target = 1 }", "{ target = 0 }"),
+            None,
+            "phase 'anneal': mix weights must have a positive sum",
+        ),
+        (MIX_FILE.replace("general = 3", "general = -3"), None, "mix weight of 'general' must be a finite number >= 0"),
+        (MIX_FILE, [DATA], "phase 'stable' has a mix, and --data names no sources"),
+        (MIX_FILE, [f"general={DATA}", DATA], "some --data items name their source (NAME=PATH) and this one does not"),
+        (MIX_FILE, "tiny", "--data source 'target': corpus too small"),
+    ],
+)
+def test_bad_sources_and_mixes_exit_2_in_one_line_before_training(tmp_path, capsys, mix, data, message):
+    if data == "tiny":
+        (tmp_path / "small").mkdir()
+        (tmp_path / "small" / "a.txt").write_text("too short")
+        data = [f"general={DATA}", f"target={tmp_path / 'small'}"]
+    assert mixed_train(tmp_path, "run", data=data, mix=mix) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], captured.err
+    assert "Epoch" not in captured.out and not (tmp_path / "run.pt").exists()
