@@ -45,10 +45,12 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 
-from engine import Curriculum, CurriculumError
+from engine import Curriculum, CurriculumError, Phase, Point, Transition
 from policies._checks import check_int
+from policies.guards import MinEpoch, Plateau, all_of, any_of
+from policies.wsd import StartCooldown
 
-__all__ = ["MIX", "mix_weights", "phase_mixes", "source_permutation", "MixtureSampler"]
+__all__ = ["MIX", "mix_weights", "phase_mixes", "source_permutation", "MixtureSampler", "anneal_curriculum"]
 
 MIX = "mix"  # the phase param
 
@@ -241,3 +243,27 @@ class MixtureSampler(torch.utils.data.Sampler):
         saved_mix = state["credit_mix"]
         self.credit_mix = None if saved_mix is None else {s: _fraction(saved_mix[s], where) for s in self.sources}
         self.step, self.consumed, self.credit = step, consumed, credit
+
+
+def anneal_curriculum(
+    min_epoch: int,
+    fallback_epoch: int,
+    stable: Mapping[str, float],
+    cooldown: Mapping[str, float],
+    window: int = 50,
+    threshold: float = 0.005,
+) -> Curriculum:
+    """WSD with an anneal: ``stable`` (phase mix ``stable``) -> ``cooldown`` (phase mix ``cooldown``, e.g. heavy on
+    the target data), at an epoch end once ``MinEpoch(min_epoch)`` holds and the training loss has plateaued
+    (``Plateau(window, threshold)``), else at ``MinEpoch(fallback_epoch)``: set it to the epoch where the WSD
+    schedule's own cooldown starts (``epochs * (1 - cooldown_fraction)``), so the mix follows the LR when no
+    plateau comes. The transition fires :class:`~policies.StartCooldown` (register a :class:`~policies.WSD`).
+    """
+    where = "anneal_curriculum"
+    min_epoch = check_int(where, "min_epoch", min_epoch, 0, "the earliest epoch of the cooldown, e.g. 15")
+    fallback_epoch = check_int(where, "fallback_epoch", fallback_epoch, min_epoch, f"at least min_epoch={min_epoch}")
+    guard = any_of(all_of(MinEpoch(min_epoch), Plateau(window=window, threshold=threshold)), MinEpoch(fallback_epoch))
+    return Curriculum(
+        [Phase("stable", params={MIX: dict(stable)}), Phase("cooldown", params={MIX: dict(cooldown)})],
+        [Transition("stable", "cooldown", guards=[guard], actions=[StartCooldown()], when=Point.EPOCH_END)],
+    )

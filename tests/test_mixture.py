@@ -13,15 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
+import policies
 from engine import Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
-from policies import MinSteps, MixtureSampler
+from policies import WSD, MinSteps, MixtureSampler, anneal_curriculum
 from policies.mixture import mix_weights, source_permutation
 from tests.utils import DATA, TINY_MODEL, assert_same_run, resume
 
 SIZES = {"web": 13, "code": 7, "books": 5}
 
 
-def anneal_curriculum(at_step: int = 4) -> Curriculum:
+def two_mixes(at_step: int = 4) -> Curriculum:
     """``general`` (web 2 : code 1) until step ``at_step``, then ``anneal`` (code 3 : books 1, web 0)."""
     return Curriculum(
         [
@@ -73,7 +74,7 @@ def test_each_source_is_read_without_replacement_in_shuffled_epochs():
 
 def test_a_mix_change_applies_from_the_next_step():
     """A transition fired at step 4's end: steps 1-4 draw web 2 : code 1, from step 5 on no web at all."""
-    engine = CurriculumEngine(anneal_curriculum(4))
+    engine = CurriculumEngine(two_mixes(4))
     engine.start()
     sampler = MixtureSampler(SIZES, 4, seed=0, engine=engine)
     batches = run(sampler, engine, 8)
@@ -105,14 +106,14 @@ def test_resume_mid_phase_continues_bit_for_bit():
         torch.manual_seed(0)
         model = torch.nn.Linear(3, 1)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        engine = CurriculumEngine(anneal_curriculum(5))
+        engine = CurriculumEngine(two_mixes(5))
         engine.start()
         sampler = MixtureSampler(SIZES, 4, seed=7, engine=engine, default={"books": 1})
         batches = []
         for step in range(10):
             if step == stop:  # a fresh process: everything rebuilt, the state loaded from JSON
                 saved = json.loads(json.dumps({"engine": engine.state_dict(), "sampler": sampler.state_dict()}))
-                engine = CurriculumEngine(anneal_curriculum(5))
+                engine = CurriculumEngine(two_mixes(5))
                 engine.load_state_dict(saved["engine"])
                 sampler = MixtureSampler(SIZES, 4, seed=7, engine=engine, default={"books": 1})
                 sampler.load_state_dict(saved["sampler"])
@@ -290,3 +291,34 @@ def test_bad_sources_and_mixes_exit_2_in_one_line_before_training(tmp_path, caps
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and message in err[0], captured.err
     assert "Epoch" not in captured.out and not (tmp_path / "run.pt").exists()
+
+
+def test_the_anneal_starts_on_a_plateau_or_at_the_fallback_epoch():
+    """anneal_curriculum: a loss still falling switches at the fallback epoch; a flat one at the first epoch
+    end past the floor. Either way the WSD cooldown starts there."""
+    for losses, switch in ((lambda s: 10.0 - 0.1 * s, 4), (lambda s: 1.0, 2)):
+        model = torch.nn.Linear(1, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        schedule = WSD(optimizer, base_lr=1.0, total_steps=60, cooldown_fraction=0.2, auto=False)
+        curriculum = anneal_curriculum(2, 4, {"web": 1}, {"code": 1}, window=4, threshold=0.01)
+        engine = CurriculumEngine(curriculum, schedule=schedule)
+        engine.start()
+        for epoch in range(6):
+            for s in range(5):
+                optimizer.step()
+                schedule.step()
+                engine.step_end(loss=losses(5 * epoch + s))
+            engine.epoch_end()
+            if engine.phase.name == "cooldown":
+                break
+        assert epoch + 1 == switch and schedule.cooldown_start == 5 * switch
+
+
+def test_the_shipped_anneal_file_trains_on_named_sources(tmp_path, capsys):
+    shipped = Path(policies.__file__).parent / "curricula" / "wsd_anneal.toml"
+    from runs.cli import main
+
+    args = [*TINY_MODEL, "--log-every", "0", "--epochs", "1", "--schedule", "wsd", "--curriculum", str(shipped)]
+    args[args.index("--data") + 1 : args.index("--data") + 2] = sources(tmp_path)
+    assert main(["train", *args, "--ckpt", str(tmp_path / "run.pt")]) == 0
+    assert "val_bpb/target=" in capsys.readouterr().out
