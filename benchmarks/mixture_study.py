@@ -162,7 +162,7 @@ PLANS = {
         "epoch_steps": 20,
         "batch": 16,
         "eval_windows": 128,
-        "lrs": {"COS": [2e-3, 4e-3, 8e-3, 1.6e-2], "WSD": [2e-3, 4e-3, 8e-3, 1.6e-2]},
+        "lrs": {"COS": [8e-3, 1.6e-2, 3.2e-2, 6.4e-2], "WSD": [8e-3, 1.6e-2, 3.2e-2, 6.4e-2]},
         "tune_seed": 0,
         "seeds": [1, 2, 3],
     },
@@ -184,8 +184,10 @@ def spread(values: list[float]) -> str:
 
 
 def tables(results: dict) -> str:
-    """Markdown: the tuning grid, then per arm target and general bpb (mean [min, max] over seeds)."""
-    lines = ["| tuned arm | peak LR | general bpb | target bpb |", "|---|---|---|---|"]
+    """Markdown: a header (command, commit, machine, start), the tuning grid, then per arm target and
+    general bpb (mean [min, max] over seeds)."""
+    header = ", ".join(f"{key}: {results.get(key, '?')}" for key in ("command", "commit", "machine", "started", "load"))
+    lines = [f"<!-- {header} -->", "", "| tuned arm | peak LR | general bpb | target bpb |", "|---|---|---|---|"]
     for r in results["tuning"]:
         lines.append(f"| {r['arm']} | {r['lr']:.0e} | {r['general']:.4f} | {r['target']:.4f} |")
     lines += [
@@ -246,6 +248,11 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/mixture_study.json")
     parser.add_argument("--plot", default="docs/mixtures.png")
     parser.add_argument("--report", help="print the tables of a saved results file and exit")
+    parser.add_argument(
+        "--reuse",
+        help="a log of an earlier run of this plan (its printed JSON lines): its tuning runs are kept, not run again "
+        "(a run is a pure function of arm, LR, seed and plan; only its wall-clock would differ)",
+    )
     args = parser.parse_args()
     if args.report:
         print(tables(json.loads(Path(args.report).read_text())))
@@ -261,6 +268,8 @@ def main() -> None:
         "commit": commit,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared), "
         f"torch {torch.__version__}, 1 thread",
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "load": "load average %.1f %.1f %.1f at the start" % os.getloadavg(),
         "plan": plan,
         "sources": {n: repr(c) for n, c in corpora.items()},
         "tuning": [],
@@ -268,6 +277,10 @@ def main() -> None:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.reuse:
+        lines = [json.loads(line) for line in Path(args.reuse).read_text().splitlines() if line.startswith("{")]
+        results["tuning"] = [r for r in lines if r["seed"] == plan["tune_seed"]]
+        results["reused"] = f"{len(results['tuning'])} tuning runs from {args.reuse}"
     tuned = {}
     for arm in ("COS", "WSD"):
         lrs = list(plan["lrs"][arm])
