@@ -189,7 +189,7 @@ def tables(results: dict) -> str:
     header = ", ".join(f"{key}: {results.get(key, '?')}" for key in ("command", "commit", "machine", "started", "load"))
     lines = [f"<!-- {header} -->", "", "| tuned arm | peak LR | general bpb | target bpb |", "|---|---|---|---|"]
     for r in results["tuning"]:
-        lines.append(f"| {r['arm']} | {r['lr']:.0e} | {r['general']:.4f} | {r['target']:.4f} |")
+        lines.append(f"| {r['arm']} | {r['lr']:g} | {r['general']:.4f} | {r['target']:.4f} |")
     lines += [
         "",
         "| arm | LR | target bpb (prose) | general bpb (python, c) | python | c | steps | tokens | wall s "
@@ -202,7 +202,7 @@ def tables(results: dict) -> str:
             continue
         mean = {key: statistics.fmean(r["bpb"][key] for r in rs) for key in ("python", "c")}
         lines.append(
-            f"| {arm} | {rs[0]['lr']:.0e} | {spread([r['target'] for r in rs])} | "
+            f"| {arm} | {rs[0]['lr']:g} | {spread([r['target'] for r in rs])} | "
             f"{spread([r['general'] for r in rs])} | "
             f"{mean['python']:.4f} | {mean['c']:.4f} | "
             f"{statistics.fmean(r['steps'] for r in rs):.0f} | {statistics.fmean(r['tokens'] for r in rs):.0f} | "
@@ -218,6 +218,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    full = results["plan"]["steps"] * results["plan"]["batch"] * results["plan"]["model"]["seq_len"]
     for arm in ARMS:
         rs = [r for r in results["runs"] if r["arm"] == arm]
         if not rs:
@@ -236,7 +237,9 @@ def plot(results: dict, path: Path) -> None:
         )
     ax.set_xlabel("general validation bpb (mean of python, c; lower is better)")
     ax.set_ylabel("target validation bpb (prose; lower is better)")
-    ax.set_title("Data mixtures at equal tokens: seeds (dots), mean and range (squares)")
+    short = [f"{arm} ({statistics.fmean(r['tokens'] for r in rs) / full:.0%} of the tokens)" for arm in ARMS
+             if (rs := [r for r in results["runs"] if r["arm"] == arm]) and rs[0]["tokens"] < full]  # fmt: skip
+    ax.set_title("Seeds (dots), mean and range (squares)" + (f"; {', '.join(short)}" if short else ""), fontsize=9)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -254,8 +257,10 @@ def main() -> None:
         "(a run is a pure function of arm, LR, seed and plan; only its wall-clock would differ)",
     )
     args = parser.parse_args()
-    if args.report:
-        print(tables(json.loads(Path(args.report).read_text())))
+    if args.report:  # the tables again, and the plot to --plot
+        results = json.loads(Path(args.report).read_text())
+        plot(results, Path(args.plot))
+        print(tables(results), end="")
         return
     torch.set_num_threads(1)
     name = "quick" if args.quick else "cpu"
