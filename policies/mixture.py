@@ -42,13 +42,13 @@ import numbers
 from fractions import Fraction
 from typing import Any, Iterator, Mapping
 
+import attrs
 import numpy as np
 import torch
 
-from engine import Curriculum, CurriculumError, Phase, Point, Transition
+from engine import Curriculum, CurriculumError
 from policies._checks import check_int
-from policies.guards import MinEpoch, Plateau, all_of, any_of
-from policies.wsd import StartCooldown
+from policies.wsd import adaptive_cooldown
 
 __all__ = ["MIX", "mix_weights", "phase_mixes", "source_permutation", "MixtureSampler", "anneal_curriculum"]
 
@@ -247,23 +247,19 @@ class MixtureSampler(torch.utils.data.Sampler):
 
 def anneal_curriculum(
     min_epoch: int,
-    fallback_epoch: int,
     stable: Mapping[str, float],
     cooldown: Mapping[str, float],
     window: int = 50,
     threshold: float = 0.005,
+    test: str = "relative",
+    alpha: float | None = None,
 ) -> Curriculum:
-    """WSD with an anneal: ``stable`` (phase mix ``stable``) -> ``cooldown`` (phase mix ``cooldown``, e.g. heavy on
-    the target data), at an epoch end once ``MinEpoch(min_epoch)`` holds and the training loss has plateaued
-    (``Plateau(window, threshold)``), else at ``MinEpoch(fallback_epoch)``: set it to the epoch where the WSD
-    schedule's own cooldown starts (``epochs * (1 - cooldown_fraction)``), so the mix follows the LR when no
-    plateau comes. The transition fires :class:`~policies.StartCooldown` (register a :class:`~policies.WSD`).
-    """
-    where = "anneal_curriculum"
-    min_epoch = check_int(where, "min_epoch", min_epoch, 0, "the earliest epoch of the cooldown, e.g. 15")
-    fallback_epoch = check_int(where, "fallback_epoch", fallback_epoch, min_epoch, f"at least min_epoch={min_epoch}")
-    guard = any_of(all_of(MinEpoch(min_epoch), Plateau(window=window, threshold=threshold)), MinEpoch(fallback_epoch))
-    return Curriculum(
-        [Phase("stable", params={MIX: dict(stable)}), Phase("cooldown", params={MIX: dict(cooldown)})],
-        [Transition("stable", "cooldown", guards=[guard], actions=[StartCooldown()], when=Point.EPOCH_END)],
-    )
+    """WSD with an anneal: :func:`~policies.adaptive_cooldown` whose ``stable`` phase reads the mix ``stable``
+    and whose ``cooldown`` phase reads the mix ``cooldown`` (e.g. heavy on the target data). The cooldown, and
+    with it the mix, starts at the first epoch end from ``min_epoch`` on where the training loss has plateaued,
+    else when the :class:`~policies.WSD` (``auto=True``) starts it by itself (:class:`~policies.CooldownDue`),
+    so the data follows the LR either way."""
+    base = adaptive_cooldown(min_epoch, window, threshold, test, alpha)
+    mixes = {"stable": stable, "cooldown": cooldown}
+    phases = [attrs.evolve(p, params={**p.params, MIX: dict(mixes[p.name])}) for p in base.phases]
+    return attrs.evolve(base, phases=phases)

@@ -155,7 +155,7 @@ def custom() -> Curriculum:
         ("wsd_adaptive.toml", lambda: adaptive_cooldown(15)),
         (
             "wsd_anneal.toml",
-            lambda: anneal_curriculum(15, 40, {"general": 9, "target": 1}, {"general": 3, "target": 7}),
+            lambda: anneal_curriculum(15, {"general": 9, "target": 1}, {"general": 3, "target": 7}),
         ),
     ],
 )

@@ -293,25 +293,28 @@ def test_bad_sources_and_mixes_exit_2_in_one_line_before_training(tmp_path, caps
     assert "Epoch" not in captured.out and not (tmp_path / "run.pt").exists()
 
 
-def test_the_anneal_starts_on_a_plateau_or_at_the_fallback_epoch():
-    """anneal_curriculum: a loss still falling switches at the fallback epoch; a flat one at the first epoch
-    end past the floor. Either way the WSD cooldown starts there."""
-    for losses, switch in ((lambda s: 10.0 - 0.1 * s, 4), (lambda s: 1.0, 2)):
+def test_the_anneal_starts_on_a_plateau_or_with_the_automatic_cooldown():
+    """anneal_curriculum: a flat loss switches the mix at the first epoch end past the floor, starting the
+    cooldown there; a loss still falling switches it at the step WSD's own cooldown starts."""
+    for losses, cooldown_start in ((lambda s: 1.0, 10), (lambda s: 10.0 - 0.1 * s, 48)):
         model = torch.nn.Linear(1, 1)
         optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-        schedule = WSD(optimizer, base_lr=1.0, total_steps=60, cooldown_fraction=0.2, auto=False)
-        curriculum = anneal_curriculum(2, 4, {"web": 1}, {"code": 1}, window=4, threshold=0.01)
-        engine = CurriculumEngine(curriculum, schedule=schedule)
+        schedule = WSD(optimizer, base_lr=1.0, total_steps=60, cooldown_fraction=0.2)
+        engine = CurriculumEngine(
+            anneal_curriculum(2, {"web": 1}, {"code": 1}, window=4, threshold=0.01), schedule=schedule
+        )
         engine.start()
-        for epoch in range(6):
-            for s in range(5):
-                optimizer.step()
-                schedule.step()
-                engine.step_end(loss=losses(5 * epoch + s))
-            engine.epoch_end()
-            if engine.phase.name == "cooldown":
-                break
-        assert epoch + 1 == switch and schedule.cooldown_start == 5 * switch
+        sampler = MixtureSampler({"web": 7, "code": 5}, 2, seed=0, engine=engine)
+        drawn = []
+        for step in range(60):
+            drawn.append({name for name, _ in sampler.next_batch()})
+            optimizer.step()
+            schedule.step()
+            engine.step_end(loss=losses(step))
+            if (step + 1) % 5 == 0:
+                engine.epoch_end()
+        assert schedule.cooldown_start == cooldown_start
+        assert drawn == [{"web"}] * cooldown_start + [{"code"}] * (60 - cooldown_start)
 
 
 def test_the_shipped_anneal_file_trains_on_named_sources(tmp_path, capsys):
