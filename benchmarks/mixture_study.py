@@ -18,7 +18,8 @@ Arms, every one the same steps and tokens (but WP, which stops when its cooldown
         the steps, at 80% at the latest (the fallback); the run stops when its cooldown ends
   TGT   TARGET throughout, WSD
   UNI   UNIFORM throughout, WSD
-WA, WP, TGT and UNI take WSD's tuned LR (the same schedule; only the data differ).
+  FIX   SAME_SHARE throughout (python 11 : c 9 : prose 5: the share of each source WA reads in all), WSD
+WA, WP, TGT, UNI and FIX take WSD's tuned LR (the same schedule; only the data differ).
 
 Tuning: COS and WSD each run 4 peak LRs a factor of 2 apart on the tuning seed (0), and the grid grows
 by a factor of 2 past an edge that wins (twice at most); the lowest final general bpb picks the LR.
@@ -56,7 +57,8 @@ from policies import WSD, MinEpoch, MinSteps, MixtureSampler, Plateau, StartCool
 GENERAL = {"python": 5, "c": 4, "prose": 1}
 TARGET = {"python": 2, "c": 2, "prose": 6}
 UNIFORM = {"python": 1, "c": 1, "prose": 1}
-ARMS = ("COS", "WSD", "WA", "WP", "TGT", "UNI")
+SAME_SHARE = {"python": 11, "c": 9, "prose": 5}  # WA's bytes in all: 80% of the steps GENERAL, 20% TARGET
+ARMS = ("COS", "WSD", "WA", "WP", "TGT", "UNI", "FIX")
 TARGET_SOURCE = "prose"
 
 
@@ -75,8 +77,9 @@ def curriculum(arm: str, steps: int, epoch_steps: int) -> Curriculum:
     """The arm's phases (each with its mix) and, for the anneals, the transition into TARGET."""
     if arm in ("COS", "WSD"):
         return Curriculum([Phase("general", params={"mix": GENERAL})], [])
-    if arm in ("TGT", "UNI"):
-        return Curriculum([Phase(arm.lower(), params={"mix": TARGET if arm == "TGT" else UNIFORM})], [])
+    if arm in ("TGT", "UNI", "FIX"):
+        mix = {"TGT": TARGET, "UNI": UNIFORM, "FIX": SAME_SHARE}[arm]
+        return Curriculum([Phase(arm.lower(), params={"mix": mix})], [])
     phases = [Phase("stable", params={"mix": GENERAL}), Phase("anneal", params={"mix": TARGET})]
     if arm == "WA":  # at the end of step s the cooldown's first step (0-based s) is next: WSD's own start
         start = steps - round(0.2 * steps)
@@ -253,8 +256,10 @@ def main() -> None:
     parser.add_argument("--report", help="print the tables of a saved results file and exit")
     parser.add_argument(
         "--reuse",
-        help="a log of an earlier run of this plan (its printed JSON lines): its tuning runs are kept, not run again "
-        "(a run is a pure function of arm, LR, seed and plan; only its wall-clock would differ)",
+        nargs="+",
+        default=[],
+        help="logs of earlier runs of this plan (their printed JSON lines): the runs they hold are kept, not run "
+        "again (a run is a pure function of arm, LR, seed and plan; only its wall-clock would differ)",
     )
     args = parser.parse_args()
     if args.report:  # the tables again, and the plot to --plot
@@ -282,10 +287,12 @@ def main() -> None:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if args.reuse:
-        lines = [json.loads(line) for line in Path(args.reuse).read_text().splitlines() if line.startswith("{")]
-        results["tuning"] = [r for r in lines if r["seed"] == plan["tune_seed"]]
-        results["reused"] = f"{len(results['tuning'])} tuning runs from {args.reuse}"
+    kept = [
+        json.loads(line) for log in args.reuse for line in Path(log).read_text().splitlines() if line.startswith("{")
+    ]
+    results["tuning"] = [r for r in kept if r["seed"] == plan["tune_seed"]]
+    if kept:
+        results["reused"] = f"{len(kept)} runs from {', '.join(args.reuse)}"
     tuned = {}
     for arm in ("COS", "WSD"):
         lrs = list(plan["lrs"][arm])
@@ -302,8 +309,11 @@ def main() -> None:
     out.write_text(json.dumps(results, indent=1))
     for seed in plan["seeds"]:
         for arm in ARMS:
-            results["runs"].append(run(arm, tuned["COS" if arm == "COS" else "WSD"], seed, corpora, plan))
-            print(json.dumps(results["runs"][-1]), flush=True)
+            lr = tuned["COS" if arm == "COS" else "WSD"]
+            same = [r for r in kept if (r["arm"], r["lr"], r["seed"]) == (arm, lr, seed)]
+            results["runs"].append(same[0] if same else run(arm, lr, seed, corpora, plan))
+            if not same:
+                print(json.dumps(results["runs"][-1]), flush=True)
             out.write_text(json.dumps(results, indent=1))
     out.with_suffix(".md").write_text(tables(results))
     plot(results, Path(args.plot))
