@@ -431,8 +431,11 @@ class Trainer:
             **({"sampler": self.sampler.state_dict()} if self.sampler is not None else {}),
         }
 
-    def load_state_dict(self, state: dict, *, epochs_done: int = 0) -> None:
+    def load_state_dict(self, state: dict, *, epochs_done: int = 0, data_changed: bool = False) -> None:
         """Restore a checkpoint's trainer state.
+
+        ``data_changed``: the data may differ from the checkpoint's (``--allow-data-change``): the mixture
+        sampler then continues its position over sources of other sizes (the same names).
 
         Only ``model`` is required. A state without ``engine`` (an older or foreign checkpoint with
         weights only) resumes at the start of epoch ``epochs_done``, in the highest phase whose
@@ -447,7 +450,7 @@ class Trainer:
             self.schedule.load_state_dict(state["schedule"])
             self.engine.load_state_dict(state["engine"])
             if self.sampler is not None:
-                self.sampler.load_state_dict(state["sampler"])
+                self.sampler.load_state_dict(state["sampler"], other_sizes=data_changed)
         else:
             self.schedule.fast_forward(epochs_done * self.config.steps_per_epoch)
             self._start_from_epoch(epochs_done)

@@ -225,14 +225,22 @@ class MixtureSampler(torch.utils.data.Sampler):
             "world_size": self.world_size,
         }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any], *, other_sizes: bool = False) -> None:
         """Continue from ``state`` (from :meth:`state_dict`); refuses a state of other sources, sizes,
-        seed or world size (the stream it positions is another)."""
+        seed or world size (the stream it positions is another). ``other_sizes``: the sources (same names)
+        changed knowingly; each continues at its count of examples consumed, in epochs of its new size."""
         where = "MixtureSampler.load_state_dict"
-        for key, mine in (("sizes", self.sizes), ("seed", self.seed), ("world_size", self.world_size)):
-            if state.get(key) != mine:
+        sizes = dict.fromkeys(self.sizes) if other_sizes else self.sizes
+        saved_sizes = dict.fromkeys(state.get("sizes") or ()) if other_sizes else state.get("sizes")
+        for key, mine, saved in (
+            ("sizes", sizes, saved_sizes),
+            ("seed", self.seed, state.get("seed")),
+            ("world_size", self.world_size, state.get("world_size")),
+        ):
+            if saved != mine:
                 raise CurriculumError(
-                    f"{where}: the state was saved with {key} {state.get(key)!r}, and this sampler has {mine!r}; "
+                    f"{where}: the state was saved with {key} {state.get(key)!r}, and this sampler has "
+                    f"{getattr(self, key)!r}; "
                     "resume with the same sources, seed and ranks"
                 )
         step = check_int(where, "step", state["step"], 0, "load a state saved by MixtureSampler")

@@ -536,11 +536,11 @@ def _load(
     return saved, saved.settings.resume(saved.preset, args.preset, explicit, free), saved.preset
 
 
-def _restore(trainer, saved: Checkpoint, rank: int, path: Path) -> None:
+def _restore(trainer, saved: Checkpoint, rank: int, path: Path, data_changed: bool = False) -> None:
     from engine import CurriculumError
 
     try:
-        trainer.load_state_dict(saved.trainer_state(rank), epochs_done=saved.epoch)
+        trainer.load_state_dict(saved.trainer_state(rank), epochs_done=saved.epoch, data_changed=data_changed)
     except (
         RuntimeError,
         KeyError,
@@ -621,7 +621,7 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
         )
         try:
             if saved is not None:
-                _restore(trainer, saved, dist.rank, files.ckpt)
+                _restore(trainer, saved, dist.rank, files.ckpt, data_changed=args.allow_data_change)
             else:
                 trainer.start()
             if dist.rank == 0:

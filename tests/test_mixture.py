@@ -253,13 +253,15 @@ def test_named_sources_resume_mid_phase_exactly(tmp_path, capsys):
         assert_same_run(tmp_path, "whole", f"split{stop}")
 
 
-def test_a_resume_with_a_source_changed_is_refused(tmp_path, capsys):
+def test_a_resume_with_a_source_changed_is_refused_unless_allowed(tmp_path, capsys):
     assert mixed_train(tmp_path, "run", "--stop-after", "2") == 0
     (tmp_path / "target" / "textwrap.py").write_text("changed\n" * 400)
     capsys.readouterr()
     assert resume(tmp_path, "run") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "the data differs from the checkpoint's: source target: 1 file changed size" in err[0]
+    assert resume(tmp_path, "run", "--allow-data-change") == 0  # knowingly: the sampler goes on over the new sizes
+    assert "continuing on changed data" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
