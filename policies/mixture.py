@@ -30,7 +30,8 @@ when the sampler is built (:func:`phase_mixes`), before training.
 
 An own loop calls :meth:`~MixtureSampler.next_batch`; a ``torch.utils.data.DataLoader`` takes the
 sampler as ``batch_sampler=`` over a ``ConcatDataset`` of the sources in the order given (it yields
-flat indices). Keep ``num_workers=0`` there, or the loader draws ahead of the engine's phase.
+flat indices). Keep ``num_workers=0`` there, or the loader draws ahead of the engine's phase; the HF
+Trainer's accelerate loader draws one batch ahead whatever the workers (docs/mixtures.md).
 """
 
 from __future__ import annotations
