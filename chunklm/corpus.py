@@ -29,19 +29,31 @@ defaults to ``$CHUNKLM_CACHE_DIR``, else ``$XDG_CACHE_HOME/chunklm``, else ``~/.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
 import os
+import re
 import sysconfig
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["CorpusError", "ByteCorpus", "default_cache_dir", "corpus_fingerprint", "fingerprint_changes"]
+__all__ = [
+    "CorpusError",
+    "ByteCorpus",
+    "MixtureCorpus",
+    "data_sources",
+    "source_item",
+    "open_corpus",
+    "default_cache_dir",
+    "corpus_fingerprint",
+    "fingerprint_changes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +63,35 @@ _SKIP_DIRS = {"__pycache__", "site-packages", "dist-packages"}
 
 class CorpusError(ValueError):
     """The data cannot make a corpus; the message names the path or setting and the fix."""
+
+
+_SOURCE = re.compile(r"([A-Za-z_][A-Za-z0-9_.-]*)=(.+)")
+
+
+def data_sources(data: Sequence[str] | None) -> dict[str, list[str]] | None:
+    """``--data`` as named sources: ``NAME=PATH`` items, a name given several times gathering its paths
+    in order, e.g. ``["web=a", "code=b", "web=c"]`` -> ``{"web": ["a", "c"], "code": ["b"]}``. None when
+    no item is named (``--data PATH ...``, or none: one source, the :class:`ByteCorpus` of the paths)."""
+    items = [source_item(item) for item in data or ()]
+    if all(name is None for name, _ in items):
+        return None
+    bare = next((path for name, path in items if name is None), None)
+    if bare is not None:
+        raise CorpusError(
+            f"--data {bare}: some --data items name their source (NAME=PATH) and this one does not; "
+            f"name every source, e.g. --data general={bare}"
+        )
+    sources: dict[str, list[str]] = {}
+    for name, path in items:
+        sources.setdefault(name, []).append(path)
+    return sources
+
+
+def source_item(item: str | os.PathLike) -> tuple[str | None, str]:
+    """A ``--data`` item as (source name, path): ``"web=data/web"`` -> ``("web", "data/web")``; a bare path
+    (no ``NAME=`` before it, NAME a letter or ``_`` then letters, digits, ``_.-``) -> ``(None, path)``."""
+    m = _SOURCE.fullmatch(str(item))
+    return (m.group(1), m.group(2)) if m else (None, str(item))
 
 
 def default_cache_dir() -> Path:
@@ -265,6 +306,17 @@ class ByteCorpus:
         windows = self._train[starts[:, None] + np.arange(self.window)]  # (B, seq_len + chunk)
         return torch.from_numpy(windows.astype(np.int64))
 
+    @property
+    def n_windows(self) -> int:
+        """Training windows at stride ``seq_len`` (window k is bytes ``[k * seq_len, (k + 1) * seq_len + chunk)``):
+        the examples a mixture of sources reads without replacement (``policies.MixtureSampler``)."""
+        return (self.n_train_bytes - self.chunk) // self.seq_len
+
+    def windows(self, indices: Sequence[int]) -> torch.Tensor:
+        """(len(indices), seq_len + chunk) int64: the training windows of those indices (see :attr:`n_windows`)."""
+        starts = np.asarray(indices, dtype=np.int64) * self.seq_len
+        return torch.from_numpy(self._train[starts[:, None] + np.arange(self.window)].astype(np.int64))
+
     def val_batches(self, n_windows: int, batch_size: int) -> list[torch.Tensor]:
         """A fixed set of validation windows, evenly spaced over the validation bytes, in batches.
 
@@ -283,6 +335,78 @@ class ByteCorpus:
             f"ByteCorpus(files={self.n_files}, val_files={self.n_val_files}, split={self.split!r}, "
             f"train_bytes={self.n_train_bytes}, val_bytes={self.n_val_bytes}, window={self.window})"
         )
+
+
+class MixtureCorpus:
+    """Named sources, each a :class:`ByteCorpus` of its paths (its own split by file and cache): the data of
+    ``--data NAME=PATH ...``, read through ``policies.MixtureSampler`` by the phases' ``mix``.
+
+    ``fingerprint``: :func:`corpus_fingerprint` of the same ``--data`` items, when you have it. A source
+    that cannot make a corpus (too small for one window in each split, empty, missing) is refused in one
+    line naming it.
+    """
+
+    def __init__(
+        self,
+        sources: Mapping[str, Sequence[str | os.PathLike]],
+        *,
+        seq_len: int,
+        chunk: int,
+        val_fraction: float = 0.05,
+        cache_dir: str | os.PathLike | None = None,
+        fingerprint: dict | None = None,
+    ):
+        self.corpora: dict[str, ByteCorpus] = {}
+        for name, paths in sources.items():
+            try:
+                self.corpora[name] = ByteCorpus(
+                    list(paths),
+                    seq_len=seq_len,
+                    chunk=chunk,
+                    val_fraction=val_fraction,
+                    cache_dir=cache_dir,
+                    fingerprint=None if fingerprint is None else fingerprint["sources"][name],
+                )
+            except CorpusError as exc:
+                raise CorpusError(f"--data source {name!r}: {exc}") from None
+        self.seq_len, self.chunk, self.window = seq_len, chunk, seq_len + chunk
+        self.fingerprint = _sources_fingerprint({name: c.fingerprint for name, c in self.corpora.items()})
+
+    @property
+    def n_files(self) -> int:
+        return sum(c.n_files for c in self.corpora.values())
+
+    @property
+    def n_train_bytes(self) -> int:
+        return sum(c.n_train_bytes for c in self.corpora.values())
+
+    @property
+    def n_val_bytes(self) -> int:
+        return sum(c.n_val_bytes for c in self.corpora.values())
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Each source's training windows (:attr:`ByteCorpus.n_windows`), in the sources' order."""
+        return {name: c.n_windows for name, c in self.corpora.items()}
+
+    def windows(self, batch: Sequence[tuple[str, int]]) -> torch.Tensor:
+        """(len(batch), seq_len + chunk) int64: the training windows of (source, index) pairs, in order."""
+        runs = itertools.groupby(batch, key=lambda item: item[0])
+        return torch.cat([self.corpora[name].windows([i for _, i in items]) for name, items in runs])
+
+    def __repr__(self) -> str:
+        return f"MixtureCorpus({', '.join(f'{n}={c!r}' for n, c in self.corpora.items())})"
+
+
+def open_corpus(
+    data: Sequence[str] | None, *, seq_len: int, chunk: int, fingerprint: dict | None = None
+) -> ByteCorpus | MixtureCorpus:
+    """The corpus of ``--data`` items: a :class:`MixtureCorpus` of named sources (``NAME=PATH``), else the
+    :class:`ByteCorpus` of the paths (none: the standard library's)."""
+    sources = data_sources(data)
+    if sources is None:
+        return ByteCorpus(list(data or ()) or None, seq_len=seq_len, chunk=chunk, fingerprint=fingerprint)
+    return MixtureCorpus(sources, seq_len=seq_len, chunk=chunk, fingerprint=fingerprint)
 
 
 # -- the data's identity ----------------------------------------------------------------------------
@@ -306,6 +430,9 @@ def corpus_fingerprint(paths: str | os.PathLike | Sequence[str | os.PathLike] | 
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    sources = data_sources([str(p) for p in paths or ()])
+    if sources is not None:  # one fingerprint per named source
+        return _sources_fingerprint({name: _fingerprint(*_files(source)) for name, source in sources.items()})
     return _fingerprint(*_files(paths))
 
 
@@ -327,8 +454,20 @@ def _fingerprint(roots: list[Path], files: list[tuple[int, Path, str]]) -> dict:
     return {"version": FINGERPRINT_VERSION, "paths": [str(r) for r in roots], "files": entries, "sha256": whole}
 
 
+def _sources_fingerprint(each: dict[str, dict]) -> dict:
+    whole = hashlib.sha256(json.dumps([[n, f["sha256"]] for n, f in each.items()]).encode()).hexdigest()
+    return {"version": FINGERPRINT_VERSION, "sources": each, "sha256": whole}
+
+
 def fingerprint_changes(saved: dict, now: dict, limit: int = 3) -> list[str]:
-    """What differs between two :func:`corpus_fingerprint` results, as short phrases (empty: the same data)."""
+    """What differs between two :func:`corpus_fingerprint` results, as short phrases (empty: the same data);
+    of named sources, per source."""
+    if "sources" in saved or "sources" in now:
+        old, new = saved.get("sources"), now.get("sources")
+        if old is None or new is None or list(old) != list(new):
+            names = [", ".join(f["sources"]) if "sources" in f else "one unnamed source" for f in (saved, now)]
+            return [f"the data's sources were {names[0]}, now {names[1]}"]
+        return [f"source {n}: {c}" for n in new for c in fingerprint_changes(old[n], new[n], limit)]
     changes = []
     if saved.get("paths") != now.get("paths"):
         changes.append(f"the data path was {', '.join(saved.get('paths') or ['?'])}, now {', '.join(now['paths'])}")

@@ -11,6 +11,11 @@ seq_len) cuts each of the step's windows into seq_len / L pieces (:func:`chunklm
 the same bytes and tokens per step with shorter contexts; validation is always at the full length.
 The LR schedule is :class:`policies.StagedCosine` or, with ``schedule="wsd"``, :class:`policies.WSD`.
 
+With named sources (``data=("web=PATH", "code=PATH")``, a :class:`chunklm.corpus.MixtureCorpus`) a
+:class:`policies.MixtureSampler` draws each step's windows by the current phase's ``mix`` param (equal
+weights where a phase has none), each source read without replacement; its position is part of the
+state. Validation is then per source, and ``val_bpb`` (what the engine sees) their mean.
+
 Everything that affects the next step lives in :class:`Trainer` state that :meth:`state_dict`
 returns, so a run stopped at any optimizer-step boundary resumes bit-identically on CPU.
 """
@@ -29,11 +34,11 @@ import numpy as np
 import torch
 
 from chunklm.config import ConfigError, _positive_int
-from chunklm.corpus import ByteCorpus, cut_windows
+from chunklm.corpus import ByteCorpus, MixtureCorpus, cut_windows, open_corpus
 from chunklm.evaluate import EMA, evaluate_bpb
 from chunklm.model import ChunkLM, ChunkLMConfig
 from engine import Curriculum, CurriculumEngine, Record
-from policies import WSD, CooldownShape, StagedCosine, seq_len_curriculum, spectral_curriculum
+from policies import WSD, CooldownShape, MixtureSampler, StagedCosine, seq_len_curriculum, spectral_curriculum
 
 __all__ = [
     "TrainConfig",
@@ -201,6 +206,7 @@ class EpochInfo:
     cutoff: int
     bpb: float
     bpb_mean: float
+    sources: dict[str, float] | None = None  # next-byte bpb per named source (bpb is their mean)
 
 
 class Hooks(Protocol):
@@ -322,7 +328,7 @@ class Trainer:
         config: TrainConfig,
         *,
         device: str | torch.device = "cpu",
-        corpus: ByteCorpus | None = None,
+        corpus: ByteCorpus | MixtureCorpus | None = None,
         rank: int = 0,
         world_size: int = 1,
         all_reduce_mean: Callable[[float], float] | None = None,
@@ -334,7 +340,7 @@ class Trainer:
         self.device = torch.device(device)
         self.rank, self.world_size = rank, world_size
         self._reduce = all_reduce_mean or (lambda x: x)
-        self.corpus = corpus or ByteCorpus(config.data or None, seq_len=config.model.seq_len, chunk=config.model.chunk)
+        self.corpus = corpus or open_corpus(config.data, seq_len=config.model.seq_len, chunk=config.model.chunk)
         seed_everything(config.seed, rank)
         self.model = ChunkLM(config.model).to(self.device)
         objective = _Objective(self.model)
@@ -349,6 +355,18 @@ class Trainer:
         self._check_seq_lens(self.curriculum)
         self.engine = CurriculumEngine(
             self.curriculum, model=self.model, optimizer=self.optimizer, schedule=self.schedule
+        )
+        self.sampler = (
+            MixtureSampler(
+                self.corpus.sizes,
+                config.batch_size * config.accum_steps,
+                seed=config.seed,
+                engine=self.engine,
+                rank=rank,
+                world_size=world_size,
+            )
+            if isinstance(self.corpus, MixtureCorpus)
+            else None
         )
         self.ema = EMA(self.model, decay=config.ema) if config.ema else None
         self.acc = EpochAccumulator()
@@ -385,6 +403,11 @@ class Trainer:
                 )
 
     @property
+    def sources(self) -> tuple[str, ...]:
+        """The names of the data sources (named ``--data``; none for one unnamed source)."""
+        return self.sampler.sources if self.sampler is not None else ()
+
+    @property
     def seq_len(self) -> int:
         """The window length of the current phase: its ``seq_len`` param, else the model's seq_len."""
         return int(self.engine.phase.params.get("seq_len", self.config.model.seq_len))
@@ -405,10 +428,14 @@ class Trainer:
             "engine": self.engine.state_dict(),
             "rng": rng_state(),
             "epoch_accumulator": attrs.asdict(self.acc),
+            **({"sampler": self.sampler.state_dict()} if self.sampler is not None else {}),
         }
 
-    def load_state_dict(self, state: dict, *, epochs_done: int = 0) -> None:
+    def load_state_dict(self, state: dict, *, epochs_done: int = 0, data_changed: bool = False) -> None:
         """Restore a checkpoint's trainer state.
+
+        ``data_changed``: the data may differ from the checkpoint's (``--allow-data-change``): the mixture
+        sampler then continues its position over sources of other sizes (the same names).
 
         Only ``model`` is required. A state without ``engine`` (an older or foreign checkpoint with
         weights only) resumes at the start of epoch ``epochs_done``, in the highest phase whose
@@ -422,6 +449,8 @@ class Trainer:
         if state.get("engine") is not None:
             self.schedule.load_state_dict(state["schedule"])
             self.engine.load_state_dict(state["engine"])
+            if self.sampler is not None:
+                self.sampler.load_state_dict(state["sampler"], other_sizes=data_changed)
         else:
             self.schedule.fast_forward(epochs_done * self.config.steps_per_epoch)
             self._start_from_epoch(epochs_done)
@@ -487,6 +516,11 @@ class Trainer:
         step, with shorter contexts.
         """
         cfg, clock = self.config, self.clock
+        if self.sampler is not None:  # named sources: by the phase's mix
+            windows = self.corpus.windows(self.sampler.next_batch())  # (batch_size * accum_steps, seq_len + chunk)
+            if seq_len != cfg.model.seq_len:
+                windows = cut_windows(windows, seq_len, cfg.model.chunk)
+            return windows.to(self.device, non_blocking=True)
         # (batch_size * accum_steps, seq_len + chunk)
         windows = torch.cat(
             [
@@ -575,10 +609,18 @@ class Trainer:
         return info
 
     def evaluate(self) -> dict:
+        """Validation bpb (:func:`evaluate_bpb`); of named sources, each one's (``"sources"``) and their mean."""
         cfg = self.config
-        return evaluate_bpb(
-            self.model, self.corpus, n_windows=cfg.eval_windows, batch_size=cfg.eval_batch_size, ema=self.ema
-        )
+        if self.sampler is None:
+            return evaluate_bpb(
+                self.model, self.corpus, n_windows=cfg.eval_windows, batch_size=cfg.eval_batch_size, ema=self.ema
+            )
+        each = {
+            name: evaluate_bpb(self.model, c, n_windows=cfg.eval_windows, batch_size=cfg.eval_batch_size, ema=self.ema)
+            for name, c in self.corpus.corpora.items()
+        }
+        mean = {key: sum(m[key] for m in each.values()) / len(each) for key in ("bpb", "bpb_mean")}
+        return {**mean, "sources": {name: m["bpb"] for name, m in each.items()}}
 
     def end_epoch(self) -> tuple[EpochInfo, Record | None]:
         """Validate, summarise the epoch and let the engine decide at the epoch boundary."""
@@ -590,6 +632,7 @@ class Trainer:
             cutoff=self.model.cutoff,
             bpb=metrics["bpb"],
             bpb_mean=metrics["bpb_mean"],
+            sources=metrics.get("sources"),
         )
         record = self.engine.epoch_end(val_bpb=metrics["bpb"], avg_loss=avg)
         self.acc = EpochAccumulator(nonfinite_streak=self.acc.nonfinite_streak)  # a streak spans epochs

@@ -9,6 +9,8 @@ and :class:`Restartable`, which lets :class:`RestartLR` restart any torch LR sch
 Curriculum: :func:`spectral_curriculum` (cutoff 128 -> 256 -> 512 -> full) and
 :func:`phase_for_epoch`, the phase to resume in from a checkpoint without engine state;
 :func:`seq_len_curriculum` (sequence-length warmup, phase param ``seq_len``).
+Data mixtures: the phase param ``mix`` and :class:`MixtureSampler`, which draws each step's examples by it;
+:func:`anneal_curriculum` (WSD whose cooldown reads another mix).
 Warmup-stable-decay: :class:`WSD` (a torch ``LRScheduler``), whose cooldown the action
 :class:`StartCooldown` starts; :func:`adaptive_cooldown` starts it when the stable phase plateaus.
 
@@ -34,6 +36,7 @@ from policies.guards import (
     any_of,
     not_,
 )
+from policies.mixture import MixtureSampler, anneal_curriculum, mix_weights
 from policies.schedule import SEED_STAGES, Restartable, StagedCosine, StageUnit
 from policies.seqlen import seq_len_curriculum
 from policies.spectral import phase_for_epoch, spectral_curriculum
@@ -66,6 +69,9 @@ __all__ = [
     "StartCooldown",
     "adaptive_cooldown",
     "CooldownDue",
+    "MixtureSampler",
+    "mix_weights",
+    "anneal_curriculum",
 ]
 
 for _guard in (Plateau, MinEpoch, MinSteps, MetricBelow, MetricAbove, Cooldown, MaxVisits, WorseThanBest, CooldownDue):

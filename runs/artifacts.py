@@ -21,7 +21,7 @@ import re
 import stat
 import tempfile
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO, Callable, Sequence
 
 import filelock
 
@@ -34,6 +34,7 @@ __all__ = [
     "MetricsWriter",
     "STEP_FIELDS",
     "EPOCH_FIELDS",
+    "epoch_fields",
     "read_csv",
     "atomic_write",
     "RunLock",
@@ -47,6 +48,13 @@ __all__ = [
 
 STEP_FIELDS = ["step", "epoch", "step_in_epoch", "loss", "lr", "cutoff", "phase"]
 EPOCH_FIELDS = ["epoch", "step", "avg_loss", "cutoff", "val_bpb", "val_bpb_mean"]
+
+
+def epoch_fields(sources: Sequence[str] = ()) -> list[str]:
+    """epochs.csv's columns: :data:`EPOCH_FIELDS`, then ``val_bpb/<name>`` per named data source."""
+    return EPOCH_FIELDS + [f"val_bpb/{name}" for name in sources]
+
+
 _FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
@@ -287,21 +295,26 @@ class RunFiles:
             with contextlib.suppress(FileNotFoundError):  # a run holding the lock may have removed it as stale
                 os.unlink(tmp)
 
-    def metrics(self, global_step: int, epoch: int) -> dict[str, tuple[Path, list[str], str, int]]:
-        """The metrics files: name -> (path, fields, key, the last key a checkpoint at this clock covers)."""
+    def metrics(
+        self, global_step: int, epoch: int, sources: Sequence[str] = ()
+    ) -> dict[str, tuple[Path, list[str], str, int]]:
+        """The metrics files: name -> (path, fields, key, the last key a checkpoint at this clock covers);
+        ``sources``: the run's named data sources (a column each in epochs.csv)."""
         return {
             "steps": (self.steps, STEP_FIELDS, "step", global_step),
-            "epochs": (self.epochs, EPOCH_FIELDS, "epoch", epoch - 1),
+            "epochs": (self.epochs, epoch_fields(sources), "epoch", epoch - 1),
         }
 
-    def stale_metrics(self, digests: dict[str, str] | None, global_step: int, epoch: int) -> list[Path]:
+    def stale_metrics(
+        self, digests: dict[str, str] | None, global_step: int, epoch: int, sources: Sequence[str] = ()
+    ) -> list[Path]:
         """The metrics files that do not hold, up to a checkpoint at this clock, the rows whose
         ``digests`` it recorded (none when it recorded none: written before checkpoints did)."""
         if digests is None:
             return []
         return [
             path
-            for name, (path, fields, key, upto) in self.metrics(global_step, epoch).items()
+            for name, (path, fields, key, upto) in self.metrics(global_step, epoch, sources).items()
             if name in digests and not metrics_match(path, fields, key, upto, digests[name])
         ]
 
@@ -311,7 +324,7 @@ class RunFiles:
         digests = saved.metrics or {}
         return [
             path
-            for name, (path, fields, _key, _upto) in self.metrics(saved.global_step, saved.epoch).items()
+            for name, (path, fields, _key, _upto) in self.metrics(saved.global_step, saved.epoch, saved.sources).items()
             if name in digests
             and not path.exists()
             and digests[name] != hashlib.sha256(_csv_text(fields, []).encode()).hexdigest()

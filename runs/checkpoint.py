@@ -76,6 +76,11 @@ class Checkpoint:
     curriculum: dict | None = None  # --curriculum FILE's curriculum as data (Curriculum.to_dict())
     curriculum_file: str | None = None  # the path it was read from, for messages
 
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The names of the run's data sources (``--data NAME=PATH ...``; none for one unnamed source)."""
+        return tuple((self.data or {}).get("sources", ()))
+
     def missing_parts(self) -> list[str]:
         """The parts of a full trainer state this checkpoint lacks (none for weights only: ``model``,
         with ``ema`` or not, which resumes at its epoch's start)."""
@@ -182,12 +187,7 @@ class Checkpoint:
         ):
             raise CheckpointError(f"{path} is damaged or edited: metrics is not a digest per metrics file")
         identity = data.get("data")
-        if identity is not None and not (
-            isinstance(identity, dict)
-            and isinstance(identity.get("sha256"), str)
-            and isinstance(identity.get("paths"), list)
-            and isinstance(identity.get("files"), list)
-        ):
+        if identity is not None and not _is_identity(identity):
             raise CheckpointError(f"{path} is damaged or edited: data is not the identity of a corpus")
         changes = data.get("data_changes")
         if changes is not None and not (isinstance(changes, list) and all(isinstance(c, dict) for c in changes)):
@@ -278,6 +278,17 @@ def _corrupt(path: Path, exc: BaseException) -> CheckpointError:
     )
 
 
+def _is_identity(identity: Any) -> bool:
+    """``identity`` has the shape of :func:`chunklm.corpus.corpus_fingerprint`'s result (of one source, or
+    of named sources, each one's)."""
+    if not isinstance(identity, dict) or not isinstance(identity.get("sha256"), str):
+        return False
+    if "sources" in identity:
+        each = identity["sources"]
+        return isinstance(each, dict) and bool(each) and all(_is_identity(f) for f in each.values())
+    return isinstance(identity.get("paths"), list) and isinstance(identity.get("files"), list)
+
+
 def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> Checkpoint:
     """Read and check a checkpoint (``Checkpoint.load``)."""
     return Checkpoint.load(path, mmap)
@@ -287,7 +298,7 @@ def stale_metrics_warning(files, saved: Checkpoint) -> str | None:
     """For the commands that read a run's files: what to say when its metrics CSVs are not the ones
     its checkpoint ``saved`` was saved with (see :meth:`~runs.artifacts.RunFiles.stale_metrics`); None
     when they are."""
-    wrong = files.stale_metrics(saved.metrics, saved.global_step, saved.epoch)
+    wrong = files.stale_metrics(saved.metrics, saved.global_step, saved.epoch, saved.sources)
     if not wrong:
         return None
     return (

@@ -151,6 +151,11 @@ class Reporter(BaseHooks):
         self.console.line(
             f"Epoch {info.epoch} val_bpb={info.bpb:.3f} (next byte), "
             f"{info.bpb_mean:.3f} (mean over {self.chunk} offsets)"
+            + (
+                " of the sources' mean; " + " ".join(f"val_bpb/{n}={v:.3f}" for n, v in info.sources.items())
+                if info.sources
+                else ""
+            )
         )
         if self.writers:
             self.writers[1].write(
@@ -161,6 +166,7 @@ class Reporter(BaseHooks):
                     "cutoff": info.cutoff,
                     "val_bpb": exact(info.bpb),
                     "val_bpb_mean": exact(info.bpb_mean),
+                    **{f"val_bpb/{n}": exact(v) for n, v in (info.sources or {}).items()},
                 }
             )
 

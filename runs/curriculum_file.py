@@ -5,7 +5,8 @@ spectral curriculum the curriculum flags build. ``chunklm train`` can drive only
 provides, so a file is checked against it before anything runs: the registered objects (``model``,
 ``optimizer``, ``schedule``), the metrics (``loss`` and ``lr`` at step_end, ``val_bpb`` and
 ``avg_loss`` at epoch_end), no phase params but ``seq_len`` (the window length the phase trains
-on, a divisor of the model's; a phase changes the model through its actions, e.g. ``SetCutoff``),
+on, a divisor of the model's; a phase changes the model through its actions, e.g. ``SetCutoff``)
+and ``mix`` (weights over the sources ``--data NAME=PATH ...`` names, :mod:`policies.mixture`),
 cutoffs within the model's bins, and LR actions the ``--schedule`` can take (``RestartLR`` needs
 ``staged``, ``StartCooldown`` needs ``wsd``). On resume the checkpoint's engine state names the
 curriculum it was saved with (its fingerprint): a file that differs is refused, listing what
@@ -41,8 +42,9 @@ __all__ = [
 # What chunklm.train.Trainer registers with its engine and passes to step_end / epoch_end.
 OBJECTS = ("model", "optimizer", "schedule")
 METRICS = {"step_end": ("loss", "lr"), "epoch_end": ("val_bpb", "avg_loss")}
-# The phase params the loop reads: the window length a phase trains on (chunklm.train.Trainer.seq_len).
-PARAMS = ("seq_len",)
+# The phase params the loop reads: the window length a phase trains on (chunklm.train.Trainer.seq_len),
+# and the weights of the named data sources it reads (policies.MixtureSampler).
+PARAMS = ("seq_len", "mix")
 # The settings a curriculum file replaces (they build the spectral curriculum).
 CURRICULUM_FLAGS = (
     "cutoffs",
@@ -91,6 +93,8 @@ def check_for_training(curriculum: Curriculum, where: str, config: Any) -> Curri
                 f"{where}: phase {phase.name!r} has seq_len = {n!r}; it must be a divisor of --seq-len {full} "
                 f"(the phase trains on windows cut into pieces of that length), e.g. {full // 2} or {full // 4}"
             )
+        if "mix" in phase.params:
+            _check_mix(phase, where, config)
         for action in phase.on_enter:
             _check_cutoff(action, where, f"phase {phase.name!r} on_enter", n_bins)
             _check_schedule(action, where, f"phase {phase.name!r} on_enter", config.schedule)
@@ -126,6 +130,26 @@ def _point(name: str) -> Any:
     from engine import Point
 
     return Point(name)
+
+
+def _check_mix(phase: Any, where: str, config: Any) -> None:
+    """A phase's ``mix`` names only the sources of ``--data NAME=PATH ...``, with weights of a positive sum."""
+    from chunklm.corpus import CorpusError, data_sources
+    from policies import mix_weights
+
+    try:
+        sources = data_sources(config.data)
+    except CorpusError as exc:
+        raise UsageError(str(exc)) from None
+    if sources is None:
+        raise UsageError(
+            f"{where}: phase {phase.name!r} has a mix, and --data names no sources; "
+            "name them, e.g. --data general=PATH target=PATH"
+        )
+    try:
+        mix_weights(phase.params["mix"], tuple(sources), f"{where}: phase {phase.name!r}")
+    except CurriculumError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _check_cutoff(action: Any, where: str, what: str, n_bins: int) -> None:

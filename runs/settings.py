@@ -269,7 +269,8 @@ class Settings:
     )
     # training
     data: tuple[str, ...] = setting(
-        help="files or directories (default: this Python's standard library *.py)",
+        help="files or directories (default: this Python's standard library *.py), or named sources NAME=PATH ... "
+        "that phases mix by their mix param",
         converter=tuple,
         nargs="+",
     )

@@ -214,7 +214,7 @@ def auto_resume(files: RunFiles) -> bool:
 
 def check_metrics(files: RunFiles, saved: Checkpoint) -> None:
     """On resume: each metrics file holds, up to the checkpoint, the rows the checkpoint recorded (or is absent)."""
-    wrong = files.stale_metrics(saved.metrics, saved.global_step, saved.epoch)
+    wrong = files.stale_metrics(saved.metrics, saved.global_step, saved.epoch, saved.sources)
     if wrong:
         names = " and ".join(p.name for p in wrong)
         raise UsageError(
@@ -227,9 +227,16 @@ def check_metrics(files: RunFiles, saved: Checkpoint) -> None:
 
 
 def absolute_data(explicit: dict[str, Any]) -> dict[str, Any]:
-    """``--data`` as absolute resolved paths: the checkpoint's resume command works from any folder."""
+    """``--data`` as absolute resolved paths (a source's ``NAME=`` kept): the checkpoint's resume command
+    works from any folder."""
+    from chunklm.corpus import source_item
+
+    def absolute(item: str) -> str:
+        name, path = source_item(item)
+        return ("" if name is None else f"{name}=") + str(Path(path).expanduser().resolve())
+
     if explicit.get("data"):
-        explicit = {**explicit, "data": tuple(str(Path(p).expanduser().resolve()) for p in explicit["data"])}
+        explicit = {**explicit, "data": tuple(absolute(item) for item in explicit["data"])}
     return explicit
 
 
@@ -263,7 +270,7 @@ def data_identity(
     if saved.data is None:
         console_notes.append(
             "note: this checkpoint was written before checkpoints recorded their data; the data is not checked "
-            f"against it (training on {', '.join(now['paths'])}); from the next save on it is"
+            f"against it (training on {', '.join(now.get('paths') or settings.data)}); from the next save on it is"
         )
         return now, changes_so_far
     changes = fingerprint_changes(saved.data, now)
@@ -304,8 +311,15 @@ def check_model_size(settings: Settings, device, what: str, training: bool = Tru
 
 
 def check_data(paths: tuple[str, ...], from_checkpoint: bool = False) -> None:
-    """Each --data path is a file or a directory; ``from_checkpoint``: the paths are a resumed run's own."""
-    for path in map(Path, paths):
+    """Each --data path is a file or a directory, every item named (NAME=PATH) or none; ``from_checkpoint``:
+    the paths are a resumed run's own."""
+    from chunklm.corpus import CorpusError, data_sources, source_item
+
+    try:
+        data_sources(paths)
+    except CorpusError as exc:
+        raise UsageError(str(exc)) from None
+    for path in (Path(source_item(item)[1]) for item in paths):
         if not path.exists():
             moved = "; if the run's data moved, resume with --data NEW --allow-data-change" if from_checkpoint else ""
             raise UsageError(f"--data {path}: no such file or directory{moved}")
@@ -318,12 +332,10 @@ def check_data(paths: tuple[str, ...], from_checkpoint: bool = False) -> None:
 
 def build_corpus(config, fingerprint: dict | None = None):
     """The run's corpus; ``fingerprint``: the data's, already taken (its files are then read once)."""
-    from chunklm.corpus import ByteCorpus, CorpusError, default_cache_dir
+    from chunklm.corpus import CorpusError, default_cache_dir, open_corpus
 
     try:
-        return ByteCorpus(
-            list(config.data) or None, seq_len=config.model.seq_len, chunk=config.model.chunk, fingerprint=fingerprint
-        )
+        return open_corpus(config.data, seq_len=config.model.seq_len, chunk=config.model.chunk, fingerprint=fingerprint)
     except CorpusError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
@@ -524,11 +536,11 @@ def _load(
     return saved, saved.settings.resume(saved.preset, args.preset, explicit, free), saved.preset
 
 
-def _restore(trainer, saved: Checkpoint, rank: int, path: Path) -> None:
+def _restore(trainer, saved: Checkpoint, rank: int, path: Path, data_changed: bool = False) -> None:
     from engine import CurriculumError
 
     try:
-        trainer.load_state_dict(saved.trainer_state(rank), epochs_done=saved.epoch)
+        trainer.load_state_dict(saved.trainer_state(rank), epochs_done=saved.epoch, data_changed=data_changed)
     except (
         RuntimeError,
         KeyError,
@@ -609,7 +621,7 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
         )
         try:
             if saved is not None:
-                _restore(trainer, saved, dist.rank, files.ckpt)
+                _restore(trainer, saved, dist.rank, files.ckpt, data_changed=args.allow_data_change)
             else:
                 trainer.start()
             if dist.rank == 0:
@@ -708,7 +720,9 @@ def _fit(run: Run) -> int:
         clock = trainer.clock
         writers = {
             name: MetricsWriter(path, fields, key, upto if run.saved else None, defer=run.saved is None)
-            for name, (path, fields, key, upto) in files.metrics(clock.global_step, clock.epoch).items()
+            for name, (path, fields, key, upto) in files.metrics(
+                clock.global_step, clock.epoch, trainer.sources
+            ).items()
         }
     save = Saver(
         trainer,

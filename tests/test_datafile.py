@@ -44,6 +44,7 @@ from policies import (
     WorseThanBest,
     adaptive_cooldown,
     all_of,
+    anneal_curriculum,
     any_of,
     not_,
     spectral_curriculum,
@@ -148,7 +149,15 @@ def custom() -> Curriculum:
 
 
 @pytest.mark.parametrize(
-    "name, make", [("spectral.toml", spectral_curriculum), ("wsd_adaptive.toml", lambda: adaptive_cooldown(15))]
+    "name, make",
+    [
+        ("spectral.toml", spectral_curriculum),
+        ("wsd_adaptive.toml", lambda: adaptive_cooldown(15)),
+        (
+            "wsd_anneal.toml",
+            lambda: anneal_curriculum(15, {"general": 9, "target": 1}, {"general": 3, "target": 7}),
+        ),
+    ],
 )
 def test_the_shipped_files_are_the_curricula_in_code(name, make):
     """policies/curricula/spectral.toml (wsd_adaptive.toml) has the fingerprint of spectral_curriculum()

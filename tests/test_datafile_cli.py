@@ -88,7 +88,7 @@ def test_resume_under_another_curriculum_is_refused_in_one_line(tmp_path, capsys
         (
             lambda: Curriculum([Phase("a", params={"seq_len": 16, "batch": 4}, on_enter=[SetCutoff(4)])], []),
             [],
-            "phase 'a' has params ['batch'], which chunklm train does not read (it reads only seq_len;",
+            "phase 'a' has params ['batch'], which chunklm train does not read (it reads only seq_len, mix;",
         ),
         (
             lambda: Curriculum([Phase("a", params={"seq_len": 12})], []),
