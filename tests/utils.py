@@ -188,7 +188,7 @@ def launch(cmd: list[str], timeout: float) -> str:
     try:
         out, _ = proc.communicate(timeout=timeout)  # until every process holding the pipe has ended
     except subprocess.TimeoutExpired:
-        # torchrun ends its workers (each in its own session) within its 30 s grace; Lightning's ranks share this group
+        # torchrun ends its workers (each started with setsid) within its 30 s grace; Lightning's ranks share this group
         _signal_group(proc.pid, signal.SIGTERM)
         try:
             out, _ = proc.communicate(timeout=45)
