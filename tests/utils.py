@@ -362,16 +362,13 @@ def record_calls(engine) -> list:
 # -- the exactness matrices (tests/test_exactness_matrix_*.py) ----------------------------------------
 
 
-def matrix_cells(axes: dict, run_axes: tuple, default_runs: set):
-    """One pytest param per cell of the cross product of ``axes`` (a dict ``{axis: values}``); cells
-    whose run (their values on ``run_axes``) is not in ``default_runs`` are marked ``slow``."""
+def matrix_cells(axes: dict):
+    """One pytest param per cell of the cross product of ``axes`` (a dict ``{axis: values}``)."""
     import itertools
 
     for values in itertools.product(*axes.values()):
         cell = dict(zip(axes, values))
-        run = tuple(cell[axis] for axis in run_axes)
-        marks = () if run in default_runs else (pytest.mark.slow,)
-        yield pytest.param(cell, marks=marks, id="-".join(f"{k}={v}" for k, v in cell.items()))
+        yield pytest.param(cell, id="-".join(f"{k}={v}" for k, v in cell.items()))
 
 
 def run_cache(tmp_path_factory, make):
