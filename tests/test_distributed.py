@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import socket
@@ -13,7 +14,8 @@ import torch.multiprocessing as mp
 
 from runs.checkpoint import load_checkpoint
 from runs.cli import main
-from tests.utils import REPO, TINY, assert_same_run, launch
+from tests.test_mixture import sources
+from tests.utils import REPO, TINY, TINY_MODEL, assert_same_run, launch
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "runs.cli"]
 
@@ -105,6 +107,82 @@ def test_two_processes_raise_together_and_resume_exactly(tmp_path):
     assert f"resuming {tmp_path / 'killed.pt'} at step 8" in out
     assert "done: 10 steps" in out
     assert_same_run(tmp_path, "whole", "killed")
+
+
+# `chunklm train` whose mixture samplers log what they draw, one JSON line per step, to <ckpt>.rank<R>.jsonl.
+_LOG_DRAWS = """
+import json, os, sys
+sys.path.insert(0, {repo!r})
+from policies.mixture import MixtureSampler
+from runs.cli import main
+
+next_batch = MixtureSampler.next_batch
+log = sys.argv[sys.argv.index("--ckpt") + 1] + ".rank" + os.environ["RANK"] + ".jsonl"
+
+def logged(self):
+    batch = next_batch(self)
+    with open(log, "a") as f:
+        f.write(json.dumps([self.step, self.rank, self.world_size, batch]) + "\\n")
+    return batch
+
+MixtureSampler.next_batch = logged
+sys.exit(main(sys.argv[1:]))
+"""
+
+# A mix that changes at step 7's end. Neither mix divides the 4 windows a rank draws per step, so a rounding
+# credit is carried across a stop.
+_MIX_CHANGE = """version = 1
+
+[[phases]]
+name = "stable"
+params = { mix = { general = 2, target = 1 } }
+
+[[phases]]
+name = "anneal"
+params = { mix = { general = 1, target = 2 } }
+
+[[transitions]]
+source = "stable"
+dest = "anneal"
+when = "step_end"
+guards = [{ type = "MinSteps", n = 7 }]
+"""
+
+
+def test_two_processes_read_disjoint_shards_of_a_mix_and_resume_exactly(tmp_path):
+    """Named sources under a 2-process gloo run, the mix changing at step 7: each rank's sampler has its own
+    rank of 2, no window is read twice in the whole run (so the ranks' shards are disjoint), and a run stopped
+    mid-phase and mid-epoch (step 5) and resumed across the change equals the uninterrupted run, draw for draw."""
+    script = tmp_path / "log_draws.py"
+    script.write_text(_LOG_DRAWS.format(repo=str(REPO)))
+    (tmp_path / "mix.toml").write_text(_MIX_CHANGE)
+    args = [*TINY_MODEL, "--log-every", "0", "--epochs", "3", "--curriculum", str(tmp_path / "mix.toml")]
+    args[args.index("--data") + 1 : args.index("--data") + 2] = sources(tmp_path)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+
+    def draws(name: str) -> list[list]:
+        """Per step, both ranks' logged draws: [[step, rank, world_size, batch] of rank 0, of rank 1]."""
+        logs = [(tmp_path / f"{name}.pt.rank{r}.jsonl").read_text().splitlines() for r in (0, 1)]
+        return [[json.loads(line) for line in lines] for lines in zip(*logs, strict=True)]
+
+    out = launch([*launcher, "train", *args, "--ckpt", str(tmp_path / "whole.pt")], timeout=300)
+    assert "global batch = 2 x 2 accum x 2 processes = 8 windows/step" in out
+    whole = draws("whole")
+    assert len(whole) == 18
+    assert all([(s[0], s[1], s[2]) for s in step] == [(i, 0, 2), (i, 1, 2)] for i, step in enumerate(whole, 1))
+    read = [tuple(x) for step in whole for _, _, _, batch in step for x in batch]
+    assert len(read) == 18 * 8 and len(set(read)) == len(read)  # both sources are larger than what is read
+    general = [[sum(name == "general" for name, _ in batch) for _, _, _, batch in step] for step in whole]
+    assert all(g in ([2, 2], [3, 3]) for g in general[:7]) and all(g in ([1, 1], [2, 2]) for g in general[7:])
+
+    launch([*launcher, "train", *args, "--stop-after", "5", "--ckpt", str(tmp_path / "split.pt")], timeout=300)
+    assert len(draws("split")) == 5
+    launch([*launcher, "train", "--ckpt", str(tmp_path / "split.pt"), "--resume"], timeout=300)
+    assert draws("split") == whole
+    history = assert_same_run(tmp_path, "whole", "split")
+    assert [(r.dest, r.global_step) for r in history] == [("stable", 0), ("anneal", 7)]
+    saved = load_checkpoint(tmp_path / "split.pt")
+    assert list(saved.data["sources"]) == ["general", "target"] and saved.trainer["sampler"]["world_size"] == 2
 
 
 def _free_port() -> int:
