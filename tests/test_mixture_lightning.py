@@ -53,7 +53,13 @@ def sources() -> torch.utils.data.ConcatDataset:
 
 
 def fit(
-    root: Path, ckpt: Path | None = None, seed: int = 0, steps: int | None = STEPS * ACCUM, mixture=True, **sampler_args
+    root: Path,
+    ckpt: Path | None = None,
+    seed: int = 0,
+    steps: int | None = STEPS * ACCUM,
+    mixture=True,
+    num_workers=0,
+    **sampler_args,
 ):
     """One run of STEPS optimizer steps (from ``ckpt``); returns (engine, sampler, module). ``mixture=False``: a plain
     DataLoader over the same rows."""
@@ -79,7 +85,7 @@ def fit(
         deterministic=True,
     )
     loader_args = {"batch_sampler": sampler} if mixture else {"batch_size": BATCH}
-    trainer.fit(module, torch.utils.data.DataLoader(sources(), **loader_args), ckpt_path=ckpt)
+    trainer.fit(module, torch.utils.data.DataLoader(sources(), num_workers=num_workers, **loader_args), ckpt_path=ckpt)
     return engine, sampler, module
 
 
@@ -123,9 +129,17 @@ def test_a_resume_without_the_mixture_sampler_is_refused(full, tmp_path):
         fit(tmp_path, ckpt=full[0] / "step=2.ckpt", mixture=False)
 
 
-def test_an_endless_sampler_is_refused_as_lightning_would_draw_a_batch_ahead(tmp_path):
-    with pytest.raises(CurriculumError, match=r"has no length.*steps=max_steps \* accumulate_grad_batches"):
-        fit(tmp_path, steps=None)
+@pytest.mark.parametrize(
+    "loader, cause",
+    [
+        ({"steps": None}, "Lightning fetches a loader without a length a batch ahead"),
+        ({"num_workers": 1}, "its 1 workers fetch batches ahead"),
+    ],
+    ids=["endless", "workers"],
+)
+def test_a_loader_that_draws_ahead_of_training_is_refused(tmp_path, loader, cause):
+    with pytest.raises(CurriculumError, match=rf"ahead of training \({cause}\).*steps=max_steps \* accumulate"):
+        fit(tmp_path, **loader)
 
 
 def test_a_sampler_of_another_world_size_is_refused(tmp_path):

@@ -60,7 +60,8 @@ class CurriculumCallback(Callback):
       ``policies.MixtureSampler``: ``next_batch``, ``state_dict``, ``load_state_dict``), its position is saved with
       the checkpoint and restored at ``on_train_start``, before the first draw. It must have a length (``steps=``):
       Lightning fetches a loader without one a batch ahead (a mix change would land a step late, a checkpoint's
-      sampler state run a batch ahead); with one, each batch is drawn when its step starts. Each micro-batch of
+      sampler state run a batch ahead), and so do workers; with a length and ``num_workers=0``, each batch is drawn
+      when its step starts. Each micro-batch of
       ``accumulate_grad_batches`` is one draw, and all of an optimizer step's micro-batches read one mix.
 
     - **Schedule**: the first configured scheduler, made restartable with ``Restartable.around`` when
@@ -286,14 +287,18 @@ def _metrics_read(guard: Any) -> bool:
 def _mixture_sampler(trainer: Any) -> Any:
     """The train loader's batch sampler when it draws each step's examples and keeps its position (checked), else
     None."""
-    sampler = getattr(trainer.train_dataloader, "batch_sampler", None)
+    loader = trainer.train_dataloader
+    sampler = getattr(loader, "batch_sampler", None)
     if not all(callable(getattr(sampler, name, None)) for name in ("next_batch", "state_dict", "load_state_dict")):
         return None
-    if sized_len(trainer.train_dataloader) is None:
+    ahead = "Lightning fetches a loader without a length a batch ahead" if sized_len(loader) is None else ""
+    if getattr(loader, "num_workers", 0):
+        ahead = f"its {loader.num_workers} workers fetch batches ahead"
+    if ahead:
         raise CurriculumError(
-            f"CurriculumCallback: the train DataLoader's batch sampler ({type(sampler).__name__}) has no length, so "
-            "Lightning draws each batch a step ahead of training (a mix change would land a step late); give it one, "
-            "e.g. MixtureSampler(..., steps=max_steps * accumulate_grad_batches)"
+            f"CurriculumCallback: the train DataLoader draws its {type(sampler).__name__}'s batches ahead of training "
+            f"({ahead}), so a mix change would land late; give the sampler a length "
+            "(e.g. MixtureSampler(..., steps=max_steps * accumulate_grad_batches)) and keep num_workers=0"
         )
     shard = getattr(sampler, "rank", trainer.global_rank), getattr(sampler, "world_size", trainer.world_size)
     if shard != (trainer.global_rank, trainer.world_size):
