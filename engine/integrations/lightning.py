@@ -61,8 +61,8 @@ class CurriculumCallback(Callback):
       the checkpoint and restored at ``on_train_start``, before the first draw. It must have a length (``steps=``):
       Lightning fetches a loader without one a batch ahead (a mix change would land a step late, a checkpoint's
       sampler state run a batch ahead), and so do workers; with a length and ``num_workers=0``, each batch is drawn
-      when its step starts. Each micro-batch of
-      ``accumulate_grad_batches`` is one draw, and all of an optimizer step's micro-batches read one mix.
+      when its step starts. Each micro-batch of ``accumulate_grad_batches`` is one draw, and all of an optimizer
+      step's micro-batches read one mix.
 
     - **Schedule**: the first configured scheduler, made restartable with ``Restartable.around`` when
       the curriculum registers a schedule and it has no ``restart()`` (its state in the callback's),
