@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.data import sized_len
 from lightning.pytorch import Callback
 
 from engine.core import CurriculumError
@@ -55,6 +56,13 @@ class CurriculumCallback(Callback):
     - **One ``epoch_end`` per completed epoch** at ``on_train_epoch_end``, with the numbers in
       ``trainer.callback_metrics`` (validation metrics included, Lightning validates first).
     - **State** lives in Lightning's checkpoint through ``state_dict``/``load_state_dict``.
+    - **Data mixture**: when the train ``DataLoader``'s ``batch_sampler`` draws each step's examples itself (a
+      ``policies.MixtureSampler``: ``next_batch``, ``state_dict``, ``load_state_dict``), its position is saved with
+      the checkpoint and restored at ``on_train_start``, before the first draw. It must have a length (``steps=``):
+      Lightning fetches a loader without one a batch ahead (a mix change would land a step late, a checkpoint's
+      sampler state run a batch ahead), and so do workers; with a length and ``num_workers=0``, each batch is drawn
+      when its step starts. Each micro-batch of ``accumulate_grad_batches`` is one draw, and all of an optimizer
+      step's micro-batches read one mix.
 
     - **Schedule**: the first configured scheduler, made restartable with ``Restartable.around`` when
       the curriculum registers a schedule and it has no ``restart()`` (its state in the callback's),
@@ -90,6 +98,7 @@ class CurriculumCallback(Callback):
         self.params = PhaseParams(engine)
         self._wrapped: Any = None  # Lightning's configured scheduler made restartable, whose state the callback keeps
         self._restored: dict | None = None  # the checkpoint's state, applied at on_train_start
+        self._sampler: Any = None  # the train loader's batch sampler when it keeps its position (a data mixture)
         self._epoch_metrics: dict | None = None  # a checkpoint's metrics for the epoch end it precedes
         # Scratch of the optimizer step in progress (a checkpoint never splits a step).
         self._losses: list[float] = []
@@ -102,6 +111,8 @@ class CurriculumCallback(Callback):
         state = {"engine": self.engine.state_dict(), "rng": random_state()}
         if self._wrapped is not None:
             state["schedule"] = self._wrapped.state_dict()
+        if self._sampler is not None:
+            state["sampler"] = self._sampler.state_dict()
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -144,6 +155,7 @@ class CurriculumCallback(Callback):
         self._wrapped = schedule if schedule is not scheduler else None
         bind(self.engine, model=pl_module, optimizer=optimizers[0] if optimizers else None, schedule=schedule)
         self._losses, self._step_lr, self._unlogged = [], None, None
+        self._sampler = _mixture_sampler(trainer)
         if restored is None:
             if trainer.global_step > 0:
                 raise CurriculumError(
@@ -161,11 +173,18 @@ class CurriculumCallback(Callback):
                 f"Lightning resumed at step {trainer.global_step}; "
                 "the checkpoint was not written by this run's callback"
             )
+        if ("sampler" in restored) != (self._sampler is not None):
+            raise CurriculumError(
+                f"CurriculumCallback: the checkpoint {'holds' if 'sampler' in restored else 'holds no'} data sampler "
+                "position, unlike this run's train loader; resume with the train DataLoader it was written with"
+            )
+        if self._sampler is not None:
+            self._sampler.load_state_dict(restored["sampler"])
         if trainer.world_size == 1 and "rng" in restored and not restored.get("between_epochs"):
             set_random_state(restored["rng"])  # mid-epoch: the rest of the epoch draws on from the checkpoint's state
         self._epoch_metrics = restored.get("epoch_end_metrics")
         missed = self.engine.clock.epoch < trainer.current_epoch
-        if not missed and self.engine.clock.step_in_epoch > 0:
+        if not missed and self.engine.clock.step_in_epoch > 0 and self._sampler is None:
             _warn_mid_epoch(trainer, self.engine.clock)
         if missed:
             # Saved at the epoch's last batch: Lightning skips that epoch's validation and epoch end on resume.
@@ -263,6 +282,32 @@ def _metrics_read(guard: Any) -> bool:
     ):
         return True
     return any(_metrics_read(g) for g in getattr(guard, "guards", ()) or ())
+
+
+def _mixture_sampler(trainer: Any) -> Any:
+    """The train loader's batch sampler when it draws each step's examples and keeps its position (checked), else
+    None."""
+    loader = trainer.train_dataloader
+    sampler = getattr(loader, "batch_sampler", None)
+    if not all(callable(getattr(sampler, name, None)) for name in ("next_batch", "state_dict", "load_state_dict")):
+        return None
+    ahead = "Lightning fetches a loader without a length a batch ahead" if sized_len(loader) is None else ""
+    if getattr(loader, "num_workers", 0):
+        ahead = f"its {loader.num_workers} workers fetch batches ahead"
+    if ahead:
+        raise CurriculumError(
+            f"CurriculumCallback: the train DataLoader draws its {type(sampler).__name__}'s batches ahead of training "
+            f"({ahead}), so a mix change would land late; give the sampler a length "
+            "(e.g. MixtureSampler(..., steps=max_steps * accumulate_grad_batches)) and keep num_workers=0"
+        )
+    shard = getattr(sampler, "rank", trainer.global_rank), getattr(sampler, "world_size", trainer.world_size)
+    if shard != (trainer.global_rank, trainer.world_size):
+        raise CurriculumError(
+            f"CurriculumCallback: the train loader's sampler is rank {shard[0]} of {shard[1]} and this "
+            f"process is rank {trainer.global_rank} of {trainer.world_size}; build it in train_dataloader() (after "
+            "Lightning starts the processes) or pass rank=trainer.global_rank, world_size=trainer.world_size"
+        )
+    return sampler
 
 
 def _warn_mid_epoch(trainer: Any, clock: Any) -> None:
