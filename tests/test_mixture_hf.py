@@ -50,10 +50,10 @@ def curriculum() -> Curriculum:
     )
 
 
-def train(out, accum: int, resume=None, seed: int = 0, batch_size: int = 4):
+def train(out, accum: int, resume=None, batch_size: int = 4, **mixture):
     """One run; returns (engine, sampler, model, the sources each optimizer step trained on)."""
     engine = CurriculumEngine(curriculum())
-    sampler = MixtureSampler(SIZES, batch_size, seed=seed, engine=engine)
+    sampler = MixtureSampler(SIZES, batch_size, **{"seed": 0, **mixture}, engine=engine)
     model = DropoutLM()
     seen = Counter()
 
@@ -130,7 +130,16 @@ def test_a_resume_with_another_seed_is_refused(full, tmp_path):
         train(tmp_path, accum, resume=str(out / "checkpoint-2"), seed=1)
 
 
-def test_a_mixture_of_another_batch_size_is_refused(tmp_path):
-    """The sampler must draw the optimizer step's examples (per device x accumulation): one line, before training."""
-    with pytest.raises(CurriculumError, match="build the sampler with batch_size=4"):
-        train(tmp_path, 2, batch_size=2)
+@pytest.mark.parametrize(
+    "mixture, message",
+    [
+        ({"batch_size": 2}, "the mixture draws 2 examples a step and the Trainer trains on 4"),
+        ({"rank": 0, "world_size": 2}, "the mixture is rank 0 of 2 and this process rank 0 of 1"),
+    ],
+    ids=["batch-size", "ranks"],
+)
+def test_a_mixture_that_does_not_fit_the_trainer_is_refused_before_training(mixture, message, tmp_path):
+    """The sampler draws the optimizer step's examples (per device x accumulation) of this process's rank."""
+    with pytest.raises(CurriculumError, match=message):
+        train(tmp_path, 2, **mixture)
+    assert not list(tmp_path.glob("checkpoint-*"))

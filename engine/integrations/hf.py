@@ -471,8 +471,8 @@ class _MixtureResume(TrainerCallback):
 class MixtureTrainerMixin:
     """A ``Trainer`` that reads its training batches from a mixture, drawn at each optimizer step.
 
-    ``mixture``: a sampler with ``next_batch()``, ``flat(batch)``, ``batch_size``, ``sizes``,
-    ``state_dict()`` and ``load_state_dict(state)`` (``policies.MixtureSampler``) whose
+    ``mixture``: a sampler with ``next_batch()``, ``flat(batch)``, ``batch_size``, ``sizes``, ``rank``,
+    ``world_size``, ``state_dict()`` and ``load_state_dict(state)`` (``policies.MixtureSampler``) whose
     ``batch_size`` is the optimizer step's examples on this rank (``per_device_train_batch_size *
     gradient_accumulation_steps``). ``train_dataset``: a ``ConcatDataset`` of the sources in the
     order of ``sizes``.
@@ -506,6 +506,13 @@ class MixtureTrainerMixin:
                 f"MixtureTrainer: the mixture draws {self.mixture.batch_size} examples a step and the Trainer "
                 f"trains on {per_step} (per_device_train_batch_size x gradient_accumulation_steps); "
                 f"build the sampler with batch_size={per_step}"
+            )
+        ranks = (self.mixture.rank, self.mixture.world_size)
+        if ranks != (self.args.process_index, self.args.world_size):
+            raise CurriculumError(
+                f"MixtureTrainer: the mixture is rank {ranks[0]} of {ranks[1]} and this process rank "
+                f"{self.args.process_index} of {self.args.world_size}; build the sampler after the "
+                "TrainingArguments (they start torch.distributed), or pass it rank= and world_size="
             )
         examples = len(self.train_dataset) if self.train_dataset is not None else None
         if examples != sum(self.mixture.sizes.values()):
