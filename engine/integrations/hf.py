@@ -4,6 +4,9 @@
     trainer = Trainer(..., optimizers=(optimizer, StagedCosine(optimizer, ...)), callbacks=[callback])
     trainer.train()                                  # or trainer.train(resume_from_checkpoint=True)
 
+A data mixture (a sampler such as ``policies.MixtureSampler``) is drawn at each optimizer step by
+:class:`MixtureTrainer` (or :class:`MixtureTrainerMixin` in a Trainer class of your own).
+
 Needs ``transformers`` (``pip install "curriculum-engine[hf]"``).
 """
 
@@ -15,7 +18,7 @@ import os
 from typing import Any, Callable, Mapping
 
 import torch
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from engine.core import CurriculumError
 from engine.integrations import (
@@ -32,7 +35,15 @@ from engine.integrations import (
 from engine.integrations.tracking import calling_handler, curriculum_logs, report_before_loggers
 from engine.runtime import CurriculumEngine
 
-__all__ = ["CurriculumCallback", "STATE_KEY", "EPOCH_END_KEY", "SCHEDULE_KEY"]
+__all__ = [
+    "CurriculumCallback",
+    "MixtureTrainerMixin",
+    "MixtureTrainer",
+    "STATE_KEY",
+    "EPOCH_END_KEY",
+    "SCHEDULE_KEY",
+    "MIXTURE_KEY",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +54,8 @@ SCHEDULE_KEY = "curriculum_engine_schedule"
 #: Next to it, in a checkpoint written on an epoch's last step: that epoch end's metrics,
 #: for the resumed run's epoch_end.
 EPOCH_END_KEY = "curriculum_engine_epoch_end"
+#: Next to it, the position of a :class:`MixtureTrainer`'s mixture after the step the checkpoint was written at.
+MIXTURE_KEY = "curriculum_engine_mixture"
 _TRAINER_STATE = "trainer_state.json"
 
 
@@ -434,3 +447,96 @@ class CurriculumCallback(TrainerCallback):
         with open(tmp, "w", encoding="utf-8") as f:  # the Trainer's own format
             f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, path)
+
+
+class _MixtureResume(TrainerCallback):
+    """Puts the mixture back where the checkpoint a run resumes from left it."""
+
+    def __init__(self, mixture: Any) -> None:
+        self.mixture = mixture
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == 0:
+            return
+        saved = (state.stateful_callbacks or {}).get(MIXTURE_KEY)
+        if saved is None:
+            raise CurriculumError(
+                f"MixtureTrainer: the Trainer resumed at step {state.global_step} from a checkpoint without the "
+                f"mixture's position (no stateful_callbacks[{MIXTURE_KEY!r}] in its {_TRAINER_STATE}); "
+                "resume from a checkpoint a MixtureTrainer wrote"
+            )
+        self.mixture.load_state_dict(saved)  # refuses a position of other sources, seed or ranks
+
+
+class MixtureTrainerMixin:
+    """A ``Trainer`` that reads its training batches from a mixture, drawn at each optimizer step.
+
+    ``mixture``: a sampler with ``next_batch()``, ``flat(batch)``, ``batch_size``, ``sizes``, ``rank``,
+    ``world_size``, ``state_dict()`` and ``load_state_dict(state)`` (``policies.MixtureSampler``) whose
+    ``batch_size`` is the optimizer step's examples on this rank (``per_device_train_batch_size *
+    gradient_accumulation_steps``). ``train_dataset``: a ``ConcatDataset`` of the sources in the
+    order of ``sizes``.
+
+    - **When.** The Trainer's loader yields placeholders; the step's examples are drawn from the
+      mixture when the Trainer collects the step's micro-batches (``get_batch_samples``), after the
+      previous step's end: a mix change made at a step end applies from the next optimizer step.
+      Micro-batch ``i`` of the step holds its examples ``i, i + accum, ...``, collated with the
+      Trainer's ``data_collator`` in the training process (no loader workers).
+    - **Epochs.** An epoch is as many examples as ``train_dataset`` holds, in whole optimizer steps
+      (one step at least); each source is read in its own shuffled epochs, by the mixture.
+    - **Resume.** The mixture's position after each step's draw goes in the Trainer state's
+      ``stateful_callbacks[MIXTURE_KEY]``, so each checkpoint holds it at the model's step;
+      ``train(resume_from_checkpoint=...)`` puts it back (a position of other sources, seed or world
+      size is refused by the mixture).
+    """
+
+    def __init__(self, *args: Any, mixture: Any, **kwargs: Any) -> None:
+        if not callable(getattr(mixture, "next_batch", None)):
+            raise CurriculumError(
+                f"MixtureTrainer: mixture must be a mixture sampler (policies.MixtureSampler), got {mixture!r}"
+            )
+        super().__init__(*args, **kwargs)
+        self.mixture = mixture
+        self.add_callback(_MixtureResume(mixture))
+
+    def get_train_dataloader(self) -> torch.utils.data.DataLoader:
+        per_step = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        if self.mixture.batch_size != per_step:
+            raise CurriculumError(
+                f"MixtureTrainer: the mixture draws {self.mixture.batch_size} examples a step and the Trainer "
+                f"trains on {per_step} (per_device_train_batch_size x gradient_accumulation_steps); "
+                f"build the sampler with batch_size={per_step}"
+            )
+        ranks = (self.mixture.rank, self.mixture.world_size)
+        if ranks != (self.args.process_index, self.args.world_size):
+            raise CurriculumError(
+                f"MixtureTrainer: the mixture is rank {ranks[0]} of {ranks[1]} and this process rank "
+                f"{self.args.process_index} of {self.args.world_size}; build the sampler after the "
+                "TrainingArguments (they start torch.distributed), or pass it rank= and world_size="
+            )
+        examples = len(self.train_dataset) if self.train_dataset is not None else None
+        if examples != sum(self.mixture.sizes.values()):
+            raise CurriculumError(
+                f"MixtureTrainer: train_dataset has {examples} examples and the mixture's sources "
+                f"{sum(self.mixture.sizes.values())}; pass train_dataset=ConcatDataset(sources) in the order of sizes"
+            )
+        steps = max(1, examples // (per_step * self.args.world_size))
+        tickets = range(steps * per_step * self.args.world_size)  # placeholders: the loader draws ahead
+        return self.accelerator.prepare(torch.utils.data.DataLoader(tickets, batch_size=self.args.train_batch_size))
+
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, *args: Any, **kwargs: Any) -> Any:
+        return super().get_batch_samples(self._draw(epoch_iterator, num_batches), num_batches, *args, **kwargs)
+
+    def _draw(self, tickets: Any, num_batches: int) -> Any:
+        """The step's micro-batches, drawn from the mixture when the first one is asked for."""
+        accum, examples = self.args.gradient_accumulation_steps, None
+        for i, _ in zip(range(num_batches), tickets):
+            if examples is None:
+                examples = self.mixture.flat(self.mixture.next_batch())
+                self.state.stateful_callbacks[MIXTURE_KEY] = self.mixture.state_dict()
+            yield self.data_collator([self.train_dataset[j] for j in examples[i::accum]])
+
+
+class MixtureTrainer(MixtureTrainerMixin, Trainer):
+    """``transformers.Trainer`` with :class:`MixtureTrainerMixin`:
+    ``MixtureTrainer(model, args, train_dataset=ConcatDataset(sources), mixture=sampler, ...)``."""
