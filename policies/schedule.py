@@ -121,13 +121,8 @@ class _Formula(LRScheduler):
         """After a restore: warn when other settings make the LR continue from another value."""
         if saved != mine and state.get("lr") != self.lr:
             logging.getLogger(type(self).__module__).warning(
-                "%s restored at step %d with %s (saved with %s): the LR continues from %.3e instead of %s",
-                type(self).__name__,
-                self.last_epoch,
-                mine,
-                saved,
-                self.lr,
-                state.get("lr"),
+                f"{type(self).__name__} restored at step {self.last_epoch} with {mine} (saved with {saved}): "
+                f"the LR continues from {self.lr:.3e} instead of {state.get('lr')}"
             )
 
 
