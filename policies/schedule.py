@@ -155,13 +155,9 @@ class StagedCosine(_Formula):
         self.base_lr = check_real(where, "base_lr", base_lr, "e.g. base_lr=2e-4", positive=True)
         self.stages_in = _member(StageUnit, stages_in, where, "stages_in", "count stage starts in epochs or steps")
         if (total_epochs is None) == (total_steps is None):
-            raise fail(
-                where,
-                "total_epochs",
-                "given, or else total_steps (exactly one: the length of training)",
-                (total_epochs, total_steps),
-                "e.g. total_epochs=50 with steps_per_epoch=1000, or total_steps=50000",
-            )
+            expected = "given, or else total_steps (exactly one: the length of training)"
+            fix = "e.g. total_epochs=50 with steps_per_epoch=1000, or total_steps=50000"
+            raise fail(where, "total_epochs", expected, (total_epochs, total_steps), fix)
         if steps_per_epoch is None and (total_epochs is not None or self.stages_in is StageUnit.EPOCHS):
             why = "total_epochs" if total_epochs is not None else "stages in epochs"
             fix = "pass steps_per_epoch, or stages_in='steps' with total_steps"
@@ -179,9 +175,8 @@ class StagedCosine(_Formula):
             raise fail(where, "stages", "stages in steps (the default stages count epochs)", None, fix)
         self.stages = _check_stages(SEED_STAGES if stages is None else stages, self.stages_in)
         self.warmup_steps = check_int(where, "warmup_steps", warmup_steps, 0, "e.g. warmup_steps=0 (none)")
-        self.restart_warmup_steps = check_int(
-            where, "restart_warmup_steps", restart_warmup_steps, 0, "e.g. restart_warmup_steps=0 (restart at peak)"
-        )
+        fix = "e.g. restart_warmup_steps=0 (restart at peak)"
+        self.restart_warmup_steps = check_int(where, "restart_warmup_steps", restart_warmup_steps, 0, fix)
         self._unit = 1 if self.stages_in is StageUnit.STEPS else self.steps_per_epoch
         u, kept = self._unit, [s for s in self.stages if s[0] * self._unit < self.total_steps]
         self._layout = [
@@ -189,10 +184,8 @@ class StagedCosine(_Formula):
             for k, (start, peak, low) in enumerate(kept)
         ]
         if self.warmup_steps >= self._layout[0].end:
-            fix = "lower warmup_steps or start the second stage later"
-            raise fail(
-                where, "warmup_steps", f"shorter than the first stage ({self._layout[0].end} steps)", warmup_steps, fix
-            )
+            expected = f"shorter than the first stage ({self._layout[0].end} steps)"
+            raise fail(where, "warmup_steps", expected, warmup_steps, "lower it or start the second stage later")
         self._starts = [st.start for st in self._layout]
         self._stage_at_start = {st.start: k for k, st in enumerate(self._layout) if k > 0}
         self._cycle = self._stage_cycle(0)

@@ -26,19 +26,12 @@ def spectral_curriculum(
 ) -> Curriculum:
     """Open frequency bands step by step: ``cutoff_128 -> cutoff_256 -> cutoff_512 -> full``.
 
-    One phase per cutoff, named ``cutoff_<c>``, then ``full``; each enters with
-    ``SetCutoff(c, preserve=preserve)`` (``full``: ``SetCutoff(None, ...)``). The raise out of the
-    k-th cutoff phase is checked at epoch end, guarded by
-    ``all_of(MinEpoch(min_epochs[k]), Plateau(window=window, threshold=threshold))``, and fires
-    ``RestartLR()``; ``test`` and ``alpha`` go to each ``Plateau`` (``test="welch"``: the
-    noise-aware plateau). Cutoffs count bins of an ``n_bins``-bin rfft: strictly increasing, >= 1 and
-    below ``n_bins`` (the full band is the last phase); one global minimum epoch per cutoff, not
-    decreasing.
-
-    ``seq_lens``: one window length per cutoff phase, set as the phase's ``params={"seq_len": L}``
-    (``full`` trains at the model's own length), so the low-cutoff phases are also the short-window
-    ones (see :func:`policies.seq_len_curriculum`). ``restart_lr=False`` fires no ``RestartLR`` (for a
-    schedule without restarts, e.g. :class:`policies.WSD`).
+    Each phase enters with ``SetCutoff(c, preserve=preserve)`` (``full``: ``SetCutoff(None, ...)``); the
+    raise out of the k-th is checked at epoch end, guarded by ``all_of(MinEpoch(min_epochs[k]),
+    Plateau(window=window, threshold=threshold, test=test, alpha=alpha))``, and fires ``RestartLR()`` (none
+    with ``restart_lr=False``, for a schedule without restarts such as :class:`policies.WSD`). Cutoffs count
+    bins of an ``n_bins``-bin rfft. ``seq_lens``: one window length per cutoff phase, as its
+    ``params={"seq_len": L}`` (see :func:`policies.seq_len_curriculum`). The rules: docs/reference.md.
     """
     where = "spectral_curriculum"
     n_bins = check_int(where, "n_bins", n_bins, 2, "bins of the seq_len-point rfft: seq_len // 2 + 1, e.g. 513")

@@ -1,10 +1,6 @@
-"""Warmup-stable-decay (WSD): a constant LR, then a cooldown a transition can start.
-
-Hägele et al. 2024 ("Scaling Laws and Compute-Optimal Training Beyond Fixed Training Durations")
-and MiniCPM: warm up, hold the peak LR, then cool down over about 20% of training, best in the
-(1-sqrt) shape; it matches a tuned cosine, and the cooldown can start at any time. That makes the
-start of the cooldown a natural engine transition: :class:`StartCooldown` starts it, e.g. when the
-stable phase plateaus (:func:`adaptive_cooldown`).
+"""Warmup-stable-decay (WSD; Hägele et al. 2024, MiniCPM): hold the peak LR, then cool down, best in the
+(1-sqrt) shape. The cooldown can start at any time, which makes its start an engine transition:
+:class:`StartCooldown` starts it, e.g. when the stable phase plateaus (:func:`adaptive_cooldown`).
 """
 
 from __future__ import annotations
@@ -88,9 +84,7 @@ class WSD(_Formula):
         if self.final_ratio > 1.0:
             raise fail(where, "final_ratio", "in [0, 1]", final_ratio, fix)
         if not isinstance(auto, bool):
-            raise fail(
-                where, "auto", "a bool", auto, "auto=True cools down at total_steps - cooldown_steps at the latest"
-            )
+            raise fail(where, "auto", "a bool", auto, "auto=False leaves the cooldown to start_cooldown()")
         self.auto = auto
         self.auto_start = max(0, self.total_steps - self.cooldown_steps) if auto else None
         if auto and self.warmup_steps > self.auto_start:
