@@ -94,14 +94,6 @@ def _check_schedule(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
         )
 
 
-def _check_cooldown_shape(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    shapes = [s.value for s in CooldownShape]
-    if value not in shapes:
-        raise ConfigError(
-            f"cooldown_shape must be one of {', '.join(shapes)}: got {value!r}; e.g. --cooldown-shape 1-sqrt"
-        )
-
-
 def _check_cooldown_fraction(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
         raise ConfigError(f"cooldown_fraction must be in (0, 1]: got {value!r}; e.g. --cooldown-fraction 0.2")
@@ -146,7 +138,7 @@ class TrainConfig:
     schedule: str = attrs.field(default="staged", validator=_check_schedule)  # the LR schedule: SCHEDULES
     # WSD: the cooldown's share of training, and its shape
     cooldown_fraction: float = attrs.field(default=0.2, validator=_check_cooldown_fraction)
-    cooldown_shape: str = attrs.field(default=CooldownShape.ONE_MINUS_SQRT.value, validator=_check_cooldown_shape)
+    cooldown_shape: str = CooldownShape.ONE_MINUS_SQRT.value  # checked by WSD(shape=...)
     eval_windows: int = 64
     eval_batch_size: int = 16
     # Execution only (the trajectory's math does not depend on them; they may change on resume):

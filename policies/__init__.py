@@ -1,18 +1,5 @@
-"""Ready-made policies for the curriculum engine: guards, actions, the LR schedule, the seed's curriculum.
-
-Guards (decide): :class:`Plateau`, :class:`MinEpoch`, :class:`MinSteps`, :class:`MetricBelow`,
-:class:`MetricAbove`, the combinators :func:`all_of`, :func:`any_of`, :func:`not_`, and for
-loop-backs :class:`Cooldown`, :class:`MaxVisits`, :class:`WorseThanBest`.
-Actions (act): :class:`RestartLR`, :class:`SetCutoff`, :class:`ResetWindow`.
-Schedules: :class:`StagedCosine`, the stage-aligned cosine LR with restarts (a torch ``LRScheduler``),
-and :class:`Restartable`, which lets :class:`RestartLR` restart any torch LR scheduler.
-Curriculum: :func:`spectral_curriculum` (cutoff 128 -> 256 -> 512 -> full) and
-:func:`phase_for_epoch`, the phase to resume in from a checkpoint without engine state;
-:func:`seq_len_curriculum` (sequence-length warmup, phase param ``seq_len``).
-Data mixtures: the phase param ``mix`` and :class:`MixtureSampler`, which draws each step's examples by it;
-:func:`anneal_curriculum` (WSD whose cooldown reads another mix).
-Warmup-stable-decay: :class:`WSD` (a torch ``LRScheduler``), whose cooldown the action
-:class:`StartCooldown` starts; :func:`adaptive_cooldown` starts it when the stable phase plateaus.
+"""Ready-made policies for the curriculum engine: guards, actions, LR schedules, curricula and data
+mixtures (docs/reference.md lists them).
 
 Importing this package registers its guards and actions in :data:`engine.datafile.default_registry`,
 so that curriculum files can name them.

@@ -40,13 +40,10 @@ def _beta_fraction(a: float, b: float, x: float) -> float:
     raise ArithmeticError(f"betainc({a}, {b}, {x}): the continued fraction did not converge")
 
 
-def betainc(a: float, b: float, x: float) -> float:
-    """The regularized incomplete beta function I_x(a, b), for a, b > 0 and 0 <= x <= 1."""
-    return _betainc(a, b, x, 1.0 - x)
-
-
-def _betainc(a: float, b: float, x: float, y: float) -> float:
-    """I_x(a, b) given both ``x`` and ``y = 1 - x`` (the caller may know ``y`` more exactly)."""
+def betainc(a: float, b: float, x: float, y: float | None = None) -> float:
+    """The regularized incomplete beta function I_x(a, b), for a, b > 0 and 0 <= x <= 1; ``y = 1 - x``
+    when the caller knows it more exactly."""
+    y = 1.0 - x if y is None else y
     if not (a > 0 and b > 0 and 0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
         raise ValueError(f"betainc needs a > 0, b > 0 and 0 <= x <= 1, got a={a}, b={b}, x={x}")
     if x == 0.0 or y == 0.0:
@@ -68,5 +65,5 @@ def student_t_sf(t: float, dof: float) -> float:
     t2 = t * t
     # P(T > |t|) = I_x(dof/2, 1/2) / 2 with x = dof / (dof + t^2); 1 - x is passed exactly as
     # t^2 / (dof + t^2), which keeps small |t| (x near 1) accurate.
-    tail = 0.5 * _betainc(dof / 2.0, 0.5, dof / (dof + t2), t2 / (dof + t2))
+    tail = 0.5 * betainc(dof / 2.0, 0.5, dof / (dof + t2), t2 / (dof + t2))
     return tail if t >= 0 else 1.0 - tail

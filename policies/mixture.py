@@ -1,37 +1,10 @@
 """Data mixtures: a phase param ``mix`` and a deterministic, resumable sampler that follows it.
 
-A phase may carry ``mix``, weights over named data sources::
-
-    Phase("stable", params={"mix": {"web": 3, "code": 1}})     # 75% web, 25% code
-    Phase("anneal", params={"mix": {"code": 1}})               # code only: web is absent, so 0
-
-Weights are normalised; a source absent from the mix has weight 0; a phase without ``mix`` reads the
-sampler's ``default`` (equal weights over every source unless given). Unknown source names, negative
-or non-finite weights and weights whose sum is not positive are refused in one line, for every phase,
-when the sampler is built (:func:`phase_mixes`), before training.
-
-:class:`MixtureSampler` gives each step's examples as (source, index) pairs:
-
-* **Exact per-step proportions.** Step counts are the largest-remainder rounding of ``weight *
-  batch_size`` plus a carried credit (the rounding error so far, in exact fractions), so every step
-  has exactly ``batch_size`` examples, each source within one example of its share, and the counts
-  over any run of steps under one mix within one example of the weights. The credit starts again at
-  zero when the mix changes: a source of weight 0 never gets an example.
-* **Without replacement.** Each source is read in its own shuffled epochs: epoch ``e`` of source
-  ``name`` is a permutation of its indices seeded by sha256 of ``(seed, name, e)`` (never Python's
-  salted ``hash``), the same on every machine and process.
-* **Resumable.** The position is the examples consumed per source, the credit and the mix it was
-  carried under: :meth:`~MixtureSampler.state_dict` (JSON-safe), saved with the checkpoint and loaded
-  with :meth:`~MixtureSampler.load_state_dict`, continues bit for bit.
-* **Follows the engine.** The mix is read from ``engine.phase`` when a step's examples are drawn, so
-  a transition fired at a step end (a mix change) applies from the next step.
-* **Ranks.** Under ``torch.distributed`` every rank computes the same counts and rank ``r`` takes
-  every ``world_size``-th position of each source's stream: disjoint shards whose union is the stream.
-
-An own loop calls :meth:`~MixtureSampler.next_batch`; a ``torch.utils.data.DataLoader`` takes the
-sampler as ``batch_sampler=`` over a ``ConcatDataset`` of the sources in the order given (it yields
-flat indices). Keep ``num_workers=0`` there, or the loader draws ahead of the engine's phase; the HF
-Trainer's accelerate loader draws one batch ahead whatever the workers (docs/mixtures.md).
+A phase may carry ``mix``, weights over named data sources (``params={"mix": {"web": 3, "code": 1}}``).
+:class:`MixtureSampler` gives each step's examples as (source, index) pairs: exact per-step
+proportions (largest remainder with a carried credit, in fractions), without replacement (epochs of
+each source seeded by sha256, never Python's salted ``hash``), resumable bit for bit, and read from
+the engine's phase when a step is drawn. The rules, and the DataLoader caveats: docs/mixtures.md.
 """
 
 from __future__ import annotations

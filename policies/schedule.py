@@ -52,15 +52,81 @@ class _Cycle(NamedTuple):
     min: float
 
 
-def _write_lr(optimizer: Any, lr: float) -> None:
-    for group in optimizer.param_groups:
-        if isinstance(group["lr"], torch.Tensor):  # a tensor LR (capturable optimizers)
-            group["lr"].fill_(lr)
-        else:
-            group["lr"] = lr
+def _member(kind: type[enum.Enum], value: Any, where: str, field: str, fix: str) -> Any:
+    """``value`` as a member of the enum ``kind``, or the error naming its values."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise fail(where, field, " or ".join(repr(m.value) for m in kind), value, fix) from None
 
 
-class StagedCosine(LRScheduler):
+class _Formula(LRScheduler):
+    """A torch ``LRScheduler`` whose LR is a formula of the step, ``_compute(step)``: construction sets
+    step 0's LR, ``step()`` after each ``optimizer.step()`` sets the next, every param group gets the
+    same LR and ``last_epoch`` counts the optimizer steps completed."""
+
+    def __init__(self, optimizer: Any) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            fix = "pass the optimizer the loop steps"
+            raise fail(type(self).__name__, "optimizer", "a torch.optim.Optimizer", optimizer, fix)
+        super().__init__(optimizer)  # sets the LR of step 0 through step()
+
+    def _compute(self, s: int) -> float:
+        raise NotImplementedError
+
+    def _advance(self, nxt: int) -> None:
+        """Before step ``nxt`` gets its LR: the schedule's own bookkeeping."""
+
+    def step(self, epoch: None = None) -> None:
+        """After ``optimizer.step()``: set the LR of the next step."""
+        if epoch is not None:
+            raise CurriculumError(
+                f"{type(self).__name__}.step(epoch={epoch!r}): the schedule counts optimizer steps itself; call step() "
+                "with no argument after each optimizer.step() (restore a position with load_state_dict)"
+            )
+        self._advance(self.last_epoch + 1)
+        super().step()
+
+    def get_lr(self) -> list[float]:
+        """The LR of step ``last_epoch`` for every param group (torch calls it inside ``step()``)."""
+        return [self._compute(self.last_epoch)] * len(self.optimizer.param_groups)
+
+    def get_last_lr(self) -> list[float]:
+        """The LR of the step about to run, per param group (torch's scheduler convention)."""
+        return [self.lr] * len(self.optimizer.param_groups)
+
+    @property
+    def lr(self) -> float:
+        """The LR of the step about to run."""
+        return self._compute(self.last_epoch)
+
+    def _set_now(self) -> None:
+        lr = self.lr
+        for group in self.optimizer.param_groups:
+            if isinstance(group["lr"], torch.Tensor):  # a tensor LR (capturable optimizers)
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+        self._last_lr = [lr] * len(self.optimizer.param_groups)
+
+    def _load_step(self, state: Any, key: str = "step") -> int:
+        """``state[key]`` of a ``state_dict()``, an int >= 0, or the error naming it."""
+        name = type(self).__name__
+        where, fix = f"{name}.load_state_dict", f"pass the dict that {name}.state_dict() returned"
+        if not isinstance(state, dict):
+            raise fail(where, "state", "the dict from state_dict()", type(state).__name__, fix)
+        return check_int(where, key, state.get(key), 0, fix)
+
+    def _moved(self, state: dict, saved: dict, mine: dict) -> None:
+        """After a restore: warn when other settings make the LR continue from another value."""
+        if saved != mine and state.get("lr") != self.lr:
+            logging.getLogger(type(self).__module__).warning(
+                f"{type(self).__name__} restored at step {self.last_epoch} with {mine} (saved with {saved}): "
+                f"the LR continues from {self.lr:.3e} instead of {state.get('lr')}"
+            )
+
+
+class StagedCosine(_Formula):
     """Cosine cycles aligned with training stages; ``restart()`` starts a new cycle at once.
 
     ``stages`` are ``(start, peak, min)`` multipliers of ``base_lr``, ``start`` in epochs or, with
@@ -69,8 +135,7 @@ class StagedCosine(LRScheduler):
 
         lr = base_lr * (min + (peak - min) * 0.5 * (1 + cos(pi * i / N)))
 
-    A torch ``LRScheduler``: construction sets step 0's LR, ``step()`` after each ``optimizer.step()``
-    sets the next. Warmups, restarts, the end of training and the state: docs/reference.md.
+    Warmups, restarts, the end of training and the state: docs/reference.md.
     """
 
     def __init__(
@@ -87,82 +152,46 @@ class StagedCosine(LRScheduler):
         restart_warmup_steps: int = 0,
     ) -> None:
         where = "StagedCosine"
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise fail(where, "optimizer", "a torch.optim.Optimizer", optimizer, "pass the optimizer the loop steps")
         self.base_lr = check_real(where, "base_lr", base_lr, "e.g. base_lr=2e-4", positive=True)
-        fix = "count stage starts in epochs or in optimizer steps"
-        self.stages_in = _member(StageUnit, stages_in, where, "stages_in", fix)
-        if steps_per_epoch is not None:
-            steps_per_epoch = check_int(
-                where, "steps_per_epoch", steps_per_epoch, 1, "optimizer steps per epoch, e.g. 1000"
-            )
-        self.steps_per_epoch = steps_per_epoch
+        self.stages_in = _member(StageUnit, stages_in, where, "stages_in", "count stage starts in epochs or steps")
         if (total_epochs is None) == (total_steps is None):
-            raise fail(
-                where,
-                "total_epochs",
-                "given, or else total_steps (exactly one: the length of training)",
-                (total_epochs, total_steps),
-                "e.g. total_epochs=50 with steps_per_epoch=1000, or total_steps=50000",
-            )
+            expected = "given, or else total_steps (exactly one: the length of training)"
+            fix = "e.g. total_epochs=50 with steps_per_epoch=1000, or total_steps=50000"
+            raise fail(where, "total_epochs", expected, (total_epochs, total_steps), fix)
+        if steps_per_epoch is None and (total_epochs is not None or self.stages_in is StageUnit.EPOCHS):
+            why = "total_epochs" if total_epochs is not None else "stages in epochs"
+            fix = "pass steps_per_epoch, or stages_in='steps' with total_steps"
+            raise fail(where, "steps_per_epoch", f"an int >= 1 (needed to count {why} in steps)", None, fix)
+        if steps_per_epoch is not None:
+            steps_per_epoch = check_int(where, "steps_per_epoch", steps_per_epoch, 1, "e.g. steps_per_epoch=1000")
+        self.steps_per_epoch = steps_per_epoch
         if total_epochs is not None:
             total_epochs = check_int(where, "total_epochs", total_epochs, 1, "the run's --epochs, e.g. 50")
+            total_steps = total_epochs * steps_per_epoch
         self.total_epochs = total_epochs
-        if self.steps_per_epoch is None and (self.total_epochs is not None or self.stages_in is StageUnit.EPOCHS):
-            why = "total_epochs" if self.total_epochs is not None else "stages in epochs"
-            raise fail(
-                where,
-                "steps_per_epoch",
-                f"an int >= 1 (needed to count {why} in steps)",
-                None,
-                "pass steps_per_epoch, or stages_in='steps' with total_steps",
-            )
-        if self.total_epochs is not None:
-            self.total_steps = self.total_epochs * self.steps_per_epoch
-        else:
-            self.total_steps = check_int(
-                where, "total_steps", total_steps, 1, "optimizer steps of the whole run, e.g. total_steps=5000"
-            )
-        if stages is None:
-            if self.stages_in is StageUnit.STEPS:
-                raise fail(
-                    where,
-                    "stages",
-                    "stages in steps (the default stages count epochs)",
-                    None,
-                    "e.g. stages=((0, 1.0, 0.1), (500, 1.0, 0.05)) with stages_in='steps'",
-                )
-            stages = SEED_STAGES
-        self.stages = _check_stages(stages, self.stages_in)
+        self.total_steps = check_int(where, "total_steps", total_steps, 1, "optimizer steps of the run, e.g. 5000")
+        if stages is None and self.stages_in is StageUnit.STEPS:
+            fix = "e.g. stages=((0, 1.0, 0.1), (500, 1.0, 0.05)) with stages_in='steps'"
+            raise fail(where, "stages", "stages in steps (the default stages count epochs)", None, fix)
+        self.stages = _check_stages(SEED_STAGES if stages is None else stages, self.stages_in)
         self.warmup_steps = check_int(where, "warmup_steps", warmup_steps, 0, "e.g. warmup_steps=0 (none)")
-        self.restart_warmup_steps = check_int(
-            where, "restart_warmup_steps", restart_warmup_steps, 0, "e.g. restart_warmup_steps=0 (restart at peak)"
-        )
+        fix = "e.g. restart_warmup_steps=0 (restart at peak)"
+        self.restart_warmup_steps = check_int(where, "restart_warmup_steps", restart_warmup_steps, 0, fix)
         self._unit = 1 if self.stages_in is StageUnit.STEPS else self.steps_per_epoch
-        self._layout = self._build_layout()
-        first = self._layout[0]
-        if self.warmup_steps >= first.end:
-            raise fail(
-                where,
-                "warmup_steps",
-                f"shorter than the first stage ({first.end} steps)",
-                warmup_steps,
-                "lower warmup_steps or start the second stage later",
-            )
+        u, kept = self._unit, [s for s in self.stages if s[0] * self._unit < self.total_steps]
+        self._layout = [
+            _Stage(start * u, kept[k + 1][0] * u if k + 1 < len(kept) else self.total_steps, peak, low)
+            for k, (start, peak, low) in enumerate(kept)
+        ]
+        if self.warmup_steps >= self._layout[0].end:
+            expected = f"shorter than the first stage ({self._layout[0].end} steps)"
+            raise fail(where, "warmup_steps", expected, warmup_steps, "lower it or start the second stage later")
         self._starts = [st.start for st in self._layout]
         self._stage_at_start = {st.start: k for k, st in enumerate(self._layout) if k > 0}
         self._cycle = self._stage_cycle(0)
-        super().__init__(optimizer)  # sets the LR of step 0 through step()
+        super().__init__(optimizer)
 
     # -- layout ----------------------------------------------------------------------------------
-
-    def _build_layout(self) -> list[_Stage]:
-        u, total = self._unit, self.total_steps
-        kept = [s for s in self.stages if s[0] * u < total]
-        return [
-            _Stage(start * u, kept[k + 1][0] * u if k + 1 < len(kept) else total, peak, low)
-            for k, (start, peak, low) in enumerate(kept)
-        ]
 
     def _stage_index(self, step: int) -> int:
         """The stage containing ``step``; the last stage past the end of training."""
@@ -189,18 +218,11 @@ class StagedCosine(LRScheduler):
             return self.base_lr * low
         return self.base_lr * (low + (peak - low) * 0.5 * (1.0 + math.cos(math.pi * i / n)))
 
-    # -- torch's scheduler API and the loop's calls ----------------------------------------------
+    # -- the loop's calls --------------------------------------------------------------------------
 
-    def step(self, epoch: None = None) -> None:
-        """After ``optimizer.step()``: set the LR of the next step (a new stage starts a new cycle)."""
-        if epoch is not None:
-            raise CurriculumError(
-                f"StagedCosine.step(epoch={epoch!r}): the schedule counts optimizer steps itself; call step() "
-                "with no argument after each optimizer.step() (restore a position with load_state_dict)"
-            )
-        nxt = self.last_epoch + 1
+    def _advance(self, nxt: int) -> None:
         k = self._stage_at_start.get(nxt)
-        if k is not None:
+        if k is not None:  # a new stage starts a new cycle
             self._cycle = self._stage_cycle(k)
         elif nxt == self.total_steps:
             # The first step after the end of training runs only if the run grows on resume. When a
@@ -209,7 +231,6 @@ class StagedCosine(LRScheduler):
             declared = [st for st in self.stages if st[0] * self._unit == nxt]
             if declared:
                 self._cycle = _Cycle(nxt, nxt, nxt + 1, declared[0][1], declared[0][2])
-        super().step()
 
     def fast_forward(self, steps: int) -> None:
         """Advance ``steps`` optimizer steps at once, as ``steps`` calls of ``step()`` would (e.g. to resume a
@@ -223,14 +244,6 @@ class StagedCosine(LRScheduler):
             for _ in range(steps):
                 self.step()
 
-    def get_lr(self) -> list[float]:
-        """The LR of step ``last_epoch`` for every param group (torch calls it inside ``step()``)."""
-        return [self._compute(self.last_epoch)] * len(self.optimizer.param_groups)
-
-    def get_last_lr(self) -> list[float]:
-        """The LR of the step about to run, per param group (torch's scheduler convention)."""
-        return [self.lr] * len(self.optimizer.param_groups)
-
     def restart(self) -> tuple[float, float]:
         """Start a new cycle from the step about to run (at peak, or ramping with ``restart_warmup_steps``);
         returns the LR (before, after)."""
@@ -240,16 +253,6 @@ class StagedCosine(LRScheduler):
         logger.info("LR restart at step %d: %.3e -> %.3e", s, before, self.lr)
         return before, self.lr
 
-    def _set_now(self) -> None:
-        lr = self._compute(self.last_epoch)
-        _write_lr(self.optimizer, lr)
-        self._last_lr = [lr] * len(self.optimizer.param_groups)
-
-    @property
-    def lr(self) -> float:
-        """The LR of the step about to run."""
-        return self._compute(self.last_epoch)
-
     @property
     def peak_lr(self) -> float:
         """``base_lr`` times the peak of the stage of the step about to run: where a restart's cycle peaks."""
@@ -258,7 +261,7 @@ class StagedCosine(LRScheduler):
     @property
     def restart_lr(self) -> float:
         """The LR a restart now sets for the step about to run: ``peak_lr``, or its first ramp step."""
-        return self.peak_lr / (self.restart_warmup_steps + 1) if self.restart_warmup_steps else self.peak_lr
+        return self.peak_lr / (self.restart_warmup_steps + 1)
 
     @property
     def step_count(self) -> int:
@@ -289,21 +292,10 @@ class StagedCosine(LRScheduler):
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from a ``state_dict()``; call it after ``optimizer.load_state_dict``."""
-        if not isinstance(state, dict):
-            raise CurriculumError(
-                f"StagedCosine.load_state_dict: expected the dict from state_dict(), got {type(state).__name__}"
-            )
-        for key in ("step", "cycle_start") + (("warmup_start",) if "warmup_start" in state else ()):
-            value = state.get(key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise CurriculumError(
-                    f"StagedCosine.load_state_dict: {key!r} must be an int >= 0, got {value!r}; "
-                    "pass the dict that StagedCosine.state_dict() returned"
-                )
-        step, start = state["step"], state["cycle_start"]
+        step, start = self._load_step(state), self._load_step(state, "cycle_start")
         # Without "warmup_start" a cycle ahead of the step is the first stage's warmup, ramping from
         # step 0; a cycle under way ramps no more, so where its ramp began does not matter.
-        warm = state.get("warmup_start", 0 if step < start else start)
+        warm = self._load_step(state, "warmup_start") if "warmup_start" in state else 0 if step < start else start
         k = self._stage_index(step)
         if not self._layout[k].start <= warm <= step:
             # With this layout a new stage began after the saved cycle: its own cycle is in progress.
@@ -313,56 +305,29 @@ class StagedCosine(LRScheduler):
         self.last_epoch = step
         self._step_count = step + 1
         self._set_now()
-        saved_total = state.get("total_steps")
-        if saved_total is None and state.get("steps_per_epoch") and state.get("total_epochs"):
-            saved_total = state["steps_per_epoch"] * state["total_epochs"]
-        if (state.get("base_lr"), saved_total) != (self.base_lr, self.total_steps) and state.get("lr") != self.lr:
-            logger.warning(
-                "StagedCosine restored at step %d with base_lr=%s over %s steps (saved with base_lr=%s over %s steps): "
-                "the LR continues from %.3e instead of %.3e",
-                step,
-                self.base_lr,
-                self.total_steps,
-                state.get("base_lr"),
-                saved_total,
-                self.lr,
-                state.get("lr"),
-            )
+        saved_total = state.get("total_steps") or (state.get("steps_per_epoch") or 0) * (state.get("total_epochs") or 0)
+        saved = {"base_lr": state.get("base_lr"), "total_steps": saved_total or None}
+        self._moved(state, saved, {"base_lr": self.base_lr, "total_steps": self.total_steps})
 
     def __repr__(self) -> str:
-        parts = [f"base_lr={self.base_lr!r}"]
-        if self.steps_per_epoch is not None:
-            parts.append(f"steps_per_epoch={self.steps_per_epoch}")
-        parts.append(
-            f"total_epochs={self.total_epochs}" if self.total_epochs is not None else f"total_steps={self.total_steps}"
-        )
-        parts.append(f"stages={self.stages!r}")
-        if self.stages_in is StageUnit.STEPS:
-            parts.append("stages_in='steps'")
-        parts.append(f"warmup_steps={self.warmup_steps}")
-        if self.restart_warmup_steps:
-            parts.append(f"restart_warmup_steps={self.restart_warmup_steps}")
-        return f"StagedCosine({', '.join(parts)})"
-
-
-def _member(kind: type[enum.Enum], value: Any, where: str, field: str, fix: str) -> Any:
-    """``value`` as a member of the enum ``kind``, or the error naming its values."""
-    try:
-        return kind(value)
-    except ValueError:
-        raise fail(where, field, " or ".join(repr(m.value) for m in kind), value, fix) from None
+        parts = [
+            f"base_lr={self.base_lr!r}",
+            self.steps_per_epoch is not None and f"steps_per_epoch={self.steps_per_epoch}",
+            f"total_epochs={self.total_epochs}" if self.total_epochs is not None else f"total_steps={self.total_steps}",
+            f"stages={self.stages!r}",
+            self.stages_in is StageUnit.STEPS and "stages_in='steps'",
+            f"warmup_steps={self.warmup_steps}",
+            self.restart_warmup_steps and f"restart_warmup_steps={self.restart_warmup_steps}",
+        ]
+        return f"StagedCosine({', '.join(p for p in parts if p)})"
 
 
 def _check_stages(stages: Any, unit: StageUnit) -> tuple[tuple[int, float, float], ...]:
-    where, name = "StagedCosine", "start_epoch" if unit is StageUnit.EPOCHS else "start_step"
-    fix = (
-        "e.g. stages=((0, 1.0, 0.1), (2, 1.0, 0.1), (5, 1.0, 0.05))"
-        if unit is StageUnit.EPOCHS
-        else "e.g. stages=((0, 1.0, 0.1), (500, 1.0, 0.05)) in steps"
-    )
+    where, name = "StagedCosine", f"start_{unit.value[:-1]}"
+    fix = f"e.g. stages=((0, 1.0, 0.1), ({2 if unit is StageUnit.EPOCHS else 500}, 1.0, 0.05)) in {unit.value}"
     if isinstance(stages, (str, bytes)) or not isinstance(stages, Sequence) or not stages:
         raise fail(where, "stages", f"a non-empty sequence of ({name}, peak, min)", stages, fix)
-    out = []
+    out: list[tuple[int, float, float]] = []
     for i, stage in enumerate(stages):
         if isinstance(stage, (str, bytes)) or not isinstance(stage, Sequence) or len(stage) != 3:
             raise fail(where, f"stages[{i}]", f"a ({name}, peak, min) triple", stage, fix)
@@ -371,22 +336,9 @@ def _check_stages(stages: Any, unit: StageUnit) -> tuple[tuple[int, float, float
         low = check_real(where, f"stages[{i}][2] (min multiplier)", stage[2], fix, nonnegative=True)
         if low > peak:
             raise fail(where, f"stages[{i}]", "min <= peak", tuple(stage), f"swap them: ({start}, {low}, {peak})")
-        if i == 0 and start != 0:
-            raise fail(
-                where,
-                "stages[0][0]",
-                "0 (the first stage starts training)",
-                start,
-                f"start the first stage at {unit.value[:-1]} 0",
-            )
-        if i > 0 and start <= out[-1][0]:
-            raise fail(
-                where,
-                f"stages[{i}][0]",
-                f"> {out[-1][0]} (starts strictly increasing)",
-                start,
-                f"sort the stages by {name}",
-            )
+        if (start != 0) if not out else (start <= out[-1][0]):
+            expected = f"> {out[-1][0]} (starts strictly increasing)" if out else "0 (the first stage starts training)"
+            raise fail(where, f"stages[{i}][0]", expected, start, f"sort the stages by {name}, the first at 0")
         out.append((start, peak, low))
     return tuple(out)
 
@@ -454,17 +406,11 @@ class Restartable(LRScheduler):
     """
 
     def __init__(self, scheduler: Any, *, over: Over | str = Over.WHOLE) -> None:
-        where = "Restartable"
         _check_wrappable(scheduler)
         if scheduler.last_epoch != 0:
-            raise fail(
-                where,
-                "scheduler",
-                "a scheduler at its step 0 (not stepped yet)",
-                f"{type(scheduler).__name__} at step {scheduler.last_epoch}",
-                "wrap it right after building it; "
-                "to resume, build and wrap it afresh, then load_state_dict() the wrapper",
-            )
+            got = f"{type(scheduler).__name__} at step {scheduler.last_epoch}"
+            fix = "wrap it right after building it; to resume, wrap a fresh one and load_state_dict() the wrapper"
+            raise fail("Restartable", "scheduler", "a scheduler at its step 0 (not stepped yet)", got, fix)
         self._adopt(scheduler, over)
         self._origin = self._snapshot()
 
@@ -473,13 +419,9 @@ class Restartable(LRScheduler):
         self.over = _member(Over, over, "Restartable", "over", fix)
         self._length = _length_field(scheduler)
         if self.over is Over.REMAINING and self._length is None:
+            fix = f"re-planning needs a length ({', '.join(sorted(_LENGTHS))}); use over='whole' or StagedCosine"
             raise fail(
-                "Restartable",
-                "over",
-                "'whole' for this scheduler",
-                f"'remaining' with {type(scheduler).__name__}",
-                f"re-planning needs a schedule with a length ({', '.join(sorted(_LENGTHS))}); "
-                "use over='whole' or StagedCosine",
+                "Restartable", "over", "'whole' for this scheduler", f"'remaining' with {type(scheduler).__name__}", fix
             )
         self.scheduler = scheduler
         self._factors = list(getattr(scheduler, "lr_lambdas", ()))  # a LambdaLR's, as built (its state has none)
@@ -494,19 +436,15 @@ class Restartable(LRScheduler):
         from this wrapper's ``state_dict()``): the frameworks' callbacks use it."""
         _check_wrappable(scheduler)
         if state is None and scheduler.last_epoch != 0:
+            fix = "pass the state saved with the checkpoint"
             raise fail(
-                "Restartable.around",
-                "state",
-                "the wrapper's state_dict() for a scheduler past its step 0",
-                None,
-                "pass the state saved with the checkpoint",
+                "Restartable.around", "state", "the wrapper's state_dict() for a scheduler past its step 0", None, fix
             )
+        if state is None:
+            return cls(scheduler, over=over)
         self = cls.__new__(cls)
         self._adopt(scheduler, over)
-        if state is None:
-            self._origin = self._snapshot()
-        else:
-            self._load_own(state)
+        self._load_own(state)
         return self
 
     def _snapshot(self) -> dict:
@@ -531,8 +469,7 @@ class Restartable(LRScheduler):
     def get_lr(self) -> list[float]:
         return list(self.scheduler.get_last_lr())
 
-    def get_last_lr(self) -> list[float]:
-        return list(self.scheduler.get_last_lr())
+    get_last_lr = get_lr
 
     def restart(self) -> tuple[float, float]:
         """Run the wrapped schedule again from its step 0 (re-planned with ``over="remaining"``),
@@ -624,28 +561,14 @@ class Restartable(LRScheduler):
 
 
 def _check_wrappable(scheduler: Any) -> None:
-    where = "Restartable"
+    where, expected = "Restartable", "a torch.optim.lr_scheduler.LRScheduler"
     if isinstance(scheduler, Restartable):
-        raise fail(
-            where, "scheduler", "a torch LR scheduler", scheduler, "it is already Restartable: register it as it is"
-        )
+        raise fail(where, "scheduler", expected, scheduler, "it is already Restartable: register it as it is")
     if isinstance(scheduler, ReduceLROnPlateau):
-        raise fail(
-            where,
-            "scheduler",
-            "a scheduler with a schedule over steps",
-            type(scheduler).__name__,
-            "ReduceLROnPlateau follows a metric and has nothing to restart; "
-            "use StagedCosine or a step-indexed torch scheduler",
-        )
+        fix = "ReduceLROnPlateau follows a metric and has nothing to restart; use a step-indexed torch scheduler"
+        raise fail(where, "scheduler", "a scheduler with a schedule over steps", type(scheduler).__name__, fix)
     if not isinstance(scheduler, LRScheduler):
-        raise fail(
-            where,
-            "scheduler",
-            "a torch.optim.lr_scheduler.LRScheduler",
-            scheduler,
-            "e.g. Restartable(CosineAnnealingLR(optimizer, T_max=100))",
-        )
+        raise fail(where, "scheduler", expected, scheduler, "e.g. Restartable(CosineAnnealingLR(optimizer, T_max=100))")
 
 
 def _check_state(state: Any) -> None:

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from engine import Curriculum, Phase, Point, Transition
-from policies._checks import check_int, fail
-from policies.actions import RestartLR
+from engine import Curriculum, Phase
+from policies._checks import fail
 from policies.guards import MinEpoch, Plateau, all_of, any_of
-from policies.spectral import _ints
+from policies.spectral import _increasing, _lengths, _raises, _sequence
 
 __all__ = ["seq_len_curriculum"]
 
@@ -46,74 +45,36 @@ def seq_len_curriculum(
     spectral curriculum does); the default keeps the LR schedule running through the switches.
     """
     where = "seq_len_curriculum"
-    lens = _ints(where, "seq_lens", seq_lens)
+    lens = _lengths(where, seq_lens)
     if not lens:
         raise fail(where, "seq_lens", "at least one window length", tuple(seq_lens), "e.g. seq_lens=(64, 128, 256)")
-    for i, n in enumerate(lens):
-        check_int(where, f"seq_lens[{i}]", n, 1, "window lengths in tokens (bytes), e.g. 64")
-        if i and n <= lens[i - 1]:
-            raise fail(where, "seq_lens", "strictly increasing", tuple(lens), f"e.g. {tuple(sorted(set(lens)))}")
+    _increasing(where, "seq_lens", lens, strict=True)
     if (at_epochs is None) == (min_epochs is None):
-        raise fail(
-            where,
-            "at_epochs",
-            "given (fixed switches), or else min_epochs (plateau-triggered): exactly one",
-            (at_epochs, min_epochs),
-            "e.g. at_epochs=(3, 6), or min_epochs=(1, 3) with a plateau rule",
-        )
+        expected = "given (fixed switches), or else min_epochs (plateau-triggered): exactly one"
+        fix = "e.g. at_epochs=(3, 6), or min_epochs=(1, 3) with a plateau rule"
+        raise fail(where, "at_epochs", expected, (at_epochs, min_epochs), fix)
     if at_epochs is not None and max_epochs is not None:
-        raise fail(
-            where,
-            "max_epochs",
-            "None with fixed switches (at_epochs)",
-            max_epochs,
-            "drop max_epochs, or use min_epochs",
-        )
+        fix = "drop max_epochs, or use min_epochs"
+        raise fail(where, "max_epochs", "None with fixed switches (at_epochs)", max_epochs, fix)
+    # Each epoch is checked by the MinEpoch it makes; here only what relates them.
     epochs = {"at_epochs": at_epochs, "min_epochs": min_epochs, "max_epochs": max_epochs}
-    checked: dict[str, list[int]] = {}
+    epochs = {name: _sequence(where, name, values) for name, values in epochs.items() if values is not None}
+    floors = {name: [MinEpoch(n) for n in values] for name, values in epochs.items()}
     for name, values in epochs.items():
-        if values is None:
-            continue
-        values = _ints(where, name, values)
         if len(values) != len(lens):
-            raise fail(
-                where,
-                name,
-                f"one epoch per shorter length ({len(lens)} for seq_lens {tuple(lens)})",
-                tuple(values),
-                "give the epoch of each switch, e.g. (3, 6) for two lengths",
-            )
-        if values != sorted(values):  # each value is checked by the MinEpoch it makes
-            raise fail(where, name, "not decreasing", tuple(values), f"e.g. {tuple(sorted(values))}")
-        checked[name] = values
-    if "max_epochs" in checked and any(hi < lo for lo, hi in zip(checked["min_epochs"], checked["max_epochs"])):
-        raise fail(
-            where,
-            "max_epochs",
-            "each >= its min_epochs",
-            tuple(checked["max_epochs"]),
-            f"at least {tuple(checked['min_epochs'])}",
-        )
+            expected = f"one epoch per shorter length ({len(lens)} for seq_lens {tuple(lens)})"
+            raise fail(where, name, expected, values, "give the epoch of each switch, e.g. (3, 6) for two lengths")
+        _increasing(where, name, values)
+    if "max_epochs" in epochs and any(hi < lo for lo, hi in zip(epochs["min_epochs"], epochs["max_epochs"])):
+        fix = f"at least {epochs['min_epochs']}"
+        raise fail(where, "max_epochs", "each >= its min_epochs", epochs["max_epochs"], fix)
 
     names = [f"seq_{n}" for n in lens] + ["full"]
     phases = [Phase(name, params={"seq_len": n}) for name, n in zip(names, lens)] + [Phase("full")]
-    transitions = []
-    for k in range(len(lens)):
-        if at_epochs is not None:
-            guard = MinEpoch(checked["at_epochs"][k])
-        else:
-            guard = all_of(
-                MinEpoch(checked["min_epochs"][k]), Plateau(window=window, threshold=threshold, test=test, alpha=alpha)
-            )
-            if "max_epochs" in checked:
-                guard = any_of(guard, MinEpoch(checked["max_epochs"][k]))
-        transitions.append(
-            Transition(
-                names[k],
-                names[k + 1],
-                guards=[guard],
-                actions=[RestartLR()] if restart_lr else [],
-                when=Point.EPOCH_END,
-            )
-        )
-    return Curriculum(phases, transitions)
+    if at_epochs is not None:
+        return Curriculum(phases, _raises(names, floors["at_epochs"], restart_lr))
+    plateau = [
+        all_of(m, Plateau(window=window, threshold=threshold, test=test, alpha=alpha)) for m in floors["min_epochs"]
+    ]
+    guards = [any_of(g, m) for g, m in zip(plateau, floors["max_epochs"])] if max_epochs is not None else plateau
+    return Curriculum(phases, _raises(names, guards, restart_lr))

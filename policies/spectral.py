@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, Iterable, Sequence
 
 from engine import Curriculum, Phase, Point, Transition
@@ -27,21 +26,12 @@ def spectral_curriculum(
 ) -> Curriculum:
     """Open frequency bands step by step: ``cutoff_128 -> cutoff_256 -> cutoff_512 -> full``.
 
-    One phase per cutoff, named ``cutoff_<c>``, then ``full``; each enters with
-    ``SetCutoff(c, preserve=preserve)`` (``full``: ``SetCutoff(None, ...)``). The raise out of the
-    k-th cutoff phase is checked at epoch end, guarded by
-    ``all_of(MinEpoch(min_epochs[k]), Plateau(window=window, threshold=threshold))``, and fires
-    ``RestartLR()``; ``test`` and ``alpha`` go to each ``Plateau`` (``test="welch"``: the
-    noise-aware plateau). Cutoffs count bins of an ``n_bins``-bin rfft: strictly increasing, >= 1 and
-    below ``n_bins`` (the full band is the last phase); one global minimum epoch per cutoff, not
-    decreasing.
-
-    ``preserve``: as :class:`~policies.SetCutoff`'s (the exact opening, measured to end worse).
-
-    ``seq_lens``: one window length per cutoff phase, set as the phase's ``params={"seq_len": L}``
-    (``full`` trains at the model's own length), so the low-cutoff phases are also the short-window
-    ones (see :func:`policies.seq_len_curriculum`). ``restart_lr=False`` fires no ``RestartLR`` (for a
-    schedule without restarts, e.g. :class:`policies.WSD`).
+    Each phase enters with ``SetCutoff(c, preserve=preserve)`` (``full``: ``SetCutoff(None, ...)``); the
+    raise out of the k-th is checked at epoch end, guarded by ``all_of(MinEpoch(min_epochs[k]),
+    Plateau(window=window, threshold=threshold, test=test, alpha=alpha))``, and fires ``RestartLR()`` (none
+    with ``restart_lr=False``, for a schedule without restarts such as :class:`policies.WSD`). Cutoffs count
+    bins of an ``n_bins``-bin rfft. ``seq_lens``: one window length per cutoff phase, as its
+    ``params={"seq_len": L}`` (see :func:`policies.seq_len_curriculum`). The rules: docs/reference.md.
     """
     where = "spectral_curriculum"
     n_bins = check_int(where, "n_bins", n_bins, 2, "bins of the seq_len-point rfft: seq_len // 2 + 1, e.g. 513")
@@ -50,85 +40,57 @@ def spectral_curriculum(
     cutoffs, min_epochs = _sequence(where, "cutoffs", cutoffs), _sequence(where, "min_epochs", min_epochs)
     enter = [SetCutoff(c, preserve=preserve) for c in (*cutoffs, None)]
     floors = [MinEpoch(m) for m in min_epochs]
-    for i, c in enumerate(cutoffs):
-        if c >= n_bins:
-            raise fail(
-                where,
-                f"cutoffs[{i}]",
-                f"below n_bins={n_bins} (the last phase opens the full band)",
-                c,
-                "drop it or lower it",
-            )
-        if i and c <= cutoffs[i - 1]:
-            raise fail(
-                where,
-                "cutoffs",
-                "strictly increasing",
-                tuple(cutoffs),
-                f"sort them and drop repeats: {tuple(sorted(set(cutoffs)))}",
-            )
+    _increasing(where, "cutoffs", cutoffs, strict=True)
+    if cutoffs and cutoffs[-1] >= n_bins:
+        expected = f"below n_bins={n_bins} (the last phase opens the full band)"
+        raise fail(where, f"cutoffs[{len(cutoffs) - 1}]", expected, cutoffs[-1], "drop it or lower it")
+    per_cutoff = f"per cutoff ({len(cutoffs)} for cutoffs {cutoffs})"
     if len(min_epochs) != len(cutoffs):
-        raise fail(
-            where,
-            "min_epochs",
-            f"one minimum epoch per cutoff ({len(cutoffs)} for cutoffs {tuple(cutoffs)})",
-            tuple(min_epochs),
-            "give the earliest epoch of each raise, e.g. (2, 5, 10) for three cutoffs",
-        )
-    if list(min_epochs) != sorted(min_epochs):
-        raise fail(where, "min_epochs", "not decreasing", tuple(min_epochs), f"e.g. {tuple(sorted(min_epochs))}")
-
+        fix = "give the earliest epoch of each raise, e.g. (2, 5, 10) for three cutoffs"
+        raise fail(where, "min_epochs", f"one minimum epoch {per_cutoff}", min_epochs, fix)
+    _increasing(where, "min_epochs", min_epochs)
     lens: list[int | None] = [None] * len(cutoffs)
     if seq_lens is not None:
-        lens = list(_ints(where, "seq_lens", seq_lens))
+        lens = _lengths(where, seq_lens)
         if len(lens) != len(cutoffs):
-            raise fail(
-                where,
-                "seq_lens",
-                f"one window length per cutoff ({len(cutoffs)} for cutoffs {tuple(cutoffs)})",
-                tuple(lens),
-                "e.g. seq_lens=(128, 256, 512) with cutoffs (128, 256, 512) at seq_len 1024",
-            )
-        for i, n in enumerate(lens):
-            if n < 1 or (i and n < lens[i - 1]):
-                raise fail(where, "seq_lens", "ints >= 1, not decreasing", tuple(lens), "e.g. seq_lens=(128, 256, 512)")
+            fix = "e.g. seq_lens=(128, 256, 512) with cutoffs (128, 256, 512) at seq_len 1024"
+            raise fail(where, "seq_lens", f"one window length {per_cutoff}", tuple(lens), fix)
+        _increasing(where, "seq_lens", lens)
     names = [f"cutoff_{c}" for c in cutoffs] + ["full"]
     phases = [
         Phase(name, params={} if n is None else {"seq_len": n}, on_enter=[action])
         for name, action, n in zip(names, enter, [*lens, None])
     ]
-    transitions = [
-        Transition(
-            names[k],
-            names[k + 1],
-            guards=[all_of(floor, Plateau(window=window, threshold=threshold, test=test, alpha=alpha))],
-            actions=[RestartLR()] if restart_lr else [],
-            when=Point.EPOCH_END,
-        )
-        for k, floor in enumerate(floors)
+    guards = [all_of(m, Plateau(window=window, threshold=threshold, test=test, alpha=alpha)) for m in floors]
+    return Curriculum(phases, _raises(names, guards, restart_lr))
+
+
+def _raises(names: list[str], guards: list[Any], restart_lr: bool) -> list[Transition]:
+    """The epoch-end transitions ``names[k] -> names[k + 1]``, guarded by ``guards[k]``, each firing
+    ``RestartLR()`` when ``restart_lr``."""
+    return [
+        Transition(source, dest, guards=[guard], actions=[RestartLR()] if restart_lr else [], when=Point.EPOCH_END)
+        for source, dest, guard in zip(names, names[1:], guards)
     ]
-    return Curriculum(phases, transitions)
 
 
 def _sequence(where: str, field: str, values: Any) -> tuple:
     if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
-        raise fail(
-            where,
-            field,
-            "a sequence of ints",
-            values,
-            f"e.g. {field}=(128, 256, 512)" if field == "cutoffs" else "e.g. (2, 5, 10)",
-        )
+        raise fail(where, field, "a sequence of ints", values, f"e.g. {field}=(2, 5, 10)")
     return tuple(values)
 
 
-def _ints(where: str, field: str, values: Any) -> list[int]:
-    out = []
-    for i, v in enumerate(_sequence(where, field, values)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise fail(where, f"{field}[{i}]", "an int", v, "use whole numbers")
-        out.append(int(v))
-    return out
+def _lengths(where: str, values: Any) -> list[int]:
+    """``seq_lens`` as window lengths: ints >= 1."""
+    fix = "window lengths in tokens, e.g. seq_lens=(64, 128, 256)"
+    return [check_int(where, f"seq_lens[{i}]", n, 1, fix) for i, n in enumerate(_sequence(where, "seq_lens", values))]
+
+
+def _increasing(where: str, field: str, values: Sequence[int], *, strict: bool = False) -> None:
+    """Refuses ``values`` unless they increase strictly, or (not ``strict``) never decrease."""
+    if any(b < a or (strict and b == a) for a, b in zip(values, values[1:])):
+        fix = f"sort them{' and drop repeats' if strict else ''}: {tuple(sorted(set(values) if strict else values))}"
+        raise fail(where, field, "strictly increasing" if strict else "not decreasing", tuple(values), fix)
 
 
 def _min_epoch(guards: Iterable[Any], entered: int) -> int | None:

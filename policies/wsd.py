@@ -1,10 +1,6 @@
-"""Warmup-stable-decay (WSD): a constant LR, then a cooldown a transition can start.
-
-Hägele et al. 2024 ("Scaling Laws and Compute-Optimal Training Beyond Fixed Training Durations")
-and MiniCPM: warm up, hold the peak LR, then cool down over about 20% of training, best in the
-(1-sqrt) shape; it matches a tuned cosine, and the cooldown can start at any time. That makes the
-start of the cooldown a natural engine transition: :class:`StartCooldown` starts it, e.g. when the
-stable phase plateaus (:func:`adaptive_cooldown`).
+"""Warmup-stable-decay (WSD; Hägele et al. 2024, MiniCPM): hold the peak LR, then cool down, best in the
+(1-sqrt) shape. The cooldown can start at any time, which makes its start an engine transition:
+:class:`StartCooldown` starts it, e.g. when the stable phase plateaus (:func:`adaptive_cooldown`).
 """
 
 from __future__ import annotations
@@ -14,13 +10,10 @@ import logging
 import math
 from typing import Any
 
-import torch
-from torch.optim.lr_scheduler import LRScheduler
-
 from engine import Context, Curriculum, CurriculumError, Phase, Point, Transition
 from policies._checks import check_int, check_real, fail
 from policies.guards import MinEpoch, Plateau, all_of
-from policies.schedule import _write_lr  # one writer of an LR into every param group (tensor LRs included)
+from policies.schedule import _Formula, _member
 
 __all__ = ["WSD", "CooldownShape", "StartCooldown", "CooldownDue", "adaptive_cooldown"]
 
@@ -45,7 +38,7 @@ class CooldownShape(str, enum.Enum):
         return 0.5 * (1.0 + math.cos(math.pi * p))
 
 
-class WSD(LRScheduler):
+class WSD(_Formula):
     """Warmup, stable at ``base_lr``, then a cooldown of ``cooldown_steps`` to ``base_lr * final_ratio``.
 
     Step s (0-based, the s-th optimizer step) runs at::
@@ -57,22 +50,8 @@ class WSD(LRScheduler):
 
     with n = ``cooldown_steps`` (default ``round(cooldown_fraction * total_steps)``, at least 1) and
     c the cooldown's start: the step about to run when :meth:`start_cooldown` was called, or, at the
-    latest, ``total_steps - n`` (so a cooldown always ends with training). With ``auto=False`` only
-    :meth:`start_cooldown` starts it (the LR stays at peak otherwise).
-
-    A torch ``LRScheduler``, with StagedCosine's conventions: construction sets the LR of step 0,
-    ``step()`` after each ``optimizer.step()`` sets the next one's, every param group gets the same
-    LR, ``last_epoch`` counts the optimizer steps completed. ``state_dict()`` holds the position (the
-    step about to run and a cooldown started by hand) plus informational copies of the settings;
-    loaded into a schedule built with the same arguments, the LRs continue bit-identically.
-
-    Where the cooldown stands: ``auto_start`` is the step the automatic cooldown begins at
-    (``total_steps - cooldown_steps``; None with ``auto=False``), ``started_at`` the step a
-    :meth:`start_cooldown` began it at (None until then), :attr:`cooldown_start` the earlier of the
-    two; :attr:`cooling` says the step about to run is in the cooldown, :attr:`finished` that it is
-    over (every later step runs at the final LR). A cooldown that ends with steps of ``total_steps``
-    left logs one warning naming how many run at the final LR. :class:`CooldownDue` makes the
-    automatic start a transition of the curriculum, so that it is recorded.
+    latest (unless ``auto=False``), ``auto_start = total_steps - n``, so a cooldown always ends with
+    training. StagedCosine's torch conventions; the state and the properties: docs/reference.md.
     """
 
     def __init__(
@@ -89,54 +68,30 @@ class WSD(LRScheduler):
         auto: bool = True,
     ) -> None:
         where = "WSD"
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise fail(where, "optimizer", "a torch.optim.Optimizer", optimizer, "pass the optimizer the loop steps")
         self.base_lr = check_real(where, "base_lr", base_lr, "e.g. base_lr=2e-4", positive=True)
-        self.total_steps = check_int(
-            where, "total_steps", total_steps, 1, "optimizer steps of the whole run, e.g. total_steps=5000"
-        )
+        self.total_steps = check_int(where, "total_steps", total_steps, 1, "optimizer steps of the run, e.g. 5000")
         self.warmup_steps = check_int(where, "warmup_steps", warmup_steps, 0, "e.g. warmup_steps=0 (none)")
-        fraction = check_real(
-            where, "cooldown_fraction", cooldown_fraction, "e.g. cooldown_fraction=0.2 (Hägele et al.)"
-        )
-        if not 0.0 < fraction <= 1.0:
-            raise fail(where, "cooldown_fraction", "in (0, 1]", cooldown_fraction, "e.g. cooldown_fraction=0.2")
-        self.cooldown_fraction = fraction
+        fix = "e.g. cooldown_fraction=0.2 (Hägele et al.)"
+        self.cooldown_fraction = check_real(where, "cooldown_fraction", cooldown_fraction, fix)
+        if not 0.0 < self.cooldown_fraction <= 1.0:
+            raise fail(where, "cooldown_fraction", "in (0, 1]", cooldown_fraction, fix)
         if cooldown_steps is None:
-            cooldown_steps = max(1, round(fraction * self.total_steps))
+            cooldown_steps = max(1, round(self.cooldown_fraction * self.total_steps))
         self.cooldown_steps = check_int(where, "cooldown_steps", cooldown_steps, 1, "e.g. a fifth of total_steps")
-        try:
-            self.shape = CooldownShape(shape)
-        except ValueError:
-            choices = ", ".join(repr(s.value) for s in CooldownShape)
-            raise fail(where, "shape", f"one of {choices}", shape, "shape='1-sqrt' is Hägele et al.'s best") from None
-        self.final_ratio = check_real(where, "final_ratio", final_ratio, "e.g. final_ratio=0.0", nonnegative=True)
+        self.shape = _member(CooldownShape, shape, where, "shape", "shape='1-sqrt' is Hägele et al.'s best")
+        fix = "the final LR as a fraction of base_lr, e.g. 0.0"
+        self.final_ratio = check_real(where, "final_ratio", final_ratio, fix, nonnegative=True)
         if self.final_ratio > 1.0:
-            raise fail(
-                where, "final_ratio", "in [0, 1]", final_ratio, "the final LR as a fraction of base_lr, e.g. 0.0"
-            )
+            raise fail(where, "final_ratio", "in [0, 1]", final_ratio, fix)
         if not isinstance(auto, bool):
-            raise fail(
-                where,
-                "auto",
-                "a bool",
-                auto,
-                "auto=True starts the cooldown at total_steps - cooldown_steps at the latest",
-            )
+            raise fail(where, "auto", "a bool", auto, "auto=False leaves the cooldown to start_cooldown()")
         self.auto = auto
         self.auto_start = max(0, self.total_steps - self.cooldown_steps) if auto else None
         if auto and self.warmup_steps > self.auto_start:
-            raise fail(
-                where,
-                "warmup_steps",
-                f"at most total_steps - cooldown_steps = {self.auto_start}",
-                warmup_steps,
-                "shorten the warmup or the cooldown",
-            )
+            expected = f"at most total_steps - cooldown_steps = {self.auto_start}"
+            raise fail(where, "warmup_steps", expected, warmup_steps, "shorten the warmup or the cooldown")
         self.started_at: int | None = None  # a cooldown started by start_cooldown()
-        super().__init__(optimizer)  # sets the LR of step 0 through step()
-
-    # -- the formula -------------------------------------------------------------------------------
+        super().__init__(optimizer)
 
     @property
     def cooldown_start(self) -> int | None:
@@ -162,18 +117,9 @@ class WSD(LRScheduler):
             return self.base_lr * (s + 1) / (self.warmup_steps + 1)
         return self.base_lr
 
-    # -- torch's scheduler API and the loop's calls ------------------------------------------------
-
-    def step(self, epoch: None = None) -> None:
-        """After ``optimizer.step()``: set the LR of the next step."""
-        if epoch is not None:
-            raise CurriculumError(
-                f"WSD.step(epoch={epoch!r}): the schedule counts optimizer steps itself; call step() with no "
-                "argument after each optimizer.step() (restore a position with load_state_dict)"
-            )
-        super().step()
+    def _advance(self, nxt: int) -> None:
         end = self.cooldown_end
-        if end is not None and self.last_epoch == end < self.total_steps:
+        if nxt == end and end < self.total_steps:
             logger.warning(
                 "WSD cooldown ended at step %d with %d of total_steps=%d left: they run at the final LR %.3g; "
                 "stop the run there, or start the cooldown later",
@@ -189,18 +135,6 @@ class WSD(LRScheduler):
         self.last_epoch += steps
         self._step_count += steps
         self._set_now()
-
-    def get_lr(self) -> list[float]:
-        """The LR of step ``last_epoch`` for every param group (torch calls it inside ``step()``)."""
-        return [self._compute(self.last_epoch)] * len(self.optimizer.param_groups)
-
-    def get_last_lr(self) -> list[float]:
-        return [self.lr] * len(self.optimizer.param_groups)
-
-    @property
-    def lr(self) -> float:
-        """The LR of the step about to run."""
-        return self._compute(self.last_epoch)
 
     @property
     def peak_lr(self) -> float:
@@ -219,71 +153,33 @@ class WSD(LRScheduler):
         return end is not None and self.last_epoch >= end
 
     def start_cooldown(self) -> tuple[float, float]:
-        """Start the cooldown at the step about to run (the one ``step()`` already set up), at once.
-
-        Returns the LR of that step (before, after). A cooldown already under way (started by hand or
-        automatically) goes on unchanged.
-        """
+        """Start the cooldown at the step about to run (the one ``step()`` already set up), at once; a
+        cooldown already under way goes on unchanged. Returns the LR of that step (before, after)."""
         before, s = self.lr, self.last_epoch
         if not self.cooling:
             self.started_at = s
             self._set_now()
-            logger.info(
-                "WSD cooldown starts at step %d: %d steps to %.3e",
-                s,
-                self.cooldown_steps,
-                self.base_lr * self.final_ratio,
-            )
+            final = self.base_lr * self.final_ratio
+            logger.info("WSD cooldown starts at step %d: %d steps to %.3e", s, self.cooldown_steps, final)
         return before, self.lr
-
-    def _set_now(self) -> None:
-        lr = self._compute(self.last_epoch)
-        _write_lr(self.optimizer, lr)
-        self._last_lr = [lr] * len(self.optimizer.param_groups)
 
     # -- state -------------------------------------------------------------------------------------
 
+    def _settings(self) -> dict:
+        """The settings a state carries, to tell a restore under other ones."""
+        keys = ("base_lr", "total_steps", "cooldown_steps")
+        return {**{k: getattr(self, k) for k in keys}, "shape": self.shape.value}
+
     def state_dict(self) -> dict:
-        return {
-            "step": self.last_epoch,
-            "started_at": self.started_at,
-            "lr": self.lr,
-            "base_lr": self.base_lr,
-            "total_steps": self.total_steps,
-            "cooldown_steps": self.cooldown_steps,
-            "shape": self.shape.value,
-        }
+        return {"step": self.last_epoch, "started_at": self.started_at, "lr": self.lr, **self._settings()}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from a ``state_dict()``; call it after ``optimizer.load_state_dict``."""
-        if not isinstance(state, dict):
-            raise CurriculumError(
-                f"WSD.load_state_dict: expected the dict from state_dict(), got {type(state).__name__}"
-            )
-        step, started = state.get("step"), state.get("started_at")
-        for key, value, none_ok in (("step", step, False), ("started_at", started, True)):
-            if (value is None and not none_ok) or (
-                value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0)
-            ):
-                raise CurriculumError(
-                    f"WSD.load_state_dict: {key!r} must be an int >= 0{' or None' if none_ok else ''}, got {value!r}; "
-                    "pass the dict that WSD.state_dict() returned"
-                )
+        step = self._load_step(state)
+        started = None if state.get("started_at") is None else self._load_step(state, "started_at")
         self.last_epoch, self._step_count, self.started_at = step, step + 1, started
         self._set_now()
-        saved = (state.get("base_lr"), state.get("total_steps"), state.get("cooldown_steps"), state.get("shape"))
-        if (
-            saved != (self.base_lr, self.total_steps, self.cooldown_steps, self.shape.value)
-            and state.get("lr") != self.lr
-        ):
-            logger.warning(
-                "WSD restored at step %d with other settings %s (saved %s): the LR continues from %.3e instead of %.3e",
-                step,
-                (self.base_lr, self.total_steps, self.cooldown_steps, self.shape.value),
-                saved,
-                self.lr,
-                state.get("lr"),
-            )
+        self._moved(state, {k: state.get(k) for k in self._settings()}, self._settings())
 
     def __repr__(self) -> str:
         return (

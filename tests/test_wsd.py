@@ -193,7 +193,7 @@ def test_a_cooldown_that_ends_early_warns_once_naming_the_steps_left(caplog):
 
 
 def test_errors_name_the_field_and_the_fix():
-    with pytest.raises(CurriculumError, match="'shape' must be one of"):
+    with pytest.raises(CurriculumError, match="'shape' must be '1-sqrt' or 'linear' or 'cosine'"):
         WSD(optimizer(), 1.0, 10, shape="sqrt")
     with pytest.raises(CurriculumError, match="'cooldown_fraction' must be in"):
         WSD(optimizer(), 1.0, 10, cooldown_fraction=1.5)
