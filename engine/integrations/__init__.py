@@ -123,12 +123,15 @@ def real_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def random_state() -> dict:
-    """The process's random state (torch, CUDA, Python's ``random``): what a shuffling sampler, dropout and the
-    frameworks' loaders draw from."""
+    """The process's random state (torch, CUDA, Python's ``random``, numpy's global generator): what a shuffling
+    sampler, dropout, an augmentation and the frameworks' loaders draw from."""
+    import numpy as np
     import torch
 
     python = random.getstate()
     state = {"torch": torch.get_rng_state(), "python": list(python[1]), "python_pos": python[2]}
+    _, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    state["numpy"] = [keys.tolist(), pos, has_gauss, gauss]  # plain values: a checkpoint loads weights-only
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -136,9 +139,13 @@ def random_state() -> dict:
 
 def set_random_state(state: dict) -> None:
     """Put back a :func:`random_state`."""
+    import numpy as np
     import torch
 
     torch.set_rng_state(state["torch"])
     random.setstate((3, tuple(int(x) for x in state["python"]), state["python_pos"]))
+    if "numpy" in state:  # a checkpoint of an earlier release has none
+        keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
