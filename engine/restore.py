@@ -18,16 +18,17 @@ from engine.decide import Since
 from engine.health import actions_of
 from engine.history import Record
 from engine.plan import Plan, Taken, put_back
-from engine.recording import MetricLog, restore_log
+from engine.recording import FIX, MetricLog
 from engine.state import EngineState, PendingCheck, from_primitives
 
-__all__ = ["Restored", "check_state", "load_guards", "SAVED"]
+__all__ = ["Restored", "check_state", "restore_log", "load_guards", "SAVED"]
 
 logger = logging.getLogger("engine.runtime")
 
 SAVED = "pass the dict that engine.state_dict() returned for this curriculum"
 _HF_KEY = 'state["stateful_callbacks"]["curriculum_engine"]'  # engine.integrations.hf.STATE_KEY
 _CLOCK_FIELDS = [f.name for f in attrs.fields(Clock)]
+_NO_CONVERSION = " (no conversion is made: a clock of floats, text or bools is not one the engine wrote)"
 
 
 @attrs.frozen
@@ -37,7 +38,7 @@ class Restored:
     state: EngineState
     pending: list[PendingCheck]
     held_since: dict[int, list[Since | None]]
-    # The metric log the engine keeps (engine.recording.restore_log): None when it does not record.
+    # The metric log the engine keeps (restore_log): None when it does not record.
     recorded: MetricLog | None = None
 
 
@@ -57,7 +58,6 @@ def check_state(
     phases = [p.name for p in curriculum.phases]
     if snap.phase not in phases:
         raise CurriculumError(f"engine state's phase {snap.phase!r} is not a phase of this curriculum ({phases})")
-    _check_clock(snap.clock)
     if not lenient:
         _check_history(snap.history, phases)
     _check_run(snap, curriculum, lenient)
@@ -78,15 +78,39 @@ def _check_raw(data: Any) -> None:
             f"pass the engine's part of it: engine.load_state_dict({_HF_KEY})"
         )
     clock = data.get("clock")
-    if isinstance(clock, dict):
-        for name in _CLOCK_FIELDS:
-            value = clock.get(name, 0)
-            if type(value) is not int:
-                raise CurriculumError(
-                    f"engine state is malformed: clock.{name} must be an int >= 0, "
-                    f"got {type(value).__name__} {value!r} "
-                    f"(no conversion is made: a clock of floats, text or bools is not one the engine wrote); {SAVED}"
-                )
+    for name in _CLOCK_FIELDS if isinstance(clock, dict) else ():
+        value = clock.get(name, 0)
+        if type(value) is not int or value < 0:
+            raise CurriculumError(
+                f"engine state is malformed: clock.{name} must be an int >= 0, got {type(value).__name__} {value!r}"
+                f"{'' if type(value) is int else _NO_CONVERSION}; {SAVED}"
+            )
+
+
+def restore_log(saved: Any, clock: Clock, record: bool, lenient: bool) -> MetricLog | None:
+    """The log a restored engine keeps: the saved one, which must end at the restored ``clock`` (else
+    refused, or left out with a warning when ``lenient``); a new one starting at the clock when the
+    state has none; None when the engine does not record."""
+    if not record:
+        if saved is not None:
+            logger.warning(
+                "the restored engine state has recorded metrics, but this engine was built without "
+                "record_metrics=True: its state_dict() will not keep them"
+            )
+        return None
+    fresh = MetricLog(start_step=clock.global_step, start_epoch=clock.epoch)
+    log = MetricLog.from_state_dict(saved) if saved is not None else fresh
+    end = (log.start_step + log.steps, log.start_epoch + log.epochs)
+    if end == (clock.global_step, clock.epoch):
+        return log
+    problem = (
+        f"recorded metrics end at step {end[0]}, epoch {end[1]}, "
+        f"but the engine state's clock is at step {clock.global_step}, epoch {clock.epoch}"
+    )
+    if not lenient:
+        raise CurriculumError(f"{problem}; {FIX}, or pass allow_fingerprint_mismatch=True to record afresh from here")
+    logger.warning("load_state_dict: left out the recorded metrics: %s; recording afresh from here", problem)
+    return fresh
 
 
 def _check_fingerprint(snap: EngineState, curriculum: Curriculum, fingerprint: str, spec: dict, lenient: bool) -> None:
@@ -108,11 +132,11 @@ def _check_fingerprint(snap: EngineState, curriculum: Curriculum, fingerprint: s
     )
 
 
-def _check_clock(clock: Clock) -> None:
-    for name in _CLOCK_FIELDS:
-        value = getattr(clock, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise CurriculumError(f"engine state's clock.{name} must be an int >= 0, got {value!r}; {SAVED}")
+def _check_run(snap: EngineState, curriculum: Curriculum, lenient: bool) -> None:
+    """The run the state describes hangs together: a clock's parts within their wholes, started when
+    it has a past, its history ends in its phase (an empty one in the phase start() enters), no
+    record later than its clock."""
+    clock, history = snap.clock, snap.history
     for part, whole in (
         ("step_in_epoch", "global_step"),
         ("steps_in_phase", "global_step"),
@@ -123,12 +147,6 @@ def _check_clock(clock: Clock) -> None:
                 f"engine state's clock.{part} ({getattr(clock, part)}) is larger than clock.{whole} "
                 f"({getattr(clock, whole)}); {SAVED}"
             )
-
-
-def _check_run(snap: EngineState, curriculum: Curriculum, lenient: bool) -> None:
-    """The run the state describes hangs together: started when it has a past, its history ends in
-    its phase (an empty one in the phase start() enters), no record later than its clock."""
-    clock, history = snap.clock, snap.history
     if not snap.started:
         ran = [f"{len(history)} history record{'s' if len(history) > 1 else ''}"] if history else []
         ran += [f"clock.{name} = {getattr(clock, name)}" for name in _CLOCK_FIELDS if getattr(clock, name)]

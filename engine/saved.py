@@ -29,8 +29,8 @@ import attrs
 from engine.core import Clock, Curriculum, CurriculumError
 from engine.history import History
 from engine.plan import Plan
-from engine.recording import MetricLog, restore_log
-from engine.restore import check_state
+from engine.recording import MetricLog
+from engine.restore import check_state, restore_log
 from engine.state import PendingCheck, from_primitives
 
 __all__ = ["load_saved", "find_states", "SavedState", "open_state"]
