@@ -4,14 +4,11 @@
     python -m engine plot PATH --out run.png
     python -m engine diff A B
 
-``PATH`` is an own loop's state file (JSON or torch, holding ``engine.state_dict()``), a Hugging
-Face Trainer checkpoint folder, or a Lightning ``.ckpt`` (see :mod:`engine.saved`); the run's engine
-must have been built with ``record_metrics=True``. ``--curriculum MODULE:FUNCTION`` **imports your
-module** (as ``import MODULE`` would, from the current directory too) and calls ``FUNCTION(**setting)``
-for each setting of the grid: the function builds the curriculum from keyword arguments whose
-defaults are the run's own settings. ``diff`` compares two checkpoints of any of these kinds, a
-chunklm checkpoint or a torch.distributed.checkpoint folder (:mod:`engine.diff`): exit 0 when
-identical, 1 naming the first difference. Bad input prints one line and exits with status 2.
+``PATH`` is an own loop's state file (JSON or torch), an HF Trainer checkpoint folder or a Lightning
+``.ckpt`` (:mod:`engine.saved`) of a run recorded with ``record_metrics=True``. ``--curriculum
+MODULE:FUNCTION`` **imports your module** and calls ``FUNCTION(**setting)`` per setting of the grid
+(docs/observability.md). ``diff`` (:mod:`engine.diff`) exits 0 when identical, 1 naming the first
+difference. Bad input prints one line and exits with status 2.
 """
 
 from __future__ import annotations

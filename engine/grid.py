@@ -93,32 +93,32 @@ class GridTable:
 # -- the recorded run ------------------------------------------------------------------------------
 
 
-def recorded_run(source: Any, history: Sequence[Record] | None = None) -> tuple[MetricLog, list[Record]]:
-    """``(stream, history)`` of a recorded run: an engine, an engine state dict, or a MetricLog (+ history)."""
+def recorded_run(source: Any, who: str = "replay_grid") -> tuple[MetricLog, list[Record], dict | None]:
+    """``(recorded metrics, history, curriculum spec)`` of an engine built with ``record_metrics=True``
+    or of its ``state_dict()``; ``who`` names the caller in errors."""
     if isinstance(source, CurriculumEngine):
-        log, records = source.recorded, list(source.history)
-        if log is None:
-            raise CurriculumError(
-                "replay_grid: this engine records no metrics; "
-                "build it with CurriculumEngine(curriculum, record_metrics=True)"
-            )
-    elif isinstance(source, MetricLog):
-        log, records = source, None
+        log, history, spec = source.recorded, list(source.history), source.curriculum.spec()
     elif isinstance(source, Mapping):
         snap = from_primitives(dict(source))
-        if snap.recorded is None:
-            raise CurriculumError(
-                "replay_grid: this engine state holds no recorded metrics; the run's engine must be built with "
-                "CurriculumEngine(curriculum, record_metrics=True)"
-            )
-        log, records = MetricLog.from_state_dict(snap.recorded), snap.history
+        log = MetricLog.from_state_dict(snap.recorded) if snap.recorded is not None else None
+        history, spec = snap.history, snap.spec
     else:
         raise CurriculumError(
-            f"replay_grid: 'recorded' must be a CurriculumEngine built with record_metrics=True, its state_dict(), "
-            f"or a MetricLog, got {type(source).__name__}"
+            f"{who}: expected a CurriculumEngine built with record_metrics=True or its state_dict(), "
+            f"got {type(source).__name__}"
         )
-    if history is not None:
-        records = list(history)
+    if log is None:
+        raise CurriculumError(
+            f"{who}: this engine{'' if isinstance(source, CurriculumEngine) else ' state'} records no metrics; "
+            "build the run's engine with CurriculumEngine(curriculum, record_metrics=True)"
+        )
+    return log, history, spec
+
+
+def _recorded(source: Any, history: Sequence[Record] | None) -> tuple[MetricLog, list[Record]]:
+    """The stream and history to replay: of an engine or its state, or a MetricLog with ``history``."""
+    log, records = (source, None) if isinstance(source, MetricLog) else recorded_run(source)[:2]
+    records = list(history) if history is not None else records
     if records is None:
         raise CurriculumError(
             "replay_grid: a MetricLog alone has no history to compare with; pass history=engine.history"
@@ -224,7 +224,7 @@ def replay_grid(
             f"got {curriculum_factory!r}"
         )
     combos = _combinations(curriculum_factory, dict(grid or {}))
-    log, records = recorded_run(recorded, history)
+    log, records = _recorded(recorded, history)
     stream = log.stream()
     own = _replay(_build(curriculum_factory, {}), log, stream, records, f"{_name(curriculum_factory)}()")
     rows = []

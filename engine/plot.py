@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from engine.core import Curriculum, CurriculumError
+from engine.grid import recorded_run
 from engine.history import Record
 from engine.progress import progress_series
 from engine.recording import MetricLog
 from engine.runtime import CurriculumEngine
-from engine.state import from_primitives
 
 __all__ = ["plot_run", "draw_run", "plot_target", "pyplot", "IMAGE_SUFFIXES"]
 
@@ -34,29 +34,6 @@ IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 _EPOCH_METRIC = re.compile(r"loss|bpb|acc|ppl|perplexity|error|f1", re.IGNORECASE)
 _NOT_A_MEASURE = re.compile(r"runtime|per_second|samples|steps|epoch", re.IGNORECASE)
-
-
-def _parts(source: Any) -> tuple[MetricLog, list[Record], dict]:
-    """(recorded metrics, history, spec) of an engine or an engine state dict."""
-    if isinstance(source, CurriculumEngine):
-        if source.recorded is None:
-            raise CurriculumError(
-                "plot_run: this engine records no metrics; "
-                "build it with CurriculumEngine(curriculum, record_metrics=True)"
-            )
-        return source.recorded, list(source.history), source.curriculum.spec()
-    if isinstance(source, Mapping):
-        snap = from_primitives(dict(source))
-        if snap.recorded is None:
-            raise CurriculumError(
-                "plot_run: this engine state holds no recorded metrics; build the run's engine with record_metrics=True"
-            )
-        if snap.spec is None:
-            raise CurriculumError(
-                "plot_run: this engine state (schema 1) holds no curriculum spec to read the phase params from"
-            )
-        return MetricLog.from_state_dict(snap.recorded), snap.history, snap.spec
-    raise CurriculumError(f"plot_run: expected a CurriculumEngine or its state_dict(), got {type(source).__name__}")
 
 
 def pyplot() -> Any:
@@ -213,7 +190,11 @@ def plot_run(source: Any, out: str | Path, *, title: str | None = None, curricul
     for a saved state), a panel shows how close each ``Plateau`` of the phase in progress was to
     firing: its relative improvement per step beside its threshold (:func:`engine.progress.progress_series`).
     Returns ``out``."""
-    log, history, spec = _parts(source)
+    log, history, spec = recorded_run(source, "plot_run")
+    if spec is None:
+        raise CurriculumError(
+            "plot_run: this engine state (schema 1) holds no curriculum spec to read the phase params from"
+        )
     if curriculum is None and isinstance(source, CurriculumEngine):
         curriculum = source.curriculum
     steps, loss = log.series("loss")

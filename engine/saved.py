@@ -1,17 +1,9 @@
 """Find the engine state in a saved file: an own loop's state file, an HF checkpoint, a Lightning .ckpt.
 
-:func:`load_saved` reads, without running any code from the file:
-
-- a JSON file holding ``engine.state_dict()`` (or any JSON that holds one, e.g. ``{"engine": ...}``);
-- a torch file (``torch.save({"engine": engine.state_dict(), ...})``, a Lightning ``.ckpt``, whose
-  ``callbacks`` entry holds it), read with ``torch.load(weights_only=True)``;
-- a Hugging Face Trainer checkpoint folder (``checkpoint-N/``, whose ``trainer_state.json`` holds
-  it under ``stateful_callbacks``), or an output folder of them (the highest ``N`` is read).
-
-A path that holds no engine state, or more than one, is a :class:`~engine.CurriculumError`.
-
-:func:`open_state` reads a saved state for looking at it, without building an engine or binding
-the objects its actions need: its phase, clock, history, guard states and recorded metrics.
+:func:`load_saved` reads, without running code from the file, a JSON file or a torch file
+(``torch.load(weights_only=True)``; a Lightning ``.ckpt`` too) holding ``engine.state_dict()`` at any
+depth, or an HF Trainer checkpoint folder (its ``trainer_state.json``; in an output folder, the highest
+``checkpoint-N``). :func:`open_state` reads a saved state for looking at it, without building an engine.
 """
 
 from __future__ import annotations
@@ -39,26 +31,12 @@ _KEYS = {"schema_version", "fingerprint", "phase", "clock", "history"}
 _HF_STATE = "trainer_state.json"
 
 
-def _is_state(value: Any) -> bool:
-    return isinstance(value, dict) and _KEYS <= value.keys()
-
-
 def find_states(value: Any, path: str = "", depth: int = 6) -> list[tuple[str, dict]]:
     """Every engine state inside ``value`` (nested dicts and lists), with where it was found."""
-    if _is_state(value):
+    if isinstance(value, dict) and _KEYS <= value.keys():
         return [(path or "(top level)", value)]
-    if depth == 0:
-        return []
-    if isinstance(value, dict):
-        items = value.items()
-    elif isinstance(value, (list, tuple)):
-        items = enumerate(value)
-    else:
-        return []
-    found = []
-    for key, inner in items:
-        found += find_states(inner, f"{path}[{key!r}]", depth - 1)
-    return found
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    return [found for key, inner in items if depth for found in find_states(inner, f"{path}[{key!r}]", depth - 1)]
 
 
 def _hf_folder(folder: Path) -> Path:
@@ -160,13 +138,5 @@ def open_state(state: dict | str | Path, curriculum: Curriculum | None = None) -
     else:
         snap = from_primitives(state)
     recorded = restore_log(snap.recorded, snap.clock, True, False) if snap.recorded is not None else None
-    return SavedState(
-        phase=snap.phase,
-        started=snap.started,
-        clock=snap.clock,
-        history=History(snap.history),
-        guards=snap.guards,
-        pending_checks=list(snap.pending_checks),
-        fingerprint=snap.fingerprint,
-        recorded=recorded,
-    )
+    parts = {field.name: getattr(snap, field.name) for field in attrs.fields(SavedState)}
+    return SavedState(**{**parts, "history": History(snap.history), "recorded": recorded})

@@ -91,16 +91,10 @@ def _check_ranks_agree(state: dict) -> None:
 
 # What a DCP .metadata file may name: DCP's own records and the types they hold (nothing that runs code).
 _METADATA_GLOBALS = {
-    "torch.distributed.checkpoint.metadata": {
-        "Metadata",
-        "MetadataIndex",
-        "StorageMeta",
-        "TensorProperties",
-        "TensorStorageMetadata",
-        "ChunkStorageMetadata",
-        "BytesStorageMetadata",
-        "_MEM_FORMAT_ENCODING",
-    },
+    "torch.distributed.checkpoint.metadata": set(
+        "Metadata MetadataIndex StorageMeta TensorProperties TensorStorageMetadata ChunkStorageMetadata "
+        "BytesStorageMetadata _MEM_FORMAT_ENCODING".split()
+    ),
     "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
     "torch": {"Size"},
     "torch.serialization": {"_get_layout"},
