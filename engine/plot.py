@@ -13,6 +13,8 @@ plot is drawn. :func:`plot_target` checks where a plot goes before anything is d
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import numbers
 import os
 import re
@@ -92,14 +94,9 @@ def _numeric_params(spec: dict) -> dict[str, dict[str, float]]:
 
 def _phase_per_step(history: Sequence[Record], steps: Sequence[int]) -> list[str]:
     """The phase each step ran in: a transition at step S (step or epoch end) takes effect at S + 1."""
-    moves = sorted(((r.global_step, k, r.dest) for k, r in enumerate(history)), key=lambda m: (m[0], m[1]))
-    phases, i, current = [], 0, moves[0][2] if moves else "?"
-    for step in steps:
-        while i < len(moves) and moves[i][0] < step:
-            current = moves[i][2]
-            i += 1
-        phases.append(current)
-    return phases
+    moves = sorted((r.global_step, k, r.dest) for k, r in enumerate(history))
+    starts = [step for step, _, _ in moves]
+    return [moves[max(bisect.bisect_left(starts, step) - 1, 0)][2] if moves else "?" for step in steps]
 
 
 def _epoch_metric(log: MetricLog) -> str | None:
@@ -138,9 +135,7 @@ def draw_run(
     ax_loss.plot(steps, loss, lw=0.6, alpha=0.4, color="tab:blue", label="loss per step")
     k = max(1, len(loss) // 100)
     if k > 1:
-        sums = [0.0]
-        for v in loss:
-            sums.append(sums[-1] + v)
+        sums = [0.0, *itertools.accumulate(loss)]
         smooth = [(sums[i + 1] - sums[max(0, i - k + 1)]) / (i + 1 - max(0, i - k + 1)) for i in range(len(loss))]
         ax_loss.plot(steps, smooth, lw=1.5, color="tab:blue", label=f"mean of {k} steps")
     if epoch_metric is not None:

@@ -28,6 +28,7 @@ logger = logging.getLogger("engine.runtime")
 SAVED = "pass the dict that engine.state_dict() returned for this curriculum"
 _HF_KEY = 'state["stateful_callbacks"]["curriculum_engine"]'  # engine.integrations.hf.STATE_KEY
 _CLOCK_FIELDS = [f.name for f in attrs.fields(Clock)]
+_WHOLE = {"step_in_epoch": "global_step", "steps_in_phase": "global_step", "epochs_in_phase": "epoch"}
 _NO_CONVERSION = " (no conversion is made: a clock of floats, text or bools is not one the engine wrote)"
 
 
@@ -58,9 +59,7 @@ def check_state(
     phases = [p.name for p in curriculum.phases]
     if snap.phase not in phases:
         raise CurriculumError(f"engine state's phase {snap.phase!r} is not a phase of this curriculum ({phases})")
-    if not lenient:
-        _check_history(snap.history, phases)
-    _check_run(snap, curriculum, lenient)
+    _check_run(snap, curriculum, phases, lenient)
     pending = _restored_pending(snap, curriculum, plan, lenient)
     held_since = _restored_held_since(snap, curriculum, plan, lenient)
     return Restored(snap, pending, held_since, restore_log(snap.recorded, snap.clock, record, lenient))
@@ -68,7 +67,8 @@ def check_state(
 
 def _check_raw(data: Any) -> None:
     """What structuring would hide or say less well: a whole HF ``trainer_state.json`` (not the
-    engine's part of it), a clock of floats or text (cattrs would make 10.7 and "10" the int 10)."""
+    engine's part of it), a clock of floats or text (cattrs would make 10.7 and "10" the int 10), or
+    whose parts exceed their wholes."""
     if not isinstance(data, dict):
         return  # from_primitives says so
     if "schema_version" not in data and ("stateful_callbacks" in data or "log_history" in data):
@@ -78,12 +78,20 @@ def _check_raw(data: Any) -> None:
             f"pass the engine's part of it: engine.load_state_dict({_HF_KEY})"
         )
     clock = data.get("clock")
-    for name in _CLOCK_FIELDS if isinstance(clock, dict) else ():
+    if not isinstance(clock, dict):
+        return  # from_primitives says so
+    for name in _CLOCK_FIELDS:
         value = clock.get(name, 0)
         if type(value) is not int or value < 0:
             raise CurriculumError(
                 f"engine state is malformed: clock.{name} must be an int >= 0, got {type(value).__name__} {value!r}"
                 f"{'' if type(value) is int else _NO_CONVERSION}; {SAVED}"
+            )
+    for part, whole in _WHOLE.items():
+        if clock.get(part, 0) > clock.get(whole, 0):
+            raise CurriculumError(
+                f"engine state's clock.{part} ({clock[part]}) is larger than clock.{whole} "
+                f"({clock.get(whole, 0)}); {SAVED}"
             )
 
 
@@ -132,21 +140,11 @@ def _check_fingerprint(snap: EngineState, curriculum: Curriculum, fingerprint: s
     )
 
 
-def _check_run(snap: EngineState, curriculum: Curriculum, lenient: bool) -> None:
-    """The run the state describes hangs together: a clock's parts within their wholes, started when
-    it has a past, its history ends in its phase (an empty one in the phase start() enters), no
-    record later than its clock."""
+def _check_run(snap: EngineState, curriculum: Curriculum, phases: list[str], lenient: bool) -> None:
+    """The run the state describes hangs together: started when it has a past, no record later
+    than its clock; unless ``lenient``, its records name its phases and end in its phase (an empty
+    history in the phase start() enters)."""
     clock, history = snap.clock, snap.history
-    for part, whole in (
-        ("step_in_epoch", "global_step"),
-        ("steps_in_phase", "global_step"),
-        ("epochs_in_phase", "epoch"),
-    ):
-        if getattr(clock, part) > getattr(clock, whole):
-            raise CurriculumError(
-                f"engine state's clock.{part} ({getattr(clock, part)}) is larger than clock.{whole} "
-                f"({getattr(clock, whole)}); {SAVED}"
-            )
     if not snap.started:
         ran = [f"{len(history)} history record{'s' if len(history) > 1 else ''}"] if history else []
         ran += [f"clock.{name} = {getattr(clock, name)}" for name in _CLOCK_FIELDS if getattr(clock, name)]
@@ -162,6 +160,11 @@ def _check_run(snap: EngineState, curriculum: Curriculum, lenient: bool) -> None
                 f"engine state's history[{k}] is at global step {record.global_step} (epoch {record.epoch}), "
                 f"later than its clock (global step {clock.global_step}, epoch {clock.epoch}); {SAVED}"
             )
+        for end, name in (("source", record.source), ("dest", record.dest)):
+            if not lenient and (name is not None and name not in phases or end == "dest" and name is None):
+                raise CurriculumError(
+                    f"engine state's history[{k}].{end} is {name!r}, not a phase of this curriculum ({phases}); {SAVED}"
+                )
     if lenient:
         return  # another curriculum's phases: what the history says of them is not checked
     if not history and snap.phase != curriculum.initial_name:
@@ -174,15 +177,6 @@ def _check_run(snap: EngineState, curriculum: Curriculum, lenient: bool) -> None
             f"engine state's last history record (#{len(history) - 1}, {history[-1].source} -> {history[-1].dest}) "
             f"does not end in its phase {snap.phase!r}; {SAVED}"
         )
-
-
-def _check_history(history: list[Record], phases: list[str]) -> None:
-    for k, record in enumerate(history):
-        for end, name in (("source", record.source), ("dest", record.dest)):
-            if name is not None and name not in phases or end == "dest" and name is None:
-                raise CurriculumError(
-                    f"engine state's history[{k}].{end} is {name!r}, not a phase of this curriculum ({phases}); {SAVED}"
-                )
 
 
 def _restored_pending(snap: EngineState, curriculum: Curriculum, plan: Plan, lenient: bool) -> list[PendingCheck]:
