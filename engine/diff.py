@@ -8,6 +8,7 @@ differences, the most telling first (docs/integrations.md, "Check your own setup
 
 from __future__ import annotations
 
+import itertools
 import math
 import zipfile
 from pathlib import Path
@@ -59,12 +60,9 @@ class Difference:
 
 def _leaves(value: Any, name: str = "") -> Iterator[tuple[str, Any]]:
     """Nested dicts, lists and tuples opened up into ``(dotted name, leaf)``."""
-    if isinstance(value, dict) and value:
-        for key, inner in value.items():
+    if isinstance(value, (dict, list, tuple)) and value:
+        for key, inner in value.items() if isinstance(value, dict) else enumerate(value):
             yield from _leaves(inner, f"{name}.{key}" if name else str(key))
-    elif isinstance(value, (list, tuple)) and value:
-        for index, inner in enumerate(value):
-            yield from _leaves(inner, f"{name}.{index}" if name else str(index))
     else:
         yield name, value
 
@@ -195,12 +193,9 @@ def _value_difference(a: Any, b: Any) -> str | None:
 
 
 def _leaf_differences(a: dict[str, Any], b: dict[str, Any], label: str, step: int | None) -> Iterator[Difference]:
-    for name in [*a, *(k for k in b if k not in a)]:
-        if name not in b:
-            yield Difference(f"{label}{name}", "only in A", step)
-        elif name not in a:
-            yield Difference(f"{label}{name}", "only in B", step)
-        elif (detail := _value_difference(a[name], b[name])) is not None:
+    for name in {**a, **b}:
+        detail = "only in A" if name not in b else "only in B" if name not in a else _value_difference(a[name], b[name])
+        if detail is not None:
             yield Difference(f"{label}{name}", detail, step)
 
 
@@ -212,11 +207,11 @@ def _engine_differences(a: dict, b: dict) -> Iterator[Difference]:
     ca, cb = comparable_state(a), comparable_state(b)
     yield from _leaf_differences(dict(_leaves(ca["clock"])), dict(_leaves(cb["clock"])), "engine clock.", None)
     ha, hb = ca["history"], cb["history"]
-    for index, (ra, rb) in enumerate(zip(ha, hb)):
-        fields = dict(_leaves(ra)), dict(_leaves(rb))
-        for diff in _leaf_differences(*fields, f"{_record_name(index, ra)} ", ra["global_step"]):
-            yield diff
-            break
+    for index, (ra, rb) in enumerate(zip(ha, hb)):  # one difference per record
+        differences = _leaf_differences(
+            dict(_leaves(ra)), dict(_leaves(rb)), f"{_record_name(index, ra)} ", ra["global_step"]
+        )
+        yield from itertools.islice(differences, 1)
     if len(ha) != len(hb):
         longer, who = (ha, "A") if len(ha) > len(hb) else (hb, "B")
         first = longer[min(len(ha), len(hb))]
