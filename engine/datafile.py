@@ -153,9 +153,6 @@ class Registry:
         """The entry that writes ``obj``: its class's, or (a plain function) its own."""
         return self._entry_of(type(obj)) or self._entry_of(obj)
 
-    def names(self, kind: str) -> list[str]:
-        return sorted(n for n, e in self._names.items() if e.kind == kind)
-
     def build(self, value: Any, kind: str) -> Any:
         """A guard or action from ``{ type = "Name", field = value, ... }`` (or the bare string "Name")."""
         example = "MinEpoch" if kind == _GUARD else "RestartLR"
@@ -185,7 +182,7 @@ class Registry:
             where = "guards" if entry.kind == _GUARD else "actions or on_enter"
             article = {_GUARD: "a guard", _ACTION: "an action"}
             return f"{name!r} is {article[entry.kind]}, not {article[kind]}; move it to {where}"
-        known = self.names(kind)
+        known = sorted(n for n, e in self._names.items() if e.kind == kind)
         if not known:
             return f"unknown {kind} {name!r}: none is registered; `import policies` registers the built-ins"
         near = difflib.get_close_matches(name, known, n=1)
@@ -252,12 +249,9 @@ def register_action(obj: Any, name: str | None = None) -> Any:
 def curriculum_from_dict(
     data: Mapping[str, Any], *, registry: Registry | None = None, source: str | None = None
 ) -> Curriculum:
-    """The :class:`Curriculum` that ``data`` (the layout in this module's docstring) describes.
-
-    ``registry``: the names it may use (default: :data:`default_registry`). ``source`` names the
-    data in messages (e.g. ``"train.yaml: model.curriculum"``). Raises :class:`CurriculumFileError`
-    (a :class:`CurriculumError`) naming the key, what was wrong and the fix.
-    """
+    """The :class:`Curriculum` that ``data`` describes, with the names ``registry`` holds (default:
+    :data:`default_registry`). ``source`` names the data in messages (e.g. ``"train.yaml:
+    model.curriculum"``); a :class:`CurriculumFileError` names the key, what was wrong and the fix."""
     data = _as_data(data, source)
     if not isinstance(data, dict):
         raise CurriculumFileError(
@@ -414,14 +408,10 @@ def load_curriculum(
 
 
 def curriculum_to_dict(curriculum: Curriculum, *, registry: Registry | None = None) -> dict:
-    """``curriculum`` as data (the layout in this module's docstring): plain dicts, lists, strings,
-    numbers and booleans, which :func:`curriculum_from_dict` turns back into a curriculum with the
-    same fingerprint. Every field of a guard or action is written, defaults included (so a file
-    keeps its meaning if a default changes), except None where None is the default.
-
-    Raises :class:`CurriculumError` for a guard or action that is not registered, or whose fields
-    cannot be read (a class that is not an attrs class, yet holds state).
-    """
+    """``curriculum`` as plain data, which :func:`curriculum_from_dict` turns back into a curriculum
+    with the same fingerprint. Every field of a guard or action is written, defaults included (so a
+    file keeps its meaning if a default changes), except None where None is the default. A guard or
+    action not registered, or whose fields cannot be read (not an attrs class), is a CurriculumError."""
     registry = registry or default_registry
 
     def calls(objs: Any, key: str, kind: str) -> list:

@@ -161,16 +161,6 @@ def _combinations(factory: Callable, grid: Mapping[str, Iterable[Any]]) -> list[
     return [dict(combo) for combo in itertools.product(*axes)]
 
 
-def _build(factory: Callable, settings: dict[str, Any]) -> Curriculum:
-    curriculum = factory(**settings)
-    if not isinstance(curriculum, Curriculum):
-        raise CurriculumError(
-            f"replay_grid: {_name(factory)}({', '.join(f'{k}={v!r}' for k, v in settings.items())}) returned "
-            f"{type(curriculum).__name__}, not a Curriculum; the factory must build and return the curriculum"
-        )
-    return curriculum
-
-
 def _check_metrics(curriculum: Curriculum, log: MetricLog, where: str) -> None:
     """Every metric a guard of ``curriculum`` reads at a point was recorded there (where the run made calls)."""
     calls = {Point.STEP_END: log.steps, Point.EPOCH_END: log.epochs}
@@ -188,7 +178,15 @@ def _check_metrics(curriculum: Curriculum, log: MetricLog, where: str) -> None:
                     )
 
 
-def _replay(curriculum: Curriculum, log: MetricLog, stream: list, history: list[Record], where: str) -> Replay:
+def _replay(factory: Callable, settings: dict[str, Any], log: MetricLog, stream: list, history: list[Record]) -> Replay:
+    """The recorded stream replayed on ``factory(**settings)``."""
+    where = f"{_name(factory)}({', '.join(f'{k}={v!r}' for k, v in settings.items())})"
+    curriculum = factory(**settings)
+    if not isinstance(curriculum, Curriculum):
+        raise CurriculumError(
+            f"replay_grid: {where} returned {type(curriculum).__name__}, not a Curriculum; "
+            "the factory must build and return the curriculum"
+        )
     _check_metrics(curriculum, log, where)
     try:
         return replay(curriculum, stream, recorded=history)
@@ -226,12 +224,8 @@ def replay_grid(
     combos = _combinations(curriculum_factory, dict(grid or {}))
     log, records = _recorded(recorded, history)
     stream = log.stream()
-    own = _replay(_build(curriculum_factory, {}), log, stream, records, f"{_name(curriculum_factory)}()")
-    rows = []
-    for settings in combos:
-        curriculum = _build(curriculum_factory, settings)
-        result = _replay(curriculum, log, stream, records, f"{_name(curriculum_factory)}({_label(settings)})")
-        rows.append(GridRow(settings=settings, label=label(settings), replay=result))
+    own = _replay(curriculum_factory, {}, log, stream, records)
+    rows = [GridRow(s, label(s), _replay(curriculum_factory, s, log, stream, records)) for s in combos]
     return GridTable(recorded=_moves(records), rows=rows, own=own, steps=log.steps, epochs=log.epochs)
 
 
