@@ -85,13 +85,9 @@ _converter.register_structure_hook(str, _exactly)
 
 @attrs.define(eq=False)
 class MetricLog:
-    """The evaluation points an engine was fed, in order: ``("step_end", {"loss": ..., ...})`` per
-    step and ``("epoch_end", {...})`` per epoch end, each with exactly the floats it got.
-
-    ``start_step`` and ``start_epoch`` are the clock when recording began: 0 for a run recorded
-    from its start; a run that turned recording on at a resume starts there (and cannot be
-    replayed from its beginning). ``history``: the run's transitions, when opened with :meth:`load`.
-    """
+    """The evaluation points an engine was fed, in order, each with exactly the floats it got.
+    ``start_step``/``start_epoch``: the clock when recording began (not 0 when it was turned on at a
+    resume: such a log cannot be replayed from the run's start); ``history``: set by :meth:`load`."""
 
     start_step: int = 0
     start_epoch: int = 0
@@ -162,7 +158,7 @@ class MetricLog:
             "start_epoch": self.start_epoch,
             "layouts": [[point, list(names)] for point, names in self._layouts],
             "calls": _b64(self._calls, _width(len(self._layouts))),
-            "columns": [[p, n, _b64(v, "<f8")] for (p, n), v in self._columns.items()],
+            "columns": [[p, n, _b64(values, "<f8")] for (p, n), values in self._columns.items()],
         }
 
     @classmethod
@@ -199,9 +195,8 @@ class MetricLog:
 
     @classmethod
     def load(cls, path: str | Path) -> MetricLog:
-        """The recording saved at ``path`` (an own loop's state file, JSON or torch; an HF Trainer
-        checkpoint folder; a Lightning ``.ckpt``), read-only, with the run's transitions as ``history``.
-        A path without an engine state, or a state without a recording, is a :class:`CurriculumError`."""
+        """The recording saved at ``path`` (what :func:`engine.saved.load_saved` reads), with the run's
+        transitions as ``history``; a path without one is a :class:`CurriculumError`."""
         from engine.saved import load_saved
         from engine.state import from_primitives
 
