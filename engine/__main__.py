@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import operator
 import os
 import sys
 from pathlib import Path
@@ -24,6 +25,8 @@ from typing import Any, Callable
 from engine.core import Curriculum, CurriculumError
 
 EXIT_USAGE = 2
+EXIT_DIFFERENT = 1
+_PATH = "state file (JSON or torch), HF checkpoint folder, or Lightning .ckpt"
 
 
 class _Usage(CurriculumError):
@@ -70,11 +73,10 @@ def load_factory(spec: str) -> Callable[..., Curriculum]:
             f"--curriculum {spec!r}: no module named {exc.name!r} "
             "(run from the folder that holds it, or set PYTHONPATH)"
         ) from None
-    target: Any = module
-    for part in attr.split("."):
-        if not hasattr(target, part):
-            raise _Usage(f"--curriculum {spec!r}: module {module_name!r} has no {attr!r}")
-        target = getattr(target, part)
+    try:
+        target = operator.attrgetter(attr)(module)
+    except AttributeError:
+        raise _Usage(f"--curriculum {spec!r}: module {module_name!r} has no {attr!r}") from None
     if not callable(target):
         raise _Usage(
             f"--curriculum {spec!r}: {attr!r} is a {type(target).__name__}, not a function that builds a Curriculum"
@@ -105,13 +107,9 @@ def run_replay(args: argparse.Namespace) -> int:
         f"{where}: {table.steps} steps, {table.epochs} epoch ends recorded; "
         f"curriculum {args.curriculum}; no action runs"
     )
-    note = table.note()
-    if note:
+    if note := table.note():
         print(f"note: {note}")
-    print()
-    print(table.to_markdown() if args.markdown else table)
-    print()
-    print(LEGEND)
+    print(f"\n{table.to_markdown() if args.markdown else table}\n\n{LEGEND}")
     return 0
 
 
@@ -126,9 +124,6 @@ def run_plot(args: argparse.Namespace) -> int:
     plot_run(state, out, title=args.title or Path(args.path).name)
     print(f"wrote {out} ({where})")
     return 0
-
-
-EXIT_DIFFERENT = 1
 
 
 def run_diff(args: argparse.Namespace) -> int:
@@ -149,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("replay", help="replay a run's recorded metrics under other curriculum settings (no training)")
-    r.add_argument("path", help="state file (JSON or torch), HF checkpoint folder, or Lightning .ckpt")
+    r.add_argument("path", help=_PATH)
     r.add_argument(
         "--curriculum",
         required=True,
@@ -165,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     r.set_defaults(run=run_replay)
     p = sub.add_parser("plot", help="the run's loss with transition markers, LR and phase params, as a PNG")
-    p.add_argument("path", help="state file (JSON or torch), HF checkpoint folder, or Lightning .ckpt")
+    p.add_argument("path", help=_PATH)
     p.add_argument("--out", "-o", required=True, help="image file to write (.png, .svg, .pdf), or a folder")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--title", help="the plot's title (default: the path's name)")

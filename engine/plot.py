@@ -3,12 +3,9 @@
     plot_run(engine, "run.png")                # an engine built with record_metrics=True
     plot_run(state_dict, "run.png")            # or its saved state (python -m engine plot PATH --out run.png)
 
-The loss and LR come from the recorded metrics (``loss`` of every ``step_end``; ``lr`` when the loop
-passed it, as the HF and Lightning callbacks do), the epoch-end metrics (validation) from the
-recorded ``epoch_end`` calls, the transitions from the history and the phase params from the
-curriculum spec kept in the state: the same picture ``chunklm plot`` draws for its own runs.
-matplotlib (the ``plot`` extra: ``pip install "curriculum-engine[plot]"``) is imported only when a
-plot is drawn. :func:`plot_target` checks where a plot goes before anything is drawn.
+The loss and LR (``lr`` when the loop passed it) come from the recorded metrics, the transitions
+from the history, the phase params from the curriculum spec kept in the state (docs/observability.md).
+matplotlib (the ``plot`` extra) is imported only when a plot is drawn.
 """
 
 from __future__ import annotations
@@ -180,11 +177,9 @@ def draw_run(
 
 def plot_run(source: Any, out: str | Path, *, title: str | None = None, curriculum: Curriculum | None = None) -> Path:
     """Draw the run of ``source`` (an engine built with ``record_metrics=True``, or its
-    ``state_dict()``) to ``out`` (the format from its suffix, PNG by default), written atomically:
-    an existing file is replaced. With the curriculum at hand (an engine's own, or ``curriculum=``
-    for a saved state), a panel shows how close each ``Plateau`` of the phase in progress was to
-    firing: its relative improvement per step beside its threshold (:func:`engine.progress.progress_series`).
-    Returns ``out``."""
+    ``state_dict()``) to ``out`` (the format from its suffix), replacing it atomically. With the
+    curriculum at hand (an engine's own, or ``curriculum=``), a panel shows how close each ``Plateau``
+    was to firing (:func:`engine.progress.progress_series`). Returns ``out``."""
     log, history, spec = recorded_run(source, "plot_run")
     if spec is None:
         raise CurriculumError(
