@@ -236,14 +236,9 @@ def _moves(history: Iterable[Record]) -> list[Record]:
     return [r for r in history if r.point in ("step_end", "epoch_end")]
 
 
-def _short(guard: str) -> str:
-    return guard.split("(", 1)[0]
-
-
 def _decider(record: Record) -> str:
-    if record.decision is None:
-        return ""
-    return "+".join(_short(g) for g in record.decision.decided_by)
+    """The deciding guards' class names: ``Plateau+MinEpoch``."""
+    return "+".join(g.split("(", 1)[0] for g in record.decision.decided_by) if record.decision else ""
 
 
 def _cells(result: Replay, n: int) -> list[str]:

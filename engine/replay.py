@@ -192,8 +192,7 @@ def replay(
     for index, item in enumerate(metrics):
         point, values = _point(index, item)
         if point == Point.STEP_END.value:
-            loss = values.pop("loss")
-            engine.step_end(loss, **values)
+            engine.step_end(values.pop("loss"), **values)
             steps += 1
         else:
             engine.epoch_end(**values)

@@ -1,9 +1,6 @@
-"""A saved engine state checked against a curriculum, before anything is restored.
-
-:func:`check_state` refuses, with one :class:`CurriculumError` naming the field and the fix, a state
-this curriculum cannot continue, and changes nothing; :func:`load_guards` then loads the guards'
-accumulators all or nothing. ``CurriculumEngine.load_state_dict`` calls the two, then sets its
-phase, clock and history (which cannot fail).
+"""A saved engine state checked against a curriculum before anything is restored: :func:`check_state`
+refuses what this curriculum cannot continue, changing nothing; :func:`load_guards` then loads the
+guards' accumulators all or nothing.
 """
 
 from __future__ import annotations

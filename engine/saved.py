@@ -74,9 +74,8 @@ def _read(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        text = str(exc)
-        why = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else text
-        why = why.strip().split(". ")[0].splitlines()[0] if why.strip() else type(exc).__name__
+        why = str(exc).split("WeightsUnpickler error:", 1)[-1].strip()
+        why = why.split(". ")[0].splitlines()[0] if why else type(exc).__name__
         raise CurriculumError(
             f"{path} cannot be read with torch.load(weights_only=True) ({why}): it holds objects that only running "
             "code could rebuild; save the engine state as plain data (engine.state_dict() is)"
