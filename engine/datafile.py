@@ -78,14 +78,9 @@ class _Entry:
 
 
 class Registry:
-    """The guard and action names a data file may use.
-
-    ``import policies`` registers the built-ins in :data:`default_registry`, which
-    :func:`load_curriculum` and :func:`curriculum_from_dict` use unless given another;
-    :func:`register_guard` and :func:`register_action` add yours. A name is registered once: a
-    second, different object under a name in use is an error. ``Registry()`` starts empty;
-    ``default_registry.copy()`` starts with what the default holds.
-    """
+    """The guard and action names a data file may use, each registered once. ``import policies``
+    fills :data:`default_registry`, the one the loaders use unless given another; ``Registry()``
+    starts empty, ``default_registry.copy()`` with what the default holds."""
 
     def __init__(self) -> None:
         self._names: dict[str, _Entry] = {}

@@ -62,10 +62,8 @@ class GridRow:
 
 @attrs.frozen
 class GridTable:
-    """The result of :func:`replay_grid`: the recorded transitions, one :class:`GridRow` per
-    setting, and ``own``: the replay with the factory's defaults (``own.departure`` None: the
-    defaults reproduce the recorded run). ``str(table)`` is a text table, :meth:`to_markdown` the
-    same as Markdown."""
+    """The result of :func:`replay_grid`: the recorded transitions, one :class:`GridRow` per setting,
+    and ``own``, the replay with the factory's defaults; ``str(table)`` is the text table."""
 
     recorded: list[Record]
     rows: list[GridRow]
@@ -206,15 +204,12 @@ def replay_grid(
     history: Sequence[Record] | None = None,
     label: Callable[[dict[str, Any]], str] = _label,
 ) -> GridTable:
-    """Replay the recorded run under ``curriculum_factory(**setting)`` for every combination in ``grid``.
+    """Replay the recorded run under ``curriculum_factory(**setting)`` for every combination in ``grid``
+    (each key a keyword parameter of the factory); ``own`` is the replay with its defaults.
 
     ``recorded``: a :class:`CurriculumEngine` built with ``record_metrics=True``, its
-    ``state_dict()``, or a :class:`MetricLog` (then pass ``history=``, the recorded run's
-    transitions). Every grid key must be a keyword parameter of the factory. Each row replays a
-    freshly built curriculum; the result's ``own`` is the replay with the factory's defaults.
-    ``label`` names a row from its setting (default ``key=value ...``).
-    Bad input (a grid key the factory lacks, a stream without a metric a guard reads, a recording
-    that began after the run's start) is a :class:`CurriculumError`; nothing is changed.
+    ``state_dict()``, or a :class:`MetricLog` (then pass ``history=``). ``label`` names a row from
+    its setting. Bad input is a :class:`CurriculumError`; nothing is changed.
     """
     if not callable(curriculum_factory):
         raise CurriculumError(

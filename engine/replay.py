@@ -47,13 +47,9 @@ def _when(record: Record) -> tuple[int, int]:
 
 @attrs.frozen
 class Departure:
-    """The first point where the replay decides otherwise than the recorded run.
-
-    ``replayed`` is the replay's transition there (None: it stayed), ``recorded`` the recorded
-    run's (None: it stayed); ``recorded_next`` is the recorded run's next transition when the
-    replay moved first. From here on the replayed history is not evidence: the recorded metrics
-    came from a run in another phase.
-    """
+    """The first point where the replay decides otherwise than the recorded run: ``replayed`` and
+    ``recorded`` are each one's transition there (None: it stayed), ``recorded_next`` the recorded
+    run's next one when the replay moved first. After it the replayed history is not evidence."""
 
     global_step: int
     epoch: int
@@ -172,18 +168,11 @@ def replay(
     copy_guards: bool = True,
     **objects: Any,
 ) -> Replay:
-    """Feed recorded evaluation points to a fresh engine on ``curriculum``; run no action.
-
-    ``metrics`` is the run's evaluation points in order: ``("step_end", {"loss": ..., ...})`` for
-    each optimizer step (with every metric the loop passed to ``step_end``) and
-    ``("epoch_end", {...})`` after the last step of each epoch. ``recorded`` is the recorded run's
-    history (``engine.history``, or a history file's records): the result's ``departure`` is the
-    first point where the replay decides otherwise (its start record and the records after the
-    last fed step are ignored; a manual transition is a departure, since a replay does not repeat
-    it). The guards are deep-copied (``copy_guards=False``: use them as they are, e.g. for a
-    curriculum built for the replay). ``objects`` are registered with the engine, for guards that
-    ``require`` one.
-    """
+    """Feed ``metrics``, the run's ``("step_end", {"loss": ..., ...})`` and ``("epoch_end", {...})``
+    calls in order, to a fresh engine on ``curriculum`` (its guards deep-copied unless
+    ``copy_guards=False``; ``objects`` registered with it); run no action. With ``recorded`` (the
+    run's history) the result's ``departure`` is the first decision that differs; a manual
+    transition is one, since a replay does not repeat it."""
     if not isinstance(curriculum, Curriculum):
         raise CurriculumError(f"replay needs a Curriculum, got {type(curriculum).__name__}: {curriculum!r}")
     engine = CurriculumEngine(_dry(curriculum, copy_guards), **objects)

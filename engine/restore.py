@@ -43,13 +43,9 @@ class Restored:
 def check_state(
     data: Any, curriculum: Curriculum, plan: Plan, fingerprint: str, spec: dict, lenient: bool, *, record: bool = False
 ) -> Restored:
-    """``data`` (from ``engine.state_dict()``) checked against ``curriculum``; changes nothing.
-
-    With ``lenient`` (``allow_fingerprint_mismatch=True``) what names phases, transitions or
-    guards of another curriculum is left out instead of refused. ``record``: the engine records
-    its metric stream (``record_metrics=True``): the saved log is decoded and must end at the
-    state's clock (a recorded stream that does not is left out when ``lenient``).
-    """
+    """``data`` (from ``engine.state_dict()``) checked against ``curriculum``; changes nothing. With
+    ``lenient`` (``allow_fingerprint_mismatch=True``) what names another curriculum's phases,
+    transitions or guards is left out instead of refused; ``record``: see :func:`restore_log`."""
     _check_raw(data)
     snap = from_primitives(data)
     _check_fingerprint(snap, curriculum, fingerprint, spec, lenient)

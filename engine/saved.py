@@ -122,13 +122,9 @@ class SavedState:
 
 
 def open_state(state: dict | str | Path, curriculum: Curriculum | None = None) -> SavedState:
-    """A saved engine state, opened for reading: no engine is built and no object is bound.
-
-    ``state`` is the dict ``engine.state_dict()`` returned, or a path :func:`load_saved` reads.
-    With ``curriculum`` the state is checked against it as ``load_state_dict`` checks it
-    (fingerprint, phase, clock, history, pending checks; no guard loads anything); without, only
-    its structure is. A state that fails is a :class:`CurriculumError`; nothing is changed.
-    """
+    """A saved engine state (the dict ``engine.state_dict()`` returned, or a path :func:`load_saved`
+    reads), opened without building an engine. With ``curriculum`` it is checked as
+    ``load_state_dict`` checks it (no guard loads anything); without, only its structure is."""
     if isinstance(state, (str, Path)):
         state = load_saved(state)[0]
     if curriculum is not None:
