@@ -29,10 +29,6 @@ EXIT_DIFFERENT = 1
 _PATH = "state file (JSON or torch), HF checkpoint folder, or Lightning .ckpt"
 
 
-class _Usage(CurriculumError):
-    """Bad input to ``python -m engine``: one line, exit status 2."""
-
-
 def _value(text: str) -> Any:
     """A grid value: a Python literal (50, 0.01, True, 'x'), a tuple as 2:4:6, else the text itself."""
     if ":" in text:
@@ -49,7 +45,7 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
     for item in items:
         key, eq, values = item.partition("=")
         if not eq or not key.isidentifier() or not values or key in grid:
-            raise _Usage(
+            raise CurriculumError(
                 f"--grid {item!r}: expected KEY=V1,V2,... once per KEY, with KEY a parameter of the curriculum "
                 "function, e.g. --grid threshold=0.001,0.01 window=50,100"
             )
@@ -61,7 +57,9 @@ def load_factory(spec: str) -> Callable[..., Curriculum]:
     """``module:function`` -> the function; imports the module (user code runs)."""
     module_name, colon, attr = spec.partition(":")
     if not colon or not module_name or not attr:
-        raise _Usage(f"--curriculum {spec!r}: expected MODULE:FUNCTION, e.g. --curriculum mytraining:make_curriculum")
+        raise CurriculumError(
+            f"--curriculum {spec!r}: expected MODULE:FUNCTION, e.g. --curriculum mytraining:make_curriculum"
+        )
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -69,38 +67,27 @@ def load_factory(spec: str) -> Callable[..., Curriculum]:
     except ModuleNotFoundError as exc:
         if exc.name is None or not module_name.startswith(exc.name):
             raise  # the user's module imports something that is missing: a bug, with its traceback
-        raise _Usage(
+        raise CurriculumError(
             f"--curriculum {spec!r}: no module named {exc.name!r} "
             "(run from the folder that holds it, or set PYTHONPATH)"
         ) from None
     try:
         target = operator.attrgetter(attr)(module)
     except AttributeError:
-        raise _Usage(f"--curriculum {spec!r}: module {module_name!r} has no {attr!r}") from None
+        raise CurriculumError(f"--curriculum {spec!r}: module {module_name!r} has no {attr!r}") from None
     if not callable(target):
-        raise _Usage(
+        raise CurriculumError(
             f"--curriculum {spec!r}: {attr!r} is a {type(target).__name__}, not a function that builds a Curriculum"
         )
     return target
 
 
-def _recorded(path: str) -> tuple[dict, str]:
-    from engine.saved import load_saved
-
-    state, where = load_saved(path)
-    if state.get("recorded") is None:
-        raise _Usage(
-            f"{where} holds an engine state without recorded metrics; build the run's engine with "
-            "CurriculumEngine(curriculum, record_metrics=True) to record them"
-        )
-    return state, where
-
-
 def run_replay(args: argparse.Namespace) -> int:
     from engine.grid import LEGEND, replay_grid
+    from engine.saved import load_recorded
 
     grid = parse_grid(args.grid or [])
-    state, where = _recorded(args.path)
+    state, where = load_recorded(args.path)
     factory = load_factory(args.curriculum)
     table = replay_grid(factory, state, grid)
     print(
@@ -115,12 +102,13 @@ def run_replay(args: argparse.Namespace) -> int:
 
 def run_plot(args: argparse.Namespace) -> int:
     from engine.plot import plot_run, plot_target, pyplot
+    from engine.saved import load_recorded
 
     pyplot()
     out = plot_target(args.out, Path(args.path).stem + ".png")
     if out.exists() and not args.force:
-        raise _Usage(f"{out} exists; pass --force to overwrite it, or name another --out")
-    state, where = _recorded(args.path)
+        raise CurriculumError(f"{out} exists; pass --force to overwrite it, or name another --out")
+    state, where = load_recorded(args.path)
     plot_run(state, out, title=args.title or Path(args.path).name)
     print(f"wrote {out} ({where})")
     return 0

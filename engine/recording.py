@@ -197,16 +197,10 @@ class MetricLog:
     def load(cls, path: str | Path) -> MetricLog:
         """The recording saved at ``path`` (what :func:`engine.saved.load_saved` reads), with the run's
         transitions as ``history``; a path without one is a :class:`CurriculumError`."""
-        from engine.saved import load_saved
+        from engine.saved import load_recorded
         from engine.state import from_primitives
 
-        state, where = load_saved(path)
-        snap = from_primitives(dict(state))
-        if snap.recorded is None:
-            raise CurriculumError(
-                f"{where} holds an engine state without recorded metrics; build the run's engine with "
-                "CurriculumEngine(curriculum, record_metrics=True) to record them"
-            )
+        snap = from_primitives(load_recorded(path)[0])
         log = cls.from_state_dict(snap.recorded)
         log.history = list(snap.history)
         return log

@@ -25,7 +25,7 @@ from engine.recording import MetricLog
 from engine.restore import check_state, restore_log
 from engine.state import PendingCheck, from_primitives
 
-__all__ = ["load_saved", "find_states", "SavedState", "open_state"]
+__all__ = ["load_saved", "load_recorded", "find_states", "SavedState", "open_state"]
 
 _KEYS = {"schema_version", "fingerprint", "phase", "clock", "history"}
 _HF_STATE = "trainer_state.json"
@@ -105,6 +105,17 @@ def load_saved(path: str | Path) -> tuple[dict, str]:
         )
     where, state = found[0]
     return state, f"{file} {where}" if where != "(top level)" else str(file)
+
+
+def load_recorded(path: str | Path) -> tuple[dict, str]:
+    """:func:`load_saved`, refusing an engine state without recorded metrics."""
+    state, where = load_saved(path)
+    if state.get("recorded") is None:
+        raise CurriculumError(
+            f"{where} holds an engine state without recorded metrics; build the run's engine with "
+            "CurriculumEngine(curriculum, record_metrics=True) to record them"
+        )
+    return state, where
 
 
 @attrs.frozen
