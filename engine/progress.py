@@ -17,7 +17,7 @@ from engine.runtime import CurriculumEngine
 
 __all__ = ["guard_progress", "progress_series"]
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.\- ]")  # MLflow's rule for metric names, "/" aside
+UNSAFE = re.compile(r"[^A-Za-z0-9_.\- ]")  # MLflow's rule for metric names, "/" aside
 
 
 def guard_progress(engine: CurriculumEngine) -> dict[str, float]:
@@ -40,10 +40,10 @@ def guard_progress(engine: CurriculumEngine) -> dict[str, float]:
                 continue
             name = type(guard).__name__
             seen[name] = seen.get(name, 0) + 1
-            tag = f"next/{_UNSAFE.sub('_', transition.dest)}/{name}" + (f"_{seen[name]}" if seen[name] > 1 else "")
+            tag = f"next/{UNSAFE.sub('_', transition.dest)}/{name}" + (f"_{seen[name]}" if seen[name] > 1 else "")
             for key, value in evidence(ctx).items():
                 if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
-                    out[f"{tag}/{_UNSAFE.sub('_', str(key))}"] = float(value)
+                    out[f"{tag}/{UNSAFE.sub('_', str(key))}"] = float(value)
     return out
 
 

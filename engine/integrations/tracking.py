@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 import numbers
-import re
 import sys
 from typing import Any, Sequence
 
 from engine.history import Record
-from engine.progress import guard_progress
+from engine.progress import UNSAFE, guard_progress
 from engine.runtime import CurriculumEngine
 
 __all__ = [
@@ -31,7 +30,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PREFIX = "curriculum/"
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.\- ]")  # MLflow's rule for metric names, "/" aside
 
 
 def _moves(history: Sequence[Record]) -> list[Record]:
@@ -45,10 +43,10 @@ def phase_metrics(engine: CurriculumEngine) -> dict[str, float]:
     moves = _moves(engine.history)
     out = {f"{PREFIX}phase": float(names.index(phase.name))}
     for name in names:
-        out[f"{PREFIX}in/{_UNSAFE.sub('_', name)}"] = float(name == phase.name)
+        out[f"{PREFIX}in/{UNSAFE.sub('_', name)}"] = float(name == phase.name)
     for key, value in phase.params.items():
         if isinstance(value, numbers.Real) and not isinstance(value, bool):
-            out[PREFIX + _UNSAFE.sub("_", str(key))] = float(value)
+            out[PREFIX + UNSAFE.sub("_", str(key))] = float(value)
     out[f"{PREFIX}transitions"] = float(len(moves))
     out[f"{PREFIX}last_transition_step"] = float(moves[-1].global_step if moves else 0)
     out.update({PREFIX + tag: value for tag, value in guard_progress(engine).items()})
