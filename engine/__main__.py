@@ -23,6 +23,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine.core import Curriculum, CurriculumError
+from engine.diff import compare, read_checkpoint, summary
+from engine.grid import LEGEND, replay_grid
+from engine.plot import plot_run, plot_target, pyplot
+from engine.saved import load_recorded
 
 EXIT_USAGE = 2
 EXIT_DIFFERENT = 1
@@ -83,9 +87,6 @@ def load_factory(spec: str) -> Callable[..., Curriculum]:
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    from engine.grid import LEGEND, replay_grid
-    from engine.saved import load_recorded
-
     grid = parse_grid(args.grid or [])
     state, where = load_recorded(args.path)
     factory = load_factory(args.curriculum)
@@ -101,9 +102,6 @@ def run_replay(args: argparse.Namespace) -> int:
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    from engine.plot import plot_run, plot_target, pyplot
-    from engine.saved import load_recorded
-
     pyplot()
     out = plot_target(args.out, Path(args.path).stem + ".png")
     if out.exists() and not args.force:
@@ -115,8 +113,6 @@ def run_plot(args: argparse.Namespace) -> int:
 
 
 def run_diff(args: argparse.Namespace) -> int:
-    from engine.diff import compare, read_checkpoint, summary
-
     a, b = read_checkpoint(args.a), read_checkpoint(args.b)
     print(f"A: {a.where}\nB: {b.where}")
     found = compare(a, b)

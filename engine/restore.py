@@ -285,8 +285,7 @@ def _misfit(saved: Any, kept: Any, where: str = "") -> str | None:
     """The first place where what a guard kept of ``saved`` (its ``state_dict()`` after loading it)
     differs from ``saved``, as "expected ..., got ..."; None when it kept everything."""
     if isinstance(saved, dict) and isinstance(kept, dict):
-        extra, missing = sorted(set(saved) - set(kept)), sorted(set(kept) - set(saved))
-        if extra or missing:
+        if set(saved) != set(kept):
             return f"expected the keys {sorted(kept)}{where and ' at ' + where}, got {sorted(saved)}"
         return next((m for k in kept if (m := _misfit(saved[k], kept[k], f"{where}[{k!r}]")) is not None), None)
     if isinstance(saved, list) and isinstance(kept, list):
