@@ -129,7 +129,7 @@ class HistoryView(Sequence[Record]):
         return iter(self._records)
 
     def __repr__(self) -> str:
-        return f"HistoryView({len(self)} records)"
+        return f"{type(self).__name__}({len(self)} records)"
 
 
 _CSV_FIELDS = (
@@ -144,9 +144,6 @@ class History(HistoryView):
 
     def __init__(self, records: Sequence[Record] = ()) -> None:
         super().__init__(list(records))
-
-    def __repr__(self) -> str:
-        return f"History({len(self)} records)"
 
     def append(self, record: Record) -> None:
         self._records.append(record)
