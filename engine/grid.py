@@ -113,23 +113,6 @@ def recorded_run(source: Any, who: str = "replay_grid") -> tuple[MetricLog, list
     return log, history, spec
 
 
-def _recorded(source: Any, history: Sequence[Record] | None) -> tuple[MetricLog, list[Record]]:
-    """The stream and history to replay: of an engine or its state, or a MetricLog with ``history``."""
-    log, records = (source, None) if isinstance(source, MetricLog) else recorded_run(source)[:2]
-    records = list(history) if history is not None else records
-    if records is None:
-        raise CurriculumError(
-            "replay_grid: a MetricLog alone has no history to compare with; pass history=engine.history"
-        )
-    if (log.start_step, log.start_epoch) != (0, 0):
-        raise CurriculumError(
-            f"replay_grid: the recording began at step {log.start_step} (epoch {log.start_epoch}), "
-            "not at the run's start "
-            "(record_metrics was turned on at a resume); a replay needs every metric since the start"
-        )
-    return log, records
-
-
 # -- the grid ---------------------------------------------------------------------------------------
 
 
@@ -217,7 +200,17 @@ def replay_grid(
             f"got {curriculum_factory!r}"
         )
     combos = _combinations(curriculum_factory, dict(grid or {}))
-    log, records = _recorded(recorded, history)
+    log, records = (recorded, None) if isinstance(recorded, MetricLog) else recorded_run(recorded)[:2]
+    records = list(history) if history is not None else records
+    if records is None:
+        raise CurriculumError(
+            "replay_grid: a MetricLog alone has no history to compare with; pass history=engine.history"
+        )
+    if (log.start_step, log.start_epoch) != (0, 0):
+        raise CurriculumError(
+            f"replay_grid: the recording began at step {log.start_step} (epoch {log.start_epoch}), not at the "
+            "run's start (record_metrics was turned on at a resume); a replay needs every metric since the start"
+        )
     stream = log.stream()
     own = _replay(curriculum_factory, {}, log, stream, records)
     rows = [GridRow(s, label(s), _replay(curriculum_factory, s, log, stream, records)) for s in combos]
