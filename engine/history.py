@@ -85,10 +85,7 @@ class Decision:
 @attrs.define
 class Record:
     """One transition: source, destination, when (clock and wall time), why (guards), what (actions).
-
-    The first record of a run is its start: ``source`` None, ``dest`` the initial phase, ``point``
-    ``"start"``, no guards, and the initial phase's ``on_enter`` effects.
-    """
+    A run's first record is its start: ``source`` None, ``point`` ``"start"``, the on_enter effects."""
 
     source: str | None
     dest: str

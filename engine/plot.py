@@ -112,10 +112,8 @@ def draw_run(
     title: str,
     progress: Mapping[str, tuple[Sequence[int], Sequence[float], float]] | None = None,
 ) -> Any:
-    """The figure: loss (and its running mean) with labelled transition markers and the epoch-end
-    metric on a second axis; the LR; the phase params as steps; with ``progress`` (plateau tag ->
-    steps, relative improvements, threshold), how close each plateau was to firing. Returns a
-    matplotlib Figure."""
+    """The matplotlib Figure: loss with transition markers and the epoch-end metric, the LR, the phase
+    params, and with ``progress`` (plateau tag -> steps, relative improvements, threshold) a fourth panel."""
     plt = pyplot()
     rows = 4 if progress else 3
     fig, axes = plt.subplots(

@@ -22,11 +22,8 @@ UNSAFE = re.compile(r"[^A-Za-z0-9_.\- ]")  # MLflow's rule for metric names, "/"
 
 def guard_progress(engine: CurriculumEngine) -> dict[str, float]:
     """Each guard's numeric evidence for the transitions out of the current phase, as
-    ``next/<dest>/<Guard>/<key>`` (a second guard of one class in a transition gets
-    ``<Guard>_2``): a ``Plateau``'s ``improvement`` beside its ``threshold``, a ``MinSteps``'s
-    ``global_step`` beside ``min_steps``. Guards that decide on a metric passed at their point
-    (``MetricBelow``) are left out: between points there is no such value; guards that
-    accumulate (``Plateau``) are in."""
+    ``next/<dest>/<Guard>/<key>`` (``<Guard>_2`` for a second of one class). Guards that decide on a
+    metric passed at their point (``MetricBelow``) are left out: between points it has no value."""
     out: dict[str, float] = {}
     phase = engine.phase.name
     for transition in engine.curriculum.transitions:
