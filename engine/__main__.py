@@ -4,14 +4,11 @@
     python -m engine plot PATH --out run.png
     python -m engine diff A B
 
-``PATH`` is an own loop's state file (JSON or torch, holding ``engine.state_dict()``), a Hugging
-Face Trainer checkpoint folder, or a Lightning ``.ckpt`` (see :mod:`engine.saved`); the run's engine
-must have been built with ``record_metrics=True``. ``--curriculum MODULE:FUNCTION`` **imports your
-module** (as ``import MODULE`` would, from the current directory too) and calls ``FUNCTION(**setting)``
-for each setting of the grid: the function builds the curriculum from keyword arguments whose
-defaults are the run's own settings. ``diff`` compares two checkpoints of any of these kinds, a
-chunklm checkpoint or a torch.distributed.checkpoint folder (:mod:`engine.diff`): exit 0 when
-identical, 1 naming the first difference. Bad input prints one line and exits with status 2.
+``PATH`` is an own loop's state file (JSON or torch), an HF Trainer checkpoint folder or a Lightning
+``.ckpt`` (:mod:`engine.saved`) of a run recorded with ``record_metrics=True``. ``--curriculum
+MODULE:FUNCTION`` **imports your module** and calls ``FUNCTION(**setting)`` per setting of the grid
+(docs/observability.md). ``diff`` (:mod:`engine.diff`) exits 0 when identical, 1 naming the first
+difference. Bad input prints one line and exits with status 2.
 """
 
 from __future__ import annotations
@@ -19,18 +16,21 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import operator
 import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from engine.core import Curriculum, CurriculumError
+from engine.diff import compare, read_checkpoint, summary
+from engine.grid import LEGEND, replay_grid
+from engine.plot import plot_run, plot_target, pyplot
+from engine.saved import load_recorded
 
 EXIT_USAGE = 2
-
-
-class _Usage(CurriculumError):
-    """Bad input to ``python -m engine``: one line, exit status 2."""
+EXIT_DIFFERENT = 1
+_PATH = "state file (JSON or torch), HF checkpoint folder, or Lightning .ckpt"
 
 
 def _value(text: str) -> Any:
@@ -49,7 +49,7 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
     for item in items:
         key, eq, values = item.partition("=")
         if not eq or not key.isidentifier() or not values or key in grid:
-            raise _Usage(
+            raise CurriculumError(
                 f"--grid {item!r}: expected KEY=V1,V2,... once per KEY, with KEY a parameter of the curriculum "
                 "function, e.g. --grid threshold=0.001,0.01 window=50,100"
             )
@@ -61,7 +61,9 @@ def load_factory(spec: str) -> Callable[..., Curriculum]:
     """``module:function`` -> the function; imports the module (user code runs)."""
     module_name, colon, attr = spec.partition(":")
     if not colon or not module_name or not attr:
-        raise _Usage(f"--curriculum {spec!r}: expected MODULE:FUNCTION, e.g. --curriculum mytraining:make_curriculum")
+        raise CurriculumError(
+            f"--curriculum {spec!r}: expected MODULE:FUNCTION, e.g. --curriculum mytraining:make_curriculum"
+        )
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -69,74 +71,48 @@ def load_factory(spec: str) -> Callable[..., Curriculum]:
     except ModuleNotFoundError as exc:
         if exc.name is None or not module_name.startswith(exc.name):
             raise  # the user's module imports something that is missing: a bug, with its traceback
-        raise _Usage(
+        raise CurriculumError(
             f"--curriculum {spec!r}: no module named {exc.name!r} "
             "(run from the folder that holds it, or set PYTHONPATH)"
         ) from None
-    target: Any = module
-    for part in attr.split("."):
-        if not hasattr(target, part):
-            raise _Usage(f"--curriculum {spec!r}: module {module_name!r} has no {attr!r}")
-        target = getattr(target, part)
+    try:
+        target = operator.attrgetter(attr)(module)
+    except AttributeError:
+        raise CurriculumError(f"--curriculum {spec!r}: module {module_name!r} has no {attr!r}") from None
     if not callable(target):
-        raise _Usage(
+        raise CurriculumError(
             f"--curriculum {spec!r}: {attr!r} is a {type(target).__name__}, not a function that builds a Curriculum"
         )
     return target
 
 
-def _recorded(path: str) -> tuple[dict, str]:
-    from engine.saved import load_saved
-
-    state, where = load_saved(path)
-    if state.get("recorded") is None:
-        raise _Usage(
-            f"{where} holds an engine state without recorded metrics; build the run's engine with "
-            "CurriculumEngine(curriculum, record_metrics=True) to record them"
-        )
-    return state, where
-
-
 def run_replay(args: argparse.Namespace) -> int:
-    from engine.grid import LEGEND, replay_grid
-
     grid = parse_grid(args.grid or [])
-    state, where = _recorded(args.path)
+    state, where = load_recorded(args.path)
     factory = load_factory(args.curriculum)
     table = replay_grid(factory, state, grid)
     print(
         f"{where}: {table.steps} steps, {table.epochs} epoch ends recorded; "
         f"curriculum {args.curriculum}; no action runs"
     )
-    note = table.note()
-    if note:
+    if note := table.note():
         print(f"note: {note}")
-    print()
-    print(table.to_markdown() if args.markdown else table)
-    print()
-    print(LEGEND)
+    print(f"\n{table.to_markdown() if args.markdown else table}\n\n{LEGEND}")
     return 0
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    from engine.plot import plot_run, plot_target, pyplot
-
     pyplot()
     out = plot_target(args.out, Path(args.path).stem + ".png")
     if out.exists() and not args.force:
-        raise _Usage(f"{out} exists; pass --force to overwrite it, or name another --out")
-    state, where = _recorded(args.path)
+        raise CurriculumError(f"{out} exists; pass --force to overwrite it, or name another --out")
+    state, where = load_recorded(args.path)
     plot_run(state, out, title=args.title or Path(args.path).name)
     print(f"wrote {out} ({where})")
     return 0
 
 
-EXIT_DIFFERENT = 1
-
-
 def run_diff(args: argparse.Namespace) -> int:
-    from engine.diff import compare, read_checkpoint, summary
-
     a, b = read_checkpoint(args.a), read_checkpoint(args.b)
     print(f"A: {a.where}\nB: {b.where}")
     found = compare(a, b)
@@ -152,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("replay", help="replay a run's recorded metrics under other curriculum settings (no training)")
-    r.add_argument("path", help="state file (JSON or torch), HF checkpoint folder, or Lightning .ckpt")
+    r.add_argument("path", help=_PATH)
     r.add_argument(
         "--curriculum",
         required=True,
@@ -168,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     r.set_defaults(run=run_replay)
     p = sub.add_parser("plot", help="the run's loss with transition markers, LR and phase params, as a PNG")
-    p.add_argument("path", help="state file (JSON or torch), HF checkpoint folder, or Lightning .ckpt")
+    p.add_argument("path", help=_PATH)
     p.add_argument("--out", "-o", required=True, help="image file to write (.png, .svg, .pdf), or a folder")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--title", help="the plot's title (default: the path's name)")

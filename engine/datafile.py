@@ -1,32 +1,11 @@
 """A curriculum as data: a plain dict (JSON, YAML, a Hydra or LightningCLI config) or a TOML file.
 
-The layout (``version = 1``)::
-
-    version = 1                      # optional; the layout of this file
-    initial = "warm"                 # optional; default: the first phase
-
-    [[phases]]
-    name = "warm"
-    params = { seq_len = 256 }       # optional: free-form data for the loop
-    on_enter = [{ type = "SetCutoff", n = 128, preserve = false }]   # optional: actions
-
-    [[transitions]]
-    source = "warm"
-    dest = "main"
-    when = "epoch_end"               # optional: "epoch_end" (default) or "step_end"
-    guards = [{ type = "all_of", guards = [{ type = "MinEpoch", n = 2 }, { type = "Plateau", window = 50 }] }]
-    actions = [{ type = "RestartLR" }]                               # optional
-
-A guard or action is a table whose ``type`` names one in the registry (``import policies``
-registers the built-ins; :func:`register_guard` / :func:`register_action` yours) and whose other
-keys are its attrs fields (arrays arrive as tuples); a bare string (``"RestartLR"``) is a type
-without arguments. TOML has no null: a field whose metadata names a word for None uses it
-(``SetCutoff``'s full band is ``n = "full"``). A data file never imports or executes anything.
-
-One cattrs converter structures the data into the attrs classes the code builds, so a curriculum
-from data has the fingerprint of the one in code. Every error is one line naming the source, the
-key path, what was wrong and the fix. TOML is read by ``tomllib`` (``tomli`` on 3.10), written by
-``tomli_w``.
+The layout is in docs/curriculum-files.md. A guard or action is a table whose ``type`` names one in
+the registry (``import policies`` registers the built-ins) and whose other keys are its attrs fields
+(arrays arrive as tuples); a bare string is a type without arguments. TOML has no null: a field whose
+metadata names a word for None uses it (``SetCutoff``'s full band is ``n = "full"``). One cattrs
+converter structures the data into the attrs classes the code builds, so a curriculum from data has
+the fingerprint of the one in code. A data file never imports or executes anything.
 """
 
 from __future__ import annotations
@@ -48,15 +27,12 @@ import tomli_w
 from cattrs.errors import BaseValidationError, ForbiddenExtraKeysError
 from cattrs.gen import make_dict_structure_fn, override
 
-from engine.core import Action, Curriculum, CurriculumError, Guard, Params, Phase, Transition, describe
+from engine.core import Action, Curriculum, CurriculumError, Guard, Params, Phase, Transition, describe, short_repr
 
 try:  # Python 3.11+
     import tomllib as _toml
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    try:
-        import tomli as _toml  # type: ignore[no-redef]
-    except ModuleNotFoundError:
-        _toml = None  # type: ignore[assignment]
+    import tomli as _toml  # type: ignore[no-redef]
 
 __all__ = [
     "VERSION",
@@ -102,32 +78,21 @@ class _Entry:
 
 
 class Registry:
-    """The guard and action names a data file may use.
-
-    ``import policies`` registers the built-ins in :data:`default_registry`, which
-    :func:`load_curriculum` and :func:`curriculum_from_dict` use unless given another;
-    :func:`register_guard` and :func:`register_action` add yours. A name is registered once: a
-    second, different object under a name in use is an error. ``Registry()`` starts empty;
-    ``default_registry.copy()`` starts with what the default holds.
-    """
+    """The guard and action names a data file may use, each registered once. ``import policies``
+    fills :data:`default_registry`, the one the loaders use unless given another; ``Registry()``
+    starts empty, ``default_registry.copy()`` with what the default holds."""
 
     def __init__(self) -> None:
         self._names: dict[str, _Entry] = {}
-        self._by_target: dict[int, _Entry] = {}
         self._refused: dict[str, str] = {}  # names a file cannot use -> why
         self.converter = _converter(self)
 
     def copy(self) -> Registry:
         """A registry with the same names, to register more without changing this one."""
         other = Registry()
-        for entry in self._names.values():
-            other._add(entry)
+        other._names.update(self._names)
         other._refused.update(self._refused)
         return other
-
-    def _add(self, entry: _Entry) -> None:
-        self._names[entry.name] = entry
-        self._by_target[id(entry.target)] = entry
 
     def register_guard(self, obj: Any, name: str | None = None) -> Any:
         """Let data files name the guard class (or plain guard function) ``obj``, as ``name``
@@ -167,22 +132,21 @@ class Registry:
                 f"a name means one thing in every file: register under another, e.g. "
                 f"{call}({obj.__name__}, name='my.{name}')"
             )
-        if id(obj) in self._by_target:
-            other = self._by_target[id(obj)]
+        other = self._entry_of(obj)
+        if other is not None:
             raise CurriculumError(
                 f"{call}: {describe(obj)} is already registered as the {other.kind} {other.name!r}; "
                 "register it once and use that name"
             )
-        self._add(_Entry(name, kind, obj))
+        self._names[name] = _Entry(name, kind, obj)
         return obj
+
+    def _entry_of(self, target: Any) -> _Entry | None:
+        return next((e for e in self._names.values() if e.target is target), None)
 
     def entry_for(self, obj: Any) -> _Entry | None:
         """The entry that writes ``obj``: its class's, or (a plain function) its own."""
-        entry = self._by_target.get(id(type(obj))) or self._by_target.get(id(obj))
-        return entry if entry is not None and entry.target in (type(obj), obj) else None
-
-    def names(self, kind: str) -> list[str]:
-        return sorted(n for n, e in self._names.items() if e.kind == kind)
+        return self._entry_of(type(obj)) or self._entry_of(obj)
 
     def build(self, value: Any, kind: str) -> Any:
         """A guard or action from ``{ type = "Name", field = value, ... }`` (or the bare string "Name")."""
@@ -190,7 +154,7 @@ class Registry:
         if isinstance(value, str):
             value = {"type": value}
         if not isinstance(value, Mapping) or not isinstance(value.get("type"), str):
-            got = f"{_kind(value)} {_short(value)}" if not isinstance(value, Mapping) else "no 'type' (its name)"
+            got = f"{_kind(value)} {short_repr(value)}" if not isinstance(value, Mapping) else "no 'type' (its name)"
             raise CurriculumError(f'expected a {kind} table {{ type = "{example}", ... }}, got {got}; write it so')
         name, args = value["type"], {k: v for k, v in value.items() if k != "type"}
         entry = self._names.get(name)
@@ -213,7 +177,7 @@ class Registry:
             where = "guards" if entry.kind == _GUARD else "actions or on_enter"
             article = {_GUARD: "a guard", _ACTION: "an action"}
             return f"{name!r} is {article[entry.kind]}, not {article[kind]}; move it to {where}"
-        known = self.names(kind)
+        known = sorted(n for n, e in self._names.items() if e.kind == kind)
         if not known:
             return f"unknown {kind} {name!r}: none is registered; `import policies` registers the built-ins"
         near = difflib.get_close_matches(name, known, n=1)
@@ -238,7 +202,7 @@ def _converter(registry: Registry) -> cattrs.Converter:
         def structure(value: Any, _: Any) -> tuple:
             if not isinstance(value, (list, tuple)):
                 raise CurriculumError(
-                    f"expected an array of {what}, got {_kind(value)} {_short(value)}; wrap it in [ ]"
+                    f"expected an array of {what}, got {_kind(value)} {short_repr(value)}; wrap it in [ ]"
                 )
             return conv.structure(value, tuple[of, ...])
 
@@ -249,7 +213,7 @@ def _converter(registry: Registry) -> cattrs.Converter:
 
         def checked(value: Any, _: Any) -> Any:
             if not isinstance(value, Mapping):
-                raise CurriculumError(f"expected a table, got {_kind(value)} {_short(value)}; write it as a table")
+                raise CurriculumError(f"expected a table, got {_kind(value)} {short_repr(value)}; write it as a table")
             return structure(value, cls)
 
         conv.register_structure_hook(cls, checked)
@@ -280,19 +244,18 @@ def register_action(obj: Any, name: str | None = None) -> Any:
 def curriculum_from_dict(
     data: Mapping[str, Any], *, registry: Registry | None = None, source: str | None = None
 ) -> Curriculum:
-    """The :class:`Curriculum` that ``data`` (the layout in this module's docstring) describes.
-
-    ``registry``: the names it may use (default: :data:`default_registry`). ``source`` names the
-    data in messages (e.g. ``"train.yaml: model.curriculum"``). Raises :class:`CurriculumFileError`
-    (a :class:`CurriculumError`) naming the key, what was wrong and the fix.
-    """
+    """The :class:`Curriculum` that ``data`` describes, with the names ``registry`` holds (default:
+    :data:`default_registry`). ``source`` names the data in messages (e.g. ``"train.yaml:
+    model.curriculum"``); a :class:`CurriculumFileError` names the key, what was wrong and the fix."""
     data = _as_data(data, source)
     if not isinstance(data, dict):
-        raise CurriculumFileError(f"expected a table with [[phases]], got {_kind(data)} {_short(data)}", source=source)
+        raise CurriculumFileError(
+            f"expected a table with [[phases]], got {_kind(data)} {short_repr(data)}", source=source
+        )
     version = data.pop("version", VERSION)
     if type(version) is not int or version != VERSION:
         raise CurriculumFileError(
-            f"expected {VERSION} (the layout this release reads), got {_short(version)}; "
+            f"expected {VERSION} (the layout this release reads), got {short_repr(version)}; "
             "upgrade the engine, or write the file for this version",
             source=source,
             key="version",
@@ -394,7 +357,7 @@ def load_curriculum(
     if not isinstance(source, (str, Path)):
         raise CurriculumFileError(
             f"expected a path to a .toml/.json file or a table (mapping), got {_kind(source)} "
-            f"{_short(source)}; pass the file's path or the curriculum's data",
+            f"{short_repr(source)}; pass the file's path or the curriculum's data",
             source=name,
         )
     path = Path(source)
@@ -403,12 +366,6 @@ def load_curriculum(
         raise CurriculumFileError(
             f"expected a {' or '.join(_SUFFIXES)} file; for YAML, load it yourself (yaml.safe_load) "
             "and pass the dict to curriculum_from_dict",
-            source=where,
-        )
-    if path.suffix == ".toml" and _toml is None:  # Python 3.10 without tomli
-        raise CurriculumFileError(
-            "reading TOML on Python 3.10 needs the tomli package: pip install tomli "
-            "(Python 3.11+ has tomllib built in)",
             source=where,
         )
     text = _read(path)
@@ -446,15 +403,15 @@ def load_curriculum(
 
 
 def curriculum_to_dict(curriculum: Curriculum, *, registry: Registry | None = None) -> dict:
-    """``curriculum`` as data (the layout in this module's docstring): plain dicts, lists, strings,
-    numbers and booleans, which :func:`curriculum_from_dict` turns back into a curriculum with the
-    same fingerprint. Every field of a guard or action is written, defaults included (so a file
-    keeps its meaning if a default changes), except None where None is the default.
-
-    Raises :class:`CurriculumError` for a guard or action that is not registered, or whose fields
-    cannot be read (a class that is not an attrs class, yet holds state).
-    """
+    """``curriculum`` as plain data, which :func:`curriculum_from_dict` turns back into a curriculum
+    with the same fingerprint. Every field of a guard or action is written, defaults included (so a
+    file keeps its meaning if a default changes), except None where None is the default. A guard or
+    action not registered, or whose fields cannot be read (not an attrs class), is a CurriculumError."""
     registry = registry or default_registry
+
+    def calls(objs: Any, key: str, kind: str) -> list:
+        return [_call(obj, registry, f"{key}[{j}]", kind) for j, obj in enumerate(objs)]
+
     out: dict[str, Any] = {"version": VERSION}
     if curriculum.initial is not None:
         out["initial"] = curriculum.initial
@@ -464,21 +421,14 @@ def curriculum_to_dict(curriculum: Curriculum, *, registry: Registry | None = No
         if phase.params:
             entry["params"] = _value(phase.params, registry, f"phases[{i}].params")
         if phase.on_enter:
-            entry["on_enter"] = [
-                _call(a, registry, f"phases[{i}].on_enter[{j}]", _ACTION) for j, a in enumerate(phase.on_enter)
-            ]
+            entry["on_enter"] = calls(phase.on_enter, f"phases[{i}].on_enter", _ACTION)
         out["phases"].append(entry)
-    transitions = []
     for i, tr in enumerate(curriculum.transitions):
         entry = {"source": tr.source, "dest": tr.dest, "when": tr.when.value}
-        entry["guards"] = [_call(g, registry, f"transitions[{i}].guards[{j}]", _GUARD) for j, g in enumerate(tr.guards)]
+        entry["guards"] = calls(tr.guards, f"transitions[{i}].guards", _GUARD)
         if tr.actions:
-            entry["actions"] = [
-                _call(a, registry, f"transitions[{i}].actions[{j}]", _ACTION) for j, a in enumerate(tr.actions)
-            ]
-        transitions.append(entry)
-    if transitions:
-        out["transitions"] = transitions
+            entry["actions"] = calls(tr.actions, f"transitions[{i}].actions", _ACTION)
+        out.setdefault("transitions", []).append(entry)
     return out
 
 
@@ -523,7 +473,7 @@ def _value(value: Any, registry: Registry, key: str) -> Any:
     if entry is not None:
         return _call(value, registry, key, entry.kind)
     raise CurriculumError(
-        f"{key}: {type(value).__name__} {_short(value)} cannot be written to a data file; "
+        f"{key}: {type(value).__name__} {short_repr(value)} cannot be written to a data file; "
         "use strings, numbers, booleans, lists, tables and registered guards"
     )
 
@@ -593,8 +543,3 @@ def save_curriculum(
 def _kind(value: Any) -> str:
     names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", dict: "a table"}
     return names.get(type(value)) or ("an array" if isinstance(value, (list, tuple)) else f"a {type(value).__name__}")
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

@@ -22,16 +22,13 @@ def edge_label(curriculum: Curriculum, index: int) -> str:
 
 
 def _mermaid_label(text: str) -> str:
-    # A Mermaid transition label ("a --> b : label") ends at the next ':' or ';' and has no quoted
-    # form, and "#...;" reads as an entity code: a ':' inside a guard's repr is written as the
-    # look-alike U+A789, ';' as ',' and '#' as U+FF03. A note in the multi-line form holds any text.
+    # A Mermaid label ends at the next ':' or ';' and "#...;" reads as an entity code: look-alikes instead.
     return text.replace(":", "\ua789").replace(";", ",").replace("#", "\uff03")
 
 
 def to_mermaid(curriculum: Curriculum, current: str | None = None) -> str:
-    """Mermaid ``stateDiagram-v2`` text. Edge labels (:func:`edge_label`) carry no colon of their
-    own; a colon inside a guard's or action's repr is written as the look-alike U+A789, since a
-    Mermaid transition label ends at the next colon. The on-enter notes keep a real colon."""
+    """Mermaid ``stateDiagram-v2`` text; in an edge label ':' is written as the look-alike U+A789,
+    ';' as ',' and '#' as U+FF03 (docs/reference.md). The on-enter notes keep a real colon."""
     lines = ["stateDiagram-v2", f"    [*] --> {curriculum.initial_name}"]
     for i, tr in enumerate(curriculum.transitions):
         lines.append(f"    {tr.source} --> {tr.dest} : {_mermaid_label(edge_label(curriculum, i))}")

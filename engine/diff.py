@@ -1,27 +1,14 @@
 """Two checkpoints of a run, compared: are they the same instant of the same run, bit for bit?
 
-:func:`read_checkpoint` reads one saved file or folder, without running any code from it (torch files
-with ``torch.load(weights_only=True)``), into a :class:`Saved`: its tensors and values by name (the
-weights, the optimizer and the LR scheduler) and its engine state. It reads
-
-- a ``chunklm train`` checkpoint (``.pt``): ``trainer.model``, ``ema``, ``optimizer``, ``schedule``;
-- a Hugging Face Trainer checkpoint folder (``checkpoint-N/``, or an output folder of them: the
-  highest ``N``): the model's weights, ``optimizer.pt``, ``scheduler.pt``, the engine state in
-  ``trainer_state.json``;
-- a Lightning ``.ckpt``: ``state_dict``, ``optimizer_states``, ``lr_schedulers``, the engine state in
-  ``callbacks``;
-- a ``torch.distributed.checkpoint`` folder (one holding ``.metadata``): everything in it, the engine
-  state saved by :class:`engine.integrations.dcp.EngineState` decoded;
-- any other torch file (everything in it) or a JSON file holding an engine state.
-
-:func:`compare` lists the differences, the checkpoints' steps first, then the transition histories
-record by record, the rest of the engine state, then each tensor and value (wall times aside: two
-runs never share them). RNG states and the frameworks' bookkeeping (paths, loop counters) are not
-compared.
+:func:`read_checkpoint` reads a ``chunklm train`` checkpoint, an HF Trainer ``checkpoint-N/`` folder,
+a Lightning ``.ckpt``, a ``torch.distributed.checkpoint`` folder, any other torch file or a JSON
+engine state, without running code from it, into a :class:`Saved`; :func:`compare` lists the
+differences, the most telling first (docs/integrations.md, "Check your own setup").
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import zipfile
 from pathlib import Path
@@ -29,7 +16,7 @@ from typing import Any, Iterator
 
 import attrs
 
-from engine.core import CurriculumError
+from engine.core import CurriculumError, short_repr
 from engine.saved import _hf_folder, _read, find_states
 
 __all__ = ["Saved", "Difference", "read_checkpoint", "compare", "comparable_state"]
@@ -73,12 +60,9 @@ class Difference:
 
 def _leaves(value: Any, name: str = "") -> Iterator[tuple[str, Any]]:
     """Nested dicts, lists and tuples opened up into ``(dotted name, leaf)``."""
-    if isinstance(value, dict) and value:
-        for key, inner in value.items():
+    if isinstance(value, (dict, list, tuple)) and value:
+        for key, inner in value.items() if isinstance(value, dict) else enumerate(value):
             yield from _leaves(inner, f"{name}.{key}" if name else str(key))
-    elif isinstance(value, (list, tuple)) and value:
-        for index, inner in enumerate(value):
-            yield from _leaves(inner, f"{name}.{index}" if name else str(index))
     else:
         yield name, value
 
@@ -183,11 +167,6 @@ def read_checkpoint(path: str | Path) -> Saved:
 # -- comparing --------------------------------------------------------------------------------------
 
 
-def _text(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _value_difference(a: Any, b: Any) -> str | None:
     """How two leaves differ (None when bit-identical)."""
     import torch
@@ -205,21 +184,18 @@ def _value_difference(a: Any, b: Any) -> str | None:
         d = (a.double() - b.double()).abs().max().item()
         return f"max |d| {d:.3g} ({int((a != b).sum())} of {a.numel()} elements differ)"
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return f"A: {_text(a)}, B: {_text(b)}"
+        return f"A: {short_repr(a)}, B: {short_repr(b)}"
     if a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)):
         return None
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
         return f"A: {a!r}, B: {b!r} (|d| {abs(a - b):.3g})"
-    return f"A: {_text(a)}, B: {_text(b)}"
+    return f"A: {short_repr(a)}, B: {short_repr(b)}"
 
 
 def _leaf_differences(a: dict[str, Any], b: dict[str, Any], label: str, step: int | None) -> Iterator[Difference]:
-    for name in [*a, *(k for k in b if k not in a)]:
-        if name not in b:
-            yield Difference(f"{label}{name}", "only in A", step)
-        elif name not in a:
-            yield Difference(f"{label}{name}", "only in B", step)
-        elif (detail := _value_difference(a[name], b[name])) is not None:
+    for name in {**a, **b}:
+        detail = "only in A" if name not in b else "only in B" if name not in a else _value_difference(a[name], b[name])
+        if detail is not None:
             yield Difference(f"{label}{name}", detail, step)
 
 
@@ -231,11 +207,11 @@ def _engine_differences(a: dict, b: dict) -> Iterator[Difference]:
     ca, cb = comparable_state(a), comparable_state(b)
     yield from _leaf_differences(dict(_leaves(ca["clock"])), dict(_leaves(cb["clock"])), "engine clock.", None)
     ha, hb = ca["history"], cb["history"]
-    for index, (ra, rb) in enumerate(zip(ha, hb)):
-        fields = dict(_leaves(ra)), dict(_leaves(rb))
-        for diff in _leaf_differences(*fields, f"{_record_name(index, ra)} ", ra["global_step"]):
-            yield diff
-            break
+    for index, (ra, rb) in enumerate(zip(ha, hb)):  # one difference per record
+        differences = _leaf_differences(
+            dict(_leaves(ra)), dict(_leaves(rb)), f"{_record_name(index, ra)} ", ra["global_step"]
+        )
+        yield from itertools.islice(differences, 1)
     if len(ha) != len(hb):
         longer, who = (ha, "A") if len(ha) > len(hb) else (hb, "B")
         first = longer[min(len(ha), len(hb))]

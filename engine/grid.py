@@ -62,10 +62,8 @@ class GridRow:
 
 @attrs.frozen
 class GridTable:
-    """The result of :func:`replay_grid`: the recorded transitions, one :class:`GridRow` per
-    setting, and ``own``: the replay with the factory's defaults (``own.departure`` None: the
-    defaults reproduce the recorded run). ``str(table)`` is a text table, :meth:`to_markdown` the
-    same as Markdown."""
+    """The result of :func:`replay_grid`: the recorded transitions, one :class:`GridRow` per setting,
+    and ``own``, the replay with the factory's defaults; ``str(table)`` is the text table."""
 
     recorded: list[Record]
     rows: list[GridRow]
@@ -93,43 +91,26 @@ class GridTable:
 # -- the recorded run ------------------------------------------------------------------------------
 
 
-def recorded_run(source: Any, history: Sequence[Record] | None = None) -> tuple[MetricLog, list[Record]]:
-    """``(stream, history)`` of a recorded run: an engine, an engine state dict, or a MetricLog (+ history)."""
+def recorded_run(source: Any, who: str = "replay_grid") -> tuple[MetricLog, list[Record], dict | None]:
+    """``(recorded metrics, history, curriculum spec)`` of an engine built with ``record_metrics=True``
+    or of its ``state_dict()``; ``who`` names the caller in errors."""
     if isinstance(source, CurriculumEngine):
-        log, records = source.recorded, list(source.history)
-        if log is None:
-            raise CurriculumError(
-                "replay_grid: this engine records no metrics; "
-                "build it with CurriculumEngine(curriculum, record_metrics=True)"
-            )
-    elif isinstance(source, MetricLog):
-        log, records = source, None
+        log, history, spec = source.recorded, list(source.history), source.curriculum.spec()
     elif isinstance(source, Mapping):
         snap = from_primitives(dict(source))
-        if snap.recorded is None:
-            raise CurriculumError(
-                "replay_grid: this engine state holds no recorded metrics; the run's engine must be built with "
-                "CurriculumEngine(curriculum, record_metrics=True)"
-            )
-        log, records = MetricLog.from_state_dict(snap.recorded), snap.history
+        log = MetricLog.from_state_dict(snap.recorded) if snap.recorded is not None else None
+        history, spec = snap.history, snap.spec
     else:
         raise CurriculumError(
-            f"replay_grid: 'recorded' must be a CurriculumEngine built with record_metrics=True, its state_dict(), "
-            f"or a MetricLog, got {type(source).__name__}"
+            f"{who}: expected a CurriculumEngine built with record_metrics=True or its state_dict(), "
+            f"got {type(source).__name__}"
         )
-    if history is not None:
-        records = list(history)
-    if records is None:
+    if log is None:
         raise CurriculumError(
-            "replay_grid: a MetricLog alone has no history to compare with; pass history=engine.history"
+            f"{who}: this engine{'' if isinstance(source, CurriculumEngine) else ' state'} records no metrics; "
+            "build the run's engine with CurriculumEngine(curriculum, record_metrics=True)"
         )
-    if (log.start_step, log.start_epoch) != (0, 0):
-        raise CurriculumError(
-            f"replay_grid: the recording began at step {log.start_step} (epoch {log.start_epoch}), "
-            "not at the run's start "
-            "(record_metrics was turned on at a resume); a replay needs every metric since the start"
-        )
-    return log, records
+    return log, history, spec
 
 
 # -- the grid ---------------------------------------------------------------------------------------
@@ -161,16 +142,6 @@ def _combinations(factory: Callable, grid: Mapping[str, Iterable[Any]]) -> list[
     return [dict(combo) for combo in itertools.product(*axes)]
 
 
-def _build(factory: Callable, settings: dict[str, Any]) -> Curriculum:
-    curriculum = factory(**settings)
-    if not isinstance(curriculum, Curriculum):
-        raise CurriculumError(
-            f"replay_grid: {_name(factory)}({', '.join(f'{k}={v!r}' for k, v in settings.items())}) returned "
-            f"{type(curriculum).__name__}, not a Curriculum; the factory must build and return the curriculum"
-        )
-    return curriculum
-
-
 def _check_metrics(curriculum: Curriculum, log: MetricLog, where: str) -> None:
     """Every metric a guard of ``curriculum`` reads at a point was recorded there (where the run made calls)."""
     calls = {Point.STEP_END: log.steps, Point.EPOCH_END: log.epochs}
@@ -188,7 +159,15 @@ def _check_metrics(curriculum: Curriculum, log: MetricLog, where: str) -> None:
                     )
 
 
-def _replay(curriculum: Curriculum, log: MetricLog, stream: list, history: list[Record], where: str) -> Replay:
+def _replay(factory: Callable, settings: dict[str, Any], log: MetricLog, stream: list, history: list[Record]) -> Replay:
+    """The recorded stream replayed on ``factory(**settings)``."""
+    where = f"{_name(factory)}({', '.join(f'{k}={v!r}' for k, v in settings.items())})"
+    curriculum = factory(**settings)
+    if not isinstance(curriculum, Curriculum):
+        raise CurriculumError(
+            f"replay_grid: {where} returned {type(curriculum).__name__}, not a Curriculum; "
+            "the factory must build and return the curriculum"
+        )
     _check_metrics(curriculum, log, where)
     try:
         return replay(curriculum, stream, recorded=history)
@@ -208,15 +187,12 @@ def replay_grid(
     history: Sequence[Record] | None = None,
     label: Callable[[dict[str, Any]], str] = _label,
 ) -> GridTable:
-    """Replay the recorded run under ``curriculum_factory(**setting)`` for every combination in ``grid``.
+    """Replay the recorded run under ``curriculum_factory(**setting)`` for every combination in ``grid``
+    (each key a keyword parameter of the factory); ``own`` is the replay with its defaults.
 
     ``recorded``: a :class:`CurriculumEngine` built with ``record_metrics=True``, its
-    ``state_dict()``, or a :class:`MetricLog` (then pass ``history=``, the recorded run's
-    transitions). Every grid key must be a keyword parameter of the factory. Each row replays a
-    freshly built curriculum; the result's ``own`` is the replay with the factory's defaults.
-    ``label`` names a row from its setting (default ``key=value ...``).
-    Bad input (a grid key the factory lacks, a stream without a metric a guard reads, a recording
-    that began after the run's start) is a :class:`CurriculumError`; nothing is changed.
+    ``state_dict()``, or a :class:`MetricLog` (then pass ``history=``). ``label`` names a row from
+    its setting. Bad input is a :class:`CurriculumError`; nothing is changed.
     """
     if not callable(curriculum_factory):
         raise CurriculumError(
@@ -224,14 +200,20 @@ def replay_grid(
             f"got {curriculum_factory!r}"
         )
     combos = _combinations(curriculum_factory, dict(grid or {}))
-    log, records = recorded_run(recorded, history)
+    log, records = (recorded, None) if isinstance(recorded, MetricLog) else recorded_run(recorded)[:2]
+    records = list(history) if history is not None else records
+    if records is None:
+        raise CurriculumError(
+            "replay_grid: a MetricLog alone has no history to compare with; pass history=engine.history"
+        )
+    if (log.start_step, log.start_epoch) != (0, 0):
+        raise CurriculumError(
+            f"replay_grid: the recording began at step {log.start_step} (epoch {log.start_epoch}), not at the "
+            "run's start (record_metrics was turned on at a resume); a replay needs every metric since the start"
+        )
     stream = log.stream()
-    own = _replay(_build(curriculum_factory, {}), log, stream, records, f"{_name(curriculum_factory)}()")
-    rows = []
-    for settings in combos:
-        curriculum = _build(curriculum_factory, settings)
-        result = _replay(curriculum, log, stream, records, f"{_name(curriculum_factory)}({_label(settings)})")
-        rows.append(GridRow(settings=settings, label=label(settings), replay=result))
+    own = _replay(curriculum_factory, {}, log, stream, records)
+    rows = [GridRow(s, label(s), _replay(curriculum_factory, s, log, stream, records)) for s in combos]
     return GridTable(recorded=_moves(records), rows=rows, own=own, steps=log.steps, epochs=log.epochs)
 
 
@@ -242,14 +224,9 @@ def _moves(history: Iterable[Record]) -> list[Record]:
     return [r for r in history if r.point in ("step_end", "epoch_end")]
 
 
-def _short(guard: str) -> str:
-    return guard.split("(", 1)[0]
-
-
 def _decider(record: Record) -> str:
-    if record.decision is None:
-        return ""
-    return "+".join(_short(g) for g in record.decision.decided_by)
+    """The deciding guards' class names: ``Plateau+MinEpoch``."""
+    return "+".join(g.split("(", 1)[0] for g in record.decision.decided_by) if record.decision else ""
 
 
 def _cells(result: Replay, n: int) -> list[str]:

@@ -85,10 +85,7 @@ class Decision:
 @attrs.define
 class Record:
     """One transition: source, destination, when (clock and wall time), why (guards), what (actions).
-
-    The first record of a run is its start: ``source`` None, ``dest`` the initial phase, ``point``
-    ``"start"``, no guards, and the initial phase's ``on_enter`` effects.
-    """
+    A run's first record is its start: ``source`` None, ``point`` ``"start"``, the on_enter effects."""
 
     source: str | None
     dest: str
@@ -129,7 +126,7 @@ class HistoryView(Sequence[Record]):
         return iter(self._records)
 
     def __repr__(self) -> str:
-        return f"HistoryView({len(self)} records)"
+        return f"{type(self).__name__}({len(self)} records)"
 
 
 _CSV_FIELDS = (
@@ -144,9 +141,6 @@ class History(HistoryView):
 
     def __init__(self, records: Sequence[Record] = ()) -> None:
         super().__init__(list(records))
-
-    def __repr__(self) -> str:
-        return f"History({len(self)} records)"
 
     def append(self, record: Record) -> None:
         self._records.append(record)

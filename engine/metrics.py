@@ -20,12 +20,8 @@ def _bad_metric(name: str, value: Any, call: str, why: str = "") -> CurriculumEr
 
 
 def to_metric(name: str, value: Any, call: str = "step_end()") -> float:
-    """``value`` as a float metric, or a :class:`CurriculumError` naming the metric, type and value.
-
-    Accepted: int, float (NaN and infinities included), numpy integer and floating scalars, and
-    one-element tensors or arrays of those. Refused: bool (a flag is not a measurement), str,
-    None, complex, sequences, multi-element tensors, ints too large for a float.
-    """
+    """``value`` (an int, a float, NaN included, a numpy scalar or a one-element tensor or array) as a
+    float; anything else (a bool: a flag is not a measurement) is a CurriculumError naming it."""
     if type(value) is float:
         return value
     if isinstance(value, bool):

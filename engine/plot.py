@@ -3,16 +3,15 @@
     plot_run(engine, "run.png")                # an engine built with record_metrics=True
     plot_run(state_dict, "run.png")            # or its saved state (python -m engine plot PATH --out run.png)
 
-The loss and LR come from the recorded metrics (``loss`` of every ``step_end``; ``lr`` when the loop
-passed it, as the HF and Lightning callbacks do), the epoch-end metrics (validation) from the
-recorded ``epoch_end`` calls, the transitions from the history and the phase params from the
-curriculum spec kept in the state: the same picture ``chunklm plot`` draws for its own runs.
-matplotlib (the ``plot`` extra: ``pip install "curriculum-engine[plot]"``) is imported only when a
-plot is drawn. :func:`plot_target` checks where a plot goes before anything is drawn.
+The loss and LR (``lr`` when the loop passed it) come from the recorded metrics, the transitions
+from the history, the phase params from the curriculum spec kept in the state (docs/observability.md).
+matplotlib (the ``plot`` extra) is imported only when a plot is drawn.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import numbers
 import os
 import re
@@ -21,11 +20,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from engine.core import Curriculum, CurriculumError
+from engine.grid import recorded_run
 from engine.history import Record
 from engine.progress import progress_series
 from engine.recording import MetricLog
 from engine.runtime import CurriculumEngine
-from engine.state import from_primitives
 
 __all__ = ["plot_run", "draw_run", "plot_target", "pyplot", "IMAGE_SUFFIXES"]
 
@@ -34,29 +33,6 @@ IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 _EPOCH_METRIC = re.compile(r"loss|bpb|acc|ppl|perplexity|error|f1", re.IGNORECASE)
 _NOT_A_MEASURE = re.compile(r"runtime|per_second|samples|steps|epoch", re.IGNORECASE)
-
-
-def _parts(source: Any) -> tuple[MetricLog, list[Record], dict]:
-    """(recorded metrics, history, spec) of an engine or an engine state dict."""
-    if isinstance(source, CurriculumEngine):
-        if source.recorded is None:
-            raise CurriculumError(
-                "plot_run: this engine records no metrics; "
-                "build it with CurriculumEngine(curriculum, record_metrics=True)"
-            )
-        return source.recorded, list(source.history), source.curriculum.spec()
-    if isinstance(source, Mapping):
-        snap = from_primitives(dict(source))
-        if snap.recorded is None:
-            raise CurriculumError(
-                "plot_run: this engine state holds no recorded metrics; build the run's engine with record_metrics=True"
-            )
-        if snap.spec is None:
-            raise CurriculumError(
-                "plot_run: this engine state (schema 1) holds no curriculum spec to read the phase params from"
-            )
-        return MetricLog.from_state_dict(snap.recorded), snap.history, snap.spec
-    raise CurriculumError(f"plot_run: expected a CurriculumEngine or its state_dict(), got {type(source).__name__}")
 
 
 def pyplot() -> Any:
@@ -115,14 +91,9 @@ def _numeric_params(spec: dict) -> dict[str, dict[str, float]]:
 
 def _phase_per_step(history: Sequence[Record], steps: Sequence[int]) -> list[str]:
     """The phase each step ran in: a transition at step S (step or epoch end) takes effect at S + 1."""
-    moves = sorted(((r.global_step, k, r.dest) for k, r in enumerate(history)), key=lambda m: (m[0], m[1]))
-    phases, i, current = [], 0, moves[0][2] if moves else "?"
-    for step in steps:
-        while i < len(moves) and moves[i][0] < step:
-            current = moves[i][2]
-            i += 1
-        phases.append(current)
-    return phases
+    moves = sorted((r.global_step, k, r.dest) for k, r in enumerate(history))
+    starts = [step for step, _, _ in moves]
+    return [moves[max(bisect.bisect_left(starts, step) - 1, 0)][2] if moves else "?" for step in steps]
 
 
 def _epoch_metric(log: MetricLog) -> str | None:
@@ -141,10 +112,8 @@ def draw_run(
     title: str,
     progress: Mapping[str, tuple[Sequence[int], Sequence[float], float]] | None = None,
 ) -> Any:
-    """The figure: loss (and its running mean) with labelled transition markers and the epoch-end
-    metric on a second axis; the LR; the phase params as steps; with ``progress`` (plateau tag ->
-    steps, relative improvements, threshold), how close each plateau was to firing. Returns a
-    matplotlib Figure."""
+    """The matplotlib Figure: loss with transition markers and the epoch-end metric, the LR, the phase
+    params, and with ``progress`` (plateau tag -> steps, relative improvements, threshold) a fourth panel."""
     plt = pyplot()
     rows = 4 if progress else 3
     fig, axes = plt.subplots(
@@ -161,9 +130,7 @@ def draw_run(
     ax_loss.plot(steps, loss, lw=0.6, alpha=0.4, color="tab:blue", label="loss per step")
     k = max(1, len(loss) // 100)
     if k > 1:
-        sums = [0.0]
-        for v in loss:
-            sums.append(sums[-1] + v)
+        sums = [0.0, *itertools.accumulate(loss)]
         smooth = [(sums[i + 1] - sums[max(0, i - k + 1)]) / (i + 1 - max(0, i - k + 1)) for i in range(len(loss))]
         ax_loss.plot(steps, smooth, lw=1.5, color="tab:blue", label=f"mean of {k} steps")
     if epoch_metric is not None:
@@ -208,12 +175,14 @@ def draw_run(
 
 def plot_run(source: Any, out: str | Path, *, title: str | None = None, curriculum: Curriculum | None = None) -> Path:
     """Draw the run of ``source`` (an engine built with ``record_metrics=True``, or its
-    ``state_dict()``) to ``out`` (the format from its suffix, PNG by default), written atomically:
-    an existing file is replaced. With the curriculum at hand (an engine's own, or ``curriculum=``
-    for a saved state), a panel shows how close each ``Plateau`` of the phase in progress was to
-    firing: its relative improvement per step beside its threshold (:func:`engine.progress.progress_series`).
-    Returns ``out``."""
-    log, history, spec = _parts(source)
+    ``state_dict()``) to ``out`` (the format from its suffix), replacing it atomically. With the
+    curriculum at hand (an engine's own, or ``curriculum=``), a panel shows how close each ``Plateau``
+    was to firing (:func:`engine.progress.progress_series`). Returns ``out``."""
+    log, history, spec = recorded_run(source, "plot_run")
+    if spec is None:
+        raise CurriculumError(
+            "plot_run: this engine state (schema 1) holds no curriculum spec to read the phase params from"
+        )
     if curriculum is None and isinstance(source, CurriculumEngine):
         curriculum = source.curriculum
     steps, loss = log.series("loss")

@@ -17,16 +17,13 @@ from engine.runtime import CurriculumEngine
 
 __all__ = ["guard_progress", "progress_series"]
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.\- ]")  # MLflow's rule for metric names, "/" aside
+UNSAFE = re.compile(r"[^A-Za-z0-9_.\- ]")  # MLflow's rule for metric names, "/" aside
 
 
 def guard_progress(engine: CurriculumEngine) -> dict[str, float]:
     """Each guard's numeric evidence for the transitions out of the current phase, as
-    ``next/<dest>/<Guard>/<key>`` (a second guard of one class in a transition gets
-    ``<Guard>_2``): a ``Plateau``'s ``improvement`` beside its ``threshold``, a ``MinSteps``'s
-    ``global_step`` beside ``min_steps``. Guards that decide on a metric passed at their point
-    (``MetricBelow``) are left out: between points there is no such value; guards that
-    accumulate (``Plateau``) are in."""
+    ``next/<dest>/<Guard>/<key>`` (``<Guard>_2`` for a second of one class). Guards that decide on a
+    metric passed at their point (``MetricBelow``) are left out: between points it has no value."""
     out: dict[str, float] = {}
     phase = engine.phase.name
     for transition in engine.curriculum.transitions:
@@ -40,10 +37,10 @@ def guard_progress(engine: CurriculumEngine) -> dict[str, float]:
                 continue
             name = type(guard).__name__
             seen[name] = seen.get(name, 0) + 1
-            tag = f"next/{_UNSAFE.sub('_', transition.dest)}/{name}" + (f"_{seen[name]}" if seen[name] > 1 else "")
+            tag = f"next/{UNSAFE.sub('_', transition.dest)}/{name}" + (f"_{seen[name]}" if seen[name] > 1 else "")
             for key, value in evidence(ctx).items():
                 if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
-                    out[f"{tag}/{_UNSAFE.sub('_', str(key))}"] = float(value)
+                    out[f"{tag}/{UNSAFE.sub('_', str(key))}"] = float(value)
     return out
 
 

@@ -1,26 +1,15 @@
 """The metric stream an engine was fed, recorded exactly: what :func:`engine.replay` needs.
 
 ``CurriculumEngine(curriculum, record_metrics=True)`` keeps a :class:`MetricLog` as
-``engine.recorded``: every ``step_end`` and ``epoch_end`` that succeeded appends the metrics it
-was given (the floats themselves, not printed ones), in order; a call that raised appends nothing.
-The log is part of ``engine.state_dict()`` (key ``recorded``), so it travels in every checkpoint
-the engine state travels in (an own loop's file, the HF Trainer's ``trainer_state.json``,
-Lightning's ``.ckpt``). :meth:`MetricLog.load` opens it from any of those files, read-only, and
-:meth:`MetricLog.stream` gives the evaluation points back in the form :func:`engine.replay` takes::
-
-    log = MetricLog.load("checkpoint-500")           # or engine.recorded, in the running process
-    replay(other_curriculum, log.stream(), recorded=log.history)
-
-Memory: one float64 per metric per call, plus one int per call. Saved: each metric's column as
-base64 of its little-endian float64 bytes (exact), and per call the index of its layout (which
-point, which metric names) as base64 of one byte (four when there are more than 256 layouts).
+``engine.recorded``, saved in ``engine.state_dict()["recorded"]`` (see docs/observability.md). Saved:
+the layouts (a point and its metric names, in the order first seen), each call's layout index (one
+byte; four beyond 256 layouts) and each metric's column as base64 of its little-endian float64s.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import logging
 from array import array
 from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping
@@ -31,39 +20,36 @@ import numpy as np
 
 from engine.core import CurriculumError
 
-__all__ = ["MetricLog", "restore_log"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["MetricLog"]
 
 _FORMAT = 2
-_ENCODING = "float64-le-base64"
-_FIX = "pass the 'recorded' entry of a state that engine.state_dict() returned"
+FIX = "pass the 'recorded' entry of a state that engine.state_dict() returned"
 _OLD = (
     "recorded metrics of format 1 were written by curriculum-engine 0.1.0, which this version does not read; "
     "set the state's 'recorded' entry to None to load the rest and record afresh from its step"
 )
+_Point = Literal["step_end", "epoch_end"]
 
 
 def _width(layouts: int) -> str:
-    """The dtype of a saved call: its layout index in one byte, or four beyond 256 layouts."""
     return "<u1" if layouts <= 256 else "<u4"
 
 
-def _b64(data: np.ndarray) -> str:
-    return base64.b64encode(data.tobytes()).decode("ascii")
+def _b64(values: Any, dtype: str) -> str:
+    return base64.b64encode(np.asarray(values, dtype=dtype).tobytes()).decode("ascii")
 
 
 def _unb64(text: str, dtype: str, where: str, count: int | None = None) -> np.ndarray:
     """The values of ``dtype`` in base64 ``text``; with ``count``, its length is checked before decoding."""
     size = np.dtype(dtype).itemsize
     if count is not None and len(text) != 4 * -(-size * count // 3):
-        raise CurriculumError(f"recorded metrics: {where} holds {len(text)} characters, not {count} values; {_FIX}")
+        raise CurriculumError(f"recorded metrics: {where} holds {len(text)} characters, not {count} values; {FIX}")
     try:
         raw = base64.b64decode(text, validate=True)
     except binascii.Error as exc:
-        raise CurriculumError(f"recorded metrics: {where} is not base64 ({exc}); {_FIX}") from None
+        raise CurriculumError(f"recorded metrics: {where} is not base64 ({exc}); {FIX}") from None
     if len(raw) % size:
-        raise CurriculumError(f"recorded metrics: {where} holds {len(raw)} bytes, not whole values; {_FIX}")
+        raise CurriculumError(f"recorded metrics: {where} holds {len(raw)} bytes, not whole values; {FIX}")
     return np.frombuffer(raw, dtype=dtype)
 
 
@@ -75,9 +61,9 @@ class _Saved:
     encoding: Literal["float64-le-base64"]
     start_step: int = attrs.field(validator=attrs.validators.ge(0))
     start_epoch: int = attrs.field(validator=attrs.validators.ge(0))
-    layouts: list[tuple[Literal["step_end", "epoch_end"], list[str]]]
+    layouts: list[tuple[_Point, list[str]]]
     calls: str
-    columns: list[tuple[Literal["step_end", "epoch_end"], str, str]]
+    columns: list[tuple[_Point, str, str]]
 
 
 def _exactly(value: Any, kind: type) -> Any:
@@ -99,37 +85,29 @@ _converter.register_structure_hook(str, _exactly)
 
 @attrs.define(eq=False)
 class MetricLog:
-    """The evaluation points an engine was fed, in order: ``("step_end", {"loss": ..., ...})`` per
-    step and ``("epoch_end", {...})`` per epoch end, each with exactly the floats it got.
-
-    ``start_step`` and ``start_epoch`` are the clock when recording began: 0 for a run recorded
-    from its start; a run that turned recording on at a resume starts there (and cannot be
-    replayed from its beginning). ``history``: the run's transitions, when opened with :meth:`load`.
-    """
+    """The evaluation points an engine was fed, in order, each with exactly the floats it got.
+    ``start_step``/``start_epoch``: the clock when recording began (not 0 when it was turned on at a
+    resume: such a log cannot be replayed from the run's start); ``history``: set by :meth:`load`."""
 
     start_step: int = 0
     start_epoch: int = 0
     history: list | None = attrs.field(default=None, kw_only=True)
-    _calls: array = attrs.field(init=False, factory=lambda: array("I"))  # per call: its layout
-    _layouts: list[tuple[str, tuple[str, ...]]] = attrs.field(init=False, factory=list)  # (point, names)
-    _index: dict = attrs.field(init=False, factory=dict)  # (point, names) -> layout
-    _targets: list[list[array]] = attrs.field(init=False, factory=list)  # per layout: its columns
+    _calls: array = attrs.field(init=False, factory=lambda: array("I"))  # per call: its layout's index
+    # (point, metric names) -> (its index, its columns), in the order first seen
+    _layouts: dict[tuple[str, tuple[str, ...]], tuple[int, list[array]]] = attrs.field(init=False, factory=dict)
     _columns: dict[tuple[str, str], array] = attrs.field(init=False, factory=dict)  # (point, name) -> values
 
     def append(self, point: str, metrics: Mapping[str, float]) -> None:
         """Record one call: ``point`` is ``"step_end"`` or ``"epoch_end"``, ``metrics`` its floats
         (the engine has validated them; ``loss`` is among a step's)."""
-        layout = self._index.get((point, tuple(metrics)))
-        if layout is None:
-            layout = self._add_layout(point, tuple(metrics))
-        self._calls.append(layout)
-        for column, value in zip(self._targets[layout], metrics.values()):
+        layout = self._layouts.get((point, tuple(metrics))) or self._add_layout(point, tuple(metrics))
+        self._calls.append(layout[0])
+        for column, value in zip(layout[1], metrics.values()):
             column.append(value)
 
-    def _add_layout(self, point: str, names: tuple[str, ...]) -> int:
-        self._index[(point, names)] = layout = len(self._layouts)
-        self._layouts.append((point, names))
-        self._targets.append([self._columns.setdefault((point, name), array("d")) for name in names])
+    def _add_layout(self, point: str, names: tuple[str, ...]) -> tuple[int, list[array]]:
+        columns = [self._columns.setdefault((point, name), array("d")) for name in names]
+        self._layouts[(point, names)] = layout = (len(self._layouts), columns)
         return layout
 
     def __len__(self) -> int:
@@ -150,14 +128,10 @@ class MetricLog:
         return [name for p, name in self._columns if p == point]
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, float]]]:
-        at = dict.fromkeys(self._columns, 0)
-        for layout in self._calls:
-            point, names = self._layouts[layout]
-            values = {}
-            for name in names:
-                values[name] = self._columns[(point, name)][at[(point, name)]]
-                at[(point, name)] += 1
-            yield point, values
+        layouts, values = list(self._layouts), {key: iter(column) for key, column in self._columns.items()}
+        for k in self._calls:
+            point, names = layouts[k]
+            yield point, {name: next(values[(point, name)]) for name in names}
 
     def stream(self) -> list[tuple[str, dict[str, float]]]:
         """The recorded calls in order, as :func:`engine.replay` takes them."""
@@ -177,17 +151,14 @@ class MetricLog:
 
     def state_dict(self) -> dict:
         """JSON-safe: the start clock, the layouts, each call's layout, each column's float64 values."""
-        calls = np.frombuffer(self._calls, dtype=np.uint32).astype(_width(len(self._layouts)))
         return {
             "format": _FORMAT,
-            "encoding": _ENCODING,
+            "encoding": "float64-le-base64",
             "start_step": self.start_step,
             "start_epoch": self.start_epoch,
             "layouts": [[point, list(names)] for point, names in self._layouts],
-            "calls": _b64(calls),
-            "columns": [
-                [p, n, _b64(np.frombuffer(v, dtype=np.float64).astype("<f8"))] for (p, n), v in self._columns.items()
-            ],
+            "calls": _b64(self._calls, _width(len(self._layouts))),
+            "columns": [[p, n, _b64(values, "<f8")] for (p, n), values in self._columns.items()],
         }
 
     @classmethod
@@ -199,77 +170,37 @@ class MetricLog:
             saved = _converter.structure(state, _Saved)
         except cattrs.BaseValidationError as exc:  # every field that does not fit, with its path
             lines = "; ".join(cattrs.transform_error(exc, path="recorded", format_exception=_why))
-            raise CurriculumError(f"recorded metrics do not fit format {_FORMAT}: {lines}; {_FIX}") from None
+            raise CurriculumError(f"recorded metrics do not fit format {_FORMAT}: {lines}; {FIX}") from None
         log = cls(start_step=saved.start_step, start_epoch=saved.start_epoch)
         for k, (point, names) in enumerate(saved.layouts):
-            if (point, tuple(names)) in log._index or len(set(names)) != len(names):
-                raise CurriculumError(f"recorded metrics: layouts[{k}] repeats a layout or a name; {_FIX}")
+            if (point, tuple(names)) in log._layouts or len(set(names)) != len(names):
+                raise CurriculumError(f"recorded metrics: layouts[{k}] repeats a layout or a name; {FIX}")
             log._add_layout(point, tuple(names))
-        dtype = _width(len(saved.layouts))
-        calls = _unb64(saved.calls, dtype, "calls")
+        calls = _unb64(saved.calls, _width(len(saved.layouts)), "calls")
         if calls.size and int(calls.max()) >= len(saved.layouts):
             raise CurriculumError(
-                f"recorded metrics: a call names layout {int(calls.max())}, beyond the layouts; {_FIX}"
+                f"recorded metrics: a call names layout {int(calls.max())}, beyond the layouts; {FIX}"
             )
-        per_layout = np.bincount(calls, minlength=len(saved.layouts))
         need = dict.fromkeys(log._columns, 0)
-        for (point, names), count in zip(log._layouts, per_layout.tolist()):
+        for (point, names), count in zip(log._layouts, np.bincount(calls, minlength=len(saved.layouts)).tolist()):
             for name in names:
                 need[(point, name)] += count
         if {(p, n) for p, n, _ in saved.columns} != need.keys() or len(saved.columns) != len(need):
-            raise CurriculumError(f"recorded metrics: the columns are not one per recorded metric; {_FIX}")
+            raise CurriculumError(f"recorded metrics: the columns are not one per recorded metric; {FIX}")
         for point, name, text in saved.columns:
             values = _unb64(text, "<f8", f"column {point} {name!r}", need[(point, name)])
             log._columns[(point, name)].frombytes(values.astype(np.float64).tobytes())
-        log._calls.frombytes(calls.astype(np.uint32).tobytes())
+        log._calls.extend(calls.tolist())
         return log
 
     @classmethod
     def load(cls, path: str | Path) -> MetricLog:
-        """The recording saved at ``path`` (an own loop's state file, JSON or torch; an HF Trainer
-        checkpoint folder; a Lightning ``.ckpt``), read-only, with the run's transitions as ``history``.
-        A path without an engine state, or a state without a recording, is a :class:`CurriculumError`."""
-        from engine.saved import load_saved
+        """The recording saved at ``path`` (what :func:`engine.saved.load_saved` reads), with the run's
+        transitions as ``history``; a path without one is a :class:`CurriculumError`."""
+        from engine.saved import load_recorded
         from engine.state import from_primitives
 
-        state, where = load_saved(path)
-        snap = from_primitives(dict(state))
-        if snap.recorded is None:
-            raise CurriculumError(
-                f"{where} holds an engine state without recorded metrics; build the run's engine with "
-                "CurriculumEngine(curriculum, record_metrics=True) to record them"
-            )
+        snap = from_primitives(load_recorded(path)[0])
         log = cls.from_state_dict(snap.recorded)
         log.history = list(snap.history)
         return log
-
-
-def restore_log(saved: Any, clock: Any, record: bool, lenient: bool) -> MetricLog | None:
-    """The log a restored engine keeps: the saved one (checked against the restored ``clock``), a
-    new one starting at the clock when the state has none, None when the engine does not record.
-
-    A saved log that does not end at the clock is refused (left out with a warning when ``lenient``).
-    """
-    if not record:
-        if saved is not None:
-            logger.warning(
-                "the restored engine state has recorded metrics, but this engine was built without "
-                "record_metrics=True: its state_dict() will not keep them"
-            )
-        return None
-    fresh = MetricLog(start_step=clock.global_step, start_epoch=clock.epoch)
-    if saved is None:
-        return fresh
-    log = MetricLog.from_state_dict(saved)
-    if (log.start_step + log.steps, log.start_epoch + log.epochs) != (clock.global_step, clock.epoch):
-        problem = (
-            f"recorded metrics end at step {log.start_step + log.steps}, epoch {log.start_epoch + log.epochs}, "
-            f"but the engine state's clock is at step {clock.global_step}, epoch {clock.epoch}"
-        )
-        if not lenient:
-            raise CurriculumError(
-                f"{problem}; {_FIX}, or pass allow_fingerprint_mismatch=True to record afresh from here"
-            )
-        logger.warning("load_state_dict: left out the recorded metrics: %s; recording afresh from here", problem)
-        return fresh
-    return log

@@ -1,20 +1,9 @@
 """Replay: would another rule have changed phase, and when? Recorded metrics through a fresh engine.
 
-:func:`replay` feeds a run's recorded evaluation points to a fresh :class:`CurriculumEngine` built
-from a curriculum (the recorded one, or another rule), without running any action: no model,
-optimizer or schedule is needed, and the replayed history lists the actions that would have run.
-Every record carries its :class:`~engine.history.Decision` (the guard that became true last), so
-a replay also explains runs recorded before decisions were stored.
-
-A replay is faithful only up to the first decision that differs from the recorded run: after it,
-the recorded metrics (losses of a model in another phase) no longer follow from the rule. Given
-the recorded history, :func:`replay` reports that point as a :class:`Departure`::
-
-    result = replay(curriculum, [("step_end", {"loss": 2.91}), ..., ("epoch_end", {"val_bpb": 3.1})],
-                    recorded=engine_history)
-    result.history      # what the curriculum would have done, with each deciding guard
-    result.departure    # None when it agrees with the recorded run throughout
-    result.faithful()   # the records up to and including the departure
+:func:`replay` feeds a run's recorded evaluation points to a fresh :class:`CurriculumEngine` and runs
+no action (no model or optimizer is needed); each record carries its deciding guard. A replay is
+faithful only up to the first decision that differs from the recorded run (its :class:`Departure`):
+after it, the recorded metrics no longer follow from the rule. See docs/observability.md.
 """
 
 from __future__ import annotations
@@ -35,11 +24,11 @@ _POINTS = (Point.STEP_END.value, Point.EPOCH_END.value)
 _ORDER = {Point.STEP_END.value: 0, Point.EPOCH_END.value: 1}  # at one step: step_end, then epoch_end, then by hand
 
 
+@attrs.frozen(repr=False, eq=False)
 class _NotRun:
     """An action that a replay does not run: only its text, for the history and the fingerprint."""
 
-    def __init__(self, text: str) -> None:
-        self.text = text
+    text: str
 
     def __call__(self, ctx: Any) -> None:
         return None
@@ -48,23 +37,19 @@ class _NotRun:
         return self.text
 
 
+def _key(record: Record) -> tuple:
+    return record.source, record.dest, record.global_step, record.point
+
+
 def _when(record: Record) -> tuple[int, int]:
     return record.global_step, _ORDER.get(record.point, 2)
 
 
-def _same(a: Record, b: Record) -> bool:
-    return (a.source, a.dest, a.global_step, a.point) == (b.source, b.dest, b.global_step, b.point)
-
-
 @attrs.frozen
 class Departure:
-    """The first point where the replay decides otherwise than the recorded run.
-
-    ``replayed`` is the replay's transition there (None: it stayed), ``recorded`` the recorded
-    run's (None: it stayed); ``recorded_next`` is the recorded run's next transition when the
-    replay moved first. From here on the replayed history is not evidence: the recorded metrics
-    came from a run in another phase.
-    """
+    """The first point where the replay decides otherwise than the recorded run: ``replayed`` and
+    ``recorded`` are each one's transition there (None: it stayed), ``recorded_next`` the recorded
+    run's next one when the replay moved first. After it the replayed history is not evidence."""
 
     global_step: int
     epoch: int
@@ -161,7 +146,7 @@ def _departure(replayed: Sequence[Record], recorded: Sequence[Record], steps: in
     for a, b in itertools.zip_longest(rep, rec):
         if b is not None and b.global_step > steps:
             b = None  # the recorded run moved after the metrics we have: nothing to compare
-        if a is not None and b is not None and _same(a, b):
+        if a is not None and b is not None and _key(a) == _key(b):
             continue
         if a is None and b is None:
             return None
@@ -183,18 +168,11 @@ def replay(
     copy_guards: bool = True,
     **objects: Any,
 ) -> Replay:
-    """Feed recorded evaluation points to a fresh engine on ``curriculum``; run no action.
-
-    ``metrics`` is the run's evaluation points in order: ``("step_end", {"loss": ..., ...})`` for
-    each optimizer step (with every metric the loop passed to ``step_end``) and
-    ``("epoch_end", {...})`` after the last step of each epoch. ``recorded`` is the recorded run's
-    history (``engine.history``, or a history file's records): the result's ``departure`` is the
-    first point where the replay decides otherwise (its start record and the records after the
-    last fed step are ignored; a manual transition is a departure, since a replay does not repeat
-    it). The guards are deep-copied (``copy_guards=False``: use them as they are, e.g. for a
-    curriculum built for the replay). ``objects`` are registered with the engine, for guards that
-    ``require`` one.
-    """
+    """Feed ``metrics``, the run's ``("step_end", {"loss": ..., ...})`` and ``("epoch_end", {...})``
+    calls in order, to a fresh engine on ``curriculum`` (its guards deep-copied unless
+    ``copy_guards=False``; ``objects`` registered with it); run no action. With ``recorded`` (the
+    run's history) the result's ``departure`` is the first decision that differs; a manual
+    transition is one, since a replay does not repeat it."""
     if not isinstance(curriculum, Curriculum):
         raise CurriculumError(f"replay needs a Curriculum, got {type(curriculum).__name__}: {curriculum!r}")
     engine = CurriculumEngine(_dry(curriculum, copy_guards), **objects)
@@ -203,8 +181,7 @@ def replay(
     for index, item in enumerate(metrics):
         point, values = _point(index, item)
         if point == Point.STEP_END.value:
-            loss = values.pop("loss")
-            engine.step_end(loss, **values)
+            engine.step_end(values.pop("loss"), **values)
             steps += 1
         else:
             engine.epoch_end(**values)

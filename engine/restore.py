@@ -1,9 +1,6 @@
-"""A saved engine state checked against a curriculum, before anything is restored.
-
-:func:`check_state` refuses, with one :class:`CurriculumError` naming the field and the fix, a state
-this curriculum cannot continue, and changes nothing; :func:`load_guards` then loads the guards'
-accumulators all or nothing. ``CurriculumEngine.load_state_dict`` calls the two, then sets its
-phase, clock and history (which cannot fail).
+"""A saved engine state checked against a curriculum before anything is restored: :func:`check_state`
+refuses what this curriculum cannot continue, changing nothing; :func:`load_guards` then loads the
+guards' accumulators all or nothing.
 """
 
 from __future__ import annotations
@@ -18,16 +15,18 @@ from engine.decide import Since
 from engine.health import actions_of
 from engine.history import Record
 from engine.plan import Plan, Taken, put_back
-from engine.recording import MetricLog, restore_log
+from engine.recording import FIX, MetricLog
 from engine.state import EngineState, PendingCheck, from_primitives
 
-__all__ = ["Restored", "check_state", "load_guards", "SAVED"]
+__all__ = ["Restored", "check_state", "restore_log", "load_guards", "SAVED"]
 
 logger = logging.getLogger("engine.runtime")
 
 SAVED = "pass the dict that engine.state_dict() returned for this curriculum"
 _HF_KEY = 'state["stateful_callbacks"]["curriculum_engine"]'  # engine.integrations.hf.STATE_KEY
 _CLOCK_FIELDS = [f.name for f in attrs.fields(Clock)]
+_WHOLE = {"step_in_epoch": "global_step", "steps_in_phase": "global_step", "epochs_in_phase": "epoch"}
+_NO_CONVERSION = " (no conversion is made: a clock of floats, text or bools is not one the engine wrote)"
 
 
 @attrs.frozen
@@ -37,30 +36,23 @@ class Restored:
     state: EngineState
     pending: list[PendingCheck]
     held_since: dict[int, list[Since | None]]
-    # The metric log the engine keeps (engine.recording.restore_log): None when it does not record.
+    # The metric log the engine keeps (restore_log): None when it does not record.
     recorded: MetricLog | None = None
 
 
 def check_state(
     data: Any, curriculum: Curriculum, plan: Plan, fingerprint: str, spec: dict, lenient: bool, *, record: bool = False
 ) -> Restored:
-    """``data`` (from ``engine.state_dict()``) checked against ``curriculum``; changes nothing.
-
-    With ``lenient`` (``allow_fingerprint_mismatch=True``) what names phases, transitions or
-    guards of another curriculum is left out instead of refused. ``record``: the engine records
-    its metric stream (``record_metrics=True``): the saved log is decoded and must end at the
-    state's clock (a recorded stream that does not is left out when ``lenient``).
-    """
+    """``data`` (from ``engine.state_dict()``) checked against ``curriculum``; changes nothing. With
+    ``lenient`` (``allow_fingerprint_mismatch=True``) what names another curriculum's phases,
+    transitions or guards is left out instead of refused; ``record``: see :func:`restore_log`."""
     _check_raw(data)
     snap = from_primitives(data)
     _check_fingerprint(snap, curriculum, fingerprint, spec, lenient)
     phases = [p.name for p in curriculum.phases]
     if snap.phase not in phases:
         raise CurriculumError(f"engine state's phase {snap.phase!r} is not a phase of this curriculum ({phases})")
-    _check_clock(snap.clock)
-    if not lenient:
-        _check_history(snap.history, phases)
-    _check_run(snap, curriculum, lenient)
+    _check_run(snap, curriculum, phases, lenient)
     pending = _restored_pending(snap, curriculum, plan, lenient)
     held_since = _restored_held_since(snap, curriculum, plan, lenient)
     return Restored(snap, pending, held_since, restore_log(snap.recorded, snap.clock, record, lenient))
@@ -68,7 +60,8 @@ def check_state(
 
 def _check_raw(data: Any) -> None:
     """What structuring would hide or say less well: a whole HF ``trainer_state.json`` (not the
-    engine's part of it), a clock of floats or text (cattrs would make 10.7 and "10" the int 10)."""
+    engine's part of it), a clock of floats or text (cattrs would make 10.7 and "10" the int 10), or
+    whose parts exceed their wholes."""
     if not isinstance(data, dict):
         return  # from_primitives says so
     if "schema_version" not in data and ("stateful_callbacks" in data or "log_history" in data):
@@ -78,15 +71,47 @@ def _check_raw(data: Any) -> None:
             f"pass the engine's part of it: engine.load_state_dict({_HF_KEY})"
         )
     clock = data.get("clock")
-    if isinstance(clock, dict):
-        for name in _CLOCK_FIELDS:
-            value = clock.get(name, 0)
-            if type(value) is not int:
-                raise CurriculumError(
-                    f"engine state is malformed: clock.{name} must be an int >= 0, "
-                    f"got {type(value).__name__} {value!r} "
-                    f"(no conversion is made: a clock of floats, text or bools is not one the engine wrote); {SAVED}"
-                )
+    if not isinstance(clock, dict):
+        return  # from_primitives says so
+    for name in _CLOCK_FIELDS:
+        value = clock.get(name, 0)
+        if type(value) is not int or value < 0:
+            raise CurriculumError(
+                f"engine state is malformed: clock.{name} must be an int >= 0, got {type(value).__name__} {value!r}"
+                f"{'' if type(value) is int else _NO_CONVERSION}; {SAVED}"
+            )
+    for part, whole in _WHOLE.items():
+        if clock.get(part, 0) > clock.get(whole, 0):
+            raise CurriculumError(
+                f"engine state's clock.{part} ({clock[part]}) is larger than clock.{whole} "
+                f"({clock.get(whole, 0)}); {SAVED}"
+            )
+
+
+def restore_log(saved: Any, clock: Clock, record: bool, lenient: bool) -> MetricLog | None:
+    """The log a restored engine keeps: the saved one, which must end at the restored ``clock`` (else
+    refused, or left out with a warning when ``lenient``); a new one starting at the clock when the
+    state has none; None when the engine does not record."""
+    if not record:
+        if saved is not None:
+            logger.warning(
+                "the restored engine state has recorded metrics, but this engine was built without "
+                "record_metrics=True: its state_dict() will not keep them"
+            )
+        return None
+    fresh = MetricLog(start_step=clock.global_step, start_epoch=clock.epoch)
+    log = MetricLog.from_state_dict(saved) if saved is not None else fresh
+    end = (log.start_step + log.steps, log.start_epoch + log.epochs)
+    if end == (clock.global_step, clock.epoch):
+        return log
+    problem = (
+        f"recorded metrics end at step {end[0]}, epoch {end[1]}, "
+        f"but the engine state's clock is at step {clock.global_step}, epoch {clock.epoch}"
+    )
+    if not lenient:
+        raise CurriculumError(f"{problem}; {FIX}, or pass allow_fingerprint_mismatch=True to record afresh from here")
+    logger.warning("load_state_dict: left out the recorded metrics: %s; recording afresh from here", problem)
+    return fresh
 
 
 def _check_fingerprint(snap: EngineState, curriculum: Curriculum, fingerprint: str, spec: dict, lenient: bool) -> None:
@@ -108,26 +133,10 @@ def _check_fingerprint(snap: EngineState, curriculum: Curriculum, fingerprint: s
     )
 
 
-def _check_clock(clock: Clock) -> None:
-    for name in _CLOCK_FIELDS:
-        value = getattr(clock, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise CurriculumError(f"engine state's clock.{name} must be an int >= 0, got {value!r}; {SAVED}")
-    for part, whole in (
-        ("step_in_epoch", "global_step"),
-        ("steps_in_phase", "global_step"),
-        ("epochs_in_phase", "epoch"),
-    ):
-        if getattr(clock, part) > getattr(clock, whole):
-            raise CurriculumError(
-                f"engine state's clock.{part} ({getattr(clock, part)}) is larger than clock.{whole} "
-                f"({getattr(clock, whole)}); {SAVED}"
-            )
-
-
-def _check_run(snap: EngineState, curriculum: Curriculum, lenient: bool) -> None:
-    """The run the state describes hangs together: started when it has a past, its history ends in
-    its phase (an empty one in the phase start() enters), no record later than its clock."""
+def _check_run(snap: EngineState, curriculum: Curriculum, phases: list[str], lenient: bool) -> None:
+    """The run the state describes hangs together: started when it has a past, no record later
+    than its clock; unless ``lenient``, its records name its phases and end in its phase (an empty
+    history in the phase start() enters)."""
     clock, history = snap.clock, snap.history
     if not snap.started:
         ran = [f"{len(history)} history record{'s' if len(history) > 1 else ''}"] if history else []
@@ -144,6 +153,11 @@ def _check_run(snap: EngineState, curriculum: Curriculum, lenient: bool) -> None
                 f"engine state's history[{k}] is at global step {record.global_step} (epoch {record.epoch}), "
                 f"later than its clock (global step {clock.global_step}, epoch {clock.epoch}); {SAVED}"
             )
+        for end, name in (("source", record.source), ("dest", record.dest)):
+            if not lenient and (name is not None and name not in phases or end == "dest" and name is None):
+                raise CurriculumError(
+                    f"engine state's history[{k}].{end} is {name!r}, not a phase of this curriculum ({phases}); {SAVED}"
+                )
     if lenient:
         return  # another curriculum's phases: what the history says of them is not checked
     if not history and snap.phase != curriculum.initial_name:
@@ -156,15 +170,6 @@ def _check_run(snap: EngineState, curriculum: Curriculum, lenient: bool) -> None
             f"engine state's last history record (#{len(history) - 1}, {history[-1].source} -> {history[-1].dest}) "
             f"does not end in its phase {snap.phase!r}; {SAVED}"
         )
-
-
-def _check_history(history: list[Record], phases: list[str]) -> None:
-    for k, record in enumerate(history):
-        for end, name in (("source", record.source), ("dest", record.dest)):
-            if name is not None and name not in phases or end == "dest" and name is None:
-                raise CurriculumError(
-                    f"engine state's history[{k}].{end} is {name!r}, not a phase of this curriculum ({phases}); {SAVED}"
-                )
 
 
 def _restored_pending(snap: EngineState, curriculum: Curriculum, plan: Plan, lenient: bool) -> list[PendingCheck]:
@@ -280,8 +285,7 @@ def _misfit(saved: Any, kept: Any, where: str = "") -> str | None:
     """The first place where what a guard kept of ``saved`` (its ``state_dict()`` after loading it)
     differs from ``saved``, as "expected ..., got ..."; None when it kept everything."""
     if isinstance(saved, dict) and isinstance(kept, dict):
-        extra, missing = sorted(set(saved) - set(kept)), sorted(set(kept) - set(saved))
-        if extra or missing:
+        if set(saved) != set(kept):
             return f"expected the keys {sorted(kept)}{where and ' at ' + where}, got {sorted(saved)}"
         return next((m for k in kept if (m := _misfit(saved[k], kept[k], f"{where}[{k!r}]")) is not None), None)
     if isinstance(saved, list) and isinstance(kept, list):

@@ -1,17 +1,9 @@
 """Find the engine state in a saved file: an own loop's state file, an HF checkpoint, a Lightning .ckpt.
 
-:func:`load_saved` reads, without running any code from the file:
-
-- a JSON file holding ``engine.state_dict()`` (or any JSON that holds one, e.g. ``{"engine": ...}``);
-- a torch file (``torch.save({"engine": engine.state_dict(), ...})``, a Lightning ``.ckpt``, whose
-  ``callbacks`` entry holds it), read with ``torch.load(weights_only=True)``;
-- a Hugging Face Trainer checkpoint folder (``checkpoint-N/``, whose ``trainer_state.json`` holds
-  it under ``stateful_callbacks``), or an output folder of them (the highest ``N`` is read).
-
-A path that holds no engine state, or more than one, is a :class:`~engine.CurriculumError`.
-
-:func:`open_state` reads a saved state for looking at it, without building an engine or binding
-the objects its actions need: its phase, clock, history, guard states and recorded metrics.
+:func:`load_saved` reads, without running code from the file, a JSON file or a torch file
+(``torch.load(weights_only=True)``; a Lightning ``.ckpt`` too) holding ``engine.state_dict()`` at any
+depth, or an HF Trainer checkpoint folder (its ``trainer_state.json``; in an output folder, the highest
+``checkpoint-N``). :func:`open_state` reads a saved state for looking at it, without building an engine.
 """
 
 from __future__ import annotations
@@ -29,36 +21,22 @@ import attrs
 from engine.core import Clock, Curriculum, CurriculumError
 from engine.history import History
 from engine.plan import Plan
-from engine.recording import MetricLog, restore_log
-from engine.restore import check_state
+from engine.recording import MetricLog
+from engine.restore import check_state, restore_log
 from engine.state import PendingCheck, from_primitives
 
-__all__ = ["load_saved", "find_states", "SavedState", "open_state"]
+__all__ = ["load_saved", "load_recorded", "find_states", "SavedState", "open_state"]
 
 _KEYS = {"schema_version", "fingerprint", "phase", "clock", "history"}
 _HF_STATE = "trainer_state.json"
 
 
-def _is_state(value: Any) -> bool:
-    return isinstance(value, dict) and _KEYS <= value.keys()
-
-
 def find_states(value: Any, path: str = "", depth: int = 6) -> list[tuple[str, dict]]:
     """Every engine state inside ``value`` (nested dicts and lists), with where it was found."""
-    if _is_state(value):
+    if isinstance(value, dict) and _KEYS <= value.keys():
         return [(path or "(top level)", value)]
-    if depth == 0:
-        return []
-    if isinstance(value, dict):
-        items = value.items()
-    elif isinstance(value, (list, tuple)):
-        items = enumerate(value)
-    else:
-        return []
-    found = []
-    for key, inner in items:
-        found += find_states(inner, f"{path}[{key!r}]", depth - 1)
-    return found
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    return [found for key, inner in items if depth for found in find_states(inner, f"{path}[{key!r}]", depth - 1)]
 
 
 def _hf_folder(folder: Path) -> Path:
@@ -96,9 +74,8 @@ def _read(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        text = str(exc)
-        why = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else text
-        why = why.strip().split(". ")[0].splitlines()[0] if why.strip() else type(exc).__name__
+        why = str(exc).split("WeightsUnpickler error:", 1)[-1].strip()
+        why = why.split(". ")[0].splitlines()[0] if why else type(exc).__name__
         raise CurriculumError(
             f"{path} cannot be read with torch.load(weights_only=True) ({why}): it holds objects that only running "
             "code could rebuild; save the engine state as plain data (engine.state_dict() is)"
@@ -130,6 +107,17 @@ def load_saved(path: str | Path) -> tuple[dict, str]:
     return state, f"{file} {where}" if where != "(top level)" else str(file)
 
 
+def load_recorded(path: str | Path) -> tuple[dict, str]:
+    """:func:`load_saved`, refusing an engine state without recorded metrics."""
+    state, where = load_saved(path)
+    if state.get("recorded") is None:
+        raise CurriculumError(
+            f"{where} holds an engine state without recorded metrics; build the run's engine with "
+            "CurriculumEngine(curriculum, record_metrics=True) to record them"
+        )
+    return state, where
+
+
 @attrs.frozen
 class SavedState:
     """A saved engine state, read only: what :func:`open_state` returns."""
@@ -145,13 +133,9 @@ class SavedState:
 
 
 def open_state(state: dict | str | Path, curriculum: Curriculum | None = None) -> SavedState:
-    """A saved engine state, opened for reading: no engine is built and no object is bound.
-
-    ``state`` is the dict ``engine.state_dict()`` returned, or a path :func:`load_saved` reads.
-    With ``curriculum`` the state is checked against it as ``load_state_dict`` checks it
-    (fingerprint, phase, clock, history, pending checks; no guard loads anything); without, only
-    its structure is. A state that fails is a :class:`CurriculumError`; nothing is changed.
-    """
+    """A saved engine state (the dict ``engine.state_dict()`` returned, or a path :func:`load_saved`
+    reads), opened without building an engine. With ``curriculum`` it is checked as
+    ``load_state_dict`` checks it (no guard loads anything); without, only its structure is."""
     if isinstance(state, (str, Path)):
         state = load_saved(state)[0]
     if curriculum is not None:
@@ -160,13 +144,5 @@ def open_state(state: dict | str | Path, curriculum: Curriculum | None = None) -
     else:
         snap = from_primitives(state)
     recorded = restore_log(snap.recorded, snap.clock, True, False) if snap.recorded is not None else None
-    return SavedState(
-        phase=snap.phase,
-        started=snap.started,
-        clock=snap.clock,
-        history=History(snap.history),
-        guards=snap.guards,
-        pending_checks=list(snap.pending_checks),
-        fingerprint=snap.fingerprint,
-        recorded=recorded,
-    )
+    parts = {field.name: getattr(snap, field.name) for field in attrs.fields(SavedState)}
+    return SavedState(**{**parts, "history": History(snap.history), "recorded": recorded})

@@ -64,7 +64,6 @@ def to_primitives(state: EngineState) -> dict:
 def from_primitives(data: Any) -> EngineState:
     if not isinstance(data, dict):
         raise CurriculumError(f"engine state must be a dict (from engine.state_dict()), got {type(data).__name__}")
-    data = dict(data)
     version = data.get("schema_version")
     if not isinstance(version, int):
         raise CurriculumError(

@@ -504,22 +504,6 @@ def test_config_mappings_are_read_and_a_plain_class_takes_no_arguments():
         curriculum_to_dict(Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [Plain(2)])]), registry=reg)
 
 
-def test_without_a_toml_reader_the_error_says_what_to_install(tmp_path, monkeypatch):
-    """Python 3.10 without tomli: one line naming the package; JSON files still load."""
-    import engine.datafile
-
-    monkeypatch.setattr(engine.datafile, "_toml", None)
-    path = save_curriculum(spectral_curriculum(), tmp_path / "c.toml")
-    with pytest.raises(
-        CurriculumFileError, match=r"c.toml: reading TOML on Python 3.10 needs the tomli package: pip install tomli"
-    ):
-        load_curriculum(path)
-    assert (
-        load_curriculum(save_curriculum(spectral_curriculum(), tmp_path / "c.json")).fingerprint()
-        == spectral_curriculum().fingerprint()
-    )
-
-
 @pytest.mark.parametrize("name", ["a\n", "short\n", "a b"])
 def test_a_phase_name_with_a_newline_or_space_is_refused(name):
     """Phase names are identifiers in full: a trailing newline (which a regex's `$` lets through) is refused."""

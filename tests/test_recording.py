@@ -169,7 +169,7 @@ def test_an_engine_that_does_not_record_drops_a_restored_recording_and_says_so(c
     engine.start()
     run(engine, 1)
     plain = CurriculumEngine(curriculum())
-    with caplog.at_level(logging.WARNING, logger="engine.recording"):
+    with caplog.at_level(logging.WARNING, logger="engine.runtime"):
         plain.load_state_dict(engine.state_dict())
     assert plain.recorded is None and "record_metrics=True" in caplog.text
 

@@ -341,7 +341,11 @@ CORRUPTED = [
         r"accumulators for guard t1\.g0 \(CountBelow\(0\.5, need=3\)\) were refused by its load_state_dict\(\): "
         r"KeyError: 'count'; nothing was restored",
     ),
-    ("negative clock", corrupt(["clock", "steps_in_phase"], -1), r"clock\.steps_in_phase must be an int >= 0, got -1"),
+    (
+        "negative clock",
+        corrupt(["clock", "steps_in_phase"], -1),
+        r"clock\.steps_in_phase must be an int >= 0, got int -1",
+    ),
     (
         "clock parts larger than the whole",
         corrupt(["clock", "epochs_in_phase"], 9),

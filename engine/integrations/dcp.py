@@ -32,13 +32,9 @@ STATE_KEY = "curriculum_engine_json"
 
 
 class EngineState:
-    """``engine`` as a DCP ``Stateful``: ``state_dict()`` is ``{STATE_KEY: json text}``.
-
-    Saving checks that every rank holds the same engine state (its sha256, wall times aside): DCP
-    writes one copy of a replicated value, so ranks that disagree would lose all but one of theirs; they
-    are a :class:`~engine.CurriculumError` instead, on every rank. Loading is ``engine.load_state_dict``:
-    the same checks (fingerprint, schema), and ``allow_fingerprint_mismatch`` passed through.
-    """
+    """``engine`` as a DCP ``Stateful``: ``state_dict()`` is ``{STATE_KEY: json text}``. Saving checks
+    that every rank holds the same engine state (wall times aside): DCP writes one copy of a replicated
+    value, so ranks that disagree would lose all but one of theirs; they are a CurriculumError instead."""
 
     def __init__(self, engine: CurriculumEngine, *, allow_fingerprint_mismatch: bool = False) -> None:
         self.engine = check_engine(engine, "EngineState")
@@ -91,16 +87,10 @@ def _check_ranks_agree(state: dict) -> None:
 
 # What a DCP .metadata file may name: DCP's own records and the types they hold (nothing that runs code).
 _METADATA_GLOBALS = {
-    "torch.distributed.checkpoint.metadata": {
-        "Metadata",
-        "MetadataIndex",
-        "StorageMeta",
-        "TensorProperties",
-        "TensorStorageMetadata",
-        "ChunkStorageMetadata",
-        "BytesStorageMetadata",
-        "_MEM_FORMAT_ENCODING",
-    },
+    "torch.distributed.checkpoint.metadata": set(
+        "Metadata MetadataIndex StorageMeta TensorProperties TensorStorageMetadata ChunkStorageMetadata "
+        "BytesStorageMetadata _MEM_FORMAT_ENCODING".split()
+    ),
     "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
     "torch": {"Size"},
     "torch.serialization": {"_get_layout"},

@@ -1,51 +1,20 @@
 """What the framework callbacks log about the curriculum, for TensorBoard, W&B, MLflow, CSV loggers.
 
-Numbers, under ``curriculum/``, at every log:
-
-- ``curriculum/phase``: the current phase's index in the curriculum's declaration order;
-- ``curriculum/in/<phase>``: 1 for the current phase, 0 for each other one (a column per phase name,
-  for loggers that take numbers only);
-- ``curriculum/<param>``: each numeric param of the current phase (bools aside);
-- ``curriculum/transitions``: the transitions taken so far (it steps up where one fired);
-- ``curriculum/last_transition_step``: the global step of the last one (0 before any);
-- ``curriculum/next/<dest>/<Guard>/<key>``: how close each transition out of the current phase is,
-  its guards' numeric evidence now (:func:`engine.progress.guard_progress`): a ``Plateau``'s ``improvement`` beside
-  its ``threshold``, a ``MinSteps``'s ``global_step`` (or ``steps_in_phase``) beside ``min_steps``.
-
-Text, where the framework's loggers take text (the HF Trainer's do: TensorBoard as text, W&B,
-``trainer_state.json``'s ``log_history``), only when it changed since the previous log:
-
-- ``curriculum/phase_name``: the current phase's name;
-- ``curriculum/transition``: each transition since the previous log,
-  ``"a -> b at step 150 (epoch 3, epoch_end), decided by Plateau(window=50, threshold=0.005)"``.
-
-Lightning: the callback hands the numbers to every logger of the Trainer (``logger.log_metrics``)
-every ``log_every_n_steps`` steps and at each transition (:func:`log_to_lightning`), at the step
-number Lightning gives the training step's own ``self.log`` values (0-based: the step just taken
-is logged as ``global_step - 1``), so both land in one row; a transition at an epoch end is logged
-with the next step (one point per tag and step), or at the end of training. The text goes to
-each logger that takes text (TensorBoard's ``add_text``) and to this module's Python logger (INFO).
-
-The HF Trainer calls its ``report_to`` callbacks (TensorBoard, W&B, MLflow, ...) before the
-callbacks a user passes, in one ``on_log`` round: so that they see the curriculum's values, the
-HF callback moves itself just before them when training begins (:func:`report_before_loggers`).
-transformers gives a callback no public way to its Trainer or its ``CallbackHandler`` (a hook gets
-``args, state, control`` and the model, optimizer, scheduler and loaders), so the handler is found
-as the caller of ``on_train_begin`` (:func:`calling_handler`); where it is not (a callback called
-some other way), the order is left as it is with one warning: pass ``report_to="none"`` and the
-reporters' callbacks after this one instead.
+The values (``curriculum/phase``, ``curriculum/in/<phase>``, each numeric param, ``curriculum/transitions``,
+``curriculum/last_transition_step``, ``curriculum/next/<dest>/<Guard>/<key>``; the text
+``curriculum/phase_name`` and ``curriculum/transition`` when they change) and when each framework logs
+them are in docs/observability.md, "The curriculum in the frameworks' loggers".
 """
 
 from __future__ import annotations
 
 import logging
 import numbers
-import re
 import sys
 from typing import Any, Sequence
 
 from engine.history import Record
-from engine.progress import guard_progress
+from engine.progress import UNSAFE, guard_progress
 from engine.runtime import CurriculumEngine
 
 __all__ = [
@@ -61,7 +30,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PREFIX = "curriculum/"
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.\- ]")  # MLflow's rule for metric names, "/" aside
 
 
 def _moves(history: Sequence[Record]) -> list[Record]:
@@ -75,10 +43,10 @@ def phase_metrics(engine: CurriculumEngine) -> dict[str, float]:
     moves = _moves(engine.history)
     out = {f"{PREFIX}phase": float(names.index(phase.name))}
     for name in names:
-        out[f"{PREFIX}in/{_UNSAFE.sub('_', name)}"] = float(name == phase.name)
+        out[f"{PREFIX}in/{UNSAFE.sub('_', name)}"] = float(name == phase.name)
     for key, value in phase.params.items():
         if isinstance(value, numbers.Real) and not isinstance(value, bool):
-            out[PREFIX + _UNSAFE.sub("_", str(key))] = float(value)
+            out[PREFIX + UNSAFE.sub("_", str(key))] = float(value)
     out[f"{PREFIX}transitions"] = float(len(moves))
     out[f"{PREFIX}last_transition_step"] = float(moves[-1].global_step if moves else 0)
     out.update({PREFIX + tag: value for tag, value in guard_progress(engine).items()})
