@@ -18,12 +18,13 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LambdaCallback, ModelCheckpoint
 from torch import nn
 
 from engine import Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
 from engine.integrations.lightning import CurriculumCallback
 from policies import MetricBelow, MinEpoch, MinSteps, Restartable, RestartLR, SetCutoff, StagedCosine, all_of
+from tests import ddp_lightning
 from tests.ddp_lightning import THRESHOLD as DDP_THRESHOLD
 from tests.lightning_tiny import PositionLoader, Tiny
 from tests.utils import launch, record_calls, same_tensors
@@ -351,12 +352,24 @@ def test_lightning_takes_staged_cosine_as_its_scheduler(tmp_path):
 # -- two processes (strategy="ddp", gloo on CPU): tests/ddp_lightning.py, whose ranks see data of different losses ----
 
 
-@pytest.fixture(scope="module")
-def ddp(tmp_path_factory):
-    """Each rank's record of the run."""
-    out = tmp_path_factory.mktemp("ddp")
-    launch([sys.executable, "-m", "tests.ddp_lightning", str(out)], timeout=240)
+def launch_ddp(out: Path, *ckpt: Path) -> list[dict]:
+    """Each rank's record of a run of tests/ddp_lightning.py into out (resumed from ckpt when given)."""
+    launch([sys.executable, "-m", "tests.ddp_lightning", str(out), *map(str, ckpt)], timeout=240)
     return [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def ddp_dir(tmp_path_factory):
+    """The uninterrupted run's folder: each rank's record, and its checkpoints in ckpt/."""
+    out = tmp_path_factory.mktemp("ddp")
+    launch_ddp(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ddp(ddp_dir):
+    """Each rank's record of the uninterrupted run."""
+    return [json.loads((ddp_dir / f"rank{rank}.json").read_text()) for rank in (0, 1)]
 
 
 def own_losses(record) -> list[float]:
@@ -388,6 +401,43 @@ def test_under_ddp_every_rank_transitions_where_the_mean_crosses(ddp):
     history0, history1 = (record["history"] for record in ddp)
     assert history0 == history1
     assert [(h["source"], h["dest"], h["global_step"]) for h in history0] == [(None, "a", 0), ("a", "b", step)]
+
+
+def test_under_ddp_a_mid_epoch_resume_gives_each_rank_its_own_random_state(ddp_dir, ddp, tmp_path):
+    """Resumed from the checkpoint at step 2 (mid-epoch), each rank drops out its inputs as in the uninterrupted run:
+    its own losses, its engine's losses, the history (the transition at step 5 included) and the weights are the same,
+    bit for bit."""
+    resumed = launch_ddp(tmp_path, ddp_dir / "ckpt" / "step=2.ckpt")
+    for before, after in zip(ddp, resumed):
+        assert after["own"] == [seen for seen in before["own"] if seen[0] > 2]
+        assert after["engine"] == before["engine"][2:]
+        assert after["history"] == before["history"] and after["history"][-1]["global_step"] == 5
+        assert after["weights"] == before["weights"]
+
+
+def test_a_checkpoint_of_another_number_of_processes_puts_back_no_random_state(ddp_dir, tmp_path, caplog):
+    """One process resumed from the two ranks' mid-epoch checkpoint: one warning naming why the draws differ, and the
+    random state when training starts is neither rank's."""
+    drawn = []
+    trainer = pl.Trainer(
+        max_steps=3,
+        callbacks=[
+            CurriculumCallback(CurriculumEngine(ddp_lightning.curriculum())),
+            LambdaCallback(on_train_start=lambda trainer, module: drawn.append(torch.get_rng_state())),
+        ],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    ckpt = ddp_dir / "ckpt" / "step=2.ckpt"
+    with caplog.at_level(logging.WARNING, logger="engine.integrations.lightning"):
+        trainer.fit(ddp_lightning.Regressor(), PositionLoader(dataset(batches=7), batch_size=2), ckpt_path=ckpt)
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "engine.integrations.lightning"]
+    assert "resumed with 1 processes from a checkpoint holding the random state of 2" in warning
+    ranks = next(v for v in torch.load(ckpt, weights_only=True)["callbacks"].values() if "rng" in v)["rng"]
+    assert not any(torch.equal(drawn[0], rank["torch"]) for rank in ranks)
 
 
 # -- the exactness matrix: checkpoint position x transition point x action x shuffle, against real Lightning ----------

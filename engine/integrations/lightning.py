@@ -68,10 +68,11 @@ class CurriculumCallback(Callback):
       the curriculum registers a schedule and it has no ``restart()`` (its state in the callback's),
       re-planned over the steps left at each restart (``restart_over="remaining"``, the default) or
       replayed whole (``"whole"``, warned at train begin when the schedule has a length).
-    - **Random state**: saved with each checkpoint and put back at resume (single process): from a
+    - **Random state**: saved with each checkpoint and put back at resume, each process's own under DDP: from a
       checkpoint between two epochs when Lightning loads it, before the fit loop makes the next
       epoch's iterator (a plain shuffled ``DataLoader`` draws its order then); mid-epoch at
-      ``on_train_start``. So a shuffling loader and dropout draw as in the uninterrupted run.
+      ``on_train_start``. So a shuffling loader and dropout draw as in the uninterrupted run. A checkpoint
+      written by another number of processes puts back none, and the callback warns once at resume.
 
     Resume: exact from a checkpoint saved at an epoch end (``on_train_epoch_end``, the
     ``ModelCheckpoint`` default, or ``on_validation_end``) or at an epoch's last batch, and from a
@@ -125,6 +126,11 @@ class CurriculumCallback(Callback):
         # After the epoch's last batch (at it, after its validation or at its end): the next batch is the next
         # epoch's first, whose data loader draws its order from the random state when its iterator is made.
         entry["between_epochs"] = bool(_batch_progress(trainer).is_last_batch)
+        if trainer.world_size > 1 and torch.distributed.is_initialized():
+            # Lightning dumps the checkpoint on every process and rank 0 writes it: each rank's own random state.
+            states = [None] * trainer.world_size
+            torch.distributed.all_gather_object(states, entry["rng"])
+            entry["rng"] = states
         if self._epoch_end_pending(trainer):
             # Saved after the epoch's last batch but before its epoch_end (on_train_batch_end or
             # on_validation_end): on resume Lightning does not validate that epoch again, so keep the
@@ -133,11 +139,10 @@ class CurriculumCallback(Callback):
 
     def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict) -> None:
         entry = checkpoint.get("callbacks", {}).get(self.state_key) or {}
-        if trainer.world_size == 1 and entry.get("between_epochs") and "rng" in entry:
+        if entry.get("between_epochs") and "rng" in entry:
             # Now, before the fit loop makes the next epoch's iterator (a plain DataLoader's RandomSampler draws its
-            # order from torch's global generator then): on_train_start comes after it. Under DDP each rank has its
-            # own stream, and Lightning's DistributedSampler orders each epoch from its seed and the epoch.
-            set_random_state(entry["rng"])
+            # order from torch's global generator then): on_train_start comes after it.
+            _restore_random_state(trainer, entry["rng"])
 
     def _epoch_end_pending(self, trainer: Any) -> bool:
         return bool(_batch_progress(trainer).is_last_batch) and self.engine.clock.step_in_epoch > 0
@@ -180,8 +185,9 @@ class CurriculumCallback(Callback):
             )
         if self._sampler is not None:
             self._sampler.load_state_dict(restored["sampler"])
-        if trainer.world_size == 1 and "rng" in restored and not restored.get("between_epochs"):
-            set_random_state(restored["rng"])  # mid-epoch: the rest of the epoch draws on from the checkpoint's state
+        if "rng" in restored and not restored.get("between_epochs"):
+            # mid-epoch: the rest of the epoch draws on from the checkpoint's state
+            _restore_random_state(trainer, restored["rng"])
         self._epoch_metrics = restored.get("epoch_end_metrics")
         missed = self.engine.clock.epoch < trainer.current_epoch
         if not missed and self.engine.clock.step_in_epoch > 0 and self._sampler is None:
@@ -308,6 +314,22 @@ def _mixture_sampler(trainer: Any) -> Any:
             "Lightning starts the processes) or pass rank=trainer.global_rank, world_size=trainer.world_size"
         )
     return sampler
+
+
+def _restore_random_state(trainer: Any, saved: dict | list[dict]) -> None:
+    """Put back this process's random state from a checkpoint's (one state, or one per rank under DDP); warn once
+    when the checkpoint was written by another number of processes."""
+    states = saved if isinstance(saved, list) else [saved]
+    if len(states) == trainer.world_size:
+        set_random_state(states[trainer.global_rank])
+    elif trainer.is_global_zero:
+        logger.warning(
+            "resumed with %d processes from a checkpoint holding the random state of %d: each process's random "
+            "draws (dropout, a shuffle, an augmentation) start again from this launch's seeds, so the run differs "
+            "from the uninterrupted one; resume with as many processes as wrote the checkpoint to be exact",
+            trainer.world_size,
+            len(states),
+        )
 
 
 def _warn_mid_epoch(trainer: Any, clock: Any) -> None:
