@@ -29,7 +29,7 @@ from engine.decide import Decider
 from engine.diagram import to_dot, to_mermaid
 from engine.history import History, Record
 from engine.metrics import check_metrics, to_metric
-from engine.plan import Plan, Taken, put_back
+from engine.plan import Plan, put_back, take_all
 from engine.recording import MetricLog
 from engine.restore import check_state, load_guards
 from engine.state import SCHEMA_VERSION, EngineState, PendingCheck, to_primitives
@@ -224,7 +224,7 @@ class CurriculumEngine:
             check_metrics(plan.needs, metrics, point)
         ctx, clock = self.ctx, self._clock
         ctx.metrics, ctx.point = metrics, point
-        taken = [Taken(u.put, u.take()) for u in plan.undo] if plan.undo else None
+        taken = take_all(plan.undo) if plan.undo else None
         step_in_epoch = clock.step_in_epoch
         if at_step:
             clock.global_step += 1
