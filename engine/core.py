@@ -303,8 +303,27 @@ def spec_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str
     return lines
 
 
-def _is_lambda(obj: Any) -> bool:
-    return getattr(obj, "__name__", None) == "<lambda>"
+def check_callable(item: Any, field: str) -> Any:
+    """``item`` as a guard or action: a callable object or named function, not a name, a class or a lambda."""
+    if isinstance(item, str):
+        fix = "pass the guard or action object itself, not its name"
+        raise CurriculumError(f"{field} must be a callable, got the string {item!r}; {fix}")
+    if isinstance(item, type):
+        raise CurriculumError(
+            f"{field} is the class {item.__qualname__}, not a guard or action object; "
+            f"instantiate it, e.g. {item.__qualname__}(...)"
+        )
+    if not callable(item):
+        raise CurriculumError(
+            f"{field} must be callable (a guard or action), got {type(item).__name__}: "
+            f"{item!r}; pass an object with __call__(ctx) or a named function"
+        )
+    if getattr(item, "__name__", None) == "<lambda>":
+        raise CurriculumError(
+            f"{field} is a lambda, which cannot be fingerprinted or shown in a diagram; "
+            "define a named function (def ...) or a small class with a readable __repr__"
+        )
+    return item
 
 
 def _check_callables(items: Any, field: str) -> tuple:
@@ -313,29 +332,7 @@ def _check_callables(items: Any, field: str) -> tuple:
             f"{field} must be a sequence of callables, got a single {type(items).__name__}: "
             f"{items!r}; wrap it in a list: [{describe(items) if callable(items) else repr(items)}]"
         )
-    items = tuple(items)
-    for i, item in enumerate(items):
-        if isinstance(item, str):
-            raise CurriculumError(
-                f"{field}[{i}] must be a callable, got the string {item!r}; "
-                "pass the guard or action object itself, not its name"
-            )
-        if isinstance(item, type):
-            raise CurriculumError(
-                f"{field}[{i}] is the class {item.__qualname__}, not a guard or action object; "
-                f"instantiate it, e.g. {item.__qualname__}(...)"
-            )
-        if not callable(item):
-            raise CurriculumError(
-                f"{field}[{i}] must be callable (a guard or action), got {type(item).__name__}: "
-                f"{item!r}; pass an object with __call__(ctx) or a named function"
-            )
-        if _is_lambda(item):
-            raise CurriculumError(
-                f"{field}[{i}] is a lambda, which cannot be fingerprinted or shown in a diagram; "
-                "define a named function (def ...) or a small class with a readable __repr__"
-            )
-    return items
+    return tuple(check_callable(item, f"{field}[{i}]") for i, item in enumerate(items))
 
 
 class Params(Mapping):

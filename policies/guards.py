@@ -16,9 +16,9 @@ from typing import Any
 import attrs
 
 from engine import Clock, Context, CurriculumError, describe
-from engine.core import Guard, truth_value
+from engine.core import Guard, check_callable, truth_value
 from engine.protocols import AllOf, capabilities
-from policies._checks import check_guard, choice, fail, flag, integer, metric_name, policy, real
+from policies._checks import choice, fail, flag, integer, metric_name, policy, real
 from policies._stats import student_t_sf
 
 __all__ = [
@@ -352,7 +352,7 @@ def _children(guards: Any, self: Any) -> tuple:
     guards = tuple(guards)
     if not guards:
         raise fail(name, "guards", "at least one guard", guards, f"e.g. {name}(MinEpoch(2), Plateau())")
-    return tuple(check_guard(name, f"guards[{i}]", g) for i, g in enumerate(guards))
+    return tuple(check_callable(g, f"{name}: guards[{i}]") for i, g in enumerate(guards))
 
 
 class _Combinator:
