@@ -179,8 +179,6 @@ class ResetWindow:
     Effect: ``{"filled": [before, after]}``, the values each guard's window held (None: no window).
     """
 
-    requires: tuple[str, ...] = ()
-
     def __init__(self, *guards: Any) -> None:
         if not guards:
             raise fail(

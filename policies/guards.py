@@ -75,8 +75,6 @@ class Plateau:
     never drift and a restored window is bit-identical.
     """
 
-    requires = ()
-
     window: int = attrs.field(default=50, converter=integer(2, "use an even window >= 2, e.g. window=50"))
     threshold: float = attrs.field(default=0.005, converter=real("e.g. threshold=0.005 (0.5% relative improvement)"))
     metric: str = attrs.field(default="loss", validator=metric_name('e.g. metric="loss"'))
@@ -268,7 +266,6 @@ class Plateau:
 class _Counter:
     """Shared shape of MinEpoch and MinSteps: a clock counter >= n."""
 
-    requires = ()
     _key = ""  # the evidence key of n
     _fields = ("", "")  # the clock counter read: over the run, in the phase
 
@@ -310,7 +307,6 @@ class MinSteps(_Counter):
 
 @policy
 class _Threshold:
-    requires = ()
     _word = ""
 
     metric: str = attrs.field(validator=metric_name("e.g. {cls}('val_bpb', 1.5)"))
@@ -470,9 +466,6 @@ class Cooldown:
     """Holds once ``n`` epochs (or steps, ``unit="steps"``) have passed since the phase was entered:
     on a loop-back, ``Cooldown(2)`` keeps a run from ping-ponging."""
 
-    requires = ()
-    metrics = ()
-
     n: int = attrs.field(converter=integer(1, "e.g. Cooldown(2) waits two epochs after a transition"))
     unit: str = attrs.field(
         default="epochs",
@@ -496,9 +489,6 @@ class Cooldown:
 class MaxVisits:
     """Holds while the transition's destination has been entered fewer than ``n`` times (counted in
     ``ctx.history``, the start included): ``MaxVisits(3)`` on a back-off allows two back-offs."""
-
-    requires = ()
-    metrics = ()
 
     n: int = attrs.field(converter=integer(1, "e.g. MaxVisits(3): the destination entered at most 3 times"))
 
@@ -529,7 +519,6 @@ class WorseThanBest:
     the phase is entered, ``since="run"`` keeps it across visits. Its state saves and restores exactly.
     """
 
-    requires = ()
     observe_at = None  # at the transition's own evaluation point
 
     metric: str = attrs.field(validator=metric_name('e.g. WorseThanBest("val_loss")'))
