@@ -500,14 +500,11 @@ class Curriculum:
     def __attrs_post_init__(self) -> None:
         if not self.phases:
             raise CurriculumError("Curriculum.phases is empty; give at least one Phase")
-        for i, phase in enumerate(self.phases):
-            if not isinstance(phase, Phase):
-                raise CurriculumError(f"Curriculum.phases[{i}] must be a Phase, got {type(phase).__name__}: {phase!r}")
-        for i, tr in enumerate(self.transitions):
-            if not isinstance(tr, Transition):
-                raise CurriculumError(
-                    f"Curriculum.transitions[{i}] must be a Transition, got {type(tr).__name__}: {tr!r}"
-                )
+        for field, cls in (("phases", Phase), ("transitions", Transition)):
+            for i, item in enumerate(getattr(self, field)):
+                if not isinstance(item, cls):
+                    got = f"{type(item).__name__}: {item!r}"
+                    raise CurriculumError(f"Curriculum.{field}[{i}] must be a {cls.__name__}, got {got}")
         names = [p.name for p in self.phases]
         seen: set[str] = set()
         for name in names:
@@ -527,15 +524,14 @@ class Curriculum:
                         f"expected one of {names}; add Phase({value!r}) or fix the name"
                     )
         self._check_shared_observers()
-        out: dict[str, list[str]] = {}
+        out: dict[str, set[str]] = {}
         for tr in self.transitions:
-            out.setdefault(tr.source, []).append(tr.dest)
+            out.setdefault(tr.source, set()).add(tr.dest)
         reachable, frontier = {self.initial_name}, [self.initial_name]
         while frontier:
-            for dest in out.get(frontier.pop(), ()):
-                if dest not in reachable:
-                    reachable.add(dest)
-                    frontier.append(dest)
+            new = out.get(frontier.pop(), set()) - reachable
+            reachable |= new
+            frontier.extend(new)
         unreachable = [n for n in names if n not in reachable]
         if unreachable:
             raise CurriculumError(
