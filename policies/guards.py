@@ -151,12 +151,15 @@ class Plateau:
         self._newer.append(item)
         self._newer_sum += item[0]
         self._newer_sq += item[1]
-        self._values.append(x)
+        values = self._values
+        values.append(x)
+        if len(values) == 2 * self.window:  # the window is its last `window` values: drop the rest now and then
+            del values[: self.window]
 
     def reset(self) -> None:
         """Empty the window (the engine calls this when the guard's phase is entered)."""
         self._older, self._newer = deque(), deque()
-        self._values: deque[float] = deque(maxlen=self.window)  # what state_dict() copies
+        self._values: list[float] = []  # the values pushed, the window's at its end: state_dict() copies a slice
         self._older_sum = self._newer_sum = 0
         self._older_sq = self._newer_sq = 0
 
@@ -165,7 +168,7 @@ class Plateau:
     @property
     def filled(self) -> int:
         """How many values the window holds (``window`` when full)."""
-        return len(self._values)
+        return len(self._older) + len(self._newer)
 
     @property
     def full(self) -> bool:
@@ -239,7 +242,7 @@ class Plateau:
 
     def state_dict(self) -> dict:
         """The window's values, oldest first (finite floats: JSON round-trips them exactly)."""
-        return {"values": list(self._values)}
+        return {"values": self._values[-self.window :]}
 
     def load_state_dict(self, state: dict) -> None:
         """Refill the window from ``state_dict()``; the sums are rebuilt exactly as they were."""

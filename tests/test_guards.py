@@ -699,8 +699,8 @@ def test_worse_than_best_declares_and_needs_its_metric():
 
 
 def plateau_internals(p):
-    """Everything a Plateau decides from and saves: both halves (exact ints), the four sums and the values."""
-    return list(p._older), list(p._newer), p._older_sum, p._newer_sum, p._older_sq, p._newer_sq, list(p._values)
+    """Everything a Plateau decides from and saves: both halves (exact ints), the four sums and its values."""
+    return list(p._older), list(p._newer), p._older_sum, p._newer_sum, p._older_sq, p._newer_sq, p.state_dict()
 
 
 any_value = st.one_of(st.floats(-1e3, 1e3, allow_nan=False), st.sampled_from([math.nan, math.inf, -math.inf]))
