@@ -18,8 +18,8 @@ member               of      what the engine does with it
                              at its transition's own point
 ``reset()``          guard   clear the accumulators, when its phase is entered
 ``evidence(ctx)``    guard   what made it decide, recorded when its transition fires
-``state_dict()``,    guard   its accumulators as JSON-safe primitives, saved with the engine; a
-``load_state_dict``          call that raises is undone by loading the copy taken before it
+``state_dict()``,    guard   its accumulators as new JSON-safe primitives, saved with the engine;
+``load_state_dict``          a call that raises is undone by loading the copy taken before it
 ``guards``           guard   a combinator's children: the engine opens it (depth first) to
                              observe, reset, check and read the declarations of the guards inside;
                              an :class:`AllOf`'s are weighed one by one for the deciding guard
