@@ -603,11 +603,11 @@ class Curriculum:
         return hashlib.sha256(text.encode()).hexdigest()
 
     def requirements(self) -> dict[str, list[str]]:
-        """Registered-object name -> the guards and actions that need it."""
+        """Registered-object name -> the guards (those inside combinators one by one) and actions that need it."""
         needs: dict[str, list[str]] = {}
         items: list[Any] = [a for p in self.phases for a in p.on_enter]
         for tr in self.transitions:
-            items.extend(tr.guards)
+            items.extend(leaf for g in tr.guards for leaf in guard_leaves(g))
             items.extend(tr.actions)
         for item in items:
             for name in getattr(item, "requires", ()) or ():

@@ -355,7 +355,7 @@ def _children(guards: Any, self: Any) -> tuple:
 
 
 class _Combinator:
-    """A guard made of guards: observe, reset, state and requires pass through to every child."""
+    """A guard made of guards: observe, reset and state pass through to every child."""
 
     _name: str
     guards: tuple
@@ -365,10 +365,6 @@ class _Combinator:
         self._caps = caps = tuple(capabilities(g) for g in self.guards)
         self._observing = tuple(c.observe for c in caps if c.observe)
         self._resetting = tuple(c.reset for c in caps if c.reset)
-
-    @property
-    def requires(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(name for g in self.guards for name in getattr(g, "requires", ()) or ()))
 
     def _values(self, ctx: Context) -> list[bool]:
         # Every child is evaluated (no short-circuit), so a missing metric fails at the first

@@ -471,8 +471,8 @@ def test_combinators_pass_observe_reset_and_state_through():
         twin.load_state_dict({"guards": [None]})
 
 
-def test_combinator_requires_is_the_union():
-    """A combinator requires every registered object its children require, once each, in order."""
+def test_requires_inside_a_combinator_is_checked_at_start():
+    """start() refuses a run missing an object that a guard inside a combinator requires, naming that guard."""
 
     class Needs:
         def __init__(self, *names):
@@ -481,7 +481,13 @@ def test_combinator_requires_is_the_union():
         def __call__(self, ctx):
             return True
 
-    assert all_of(Needs("model"), not_(Needs("optimizer", "model")), MinEpoch(1)).requires == ("model", "optimizer")
+        def __repr__(self):
+            return f"Needs{self.requires}"
+
+    cur = Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [all_of(MinEpoch(1), not_(Needs("optimizer")))])])
+    with pytest.raises(CurriculumError, match=r"Needs\('optimizer',\) requires a registered object 'optimizer'"):
+        CurriculumEngine(cur, model=object()).start()
+    CurriculumEngine(cur, optimizer=object()).start()
 
 
 def test_combinator_evidence_is_nested_per_child():
