@@ -303,8 +303,27 @@ def spec_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str
     return lines
 
 
-def _is_lambda(obj: Any) -> bool:
-    return getattr(obj, "__name__", None) == "<lambda>"
+def check_callable(item: Any, field: str) -> Any:
+    """``item`` as a guard or action: a callable object or named function, not a name, a class or a lambda."""
+    if isinstance(item, str):
+        fix = "pass the guard or action object itself, not its name"
+        raise CurriculumError(f"{field} must be a callable, got the string {item!r}; {fix}")
+    if isinstance(item, type):
+        raise CurriculumError(
+            f"{field} is the class {item.__qualname__}, not a guard or action object; "
+            f"instantiate it, e.g. {item.__qualname__}(...)"
+        )
+    if not callable(item):
+        raise CurriculumError(
+            f"{field} must be callable (a guard or action), got {type(item).__name__}: "
+            f"{item!r}; pass an object with __call__(ctx) or a named function"
+        )
+    if getattr(item, "__name__", None) == "<lambda>":
+        raise CurriculumError(
+            f"{field} is a lambda, which cannot be fingerprinted or shown in a diagram; "
+            "define a named function (def ...) or a small class with a readable __repr__"
+        )
+    return item
 
 
 def _check_callables(items: Any, field: str) -> tuple:
@@ -313,29 +332,7 @@ def _check_callables(items: Any, field: str) -> tuple:
             f"{field} must be a sequence of callables, got a single {type(items).__name__}: "
             f"{items!r}; wrap it in a list: [{describe(items) if callable(items) else repr(items)}]"
         )
-    items = tuple(items)
-    for i, item in enumerate(items):
-        if isinstance(item, str):
-            raise CurriculumError(
-                f"{field}[{i}] must be a callable, got the string {item!r}; "
-                "pass the guard or action object itself, not its name"
-            )
-        if isinstance(item, type):
-            raise CurriculumError(
-                f"{field}[{i}] is the class {item.__qualname__}, not a guard or action object; "
-                f"instantiate it, e.g. {item.__qualname__}(...)"
-            )
-        if not callable(item):
-            raise CurriculumError(
-                f"{field}[{i}] must be callable (a guard or action), got {type(item).__name__}: "
-                f"{item!r}; pass an object with __call__(ctx) or a named function"
-            )
-        if _is_lambda(item):
-            raise CurriculumError(
-                f"{field}[{i}] is a lambda, which cannot be fingerprinted or shown in a diagram; "
-                "define a named function (def ...) or a small class with a readable __repr__"
-            )
-    return items
+    return tuple(check_callable(item, f"{field}[{i}]") for i, item in enumerate(items))
 
 
 class Params(Mapping):
@@ -503,14 +500,11 @@ class Curriculum:
     def __attrs_post_init__(self) -> None:
         if not self.phases:
             raise CurriculumError("Curriculum.phases is empty; give at least one Phase")
-        for i, phase in enumerate(self.phases):
-            if not isinstance(phase, Phase):
-                raise CurriculumError(f"Curriculum.phases[{i}] must be a Phase, got {type(phase).__name__}: {phase!r}")
-        for i, tr in enumerate(self.transitions):
-            if not isinstance(tr, Transition):
-                raise CurriculumError(
-                    f"Curriculum.transitions[{i}] must be a Transition, got {type(tr).__name__}: {tr!r}"
-                )
+        for field, cls in (("phases", Phase), ("transitions", Transition)):
+            for i, item in enumerate(getattr(self, field)):
+                if not isinstance(item, cls):
+                    got = f"{type(item).__name__}: {item!r}"
+                    raise CurriculumError(f"Curriculum.{field}[{i}] must be a {cls.__name__}, got {got}")
         names = [p.name for p in self.phases]
         seen: set[str] = set()
         for name in names:
@@ -530,15 +524,14 @@ class Curriculum:
                         f"expected one of {names}; add Phase({value!r}) or fix the name"
                     )
         self._check_shared_observers()
-        out: dict[str, list[str]] = {}
+        out: dict[str, set[str]] = {}
         for tr in self.transitions:
-            out.setdefault(tr.source, []).append(tr.dest)
+            out.setdefault(tr.source, set()).add(tr.dest)
         reachable, frontier = {self.initial_name}, [self.initial_name]
         while frontier:
-            for dest in out.get(frontier.pop(), ()):
-                if dest not in reachable:
-                    reachable.add(dest)
-                    frontier.append(dest)
+            new = out.get(frontier.pop(), set()) - reachable
+            reachable |= new
+            frontier.extend(new)
         unreachable = [n for n in names if n not in reachable]
         if unreachable:
             raise CurriculumError(
@@ -610,11 +603,11 @@ class Curriculum:
         return hashlib.sha256(text.encode()).hexdigest()
 
     def requirements(self) -> dict[str, list[str]]:
-        """Registered-object name -> the guards and actions that need it."""
+        """Registered-object name -> the guards (those inside combinators one by one) and actions that need it."""
         needs: dict[str, list[str]] = {}
         items: list[Any] = [a for p in self.phases for a in p.on_enter]
         for tr in self.transitions:
-            items.extend(tr.guards)
+            items.extend(leaf for g in tr.guards for leaf in guard_leaves(g))
             items.extend(tr.actions)
         for item in items:
             for name in getattr(item, "requires", ()) or ():

@@ -15,28 +15,9 @@ import attrs
 
 from engine.core import Curriculum, Point, describe, guard_leaves, metrics_read, observe_points
 from engine.health import verifies_of
-from engine.protocols import Capabilities, capabilities, is_and
+from engine.protocols import AllOf, Capabilities, capabilities
 
-__all__ = [
-    "Snapshot",
-    "Taken",
-    "Stateful",
-    "PointPlan",
-    "PhasePlan",
-    "TransitionPlan",
-    "Checked",
-    "Plan",
-    "take_all",
-    "put_back",
-]
-
-
-@attrs.frozen
-class Snapshot:
-    """How to undo what a call does to one guard: ``put(take())``, ``take`` before the call."""
-
-    take: Callable[[], Any]
-    put: Callable[[Any], None]
+__all__ = ["Taken", "Stateful", "PointPlan", "PhasePlan", "TransitionPlan", "Checked", "Plan", "take_all", "put_back"]
 
 
 @attrs.define
@@ -47,8 +28,9 @@ class Taken:
     state: Any
 
 
-def take_all(snapshots: tuple[Snapshot, ...]) -> list[Taken]:
-    return [Taken(s.put, s.take()) for s in snapshots]
+def take_all(guards: tuple[Capabilities, ...]) -> list[Taken]:
+    """Copies of the guards' states (``state_dict()``), to put back with ``load_state_dict()``."""
+    return [Taken(c.load_state_dict, c.state_dict()) for c in guards]
 
 
 def put_back(taken: list[Taken]) -> None:
@@ -58,24 +40,16 @@ def put_back(taken: list[Taken]) -> None:
 
 
 def conjuncts(guard: Any) -> list:
-    """The guards whose AND ``guard`` is, opened up recursively (``all_of``'s ``guards``)."""
-    if not is_and(guard):
-        return [guard]
-    return [leaf for g in guard.guards for leaf in conjuncts(g)]
+    """The guards whose AND ``guard`` is, opened up recursively (an :class:`AllOf`'s ``guards``)."""
+    return [leaf for g in guard.guards for leaf in conjuncts(g)] if isinstance(guard, AllOf) else [guard]
 
 
-def snapshot_plan(uses: list[tuple[Any, list]], caps: Mapping[int, Capabilities]) -> tuple[Snapshot, ...]:
-    """How to undo what a call does to guards: ``uses`` holds, per top-level guard, its leaves that
-    the call may change (by ``observe`` or ``reset``). Each is put back on its own: by ``mark()`` and
-    ``undo()`` when it has them (O(1), as ``Plateau``), else from a copy of its ``state_dict()``. A
-    guard with neither keeps no saved state, so ``state_dict()`` cannot change."""
-    out: dict[int, Snapshot] = {}
-    for _top, changing in uses:
-        for leaf in changing:
-            c = caps[id(leaf)]
-            if id(leaf) not in out and (c.undoable or c.snapshots):
-                out[id(leaf)] = Snapshot(c.mark, c.undo) if c.undoable else Snapshot(c.state_dict, c.load_state_dict)
-    return tuple(out.values())
+def snapshot_plan(uses: list[tuple[Any, list]], caps: Mapping[int, Capabilities]) -> tuple[Capabilities, ...]:
+    """The guards to copy before a call, to undo it: ``uses`` holds, per top-level guard, its leaves
+    that the call may change (by ``observe`` or ``reset``). A guard without ``state_dict`` and
+    ``load_state_dict`` keeps no saved state, so ``state_dict()`` cannot change."""
+    changing = {id(leaf): caps[id(leaf)] for _top, leaves in uses for leaf in leaves}
+    return tuple(c for c in changing.values() if c.snapshots)
 
 
 @attrs.frozen
@@ -93,7 +67,7 @@ class PointPlan:
 
     needs: Mapping[str, list[str]]  # metrics read here -> who reads them (step_end's loss left out: always passed)
     observers: tuple[Callable, ...]  # observe methods, in declaration order
-    undo: tuple[Snapshot, ...]  # how to undo the observations, when something can fail after one
+    undo: tuple[Capabilities, ...]  # the guards to copy to undo the observations, when something can fail after one
     transitions: tuple[int, ...]  # the transitions out of the phase evaluated here, in declaration order
 
 
@@ -104,7 +78,7 @@ class PhasePlan:
     step_end: PointPlan
     epoch_end: PointPlan
     resetters: tuple[Callable[[], None], ...]  # reset methods of the guards on transitions out of it
-    undo_reset: tuple[Snapshot, ...]  # how to undo those resets
+    undo_reset: tuple[Capabilities, ...]  # the guards to copy to undo those resets
 
 
 @attrs.frozen

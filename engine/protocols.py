@@ -18,14 +18,11 @@ member               of      what the engine does with it
                              at its transition's own point
 ``reset()``          guard   clear the accumulators, when its phase is entered
 ``evidence(ctx)``    guard   what made it decide, recorded when its transition fires
-``state_dict()``,    guard   its accumulators as JSON-safe primitives, saved with the engine and
-``load_state_dict``          restored; a failed call is undone by loading the copy taken before
-``mark()``,          guard   instead of that copy, when it has them: ``undo(mark())`` puts back the
-``undo(token)``              state at ``mark()`` (after one ``observe`` or ``reset``), in O(1)
+``state_dict()``,    guard   its accumulators as new JSON-safe primitives, saved with the engine;
+``load_state_dict``          a call that raises is undone by loading the copy taken before it
 ``guards``           guard   a combinator's children: the engine opens it (depth first) to
-                             observe, reset, check and read the declarations of the guards inside
-``conjuncts``        guard   set by an AND of its ``guards`` (``all_of``): they are weighed one
-                             by one for the deciding guard of its transition
+                             observe, reset, check and read the declarations of the guards inside;
+                             an :class:`AllOf`'s are weighed one by one for the deciding guard
 ``verify(ctx, e)``   action  a health check at the next ``step_end`` (:mod:`engine.health`)
 ``adapt_schedule``   action  for the framework callbacks: the framework's own LR scheduler in, the
                              schedule to register out (``RestartLR``: made restartable)
@@ -43,7 +40,14 @@ import attrs
 
 from engine.core import Context
 
-__all__ = ["Capabilities", "capabilities", "is_and"]
+__all__ = ["AllOf", "Capabilities", "capabilities"]
+
+
+class AllOf:
+    """The base of a guard that holds when all of its ``guards`` do (``policies.all_of``): the
+    engine weighs them one by one, as a transition's own guards, for the deciding guard."""
+
+    guards: tuple
 
 
 @attrs.frozen
@@ -56,17 +60,11 @@ class Capabilities:
     state_dict: Callable[[], dict] | None = None
     load_state_dict: Callable[[dict], None] | None = None
     check: Callable[[Context], None] | None = None
-    mark: Callable[[], Any] | None = None
-    undo: Callable[[Any], None] | None = None
 
     @property
     def snapshots(self) -> bool:
         """It can be copied and put back (``state_dict`` and ``load_state_dict``)."""
         return self.state_dict is not None and self.load_state_dict is not None
-
-    @property
-    def undoable(self) -> bool:
-        return self.mark is not None and self.undo is not None
 
 
 def _method(obj: Any, name: str) -> Callable | None:
@@ -77,9 +75,3 @@ def _method(obj: Any, name: str) -> Callable | None:
 def capabilities(obj: Any) -> Capabilities:
     """``obj``'s optional methods, looked up once."""
     return Capabilities(**{f.name: _method(obj, f.name) for f in attrs.fields(Capabilities)})
-
-
-def is_and(guard: Any) -> bool:
-    """``guard`` is the AND of its ``guards`` (``all_of``, which says so with ``conjuncts``): the
-    deciding guard is then sought among them."""
-    return isinstance(getattr(guard, "guards", None), tuple) and getattr(guard, "conjuncts", None) is not None

@@ -1,16 +1,8 @@
-"""The runtime: the engine a training loop drives.
+"""The runtime: :class:`CurriculumEngine`, the engine a training loop drives (docs/semantics.md).
 
-The loop's contract, per optimizer step: ``optimizer.step()``, ``schedule.step()``,
-``engine.step_end(loss=..., **metrics)``; after the last step of an epoch,
-``engine.epoch_end(**metrics)``. A fresh run calls ``engine.start()`` once before the first step;
-a resumed run calls ``engine.load_state_dict(...)`` instead.
-
-:class:`CurriculumEngine` is the facade over the parts, each in its own module: what each call
-does per phase and point (:mod:`engine.plan`, with the members of :mod:`engine.protocols`
-resolved once), which transition fires (:mod:`engine.decide`), a transition in progress and its
-rollback (:mod:`engine.transaction`), the wording of failures (:mod:`engine.errors`), actions'
-health checks (:mod:`engine.health`), a saved state checked before it is loaded
-(:mod:`engine.restore`), the snapshot (:mod:`engine.state`) and the records (:mod:`engine.history`).
+A facade over its parts: :mod:`engine.plan` (what each call does, per phase and point),
+:mod:`engine.decide`, :mod:`engine.transaction`, :mod:`engine.errors`, :mod:`engine.health`,
+:mod:`engine.restore`, :mod:`engine.state` and :mod:`engine.history`.
 """
 
 from __future__ import annotations
@@ -29,7 +21,7 @@ from engine.decide import Decider
 from engine.diagram import to_dot, to_mermaid
 from engine.history import History, Record
 from engine.metrics import check_metrics, to_metric
-from engine.plan import Plan, Taken, put_back
+from engine.plan import Plan, put_back, take_all
 from engine.recording import MetricLog
 from engine.restore import check_state, load_guards
 from engine.state import SCHEMA_VERSION, EngineState, PendingCheck, to_primitives
@@ -179,18 +171,8 @@ class CurriculumEngine:
 
         Returns the record of the transition that fired, or None.
         """
-        if not self._started:
-            raise CurriculumError(
-                "call engine.start() (fresh run) or engine.load_state_dict(...) (resume) before step_end"
-            )
-        # Validate first: nothing below changes before every input is known to be good.
-        if type(loss) is not float:
-            if loss is _NO_LOSS:
-                raise errors.missing_loss(metrics)
-            loss = to_metric("loss", loss, "step_end()")
-        for name, value in metrics.items():
-            if type(value) is not float:
-                metrics[name] = to_metric(name, value, "step_end()")
+        if loss is _NO_LOSS and self._started:
+            raise errors.missing_loss(metrics)
         metrics["loss"] = loss
         return self._advance(_STEP_END, metrics)
 
@@ -199,18 +181,19 @@ class CurriculumEngine:
 
         Returns the record of the transition that fired, or None.
         """
-        if not self._started:
-            raise CurriculumError(
-                "call engine.start() (fresh run) or engine.load_state_dict(...) (resume) before epoch_end"
-            )
-        for name, value in metrics.items():
-            if type(value) is not float:
-                metrics[name] = to_metric(name, value, "epoch_end()")
         return self._advance(_EPOCH_END, metrics)
 
     def _advance(self, point: Point, metrics: dict[str, float]) -> Record | None:
         """One evaluation point, all or nothing: check the metrics read here, count the point, run
         the health checks owed (step_end), feed the observers, evaluate the transitions."""
+        if not self._started:
+            raise CurriculumError(
+                f"call engine.start() (fresh run) or engine.load_state_dict(...) (resume) before {point.value}"
+            )
+        # Validate first: nothing below changes before every input is known to be good.
+        for name, value in metrics.items():
+            if type(value) is not float:
+                metrics[name] = to_metric(name, value, f"{point.value}()")
         at_step = point is _STEP_END
         here = self._machine.here
         plan = here.step_end if at_step else here.epoch_end
@@ -224,7 +207,7 @@ class CurriculumEngine:
             check_metrics(plan.needs, metrics, point)
         ctx, clock = self.ctx, self._clock
         ctx.metrics, ctx.point = metrics, point
-        taken = [Taken(u.put, u.take()) for u in plan.undo] if plan.undo else None
+        taken = take_all(plan.undo) if plan.undo else None
         step_in_epoch = clock.step_in_epoch
         if at_step:
             clock.global_step += 1

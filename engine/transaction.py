@@ -31,9 +31,10 @@ _TRANSITIONS_LOG = logging.getLogger("transitions")
 @contextmanager
 def _quiet_transitions() -> Iterator[None]:
     """transitions logs each callback it runs at INFO (~50 us each): quiet while the engine fires,
-    unless the user set that logger's level. Its level is put back after, so importing the engine
-    changes no other library's logging."""
-    if _TRANSITIONS_LOG.level != logging.NOTSET:
+    when INFO is on and the user did not set that logger's level. Its level is put back after, so
+    importing the engine changes no other library's logging. (Setting a level clears every logger's
+    cache, which costs more than the firing itself where INFO is off, as by default.)"""
+    if _TRANSITIONS_LOG.level != logging.NOTSET or not _TRANSITIONS_LOG.isEnabledFor(logging.INFO):
         yield
         return
     _TRANSITIONS_LOG.setLevel(logging.WARNING)
@@ -60,26 +61,8 @@ class Transaction:
     index: int = -1
     reason: str | None = None  # a manual transition's
     record: Record | None = None
-    before: Before | None = None  # None until opened
+    before: Before | None = None  # set when the machine begins it (Firing._begin)
     guard_states: list[Taken] = attrs.field(factory=list)
-
-    def open(self, phase: str, clock: Clock, history: History, pending: list[PendingCheck]) -> None:
-        """Note what the transition may change: the phase, clock, history and pending checks now."""
-        self.before = Before(phase, attrs.evolve(clock), len(history), len(pending))
-
-    def roll_back(
-        self, set_phase: Callable[[str], None], clock: Clock, history: History, pending: list[PendingCheck]
-    ) -> None:
-        """Put the phase, clock, history, pending checks and guards back as :meth:`open` found them."""
-        before = self.before
-        if before is None:
-            return
-        set_phase(before.phase)
-        for field in attrs.fields(Clock):
-            setattr(clock, field.name, getattr(before.clock, field.name))
-        history.truncate(before.n_history)
-        del pending[before.n_pending :]
-        put_back(self.guard_states)
 
 
 class _MachineModel:
@@ -190,12 +173,24 @@ class Firing:
             with _quiet_transitions():
                 trigger(txn=txn)
         except BaseException:
-            txn.roll_back(self.set_phase, self.clock, self.history, self.pending)
+            self._roll_back(txn)
             raise
         finally:
             self.ctx.transition = None
             self.here = self.plan.phases[self._model.state]  # the machine moved it, or the rollback
         return self.history[-1]
+
+    def _roll_back(self, txn: Transaction) -> None:
+        """Put the phase, clock, history, pending checks and guards back as they were before ``txn``."""
+        before = txn.before
+        if before is None:  # it failed before it opened
+            return
+        self.set_phase(before.phase)
+        for field in attrs.fields(Clock):
+            setattr(self.clock, field.name, getattr(before.clock, field.name))
+        self.history.truncate(before.n_history)
+        del self.pending[before.n_pending :]
+        put_back(txn.guard_states)
 
     def reset(self, reset: Callable[[], None], call: str | None = None) -> None:
         """A guard's ``reset()``; a failure names the guard and ``call`` (default: the point, or force())."""
@@ -210,7 +205,7 @@ class Firing:
 
     def _begin(self, event: Any) -> None:
         clock, txn = self.clock, event.kwargs["txn"]
-        txn.open(self._model.state, clock, self.history, self.pending)
+        txn.before = Before(self._model.state, attrs.evolve(clock), len(self.history), len(self.pending))
         guards, point, decision = [], "manual", None
         self.ctx.transition = None
         if txn.index >= 0:

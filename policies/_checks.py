@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from engine import CurriculumError, describe
+from engine import CurriculumError
 
 
 def fail(where: str, field: str, expected: str, got: Any, fix: str) -> CurriculumError:
@@ -35,25 +35,6 @@ def check_real(
     if not math.isfinite(x) or (positive and x <= 0) or (nonnegative and x < 0):
         raise fail(where, field, kind, value, fix)
     return x
-
-
-def check_guard(where: str, field: str, guard: Any) -> Any:
-    """A guard object: callable, not a class, a string or a lambda."""
-    if isinstance(guard, str):
-        raise fail(where, field, "a guard object", guard, "pass the guard itself, not its name")
-    if isinstance(guard, type):
-        raise fail(where, field, "a guard instance", guard, f"instantiate it, e.g. {guard.__name__}(...)")
-    if not callable(guard):
-        raise fail(where, field, "a callable guard(ctx) -> bool", guard, "pass a guard such as MinEpoch(2)")
-    if getattr(guard, "__name__", None) == "<lambda>":
-        raise fail(
-            where,
-            field,
-            "a named guard",
-            describe(guard),
-            "lambdas cannot be fingerprinted or shown; define a function (def ...) or a small class with a __repr__",
-        )
-    return guard
 
 
 # The built-in guards and actions are attrs classes: their fields are what a curriculum file names

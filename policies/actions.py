@@ -14,7 +14,8 @@ from typing import Any
 import attrs
 
 from engine import Context, CurriculumError, describe
-from policies._checks import check_guard, fail, flag, policy
+from engine.core import check_callable
+from policies._checks import fail, flag, policy
 
 __all__ = ["RestartLR", "SetCutoff", "ResetWindow"]
 
@@ -178,8 +179,6 @@ class ResetWindow:
     Effect: ``{"filled": [before, after]}``, the values each guard's window held (None: no window).
     """
 
-    requires: tuple[str, ...] = ()
-
     def __init__(self, *guards: Any) -> None:
         if not guards:
             raise fail(
@@ -190,7 +189,7 @@ class ResetWindow:
                 "e.g. ResetWindow(plateau) with the Plateau used in the transition",
             )
         for i, g in enumerate(guards):
-            check_guard("ResetWindow", f"guards[{i}]", g)
+            check_callable(g, f"ResetWindow: guards[{i}]")
             if not callable(getattr(g, "reset", None)):
                 raise fail(
                     "ResetWindow",

@@ -11,14 +11,14 @@ from __future__ import annotations
 import math
 import operator
 from collections import deque
-from typing import Any, NamedTuple
+from typing import Any
 
 import attrs
 
 from engine import Clock, Context, CurriculumError, describe
-from engine.core import Guard, truth_value
-from engine.protocols import capabilities
-from policies._checks import check_guard, choice, fail, flag, integer, metric_name, policy, real
+from engine.core import Guard, check_callable, truth_value
+from engine.protocols import AllOf, capabilities
+from policies._checks import choice, fail, flag, integer, metric_name, policy, real
 from policies._stats import student_t_sf
 
 __all__ = [
@@ -63,21 +63,6 @@ def _metric(guard: Any) -> tuple[str, ...]:
     return (guard.metric,)
 
 
-class PlateauMark(NamedTuple):
-    """A :class:`Plateau`'s window at :meth:`Plateau.mark`: the deques themselves (not copies) and
-    what one ``push`` since would have changed, so that :meth:`Plateau.undo` takes it back in O(1)."""
-
-    older: deque
-    newer: deque
-    last: tuple | None  # the newer half's last item (a push since adds another after it)
-    shifted: bool  # the newer half was full: a push moves its oldest into the older half
-    dropped: tuple | None  # the older half's oldest, when it was full: a push also drops it
-    older_sum: int
-    newer_sum: int
-    older_sq: int
-    newer_sq: int
-
-
 @policy
 class Plateau:
     """Holds when the metric stopped improving over the last ``window`` observed values.
@@ -87,10 +72,8 @@ class Plateau:
     ``test="welch"`` once a one-sided Welch t-test at level ``alpha`` does not find the newer half
     better by more than ``threshold * |mean(older)|`` (see :meth:`welch`). The halves are two deques
     with running sums kept exactly (each float as an integer multiple of 2**-1074), so decisions
-    never drift and a restored window is bit-identical; ``mark``/``undo`` roll a call back in O(1).
+    never drift and a restored window is bit-identical.
     """
-
-    requires = ()
 
     window: int = attrs.field(default=50, converter=integer(2, "use an even window >= 2, e.g. window=50"))
     threshold: float = attrs.field(default=0.005, converter=real("e.g. threshold=0.005 (0.5% relative improvement)"))
@@ -131,7 +114,6 @@ class Plateau:
             self.alpha = float(alpha)
         self._welch = self.test == "welch"
         self._half = window // 2
-        # Items are (value, value as an exact int, its square when the test needs it, else 0).
         self.reset()
 
     # -- accumulate ------------------------------------------------------------------------------
@@ -154,59 +136,32 @@ class Plateau:
         if not math.isfinite(x):
             return
         xi = _exact(x)
-        item = (x, xi, xi * xi if self._welch else 0)
+        item = (xi, xi * xi if self._welch else 0)  # the value as an exact int, and its square for the Welch test
         if len(self._newer) == self._half:  # the oldest of the newer half moves to the older half
             moved = self._newer.popleft()
-            self._newer_sum -= moved[1]
-            self._newer_sq -= moved[2]
+            self._newer_sum -= moved[0]
+            self._newer_sq -= moved[1]
             if len(self._older) == self._half:
                 gone = self._older.popleft()
-                self._older_sum -= gone[1]
-                self._older_sq -= gone[2]
+                self._older_sum -= gone[0]
+                self._older_sq -= gone[1]
             self._older.append(moved)
-            self._older_sum += moved[1]
-            self._older_sq += moved[2]
+            self._older_sum += moved[0]
+            self._older_sq += moved[1]
         self._newer.append(item)
-        self._newer_sum += item[1]
-        self._newer_sq += item[2]
+        self._newer_sum += item[0]
+        self._newer_sq += item[1]
+        values = self._values
+        values.append(x)
+        if len(values) == 2 * self.window:  # the window is its last `window` values: drop the rest now and then
+            del values[: self.window]
 
     def reset(self) -> None:
         """Empty the window (the engine calls this when the guard's phase is entered)."""
-        # New deques rather than clear(): a mark() taken before keeps the old ones intact.
         self._older, self._newer = deque(), deque()
+        self._values: list[float] = []  # the values pushed, the window's at its end: state_dict() copies a slice
         self._older_sum = self._newer_sum = 0
         self._older_sq = self._newer_sq = 0
-
-    # -- undo (the engine's rollback of a call that raises) ----------------------------------------
-
-    def mark(self) -> "PlateauMark":
-        """An O(1) token from which :meth:`undo` puts the window back exactly as it is now, after
-        at most one ``observe``/``push`` or one ``reset`` since (later marks undone first)."""
-        older, newer = self._older, self._newer
-        return PlateauMark(
-            older,
-            newer,
-            newer[-1] if newer else None,
-            len(newer) == self._half,
-            older[0] if len(older) == self._half else None,
-            self._older_sum,
-            self._newer_sum,
-            self._older_sq,
-            self._newer_sq,
-        )
-
-    def undo(self, token: "PlateauMark") -> None:
-        """Put the window back as it was at :meth:`mark` (which made ``token``)."""
-        older, newer = token.older, token.newer
-        self._older, self._newer = older, newer  # reset() and load_state_dict() swapped in new ones
-        if (newer[-1] if newer else None) is not token.last:  # a value was pushed onto them: take it back
-            newer.pop()
-            if token.shifted:  # the push moved the newer half's oldest into the older half
-                newer.appendleft(older.pop())
-                if token.dropped is not None:  # ... and dropped the older half's oldest
-                    older.appendleft(token.dropped)
-        self._older_sum, self._newer_sum = token.older_sum, token.newer_sum
-        self._older_sq, self._newer_sq = token.older_sq, token.newer_sq
 
     # -- decide ----------------------------------------------------------------------------------
 
@@ -287,7 +242,7 @@ class Plateau:
 
     def state_dict(self) -> dict:
         """The window's values, oldest first (finite floats: JSON round-trips them exactly)."""
-        return {"values": [item[0] for item in self._older] + [item[0] for item in self._newer]}
+        return {"values": self._values[-self.window :]}
 
     def load_state_dict(self, state: dict) -> None:
         """Refill the window from ``state_dict()``; the sums are rebuilt exactly as they were."""
@@ -314,7 +269,6 @@ class Plateau:
 class _Counter:
     """Shared shape of MinEpoch and MinSteps: a clock counter >= n."""
 
-    requires = ()
     _key = ""  # the evidence key of n
     _fields = ("", "")  # the clock counter read: over the run, in the phase
 
@@ -356,7 +310,6 @@ class MinSteps(_Counter):
 
 @policy
 class _Threshold:
-    requires = ()
     _word = ""
 
     metric: str = attrs.field(validator=metric_name("e.g. {cls}('val_bpb', 1.5)"))
@@ -398,11 +351,11 @@ def _children(guards: Any, self: Any) -> tuple:
     guards = tuple(guards)
     if not guards:
         raise fail(name, "guards", "at least one guard", guards, f"e.g. {name}(MinEpoch(2), Plateau())")
-    return tuple(check_guard(name, f"guards[{i}]", g) for i, g in enumerate(guards))
+    return tuple(check_callable(g, f"{name}: guards[{i}]") for i, g in enumerate(guards))
 
 
 class _Combinator:
-    """A guard made of guards: observe, reset, state and requires pass through to every child."""
+    """A guard made of guards: observe, reset and state pass through to every child."""
 
     _name: str
     guards: tuple
@@ -412,10 +365,6 @@ class _Combinator:
         self._caps = caps = tuple(capabilities(g) for g in self.guards)
         self._observing = tuple(c.observe for c in caps if c.observe)
         self._resetting = tuple(c.reset for c in caps if c.reset)
-
-    @property
-    def requires(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(name for g in self.guards for name in getattr(g, "requires", ()) or ()))
 
     def _values(self, ctx: Context) -> list[bool]:
         # Every child is evaluated (no short-circuit), so a missing metric fails at the first
@@ -464,14 +413,8 @@ class _Many(_Combinator):
 
 
 @policy
-class _AllOf(_Many):
+class _AllOf(_Many, AllOf):
     _name = "all_of"
-
-    @property
-    def conjuncts(self) -> tuple:
-        """The guards whose AND this is: the engine evaluates them one by one to tell which
-        became true last (the deciding guard of a transition)."""
-        return self.guards
 
     def __call__(self, ctx: Context) -> bool:
         return all(self._values(ctx))
@@ -522,9 +465,6 @@ class Cooldown:
     """Holds once ``n`` epochs (or steps, ``unit="steps"``) have passed since the phase was entered:
     on a loop-back, ``Cooldown(2)`` keeps a run from ping-ponging."""
 
-    requires = ()
-    metrics = ()
-
     n: int = attrs.field(converter=integer(1, "e.g. Cooldown(2) waits two epochs after a transition"))
     unit: str = attrs.field(
         default="epochs",
@@ -548,9 +488,6 @@ class Cooldown:
 class MaxVisits:
     """Holds while the transition's destination has been entered fewer than ``n`` times (counted in
     ``ctx.history``, the start included): ``MaxVisits(3)`` on a back-off allows two back-offs."""
-
-    requires = ()
-    metrics = ()
 
     n: int = attrs.field(converter=integer(1, "e.g. MaxVisits(3): the destination entered at most 3 times"))
 
@@ -581,7 +518,6 @@ class WorseThanBest:
     the phase is entered, ``since="run"`` keeps it across visits. Its state saves and restores exactly.
     """
 
-    requires = ()
     observe_at = None  # at the transition's own evaluation point
 
     metric: str = attrs.field(validator=metric_name('e.g. WorseThanBest("val_loss")'))
@@ -626,13 +562,6 @@ class WorseThanBest:
             self.best = None
         self.last: float | None = None
         self.streak = 0
-
-    def mark(self) -> tuple:
-        """A token from which :meth:`undo` restores this state (the engine's rollback of a call that raises)."""
-        return self.best, self.last, self.streak
-
-    def undo(self, token: tuple) -> None:
-        self.best, self.last, self.streak = token
 
     def __call__(self, ctx: Context) -> bool:
         return self.streak >= self.patience

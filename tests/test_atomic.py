@@ -374,29 +374,13 @@ observer_call = st.one_of(
 @settings(max_examples=150, deadline=None)
 @given(calls=st.lists(observer_call, max_size=80))
 def test_calls_that_raise_undo_every_observer_and_reset(calls):
-    """With guards that undo by mark(): any interleaving of failing and good calls ends as the good calls alone."""
+    """With Plateau and WorseThanBest: any interleaving of failing and good calls ends as the good calls alone."""
     assert_failures_change_nothing(lambda: CurriculumEngine(build_observers({})), calls)
 
 
-def test_a_failed_step_undoes_plateau_without_copying_its_window(monkeypatch):
-    """A step_end that raises undoes Plateau's observation by mark()/undo(), never through state_dict()."""
-    plateau = Plateau(window=1000)
-    eng = two_phase(all_of(plateau, CrashIf()), when=Point.STEP_END)
-    for i in range(1500):
-        eng.step_end(loss=1.0 / (i + 1))
-    before = eng.state_dict()
-    copies = []
-    monkeypatch.setattr(plateau, "state_dict", lambda: copies.append(1) or {})
-    with pytest.raises(CurriculumError, match="CrashIf"):
-        eng.step_end(loss=0.5, crash=1.0)
-    monkeypatch.undo()
-    assert copies == [] and eng.state_dict() == before
-
-
-def test_a_guard_without_mark_is_restored_from_its_state_dict():
-    """A user guard that offers no mark()/undo() is copied with state_dict() and restored with load_state_dict()."""
+def test_a_user_guard_is_restored_from_its_state_dict():
+    """A user guard that observes is copied with state_dict() before a call and restored with load_state_dict()."""
     counter = CountBelow(2.0, need=100)
-    assert not hasattr(counter, "mark")
     eng = two_phase(all_of(counter, CrashIf()), when=Point.STEP_END)
     eng.step_end(loss=1.0)
     before = eng.state_dict()
@@ -437,10 +421,10 @@ class Both:
         return f"Both({', '.join(map(repr, self.guards))})"
 
 
-def test_a_guard_with_mark_inside_a_stateless_combinator_is_undone_too():
-    """A Plateau inside a combinator that has no state_dict() is still undone by its own mark()."""
+def test_guards_inside_a_stateless_combinator_are_undone_too():
+    """Guards inside a user's combinator that has no state_dict() are each undone from their own state_dict()."""
     plateau = Plateau(window=4)
-    counter = CountBelow(2.0, need=100)  # observes, has no mark(): copied with its own state_dict()
+    counter = CountBelow(2.0, need=100)
     eng = two_phase(Both(CrashIf(), plateau, counter), when=Point.STEP_END)
     for loss in (0.4, 0.3, 0.2):
         eng.step_end(loss=loss)

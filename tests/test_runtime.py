@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from engine import Clock, Context, Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
-from policies import any_of
+from engine.protocols import AllOf
+from policies import MinEpoch, any_of
 from tests.utils import Always, CountBelow, EpochAtLeast, Log, LossBelow, Never
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -626,3 +627,32 @@ def test_transitions_does_not_flood_an_info_log(caplog):
     assert engine.phase.name == "b"
     assert not [r for r in caplog.records if r.name.startswith("transitions")]
     assert logging.getLogger("transitions").level == logging.NOTSET  # put back as it was
+
+
+class Both:
+    """A user's AND of guards (not an AllOf)."""
+
+    def __init__(self, *guards):
+        self.guards = guards
+
+    def __call__(self, ctx):
+        return all(g(ctx) for g in self.guards)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(map(repr, self.guards))})"
+
+
+class BothAnd(AllOf, Both):
+    """The same AND, declared as one: its children count one by one for the deciding guard."""
+
+
+@pytest.mark.parametrize("cls, decided_by", [(BothAnd, ["MinEpoch(2)"]), (Both, ["Both(MinEpoch(1), MinEpoch(2))"])])
+def test_an_and_subclassing_all_of_is_weighed_child_by_child(cls, decided_by):
+    """A combinator subclassing engine.protocols.AllOf is opened for the deciding guard; any other is one guard."""
+    eng = CurriculumEngine(
+        Curriculum([Phase("a"), Phase("b")], [Transition("a", "b", [cls(MinEpoch(1), MinEpoch(2))])])
+    )
+    eng.start()
+    eng.epoch_end()
+    record = eng.epoch_end()
+    assert record.dest == "b" and record.decision.decided_by == decided_by
