@@ -6,8 +6,8 @@ Measures microseconds per ``engine.step_end`` with nothing to evaluate: the curr
 only an epoch-end transition (the spectral curriculum's case), so the call validates the loss,
 counts the step, lets the one Plateau observe it, and does not call into the ``transitions``
 machine; for several plateau windows and history lengths; ``step_end`` where the phase has a
-step-end transition guarded by a Plateau (the machine is triggered, the Plateau decides, and the
-observation is marked so that a failing guard could undo it), at windows 50 and 1000; ``epoch_end``
+step-end transition guarded by a Plateau (the machine is triggered, the Plateau decides, and its
+state is copied so that a failing call could undo the observation), at windows 50 and 1000; ``epoch_end``
 with and without a transition; and the same plateau check written inline, as a loop author would
 without the engine.
 Prints a Markdown table (median of repeats), with each cost as a share of one ChunkLM optimizer
