@@ -6,7 +6,11 @@
 
 from __future__ import annotations
 
-__all__ = ["UserError", "UsageError", "RunError", "report"]
+import contextlib
+import os
+from typing import Any, Callable
+
+__all__ = ["UserError", "UsageError", "RunError", "OutputError", "Output", "report", "silence"]
 
 
 class UserError(Exception):
@@ -42,3 +46,55 @@ def report(command: str, exc: BaseException, prefix: str = "") -> int:
     traceback.print_exception(exc, file=sys.stderr)
     sys.stderr.flush()
     return 1
+
+
+def silence(stream) -> None:
+    """Point ``stream``'s file descriptor at /dev/null after a write to it failed, so that the
+    interpreter's last flush does not fail (and print) again."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        fd = stream.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+
+
+class OutputError(RunError):
+    """Standard output cannot take what a command prints (a closed pipe, a full disk): exit status 1."""
+
+
+class Output:
+    """A standard stream whose write errors are an :class:`OutputError` (``chunklm generate | head``: one
+    line, not a traceback); with ``on_lost``, the first one instead silences it for good and is passed
+    to ``on_lost`` (a run whose terminal closed saves and stops)."""
+
+    def __init__(self, stream, on_lost: Callable[[OutputError], None] | None = None) -> None:
+        self.stream, self._on_lost, self._lost = stream, on_lost, False
+
+    def _call(self, call, *args) -> Any:
+        if self._lost:
+            return None
+        try:
+            return call(*args)
+        except OSError as exc:
+            broken = isinstance(exc, BrokenPipeError)
+            error = OutputError(
+                "the output was closed before all of it was written (broken pipe)"
+                if broken
+                else f"cannot write the output: {exc.strerror or exc}"
+            )
+            if self._on_lost is None:
+                raise error from None
+            self._lost = True
+            silence(self.stream)
+            self._on_lost(error)
+            return None
+
+    def write(self, text: str) -> int:
+        self._call(self.stream.write, text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._call(self.stream.flush)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
