@@ -66,20 +66,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     except BaseException as exc:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            os.unlink(tmp)  # gone once replaced
         if isinstance(exc, (OSError, RuntimeError)):
             raise _write_error(path, exc, existed) from exc
         raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError as exc:
-        raise _write_error(path, exc, existed) from exc
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _write_error(path: Path, exc: BaseException, existed: bool | None = None) -> WriteError:
@@ -95,12 +92,8 @@ def _write_error(path: Path, exc: BaseException, existed: bool | None = None) ->
             f"could not write {path}: its folder {path.parent} no longer exists (moved or deleted while the run "
             f"was running); {kept}. Put the folder back"
         )
-    full = (
-        (isinstance(exc, OSError) and exc.errno in _FULL)
-        or "unexpected pos" in str(exc)
-        or "failed writing" in str(exc)
-    )
-    if full:
+    text = str(exc)
+    if (isinstance(exc, OSError) and exc.errno in _FULL) or "unexpected pos" in text or "failed writing" in text:
         free = shutil.disk_usage(path.parent).free
         return WriteError(
             f"could not write {path}: the disk is full or the file is too large ({free / 1e6:.1f} MB free in "
@@ -268,26 +261,24 @@ class RunFiles:
             "epochs": (self.epochs, EPOCH_FIELDS + [f"val_bpb/{name}" for name in sources], "epoch", epoch - 1),
         }
 
+    def _recorded(self, saved):
+        """(path, fields, key, upto, digest) of each metrics file checkpoint ``saved`` recorded a digest of."""
+        digests = saved.metrics or {}  # none in checkpoints written before they recorded them
+        for name, (path, fields, key, upto) in self.metrics(saved.global_step, saved.epoch, saved.sources).items():
+            if name in digests:
+                yield path, fields, key, upto, digests[name]
+
     def stale_metrics(self, saved) -> list[Path]:
-        """The metrics files that do not hold, up to checkpoint ``saved``, the rows whose digests it
-        recorded (none when it recorded none: written before checkpoints did)."""
-        digests = saved.metrics or {}
-        return [
-            path
-            for name, (path, fields, key, upto) in self.metrics(saved.global_step, saved.epoch, saved.sources).items()
-            if name in digests and not metrics_match(path, fields, key, upto, digests[name])
-        ]
+        """The metrics files that do not hold, up to checkpoint ``saved``, the rows whose digests it recorded."""
+        return [path for path, *rest in self._recorded(saved) if not metrics_match(path, *rest)]
 
     def lost_metrics(self, saved) -> list[Path]:
         """The metrics files that are absent although checkpoint ``saved`` recorded rows in them (moved
         aside, or a kill between a fresh run's first checkpoint and its metrics' first write)."""
-        digests = saved.metrics or {}
         return [
             path
-            for name, (path, fields, _key, _upto) in self.metrics(saved.global_step, saved.epoch, saved.sources).items()
-            if name in digests
-            and not path.exists()
-            and digests[name] != hashlib.sha256(_csv_text(fields, []).encode()).hexdigest()
+            for path, fields, *_, digest in self._recorded(saved)
+            if not path.exists() and digest != hashlib.sha256(_csv_text(fields, []).encode()).hexdigest()
         ]
 
     def write_history(self, history: History) -> None:

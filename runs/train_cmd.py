@@ -208,16 +208,6 @@ def absolute_data(explicit: dict[str, Any]) -> dict[str, Any]:
     return explicit
 
 
-def check_parts(saved: Checkpoint, path: Path) -> None:
-    """On resume: the checkpoint holds every part of the trainer's state (or the weights alone)."""
-    missing = saved.missing_parts()
-    if missing:
-        raise CheckpointError(
-            f"{path} lacks {', '.join(missing)}, which a resume needs to continue the run exactly; it is damaged "
-            "or was edited. Resume from another checkpoint, or start a fresh run"
-        )
-
-
 def data_identity(
     settings: Settings, saved: Checkpoint | None, allow_change: bool, console_notes: list[str]
 ) -> tuple[dict, list]:
@@ -398,7 +388,12 @@ def _load(
         refuse_curriculum_flags(args, None, files.ckpt)
         return None, Settings.fresh(args.preset, explicit), args.preset
     saved = Checkpoint.load(files.ckpt)
-    check_parts(saved, files.ckpt)
+    missing = saved.missing_parts()
+    if missing:
+        raise CheckpointError(
+            f"{files.ckpt} lacks {', '.join(missing)}, which a resume needs to continue the run exactly; it is "
+            "damaged or was edited. Resume from another checkpoint, or start a fresh run"
+        )
     refuse_curriculum_flags(args, saved, files.ckpt)  # before comparing those flags with the checkpoint's
     free = ("data",) if args.allow_data_change else ()  # the flag's promise: other path, files or bytes
     return saved, saved.settings.resume(saved.preset, args.preset, explicit, free), saved.preset
