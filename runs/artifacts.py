@@ -107,18 +107,14 @@ def _write_error(path: Path, exc: BaseException, existed: bool | None = None) ->
     return WriteError(f"could not write {path}: {why}; {kept}. Fix the path or its permissions")
 
 
-def remove_stale_temps(paths: list[Path]) -> list[Path]:
+def remove_stale_temps(paths: list[Path]) -> None:
     """Remove the temp files that killed runs left beside ``paths`` (call while holding the run's lock)."""
-    removed = []
     for path in paths:
         mine = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")  # atomic_write's mkstemp names only
         for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-            if not mine.fullmatch(tmp.name):  # e.g. .run.pt.bak.XXXXXXXX.tmp belongs to the run of run.pt.bak
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-                removed.append(tmp)
-    return removed
+            if mine.fullmatch(tmp.name):  # not e.g. .run.pt.bak.XXXXXXXX.tmp, of the run of run.pt.bak
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
 
 
 class RunLock:

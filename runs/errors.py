@@ -1,8 +1,4 @@
-"""The command line's user-facing errors: one line saying what is wrong and what to do.
-
-:class:`UsageError` is bad input (exit status 2); :class:`RunError` is a failure while running
-(exit status 1). Anything else is a bug and keeps its traceback.
-"""
+"""The command line's user-facing errors, one line saying what is wrong and what to do, and its output."""
 
 from __future__ import annotations
 
@@ -22,8 +18,6 @@ class UserError(Exception):
 class UsageError(UserError):
     """Bad input (flags, paths, a checkpoint that is not ours): exit status 2."""
 
-    exit_code = 2
-
 
 class RunError(UserError):
     """A failure at run time (disk full, non-finite loss, another rank failed): exit status 1."""
@@ -32,10 +26,8 @@ class RunError(UserError):
 
 
 def report(command: str, exc: BaseException, prefix: str = "") -> int:
-    """Print ``exc`` to stderr as the command line does and return the exit status.
-
-    A :class:`UserError` is one line; anything else is a bug and prints its traceback (status 1).
-    """
+    """Print ``exc`` to stderr as the command line does (a :class:`UserError` in one line, anything else, a
+    bug, with its traceback) and return the exit status."""
     import sys
     import traceback
 

@@ -426,8 +426,7 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
         check_paths(files, args.resume, args.overwrite)
         lock.acquire()
     try:
-        # rank 0 decides, holding the lock; every rank then reads the same files (rank 0 writes none before a
-        # collective)
+        # rank 0 decides, holding the lock and writing nothing before a collective; every rank reads the same files
         if auto:
             args.resume = dist.gather_to_all(auto_resume(files) if dist.rank == 0 else None)[0]
         saved, settings, preset = _load(files, args, explicit)
@@ -444,7 +443,7 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
             "lost with it, and it starts again after the checkpoint"
             for path in (files.lost_metrics(saved) if saved is not None and dist.rank == 0 else [])
         ]
-        data, data_changes = (None, [])
+        data, data_changes = None, []
         if dist.rank == 0:
             data, data_changes = data_identity(settings, saved, args.allow_data_change, notes)
         check_model_size(settings, dist.device, f"the settings{' of ' + str(files.ckpt) if saved is not None else ''}")
