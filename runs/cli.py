@@ -61,25 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument(
         "--overwrite", action="store_true", help="replace the run already in --ckpt (at the new run's first save)"
     )
-    o.add_argument(
-        "--stop-after",
-        dest="stop_after",
-        type=_POSITIVE,
-        default=None,
-        help="stop cleanly after N optimizer steps (checkpoint, exit 0)",
-    )
+    o.add_argument("--stop-after", type=_POSITIVE, help="stop cleanly after N optimizer steps (checkpoint, exit 0)")
     o.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1...")
     o.add_argument("--plot", action="store_true", help="write the run's PNG plot at the end")
     o.add_argument(
         "--curriculum",
         metavar="FILE",
-        default=None,
         help="train with the curriculum in this .toml/.json file instead of the one the curriculum flags build "
         "(docs/curriculum-files.md); not needed again on --resume (the checkpoint stores the curriculum)",
     )
     o.add_argument(
         "--allow-data-change",
-        dest="allow_data_change",
         action="store_true",
         help="--resume on data that differs from the checkpoint's (other path, files or bytes): "
         "continue anyway, recorded in the checkpoint",
@@ -91,17 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plot", help="PNG: loss with transition markers, LR and cutoff")
     pl.add_argument("run", help="run directory or checkpoint")
-    pl.add_argument("--out", default=None, help="image path, or a folder (default: beside the checkpoint)")
+    pl.add_argument("--out", help="image path, or a folder (default: beside the checkpoint)")
 
     d = sub.add_parser(
         "diagram", help="Mermaid or DOT text of the curriculum these flags make, or of a curriculum file"
     )
-    d.add_argument(
-        "file", nargs="?", default=None, help="a curriculum .toml/.json file to draw instead (docs/curriculum-files.md)"
-    )
+    d.add_argument("file", nargs="?", help="a curriculum .toml/.json file to draw instead (docs/curriculum-files.md)")
     add_flags(d, skip=(RUN_GROUP,))
     d.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
-    d.add_argument("--run", default=None, help="a run whose settings and current phase to show")
+    d.add_argument("--run", help="a run whose settings and current phase to show")
 
     from runs.replay_cmd import add_replay_parser
 
@@ -114,9 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--temperature", type=number(float, lambda v: v >= 0, "a finite number >= 0 (0: greedy)"), default=0.8
     )
-    gen.add_argument(
-        "--top-p", dest="top_p", type=number(float, lambda v: 0 < v <= 1, "a number in (0, 1]"), default=0.95
-    )
+    gen.add_argument("--top-p", type=number(float, lambda v: 0 < v <= 1, "a number in (0, 1]"), default=0.95)
     gen.add_argument("--seed", type=_SEED, default=0)
     gen.add_argument("--ema", action="store_true", help="sample with the EMA weights when the checkpoint has them")
     return parser

@@ -44,7 +44,6 @@ def add_replay_parser(sub: Any) -> None:
         "--grid",
         nargs="+",
         metavar="KEY=V1,V2",
-        default=None,
         help=f"replay every combination, e.g. window=50,100,200 threshold=0.001,0.005 (keys: {', '.join(GRID_KEYS)}; "
         "min_epochs values as 2:4:6)",
     )
@@ -53,7 +52,6 @@ def add_replay_parser(sub: Any) -> None:
         action="extend",
         nargs="+",
         metavar="FILE",
-        default=None,
         help="replay under the curriculum of each file (TOML or JSON, as chunklm train --curriculum reads), "
         "one row per file; instead of the curriculum flags and --grid",
     )
