@@ -684,9 +684,8 @@ def _print_header(run: Run, corpus, curriculum_file: str | None) -> None:
     if curriculum_file is not None:
         console.line(f"curriculum: {curriculum_file} (phases {' -> '.join(p.name for p in trainer.curriculum.phases)})")
     else:
-        phases = [f"cutoffs {', '.join(map(str, config.cutoffs))} then full of {trainer.model.n_bins} bins"] * bool(
-            config.cutoffs
-        )
+        cutoffs = ", ".join(map(str, config.cutoffs))
+        phases = [f"cutoffs {cutoffs} then full of {trainer.model.n_bins} bins"] if config.cutoffs else []
         if config.seq_lens:
             phases.append(f"windows of {', '.join(map(str, config.seq_lens))} bytes then {m.seq_len}")
         console.line(
