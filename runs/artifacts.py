@@ -1,13 +1,7 @@
-"""A run's files beside its checkpoint: per-step metrics, per-epoch metrics, transition history, lock.
+"""A run's files beside its checkpoint: per-step and per-epoch metrics, transition history, plot, lock.
 
-They are named after the checkpoint's file name less a ``.pt`` suffix (:func:`run_name`): for
-``out/demo/chunklm_ckpt.pt``, ``chunklm_ckpt.steps.csv``, ``chunklm_ckpt.epochs.csv``,
-``chunklm_ckpt.history.json``, ``chunklm_ckpt.png`` and the hidden lock ``.chunklm_ckpt.lock``; for
-``run.ckpt``, ``run.ckpt.steps.csv`` and so on. So two checkpoints share them only when their names
-differ by that ``.pt`` alone (``run`` and ``run.pt``): they share the lock too, and a run refuses a
-checkpoint beside its :attr:`RunFiles.sibling`. ``RUN`` arguments of the subcommands may name the
-checkpoint or its directory. Every file is replaced atomically through a temp file with a unique
-name (``.NAME.XXXXXXXX.tmp``), which a run removes when it starts if a killed run left one.
+They are named after the checkpoint's name less a ``.pt`` suffix (:func:`run_name`; docs/checkpoint.md),
+and every file is replaced atomically through a uniquely named temp file (``.NAME.XXXXXXXX.tmp``).
 """
 
 from __future__ import annotations
@@ -28,39 +22,16 @@ import filelock
 from engine import History
 from runs.errors import RunError, UsageError
 
-__all__ = [
-    "RunFiles",
-    "resolve_run",
-    "MetricsWriter",
-    "STEP_FIELDS",
-    "EPOCH_FIELDS",
-    "epoch_fields",
-    "read_csv",
-    "atomic_write",
-    "RunLock",
-    "WriteError",
-    "kept_rows",
-    "metrics_match",
-    "run_name",
-    "is_torch_file",
-    "starts_like_torch",
-]
+__all__ = ["RunFiles", "resolve_run", "MetricsWriter", "read_csv", "atomic_write", "RunLock", "WriteError", "run_name"]
 
 STEP_FIELDS = ["step", "epoch", "step_in_epoch", "loss", "lr", "cutoff", "phase"]
-EPOCH_FIELDS = ["epoch", "step", "avg_loss", "cutoff", "val_bpb", "val_bpb_mean"]
-
-
-def epoch_fields(sources: Sequence[str] = ()) -> list[str]:
-    """epochs.csv's columns: :data:`EPOCH_FIELDS`, then ``val_bpb/<name>`` per named data source."""
-    return EPOCH_FIELDS + [f"val_bpb/{name}" for name in sources]
-
+EPOCH_FIELDS = ["epoch", "step", "avg_loss", "cutoff", "val_bpb", "val_bpb_mean"]  # + val_bpb/NAME per source
 
 _FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
 class WriteError(RunError):
-    """A run's file could not be written (disk full, quota, permissions): exit status 1. The message
-    says what to fix; ``chunklm train`` adds whether the run can then be resumed."""
+    """A run's file could not be written (disk full, quota, permissions): exit status 1."""
 
 
 def _umask() -> int:
@@ -79,12 +50,9 @@ def _umask() -> int:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` so that a crash at any moment leaves the old file or the new one.
-
-    A temp file with a unique name in the same directory (mode 0666 less the umask, as ``open``
-    gives: ``mkstemp`` alone gives 0600), fsync, ``os.replace``, fsync of the directory. A full disk
-    is a :class:`WriteError` saying so; the old file is kept.
-    """
+    """Write ``path`` so that a crash at any moment leaves the old file or the new one: a temp file in
+    the same directory (mode 0666 less the umask, as ``open`` gives), fsync, ``os.replace``, fsync of the
+    directory. A failure is a :class:`WriteError`; the old file is kept."""
     path = Path(path)
     existed = path.is_file()
     try:
@@ -98,20 +66,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     except BaseException as exc:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            os.unlink(tmp)  # gone once replaced
         if isinstance(exc, (OSError, RuntimeError)):
             raise _write_error(path, exc, existed) from exc
         raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError as exc:
-        raise _write_error(path, exc, existed) from exc
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _write_error(path: Path, exc: BaseException, existed: bool | None = None) -> WriteError:
@@ -127,12 +92,8 @@ def _write_error(path: Path, exc: BaseException, existed: bool | None = None) ->
             f"could not write {path}: its folder {path.parent} no longer exists (moved or deleted while the run "
             f"was running); {kept}. Put the folder back"
         )
-    full = (
-        (isinstance(exc, OSError) and exc.errno in _FULL)
-        or "unexpected pos" in str(exc)
-        or "failed writing" in str(exc)
-    )
-    if full:
+    text = str(exc)
+    if (isinstance(exc, OSError) and exc.errno in _FULL) or "unexpected pos" in text or "failed writing" in text:
         free = shutil.disk_usage(path.parent).free
         return WriteError(
             f"could not write {path}: the disk is full or the file is too large ({free / 1e6:.1f} MB free in "
@@ -146,28 +107,19 @@ def _write_error(path: Path, exc: BaseException, existed: bool | None = None) ->
     return WriteError(f"could not write {path}: {why}; {kept}. Fix the path or its permissions")
 
 
-def remove_stale_temps(paths: list[Path]) -> list[Path]:
+def remove_stale_temps(paths: list[Path]) -> None:
     """Remove the temp files that killed runs left beside ``paths`` (call while holding the run's lock)."""
-    removed = []
     for path in paths:
         mine = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")  # atomic_write's mkstemp names only
         for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-            if not mine.fullmatch(tmp.name):  # e.g. .run.pt.bak.XXXXXXXX.tmp belongs to the run of run.pt.bak
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-                removed.append(tmp)
-    return removed
+            if mine.fullmatch(tmp.name):  # not e.g. .run.pt.bak.XXXXXXXX.tmp, of the run of run.pt.bak
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
 
 
 class RunLock:
-    """An exclusive lock on one run: a :class:`filelock.FileLock` (``flock``) on the hidden file beside
-    the checkpoint (:attr:`RunFiles.lock`), which covers every file of the run.
-
-    The kernel releases it when the process ends, however it ends (SIGKILL included), so a stale lock
-    cannot block the next run. A lock path that is a symbolic link, not a regular file, or a file with
-    other names (hard links) is refused before the lock opens it: nothing is written through it.
-    """
+    """An exclusive ``flock`` on the run's hidden lock file (:attr:`RunFiles.lock`), released by the kernel
+    however the process ends. A lock path that is not a regular file of one name is refused unopened."""
 
     def __init__(self, ckpt: str | os.PathLike) -> None:
         self.ckpt = Path(ckpt)
@@ -302,32 +254,27 @@ class RunFiles:
         ``sources``: the run's named data sources (a column each in epochs.csv)."""
         return {
             "steps": (self.steps, STEP_FIELDS, "step", global_step),
-            "epochs": (self.epochs, epoch_fields(sources), "epoch", epoch - 1),
+            "epochs": (self.epochs, EPOCH_FIELDS + [f"val_bpb/{name}" for name in sources], "epoch", epoch - 1),
         }
 
-    def stale_metrics(
-        self, digests: dict[str, str] | None, global_step: int, epoch: int, sources: Sequence[str] = ()
-    ) -> list[Path]:
-        """The metrics files that do not hold, up to a checkpoint at this clock, the rows whose
-        ``digests`` it recorded (none when it recorded none: written before checkpoints did)."""
-        if digests is None:
-            return []
-        return [
-            path
-            for name, (path, fields, key, upto) in self.metrics(global_step, epoch, sources).items()
-            if name in digests and not metrics_match(path, fields, key, upto, digests[name])
-        ]
+    def _recorded(self, saved):
+        """(path, fields, key, upto, digest) of each metrics file checkpoint ``saved`` recorded a digest of."""
+        digests = saved.metrics or {}  # none in checkpoints written before they recorded them
+        for name, (path, fields, key, upto) in self.metrics(saved.global_step, saved.epoch, saved.sources).items():
+            if name in digests:
+                yield path, fields, key, upto, digests[name]
+
+    def stale_metrics(self, saved) -> list[Path]:
+        """The metrics files that do not hold, up to checkpoint ``saved``, the rows whose digests it recorded."""
+        return [path for path, *rest in self._recorded(saved) if not metrics_match(path, *rest)]
 
     def lost_metrics(self, saved) -> list[Path]:
         """The metrics files that are absent although checkpoint ``saved`` recorded rows in them (moved
         aside, or a kill between a fresh run's first checkpoint and its metrics' first write)."""
-        digests = saved.metrics or {}
         return [
             path
-            for name, (path, fields, _key, _upto) in self.metrics(saved.global_step, saved.epoch, saved.sources).items()
-            if name in digests
-            and not path.exists()
-            and digests[name] != hashlib.sha256(_csv_text(fields, []).encode()).hexdigest()
+            for path, fields, *_, digest in self._recorded(saved)
+            if not path.exists() and digest != hashlib.sha256(_csv_text(fields, []).encode()).hexdigest()
         ]
 
     def write_history(self, history: History) -> None:
@@ -393,15 +340,9 @@ def read_csv(path: Path) -> list[dict]:
 
 
 class MetricsWriter:
-    """Appends rows to a CSV, flushed per row, and keeps the sha256 of the text the file holds.
-
-    ``keep_upto`` (resume): rows past the checkpoint are cut at once. ``None``: a fresh run, whose
-    file starts empty; with ``defer`` (a fresh run replacing another, ``--overwrite``) the file is
-    not touched until :meth:`commit` (called after each save), when it is replaced by the rows kept
-    in memory so far: a run that fails before its first save leaves the old run's files as they were.
-    :meth:`digest` (the file's text, pending rows included) is what a checkpoint records, so that a
-    resume continues only metrics that belong to it (:func:`metrics_match`).
-    """
+    """Appends rows to a CSV, flushed per row, and keeps the sha256 of its text (:meth:`digest`, which
+    a checkpoint records). ``keep_upto`` (resume): rows past the checkpoint are cut at once; None: the
+    file starts empty, or with ``defer`` is left untouched until the first :meth:`commit` (after a save)."""
 
     def __init__(self, path: Path, fields: list[str], key: str, keep_upto: int | None, defer: bool = False) -> None:
         self.path, self.fields = path, fields

@@ -1,22 +1,7 @@
-"""The checkpoint file as a type: :class:`Checkpoint` writes and reads its layout.
+"""The checkpoint file as a type: :class:`Checkpoint` writes and reads its layout (docs/checkpoint.md).
 
-A checkpoint never runs code when loaded: it holds tensors and plain Python values only (the
-settings as plain values, the engine state as JSON-safe primitives, RNG states as tensors and
-lists), and it is read with ``torch.load(weights_only=True)``. It is written atomically.
-
-Layout, version 2 (``schema_version``): ``settings`` (every field of :class:`Settings`), ``preset``,
-``world_size``, ``num_threads``, ``global_step``, ``epoch``, ``trainer`` (``Trainer.state_dict()``:
-only ``model`` is required, as in a weights-only checkpoint), under torchrun ``rng_per_rank``, and
-``metrics``: the sha256 of each metrics file's text up to this checkpoint (``{"steps": ..., "epochs":
-...}``, see :class:`~runs.artifacts.MetricsWriter`), absent in files written before it was added;
-``data``: the identity of the corpus (:func:`chunklm.corpus.corpus_fingerprint`) and
-``data_changes``: the resumes that continued on other data on purpose (``--allow-data-change``),
-both absent in files written before they were added; ``curriculum`` and ``curriculum_file``: for a
-run trained with ``--curriculum FILE``, the curriculum as data (``Curriculum.to_dict()``) and the
-file's path, so that a resume needs no file (absent otherwise, and in files written before they
-were added). docs/checkpoint.md describes it all.
-Version 1 (the first release) also stored ``config``, derived from ``settings``; it is migrated
-on reading.
+It holds tensors and plain values only and is read with ``torch.load(weights_only=True)``: loading it
+never runs code. It is written atomically. Version 1 (the first release) is migrated on reading.
 """
 
 from __future__ import annotations
@@ -112,28 +97,14 @@ class Checkpoint:
     # -- the file ---------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        out = {
-            "schema_version": CKPT_SCHEMA_VERSION,
-            "settings": self.settings.to_dict(),
-            "preset": self.preset,
-            "world_size": self.world_size,
-            "num_threads": self.num_threads,
-            "global_step": self.global_step,
-            "epoch": self.epoch,
-            "trainer": self.trainer,
-        }
-        if self.rng_per_rank is not None:
-            out["rng_per_rank"] = self.rng_per_rank
-        if self.metrics is not None:
-            out["metrics"] = self.metrics
-        if self.data is not None:
-            out["data"] = self.data
-        if self.data_changes:
-            out["data_changes"] = self.data_changes
-        if self.curriculum is not None:
-            out["curriculum"] = self.curriculum
-            out["curriculum_file"] = self.curriculum_file
-        return out
+        out = {"schema_version": CKPT_SCHEMA_VERSION, **attrs.asdict(self, recurse=False)}
+        out["settings"] = self.settings.to_dict()
+        if not self.data_changes:
+            del out["data_changes"]
+        if self.curriculum is None:
+            del out["curriculum_file"]
+        # the parts added after the first layout are left out when a run has none
+        return {k: v for k, v in out.items() if v is not None or k in ("preset", "num_threads", "curriculum_file")}
 
     def save(self, path: str | os.PathLike) -> None:
         """Atomically (temp file, fsync, ``os.replace``); a full disk is a clear ``WriteError``."""
@@ -175,43 +146,21 @@ class Checkpoint:
             settings = Settings.from_dict(data["settings"])
         except SettingsError as exc:
             raise CheckpointError(f"{path} has settings this version cannot use: {exc}") from None
-        rng = data.get("rng_per_rank")
         world_size = data.get("world_size", 1)
+        rng = data.get("rng_per_rank")
         if rng is not None and (not isinstance(rng, list) or len(rng) != world_size):
             raise CheckpointError(
                 f"{path} is damaged or edited: rng_per_rank does not hold one state per rank ({world_size})"
             )
-        metrics = data.get("metrics")
-        if metrics is not None and not (
-            isinstance(metrics, dict) and all(isinstance(v, str) for v in metrics.values())
-        ):
-            raise CheckpointError(f"{path} is damaged or edited: metrics is not a digest per metrics file")
-        identity = data.get("data")
-        if identity is not None and not _is_identity(identity):
-            raise CheckpointError(f"{path} is damaged or edited: data is not the identity of a corpus")
-        changes = data.get("data_changes")
-        if changes is not None and not (isinstance(changes, list) and all(isinstance(c, dict) for c in changes)):
-            raise CheckpointError(f"{path} is damaged or edited: data_changes is not a list of records")
-        curriculum, curriculum_file = data.get("curriculum"), data.get("curriculum_file")
-        if curriculum is not None and not (
-            isinstance(curriculum, dict) and isinstance(curriculum_file, (str, type(None)))
-        ):
+        for key, (ok, what) in _OPTIONAL.items():
+            if data.get(key) is not None and not ok(data[key]):
+                raise CheckpointError(f"{path} is damaged or edited: {key} is not {what}")
+        if data.get("curriculum") is None:
+            data = {**data, "curriculum_file": None}
+        elif not isinstance(data.get("curriculum_file"), (str, type(None))):
             raise CheckpointError(f"{path} is damaged or edited: curriculum is not a curriculum's data")
-        return cls(
-            settings=settings,
-            trainer=data["trainer"],
-            global_step=data["global_step"],
-            epoch=data["epoch"],
-            preset=data.get("preset"),
-            world_size=world_size,
-            num_threads=data.get("num_threads"),
-            rng_per_rank=rng,
-            metrics=metrics,
-            data=identity,
-            data_changes=changes,
-            curriculum=curriculum,
-            curriculum_file=curriculum_file if curriculum is not None else None,
-        )
+        fields = {f.name: data.get(f.name, f.default) for f in attrs.fields(cls) if f.name != "settings"}
+        return cls(settings=settings, **fields)
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = False) -> "Checkpoint":
@@ -247,26 +196,16 @@ def read_file(path: str | os.PathLike, mmap: bool = False) -> Any:
     except pickle.UnpicklingError as exc:
         if "weights only" not in str(exc).lower():
             raise _corrupt(path, exc) from None
-        unsafe = _unsafe_global(str(exc))
-        what = (
-            f"Python objects the safe loader refuses (global {unsafe})"
-            if unsafe
-            else "Python objects the safe loader refuses"
-        )
+        unsafe = re.search(r"GLOBAL\s+([\w.]+)", str(exc), re.IGNORECASE)  # the global refused: posix.system
         raise CheckpointError(
-            f"{path} holds {what}; nothing in it was executed. It was not written by chunklm train, or it was "
-            "tampered with: do not use it; resume from a checkpoint you wrote"
+            f"{path} holds Python objects the safe loader refuses{f' (global {unsafe[1]})' if unsafe else ''}; "
+            "nothing in it was executed. It was not written by chunklm train, or it was tampered with: do not use "
+            "it; resume from a checkpoint you wrote"
         ) from None
     except OSError as exc:
         raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
     except Exception as exc:  # truncated zip, not a torch file...
         raise _corrupt(path, exc) from None
-
-
-def _unsafe_global(message: str) -> str | None:
-    """The global that torch's weights-only unpickler refused (``posix.system``), if it names one."""
-    match = re.search(r"GLOBAL\s+([\w.]+)", message, re.IGNORECASE)
-    return match.group(1) if match else None
 
 
 def _corrupt(path: Path, exc: BaseException) -> CheckpointError:
@@ -289,6 +228,17 @@ def _is_identity(identity: Any) -> bool:
     return isinstance(identity.get("paths"), list) and isinstance(identity.get("files"), list)
 
 
+_OPTIONAL = {  # the parts later versions added: absent in older files, checked when present
+    "metrics": (
+        lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+        "a digest per metrics file",
+    ),
+    "data": (_is_identity, "the identity of a corpus"),
+    "data_changes": (lambda v: isinstance(v, list) and all(isinstance(c, dict) for c in v), "a list of records"),
+    "curriculum": (lambda v: isinstance(v, dict), "a curriculum's data"),
+}
+
+
 def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> Checkpoint:
     """Read and check a checkpoint (``Checkpoint.load``)."""
     return Checkpoint.load(path, mmap)
@@ -298,7 +248,7 @@ def stale_metrics_warning(files, saved: Checkpoint) -> str | None:
     """For the commands that read a run's files: what to say when its metrics CSVs are not the ones
     its checkpoint ``saved`` was saved with (see :meth:`~runs.artifacts.RunFiles.stale_metrics`); None
     when they are."""
-    wrong = files.stale_metrics(saved.metrics, saved.global_step, saved.epoch, saved.sources)
+    wrong = files.stale_metrics(saved)
     if not wrong:
         return None
     return (

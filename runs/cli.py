@@ -7,12 +7,13 @@ status 2 for bad input and 1 for a failure at run time. Anything else is a bug a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 from typing import Sequence
 
-from runs.errors import RunError, UsageError, UserError, report
+from runs.errors import Output, OutputError, UsageError, UserError, report, silence
 from runs.settings import NON_NEGATIVE, RUN_GROUP, add_flags, explicit_settings, number
 
 __all__ = ["main", "build_parser"]
@@ -60,25 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument(
         "--overwrite", action="store_true", help="replace the run already in --ckpt (at the new run's first save)"
     )
-    o.add_argument(
-        "--stop-after",
-        dest="stop_after",
-        type=_POSITIVE,
-        default=None,
-        help="stop cleanly after N optimizer steps (checkpoint, exit 0)",
-    )
+    o.add_argument("--stop-after", type=_POSITIVE, help="stop cleanly after N optimizer steps (checkpoint, exit 0)")
     o.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1...")
     o.add_argument("--plot", action="store_true", help="write the run's PNG plot at the end")
     o.add_argument(
         "--curriculum",
         metavar="FILE",
-        default=None,
         help="train with the curriculum in this .toml/.json file instead of the one the curriculum flags build "
         "(docs/curriculum-files.md); not needed again on --resume (the checkpoint stores the curriculum)",
     )
     o.add_argument(
         "--allow-data-change",
-        dest="allow_data_change",
         action="store_true",
         help="--resume on data that differs from the checkpoint's (other path, files or bytes): "
         "continue anyway, recorded in the checkpoint",
@@ -90,17 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plot", help="PNG: loss with transition markers, LR and cutoff")
     pl.add_argument("run", help="run directory or checkpoint")
-    pl.add_argument("--out", default=None, help="image path, or a folder (default: beside the checkpoint)")
+    pl.add_argument("--out", help="image path, or a folder (default: beside the checkpoint)")
 
     d = sub.add_parser(
         "diagram", help="Mermaid or DOT text of the curriculum these flags make, or of a curriculum file"
     )
-    d.add_argument(
-        "file", nargs="?", default=None, help="a curriculum .toml/.json file to draw instead (docs/curriculum-files.md)"
-    )
+    d.add_argument("file", nargs="?", help="a curriculum .toml/.json file to draw instead (docs/curriculum-files.md)")
     add_flags(d, skip=(RUN_GROUP,))
     d.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
-    d.add_argument("--run", default=None, help="a run whose settings and current phase to show")
+    d.add_argument("--run", help="a run whose settings and current phase to show")
 
     from runs.replay_cmd import add_replay_parser
 
@@ -113,58 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--temperature", type=number(float, lambda v: v >= 0, "a finite number >= 0 (0: greedy)"), default=0.8
     )
-    gen.add_argument(
-        "--top-p", dest="top_p", type=number(float, lambda v: 0 < v <= 1, "a number in (0, 1]"), default=0.95
-    )
+    gen.add_argument("--top-p", type=number(float, lambda v: 0 < v <= 1, "a number in (0, 1]"), default=0.95)
     gen.add_argument("--seed", type=_SEED, default=0)
     gen.add_argument("--ema", action="store_true", help="sample with the EMA weights when the checkpoint has them")
     return parser
-
-
-class OutputError(RunError):
-    """Standard output cannot take what a command prints (a closed pipe, a full disk): exit status 1."""
-
-
-class _Output:
-    """Standard output whose write errors are an :class:`OutputError`: ``chunklm generate | head -c 10``
-    and ``> /dev/full`` end in one line, not a traceback."""
-
-    def __init__(self, stream) -> None:
-        self._stream = stream
-
-    def _fail(self, exc: OSError) -> OutputError:
-        if isinstance(exc, BrokenPipeError):
-            return OutputError("the output was closed before all of it was written (broken pipe)")
-        return OutputError(f"cannot write the output: {exc.strerror or exc}")
-
-    def write(self, text: str) -> int:
-        try:
-            return self._stream.write(text)
-        except OSError as exc:
-            raise self._fail(exc) from None
-
-    def flush(self) -> None:
-        try:
-            self._stream.flush()
-        except OSError as exc:
-            raise self._fail(exc) from None
-
-    def __getattr__(self, name: str):
-        return getattr(self._stream, name)
-
-
-def _silence_stdout() -> None:
-    """After a write error on stdout: point it at /dev/null, so that the interpreter's final flush
-    does not print a second error."""
-    import os
-
-    try:
-        fd = sys.__stdout__.fileno()
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, fd)
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):
-        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -179,17 +122,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "replay": _replay,
     }
     stdout = sys.stdout
-    sys.stdout = _Output(stdout)
+    sys.stdout = Output(stdout)
     try:
         code = commands[args.command](args)
         sys.stdout.flush()  # here, not at the interpreter's exit: a closed pipe is then one line too
         return code
     except UserError as exc:
         if isinstance(exc, OutputError) and stdout is sys.__stdout__:
-            _silence_stdout()
+            silence(sys.__stdout__)
         return report(args.command, exc)
     finally:
-        if isinstance(sys.stdout, _Output):
+        if isinstance(sys.stdout, Output):
             sys.stdout = stdout
 
 
@@ -277,35 +220,25 @@ def _plot(args: argparse.Namespace) -> int:
 def _diagram(args: argparse.Namespace) -> int:
     from engine.diagram import to_dot, to_mermaid
     from policies import phase_for_epoch
+    from runs.artifacts import resolve_run
+    from runs.checkpoint import Checkpoint
+    from runs.curriculum_file import diagram_of_file, stored_curriculum
     from runs.settings import Settings
 
     explicit = explicit_settings(args)
-    if args.file is not None:  # a curriculum file (runs/curriculum_file.py)
-        from runs.curriculum_file import diagram_of_file
-
+    if args.file is not None:
         curriculum, current = diagram_of_file(args, explicit)
-        print((to_mermaid if args.format == "mermaid" else to_dot)(curriculum, current=current).rstrip("\n"))
-        return 0
-    current = None
-    if args.run:
-        from runs.artifacts import resolve_run
-        from runs.checkpoint import Checkpoint
-
+    elif args.run:
         files = resolve_run(args.run)
         saved = Checkpoint.load(files.ckpt)
-        settings = saved.settings.resume(saved.preset, args.preset, explicit)
-        current = saved.engine_phase
+        config = saved.settings.resume(saved.preset, args.preset, explicit).to_config()
+        if saved.curriculum is not None:  # trained with --curriculum FILE: the checkpoint stores it
+            curriculum = stored_curriculum(saved, files.ckpt, config)
+        else:
+            curriculum = config.curriculum()
+        current = saved.engine_phase or phase_for_epoch(curriculum, saved.epoch)  # weights only: by its epochs
     else:
-        settings = Settings.fresh(args.preset, explicit)
-    config = settings.to_config()
-    if args.run and saved.curriculum is not None:  # trained with --curriculum FILE: the checkpoint stores it
-        from runs.curriculum_file import stored_curriculum
-
-        curriculum = stored_curriculum(saved, files.ckpt, config)
-    else:
-        curriculum = config.curriculum()
-    if args.run and current is None:  # a weights-only checkpoint: the phase its epochs imply
-        current = phase_for_epoch(curriculum, saved.epoch)
+        curriculum, current = Settings.fresh(args.preset, explicit).to_config().curriculum(), None
     print((to_mermaid if args.format == "mermaid" else to_dot)(curriculum, current=current).rstrip("\n"))
     return 0
 
@@ -358,12 +291,7 @@ def _generate(args: argparse.Namespace) -> int:
     prompt = os.fsencode(args.prompt)  # the bytes given, also when they are not UTF-8
     show(prompt)
     try:
-        if ema is not None:
-            with ema.applied(model):
-                generate(
-                    model, prompt, args.n, temperature=args.temperature, top_p=args.top_p, seed=args.seed, on_bytes=show
-                )
-        else:
+        with ema.applied(model) if ema is not None else contextlib.nullcontext():
             generate(
                 model, prompt, args.n, temperature=args.temperature, top_p=args.top_p, seed=args.seed, on_bytes=show
             )

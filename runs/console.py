@@ -1,9 +1,4 @@
-"""What a run prints (the seed's line formats) and the reporter the trainer calls back.
-
-:class:`Console` prints on rank 0 only, with a tqdm bar per epoch on a terminal (when installed). :class:`Reporter`
-is the :class:`~chunklm.train.Hooks` of ``chunklm train``: it prints the step, epoch and raise
-lines, writes the metrics rows, checks that ranks agree, and says when to stop.
-"""
+"""What a run prints (the seed's line formats), and :class:`Reporter`, the trainer's hooks in ``chunklm train``."""
 
 from __future__ import annotations
 
@@ -18,7 +13,7 @@ from typing import Callable
 from chunklm.train import BaseHooks, EpochInfo, StepInfo
 from engine import Record
 
-__all__ = ["RAISE_LINE", "Console", "Reporter", "cutoff_text", "history_digest", "invoked_as", "sets_cutoff"]
+__all__ = ["Console", "Reporter", "invoked_as", "sets_cutoff"]
 
 RAISE_LINE = "Epoch {epoch} 🚀 CUTOFF RAISED: {before} -> {after} (loss plateaued, opening frequency gates)"
 
@@ -98,12 +93,8 @@ class Console:
 
 
 class Reporter(BaseHooks):
-    """The trainer's hooks for ``chunklm train``.
-
-    ``trainer``: read for its history and clock; ``writers``: (steps, epochs) metrics writers on
-    rank 0, else None; ``dist``: the :class:`~runs.distributed.Distributed`; ``stop_reason()``:
-    this rank's reason to stop now ("signal", "stop_after") or None.
-    """
+    """Prints the step, epoch and raise lines, writes the metrics rows (``writers``: steps, epochs; on
+    rank 0), checks that ranks agree, and stops every rank when ``stop_reason()`` gives one on any."""
 
     def __init__(
         self, trainer, console: Console, writers, dist, log_every: int, stop_reason: Callable[[], str | None]

@@ -1,17 +1,8 @@
 """``chunklm train --curriculum FILE`` and ``chunklm diagram FILE``: a curriculum from a data file.
 
-The file (docs/curriculum-files.md; the seed's is ``policies/curricula/spectral.toml``) replaces the
-spectral curriculum the curriculum flags build. ``chunklm train`` can drive only what its loop
-provides, so a file is checked against it before anything runs: the registered objects (``model``,
-``optimizer``, ``schedule``), the metrics (``loss`` and ``lr`` at step_end, ``val_bpb`` and
-``avg_loss`` at epoch_end), no phase params but ``seq_len`` (the window length the phase trains
-on, a divisor of the model's; a phase changes the model through its actions, e.g. ``SetCutoff``)
-and ``mix`` (weights over the sources ``--data NAME=PATH ...`` names, :mod:`policies.mixture`),
-cutoffs within the model's bins, and LR actions the ``--schedule`` can take (``RestartLR`` needs
-``staged``, ``StartCooldown`` needs ``wsd``). On resume the checkpoint's engine state names the
-curriculum it was saved with (its fingerprint): a file that differs is refused, listing what
-differs. The checkpoint also stores the curriculum itself (as data), so
-a resume needs no file; a file given again must be the same curriculum.
+A file (docs/curriculum-files.md) replaces the curriculum the flags build; it is checked against what
+``chunklm train``'s loop provides before anything runs, and on resume against the checkpoint's engine
+state. The checkpoint stores the curriculum, so a resume needs no file.
 """
 
 from __future__ import annotations
@@ -20,24 +11,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from engine import Curriculum, CurriculumError, curriculum_from_dict, load_curriculum
+from engine import Curriculum, CurriculumError, Point, curriculum_from_dict, load_curriculum
 from engine.core import guard_leaves, metrics_read, spec_differences
 from runs.errors import UsageError
 
-__all__ = [
-    "OBJECTS",
-    "METRICS",
-    "PARAMS",
-    "CURRICULUM_FLAGS",
-    "load_for_training",
-    "check_for_training",
-    "curriculum_for_run",
-    "check_saved_curriculum",
-    "check_metrics_read",
-    "refuse_curriculum_flags",
-    "saved_differences",
-    "stored_curriculum",
-]
+__all__ = ["curriculum_for_run", "check_metrics_read", "diagram_of_file", "load_file", "saved_differences"]
 
 # What chunklm.train.Trainer registers with its engine and passes to step_end / epoch_end.
 OBJECTS = ("model", "optimizer", "schedule")
@@ -47,14 +25,7 @@ METRICS = {"step_end": ("loss", "lr"), "epoch_end": ("val_bpb", "avg_loss")}
 PARAMS = ("seq_len", "mix")
 # The settings a curriculum file replaces (they build the spectral curriculum).
 CURRICULUM_FLAGS = (
-    "cutoffs",
-    "min_epochs",
-    "plateau_window",
-    "plateau_threshold",
-    "plateau_test",
-    "plateau_alpha",
-    "preserve",
-    "seq_lens",
+    "cutoffs min_epochs plateau_window plateau_threshold plateau_test plateau_alpha preserve seq_lens".split()
 )
 
 
@@ -68,11 +39,6 @@ def load_file(path: str) -> Curriculum:
         if not Path(path).exists() and shipped.is_file():
             raise UsageError(f"{exc}; the shipped {shipped.name} is {shipped}") from None
         raise UsageError(str(exc)) from None
-
-
-def load_for_training(path: str, config: Any) -> Curriculum:
-    """The curriculum in ``path``, checked against what ``chunklm train`` provides under ``config``."""
-    return check_for_training(load_file(path), f"--curriculum {path}", config)
 
 
 def check_for_training(curriculum: Curriculum, where: str, config: Any) -> Curriculum:
@@ -96,8 +62,7 @@ def check_for_training(curriculum: Curriculum, where: str, config: Any) -> Curri
         if "mix" in phase.params:
             _check_mix(phase, where, config)
         for action in phase.on_enter:
-            _check_cutoff(action, where, f"phase {phase.name!r} on_enter", n_bins)
-            _check_schedule(action, where, f"phase {phase.name!r} on_enter", config.schedule)
+            _check_action(action, where, f"phase {phase.name!r} on_enter", n_bins, config.schedule)
     for name, users in curriculum.requirements().items():
         if name not in OBJECTS:
             raise UsageError(
@@ -106,8 +71,7 @@ def check_for_training(curriculum: Curriculum, where: str, config: Any) -> Curri
             )
     for tr in curriculum.transitions:
         for action in tr.actions:
-            _check_cutoff(action, where, f"transition {tr.label}", n_bins)
-            _check_schedule(action, where, f"transition {tr.label}", config.schedule)
+            _check_action(action, where, f"transition {tr.label}", n_bins, config.schedule)
     return check_metrics_read(curriculum, where)
 
 
@@ -116,7 +80,7 @@ def check_metrics_read(curriculum: Curriculum, where: str) -> Curriculum:
     for tr in curriculum.transitions:
         for leaf in (leaf for g in tr.guards for leaf in guard_leaves(g)):
             for point, passed in METRICS.items():
-                for metric in metrics_read(leaf, tr.when, _point(point)):
+                for metric in metrics_read(leaf, tr.when, Point(point)):
                     if metric not in passed:
                         raise UsageError(
                             f"{where}: {leaf!r} in transition {tr.label} reads the metric {metric!r} at {point}, "
@@ -124,12 +88,6 @@ def check_metrics_read(curriculum: Curriculum, where: str) -> Curriculum:
                             f'use one of those (e.g. metric = "{passed[0]}")'
                         )
     return curriculum
-
-
-def _point(name: str) -> Any:
-    from engine import Point
-
-    return Point(name)
 
 
 def _check_mix(phase: Any, where: str, config: Any) -> None:
@@ -152,21 +110,16 @@ def _check_mix(phase: Any, where: str, config: Any) -> None:
         raise UsageError(str(exc)) from None
 
 
-def _check_cutoff(action: Any, where: str, what: str, n_bins: int) -> None:
-    from policies import SetCutoff
+def _check_action(action: Any, where: str, what: str, n_bins: int, schedule: str) -> None:
+    """A cutoff within the model's bins, and an LR action the ``--schedule`` can take (refused here in the
+    flag's words, rather than by the action's ``check``, which speaks of registered objects)."""
+    from policies import RestartLR, SetCutoff, StartCooldown
 
     if isinstance(action, SetCutoff) and action.n is not None and action.n > n_bins:
         raise UsageError(
             f"{where}: {action!r} in {what} opens more bins than the model has ({n_bins} at this --seq-len); "
             f'use n <= {n_bins}, or n = "full"'
         )
-
-
-def _check_schedule(action: Any, where: str, what: str, schedule: str) -> None:
-    """The LR actions need a schedule that can do what they ask: refused here, in the flag's words, rather
-    than by the action's ``check`` at the engine's start (which speaks of registered objects)."""
-    from policies import RestartLR, StartCooldown
-
     if isinstance(action, StartCooldown) and schedule != "wsd":
         raise UsageError(
             f"{where}: {action!r} in {what} starts a WSD cooldown, and --schedule {schedule} has none; "
@@ -280,7 +233,7 @@ def curriculum_for_run(
         return None, None
     if path is None:  # the flags these replace were refused before the settings were built (refuse_curriculum_flags)
         return stored_curriculum(saved, ckpt, config), saved.curriculum_file
-    curriculum = load_for_training(path, config)
+    curriculum = check_for_training(load_file(path), f"--curriculum {path}", config)
     if saved is not None:
         check_saved_curriculum(curriculum, saved, ckpt, path, config)
     return curriculum, path

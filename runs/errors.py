@@ -1,12 +1,12 @@
-"""The command line's user-facing errors: one line saying what is wrong and what to do.
-
-:class:`UsageError` is bad input (exit status 2); :class:`RunError` is a failure while running
-(exit status 1). Anything else is a bug and keeps its traceback.
-"""
+"""The command line's user-facing errors, one line saying what is wrong and what to do, and its output."""
 
 from __future__ import annotations
 
-__all__ = ["UserError", "UsageError", "RunError", "report"]
+import contextlib
+import os
+from typing import Any, Callable
+
+__all__ = ["UserError", "UsageError", "RunError", "OutputError", "Output", "report", "silence"]
 
 
 class UserError(Exception):
@@ -18,8 +18,6 @@ class UserError(Exception):
 class UsageError(UserError):
     """Bad input (flags, paths, a checkpoint that is not ours): exit status 2."""
 
-    exit_code = 2
-
 
 class RunError(UserError):
     """A failure at run time (disk full, non-finite loss, another rank failed): exit status 1."""
@@ -28,10 +26,8 @@ class RunError(UserError):
 
 
 def report(command: str, exc: BaseException, prefix: str = "") -> int:
-    """Print ``exc`` to stderr as the command line does and return the exit status.
-
-    A :class:`UserError` is one line; anything else is a bug and prints its traceback (status 1).
-    """
+    """Print ``exc`` to stderr as the command line does (a :class:`UserError` in one line, anything else, a
+    bug, with its traceback) and return the exit status."""
     import sys
     import traceback
 
@@ -42,3 +38,55 @@ def report(command: str, exc: BaseException, prefix: str = "") -> int:
     traceback.print_exception(exc, file=sys.stderr)
     sys.stderr.flush()
     return 1
+
+
+def silence(stream) -> None:
+    """Point ``stream``'s file descriptor at /dev/null after a write to it failed, so that the
+    interpreter's last flush does not fail (and print) again."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        fd = stream.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+
+
+class OutputError(RunError):
+    """Standard output cannot take what a command prints (a closed pipe, a full disk): exit status 1."""
+
+
+class Output:
+    """A standard stream whose write errors are an :class:`OutputError` (``chunklm generate | head``: one
+    line, not a traceback); with ``on_lost``, the first one instead silences it for good and is passed
+    to ``on_lost`` (a run whose terminal closed saves and stops)."""
+
+    def __init__(self, stream, on_lost: Callable[[OutputError], None] | None = None) -> None:
+        self.stream, self._on_lost, self._lost = stream, on_lost, False
+
+    def _call(self, call, *args) -> Any:
+        if self._lost:
+            return None
+        try:
+            return call(*args)
+        except OSError as exc:
+            broken = isinstance(exc, BrokenPipeError)
+            error = OutputError(
+                "the output was closed before all of it was written (broken pipe)"
+                if broken
+                else f"cannot write the output: {exc.strerror or exc}"
+            )
+            if self._on_lost is None:
+                raise error from None
+            self._lost = True
+            silence(self.stream)
+            self._on_lost(error)
+            return None
+
+    def write(self, text: str) -> int:
+        self._call(self.stream.write, text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._call(self.stream.flush)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)

@@ -24,18 +24,12 @@ def _columns(path: Path, columns: dict) -> dict[str, list]:
 
 def plot_run(files: RunFiles, out: Path) -> Path:
     """The run's PNG, drawn by :func:`engine.plot.draw_run` from its CSVs (cutoff as the phase param)."""
-    from engine import CurriculumError
     from engine.plot import draw_run, pyplot
 
-    try:
-        plt = pyplot()
-    except CurriculumError as exc:  # matplotlib is not installed
-        raise UsageError(str(exc)) from None
-
+    plt = pyplot()  # its callers checked that matplotlib is there
     cols = _columns(files.steps, {"step": int, "loss": float, "lr": float, "cutoff": int})
-    history = (
-        [r for r in files.read_history() if r.source is not None] if files.history.exists() else []
-    )  # transitions, not the start
+    # the transitions, not the start
+    history = [r for r in files.read_history() if r.source is not None] if files.history.exists() else []
     epochs = _columns(files.epochs, {"step": int, "val_bpb": float}) if files.epochs.exists() else {"step": []}
     val = ("val bpb", epochs["step"], epochs["val_bpb"]) if epochs["step"] else None
     fig = draw_run(

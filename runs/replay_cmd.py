@@ -1,13 +1,8 @@
 """``chunklm replay RUN``: would another plateau rule have raised elsewhere, and which guard decided?
 
-Feeds the run's recorded per-step losses and per-epoch metrics (its steps and epochs CSV) to the
-curriculum the run's own settings make (as ``chunklm train`` built it), with the curriculum flags
-given here applied (``--plateau-window``, ``--plateau-threshold``, ``--plateau-test``,
-``--plateau-alpha``, ``--min-epochs``, ``--cutoffs``), or to every setting of a ``--grid``; or to
-the curriculum of each ``--curriculum FILE``. A run trained with ``--curriculum FILE`` is replayed
-under the curriculum its checkpoint stores. Prints one row per setting: the step of each raise with
-its deciding guard, up to the first decision that differs from the recorded run (after it, the
-recorded losses came from a model in another phase).
+Feeds the run's recorded metrics (its steps and epochs CSV) to the curriculum its settings make, with
+the curriculum flags given here applied, or every setting of a ``--grid``, or each ``--curriculum FILE``
+(docs/chunklm.md). One row per setting, up to its first decision that differs from the recorded run.
 """
 
 from __future__ import annotations
@@ -21,20 +16,9 @@ import attrs
 from engine import Curriculum, CurriculumError, History, MetricLog, Replay, curriculum_from_dict, replay
 from engine.grid import GridTable, format_table, legend, replay_grid
 from runs.errors import UsageError
-from runs.settings import Settings, _flag
+from runs.settings import Settings, add_flag
 
-__all__ = [
-    "add_replay_parser",
-    "run_replay",
-    "GRID_KEYS",
-    "load_stream",
-    "recorded_settings",
-    "replay_settings",
-    "settings_curriculum",
-    "settings_grid",
-    "grid_axes",
-    "describe_settings",
-]
+__all__ = ["add_replay_parser", "run_replay", "load_stream", "recorded_settings", "replay_settings", "grid_axes"]
 
 # --grid keys (and the curriculum flags) -> the setting each one sets, and an example of its values.
 GRID_KEYS: dict[str, tuple[str, str]] = {
@@ -49,24 +33,17 @@ _NOT_STEP_METRICS = {"step", "epoch", "step_in_epoch", "cutoff", "phase"}
 _NOT_EPOCH_METRICS = {"epoch", "step", "cutoff"}
 
 
-class ReplayError(UsageError):
-    """Bad input to ``chunklm replay``: one message naming the fix."""
-
-
 def add_replay_parser(sub: Any) -> None:
-    """Register ``replay`` on the command line's subparsers."""
-    S = argparse.SUPPRESS
     r = sub.add_parser("replay", help="replay a run's recorded losses under other curriculum settings (no training)")
     r.add_argument("run", help="run directory or checkpoint")
     g = r.add_argument_group("curriculum (default: the run's own; these flags are chunklm train's)")
     for f in attrs.fields(Settings):
         if f.name in _FLAG_KEYS:
-            g.add_argument(_flag(f), dest=f.name, default=S, help=f.metadata["help"], **f.metadata["argparse"])
+            add_flag(g, f)
     r.add_argument(
         "--grid",
         nargs="+",
         metavar="KEY=V1,V2",
-        default=None,
         help=f"replay every combination, e.g. window=50,100,200 threshold=0.001,0.005 (keys: {', '.join(GRID_KEYS)}; "
         "min_epochs values as 2:4:6)",
     )
@@ -75,18 +52,14 @@ def add_replay_parser(sub: Any) -> None:
         action="extend",
         nargs="+",
         metavar="FILE",
-        default=None,
         help="replay under the curriculum of each file (TOML or JSON, as chunklm train --curriculum reads), "
         "one row per file; instead of the curriculum flags and --grid",
     )
 
 
-# -- the recorded run ----------------------------------------------------------------------------
-
-
 def recorded_settings(ckpt: Path) -> dict[str, Any]:
-    """The run's settings from its checkpoint, completed with the defaults."""
-    return _settings(_checkpoint(ckpt))
+    """The run's settings from its checkpoint."""
+    return _checkpoint(ckpt).settings.to_dict()
 
 
 def _checkpoint(ckpt: Path):
@@ -95,14 +68,7 @@ def _checkpoint(ckpt: Path):
     try:
         return load_checkpoint(ckpt, mmap=True)  # only its settings and clock are read
     except CheckpointError as exc:
-        raise ReplayError(f"{exc}; replay reads the run's settings from it") from None
-
-
-def _settings(saved) -> dict[str, Any]:
-    settings = saved.settings.to_dict()
-    settings.setdefault("plateau_test", "relative")
-    settings.setdefault("plateau_alpha", None)
-    return settings
+        raise UsageError(f"{exc}; replay reads the run's settings from it") from None
 
 
 def load_stream(steps: list[dict], epochs: list[dict]) -> MetricLog:
@@ -117,7 +83,7 @@ def load_stream(steps: list[dict], epochs: list[dict]) -> MetricLog:
     stream = MetricLog()
     for i, row in enumerate(steps, start=1):
         if int(row["step"]) != i:
-            raise ReplayError(
+            raise UsageError(
                 f"the steps CSV is not one row per optimizer step from 1 (row {i} has step {row['step']}); "
                 "replay needs the whole run's steps, as chunklm train writes them"
             )
@@ -162,13 +128,13 @@ def grid_axes(items: list[str]) -> dict[str, list[Any]]:
         except CurriculumError:
             values = None
         if key not in GRID_KEYS or values is None or key in axes:
-            raise ReplayError(
+            raise UsageError(
                 f"--grid {item!r}: expected KEY=V1,V2,... once per KEY, with KEY one of {', '.join(GRID_KEYS)}; "
                 "e.g. window=50,100,200"
             )
         axes[key] = [_read(key, v) for v in values]
         if None in axes[key]:
-            raise ReplayError(f"--grid {item!r}: a value is not a valid {key}; e.g. {key}={GRID_KEYS[key][1]}")
+            raise UsageError(f"--grid {item!r}: a value is not a valid {key}; e.g. {key}={GRID_KEYS[key][1]}")
     return axes
 
 
@@ -177,7 +143,7 @@ def settings_grid(base: dict[str, Any], axes: dict[str, list[Any]], stream: Metr
     (and ``cutoffs``) to their values; a row per distinct setting (alpha counts only for the Welch test)."""
     test = base.get("plateau_test", "relative")
     if "alpha" in axes and "welch" not in axes.get("test", [test]):
-        raise ReplayError(
+        raise UsageError(
             "--plateau-alpha (or alpha= in --grid) is the level of the Welch test; "
             "add --plateau-test welch or test=welch to --grid"
         )
@@ -212,8 +178,10 @@ def describe_settings(settings: dict[str, Any]) -> str:
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    """The ``chunklm replay`` subcommand; returns the exit status (bad input raises ReplayError)."""
+    """The ``chunklm replay`` subcommand; returns the exit status (bad input raises a UsageError)."""
     from runs.artifacts import read_csv, resolve_run
+    from runs.checkpoint import stale_metrics_warning
+    from runs.curriculum_file import check_metrics_read, load_file, saved_differences
 
     files = resolve_run(args.run)
     for path, what in (
@@ -222,22 +190,20 @@ def run_replay(args: argparse.Namespace) -> int:
         (files.history, "transition history"),
     ):
         if not path.exists():
-            raise ReplayError(f"no {what} at {path}; replay needs a run written by chunklm train")
+            raise UsageError(f"no {what} at {path}; replay needs a run written by chunklm train")
         if not path.is_file():
-            raise ReplayError(f"the {what} {path} is not a regular file; replay needs a run written by chunklm train")
-    from runs.checkpoint import stale_metrics_warning
-
+            raise UsageError(f"the {what} {path} is not a regular file; replay needs a run written by chunklm train")
     saved = _checkpoint(files.ckpt)
-    base = _settings(saved)
+    base = saved.settings.to_dict()
     stale = stale_metrics_warning(files, saved)
     if stale:
-        raise ReplayError(f"{stale}; replay needs the metrics of the run that made the checkpoint")
+        raise UsageError(f"{stale}; replay needs the metrics of the run that made the checkpoint")
     steps_rows = read_csv(files.steps)
     try:
         stream = load_stream(steps_rows, read_csv(files.epochs))
         rounded = any(f"{float(row['loss']):.6g}" == row["loss"] for row in steps_rows)  # rows the first release wrote
     except (KeyError, ValueError, TypeError) as exc:  # reading the CSV rows' cells only
-        raise ReplayError(
+        raise UsageError(
             f"{files.steps} or {files.epochs.name} is not a metrics file this version can read "
             f"({type(exc).__name__}: {str(exc)[:200]}); it may be truncated or edited"
         ) from None
@@ -251,20 +217,21 @@ def run_replay(args: argparse.Namespace) -> int:
             if args.curriculum
             else f"this run was trained with the curriculum in {saved.curriculum_file} (its checkpoint stores it)"
         )
-        raise ReplayError(
+        raise UsageError(
             f"{', '.join(named)} {'change' if len(named) > 1 else 'changes'} the curriculum the run's settings make, "
             f"and {why}; to try another rule, replay under a copy of the curriculum file with it changed: "
             "--curriculum FILE [FILE ...]"
         )
-    from runs.curriculum_file import check_metrics_read, load_file, saved_differences
 
     def own_curriculum() -> Curriculum:  # a fresh one per replay: a replay feeds its guards
         if stored:
             return curriculum_from_dict(saved.curriculum, source=f"{files.ckpt}: curriculum")
         return settings_curriculum(base)
 
+    def run(curriculum: Curriculum) -> Replay:
+        return replay(curriculum, stream, recorded=history, copy_guards=False)
+
     given = [(path, check_metrics_read(load_file(path), f"--curriculum {path}")) for path in args.curriculum or []]
-    recorded_as = f"{saved.curriculum_file} (stored in the checkpoint)" if stored else describe_settings(base)
     problem = None  # why the run's own curriculum cannot be rebuilt
     try:
         changes = saved_differences(own_curriculum(), saved)
@@ -277,25 +244,24 @@ def run_replay(args: argparse.Namespace) -> int:
         if not stored:
             problem += " (trained with --curriculum FILE before checkpoints stored the curriculum?)"
     if problem is not None and not given:
-        raise ReplayError(
+        raise UsageError(
             f"{files.ckpt}: the curriculum this run was trained with cannot be rebuilt from it ({problem}); replay "
             f"it under the file it was trained with: chunklm replay {args.run} --curriculum "
             f"{saved.curriculum_file or 'FILE'}"
         )
     try:
-        own = replay(own_curriculum(), stream, recorded=history, copy_guards=False) if problem is None else None
+        own = run(own_curriculum()) if problem is None else None
         if given:
-            rows = [
-                (path, replay(curriculum, stream, recorded=history, copy_guards=False)) for path, curriculum in given
-            ]
+            rows = [(path, run(curriculum)) for path, curriculum in given]
         elif stored:
-            rows = [("replay", replay(own_curriculum(), stream, recorded=history, copy_guards=False))]
+            rows = [("replay", run(own_curriculum()))]
         else:
             axes = {_FLAG_KEYS[k]: [v] for k, v in flags.items()} | grid_axes(args.grid or [])
             rows = [(row.label, row.replay) for row in settings_grid(base, axes, stream, history).rows]
     except CurriculumError as exc:
-        raise ReplayError(str(exc)) from None
+        raise UsageError(str(exc)) from None
 
+    recorded_as = f"{saved.curriculum_file} (stored in the checkpoint)" if stored else describe_settings(base)
     print(f"run {files.ckpt.parent}: {stream.steps} steps, {stream.epochs} epochs; recorded curriculum: {recorded_as}")
     held = "to 6 significant digits in the rows the first release wrote" if rounded else "exactly"
     print(f"the losses as the steps CSV holds them ({held}); no training, no action runs")
@@ -308,20 +274,13 @@ def run_replay(args: argparse.Namespace) -> int:
             else "the run was recorded by other code, or its files were edited"
         )
         print(f"note: replayed with its own settings the run departs from its record: {own.departure.text()}; {why}")
-    raises = not stored and not given and bool(base["cutoffs"])  # the cutoff curriculum: its transitions raise
-    print()
-    print(format_table(history, rows, own, word="raise" if raises else "switch"))
-    print()
-    print(legend("raise" if raises else "switch"))
+    word = "raise" if not stored and not given and base["cutoffs"] else "switch"  # the cutoff curriculum raises
+    print(f"\n{format_table(history, rows, own, word=word)}\n\n{legend(word)}")
     if len(rows) == 1:
         res = rows[0][1]
         print()
-        for r in res.faithful():
-            if r.decision is not None:
-                print(
-                    f"{r.source} -> {r.dest} at step {r.global_step} (epoch {r.epoch}): "
-                    f"{r.decision.text(r.global_step)}"
-                )
+        for r in (r for r in res.faithful() if r.decision is not None):
+            print(f"{r.source} -> {r.dest} at step {r.global_step} (epoch {r.epoch}): {r.decision.text(r.global_step)}")
         if res.departure is not None:
             print(res.departure.text())
     return 0

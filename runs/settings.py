@@ -1,26 +1,18 @@
 """A run's settings: one attrs class whose fields make the flags, defaults, presets and resume rules.
 
-Each field of :class:`Settings` is declared once with :func:`setting`: its default, its help, the
-group it is listed under, its value in each preset, and whether a resumed run may change it. The
-command line's flags (:func:`add_flags`), the checkpoint's stored settings (:meth:`Settings.to_dict`)
-and the configs the trainer takes (:meth:`Settings.to_config`) are all generated from it.
-
-To add a setting, add one field, e.g. ``micro_batch: int | None = setting(help="windows through the
-model at once", absent=None, check=..., type=int)``: it feeds the TrainConfig field of the same name
-(``to="train"``, the default) and takes that field's default (a setting with no config field states
-its own: ``setting(None, "help", to=None)``), gets ``--micro-batch``, is stored in every checkpoint,
-is refused on resume when it differs (``resume=Resume.FREE`` to allow), and checkpoints stored before
-it existed read ``absent``. A boolean flag pair is ``action=argparse.BooleanOptionalAction``.
-
-Precedence for a fresh run: defaults < preset < flags given explicitly. On ``--resume``: the
-checkpoint < flags given explicitly, and an explicit flag that would change the trajectory and
-differs from the checkpoint is an error listing each differing field.
+A setting is one field of :class:`Settings`, declared with :func:`setting`: e.g. ``micro_batch: int |
+None = setting(help="windows through the model at once", absent=None, type=int)`` feeds the TrainConfig
+field of the same name (``to="train"``) and takes its default, gets ``--micro-batch``, is stored in every
+checkpoint (read as ``absent`` from checkpoints stored before it existed), and is refused on resume when
+it differs (``resume=Resume.FREE`` allows it). A fresh run takes defaults < preset < explicit flags; a
+resume, the checkpoint < explicit flags, refusing those that would change the trajectory.
 """
 
 from __future__ import annotations
 
 import argparse
 import enum
+import functools
 import math
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
@@ -32,19 +24,7 @@ from chunklm.train import SCHEDULES, TrainConfig
 from policies import CooldownShape
 from runs.errors import UsageError
 
-__all__ = [
-    "NON_NEGATIVE",
-    "PRESETS",
-    "RUN_GROUP",
-    "Resume",
-    "Settings",
-    "SettingsError",
-    "add_flags",
-    "default_cutoffs",
-    "explicit_settings",
-    "number",
-    "setting",
-]
+__all__ = ["PRESETS", "RUN_GROUP", "Resume", "Settings", "SettingsError", "add_flags", "explicit_settings", "setting"]
 
 
 class SettingsError(UsageError):
@@ -72,30 +52,17 @@ def setting(
     resume: Resume = Resume.FIXED,
     to: str | None = "train",
     flag: str | None = "",
-    check: Any = None,
+    check: tuple = (),
     absent: Any = attrs.NOTHING,
     converter: Any = None,
     **argparse_kwargs: Any,
 ) -> Any:
-    """One setting. ``default``: left out, the default of the config field it feeds (stated once, in
-    the config, so the command line and the library never disagree); ``to``: the config it feeds
-    ("model": ChunkLMConfig, "train": TrainConfig, None: neither); ``flag``: "" derives
-    ``--name-with-dashes``, None means no flag; ``check(name, value)`` returns an error message or
-    None; ``absent``: the value that reproduces the runs of checkpoints stored before this setting
-    existed (a setting added later needs one); ``argparse_kwargs`` go to ``add_argument`` (type,
-    nargs...)."""
-    presets = {} if demo is attrs.NOTHING else {"demo": demo}
-    metadata = {
-        "help": help,
-        "group": group,
-        "presets": presets,
-        "resume": resume,
-        "to": to,
-        "flag": flag,
-        "check": check,
-        "absent": absent,
-        "argparse": argparse_kwargs,
-    }
+    """One setting. ``default`` left out: the default of the ``to`` config's field ("model", "train";
+    None: neither); ``flag``: "" derives ``--name-with-dashes``, None means none; ``check``: (what the
+    value must be, test) pairs; ``absent``: the value that reproduces the runs of checkpoints stored
+    before this setting existed; ``argparse_kwargs`` go to ``add_argument``."""
+    metadata = dict(help=help, group=group, demo=demo, resume=resume, to=to, flag=flag, check=check, absent=absent)
+    metadata["argparse"] = argparse_kwargs
     return attrs.field(default=default, metadata=metadata, converter=converter, kw_only=True)
 
 
@@ -115,56 +82,25 @@ def _config_default(cls: type, f: attrs.Attribute) -> Any:
     return field.default.value if isinstance(field.default, enum.Enum) else field.default
 
 
-# -- checks: each returns the message's middle part, or None -------------------------------------
+# -- checks: (what the value must be, test) --------------------------------------------------------
 
 
-def _int_at_least(low: int):
-    def check(value: Any) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            return f"must be an integer >= {low}: got {value!r}"
-        return None
-
-    return check
+def _real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _int_in(low: int, high: int, why: str):
-    def check(value: Any) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            return f"must be an integer >= {low} and <= {high} ({why}): got {value!r}"
-        return None
-
-    return check
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _both(*checks):
-    return lambda value: next((m for m in (c(value) for c in checks) if m), None)
-
-
-def _at_most(high: float, why: str):
-    def check(value: Any) -> str | None:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > high:
-            return f"must be at most {high:g} ({why}): got {value!r}"
-        return None
-
-    return check
-
-
-_MAX_LR = 1e30  # AdamW divides it by 1 - 0.9: far more and float32 arithmetic overflows (max 3.4e38)
-
-
-def _finite(low: float | None = None, *, above: bool = False, below: float | None = None):
-    def check(value: Any) -> str | None:
-        if value is None:
-            return None
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        ok = ok and (low is None or (value > low if above else value >= low)) and (below is None or value < below)
-        if not ok:
-            rng = "a finite number" + ("" if low is None else f" {'>' if above else '>='} {low}")
-            rng += "" if below is None else f" and < {below}"
-            return f"must be {rng}: got {value!r}"
-        return None
-
-    return check
+_FINITE = ("a finite number", _real)
+_POSITIVE = ("a finite number > 0.0", lambda v: _real(v) and v > 0)
+# AdamW divides the LR by 1 - 0.9: far more than 1e30 and float32 arithmetic overflows (max 3.4e38)
+_MAX_LR = ("at most 1e+30 (larger ones overflow float32 in the optimizer)", lambda v: v <= 1e30)
+_SEED = ("an integer >= 0 and <= 4294967295 (numpy's seeds are 32-bit)", lambda v: _int(v) and 0 <= v < 2**32)
+_NOT_NEGATIVE = ("a finite number >= 0.0", lambda v: _real(v) and v >= 0)
+_LEVEL = ("a finite number > 0.0 and < 1.0", lambda v: v is None or (_real(v) and 0 < v < 1))
+_COUNT = ("an integer >= 0", lambda v: _int(v) and v >= 0)
 
 
 def number(kind: Callable, test: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
@@ -174,7 +110,7 @@ def number(kind: Callable, test: Callable[[Any], bool], expected: str) -> Callab
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}: got {text!r}") from None
+            value = math.nan
         if not (math.isfinite(value) and test(value)):
             raise argparse.ArgumentTypeError(f"expected {expected}: got {text!r}")
         return value
@@ -198,73 +134,31 @@ def default_cutoffs(seq_len: int) -> tuple[int, ...]:
     return (seq_len // 8, seq_len // 4, seq_len // 2)
 
 
-_MODEL_GROUP = "model"
-_CURRICULUM = "curriculum (the seed's Tuning section)"
-_EXECUTION = "execution (change speed, not the run: free to change on --resume)"
 RUN_GROUP = "run"  # the run's own flags; the command line adds its other run flags (--ckpt, --resume...) to it
+# The groups: each shares its flags' heading and what its settings feed or may do on resume.
+_model = functools.partial(setting, group="model", to="model", type=int)
+_curriculum = functools.partial(setting, group="curriculum (the seed's Tuning section)")
+_execution = functools.partial(
+    setting, group="execution (change speed, not the run: free to change on --resume)", resume=Resume.FREE, absent=None
+)
+_output = functools.partial(setting, group=RUN_GROUP, resume=Resume.FREE, to=None, check=(_COUNT,), type=NON_NEGATIVE)
 
 
 @attrs.frozen(field_transformer=_config_defaults)
 class Settings:
-    """Everything a run is made from, stored whole in its checkpoint.
+    """Everything a run is made from, stored whole in its checkpoint. Only the model's sizes (ChunkLMConfig
+    has no defaults for them), the derived --cutoffs and the settings that feed no config state defaults."""
 
-    A setting that feeds a config field takes its default from the config; only the model's sizes
-    (ChunkLMConfig has no defaults for them), the derived --cutoffs and the execution settings state
-    their own.
-    """
-
-    # model
-    seq_len: int = setting(
-        1024,
-        "window length in bytes (seed: 1024)",
-        group=_MODEL_GROUP,
-        demo=256,
-        to="model",
-        type=int,
-    )
-    kernel_len: int = setting(
-        128,
-        "taps of each causal kernel (seed: 128)",
-        group=_MODEL_GROUP,
-        demo=64,
-        to="model",
-        type=int,
-    )
-    chunk: int = setting(
-        16,
-        "bytes predicted per position (seed: 16)",
-        group=_MODEL_GROUP,
-        demo=8,
-        to="model",
-        type=int,
-    )
-    d_model: int = setting(
-        512,
-        "width (seed: 512)",
-        group=_MODEL_GROUP,
-        demo=128,
-        to="model",
-        type=int,
-    )
-    n_layers: int = setting(
-        6,
-        "blocks (seed: 6)",
-        group=_MODEL_GROUP,
-        demo=4,
-        to="model",
-        type=int,
-    )
-    dropout: float = setting(
-        help="dropout probability in [0, 1)",
-        group=_MODEL_GROUP,
-        to="model",
-        type=float,
-    )
-    kernel_init: str = setting(
+    seq_len: int = _model(1024, "window length in bytes (seed: 1024)", demo=256)
+    kernel_len: int = _model(128, "taps of each causal kernel (seed: 128)", demo=64)
+    chunk: int = _model(16, "bytes predicted per position (seed: 16)", demo=8)
+    d_model: int = _model(512, "width (seed: 512)", demo=128)
+    n_layers: int = _model(6, "blocks (seed: 6)", demo=4)
+    dropout: float = _model(help="dropout probability in [0, 1)", type=float)
+    kernel_init: str = _model(
         help="kernel initialisation: white (default, the seed's; measured best) or smooth (band-limited to the first "
         "cutoff)",
-        group=_MODEL_GROUP,
-        to="model",
+        type=None,
         choices=["smooth", "white"],
     )
     # training
@@ -278,158 +172,101 @@ class Settings:
     accum_steps: int = setting(help="micro-batches per optimizer step", demo=1, type=int)
     steps_per_epoch: int = setting(help="optimizer steps per epoch", demo=150, type=int)
     epochs: int = setting(help="epochs in all (may grow on --resume)", demo=12, resume=Resume.FREE, type=int)
-    lr: float = setting(
-        help="peak learning rate",
-        demo=2e-3,
-        type=float,
-        check=_both(_finite(0.0, above=True), _at_most(_MAX_LR, "larger ones overflow float32 in the optimizer")),
+    lr: float = setting(help="peak learning rate", demo=2e-3, check=(_POSITIVE, _MAX_LR), type=float)
+    weight_decay: float = setting(help="AdamW weight decay", check=(_NOT_NEGATIVE,), type=float)
+    grad_clip: float = setting(
+        help="clip the gradient norm to this (0: no clipping)", check=(_NOT_NEGATIVE,), type=float
     )
-    weight_decay: float = setting(help="AdamW weight decay", check=_finite(0.0), type=float)
-    grad_clip: float = setting(help="clip the gradient norm to this (0: no clipping)", check=_finite(0.0), type=float)
-    seed: int = setting(
-        help="seed of the weights and the data order",
-        check=_int_in(0, 2**32 - 1, "numpy's seeds are 32-bit"),
-        type=int,
-    )
+    seed: int = setting(help="seed of the weights and the data order", check=(_SEED,), type=int)
     ema: float | None = setting(
         help="keep an EMA of the weights (decay in (0, 1), default 0.999)",
-        check=_finite(0.0, above=True, below=1.0),
+        check=(_LEVEL,),
         type=float,
         nargs="?",
         const=0.999,
     )
     # curriculum
-    cutoffs: tuple[int, ...] | None = setting(
-        None,
-        "cutoffs in rfft bins (default seq_len/8,/4,/2)",  # None: derived from seq_len (default_cutoffs)
-        group=_CURRICULUM,
+    cutoffs: tuple[int, ...] | None = _curriculum(
+        None,  # derived from seq_len (default_cutoffs)
+        "cutoffs in rfft bins (default seq_len/8,/4,/2)",
         type=_int_list,
         converter=attrs.converters.optional(tuple),
     )
-    min_epochs: tuple[int, ...] = setting(
-        help="never raise before these epochs (seed: 2,5,10)",
-        group=_CURRICULUM,
-        demo=(2, 4, 6),
-        type=_int_list,
-        converter=tuple,
+    min_epochs: tuple[int, ...] = _curriculum(
+        help="never raise before these epochs (seed: 2,5,10)", demo=(2, 4, 6), type=_int_list, converter=tuple
     )
-    plateau_window: int = setting(
-        help="optimizer steps in the plateau window (seed: 50)",
-        group=_CURRICULUM,
-        demo=100,
-        check=_int_at_least(1),
-        type=int,
-    )
-    plateau_threshold: float = setting(
+    plateau_window: int = _curriculum(help="optimizer steps in the plateau window (seed: 50)", demo=100, type=int)
+    plateau_threshold: float = _curriculum(
         help="relative improvement below which the loss has plateaued (seed: 0.005; negative: only a loss that rises "
         "that much)",
-        group=_CURRICULUM,
         demo=0.01,
-        check=_finite(),
+        check=(_FINITE,),
         type=float,
     )
-    plateau_test: str = setting(
+    plateau_test: str = _curriculum(
         help="relative: r < threshold (the seed's rule); welch: a one-sided Welch t-test finds no improvement beyond "
         "threshold (noise-aware; try it first with chunklm replay)",
-        group=_CURRICULUM,
         absent="relative",
         choices=["relative", "welch"],
     )
-    plateau_alpha: float | None = setting(
-        help="level of the Welch test (default 0.05)",
-        group=_CURRICULUM,
-        absent=None,
-        check=_finite(0.0, above=True, below=1.0),
-        type=float,
+    plateau_alpha: float | None = _curriculum(
+        help="level of the Welch test (default 0.05)", absent=None, check=(_LEVEL,), type=float
     )
-    preserve: bool = setting(
+    preserve: bool = _curriculum(
         help="open bands at zero, leaving the function unchanged (exact with --kernel-init smooth; measured to end "
         "worse), or with noise (--no-preserve, the default: the seed's)",
-        group=_CURRICULUM,
         action=argparse.BooleanOptionalAction,
     )
-    seq_lens: tuple[int, ...] = setting(
+    seq_lens: tuple[int, ...] = _curriculum(
         help="sequence-length warmup: window lengths (divisors of --seq-len) of the phases before full, one per cutoff "
         "(with --cutoffs '': phases seq_<L> under the same rule); e.g. 128,256,512",
-        group=_CURRICULUM,
         absent=(),
         type=_int_list,
         converter=tuple,
     )
-    schedule: str = setting(
+    schedule: str = _curriculum(
         help="LR schedule: staged (the seed's stage-aligned cosine, restarted at each raise) or wsd "
         "(warmup-stable-decay: constant, then a --cooldown-fraction cooldown; no restarts)",
-        group=_CURRICULUM,
         absent="staged",
         choices=list(SCHEDULES),
     )
-    cooldown_fraction: float = setting(
-        help="wsd: the cooldown's share of training (default 0.2)",
-        group=_CURRICULUM,
-        absent=0.2,
-        type=float,
+    cooldown_fraction: float = _curriculum(
+        help="wsd: the cooldown's share of training (default 0.2)", absent=0.2, type=float
     )
-    cooldown_shape: str = setting(
+    cooldown_shape: str = _curriculum(
         help="wsd: the cooldown's shape (default 1-sqrt, Hägele et al.'s best)",
-        group=_CURRICULUM,
         absent=CooldownShape.ONE_MINUS_SQRT.value,
         choices=[shape.value for shape in CooldownShape],
     )
-    # execution only: how the step runs, not what it computes (may change on resume)
-    micro_batch: int | None = setting(
+    # execution only: how the step runs, not what it computes
+    micro_batch: int | None = _execution(
         help="windows through the model at once (default: --batch-size); the global batch stays "
         "--batch-size x --accum-steps",
-        group=_EXECUTION,
-        resume=Resume.FREE,
-        absent=None,
         type=int,
     )
-    compile: bool | None = setting(
+    compile: bool | None = _execution(
         None,
         "torch.compile the training step (default: on for CUDA, off on CPU)",
-        group=_EXECUTION,
-        resume=Resume.FREE,
-        absent=None,
         to=None,
         action=argparse.BooleanOptionalAction,
     )
-    # the run's output: free to change on --resume, and kept when not given
-    log_every: int = setting(
-        10,
-        "print a step line every N optimizer steps (0: never)",
-        group=RUN_GROUP,
-        resume=Resume.FREE,
-        absent=10,
-        to=None,
-        check=_int_at_least(0),
-        type=NON_NEGATIVE,
-    )
-    ckpt_every: int = setting(
-        0,
-        "also checkpoint every N optimizer steps (0: at epoch ends only)",
-        group=RUN_GROUP,
-        resume=Resume.FREE,
-        absent=0,
-        to=None,
-        check=_int_at_least(0),
-        type=NON_NEGATIVE,
-    )
-    # no flag
+    # the run's output: kept when not given
+    log_every: int = _output(10, "print a step line every N optimizer steps (0: never)", absent=10)
+    ckpt_every: int = _output(0, "also checkpoint every N optimizer steps (0: at epoch ends only)", absent=0)
     eval_windows: int = setting(demo=32, flag=None)
-
-    # -- building ----------------------------------------------------------------------------
 
     @classmethod
     def fresh(cls, preset: str | None, explicit: Mapping[str, Any]) -> Settings:
         """Defaults < preset < explicit flags; checked."""
-        values = {f.name: f.metadata["presets"][preset] for f in attrs.fields(cls) if preset in f.metadata["presets"]}
+        fields = attrs.fields(cls) if preset == "demo" else ()  # "seed": the defaults
+        values = {f.name: f.metadata["demo"] for f in fields if f.metadata["demo"] is not attrs.NOTHING}
         return cls._make({**values, **explicit})
 
     def resume(
         self, saved_preset: str | None, preset: str | None, explicit: Mapping[str, Any], free: Collection[str] = ()
     ) -> Settings:
         """These (a checkpoint's) settings with the explicit flags applied; conflicting flags are an error.
-        ``free``: fields this resume may change though they are fixed (``--allow-data-change`` frees ``data``)."""
+        ``free``: fixed fields this resume may change (``--allow-data-change`` frees ``data``)."""
         differing = []
         if preset is not None and preset != (saved_preset or "seed"):
             differing.append(f"--preset: checkpoint has {saved_preset or 'seed'!r}, given {preset!r}")
@@ -460,15 +297,15 @@ class Settings:
         return settings
 
     def check(self) -> None:
-        """Each field's own check; the model's sizes (ChunkLMConfig's checks: the rest derive from them);
-        the checks across flags; then the train config's and the curriculum's. The configs' messages name
-        the flags, so a value they check is checked there only."""
+        """Each field's checks; the model's sizes (the rest derive from them); the checks across flags;
+        then the train config's and the curriculum's, whose messages name the flags."""
         from engine import CurriculumError
 
         for f in attrs.fields(type(self)):
-            message = f.metadata["check"] and f.metadata["check"](getattr(self, f.name))
-            if message:
-                raise SettingsError(f"{_flag(f)} {message}")
+            value = getattr(self, f.name)
+            for expected, ok in f.metadata["check"]:
+                if not ok(value):
+                    raise SettingsError(f"{_flag(f)} must be {expected}: got {value!r}")
         try:
             ChunkLMConfig(**self._feeding("model"))
             self._check_flags()
@@ -478,24 +315,22 @@ class Settings:
 
     def _check_flags(self) -> None:
         """What no config checks in the flags' words: the derived cutoffs, --chunk against --seq-len, and
-        one --min-epochs (and --seq-lens) value per raise (the library's check names its own arguments)."""
-        if self.cutoffs is not None and any(isinstance(c, int) and c < 1 for c in self.cutoffs):
+        one --min-epochs (and --seq-lens) value per raise."""
+        cutoffs = self.cutoffs or ()
+        if any(isinstance(c, int) and c < 1 for c in cutoffs):
             raise SettingsError(
-                f"--cutoffs {_show(self.cutoffs)}: each cutoff must be >= 1 bin (the default, seq_len/8,/4,/2, "
-                "gives 0 below "
-                f"--seq-len 8: got --seq-len {self.seq_len}); raise --seq-len or pass --cutoffs"
+                f"--cutoffs {_show(cutoffs)}: each cutoff must be >= 1 bin (the default, seq_len/8,/4,/2, gives 0 "
+                f"below --seq-len 8: got --seq-len {self.seq_len}); raise --seq-len or pass --cutoffs"
             )
         if self.chunk > self.seq_len:
             raise SettingsError(
                 f"--chunk {self.chunk} is longer than --seq-len {self.seq_len}; lower --chunk or raise --seq-len"
             )
-        cutoffs = self.cutoffs or ()
         if cutoffs and self.seq_lens and len(self.seq_lens) != len(cutoffs):
             raise SettingsError(
                 f"--seq-lens {_show(self.seq_lens)} gives {len(self.seq_lens)} window length"
-                f"{'s' if len(self.seq_lens) != 1 else ''} for the "
-                f"{len(cutoffs)} cutoffs of --cutoffs {_show(cutoffs)}; give one per cutoff, or pass --cutoffs '' "
-                "for phases of window lengths only"
+                f"{'s' if len(self.seq_lens) != 1 else ''} for the {len(cutoffs)} cutoffs of --cutoffs "
+                f"{_show(cutoffs)}; give one per cutoff, or pass --cutoffs '' for phases of window lengths only"
             )
         if cutoffs or not self.seq_lens:
             raises, what = len(cutoffs), f"--cutoffs {_show(cutoffs) if cutoffs else repr('')}"
@@ -518,8 +353,6 @@ class Settings:
         cutoffs = self.cutoffs if self.cutoffs is not None else default_cutoffs(self.seq_len)
         model_config = ChunkLMConfig(**self._feeding("model"), init_cutoff=cutoffs[0] if cutoffs else None)
         return TrainConfig(model=model_config, **{**self._feeding("train"), "cutoffs": cutoffs})
-
-    # -- storing -----------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (lists for tuples): what the checkpoint stores."""
@@ -552,20 +385,23 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
+def add_flag(group: Any, f: attrs.Attribute) -> None:
+    """The setting's flag, defaulting to 'not given' (argparse.SUPPRESS) so that a resume can tell."""
+    group.add_argument(
+        _flag(f), dest=f.name, default=argparse.SUPPRESS, help=f.metadata["help"] or None, **f.metadata["argparse"]
+    )
+
+
 def add_flags(
     parser: argparse.ArgumentParser, schema: type | None = None, skip: Collection[str] = ()
 ) -> dict[str, Any]:
-    """One flag per setting that has one, grouped (but the groups in ``skip``); all default to 'not
-    given' (argparse.SUPPRESS). Returns the groups by name."""
+    """One flag per setting that has one, grouped (but the groups in ``skip``), and ``--preset``.
+    Returns the groups by name."""
     groups: dict[str, Any] = {}
     for f in attrs.fields(schema or Settings):
-        if f.metadata["flag"] is None or f.metadata["group"] in skip:
-            continue
         name = f.metadata["group"]
-        group = groups.get(name) or groups.setdefault(name, parser.add_argument_group(name))
-        group.add_argument(
-            _flag(f), dest=f.name, default=argparse.SUPPRESS, help=f.metadata["help"] or None, **f.metadata["argparse"]
-        )
+        if f.metadata["flag"] is not None and name not in skip:
+            add_flag(groups.get(name) or groups.setdefault(name, parser.add_argument_group(name)), f)
     parser.add_argument(
         "--preset",
         choices=list(PRESETS),
@@ -577,9 +413,5 @@ def add_flags(
 
 def explicit_settings(args: argparse.Namespace, schema: type | None = None) -> dict[str, Any]:
     """The settings the user gave explicitly (flags left out are absent from the namespace)."""
-    out = {}
-    for f in attrs.fields(schema or Settings):
-        if hasattr(args, f.name):
-            value = getattr(args, f.name)
-            out[f.name] = tuple(value) if isinstance(value, list) else value
-    return out
+    values = {f.name: getattr(args, f.name) for f in attrs.fields(schema or Settings) if hasattr(args, f.name)}
+    return {name: tuple(v) if isinstance(v, list) else v for name, v in values.items()}

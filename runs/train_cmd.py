@@ -1,16 +1,8 @@
 """``chunklm train``: wiring of the settings, the run's files, the checkpoint, the trainer and the console.
 
-Before training starts every path is checked and the run is locked, so a run fails in seconds, not
-at its first save. A fresh run never replaces another run's files unless told (``--overwrite``),
-and then not before its own first save; it writes nothing before that save. Every outside stop (a
-signal, a closed stdout) saves at the next step boundary.
-
-A save writes several files, and a crash can come between any two of them; the checkpoint is the
-save's commit point. It records the digest of the metrics rows it covers (made durable before it),
-and a resume continues a metrics file only if it matches (:func:`check_metrics`) and rewrites the
-history from the checkpoint. So a crash in the first save of an ``--overwrite`` run, between the new
-checkpoint and its metrics, cannot mix the runs: the replaced run's CSVs are refused, untouched,
-with the way out. The replaced run's plot, drawn from its files, goes just before that checkpoint.
+Every path is checked and the run locked before training. The checkpoint is a save's commit point: it
+records the digest of the metrics rows it covers, written durably before it, and a resume continues a
+metrics file only if it matches, so an interrupted save never mixes two runs (docs/chunklm.md).
 """
 
 from __future__ import annotations
@@ -27,33 +19,14 @@ from typing import Any
 
 import attrs
 
-from runs.artifacts import (
-    MetricsWriter,
-    RunFiles,
-    RunLock,
-    WriteError,
-    is_torch_file,
-    remove_stale_temps,
-    run_name,
-)
+from runs.artifacts import MetricsWriter, RunFiles, RunLock, WriteError, is_torch_file, remove_stale_temps, run_name
 from runs.checkpoint import Checkpoint, CheckpointError
 from runs.console import Console, Reporter, invoked_as, sets_cutoff
 from runs.distributed import Distributed, resume_command
-from runs.errors import RunError, UsageError, UserError, report
+from runs.errors import Output, RunError, UsageError, UserError, report
 from runs.settings import Settings
 
-__all__ = [
-    "train",
-    "check_args",
-    "check_paths",
-    "auto_resume",
-    "check_metrics",
-    "data_identity",
-    "StopSignals",
-    "OutputWatch",
-    "Saver",
-    "Interrupted",
-]
+__all__ = ["train", "check_model_size"]
 
 
 class Interrupted(RunError):
@@ -193,14 +166,9 @@ def _without_checkpoint(files: list[Path]) -> str:
 
 
 def auto_resume(files: RunFiles) -> bool:
-    """``--resume auto``, decided while holding the run's lock: resume (True) when the checkpoint is
-    there, start fresh (False) when nothing of a run is, and refuse anything else.
-
-    A fresh run writes nothing before its first checkpoint (its metrics wait in memory), and a
-    checkpoint is written atomically, so a run killed
-    before or during its first save leaves nothing but a temp file (removed at the next start): the
-    restart starts fresh. Whether the checkpoint is a run these flags continue is then the resume's
-    own checks (settings, data, curriculum, processes), each refused in one line."""
+    """``--resume auto``, decided holding the run's lock: resume (True) when the checkpoint is there,
+    start fresh (False) when nothing of a run is (a run killed before its first save leaves nothing:
+    its metrics wait in memory), and refuse anything else."""
     if os.path.lexists(files.ckpt):
         return True
     others = files.existing()
@@ -214,7 +182,7 @@ def auto_resume(files: RunFiles) -> bool:
 
 def check_metrics(files: RunFiles, saved: Checkpoint) -> None:
     """On resume: each metrics file holds, up to the checkpoint, the rows the checkpoint recorded (or is absent)."""
-    wrong = files.stale_metrics(saved.metrics, saved.global_step, saved.epoch, saved.sources)
+    wrong = files.stale_metrics(saved)
     if wrong:
         names = " and ".join(p.name for p in wrong)
         raise UsageError(
@@ -238,16 +206,6 @@ def absolute_data(explicit: dict[str, Any]) -> dict[str, Any]:
     if explicit.get("data"):
         explicit = {**explicit, "data": tuple(absolute(item) for item in explicit["data"])}
     return explicit
-
-
-def check_parts(saved: Checkpoint, path: Path) -> None:
-    """On resume: the checkpoint holds every part of the trainer's state (or the weights alone)."""
-    missing = saved.missing_parts()
-    if missing:
-        raise CheckpointError(
-            f"{path} lacks {', '.join(missing)}, which a resume needs to continue the run exactly; it is damaged "
-            "or was edited. Resume from another checkpoint, or start a fresh run"
-        )
 
 
 def data_identity(
@@ -349,9 +307,8 @@ def build_corpus(config, fingerprint: dict | None = None):
 
 
 class StopSignals:
-    """SIGINT/SIGTERM/SIGHUP: the first stops the run after the step in progress, saved; a second stops it now.
-
-    SIGHUP (the terminal closed) is left alone where it is ignored (``nohup``)."""
+    """SIGINT/SIGTERM/SIGHUP (unless ignored: ``nohup``): the first stops the run after the step in
+    progress, saved; a second stops it now."""
 
     def __init__(self, announce: bool) -> None:
         self.announce = announce
@@ -371,23 +328,17 @@ class StopSignals:
         name = signal.Signals(signum).name
         if self.signum is None:
             self.signum = signum
-            if self.announce:  # os.write: print() is not safe inside a signal handler
-                with contextlib.suppress(OSError):  # a closed terminal: the stop matters, not the line
-                    os.write(
-                        2,
-                        (
-                            f"\n{name}: stopping after this step (checkpoint saved); "
-                            f"{name} again to stop now without saving\n"
-                        ).encode(),
-                    )
+            text = f"\n{name}: stopping after this step (checkpoint saved); {name} again to stop now without saving\n"
+            if self.announce:  # os.write: print() is not safe inside a signal handler; a closed terminal is fine
+                with contextlib.suppress(OSError):
+                    os.write(2, text.encode())
             return
         raise Interrupted(f"stopped by a second {name}, without saving; the last checkpoint is kept")
 
 
 class OutputWatch:
-    """While a run trains, stdout and stderr stop printing, instead of failing the run, when they
-    cannot be written (the reader of a pipe ended, as in ``chunklm train | head``; the terminal
-    closed). ``lost`` then says why stdout went, and the run saves at the next step boundary."""
+    """While a run trains, stdout and stderr that cannot be written go silent instead of failing the run
+    (``chunklm train | head``, a closed terminal); ``lost`` says why stdout went, and the run saves."""
 
     def __init__(self) -> None:
         self.lost: str | None = None
@@ -395,108 +346,15 @@ class OutputWatch:
 
     def __enter__(self) -> "OutputWatch":
         self._old = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = _Guarded(sys.stdout, self._stdout_lost), _Guarded(sys.stderr, None)
+        stdout = sys.stdout.stream if isinstance(sys.stdout, Output) else sys.stdout
+        sys.stdout, sys.stderr = Output(stdout, self._stdout_lost), Output(sys.stderr, lambda error: None)
         return self
 
     def __exit__(self, *exc: Any) -> None:
         sys.stdout, sys.stderr = self._old
 
-    def _stdout_lost(self, exc: BaseException) -> None:
-        if self.lost is None:  # the command line's stdout words it already (a RunError); a bare stream does not
-            self.lost = str(exc) if isinstance(exc, RunError) else f"the output cannot be written ({exc})"
-
-
-class _Guarded:
-    """A stream whose first failed write or flush silences it for good (pointing its file descriptor at
-    /dev/null, so that the interpreter's last flush does not fail either) and calls ``on_lost``."""
-
-    def __init__(self, stream, on_lost) -> None:
-        self._stream, self._on_lost, self._lost = stream, on_lost, False
-
-    def _guard(self, call, *args) -> Any:
-        if self._lost:
-            return None
-        try:
-            return call(*args)
-        except (OSError, RunError) as exc:  # the command line's stdout makes its OSError a RunError
-            self._lost = True
-            with contextlib.suppress(OSError, ValueError, AttributeError):
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, self._stream.fileno())
-                os.close(devnull)
-            if self._on_lost is not None:
-                self._on_lost(exc)
-            return None
-
-    def write(self, text: str) -> int:
-        self._guard(self._stream.write, text)
-        return len(text)
-
-    def flush(self) -> None:
-        self._guard(self._stream.flush)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-
-class Saver:
-    """``save(reason)`` for :meth:`Trainer.fit`: every rank calls it at the same step; rank 0 writes.
-
-    ``writers``: name -> :class:`MetricsWriter` on rank 0 (see :meth:`RunFiles.metrics`). ``replace_old``:
-    this is a fresh run replacing another (``--overwrite``) that has not saved yet.
-    """
-
-    def __init__(
-        self,
-        trainer,
-        settings: Settings,
-        preset: str | None,
-        dist: Distributed,
-        files: RunFiles,
-        writers: dict[str, MetricsWriter],
-        replace_old: bool,
-        data: dict | None = None,
-        data_changes: list | None = None,
-        curriculum: tuple[dict, str | None] | None = None,
-    ) -> None:
-        self.trainer, self.settings, self.preset, self.dist, self.files = trainer, settings, preset, dist, files
-        self.writers, self.replace_old = writers, replace_old
-        self.data, self.data_changes = data, data_changes
-        self.curriculum = curriculum  # (the curriculum as data, its file) for a run trained with --curriculum FILE
-        self.wrote = False  # whether this run has written a checkpoint yet
-
-    def __call__(self, reason: str) -> None:
-        import torch
-
-        state = self.trainer.state_dict()
-        rng_per_rank = self.dist.gather_to_all(state["rng"])
-        if self.dist.rank != 0:
-            return
-        clock = self.trainer.clock
-        for writer in self.writers.values():
-            writer.sync()  # the rows the checkpoint vouches for are on disk before it
-        if self.replace_old and self.files.plot.exists():
-            self.files.plot.unlink()  # the replaced run's plot, drawn from the files the checkpoint below replaces
-        Checkpoint(  # the commit point: from here on the folder holds this run (see the module's docstring)
-            settings=self.settings,
-            trainer=state,
-            global_step=clock.global_step,
-            epoch=clock.epoch,
-            preset=self.preset,
-            world_size=self.dist.world_size,
-            num_threads=torch.get_num_threads(),
-            rng_per_rank=rng_per_rank if self.dist.active else None,
-            metrics={name: writer.digest() for name, writer in self.writers.items()},
-            data=self.data,
-            data_changes=self.data_changes or None,
-            curriculum=self.curriculum[0] if self.curriculum else None,
-            curriculum_file=self.curriculum[1] if self.curriculum else None,
-        ).save(self.files.ckpt)
-        self.wrote = True
-        self.files.write_history(self.trainer.engine.history)
-        for writer in self.writers.values():
-            writer.commit()
-        self.replace_old = False
+    def _stdout_lost(self, error: Exception) -> None:
+        self.lost = self.lost or str(error)
 
 
 # -- the command ------------------------------------------------------------------------------------
@@ -530,7 +388,12 @@ def _load(
         refuse_curriculum_flags(args, None, files.ckpt)
         return None, Settings.fresh(args.preset, explicit), args.preset
     saved = Checkpoint.load(files.ckpt)
-    check_parts(saved, files.ckpt)
+    missing = saved.missing_parts()
+    if missing:
+        raise CheckpointError(
+            f"{files.ckpt} lacks {', '.join(missing)}, which a resume needs to continue the run exactly; it is "
+            "damaged or was edited. Resume from another checkpoint, or start a fresh run"
+        )
     refuse_curriculum_flags(args, saved, files.ckpt)  # before comparing those flags with the checkpoint's
     free = ("data",) if args.allow_data_change else ()  # the flag's promise: other path, files or bytes
     return saved, saved.settings.resume(saved.preset, args.preset, explicit, free), saved.preset
@@ -541,23 +404,19 @@ def _restore(trainer, saved: Checkpoint, rank: int, path: Path, data_changed: bo
 
     try:
         trainer.load_state_dict(saved.trainer_state(rank), epochs_done=saved.epoch, data_changed=data_changed)
-    except (
-        RuntimeError,
-        KeyError,
-        TypeError,
-        ValueError,
-        CurriculumError,
-    ) as exc:  # restoring the file's contents only
+    # restoring the file's contents only
+    except (RuntimeError, KeyError, TypeError, ValueError, CurriculumError) as exc:
         detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         raise CheckpointError(
-            f"{path} does not fit its own settings ({type(exc).__name__}: {detail[:300]}); "
-            "it is damaged or was edited. "
-            "Resume from another checkpoint, or start a fresh run"
+            f"{path} does not fit its own settings ({type(exc).__name__}: {detail[:300]}); it is damaged or was "
+            "edited. Resume from another checkpoint, or start a fresh run"
         ) from None
 
 
 def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed) -> int:
     from chunklm.train import NonFiniteLossError, Trainer, compile_default
+    from engine import curriculum_to_dict
+    from runs.curriculum_file import curriculum_for_run
 
     check_args(args)
     files = RunFiles(Path(args.ckpt))
@@ -567,8 +426,7 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
         check_paths(files, args.resume, args.overwrite)
         lock.acquire()
     try:
-        # rank 0 decides, holding the lock; every rank then reads the same files
-        # (rank 0 writes none before a collective)
+        # rank 0 decides, holding the lock and writing nothing before a collective; every rank reads the same files
         if auto:
             args.resume = dist.gather_to_all(auto_resume(files) if dist.rank == 0 else None)[0]
         saved, settings, preset = _load(files, args, explicit)
@@ -580,30 +438,22 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
                 "the data each rank sees would change. Resume with the same --nproc_per_node"
             )
         check_data(settings.data, from_checkpoint=saved is not None and "data" not in explicit)
-        notes: list[str] = (
-            [
-                f"note: {path.name} is missing; "
-                f"the checkpoint vouches for rows up to step {saved.global_step} that are lost "
-                "with it, and it starts again after the checkpoint"
-                for path in files.lost_metrics(saved)
-            ]
-            if saved is not None and dist.rank == 0
-            else []
-        )
-        data, data_changes = (
-            data_identity(settings, saved, args.allow_data_change, notes) if dist.rank == 0 else (None, [])
-        )
+        notes = [
+            f"note: {path.name} is missing; the checkpoint vouches for rows up to step {saved.global_step} that are "
+            "lost with it, and it starts again after the checkpoint"
+            for path in (files.lost_metrics(saved) if saved is not None and dist.rank == 0 else [])
+        ]
+        data, data_changes = None, []
+        if dist.rank == 0:
+            data, data_changes = data_identity(settings, saved, args.allow_data_change, notes)
         check_model_size(settings, dist.device, f"the settings{' of ' + str(files.ckpt) if saved is not None else ''}")
-        config = settings.to_config()
-        config = attrs.evolve(
-            config, compile=compile_default(dist.device) if settings.compile is None else settings.compile
-        )
-        from runs.curriculum_file import curriculum_for_run
-
+        compile_step = compile_default(dist.device) if settings.compile is None else settings.compile
+        config = attrs.evolve(settings.to_config(), compile=compile_step)
         # --curriculum FILE, or stored; None: the settings' own
         curriculum, curriculum_file = curriculum_for_run(args, config, saved, files.ckpt)
+        console = Console(enabled=dist.rank == 0)
         if auto:  # after every check of the line: a refused line says only why
-            Console(enabled=dist.rank == 0).line(
+            console.line(
                 f"resuming {files.ckpt} at step {saved.global_step}"
                 if saved is not None
                 else f"no run in {files.ckpt}: starting fresh"
@@ -629,49 +479,38 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
                 if saved is not None and saved.engine_phase is not None:
                     # the checkpoint's own: a save cut short after it left an older one
                     files.write_history(trainer.engine.history)
-            console = Console(enabled=dist.rank == 0)
-            shown = (
-                curriculum_file
-                if getattr(args, "curriculum", None) is not None or curriculum is None
-                else f"{curriculum_file} (stored in the checkpoint)"
+            stored = (curriculum_to_dict(curriculum), curriculum_file) if curriculum is not None else None
+            run = Run(
+                args=args,
+                trainer=trainer,
+                settings=settings,
+                preset=preset,
+                dist=dist,
+                files=files,
+                saved=saved,
+                console=console,
+                data=data,
+                data_changes=data_changes,
+                curriculum=stored,
             )
-            _print_header(console, trainer, corpus, dist, preset, saved, files.ckpt, shown)
+            if getattr(args, "curriculum", None) is None and curriculum is not None:
+                curriculum_file = f"{curriculum_file} (stored in the checkpoint)"
+            _print_header(run, corpus, curriculum_file)
             for note in notes:
                 console.line(note)
             if trainer.done:
                 done = trainer.clock.epoch
                 console.line(
-                    "the run already finished: "
-                    + (
-                        f"{_cooled_down(trainer)}; it stopped there"
-                        if done < config.epochs
-                        else f"it has trained {done} epoch{'s' if done != 1 else ''} and --epochs is {config.epochs}; "
-                        "to train longer, "
-                        f"resume with --epochs N (N > {done}: the last LR stage stretches to the new end)"
-                    )
+                    f"the run already finished: {_cooled_down(trainer)}; it stopped there"
+                    if done < config.epochs
+                    else f"the run already finished: it has trained {done} epoch{'s' if done != 1 else ''} and "
+                    f"--epochs is {config.epochs}; to train longer, resume with --epochs N (N > {done}: the last LR "
+                    "stage stretches to the new end)"
                 )
                 return 0
-            from engine import curriculum_to_dict
-
-            stored = (curriculum_to_dict(curriculum), curriculum_file) if curriculum is not None else None
             # to the last line: a closed terminal fails the run's last lines too
             with OutputWatch() as output:
-                return _fit(
-                    Run(
-                        args=args,
-                        trainer=trainer,
-                        settings=settings,
-                        preset=preset,
-                        dist=dist,
-                        files=files,
-                        saved=saved,
-                        console=console,
-                        data=data,
-                        data_changes=data_changes,
-                        curriculum=stored,
-                        output=output,
-                    )
-                )
+                return _fit(run, output)
         finally:
             trainer.close()  # before the process group goes
     except NonFiniteLossError as exc:
@@ -707,56 +546,79 @@ class Run:
     data: dict | None = None  # the data's fingerprint (rank 0), stored in every checkpoint
     data_changes: list | None = None  # the changes --allow-data-change continued on
     curriculum: tuple[dict, str | None] | None = None  # --curriculum FILE's curriculum as data, and its file
-    output: OutputWatch | None = None  # stdout's state: closed, the run saves and stops
 
 
-def _fit(run: Run) -> int:
+class Saver:
+    """``save(reason)`` for :meth:`Trainer.fit`: every rank calls it at the same step; rank 0 writes, with
+    ``writers`` (name -> :class:`MetricsWriter`, see :meth:`RunFiles.metrics`)."""
+
+    def __init__(self, run: Run, writers: dict[str, MetricsWriter]) -> None:
+        self.run, self.writers = run, writers
+        self.replace_old = run.args.overwrite and run.saved is None  # replacing a run (--overwrite), not saved yet
+        self.wrote = False  # whether this run has written a checkpoint yet
+
+    def __call__(self, reason: str) -> None:
+        import torch
+
+        run, clock = self.run, self.run.trainer.clock
+        state = run.trainer.state_dict()
+        rng_per_rank = run.dist.gather_to_all(state["rng"])
+        if run.dist.rank != 0:
+            return
+        for writer in self.writers.values():
+            writer.sync()  # the rows the checkpoint vouches for are on disk before it
+        if self.replace_old and run.files.plot.exists():
+            run.files.plot.unlink()  # the replaced run's plot, drawn from the files the checkpoint below replaces
+        curriculum, curriculum_file = run.curriculum or (None, None)
+        Checkpoint(  # the commit point: from here on the folder holds this run
+            settings=run.settings,
+            trainer=state,
+            global_step=clock.global_step,
+            epoch=clock.epoch,
+            preset=run.preset,
+            world_size=run.dist.world_size,
+            num_threads=torch.get_num_threads(),
+            rng_per_rank=rng_per_rank if run.dist.active else None,
+            metrics={name: writer.digest() for name, writer in self.writers.items()},
+            data=run.data,
+            data_changes=run.data_changes or None,
+            curriculum=curriculum,
+            curriculum_file=curriculum_file,
+        ).save(run.files.ckpt)
+        self.wrote = True
+        run.files.write_history(run.trainer.engine.history)
+        for writer in self.writers.values():
+            writer.commit()
+        self.replace_old = False
+
+
+def _fit(run: Run, output: OutputWatch) -> int:
     """Train to the end or a stop, saving on the way. A fresh run's metrics wait in memory until its
     first save, so that a run stopped before it leaves nothing in the way of the next (and, with
     ``--overwrite``, the replaced run's files stay as they are until then)."""
-    args, trainer, dist, files, console, output = run.args, run.trainer, run.dist, run.files, run.console, run.output
-    writers: dict[str, MetricsWriter] = {}
-    if dist.rank == 0:
-        clock = trainer.clock
-        writers = {
-            name: MetricsWriter(path, fields, key, upto if run.saved else None, defer=run.saved is None)
-            for name, (path, fields, key, upto) in files.metrics(
-                clock.global_step, clock.epoch, trainer.sources
-            ).items()
-        }
-    save = Saver(
-        trainer,
-        run.settings,
-        run.preset,
-        dist,
-        files,
-        writers,
-        replace_old=args.overwrite and run.saved is None,
-        data=run.data,
-        data_changes=run.data_changes,
-        curriculum=run.curriculum,
-    )
-    started_at, steps_at_start = time.time(), trainer.clock.global_step
+    args, trainer, dist, files, console = run.args, run.trainer, run.dist, run.files, run.console
+    clock = trainer.clock
+    metrics = files.metrics(clock.global_step, clock.epoch, trainer.sources) if dist.rank == 0 else {}
+    writers = {
+        name: MetricsWriter(path, fields, key, upto if run.saved else None, defer=run.saved is None)
+        for name, (path, fields, key, upto) in metrics.items()
+    }
+    save = Saver(run, writers)
+    started_at, steps_at_start = time.time(), clock.global_step
     with StopSignals(announce=dist.rank == 0) as signals:
 
         def stop_reason() -> str | None:
             if signals.signum is not None:
                 return "signal"
-            if output is not None and output.lost is not None:
+            if output.lost is not None:
                 return "output"
             if args.stop_after is not None and trainer.clock.global_step - steps_at_start >= args.stop_after:
                 return "stop_after"
             return None
 
         try:
-            reporter = Reporter(
-                trainer,
-                console,
-                (writers["steps"], writers["epochs"]) if writers else (),
-                dist,
-                run.settings.log_every,
-                stop_reason,
-            )
+            metrics = (writers["steps"], writers["epochs"]) if writers else ()
+            reporter = Reporter(trainer, console, metrics, dist, run.settings.log_every, stop_reason)
             reason = trainer.fit(reporter, save, ckpt_every=run.settings.ckpt_every)
         except WriteError as exc:
             raise _resumable(exc, files, run.saved is not None or save.wrote) from None
@@ -801,23 +663,16 @@ def _fit(run: Run) -> int:
     return 0
 
 
-def _print_header(
-    console: Console,
-    trainer,
-    corpus,
-    dist: Distributed,
-    preset,
-    saved: Checkpoint | None,
-    ckpt: Path,
-    curriculum_file: str | None = None,
-) -> None:
+def _print_header(run: Run, corpus, curriculum_file: str | None) -> None:
     import torch
 
+    console, trainer, dist, saved = run.console, run.trainer, run.dist, run.saved
     config, m = trainer.config, trainer.config.model
     n_params = sum(p.numel() for p in trainer.model.parameters())
     console.line(
         f"ChunkLM {n_params / 1e6:.2f}M params: d_model={m.d_model} n_layers={m.n_layers} seq_len={m.seq_len} "
-        f"kernel_len={m.kernel_len} chunk={m.chunk} on {dist.device}" + (f" (preset {preset})" if preset else "")
+        f"kernel_len={m.kernel_len} chunk={m.chunk} on {dist.device}"
+        + (f" (preset {run.preset})" if run.preset else "")
     )
     console.line(
         f"corpus: {corpus.n_files} files, "
@@ -829,9 +684,8 @@ def _print_header(
     if curriculum_file is not None:
         console.line(f"curriculum: {curriculum_file} (phases {' -> '.join(p.name for p in trainer.curriculum.phases)})")
     else:
-        phases = [f"cutoffs {', '.join(map(str, config.cutoffs))} then full of {trainer.model.n_bins} bins"] * bool(
-            config.cutoffs
-        )
+        cutoffs = ", ".join(map(str, config.cutoffs))
+        phases = [f"cutoffs {cutoffs} then full of {trainer.model.n_bins} bins"] if config.cutoffs else []
         if config.seq_lens:
             phases.append(f"windows of {', '.join(map(str, config.seq_lens))} bytes then {m.seq_len}")
         console.line(
@@ -849,8 +703,7 @@ def _print_header(
         )
     c = trainer.clock
     console.line(
-        f"resumed {ckpt} at epoch {c.epoch} step {c.step_in_epoch}/{config.steps_per_epoch} (global step "
-        f"{c.global_step}), "
-        f"phase {trainer.engine.phase.name}"
+        f"resumed {run.files.ckpt} at epoch {c.epoch} step {c.step_in_epoch}/{config.steps_per_epoch} (global step "
+        f"{c.global_step}), phase {trainer.engine.phase.name}"
         + (f", cutoff={trainer.model.cutoff}/{trainer.model.n_bins}" if sets_cutoff(trainer.curriculum) else "")
     )
