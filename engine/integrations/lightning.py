@@ -16,7 +16,7 @@ import torch
 from lightning.fabric.utilities.data import sized_len
 from lightning.pytorch import Callback
 
-from engine.core import CurriculumError
+from engine.core import CurriculumError, Point, guard_leaves, metrics_read
 from engine.history import Record
 from engine.integrations import FrameworkCallback, random_state, real_metrics, set_random_state
 from engine.integrations.tracking import log_to_lightning
@@ -153,13 +153,9 @@ class CurriculumCallback(FrameworkCallback, Callback):
 
     def _reads_validation(self) -> bool:
         """Whether a guard of an epoch-end transition out of the current phase reads a metric (validation's, then)."""
-        phase = self.engine.phase.name
-        return any(
-            tr.source == phase
-            and str(getattr(tr.when, "value", tr.when)) == "epoch_end"
-            and any(_metrics_read(g) for g in tr.guards)
-            for tr in self.engine.curriculum.transitions
-        )
+        at, phase = Point.EPOCH_END, self.engine.phase.name
+        transitions = [tr for tr in self.engine.curriculum.transitions if tr.source == phase and tr.when is at]
+        return any(metrics_read(leaf, at, at) for tr in transitions for g in tr.guards for leaf in guard_leaves(g))
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         self._step_lr = float(optimizer.param_groups[0]["lr"])
@@ -197,15 +193,6 @@ class CurriculumCallback(FrameworkCallback, Callback):
         if self._unlogged is not None:  # tracking: a transition at the last epoch end
             log_to_lightning(trainer, self.engine, self._unlogged, trainer.global_step)
             self._unlogged = None
-
-
-def _metrics_read(guard: Any) -> bool:
-    """Whether a guard reads a metric at its own evaluation point (Plateau observes the step-end loss instead)."""
-    if getattr(guard, "metrics", None) and (
-        not hasattr(guard, "observe") or getattr(guard, "observe_at", "step_end") is None
-    ):
-        return True
-    return any(_metrics_read(g) for g in getattr(guard, "guards", ()) or ())
 
 
 def _mixture_sampler(trainer: Any) -> Any:
