@@ -1,15 +1,7 @@
-"""The engine in the training loops people already run.
-
-- :mod:`engine.integrations.hf`: ``CurriculumCallback`` for the Hugging Face ``Trainer``
-  (``pip install "curriculum-engine[hf]"``).
-- :mod:`engine.integrations.lightning`: ``CurriculumCallback`` for Lightning
-  (``pip install "curriculum-engine[lightning]"``).
-- :mod:`engine.integrations.dcp`: ``EngineState``, the engine as a ``Stateful`` for
-  ``torch.distributed.checkpoint`` (FSDP2 runs).
-
-Each framework is imported only by its own module, so ``import engine.integrations`` needs
-neither. What both share lives here: the live view of the current phase's ``params`` and the
-binding of the framework's objects.
+"""The engine in the training loops people already run: :mod:`engine.integrations.hf` (the Hugging Face
+``Trainer``), :mod:`engine.integrations.lightning`, and :mod:`engine.integrations.dcp` (the engine as a
+``Stateful`` for ``torch.distributed.checkpoint``). Each framework is imported only by its own module,
+so ``import engine.integrations`` needs neither. What the callbacks share lives here.
 """
 
 from __future__ import annotations
@@ -19,6 +11,7 @@ import random
 from typing import Any, Iterator, Mapping
 
 from engine.core import CurriculumError
+from engine.history import Record
 from engine.runtime import CurriculumEngine
 
 __all__ = ["PhaseParams"]
@@ -72,43 +65,73 @@ def check_engine(engine: Any, where: str) -> CurriculumEngine:
     return engine
 
 
-def check_flag(value: Any, name: str = "allow_fingerprint_mismatch") -> bool:
+def check_flag(value: Any, where: str) -> bool:
     if not isinstance(value, bool):
-        raise CurriculumError(f"CurriculumCallback: {name!r} must be a bool, got {value!r}; e.g. {name}=True")
+        raise CurriculumError(
+            f"{where}: 'allow_fingerprint_mismatch' must be a bool, got {value!r}; e.g. allow_fingerprint_mismatch=True"
+        )
     return value
 
 
-#: ``restart_over``'s values: replay the framework's schedule whole from each restart, or re-plan it
-#: over the steps left (see ``policies.Restartable``).
-RESTART_OVER = ("whole", "remaining")
+class FrameworkCallback:
+    """What the Hugging Face and Lightning callbacks share: their options, checked once, the binding of the
+    framework's objects, and the engine's start or restore when training begins (docs/integrations.md)."""
 
+    def __init__(self, engine: CurriculumEngine, allow_fingerprint_mismatch: bool, restart_over: str) -> None:
+        self.engine = check_engine(engine, "CurriculumCallback")
+        self.allow_fingerprint_mismatch = check_flag(allow_fingerprint_mismatch, "CurriculumCallback")
+        if restart_over not in ("whole", "remaining"):
+            raise CurriculumError(
+                f"CurriculumCallback: 'restart_over' must be 'whole' or 'remaining', got {restart_over!r}; "
+                "restart_over='remaining' re-plans the framework's schedule over the steps left at each restart"
+            )
+        self.restart_over = restart_over
+        self.params = PhaseParams(engine)
+        self._wrapped: Any = None  # the framework's own scheduler made restartable, whose state the callback keeps
 
-def check_restart_over(value: Any) -> str:
-    if value not in RESTART_OVER:
-        raise CurriculumError(
-            f"CurriculumCallback: 'restart_over' must be 'whole' or 'remaining', got {value!r}; "
-            "restart_over='remaining' re-plans the framework's schedule over the steps left at each restart"
-        )
-    return str(value)
+    def _bind(self, model: Any, optimizer: Any, scheduler: Any, saved: dict | None, fresh: bool) -> None:
+        """Register the framework's objects (the one place an integration registers anything), the scheduler
+        as the curriculum's actions need it: an action that needs more of it than the framework gives
+        (``RestartLR``: a schedule that can restart) says so with ``adapt_schedule(scheduler, saved=, fresh=,
+        over=)``, which returns the schedule to register; ``saved`` is the state of what it returned before."""
+        actions = [a for p in self.engine.curriculum.phases for a in p.on_enter]
+        actions += [a for t in self.engine.curriculum.transitions for a in t.actions]
+        adapt = next((a.adapt_schedule for a in actions if callable(getattr(a, "adapt_schedule", None))), None)
+        schedule = scheduler
+        if scheduler is not None and adapt is not None:
+            schedule = adapt(scheduler, saved=saved, fresh=fresh, over=self.restart_over)
+        self._wrapped = schedule if schedule is not scheduler else None
+        objects = {"model": model, "optimizer": optimizer, "schedule": schedule}
+        self.engine.bind(**{name: obj for name, obj in objects.items() if obj is not None})
 
+    def _start_or_restore(self, saved: dict | None, step: int, by: str, missing: str) -> bool:
+        """Start the engine (a fresh run), or load ``saved``: its state in the checkpoint ``by`` (the framework)
+        resumed at ``step``, which must be the step the state is at. True when it restored."""
+        if saved is None:
+            if step > 0:
+                raise CurriculumError(
+                    f"CurriculumCallback: {by} resumed at step {step} from a checkpoint without engine state "
+                    f"({missing}); resume from a checkpoint written with this callback, or start the engine yourself "
+                    "before training: engine.start(phase=..., global_step=..., epoch=...) and leave the callback out"
+                )
+            self.engine.start()
+            return False
+        self.engine.load_state_dict(saved, allow_fingerprint_mismatch=self.allow_fingerprint_mismatch)
+        if self.engine.clock.global_step != step:
+            raise CurriculumError(
+                f"CurriculumCallback: the checkpoint's engine state is at step {self.engine.clock.global_step} but "
+                f"{by} resumed at step {step}; resume from the checkpoint this callback wrote that state to"
+            )
+        return True
 
-def framework_schedule(engine: CurriculumEngine, scheduler: Any, saved: dict | None, fresh: bool, over: str) -> Any:
-    """What to register as ``schedule``: the framework's own scheduler as the curriculum's actions need
-    it. An action that needs more of it than the framework gives (``RestartLR``: a schedule that can
-    restart) says so with ``adapt_schedule(scheduler, saved=, fresh=, over=)``, which returns the
-    schedule to register; ``saved`` is the state of what it returned before (None in a fresh run or
-    a checkpoint without it). Without such an action, the scheduler as it is."""
-    if scheduler is None:
-        return scheduler
-    actions = [a for p in engine.curriculum.phases for a in p.on_enter]
-    actions += [a for t in engine.curriculum.transitions for a in t.actions]
-    adapt = next((a.adapt_schedule for a in actions if callable(getattr(a, "adapt_schedule", None))), None)
-    return scheduler if adapt is None else adapt(scheduler, saved=saved, fresh=fresh, over=over)
-
-
-def bind(engine: CurriculumEngine, **objects: Any) -> None:
-    """Register the framework's objects (the one place an integration registers anything)."""
-    engine.bind(**{name: obj for name, obj in objects.items() if obj is not None})
+    def _missed_epoch_end(self, metrics: Mapping[str, float], where: str, fix: str) -> Record | None:
+        """The epoch end a resumed run makes at train begin, which the framework skips: the checkpoint was
+        written after the epoch's last step and before its end. A guard reading a metric the checkpoint
+        lacks is a CurriculumError saying ``where`` the run resumed from and the ``fix``."""
+        try:
+            return self.engine.epoch_end(**metrics)
+        except CurriculumError as exc:
+            raise CurriculumError(f"CurriculumCallback: resumed from {where} ({exc}); {fix}") from exc
 
 
 def real_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:

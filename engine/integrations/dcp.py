@@ -1,14 +1,9 @@
-"""The engine's state in a ``torch.distributed.checkpoint`` (DCP) checkpoint, beside an FSDP2 model.
+"""The engine's state in a ``torch.distributed.checkpoint`` (DCP) checkpoint, beside an FSDP2 model
+(docs/integrations.md, "FSDP2 and distributed checkpoints").
 
-DCP loads into the structure of the state it is given: a fresh engine's history is shorter than the
-saved one, so ``engine.state_dict()`` itself cannot be loaded back (``Missing key in checkpoint
-state_dict``). :class:`EngineState` holds it as one JSON string, which DCP saves and loads whole::
-
-    state = {"model": model_sd, "optim": optim_sd, "schedule": schedule, "engine": EngineState(engine)}
-    dcp.save(state, checkpoint_id=folder)   # every rank; one copy of the engine state is written
-    dcp.load(state, checkpoint_id=folder)   # into a freshly built engine, on every rank
-
-:func:`read_folder` reads a DCP folder on one process, without running code from it, for
+DCP loads into the structure of the state it is given, and a fresh engine's history is shorter than the
+saved one, so :class:`EngineState` holds the engine state as one JSON string, which DCP saves and loads
+whole. :func:`read_folder` reads a DCP folder on one process, without running code from it, for
 ``python -m engine diff``.
 """
 
@@ -22,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.core import CurriculumError
-from engine.integrations import check_engine
+from engine.integrations import check_engine, check_flag
 from engine.runtime import CurriculumEngine
 
 __all__ = ["EngineState", "STATE_KEY", "read_folder"]
@@ -38,12 +33,7 @@ class EngineState:
 
     def __init__(self, engine: CurriculumEngine, *, allow_fingerprint_mismatch: bool = False) -> None:
         self.engine = check_engine(engine, "EngineState")
-        if not isinstance(allow_fingerprint_mismatch, bool):
-            raise CurriculumError(
-                f"EngineState: 'allow_fingerprint_mismatch' must be a bool, got {allow_fingerprint_mismatch!r}; "
-                "e.g. EngineState(engine, allow_fingerprint_mismatch=True)"
-            )
-        self.allow_fingerprint_mismatch = allow_fingerprint_mismatch
+        self.allow_fingerprint_mismatch = check_flag(allow_fingerprint_mismatch, "EngineState")
 
     def state_dict(self) -> dict[str, str]:
         state = self.engine.state_dict()

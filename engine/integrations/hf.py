@@ -21,17 +21,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from engine.core import CurriculumError
-from engine.integrations import (
-    PhaseParams,
-    bind,
-    check_engine,
-    check_flag,
-    check_restart_over,
-    framework_schedule,
-    random_state,
-    real_metrics,
-    set_random_state,
-)
+from engine.integrations import FrameworkCallback, PhaseParams, random_state, real_metrics, set_random_state
 from engine.integrations.tracking import calling_handler, curriculum_logs, report_before_loggers
 from engine.runtime import CurriculumEngine
 
@@ -79,59 +69,23 @@ def _shifts_labels(model: Any) -> bool:
 
 
 def _output_loss(output: Any) -> torch.Tensor | None:
-    if isinstance(output, Mapping) or hasattr(output, "keys"):  # a dict or a ModelOutput
-        loss = output.get("loss") if hasattr(output, "get") else None
-    else:
-        loss = getattr(output, "loss", None)
+    mapping = isinstance(output, Mapping) or hasattr(output, "keys")  # a dict or a ModelOutput
+    loss = (output.get("loss") if hasattr(output, "get") else None) if mapping else getattr(output, "loss", None)
     return loss if isinstance(loss, torch.Tensor) else None
 
 
-class CurriculumCallback(TrainerCallback):
-    """Drives a :class:`~engine.CurriculumEngine` from the Hugging Face ``Trainer``.
+class CurriculumCallback(FrameworkCallback, TrainerCallback):
+    """Drives a :class:`~engine.CurriculumEngine` from the Hugging Face ``Trainer``; docs/integrations.md is
+    its manual (options, the loss it reads, schedules, which resumes are exact).
 
-    - **Binds** the Trainer's ``model``, ``optimizer`` and ``lr_scheduler`` (as ``schedule``) at
-      ``on_train_begin``, then starts the engine (fresh run) or restores it (resumed run).
-    - **One ``step_end`` per optimizer step** (gradient accumulation counts once), with
-      ``loss`` = that step's training loss, exactly the number the Trainer logs for the step with
-      ``logging_steps=1`` (whatever ``logging_steps`` is; transformers 4.x logs it rounded to 4
-      decimals), and ``lr`` = the LR the step ran at.
-      The loss is read from the ``loss`` the model's forward returns for each training
-      micro-batch, combined as the Trainer combines them.
-    - **One ``epoch_end`` per completed epoch**, with the evaluation metrics when the Trainer
-      evaluates at that epoch end (``eval_strategy="epoch"``: ``eval_loss``, ...), else none.
-    - **State**: the engine state is put in the Trainer state's ``stateful_callbacks[STATE_KEY]``
-      before each save (and after every epoch end), so each ``checkpoint-N/trainer_state.json`` holds
-      the engine at the instant its other files were written; ``trainer.train(resume_from_checkpoint=...)``
-      restores it, wherever the folder is. A checkpoint written on an epoch's last step precedes that
-      epoch's end (the Trainer resumes in the next epoch without repeating it): the resumed run makes
-      that epoch end at train begin, with its evaluation metrics (added to the checkpoint under
-      ``EPOCH_END_KEY`` once the evaluation ran), so its actions act on the restored objects.
-    - **Schedule**: when the curriculum registers a schedule and the Trainer's ``lr_scheduler`` has no
-      ``restart()`` (e.g. the ``LambdaLR`` the Trainer builds when no ``optimizers=`` are passed), it is
-      wrapped with ``Restartable.around`` (the Trainer keeps stepping it; the wrapper's state goes
-      under ``SCHEDULE_KEY``), re-planned over the steps left at each restart (``restart_over="remaining"``,
-      the default: the Trainer's linear decay still reaches 0 at ``max_steps``) or replayed whole
-      (``"whole"``, warned at train begin). ``RestartLR`` checks the schedule at train begin.
-    - **Random state**: the Trainer saves it with each checkpoint and puts it back when a resumed run starts its
-      first epoch; the callback gives back what an epoch end's evaluation draws, so the next epoch starts from
-      the same state whether the run resumes from the epoch's last step or from after its end.
-    - **Loss normalisation**: a model that divides its loss by ``num_items_in_batch`` gets it counted
-      before ``prepare_inputs`` crops the batch; the callback rescales the step's gradients and loss
-      by the labels ``prepare_inputs`` kept, so the model trains on (and the Trainer logs, and the
-      engine sees) the mean over the tokens it saw.
-    - ``allow_fingerprint_mismatch=True`` resumes a checkpoint written by another curriculum (see
-      ``CurriculumEngine.load_state_dict``). docs/integrations.md has the table of exact resumes.
-    - **Params**: :attr:`params` is a live view of the current phase's ``params`` for a collator or
-      dataset. The Trainer's data loader collates one micro-batch ahead, so a change made at a step
-      end reaches the collator from the second micro-batch of the next step on (at an epoch end,
-      from the first); a run resumed from a checkpoint taken exactly there collates that one
-      micro-batch in the new phase. Where a change must be exact at every step, change the batch
-      in ``prepare_inputs(inputs, params) -> inputs``: it runs on each training micro-batch's
-      inputs right before the model's forward.
-    - **Several processes** (DDP): every rank passes the same ``loss``, the mean over ranks that the
-      Trainer logs (with ``num_items_in_batch`` counted over every rank, as
-      ``average_tokens_across_devices`` does by default, the per-token mean of the step), so all
-      ranks take the same transitions at the same step.
+    One ``step_end`` per optimizer step, with the step's training loss as the Trainer logs it (read from
+    the ``loss`` each training forward returns, combined as the Trainer combines them; the mean over
+    ranks under DDP) and the LR it ran at; one ``epoch_end`` per epoch, with the evaluation metrics when
+    the Trainer evaluates there. The engine state goes in the Trainer state's ``stateful_callbacks[STATE_KEY]``
+    before each save, so every file of a ``checkpoint-N`` describes one instant. :attr:`params` is a live
+    view of the current phase's params; the Trainer's loader collates one micro-batch ahead, so a change
+    that must be exact at every step goes in ``prepare_inputs(inputs, params) -> inputs``, which runs on
+    each training micro-batch right before the forward.
     """
 
     def __init__(
@@ -142,16 +96,13 @@ class CurriculumCallback(TrainerCallback):
         allow_fingerprint_mismatch: bool = False,
         restart_over: str = "remaining",
     ) -> None:
-        self.engine = check_engine(engine, "CurriculumCallback")
-        self.restart_over = check_restart_over(restart_over)
+        super().__init__(engine, allow_fingerprint_mismatch, restart_over)
         if prepare_inputs is not None and not callable(prepare_inputs):
             raise CurriculumError(
                 "CurriculumCallback: 'prepare_inputs' must be a callable (inputs, params) -> inputs, "
                 f"got {prepare_inputs!r}"
             )
         self.prepare_inputs = prepare_inputs
-        self.allow_fingerprint_mismatch = check_flag(allow_fingerprint_mismatch)
-        self.params = PhaseParams(engine)
         # Scratch of the optimizer step in progress (never in a checkpoint: a step is never split by one).
         self._losses: list[torch.Tensor] = []
         self._scaled = False  # the model normalised its loss by num_items_in_batch (the Trainer then sums)
@@ -166,7 +117,6 @@ class CurriculumCallback(TrainerCallback):
         self._epoch_end_at_evaluate = False
         self._before_evaluate: dict | None = None  # the random state before an epoch end's evaluation
         self._checkpoint: tuple[int, str] | None = None  # (global step, folder) of this run's last checkpoint
-        self._wrapped: Any = None  # the Trainer's own scheduler made restartable, whose state the callback keeps
         self._reads_at_resume: int | None = None  # params reads at a resume right after a step-end phase change
         self._logged: int | None = None  # tracking: history records already in the Trainer's logs (None: none yet)
 
@@ -220,15 +170,9 @@ class CurriculumCallback(TrainerCallback):
         return output
 
     def _renormalise(self, output: Any, loss: torch.Tensor) -> Any:
-        """The step's last micro-batch: divide the step's loss by the labels prepare_inputs kept,
-        not those the Trainer counted.
-
-        The Trainer counts ``num_items_in_batch`` over the step's micro-batches before any forward,
-        so before ``prepare_inputs`` crops them; every micro-batch's loss was divided by that count.
-        Once the last one is prepared the true count is known: the gradients accumulated so far are
-        scaled by counted/kept, and so is this micro-batch's loss, plus a constant (no gradient)
-        that corrects the losses the Trainer already added up for its log.
-        """
+        """The step's last micro-batch: the Trainer counted ``num_items_in_batch`` before ``prepare_inputs``
+        cropped the step's micro-batches, so scale the gradients accumulated so far and this loss by
+        counted/kept, plus a constant (no gradient) that corrects the losses already added up for the log."""
         kept, counted, self._items, self._counted = self._items, self._counted, None, None
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         if distributed and self._average_tokens:  # the Trainer counted the labels of every rank
@@ -250,7 +194,7 @@ class CurriculumCallback(TrainerCallback):
             output.loss = renormalised
         return output
 
-    def _step_loss(self, step: int, args: Any) -> float:
+    def _step_loss(self, step: int) -> float:
         losses, self._losses = self._losses, []
         if self._missing_loss or not losses:
             self._missing_loss = False
@@ -264,7 +208,7 @@ class CurriculumCallback(TrainerCallback):
         total = torch.zeros((), dtype=torch.float32, device=losses[0].device)  # this rank's tr_loss in the Trainer
         for loss in losses:  # as the Trainer adds its tr_loss_step: each micro-batch's loss / their count
             total += (loss if self._scaled else loss / len(losses)).mean()
-        if self._scaled and getattr(args, "average_tokens_across_devices", False):
+        if self._scaled and self._average_tokens:
             # num_items_in_batch counted the tokens of every rank: the Trainer multiplies the loss by the
             # number of processes (after the forward), so that the mean over ranks is the mean per token
             total *= world
@@ -286,11 +230,7 @@ class CurriculumCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         callbacks = state.stateful_callbacks or {}
-        schedule = framework_schedule(
-            self.engine, lr_scheduler, callbacks.get(SCHEDULE_KEY), state.global_step == 0, self.restart_over
-        )
-        self._wrapped = schedule if schedule is not lr_scheduler else None  # the Trainer's own, made restartable
-        bind(self.engine, model=model, optimizer=optimizer, schedule=schedule)
+        self._bind(model, optimizer, lr_scheduler, callbacks.get(SCHEDULE_KEY), fresh=state.global_step == 0)
         for hook in self._hooks:
             hook.remove()
         self._hooks = [
@@ -304,40 +244,27 @@ class CurriculumCallback(TrainerCallback):
         self._losses, self._missing_loss, self._epoch_end_at_evaluate, self._checkpoint = [], False, False, None
         self._before_evaluate = None
         self._items = self._counted = self._reads_at_resume = self._logged = None
-        saved = callbacks.get(STATE_KEY)
-        if state.global_step == 0 and saved is None:
-            self.engine.start()
-        elif saved is None:
-            raise CurriculumError(
-                f"CurriculumCallback: the Trainer resumed at step {state.global_step} from a checkpoint without "
-                f"engine state (no stateful_callbacks[{STATE_KEY!r}] in its {_TRAINER_STATE}); "
-                "resume from a checkpoint written with this callback, or start the engine yourself before training: "
-                "engine.start(phase=..., global_step=..., epoch=...) and leave the callback out of this run"
-            )
-        else:
-            self.engine.load_state_dict(saved, allow_fingerprint_mismatch=self.allow_fingerprint_mismatch)
-            if self.engine.clock.global_step != state.global_step:
-                raise CurriculumError(
-                    f"CurriculumCallback: the checkpoint's engine state is at step {self.engine.clock.global_step} "
-                    f"but the Trainer resumed at step {state.global_step}; "
-                    "resume from the checkpoint folder the state was written to"
+        missing = f"no stateful_callbacks[{STATE_KEY!r}] in its {_TRAINER_STATE}"
+        if self._start_or_restore(callbacks.get(STATE_KEY), state.global_step, "the Trainer", missing):
+            at_epoch_end = state.epoch is not None and float(state.epoch).is_integer()
+            if at_epoch_end and self.engine.clock.epoch < int(state.epoch):
+                # Written on an epoch's last step, before that epoch's end (the Trainer resumes in the next epoch
+                # without making it): made now, with the evaluation metrics of that epoch end, so its actions
+                # act on the restored objects.
+                before, kept = len(self.engine.history), callbacks.get(EPOCH_END_KEY)
+                ok = isinstance(kept, dict) and kept.get("global_step") == state.global_step
+                where = (
+                    f"checkpoint-{state.global_step}, written on the last step of epoch {self.engine.clock.epoch} "
+                    "before its end, without the evaluation metrics of that epoch end"
                 )
-            if (
-                state.epoch is not None
-                and float(state.epoch).is_integer()
-                and self.engine.clock.epoch < int(state.epoch)
-            ):
-                before = len(self.engine.history)
-                self._missed_epoch_end(state, callbacks.get(EPOCH_END_KEY))
-                if len(self.engine.history) > before:  # tracking: the first log says the transition it made
-                    self._logged = before
+                fix = "resume from a checkpoint written after its evaluation (save_strategy='epoch') or an earlier one"
+                if self._missed_epoch_end(kept.get("metrics", {}) if ok else {}, where, fix) is not None:
+                    self._logged = before  # tracking: the first log says the transition it made
             last = self.engine.history[-1] if len(self.engine.history) else None
             if last is not None and last.point == "step_end" and last.global_step == state.global_step:
                 self._reads_at_resume = self.params.reads  # a collator reading params now reads the new phase early
         self._stash(state)
-        report_before_loggers(
-            self, calling_handler()
-        )  # tracking: before the report_to loggers, so they get on_log's values
+        report_before_loggers(self, calling_handler())  # tracking: before the report_to loggers, for on_log's values
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         # tracking (engine/integrations/tracking.py): the curriculum in every log the Trainer makes
@@ -347,34 +274,12 @@ class CurriculumCallback(TrainerCallback):
         if state.log_history:
             state.log_history[-1].update(values)
 
-    def _missed_epoch_end(self, state: Any, saved: Any) -> None:
-        """Resumed from a checkpoint written on an epoch's last step, before that epoch's end: make it now.
-
-        The Trainer wrote every file of that checkpoint (weights, optimizer, scheduler, engine state)
-        before its epoch end, and resumes in the next epoch without repeating it; the epoch end the
-        uninterrupted run made next is made here, with the evaluation metrics of that epoch end
-        (added to the checkpoint once the evaluation ran), so its actions act on the restored objects.
-        """
-        metrics = (
-            saved.get("metrics", {})
-            if isinstance(saved, dict) and saved.get("global_step") == state.global_step
-            else {}
-        )
-        try:
-            self.engine.epoch_end(**metrics)
-        except CurriculumError as exc:
-            raise CurriculumError(
-                f"CurriculumCallback: resumed from checkpoint-{state.global_step}, written on the last step of epoch "
-                f"{self.engine.clock.epoch} before its end, without the evaluation metrics of that epoch end ({exc}); "
-                "resume from a checkpoint written after its evaluation (save_strategy='epoch') or from an earlier one"
-            ) from exc
-
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
         self._step_lr = float(optimizer.param_groups[0]["lr"]) if optimizer is not None else None
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._items = self._counted = None  # renormalised at the step's last micro-batch, or nothing to renormalise
-        loss = self._step_loss(state.global_step, args)
+        loss = self._step_loss(state.global_step)
         self.engine.step_end(loss=loss, **({"lr": self._step_lr} if self._step_lr is not None else {}))
         if control.should_save or control.should_evaluate:  # set by the Trainer's flow callback, which runs first
             self._stash(state)
@@ -469,25 +374,16 @@ class _MixtureResume(TrainerCallback):
 
 
 class MixtureTrainerMixin:
-    """A ``Trainer`` that reads its training batches from a mixture, drawn at each optimizer step.
+    """A ``Trainer`` that reads its training batches from a mixture, drawn at each optimizer step
+    (docs/mixtures.md).
 
-    ``mixture``: a sampler with ``next_batch()``, ``flat(batch)``, ``batch_size``, ``sizes``, ``rank``,
-    ``world_size``, ``state_dict()`` and ``load_state_dict(state)`` (``policies.MixtureSampler``) whose
-    ``batch_size`` is the optimizer step's examples on this rank (``per_device_train_batch_size *
-    gradient_accumulation_steps``). ``train_dataset``: a ``ConcatDataset`` of the sources in the
-    order of ``sizes``.
-
-    - **When.** The Trainer's loader yields placeholders; the step's examples are drawn from the
-      mixture when the Trainer collects the step's micro-batches (``get_batch_samples``), after the
-      previous step's end: a mix change made at a step end applies from the next optimizer step.
-      Micro-batch ``i`` of the step holds its examples ``i, i + accum, ...``, collated with the
-      Trainer's ``data_collator`` in the training process (no loader workers).
-    - **Epochs.** An epoch is as many examples as ``train_dataset`` holds, in whole optimizer steps
-      (one step at least); each source is read in its own shuffled epochs, by the mixture.
-    - **Resume.** The mixture's position after each step's draw goes in the Trainer state's
-      ``stateful_callbacks[MIXTURE_KEY]``, so each checkpoint holds it at the model's step;
-      ``train(resume_from_checkpoint=...)`` puts it back (a position of other sources, seed or world
-      size is refused by the mixture).
+    ``mixture``: a sampler like ``policies.MixtureSampler`` whose ``batch_size`` is the optimizer step's
+    examples on this rank (``per_device_train_batch_size * gradient_accumulation_steps``);
+    ``train_dataset``: a ``ConcatDataset`` of the sources in the order of its ``sizes``. The Trainer's
+    loader yields placeholders (it fetches ahead): the step's examples are drawn when the Trainer collects
+    the step's micro-batches, after the previous step's end, so a mix change made at a step end applies
+    from the next step. Micro-batch ``i`` holds the step's examples ``i, i + accum, ...``. The mixture's
+    position after each draw goes in ``stateful_callbacks[MIXTURE_KEY]``, so each checkpoint holds it.
     """
 
     def __init__(self, *args: Any, mixture: Any, **kwargs: Any) -> None:

@@ -16,19 +16,9 @@ import torch
 from lightning.fabric.utilities.data import sized_len
 from lightning.pytorch import Callback
 
-from engine.core import CurriculumError
+from engine.core import CurriculumError, Point, guard_leaves, metrics_read
 from engine.history import Record
-from engine.integrations import (
-    PhaseParams,
-    bind,
-    check_engine,
-    check_flag,
-    check_restart_over,
-    framework_schedule,
-    random_state,
-    real_metrics,
-    set_random_state,
-)
+from engine.integrations import FrameworkCallback, random_state, real_metrics, set_random_state
 from engine.integrations.tracking import log_to_lightning
 from engine.runtime import CurriculumEngine
 
@@ -41,63 +31,23 @@ def _batch_progress(trainer: Any) -> Any:
     return trainer.fit_loop.epoch_loop.batch_progress
 
 
-class CurriculumCallback(Callback):
-    """Drives a :class:`~engine.CurriculumEngine` from a Lightning ``Trainer``.
+class CurriculumCallback(FrameworkCallback, Callback):
+    """Drives a :class:`~engine.CurriculumEngine` from a Lightning ``Trainer``; docs/integrations.md is its
+    manual (options, schedules, which resumes are exact and which ones it warns about at resume).
 
-    - **Binds** the ``LightningModule`` (as ``model``), the first optimizer and the first LR
-      scheduler (as ``schedule``) at ``on_train_start``, when Lightning has built them and
-      restored a checkpoint; then starts the engine (fresh run) or restores it (resumed run).
-    - **One ``step_end`` per optimizer step**: when ``trainer.global_step`` has moved at
-      ``on_train_batch_end`` (so ``accumulate_grad_batches`` counts once, and so does the shorter
-      step Lightning takes on the last batches of an epoch), with ``loss`` = the mean of that step's
-      micro-batch losses (``training_step``'s loss; averaged over processes under DDP) and ``lr`` =
-      the LR the step ran at. Lightning
-      steps a ``"step"``-interval scheduler before this hook, as the engine's contract wants.
-    - **One ``epoch_end`` per completed epoch** at ``on_train_epoch_end``, with the numbers in
-      ``trainer.callback_metrics`` (validation metrics included, Lightning validates first).
-    - **State** lives in Lightning's checkpoint through ``state_dict``/``load_state_dict``.
-    - **Data mixture**: when the train ``DataLoader``'s ``batch_sampler`` draws each step's examples itself (a
-      ``policies.MixtureSampler``: ``next_batch``, ``state_dict``, ``load_state_dict``), its position is saved with
-      the checkpoint and restored at ``on_train_start``, before the first draw. It must have a length (``steps=``):
-      Lightning fetches a loader without one a batch ahead (a mix change would land a step late, a checkpoint's
-      sampler state run a batch ahead), and so do workers; with a length and ``num_workers=0``, each batch is drawn
-      when its step starts. Each micro-batch of ``accumulate_grad_batches`` is one draw, and all of an optimizer
-      step's micro-batches read one mix.
-
-    - **Schedule**: the first configured scheduler, made restartable with ``Restartable.around`` when
-      the curriculum registers a schedule and it has no ``restart()`` (its state in the callback's),
-      re-planned over the steps left at each restart (``restart_over="remaining"``, the default) or
-      replayed whole (``"whole"``, warned at train begin when the schedule has a length).
-    - **Random state**: saved with each checkpoint and put back at resume, each process's own under DDP: from a
-      checkpoint between two epochs when Lightning loads it, before the fit loop makes the next
-      epoch's iterator (a plain shuffled ``DataLoader`` draws its order then); mid-epoch at
-      ``on_train_start``. So a shuffling loader and dropout draw as in the uninterrupted run. A checkpoint
-      written by another number of processes puts back none, and the callback warns once at resume.
-
-    Resume: exact from a checkpoint saved at an epoch end (``on_train_epoch_end``, the
-    ``ModelCheckpoint`` default, or ``on_validation_end``) or at an epoch's last batch, and from a
-    mid-epoch checkpoint when the train data loader restores its position (it has
-    ``state_dict``/``load_state_dict``, e.g. torchdata's ``StatefulDataLoader``). Where Lightning
-    cannot be exact the callback warns once at resume, naming the cause and the fix: mid-epoch with
-    a plain ``DataLoader`` (Lightning restarts the epoch's data at its first batch while counting on
-    from the checkpoint's batch), mid-epoch with a shuffling loader that keeps no sampler order, at
-    an epoch's last batch with an ``IterableDataset`` and validation (Lightning makes the two
-    iterators in the other order on resume), and, from a checkpoint saved at the epoch's last batch
-    (``on_train_batch_end``), an epoch-end guard reading validation metrics: Lightning skips that
-    epoch's validation and ``on_train_epoch_end``; the callback runs the missed ``epoch_end`` when
-    training resumes, with the metrics of the checkpoint moment (a metric never logged before is
-    then a ``CurriculumError`` naming the checkpoint to resume from instead).
-    docs/integrations.md has the table of exact resumes.
+    Binds the module, the first optimizer and the first LR scheduler at ``on_train_start``, once Lightning
+    has restored a checkpoint. One ``step_end`` per optimizer step, when ``trainer.global_step`` has moved
+    at ``on_train_batch_end`` (``accumulate_grad_batches`` counts once; Lightning steps a ``"step"``-interval
+    scheduler before that hook, as the engine wants), with the mean of the step's micro-batch losses (over
+    processes under DDP) and the LR it ran at; one ``epoch_end`` per epoch with ``trainer.callback_metrics``.
+    The engine state, the process's random state and a data mixture's position (a train ``batch_sampler``
+    with ``next_batch``, docs/mixtures.md) are the callback's ``state_dict`` in Lightning's checkpoint.
     """
 
     def __init__(
         self, engine: CurriculumEngine, *, allow_fingerprint_mismatch: bool = False, restart_over: str = "remaining"
     ) -> None:
-        self.engine = check_engine(engine, "CurriculumCallback")
-        self.restart_over = check_restart_over(restart_over)
-        self.allow_fingerprint_mismatch = check_flag(allow_fingerprint_mismatch)
-        self.params = PhaseParams(engine)
-        self._wrapped: Any = None  # Lightning's configured scheduler made restartable, whose state the callback keeps
+        super().__init__(engine, allow_fingerprint_mismatch, restart_over)
         self._restored: dict | None = None  # the checkpoint's state, applied at on_train_start
         self._sampler: Any = None  # the train loader's batch sampler when it keeps its position (a data mixture)
         self._epoch_metrics: dict | None = None  # a checkpoint's metrics for the epoch end it precedes
@@ -131,7 +81,7 @@ class CurriculumCallback(Callback):
             states = [None] * trainer.world_size
             torch.distributed.all_gather_object(states, entry["rng"])
             entry["rng"] = states
-        if self._epoch_end_pending(trainer):
+        if entry["between_epochs"] and self.engine.clock.step_in_epoch > 0:
             # Saved after the epoch's last batch but before its epoch_end (on_train_batch_end or
             # on_validation_end): on resume Lightning does not validate that epoch again, so keep the
             # metrics of this moment for the epoch_end the resumed run makes.
@@ -144,40 +94,18 @@ class CurriculumCallback(Callback):
             # order from torch's global generator then): on_train_start comes after it.
             _restore_random_state(trainer, entry["rng"])
 
-    def _epoch_end_pending(self, trainer: Any) -> bool:
-        return bool(_batch_progress(trainer).is_last_batch) and self.engine.clock.step_in_epoch > 0
-
     # -- training ------------------------------------------------------------------------------
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        optimizers = trainer.optimizers
-        schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
         restored, self._restored = self._restored, None
-        scheduler = schedulers[0] if schedulers else None
-        schedule = framework_schedule(
-            self.engine, scheduler, (restored or {}).get("schedule"), restored is None, self.restart_over
-        )
-        self._wrapped = schedule if schedule is not scheduler else None
-        bind(self.engine, model=pl_module, optimizer=optimizers[0] if optimizers else None, schedule=schedule)
+        schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
+        optimizer, scheduler = next(iter(trainer.optimizers), None), next(iter(schedulers), None)
+        self._bind(pl_module, optimizer, scheduler, (restored or {}).get("schedule"), fresh=restored is None)
         self._losses, self._step_lr, self._unlogged = [], None, None
         self._sampler = _mixture_sampler(trainer)
-        if restored is None:
-            if trainer.global_step > 0:
-                raise CurriculumError(
-                    f"CurriculumCallback: Lightning resumed at step {trainer.global_step} from a checkpoint without "
-                    "engine state (it was saved without this callback); resume from a checkpoint written with it, or "
-                    "start the engine yourself (engine.start(phase=..., global_step=..., epoch=...)) "
-                    "and leave the callback out"
-                )
-            self.engine.start()
+        saved = (restored or {}).get("engine")
+        if not self._start_or_restore(saved, trainer.global_step, "Lightning", "it was saved without this callback"):
             return
-        self.engine.load_state_dict(restored["engine"], allow_fingerprint_mismatch=self.allow_fingerprint_mismatch)
-        if self.engine.clock.global_step != trainer.global_step:
-            raise CurriculumError(
-                f"CurriculumCallback: the checkpoint's engine state is at step {self.engine.clock.global_step} but "
-                f"Lightning resumed at step {trainer.global_step}; "
-                "the checkpoint was not written by this run's callback"
-            )
         if ("sampler" in restored) != (self._sampler is not None):
             raise CurriculumError(
                 f"CurriculumCallback: the checkpoint {'holds' if 'sampler' in restored else 'holds no'} data sampler "
@@ -189,54 +117,45 @@ class CurriculumCallback(Callback):
             # mid-epoch: the rest of the epoch draws on from the checkpoint's state
             _restore_random_state(trainer, restored["rng"])
         self._epoch_metrics = restored.get("epoch_end_metrics")
-        missed = self.engine.clock.epoch < trainer.current_epoch
-        if not missed and self.engine.clock.step_in_epoch > 0 and self._sampler is None:
-            _warn_mid_epoch(trainer, self.engine.clock)
-        if missed:
-            # Saved at the epoch's last batch: Lightning skips that epoch's validation and epoch end on resume.
-            if trainer.val_dataloaders is not None and isinstance(
-                getattr(trainer.train_dataloader, "dataset", None), torch.utils.data.IterableDataset
-            ):
-                logger.warning(
-                    "resumed from a checkpoint saved at the last batch of epoch %d with an IterableDataset and "
-                    "validation: Lightning starts the train iteration of epoch %d before making the validation "
-                    "loader's iterator here, after it in the uninterrupted run, so a dataset that draws from torch's "
-                    "global generator as its iteration starts (a shuffle) draws otherwise; resume from the checkpoint "
-                    "saved at that epoch's end (ModelCheckpoint's default) or give the dataset its own torch.Generator",
-                    self.engine.clock.epoch,
-                    self.engine.clock.epoch + 1,
-                )
-            if self._reads_validation():
-                logger.warning(
-                    "resumed from a checkpoint saved at the last batch of epoch %d, before its validation, "
-                    "which Lightning does not run again: its epoch end gets the metrics of the checkpoint moment "
-                    "(the validation metrics of an earlier epoch); resume from the checkpoint saved "
-                    "at that epoch's end (ModelCheckpoint's default) to be exact",
-                    self.engine.clock.epoch,
-                )
-            metrics, self._epoch_metrics = self._epoch_metrics or {}, None
-            try:
-                record = self.engine.epoch_end(**metrics)
-            except CurriculumError as exc:
-                raise CurriculumError(
-                    "CurriculumCallback: resumed from a checkpoint "
-                    f"saved at the last batch of epoch {self.engine.clock.epoch}, "
-                    f"before its validation, which Lightning does not run again: its epoch end cannot have the metrics "
-                    f"the curriculum reads ({exc}). Resume from the checkpoint saved at that epoch's end "
-                    "(ModelCheckpoint's default) or from a mid-epoch one"
-                ) from exc
-            if record is not None:
-                self._unlogged = record  # tracking: logged with the next step
+        epoch = self.engine.clock.epoch
+        if epoch >= trainer.current_epoch:
+            if self.engine.clock.step_in_epoch > 0 and self._sampler is None:
+                _warn_mid_epoch(trainer, self.engine.clock)
+            return
+        # Saved at the epoch's last batch: Lightning skips that epoch's validation and epoch end on resume.
+        if trainer.val_dataloaders is not None and isinstance(
+            getattr(trainer.train_dataloader, "dataset", None), torch.utils.data.IterableDataset
+        ):
+            logger.warning(
+                "resumed from a checkpoint saved at the last batch of epoch %d with an IterableDataset and "
+                "validation: Lightning starts the train iteration of epoch %d before making the validation "
+                "loader's iterator here, after it in the uninterrupted run, so a dataset that draws from torch's "
+                "global generator as its iteration starts (a shuffle) draws otherwise; resume from the checkpoint "
+                "saved at that epoch's end (ModelCheckpoint's default) or give the dataset its own torch.Generator",
+                epoch,
+                epoch + 1,
+            )
+        if self._reads_validation():
+            logger.warning(
+                "resumed from a checkpoint saved at the last batch of epoch %d, before its validation, "
+                "which Lightning does not run again: its epoch end gets the metrics of the checkpoint moment "
+                "(the validation metrics of an earlier epoch); resume from the checkpoint saved "
+                "at that epoch's end (ModelCheckpoint's default) to be exact",
+                epoch,
+            )
+        metrics, self._epoch_metrics = self._epoch_metrics or {}, None
+        where = (
+            f"a checkpoint saved at the last batch of epoch {epoch}, before its validation, which Lightning does not "
+            "run again: its epoch end cannot have the metrics the curriculum reads"
+        )
+        fix = "resume from the checkpoint saved at that epoch's end (ModelCheckpoint's default) or from a mid-epoch one"
+        self._unlogged = self._missed_epoch_end(metrics, where, fix)  # tracking: logged with the next step
 
     def _reads_validation(self) -> bool:
         """Whether a guard of an epoch-end transition out of the current phase reads a metric (validation's, then)."""
-        phase = self.engine.phase.name
-        return any(
-            tr.source == phase
-            and str(getattr(tr.when, "value", tr.when)) == "epoch_end"
-            and any(_metrics_read(g) for g in tr.guards)
-            for tr in self.engine.curriculum.transitions
-        )
+        at, phase = Point.EPOCH_END, self.engine.phase.name
+        transitions = [tr for tr in self.engine.curriculum.transitions if tr.source == phase and tr.when is at]
+        return any(metrics_read(leaf, at, at) for tr in transitions for g in tr.guards for leaf in guard_leaves(g))
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         self._step_lr = float(optimizer.param_groups[0]["lr"])
@@ -245,9 +164,8 @@ class CurriculumCallback(Callback):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if loss is None or not hasattr(loss, "item"):
             raise CurriculumError(
-                f"CurriculumCallback: training_step returned no loss for batch {batch_idx} "
-                f"(got {type(outputs).__name__}); "
-                "return the loss tensor, or a dict with 'loss'"
+                f"CurriculumCallback: training_step returned no loss for batch {batch_idx} (got "
+                f"{type(outputs).__name__}); return the loss tensor, or a dict with 'loss'"
             )
         # Lightning hands over the loss divided by accumulate_grad_batches: undo it.
         self._losses.append(float(loss.item()) * trainer.accumulate_grad_batches)
@@ -266,28 +184,15 @@ class CurriculumCallback(Callback):
         if not _batch_progress(trainer).is_last_batch:
             return  # stopped mid-epoch (max_steps): no epoch end
         metrics = real_metrics(trainer.callback_metrics)
-        if (
-            self._epoch_metrics is not None
-        ):  # the epoch end Lightning repeats after a checkpoint saved on_validation_end
+        if self._epoch_metrics is not None:  # the epoch end Lightning repeats after a save on_validation_end
             metrics, self._epoch_metrics = {**metrics, **self._epoch_metrics}, None
-        record = self.engine.epoch_end(**metrics)
-        if record is not None:
-            # tracking: logged with the next step, the first in the new phase (or at the end of training)
-            self._unlogged = record
+        # tracking: a transition is logged with the next step, the first in the new phase (or at the end of training)
+        self._unlogged = self.engine.epoch_end(**metrics) or self._unlogged
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         if self._unlogged is not None:  # tracking: a transition at the last epoch end
             log_to_lightning(trainer, self.engine, self._unlogged, trainer.global_step)
             self._unlogged = None
-
-
-def _metrics_read(guard: Any) -> bool:
-    """Whether a guard reads a metric at its own evaluation point (Plateau observes the step-end loss instead)."""
-    if getattr(guard, "metrics", None) and (
-        not hasattr(guard, "observe") or getattr(guard, "observe_at", "step_end") is None
-    ):
-        return True
-    return any(_metrics_read(g) for g in getattr(guard, "guards", ()) or ())
 
 
 def _mixture_sampler(trainer: Any) -> Any:

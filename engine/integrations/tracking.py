@@ -17,15 +17,7 @@ from engine.history import Record
 from engine.progress import UNSAFE, guard_progress
 from engine.runtime import CurriculumEngine
 
-__all__ = [
-    "PREFIX",
-    "phase_metrics",
-    "transition_text",
-    "curriculum_logs",
-    "calling_handler",
-    "report_before_loggers",
-    "log_to_lightning",
-]
+__all__ = ["PREFIX", "phase_metrics", "transition_text", "curriculum_logs"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,21 +71,19 @@ def curriculum_logs(engine: CurriculumEngine, since: int | None) -> tuple[dict[s
 
 
 def calling_handler() -> Any:
-    """The object whose method called the hook that calls this (``self`` of the frame two up): the
-    HF Trainer's ``CallbackHandler`` when ``CallbackHandler.call_event`` called the callback's
-    ``on_train_begin``. None where the interpreter has no ``sys._getframe`` or the stack is shorter."""
-    getframe = getattr(sys, "_getframe", None)
+    """``self`` of the frame two up: the HF Trainer's ``CallbackHandler`` when its ``call_event`` called
+    the hook that calls this (the Trainer hands its callbacks no handle to it). None where that frame
+    is missing, or the interpreter has no ``sys._getframe``."""
     try:
-        return getframe(2).f_locals.get("self") if getframe is not None else None
-    except ValueError:  # the stack is not that deep
+        return sys._getframe(2).f_locals.get("self")
+    except (AttributeError, ValueError):
         return None
 
 
 def report_before_loggers(callback: Any, handler: Any) -> None:
-    """HF: move ``callback`` in the Trainer's ``CallbackHandler`` to just before the first
-    ``report_to`` callback, so that the values it adds to ``logs`` in ``on_log`` reach them (the
-    Trainer calls its callbacks in order, reporters before the user's). ``handler`` is the
-    handler that called the callback's ``on_train_begin``; anything else leaves the order as it is."""
+    """HF: move ``callback`` in the Trainer's ``handler`` to just before the first ``report_to`` callback,
+    so that the values it adds to ``logs`` in ``on_log`` reach them (the Trainer calls its callbacks in
+    order, reporters before the user's). Anything else than a handler holding it: a warning."""
     from transformers.integrations import INTEGRATION_TO_CALLBACK
     from transformers.trainer_callback import CallbackHandler
 
@@ -112,11 +102,9 @@ def report_before_loggers(callback: Any, handler: Any) -> None:
 
 
 def log_to_lightning(trainer: Any, engine: CurriculumEngine, record: Record | None, step: int) -> None:
-    """Lightning: :func:`phase_metrics` to each of ``trainer.loggers`` at ``step`` (the caller gives the
-    step number Lightning's own ``self.log`` uses there), every ``log_every_n_steps`` steps and whenever
-    ``record`` (a transition just taken) is given; its text to each logger that takes text and to the
-    Python log. Not through ``pl_module.log``: the values would land in ``callback_metrics``, which the
-    callback feeds back to ``epoch_end``."""
+    """Lightning: :func:`phase_metrics` to ``trainer.loggers`` at ``step`` every ``log_every_n_steps`` steps and
+    with ``record`` (a transition just taken), whose text goes to the loggers that take text. Not through
+    ``pl_module.log``: the values would land in ``callback_metrics``, which the callback feeds to ``epoch_end``."""
     every = max(int(getattr(trainer, "log_every_n_steps", 1) or 1), 1)
     if record is None and (step + 1) % every:
         return
