@@ -795,10 +795,7 @@ def test_a_resume_refuses_metrics_that_are_not_its_checkpoints(tmp_path, capsys)
     capsys.readouterr()
     assert resume(tmp_path, "run") == 2
     err = capsys.readouterr().err
-    assert (
-        "run.steps.csv does not hold the metrics run.pt was saved with" in err
-        and "Move it aside" in err
-    )
+    assert "run.steps.csv does not hold the metrics run.pt was saved with" in err and "Move it aside" in err
 
 
 def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path):
