@@ -385,23 +385,9 @@ def _load(
     return saved, saved.settings.resume(saved.preset, args.preset, explicit, free), saved.preset
 
 
-def _restore(trainer, saved: Checkpoint, rank: int, path: Path, data_changed: bool = False) -> None:
-    from engine import CurriculumError
-
-    try:
-        trainer.load_state_dict(saved.trainer_state(rank), epochs_done=saved.epoch, data_changed=data_changed)
-    # restoring the file's contents only
-    except (RuntimeError, KeyError, TypeError, ValueError, CurriculumError) as exc:
-        detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        raise CheckpointError(
-            f"{path} does not fit its own settings ({type(exc).__name__}: {detail[:300]}); it is damaged or was "
-            "edited. Resume from another checkpoint, or start a fresh run"
-        ) from None
-
-
 def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed) -> int:
     from chunklm.train import NonFiniteLossError, Trainer, compile_default
-    from engine import curriculum_to_dict
+    from engine import CurriculumError, curriculum_to_dict
     from runs.curriculum_file import curriculum_for_run
 
     check_args(args)
@@ -457,10 +443,18 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
             curriculum=curriculum,
         )
         try:
-            if saved is not None:
-                _restore(trainer, saved, dist.rank, files.ckpt, data_changed=args.allow_data_change)
-            else:
+            if saved is None:
                 trainer.start()
+            else:
+                state = saved.trainer_state(dist.rank)
+                try:  # restoring the file's contents only
+                    trainer.load_state_dict(state, epochs_done=saved.epoch, data_changed=args.allow_data_change)
+                except (RuntimeError, KeyError, TypeError, ValueError, CurriculumError) as exc:
+                    detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+                    raise CheckpointError(
+                        f"{files.ckpt} does not fit its own settings ({type(exc).__name__}: {detail[:300]}); it is "
+                        "damaged or was edited. Resume from another checkpoint, or start a fresh run"
+                    ) from None
             if dist.rank == 0:
                 remove_stale_temps(files.written)
                 if saved is not None and saved.engine_phase is not None:
