@@ -140,7 +140,7 @@ class RunFiles:
     def not_regular(self) -> list[Path]:
         """The run's paths that exist but are not regular files (a folder, a device, a FIFO, a
         symbolic link): a run never replaces them, whatever the flags."""
-        return [p for p in (*self.written, self.plot) if os.path.lexists(p) and not stat.S_ISREG(os.lstat(p).st_mode)]
+        return [p for p in self.existing() if not stat.S_ISREG(os.lstat(p).st_mode)]
 
     def renamed(self) -> list[tuple[Path, Path]]:
         """(old name, today's) of each file of this run an earlier version left under the checkpoint's

@@ -239,9 +239,7 @@ _OPTIONAL = {  # the parts later versions added: absent in older files, checked 
 }
 
 
-def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> Checkpoint:
-    """Read and check a checkpoint (``Checkpoint.load``)."""
-    return Checkpoint.load(path, mmap)
+load_checkpoint = Checkpoint.load
 
 
 def stale_metrics_warning(files, saved: Checkpoint, resuming: bool = False) -> str | None:

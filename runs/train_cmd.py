@@ -655,16 +655,7 @@ def _print_header(run: Run, corpus, curriculum_file: str | None) -> None:
     if curriculum_file is not None:
         console.line(f"curriculum: {curriculum_file} (phases {' -> '.join(p.name for p in trainer.curriculum.phases)})")
     else:
-        cutoffs = ", ".join(map(str, config.cutoffs))
-        phases = [f"cutoffs {cutoffs} then full of {trainer.model.n_bins} bins"] if config.cutoffs else []
-        if config.seq_lens:
-            phases.append(f"windows of {', '.join(map(str, config.seq_lens))} bytes then {m.seq_len}")
-        console.line(
-            f"curriculum: {'; '.join(phases)}; "
-            f"min epochs {', '.join(map(str, config.min_epochs))}; "
-            f"plateau window {config.plateau_window}, threshold {config.plateau_threshold}"
-            + (f", Welch test at alpha {config.plateau_alpha or 0.05}" if config.plateau_test == "welch" else "")
-        )
+        console.line(f"curriculum: {run.settings.describe_curriculum()}")
     if saved is None:
         return
     if saved.num_threads is not None and saved.num_threads != torch.get_num_threads():
