@@ -242,7 +242,7 @@ _OPTIONAL = {  # the parts later versions added: absent in older files, checked 
 load_checkpoint = Checkpoint.load
 
 
-def stale_metrics_warning(files, saved: Checkpoint, resuming: bool = False) -> str | None:
+def stale_metrics_message(files, saved: Checkpoint, resuming: bool = False) -> str | None:
     """What to say when a run's metrics CSVs are not the ones its checkpoint ``saved`` was saved with
     (see :meth:`~runs.artifacts.RunFiles.stale_metrics`): how to repair them (``resuming``: the resume's
     own fix); None when they are."""

@@ -160,10 +160,10 @@ def _saved(files):
 
 def _warn_if_stale(files, saved=None) -> None:
     """After a command that read the run's files: say so if its CSVs are not its checkpoint's."""
-    from runs.checkpoint import stale_metrics_warning
+    from runs.checkpoint import stale_metrics_message
 
     saved = saved if saved is not None else _saved(files)
-    warning = stale_metrics_warning(files, saved) if saved is not None else None
+    warning = stale_metrics_message(files, saved) if saved is not None else None
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
 

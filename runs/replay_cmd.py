@@ -168,7 +168,7 @@ def settings_grid(base: dict[str, Any], axes: dict[str, list[Any]], stream: Metr
 def run_replay(args: argparse.Namespace) -> int:
     """The ``chunklm replay`` subcommand; returns the exit status (bad input raises a UsageError)."""
     from runs.artifacts import read_csv, resolve_run
-    from runs.checkpoint import stale_metrics_warning
+    from runs.checkpoint import stale_metrics_message
     from runs.curriculum_file import check_metrics_read, load_file, saved_differences
 
     files = resolve_run(args.run)
@@ -183,7 +183,7 @@ def run_replay(args: argparse.Namespace) -> int:
             raise UsageError(f"the {what} {path} is not a regular file; replay needs a run written by chunklm train")
     saved = _checkpoint(files.ckpt)
     base = saved.settings.to_dict()
-    stale = stale_metrics_warning(files, saved)
+    stale = stale_metrics_message(files, saved)
     if stale:
         raise UsageError(f"{stale}; replay needs the metrics of the run that made the checkpoint")
     steps_rows = read_csv(files.steps)

@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 
 from runs.artifacts import MetricsWriter, RunFiles, RunLock, WriteError, is_torch_file, remove_stale_temps, run_name
-from runs.checkpoint import Checkpoint, CheckpointError, stale_metrics_warning
+from runs.checkpoint import Checkpoint, CheckpointError, stale_metrics_message
 from runs.console import Console, Reporter, invoked_as, sets_cutoff
 from runs.distributed import Distributed, resume_command
 from runs.errors import Output, RunError, UsageError, UserError, report
@@ -402,7 +402,7 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
         if auto:
             args.resume = dist.gather_to_all(auto_resume(files) if dist.rank == 0 else None)[0]
         saved, settings, preset = _load(files, args, explicit)
-        stale = stale_metrics_warning(files, saved, resuming=True) if saved is not None and dist.rank == 0 else None
+        stale = stale_metrics_message(files, saved, resuming=True) if saved is not None and dist.rank == 0 else None
         if stale:
             raise UsageError(stale)
         if saved is not None and saved.world_size != dist.world_size:
