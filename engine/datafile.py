@@ -16,7 +16,6 @@ import json
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from cattrs.errors import BaseValidationError, ForbiddenExtraKeysError
 from cattrs.gen import make_dict_structure_fn, override
 
 from engine.core import Action, Curriculum, CurriculumError, Guard, Params, Phase, Transition, describe, short_repr
+from engine.files import atomic_write
 
 try:  # Python 3.11+
     import tomllib as _toml
@@ -526,17 +526,7 @@ def save_curriculum(
         text = json.dumps(curriculum_to_dict(curriculum, registry=registry), indent=2) + "\n"
     else:
         text = to_toml(curriculum, comment=comment, registry=registry)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.fchmod(fd, 0o666 & ~umask)  # the mode a plain open() gives, not mkstemp's 0600
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: f.write(text.encode()))
     return path
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from engine.core import Curriculum, CurriculumError
+from engine.files import atomic_write
 from engine.grid import recorded_run
 from engine.history import Record
 from engine.progress import progress_series
@@ -218,14 +219,8 @@ def plot_run(source: Any, out: str | Path, *, title: str | None = None, curricul
     )
     out = Path(out)
     plt = pyplot()
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent or ".")
     try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format=out.suffix[1:] or "png", dpi=110)
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        atomic_write(out, lambda f: fig.savefig(f, format=out.suffix[1:] or "png", dpi=110))
     finally:
         plt.close(fig)
     return out

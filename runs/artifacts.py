@@ -1,7 +1,7 @@
 """A run's files beside its checkpoint: per-step and per-epoch metrics, transition history, plot, lock.
 
 They are named after the checkpoint's name less a ``.pt`` suffix (:func:`run_name`; docs/checkpoint.md),
-and every file is replaced atomically through a uniquely named temp file (``.NAME.XXXXXXXX.tmp``).
+and every file is replaced atomically (:func:`engine.files.atomic_write`).
 """
 
 from __future__ import annotations
@@ -9,17 +9,18 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import functools
 import hashlib
 import os
 import re
 import stat
 import tempfile
 from pathlib import Path
-from typing import IO, Callable, Sequence
+from typing import IO, Sequence
 
 import filelock
 
-from engine import History
+from engine import History, files
 from runs.errors import RunError, UsageError
 
 __all__ = ["RunFiles", "resolve_run", "MetricsWriter", "read_csv", "atomic_write", "RunLock", "WriteError", "run_name"]
@@ -27,90 +28,19 @@ __all__ = ["RunFiles", "resolve_run", "MetricsWriter", "read_csv", "atomic_write
 STEP_FIELDS = ["step", "epoch", "step_in_epoch", "loss", "lr", "cutoff", "phase"]
 EPOCH_FIELDS = ["epoch", "step", "avg_loss", "cutoff", "val_bpb", "val_bpb_mean"]  # + val_bpb/NAME per source
 
-_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
-
 
 class WriteError(RunError):
     """A run's file could not be written (disk full, quota, permissions): exit status 1."""
 
 
-def _umask() -> int:
-    """The process's umask, read without setting it where Linux allows (setting it, even briefly,
-    would affect files other threads create meanwhile)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` so that a crash at any moment leaves the old file or the new one: a temp file in
-    the same directory (mode 0666 less the umask, as ``open`` gives), fsync, ``os.replace``, fsync of the
-    directory. A failure is a :class:`WriteError`; the old file is kept."""
-    path = Path(path)
-    existed = path.is_file()
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise _write_error(path, exc, existed) from exc
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)  # gone once replaced
-        if isinstance(exc, (OSError, RuntimeError)):
-            raise _write_error(path, exc, existed) from exc
-        raise
-
-
-def _write_error(path: Path, exc: BaseException, existed: bool | None = None) -> WriteError:
-    """What went wrong writing ``path``, and what to do: free space only when the disk is full; the
-    previous version kept only when there was one."""
-    import shutil
-
-    if existed is None:
-        existed = path.is_file()
-    kept = "the previous version of the file is kept" if existed else "nothing was written there"
-    if not path.parent.is_dir():
-        return WriteError(
-            f"could not write {path}: its folder {path.parent} no longer exists (moved or deleted while the run "
-            f"was running); {kept}. Put the folder back"
-        )
-    text = str(exc)
-    if (isinstance(exc, OSError) and exc.errno in _FULL) or "unexpected pos" in text or "failed writing" in text:
-        free = shutil.disk_usage(path.parent).free
-        return WriteError(
-            f"could not write {path}: the disk is full or the file is too large ({free / 1e6:.1f} MB free in "
-            f"{path.parent}); {kept}. Free space"
-        )
-    why = (
-        f"{exc.strerror} ({type(exc).__name__})"
-        if isinstance(exc, OSError) and exc.strerror
-        else f"{type(exc).__name__}: {exc}"
-    )
-    return WriteError(f"could not write {path}: {why}; {kept}. Fix the path or its permissions")
+atomic_write = functools.partial(files.atomic_write, error=WriteError)
+_write_error = functools.partial(files.write_error, error=WriteError)
 
 
 def remove_stale_temps(paths: list[Path]) -> None:
     """Remove the temp files that killed runs left beside ``paths`` (call while holding the run's lock)."""
     for path in paths:
-        mine = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")  # atomic_write's mkstemp names only
+        mine = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")  # atomic_write's temp names only
         for tmp in path.parent.glob(f".{path.name}.*.tmp"):
             if mine.fullmatch(tmp.name):  # not e.g. .run.pt.bak.XXXXXXXX.tmp, of the run of run.pt.bak
                 with contextlib.suppress(FileNotFoundError):
@@ -210,7 +140,7 @@ class RunFiles:
     def not_regular(self) -> list[Path]:
         """The run's paths that exist but are not regular files (a folder, a device, a FIFO, a
         symbolic link): a run never replaces them, whatever the flags."""
-        return [p for p in (*self.written, self.plot) if os.path.lexists(p) and not stat.S_ISREG(os.lstat(p).st_mode)]
+        return [p for p in self.existing() if not stat.S_ISREG(os.lstat(p).st_mode)]
 
     def renamed(self) -> list[tuple[Path, Path]]:
         """(old name, today's) of each file of this run an earlier version left under the checkpoint's

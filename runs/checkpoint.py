@@ -239,21 +239,25 @@ _OPTIONAL = {  # the parts later versions added: absent in older files, checked 
 }
 
 
-def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> Checkpoint:
-    """Read and check a checkpoint (``Checkpoint.load``)."""
-    return Checkpoint.load(path, mmap)
+load_checkpoint = Checkpoint.load
 
 
-def stale_metrics_warning(files, saved: Checkpoint) -> str | None:
-    """For the commands that read a run's files: what to say when its metrics CSVs are not the ones
-    its checkpoint ``saved`` was saved with (see :meth:`~runs.artifacts.RunFiles.stale_metrics`); None
-    when they are."""
+def stale_metrics_message(files, saved: Checkpoint, resuming: bool = False) -> str | None:
+    """What to say when a run's metrics CSVs are not the ones its checkpoint ``saved`` was saved with
+    (see :meth:`~runs.artifacts.RunFiles.stale_metrics`): how to repair them (``resuming``: the resume's
+    own fix); None when they are."""
     wrong = files.stale_metrics(saved)
     if not wrong:
         return None
+    them = "them" if len(wrong) > 1 else "it"
+    fix = (
+        f"nothing was changed. Move {them} aside and resume again: the metrics then start after the checkpoint "
+        f"(step {saved.global_step})"
+        if resuming
+        else f"`chunklm train --ckpt {files.ckpt} --resume` says how to repair {them}"
+    )
     return (
         f"{' and '.join(p.name for p in wrong)} {'do' if len(wrong) > 1 else 'does'} not hold the metrics "
-        f"{files.ckpt.name} "
-        "was saved with (an interrupted first save of a run started with --overwrite, or an edit); "
-        f"`chunklm train --ckpt {files.ckpt} --resume` says how to repair it"
+        f"{files.ckpt.name} was saved with (an interrupted first save of a run started with --overwrite, or an "
+        f"edit); {fix}"
     )

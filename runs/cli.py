@@ -160,10 +160,10 @@ def _saved(files):
 
 def _warn_if_stale(files, saved=None) -> None:
     """After a command that read the run's files: say so if its CSVs are not its checkpoint's."""
-    from runs.checkpoint import stale_metrics_warning
+    from runs.checkpoint import stale_metrics_message
 
     saved = saved if saved is not None else _saved(files)
-    warning = stale_metrics_warning(files, saved) if saved is not None else None
+    warning = stale_metrics_message(files, saved) if saved is not None else None
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
 
@@ -222,23 +222,30 @@ def _diagram(args: argparse.Namespace) -> int:
     from policies import phase_for_epoch
     from runs.artifacts import resolve_run
     from runs.checkpoint import Checkpoint
-    from runs.curriculum_file import diagram_of_file, stored_curriculum
+    from runs.curriculum_file import check_saved_curriculum, load_file, stored_curriculum
     from runs.settings import Settings
 
     explicit = explicit_settings(args)
+    curriculum = current = None
     if args.file is not None:
-        curriculum, current = diagram_of_file(args, explicit)
-    elif args.run:
+        if explicit or args.preset:
+            flags = ", ".join("--" + name.replace("_", "-") for name in explicit) or "--preset"
+            raise UsageError(
+                f"{flags}: {args.file} is drawn as written, and settings flags do not change it; drop them"
+            )
+        curriculum = load_file(args.file)
+    if args.run:
         files = resolve_run(args.run)
         saved = Checkpoint.load(files.ckpt)
-        config = saved.settings.resume(saved.preset, args.preset, explicit).to_config()
-        if saved.curriculum is not None:  # trained with --curriculum FILE: the checkpoint stores it
-            curriculum = stored_curriculum(saved, files.ckpt, config)
-        else:
-            curriculum = config.curriculum()
+        if curriculum is not None:
+            check_saved_curriculum(curriculum, saved, files.ckpt, args.file)
+        else:  # trained with --curriculum FILE, the checkpoint stores it; else its settings make it
+            config = saved.settings.resume(saved.preset, args.preset, explicit).to_config()
+            stored = saved.curriculum is not None
+            curriculum = stored_curriculum(saved, files.ckpt, config) if stored else config.curriculum()
         current = saved.engine_phase or phase_for_epoch(curriculum, saved.epoch)  # weights only: by its epochs
-    else:
-        curriculum, current = Settings.fresh(args.preset, explicit).to_config().curriculum(), None
+    elif curriculum is None:
+        curriculum = Settings.fresh(args.preset, explicit).to_config().curriculum()
     print((to_mermaid if args.format == "mermaid" else to_dot)(curriculum, current=current).rstrip("\n"))
     return 0
 
@@ -263,10 +270,7 @@ def _generate(args: argparse.Namespace) -> int:
             f"{args.ckpt}: the weights do not fit its settings ({' '.join(str(exc).split())[:300]}); "
             "it is damaged or was edited"
         ) from None
-    bad = next(
-        (name for name, t in saved.trainer["model"].items() if t.is_floating_point() and not torch.isfinite(t).all()),
-        None,
-    )
+    bad = _nonfinite(saved.trainer["model"])
     if bad is not None:
         raise CheckpointError(
             f"{args.ckpt} has non-finite weights (NaN or infinity in {bad}): the run diverged or the file was edited; "
@@ -278,7 +282,7 @@ def _generate(args: argparse.Namespace) -> int:
             raise UsageError(f"{args.ckpt} has no EMA weights; drop --ema")
         ema = EMA(model, decay=config.ema or 0.999)
         ema.load_state_dict(saved.trainer["ema"])
-        if _nonfinite(saved.trainer["ema"]):
+        if _nonfinite(saved.trainer["ema"]) is not None:
             raise CheckpointError(
                 f"{args.ckpt} has non-finite EMA weights; sample without --ema, or from an earlier checkpoint"
             )
@@ -303,17 +307,14 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _nonfinite(state) -> bool:
-    """Whether a state (tensors in dicts and lists) holds a NaN or an infinity."""
+def _nonfinite(state, name: str = "") -> str | None:
+    """The name of the first tensor of ``state`` (tensors in dicts and lists) holding a NaN or an infinity."""
     import torch
 
     if isinstance(state, torch.Tensor):
-        return state.is_floating_point() and not bool(torch.isfinite(state).all())
-    if isinstance(state, dict):
-        return any(_nonfinite(v) for v in state.values())
-    if isinstance(state, (list, tuple)):
-        return any(_nonfinite(v) for v in state)
-    return False
+        return name if state.is_floating_point() and not bool(torch.isfinite(state).all()) else None
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    return next((bad for k, v in items if (bad := _nonfinite(v, f"{name}.{k}".lstrip("."))) is not None), None)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from engine import Curriculum, CurriculumError, Point, curriculum_from_dict, loa
 from engine.core import guard_leaves, metrics_read, spec_differences
 from runs.errors import UsageError
 
-__all__ = ["curriculum_for_run", "check_metrics_read", "diagram_of_file", "load_file", "saved_differences"]
+__all__ = ["curriculum_for_run", "check_metrics_read", "check_saved_curriculum", "load_file", "saved_differences"]
 
 # What chunklm.train.Trainer registers with its engine and passes to step_end / epoch_end.
 OBJECTS = ("model", "optimizer", "schedule")
@@ -237,21 +237,3 @@ def curriculum_for_run(
     if saved is not None:
         check_saved_curriculum(curriculum, saved, ckpt, path, config)
     return curriculum, path
-
-
-def diagram_of_file(args: argparse.Namespace, explicit: dict) -> tuple[Curriculum, str | None]:
-    """``chunklm diagram FILE [--run RUN]``: the file's curriculum, and the run's current phase."""
-    if explicit or args.preset:
-        flags = ", ".join("--" + name.replace("_", "-") for name in explicit) or "--preset"
-        raise UsageError(f"{flags}: {args.file} is drawn as written, and settings flags do not change it; drop them")
-    curriculum = load_file(args.file)
-    if not args.run:
-        return curriculum, None
-    from policies import phase_for_epoch
-    from runs.artifacts import resolve_run
-    from runs.checkpoint import Checkpoint
-
-    files = resolve_run(args.run)
-    saved = Checkpoint.load(files.ckpt)
-    check_saved_curriculum(curriculum, saved, files.ckpt, args.file)
-    return curriculum, saved.engine_phase or phase_for_epoch(curriculum, saved.epoch)

@@ -8,6 +8,7 @@ exits within a second, printing that reason, instead of waiting in a collective 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import sys
@@ -108,22 +109,17 @@ class Distributed:
 
     def _watch(self) -> None:
         while not self._watching.wait(_POLL_S):
-            try:
-                if self._store.check([_ABORT_KEY]):
-                    reason = self._store.get(_ABORT_KEY).decode(errors="replace")
-                    print(f"chunklm train: error: rank {self.rank} stopping: {reason}", file=sys.stderr, flush=True)
-                    sys.stdout.flush()
-                    os._exit(1)
-            except Exception:  # the store is gone: the group is being torn down
-                return
+            reason = self.aborted_by_other()
+            if reason is not None:
+                print(f"chunklm train: error: rank {self.rank} stopping: {reason}", file=sys.stderr, flush=True)
+                sys.stdout.flush()
+                os._exit(1)
 
     def aborted_by_other(self) -> str | None:
-        """The reason another rank published, if it failed first."""
-        try:
+        """The reason another rank published, if it failed first (None too once the store is gone)."""
+        with contextlib.suppress(Exception):
             if self._store is not None and self._store.check([_ABORT_KEY]):
                 return self._store.get(_ABORT_KEY).decode(errors="replace")
-        except Exception:
-            return None
         return None
 
     def abort(self, reason: str, code: int) -> None:
@@ -133,11 +129,9 @@ class Distributed:
         join. They read the reason and exit within a second.
         """
         self._watching.set()
-        try:
+        with contextlib.suppress(Exception):
             self._store.set(_ABORT_KEY, f"rank {self.rank} failed: {reason}")
             time.sleep(2 * _POLL_S + 0.5)  # let the others read it before our sockets close
-        except Exception:
-            pass
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

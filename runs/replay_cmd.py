@@ -165,22 +165,10 @@ def settings_grid(base: dict[str, Any], axes: dict[str, list[Any]], stream: Metr
     return GridTable(recorded=table.recorded, rows=rows, own=table.own, steps=table.steps, epochs=table.epochs)
 
 
-def describe_settings(settings: dict[str, Any]) -> str:
-    test = settings.get("plateau_test", "relative")
-    phases = [f"cutoffs {','.join(map(str, settings['cutoffs']))}"] if settings["cutoffs"] else []
-    if settings.get("seq_lens"):
-        phases.append(f"seq lens {','.join(map(str, settings['seq_lens']))}")
-    return (
-        f"{', '.join(phases)}, min epochs {','.join(map(str, settings['min_epochs']))}, "
-        f"plateau window {settings['plateau_window']}, threshold {settings['plateau_threshold']}, test {test}"
-        + (f" (alpha {settings.get('plateau_alpha') or 0.05})" if test == "welch" else "")
-    )
-
-
 def run_replay(args: argparse.Namespace) -> int:
     """The ``chunklm replay`` subcommand; returns the exit status (bad input raises a UsageError)."""
     from runs.artifacts import read_csv, resolve_run
-    from runs.checkpoint import stale_metrics_warning
+    from runs.checkpoint import stale_metrics_message
     from runs.curriculum_file import check_metrics_read, load_file, saved_differences
 
     files = resolve_run(args.run)
@@ -195,7 +183,7 @@ def run_replay(args: argparse.Namespace) -> int:
             raise UsageError(f"the {what} {path} is not a regular file; replay needs a run written by chunklm train")
     saved = _checkpoint(files.ckpt)
     base = saved.settings.to_dict()
-    stale = stale_metrics_warning(files, saved)
+    stale = stale_metrics_message(files, saved)
     if stale:
         raise UsageError(f"{stale}; replay needs the metrics of the run that made the checkpoint")
     steps_rows = read_csv(files.steps)
@@ -261,7 +249,9 @@ def run_replay(args: argparse.Namespace) -> int:
     except CurriculumError as exc:
         raise UsageError(str(exc)) from None
 
-    recorded_as = f"{saved.curriculum_file} (stored in the checkpoint)" if stored else describe_settings(base)
+    recorded_as = (
+        saved.settings.describe_curriculum() if not stored else f"{saved.curriculum_file} (stored in the checkpoint)"
+    )
     print(f"run {files.ckpt.parent}: {stream.steps} steps, {stream.epochs} epochs; recorded curriculum: {recorded_as}")
     held = "to 6 significant digits in the rows the first release wrote" if rounded else "exactly"
     print(f"the losses as the steps CSV holds them ({held}); no training, no action runs")

@@ -344,6 +344,17 @@ class Settings:
                 f"{raises} raise{'s' if raises != 1 else ''} of {what}; give one per raise, e.g. --min-epochs {example}"
             )
 
+    def describe_curriculum(self) -> str:
+        """The curriculum these settings make, in one line (``chunklm train``'s header, ``chunklm replay``)."""
+        phases = [f"cutoffs {_show(self.cutoffs, ', ')} then full of {self.to_config().model.n_bins} bins"]
+        if self.seq_lens:
+            phases.append(f"windows of {_show(self.seq_lens, ', ')} bytes then {self.seq_len}")
+        return (
+            f"{'; '.join(phases[not self.cutoffs :])}; min epochs {_show(self.min_epochs, ', ')}; "
+            f"plateau window {self.plateau_window}, threshold {self.plateau_threshold}"
+            + (f", Welch test at alpha {self.plateau_alpha or 0.05}" if self.plateau_test == "welch" else "")
+        )
+
     def _feeding(self, config: str) -> dict[str, Any]:
         """The settings that feed ``config`` ("model" or "train"), by field name."""
         return {f.name: getattr(self, f.name) for f in attrs.fields(type(self)) if f.metadata["to"] == config}
@@ -379,9 +390,9 @@ def _flag(f: attrs.Attribute) -> str:
     return f.metadata["flag"] or f"--{f.name.replace('_', '-')}"
 
 
-def _show(value: Any) -> str:
+def _show(value: Any, sep: str = ",") -> str:
     if isinstance(value, (tuple, list)):
-        return ",".join(str(v) for v in value) or "(none)"
+        return sep.join(str(v) for v in value) or "(none)"
     return repr(value)
 
 

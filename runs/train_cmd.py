@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 
 from runs.artifacts import MetricsWriter, RunFiles, RunLock, WriteError, is_torch_file, remove_stale_temps, run_name
-from runs.checkpoint import Checkpoint, CheckpointError
+from runs.checkpoint import Checkpoint, CheckpointError, stale_metrics_message
 from runs.console import Console, Reporter, invoked_as, sets_cutoff
 from runs.distributed import Distributed, resume_command
 from runs.errors import Output, RunError, UsageError, UserError, report
@@ -178,20 +178,6 @@ def auto_resume(files: RunFiles) -> bool:
             "Move them aside, replace them with --overwrite instead of --resume auto, or pick another --ckpt"
         )
     return False
-
-
-def check_metrics(files: RunFiles, saved: Checkpoint) -> None:
-    """On resume: each metrics file holds, up to the checkpoint, the rows the checkpoint recorded (or is absent)."""
-    wrong = files.stale_metrics(saved)
-    if wrong:
-        names = " and ".join(p.name for p in wrong)
-        raise UsageError(
-            f"{names} beside {files.ckpt} {'do' if len(wrong) > 1 else 'does'} not hold the metrics "
-            "the checkpoint was saved with (the first save of a run started with --overwrite was interrupted, "
-            "leaving the replaced run's, or they were edited); nothing was changed. "
-            f"Move {'them' if len(wrong) > 1 else 'it'} aside and resume again: "
-            f"the metrics then start after the checkpoint (step {saved.global_step})"
-        )
 
 
 def absolute_data(explicit: dict[str, Any]) -> dict[str, Any]:
@@ -399,23 +385,9 @@ def _load(
     return saved, saved.settings.resume(saved.preset, args.preset, explicit, free), saved.preset
 
 
-def _restore(trainer, saved: Checkpoint, rank: int, path: Path, data_changed: bool = False) -> None:
-    from engine import CurriculumError
-
-    try:
-        trainer.load_state_dict(saved.trainer_state(rank), epochs_done=saved.epoch, data_changed=data_changed)
-    # restoring the file's contents only
-    except (RuntimeError, KeyError, TypeError, ValueError, CurriculumError) as exc:
-        detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        raise CheckpointError(
-            f"{path} does not fit its own settings ({type(exc).__name__}: {detail[:300]}); it is damaged or was "
-            "edited. Resume from another checkpoint, or start a fresh run"
-        ) from None
-
-
 def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed) -> int:
     from chunklm.train import NonFiniteLossError, Trainer, compile_default
-    from engine import curriculum_to_dict
+    from engine import CurriculumError, curriculum_to_dict
     from runs.curriculum_file import curriculum_for_run
 
     check_args(args)
@@ -430,8 +402,9 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
         if auto:
             args.resume = dist.gather_to_all(auto_resume(files) if dist.rank == 0 else None)[0]
         saved, settings, preset = _load(files, args, explicit)
-        if saved is not None and dist.rank == 0:
-            check_metrics(files, saved)
+        stale = stale_metrics_message(files, saved, resuming=True) if saved is not None and dist.rank == 0 else None
+        if stale:
+            raise UsageError(stale)
         if saved is not None and saved.world_size != dist.world_size:
             raise UsageError(
                 f"{files.ckpt} was written by a run with {saved.world_size} processes, this one has {dist.world_size}: "
@@ -470,10 +443,18 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
             curriculum=curriculum,
         )
         try:
-            if saved is not None:
-                _restore(trainer, saved, dist.rank, files.ckpt, data_changed=args.allow_data_change)
-            else:
+            if saved is None:
                 trainer.start()
+            else:
+                state = saved.trainer_state(dist.rank)
+                try:  # restoring the file's contents only
+                    trainer.load_state_dict(state, epochs_done=saved.epoch, data_changed=args.allow_data_change)
+                except (RuntimeError, KeyError, TypeError, ValueError, CurriculumError) as exc:
+                    detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+                    raise CheckpointError(
+                        f"{files.ckpt} does not fit its own settings ({type(exc).__name__}: {detail[:300]}); it is "
+                        "damaged or was edited. Resume from another checkpoint, or start a fresh run"
+                    ) from None
             if dist.rank == 0:
                 remove_stale_temps(files.written)
                 if saved is not None and saved.engine_phase is not None:
@@ -517,13 +498,6 @@ def _train(args: argparse.Namespace, explicit: dict[str, Any], dist: Distributed
         raise RunError(str(exc)) from None
     finally:
         lock.release()
-
-
-def _resumable(exc: WriteError, files: RunFiles, has_checkpoint: bool) -> WriteError:
-    """A failed write during training, with what comes next: resume when this run has a checkpoint."""
-    if has_checkpoint:
-        return WriteError(f"{exc}, then resume with: {resume_command(files.ckpt)}")
-    return WriteError(f"{exc}, then start the run again: nothing of it was saved (it had no checkpoint yet)")
 
 
 def _cooled_down(trainer) -> str:
@@ -620,22 +594,19 @@ def _fit(run: Run, output: OutputWatch) -> int:
             metrics = (writers["steps"], writers["epochs"]) if writers else ()
             reporter = Reporter(trainer, console, metrics, dist, run.settings.log_every, stop_reason)
             reason = trainer.fit(reporter, save, ckpt_every=run.settings.ckpt_every)
-        except WriteError as exc:
-            raise _resumable(exc, files, run.saved is not None or save.wrote) from None
+        except WriteError as exc:  # what comes next: resume when this run has a checkpoint
+            then = (
+                f"resume with: {resume_command(files.ckpt)}"
+                if run.saved is not None or save.wrote
+                else "start the run again: nothing of it was saved (it had no checkpoint yet)"
+            )
+            raise WriteError(f"{exc}, then {then}") from None
         finally:
             console.close_bar()
             for writer in writers.values():
                 writer.close()
     clock = trainer.clock
     steps = clock.global_step - steps_at_start
-    if reason == "signal":
-        signum = signals.signum or signal.SIGTERM
-        console.line(
-            f"stopped by {signal.Signals(signum).name} at global step {clock.global_step}; "
-            f"checkpoint saved to {files.ckpt}"
-        )
-        console.line(f"resume with: {resume_command(files.ckpt, invoked_as())}")
-        return 128 + int(signum)
     if reason == "output":  # said on stderr, which may still be there (`| head`); the shell's status for SIGPIPE
         print(
             f"{output.lost}: stopped at global step {clock.global_step}; checkpoint saved to {files.ckpt}\n"
@@ -644,12 +615,12 @@ def _fit(run: Run, output: OutputWatch) -> int:
             flush=True,
         )
         return 128 + signal.SIGPIPE
-    if reason == "stop_after":
-        console.line(
-            f"stopped after {steps} steps at global step {clock.global_step}; checkpoint saved to {files.ckpt}"
-        )
+    if reason in ("signal", "stop_after"):
+        signum = signals.signum or signal.SIGTERM
+        how = f"by {signal.Signals(signum).name}" if reason == "signal" else f"after {steps} steps"
+        console.line(f"stopped {how} at global step {clock.global_step}; checkpoint saved to {files.ckpt}")
         console.line(f"resume with: {resume_command(files.ckpt, invoked_as())}")
-        return 0
+        return 128 + int(signum) if reason == "signal" else 0
     if clock.epoch < trainer.config.epochs:  # ended by trainer.cooled_down
         console.line(f"{_cooled_down(trainer)}: training stops at epoch {clock.epoch} of {trainer.config.epochs}")
     console.line(
@@ -684,16 +655,7 @@ def _print_header(run: Run, corpus, curriculum_file: str | None) -> None:
     if curriculum_file is not None:
         console.line(f"curriculum: {curriculum_file} (phases {' -> '.join(p.name for p in trainer.curriculum.phases)})")
     else:
-        cutoffs = ", ".join(map(str, config.cutoffs))
-        phases = [f"cutoffs {cutoffs} then full of {trainer.model.n_bins} bins"] if config.cutoffs else []
-        if config.seq_lens:
-            phases.append(f"windows of {', '.join(map(str, config.seq_lens))} bytes then {m.seq_len}")
-        console.line(
-            f"curriculum: {'; '.join(phases)}; "
-            f"min epochs {', '.join(map(str, config.min_epochs))}; "
-            f"plateau window {config.plateau_window}, threshold {config.plateau_threshold}"
-            + (f", Welch test at alpha {config.plateau_alpha or 0.05}" if config.plateau_test == "welch" else "")
-        )
+        console.line(f"curriculum: {run.settings.describe_curriculum()}")
     if saved is None:
         return
     if saved.num_threads is not None and saved.num_threads != torch.get_num_threads():

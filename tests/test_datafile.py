@@ -623,3 +623,11 @@ def test_overwriting_a_symlink_replaces_the_link_not_its_target(tmp_path):
     os.umask(umask)
     assert link.stat().st_mode & 0o777 == 0o666 & ~umask  # the mode a plain open() gives
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml", "mine.txt"]  # no temporary file left
+
+
+def test_a_save_that_cannot_be_written_is_one_curriculum_error_naming_the_fix(tmp_path):
+    """save_curriculum onto a path it cannot replace (a folder) raises a CurriculumError saying why; nothing is left."""
+    (tmp_path / "c.toml").mkdir()
+    with pytest.raises(CurriculumError, match=r"could not write .*c\.toml: Is a directory .*Fix the path"):
+        save_curriculum(spectral_curriculum(), tmp_path / "c.toml", overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["c.toml"]  # no temporary file left

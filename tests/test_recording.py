@@ -7,6 +7,7 @@ import base64
 import json
 import logging
 import math
+import os
 import random
 import re
 import struct
@@ -262,3 +263,16 @@ def test_plot_run_from_a_saved_state(tmp_path):
     with pytest.raises(CurriculumError, match="record_metrics=True"):
         plot_run(CurriculumEngine(curriculum()), tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()
+
+
+def test_plot_run_gives_the_file_the_mode_a_plain_open_gives(tmp_path):
+    """The plot is created 0666 less the umask, readable by others as any file the user writes, not 0600."""
+    engine = CurriculumEngine(curriculum(), record_metrics=True)
+    engine.start()
+    run(engine, 1)
+    old = os.umask(0o022)
+    try:
+        out = plot_run(engine, tmp_path / "run.png")
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o644

@@ -470,7 +470,7 @@ def test_replay_of_a_seq_lens_run_replays_the_curriculum_its_settings_made(tmp_p
     capsys.readouterr()
     assert main(["replay", str(ckpt)]) == 0
     out = capsys.readouterr().out
-    assert "recorded curriculum: seq lens 8,16, min epochs 1,2" in out
+    assert "recorded curriculum: windows of 8, 16 bytes then 32; min epochs 1, 2;" in out
     assert "switch 1" in out and "raise 1" not in out  # a raise is the cutoff curriculum's word
     assert replay_rows(out) == {"recorded": recorded, "replay": recorded} and len(recorded) == 2
 
