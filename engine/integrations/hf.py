@@ -21,6 +21,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from engine.core import CurriculumError
+from engine.files import atomic_write
 from engine.integrations import FrameworkCallback, PhaseParams, random_state, real_metrics, set_random_state
 from engine.integrations.tracking import calling_handler, curriculum_logs, report_before_loggers
 from engine.runtime import CurriculumEngine
@@ -348,10 +349,8 @@ class CurriculumCallback(FrameworkCallback, TrainerCallback):
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
         data.setdefault("stateful_callbacks", {})[key] = value
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:  # the Trainer's own format
-            f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        text = json.dumps(data, indent=2, sort_keys=True) + "\n"  # the Trainer's own format
+        atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 class _MixtureResume(TrainerCallback):
