@@ -9,7 +9,7 @@ a machine whose load changes over time slows both alike. Prints every run's raw 
 row the median over rounds of each tree and their ratio (after / before). Make the BEFORE tree
 with ``git worktree add --detach /tmp/before <commit>``.
 
-``--fine`` measures three rows only, in many short batches (40 batches of 2,000 calls per
+``--fine`` measures four rows only, in many short batches (40 batches of 2,000 calls per
 process and row, the rows interleaved), for a machine so loaded that a 200,000-call median moves
 by 2x between runs: per row it prints the median over rounds of each process's fastest batch
 (the least disturbed) and of its median batch.
@@ -45,13 +45,17 @@ def batch(fn, n=2000):
         fn()
     return (time.perf_counter() - t0) / n * 1e6
 loss = itertools.count()
-quiet, stepping = engine_with(50, 0), engine_step_transition(50)
-for _ in range(60):  # full windows
+quiet, stepping, wide = engine_with(50, 0), engine_step_transition(50), engine_step_transition(1000)
+for _ in range(1010):  # full windows
     quiet.step_end(loss=float(next(loss) % 97)); stepping.step_end(loss=float(next(loss) % 97))
+    wide.step_end(loss=float(next(loss) % 97))
 calls = {
     "step_end, no step-end transition (window 50, history 0)": lambda: quiet.step_end(loss=float(next(loss) % 97)),
     "step_end, a step-end transition guarded by Plateau (window 50)": (
         lambda: stepping.step_end(loss=float(next(loss) % 97))
+    ),
+    "step_end, a step-end transition guarded by Plateau (window 1000)": (
+        lambda: wide.step_end(loss=float(next(loss) % 97))
     ),
     "epoch_end, guards false (no transition)": lambda: quiet.epoch_end(),
 }
