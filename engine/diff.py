@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import attrs
 
 from engine.core import CurriculumError, short_repr
-from engine.saved import _hf_folder, _read, find_states
+from engine.saved import _hf_folder, _read, one_state
 
 __all__ = ["Saved", "Difference", "read_checkpoint", "compare", "comparable_state"]
 
@@ -69,14 +69,10 @@ def _leaves(value: Any, name: str = "") -> Iterator[tuple[str, Any]]:
 
 def _engine_in(tree: Any, where: str) -> tuple[dict | None, Any]:
     """The one engine state in ``tree`` (or None) and ``tree`` without it."""
-    found = find_states(tree)
-    if len(found) > 1:
-        raise CurriculumError(
-            f"{where} holds {len(found)} engine states ({', '.join(w for w, _ in found)}); one expected"
-        )
-    if not found:
+    found = one_state(tree, where)
+    if found is None:
         return None, tree
-    state = found[0][1]
+    state = found[1]
 
     def without(value: Any) -> Any:
         if value is state:

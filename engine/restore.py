@@ -12,8 +12,7 @@ import attrs
 
 from engine.core import Clock, Curriculum, CurriculumError, describe, spec_differences
 from engine.decide import Since
-from engine.health import actions_of
-from engine.history import Record
+from engine.health import owe
 from engine.plan import Plan, Taken, put_back
 from engine.recording import FIX, MetricLog
 from engine.state import EngineState, PendingCheck, from_primitives
@@ -173,11 +172,26 @@ def _check_run(snap: EngineState, curriculum: Curriculum, phases: list[str], len
 
 
 def _restored_pending(snap: EngineState, curriculum: Curriculum, plan: Plan, lenient: bool) -> list[PendingCheck]:
-    """The pending health checks that this curriculum can run; one it cannot is refused
-    (left out when ``lenient``: it names actions of another curriculum)."""
-    kept = []
+    """The pending health checks this curriculum owes (those :func:`engine.health.owe` would owe for
+    their record); another is refused (left out when ``lenient``: it names another curriculum's actions)."""
+    kept, history, transitions = [], snap.history, curriculum.transitions
     for k, check in enumerate(snap.pending_checks):
-        problem = _pending_problem(check, snap.history, curriculum, plan)
+        owed: list[PendingCheck] = []
+        if not 0 <= check.record < len(history):
+            problem = f"points at history record {check.record}, but the history has {len(history)} records"
+        else:
+            record = history[check.record]
+            index = check.transition
+            if record.dest in plan.phases and (
+                index == -1 or 0 <= index < len(transitions) and transitions[index].dest == record.dest
+            ):
+                owe(owed, plan.verifies, curriculum, check.record, index, record)
+            problem = (
+                None
+                if check in owed and check.action < len(record.actions)
+                else f"names action {check.action} of history record {check.record}, which has "
+                f"{len(record.actions)}; this curriculum owes no health check there by transition {check.transition}"
+            )
         if problem is None:
             kept.append(check)
         elif not lenient:
@@ -187,45 +201,26 @@ def _restored_pending(snap: EngineState, curriculum: Curriculum, plan: Plan, len
     return kept
 
 
-def _pending_problem(check: PendingCheck, history: list[Record], curriculum: Curriculum, plan: Plan) -> str | None:
-    transitions = curriculum.transitions
-    if not 0 <= check.record < len(history):
-        return f"points at history record {check.record}, but the history has {len(history)} records"
-    if not -1 <= check.transition < len(transitions):
-        return f"names transition {check.transition}, but the curriculum has {len(transitions)}"
-    record = history[check.record]
-    if record.dest not in plan.phases or (check.transition >= 0 and transitions[check.transition].dest != record.dest):
-        return f"names transition {check.transition}, which does not lead to its record's destination {record.dest!r}"
-    actions = actions_of(curriculum, check.transition, record.dest)
-    if not 0 <= check.action < min(len(actions), len(record.actions)):
-        return f"names action {check.action} of history record {check.record}, which has {len(record.actions)}"
-    if id(actions[check.action]) not in plan.verifies:
-        return f"names action {describe(actions[check.action])}, which has no verify()"
-    return None
-
-
 def _restored_held_since(
     snap: EngineState, curriculum: Curriculum, plan: Plan, lenient: bool
 ) -> dict[int, list[Since | None]]:
     """``held_since`` for the transitions out of the restored phase; an entry that does not fit
     one is refused (left out when ``lenient``)."""
-    held_since = {}
-    count = len(plan.transitions)
+    held_since, count = {}, len(plan.transitions)
     for key, since in snap.held_since.items():
-        index = int(key) if key.isdigit() else -1
-        fits = (
-            0 <= index < count
+        index = int(key) if key.isdigit() and int(key) < count else None
+        guards = len(plan.transitions[index].leaves) if index is not None else 0
+        if (
+            index is not None
             and curriculum.transitions[index].source == snap.phase
-            and len(since) == len(plan.transitions[index].leaves)
+            and len(since) == guards
             and all(s is None or len(s) == 2 for s in since)
-        )
-        if fits:
-            held_since[index] = [Since(s[0], s[1]) if s else None for s in since]
+        ):
+            held_since[index] = [Since(*s) if s else None for s in since]
         elif not lenient:
             what = (
-                f"transition {key} ({curriculum.transitions[index].label}, "
-                f"{len(plan.transitions[index].leaves)} guards)"
-                if 0 <= index < count
+                f"transition {key} ({curriculum.transitions[index].label}, {guards} guards)"
+                if index is not None
                 else f"a transition (this curriculum has {count})"
             )
             raise CurriculumError(
