@@ -1,8 +1,4 @@
-"""A transition in progress: the machine callbacks that make it, and how to put the engine back if it fails.
-
-One :class:`Transaction` travels through the ``transitions`` event as ``event.kwargs["txn"]``; if a
-callback raises, the caller rolls it back (:class:`Firing` lists the callbacks in order).
-"""
+"""A transition in progress: the machine callbacks that make it, and how to put the engine back if it fails."""
 
 from __future__ import annotations
 
@@ -30,10 +26,9 @@ _TRANSITIONS_LOG = logging.getLogger("transitions")
 
 @contextmanager
 def _quiet_transitions() -> Iterator[None]:
-    """transitions logs each callback it runs at INFO (~50 us each): quiet while the engine fires,
-    when INFO is on and the user did not set that logger's level. Its level is put back after, so
-    importing the engine changes no other library's logging. (Setting a level clears every logger's
-    cache, which costs more than the firing itself where INFO is off, as by default.)"""
+    """transitions logs each callback it runs at INFO (~50 us each): quiet while the engine fires, when
+    INFO is on and the user did not set that logger's level, then put back. (Setting a level clears every
+    logger's cache, which costs more than the firing itself where INFO is off, as by default.)"""
     if _TRANSITIONS_LOG.level != logging.NOTSET or not _TRANSITIONS_LOG.isEnabledFor(logging.INFO):
         yield
         return
@@ -52,6 +47,7 @@ class Before:
     clock: Clock
     n_history: int
     n_pending: int
+    held_since: dict  # the decider's (replaced when a phase is entered, never mutated after)
 
 
 @attrs.define
@@ -72,16 +68,11 @@ class _MachineModel:
 
 
 class Firing:
-    """The ``transitions.Machine`` that holds the phase, and the callbacks that fire a transition.
-
-    Each transition is one trigger ``_fire_<i>`` without conditions, each manual move one
-    ``_force_<phase>``; the engine decides first (:class:`~engine.decide.Decider`) and enters the
-    machine only when a transition fires. The machine runs, in order: :meth:`_begin` (opens the
-    :class:`Transaction`, starts the record with the guards' evidence and the decision), the
-    transition's actions (:meth:`_act`), :meth:`_enter_clock`, the destination's ``on_enter``
-    actions, :meth:`_finish` (resets the destination's guards, appends the record, owes the health
-    checks). If one raises, :meth:`_trigger` rolls the transaction back.
-    """
+    """The ``transitions.Machine`` that holds the phase, entered only when a transition fires (the
+    :class:`~engine.decide.Decider` decides first): one trigger ``_fire_<i>`` per transition, one
+    ``_force_<phase>`` per manual move. It runs :meth:`_begin`, the transition's actions, :meth:`_enter_clock`,
+    the destination's ``on_enter`` actions and :meth:`_finish`, with the :class:`Transaction` in
+    ``event.kwargs["txn"]``; if one raises, :meth:`_trigger` rolls the transaction back."""
 
     def __init__(
         self,
@@ -120,10 +111,12 @@ class Firing:
     def phase(self) -> str:
         return self._model.state
 
-    def set_phase(self, name: str) -> None:
-        """Set the phase outside a transition (start, restore, rollback), and its plan with it."""
+    def set_phase(self, name: str, clock: Clock | None = None) -> None:
+        """Set the phase (and its plan), and the clock if given, outside a transition (start, restore, rollback)."""
         self._machine.set_state(name, model=self._model)
         self.here = self.plan.phases[name]
+        for field in attrs.fields(Clock) if clock is not None else ():
+            setattr(self.clock, field.name, getattr(clock, field.name))
 
     def start(self, record: Record) -> None:
         """The start into ``record.dest``: its ``on_enter`` actions (effects into ``record``) and the
@@ -161,12 +154,7 @@ class Firing:
             self.ctx.transition = None
 
     def force(self, dest: str, reason: str) -> Record:
-        held_since = self.decider.held_since
-        try:
-            return self._trigger(self._forces[dest], Transaction(-1, reason))
-        except BaseException:
-            self.decider.held_since = held_since
-            raise
+        return self._trigger(self._forces[dest], Transaction(-1, reason))
 
     def _trigger(self, trigger: Callable[..., bool], txn: Transaction) -> Record:
         try:
@@ -181,15 +169,14 @@ class Firing:
         return self.history[-1]
 
     def _roll_back(self, txn: Transaction) -> None:
-        """Put the phase, clock, history, pending checks and guards back as they were before ``txn``."""
+        """Put the phase, clock, history, pending checks, held_since and guards back as they were before ``txn``."""
         before = txn.before
         if before is None:  # it failed before it opened
             return
-        self.set_phase(before.phase)
-        for field in attrs.fields(Clock):
-            setattr(self.clock, field.name, getattr(before.clock, field.name))
+        self.set_phase(before.phase, before.clock)
         self.history.truncate(before.n_history)
         del self.pending[before.n_pending :]
+        self.decider.held_since = before.held_since
         put_back(txn.guard_states)
 
     def reset(self, reset: Callable[[], None], call: str | None = None) -> None:
@@ -205,7 +192,8 @@ class Firing:
 
     def _begin(self, event: Any) -> None:
         clock, txn = self.clock, event.kwargs["txn"]
-        txn.before = Before(self._model.state, attrs.evolve(clock), len(self.history), len(self.pending))
+        state, held_since = self._model.state, self.decider.held_since
+        txn.before = Before(state, attrs.evolve(clock), len(self.history), len(self.pending), held_since)
         guards, point, decision = [], "manual", None
         self.ctx.transition = None
         if txn.index >= 0:
