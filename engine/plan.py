@@ -1,11 +1,5 @@
-"""The engine's plan: what each call does, per phase and evaluation point, worked out once.
-
-Built from a :class:`Curriculum` when the engine is made; ``step_end`` and ``epoch_end`` look up
-one :class:`PointPlan` (which metrics to check, who observes, how to undo the observations, which
-transitions to evaluate), and a transition into a phase one :class:`PhasePlan` (who resets, how
-to undo the resets). Guards' and actions' optional members are resolved here
-(:func:`engine.protocols.capabilities`), never on the per-step path.
-"""
+"""The engine's plan: what each call does, per phase and evaluation point, worked out once when the
+engine is made, so the per-step path looks up one :class:`PointPlan` and never asks what a guard has."""
 
 from __future__ import annotations
 
@@ -45,9 +39,8 @@ def conjuncts(guard: Any) -> list:
 
 
 def snapshot_plan(uses: list[tuple[Any, list]], caps: Mapping[int, Capabilities]) -> tuple[Capabilities, ...]:
-    """The guards to copy before a call, to undo it: ``uses`` holds, per top-level guard, its leaves
-    that the call may change (by ``observe`` or ``reset``). A guard without ``state_dict`` and
-    ``load_state_dict`` keeps no saved state, so ``state_dict()`` cannot change."""
+    """The guards to copy before a call, to undo it: of ``uses`` (per top-level guard, its leaves the call
+    may change), those with ``state_dict`` and ``load_state_dict`` (without, no saved state can change)."""
     changing = {id(leaf): caps[id(leaf)] for _top, leaves in uses for leaf in leaves}
     return tuple(c for c in changing.values() if c.snapshots)
 
@@ -119,9 +112,7 @@ class Plan:
         caps: dict[int, Capabilities] = {}
 
         def cap(obj: Any) -> Capabilities:
-            if id(obj) not in caps:
-                caps[id(obj)] = capabilities(obj)
-            return caps[id(obj)]
+            return caps.get(id(obj)) or caps.setdefault(id(obj), capabilities(obj))
 
         where: dict[int, str] = {}
         out_of: dict[Point, dict[str, list[int]]] = {point: {n: [] for n in names} for point in Point}
@@ -155,8 +146,7 @@ class Plan:
                     observed[point][tr.source].append((top, observing))
                 for leaf in leaves:
                     add_check(leaf, "guard", f"transition {tr.label}", i)
-                    known = where.setdefault(id(leaf), "")
-                    where[id(leaf)] = f"{known}, {tr.label}" if known else tr.label
+                    where[id(leaf)] = f"{where[id(leaf)]}, {tr.label}" if id(leaf) in where else tr.label
                     for point in Point:
                         for metric in metrics_read(leaf, tr.when, point):
                             who = f"{describe(leaf)} in {tr.label}"
@@ -195,14 +185,5 @@ class Plan:
             )
             for tr in curriculum.transitions
         )
-        verifies = verifies_of(curriculum)
         stateful = tuple(Stateful(key, g, cap(g)) for key, g in curriculum.guards)
-        return cls(
-            phases=phases,
-            transitions=transitions,
-            all_needs=all_needs,
-            where=where,
-            stateful=stateful,
-            checks=tuple(checks),
-            verifies=verifies,
-        )
+        return cls(phases, transitions, all_needs, where, stateful, tuple(checks), verifies_of(curriculum))

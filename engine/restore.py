@@ -13,7 +13,7 @@ import attrs
 from engine.core import Clock, Curriculum, CurriculumError, describe, spec_differences
 from engine.decide import Since
 from engine.health import owe
-from engine.plan import Plan, Taken, put_back
+from engine.plan import Plan, put_back, take_all
 from engine.recording import FIX, MetricLog
 from engine.state import EngineState, PendingCheck, from_primitives
 
@@ -252,28 +252,24 @@ def load_guards(plan: Plan, saved: dict[str, Any], lenient: bool) -> None:
                 "or pass allow_fingerprint_mismatch=True to leave them out"
             )
     loads = [s for s in loading if s.key in saved]
-    before = list(
-        {id(s.guard): Taken(s.caps.load_state_dict, s.caps.state_dict()) for s in loads if s.caps.state_dict}.values()
-    )
+    before = take_all(tuple({id(s.guard): s.caps for s in loads if s.caps.snapshots}.values()))
     for s in loads:
-        value, who = saved[s.key], f"engine state's accumulators for guard {s.key} ({describe(s.guard)})"
+        value, cause = saved[s.key], None
         try:
             s.caps.load_state_dict(value)
         except Exception as exc:
+            cause, problem = exc, f"were refused by its load_state_dict(): {type(exc).__name__}: {exc}"
+        else:
+            # A state that fits the guard reads back as it was saved; one that does not (more values than
+            # the window holds, keys the guard does not keep) would be cut or ignored without a word.
+            misfit = None if lenient or not s.caps.state_dict else _misfit(value, s.caps.state_dict())
+            problem = misfit and f"do not fit it: {misfit}"
+        if problem:
             put_back(before)
             raise CurriculumError(
-                f"{who} were refused by its load_state_dict(): {type(exc).__name__}: {exc}; "
+                f"engine state's accumulators for guard {s.key} ({describe(s.guard)}) {problem}; "
                 f"nothing was restored (the engine and its guards are as they were); {SAVED}"
-            ) from exc
-        # A state that fits the guard reads back as it was saved; one that does not (more values than
-        # the window holds, keys the guard does not keep) would be cut or ignored without a word.
-        misfit = None if lenient or not s.caps.state_dict else _misfit(value, s.caps.state_dict())
-        if misfit is not None:
-            put_back(before)
-            raise CurriculumError(
-                f"{who} do not fit it: {misfit}; nothing was restored (the engine and its guards are as they were); "
-                f"{SAVED}"
-            )
+            ) from cause
 
 
 def _misfit(saved: Any, kept: Any, where: str = "") -> str | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import attrs
 import cattrs
@@ -48,15 +48,6 @@ class EngineState:
     recorded: dict | None = None
 
 
-def _from_v1(data: dict) -> dict:
-    """Schema 1 (the first release): no spec, a fingerprint without params, no start record."""
-    return {**data, "schema_version": 2, "spec": None, "fingerprint_version": 1}
-
-
-# Migrations from an older schema's raw dict to the next one: {from_version: function}.
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _from_v1}
-
-
 def to_primitives(state: EngineState) -> dict:
     return converter.unstructure(state)
 
@@ -74,11 +65,10 @@ def from_primitives(data: Any) -> EngineState:
             f"engine state has schema_version {version}, newer than this library's {SCHEMA_VERSION}; "
             "upgrade the library"
         )
-    while version < SCHEMA_VERSION:
-        if version not in MIGRATIONS:
-            raise CurriculumError(f"no migration from engine state schema_version {version}")
-        data = MIGRATIONS[version](data)
-        version = data["schema_version"]
+    if version == 1:  # the first release: no spec, a fingerprint without params, no start record
+        data = {**data, "schema_version": 2, "spec": None, "fingerprint_version": 1}
+    elif version < SCHEMA_VERSION:
+        raise CurriculumError(f"no migration from engine state schema_version {version}")
     try:
         return converter.structure(data, EngineState)
     except Exception as exc:  # cattrs raises ClassValidationError groups
