@@ -193,9 +193,8 @@ def truth_value(guard: Any, value: Any, where: str = "") -> bool:
 
 
 def guard_leaves(guard: Any) -> Iterator[Any]:
-    """``guard`` itself, or for a combinator (an object whose ``guards`` is a tuple of guards, as
-    ``all_of``) the guards inside it, depth first. The engine observes, resets and reads the
-    metric declarations of these leaves."""
+    """``guard`` itself, or for a combinator (its ``guards`` a tuple of guards, as ``all_of``'s) the guards
+    inside it, depth first: the engine observes, resets and reads the declarations of these leaves."""
     children = getattr(guard, "guards", None)
     if isinstance(children, tuple) and children and all(callable(c) for c in children):
         for child in children:
@@ -228,9 +227,7 @@ def spec_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str
         lines.append(f"initial phase: {old.get('initial')!r} -> {new.get('initial')!r}")
     before = {p[0]: p for p in old.get("phases", [])}
     after = {p[0]: p for p in new.get("phases", [])}
-    for name in before:
-        if name not in after:
-            lines.append(f"phase {name!r} removed")
+    lines += [f"phase {name!r} removed" for name in before if name not in after]
     for name, phase in after.items():
         if name not in before:
             lines.append(f"phase {name!r} added")
@@ -245,9 +242,7 @@ def spec_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str
         return {(*tr[:2], sum(t[:2] == tr[:2] for t in transitions[:i])): tr for i, tr in enumerate(transitions)}
 
     told, tnew = keyed(old.get("transitions", [])), keyed(new.get("transitions", []))
-    for key, tr in told.items():
-        if key not in tnew:
-            lines.append(f"transition {tr[0]} -> {tr[1]} removed")
+    lines += [f"transition {tr[0]} -> {tr[1]} removed" for key, tr in told.items() if key not in tnew]
     for key, tr in tnew.items():
         if key not in told:
             lines.append(f"transition {tr[0]} -> {tr[1]} added")
