@@ -1,10 +1,5 @@
-"""Deciding: which transition out of the current phase fires at this point, and which guard decided it.
-
-The transitions evaluated at a point are tried in declaration order; the first whose guards all
-hold fires. Every guard of a transition is evaluated (none skipped, with ``all_of`` opened up into
-its children), and for each the engine keeps the point since which it has held at every
-evaluation (:class:`Since`): the deciding guard of a transition is the one that became true last.
-"""
+"""Deciding: which transition out of the current phase fires at this point, and which guard decided it
+(the one that became true last: every guard is evaluated, none skipped; docs/semantics.md)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""How a failure inside a guard or an action is reported: one place for the wording.
-
-Every message names who failed (the guard or action, and its transition), the exception, where
-the run was (the call and the global step), and what state the engine is left in.
-"""
+"""How a failure inside a guard or an action is reported: who failed, the exception, the call and step,
+and what state the engine is left in."""
 
 from __future__ import annotations
 

@@ -68,9 +68,7 @@ class CurriculumEngine:
         self._fingerprint, self._spec = curriculum.fingerprint(), curriculum.spec()
         self._plan = Plan.build(curriculum)
         self._decider = Decider(curriculum, self._plan, self.ctx, self._clock)
-        self._machine = Firing(
-            curriculum, self._plan, self._decider, self.ctx, self._clock, self._history, self._pending
-        )
+        self._machine = Firing(self._decider, self._history, self._pending)
         self._phases = {p.name: p for p in curriculum.phases}
 
     # -- registration ----------------------------------------------------------------------------

@@ -12,10 +12,10 @@ import attrs
 from transitions import Machine, State
 
 from engine import errors, health
-from engine.core import Clock, Context, Curriculum, describe
+from engine.core import Clock, describe
 from engine.decide import Decider
 from engine.history import ActionEffect, GuardEvidence, History, Record, jsonable
-from engine.plan import PhasePlan, Plan, Taken, put_back, take_all
+from engine.plan import PhasePlan, Taken, put_back, take_all
 from engine.state import PendingCheck
 
 __all__ = ["Before", "Transaction", "Firing"]
@@ -74,19 +74,11 @@ class Firing:
     the destination's ``on_enter`` actions and :meth:`_finish`, with the :class:`Transaction` in
     ``event.kwargs["txn"]``; if one raises, :meth:`_trigger` rolls the transaction back."""
 
-    def __init__(
-        self,
-        curriculum: Curriculum,
-        plan: Plan,
-        decider: Decider,
-        ctx: Context,
-        clock: Clock,
-        history: History,
-        pending: list[PendingCheck],
-    ) -> None:
-        self.curriculum, self.plan, self.decider, self.ctx, self.clock = curriculum, plan, decider, ctx, clock
-        self.history, self.pending = history, pending
-        self.here: PhasePlan = plan.phases[curriculum.initial_name]  # the current phase's plan
+    def __init__(self, decider: Decider, history: History, pending: list[PendingCheck]) -> None:
+        self.decider, self.history, self.pending = decider, history, pending
+        self.curriculum, self.plan, self.ctx, self.clock = decider.curriculum, decider.plan, decider.ctx, decider.clock
+        curriculum = self.curriculum
+        self.here: PhasePlan = self.plan.phases[curriculum.initial_name]  # the current phase's plan
         self._model = _MachineModel()
         self._machine = Machine(
             model=self._model,
