@@ -120,14 +120,11 @@ class Plan:
         all_needs: dict[Point, dict[str, list[str]]] = {point: {} for point in Point}
         observed: dict[Point, dict[str, list]] = {point: {n: [] for n in names} for point in Point}
         reset: dict[str, list] = {n: [] for n in names}
-        checks: list[Checked] = []
-        checked: set[int] = set()
+        checks: dict[int, Checked] = {}  # id(obj) -> its check, at its first use
 
         def add_check(obj: Any, what: str, place: str, index: int | None) -> None:
-            method = cap(obj).check
-            if method is not None and id(obj) not in checked:
-                checked.add(id(obj))
-                checks.append(Checked(obj, method, what, place, index))
+            if cap(obj).check is not None:
+                checks.setdefault(id(obj), Checked(obj, cap(obj).check, what, place, index))
 
         for phase in curriculum.phases:
             for action in phase.on_enter:
@@ -186,4 +183,4 @@ class Plan:
             for tr in curriculum.transitions
         )
         stateful = tuple(Stateful(key, g, cap(g)) for key, g in curriculum.guards)
-        return cls(phases, transitions, all_needs, where, stateful, tuple(checks), verifies_of(curriculum))
+        return cls(phases, transitions, all_needs, where, stateful, tuple(checks.values()), verifies_of(curriculum))

@@ -34,18 +34,12 @@ class EngineState:
     guards: dict[str, Any]
     history: list[Record]
     pending_checks: list[PendingCheck] = attrs.field(factory=list)
-    # Per transition index (as text) out of the current phase: for each of its guards (all_of
-    # opened up), [global_step, epoch] since which it has held at every evaluation point, or None.
-    # States saved before it existed load with {}: the guards' past is then unknown.
+    # Per transition out of the phase (its index as text), per guard (all_of opened up): [global_step,
+    # epoch] since which it has held, or None; {} in states saved before it existed (a past unknown).
     held_since: dict[str, list[list[int] | None]] = attrs.field(factory=dict)
-    # The curriculum's spec (Curriculum.spec()), so a fingerprint mismatch can say what differs;
-    # None in states migrated from schema 1.
-    spec: dict | None = None
-    # The rule the fingerprint was taken with (Curriculum.fingerprint(version)): 1 left params out.
-    fingerprint_version: int = 2
-    # The metric stream the engine was fed (engine/recording.py, MetricLog.state_dict()), when it
-    # was built with record_metrics=True; None otherwise, and in states saved before it existed.
-    recorded: dict | None = None
+    spec: dict | None = None  # Curriculum.spec(), to say what differs; None in states from schema 1
+    fingerprint_version: int = 2  # the rule the fingerprint was taken with: 1 left params out
+    recorded: dict | None = None  # MetricLog.state_dict() when built with record_metrics=True
 
 
 def to_primitives(state: EngineState) -> dict:
