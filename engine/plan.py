@@ -38,11 +38,10 @@ def conjuncts(guard: Any) -> list:
     return [leaf for g in guard.guards for leaf in conjuncts(g)] if isinstance(guard, AllOf) else [guard]
 
 
-def snapshot_plan(uses: list[tuple[Any, list]], caps: Mapping[int, Capabilities]) -> tuple[Capabilities, ...]:
-    """The guards to copy before a call, to undo it: of ``uses`` (per top-level guard, its leaves the call
-    may change), those with ``state_dict`` and ``load_state_dict`` (without, no saved state can change)."""
-    changing = {id(leaf): caps[id(leaf)] for _top, leaves in uses for leaf in leaves}
-    return tuple(c for c in changing.values() if c.snapshots)
+def snapshot_plan(leaves: list, caps: Mapping[int, Capabilities]) -> tuple[Capabilities, ...]:
+    """The guards to copy before a call that may change ``leaves`` (by ``observe`` or ``reset``), to undo
+    it: those with ``state_dict`` and ``load_state_dict`` (without, no saved state can change)."""
+    return tuple(c for c in {id(leaf): caps[id(leaf)] for leaf in leaves}.values() if c.snapshots)
 
 
 @attrs.frozen
@@ -132,15 +131,13 @@ class Plan:
         for i, tr in enumerate(curriculum.transitions):
             out_of[tr.when][tr.source].append(i)
             for top in tr.guards:
-                cap(top)
                 leaves = list(guard_leaves(top))
                 add_check(top, "guard", f"transition {tr.label}", i)
-                reset[tr.source].append((top, [leaf for leaf in leaves if cap(leaf).reset]))
+                reset[tr.source] += [leaf for leaf in leaves if cap(leaf).reset]
                 for point in Point:
-                    observing = [
+                    observed[point][tr.source] += [
                         leaf for leaf in leaves if cap(leaf).observe and point in observe_points(leaf, tr.when)
                     ]
-                    observed[point][tr.source].append((top, observing))
                 for leaf in leaves:
                     add_check(leaf, "guard", f"transition {tr.label}", i)
                     where[id(leaf)] = f"{where[id(leaf)]}, {tr.label}" if id(leaf) in where else tr.label
@@ -154,7 +151,7 @@ class Plan:
                 add_check(action, "action", f"transition {tr.label}", i)
 
         def point_plan(point: Point, name: str) -> PointPlan:
-            observers = tuple(cap(leaf).observe for _top, leaves in observed[point][name] for leaf in leaves)
+            observers = tuple(cap(leaf).observe for leaf in observed[point][name])
             # Undo observations only where something can fail after one was made: a second
             # observer, or guards and actions evaluated at this point.
             can_fail = len(observers) > 1 or bool(out_of[point][name])
@@ -170,7 +167,7 @@ class Plan:
                 step_end=point_plan(Point.STEP_END, n),
                 epoch_end=point_plan(Point.EPOCH_END, n),
                 # bound methods compare their object by identity: one reset per guard
-                resetters=tuple(dict.fromkeys(cap(leaf).reset for _top, leaves in reset[n] for leaf in leaves)),
+                resetters=tuple(dict.fromkeys(cap(leaf).reset for leaf in reset[n])),
                 undo_reset=snapshot_plan(reset[n], caps),
             )
             for n in names
