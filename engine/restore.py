@@ -35,8 +35,7 @@ class Restored:
     state: EngineState
     pending: list[PendingCheck]
     held_since: dict[int, list[Since | None]]
-    # The metric log the engine keeps (restore_log): None when it does not record.
-    recorded: MetricLog | None = None
+    recorded: MetricLog | None = None  # the metric log the engine keeps (restore_log); None: it does not record
 
 
 def check_state(

@@ -1,9 +1,6 @@
-"""Find the engine state in a saved file: an own loop's state file, an HF checkpoint, a Lightning .ckpt.
-
-:func:`load_saved` reads, without running code from the file, a JSON file or a torch file
-(``torch.load(weights_only=True)``; a Lightning ``.ckpt`` too) holding ``engine.state_dict()`` at any
-depth, or an HF Trainer checkpoint folder (its ``trainer_state.json``; in an output folder, the highest
-``checkpoint-N``). :func:`open_state` reads a saved state for looking at it, without building an engine.
+"""Find the engine state in a saved file (a JSON or torch file holding it at any depth, a Lightning ``.ckpt``,
+an HF Trainer checkpoint folder or the highest ``checkpoint-N`` in one) without running code from the file
+(``torch.load(weights_only=True)``); :func:`open_state` reads one without building an engine.
 """
 
 from __future__ import annotations
