@@ -198,18 +198,9 @@ class Firing:
                     raise errors.failed(who, exc, tr.when.value, clock.global_step) from exc
                 guards.append(GuardEvidence(describe(g), found))
             point, decision = tr.when.value, self.decider.decision(txn.index)
-        txn.record = Record(
-            source=event.transition.source,
-            dest=event.transition.dest,
-            global_step=clock.global_step,
-            epoch=clock.epoch,
-            step_in_epoch=clock.step_in_epoch,
-            point=point,
-            wall_time=time.time(),
-            guards=guards,
-            reason=txn.reason,
-            decision=decision,
-        )
+        source, dest, wall_time = event.transition.source, event.transition.dest, time.time()
+        txn.record = Record(source, dest, clock.global_step, clock.epoch, clock.step_in_epoch, point, wall_time, guards)
+        txn.record.reason, txn.record.decision = txn.reason, decision
 
     def _act(self, action: Any, event: Any) -> None:
         txn = event.kwargs["txn"]
