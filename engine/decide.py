@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 
 from engine.core import Clock, Context, Curriculum, CurriculumError, describe, truth_value
-from engine.errors import failed
+from engine.errors import call_at, failed
 from engine.history import Decision, HeldSince
 from engine.plan import Plan
 
@@ -67,8 +67,7 @@ class Decider:
             raise self._failed(str(exc), None) from None
 
     def _failed(self, text: str, exc: BaseException | None) -> CurriculumError:
-        point = self.ctx.point
-        return failed(text, exc, point.value if point is not None else "force()", self.clock.global_step)
+        return failed(text, exc, call_at(self.ctx.point), self.clock.global_step)
 
     def decision(self, index: int) -> Decision:
         """The guard that became true last, and since when each guard held (all hold now)."""

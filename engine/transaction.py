@@ -176,8 +176,7 @@ class Firing:
         try:
             reset()
         except Exception as exc:
-            point = self.ctx.point
-            call = call or (point.value if point is not None else "force()")
+            call = call or errors.call_at(self.ctx.point)
             raise errors.hook_failed(reset, "reset", exc, self.plan.where, call, self.clock.global_step) from exc
 
     # -- the machine's callbacks: the Transaction travels in the event as event.kwargs["txn"] --------
@@ -212,8 +211,7 @@ class Firing:
                 where = f"transition {self.curriculum.transitions[txn.index].label}"
             else:
                 where = f"the manual transition {record.source} -> {record.dest}"
-            call = self.ctx.point.value if self.ctx.point is not None else "force()"
-            text = f"action {describe(action)} of {where} raised"
+            text, call = f"action {describe(action)} of {where} raised", errors.call_at(self.ctx.point)
             raise errors.failed(text, exc, call, self.clock.global_step, record.actions) from exc
         record.actions.append(ActionEffect(describe(action), effect))
 
