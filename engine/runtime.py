@@ -121,7 +121,6 @@ class CurriculumEngine:
         self._check_requirements("start()")
         self._check_objects("start()")
         name = phase if phase is not None else self.curriculum.initial_name
-        self.ctx.metrics, self.ctx.point, self.ctx.transition = {}, None, None
         clock = self._clock
         clock.global_step, clock.epoch = int(global_step), int(epoch)
         record = Record(
