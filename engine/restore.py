@@ -175,28 +175,25 @@ def _restored_pending(snap: EngineState, curriculum: Curriculum, plan: Plan, len
     their record); another is refused (left out when ``lenient``: it names another curriculum's actions)."""
     kept, history, transitions = [], snap.history, curriculum.transitions
     for k, check in enumerate(snap.pending_checks):
-        owed: list[PendingCheck] = []
-        if not 0 <= check.record < len(history):
-            problem = f"points at history record {check.record}, but the history has {len(history)} records"
-        else:
+        record, index, owed = None, check.transition, []
+        if 0 <= check.record < len(history):
             record = history[check.record]
-            index = check.transition
             if record.dest in plan.phases and (
                 index == -1 or 0 <= index < len(transitions) and transitions[index].dest == record.dest
             ):
                 owe(owed, plan.verifies, curriculum, check.record, index, record)
-            problem = (
-                None
-                if check in owed and check.action < len(record.actions)
-                else f"names action {check.action} of history record {check.record}, which has "
-                f"{len(record.actions)}; this curriculum owes no health check there by transition {check.transition}"
-            )
-        if problem is None:
+        if check in owed and check.action < len(record.actions):
             kept.append(check)
-        elif not lenient:
+            continue
+        problem = (
+            f"points at history record {check.record}, but the history has {len(history)} records"
+            if record is None
+            else f"names action {check.action} of history record {check.record}, which has {len(record.actions)}; "
+            f"this curriculum owes no health check there by transition {index}"
+        )
+        if not lenient:
             raise CurriculumError(f"engine state's pending_checks[{k}] {problem}; {SAVED}")
-        else:
-            logger.warning("load_state_dict: left out pending health check %d: it %s", k, problem)
+        logger.warning("load_state_dict: left out pending health check %d: it %s", k, problem)
     return kept
 
 
