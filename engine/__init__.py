@@ -1,14 +1,6 @@
-"""A declarative state-machine curriculum engine for PyTorch training loops.
-
-Declare phases and guarded transitions as a :class:`Curriculum`, drive it from your loop with a
-:class:`CurriculumEngine` (``bind``, ``start``, ``step_end``, ``epoch_end``), read the clock as
-``engine.clock`` and see why and when each transition fired, and which guard decided it, in
-``engine.history``. A curriculum can also be a data file (:func:`load_curriculum`,
-:func:`curriculum_from_dict`, :mod:`engine.datafile`). :func:`replay` feeds a run's recorded
-metrics to another rule without training again; ``CurriculumEngine(..., record_metrics=True)``
-records them (:class:`MetricLog`), :func:`replay_grid` replays them under a grid of rules, and
-``python -m engine replay|plot PATH`` does both for a saved run. See :mod:`engine.protocols` for the
-guard and action protocols and docs/semantics.md for the contract.
+"""A declarative state-machine curriculum engine for PyTorch training loops: declare phases and guarded
+transitions as a :class:`Curriculum`, drive it from your loop with a :class:`CurriculumEngine`. See
+docs/semantics.md for the contract, :mod:`engine.protocols` for the guard and action protocols.
 """
 
 from engine.core import (

@@ -1,15 +1,8 @@
-"""The curriculum vocabulary, in the order the nouns build on each other.
+"""The curriculum vocabulary, in the order the nouns build on each other (docs/semantics.md).
 
-A :class:`Curriculum` is a set of :class:`Phase` objects joined by :class:`Transition` objects.
-Each transition is checked at an evaluation :class:`Point` (the end of an optimizer step or of an
-epoch); it fires when all of its guards hold, and then runs its actions. Guards and actions receive
-one :class:`Context`, which carries the :class:`Clock`, the metrics the loop passed, and the
-objects registered with the engine (``ctx.model``, ``ctx.optimizer``, ...).
-
-What a guard or action may offer beyond ``__call__`` is listed once, in :mod:`engine.protocols`.
-
-Guards and actions are callables, never names resolved at run time, and never lambdas: their
-repr goes into the curriculum's fingerprint, the history and the diagrams.
+Guards and actions are callables (their optional members: :mod:`engine.protocols`), never names
+resolved at run time, and never lambdas: their repr goes into the fingerprint, the history and the
+diagrams.
 """
 
 from __future__ import annotations
@@ -57,11 +50,8 @@ class Point(str, enum.Enum):
 
 @attrs.define
 class Clock:
-    """Counters of optimizer steps and epochs, globally and since the current phase was entered.
-
-    ``epoch`` is the number of epochs completed, which is also the 0-based index of the epoch in
-    progress; ``step_in_epoch`` the steps completed in the epoch in progress.
-    """
+    """Steps and epochs completed, in the run and since the phase was entered; ``epoch`` is also the
+    0-based index of the epoch in progress, ``step_in_epoch`` counts the steps done in it."""
 
     global_step: int = 0
     epoch: int = 0
@@ -75,12 +65,8 @@ class _ReadOnlyError(CurriculumError, AttributeError):
 
 
 class ClockView:
-    """A read-only view of the engine's :class:`Clock`: ``engine.clock`` and ``ctx.clock``.
-
-    It reads the live counters (no copy), so a reference taken once stays current. Only the
-    engine moves the clock: ``step_end`` counts a step, ``epoch_end`` an epoch, a transition
-    zeroes the ``*_in_phase`` counters. Assigning to it is a :class:`CurriculumError`.
-    """
+    """A read-only, live view of the engine's :class:`Clock`: ``engine.clock`` and ``ctx.clock``
+    (assigning to it is a :class:`CurriculumError`; only the engine moves the clock)."""
 
     __slots__ = ("_clock",)
 
@@ -122,13 +108,9 @@ class ClockView:
 
 @attrs.define(slots=False)
 class Context:
-    """What a guard or action sees: the clock, the metrics of this point, the registered objects.
-
-    Registered objects are attributes: ``ctx.model``, ``ctx.optimizer``, ``ctx.schedule``.
-    ``history`` is a read-only sequence of the run's records (oldest first); ``transition`` is the
-    :class:`Transition` whose guards or actions are running (None at the start, in ``observe`` and
-    for a manual transition).
-    """
+    """What a guard or action sees: the clock, this point's metrics, the registered objects as attributes
+    (``ctx.model``), the run's records (read-only, oldest first) and the :class:`Transition` whose guards
+    or actions are running (None at the start, in ``observe`` and for a manual transition)."""
 
     clock: ClockView | Clock
     objects: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
@@ -178,11 +160,8 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def describe(obj: Any) -> str:
-    """A stable, readable text for a guard or action: its repr, or ``module.qualname``.
-
-    Used for the fingerprint, the history and the diagrams, so it must not change between
-    processes: default object reprs (``<... at 0x7f...>``) are replaced by the class name.
-    """
+    """A guard's or action's repr, or ``module.qualname``: stable between processes (the fingerprint
+    uses it), so a default repr (``<... at 0x7f...>``) is replaced by the class name."""
     if isinstance(obj, type) or callable(obj) and hasattr(obj, "__qualname__") and hasattr(obj, "__code__"):
         return f"{obj.__module__}.{obj.__qualname__}"
     text = repr(obj)
@@ -192,20 +171,6 @@ def describe(obj: Any) -> str:
     return text
 
 
-def as_bool(value: Any) -> bool | None:
-    """A guard's result as a bool: a bool, a numpy bool, or a one-element boolean tensor or
-    array; None for anything else (None, ints, lists, multi-element tensors)."""
-    if value is True or value is False:
-        return value
-    if isinstance(value, np.bool_):
-        return bool(value)
-    dtype = getattr(value, "dtype", None)
-    count = value.numel() if hasattr(value, "numel") else getattr(value, "size", None)
-    if dtype is not None and count == 1 and str(dtype) in ("torch.bool", "bool"):
-        return bool(value.item())
-    return None
-
-
 def short_repr(value: Any) -> str:
     """``repr(value)``, cut to 80 characters for a message."""
     text = repr(value)
@@ -213,22 +178,23 @@ def short_repr(value: Any) -> str:
 
 
 def truth_value(guard: Any, value: Any, where: str = "") -> bool:
-    """``value``, returned by ``guard``, as a bool, or a CurriculumError naming both (for
-    combinators: a child that returns None must not read as False). ``where`` follows the
-    guard's name in the message (the engine passes `` of transition a -> b``)."""
-    truth = as_bool(value)
-    if truth is None:
-        raise CurriculumError(
-            f"guard {describe(guard)}{where} returned {type(value).__name__} {short_repr(value)}, "
-            "which is not a truth value; return a bool (e.g. bool(x)) or a one-element boolean tensor"
-        )
-    return truth
+    """``value``, returned by ``guard``, as a bool (a bool, a numpy bool, or a one-element boolean tensor
+    or array), or a CurriculumError naming both: a combinator's child that returns None must not read as
+    False. ``where`` follows the guard's name in the message (`` of transition a -> b``)."""
+    if value is True or value is False or isinstance(value, np.bool_):
+        return bool(value)
+    count = value.numel() if hasattr(value, "numel") else getattr(value, "size", None)
+    if count == 1 and str(getattr(value, "dtype", None)) in ("torch.bool", "bool"):
+        return bool(value.item())
+    raise CurriculumError(
+        f"guard {describe(guard)}{where} returned {type(value).__name__} {short_repr(value)}, "
+        "which is not a truth value; return a bool (e.g. bool(x)) or a one-element boolean tensor"
+    )
 
 
 def guard_leaves(guard: Any) -> Iterator[Any]:
-    """``guard`` itself, or for a combinator (an object whose ``guards`` is a tuple of guards, as
-    ``all_of``) the guards inside it, depth first. The engine observes, resets and reads the
-    metric declarations of these leaves."""
+    """``guard`` itself, or for a combinator (its ``guards`` a tuple of guards, as ``all_of``'s) the guards
+    inside it, depth first: the engine observes, resets and reads the declarations of these leaves."""
     children = getattr(guard, "guards", None)
     if isinstance(children, tuple) and children and all(callable(c) for c in children):
         for child in children:
@@ -261,9 +227,7 @@ def spec_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str
         lines.append(f"initial phase: {old.get('initial')!r} -> {new.get('initial')!r}")
     before = {p[0]: p for p in old.get("phases", [])}
     after = {p[0]: p for p in new.get("phases", [])}
-    for name in before:
-        if name not in after:
-            lines.append(f"phase {name!r} removed")
+    lines += [f"phase {name!r} removed" for name in before if name not in after]
     for name, phase in after.items():
         if name not in before:
             lines.append(f"phase {name!r} added")
@@ -274,19 +238,11 @@ def spec_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str
         if len(was) > 2 and len(phase) > 2 and was[2] != phase[2]:
             lines.append(f"phase {name!r} params: {was[2]} -> {phase[2]}")
 
-    def keyed(transitions: list) -> dict:
-        out: dict = {}
-        for tr in transitions:
-            k = 0
-            while (tr[0], tr[1], k) in out:
-                k += 1
-            out[(tr[0], tr[1], k)] = tr
-        return out
+    def keyed(transitions: list) -> dict:  # (source, dest, k): the k-th transition between the two
+        return {(*tr[:2], sum(t[:2] == tr[:2] for t in transitions[:i])): tr for i, tr in enumerate(transitions)}
 
     told, tnew = keyed(old.get("transitions", [])), keyed(new.get("transitions", []))
-    for key, tr in told.items():
-        if key not in tnew:
-            lines.append(f"transition {tr[0]} -> {tr[1]} removed")
+    lines += [f"transition {tr[0]} -> {tr[1]} removed" for key, tr in told.items() if key not in tnew]
     for key, tr in tnew.items():
         if key not in told:
             lines.append(f"transition {tr[0]} -> {tr[1]} added")
@@ -336,11 +292,8 @@ def _check_callables(items: Any, field: str) -> tuple:
 
 
 class Params(Mapping):
-    """A phase's ``params``: an immutable mapping (nested dicts and lists are frozen too).
-
-    Reads like a dict (``params["seq_len"]``, ``dict(params)``, ``params == {...}``); assigning
-    raises. To change params build a new phase: ``attrs.evolve(phase, params={...})``.
-    """
+    """A phase's ``params``: a mapping that reads like a dict, immutable (nested dicts and lists too), as
+    it is part of the fingerprint; to change params build a new phase with ``attrs.evolve``."""
 
     __slots__ = ("_data",)
 
@@ -418,13 +371,8 @@ def _freeze_params(params: Mapping[str, Any]) -> Params:
 
 @attrs.frozen
 class Phase:
-    """A training phase: a state of the curriculum's machine.
-
-    ``params`` is free-form data for the loop (e.g. ``{"seq_len": 256}``), read as
-    ``engine.phase.params``: an immutable :class:`Params` mapping, part of the fingerprint.
-    ``on_enter`` actions run when a transition enters the phase, and for the initial phase at
-    ``engine.start()``.
-    """
+    """A training phase: ``params`` is data for the loop (``engine.phase.params``); the ``on_enter``
+    actions run when a transition enters it, and for the phase the run starts in at ``engine.start()``."""
 
     name: str = attrs.field()
     params: Params = attrs.field(factory=Params, converter=_freeze_params)
@@ -479,13 +427,9 @@ class Transition:
 
 @attrs.frozen(eq=False)
 class Curriculum:
-    """Phases and the transitions between them; validated when built.
-
-    When several transitions out of the current phase hold at one evaluation point, the first
-    declared fires (declaration order in ``transitions``), and at most one fires per point.
-    Two curricula are equal when their :meth:`fingerprint` is: the same declared structure,
-    however it was built (in code, or from a file).
-    """
+    """Phases and the transitions between them; validated when built. Of the transitions that hold at
+    one point the first declared fires, and at most one fires per point. Two curricula are equal when
+    their :meth:`fingerprint` is, however they were built (in code, or from a file)."""
 
     phases: tuple[Phase, ...] = attrs.field(converter=tuple)
     transitions: tuple[Transition, ...] = attrs.field(default=(), converter=tuple)
@@ -506,19 +450,17 @@ class Curriculum:
                     got = f"{type(item).__name__}: {item!r}"
                     raise CurriculumError(f"Curriculum.{field}[{i}] must be a {cls.__name__}, got {got}")
         names = [p.name for p in self.phases]
-        seen: set[str] = set()
-        for name in names:
-            if name in seen:
-                raise CurriculumError(f"Curriculum.phases: the name {name!r} is used twice; phase names must be unique")
-            seen.add(name)
-        if self.initial is not None and self.initial not in seen:
+        if len(set(names)) < len(names):
+            twice = next(n for i, n in enumerate(names) if n in names[:i])
+            raise CurriculumError(f"Curriculum.phases: the name {twice!r} is used twice; phase names must be unique")
+        phases = set(names)
+        if self.initial is not None and self.initial not in phases:
             raise CurriculumError(
                 f"Curriculum.initial is {self.initial!r}, which is not a phase; expected one of {names}"
             )
         for i, tr in enumerate(self.transitions):
-            for end in ("source", "dest"):
-                value = getattr(tr, end)
-                if value not in seen:
+            for end, value in (("source", tr.source), ("dest", tr.dest)):
+                if value not in phases:
                     raise CurriculumError(
                         f"Curriculum.transitions[{i}].{end} is {value!r}, which is not a phase; "
                         f"expected one of {names}; add Phase({value!r}) or fix the name"
@@ -544,21 +486,20 @@ class Curriculum:
         observe each value twice (a window of 4 full after 2 steps)."""
         seen: dict[tuple[str, int], int] = {}  # (phase, observing guard) -> the transition using it
         for i, tr in enumerate(self.transitions):
-            for leaf in (leaf for g in tr.guards for leaf in guard_leaves(g)):
-                if not hasattr(leaf, "observe"):
+            for leaf in (leaf for g in tr.guards for leaf in guard_leaves(g) if hasattr(leaf, "observe")):
+                if (j := seen.get((tr.source, id(leaf)))) is None:
+                    seen[tr.source, id(leaf)] = i
                     continue
-                j = seen.setdefault((tr.source, id(leaf)), i)
-                if j != i or sum(1 for g in tr.guards for x in guard_leaves(g) if x is leaf) > 1:
-                    where = (
-                        f"transition[{i}] ({tr.label}) uses it twice"
-                        if j == i
-                        else f"transitions[{j}] ({self.transitions[j].label}) and [{i}] ({tr.label}) share it"
-                    )
-                    raise CurriculumError(
-                        f"Curriculum.transitions: one guard object {describe(leaf)} observes out of phase "
-                        f"{tr.source!r} twice ({where}), so it would see each value twice; give each use "
-                        f"its own instance, e.g. {describe(leaf)} written out again"
-                    )
+                where = (
+                    f"transition[{i}] ({tr.label}) uses it twice"
+                    if j == i
+                    else f"transitions[{j}] ({self.transitions[j].label}) and [{i}] ({tr.label}) share it"
+                )
+                raise CurriculumError(
+                    f"Curriculum.transitions: one guard object {describe(leaf)} observes out of phase "
+                    f"{tr.source!r} twice ({where}), so it would see each value twice; give each use "
+                    f"its own instance, e.g. {describe(leaf)} written out again"
+                )
 
     @property
     def initial_name(self) -> str:
@@ -580,10 +521,8 @@ class Curriculum:
         return [(f"t{i}.g{j}", g) for i, tr in enumerate(self.transitions) for j, g in enumerate(tr.guards)]
 
     def spec(self) -> dict:
-        """The declared structure the fingerprint is taken over, as JSON-safe data: the initial
-        phase, each phase's name, on_enter actions and params, and each transition's source,
-        dest, point, guards and actions (by their repr). Stored in the engine's state, so a
-        mismatch can say what differs."""
+        """The declared structure the fingerprint is taken over, as JSON-safe data (guards and actions by
+        their repr); stored in the engine's state, so a mismatch can say what differs."""
         return {
             "initial": self.initial_name,
             "phases": [[p.name, [describe(a) for a in p.on_enter], _spec_value(p.params)] for p in self.phases],

@@ -1,10 +1,5 @@
-"""Deciding: which transition out of the current phase fires at this point, and which guard decided it.
-
-The transitions evaluated at a point are tried in declaration order; the first whose guards all
-hold fires. Every guard of a transition is evaluated (none skipped, with ``all_of`` opened up into
-its children), and for each the engine keeps the point since which it has held at every
-evaluation (:class:`Since`): the deciding guard of a transition is the one that became true last.
-"""
+"""Deciding: which transition out of the current phase fires at this point, and which guard decided it
+(the one that became true last: every guard is evaluated, none skipped; docs/semantics.md)."""
 
 from __future__ import annotations
 
@@ -13,7 +8,7 @@ from typing import Any
 import attrs
 
 from engine.core import Clock, Context, Curriculum, CurriculumError, describe, truth_value
-from engine.errors import failed
+from engine.errors import call_at, failed
 from engine.history import Decision, HeldSince
 from engine.plan import Plan
 
@@ -72,8 +67,7 @@ class Decider:
             raise self._failed(str(exc), None) from None
 
     def _failed(self, text: str, exc: BaseException | None) -> CurriculumError:
-        point = self.ctx.point
-        return failed(text, exc, point.value if point is not None else "force()", self.clock.global_step)
+        return failed(text, exc, call_at(self.ctx.point), self.clock.global_step)
 
     def decision(self, index: int) -> Decision:
         """The guard that became true last, and since when each guard held (all hold now)."""

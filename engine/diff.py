@@ -1,9 +1,5 @@
-"""Two checkpoints of a run, compared: are they the same instant of the same run, bit for bit?
-
-:func:`read_checkpoint` reads a ``chunklm train`` checkpoint, an HF Trainer ``checkpoint-N/`` folder,
-a Lightning ``.ckpt``, a ``torch.distributed.checkpoint`` folder, any other torch file or a JSON
-engine state, without running code from it, into a :class:`Saved`; :func:`compare` lists the
-differences, the most telling first (docs/integrations.md, "Check your own setup").
+"""Two checkpoints of a run (any format :func:`read_checkpoint` reads, without running code from it),
+compared: are they the same instant of the same run, bit for bit? (docs/integrations.md, "Check your own setup")
 """
 
 from __future__ import annotations
@@ -17,7 +13,7 @@ from typing import Any, Iterator
 import attrs
 
 from engine.core import CurriculumError, short_repr
-from engine.saved import _hf_folder, _read, find_states
+from engine.saved import _hf_folder, _read, one_state
 
 __all__ = ["Saved", "Difference", "read_checkpoint", "compare", "comparable_state"]
 
@@ -69,14 +65,10 @@ def _leaves(value: Any, name: str = "") -> Iterator[tuple[str, Any]]:
 
 def _engine_in(tree: Any, where: str) -> tuple[dict | None, Any]:
     """The one engine state in ``tree`` (or None) and ``tree`` without it."""
-    found = find_states(tree)
-    if len(found) > 1:
-        raise CurriculumError(
-            f"{where} holds {len(found)} engine states ({', '.join(w for w, _ in found)}); one expected"
-        )
-    if not found:
+    found = one_state(tree, where)
+    if found is None:
         return None, tree
-    state = found[0][1]
+    state = found[1]
 
     def without(value: Any) -> Any:
         if value is state:
@@ -155,7 +147,8 @@ def _file(path: Path) -> Saved:
 
 
 def read_checkpoint(path: str | Path) -> Saved:
-    """Read the checkpoint at ``path``; a :class:`~engine.CurriculumError` says what is wrong with it."""
+    """Read the checkpoint at ``path``: a chunklm checkpoint, an HF ``checkpoint-N/``, a Lightning ``.ckpt``, a
+    distributed checkpoint folder, another torch file or a JSON engine state; a CurriculumError if none."""
     path = Path(path)
     if not path.exists():
         raise CurriculumError(f"{path} does not exist; name a checkpoint file or folder")

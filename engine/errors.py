@@ -1,18 +1,15 @@
-"""How a failure inside a guard or an action is reported: one place for the wording.
-
-Every message names who failed (the guard or action, and its transition), the exception, where
-the run was (the call and the global step), and what state the engine is left in.
-"""
+"""How a failure inside a guard or an action is reported: who failed, the exception, the call and step,
+and what state the engine is left in."""
 
 from __future__ import annotations
 
 import difflib
 from typing import Any, Sequence
 
-from engine.core import CurriculumError, describe
+from engine.core import CurriculumError, Point, describe
 from engine.history import ActionEffect
 
-__all__ = ["AS_BEFORE", "failed", "ran", "start_action_failed", "check_refused", "missing_loss", "hook_failed"]
+__all__ = ["AS_BEFORE", "call_at", "failed", "start_action_failed", "check_refused", "missing_loss", "hook_failed"]
 
 AS_BEFORE = "the engine is left as it was before this call (same phase, clock, history and guard state)"
 
@@ -21,6 +18,11 @@ def ran(done: Sequence[ActionEffect]) -> str:
     """The actions that had already run, whose effects on the user's objects are not undone."""
     listed = ", ".join(f"{a.action} -> {a.effect}" for a in done) or "none"
     return f"actions that had already run, whose effects on your objects are not undone: {listed}"
+
+
+def call_at(point: Point | None) -> str:
+    """The call a failure happened in: the evaluation point's, or force() (no point)."""
+    return point.value if point is not None else "force()"
 
 
 def failed(text: str, exc: BaseException | None, call: str, step: int, done: Sequence | None = None) -> CurriculumError:

@@ -17,8 +17,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import attrs
 
-from engine.core import Curriculum, CurriculumError, Point, describe, guard_leaves, metrics_read
+from engine.core import Curriculum, CurriculumError, Point
 from engine.history import Record
+from engine.plan import Plan
 from engine.recording import MetricLog
 from engine.replay import Replay, replay
 from engine.runtime import CurriculumEngine
@@ -144,19 +145,17 @@ def _combinations(factory: Callable, grid: Mapping[str, Iterable[Any]]) -> list[
 
 def _check_metrics(curriculum: Curriculum, log: MetricLog, where: str) -> None:
     """Every metric a guard of ``curriculum`` reads at a point was recorded there (where the run made calls)."""
-    calls = {Point.STEP_END: log.steps, Point.EPOCH_END: log.epochs}
-    for point in Point:
+    needs = Plan.build(curriculum).all_needs
+    for point, calls in ((Point.STEP_END, log.steps), (Point.EPOCH_END, log.epochs)):
         recorded = set(log.names(point.value))
-        for tr in curriculum.transitions:
-            for leaf in (leaf for g in tr.guards for leaf in guard_leaves(g)):
-                missing = [m for m in metrics_read(leaf, tr.when, point) if m not in recorded]
-                if missing and calls[point]:
-                    raise CurriculumError(
-                        f"replay_grid: the recorded stream does not fit {where}: {describe(leaf)} ({tr.label}) reads "
-                        f"{', '.join(map(repr, missing))} at {point.value}, which the recorded run did not pass there "
-                        f"(recorded at {point.value}: {', '.join(sorted(recorded)) or 'nothing'}); replay a curriculum "
-                        "that reads the metrics the run recorded"
-                    )
+        missing = [f"{', '.join(who)} reads {m!r}" for m, who in needs[point].items() if m not in recorded]
+        if missing and calls:
+            passed = ", ".join(sorted(recorded)) or "nothing"
+            raise CurriculumError(
+                f"replay_grid: the recorded stream does not fit {where}: {'; '.join(missing)} at {point.value}, "
+                f"which the recorded run did not pass there (recorded there: {passed}); "
+                "replay a curriculum that reads the metrics the run recorded"
+            )
 
 
 def _replay(factory: Callable, settings: dict[str, Any], log: MetricLog, stream: list, history: list[Record]) -> Replay:

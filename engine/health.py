@@ -1,11 +1,5 @@
-"""Health checks: an action's ``verify(ctx, effect)``, owed when it acts and run at the next ``step_end``.
-
-A transition whose actions (its own, then the destination's ``on_enter``) include one with
-``verify`` owes a :class:`~engine.state.PendingCheck` per such action. The next ``step_end`` runs
-them (:func:`run`) before it observes or decides; a string returned is a warning, logged and kept
-on the record of the transition that owed it (:func:`commit`, once the call cannot fail). Pending
-checks are saved with the engine, so a check owed before a checkpoint runs after the resume.
-"""
+"""Health checks: an action's ``verify(ctx, effect)``, owed when it acts, saved with the engine, and run
+at the next ``step_end`` (docs/semantics.md); a warning is kept only once the call cannot fail."""
 
 from __future__ import annotations
 

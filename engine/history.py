@@ -195,12 +195,9 @@ class History(HistoryView):
                 lines.append(f"#{i}  {r.source} -> {r.dest}  at {when}" + (f"  reason: {r.reason}" if r.reason else ""))
             if r.decision is not None:
                 lines.append(f"     {r.decision.text(r.global_step)}")
-            for g in r.guards:
-                lines.append(f"     guard  {g.guard}: {_fmt(g.evidence)}")
-            for a in r.actions:
-                lines.append(f"     action {a.action}: {_fmt(a.effect)}")
-            for w in r.warnings:
-                lines.append(f"     WARNING {w}")
+            lines += [f"     guard  {g.guard}: {_fmt(g.evidence)}" for g in r.guards]
+            lines += [f"     action {a.action}: {_fmt(a.effect)}" for a in r.actions]
+            lines += [f"     WARNING {w}" for w in r.warnings]
         return "\n".join(lines)
 
 

@@ -1,11 +1,5 @@
-"""The engine's plan: what each call does, per phase and evaluation point, worked out once.
-
-Built from a :class:`Curriculum` when the engine is made; ``step_end`` and ``epoch_end`` look up
-one :class:`PointPlan` (which metrics to check, who observes, how to undo the observations, which
-transitions to evaluate), and a transition into a phase one :class:`PhasePlan` (who resets, how
-to undo the resets). Guards' and actions' optional members are resolved here
-(:func:`engine.protocols.capabilities`), never on the per-step path.
-"""
+"""The engine's plan: what each call does, per phase and evaluation point, worked out once when the
+engine is made, so the per-step path looks up one :class:`PointPlan` and never asks what a guard has."""
 
 from __future__ import annotations
 
@@ -44,12 +38,10 @@ def conjuncts(guard: Any) -> list:
     return [leaf for g in guard.guards for leaf in conjuncts(g)] if isinstance(guard, AllOf) else [guard]
 
 
-def snapshot_plan(uses: list[tuple[Any, list]], caps: Mapping[int, Capabilities]) -> tuple[Capabilities, ...]:
-    """The guards to copy before a call, to undo it: ``uses`` holds, per top-level guard, its leaves
-    that the call may change (by ``observe`` or ``reset``). A guard without ``state_dict`` and
-    ``load_state_dict`` keeps no saved state, so ``state_dict()`` cannot change."""
-    changing = {id(leaf): caps[id(leaf)] for _top, leaves in uses for leaf in leaves}
-    return tuple(c for c in changing.values() if c.snapshots)
+def snapshot_plan(leaves: list, caps: Mapping[int, Capabilities]) -> tuple[Capabilities, ...]:
+    """The guards to copy before a call that may change ``leaves`` (by ``observe`` or ``reset``), to undo
+    it: those with ``state_dict`` and ``load_state_dict`` (without, no saved state can change)."""
+    return tuple(c for c in {id(leaf): caps[id(leaf)] for leaf in leaves}.values() if c.snapshots)
 
 
 @attrs.frozen
@@ -119,9 +111,7 @@ class Plan:
         caps: dict[int, Capabilities] = {}
 
         def cap(obj: Any) -> Capabilities:
-            if id(obj) not in caps:
-                caps[id(obj)] = capabilities(obj)
-            return caps[id(obj)]
+            return caps.get(id(obj)) or caps.setdefault(id(obj), capabilities(obj))
 
         where: dict[int, str] = {}
         out_of: dict[Point, dict[str, list[int]]] = {point: {n: [] for n in names} for point in Point}
@@ -129,14 +119,11 @@ class Plan:
         all_needs: dict[Point, dict[str, list[str]]] = {point: {} for point in Point}
         observed: dict[Point, dict[str, list]] = {point: {n: [] for n in names} for point in Point}
         reset: dict[str, list] = {n: [] for n in names}
-        checks: list[Checked] = []
-        checked: set[int] = set()
+        checks: dict[int, Checked] = {}  # id(obj) -> its check, at its first use
 
         def add_check(obj: Any, what: str, place: str, index: int | None) -> None:
-            method = cap(obj).check
-            if method is not None and id(obj) not in checked:
-                checked.add(id(obj))
-                checks.append(Checked(obj, method, what, place, index))
+            if cap(obj).check is not None:
+                checks.setdefault(id(obj), Checked(obj, cap(obj).check, what, place, index))
 
         for phase in curriculum.phases:
             for action in phase.on_enter:
@@ -144,19 +131,16 @@ class Plan:
         for i, tr in enumerate(curriculum.transitions):
             out_of[tr.when][tr.source].append(i)
             for top in tr.guards:
-                cap(top)
                 leaves = list(guard_leaves(top))
                 add_check(top, "guard", f"transition {tr.label}", i)
-                reset[tr.source].append((top, [leaf for leaf in leaves if cap(leaf).reset]))
+                reset[tr.source] += [leaf for leaf in leaves if cap(leaf).reset]
                 for point in Point:
-                    observing = [
+                    observed[point][tr.source] += [
                         leaf for leaf in leaves if cap(leaf).observe and point in observe_points(leaf, tr.when)
                     ]
-                    observed[point][tr.source].append((top, observing))
                 for leaf in leaves:
                     add_check(leaf, "guard", f"transition {tr.label}", i)
-                    known = where.setdefault(id(leaf), "")
-                    where[id(leaf)] = f"{known}, {tr.label}" if known else tr.label
+                    where[id(leaf)] = f"{where[id(leaf)]}, {tr.label}" if id(leaf) in where else tr.label
                     for point in Point:
                         for metric in metrics_read(leaf, tr.when, point):
                             who = f"{describe(leaf)} in {tr.label}"
@@ -167,7 +151,7 @@ class Plan:
                 add_check(action, "action", f"transition {tr.label}", i)
 
         def point_plan(point: Point, name: str) -> PointPlan:
-            observers = tuple(cap(leaf).observe for _top, leaves in observed[point][name] for leaf in leaves)
+            observers = tuple(cap(leaf).observe for leaf in observed[point][name])
             # Undo observations only where something can fail after one was made: a second
             # observer, or guards and actions evaluated at this point.
             can_fail = len(observers) > 1 or bool(out_of[point][name])
@@ -183,7 +167,7 @@ class Plan:
                 step_end=point_plan(Point.STEP_END, n),
                 epoch_end=point_plan(Point.EPOCH_END, n),
                 # bound methods compare their object by identity: one reset per guard
-                resetters=tuple(dict.fromkeys(cap(leaf).reset for _top, leaves in reset[n] for leaf in leaves)),
+                resetters=tuple(dict.fromkeys(cap(leaf).reset for leaf in reset[n])),
                 undo_reset=snapshot_plan(reset[n], caps),
             )
             for n in names
@@ -195,14 +179,5 @@ class Plan:
             )
             for tr in curriculum.transitions
         )
-        verifies = verifies_of(curriculum)
         stateful = tuple(Stateful(key, g, cap(g)) for key, g in curriculum.guards)
-        return cls(
-            phases=phases,
-            transitions=transitions,
-            all_needs=all_needs,
-            where=where,
-            stateful=stateful,
-            checks=tuple(checks),
-            verifies=verifies,
-        )
+        return cls(phases, transitions, all_needs, where, stateful, tuple(checks.values()), verifies_of(curriculum))

@@ -67,11 +67,7 @@ class Capabilities:
         return self.state_dict is not None and self.load_state_dict is not None
 
 
-def _method(obj: Any, name: str) -> Callable | None:
-    method = getattr(obj, name, None)
-    return method if callable(method) else None
-
-
 def capabilities(obj: Any) -> Capabilities:
     """``obj``'s optional methods, looked up once."""
-    return Capabilities(**{f.name: _method(obj, f.name) for f in attrs.fields(Capabilities)})
+    methods = {f.name: getattr(obj, f.name, None) for f in attrs.fields(Capabilities)}
+    return Capabilities(**{name: m if callable(m) else None for name, m in methods.items()})

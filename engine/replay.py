@@ -1,9 +1,6 @@
-"""Replay: would another rule have changed phase, and when? Recorded metrics through a fresh engine.
-
-:func:`replay` feeds a run's recorded evaluation points to a fresh :class:`CurriculumEngine` and runs
-no action (no model or optimizer is needed); each record carries its deciding guard. A replay is
-faithful only up to the first decision that differs from the recorded run (its :class:`Departure`):
-after it, the recorded metrics no longer follow from the rule. See docs/observability.md.
+"""Replay: would another rule have changed phase, and when? Recorded metrics through a fresh engine that
+runs no action; faithful only up to its :class:`Departure`, the first decision that differs from the
+recorded run (after it, the recorded metrics no longer follow from the rule). See docs/observability.md.
 """
 
 from __future__ import annotations

@@ -12,9 +12,8 @@ import attrs
 
 from engine.core import Clock, Curriculum, CurriculumError, describe, spec_differences
 from engine.decide import Since
-from engine.health import actions_of
-from engine.history import Record
-from engine.plan import Plan, Taken, put_back
+from engine.health import owe
+from engine.plan import Plan, put_back, take_all
 from engine.recording import FIX, MetricLog
 from engine.state import EngineState, PendingCheck, from_primitives
 
@@ -36,8 +35,7 @@ class Restored:
     state: EngineState
     pending: list[PendingCheck]
     held_since: dict[int, list[Since | None]]
-    # The metric log the engine keeps (restore_log): None when it does not record.
-    recorded: MetricLog | None = None
+    recorded: MetricLog | None = None  # the metric log the engine keeps (restore_log); None: it does not record
 
 
 def check_state(
@@ -173,35 +171,30 @@ def _check_run(snap: EngineState, curriculum: Curriculum, phases: list[str], len
 
 
 def _restored_pending(snap: EngineState, curriculum: Curriculum, plan: Plan, lenient: bool) -> list[PendingCheck]:
-    """The pending health checks that this curriculum can run; one it cannot is refused
-    (left out when ``lenient``: it names actions of another curriculum)."""
-    kept = []
+    """The pending health checks this curriculum owes (those :func:`engine.health.owe` would owe for
+    their record); another is refused (left out when ``lenient``: it names another curriculum's actions)."""
+    kept, history, transitions = [], snap.history, curriculum.transitions
     for k, check in enumerate(snap.pending_checks):
-        problem = _pending_problem(check, snap.history, curriculum, plan)
-        if problem is None:
+        record, index, owed = None, check.transition, []
+        if 0 <= check.record < len(history):
+            record = history[check.record]
+            if record.dest in plan.phases and (
+                index == -1 or 0 <= index < len(transitions) and transitions[index].dest == record.dest
+            ):
+                owe(owed, plan.verifies, curriculum, check.record, index, record)
+        if check in owed and check.action < len(record.actions):
             kept.append(check)
-        elif not lenient:
+            continue
+        problem = (
+            f"points at history record {check.record}, but the history has {len(history)} records"
+            if record is None
+            else f"names action {check.action} of history record {check.record}, which has {len(record.actions)}; "
+            f"this curriculum owes no health check there by transition {index}"
+        )
+        if not lenient:
             raise CurriculumError(f"engine state's pending_checks[{k}] {problem}; {SAVED}")
-        else:
-            logger.warning("load_state_dict: left out pending health check %d: it %s", k, problem)
+        logger.warning("load_state_dict: left out pending health check %d: it %s", k, problem)
     return kept
-
-
-def _pending_problem(check: PendingCheck, history: list[Record], curriculum: Curriculum, plan: Plan) -> str | None:
-    transitions = curriculum.transitions
-    if not 0 <= check.record < len(history):
-        return f"points at history record {check.record}, but the history has {len(history)} records"
-    if not -1 <= check.transition < len(transitions):
-        return f"names transition {check.transition}, but the curriculum has {len(transitions)}"
-    record = history[check.record]
-    if record.dest not in plan.phases or (check.transition >= 0 and transitions[check.transition].dest != record.dest):
-        return f"names transition {check.transition}, which does not lead to its record's destination {record.dest!r}"
-    actions = actions_of(curriculum, check.transition, record.dest)
-    if not 0 <= check.action < min(len(actions), len(record.actions)):
-        return f"names action {check.action} of history record {check.record}, which has {len(record.actions)}"
-    if id(actions[check.action]) not in plan.verifies:
-        return f"names action {describe(actions[check.action])}, which has no verify()"
-    return None
 
 
 def _restored_held_since(
@@ -209,23 +202,21 @@ def _restored_held_since(
 ) -> dict[int, list[Since | None]]:
     """``held_since`` for the transitions out of the restored phase; an entry that does not fit
     one is refused (left out when ``lenient``)."""
-    held_since = {}
-    count = len(plan.transitions)
+    held_since, count = {}, len(plan.transitions)
     for key, since in snap.held_since.items():
-        index = int(key) if key.isdigit() else -1
-        fits = (
-            0 <= index < count
+        index = int(key) if key.isdigit() and int(key) < count else None
+        guards = len(plan.transitions[index].leaves) if index is not None else 0
+        if (
+            index is not None
             and curriculum.transitions[index].source == snap.phase
-            and len(since) == len(plan.transitions[index].leaves)
+            and len(since) == guards
             and all(s is None or len(s) == 2 for s in since)
-        )
-        if fits:
-            held_since[index] = [Since(s[0], s[1]) if s else None for s in since]
+        ):
+            held_since[index] = [Since(*s) if s else None for s in since]
         elif not lenient:
             what = (
-                f"transition {key} ({curriculum.transitions[index].label}, "
-                f"{len(plan.transitions[index].leaves)} guards)"
-                if 0 <= index < count
+                f"transition {key} ({curriculum.transitions[index].label}, {guards} guards)"
+                if index is not None
                 else f"a transition (this curriculum has {count})"
             )
             raise CurriculumError(
@@ -257,28 +248,24 @@ def load_guards(plan: Plan, saved: dict[str, Any], lenient: bool) -> None:
                 "or pass allow_fingerprint_mismatch=True to leave them out"
             )
     loads = [s for s in loading if s.key in saved]
-    before = list(
-        {id(s.guard): Taken(s.caps.load_state_dict, s.caps.state_dict()) for s in loads if s.caps.state_dict}.values()
-    )
+    before = take_all(tuple({id(s.guard): s.caps for s in loads if s.caps.snapshots}.values()))
     for s in loads:
-        value, who = saved[s.key], f"engine state's accumulators for guard {s.key} ({describe(s.guard)})"
+        value, cause = saved[s.key], None
         try:
             s.caps.load_state_dict(value)
         except Exception as exc:
+            cause, problem = exc, f"were refused by its load_state_dict(): {type(exc).__name__}: {exc}"
+        else:
+            # A state that fits the guard reads back as it was saved; one that does not (more values than
+            # the window holds, keys the guard does not keep) would be cut or ignored without a word.
+            misfit = None if lenient or not s.caps.state_dict else _misfit(value, s.caps.state_dict())
+            problem = misfit and f"do not fit it: {misfit}"
+        if problem:
             put_back(before)
             raise CurriculumError(
-                f"{who} were refused by its load_state_dict(): {type(exc).__name__}: {exc}; "
+                f"engine state's accumulators for guard {s.key} ({describe(s.guard)}) {problem}; "
                 f"nothing was restored (the engine and its guards are as they were); {SAVED}"
-            ) from exc
-        # A state that fits the guard reads back as it was saved; one that does not (more values than
-        # the window holds, keys the guard does not keep) would be cut or ignored without a word.
-        misfit = None if lenient or not s.caps.state_dict else _misfit(value, s.caps.state_dict())
-        if misfit is not None:
-            put_back(before)
-            raise CurriculumError(
-                f"{who} do not fit it: {misfit}; nothing was restored (the engine and its guards are as they were); "
-                f"{SAVED}"
-            )
+            ) from cause
 
 
 def _misfit(saved: Any, kept: Any, where: str = "") -> str | None:

@@ -1,9 +1,5 @@
-"""The runtime: :class:`CurriculumEngine`, the engine a training loop drives (docs/semantics.md).
-
-A facade over its parts: :mod:`engine.plan` (what each call does, per phase and point),
-:mod:`engine.decide`, :mod:`engine.transaction`, :mod:`engine.errors`, :mod:`engine.health`,
-:mod:`engine.restore`, :mod:`engine.state` and :mod:`engine.history`.
-"""
+"""The runtime: :class:`CurriculumEngine`, the engine a training loop drives (docs/semantics.md), a facade
+over :mod:`engine.plan`, :mod:`engine.decide`, :mod:`engine.transaction` and :mod:`engine.restore`."""
 
 from __future__ import annotations
 
@@ -47,17 +43,9 @@ def _check_names(objects: dict[str, Any], where: str) -> None:
 
 
 class CurriculumEngine:
-    """Runs a :class:`Curriculum` against a training loop.
-
-    ``objects`` are what guards and actions use, reachable on the context as ``ctx.<name>``
-    (``optimizer=...``, ``model=...``, ``schedule=...``); they may also be registered later with
-    :meth:`bind`. Every object a guard or action ``requires`` must be registered by :meth:`start`
-    or :meth:`load_state_dict`, which then call each guard's and action's ``check(ctx)``.
-
-    Every call is atomic: a call that raises leaves ``state_dict()`` as it was before the call
-    (docs/semantics.md, "Atomicity" and "Errors"). The phase lives in a ``transitions.Machine``
-    (:class:`~engine.transaction.Firing`), entered only when a transition fires.
-    """
+    """Runs a :class:`Curriculum` against a training loop; ``objects`` (``model=...``) are what guards
+    and actions reach as ``ctx.<name>`` (or :meth:`bind` them later). Every call is atomic: one that
+    raises leaves ``state_dict()`` as it was (docs/semantics.md, "Atomicity" and "Errors")."""
 
     def __init__(self, curriculum: Curriculum, *, record_metrics: bool = False, **objects: Any) -> None:
         if not isinstance(curriculum, Curriculum):
@@ -80,19 +68,14 @@ class CurriculumEngine:
         self._fingerprint, self._spec = curriculum.fingerprint(), curriculum.spec()
         self._plan = Plan.build(curriculum)
         self._decider = Decider(curriculum, self._plan, self.ctx, self._clock)
-        self._machine = Firing(
-            curriculum, self._plan, self._decider, self.ctx, self._clock, self._history, self._pending
-        )
+        self._machine = Firing(self._decider, self._history, self._pending)
         self._phases = {p.name: p for p in curriculum.phases}
 
     # -- registration ----------------------------------------------------------------------------
 
     def bind(self, **objects: Any) -> "CurriculumEngine":
-        """Register (or replace) objects that guards and actions reach as ``ctx.<name>``; returns the engine.
-
-        Call it before :meth:`start` or :meth:`load_state_dict`; binding later replaces the object
-        for the calls that follow (e.g. an optimizer rebuilt by a framework), not part of ``state_dict()``.
-        """
+        """Register (or replace, e.g. an optimizer a framework rebuilt) objects guards and actions reach as
+        ``ctx.<name>``, before :meth:`start` or :meth:`load_state_dict`; returns the engine."""
         _check_names(objects, "engine.bind")
         self.objects.update(objects)
         return self
@@ -124,12 +107,8 @@ class CurriculumEngine:
     # -- the loop's calls ---------------------------------------------------------------------
 
     def start(self, phase: str | None = None, *, global_step: int = 0, epoch: int = 0) -> Record:
-        """Begin a run: run the initial phase's ``on_enter`` actions and record the start; returns its record.
-
-        The start is the history's first record (``source`` None, ``point`` ``"start"``).
-        ``phase``, ``global_step`` and ``epoch`` start elsewhere instead (a checkpoint with weights
-        but no engine state). If an ``on_enter`` action raises, the engine stays unstarted.
-        """
+        """Begin a run in the initial phase (or ``phase``, at ``global_step`` and ``epoch``: a checkpoint
+        with weights but no engine state): run its ``on_enter`` actions, record the start and return it."""
         if self._started:
             raise CurriculumError(
                 "engine.start() was already called, or the engine was restored; call it once, on a fresh run only"
@@ -142,45 +121,33 @@ class CurriculumEngine:
         self._check_requirements("start()")
         self._check_objects("start()")
         name = phase if phase is not None else self.curriculum.initial_name
-        self.ctx.metrics, self.ctx.point, self.ctx.transition = {}, None, None
-        self._clock.global_step, self._clock.epoch = int(global_step), int(epoch)
+        clock = self._clock
+        clock.global_step, clock.epoch = int(global_step), int(epoch)
         record = Record(
-            source=None,
-            dest=name,
-            global_step=int(global_step),
-            epoch=int(epoch),
-            step_in_epoch=0,
-            point="start",
-            wall_time=time.time(),
+            None, name, clock.global_step, clock.epoch, step_in_epoch=0, point="start", wall_time=time.time()
         )
         try:
             self._machine.start(record)
         except BaseException:
-            self._clock.global_step = self._clock.epoch = 0
+            clock.global_step = clock.epoch = 0
             raise
         self._started = True
         self._decider.held_since = {}
-        self._unchecked_step = self._unchecked_epoch = True
         if self.recorded is not None:  # a fresh stream from the start step
-            self.recorded = MetricLog(start_step=int(global_step), start_epoch=int(epoch))
+            self.recorded = MetricLog(start_step=clock.global_step, start_epoch=clock.epoch)
         logger.info("start in %s at step %d (epoch %d): %s", name, record.global_step, record.epoch, record.actions)
         return record
 
     def step_end(self, loss: float = _NO_LOSS, **metrics: float) -> Record | None:
-        """After ``optimizer.step()`` and ``schedule.step()``: count the step, evaluate step-end transitions.
-
-        Returns the record of the transition that fired, or None.
-        """
+        """After ``optimizer.step()`` and ``schedule.step()``: count the step, evaluate step-end transitions;
+        returns the record of the transition that fired, or None."""
         if loss is _NO_LOSS and self._started:
             raise errors.missing_loss(metrics)
         metrics["loss"] = loss
         return self._advance(_STEP_END, metrics)
 
     def epoch_end(self, **metrics: float) -> Record | None:
-        """After the last step of an epoch: count the epoch, evaluate epoch-end transitions.
-
-        Returns the record of the transition that fired, or None.
-        """
+        """After the last step of an epoch: count the epoch, evaluate epoch-end transitions (as step_end)."""
         return self._advance(_EPOCH_END, metrics)
 
     def _advance(self, point: Point, metrics: dict[str, float]) -> Record | None:
@@ -247,10 +214,7 @@ class CurriculumEngine:
         return record
 
     def force(self, dest: str, reason: str) -> Record:
-        """Move to ``dest`` by hand; recorded as a manual transition with ``reason``.
-
-        The destination's ``on_enter`` actions run; if one raises, the engine stays where it was.
-        """
+        """Move to ``dest`` by hand (its ``on_enter`` actions run); recorded as a manual transition with ``reason``."""
         if dest not in self._phases:
             raise CurriculumError(f"force(): {dest!r} is not a phase; expected one of {list(self._phases)}")
         if not self._started:
@@ -312,13 +276,8 @@ class CurriculumEngine:
 
     def load_state_dict(self, state: dict, *, allow_fingerprint_mismatch: bool = False) -> None:
         """Restore a snapshot into this (freshly built) engine, all or nothing; fires no callback.
-
-        The registered objects, then the whole state (:func:`engine.restore.check_state`), then each
-        ``check(ctx)``, then the guards' accumulators (:func:`engine.restore.load_guards`). A load
-        that raises leaves the engine as it was. ``allow_fingerprint_mismatch=True`` leaves out the
-        parts that do not match this curriculum instead of refusing them. To read a state without
-        binding objects, see :func:`engine.saved.open_state`.
-        """
+        ``allow_fingerprint_mismatch=True`` leaves out the parts that do not match this curriculum
+        instead of refusing them. To read a state without an engine: :func:`engine.saved.open_state`."""
         self._check_requirements("load_state_dict()")
         lenient = allow_fingerprint_mismatch
         restored = check_state(
@@ -328,15 +287,10 @@ class CurriculumEngine:
         snap = restored.state
         load_guards(self._plan, snap.guards, lenient)
         # Everything was checked and the guards are loaded: nothing below can fail.
-        self._machine.set_phase(snap.phase)
-        self._set_clock(snap.clock)
+        self._machine.set_phase(snap.phase, snap.clock)
         self._history.replace(snap.history)
         self._pending[:] = restored.pending
         self._started = snap.started
         self._decider.held_since = restored.held_since
         self._unchecked_step = self._unchecked_epoch = True
         self.recorded = restored.recorded
-
-    def _set_clock(self, clock: Clock) -> None:
-        for field in attrs.fields(Clock):
-            setattr(self._clock, field.name, getattr(clock, field.name))

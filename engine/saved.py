@@ -1,9 +1,6 @@
-"""Find the engine state in a saved file: an own loop's state file, an HF checkpoint, a Lightning .ckpt.
-
-:func:`load_saved` reads, without running code from the file, a JSON file or a torch file
-(``torch.load(weights_only=True)``; a Lightning ``.ckpt`` too) holding ``engine.state_dict()`` at any
-depth, or an HF Trainer checkpoint folder (its ``trainer_state.json``; in an output folder, the highest
-``checkpoint-N``). :func:`open_state` reads a saved state for looking at it, without building an engine.
+"""Find the engine state in a saved file (a JSON or torch file holding it at any depth, a Lightning ``.ckpt``,
+an HF Trainer checkpoint folder or the highest ``checkpoint-N`` in one) without running code from the file
+(``torch.load(weights_only=True)``); :func:`open_state` reads one without building an engine.
 """
 
 from __future__ import annotations
@@ -25,7 +22,7 @@ from engine.recording import MetricLog
 from engine.restore import check_state, restore_log
 from engine.state import PendingCheck, from_primitives
 
-__all__ = ["load_saved", "load_recorded", "find_states", "SavedState", "open_state"]
+__all__ = ["load_saved", "load_recorded", "find_states", "one_state", "SavedState", "open_state"]
 
 _KEYS = {"schema_version", "fingerprint", "phase", "clock", "history"}
 _HF_STATE = "trainer_state.json"
@@ -37,6 +34,16 @@ def find_states(value: Any, path: str = "", depth: int = 6) -> list[tuple[str, d
         return [(path or "(top level)", value)]
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
     return [found for key, inner in items if depth for found in find_states(inner, f"{path}[{key!r}]", depth - 1)]
+
+
+def one_state(value: Any, where: Any) -> tuple[str, dict] | None:
+    """The engine state inside ``value`` and where it was found; None when there is none, refused when several."""
+    found = find_states(value)
+    if len(found) > 1:
+        raise CurriculumError(
+            f"{where} holds {len(found)} engine states ({', '.join(w for w, _ in found)}); save one per file"
+        )
+    return found[0] if found else None
 
 
 def _hf_folder(folder: Path) -> Path:
@@ -92,18 +99,13 @@ def load_saved(path: str | Path) -> tuple[dict, str]:
     if not path.exists():
         raise CurriculumError(f"{path} does not exist")
     file = _hf_folder(path) if path.is_dir() else path
-    found = find_states(_read(file))
-    if not found:
+    found = one_state(_read(file), file)
+    if found is None:
         raise CurriculumError(
-            f"{file} holds no engine state (no dict with {', '.join(sorted(_KEYS))}); "
-            "save engine.state_dict() with your "
-            "checkpoint, or use the HF/Lightning CurriculumCallback, which does"
+            f"{file} holds no engine state (no dict with {', '.join(sorted(_KEYS))}); save engine.state_dict() with "
+            "your checkpoint, or use the HF/Lightning CurriculumCallback, which does"
         )
-    if len(found) > 1:
-        raise CurriculumError(
-            f"{file} holds {len(found)} engine states ({', '.join(w for w, _ in found)}); save one per file"
-        )
-    where, state = found[0]
+    where, state = found
     return state, f"{file} {where}" if where != "(top level)" else str(file)
 
 

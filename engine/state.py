@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import attrs
 import cattrs
@@ -34,27 +34,12 @@ class EngineState:
     guards: dict[str, Any]
     history: list[Record]
     pending_checks: list[PendingCheck] = attrs.field(factory=list)
-    # Per transition index (as text) out of the current phase: for each of its guards (all_of
-    # opened up), [global_step, epoch] since which it has held at every evaluation point, or None.
-    # States saved before it existed load with {}: the guards' past is then unknown.
+    # Per transition out of the phase (its index as text), per guard (all_of opened up): [global_step,
+    # epoch] since which it has held, or None; {} in states saved before it existed (a past unknown).
     held_since: dict[str, list[list[int] | None]] = attrs.field(factory=dict)
-    # The curriculum's spec (Curriculum.spec()), so a fingerprint mismatch can say what differs;
-    # None in states migrated from schema 1.
-    spec: dict | None = None
-    # The rule the fingerprint was taken with (Curriculum.fingerprint(version)): 1 left params out.
-    fingerprint_version: int = 2
-    # The metric stream the engine was fed (engine/recording.py, MetricLog.state_dict()), when it
-    # was built with record_metrics=True; None otherwise, and in states saved before it existed.
-    recorded: dict | None = None
-
-
-def _from_v1(data: dict) -> dict:
-    """Schema 1 (the first release): no spec, a fingerprint without params, no start record."""
-    return {**data, "schema_version": 2, "spec": None, "fingerprint_version": 1}
-
-
-# Migrations from an older schema's raw dict to the next one: {from_version: function}.
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _from_v1}
+    spec: dict | None = None  # Curriculum.spec(), to say what differs; None in states from schema 1
+    fingerprint_version: int = 2  # the rule the fingerprint was taken with: 1 left params out
+    recorded: dict | None = None  # MetricLog.state_dict() when built with record_metrics=True
 
 
 def to_primitives(state: EngineState) -> dict:
@@ -74,11 +59,10 @@ def from_primitives(data: Any) -> EngineState:
             f"engine state has schema_version {version}, newer than this library's {SCHEMA_VERSION}; "
             "upgrade the library"
         )
-    while version < SCHEMA_VERSION:
-        if version not in MIGRATIONS:
-            raise CurriculumError(f"no migration from engine state schema_version {version}")
-        data = MIGRATIONS[version](data)
-        version = data["schema_version"]
+    if version == 1:  # the first release: no spec, a fingerprint without params, no start record
+        data = {**data, "schema_version": 2, "spec": None, "fingerprint_version": 1}
+    elif version < SCHEMA_VERSION:
+        raise CurriculumError(f"no migration from engine state schema_version {version}")
     try:
         return converter.structure(data, EngineState)
     except Exception as exc:  # cattrs raises ClassValidationError groups

@@ -1,8 +1,4 @@
-"""A transition in progress: the machine callbacks that make it, and how to put the engine back if it fails.
-
-One :class:`Transaction` travels through the ``transitions`` event as ``event.kwargs["txn"]``; if a
-callback raises, the caller rolls it back (:class:`Firing` lists the callbacks in order).
-"""
+"""A transition in progress: the machine callbacks that make it, and how to put the engine back if it fails."""
 
 from __future__ import annotations
 
@@ -16,10 +12,10 @@ import attrs
 from transitions import Machine, State
 
 from engine import errors, health
-from engine.core import Clock, Context, Curriculum, describe
+from engine.core import Clock, describe
 from engine.decide import Decider
 from engine.history import ActionEffect, GuardEvidence, History, Record, jsonable
-from engine.plan import PhasePlan, Plan, Taken, put_back, take_all
+from engine.plan import PhasePlan, Taken, put_back, take_all
 from engine.state import PendingCheck
 
 __all__ = ["Before", "Transaction", "Firing"]
@@ -30,10 +26,9 @@ _TRANSITIONS_LOG = logging.getLogger("transitions")
 
 @contextmanager
 def _quiet_transitions() -> Iterator[None]:
-    """transitions logs each callback it runs at INFO (~50 us each): quiet while the engine fires,
-    when INFO is on and the user did not set that logger's level. Its level is put back after, so
-    importing the engine changes no other library's logging. (Setting a level clears every logger's
-    cache, which costs more than the firing itself where INFO is off, as by default.)"""
+    """transitions logs each callback it runs at INFO (~50 us each): quiet while the engine fires, when
+    INFO is on and the user did not set that logger's level, then put back. (Setting a level clears every
+    logger's cache, which costs more than the firing itself where INFO is off, as by default.)"""
     if _TRANSITIONS_LOG.level != logging.NOTSET or not _TRANSITIONS_LOG.isEnabledFor(logging.INFO):
         yield
         return
@@ -52,6 +47,7 @@ class Before:
     clock: Clock
     n_history: int
     n_pending: int
+    held_since: dict  # the decider's (replaced when a phase is entered, never mutated after)
 
 
 @attrs.define
@@ -72,30 +68,17 @@ class _MachineModel:
 
 
 class Firing:
-    """The ``transitions.Machine`` that holds the phase, and the callbacks that fire a transition.
+    """The ``transitions.Machine`` that holds the phase, entered only when a transition fires (the
+    :class:`~engine.decide.Decider` decides first): one trigger ``_fire_<i>`` per transition, one
+    ``_force_<phase>`` per manual move. It runs :meth:`_begin`, the transition's actions, :meth:`_enter_clock`,
+    the destination's ``on_enter`` actions and :meth:`_finish`, with the :class:`Transaction` in
+    ``event.kwargs["txn"]``; if one raises, :meth:`_trigger` rolls the transaction back."""
 
-    Each transition is one trigger ``_fire_<i>`` without conditions, each manual move one
-    ``_force_<phase>``; the engine decides first (:class:`~engine.decide.Decider`) and enters the
-    machine only when a transition fires. The machine runs, in order: :meth:`_begin` (opens the
-    :class:`Transaction`, starts the record with the guards' evidence and the decision), the
-    transition's actions (:meth:`_act`), :meth:`_enter_clock`, the destination's ``on_enter``
-    actions, :meth:`_finish` (resets the destination's guards, appends the record, owes the health
-    checks). If one raises, :meth:`_trigger` rolls the transaction back.
-    """
-
-    def __init__(
-        self,
-        curriculum: Curriculum,
-        plan: Plan,
-        decider: Decider,
-        ctx: Context,
-        clock: Clock,
-        history: History,
-        pending: list[PendingCheck],
-    ) -> None:
-        self.curriculum, self.plan, self.decider, self.ctx, self.clock = curriculum, plan, decider, ctx, clock
-        self.history, self.pending = history, pending
-        self.here: PhasePlan = plan.phases[curriculum.initial_name]  # the current phase's plan
+    def __init__(self, decider: Decider, history: History, pending: list[PendingCheck]) -> None:
+        self.decider, self.history, self.pending = decider, history, pending
+        self.curriculum, self.plan, self.ctx, self.clock = decider.curriculum, decider.plan, decider.ctx, decider.clock
+        curriculum = self.curriculum
+        self.here: PhasePlan = self.plan.phases[curriculum.initial_name]  # the current phase's plan
         self._model = _MachineModel()
         self._machine = Machine(
             model=self._model,
@@ -120,10 +103,12 @@ class Firing:
     def phase(self) -> str:
         return self._model.state
 
-    def set_phase(self, name: str) -> None:
-        """Set the phase outside a transition (start, restore, rollback), and its plan with it."""
+    def set_phase(self, name: str, clock: Clock | None = None) -> None:
+        """Set the phase (and its plan), and the clock if given, outside a transition (start, restore, rollback)."""
         self._machine.set_state(name, model=self._model)
         self.here = self.plan.phases[name]
+        for field in attrs.fields(Clock) if clock is not None else ():
+            setattr(self.clock, field.name, getattr(clock, field.name))
 
     def start(self, record: Record) -> None:
         """The start into ``record.dest``: its ``on_enter`` actions (effects into ``record``) and the
@@ -161,12 +146,7 @@ class Firing:
             self.ctx.transition = None
 
     def force(self, dest: str, reason: str) -> Record:
-        held_since = self.decider.held_since
-        try:
-            return self._trigger(self._forces[dest], Transaction(-1, reason))
-        except BaseException:
-            self.decider.held_since = held_since
-            raise
+        return self._trigger(self._forces[dest], Transaction(-1, reason))
 
     def _trigger(self, trigger: Callable[..., bool], txn: Transaction) -> Record:
         try:
@@ -181,15 +161,14 @@ class Firing:
         return self.history[-1]
 
     def _roll_back(self, txn: Transaction) -> None:
-        """Put the phase, clock, history, pending checks and guards back as they were before ``txn``."""
+        """Put the phase, clock, history, pending checks, held_since and guards back as they were before ``txn``."""
         before = txn.before
         if before is None:  # it failed before it opened
             return
-        self.set_phase(before.phase)
-        for field in attrs.fields(Clock):
-            setattr(self.clock, field.name, getattr(before.clock, field.name))
+        self.set_phase(before.phase, before.clock)
         self.history.truncate(before.n_history)
         del self.pending[before.n_pending :]
+        self.decider.held_since = before.held_since
         put_back(txn.guard_states)
 
     def reset(self, reset: Callable[[], None], call: str | None = None) -> None:
@@ -197,15 +176,15 @@ class Firing:
         try:
             reset()
         except Exception as exc:
-            point = self.ctx.point
-            call = call or (point.value if point is not None else "force()")
+            call = call or errors.call_at(self.ctx.point)
             raise errors.hook_failed(reset, "reset", exc, self.plan.where, call, self.clock.global_step) from exc
 
     # -- the machine's callbacks: the Transaction travels in the event as event.kwargs["txn"] --------
 
     def _begin(self, event: Any) -> None:
         clock, txn = self.clock, event.kwargs["txn"]
-        txn.before = Before(self._model.state, attrs.evolve(clock), len(self.history), len(self.pending))
+        state, held_since = self._model.state, self.decider.held_since
+        txn.before = Before(state, attrs.evolve(clock), len(self.history), len(self.pending), held_since)
         guards, point, decision = [], "manual", None
         self.ctx.transition = None
         if txn.index >= 0:
@@ -218,18 +197,9 @@ class Firing:
                     raise errors.failed(who, exc, tr.when.value, clock.global_step) from exc
                 guards.append(GuardEvidence(describe(g), found))
             point, decision = tr.when.value, self.decider.decision(txn.index)
-        txn.record = Record(
-            source=event.transition.source,
-            dest=event.transition.dest,
-            global_step=clock.global_step,
-            epoch=clock.epoch,
-            step_in_epoch=clock.step_in_epoch,
-            point=point,
-            wall_time=time.time(),
-            guards=guards,
-            reason=txn.reason,
-            decision=decision,
-        )
+        source, dest, wall_time = event.transition.source, event.transition.dest, time.time()
+        txn.record = Record(source, dest, clock.global_step, clock.epoch, clock.step_in_epoch, point, wall_time, guards)
+        txn.record.reason, txn.record.decision = txn.reason, decision
 
     def _act(self, action: Any, event: Any) -> None:
         txn = event.kwargs["txn"]
@@ -241,8 +211,7 @@ class Firing:
                 where = f"transition {self.curriculum.transitions[txn.index].label}"
             else:
                 where = f"the manual transition {record.source} -> {record.dest}"
-            call = self.ctx.point.value if self.ctx.point is not None else "force()"
-            text = f"action {describe(action)} of {where} raised"
+            text, call = f"action {describe(action)} of {where} raised", errors.call_at(self.ctx.point)
             raise errors.failed(text, exc, call, self.clock.global_step, record.actions) from exc
         record.actions.append(ActionEffect(describe(action), effect))
 

@@ -432,3 +432,24 @@ def test_guards_inside_a_stateless_combinator_are_undone_too():
     with pytest.raises(CurriculumError, match="CrashIf"):
         eng.step_end(loss=0.1, crash=1.0)
     assert plateau.state_dict() == values
+
+
+def test_a_force_whose_reset_raises_keeps_the_guards_held_since():
+    """A manual move that fails while entering its phase leaves the held_since of the phase it stayed in."""
+    crash = CrashOnReset({"armed": True})
+    cur = Curriculum(
+        [Phase("a"), Phase("b"), Phase("c")],
+        [
+            Transition("a", "b", [LossBelow(2.0), Never()], when=Point.STEP_END),
+            Transition("a", "c", [Never()], when=Point.STEP_END),
+            Transition("c", "b", [crash], when=Point.STEP_END),
+        ],
+    )
+    eng = CurriculumEngine(cur)
+    eng.start()
+    eng.step_end(loss=1.0)
+    before = eng.state_dict()
+    assert before["held_since"]["0"] == [[1, 0], None]
+    with pytest.raises(CurriculumError, match=r"CrashOnReset\(\) \(in c -> b\) raised in reset\(\)"):
+        eng.force("c", "by hand")
+    assert eng.state_dict() == before
