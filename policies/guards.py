@@ -1,9 +1,7 @@
 """Ready guards: plateau, minimum epoch and steps, metric thresholds, and their combinators.
 
-Guards decide and never act: ``guard(ctx) -> bool`` has no side effects; accumulators are fed in
-``observe(ctx)`` and cleared in ``reset()`` (:mod:`engine.protocols`). Every repr reads like the call
-that made it, keyword arguments only when they differ from their default (``MinEpoch(2)``,
-``Plateau(window=50, threshold=0.005, metric='val_bpb')``). What each guard holds on: docs/reference.md.
+Guards decide and never act (:mod:`engine.protocols`); each repr reads like the call that made it,
+keyword arguments only when they differ from their default. What each holds on: docs/reference.md.
 """
 
 from __future__ import annotations
@@ -65,14 +63,11 @@ def _metric(guard: Any) -> tuple[str, ...]:
 
 @policy
 class Plateau:
-    """Holds when the metric stopped improving over the last ``window`` observed values.
+    """Holds when the metric stopped improving over the last ``window`` observed values: the newer
+    half of the window improves on the older by less than ``threshold`` (relative, or by a Welch test).
 
-    With ``older`` and ``newer`` the window's halves, ``test="relative"`` holds once the window is full
-    and ``r = (mean(older) - mean(newer)) / |mean(older)| < threshold`` (``mode="min"``);
-    ``test="welch"`` once a one-sided Welch t-test at level ``alpha`` does not find the newer half
-    better by more than ``threshold * |mean(older)|`` (see :meth:`welch`). The halves are two deques
-    with running sums kept exactly (each float as an integer multiple of 2**-1074), so decisions
-    never drift and a restored window is bit-identical.
+    The halves' running sums are kept exactly (each float as an integer multiple of 2**-1074), so
+    decisions never drift and a restored window is bit-identical.
     """
 
     window: int = attrs.field(default=50, converter=integer(2, "use an even window >= 2, e.g. window=50"))
@@ -86,33 +81,21 @@ class Plateau:
     alpha: float | None = None
 
     def __attrs_post_init__(self) -> None:
-        where, window, alpha = "Plateau", self.window, self.alpha
+        window, alpha, self._welch = self.window, self.alpha, self.test == "welch"
         if window % 2:
-            raise fail(
-                where, "window", "even (older and newer halves of equal size)", window, f"use window={window + 1}"
-            )
-        if self.test == "relative" and alpha is not None:
-            raise fail(
-                where,
-                "alpha",
-                'None with test="relative" (a level is for the Welch test)',
-                alpha,
-                'drop alpha, or pass test="welch"',
-            )
-        if self.test == "welch":
+            expected = "even (older and newer halves of equal size)"
+            raise fail("Plateau", "window", expected, window, f"use window={window + 1}")
+        if not self._welch and alpha is not None:
+            expected = 'None with test="relative" (a level is for the Welch test)'
+            raise fail("Plateau", "alpha", expected, alpha, 'drop alpha, or pass test="welch"')
+        if self._welch:
             alpha = 0.05 if alpha is None else alpha
             if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
-                raise fail(where, "alpha", "a level in (0, 1)", alpha, "e.g. alpha=0.05")
+                raise fail("Plateau", "alpha", "a level in (0, 1)", alpha, "e.g. alpha=0.05")
             if window < 4:
-                raise fail(
-                    where,
-                    "window",
-                    'even and >= 4 with test="welch" (two values per half for a variance)',
-                    window,
-                    "use window=4 or more",
-                )
+                expected = 'even and >= 4 with test="welch" (two values per half for a variance)'
+                raise fail("Plateau", "window", expected, window, "use window=4 or more")
             self.alpha = float(alpha)
-        self._welch = self.test == "welch"
         self._half = window // 2
         self.reset()
 
@@ -331,16 +314,14 @@ class _Threshold:
 
 @policy
 class MetricBelow(_Threshold):
-    """Holds when the metric ``metric`` passed at this point is below ``value`` (NaN never holds).
-    A missing metric is a CurriculumError naming it and the point."""
+    """Holds when the metric ``metric`` passed at this point is below ``value`` (NaN never holds)."""
 
     _word = "below"
 
 
 @policy
 class MetricAbove(_Threshold):
-    """Holds when the metric ``metric`` passed at this point is above ``value`` (NaN never holds).
-    A missing metric is a CurriculumError naming it and the point."""
+    """Holds when the metric ``metric`` passed at this point is above ``value`` (NaN never holds)."""
 
     _word = "above"
     _compare = staticmethod(operator.gt)

@@ -12,8 +12,6 @@ import enum
 import functools
 import logging
 import math
-import re
-import warnings
 from typing import Any, NamedTuple, Sequence
 
 import torch
@@ -100,6 +98,16 @@ class _Formula(LRScheduler):
         """The LR of the step about to run."""
         return self._compute(self.last_epoch)
 
+    def fast_forward(self, steps: int) -> None:
+        """Advance ``steps`` optimizer steps at once, as ``steps`` calls of ``step()`` would (e.g. to resume a
+        checkpoint that holds weights but no schedule state)."""
+        steps = check_int(f"{type(self).__name__}.fast_forward", "steps", steps, 0, "the optimizer steps already run")
+        for nxt in range(self.last_epoch + 1, self.last_epoch + steps + 1):
+            self._advance(nxt)
+        self.last_epoch += steps
+        self._step_count += steps
+        self._set_now()
+
     def _set_now(self) -> None:
         lr = self.lr
         for group in self.optimizer.param_groups:
@@ -129,13 +137,8 @@ class _Formula(LRScheduler):
 class StagedCosine(_Formula):
     """Cosine cycles aligned with training stages; ``restart()`` starts a new cycle at once.
 
-    ``stages`` are ``(start, peak, min)`` multipliers of ``base_lr``, ``start`` in epochs or, with
-    ``stages_in="steps"``, in optimizer steps; each stage starts a cycle that runs to the next stage's
-    start or the end of training. The i-th of a cycle's N steps runs at::
-
-        lr = base_lr * (min + (peak - min) * 0.5 * (1 + cos(pi * i / N)))
-
-    Warmups, restarts, the end of training and the state: docs/reference.md.
+    ``stages`` are ``(start, peak, min)`` multipliers of ``base_lr``, each starting a cycle to the next
+    stage's start or the end of training. The formulas, warmups, restarts, the state: docs/reference.md.
     """
 
     def __init__(
@@ -164,11 +167,10 @@ class StagedCosine(_Formula):
             raise fail(where, "steps_per_epoch", f"an int >= 1 (needed to count {why} in steps)", None, fix)
         if steps_per_epoch is not None:
             steps_per_epoch = check_int(where, "steps_per_epoch", steps_per_epoch, 1, "e.g. steps_per_epoch=1000")
-        self.steps_per_epoch = steps_per_epoch
+        self.steps_per_epoch, self.total_epochs = steps_per_epoch, total_epochs
         if total_epochs is not None:
-            total_epochs = check_int(where, "total_epochs", total_epochs, 1, "the run's --epochs, e.g. 50")
-            total_steps = total_epochs * steps_per_epoch
-        self.total_epochs = total_epochs
+            self.total_epochs = check_int(where, "total_epochs", total_epochs, 1, "the run's --epochs, e.g. 50")
+            total_steps = self.total_epochs * steps_per_epoch
         self.total_steps = check_int(where, "total_steps", total_steps, 1, "optimizer steps of the run, e.g. 5000")
         if stages is None and self.stages_in is StageUnit.STEPS:
             fix = "e.g. stages=((0, 1.0, 0.1), (500, 1.0, 0.05)) with stages_in='steps'"
@@ -232,18 +234,6 @@ class StagedCosine(_Formula):
             if declared:
                 self._cycle = _Cycle(nxt, nxt, nxt + 1, declared[0][1], declared[0][2])
 
-    def fast_forward(self, steps: int) -> None:
-        """Advance ``steps`` optimizer steps at once, as ``steps`` calls of ``step()`` would (e.g. to resume a
-        checkpoint that holds weights but no schedule state), without torch's warning that ``step()`` ran
-        before ``optimizer.step()``."""
-        steps = check_int("StagedCosine.fast_forward", "steps", steps, 0, "the optimizer steps already run")
-        with warnings.catch_warnings():
-            warnings.filterwarnings(
-                "ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"), category=UserWarning
-            )
-            for _ in range(steps):
-                self.step()
-
     def restart(self) -> tuple[float, float]:
         """Start a new cycle from the step about to run (at peak, or ramping with ``restart_warmup_steps``);
         returns the LR (before, after)."""
@@ -262,11 +252,6 @@ class StagedCosine(_Formula):
     def restart_lr(self) -> float:
         """The LR a restart now sets for the step about to run: ``peak_lr``, or its first ramp step."""
         return self.peak_lr / (self.restart_warmup_steps + 1)
-
-    @property
-    def step_count(self) -> int:
-        """Optimizer steps completed: the 0-based index of the step about to run."""
-        return self.last_epoch
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -399,10 +384,7 @@ class Restartable(LRScheduler):
     """Any torch LR scheduler, made restartable: ``RestartLR`` can then restart it.
 
     Wrap it right after building it (``Restartable(CosineAnnealingLR(optimizer, T_max=100))``) and
-    register and step the wrapper in its place. ``restart()`` runs the wrapped schedule again from its
-    own step 0 at the step about to run: as built (``over="whole"``), or re-planned over the steps left
-    of its length (``over="remaining"``). ``restart_lr`` is the LR of that step 0, ``peak_lr`` the
-    schedule's peak. See docs/reference.md, and docs/integrations.md for ``over``.
+    register and step the wrapper in its place. See docs/reference.md, and docs/integrations.md for ``over``.
     """
 
     def __init__(self, scheduler: Any, *, over: Over | str = Over.WHOLE) -> None:
