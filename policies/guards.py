@@ -566,18 +566,15 @@ class WorseThanBest:
 
     def load_state_dict(self, state: dict) -> None:
         ok = isinstance(state, dict) and set(state) == {"best", "last", "streak"}
-        ok = ok and all(
-            state[k] is None or (isinstance(state[k], (int, float)) and not isinstance(state[k], bool))
-            for k in ("best", "last")
-        )
-        if not ok or not isinstance(state["streak"], int) or isinstance(state["streak"], bool) or state["streak"] < 0:
+        best, last, streak = (state[k] for k in ("best", "last", "streak")) if ok else (None, None, -1)
+        floats = all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in (best, last))
+        if not (ok and floats and isinstance(streak, int) and not isinstance(streak, bool) and streak >= 0):
             raise CurriculumError(
                 f"{self!r}.load_state_dict: expected {{'best': float|None, 'last': float|None, 'streak': int >= 0}} "
                 f"from WorseThanBest.state_dict(), got {state!r}"
             )
-        self.best = None if state["best"] is None else float(state["best"])
-        self.last = None if state["last"] is None else float(state["last"])
-        self.streak = state["streak"]
+        self.best, self.last = (None if v is None else float(v) for v in (best, last))
+        self.streak = streak
 
     def __repr__(self) -> str:
         extra = "" if self.patience == 1 else f", patience={self.patience}"

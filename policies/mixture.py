@@ -1,10 +1,6 @@
-"""Data mixtures: a phase param ``mix`` and a deterministic, resumable sampler that follows it.
-
-A phase may carry ``mix``, weights over named data sources (``params={"mix": {"web": 3, "code": 1}}``).
-:class:`MixtureSampler` gives each step's examples as (source, index) pairs: exact per-step
-proportions (largest remainder with a carried credit, in fractions), without replacement (epochs of
-each source seeded by sha256, never Python's salted ``hash``), resumable bit for bit, and read from
-the engine's phase when a step is drawn. The rules, and the DataLoader caveats: docs/mixtures.md.
+"""Data mixtures: a phase param ``mix`` (``params={"mix": {"web": 3, "code": 1}}``) and a deterministic,
+resumable sampler that follows it: exact per-step proportions (largest remainder with a carried credit,
+in fractions), epochs of each source seeded by sha256 (never Python's salted ``hash``). docs/mixtures.md.
 """
 
 from __future__ import annotations
@@ -204,13 +200,10 @@ class MixtureSampler(torch.utils.data.Sampler):
         seed or world size (the stream it positions is another). ``other_sizes``: the sources (same names)
         changed knowingly; each continues at its count of examples consumed, in epochs of its new size."""
         where = "MixtureSampler.load_state_dict"
-        sizes = dict.fromkeys(self.sizes) if other_sizes else self.sizes
-        saved_sizes = dict.fromkeys(state.get("sizes") or ()) if other_sizes else state.get("sizes")
-        for key, mine, saved in (
-            ("sizes", sizes, saved_sizes),
-            ("seed", self.seed, state.get("seed")),
-            ("world_size", self.world_size, state.get("world_size")),
-        ):
+        for key in ("sizes", "seed", "world_size"):
+            mine, saved = getattr(self, key), state.get(key)
+            if key == "sizes" and other_sizes:  # the same names, each of another size
+                mine, saved = set(mine), set(saved or ())
             if saved != mine:
                 raise CurriculumError(
                     f"{where}: the state was saved with {key} {state.get(key)!r}, and this sampler has "

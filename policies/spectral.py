@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any, Iterable, Sequence
 
 from engine import Curriculum, Phase, Point, Transition
+from engine.plan import conjuncts
 from policies._checks import check_int, fail
 from policies.actions import RestartLR, SetCutoff
-from policies.guards import MinEpoch, Plateau, _AllOf, all_of
+from policies.guards import MinEpoch, Plateau, all_of
 
 __all__ = ["spectral_curriculum", "phase_for_epoch"]
 
@@ -35,8 +36,7 @@ def spectral_curriculum(
     """
     where = "spectral_curriculum"
     n_bins = check_int(where, "n_bins", n_bins, 2, "bins of the seq_len-point rfft: seq_len // 2 + 1, e.g. 513")
-    # Each value is checked once, by the object it makes (SetCutoff: cutoffs and preserve; MinEpoch:
-    # min_epochs); here only what relates them.
+    # Each value is checked once, by the object it makes (SetCutoff, MinEpoch); here what relates them.
     cutoffs, min_epochs = _sequence(where, "cutoffs", cutoffs), _sequence(where, "min_epochs", min_epochs)
     enter = [SetCutoff(c, preserve=preserve) for c in (*cutoffs, None)]
     floors = [MinEpoch(m) for m in min_epochs]
@@ -96,15 +96,8 @@ def _increasing(where: str, field: str, values: Sequence[int], *, strict: bool =
 def _min_epoch(guards: Iterable[Any], entered: int) -> int | None:
     """The earliest global epoch at which these (AND-ed) guards' MinEpoch requirements hold (inside
     ``all_of`` too; ``in_phase`` counts from ``entered``); None when no MinEpoch constrains them."""
-    needs = []
-    for g in guards:
-        if isinstance(g, MinEpoch):
-            needs.append(entered + g.n if g.in_phase else g.n)
-        elif isinstance(g, _AllOf):
-            inner = _min_epoch(g.guards, entered)
-            if inner is not None:
-                needs.append(inner)
-    return max(needs) if needs else None
+    floors = [g for top in guards for g in conjuncts(top) if isinstance(g, MinEpoch)]
+    return max((entered + g.n if g.in_phase else g.n for g in floors), default=None)
 
 
 def phase_for_epoch(curriculum: Curriculum, epochs_completed: int) -> str:
