@@ -339,6 +339,7 @@ class _Combinator:
     """A guard made of guards: observe, reset and state pass through to every child."""
 
     _name: str
+    _holds: Any  # the children's values -> whether it holds
     guards: tuple
 
     def __attrs_post_init__(self) -> None:
@@ -351,6 +352,9 @@ class _Combinator:
         # Every child is evaluated (no short-circuit), so a missing metric fails at the first
         # evaluation point rather than only once the other children happen to hold.
         return [truth_value(g, g(ctx)) for g in self.guards]
+
+    def __call__(self, ctx: Context) -> bool:
+        return self._holds(self._values(ctx))
 
     def observe(self, ctx: Context) -> None:
         for observe in self._observing:
@@ -395,32 +399,23 @@ class _Many(_Combinator):
 
 @policy
 class _AllOf(_Many, AllOf):
-    _name = "all_of"
-
-    def __call__(self, ctx: Context) -> bool:
-        return all(self._values(ctx))
+    _name, _holds = "all_of", staticmethod(all)
 
 
 @policy
 class _AnyOf(_Many):
-    _name = "any_of"
-
-    def __call__(self, ctx: Context) -> bool:
-        return any(self._values(ctx))
+    _name, _holds = "any_of", staticmethod(any)
 
 
 @policy
 class _Not(_Combinator):
-    _name = "not_"
+    _name, _holds = "not_", staticmethod(lambda values: not values[0])
 
     guard: Guard = attrs.field(converter=attrs.Converter(lambda g, self: _children((g,), self)[0], takes_self=True))
 
     @property
     def guards(self) -> tuple:  # type: ignore[override]
         return (self.guard,)
-
-    def __call__(self, ctx: Context) -> bool:
-        return not self._values(ctx)[0]
 
 
 def all_of(*guards: Any) -> _AllOf:
@@ -494,10 +489,8 @@ class MaxVisits:
 @policy
 class WorseThanBest:
     """Holds when ``metric`` has been worse than its best by more than ``min_delta`` (with
-    ``relative=True``: ``min_delta * |best|``) for ``patience`` consecutive evaluations (``mode="min"``:
-    worse is higher). It observes at its transition's point; ``since="phase"`` clears the best when
-    the phase is entered, ``since="run"`` keeps it across visits. Its state saves and restores exactly.
-    """
+    ``relative=True``: ``min_delta * |best|``) for ``patience`` consecutive evaluations at its transition's
+    point; ``since="run"`` keeps the best across visits of the phase."""
 
     observe_at = None  # at the transition's own evaluation point
 

@@ -408,9 +408,7 @@ class Restartable(LRScheduler):
         self.scheduler = scheduler
         self._factors = list(getattr(scheduler, "lr_lambdas", ()))  # a LambdaLR's, as built (its state has none)
         self._cycle_start = 0  # the step at which the wrapped schedule's step 0 ran last
-        self._initialising = True
         super().__init__(scheduler.optimizer)  # torch's own set-up: base_lrs, and one step() to step 0 (below)
-        self._initialising = False
 
     @classmethod
     def around(cls, scheduler: Any, state: dict | None = None, *, over: Over | str = Over.WHOLE) -> "Restartable":
@@ -444,7 +442,7 @@ class Restartable(LRScheduler):
             raise CurriculumError(
                 f"Restartable.step(epoch={epoch!r}): call step() with no argument after each optimizer.step()"
             )
-        if not self._initialising:  # torch's __init__ makes the first call: the wrapped scheduler is at step 0 already
+        if self._step_count:  # 0: torch's __init__ makes the first call, the wrapped scheduler is at step 0 already
             self.scheduler.step()
         super().step()  # torch's bookkeeping; get_lr() hands it the LRs the wrapped scheduler just set
 

@@ -244,7 +244,6 @@ def adaptive_cooldown(
     """``stable -> cooldown``: at an epoch end, once ``MinEpoch(min_epoch)`` holds and the training loss
     has plateaued (``Plateau(window, threshold, test=test, alpha=alpha)``), fire :class:`StartCooldown`;
     a second, step-end transition on :class:`CooldownDue` records a :class:`WSD`'s automatic start."""
-    min_epoch = check_int("adaptive_cooldown", "min_epoch", min_epoch, 0, "the earliest epoch of the cooldown, e.g. 6")
     guard = all_of(MinEpoch(min_epoch), Plateau(window=window, threshold=threshold, test=test, alpha=alpha))
     return Curriculum(
         [Phase("stable"), Phase("cooldown")],
