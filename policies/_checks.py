@@ -37,12 +37,29 @@ def check_real(
     return x
 
 
+def _call_repr(self: Any) -> str:
+    """The call that made a policy (a fingerprint reads it): its first ``_positional`` fields by value,
+    then by name those in ``_named`` and those that differ from their default."""
+    k, named = getattr(self, "_positional", 0), getattr(self, "_named", ())
+    values = [(f, getattr(self, f.name)) for f in attrs.fields(type(self)) if f.init]
+    parts = [repr(v) for _, v in values[:k]]
+    parts += [f"{f.name}={v!r}" for f, v in values[k:] if f.name in named or v != f.default]
+    return f"{type(self).__name__}({', '.join(parts)})"
+
+
 # The built-in guards and actions are attrs classes: their fields are what a curriculum file names
-# (engine.datafile), their reprs are written by hand (a fingerprint reads them), and they compare
-# by identity, as the engine keys their state by the object. Their fields are checked when they are
-# built, not on every assignment: attrs' per-assignment hook would run on each accumulator update
-# (it made a Plateau's step_end 5x slower).
-policy = attrs.define(eq=False, repr=False, slots=False, on_setattr=attrs.setters.NO_OP)
+# (engine.datafile), their reprs read like the call (:func:`_call_repr`, unless a class writes its
+# own), and they compare by identity, as the engine keys their state by the object. Their fields
+# are checked when they are built, not on every assignment: attrs' per-assignment hook would run on
+# each accumulator update (it made a Plateau's step_end 5x slower).
+_define = attrs.define(eq=False, repr=False, slots=False, on_setattr=attrs.setters.NO_OP)
+
+
+def policy(cls: type) -> type:
+    """A built-in guard or action class, made an attrs class (above)."""
+    if cls.__repr__ is object.__repr__:
+        cls.__repr__ = _call_repr  # type: ignore[method-assign]
+    return _define(cls)
 
 
 def _cls(obj: Any) -> str:

@@ -110,9 +110,6 @@ class RestartLR:
             )
         return None
 
-    def __repr__(self) -> str:
-        return "RestartLR()"
-
 
 def _cutoff(n: Any) -> int | None:
     if isinstance(n, str) and n == "full":  # a data file's word for None (TOML has no null)

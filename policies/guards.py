@@ -79,6 +79,7 @@ class Plateau:
         validator=choice(_TESTS, '"relative" or "welch"', 'use test="welch" for a noise-aware plateau'),
     )
     alpha: float | None = None
+    _named = ("window", "threshold")  # in the repr even at their defaults
 
     def __attrs_post_init__(self) -> None:
         window, alpha, self._welch = self.window, self.alpha, self.test == "welch"
@@ -241,12 +242,6 @@ class Plateau:
         for v in values:  # a longer list (saved with a larger window) keeps its last `window` values
             self.push(v)
 
-    def __repr__(self) -> str:
-        extra = "" if self.metric == "loss" else f", metric={self.metric!r}"
-        extra += "" if self.mode == "min" else f", mode={self.mode!r}"
-        extra += "" if self.test == "relative" else f", test={self.test!r}, alpha={self.alpha!r}"
-        return f"Plateau(window={self.window}, threshold={self.threshold!r}{extra})"
-
 
 @policy
 class _Counter:
@@ -254,6 +249,7 @@ class _Counter:
 
     _key = ""  # the evidence key of n
     _fields = ("", "")  # the clock counter read: over the run, in the phase
+    _positional = 1
 
     n: int = attrs.field(converter=integer(0, "e.g. {cls}(2)"))
     in_phase: bool = attrs.field(default=False, validator=flag("in_phase=True counts since the phase was entered"))
@@ -268,9 +264,6 @@ class _Counter:
     def evidence(self, ctx: Context) -> dict:
         name, count = self._counter(ctx.clock)
         return {name: count, self._key: self.n}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.n}{', in_phase=True' if self.in_phase else ''})"
 
 
 @policy
@@ -293,7 +286,7 @@ class MinSteps(_Counter):
 
 @policy
 class _Threshold:
-    _word = ""
+    _word, _positional = "", 2
 
     metric: str = attrs.field(validator=metric_name("e.g. {cls}('val_bpb', 1.5)"))
     value: float = attrs.field(converter=real("e.g. {cls}('val_bpb', 1.5)"))
@@ -307,9 +300,6 @@ class _Threshold:
 
     def evidence(self, ctx: Context) -> dict:
         return {"metric": self.metric, "value": ctx.metric(self.metric), self._word: self.value}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.metric!r}, {self.value!r})"
 
 
 @policy
@@ -441,6 +431,7 @@ class Cooldown:
     """Holds once ``n`` epochs (or steps, ``unit="steps"``) have passed since the phase was entered:
     on a loop-back, ``Cooldown(2)`` keeps a run from ping-ponging."""
 
+    _positional = 1
     n: int = attrs.field(converter=integer(1, "e.g. Cooldown(2) waits two epochs after a transition"))
     unit: str = attrs.field(
         default="epochs",
@@ -456,15 +447,13 @@ class Cooldown:
     def evidence(self, ctx: Context) -> dict:
         return {f"{self.unit}_since_transition": self._since(ctx), "cooldown": self.n}
 
-    def __repr__(self) -> str:
-        return f"Cooldown({self.n}{'' if self.unit == 'epochs' else ', unit=' + repr(self.unit)})"
-
 
 @policy
 class MaxVisits:
     """Holds while the transition's destination has been entered fewer than ``n`` times (counted in
     ``ctx.history``, the start included): ``MaxVisits(3)`` on a back-off allows two back-offs."""
 
+    _positional = 1
     n: int = attrs.field(converter=integer(1, "e.g. MaxVisits(3): the destination entered at most 3 times"))
 
     def _visits(self, ctx: Context) -> tuple[str, int]:
@@ -482,9 +471,6 @@ class MaxVisits:
         dest, visits = self._visits(ctx)
         return {"dest": dest, "visits": visits, "max_visits": self.n}
 
-    def __repr__(self) -> str:
-        return f"MaxVisits({self.n})"
-
 
 @policy
 class WorseThanBest:
@@ -492,7 +478,7 @@ class WorseThanBest:
     ``relative=True``: ``min_delta * |best|``) for ``patience`` consecutive evaluations at its transition's
     point; ``since="run"`` keeps the best across visits of the phase."""
 
-    observe_at = None  # at the transition's own evaluation point
+    observe_at, _positional = None, 1  # observe_at None: at the transition's own evaluation point
 
     metric: str = attrs.field(validator=metric_name('e.g. WorseThanBest("val_loss")'))
     patience: int = attrs.field(default=1, converter=integer(1, "e.g. patience=2: two evaluations in a row"))
@@ -568,11 +554,3 @@ class WorseThanBest:
             )
         self.best, self.last = (None if v is None else float(v) for v in (best, last))
         self.streak = streak
-
-    def __repr__(self) -> str:
-        extra = "" if self.patience == 1 else f", patience={self.patience}"
-        extra += "" if self.mode == "min" else f", mode={self.mode!r}"
-        extra += f", min_delta={self.min_delta!r}" if self.min_delta else ""
-        extra += ", relative=True" if self.relative else ""
-        extra += "" if self.since == "phase" else f", since={self.since!r}"
-        return f"WorseThanBest({self.metric!r}{extra})"
