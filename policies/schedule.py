@@ -35,17 +35,10 @@ class StageUnit(str, enum.Enum):
     STEPS = "steps"
 
 
-class _Stage(NamedTuple):
-    start: int  # first global step of the stage
-    end: int  # first step after it: the next stage's start or the end of training
-    peak: float
-    min: float
-
-
 class _Cycle(NamedTuple):
     warm: int  # first step of the cycle's linear warmup (== start: no warmup)
     start: int  # the step that runs at peak
-    end: int  # first step after the cosine
+    end: int  # first step after the cosine (a stage's: the next stage's start or the end of training)
     peak: float
     min: float
 
@@ -181,8 +174,8 @@ class StagedCosine(_Formula):
         self.restart_warmup_steps = check_int(where, "restart_warmup_steps", restart_warmup_steps, 0, fix)
         self._unit = 1 if self.stages_in is StageUnit.STEPS else self.steps_per_epoch
         u, kept = self._unit, [s for s in self.stages if s[0] * self._unit < self.total_steps]
-        self._layout = [
-            _Stage(start * u, kept[k + 1][0] * u if k + 1 < len(kept) else self.total_steps, peak, low)
+        self._layout = [  # each stage as the cycle it starts (at peak, no warmup)
+            _Cycle(start * u, start * u, kept[k + 1][0] * u if k + 1 < len(kept) else self.total_steps, peak, low)
             for k, (start, peak, low) in enumerate(kept)
         ]
         if self.warmup_steps >= self._layout[0].end:

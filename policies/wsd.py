@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 from engine import Context, Curriculum, CurriculumError, Phase, Point, Transition
-from policies._checks import check_int, check_real, fail
+from policies._checks import check_int, check_real, fail, policy
 from policies.guards import MinEpoch, Plateau, all_of
 from policies.schedule import _Formula, _member
 
@@ -188,6 +188,7 @@ class WSD(_Formula):
         )
 
 
+@policy
 class StartCooldown:
     """Start the registered schedule's cooldown now: calls ``ctx.schedule.start_cooldown()`` (a :class:`WSD`).
     Effect: ``{"lr": [before, after], "cooldown": [first step, first step after]}``."""
@@ -213,15 +214,13 @@ class StartCooldown:
             effect["auto_start"] = schedule.auto_start
         return effect
 
-    def __repr__(self) -> str:
-        return "StartCooldown()"
-
 
 def _started_by_itself(schedule: Any) -> bool:
     """A WSD whose step about to run is in the cooldown that began at its automatic start."""
     return bool(getattr(schedule, "cooling", False)) and getattr(schedule, "started_at", 0) is None
 
 
+@policy
 class CooldownDue:
     """Holds once the registered schedule's cooldown has begun by itself: a :class:`WSD` built with
     ``auto=True`` reached ``auto_start`` with no cooldown started before; never without a schedule (a
@@ -233,9 +232,6 @@ class CooldownDue:
     def evidence(self, ctx: Context) -> dict:
         schedule = ctx.objects.get("schedule")
         return {"auto_start": getattr(schedule, "auto_start", None), "step": getattr(schedule, "last_epoch", None)}
-
-    def __repr__(self) -> str:
-        return "CooldownDue()"
 
 
 def adaptive_cooldown(
