@@ -74,10 +74,8 @@ class RestartLR:
                 "restart_over='remaining' re-plans it over the steps left",
                 type(scheduler).__name__,
             )
-        if fresh:
-            return Restartable.around(scheduler, over=over)
-        if saved is not None:
-            return Restartable.around(scheduler, saved, over=over)
+        if fresh or saved is not None:
+            return Restartable.around(scheduler, None if fresh else saved, over=over)
         return scheduler  # a checkpoint from before the wrapper: check() names the fix
 
     def __call__(self, ctx: Context) -> dict:

@@ -395,9 +395,8 @@ class Restartable(LRScheduler):
         self._length = _length_field(scheduler)
         if self.over is Over.REMAINING and self._length is None:
             fix = f"re-planning needs a length ({', '.join(sorted(_LENGTHS))}); use over='whole' or StagedCosine"
-            raise fail(
-                "Restartable", "over", "'whole' for this scheduler", f"'remaining' with {type(scheduler).__name__}", fix
-            )
+            got = f"'remaining' with {type(scheduler).__name__}"
+            raise fail("Restartable", "over", "'whole' for this scheduler", got, fix)
         self.scheduler = scheduler
         self._factors = list(getattr(scheduler, "lr_lambdas", ()))  # a LambdaLR's, as built (its state has none)
         self._cycle_start = 0  # the step at which the wrapped schedule's step 0 ran last
@@ -409,10 +408,8 @@ class Restartable(LRScheduler):
         from this wrapper's ``state_dict()``): the frameworks' callbacks use it."""
         _check_wrappable(scheduler)
         if state is None and scheduler.last_epoch != 0:
-            fix = "pass the state saved with the checkpoint"
-            raise fail(
-                "Restartable.around", "state", "the wrapper's state_dict() for a scheduler past its step 0", None, fix
-            )
+            expected = "the wrapper's state_dict() for a scheduler past its step 0"
+            raise fail("Restartable.around", "state", expected, None, "pass the state saved with the checkpoint")
         if state is None:
             return cls(scheduler, over=over)
         self = cls.__new__(cls)
