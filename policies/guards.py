@@ -205,8 +205,7 @@ class Plateau:
         return r is not None and r < self.threshold
 
     def evidence(self, ctx: Context) -> dict:
-        """Window size and fill, older- and newer-half means, relative improvement, threshold;
-        with ``test="welch"`` also the test's ``t``, ``dof``, ``p`` and ``alpha``."""
+        """Window size and fill, the halves' means, relative improvement, threshold (and the Welch test's)."""
         full = self.full
         scale = self._half << _SHIFT
         out = {
@@ -286,14 +285,12 @@ class MinSteps(_Counter):
 
 @policy
 class _Threshold:
-    _word, _positional = "", 2
+    _word, _positional, _compare = "", 2, staticmethod(operator.lt)
 
     metric: str = attrs.field(validator=metric_name("e.g. {cls}('val_bpb', 1.5)"))
     value: float = attrs.field(converter=real("e.g. {cls}('val_bpb', 1.5)"))
 
     metrics = property(_metric, doc="The metric read when deciding, at the transition's point.")
-
-    _compare = staticmethod(operator.lt)
 
     def __call__(self, ctx: Context) -> bool:
         return self._compare(ctx.metric(self.metric), self.value)
@@ -313,8 +310,7 @@ class MetricBelow(_Threshold):
 class MetricAbove(_Threshold):
     """Holds when the metric ``metric`` passed at this point is above ``value`` (NaN never holds)."""
 
-    _word = "above"
-    _compare = staticmethod(operator.gt)
+    _word, _compare = "above", staticmethod(operator.gt)
 
 
 def _children(guards: Any, self: Any) -> tuple:

@@ -229,11 +229,8 @@ def anneal_curriculum(
     test: str = "relative",
     alpha: float | None = None,
 ) -> Curriculum:
-    """WSD with an anneal: :func:`~policies.adaptive_cooldown` whose ``stable`` phase reads the mix ``stable``
-    and whose ``cooldown`` phase reads the mix ``cooldown`` (e.g. heavy on the target data). The cooldown, and
-    with it the mix, starts at the first epoch end from ``min_epoch`` on where the training loss has plateaued,
-    else when the :class:`~policies.WSD` (``auto=True``) starts it by itself (:class:`~policies.CooldownDue`),
-    so the data follows the LR either way."""
+    """WSD with an anneal: :func:`~policies.adaptive_cooldown` whose ``stable`` and ``cooldown`` phases read
+    the mixes ``stable`` and ``cooldown`` (e.g. heavy on the target data), so the data follows the LR."""
     base = adaptive_cooldown(min_epoch, window, threshold, test, alpha)
     mixes = {"stable": stable, "cooldown": cooldown}
     phases = [attrs.evolve(p, params={**p.params, MIX: dict(mixes[p.name])}) for p in base.phases]

@@ -25,14 +25,10 @@ def spectral_curriculum(
     seq_lens: Sequence[int] | None = None,
     restart_lr: bool = True,
 ) -> Curriculum:
-    """Open frequency bands step by step: ``cutoff_128 -> cutoff_256 -> cutoff_512 -> full``.
+    """Open frequency bands step by step: ``cutoff_128 -> cutoff_256 -> cutoff_512 -> full`` (docs/reference.md).
 
-    Each phase enters with ``SetCutoff(c, preserve=preserve)`` (``full``: ``SetCutoff(None, ...)``); the
-    raise out of the k-th is checked at epoch end, guarded by ``all_of(MinEpoch(min_epochs[k]),
-    Plateau(window=window, threshold=threshold, test=test, alpha=alpha))``, and fires ``RestartLR()`` (none
-    with ``restart_lr=False``, for a schedule without restarts such as :class:`policies.WSD`). Cutoffs count
-    bins of an ``n_bins``-bin rfft. ``seq_lens``: one window length per cutoff phase, as its
-    ``params={"seq_len": L}`` (see :func:`policies.seq_len_curriculum`). The rules: docs/reference.md.
+    ``restart_lr=False``: no ``RestartLR()`` on the raises, for a schedule without restarts such as
+    :class:`policies.WSD`. ``seq_lens``: one window length per cutoff phase, as its ``params={"seq_len": L}``.
     """
     where = "spectral_curriculum"
     n_bins = check_int(where, "n_bins", n_bins, 2, "bins of the seq_len-point rfft: seq_len // 2 + 1, e.g. 513")
@@ -101,14 +97,9 @@ def _min_epoch(guards: Iterable[Any], entered: int) -> int | None:
 
 
 def phase_for_epoch(curriculum: Curriculum, epochs_completed: int) -> str:
-    """The phase to resume in from a checkpoint without engine state, after ``epochs_completed`` epochs.
-
-    Walks the chain from the initial phase, following (first in declaration order) a transition
-    whose minimum epoch, from the ``MinEpoch`` guards among its guards or inside ``all_of``, is at
-    most ``epochs_completed``; transitions without a ``MinEpoch`` are not followed. The result is
-    the highest phase the epoch allows: never a lower cutoff than the epoch implies. For the seed's
-    curriculum: 0-1 -> cutoff_128, 2-4 -> cutoff_256, 5-9 -> cutoff_512, 10+ -> full.
-    """
+    """The phase to resume in from a checkpoint without engine state, after ``epochs_completed`` epochs:
+    the highest the epoch allows along the first transitions whose ``MinEpoch`` it meets (docs/reference.md);
+    transitions without a ``MinEpoch`` are not followed."""
     epochs = check_int(
         "phase_for_epoch", "epochs_completed", epochs_completed, 0, "pass the epochs the checkpoint completed"
     )
