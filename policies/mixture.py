@@ -207,8 +207,7 @@ class MixtureSampler(torch.utils.data.Sampler):
             if saved != mine:
                 raise CurriculumError(
                     f"{where}: the state was saved with {key} {state.get(key)!r}, and this sampler has "
-                    f"{getattr(self, key)!r}; "
-                    "resume with the same sources, seed and ranks"
+                    f"{getattr(self, key)!r}; resume with the same sources, seed and ranks"
                 )
         step = check_int(where, "step", state["step"], 0, "load a state saved by MixtureSampler")
         consumed = {

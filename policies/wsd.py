@@ -128,13 +128,6 @@ class WSD(_Formula):
                 self.base_lr * self.final_ratio,
             )
 
-    def fast_forward(self, steps: int) -> None:
-        """Advance ``steps`` optimizer steps at once, as ``steps`` calls of ``step()`` would."""
-        steps = check_int("WSD.fast_forward", "steps", steps, 0, "the optimizer steps already run")
-        self.last_epoch += steps
-        self._step_count += steps
-        self._set_now()
-
     @property
     def peak_lr(self) -> float:
         return self.base_lr
