@@ -444,8 +444,7 @@ class Restartable(LRScheduler):
     def restart(self) -> tuple[float, float]:
         """Run the wrapped schedule again from its step 0 (re-planned with ``over="remaining"``),
         at the step about to run; returns the LR (before, after)."""
-        before = float(self.optimizer.param_groups[0]["lr"])
-        step = self.steps_done
+        before, step = self.lr, self.steps_done
         origin = copy.deepcopy(self._origin)
         state = origin["scheduler"]
         if self.over is Over.REMAINING and self._length != _LAMBDA_LENGTH:
@@ -460,9 +459,8 @@ class Restartable(LRScheduler):
                 else:
                     group[key] = value
         self.last_epoch = step  # torch's public step count
-        after = float(self.optimizer.param_groups[0]["lr"])
-        logger.info("LR restart of %s at step %d: %.3e -> %.3e", type(self.scheduler).__name__, step, before, after)
-        return before, after
+        logger.info("LR restart of %s at step %d: %.3e -> %.3e", type(self.scheduler).__name__, step, before, self.lr)
+        return before, self.lr
 
     @staticmethod
     def replannable(scheduler: Any) -> bool:
