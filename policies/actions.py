@@ -113,9 +113,8 @@ def _cutoff(n: Any) -> int | None:
     if isinstance(n, str) and n == "full":  # a data file's word for None (TOML has no null)
         return None
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise fail(
-            "SetCutoff", "n", "an int >= 1 (bins) or None (full band)", n, "e.g. SetCutoff(128) or SetCutoff(None)"
-        )
+        fix = "e.g. SetCutoff(128) or SetCutoff(None)"
+        raise fail("SetCutoff", "n", "an int >= 1 (bins) or None (full band)", n, fix)
     return n
 
 

@@ -522,10 +522,8 @@ class Restartable(LRScheduler):
             ]
 
     def __repr__(self) -> str:
-        return (
-            f"Restartable({type(self.scheduler).__name__}"
-            f"{'' if self.over is Over.WHOLE else ', over=' + repr(self.over.value)})"
-        )
+        over = "" if self.over is Over.WHOLE else f", over={self.over.value!r}"
+        return f"Restartable({type(self.scheduler).__name__}{over})"
 
 
 def _check_wrappable(scheduler: Any) -> None:
