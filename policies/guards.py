@@ -162,12 +162,8 @@ class Plateau:
         """The relative improvement ``r`` of the newer half over the older, or None until full."""
         if not self.full:
             return None
-        num = self._older_sum - self._newer_sum
-        if self.mode == "max":
-            num = -num
-        if self._older_sum == 0:
-            return 0.0
-        return _ratio(num, abs(self._older_sum))
+        gain = self._older_sum - self._newer_sum if self.mode == "min" else self._newer_sum - self._older_sum
+        return _ratio(gain, abs(self._older_sum)) if self._older_sum else 0.0
 
     def welch(self) -> tuple[float, float | None, float] | None:
         """``(t, dof, p)`` of the one-sided Welch test that the newer half improves on the older
