@@ -38,12 +38,15 @@ def check_real(
 
 
 def _call_repr(self: Any) -> str:
-    """The call that made a policy (a fingerprint reads it): its first ``_positional`` fields by value,
-    then by name those in ``_named`` and those that differ from their default."""
-    k, named = getattr(self, "_positional", 0), getattr(self, "_named", ())
-    values = [(f, getattr(self, f.name)) for f in attrs.fields(type(self)) if f.init]
-    parts = [repr(v) for _, v in values[:k]]
-    parts += [f"{f.name}={v!r}" for f, v in values[k:] if f.name in named or v != f.default]
+    """The call that made a policy (a fingerprint reads it): its required fields by value, then by name
+    the knobs in ``_named`` and the other fields that differ from their default."""
+    named, parts = getattr(self, "_named", ()), []
+    for field in (f for f in attrs.fields(type(self)) if f.init):
+        value = getattr(self, field.name)
+        if field.default is attrs.NOTHING:
+            parts.append(repr(value))
+        elif field.name in named or value != field.default:
+            parts.append(f"{field.name}={value!r}")
     return f"{type(self).__name__}({', '.join(parts)})"
 
 

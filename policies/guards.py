@@ -79,7 +79,7 @@ class Plateau:
         validator=choice(_TESTS, '"relative" or "welch"', 'use test="welch" for a noise-aware plateau'),
     )
     alpha: float | None = None
-    _named = ("window", "threshold")  # in the repr even at their defaults
+    _named = ("window", "threshold")  # the knobs, named in the repr even at their defaults
 
     def __attrs_post_init__(self) -> None:
         window, alpha, self._welch = self.window, self.alpha, self.test == "welch"
@@ -244,7 +244,6 @@ class _Counter:
 
     _key = ""  # the evidence key of n
     _fields = ("", "")  # the clock counter read: over the run, in the phase
-    _positional = 1
 
     n: int = attrs.field(converter=integer(0, "e.g. {cls}(2)"))
     in_phase: bool = attrs.field(default=False, validator=flag("in_phase=True counts since the phase was entered"))
@@ -281,7 +280,7 @@ class MinSteps(_Counter):
 
 @policy
 class _Threshold:
-    _word, _positional, _compare = "", 2, staticmethod(operator.lt)
+    _word, _compare = "", staticmethod(operator.lt)
 
     metric: str = attrs.field(validator=metric_name("e.g. {cls}('val_bpb', 1.5)"))
     value: float = attrs.field(converter=real("e.g. {cls}('val_bpb', 1.5)"))
@@ -423,7 +422,6 @@ class Cooldown:
     """Holds once ``n`` epochs (or steps, ``unit="steps"``) have passed since the phase was entered:
     on a loop-back, ``Cooldown(2)`` keeps a run from ping-ponging."""
 
-    _positional = 1
     n: int = attrs.field(converter=integer(1, "e.g. Cooldown(2) waits two epochs after a transition"))
     unit: str = attrs.field(
         default="epochs",
@@ -445,7 +443,6 @@ class MaxVisits:
     """Holds while the transition's destination has been entered fewer than ``n`` times (counted in
     ``ctx.history``, the start included): ``MaxVisits(3)`` on a back-off allows two back-offs."""
 
-    _positional = 1
     n: int = attrs.field(converter=integer(1, "e.g. MaxVisits(3): the destination entered at most 3 times"))
 
     def _visits(self, ctx: Context) -> tuple[str, int]:
@@ -470,7 +467,7 @@ class WorseThanBest:
     ``relative=True``: ``min_delta * |best|``) for ``patience`` consecutive evaluations at its transition's
     point; ``since="run"`` keeps the best across visits of the phase."""
 
-    observe_at, _positional = None, 1  # observe_at None: at the transition's own evaluation point
+    observe_at = None  # at the transition's own evaluation point
 
     metric: str = attrs.field(validator=metric_name('e.g. WorseThanBest("val_loss")'))
     patience: int = attrs.field(default=1, converter=integer(1, "e.g. patience=2: two evaluations in a row"))
