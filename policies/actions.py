@@ -151,8 +151,7 @@ def _filled(guard: Any) -> int | None:
     """Values held by a plateau window, summed through combinators; None for other guards."""
     if hasattr(guard, "filled"):
         return int(guard.filled)
-    counts = [_filled(g) for g in getattr(guard, "guards", ())]
-    counts = [c for c in counts if c is not None]
+    counts = [c for c in map(_filled, getattr(guard, "guards", ())) if c is not None]
     return sum(counts) if counts else None
 
 
