@@ -37,12 +37,32 @@ def check_real(
     return x
 
 
+def _call_repr(self: Any) -> str:
+    """The call that made a policy (a fingerprint reads it): its required fields by value, then by name
+    the knobs in ``_named`` and the other fields that differ from their default."""
+    named, parts = getattr(self, "_named", ()), []
+    for field in (f for f in attrs.fields(type(self)) if f.init):
+        value = getattr(self, field.name)
+        if field.default is attrs.NOTHING:
+            parts.append(repr(value))
+        elif field.name in named or value != field.default:
+            parts.append(f"{field.name}={value!r}")
+    return f"{type(self).__name__}({', '.join(parts)})"
+
+
 # The built-in guards and actions are attrs classes: their fields are what a curriculum file names
-# (engine.datafile), their reprs are written by hand (a fingerprint reads them), and they compare
-# by identity, as the engine keys their state by the object. Their fields are checked when they are
-# built, not on every assignment: attrs' per-assignment hook would run on each accumulator update
-# (it made a Plateau's step_end 5x slower).
-policy = attrs.define(eq=False, repr=False, slots=False, on_setattr=attrs.setters.NO_OP)
+# (engine.datafile), their reprs read like the call (:func:`_call_repr`, unless a class writes its
+# own), and they compare by identity, as the engine keys their state by the object. Their fields
+# are checked when they are built, not on every assignment: attrs' per-assignment hook would run on
+# each accumulator update (it made a Plateau's step_end 5x slower).
+_define = attrs.define(eq=False, repr=False, slots=False, on_setattr=attrs.setters.NO_OP)
+
+
+def policy(cls: type) -> type:
+    """A built-in guard or action class, made an attrs class (above)."""
+    if cls.__repr__ is object.__repr__:
+        cls.__repr__ = _call_repr  # type: ignore[method-assign]
+    return _define(cls)
 
 
 def _cls(obj: Any) -> str:

@@ -1,8 +1,7 @@
 """Ready actions: restart the LR at peak, set the model's frequency cutoff, reset plateau windows.
 
-An action acts and reports: ``action(ctx)`` returns its effect as ``{name: [before, after]}``,
-recorded in the transition's history record. Each declares the registered objects it needs in
-``requires``, so a missing one fails at ``engine.start()``/``load_state_dict()``, not at the first transition.
+Each returns its effect as ``{name: [before, after]}`` and declares the registered objects it needs in
+``requires``, so a missing one fails at ``engine.start()``, not at the first transition.
 """
 
 from __future__ import annotations
@@ -35,12 +34,8 @@ def _plain(value: Any) -> Any:
 
 @policy
 class RestartLR:
-    """Restart the LR schedule at its peak: calls ``ctx.schedule.restart()``.
-
-    The schedule is a :class:`~policies.StagedCosine`, a torch scheduler wrapped in
-    :class:`~policies.Restartable`, or anything with ``restart()``. Effect: ``{"lr": [before, after],
-    "peak": peak}`` (and ``"first_lr"`` when a re-warmup's first LR differs from the peak). Its health
-    check (``verify``) warns "LR TOO LOW" when the next step ran below half of that: docs/semantics.md.
+    """Restart the LR schedule at its peak: calls ``ctx.schedule.restart()`` (a :class:`~policies.StagedCosine`,
+    a :class:`~policies.Restartable`, or anything with ``restart()``). Effect and health check: docs/reference.md.
     """
 
     requires = ("schedule", "optimizer")
@@ -79,10 +74,8 @@ class RestartLR:
                 "restart_over='remaining' re-plans it over the steps left",
                 type(scheduler).__name__,
             )
-        if fresh:
-            return Restartable.around(scheduler, over=over)
-        if saved is not None:
-            return Restartable.around(scheduler, saved, over=over)
+        if fresh or saved is not None:
+            return Restartable.around(scheduler, None if fresh else saved, over=over)
         return scheduler  # a checkpoint from before the wrapper: check() names the fix
 
     def __call__(self, ctx: Context) -> dict:
@@ -105,8 +98,7 @@ class RestartLR:
         except (KeyError, IndexError, TypeError, ValueError):
             return f"RestartLR could not check the LR: its recorded effect {effect!r} has no peak"
         what = "first LR" if "first_lr" in effect else "peak"
-        lr = ctx.metrics["lr"] if "lr" in ctx.metrics else _optimizer_lr(ctx.optimizer)
-        lr = float(_plain(lr))
+        lr = float(ctx.metrics["lr"]) if "lr" in ctx.metrics else _optimizer_lr(ctx.optimizer)
         if math.isfinite(peak) and lr < 0.5 * peak:
             return (
                 f"LR {lr:.1e} on the first step after the restart is below half the restart's {what} {peak:.1e}: "
@@ -116,28 +108,20 @@ class RestartLR:
             )
         return None
 
-    def __repr__(self) -> str:
-        return "RestartLR()"
-
 
 def _cutoff(n: Any) -> int | None:
     if isinstance(n, str) and n == "full":  # a data file's word for None (TOML has no null)
         return None
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise fail(
-            "SetCutoff", "n", "an int >= 1 (bins) or None (full band)", n, "e.g. SetCutoff(128) or SetCutoff(None)"
-        )
+        fix = "e.g. SetCutoff(128) or SetCutoff(None)"
+        raise fail("SetCutoff", "n", "an int >= 1 (bins) or None (full band)", n, fix)
     return n
 
 
 @policy
 class SetCutoff:
-    """Set the model's frequency cutoff: ``ctx.model.set_cutoff(n, preserve=preserve)``.
-
-    ``n`` is a number of bins (>= 1), or None (``"full"``) for the full band. ``preserve=False`` (default)
-    opens new bands with noise, as the seed does; ``preserve=True`` opens them at zero, keeping the
-    model's function exact (measured to end worse: BENCHMARKS.md). Effect:
-    ``{"cutoff": [before, after]}`` read from ``ctx.model.cutoff``.
+    """Set the model's frequency cutoff: ``ctx.model.set_cutoff(n, preserve=preserve)``, ``n`` bins (>= 1)
+    or None (``"full"``) for the full band. Effect: ``{"cutoff": [before, after]}`` from ``ctx.model.cutoff``.
 
     The repr is the first release's, kept because it is in the fingerprint of checkpoints already
     written: ``SetCutoff(128)`` for ``preserve=True``, ``SetCutoff(128, preserve=False)`` otherwise.
@@ -167,8 +151,7 @@ def _filled(guard: Any) -> int | None:
     """Values held by a plateau window, summed through combinators; None for other guards."""
     if hasattr(guard, "filled"):
         return int(guard.filled)
-    counts = [_filled(g) for g in getattr(guard, "guards", ())]
-    counts = [c for c in counts if c is not None]
+    counts = [c for c in map(_filled, getattr(guard, "guards", ())) if c is not None]
     return sum(counts) if counts else None
 
 
@@ -181,23 +164,13 @@ class ResetWindow:
 
     def __init__(self, *guards: Any) -> None:
         if not guards:
-            raise fail(
-                "ResetWindow",
-                "guards",
-                "at least one guard to reset",
-                guards,
-                "e.g. ResetWindow(plateau) with the Plateau used in the transition",
-            )
+            fix = "e.g. ResetWindow(plateau) with the Plateau used in the transition"
+            raise fail("ResetWindow", "guards", "at least one guard to reset", guards, fix)
         for i, g in enumerate(guards):
             check_callable(g, f"ResetWindow: guards[{i}]")
             if not callable(getattr(g, "reset", None)):
-                raise fail(
-                    "ResetWindow",
-                    f"guards[{i}]",
-                    "a guard with reset()",
-                    describe(g),
-                    "pass a Plateau (or a combinator holding one)",
-                )
+                fix = "pass a Plateau (or a combinator holding one)"
+                raise fail("ResetWindow", f"guards[{i}]", "a guard with reset()", describe(g), fix)
         self.guards = guards
 
     def __call__(self, ctx: Context) -> dict:

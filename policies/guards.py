@@ -1,9 +1,7 @@
 """Ready guards: plateau, minimum epoch and steps, metric thresholds, and their combinators.
 
-Guards decide and never act: ``guard(ctx) -> bool`` has no side effects; accumulators are fed in
-``observe(ctx)`` and cleared in ``reset()`` (:mod:`engine.protocols`). Every repr reads like the call
-that made it, keyword arguments only when they differ from their default (``MinEpoch(2)``,
-``Plateau(window=50, threshold=0.005, metric='val_bpb')``). What each guard holds on: docs/reference.md.
+Guards decide and never act (:mod:`engine.protocols`); each repr reads like the call that made it,
+keyword arguments only when they differ from their default. What each holds on: docs/reference.md.
 """
 
 from __future__ import annotations
@@ -65,14 +63,11 @@ def _metric(guard: Any) -> tuple[str, ...]:
 
 @policy
 class Plateau:
-    """Holds when the metric stopped improving over the last ``window`` observed values.
+    """Holds when the metric stopped improving over the last ``window`` observed values: the newer
+    half of the window improves on the older by less than ``threshold`` (relative, or by a Welch test).
 
-    With ``older`` and ``newer`` the window's halves, ``test="relative"`` holds once the window is full
-    and ``r = (mean(older) - mean(newer)) / |mean(older)| < threshold`` (``mode="min"``);
-    ``test="welch"`` once a one-sided Welch t-test at level ``alpha`` does not find the newer half
-    better by more than ``threshold * |mean(older)|`` (see :meth:`welch`). The halves are two deques
-    with running sums kept exactly (each float as an integer multiple of 2**-1074), so decisions
-    never drift and a restored window is bit-identical.
+    The halves' running sums are kept exactly (each float as an integer multiple of 2**-1074), so
+    decisions never drift and a restored window is bit-identical.
     """
 
     window: int = attrs.field(default=50, converter=integer(2, "use an even window >= 2, e.g. window=50"))
@@ -84,35 +79,24 @@ class Plateau:
         validator=choice(_TESTS, '"relative" or "welch"', 'use test="welch" for a noise-aware plateau'),
     )
     alpha: float | None = None
+    _named = ("window", "threshold")  # the knobs, named in the repr even at their defaults
 
     def __attrs_post_init__(self) -> None:
-        where, window, alpha = "Plateau", self.window, self.alpha
+        window, alpha, self._welch = self.window, self.alpha, self.test == "welch"
         if window % 2:
-            raise fail(
-                where, "window", "even (older and newer halves of equal size)", window, f"use window={window + 1}"
-            )
-        if self.test == "relative" and alpha is not None:
-            raise fail(
-                where,
-                "alpha",
-                'None with test="relative" (a level is for the Welch test)',
-                alpha,
-                'drop alpha, or pass test="welch"',
-            )
-        if self.test == "welch":
+            expected = "even (older and newer halves of equal size)"
+            raise fail("Plateau", "window", expected, window, f"use window={window + 1}")
+        if not self._welch and alpha is not None:
+            expected = 'None with test="relative" (a level is for the Welch test)'
+            raise fail("Plateau", "alpha", expected, alpha, 'drop alpha, or pass test="welch"')
+        if self._welch:
             alpha = 0.05 if alpha is None else alpha
             if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
-                raise fail(where, "alpha", "a level in (0, 1)", alpha, "e.g. alpha=0.05")
+                raise fail("Plateau", "alpha", "a level in (0, 1)", alpha, "e.g. alpha=0.05")
             if window < 4:
-                raise fail(
-                    where,
-                    "window",
-                    'even and >= 4 with test="welch" (two values per half for a variance)',
-                    window,
-                    "use window=4 or more",
-                )
+                expected = 'even and >= 4 with test="welch" (two values per half for a variance)'
+                raise fail("Plateau", "window", expected, window, "use window=4 or more")
             self.alpha = float(alpha)
-        self._welch = self.test == "welch"
         self._half = window // 2
         self.reset()
 
@@ -178,12 +162,8 @@ class Plateau:
         """The relative improvement ``r`` of the newer half over the older, or None until full."""
         if not self.full:
             return None
-        num = self._older_sum - self._newer_sum
-        if self.mode == "max":
-            num = -num
-        if self._older_sum == 0:
-            return 0.0
-        return _ratio(num, abs(self._older_sum))
+        gain = self._older_sum - self._newer_sum if self.mode == "min" else self._newer_sum - self._older_sum
+        return _ratio(gain, abs(self._older_sum)) if self._older_sum else 0.0
 
     def welch(self) -> tuple[float, float | None, float] | None:
         """``(t, dof, p)`` of the one-sided Welch test that the newer half improves on the older
@@ -221,8 +201,7 @@ class Plateau:
         return r is not None and r < self.threshold
 
     def evidence(self, ctx: Context) -> dict:
-        """Window size and fill, older- and newer-half means, relative improvement, threshold;
-        with ``test="welch"`` also the test's ``t``, ``dof``, ``p`` and ``alpha``."""
+        """Window size and fill, the halves' means, relative improvement, threshold (and the Welch test's)."""
         full = self.full
         scale = self._half << _SHIFT
         out = {
@@ -258,12 +237,6 @@ class Plateau:
         for v in values:  # a longer list (saved with a larger window) keeps its last `window` values
             self.push(v)
 
-    def __repr__(self) -> str:
-        extra = "" if self.metric == "loss" else f", metric={self.metric!r}"
-        extra += "" if self.mode == "min" else f", mode={self.mode!r}"
-        extra += "" if self.test == "relative" else f", test={self.test!r}, alpha={self.alpha!r}"
-        return f"Plateau(window={self.window}, threshold={self.threshold!r}{extra})"
-
 
 @policy
 class _Counter:
@@ -286,9 +259,6 @@ class _Counter:
         name, count = self._counter(ctx.clock)
         return {name: count, self._key: self.n}
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.n}{', in_phase=True' if self.in_phase else ''})"
-
 
 @policy
 class MinEpoch(_Counter):
@@ -310,14 +280,12 @@ class MinSteps(_Counter):
 
 @policy
 class _Threshold:
-    _word = ""
+    _word, _compare = "", staticmethod(operator.lt)
 
     metric: str = attrs.field(validator=metric_name("e.g. {cls}('val_bpb', 1.5)"))
     value: float = attrs.field(converter=real("e.g. {cls}('val_bpb', 1.5)"))
 
     metrics = property(_metric, doc="The metric read when deciding, at the transition's point.")
-
-    _compare = staticmethod(operator.lt)
 
     def __call__(self, ctx: Context) -> bool:
         return self._compare(ctx.metric(self.metric), self.value)
@@ -325,25 +293,19 @@ class _Threshold:
     def evidence(self, ctx: Context) -> dict:
         return {"metric": self.metric, "value": ctx.metric(self.metric), self._word: self.value}
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.metric!r}, {self.value!r})"
-
 
 @policy
 class MetricBelow(_Threshold):
-    """Holds when the metric ``metric`` passed at this point is below ``value`` (NaN never holds).
-    A missing metric is a CurriculumError naming it and the point."""
+    """Holds when the metric ``metric`` passed at this point is below ``value`` (NaN never holds)."""
 
     _word = "below"
 
 
 @policy
 class MetricAbove(_Threshold):
-    """Holds when the metric ``metric`` passed at this point is above ``value`` (NaN never holds).
-    A missing metric is a CurriculumError naming it and the point."""
+    """Holds when the metric ``metric`` passed at this point is above ``value`` (NaN never holds)."""
 
-    _word = "above"
-    _compare = staticmethod(operator.gt)
+    _word, _compare = "above", staticmethod(operator.gt)
 
 
 def _children(guards: Any, self: Any) -> tuple:
@@ -358,6 +320,7 @@ class _Combinator:
     """A guard made of guards: observe, reset and state pass through to every child."""
 
     _name: str
+    _holds: Any  # the children's values -> whether it holds
     guards: tuple
 
     def __attrs_post_init__(self) -> None:
@@ -370,6 +333,9 @@ class _Combinator:
         # Every child is evaluated (no short-circuit), so a missing metric fails at the first
         # evaluation point rather than only once the other children happen to hold.
         return [truth_value(g, g(ctx)) for g in self.guards]
+
+    def __call__(self, ctx: Context) -> bool:
+        return self._holds(self._values(ctx))
 
     def observe(self, ctx: Context) -> None:
         for observe in self._observing:
@@ -414,32 +380,23 @@ class _Many(_Combinator):
 
 @policy
 class _AllOf(_Many, AllOf):
-    _name = "all_of"
-
-    def __call__(self, ctx: Context) -> bool:
-        return all(self._values(ctx))
+    _name, _holds = "all_of", staticmethod(all)
 
 
 @policy
 class _AnyOf(_Many):
-    _name = "any_of"
-
-    def __call__(self, ctx: Context) -> bool:
-        return any(self._values(ctx))
+    _name, _holds = "any_of", staticmethod(any)
 
 
 @policy
 class _Not(_Combinator):
-    _name = "not_"
+    _name, _holds = "not_", staticmethod(lambda values: not values[0])
 
     guard: Guard = attrs.field(converter=attrs.Converter(lambda g, self: _children((g,), self)[0], takes_self=True))
 
     @property
     def guards(self) -> tuple:  # type: ignore[override]
         return (self.guard,)
-
-    def __call__(self, ctx: Context) -> bool:
-        return not self._values(ctx)[0]
 
 
 def all_of(*guards: Any) -> _AllOf:
@@ -480,9 +437,6 @@ class Cooldown:
     def evidence(self, ctx: Context) -> dict:
         return {f"{self.unit}_since_transition": self._since(ctx), "cooldown": self.n}
 
-    def __repr__(self) -> str:
-        return f"Cooldown({self.n}{'' if self.unit == 'epochs' else ', unit=' + repr(self.unit)})"
-
 
 @policy
 class MaxVisits:
@@ -506,17 +460,12 @@ class MaxVisits:
         dest, visits = self._visits(ctx)
         return {"dest": dest, "visits": visits, "max_visits": self.n}
 
-    def __repr__(self) -> str:
-        return f"MaxVisits({self.n})"
-
 
 @policy
 class WorseThanBest:
     """Holds when ``metric`` has been worse than its best by more than ``min_delta`` (with
-    ``relative=True``: ``min_delta * |best|``) for ``patience`` consecutive evaluations (``mode="min"``:
-    worse is higher). It observes at its transition's point; ``since="phase"`` clears the best when
-    the phase is entered, ``since="run"`` keeps it across visits. Its state saves and restores exactly.
-    """
+    ``relative=True``: ``min_delta * |best|``) for ``patience`` consecutive evaluations at its transition's
+    point; ``since="run"`` keeps the best across visits of the phase."""
 
     observe_at = None  # at the transition's own evaluation point
 
@@ -585,23 +534,12 @@ class WorseThanBest:
 
     def load_state_dict(self, state: dict) -> None:
         ok = isinstance(state, dict) and set(state) == {"best", "last", "streak"}
-        ok = ok and all(
-            state[k] is None or (isinstance(state[k], (int, float)) and not isinstance(state[k], bool))
-            for k in ("best", "last")
-        )
-        if not ok or not isinstance(state["streak"], int) or isinstance(state["streak"], bool) or state["streak"] < 0:
+        best, last, streak = (state[k] for k in ("best", "last", "streak")) if ok else (None, None, -1)
+        floats = all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in (best, last))
+        if not (ok and floats and isinstance(streak, int) and not isinstance(streak, bool) and streak >= 0):
             raise CurriculumError(
                 f"{self!r}.load_state_dict: expected {{'best': float|None, 'last': float|None, 'streak': int >= 0}} "
                 f"from WorseThanBest.state_dict(), got {state!r}"
             )
-        self.best = None if state["best"] is None else float(state["best"])
-        self.last = None if state["last"] is None else float(state["last"])
-        self.streak = state["streak"]
-
-    def __repr__(self) -> str:
-        extra = "" if self.patience == 1 else f", patience={self.patience}"
-        extra += "" if self.mode == "min" else f", mode={self.mode!r}"
-        extra += f", min_delta={self.min_delta!r}" if self.min_delta else ""
-        extra += ", relative=True" if self.relative else ""
-        extra += "" if self.since == "phase" else f", since={self.since!r}"
-        return f"WorseThanBest({self.metric!r}{extra})"
+        self.best, self.last = (None if v is None else float(v) for v in (best, last))
+        self.streak = streak

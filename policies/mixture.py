@@ -1,10 +1,6 @@
-"""Data mixtures: a phase param ``mix`` and a deterministic, resumable sampler that follows it.
-
-A phase may carry ``mix``, weights over named data sources (``params={"mix": {"web": 3, "code": 1}}``).
-:class:`MixtureSampler` gives each step's examples as (source, index) pairs: exact per-step
-proportions (largest remainder with a carried credit, in fractions), without replacement (epochs of
-each source seeded by sha256, never Python's salted ``hash``), resumable bit for bit, and read from
-the engine's phase when a step is drawn. The rules, and the DataLoader caveats: docs/mixtures.md.
+"""Data mixtures: a phase param ``mix`` (``params={"mix": {"web": 3, "code": 1}}``) and a deterministic,
+resumable sampler that follows it: exact per-step proportions (largest remainder with a carried credit,
+in fractions), epochs of each source seeded by sha256 (never Python's salted ``hash``). docs/mixtures.md.
 """
 
 from __future__ import annotations
@@ -204,18 +200,14 @@ class MixtureSampler(torch.utils.data.Sampler):
         seed or world size (the stream it positions is another). ``other_sizes``: the sources (same names)
         changed knowingly; each continues at its count of examples consumed, in epochs of its new size."""
         where = "MixtureSampler.load_state_dict"
-        sizes = dict.fromkeys(self.sizes) if other_sizes else self.sizes
-        saved_sizes = dict.fromkeys(state.get("sizes") or ()) if other_sizes else state.get("sizes")
-        for key, mine, saved in (
-            ("sizes", sizes, saved_sizes),
-            ("seed", self.seed, state.get("seed")),
-            ("world_size", self.world_size, state.get("world_size")),
-        ):
+        for key in ("sizes", "seed", "world_size"):
+            mine, saved = getattr(self, key), state.get(key)
+            if key == "sizes" and other_sizes:  # the same names, each of another size
+                mine, saved = set(mine), set(saved or ())
             if saved != mine:
                 raise CurriculumError(
                     f"{where}: the state was saved with {key} {state.get(key)!r}, and this sampler has "
-                    f"{getattr(self, key)!r}; "
-                    "resume with the same sources, seed and ranks"
+                    f"{getattr(self, key)!r}; resume with the same sources, seed and ranks"
                 )
         step = check_int(where, "step", state["step"], 0, "load a state saved by MixtureSampler")
         consumed = {
@@ -236,11 +228,8 @@ def anneal_curriculum(
     test: str = "relative",
     alpha: float | None = None,
 ) -> Curriculum:
-    """WSD with an anneal: :func:`~policies.adaptive_cooldown` whose ``stable`` phase reads the mix ``stable``
-    and whose ``cooldown`` phase reads the mix ``cooldown`` (e.g. heavy on the target data). The cooldown, and
-    with it the mix, starts at the first epoch end from ``min_epoch`` on where the training loss has plateaued,
-    else when the :class:`~policies.WSD` (``auto=True``) starts it by itself (:class:`~policies.CooldownDue`),
-    so the data follows the LR either way."""
+    """WSD with an anneal: :func:`~policies.adaptive_cooldown` whose ``stable`` and ``cooldown`` phases read
+    the mixes ``stable`` and ``cooldown`` (e.g. heavy on the target data), so the data follows the LR."""
     base = adaptive_cooldown(min_epoch, window, threshold, test, alpha)
     mixes = {"stable": stable, "cooldown": cooldown}
     phases = [attrs.evolve(p, params={**p.params, MIX: dict(mixes[p.name])}) for p in base.phases]

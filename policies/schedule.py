@@ -12,8 +12,6 @@ import enum
 import functools
 import logging
 import math
-import re
-import warnings
 from typing import Any, NamedTuple, Sequence
 
 import torch
@@ -37,17 +35,10 @@ class StageUnit(str, enum.Enum):
     STEPS = "steps"
 
 
-class _Stage(NamedTuple):
-    start: int  # first global step of the stage
-    end: int  # first step after it: the next stage's start or the end of training
-    peak: float
-    min: float
-
-
 class _Cycle(NamedTuple):
     warm: int  # first step of the cycle's linear warmup (== start: no warmup)
     start: int  # the step that runs at peak
-    end: int  # first step after the cosine
+    end: int  # first step after the cosine (a stage's: the next stage's start or the end of training)
     peak: float
     min: float
 
@@ -100,6 +91,16 @@ class _Formula(LRScheduler):
         """The LR of the step about to run."""
         return self._compute(self.last_epoch)
 
+    def fast_forward(self, steps: int) -> None:
+        """Advance ``steps`` optimizer steps at once, as ``steps`` calls of ``step()`` would (e.g. to resume a
+        checkpoint that holds weights but no schedule state)."""
+        steps = check_int(f"{type(self).__name__}.fast_forward", "steps", steps, 0, "the optimizer steps already run")
+        for nxt in range(self.last_epoch + 1, self.last_epoch + steps + 1):
+            self._advance(nxt)
+        self.last_epoch += steps
+        self._step_count += steps
+        self._set_now()
+
     def _set_now(self) -> None:
         lr = self.lr
         for group in self.optimizer.param_groups:
@@ -129,13 +130,8 @@ class _Formula(LRScheduler):
 class StagedCosine(_Formula):
     """Cosine cycles aligned with training stages; ``restart()`` starts a new cycle at once.
 
-    ``stages`` are ``(start, peak, min)`` multipliers of ``base_lr``, ``start`` in epochs or, with
-    ``stages_in="steps"``, in optimizer steps; each stage starts a cycle that runs to the next stage's
-    start or the end of training. The i-th of a cycle's N steps runs at::
-
-        lr = base_lr * (min + (peak - min) * 0.5 * (1 + cos(pi * i / N)))
-
-    Warmups, restarts, the end of training and the state: docs/reference.md.
+    ``stages`` are ``(start, peak, min)`` multipliers of ``base_lr``, each starting a cycle to the next
+    stage's start or the end of training. The formulas, warmups, restarts, the state: docs/reference.md.
     """
 
     def __init__(
@@ -164,11 +160,10 @@ class StagedCosine(_Formula):
             raise fail(where, "steps_per_epoch", f"an int >= 1 (needed to count {why} in steps)", None, fix)
         if steps_per_epoch is not None:
             steps_per_epoch = check_int(where, "steps_per_epoch", steps_per_epoch, 1, "e.g. steps_per_epoch=1000")
-        self.steps_per_epoch = steps_per_epoch
+        self.steps_per_epoch, self.total_epochs = steps_per_epoch, total_epochs
         if total_epochs is not None:
-            total_epochs = check_int(where, "total_epochs", total_epochs, 1, "the run's --epochs, e.g. 50")
-            total_steps = total_epochs * steps_per_epoch
-        self.total_epochs = total_epochs
+            self.total_epochs = check_int(where, "total_epochs", total_epochs, 1, "the run's --epochs, e.g. 50")
+            total_steps = self.total_epochs * steps_per_epoch
         self.total_steps = check_int(where, "total_steps", total_steps, 1, "optimizer steps of the run, e.g. 5000")
         if stages is None and self.stages_in is StageUnit.STEPS:
             fix = "e.g. stages=((0, 1.0, 0.1), (500, 1.0, 0.05)) with stages_in='steps'"
@@ -179,8 +174,8 @@ class StagedCosine(_Formula):
         self.restart_warmup_steps = check_int(where, "restart_warmup_steps", restart_warmup_steps, 0, fix)
         self._unit = 1 if self.stages_in is StageUnit.STEPS else self.steps_per_epoch
         u, kept = self._unit, [s for s in self.stages if s[0] * self._unit < self.total_steps]
-        self._layout = [
-            _Stage(start * u, kept[k + 1][0] * u if k + 1 < len(kept) else self.total_steps, peak, low)
+        self._layout = [  # each stage as the cycle it starts (at peak, no warmup)
+            _Cycle(start * u, start * u, kept[k + 1][0] * u if k + 1 < len(kept) else self.total_steps, peak, low)
             for k, (start, peak, low) in enumerate(kept)
         ]
         if self.warmup_steps >= self._layout[0].end:
@@ -232,18 +227,6 @@ class StagedCosine(_Formula):
             if declared:
                 self._cycle = _Cycle(nxt, nxt, nxt + 1, declared[0][1], declared[0][2])
 
-    def fast_forward(self, steps: int) -> None:
-        """Advance ``steps`` optimizer steps at once, as ``steps`` calls of ``step()`` would (e.g. to resume a
-        checkpoint that holds weights but no schedule state), without torch's warning that ``step()`` ran
-        before ``optimizer.step()``."""
-        steps = check_int("StagedCosine.fast_forward", "steps", steps, 0, "the optimizer steps already run")
-        with warnings.catch_warnings():
-            warnings.filterwarnings(
-                "ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"), category=UserWarning
-            )
-            for _ in range(steps):
-                self.step()
-
     def restart(self) -> tuple[float, float]:
         """Start a new cycle from the step about to run (at peak, or ramping with ``restart_warmup_steps``);
         returns the LR (before, after)."""
@@ -262,11 +245,6 @@ class StagedCosine(_Formula):
     def restart_lr(self) -> float:
         """The LR a restart now sets for the step about to run: ``peak_lr``, or its first ramp step."""
         return self.peak_lr / (self.restart_warmup_steps + 1)
-
-    @property
-    def step_count(self) -> int:
-        """Optimizer steps completed: the 0-based index of the step about to run."""
-        return self.last_epoch
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -399,10 +377,7 @@ class Restartable(LRScheduler):
     """Any torch LR scheduler, made restartable: ``RestartLR`` can then restart it.
 
     Wrap it right after building it (``Restartable(CosineAnnealingLR(optimizer, T_max=100))``) and
-    register and step the wrapper in its place. ``restart()`` runs the wrapped schedule again from its
-    own step 0 at the step about to run: as built (``over="whole"``), or re-planned over the steps left
-    of its length (``over="remaining"``). ``restart_lr`` is the LR of that step 0, ``peak_lr`` the
-    schedule's peak. See docs/reference.md, and docs/integrations.md for ``over``.
+    register and step the wrapper in its place. See docs/reference.md, and docs/integrations.md for ``over``.
     """
 
     def __init__(self, scheduler: Any, *, over: Over | str = Over.WHOLE) -> None:
@@ -420,15 +395,12 @@ class Restartable(LRScheduler):
         self._length = _length_field(scheduler)
         if self.over is Over.REMAINING and self._length is None:
             fix = f"re-planning needs a length ({', '.join(sorted(_LENGTHS))}); use over='whole' or StagedCosine"
-            raise fail(
-                "Restartable", "over", "'whole' for this scheduler", f"'remaining' with {type(scheduler).__name__}", fix
-            )
+            got = f"'remaining' with {type(scheduler).__name__}"
+            raise fail("Restartable", "over", "'whole' for this scheduler", got, fix)
         self.scheduler = scheduler
         self._factors = list(getattr(scheduler, "lr_lambdas", ()))  # a LambdaLR's, as built (its state has none)
         self._cycle_start = 0  # the step at which the wrapped schedule's step 0 ran last
-        self._initialising = True
         super().__init__(scheduler.optimizer)  # torch's own set-up: base_lrs, and one step() to step 0 (below)
-        self._initialising = False
 
     @classmethod
     def around(cls, scheduler: Any, state: dict | None = None, *, over: Over | str = Over.WHOLE) -> "Restartable":
@@ -436,10 +408,8 @@ class Restartable(LRScheduler):
         from this wrapper's ``state_dict()``): the frameworks' callbacks use it."""
         _check_wrappable(scheduler)
         if state is None and scheduler.last_epoch != 0:
-            fix = "pass the state saved with the checkpoint"
-            raise fail(
-                "Restartable.around", "state", "the wrapper's state_dict() for a scheduler past its step 0", None, fix
-            )
+            expected = "the wrapper's state_dict() for a scheduler past its step 0"
+            raise fail("Restartable.around", "state", expected, None, "pass the state saved with the checkpoint")
         if state is None:
             return cls(scheduler, over=over)
         self = cls.__new__(cls)
@@ -462,7 +432,7 @@ class Restartable(LRScheduler):
             raise CurriculumError(
                 f"Restartable.step(epoch={epoch!r}): call step() with no argument after each optimizer.step()"
             )
-        if not self._initialising:  # torch's __init__ makes the first call: the wrapped scheduler is at step 0 already
+        if self._step_count:  # 0: torch's __init__ makes the first call, the wrapped scheduler is at step 0 already
             self.scheduler.step()
         super().step()  # torch's bookkeeping; get_lr() hands it the LRs the wrapped scheduler just set
 
@@ -474,8 +444,7 @@ class Restartable(LRScheduler):
     def restart(self) -> tuple[float, float]:
         """Run the wrapped schedule again from its step 0 (re-planned with ``over="remaining"``),
         at the step about to run; returns the LR (before, after)."""
-        before = float(self.optimizer.param_groups[0]["lr"])
-        step = self.steps_done
+        before, step = self.lr, self.steps_done
         origin = copy.deepcopy(self._origin)
         state = origin["scheduler"]
         if self.over is Over.REMAINING and self._length != _LAMBDA_LENGTH:
@@ -490,9 +459,8 @@ class Restartable(LRScheduler):
                 else:
                     group[key] = value
         self.last_epoch = step  # torch's public step count
-        after = float(self.optimizer.param_groups[0]["lr"])
-        logger.info("LR restart of %s at step %d: %.3e -> %.3e", type(self.scheduler).__name__, step, before, after)
-        return before, after
+        logger.info("LR restart of %s at step %d: %.3e -> %.3e", type(self.scheduler).__name__, step, before, self.lr)
+        return before, self.lr
 
     @staticmethod
     def replannable(scheduler: Any) -> bool:
@@ -554,10 +522,8 @@ class Restartable(LRScheduler):
             ]
 
     def __repr__(self) -> str:
-        return (
-            f"Restartable({type(self.scheduler).__name__}"
-            f"{'' if self.over is Over.WHOLE else ', over=' + repr(self.over.value)})"
-        )
+        over = "" if self.over is Over.WHOLE else f", over={self.over.value!r}"
+        return f"Restartable({type(self.scheduler).__name__}{over})"
 
 
 def _check_wrappable(scheduler: Any) -> None:

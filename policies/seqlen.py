@@ -1,10 +1,7 @@
 """Sequence-length warmup as a curriculum: phases that train on shorter windows, then the full length.
 
-A phase's window length is a phase param, ``Phase("seq_64", params={"seq_len": 64})``: the loop
-reads ``engine.phase.params.get("seq_len")`` before each step (ChunkLM's trainer does; see
-``chunklm.train``), so a resumed run trains at the length of the phase it resumes in, with nothing
-else to restore. Fixed switches (``at_epochs``) are Composer's ``SeqLengthWarmup`` and DeepSpeed's
-curriculum; ``min_epochs`` gives the plateau-triggered variant.
+A phase's window length is a phase param, ``Phase("seq_64", params={"seq_len": 64})``, which the loop
+reads before each step: a resumed run trains at the length of its phase, with nothing else to restore.
 """
 
 from __future__ import annotations

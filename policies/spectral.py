@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any, Iterable, Sequence
 
 from engine import Curriculum, Phase, Point, Transition
+from engine.plan import conjuncts
 from policies._checks import check_int, fail
 from policies.actions import RestartLR, SetCutoff
-from policies.guards import MinEpoch, Plateau, _AllOf, all_of
+from policies.guards import MinEpoch, Plateau, all_of
 
 __all__ = ["spectral_curriculum", "phase_for_epoch"]
 
@@ -24,19 +25,14 @@ def spectral_curriculum(
     seq_lens: Sequence[int] | None = None,
     restart_lr: bool = True,
 ) -> Curriculum:
-    """Open frequency bands step by step: ``cutoff_128 -> cutoff_256 -> cutoff_512 -> full``.
+    """Open frequency bands step by step: ``cutoff_128 -> cutoff_256 -> cutoff_512 -> full`` (docs/reference.md).
 
-    Each phase enters with ``SetCutoff(c, preserve=preserve)`` (``full``: ``SetCutoff(None, ...)``); the
-    raise out of the k-th is checked at epoch end, guarded by ``all_of(MinEpoch(min_epochs[k]),
-    Plateau(window=window, threshold=threshold, test=test, alpha=alpha))``, and fires ``RestartLR()`` (none
-    with ``restart_lr=False``, for a schedule without restarts such as :class:`policies.WSD`). Cutoffs count
-    bins of an ``n_bins``-bin rfft. ``seq_lens``: one window length per cutoff phase, as its
-    ``params={"seq_len": L}`` (see :func:`policies.seq_len_curriculum`). The rules: docs/reference.md.
+    ``restart_lr=False``: no ``RestartLR()`` on the raises, for a schedule without restarts such as
+    :class:`policies.WSD`. ``seq_lens``: one window length per cutoff phase, as its ``params={"seq_len": L}``.
     """
     where = "spectral_curriculum"
     n_bins = check_int(where, "n_bins", n_bins, 2, "bins of the seq_len-point rfft: seq_len // 2 + 1, e.g. 513")
-    # Each value is checked once, by the object it makes (SetCutoff: cutoffs and preserve; MinEpoch:
-    # min_epochs); here only what relates them.
+    # Each value is checked once, by the object it makes (SetCutoff, MinEpoch); here what relates them.
     cutoffs, min_epochs = _sequence(where, "cutoffs", cutoffs), _sequence(where, "min_epochs", min_epochs)
     enter = [SetCutoff(c, preserve=preserve) for c in (*cutoffs, None)]
     floors = [MinEpoch(m) for m in min_epochs]
@@ -96,26 +92,14 @@ def _increasing(where: str, field: str, values: Sequence[int], *, strict: bool =
 def _min_epoch(guards: Iterable[Any], entered: int) -> int | None:
     """The earliest global epoch at which these (AND-ed) guards' MinEpoch requirements hold (inside
     ``all_of`` too; ``in_phase`` counts from ``entered``); None when no MinEpoch constrains them."""
-    needs = []
-    for g in guards:
-        if isinstance(g, MinEpoch):
-            needs.append(entered + g.n if g.in_phase else g.n)
-        elif isinstance(g, _AllOf):
-            inner = _min_epoch(g.guards, entered)
-            if inner is not None:
-                needs.append(inner)
-    return max(needs) if needs else None
+    floors = [g for top in guards for g in conjuncts(top) if isinstance(g, MinEpoch)]
+    return max((entered + g.n if g.in_phase else g.n for g in floors), default=None)
 
 
 def phase_for_epoch(curriculum: Curriculum, epochs_completed: int) -> str:
-    """The phase to resume in from a checkpoint without engine state, after ``epochs_completed`` epochs.
-
-    Walks the chain from the initial phase, following (first in declaration order) a transition
-    whose minimum epoch, from the ``MinEpoch`` guards among its guards or inside ``all_of``, is at
-    most ``epochs_completed``; transitions without a ``MinEpoch`` are not followed. The result is
-    the highest phase the epoch allows: never a lower cutoff than the epoch implies. For the seed's
-    curriculum: 0-1 -> cutoff_128, 2-4 -> cutoff_256, 5-9 -> cutoff_512, 10+ -> full.
-    """
+    """The phase to resume in from a checkpoint without engine state, after ``epochs_completed`` epochs:
+    the highest the epoch allows along the first transitions whose ``MinEpoch`` it meets (docs/reference.md);
+    transitions without a ``MinEpoch`` are not followed."""
     epochs = check_int(
         "phase_for_epoch", "epochs_completed", epochs_completed, 0, "pass the epochs the checkpoint completed"
     )

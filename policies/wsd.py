@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 from engine import Context, Curriculum, CurriculumError, Phase, Point, Transition
-from policies._checks import check_int, check_real, fail
+from policies._checks import check_int, check_real, fail, policy
 from policies.guards import MinEpoch, Plateau, all_of
 from policies.schedule import _Formula, _member
 
@@ -85,12 +85,11 @@ class WSD(_Formula):
             raise fail(where, "final_ratio", "in [0, 1]", final_ratio, fix)
         if not isinstance(auto, bool):
             raise fail(where, "auto", "a bool", auto, "auto=False leaves the cooldown to start_cooldown()")
-        self.auto = auto
+        self.auto, self.started_at = auto, None  # started_at: a cooldown started by start_cooldown()
         self.auto_start = max(0, self.total_steps - self.cooldown_steps) if auto else None
         if auto and self.warmup_steps > self.auto_start:
             expected = f"at most total_steps - cooldown_steps = {self.auto_start}"
             raise fail(where, "warmup_steps", expected, warmup_steps, "shorten the warmup or the cooldown")
-        self.started_at: int | None = None  # a cooldown started by start_cooldown()
         super().__init__(optimizer)
 
     @property
@@ -128,13 +127,6 @@ class WSD(_Formula):
                 self.total_steps,
                 self.base_lr * self.final_ratio,
             )
-
-    def fast_forward(self, steps: int) -> None:
-        """Advance ``steps`` optimizer steps at once, as ``steps`` calls of ``step()`` would."""
-        steps = check_int("WSD.fast_forward", "steps", steps, 0, "the optimizer steps already run")
-        self.last_epoch += steps
-        self._step_count += steps
-        self._set_now()
 
     @property
     def peak_lr(self) -> float:
@@ -189,14 +181,10 @@ class WSD(_Formula):
         )
 
 
+@policy
 class StartCooldown:
     """Start the registered schedule's cooldown now: calls ``ctx.schedule.start_cooldown()`` (a :class:`WSD`).
-
-    Effect: ``{"lr": [before, after], "cooldown": [first step, first step after]}``.
-
-    ``check(ctx)``, called by the engine at ``start()``/``load_state_dict()``, refuses a schedule
-    without ``start_cooldown()`` there, not hours later when the transition fires.
-    """
+    Effect: ``{"lr": [before, after], "cooldown": [first step, first step after]}``."""
 
     requires = ("schedule",)
 
@@ -219,23 +207,17 @@ class StartCooldown:
             effect["auto_start"] = schedule.auto_start
         return effect
 
-    def __repr__(self) -> str:
-        return "StartCooldown()"
-
 
 def _started_by_itself(schedule: Any) -> bool:
     """A WSD whose step about to run is in the cooldown that began at its automatic start."""
     return bool(getattr(schedule, "cooling", False)) and getattr(schedule, "started_at", 0) is None
 
 
+@policy
 class CooldownDue:
     """Holds once the registered schedule's cooldown has begun by itself: a :class:`WSD` built with
-    ``auto=True`` reached ``auto_start`` with no cooldown started before.
-
-    :func:`adaptive_cooldown` puts it on a step-end ``stable -> cooldown`` transition beside the
-    plateau's, so that the automatic cooldown moves the phase and is recorded, at the step it
-    begins. Without a registered schedule (a replay of the recorded metrics) it never holds.
-    """
+    ``auto=True`` reached ``auto_start`` with no cooldown started before; never without a schedule (a
+    replay). On a step-end transition, it makes the automatic cooldown move the phase and be recorded."""
 
     def __call__(self, ctx: Context) -> bool:
         return _started_by_itself(ctx.objects.get("schedule"))
@@ -244,21 +226,13 @@ class CooldownDue:
         schedule = ctx.objects.get("schedule")
         return {"auto_start": getattr(schedule, "auto_start", None), "step": getattr(schedule, "last_epoch", None)}
 
-    def __repr__(self) -> str:
-        return "CooldownDue()"
-
 
 def adaptive_cooldown(
     min_epoch: int, window: int = 50, threshold: float = 0.005, test: str = "relative", alpha: float | None = None
 ) -> Curriculum:
     """``stable -> cooldown``: at an epoch end, once ``MinEpoch(min_epoch)`` holds and the training loss
-    has plateaued (``Plateau(window, threshold, test=test, alpha=alpha)``), fire :class:`StartCooldown`.
-
-    Register a :class:`WSD` as ``schedule``; built with ``auto=True`` it still cools down at the end of
-    training when the plateau never comes: a second, step-end ``stable -> cooldown`` transition on
-    :class:`CooldownDue` records that start (its ``StartCooldown`` effect has ``auto_start``).
-    """
-    min_epoch = check_int("adaptive_cooldown", "min_epoch", min_epoch, 0, "the earliest epoch of the cooldown, e.g. 6")
+    has plateaued (``Plateau(window, threshold, test=test, alpha=alpha)``), fire :class:`StartCooldown`;
+    a second, step-end transition on :class:`CooldownDue` records a :class:`WSD`'s automatic start."""
     guard = all_of(MinEpoch(min_epoch), Plateau(window=window, threshold=threshold, test=test, alpha=alpha))
     return Curriculum(
         [Phase("stable"), Phase("cooldown")],
