@@ -11,7 +11,18 @@ from engine.core import Curriculum, Point, describe, guard_leaves, metrics_read,
 from engine.health import verifies_of
 from engine.protocols import AllOf, Capabilities, capabilities
 
-__all__ = ["Taken", "Stateful", "PointPlan", "PhasePlan", "TransitionPlan", "Checked", "Plan", "take_all", "put_back"]
+__all__ = [
+    "Taken",
+    "Stateful",
+    "PointPlan",
+    "PhasePlan",
+    "TransitionPlan",
+    "Checked",
+    "Plan",
+    "conjuncts",
+    "take_all",
+    "put_back",
+]
 
 
 @attrs.define
