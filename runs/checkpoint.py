@@ -34,9 +34,8 @@ class CheckpointError(UsageError):
 def _migrate_v1(data: dict) -> dict:
     """Version 1 stored ``config`` beside ``settings``; ``settings`` alone made it."""
     data = {k: v for k, v in data.items() if k != "config"}
-    data["settings"] = (
-        {**_V1_DEFAULTS, **data.get("settings", {})} if isinstance(data.get("settings"), dict) else data.get("settings")
-    )
+    if isinstance(data.get("settings"), dict):
+        data["settings"] = {**_V1_DEFAULTS, **data["settings"]}
     data["schema_version"] = 2
     return data
 

@@ -385,9 +385,7 @@ class Settings:
 
 def _flag(f: attrs.Attribute) -> str:
     """The field's flag (``--seq-len``), or its name when it has none."""
-    if f.metadata["flag"] is None:
-        return f.name
-    return f.metadata["flag"] or f"--{f.name.replace('_', '-')}"
+    return f.name if f.metadata["flag"] is None else f.metadata["flag"] or f"--{f.name.replace('_', '-')}"
 
 
 def _show(value: Any, sep: str = ",") -> str:

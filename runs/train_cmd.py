@@ -43,12 +43,11 @@ _SIDECARS = (".steps.csv", ".epochs.csv", ".history.json", ".png", ".lock", ".tm
 def check_args(args: argparse.Namespace) -> None:
     """Flags that contradict each other, and checkpoint names that would collide with a run's other files."""
     if args.resume and args.overwrite:
-        flag = (
-            "--resume auto continues the run in --ckpt if there is one"
-            if args.resume == "auto"
-            else "--resume continues the run in --ckpt"
+        auto = args.resume == "auto"
+        raise UsageError(
+            f"--resume{' auto' * auto} continues the run in --ckpt{' if there is one' * auto} and --overwrite "
+            "replaces it: pass one of them"
         )
-        raise UsageError(f"{flag} and --overwrite replaces it: pass one of them")
     if args.allow_data_change and not args.resume:
         raise UsageError(
             "--allow-data-change applies to --resume (a fresh run has no checkpoint whose data could differ); "
