@@ -89,9 +89,8 @@ class Checkpoint:
     rng_per_rank: list | None = None  # under torchrun: each rank's RNG states
     metrics: dict[str, str] | None = None  # {"steps": sha256, "epochs": sha256} of the metrics files' text up to here
     data: _Identity | None = None  # chunklm.corpus.corpus_fingerprint() of the run's data
-    data_changes: list[dict] | None = (
-        None  # [{"global_step", "epoch", "changes": [...]}]: resumes on other data, allowed
-    )
+    # [{"global_step", "epoch", "changes": [...]}]: the resumes on other data it allowed
+    data_changes: list[dict] | None = None
     curriculum: dict | None = None  # --curriculum FILE's curriculum as data (Curriculum.to_dict())
     curriculum_file: str | None = None  # the path it was read from, for messages
 
@@ -119,9 +118,7 @@ class Checkpoint:
 
     def trainer_state(self, rank: int = 0) -> dict:
         """The trainer state for ``rank``: each rank continues its own random streams."""
-        if self.rng_per_rank is not None:
-            return {**self.trainer, "rng": self.rng_per_rank[rank]}
-        return self.trainer
+        return self.trainer if self.rng_per_rank is None else {**self.trainer, "rng": self.rng_per_rank[rank]}
 
     @property
     def engine_phase(self) -> str | None:
