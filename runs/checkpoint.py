@@ -10,9 +10,10 @@ import os
 import pickle
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NewType
 
 import attrs
+import cattrs
 
 from runs.artifacts import atomic_write, starts_like_torch
 from runs.errors import UsageError
@@ -33,9 +34,8 @@ class CheckpointError(UsageError):
 def _migrate_v1(data: dict) -> dict:
     """Version 1 stored ``config`` beside ``settings``; ``settings`` alone made it."""
     data = {k: v for k, v in data.items() if k != "config"}
-    data["settings"] = (
-        {**_V1_DEFAULTS, **data.get("settings", {})} if isinstance(data.get("settings"), dict) else data.get("settings")
-    )
+    if isinstance(data.get("settings"), dict):
+        data["settings"] = {**_V1_DEFAULTS, **data["settings"]}
     data["schema_version"] = 2
     return data
 
@@ -43,21 +43,54 @@ def _migrate_v1(data: dict) -> dict:
 _MIGRATIONS = {1: _migrate_v1}  # version -> a function making the next version's dict
 
 
+def _is_identity(identity: Any) -> bool:
+    """The shape of :func:`chunklm.corpus.corpus_fingerprint`'s result (of one source, or of named ones)."""
+    if not isinstance(identity, dict) or not isinstance(identity.get("sha256"), str):
+        return False
+    if "sources" in identity:
+        each = identity["sources"]
+        return isinstance(each, dict) and bool(each) and all(_is_identity(f) for f in each.values())
+    return isinstance(identity.get("paths"), list) and isinstance(identity.get("files"), list)
+
+
+_Identity = NewType("_Identity", dict)
+_Trainer = NewType("_Trainer", dict)  # Trainer.state_dict()
+_SHAPES = {  # the stored parts that are more than a type
+    Settings: (lambda v: isinstance(v, dict), "dict"),  # Settings.from_dict reads it once its file fits
+    _Identity: (_is_identity, "the identity of a corpus"),
+    _Trainer: (lambda v: isinstance(v, dict) and isinstance(v.get("model"), dict), "the model's weights in model"),
+}
+
+
+def _instance(value: Any, kind: Any) -> Any:
+    """A stored part as loaded (tensors are never copied), if it has its field's type or shape."""
+    test, what = _SHAPES.get(kind, (lambda v: isinstance(v, kind), getattr(kind, "__name__", "")))
+    if not test(value):
+        raise TypeError(f"expected {what}")
+    return value
+
+
+_converter = cattrs.Converter()  # extra keys (a later version's parts) are ignored
+for _kind in (dict, list, int, str, *_SHAPES):
+    _converter.register_structure_hook(_kind, _instance)
+
+
 @attrs.frozen
 class Checkpoint:
     """One checkpoint: a run's settings and its trainer state at an optimizer-step boundary."""
 
     settings: Settings
-    trainer: dict  # Trainer.state_dict() (of rank 0 under torchrun)
+    trainer: _Trainer  # Trainer.state_dict() (of rank 0 under torchrun)
     global_step: int
     epoch: int
     preset: str | None = None
     world_size: int = 1
     num_threads: int | None = None
     rng_per_rank: list | None = None  # under torchrun: each rank's RNG states
-    metrics: dict | None = None  # {"steps": sha256, "epochs": sha256} of the metrics files' text up to here
-    data: dict | None = None  # chunklm.corpus.corpus_fingerprint() of the run's data
-    data_changes: list | None = None  # [{"global_step", "epoch", "changes": [...]}]: resumes on other data, allowed
+    metrics: dict[str, str] | None = None  # {"steps": sha256, "epochs": sha256} of the metrics files' text up to here
+    data: _Identity | None = None  # chunklm.corpus.corpus_fingerprint() of the run's data
+    # [{"global_step", "epoch", "changes": [...]}]: the resumes on other data it allowed
+    data_changes: list[dict] | None = None
     curriculum: dict | None = None  # --curriculum FILE's curriculum as data (Curriculum.to_dict())
     curriculum_file: str | None = None  # the path it was read from, for messages
 
@@ -85,9 +118,7 @@ class Checkpoint:
 
     def trainer_state(self, rank: int = 0) -> dict:
         """The trainer state for ``rank``: each rank continues its own random streams."""
-        if self.rng_per_rank is not None:
-            return {**self.trainer, "rng": self.rng_per_rank[rank]}
-        return self.trainer
+        return self.trainer if self.rng_per_rank is None else {**self.trainer, "rng": self.rng_per_rank[rank]}
 
     @property
     def engine_phase(self) -> str | None:
@@ -131,36 +162,22 @@ class Checkpoint:
                 raise CheckpointError(f"{path} has checkpoint schema {version}, which this version cannot read")
             data = _MIGRATIONS[version](data)
             version = data["schema_version"]
-        problems = [
-            f"{key} (expected {kind.__name__})"
-            for key, kind in (("settings", dict), ("trainer", dict), ("global_step", int), ("epoch", int))
-            if not isinstance(data.get(key), kind)
-        ]
-        if not problems and not isinstance(data["trainer"].get("model"), dict):
-            problems.append("trainer.model (expected the model's weights)")
-        if problems:
-            raise CheckpointError(
-                f"{path} is damaged or edited: missing or wrong {', '.join(problems)}; resume from another checkpoint"
-            )
-        try:
-            settings = Settings.from_dict(data["settings"])
-        except SettingsError as exc:
-            raise CheckpointError(f"{path} has settings this version cannot use: {exc}") from None
-        world_size = data.get("world_size", 1)
-        rng = data.get("rng_per_rank")
-        if rng is not None and (not isinstance(rng, list) or len(rng) != world_size):
-            raise CheckpointError(
-                f"{path} is damaged or edited: rng_per_rank does not hold one state per rank ({world_size})"
-            )
-        for key, (ok, what) in _OPTIONAL.items():
-            if data.get(key) is not None and not ok(data[key]):
-                raise CheckpointError(f"{path} is damaged or edited: {key} is not {what}")
         if data.get("curriculum") is None:
             data = {**data, "curriculum_file": None}
-        elif not isinstance(data.get("curriculum_file"), (str, type(None))):
-            raise CheckpointError(f"{path} is damaged or edited: curriculum is not a curriculum's data")
-        fields = {f.name: data.get(f.name, f.default) for f in attrs.fields(cls) if f.name != "settings"}
-        return cls(settings=settings, **fields)
+        damaged = f"{path} is damaged or edited: {{}}; resume from another checkpoint"
+        try:
+            ckpt = _converter.structure(data, cls)
+        except cattrs.BaseValidationError as exc:  # every part that does not fit, with its path
+            why = cattrs.transform_error(
+                exc, "checkpoint", lambda e, _: "missing" if isinstance(e, KeyError) else str(e)
+            )
+            raise CheckpointError(damaged.format("; ".join(why))) from None
+        if ckpt.rng_per_rank is not None and len(ckpt.rng_per_rank) != ckpt.world_size:
+            raise CheckpointError(damaged.format(f"rng_per_rank does not hold one state per rank ({ckpt.world_size})"))
+        try:  # the structure hook left the settings' dict: Settings.from_dict says why a version cannot use them
+            return attrs.evolve(ckpt, settings=Settings.from_dict(ckpt.settings))
+        except SettingsError as exc:
+            raise CheckpointError(f"{path} has settings this version cannot use: {exc}") from None
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = False) -> "Checkpoint":
@@ -215,28 +232,6 @@ def _corrupt(path: Path, exc: BaseException) -> CheckpointError:
         f"checkpoint {path} is truncated or corrupt and cannot be loaded ({type(exc).__name__}: {first[:200]}); "
         "it was left untouched. Resume from a copy, or start a fresh run"
     )
-
-
-def _is_identity(identity: Any) -> bool:
-    """``identity`` has the shape of :func:`chunklm.corpus.corpus_fingerprint`'s result (of one source, or
-    of named sources, each one's)."""
-    if not isinstance(identity, dict) or not isinstance(identity.get("sha256"), str):
-        return False
-    if "sources" in identity:
-        each = identity["sources"]
-        return isinstance(each, dict) and bool(each) and all(_is_identity(f) for f in each.values())
-    return isinstance(identity.get("paths"), list) and isinstance(identity.get("files"), list)
-
-
-_OPTIONAL = {  # the parts later versions added: absent in older files, checked when present
-    "metrics": (
-        lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
-        "a digest per metrics file",
-    ),
-    "data": (_is_identity, "the identity of a corpus"),
-    "data_changes": (lambda v: isinstance(v, list) and all(isinstance(c, dict) for c in v), "a list of records"),
-    "curriculum": (lambda v: isinstance(v, dict), "a curriculum's data"),
-}
 
 
 load_checkpoint = Checkpoint.load

@@ -129,11 +129,6 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(message) from None
 
 
-def default_cutoffs(seq_len: int) -> tuple[int, ...]:
-    """The seed's 128, 256, 512 at seq_len 1024: seq_len/8, /4, /2 bins."""
-    return (seq_len // 8, seq_len // 4, seq_len // 2)
-
-
 RUN_GROUP = "run"  # the run's own flags; the command line adds its other run flags (--ckpt, --resume...) to it
 # The groups: each shares its flags' heading and what its settings feed or may do on resume.
 _model = functools.partial(setting, group="model", to="model", type=int)
@@ -187,7 +182,7 @@ class Settings:
     )
     # curriculum
     cutoffs: tuple[int, ...] | None = _curriculum(
-        None,  # derived from seq_len (default_cutoffs)
+        None,  # derived from seq_len in _make
         "cutoffs in rfft bins (default seq_len/8,/4,/2)",
         type=_int_list,
         converter=attrs.converters.optional(tuple),
@@ -291,8 +286,9 @@ class Settings:
         if unknown:
             raise SettingsError(f"unknown settings {sorted(unknown)}")
         settings = cls(**values)
-        if settings.cutoffs is None:
-            settings = attrs.evolve(settings, cutoffs=default_cutoffs(settings.seq_len))
+        if settings.cutoffs is None:  # the seed's 128, 256, 512 at seq_len 1024
+            n = settings.seq_len
+            settings = attrs.evolve(settings, cutoffs=(n // 8, n // 4, n // 2))
         settings.check()
         return settings
 
@@ -361,9 +357,8 @@ class Settings:
 
     def to_config(self) -> TrainConfig:
         """The validated library configs (their errors name the field and the fix)."""
-        cutoffs = self.cutoffs if self.cutoffs is not None else default_cutoffs(self.seq_len)
-        model_config = ChunkLMConfig(**self._feeding("model"), init_cutoff=cutoffs[0] if cutoffs else None)
-        return TrainConfig(model=model_config, **{**self._feeding("train"), "cutoffs": cutoffs})
+        model_config = ChunkLMConfig(**self._feeding("model"), init_cutoff=self.cutoffs[0] if self.cutoffs else None)
+        return TrainConfig(model=model_config, **self._feeding("train"))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (lists for tuples): what the checkpoint stores."""
@@ -385,9 +380,7 @@ class Settings:
 
 def _flag(f: attrs.Attribute) -> str:
     """The field's flag (``--seq-len``), or its name when it has none."""
-    if f.metadata["flag"] is None:
-        return f.name
-    return f.metadata["flag"] or f"--{f.name.replace('_', '-')}"
+    return f.name if f.metadata["flag"] is None else f.metadata["flag"] or f"--{f.name.replace('_', '-')}"
 
 
 def _show(value: Any, sep: str = ",") -> str:

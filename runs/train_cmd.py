@@ -43,12 +43,11 @@ _SIDECARS = (".steps.csv", ".epochs.csv", ".history.json", ".png", ".lock", ".tm
 def check_args(args: argparse.Namespace) -> None:
     """Flags that contradict each other, and checkpoint names that would collide with a run's other files."""
     if args.resume and args.overwrite:
-        flag = (
-            "--resume auto continues the run in --ckpt if there is one"
-            if args.resume == "auto"
-            else "--resume continues the run in --ckpt"
+        auto = args.resume == "auto"
+        raise UsageError(
+            f"--resume{' auto' * auto} continues the run in --ckpt{' if there is one' * auto} and --overwrite "
+            "replaces it: pass one of them"
         )
-        raise UsageError(f"{flag} and --overwrite replaces it: pass one of them")
     if args.allow_data_change and not args.resume:
         raise UsageError(
             "--allow-data-change applies to --resume (a fresh run has no checkpoint whose data could differ); "
@@ -178,20 +177,6 @@ def auto_resume(files: RunFiles) -> bool:
             "Move them aside, replace them with --overwrite instead of --resume auto, or pick another --ckpt"
         )
     return False
-
-
-def absolute_data(explicit: dict[str, Any]) -> dict[str, Any]:
-    """``--data`` as absolute resolved paths (a source's ``NAME=`` kept): the checkpoint's resume command
-    works from any folder."""
-    from chunklm.corpus import source_item
-
-    def absolute(item: str) -> str:
-        name, path = source_item(item)
-        return ("" if name is None else f"{name}=") + str(Path(path).expanduser().resolve())
-
-    if explicit.get("data"):
-        explicit = {**explicit, "data": tuple(absolute(item) for item in explicit["data"])}
-    return explicit
 
 
 def data_identity(
@@ -367,9 +352,13 @@ def train(args: argparse.Namespace, explicit: dict[str, Any]) -> int:
 def _load(
     files: RunFiles, args: argparse.Namespace, explicit: dict[str, Any]
 ) -> tuple[Checkpoint | None, Settings, str | None]:
+    from chunklm.corpus import source_item
     from runs.curriculum_file import refuse_curriculum_flags
 
-    explicit = absolute_data(explicit)
+    if explicit.get("data"):  # absolute (NAME= kept): the checkpoint's resume command works from any folder
+        named = (source_item(item) for item in explicit["data"])
+        data = tuple(("" if n is None else f"{n}=") + str(Path(p).expanduser().resolve()) for n, p in named)
+        explicit = {**explicit, "data": data}
     if not args.resume:
         refuse_curriculum_flags(args, None, files.ckpt)
         return None, Settings.fresh(args.preset, explicit), args.preset

@@ -78,7 +78,7 @@ def test_save_and_load_round_trip(tmp_path):
             {"schema_version": 2, "settings": {}, "trainer": {"model": {}}, "global_step": 0, "epoch": 0},
             "settings this version cannot use",
         ),
-        ({"schema_version": 2, "trainer": {}, "global_step": 0, "epoch": 0}, "missing or wrong settings"),
+        ({"schema_version": 2, "trainer": {}, "global_step": 0, "epoch": 0}, "missing @ checkpoint.settings"),
     ],
 )
 def test_files_that_are_not_our_checkpoints_say_what_is_wrong(tmp_path, content, fragment):
@@ -120,7 +120,7 @@ def test_the_data_identity_and_its_changes_round_trip_and_are_checked(tmp_path):
     data = torch.load(tmp_path / "c.pt", weights_only=True)
     data["data"] = {"paths": "x"}
     torch.save(data, tmp_path / "c.pt")
-    with pytest.raises(CheckpointError, match="data is not the identity of a corpus"):
+    with pytest.raises(CheckpointError, match="expected the identity of a corpus @ checkpoint.data"):
         Checkpoint.load(tmp_path / "c.pt")
 
 

@@ -397,8 +397,8 @@ BAD = {
         "does not exist",
     ),
     "ckpt in read-only folder": (["train", *TINY, "--ckpt", "/sys/chunklm_test.pt"], 2, "cannot write in /sys"),
-    "settings missing": (_edit(lambda d: d.pop("settings")), 2, "missing or wrong settings"),
-    "trainer missing": (_edit(lambda d: d.pop("trainer")), 2, "missing or wrong trainer"),
+    "settings missing": (_edit(lambda d: d.pop("settings")), 2, "missing @ checkpoint.settings"),
+    "trainer missing": (_edit(lambda d: d.pop("trainer")), 2, "missing @ checkpoint.trainer"),
     "shape mismatch": (_edit(_set_model_weight), 2, "does not fit its own settings"),
     "bad engine phase": (
         _edit(lambda d: d["trainer"]["engine"].update(phase="nope")),
@@ -560,7 +560,7 @@ BAD = {
     "stored curriculum not a table": (
         _edit(lambda d: d.update(curriculum=[1], curriculum_file="c.toml")),
         2,
-        "curriculum is not a curriculum's data",
+        "expected dict @ checkpoint.curriculum",
     ),
     "seq-len 1 with default cutoffs": (
         ["train", "--data", DATA, "--seq-len", "1", "--chunk", "1", "--kernel-len", "1"],
