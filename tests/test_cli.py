@@ -20,7 +20,7 @@ import runs.train_cmd
 from runs.artifacts import RunFiles, read_csv
 from runs.checkpoint import load_checkpoint
 from runs.cli import main
-from tests.utils import DATA, REPO, TINY, assert_same_run, resume, train
+from tests.utils import DATA, REPO, TINY, assert_same_run, at_a_terminal, resume, train
 
 
 def test_longer_run_equals_extended_run(tmp_path, capsys):
@@ -966,6 +966,7 @@ def test_generate_streams_its_bytes_and_ctrl_c_keeps_them(base_run):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
+        preexec_fn=at_a_terminal,
     )
     first, deadline = b"", time.monotonic() + 60  # the first bytes arrive long before ten million are done
     while len(first) < 40 and time.monotonic() < deadline:

@@ -19,7 +19,7 @@ from runs.artifacts import RunFiles, RunLock, read_csv, resolve_run
 from runs.checkpoint import load_checkpoint
 from runs.cli import main
 from tests.test_cli import DISK_FULL, _snapshot_all
-from tests.utils import DATA, REPO, TINY, train
+from tests.utils import DATA, REPO, TINY, at_a_terminal, train
 
 # One thread, as in this process (tests/conftest.py); unbuffered, so each step line comes as it is printed.
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -139,6 +139,7 @@ def test_a_closed_terminal_saves_like_sigterm(tmp_path):
         stdout=slave,
         stderr=slave,
         env=ENV,
+        preexec_fn=at_a_terminal,
     )
     os.close(slave)
     seen = b""

@@ -172,6 +172,14 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         pass
 
 
+def at_a_terminal() -> None:
+    """``preexec_fn`` of a child that stands for a command typed at a terminal: SIGINT and SIGHUP at their
+    defaults, even when the tests run under ``nohup`` or in a background job (whose children inherit both
+    ignored, and Python keeps an inherited ignored SIGINT)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def launch(cmd: list[str], timeout: float) -> str:
     """Run a multi-process launch (torchrun, or a script Lightning re-runs per rank) to its end and return its output.
 
