@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from engine import Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
 from policies import MetricAbove, MinEpoch, Plateau, WorseThanBest, all_of
-from tests.utils import Always, CountBelow, CrashIf, ExplodeIf, Log, LossBelow, Never, ValBelow
+from tests.utils import Always, Both, CountBelow, CrashIf, ExplodeIf, Log, LossBelow, Never, ValBelow
 
 
 class Boom:
@@ -406,19 +406,6 @@ def test_start_whose_reset_raises_undoes_the_resets_before_it():
     box["armed"] = False
     eng.start()
     assert plateau.state_dict() == {"values": []}
-
-
-class Both:
-    """A user's AND of guards with no state methods of its own (the engine opens it through ``guards``)."""
-
-    def __init__(self, *guards):
-        self.guards = guards
-
-    def __call__(self, ctx):
-        return all(g(ctx) for g in self.guards)
-
-    def __repr__(self):
-        return f"Both({', '.join(map(repr, self.guards))})"
 
 
 def test_guards_inside_a_stateless_combinator_are_undone_too():

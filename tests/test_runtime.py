@@ -11,7 +11,7 @@ import pytest
 from engine import Clock, Context, Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
 from engine.protocols import AllOf
 from policies import MinEpoch, any_of
-from tests.utils import Always, CountBelow, EpochAtLeast, Log, LossBelow, Never
+from tests.utils import Always, Both, CountBelow, EpochAtLeast, Log, LossBelow, Never
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -627,19 +627,6 @@ def test_transitions_does_not_flood_an_info_log(caplog):
     assert engine.phase.name == "b"
     assert not [r for r in caplog.records if r.name.startswith("transitions")]
     assert logging.getLogger("transitions").level == logging.NOTSET  # put back as it was
-
-
-class Both:
-    """A user's AND of guards (not an AllOf)."""
-
-    def __init__(self, *guards):
-        self.guards = guards
-
-    def __call__(self, ctx):
-        return all(g(ctx) for g in self.guards)
-
-    def __repr__(self):
-        return f"{type(self).__name__}({', '.join(map(repr, self.guards))})"
 
 
 class BothAnd(AllOf, Both):

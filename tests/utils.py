@@ -124,6 +124,20 @@ class ValBelow:
         return f"ValBelow({self.value})"
 
 
+class Both:
+    """A user's AND of guards: no state methods of its own, and not an ``engine.protocols.AllOf`` (the engine
+    opens it through ``guards``, and weighs it as one guard for the deciding guard)."""
+
+    def __init__(self, *guards):
+        self.guards = guards
+
+    def __call__(self, ctx):
+        return all(g(ctx) for g in self.guards)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(map(repr, self.guards))})"
+
+
 class CrashIf:
     """Guard that raises when the loop passes ``crash=...`` (a user guard with a bug), else never holds."""
 
