@@ -14,8 +14,7 @@ import torch.multiprocessing as mp
 
 from runs.checkpoint import load_checkpoint
 from runs.cli import main
-from tests.test_mixture import sources
-from tests.utils import REPO, TINY, TINY_MODEL, assert_same_run, launch
+from tests.utils import REPO, TINY, TINY_MODEL, assert_same_run, launch, sources
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "runs.cli"]
 

@@ -4,8 +4,6 @@ exact resume, a mix change at the next step, rank shards, bad input in one line.
 from __future__ import annotations
 
 import json
-import shutil
-import textwrap
 from collections import Counter
 from fractions import Fraction
 from pathlib import Path
@@ -17,7 +15,7 @@ import policies
 from engine import Curriculum, CurriculumEngine, CurriculumError, Phase, Point, Transition
 from policies import WSD, MinSteps, MixtureSampler, anneal_curriculum
 from policies.mixture import mix_weights, source_permutation
-from tests.utils import DATA, TINY_MODEL, assert_same_run, resume
+from tests.utils import DATA, TINY_MODEL, assert_same_run, resume, sources
 
 SIZES = {"web": 13, "code": 7, "books": 5}
 
@@ -209,13 +207,6 @@ dest = "anneal"
 when = "step_end"
 guards = [{ type = "MinSteps", n = 7 }]
 """
-
-
-def sources(tmp: Path) -> list[str]:
-    """Two named sources: the stdlib json package, and textwrap.py."""
-    (tmp / "target").mkdir(exist_ok=True)
-    shutil.copy(Path(textwrap.__file__), tmp / "target" / "textwrap.py")
-    return [f"general={DATA}", f"target={tmp / 'target'}"]
 
 
 def mixed_train(tmp: Path, name: str, *extra: str, data: list[str] | None = None, mix: str = MIX_FILE) -> int:

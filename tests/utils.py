@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -122,6 +124,14 @@ class ValBelow:
 
     def __repr__(self) -> str:
         return f"ValBelow({self.value})"
+
+
+def sources(tmp: Path) -> list[str]:
+    """`--data` items of two named sources (`chunklm train --data NAME=PATH`): the stdlib json package
+    (general), and textwrap.py (target)."""
+    (tmp / "target").mkdir(exist_ok=True)
+    shutil.copy(Path(textwrap.__file__), tmp / "target" / "textwrap.py")
+    return [f"general={DATA}", f"target={tmp / 'target'}"]
 
 
 class Both:
